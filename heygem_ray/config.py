@@ -1,0 +1,116 @@
+"""Typed, frozen configuration: one dataclass per concern.
+
+The CLI maps its options onto these in one place (``cli.py``); everything below reads
+only these objects. ``config_hash`` is saved with the results so a run can be traced back
+to exactly the settings that produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from heygem_ray.errors import InputError
+
+PackName = Literal["warp", "wav2lip"]
+LoopMode = Literal["pingpong", "forward", "trim"]
+BackendName = Literal["auto", "tensorrt", "onnxruntime", "pytorch"]
+
+
+def default_cache_dir() -> Path:
+    """Where analysed references (templates) are kept between runs."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "heygem-ray" / "templates"
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Face detection for the reference (the template depends on these values)."""
+
+    # Frames are downscaled so their longer side is at most this many pixels before the
+    # Haar cascade runs: detection cost stays flat for 4K references.
+    max_side: int = 480
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+    # Smallest face searched for, as a fraction of the frame's shorter side.
+    min_face_fraction: float = 0.08
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """How each job is rendered."""
+
+    pack: PackName = "warp"
+    checkpoint: Path | None = None
+    loop: LoopMode = "pingpong"
+    # Frames per chunk: the unit that crosses the object store between stages.
+    chunk_frames: int = 128
+    # Frames per model call inside a chunk.
+    batch_size: int = 32
+    backend: BackendName = "auto"
+    crf: int = 18
+    preset: str = "veryfast"
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("pack", self.pack, PackName)
+        _check_choice("loop", self.loop, LoopMode)
+        _check_choice("backend", self.backend, BackendName)
+        if self.pack == "wav2lip" and self.checkpoint is None:
+            raise InputError(
+                "the wav2lip pack needs its weights: pass --checkpoint PATH to the public "
+                "wav2lip.pth or wav2lip_gan.pth generator checkpoint",
+                kind="bad_argument",
+            )
+        if self.pack == "warp" and self.checkpoint is not None:
+            raise InputError(
+                "--checkpoint is only used by --pack wav2lip; the warp pack has no weights",
+                kind="bad_argument",
+            )
+        for name in ("chunk_frames", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1", kind="bad_argument")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run of a manifest."""
+
+    output_dir: Path
+    render: RenderConfig = field(default_factory=RenderConfig)
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    # None: start a local Ray instance. Otherwise "auto", "HOST:PORT" or "ray://HOST:PORT".
+    address: str | None = None
+    # Jobs the driver keeps in flight at once (bounds driver memory for huge manifests);
+    # 0 picks twice the number of model workers.
+    max_jobs_in_flight: int = 0
+    # Model workers when no GPU is present; 0 picks from the CPU count.
+    cpu_workers: int = 0
+
+    def config_hash(self) -> str:
+        """Hash of the settings that shape the outputs (not where they go)."""
+        payload = _jsonable(dataclasses.asdict(self.render))
+        text = json.dumps(payload, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_choice(name: str, value: object, literal: object) -> None:
+    choices = get_args(literal)
+    if value not in choices:
+        raise InputError(
+            f"unknown {name} {value!r}: choose one of {', '.join(choices)}", kind="bad_argument"
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+

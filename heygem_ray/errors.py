@@ -1,0 +1,48 @@
+"""The error hierarchy.
+
+Every failure that reaches a user is one of three kinds:
+
+* ``InputError``: something about the user's files or arguments is wrong; the message
+  says which file, what is wrong and how to fix it.  A bad manifest row fails only its row.
+* ``EngineError``: a backend or engine could not be built, loaded or run.
+* ``InternalError``: a bug in heygem-ray; the message asks for a report.
+
+Each error carries a short ``kind`` (a stable snake_case word written to the results
+table as ``error_kind``) and, once it is known, the ``stage`` it failed in.
+"""
+
+from __future__ import annotations
+
+
+class HeygemError(Exception):
+    """Base of every error heygem-ray raises on purpose."""
+
+    kind: str = "error"
+
+    def __init__(self, message: str, *, kind: str | None = None, stage: str | None = None):
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+        self.stage = stage
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class InputError(HeygemError):
+    """A user's file, manifest or argument is wrong. The message tells how to fix it."""
+
+    kind = "input"
+
+
+class EngineError(HeygemError):
+    """A backend could not build, load or run a model."""
+
+    kind = "engine"
+
+
+class InternalError(HeygemError):
+    """A bug: something heygem-ray should have prevented."""
+
+    kind = "internal"

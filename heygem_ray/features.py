@@ -1,0 +1,138 @@
+"""Audio features: the mel spectrogram the public Wav2Lip checkpoints were trained on.
+
+``wav2lip_mel`` reproduces the public ``audio.melspectrogram`` (numpy/scipy only):
+
+1. pre-emphasis ``y[n] = x[n] - 0.97 x[n-1]``;
+2. STFT: n_fft 800, hop 200 (12.5 ms at 16 kHz, i.e. 80 columns/s), periodic Hann window
+   of 800 samples, centred: 400 samples of *reflection* padding at both ends;
+3. magnitude → 80 Slaney-scale mel bands, 55–7600 Hz, Slaney (area) normalisation;
+4. ``20·log10(max(1e-5, mel)) − 20`` dB, then ``clip(8·(S + 100)/100 − 4, −4, 4)``.
+
+``mel_windows`` cuts that spectrogram into one 16-column (200 ms) window per video frame.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+from scipy.signal import get_window, lfilter
+
+from heygem_ray.errors import InternalError
+
+SAMPLE_RATE = 16000  # Hz; the input waveform's rate
+MEL_FPS = 80  # mel columns per second = SAMPLE_RATE / HOP
+N_FFT = 800  # samples (50 ms)
+HOP = 200  # samples (12.5 ms)
+N_MELS = 80
+FMIN, FMAX = 55.0, 7600.0  # Hz, edges of the mel filterbank
+PREEMPHASIS = 0.97
+REF_LEVEL_DB = 20.0
+MIN_LEVEL_DB = -100.0
+MAX_ABS = 4.0  # normalised values lie in [-MAX_ABS, MAX_ABS]
+MEL_STEP = 16  # mel columns per video frame window (200 ms)
+
+# Slaney mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above.
+_F_SP = 200.0 / 3  # Hz per mel in the linear part
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP  # 15 mels
+_LOGSTEP = np.log(6.4) / 27.0  # mels per log-Hz above 1 kHz
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    mel = hz / _F_SP
+    log_part = hz >= _MIN_LOG_HZ
+    mel[log_part] = _MIN_LOG_MEL + np.log(hz[log_part] / _MIN_LOG_HZ) / _LOGSTEP
+    return mel
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    hz = mel * _F_SP
+    log_part = mel >= _MIN_LOG_MEL
+    hz[log_part] = _MIN_LOG_HZ * np.exp(_LOGSTEP * (mel[log_part] - _MIN_LOG_MEL))
+    return hz
+
+
+def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS,
+                   fmin: float = FMIN, fmax: float = FMAX) -> np.ndarray:
+    """(n_mels, 1 + n_fft // 2) float64 triangular Slaney filters, each scaled to unit area
+    per Hz (``2 / bandwidth``), as librosa's ``filters.mel`` defaults."""
+    fft_hz = np.linspace(0.0, sr / 2, 1 + n_fft // 2)  # (F,) centre frequency of each FFT bin
+    edges_hz = _mel_to_hz(np.linspace(_hz_to_mel(np.array([fmin]))[0], _hz_to_mel(np.array([fmax]))[0], n_mels + 2))
+    widths = np.diff(edges_hz)  # (n_mels + 1,)
+    ramps = edges_hz[:, None] - fft_hz[None, :]  # (n_mels + 2, F)
+    rising = -ramps[:-2] / widths[:-1, None]  # (n_mels, F), 1 at each filter's centre
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    return weights * (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
+
+
+_MEL_BASIS: np.ndarray | None = None  # built on first use, not at import
+
+
+def _stft_magnitude(y: np.ndarray) -> np.ndarray:
+    """(n,) float64 → (1 + N_FFT // 2, 1 + n // HOP) float64 |STFT|, centred frames."""
+    # Reflection, not zeros (see module doc). numpy reflects repeatedly when the signal is
+    # shorter than the pad, as librosa does; a 1-sample signal is repeated.
+    padded = np.pad(y, N_FFT // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]  # (T, N_FFT)
+    window = get_window("hann", N_FFT, fftbins=True)  # periodic Hann
+    return np.abs(np.fft.rfft(frames * window, axis=1)).T
+
+
+def wav2lip_mel(wav: np.ndarray) -> np.ndarray:
+    """(n,) 16 kHz mono float waveform in [-1, 1] → (80, 1 + n // 200) float32 in [-4, 4].
+
+    Column t covers samples centred on t · 200 (80 columns per second). Silence gives −4.
+    """
+    global _MEL_BASIS
+    if _MEL_BASIS is None:
+        _MEL_BASIS = mel_filterbank()
+    x = np.asarray(wav, dtype=np.float64).reshape(-1)
+    if len(x) == 0:  # no audio: one column of silence rather than an error
+        x = np.zeros(1)
+    y = lfilter([1.0, -PREEMPHASIS], [1.0], x)
+    mel = _MEL_BASIS @ _stft_magnitude(y)  # (80, T) linear magnitude
+    min_level = 10.0 ** (MIN_LEVEL_DB / 20)  # 1e-5
+    db = 20.0 * np.log10(np.maximum(min_level, mel)) - REF_LEVEL_DB
+    norm = 2 * MAX_ABS * (db - MIN_LEVEL_DB) / -MIN_LEVEL_DB - MAX_ABS
+    return np.clip(norm, -MAX_ABS, MAX_ABS).astype(np.float32)
+
+
+def _window_starts(n_cols: int, fps: float | Fraction, n_frames: int | None) -> np.ndarray:
+    """First mel column of each frame's window: ``int(i · 80 / fps)``, clamped to the end.
+
+    With ``n_frames`` None, frames run while the window fits, plus one final window on the
+    last 16 columns (the public inference loop). ``fps`` may be a float or a Fraction.
+    """
+    last = n_cols - MEL_STEP
+    if n_frames is None:
+        starts = []
+        i = 0
+        while (start := int(i * MEL_FPS / fps)) <= last:
+            starts.append(start)
+            i += 1
+        starts.append(last)
+        return np.asarray(starts, dtype=np.int64)
+    return np.asarray([min(int(i * MEL_FPS / fps), last) for i in range(n_frames)], dtype=np.int64)
+
+
+def mel_windows(mel: np.ndarray, fps: float | Fraction, n_frames: int | None = None) -> np.ndarray:
+    """(80, T) mel → (N, 1, 80, 16) float32 windows, window i starting at column
+    ``int(i · 80 / fps)``; a window that would run past the end takes the last 16 columns.
+
+    ``n_frames`` None: N follows the public inference loop (every window that fits, then one
+    on the final 16 columns). Otherwise exactly ``n_frames`` windows, clamped at the end.
+    A mel shorter than 16 columns is right-padded with −4 (silence) first.
+    """
+    if mel.ndim != 2 or mel.shape[0] != N_MELS:
+        raise InternalError(f"mel_windows: mel must be ({N_MELS}, T), got {mel.shape}")
+    if fps <= 0:
+        raise InternalError(f"mel_windows: fps must be positive, got {fps}")
+    if mel.shape[1] < MEL_STEP:
+        mel = np.pad(mel, ((0, 0), (0, MEL_STEP - mel.shape[1])), constant_values=-MAX_ABS)
+    starts = _window_starts(mel.shape[1], fps, n_frames)  # (N,)
+    cols = starts[:, None] + np.arange(MEL_STEP)[None, :]  # (N, 16)
+    return np.ascontiguousarray(mel[:, cols].transpose(1, 0, 2)[:, None], dtype=np.float32)

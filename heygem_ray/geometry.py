@@ -1,0 +1,101 @@
+"""Face-crop geometry: which part of a frame a pack sees, and how its output goes back.
+
+Boxes are ``(x0, y0, x1, y1)`` integer pixels of the decoded frame, end-exclusive. A box
+may reach outside the frame (square crops near an edge): cutting fills the outside by
+repeating the edge pixels, pasting writes only the inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from heygem_ray.facetrack import smooth
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """How a pack cuts its face crop from a detector box.
+
+    ``square``: a square of ``scale`` × the face box's larger side, centred on the face
+    box moved down by ``shift_y`` face heights (so mouth and chin sit inside).
+    ``padded``: the face box grown by ``pad`` = (top, bottom, left, right) pixels and
+    clipped to the frame (the public Wav2Lip inference geometry).
+    Either way the boxes are then averaged over ``smooth_window`` frames and the crop is
+    resized to ``size`` × ``size``.
+    """
+
+    size: int
+    mode: Literal["square", "padded"]
+    scale: float = 1.0
+    shift_y: float = 0.0
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0)
+    smooth_window: int = 5
+
+    def crop_boxes(self, faces: np.ndarray, width: int, height: int) -> np.ndarray:
+        """(n, 4) float face boxes → (n, 4) int32 crop boxes, smoothed over time."""
+        if self.mode == "square":
+            side = self.scale * np.maximum(faces[:, 2] - faces[:, 0], faces[:, 3] - faces[:, 1])
+            cx = (faces[:, 0] + faces[:, 2]) / 2
+            cy = (faces[:, 1] + faces[:, 3]) / 2 + self.shift_y * (faces[:, 3] - faces[:, 1])
+            boxes = np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], axis=1)
+        else:
+            top, bottom, left, right = self.pad
+            boxes = faces + np.array([-left, -top, right, bottom], np.float32)
+            boxes = np.clip(boxes, 0, [width, height, width, height])
+        boxes = smooth(boxes, self.smooth_window)
+        out = np.rint(boxes).astype(np.int32)
+        # At least one pixel wide and high, whatever rounding did.
+        out[:, 2] = np.maximum(out[:, 2], out[:, 0] + 1)
+        out[:, 3] = np.maximum(out[:, 3], out[:, 1] + 1)
+        return out
+
+
+def cut(frame: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 frame, box → (size, size, 3) uint8 crop (edge pixels repeated outside)."""
+    h, w = frame.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    ys = np.clip(np.arange(y0, y1), 0, h - 1)
+    xs = np.clip(np.arange(x0, x1), 0, w - 1)
+    region = frame[ys[:, None], xs[None, :]]
+    return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def paste(frame: np.ndarray, crop: np.ndarray, box: np.ndarray, mask: np.ndarray) -> None:
+    """Blend ``crop`` (S, S, 3) uint8 into ``frame`` in place over ``box``.
+
+    ``mask`` (S, S) float32 in [0, 1] is the weight of the generated crop; it falls to 0
+    at the crop's border so no box edge shows. Pixels outside the box are not touched.
+    """
+    h, w = frame.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    bw, bh = x1 - x0, y1 - y0
+    gen = cv2.resize(crop, (bw, bh), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    m = cv2.resize(mask, (bw, bh), interpolation=cv2.INTER_LINEAR)[..., None]
+    # The part of the box inside the frame, in frame and in box coordinates.
+    fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if fx0 >= fx1 or fy0 >= fy1:
+        return
+    sl = (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0))
+    under = frame[fy0:fy1, fx0:fx1].astype(np.float32)
+    blended = m[sl] * gen[sl] + (1.0 - m[sl]) * under
+    frame[fy0:fy1, fx0:fx1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def feathered_ellipse(size: int, centre: tuple[float, float], radii: tuple[float, float], feather: float) -> np.ndarray:
+    """(size, size) float32 mask: 1 inside the ellipse, falling smoothly to 0 outside.
+
+    ``centre`` and ``radii`` are in crop units, x and y in [-1, 1]; ``feather`` is the
+    width of the soft edge in the same units. The mask is forced to 0 on the crop border.
+    """
+    coords = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+    y, x = np.meshgrid(coords, coords, indexing="ij")
+    r = np.sqrt(((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2)
+    # Distance beyond the ellipse, roughly in crop units, mapped through a smoothstep.
+    t = np.clip((r - 1.0) * min(radii) / feather, 0.0, 1.0)
+    mask = 1.0 - t * t * (3 - 2 * t)
+    border = np.minimum.reduce([x + 1, 1 - x, y + 1, 1 - y]) * size / 2  # pixels to the edge
+    return (mask * np.clip(border / 2.0, 0.0, 1.0)).astype(np.float32)

@@ -1,0 +1,199 @@
+"""Reading and checking a manifest (CSV or Parquet) into a list of jobs.
+
+Problems that make the whole manifest unusable (unreadable file, missing column,
+duplicate job ids or outputs) stop the run before any work. Problems that concern one
+row (an output path that would escape the output folder, an empty cell) are attached to
+that row's job and fail only that row.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from heygem_ray.errors import InputError
+
+REQUIRED_COLUMNS = ("audio", "video")
+OPTIONAL_COLUMNS = ("job_id", "output")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One manifest row, resolved.
+
+    ``row`` is the 1-based data row (the header is not counted). ``problem`` holds a
+    row-level input error found while planning; such a job is reported failed unrendered.
+    """
+
+    row: int
+    job_id: str
+    audio: Path
+    video: Path
+    output: Path | None  # None only for a row with a problem
+    extra: dict[str, Any] = field(default_factory=dict)
+    problem: InputError | None = None
+
+    @property
+    def label(self) -> str:
+        return f"row {self.row} (job {self.job_id!r})"
+
+
+def read_manifest(path: Path, output_dir: Path, reserved: frozenset[str] = frozenset()) -> list[Job]:
+    """Read ``path`` and resolve every row against its folder and ``output_dir``.
+
+    ``reserved`` names result columns; a carried manifest column with such a name is
+    renamed ``manifest_<name>`` so it never overwrites a result.
+    """
+    table = _read_table(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise InputError(
+            f"manifest {path} has no {' or '.join(repr(c) for c in missing)} column "
+            f"(found: {', '.join(table.column_names) or 'none'}); the first line must name "
+            "the columns, e.g. 'job_id,audio,video'",
+            kind="bad_manifest",
+        )
+    rows = table.to_pylist()
+    if not rows:
+        raise InputError(f"manifest {path} has no rows: add one row per video to render", kind="bad_manifest")
+
+    base = path.resolve().parent
+    out_root = output_dir.resolve()
+    ids = _job_ids(path, rows)
+    jobs = [_make_job(i + 1, ids[i], r, base, out_root, reserved) for i, r in enumerate(rows)]
+    _check_unique_outputs(path, jobs)
+    return jobs
+
+
+def _read_table(path: Path) -> pa.Table:
+    if not path.is_file():
+        raise InputError(
+            f"manifest {path} does not exist: check the path (relative paths start from the "
+            "current folder)",
+            kind="missing_file",
+        )
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pq.read_table(path)
+        # Every CSV column is read as text: job ids like 007 keep their zeros.
+        probe = pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(block_size=1 << 20))
+        as_text = {name: pa.string() for name in probe.column_names}
+        return pa_csv.read_csv(
+            path, convert_options=pa_csv.ConvertOptions(column_types=as_text, strings_can_be_null=True)
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"manifest {path} could not be read ({_first_line(exc)}): give a CSV file with a "
+            "header line, or a Parquet file",
+            kind="bad_manifest",
+        ) from exc
+
+
+def _job_ids(path: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """Given ids where the manifest has them, derived ones (audio-video stems) elsewhere."""
+    given: dict[str, list[int]] = defaultdict(list)
+    for n, r in enumerate(rows, start=1):
+        if _text(r.get("job_id")):
+            given[_text(r["job_id"])].append(n)
+    dups = {k: v for k, v in given.items() if len(v) > 1}
+    if dups:
+        shown = "; ".join(f"{k!r} on rows {', '.join(map(str, v))}" for k, v in list(dups.items())[:5])
+        raise InputError(
+            f"manifest {path} repeats job ids ({shown}): every job_id must be unique, "
+            "or leave the column empty to have ids made from the file names",
+            kind="bad_manifest",
+        )
+    ids: list[str] = []
+    taken = set(given)
+    for n, r in enumerate(rows, start=1):
+        jid = _text(r.get("job_id"))
+        if not jid:
+            jid = f"{Path(_text(r.get('audio'))).stem}-{Path(_text(r.get('video'))).stem}"
+            if jid in taken:
+                jid = f"{jid}-row{n}"
+            taken.add(jid)
+        ids.append(jid)
+    return ids
+
+
+def _make_job(
+    row: int, job_id: str, r: dict[str, Any], base: Path, out_root: Path, reserved: frozenset[str]
+) -> Job:
+    audio, video = _text(r.get("audio")), _text(r.get("video"))
+    extra = {
+        (f"manifest_{k}" if k in reserved else k): v
+        for k, v in r.items()
+        if k not in REQUIRED_COLUMNS and k not in OPTIONAL_COLUMNS
+    }
+    output, problem = _resolve_output(job_id, _text(r.get("output")), out_root)
+    label = f"row {row} (job {job_id!r})"
+    for name, value in (("audio", audio), ("video", video)):
+        if problem is None and not value:
+            problem = InputError(
+                f"{label}: the {name!r} cell is empty: give the path of the {name} file",
+                kind="missing_file",
+            )
+    return Job(
+        row=row,
+        job_id=job_id,
+        audio=(base / audio) if audio else base,
+        video=(base / video) if video else base,
+        output=output,
+        extra=extra,
+        problem=problem,
+    )
+
+
+def _resolve_output(job_id: str, output: str, out_root: Path) -> tuple[Path | None, InputError | None]:
+    """Where the job's MP4 goes; a path outside ``out_root`` becomes a row problem."""
+    if not _SAFE_ID.match(job_id):
+        return None, InputError(
+            f"job {job_id!r}: this job id cannot be a file name inside the output folder; "
+            "use letters, digits, '.', '_' and '-' only (not starting with '.')",
+            kind="unsafe_output",
+        )
+    if not output:
+        return out_root / f"{job_id}.mp4", None
+    target = (out_root / output).resolve()
+    if Path(output).is_absolute() or not target.is_relative_to(out_root) or target == out_root:
+        return None, InputError(
+            f"job {job_id!r}: output {output!r} would be written outside the output folder "
+            f"{out_root}; give a path relative to it, such as 'videos/{job_id}.mp4'",
+            kind="unsafe_output",
+        )
+    if target.suffix.lower() != ".mp4":
+        return None, InputError(
+            f"job {job_id!r}: output {output!r} must end in .mp4", kind="unsafe_output"
+        )
+    return target, None
+
+
+def _check_unique_outputs(path: Path, jobs: list[Job]) -> None:
+    seen: dict[Path, list[int]] = defaultdict(list)
+    for j in jobs:
+        if j.output is not None:
+            seen[j.output].append(j.row)
+    clashes = {p: rows for p, rows in seen.items() if len(rows) > 1}
+    if clashes:
+        p, rows = next(iter(clashes.items()))
+        raise InputError(
+            f"manifest {path}: rows {', '.join(map(str, rows))} would all write {p}; "
+            "give each row its own job_id or output",
+            kind="bad_manifest",
+        )
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,1 @@
+"""Network definitions whose weights come from published checkpoints."""

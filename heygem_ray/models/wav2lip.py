@@ -1,0 +1,244 @@
+"""The public Wav2Lip generator, built so that its published checkpoints load unchanged.
+
+Module names follow the public code exactly (``audio_encoder``, ``face_encoder_blocks``,
+``face_decoder_blocks``, ``output_block``, each block's ``conv_block``), so that
+``state_dict()`` has the same 352 keys and shapes as ``wav2lip.pth`` / ``wav2lip_gan.pth``.
+
+Inputs and outputs (all float32):
+
+* mel window: (B, 1, 80, 16): 80 mel bands × 16 columns (200 ms at 80 columns/s), values
+  in [-4, 4] from :func:`heygem_ray.features.wav2lip_mel`.
+* face: (B, 6, 96, 96) BGR in [0, 1]: channels 0-2 the crop with its lower half (rows
+  48..95) zeroed, channels 3-5 the unmasked reference crop.
+* output: (B, 3, 96, 96) BGR in [0, 1]: the crop with generated lips.
+
+The forward pass is split in two stages so a pipeline can run them apart:
+``forward(mel, face) == decode(face, encode_audio(mel))``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from heygem_ray.errors import InputError
+from heygem_ray.features import MEL_STEP, N_MELS
+
+# MEL_STEP: mel columns per video frame (200 ms at 80 columns/s); N_MELS: mel bands.
+# Both are defined with the features that produce them and re-exported here.
+__all__ = ["EMBED_DIM", "FACE_SIZE", "MEL_STEP", "N_MELS", "ConvBlock", "ConvTransposeBlock", "Wav2Lip",
+           "load", "weights_hash"]
+
+FACE_SIZE = 96  # side of the square face crop, pixels
+EMBED_DIM = 512  # channels of the audio embedding and of the face bottleneck
+
+_FIX = "Pass the public wav2lip.pth or wav2lip_gan.pth generator checkpoint, not the discriminator/expert."
+_DP_PREFIX = "module."  # added to every key by nn.DataParallel
+_SHOWN_KEYS = 5  # offending keys named in an error message; the rest are counted
+
+
+class ConvBlock(nn.Module):
+    """Conv → BatchNorm (→ + input when ``residual``) → ReLU. The public ``Conv2d``."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int | tuple[int, int], padding: int,
+                 residual: bool = False):
+        super().__init__()
+        self.conv_block = nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, padding), nn.BatchNorm2d(cout))
+        self.residual = residual
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv_block(x)
+        if self.residual:
+            out = out + x
+        return self.act(out)
+
+
+class ConvTransposeBlock(nn.Module):
+    """ConvTranspose → BatchNorm → ReLU. The public ``Conv2dTranspose``."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int, output_padding: int = 0):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ConvTranspose2d(cin, cout, kernel, stride, padding, output_padding), nn.BatchNorm2d(cout)
+        )
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv_block(x))
+
+
+def _res(c: int) -> ConvBlock:
+    """A 3×3 stride-1 residual block that keeps ``c`` channels and the spatial size."""
+    return ConvBlock(c, c, 3, 1, 1, residual=True)
+
+
+class Wav2Lip(nn.Module):
+    """The public Wav2Lip generator (36.3 M parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        C, T = ConvBlock, ConvTransposeBlock
+        # Sizes after each encoder block, for a 96×96 face: 96, 48, 24, 12, 6, 3, 1.
+        self.face_encoder_blocks = nn.ModuleList([
+            nn.Sequential(C(6, 16, 7, 1, 3)),
+            nn.Sequential(C(16, 32, 3, 2, 1), _res(32), _res(32)),
+            nn.Sequential(C(32, 64, 3, 2, 1), _res(64), _res(64), _res(64)),
+            nn.Sequential(C(64, 128, 3, 2, 1), _res(128), _res(128)),
+            nn.Sequential(C(128, 256, 3, 2, 1), _res(256), _res(256)),
+            nn.Sequential(C(256, 512, 3, 2, 1), _res(512)),
+            nn.Sequential(C(512, 512, 3, 1, 0), C(512, 512, 1, 1, 0)),
+        ])
+        # Mel window 80×16 → 27×16 → 9×6 → 3×3 → 1×1 (rows × columns).
+        self.audio_encoder = nn.Sequential(
+            C(1, 32, 3, 1, 1), _res(32), _res(32),
+            C(32, 64, 3, (3, 1), 1), _res(64), _res(64),
+            C(64, 128, 3, 3, 1), _res(128), _res(128),
+            C(128, 256, 3, (3, 2), 1), _res(256),
+            C(256, 512, 3, 1, 0), C(512, 512, 1, 1, 0),
+        )
+        # Each decoder block's input is the previous block's output concatenated with the
+        # face encoder's skip of the same size, hence cin = previous cout + skip channels.
+        # Sizes after each block: 1, 3, 6, 12, 24, 48, 96.
+        self.face_decoder_blocks = nn.ModuleList([
+            nn.Sequential(C(512, 512, 1, 1, 0)),
+            nn.Sequential(T(1024, 512, 3, 1, 0), _res(512)),
+            nn.Sequential(T(1024, 512, 3, 2, 1, 1), _res(512), _res(512)),
+            nn.Sequential(T(768, 384, 3, 2, 1, 1), _res(384), _res(384)),
+            nn.Sequential(T(512, 256, 3, 2, 1, 1), _res(256), _res(256)),
+            nn.Sequential(T(320, 128, 3, 2, 1, 1), _res(128), _res(128)),
+            nn.Sequential(T(160, 64, 3, 2, 1, 1), _res(64), _res(64)),
+        ])
+        self.output_block = nn.Sequential(C(80, 32, 3, 1, 1), nn.Conv2d(32, 3, 1, 1, 0), nn.Sigmoid())
+
+    def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 80, 16) float32 mel window in [-4, 4] → (B, 512, 1, 1) float32 embedding."""
+        return self.audio_encoder(mel)
+
+    def decode(self, face: torch.Tensor, audio_embedding: torch.Tensor) -> torch.Tensor:
+        """(B, 6, 96, 96) BGR [0,1] masked+reference, (B, 512, 1, 1) → (B, 3, 96, 96) BGR in [0, 1]."""
+        feats = []  # skip connections, (B, 16, 96, 96) … (B, 512, 1, 1)
+        x = face
+        for block in self.face_encoder_blocks:
+            x = block(x)
+            feats.append(x)
+        x = audio_embedding  # (B, 512, 1, 1)
+        for block in self.face_decoder_blocks:
+            x = block(x)
+            x = torch.cat((x, feats.pop()), dim=1)  # deepest skip first
+        return self.output_block(x)  # (B, 80, 96, 96) → (B, 3, 96, 96)
+
+    def forward(self, audio_sequences: torch.Tensor, face_sequences: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 80, 16) mel window, (B, 6, 96, 96) BGR face pair → (B, 3, 96, 96) BGR in [0, 1]."""
+        return self.decode(face_sequences, self.encode_audio(audio_sequences))
+
+
+def _name_keys(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    more = len(keys) - _SHOWN_KEYS
+    return f"{shown} (and {more} more)" if more > 0 else shown
+
+
+def _read_checkpoint(path: Path, map_location: str | torch.device) -> object:
+    """torch.load without running arbitrary pickled code.
+
+    The public files hold tensors, ints and the Adam optimizer state (tensors, floats,
+    lists, dicts), all of which ``weights_only=True`` accepts. Re-saved copies sometimes
+    carry numpy scalars (e.g. a ``global_step`` of type ``np.int64``); those are allowed
+    explicitly on a second try. Anything else refused by the safe unpickler is reported,
+    never retried with ``weights_only=False``, which would execute code from the file.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # retried just below with numpy scalars allowed
+    # The function numpy scalars pickle through (numpy.[_]core.multiarray.scalar), and dtypes.
+    scalar_reconstructor = np.int64(0).__reduce__()[0]
+    numpy_scalars: list[Any] = [scalar_reconstructor, np.dtype, *(type(np.dtype(t)) for t in ("float32", "float64", "int64"))]
+    try:
+        with torch.serialization.safe_globals(numpy_scalars):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as second:
+        # torch's message is long; keep only the line naming the refused global.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(second))
+        what = found.group(1) if found else str(second).splitlines()[0]
+        raise InputError(
+            f"{path}: the checkpoint holds a Python object that is not loaded for safety ({what}). "
+            f"{_FIX} Or re-save only its tensors: torch.save({{'state_dict': sd}}, path).",
+            kind="bad_checkpoint",
+        ) from second
+
+
+def _extract_state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a checkpoint dict (or the dict itself), ``module.`` stripped."""
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"{path}: not a state dict of tensors (found {type(obj).__name__}). {_FIX}",
+                         kind="bad_checkpoint")
+    return {(k[len(_DP_PREFIX):] if k.startswith(_DP_PREFIX) else k): v for k, v in obj.items()}
+
+
+def _check_keys(path: Path, sd: Mapping[str, torch.Tensor], want: Mapping[str, tuple[int, ...]]) -> None:
+    """Raise naming every missing, unexpected or wrongly shaped key of ``sd``."""
+    missing = sorted(set(want) - set(sd))
+    unexpected = sorted(set(sd) - set(want))
+    wrong = sorted(k for k in set(want) & set(sd) if tuple(sd[k].shape) != want[k])
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_name_keys(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_name_keys(unexpected)}")
+    if wrong:
+        shapes = [f"{k} is {list(sd[k].shape)}, expected {list(want[k])}" for k in wrong]
+        problems.append(f"{len(wrong)} key(s) with the wrong shape: {_name_keys(shapes)}")
+    if problems:
+        raise InputError(f"{path} is not a Wav2Lip generator checkpoint: {'; '.join(problems)}. {_FIX}",
+                         kind="bad_checkpoint")
+
+
+def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Wav2Lip:
+    """Build the generator from a public checkpoint; returned in eval mode on ``map_location``.
+
+    Accepts ``{"state_dict": sd, ...}`` or a bare ``sd``; keys may start with ``module.``.
+    The key set and every shape must be exactly the public generator's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint file not found. {_FIX}", kind="missing_file")
+    try:
+        obj = _read_checkpoint(path, map_location)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch.load on a damaged file raises many types
+        # (RuntimeError, EOFError, IndexError from the safe unpickler, ...); all mean the
+        # same to the user and the cause is chained.
+        raise InputError(
+            f"{path}: cannot read as a torch checkpoint ({type(e).__name__}: {e}). {_FIX}", kind="bad_checkpoint"
+        ) from e
+    sd = _extract_state_dict(path, obj)
+    model = Wav2Lip()
+    _check_keys(path, sd, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    model.load_state_dict(sd, strict=True)
+    return model.to(map_location).eval()
+
+
+def weights_hash(path: str | os.PathLike[str]) -> str:
+    """sha256 hex digest of the checkpoint file's bytes (read in 1 MiB chunks)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint file not found. {_FIX}", kind="missing_file")
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,67 @@
+"""Model packs: ``features → motion → render`` plus the face-crop geometry.
+
+A ``PackSpec`` is light (no weights): CPU stages use it for geometry, audio features and
+the paste mask. ``load_stages`` builds the two ``torch.nn.Module`` stages on a worker:
+
+* motion: ``features`` (B, *F) float32 → ``codes`` (B, *C) float32
+* render: ``crops`` (B, 3, S, S) float32 BGR in [0, 1], ``codes`` (B, *C) → ``crops``
+  (B, 3, S, S) float32 BGR in [0, 1]
+
+Every pack has exactly this I/O, so workers, runners and exporters never branch on the
+pack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from heygem_ray.geometry import CropGeometry
+
+# wav (n,) float32 16 kHz mono, fps, output frame count → (frames, *F) float32
+FeatureFn = Callable[[np.ndarray, Fraction, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]  # without the leading dynamic batch axis
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class PackSpec:
+    name: str
+    geometry: CropGeometry
+    features: FeatureFn
+    feature_shape: tuple[int, ...]
+    code_shape: tuple[int, ...]
+    paste_mask: np.ndarray  # (S, S) float32 in [0, 1], 0 on the border
+    load_stages: Callable[[Path | None], dict[str, torch.nn.Module]]
+
+    def io(self, stage: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        """Declared (inputs, outputs) of ``stage`` ("motion" or "render")."""
+        size = self.geometry.size
+        crops = TensorSpec("crops", (3, size, size))
+        codes = TensorSpec("codes", self.code_shape)
+        if stage == "motion":
+            return (TensorSpec("features", self.feature_shape),), (codes,)
+        if stage == "render":
+            return (crops, codes), (crops,)
+        raise ValueError(f"unknown stage {stage!r}")
+
+
+def get_pack(name: str) -> PackSpec:
+    # Imported here: a pack's module pulls in its model code only when asked for.
+    if name == "warp":
+        from heygem_ray.packs.warp import PACK
+    elif name == "wav2lip":
+        from heygem_ray.packs.wav2lip import PACK
+    else:
+        raise ValueError(f"unknown pack {name!r}")
+    return PACK

@@ -1,0 +1,82 @@
+"""The ``wav2lip`` pack: the public Wav2Lip generator, split into two stages.
+
+* features: the Wav2Lip mel (``features.wav2lip_mel``), one (1, 80, 16) window per
+  output frame by the public indexing rule.
+* motion: the audio encoder, (B, 1, 80, 16) → (B, 512, 1, 1).
+* render: the face encoder and decoder, 96 × 96 BGR crops in [0, 1] plus the audio code
+  → generated crops. The six-channel face input (masked crop, then reference) is built
+  inside the stage, as the public inference script builds it.
+
+Crop geometry is the public one: the detector box padded 10 px at the bottom, clipped
+to the frame, averaged over 5 frames, resized to 96 × 96.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from heygem_ray.errors import InputError
+from heygem_ray.features import mel_windows, wav2lip_mel
+from heygem_ray.geometry import CropGeometry, feathered_ellipse
+from heygem_ray.models.wav2lip import EMBED_DIM, FACE_SIZE, MEL_STEP, N_MELS, Wav2Lip, load
+from heygem_ray.packs import PackSpec
+
+GEOMETRY = CropGeometry(size=FACE_SIZE, mode="padded", pad=(0, 10, 0, 0), smooth_window=5)
+
+
+def wav2lip_features(wav: np.ndarray, fps: Fraction, frames: int) -> np.ndarray:
+    """16 kHz mono wav → (frames, 1, 80, 16) float32 mel windows."""
+    return mel_windows(wav2lip_mel(wav), float(fps), frames)
+
+
+class Wav2LipMotion(nn.Module):
+    """(B, 1, 80, 16) mel windows → (B, 512, 1, 1) audio codes."""
+
+    def __init__(self, model: Wav2Lip):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_audio(features)
+
+
+class Wav2LipRender(nn.Module):
+    """(B, 3, 96, 96) BGR crops in [0, 1] and (B, 512, 1, 1) codes → (B, 3, 96, 96)."""
+
+    def __init__(self, model: Wav2Lip):
+        super().__init__()
+        self.model = model
+        lower = torch.ones(1, 1, FACE_SIZE, FACE_SIZE)
+        lower[..., FACE_SIZE // 2 :, :] = 0.0  # rows 48..95 hidden from the model
+        self.register_buffer("keep_upper", lower)
+
+    def forward(self, crops: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        face = torch.cat([crops * self.keep_upper, crops], dim=1)  # (B, 6, 96, 96)
+        return self.model.decode(face, codes)
+
+
+def _load_stages(checkpoint: Path | None) -> dict[str, nn.Module]:
+    if checkpoint is None:
+        raise InputError(
+            "the wav2lip pack needs --checkpoint PATH (the public wav2lip.pth or wav2lip_gan.pth)",
+            kind="bad_argument",
+        )
+    model = load(checkpoint)
+    return {"motion": Wav2LipMotion(model).eval(), "render": Wav2LipRender(model).eval()}
+
+
+PACK = PackSpec(
+    name="wav2lip",
+    geometry=GEOMETRY,
+    features=wav2lip_features,
+    feature_shape=(1, N_MELS, MEL_STEP),
+    code_shape=(EMBED_DIM, 1, 1),
+    # The model redraws the whole crop; blend it in with a soft edge all round.
+    paste_mask=feathered_ellipse(FACE_SIZE, centre=(0.0, 0.1), radii=(0.95, 0.95), feather=0.3),
+    load_stages=_load_stages,
+)

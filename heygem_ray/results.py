@@ -1,0 +1,99 @@
+"""The results table: one row per manifest row, written as Parquet.
+
+Column meanings are documented in README.md ("Results"); the schema below is the one
+place they are defined.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+Status = Literal["ok", "failed", "skipped"]
+
+SCHEMA = pa.schema(
+    [
+        ("job_id", pa.string()),
+        ("row", pa.int64()),
+        ("audio", pa.string()),
+        ("video", pa.string()),
+        ("output", pa.string()),
+        ("status", pa.string()),
+        ("error_kind", pa.string()),
+        ("error_stage", pa.string()),
+        ("error", pa.string()),
+        ("frames", pa.int64()),
+        ("audio_seconds", pa.float64()),
+        ("seconds", pa.float64()),
+        ("realtime_factor", pa.float64()),
+        ("analyze_s", pa.float64()),
+        ("features_s", pa.float64()),
+        ("motion_s", pa.float64()),
+        ("render_s", pa.float64()),
+        ("compose_s", pa.float64()),
+        ("pack", pa.string()),
+        ("backend", pa.string()),
+        ("backend_note", pa.string()),
+        ("template_cached", pa.bool_()),
+        ("node", pa.string()),
+        ("gpu", pa.string()),
+        ("compute_capability", pa.string()),
+        ("attempts", pa.int64()),
+        ("config_hash", pa.string()),
+    ]
+)
+RESULT_COLUMNS = frozenset(SCHEMA.names)
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    row: int
+    audio: str
+    video: str
+    output: str | None
+    status: Status = "failed"
+    error_kind: str | None = None
+    error_stage: str | None = None
+    error: str | None = None
+    frames: int = 0
+    audio_seconds: float | None = None
+    seconds: float = 0.0
+    realtime_factor: float | None = None
+    analyze_s: float | None = None
+    features_s: float | None = None
+    motion_s: float | None = None
+    render_s: float | None = None
+    compose_s: float | None = None
+    pack: str = ""
+    backend: str | None = None
+    backend_note: str | None = None
+    template_cached: bool | None = None
+    node: str | None = None
+    gpu: str | None = None
+    compute_capability: str | None = None
+    attempts: int = 1
+    config_hash: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        extra = row.pop("extra")
+        return {**row, **{k: (None if v is None else str(v)) for k, v in extra.items()}}
+
+
+def write_results(results: list[JobResult], path: Path) -> None:
+    """Write the table atomically: readers never see a half-written file."""
+    rows = sorted((r.to_row() for r in results), key=lambda r: r["row"])
+    extra_names = sorted({k for r in rows for k in r} - RESULT_COLUMNS)
+    schema = pa.schema(list(SCHEMA) + [(name, pa.string()) for name in extra_names])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,48 @@
+import numpy as np
+
+from heygem_ray.geometry import CropGeometry, cut, feathered_ellipse, paste
+
+
+def test_square_crop_box_is_centred_below_the_face_and_smoothed():
+    g = CropGeometry(size=64, mode="square", scale=1.5, shift_y=0.1, smooth_window=1)
+    (b,) = g.crop_boxes(np.array([[100, 100, 200, 200]], np.float32), 640, 480)
+    assert b.tolist() == [75, 85, 225, 235]
+
+
+def test_padded_crop_box_is_clipped_to_the_frame():
+    g = CropGeometry(size=96, mode="padded", pad=(0, 10, 0, 0), smooth_window=1)
+    (b,) = g.crop_boxes(np.array([[10, 400, 110, 475]], np.float32), 640, 480)
+    assert b.tolist() == [10, 400, 110, 480]
+
+
+def test_cut_repeats_edge_pixels_outside_the_frame():
+    frame = np.zeros((20, 20, 3), np.uint8)
+    frame[:, 0] = 200
+    crop = cut(frame, np.array([-10, 0, 10, 20]), 20)
+    assert crop[:, :9].min() >= 190  # the left half is the repeated left column
+
+
+def test_paste_leaves_everything_outside_the_box_alone_and_blends_softly():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (100, 120, 3), dtype=np.uint8)
+    before = frame.copy()
+    box = np.array([30, 20, 90, 80])
+    mask = feathered_ellipse(32, (0.0, 0.0), (0.8, 0.8), 0.2)
+    paste(frame, np.full((32, 32, 3), 255, np.uint8), box, mask)
+    outside = np.ones((100, 120), bool)
+    outside[20:80, 30:90] = False
+    assert np.array_equal(frame[outside], before[outside])
+    assert frame[50, 60].min() == 255  # centre fully replaced
+    assert np.abs(frame[20, 30].astype(int) - before[20, 30]).max() <= 1  # corner untouched
+
+
+def test_paste_box_partly_outside_the_frame():
+    frame = np.zeros((50, 50, 3), np.uint8)
+    paste(frame, np.full((16, 16, 3), 255, np.uint8), np.array([-20, -20, 20, 20]), np.ones((16, 16), np.float32))
+    assert frame[:20, :20].min() == 255 and frame[20:].max() == 0
+
+
+def test_feathered_mask_is_zero_on_the_border_and_one_inside():
+    m = feathered_ellipse(64, (0.0, 0.0), (0.7, 0.7), 0.2)
+    assert m[0].max() == 0 and m[-1].max() == 0 and m[:, 0].max() == 0 and m[:, -1].max() == 0
+    assert m[32, 32] == 1.0
