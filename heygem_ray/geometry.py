@@ -64,24 +64,34 @@ def cut(frame: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def paste(frame: np.ndarray, crop: np.ndarray, box: np.ndarray, mask: np.ndarray) -> None:
+def paste(
+    frame: np.ndarray, crop: np.ndarray, box: np.ndarray, mask: np.ndarray, base: np.ndarray | None = None
+) -> None:
     """Blend ``crop`` (S, S, 3) uint8 into ``frame`` in place over ``box``.
 
     ``mask`` (S, S) float32 in [0, 1] is the weight of the generated crop; it falls to 0
     at the crop's border so no box edge shows. Pixels outside the box are not touched.
+
+    With ``base`` (the crop the model was given), only the change is pasted:
+    ``frame + mask · (up(crop) − up(base))``. Where the model left the crop as it was,
+    the frame keeps its full-resolution detail instead of a resized copy of itself.
     """
     h, w = frame.shape[:2]
     x0, y0, x1, y1 = (int(v) for v in box)
     bw, bh = x1 - x0, y1 - y0
-    gen = cv2.resize(crop, (bw, bh), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-    m = cv2.resize(mask, (bw, bh), interpolation=cv2.INTER_LINEAR)[..., None]
     # The part of the box inside the frame, in frame and in box coordinates.
     fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     if fx0 >= fx1 or fy0 >= fy1:
         return
     sl = (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0))
+    m = cv2.resize(mask, (bw, bh), interpolation=cv2.INTER_LINEAR)[..., None][sl]
+    gen = cv2.resize(crop, (bw, bh), interpolation=cv2.INTER_LINEAR).astype(np.float32)[sl]
     under = frame[fy0:fy1, fx0:fx1].astype(np.float32)
-    blended = m[sl] * gen[sl] + (1.0 - m[sl]) * under
+    if base is None:
+        blended = m * gen + (1.0 - m) * under
+    else:
+        old = cv2.resize(base, (bw, bh), interpolation=cv2.INTER_LINEAR).astype(np.float32)[sl]
+        blended = under + m * (gen - old)
     frame[fy0:fy1, fx0:fx1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 

@@ -134,11 +134,10 @@ def _make_job(
         if k not in REQUIRED_COLUMNS and k not in OPTIONAL_COLUMNS
     }
     output, problem = _resolve_output(job_id, _text(r.get("output")), out_root)
-    label = f"row {row} (job {job_id!r})"
     for name, value in (("audio", audio), ("video", video)):
         if problem is None and not value:
             problem = InputError(
-                f"{label}: the {name!r} cell is empty: give the path of the {name} file",
+                f"the {name!r} cell is empty: give the path of the {name} file",
                 kind="missing_file",
             )
     return Job(
@@ -156,7 +155,7 @@ def _resolve_output(job_id: str, output: str, out_root: Path) -> tuple[Path | No
     """Where the job's MP4 goes; a path outside ``out_root`` becomes a row problem."""
     if not _SAFE_ID.match(job_id):
         return None, InputError(
-            f"job {job_id!r}: this job id cannot be a file name inside the output folder; "
+            "this job id cannot be a file name inside the output folder; "
             "use letters, digits, '.', '_' and '-' only (not starting with '.')",
             kind="unsafe_output",
         )
@@ -165,13 +164,13 @@ def _resolve_output(job_id: str, output: str, out_root: Path) -> tuple[Path | No
     target = (out_root / output).resolve()
     if Path(output).is_absolute() or not target.is_relative_to(out_root) or target == out_root:
         return None, InputError(
-            f"job {job_id!r}: output {output!r} would be written outside the output folder "
+            f"output {output!r} would be written outside the output folder "
             f"{out_root}; give a path relative to it, such as 'videos/{job_id}.mp4'",
             kind="unsafe_output",
         )
     if target.suffix.lower() != ".mp4":
         return None, InputError(
-            f"job {job_id!r}: output {output!r} must end in .mp4", kind="unsafe_output"
+            f"output {output!r} must end in .mp4", kind="unsafe_output"
         )
     return target, None
 

@@ -46,3 +46,17 @@ def test_feathered_mask_is_zero_on_the_border_and_one_inside():
     m = feathered_ellipse(64, (0.0, 0.0), (0.7, 0.7), 0.2)
     assert m[0].max() == 0 and m[-1].max() == 0 and m[:, 0].max() == 0 and m[:, -1].max() == 0
     assert m[32, 32] == 1.0
+
+
+def test_residual_paste_of_an_unchanged_crop_leaves_the_frame_exactly_as_it_was():
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (100, 120, 3), dtype=np.uint8)
+    before = frame.copy()
+    box = np.array([30, 20, 90, 80])
+    crop = cut(frame, box, 32)
+    mask = feathered_ellipse(32, (0.0, 0.0), (0.8, 0.8), 0.2)
+    paste(frame, crop, box, mask, base=crop)
+    assert np.array_equal(frame, before)
+    # A changed crop moves the frame by exactly the (resized, masked) change.
+    paste(frame, np.clip(crop.astype(int) + 40, 0, 255).astype(np.uint8), box, mask, base=crop)
+    assert frame[50, 60].astype(int).mean() > before[50, 60].astype(int).mean() + 20

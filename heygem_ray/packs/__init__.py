@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,6 +43,9 @@ class PackSpec:
     feature_shape: tuple[int, ...]
     code_shape: tuple[int, ...]
     paste_mask: np.ndarray  # (S, S) float32 in [0, 1], 0 on the border
+    # "residual": paste only what the render stage changed (keeps the frame's detail
+    # where the crop is unchanged); "replace": paste the generated crop itself.
+    paste_mode: Literal["residual", "replace"]
     load_stages: Callable[[Path | None], dict[str, torch.nn.Module]]
 
     def io(self, stage: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

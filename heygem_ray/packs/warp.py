@@ -139,5 +139,6 @@ PACK = PackSpec(
     feature_shape=(WINDOW,),
     code_shape=(1,),
     paste_mask=feathered_ellipse(CROP_SIZE, centre=(0.0, MOUTH_Y + 0.12), radii=(0.5, 0.38), feather=0.25),
+    paste_mode="residual",
     load_stages=_load_stages,
 )

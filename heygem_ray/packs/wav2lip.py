@@ -76,7 +76,9 @@ PACK = PackSpec(
     features=wav2lip_features,
     feature_shape=(1, N_MELS, MEL_STEP),
     code_shape=(EMBED_DIM, 1, 1),
-    # The model redraws the whole crop; blend it in with a soft edge all round.
     paste_mask=feathered_ellipse(FACE_SIZE, centre=(0.0, 0.1), radii=(0.95, 0.95), feather=0.3),
+    # The model redraws the whole lower face: residual pasting would leave ghosts of the
+    # old mouth's edges, so the crop replaces the frame under the mask, as in the public code.
+    paste_mode="replace",
     load_stages=_load_stages,
 )

@@ -1,0 +1,30 @@
+# Fresh machine: `make demo` renders the bundled example, `make test` runs the tests.
+# Both create .venv and install the pinned versions from constraints.txt first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+OUT    ?= out
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/heygem-ray: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: an unpinned resolve would pull the multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/heygem-ray
+
+demo: setup
+	$(BIN)/heygem-ray submit examples/manifest.csv --output-dir $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/bench_example.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,190 @@
+"""The ``analyze`` stage: a reference video or photo → a cached template.
+
+A template holds everything later stages need from the reference, so the reference is
+decoded once however many jobs use it:
+
+* ``meta.json``: fps, frame size, frame count, how it was made;
+* ``frames.bin`` + ``offsets.npy``: every decoded frame as a JPEG (4:4:4, quality 95),
+  so any frame can be read by index — compose walks the reference forwards and backwards
+  (ping-pong) without holding it in memory;
+* ``boxes.npy``: (n, 4) int32 crop box per frame (smoothed face track);
+* ``crops.npy``: (n, S, S, 3) uint8 BGR face crops at the pack's input size.
+
+Templates live under ``cache_dir/<key>`` where the key hashes the file's content, the
+detector settings and the crop geometry. Building one is atomic (a temporary folder,
+then a rename) and locked, so two jobs with the same reference build it once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from heygem_ray import media
+from heygem_ray.config import DetectorConfig
+from heygem_ray.errors import InputError
+from heygem_ray.facetrack import FaceDetector, track_main_face
+from heygem_ray.geometry import CropGeometry, cut
+
+TEMPLATE_VERSION = 1
+# A track found in fewer frames than this is taken for detector noise, not a presenter.
+MIN_DETECTED_FRACTION = 0.2
+_JPEG = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+
+
+@dataclass(frozen=True)
+class Template:
+    root: Path
+    fps: Fraction
+    width: int
+    height: int
+    frames: int
+    is_image: bool
+    boxes: np.ndarray  # (frames, 4) int32 crop boxes (x0, y0, x1, y1)
+
+    @classmethod
+    def open(cls, root: Path) -> Template:
+        meta = json.loads((root / "meta.json").read_text())
+        return cls(
+            root=root,
+            fps=Fraction(meta["fps"]),
+            width=meta["width"],
+            height=meta["height"],
+            frames=meta["frames"],
+            is_image=meta["is_image"],
+            boxes=np.load(root / "boxes.npy"),
+        )
+
+    def crops(self, index: np.ndarray) -> np.ndarray:
+        """Reference frame indices (k,) → (k, S, S, 3) uint8 BGR crops."""
+        return np.asarray(np.load(self.root / "crops.npy", mmap_mode="r")[index])
+
+    def read_frames(self, index: np.ndarray) -> Iterator[np.ndarray]:
+        """Yield the (H, W, 3) uint8 BGR reference frame for each index, in order."""
+        offsets = np.load(self.root / "offsets.npy")
+        with open(self.root / "frames.bin", "rb") as f:
+            for i in index:
+                f.seek(int(offsets[i]))
+                data = f.read(int(offsets[i + 1] - offsets[i]))
+                yield cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def template_key(video: Path, geometry: CropGeometry, detector: DetectorConfig) -> str:
+    settings = json.dumps(
+        {"v": TEMPLATE_VERSION, "geometry": dataclasses.asdict(geometry), "detector": dataclasses.asdict(detector)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(f"{content_hash(video)}:{settings}".encode()).hexdigest()[:32]
+
+
+def analyze(
+    video: Path, geometry: CropGeometry, detector: DetectorConfig, cache_dir: Path
+) -> tuple[Template, bool]:
+    """The template for ``video``, built unless cached. Returns (template, was_cached)."""
+    info = media.probe_video(video)  # names a missing or unreadable file before hashing it
+    key = template_key(video, geometry, detector)
+    root = cache_dir / key
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _lock(cache_dir / f"{key}.lock"):
+        if (root / "meta.json").is_file():
+            return Template.open(root), True
+        tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
+        try:
+            _build(info, geometry, detector, tmp)
+            os.replace(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Template.open(root), False
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(info: media.VideoInfo, geometry: CropGeometry, detector_cfg: DetectorConfig, out: Path) -> None:
+    out.mkdir(parents=True)
+    video = info.path
+    detector = FaceDetector(detector_cfg)
+
+    # Pass 1: decode once, store every frame as JPEG, detect faces.
+    detections: list[np.ndarray] = []
+    offsets = [0]
+    with open(out / "frames.bin", "wb") as store:
+        for frame in media.iter_frames(info):
+            ok, jpeg = cv2.imencode(".jpg", frame, _JPEG)
+            if not ok:
+                raise RuntimeError(f"OpenCV failed to encode a {frame.shape} frame as JPEG")
+            store.write(jpeg.tobytes())
+            offsets.append(offsets[-1] + len(jpeg))
+            detections.append(detector.detect(frame))
+    if not detections:
+        raise InputError(
+            f"reference {video} decoded to no frames: re-export it (e.g. as H.264 MP4) "
+            "or give a photo instead",
+            kind="unreadable_media",
+        )
+    np.save(out / "offsets.npy", np.asarray(offsets, np.int64))
+
+    # Track the main face; its smoothed crop boxes.
+    track = track_main_face(detections)
+    found = 0 if track is None else int(track.detected.sum())
+    if track is None or found < MIN_DETECTED_FRACTION * len(detections):
+        raise InputError(
+            f"reference {video}: no face found (a face was detected in {found} of its "
+            f"{len(detections)} frame(s)); use a "
+            "video or photo where the presenter faces the camera, well lit, with the face at "
+            f"least {int(min(info.width, info.height) * detector_cfg.min_face_fraction) + 1} pixels wide",
+            kind="no_face",
+        )
+    boxes = geometry.crop_boxes(track.boxes, info.width, info.height)
+    np.save(out / "boxes.npy", boxes)
+
+    # Pass 2: cut the crops from the stored frames.
+    partial = Template(out, info.fps, info.width, info.height, len(detections), info.is_image, boxes)
+    crops = np.lib.format.open_memmap(
+        out / "crops.npy", mode="w+", dtype=np.uint8, shape=(len(detections), geometry.size, geometry.size, 3)
+    )
+    for i, frame in enumerate(partial.read_frames(np.arange(len(detections)))):
+        crops[i] = cut(frame, boxes[i], geometry.size)
+    crops.flush()
+    del crops
+
+    meta = {
+        "version": TEMPLATE_VERSION,
+        "source": str(video),
+        "fps": str(info.fps),
+        "width": info.width,
+        "height": info.height,
+        "frames": len(detections),
+        "is_image": info.is_image,
+        "face_detected_fraction": float(track.detected.mean()),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))

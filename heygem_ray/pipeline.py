@@ -1,0 +1,216 @@
+"""One job, start to finish: the numbered recipe, free of Ray.
+
+``render_job`` is called by the Ray job task (``ray_exec.py``) and, in tests and for
+debugging, directly with an in-process model service. Whatever goes wrong becomes the
+job's result row; nothing escapes to stop the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from heygem_ray import media
+from heygem_ray.analyze import Template, analyze
+from heygem_ray.config import RenderConfig
+from heygem_ray.errors import HeygemError, InternalError
+from heygem_ray.features import SAMPLE_RATE
+from heygem_ray.geometry import paste
+from heygem_ray.manifest import Job
+from heygem_ray.packs import PackSpec, get_pack
+from heygem_ray.results import JobResult
+from heygem_ray.timeline import Timeline, plan
+from heygem_ray.worker import ChunkOutput, ModelWorker, WorkerInfo
+
+log = logging.getLogger(__name__)
+
+# Chunks rendered ahead of the one being composed: keeps the workers busy while the
+# job composes, and bounds the crops held in memory to (LOOKAHEAD + 1) chunks.
+LOOKAHEAD = 2
+
+
+class ChunkFuture(Protocol):
+    def result(self) -> ChunkOutput: ...
+
+
+class ModelService(Protocol):
+    """Where motion and render run: in this process, or on Ray worker actors."""
+
+    def submit(self, features: np.ndarray, crops: np.ndarray) -> ChunkFuture: ...
+
+
+class _Done:
+    def __init__(self, value: ChunkOutput):
+        self.value = value
+
+    def result(self) -> ChunkOutput:
+        return self.value
+
+
+class InProcessService:
+    """Runs chunks at once on a worker in this process (tests, debugging)."""
+
+    def __init__(self, worker: ModelWorker):
+        self.worker = worker
+
+    def submit(self, features: np.ndarray, crops: np.ndarray) -> ChunkFuture:
+        return _Done(self.worker.run_chunk(features, crops))
+
+
+class _Stages:
+    """Wall seconds per stage, and which stage is running (for error rows)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.current = "plan"
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.current = name
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+
+def render_job(
+    job: Job,
+    cfg: RenderConfig,
+    cache_dir: Path,
+    models: ModelService,
+    on_frames: Callable[[int], None] = lambda n: None,
+) -> JobResult:
+    """Render ``job`` to its MP4 and describe what happened."""
+    t_start = time.perf_counter()
+    pack = get_pack(cfg.pack)
+    result = JobResult(
+        job_id=job.job_id,
+        row=job.row,
+        audio=str(job.audio),
+        video=str(job.video),
+        output=str(job.output) if job.output else None,
+        pack=cfg.pack,
+        extra=job.extra,
+    )
+    stages = _Stages()
+    try:
+        if job.problem is not None:
+            raise job.problem
+        if job.output is None:
+            raise InternalError(f"{job.label} has neither an output nor a problem")
+        # 1. check the audio and decode it to 16 kHz mono
+        with stages("probe"):
+            media.probe_audio(job.audio)
+            wav = media.load_audio(job.audio, SAMPLE_RATE)
+        # 2. analyze the reference (a cached template when seen before)
+        with stages("analyze"):
+            template, result.template_cached = analyze(job.video, pack.geometry, cfg.detector, cache_dir)
+        # 3. plan the output frames and compute their audio features
+        with stages("features"):
+            timeline = plan(len(wav) / SAMPLE_RATE, template.frames, template.fps, cfg.loop, template.is_image)
+            features = pack.features(wav, template.fps, timeline.frames)
+        # 4+5. motion and render per chunk on the workers, composed and encoded here
+        last = _render_and_compose(job.output, job.audio, template, timeline, features, pack, cfg, models, stages, on_frames)
+        result.status = "ok"
+        result.frames = timeline.frames
+        result.audio_seconds = len(wav) / SAMPLE_RATE
+        result.backend, result.backend_note = last.backend, last.backend_note
+        result.node, result.gpu = last.node, last.device.gpu
+        result.compute_capability = last.device.compute_capability
+    except HeygemError as exc:
+        result.error_kind, result.error_stage = exc.kind, stages.current
+        result.error = f"{job.label}: {exc.message}"
+    except Exception as exc:  # a bug: keep the batch going, keep the evidence
+        log.error("%s failed in %s:\n%s", job.label, stages.current, traceback.format_exc())
+        result.error_kind, result.error_stage = "internal", stages.current
+        result.error = (
+            f"{job.label}: internal error in stage {stages.current}: {type(exc).__name__}: {exc} "
+            "(a bug in heygem-ray; please report it with this message)"
+        )
+    result.seconds = time.perf_counter() - t_start
+    for name in ("analyze", "features", "motion", "render", "compose"):
+        setattr(result, f"{name}_s", stages.seconds.get(name))
+    if result.status == "ok" and result.seconds > 0:
+        result.realtime_factor = result.frames / float(template.fps) / result.seconds
+    return result
+
+
+def _render_and_compose(
+    output: Path,
+    audio: Path,
+    template: Template,
+    timeline: Timeline,
+    features: np.ndarray,
+    pack: PackSpec,
+    cfg: RenderConfig,
+    models: ModelService,
+    stages: _Stages,
+    on_frames: Callable[[int], None],
+) -> WorkerInfo:
+    """Submit chunks ahead, compose them in order into a temporary MP4, then publish it.
+
+    Returns the description of the worker that rendered the last chunk.
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.stem}.{uuid.uuid4().hex[:8]}.part.mp4")
+    size = cfg.chunk_frames
+    chunks = [slice(s, min(s + size, timeline.frames)) for s in range(0, timeline.frames, size)]
+    pending: deque[tuple[slice, np.ndarray, ChunkFuture]] = deque()
+    last: ChunkOutput | None = None
+    try:
+        with media.VideoWriter(
+            partial,
+            width=template.width,
+            height=template.height,
+            fps=template.fps,
+            audio=audio,
+            duration=timeline.duration,
+            crf=cfg.crf,
+            preset=cfg.preset,
+        ) as writer:
+
+            def compose_next() -> ChunkOutput:
+                sl, given, future = pending.popleft()
+                stages.current = "render"
+                chunk = future.result()
+                stages.add("motion", chunk.motion_s)
+                stages.add("render", chunk.render_s)
+                ref = timeline.ref_index[sl]
+                with stages("compose"):
+                    frames = template.read_frames(ref)
+                    bases = given if pack.paste_mode == "residual" else [None] * len(ref)
+                    for frame, crop, base, box in zip(frames, chunk.crops, bases, template.boxes[ref], strict=True):
+                        paste(frame, crop, box, pack.paste_mask, base)
+                        writer.write(frame)
+                on_frames(len(ref))
+                return chunk
+
+            for sl in chunks:
+                stages.current = "render"
+                crops = template.crops(timeline.ref_index[sl])
+                pending.append((sl, crops, models.submit(features[sl], crops)))
+                if len(pending) > LOOKAHEAD:
+                    last = compose_next()
+            while pending:
+                last = compose_next()
+            stages.current = "compose"
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    if last is None:
+        raise InternalError("a timeline without frames reached compose")
+    return last.worker

@@ -1,0 +1,164 @@
+"""Running a manifest on Ray: worker actors own the models, job tasks run the recipe.
+
+* One ``ModelWorker`` actor per GPU (``num_gpus=1``); on a cluster without GPUs, CPU
+  actors instead, leaving cores for the job tasks.
+* One Ray task per job runs ``pipeline.render_job``; it sends chunks to the actors and
+  composes their crops. Only crops, features and small metadata cross the object store.
+* The driver keeps at most ``max_jobs_in_flight`` jobs submitted, so a manifest of
+  100 000 rows needs no more driver memory than one of 100.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+from ray.exceptions import RayError
+
+from heygem_ray.config import RenderConfig, RunConfig
+from heygem_ray.manifest import Job
+from heygem_ray.pipeline import ChunkFuture, render_job
+from heygem_ray.results import JobResult
+from heygem_ray.worker import ChunkOutput, ModelWorker
+
+log = logging.getLogger(__name__)
+
+# Seconds between progress polls while waiting for jobs.
+POLL_S = 0.5
+
+
+def node_name() -> str:
+    ctx = ray.get_runtime_context()
+    return f"{ray.util.get_node_ip_address()}/{ctx.get_node_id()[:8]}"
+
+
+class _ActorWorker(ModelWorker):
+    """A ModelWorker that knows which Ray node it lives on."""
+
+    def __init__(self, pack: str, checkpoint: Path | None, batch_size: int):
+        super().__init__(pack, checkpoint, batch_size, node=node_name())
+
+
+@ray.remote(num_cpus=0)
+class _Progress:
+    """Frames composed so far, reported by job tasks, read by the driver."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def add(self, frames: int) -> None:
+        self.frames += frames
+
+    def total(self) -> int:
+        return self.frames
+
+
+class _RayFuture:
+    def __init__(self, ref: ray.ObjectRef):
+        self.ref = ref
+
+    def result(self) -> ChunkOutput:
+        return ray.get(self.ref)
+
+
+class _RayService:
+    """Sends each chunk to the next worker actor in turn."""
+
+    def __init__(self, actors: list[ray.actor.ActorHandle]):
+        self._next = itertools.cycle(actors)
+
+    def submit(self, features: np.ndarray, crops: np.ndarray) -> ChunkFuture:
+        return _RayFuture(next(self._next).run_chunk.remote(features, crops))
+
+
+@ray.remote(num_cpus=1)
+def _job_task(job: Job, cfg: RenderConfig, cache_dir: Path, actors: list, progress) -> JobResult:
+    return render_job(job, cfg, cache_dir, _RayService(actors), on_frames=progress.add.remote)
+
+
+@dataclass(frozen=True)
+class Pool:
+    actors: list
+    kind: str  # "gpu" or "cpu"
+
+
+def start_workers(cfg: RunConfig) -> Pool:
+    """One actor per GPU, or CPU actors sized to leave cores for job tasks."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    remote = ray.remote(_ActorWorker)
+    args = (cfg.render.pack, cfg.render.checkpoint, cfg.render.batch_size)
+    if gpus > 0:
+        actors = [remote.options(num_gpus=1, num_cpus=1).remote(*args) for _ in range(gpus)]
+        return Pool(actors, "gpu")
+    cpus = int(resources.get("CPU", 1))
+    count = cfg.cpu_workers or max(1, cpus // 4)
+    # Never let model actors take every core: job tasks (analyze, compose) need one.
+    count = max(1, min(count, cpus - 1))
+    actors = [remote.options(num_cpus=1).remote(*args) for _ in range(count)]
+    return Pool(actors, "cpu")
+
+
+def run_jobs(
+    jobs: list[Job],
+    cfg: RunConfig,
+    on_result: Callable[[JobResult], None] = lambda r: None,
+    on_frames: Callable[[int], None] = lambda n: None,
+) -> list[JobResult]:
+    """Render every job on the connected Ray cluster; results in completion order."""
+    pool = start_workers(cfg)
+    progress = _Progress.remote()
+    in_flight_cap = cfg.max_jobs_in_flight or 2 * len(pool.actors)
+    pending: dict[ray.ObjectRef, Job] = {}
+    results: list[JobResult] = []
+    queue = iter(jobs)
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < in_flight_cap:
+            job = next(queue, None)
+            if job is None:
+                exhausted = True
+                break
+            ref = _job_task.options(name=f"job:{job.job_id}").remote(
+                job, cfg.render, cfg.cache_dir, pool.actors, progress
+            )
+            pending[ref] = job
+        if not pending:
+            break
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+        for ref in done:
+            job = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except RayError as exc:
+                result = _lost(job, cfg, exc)
+            results.append(result)
+            on_result(result)
+        on_frames(ray.get(progress.total.remote()))
+    for actor in pool.actors:
+        ray.kill(actor)
+    return results
+
+
+def _lost(job: Job, cfg: RunConfig, exc: RayError) -> JobResult:
+    """A job whose task or worker died: a failed row that says so."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return JobResult(
+        job_id=job.job_id,
+        row=job.row,
+        audio=str(job.audio),
+        video=str(job.video),
+        output=str(job.output) if job.output else None,
+        status="failed",
+        error_kind="worker_lost",
+        error_stage="render",
+        error=f"{job.label}: the Ray task or worker running it died ({type(exc).__name__}: {first}); "
+        "run the same manifest again to retry it",
+        pack=cfg.render.pack,
+        extra=job.extra,
+    )

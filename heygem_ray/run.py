@@ -1,0 +1,77 @@
+"""``submit``: a manifest in, MP4s and ``results.parquet`` out.
+
+The public entry point for Python callers; the CLI is a thin layer over it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from heygem_ray.config import RunConfig
+from heygem_ray.manifest import read_manifest
+from heygem_ray.ray_exec import run_jobs
+from heygem_ray.results import RESULT_COLUMNS, JobResult, write_results
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.parquet"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    results_path: Path
+    results: list[JobResult]
+
+    @property
+    def failed(self) -> list[JobResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+
+class RunCallbacks:
+    """What a caller sees while a run goes on (the CLI draws a progress bar)."""
+
+    def started(self, jobs: int) -> None: ...
+
+    def job_done(self, result: JobResult) -> None: ...
+
+    def frames_done(self, frames: int) -> None: ...
+
+
+def submit(manifest: Path, cfg: RunConfig, callbacks: RunCallbacks | None = None) -> RunSummary:
+    """Render every row of ``manifest``; bad rows fail alone, the rest still render."""
+    cb = callbacks or RunCallbacks()
+    # 1. read and check the manifest: a broken one stops here, before any work
+    jobs = read_manifest(manifest, cfg.output_dir, reserved=RESULT_COLUMNS)
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    cb.started(len(jobs))
+    # 2. connect to Ray (a local instance unless an address is given)
+    started_here = _connect(cfg.address)
+    try:
+        # 3. render
+        results = run_jobs(jobs, cfg, on_result=cb.job_done, on_frames=cb.frames_done)
+    finally:
+        if started_here:
+            ray.shutdown()
+    # 4. write the results table
+    config_hash = cfg.config_hash()
+    for r in results:
+        r.config_hash = config_hash
+    path = cfg.output_dir / RESULTS_FILE
+    write_results(results, path)
+    return RunSummary(path, sorted(results, key=lambda r: r.row))
+
+
+def _connect(address: str | None) -> bool:
+    """Connect to Ray; True when this call started it (and so should stop it)."""
+    if ray.is_initialized():
+        return False
+    if address is None:
+        ray.init(logging_level=logging.WARNING, log_to_driver=True)
+    else:
+        ray.init(address=address, logging_level=logging.WARNING)
+    return True

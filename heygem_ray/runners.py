@@ -1,0 +1,78 @@
+"""One runner protocol over every inference backend.
+
+A runner wraps one stage of a pack (``motion`` or ``render``) and is called with
+name-keyed float32 arrays whose leading axis is the batch. Inputs are checked against
+the stage's declared names and shapes before anything runs.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from heygem_ray.errors import InternalError
+from heygem_ray.packs import TensorSpec
+
+
+class Runner(Protocol):
+    backend: str
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def check_inputs(stage: str, specs: tuple[TensorSpec, ...], inputs: dict[str, np.ndarray]) -> None:
+    """Raise naming the first input whose name, shape or dtype is not the declared one."""
+    expected = [s.name for s in specs]
+    if sorted(inputs) != sorted(expected):
+        raise InternalError(f"{stage}: inputs {sorted(inputs)} given, {sorted(expected)} declared")
+    batch = {len(a) for a in inputs.values()}
+    if len(batch) != 1:
+        raise InternalError(f"{stage}: inputs disagree on the batch size ({sorted(batch)})")
+    for spec in specs:
+        arr = inputs[spec.name]
+        if tuple(arr.shape[1:]) != spec.shape or arr.dtype != np.dtype(spec.dtype):
+            raise InternalError(
+                f"{stage}: input {spec.name!r} is {arr.dtype}{list(arr.shape)}, "
+                f"declared {spec.dtype}[batch, {', '.join(map(str, spec.shape))}]"
+            )
+
+
+class TorchRunner:
+    """A stage run by PyTorch on ``device`` (CPU or CUDA) in ``dtype`` (fp32 or fp16).
+
+    I/O stays float32 whatever the compute precision.
+    """
+
+    backend = "pytorch"
+
+    def __init__(
+        self,
+        stage: str,
+        module: torch.nn.Module,
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.stage = stage
+        self.inputs, self.outputs = inputs, outputs
+        self.device, self.dtype = device, dtype
+        self.module = module.to(device=device, dtype=dtype).eval()
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_inputs(self.stage, self.inputs, inputs)
+        # Arrays from Ray's object store are read-only views: torch gets its own copy.
+        args = [torch.tensor(inputs[s.name], device=self.device, dtype=self.dtype) for s in self.inputs]
+        with torch.inference_mode():
+            out = self.module(*args)
+        outs = out if isinstance(out, tuple) else (out,)
+        return {s.name: o.float().cpu().numpy() for s, o in zip(self.outputs, outs, strict=True)}
+
+    def close(self) -> None:
+        del self.module
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,187 @@
+"""Tiny media files for tests, made with ffmpeg's synthetic sources (testsrc, sine, anullsrc).
+
+Every maker writes ``path`` (its extension picks the container) and returns it. Keep
+clips small: 64×48 to 160×120 and a second or two encode in well under a second.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import wave
+from fractions import Fraction
+from pathlib import Path
+
+import ffmpeg  # type: ignore[import-untyped]
+import numpy as np
+
+from heygem_ray.media import ffmpeg_exe
+
+_QUIET = ("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error")
+
+
+def _run(stream: ffmpeg.nodes.OutputStream) -> None:
+    args = stream.overwrite_output().global_args(*_QUIET).compile(cmd=ffmpeg_exe())
+    proc = subprocess.run(args, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ffmpeg failed making a test file: {args}\n{proc.stderr.decode(errors='replace')}")
+
+
+def _audio_codec(path: Path) -> dict[str, str]:
+    return {
+        ".wav": {"acodec": "pcm_s16le"},
+        ".mp3": {"acodec": "libmp3lame"},
+        ".m4a": {"acodec": "aac"},
+        ".aac": {"acodec": "aac"},
+        ".ogg": {"acodec": "libvorbis"},
+        ".flac": {"acodec": "flac"},
+    }.get(path.suffix.lower(), {})
+
+
+def _layout(channels: int) -> str:
+    return {1: "mono", 2: "stereo", 6: "5.1"}.get(channels, f"{channels}c")
+
+
+def make_video(
+    path: str | Path,
+    *,
+    seconds: float = 1.0,
+    fps: Fraction | int | str = 25,
+    size: tuple[int, int] = (64, 48),
+    rotation: int | None = None,
+    audio: bool = False,
+    freq: float = 440.0,
+) -> Path:
+    """An H.264 test-pattern clip, ``size`` = (width, height), ``fps`` frames per second.
+
+    ``rotation``: degrees clockwise a player should turn the stored frames (the
+    convention of ``VideoInfo.rotation``), written as display-matrix side data.
+    ``audio``: add a sine tone (AAC) as long as the video. Odd sizes are encoded as
+    4:4:4, which H.264 allows.
+    """
+    path = Path(path)
+    width, height = size
+    odd = width % 2 or height % 2
+    source = "testsrc" if odd else "testsrc2"  # testsrc2 rounds odd sizes down to even
+    video = ffmpeg.input(f"{source}=size={width}x{height}:rate={fps}:duration={seconds}", format="lavfi")
+    streams = [video]
+    kwargs: dict[str, object] = {"vcodec": "libx264", "pix_fmt": "yuv444p" if odd else "yuv420p", "g": 10}
+    if audio:
+        streams.append(ffmpeg.input(f"sine=frequency={freq}:sample_rate=44100:duration={seconds}", format="lavfi"))
+        kwargs.update(acodec="aac")
+    target = path if rotation is None else path.with_name(f".unrotated.{path.name}")
+    _run(ffmpeg.output(*streams, str(target), **kwargs))
+    if rotation is not None:
+        # display_rotation is counter-clockwise, an input option, applied to a stream copy.
+        rotated = ffmpeg.input(str(target), display_rotation=-rotation)
+        _run(ffmpeg.output(rotated, str(path), c="copy"))
+        target.unlink()
+    return path
+
+
+def make_vfr_video(
+    path: str | Path, *, rates: tuple[int, ...] = (15, 30), seconds_each: float = 1.0, size: tuple[int, int] = (64, 48)
+) -> Path:
+    """A variable-frame-rate clip: one segment per rate in ``rates``, timestamps kept as they are."""
+    path = Path(path)
+    width, height = size
+    parts = [
+        ffmpeg.input(f"testsrc2=size={width}x{height}:rate={r}:duration={seconds_each}", format="lavfi") for r in rates
+    ]
+    joined = ffmpeg.concat(*parts, v=1, a=0)
+    _run(joined.output(str(path), vcodec="libx264", pix_fmt="yuv420p", fps_mode="vfr"))
+    return path
+
+
+def make_image(path: str | Path, *, size: tuple[int, int] = (64, 48)) -> Path:
+    """A still test-pattern image; the extension (.png, .jpg, .bmp, .webp) picks the format."""
+    path = Path(path)
+    width, height = size
+    _run(ffmpeg.input(f"testsrc=size={width}x{height}:rate=1", format="lavfi").output(str(path), vframes=1))
+    return path
+
+
+def make_exif_jpeg(path: str | Path, *, orientation: int, size: tuple[int, int] = (64, 48)) -> Path:
+    """A JPEG as phones write them: pixels stored ``size`` = (width, height), with an EXIF
+    Orientation tag (6: a viewer turns it 90° clockwise, 8: counter-clockwise, 3: 180°)."""
+    path = make_image(Path(path), size=size)
+    jpeg = path.read_bytes()
+    # TIFF, little-endian: one IFD holding one entry, Orientation (0x0112), SHORT, count 1.
+    ifd = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    exif = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd
+    app1 = b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif
+    path.write_bytes(jpeg[:2] + app1 + jpeg[2:])  # right after the SOI marker
+    return path
+
+
+def make_gif(path: str | Path, *, seconds: float = 1.0, fps: int = 10, size: tuple[int, int] = (64, 48)) -> Path:
+    """An animated GIF."""
+    path = Path(path)
+    width, height = size
+    _run(ffmpeg.input(f"testsrc=size={width}x{height}:rate={fps}:duration={seconds}", format="lavfi").output(str(path)))
+    return path
+
+
+def make_tone(
+    path: str | Path, *, seconds: float, freq: float = 440.0, sample_rate: int = 16000, channels: int = 1
+) -> Path:
+    """A sine tone at amplitude 1/8 (ffmpeg's ``sine`` default), the same in every channel;
+    the extension picks the codec."""
+    path = Path(path)
+    tone = ffmpeg.input(f"sine=frequency={freq}:sample_rate={sample_rate}:duration={seconds}", format="lavfi")
+    # Copy the channel at full level (ffmpeg's -ac would scale it by √½).
+    pan = f"pan={_layout(channels)}|" + "|".join(f"c{i}=c0" for i in range(channels))
+    _run(tone.output(str(path), af=pan, **_audio_codec(path)))
+    return path
+
+
+def make_silence(path: str | Path, *, seconds: float, sample_rate: int = 16000, channels: int = 1) -> Path:
+    """Digital silence; the extension picks the codec."""
+    path = Path(path)
+    quiet = ffmpeg.input(f"anullsrc=channel_layout={_layout(channels)}:sample_rate={sample_rate}", format="lavfi")
+    _run(quiet.output(str(path), t=seconds, **_audio_codec(path)))
+    return path
+
+
+def make_stereo(path: str | Path, *, seconds: float, left: float, right: float, sample_rate: int = 16000) -> Path:
+    """A 16-bit stereo WAV whose channels are the constants ``left`` and ``right`` in [-1, 1]."""
+    path = Path(path)
+    n = int(round(seconds * sample_rate))
+    samples = np.empty((n, 2), np.int16)  # (N, channels) interleaved
+    samples[:, 0] = int(round(left * 32767))
+    samples[:, 1] = int(round(right * 32767))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(samples.tobytes())
+    return path
+
+
+def make_empty_wav(path: str | Path, *, sample_rate: int = 16000) -> Path:
+    """A valid WAV header with no sample data."""
+    path = Path(path)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+    return path
+
+
+def make_corrupt(path: str | Path, *, size: int = 8192, seed: int = 0) -> Path:
+    """Random bytes that no demuxer accepts, under whatever name (e.g. ``bad.mp4``)."""
+    path = Path(path)
+    path.write_bytes(np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes())
+    return path
+
+
+def make_truncated_mp4(path: str | Path) -> Path:
+    """An MP4 cut off before its index (``moov`` at the end, as a crashed recorder leaves it)."""
+    path = Path(path)
+    make_video(path, seconds=1.0, size=(64, 48))
+    data = path.read_bytes()
+    moov = data.find(b"moov")
+    if moov < 0:
+        raise RuntimeError(f"no moov atom in {path}")
+    path.write_bytes(data[: min(moov - 4, len(data) // 2)])
+    return path

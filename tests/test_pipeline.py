@@ -1,0 +1,159 @@
+"""One job through the real recipe in this process: real ffmpeg, real media, no Ray."""
+
+from __future__ import annotations
+
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from heygem_ray import media
+from heygem_ray.analyze import analyze
+from heygem_ray.config import RenderConfig
+from heygem_ray.manifest import Job
+from heygem_ray.packs import get_pack
+from heygem_ray.pipeline import InProcessService, render_job
+from heygem_ray.timeline import loop_indices
+from heygem_ray.worker import ModelWorker
+
+FPS = 25
+
+
+@pytest.fixture(scope="module")
+def warp_service():
+    return InProcessService(ModelWorker("warp", None, batch_size=32))
+
+
+def job(tmp: Path, audio: Path, video: Path, name: str = "j") -> Job:
+    return Job(row=1, job_id=name, audio=audio, video=video, output=tmp / "out" / f"{name}.mp4")
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, examples, warp_service):
+    """lesson1.wav on presenter.mp4 (7 s of speech on a 4 s reference)."""
+    tmp = tmp_path_factory.mktemp("render")
+    cfg = RenderConfig(chunk_frames=48)
+    result = render_job(job(tmp, examples / "lesson1.wav", examples / "presenter.mp4"), cfg, tmp / "cache", warp_service)
+    assert result.status == "ok", result.error
+    template, cached = analyze(examples / "presenter.mp4", get_pack("warp").geometry, cfg.detector, tmp / "cache")
+    assert cached  # the job built it; this call found it
+    frames, fps = media.read_video(Path(result.output))
+    return result, frames, fps, template
+
+
+@pytest.fixture(scope="module")
+def floor(rendered, tmp_path_factory, examples):
+    """The reference frames the job showed, through the same encoder: the codec's noise floor."""
+    result, frames, _, template = rendered
+    refs, index = _ref_frames(template, len(frames))
+    path = tmp_path_factory.mktemp("floor") / "floor.mp4"
+    with media.VideoWriter(
+        path, width=template.width, height=template.height, fps=template.fps,
+        audio=examples / "lesson1.wav", duration=len(refs) / FPS,
+    ) as w:
+        w.write(refs)
+    encoded, _ = media.read_video(path)
+    return refs, index, encoded
+
+
+def test_output_matches_reference_format_and_audio_length(rendered, examples):
+    result, frames, fps, template = rendered
+    audio_s = media.probe_audio(examples / "lesson1.wav").duration
+    assert fps == Fraction(FPS)
+    assert frames.shape[1:] == (template.height, template.width, 3) == (384, 384, 3)
+    assert len(frames) == result.frames == round(audio_s * FPS)
+    out = media.probe_video(Path(result.output))
+    assert abs(out.duration - audio_s) <= 1 / FPS
+    assert abs(media.probe_audio(Path(result.output)).duration - audio_s) <= 1 / FPS
+    assert result.template_cached is False and result.backend == "pytorch" and result.realtime_factor > 0
+
+
+def _ref_frames(template, n):
+    index = loop_indices(n, template.frames, "pingpong")
+    return np.stack(list(template.read_frames(index))), index
+
+
+def test_pixels_outside_the_face_box_are_unchanged(rendered, floor):
+    result, frames, _, template = rendered
+    refs, index, encoded = floor
+    outside = np.ones(frames.shape[:3], bool)
+    for i, (x0, y0, x1, y1) in enumerate(template.boxes[index]):
+        outside[i, max(y0, 0) : y1, max(x0, 0) : x1] = False
+    noise = np.abs(encoded.astype(int) - refs.astype(int))[outside].mean()
+    diff = np.abs(frames.astype(int) - refs.astype(int))
+    assert diff[outside].mean() <= noise + 0.25
+    assert diff[~outside].mean() > noise + 1.0  # while the face region did change
+
+
+def _mouth_change(frames, refs, boxes):
+    """Mean absolute change per frame in the box's mouth region."""
+    out = []
+    for f, r, (x0, y0, x1, y1) in zip(frames, refs, boxes, strict=True):
+        h, w = y1 - y0, x1 - x0
+        ys = slice(y0 + int(0.5 * h), y0 + int(0.75 * h))
+        xs = slice(x0 + int(0.3 * w), x0 + int(0.7 * w))
+        out.append(np.abs(f[ys, xs].astype(int) - r[ys, xs].astype(int)).mean())
+    return np.array(out)
+
+
+def test_mouth_moves_with_the_audio_energy_and_without_frame_offset(rendered, floor, examples):
+    result, frames, _, template = rendered
+    refs, index, encoded = floor
+    change = _mouth_change(frames, refs, template.boxes[index])
+    noise = _mouth_change(encoded, refs, template.boxes[index]).mean()
+    wav = media.load_audio(examples / "lesson1.wav")
+    hop = 16000 // FPS
+    energy = np.sqrt(np.array([np.mean(wav[i * hop : (i + 1) * hop] ** 2) for i in range(len(frames))]))
+    quiet = energy < 1e-3
+    # Silence away from speech: the frame and its 2 neighbours each side are quiet.
+    silent = np.convolve(quiet, np.ones(5), mode="same") == 5
+    assert silent.sum() >= 5
+    # Closed in silence (only codec noise), clearly open in speech.
+    assert change[silent].mean() < noise + 0.5
+    assert change[~quiet].mean() > noise + 5.0
+    # Rises and falls with the sound: correlation peaks at lag 0 (±1 frame).
+    def corr(lag):
+        a, b = (change[lag:], energy[: len(energy) - lag]) if lag >= 0 else (change[:lag], energy[-lag:])
+        return np.corrcoef(a, b)[0, 1]
+    lags = {lag: corr(lag) for lag in range(-4, 5)}
+    assert corr(0) > 0.6
+    assert abs(max(lags, key=lags.get)) <= 1
+
+
+def test_reference_is_looped_ping_pong(tmp_path, examples, warp_service):
+    # A 1 s reference of 25 frames, each marked by a different top strip, under 3 s of audio.
+    face_ref = _marked_reference(examples / "presenter.jpg", tmp_path / "ref.mp4", frames=25)
+    audio = tmp_path / "a.wav"
+    subprocess.run(
+        [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "3", str(audio)], check=True
+    )
+    result = render_job(job(tmp_path, audio, face_ref), RenderConfig(), tmp_path / "cache", warp_service)
+    assert result.status == "ok", result.error
+    frames, _ = media.read_video(Path(result.output))
+    refs, _ = media.read_video(face_ref)
+    # Identify each output frame by its top strip (far from the face, untouched).
+    strip = slice(0, 24)
+    dist = np.abs(frames[:, None, strip].astype(np.float32) - refs[None, :, strip].astype(np.float32)).mean(axis=(2, 3, 4))
+    shown = dist.argmin(axis=1)
+    assert len(frames) == 75
+    assert shown.tolist() == loop_indices(75, 25, "pingpong").tolist()
+
+
+def _marked_reference(photo: Path, out: Path, frames: int) -> Path:
+    """The photo, 384×384, with frame k's top strip showing a bar at a k-dependent place."""
+    still = cv2.resize(cv2.imread(str(photo)), (384, 384), interpolation=cv2.INTER_AREA)
+    cmd = [
+        media.ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", "384x384",
+        "-r", str(FPS), "-i", "-", "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p", str(out),
+    ]
+    data = bytearray()
+    for k in range(frames):
+        f = still.copy()
+        f[:24] = 30
+        f[:24, 12 + 14 * k : 24 + 14 * k] = 230
+        data += f.tobytes()
+    subprocess.run(cmd, input=bytes(data), check=True)
+    return out

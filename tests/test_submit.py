@@ -1,0 +1,177 @@
+"""Whole manifests through real Ray: bad rows fail alone, good rows still render."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from heygem_ray import RunConfig, media, submit
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _silent_wav(path: Path, seconds: float) -> Path:
+    subprocess.run(
+        [media.ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", f"anullsrc=r=16000:cl=mono",
+         "-t", str(seconds), str(path)],
+        check=True,
+    )
+    return path
+
+
+def _empty_wav(path: Path) -> Path:
+    # A valid 44-byte RIFF header announcing zero samples.
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+    return path
+
+
+def _faceless_video(path: Path) -> Path:
+    subprocess.run(
+        [media.ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=320x240:r=25",
+         "-t", "1", "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad_batch(tmp_path_factory, examples, ray_local):
+    d = tmp_path_factory.mktemp("bad")
+    for name in ("lesson1.wav", "presenter.mp4", "presenter.jpg"):
+        shutil.copy(examples / name, d / name)
+    _silent_wav(d / "silence.wav", 1.0)
+    _empty_wav(d / "empty.wav")
+    _faceless_video(d / "noface.mp4")
+    (d / "corrupt.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    data = (examples / "presenter.mp4").read_bytes()
+    (d / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    rows = [
+        "good,lesson1.wav,presenter.mp4,",
+        "photo,silence.wav,presenter.jpg,",
+        "missing,nothere.wav,presenter.mp4,",
+        "corrupt,lesson1.wav,corrupt.mp4,",
+        "truncated,lesson1.wav,truncated.mp4,",
+        "noaudio,presenter.mp4,presenter.mp4,",
+        "empty,empty.wav,presenter.mp4,",
+        "noface,silence.wav,noface.mp4,",
+        "../escape,silence.wav,presenter.jpg,",
+        "outside,silence.wav,presenter.jpg,../../x.mp4",
+    ]
+    (d / "m.csv").write_text("job_id,audio,video,output\n" + "\n".join(rows) + "\n")
+    cfg = RunConfig(output_dir=d / "out", cache_dir=d / "cache")
+    summary = submit(d / "m.csv", cfg)
+    table = pq.read_table(summary.results_path).to_pylist()
+    return d, {r["job_id"]: r for r in table}
+
+
+def test_every_row_has_exactly_one_result_row(bad_batch):
+    d, rows = bad_batch
+    assert len(rows) == 10
+    assert [r["status"] for r in rows.values()].count("ok") == 2
+
+
+def test_good_rows_render_next_to_bad_ones(bad_batch):
+    d, rows = bad_batch
+    for name in ("good", "photo"):
+        r = rows[name]
+        assert r["status"] == "ok", r["error"]
+        frames, _ = media.read_video(Path(r["output"]))
+        assert len(frames) == r["frames"] > 0
+        assert r["node"] and r["backend"] == "pytorch" and r["pack"] == "warp"
+    # Silence is valid: the photo row's mouth never opens, so every frame is the photo.
+    frames, _ = media.read_video(Path(rows["photo"]["output"]))
+    assert np.abs(frames.astype(int) - frames[0].astype(int)).mean() < 1.0
+
+
+@pytest.mark.parametrize(
+    ("job_id", "kind", "words"),
+    [
+        ("missing", "missing_file", ["nothere.wav"]),
+        ("corrupt", "unreadable_media", ["corrupt.mp4"]),
+        ("truncated", "unreadable_media", ["truncated.mp4"]),
+        ("noaudio", "no_audio_stream", ["presenter.mp4"]),
+        ("empty", "empty_audio", ["empty.wav"]),
+        ("noface", "no_face", ["noface.mp4", "face"]),
+        ("../escape", "unsafe_output", ["job id"]),
+        ("outside", "unsafe_output", ["outside the output folder"]),
+    ],
+)
+def test_bad_rows_fail_alone_with_a_message_naming_row_file_and_fix(bad_batch, job_id, kind, words):
+    d, rows = bad_batch
+    r = rows[job_id]
+    assert r["status"] == "failed"
+    assert r["error_kind"] == kind
+    assert r["error"].startswith(f"row {r['row']} (job {job_id!r}):")
+    for w in words:
+        assert w in r["error"]
+
+
+def test_no_partial_or_stray_files_are_left(bad_batch):
+    d, rows = bad_batch
+    out = d / "out"
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == ["good.mp4", "photo.mp4", "results.parquet"]
+    assert not (d / "x.mp4").exists() and not (d.parent / "x.mp4").exists()
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("heygem-ray")
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_readme_demo_command_renders_the_bundled_example(tmp_path):
+    # The README's first command, as `make demo` runs it.
+    proc = _cli("submit", str(REPO / "examples" / "manifest.csv"), "--output-dir", str(tmp_path / "out"),
+                "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 of 3 jobs rendered" in proc.stdout
+    assert f"results: {tmp_path / 'out' / 'results.parquet'}" in proc.stdout
+    table = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    assert {r["job_id"] for r in table} == {"lesson1-video", "lesson2-video", "lesson1-photo"}
+    assert all(r["status"] == "ok" for r in table)
+    assert {r["title"] for r in table} >= {"Photosynthesis - introduction (still photo)"}
+    # The two rows on presenter.mp4 share one analysis: exactly one of them built it.
+    assert sum(bool(r["template_cached"]) for r in table if "video" in r["job_id"]) == 1
+
+
+def test_cli_exits_non_zero_when_a_row_fails_and_still_renders_the_rest(tmp_path, examples):
+    _silent_wav(tmp_path / "s.wav", 0.5)
+    shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
+    (tmp_path / "m.csv").write_text("job_id,audio,video\nfine,s.wav,p.jpg\nbroken,gone.wav,p.jpg\n")
+    proc = _cli("submit", "m.csv", "-o", "o", "--cache-dir", "c", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "1 of 2 jobs rendered" in proc.stdout
+    assert "[missing_file] row 2 (job 'broken')" in proc.stderr
+    assert (tmp_path / "o" / "fine.mp4").is_file()
+
+
+def test_cli_stops_before_work_on_a_broken_manifest(tmp_path):
+    (tmp_path / "m.csv").write_text("audio,clip\na.wav,b.mp4\n")
+    proc = _cli("submit", "m.csv", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "no 'video' column" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_rejects_bad_options_with_the_choices(tmp_path):
+    proc = _cli("submit", str(REPO / "examples" / "manifest.csv"), "--pack", "nope", cwd=tmp_path)
+    assert proc.returncode == 2 and "choose one of warp, wav2lip" in proc.stderr
+    proc = _cli("submit", str(REPO / "examples" / "manifest.csv"), "--pack", "wav2lip", cwd=tmp_path)
+    assert proc.returncode == 2 and "--checkpoint" in proc.stderr
+
+
+def test_help_explains_each_option(tmp_path):
+    out = _cli("submit", "--help", cwd=tmp_path).stdout
+    for opt in ("--output-dir", "--pack", "--checkpoint", "--address", "--loop"):
+        assert opt in out
