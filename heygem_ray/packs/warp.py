@@ -9,7 +9,7 @@
   with a dark mouth interior.
 
 Crop coordinates below are grid_sample's: x and y in [-1, 1], y pointing down. The
-square crop (geometry below) puts the mouth near y = 0.17 and the chin near y = 0.5.
+square crop (geometry below) puts the mouth near y = 0.2 and the chin near y = 0.5.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ LEVEL_CLOSED = -3.0
 LEVEL_OPEN = -1.0
 
 # Mouth layout in crop coordinates, and how far the lips move at full opening.
-MOUTH_Y = 0.17
+MOUTH_Y = 0.2
 MOUTH_HALF_WIDTH = 0.26
 CHIN_Y = 0.5
-JAW_DROP = 0.11
+JAW_DROP = 0.085
 LIP_RAISE = 0.03
 INTERIOR_BGR = (0.10, 0.08, 0.22)  # dark red-brown, BGR in [0, 1]
 
@@ -122,7 +122,7 @@ class WarpRender(nn.Module):
         # Dark interior between the moved lips: an ellipse whose height follows the opening.
         centre = MOUTH_Y + a * (JAW_DROP - LIP_RAISE) / 2
         half_h = a * (JAW_DROP + LIP_RAISE) * 0.45 + 1e-3
-        r = torch.sqrt((self.x / (MOUTH_HALF_WIDTH * 0.8)) ** 2 + ((self.y - centre) / half_h) ** 2)
+        r = torch.sqrt((self.x / (MOUTH_HALF_WIDTH * 0.7)) ** 2 + ((self.y - centre) / half_h) ** 2)
         alpha = ((1.0 - r) / 0.35).clamp(0.0, 1.0) * (a * 8.0).clamp(0.0, 1.0)  # (B, S, S)
         alpha = alpha.unsqueeze(1)
         return warped * (1 - alpha) + self.interior * alpha
