@@ -36,7 +36,7 @@ class _Bar(RunCallbacks):
     def job_done(self, result: JobResult) -> None:
         if result.status == "failed":
             self.failed += 1
-            self.progress.console.print(f"[red]failed[/red] {result.error}")
+            self.progress.console.print(f"[red]failed[/red] {result.error}", soft_wrap=True)
         self.progress.update(self.task, advance=1, failed=self.failed)
 
     def frames_done(self, frames: int) -> None:
@@ -84,7 +84,8 @@ def submit(
         with Progress(*columns, console=err, transient=False) as progress:
             summary = run_submit(manifest, cfg, _Bar(progress))
     except HeygemError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
+        # Plain text, never wrapped: messages name files that users copy and grep for.
+        print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(2) from None
     ok = sum(r.status == "ok" for r in summary.results)
     print(f"{ok} of {len(summary.results)} jobs rendered into {cfg.output_dir.resolve()}")

@@ -34,11 +34,11 @@ class DetectorConfig:
 
     # Frames are downscaled so their longer side is at most this many pixels before the
     # Haar cascade runs: detection cost stays flat for 4K references.
-    max_side: int = 480
+    max_side: int = 320
     scale_factor: float = 1.1
     min_neighbors: int = 5
     # Smallest face searched for, as a fraction of the frame's shorter side.
-    min_face_fraction: float = 0.08
+    min_face_fraction: float = 0.12
 
 
 @dataclass(frozen=True)

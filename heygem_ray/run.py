@@ -14,6 +14,7 @@ import ray
 
 from heygem_ray.config import RunConfig
 from heygem_ray.manifest import read_manifest
+from heygem_ray.packs import get_pack
 from heygem_ray.ray_exec import run_jobs
 from heygem_ray.results import RESULT_COLUMNS, JobResult, write_results
 
@@ -47,6 +48,9 @@ def submit(manifest: Path, cfg: RunConfig, callbacks: RunCallbacks | None = None
     cb = callbacks or RunCallbacks()
     # 1. read and check the manifest: a broken one stops here, before any work
     jobs = read_manifest(manifest, cfg.output_dir, reserved=RESULT_COLUMNS)
+    # ... and the pack's weights: a wrong checkpoint stops here too, naming the bad key,
+    # instead of failing every worker.
+    get_pack(cfg.render.pack).load_stages(cfg.render.checkpoint)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     cb.started(len(jobs))
     # 2. connect to Ray (a local instance unless an address is given)

@@ -18,6 +18,7 @@ from heygem_ray.packs import get_pack
 from heygem_ray.pipeline import InProcessService, render_job
 from heygem_ray.timeline import loop_indices
 from heygem_ray.worker import ModelWorker
+from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 
 FPS = 25
 
@@ -157,3 +158,23 @@ def _marked_reference(photo: Path, out: Path, frames: int) -> Path:
         data += f.tobytes()
     subprocess.run(cmd, input=bytes(data), check=True)
     return out
+
+
+def test_wav2lip_pack_renders_with_a_checkpoint_in_the_public_format(tmp_path, examples):
+    ckpt = write_random_checkpoint(tmp_path / "wav2lip_gan.pth", seed=3, module_prefix=True)
+    service = InProcessService(ModelWorker("wav2lip", ckpt, batch_size=16))
+    audio = tmp_path / "a.wav"
+    subprocess.run(
+        [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "1.5", str(audio)], check=True
+    )
+    cfg = RenderConfig(pack="wav2lip", checkpoint=ckpt, chunk_frames=16)
+    result = render_job(job(tmp_path, audio, examples / "presenter.jpg"), cfg, tmp_path / "cache", service)
+    assert result.status == "ok", result.error
+    frames, fps = media.read_video(Path(result.output))
+    assert len(frames) == round(1.5 * FPS) and frames.shape[1:] == (480, 480, 3)
+    template, _ = analyze(examples / "presenter.jpg", get_pack("wav2lip").geometry, cfg.detector, tmp_path / "cache")
+    x0, y0, x1, y1 = template.boxes[0]
+    still = next(template.read_frames(np.array([0])))
+    # Random weights redraw the face box; everything well outside it stays the photo.
+    assert np.abs(frames[:, y0:y1, x0:x1].astype(int) - still[y0:y1, x0:x1]).mean() > 10
+    assert np.abs(frames[:, :, : max(x0 - 8, 1)].astype(int) - still[:, : max(x0 - 8, 1)]).mean() < 3

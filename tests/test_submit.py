@@ -171,6 +171,19 @@ def test_cli_rejects_bad_options_with_the_choices(tmp_path):
     assert proc.returncode == 2 and "--checkpoint" in proc.stderr
 
 
+def test_a_checkpoint_with_a_wrong_key_stops_before_any_work_naming_the_key(tmp_path):
+    from tests.helpers.wav2lip_ckpt import write_random_checkpoint
+
+    ckpt = write_random_checkpoint(
+        tmp_path / "bad.pth", drop_key="face_decoder_blocks.6.0.conv_block.0.weight"
+    )
+    proc = _cli("submit", str(REPO / "examples" / "manifest.csv"), "--pack", "wav2lip", "--checkpoint", str(ckpt),
+                "-o", "o", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "face_decoder_blocks.6.0.conv_block.0.weight" in proc.stderr and str(ckpt) in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_help_explains_each_option(tmp_path):
     out = _cli("submit", "--help", cwd=tmp_path).stdout
     for opt in ("--output-dir", "--pack", "--checkpoint", "--address", "--loop"):
