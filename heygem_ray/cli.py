@@ -33,6 +33,10 @@ class _Bar(RunCallbacks):
     def started(self, jobs: int) -> None:
         self.progress.update(self.task, total=jobs)
 
+    def connected(self, dashboard_url: str | None) -> None:
+        if dashboard_url:
+            self.progress.console.print(f"Ray dashboard: {dashboard_url}", soft_wrap=True)
+
     def job_done(self, result: JobResult) -> None:
         if result.status == "failed":
             self.failed += 1

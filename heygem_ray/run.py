@@ -38,6 +38,8 @@ class RunCallbacks:
 
     def started(self, jobs: int) -> None: ...
 
+    def connected(self, dashboard_url: str | None) -> None: ...
+
     def job_done(self, result: JobResult) -> None: ...
 
     def frames_done(self, frames: int) -> None: ...
@@ -54,7 +56,8 @@ def submit(manifest: Path, cfg: RunConfig, callbacks: RunCallbacks | None = None
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     cb.started(len(jobs))
     # 2. connect to Ray (a local instance unless an address is given)
-    started_here = _connect(cfg.address)
+    started_here, dashboard = _connect(cfg.address)
+    cb.connected(dashboard)
     try:
         # 3. render
         results = run_jobs(jobs, cfg, on_result=cb.job_done, on_frames=cb.frames_done)
@@ -70,12 +73,10 @@ def submit(manifest: Path, cfg: RunConfig, callbacks: RunCallbacks | None = None
     return RunSummary(path, sorted(results, key=lambda r: r.row))
 
 
-def _connect(address: str | None) -> bool:
-    """Connect to Ray; True when this call started it (and so should stop it)."""
+def _connect(address: str | None) -> tuple[bool, str | None]:
+    """Connect to Ray. Returns (started here and so to be stopped here, dashboard URL)."""
     if ray.is_initialized():
-        return False
-    if address is None:
-        ray.init(logging_level=logging.WARNING, log_to_driver=True)
-    else:
-        ray.init(address=address, logging_level=logging.WARNING)
-    return True
+        return False, None
+    ctx = ray.init(address=address, logging_level=logging.WARNING)
+    url = getattr(ctx, "dashboard_url", None)
+    return address is None, (f"http://{url}" if url and "://" not in url else url) or None
