@@ -10,9 +10,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from heygem_ray.config import LoopMode, PackName, RenderConfig, RunConfig, default_cache_dir
+from heygem_ray.config import BackendName, LoopMode, PackName, PrecisionName, RenderConfig, RunConfig, default_cache_dir
 from heygem_ray.errors import HeygemError
 from heygem_ray.results import JobResult
+from heygem_ray.worker import WorkerInfo
 from heygem_ray.run import RunCallbacks, submit as run_submit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch lip-synced talking-head videos on Ray.")
@@ -37,6 +38,10 @@ class _Bar(RunCallbacks):
         if dashboard_url:
             self.progress.console.print(f"Ray dashboard: {dashboard_url}", soft_wrap=True)
 
+    def workers(self, infos: list[WorkerInfo]) -> None:
+        for line in describe_workers(infos):
+            self.progress.console.print(line, soft_wrap=True)
+
     def job_done(self, result: JobResult) -> None:
         if result.status == "failed":
             self.failed += 1
@@ -45,6 +50,18 @@ class _Bar(RunCallbacks):
 
     def frames_done(self, frames: int) -> None:
         self.progress.update(self.task, frames=frames)
+
+
+def describe_workers(infos: list[WorkerInfo]) -> list[str]:
+    """One line per kind of worker: how many, where, which backend and why."""
+    groups: dict[tuple, int] = {}
+    for i in infos:
+        key = (i.device.gpu or "CPU", i.backend, i.precision, i.backend_note)
+        groups[key] = groups.get(key, 0) + 1
+    return [
+        f"workers: {n} × {dev}, backend {backend} ({precision})" + (f"; skipped {note}" if note else "")
+        for (dev, backend, precision, note), n in groups.items()
+    ]
 
 
 @app.command()
@@ -57,6 +74,9 @@ def submit(
     address: Annotated[str | None, typer.Option(help="Ray cluster to use: 'auto', HOST:PORT or ray://HOST:PORT. Without it a local Ray instance starts.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Where analysed references are cached (default: ~/.cache/heygem-ray/templates).")] = None,
     chunk_frames: Annotated[int, typer.Option(help="Frames per chunk sent to the model workers.")] = 128,
+    backend: Annotated[str, typer.Option(help="Inference backend: 'auto' (TensorRT, then ONNX Runtime, then PyTorch: the first that works), 'tensorrt', 'onnxruntime' or 'pytorch'.")] = "auto",
+    precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32' or 'fp16'.")] = "auto",
+    engines: Annotated[Path, typer.Option(help="Engine store: exported ONNX graphs and TensorRT engines (on a cluster, a path every node sees).")] = Path("engines"),
 ) -> None:
     """Render every row of MANIFEST to an MP4 and write OUTPUT_DIR/results.parquet.
 
@@ -72,7 +92,10 @@ def submit(
                 checkpoint=checkpoint,
                 loop=cast(LoopMode, loop),
                 chunk_frames=chunk_frames,
+                backend=cast(BackendName, backend),
+                precision=cast(PrecisionName, precision),
             ),
+            engines_dir=engines,
             cache_dir=cache_dir or default_cache_dir(),
             address=address,
         )
@@ -103,3 +126,78 @@ def submit(
             print(f"  [{r.error_kind}] {r.error}", file=sys.stderr)
         raise typer.Exit(1)
 
+
+
+engines_app = typer.Typer(no_args_is_help=True, help="Build and inspect the engine store (ONNX graphs, TensorRT engines).")
+app.add_typer(engines_app, name="engines")
+
+
+@engines_app.command("build")
+def engines_build(
+    pack: Annotated[str, typer.Option(help="Model pack: 'warp' or 'wav2lip'.")] = "warp",
+    checkpoint: Annotated[Path | None, typer.Option(help="Wav2Lip generator checkpoint for --pack wav2lip.")] = None,
+    backend: Annotated[str, typer.Option(help="'onnxruntime' (ONNX graphs) or 'tensorrt' (engines for this GPU).")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32' or 'fp16'.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Frames per model call the workers will send (sets the TensorRT batch profile).")] = 32,
+    store: Annotated[Path, typer.Option(help="The engine store folder.")] = Path("engines"),
+) -> None:
+    """Build the pack's engines ahead of time for the GPU (or CPU) this runs on."""
+    from heygem_ray.backends import open_runners
+    from heygem_ray.engines import EngineStore
+    from heygem_ray.packs import get_pack
+    from heygem_ray.worker import DeviceInfo, resolve_precision
+
+    try:
+        if backend not in ("onnxruntime", "tensorrt"):
+            raise HeygemError(f"unknown backend {backend!r}: choose onnxruntime or tensorrt", kind="bad_argument")
+        cfg = RenderConfig(
+            pack=cast(PackName, pack), checkpoint=checkpoint, precision=cast(PrecisionName, precision), batch_size=batch_size
+        )
+        spec = get_pack(cfg.pack)
+        device = DeviceInfo.detect()
+        chosen = open_runners(
+            spec, spec.load_stages(cfg.checkpoint), device=device.device, store=EngineStore(store),
+            backend=cast(BackendName, backend), precision=resolve_precision(cfg.precision, device),
+            batch_sizes=[batch_size],
+        )
+    except HeygemError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    for stage, key in chosen.engine_keys.items():
+        print(f"{stage}: {store / key.dirname()}")
+    if chosen.note:
+        print(f"note: {chosen.note}")
+    chosen.close()
+
+
+@engines_app.command("list")
+def engines_list(store: Annotated[Path, typer.Option(help="The engine store folder.")] = Path("engines")) -> None:
+    """Print what the engine store holds."""
+    from rich.table import Table
+
+    from heygem_ray.engines import EngineStore
+
+    table = Table("pack", "stage", "precision", "backend", "version", "arch", "profile", "size", "built", "ok")
+    for e in EngineStore(store).list():
+        table.add_row(
+            e.pack, e.stage, e.precision, e.backend, e.backend_version, e.arch, e.profile or "-",
+            f"{e.size / 2**20:.1f} MiB", e.built_at, "yes" if e.ok else "NO",
+        )
+    Console(width=200).print(table)
+
+
+@app.command()
+def doctor() -> None:
+    """Print this machine's device and, for each backend, whether it can run here and why not."""
+    from heygem_ray.backends import ort, trt
+    from heygem_ray.worker import DeviceInfo
+
+    device = DeviceInfo.detect()
+    print(f"device: {device.device}" + (f" ({device.gpu}, compute capability {device.compute_capability})" if device.gpu else ""))
+    checks = {
+        "tensorrt": trt.available(),
+        "onnxruntime": ort.available(device.device),
+        "pytorch": (True, ""),
+    }
+    for name, (ok, why) in checks.items():
+        print(f"{name:12s} {'usable' if ok else 'not usable: ' + why}")

@@ -20,6 +20,8 @@ from heygem_ray.errors import InputError
 PackName = Literal["warp", "wav2lip"]
 LoopMode = Literal["pingpong", "forward", "trim"]
 BackendName = Literal["auto", "tensorrt", "onnxruntime", "pytorch"]
+# "auto": fp16 on a GPU, fp32 on a CPU.
+PrecisionName = Literal["auto", "fp32", "fp16"]
 
 
 def default_cache_dir() -> Path:
@@ -53,6 +55,7 @@ class RenderConfig:
     # Frames per model call inside a chunk.
     batch_size: int = 32
     backend: BackendName = "auto"
+    precision: PrecisionName = "auto"
     crf: int = 18
     preset: str = "veryfast"
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -61,6 +64,7 @@ class RenderConfig:
         _check_choice("pack", self.pack, PackName)
         _check_choice("loop", self.loop, LoopMode)
         _check_choice("backend", self.backend, BackendName)
+        _check_choice("precision", self.precision, PrecisionName)
         if self.pack == "wav2lip" and self.checkpoint is None:
             raise InputError(
                 "the wav2lip pack needs its weights: pass --checkpoint PATH to the public "
@@ -84,6 +88,9 @@ class RunConfig:
     output_dir: Path
     render: RenderConfig = field(default_factory=RenderConfig)
     cache_dir: Path = field(default_factory=default_cache_dir)
+    # The engine store: exported ONNX graphs and TensorRT engines. On a cluster, a path
+    # every node sees, so each GPU architecture's engines are built once.
+    engines_dir: Path = Path("engines")
     # None: start a local Ray instance. Otherwise "auto", "HOST:PORT" or "ray://HOST:PORT".
     address: str | None = None
     # Jobs the driver keeps in flight at once (bounds driver memory for huge manifests);

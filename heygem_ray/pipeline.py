@@ -128,7 +128,8 @@ def render_job(
         result.status = "ok"
         result.frames = timeline.frames
         result.audio_seconds = len(wav) / SAMPLE_RATE
-        result.backend, result.backend_note = last.backend, last.backend_note
+        result.backend, result.precision, result.backend_note = last.backend, last.precision, last.backend_note
+        result.engine_key = last.engine_key
         result.node, result.gpu = last.node, last.device.gpu
         result.compute_capability = last.device.compute_capability
     except HeygemError as exc:

@@ -24,7 +24,7 @@ from heygem_ray.config import RenderConfig, RunConfig
 from heygem_ray.manifest import Job
 from heygem_ray.pipeline import ChunkFuture, render_job
 from heygem_ray.results import JobResult
-from heygem_ray.worker import ChunkOutput, ModelWorker
+from heygem_ray.worker import ChunkOutput, ModelWorker, WorkerInfo
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ def node_name() -> str:
 class _ActorWorker(ModelWorker):
     """A ModelWorker that knows which Ray node it lives on."""
 
-    def __init__(self, pack: str, checkpoint: Path | None, batch_size: int):
-        super().__init__(pack, checkpoint, batch_size, node=node_name())
+    def __init__(self, cfg: RenderConfig, engines_dir: Path):
+        super().__init__(cfg, engines_dir, node=node_name())
 
 
 @ray.remote(num_cpus=0)
@@ -85,23 +85,37 @@ def _job_task(job: Job, cfg: RenderConfig, cache_dir: Path, actors: list, progre
 class Pool:
     actors: list
     kind: str  # "gpu" or "cpu"
+    infos: list[WorkerInfo]
 
 
 def start_workers(cfg: RunConfig) -> Pool:
-    """One actor per GPU, or CPU actors sized to leave cores for job tasks."""
+    """One actor per GPU, or CPU actors sized to leave cores for job tasks.
+
+    Waits until every actor has its models open: a worker that cannot start raises its
+    error here (e.g. EngineError for a backend that cannot run, InputError for a bad
+    checkpoint), before any job is submitted.
+    """
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     remote = ray.remote(_ActorWorker)
-    args = (cfg.render.pack, cfg.render.checkpoint, cfg.render.batch_size)
+    args = (cfg.render, cfg.engines_dir.resolve())
     if gpus > 0:
-        actors = [remote.options(num_gpus=1, num_cpus=1).remote(*args) for _ in range(gpus)]
-        return Pool(actors, "gpu")
-    cpus = int(resources.get("CPU", 1))
-    count = cfg.cpu_workers or max(1, cpus // 4)
-    # Never let model actors take every core: job tasks (analyze, compose) need one.
-    count = max(1, min(count, cpus - 1))
-    actors = [remote.options(num_cpus=1).remote(*args) for _ in range(count)]
-    return Pool(actors, "cpu")
+        actors = [remote.options(num_gpus=1, num_cpus=1, name=f"model-worker-gpu{i}").remote(*args) for i in range(gpus)]
+        kind = "gpu"
+    else:
+        cpus = int(resources.get("CPU", 1))
+        count = cfg.cpu_workers or max(1, cpus // 4)
+        # Never let model actors take every core: job tasks (analyze, compose) need one.
+        count = max(1, min(count, cpus - 1))
+        actors = [remote.options(num_cpus=1, name=f"model-worker-cpu{i}").remote(*args) for i in range(count)]
+        kind = "cpu"
+    try:
+        infos = ray.get([a.ready.remote() for a in actors])
+    except BaseException:
+        for actor in actors:
+            ray.kill(actor)
+        raise
+    return Pool(actors, kind, infos)
 
 
 def run_jobs(
@@ -109,9 +123,11 @@ def run_jobs(
     cfg: RunConfig,
     on_result: Callable[[JobResult], None] = lambda r: None,
     on_frames: Callable[[int], None] = lambda n: None,
+    on_workers: Callable[[list[WorkerInfo]], None] = lambda infos: None,
 ) -> list[JobResult]:
     """Render every job on the connected Ray cluster; results in completion order."""
     pool = start_workers(cfg)
+    on_workers(pool.infos)
     progress = _Progress.remote()
     in_flight_cap = cfg.max_jobs_in_flight or 2 * len(pool.actors)
     pending: dict[ray.ObjectRef, Job] = {}

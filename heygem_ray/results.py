@@ -39,7 +39,9 @@ SCHEMA = pa.schema(
         ("compose_s", pa.float64()),
         ("pack", pa.string()),
         ("backend", pa.string()),
+        ("precision", pa.string()),
         ("backend_note", pa.string()),
+        ("engine_key", pa.string()),
         ("template_cached", pa.bool_()),
         ("node", pa.string()),
         ("gpu", pa.string()),
@@ -73,7 +75,9 @@ class JobResult:
     compose_s: float | None = None
     pack: str = ""
     backend: str | None = None
+    precision: str | None = None
     backend_note: str | None = None
+    engine_key: str | None = None
     template_cached: bool | None = None
     node: str | None = None
     gpu: str | None = None

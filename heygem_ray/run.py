@@ -14,7 +14,7 @@ import ray
 
 from heygem_ray.config import RunConfig
 from heygem_ray.manifest import read_manifest
-from heygem_ray.packs import get_pack
+from heygem_ray.worker import WorkerInfo
 from heygem_ray.ray_exec import run_jobs
 from heygem_ray.results import RESULT_COLUMNS, JobResult, write_results
 
@@ -40,6 +40,8 @@ class RunCallbacks:
 
     def connected(self, dashboard_url: str | None) -> None: ...
 
+    def workers(self, infos: list[WorkerInfo]) -> None: ...
+
     def job_done(self, result: JobResult) -> None: ...
 
     def frames_done(self, frames: int) -> None: ...
@@ -50,17 +52,17 @@ def submit(manifest: Path, cfg: RunConfig, callbacks: RunCallbacks | None = None
     cb = callbacks or RunCallbacks()
     # 1. read and check the manifest: a broken one stops here, before any work
     jobs = read_manifest(manifest, cfg.output_dir, reserved=RESULT_COLUMNS)
-    # ... and the pack's weights: a wrong checkpoint stops here too, naming the bad key,
-    # instead of failing every worker.
-    get_pack(cfg.render.pack).load_stages(cfg.render.checkpoint)
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
     cb.started(len(jobs))
     # 2. connect to Ray (a local instance unless an address is given)
     started_here, dashboard = _connect(cfg.address)
     cb.connected(dashboard)
     try:
-        # 3. render
-        results = run_jobs(jobs, cfg, on_result=cb.job_done, on_frames=cb.frames_done)
+        # 3. start the model workers (a bad checkpoint or backend stops here), then render
+        def workers_ready(infos: list[WorkerInfo]) -> None:
+            cfg.output_dir.mkdir(parents=True, exist_ok=True)
+            cb.workers(infos)
+
+        results = run_jobs(jobs, cfg, on_result=cb.job_done, on_frames=cb.frames_done, on_workers=workers_ready)
     finally:
         if started_here:
             ray.shutdown()

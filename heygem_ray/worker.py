@@ -1,7 +1,12 @@
 """The model worker: owns one device and a pack's two stages; knows nothing about jobs.
 
-Lifecycle: detect the device → load the stages → warm up → serve ``run_chunk`` calls.
+Lifecycle: detect the device → load the stages and open them on the chosen backend
+(building engines once, through the store) → smoke-test → serve ``run_chunk`` calls.
 The Ray actor in ``ray_exec.py`` and the in-process service both wrap this class.
+
+A worker that cannot start (bad checkpoint, a backend that cannot run here) keeps the
+error and raises it from ``ready()`` and every call, so the driver can stop the run
+before any job with the worker's own words, on a cluster as well as here.
 """
 
 from __future__ import annotations
@@ -10,12 +15,16 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
-from heygem_ray.packs import PackSpec, get_pack
-from heygem_ray.runners import Runner, TorchRunner
+from heygem_ray.backends import open_runners
+from heygem_ray.config import RenderConfig
+from heygem_ray.engines import EngineStore, Precision
+from heygem_ray.errors import HeygemError
+from heygem_ray.packs import get_pack
 
 
 @dataclass(frozen=True)
@@ -32,12 +41,21 @@ class DeviceInfo:
         return cls("cpu", None, None)
 
 
+def resolve_precision(precision: str, device: DeviceInfo) -> Precision:
+    """"auto" → fp16 on a GPU, fp32 on a CPU; an explicit choice stays."""
+    if precision == "auto":
+        return "fp16" if device.device != "cpu" else "fp32"
+    return cast(Precision, precision)
+
+
 @dataclass(frozen=True)
 class WorkerInfo:
     node: str
     device: DeviceInfo
     backend: str
+    precision: str
     backend_note: str
+    engine_key: str  # the render stage's engine-store entry; "" for pytorch
 
 
 @dataclass(frozen=True)
@@ -49,40 +67,58 @@ class ChunkOutput:
 
 
 class ModelWorker:
-    def __init__(self, pack: str, checkpoint: Path | None, batch_size: int, node: str | None = None):
-        self.pack: PackSpec = get_pack(pack)
-        self.batch_size = batch_size
+    def __init__(self, cfg: RenderConfig, engines_dir: Path, node: str | None = None):
+        self.error: HeygemError | None = None
+        try:
+            self._start(cfg, engines_dir, node or socket.gethostname())
+        except HeygemError as exc:
+            self.error = exc
+
+    def _start(self, cfg: RenderConfig, engines_dir: Path, node: str) -> None:
+        self.pack = get_pack(cfg.pack)
+        self.batch_size = cfg.batch_size
         # 1. detect the device
         device = DeviceInfo.detect()
-        # 2. load the stages
-        stages = self.pack.load_stages(checkpoint)
-        self.runners: dict[str, Runner] = {
-            name: TorchRunner(name, module, *self.pack.io(name), device=torch.device(device.device))
-            for name, module in stages.items()
-        }
+        # 2. load the stages and open them on a backend (auto: tensorrt → onnxruntime → pytorch)
+        chosen = open_runners(
+            self.pack,
+            self.pack.load_stages(cfg.checkpoint),
+            device=device.device,
+            store=EngineStore(engines_dir),
+            backend=cfg.backend,
+            precision=resolve_precision(cfg.precision, device),
+            batch_sizes=[cfg.batch_size],
+        )
+        self.runners = chosen.runners
+        render_key = chosen.engine_keys.get("render")
         self.info = WorkerInfo(
-            node=node or socket.gethostname(),
+            node=node,
             device=device,
-            backend="pytorch",
-            backend_note="",
+            backend=chosen.backend,
+            precision=chosen.precision,
+            backend_note=chosen.note,
+            engine_key=render_key.dirname() if render_key else "",
         )
-        # 3. warm up: the first call pays for allocation and kernel selection.
-        size = self.pack.geometry.size
-        self.run_chunk(
-            np.zeros((1, *self.pack.feature_shape), np.float32), np.zeros((1, size, size, 3), np.uint8)
-        )
+        # 3. warm up: open_runners ran one frame through both stages already.
+
+    def ready(self) -> WorkerInfo:
+        """The worker's description once it serves; its start-up error otherwise."""
+        if self.error is not None:
+            raise self.error
+        return self.info
 
     def run_chunk(self, features: np.ndarray, crops: np.ndarray) -> ChunkOutput:
         """(k, *F) float32 features and (k, S, S, 3) uint8 BGR crops → generated crops."""
+        info = self.ready()
         t0 = time.perf_counter()
         codes = self._batched("motion", {"features": features})["codes"]
         t1 = time.perf_counter()
         # (k, S, S, 3) uint8 → (k, 3, S, S) float32 BGR in [0, 1]
         faces = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-        out = self._batched("render", {"crops": faces, "codes": codes})["crops"]
+        out = self._batched("render", {"crops": faces, "codes": codes})["generated"]
         pixels = np.clip(np.rint(out.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
         t2 = time.perf_counter()
-        return ChunkOutput(pixels, t1 - t0, t2 - t1, self.info)
+        return ChunkOutput(pixels, t1 - t0, t2 - t1, info)
 
     def _batched(self, stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(next(iter(inputs.values())))
@@ -93,5 +129,6 @@ class ModelWorker:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def close(self) -> None:
-        for runner in self.runners.values():
-            runner.close()
+        if self.error is None:
+            for runner in self.runners.values():
+                runner.close()

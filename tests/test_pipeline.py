@@ -25,7 +25,7 @@ FPS = 25
 
 @pytest.fixture(scope="module")
 def warp_service():
-    return InProcessService(ModelWorker("warp", None, batch_size=32))
+    return InProcessService(ModelWorker(RenderConfig(backend="pytorch"), engines_dir=Path("unused")))
 
 
 def job(tmp: Path, audio: Path, video: Path, name: str = "j") -> Job:
@@ -162,12 +162,12 @@ def _marked_reference(photo: Path, out: Path, frames: int) -> Path:
 
 def test_wav2lip_pack_renders_with_a_checkpoint_in_the_public_format(tmp_path, examples):
     ckpt = write_random_checkpoint(tmp_path / "wav2lip_gan.pth", seed=3, module_prefix=True)
-    service = InProcessService(ModelWorker("wav2lip", ckpt, batch_size=16))
+    cfg = RenderConfig(pack="wav2lip", checkpoint=ckpt, chunk_frames=16, batch_size=16, backend="pytorch")
+    service = InProcessService(ModelWorker(cfg, engines_dir=tmp_path / "engines"))
     audio = tmp_path / "a.wav"
     subprocess.run(
         [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "1.5", str(audio)], check=True
     )
-    cfg = RenderConfig(pack="wav2lip", checkpoint=ckpt, chunk_frames=16)
     result = render_job(job(tmp_path, audio, examples / "presenter.jpg"), cfg, tmp_path / "cache", service)
     assert result.status == "ok", result.error
     frames, fps = media.read_video(Path(result.output))
@@ -178,3 +178,17 @@ def test_wav2lip_pack_renders_with_a_checkpoint_in_the_public_format(tmp_path, e
     # Random weights redraw the face box; everything well outside it stays the photo.
     assert np.abs(frames[:, y0:y1, x0:x1].astype(int) - still[y0:y1, x0:x1]).mean() > 10
     assert np.abs(frames[:, :, : max(x0 - 8, 1)].astype(int) - still[:, : max(x0 - 8, 1)]).mean() < 3
+
+
+def test_onnxruntime_and_pytorch_render_the_same_video(tmp_path, examples, rendered):
+    result_pt, frames_pt, _, _ = rendered
+    service = InProcessService(ModelWorker(RenderConfig(backend="onnxruntime"), engines_dir=tmp_path / "engines"))
+    assert service.worker.info.backend == "onnxruntime"
+    result = render_job(
+        job(tmp_path, examples / "lesson1.wav", examples / "presenter.mp4"), RenderConfig(chunk_frames=48),
+        tmp_path / "cache", service,
+    )
+    assert result.status == "ok" and result.backend == "onnxruntime"
+    frames, _ = media.read_video(Path(result.output))
+    assert frames.shape == frames_pt.shape
+    assert np.abs(frames.astype(int) - frames_pt.astype(int)).mean() <= 1.0

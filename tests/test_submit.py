@@ -69,7 +69,7 @@ def bad_batch(tmp_path_factory, examples, ray_local):
         "outside,silence.wav,presenter.jpg,../../x.mp4",
     ]
     (d / "m.csv").write_text("job_id,audio,video,output\n" + "\n".join(rows) + "\n")
-    cfg = RunConfig(output_dir=d / "out", cache_dir=d / "cache")
+    cfg = RunConfig(output_dir=d / "out", cache_dir=d / "cache", engines_dir=d / "engines")
     summary = submit(d / "m.csv", cfg)
     table = pq.read_table(summary.results_path).to_pylist()
     return d, {r["job_id"]: r for r in table}
@@ -88,7 +88,10 @@ def test_good_rows_render_next_to_bad_ones(bad_batch):
         assert r["status"] == "ok", r["error"]
         frames, _ = media.read_video(Path(r["output"]))
         assert len(frames) == r["frames"] > 0
-        assert r["node"] and r["backend"] == "pytorch" and r["pack"] == "warp"
+        # auto on a CPU machine without TensorRT: ONNX Runtime, and the note says why not TensorRT.
+        assert r["node"] and r["backend"] == "onnxruntime" and r["pack"] == "warp"
+        assert r["precision"] == "fp32" and "tensorrt: tensorrt is not installed" in r["backend_note"]
+        assert r["engine_key"].startswith("warp/render/onnxruntime-")
     # Silence is valid: the photo row's mouth never opens, so every frame is the photo.
     frames, _ = media.read_video(Path(rows["photo"]["output"]))
     assert np.abs(frames.astype(int) - frames[0].astype(int)).mean() < 1.0

@@ -4,7 +4,7 @@ A ``PackSpec`` is light (no weights): CPU stages use it for geometry, audio feat
 the paste mask. ``load_stages`` builds the two ``torch.nn.Module`` stages on a worker:
 
 * motion: ``features`` (B, *F) float32 → ``codes`` (B, *C) float32
-* render: ``crops`` (B, 3, S, S) float32 BGR in [0, 1], ``codes`` (B, *C) → ``crops``
+* render: ``crops`` (B, 3, S, S) float32 BGR in [0, 1], ``codes`` (B, *C) → ``generated``
   (B, 3, S, S) float32 BGR in [0, 1]
 
 Every pack has exactly this I/O, so workers, runners and exporters never branch on the
@@ -56,7 +56,7 @@ class PackSpec:
         if stage == "motion":
             return (TensorSpec("features", self.feature_shape),), (codes,)
         if stage == "render":
-            return (crops, codes), (crops,)
+            return (crops, codes), (TensorSpec("generated", crops.shape),)
         raise ValueError(f"unknown stage {stage!r}")
 
 

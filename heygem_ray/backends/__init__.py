@@ -1,0 +1,283 @@
+"""Pick a backend for a worker and open a pack's two stage runners on it.
+
+``open_runners`` is the one entry point a model worker needs::
+
+    runners = open_runners(pack, stages, device="cuda:0", store=EngineStore(root),
+                           backend="auto", precision="fp16", batch_sizes=[32])
+    runners.backend   # "tensorrt" | "onnxruntime" | "pytorch": what will run
+    runners.note      # why the faster ones did not ("" when the first choice ran)
+    runners.runners   # {"motion": Runner, "render": Runner}
+
+``auto`` tries ``tensorrt`` → ``onnxruntime`` → ``pytorch`` and keeps the first that loads
+both stages and runs a one-frame smoke batch; each one skipped adds "<backend>: <reason>"
+to the note. A backend named explicitly must work, else ``EngineError`` says why.
+
+Artifacts come from the ``EngineStore``: the ONNX graph of each stage (arch "any", shared
+by onnxruntime and the TensorRT build; ``onnx_artifact``) and, for tensorrt, an engine per
+GPU architecture and batch profile (``tensorrt_artifact``, also what ``heygem-ray engines
+build`` needs). Keys carry ``stage_digest``: the stage's weights and code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from heygem_ray import __version__
+from heygem_ray.backends.trt import choose_profile
+from heygem_ray.config import BackendName
+from heygem_ray.engines import BatchProfile, EngineKey, EngineStore, Precision
+from heygem_ray.errors import EngineError
+from heygem_ray.export import DEFAULT_OPSET, export_onnx
+from heygem_ray.packs import PackSpec
+from heygem_ray.runners import Runner, TorchRunner
+
+AUTO_ORDER: tuple[str, ...] = ("tensorrt", "onnxruntime", "pytorch")
+STAGES = ("motion", "render")
+
+
+@dataclass(frozen=True)
+class RunnerSet:
+    """A pack's stage runners on one backend, and how that backend was chosen."""
+
+    backend: str
+    precision: Precision  # what runs: fp16 on a CPU falls back to fp32 (noted)
+    note: str
+    runners: dict[str, Runner]
+    engine_keys: dict[str, EngineKey] = field(default_factory=dict)  # empty for pytorch
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.close()
+
+
+def device_arch(device: str) -> str:
+    """The store's arch for ``device``: ``cpu``, or the GPU's compute capability as ``sm_90``.
+
+    Read through torch, which uses the device's primary context: no second CUDA context.
+    """
+    if not device.startswith("cuda"):
+        return "cpu"
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    return f"sm_{major}{minor}"
+
+
+def stage_digest(module: nn.Module) -> str:
+    """sha256 over what a stage computes: its state dict and the heygem_ray code it runs.
+
+    The state dict (names, dtypes, shapes, bytes, in name order) covers a checkpoint's
+    weights and a weightless pack's constant buffers; the source files of the heygem_ray
+    modules defining its layers cover constants and formulas in ``forward`` (editing
+    ``packs/warp.py`` must not leave a stale engine in the store).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name in sorted({type(m).__module__ for m in module.modules()}):
+        if name.partition(".")[0] == "heygem_ray":
+            source = inspect.getsourcefile(sys.modules[name])
+            digest.update(name.encode() + b"\0" + (Path(source).read_bytes() if source else b""))
+    return digest.hexdigest()
+
+
+def open_runners(
+    pack: PackSpec,
+    stages: dict[str, nn.Module],
+    *,
+    device: str,
+    store: EngineStore,
+    backend: BackendName = "auto",
+    precision: Precision = "fp32",
+    batch_sizes: list[int] | None = None,
+    build: bool = True,
+    intra_op_threads: int | None = None,
+) -> RunnerSet:
+    """Runners for ``stages`` (from ``pack.load_stages``) on the chosen backend.
+
+    ``batch_sizes``: the batch sizes the worker will send (default ``[32]``), for the
+    TensorRT profile. ``build=False``: use only artifacts already in the store.
+    """
+    notes: list[str] = []
+    if precision == "fp16" and not device.startswith("cuda"):
+        precision = "fp32"
+        notes.append("fp16 needs a CUDA GPU; running fp32")
+    ctx = _Context(pack, stages, device, store, precision, choose_profile(batch_sizes or [32]), build,
+                   intra_op_threads)
+    order = AUTO_ORDER if backend == "auto" else (backend,)
+    for name in order:
+        try:
+            runners, keys = _OPENERS[name](ctx)
+            _smoke(pack, runners)
+        except (EngineError, RuntimeError, OSError) as e:
+            # RuntimeError/OSError: CUDA, TensorRT or ORT failures not already wrapped.
+            reason = e.message if isinstance(e, EngineError) else f"{type(e).__name__}: {e}"
+            if backend != "auto":
+                raise EngineError(f"--backend {name} cannot run here: {reason}") from e
+            notes.append(f"{name}: {reason}")
+            continue
+        return RunnerSet(name, precision, "; ".join(notes), runners, keys)
+    raise EngineError("no backend could run the model: " + "; ".join(notes))  # pytorch failed too
+
+
+@dataclass(frozen=True)
+class _Context:
+    pack: PackSpec
+    stages: dict[str, nn.Module]
+    device: str
+    store: EngineStore
+    precision: Precision
+    profile: BatchProfile
+    build: bool
+    intra_op_threads: int | None
+    hashes: dict[str, str] = field(default_factory=dict)  # stage → stage_digest, computed once
+
+
+def onnx_artifact(
+    store: EngineStore,
+    pack: PackSpec,
+    stage: str,
+    module: nn.Module,
+    precision: Precision,
+    *,
+    build: bool = True,
+    weights_hash: str | None = None,
+) -> tuple[Path, EngineKey]:
+    """The stage's ONNX graph from ``store``, exported first if missing (unless ``build=False``)."""
+    key = EngineKey(
+        pack=pack.name,
+        weights_hash=weights_hash or stage_digest(module),
+        stage=stage,
+        precision=precision,
+        profile=None,
+        backend="onnxruntime",
+        backend_version=f"opset{DEFAULT_OPSET}-torch{torch.__version__}-heygem{__version__}",
+        arch="any",  # an ONNX graph runs anywhere
+    )
+    inputs, outputs = pack.io(stage)
+
+    def export(tmp: Path) -> None:
+        export_onnx(module, inputs, outputs, tmp, fp16=precision == "fp16")
+
+    return store.get_or_build(key, export, rebuild=build), key
+
+
+def tensorrt_artifact(
+    store: EngineStore,
+    pack: PackSpec,
+    stage: str,
+    module: nn.Module,
+    precision: Precision,
+    profile: BatchProfile,
+    device: str,
+    *,
+    build: bool = True,
+    weights_hash: str | None = None,
+) -> tuple[Path, EngineKey]:
+    """The stage's TensorRT engine for ``device``'s GPU from ``store``, built first if missing.
+
+    Needs ``trt.available()``; ``heygem-ray engines build`` is a loop over this.
+    """
+    from heygem_ray.backends import trt
+
+    weights_hash = weights_hash or stage_digest(module)
+    onnx_path, _ = onnx_artifact(store, pack, stage, module, precision, build=build, weights_hash=weights_hash)
+    arch, version = device_arch(device), trt.trt_version()
+    key = EngineKey(pack.name, weights_hash, stage, precision, profile, "tensorrt", version, arch)
+    timing_cache = store.root / "timing" / f"tensorrt-{version}-{arch}.cache"
+
+    def build_plan(tmp: Path) -> None:
+        with torch.cuda.device(torch.device(device)):
+            trt.build_engine(onnx_path, tmp, profile=profile, fp16=precision == "fp16", timing_cache=timing_cache)
+
+    return store.get_or_build(key, build_plan, rebuild=build), key
+
+
+def _hash(ctx: _Context, stage: str) -> str:
+    if stage not in ctx.hashes:
+        ctx.hashes[stage] = stage_digest(ctx.stages[stage])
+    return ctx.hashes[stage]
+
+
+def _open_tensorrt(ctx: _Context) -> tuple[dict[str, Runner], dict[str, EngineKey]]:
+    from heygem_ray.backends import trt
+
+    ok, why = trt.available()
+    if not ok:
+        raise EngineError(why)
+    if not ctx.device.startswith("cuda"):
+        raise EngineError("the worker has no CUDA device")
+    runners: dict[str, Runner] = {}
+    keys: dict[str, EngineKey] = {}
+    try:
+        for stage in STAGES:
+            engine, keys[stage] = tensorrt_artifact(
+                ctx.store, ctx.pack, stage, ctx.stages[stage], ctx.precision, ctx.profile, ctx.device,
+                build=ctx.build, weights_hash=_hash(ctx, stage),
+            )
+            runners[stage] = trt.TrtRunner(stage, engine, *ctx.pack.io(stage), device=ctx.device)
+    except BaseException:
+        _close_all(runners)
+        raise
+    return runners, keys
+
+
+def _open_onnxruntime(ctx: _Context) -> tuple[dict[str, Runner], dict[str, EngineKey]]:
+    from heygem_ray.backends import ort
+
+    ok, why = ort.available(ctx.device)
+    if not ok:
+        raise EngineError(why)
+    runners: dict[str, Runner] = {}
+    keys: dict[str, EngineKey] = {}
+    try:
+        for stage in STAGES:
+            path, keys[stage] = onnx_artifact(ctx.store, ctx.pack, stage, ctx.stages[stage], ctx.precision,
+                                              build=ctx.build, weights_hash=_hash(ctx, stage))
+            runners[stage] = ort.OrtRunner(stage, path, *ctx.pack.io(stage), device=ctx.device,
+                                           intra_op_threads=ctx.intra_op_threads)
+    except BaseException:
+        _close_all(runners)
+        raise
+    return runners, keys
+
+
+def _open_pytorch(ctx: _Context) -> tuple[dict[str, Runner], dict[str, EngineKey]]:
+    dtype = torch.float16 if ctx.precision == "fp16" else torch.float32
+    runners: dict[str, Runner] = {
+        stage: TorchRunner(stage, ctx.stages[stage], *ctx.pack.io(stage), device=torch.device(ctx.device), dtype=dtype)
+        for stage in STAGES
+    }
+    return runners, {}
+
+
+_OPENERS: dict[str, Callable[[_Context], tuple[dict[str, Runner], dict[str, EngineKey]]]] = {
+    "tensorrt": _open_tensorrt,
+    "onnxruntime": _open_onnxruntime,
+    "pytorch": _open_pytorch,
+}
+
+
+def _smoke(pack: PackSpec, runners: dict[str, Runner]) -> None:
+    """One frame through both stages: a backend that loads but cannot run fails here, not mid-job."""
+    try:
+        codes = runners["motion"].infer({"features": np.zeros((1, *pack.feature_shape), np.float32)})["codes"]
+        size = pack.geometry.size
+        runners["render"].infer({"crops": np.zeros((1, 3, size, size), np.float32), "codes": codes})
+    except BaseException:
+        _close_all(runners)
+        raise
+
+
+def _close_all(runners: dict[str, Runner]) -> None:
+    for runner in runners.values():
+        runner.close()

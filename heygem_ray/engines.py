@@ -1,0 +1,309 @@
+"""The engine store: built model artifacts (TensorRT engines, ONNX graphs) kept on disk.
+
+One entry per ``EngineKey`` (pack, weights hash, stage, precision, batch profile, backend
+and its version, GPU architecture), laid out readably::
+
+    <root>/warp/render/tensorrt-10.9.0.34-sm_90-fp16-b1-32-64-1a2b3c4d/
+        engine.plan     the artifact (``model.onnx`` for onnxruntime entries)
+        meta.json       the sidecar: key, built_at, host, build seconds, size, sha256, tools
+
+Writers build into a temporary name and ``os.replace`` it into place, so a reader sees a
+complete artifact or none. An ``fcntl`` lock per entry makes two processes that miss the
+same entry build it once: the second waits, then finds it built. The lock needs a file
+system with working POSIX locks (local disks, NFS with lockd); on object-store mounts
+build ahead of time with ``heygem-ray engines build`` instead.
+
+An entry is used only if its artifact exists, its size and sha256 match the sidecar and
+the sidecar's key is the requested key; anything else is rebuilt (or, with
+``rebuild=False``, an ``EngineError`` says what was wrong).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import re
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from heygem_ray.errors import EngineError
+
+Precision = Literal["fp32", "fp16"]
+EngineBackend = Literal["onnxruntime", "tensorrt"]
+
+# Bumped when the key's meaning or the artifact layout changes: every digest changes and
+# old entries are rebuilt rather than misread.
+STORE_FORMAT = 1
+SIDECAR = "meta.json"
+ARTIFACT = {"tensorrt": "engine.plan", "onnxruntime": "model.onnx"}
+# "cpu", "sm_90" (compute capability 9.0); "any" for artifacts that run anywhere (ONNX).
+_ARCH = re.compile(r"^(cpu|any|sm_\d+)$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_STAGES = ("motion", "render")
+_TOOLS = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt")
+_LOCK_POLL_S = 0.2
+DEFAULT_LOCK_TIMEOUT_S = 3600.0  # a TensorRT build of a big model takes minutes, not hours
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """Batch sizes an engine accepts: ``min`` ≤ batch ≤ ``max``, tuned for ``opt``."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ValueError(f"batch profile needs 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
+
+    def label(self) -> str:
+        return f"b{self.min}-{self.opt}-{self.max}"
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything a built artifact depends on. Equal keys ⇒ interchangeable artifacts."""
+
+    pack: str
+    weights_hash: str  # sha256 of the checkpoint file; "none" for packs without weights
+    stage: str  # "motion" or "render"
+    precision: Precision
+    profile: BatchProfile | None  # None where the artifact takes any batch (ONNX)
+    backend: EngineBackend
+    backend_version: str  # e.g. TensorRT "10.9.0.34"; the exporter's versions for ONNX
+    arch: str  # "sm_90", "cpu", or "any"
+
+    def __post_init__(self) -> None:
+        if self.stage not in _STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}")
+        if self.precision not in get_args(Precision):
+            raise ValueError(f"unknown precision {self.precision!r}")
+        if self.backend not in get_args(EngineBackend):
+            raise ValueError(f"unknown engine backend {self.backend!r}")
+        if not _ARCH.match(self.arch):
+            raise ValueError(f"arch must be 'cpu', 'any' or like 'sm_90', got {self.arch!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["profile"] = None if self.profile is None else [self.profile.min, self.profile.opt, self.profile.max]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> EngineKey:
+        profile = d.get("profile")
+        return cls(**{**d, "profile": None if profile is None else BatchProfile(*profile)})
+
+    def digest(self) -> str:
+        """sha256 hex of the key's canonical JSON (sorted keys, no spaces) and the store format."""
+        text = json.dumps({"format": STORE_FORMAT, **self.to_json()}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def dirname(self) -> str:
+        """``<pack>/<stage>/<backend>-<version>-<arch>-<precision>[-b<min>-<opt>-<max>]-<digest8>``."""
+        parts = [self.backend, self.backend_version, self.arch, self.precision]
+        if self.profile is not None:
+            parts.append(self.profile.label())
+        leaf = _UNSAFE.sub("_", "-".join(parts)) + "-" + self.digest()[:8]
+        return f"{_UNSAFE.sub('_', self.pack)}/{self.stage}/{leaf}"
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """One row of ``heygem-ray engines list``."""
+
+    pack: str
+    stage: str
+    precision: str
+    backend: str
+    backend_version: str
+    arch: str
+    profile: str  # "b1-32-64", or "" for ONNX
+    size: int  # bytes of the artifact as recorded in the sidecar
+    built_at: str  # ISO 8601, UTC
+    path: Path  # the artifact
+    ok: bool  # artifact present with the recorded size (the sha256 is checked on use)
+
+
+class EngineStore:
+    """Built artifacts under ``root``; see the module docstring for the layout and rules."""
+
+    def __init__(self, root: str | os.PathLike[str], *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S):
+        self.root = Path(root)
+        self.lock_timeout_s = lock_timeout_s
+
+    def entry_dir(self, key: EngineKey) -> Path:
+        return self.root / key.dirname()
+
+    def artifact_path(self, key: EngineKey) -> Path:
+        return self.entry_dir(key) / ARTIFACT[key.backend]
+
+    def get_or_build(self, key: EngineKey, build: Callable[[Path], None], *, rebuild: bool = True) -> Path:
+        """Path of a valid artifact for ``key``, calling ``build(tmp_path)`` if there is none.
+
+        ``build`` writes the artifact to the path it is given (a temporary name in the
+        entry's folder) and returns. With ``rebuild=False`` a missing or invalid entry
+        raises ``EngineError`` saying why, and nothing is built.
+        """
+        path = self.artifact_path(key)
+        if self._problem(key) is None:  # fast path: no lock for an entry that is fine
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock(key):
+            problem = self._problem(key)  # another process may have built it meanwhile
+            if problem is None:
+                return path
+            if not rebuild:
+                raise EngineError(f"engine store entry {key.dirname()}: {problem}", kind="engine_missing")
+            self._build(key, build)
+        return path
+
+    def validate(self, key: EngineKey) -> str | None:
+        """None if the entry for ``key`` can be used, else what is wrong with it."""
+        return self._problem(key)
+
+    def list(self) -> builtins.list[EntryInfo]:
+        """Every entry under the root, sorted by pack, stage and folder name."""
+        rows: builtins.list[EntryInfo] = []
+        for sidecar in sorted(self.root.glob(f"*/*/*/{SIDECAR}")):
+            try:
+                meta = json.loads(sidecar.read_text())
+                key = EngineKey.from_json(meta["key"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # half-written or foreign: not an entry
+            artifact = sidecar.parent / ARTIFACT[key.backend]
+            size = int(meta.get("size", -1))
+            ok = artifact.is_file() and artifact.stat().st_size == size
+            rows.append(
+                EntryInfo(
+                    pack=key.pack,
+                    stage=key.stage,
+                    precision=key.precision,
+                    backend=key.backend,
+                    backend_version=key.backend_version,
+                    arch=key.arch,
+                    profile="" if key.profile is None else key.profile.label(),
+                    size=size,
+                    built_at=str(meta.get("built_at", "")),
+                    path=artifact,
+                    ok=ok,
+                )
+            )
+        return rows
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _problem(self, key: EngineKey) -> str | None:
+        entry = self.entry_dir(key)
+        artifact, sidecar = self.artifact_path(key), entry / SIDECAR
+        if not artifact.is_file():
+            return "not built yet"
+        try:
+            meta = json.loads(sidecar.read_text())
+        except FileNotFoundError:
+            return f"{SIDECAR} is missing"
+        except (OSError, ValueError) as e:
+            return f"{SIDECAR} is unreadable ({e})"
+        try:
+            recorded = EngineKey.from_json(meta["key"])
+        except (KeyError, TypeError, ValueError) as e:
+            return f"{SIDECAR} has no valid key ({e})"
+        if recorded != key:
+            diff = {k: v for k, v in recorded.to_json().items() if key.to_json().get(k) != v}
+            return f"built for another key ({', '.join(f'{k}={v}' for k, v in sorted(diff.items()))})"
+        size = artifact.stat().st_size
+        if size != meta.get("size"):
+            return f"{artifact.name} is {size} bytes, {meta.get('size')} recorded (truncated or replaced)"
+        if _sha256(artifact) != meta.get("sha256"):
+            return f"{artifact.name} does not match its recorded sha256 (corrupted or replaced)"
+        return None
+
+    def _build(self, key: EngineKey, build: Callable[[Path], None]) -> None:
+        entry = self.entry_dir(key)
+        artifact, sidecar = self.artifact_path(key), entry / SIDECAR
+        token = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp = entry / f".{artifact.name}.{token}.tmp"
+        tmp_meta = entry / f".{SIDECAR}.{token}.tmp"
+        try:
+            t0 = time.perf_counter()
+            build(tmp)
+            seconds = time.perf_counter() - t0
+            if not tmp.is_file():
+                raise EngineError(f"engine store entry {key.dirname()}: the build wrote no file", kind="engine_build")
+            meta = {
+                "key": key.to_json(),
+                "digest": key.digest(),
+                "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "host": socket.gethostname(),
+                "build_seconds": round(seconds, 3),
+                "size": tmp.stat().st_size,
+                "sha256": _sha256(tmp),
+                "tools": _tool_versions(),
+            }
+            tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            # The sidecar goes in last: until then a reader sees a mismatch and waits on the lock.
+            sidecar.unlink(missing_ok=True)
+            os.replace(tmp, artifact)
+            os.replace(tmp_meta, sidecar)
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp_meta.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _lock(self, key: EngineKey) -> Iterator[None]:
+        lock_path = self.entry_dir(key) / ".lock"
+        with open(lock_path, "a+") as f:
+            deadline = time.monotonic() + self.lock_timeout_s
+            while True:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        f.seek(0)
+                        holder = f.read().strip() or "unknown"
+                        raise EngineError(
+                            f"engine store entry {key.dirname()}: still locked after {self.lock_timeout_s:.0f} s "
+                            f"by {holder}; if that process is gone, delete {lock_path}",
+                            kind="engine_locked",
+                        ) from None
+                    time.sleep(_LOCK_POLL_S)
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+                f.flush()
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tool_versions() -> dict[str, str]:
+    """Installed versions of the tools that shape artifacts, read without importing them."""
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in _TOOLS:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions

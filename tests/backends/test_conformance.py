@@ -1,0 +1,218 @@
+"""Every backend present gives PyTorch FP32's numbers, for both packs, both stages, any batch.
+
+One parametrized test: backend × precision × pack × stage × batch size. The reference is
+the stage module itself in float32 on the CPU; inputs are in the ranges the pipeline
+feeds (crops in [0, 1] and smooth like faces, warp features in [-4, 0], Wav2Lip mel
+windows in [-4, 4], codes computed by the motion stage from such features).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from heygem_ray.backends import onnx_artifact, open_runners, tensorrt_artifact
+from heygem_ray.backends import trt as trt_backend
+from heygem_ray.backends.ort import OrtRunner
+from heygem_ray.engines import BatchProfile, EngineStore, Precision
+from heygem_ray.errors import EngineError, InternalError
+from heygem_ray.packs import PackSpec, get_pack
+from heygem_ray.runners import Runner, TorchRunner
+from tests.helpers.wav2lip_ckpt import write_random_checkpoint
+
+FP32_MAX_ABS = 1e-4
+FP16_MEAN_ABS = 1e-2
+# The profile max is the largest batch tested; Wav2Lip's render is the expensive stage
+# on a 2-core CPU, so its max is smaller.
+PROFILE = {"warp": BatchProfile(1, 8, 32), "wav2lip": BatchProfile(1, 8, 16)}
+FEATURE_RANGE = {"warp": (-4.0, 0.0), "wav2lip": (-4.0, 4.0)}
+
+_TRT_OK, _TRT_WHY = trt_backend.available()
+_NO_TRT = pytest.mark.skipif(not _TRT_OK, reason=f"tensorrt backend unavailable: {_TRT_WHY}")
+
+BACKENDS = [
+    pytest.param("pytorch", "fp32", id="pytorch-fp32"),
+    pytest.param("onnxruntime", "fp32", id="onnxruntime-fp32"),
+    pytest.param("onnxruntime", "fp16", id="onnxruntime-fp16"),
+    pytest.param("tensorrt", "fp32", id="tensorrt-fp32", marks=_NO_TRT),
+    pytest.param("tensorrt", "fp16", id="tensorrt-fp16", marks=_NO_TRT),
+]
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, nn.Module]]:
+    torch.set_num_threads(2)
+    ckpt = write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "wav2lip.pth", seed=0)
+    return {"warp": get_pack("warp").load_stages(None), "wav2lip": get_pack("wav2lip").load_stages(ckpt)}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> EngineStore:
+    return EngineStore(tmp_path_factory.getbasetemp() / "engines")  # shared with test_export
+
+
+@pytest.fixture(scope="module")
+def runners(stages: dict[str, dict[str, nn.Module]], store: EngineStore):
+    """A cache of opened runners, closed at the end of the module."""
+    opened: dict[tuple[str, str, str, str], Runner] = {}
+
+    def get(backend: str, precision: Precision, pack: str, stage: str) -> Runner:
+        key = (backend, precision, pack, stage)
+        if key not in opened:
+            opened[key] = _OPEN[backend](store, get_pack(pack), stage, stages[pack][stage], precision)
+        return opened[key]
+
+    yield get
+    for runner in opened.values():
+        runner.close()
+
+
+def _open_pytorch(store: EngineStore, pack: PackSpec, stage: str, module: nn.Module, precision: Precision) -> Runner:
+    return TorchRunner(stage, module, *pack.io(stage), device=torch.device("cpu"))
+
+
+def _open_ort(store: EngineStore, pack: PackSpec, stage: str, module: nn.Module, precision: Precision) -> Runner:
+    path, _ = onnx_artifact(store, pack, stage, module, precision)
+    return OrtRunner(stage, path, *pack.io(stage), device="cpu", intra_op_threads=2)
+
+
+def _open_trt(store: EngineStore, pack: PackSpec, stage: str, module: nn.Module, precision: Precision) -> Runner:
+    path, _ = tensorrt_artifact(store, pack, stage, module, precision, PROFILE[pack.name], "cuda:0")
+    return trt_backend.TrtRunner(stage, path, *pack.io(stage), device="cuda:0")
+
+
+_OPEN: dict[str, Callable[[EngineStore, PackSpec, str, nn.Module, Precision], Runner]] = {
+    "pytorch": _open_pytorch,
+    "onnxruntime": _open_ort,
+    "tensorrt": _open_trt,
+}
+
+
+def _smooth_crops(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """(n, 3, size, size) float32 BGR in [0, 1]: low-frequency images, like faces, not noise."""
+    coarse = torch.from_numpy(rng.random((n, 3, size // 8, size // 8), dtype=np.float32))
+    return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False).numpy()
+
+
+@pytest.fixture(scope="module")
+def cases(stages: dict[str, dict[str, nn.Module]]):
+    """(pack, stage, batch) → (inputs, PyTorch FP32 outputs), made once."""
+    made: dict[tuple[str, str, int], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
+
+    def reference(pack: str, stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        specs_in, specs_out = get_pack(pack).io(stage)
+        with torch.inference_mode():
+            out = stages[pack][stage](*(torch.from_numpy(inputs[s.name]) for s in specs_in))
+        return {specs_out[0].name: out.numpy()}
+
+    def get(pack: str, stage: str, batch: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        if (pack, stage, batch) not in made:
+            spec = get_pack(pack)
+            rng = np.random.default_rng([batch, len(pack), len(stage)])
+            lo, hi = FEATURE_RANGE[pack]
+            features = rng.uniform(lo, hi, (batch, *spec.feature_shape)).astype(np.float32)
+            if stage == "motion":
+                inputs = {"features": features}
+            else:
+                codes = reference(pack, "motion", {"features": features})["codes"]
+                inputs = {"crops": _smooth_crops(rng, batch, spec.geometry.size), "codes": codes}
+            made[pack, stage, batch] = (inputs, reference(pack, stage, inputs))
+        return made[pack, stage, batch]
+
+    return get
+
+
+def _batches(pack: str) -> list[int]:
+    return [1, 2, 5, PROFILE[pack].max]
+
+
+@pytest.mark.parametrize(("pack", "stage", "batch"), [
+    pytest.param(pack, stage, batch, id=f"{pack}-{stage}-b{batch}")
+    for pack in ("warp", "wav2lip") for stage in ("motion", "render") for batch in _batches(pack)
+])
+@pytest.mark.parametrize(("backend", "precision"), BACKENDS)
+def test_backend_matches_pytorch_fp32(runners, cases, backend: str, precision: Precision, pack: str, stage: str,
+                                      batch: int) -> None:
+    inputs, expected = cases(pack, stage, batch)
+    runner = runners(backend, precision, pack, stage)
+    assert runner.backend == backend
+
+    got = runner.infer({k: v.copy() for k, v in inputs.items()})
+
+    assert got.keys() == expected.keys()
+    for name, want in expected.items():
+        out = got[name]
+        assert out.dtype == np.float32 and out.shape == want.shape, name
+        assert np.isfinite(out).all(), name
+        diff = np.abs(out - want)
+        if precision == "fp32":
+            assert diff.max() <= FP32_MAX_ABS, f"{name}: max |diff| {diff.max():.2e} > {FP32_MAX_ABS:.0e}"
+        else:
+            assert diff.mean() <= FP16_MEAN_ABS, f"{name}: mean |diff| {diff.mean():.2e} > {FP16_MEAN_ABS:.0e}"
+
+
+# -- input checking (ONNX Runtime) ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def warp_render_ort(runners) -> Runner:
+    return runners("onnxruntime", "fp32", "warp", "render")
+
+
+def _good_render_inputs(n: int = 2) -> dict[str, np.ndarray]:
+    return {"crops": np.zeros((n, 3, 160, 160), np.float32), "codes": np.zeros((n, 1), np.float32)}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: {"crop": d["crops"], "codes": d["codes"]}, r"'crop'.*given.*'crops'.*declared"),
+    (lambda d: {**d, "crops": d["crops"][:, :, :96, :96]}, r"input 'crops' is float32\[2, 3, 96, 96\]"),
+    (lambda d: {**d, "codes": d["codes"].astype(np.float64)}, r"input 'codes' is float64\[2, 1\]"),
+    (lambda d: {**d, "codes": d["codes"][:1]}, r"disagree on the batch size"),
+], ids=["name", "shape", "dtype", "batch"])
+def test_ort_runner_names_the_bad_input(warp_render_ort: Runner, change, message: str) -> None:
+    with pytest.raises(InternalError, match=message):
+        warp_render_ort.infer(change(_good_render_inputs()))
+
+
+def test_ort_runner_refuses_a_graph_of_another_stage(store: EngineStore, stages) -> None:
+    pack = get_pack("warp")
+    path, _ = onnx_artifact(store, pack, "motion", stages["warp"]["motion"], "fp32")
+    with pytest.raises(EngineError, match=r"declares"):
+        OrtRunner("render", path, *pack.io("render"), device="cpu")
+
+
+# -- backend choice -----------------------------------------------------------------------------
+
+
+def test_auto_falls_back_and_says_why(store: EngineStore, stages) -> None:
+    pack = get_pack("warp")
+    chosen = open_runners(pack, stages["warp"], device="cpu", store=store, precision="fp16")
+    try:
+        assert chosen.backend == "onnxruntime"
+        assert chosen.precision == "fp32"  # no fp16 on a CPU
+        assert "fp16 needs a CUDA GPU" in chosen.note
+        assert f"tensorrt: {_TRT_WHY}" in chosen.note
+        assert {k.backend for k in chosen.engine_keys.values()} == {"onnxruntime"}
+        codes = chosen.runners["motion"].infer({"features": np.full((3, 10), -1.0, np.float32)})["codes"]
+        assert codes.shape == (3, 1) and np.allclose(codes, 1.0)  # level -1 → mouth fully open
+    finally:
+        chosen.close()
+
+
+def test_named_backend_that_cannot_run_is_an_error(store: EngineStore, stages) -> None:
+    with pytest.raises(EngineError, match=r"--backend tensorrt cannot run here"):
+        open_runners(get_pack("warp"), stages["warp"], device="cpu", store=store, backend="tensorrt")
+
+
+def test_pytorch_backend_needs_no_store_entries(tmp_path: Path, stages) -> None:
+    store = EngineStore(tmp_path / "engines")
+    chosen = open_runners(get_pack("warp"), stages["warp"], device="cpu", store=store, backend="pytorch")
+    assert (chosen.backend, chosen.note, chosen.engine_keys) == ("pytorch", "", {})
+    assert store.list() == []
+    chosen.close()
