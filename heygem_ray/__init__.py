@@ -9,9 +9,10 @@ plus ``heygem_ray.models.wav2lip.load`` and ``heygem_ray.features.wav2lip_mel`` 
 parity checks against the public Wav2Lip code. Everything else is internal.
 """
 
+from typing import TYPE_CHECKING
+
 from heygem_ray.config import DetectorConfig, RenderConfig, RunConfig
 from heygem_ray.errors import EngineError, HeygemError, InputError, InternalError
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from heygem_ray.run import RunSummary, submit

@@ -79,7 +79,14 @@ class Template:
             for i in index:
                 f.seek(int(offsets[i]))
                 data = f.read(int(offsets[i + 1] - offsets[i]))
-                yield cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+                frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+                if frame is None:
+                    raise InputError(
+                        f"template {self.root} is damaged (frame {i} does not decode); delete "
+                        "that folder and run again to rebuild it",
+                        kind="bad_template",
+                    )
+                yield frame
 
 
 def content_hash(path: Path) -> str:

@@ -8,13 +8,29 @@ from typing import Annotated, cast
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from heygem_ray.config import BackendName, LoopMode, PackName, PrecisionName, RenderConfig, RunConfig, default_cache_dir
+from heygem_ray.config import (
+    BackendName,
+    LoopMode,
+    PackName,
+    PrecisionName,
+    RenderConfig,
+    RunConfig,
+    default_cache_dir,
+)
 from heygem_ray.errors import HeygemError
 from heygem_ray.results import JobResult
+from heygem_ray.run import RunCallbacks
+from heygem_ray.run import submit as run_submit
 from heygem_ray.worker import WorkerInfo
-from heygem_ray.run import RunCallbacks, submit as run_submit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch lip-synced talking-head videos on Ray.")
 err = Console(stderr=True)

@@ -25,7 +25,7 @@ class FaceDetector:
 
     def __init__(self, cfg: DetectorConfig):
         self.cfg = cfg
-        self._cascade = cv2.CascadeClassifier(cv2.data.haarcascades + _CASCADE)
+        self._cascade = cv2.CascadeClassifier(cv2.data.haarcascades + _CASCADE)  # type: ignore[attr-defined]
         if self._cascade.empty():  # the wheel always ships it; a broken install does not
             raise RuntimeError(f"OpenCV could not load {_CASCADE}: reinstall opencv-python-headless<5")
 

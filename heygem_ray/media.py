@@ -38,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, NoReturn, cast
 
-import ffmpeg  # type: ignore[import-untyped]
+import ffmpeg
 import numpy as np
 
 from heygem_ray.errors import EngineError, InputError, InternalError
@@ -100,7 +100,7 @@ def ffmpeg_exe() -> str:
     on_path = shutil.which("ffmpeg")
     if on_path:
         return on_path
-    import imageio_ffmpeg  # type: ignore[import-untyped]  # only needed without a system ffmpeg
+    import imageio_ffmpeg  # only needed without a system ffmpeg
 
     return str(imageio_ffmpeg.get_ffmpeg_exe())
 

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import ray
@@ -97,7 +98,7 @@ def start_workers(cfg: RunConfig) -> Pool:
     """
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    remote = ray.remote(_ActorWorker)
+    remote: Any = ray.remote(_ActorWorker)
     args = (cfg.render, cfg.engines_dir.resolve())
     if gpus > 0:
         actors = [remote.options(num_gpus=1, num_cpus=1, name=f"model-worker-gpu{i}").remote(*args) for i in range(gpus)]
@@ -128,7 +129,7 @@ def run_jobs(
     """Render every job on the connected Ray cluster; results in completion order."""
     pool = start_workers(cfg)
     on_workers(pool.infos)
-    progress = _Progress.remote()
+    progress = cast(Any, _Progress).remote()
     in_flight_cap = cfg.max_jobs_in_flight or 2 * len(pool.actors)
     pending: dict[ray.ObjectRef, Job] = {}
     results: list[JobResult] = []

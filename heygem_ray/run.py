@@ -6,7 +6,6 @@ The public entry point for Python callers; the CLI is a thin layer over it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +13,9 @@ import ray
 
 from heygem_ray.config import RunConfig
 from heygem_ray.manifest import read_manifest
-from heygem_ray.worker import WorkerInfo
 from heygem_ray.ray_exec import run_jobs
 from heygem_ray.results import RESULT_COLUMNS, JobResult, write_results
+from heygem_ray.worker import WorkerInfo
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from scipy.signal import lfilter
 
-from heygem_ray.features import MEL_FPS, SAMPLE_RATE, mel_filterbank, mel_windows, wav2lip_mel
+from heygem_ray.features import (
+    MEL_FPS,
+    SAMPLE_RATE,
+    mel_filterbank,
+    mel_windows,
+    wav2lip_mel,
+)
 
 MAX_ABS = 4.0
 

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _silent_wav(path: Path, seconds: float) -> Path:
     subprocess.run(
-        [media.ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", f"anullsrc=r=16000:cl=mono",
+        [media.ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono",
          "-t", str(seconds), str(path)],
         check=True,
     )

@@ -80,6 +80,8 @@ def warp_features(wav: np.ndarray, fps: Fraction, frames: int) -> np.ndarray:
 class WarpMotion(nn.Module):
     """(B, WINDOW) band levels → (B, 1) mouth opening in [0, 1]."""
 
+    weights: torch.Tensor  # (WINDOW,) Hann weights summing to 1
+
     def __init__(self) -> None:
         super().__init__()
         w = torch.hann_window(WINDOW + 2, periodic=False)[1:-1]
@@ -97,6 +99,12 @@ def _smoothstep(t: torch.Tensor) -> torch.Tensor:
 
 class WarpRender(nn.Module):
     """(B, 3, S, S) crops in [0, 1] and (B, 1) openings → (B, 3, S, S) crops."""
+
+    base: torch.Tensor  # (1, S, S, 2) identity sampling grid, x then y
+    pull: torch.Tensor  # (1, S, S) downward shift at full opening, crop units
+    x: torch.Tensor  # (1, S, S) x coordinate of each pixel
+    y: torch.Tensor  # (1, S, S) y coordinate of each pixel
+    interior: torch.Tensor  # (1, 3, 1, 1) mouth-interior colour, BGR
 
     def __init__(self, size: int = CROP_SIZE):
         super().__init__()

@@ -23,7 +23,14 @@ from torch import nn
 from heygem_ray.errors import InputError
 from heygem_ray.features import mel_windows, wav2lip_mel
 from heygem_ray.geometry import CropGeometry, feathered_ellipse
-from heygem_ray.models.wav2lip import EMBED_DIM, FACE_SIZE, MEL_STEP, N_MELS, Wav2Lip, load
+from heygem_ray.models.wav2lip import (
+    EMBED_DIM,
+    FACE_SIZE,
+    MEL_STEP,
+    N_MELS,
+    Wav2Lip,
+    load,
+)
 from heygem_ray.packs import PackSpec
 
 GEOMETRY = CropGeometry(size=FACE_SIZE, mode="padded", pad=(0, 10, 0, 0), smooth_window=5)
@@ -47,6 +54,8 @@ class Wav2LipMotion(nn.Module):
 
 class Wav2LipRender(nn.Module):
     """(B, 3, 96, 96) BGR crops in [0, 1] and (B, 512, 1, 1) codes → (B, 3, 96, 96)."""
+
+    keep_upper: torch.Tensor  # (1, 1, 96, 96): 1 on rows 0..47, 0 below
 
     def __init__(self, model: Wav2Lip):
         super().__init__()

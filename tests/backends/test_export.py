@@ -12,7 +12,7 @@ from torch import nn
 
 from heygem_ray.backends import onnx_artifact
 from heygem_ray.engines import EngineStore
-from heygem_ray.errors import EngineError, InternalError
+from heygem_ray.errors import InternalError
 from heygem_ray.export import BATCH_AXIS, export_onnx, graph_names
 from heygem_ray.packs import TensorSpec, get_pack
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint

@@ -21,7 +21,11 @@ from heygem_ray.models.wav2lip import (
     load,
     weights_hash,
 )
-from tests.helpers.wav2lip_ckpt import random_state_dict, spec_shapes, write_random_checkpoint
+from tests.helpers.wav2lip_ckpt import (
+    random_state_dict,
+    spec_shapes,
+    write_random_checkpoint,
+)
 
 torch.set_num_threads(2)
 

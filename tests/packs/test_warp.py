@@ -3,7 +3,13 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from heygem_ray.packs.warp import CROP_SIZE, MOUTH_Y, WarpMotion, WarpRender, warp_features
+from heygem_ray.packs.warp import (
+    CROP_SIZE,
+    MOUTH_Y,
+    WarpMotion,
+    WarpRender,
+    warp_features,
+)
 
 SR = 16000
 
