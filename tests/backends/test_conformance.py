@@ -24,7 +24,6 @@ from heygem_ray.engines import BatchProfile, EngineStore, Precision
 from heygem_ray.errors import EngineError, InternalError
 from heygem_ray.packs import PackSpec, get_pack
 from heygem_ray.runners import Runner, TorchRunner
-from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 
 FP32_MAX_ABS = 1e-4
 FP16_MEAN_ABS = 1e-2
@@ -45,16 +44,6 @@ BACKENDS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def stages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, nn.Module]]:
-    torch.set_num_threads(2)
-    ckpt = write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "wav2lip.pth", seed=0)
-    return {"warp": get_pack("warp").load_stages(None), "wav2lip": get_pack("wav2lip").load_stages(ckpt)}
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> EngineStore:
-    return EngineStore(tmp_path_factory.getbasetemp() / "engines")  # shared with test_export
 
 
 @pytest.fixture(scope="module")

@@ -15,24 +15,11 @@ from heygem_ray.engines import EngineStore
 from heygem_ray.errors import InternalError
 from heygem_ray.export import BATCH_AXIS, export_onnx, graph_names
 from heygem_ray.packs import TensorSpec, get_pack
-from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 
 PACKS = ("warp", "wav2lip")
 STAGES = ("motion", "render")
 
 
-@pytest.fixture(scope="module")
-def stages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, nn.Module]]:
-    torch.set_num_threads(2)
-    ckpt = write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "wav2lip.pth", seed=0)
-    return {"warp": get_pack("warp").load_stages(None), "wav2lip": get_pack("wav2lip").load_stages(ckpt)}
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> EngineStore:
-    # Shared with test_conformance through the session's base temp folder: whichever
-    # module runs first exports, the other finds the graphs in the store.
-    return EngineStore(tmp_path_factory.getbasetemp() / "engines")
 
 
 def _value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
