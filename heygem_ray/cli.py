@@ -93,6 +93,7 @@ def submit(
     backend: Annotated[str, typer.Option(help="Inference backend: 'auto' (TensorRT, then ONNX Runtime, then PyTorch: the first that works), 'tensorrt', 'onnxruntime' or 'pytorch'.")] = "auto",
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32' or 'fp16'.")] = "auto",
     engines: Annotated[Path, typer.Option(help="Engine store: exported ONNX graphs and TensorRT engines (on a cluster, a path every node sees).")] = Path("engines"),
+    force: Annotated[bool, typer.Option("--force", help="Render every row again, even those an earlier run into OUTPUT_DIR completed (by default they are skipped).")] = False,
 ) -> None:
     """Render every row of MANIFEST to an MP4 and write OUTPUT_DIR/results.parquet.
 
@@ -112,6 +113,7 @@ def submit(
                 precision=cast(PrecisionName, precision),
             ),
             engines_dir=engines,
+            force=force,
             cache_dir=cache_dir or default_cache_dir(),
             address=address,
         )
@@ -131,10 +133,12 @@ def submit(
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(2) from None
     ok = sum(r.status == "ok" for r in summary.results)
-    print(f"{ok} of {len(summary.results)} jobs rendered into {cfg.output_dir.resolve()}")
+    skipped = sum(r.status == "skipped" for r in summary.results)
+    done_before = f" ({skipped} skipped: complete from an earlier run)" if skipped else ""
+    print(f"{ok} of {len(summary.results)} jobs rendered{done_before} into {cfg.output_dir.resolve()}")
     print(f"results: {summary.results_path.resolve()}")
     for r in summary.results:
-        if r.status == "ok":
+        if r.status != "failed":
             print(f"  {r.output}")
     if summary.failed:
         print(f"{len(summary.failed)} job(s) failed:", file=sys.stderr)

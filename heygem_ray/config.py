@@ -98,6 +98,10 @@ class RunConfig:
     max_jobs_in_flight: int = 0
     # Model workers when no GPU is present; 0 picks from the CPU count.
     cpu_workers: int = 0
+    # Render every job again, even those an earlier run into output_dir completed.
+    force: bool = False
+    # Times a job is started before a lost task or worker fails it for good.
+    max_attempts: int = 3
 
     def config_hash(self) -> str:
         """Hash of the settings that shape the outputs (not where they go)."""

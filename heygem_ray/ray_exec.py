@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import ray
 from ray.exceptions import RayError
 
 from heygem_ray.config import RenderConfig, RunConfig
+from heygem_ray.errors import EngineError, HeygemError
 from heygem_ray.manifest import Job
 from heygem_ray.pipeline import ChunkFuture, render_job
 from heygem_ray.results import JobResult
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 
 # Seconds between progress polls while waiting for jobs.
 POLL_S = 0.5
+# A worker actor that dies is restarted, and the chunk calls it held are sent again
+# (run_chunk is a pure function of its arguments, so repeating it is safe).
+_RESTART = {"max_restarts": -1, "max_task_retries": -1}
 
 
 def node_name() -> str:
@@ -64,7 +69,16 @@ class _RayFuture:
         self.ref = ref
 
     def result(self) -> ChunkOutput:
-        return ray.get(self.ref)
+        try:
+            return ray.get(self.ref)
+        except RayError as exc:
+            if isinstance(exc, HeygemError):  # the worker's own error, raised through Ray
+                raise
+            raise EngineError(
+                f"the model worker rendering this chunk was lost ({type(exc).__name__}); "
+                "check the cluster's health, then run the same manifest again",
+                kind="worker_lost",
+            ) from exc
 
 
 class _RayService:
@@ -100,15 +114,16 @@ def start_workers(cfg: RunConfig) -> Pool:
     gpus = int(resources.get("GPU", 0))
     remote: Any = ray.remote(_ActorWorker)
     args = (cfg.render, cfg.engines_dir.resolve())
+    prefix = f"model-worker-{uuid.uuid4().hex[:6]}"  # unique: several runs may share a cluster
     if gpus > 0:
-        actors = [remote.options(num_gpus=1, num_cpus=1, name=f"model-worker-gpu{i}").remote(*args) for i in range(gpus)]
+        actors = [remote.options(num_gpus=1, num_cpus=1, name=f"{prefix}-gpu{i}", **_RESTART).remote(*args) for i in range(gpus)]
         kind = "gpu"
     else:
         cpus = int(resources.get("CPU", 1))
         count = cfg.cpu_workers or max(1, cpus // 4)
         # Never let model actors take every core: job tasks (analyze, compose) need one.
         count = max(1, min(count, cpus - 1))
-        actors = [remote.options(num_cpus=1, name=f"model-worker-cpu{i}").remote(*args) for i in range(count)]
+        actors = [remote.options(num_cpus=1, name=f"{prefix}-cpu{i}", **_RESTART).remote(*args) for i in range(count)]
         kind = "cpu"
     try:
         infos = ray.get([a.ready.remote() for a in actors])
@@ -131,29 +146,39 @@ def run_jobs(
     on_workers(pool.infos)
     progress = cast(Any, _Progress).remote()
     in_flight_cap = cfg.max_jobs_in_flight or 2 * len(pool.actors)
-    pending: dict[ray.ObjectRef, Job] = {}
+    config_hash = cfg.config_hash()
+    pending: dict[ray.ObjectRef, tuple[Job, int]] = {}  # task → (job, attempt)
+    retry: list[tuple[Job, int]] = []
     results: list[JobResult] = []
     queue = iter(jobs)
     exhausted = False
     while True:
-        while not exhausted and len(pending) < in_flight_cap:
-            job = next(queue, None)
-            if job is None:
+        while len(pending) < in_flight_cap and (retry or not exhausted):
+            if retry:
+                job, attempt = retry.pop()
+            elif (nxt := next(queue, None)) is not None:
+                job, attempt = nxt, 1
+            else:
                 exhausted = True
                 break
             ref = _job_task.options(name=f"job:{job.job_id}").remote(
                 job, cfg.render, cfg.cache_dir, pool.actors, progress
             )
-            pending[ref] = job
+            pending[ref] = (job, attempt)
         if not pending:
             break
         done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
         for ref in done:
-            job = pending.pop(ref)
+            job, attempt = pending.pop(ref)
             try:
                 result = ray.get(ref)
             except RayError as exc:
+                if attempt < cfg.max_attempts:
+                    log.warning("%s: attempt %d lost (%s); trying again", job.label, attempt, type(exc).__name__)
+                    retry.append((job, attempt + 1))
+                    continue
                 result = _lost(job, cfg, exc)
+            result.attempts, result.config_hash = attempt, config_hash
             results.append(result)
             on_result(result)
         on_frames(ray.get(progress.total.remote()))
@@ -174,8 +199,8 @@ def _lost(job: Job, cfg: RunConfig, exc: RayError) -> JobResult:
         status="failed",
         error_kind="worker_lost",
         error_stage="render",
-        error=f"{job.label}: the Ray task or worker running it died ({type(exc).__name__}: {first}); "
-        "run the same manifest again to retry it",
+        error=f"{job.label}: the Ray task or worker running it died {cfg.max_attempts} times "
+        f"({type(exc).__name__}: {first}); check the cluster's health, then run the same manifest again",
         pack=cfg.render.pack,
         extra=job.extra,
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import ray
 
+from heygem_ray import resume
 from heygem_ray.config import RunConfig
 from heygem_ray.manifest import read_manifest
 from heygem_ray.ray_exec import run_jobs
@@ -51,24 +52,32 @@ def submit(manifest: Path, cfg: RunConfig, callbacks: RunCallbacks | None = None
     cb = callbacks or RunCallbacks()
     # 1. read and check the manifest: a broken one stops here, before any work
     jobs = read_manifest(manifest, cfg.output_dir, reserved=RESULT_COLUMNS)
+    # 2. skip what an earlier run into the same folder completed (unless forced)
+    todo, skipped = (jobs, []) if cfg.force else resume.split(jobs, cfg.output_dir, cfg.config_hash())
     cb.started(len(jobs))
-    # 2. connect to Ray (a local instance unless an address is given)
-    started_here, dashboard = _connect(cfg.address)
-    cb.connected(dashboard)
-    try:
-        # 3. start the model workers (a bad checkpoint or backend stops here), then render
-        def workers_ready(infos: list[WorkerInfo]) -> None:
-            cfg.output_dir.mkdir(parents=True, exist_ok=True)
-            cb.workers(infos)
+    for r in skipped:
+        cb.job_done(r)
+    results = list(skipped)
+    if todo:
+        # 3. connect to Ray (a local instance unless an address is given)
+        started_here, dashboard = _connect(cfg.address)
+        cb.connected(dashboard)
+        try:
+            # 4. start the model workers (a bad checkpoint or backend stops here), then
+            #    render, keeping each row on disk as soon as its job ends
+            def workers_ready(infos: list[WorkerInfo]) -> None:
+                cfg.output_dir.mkdir(parents=True, exist_ok=True)
+                cb.workers(infos)
 
-        results = run_jobs(jobs, cfg, on_result=cb.job_done, on_frames=cb.frames_done, on_workers=workers_ready)
-    finally:
-        if started_here:
-            ray.shutdown()
-    # 4. write the results table
-    config_hash = cfg.config_hash()
-    for r in results:
-        r.config_hash = config_hash
+            def job_done(result: JobResult) -> None:
+                resume.record(cfg.output_dir, result)
+                cb.job_done(result)
+
+            results += run_jobs(todo, cfg, on_result=job_done, on_frames=cb.frames_done, on_workers=workers_ready)
+        finally:
+            if started_here:
+                ray.shutdown()
+    # 5. the results table: one row per manifest row
     path = cfg.output_dir / RESULTS_FILE
     write_results(results, path)
     return RunSummary(path, sorted(results, key=lambda r: r.row))

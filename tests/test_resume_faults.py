@@ -1,0 +1,93 @@
+"""Reruns skip finished work; a worker actor killed mid-run costs no job (real Ray)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from heygem_ray import RenderConfig, RunConfig, media, submit
+from heygem_ray.run import RunCallbacks
+
+
+def _speech(src: Path, dst: Path, seconds: float) -> Path:
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-t", str(seconds), str(dst)], check=True)
+    return dst
+
+
+@pytest.fixture
+def folder(tmp_path, examples):
+    _speech(examples / "lesson1.wav", tmp_path / "a.wav", 1.2)
+    _speech(examples / "lesson2.mp3", tmp_path / "b.wav", 1.6)
+    shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
+    shutil.copy(examples / "presenter.mp4", tmp_path / "p.mp4")
+    return tmp_path
+
+
+def _run(folder: Path, rows: list[str], callbacks: RunCallbacks | None = None, **kw) -> dict[str, dict]:
+    (folder / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
+    render = kw.pop("render", RenderConfig())
+    cfg = RunConfig(
+        output_dir=folder / "out", cache_dir=folder / "cache", engines_dir=folder / "engines", render=render, **kw
+    )
+    summary = submit(folder / "m.csv", cfg, callbacks)
+    table = pq.read_table(summary.results_path).to_pylist()
+    assert len(table) == len(rows) and len({r["job_id"] for r in table}) == len(rows)
+    return {r["job_id"]: r for r in table}
+
+
+def test_a_rerun_skips_complete_jobs_and_renders_missing_or_damaged_ones(folder, ray_local):
+    rows = ["one,a.wav,p.jpg", "two,b.wav,p.jpg"]
+    first = _run(folder, rows)
+    assert [first[j]["status"] for j in ("one", "two")] == ["ok", "ok"]
+    stamp = {j: Path(first[j]["output"]).stat().st_mtime_ns for j in first}
+
+    again = _run(folder, rows)
+    assert [again[j]["status"] for j in ("one", "two")] == ["skipped", "skipped"]
+    assert {j: Path(again[j]["output"]).stat().st_mtime_ns for j in again} == stamp
+    assert again["one"]["frames"] == first["one"]["frames"] and again["one"]["attempts"] == 0
+
+    Path(first["one"]["output"]).unlink()
+    out_two = Path(first["two"]["output"])
+    out_two.write_bytes(out_two.read_bytes()[:2000])  # damaged: must not count as done
+    third = _run(folder, rows)
+    assert [third[j]["status"] for j in ("one", "two")] == ["ok", "ok"]
+    assert len(media.read_video(out_two)[0]) == first["two"]["frames"]
+
+    forced = _run(folder, rows, force=True)
+    assert [forced[j]["status"] for j in ("one", "two")] == ["ok", "ok"]
+
+    # Other render settings are other outputs: nothing is skipped.
+    looped = _run(folder, rows, render=RenderConfig(loop="forward"))
+    assert [looped[j]["status"] for j in ("one", "two")] == ["ok", "ok"]
+
+
+class _KillWorkerAfterFirstJob(RunCallbacks):
+    """Kills a model-worker actor (Ray restarts it) as soon as the first job finishes."""
+
+    def __init__(self) -> None:
+        self.killed: list[str] = []
+
+    def job_done(self, result) -> None:
+        import ray
+
+        if not self.killed:
+            names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "model-worker" in a["name"]]
+            for name in names:
+                ray.kill(ray.get_actor(name), no_restart=False)
+            self.killed = names
+
+
+def test_a_killed_worker_actor_is_restarted_and_every_job_ends_ok_exactly_once(folder, ray_local):
+    rows = [f"job{i},{'ab'[i % 2]}.wav,p.mp4" for i in range(5)]
+    cb = _KillWorkerAfterFirstJob()
+    results = _run(folder, rows, cb, render=RenderConfig(chunk_frames=8))
+    assert cb.killed, "no model worker was found to kill"
+    assert all(r["status"] == "ok" for r in results.values()), [r["error"] for r in results.values()]
+    for r in results.values():
+        frames, _ = media.read_video(Path(r["output"]))
+        assert len(frames) == r["frames"] > 0
+        assert 1 <= r["attempts"] <= 3
