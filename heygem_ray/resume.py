@@ -43,10 +43,18 @@ def split(jobs: list[Job], output_dir: Path, config_hash: str) -> tuple[list[Job
     for job in jobs:
         earlier = _earlier(output_dir, job, config_hash)
         if earlier is None:
+            _remove_partials(job)
             todo.append(job)
         else:
             done.append(dataclasses.replace(earlier, status="skipped", attempts=0, row=job.row, extra=job.extra))
     return todo, done
+
+
+def _remove_partials(job: Job) -> None:
+    """Delete temporary MP4s a killed run left for this job (see pipeline's publish step)."""
+    if job.output is not None and job.output.parent.is_dir():
+        for partial in job.output.parent.glob(f".{job.output.stem}.*.part.mp4"):
+            partial.unlink(missing_ok=True)
 
 
 def _earlier(output_dir: Path, job: Job, config_hash: str) -> JobResult | None:

@@ -91,3 +91,42 @@ def test_a_killed_worker_actor_is_restarted_and_every_job_ends_ok_exactly_once(f
         frames, _ = media.read_video(Path(r["output"]))
         assert len(frames) == r["frames"] > 0
         assert 1 <= r["attempts"] <= 3
+
+
+def test_a_driver_killed_mid_run_is_resumed_by_running_it_again(folder):
+    """SIGKILL the whole `heygem-ray submit` process group after its first finished job."""
+    import os
+    import signal
+    import sys
+    import time
+
+    rows = [f"job{i},{'ab'[i % 2]}.wav,p.mp4" for i in range(6)]
+    (folder / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
+    exe = str(Path(sys.executable).with_name("heygem-ray"))
+    args = [exe, "submit", "m.csv", "-o", "out", "--cache-dir", "cache", "--engines", "engines", "--chunk-frames", "8"]
+    driver = subprocess.Popen(args, cwd=folder, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    parts = folder / "out" / ".heygem-results"
+    deadline = time.monotonic() + 300
+    while not (parts.is_dir() and any(parts.glob("*.parquet"))):
+        assert driver.poll() is None, driver.stdout.read().decode()[-2000:] if driver.stdout else ""
+        assert time.monotonic() < deadline, "no job finished within 300 s"
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    finished = {p.stem for p in parts.glob("*.parquet")}
+    assert 1 <= len(finished) < len(rows), "the kill came too late to interrupt anything"
+    assert not (folder / "out" / "results.parquet").exists()
+    visible = [p.stem for p in (folder / "out").iterdir() if p.suffix == ".mp4" and not p.name.startswith(".")]
+    assert set(visible) <= finished  # an unfinished job never shows an MP4 under its name
+    # A partial of the job in flight, as a killed run can leave one:
+    (folder / "out" / ".job5.deadbeef.part.mp4").write_bytes(b"half a video")
+
+    again = subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    table = {r["job_id"]: r for r in pq.read_table(folder / "out" / "results.parquet").to_pylist()}
+    assert set(table) == {r.split(",")[0] for r in rows}
+    assert {j for j, r in table.items() if r["status"] == "skipped"} == finished
+    assert all(r["status"] == "ok" for j, r in table.items() if j not in finished)
+    for r in table.values():
+        assert len(media.read_video(Path(r["output"]))[0]) == r["frames"] > 0
+    assert [p.name for p in (folder / "out").iterdir() if p.name.endswith(".part.mp4")] == []
