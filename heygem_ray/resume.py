@@ -1,7 +1,8 @@
 """Results written as they arrive, and skipping what an earlier run finished.
 
-Each finished job's row goes at once to ``DIR/.heygem-results/<job_id>.parquet`` (atomic),
-so a run killed at any point keeps every row it had. At the end the rows of the
+Each finished job's row goes at once to ``DIR/.heygem-results/<hash>.parquet`` (atomic),
+so a run killed at any point keeps every row it had (files are named by a hash of the
+job id: ids are not always safe file names). At the end the rows of the
 manifest's jobs are merged into ``DIR/results.parquet``.
 
 A rerun into the same folder skips a job when its earlier row says ``ok`` (or
@@ -12,6 +13,7 @@ and decodes to the frames that row recorded. Anything else is rendered again.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -26,7 +28,8 @@ _FIELDS = {f.name for f in dataclasses.fields(JobResult)} - {"extra"}
 
 
 def part_path(output_dir: Path, job_id: str) -> Path:
-    return output_dir / PARTS_DIR / f"{job_id}.parquet"
+    """Where a job's row is kept: named by a hash, since a job id may be unsafe as a file name."""
+    return output_dir / PARTS_DIR / f"{hashlib.sha256(job_id.encode()).hexdigest()[:24]}.parquet"
 
 
 def record(output_dir: Path, result: JobResult) -> None:

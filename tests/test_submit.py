@@ -124,7 +124,10 @@ def test_no_partial_or_stray_files_are_left(bad_batch):
     d, rows = bad_batch
     out = d / "out"
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == ["good.mp4", "photo.mp4", "results.parquet"]
+    parts = [f for f in files if f.startswith(".heygem-results/")]
+    # Every row's result, kept as its job ended, inside that folder whatever the job id.
+    assert sorted(pq.read_table(out / p).column("job_id")[0].as_py() for p in parts) == sorted(rows)
+    assert [f for f in files if f not in parts] == ["good.mp4", "photo.mp4", "results.parquet"]
     assert not (d / "x.mp4").exists() and not (d.parent / "x.mp4").exists()
 
 
