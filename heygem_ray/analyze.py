@@ -110,13 +110,15 @@ def analyze(
     video: Path, geometry: CropGeometry, detector: DetectorConfig, cache_dir: Path
 ) -> tuple[Template, bool]:
     """The template for ``video``, built unless cached. Returns (template, was_cached)."""
-    info = media.probe_video(video)  # names a missing or unreadable file before hashing it
+    media.require_file(video, "reference")
     key = template_key(video, geometry, detector)
     root = cache_dir / key
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _lock(cache_dir / f"{key}.lock"):
         if (root / "meta.json").is_file():
             return Template.open(root), True
+        # Probed only when building: the probe decodes the whole file to count frames.
+        info = media.probe_video(video)
         tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
         try:
             _build(info, geometry, detector, tmp)

@@ -176,7 +176,8 @@ _RATE_RE = r"(\d+(?:\.\d+)?)(k?) {}\b"
 _FRAME_RE = re.compile(r"frame=\s*(\d+)")
 
 
-def _check_file(path: str | os.PathLike[str], what: str) -> Path:
+def require_file(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a Path, or an InputError naming it (missing, or a folder) and the fix."""
     p = Path(path)
     if p.is_dir():
         raise InputError(
@@ -328,7 +329,7 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
     takes a few seconds; results are cached per (path, size, mtime) within a process.
     ``path`` in the result is absolute.
     """
-    p = _check_file(path, "reference").absolute()
+    p = require_file(path, "reference").absolute()
     st = p.stat()
     return _probe_video(p, st.st_size, st.st_mtime_ns)
 
@@ -404,7 +405,7 @@ def probe_audio(path: str | os.PathLike[str]) -> AudioInfo:
     8-bit PCM), so nothing large crosses the pipe: total samples are the sum of packet
     durations and channels are bytes / samples.
     """
-    p = _check_file(path, "audio")
+    p = require_file(path, "audio")
     stream = _audio_stream(p)
     args = (
         ffmpeg.input(_url(p))[f"a:{stream.type_index}"]
@@ -570,7 +571,7 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000) -> np.nda
     (as librosa's ``to_mono`` does: ffmpeg's own ``-ac 1`` would scale stereo by
     √½ per channel). Silence is valid; no samples is an ``empty_audio`` error.
     """
-    p = _check_file(path, "audio")
+    p = require_file(path, "audio")
     stream = _audio_stream(p)
     channels = _layout_channels(stream.line)
     # An unknown layout is first mixed down to stereo by ffmpeg's standard matrix.
@@ -651,7 +652,7 @@ class VideoWriter:
             raise InternalError(f"VideoWriter needs a positive duration and fps, got {duration} s at {fps}")
         self.path = Path(path)
         self.width, self.height, self.fps = width, height, Fraction(fps)
-        self.audio = _check_file(audio, "audio")
+        self.audio = require_file(audio, "audio")
         self.duration = float(duration)
         self.crf, self.preset = crf, preset
         self.frames_written = 0

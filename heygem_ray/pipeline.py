@@ -112,9 +112,8 @@ def render_job(
             raise job.problem
         if job.output is None:
             raise InternalError(f"{job.label} has neither an output nor a problem")
-        # 1. check the audio and decode it to 16 kHz mono
+        # 1. decode the audio to 16 kHz mono (a missing, empty or unreadable file stops here)
         with stages("probe"):
-            media.probe_audio(job.audio)
             wav = media.load_audio(job.audio, SAMPLE_RATE)
         # 2. analyze the reference (a cached template when seen before)
         with stages("analyze"):
