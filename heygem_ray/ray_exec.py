@@ -123,7 +123,11 @@ def start_workers(cfg: RunConfig) -> Pool:
         count = cfg.cpu_workers or max(1, cpus // 4)
         # Never let model actors take every core: job tasks (analyze, compose) need one.
         count = max(1, min(count, cpus - 1))
-        actors = [remote.options(num_cpus=1, name=f"{prefix}-cpu{i}", **_RESTART).remote(*args) for i in range(count)]
+        # On a single core the one actor must not reserve it, or no job task could start.
+        reserve = 1 if cpus >= 2 else 0
+        actors = [
+            remote.options(num_cpus=reserve, name=f"{prefix}-cpu{i}", **_RESTART).remote(*args) for i in range(count)
+        ]
         kind = "cpu"
     try:
         infos = ray.get([a.ready.remote() for a in actors])

@@ -130,3 +130,23 @@ def test_a_driver_killed_mid_run_is_resumed_by_running_it_again(folder):
     for r in table.values():
         assert len(media.read_video(Path(r["output"]))[0]) == r["frames"] > 0
     assert [p.name for p in (folder / "out").iterdir() if p.name.endswith(".part.mp4")] == []
+
+
+def test_a_single_core_cluster_does_not_hang(tmp_path, examples):
+    """One CPU: the model worker must leave it to the job tasks (in a fresh Ray, in a subprocess)."""
+    import sys
+
+    code = f"""
+import ray, logging
+from pathlib import Path
+from heygem_ray import RunConfig, submit
+ray.init(num_cpus=1, include_dashboard=False, logging_level=logging.WARNING)
+s = submit(Path({str(tmp_path / 'm.csv')!r}), RunConfig(output_dir=Path({str(tmp_path / 'out')!r}),
+           cache_dir=Path({str(tmp_path / 'c')!r}), engines_dir=Path({str(tmp_path / 'e')!r})))
+print([r.status for r in s.results])
+"""
+    _speech(examples / "lesson1.wav", tmp_path / "a.wav", 0.8)
+    (tmp_path / "m.csv").write_text(f"audio,video\na.wav,{examples / 'presenter.jpg'}\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "['ok']"
