@@ -36,6 +36,8 @@ POLL_S = 0.5
 # A worker actor that dies is restarted, and the chunk calls it held are sent again
 # (run_chunk is a pure function of its arguments, so repeating it is safe).
 _RESTART = {"max_restarts": -1, "max_task_retries": -1}
+# Model workers go to different nodes where they can, rather than filling one first.
+_PLACEMENT = {"scheduling_strategy": "SPREAD"}
 
 
 def node_name() -> str:
@@ -82,18 +84,23 @@ class _RayFuture:
 
 
 class _RayService:
-    """Sends each chunk to the next worker actor in turn."""
+    """Sends each chunk to the next worker actor in turn.
 
-    def __init__(self, actors: list[ray.actor.ActorHandle]):
-        self._next = itertools.cycle(actors)
+    The driver gives each job its own first worker (job k starts at worker k mod n):
+    starting every job at the first one would send all short, one-chunk jobs there.
+    """
+
+    def __init__(self, actors: list[ray.actor.ActorHandle], first: int):
+        start = first % len(actors)
+        self._next = itertools.cycle(actors[start:] + actors[:start])
 
     def submit(self, features: np.ndarray, crops: np.ndarray) -> ChunkFuture:
         return _RayFuture(next(self._next).run_chunk.remote(features, crops))
 
 
 @ray.remote(num_cpus=1)
-def _job_task(job: Job, cfg: RenderConfig, cache_dir: Path, actors: list, progress) -> JobResult:
-    return render_job(job, cfg, cache_dir, _RayService(actors), on_frames=progress.add.remote)
+def _job_task(job: Job, cfg: RenderConfig, cache_dir: Path, actors: list, first: int, progress) -> JobResult:
+    return render_job(job, cfg, cache_dir, _RayService(actors, first), on_frames=progress.add.remote)
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,7 @@ def start_workers(cfg: RunConfig) -> Pool:
     args = (cfg.render, cfg.engines_dir.resolve())
     prefix = f"model-worker-{uuid.uuid4().hex[:6]}"  # unique: several runs may share a cluster
     if gpus > 0:
-        actors = [remote.options(num_gpus=1, num_cpus=1, name=f"{prefix}-gpu{i}", **_RESTART).remote(*args) for i in range(gpus)]
+        actors = [remote.options(num_gpus=1, num_cpus=1, name=f"{prefix}-gpu{i}", **_RESTART, **_PLACEMENT).remote(*args) for i in range(gpus)]
         kind = "gpu"
     else:
         cpus = int(resources.get("CPU", 1))
@@ -126,7 +133,7 @@ def start_workers(cfg: RunConfig) -> Pool:
         # On a single core the one actor must not reserve it, or no job task could start.
         reserve = 1 if cpus >= 2 else 0
         actors = [
-            remote.options(num_cpus=reserve, name=f"{prefix}-cpu{i}", **_RESTART).remote(*args) for i in range(count)
+            remote.options(num_cpus=reserve, name=f"{prefix}-cpu{i}", **_RESTART, **_PLACEMENT).remote(*args) for i in range(count)
         ]
         kind = "cpu"
     try:
@@ -156,6 +163,7 @@ def run_jobs(
     results: list[JobResult] = []
     queue = iter(jobs)
     exhausted = False
+    submitted = 0  # tasks started so far: spreads each job's first chunk over the workers
     while True:
         while len(pending) < in_flight_cap and (retry or not exhausted):
             if retry:
@@ -166,8 +174,9 @@ def run_jobs(
                 exhausted = True
                 break
             ref = _job_task.options(name=f"job:{job.job_id}").remote(
-                job, cfg.render, cfg.cache_dir, pool.actors, progress
+                job, cfg.render, cfg.cache_dir, pool.actors, submitted, progress
             )
+            submitted += 1
             pending[ref] = (job, attempt)
         if not pending:
             break
