@@ -8,6 +8,7 @@ from typing import Annotated, cast
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -52,16 +53,16 @@ class _Bar(RunCallbacks):
 
     def connected(self, dashboard_url: str | None) -> None:
         if dashboard_url:
-            self.progress.console.print(f"Ray dashboard: {dashboard_url}", soft_wrap=True)
+            self.progress.console.print(f"Ray dashboard: {escape(dashboard_url)}", soft_wrap=True)
 
     def workers(self, infos: list[WorkerInfo]) -> None:
         for line in describe_workers(infos):
-            self.progress.console.print(line, soft_wrap=True)
+            self.progress.console.print(escape(line), soft_wrap=True)
 
     def job_done(self, result: JobResult) -> None:
         if result.status == "failed":
             self.failed += 1
-            self.progress.console.print(f"[red]failed[/red] {result.error}", soft_wrap=True)
+            self.progress.console.print(f"[red]failed[/red] {escape(result.error or '')}", soft_wrap=True)
         self.progress.update(self.task, advance=1, failed=self.failed)
 
     def frames_done(self, frames: int) -> None:

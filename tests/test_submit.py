@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -142,6 +143,12 @@ def test_readme_demo_command_renders_the_bundled_example(tmp_path):
                 "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3 of 3 jobs rendered" in proc.stdout
+    # The worker line says which backend runs and why others were skipped, brackets intact.
+    from heygem_ray.backends import trt
+
+    if not trt.available()[0]:
+        assert re.search(r"workers: \d+ × CPU, backend onnxruntime \(fp32\); skipped tensorrt:", proc.stderr)
+        assert "heygem-ray[tensorrt]" in proc.stderr
     assert f"results: {tmp_path / 'out' / 'results.parquet'}" in proc.stdout
     table = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
     assert {r["job_id"] for r in table} == {"lesson1-video", "lesson2-video", "lesson1-photo"}
