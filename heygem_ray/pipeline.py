@@ -97,15 +97,7 @@ def render_job(
     """Render ``job`` to its MP4 and describe what happened."""
     t_start = time.perf_counter()
     pack = get_pack(cfg.pack)
-    result = JobResult(
-        job_id=job.job_id,
-        row=job.row,
-        audio=str(job.audio),
-        video=str(job.video),
-        output=str(job.output) if job.output else None,
-        pack=cfg.pack,
-        extra=job.extra,
-    )
+    result = JobResult.for_job(job, cfg.pack)
     stages = _Stages()
     try:
         if job.problem is not None:

@@ -203,17 +203,10 @@ def run_jobs(
 def _lost(job: Job, cfg: RunConfig, exc: RayError) -> JobResult:
     """A job whose task or worker died: a failed row that says so."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return JobResult(
-        job_id=job.job_id,
-        row=job.row,
-        audio=str(job.audio),
-        video=str(job.video),
-        output=str(job.output) if job.output else None,
-        status="failed",
-        error_kind="worker_lost",
-        error_stage="render",
-        error=f"{job.label}: the Ray task or worker running it died {cfg.max_attempts} times "
-        f"({type(exc).__name__}: {first}); check the cluster's health, then run the same manifest again",
-        pack=cfg.render.pack,
-        extra=job.extra,
+    result = JobResult.for_job(job, cfg.render.pack)
+    result.error_kind, result.error_stage = "worker_lost", "render"
+    result.error = (
+        f"{job.label}: the Ray task or worker running it died {cfg.max_attempts} times "
+        f"({type(exc).__name__}: {first}); check the cluster's health, then run the same manifest again"
     )
+    return result

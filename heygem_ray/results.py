@@ -15,6 +15,8 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from heygem_ray.manifest import Job
+
 Status = Literal["ok", "failed", "skipped"]
 
 SCHEMA = pa.schema(
@@ -85,6 +87,19 @@ class JobResult:
     attempts: int = 1
     config_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_job(cls, job: Job, pack: str) -> JobResult:
+        """A row for ``job`` (failed until the job says otherwise)."""
+        return cls(
+            job_id=job.job_id,
+            row=job.row,
+            audio=str(job.audio),
+            video=str(job.video),
+            output=str(job.output) if job.output else None,
+            pack=pack,
+            extra=job.extra,
+        )
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
