@@ -51,7 +51,7 @@ from heygem_ray.backends import trt as trt_backend  # noqa: E402
 from heygem_ray.config import BackendName, DetectorConfig, RenderConfig  # noqa: E402
 from heygem_ray.engines import EngineStore, Precision  # noqa: E402
 from heygem_ray.errors import HeygemError  # noqa: E402
-from heygem_ray.features import SAMPLE_RATE  # noqa: E402
+from heygem_ray.features import SAMPLE_RATE, Pcm  # noqa: E402
 from heygem_ray.manifest import Job  # noqa: E402
 from heygem_ray.packs import PackSpec, get_pack  # noqa: E402
 from heygem_ray.pipeline import InProcessService, render_job  # noqa: E402
@@ -119,9 +119,8 @@ def pack_inputs(pack: PackSpec, stages: dict[str, torch.nn.Module], cache: Path)
     crops = np.ascontiguousarray(crops_u8.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
     wav = media.load_audio(AUDIO, SAMPLE_RATE)
     frames = int(len(wav) / SAMPLE_RATE * template.fps)
-    features = pack.features(wav, template.fps, frames)
-    mid = max(0, frames // 2 - batch // 2)
-    features = np.ascontiguousarray(features[mid : mid + batch])  # speech, not the leading silence
+    mid = max(0, frames // 2 - batch // 2)  # speech, not the leading silence
+    features = pack.features(Pcm.from_array(wav), template.fps, frames)(range(mid, mid + batch))
     with torch.inference_mode():
         codes = stages["motion"](torch.from_numpy(features)).numpy()
     return {"crops": crops, "codes": codes}

@@ -9,11 +9,18 @@
 4. ``20·log10(max(1e-5, mel)) − 20`` dB, then ``clip(8·(S + 100)/100 − 4, −4, 4)``.
 
 ``mel_windows`` cuts that spectrogram into one 16-column (200 ms) window per video frame.
+
+A job's features are computed a chunk of frames at a time (``mel_columns``, ``Pcm``): the
+waveform stays in a file and only the samples a chunk needs are read, so memory does not
+grow with the length of the audio. The columns are the same as the whole-clip ones.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 from scipy.signal import get_window, lfilter
@@ -72,6 +79,51 @@ def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_ME
 _MEL_BASIS: np.ndarray | None = None  # built on first use, not at import
 
 
+class Pcm:
+    """A mono float32 waveform read a span at a time: held in memory, or in a raw
+    little-endian float32 file (as ``media.decode_audio`` writes it), read with plain
+    file reads so that nothing but the span asked for is resident."""
+
+    def __init__(self, samples: int, array: np.ndarray | None = None, path: Path | None = None, gain: float = 1.0):
+        self.samples = samples
+        self.gain = gain  # every sample read is multiplied by it
+        self._array = array
+        self._path = path
+
+    @classmethod
+    def from_array(cls, wav: np.ndarray) -> Pcm:
+        wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+        return cls(len(wav), array=wav)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Pcm:
+        return cls(os.path.getsize(path) // 4, path=path)
+
+    def scaled(self, gain: float) -> Pcm:
+        """The same waveform, read louder or quieter by ``gain``."""
+        return Pcm(self.samples, self._array, self._path, self.gain * gain)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) clipped to the waveform: (n,) float32."""
+        start, stop = max(0, start), min(self.samples, stop)
+        if stop <= start:
+            return np.zeros(0, np.float32)
+        if self._array is not None:
+            x = self._array[start:stop]
+        elif self._path is not None:
+            with open(self._path, "rb") as f:
+                f.seek(4 * start)
+                x = np.fromfile(f, dtype="<f4", count=stop - start).astype(np.float32, copy=False)
+        else:
+            raise InternalError("a Pcm needs an array or a file")
+        return x if self.gain == 1.0 else (x * np.float32(self.gain)).astype(np.float32)
+
+    def blocks(self, size: int) -> Iterator[np.ndarray]:
+        """The whole waveform in consecutive spans of ``size`` samples (the last shorter)."""
+        for start in range(0, self.samples, size):
+            yield self.read(start, start + size)
+
+
 def _stft_magnitude(y: np.ndarray) -> np.ndarray:
     """(n,) float64 → (1 + N_FFT // 2, 1 + n // HOP) float64 |STFT|, centred frames."""
     # Reflection, not zeros (see module doc). numpy reflects repeatedly when the signal is
@@ -87,18 +139,63 @@ def wav2lip_mel(wav: np.ndarray) -> np.ndarray:
 
     Column t covers samples centred on t · 200 (80 columns per second). Silence gives −4.
     """
-    global _MEL_BASIS
-    if _MEL_BASIS is None:
-        _MEL_BASIS = mel_filterbank()
     x = np.asarray(wav, dtype=np.float64).reshape(-1)
     if len(x) == 0:  # no audio: one column of silence rather than an error
         x = np.zeros(1)
     y = lfilter([1.0, -PREEMPHASIS], [1.0], x)
-    mel = _MEL_BASIS @ _stft_magnitude(y)  # (80, T) linear magnitude
+    return _normalised_mel(_stft_magnitude(y))
+
+
+def _normalised_mel(magnitude: np.ndarray) -> np.ndarray:
+    """(1 + N_FFT // 2, T) |STFT| → (80, T) float32 normalised log-mel in [-4, 4]."""
+    global _MEL_BASIS
+    if _MEL_BASIS is None:
+        _MEL_BASIS = mel_filterbank()
+    mel = _MEL_BASIS @ magnitude  # (80, T) linear magnitude
     min_level = 10.0 ** (MIN_LEVEL_DB / 20)  # 1e-5
     db = 20.0 * np.log10(np.maximum(min_level, mel)) - REF_LEVEL_DB
     norm = 2 * MAX_ABS * (db - MIN_LEVEL_DB) / -MIN_LEVEL_DB - MAX_ABS
     return np.clip(norm, -MAX_ABS, MAX_ABS).astype(np.float32)
+
+
+def mel_column_count(samples: int) -> int:
+    """Columns of ``wav2lip_mel`` for a waveform of ``samples`` samples."""
+    return 1 + max(samples, 1) // HOP
+
+
+def mel_columns(pcm: Pcm, first: int, stop: int) -> np.ndarray:
+    """Columns [first, stop) of ``wav2lip_mel`` of the whole waveform, reading only the
+    samples they cover: (80, stop - first) float32.
+
+    Column t is the STFT frame on samples [t·HOP − N_FFT/2, t·HOP + N_FFT/2) of the
+    pre-emphasised signal, reflected at both ends of the clip (as ``np.pad`` "reflect").
+    """
+    n = pcm.samples
+    first, stop = max(0, first), min(stop, mel_column_count(n))
+    if stop <= first:
+        return np.zeros((N_MELS, 0), np.float32)
+    half = N_FFT // 2
+    if n <= N_FFT:  # a clip this short may need repeated reflection: take the whole of it
+        return wav2lip_mel(pcm.read(0, n))[:, first:stop]
+    lo, hi = first * HOP - half, (stop - 1) * HOP + half  # signal span, before reflection
+    # The span read: what the columns cover, plus what a reflection at either end mirrors.
+    a = 0 if lo < 0 else lo
+    b = n if hi > n else hi
+    a, b = min(a, max(0, n - 1 - (hi - n))), max(b, min(n, 1 - lo))
+    # Pre-emphasis needs the sample before the span: read it, then drop its output.
+    x = pcm.read(a - 1, b).astype(np.float64) if a > 0 else pcm.read(0, b).astype(np.float64)
+    y = lfilter([1.0, -PREEMPHASIS], [1.0], x)
+    y = y[1:] if a > 0 else y  # y[k] is sample a + k of the pre-emphasised signal
+    parts = []
+    if lo < 0:  # reflection of samples 1 .. -lo about sample 0
+        parts.append(y[1 - a : 1 - lo - a][::-1])
+    parts.append(y[max(lo, 0) - a : min(hi, n) - a])
+    if hi > n:  # reflection of samples n-1-(hi-n) .. n-2 about sample n-1
+        parts.append(y[n - 1 - (hi - n) - a : n - 1 - a][::-1])
+    padded = np.concatenate(parts)  # (hi - lo,) samples lo .. hi-1, reflected
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]  # (stop - first, N_FFT)
+    window = get_window("hann", N_FFT, fftbins=True)
+    return _normalised_mel(np.abs(np.fft.rfft(frames * window, axis=1)).T)
 
 
 def _window_starts(n_cols: int, fps: float | Fraction, n_frames: int | None) -> np.ndarray:
@@ -116,7 +213,28 @@ def _window_starts(n_cols: int, fps: float | Fraction, n_frames: int | None) -> 
             i += 1
         starts.append(last)
         return np.asarray(starts, dtype=np.int64)
-    return np.asarray([min(int(i * MEL_FPS / fps), last) for i in range(n_frames)], dtype=np.int64)
+    return _starts_of(range(n_frames), n_cols, fps)
+
+
+def _starts_of(frames: range, n_cols: int, fps: float | Fraction) -> np.ndarray:
+    """(len(frames),) int64 first mel column of each frame's window, clamped to the end."""
+    last = n_cols - MEL_STEP
+    return np.asarray([min(int(i * MEL_FPS / fps), last) for i in frames], dtype=np.int64)
+
+
+def frame_windows(pcm: Pcm, fps: float | Fraction, frames: range) -> np.ndarray:
+    """``mel_windows(wav2lip_mel(wav), fps, n)[frames]`` for any n > frames.stop - 1,
+    reading only the samples these frames need: (len(frames), 1, 80, 16) float32."""
+    n_cols = mel_column_count(pcm.samples)
+    if n_cols < MEL_STEP:  # under 0.2 s of audio: padded with silence, see mel_windows
+        return mel_windows(wav2lip_mel(pcm.read(0, pcm.samples)), fps, frames.stop)[frames.start : frames.stop]
+    if len(frames) == 0:
+        return np.zeros((0, 1, N_MELS, MEL_STEP), np.float32)
+    starts = _starts_of(frames, n_cols, fps)  # (N,)
+    first = int(starts.min())
+    mel = mel_columns(pcm, first, int(starts.max()) + MEL_STEP)  # (80, span)
+    cols = (starts - first)[:, None] + np.arange(MEL_STEP)[None, :]  # (N, 16)
+    return np.ascontiguousarray(mel[:, cols].transpose(1, 0, 2)[:, None], dtype=np.float32)
 
 
 def mel_windows(mel: np.ndarray, fps: float | Fraction, n_frames: int | None = None) -> np.ndarray:

@@ -7,8 +7,8 @@ prints on stderr and then decodes where an exact answer needs it.
 * :func:`probe_video` / :func:`iter_frames`: a reference video (or still image) as a
   stream of (H, W, 3) uint8 BGR frames at a constant frame rate, rotated upright, cropped
   to even width and height.
-* :func:`probe_audio` / :func:`load_audio`: an audio track (of any file ffmpeg reads) as
-  16 kHz mono float32.
+* :func:`probe_audio` / :func:`load_audio` / :func:`decode_audio`: an audio track (of any
+  file ffmpeg reads) as 16 kHz mono float32, in memory or in a raw file.
 * :class:`VideoWriter`: BGR frames plus an audio track into an H.264 + AAC MP4.
 
 Frames and audio are streamed through pipes, so memory stays flat however long the
@@ -49,6 +49,7 @@ __all__ = [
     "VideoWriter",
     "ffmpeg_exe",
     "iter_frames",
+    "decode_audio",
     "load_audio",
     "probe_audio",
     "probe_video",
@@ -571,6 +572,25 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000) -> np.nda
     (as librosa's ``to_mono`` does: ffmpeg's own ``-ac 1`` would scale stereo by
     √½ per channel). Silence is valid; no samples is an ``empty_audio`` error.
     """
+    parts = list(_audio_blocks(path, sample_rate))  # (n,) float32 mono pieces
+    return np.concatenate(parts)
+
+
+def decode_audio(path: str | os.PathLike[str], dst: Path, sample_rate: int = 16000) -> int:
+    """As :func:`load_audio`, but written to ``dst`` as raw little-endian float32 (read
+    back with ``features.Pcm.from_file``), holding one pipe read in memory at a time.
+    Returns the number of samples."""
+    samples = 0
+    with open(dst, "wb") as f:
+        for block in _audio_blocks(path, sample_rate):
+            block.astype("<f4", copy=False).tofile(f)
+            samples += len(block)
+    return samples
+
+
+def _audio_blocks(path: str | os.PathLike[str], sample_rate: int) -> Generator[np.ndarray, None, None]:
+    """The decoded audio of ``path`` as consecutive (n,) float32 mono blocks in [-1, 1];
+    raises ``empty_audio`` when there are none, ``unreadable_media`` when ffmpeg fails."""
     p = require_file(path, "audio")
     stream = _audio_stream(p)
     channels = _layout_channels(stream.line)
@@ -585,11 +605,14 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000) -> np.nda
     )
     frame_bytes = 4 * channels  # one float32 per channel per sample
     proc = _Ffmpeg(args, stdout=True)
-    parts: list[np.ndarray] = []  # (n,) float32 mono pieces
+    samples = 0
     try:
         while chunk := proc.stdout.read(_READ_CHUNK // frame_bytes * frame_bytes):
             usable = len(chunk) // frame_bytes * frame_bytes  # a full read is whole samples
-            parts.append(np.frombuffer(chunk[:usable], "<f4").reshape(-1, channels).mean(axis=1, dtype=np.float32))
+            block = np.frombuffer(chunk[:usable], "<f4").reshape(-1, channels).mean(axis=1, dtype=np.float32)
+            np.clip(block, -1.0, 1.0, out=block)
+            samples += len(block)
+            yield block
         rc = proc.wait()
     finally:
         proc.close()
@@ -598,11 +621,8 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000) -> np.nda
             f"audio {p} could not be decoded ({proc.stderr_tail()}); re-export it (e.g. as WAV or MP3)",
             kind="unreadable_media",
         )
-    wav = np.concatenate(parts) if parts else np.zeros(0, np.float32)  # (N,) float32
-    if wav.size == 0:
+    if samples == 0:
         raise _empty_audio(p)
-    np.clip(wav, -1.0, 1.0, out=wav)
-    return wav
 
 
 def read_video(path: str | os.PathLike[str]) -> tuple[np.ndarray, Fraction]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 import traceback
 import uuid
@@ -24,10 +25,10 @@ from heygem_ray import media
 from heygem_ray.analyze import Template, analyze
 from heygem_ray.config import RenderConfig
 from heygem_ray.errors import HeygemError, InternalError
-from heygem_ray.features import SAMPLE_RATE
+from heygem_ray.features import SAMPLE_RATE, Pcm
 from heygem_ray.geometry import paste
 from heygem_ray.manifest import Job
-from heygem_ray.packs import PackSpec, get_pack
+from heygem_ray.packs import ChunkFeatures, PackSpec, get_pack
 from heygem_ray.results import JobResult
 from heygem_ray.timeline import Timeline, plan
 from heygem_ray.worker import ChunkOutput, ModelWorker, WorkerInfo
@@ -104,21 +105,26 @@ def render_job(
             raise job.problem
         if job.output is None:
             raise InternalError(f"{job.label} has neither an output nor a problem")
-        # 1. decode the audio to 16 kHz mono (a missing, empty or unreadable file stops here)
-        with stages("probe"):
-            wav = media.load_audio(job.audio, SAMPLE_RATE)
-        # 2. analyze the reference (a cached template when seen before)
-        with stages("analyze"):
-            template, result.template_cached = analyze(job.video, pack.geometry, cfg.detector, cache_dir)
-        # 3. plan the output frames and compute their audio features
-        with stages("features"):
-            timeline = plan(len(wav) / SAMPLE_RATE, template.frames, template.fps, cfg.loop, template.is_image)
-            features = pack.features(wav, template.fps, timeline.frames)
-        # 4+5. motion and render per chunk on the workers, composed and encoded here
-        last = _render_and_compose(job.output, job.audio, template, timeline, features, pack, cfg, models, stages, on_frames)
+        with tempfile.TemporaryDirectory(prefix="heygem-job-") as scratch:
+            # 1. decode the audio to 16 kHz mono, into a file (a missing, empty or
+            #    unreadable file stops here)
+            with stages("probe"):
+                media.decode_audio(job.audio, Path(scratch) / "audio.f32", SAMPLE_RATE)
+                pcm = Pcm.from_file(Path(scratch) / "audio.f32")
+            # 2. analyze the reference (a cached template when seen before)
+            with stages("analyze"):
+                template, result.template_cached = analyze(job.video, pack.geometry, cfg.detector, cache_dir)
+            # 3. plan the output frames; features are computed a chunk at a time in step 4
+            with stages("features"):
+                timeline = plan(pcm.samples / SAMPLE_RATE, template.frames, template.fps, cfg.loop, template.is_image)
+                features = pack.features(pcm, template.fps, timeline.frames)
+            # 4+5. motion and render per chunk on the workers, composed and encoded here
+            last = _render_and_compose(
+                job.output, job.audio, template, timeline, features, pack, cfg, models, stages, on_frames
+            )
         result.status = "ok"
         result.frames = timeline.frames
-        result.audio_seconds = len(wav) / SAMPLE_RATE
+        result.audio_seconds = pcm.samples / SAMPLE_RATE
         result.backend, result.precision, result.backend_note = last.backend, last.precision, last.backend_note
         result.engine_key = last.engine_key
         result.node, result.gpu = last.node, last.device.gpu
@@ -146,7 +152,7 @@ def _render_and_compose(
     audio: Path,
     template: Template,
     timeline: Timeline,
-    features: np.ndarray,
+    features: ChunkFeatures,
     pack: PackSpec,
     cfg: RenderConfig,
     models: ModelService,
@@ -160,8 +166,8 @@ def _render_and_compose(
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.stem}.{uuid.uuid4().hex[:8]}.part.mp4")
     size = cfg.chunk_frames
-    chunks = [slice(s, min(s + size, timeline.frames)) for s in range(0, timeline.frames, size)]
-    pending: deque[tuple[slice, np.ndarray, ChunkFuture]] = deque()
+    chunks = [range(s, min(s + size, timeline.frames)) for s in range(0, timeline.frames, size)]
+    pending: deque[tuple[range, np.ndarray, ChunkFuture]] = deque()
     last: ChunkOutput | None = None
     try:
         with media.VideoWriter(
@@ -181,7 +187,7 @@ def _render_and_compose(
                 chunk = future.result()
                 stages.add("motion", chunk.motion_s)
                 stages.add("render", chunk.render_s)
-                ref = timeline.ref_index[sl]
+                ref = timeline.ref_index[sl.start : sl.stop]
                 with stages("compose"):
                     frames = template.read_frames(ref)
                     bases = given if pack.paste_mode == "residual" else [None] * len(ref)
@@ -192,9 +198,11 @@ def _render_and_compose(
                 return chunk
 
             for sl in chunks:
+                with stages("features"):
+                    chunk_features = features(sl)
                 stages.current = "render"
-                crops = template.crops(timeline.ref_index[sl])
-                pending.append((sl, crops, models.submit(features[sl], crops)))
+                crops = template.crops(timeline.ref_index[sl.start : sl.stop])
+                pending.append((sl, crops, models.submit(chunk_features, crops)))
                 if len(pending) > LOOKAHEAD:
                     last = compose_next()
             while pending:

@@ -11,6 +11,10 @@ from scipy.signal import lfilter
 from heygem_ray.features import (
     MEL_FPS,
     SAMPLE_RATE,
+    Pcm,
+    frame_windows,
+    mel_column_count,
+    mel_columns,
     mel_filterbank,
     mel_windows,
     wav2lip_mel,
@@ -159,3 +163,40 @@ def test_short_audio_is_padded_with_silence() -> None:
 
 def test_mel_fps_constant() -> None:
     assert MEL_FPS == SAMPLE_RATE // 200
+
+
+# ---------------------------------------------------------------- a chunk at a time
+
+
+@pytest.mark.parametrize("samples", [1, 700, 801, 1199, 1200, 3000, 16123, 48000])
+def test_any_span_of_columns_equals_the_whole_clip_computation(samples: int) -> None:
+    wav = _speech_like(samples / SAMPLE_RATE + 1e-6, seed=samples)[:samples]
+    whole = wav2lip_mel(wav)  # (80, T)
+    assert whole.shape[1] == mel_column_count(samples)
+    pcm = Pcm.from_array(wav)
+    n = whole.shape[1]
+    rng = np.random.default_rng(samples)
+    spans = [(0, n), (0, 1), (n - 1, n), (0, min(n, 3))] + [tuple(sorted(rng.integers(0, n + 1, 2))) for _ in range(8)]
+    for first, stop in spans:
+        # Exact: the same samples, the same reflection at the ends, the same arithmetic.
+        np.testing.assert_array_equal(mel_columns(pcm, first, stop), whole[:, first:stop], err_msg=f"{first}:{stop}")
+
+
+def test_chunked_windows_equal_the_whole_clip_windows_from_a_file(tmp_path) -> None:
+    wav = _speech_like(2.3, seed=7)
+    path = tmp_path / "audio.f32"
+    wav.astype("<f4").tofile(path)
+    pcm = Pcm.from_file(path)
+    assert pcm.samples == len(wav)
+    for fps in (Fraction(25), Fraction(30000, 1001)):
+        frames = int(len(wav) / SAMPLE_RATE * fps) + 2  # a little past the end: clamped windows
+        whole = mel_windows(wav2lip_mel(wav), float(fps), frames)
+        chunks = [frame_windows(pcm, float(fps), range(s, min(s + 13, frames))) for s in range(0, frames, 13)]
+        np.testing.assert_array_equal(np.concatenate(chunks), whole)
+
+
+def test_a_scaled_waveform_reads_louder() -> None:
+    wav = _speech_like(0.5)
+    louder = Pcm.from_array(wav).scaled(3.0).scaled(0.5)
+    np.testing.assert_allclose(louder.read(100, 900), wav[100:900] * 1.5, rtol=1e-6)
+    assert len(louder.read(-50, 10**9)) == len(wav)

@@ -168,6 +168,14 @@ def test_audio_decodes_to_16k_mono(tmp_path: Path, name: str, rate: int, channel
     assert np.abs(wav).max() == pytest.approx(0.125, rel=0.05)
 
 
+def test_audio_decoded_to_a_file_equals_the_audio_in_memory(tmp_path: Path) -> None:
+    audio = make_tone(tmp_path / "a.mp3", seconds=1.5, freq=440, sample_rate=44100, channels=2)
+    samples = media.decode_audio(audio, tmp_path / "a.f32")
+    wav = media.load_audio(audio)
+    assert samples == len(wav) == (tmp_path / "a.f32").stat().st_size // 4
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "a.f32", dtype="<f4"), wav)
+
+
 def test_audio_track_of_a_video(tmp_path: Path) -> None:
     clip = make_video(tmp_path / "talk.mp4", seconds=1.2, size=(64, 48), audio=True)
     assert media.probe_audio(clip).duration == pytest.approx(1.2, rel=0.01)

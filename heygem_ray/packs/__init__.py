@@ -22,10 +22,15 @@ from typing import Literal
 import numpy as np
 import torch
 
+from heygem_ray.features import Pcm
 from heygem_ray.geometry import CropGeometry
 
-# wav (n,) float32 16 kHz mono, fps, output frame count → (frames, *F) float32
-FeatureFn = Callable[[np.ndarray, Fraction, int], np.ndarray]
+# The features of a span of output frames, [start, stop) → (stop − start, *F) float32.
+ChunkFeatures = Callable[[range], np.ndarray]
+# Per job: 16 kHz mono waveform, output fps, output frame count → its ChunkFeatures.
+# Whatever needs the whole clip (e.g. a loudness level) is measured here, once; each
+# chunk then reads only the samples it covers.
+FeatureFn = Callable[[Pcm, Fraction, int], ChunkFeatures]
 
 
 @dataclass(frozen=True)

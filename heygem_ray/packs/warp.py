@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heygem_ray.features import MEL_FPS, wav2lip_mel
+from heygem_ray.features import MAX_ABS, MEL_FPS, Pcm, mel_column_count, mel_columns
 from heygem_ray.geometry import CropGeometry, feathered_ellipse
-from heygem_ray.packs import PackSpec
+from heygem_ray.packs import ChunkFeatures, PackSpec
 
 CROP_SIZE = 160
 WINDOW = 10  # mel columns per frame (125 ms at 80 columns/s)
@@ -51,30 +51,44 @@ INTERIOR_BGR = (0.10, 0.08, 0.22)  # dark red-brown, BGR in [0, 1]
 GEOMETRY = CropGeometry(size=CROP_SIZE, mode="square", scale=1.5, shift_y=0.15, smooth_window=5)
 
 
-def normalise_loudness(wav: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
-    """(n,) float32 → (n,) float32 with speech at a fixed level; silence stays silence."""
+def loudness_gain(pcm: Pcm, sample_rate: int = 16000) -> float:
+    """The gain that brings the clip's speech to a fixed level (1.0 for silence), from
+    one pass over the waveform a block at a time."""
     hop = sample_rate // 50  # 20 ms
-    usable = len(wav) // hop * hop
-    if usable == 0:
-        return wav
-    rms = np.sqrt(np.mean(wav[:usable].reshape(-1, hop) ** 2, axis=1))
-    level = float(np.percentile(rms, 95))
+    rms = [
+        np.sqrt(np.mean(block[: len(block) // hop * hop].reshape(-1, hop) ** 2, axis=1))
+        for block in pcm.blocks(hop * 3000)  # 60 s blocks, whole hops but for the last
+    ]
+    levels = np.concatenate(rms) if rms else np.zeros(0, np.float32)  # (samples // hop,) RMS
+    if len(levels) == 0:
+        return 1.0
+    level = float(np.percentile(levels, 95))
     if level < SILENCE_RMS:
-        return wav
-    return (wav * min(MAX_GAIN, TARGET_RMS / level)).astype(np.float32)
+        return 1.0
+    return min(MAX_GAIN, TARGET_RMS / level)
 
 
-def warp_features(wav: np.ndarray, fps: Fraction, frames: int) -> np.ndarray:
-    """16 kHz mono wav → (frames, WINDOW) float32 band levels centred on each frame."""
-    mel = wav2lip_mel(normalise_loudness(wav))  # (80, T) in [-4, 4]
-    level = mel[SPEECH_BANDS].mean(axis=0)  # (T,)
-    padded = np.pad(level, (WINDOW, WINDOW), constant_values=-4.0)
-    # Frame i is on screen from i/fps to (i+1)/fps; its window is centred on the middle.
-    centre = np.floor((np.arange(frames) + 0.5) * MEL_FPS / float(fps)).astype(int)
-    start = centre - WINDOW // 2 + WINDOW  # + WINDOW: the padding
-    cols = start[:, None] + np.arange(WINDOW)[None, :]
-    cols = np.clip(cols, 0, len(padded) - 1)
-    return padded[cols].astype(np.float32)
+def warp_features(pcm: Pcm, fps: Fraction, frames: int) -> ChunkFeatures:
+    """16 kHz mono waveform → per chunk of frames, (n, WINDOW) float32 band levels
+    centred on each frame, the clip's loudness normalised first."""
+    scaled = pcm.scaled(loudness_gain(pcm))
+    n_cols = mel_column_count(pcm.samples)
+
+    def chunk(span: range) -> np.ndarray:
+        # Frame i is on screen from i/fps to (i+1)/fps; its window is centred on the middle.
+        idx = np.arange(span.start, span.stop)
+        centre = np.floor((idx + 0.5) * MEL_FPS / float(fps)).astype(int)
+        cols = (centre - WINDOW // 2)[:, None] + np.arange(WINDOW)[None, :]  # (n, WINDOW) mel columns
+        inside = (cols >= 0) & (cols < n_cols)  # columns past either end read as silence
+        if not inside.any():
+            return np.full(cols.shape, -MAX_ABS, np.float32)
+        first, stop = int(cols[inside].min()), int(cols[inside].max()) + 1
+        level = mel_columns(scaled, first, stop)[SPEECH_BANDS].mean(axis=0)  # (stop - first,)
+        out = np.full(cols.shape, -MAX_ABS, np.float32)
+        out[inside] = level[cols[inside] - first]
+        return out
+
+    return chunk
 
 
 class WarpMotion(nn.Module):

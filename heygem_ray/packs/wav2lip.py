@@ -16,12 +16,11 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from heygem_ray.errors import InputError
-from heygem_ray.features import mel_windows, wav2lip_mel
+from heygem_ray.features import Pcm, frame_windows
 from heygem_ray.geometry import CropGeometry, feathered_ellipse
 from heygem_ray.models.wav2lip import (
     EMBED_DIM,
@@ -31,14 +30,14 @@ from heygem_ray.models.wav2lip import (
     Wav2Lip,
     load,
 )
-from heygem_ray.packs import PackSpec
+from heygem_ray.packs import ChunkFeatures, PackSpec
 
 GEOMETRY = CropGeometry(size=FACE_SIZE, mode="padded", pad=(0, 10, 0, 0), smooth_window=5)
 
 
-def wav2lip_features(wav: np.ndarray, fps: Fraction, frames: int) -> np.ndarray:
-    """16 kHz mono wav → (frames, 1, 80, 16) float32 mel windows."""
-    return mel_windows(wav2lip_mel(wav), float(fps), frames)
+def wav2lip_features(pcm: Pcm, fps: Fraction, frames: int) -> ChunkFeatures:
+    """16 kHz mono waveform → per chunk of frames, (n, 1, 80, 16) float32 mel windows."""
+    return lambda chunk: frame_windows(pcm, float(fps), chunk)
 
 
 class Wav2LipMotion(nn.Module):

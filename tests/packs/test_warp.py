@@ -3,6 +3,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from heygem_ray.features import Pcm
 from heygem_ray.packs.warp import (
     CROP_SIZE,
     MOUTH_Y,
@@ -27,7 +28,8 @@ def tone_bursts(seconds: float, bursts: list[tuple[float, float]], amplitude: fl
 def openings(wav: np.ndarray, fps: int = 25) -> np.ndarray:
     frames = round(len(wav) / SR * fps)
     with torch.no_grad():
-        return WarpMotion()(torch.from_numpy(warp_features(wav, Fraction(fps), frames))).numpy()[:, 0]
+        features = warp_features(Pcm.from_array(wav), Fraction(fps), frames)(range(frames))
+        return WarpMotion()(torch.from_numpy(features)).numpy()[:, 0]
 
 
 def test_mouth_is_closed_in_silence_and_open_in_sound_at_the_right_frames():
@@ -61,3 +63,14 @@ def test_render_is_the_identity_when_closed_and_darkens_the_mouth_when_open():
     assert out[1, :, mouth_row, centre].mean() < 0.3  # dark interior
     # The upper face (above the nose) does not move.
     assert torch.allclose(out[1, :, : CROP_SIZE // 3], crops[1, :, : CROP_SIZE // 3], atol=1e-5)
+
+
+def test_features_computed_a_chunk_at_a_time_equal_one_chunk_of_the_whole_clip():
+    wav = tone_bursts(4.0, [(0.3, 1.1), (2.0, 3.7)], amplitude=0.05)
+    for fps in (Fraction(25), Fraction(30000, 1001)):
+        frames = int(4.0 * fps) + 3
+        whole = warp_features(Pcm.from_array(wav), fps, frames)(range(frames))
+        per_chunk = warp_features(Pcm.from_array(wav), fps, frames)
+        chunks = [per_chunk(range(s, min(s + 16, frames))) for s in range(0, frames, 16)]
+        np.testing.assert_array_equal(np.concatenate(chunks), whole)
+        assert whole[-1].max() == -4.0  # past the end of the audio reads as silence
