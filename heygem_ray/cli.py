@@ -222,3 +222,46 @@ def doctor() -> None:
     }
     for name, (ok, why) in checks.items():
         print(f"{name:12s} {'usable' if ok else 'not usable: ' + why}")
+
+
+@app.command()
+def status(
+    output_dir: Annotated[Path, typer.Argument(help="The folder a run wrote (its --output-dir).")],
+) -> None:
+    """Summarise the run in OUTPUT_DIR: rows ok / failed / skipped, frames, time per stage,
+    realtime factor, the slowest jobs and the failures by kind. Works while the run is
+    still going (or after it was stopped) from the rows of the jobs that ended.
+
+    Exit status: 0 when no row failed, 1 when any row failed, 2 when OUTPUT_DIR holds no results.
+    """
+    from heygem_ray import report
+
+    try:
+        summary = report.summarize(report.load_run(output_dir))
+    except HeygemError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    print(report.format_status(summary))
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    output_dir: Annotated[Path, typer.Argument(help="The folder a run wrote (its --output-dir).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write the page (default: OUTPUT_DIR/report.html).")] = None,
+    thumbnails: Annotated[int, typer.Option(help="Frames shown per output (0: none, for a small page).")] = 4,
+) -> None:
+    """Write one self-contained HTML page about the run in OUTPUT_DIR: thumbnails of every
+    output with its status and figures, and the failures. Prints the page's path.
+
+    Exit status: 0 when the page was written, 2 when OUTPUT_DIR holds no results.
+    """
+    from heygem_ray import report as report_mod
+
+    try:
+        path = report_mod.write_report(output_dir, out, thumbnails)
+    except HeygemError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    print(path.resolve())

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from heygem_ray.manifest import Job
 
 Status = Literal["ok", "failed", "skipped"]
+RESULTS_FILE = "results.parquet"  # the table's name in the output folder
 
 SCHEMA = pa.schema(
     [

@@ -1,0 +1,461 @@
+"""What a run did, for people: ``heygem-ray status`` (text) and ``heygem-ray report`` (HTML).
+
+1. :func:`load_run` reads the results of an output folder: ``results.parquet`` after a
+   run ended; the per-job part files (``.heygem-results/*.parquet``, see
+   :mod:`heygem_ray.resume`) while a run is going or after one was stopped; both when a
+   later run into the same folder has finished jobs since the table was written.
+2. :func:`summarize` turns the rows into a :class:`Summary` (counts, frames, times,
+   the slowest jobs, failures by kind). Pure.
+3. :func:`format_status` prints it; :func:`build_html` makes one self-contained page
+   (no JavaScript, no external files: thumbnails are inline JPEG data URIs). Pure.
+4. :func:`previews` is the one step that touches the MP4s: a few small frames of each
+   output, cut by the run's ffmpeg.
+
+Every string that comes from the table (job ids, paths, error messages, manifest
+columns) is user data and is escaped in the HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import os
+import subprocess
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from heygem_ray import media
+from heygem_ray.errors import InputError
+from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult
+from heygem_ray.resume import PARTS_DIR
+
+REPORT_FILE = "report.html"
+STAGES = ("analyze", "features", "motion", "render", "compose")  # the *_s columns, in job order
+SLOWEST = 5  # jobs listed as the slowest
+MESSAGES_PER_KIND = 5  # failure messages printed per error kind by `status` (the report shows all)
+THUMB_COUNT = 4  # frames per output in the report
+THUMB_HEIGHT = 160  # pixels
+_THUMB_QUALITY = 5  # ffmpeg's mjpeg -q:v: 2 (best) … 31 (worst)
+_FIELDS = {f.name for f in dataclasses.fields(JobResult)} - {"extra"}
+
+RunState = Literal["complete", "unfinished"]
+
+
+# --------------------------------------------------------------------------- 1. load
+
+
+@dataclass(frozen=True)
+class Run:
+    """The rows of one output folder and where they came from."""
+
+    output_dir: Path
+    results: list[JobResult]  # sorted by manifest row, then job id
+    state: RunState  # complete: results.parquet is the newest word on every row
+    newer_parts: int  # rows taken from part files newer than results.parquet (a later, unfinished run)
+    updated: datetime  # when the newest file read was written (local time)
+
+
+def load_run(output_dir: Path) -> Run:
+    """Read the results of ``output_dir``; an ``InputError`` (kind ``no_results``) when there are none."""
+    if not output_dir.is_dir():
+        what = "is a file, not a folder" if output_dir.exists() else "does not exist"
+        raise InputError(
+            f"output folder {output_dir} {what}; give the folder a run wrote (its --output-dir)", kind="no_results"
+        )
+    table_path = output_dir / RESULTS_FILE
+    parts = sorted((output_dir / PARTS_DIR).glob("*.parquet"))
+    if not table_path.is_file() and not parts:
+        raise InputError(
+            f"no results in {output_dir}: neither {RESULTS_FILE} nor {PARTS_DIR}/*.parquet is there; "
+            "give the folder a run wrote (its --output-dir), or wait until its first job ends",
+            kind="no_results",
+        )
+    by_id: dict[str, JobResult] = {}
+    newest = 0
+    table_mtime = -1
+    if table_path.is_file():
+        table_mtime = table_path.stat().st_mtime_ns
+        by_id = {r.job_id: r for r in _read(table_path)}
+        newest = table_mtime
+    newer = 0
+    for part in parts:
+        mtime = part.stat().st_mtime_ns
+        if mtime > table_mtime:  # a row the table does not have yet (or an older version of it)
+            for r in _read(part):
+                by_id[r.job_id] = r
+                newer += 1
+            newest = max(newest, mtime)
+    return Run(
+        output_dir=output_dir,
+        results=sorted(by_id.values(), key=lambda r: (r.row, r.job_id)),
+        state="complete" if table_mtime >= 0 and newer == 0 else "unfinished",
+        newer_parts=newer if table_mtime >= 0 else 0,
+        updated=datetime.fromtimestamp(newest / 1e9),
+    )
+
+
+def _read(path: Path) -> list[JobResult]:
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(
+            f"results file {path} could not be read ({exc}); is it a heygem-ray results table?", kind="no_results"
+        ) from exc
+    missing = sorted(RESULT_COLUMNS - set(table.column_names))
+    if missing:
+        raise InputError(
+            f"{path} is not a heygem-ray results table: it has no {', '.join(missing)} column(s)", kind="no_results"
+        )
+    results = []
+    for row in table.to_pylist():
+        extra = {k: v for k, v in row.items() if k not in _FIELDS}
+        results.append(JobResult(**{k: v for k, v in row.items() if k in _FIELDS}, extra=extra))
+    return results
+
+
+# --------------------------------------------------------------------------- 2. summarize
+
+
+@dataclass(frozen=True)
+class Failure:
+    job_id: str
+    row: int
+    stage: str  # the stage it failed in ("plan", "probe", "analyze", …); "?" when unknown
+    message: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A run in figures. Times are wall seconds of jobs; jobs run side by side, so their
+    sum is the work done, not how long the run took."""
+
+    output_dir: Path
+    state: RunState
+    newer_parts: int
+    updated: datetime
+    total: int  # rows
+    ok: int
+    failed: int
+    skipped: int
+    frames: int  # frames rendered by the jobs that ended ok (skipped rows' outputs not counted)
+    video_seconds: float  # seconds of video those jobs made
+    job_seconds: float  # their summed wall time
+    stage_seconds: dict[str, float]  # STAGES → summed seconds over those jobs
+    realtime_factor: float | None  # video_seconds / job_seconds; None when nothing was rendered
+    slowest: list[JobResult]  # the longest of the jobs that ended ok, longest first
+    failures: dict[str, list[Failure]]  # error kind → its rows, the most frequent kind first
+    backends: dict[str, int]  # backend → jobs rendered on it
+    nodes: dict[str, int]  # Ray node → jobs rendered on it
+
+
+def video_seconds(r: JobResult) -> float:
+    """Seconds of video in the row's output (frames / fps, kept as realtime factor × wall time)."""
+    if r.realtime_factor is not None and r.seconds:
+        return r.realtime_factor * r.seconds
+    return 0.0
+
+
+def summarize(run: Run) -> Summary:
+    rs = run.results
+    done = [r for r in rs if r.status == "ok"]
+    failed = [r for r in rs if r.status == "failed"]
+    job_seconds = sum(r.seconds or 0.0 for r in done)
+    video = sum(video_seconds(r) for r in done)
+    groups: dict[str, list[Failure]] = {}
+    for r in failed:
+        groups.setdefault(r.error_kind or "unknown", []).append(
+            Failure(r.job_id, r.row, r.error_stage or "?", r.error or "(no message)")
+        )
+    return Summary(
+        output_dir=run.output_dir,
+        state=run.state,
+        newer_parts=run.newer_parts,
+        updated=run.updated,
+        total=len(rs),
+        ok=len(done),
+        failed=len(failed),
+        skipped=sum(r.status == "skipped" for r in rs),
+        frames=sum(r.frames or 0 for r in done),
+        video_seconds=video,
+        job_seconds=job_seconds,
+        stage_seconds={s: sum(getattr(r, f"{s}_s") or 0.0 for r in done) for s in STAGES},
+        realtime_factor=video / job_seconds if job_seconds > 0 else None,
+        slowest=sorted(done, key=lambda r: -(r.seconds or 0.0))[:SLOWEST],
+        failures=dict(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))),
+        backends=_count(r.backend for r in done),
+        nodes=_count(r.node for r in done),
+    )
+
+
+def _count(values: Iterable[str | None]) -> dict[str, int]:
+    return dict(Counter(v or "?" for v in values).most_common())
+
+
+# --------------------------------------------------------------------------- 3. text
+
+
+def describe_state(s: Summary) -> str:
+    when = s.updated.strftime("%Y-%m-%d %H:%M:%S")
+    if s.state == "complete":
+        return f"complete ({RESULTS_FILE} written {when})"
+    if s.newer_parts:
+        return (
+            f"unfinished: a later run into this folder is going on or was stopped; {s.newer_parts} row(s) "
+            f"are newer than {RESULTS_FILE} (last written {when})"
+        )
+    return (
+        f"unfinished: no {RESULTS_FILE} yet, so the run is still going or was stopped; "
+        f"rows of the jobs that ended so far (last written {when}). Rerunning the same command finishes it"
+    )
+
+
+def format_status(s: Summary) -> str:
+    """The text ``heygem-ray status`` prints."""
+    lines = [
+        f"run       {s.output_dir}",
+        f"state     {describe_state(s)}",
+        f"rows      {s.total}: {s.ok} ok, {s.failed} failed, {s.skipped} skipped"
+        + (" (complete from an earlier run)" if s.skipped else ""),
+    ]
+    if s.ok:
+        lines += [
+            f"frames    {s.frames} rendered, {s.video_seconds:.1f} s of video",
+            f"time      {s.job_seconds:.1f} s of job time over {s.ok} rendered job(s) "
+            "(summed: jobs run side by side, so not the run's length)",
+            f"realtime  {s.realtime_factor or 0:.2f}× (seconds of video per second of job time)",
+            *(
+                f"{'stages' if i == 0 else '':10s}{name:9s}{t:7.2f} s total {t / s.ok:7.2f} s per job"
+                for i, (name, t) in enumerate(s.stage_seconds.items())
+            ),
+            "backends  " + ", ".join(f"{k} × {n}" for k, n in s.backends.items()),
+            "nodes     " + ", ".join(f"{k} × {n}" for k, n in s.nodes.items()),
+        ]
+    else:
+        lines.append("frames    none rendered by this run")
+    if s.slowest:
+        width = max(len(r.job_id) for r in s.slowest)
+        lines.append("slowest")
+        for r in s.slowest:
+            lines.append(
+                f"  {r.job_id:<{width}s}  {r.seconds or 0:7.2f} s  {r.frames or 0:6d} frames  "
+                f"{r.realtime_factor or 0:5.2f}×  {r.node or ''}"
+            )
+    if s.failures:
+        lines.append(f"failures  {s.failed} row(s), by kind:")
+        for kind, items in s.failures.items():
+            lines.append(f"  {kind} ({len(items)})")
+            for f in items[:MESSAGES_PER_KIND]:
+                lines.append(f"    [{f.stage}] {f.message}")  # the message names the row and job
+            if len(items) > MESSAGES_PER_KIND:
+                lines.append(f"    … and {len(items) - MESSAGES_PER_KIND} more (heygem-ray report shows every one)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- 4. previews
+
+
+@dataclass(frozen=True)
+class Preview:
+    jpegs: tuple[bytes, ...]  # JPEG files THUMB_HEIGHT px tall, in time order
+    note: str = ""  # why there are fewer than asked (missing file, ffmpeg's complaint)
+
+
+def previews(results: list[JobResult], count: int = THUMB_COUNT) -> dict[str, Preview]:
+    """job id → a few frames of its MP4, for every row with an output (ok or skipped)."""
+    todo = [r for r in results if r.status != "failed" and r.output]
+    if count <= 0 or not todo:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1, 8)) as pool:
+        return dict(zip((r.job_id for r in todo), pool.map(lambda r: _preview(r, count), todo), strict=True))
+
+
+def _preview(r: JobResult, count: int) -> Preview:
+    path = Path(r.output or "")
+    if not path.is_file():
+        return Preview((), f"{path} is not there any more")
+    # Seek to each time rather than decode every frame (media.iter_frames does that, at
+    # full size): a long lesson's four thumbnails cost four short decodes.
+    duration = video_seconds(r) or (r.audio_seconds or 0.0)
+    jpegs: list[bytes] = []
+    for i in range(count):
+        at = duration * (i + 0.5) / count  # the middle of each of `count` equal spans
+        got = subprocess.run(_thumbnail_args(path, at), capture_output=True, check=False)
+        if got.returncode != 0 or not got.stdout:
+            tail = got.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no frame there"]
+            return Preview(tuple(jpegs), f"frame at {at:.1f} s of {path}: {tail[0]}")
+        jpegs.append(got.stdout)
+    return Preview(tuple(jpegs))
+
+
+def _thumbnail_args(path: Path, at: float) -> list[str]:
+    """ffmpeg: one frame at ``at`` seconds, scaled to THUMB_HEIGHT, as a JPEG on stdout."""
+    return [
+        media.ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",
+        "-ss", f"{at:.3f}", "-i", f"file:{path.absolute()}",  # file: so a ':' in the name is no protocol
+        "-frames:v", "1", "-vf", f"scale=-2:{THUMB_HEIGHT}",
+        "-f", "image2pipe", "-c:v", "mjpeg", "-q:v", str(_THUMB_QUALITY), "pipe:1",
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- 5. HTML
+
+
+def write_report(output_dir: Path, out: Path | None = None, thumbnails: int = THUMB_COUNT) -> Path:
+    """Write the HTML report of the run in ``output_dir`` (default ``output_dir/report.html``)."""
+    run = load_run(output_dir)
+    out = out or output_dir / REPORT_FILE
+    page = build_html(summarize(run), run.results, previews(run.results, thumbnails), out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+def build_html(s: Summary, results: list[JobResult], shots: dict[str, Preview], report_dir: Path) -> str:
+    """The report page. ``report_dir`` is where it will be written (links to the MP4s are relative to it)."""
+    e = _esc
+    tiles = [
+        ("rows", str(s.total)), ("ok", str(s.ok)), ("failed", str(s.failed)), ("skipped", str(s.skipped)),
+        ("frames", str(s.frames)), ("video", f"{s.video_seconds:.1f} s"), ("job time", f"{s.job_seconds:.1f} s"),
+        ("realtime", f"{s.realtime_factor:.2f}×" if s.realtime_factor is not None else "–"),
+    ]  # fmt: skip
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>heygem-ray report: {e(s.output_dir.name or str(s.output_dir))}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<header><h1>heygem-ray run report</h1><p class=path>{e(s.output_dir.resolve())}</p>",
+        f'<p class="state {s.state}">{e(describe_state(s))}</p></header>',
+        "<section class=tiles>",
+        *(f'<div class="tile t-{k.replace(" ", "-")}"><b>{e(v)}</b><span>{e(k)}</span></div>' for k, v in tiles),
+        "</section>",
+        _stage_bar(s),
+        _failures_html(s),
+        f"<h2>Outputs ({len(results)})</h2>",
+        "<section class=jobs>",
+        *(_job_html(r, shots.get(r.job_id), report_dir) for r in results),
+        "</section>",
+        f"<footer>written {e(datetime.now().strftime('%Y-%m-%d %H:%M:%S'))} by heygem-ray report</footer>",
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _stage_bar(s: Summary) -> str:
+    total = sum(s.stage_seconds.values())
+    if total <= 0:
+        return ""
+    segments = "".join(
+        f'<div class="seg {name}" style="width:{100 * t / total:.2f}%" title="{name} {t:.2f} s"></div>'
+        for name, t in s.stage_seconds.items()
+        if t > 0
+    )
+    legend = "".join(
+        f'<span><i class="seg {name}"></i>{name} {t:.2f} s ({100 * t / total:.0f}%)</span>'
+        for name, t in s.stage_seconds.items()
+    )
+    return f"<h2>Time per stage</h2><div class=bar>{segments}</div><p class=legend>{legend}</p>"
+
+
+def _failures_html(s: Summary) -> str:
+    if not s.failures:
+        return ""
+    e = _esc
+    out = [f"<h2>Failures ({s.failed})</h2>"]
+    for kind, items in s.failures.items():
+        out.append(f"<h3>{e(kind)} <small>{len(items)}</small></h3><table class=failures>")
+        out.append("<tr><th>row</th><th>job</th><th>stage</th><th>message</th></tr>")
+        out += [
+            f"<tr><td>{f.row}</td><td>{e(f.job_id)}</td><td>{e(f.stage)}</td><td class=msg>{e(f.message)}</td></tr>"
+            for f in items
+        ]
+        out.append("</table>")
+    return "\n".join(out)
+
+
+def _job_html(r: JobResult, shot: Preview | None, report_dir: Path) -> str:
+    e = _esc
+    badge = f'<span class="badge {e(r.status)}">{e(r.status)}</span>'
+    head = f"<div class=head>{badge} <b>{e(r.job_id)}</b> <small>row {r.row}</small></div>"
+    strip = note = ""
+    if r.status == "failed":
+        note = (
+            f"<p class=error><b>{e(r.error_kind or 'unknown')}</b> in stage <b>{e(r.error_stage or '?')}</b></p>"
+            f"<p class=msg>{e(r.error or '(no message)')}</p>"
+        )
+    elif shot is not None:
+        imgs = "".join(
+            f'<img src="data:image/jpeg;base64,{base64.b64encode(jpeg).decode("ascii")}" height={THUMB_HEIGHT} '
+            f'alt="frame {i + 1} of {e(r.job_id)}">'
+            for i, jpeg in enumerate(shot.jpegs)
+        )
+        strip = f"<div class=strip>{imgs}</div>" if imgs else ""
+        note = f"<p class=note>no preview: {e(shot.note)}</p>" if shot.note else ""
+    if r.status == "failed":  # no output: only what the attempt cost and where it ran
+        figures = [("job", f"{r.seconds or 0:.2f} s"), ("attempts", str(r.attempts))]
+        figures += [("node", r.node)] if r.node else []
+    else:
+        figures = [
+            ("frames", str(r.frames or 0)),
+            ("video", f"{video_seconds(r):.1f} s"),
+            ("job", f"{r.seconds or 0:.2f} s"),
+            ("realtime", f"{r.realtime_factor:.2f}×" if r.realtime_factor is not None else "–"),
+            ("backend", f"{r.backend or '–'}" + (f" {r.precision}" if r.precision else "")),
+            ("node", r.node or "–"),
+            ("gpu", r.gpu or "CPU"),
+            ("attempts", str(r.attempts)),
+        ]
+    figs = "".join(f"<span><i>{e(k)}</i> {e(v)}</span>" for k, v in figures)
+    extras = "".join(f"<div><i>{e(k)}</i> {e(v)}</div>" for k, v in r.extra.items() if v not in (None, ""))
+    link = ""
+    if r.output and r.status != "failed":
+        href = quote(os.path.relpath(r.output, report_dir.resolve()))
+        link = f'<a class=path href="{e(href)}">{e(r.output)}</a>'
+    info = f"<div class=info>{head}{note}<div class=figs>{figs}</div>{extras}{link}</div>"
+    return f'<article class="job {e(r.status)}">{strip}{info}</article>'
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,"Liberation Sans",sans-serif;margin:24px;color:#1d2330;background:#f6f7f9}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 10px}h3{font-size:14px;margin:14px 0 6px}
+.path{color:#5b6475;font-family:ui-monospace,monospace;font-size:12px;word-break:break-all;margin:2px 0}
+.state{display:inline-block;padding:4px 10px;border-radius:4px;margin:8px 0 0}
+.state.complete{background:#e3f4e8;color:#1b6b34}.state.unfinished{background:#fff3d6;color:#7a5400}
+.tiles{display:flex;flex-wrap:wrap;gap:10px;margin-top:16px}
+.tile{background:#fff;border:1px solid #dde1e8;border-radius:6px;padding:8px 14px;min-width:84px}
+.tile b{display:block;font-size:20px}.tile span{color:#5b6475;font-size:12px}
+.t-failed b{color:#b3261e}.t-ok b{color:#1b6b34}
+.bar{display:flex;height:18px;border-radius:4px;overflow:hidden;background:#e4e7ec;max-width:900px}
+.legend span{margin-right:14px;font-size:12px;white-space:nowrap}
+.seg{display:inline-block}.legend .seg{width:10px;height:10px;margin-right:4px;border-radius:2px}
+.seg.analyze{background:#6c8ebf}.seg.features{background:#9bc27a}.seg.motion{background:#e0b34c}
+.seg.render{background:#d9734e}.seg.compose{background:#8e6cbf}
+table.failures{border-collapse:collapse;background:#fff;max-width:1100px}
+table.failures td,table.failures th{border:1px solid #e4e7ec;padding:4px 8px;text-align:left;vertical-align:top}
+.msg{white-space:pre-wrap;word-break:break-word;font-family:ui-monospace,monospace;font-size:12px}
+.jobs{display:flex;flex-direction:column;gap:12px}
+.job{display:flex;flex-wrap:wrap;gap:6px 18px;align-items:flex-start;background:#fff;border:1px solid #dde1e8;
+border-left:5px solid #1b6b34;border-radius:6px;padding:10px 14px}.info{flex:1 1 340px;min-width:0}
+.job.failed{border-left-color:#b3261e}.job.skipped{border-left-color:#7d8696}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;color:#fff;background:#1b6b34}
+.badge.failed{background:#b3261e}.badge.skipped{background:#7d8696}
+.strip{display:flex;gap:4px;overflow-x:auto;max-width:100%}.strip img{border-radius:3px;background:#000}
+.figs{display:flex;flex-wrap:wrap;gap:2px 14px;font-size:13px;margin:6px 0}.figs i,.job div i{color:#5b6475;font-style:normal}
+.error{color:#b3261e;margin:8px 0 2px}.note{color:#7a5400}
+footer{margin-top:28px;color:#7d8696;font-size:12px}
+"""

@@ -1,0 +1,192 @@
+"""`heygem-ray status` and `heygem-ray report` on a real run (real Ray, real ffmpeg), and
+the report opened in a real headless browser."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from heygem_ray import RunConfig, media, report, submit
+from heygem_ray.cli import app
+from heygem_ray.results import RESULTS_FILE, JobResult, write_results
+from heygem_ray.resume import PARTS_DIR
+
+CHROMIUM = Path("/usr/bin/chromium")
+MISSING_AUDIO = "no <such> & file.wav"  # user data that must be escaped in the page
+HOSTILE_TITLE = "<script>alert('title')</script>"
+_IMG = re.compile(r'<img src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"')
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, examples, ray_local) -> Path:
+    """A finished run of three rows: two rendered (video and photo reference), one missing its audio."""
+    d = tmp_path_factory.mktemp("report")
+    subprocess.run(
+        [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "1.0", str(d / "a.wav")],
+        check=True,
+    )
+    shutil.copy(examples / "presenter.mp4", d / "p.mp4")
+    shutil.copy(examples / "presenter.jpg", d / "p.jpg")
+    rows = [
+        f"talk,a.wav,p.mp4,{HOSTILE_TITLE}",
+        "still,a.wav,p.jpg,a still photo",
+        f"gone,{MISSING_AUDIO},p.jpg,",
+    ]
+    (d / "m.csv").write_text("job_id,audio,video,title\n" + "\n".join(rows) + "\n")
+    submit(d / "m.csv", RunConfig(output_dir=d / "out", cache_dir=d / "cache", engines_dir=d / "engines"))
+    return d / "out"
+
+
+def _table(out: Path) -> dict[str, dict]:
+    return {r["job_id"]: r for r in pq.read_table(out / RESULTS_FILE).to_pylist()}
+
+
+def _articles(page: str) -> dict[str, str]:
+    """job id → the HTML of its card."""
+    cards = re.findall(r"<article .*?</article>", page, flags=re.S)
+    return {re.search(r"<b>(.*?)</b>", c).group(1): c for c in cards}  # type: ignore[union-attr]
+
+
+def test_status_counts_rows_frames_and_groups_failures(run_dir):
+    rows = _table(run_dir)
+    assert [rows[j]["status"] for j in ("talk", "still", "gone")] == ["ok", "ok", "failed"]
+    got = runner.invoke(app, ["status", str(run_dir)])
+    assert got.exit_code == 1, got.output  # a row failed
+    text = got.stdout
+    assert "rows      3: 2 ok, 1 failed, 0 skipped" in text
+    assert f"frames    {rows['talk']['frames'] + rows['still']['frames']} rendered" in text
+    assert "state     complete" in text
+    assert "missing_file (1)" in text
+    assert rows["gone"]["error"] in text and MISSING_AUDIO in text
+    slowest = text.split("slowest\n")[1].split("failures")[0]
+    assert {line.split()[0] for line in slowest.splitlines()} == {"talk", "still"}
+    assert "backends  onnxruntime × 2" in text or "backends  pytorch × 2" in text
+
+
+def test_status_says_what_is_wrong_with_a_folder_without_results(tmp_path):
+    missing = runner.invoke(app, ["status", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
+    empty = runner.invoke(app, ["status", str(tmp_path)])
+    assert empty.exit_code == 2 and "no results in" in empty.stderr
+    assert runner.invoke(app, ["report", str(tmp_path)]).exit_code == 2
+    assert not (tmp_path / report.REPORT_FILE).exists()
+
+
+def test_report_embeds_real_thumbnails_of_every_output_and_escapes_user_text(run_dir, tmp_path):
+    got = runner.invoke(app, ["report", str(run_dir)])
+    assert got.exit_code == 0, got.output
+    path = Path(got.stdout.strip())
+    assert path == (run_dir / report.REPORT_FILE).resolve()
+    page = path.read_text()
+    cards = _articles(page)
+    assert set(cards) == {"talk", "still", "gone"}
+    rows = _table(run_dir)
+    for job in ("talk", "still"):
+        jpegs = [base64.b64decode(b) for b in _IMG.findall(cards[job])]
+        assert len(jpegs) == report.THUMB_COUNT
+        for jpeg in jpegs:
+            img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            assert img is not None and img.shape[0] == report.THUMB_HEIGHT and img.std() > 10
+        # The thumbnails are frames of this output: the first is the frame at 1/8 of its length.
+        frames, _ = media.read_video(rows[job]["output"])
+        first = cv2.imdecode(np.frombuffer(jpegs[0], np.uint8), cv2.IMREAD_COLOR)
+        want = frames[int(len(frames) / (2 * report.THUMB_COUNT))]
+        want = cv2.resize(want, (first.shape[1], first.shape[0]), interpolation=cv2.INTER_AREA)
+        assert np.abs(want.astype(int) - first.astype(int)).mean() < 8
+        assert f"<i>frames</i> {rows[job]['frames']}" in cards[job]
+    assert not _IMG.search(cards["gone"])
+    assert "missing_file" in cards["gone"] and "probe" in cards["gone"]
+    # User data is shown escaped, never as markup; the page loads nothing from elsewhere.
+    assert "no &lt;such&gt; &amp; file.wav" in cards["gone"] and MISSING_AUDIO not in page
+    assert "&lt;script&gt;alert(&#x27;title&#x27;)&lt;/script&gt;" in cards["talk"]
+    assert "<script" not in page and "http:" not in page and "https:" not in page
+    # --out puts it elsewhere; links to the MP4s still lead to them.
+    other = tmp_path / "elsewhere" / "r.html"
+    assert runner.invoke(app, ["report", str(run_dir), "--out", str(other), "--thumbnails", "0"]).exit_code == 0
+    href = re.search(r'<a class=path href="([^"]+)"', other.read_text()).group(1)  # type: ignore[union-attr]
+    assert (other.parent / href).resolve() == Path(rows["talk"]["output"]).resolve()
+    assert not _IMG.search(other.read_text())
+
+
+def test_hostile_job_ids_and_messages_never_become_markup(tmp_path):
+    """Rows written as a run writes them, with ids and messages a manifest would refuse."""
+    evil = "<script>alert(1)</script>"
+    results = [
+        JobResult(job_id=evil, row=1, audio="a.wav", video="v.mp4", output=str(tmp_path / "<b>x</b>.mp4"),
+                  status="ok", frames=25, seconds=1.0, realtime_factor=1.0, extra={"note": "</article><h1>"}),
+        JobResult(job_id="x\"onmouseover=alert(2)", row=2, audio="a.wav", video="v.mp4", output=None,
+                  error_kind="<kind>", error_stage="probe", error="<img src=x onerror=alert(3)>"),
+    ]  # fmt: skip
+    write_results(results, tmp_path / RESULTS_FILE)
+    page = report.write_report(tmp_path).read_text()
+    assert "<script" not in page and "<img src=x" not in page and "<b>x</b>" not in page
+    assert "</article><h1>" not in page and 'x"onmouseover' not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x onerror=alert(3)&gt;" in page
+    assert "is not there any more" in page  # its MP4 is gone: said, not shown
+    got = runner.invoke(app, ["status", str(tmp_path)])
+    assert got.exit_code == 1 and evil in got.stdout  # plain text keeps the id as it is
+
+
+def test_an_unfinished_run_is_read_from_its_part_files(run_dir, tmp_path):
+    """As a killed (or still running) driver leaves it: part files, no results.parquet."""
+    parts = sorted((run_dir / PARTS_DIR).glob("*.parquet"))
+    assert len(parts) == 3
+    killed = tmp_path / "killed"
+    (killed / PARTS_DIR).mkdir(parents=True)
+    kept = [p for p in parts if pq.read_table(p).column("job_id")[0].as_py() != "still"]
+    for p in kept:
+        shutil.copy(p, killed / PARTS_DIR / p.name)
+    got = runner.invoke(app, ["status", str(killed)])
+    assert got.exit_code == 1, got.output
+    assert "state     unfinished: no results.parquet yet" in got.stdout
+    assert "rows      2: 1 ok, 1 failed, 0 skipped" in got.stdout
+    page = report.write_report(killed).read_text()
+    assert "unfinished" in page and set(_articles(page)) == {"talk", "gone"}
+    assert len(_IMG.findall(page)) == report.THUMB_COUNT
+
+    # A later run into a finished folder: rows newer than results.parquet are the news.
+    later = tmp_path / "later"
+    shutil.copytree(run_dir, later, ignore=shutil.ignore_patterns("*.mp4", "*.html"))
+    newest = max(p.stat().st_mtime_ns for p in (later / PARTS_DIR).iterdir())
+    os.utime(later / RESULTS_FILE, ns=(newest, newest))
+    assert report.load_run(later).state == "complete"
+    os.utime(later / PARTS_DIR / kept[0].name, ns=(newest + 10**9, newest + 10**9))  # written after the table
+    run = report.load_run(later)
+    assert run.state == "unfinished" and run.newer_parts == 1 and len(run.results) == 3
+    assert "1 row(s) are newer than results.parquet" in report.format_status(report.summarize(run))
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium) at /usr/bin/chromium")
+def test_the_report_renders_in_a_headless_browser(run_dir, tmp_path):
+    page = report.write_report(run_dir, tmp_path / "report.html")
+    png = tmp_path / "shot.png"
+    subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900", f"--screenshot={png}",
+         page.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    shot = cv2.imread(str(png), cv2.IMREAD_COLOR)
+    assert shot is not None and shot.shape == (900, 1200, 3)
+    assert shot.std() > 20 and (shot < 128).mean() > 0.02  # not blank: text, tiles, pictures
+    # The browser drew the thumbnails: the first one is found in the screenshot, as it is.
+    thumb = cv2.imdecode(np.frombuffer(base64.b64decode(_IMG.search(page.read_text()).group(1)), np.uint8),
+                         cv2.IMREAD_COLOR)  # type: ignore[union-attr]  # fmt: skip
+    match = cv2.matchTemplate(shot, thumb, cv2.TM_CCOEFF_NORMED)
+    _, best, _, (x, y) = cv2.minMaxLoc(match)
+    assert best > 0.9, best
+    area = shot[y : y + thumb.shape[0], x : x + thumb.shape[1]]
+    assert (area.min(axis=2) < 200).mean() > 0.5  # mostly not white: a picture, not an empty box
