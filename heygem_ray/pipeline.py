@@ -35,8 +35,9 @@ from heygem_ray.worker import ChunkOutput, ModelWorker, WorkerInfo
 
 log = logging.getLogger(__name__)
 
-# Chunks rendered ahead of the one being composed: keeps the workers busy while the
-# job composes, and bounds the crops held in memory to (LOOKAHEAD + 1) chunks.
+# Chunks rendered ahead of the one being composed, at least: keeps the workers busy
+# while the job composes. A job sends as many ahead as there are workers, so one long
+# video spreads over every GPU; the crops it holds are bounded by that, not by its length.
 LOOKAHEAD = 2
 
 
@@ -46,6 +47,11 @@ class ChunkFuture(Protocol):
 
 class ModelService(Protocol):
     """Where motion and render run: in this process, or on Ray worker actors."""
+
+    @property
+    def workers(self) -> int:
+        """How many chunks can render at once."""
+        ...
 
     def submit(self, features: np.ndarray, crops: np.ndarray) -> ChunkFuture: ...
 
@@ -60,6 +66,8 @@ class _Done:
 
 class InProcessService:
     """Runs chunks at once on a worker in this process (tests, debugging)."""
+
+    workers = 1
 
     def __init__(self, worker: ModelWorker):
         self.worker = worker
@@ -203,7 +211,7 @@ def _render_and_compose(
                 stages.current = "render"
                 crops = template.crops(timeline.ref_index[sl.start : sl.stop])
                 pending.append((sl, crops, models.submit(chunk_features, crops)))
-                if len(pending) > LOOKAHEAD:
+                if len(pending) > max(LOOKAHEAD, models.workers):
                     last = compose_next()
             while pending:
                 last = compose_next()

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import ray
-from ray.exceptions import RayError
+from ray.exceptions import ActorDiedError, RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from heygem_ray import metrics
 from heygem_ray.config import RenderConfig, RunConfig
 from heygem_ray.errors import EngineError, HeygemError
+from heygem_ray.joblog import fields, job_logging
 from heygem_ray.manifest import Job
 from heygem_ray.pipeline import ChunkFuture, render_job
 from heygem_ray.results import JobResult
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # Seconds between progress polls while waiting for jobs.
 POLL_S = 0.5
+# Seconds between checks that the model workers' nodes are still in the cluster.
+WATCH_S = 2.0
 # A worker actor that dies is restarted, and the chunk calls it held are sent again
 # (run_chunk is a pure function of its arguments, so repeating it is safe).
 _RESTART = {"max_restarts": -1, "max_task_retries": -1}
@@ -51,6 +56,9 @@ class _ActorWorker(ModelWorker):
     def __init__(self, cfg: RenderConfig, engines_dir: Path):
         super().__init__(cfg, engines_dir, node=node_name())
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
 
 @ray.remote(num_cpus=0)
 class _Progress:
@@ -67,82 +75,162 @@ class _Progress:
 
 
 class _RayFuture:
-    def __init__(self, ref: ray.ObjectRef):
-        self.ref = ref
+    """One chunk on a worker actor. If that worker is gone for good (its node left the
+    cluster), the chunk is sent to the next worker the job can use."""
+
+    def __init__(self, service: _RayService, name: str, features: np.ndarray, crops: np.ndarray):
+        self._service, self._name, self._args = service, name, (features, crops)
+        self._send()
+
+    def _send(self) -> None:
+        self._actor = self._service.next_actor()
+        self._ref: ray.ObjectRef = self._actor.run_chunk.options(name=self._name).remote(*self._args)
 
     def result(self) -> ChunkOutput:
-        try:
-            return ray.get(self.ref)
-        except RayError as exc:
-            if isinstance(exc, HeygemError):  # the worker's own error, raised through Ray
-                raise
-            raise EngineError(
-                f"the model worker rendering this chunk was lost ({type(exc).__name__}); "
-                "check the cluster's health, then run the same manifest again",
-                kind="worker_lost",
-            ) from exc
+        while True:
+            try:
+                return cast(ChunkOutput, ray.get(self._ref))
+            except ActorDiedError:
+                log.warning("%s: its model worker is gone; rendering it on another", self._name)
+                self._service.drop(self._actor)
+                self._send()
+            except RayError as exc:
+                if isinstance(exc, HeygemError):  # the worker's own error, raised through Ray
+                    raise
+                raise EngineError(
+                    f"the model worker rendering this chunk was lost ({type(exc).__name__}); "
+                    "check the cluster's health, then run the same manifest again",
+                    kind="worker_lost",
+                ) from exc
 
 
 class _RayService:
-    """Sends each chunk to the next worker actor in turn.
+    """Sends each chunk to the next worker actor in turn, leaving out workers found dead.
 
     The driver gives each job its own first worker (job k starts at worker k mod n):
     starting every job at the first one would send all short, one-chunk jobs there.
+    Each call is named ``render:<job id>:chunk<k>`` (motion and render of chunk k) in
+    the Ray dashboard.
     """
 
-    def __init__(self, actors: list[ray.actor.ActorHandle], first: int):
+    def __init__(self, actors: list[ray.actor.ActorHandle], first: int, job_id: str):
         start = first % len(actors)
-        self._next = itertools.cycle(actors[start:] + actors[:start])
+        self._actors = actors[start:] + actors[:start]
+        self._turn = 0
+        self._names = (f"render:{job_id}:chunk{k}" for k in itertools.count())
+
+    @property
+    def workers(self) -> int:
+        return len(self._actors)
+
+    def next_actor(self) -> ray.actor.ActorHandle:
+        if not self._actors:
+            raise EngineError(
+                "every model worker this job could use was lost; check the cluster's health, "
+                "then run the same manifest again",
+                kind="worker_lost",
+            )
+        actor = self._actors[self._turn % len(self._actors)]
+        self._turn += 1
+        return actor
+
+    def drop(self, actor: ray.actor.ActorHandle) -> None:
+        self._actors = [a for a in self._actors if a is not actor]
 
     def submit(self, features: np.ndarray, crops: np.ndarray) -> ChunkFuture:
-        return _RayFuture(next(self._next).run_chunk.remote(features, crops))
+        return _RayFuture(self, next(self._names), features, crops)
 
 
 @ray.remote(num_cpus=1)
 def _job_task(job: Job, cfg: RenderConfig, cache_dir: Path, actors: list, first: int, progress) -> JobResult:
-    return render_job(job, cfg, cache_dir, _RayService(actors, first), on_frames=progress.add.remote)
+    def frames_done(frames: int) -> None:
+        progress.add.remote(frames)
+        metrics.record_frames(frames, cfg.pack)
+
+    with job_logging(job.job_id):
+        result = render_job(job, cfg, cache_dir, _RayService(actors, first, job.job_id), on_frames=frames_done)
+        _log_result(result)
+    return result
 
 
-@dataclass(frozen=True)
-class Pool:
-    actors: list
-    kind: str  # "gpu" or "cpu"
-    infos: list[WorkerInfo]
-
-
-def start_workers(cfg: RunConfig) -> Pool:
-    """One actor per GPU, or CPU actors sized to leave cores for job tasks.
-
-    Waits until every actor has its models open: a worker that cannot start raises its
-    error here (e.g. EngineError for a backend that cannot run, InputError for a bad
-    checkpoint), before any job is submitted.
-    """
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    remote: Any = ray.remote(_ActorWorker)
-    args = (cfg.render, cfg.engines_dir.resolve())
-    prefix = f"model-worker-{uuid.uuid4().hex[:6]}"  # unique: several runs may share a cluster
-    if gpus > 0:
-        actors = [remote.options(num_gpus=1, num_cpus=1, name=f"{prefix}-gpu{i}", **_RESTART, **_PLACEMENT).remote(*args) for i in range(gpus)]
-        kind = "gpu"
+def _log_result(r: JobResult) -> None:
+    """One line per job (the record names the job): a warning if it failed."""
+    if r.status == "ok":
+        log.info("%s", fields(status=r.status, frames=r.frames, seconds=r.seconds,
+                              realtime_factor=r.realtime_factor, backend=r.backend, node=r.node))
     else:
+        log.warning("%s", fields(status=r.status, stage=r.error_stage, kind=r.error_kind, error=r.error))
+
+
+class Pool:
+    """The run's model worker actors: one per GPU, or CPU actors sized to leave cores for
+    job tasks. Actors reserve no CPU, so a restarted actor never waits behind the job
+    tasks that wait for it (which would hang the run).
+
+    ``watch`` follows the cluster: the actors of a node that left are ended for good (a
+    GPU actor could not start again anywhere, and its calls would wait forever), which
+    sends their chunks to the other actors; new actors are started where the cluster
+    has room again.
+    """
+
+    def __init__(self, cfg: RunConfig, run_id: str):
+        self._args = (cfg.render, cfg.engines_dir.resolve())
+        self._cpu_workers = cfg.cpu_workers
+        self._prefix = f"model-worker-{run_id}"  # unique: several runs may share a cluster
+        self._started = 0
+        self.kind = "gpu" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
+        self.actors: list[ray.actor.ActorHandle] = []
+        self._nodes: list[str | ray.ObjectRef] = []  # each actor's node id (a ref until known)
+        self._start(self._wanted())
+        # Wait until every actor has its models open: a worker that cannot start raises
+        # its error here (an EngineError for a backend that cannot run, an InputError for
+        # a bad checkpoint), before any job is submitted.
+        try:
+            self.infos: list[WorkerInfo] = ray.get([a.ready.remote() for a in self.actors])
+        except BaseException:
+            self.close()
+            raise
+
+    def _wanted(self) -> int:
+        resources = ray.cluster_resources()
+        if self.kind == "gpu":
+            return int(resources.get("GPU", 0))
         cpus = int(resources.get("CPU", 1))
-        count = cfg.cpu_workers or max(1, cpus // 4)
-        # Never let model actors take every core: job tasks (analyze, compose) need one.
-        count = max(1, min(count, cpus - 1))
-        # On a single core the one actor must not reserve it, or no job task could start.
-        reserve = 1 if cpus >= 2 else 0
-        actors = [
-            remote.options(num_cpus=reserve, name=f"{prefix}-cpu{i}", **_RESTART, **_PLACEMENT).remote(*args) for i in range(count)
-        ]
-        kind = "cpu"
-    try:
-        infos = ray.get([a.ready.remote() for a in actors])
-    except BaseException:
-        for actor in actors:
+        # Never more model actors than cores less one: job tasks (analyze, compose) need one.
+        return max(1, min(self._cpu_workers or max(1, cpus // 4), cpus - 1))
+
+    def _start(self, count: int) -> list[ray.actor.ActorHandle]:
+        remote: Any = ray.remote(_ActorWorker)
+        devices = {"num_gpus": 1} if self.kind == "gpu" else {}
+        new = []
+        for _ in range(count):
+            name = f"{self._prefix}-{self.kind}{self._started}"
+            self._started += 1
+            new.append(remote.options(num_cpus=0, name=name, **devices, **_RESTART, **_PLACEMENT).remote(*self._args))
+        self.actors += new
+        self._nodes += [a.node_id.remote() for a in new]
+        return new
+
+    def watch(self) -> None:
+        """End the actors of nodes that left the cluster; start new ones where there is room."""
+        refs = [n for n in self._nodes if isinstance(n, ray.ObjectRef)]
+        if refs:  # actors that have started since: learn where they are
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            known = dict(zip(ready, ray.get(ready), strict=True))
+            self._nodes = [known.get(n, n) if isinstance(n, ray.ObjectRef) else n for n in self._nodes]
+        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        gone = [i for i, node in enumerate(self._nodes) if isinstance(node, str) and node not in alive]
+        for i in gone:
+            log.warning("node %s left the cluster: its model worker's chunks go to the others", str(self._nodes[i])[:8])
+            ray.kill(self.actors[i], no_restart=True)
+        keep = [i for i in range(len(self.actors)) if i not in gone]
+        self.actors = [self.actors[i] for i in keep]
+        self._nodes = [self._nodes[i] for i in keep]
+        self._start(max(0, self._wanted() - len(self.actors)))
+
+    def close(self) -> None:
+        for actor in self.actors:
             ray.kill(actor)
-        raise
-    return Pool(actors, kind, infos)
 
 
 def run_jobs(
@@ -153,9 +241,12 @@ def run_jobs(
     on_workers: Callable[[list[WorkerInfo]], None] = lambda infos: None,
 ) -> list[JobResult]:
     """Render every job on the connected Ray cluster; results in completion order."""
-    pool = start_workers(cfg)
+    run_id = uuid.uuid4().hex[:6]  # names this run's actors in the dashboard
+    pool = Pool(cfg, run_id)
     on_workers(pool.infos)
-    progress = cast(Any, _Progress).remote()
+    # On the driver's node: it must not leave the run with a node that leaves the cluster.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    progress = cast(Any, _Progress).options(name=f"progress-{run_id}", scheduling_strategy=here).remote()
     in_flight_cap = cfg.max_jobs_in_flight or 2 * len(pool.actors)
     config_hash = cfg.config_hash()
     pending: dict[ray.ObjectRef, tuple[Job, int]] = {}  # task → (job, attempt)
@@ -164,6 +255,7 @@ def run_jobs(
     queue = iter(jobs)
     exhausted = False
     submitted = 0  # tasks started so far: spreads each job's first chunk over the workers
+    next_watch = time.monotonic() + WATCH_S
     while True:
         while len(pending) < in_flight_cap and (retry or not exhausted):
             if retry:
@@ -173,13 +265,17 @@ def run_jobs(
             else:
                 exhausted = True
                 break
-            ref = _job_task.options(name=f"job:{job.job_id}").remote(
+            # max_retries=0: a lost task is retried here, where its attempts are counted.
+            ref = _job_task.options(name=f"job:{job.job_id}", max_retries=0).remote(
                 job, cfg.render, cfg.cache_dir, pool.actors, submitted, progress
             )
             submitted += 1
             pending[ref] = (job, attempt)
         if not pending:
             break
+        if time.monotonic() >= next_watch:
+            pool.watch()
+            next_watch = time.monotonic() + WATCH_S
         done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
         for ref in done:
             job, attempt = pending.pop(ref)
@@ -191,12 +287,18 @@ def run_jobs(
                     retry.append((job, attempt + 1))
                     continue
                 result = _lost(job, cfg, exc)
+            if result.error_kind == "worker_lost" and attempt < cfg.max_attempts:
+                # Every worker the task was given is gone: try again with the workers there are now.
+                log.warning("%s: attempt %d lost its model workers; trying again", job.label, attempt)
+                retry.append((job, attempt + 1))
+                continue
             result.attempts, result.config_hash = attempt, config_hash
             results.append(result)
             on_result(result)
+            metrics.record_job(result)  # here, where a row is final: a retried attempt is not a job
         on_frames(ray.get(progress.total.remote()))
-    for actor in pool.actors:
-        ray.kill(actor)
+    pool.close()
+    ray.kill(progress)
     return results
 
 

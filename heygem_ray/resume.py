@@ -33,10 +33,13 @@ def part_path(output_dir: Path, job_id: str) -> Path:
 
 
 def record(output_dir: Path, result: JobResult) -> None:
-    """Write one finished job's row now."""
+    """Write one finished job's row now, and delete the temporary MP4s that attempts of
+    it lost on the way (a task on a node that left the cluster leaves one behind)."""
     path = part_path(output_dir, result.job_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_results([result], path)
+    if result.output is not None:
+        _remove_partials(Path(result.output))
 
 
 def split(jobs: list[Job], output_dir: Path, config_hash: str) -> tuple[list[Job], list[JobResult]]:
@@ -46,17 +49,19 @@ def split(jobs: list[Job], output_dir: Path, config_hash: str) -> tuple[list[Job
     for job in jobs:
         earlier = _earlier(output_dir, job, config_hash)
         if earlier is None:
-            _remove_partials(job)
+            if job.output is not None:
+                _remove_partials(job.output)
             todo.append(job)
         else:
             done.append(dataclasses.replace(earlier, status="skipped", attempts=0, row=job.row, extra=job.extra))
     return todo, done
 
 
-def _remove_partials(job: Job) -> None:
-    """Delete temporary MP4s a killed run left for this job (see pipeline's publish step)."""
-    if job.output is not None and job.output.parent.is_dir():
-        for partial in job.output.parent.glob(f".{job.output.stem}.*.part.mp4"):
+def _remove_partials(output: Path) -> None:
+    """Delete temporary MP4s a killed task or run left for ``output`` (see pipeline's
+    publish step)."""
+    if output.parent.is_dir():
+        for partial in output.parent.glob(f".{output.stem}.*.part.mp4"):
             partial.unlink(missing_ok=True)
 
 

@@ -6,6 +6,7 @@ The public entry point for Python callers; the CLI is a thin layer over it.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,14 +14,13 @@ import ray
 
 from heygem_ray import resume
 from heygem_ray.config import RunConfig
+from heygem_ray.errors import EngineError
 from heygem_ray.manifest import read_manifest
 from heygem_ray.ray_exec import run_jobs
-from heygem_ray.results import RESULT_COLUMNS, JobResult, write_results
+from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult, write_results
 from heygem_ray.worker import WorkerInfo
 
 log = logging.getLogger(__name__)
-
-RESULTS_FILE = "results.parquet"
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,21 @@ def submit(manifest: Path, cfg: RunConfig, callbacks: RunCallbacks | None = None
 
 
 def _connect(address: str | None) -> tuple[bool, str | None]:
-    """Connect to Ray. Returns (started here and so to be stopped here, dashboard URL)."""
+    """Connect to Ray. Returns (started here and so to be stopped here, dashboard URL).
+
+    No address: the cluster named by ``RAY_ADDRESS`` (set inside a Ray Job), else a new
+    local instance, never whichever cluster another process on this machine started
+    last (which a bare ``ray.init()`` would join).
+    """
     if ray.is_initialized():
         return False, None
-    ctx = ray.init(address=address, logging_level=logging.WARNING)
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    try:
+        ctx = ray.init(address=target, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise EngineError(
+            f"could not reach the Ray cluster at {target} ({exc}); check --address and that the cluster is up",
+            kind="cluster_unreachable",
+        ) from exc
     url = getattr(ctx, "dashboard_url", None)
-    return address is None, (f"http://{url}" if url and "://" not in url else url) or None
+    return target == "local", (f"http://{url}" if url and "://" not in url else url) or None

@@ -18,6 +18,8 @@ def ray_local():
     """One real local Ray instance for the tests that need Ray."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    # "local": always a new instance, never the cluster another process on this machine
+    # started (ray.init() without an address would join the latest `ray start`/Cluster).
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from heygem_ray import media
 
 SCRIPT = """
@@ -47,3 +49,68 @@ def test_jobs_render_on_more_than_one_node(tmp_path, examples):
     assert len({parts[3] for parts in found}) == 2
     for parts in found:
         assert len(media.read_video(tmp_path / "out" / f"{parts[1]}.mp4")[0]) == 25
+
+
+REMOVE_NODE = """
+import logging, sys
+from pathlib import Path
+import ray
+from ray.cluster_utils import Cluster
+from heygem_ray import RenderConfig, RunConfig, submit
+from heygem_ray.run import RunCallbacks
+
+gpus = int(sys.argv[2])  # 1: each node declares a (pretend) GPU, so workers are GPU actors
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": gpus})
+leaving = cluster.add_node(num_cpus=2, num_gpus=gpus)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, logging_level=logging.WARNING)
+
+
+class RemoveNodeAfterFirstJob(RunCallbacks):
+    removed = False
+
+    def job_done(self, result):
+        if not self.removed:
+            cluster.remove_node(leaving, allow_graceful=False)
+            self.removed = True
+            print("REMOVED after", result.job_id, flush=True)
+
+
+folder = Path(sys.argv[1])
+cb = RemoveNodeAfterFirstJob()
+summary = submit(folder / "m.csv", RunConfig(output_dir=folder / "out", cache_dir=folder / "cache",
+                 engines_dir=folder / "engines", cpu_workers=2, render=RenderConfig(chunk_frames=8)), cb)
+print("ALIVE", sum(1 for n in ray.nodes() if n["Alive"]))
+for r in summary.results:
+    print("ROW", r.job_id, r.status, r.attempts, r.node, r.error or "")
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.parametrize("gpus", [0, 1], ids=["cpu-workers", "gpu-workers"])
+def test_a_node_removed_mid_run_loses_no_job(tmp_path, examples, gpus):
+    """The second node leaves (killed, not drained) as soon as the first job is done: the
+    jobs and model workers it held are lost, and every job still ends ok exactly once.
+    With a GPU per node, the lost GPU worker cannot come back anywhere: its chunks must
+    go to the worker that is left."""
+    audio = tmp_path / "a.wav"
+    subprocess.run(
+        [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "1.2", str(audio)], check=True
+    )
+    rows = [f"job{i},a.wav,{examples / 'presenter.mp4'}" for i in range(6)]
+    (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", REMOVE_NODE, str(tmp_path), str(gpus)], capture_output=True, text=True, timeout=500
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("REMOVED") for line in lines) and "ALIVE 1" in lines, lines
+    assert "left the cluster" in proc.stderr  # the driver saw the node go and ended its worker
+    found = [line.split(maxsplit=5) for line in lines if line.startswith("ROW")]
+    assert sorted(parts[1] for parts in found) == [f"job{i}" for i in range(6)]  # each exactly once
+    assert all(parts[2] == "ok" for parts in found), lines
+    for parts in found:
+        frames, _ = media.read_video(tmp_path / "out" / f"{parts[1]}.mp4")
+        assert len(frames) == 30
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".part.mp4")] == []

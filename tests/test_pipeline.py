@@ -192,3 +192,37 @@ def test_onnxruntime_and_pytorch_render_the_same_video(tmp_path, examples, rende
     frames, _ = media.read_video(Path(result.output))
     assert frames.shape == frames_pt.shape
     assert np.abs(frames.astype(int) - frames_pt.astype(int)).mean() <= 1.0
+
+
+class _Held:
+    """A chunk rendered only when the job asks for it, so the test sees how many the job
+    keeps in flight at once."""
+
+    def __init__(self, service: _CountingService, features: np.ndarray, crops: np.ndarray):
+        self.service, self.args = service, (features, crops)
+        service.outstanding += 1
+        service.most = max(service.most, service.outstanding)
+
+    def result(self):
+        self.service.outstanding -= 1
+        return self.service.worker.run_chunk(*self.args)
+
+
+class _CountingService(InProcessService):
+    def __init__(self, worker: ModelWorker, workers: int):
+        super().__init__(worker)
+        self.workers, self.outstanding, self.most = workers, 0, 0
+
+    def submit(self, features, crops):
+        return _Held(self, features, crops)
+
+
+@pytest.mark.parametrize(("workers", "in_flight"), [(1, 3), (6, 7)])
+def test_a_long_job_keeps_a_chunk_in_flight_for_every_worker(tmp_path, examples, warp_service, workers, in_flight):
+    """One long video spreads over all workers: a job keeps one chunk per worker rendering
+    (at least two) besides the one it composes, however many chunks the video has."""
+    service = _CountingService(warp_service.worker, workers)
+    cfg = RenderConfig(chunk_frames=8)  # lesson1: 175 frames, 22 chunks
+    result = render_job(job(tmp_path, examples / "lesson1.wav", examples / "presenter.jpg"), cfg, tmp_path / "c", service)
+    assert result.status == "ok", result.error
+    assert service.most == in_flight and service.outstanding == 0

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from heygem_ray import __version__
+from heygem_ray import __version__, metrics
 from heygem_ray.backends.trt import choose_profile
 from heygem_ray.config import BackendName
 from heygem_ray.engines import BatchProfile, EngineKey, EngineStore, Precision
@@ -114,6 +114,7 @@ def open_runners(
     ctx = _Context(pack, stages, device, store, precision, choose_profile(batch_sizes or [32]), build,
                    intra_op_threads)
     order = AUTO_ORDER if backend == "auto" else (backend,)
+    skipped: list[str] = []
     for name in order:
         try:
             runners, keys = _OPENERS[name](ctx)
@@ -124,7 +125,10 @@ def open_runners(
             if backend != "auto":
                 raise EngineError(f"--backend {name} cannot run here: {reason}") from e
             notes.append(f"{name}: {reason}")
+            skipped.append(name)
             continue
+        for tried in skipped:
+            metrics.record_backend_fallback(tried, name)
         return RunnerSet(name, precision, "; ".join(notes), runners, keys)
     raise EngineError("no backend could run the model: " + "; ".join(notes))  # pytorch failed too
 
@@ -167,6 +171,7 @@ def onnx_artifact(
 
     def export(tmp: Path) -> None:
         export_onnx(module, inputs, outputs, tmp, fp16=precision == "fp16")
+        metrics.record_engine_build("onnxruntime", stage, precision)
 
     return store.get_or_build(key, export, rebuild=build), key
 
@@ -198,6 +203,7 @@ def tensorrt_artifact(
     def build_plan(tmp: Path) -> None:
         with torch.cuda.device(torch.device(device)):
             trt.build_engine(onnx_path, tmp, profile=profile, fp16=precision == "fp16", timing_cache=timing_cache)
+        metrics.record_engine_build("tensorrt", stage, precision)
 
     return store.get_or_build(key, build_plan, rebuild=build), key
 

@@ -1,0 +1,201 @@
+"""Monitoring: custom Ray metrics on the Prometheus endpoint, the Grafana dashboard that
+reads them, and log records that name their job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+import types
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from heygem_ray import media, metrics
+from heygem_ray.joblog import FORMAT, fields, job_logging
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "jobs" / "grafana" / "heygem-ray.json"
+
+# Runs a small manifest on its own local Ray instance (this test needs the instance's
+# metrics port, and counts that no other test adds to), then, while Ray is still up,
+# scrapes Ray's Prometheus endpoint until every job is counted and asks the dashboard's
+# state API for the names of the run's tasks and actors.
+SCRIPT = """
+import json, logging, socket, sys, time, urllib.request
+from pathlib import Path
+import ray
+from ray.util.state import list_actors, list_tasks
+from heygem_ray import RunConfig, submit
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+folder = Path(sys.argv[1])
+port = free_port()
+# address="local": a new instance even if another Ray runs on this machine
+ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=free_port(),
+               _metrics_export_port=port, logging_level=logging.WARNING)
+summary = submit(folder / "m.csv", RunConfig(output_dir=folder / "out", cache_dir=folder / "cache",
+                 engines_dir=folder / "engines", cpu_workers=1))
+# Every process exports on its own clock (the driver, job tasks, model workers): wait
+# until the jobs and their frames are all counted and the workers' counters are in.
+expected = {"ray_heygem_jobs_finished_total": len(summary.results),
+            "ray_heygem_frames_rendered_total": sum(r.frames for r in summary.results),
+            "ray_heygem_engine_builds_total": 1, "ray_heygem_backend_fallbacks_total": 1}
+deadline, text = time.monotonic() + 90, ""
+while time.monotonic() < deadline:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    totals = {name: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith(name + "{")) for name in expected}
+    if all(totals[name] >= n for name, n in expected.items()):
+        break
+    time.sleep(1)
+(folder / "metrics.txt").write_text(text)
+state = "http://" + ctx.dashboard_url
+while time.monotonic() < deadline:  # task events reach the dashboard a few seconds late
+    tasks = sorted({t.name for t in list_tasks(address=state, limit=10_000, raise_on_missing_output=False)})
+    if "render:two:chunk0" in tasks:
+        break
+    time.sleep(1)
+actors = sorted(a.name for a in list_actors(address=state, limit=1_000, raise_on_missing_output=False))
+print("NAMES", json.dumps({"tasks": tasks, "actors": actors}))
+ray.shutdown()
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, examples):
+    """(scraped metric samples by name, results.parquet rows by job id, the driver's output, task and
+    actor names)."""
+    folder = tmp_path_factory.mktemp("metrics")
+    for name, src in (("a.wav", "lesson1.wav"), ("b.wav", "lesson2.mp3")):
+        cmd = [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / src), "-t", "1", str(folder / name)]
+        subprocess.run(cmd, check=True)
+    jpg = examples / "presenter.jpg"
+    (folder / "m.csv").write_text(f"job_id,audio,video\none,a.wav,{jpg}\ntwo,b.wav,{jpg}\nbad,missing.wav,{jpg}\n")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(folder)], capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = next(json.loads(x.removeprefix("NAMES ")) for x in proc.stdout.splitlines() if x.startswith("NAMES "))
+    rows = {r["job_id"]: r for r in pq.read_table(folder / "out" / "results.parquet").to_pylist()}
+    samples = defaultdict(list)
+    for family in text_string_to_metric_families((folder / "metrics.txt").read_text()):
+        for sample in family.samples:
+            samples[sample.name].append(sample)
+    return samples, rows, proc.stdout + proc.stderr, names
+
+
+def _total(samples, name: str, **labels: str) -> float:
+    """Sum of ``name`` over Ray's per-worker series whose labels include ``labels``."""
+    return sum(s.value for s in samples.get(name, []) if labels.items() <= s.labels.items())
+
+
+def test_prometheus_endpoint_has_the_run_s_metrics(run):
+    samples, rows, _, _ = run
+    ok = [r for r in rows.values() if r["status"] == "ok"]
+    assert sorted(r["job_id"] for r in ok) == ["one", "two"] and rows["bad"]["status"] == "failed"
+
+    assert _total(samples, "ray_heygem_jobs_finished_total", status="ok", pack="warp") == 2
+    assert _total(samples, "ray_heygem_jobs_finished_total", status="failed") == 1
+    assert _total(samples, "ray_heygem_jobs_finished_total", status="failed", error_kind="none") == 0
+    assert _total(samples, "ray_heygem_frames_rendered_total") == sum(r["frames"] for r in ok) > 0
+
+    # One observation per rendered job, under the backend that ran it, in the bucket its
+    # row says: each cumulative bucket counts the rows at or below its bound.
+    backend = ok[0]["backend"]
+    for stage in metrics.STAGES:
+        assert _total(samples, "ray_heygem_stage_seconds_count", stage=stage, backend=backend) == 2, stage
+        for bound in metrics.STAGE_SECONDS_BOUNDARIES:
+            below = sum(r[f"{stage}_s"] <= bound for r in ok)
+            assert _total(samples, "ray_heygem_stage_seconds_bucket", stage=stage, le=str(bound)) == below, stage
+    assert _total(samples, "ray_heygem_job_realtime_factor_count", backend=backend) == 2
+    for bound in metrics.REALTIME_FACTOR_BOUNDARIES:
+        below = sum(r["realtime_factor"] <= bound for r in ok)
+        assert _total(samples, "ray_heygem_job_realtime_factor_bucket", le=str(bound)) == below, bound
+
+    # The one CPU worker could not use tensorrt here, built both ONNX graphs into the
+    # empty engine store and ran them on onnxruntime.
+    assert ok[0]["backend"] == "onnxruntime"
+    assert _total(samples, "ray_heygem_backend_fallbacks_total", from_backend="tensorrt", to_backend="onnxruntime") == 1
+    for stage in ("motion", "render"):
+        assert _total(samples, "ray_heygem_engine_builds_total", backend="onnxruntime", stage=stage) == 1
+
+
+def test_tasks_and_actors_are_named_for_what_they_do(run):
+    names = run[3]
+    # A task per job, a call per chunk (motion and render on a model worker).
+    assert {"job:one", "job:two", "job:bad", "render:one:chunk0", "render:two:chunk0"} <= set(names["tasks"])
+    actors = [re.sub(r"-[0-9a-f]{6}", "-<run>", name) for name in names["actors"]]
+    assert sorted(actors) == ["model-worker-<run>-cpu0", "progress-<run>"]
+
+
+def test_the_failed_job_s_log_line_names_it(run):
+    _, rows, output, _ = run
+    lines = [line for line in output.splitlines() if "job=bad " in line]
+    assert any("status=failed" in line and f"stage={rows['bad']['error_stage']}" in line for line in lines), output[-3000:]
+
+
+# Words in a PromQL expression that are not metric names.
+_PROMQL_WORDS = {"sum", "rate", "increase", "histogram_quantile", "by", "without", "on", "ignoring", "and", "or",
+                 "unless", "offset", "clamp_min", "max", "min", "avg", "count", "topk", "vector"}
+
+
+def _metric_names(expr: str) -> set[str]:
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\b(by|without)\s*\([^)]*\)", "", expr)  # grouping labels
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors
+    words = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr))
+    return {w for w in words if w not in _PROMQL_WORDS}
+
+
+def test_the_grafana_dashboard_queries_only_exported_metrics(run):
+    samples, _, _, _ = run
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["templating"]["list"][0]["type"] == "datasource"
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    exprs = [t["expr"] for p in panels for t in p["targets"]]
+    assert len(panels) >= 6 and all(p["datasource"]["uid"] == "${datasource}" for p in panels)
+    used = set().union(*(_metric_names(e) for e in exprs))
+    for variable in dashboard["templating"]["list"][1:]:
+        used |= set(re.findall(r"label_values\((\w+),", variable["definition"]))
+    assert used <= set(samples), used - set(samples)
+    # Every metric this package exports is on the dashboard.
+    ours = {name for name in samples if name.startswith("ray_heygem_")}
+    assert {re.sub(r"_(bucket|count|sum)$", "", n) for n in ours} <= {re.sub(r"_(bucket|count|sum)$", "", n) for n in used}
+
+
+def test_recording_without_ray_does_nothing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: False))
+    monkeypatch.setattr(metrics, "_make", lambda: pytest.fail("metrics made without Ray"))
+    metrics.record_frames(25, "warp")
+    metrics.record_engine_build("onnxruntime", "render", "fp32")
+    metrics.record_backend_fallback("tensorrt", "onnxruntime")
+
+
+def test_log_records_carry_the_job_they_were_made_in():
+    captured: list[str] = []
+    handler = logging.Handler()
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.emit = lambda record: captured.append(handler.format(record))  # type: ignore[method-assign]
+    logger = logging.getLogger("heygem_ray.test_metrics")
+    logger.addHandler(handler)
+    try:
+        with job_logging("lesson-7"):
+            logger.warning("%s", fields(status="failed", stage="analyze", error="no face in p.jpg"))
+        logger.warning("between jobs")
+    finally:
+        logger.removeHandler(handler)
+    assert captured[0].endswith('WARNING heygem_ray.test_metrics job=lesson-7 status=failed stage=analyze '
+                                'error="no face in p.jpg"')
+    assert captured[1].endswith("job=- between jobs")
+
+
+def test_fields_quote_values_that_would_break_key_value_parsing():
+    assert fields(frames=25, seconds=1.23456, note=None) == "frames=25 seconds=1.23"
+    assert fields(error='a "b" c', empty="") == 'error="a \\"b\\" c" empty=""'
