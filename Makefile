@@ -21,8 +21,8 @@ demo: setup
 	$(BIN)/heygem-ray submit examples/manifest.csv --output-dir $(OUT)
 
 test: setup
-	$(BIN)/ruff check heygem_ray tests bench
-	$(BIN)/mypy heygem_ray
+	$(BIN)/ruff check heygem_ray tests bench jobs
+	$(BIN)/mypy heygem_ray jobs/nightly.py
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -1,0 +1,172 @@
+"""The nightly Ray Job: render a manifest into ``OUTPUT_ROOT/<date>/``.
+
+    ray job submit --address http://HEAD:8265 --submission-id heygem-nightly-$(date -u +%F) \\
+        --working-dir . -- python jobs/nightly.py /shared/lessons/manifest.csv /shared/renders
+
+Each night writes its own folder, ``OUTPUT_ROOT/<date>/`` (``--date``, default today in
+UTC): the MP4s, ``results.parquet`` and ``run.json`` (when it ran, the counts, the exit
+status, the Ray Job's submission id). Running it again with the same date resumes that
+night: rows that finished are skipped, the rest are rendered.
+
+Inside a Ray Job it joins the job's cluster (Ray sets ``RAY_ADDRESS``); run by hand
+outside one, it starts a local Ray instance like ``heygem-ray submit`` does.
+
+Exit status, as ``heygem-ray submit``: 0 every row ok (or skipped: complete from an
+earlier run of the same date), 1 any row failed (see ``results.parquet``), 2 the run could
+not start (unusable manifest or options; nothing was rendered).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, get_args
+
+from heygem_ray.cli import describe_workers
+from heygem_ray.config import BackendName, LoopMode, PackName, PrecisionName, RenderConfig, RunConfig, default_cache_dir
+from heygem_ray.errors import HeygemError
+from heygem_ray.results import JobResult
+from heygem_ray.run import RunCallbacks, submit
+from heygem_ray.worker import WorkerInfo
+
+RUN_FILE = "run.json"  # what one invocation did, next to results.parquet
+# Ray passes a job's metadata (its submission id among it) to the entrypoint in this
+# variable; the entrypoint has no other way to learn the id.
+_RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="jobs/nightly.py",
+        description="Render MANIFEST into OUTPUT_ROOT/<date>/ (resuming a run of the same date).",
+        epilog="Exit status: 0 every row ok or skipped, 1 any row failed, 2 the run could not start.",
+    )
+    p.add_argument("manifest", type=Path, help="CSV or Parquet manifest (columns audio, video; optionally job_id, output).")
+    p.add_argument("output_root", type=Path, help="Each night's run goes to OUTPUT_ROOT/<date>/.")
+    p.add_argument("--date", type=_iso_date, default=None,
+                   help="The run's date, YYYY-MM-DD (default: today in UTC). Pass it to resume a night after midnight.")
+    p.add_argument("--pack", choices=get_args(PackName), default="warp")
+    p.add_argument("--checkpoint", type=Path, default=None, help="Wav2Lip generator checkpoint for --pack wav2lip.")
+    p.add_argument("--loop", choices=get_args(LoopMode), default="pingpong")
+    p.add_argument("--backend", choices=get_args(BackendName), default="auto")
+    p.add_argument("--precision", choices=get_args(PrecisionName), default="auto")
+    p.add_argument("--chunk-frames", type=int, default=128)
+    p.add_argument("--engines", type=Path, default=Path("engines"), help="Engine store (a path every node sees).")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="Template cache (default: ~/.cache/heygem-ray/templates; on a cluster, a shared path).")
+    p.add_argument("--cpu-workers", type=int, default=0, help="Model workers on a cluster without GPUs (0: automatic).")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join; default: the Ray Job's own cluster, or a local Ray outside a job.")
+    p.add_argument("--force", action="store_true", help="Render every row again, even rows this date already finished.")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    date = args.date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    out = args.output_root / date
+    run: dict[str, Any] = {
+        "date": date,
+        "manifest": str(args.manifest.resolve()),
+        "output_dir": str(out.resolve()),
+        "ray_job_submission_id": ray_job_submission_id(),
+        "started_at": _now(),
+    }
+    _say(date, f"rendering {args.manifest} into {out}")
+    try:
+        cfg = RunConfig(
+            output_dir=out,
+            render=RenderConfig(
+                pack=args.pack, checkpoint=args.checkpoint, loop=args.loop, chunk_frames=args.chunk_frames,
+                backend=args.backend, precision=args.precision,
+            ),
+            engines_dir=args.engines,
+            cache_dir=args.cache_dir or default_cache_dir(),
+            address=args.address,
+            cpu_workers=args.cpu_workers,
+            force=args.force,
+        )
+        run["config_hash"] = cfg.config_hash()
+        summary = submit(args.manifest, cfg, _Log(date))
+    except HeygemError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        _say(date, "could not start: nothing was rendered")
+        _write_run(out, run | {"exit_code": 2, "error": exc.message})
+        return 2
+    counts = {s: sum(r.status == s for r in summary.results) for s in ("ok", "skipped", "failed")}
+    code = 1 if counts["failed"] else 0
+    _write_run(out, run | {"exit_code": code, "jobs": len(summary.results), **counts,
+                           "results": str(summary.results_path.resolve())})
+    _say(date, f"{counts['ok']} ok, {counts['skipped']} skipped (done earlier), {counts['failed']} failed "
+               f"of {len(summary.results)} jobs; exit {code}")
+    _say(date, f"results: {summary.results_path.resolve()}")
+    return code
+
+
+def ray_job_submission_id() -> str | None:
+    """The submission id of the Ray Job this process is the entrypoint of, else None."""
+    try:
+        return json.loads(os.environ[_RAY_JOB_CONFIG_ENV])["metadata"]["job_submission_id"]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class _Log(RunCallbacks):
+    """Job-log lines: every failure, and progress at each tenth of the manifest."""
+
+    def __init__(self, date: str) -> None:
+        self.date = date
+        self.total = 0
+        self.done = 0
+
+    def started(self, jobs: int) -> None:
+        self.total = jobs
+        _say(self.date, f"{jobs} jobs in the manifest")
+
+    def connected(self, dashboard_url: str | None) -> None:
+        if dashboard_url:
+            _say(self.date, f"Ray dashboard: {dashboard_url}")
+
+    def workers(self, infos: list[WorkerInfo]) -> None:
+        for line in describe_workers(infos):
+            _say(self.date, line)
+
+    def job_done(self, result: JobResult) -> None:
+        self.done += 1
+        if result.status == "failed":
+            _say(self.date, f"failed {result.job_id}: [{result.error_kind}] {result.error}")
+        step = max(1, self.total // 10)
+        if self.done % step == 0 or self.done == self.total:
+            _say(self.date, f"{self.done}/{self.total} jobs done")
+
+
+def _write_run(out: Path, run: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{RUN_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(run | {"ended_at": _now()}, indent=2) + "\n")
+    tmp.replace(out / RUN_FILE)
+
+
+def _say(date: str, message: str) -> None:
+    # Ray Job logs carry no timestamps of their own: every line has one, and the run's date.
+    print(f"{_now()} nightly {date}: {message}", flush=True)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _iso_date(text: str) -> str:
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: use YYYY-MM-DD") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""jobs/nightly.py: dated run folders, resume, exit status, run.json; and the same script
+submitted through the Ray Job API to a real two-node cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from heygem_ray import media
+from tests.jobs import NIGHTLY
+
+
+def _clip(src: Path, dst: Path, seconds: float) -> Path:
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-t", str(seconds), str(dst)], check=True)
+    return dst
+
+
+def _manifest(path: Path, rows: list[str]) -> Path:
+    path.write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _table(folder: Path) -> dict[str, dict]:
+    return {r["job_id"]: r for r in pq.read_table(folder / "results.parquet").to_pylist()}
+
+
+@pytest.fixture
+def folder(tmp_path, examples):
+    _clip(examples / "lesson1.wav", tmp_path / "a.wav", 1.0)
+    shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
+    _manifest(tmp_path / "good.csv", [f"one,{tmp_path / 'a.wav'},{tmp_path / 'p.jpg'}", f"two,{tmp_path / 'a.wav'},{tmp_path / 'p.jpg'}"])
+    rows = (tmp_path / "good.csv").read_text().splitlines()[1:]
+    _manifest(tmp_path / "m.csv", [*rows, f"bad,{tmp_path / 'missing.wav'},{tmp_path / 'p.jpg'}"])
+    return tmp_path
+
+
+def test_each_date_gets_its_folder_and_a_rerun_of_the_same_date_resumes_it(folder, nightly, ray_local, capsys):
+    common = ["--cache-dir", str(folder / "cache"), "--engines", str(folder / "engines")]
+    root = folder / "renders"
+
+    # 1. the night of 2026-01-02: two rows render, the row whose audio is missing fails
+    assert nightly.main([str(folder / "m.csv"), str(root), "--date", "2026-01-02", *common]) == 1
+    night = root / "2026-01-02"
+    first = _table(night)
+    assert {j: r["status"] for j, r in first.items()} == {"one": "ok", "two": "ok", "bad": "failed"}
+    assert first["bad"]["error_kind"] == "missing_file" and "missing.wav" in first["bad"]["error"]
+    for j in ("one", "two"):
+        assert Path(first[j]["output"]).parent == night
+        assert len(media.read_video(first[j]["output"])[0]) == first[j]["frames"] == 25
+    run = json.loads((night / "run.json").read_text())
+    assert run["date"] == "2026-01-02" and run["exit_code"] == 1
+    assert (run["jobs"], run["ok"], run["skipped"], run["failed"]) == (3, 2, 0, 1)
+    assert run["results"] == str((night / "results.parquet").resolve())
+    assert run["ray_job_submission_id"] is None and run["started_at"] <= run["ended_at"]
+    out = capsys.readouterr().out.splitlines()
+    assert out and all(" nightly 2026-01-02: " in line for line in out), out
+    assert any("2 ok, 0 skipped (done earlier), 1 failed of 3 jobs; exit 1" in line for line in out), out
+    assert any(line.endswith(f"results: {(night / 'results.parquet').resolve()}") for line in out), out
+    assert any("failed bad: [missing_file]" in line for line in out), out
+    stamps = {j: Path(first[j]["output"]).stat().st_mtime_ns for j in ("one", "two")}
+
+    # 2. the same date again: finished rows are skipped, untouched; the bad row fails again
+    assert nightly.main([str(folder / "m.csv"), str(root), "--date", "2026-01-02", *common]) == 1
+    again = _table(night)
+    assert {j: r["status"] for j, r in again.items()} == {"one": "skipped", "two": "skipped", "bad": "failed"}
+    assert {j: Path(again[j]["output"]).stat().st_mtime_ns for j in ("one", "two")} == stamps
+
+    # 3. with the bad row fixed (here: dropped), the night ends clean without rendering again
+    assert nightly.main([str(folder / "good.csv"), str(root), "--date", "2026-01-02", *common]) == 0
+    assert json.loads((night / "run.json").read_text())["skipped"] == 2
+
+    # 4. the next night is a new folder; the previous one is left as it was
+    assert nightly.main([str(folder / "good.csv"), str(root), "--date", "2026-01-03", *common]) == 0
+    assert {j: r["status"] for j, r in _table(root / "2026-01-03").items()} == {"one": "ok", "two": "ok"}
+    assert sorted(p.name for p in root.iterdir()) == ["2026-01-02", "2026-01-03"]
+    assert {j: Path(again[j]["output"]).stat().st_mtime_ns for j in ("one", "two")} == stamps
+
+
+def test_an_unusable_manifest_exits_2_and_says_why_in_run_json(tmp_path, nightly, monkeypatch, capsys):
+    (tmp_path / "m.csv").write_text("job_id,voice,video\nx,a.wav,p.jpg\n")
+    # What Ray gives a Job's entrypoint: its metadata, with the submission id.
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"metadata": {"job_submission_id": "heygem-nightly-x"}}))
+    assert nightly.main([str(tmp_path / "m.csv"), str(tmp_path / "r"), "--date", "2026-01-02"]) == 2
+    run = json.loads((tmp_path / "r" / "2026-01-02" / "run.json").read_text())
+    assert run["exit_code"] == 2 and "'audio'" in run["error"] and "jobs" not in run
+    assert run["ray_job_submission_id"] == "heygem-nightly-x"
+    assert "error: manifest" in capsys.readouterr().err
+
+
+def test_the_date_defaults_to_today_in_utc_and_must_be_a_date(nightly, capsys):
+    assert nightly.parse_args(["m.csv", "out"]).date is None  # main() fills in today (UTC)
+    assert nightly.parse_args(["m.csv", "out", "--date", "2026-01-02"]).date == "2026-01-02"
+    with pytest.raises(SystemExit) as exc:
+        nightly.parse_args(["m.csv", "out", "--date", "2026-13-01"])
+    assert exc.value.code == 2 and "use YYYY-MM-DD" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        nightly.parse_args(["m.csv", "out", "--pack", "nope"])
+
+
+# A two-node cluster with the dashboard (the Job API's server), in its own process so it
+# never meets the Ray instance this test process may hold. RAY_TMPDIR (set by the test)
+# keeps its session files and its "current cluster" address out of /tmp/ray, where another
+# process's ray.init() would find it.
+CLUSTER = """
+import sys
+from ray.cluster_utils import Cluster
+
+dashboard, agent_head, agent_worker = (int(a) for a in sys.argv[1:4])
+cluster = Cluster(initialize_head=True, head_node_args={
+    "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+    "dashboard_port": dashboard, "dashboard_agent_listen_port": agent_head})
+cluster.add_node(num_cpus=2, dashboard_agent_listen_port=agent_worker)
+cluster.wait_for_nodes()
+print("READY", sum(n["Alive"] for n in cluster.global_state.node_table()), flush=True)
+sys.stdin.read()  # until the test closes stdin
+cluster.shutdown()
+"""
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _wait_for_job(client, submission_id: str, timeout: float = 300) -> str:
+    deadline = time.monotonic() + timeout
+    while (status := str(client.get_job_status(submission_id).value)) not in TERMINAL:
+        assert time.monotonic() < deadline, f"{submission_id} still {status}:\n{client.get_job_logs(submission_id)[-3000:]}"
+        time.sleep(1)
+    return status
+
+
+def test_nightly_runs_as_a_ray_job_on_a_two_node_cluster(folder, examples):
+    from ray.job_submission import JobSubmissionClient
+
+    # Two more good rows (one with a video reference): work for both nodes.
+    rows = (folder / "m.csv").read_text().splitlines()[1:]
+    rows += [f"three,{folder / 'a.wav'},{examples / 'presenter.mp4'}", f"four,{folder / 'a.wav'},{folder / 'p.jpg'}"]
+    _manifest(folder / "m.csv", rows)
+    root = folder / "renders"
+    night = root / "2026-01-04"
+    args = [
+        str(folder / "m.csv"), str(root), "--date", "2026-01-04",
+        "--cache-dir", str(folder / "cache"), "--engines", str(folder / "engines"), "--cpu-workers", "2",
+    ]
+    dashboard, agent_head, agent_worker = _free_ports(3)
+    ray_tmp = tempfile.mkdtemp(prefix="hgr", dir="/tmp")  # short: Ray's unix socket paths live under it
+    bin_dir = str(Path(sys.executable).parent)
+    # The cluster's `python` is this environment's, as on a node whose image has heygem-ray.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
+        "RAY_TMPDIR": ray_tmp, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")
+    }
+    cluster_log = folder / "cluster.log"  # a file, not a pipe: nobody reads it while the test runs
+    with cluster_log.open("w") as log:
+        cluster = subprocess.Popen(
+            [sys.executable, "-c", CLUSTER, str(dashboard), str(agent_head), str(agent_worker)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+        )
+    try:
+        assert cluster.stdout is not None
+        ready = cluster.stdout.readline() if select.select([cluster.stdout], [], [], 120)[0] else "(no READY in 120 s)\n"
+        assert ready == "READY 2\n", ready + cluster_log.read_text()[-3000:]  # two live nodes
+        address = f"http://127.0.0.1:{dashboard}"
+        client = _client(JobSubmissionClient, address)
+
+        # 1. the night's job, submitted as README.md shows: four rows render on the
+        #    cluster, the bad row fails, so the job FAILS with the script's exit status 1
+        #    (what an operator's alert watches) and `ray job submit` exits 1 too
+        submit = subprocess.run(
+            [str(Path(bin_dir) / "ray"), "job", "submit", "--address", address,
+             "--submission-id", "heygem-nightly-2026-01-04", "--working-dir", str(NIGHTLY.parents[1]),
+             "--", "python", "jobs/nightly.py", *args],
+            capture_output=True, text=True, timeout=300, env=env,
+        )
+        assert submit.returncode == 1, submit.stdout[-3000:] + submit.stderr[-3000:]
+        info = client.get_job_info("heygem-nightly-2026-01-04")
+        assert (str(info.status.value), info.driver_exit_code) == ("FAILED", 1), info.message
+        table = _table(night)
+        assert {j: r["status"] for j, r in table.items()} == {
+            "one": "ok", "two": "ok", "bad": "failed", "three": "ok", "four": "ok"
+        }
+        for r in table.values():
+            if r["status"] == "ok":
+                assert len(media.read_video(r["output"])[0]) == r["frames"] == 25
+        logs = client.get_job_logs("heygem-nightly-2026-01-04")
+        assert "nightly 2026-01-04: 4 ok, 0 skipped (done earlier), 1 failed of 5 jobs; exit 1" in logs, logs[-3000:]
+        assert f"results: {(night / 'results.parquet').resolve()}" in logs
+        assert json.loads((night / "run.json").read_text())["ray_job_submission_id"] == "heygem-nightly-2026-01-04"
+
+        # 2. resubmitted the same day (from Python this time, and under a new submission
+        #    id: Ray keeps ids unique), the job resumes the night: nothing is rendered again
+        retry = "heygem-nightly-2026-01-04-retry1"
+        entrypoint = shlex.join([sys.executable, str(NIGHTLY), *args])
+        assert client.submit_job(entrypoint=entrypoint, submission_id=retry) == retry
+        assert _wait_for_job(client, retry) == "FAILED" and client.get_job_info(retry).driver_exit_code == 1
+        again = _table(night)
+        assert {j for j, r in again.items() if r["status"] == "skipped"} == {"one", "two", "three", "four"}
+        run = json.loads((night / "run.json").read_text())
+        assert run["ray_job_submission_id"] == retry and run["skipped"] == 4
+    finally:
+        if cluster.stdin is not None:
+            cluster.stdin.close()
+        try:
+            cluster.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            cluster.kill()
+            cluster.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _client(cls, address: str, timeout: float = 60):
+    """The Job API client, once the head's dashboard answers (it starts after the nodes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return cls(address)
+        except ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
