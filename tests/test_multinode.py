@@ -52,7 +52,7 @@ def test_jobs_render_on_more_than_one_node(tmp_path, examples):
 
 
 REMOVE_NODE = """
-import logging, sys
+import logging, sys, time
 from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
@@ -80,6 +80,9 @@ folder = Path(sys.argv[1])
 cb = RemoveNodeAfterFirstJob()
 summary = submit(folder / "m.csv", RunConfig(output_dir=folder / "out", cache_dir=folder / "cache",
                  engines_dir=folder / "engines", cpu_workers=2, render=RenderConfig(chunk_frames=8)), cb)
+deadline = time.monotonic() + 120  # the run may end before Ray declares the node dead
+while sum(1 for n in ray.nodes() if n["Alive"]) > 1 and time.monotonic() < deadline:
+    time.sleep(1)
 print("ALIVE", sum(1 for n in ray.nodes() if n["Alive"]))
 for r in summary.results:
     print("ROW", r.job_id, r.status, r.attempts, r.node, r.error or "")
@@ -106,7 +109,8 @@ def test_a_node_removed_mid_run_loses_no_job(tmp_path, examples, gpus):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert any(line.startswith("REMOVED") for line in lines) and "ALIVE 1" in lines, lines
-    assert "left the cluster" in proc.stderr  # the driver saw the node go and ended its worker
+    if gpus:  # the lost GPU worker could not restart anywhere: the driver had to end it
+        assert "left the cluster" in proc.stderr
     found = [line.split(maxsplit=5) for line in lines if line.startswith("ROW")]
     assert sorted(parts[1] for parts in found) == [f"job{i}" for i in range(6)]  # each exactly once
     assert all(parts[2] == "ok" for parts in found), lines
