@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from heygem_ray import storage
 from heygem_ray.errors import InputError
+from heygem_ray.storage import Location
 
 PackName = Literal["warp", "wav2lip"]
 LoopMode = Literal["pingpong", "forward", "trim"]
@@ -24,10 +26,21 @@ BackendName = Literal["auto", "tensorrt", "onnxruntime", "pytorch"]
 PrecisionName = Literal["auto", "fp32", "fp16"]
 
 
+def cache_home() -> Path:
+    """This machine's heygem-ray cache folder (``$XDG_CACHE_HOME/heygem-ray``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "heygem-ray"
+
+
 def default_cache_dir() -> Path:
     """Where analysed references (templates) are kept between runs."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "heygem-ray" / "templates"
+    return cache_home() / "templates"
+
+
+def default_download_dir() -> Path:
+    """Where each machine keeps the inputs it downloaded from a bucket (read on the
+    machine that runs the job)."""
+    return cache_home() / "downloads"
 
 
 @dataclass(frozen=True)
@@ -85,12 +98,14 @@ class RenderConfig:
 class RunConfig:
     """One run of a manifest."""
 
-    output_dir: Path
+    # A folder, or a bucket prefix (``Uri``; text like "s3://bucket/out" is taken too).
+    output_dir: Location
     render: RenderConfig = field(default_factory=RenderConfig)
+    # A folder (local, or shared by the nodes): templates are read at random offsets.
     cache_dir: Path = field(default_factory=default_cache_dir)
     # The engine store: exported ONNX graphs and TensorRT engines. On a cluster, a path
-    # every node sees, so each GPU architecture's engines are built once.
-    engines_dir: Path = Path("engines")
+    # every node sees or a bucket prefix, so each GPU architecture's engines are built once.
+    engines_dir: Location = Path("engines")
     # None: start a local Ray instance. Otherwise "auto", "HOST:PORT" or "ray://HOST:PORT".
     address: str | None = None
     # Jobs the driver keeps in flight at once (bounds driver memory for huge manifests);
@@ -102,6 +117,18 @@ class RunConfig:
     force: bool = False
     # Times a job is started before a lost task or worker fails it for good.
     max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        # Text and Paths that hold a bucket URI (a CLI option of type Path) become Uris.
+        for name in ("output_dir", "engines_dir"):
+            object.__setattr__(self, name, storage.location(getattr(self, name)))
+        if storage.is_uri(self.cache_dir):
+            raise InputError(
+                f"the template cache {self.cache_dir} must be a folder (local, or shared by the nodes), "
+                "not a bucket: templates are read at random offsets while videos are composed",
+                kind="bad_argument",
+            )
+        object.__setattr__(self, "cache_dir", Path(self.cache_dir))
 
     def config_hash(self) -> str:
         """Hash of the settings that shape the outputs (not where they go)."""

@@ -13,6 +13,14 @@ same entry build it once: the second waits, then finds it built. The lock needs 
 system with working POSIX locks (local disks, NFS with lockd); on object-store mounts
 build ahead of time with ``heygem-ray engines build`` instead.
 
+The root may be a bucket prefix (``s3://bucket/engines``). Runtimes load artifacts from
+files, so such a store is used through a local mirror on each machine (``root``, by
+default ``$XDG_CACHE_HOME/heygem-ray/engines/<hash of the URI>``): an entry missing there
+is downloaded from the bucket (artifact, then sidecar, checked as above), else built
+locally and uploaded (artifact first, sidecar last, each object appearing whole). The
+lock only covers one machine: two machines that miss the same entry at once may both
+build it; the entries are interchangeable and the last upload stays.
+
 An entry is used only if its artifact exists, its size and sha256 match the sidecar and
 the sidecar's key is the requested key; anything else is rebuilt (or, with
 ``rebuild=False``, an ``EngineError`` says what was wrong).
@@ -26,6 +34,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -40,7 +49,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from heygem_ray.errors import EngineError
+from heygem_ray import storage
+from heygem_ray.config import cache_home
+from heygem_ray.errors import EngineError, InputError
+from heygem_ray.storage import Location, Uri
+
+log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16"]
 EngineBackend = Literal["onnxruntime", "tensorrt"]
@@ -135,15 +149,27 @@ class EntryInfo:
     profile: str  # "b1-32-64", or "" for ONNX
     size: int  # bytes of the artifact as recorded in the sidecar
     built_at: str  # ISO 8601, UTC
-    path: Path  # the artifact
+    path: Location  # the artifact (in the bucket, for a store in one)
     ok: bool  # artifact present with the recorded size (the sha256 is checked on use)
 
 
 class EngineStore:
     """Built artifacts under ``root``; see the module docstring for the layout and rules."""
 
-    def __init__(self, root: str | os.PathLike[str], *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S):
-        self.root = Path(root)
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | Uri,
+        *,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+        mirror: Path | None = None,
+    ):
+        where = storage.location(root)
+        # The bucket prefix of a store kept in one; ``root`` is then this machine's mirror.
+        self.remote: Uri | None = where if isinstance(where, Uri) else None
+        if isinstance(where, Uri):
+            digest = hashlib.sha256(str(where).encode()).hexdigest()[:16]
+            where = mirror or cache_home() / "engines" / f"{where.scheme}-{where.bucket}-{digest}"
+        self.root: Path = where
         self.lock_timeout_s = lock_timeout_s
 
     def entry_dir(self, key: EngineKey) -> Path:
@@ -167,9 +193,15 @@ class EngineStore:
             problem = self._problem(key)  # another process may have built it meanwhile
             if problem is None:
                 return path
+            if self.remote is not None:
+                problem = self._pull(key, self.remote / key.dirname())
+                if problem is None:
+                    return path
             if not rebuild:
                 raise EngineError(f"engine store entry {key.dirname()}: {problem}", kind="engine_missing")
             self._build(key, build)
+            if self.remote is not None:
+                self._push(key, self.remote / key.dirname())
         return path
 
     def validate(self, key: EngineKey) -> str | None:
@@ -177,17 +209,22 @@ class EngineStore:
         return self._problem(key)
 
     def list(self) -> builtins.list[EntryInfo]:
-        """Every entry under the root, sorted by pack, stage and folder name."""
+        """Every entry in the store (in the bucket, for a store in one), sorted by pack,
+        stage and folder name."""
         rows: builtins.list[EntryInfo] = []
-        for sidecar in sorted(self.root.glob(f"*/*/*/{SIDECAR}")):
+        top: Location = self.remote or self.root
+        files = storage.list_files(top, recursive=True)  # one listing, with sizes
+        # <pack>/<stage>/<entry>/meta.json under the top
+        sidecars = [f for f in files if f.name == SIDECAR and _depth(f, top) == 4]
+        for sidecar in sorted(sidecars, key=str):
             try:
-                meta = json.loads(sidecar.read_text())
+                meta = json.loads(storage.read_bytes(sidecar))
                 key = EngineKey.from_json(meta["key"])
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError, EngineError, InputError):
                 continue  # half-written or foreign: not an entry
             artifact = sidecar.parent / ARTIFACT[key.backend]
             size = int(meta.get("size", -1))
-            ok = artifact.is_file() and artifact.stat().st_size == size
+            ok = files.get(artifact) == size
             rows.append(
                 EntryInfo(
                     pack=key.pack,
@@ -263,6 +300,32 @@ class EngineStore:
             tmp.unlink(missing_ok=True)
             tmp_meta.unlink(missing_ok=True)
 
+    def _pull(self, key: EngineKey, remote: Uri) -> str | None:
+        """Download the bucket's entry for ``key`` into the mirror; None if it is now usable
+        here, else what is wrong with it."""
+        artifact, sidecar = self.artifact_path(key), self.entry_dir(key) / SIDECAR
+        if not storage.is_file(remote / SIDECAR):
+            return f"not built yet (in {self.remote} either)"
+        sidecar.unlink(missing_ok=True)  # as in _build: the sidecar goes in last
+        try:
+            storage.download(remote / ARTIFACT[key.backend], artifact)
+            storage.download(remote / SIDECAR, sidecar)
+        except InputError as exc:
+            if exc.kind != "missing_file":  # the bucket cannot be read: say so, rather than build
+                raise
+            return f"incomplete in {remote} ({exc.message})"
+        problem = self._problem(key)
+        return None if problem is None else f"{problem} (as downloaded from {remote})"
+
+    def _push(self, key: EngineKey, remote: Uri) -> None:
+        """Upload a freshly built entry: the artifact, then the sidecar that vouches for it.
+        A failure leaves the entry usable on this machine, so it is only logged."""
+        try:
+            storage.upload(self.artifact_path(key), remote / ARTIFACT[key.backend])
+            storage.upload(self.entry_dir(key) / SIDECAR, remote / SIDECAR)
+        except InputError as exc:
+            log.warning("engine store entry %s was built here but not uploaded: %s", key.dirname(), exc.message)
+
     @contextlib.contextmanager
     def _lock(self, key: EngineKey) -> Iterator[None]:
         lock_path = self.entry_dir(key) / ".lock"
@@ -290,6 +353,13 @@ class EngineStore:
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _depth(loc: Location, top: Location) -> int:
+    """How many names ``loc`` has below ``top``."""
+    if isinstance(loc, Path) and isinstance(top, Path):
+        return len(loc.relative_to(top).parts)
+    return len(str(loc)[len(str(top)) :].strip("/").split("/"))
 
 
 def _sha256(path: Path) -> str:

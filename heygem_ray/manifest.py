@@ -4,6 +4,10 @@ Problems that make the whole manifest unusable (unreadable file, missing column,
 duplicate job ids or outputs) stop the run before any work. Problems that concern one
 row (an output path that would escape the output folder, an empty cell) are attached to
 that row's job and fail only that row.
+
+The manifest, its files and the output folder may be local paths or bucket URIs
+(``s3://…``, ``gs://…``; see ``storage.py``). Relative paths in a manifest resolve against
+its folder, whichever it is; a cell may also hold a URI or an absolute local path.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from heygem_ray import storage
 from heygem_ray.errors import InputError
+from heygem_ray.storage import Location, Uri
 
 REQUIRED_COLUMNS = ("audio", "video")
 OPTIONAL_COLUMNS = ("job_id", "output")
@@ -35,9 +41,9 @@ class Job:
 
     row: int
     job_id: str
-    audio: Path
-    video: Path
-    output: Path | None  # None only for a row with a problem
+    audio: Location
+    video: Location
+    output: Location | None  # None only for a row with a problem
     extra: dict[str, Any] = field(default_factory=dict)
     problem: InputError | None = None
 
@@ -46,7 +52,7 @@ class Job:
         return f"row {self.row} (job {self.job_id!r})"
 
 
-def read_manifest(path: Path, output_dir: Path, reserved: frozenset[str] = frozenset()) -> list[Job]:
+def read_manifest(path: Location, output_dir: Location, reserved: frozenset[str] = frozenset()) -> list[Job]:
     """Read ``path`` and resolve every row against its folder and ``output_dir``.
 
     ``reserved`` names result columns; a carried manifest column with such a name is
@@ -73,21 +79,26 @@ def read_manifest(path: Path, output_dir: Path, reserved: frozenset[str] = froze
     return jobs
 
 
-def _read_table(path: Path) -> pa.Table:
-    if not path.is_file():
+def _read_table(path: Location) -> pa.Table:
+    if not storage.is_file(path):
         raise InputError(
-            f"manifest {path} does not exist: check the path (relative paths start from the "
-            "current folder)",
+            f"manifest {path} does not exist: check the "
+            + ("URI" if isinstance(path, Uri) else "path (relative paths start from the current folder)"),
             kind="missing_file",
         )
+    data = None if isinstance(path, Path) else pa.py_buffer(storage.read_bytes(path))
+
+    def source() -> Any:
+        return path if data is None else pa.BufferReader(data)
+
     try:
         if path.suffix.lower() == ".parquet":
-            return pq.read_table(path)
+            return pq.read_table(source())
         # Every CSV column is read as text: job ids like 007 keep their zeros.
-        probe = pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(block_size=1 << 20))
+        probe = pa_csv.read_csv(source(), read_options=pa_csv.ReadOptions(block_size=1 << 20))
         as_text = {name: pa.string() for name in probe.column_names}
         return pa_csv.read_csv(
-            path, convert_options=pa_csv.ConvertOptions(column_types=as_text, strings_can_be_null=True)
+            source(), convert_options=pa_csv.ConvertOptions(column_types=as_text, strings_can_be_null=True)
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
         raise InputError(
@@ -97,7 +108,7 @@ def _read_table(path: Path) -> pa.Table:
         ) from exc
 
 
-def _job_ids(path: Path, rows: list[dict[str, Any]]) -> list[str]:
+def _job_ids(path: Location, rows: list[dict[str, Any]]) -> list[str]:
     """Given ids where the manifest has them, derived ones (audio-video stems) elsewhere."""
     given: dict[str, list[int]] = defaultdict(list)
     for n, r in enumerate(rows, start=1):
@@ -125,7 +136,7 @@ def _job_ids(path: Path, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _make_job(
-    row: int, job_id: str, r: dict[str, Any], base: Path, out_root: Path, reserved: frozenset[str]
+    row: int, job_id: str, r: dict[str, Any], base: Location, out_root: Location, reserved: frozenset[str]
 ) -> Job:
     audio, video = _text(r.get("audio")), _text(r.get("video"))
     extra = {
@@ -134,7 +145,13 @@ def _make_job(
         if k not in REQUIRED_COLUMNS and k not in OPTIONAL_COLUMNS
     }
     output, problem = _resolve_output(job_id, _text(r.get("output")), out_root)
+    inputs: dict[str, Location] = {}
     for name, value in (("audio", audio), ("video", video)):
+        try:
+            inputs[name] = _resolve_input(base, value) if value else base
+        except ValueError as exc:
+            inputs[name] = base
+            problem = problem or InputError(f"the {name!r} cell {value!r} is not usable: {exc}", kind="missing_file")
         if problem is None and not value:
             problem = InputError(
                 f"the {name!r} cell is empty: give the path of the {name} file",
@@ -143,15 +160,24 @@ def _make_job(
     return Job(
         row=row,
         job_id=job_id,
-        audio=(base / audio) if audio else base,
-        video=(base / video) if video else base,
+        audio=inputs["audio"],
+        video=inputs["video"],
         output=output,
         extra=extra,
         problem=problem,
     )
 
 
-def _resolve_output(job_id: str, output: str, out_root: Path) -> tuple[Path | None, InputError | None]:
+def _resolve_input(base: Location, cell: str) -> Location:
+    """A cell's file: a URI as given, an absolute path as given, else relative to ``base``."""
+    if storage.is_uri(cell):
+        return storage.location(cell)
+    if Path(cell).is_absolute():
+        return Path(cell)
+    return base / cell
+
+
+def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Location | None, InputError | None]:
     """Where the job's MP4 goes; a path outside ``out_root`` becomes a row problem."""
     if not _SAFE_ID.match(job_id):
         return None, InputError(
@@ -161,8 +187,11 @@ def _resolve_output(job_id: str, output: str, out_root: Path) -> tuple[Path | No
         )
     if not output:
         return out_root / f"{job_id}.mp4", None
-    target = (out_root / output).resolve()
-    if Path(output).is_absolute() or not target.is_relative_to(out_root) or target == out_root:
+    try:
+        target = None if storage.is_uri(output) else (out_root / output).resolve()
+    except ValueError:  # a key that would leave the bucket
+        target = None
+    if target is None or Path(output).is_absolute() or not storage.is_inside(target, out_root) or target == out_root:
         return None, InputError(
             f"output {output!r} would be written outside the output folder "
             f"{out_root}; give a path relative to it, such as 'videos/{job_id}.mp4'",
@@ -175,8 +204,8 @@ def _resolve_output(job_id: str, output: str, out_root: Path) -> tuple[Path | No
     return target, None
 
 
-def _check_unique_outputs(path: Path, jobs: list[Job]) -> None:
-    seen: dict[Path, list[int]] = defaultdict(list)
+def _check_unique_outputs(path: Location, jobs: list[Job]) -> None:
+    seen: dict[Location, list[int]] = defaultdict(list)
     for j in jobs:
         if j.output is not None:
             seen[j.output].append(j.row)

@@ -8,7 +8,6 @@ job's result row; nothing escapes to stop the batch.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 import traceback
@@ -21,15 +20,16 @@ from typing import Protocol
 
 import numpy as np
 
-from heygem_ray import media
+from heygem_ray import media, storage
 from heygem_ray.analyze import Template, analyze
-from heygem_ray.config import RenderConfig
+from heygem_ray.config import RenderConfig, default_download_dir
 from heygem_ray.errors import HeygemError, InternalError
 from heygem_ray.features import SAMPLE_RATE, Pcm
 from heygem_ray.geometry import paste
 from heygem_ray.manifest import Job
 from heygem_ray.packs import ChunkFeatures, PackSpec, get_pack
 from heygem_ray.results import JobResult
+from heygem_ray.storage import Location
 from heygem_ray.timeline import Timeline, plan
 from heygem_ray.worker import ChunkOutput, ModelWorker, WorkerInfo
 
@@ -115,21 +115,24 @@ def render_job(
             raise InternalError(f"{job.label} has neither an output nor a problem")
         with tempfile.TemporaryDirectory(prefix="heygem-job-") as scratch:
             # 1. decode the audio to 16 kHz mono, into a file (a missing, empty or
-            #    unreadable file stops here)
+            #    unreadable file stops here; one in a bucket is downloaded first)
             with stages("probe"):
-                media.decode_audio(job.audio, Path(scratch) / "audio.f32", SAMPLE_RATE)
+                audio = storage.fetch(job.audio, "audio", default_download_dir())
+                media.decode_audio(audio, Path(scratch) / "audio.f32", SAMPLE_RATE)
                 pcm = Pcm.from_file(Path(scratch) / "audio.f32")
             # 2. analyze the reference (a cached template when seen before)
             with stages("analyze"):
-                template, result.template_cached = analyze(job.video, pack.geometry, cfg.detector, cache_dir)
+                video = storage.fetch(job.video, "reference", default_download_dir())
+                template, result.template_cached = analyze(video, pack.geometry, cfg.detector, cache_dir)
             # 3. plan the output frames; features are computed a chunk at a time in step 4
             with stages("features"):
                 timeline = plan(pcm.samples / SAMPLE_RATE, template.frames, template.fps, cfg.loop, template.is_image)
                 features = pack.features(pcm, template.fps, timeline.frames)
             # 4+5. motion and render per chunk on the workers, composed and encoded here
             last = _render_and_compose(
-                job.output, job.audio, template, timeline, features, pack, cfg, models, stages, on_frames
+                job.output, audio, template, timeline, features, pack, cfg, models, stages, on_frames, Path(scratch)
             )
+        result.output_bytes = storage.size(job.output)
         result.status = "ok"
         result.frames = timeline.frames
         result.audio_seconds = pcm.samples / SAMPLE_RATE
@@ -156,7 +159,7 @@ def render_job(
 
 
 def _render_and_compose(
-    output: Path,
+    output: Location,
     audio: Path,
     template: Template,
     timeline: Timeline,
@@ -166,13 +169,17 @@ def _render_and_compose(
     models: ModelService,
     stages: _Stages,
     on_frames: Callable[[int], None],
+    scratch: Path,
 ) -> WorkerInfo:
-    """Submit chunks ahead, compose them in order into a temporary MP4, then publish it.
+    """Submit chunks ahead, compose them in order into a temporary MP4, then publish it:
+    renamed into place beside a local output, uploaded whole to one in a bucket.
 
     Returns the description of the worker that rendered the last chunk.
     """
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.stem}.{uuid.uuid4().hex[:8]}.part.mp4")
+    partial = scratch / f".{output.stem}.part.mp4"
+    if isinstance(output, Path):  # beside it, so that publishing is a rename
+        output.parent.mkdir(parents=True, exist_ok=True)
+        partial = output.with_name(f".{output.stem}.{uuid.uuid4().hex[:8]}.part.mp4")
     size = cfg.chunk_frames
     chunks = [range(s, min(s + size, timeline.frames)) for s in range(0, timeline.frames, size)]
     pending: deque[tuple[range, np.ndarray, ChunkFuture]] = deque()
@@ -216,7 +223,7 @@ def _render_and_compose(
             while pending:
                 last = compose_next()
             stages.current = "compose"
-        os.replace(partial, output)
+        storage.publish(partial, output)
     finally:
         partial.unlink(missing_ok=True)
     if last is None:

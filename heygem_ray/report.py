@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from heygem_ray import media
 from heygem_ray.errors import InputError
-from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult
+from heygem_ray.results import RESULTS_FILE, JobResult
 from heygem_ray.resume import PARTS_DIR
 
 REPORT_FILE = "report.html"
@@ -47,6 +47,7 @@ THUMB_COUNT = 4  # frames per output in the report
 THUMB_HEIGHT = 160  # pixels
 _THUMB_QUALITY = 5  # ffmpeg's mjpeg -q:v: 2 (best) … 31 (worst)
 _FIELDS = {f.name for f in dataclasses.fields(JobResult)} - {"extra"}
+_REQUIRED = {"job_id", "row", "audio", "video", "output", "status"}  # what every results table has had
 
 RunState = Literal["complete", "unfinished"]
 
@@ -111,7 +112,8 @@ def _read(path: Path) -> list[JobResult]:
         raise InputError(
             f"results file {path} could not be read ({exc}); is it a heygem-ray results table?", kind="no_results"
         ) from exc
-    missing = sorted(RESULT_COLUMNS - set(table.column_names))
+    # Columns added in later versions (e.g. output_bytes) may be missing from older tables.
+    missing = sorted(_REQUIRED - set(table.column_names))
     if missing:
         raise InputError(
             f"{path} is not a heygem-ray results table: it has no {', '.join(missing)} column(s)", kind="no_results"

@@ -6,16 +6,15 @@ place they are defined.
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from heygem_ray import storage
 from heygem_ray.manifest import Job
+from heygem_ray.storage import Location
 
 Status = Literal["ok", "failed", "skipped"]
 RESULTS_FILE = "results.parquet"  # the table's name in the output folder
@@ -32,6 +31,7 @@ SCHEMA = pa.schema(
         ("error_stage", pa.string()),
         ("error", pa.string()),
         ("frames", pa.int64()),
+        ("output_bytes", pa.int64()),
         ("audio_seconds", pa.float64()),
         ("seconds", pa.float64()),
         ("realtime_factor", pa.float64()),
@@ -68,6 +68,7 @@ class JobResult:
     error_stage: str | None = None
     error: str | None = None
     frames: int = 0
+    output_bytes: int | None = None  # size of the published MP4
     audio_seconds: float | None = None
     seconds: float = 0.0
     realtime_factor: float | None = None
@@ -108,12 +109,12 @@ class JobResult:
         return {**row, **{k: (None if v is None else str(v)) for k, v in extra.items()}}
 
 
-def write_results(results: list[JobResult], path: Path) -> None:
-    """Write the table atomically: readers never see a half-written file."""
+def write_results(results: list[JobResult], path: Location) -> None:
+    """Write the table whole (a file or an object): readers never see a half-written one."""
     rows = sorted((r.to_row() for r in results), key=lambda r: r["row"])
     extra_names = sorted({k for r in rows for k in r} - RESULT_COLUMNS)
     schema = pa.schema(list(SCHEMA) + [(name, pa.string()) for name in extra_names])
     table = pa.Table.from_pylist(rows, schema=schema)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    storage.write_bytes(path, buf.getvalue().to_pybytes())

@@ -1,13 +1,20 @@
 """Results written as they arrive, and skipping what an earlier run finished.
 
-Each finished job's row goes at once to ``DIR/.heygem-results/<hash>.parquet`` (atomic),
-so a run killed at any point keeps every row it had (files are named by a hash of the
-job id: ids are not always safe file names). At the end the rows of the
-manifest's jobs are merged into ``DIR/results.parquet``.
+Each finished job's row goes at once to ``DIR/.heygem-results/<hash>.parquet`` (whole or
+not at all), so a run killed at any point keeps every row it had (files are named by a
+hash of the job id: ids are not always safe file names). At the end the rows of the
+manifest's jobs are merged into ``DIR/results.parquet``. ``DIR`` may be a bucket prefix.
 
-A rerun into the same folder skips a job when its earlier row says ``ok`` (or
-``skipped``) for the same inputs, output and render settings, and the MP4 is still there
-and decodes to the frames that row recorded. Anything else is rendered again.
+A rerun into the same place skips a job when its earlier row says ``ok`` (or
+``skipped``) for the same inputs, output and render settings, and the MP4 is still there:
+
+* a local MP4 must decode to the frames that row recorded;
+* an MP4 in a bucket must have the size that row recorded (one HEAD request; decoding
+  would mean downloading every video). An object only ever appears complete (see
+  ``storage.upload``), so one that is there with the recorded size is the one that run
+  wrote, unless someone replaced it with another of the same size.
+
+Anything else is rendered again.
 """
 
 from __future__ import annotations
@@ -16,38 +23,40 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from heygem_ray import media
+from heygem_ray import media, storage
 from heygem_ray.errors import HeygemError
 from heygem_ray.manifest import Job
 from heygem_ray.results import JobResult, write_results
+from heygem_ray.storage import Location
 
 PARTS_DIR = ".heygem-results"
 _FIELDS = {f.name for f in dataclasses.fields(JobResult)} - {"extra"}
 
 
-def part_path(output_dir: Path, job_id: str) -> Path:
+def part_path(output_dir: Location, job_id: str) -> Location:
     """Where a job's row is kept: named by a hash, since a job id may be unsafe as a file name."""
     return output_dir / PARTS_DIR / f"{hashlib.sha256(job_id.encode()).hexdigest()[:24]}.parquet"
 
 
-def record(output_dir: Path, result: JobResult) -> None:
+def record(output_dir: Location, result: JobResult) -> None:
     """Write one finished job's row now, and delete the temporary MP4s that attempts of
     it lost on the way (a task on a node that left the cluster leaves one behind)."""
-    path = part_path(output_dir, result.job_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_results([result], path)
+    write_results([result], part_path(output_dir, result.job_id))
     if result.output is not None:
-        _remove_partials(Path(result.output))
+        _remove_partials(storage.location(result.output))
 
 
-def split(jobs: list[Job], output_dir: Path, config_hash: str) -> tuple[list[Job], list[JobResult]]:
+def split(jobs: list[Job], output_dir: Location, config_hash: str) -> tuple[list[Job], list[JobResult]]:
     """(jobs to render, rows of jobs already complete from an earlier run)."""
+    # One listing of the rows kept, rather than a lookup per job (a request each in a bucket).
+    kept = set(storage.list_files(output_dir / PARTS_DIR))
     todo: list[Job] = []
     done: list[JobResult] = []
     for job in jobs:
-        earlier = _earlier(output_dir, job, config_hash)
+        earlier = _earlier(output_dir, job, config_hash) if part_path(output_dir, job.job_id) in kept else None
         if earlier is None:
             if job.output is not None:
                 _remove_partials(job.output)
@@ -57,19 +66,25 @@ def split(jobs: list[Job], output_dir: Path, config_hash: str) -> tuple[list[Job
     return todo, done
 
 
-def _remove_partials(output: Path) -> None:
-    """Delete temporary MP4s a killed task or run left for ``output`` (see pipeline's
-    publish step)."""
-    if output.parent.is_dir():
-        for partial in output.parent.glob(f".{output.stem}.*.part.mp4"):
-            partial.unlink(missing_ok=True)
+def _remove_partials(output: Location) -> None:
+    """Delete temporary MP4s a killed task or run left for ``output``: beside a local one
+    (see pipeline's publish step), under the temporary keys of an upload for one in a bucket."""
+    if isinstance(output, Path):
+        if output.parent.is_dir():
+            for partial in output.parent.glob(f".{output.stem}.*.part.mp4"):
+                partial.unlink(missing_ok=True)
+        return
+    for key in storage.leftovers(output):
+        storage.remove(key)
 
 
-def _earlier(output_dir: Path, job: Job, config_hash: str) -> JobResult | None:
-    path = part_path(output_dir, job.job_id)
-    if job.problem is not None or job.output is None or not path.is_file():
+def _earlier(output_dir: Location, job: Job, config_hash: str) -> JobResult | None:
+    if job.problem is not None or job.output is None:
         return None
-    rows = pq.read_table(path).to_pylist()
+    try:
+        rows = pq.read_table(pa.BufferReader(storage.read_bytes(part_path(output_dir, job.job_id)))).to_pylist()
+    except (OSError, pa.ArrowException, HeygemError):  # gone or damaged: render it again
+        return None
     if len(rows) != 1:
         return None
     row = rows[0]
@@ -80,11 +95,19 @@ def _earlier(output_dir: Path, job: Job, config_hash: str) -> JobResult | None:
         and row["output"] == str(job.output)
         and row["config_hash"] == config_hash
     )
-    if not same or not job.output.is_file():
-        return None
-    try:
-        if media.probe_video(job.output).frames != row["frames"]:
-            return None
-    except HeygemError:  # damaged or unreadable: render it again
+    if not same or not _complete(job.output, row):
         return None
     return JobResult(**{k: v for k, v in row.items() if k in _FIELDS})
+
+
+def _complete(output: Location, row: dict) -> bool:
+    """Whether the MP4 an earlier row describes is still there, whole (see the module docstring)."""
+    if isinstance(output, Path):
+        if not output.is_file():
+            return False
+        try:
+            return media.probe_video(output).frames == row["frames"]
+        except HeygemError:  # damaged or unreadable
+            return False
+    found = storage.stat(output)
+    return found is not None and found.size == row.get("output_bytes")

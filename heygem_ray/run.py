@@ -12,12 +12,13 @@ from pathlib import Path
 
 import ray
 
-from heygem_ray import resume
+from heygem_ray import resume, storage
 from heygem_ray.config import RunConfig
 from heygem_ray.errors import EngineError
 from heygem_ray.manifest import read_manifest
 from heygem_ray.ray_exec import run_jobs
 from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult, write_results
+from heygem_ray.storage import Location, Uri
 from heygem_ray.worker import WorkerInfo
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunSummary:
-    results_path: Path
+    results_path: Location
     results: list[JobResult]
 
     @property
@@ -47,11 +48,14 @@ class RunCallbacks:
     def frames_done(self, frames: int) -> None: ...
 
 
-def submit(manifest: Path, cfg: RunConfig, callbacks: RunCallbacks | None = None) -> RunSummary:
-    """Render every row of ``manifest``; bad rows fail alone, the rest still render."""
+def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks | None = None) -> RunSummary:
+    """Render every row of ``manifest``; bad rows fail alone, the rest still render.
+
+    ``manifest`` and ``cfg.output_dir`` may be bucket URIs (``s3://bucket/manifest.csv``).
+    """
     cb = callbacks or RunCallbacks()
     # 1. read and check the manifest: a broken one stops here, before any work
-    jobs = read_manifest(manifest, cfg.output_dir, reserved=RESULT_COLUMNS)
+    jobs = read_manifest(storage.location(manifest), cfg.output_dir, reserved=RESULT_COLUMNS)
     # 2. skip what an earlier run into the same folder completed (unless forced)
     todo, skipped = (jobs, []) if cfg.force else resume.split(jobs, cfg.output_dir, cfg.config_hash())
     cb.started(len(jobs))
@@ -66,7 +70,7 @@ def submit(manifest: Path, cfg: RunConfig, callbacks: RunCallbacks | None = None
             # 4. start the model workers (a bad checkpoint or backend stops here), then
             #    render, keeping each row on disk as soon as its job ends
             def workers_ready(infos: list[WorkerInfo]) -> None:
-                cfg.output_dir.mkdir(parents=True, exist_ok=True)
+                storage.makedirs(cfg.output_dir)
                 cb.workers(infos)
 
             def job_done(result: JobResult) -> None:

@@ -27,11 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
 
+from heygem_ray import storage
 from heygem_ray.cli import describe_workers
 from heygem_ray.config import BackendName, LoopMode, PackName, PrecisionName, RenderConfig, RunConfig, default_cache_dir
 from heygem_ray.errors import HeygemError
 from heygem_ray.results import JobResult
 from heygem_ray.run import RunCallbacks, submit
+from heygem_ray.storage import Location, location
 from heygem_ray.worker import WorkerInfo
 
 RUN_FILE = "run.json"  # what one invocation did, next to results.parquet
@@ -46,8 +48,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Render MANIFEST into OUTPUT_ROOT/<date>/ (resuming a run of the same date).",
         epilog="Exit status: 0 every row ok or skipped, 1 any row failed, 2 the run could not start.",
     )
-    p.add_argument("manifest", type=Path, help="CSV or Parquet manifest (columns audio, video; optionally job_id, output).")
-    p.add_argument("output_root", type=Path, help="Each night's run goes to OUTPUT_ROOT/<date>/.")
+    p.add_argument("manifest", type=location, help="CSV or Parquet manifest (columns audio, video; optionally job_id, output).")
+    p.add_argument("output_root", type=location, help="Each night's run goes to OUTPUT_ROOT/<date>/ (a path or s3:// / gs:// URI).")
     p.add_argument("--date", type=_iso_date, default=None,
                    help="The run's date, YYYY-MM-DD (default: today in UTC). Pass it to resume a night after midnight.")
     p.add_argument("--pack", choices=get_args(PackName), default="warp")
@@ -56,7 +58,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", choices=get_args(BackendName), default="auto")
     p.add_argument("--precision", choices=get_args(PrecisionName), default="auto")
     p.add_argument("--chunk-frames", type=int, default=128)
-    p.add_argument("--engines", type=Path, default=Path("engines"), help="Engine store (a path every node sees).")
+    p.add_argument("--engines", type=location, default=Path("engines"), help="Engine store (a path every node sees, or a bucket URI).")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="Template cache (default: ~/.cache/heygem-ray/templates; on a cluster, a shared path).")
     p.add_argument("--cpu-workers", type=int, default=0, help="Model workers on a cluster without GPUs (0: automatic).")
@@ -145,11 +147,8 @@ class _Log(RunCallbacks):
             _say(self.date, f"{self.done}/{self.total} jobs done")
 
 
-def _write_run(out: Path, run: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{RUN_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(run | {"ended_at": _now()}, indent=2) + "\n")
-    tmp.replace(out / RUN_FILE)
+def _write_run(out: Location, run: dict[str, Any]) -> None:
+    storage.write_bytes(out / RUN_FILE, (json.dumps(run | {"ended_at": _now()}, indent=2) + "\n").encode())
 
 
 def _say(date: str, message: str) -> None:

@@ -1,0 +1,385 @@
+"""Where files live: local paths, or objects in a bucket (``s3://``, ``gs://``).
+
+A *location* is a ``Path`` or a ``Uri``. Both have the few naming operations the rest of
+the package uses (``/``, ``name``, ``stem``, ``suffix``, ``parent``, ``with_name``,
+``resolve()``, ``is_relative_to``), so code that only builds names works on either;
+reading, writing and listing go through the functions below.
+
+Buckets are reached through ``pyarrow.fs``, which takes credentials and the endpoint
+from each process's environment, as the AWS and Google tools do: ``AWS_ACCESS_KEY_ID``
+/ ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws``, an
+instance role; ``AWS_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3`` for an S3-compatible
+server (MinIO, Ceph, moto); ``GOOGLE_APPLICATION_CREDENTIALS`` or the metadata server
+for GCS. On a cluster every node reads its own.
+
+Writes are whole or nothing:
+
+* a local file is written under a temporary name beside it, then renamed;
+* an object is written under a temporary key (``<folder>/.heygem-tmp/<name>.<token>.tmp``),
+  then copied to its key by the server (S3 ``CopyObject``: the object appears complete or
+  not at all), and the temporary key is deleted, also when the write failed. Writing
+  straight to the key would not do: pyarrow has no way to abort an upload, and closing
+  a stream whose writer failed half-way still completes it as a partial object. (S3's
+  single copy takes objects up to 5 GB: far above a talking-head MP4.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import io
+import os
+import posixpath
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, TypeAlias
+
+import pyarrow.fs as pafs
+
+from heygem_ray.errors import InputError
+
+_URI = re.compile(r"^(s3|gs|gcs)://(.*)$")
+# A URI that went through pathlib (an argparse or typer option of type Path) has lost a
+# slash: Path("s3://b/k") is "s3:/b/k". No one means a local folder named "s3:".
+_FOLDED = re.compile(r"^(s3|gs|gcs):/([^/].*)$")
+TMP_DIR = ".heygem-tmp"  # temporary keys of writes in progress, beside their targets
+_BLOCK = 8 << 20  # bytes per read/write while copying a stream
+# Environment variables that choose an object store's endpoint and credentials: a
+# filesystem is made once per bucket for each set of their values.
+_ENV_PREFIXES = ("AWS_", "GOOGLE_", "STORAGE_EMULATOR_HOST", "CLOUD_STORAGE_EMULATOR_ENDPOINT")
+
+
+@dataclass(frozen=True)
+class Uri:
+    """An object (or a folder of objects) in a bucket: ``s3://bucket/key``."""
+
+    scheme: str  # "s3", "gs" or "gcs"
+    key: str  # "bucket/folder/name": the bucket first, no leading or trailing "/"
+
+    @classmethod
+    def parse(cls, text: str) -> Uri:
+        """``s3://bucket/a/../b`` → ``Uri("s3", "bucket/b")``; ValueError for anything else."""
+        m = _URI.match(text) or _FOLDED.match(text)
+        if m is None:
+            raise ValueError(f"{text!r} is not a bucket URI (s3://BUCKET/KEY or gs://BUCKET/KEY)")
+        bucket, _, rest = m.group(2).partition("/")
+        rest = posixpath.normpath(rest) if rest.strip("/") else ""
+        if not bucket or bucket in (".", "..") or rest == ".." or rest.startswith("../"):
+            raise ValueError(f"{text!r} names no object inside a bucket")
+        rest = "" if rest == "." else rest.strip("/")
+        return cls(m.group(1), f"{bucket}/{rest}" if rest else bucket)
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.key}"
+
+    def __repr__(self) -> str:
+        return f"Uri({str(self)!r})"
+
+    def __truediv__(self, part: str) -> Uri:
+        if _URI.match(part):
+            return Uri.parse(part)
+        if part.startswith("/"):
+            raise ValueError(f"{part!r} is an absolute local path, not a key inside {self}")
+        return Uri.parse(f"{self}/{part}")
+
+    @property
+    def bucket(self) -> str:
+        return self.key.split("/", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.key) if "/" in self.key else ""
+
+    @property
+    def stem(self) -> str:
+        return PurePosixPath(self.name).stem if self.name else ""
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.name).suffix if self.name else ""
+
+    @property
+    def parent(self) -> Uri:
+        return Uri(self.scheme, posixpath.dirname(self.key)) if "/" in self.key else self
+
+    def with_name(self, name: str) -> Uri:
+        return self.parent / name
+
+    def resolve(self) -> Uri:
+        """Itself: a URI is absolute (for code written for ``Path``)."""
+        return self
+
+    def is_relative_to(self, other: Location) -> bool:
+        return isinstance(other, Uri) and other.scheme == self.scheme and (
+            self.key == other.key or self.key.startswith(other.key + "/")
+        )
+
+
+Location: TypeAlias = "Path | Uri"
+
+
+def is_uri(value: object) -> bool:
+    """Whether ``value`` names an object in a bucket (a ``Uri``, or text like ``s3://…``)."""
+    if isinstance(value, Uri):
+        return True
+    if isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        return isinstance(text, str) and bool(_URI.match(text) or _FOLDED.match(text))
+    return False
+
+
+def location(value: str | os.PathLike[str] | Uri) -> Location:
+    """A ``Uri`` for ``s3://`` / ``gs://`` text (also after ``Path`` folded its ``//``), else a ``Path``."""
+    if isinstance(value, Uri):
+        return value
+    if is_uri(value):
+        return Uri.parse(os.fspath(value))
+    return Path(value)
+
+
+def is_inside(loc: Location, folder: Location) -> bool:
+    """Whether ``loc`` is ``folder`` or below it (by name: nothing is resolved)."""
+    if isinstance(loc, Path):
+        return isinstance(folder, Path) and loc.is_relative_to(folder)
+    return loc.is_relative_to(folder)
+
+
+# -- reading ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stat:
+    size: int  # bytes
+    mtime_ns: int
+
+
+def stat(loc: Location) -> Stat | None:
+    """Size and modification time of the file at ``loc``; None when no file is there."""
+    if isinstance(loc, Path):
+        if not loc.is_file():
+            return None
+        st = loc.stat()
+        return Stat(st.st_size, st.st_mtime_ns)
+    fs = _filesystem(loc)
+    try:
+        info = fs.get_file_info(loc.key)
+    except OSError as exc:
+        raise _error("could not look up", loc, exc) from exc
+    if info.type != pafs.FileType.File:
+        return None
+    return Stat(int(info.size or 0), int(info.mtime_ns or 0))
+
+
+def size(loc: Location) -> int:
+    """Bytes in the file at ``loc``; an ``InputError`` when there is none."""
+    found = stat(loc)
+    if found is None:
+        raise InputError(f"{loc} does not exist", kind="missing_file")
+    return found.size
+
+
+def is_file(loc: Location) -> bool:
+    return stat(loc) is not None
+
+
+def is_dir(loc: Location) -> bool:
+    """A local folder, or a prefix with objects under it."""
+    if isinstance(loc, Path):
+        return loc.is_dir()
+    try:
+        return _filesystem(loc).get_file_info(loc.key).type == pafs.FileType.Directory
+    except OSError as exc:
+        raise _error("could not look up", loc, exc) from exc
+
+
+def read_bytes(loc: Location) -> bytes:
+    if isinstance(loc, Path):
+        return loc.read_bytes()
+    try:
+        with _filesystem(loc).open_input_stream(loc.key) as f:
+            return bytes(f.read())
+    except OSError as exc:
+        raise _error("could not read", loc, exc) from exc
+
+
+def list_files(folder: Location, *, recursive: bool = False) -> dict[Location, int]:
+    """Every file in ``folder`` (and below it, if ``recursive``) with its size in bytes;
+    empty when the folder does not exist. One listing request per 1000 objects."""
+    if isinstance(folder, Path):
+        if not folder.is_dir():
+            return {}
+        found = folder.rglob("*") if recursive else folder.iterdir()
+        return {p: p.stat().st_size for p in found if p.is_file()}
+    selector = pafs.FileSelector(folder.key, allow_not_found=True, recursive=recursive)
+    try:
+        infos = _filesystem(folder).get_file_info(selector)
+    except OSError as exc:
+        raise _error("could not list", folder, exc) from exc
+    return {Uri(folder.scheme, i.path): int(i.size or 0) for i in infos if i.type == pafs.FileType.File}
+
+
+def download(src: Uri, dest: Path) -> None:
+    """Copy the object ``src`` to the local file ``dest`` (written under a temporary name, then renamed)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with _filesystem(src).open_input_stream(src.key) as f, open(tmp, "wb") as out:
+            shutil.copyfileobj(f, out, _BLOCK)
+        os.replace(tmp, dest)
+    except FileNotFoundError as exc:
+        raise InputError(f"{src} does not exist; check the URI", kind="missing_file") from exc
+    except OSError as exc:
+        raise _error("could not download", src, exc) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fetch(src: Location, what: str, cache: Path) -> Path:
+    """A local file with the bytes of ``src``: ``src`` itself when it is local, else a copy
+    downloaded into ``cache`` (a folder on this machine).
+
+    Copies are named by the URI, size and modification time of the object, so one used by
+    many jobs is downloaded once per machine, and one that changed is downloaded again.
+    A file lock makes concurrent jobs on one machine wait for a single download.
+    """
+    if isinstance(src, Path):
+        return src
+    found = stat(src)
+    if found is None:
+        folder = is_dir(src)
+        raise InputError(
+            f"{what} {src} is a folder, not an object; give the URI of the {what} file itself"
+            if folder
+            else f"{what} {src} does not exist; check the URI (and that these credentials may list the bucket)",
+            kind="missing_file",
+        )
+    digest = hashlib.sha256(f"{src}\0{found.size}\0{found.mtime_ns}".encode()).hexdigest()[:32]
+    dest = cache / digest[:2] / f"{digest}{src.suffix}"
+    if dest.is_file() and dest.stat().st_size == found.size:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(dest.with_name(f".{dest.name}.lock")):
+        if not (dest.is_file() and dest.stat().st_size == found.size):
+            download(src, dest)
+    if dest.stat().st_size != found.size:
+        dest.unlink(missing_ok=True)
+        raise InputError(f"{what} {src} changed while it was downloaded; run again", kind="storage")
+    return dest
+
+
+# -- writing ----------------------------------------------------------------------------
+
+
+def makedirs(loc: Location) -> None:
+    """Create a local folder and its parents; nothing for a bucket (keys need no folders)."""
+    if isinstance(loc, Path):
+        loc.mkdir(parents=True, exist_ok=True)
+
+
+def write_bytes(dest: Location, data: bytes) -> None:
+    """Write ``data`` to ``dest`` whole or not at all (see the module docstring)."""
+    if isinstance(dest, Uri):
+        upload(io.BytesIO(data), dest)
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def upload(source: Path | BinaryIO, dest: Uri) -> None:
+    """Write the bytes of ``source`` (a local file, or a binary stream read to its end) to
+    the object ``dest``: the object appears complete, or is left as it was."""
+    fs = _filesystem(dest)
+    tmp = f"{dest.parent.key}/{TMP_DIR}/{dest.name}.{uuid.uuid4().hex[:8]}.tmp"
+    moved = False
+    try:
+        with contextlib.ExitStack() as stack:
+            reader = stack.enter_context(open(source, "rb")) if isinstance(source, Path) else source
+            with fs.open_output_stream(tmp) as out:
+                shutil.copyfileobj(reader, out, _BLOCK)
+        fs.move(tmp, dest.key)  # a server-side copy, then the temporary key's deletion
+        moved = True
+    except OSError as exc:
+        raise _error("could not write", dest, exc, "nothing was left under that name") from exc
+    finally:
+        if not moved:
+            with contextlib.suppress(OSError):
+                fs.delete_file(tmp)
+
+
+def publish(local: Path, dest: Location) -> None:
+    """Put the finished local file ``local`` at ``dest``: a rename for a local ``dest`` (on
+    the same file system), an upload otherwise; ``local`` is gone afterwards."""
+    if isinstance(dest, Path):
+        os.replace(local, dest)
+        return
+    upload(local, dest)
+    local.unlink()
+
+
+def remove(loc: Location) -> None:
+    """Delete the file at ``loc`` if it is there."""
+    if isinstance(loc, Path):
+        loc.unlink(missing_ok=True)
+        return
+    try:
+        _filesystem(loc).delete_file(loc.key)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _error("could not delete", loc, exc) from exc
+
+
+def leftovers(dest: Uri) -> list[Uri]:
+    """Temporary keys of writes to ``dest`` that were interrupted (a killed process)."""
+    found = list_files(dest.parent / TMP_DIR)
+    return [u for u in found if isinstance(u, Uri) and u.name.startswith(f"{dest.name}.")]
+
+
+# -- internals ----------------------------------------------------------------------------
+
+
+def _filesystem(uri: Uri) -> pafs.FileSystem:
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
+    return _filesystem_for(uri.scheme, uri.bucket, env)
+
+
+@functools.lru_cache(maxsize=32)
+def _filesystem_for(scheme: str, bucket: str, env: tuple[tuple[str, str], ...]) -> pafs.FileSystem:
+    # from_uri (unlike the S3FileSystem constructor) reads AWS_ENDPOINT_URL[_S3] and
+    # finds the bucket's region. ``env`` is only the cache key.
+    try:
+        fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
+    except (OSError, ValueError) as exc:
+        raise _error("could not open", Uri(scheme, bucket), exc) from exc
+    return fs
+
+
+def _error(action: str, loc: Uri, exc: BaseException, after: str = "") -> InputError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return InputError(
+        f"{action} {loc} ({first}){'; ' + after if after else ''}: check the URI, that the bucket exists, "
+        "and the credentials (AWS_* / GOOGLE_* variables, or the instance's role) and endpoint "
+        "(AWS_ENDPOINT_URL) on this machine",
+        kind="storage",
+    )
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,379 @@
+"""Buckets as inputs, outputs and engine store, against a real S3 server on loopback
+(moto's, started as a subprocess)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from heygem_ray import media, resume, storage
+from heygem_ray.engines import EngineStore
+from heygem_ray.errors import InputError
+from heygem_ray.manifest import read_manifest
+from heygem_ray.results import JobResult
+from heygem_ray.storage import Uri
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- names (no server) --------------------------------------------------------------------
+
+
+def test_uri_names_work_like_paths():
+    u = Uri.parse("s3://bucket/lessons/../out/job.mp4")
+    assert str(u) == "s3://bucket/out/job.mp4" and u.bucket == "bucket"
+    assert (u.name, u.stem, u.suffix) == ("job.mp4", "job", ".mp4")
+    assert u.parent == Uri.parse("s3://bucket/out") and u.parent / "x.wav" == Uri.parse("s3://bucket/out/x.wav")
+    assert u.with_name("b.mp4") == Uri("s3", "bucket/out/b.mp4") and u.resolve() is u
+    assert storage.is_inside(u, Uri.parse("s3://bucket/out")) and not storage.is_inside(u, Uri.parse("s3://bucket/o"))
+    assert not storage.is_inside(u, Path("/bucket/out"))
+    assert Uri.parse("gs://b") / "s3://c/d" == Uri("s3", "c/d")  # a URI replaces, as an absolute path does
+
+
+@pytest.mark.parametrize("text", ["s3://", "s3://bucket/../other/key", "file:///x", "s3:bucket"])
+def test_uri_parse_refuses_what_names_no_object_in_a_bucket(text):
+    with pytest.raises(ValueError):
+        Uri.parse(text)
+
+
+def test_location_takes_text_paths_and_uris_that_went_through_pathlib():
+    assert storage.location("s3://b/k") == Uri("s3", "b/k")
+    # An option of type Path (typer, argparse) turns "s3://b/k" into "s3:/b/k".
+    assert storage.location(Path("s3://b/k")) == Uri("s3", "b/k")
+    assert storage.location("gs://b/k/") == Uri("gs", "b/k")
+    assert storage.location("out/s3:/x") == Path("out/s3:/x")
+    assert storage.location(Path("rel/dir")) == Path("rel/dir")
+
+
+# -- a real S3 server -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_env(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """moto's S3 server in a subprocess on loopback; the environment that reaches it."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, log.read_text()[-2000:]
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "moto's server did not start in 60 s"
+                time.sleep(0.2)
+        yield {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        }
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def bucket(s3_env, monkeypatch) -> Uri:
+    """A new, empty bucket; this process's environment points at the server."""
+    for k, v in s3_env.items():
+        monkeypatch.setenv(k, v)
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{name}?allow_bucket_creation=true")
+    fs.create_dir(name)
+    return Uri("s3", name)
+
+
+def _keys(bucket: Uri) -> dict[str, int]:
+    return {str(k)[len(str(bucket)) + 1 :]: n for k, n in storage.list_files(bucket, recursive=True).items()}
+
+
+def test_objects_are_written_read_listed_and_removed(bucket):
+    storage.write_bytes(bucket / "a/b.txt", b"hello")
+    assert storage.read_bytes(bucket / "a/b.txt") == b"hello"
+    assert storage.stat(bucket / "a/b.txt").size == 5 and storage.is_dir(bucket / "a")
+    assert storage.stat(bucket / "a/none.txt") is None and storage.stat(bucket / "a") is None
+    assert _keys(bucket) == {"a/b.txt": 5}  # no temporary key left behind
+    assert storage.list_files(bucket / "a") == {bucket / "a/b.txt": 5}
+    assert storage.list_files(bucket / "nothing") == {}
+    storage.remove(bucket / "a/b.txt")
+    storage.remove(bucket / "a/b.txt")  # already gone: fine
+    assert _keys(bucket) == {}
+
+
+class _BrokenSource(io.RawIOBase):
+    """A stream that gives ``good`` bytes, then fails like a disk read error."""
+
+    def __init__(self, good: int):
+        self.left = good
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.left <= 0:
+            raise OSError(5, "Input/output error (injected)")
+        n = min(len(b), self.left)
+        b[:n] = b"\x01" * n
+        self.left -= n
+        return n
+
+
+def test_a_failed_upload_leaves_no_partial_object(bucket):
+    # 24 MiB before the failure: pyarrow has sent parts of a multipart upload by then.
+    good = 24 << 20
+    # Why the temporary key: the same failure on a plain pyarrow stream publishes what it had.
+    fs, _ = pafs.FileSystem.from_uri(str(bucket))
+    with pytest.raises(OSError), fs.open_output_stream(f"{bucket.key}/naive.mp4") as out:
+        shutil.copyfileobj(_BrokenSource(good), out, 8 << 20)
+    assert _keys(bucket) == {"naive.mp4": good}
+    storage.remove(bucket / "naive.mp4")
+
+    with pytest.raises(InputError) as err:
+        storage.upload(_BrokenSource(good), bucket / "out/job.mp4")
+    assert err.value.kind == "storage" and "s3://" in err.value.message and "Input/output error" in err.value.message
+    assert _keys(bucket) == {}  # nothing under the key, no temporary object either
+
+    # Over an existing object: the old one stays as it was.
+    storage.write_bytes(bucket / "out/job.mp4", b"the earlier video")
+    with pytest.raises(InputError):
+        storage.upload(_BrokenSource(good), bucket / "out/job.mp4")
+    assert _keys(bucket) == {"out/job.mp4": 17}
+    assert storage.read_bytes(bucket / "out/job.mp4") == b"the earlier video"
+
+
+def test_writing_to_a_missing_bucket_says_what_to_check(bucket):
+    with pytest.raises(InputError) as err:
+        storage.write_bytes(Uri("s3", f"{bucket.bucket}-missing/x.txt"), b"x")
+    assert err.value.kind == "storage" and "credentials" in err.value.message
+
+
+def test_inputs_are_downloaded_once_per_machine_and_again_when_changed(bucket, tmp_path, monkeypatch):
+    storage.write_bytes(bucket / "media/a.wav", b"RIFF one")
+    calls: list[Uri] = []
+    real = storage.download
+    monkeypatch.setattr(storage, "download", lambda src, dest: (calls.append(src), real(src, dest)))
+    first = storage.fetch(bucket / "media/a.wav", "audio", tmp_path)
+    again = storage.fetch(bucket / "media/a.wav", "audio", tmp_path)
+    assert first == again and first.read_bytes() == b"RIFF one" and first.suffix == ".wav"
+    assert len(calls) == 1
+    storage.write_bytes(bucket / "media/a.wav", b"RIFF two, longer")
+    assert storage.fetch(bucket / "media/a.wav", "audio", tmp_path).read_bytes() == b"RIFF two, longer"
+    assert len(calls) == 2
+    local = tmp_path / "x.wav"
+    assert storage.fetch(local, "audio", tmp_path) == local  # a local file is used where it is
+
+    with pytest.raises(InputError) as err:
+        storage.fetch(bucket / "media/gone.wav", "audio", tmp_path)
+    assert err.value.kind == "missing_file" and f"audio {bucket}/media/gone.wav does not exist" in err.value.message
+    with pytest.raises(InputError) as err:
+        storage.fetch(bucket / "media", "reference", tmp_path)
+    assert "is a folder" in err.value.message
+
+
+def test_a_manifest_in_a_bucket_resolves_its_rows_there(bucket):
+    rows = [
+        "rel,a.wav,media/p.jpg,",
+        "uri,s3://other/x.wav,/shared/p.mp4,",
+        "up,../a.wav,p.jpg,",
+        "outside,a.wav,p.jpg,../../x.mp4",
+        "asuri,a.wav,p.jpg,s3://elsewhere/x.mp4",
+        "sub,a.wav,p.jpg,videos/sub.mp4",
+    ]
+    storage.write_bytes(bucket / "in/m.csv", ("job_id,audio,video,output\n" + "\n".join(rows) + "\n").encode())
+    jobs = {j.job_id: j for j in read_manifest(bucket / "in/m.csv", bucket / "out")}
+    assert jobs["rel"].audio == bucket / "in/a.wav" and jobs["rel"].video == bucket / "in/media/p.jpg"
+    assert jobs["rel"].output == bucket / "out/rel.mp4"
+    assert jobs["uri"].audio == Uri("s3", "other/x.wav") and jobs["uri"].video == Path("/shared/p.mp4")
+    assert jobs["up"].audio == bucket / "a.wav"
+    assert jobs["sub"].output == bucket / "out/videos/sub.mp4"
+    for bad in ("outside", "asuri"):
+        assert jobs[bad].output is None and jobs[bad].problem.kind == "unsafe_output"
+
+    with pytest.raises(InputError) as err:
+        read_manifest(bucket / "in/none.csv", bucket / "out")
+    assert err.value.kind == "missing_file" and "check the URI" in err.value.message
+
+
+def test_a_rerun_into_a_bucket_skips_a_job_whose_object_has_the_recorded_size(bucket, tmp_path):
+    storage.write_bytes(bucket / "m.csv", b"job_id,audio,video\none,a.wav,p.jpg\n")
+    (job,) = read_manifest(bucket / "m.csv", bucket / "out")
+    storage.write_bytes(job.output, b"0" * 1000)
+    row = JobResult.for_job(job, "warp")
+    row.status, row.frames, row.output_bytes, row.config_hash = "ok", 25, 1000, "h"
+    resume.record(bucket / "out", row)
+    todo, done = resume.split([job], bucket / "out", "h")
+    assert todo == [] and [r.status for r in done] == ["skipped"]
+    assert resume.split([job], bucket / "out", "other settings")[0] == [job]
+    storage.write_bytes(job.output, b"0" * 999)  # replaced by something else
+    assert resume.split([job], bucket / "out", "h")[0] == [job]
+    storage.remove(job.output)
+    assert resume.split([job], bucket / "out", "h")[0] == [job]
+    # The temporary key a killed upload left for that output is deleted when it is rendered again.
+    storage.write_bytes(bucket / f"out/{storage.TMP_DIR}/one.mp4.deadbeef.tmp", b"half")
+    resume.split([job], bucket / "out", "h")
+    assert not any(storage.TMP_DIR in k for k in _keys(bucket))
+
+
+def test_an_engine_store_in_a_bucket_builds_once_and_serves_other_machines(bucket, tmp_path):
+    from heygem_ray.engines import EngineKey
+
+    key = EngineKey("warp", "none", "render", "fp32", None, "onnxruntime", "opset18-test", "any")
+    builds: list[Path] = []
+
+    def build(tmp: Path) -> None:
+        builds.append(tmp)
+        tmp.write_bytes(b"an onnx graph")
+
+    here = EngineStore(bucket / "engines", mirror=tmp_path / "m1")
+    path = here.get_or_build(key, build)
+    assert path.read_bytes() == b"an onnx graph" and path.is_relative_to(tmp_path / "m1")
+    assert {k.rsplit("/", 1)[1] for k in _keys(bucket)} == {"model.onnx", "meta.json"}
+    # Another machine (another mirror) downloads it, builds nothing.
+    there = EngineStore(bucket / "engines", mirror=tmp_path / "m2")
+    assert there.get_or_build(key, build).read_bytes() == b"an onnx graph" and len(builds) == 1
+    (entry,) = there.list()
+    assert entry.ok and entry.path == bucket / "engines" / key.dirname() / "model.onnx" and entry.size == 13
+    # A damaged object is not loaded: it is rebuilt here and uploaded again.
+    storage.write_bytes(bucket / "engines" / key.dirname() / "model.onnx", b"an onnx grapX")
+    third = EngineStore(bucket / "engines", mirror=tmp_path / "m3")
+    assert third.get_or_build(key, build).read_bytes() == b"an onnx graph" and len(builds) == 2
+    # A sidecar whose artifact is gone: built again too.
+    storage.remove(bucket / "engines" / key.dirname() / "model.onnx")
+    fourth = EngineStore(bucket / "engines", mirror=tmp_path / "m5")
+    assert fourth.get_or_build(key, build).read_bytes() == b"an onnx graph" and len(builds) == 3
+    with pytest.raises(Exception, match="not built yet"):
+        EngineStore(bucket / "engines2", mirror=tmp_path / "m4").get_or_build(key, build, rebuild=False)
+
+
+# -- the round trip: manifest and media in a bucket, MP4s and results written back ----------
+
+ROUND_TRIP = """
+import logging, sys
+import ray
+from heygem_ray import RunConfig, submit
+from heygem_ray.storage import location
+
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+bucket, cache = sys.argv[1], sys.argv[2]
+cfg = RunConfig(output_dir=location(bucket + "/out"), engines_dir=location(bucket + "/engines"), cache_dir=cache)
+for attempt in ("first", "again"):
+    summary = submit(bucket + "/in/manifest.csv", cfg)
+    print("RESULTS", attempt, summary.results_path)
+    for r in summary.results:
+        print("ROW", attempt, r.job_id, r.status, r.error or "")
+ray.shutdown()
+"""
+
+
+def _speech(src: Path, dst: Path, seconds: float) -> Path:
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-t", str(seconds), str(dst)], check=True)
+    return dst
+
+
+def _child_env(s3_env: dict[str, str], cache_home: Path) -> dict[str, str]:
+    """The environment of a process that starts its own Ray: its workers inherit it."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return {**env, **s3_env, "XDG_CACHE_HOME": str(cache_home)}
+
+
+def test_s3_round_trip_manifest_and_media_in_a_bucket_mp4s_and_results_back(bucket, s3_env, tmp_path, examples):
+    media_dir = tmp_path / "media"
+    media_dir.mkdir()
+    _speech(examples / "lesson1.wav", media_dir / "a.wav", 1.0)
+    _speech(examples / "lesson2.mp3", media_dir / "b.wav", 1.2)
+    for name, path in [("a.wav", media_dir / "a.wav"), ("b.wav", media_dir / "b.wav"),
+                       ("presenter.jpg", examples / "presenter.jpg"), ("media/presenter.mp4", examples / "presenter.mp4")]:
+        storage.upload(path, bucket / "in" / name)
+    rows = ["photo,a.wav,presenter.jpg", "video,b.wav,media/presenter.mp4", "video2,a.wav,media/presenter.mp4",
+            "gone,nothere.wav,presenter.jpg"]
+    storage.write_bytes(bucket / "in/manifest.csv", ("job_id,audio,video\n" + "\n".join(rows) + "\n").encode())
+
+    home = tmp_path / "home-cache"
+    proc = subprocess.run([sys.executable, "-c", ROUND_TRIP, str(bucket), str(tmp_path / "templates")],
+                          env=_child_env(s3_env, home), capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout.splitlines()
+    assert f"RESULTS first {bucket}/out/results.parquet" in out
+    statuses = {(p[1], p[2]): p[3] for p in (line.split(maxsplit=4) for line in out if line.startswith("ROW"))}
+    assert statuses == {
+        **{("first", j): "ok" for j in ("photo", "video", "video2")}, ("first", "gone"): "failed",
+        **{("again", j): "skipped" for j in ("photo", "video", "video2")}, ("again", "gone"): "failed",
+    }
+
+    # What the bucket holds: the MP4s, the table, a row per job, the engines; nothing half-done.
+    keys = _keys(bucket)
+    assert {"out/photo.mp4", "out/video.mp4", "out/video2.mp4", "out/results.parquet"} <= set(keys)
+    assert len([k for k in keys if k.startswith(f"out/{resume.PARTS_DIR}/")]) == 4
+    assert any(k.startswith("engines/warp/render/onnxruntime-") and k.endswith("/model.onnx") for k in keys)
+    assert not [k for k in keys if storage.TMP_DIR in k or k.endswith((".tmp", ".part.mp4"))]
+
+    table = {r["job_id"]: r for r in pq.read_table(pa.BufferReader(storage.read_bytes(bucket / "out/results.parquet")))
+             .to_pylist()}
+    assert {j: r["status"] for j, r in table.items()} == {"photo": "skipped", "video": "skipped",
+                                                         "video2": "skipped", "gone": "failed"}
+    gone = table["gone"]
+    assert gone["error_kind"] == "missing_file" and gone["error"].startswith("row 4 (job 'gone'):")
+    assert f"{bucket}/in/nothere.wav does not exist" in gone["error"]
+    for job in ("photo", "video", "video2"):
+        r = table[job]
+        assert r["output"] == f"{bucket}/out/{job}.mp4" and r["audio"].startswith(f"{bucket}/in/")
+        local = tmp_path / f"{job}.mp4"
+        storage.download(Uri.parse(r["output"]), local)
+        assert local.stat().st_size == r["output_bytes"] == keys[f"out/{job}.mp4"]
+        frames, fps = media.read_video(local)
+        assert len(frames) == r["frames"] > 0 and fps == 25
+        assert abs(media.probe_audio(local).duration - r["audio_seconds"]) <= 1 / 25
+    # Each object was downloaded once on this machine, however many jobs used it.
+    downloads = [p for p in (home / "heygem-ray" / "downloads").rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert sorted(p.suffix for p in downloads) == [".jpg", ".mp4", ".wav", ".wav"]
+
+
+def test_cli_submit_reads_and_writes_a_bucket(bucket, s3_env, tmp_path, examples):
+    _speech(examples / "lesson1.wav", tmp_path / "a.wav", 0.8)
+    storage.upload(tmp_path / "a.wav", bucket / "media/a.wav")
+    storage.upload(examples / "presenter.jpg", bucket / "media/p.jpg")
+    # Cells may be URIs, here into another folder of the bucket than the manifest's.
+    storage.write_bytes(bucket / "jobs/m.csv", f"job_id,audio,video\ncli,{bucket}/media/a.wav,{bucket}/media/p.jpg\n"
+                        .encode())
+    exe = str(Path(sys.executable).with_name("heygem-ray"))
+    args = [exe, "submit", f"{bucket}/jobs/m.csv", "-o", f"{bucket}/out", "--engines", f"{bucket}/engines",
+            "--cache-dir", str(tmp_path / "templates")]
+    proc = subprocess.run(args, cwd=tmp_path, env=_child_env(s3_env, tmp_path / "home-cache"),
+                          capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert f"1 of 1 jobs rendered into {bucket}/out" in proc.stdout
+    assert f"results: {bucket}/out/results.parquet" in proc.stdout and f"  {bucket}/out/cli.mp4" in proc.stdout
+    local = tmp_path / "cli.mp4"
+    storage.download(bucket / "out/cli.mp4", local)
+    assert len(media.read_video(local)[0]) == 20  # 0.8 s at the photo's 25 fps
+    assert not (tmp_path / "s3:").exists()  # nothing written to a local folder named after the URI
+    # The run's engines are in the bucket, and `engines list` reads them there.
+    listed = subprocess.run([exe, "engines", "list", "--store", f"{bucket}/engines"], cwd=tmp_path,
+                            env=_child_env(s3_env, tmp_path / "home-cache"), capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert listed.stdout.count("onnxruntime") == 2 and "NO" not in listed.stdout  # motion and render, both whole
