@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import numpy as np
 import ray
-from ray.exceptions import ActorDiedError, RayError
+from ray.exceptions import ActorDiedError, ActorUnschedulableError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from heygem_ray import metrics
@@ -41,8 +41,6 @@ WATCH_S = 2.0
 # A worker actor that dies is restarted, and the chunk calls it held are sent again
 # (run_chunk is a pure function of its arguments, so repeating it is safe).
 _RESTART = {"max_restarts": -1, "max_task_retries": -1}
-# Model workers go to different nodes where they can, rather than filling one first.
-_PLACEMENT = {"scheduling_strategy": "SPREAD"}
 
 
 def node_name() -> str:
@@ -55,9 +53,6 @@ class _ActorWorker(ModelWorker):
 
     def __init__(self, cfg: RenderConfig, engines_dir: Path):
         super().__init__(cfg, engines_dir, node=node_name())
-
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
 
 
 @ray.remote(num_cpus=0)
@@ -90,7 +85,7 @@ class _RayFuture:
         while True:
             try:
                 return cast(ChunkOutput, ray.get(self._ref))
-            except ActorDiedError:
+            except (ActorDiedError, ActorUnschedulableError):  # gone for good, or its node is
                 log.warning("%s: its model worker is gone; rendering it on another", self._name)
                 self._service.drop(self._actor)
                 self._send()
@@ -167,6 +162,8 @@ class Pool:
     job tasks. Actors reserve no CPU, so a restarted actor never waits behind the job
     tasks that wait for it (which would hang the run).
 
+    Each actor is placed on a chosen node: the live node with the fewest of this run's
+    actors (and, for GPU actors, a GPU left), so the workers spread over the nodes.
     ``watch`` follows the cluster: the actors of a node that left are ended for good (a
     GPU actor could not start again anywhere, and its calls would wait forever), which
     sends their chunks to the other actors; new actors are started where the cluster
@@ -180,7 +177,7 @@ class Pool:
         self._started = 0
         self.kind = "gpu" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
         self.actors: list[ray.actor.ActorHandle] = []
-        self._nodes: list[str | ray.ObjectRef] = []  # each actor's node id (a ref until known)
+        self._nodes: list[str] = []  # the node id each actor was placed on
         self._start(self._wanted())
         # Wait until every actor has its models open: a worker that cannot start raises
         # its error here (an EngineError for a backend that cannot run, an InputError for
@@ -199,29 +196,43 @@ class Pool:
         # Never more model actors than cores less one: job tasks (analyze, compose) need one.
         return max(1, min(self._cpu_workers or max(1, cpus // 4), cpus - 1))
 
-    def _start(self, count: int) -> list[ray.actor.ActorHandle]:
+    def _start(self, count: int) -> None:
         remote: Any = ray.remote(_ActorWorker)
         devices = {"num_gpus": 1} if self.kind == "gpu" else {}
-        new = []
         for _ in range(count):
+            node = self._place()
+            if node is None:
+                return
             name = f"{self._prefix}-{self.kind}{self._started}"
             self._started += 1
-            new.append(remote.options(num_cpus=0, name=name, **devices, **_RESTART, **_PLACEMENT).remote(*self._args))
-        self.actors += new
-        self._nodes += [a.node_id.remote() for a in new]
-        return new
+            # Not soft: Ray's soft affinity may fall back to another node while the chosen
+            # one is still starting workers. An actor whose node leaves is ended and
+            # replaced by ``watch``, so a hard affinity never strands one.
+            where = NodeAffinitySchedulingStrategy(node, soft=False)
+            self.actors.append(
+                remote.options(num_cpus=0, name=name, scheduling_strategy=where, **devices, **_RESTART).remote(*self._args)
+            )
+            self._nodes.append(node)
+
+    def _place(self) -> str | None:
+        """The live node for the next actor: fewest of ours, then most of the resource."""
+        resource = "GPU" if self.kind == "gpu" else "CPU"
+        best: tuple[int, float, str] | None = None
+        for n in ray.nodes():
+            have = float(n.get("Resources", {}).get(resource, 0))
+            ours = self._nodes.count(n["NodeID"])
+            if not n["Alive"] or have <= 0 or (self.kind == "gpu" and ours >= have):
+                continue
+            key = (ours, -have, n["NodeID"])
+            best = key if best is None or key < best else best
+        return None if best is None else best[2]
 
     def watch(self) -> None:
         """End the actors of nodes that left the cluster; start new ones where there is room."""
-        refs = [n for n in self._nodes if isinstance(n, ray.ObjectRef)]
-        if refs:  # actors that have started since: learn where they are
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-            known = dict(zip(ready, ray.get(ready), strict=True))
-            self._nodes = [known.get(n, n) if isinstance(n, ray.ObjectRef) else n for n in self._nodes]
         alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-        gone = [i for i, node in enumerate(self._nodes) if isinstance(node, str) and node not in alive]
+        gone = [i for i, node in enumerate(self._nodes) if node not in alive]
         for i in gone:
-            log.warning("node %s left the cluster: its model worker's chunks go to the others", str(self._nodes[i])[:8])
+            log.warning("node %s left the cluster: its model worker's chunks go to the others", self._nodes[i][:8])
             ray.kill(self.actors[i], no_restart=True)
         keep = [i for i in range(len(self.actors)) if i not in gone]
         self.actors = [self.actors[i] for i in keep]
