@@ -18,14 +18,12 @@ then a rename) and locked, so two jobs with the same reference build it once.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -33,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from heygem_ray import media
+from heygem_ray import media, storage
 from heygem_ray.config import DetectorConfig
 from heygem_ray.errors import InputError
 from heygem_ray.facetrack import FaceDetector, track_main_face
@@ -114,7 +112,7 @@ def analyze(
     key = template_key(video, geometry, detector)
     root = cache_dir / key
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _lock(cache_dir / f"{key}.lock"):
+    with storage.file_lock(cache_dir / f"{key}.lock"):
         if (root / "meta.json").is_file():
             return Template.open(root), True
         # Probed only when building: the probe decodes the whole file to count frames.
@@ -126,16 +124,6 @@ def analyze(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return Template.open(root), False
-
-
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _build(info: media.VideoInfo, geometry: CropGeometry, detector_cfg: DetectorConfig, out: Path) -> None:

@@ -34,7 +34,7 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from heygem_ray import media
+from heygem_ray import media, storage
 from heygem_ray.errors import InputError
 from heygem_ray.results import RESULTS_FILE, JobResult
 from heygem_ray.resume import PARTS_DIR
@@ -317,10 +317,7 @@ def write_report(output_dir: Path, out: Path | None = None, thumbnails: int = TH
     run = load_run(output_dir)
     out = out or output_dir / REPORT_FILE
     page = build_html(summarize(run), run.results, previews(run.results, thumbnails), out.parent)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    storage.write_bytes(out, page.encode("utf-8"))
     return out
 
 

@@ -264,7 +264,7 @@ def fetch(src: Location, what: str, cache: Path) -> Path:
     if dest.is_file() and dest.stat().st_size == found.size:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(dest.with_name(f".{dest.name}.lock")):
+    with file_lock(dest.with_name(f".{dest.name}.lock")):
         if not (dest.is_file() and dest.stat().st_size == found.size):
             download(src, dest)
     if dest.stat().st_size != found.size:
@@ -282,7 +282,7 @@ def makedirs(loc: Location) -> None:
         loc.mkdir(parents=True, exist_ok=True)
 
 
-def write_bytes(dest: Location, data: bytes) -> None:
+def write_bytes(dest: Location, data: bytes | memoryview) -> None:
     """Write ``data`` to ``dest`` whole or not at all (see the module docstring)."""
     if isinstance(dest, Uri):
         upload(io.BytesIO(data), dest)
@@ -376,7 +376,8 @@ def _error(action: str, loc: Uri, exc: BaseException, after: str = "") -> InputE
 
 
 @contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) across processes on this machine."""
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

@@ -28,17 +28,16 @@ CUDA context per process.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import os
 import re
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from heygem_ray import storage
 from heygem_ray.engines import BatchProfile
 from heygem_ray.errors import EngineError
 from heygem_ray.export import graph_names
@@ -198,7 +197,7 @@ def build_engine(
             kind="engine_build",
         )
     _save_timing_cache(config, cache, timing_cache)
-    _write_atomic(engine_path, memoryview(serialized))
+    storage.write_bytes(engine_path, memoryview(serialized))
     return engine_path
 
 
@@ -215,26 +214,12 @@ def _load_timing_cache(config: Any, path: Path) -> Any:
 def _save_timing_cache(config: Any, cache: Any, path: Path) -> None:
     """Merge what is on disk (another process may have added to it) into ``cache``, write it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            if path.is_file():
-                on_disk = config.create_timing_cache(path.read_bytes())
-                if on_disk is not None:
-                    cache.combine(on_disk, ignore_mismatch=False)
-            _write_atomic(path, memoryview(cache.serialize()))
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-
-def _write_atomic(path: Path, data: memoryview) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with storage.file_lock(path.with_name(path.name + ".lock")):
+        if path.is_file():
+            on_disk = config.create_timing_cache(path.read_bytes())
+            if on_disk is not None:
+                cache.combine(on_disk, ignore_mismatch=False)
+        storage.write_bytes(path, memoryview(cache.serialize()))
 
 
 class TrtRunner:
