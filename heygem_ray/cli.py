@@ -18,6 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from heygem_ray import heap
 from heygem_ray.config import (
     BackendName,
     LoopMode,
@@ -101,6 +102,7 @@ def submit(
     Exit status: 0 when every row succeeded, 1 when any row failed, 2 when the command
     line or the manifest is unusable (nothing was rendered).
     """
+    heap.limit_arenas()  # this process is the run's driver: before Ray starts its threads
     try:
         cfg = RunConfig(
             output_dir=output_dir,
@@ -133,17 +135,15 @@ def submit(
         # Plain text, never wrapped: messages name files that users copy and grep for.
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(2) from None
-    ok = sum(r.status == "ok" for r in summary.results)
-    skipped = sum(r.status == "skipped" for r in summary.results)
-    done_before = f" ({skipped} skipped: complete from an earlier run)" if skipped else ""
-    print(f"{ok} of {len(summary.results)} jobs rendered{done_before} into {cfg.output_dir.resolve()}")
+    done_before = f" ({summary.skipped} skipped: complete from an earlier run)" if summary.skipped else ""
+    print(f"{summary.ok} of {summary.total} jobs rendered{done_before} into {cfg.output_dir.resolve()}")
     print(f"results: {summary.results_path.resolve()}")
-    for r in summary.results:
+    for r in summary.rows():
         if r.status != "failed":
             print(f"  {r.output}")
     if summary.failed:
-        print(f"{len(summary.failed)} job(s) failed:", file=sys.stderr)
-        for r in summary.failed:
+        print(f"{summary.failed} job(s) failed:", file=sys.stderr)
+        for r in summary.rows("failed"):
             print(f"  [{r.error_kind}] {r.error}", file=sys.stderr)
         raise typer.Exit(1)
 

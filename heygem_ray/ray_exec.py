@@ -4,8 +4,9 @@
   actors instead, leaving cores for the job tasks.
 * One Ray task per job runs ``pipeline.render_job``; it sends chunks to the actors and
   composes their crops. Only crops, features and small metadata cross the object store.
-* The driver keeps at most ``max_jobs_in_flight`` jobs submitted, so a manifest of
-  100 000 rows needs no more driver memory than one of 100.
+* The driver keeps at most ``max_jobs_in_flight`` jobs submitted and hands each finished
+  row on (it is kept on disk, not here), so a manifest of 100 000 rows needs little more
+  driver memory than one of 100 (BENCHMARKS.md, "Memory").
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnschedulableError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from heygem_ray import metrics
+from heygem_ray import heap, metrics
 from heygem_ray.config import RenderConfig, RunConfig
 from heygem_ray.errors import EngineError, HeygemError
 from heygem_ray.joblog import fields, job_logging
@@ -175,6 +176,8 @@ class Pool:
         self._cpu_workers = cfg.cpu_workers
         self._prefix = f"model-worker-{run_id}"  # unique: several runs may share a cluster
         self._started = 0
+        # Made once: every ray.remote() of a class is a new actor class to Ray, and costs memory.
+        self._remote: Any = ray.remote(_ActorWorker)
         self.kind = "gpu" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
         self.actors: list[ray.actor.ActorHandle] = []
         self._nodes: list[str] = []  # the node id each actor was placed on
@@ -197,7 +200,6 @@ class Pool:
         return max(1, min(self._cpu_workers or max(1, cpus // 4), cpus - 1))
 
     def _start(self, count: int) -> None:
-        remote: Any = ray.remote(_ActorWorker)
         devices = {"num_gpus": 1} if self.kind == "gpu" else {}
         for _ in range(count):
             node = self._place()
@@ -210,7 +212,7 @@ class Pool:
             # replaced by ``watch``, so a hard affinity never strands one.
             where = NodeAffinitySchedulingStrategy(node, soft=False)
             self.actors.append(
-                remote.options(num_cpus=0, name=name, scheduling_strategy=where, **devices, **_RESTART).remote(*self._args)
+                self._remote.options(num_cpus=0, name=name, scheduling_strategy=where, **devices, **_RESTART).remote(*self._args)
             )
             self._nodes.append(node)
 
@@ -250,8 +252,9 @@ def run_jobs(
     on_result: Callable[[JobResult], None] = lambda r: None,
     on_frames: Callable[[int], None] = lambda n: None,
     on_workers: Callable[[list[WorkerInfo]], None] = lambda infos: None,
-) -> list[JobResult]:
-    """Render every job on the connected Ray cluster; results in completion order."""
+) -> None:
+    """Render every job on the connected Ray cluster, passing each row to ``on_result`` as
+    its job ends."""
     run_id = uuid.uuid4().hex[:6]  # names this run's actors in the dashboard
     pool = Pool(cfg, run_id)
     on_workers(pool.infos)
@@ -262,7 +265,6 @@ def run_jobs(
     config_hash = cfg.config_hash()
     pending: dict[ray.ObjectRef, tuple[Job, int]] = {}  # task → (job, attempt)
     retry: list[tuple[Job, int]] = []
-    results: list[JobResult] = []
     queue = iter(jobs)
     exhausted = False
     submitted = 0  # tasks started so far: spreads each job's first chunk over the workers
@@ -286,6 +288,7 @@ def run_jobs(
             break
         if time.monotonic() >= next_watch:
             pool.watch()
+            heap.release_free()  # see heap.py: the driver's memory stays flat over many jobs
             next_watch = time.monotonic() + WATCH_S
         done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
         for ref in done:
@@ -304,13 +307,11 @@ def run_jobs(
                 retry.append((job, attempt + 1))
                 continue
             result.attempts, result.config_hash = attempt, config_hash
-            results.append(result)
             on_result(result)
             metrics.record_job(result)  # here, where a row is final: a retried attempt is not a job
         on_frames(ray.get(progress.total.remote()))
     pool.close()
     ray.kill(progress)
-    return results
 
 
 def _lost(job: Job, cfg: RunConfig, exc: RayError) -> JobResult:

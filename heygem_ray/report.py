@@ -18,7 +18,6 @@ columns) is user data and is escaped in the HTML.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import os
 import subprocess
@@ -46,7 +45,6 @@ MESSAGES_PER_KIND = 5  # failure messages printed per error kind by `status` (th
 THUMB_COUNT = 4  # frames per output in the report
 THUMB_HEIGHT = 160  # pixels
 _THUMB_QUALITY = 5  # ffmpeg's mjpeg -q:v: 2 (best) … 31 (worst)
-_FIELDS = {f.name for f in dataclasses.fields(JobResult)} - {"extra"}
 _REQUIRED = {"job_id", "row", "audio", "video", "output", "status"}  # what every results table has had
 
 RunState = Literal["complete", "unfinished"]
@@ -118,11 +116,7 @@ def _read(path: Path) -> list[JobResult]:
         raise InputError(
             f"{path} is not a heygem-ray results table: it has no {', '.join(missing)} column(s)", kind="no_results"
         )
-    results = []
-    for row in table.to_pylist():
-        extra = {k: v for k, v in row.items() if k not in _FIELDS}
-        results.append(JobResult(**{k: v for k, v in row.items() if k in _FIELDS}, extra=extra))
-    return results
+    return [JobResult.from_row(row) for row in table.to_pylist()]
 
 
 # --------------------------------------------------------------------------- 2. summarize

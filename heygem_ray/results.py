@@ -6,7 +6,12 @@ place they are defined.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import contextlib
+import tempfile
+import uuid
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -54,6 +59,9 @@ SCHEMA = pa.schema(
     ]
 )
 RESULT_COLUMNS = frozenset(SCHEMA.names)
+# Rows per Parquet row group when the table is written or read a batch at a time: the
+# memory either takes is bounded by this, not by the number of rows.
+BATCH_ROWS = 1024
 
 
 @dataclass
@@ -108,13 +116,63 @@ class JobResult:
         extra = row.pop("extra")
         return {**row, **{k: (None if v is None else str(v)) for k, v in extra.items()}}
 
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> JobResult:
+        """A table row back as a result; columns that are not results go to ``extra``."""
+        known = {k: v for k, v in row.items() if k in _FIELDS}
+        return cls(**known, extra={k: v for k, v in row.items() if k not in _FIELDS})
+
+
+_FIELDS = frozenset(f.name for f in fields(JobResult)) - {"extra"}
+
+
+def _schema(extra_names: Iterable[str]) -> pa.Schema:
+    return pa.schema(list(SCHEMA) + [(name, pa.string()) for name in sorted(extra_names)])
+
 
 def write_results(results: list[JobResult], path: Location) -> None:
-    """Write the table whole (a file or an object): readers never see a half-written one."""
+    """Write a few rows as a table, whole (a file or an object): readers never see a
+    half-written one. The run's table is written with ``write_table``."""
     rows = sorted((r.to_row() for r in results), key=lambda r: r["row"])
-    extra_names = sorted({k for r in rows for k in r} - RESULT_COLUMNS)
-    schema = pa.schema(list(SCHEMA) + [(name, pa.string()) for name in extra_names])
-    table = pa.Table.from_pylist(rows, schema=schema)
+    table = pa.Table.from_pylist(rows, schema=_schema({k for r in rows for k in r} - RESULT_COLUMNS))
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
     storage.write_bytes(path, buf.getvalue().to_pybytes())
+
+
+def write_table(rows: Iterable[JobResult], extra_names: Collection[str], path: Location) -> int:
+    """Write ``rows``, in the order given, as the results table at ``path`` (a file or an
+    object), ``BATCH_ROWS`` at a time, so memory does not grow with the table. Every row
+    has the result columns, then ``extra_names`` (text). The table appears whole or not
+    at all. Returns the number of rows written."""
+    schema = _schema(extra_names)
+    written = 0
+    with contextlib.ExitStack() as stack:
+        if isinstance(path, Path):  # beside the table, so publishing it is a rename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        else:  # written locally, then uploaded
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="heygem-results-"))) / path.name
+        stack.callback(tmp.unlink, missing_ok=True)
+        with pq.ParquetWriter(tmp, schema) as writer:
+            batch: list[dict[str, Any]] = []
+            for r in rows:
+                batch.append(r.to_row())
+                if len(batch) == BATCH_ROWS:
+                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                    written, batch = written + len(batch), []
+            if batch:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                written += len(batch)
+        storage.publish(tmp, path)
+    return written
+
+
+def read_rows(path: Location, status: Status | None = None) -> Iterator[JobResult]:
+    """The rows of the results table at ``path`` in its order (those with ``status`` only,
+    if given), read ``BATCH_ROWS`` at a time."""
+    source: Any = path if isinstance(path, Path) else pa.BufferReader(storage.read_bytes(path))
+    for batch in pq.ParquetFile(source).iter_batches(batch_size=BATCH_ROWS):
+        for row in batch.to_pylist():
+            if status is None or row["status"] == status:
+                yield JobResult.from_row(row)

@@ -15,13 +15,20 @@ A rerun into the same place skips a job when its earlier row says ``ok`` (or
   wrote, unless someone replaced it with another of the same size.
 
 Anything else is rendered again.
+
+The driver keeps no rows in memory: the table is merged from the part files at the end,
+a batch at a time, in manifest order.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,11 +36,12 @@ import pyarrow.parquet as pq
 from heygem_ray import media, storage
 from heygem_ray.errors import HeygemError
 from heygem_ray.manifest import Job
-from heygem_ray.results import JobResult, write_results
+from heygem_ray.results import BATCH_ROWS, JobResult, write_results, write_table
 from heygem_ray.storage import Location
 
 PARTS_DIR = ".heygem-results"
-_FIELDS = {f.name for f in dataclasses.fields(JobResult)} - {"extra"}
+# Part files read at once when merging the table from a bucket (one GET each).
+_READERS = 16
 
 
 def part_path(output_dir: Location, job_id: str) -> Location:
@@ -49,12 +57,15 @@ def record(output_dir: Location, result: JobResult) -> None:
         _remove_partials(storage.location(result.output))
 
 
-def split(jobs: list[Job], output_dir: Location, config_hash: str) -> tuple[list[Job], list[JobResult]]:
-    """(jobs to render, rows of jobs already complete from an earlier run)."""
+def split(
+    jobs: list[Job], output_dir: Location, config_hash: str, on_skipped: Callable[[JobResult], None] = lambda r: None
+) -> tuple[list[Job], set[int]]:
+    """(jobs to render, manifest rows of jobs already complete from an earlier run); each
+    of the latter's rows is passed to ``on_skipped`` as it is found."""
     # One listing of the rows kept, rather than a lookup per job (a request each in a bucket).
     kept = set(storage.list_files(output_dir / PARTS_DIR))
     todo: list[Job] = []
-    done: list[JobResult] = []
+    skipped: set[int] = set()
     for job in jobs:
         earlier = _earlier(output_dir, job, config_hash) if part_path(output_dir, job.job_id) in kept else None
         if earlier is None:
@@ -62,8 +73,42 @@ def split(jobs: list[Job], output_dir: Location, config_hash: str) -> tuple[list
                 _remove_partials(job.output)
             todo.append(job)
         else:
-            done.append(dataclasses.replace(earlier, status="skipped", attempts=0, row=job.row, extra=job.extra))
-    return todo, done
+            skipped.add(job.row)
+            on_skipped(_as_skipped(earlier, job))
+    return todo, skipped
+
+
+def write_merged(jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str, path: Location) -> None:
+    """Write the run's table at ``path``: one row per job, in manifest order, read back from
+    the part files (rows of ``skipped`` jobs marked so), a batch at a time."""
+    extra_names = sorted({name for job in jobs for name in job.extra})
+    write_table(_merged_rows(jobs, output_dir, skipped, pack), extra_names, path)
+
+
+def _merged_rows(jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str) -> Iterator[JobResult]:
+    def row_of(job: Job) -> JobResult:
+        found = _read_part(output_dir, job)
+        if found is None:  # its job ended, but its row could not be read back
+            lost = JobResult.for_job(job, pack)
+            lost.error_kind, lost.error_stage = "internal", "plan"
+            lost.error = (
+                f"{job.label}: its result row {part_path(output_dir, job.job_id)} could not be read back; "
+                "run the same manifest again to render it"
+            )
+            return lost
+        result = JobResult.from_row(found)
+        return _as_skipped(result, job) if job.row in skipped else dataclasses.replace(result, extra=job.extra)
+
+    if isinstance(output_dir, Path):
+        yield from map(row_of, jobs)
+        return
+    with ThreadPoolExecutor(_READERS, thread_name_prefix="heygem-results") as pool:
+        for start in range(0, len(jobs), BATCH_ROWS):  # map() takes all it is given at once
+            yield from pool.map(row_of, itertools.islice(jobs, start, start + BATCH_ROWS))
+
+
+def _as_skipped(earlier: JobResult, job: Job) -> JobResult:
+    return dataclasses.replace(earlier, status="skipped", attempts=0, row=job.row, extra=job.extra)
 
 
 def _remove_partials(output: Location) -> None:
@@ -78,16 +123,21 @@ def _remove_partials(output: Location) -> None:
         storage.remove(key)
 
 
+def _read_part(output_dir: Location, job: Job) -> dict[str, Any] | None:
+    """The row a job's part file holds; None when it is gone or damaged."""
+    try:
+        rows = pq.read_table(pa.BufferReader(storage.read_bytes(part_path(output_dir, job.job_id)))).to_pylist()
+    except (OSError, pa.ArrowException, HeygemError):
+        return None
+    return rows[0] if len(rows) == 1 else None
+
+
 def _earlier(output_dir: Location, job: Job, config_hash: str) -> JobResult | None:
     if job.problem is not None or job.output is None:
         return None
-    try:
-        rows = pq.read_table(pa.BufferReader(storage.read_bytes(part_path(output_dir, job.job_id)))).to_pylist()
-    except (OSError, pa.ArrowException, HeygemError):  # gone or damaged: render it again
+    row = _read_part(output_dir, job)  # gone or damaged: render it again
+    if row is None:
         return None
-    if len(rows) != 1:
-        return None
-    row = rows[0]
     same = (
         row["status"] in ("ok", "skipped")
         and row["audio"] == str(job.audio)
@@ -97,7 +147,7 @@ def _earlier(output_dir: Location, job: Job, config_hash: str) -> JobResult | No
     )
     if not same or not _complete(job.output, row):
         return None
-    return JobResult(**{k: v for k, v in row.items() if k in _FIELDS})
+    return JobResult.from_row(row)
 
 
 def _complete(output: Location, row: dict) -> bool:

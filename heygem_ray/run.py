@@ -5,8 +5,10 @@ The public entry point for Python callers; the CLI is a thin layer over it.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from heygem_ray.config import RunConfig
 from heygem_ray.errors import EngineError
 from heygem_ray.manifest import read_manifest
 from heygem_ray.ray_exec import run_jobs
-from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult, write_results
+from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult, Status, read_rows
 from heygem_ray.storage import Location, Uri
 from heygem_ray.worker import WorkerInfo
 
@@ -26,12 +28,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunSummary:
+    """What a run did: how many rows ended how, and where the table is. The rows stay in
+    the table (read back on demand), so a run of 100 000 rows holds none of them."""
+
     results_path: Location
-    results: list[JobResult]
+    total: int  # manifest rows
+    ok: int  # rendered by this run
+    skipped: int  # complete from an earlier run into the same folder
+    failed: int
+
+    def rows(self, status: Status | None = None) -> Iterator[JobResult]:
+        """The table's rows in manifest order (only those with ``status``, if given), streamed."""
+        return read_rows(self.results_path, status)
 
     @property
-    def failed(self) -> list[JobResult]:
-        return [r for r in self.results if r.status == "failed"]
+    def results(self) -> list[JobResult]:
+        """Every row of the table, in manifest order (reads the whole table)."""
+        return list(self.rows())
 
 
 class RunCallbacks:
@@ -56,12 +69,10 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     cb = callbacks or RunCallbacks()
     # 1. read and check the manifest: a broken one stops here, before any work
     jobs = read_manifest(storage.location(manifest), cfg.output_dir, reserved=RESULT_COLUMNS)
-    # 2. skip what an earlier run into the same folder completed (unless forced)
-    todo, skipped = (jobs, []) if cfg.force else resume.split(jobs, cfg.output_dir, cfg.config_hash())
     cb.started(len(jobs))
-    for r in skipped:
-        cb.job_done(r)
-    results = list(skipped)
+    # 2. skip what an earlier run into the same folder completed (unless forced)
+    todo, skipped = (jobs, set()) if cfg.force else resume.split(jobs, cfg.output_dir, cfg.config_hash(), cb.job_done)
+    ended: collections.Counter[str] = collections.Counter()  # status → rows this run rendered or failed
     if todo:
         # 3. connect to Ray (a local instance unless an address is given)
         started_here, dashboard = _connect(cfg.address)
@@ -75,16 +86,17 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
 
             def job_done(result: JobResult) -> None:
                 resume.record(cfg.output_dir, result)
+                ended[result.status] += 1
                 cb.job_done(result)
 
-            results += run_jobs(todo, cfg, on_result=job_done, on_frames=cb.frames_done, on_workers=workers_ready)
+            run_jobs(todo, cfg, on_result=job_done, on_frames=cb.frames_done, on_workers=workers_ready)
         finally:
             if started_here:
                 ray.shutdown()
-    # 5. the results table: one row per manifest row
+    # 5. the results table: one row per manifest row, merged from the rows kept on disk
     path = cfg.output_dir / RESULTS_FILE
-    write_results(results, path)
-    return RunSummary(path, sorted(results, key=lambda r: r.row))
+    resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path)
+    return RunSummary(path, total=len(jobs), ok=ended["ok"], skipped=len(skipped), failed=ended["failed"])
 
 
 def _connect(address: str | None) -> tuple[bool, str | None]:

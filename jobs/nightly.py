@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
 
-from heygem_ray import storage
+from heygem_ray import heap, storage
 from heygem_ray.cli import describe_workers
 from heygem_ray.config import BackendName, LoopMode, PackName, PrecisionName, RenderConfig, RunConfig, default_cache_dir
 from heygem_ray.errors import HeygemError
@@ -70,6 +70,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    heap.limit_arenas()  # this process is the run's driver: before Ray starts its threads
     date = args.date or dt.datetime.now(dt.timezone.utc).date().isoformat()
     out = args.output_root / date
     run: dict[str, Any] = {
@@ -100,12 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(date, "could not start: nothing was rendered")
         _write_run(out, run | {"exit_code": 2, "error": exc.message})
         return 2
-    counts = {s: sum(r.status == s for r in summary.results) for s in ("ok", "skipped", "failed")}
-    code = 1 if counts["failed"] else 0
-    _write_run(out, run | {"exit_code": code, "jobs": len(summary.results), **counts,
+    counts = {"ok": summary.ok, "skipped": summary.skipped, "failed": summary.failed}
+    code = 1 if summary.failed else 0
+    _write_run(out, run | {"exit_code": code, "jobs": summary.total, **counts,
                            "results": str(summary.results_path.resolve())})
-    _say(date, f"{counts['ok']} ok, {counts['skipped']} skipped (done earlier), {counts['failed']} failed "
-               f"of {len(summary.results)} jobs; exit {code}")
+    _say(date, f"{summary.ok} ok, {summary.skipped} skipped (done earlier), {summary.failed} failed "
+               f"of {summary.total} jobs; exit {code}")
     _say(date, f"results: {summary.results_path.resolve()}")
     return code
 

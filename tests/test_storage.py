@@ -226,8 +226,9 @@ def test_a_rerun_into_a_bucket_skips_a_job_whose_object_has_the_recorded_size(bu
     row = JobResult.for_job(job, "warp")
     row.status, row.frames, row.output_bytes, row.config_hash = "ok", 25, 1000, "h"
     resume.record(bucket / "out", row)
-    todo, done = resume.split([job], bucket / "out", "h")
-    assert todo == [] and [r.status for r in done] == ["skipped"]
+    found: list[JobResult] = []
+    todo, skipped = resume.split([job], bucket / "out", "h", found.append)
+    assert todo == [] and skipped == {job.row} and [(r.status, r.frames) for r in found] == [("skipped", 25)]
     assert resume.split([job], bucket / "out", "other settings")[0] == [job]
     storage.write_bytes(job.output, b"0" * 999)  # replaced by something else
     assert resume.split([job], bucket / "out", "h")[0] == [job]
