@@ -61,6 +61,11 @@ class TorchRunner:
         self.stage = stage
         self.inputs, self.outputs = inputs, outputs
         self.device, self.dtype = device, dtype
+        if device.type == "cuda" and dtype == torch.float32:
+            # cuDNN convolutions default to TF32 (a 10-bit mantissa) on Ampere and later, which
+            # puts Wav2Lip ~1e-2 away from fp32. fp32 means fp32 here, as for TensorRT.
+            # Process-wide, which is right for a worker: it owns its process and its GPU.
+            torch.backends.cudnn.allow_tf32 = False
         self.module = module.to(device=device, dtype=dtype).eval()
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

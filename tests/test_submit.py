@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -215,3 +216,18 @@ def test_an_unreachable_cluster_stops_before_any_work_with_exit_2(tmp_path, exam
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "error: could not reach the Ray cluster at ray://127.0.0.1:9" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_readme_python_example_runs_and_prints_the_counts(tmp_path, examples):
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("From Python:\n\n```python\n", 1)[1].split("```", 1)[0]
+    shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
+    _silent_wav(tmp_path / "s.wav", 0.5)
+    (tmp_path / "manifest.csv").write_text("job_id,audio,video\nfine,s.wav,p.jpg\nbroken,gone.wav,p.jpg\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == f"1 rendered, 0 skipped, 1 failed; table: {Path('out') / 'results.parquet'}"
+    assert lines[1].startswith("broken missing_file row 2 (job 'broken'): audio ")
+    assert len(media.read_video(tmp_path / "out" / "fine.mp4")[0]) > 0

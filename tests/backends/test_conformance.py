@@ -1,13 +1,15 @@
 """Every backend present gives PyTorch FP32's numbers, for both packs, both stages, any batch.
 
-One parametrized test: backend × precision × pack × stage × batch size. The reference is
-the stage module itself in float32 on the CPU; inputs are in the ranges the pipeline
-feeds (crops in [0, 1] and smooth like faces, warp features in [-4, 0], Wav2Lip mel
-windows in [-4, 4], codes computed by the motion stage from such features).
+One parametrized test: backend × device × precision × pack × stage × batch size. The
+reference is the stage module itself in float32 on the CPU; inputs are in the ranges the
+pipeline feeds (crops in [0, 1] and smooth like faces, warp features in [-4, 0], Wav2Lip
+mel windows in [-4, 4], codes computed by the motion stage from such features). The CUDA
+cases (marked ``gpu``) skip, saying why, where there is no GPU or no CUDA provider.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heygem_ray.backends import onnx_artifact, open_runners, tensorrt_artifact
+from heygem_ray.backends import ort as ort_backend
 from heygem_ray.backends import trt as trt_backend
 from heygem_ray.backends.ort import OrtRunner
 from heygem_ray.engines import BatchProfile, EngineStore, Precision
@@ -32,29 +35,38 @@ FP16_MEAN_ABS = 1e-2
 PROFILE = {"warp": BatchProfile(1, 8, 32), "wav2lip": BatchProfile(1, 8, 16)}
 FEATURE_RANGE = {"warp": (-4.0, 0.0), "wav2lip": (-4.0, 4.0)}
 
+GPU = "cuda:0"
+
 _TRT_OK, _TRT_WHY = trt_backend.available()
 _NO_TRT = pytest.mark.skipif(not _TRT_OK, reason=f"tensorrt backend unavailable: {_TRT_WHY}")
+_NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU (torch.cuda.is_available() is false)")
+_ORT_CUDA_OK, _ORT_CUDA_WHY = ort_backend.available(GPU)
+_NO_ORT_CUDA = pytest.mark.skipif(not _ORT_CUDA_OK, reason=_ORT_CUDA_WHY)
 
 BACKENDS = [
-    pytest.param("pytorch", "fp32", id="pytorch-fp32"),
-    pytest.param("onnxruntime", "fp32", id="onnxruntime-fp32"),
-    pytest.param("onnxruntime", "fp16", id="onnxruntime-fp16"),
-    pytest.param("tensorrt", "fp32", id="tensorrt-fp32", marks=_NO_TRT),
-    pytest.param("tensorrt", "fp16", id="tensorrt-fp16", marks=_NO_TRT),
+    pytest.param("pytorch", "cpu", "fp32", id="pytorch-fp32"),
+    pytest.param("onnxruntime", "cpu", "fp32", id="onnxruntime-fp32"),
+    pytest.param("onnxruntime", "cpu", "fp16", id="onnxruntime-fp16"),
+    pytest.param("pytorch", GPU, "fp32", id="pytorch-cuda-fp32", marks=[pytest.mark.gpu, _NO_CUDA]),
+    pytest.param("pytorch", GPU, "fp16", id="pytorch-cuda-fp16", marks=[pytest.mark.gpu, _NO_CUDA]),
+    pytest.param("onnxruntime", GPU, "fp32", id="onnxruntime-cuda-fp32",
+                 marks=[pytest.mark.gpu, _NO_CUDA, _NO_ORT_CUDA]),
+    pytest.param("onnxruntime", GPU, "fp16", id="onnxruntime-cuda-fp16",
+                 marks=[pytest.mark.gpu, _NO_CUDA, _NO_ORT_CUDA]),
+    pytest.param("tensorrt", GPU, "fp32", id="tensorrt-fp32", marks=[pytest.mark.gpu, _NO_TRT]),
+    pytest.param("tensorrt", GPU, "fp16", id="tensorrt-fp16", marks=[pytest.mark.gpu, _NO_TRT]),
 ]
-
-
 
 
 @pytest.fixture(scope="module")
 def runners(stages: dict[str, dict[str, nn.Module]], store: EngineStore):
     """A cache of opened runners, closed at the end of the module."""
-    opened: dict[tuple[str, str, str, str], Runner] = {}
+    opened: dict[tuple[str, str, str, str, str], Runner] = {}
 
-    def get(backend: str, precision: Precision, pack: str, stage: str) -> Runner:
-        key = (backend, precision, pack, stage)
+    def get(backend: str, device: str, precision: Precision, pack: str, stage: str) -> Runner:
+        key = (backend, device, precision, pack, stage)
         if key not in opened:
-            opened[key] = _OPEN[backend](store, get_pack(pack), stage, stages[pack][stage], precision)
+            opened[key] = _OPEN[backend](store, get_pack(pack), stages[pack], stage, device, precision)
         return opened[key]
 
     yield get
@@ -62,21 +74,33 @@ def runners(stages: dict[str, dict[str, nn.Module]], store: EngineStore):
         runner.close()
 
 
-def _open_pytorch(store: EngineStore, pack: PackSpec, stage: str, module: nn.Module, precision: Precision) -> Runner:
-    return TorchRunner(stage, module, *pack.io(stage), device=torch.device("cpu"))
+def _open_pytorch(store: EngineStore, pack: PackSpec, stages: dict[str, nn.Module], stage: str, device: str,
+                  precision: Precision) -> Runner:
+    # As a worker opens it (fp16: TorchRunner in float16 on the GPU). TorchRunner moves and
+    # casts its module in place, so it gets copies: the reference stays float32 on the CPU.
+    chosen = open_runners(pack, copy.deepcopy(stages), device=device, store=store, backend="pytorch",
+                          precision=precision)
+    assert chosen.precision == precision, chosen.note  # fp16 must not quietly fall back to fp32
+    for other in set(chosen.runners) - {stage}:
+        chosen.runners[other].close()
+    runner = chosen.runners[stage]
+    assert isinstance(runner, TorchRunner) and str(runner.device) == device
+    return runner
 
 
-def _open_ort(store: EngineStore, pack: PackSpec, stage: str, module: nn.Module, precision: Precision) -> Runner:
-    path, _ = onnx_artifact(store, pack, stage, module, precision)
-    return OrtRunner(stage, path, *pack.io(stage), device="cpu", intra_op_threads=2)
+def _open_ort(store: EngineStore, pack: PackSpec, stages: dict[str, nn.Module], stage: str, device: str,
+              precision: Precision) -> Runner:
+    path, _ = onnx_artifact(store, pack, stage, stages[stage], precision)
+    return OrtRunner(stage, path, *pack.io(stage), device=device, intra_op_threads=2)
 
 
-def _open_trt(store: EngineStore, pack: PackSpec, stage: str, module: nn.Module, precision: Precision) -> Runner:
-    path, _ = tensorrt_artifact(store, pack, stage, module, precision, PROFILE[pack.name], "cuda:0")
-    return trt_backend.TrtRunner(stage, path, *pack.io(stage), device="cuda:0")
+def _open_trt(store: EngineStore, pack: PackSpec, stages: dict[str, nn.Module], stage: str, device: str,
+              precision: Precision) -> Runner:
+    path, _ = tensorrt_artifact(store, pack, stage, stages[stage], precision, PROFILE[pack.name], device)
+    return trt_backend.TrtRunner(stage, path, *pack.io(stage), device=device)
 
 
-_OPEN: dict[str, Callable[[EngineStore, PackSpec, str, nn.Module, Precision], Runner]] = {
+_OPEN: dict[str, Callable[[EngineStore, PackSpec, dict[str, nn.Module], str, str, Precision], Runner]] = {
     "pytorch": _open_pytorch,
     "onnxruntime": _open_ort,
     "tensorrt": _open_trt,
@@ -125,11 +149,11 @@ def _batches(pack: str) -> list[int]:
     pytest.param(pack, stage, batch, id=f"{pack}-{stage}-b{batch}")
     for pack in ("warp", "wav2lip") for stage in ("motion", "render") for batch in _batches(pack)
 ])
-@pytest.mark.parametrize(("backend", "precision"), BACKENDS)
-def test_backend_matches_pytorch_fp32(runners, cases, backend: str, precision: Precision, pack: str, stage: str,
-                                      batch: int) -> None:
+@pytest.mark.parametrize(("backend", "device", "precision"), BACKENDS)
+def test_backend_matches_pytorch_fp32(runners, cases, backend: str, device: str, precision: Precision, pack: str,
+                                      stage: str, batch: int) -> None:
     inputs, expected = cases(pack, stage, batch)
-    runner = runners(backend, precision, pack, stage)
+    runner = runners(backend, device, precision, pack, stage)
     assert runner.backend == backend
 
     got = runner.infer({k: v.copy() for k, v in inputs.items()})
@@ -151,7 +175,7 @@ def test_backend_matches_pytorch_fp32(runners, cases, backend: str, precision: P
 
 @pytest.fixture(scope="module")
 def warp_render_ort(runners) -> Runner:
-    return runners("onnxruntime", "fp32", "warp", "render")
+    return runners("onnxruntime", "cpu", "fp32", "warp", "render")
 
 
 def _good_render_inputs(n: int = 2) -> dict[str, np.ndarray]:
