@@ -146,6 +146,7 @@ def _job_task(job: Job, cfg: RenderConfig, cache_dir: Path, actors: list, first:
     with job_logging(job.job_id):
         result = render_job(job, cfg, cache_dir, _RayService(actors, first, job.job_id), on_frames=frames_done)
         _log_result(result)
+    heap.release_free()  # Ray reuses this process for later jobs: hand back what this one freed
     return result
 
 

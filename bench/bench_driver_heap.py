@@ -1,0 +1,115 @@
+"""Benchmark: a bare Ray driver's memory over many tasks, with and without heygem_ray.heap.
+
+    .venv/bin/python bench/bench_driver_heap.py [--tasks 3000]
+
+No heygem-ray job runs here: each mode is a fresh Python process that starts a local Ray,
+submits ``--tasks`` tasks of 50 ms (four in flight, the way the driver keeps jobs in
+flight), takes each result and drops it, and reads its own resident memory (RSS) every
+500 tasks. So what grows is Ray's and the C heap's, not rows kept by the program.
+
+Modes: ``plain``; ``trim`` (``heap.release_free()`` every 2 s, as ``run_jobs`` does);
+``trim+arenas`` (also ``heap.limit_arenas()`` before ``ray.init``, as the CLI does).
+
+Writes bench/results/driver-heap-<host>.json and prints a table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = ("plain", "trim", "trim+arenas")
+EVERY = 500  # tasks between two readings
+
+_CHILD = r"""
+import gc, json, sys, time
+from heygem_ray import heap
+mode, tasks, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if "arenas" in mode:
+    heap.limit_arenas()
+import ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+
+@ray.remote(num_cpus=1)
+def job(i):
+    time.sleep(0.05)
+    return {"row": i, "message": "x" * 2000}
+
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+pending, done, submitted, readings, next_trim = [], 0, 0, [], time.monotonic()
+while done < tasks:
+    while len(pending) < 4 and submitted < tasks:
+        pending.append(job.remote(submitted))
+        submitted += 1
+    ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+    for ref in ready:
+        ray.get(ref)
+        done += 1
+        if done % every == 0:
+            gc.collect()
+            readings.append([done, round(rss_mib(), 1)])
+    if "trim" in mode and time.monotonic() >= next_trim:
+        heap.release_free()
+        next_trim = time.monotonic() + 2.0
+ray.shutdown()
+print("RESULT " + json.dumps(readings))
+"""
+
+
+def run_mode(mode: str, tasks: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MALLOC_ARENA_MAX")}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _CHILD, mode, str(tasks), str(EVERY)], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=1800)
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode}: exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    readings = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    # Growth per task from the second reading on (the first 500 tasks include start-up).
+    (n0, m0), (n1, m1) = readings[1], readings[-1]
+    return {
+        "mode": mode,
+        "tasks": tasks,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "rss_mib": readings,
+        "kib_per_task": round((m1 - m0) * 1024 / (n1 - n0), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=3000)
+    opts = parser.parse_args()
+    results = []
+    for mode in MODES:
+        results.append(run_mode(mode, opts.tasks))
+        print(json.dumps(results[-1]), flush=True)
+    record = {
+        "machine": {"host": socket.gethostname(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "libc": "-".join(platform.libc_ver())},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "results": results,
+    }
+    dest = REPO / "bench" / "results" / f"driver-heap-{socket.gethostname()}.json"
+    dest.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwritten to {dest}\n")
+    plain = results[0]["kib_per_task"]
+    print("| mode | RSS after 500 tasks | after the last | KiB per task | × plain |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for r in results:
+        ratio = r["kib_per_task"] / plain if plain else float("nan")
+        print(f"| {r['mode']} | {r['rss_mib'][0][1]} MiB | {r['rss_mib'][-1][1]} MiB | {r['kib_per_task']} | {ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
