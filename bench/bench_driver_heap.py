@@ -19,11 +19,12 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import record
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("plain", "trim", "trim+arenas")
@@ -93,15 +94,7 @@ def main() -> None:
     for mode in MODES:
         results.append(run_mode(mode, opts.tasks))
         print(json.dumps(results[-1]), flush=True)
-    record = {
-        "machine": {"host": socket.gethostname(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "libc": "-".join(platform.libc_ver())},
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "results": results,
-    }
-    dest = REPO / "bench" / "results" / f"driver-heap-{socket.gethostname()}.json"
-    dest.write_text(json.dumps(record, indent=2) + "\n")
+    dest = record.write("driver-heap", results, libc="-".join(platform.libc_ver()))
     print(f"\nwritten to {dest}\n")
     plain = results[0]["kib_per_task"]
     print("| mode | RSS after 500 tasks | after the last | KiB per task | × plain |")

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +31,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import record
 
 from heygem_ray import media
 
@@ -160,19 +159,7 @@ def main() -> None:
             manifest.write_text("job_id,audio,video\n" + "\n".join(lines) + "\n")
             results.append(run_scenario(folder, manifest, f"{rows} rows of 1 s"))
             print(json.dumps(results[-1]), flush=True)
-    record = {
-        "machine": {
-            "host": socket.gethostname(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "results": results,
-    }
-    dest = REPO / "bench" / "results" / f"memory-{socket.gethostname()}.json"
-    dest.write_text(json.dumps(record, indent=2) + "\n")
+    dest = record.write("memory", results)
     print(f"\nwritten to {dest}\n")
     print("| scenario | video | wall | driver | job task (largest) | model worker (largest) | largest other |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
