@@ -11,7 +11,6 @@ import logging
 import tempfile
 import time
 import traceback
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -176,10 +175,7 @@ def _render_and_compose(
 
     Returns the description of the worker that rendered the last chunk.
     """
-    partial = scratch / f".{output.stem}.part.mp4"
-    if isinstance(output, Path):  # beside it, so that publishing is a rename
-        output.parent.mkdir(parents=True, exist_ok=True)
-        partial = output.with_name(f".{output.stem}.{uuid.uuid4().hex[:8]}.part.mp4")
+    partial = storage.staging_file(output, scratch, ".part.mp4")  # resume.py knows this name
     size = cfg.chunk_frames
     chunks = [range(s, min(s + size, timeline.frames)) for s in range(0, timeline.frames, size)]
     pending: deque[tuple[range, np.ndarray, ChunkFuture]] = deque()

@@ -6,9 +6,7 @@ place they are defined.
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
-import uuid
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -140,32 +138,27 @@ def write_results(results: list[JobResult], path: Location) -> None:
     storage.write_bytes(path, buf.getvalue().to_pybytes())
 
 
-def write_table(rows: Iterable[JobResult], extra_names: Collection[str], path: Location) -> int:
+def write_table(rows: Iterable[JobResult], extra_names: Collection[str], path: Location) -> None:
     """Write ``rows``, in the order given, as the results table at ``path`` (a file or an
     object), ``BATCH_ROWS`` at a time, so memory does not grow with the table. Every row
     has the result columns, then ``extra_names`` (text). The table appears whole or not
-    at all. Returns the number of rows written."""
+    at all."""
     schema = _schema(extra_names)
-    written = 0
-    with contextlib.ExitStack() as stack:
-        if isinstance(path, Path):  # beside the table, so publishing it is a rename
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        else:  # written locally, then uploaded
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="heygem-results-"))) / path.name
-        stack.callback(tmp.unlink, missing_ok=True)
-        with pq.ParquetWriter(tmp, schema) as writer:
-            batch: list[dict[str, Any]] = []
-            for r in rows:
-                batch.append(r.to_row())
-                if len(batch) == BATCH_ROWS:
+    with tempfile.TemporaryDirectory(prefix="heygem-results-") as scratch:
+        tmp = storage.staging_file(path, Path(scratch), ".parquet.tmp")
+        try:
+            with pq.ParquetWriter(tmp, schema) as writer:
+                batch: list[dict[str, Any]] = []
+                for r in rows:
+                    batch.append(r.to_row())
+                    if len(batch) == BATCH_ROWS:
+                        writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                        batch = []
+                if batch:
                     writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                    written, batch = written + len(batch), []
-            if batch:
-                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                written += len(batch)
-        storage.publish(tmp, path)
-    return written
+            storage.publish(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def read_rows(path: Location, status: Status | None = None) -> Iterator[JobResult]:

@@ -22,6 +22,7 @@ a batch at a time, in manifest order.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import itertools
@@ -78,11 +79,22 @@ def split(
     return todo, skipped
 
 
-def write_merged(jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str, path: Location) -> None:
+def write_merged(
+    jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str, path: Location
+) -> collections.Counter[str]:
     """Write the run's table at ``path``: one row per job, in manifest order, read back from
-    the part files (rows of ``skipped`` jobs marked so), a batch at a time."""
+    the part files (rows of ``skipped`` jobs marked so), a batch at a time. Returns how
+    many rows it wrote with each status."""
+    counts: collections.Counter[str] = collections.Counter()
+
+    def counted(rows: Iterator[JobResult]) -> Iterator[JobResult]:
+        for r in rows:
+            counts[r.status] += 1
+            yield r
+
     extra_names = sorted({name for job in jobs for name in job.extra})
-    write_table(_merged_rows(jobs, output_dir, skipped, pack), extra_names, path)
+    write_table(counted(_merged_rows(jobs, output_dir, skipped, pack)), extra_names, path)
+    return counts
 
 
 def _merged_rows(jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str) -> Iterator[JobResult]:

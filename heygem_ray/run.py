@@ -5,7 +5,6 @@ The public entry point for Python callers; the CLI is a thin layer over it.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 from collections.abc import Iterator
@@ -72,7 +71,6 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     cb.started(len(jobs))
     # 2. skip what an earlier run into the same folder completed (unless forced)
     todo, skipped = (jobs, set()) if cfg.force else resume.split(jobs, cfg.output_dir, cfg.config_hash(), cb.job_done)
-    ended: collections.Counter[str] = collections.Counter()  # status → rows this run rendered or failed
     if todo:
         # 3. connect to Ray (a local instance unless an address is given)
         started_here, dashboard = _connect(cfg.address)
@@ -86,7 +84,6 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
 
             def job_done(result: JobResult) -> None:
                 resume.record(cfg.output_dir, result)
-                ended[result.status] += 1
                 cb.job_done(result)
 
             run_jobs(todo, cfg, on_result=job_done, on_frames=cb.frames_done, on_workers=workers_ready)
@@ -95,8 +92,8 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
                 ray.shutdown()
     # 5. the results table: one row per manifest row, merged from the rows kept on disk
     path = cfg.output_dir / RESULTS_FILE
-    resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path)
-    return RunSummary(path, total=len(jobs), ok=ended["ok"], skipped=len(skipped), failed=ended["failed"])
+    counts = resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path)
+    return RunSummary(path, total=len(jobs), ok=counts["ok"], skipped=counts["skipped"], failed=counts["failed"])
 
 
 def _connect(address: str | None) -> tuple[bool, str | None]:

@@ -317,6 +317,17 @@ def upload(source: Path | BinaryIO, dest: Uri) -> None:
                 fs.delete_file(tmp)
 
 
+def staging_file(dest: Location, scratch: Path, suffix: str) -> Path:
+    """A local file to write before ``publish`` puts it at ``dest``, named
+    ``.<dest's stem>.<random><suffix>``: beside a local ``dest`` (its folder made; one file
+    system, so publishing is a rename), else in ``scratch``."""
+    name = f".{dest.stem}.{uuid.uuid4().hex[:8]}{suffix}"
+    if isinstance(dest, Path):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return dest.with_name(name)
+    return scratch / name
+
+
 def publish(local: Path, dest: Location) -> None:
     """Put the finished local file ``local`` at ``dest``: a rename for a local ``dest`` (on
     the same file system), an upload otherwise; ``local`` is gone afterwards."""
