@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/bench_driver_heap.py [--tasks 3000]
 
-No heygem-ray job runs here: each mode is a fresh Python process that starts a local Ray,
-submits ``--tasks`` tasks of 50 ms (four in flight, the way the driver keeps jobs in
-flight), takes each result and drops it, and reads its own resident memory (RSS) every
-500 tasks. So what grows is Ray's and the C heap's, not rows kept by the program.
+No heygem-ray job runs here: each mode is a fresh Python process that starts a local Ray
+and submits ``--tasks`` named tasks of 50 ms the way ``run_jobs`` submits jobs (four in
+flight; each gets a settings object, the worker actors' handles and a progress actor's
+handle, and reports to the progress actor), takes each result and drops it, and reads
+its own resident memory (RSS) every 500 tasks. So what grows is Ray's and the C heap's,
+not rows kept by the program.
 
 Modes: ``plain``; ``trim`` (``heap.release_free()`` every 2 s, as ``run_jobs`` does);
 ``trim+arenas`` (also ``heap.limit_arenas()`` before ``ray.init``, as the CLI does).
@@ -39,10 +41,22 @@ if "arenas" in mode:
 import ray
 ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
 
+@ray.remote(num_cpus=0)
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def add(self, k):
+        self.n += k
+
 @ray.remote(num_cpus=1)
-def job(i):
+def job(i, settings, workers, progress):
     time.sleep(0.05)
+    progress.add.remote(25)
     return {"row": i, "message": "x" * 2000}
+
+settings = {"render": "x" * 1000}
+workers, progress = [Counter.remote() for _ in range(2)], Counter.remote()
 
 def rss_mib():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
@@ -50,7 +64,7 @@ def rss_mib():
 pending, done, submitted, readings, next_trim = [], 0, 0, [], time.monotonic()
 while done < tasks:
     while len(pending) < 4 and submitted < tasks:
-        pending.append(job.remote(submitted))
+        pending.append(job.options(name=f"job:{submitted}", max_retries=0).remote(submitted, settings, workers, progress))
         submitted += 1
     ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
     for ref in ready:

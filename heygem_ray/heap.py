@@ -1,8 +1,8 @@
 """The driver's C heap under Ray.
 
 Ray's threads allocate and free in many glibc malloc arenas, and glibc keeps what is
-freed there: a driver that only submits tasks and drops their results grew about 20 KB
-per task (BENCHMARKS.md, "Memory"). Two remedies, both no-ops on another C library:
+freed there: a bare driver that submits tasks as ``run_jobs`` does and drops their results
+grew about 30 KiB per task (``bench/bench_driver_heap.py``, BENCHMARKS.md "Memory"). Two remedies, both no-ops on another C library:
 ``limit_arenas`` for a process heygem-ray owns (the CLI, the nightly job), called before
 Ray starts its threads, and ``release_free`` now and then while a run goes on.
 """
