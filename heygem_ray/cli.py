@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated, TextIO, cast
 
 import typer
 from rich.console import Console
@@ -33,6 +35,8 @@ from heygem_ray.results import JobResult
 from heygem_ray.run import RunCallbacks
 from heygem_ray.run import submit as run_submit
 from heygem_ray.worker import WorkerInfo
+
+LISTED = 20  # outputs and failures printed at the end of a run; results.parquet holds them all
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch lip-synced talking-head videos on Ray.")
 err = Console(stderr=True)
@@ -138,14 +142,22 @@ def submit(
     done_before = f" ({summary.skipped} skipped: complete from an earlier run)" if summary.skipped else ""
     print(f"{summary.ok} of {summary.total} jobs rendered{done_before} into {cfg.output_dir.resolve()}")
     print(f"results: {summary.results_path.resolve()}")
-    for r in summary.rows():
-        if r.status != "failed":
-            print(f"  {r.output}")
+    outputs = (f"  {r.output}" for r in summary.rows() if r.status != "failed")
+    _print_some(outputs, summary.ok + summary.skipped, "outputs", sys.stdout)
     if summary.failed:
         print(f"{summary.failed} job(s) failed:", file=sys.stderr)
-        for r in summary.rows("failed"):
-            print(f"  [{r.error_kind}] {r.error}", file=sys.stderr)
+        failures = (f"  [{r.error_kind}] {r.error}" for r in summary.rows("failed"))
+        _print_some(failures, summary.failed, "failures", sys.stderr)
         raise typer.Exit(1)
+
+
+def _print_some(lines: Iterator[str], count: int, what: str, stream: TextIO) -> None:
+    """The first ``LISTED`` of ``count`` lines, then one line for the rest."""
+    for line in itertools.islice(lines, LISTED):
+        print(line, file=stream)
+    if count > LISTED:
+        more = f"  … and {count - LISTED} more {what}: every row is in results.parquet ('heygem-ray status' sums it up)"
+        print(more, file=stream)
 
 
 

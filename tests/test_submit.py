@@ -162,12 +162,17 @@ def test_readme_demo_command_renders_the_bundled_example(tmp_path):
 def test_cli_exits_non_zero_when_a_row_fails_and_still_renders_the_rest(tmp_path, examples):
     _silent_wav(tmp_path / "s.wav", 0.5)
     shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
-    (tmp_path / "m.csv").write_text("job_id,audio,video\nfine,s.wav,p.jpg\nbroken,gone.wav,p.jpg\n")
+    broken = [f"broken{i},gone{i}.wav,p.jpg" for i in range(22)]
+    (tmp_path / "m.csv").write_text("job_id,audio,video\nfine,s.wav,p.jpg\n" + "\n".join(broken) + "\n")
     proc = _cli("submit", "m.csv", "-o", "o", "--cache-dir", "c", cwd=tmp_path)
     assert proc.returncode == 1
-    assert "1 of 2 jobs rendered" in proc.stdout
-    assert "[missing_file] row 2 (job 'broken')" in proc.stderr
+    assert "1 of 23 jobs rendered" in proc.stdout
+    assert "[missing_file] row 2 (job 'broken0')" in proc.stderr
     assert (tmp_path / "o" / "fine.mp4").is_file()
+    # The closing list stops at 20 failures and points to the table for the rest.
+    tail = proc.stderr[proc.stderr.index("22 job(s) failed:") :].splitlines()
+    assert len(tail) == 22 and tail[20].startswith("  [missing_file] row 21 ")
+    assert tail[21] == "  … and 2 more failures: every row is in results.parquet ('heygem-ray status' sums it up)"
 
 
 def test_cli_stops_before_work_on_a_broken_manifest(tmp_path):
