@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import record
 
 from heygem_ray import media
+from heygem_ray.ray_exec import JOB_TITLE
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -69,6 +70,23 @@ def _tree(root: int) -> dict[int, tuple[str, int]]:
     return found
 
 
+def _program(cmd: str) -> str:
+    """A short name for a process: ``ray::Name`` for Ray workers, the script for Python ones."""
+    words = cmd.split()
+    if not words:
+        return "?"
+    if words[0].startswith(("ray::", "ray-")):
+        return words[0]
+    program = Path(words[0]).name
+    if program.startswith("python"):
+        for i, word in enumerate(words[1:], 1):
+            if word in ("-c", "-m"):
+                return f"{program} {word} {words[i + 1] if word == '-m' and i + 1 < len(words) else ''}".strip()
+            if not word.startswith("-"):
+                return Path(word).name
+    return program
+
+
 def run_scenario(folder: Path, manifest: Path, name: str) -> dict:
     out = folder / f"out-{name}"
     exe = str(Path(sys.executable).with_name("heygem-ray"))
@@ -79,13 +97,16 @@ def run_scenario(folder: Path, manifest: Path, name: str) -> dict:
     peaks: dict[int, int] = {}  # pid → peak KiB
     roles: dict[int, str] = {}
     names: dict[int, str] = {}  # pid → program name
+    driver_cmd = " ".join(args)
     while driver.poll() is None:
         for pid, (cmd, hwm) in _tree(driver.pid).items():
+            if pid != driver.pid and cmd == driver_cmd:
+                continue  # the driver forked it (Ray starting a process) and it has not exec'd yet: the driver's pages
             peaks[pid] = max(peaks.get(pid, 0), hwm)
-            names.setdefault(pid, Path(cmd.split(" ", 1)[0]).name if not cmd.startswith("ray::") else cmd.split(" ", 1)[0])
+            names[pid] = _program(cmd)
             if pid == driver.pid:
                 roles[pid] = "driver"
-            elif cmd.startswith("ray::job:"):
+            elif cmd.startswith(JOB_TITLE):
                 roles[pid] = "job tasks"
             elif cmd.startswith("ray::_ActorWorker"):
                 roles[pid] = "model workers"
@@ -113,6 +134,12 @@ def run_scenario(folder: Path, manifest: Path, name: str) -> dict:
     }
     if result["largest_other"] is not None:
         result["largest_other"] = names[result["largest_other"]]
+    # Ray's own processes by name (gcs_server, raylet, ray::DashboardAgent, …): the largest five, MiB.
+    by_program: dict[str, int] = {}
+    for pid in (p for p in peaks if roles[p] == "other"):
+        by_program[names[pid]] = max(by_program.get(names[pid], 0), peaks[pid])
+    top = sorted(by_program.items(), key=lambda kv: -kv[1])[:5]
+    result["other_by_program"] = {name: round(kib / 1024, 1) for name, kib in top}
     if len(rows) == 1:
         r = rows[0]
         stages = {s[:-2]: r[s] or 0.0 for s in STAGES}
@@ -169,6 +196,10 @@ def main() -> None:
             f"| {r['scenario']} | {r['video_s']:.0f} s | {r['wall_s']:.0f} s | {p['driver']} MiB | {p['job tasks']} MiB "
             f"| {p['model workers']} MiB | {p['other']} MiB ({r['largest_other']}) |"
         )
+    print("\n| scenario | Ray's processes and the rest, largest first (peak) |")
+    print("| --- | --- |")
+    for r in results:
+        print(f"| {r['scenario']} | " + ", ".join(f"{n} {m} MiB" for n, m in r["other_by_program"].items()) + " |")
     print("\n| job | chunks | job wall | sum of stages | max stage | sum / wall |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in results:

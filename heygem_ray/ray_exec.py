@@ -42,6 +42,9 @@ WATCH_S = 2.0
 # A worker actor that dies is restarted, and the chunk calls it held are sent again
 # (run_chunk is a pure function of its arguments, so repeating it is safe).
 _RESTART = {"max_restarts": -1, "max_task_retries": -1}
+# Process titles while a job task or a chunk call runs (see _shared_title).
+JOB_TITLE = "ray::job"
+RENDER_TITLE = "ray::_ActorWorker.run_chunk"
 
 
 def node_name() -> str:
@@ -49,11 +52,27 @@ def node_name() -> str:
     return f"{ray.util.get_node_ip_address()}/{ctx.get_node_id()[:8]}"
 
 
+def _shared_title(title: str) -> None:
+    """Give this Ray worker process a title that every call of its kind shares.
+
+    Ray titles the process after the running call's name (``ray::job:<id>``,
+    ``ray::render:<id>:chunk<k>``), and the dashboard agent on each node keeps one metric
+    series for every title it ever saw, for the cluster's life: one per job and chunk grew
+    it by about 50 KiB a row (BENCHMARKS.md, "Memory"). The calls keep their names in the
+    dashboard's task list and in log prefixes; only the process title is shared.
+    """
+    ray._raylet.setproctitle(title)  # type: ignore[attr-defined]  # what Ray calls to title the process (Cython)
+
+
 class _ActorWorker(ModelWorker):
     """A ModelWorker that knows which Ray node it lives on."""
 
     def __init__(self, cfg: RenderConfig, engines_dir: Path):
         super().__init__(cfg, engines_dir, node=node_name())
+
+    def run_chunk(self, features: np.ndarray, crops: np.ndarray) -> ChunkOutput:
+        _shared_title(RENDER_TITLE)
+        return super().run_chunk(features, crops)
 
 
 @ray.remote(num_cpus=0)
@@ -143,6 +162,7 @@ def _job_task(job: Job, cfg: RenderConfig, cache_dir: Path, actors: list, first:
         progress.add.remote(frames)
         metrics.record_frames(frames, cfg.pack)
 
+    _shared_title(JOB_TITLE)
     with job_logging(job.job_id):
         result = render_job(job, cfg, cache_dir, _RayService(actors, first, job.job_id), on_frames=frames_done)
         _log_result(result)
