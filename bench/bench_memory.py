@@ -6,7 +6,7 @@ Each scenario is one `heygem-ray submit` on a fresh local Ray instance (the CLI,
 user runs it). While it runs, every process in its tree is read from /proc four times
 a second; a process's peak is its kernel high-water mark (VmHWM), so nothing between
 two reads is missed. Processes are grouped by what they are: the driver (the CLI), job
-tasks (Ray workers that ran a `job:<id>` task), model workers (the worker actors) and
+tasks (Ray workers that ran a `job` task), model workers (the worker actors) and
 the rest (Ray's own gcs_server, raylet and agents, idle workers, and the jobs' ffmpeg
 processes); the largest of the rest is named.
 
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import record
 
 from heygem_ray import media
-from heygem_ray.ray_exec import JOB_TITLE
+from heygem_ray.ray_exec import JOB_TASK
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -106,7 +106,7 @@ def run_scenario(folder: Path, manifest: Path, name: str) -> dict:
             names[pid] = _program(cmd)
             if pid == driver.pid:
                 roles[pid] = "driver"
-            elif cmd.startswith(JOB_TITLE):
+            elif cmd.startswith(f"ray::{JOB_TASK}"):
                 roles[pid] = "job tasks"
             elif cmd.startswith("ray::_ActorWorker"):
                 roles[pid] = "model workers"

@@ -42,9 +42,12 @@ WATCH_S = 2.0
 # A worker actor that dies is restarted, and the chunk calls it held are sent again
 # (run_chunk is a pure function of its arguments, so repeating it is safe).
 _RESTART = {"max_restarts": -1, "max_task_retries": -1}
-# Process titles while a job task or a chunk call runs (see _shared_title).
-JOB_TITLE = "ray::job"
-RENDER_TITLE = "ray::_ActorWorker.run_chunk"
+# What job tasks and chunk calls are called in the Ray dashboard. The same for every job:
+# Ray's dashboard agent keeps state for every task name it has seen (the `ray_tasks`
+# metric is labelled by name) for the cluster's life, so a name per job grew it by about
+# 50 KiB a row, run after run (BENCHMARKS.md, "Memory"). Log records name the job.
+JOB_TASK = "job"
+CHUNK_CALL = "render"
 
 
 def node_name() -> str:
@@ -52,27 +55,11 @@ def node_name() -> str:
     return f"{ray.util.get_node_ip_address()}/{ctx.get_node_id()[:8]}"
 
 
-def _shared_title(title: str) -> None:
-    """Give this Ray worker process a title that every call of its kind shares.
-
-    Ray titles the process after the running call's name (``ray::job:<id>``,
-    ``ray::render:<id>:chunk<k>``), and the dashboard agent on each node keeps one metric
-    series for every title it ever saw, for the cluster's life: one per job and chunk grew
-    it by about 50 KiB a row (BENCHMARKS.md, "Memory"). The calls keep their names in the
-    dashboard's task list and in log prefixes; only the process title is shared.
-    """
-    ray._raylet.setproctitle(title)  # type: ignore[attr-defined]  # what Ray calls to title the process (Cython)
-
-
 class _ActorWorker(ModelWorker):
     """A ModelWorker that knows which Ray node it lives on."""
 
     def __init__(self, cfg: RenderConfig, engines_dir: Path):
         super().__init__(cfg, engines_dir, node=node_name())
-
-    def run_chunk(self, features: np.ndarray, crops: np.ndarray) -> ChunkOutput:
-        _shared_title(RENDER_TITLE)
-        return super().run_chunk(features, crops)
 
 
 @ray.remote(num_cpus=0)
@@ -93,20 +80,20 @@ class _RayFuture:
     """One chunk on a worker actor. If that worker is gone for good (its node left the
     cluster), the chunk is sent to the next worker the job can use."""
 
-    def __init__(self, service: _RayService, name: str, features: np.ndarray, crops: np.ndarray):
-        self._service, self._name, self._args = service, name, (features, crops)
+    def __init__(self, service: _RayService, label: str, features: np.ndarray, crops: np.ndarray):
+        self._service, self._label, self._args = service, label, (features, crops)
         self._send()
 
     def _send(self) -> None:
         self._actor = self._service.next_actor()
-        self._ref: ray.ObjectRef = self._actor.run_chunk.options(name=self._name).remote(*self._args)
+        self._ref: ray.ObjectRef = self._actor.run_chunk.options(name=CHUNK_CALL).remote(*self._args)
 
     def result(self) -> ChunkOutput:
         while True:
             try:
                 return cast(ChunkOutput, ray.get(self._ref))
             except (ActorDiedError, ActorUnschedulableError):  # gone for good, or its node is
-                log.warning("%s: its model worker is gone; rendering it on another", self._name)
+                log.warning("%s: its model worker is gone; rendering it on another", self._label)
                 self._service.drop(self._actor)
                 self._send()
             except RayError as exc:
@@ -124,15 +111,14 @@ class _RayService:
 
     The driver gives each job its own first worker (job k starts at worker k mod n):
     starting every job at the first one would send all short, one-chunk jobs there.
-    Each call is named ``render:<job id>:chunk<k>`` (motion and render of chunk k) in
-    the Ray dashboard.
+    Each call (motion and render of one chunk) is ``render`` in the Ray dashboard.
     """
 
     def __init__(self, actors: list[ray.actor.ActorHandle], first: int, job_id: str):
         start = first % len(actors)
         self._actors = actors[start:] + actors[:start]
         self._turn = 0
-        self._names = (f"render:{job_id}:chunk{k}" for k in itertools.count())
+        self._labels = (f"chunk {k} of job {job_id!r}" for k in itertools.count())
 
     @property
     def workers(self) -> int:
@@ -153,7 +139,7 @@ class _RayService:
         self._actors = [a for a in self._actors if a is not actor]
 
     def submit(self, features: np.ndarray, crops: np.ndarray) -> ChunkFuture:
-        return _RayFuture(self, next(self._names), features, crops)
+        return _RayFuture(self, next(self._labels), features, crops)
 
 
 @ray.remote(num_cpus=1)
@@ -162,7 +148,6 @@ def _job_task(job: Job, cfg: RenderConfig, cache_dir: Path, actors: list, first:
         progress.add.remote(frames)
         metrics.record_frames(frames, cfg.pack)
 
-    _shared_title(JOB_TITLE)
     with job_logging(job.job_id):
         result = render_job(job, cfg, cache_dir, _RayService(actors, first, job.job_id), on_frames=frames_done)
         _log_result(result)
@@ -300,7 +285,7 @@ def run_jobs(
                 exhausted = True
                 break
             # max_retries=0: a lost task is retried here, where its attempts are counted.
-            ref = _job_task.options(name=f"job:{job.job_id}", max_retries=0).remote(
+            ref = _job_task.options(name=JOB_TASK, max_retries=0).remote(
                 job, cfg.render, cfg.cache_dir, pool.actors, submitted, progress
             )
             submitted += 1
