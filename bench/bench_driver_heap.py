@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_driver_heap.py [--tasks 3000]
 
 No heygem-ray job runs here: each mode is a fresh Python process that starts a local Ray
-and submits ``--tasks`` named tasks of 50 ms the way ``run_jobs`` submits jobs (four in
+and submits ``--tasks`` tasks of 50 ms the way ``run_jobs`` submits jobs (four in
 flight; each gets a settings object, the worker actors' handles and a progress actor's
 handle, and reports to the progress actor), takes each result and drops it, and reads
 its own resident memory (RSS) every 500 tasks. So what grows is Ray's and the C heap's,
@@ -64,7 +64,7 @@ def rss_mib():
 pending, done, submitted, readings, next_trim = [], 0, 0, [], time.monotonic()
 while done < tasks:
     while len(pending) < 4 and submitted < tasks:
-        pending.append(job.options(name=f"job:{submitted}", max_retries=0).remote(submitted, settings, workers, progress))
+        pending.append(job.options(name="job", max_retries=0).remote(submitted, settings, workers, progress))
         submitted += 1
     ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
     for ref in ready:
