@@ -19,16 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import record
 
-REPO = Path(__file__).resolve().parents[1]
 MODES = ("plain", "trim", "trim+arenas")
 EVERY = 500  # tasks between two readings
 
@@ -82,19 +76,13 @@ print("RESULT " + json.dumps(readings))
 
 
 def run_mode(mode: str, tasks: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MALLOC_ARENA_MAX")}
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, mode, str(tasks), str(EVERY)], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=1800)
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode}: exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    readings = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    readings, wall = record.run_child(mode, _CHILD, mode, str(tasks), str(EVERY), unset=("RAY_ADDRESS", "MALLOC_ARENA_MAX"))
     # Growth per task from the second reading on (the first 500 tasks include start-up).
     (n0, m0), (n1, m1) = readings[1], readings[-1]
     return {
         "mode": mode,
         "tasks": tasks,
-        "wall_s": round(time.perf_counter() - t0, 1),
+        "wall_s": round(wall, 1),
         "rss_mib": readings,
         "kib_per_task": round((m1 - m0) * 1024 / (n1 - n0), 2),
     }

@@ -20,15 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import record
 
-REPO = Path(__file__).resolve().parents[1]
 MODES = ("one name", "a name per task")
 EVERY = 500  # tasks between two readings
 
@@ -96,18 +90,12 @@ print("RESULT " + json.dumps(readings))
 
 
 def run_mode(mode: str, tasks: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, mode, str(tasks), str(EVERY)], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=1800)
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode}: exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    readings = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    readings, wall = record.run_child(mode, _CHILD, mode, str(tasks), str(EVERY))
     m0, (nh, mh), (n1, m1) = readings[0][1], readings[len(readings) // 2], readings[-1]
     return {
         "mode": mode,
         "tasks": tasks,
-        "wall_s": round(time.perf_counter() - t0, 1),
+        "wall_s": round(wall, 1),
         "agent_rss_mib": readings,
         "grew_mib": round(m1 - m0, 1),
         # The slope over the second half: whether it levels off.
@@ -132,6 +120,7 @@ def main() -> None:
         ratio = r["grew_mib"] / base if base else float("nan")
         first, last = r["agent_rss_mib"][0][1], r["agent_rss_mib"][-1][1]
         print(f"| {r['mode']} | {first} MiB | {last} MiB | {r['grew_mib']} MiB | {ratio:.1f} | {r['kib_per_task_late']} |")
+
 
 if __name__ == "__main__":
     main()

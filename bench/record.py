@@ -1,5 +1,6 @@
 """Where a benchmark's numbers go: ``bench/results/<name>-<host>.json``, with the machine,
-the command that made them and the date."""
+the command that made them and the date; and how a benchmark runs one measurement in a
+fresh Python process (``run_child``)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import json
 import os
 import platform
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = RESULTS.parents[1]
 
 
 def write(name: str, results: list[dict], **machine: str) -> Path:
@@ -31,3 +35,18 @@ def write(name: str, results: list[dict], **machine: str) -> Path:
     dest = RESULTS / f"{name}-{socket.gethostname()}.json"
     dest.write_text(json.dumps(record, indent=2) + "\n")
     return dest
+
+
+def run_child(label: str, script: str, *args: str, unset: tuple[str, ...] = ("RAY_ADDRESS",)) -> tuple[Any, float]:
+    """Run ``script`` with ``args`` in a fresh ``python -c`` in the repository, without the
+    environment variables ``unset`` (RAY_ADDRESS: a local Ray of its own). Returns the JSON
+    it printed after ``RESULT `` and its wall time in seconds; a failure stops the benchmark
+    with the child's stderr, under ``label``."""
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=1800)
+    if proc.returncode != 0:
+        raise SystemExit(f"{label}: exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    result = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(result.removeprefix("RESULT ")), time.perf_counter() - t0
