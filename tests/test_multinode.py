@@ -96,7 +96,7 @@ def test_a_node_removed_mid_run_loses_no_job(tmp_path, examples, gpus):
     """The second node leaves (killed, not drained) as soon as the first job is done: the
     jobs and model workers it held are lost, and every job still ends ok exactly once.
     With a GPU per node, the lost GPU worker cannot come back anywhere: its chunks must
-    go to the worker that is left."""
+    go to the worker that is left (and the run must not hang waiting for it)."""
     audio = tmp_path / "a.wav"
     subprocess.run(
         [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "1.2", str(audio)], check=True
@@ -109,8 +109,11 @@ def test_a_node_removed_mid_run_loses_no_job(tmp_path, examples, gpus):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert any(line.startswith("REMOVED") for line in lines) and "ALIVE 1" in lines, lines
-    if gpus:  # the lost GPU worker could not restart anywhere: the driver had to end it
-        assert "left the cluster" in proc.stderr
+    if gpus:
+        # The lost GPU worker could not restart anywhere. Either the driver saw the node
+        # leave and ended it, or Ray found it unschedulable first (its node affinity is
+        # hard) and the job tasks sent its chunks on: which comes first is a race.
+        assert "left the cluster" in proc.stderr or "its model worker is gone" in proc.stderr, proc.stderr[-3000:]
     found = [line.split(maxsplit=5) for line in lines if line.startswith("ROW")]
     assert sorted(parts[1] for parts in found) == [f"job{i}" for i in range(6)]  # each exactly once
     assert all(parts[2] == "ok" for parts in found), lines
