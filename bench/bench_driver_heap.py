@@ -92,6 +92,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=3000)
     opts = parser.parse_args()
+    if opts.tasks < 3 * EVERY:  # a slope needs readings after the start-up one
+        parser.error(f"--tasks must be at least {3 * EVERY} (a reading every {EVERY} tasks)")
     results = []
     for mode in MODES:
         results.append(run_mode(mode, opts.tasks))
