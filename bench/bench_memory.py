@@ -1,6 +1,6 @@
 """Benchmark: peak memory against video length and manifest size, and the chunk pipeline's overlap.
 
-    .venv/bin/python bench/bench_memory.py [--rows 10,1000] [--minutes 1,10]
+    .venv/bin/python bench/bench_memory.py [--rows 10,1000] [--minutes 1,10] [--backend onnxruntime]
 
 Each scenario is one `heygem-ray submit` on a fresh local Ray instance (the CLI, as a
 user runs it). While it runs, every process in its tree is read from /proc four times
@@ -15,6 +15,9 @@ bundled 3-second reference video; 10 and 1000 rows of 1 second each on the bundl
 photo. The long jobs' results also give the overlap figure: a job's wall time against
 the sum and the maximum of its stage times (motion and render run on the model worker
 while the job composes earlier chunks, so the sum can exceed the wall time).
+
+The model workers run ``--backend`` (default onnxruntime: the recorded results ran it,
+when ``auto`` still chose it for warp on a CPU; ``auto`` now picks PyTorch there).
 
 Writes bench/results/memory-<host>.json and prints the tables for BENCHMARKS.md.
 """
@@ -87,10 +90,11 @@ def _program(cmd: str) -> str:
     return program
 
 
-def run_scenario(folder: Path, manifest: Path, name: str) -> dict:
+def run_scenario(folder: Path, manifest: Path, name: str, backend: str) -> dict:
     out = folder / f"out-{name}"
     exe = str(Path(sys.executable).with_name("heygem-ray"))
-    args = [exe, "submit", str(manifest), "-o", str(out), "--cache-dir", str(folder / "cache"), "--engines", str(folder / "engines")]
+    args = [exe, "submit", str(manifest), "-o", str(out), "--cache-dir", str(folder / "cache"),
+            "--engines", str(folder / "engines"), "--backend", backend]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local instance
     t0 = time.perf_counter()
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -169,6 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", default="1,10", help="lengths of the single-job scenarios")
     parser.add_argument("--rows", default="10,1000", help="row counts of the many-row scenarios")
+    parser.add_argument("--backend", default="onnxruntime", help="the model workers' --backend")
     opts = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="heygem-bench-mem-") as tmp:
@@ -177,14 +182,14 @@ def main() -> None:
             audio = _speech(folder / f"speech-{minutes:g}min.wav", minutes * 60)
             manifest = folder / f"long-{minutes:g}.csv"
             manifest.write_text(f"job_id,audio,video\nlong,{audio},{EXAMPLES / 'presenter.mp4'}\n")
-            results.append(run_scenario(folder, manifest, f"1 job, {minutes:g} min"))
+            results.append(run_scenario(folder, manifest, f"1 job, {minutes:g} min", opts.backend))
             print(json.dumps(results[-1]), flush=True)
         short = _speech(folder / "short.wav", 1.0)
         for rows in [int(n) for n in opts.rows.split(",") if n]:
             manifest = folder / f"rows-{rows}.csv"
             lines = [f"row{i},{short},{EXAMPLES / 'presenter.jpg'}" for i in range(rows)]
             manifest.write_text("job_id,audio,video\n" + "\n".join(lines) + "\n")
-            results.append(run_scenario(folder, manifest, f"{rows} rows of 1 s"))
+            results.append(run_scenario(folder, manifest, f"{rows} rows of 1 s", opts.backend))
             print(json.dumps(results[-1]), flush=True)
     dest = record.write("memory", results)
     print(f"\nwritten to {dest}\n")

@@ -64,14 +64,20 @@ class _ActorWorker(ModelWorker):
 
 @ray.remote(num_cpus=0)
 class _Progress:
-    """Frames composed so far, reported by job tasks, read by the driver."""
+    """Frames composed so far, reported by job tasks, read by the driver.
+
+    Its calls (one per chunk, and the driver's polls) keep no task events: they would
+    fill the dashboard's task list and the GCS's event store with bookkeeping.
+    """
 
     def __init__(self) -> None:
         self.frames = 0
 
+    @ray.method(enable_task_events=False)
     def add(self, frames: int) -> None:
         self.frames += frames
 
+    @ray.method(enable_task_events=False)
     def total(self) -> int:
         return self.frames
 

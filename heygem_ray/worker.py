@@ -79,7 +79,7 @@ class ModelWorker:
         self.batch_size = cfg.batch_size
         # 1. detect the device
         device = DeviceInfo.detect()
-        # 2. load the stages and open them on a backend (auto: tensorrt → onnxruntime → pytorch)
+        # 2. load the stages and open them on a backend (auto: the fastest that runs here)
         chosen = open_runners(
             self.pack,
             self.pack.load_stages(cfg.checkpoint),

@@ -184,11 +184,13 @@ def test_onnxruntime_and_pytorch_render_the_same_video(tmp_path, examples, rende
     result_pt, frames_pt, _, _ = rendered
     service = InProcessService(ModelWorker(RenderConfig(backend="onnxruntime"), engines_dir=tmp_path / "engines"))
     assert service.worker.info.backend == "onnxruntime"
+    assert service.worker.info.engine_key.startswith("warp/render/onnxruntime-")
     result = render_job(
         job(tmp_path, examples / "lesson1.wav", examples / "presenter.mp4"), RenderConfig(chunk_frames=48),
         tmp_path / "cache", service,
     )
     assert result.status == "ok" and result.backend == "onnxruntime"
+    assert result.engine_key == service.worker.info.engine_key
     frames, _ = media.read_video(Path(result.output))
     assert frames.shape == frames_pt.shape
     assert np.abs(frames.astype(int) - frames_pt.astype(int)).mean() <= 1.0

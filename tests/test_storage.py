@@ -276,12 +276,14 @@ def test_an_engine_store_in_a_bucket_builds_once_and_serves_other_machines(bucke
 ROUND_TRIP = """
 import logging, sys
 import ray
-from heygem_ray import RunConfig, submit
+from heygem_ray import RenderConfig, RunConfig, submit
 from heygem_ray.storage import location
 
 ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
 bucket, cache = sys.argv[1], sys.argv[2]
-cfg = RunConfig(output_dir=location(bucket + "/out"), engines_dir=location(bucket + "/engines"), cache_dir=cache)
+# onnxruntime: a backend whose graphs go into the engine store (here, the bucket)
+cfg = RunConfig(output_dir=location(bucket + "/out"), engines_dir=location(bucket + "/engines"), cache_dir=cache,
+                render=RenderConfig(backend="onnxruntime"))
 for attempt in ("first", "again"):
     summary = submit(bucket + "/in/manifest.csv", cfg)
     print("RESULTS", attempt, summary.results_path)
@@ -363,7 +365,7 @@ def test_cli_submit_reads_and_writes_a_bucket(bucket, s3_env, tmp_path, examples
                         .encode())
     exe = str(Path(sys.executable).with_name("heygem-ray"))
     args = [exe, "submit", f"{bucket}/jobs/m.csv", "-o", f"{bucket}/out", "--engines", f"{bucket}/engines",
-            "--cache-dir", str(tmp_path / "templates")]
+            "--cache-dir", str(tmp_path / "templates"), "--backend", "onnxruntime"]
     proc = subprocess.run(args, cwd=tmp_path, env=_child_env(s3_env, tmp_path / "home-cache"),
                           capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -90,10 +90,11 @@ def test_good_rows_render_next_to_bad_ones(bad_batch):
         assert r["status"] == "ok", r["error"]
         frames, _ = media.read_video(Path(r["output"]))
         assert len(frames) == r["frames"] > 0
-        # auto on a CPU machine without TensorRT: ONNX Runtime, and the note says why not TensorRT.
-        assert r["node"] and r["backend"] == "onnxruntime" and r["pack"] == "warp"
+        # auto for warp on a CPU machine without TensorRT: PyTorch (faster than ONNX Runtime
+        # there), and the note says why not TensorRT. PyTorch needs no engine.
+        assert r["node"] and r["backend"] == "pytorch" and r["pack"] == "warp"
         assert r["precision"] == "fp32" and "tensorrt: tensorrt is not installed" in r["backend_note"]
-        assert r["engine_key"].startswith("warp/render/onnxruntime-")
+        assert r["engine_key"] == ""
     # Silence is valid: the photo row's mouth never opens, so every frame is the photo.
     frames, _ = media.read_video(Path(rows["photo"]["output"]))
     assert np.abs(frames.astype(int) - frames[0].astype(int)).mean() < 1.0
@@ -148,7 +149,7 @@ def test_readme_demo_command_renders_the_bundled_example(tmp_path):
     from heygem_ray.backends import trt
 
     if not trt.available()[0]:
-        assert re.search(r"workers: \d+ × CPU, backend onnxruntime \(fp32\); skipped tensorrt:", proc.stderr)
+        assert re.search(r"workers: \d+ × CPU, backend pytorch \(fp32\); skipped tensorrt:", proc.stderr)
         assert "heygem-ray[tensorrt]" in proc.stderr
     assert f"results: {tmp_path / 'out' / 'results.parquet'}" in proc.stdout
     table = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()

@@ -8,9 +8,10 @@
     runners.note      # why the faster ones did not ("" when the first choice ran)
     runners.runners   # {"motion": Runner, "render": Runner}
 
-``auto`` tries ``tensorrt`` → ``onnxruntime`` → ``pytorch`` and keeps the first that loads
-both stages and runs a one-frame smoke batch; each one skipped adds "<backend>: <reason>"
-to the note. A backend named explicitly must work, else ``EngineError`` says why.
+``auto`` tries ``tensorrt`` → ``onnxruntime`` → ``pytorch`` on a GPU, and ``tensorrt`` →
+the pack's ``cpu_backends`` (fastest first for its layers) on a CPU; it keeps the first that
+loads both stages and runs a one-frame smoke batch. Each one skipped adds "<backend>:
+<reason>" to the note. A backend named explicitly must work, else ``EngineError`` says why.
 
 Artifacts come from the ``EngineStore``: the ONNX graph of each stage (arch "any", shared
 by onnxruntime and the TensorRT build; ``onnx_artifact``) and, for tensorrt, an engine per
@@ -113,7 +114,7 @@ def open_runners(
         notes.append("fp16 needs a CUDA GPU; running fp32")
     ctx = _Context(pack, stages, device, store, precision, choose_profile(batch_sizes or [32]), build,
                    intra_op_threads)
-    order = AUTO_ORDER if backend == "auto" else (backend,)
+    order = _auto_order(pack, device) if backend == "auto" else (backend,)
     skipped: list[str] = []
     for name in order:
         try:
@@ -131,6 +132,12 @@ def open_runners(
             metrics.record_backend_fallback(tried, name)
         return RunnerSet(name, precision, "; ".join(notes), runners, keys)
     raise EngineError("no backend could run the model: " + "; ".join(notes))  # pytorch failed too
+
+
+def _auto_order(pack: PackSpec, device: str) -> tuple[str, ...]:
+    """What ``auto`` tries, in order. TensorRT is tried on a CPU too: its reason for not
+    running ("not installed", "no CUDA device") goes in the note."""
+    return AUTO_ORDER if device.startswith("cuda") else ("tensorrt", *pack.cpu_backends)
 
 
 @dataclass(frozen=True)

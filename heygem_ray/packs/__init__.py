@@ -52,6 +52,9 @@ class PackSpec:
     # where the crop is unchanged); "replace": paste the generated crop itself.
     paste_mode: Literal["residual", "replace"]
     load_stages: Callable[[Path | None], dict[str, torch.nn.Module]]
+    # ``--backend auto`` on a worker without a GPU: the backends to try, fastest first for
+    # this pack's layers on a CPU (measured in bench/bench_backends.py).
+    cpu_backends: tuple[str, ...] = ("onnxruntime", "pytorch")
 
     def io(self, stage: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         """Declared (inputs, outputs) of ``stage`` ("motion" or "render")."""
