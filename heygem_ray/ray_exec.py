@@ -319,6 +319,7 @@ def run_jobs(
                 retry.append((job, attempt + 1))
                 continue
             result.attempts, result.config_hash = attempt, config_hash
+            result.ray_task_id = ref.task_id().hex()
             on_result(result)
             metrics.record_job(result)  # here, where a row is final: a retried attempt is not a job
         on_frames(ray.get(progress.total.remote()))

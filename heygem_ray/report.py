@@ -402,6 +402,8 @@ def _job_html(r: JobResult, shot: Preview | None, report_dir: Path) -> str:
     if r.status == "failed":  # no output: only what the attempt cost and where it ran
         figures = [("job", f"{r.seconds or 0:.2f} s"), ("attempts", str(r.attempts))]
         figures += [("node", r.node)] if r.node else []
+        # Its log lines: ray logs task --id <this> --err
+        figures += [("ray task", r.ray_task_id)] if r.ray_task_id else []
     else:
         figures = [
             ("frames", str(r.frames or 0)),

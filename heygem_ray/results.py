@@ -53,6 +53,7 @@ SCHEMA = pa.schema(
         ("gpu", pa.string()),
         ("compute_capability", pa.string()),
         ("attempts", pa.int64()),
+        ("ray_task_id", pa.string()),
         ("config_hash", pa.string()),
     ]
 )
@@ -93,6 +94,7 @@ class JobResult:
     gpu: str | None = None
     compute_capability: str | None = None
     attempts: int = 1
+    ray_task_id: str | None = None  # the last attempt's task: its logs and state in Ray
     config_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -44,7 +44,9 @@ def check_inputs(stage: str, specs: tuple[TensorSpec, ...], inputs: dict[str, np
 class TorchRunner:
     """A stage run by PyTorch on ``device`` (CPU or CUDA) in ``dtype`` (fp32 or fp16).
 
-    I/O stays float32 whatever the compute precision.
+    I/O stays float32 whatever the compute precision. The runner takes ``module`` over:
+    it is moved to ``device`` and ``dtype`` in place (no copy of the weights), so a caller
+    that needs the module as it was passes a copy.
     """
 
     backend = "pytorch"

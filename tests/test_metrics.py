@@ -29,7 +29,7 @@ SCRIPT = """
 import json, logging, socket, sys, time, urllib.request
 from pathlib import Path
 import ray
-from ray.util.state import list_actors, list_tasks
+from ray.util.state import get_log, list_actors, list_tasks
 from heygem_ray import RunConfig, submit
 from heygem_ray.cli import engines_build
 
@@ -64,12 +64,17 @@ while time.monotonic() < deadline:
 (folder / "metrics.txt").write_text(text)
 state = "http://" + ctx.dashboard_url
 while time.monotonic() < deadline:  # task events reach the dashboard a few seconds late
-    tasks = sorted(t.name for t in list_tasks(address=state, limit=10_000, raise_on_missing_output=False))
+    listed = {t.task_id: t.name for t in list_tasks(address=state, limit=10_000, raise_on_missing_output=False)}
+    tasks = sorted(listed.values())
     if tasks.count("job") >= 3 and tasks.count("render") >= 2:
         break
     time.sleep(1)
 actors = sorted(a.name for a in list_actors(address=state, limit=1_000, raise_on_missing_output=False))
-print("NAMES", json.dumps({"tasks": tasks, "actors": actors}))
+# Each row's ray_task_id, as the dashboard lists it, and the failed row's task log.
+bad = next(r for r in summary.results if r.job_id == "bad")
+bad_log = "".join(get_log(address=ctx.address_info["gcs_address"], task_id=bad.ray_task_id, suffix="err", filter_ansi_code=True))
+print("NAMES", json.dumps({"tasks": tasks, "actors": actors, "bad_log": bad_log,
+                           "row_tasks": {r.job_id: listed.get(r.ray_task_id) for r in summary.results}}))
 ray.shutdown()
 """
 
@@ -146,6 +151,15 @@ def test_tasks_and_actors_are_named_for_what_they_do(run):
                     "progress-<run>:_Progress.__init__"}, tasks
     actors = [re.sub(r"-[0-9a-f]{6}", "-<run>", name) for name in names["actors"]]
     assert sorted(actors) == ["model-worker-<run>-cpu0", "progress-<run>"]
+
+
+def test_each_row_names_its_ray_task_and_its_log_can_be_read_by_it(run):
+    _, rows, _, names = run
+    assert names["row_tasks"] == {"one": "job", "two": "job", "bad": "job"}  # listed by the dashboard
+    assert len({r["ray_task_id"] for r in rows.values()}) == 3
+    # `ray logs task --id <ray_task_id> --err` shows the job's own log line and no other job's.
+    assert "job=bad status=failed" in names["bad_log"], names["bad_log"][-2000:]
+    assert "job=one" not in names["bad_log"] and "job=two" not in names["bad_log"]
 
 
 def test_the_failed_job_s_log_line_names_it(run):

@@ -108,6 +108,9 @@ def test_report_embeds_real_thumbnails_of_every_output_and_escapes_user_text(run
         assert f"<i>frames</i> {rows[job]['frames']}" in cards[job]
     assert not _IMG.search(cards["gone"])
     assert "missing_file" in cards["gone"] and "probe" in cards["gone"]
+    # The failed card names the Ray task whose log has the job's lines.
+    assert re.fullmatch(r"[0-9a-f]{32,}", rows["gone"]["ray_task_id"])
+    assert f"<i>ray task</i> {rows['gone']['ray_task_id']}" in cards["gone"]
     # User data is shown escaped, never as markup; the page loads nothing from elsewhere.
     assert "no &lt;such&gt; &amp; file.wav" in cards["gone"] and MISSING_AUDIO not in page
     assert "&lt;script&gt;alert(&#x27;title&#x27;)&lt;/script&gt;" in cards["talk"]
