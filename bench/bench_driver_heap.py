@@ -17,8 +17,6 @@ Writes bench/results/driver-heap-<host>.json and prints a table for BENCHMARKS.m
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 
 import record
@@ -89,15 +87,7 @@ def run_mode(mode: str, tasks: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", type=int, default=3000)
-    opts = parser.parse_args()
-    if opts.tasks < 3 * EVERY:  # a slope needs readings after the start-up one
-        parser.error(f"--tasks must be at least {3 * EVERY} (a reading every {EVERY} tasks)")
-    results = []
-    for mode in MODES:
-        results.append(run_mode(mode, opts.tasks))
-        print(json.dumps(results[-1]), flush=True)
+    results = record.each_mode(__doc__, MODES, run_mode, EVERY)
     dest = record.write("driver-heap", results, libc="-".join(platform.libc_ver()))
     print(f"\nwritten to {dest}\n")
     plain = results[0]["kib_per_task"]

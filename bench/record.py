@@ -1,9 +1,11 @@
 """Where a benchmark's numbers go: ``bench/results/<name>-<host>.json``, with the machine,
-the command that made them and the date; and how a benchmark runs one measurement in a
-fresh Python process (``run_child``)."""
+the command that made them and the date; how a benchmark runs one measurement in a fresh
+Python process (``run_child``); and the modes of a benchmark over many Ray tasks
+(``each_mode``)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -11,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +53,19 @@ def run_child(label: str, script: str, *args: str, unset: tuple[str, ...] = ("RA
         raise SystemExit(f"{label}: exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     result = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(result.removeprefix("RESULT ")), time.perf_counter() - t0
+
+
+def each_mode(doc: str, modes: tuple[str, ...], run_mode: Callable[[str, int], dict], every: int) -> list[dict]:
+    """Parse ``--tasks`` (the command line of a benchmark described by ``doc``, which reads
+    memory every ``every`` tasks), then run ``run_mode(mode, tasks)`` for each of ``modes``,
+    printing each result as it comes."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=3000)
+    tasks = parser.parse_args().tasks
+    if tasks < 3 * every:  # a slope needs readings after the start-up one
+        parser.error(f"--tasks must be at least {3 * every} (a reading every {every} tasks)")
+    results = []
+    for mode in modes:
+        results.append(run_mode(mode, tasks))
+        print(json.dumps(results[-1]), flush=True)
+    return results
