@@ -75,24 +75,35 @@ def paste(
     With ``base`` (the crop the model was given), only the change is pasted:
     ``frame + mask · (up(crop) − up(base))``. Where the model left the crop as it was,
     the frame keeps its full-resolution detail instead of a resized copy of itself.
+
+    Only the rectangle where the resized mask is above 0 is blended: outside it either
+    formula gives back the frame's own pixels, so the result is the same, for less work
+    (warp's mask covers 41 % of its crop).
     """
     h, w = frame.shape[:2]
     x0, y0, x1, y1 = (int(v) for v in box)
     bw, bh = x1 - x0, y1 - y0
-    # The part of the box inside the frame, in frame and in box coordinates.
-    fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if fx0 >= fx1 or fy0 >= fy1:
+    # The part of the box inside the frame, in box coordinates.
+    bx0, by0, bx1, by1 = max(x0, 0) - x0, max(y0, 0) - y0, min(x1, w) - x0, min(y1, h) - y0
+    if bx0 >= bx1 or by0 >= by1:
         return
-    sl = (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0))
-    m = cv2.resize(mask, (bw, bh), interpolation=cv2.INTER_LINEAR)[..., None][sl]
-    gen = cv2.resize(crop, (bw, bh), interpolation=cv2.INTER_LINEAR).astype(np.float32)[sl]
-    under = frame[fy0:fy1, fx0:fx1].astype(np.float32)
+    m = cv2.resize(mask, (bw, bh), interpolation=cv2.INTER_LINEAR)[by0:by1, bx0:bx1]
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if rows.size == 0:
+        return
+    # Narrowed to the mask's support, still in box coordinates, and the same in the frame.
+    by0, by1, bx0, bx1 = by0 + rows[0], by0 + rows[-1] + 1, bx0 + cols[0], bx0 + cols[-1] + 1
+    m = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1, None]
+    sl = (slice(by0, by1), slice(bx0, bx1))
+    target = (slice(y0 + by0, y0 + by1), slice(x0 + bx0, x0 + bx1))
+    gen = cv2.resize(crop, (bw, bh), interpolation=cv2.INTER_LINEAR)[sl].astype(np.float32)
+    under = frame[target].astype(np.float32)
     if base is None:
         blended = m * gen + (1.0 - m) * under
     else:
-        old = cv2.resize(base, (bw, bh), interpolation=cv2.INTER_LINEAR).astype(np.float32)[sl]
+        old = cv2.resize(base, (bw, bh), interpolation=cv2.INTER_LINEAR)[sl].astype(np.float32)
         blended = under + m * (gen - old)
-    frame[fy0:fy1, fx0:fx1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    frame[target] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
 def feathered_ellipse(size: int, centre: tuple[float, float], radii: tuple[float, float], feather: float) -> np.ndarray:

@@ -1,6 +1,9 @@
+import cv2
 import numpy as np
+import pytest
 
 from heygem_ray.geometry import CropGeometry, cut, feathered_ellipse, paste
+from heygem_ray.packs import get_pack
 
 
 def test_square_crop_box_is_centred_below_the_face_and_smoothed():
@@ -60,3 +63,37 @@ def test_residual_paste_of_an_unchanged_crop_leaves_the_frame_exactly_as_it_was(
     # A changed crop moves the frame by exactly the (resized, masked) change.
     paste(frame, np.clip(crop.astype(int) + 40, 0, 255).astype(np.uint8), box, mask, base=crop)
     assert frame[50, 60].astype(int).mean() > before[50, 60].astype(int).mean() + 20
+
+
+def _whole_box_paste(frame, crop, box, mask, base=None):
+    """paste's formulas over the whole box: what paste must give, pixel for pixel."""
+    h, w = frame.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if fx0 >= fx1 or fy0 >= fy1:  # the box is off the frame
+        return
+    sl = (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0))
+    up = [cv2.resize(a, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR).astype(np.float32)[sl]
+          for a in (mask, crop, crop if base is None else base)]
+    m, gen, old = up[0][..., None], up[1], up[2]
+    under = frame[fy0:fy1, fx0:fx1].astype(np.float32)
+    blended = m * gen + (1.0 - m) * under if base is None else under + m * (gen - old)
+    frame[fy0:fy1, fx0:fx1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("pack", ["warp", "wav2lip"])
+def test_paste_blends_only_where_the_mask_is_and_matches_the_whole_box_formula(pack):
+    mask = get_pack(pack).paste_mask
+    size = mask.shape[0]
+    rng = np.random.default_rng(2)
+    for trial in range(40):
+        frame = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+        crop, base = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+        x0, y0 = rng.integers(-60, 150), rng.integers(-60, 110)  # some boxes hang over an edge
+        side = int(rng.integers(8, 90))
+        box = np.array([x0, y0, x0 + side, y0 + side])
+        for given in (None, base):
+            got, want = frame.copy(), frame.copy()
+            paste(got, crop, box, mask, given)
+            _whole_box_paste(want, crop, box, mask, given)
+            assert np.array_equal(got, want), (trial, box, given is None)
