@@ -6,7 +6,7 @@ import itertools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, TextIO, cast
+from typing import Annotated, TextIO, cast, get_args
 
 import typer
 from rich.console import Console
@@ -221,8 +221,10 @@ def engines_list(store: Annotated[Path, typer.Option(help="The engine store fold
 
 @app.command()
 def doctor() -> None:
-    """Print this machine's device and, for each backend, whether it can run here and why not."""
-    from heygem_ray.backends import ort, trt
+    """Print this machine's device, for each backend whether it can run here and why not,
+    and which one ``--backend auto`` picks for each pack."""
+    from heygem_ray.backends import auto_order, ort, trt
+    from heygem_ray.packs import get_pack
     from heygem_ray.worker import DeviceInfo
 
     device = DeviceInfo.detect()
@@ -234,6 +236,9 @@ def doctor() -> None:
     }
     for name, (ok, why) in checks.items():
         print(f"{name:12s} {'usable' if ok else 'not usable: ' + why}")
+    for pack in get_args(PackName):
+        picked = next((name for name in auto_order(get_pack(pack), device.device) if checks[name][0]), "none")
+        print(f"auto for {pack}: {picked}")
 
 
 @app.command()

@@ -28,6 +28,8 @@ def test_doctor_names_the_device_and_why_each_backend_can_or_cannot_run(tmp_path
     assert any(line.split() == ["pytorch", "usable"] for line in lines)
     if not TRT_OK:
         assert f"tensorrt     not usable: {TRT_WHY}" in lines
+        # On a CPU: each pack's faster backend there (BENCHMARKS.md, "Backends").
+        assert lines[-2:] == ["auto for warp: pytorch", "auto for wav2lip: onnxruntime"]
 
 
 def test_engines_build_then_list(tmp_path):

@@ -114,7 +114,7 @@ def open_runners(
         notes.append("fp16 needs a CUDA GPU; running fp32")
     ctx = _Context(pack, stages, device, store, precision, choose_profile(batch_sizes or [32]), build,
                    intra_op_threads)
-    order = _auto_order(pack, device) if backend == "auto" else (backend,)
+    order = auto_order(pack, device) if backend == "auto" else (backend,)
     skipped: list[str] = []
     for name in order:
         try:
@@ -134,7 +134,7 @@ def open_runners(
     raise EngineError("no backend could run the model: " + "; ".join(notes))  # pytorch failed too
 
 
-def _auto_order(pack: PackSpec, device: str) -> tuple[str, ...]:
+def auto_order(pack: PackSpec, device: str) -> tuple[str, ...]:
     """What ``auto`` tries, in order. TensorRT is tried on a CPU too: its reason for not
     running ("not installed", "no CUDA device") goes in the note."""
     return AUTO_ORDER if device.startswith("cuda") else ("tensorrt", *pack.cpu_backends)
