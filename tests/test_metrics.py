@@ -29,6 +29,7 @@ SCRIPT = """
 import json, logging, socket, sys, time, urllib.request
 from pathlib import Path
 import ray
+from ray.cluster_utils import Cluster
 from ray.util.state import get_log, list_actors, list_tasks
 from heygem_ray import RunConfig, submit
 from heygem_ray.cli import engines_build
@@ -40,9 +41,13 @@ def free_port():
 
 folder = Path(sys.argv[1])
 port = free_port()
-# address="local": a new instance even if another Ray runs on this machine
-ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=free_port(),
-               _metrics_export_port=port, logging_level=logging.WARNING)
+# A new instance even if another Ray runs on this machine, with ports of its own: its
+# dashboard agent's too (Ray's default port may be taken by the other instance's agent,
+# and an agent without it cannot serve logs).
+cluster = Cluster(initialize_head=True, head_node_args={
+    "num_cpus": 2, "include_dashboard": True, "dashboard_port": free_port(), "metrics_export_port": port,
+    "dashboard_agent_listen_port": free_port()})
+ctx = ray.init(address=cluster.address, logging_level=logging.WARNING)
 summary = submit(folder / "m.csv", RunConfig(output_dir=folder / "out", cache_dir=folder / "cache",
                  engines_dir=folder / "engines", cpu_workers=1))
 # 'heygem-ray engines build' on a node of the cluster: its exports count as builds.
@@ -72,10 +77,19 @@ while time.monotonic() < deadline:  # task events reach the dashboard a few seco
 actors = sorted(a.name for a in list_actors(address=state, limit=1_000, raise_on_missing_output=False))
 # Each row's ray_task_id, as the dashboard lists it, and the failed row's task log.
 bad = next(r for r in summary.results if r.job_id == "bad")
-bad_log = "".join(get_log(address=ctx.address_info["gcs_address"], task_id=bad.ray_task_id, suffix="err", filter_ansi_code=True))
+log_deadline, bad_log = time.monotonic() + 60, ""
+while time.monotonic() < log_deadline and "job=bad" not in bad_log:
+    try:
+        bad_log = "".join(get_log(address=ctx.address_info["gcs_address"], task_id=bad.ray_task_id, suffix="err",
+                                  filter_ansi_code=True))
+    except Exception as exc:  # the task's log offsets reach the state API a moment late
+        bad_log = f"get_log failed: {exc!r}"
+    if "job=bad" not in bad_log:
+        time.sleep(1)
 print("NAMES", json.dumps({"tasks": tasks, "actors": actors, "bad_log": bad_log,
                            "row_tasks": {r.job_id: listed.get(r.ray_task_id) for r in summary.results}}))
 ray.shutdown()
+cluster.shutdown()
 """
 
 
