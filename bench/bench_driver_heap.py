@@ -26,6 +26,7 @@ EVERY = 500  # tasks between two readings
 
 _CHILD = r"""
 import gc, json, sys, time
+from bench import record
 from heygem_ray import heap
 mode, tasks, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 if "arenas" in mode:
@@ -51,23 +52,20 @@ settings = {"render": "x" * 1000}
 workers, progress = [Counter.remote() for _ in range(2)], Counter.remote()
 
 def rss_mib():
+    gc.collect()
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 
-pending, done, submitted, readings, next_trim = [], 0, 0, [], time.monotonic()
-while done < tasks:
-    while len(pending) < 4 and submitted < tasks:
-        pending.append(job.options(name="job", max_retries=0).remote(submitted, settings, workers, progress))
-        submitted += 1
-    ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
-    for ref in ready:
-        ray.get(ref)
-        done += 1
-        if done % every == 0:
-            gc.collect()
-            readings.append([done, round(rss_mib(), 1)])
+next_trim = time.monotonic()
+
+def trim():
+    global next_trim
     if "trim" in mode and time.monotonic() >= next_trim:
         heap.release_free()
         next_trim = time.monotonic() + 2.0
+
+readings = record.in_flight(
+    lambda i: job.options(name="job", max_retries=0).remote(i, settings, workers, progress), tasks, every, rss_mib, trim
+)
 ray.shutdown()
 print("RESULT " + json.dumps(readings))
 """

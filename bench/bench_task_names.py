@@ -27,6 +27,7 @@ _CHILD = r"""
 import json, os, socket, sys, threading, time, urllib.request
 from pathlib import Path
 import ray
+from bench import record
 
 per_task, tasks, every = sys.argv[1] == "a name per task", int(sys.argv[2]), int(sys.argv[3])
 with socket.socket() as s:
@@ -67,20 +68,11 @@ threading.Thread(target=scrape, daemon=True).start()
 ray.get(job.options(name="job").remote(-1))
 time.sleep(5)  # the agent's start-up, before the first reading
 readings = [[0, round(agent_rss_mib(), 1)]]
-pending, done, submitted = [], 0, 0
-while done < tasks:
-    while len(pending) < 4 and submitted < tasks:
-        name = f"job:{submitted}" if per_task else "job"
-        pending.append(job.options(name=name, max_retries=0).remote(submitted))
-        submitted += 1
-    ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
-    for ref in ready:
-        ray.get(ref)
-        done += 1
-        if done % every == 0:
-            readings.append([done, round(agent_rss_mib(), 1)])
+readings += record.in_flight(
+    lambda i: job.options(name=f"job:{i}" if per_task else "job", max_retries=0).remote(i), tasks, every, agent_rss_mib
+)
 time.sleep(12)  # the last tasks' metrics reach the agent, and one more scrape
-readings.append([done, round(agent_rss_mib(), 1)])
+readings.append([tasks, round(agent_rss_mib(), 1)])
 ray.shutdown()
 print("RESULT " + json.dumps(readings))
 """

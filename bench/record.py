@@ -1,7 +1,7 @@
 """Where a benchmark's numbers go: ``bench/results/<name>-<host>.json``, with the machine,
 the command that made them and the date; how a benchmark runs one measurement in a fresh
 Python process (``run_child``); and the modes of a benchmark over many Ray tasks
-(``each_mode``)."""
+(``each_mode``), each keeping a few tasks in flight in its child (``in_flight``)."""
 
 from __future__ import annotations
 
@@ -69,3 +69,29 @@ def each_mode(doc: str, modes: tuple[str, ...], run_mode: Callable[[str, int], d
         results.append(run_mode(mode, tasks))
         print(json.dumps(results[-1]), flush=True)
     return results
+
+
+def in_flight(
+    submit: Callable[[int], Any], tasks: int, every: int, reading: Callable[[], float], between: Callable[[], None] = lambda: None
+) -> list[list[float]]:
+    """In a benchmark's child process (``from bench import record``; it runs in the
+    repository): start ``tasks`` Ray tasks with ``submit(i)``, four in flight, and take
+    ``reading()`` after every ``every`` of them end; ``between`` runs after each wait.
+    Returns [[tasks done, reading], ...]."""
+    import ray
+
+    pending: list[Any] = []
+    readings: list[list[float]] = []
+    done = submitted = 0
+    while done < tasks:
+        while len(pending) < 4 and submitted < tasks:
+            pending.append(submit(submitted))
+            submitted += 1
+        ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+        for ref in ready:
+            ray.get(ref)
+            done += 1
+            if done % every == 0:
+                readings.append([done, round(reading(), 1)])
+        between()
+    return readings
