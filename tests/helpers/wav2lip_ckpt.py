@@ -1,7 +1,8 @@
 """A seeded random checkpoint in the public Wav2Lip file format, for tests.
 
-The key set and shapes come from the spec's ``wav2lip_state_dict.json`` (not from our
-model), so loading this file checks our module layout against the published one.
+The key set and shapes come from ``tests/data/wav2lip_state_dict.json``, the public
+generator's state dict as published (not derived from our model), so loading this file
+checks our module layout against the published one.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ from pathlib import Path
 
 import torch
 
-SPECS = Path(__file__).resolve().parents[3] / "shared" / "specs"  # <repo>/../shared/specs
-STATE_DICT_JSON = SPECS / "wav2lip_state_dict.json"
+STATE_DICT_JSON = Path(__file__).resolve().parents[1] / "data" / "wav2lip_state_dict.json"
 
 
 def spec_shapes() -> dict[str, tuple[int, ...]]:
-    """Every key of the public generator's state dict and its shape, from the spec."""
+    """Every key of the public generator's state dict and its shape, as published."""
     tensors = json.loads(STATE_DICT_JSON.read_text())["tensors"]
     return {k: tuple(v) for k, v in tensors.items()}
 
