@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.system import MISSING_PACKAGE
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+pytest_plugins = ["pytester"]  # tests/test_system_packages.py runs pytest on a test file of its own
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +27,21 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
+
+
+# tryfirst makes this the outermost wrapper: its lines follow pytest's own sections
+# (failures, the -ra list) and come last before the counts line.
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Generator[None, None, None]:
+    """End the run by naming the tests a missing system package skipped, and its install command."""
+    yield
+    skipped: dict[str, list[str]] = {}  # install command -> node ids
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+        if found := MISSING_PACKAGE.search(reason):
+            skipped.setdefault(found["install"], []).append(report.nodeid)
+    if skipped:
+        terminalreporter.write_sep("-", "skipped: a system package is missing")
+        for install, nodeids in skipped.items():
+            terminalreporter.write_line("\n".join(nodeids))
+            terminalreporter.write_line(f"install it: {install}")

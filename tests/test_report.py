@@ -20,6 +20,7 @@ from heygem_ray import RunConfig, media, report, submit
 from heygem_ray.cli import app
 from heygem_ray.results import RESULTS_FILE, JobResult, write_results
 from heygem_ray.resume import PARTS_DIR
+from tests.helpers.system import needs_system_package
 
 CHROMIUM = Path("/usr/bin/chromium")
 MISSING_AUDIO = "no <such> & file.wav"  # user data that must be escaped in the page
@@ -171,7 +172,7 @@ def test_an_unfinished_run_is_read_from_its_part_files(run_dir, tmp_path):
     assert "1 row(s) are newer than results.parquet" in report.format_status(report.summarize(run))
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium) at /usr/bin/chromium")
+@needs_system_package("chromium", CHROMIUM)
 def test_the_report_renders_in_a_headless_browser(run_dir, tmp_path):
     page = report.write_report(run_dir, tmp_path / "report.html")
     png = tmp_path / "shot.png"
