@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-MISSING_PACKAGE = re.compile(r"needs system package (?P<package>\S+) \(.*\): (?P<install>.+)$")
+MISSING_PACKAGE = re.compile(r"needs system package \S+ \(.*\): (?P<install>.+)$")
 
 
 def needs_system_package(package: str, program: Path) -> pytest.MarkDecorator:
