@@ -7,7 +7,9 @@ decoded once however many jobs use it:
 * ``frames.bin`` + ``offsets.npy``: every decoded frame as a JPEG (4:4:4, quality 95),
   so any frame can be read by index — compose walks the reference forwards and backwards
   (ping-pong) without holding it in memory;
-* ``boxes.npy``: (n, 4) int32 crop box per frame (smoothed face track);
+* ``boxes.npy``: (n, 4) int32 crop box per frame (from the smoothed face track);
+* ``present.npy``: (n,) bool, whether the face is there; frames without it are left
+  as they are in the output;
 * ``crops.npy``: (n, S, S, 3) uint8 BGR face crops at the pack's input size.
 
 Templates live under ``cache_dir/<key>`` where the key hashes the file's content, the
@@ -34,10 +36,11 @@ import numpy as np
 from heygem_ray import media, storage
 from heygem_ray.config import DetectorConfig
 from heygem_ray.errors import InputError
-from heygem_ray.facetrack import FaceDetector, track_main_face
+from heygem_ray.face.haar import HaarDetector
+from heygem_ray.face.track import Tracker, find_presenter
 from heygem_ray.geometry import CropGeometry, cut
 
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
 # A track found in fewer frames than this is taken for detector noise, not a presenter.
 MIN_DETECTED_FRACTION = 0.2
 _JPEG = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
@@ -52,6 +55,7 @@ class Template:
     frames: int
     is_image: bool
     boxes: np.ndarray  # (frames, 4) int32 crop boxes (x0, y0, x1, y1)
+    present: np.ndarray  # (frames,) bool: the face is there (else the frame is left as it is)
 
     @classmethod
     def open(cls, root: Path) -> Template:
@@ -64,6 +68,7 @@ class Template:
             frames=meta["frames"],
             is_image=meta["is_image"],
             boxes=np.load(root / "boxes.npy"),
+            present=np.load(root / "present.npy"),
         )
 
     def crops(self, index: np.ndarray) -> np.ndarray:
@@ -129,10 +134,13 @@ def analyze(
 def _build(info: media.VideoInfo, geometry: CropGeometry, detector_cfg: DetectorConfig, out: Path) -> None:
     out.mkdir(parents=True)
     video = info.path
-    detector = FaceDetector(detector_cfg)
+    tracker = Tracker(
+        HaarDetector(min_neighbors=detector_cfg.min_neighbors, scale_factor=detector_cfg.scale_factor),
+        detector_cfg,
+        float(info.fps),
+    )
 
-    # Pass 1: decode once, store every frame as JPEG, detect faces.
-    detections: list[np.ndarray] = []
+    # Pass 1: decode once, store every frame as JPEG, follow the faces.
     offsets = [0]
     with open(out / "frames.bin", "wb") as store:
         for frame in media.iter_frames(info):
@@ -141,8 +149,9 @@ def _build(info: media.VideoInfo, geometry: CropGeometry, detector_cfg: Detector
                 raise RuntimeError(f"OpenCV failed to encode a {frame.shape} frame as JPEG")
             store.write(jpeg.tobytes())
             offsets.append(offsets[-1] + len(jpeg))
-            detections.append(detector.detect(frame))
-    if not detections:
+            tracker.add(frame)
+    frames = tracker.frames
+    if frames == 0:
         raise InputError(
             f"reference {video} decoded to no frames: re-export it (e.g. as H.264 MP4) "
             "or give a photo instead",
@@ -150,26 +159,28 @@ def _build(info: media.VideoInfo, geometry: CropGeometry, detector_cfg: Detector
         )
     np.save(out / "offsets.npy", np.asarray(offsets, np.int64))
 
-    # Track the main face; its smoothed crop boxes.
-    track = track_main_face(detections)
+    # The presenter's steady track; its crop boxes.
+    track = find_presenter(tracker, float(info.fps))
     found = 0 if track is None else int(track.detected.sum())
-    if track is None or found < MIN_DETECTED_FRACTION * len(detections):
+    if track is None or found < MIN_DETECTED_FRACTION * frames:
         raise InputError(
-            f"reference {video}: no face found (a face was detected in {found} of its "
-            f"{len(detections)} frame(s)); use a "
-            "video or photo where the presenter faces the camera, well lit, with the face at "
-            f"least {int(min(info.width, info.height) * detector_cfg.min_face_fraction) + 1} pixels wide",
+            f"reference {video}: no face found (the presenter's face was detected in {found} of its "
+            f"{frames} frame(s)); faces are searched for from {detector_cfg.min_face} pixels wide, "
+            "facing the camera. Use a video or photo where the presenter faces the camera and is "
+            "well lit, or, for a smaller face, lower the smallest face searched for "
+            "(--min-face, at least 20; analysis is slower)",
             kind="no_face",
         )
-    boxes = geometry.crop_boxes(track.boxes, info.width, info.height)
+    boxes = geometry.crop_boxes(track, info.width, info.height)
     np.save(out / "boxes.npy", boxes)
+    np.save(out / "present.npy", track.present)
 
     # Pass 2: cut the crops from the stored frames.
-    partial = Template(out, info.fps, info.width, info.height, len(detections), info.is_image, boxes)
+    partial = Template(out, info.fps, info.width, info.height, frames, info.is_image, boxes, track.present)
     crops = np.lib.format.open_memmap(
-        out / "crops.npy", mode="w+", dtype=np.uint8, shape=(len(detections), geometry.size, geometry.size, 3)
+        out / "crops.npy", mode="w+", dtype=np.uint8, shape=(frames, geometry.size, geometry.size, 3)
     )
-    for i, frame in enumerate(partial.read_frames(np.arange(len(detections)))):
+    for i, frame in enumerate(partial.read_frames(np.arange(frames))):
         crops[i] = cut(frame, boxes[i], geometry.size)
     crops.flush()
     del crops
@@ -180,8 +191,9 @@ def _build(info: media.VideoInfo, geometry: CropGeometry, detector_cfg: Detector
         "fps": str(info.fps),
         "width": info.width,
         "height": info.height,
-        "frames": len(detections),
+        "frames": frames,
         "is_image": info.is_image,
         "face_detected_fraction": float(track.detected.mean()),
+        "face_present_fraction": float(track.present.mean()),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))

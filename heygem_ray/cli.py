@@ -23,6 +23,7 @@ from rich.progress import (
 from heygem_ray import heap
 from heygem_ray.config import (
     BackendName,
+    DetectorConfig,
     LoopMode,
     PackName,
     PrecisionName,
@@ -96,6 +97,7 @@ def submit(
     address: Annotated[str | None, typer.Option(help="Ray cluster to use: 'auto', HOST:PORT or ray://HOST:PORT. Without it a local Ray instance starts.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Where analysed references are cached (default: ~/.cache/heygem-ray/templates).")] = None,
     chunk_frames: Annotated[int, typer.Option(help="Frames per chunk sent to the model workers.")] = 128,
+    min_face: Annotated[int, typer.Option(help="Smallest face searched for in the reference, in pixels wide (at least 20; smaller costs more analysis time).")] = DetectorConfig().min_face,
     backend: Annotated[str, typer.Option(help="Inference backend: 'auto' (TensorRT, then ONNX Runtime, then PyTorch: the first that works), 'tensorrt', 'onnxruntime' or 'pytorch'.")] = "auto",
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32' or 'fp16'.")] = "auto",
     engines: Annotated[Path, typer.Option(help="Engine store: exported ONNX graphs and TensorRT engines (on a cluster, a path every node sees).")] = Path("engines"),
@@ -118,6 +120,7 @@ def submit(
                 chunk_frames=chunk_frames,
                 backend=cast(BackendName, backend),
                 precision=cast(PrecisionName, precision),
+                detector=DetectorConfig(min_face=min_face),
             ),
             engines_dir=engines,
             force=force,

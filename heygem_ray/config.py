@@ -45,15 +45,31 @@ def default_download_dir() -> Path:
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Face detection for the reference (the template depends on these values)."""
+    """Finding the presenter's face in the reference (the template depends on these)."""
 
-    # Frames are downscaled so their longer side is at most this many pixels before the
-    # Haar cascade runs: detection cost stays flat for 4K references.
-    max_side: int = 320
+    # The smallest face searched for, as its width in pixels of the reference (at least
+    # 20: the detector's window). Smaller costs more: the whole-frame scan runs at the
+    # scale that makes this size fit the detector, so its cost grows with 1/min_face².
+    min_face: int = 40
+    # Seconds between whole-frame scans for faces; in between, faces already found are
+    # followed frame by frame in a window around them.
+    scan_interval_s: float = 0.5
+    # A face missing for at most this long is filled in from the frames around it; longer,
+    # and those frames are left untouched in the output (turned away, a cut to slides).
+    max_gap_s: float = 0.4
+    # A new face must have at least this share of skin-coloured pixels in its centre
+    # (colour references only): slides full of text fool the cascade, not this test.
+    min_skin: float = 0.2
+    # Haar cascade: the step between scales, and the overlapping hits a face needs.
     scale_factor: float = 1.1
-    min_neighbors: int = 5
-    # Smallest face searched for, as a fraction of the frame's shorter side.
-    min_face_fraction: float = 0.12
+    min_neighbors: int = 3
+
+    def __post_init__(self) -> None:
+        if self.min_face < 20:
+            raise InputError(
+                f"min_face {self.min_face} is below 20 pixels, the smallest face the detector finds",
+                kind="bad_argument",
+            )
 
 
 @dataclass(frozen=True)

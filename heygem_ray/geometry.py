@@ -13,40 +13,44 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from heygem_ray.facetrack import smooth
+from heygem_ray.face import FaceTrack
 
 
 @dataclass(frozen=True)
 class CropGeometry:
-    """How a pack cuts its face crop from a detector box.
+    """How a pack cuts its face crop from the presenter's face track.
 
-    ``square``: a square of ``scale`` × the face box's larger side, centred on the face
-    box moved down by ``shift_y`` face heights (so mouth and chin sit inside).
-    ``padded``: the face box grown by ``pad`` = (top, bottom, left, right) pixels and
-    clipped to the frame (the public Wav2Lip inference geometry).
-    Either way the boxes are then averaged over ``smooth_window`` frames and the crop is
-    resized to ``size`` × ``size``.
+    ``mouth``: a square of ``scale`` × the face box's larger side, centred across on the
+    mouth and placed so the mouth lands at height ``mouth_y`` of the crop (crop y in
+    [-1, 1], down): every crop holds the mouth at the same place, whatever the face's
+    proportions or the detector's box.
+    ``padded``: the face box, reaching down at least to the chin, grown by ``pad`` =
+    (top, bottom, left, right) pixels and clipped to the frame (the public Wav2Lip
+    inference geometry, whose detector's box ends at the chin).
+    The crop is resized to ``size`` × ``size``. The track is already smooth over time.
     """
 
     size: int
-    mode: Literal["square", "padded"]
+    mode: Literal["mouth", "padded"]
     scale: float = 1.0
-    shift_y: float = 0.0
+    mouth_y: float = 0.0
     pad: tuple[int, int, int, int] = (0, 0, 0, 0)
-    smooth_window: int = 5
 
-    def crop_boxes(self, faces: np.ndarray, width: int, height: int) -> np.ndarray:
-        """(n, 4) float face boxes → (n, 4) int32 crop boxes, smoothed over time."""
-        if self.mode == "square":
-            side = self.scale * np.maximum(faces[:, 2] - faces[:, 0], faces[:, 3] - faces[:, 1])
-            cx = (faces[:, 0] + faces[:, 2]) / 2
-            cy = (faces[:, 1] + faces[:, 3]) / 2 + self.shift_y * (faces[:, 3] - faces[:, 1])
+    def crop_boxes(self, track: FaceTrack, width: int, height: int) -> np.ndarray:
+        """The track's face boxes and mouths → (n, 4) int32 crop boxes."""
+        faces = track.boxes
+        fw, fh = faces[:, 2] - faces[:, 0], faces[:, 3] - faces[:, 1]
+        if self.mode == "mouth":
+            side = self.scale * np.maximum(fw, fh)
+            cx = faces[:, 0] + track.mouths[:, 0] * fw
+            cy = faces[:, 1] + track.mouths[:, 1] * fh - self.mouth_y * side / 2
             boxes = np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], axis=1)
         else:
             top, bottom, left, right = self.pad
-            boxes = faces + np.array([-left, -top, right, bottom], np.float32)
+            chin = faces[:, 1] + track.chins * fh
+            boxes = np.stack([faces[:, 0], faces[:, 1], faces[:, 2], np.maximum(faces[:, 3], chin)], axis=1)
+            boxes = boxes + np.array([-left, -top, right, bottom], np.float32)
             boxes = np.clip(boxes, 0, [width, height, width, height])
-        boxes = smooth(boxes, self.smooth_window)
         out = np.rint(boxes).astype(np.int32)
         # At least one pixel wide and high, whatever rounding did.
         out[:, 2] = np.maximum(out[:, 2], out[:, 0] + 1)

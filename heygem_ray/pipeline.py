@@ -134,6 +134,7 @@ def render_job(
         result.output_bytes = storage.size(job.output)
         result.status = "ok"
         result.frames = timeline.frames
+        result.face_lost_frames = int(np.count_nonzero(~template.present[timeline.ref_index]))
         result.audio_seconds = pcm.samples / SAMPLE_RATE
         result.backend, result.precision, result.backend_note = last.backend, last.precision, last.backend_note
         result.engine_key = last.engine_key
@@ -202,8 +203,12 @@ def _render_and_compose(
                 with stages("compose"):
                     frames = template.read_frames(ref)
                     bases = given if pack.paste_mode == "residual" else [None] * len(ref)
-                    for frame, crop, base, box in zip(frames, chunk.crops, bases, template.boxes[ref], strict=True):
-                        paste(frame, crop, box, pack.paste_mask, base)
+                    here = template.present[ref]
+                    for frame, crop, base, box, face in zip(
+                        frames, chunk.crops, bases, template.boxes[ref], here, strict=True
+                    ):
+                        if face:  # else the face is gone: the frame stays as it is
+                            paste(frame, crop, box, pack.paste_mask, base)
                         writer.write(frame)
                 on_frames(len(ref))
                 return chunk

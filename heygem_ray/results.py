@@ -34,6 +34,7 @@ SCHEMA = pa.schema(
         ("error_stage", pa.string()),
         ("error", pa.string()),
         ("frames", pa.int64()),
+        ("face_lost_frames", pa.int64()),
         ("output_bytes", pa.int64()),
         ("audio_seconds", pa.float64()),
         ("seconds", pa.float64()),
@@ -75,6 +76,9 @@ class JobResult:
     error_stage: str | None = None
     error: str | None = None
     frames: int = 0
+    # Output frames left as the reference has them: the face was not there (turned away,
+    # out of the frame, a cut to slides), so no mouth was pasted.
+    face_lost_frames: int = 0
     output_bytes: int | None = None  # size of the published MP4
     audio_seconds: float | None = None
     seconds: float = 0.0

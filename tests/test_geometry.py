@@ -2,19 +2,30 @@ import cv2
 import numpy as np
 import pytest
 
+from heygem_ray.face import FaceTrack
 from heygem_ray.geometry import CropGeometry, cut, feathered_ellipse, paste
 from heygem_ray.packs import get_pack
 
 
-def test_square_crop_box_is_centred_below_the_face_and_smoothed():
-    g = CropGeometry(size=64, mode="square", scale=1.5, shift_y=0.1, smooth_window=1)
-    (b,) = g.crop_boxes(np.array([[100, 100, 200, 200]], np.float32), 640, 480)
-    assert b.tolist() == [75, 85, 225, 235]
+def face(box, mouth=(0.5, 0.8), chin=1.05) -> FaceTrack:
+    return FaceTrack(
+        boxes=np.array([box], np.float32), present=np.ones(1, bool), detected=np.ones(1, bool),
+        mouths=np.array([mouth], np.float32), chins=np.array([chin], np.float32),
+    )
 
 
-def test_padded_crop_box_is_clipped_to_the_frame():
-    g = CropGeometry(size=96, mode="padded", pad=(0, 10, 0, 0), smooth_window=1)
-    (b,) = g.crop_boxes(np.array([[10, 400, 110, 475]], np.float32), 640, 480)
+def test_mouth_crop_box_puts_the_mouth_where_the_pack_wants_it():
+    g = CropGeometry(size=64, mode="mouth", scale=1.5, mouth_y=0.2)
+    (b,) = g.crop_boxes(face([100, 100, 200, 200], mouth=(0.4, 0.8)), 640, 480)
+    # Side 150, centred across on the mouth (x 140); the mouth (y 180) at 0.2 of the half-side below centre.
+    assert b.tolist() == [65, 90, 215, 240]
+
+
+def test_padded_crop_box_reaches_the_chin_and_is_clipped_to_the_frame():
+    g = CropGeometry(size=96, mode="padded", pad=(0, 10, 0, 0))
+    (b,) = g.crop_boxes(face([10, 300, 110, 400], chin=1.1), 640, 480)
+    assert b.tolist() == [10, 300, 110, 420]  # chin at 410, then 10 px of padding
+    (b,) = g.crop_boxes(face([10, 400, 110, 475]), 640, 480)
     assert b.tolist() == [10, 400, 110, 480]
 
 

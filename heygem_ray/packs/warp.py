@@ -9,7 +9,8 @@
   with a dark mouth interior.
 
 Crop coordinates below are grid_sample's: x and y in [-1, 1], y pointing down. The
-square crop (geometry below) puts the mouth near y = 0.2 and the chin near y = 0.5.
+square crop (geometry below) is centred across on the mouth and puts it at y = 0.2; the
+chin falls near y = 0.5.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ JAW_DROP = 0.085
 LIP_RAISE = 0.03
 INTERIOR_BGR = (0.10, 0.08, 0.22)  # dark red-brown, BGR in [0, 1]
 
-GEOMETRY = CropGeometry(size=CROP_SIZE, mode="square", scale=1.5, shift_y=0.15, smooth_window=5)
+GEOMETRY = CropGeometry(size=CROP_SIZE, mode="mouth", scale=1.5, mouth_y=MOUTH_Y)
 
 
 def loudness_gain(pcm: Pcm, sample_rate: int = 16000) -> float:

@@ -7,8 +7,8 @@
   → generated crops. The six-channel face input (masked crop, then reference) is built
   inside the stage, as the public inference script builds it.
 
-Crop geometry is the public one: the detector box padded 10 px at the bottom, clipped
-to the frame, averaged over 5 frames, resized to 96 × 96.
+Crop geometry is the public one: the face box (reaching the chin, as the public
+detector's does) padded 10 px at the bottom, clipped to the frame, resized to 96 × 96.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from heygem_ray.models.wav2lip import (
 )
 from heygem_ray.packs import ChunkFeatures, PackSpec
 
-GEOMETRY = CropGeometry(size=FACE_SIZE, mode="padded", pad=(0, 10, 0, 0), smooth_window=5)
+GEOMETRY = CropGeometry(size=FACE_SIZE, mode="padded", pad=(0, 10, 0, 0))
 
 
 def wav2lip_features(pcm: Pcm, fps: Fraction, frames: int) -> ChunkFeatures:

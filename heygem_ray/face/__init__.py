@@ -1,0 +1,18 @@
+"""Finding the presenter in a reference: detect, track, and place the mouth.
+
+Pure functions and small classes over arrays: no files, no Ray. Frames are (H, W, 3)
+uint8 BGR; boxes are float ``(x0, y0, x1, y1)`` in pixels of the decoded frame.
+
+* ``detector``: the interface every face detector meets; ``haar`` is OpenCV's cascade
+  behind it (a new detector is one new file).
+* ``search``: coarse to fine. A whole-frame scan, at the scale where the smallest face
+  searched for just fits the detector, on a subset of frames; on every frame, a search
+  in a window around each face being followed, at the face's own scale.
+* ``track``: follows faces from frame to frame, picks the presenter, fills short misses,
+  marks long ones as lost, and smooths the boxes.
+* ``mouth``: where the mouth sits inside the face box, per frame, steady over time.
+"""
+
+from heygem_ray.face.track import FaceTrack, find_presenter
+
+__all__ = ["FaceTrack", "find_presenter"]

@@ -1,0 +1,278 @@
+"""Following faces through a reference and picking the presenter's one track.
+
+Frames arrive in order (``Tracker.add``). Every face being followed is searched for in a
+window around where it is expected; every ``scan_every`` frames the whole frame is scanned
+too, and a face no track holds starts a new track (after a skin test, which slides full
+of text fail). At the end (``Tracker.presenter``) the tracks are ranked by area ×
+frames found, and the presenter's track is the best one plus any later or earlier ones of
+a similar size that never appear beside it (the same person, after a cut or a turn away).
+
+Between consecutive frames each track's motion is also measured, by phase correlation
+of the face's centre: sub-pixel where the detector's boxes wander by a few pixels.
+``finish`` then fills short misses from neighbours, marks long ones as lost (those frames
+are left as they are in the output), and makes each run of present frames steady: the
+centres follow the measured motion and stay near the detections on average, the sizes
+are smoothed over about a second.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from heygem_ray.config import DetectorConfig
+from heygem_ray.face import mouth
+from heygem_ray.face.detector import Detector
+from heygem_ray.face.search import face_patch, is_colour, motion, scan, scan_scale, search_window, skin_fraction
+from heygem_ray.face.smooth import trend
+
+# A detection belongs to a track when it overlaps the track's box at least this much.
+_LINK_IOU = 0.3
+# Tracks found in fewer frames than this are detector noise (unless the reference is that short).
+_MIN_HITS = 3
+# A later track joins the presenter's when its median size is within this ratio of it.
+_SAME_SIZE = 1.6
+# Frames over which a track's velocity is measured, and the most it is extrapolated.
+_VELOCITY_SPAN = 4
+_MAX_PREDICT = 8
+# How much more a measured frame-to-frame motion counts than one detection (their noise
+# variances' ratio, roughly: a few pixels against a tenth of one).
+_MOTION_WEIGHT = 400.0
+# Where no motion was measured, box centres wobble no faster than this many seconds.
+_CENTRE_PERIOD_S = 1.0
+# Box sizes change slower than this many seconds (a walk towards the camera, a zoom);
+# held still where they do not change.
+_SIZE_PERIOD_S = 2.0
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of boxes a (n, 4) and b (m, 4) → (n, m)."""
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-6)
+
+
+@dataclass
+class _Track:
+    frames: list[int] = field(default_factory=list)  # ascending
+    boxes: list[np.ndarray] = field(default_factory=list)  # the detector's box in each
+    mouths: list[tuple[float, float] | None] = field(default_factory=list)
+    # Motion (dx, dy) in pixels measured from the frame before, by frame.
+    moves: dict[int, tuple[float, float]] = field(default_factory=dict)
+    misses: int = 0
+    # The last frame's patch, the box it was cut at and its pixels per patch pixel.
+    patch: tuple[np.ndarray, np.ndarray, float] | None = None
+
+    def hit(self, frame: int, box: np.ndarray, mouth_uv: tuple[float, float] | None) -> None:
+        self.frames.append(frame)
+        self.boxes.append(box.astype(np.float32))
+        self.mouths.append(mouth_uv)
+        self.misses = 0
+
+    def expected(self, frame: int) -> np.ndarray:
+        """The box expected at ``frame``: the last one moved at the recent velocity."""
+        last = self.boxes[-1]
+        k = min(len(self.frames) - 1, _VELOCITY_SPAN)
+        if k == 0:
+            return last
+        span = self.frames[-1] - self.frames[-1 - k]
+        velocity = (last - self.boxes[-1 - k]) / span
+        return last + velocity * min(frame - self.frames[-1], _MAX_PREDICT)
+
+    def score(self) -> float:
+        boxes = np.asarray(self.boxes)
+        return float(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sum())
+
+    def side(self) -> float:
+        boxes = np.asarray(self.boxes)
+        return float(np.median(boxes[:, 2] - boxes[:, 0]))
+
+
+@dataclass(frozen=True)
+class FaceTrack:
+    """The presenter's face through a reference, one entry per frame."""
+
+    boxes: np.ndarray  # (n, 4) float32 steady face boxes; held from neighbours where lost
+    present: np.ndarray  # (n,) bool: the face is there (found, or a short miss filled)
+    detected: np.ndarray  # (n,) bool: the detector found it in this very frame
+    mouths: np.ndarray  # (n, 2) float32 mouth centre (u, v) in face-box units, steady
+    chins: np.ndarray  # (n,) float32 chin height v in face-box units
+
+
+@dataclass(frozen=True)
+class Observations:
+    """What the tracker saw of the presenter, per frame; NaN where it saw nothing."""
+
+    boxes: np.ndarray  # (n, 4) float32 detector boxes
+    mouths: np.ndarray  # (n, 2) float32 mouth (u, v) estimates
+    moves: np.ndarray  # (n, 2) float32 motion in pixels from the frame before
+
+
+class Tracker:
+    """Feed frames in order with ``add``; ask ``presenter`` at the end."""
+
+    def __init__(self, detector: Detector, cfg: DetectorConfig, fps: float):
+        self.detector = detector
+        self.cfg = cfg
+        self.scale = scan_scale(detector, cfg.min_face)
+        self.scan_every = max(1, round(cfg.scan_interval_s * fps))
+        self.retire_after = max(self.scan_every, round(cfg.max_gap_s * fps))
+        self.frames = 0
+        self.active: list[_Track] = []
+        self.retired: list[_Track] = []
+        # The frames since the last scan, grey at the scan's scale: a face a scan finds is
+        # followed back through them to where it appeared.
+        self._recent: deque[np.ndarray] = deque(maxlen=self.scan_every)
+        self._colour: bool | None = None
+
+    def add(self, frame: np.ndarray) -> None:
+        """Follow the faces into the next (H, W, 3) uint8 BGR frame."""
+        i = self.frames
+        self.frames += 1
+        if self._colour is None:
+            self._colour = is_colour(frame)
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        h, w = grey.shape
+        small = grey if self.scale == 1.0 else cv2.resize(
+            grey, (round(w * self.scale), round(h * self.scale)), interpolation=cv2.INTER_AREA
+        )
+        for track in self.active:
+            expected = track.expected(i)
+            if track.patch is not None:
+                before, at, step = track.patch
+                cut = face_patch(grey, at)
+                moved = None if cut is None else motion(before, cut[0], step)
+                if moved is not None:
+                    track.moves[i] = moved
+                    expected = at + np.array([*moved, *moved], np.float32)
+            box = search_window(self.detector, grey, expected)
+            if box is not None:
+                track.hit(i, box, mouth.mouth_point(frame, box))
+            else:
+                track.misses += 1
+            at = box if box is not None else expected
+            cut = face_patch(grey, at)
+            track.patch = None if cut is None else (cut[0], at, cut[1])
+        if i % self.scan_every == 0:
+            self._scan(i, frame, grey, small)
+        self._recent.append(small)
+        for track in [t for t in self.active if t.misses > self.retire_after]:
+            self.active.remove(track)
+            self.retired.append(track)
+
+    def _scan(self, i: int, frame: np.ndarray, grey: np.ndarray, small: np.ndarray) -> None:
+        for box in scan(self.detector, small, self.scale):
+            held = [t for t in self.active if iou(box[None], t.boxes[-1][None])[0, 0] >= _LINK_IOU]
+            if held:
+                for track in held:  # the window search lost it: the scan has it again
+                    if track.frames[-1] != i:
+                        track.hit(i, box, mouth.mouth_point(frame, box))
+            elif not self._colour or skin_fraction(frame, box) >= self.cfg.min_skin:
+                track = _Track()
+                track.hit(i, box, mouth.mouth_point(frame, box))
+                cut = face_patch(grey, box)
+                track.patch = None if cut is None else (cut[0], box, cut[1])
+                self._follow_back(track)
+                self.active.append(track)
+
+    def _follow_back(self, track: _Track) -> None:
+        """Extend a new track back through the frames since the last scan."""
+        for small in reversed(self._recent):
+            box = search_window(self.detector, small, track.boxes[0], self.scale)
+            if box is None:
+                return
+            track.frames.insert(0, track.frames[0] - 1)
+            track.boxes.insert(0, box)
+            track.mouths.insert(0, None)
+
+    def presenter(self) -> Observations | None:
+        """The presenter's frames, from the best track and those of the same person."""
+        need = min(_MIN_HITS, self.frames)
+        tracks = sorted(
+            (t for t in self.active + self.retired if len(t.frames) >= need), key=_Track.score, reverse=True
+        )
+        if not tracks:
+            return None
+        seen = Observations(
+            boxes=np.full((self.frames, 4), np.nan, np.float32),
+            mouths=np.full((self.frames, 2), np.nan, np.float32),
+            moves=np.full((self.frames, 2), np.nan, np.float32),
+        )
+        side = tracks[0].side()
+        for track in tracks:
+            if not 1 / _SAME_SIZE <= track.side() / side <= _SAME_SIZE:
+                continue
+            frames = np.asarray(track.frames)
+            taken = ~np.isnan(seen.boxes[frames, 0])
+            if taken.any():
+                # Beside the presenter in the same frames: the same face only where it overlaps.
+                same = iou(np.asarray(track.boxes)[taken], seen.boxes[frames[taken]]).diagonal()
+                if (same < _LINK_IOU).any():
+                    continue
+            new = ~taken
+            seen.boxes[frames[new]] = np.asarray(track.boxes)[new]
+            seen.mouths[frames[new]] = [m if m is not None else (np.nan, np.nan) for m, n in zip(track.mouths, new, strict=True) if n]
+            for f, moved in track.moves.items():
+                if np.isnan(seen.moves[f, 0]):
+                    seen.moves[f] = moved
+        return seen
+
+
+def finish(seen: Observations, fps: float, cfg: DetectorConfig) -> FaceTrack:
+    """What the tracker saw → the steady ``FaceTrack``."""
+    n = len(seen.boxes)
+    detected = ~np.isnan(seen.boxes[:, 0])
+    present = detected.copy()
+    max_gap = max(1, round(cfg.max_gap_s * fps))
+    for start, stop in _runs(~detected):
+        if stop - start <= max_gap:
+            present[start:stop] = True
+    frames = np.arange(n)
+    hits = np.flatnonzero(detected)
+    boxes = np.stack([np.interp(frames, hits, seen.boxes[hits, c]) for c in range(4)], axis=1).astype(np.float32)
+    mouth_uv = np.empty((n, 2), np.float32)
+    for start, stop in _runs(present):
+        run = slice(start, stop)
+        boxes[run] = _steady_boxes(boxes[run], detected[run], seen.moves[run], fps)
+        mouth_uv[run] = mouth.steady(seen.mouths[run], fps)
+    for start, stop in _runs(~present):  # held from the nearest present frame
+        mouth_uv[start:stop] = mouth_uv[stop] if start == 0 else mouth_uv[start - 1]
+    chins = mouth_uv[:, 1] + mouth.CHIN_BELOW_MOUTH
+    return FaceTrack(boxes=boxes, present=present, detected=detected, mouths=mouth_uv, chins=chins)
+
+
+def find_presenter(tracker: Tracker, fps: float) -> FaceTrack | None:
+    seen = tracker.presenter()
+    return None if seen is None else finish(seen, fps, tracker.cfg)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of each run of True in a (n,) bool array."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
+
+
+def _steady_boxes(boxes: np.ndarray, detected: np.ndarray, moves: np.ndarray, fps: float) -> np.ndarray:
+    """(n, 4) boxes (interpolated where not detected) → steady boxes.
+
+    Centres: the least-squares path that stays near the detections and moves as the
+    measured motion says: the detector's noise averages out, the motion's is sub-pixel,
+    and a moving face is followed without lag (where no motion was measured, the
+    detections' trend over ``_CENTRE_PERIOD_S``). Sizes (the cascade's come in
+    10 % steps): smoothed over ``_SIZE_PERIOD_S``, favouring a constant.
+    """
+    if len(boxes) < 3:
+        return boxes
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    size = boxes[:, 2:] - boxes[:, :2]
+    centre = trend(centre, detected, fps, _CENTRE_PERIOD_S, steps=moves, step_weight=_MOTION_WEIGHT)
+    size = trend(size, detected, fps, _SIZE_PERIOD_S, order=1)
+    return np.concatenate([centre - size / 2, centre + size / 2], axis=1).astype(np.float32)

@@ -1,0 +1,175 @@
+"""The presenter found and followed in lecture-like footage: the bundled portrait small,
+in a corner, moving, on a busy slide, at 240p to 4K (tests/helpers/footage.py)."""
+
+from __future__ import annotations
+
+import csv
+import wave
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from heygem_ray import media
+from heygem_ray.analyze import analyze
+from heygem_ray.config import DetectorConfig, RenderConfig, RunConfig
+from heygem_ray.face.track import FaceTrack, iou
+from heygem_ray.manifest import Job
+from heygem_ray.packs import get_pack
+from heygem_ray.pipeline import InProcessService, render_job
+from heygem_ray.run import submit
+from heygem_ray.worker import ModelWorker
+from tests.helpers.footage import Footage, lecture_clip
+
+SIZES = {"240p": (320, 240), "720p": (1280, 720), "1080p": (1920, 1080), "4K": (3840, 2160)}
+CASES = [("240p", 40)] + [(res, face) for res in ("720p", "1080p", "4K") for face in (40, 64, 96, 200)]
+SR = 16000
+
+
+def _corner(res: str) -> str:
+    return "top-left" if res == "1080p" else "bottom-right"
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[tuple[str, int], Footage]:
+    """One second of each case, panning and zooming from a corner."""
+    tmp = tmp_path_factory.mktemp("footage")
+    return {
+        (res, face): lecture_clip(tmp / f"{res}-{face}.mp4", size=SIZES[res], face=face, corner=_corner(res))
+        for res, face in CASES
+    }
+
+
+def truth(clip: Footage) -> FaceTrack:
+    """The track the footage was made with: its true face boxes and mouths."""
+    side = clip.faces[:, 2] - clip.faces[:, 0]
+    uv = ((clip.mouths - clip.faces[:, :2]) / side[:, None]).astype(np.float32)
+    shown = ~np.isnan(clip.faces[:, 0])
+    return FaceTrack(boxes=clip.faces, present=shown, detected=shown, mouths=uv, chins=uv[:, 1] + 0.25)
+
+
+def buzz(path: Path, seconds: float, spans: list[tuple[float, float]]) -> Path:
+    """A 16 kHz WAV: silence with a 200 Hz square-wave buzz (speech-band energy) in ``spans``."""
+    t = np.arange(int(seconds * SR)) / SR
+    wav = np.zeros_like(t)
+    for a, b in spans:
+        on = (t >= a) & (t < b)
+        wav[on] = 0.3 * np.sign(np.sin(2 * np.pi * 200 * t[on]))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes((wav * 32767).astype("<i2").tobytes())
+    return path
+
+
+@pytest.mark.parametrize("pack", ["warp", "wav2lip"])
+@pytest.mark.parametrize("res,face", CASES, ids=[f"{r}-{f}px" for r, f in CASES])
+def test_the_crop_box_covers_the_true_face_on_every_frame(clips, tmp_path, res, face, pack):
+    clip = clips[(res, face)]
+    geometry = get_pack(pack).geometry
+    template, _ = analyze(clip.path, geometry, DetectorConfig(), tmp_path / "cache")
+    expected = geometry.crop_boxes(truth(clip), *clip.size).astype(np.float32)
+    overlap = iou(template.boxes.astype(np.float32), expected).diagonal()
+    assert template.present.all()
+    assert overlap.min() >= 0.6, f"worst frame {int(overlap.argmin())}: IoU {overlap.min():.2f}"
+
+
+def test_a_face_smaller_than_the_smallest_searched_for_is_no_face_with_the_limit_and_the_fix(clips, tmp_path):
+    clip = clips[("720p", 40)]
+    job = Job(row=3, job_id="small", audio=buzz(tmp_path / "a.wav", 1.0, []), video=clip.path, output=tmp_path / "o.mp4")
+    cfg = RenderConfig(backend="pytorch", detector=DetectorConfig(min_face=64))
+    service = InProcessService(ModelWorker(cfg, engines_dir=tmp_path / "engines"))
+    result = render_job(job, cfg, tmp_path / "cache", service)
+    assert result.status == "failed" and result.error_kind == "no_face"
+    assert "from 64 pixels wide" in result.error and "--min-face" in result.error
+    assert str(clip.path) in result.error and "row 3" in result.error
+
+
+def test_a_still_face_does_not_jitter(tmp_path):
+    clip = lecture_clip(tmp_path / "still.mp4", size=(1920, 1080), face=96, seconds=2.0, corner="centre", motion="still")
+    for pack in ("warp", "wav2lip"):
+        template, _ = analyze(clip.path, get_pack(pack).geometry, DetectorConfig(), tmp_path / "cache")
+        step = np.abs(np.diff(template.boxes, axis=0))
+        assert step.max() <= 1, f"{pack}: a crop box edge moved {step.max()} px between frames"
+
+
+@pytest.fixture(scope="module")
+def warp_service(tmp_path_factory):
+    return InProcessService(ModelWorker(RenderConfig(backend="pytorch"), engines_dir=tmp_path_factory.mktemp("e")))
+
+
+def _through_encoder(frames: np.ndarray, like: Path, audio: Path, tmp: Path) -> np.ndarray:
+    """``frames`` as the job's encoder gives them back: the codec's noise floor."""
+    info = media.probe_video(like)
+    path = tmp / "floor.mp4"
+    with media.VideoWriter(path, width=info.width, height=info.height, fps=info.fps, audio=audio,
+                           duration=len(frames) / float(info.fps)) as writer:  # fmt: skip
+        writer.write(frames)
+    return media.read_video(path)[0]
+
+
+def test_frames_where_the_face_is_gone_are_left_as_they_are(tmp_path, warp_service):
+    # Three seconds of buzz; the face is cut away to the slide in the middle second.
+    clip = lecture_clip(tmp_path / "cut.mp4", size=(1280, 720), face=64, seconds=3.0, absent=(1.0, 2.0))
+    audio = buzz(tmp_path / "speech.wav", 3.0, [(0.0, 3.0)])
+    job = Job(row=1, job_id="cut", audio=audio, video=clip.path, output=tmp_path / "cut-out.mp4")
+    result = render_job(job, RenderConfig(backend="pytorch"), tmp_path / "cache", warp_service)
+    assert result.status == "ok", result.error
+    gone = np.isnan(clip.faces[:, 0])
+    assert result.face_lost_frames == gone.sum() == 25
+    out = media.read_video(tmp_path / "cut-out.mp4")[0]
+    ref = media.read_video(clip.path)[0]
+    floor = _through_encoder(ref, clip.path, audio, tmp_path)
+    # Around where the face was: in the cut, only the codec's noise; with the face, the open mouth.
+    x0, y0, x1, y1 = (int(v) for v in np.nanmean(clip.faces, axis=0) + [-20, -20, 20, 40])
+    region = (slice(None), slice(y0, y1), slice(x0, x1))
+    change = np.abs(out[region].astype(int) - ref[region].astype(int)).mean(axis=(1, 2, 3))
+    noise = np.abs(floor[region].astype(int) - ref[region].astype(int)).mean(axis=(1, 2, 3))
+    assert (change[gone] <= noise[gone] + 0.3).all()
+    assert change[~gone].mean() > noise[~gone].mean() + 1.0
+
+
+def test_the_mouth_follows_the_audio_on_the_smallest_face(tmp_path, warp_service):
+    clip = lecture_clip(tmp_path / "small.mp4", size=(1280, 720), face=40, seconds=3.0)
+    audio = buzz(tmp_path / "speech.wav", 3.0, [(1.0, 2.0)])
+    job = Job(row=1, job_id="small", audio=audio, video=clip.path, output=tmp_path / "small-out.mp4")
+    result = render_job(job, RenderConfig(backend="pytorch"), tmp_path / "cache", warp_service)
+    assert result.status == "ok", result.error
+    out = media.read_video(tmp_path / "small-out.mp4")[0]
+    ref = media.read_video(clip.path)[0]
+    floor = _through_encoder(ref, clip.path, audio, tmp_path)
+
+    def mouth_change(frames: np.ndarray) -> np.ndarray:
+        """Mean absolute change per frame in a box around the true mouth."""
+        values = []
+        for f, r, (mx, my) in zip(frames, ref, clip.mouths, strict=True):
+            ys, xs = slice(int(my) - 6, int(my) + 10), slice(int(mx) - 10, int(mx) + 10)
+            values.append(np.abs(f[ys, xs].astype(int) - r[ys, xs].astype(int)).mean())
+        return np.array(values)
+
+    change, noise = mouth_change(out), mouth_change(floor)
+    sound = slice(28, 47)  # the buzz is frames 25..49; away from its edges
+    silence = np.r_[0:20, 55:75]
+    assert change[silence].mean() < noise[silence].mean() + 0.5  # closed: the reference as it was
+    assert change[sound].mean() > noise[sound].mean() + 5.0  # open while the buzz sounds
+
+
+@pytest.mark.slow
+def test_every_lecture_clip_renders_through_ray(clips, tmp_path, ray_local):
+    audio = buzz(tmp_path / "speech.wav", 1.0, [(0.2, 0.8)])
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        rows = csv.writer(f)
+        rows.writerow(["job_id", "audio", "video"])
+        for (res, face), clip in clips.items():
+            rows.writerow([f"{res}-{face}", audio, clip.path])
+    summary = submit(manifest, RunConfig(output_dir=tmp_path / "out", cache_dir=tmp_path / "cache"))
+    table = pq.read_table(summary.results_path).to_pylist()
+    assert [r["status"] for r in table] == ["ok"] * len(clips), [r["error"] for r in table]
+    for row in table:
+        res, _ = row["job_id"].split("-")
+        frames, _ = media.read_video(Path(row["output"]))
+        assert frames.shape == (25, SIZES[res][1], SIZES[res][0], 3)
+        assert row["face_lost_frames"] == 0
