@@ -266,13 +266,32 @@ def run_jobs(
     on_workers: Callable[[list[WorkerInfo]], None] = lambda infos: None,
 ) -> None:
     """Render every job on the connected Ray cluster, passing each row to ``on_result`` as
-    its job ends."""
+    its job ends. Whatever ends the run (also an error raised by a callback), its actors
+    are ended and the job tasks still running are cancelled before it returns or raises."""
     run_id = uuid.uuid4().hex[:6]  # names this run's actors in the dashboard
-    pool = Pool(cfg, run_id)
-    on_workers(pool.infos)
     # On the driver's node: it must not leave the run with a node that leaves the cluster.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     progress = cast(Any, _Progress).options(name=f"progress-{run_id}", scheduling_strategy=here).remote()
+    try:
+        pool = Pool(cfg, run_id)
+        try:
+            on_workers(pool.infos)
+            _render_all(jobs, cfg, pool, progress, on_result, on_frames)
+        finally:
+            pool.close()
+    finally:
+        ray.kill(progress)
+
+
+def _render_all(
+    jobs: list[Job],
+    cfg: RunConfig,
+    pool: Pool,
+    progress: Any,
+    on_result: Callable[[JobResult], None],
+    on_frames: Callable[[int], None],
+) -> None:
+    """Keep up to the in-flight cap of job tasks running until every job has its row."""
     in_flight_cap = cfg.max_jobs_in_flight or 2 * len(pool.actors)
     config_hash = cfg.config_hash()
     pending: dict[ray.ObjectRef, tuple[Job, int]] = {}  # task → (job, attempt)
@@ -281,50 +300,52 @@ def run_jobs(
     exhausted = False
     submitted = 0  # tasks started so far: spreads each job's first chunk over the workers
     next_watch = time.monotonic() + WATCH_S
-    while True:
-        while len(pending) < in_flight_cap and (retry or not exhausted):
-            if retry:
-                job, attempt = retry.pop()
-            elif (nxt := next(queue, None)) is not None:
-                job, attempt = nxt, 1
-            else:
-                exhausted = True
-                break
-            # max_retries=0: a lost task is retried here, where its attempts are counted.
-            ref = _job_task.options(name=JOB_TASK, max_retries=0).remote(
-                job, cfg.render, cfg.cache_dir, pool.actors, submitted, progress
-            )
-            submitted += 1
-            pending[ref] = (job, attempt)
-        if not pending:
-            break
-        if time.monotonic() >= next_watch:
-            pool.watch()
-            heap.release_free()  # see heap.py: the driver's memory stays flat over many jobs
-            next_watch = time.monotonic() + WATCH_S
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-        for ref in done:
-            job, attempt = pending.pop(ref)
-            try:
-                result = ray.get(ref)
-            except RayError as exc:
-                if attempt < cfg.max_attempts:
-                    log.warning("%s: attempt %d lost (%s); trying again", job.label, attempt, type(exc).__name__)
+    try:
+        while True:
+            while len(pending) < in_flight_cap and (retry or not exhausted):
+                if retry:
+                    job, attempt = retry.pop()
+                elif (nxt := next(queue, None)) is not None:
+                    job, attempt = nxt, 1
+                else:
+                    exhausted = True
+                    break
+                # max_retries=0: a lost task is retried here, where its attempts are counted.
+                ref = _job_task.options(name=JOB_TASK, max_retries=0).remote(
+                    job, cfg.render, cfg.cache_dir, pool.actors, submitted, progress
+                )
+                submitted += 1
+                pending[ref] = (job, attempt)
+            if not pending:
+                return
+            if time.monotonic() >= next_watch:
+                pool.watch()
+                heap.release_free()  # see heap.py: the driver's memory stays flat over many jobs
+                next_watch = time.monotonic() + WATCH_S
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+            for ref in done:
+                job, attempt = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayError as exc:
+                    if attempt < cfg.max_attempts:
+                        log.warning("%s: attempt %d lost (%s); trying again", job.label, attempt, type(exc).__name__)
+                        retry.append((job, attempt + 1))
+                        continue
+                    result = _lost(job, cfg, exc)
+                if result.error_kind == "worker_lost" and attempt < cfg.max_attempts:
+                    # Every worker the task was given is gone: try again with the workers there are now.
+                    log.warning("%s: attempt %d lost its model workers; trying again", job.label, attempt)
                     retry.append((job, attempt + 1))
                     continue
-                result = _lost(job, cfg, exc)
-            if result.error_kind == "worker_lost" and attempt < cfg.max_attempts:
-                # Every worker the task was given is gone: try again with the workers there are now.
-                log.warning("%s: attempt %d lost its model workers; trying again", job.label, attempt)
-                retry.append((job, attempt + 1))
-                continue
-            result.attempts, result.config_hash = attempt, config_hash
-            result.ray_task_id = ref.task_id().hex()
-            on_result(result)
-            metrics.record_job(result)  # here, where a row is final: a retried attempt is not a job
-        on_frames(ray.get(progress.total.remote()))
-    pool.close()
-    ray.kill(progress)
+                result.attempts, result.config_hash = attempt, config_hash
+                result.ray_task_id = ref.task_id().hex()
+                on_result(result)
+                metrics.record_job(result)  # here, where a row is final: a retried attempt is not a job
+            on_frames(ray.get(progress.total.remote()))
+    finally:
+        for ref in pending:  # only when the run stops early: tasks that would report to no one
+            ray.cancel(ref)
 
 
 def _lost(job: Job, cfg: RunConfig, exc: RayError) -> JobResult:
