@@ -31,7 +31,7 @@ from heygem_ray.config import (
     RunConfig,
     default_cache_dir,
 )
-from heygem_ray.errors import HeygemError
+from heygem_ray.errors import HeygemError, RunStopped
 from heygem_ray.results import JobResult
 from heygem_ray.run import RunCallbacks
 from heygem_ray.run import submit as run_submit
@@ -105,8 +105,8 @@ def submit(
 ) -> None:
     """Render every row of MANIFEST to an MP4 and write OUTPUT_DIR/results.parquet.
 
-    Exit status: 0 when every row succeeded, 1 when any row failed, 2 when the command
-    line or the manifest is unusable (nothing was rendered).
+    Exit status: 0 when every row succeeded, 1 when any row failed or the run stopped
+    part-way, 2 when the command line or the manifest is unusable (nothing was rendered).
     """
     heap.limit_arenas()  # this process is the run's driver: before Ray starts its threads
     try:
@@ -138,6 +138,9 @@ def submit(
         )
         with Progress(*columns, console=err, transient=False) as progress:
             summary = run_submit(manifest, cfg, _Bar(progress))
+    except RunStopped as exc:  # after work began: some rows may be rendered
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(1) from None
     except HeygemError as exc:
         # Plain text, never wrapped: messages name files that users copy and grep for.
         print(f"error: {exc.message}", file=sys.stderr)

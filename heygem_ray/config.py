@@ -133,6 +133,9 @@ class RunConfig:
     force: bool = False
     # Times a job is started before a lost task or worker fails it for good.
     max_attempts: int = 3
+    # Seconds the model workers may take to start (load models, build missing engines)
+    # before the run stops, saying so.
+    workers_ready_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
         # Text and Paths that hold a bucket URI (a CLI option of type Path) become Uris.
@@ -145,6 +148,8 @@ class RunConfig:
                 kind="bad_argument",
             )
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+        if not self.workers_ready_timeout_s > 0:
+            raise InputError("workers_ready_timeout_s must be more than 0 seconds", kind="bad_argument")
 
     def config_hash(self) -> str:
         """Hash of the settings that shape the outputs (not where they go)."""

@@ -7,6 +7,10 @@ Every failure that reaches a user is one of three kinds:
 * ``EngineError``: a backend or engine could not be built, loaded or run.
 * ``InternalError``: a bug in heygem-ray; the message asks for a report.
 
+``RunStopped`` is raised by ``submit`` when a run stops after its workers started (an
+error while handling a finished row, say): some jobs may have rendered, and the table
+has a row for every job.
+
 Each error carries a short ``kind`` (a stable snake_case word written to the results
 table as ``error_kind``) and, once it is known, the ``stage`` it failed in.
 """
@@ -46,3 +50,10 @@ class InternalError(HeygemError):
     """A bug: something heygem-ray should have prevented."""
 
     kind = "internal"
+
+
+class RunStopped(HeygemError):
+    """A run stopped part-way: the results table holds the rows of the jobs that ended,
+    and rows saying ``stopped`` for the others. The message says why, and how to finish."""
+
+    kind = "stopped"

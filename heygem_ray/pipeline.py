@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # while the job composes. A job sends as many ahead as there are workers, so one long
 # video spreads over every GPU; the crops it holds are bounded by that, not by its length.
 LOOKAHEAD = 2
+# The MP4 being written, beside its output (resume.py deletes those of lost attempts).
+PARTIAL_SUFFIX = ".part.mp4"
 
 
 class ChunkFuture(Protocol):
@@ -176,7 +178,7 @@ def _render_and_compose(
 
     Returns the description of the worker that rendered the last chunk.
     """
-    partial = storage.staging_file(output, scratch, ".part.mp4")  # resume.py knows this name
+    partial = storage.staging_file(output, scratch, PARTIAL_SUFFIX)
     size = cfg.chunk_frames
     chunks = [range(s, min(s + size, timeline.frames)) for s in range(0, timeline.frames, size)]
     pending: deque[tuple[range, np.ndarray, ChunkFuture]] = deque()

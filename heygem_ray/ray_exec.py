@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import uuid
@@ -21,7 +20,14 @@ from typing import Any, cast
 
 import numpy as np
 import ray
-from ray.exceptions import ActorDiedError, ActorUnschedulableError, RayError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    ActorUnschedulableError,
+    GetTimeoutError,
+    RayError,
+    RayTaskError,
+)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from heygem_ray import heap, metrics
@@ -39,9 +45,15 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5
 # Seconds between checks that the model workers' nodes are still in the cluster.
 WATCH_S = 2.0
-# A worker actor that dies is restarted, and the chunk calls it held are sent again
-# (run_chunk is a pure function of its arguments, so repeating it is safe).
-_RESTART = {"max_restarts": -1, "max_task_retries": -1}
+# A worker actor that dies is restarted (on its node), a bounded number of times: one
+# that keeps dying (a broken GPU) is then gone, and its jobs use the other workers.
+# Ray does not send a dead worker's calls again by itself: the job does (``_RayFuture``),
+# where it can tell the chunk that was rendering from those queued behind it.
+# (A chunk is a pure function of its arguments, so rendering it again is safe.)
+_RESTART = {"max_restarts": 10, "max_task_retries": 0}
+# A chunk whose worker died this many times while rendering it fails its job: it is what
+# kills them (a segfault in the engine, the OOM killer), and would take the next one too.
+CHUNK_KILLS = 2
 # What job tasks and chunk calls are called in the Ray dashboard. The same for every job:
 # Ray's dashboard agent keeps state for every task name it has seen (the `ray_tasks`
 # metric is labelled by name) for the cluster's life, so a name per job grew it by about
@@ -56,22 +68,39 @@ def node_name() -> str:
 
 
 class _ActorWorker(ModelWorker):
-    """A ModelWorker that knows which Ray node it lives on."""
+    """A ModelWorker that knows which Ray node it lives on, and tells the run's progress
+    actor which chunk it renders (so a chunk that kills it can be told apart)."""
 
-    def __init__(self, cfg: RenderConfig, engines_dir: Path):
+    def __init__(self, cfg: RenderConfig, engines_dir: Path, progress: Any):
         super().__init__(cfg, engines_dir, node=node_name())
+        self._progress = progress
+        self._id = ray.get_runtime_context().get_actor_id()  # the same after a restart
+        ray.get(progress.restarted.remote(self._id))
+
+    def render(self, chunk: str, features: np.ndarray, crops: np.ndarray) -> ChunkOutput:
+        """``run_chunk`` for the chunk named ``chunk``; recorded first (and waited for: the
+        record must outlive a worker killed by this very chunk)."""
+        ray.get(self._progress.started.remote(self._id, chunk))
+        return self.run_chunk(features, crops)
 
 
 @ray.remote(num_cpus=0)
 class _Progress:
-    """Frames composed so far, reported by job tasks, read by the driver.
+    """Frames composed so far, reported by job tasks, read by the driver; and the chunk
+    each model worker is rendering, reported by the worker as it starts one.
 
-    Its calls (one per chunk, and the driver's polls) keep no task events: they would
+    A worker renders its calls one at a time, so when it dies, one of the calls it held
+    was rendering and the rest were queued: ``was_rendering`` tells a job which, for a
+    chunk whose call failed that way.
+
+    Its calls (a few per chunk, and the driver's polls) keep no task events: they would
     fill the dashboard's task list and the GCS's event store with bookkeeping.
     """
 
     def __init__(self) -> None:
         self.frames = 0
+        self.rendering: dict[str, str] = {}  # worker (actor id) → the chunk it started last
+        self.died_rendering: set[str] = set()  # chunks whose worker restarted before it ended
 
     @ray.method(enable_task_events=False)
     def add(self, frames: int) -> None:
@@ -81,35 +110,94 @@ class _Progress:
     def total(self) -> int:
         return self.frames
 
+    @ray.method(enable_task_events=False)
+    def started(self, worker: str, chunk: str) -> None:
+        self.rendering[worker] = chunk
+
+    @ray.method(enable_task_events=False)
+    def restarted(self, worker: str) -> None:
+        if (chunk := self.rendering.pop(worker, None)) is not None:
+            self.died_rendering.add(chunk)
+
+    @ray.method(enable_task_events=False)
+    def was_rendering(self, chunk: str) -> bool:
+        """Whether ``chunk`` was rendering when its worker died (asked once per loss)."""
+        if chunk in self.died_rendering:
+            self.died_rendering.discard(chunk)
+            return True
+        for worker, current in self.rendering.items():
+            if current == chunk:  # its worker has not restarted yet
+                del self.rendering[worker]
+                return True
+        return False
+
 
 class _RayFuture:
-    """One chunk on a worker actor. If that worker is gone for good (its node left the
-    cluster), the chunk is sent to the next worker the job can use."""
+    """One chunk on a worker actor, sent again when its worker dies or is gone.
+
+    * An error raised on the worker (the model, its engine, a bug) is the job's error, as
+      it was raised: not sent again, and not blamed on the cluster.
+    * A worker that died: the chunk goes to the next worker the job can use (one gone for
+      good, as when its node left, is dropped). If the chunk was the one rendering,
+      it may be what killed the worker: after ``CHUNK_KILLS`` such deaths the job fails.
+    """
 
     def __init__(self, service: _RayService, label: str, features: np.ndarray, crops: np.ndarray):
         self._service, self._label, self._args = service, label, (features, crops)
+        self._kills = 0
         self._send()
 
     def _send(self) -> None:
         self._actor = self._service.next_actor()
-        self._ref: ray.ObjectRef = self._actor.run_chunk.options(name=CHUNK_CALL).remote(*self._args)
+        self._chunk = uuid.uuid4().hex  # this send of the chunk, as its worker reports it
+        self._ref: ray.ObjectRef = self._actor.render.options(name=CHUNK_CALL).remote(self._chunk, *self._args)
 
     def result(self) -> ChunkOutput:
         while True:
             try:
                 return cast(ChunkOutput, ray.get(self._ref))
-            except (ActorDiedError, ActorUnschedulableError):  # gone for good, or its node is
-                log.warning("%s: its model worker is gone; rendering it on another", self._label)
-                self._service.drop(self._actor)
+            except RayTaskError as exc:
+                raise _worker_error(exc, self._label) from None
+            except (ActorDiedError, ActorUnavailableError, ActorUnschedulableError) as exc:
+                gone = not isinstance(exc, ActorUnavailableError)  # for good, or its node is
+                if gone:
+                    self._service.drop(self._actor)
+                rendering = ray.get(self._service.progress.was_rendering.remote(self._chunk))
+                self._kills += rendering
+                if self._kills >= CHUNK_KILLS:
+                    raise EngineError(
+                        f"{self._label}: its model worker died {self._kills} times while rendering it "
+                        f"(last: {type(exc).__name__}): a crash in the model or its engine, or the OOM "
+                        "killer; the worker logs ('ray logs worker-*.err' on its node, or the dashboard) "
+                        "say which. Try a smaller --chunk-frames, or another --backend",
+                        kind="worker_crash",
+                    ) from exc
+                log.warning("%s: its model worker %s %s it (%s); sending it again", self._label,
+                            "is gone" if gone else "died", "while rendering" if rendering else "before rendering",
+                            type(exc).__name__)
                 self._send()
             except RayError as exc:
-                if isinstance(exc, HeygemError):  # the worker's own error, raised through Ray
-                    raise
                 raise EngineError(
-                    f"the model worker rendering this chunk was lost ({type(exc).__name__}); "
+                    f"the model worker rendering {self._label} was lost ({type(exc).__name__}); "
                     "check the cluster's health, then run the same manifest again",
                     kind="worker_lost",
                 ) from exc
+
+
+def _worker_error(exc: RayTaskError, label: str) -> HeygemError:
+    """The error a model worker raised, for its job: a heygem error as it was (its kind
+    and message), anything else an ``engine`` error with its type and message."""
+    cause = exc.cause
+    if isinstance(cause, HeygemError):
+        return cause
+    text = str(cause).strip()
+    first = text.splitlines()[0] if text else ""
+    return EngineError(
+        f"{label}: the model worker raised {type(cause).__name__}: {first} (its traceback is in the "
+        "worker's log: the dashboard, or 'ray logs worker-*.err' on its node); an out-of-memory "
+        "error may pass with a smaller --chunk-frames, anything else is a fault in the model or its engine",
+        kind="engine",
+    )
 
 
 class _RayService:
@@ -120,11 +208,13 @@ class _RayService:
     Each call (motion and render of one chunk) is ``render`` in the Ray dashboard.
     """
 
-    def __init__(self, actors: list[ray.actor.ActorHandle], first: int, job_id: str):
+    def __init__(self, actors: list[ray.actor.ActorHandle], first: int, chunk_frames: int, progress: Any):
         start = first % len(actors)
         self._actors = actors[start:] + actors[:start]
         self._turn = 0
-        self._labels = (f"chunk {k} of job {job_id!r}" for k in itertools.count())
+        self._chunk_frames = chunk_frames
+        self._sent = 0
+        self.progress = progress
 
     @property
     def workers(self) -> int:
@@ -145,7 +235,11 @@ class _RayService:
         self._actors = [a for a in self._actors if a is not actor]
 
     def submit(self, features: np.ndarray, crops: np.ndarray) -> ChunkFuture:
-        return _RayFuture(self, next(self._labels), features, crops)
+        # The job sends its chunks in order, each chunk_frames long but the last (pipeline.py).
+        first = self._sent * self._chunk_frames
+        label = f"chunk {self._sent} (frames {first}-{first + len(crops) - 1})"
+        self._sent += 1
+        return _RayFuture(self, label, features, crops)
 
 
 @ray.remote(num_cpus=1)
@@ -155,7 +249,7 @@ def _job_task(job: Job, cfg: RenderConfig, cache_dir: Path, actors: list, first:
         metrics.record_frames(frames, cfg.pack)
 
     with job_logging(job.job_id):
-        result = render_job(job, cfg, cache_dir, _RayService(actors, first, job.job_id), on_frames=frames_done)
+        result = render_job(job, cfg, cache_dir, _RayService(actors, first, cfg.chunk_frames, progress), on_frames=frames_done)
         _log_result(result)
     heap.release_free()  # Ray reuses this process for later jobs: hand back what this one freed
     return result
@@ -183,8 +277,8 @@ class Pool:
     has room again.
     """
 
-    def __init__(self, cfg: RunConfig, run_id: str):
-        self._args = (cfg.render, cfg.engines_dir.resolve())
+    def __init__(self, cfg: RunConfig, run_id: str, progress: Any):
+        self._args = (cfg.render, cfg.engines_dir.resolve(), progress)
         self._cpu_workers = cfg.cpu_workers
         self._prefix = f"model-worker-{run_id}"  # unique: several runs may share a cluster
         self._started = 0
@@ -198,10 +292,24 @@ class Pool:
         # its error here (an EngineError for a backend that cannot run, an InputError for
         # a bad checkpoint), before any job is submitted.
         try:
-            self.infos: list[WorkerInfo] = ray.get([a.ready.remote() for a in self.actors])
+            self.infos: list[WorkerInfo] = self._ready(cfg.workers_ready_timeout_s)
         except BaseException:
             self.close()
             raise
+
+    def _ready(self, timeout_s: float) -> list[WorkerInfo]:
+        calls: list[ray.ObjectRef] = [a.ready.remote() for a in self.actors]
+        try:
+            return cast(list[WorkerInfo], ray.get(calls, timeout=timeout_s))
+        except GetTimeoutError:
+            done, _ = ray.wait(calls, num_returns=len(calls), timeout=0)
+            raise EngineError(
+                f"{len(calls) - len(done)} of {len(calls)} model workers were not ready after {timeout_s:g} s: "
+                "still loading their models or building engines, or waiting for their node or GPU "
+                "('ray status' shows what is pending). Check the cluster, or allow longer "
+                "(RunConfig.workers_ready_timeout_s) when engines are being built",
+                kind="workers_not_ready",
+            ) from None
 
     def _wanted(self) -> int:
         resources = ray.cluster_resources()
@@ -266,13 +374,32 @@ def run_jobs(
     on_workers: Callable[[list[WorkerInfo]], None] = lambda infos: None,
 ) -> None:
     """Render every job on the connected Ray cluster, passing each row to ``on_result`` as
-    its job ends."""
+    its job ends. Whatever ends the run (also an error raised by a callback), its actors
+    are ended and the job tasks still running are cancelled before it returns or raises."""
     run_id = uuid.uuid4().hex[:6]  # names this run's actors in the dashboard
-    pool = Pool(cfg, run_id)
-    on_workers(pool.infos)
     # On the driver's node: it must not leave the run with a node that leaves the cluster.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     progress = cast(Any, _Progress).options(name=f"progress-{run_id}", scheduling_strategy=here).remote()
+    try:
+        pool = Pool(cfg, run_id, progress)
+        try:
+            on_workers(pool.infos)
+            _render_all(jobs, cfg, pool, progress, on_result, on_frames)
+        finally:
+            pool.close()
+    finally:
+        ray.kill(progress)
+
+
+def _render_all(
+    jobs: list[Job],
+    cfg: RunConfig,
+    pool: Pool,
+    progress: Any,
+    on_result: Callable[[JobResult], None],
+    on_frames: Callable[[int], None],
+) -> None:
+    """Keep up to the in-flight cap of job tasks running until every job has its row."""
     in_flight_cap = cfg.max_jobs_in_flight or 2 * len(pool.actors)
     config_hash = cfg.config_hash()
     pending: dict[ray.ObjectRef, tuple[Job, int]] = {}  # task → (job, attempt)
@@ -281,50 +408,66 @@ def run_jobs(
     exhausted = False
     submitted = 0  # tasks started so far: spreads each job's first chunk over the workers
     next_watch = time.monotonic() + WATCH_S
-    while True:
-        while len(pending) < in_flight_cap and (retry or not exhausted):
-            if retry:
-                job, attempt = retry.pop()
-            elif (nxt := next(queue, None)) is not None:
-                job, attempt = nxt, 1
-            else:
-                exhausted = True
-                break
-            # max_retries=0: a lost task is retried here, where its attempts are counted.
-            ref = _job_task.options(name=JOB_TASK, max_retries=0).remote(
-                job, cfg.render, cfg.cache_dir, pool.actors, submitted, progress
-            )
-            submitted += 1
-            pending[ref] = (job, attempt)
-        if not pending:
-            break
-        if time.monotonic() >= next_watch:
-            pool.watch()
-            heap.release_free()  # see heap.py: the driver's memory stays flat over many jobs
-            next_watch = time.monotonic() + WATCH_S
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-        for ref in done:
-            job, attempt = pending.pop(ref)
-            try:
-                result = ray.get(ref)
-            except RayError as exc:
-                if attempt < cfg.max_attempts:
-                    log.warning("%s: attempt %d lost (%s); trying again", job.label, attempt, type(exc).__name__)
+    try:
+        while True:
+            while len(pending) < in_flight_cap and (retry or not exhausted):
+                if retry:
+                    job, attempt = retry.pop()
+                elif (nxt := next(queue, None)) is not None:
+                    job, attempt = nxt, 1
+                else:
+                    exhausted = True
+                    break
+                # max_retries=0: a lost task is retried here, where its attempts are counted.
+                ref = _job_task.options(name=JOB_TASK, max_retries=0).remote(
+                    job, cfg.render, cfg.cache_dir, pool.actors, submitted, progress
+                )
+                submitted += 1
+                pending[ref] = (job, attempt)
+            if not pending:
+                return
+            if time.monotonic() >= next_watch:
+                pool.watch()
+                heap.release_free()  # see heap.py: the driver's memory stays flat over many jobs
+                next_watch = time.monotonic() + WATCH_S
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+            for ref in done:
+                job, attempt = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayTaskError as exc:  # raised by the task itself, outside render_job: a bug
+                    result = _task_error(job, cfg, exc)
+                except RayError as exc:  # the task was lost (its worker or node died)
+                    if attempt < cfg.max_attempts:
+                        log.warning("%s: attempt %d lost (%s); trying again", job.label, attempt, type(exc).__name__)
+                        retry.append((job, attempt + 1))
+                        continue
+                    result = _lost(job, cfg, exc)
+                if result.error_kind == "worker_lost" and attempt < cfg.max_attempts:
+                    # Every worker the task was given is gone: try again with the workers there are now.
+                    log.warning("%s: attempt %d lost its model workers; trying again", job.label, attempt)
                     retry.append((job, attempt + 1))
                     continue
-                result = _lost(job, cfg, exc)
-            if result.error_kind == "worker_lost" and attempt < cfg.max_attempts:
-                # Every worker the task was given is gone: try again with the workers there are now.
-                log.warning("%s: attempt %d lost its model workers; trying again", job.label, attempt)
-                retry.append((job, attempt + 1))
-                continue
-            result.attempts, result.config_hash = attempt, config_hash
-            result.ray_task_id = ref.task_id().hex()
-            on_result(result)
-            metrics.record_job(result)  # here, where a row is final: a retried attempt is not a job
-        on_frames(ray.get(progress.total.remote()))
-    pool.close()
-    ray.kill(progress)
+                result.attempts, result.config_hash = attempt, config_hash
+                result.ray_task_id = ref.task_id().hex()
+                on_result(result)
+                metrics.record_job(result)  # here, where a row is final: a retried attempt is not a job
+            on_frames(ray.get(progress.total.remote()))
+    finally:
+        for ref in pending:  # only when the run stops early: tasks that would report to no one
+            ray.cancel(ref)
+
+
+def _task_error(job: Job, cfg: RunConfig, exc: RayTaskError) -> JobResult:
+    """A job whose task raised outside ``render_job`` (which turns every error into its
+    row): a failed row, not retried (it would raise again)."""
+    result = JobResult.for_job(job, cfg.render.pack)
+    result.error_kind, result.error_stage = "internal", "plan"
+    result.error = (
+        f"{job.label}: internal error in its Ray task: {type(exc.cause).__name__}: {exc.cause} "
+        "(a bug in heygem-ray; please report it with this message)"
+    )
+    return result
 
 
 def _lost(job: Job, cfg: RunConfig, exc: RayError) -> JobResult:

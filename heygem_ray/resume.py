@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from heygem_ray import media, storage
 from heygem_ray.errors import HeygemError
 from heygem_ray.manifest import Job
+from heygem_ray.pipeline import PARTIAL_SUFFIX
 from heygem_ray.results import BATCH_ROWS, JobResult, write_results, write_table
 from heygem_ray.storage import Location
 
@@ -80,11 +81,13 @@ def split(
 
 
 def write_merged(
-    jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str, path: Location
+    jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str, path: Location,
+    stopped: str | None = None,
 ) -> collections.Counter[str]:
     """Write the run's table at ``path``: one row per job, in manifest order, read back from
-    the part files (rows of ``skipped`` jobs marked so), a batch at a time. Returns how
-    many rows it wrote with each status."""
+    the part files (rows of ``skipped`` jobs marked so), a batch at a time. ``stopped``:
+    why the run stopped early, for the rows of jobs that had not ended. Returns how many
+    rows it wrote with each status."""
     counts: collections.Counter[str] = collections.Counter()
 
     def counted(rows: Iterator[JobResult]) -> Iterator[JobResult]:
@@ -93,20 +96,27 @@ def write_merged(
             yield r
 
     extra_names = sorted({name for job in jobs for name in job.extra})
-    write_table(counted(_merged_rows(jobs, output_dir, skipped, pack)), extra_names, path)
+    write_table(counted(_merged_rows(jobs, output_dir, skipped, pack, stopped)), extra_names, path)
     return counts
 
 
-def _merged_rows(jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str) -> Iterator[JobResult]:
+def _merged_rows(
+    jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str, stopped: str | None
+) -> Iterator[JobResult]:
     def row_of(job: Job) -> JobResult:
         found = _read_part(output_dir, job)
-        if found is None:  # its job ended, but its row could not be read back
+        if found is None:
             lost = JobResult.for_job(job, pack)
-            lost.error_kind, lost.error_stage = "internal", "plan"
-            lost.error = (
-                f"{job.label}: its result row {part_path(output_dir, job.job_id)} could not be read back; "
-                "run the same manifest again to render it"
-            )
+            lost.error_stage = "plan"
+            if stopped is not None:
+                lost.error_kind = "stopped"
+                lost.error = f"{job.label}: the run stopped before this job ended ({stopped}); run the same manifest again to render it"
+            else:  # its job ended, but its row could not be read back
+                lost.error_kind = "internal"
+                lost.error = (
+                    f"{job.label}: its result row {part_path(output_dir, job.job_id)} could not be read back; "
+                    "run the same manifest again to render it"
+                )
             return lost
         result = JobResult.from_row(found)
         return _as_skipped(result, job) if job.row in skipped else dataclasses.replace(result, extra=job.extra)
@@ -124,12 +134,12 @@ def _as_skipped(earlier: JobResult, job: Job) -> JobResult:
 
 
 def _remove_partials(output: Location) -> None:
-    """Delete temporary MP4s a killed task or run left for ``output``: beside a local one
-    (see pipeline's publish step), under the temporary keys of an upload for one in a bucket."""
+    """Delete temporary MP4s a killed task or run left for ``output``, and no other job's:
+    beside a local one (see pipeline's publish step), under the temporary keys of an upload
+    for one in a bucket."""
     if isinstance(output, Path):
-        if output.parent.is_dir():
-            for partial in output.parent.glob(f".{output.stem}.*.part.mp4"):
-                partial.unlink(missing_ok=True)
+        for partial in storage.staged_leftovers(output, PARTIAL_SUFFIX):
+            partial.unlink(missing_ok=True)
         return
     for key in storage.leftovers(output):
         storage.remove(key)

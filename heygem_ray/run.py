@@ -15,7 +15,7 @@ import ray
 
 from heygem_ray import resume, storage
 from heygem_ray.config import RunConfig
-from heygem_ray.errors import EngineError
+from heygem_ray.errors import EngineError, HeygemError, RunStopped
 from heygem_ray.manifest import read_manifest
 from heygem_ray.ray_exec import run_jobs
 from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult, Status, read_rows
@@ -71,27 +71,49 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     cb.started(len(jobs))
     # 2. skip what an earlier run into the same folder completed (unless forced)
     todo, skipped = (jobs, set()) if cfg.force else resume.split(jobs, cfg.output_dir, cfg.config_hash(), cb.job_done)
+    path = cfg.output_dir / RESULTS_FILE
     if todo:
         # 3. connect to Ray (a local instance unless an address is given)
         started_here, dashboard = _connect(cfg.address)
         cb.connected(dashboard)
+        ended = 0  # jobs whose rows are on disk
+        working = False
         try:
             # 4. start the model workers (a bad checkpoint or backend stops here), then
             #    render, keeping each row on disk as soon as its job ends
             def workers_ready(infos: list[WorkerInfo]) -> None:
+                nonlocal working
                 storage.makedirs(cfg.output_dir)
+                working = True
                 cb.workers(infos)
 
             def job_done(result: JobResult) -> None:
+                nonlocal ended
                 resume.record(cfg.output_dir, result)
+                ended += 1
                 cb.job_done(result)
 
             run_jobs(todo, cfg, on_result=job_done, on_frames=cb.frames_done, on_workers=workers_ready)
+        except BaseException as exc:
+            if not working:  # nothing was rendered: the error says why
+                raise
+            # Jobs may have rendered: the table holds their rows, and says which did not end.
+            why = exc.message if isinstance(exc, HeygemError) else f"{type(exc).__name__}: {exc}"
+            try:
+                resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, stopped=why)
+                table = f"every row is in {path} (jobs that did not end say 'stopped')"
+            except HeygemError as failed:  # the cause may be the same: an unwritable output folder
+                table = f"the results table could not be written either ({failed.message})"
+            if not isinstance(exc, Exception):  # Ctrl-C, SystemExit: as they were
+                raise
+            raise RunStopped(
+                f"the run stopped after {ended} of {len(todo)} jobs had ended: {why}; {table}; "
+                "run the same manifest again to render the rest"
+            ) from exc
         finally:
             if started_here:
                 ray.shutdown()
     # 5. the results table: one row per manifest row, merged from the rows kept on disk
-    path = cfg.output_dir / RESULTS_FILE
     counts = resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path)
     return RunSummary(path, total=len(jobs), ok=counts["ok"], skipped=counts["skipped"], failed=counts["failed"])
 

@@ -227,7 +227,7 @@ def list_files(folder: Location, *, recursive: bool = False) -> dict[Location, i
 def download(src: Uri, dest: Path) -> None:
     """Copy the object ``src`` to the local file ``dest`` (written under a temporary name, then renamed)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = dest.with_name(f".{dest.name}.{_token()}.tmp")
     try:
         with _filesystem(src).open_input_stream(src.key) as f, open(tmp, "wb") as out:
             shutil.copyfileobj(f, out, _BLOCK)
@@ -288,7 +288,7 @@ def write_bytes(dest: Location, data: bytes | memoryview) -> None:
         upload(io.BytesIO(data), dest)
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = dest.with_name(f".{dest.name}.{_token()}.tmp")
     try:
         tmp.write_bytes(data)
         os.replace(tmp, dest)
@@ -300,7 +300,7 @@ def upload(source: Path | BinaryIO, dest: Uri) -> None:
     """Write the bytes of ``source`` (a local file, or a binary stream read to its end) to
     the object ``dest``: the object appears complete, or is left as it was."""
     fs = _filesystem(dest)
-    tmp = f"{dest.parent.key}/{TMP_DIR}/{dest.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = f"{dest.parent.key}/{TMP_DIR}/{dest.name}.{_token()}.tmp"
     moved = False
     try:
         with contextlib.ExitStack() as stack:
@@ -319,13 +319,24 @@ def upload(source: Path | BinaryIO, dest: Uri) -> None:
 
 def staging_file(dest: Location, scratch: Path, suffix: str) -> Path:
     """A local file to write before ``publish`` puts it at ``dest``, named
-    ``.<dest's stem>.<random><suffix>``: beside a local ``dest`` (its folder made; one file
-    system, so publishing is a rename), else in ``scratch``."""
-    name = f".{dest.stem}.{uuid.uuid4().hex[:8]}{suffix}"
+    ``.<dest's stem>.<owner>.<token><suffix>`` (``owner`` a hash of ``dest``'s name, ``token``
+    random): beside a local ``dest`` (its folder made; one file system, so publishing is a
+    rename), else in ``scratch``. ``staged_leftovers`` finds these names of one ``dest``."""
+    name = f".{dest.stem}.{_owner(dest)}.{_token()}{suffix}"
     if isinstance(dest, Path):
         dest.parent.mkdir(parents=True, exist_ok=True)
         return dest.with_name(name)
     return scratch / name
+
+
+def staged_leftovers(dest: Path, suffix: str) -> list[Path]:
+    """The staging files (``staging_file``) of the local ``dest`` still beside it, as a
+    killed writer leaves them, and no other file's. Matched whole: job ids may hold dots,
+    and a pattern like ``.lesson1.*`` would take the files of ``lesson1.v2`` being written."""
+    if not dest.parent.is_dir():
+        return []
+    own = re.compile(re.escape(f".{dest.stem}.{_owner(dest)}.") + _TOKEN + re.escape(suffix))
+    return [p for p in dest.parent.iterdir() if own.fullmatch(p.name)]
 
 
 def publish(local: Path, dest: Location) -> None:
@@ -353,11 +364,24 @@ def remove(loc: Location) -> None:
 
 def leftovers(dest: Uri) -> list[Uri]:
     """Temporary keys of writes to ``dest`` that were interrupted (a killed process)."""
+    own = re.compile(re.escape(f"{dest.name}.") + _TOKEN + re.escape(".tmp"))  # whole: see staged_leftovers
     found = list_files(dest.parent / TMP_DIR)
-    return [u for u in found if isinstance(u, Uri) and u.name.startswith(f"{dest.name}.")]
+    return [u for u in found if isinstance(u, Uri) and own.fullmatch(u.name)]
 
 
 # -- internals ----------------------------------------------------------------------------
+
+_TOKEN = "[0-9a-f]{8}"  # what _token() returns, as a pattern
+
+
+def _token() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def _owner(dest: Location) -> str:
+    """Names a destination's staging files: two outputs in one folder may share a stem
+    (``a.mp4``, ``a.mov``), never a name."""
+    return hashlib.sha256(dest.name.encode()).hexdigest()[:12]
 
 
 def _filesystem(uri: Uri) -> pafs.FileSystem:

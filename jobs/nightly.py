@@ -12,8 +12,9 @@ Inside a Ray Job it joins the job's cluster (Ray sets ``RAY_ADDRESS``); run by h
 outside one, it starts a local Ray instance like ``heygem-ray submit`` does.
 
 Exit status, as ``heygem-ray submit``: 0 every row ok (or skipped: complete from an
-earlier run of the same date), 1 any row failed (see ``results.parquet``), 2 the run could
-not start (unusable manifest or options; nothing was rendered).
+earlier run of the same date), 1 any row failed (see ``results.parquet``) or the run
+stopped part-way (``run.json`` holds the message), 2 the run could not start (unusable
+manifest or options; nothing was rendered).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, get_args
 from heygem_ray import heap, storage
 from heygem_ray.cli import describe_workers
 from heygem_ray.config import BackendName, LoopMode, PackName, PrecisionName, RenderConfig, RunConfig, default_cache_dir
-from heygem_ray.errors import HeygemError
+from heygem_ray.errors import HeygemError, RunStopped
 from heygem_ray.results import JobResult
 from heygem_ray.run import RunCallbacks, submit
 from heygem_ray.storage import Location, location
@@ -46,7 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="jobs/nightly.py",
         description="Render MANIFEST into OUTPUT_ROOT/<date>/ (resuming a run of the same date).",
-        epilog="Exit status: 0 every row ok or skipped, 1 any row failed, 2 the run could not start.",
+        epilog="Exit status: 0 every row ok or skipped, 1 any row failed or the run stopped part-way, 2 the run could not start.",
     )
     p.add_argument("manifest", type=location, help="CSV or Parquet manifest (columns audio, video; optionally job_id, output).")
     p.add_argument("output_root", type=location, help="Each night's run goes to OUTPUT_ROOT/<date>/ (a path or s3:// / gs:// URI).")
@@ -96,6 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         run["config_hash"] = cfg.config_hash()
         summary = submit(args.manifest, cfg, _Log(date))
+    except RunStopped as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        _say(date, "stopped part-way; exit 1")
+        _write_run(out, run | {"exit_code": 1, "error": exc.message})
+        return 1
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         _say(date, "could not start: nothing was rendered")

@@ -9,7 +9,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from heygem_ray import RenderConfig, RunConfig, media, submit
+from heygem_ray import RenderConfig, RunConfig, media, resume, storage, submit
+from heygem_ray.manifest import Job
+from heygem_ray.pipeline import PARTIAL_SUFFIX
+from heygem_ray.results import JobResult
 from heygem_ray.run import RunCallbacks
 
 
@@ -63,6 +66,41 @@ def test_a_rerun_skips_complete_jobs_and_renders_missing_or_damaged_ones(folder,
     # Other render settings are other outputs: nothing is skipped.
     looped = _run(folder, rows, render=RenderConfig(loop="forward"))
     assert [looped[j]["status"] for j in ("one", "two")] == ["ok", "ok"]
+
+
+def test_a_jobs_cleanup_deletes_its_own_partials_and_no_other_jobs(tmp_path):
+    """Job ids may hold dots: the partials of `a.v2` and `a.v2.x` begin with `.a.`, and an
+    output `a.mov` has the stem of `a.mp4`; finishing `a` must leave all of them alone."""
+    out = tmp_path / "out"
+    names = ("a.mp4", "a.v2.mp4", "a.v2.x.mp4", "a.mov")
+    partials = {name: storage.staging_file(out / name, tmp_path, PARTIAL_SUFFIX) for name in names}
+    for path in partials.values():
+        path.write_bytes(b"half a video")
+    assert partials["a.v2.mp4"].name.startswith(".a.v2.") and partials["a.v2.mp4"].name.endswith(PARTIAL_SUFFIX)
+    job = Job(row=1, job_id="a", audio=tmp_path / "a.wav", video=tmp_path / "p.jpg", output=out / "a.mp4")
+    result = JobResult.for_job(job, "warp")
+    result.status = "ok"
+
+    resume.record(out, result)
+    assert sorted(p.name for p in out.glob(f"*{PARTIAL_SUFFIX}")) == sorted(
+        partials[n].name for n in names if n != "a.mp4"
+    )
+
+
+def test_jobs_whose_ids_extend_each_other_render_at_once_and_leave_no_partial(folder, ray_local):
+    """`a` ends while `a.v2` and `a.v2.x` are still writing their MP4s: its cleanup must
+    not delete theirs (which failed their publish step)."""
+    _speech(folder / "b.wav", folder / "short.wav", 0.3)
+    rows = ["a,short.wav,p.mp4", "a.v2,b.wav,p.mp4", "a.v2.x,b.wav,p.mp4"]
+    results = _run(folder, rows, render=RenderConfig(chunk_frames=8))
+    assert {j: r["status"] for j, r in results.items()} == {"a": "ok", "a.v2": "ok", "a.v2.x": "ok"}, [
+        r["error"] for r in results.values()
+    ]
+    for r in results.values():
+        assert len(media.read_video(Path(r["output"]))[0]) == r["frames"] > 0
+    assert sorted(p.name for p in (folder / "out").iterdir() if not p.name.startswith(".heygem")) == [
+        "a.mp4", "a.v2.mp4", "a.v2.x.mp4", "results.parquet"
+    ]
 
 
 class _KillWorkerAfterFirstJob(RunCallbacks):
@@ -121,7 +159,7 @@ def test_a_driver_killed_mid_run_is_resumed_by_running_it_again(folder):
     for mp4 in (folder / "out").glob("[!.]*.mp4"):
         assert media.probe_video(mp4).frames > 0
     # A partial of the job in flight, as a killed run can leave one:
-    (folder / "out" / ".job5.deadbeef.part.mp4").write_bytes(b"half a video")
+    storage.staging_file(folder / "out" / "job5.mp4", folder, PARTIAL_SUFFIX).write_bytes(b"half a video")
 
     again = subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -22,7 +22,7 @@ import pytest
 from heygem_ray import media, resume, storage
 from heygem_ray.engines import EngineStore
 from heygem_ray.errors import InputError
-from heygem_ray.manifest import read_manifest
+from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.results import JobResult
 from heygem_ray.storage import Uri
 
@@ -164,6 +164,21 @@ def test_a_failed_upload_leaves_no_partial_object(bucket):
         storage.upload(_BrokenSource(good), bucket / "out/job.mp4")
     assert _keys(bucket) == {"out/job.mp4": 17}
     assert storage.read_bytes(bucket / "out/job.mp4") == b"the earlier video"
+
+
+def test_a_jobs_cleanup_deletes_only_its_own_interrupted_uploads(bucket, tmp_path):
+    """The temporary keys a killed upload leaves, for `a.mp4` and for the outputs of jobs
+    `a.mp4` and `a.v2` (whose names begin with `a.mp4.` and `a.`): only `a.mp4`'s go."""
+    tmp = bucket / "out" / storage.TMP_DIR
+    keys = {name: tmp / f"{name}.{token}.tmp" for name, token in
+            [("a.mp4", "0123abcd"), ("a.mp4.mp4", "4567cdef"), ("a.v2.mp4", "89ab0123")]}
+    for key in keys.values():
+        storage.write_bytes(key, b"half a video")
+    job = Job(row=1, job_id="a", audio=tmp_path / "a.wav", video=tmp_path / "p.jpg", output=bucket / "out/a.mp4")
+
+    resume.record(bucket / "out", JobResult.for_job(job, "warp"))
+    left = {k for k in _keys(bucket) if storage.TMP_DIR in k}
+    assert left == {f"out/{storage.TMP_DIR}/a.mp4.mp4.4567cdef.tmp", f"out/{storage.TMP_DIR}/a.v2.mp4.89ab0123.tmp"}
 
 
 def test_writing_to_a_missing_bucket_says_what_to_check(bucket):
