@@ -29,6 +29,7 @@ from heygem_ray.config import (
     PrecisionName,
     RenderConfig,
     RunConfig,
+    WorkerDevice,
     default_cache_dir,
 )
 from heygem_ray.errors import HeygemError, RunStopped
@@ -60,6 +61,9 @@ class _Bar(RunCallbacks):
     def connected(self, dashboard_url: str | None) -> None:
         if dashboard_url:
             self.progress.console.print(f"Ray dashboard: {escape(dashboard_url)}", soft_wrap=True)
+
+    def waiting(self, line: str) -> None:
+        self.progress.console.print(escape(line), soft_wrap=True)
 
     def workers(self, infos: list[WorkerInfo]) -> None:
         for line in describe_workers(infos):
@@ -101,6 +105,9 @@ def submit(
     backend: Annotated[str, typer.Option(help="Inference backend: 'auto' (TensorRT, then ONNX Runtime, then PyTorch: the first that works), 'tensorrt', 'onnxruntime' or 'pytorch'.")] = "auto",
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32' or 'fp16'.")] = "auto",
     engines: Annotated[Path, typer.Option(help="Engine store: exported ONNX graphs and TensorRT engines (on a cluster, a path every node sees).")] = Path("engines"),
+    device: Annotated[str, typer.Option(help="Where model workers run: 'gpu' (one GPU each), 'cpu', or 'auto' (gpu when the cluster has GPUs or its autoscaler can add them).")] = "auto",
+    workers: Annotated[int, typer.Option(help="Model workers to start (0: one per GPU the cluster has or can autoscale to; on CPUs, from the core count).")] = 0,
+    start_timeout: Annotated[float, typer.Option(help="Seconds to wait for the first model worker: nodes joining, models loading, engines building.")] = RunConfig.workers_ready_timeout_s,
     force: Annotated[bool, typer.Option("--force", help="Render every row again, even those an earlier run into OUTPUT_DIR completed (by default they are skipped).")] = False,
 ) -> None:
     """Render every row of MANIFEST to an MP4 and write OUTPUT_DIR/results.parquet.
@@ -123,6 +130,9 @@ def submit(
                 detector=DetectorConfig(min_face=min_face),
             ),
             engines_dir=engines,
+            device=cast(WorkerDevice, device),
+            workers=workers,
+            workers_ready_timeout_s=start_timeout,
             force=force,
             cache_dir=cache_dir or default_cache_dir(),
             address=address,

@@ -24,6 +24,7 @@ LoopMode = Literal["pingpong", "forward", "trim"]
 BackendName = Literal["auto", "tensorrt", "onnxruntime", "pytorch"]
 # "auto": fp16 on a GPU, fp32 on a CPU.
 PrecisionName = Literal["auto", "fp32", "fp16"]
+WorkerDevice = Literal["auto", "gpu", "cpu"]
 
 
 def cache_home() -> Path:
@@ -127,14 +128,19 @@ class RunConfig:
     # Jobs the driver keeps in flight at once (bounds driver memory for huge manifests);
     # 0 picks twice the number of model workers.
     max_jobs_in_flight: int = 0
-    # Model workers when no GPU is present; 0 picks from the CPU count.
-    cpu_workers: int = 0
+    # Where model workers run: "gpu" (one GPU each), "cpu", or "auto": gpu when the
+    # cluster has GPUs or its autoscaler can add them, else cpu.
+    device: WorkerDevice = "auto"
+    # Model workers to start. 0: one per GPU the cluster has or its autoscaler can add;
+    # on CPUs, a quarter of the cores (leaving at least one for the jobs).
+    workers: int = 0
     # Render every job again, even those an earlier run into output_dir completed.
     force: bool = False
     # Times a job is started before a lost task or worker fails it for good.
     max_attempts: int = 3
-    # Seconds the model workers may take to start (load models, build missing engines)
-    # before the run stops, saying so.
+    # Seconds the run waits for its first model worker: for the autoscaler to add a
+    # node, and for the worker to load its models and build missing engines. With none
+    # ready by then it stops, saying what the cluster lacks.
     workers_ready_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
@@ -148,6 +154,9 @@ class RunConfig:
                 kind="bad_argument",
             )
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+        _check_choice("device", self.device, WorkerDevice)
+        if self.workers < 0:
+            raise InputError("workers must be 0 (automatic) or more", kind="bad_argument")
         if not self.workers_ready_timeout_s > 0:
             raise InputError("workers_ready_timeout_s must be more than 0 seconds", kind="bad_argument")
 

@@ -53,7 +53,11 @@ class RunCallbacks:
 
     def connected(self, dashboard_url: str | None) -> None: ...
 
-    def workers(self, infos: list[WorkerInfo]) -> None: ...
+    def waiting(self, line: str) -> None:
+        """Now and then while the run waits for its first model worker (an autoscaler adding nodes)."""
+
+    def workers(self, infos: list[WorkerInfo]) -> None:
+        """Model workers that began to serve: the first ones, then any that join later."""
 
     def job_done(self, result: JobResult) -> None: ...
 
@@ -83,8 +87,9 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
             #    render, keeping each row on disk as soon as its job ends
             def workers_ready(infos: list[WorkerInfo]) -> None:
                 nonlocal working
-                storage.makedirs(cfg.output_dir)
-                working = True
+                if not working:
+                    storage.makedirs(cfg.output_dir)
+                    working = True
                 cb.workers(infos)
 
             def job_done(result: JobResult) -> None:
@@ -93,7 +98,8 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
                 ended += 1
                 cb.job_done(result)
 
-            run_jobs(todo, cfg, on_result=job_done, on_frames=cb.frames_done, on_workers=workers_ready)
+            run_jobs(todo, cfg, on_result=job_done, on_frames=cb.frames_done, on_workers=workers_ready,
+                     on_waiting=cb.waiting)
         except BaseException as exc:
             if not working:  # nothing was rendered: the error says why
                 raise

@@ -30,7 +30,16 @@ from typing import Any, get_args
 
 from heygem_ray import heap, storage
 from heygem_ray.cli import describe_workers
-from heygem_ray.config import BackendName, LoopMode, PackName, PrecisionName, RenderConfig, RunConfig, default_cache_dir
+from heygem_ray.config import (
+    BackendName,
+    LoopMode,
+    PackName,
+    PrecisionName,
+    RenderConfig,
+    RunConfig,
+    WorkerDevice,
+    default_cache_dir,
+)
 from heygem_ray.errors import HeygemError, RunStopped
 from heygem_ray.results import JobResult
 from heygem_ray.run import RunCallbacks, submit
@@ -62,7 +71,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engines", type=location, default=Path("engines"), help="Engine store (a path every node sees, or a bucket URI).")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="Template cache (default: ~/.cache/heygem-ray/templates; on a cluster, a shared path).")
-    p.add_argument("--cpu-workers", type=int, default=0, help="Model workers on a cluster without GPUs (0: automatic).")
+    p.add_argument("--device", choices=get_args(WorkerDevice), default="auto",
+                   help="Where model workers run: gpu, cpu, or auto (gpu when the cluster has or can autoscale to GPUs).")
+    p.add_argument("--workers", type=int, default=0,
+                   help="Model workers (0: one per GPU the cluster has or can autoscale to; on CPUs, from the core count).")
+    p.add_argument("--start-timeout", type=float, default=RunConfig.workers_ready_timeout_s,
+                   help="Seconds to wait for the first model worker (nodes joining, models loading, engines building).")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join; default: the Ray Job's own cluster, or a local Ray outside a job.")
     p.add_argument("--force", action="store_true", help="Render every row again, even rows this date already finished.")
@@ -92,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             engines_dir=args.engines,
             cache_dir=args.cache_dir or default_cache_dir(),
             address=args.address,
-            cpu_workers=args.cpu_workers,
+            device=args.device,
+            workers=args.workers,
+            workers_ready_timeout_s=args.start_timeout,
             force=args.force,
         )
         run["config_hash"] = cfg.config_hash()
@@ -140,6 +156,9 @@ class _Log(RunCallbacks):
     def connected(self, dashboard_url: str | None) -> None:
         if dashboard_url:
             _say(self.date, f"Ray dashboard: {dashboard_url}")
+
+    def waiting(self, line: str) -> None:
+        _say(self.date, line)
 
     def workers(self, infos: list[WorkerInfo]) -> None:
         for line in describe_workers(infos):

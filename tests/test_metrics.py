@@ -49,7 +49,7 @@ cluster = Cluster(initialize_head=True, head_node_args={
     "dashboard_agent_listen_port": free_port()})
 ctx = ray.init(address=cluster.address, logging_level=logging.WARNING)
 summary = submit(folder / "m.csv", RunConfig(output_dir=folder / "out", cache_dir=folder / "cache",
-                 engines_dir=folder / "engines", cpu_workers=1))
+                 engines_dir=folder / "engines", workers=1))
 # 'heygem-ray engines build' on a node of the cluster: its exports count as builds.
 engines_build(pack="warp", checkpoint=None, backend="onnxruntime", precision="fp32", batch_size=32,
               store=folder / "engines")
@@ -159,12 +159,12 @@ def test_tasks_and_actors_are_named_for_what_they_do(run):
     tasks = Counter(names["tasks"])
     assert tasks["job"] == 3 and tasks["render"] == 2, tasks
     assert not [name for name in tasks if re.search(r"one|two|bad", name)], tasks
-    # The rest is the actors' start: the progress counter's calls keep no task events.
+    # The rest is the actors' start: the router's calls keep no task events.
     rest = {re.sub(r"-[0-9a-f]{6}", "-<run>", name) for name in tasks} - {"job", "render"}
     assert rest == {"model-worker-<run>-cpu0:_ActorWorker.__init__", "_ActorWorker.ready",
-                    "progress-<run>:_Progress.__init__"}, tasks
+                    "router-<run>:_Router.__init__"}, tasks
     actors = [re.sub(r"-[0-9a-f]{6}", "-<run>", name) for name in names["actors"]]
-    assert sorted(actors) == ["model-worker-<run>-cpu0", "progress-<run>"]
+    assert sorted(actors) == ["model-worker-<run>-cpu0", "router-<run>"]
 
 
 def test_each_row_names_its_ray_task_and_its_log_can_be_read_by_it(run):

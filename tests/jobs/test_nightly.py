@@ -160,7 +160,7 @@ def test_nightly_runs_as_a_ray_job_on_a_two_node_cluster(folder, examples):
     night = root / "2026-01-04"
     args = [
         str(folder / "m.csv"), str(root), "--date", "2026-01-04",
-        "--cache-dir", str(folder / "cache"), "--engines", str(folder / "engines"), "--cpu-workers", "2",
+        "--cache-dir", str(folder / "cache"), "--engines", str(folder / "engines"), "--workers", "2",
     ]
     dashboard, agent_head, agent_worker = _free_ports(3)
     ray_tmp = tempfile.mkdtemp(prefix="hgr", dir="/tmp")  # short: Ray's unix socket paths live under it

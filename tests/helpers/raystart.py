@@ -1,0 +1,85 @@
+"""A Ray cluster started on this machine the way users start one: ``ray start``, in token mode.
+
+Each node is a ``ray start --block`` process in a process group of its own (so stopping
+the cluster stops every process it started, and nothing else: ``ray stop`` would also end
+other Ray instances on this machine). Every node and every driver gets the same
+``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN``, as Ray 2.59+ requires.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RAY = str(Path(sys.executable).with_name("ray"))
+STARTED = "Ray runtime started"
+
+
+class RayStart:
+    def __init__(self, token: str | None = None):
+        self.token = token or secrets.token_hex(32)
+        # Short: Ray's socket paths live under it, and a Unix socket path has ~107 characters.
+        self.temp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
+        self.address = ""
+        self._nodes: list[tuple[subprocess.Popen, Path]] = []
+
+    def env(self, token: str | None = None) -> dict[str, str]:
+        """The environment of a process of this cluster (``token`` overrides its own)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        return env | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token or self.token}
+
+    def head(self, num_cpus: int = 0, num_gpus: int = 0) -> str:
+        """Start the head node; returns its address (HOST:PORT)."""
+        log = self._start(["--head", "--port=0", f"--temp-dir={self.temp}", "--include-dashboard=false"],
+                          num_cpus, num_gpus)
+        found = re.search(r"ray start --address='([^']+)'", log)
+        assert found, log[-3000:]
+        self.address = found.group(1)
+        return self.address
+
+    def node(self, num_cpus: int = 2, num_gpus: int = 0) -> None:
+        """Start a worker node that joins the head."""
+        assert self.address, "start the head first"
+        self._start([f"--address={self.address}"], num_cpus, num_gpus)
+
+    def _start(self, args: list[str], num_cpus: int, num_gpus: int) -> str:
+        log_path = self.temp / f"node{len(self._nodes)}.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [RAY, "start", "--block", "--disable-usage-stats", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
+                 "--object-store-memory=200000000", *args],
+                env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self._nodes.append((proc, log_path))
+        deadline = time.monotonic() + 120
+        while STARTED not in (text := log_path.read_text()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start failed:\n{text[-3000:]}")
+            time.sleep(0.2)
+        return text
+
+    def stop(self) -> None:
+        for proc, _ in reversed(self._nodes):
+            _signal_group(proc, signal.SIGTERM)
+        for proc, _ in reversed(self._nodes):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(proc, signal.SIGKILL)  # whatever of its group is left
+            proc.wait()
+        self._nodes.clear()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass

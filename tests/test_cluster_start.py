@@ -1,0 +1,96 @@
+"""A cluster that starts empty, as an autoscaling one does: a head with no CPUs or GPUs for
+work, started with `ray start` in token mode, and GPU nodes that join after the submit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from heygem_ray import media
+from tests.helpers.raystart import RayStart
+
+HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
+JOIN_AFTER_S = 20
+JOBS = 16
+
+
+@pytest.fixture(scope="module")
+def empty_cluster():
+    cluster = RayStart()
+    cluster.head(num_cpus=0, num_gpus=0)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory, examples) -> Path:
+    d = tmp_path_factory.mktemp("batch")
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "4",
+                    str(d / "a.wav")], check=True)
+    # Enough work that the second node's worker starts while jobs remain.
+    rows = [f"job{i},{d / 'a.wav'},{examples / 'presenter.jpg'}" for i in range(JOBS)]
+    (d / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
+    return d
+
+
+def _command(cluster: RayStart, folder: Path, out: Path, *args: str) -> list[str]:
+    return [HEYGEM, "submit", str(folder / "m.csv"), "-o", str(out), "--address", cluster.address,
+            "--cache-dir", str(folder / "cache"), "--engines", str(folder / "engines"), *args]
+
+
+# Defined first: it runs while the cluster is still empty. Both use --device auto: on a
+# cluster with nothing to run on yet, that means GPU workers.
+def test_with_no_node_joining_the_run_stops_within_its_timeout_saying_what_is_missing(empty_cluster, batch):
+    t0 = time.monotonic()
+    proc = subprocess.run(_command(empty_cluster, batch, batch / "never", "--start-timeout", "15"),
+                          env=empty_cluster.env(), capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - t0
+    assert proc.returncode == 2, proc.stdout + proc.stderr[-3000:]
+    assert took < 15 + 45, took  # the timeout, plus connecting and starting up
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (
+        "error: no model worker was ready after 15 s: none of the 1 GPU workers it asked for started: the cluster "
+        "has 0 GPUs (0 free) and no autoscaler reported node types with GPUs. Check that GPU nodes can join "
+        "('ray status' lists the pending demand), or render on CPUs with --device cpu"
+    ), proc.stderr[-3000:]
+    assert "waiting for model workers (" in proc.stderr and "1 GPU workers asked for" in proc.stderr
+    assert not (batch / "never").exists()
+
+
+def test_gpu_nodes_that_join_after_the_submit_render_every_row(empty_cluster, batch):
+    """Nothing can run when the run starts; it waits, saying so. A node with a GPU joins
+    20 s later; a second one joins once the first one's worker serves: its worker joins
+    a run that is already rendering, and takes chunks too."""
+    stderr = batch / "stderr.txt"
+
+    def join() -> None:
+        time.sleep(JOIN_AFTER_S)
+        empty_cluster.node(num_cpus=2, num_gpus=1)
+        while "workers: " not in stderr.read_text():
+            time.sleep(0.2)
+        empty_cluster.node(num_cpus=1, num_gpus=1)
+
+    with open(stderr, "w") as err:
+        proc = subprocess.Popen(_command(empty_cluster, batch, batch / "out", "--chunk-frames", "8"),
+                                env=empty_cluster.env(), stdout=subprocess.PIPE, stderr=err, text=True)
+    joiner = threading.Thread(target=join, daemon=True)
+    joiner.start()
+    stdout, _ = proc.communicate(timeout=600)
+    proc.stderr = stderr.read_text()
+    assert proc.returncode == 0, stdout[-2000:] + proc.stderr[-3000:]
+    assert "waiting for model workers (" in proc.stderr, proc.stderr[-3000:]
+    rows = pq.read_table(batch / "out" / "results.parquet").to_pylist()
+    assert sorted(r["job_id"] for r in rows) == sorted(f"job{i}" for i in range(JOBS))
+    assert all(r["status"] == "ok" and r["attempts"] == 1 for r in rows), rows
+    # The second worker was announced as it joined, and both nodes' workers rendered.
+    assert proc.stderr.count("workers: 1 × CPU, backend") == 2, proc.stderr[-3000:]
+    assert len({r["node"] for r in rows}) == 2, [r["node"] for r in rows]
+    for r in rows:
+        assert len(media.read_video(Path(r["output"]))[0]) == r["frames"] == 100
+    assert not [p for p in (batch / "out").iterdir() if p.name.endswith(".part.mp4")]
