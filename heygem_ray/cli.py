@@ -59,6 +59,7 @@ class _Bar(RunCallbacks):
         self.progress.update(self.task, total=jobs)
 
     def connected(self, dashboard_url: str | None) -> None:
+        self.progress.start()  # only now: a run that cannot connect prints its error alone
         if dashboard_url:
             self.progress.console.print(f"Ray dashboard: {escape(dashboard_url)}", soft_wrap=True)
 
@@ -146,8 +147,12 @@ def submit(
             TextColumn("ETA"),
             TimeRemainingColumn(),
         )
-        with Progress(*columns, console=err, transient=False) as progress:
+        progress = Progress(*columns, console=err, transient=False)
+        try:
             summary = run_submit(manifest, cfg, _Bar(progress))
+        finally:
+            if progress.live.is_started:
+                progress.stop()
     except RunStopped as exc:  # after work began: some rows may be rendered
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(1) from None

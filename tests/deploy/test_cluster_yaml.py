@@ -37,3 +37,17 @@ def test_gpu_worker_types_install_the_tensorrt_extra_and_share_the_engine_store(
     assert config["available_node_types"][config["head_node_type"]]["resources"].get("GPU", 0) == 0
     setup = "\n".join(config["setup_commands"])
     assert "heygem-ray[tensorrt]" in setup and "/shared/heygem-engines" in setup
+
+
+def test_every_node_starts_ray_in_token_mode_with_one_token_that_is_not_in_the_repository(config):
+    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2
+    paths = set()
+    for command in starts:
+        env = dict(word.split("=", 1) for word in command.split("ray start")[0].split())
+        assert env["RAY_AUTH_MODE"] == "token", command
+        paths.add(env["RAY_AUTH_TOKEN_PATH"])
+    (path,) = paths  # the same token file on the head and every worker
+    # file_mounts puts it on every node, from the launching machine's home, not from here.
+    local = config["file_mounts"][path]
+    assert local.startswith("~/") and not (CLUSTER_YAML.parent / Path(local).name).exists()

@@ -61,3 +61,7 @@ def _mounts(rayjob: dict) -> list[Path]:
         per_group.append({m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"] if m["name"] in pvcs})
     assert per_group and all(g == per_group[0] for g in per_group) and per_group[0], per_group
     return [Path(m) for m in per_group[0]]
+
+
+def test_the_cluster_runs_in_token_mode(rayjob):
+    assert rayjob["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}

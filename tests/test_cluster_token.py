@@ -1,0 +1,75 @@
+"""Token authentication end to end: a two-node cluster started with `ray start` in token
+mode (as Ray 2.59+ starts every `ray start` cluster), every node given the same token.
+A client with the token renders on it; one with a wrong or no token is refused at once,
+with one line that says so and what to set."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from heygem_ray import media
+from tests.helpers.raystart import RayStart
+
+HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
+FIX = ("set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, a file holding it) to the token the cluster's nodes were "
+       "started with, and RAY_AUTH_MODE=token")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = RayStart()
+    c.head(num_cpus=1)
+    c.node(num_cpus=2)
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory, examples) -> Path:
+    d = tmp_path_factory.mktemp("token")
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "1",
+                    str(d / "a.wav")], check=True)
+    rows = [f"job{i},{d / 'a.wav'},{examples / 'presenter.jpg'}" for i in range(3)]
+    (d / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
+    return d / "m.csv"
+
+
+def _submit(cluster: RayStart, manifest: Path, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    folder = manifest.parent
+    return subprocess.run(
+        [HEYGEM, "submit", str(manifest), "-o", str(out), "--address", cluster.address,
+         "--cache-dir", str(folder / "cache"), "--engines", str(folder / "engines"), "--workers", "2"],
+        env=env, capture_output=True, text=True, timeout=400,
+    )
+
+
+def test_a_client_with_the_token_renders_on_both_nodes(cluster, manifest):
+    proc = _submit(cluster, manifest, manifest.parent / "out", cluster.env())
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = pq.read_table(manifest.parent / "out" / "results.parquet").to_pylist()
+    assert [r["status"] for r in rows] == ["ok"] * 3, rows
+    for r in rows:
+        assert len(media.read_video(Path(r["output"]))[0]) == 25
+
+
+def test_a_wrong_token_is_refused_at_once_in_one_line(cluster, manifest, tmp_path):
+    proc = _submit(cluster, manifest, tmp_path / "out", cluster.env(token="0" * 64))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        f"error: the Ray cluster at {cluster.address} refused the token from RAY_AUTH_TOKEN: {FIX}"
+    ], proc.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_token_at_all_is_refused_saying_none_was_found(cluster, manifest, tmp_path):
+    env = {k: v for k, v in cluster.env().items() if not k.startswith("RAY_AUTH")} | {"HOME": str(tmp_path)}
+    proc = _submit(cluster, manifest, tmp_path / "out", env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        f"error: the Ray cluster at {cluster.address} requires a token and none was found: {FIX}"
+    ], proc.stderr[-3000:]
