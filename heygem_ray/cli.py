@@ -20,7 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from heygem_ray import heap
+from heygem_ray import heap, storage
 from heygem_ray.config import (
     BackendName,
     DetectorConfig,
@@ -31,6 +31,7 @@ from heygem_ray.config import (
     RunConfig,
     WorkerDevice,
     default_cache_dir,
+    default_engines_dir,
 )
 from heygem_ray.errors import HeygemError, RunStopped
 from heygem_ray.results import JobResult
@@ -105,7 +106,7 @@ def submit(
     min_face: Annotated[int, typer.Option(help="Smallest face searched for in the reference, in pixels wide (at least 20; smaller costs more analysis time).")] = DetectorConfig().min_face,
     backend: Annotated[str, typer.Option(help="Inference backend: 'auto' (TensorRT, then ONNX Runtime, then PyTorch: the first that works), 'tensorrt', 'onnxruntime' or 'pytorch'.")] = "auto",
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32' or 'fp16'.")] = "auto",
-    engines: Annotated[Path, typer.Option(help="Engine store: exported ONNX graphs and TensorRT engines (on a cluster, a path every node sees).")] = Path("engines"),
+    engines: Annotated[Path | None, typer.Option(help="Engine store: exported ONNX graphs and TensorRT engines (default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines; on a cluster, a path every node sees or a bucket).")] = None,
     device: Annotated[str, typer.Option(help="Where model workers run: 'gpu' (one GPU each), 'cpu', or 'auto' (gpu when the cluster has GPUs or its autoscaler can add them).")] = "auto",
     workers: Annotated[int, typer.Option(help="Model workers to start (0: one per GPU the cluster has or can autoscale to; on CPUs, from the core count).")] = 0,
     start_timeout: Annotated[float, typer.Option(help="Seconds to wait for the first model worker: nodes joining, models loading, engines building.")] = RunConfig.workers_ready_timeout_s,
@@ -130,7 +131,7 @@ def submit(
                 precision=cast(PrecisionName, precision),
                 detector=DetectorConfig(min_face=min_face),
             ),
-            engines_dir=engines,
+            engines_dir=engines or default_engines_dir(),
             device=cast(WorkerDevice, device),
             workers=workers,
             workers_ready_timeout_s=start_timeout,
@@ -193,7 +194,7 @@ def engines_build(
     backend: Annotated[str, typer.Option(help="'onnxruntime' (ONNX graphs) or 'tensorrt' (engines for this GPU).")] = "onnxruntime",
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32' or 'fp16'.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Frames per model call the workers will send (sets the TensorRT batch profile).")] = 32,
-    store: Annotated[Path, typer.Option(help="The engine store folder.")] = Path("engines"),
+    store: Annotated[Path | None, typer.Option(help="The engine store (default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines).")] = None,
 ) -> None:
     """Build the pack's engines ahead of time for the GPU (or CPU) this runs on."""
     from heygem_ray.backends import open_runners
@@ -201,6 +202,7 @@ def engines_build(
     from heygem_ray.packs import get_pack
     from heygem_ray.worker import DeviceInfo, resolve_precision
 
+    where = storage.location(store) if store else default_engines_dir()
     try:
         if backend not in ("onnxruntime", "tensorrt"):
             raise HeygemError(f"unknown backend {backend!r}: choose onnxruntime or tensorrt", kind="bad_argument")
@@ -210,7 +212,7 @@ def engines_build(
         spec = get_pack(cfg.pack)
         device = DeviceInfo.detect()
         chosen = open_runners(
-            spec, spec.load_stages(cfg.checkpoint), device=device.device, store=EngineStore(store),
+            spec, spec.load_stages(cfg.checkpoint), device=device.device, store=EngineStore(where),
             backend=cast(BackendName, backend), precision=resolve_precision(cfg.precision, device),
             batch_sizes=[batch_size],
         )
@@ -218,21 +220,21 @@ def engines_build(
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(2) from None
     for stage, key in chosen.engine_keys.items():
-        print(f"{stage}: {store / key.dirname()}")
+        print(f"{stage}: {where / key.dirname()}")
     if chosen.note:
         print(f"note: {chosen.note}")
     chosen.close()
 
 
 @engines_app.command("list")
-def engines_list(store: Annotated[Path, typer.Option(help="The engine store folder.")] = Path("engines")) -> None:
+def engines_list(store: Annotated[Path | None, typer.Option(help="The engine store (default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines).")] = None) -> None:
     """Print what the engine store holds."""
     from rich.table import Table
 
     from heygem_ray.engines import EngineStore
 
     table = Table("pack", "stage", "precision", "backend", "version", "arch", "profile", "size", "built", "ok")
-    for e in EngineStore(store).list():
+    for e in EngineStore(storage.location(store) if store else default_engines_dir()).list():
         table.add_row(
             e.pack, e.stage, e.precision, e.backend, e.backend_version, e.arch, e.profile or "-",
             f"{e.size / 2**20:.1f} MiB", e.built_at, "yes" if e.ok else "NO",

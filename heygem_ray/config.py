@@ -38,6 +38,17 @@ def default_cache_dir() -> Path:
     return cache_home() / "templates"
 
 
+# Overrides the engine store's default location (a folder, or a bucket URI).
+ENGINES_ENV = "HEYGEM_RAY_ENGINES"
+
+
+def default_engines_dir() -> Location:
+    """The engine store: ``$HEYGEM_RAY_ENGINES`` if set, else this user's cache folder
+    (not a folder relative to wherever the command runs)."""
+    named = os.environ.get(ENGINES_ENV)
+    return storage.location(named) if named else cache_home() / "engines"
+
+
 def default_download_dir() -> Path:
     """Where each machine keeps the inputs it downloaded from a bucket (read on the
     machine that runs the job)."""
@@ -122,7 +133,8 @@ class RunConfig:
     cache_dir: Path = field(default_factory=default_cache_dir)
     # The engine store: exported ONNX graphs and TensorRT engines. On a cluster, a path
     # every node sees or a bucket prefix, so each GPU architecture's engines are built once.
-    engines_dir: Location = Path("engines")
+    # Default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines.
+    engines_dir: Location = field(default_factory=default_engines_dir)
     # None: start a local Ray instance. Otherwise "auto", "HOST:PORT" or "ray://HOST:PORT".
     address: str | None = None
     # Jobs the driver keeps in flight at once (bounds driver memory for huge manifests);

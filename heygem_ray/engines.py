@@ -168,7 +168,7 @@ class EngineStore:
         self.remote: Uri | None = where if isinstance(where, Uri) else None
         if isinstance(where, Uri):
             digest = hashlib.sha256(str(where).encode()).hexdigest()[:16]
-            where = mirror or cache_home() / "engines" / f"{where.scheme}-{where.bucket}-{digest}"
+            where = mirror or cache_home() / "engine-mirrors" / f"{where.scheme}-{where.bucket}-{digest}"
         self.root: Path = where
         self.lock_timeout_s = lock_timeout_s
 

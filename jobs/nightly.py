@@ -39,6 +39,7 @@ from heygem_ray.config import (
     RunConfig,
     WorkerDevice,
     default_cache_dir,
+    default_engines_dir,
 )
 from heygem_ray.errors import HeygemError, RunStopped
 from heygem_ray.results import JobResult
@@ -68,7 +69,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", choices=get_args(BackendName), default="auto")
     p.add_argument("--precision", choices=get_args(PrecisionName), default="auto")
     p.add_argument("--chunk-frames", type=int, default=128)
-    p.add_argument("--engines", type=location, default=Path("engines"), help="Engine store (a path every node sees, or a bucket URI).")
+    p.add_argument("--engines", type=location, default=None,
+                   help="Engine store (a path every node sees, or a bucket URI; default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines).")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="Template cache (default: ~/.cache/heygem-ray/templates; on a cluster, a shared path).")
     p.add_argument("--device", choices=get_args(WorkerDevice), default="auto",
@@ -103,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pack=args.pack, checkpoint=args.checkpoint, loop=args.loop, chunk_frames=args.chunk_frames,
                 backend=args.backend, precision=args.precision,
             ),
-            engines_dir=args.engines,
+            engines_dir=args.engines or default_engines_dir(),
             cache_dir=args.cache_dir or default_cache_dir(),
             address=args.address,
             device=args.device,

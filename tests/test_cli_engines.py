@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 TRT_OK, TRT_WHY = trt.available()
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("heygem-ray")
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_doctor_names_the_device_and_why_each_backend_can_or_cannot_run(tmp_path):
@@ -52,3 +53,25 @@ def test_asking_for_tensorrt_where_it_cannot_run_stops_before_any_work(tmp_path)
     assert proc.returncode == 2
     assert f"--backend tensorrt cannot run here: {TRT_WHY}" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_default_store_is_a_per_user_cache_and_the_variable_overrides_it(tmp_path):
+    """Without --store/--engines, engines go to the user's cache folder, wherever the
+    command runs; HEYGEM_RAY_ENGINES names another store."""
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "HEYGEM_RAY_ENGINES"} | {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    built = cli("engines", "build", cwd=work, env=env)
+    assert built.returncode == 0, built.stderr
+    paths = [Path(line.split(": ", 1)[1]) for line in built.stdout.splitlines() if line.startswith(("motion", "render"))]
+    assert len(paths) == 2 and all(p.is_relative_to(tmp_path / "xdg" / "heygem-ray" / "engines") for p in paths), paths
+    assert list(work.iterdir()) == []
+    listed = cli("engines", "list", cwd=tmp_path, env=env).stdout
+    assert len([line for line in listed.splitlines() if "│ warp" in line]) == 2
+
+    env["HEYGEM_RAY_ENGINES"] = str(tmp_path / "shared")
+    assert "│ warp" not in cli("engines", "list", cwd=work, env=env).stdout
+    built = cli("engines", "build", cwd=work, env=env)
+    assert built.returncode == 0, built.stderr
+    assert all(line.split(": ", 1)[1].startswith(str(tmp_path / "shared")) for line in built.stdout.splitlines()
+               if line.startswith(("motion", "render")))
