@@ -266,7 +266,7 @@ def doctor() -> None:
 
 @app.command()
 def status(
-    output_dir: Annotated[Path, typer.Argument(help="The folder a run wrote (its --output-dir).")],
+    output_dir: Annotated[Path, typer.Argument(help="The folder a run wrote (its --output-dir): a path, or a bucket URI (s3://…, gs://…).")],
 ) -> None:
     """Summarise the run in OUTPUT_DIR: rows ok / failed / skipped, frames, time per stage,
     realtime factor, the slowest jobs and the failures by kind. Works while the run is
@@ -277,7 +277,7 @@ def status(
     from heygem_ray import report
 
     try:
-        summary = report.summarize(report.load_run(output_dir))
+        summary = report.summarize(report.load_run(storage.location(output_dir)))
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(2) from None
@@ -288,7 +288,7 @@ def status(
 
 @app.command()
 def report(
-    output_dir: Annotated[Path, typer.Argument(help="The folder a run wrote (its --output-dir).")],
+    output_dir: Annotated[Path, typer.Argument(help="The folder a run wrote (its --output-dir): a path, or a bucket URI (s3://…, gs://…).")],
     out: Annotated[Path | None, typer.Option("--out", help="Where to write the page (default: OUTPUT_DIR/report.html).")] = None,
     thumbnails: Annotated[int, typer.Option(help="Frames shown per output (0: none, for a small page).")] = 4,
 ) -> None:
@@ -300,7 +300,7 @@ def report(
     from heygem_ray import report as report_mod
 
     try:
-        path = report_mod.write_report(output_dir, out, thumbnails)
+        path = report_mod.write_report(storage.location(output_dir), out, thumbnails)
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(2) from None

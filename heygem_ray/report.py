@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+import posixpath
 import subprocess
 from collections import Counter
 from collections.abc import Iterable
@@ -37,6 +38,7 @@ from heygem_ray import media, storage
 from heygem_ray.errors import InputError
 from heygem_ray.results import RESULTS_FILE, JobResult
 from heygem_ray.resume import PARTS_DIR
+from heygem_ray.storage import Location, Uri
 
 REPORT_FILE = "report.html"
 STAGES = ("analyze", "features", "motion", "render", "compose")  # the *_s columns, in job order
@@ -57,23 +59,29 @@ RunState = Literal["complete", "unfinished"]
 class Run:
     """The rows of one output folder and where they came from."""
 
-    output_dir: Path
+    output_dir: Location
     results: list[JobResult]  # sorted by manifest row, then job id
     state: RunState  # complete: results.parquet is the newest word on every row
     newer_parts: int  # rows taken from part files newer than results.parquet (a later, unfinished run)
     updated: datetime  # when the newest file read was written (local time)
 
 
-def load_run(output_dir: Path) -> Run:
-    """Read the results of ``output_dir``; an ``InputError`` (kind ``no_results``) when there are none."""
-    if not output_dir.is_dir():
+def load_run(output_dir: Location) -> Run:
+    """Read the results of ``output_dir`` (a folder, or a prefix in a bucket: only the
+    results files are read); an ``InputError`` (kind ``no_results``) when there are none."""
+    output_dir = storage.location(output_dir)
+    if isinstance(output_dir, Path) and not output_dir.is_dir():
         what = "is a file, not a folder" if output_dir.exists() else "does not exist"
         raise InputError(
             f"output folder {output_dir} {what}; give the folder a run wrote (its --output-dir)", kind="no_results"
         )
     table_path = output_dir / RESULTS_FILE
-    parts = sorted((output_dir / PARTS_DIR).glob("*.parquet"))
-    if not table_path.is_file() and not parts:
+    table = storage.stat(table_path)
+    parts = sorted(
+        ((loc, st) for loc, st in storage.list_stats(output_dir / PARTS_DIR).items() if loc.name.endswith(".parquet")),
+        key=lambda found: str(found[0]),
+    )
+    if table is None and not parts:
         raise InputError(
             f"no results in {output_dir}: neither {RESULTS_FILE} nor {PARTS_DIR}/*.parquet is there; "
             "give the folder a run wrote (its --output-dir), or wait until its first job ends",
@@ -82,18 +90,16 @@ def load_run(output_dir: Path) -> Run:
     by_id: dict[str, JobResult] = {}
     newest = 0
     table_mtime = -1
-    if table_path.is_file():
-        table_mtime = table_path.stat().st_mtime_ns
+    if table is not None:
+        table_mtime = newest = table.mtime_ns
         by_id = {r.job_id: r for r in _read(table_path)}
-        newest = table_mtime
     newer = 0
-    for part in parts:
-        mtime = part.stat().st_mtime_ns
-        if mtime > table_mtime:  # a row the table does not have yet (or an older version of it)
+    for part, st in parts:
+        if st.mtime_ns > table_mtime:  # a row the table does not have yet (or an older version of it)
             for r in _read(part):
                 by_id[r.job_id] = r
                 newer += 1
-            newest = max(newest, mtime)
+            newest = max(newest, st.mtime_ns)
     return Run(
         output_dir=output_dir,
         results=sorted(by_id.values(), key=lambda r: (r.row, r.job_id)),
@@ -103,9 +109,10 @@ def load_run(output_dir: Path) -> Run:
     )
 
 
-def _read(path: Path) -> list[JobResult]:
+def _read(path: Location) -> list[JobResult]:
     try:
-        table = pq.read_table(path)
+        source = path if isinstance(path, Path) else pa.BufferReader(storage.read_bytes(path))
+        table = pq.read_table(source)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(
             f"results file {path} could not be read ({exc}); is it a heygem-ray results table?", kind="no_results"
@@ -135,7 +142,7 @@ class Summary:
     """A run in figures. Times are wall seconds of jobs; jobs run side by side, so their
     sum is the work done, not how long the run took."""
 
-    output_dir: Path
+    output_dir: Location
     state: RunState
     newer_parts: int
     updated: datetime
@@ -306,16 +313,16 @@ def _thumbnail_args(path: Path, at: float) -> list[str]:
 # --------------------------------------------------------------------------- 5. HTML
 
 
-def write_report(output_dir: Path, out: Path | None = None, thumbnails: int = THUMB_COUNT) -> Path:
+def write_report(output_dir: Location, out: Location | None = None, thumbnails: int = THUMB_COUNT) -> Location:
     """Write the HTML report of the run in ``output_dir`` (default ``output_dir/report.html``)."""
     run = load_run(output_dir)
-    out = out or output_dir / REPORT_FILE
+    out = storage.location(out) if out is not None else run.output_dir / REPORT_FILE
     page = build_html(summarize(run), run.results, previews(run.results, thumbnails), out.parent)
     storage.write_bytes(out, page.encode("utf-8"))
     return out
 
 
-def build_html(s: Summary, results: list[JobResult], shots: dict[str, Preview], report_dir: Path) -> str:
+def build_html(s: Summary, results: list[JobResult], shots: dict[str, Preview], report_dir: Location) -> str:
     """The report page. ``report_dir`` is where it will be written (links to the MP4s are relative to it)."""
     e = _esc
     tiles = [
@@ -381,7 +388,7 @@ def _failures_html(s: Summary) -> str:
     return "\n".join(out)
 
 
-def _job_html(r: JobResult, shot: Preview | None, report_dir: Path) -> str:
+def _job_html(r: JobResult, shot: Preview | None, report_dir: Location) -> str:
     e = _esc
     badge = f'<span class="badge {e(r.status)}">{e(r.status)}</span>'
     head = f"<div class=head>{badge} <b>{e(r.job_id)}</b> <small>row {r.row}</small></div>"
@@ -419,10 +426,22 @@ def _job_html(r: JobResult, shot: Preview | None, report_dir: Path) -> str:
     extras = "".join(f"<div><i>{e(k)}</i> {e(v)}</div>" for k, v in r.extra.items() if v not in (None, ""))
     link = ""
     if r.output and r.status != "failed":
-        href = quote(os.path.relpath(r.output, report_dir.resolve()))
-        link = f'<a class=path href="{e(href)}">{e(r.output)}</a>'
+        link = f'<a class=path href="{e(_href(r.output, report_dir))}">{e(r.output)}</a>'
     info = f"<div class=info>{head}{note}<div class=figs>{figs}</div>{extras}{link}</div>"
     return f'<article class="job {e(r.status)}">{strip}{info}</article>'
+
+
+def _href(output: str, report_dir: Location) -> str:
+    """The link from the page in ``report_dir`` to an output: relative where both are in
+    the same place (a folder, or one bucket), else the output's full URI."""
+    target = storage.location(output)
+    if isinstance(target, Path) and isinstance(report_dir, Path):
+        return quote(os.path.relpath(target, report_dir.resolve()))
+    if isinstance(target, Uri) and isinstance(report_dir, Uri) and (target.scheme, target.bucket) == (
+        report_dir.scheme, report_dir.bucket
+    ):
+        return quote(posixpath.relpath(target.key, report_dir.key))
+    return str(target)
 
 
 _CSS = """

@@ -211,17 +211,26 @@ def read_bytes(loc: Location) -> bytes:
 def list_files(folder: Location, *, recursive: bool = False) -> dict[Location, int]:
     """Every file in ``folder`` (and below it, if ``recursive``) with its size in bytes;
     empty when the folder does not exist. One listing request per 1000 objects."""
+    return {loc: st.size for loc, st in list_stats(folder, recursive=recursive).items()}
+
+
+def list_stats(folder: Location, *, recursive: bool = False) -> dict[Location, Stat]:
+    """``list_files`` with each file's modification time as well."""
     if isinstance(folder, Path):
         if not folder.is_dir():
             return {}
         found = folder.rglob("*") if recursive else folder.iterdir()
-        return {p: p.stat().st_size for p in found if p.is_file()}
+        return {p: Stat(st.st_size, st.st_mtime_ns) for p in found if p.is_file() and (st := p.stat())}
     selector = pafs.FileSelector(folder.key, allow_not_found=True, recursive=recursive)
     try:
         infos = _filesystem(folder).get_file_info(selector)
     except OSError as exc:
         raise _error("could not list", folder, exc) from exc
-    return {Uri(folder.scheme, i.path): int(i.size or 0) for i in infos if i.type == pafs.FileType.File}
+    return {
+        Uri(folder.scheme, i.path): Stat(int(i.size or 0), int(i.mtime_ns or 0))
+        for i in infos
+        if i.type == pafs.FileType.File
+    }
 
 
 def download(src: Uri, dest: Path) -> None:

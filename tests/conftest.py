@@ -9,7 +9,9 @@ import pytest
 from tests.helpers.system import MISSING_PACKAGE
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-pytest_plugins = ["pytester"]  # tests/test_system_packages.py runs pytest on a test file of its own
+# pytester: tests/test_system_packages.py runs pytest on a test file of its own;
+# tests.helpers.s3: the S3 server fixtures (s3_server, s3_env, bucket).
+pytest_plugins = ["pytester", "tests.helpers.s3"]
 
 
 @pytest.fixture(scope="session")

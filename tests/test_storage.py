@@ -6,12 +6,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,53 +55,6 @@ def test_location_takes_text_paths_and_uris_that_went_through_pathlib():
 
 
 # -- a real S3 server -----------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """moto's S3 server in a subprocess on loopback; the environment that reaches it."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, log.read_text()[-2000:]
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "moto's server did not start in 60 s"
-                time.sleep(0.2)
-        yield {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        }
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-@pytest.fixture
-def bucket(s3_env, monkeypatch) -> Uri:
-    """A new, empty bucket; this process's environment points at the server."""
-    for k, v in s3_env.items():
-        monkeypatch.setenv(k, v)
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    fs, _ = pafs.FileSystem.from_uri(f"s3://{name}?allow_bucket_creation=true")
-    fs.create_dir(name)
-    return Uri("s3", name)
 
 
 def _keys(bucket: Uri) -> dict[str, int]:
