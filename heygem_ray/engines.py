@@ -15,11 +15,14 @@ build ahead of time with ``heygem-ray engines build`` instead.
 
 The root may be a bucket prefix (``s3://bucket/engines``). Runtimes load artifacts from
 files, so such a store is used through a local mirror on each machine (``root``, by
-default ``$XDG_CACHE_HOME/heygem-ray/engines/<hash of the URI>``): an entry missing there
+default ``$XDG_CACHE_HOME/heygem-ray/engine-mirrors/<bucket and hash of the URI>``): an entry missing there
 is downloaded from the bucket (artifact, then sidecar, checked as above), else built
-locally and uploaded (artifact first, sidecar last, each object appearing whole). The
-lock only covers one machine: two machines that miss the same entry at once may both
-build it; the entries are interchangeable and the last upload stays.
+locally and uploaded (artifact first, sidecar last, each object appearing whole).
+Machines that miss the same entry at once build it once: the builder holds a lock
+object in the bucket (``BUCKET_LOCK``, created only if absent, which S3 does atomically),
+the others wait for its upload; a lock older than the lock timeout was left by a builder
+that died and is taken over. Stores that cannot create an object atomically (``gs://``
+here) have no such lock: two machines may both build, and the last upload stays.
 
 An entry is used only if its artifact exists, its size and sha256 match the sidecar and
 the sidecar's key is the requested key; anything else is rebuilt (or, with
@@ -64,6 +67,8 @@ EngineBackend = Literal["onnxruntime", "tensorrt"]
 STORE_FORMAT = 1
 SIDECAR = "meta.json"
 ARTIFACT = {"tensorrt": "engine.plan", "onnxruntime": "model.onnx"}
+# In a bucket store: the object a machine holds while it builds an entry (see EngineStore._from_bucket).
+BUCKET_LOCK = ".build-lock"
 # "cpu", "sm_90" (compute capability 9.0); "any" for artifacts that run anywhere (ONNX).
 _ARCH = re.compile(r"^(cpu|any|sm_\d+)$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -194,14 +199,11 @@ class EngineStore:
             if problem is None:
                 return path
             if self.remote is not None:
-                problem = self._pull(key, self.remote / key.dirname())
-                if problem is None:
-                    return path
+                self._from_bucket(key, self.remote / key.dirname(), build, rebuild)
+                return path
             if not rebuild:
                 raise EngineError(f"engine store entry {key.dirname()}: {problem}", kind="engine_missing")
             self._build(key, build)
-            if self.remote is not None:
-                self._push(key, self.remote / key.dirname())
         return path
 
     def validate(self, key: EngineKey) -> str | None:
@@ -299,6 +301,44 @@ class EngineStore:
         finally:
             tmp.unlink(missing_ok=True)
             tmp_meta.unlink(missing_ok=True)
+
+    def _from_bucket(self, key: EngineKey, remote: Uri, build: Callable[[Path], None], rebuild: bool) -> None:
+        """Make the mirror's entry usable: download the bucket's, or build it here and
+        upload it, once for all machines. The builder holds a lock object in the bucket
+        (created only if absent); the others wait for its upload, up to the lock timeout;
+        a lock older than that was left by a builder that died, and is taken over."""
+        lock = remote / BUCKET_LOCK
+        deadline = time.monotonic() + 2 * self.lock_timeout_s
+        while True:
+            problem = self._pull(key, remote)
+            if problem is None:
+                return
+            if not rebuild:
+                raise EngineError(f"engine store entry {key.dirname()}: {problem}", kind="engine_missing")
+            holder = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+            claimed = storage.create_if_absent(lock, holder.encode())
+            if claimed is not False:  # ours; None: a store that cannot lock (two machines may both build)
+                try:
+                    if claimed and self._pull(key, remote) is None:  # the last holder finished just now
+                        return
+                    self._build(key, build)
+                    self._push(key, remote)
+                finally:
+                    if claimed:
+                        storage.remove(lock)
+                return
+            held = storage.stat(lock)
+            # Stale: older than a build may take by the bucket's clock, or waited on for
+            # twice that by this machine's (should the two clocks disagree).
+            if held is not None and (
+                time.time_ns() - held.mtime_ns > self.lock_timeout_s * 1e9 or time.monotonic() > deadline
+            ):
+                who = storage.read_bytes(lock).decode(errors="replace")
+                log.warning("engine store entry %s: %s held the build lock %s for over %.0f s; taking it over",
+                            key.dirname(), who, lock, self.lock_timeout_s)
+                storage.remove(lock)
+                continue
+            time.sleep(_LOCK_POLL_S)
 
     def _pull(self, key: EngineKey, remote: Uri) -> str | None:
         """Download the bucket's entry for ``key`` into the mirror; None if it is now usable

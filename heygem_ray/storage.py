@@ -326,6 +326,27 @@ def upload(source: Path | BinaryIO, dest: Uri) -> None:
                 fs.delete_file(tmp)
 
 
+def create_if_absent(dest: Uri, data: bytes) -> bool | None:
+    """Write ``data`` to ``dest`` only if no object has that name (one atomic request):
+    True if this call created it, False if one was there. None where the store cannot
+    do that atomically here (only S3 and stores that speak its API can: If-None-Match)."""
+    if dest.scheme != "s3":
+        return None
+    import boto3  # here only: the one S3 call pyarrow cannot make
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = dest.key.partition("/")
+    try:
+        boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise _error("could not write", dest, exc) from exc
+    except BotoCoreError as exc:
+        raise _error("could not write", dest, exc) from exc
+    return True
+
+
 def staging_file(dest: Location, scratch: Path, suffix: str) -> Path:
     """A local file to write before ``publish`` puts it at ``dest``, named
     ``.<dest's stem>.<owner>.<token><suffix>`` (``owner`` a hash of ``dest``'s name, ``token``

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -344,3 +345,56 @@ def test_cli_submit_reads_and_writes_a_bucket(bucket, s3_env, tmp_path, examples
                             env=_child_env(s3_env, tmp_path / "home-cache"), capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert listed.stdout.count("onnxruntime") == 2 and "NO" not in listed.stdout  # motion and render, both whole
+
+
+BUILDER = """
+import sys, time
+from pathlib import Path
+from heygem_ray.engines import EngineKey, EngineStore
+
+bucket, mirror, log = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+key = EngineKey("warp", "none", "render", "fp32", None, "onnxruntime", "opset18-test", "any")
+
+
+def build(tmp):
+    with open(log, "a") as f:
+        f.write(f"{mirror.name} builds\\n")
+    time.sleep(3)  # long enough that the other machine asks while this one builds
+    tmp.write_bytes(b"graph built by " + mirror.name.encode())
+
+
+print(EngineStore(bucket + "/engines", mirror=mirror).get_or_build(key, build).read_text())
+"""
+
+
+def test_two_machines_that_need_one_engine_in_a_bucket_build_it_once(bucket, s3_env, tmp_path):
+    """Two processes with their own mirrors (two machines) miss the same entry at once:
+    one holds the build lock in the bucket and builds; the other waits for its upload.
+    Both end with the one engine, and the bucket holds exactly that entry."""
+    log = tmp_path / "builds.log"
+    env = {**os.environ, **s3_env}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", BUILDER, str(bucket), str(tmp_path / name), str(log)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name in ("m1", "m2")
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    (builder,) = [line.split()[0] for line in log.read_text().splitlines()]  # one build
+    assert [out.strip() for out, _ in outs] == [f"graph built by {builder}"] * 2
+    assert sorted(k.rsplit("/", 1)[1] for k in _keys(bucket)) == ["meta.json", "model.onnx"]  # no lock, no partial
+
+
+def test_a_build_lock_left_by_a_builder_that_died_is_taken_over(bucket, tmp_path, caplog):
+    from heygem_ray.engines import BUCKET_LOCK, EngineKey
+
+    key = EngineKey("warp", "none", "render", "fp32", None, "onnxruntime", "opset18-test", "any")
+    lock = bucket / "engines" / key.dirname() / BUCKET_LOCK
+    assert storage.create_if_absent(lock, b"pid 1 on gone") is True
+    assert storage.create_if_absent(lock, b"pid 2 on here") is False  # held: not replaced
+    store = EngineStore(bucket / "engines", mirror=tmp_path / "m", lock_timeout_s=2)
+    t0 = time.monotonic()
+    assert store.get_or_build(key, lambda tmp: tmp.write_bytes(b"g")).read_bytes() == b"g"
+    assert time.monotonic() - t0 > 1.5  # it waited for the holder first
+    assert "pid 1 on gone held the build lock" in caplog.text and "taking it over" in caplog.text
+    assert sorted(k.rsplit("/", 1)[1] for k in _keys(bucket)) == ["meta.json", "model.onnx"]
