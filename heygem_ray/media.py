@@ -282,15 +282,15 @@ class _Scan:
     pts: np.ndarray  # (N,) int64: presentation times of its N packets, in the stream's time base, ascending
     last_duration: int  # time-base units the last-presented packet lasts (0: not given)
     timed: bool  # every packet has a presentation time and none is marked for discarding (cut by an edit list)
-    decoded: int  # frames decoded: all of them, or the first
+    decoded: int  # frames decoded, up to the number asked for
     first_pts: int | None  # presentation time of the first frame decoded
     rotation: int  # clockwise degrees, from the first frame's display matrix (a stream's, or EXIF's)
 
 
 def _scan(container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path, *,
-          decode_all: bool) -> _Scan:  # fmt: skip
-    """Demux every packet of ``stream`` and decode the first frame (every frame if
-    ``decode_all``). A packet the decoder rejects is skipped, as ffmpeg skips it."""
+          decode: int) -> _Scan:  # fmt: skip
+    """Demux every packet of ``stream``, decoding only until ``decode`` frames came out.
+    A packet the decoder rejects is skipped, as ffmpeg skips it."""
     pts: list[int] = []
     durations: list[int] = []
     timed = True
@@ -298,7 +298,7 @@ def _scan(container: av.container.InputContainer, stream: av.video.stream.VideoS
     rejected: av.FFmpegError | None = None
     try:
         for packet in container.demux(stream):
-            if decode_all or not decoded:
+            if decoded < decode:
                 try:
                     for frame in packet.decode():
                         if not decoded:
@@ -412,7 +412,7 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int) -> VideoInfo:
             or container.format.name in _IMAGE_DEMUXERS
             or container.format.name.endswith("_pipe")
         )
-        scan = _scan(container, stream, path, decode_all=looks_like_image)  # one picture, or an animation?
+        scan = _scan(container, stream, path, decode=2 if looks_like_image else 1)  # one picture, or an animation?
         video_stream = container.streams.video.index(stream)
         source_width, source_height = stream.codec_context.width, stream.codec_context.height
         average_rate, nominal_rate, time_base = stream.average_rate, stream.guessed_rate, stream.time_base
@@ -464,10 +464,10 @@ def _audio_stream(path: Path) -> Iterator[tuple[av.container.InputContainer, av.
                 kind="no_audio_stream",
             )
         stream = container.streams.audio[0]
-        if stream.codec_context is None:
+        if stream.codec_context is None or stream.codec_context.channels < 1:
             raise InputError(
-                f"audio {path}: its audio stream is in a format FFmpeg {av.ffmpeg_version_info} cannot decode; "
-                "re-export it (e.g. as WAV or MP3)",
+                f"audio {path}: its audio stream is in a format FFmpeg {av.ffmpeg_version_info} cannot decode "
+                "(or declares no channels); re-export it (e.g. as WAV or MP3)",
                 kind="unreadable_media",
             )
         yield container, stream

@@ -148,7 +148,7 @@ def test_frames_an_edit_list_cuts_are_not_counted(tmp_path: Path) -> None:
     cut = tmp_path / "cut.mp4"
     _ffmpeg("-ss", "0.3", "-i", str(clip), "-c", "copy", str(cut))
     info = media.probe_video(cut)
-    assert info.frames == len(_frames(info)) == 42  # 2.0 s - 0.3 s at 25 fps, rounded up
+    assert info.frames == len(_frames(info)) == 42  # those shown from 0.3 s on: (2.0 - 0.3) s at 25 fps
 
 
 def test_a_header_that_lies_about_the_length_is_not_believed(tmp_path: Path) -> None:
