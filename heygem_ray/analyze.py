@@ -120,7 +120,8 @@ def analyze(
     with storage.file_lock(cache_dir / f"{key}.lock"):
         if (root / "meta.json").is_file():
             return Template.open(root), True
-        # Probed only when building: the probe decodes the whole file to count frames.
+        # Probed only when building: a reference whose frames the probe cannot count from its
+        # packets (variable rate, say) is decoded once for that.
         info = media.probe_video(video)
         tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
         try:

@@ -1,43 +1,50 @@
-"""Video and audio in and out, through ffmpeg.
+"""Video and audio in and out: PyAV reads what a file holds, an ffmpeg binary moves it.
 
-Everything here drives one ffmpeg binary (see :func:`ffmpeg_exe`) with argument lists built
-by ``ffmpeg-python``; nothing needs ``ffprobe``. Probing parses what ``ffmpeg -i FILE``
-prints on stderr and then decodes where an exact answer needs it.
+Probing reads stream properties from PyAV's container, stream, packet and frame objects
+(FFmpeg's own structures, never text printed for people) and decodes only where an exact
+answer needs it. Decoding and encoding drive one ffmpeg binary (see :func:`ffmpeg_exe`)
+through pipes, with argument lists built by ``ffmpeg-python``; nothing needs ``ffprobe``.
 
 * :func:`probe_video` / :func:`iter_frames`: a reference video (or still image) as a
   stream of (H, W, 3) uint8 BGR frames at a constant frame rate, rotated upright, cropped
   to even width and height.
 * :func:`probe_audio` / :func:`load_audio` / :func:`decode_audio`: an audio track (of any
   file ffmpeg reads) as 16 kHz mono float32, in memory or in a raw file.
-* :class:`VideoWriter`: BGR frames plus an audio track into an H.264 + AAC MP4.
+* :class:`VideoWriter`: BGR frames plus an audio track into an H.264 + AAC MP4;
+  :func:`indexed_frames` reads how many frames a finished MP4 holds from its index.
 
 Frames and audio are streamed through pipes, so memory stays flat however long the
 media are (except :func:`read_video`, a helper for short clips). Files are opened with
 the ``file:`` protocol, so a name containing ``:`` is never taken for a URL.
 
-Errors: a missing file is ``InputError`` kind ``missing_file``; a file ffmpeg cannot read
-``unreadable_media``; a file without the stream asked for ``no_video_stream`` /
-``no_audio_stream``; audio that decodes to no samples ``empty_audio``; a failed encode
-``EngineError`` kind ``encode``.
+Errors: a missing file is ``InputError`` kind ``missing_file``; a file ffmpeg cannot read,
+or one cut short (its index lists data past its end), ``unreadable_media``; a file without
+the stream asked for ``no_video_stream`` / ``no_audio_stream``; audio that decodes to no
+samples ``empty_audio``; a failed encode ``EngineError`` kind ``encode``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
-import re
 import shutil
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, NoReturn, cast
 
+import av
+import av.audio.stream
+import av.container
+import av.stream
+import av.video.stream
 import ffmpeg
 import numpy as np
 
@@ -48,6 +55,7 @@ __all__ = [
     "VideoInfo",
     "VideoWriter",
     "ffmpeg_exe",
+    "indexed_frames",
     "iter_frames",
     "decode_audio",
     "load_audio",
@@ -62,7 +70,7 @@ AAC_SAMPLE_RATE = 48000  # every output gets 48 kHz AAC, whatever the input's ra
 _STDERR_LINES = 20  # ffmpeg stderr lines kept for error messages
 _READ_CHUNK = 1 << 20  # bytes per read from an audio pipe
 
-# Codecs (as ffmpeg names them) and demuxers of still-image files. Such a stream that
+# Codecs (as FFmpeg names them) and demuxers of still-image files. Such a stream that
 # decodes to one frame is a still image; an animated GIF/WebP/APNG is a video.
 _IMAGE_CODECS = frozenset(
     {"png", "apng", "mjpeg", "jpeg2000", "jpegls", "jpegxl", "bmp", "webp", "gif", "tiff", "ppm", "pgm", "qoi"}
@@ -72,12 +80,6 @@ _IMAGE_DEMUXERS = frozenset({"image2", "gif", "webp"})  # plus every "*_pipe" de
 _COMMON_RATES = tuple(
     Fraction(r) for r in ("24000/1001", "24", "25", "30000/1001", "30", "50", "60000/1001", "60")
 )
-_NTSC_BASES = (24, 30, 48, 60, 120, 240)  # N*1000/1001 is printed as e.g. "23.98", "29.97"
-# Channel layouts ffmpeg names by word (numbered ones like "5.1" are counted digit by digit).
-_NAMED_LAYOUTS = {
-    "mono": 1, "stereo": 2, "downmix": 2, "binaural": 2, "quad": 4,
-    "hexagonal": 6, "octagonal": 8, "cube": 8, "hexadecagonal": 16,
-}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the binary
@@ -114,8 +116,9 @@ class VideoInfo:
     """What :func:`iter_frames` will yield for a video or still image.
 
     ``width``/``height`` are those of the yielded frames: after rotation, cropped down to
-    even (the last column/row dropped). ``frames`` is exact: :func:`probe_video` counts
-    them by decoding the file once through the same filters :func:`iter_frames` uses.
+    even (the last column/row dropped). ``frames`` is exact: read from the packets of a
+    constant-rate stream, else counted by decoding the file once through the same filters
+    :func:`iter_frames` uses (see :func:`probe_video`).
     """
 
     path: Path
@@ -125,7 +128,7 @@ class VideoInfo:
     frames: int  # number of frames iter_frames yields (1 for a still image)
     duration: float  # seconds: frames / fps (0.0 for a still image)
     rotation: int  # degrees clockwise ffmpeg turns the stored frames to show them: 0, 90, 180, 270
-    #   (from the stream's display matrix; a photo's EXIF orientation is applied too, reported as 0)
+    #   (the display matrix of the stream, or of a photo's EXIF orientation)
     is_image: bool
     source_width: int  # pixels, as stored: before rotation and crop
     source_height: int
@@ -134,47 +137,17 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """The first audio stream of a file, measured by decoding it."""
+    """The first audio stream of a file: its layout as the stream declares it, its length
+    measured by decoding it."""
 
     path: Path
     duration: float  # seconds of decoded audio (samples / sample_rate)
     sample_rate: int  # Hz, as decoded
     channels: int
+    layout: str = ""  # FFmpeg's name for the channel layout: "mono", "stereo", "5.1(side)", "3 channels"
 
 
 # --------------------------------------------------------------------------- probing
-
-
-@dataclass(frozen=True)
-class _Stream:
-    """One stream line of ``ffmpeg -i`` output."""
-
-    kind: str  # "video", "audio", "subtitle", "data", "attachment"
-    type_index: int  # N of "0:v:N" / "0:a:N": its position among streams of its kind
-    codec: str
-    line: str
-    rotation: float | None  # the display matrix angle ffmpeg prints (counter-clockwise), if any
-
-
-@dataclass(frozen=True)
-class _Header:
-    demuxer: str  # e.g. "mov,mp4,m4a,3gp,3g2,mj2", "image2", "png_pipe", "wav"
-    streams: tuple[_Stream, ...]
-
-    def first(self, kind: str) -> _Stream | None:
-        return next((s for s in self.streams if s.kind == kind), None)
-
-    def contents(self) -> str:
-        kinds = sorted({s.kind for s in self.streams})
-        return ", ".join(kinds) if kinds else "no streams"
-
-
-_INPUT_RE = re.compile(r"^Input #0, (.+?), from ")
-_STREAM_RE = re.compile(r"^\s*Stream #0:\d+\S*: (\w+): (\w+)(.*)$")
-_ROTATION_RE = re.compile(r"display ?matrix: rotation of (-?\d+(?:\.\d+)?) degrees", re.IGNORECASE)
-_SIZE_RE = re.compile(r"\b([1-9]\d*)x([1-9]\d*)\b")
-_RATE_RE = r"(\d+(?:\.\d+)?)(k?) {}\b"
-_FRAME_RE = re.compile(r"frame=\s*(\d+)")
 
 
 def require_file(path: str | os.PathLike[str], what: str) -> Path:
@@ -192,7 +165,7 @@ def require_file(path: str | os.PathLike[str], what: str) -> Path:
 
 
 def _url(path: Path) -> str:
-    """``file:`` URL for ffmpeg, so names with ``:`` are not taken for protocols."""
+    """``file:`` URL for FFmpeg, so names with ``:`` are not taken for protocols."""
     return f"file:{path.absolute()}"
 
 
@@ -210,76 +183,175 @@ def _tail(stderr: str | bytes, lines: int = 3) -> str:
     return " | ".join(kept[-lines:])
 
 
-def _read_header(path: Path, what: str) -> _Header:
-    """Parse ``ffmpeg -i FILE`` (which exits 1: no output given) into streams."""
-    proc = _run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", _url(path)])
-    text = proc.stderr.decode(errors="replace")
-    demuxer: str | None = None
-    streams: list[dict[str, Any]] = []
-    counts: dict[str, int] = {}
-    for line in text.splitlines():
-        if line.startswith(("Output #", "Stream mapping")):
-            break
-        if demuxer is None:
-            if m := _INPUT_RE.match(line):
-                demuxer = m.group(1)
-            continue
-        if m := _STREAM_RE.match(line):
-            kind = m.group(1).lower()
-            streams.append(
-                {"kind": kind, "type_index": counts.get(kind, 0), "codec": m.group(2), "line": line, "rotation": None}
-            )
-            counts[kind] = counts.get(kind, 0) + 1
-        elif (m := _ROTATION_RE.search(line)) and streams:
-            streams[-1]["rotation"] = float(m.group(1))
-    if demuxer is None:
+def _reason(exc: av.FFmpegError) -> str:
+    """FFmpeg's words for an error (``Invalid data found when processing input``)."""
+    return exc.strerror or type(exc).__name__
+
+
+@contextlib.contextmanager
+def _opened(path: Path, what: str) -> Iterator[av.container.InputContainer]:
+    """``path`` opened by PyAV's demuxers (which read its header and index, and decode a
+    little to fill in what the header leaves out), closed on leaving the block; a file no
+    demuxer accepts, or whose index lists data past the end of the file, is
+    ``unreadable_media``."""
+    try:
+        container = av.open(_url(path), metadata_errors="ignore")
+    except av.FFmpegError as exc:
         raise InputError(
-            f"{what} {path} cannot be read as media ({_tail(text, 1) or 'ffmpeg gave no reason'}); "
+            f"{what} {path} cannot be read as media ({_reason(exc)}); "
             "check that it is a complete, uncorrupted audio/video file (re-export or re-download it)",
             kind="unreadable_media",
+        ) from exc
+    with container:
+        _check_index(container, path, what)
+        yield container
+
+
+def _check_index(container: av.container.InputContainer, path: Path, what: str) -> None:
+    """Raise ``unreadable_media`` when the container's index (an MP4's sample tables, a
+    Matroska file's cues) places data past the end of the file: a copy or recording cut
+    short, which would otherwise read as a shorter file. A file without an index passes."""
+    size = path.stat().st_size
+    for stream in container.streams:
+        entries = stream.index_entries[:]
+        end = max((entry.pos + entry.size for entry in entries), default=0)  # bytes
+        if end > size:
+            raise InputError(
+                f"{what} {path} is truncated: its index places {stream.type} data up to byte {end}, "
+                f"but the file ends at byte {size}; copy or export it again in full",
+                kind="unreadable_media",
+            )
+
+
+def _contents(container: av.container.InputContainer) -> str:
+    kinds = sorted({s.type for s in container.streams})
+    return ", ".join(kinds) if kinds else "no streams"
+
+
+def _video_stream(container: av.container.InputContainer, path: Path, what: str) -> av.video.stream.VideoStream:
+    """The first video stream that is not a cover picture (an MP3's album art, say)."""
+    stream = next(
+        (s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic), None
+    )
+    if stream is None:
+        raise InputError(
+            f"{what} {path} has no video stream (it holds: {_contents(container)}); "
+            "give a video or a photo of the presenter as the reference",
+            kind="no_video_stream",
         )
-    return _Header(demuxer, tuple(_Stream(**s) for s in streams))
+    if stream.codec_context is None:
+        raise InputError(
+            f"{what} {path}: its video stream is in a format FFmpeg {av.ffmpeg_version_info} cannot decode; "
+            "re-export it (e.g. as H.264 MP4)",
+            kind="unreadable_media",
+        )
+    return stream
 
 
-def _rate_token(line: str, unit: str) -> Fraction | None:
-    """The rate ffmpeg prints before ``unit`` ("fps", "tbr"), NTSC rates made exact."""
-    m = re.search(_RATE_RE.format(unit), line)
-    if m is None:
-        return None
-    value = Fraction(m.group(1)) * (1000 if m.group(2) else 1)
-    if "." in m.group(1):  # printed with 2 decimals: 29.97 is 30000/1001, 23.98 is 24000/1001
-        for base in _NTSC_BASES:
-            ntsc = Fraction(base * 1000, 1001)
-            if round(float(ntsc), 2) == float(m.group(1)):
-                return ntsc
-    return value if value > 0 else None
+def _choose_fps(avg: Fraction | None, nominal: Fraction | None) -> Fraction:
+    """The constant rate to decode at, from the stream's average rate (frames / duration)
+    and its nominal one (FFmpeg's guess: the container's or codec's frame rate).
 
-
-def _choose_fps(avg: Fraction | None, tbr: Fraction | None) -> Fraction:
-    """The constant rate to decode at, from ffmpeg's average rate and its ``tbr`` guess.
-
-    Constant-rate files print the same value for both. A variable-rate file's average is
+    A constant-rate file has both alike: the nominal one is exact (30000/1001 rather than
+    an average a rounded duration makes 2997/100). A variable-rate file's average is
     snapped to a standard rate when within 2 % (a phone's 29.8 → 30000/1001); otherwise its
-    nominal ``tbr`` is used when plausible, so no motion is dropped.
+    nominal rate is used when plausible, so no motion is dropped.
     """
-    if avg is not None and tbr is not None and abs(avg - tbr) <= tbr / 1000:
-        return avg
+    if avg is not None and nominal is not None and abs(avg - nominal) <= nominal / 1000:
+        return nominal
     if avg is not None:
         near = min(_COMMON_RATES, key=lambda r: abs(r - avg))
         if abs(near - avg) <= near / 50:
             return near
-    if tbr is not None and 1 <= tbr <= 120 and (avg is None or tbr >= avg):
-        return tbr
+    if nominal is not None and 1 <= nominal <= 120 and (avg is None or nominal >= avg):
+        return nominal
     if avg is not None:
         return avg.limit_denominator(1001)
     return IMAGE_FPS
 
 
-def _rotation_cw(angle: float | None) -> int:
-    """Clockwise degrees ffmpeg applies for a display-matrix angle (printed counter-clockwise)."""
-    if angle is None:
-        return 0
+def _rotation_cw(angle: float) -> int:
+    """Clockwise degrees ffmpeg applies for a display-matrix angle (given counter-clockwise)."""
     return int(round(-angle / 90.0)) * 90 % 360
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """A video stream read packet by packet: demuxed, and decoded only as far as asked."""
+
+    pts: np.ndarray  # (N,) int64: presentation times of its N packets, in the stream's time base, ascending
+    last_duration: int  # time-base units the last-presented packet lasts (0: not given)
+    timed: bool  # every packet has a presentation time and none is marked for discarding (cut by an edit list)
+    decoded: int  # frames decoded, up to the number asked for
+    first_pts: int | None  # presentation time of the first frame decoded
+    rotation: int  # clockwise degrees, from the first frame's display matrix (a stream's, or EXIF's)
+
+
+def _scan(container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path, *,
+          decode: int) -> _Scan:  # fmt: skip
+    """Demux every packet of ``stream``, decoding only until ``decode`` frames came out.
+    A packet the decoder rejects is skipped, as ffmpeg skips it."""
+    pts: list[int] = []
+    durations: list[int] = []
+    timed = True
+    decoded, first_pts, rotation = 0, None, 0
+    rejected: av.FFmpegError | None = None
+    try:
+        for packet in container.demux(stream):
+            if decoded < decode:
+                try:
+                    for frame in packet.decode():
+                        if not decoded:
+                            first_pts, rotation = frame.pts, _rotation_cw(frame.rotation)
+                        decoded += 1
+                except av.FFmpegError as exc:
+                    rejected = rejected or exc
+            if packet.size == 0:  # the empty packet that ends the stream (it flushes the decoder)
+                continue
+            timed = timed and packet.pts is not None and not packet.is_discard
+            pts.append(packet.pts or 0)
+            durations.append(packet.duration or 0)
+    except av.FFmpegError as exc:
+        raise InputError(
+            f"reference {path} is damaged: reading it failed after {len(pts)} video packets ({_reason(exc)}); "
+            "copy or export it again",
+            kind="unreadable_media",
+        ) from exc
+    if not decoded:
+        raise InputError(
+            f"reference {path} could not be decoded ({_reason(rejected) if rejected else 'no frames'}); "
+            "re-export it (e.g. as H.264 MP4) or give a photo instead",
+            kind="unreadable_media",
+        )
+    order = np.argsort(np.asarray(pts, np.int64), kind="stable")
+    return _Scan(
+        pts=np.asarray(pts, np.int64)[order],
+        last_duration=durations[order[-1]],
+        timed=timed,
+        decoded=decoded,
+        first_pts=first_pts,
+        rotation=rotation,
+    )
+
+
+def _constant_rate_frames(scan: _Scan, time_base: Fraction | None, fps: Fraction) -> int | None:
+    """The frames :func:`iter_frames` yields, read from the packets without decoding, or
+    None when only a decode can tell.
+
+    ffmpeg's ``fps`` filter emits one frame per 1/fps slot from the first frame's time to
+    the end of the last one (its time plus its duration). When the N packets are exactly
+    one slot apart, the last lasts one slot, and the first presented is the first frame the
+    decoder gives (no leading frames it drops), that is N. Exactly: in the stream's time
+    base, a slot must be a whole number of units (an MP4 at 25 fps in 1/12800: 512).
+    """
+    if time_base is None or not scan.timed or scan.first_pts != scan.pts[0]:
+        return None
+    slot = 1 / (fps * time_base)  # time-base units per frame
+    if slot.denominator != 1:
+        return None
+    n = len(scan.pts)
+    uniform = np.array_equal(scan.pts - scan.pts[0], np.arange(n, dtype=np.int64) * slot.numerator)
+    return n if uniform and scan.last_duration == slot.numerator else None
 
 
 def _video_filters(stream: Any, fps: Fraction | None) -> Any:
@@ -293,42 +365,38 @@ def _video_filters(stream: Any, fps: Fraction | None) -> Any:
     return stream.filter("crop", "trunc(iw/2)*2", "trunc(ih/2)*2", 0, 0)
 
 
-def _count_frames(path: Path, stream: _Stream, fps: Fraction | None) -> tuple[int, int, int]:
-    """(frames, width, height) that :func:`iter_frames` will yield, found by decoding the
-    file through the same filters into ffmpeg's ``null`` muxer."""
-    decoded = _video_filters(ffmpeg.input(_url(path))[f"v:{stream.type_index}"], fps)
+def _decoded_frames(path: Path, video_stream: int, fps: Fraction) -> int:
+    """The frames :func:`iter_frames` yields, counted by decoding the file through the same
+    filters into ffmpeg's ``null`` muxer; the count is the last ``frame=`` of the
+    key=value lines ``-progress`` writes for programs."""
+    decoded = _video_filters(ffmpeg.input(_url(path))[f"v:{video_stream}"], fps)
     args = (
         decoded.output("-", format="null", fps_mode="passthrough")
-        .global_args("-nostdin", "-hide_banner", "-nostats")
+        .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", "-progress", "pipe:1")
         .compile(cmd=ffmpeg_exe())
     )
     proc = _run(args)
-    text = proc.stderr.decode(errors="replace")
-    counts = _FRAME_RE.findall(text)  # the last one is the final report
-    output_stream = text.partition("Output #0")[2].partition("Stream #0:0")[2]
-    size = _SIZE_RE.search(output_stream)
-    if "partial file" in text:
+    progress = dict(line.split("=", 1) for line in proc.stdout.decode(errors="replace").splitlines() if "=" in line)
+    frames = int(progress.get("frame", "0")) if progress.get("progress") == "end" else 0
+    if proc.returncode != 0 or frames == 0:
         raise InputError(
-            f"reference {path} is truncated (the file ends before its last frame: "
-            f"{_tail(text, 1)}); copy or export it again in full",
-            kind="unreadable_media",
-        )
-    if proc.returncode != 0 or not counts or int(counts[-1]) == 0 or size is None:
-        raise InputError(
-            f"reference {path} could not be decoded ({_tail(text) or 'no frames'}); "
+            f"reference {path} could not be decoded ({_tail(proc.stderr) or 'no frames'}); "
             "re-export it (e.g. as H.264 MP4) or give a photo instead",
             kind="unreadable_media",
         )
-    return int(counts[-1]), int(size.group(1)), int(size.group(2))
+    return frames
 
 
 def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
     """Describe a reference video or still image as :func:`iter_frames` will yield it.
 
-    Decodes the file once (``-f null``, no pixels cross a pipe) to count the frames and
-    read their size after rotation and crop, so the numbers are exact. A long reference
-    takes a few seconds; results are cached per (path, size, mtime) within a process.
-    ``path`` in the result is absolute.
+    PyAV gives the stream's size, rates and time base; its first decoded frame the
+    rotation (the display matrix, which also carries a photo's EXIF orientation). Every
+    packet is demuxed, not decoded: for a constant-rate stream their count is the frame
+    count (see :func:`_constant_rate_frames`); any other stream (variable rate, a time base
+    that cannot hold the frame period exactly, frames cut by an edit list) is decoded once
+    by ffmpeg through the filters of :func:`iter_frames` to count them. Results are cached
+    per (path, size, mtime) within a process. ``path`` in the result is absolute.
     """
     p = require_file(path, "reference").absolute()
     st = p.stat()
@@ -337,59 +405,72 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
 
 @functools.lru_cache(maxsize=64)
 def _probe_video(path: Path, _size: int, _mtime_ns: int) -> VideoInfo:
-    header = _read_header(path, "reference")
-    stream = next((s for s in header.streams if s.kind == "video" and "(attached pic)" not in s.line), None)
-    if stream is None:
-        raise InputError(
-            f"reference {path} has no video stream (it holds: {header.contents()}); "
-            "give a video or a photo of the presenter as the reference",
-            kind="no_video_stream",
+    with _opened(path, "reference") as container:
+        stream = _video_stream(container, path, "reference")
+        looks_like_image = (
+            stream.codec.canonical_name in _IMAGE_CODECS
+            or container.format.name in _IMAGE_DEMUXERS
+            or container.format.name.endswith("_pipe")
         )
-    size = _SIZE_RE.search(stream.line)
-    if size is None:
-        raise InternalError(f"could not find the frame size of {path} in ffmpeg's line {stream.line.strip()!r}")
-    looks_like_image = (
-        stream.codec in _IMAGE_CODECS or header.demuxer in _IMAGE_DEMUXERS or header.demuxer.endswith("_pipe")
-    )
-    is_image = False
-    if looks_like_image:  # one picture, or an animation (GIF, APNG, WebP)?
-        frames, width, height = _count_frames(path, stream, None)
-        is_image = frames == 1
+        scan = _scan(container, stream, path, decode=2 if looks_like_image else 1)  # one picture, or an animation?
+        video_stream = container.streams.video.index(stream)
+        source_width, source_height = stream.codec_context.width, stream.codec_context.height
+        average_rate, nominal_rate, time_base = stream.average_rate, stream.guessed_rate, stream.time_base
+    is_image = looks_like_image and scan.decoded == 1
     if is_image:
-        fps = IMAGE_FPS
+        fps, frames = IMAGE_FPS, 1
     else:
-        fps = _choose_fps(_rate_token(stream.line, "fps"), _rate_token(stream.line, "tbr"))
-        frames, width, height = _count_frames(path, stream, fps)
+        fps = _choose_fps(average_rate, nominal_rate)
+        frames = _constant_rate_frames(scan, time_base, fps) or _decoded_frames(path, video_stream, fps)
+    width, height = (source_height, source_width) if scan.rotation % 180 else (source_width, source_height)
     return VideoInfo(
         path=path,
-        width=width,
-        height=height,
+        width=width - width % 2,
+        height=height - height % 2,
         fps=fps,
         frames=frames,
         duration=0.0 if is_image else float(frames / fps),
-        rotation=_rotation_cw(stream.rotation),
+        rotation=scan.rotation,
         is_image=is_image,
-        source_width=int(size.group(1)),
-        source_height=int(size.group(2)),
-        video_stream=stream.type_index,
+        source_width=source_width,
+        source_height=source_height,
+        video_stream=video_stream,
     )
 
 
-def _audio_stream(path: Path) -> _Stream:
-    """The first audio stream, after the checks every audio reader makes."""
+def indexed_frames(path: str | os.PathLike[str]) -> int:
+    """How many frames the first video stream of an MP4 holds, read from its index (the
+    track's sample table) without decoding: for checking that an MP4 written earlier is
+    whole. A file that cannot be opened, or that is cut short (its index places samples of
+    any stream past its end), raises ``unreadable_media``; a container without a
+    frame count (not an MP4) gives 0."""
+    p = require_file(path, "video")
+    with _opened(p, "video") as container:
+        return _video_stream(container, p, "video").frames
+
+
+@contextlib.contextmanager
+def _audio_stream(path: Path) -> Iterator[tuple[av.container.InputContainer, av.audio.stream.AudioStream]]:
+    """The file opened, and its first audio stream, after the checks every audio reader makes."""
     if path.stat().st_size == 0:
         raise InputError(
             f"audio {path} is an empty file (0 bytes); re-export or re-download it", kind="empty_audio"
         )
-    header = _read_header(path, "audio")
-    stream = header.first("audio")
-    if stream is None:
-        raise InputError(
-            f"audio {path} has no audio stream (it holds: {header.contents()}); "
-            "give a file with a sound track (wav, mp3, m4a, or a video with sound)",
-            kind="no_audio_stream",
-        )
-    return stream
+    with _opened(path, "audio") as container:
+        if not container.streams.audio:
+            raise InputError(
+                f"audio {path} has no audio stream (it holds: {_contents(container)}); "
+                "give a file with a sound track (wav, mp3, m4a, or a video with sound)",
+                kind="no_audio_stream",
+            )
+        stream = container.streams.audio[0]
+        if stream.codec_context is None or stream.codec_context.channels < 1:
+            raise InputError(
+                f"audio {path}: its audio stream is in a format FFmpeg {av.ffmpeg_version_info} cannot decode "
+                "(or declares no channels); re-export it (e.g. as WAV or MP3)",
+                kind="unreadable_media",
+            )
+        yield container, stream
 
 
 def _empty_audio(path: Path) -> InputError:
@@ -400,40 +481,40 @@ def _empty_audio(path: Path) -> InputError:
 
 
 def probe_audio(path: str | os.PathLike[str]) -> AudioInfo:
-    """Sample rate, channels and exact duration of the first audio stream, by decoding it.
-
-    The decode goes to ffmpeg's ``framecrc`` (one small line per packet of unsigned
-    8-bit PCM), so nothing large crosses the pipe: total samples are the sum of packet
-    durations and channels are bytes / samples.
+    """Channels and layout of the first audio stream as the stream declares them; its
+    sample rate and exact duration by decoding it in this process (a header may say
+    anything about the length). A packet the decoder rejects is skipped, as ffmpeg skips it.
     """
     p = require_file(path, "audio")
-    stream = _audio_stream(p)
-    args = (
-        ffmpeg.input(_url(p))[f"a:{stream.type_index}"]
-        .output("-", format="framecrc", acodec="pcm_u8")
-        .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error")
-        .compile(cmd=ffmpeg_exe())
-    )
-    proc = _run(args)
-    if proc.returncode != 0:
+    samples, sample_rate = 0, 0
+    rejected: av.FFmpegError | None = None
+    with _audio_stream(p) as (container, stream):
+        layout = stream.codec_context.layout
+        try:
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError as exc:
+                    rejected = rejected or exc
+                    continue
+                for frame in frames:
+                    samples += frame.samples
+                    sample_rate = sample_rate or frame.sample_rate
+        except av.FFmpegError as exc:
+            raise InputError(
+                f"audio {p} is damaged: reading it failed ({_reason(exc)}); re-export it (e.g. as WAV or MP3)",
+                kind="unreadable_media",
+            ) from exc
+    if samples == 0 and rejected is not None:
         raise InputError(
-            f"audio {p} could not be decoded ({_tail(proc.stderr)}); re-export it (e.g. as WAV or MP3)",
+            f"audio {p} could not be decoded ({_reason(rejected)}); re-export it (e.g. as WAV or MP3)",
             kind="unreadable_media",
         )
-    sample_rate, samples, nbytes = 0, 0, 0
-    for line in proc.stdout.decode(errors="replace").splitlines():
-        if line.startswith("#sample_rate"):
-            sample_rate = int(line.rsplit(":", 1)[1])
-        elif line and not line.startswith("#"):
-            # stream, dts, pts, duration (samples), size (bytes), crc
-            fields = [f.strip() for f in line.split(",")]
-            samples += int(fields[3])
-            nbytes += int(fields[4])
     if samples == 0:
         raise _empty_audio(p)
-    if sample_rate <= 0 or nbytes % samples:
-        raise InternalError(f"unexpected framecrc output from ffmpeg for {p}: rate {sample_rate}, {nbytes} B / {samples}")
-    return AudioInfo(path=p, duration=samples / sample_rate, sample_rate=sample_rate, channels=nbytes // samples)
+    return AudioInfo(
+        path=p, duration=samples / sample_rate, sample_rate=sample_rate, channels=layout.nb_channels, layout=layout.name
+    )
 
 
 # --------------------------------------------------------------------------- streaming
@@ -550,21 +631,6 @@ def iter_frames(info: VideoInfo) -> Generator[np.ndarray, None, None]:
         proc.close()
 
 
-def _layout_channels(stream_line: str) -> int | None:
-    """Channel count from the layout ffmpeg prints ("mono", "stereo", "5.1(side)",
-    "7.1.4", "3 channels"), or None if the name is not one we know."""
-    m = re.search(r"\b\d+ Hz, ([^,]+)", stream_line)
-    if m is None:
-        return None
-    name = m.group(1).strip()
-    if n := re.match(r"(\d+) channels\b", name):
-        return int(n.group(1))
-    name = name.split("(", 1)[0]
-    if re.fullmatch(r"\d+(\.\d+){1,2}", name):  # "5.1" is 6 channels, "7.1.4" is 12
-        return sum(int(d) for d in name.split("."))
-    return _NAMED_LAYOUTS.get(name)
-
-
 def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000) -> np.ndarray:
     """The first audio stream of ``path``: (N,) float32 mono in [-1, 1] at ``sample_rate`` Hz.
 
@@ -592,14 +658,14 @@ def _audio_blocks(path: str | os.PathLike[str], sample_rate: int) -> Generator[n
     """The decoded audio of ``path`` as consecutive (n,) float32 mono blocks in [-1, 1];
     raises ``empty_audio`` when there are none, ``unreadable_media`` when ffmpeg fails."""
     p = require_file(path, "audio")
-    stream = _audio_stream(p)
-    channels = _layout_channels(stream.line)
-    # An unknown layout is first mixed down to stereo by ffmpeg's standard matrix.
-    layout = {} if channels is not None else {"ac": 2}
-    channels = channels or 2
+    with _audio_stream(p) as (_, stream):
+        channels = stream.codec_context.channels
+    # ac: the pipe carries exactly this many channels per sample, as ffmpeg is told rather
+    # than as we might guess from its output, so the samples cannot be misaligned. It is the
+    # stream's own count: nothing is remixed, and every channel weighs the same in the mean.
     args = (
-        ffmpeg.input(_url(p))[f"a:{stream.type_index}"]
-        .output("pipe:", format="f32le", acodec="pcm_f32le", ar=sample_rate, **layout)
+        ffmpeg.input(_url(p))["a:0"]
+        .output("pipe:", format="f32le", acodec="pcm_f32le", ar=sample_rate, ac=channels)
         .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error")
         .compile(cmd=ffmpeg_exe())
     )

@@ -8,7 +8,9 @@ manifest's jobs are merged into ``DIR/results.parquet``. ``DIR`` may be a bucket
 A rerun into the same place skips a job when its earlier row says ``ok`` (or
 ``skipped``) for the same inputs, output and render settings, and the MP4 is still there:
 
-* a local MP4 must decode to the frames that row recorded;
+* a local MP4 must hold the frames that row recorded, as its index (the video track's
+  sample table) counts them, with every sample the index lists inside the file: a copy or
+  write cut short fails, and nothing is decoded (``media.indexed_frames``);
 * an MP4 in a bucket must have the size that row recorded (one HEAD request; decoding
   would mean downloading every video). An object only ever appears complete (see
   ``storage.upload``), so one that is there with the recorded size is the one that run
@@ -178,7 +180,7 @@ def _complete(output: Location, row: dict) -> bool:
         if not output.is_file():
             return False
         try:
-            return media.probe_video(output).frames == row["frames"]
+            return media.indexed_frames(output) == row["frames"]
         except HeygemError:  # damaged or unreadable
             return False
     found = storage.stat(output)

@@ -8,12 +8,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pytest
 
 from heygem_ray import media
 from heygem_ray.errors import EngineError, InputError, InternalError
 from tests.helpers.media import (
+    make_channels,
     make_corrupt,
     make_empty_wav,
     make_exif_jpeg,
@@ -28,6 +30,27 @@ from tests.helpers.media import (
 )
 
 NTSC = Fraction(30000, 1001)
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run([media.ffmpeg_exe(), "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def _cut(path: Path, fraction: float) -> Path:
+    """Keep the first ``fraction`` of the file's bytes, as a copy or recording cut short does."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+@pytest.fixture
+def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if probe_video counts frames by decoding."""
+
+    def decoded(*args: object) -> int:
+        raise AssertionError(f"probe_video decoded {args} to count its frames")
+
+    monkeypatch.setattr(media, "_decoded_frames", decoded)
 
 
 def _frames(info: media.VideoInfo) -> list[np.ndarray]:
@@ -83,6 +106,59 @@ def test_variable_frame_rate_becomes_constant(tmp_path: Path, ext: str) -> None:
     assert len(frames) == info.frames
     assert abs(info.frames - 2.0 * 30) <= 1
     assert info.duration == pytest.approx(2.0, abs=1 / 30)
+
+
+@pytest.mark.parametrize(("name", "fps"), [("a.mp4", "25"), ("b.mov", "30000/1001"), ("c.mkv", "25"), ("d.ts", "25")])
+def test_a_constant_rate_stream_is_counted_from_its_packets(tmp_path: Path, no_decoding: None, name: str, fps: str) -> None:
+    clip = make_video(tmp_path / name, seconds=1.2, fps=fps, size=(64, 48), audio=True)
+    info = media.probe_video(clip)
+    assert info.fps == Fraction(fps)
+    assert info.frames == len(_frames(info)) == round(1.2 * float(info.fps))
+
+
+def test_a_rotated_phone_video_is_upright(tmp_path: Path, no_decoding: None) -> None:
+    # A phone held upright stores landscape pictures plus a display matrix turning them 90°.
+    phone = make_video(tmp_path / "IMG_0001.MOV", seconds=1.0, fps="30000/1001", size=(96, 64), rotation=90, audio=True)
+    info = media.probe_video(phone)
+    assert (info.source_width, info.source_height, info.rotation) == (96, 64, 90)
+    assert (info.width, info.height) == (64, 96)  # portrait, as the phone showed it
+    frames = _frames(info)
+    assert len(frames) == info.frames == 30 and frames[0].shape == (96, 64, 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("timescale.mp4", ["-video_track_timescale", "1000"]),  # 1001/30000 s is no whole number of ms
+        ("ntsc.mkv", []),  # Matroska keeps milliseconds too
+    ],
+)
+def test_an_odd_time_base_is_counted_by_decoding(tmp_path: Path, name: str, options: list[str]) -> None:
+    clip = tmp_path / name
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=30000/1001:duration=1", "-c:v", "libx264", *options, str(clip))
+    info = media.probe_video(clip)
+    assert info.fps == NTSC
+    assert info.frames == len(_frames(info)) == 30
+
+
+def test_frames_an_edit_list_cuts_are_not_counted(tmp_path: Path) -> None:
+    # A stream copy from 0.3 s keeps the frames back to the keyframe, marked for the decoder
+    # to drop: the packets outnumber the frames shown.
+    clip = make_video(tmp_path / "whole.mp4", seconds=2.0, size=(64, 48))  # a keyframe every 10 frames
+    cut = tmp_path / "cut.mp4"
+    _ffmpeg("-ss", "0.3", "-i", str(clip), "-c", "copy", str(cut))
+    info = media.probe_video(cut)
+    assert info.frames == len(_frames(info)) == 42  # those shown from 0.3 s on: (2.0 - 0.3) s at 25 fps
+
+
+def test_a_header_that_lies_about_the_length_is_not_believed(tmp_path: Path) -> None:
+    # Matroska writes its duration near the start; a copy cut in half still claims 2 s.
+    clip = _cut(make_video(tmp_path / "cut.mkv", seconds=2.0, size=(64, 48), audio=True), 0.5)
+    with av.open(str(clip)) as container:
+        assert container.duration == pytest.approx(2_000_000, rel=0.05)  # µs
+    info = media.probe_video(clip)
+    assert info.frames == len(_frames(info)) < 35
+    assert info.duration == info.frames / 25
 
 
 def test_odd_size_is_cropped_to_even(tmp_path: Path) -> None:
@@ -168,6 +244,40 @@ def test_audio_decodes_to_16k_mono(tmp_path: Path, name: str, rate: int, channel
     assert np.abs(wav).max() == pytest.approx(0.125, rel=0.05)
 
 
+@pytest.mark.parametrize(
+    ("name", "layout", "freqs", "tolerance"),
+    [
+        ("stereo.flac", "stereo", (440, 660), 1e-3),
+        ("stereo.m4a", "stereo", (440, 660), 0.02),  # AAC: lossy
+        ("surround.flac", "5.1", (300, 500, 700, 900, 60, 1100), 1e-3),
+        ("surround.wav", "5.1(side)", (300, 500, 700, 900, 60, 1100), 1e-3),
+    ],
+)
+def test_every_channel_counts_once_in_the_mono_mix(
+    tmp_path: Path, name: str, layout: str, freqs: tuple[int, ...], tolerance: float
+) -> None:
+    # A tone of its own in each channel: a channel count read wrong would interleave
+    # samples of different channels and times, and no tone would survive.
+    audio = make_channels(tmp_path / name, freqs=freqs, layout=layout, seconds=1.0)
+    info = media.probe_audio(audio)
+    assert (info.channels, info.layout, info.sample_rate) == (len(freqs), layout, 48000)
+    wav = media.load_audio(audio)
+    assert len(wav) == pytest.approx(16000, abs=10)
+    t = np.arange(len(wav)) / 16000  # seconds
+    expected = np.mean([np.sin(2 * np.pi * f * t) for f in freqs], axis=0) / 8  # ffmpeg's sine: amplitude 1/8
+    np.testing.assert_allclose(wav[400:-400], expected[400:-400], atol=tolerance)  # resampler edges left out
+
+
+def test_an_mp3_header_that_lies_about_the_length_is_not_believed(tmp_path: Path) -> None:
+    # An MP3's Xing header gives the length of the whole; a copy cut to a quarter keeps it.
+    mp3 = _cut(make_tone(tmp_path / "talk.mp3", seconds=4.0, sample_rate=44100), 0.25)
+    with av.open(str(mp3)) as container:
+        assert container.duration == pytest.approx(4_000_000, rel=0.05)  # µs
+    info = media.probe_audio(mp3)
+    assert info.duration == pytest.approx(1.0, abs=0.1)
+    assert len(media.load_audio(mp3)) == pytest.approx(info.duration * 16000, abs=16)
+
+
 def test_audio_decoded_to_a_file_equals_the_audio_in_memory(tmp_path: Path) -> None:
     audio = make_tone(tmp_path / "a.mp3", seconds=1.5, freq=440, sample_rate=44100, channels=2)
     samples = media.decode_audio(audio, tmp_path / "a.f32")
@@ -197,54 +307,24 @@ def test_silence_is_valid(tmp_path: Path, channels: int) -> None:
     assert not wav.any()
 
 
-@pytest.mark.parametrize(
-    ("line", "channels"),
-    [
-        ("Audio: aac (LC), 48000 Hz, mono, fltp", 1),
-        ("Audio: pcm_s16le, 44100 Hz, stereo, s16", 2),
-        ("Audio: ac3, 48000 Hz, 5.1(side), fltp", 6),
-        ("Audio: eac3, 48000 Hz, 7.1.4, fltp", 12),
-        ("Audio: pcm_s16le, 16000 Hz, 3 channels (FL+FR+LFE), s16", 3),
-        ("Audio: opus, 48000 Hz, quad(side), fltp", 4),
-        ("Audio: opus, 48000 Hz, ambisonic 1, fltp", None),
-    ],
-)
-def test_layout_channels(line: str, channels: int | None) -> None:
-    assert media._layout_channels(line) == channels
-
-
-# --------------------------------------------------------------------------- rate parsing
+# --------------------------------------------------------------------------- choosing the rate
 
 
 @pytest.mark.parametrize(
-    ("line", "unit", "rate"),
-    [
-        ("160x120, 29.97 fps, 29.97 tbr, 30k tbn", "fps", NTSC),
-        ("23.98 fps, 23.98 tbr", "tbr", Fraction(24000, 1001)),
-        ("59.94 fps", "fps", Fraction(60000, 1001)),
-        ("12.50 fps, 12.50 tbr", "fps", Fraction(25, 2)),
-        ("25 fps, 25 tbr, 1k tbn", "tbr", Fraction(25)),
-        ("30 tbr, 1k tbn", "fps", None),
-    ],
-)
-def test_rate_tokens(line: str, unit: str, rate: Fraction | None) -> None:
-    assert media._rate_token(line, unit) == rate
-
-
-@pytest.mark.parametrize(
-    ("avg", "tbr", "chosen"),
+    ("avg", "nominal", "chosen"),
     [
         (NTSC, NTSC, NTSC),  # constant rate
         (Fraction(25, 2), Fraction(25, 2), Fraction(25, 2)),
         (Fraction("29.81"), Fraction(30), NTSC),  # a phone's variable rate, snapped
         (Fraction("21.77"), Fraction(30), Fraction(30)),  # mixed 15/30 fps: the nominal rate
-        (None, Fraction(30), Fraction(30)),  # Matroska prints no average
-        (Fraction(25), Fraction(50), Fraction(25)),  # interlaced: tbr is the field rate
+        (Fraction(2997, 100), NTSC, NTSC),  # an average a rounded duration made inexact
+        (None, Fraction(30), Fraction(30)),  # Matroska without a default duration has no average
+        (Fraction(25), Fraction(50), Fraction(25)),  # interlaced: the nominal rate is the field rate
         (None, Fraction(1000), Fraction(25)),  # nothing plausible
     ],
 )
-def test_choose_fps(avg: Fraction | None, tbr: Fraction | None, chosen: Fraction) -> None:
-    assert media._choose_fps(avg, tbr) == chosen
+def test_choose_fps(avg: Fraction | None, nominal: Fraction | None, chosen: Fraction) -> None:
+    assert media._choose_fps(avg, nominal) == chosen
 
 
 # --------------------------------------------------------------------------- errors
@@ -272,6 +352,16 @@ def test_missing_file(tmp_path: Path, read) -> None:  # type: ignore[no-untyped-
 def test_unreadable_media(tmp_path: Path, read, maker) -> None:  # type: ignore[no-untyped-def]
     bad = maker(tmp_path / "bad.mp4")
     assert _error(read, bad).kind == "unreadable_media"
+
+
+@pytest.mark.parametrize("read", [*READERS, media.indexed_frames])
+@pytest.mark.parametrize("keep", [0.5, 0.9999])  # of the bytes: half, or all but the last few
+def test_an_mp4_cut_short_is_truncated(tmp_path: Path, read, keep: float) -> None:  # type: ignore[no-untyped-def]
+    # +faststart puts the index first: a copy cut short keeps it whole, listing samples it lacks.
+    clip = _written(tmp_path / "talk.mp4", frames=50)
+    assert media.indexed_frames(clip) == 50
+    err = _error(read, _cut(clip, keep))
+    assert err.kind == "unreadable_media" and "truncated" in err.message
 
 
 @pytest.mark.parametrize("read", [media.probe_audio, media.load_audio])
@@ -336,6 +426,15 @@ def _pattern(n: int, height: int, width: int) -> np.ndarray:
     return frames
 
 
+def _written(path: Path, frames: int, fps: Fraction = Fraction(25)) -> Path:
+    """An MP4 as the pipeline writes it: ``frames`` frames at ``fps`` and a tone as long."""
+    duration = frames / float(fps)
+    audio = make_tone(path.with_suffix(".wav"), seconds=duration, sample_rate=44100)
+    with media.VideoWriter(path, width=64, height=48, fps=fps, audio=audio, duration=duration) as writer:
+        writer.write(_pattern(frames, 48, 64))
+    return path
+
+
 @pytest.mark.parametrize(("fps", "audio_s"), [(Fraction(25), 1.5), (NTSC, 0.5)])
 def test_writer_round_trip(tmp_path: Path, fps: Fraction, audio_s: float) -> None:
     n = 30
@@ -349,6 +448,7 @@ def test_writer_round_trip(tmp_path: Path, fps: Fraction, audio_s: float) -> Non
             writer.write(frame)  # single frames
     info = media.probe_video(out)
     assert (info.width, info.height, info.fps, info.frames) == (64, 48, fps, n)
+    assert media.indexed_frames(out) == n  # what a rerun checks
     decoded, _ = media.read_video(out)
     assert np.abs(decoded.astype(int) - frames).mean() < 6  # colours and order survive
     sound = media.probe_audio(out)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -66,6 +68,20 @@ def test_a_rerun_skips_complete_jobs_and_renders_missing_or_damaged_ones(folder,
     # Other render settings are other outputs: nothing is skipped.
     looped = _run(folder, rows, render=RenderConfig(loop="forward"))
     assert [looped[j]["status"] for j in ("one", "two")] == ["ok", "ok"]
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9999, 2000])  # bytes kept: half, all but the last few, the first 2000
+def test_an_output_cut_short_is_not_complete(tmp_path, examples, keep):
+    """The rerun check reads the frame count from the MP4's index, decoding nothing; a copy
+    cut short keeps that index (it comes first: +faststart) but fails the check."""
+    out = tmp_path / "out.mp4"
+    with media.VideoWriter(out, width=64, height=48, fps=Fraction(25), audio=examples / "lesson1.wav", duration=2.0) as w:
+        w.write(np.zeros((50, 48, 64, 3), np.uint8))
+    assert resume._complete(out, {"frames": 50})
+    assert not resume._complete(out, {"frames": 49})
+    data = out.read_bytes()
+    out.write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
+    assert not resume._complete(out, {"frames": 50})
 
 
 def test_a_jobs_cleanup_deletes_its_own_partials_and_no_other_jobs(tmp_path):

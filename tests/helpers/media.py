@@ -135,6 +135,20 @@ def make_tone(
     return path
 
 
+def make_channels(
+    path: str | Path, *, freqs: tuple[float, ...], layout: str, seconds: float, sample_rate: int = 48000
+) -> Path:
+    """One sine tone per channel, at amplitude 1/8: channel i of ``layout`` (FFmpeg's
+    name: "stereo", "5.1", "5.1(side)") plays ``freqs[i]`` Hz; the extension picks the codec."""
+    path = Path(path)
+    # Endless tones, cut at the output: join would end with whichever tone ended first,
+    # its last block or not (ffmpeg's threads decide).
+    tones = [ffmpeg.input(f"sine=frequency={f}:sample_rate={sample_rate}", format="lavfi") for f in freqs]
+    joined = ffmpeg.filter(tones, "join", inputs=len(freqs), channel_layout=layout)
+    _run(joined.output(str(path), t=seconds, **_audio_codec(path)))
+    return path
+
+
 def make_silence(path: str | Path, *, seconds: float, sample_rate: int = 16000, channels: int = 1) -> Path:
     """Digital silence; the extension picks the codec."""
     path = Path(path)
