@@ -9,7 +9,7 @@
 3. :func:`format_status` prints it; :func:`build_html` makes one self-contained page
    (no JavaScript, no external files: thumbnails are inline JPEG data URIs). Pure.
 4. :func:`previews` is the one step that touches the MP4s: a few small frames of each
-   output, cut by the run's ffmpeg.
+   output, read through PyAV (seeking: an MP4 in a bucket is read in ranges).
 
 Every string that comes from the table (job ids, paths, error messages, manifest
 columns) is user data and is escaped in the HTML.
@@ -21,20 +21,21 @@ import base64
 import html
 import os
 import posixpath
-import subprocess
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
+import av
+import cv2
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from heygem_ray import media, storage
+from heygem_ray import storage
 from heygem_ray.errors import InputError
 from heygem_ray.results import RESULTS_FILE, JobResult
 from heygem_ray.resume import PARTS_DIR
@@ -46,7 +47,7 @@ SLOWEST = 5  # jobs listed as the slowest
 MESSAGES_PER_KIND = 5  # failure messages printed per error kind by `status` (the report shows all)
 THUMB_COUNT = 4  # frames per output in the report
 THUMB_HEIGHT = 160  # pixels
-_THUMB_QUALITY = 5  # ffmpeg's mjpeg -q:v: 2 (best) … 31 (worst)
+_THUMB_QUALITY = 85  # JPEG quality, 0-100
 _REQUIRED = {"job_id", "row", "audio", "video", "output", "status"}  # what every results table has had
 
 RunState = Literal["complete", "unfinished"]
@@ -283,31 +284,41 @@ def previews(results: list[JobResult], count: int = THUMB_COUNT) -> dict[str, Pr
 
 
 def _preview(r: JobResult, count: int) -> Preview:
-    path = Path(r.output or "")
-    if not path.is_file():
-        return Preview((), f"{path} is not there any more")
-    # Seek to each time rather than decode every frame (media.iter_frames does that, at
-    # full size): a long lesson's four thumbnails cost four short decodes.
+    target = storage.location(r.output or "")
+    if not storage.is_file(target):
+        return Preview((), f"{target} is not there any more")
+    # Seek to each time rather than decode every frame: a long lesson's four thumbnails
+    # cost four short decodes, and an output in a bucket is read in ranges (its index and
+    # the stretch before each frame), never downloaded whole.
     duration = video_seconds(r) or (r.audio_seconds or 0.0)
     jpegs: list[bytes] = []
-    for i in range(count):
-        at = duration * (i + 0.5) / count  # the middle of each of `count` equal spans
-        got = subprocess.run(_thumbnail_args(path, at), capture_output=True, check=False)
-        if got.returncode != 0 or not got.stdout:
-            tail = got.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no frame there"]
-            return Preview(tuple(jpegs), f"frame at {at:.1f} s of {path}: {tail[0]}")
-        jpegs.append(got.stdout)
+    try:
+        with storage.open_input(target) as f, av.open(f) as container:
+            stream = container.streams.video[0]
+            for i in range(count):
+                at = duration * (i + 0.5) / count  # the middle of each of `count` equal spans
+                frame = _frame_at(container, stream, at)
+                if frame is None:
+                    return Preview(tuple(jpegs), f"frame at {at:.1f} s of {target}: no frame there")
+                height = THUMB_HEIGHT
+                width = max(2, round(frame.width * height / frame.height / 2) * 2)
+                bgr = frame.reformat(width=width, height=height, format="bgr24", interpolation="AREA").to_ndarray()
+                jpegs.append(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, _THUMB_QUALITY])[1].tobytes())
+    except (av.FFmpegError, OSError, IndexError, InputError) as exc:
+        why = exc.message if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+        return Preview(tuple(jpegs), f"{target}: {why}")
     return Preview(tuple(jpegs))
 
 
-def _thumbnail_args(path: Path, at: float) -> list[str]:
-    """ffmpeg: one frame at ``at`` seconds, scaled to THUMB_HEIGHT, as a JPEG on stdout."""
-    return [
-        media.ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-ss", f"{at:.3f}", "-i", f"file:{path.absolute()}",  # file: so a ':' in the name is no protocol
-        "-frames:v", "1", "-vf", f"scale=-2:{THUMB_HEIGHT}",
-        "-f", "image2pipe", "-c:v", "mjpeg", "-q:v", str(_THUMB_QUALITY), "pipe:1",
-    ]  # fmt: skip
+def _frame_at(container: Any, stream: Any, at: float) -> Any:
+    """The first frame shown at or after ``at`` seconds (the last one, past the end)."""
+    container.seek(int(at / stream.time_base), stream=stream)  # the keyframe at or before it
+    last = None
+    for frame in container.decode(stream):
+        last = frame
+        if frame.time is not None and frame.time >= at - 0.5 / float(stream.average_rate or 25):
+            return frame
+    return last
 
 
 # --------------------------------------------------------------------------- 5. HTML

@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, TypeAlias
+from typing import BinaryIO, TypeAlias, cast
 
 import pyarrow.fs as pafs
 
@@ -204,6 +204,16 @@ def read_bytes(loc: Location) -> bytes:
     try:
         with _filesystem(loc).open_input_stream(loc.key) as f:
             return bytes(f.read())
+    except OSError as exc:
+        raise _error("could not read", loc, exc) from exc
+
+
+def open_input(loc: Location) -> BinaryIO:
+    """A file to read and seek in: a local file, or an object read in ranges as it is read."""
+    if isinstance(loc, Path):
+        return loc.open("rb")
+    try:
+        return cast(BinaryIO, _filesystem(loc).open_input_file(loc.key))
     except OSError as exc:
         raise _error("could not read", loc, exc) from exc
 

@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -321,7 +325,9 @@ def test_s3_round_trip_manifest_and_media_in_a_bucket_mp4s_and_results_back(buck
     assert sorted(p.suffix for p in downloads) == [".jpg", ".mp4", ".wav", ".wav"]
 
 
-def test_cli_submit_reads_and_writes_a_bucket(bucket, s3_env, tmp_path, examples):
+def test_cli_submit_reads_and_writes_a_bucket_and_status_and_report_read_it_there(
+    bucket, s3_env, s3_server, tmp_path, examples
+):
     _speech(examples / "lesson1.wav", tmp_path / "a.wav", 0.8)
     storage.upload(tmp_path / "a.wav", bucket / "media/a.wav")
     storage.upload(examples / "presenter.jpg", bucket / "media/p.jpg")
@@ -345,6 +351,30 @@ def test_cli_submit_reads_and_writes_a_bucket(bucket, s3_env, tmp_path, examples
                             env=_child_env(s3_env, tmp_path / "home-cache"), capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert listed.stdout.count("onnxruntime") == 2 and "NO" not in listed.stdout  # motion and render, both whole
+    # `status` and `report` work on the run where it is. status reads the results, never an
+    # MP4; report reads of each MP4 only ranges (its index, the stretch before each thumbnail).
+    def requests_during(command: list[str]) -> tuple[subprocess.CompletedProcess, list[str]]:
+        before = len(s3_server.log.read_text().splitlines())
+        done = subprocess.run(command, cwd=tmp_path, env=_child_env(s3_env, tmp_path / "home-cache"),
+                              capture_output=True, text=True, timeout=120)
+        return done, s3_server.log.read_text().splitlines()[before:]
+
+    status, log = requests_during([exe, "status", f"{bucket}/out"])
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert "rows      1: 1 ok, 0 failed, 0 skipped" in status.stdout and "state     complete" in status.stdout
+    assert f"run       {bucket}/out" in status.stdout
+    assert any("results.parquet" in line for line in log) and not any(".mp4" in line for line in log)
+    made, log = requests_during([exe, "report", f"{bucket}/out"])
+    assert made.returncode == 0 and made.stdout.strip() == f"{bucket}/out/report.html", made.stderr[-2000:]
+    page = storage.read_bytes(bucket / "out/report.html").decode()
+    thumbs = re.findall(r'<img src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(thumbs) == 4
+    for thumb in thumbs:
+        img = cv2.imdecode(np.frombuffer(base64.b64decode(thumb), np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape[0] == 160 and img.std() > 10
+    assert 'href="cli.mp4"' in page  # beside the page, in the bucket
+    mp4_reads = [line for line in log if "GET /" in line and "/out/cli.mp4 " in line]
+    assert mp4_reads and all('" 206 ' in line for line in mp4_reads), mp4_reads
 
 
 BUILDER = """
