@@ -40,7 +40,7 @@ from heygem_ray.face.haar import HaarDetector
 from heygem_ray.face.track import Tracker, find_presenter
 from heygem_ray.geometry import CropGeometry, cut
 
-TEMPLATE_VERSION = 2
+TEMPLATE_VERSION = 3
 # A track found in fewer frames than this is taken for detector noise, not a presenter.
 MIN_DETECTED_FRACTION = 0.2
 _JPEG = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]

@@ -76,10 +76,12 @@ def search_window(detector: Detector, grey: np.ndarray, expected: np.ndarray, sc
 def face_patch(grey: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, float] | None:
     """The centre of the face in ``box`` as a (PATCH, PATCH) float32 patch of the full-size
     (h, w) uint8 grey frame, and its frame pixels per patch pixel; None at the frame's
-    edge. Two patches cut at the same box are what ``motion`` compares."""
+    edge. Two patches cut at boxes of one size are what ``motion`` compares."""
     h, w = grey.shape[:2]
     half = max(2, round(max(box[2] - box[0], box[3] - box[1]) * PATCH_SHARE / 2))
-    cx, cy = round((box[0] + box[2]) / 2), round((box[1] + box[3]) / 2)
+    # Rounded half up (not to even): a box moved by whole pixels cuts its patch exactly
+    # that many pixels away, which ``motion`` relies on.
+    cx, cy = (int(np.floor(c + 0.5)) for c in ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
     if cx - half < 0 or cy - half < 0 or cx + half > w or cy + half > h:
         return None
     region = grey[cy - half : cy + half, cx - half : cx + half]
@@ -89,8 +91,9 @@ def face_patch(grey: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, float] | 
 
 
 def motion(before: np.ndarray, after: np.ndarray, step: float) -> tuple[float, float] | None:
-    """How far the face moved in pixels (dx, dy) between two patches cut at the same
-    place, by phase correlation; None when the match is weak (a turn, a cut, a blur)."""
+    """How far the face moved in pixels (dx, dy) between two patches cut at boxes of one
+    size (relative to where the second was cut), by phase correlation; None when the
+    match is weak (a turn, a cut, a blur)."""
     (dx, dy), response = cv2.phaseCorrelate(before, after, _HANN)
     if response < MIN_RESPONSE:
         return None

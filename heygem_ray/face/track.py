@@ -148,9 +148,15 @@ class Tracker:
             expected = track.expected(i)
             if track.patch is not None:
                 before, at, step = track.patch
-                cut = face_patch(grey, at)
-                moved = None if cut is None else motion(before, cut[0], step)
-                if moved is not None:
+                # The patch is cut where the face is expected (a whole-pixel shift from the
+                # last one), so what phase correlation measures is the small remainder: a
+                # shift near half the patch is ambiguous (it wraps), and a fast face moves
+                # that far in a frame.
+                shift = _whole_shift(at, expected)
+                cut = face_patch(grey, at + np.tile(shift, 2))
+                rest = None if cut is None else motion(before, cut[0], step)
+                if rest is not None:
+                    moved = (float(shift[0]) + rest[0], float(shift[1]) + rest[1])
                     track.moves[i] = moved
                     expected = at + np.array([*moved, *moved], np.float32)
             box = search_window(self.detector, grey, expected)
@@ -180,18 +186,27 @@ class Tracker:
                 track.hit(i, box, mouth.mouth_point(frame, box))
                 cut = face_patch(grey, box)
                 track.patch = None if cut is None else (cut[0], box, cut[1])
-                self._follow_back(track)
+                self._follow_back(track, small)
                 self.active.append(track)
 
-    def _follow_back(self, track: _Track) -> None:
-        """Extend a new track back through the frames since the last scan."""
-        for small in reversed(self._recent):
-            box = search_window(self.detector, small, track.boxes[0], self.scale)
+    def _follow_back(self, track: _Track, small: np.ndarray) -> None:
+        """Extend a new track back through the frames since the last scan (``small`` is the
+        scan's frame), measuring its motion between them as ``add`` does going forward."""
+        later = small
+        for earlier in reversed(self._recent):
+            box = search_window(self.detector, earlier, track.boxes[0], self.scale)
             if box is None:
                 return
+            before, after = box * self.scale, track.boxes[0] * self.scale  # in the small frames' pixels
+            shift = _whole_shift(before, after)
+            cuts = face_patch(earlier, before), face_patch(later, before + np.tile(shift, 2))
+            rest = None if cuts[0] is None or cuts[1] is None else motion(cuts[0][0], cuts[1][0], cuts[0][1])
+            if rest is not None:
+                track.moves[track.frames[0]] = ((shift[0] + rest[0]) / self.scale, (shift[1] + rest[1]) / self.scale)
             track.frames.insert(0, track.frames[0] - 1)
             track.boxes.insert(0, box)
             track.mouths.insert(0, None)
+            later = earlier
 
     def presenter(self) -> Observations | None:
         """The presenter's frames, from the best track and those of the same person."""
@@ -247,6 +262,12 @@ def finish(seen: Observations, fps: float, cfg: DetectorConfig) -> FaceTrack:
         mouth_uv[start:stop] = mouth_uv[stop] if start == 0 else mouth_uv[start - 1]
     chins = mouth_uv[:, 1] + mouth.CHIN_BELOW_MOUTH
     return FaceTrack(boxes=boxes, present=present, detected=detected, mouths=mouth_uv, chins=chins)
+
+
+def _whole_shift(at: np.ndarray, to: np.ndarray) -> np.ndarray:
+    """The whole-pixel (dx, dy) that moves box ``at``'s centre nearest box ``to``'s: where a
+    patch is cut to measure the motion from one to the other, leaving a small remainder."""
+    return np.floor((to[:2] + to[2:] - at[:2] - at[2:]) / 2 + 0.5).astype(np.float32)
 
 
 def find_presenter(tracker: Tracker, fps: float) -> FaceTrack | None:
