@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.signal import get_window, lfilter
@@ -254,3 +255,58 @@ def mel_windows(mel: np.ndarray, fps: float | Fraction, n_frames: int | None = N
     starts = _window_starts(mel.shape[1], fps, n_frames)  # (N,)
     cols = starts[:, None] + np.arange(MEL_STEP)[None, :]  # (N, 16)
     return np.ascontiguousarray(mel[:, cols].transpose(1, 0, 2)[:, None], dtype=np.float32)
+
+
+# -- MuseTalk 1.5: Whisper-tiny encoder states per video frame (../shared/specs/musetalk.md §1.4)
+
+WHISPER_SEGMENT = 30 * SAMPLE_RATE  # samples per Whisper input (the encoder takes 30 s, padded)
+WHISPER_FPS = 50  # encoder states per second
+WHISPER_WINDOW = 10  # states per video frame: ±2 frames of 25 fps around it
+WHISPER_PAD_LEFT, WHISPER_PAD_RIGHT = 2, 2  # video frames of padding, as the public pipeline pads
+
+
+def musetalk_log_mel(wav: np.ndarray, features: Any) -> list[np.ndarray]:
+    """16 kHz float32 audio → Whisper's (1, 80, 3000) log-mel input for each 30 s of it
+    (the last padded), through ``features`` (transformers' WhisperFeatureExtractor)."""
+    return [
+        features(wav[s : s + WHISPER_SEGMENT], sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+        for s in range(0, max(1, len(wav)), WHISPER_SEGMENT)
+    ]
+
+
+def musetalk_windows(states: np.ndarray, samples: int, fps: float | Fraction, n_frames: int) -> np.ndarray:
+    """(S, 5, 384) stacked encoder states of the whole audio (S ≥ its length at 50 a second)
+    → (n_frames, 50, 384): per video frame ``i`` the 10 states from ``floor(i·50/fps)`` of
+    the sequence padded with 2·2 zero states before and 2·3·2 after, time-major (token =
+    state × 5 + layer), as MuseTalk's ``get_whisper_chunk`` cuts them.
+
+    One difference, on purpose: MuseTalk cuts the audio to whole seconds (a 10.5 s clip
+    gets 10 s of frames); here every frame of the audio has its window, from the audio's
+    real length, so frames inside the whole seconds are the same except the last two or so
+    (which see real sound where MuseTalk's padding is silence)."""
+    step = WHISPER_FPS / float(fps)
+    pad = int(np.floor(step))
+    length = int(samples / SAMPLE_RATE * WHISPER_FPS)
+    seq = states[:length]
+    before = np.zeros((pad * WHISPER_PAD_LEFT, *seq.shape[1:]), np.float32)
+    after = np.zeros((max(pad * 3 * WHISPER_PAD_RIGHT, int(np.ceil(n_frames * step)) + WHISPER_WINDOW - length), *seq.shape[1:]), np.float32)
+    padded = np.concatenate([before, seq.astype(np.float32), after])
+    starts = np.floor(np.arange(n_frames) * step).astype(np.int64)
+    windows = padded[starts[:, None] + np.arange(WHISPER_WINDOW)]  # (n, 10, 5, 384)
+    return windows.reshape(n_frames, WHISPER_WINDOW * windows.shape[2], windows.shape[3])
+
+
+def musetalk_audio(wav: np.ndarray, fps: float | Fraction, models: Any, n_frames: int | None = None) -> np.ndarray:
+    """16 kHz float32 audio → (T, 50, 384) float32 MuseTalk audio features (before the
+    position code), T = ``n_frames`` or the frames the audio lasts at ``fps``. ``models``:
+    ``heygem_ray.models.musetalk.load`` (its Whisper encoder and feature extractor)."""
+    import torch
+
+    with torch.inference_mode():
+        states = [
+            torch.stack(models.whisper(torch.from_numpy(mel), output_hidden_states=True).hidden_states, dim=2)[0]
+            for mel in musetalk_log_mel(wav, models.features)
+        ]
+    stacked = torch.cat(states).numpy()  # (1500 per segment, 5, 384)
+    count = int(len(wav) * float(fps) // SAMPLE_RATE) if n_frames is None else n_frames
+    return musetalk_windows(stacked, len(wav), fps, count)

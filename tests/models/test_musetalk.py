@@ -1,0 +1,116 @@
+"""MuseTalk 1.5's networks from a models/ folder in the public layout and formats
+(tests/helpers/musetalk_ckpt.py: seeded, small), and its audio features against numbers
+from the public pipeline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from heygem_ray.errors import InputError
+from heygem_ray.features import musetalk_audio, musetalk_windows
+from heygem_ray.models import musetalk
+from tests.helpers.musetalk_ckpt import write_models
+
+REFERENCE = json.loads((Path(__file__).parents[1] / "data" / "musetalk_audio_reference.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return write_models(tmp_path_factory.mktemp("musetalk") / "models", seed=0)
+
+
+@pytest.fixture(scope="module")
+def models(folder) -> musetalk.MuseTalkModels:
+    return musetalk.load(folder)
+
+
+def signal(seconds: float = 2.0, sr: int = 16000, seed: int = 7) -> np.ndarray:
+    """A gliding, pulsing tone in noise, as 16-bit samples read back to float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.3 * np.sin(2 * np.pi * (150 + 400 * t) * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    x = x + 0.05 * rng.standard_normal(len(t))
+    return (np.clip(np.round(x * 32767), -32768, 32767).astype("<i2") / 32768).astype(np.float32)
+
+
+def test_the_three_networks_load_strictly_and_have_musetalks_interfaces(models):
+    with torch.inference_mode():
+        latents = models.vae.encode(torch.zeros(1, 3, 256, 256)).latent_dist.mode()
+        assert latents.shape == (1, 4, 32, 32)
+        out = models.unet(torch.zeros(1, 8, 32, 32), torch.tensor([0]), encoder_hidden_states=torch.zeros(1, 50, 384))
+        assert out.sample.shape == (1, 4, 32, 32)
+        assert models.vae.decode(out.sample).sample.shape == (1, 3, 256, 256)
+        states = models.whisper(torch.zeros(1, 80, 3000), output_hidden_states=True).hidden_states
+        assert len(states) == 5 and all(s.shape == (1, 1500, 384) for s in states)
+
+
+def test_the_vaes_legacy_attention_names_and_the_whisper_files_decoder_are_handled(folder, models):
+    vae_file = torch.load(folder / "sd-vae" / "diffusion_pytorch_model.bin", weights_only=True)
+    assert "encoder.mid_block.attentions.0.query.weight" in vae_file  # the old name, as downloaded
+    loaded = models.vae.state_dict()
+    for old, new in [("query", "to_q"), ("key", "to_k"), ("value", "to_v"), ("proj_attn", "to_out.0")]:
+        assert torch.equal(loaded[f"decoder.mid_block.attentions.0.{new}.weight"],
+                           vae_file[f"decoder.mid_block.attentions.0.{old}.weight"])
+    whisper_file = torch.load(folder / "whisper" / "pytorch_model.bin", weights_only=True)
+    assert any(k.startswith("model.decoder.") for k in whisper_file)
+    assert torch.equal(models.whisper.state_dict()["conv1.weight"], whisper_file["model.encoder.conv1.weight"])
+
+
+def _broken(folder: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "models"
+    shutil.copytree(folder, copy)
+    return copy
+
+
+def test_a_missing_file_stops_the_load_naming_it(folder, tmp_path):
+    copy = _broken(folder, tmp_path)
+    (copy / "sd-vae" / "diffusion_pytorch_model.bin").unlink()
+    with pytest.raises(InputError) as err:
+        musetalk.load(copy)
+    assert err.value.kind == "missing_file"
+    assert f"{copy / 'sd-vae' / 'diffusion_pytorch_model.bin'} not found" in err.value.message
+    assert "MuseTalk's models/ folder" in err.value.message
+
+
+def test_a_wrong_or_missing_key_stops_the_load_naming_the_file_and_the_key(folder, tmp_path):
+    copy = _broken(folder, tmp_path)
+    unet = torch.load(copy / "musetalkV15" / "unet.pth", weights_only=True)
+    unet["conv_in.weight"] = unet["conv_in.weight"][:, :4]  # a 4-channel input: another model's UNet
+    del unet["conv_out.bias"]
+    torch.save(unet, copy / "musetalkV15" / "unet.pth")
+    with pytest.raises(InputError) as err:
+        musetalk.load(copy)
+    assert err.value.kind == "bad_checkpoint"
+    message = err.value.message
+    assert message.startswith(f"{copy / 'musetalkV15' / 'unet.pth'} does not match its config: missing key conv_out.bias")
+    assert "key conv_in.weight has shape (32, 4, 3, 3), its config says (32, 8, 3, 3)" in message
+
+
+def test_audio_features_match_the_public_pipeline(models):
+    """The public get_audio_feature + get_whisper_chunk on the same weights and audio gave
+    these numbers (tests/data/musetalk_audio_reference.json)."""
+    got = musetalk_audio(signal(), 25, models)
+    assert got.dtype == np.float32 and list(got.shape) == REFERENCE["shape"] == [50, 50, 384]
+    for i, j, k, value in REFERENCE["elements"]:
+        assert abs(got[i, j, k] - value) <= 1e-4, (i, j, k)
+    np.testing.assert_allclose(got.sum(axis=(1, 2)), REFERENCE["frame_sums"], rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(got[0].sum(axis=1), REFERENCE["token_sums_first"], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(got[-1].sum(axis=1), REFERENCE["token_sums_last"], rtol=1e-4, atol=1e-3)
+
+
+def test_each_frames_window_is_ten_states_around_it_time_major():
+    states = np.arange(100 * 5 * 384, dtype=np.float32).reshape(100, 5, 384)  # 2 s of states
+    got = musetalk_windows(states, 32000, 25, 50)
+    # Frame i, token t·5 + layer l: state 2i − 4 + t (zeros before the start), layer l.
+    for i, t, layer in [(0, 0, 0), (0, 4, 3), (0, 9, 4), (10, 3, 1), (49, 9, 2)]:
+        s = 2 * i - 4 + t
+        want = states[s, layer] if 0 <= s < 100 else np.zeros(384, np.float32)
+        np.testing.assert_array_equal(got[i, t * 5 + layer], want)
+    # 10.5 s of audio: every frame has its window (MuseTalk itself would stop at 10 s).
+    assert musetalk_windows(np.zeros((1500, 5, 384), np.float32), 168000, 25, 262).shape == (262, 50, 384)
