@@ -257,7 +257,7 @@ def mel_windows(mel: np.ndarray, fps: float | Fraction, n_frames: int | None = N
     return np.ascontiguousarray(mel[:, cols].transpose(1, 0, 2)[:, None], dtype=np.float32)
 
 
-# -- MuseTalk 1.5: Whisper-tiny encoder states per video frame (../shared/specs/musetalk.md §1.4)
+# -- MuseTalk 1.5: Whisper-tiny encoder states per video frame (as its audio_processor.py cuts them)
 
 WHISPER_SEGMENT = 30 * SAMPLE_RATE  # samples per Whisper input (the encoder takes 30 s, padded)
 WHISPER_FPS = 50  # encoder states per second

@@ -13,7 +13,7 @@ its mid-block attention ``query/key/value/proj_attn`` where diffusers now says
 ``to_q/to_k/to_v/to_out.0``; the Whisper file holds the whole speech-to-text model under
 ``model.encoder.*`` and ``model.decoder.*``, of which only the encoder is used. Anything
 else that does not match (a missing file, a missing or unexpected key, a wrong shape) is
-an ``InputError`` naming the file and the key, before any work. Facts: ../shared/specs/musetalk.md.
+an ``InputError`` naming the file and the key, before any work.
 """
 
 from __future__ import annotations
