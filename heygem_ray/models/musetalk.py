@@ -19,11 +19,13 @@ an ``InputError`` naming the file and the key, before any work.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,9 +53,10 @@ _LEGACY_KEY = re.compile(r"^(.*mid_block\.attentions\.\d+\.)(query|key|value|pro
 
 @dataclass
 class MuseTalkModels:
-    unet: nn.Module  # diffusers UNet2DConditionModel: (B, 8, 32, 32), t, (B, 50, 384) → (B, 4, 32, 32)
-    vae: nn.Module  # diffusers AutoencoderKL: (B, 3, 256, 256) ↔ (B, 4, 32, 32)
-    whisper: nn.Module  # transformers WhisperEncoder: (1, 80, 3000) → 5 hidden states (1, 1500, 384)
+    # Typed loosely: diffusers and transformers are imported only where a pack needs them.
+    unet: Any  # diffusers UNet2DConditionModel: (B, 8, 32, 32), t, (B, 50, 384) → (B, 4, 32, 32)
+    vae: Any  # diffusers AutoencoderKL: (B, 3, 256, 256) ↔ (B, 4, 32, 32)
+    whisper: Any  # transformers WhisperEncoder: (1, 80, 3000) → 5 hidden states (1, 1500, 384)
     features: Any  # transformers WhisperFeatureExtractor: 16 kHz audio → (1, 80, 3000) log-mel
 
 
@@ -141,3 +144,62 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) 
     if problems:
         raise InputError(f"{path} does not match its config: {'; '.join(problems)}. {_FIX}", kind="bad_checkpoint")
     module.load_state_dict(state, strict=True)
+
+
+# -- the render step, as the public pipeline runs it (scripts/inference.py with its VAE and UNet classes)
+
+CROP = 256  # the face crop's side: 32×32 latents
+POSITIONS = 50  # audio tokens per frame
+
+
+def position_code(length: int = POSITIONS, width: int = 384) -> torch.Tensor:
+    """The sinusoidal position code added to each frame's audio tokens: sines at even
+    channels, cosines at odd ones, wavelengths from 2π to 10000·2π."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    rate = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+    code = torch.zeros(length, width)
+    code[:, 0::2] = torch.sin(position * rate)
+    code[:, 1::2] = torch.cos(position * rate)
+    return code
+
+
+def reference_latents(models: MuseTalkModels, crops: np.ndarray, sample: torch.Generator | None = None) -> torch.Tensor:
+    """(k, 256, 256, 3) uint8 BGR crops of reference frames → (k, 8, 32, 32) UNet input:
+    the latent of the crop with its lower half blanked (−1), then of the whole crop. Depends
+    on the reference only: computed once per reference frame. The VAE posterior's mode
+    (deterministic), or with a generator a sample of it (what the public code does)."""
+    # Contiguous (k, 3, H, W), as the public code builds it: a channels-last view takes
+    # other convolution kernels, whose last-bit differences the networks amplify.
+    rgb = torch.from_numpy(np.ascontiguousarray(crops[..., ::-1].transpose(0, 3, 1, 2)) / 255.0).float()
+    masked = rgb.clone()
+    masked[:, :, CROP // 2 :, :] = 0  # the mouth's half, to be painted
+    with torch.inference_mode():
+        halves = []
+        for image in (masked, rgb):
+            posterior = models.vae.encode((image - 0.5) / 0.5).latent_dist
+            latent = posterior.mode() if sample is None else posterior.sample(generator=sample)
+            halves.append(latent * VAE_SCALE)
+    return torch.cat(halves, dim=1)
+
+
+def predict(models: MuseTalkModels, latents: torch.Tensor, audio: np.ndarray) -> torch.Tensor:
+    """(k, 8, 32, 32) reference latents and (k, 50, 384) audio features → (k, 4, 32, 32)
+    latents of the painted crops: the UNet once, at t = 0, on the audio tokens plus their
+    position code."""
+    tokens = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)) + position_code(audio.shape[1], audio.shape[2])
+    with torch.inference_mode():
+        return models.unet(latents, torch.tensor([0]), encoder_hidden_states=tokens).sample
+
+
+def decode(models: MuseTalkModels, latents: torch.Tensor) -> np.ndarray:
+    """(k, 4, 32, 32) latents → (k, 256, 256, 3) uint8 BGR crops."""
+    with torch.inference_mode():
+        image = models.vae.decode(latents / VAE_SCALE).sample
+    pixels = ((image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    return np.ascontiguousarray(pixels[..., ::-1])
+
+
+def generate(models: MuseTalkModels, crops: np.ndarray, audio: np.ndarray) -> np.ndarray:
+    """(k, 256, 256, 3) uint8 BGR crops and their (k, 50, 384) audio features → the generated
+    crops, as the public pipeline makes them from the same weights (with the posterior's mode)."""
+    return decode(models, predict(models, reference_latents(models, crops), audio))

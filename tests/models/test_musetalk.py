@@ -114,3 +114,50 @@ def test_each_frames_window_is_ten_states_around_it_time_major():
         np.testing.assert_array_equal(got[i, t * 5 + layer], want)
     # 10.5 s of audio: every frame has its window (MuseTalk itself would stop at 10 s).
     assert musetalk_windows(np.zeros((1500, 5, 384), np.float32), 168000, 25, 262).shape == (262, 50, 384)
+
+
+RENDER = json.loads((Path(__file__).parents[1] / "data" / "musetalk_render_reference.json").read_text())
+
+
+def render_inputs(k: int = 3, seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` 256×256 BGR crops (gradients in noise) and (k, 50, 384) audio features."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:256, 0:256]
+    crops = np.stack([np.stack([(x + 40 * i) % 256, (y * (i + 1)) % 256, (x + y) // 2], -1) for i in range(k)])
+    crops = np.clip(crops.astype(np.float64) + rng.normal(0, 12, crops.shape), 0, 255).astype(np.uint8)
+    return crops, rng.standard_normal((k, 50, 384)).astype(np.float32)
+
+
+def test_generated_crops_match_the_public_pipeline(models):
+    """Reference latents, the UNet's prediction and the decoded crops against the public
+    pipeline's on the same weights and inputs (tests/data/musetalk_render_reference.json)."""
+    crops, audio = render_inputs()
+    latents = musetalk.reference_latents(models, crops)
+    assert latents.shape == (3, 8, 32, 32)
+    for *index, value in RENDER["latents"]:
+        assert abs(latents[tuple(index)].item() - value) <= 1e-5, index
+    predicted = musetalk.predict(models, latents, audio)
+    for *index, value in RENDER["predicted"]:
+        assert abs(predicted[tuple(index)].item() - value) <= 1e-4, index
+    np.testing.assert_allclose(predicted.sum(dim=(1, 2, 3)).numpy(), RENDER["predicted_sums"], rtol=1e-4, atol=1e-2)
+    pixels = musetalk.generate(models, crops, audio)
+    assert pixels.shape == (3, 256, 256, 3) and pixels.dtype == np.uint8
+    for *index, value in RENDER["pixels"]:
+        assert abs(int(pixels[tuple(index)]) - value) <= 1, index  # a last-bit difference may round the other way
+    np.testing.assert_allclose(pixels.astype(np.int64).sum(axis=(1, 2, 3)), RENDER["image_sums"], rtol=1e-5)
+
+
+def test_the_position_code_is_sines_at_even_channels_and_cosines_at_odd_ones():
+    code = musetalk.position_code()
+    assert code.shape == (50, 384)
+    assert torch.allclose(code[:, 0], torch.sin(torch.arange(50.0))) and torch.allclose(code[:, 1], torch.cos(torch.arange(50.0)))
+    assert torch.allclose(code[7, 382], torch.sin(torch.tensor(7 * 10000 ** (-382 / 384))))
+
+
+def test_the_posterior_is_sampled_only_when_asked_and_then_reproducibly(models):
+    crops, _ = render_inputs(k=1)
+    mode = musetalk.reference_latents(models, crops)
+    first = musetalk.reference_latents(models, crops, sample=torch.Generator().manual_seed(3))
+    again = musetalk.reference_latents(models, crops, sample=torch.Generator().manual_seed(3))
+    assert torch.equal(first, again) and not torch.allclose(first, mode)
+    assert torch.equal(mode, musetalk.reference_latents(models, crops))  # the mode: deterministic
