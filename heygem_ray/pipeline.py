@@ -115,16 +115,17 @@ def render_job(
         if job.output is None:
             raise InternalError(f"{job.label} has neither an output nor a problem")
         with tempfile.TemporaryDirectory(prefix="heygem-job-") as scratch:
-            # 1. decode the audio to 16 kHz mono, into a file (a missing, empty or
-            #    unreadable file stops here; one in a bucket is downloaded first)
+            # 1. decode the audio to 16 kHz mono, into a file (a missing, empty, unreadable
+            #    or too long file stops here; one in a bucket is downloaded first)
             with stages("probe"):
                 audio = storage.fetch(job.audio, "audio", default_download_dir())
-                media.decode_audio(audio, Path(scratch) / "audio.f32", SAMPLE_RATE)
+                media.decode_audio(audio, Path(scratch) / "audio.f32", SAMPLE_RATE,
+                                   max_seconds=cfg.limits.max_audio_seconds)  # fmt: skip
                 pcm = Pcm.from_file(Path(scratch) / "audio.f32")
             # 2. analyze the reference (a cached template when seen before)
             with stages("analyze"):
                 video = storage.fetch(job.video, "reference", default_download_dir())
-                template, result.template_cached = analyze(video, pack.geometry, cfg.detector, cache_dir)
+                template, result.template_cached = analyze(video, pack.geometry, cfg.detector, cache_dir, cfg.limits)
             # 3. plan the output frames; features are computed a chunk at a time in step 4
             with stages("features"):
                 timeline = plan(pcm.samples / SAMPLE_RATE, template.frames, template.fps, cfg.loop, template.is_image)
