@@ -25,7 +25,7 @@ from heygem_ray.config import RenderConfig, default_download_dir
 from heygem_ray.errors import HeygemError, InternalError
 from heygem_ray.features import SAMPLE_RATE, Pcm
 from heygem_ray.geometry import paste
-from heygem_ray.manifest import Job
+from heygem_ray.manifest import Job, row_label
 from heygem_ray.packs import ChunkFeatures, PackSpec, get_pack
 from heygem_ray.results import JobResult
 from heygem_ray.storage import Location
@@ -159,6 +159,48 @@ def render_job(
     if result.status == "ok" and result.seconds > 0:
         result.realtime_factor = result.frames / float(template.fps) / result.seconds
     return result
+
+
+class MissingInputs:
+    """The audio and reference files jobs of this run found missing, so that later rows
+    naming one fail at once, with the same message, without a job: a manifest of 100 000
+    rows pointing at one missing file runs one job, not 100 000. It holds one entry per
+    distinct missing file, however many rows name it.
+
+    Learned from the rows of finished jobs (``render_job`` reads the audio in its
+    ``probe`` stage and the reference in ``analyze``, so the stage says which), where the
+    job ran: never from a look at the files by whoever holds this. A file that appears
+    later in the run still fails the later rows naming it; a rerun renders them.
+    """
+
+    _INPUT_OF_STAGE = {"probe": "audio", "analyze": "video"}
+
+    def __init__(self, pack: str, config_hash: str):
+        self._pack, self._config_hash = pack, config_hash
+        self._known: dict[str, tuple[str, str]] = {}  # the file (as the results name it) → (stage, message)
+
+    def learn(self, result: JobResult) -> None:
+        """Note the input a finished job's row says is missing, if any."""
+        which = self._INPUT_OF_STAGE.get(result.error_stage or "")
+        if result.error_kind != "missing_file" or which is None or result.error is None:
+            return
+        message = result.error.removeprefix(f"{row_label(result.row, result.job_id)}: ")
+        self._known.setdefault(getattr(result, which), (result.error_stage or "", message))
+
+    def failed(self, job: Job) -> JobResult | None:
+        """The row of ``job`` when a file it names is known to be missing (its audio first,
+        as ``render_job`` reads them); None otherwise, and for a row with a problem of its own."""
+        if job.problem is not None:
+            return None
+        for where in (job.audio, job.video):
+            if (known := self._known.get(str(where))) is not None:
+                result = JobResult.for_job(job, self._pack)
+                result.error_kind = "missing_file"
+                result.error_stage, message = known
+                result.error = f"{job.label}: {message}"
+                result.attempts, result.config_hash = 0, self._config_hash  # no job was started
+                return result
+        return None
 
 
 def _render_and_compose(
