@@ -967,7 +967,12 @@ def _audio_blocks(
             np.clip(block, -1.0, 1.0, out=block)
             samples += len(block)
             if max_seconds is not None and samples > most:  # its header said less
-                raise _too_long(p, "decodes to more than its header declares", max_seconds)
+                raise InputError(
+                    f"audio {p} is longer than its header declares: decoding passed the limit of "
+                    f"{_clock(max_seconds)} (--max-audio-seconds {max_seconds:g}); split it into shorter files, "
+                    "or raise the limit",
+                    kind="too_large",
+                )
             yield block
         rc = proc.wait()
     finally:

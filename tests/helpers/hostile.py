@@ -7,6 +7,7 @@ header claims it is, while they stay small on disk (and cheap to make).
 * :func:`make_mkv_claiming_duration`: a one-second Matroska file whose header says it lasts hours.
 * :func:`make_timestamp_gap_video`: three frames, the last one hours after the others.
 * :func:`make_long_wav`: a WAV of hours of silence, a sparse file (no disk blocks).
+* :func:`make_flac_claiming`: a FLAC file whose header says it is shorter than it is.
 """
 
 from __future__ import annotations
@@ -136,11 +137,15 @@ def make_mp4_claiming_frames(path: str | Path, *, frames: int, every_frame_in_fi
     return path
 
 
-def make_mkv_claiming_duration(path: str | Path, *, seconds: float) -> Path:
-    """A one-second 64 × 48 Matroska clip whose segment header says it lasts ``seconds``."""
+def make_mkv_claiming_duration(path: str | Path, *, seconds: float, source: Path | None = None) -> Path:
+    """A Matroska file whose segment header says it lasts ``seconds``: ``source``'s video
+    stream copied, or a one-second 64 × 48 clip."""
     path = Path(path)
-    clip = ffmpeg.input("testsrc2=size=64x48:rate=25:duration=1", format="lavfi")
-    _run(clip.output(str(path), vcodec="libx264", pix_fmt="yuv420p"))
+    if source is None:
+        clip = ffmpeg.input("testsrc2=size=64x48:rate=25:duration=1", format="lavfi")
+        _run(clip.output(str(path), vcodec="libx264", pix_fmt="yuv420p"))
+    else:
+        _run(ffmpeg.input(str(source))["v:0"].output(str(path), c="copy"))
     data = bytearray(path.read_bytes())
     at = data.index(b"\x44\x89")  # the Duration element: ID, size (one byte: 0x80 | n), float
     width = data[at + 2] & 0x7F
@@ -174,4 +179,22 @@ def make_long_wav(path: str | Path, *, seconds: float, sample_rate: int = 16000)
     with open(path, "wb") as f:
         f.write(header)
         f.truncate(len(header) + data_bytes)  # the samples: a hole that reads as zeros
+    return path
+
+
+def make_flac_claiming(path: str | Path, *, seconds: float, declared: float, sample_rate: int = 16000) -> Path:
+    """A FLAC file of ``seconds`` of a tone whose header (STREAMINFO's total samples) says
+    it holds ``declared`` seconds: a header that understates the length."""
+    path = Path(path)
+    tone = ffmpeg.input(f"sine=frequency=440:sample_rate={sample_rate}:duration={seconds}", format="lavfi")
+    _run(tone.output(str(path), acodec="flac"))
+    data = bytearray(path.read_bytes())
+    if data[:4] != b"fLaC" or data[4] & 0x7F != 0:
+        raise RuntimeError(f"{path}: expected STREAMINFO as the first metadata block")
+    # STREAMINFO from byte 8: block sizes (4), frame sizes (6), then 64 bits: sample rate
+    # (20), channels (3), bits per sample (5), total samples (36).
+    packed = struct.unpack(">Q", data[18:26])[0]
+    packed = packed & ~((1 << 36) - 1) | int(round(declared * sample_rate))
+    data[18:26] = struct.pack(">Q", packed)
+    path.write_bytes(bytes(data))
     return path
