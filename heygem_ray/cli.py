@@ -56,6 +56,7 @@ class _Bar(RunCallbacks):
         self.progress = progress
         self.task = progress.add_task("jobs", total=None, frames=0, failed=0)
         self.failed = 0
+        self.failed_at_once = 0  # rows that failed without a job (MissingInputs)
 
     def started(self, jobs: int) -> None:
         self.progress.update(self.task, total=jobs)
@@ -75,7 +76,15 @@ class _Bar(RunCallbacks):
     def job_done(self, result: JobResult) -> None:
         if result.status == "failed":
             self.failed += 1
-            self.progress.console.print(f"[red]failed[/red] {escape(result.error or '')}", soft_wrap=True)
+            if result.attempts or not self.failed_at_once:  # each failure as it happens, …
+                self.progress.console.print(f"[red]failed[/red] {escape(result.error or '')}", soft_wrap=True)
+            if not result.attempts:  # … but one of the rows that fail at once (no job started) stands for all
+                if not self.failed_at_once:
+                    self.progress.console.print(
+                        "  (rows naming a file that a job of this run found missing fail at once; "
+                        "they are counted, not printed)", soft_wrap=True,
+                    )  # fmt: skip
+                self.failed_at_once += 1
         self.progress.update(self.task, advance=1, failed=self.failed)
 
     def frames_done(self, frames: int) -> None:

@@ -154,12 +154,14 @@ def ray_job_submission_id() -> str | None:
 
 
 class _Log(RunCallbacks):
-    """Job-log lines: every failure, and progress at each tenth of the manifest."""
+    """Job-log lines: every failure (one for the rows that fail at once on a file found
+    missing), and progress at each tenth of the manifest."""
 
     def __init__(self, date: str) -> None:
         self.date = date
         self.total = 0
         self.done = 0
+        self.failed_at_once = 0  # rows that failed without a job (a file another job found missing)
 
     def started(self, jobs: int) -> None:
         self.total = jobs
@@ -178,8 +180,13 @@ class _Log(RunCallbacks):
 
     def job_done(self, result: JobResult) -> None:
         self.done += 1
-        if result.status == "failed":
+        if result.status == "failed" and (result.attempts or not self.failed_at_once):
             _say(self.date, f"failed {result.job_id}: [{result.error_kind}] {result.error}")
+        if result.status == "failed" and not result.attempts:  # failed at once, no job started: one line for all
+            if not self.failed_at_once:
+                _say(self.date, "rows naming a file that a job of this run found missing fail at once; "
+                                "they are counted, not logged")  # fmt: skip
+            self.failed_at_once += 1
         step = max(1, self.total // 10)
         if self.done % step == 0 or self.done == self.total:
             _say(self.date, f"{self.done}/{self.total} jobs done")
