@@ -21,8 +21,10 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
 from heygem_ray import media
+from heygem_ray.cli import app
 from heygem_ray.config import InputLimits
 from heygem_ray.errors import InputError
 from tests.helpers.hostile import (
@@ -243,6 +245,14 @@ def test_limits_are_checked_when_configured() -> None:
         with pytest.raises(InputError) as caught:
             InputLimits(**bad)
         assert caught.value.kind == "bad_argument"
+
+
+@pytest.mark.parametrize("option", ["--max-reference-pixels", "--max-reference-frames", "--max-audio-seconds"])
+def test_each_limit_has_its_cli_option(tmp_path, option: str) -> None:
+    (tmp_path / "m.csv").write_text("audio,video\na.wav,b.mp4\n")
+    got = CliRunner().invoke(app, ["submit", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out"), option, "0"])
+    assert got.exit_code == 2  # refused before anything starts, naming the setting
+    assert f"{option.removeprefix('--').replace('-', '_')} must be" in got.stderr, got.stderr
 
 
 # --------------------------------------------------------------------------- 100 000 rows
