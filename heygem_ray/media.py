@@ -279,6 +279,8 @@ def _iso_boxes(f: IO[bytes], start: int, end: int) -> Iterator[tuple[bytes, int,
         size, kind = struct.unpack(">I4s", f.read(8))
         payload = start + 8
         if size == 1:  # a 64-bit size follows
+            if start + 16 > end:
+                return
             size = struct.unpack(">Q", f.read(8))[0]
             payload += 8
         elif size == 0:  # to the end
@@ -514,12 +516,13 @@ def _scan(container: av.container.InputContainer, stream: av.video.stream.VideoS
         ) from exc
     if not decoded:
         # A picture whose size the header left out, over the limit, reads as undecodable here.
-        size = "" if stream.codec_context.width or max_pixels is None else (
-            f" or its pictures are larger than the limit of {_megapixels(max_pixels)} (--max-reference-pixels)"
+        maybe = "" if stream.codec_context.width or max_pixels is None else (
+            f" (damaged, or its pictures are larger than the limit of {_megapixels(max_pixels)}: "
+            "--max-reference-pixels)"
         )
         raise InputError(
-            f"reference {path} could not be decoded ({_reason(rejected) if rejected else 'no frames'}): "
-            f"it is damaged{size}; re-export it (e.g. as H.264 MP4) or give a photo instead",
+            f"reference {path} could not be decoded ({_reason(rejected) if rejected else 'no frames'}){maybe}; "
+            "re-export it (e.g. as H.264 MP4) or give a photo instead",
             kind="unreadable_media",
         )
     order = np.argsort(np.asarray(pts, np.int64), kind="stable")
@@ -564,7 +567,9 @@ def _video_filters(stream: Any, fps: Fraction | None) -> Any:
     return stream.filter("crop", "trunc(iw/2)*2", "trunc(ih/2)*2", 0, 0)
 
 
-def _decoded_frames(path: Path, video_stream: int, fps: Fraction, max_frames: int | None, max_pixels: int | None) -> int:
+def _decoded_frames(
+    path: Path, video_stream: int, fps: Fraction, max_frames: int | None, max_pixels: int | None
+) -> int:
     """The frames :func:`iter_frames` yields, counted by decoding the file through the same
     filters into ffmpeg's ``null`` muxer; the count is the last ``frame=`` of the
     key=value lines ``-progress`` writes for programs. The count stops one past

@@ -214,6 +214,12 @@ def test_audio_longer_than_its_header_says_is_stopped_once_decoding_passes_the_l
     )
 
 
+def _fragmented(source: Path, path: Path) -> Path:
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(source), "-c", "copy",
+                    "-movflags", "+frag_keyframe+empty_moov", str(path)], check=True)  # fmt: skip
+    return path
+
+
 @pytest.mark.parametrize(
     ("name", "make", "limit", "said"),
     [
@@ -221,6 +227,9 @@ def test_audio_longer_than_its_header_says_is_stopped_once_decoding_passes_the_l
         ("cues.mkv", lambda p: make_video(p, seconds=4.0), 50, "holds more than 50 frames (counted from its packets)"),
         # 45 packets (1 s at 15 fps, 1 s at 30), read at 30 fps: 60 frames.
         ("vfr.mp4", lambda p: make_vfr_video(p), 50, "has timestamps spanning 0:00:02, 60 frames at 30 fps"),
+        # A fragmented MP4 lists its frames in its fragments' runs: counted before FFmpeg opens it.
+        ("frag.mp4", lambda p: _fragmented(make_video(p.with_name("whole.mp4"), seconds=4.0), p), 50,
+         "lists 100 frames in its header"),
     ],
 )
 def test_the_frame_limit_holds_wherever_the_count_comes_from(tmp_path, name, make, limit, said) -> None:
