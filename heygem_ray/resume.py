@@ -108,9 +108,9 @@ def _merged_rows(
     missing: MissingInputs | None,
 ) -> Iterator[JobResult]:
     def row_of(job: Job) -> JobResult:
+        if missing is not None and (known := missing.row_of(job)) is not None:
+            return known  # failed at once: any part file of the job is an earlier run's
         found = _read_part(output_dir, job)
-        if found is None and missing is not None and (known := missing.failed(job)) is not None:
-            return known
         if found is None:
             lost = JobResult.for_job(job, pack)
             lost.error_stage = "plan"

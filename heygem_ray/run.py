@@ -83,7 +83,7 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     path = cfg.output_dir / RESULTS_FILE
     # Rows naming a file an earlier job found missing fail at once (no part file: the
     # table is merged from this, which holds one entry per missing file).
-    missing = MissingInputs(cfg.render.pack, cfg.config_hash())
+    missing = MissingInputs(cfg.render.pack, cfg.config_hash(), rows=len(jobs))
     if todo:
         # 3. connect to Ray (a local instance unless an address is given)
         started_here, dashboard = _connect(cfg.address)
@@ -111,7 +111,7 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
                 """The jobs to start, taken one at a time as the run has room for them."""
                 nonlocal ended
                 for job in todo:
-                    if (known := missing.failed(job)) is None:
+                    if (known := missing.fail(job)) is None:
                         yield job
                         continue
                     metrics.record_job(known)

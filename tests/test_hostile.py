@@ -23,10 +23,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from heygem_ray import media
+from heygem_ray import media, resume
 from heygem_ray.cli import app
 from heygem_ray.config import InputLimits
 from heygem_ray.errors import InputError
+from heygem_ray.manifest import read_manifest
+from heygem_ray.pipeline import MissingInputs
+from heygem_ray.results import JobResult
 from tests.helpers.hostile import (
     make_flac_claiming,
     make_huge_png,
@@ -312,3 +315,34 @@ def test_a_manifest_of_100_000_rows_on_one_missing_file(tmp_path, examples) -> N
     assert 1 <= started <= max(2, os.cpu_count() or 1), started  # those in flight when the first found it missing
     parts = list((tmp_path / "out" / ".heygem-results").iterdir())
     assert len(parts) == started  # only jobs that ran keep a part file
+
+
+def test_rows_failed_at_once_are_merged_from_the_run_not_from_an_earlier_part_file(tmp_path) -> None:
+    """Without a job, a row that fails at once writes no part file: the table takes it from
+    the run, never from a part file an earlier run left for that job (here: 'ok', its MP4
+    since deleted along with the audio)."""
+    (tmp_path / "m.csv").write_text("job_id,audio,video\nfirst,gone.wav,p.jpg\nsecond,gone.wav,p.jpg\n"
+                                    "third,here.wav,p.jpg\n")  # fmt: skip
+    out = tmp_path / "out"
+    first, second, third = read_manifest(tmp_path / "m.csv", out)
+    earlier = JobResult.for_job(second, "warp")
+    earlier.status, earlier.frames = "ok", 25
+    resume.record(out, earlier)  # an earlier run's row
+
+    missing = MissingInputs("warp", "h", rows=3)
+    ran = JobResult.for_job(first, "warp")  # the first job, as render_job reports it
+    ran.error_kind, ran.error_stage = "missing_file", "probe"
+    ran.error = f"{first.label}: audio {first.audio} does not exist; check the path"
+    resume.record(out, ran)
+    missing.learn(ran)
+    assert missing.fail(third) is None  # its audio is not known to be missing
+    at_once = missing.fail(second)
+    assert at_once is not None and at_once.error == f"{second.label}: audio {second.audio} does not exist; check the path"
+    assert (at_once.status, at_once.error_stage, at_once.attempts) == ("failed", "probe", 0)
+
+    resume.write_merged([first, second, third], out, set(), "warp", out / "results.parquet",
+                        stopped="interrupted", missing=missing)  # fmt: skip
+    table = {r["job_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert [table[j]["error_kind"] for j in ("first", "second", "third")] == ["missing_file", "missing_file", "stopped"]
+    assert (table["second"]["status"], table["second"]["frames"], table["second"]["attempts"]) == ("failed", 0, 0)
+    assert table["second"]["error"] == at_once.error
