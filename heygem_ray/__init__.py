@@ -11,7 +11,7 @@ parity checks against the public Wav2Lip code. Everything else is internal.
 
 from typing import TYPE_CHECKING
 
-from heygem_ray.config import DetectorConfig, RenderConfig, RunConfig
+from heygem_ray.config import DetectorConfig, InputLimits, RenderConfig, RunConfig
 from heygem_ray.errors import EngineError, HeygemError, InputError, InternalError
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ __all__ = [
     "EngineError",
     "HeygemError",
     "InputError",
+    "InputLimits",
     "InternalError",
     "RenderConfig",
     "RunConfig",

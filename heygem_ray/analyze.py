@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from heygem_ray import media, storage
-from heygem_ray.config import DetectorConfig
+from heygem_ray.config import DetectorConfig, InputLimits
 from heygem_ray.errors import InputError
 from heygem_ray.face.haar import HaarDetector
 from heygem_ray.face.track import Tracker, find_presenter
@@ -110,29 +110,41 @@ def template_key(video: Path, geometry: CropGeometry, detector: DetectorConfig) 
 
 
 def analyze(
-    video: Path, geometry: CropGeometry, detector: DetectorConfig, cache_dir: Path
+    video: Path, geometry: CropGeometry, detector: DetectorConfig, cache_dir: Path, limits: InputLimits | None = None
 ) -> tuple[Template, bool]:
-    """The template for ``video``, built unless cached. Returns (template, was_cached)."""
+    """The template for ``video``, built unless cached. Returns (template, was_cached).
+
+    A reference over ``limits`` (default ``InputLimits()``) is ``too_large``: refused by
+    the probe before it is decoded, and a cached template of one (built under higher
+    limits) is refused too."""
+    limits = limits or InputLimits()
     media.require_file(video, "reference")
     key = template_key(video, geometry, detector)
     root = cache_dir / key
     cache_dir.mkdir(parents=True, exist_ok=True)
     with storage.file_lock(cache_dir / f"{key}.lock"):
         if (root / "meta.json").is_file():
-            return Template.open(root), True
+            template = Template.open(root)
+            media.check_reference_size(video, template.width, template.height, max_pixels=limits.max_reference_pixels)
+            media.check_reference_frames(video, template.frames, max_frames=limits.max_reference_frames)
+            return template, True
         # Probed only when building: a reference whose frames the probe cannot count from its
         # packets (variable rate, say) is decoded once for that.
-        info = media.probe_video(video)
+        info = media.probe_video(
+            video, max_pixels=limits.max_reference_pixels, max_frames=limits.max_reference_frames
+        )
         tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
         try:
-            _build(info, geometry, detector, tmp)
+            _build(info, geometry, detector, tmp, limits.max_reference_pixels)
             os.replace(tmp, root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return Template.open(root), False
 
 
-def _build(info: media.VideoInfo, geometry: CropGeometry, detector_cfg: DetectorConfig, out: Path) -> None:
+def _build(
+    info: media.VideoInfo, geometry: CropGeometry, detector_cfg: DetectorConfig, out: Path, max_pixels: int
+) -> None:
     out.mkdir(parents=True)
     video = info.path
     tracker = Tracker(
@@ -144,7 +156,7 @@ def _build(info: media.VideoInfo, geometry: CropGeometry, detector_cfg: Detector
     # Pass 1: decode once, store every frame as JPEG, follow the faces.
     offsets = [0]
     with open(out / "frames.bin", "wb") as store:
-        for frame in media.iter_frames(info):
+        for frame in media.iter_frames(info, max_pixels=max_pixels):
             ok, jpeg = cv2.imencode(".jpg", frame, _JPEG)
             if not ok:
                 raise RuntimeError(f"OpenCV failed to encode a {frame.shape} frame as JPEG")

@@ -24,6 +24,7 @@ from heygem_ray import heap, storage
 from heygem_ray.config import (
     BackendName,
     DetectorConfig,
+    InputLimits,
     LoopMode,
     PackName,
     PrecisionName,
@@ -55,6 +56,7 @@ class _Bar(RunCallbacks):
         self.progress = progress
         self.task = progress.add_task("jobs", total=None, frames=0, failed=0)
         self.failed = 0
+        self.failed_at_once = 0  # rows that failed without a job (MissingInputs)
 
     def started(self, jobs: int) -> None:
         self.progress.update(self.task, total=jobs)
@@ -74,7 +76,15 @@ class _Bar(RunCallbacks):
     def job_done(self, result: JobResult) -> None:
         if result.status == "failed":
             self.failed += 1
-            self.progress.console.print(f"[red]failed[/red] {escape(result.error or '')}", soft_wrap=True)
+            if result.attempts or not self.failed_at_once:  # each failure as it happens, …
+                self.progress.console.print(f"[red]failed[/red] {escape(result.error or '')}", soft_wrap=True)
+            if not result.attempts:  # … but one of the rows that fail at once (no job started) stands for all
+                if not self.failed_at_once:
+                    self.progress.console.print(
+                        "  (rows naming a file that a job of this run found missing fail at once; "
+                        "they are counted, not printed)", soft_wrap=True,
+                    )  # fmt: skip
+                self.failed_at_once += 1
         self.progress.update(self.task, advance=1, failed=self.failed)
 
     def frames_done(self, frames: int) -> None:
@@ -104,6 +114,9 @@ def submit(
     cache_dir: Annotated[Path | None, typer.Option(help="Where analysed references are cached (default: ~/.cache/heygem-ray/templates).")] = None,
     chunk_frames: Annotated[int, typer.Option(help="Frames per chunk sent to the model workers.")] = 128,
     min_face: Annotated[int, typer.Option(help="Smallest face searched for in the reference, in pixels wide (at least 20; smaller costs more analysis time).")] = DetectorConfig().min_face,
+    max_reference_pixels: Annotated[int, typer.Option(help="A reference with more pixels (width × height) fails its row before it is decoded (default: 8K UHD, 7680×4320).")] = InputLimits.max_reference_pixels,
+    max_reference_frames: Annotated[int, typer.Option(help="A reference video with more frames fails its row before it is decoded (default: an hour at 25 fps).")] = InputLimits.max_reference_frames,
+    max_audio_seconds: Annotated[float, typer.Option(help="Audio longer than this fails its row, from its header before it is decoded (default: 4 hours).")] = InputLimits.max_audio_seconds,
     backend: Annotated[str, typer.Option(help="Inference backend: 'auto' (TensorRT, then ONNX Runtime, then PyTorch: the first that works), 'tensorrt', 'onnxruntime' or 'pytorch'.")] = "auto",
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32' or 'fp16'.")] = "auto",
     engines: Annotated[Path | None, typer.Option(help="Engine store: exported ONNX graphs and TensorRT engines (default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines; on a cluster, a path every node sees or a bucket).")] = None,
@@ -130,6 +143,11 @@ def submit(
                 backend=cast(BackendName, backend),
                 precision=cast(PrecisionName, precision),
                 detector=DetectorConfig(min_face=min_face),
+                limits=InputLimits(
+                    max_reference_pixels=max_reference_pixels,
+                    max_reference_frames=max_reference_frames,
+                    max_audio_seconds=max_audio_seconds,
+                ),
             ),
             engines_dir=engines or default_engines_dir(),
             device=cast(WorkerDevice, device),

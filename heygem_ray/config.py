@@ -84,6 +84,46 @@ class DetectorConfig:
             )
 
 
+# FFmpeg's decoders take a pixel limit up to this (their ``max_pixels`` option is an int).
+_FFMPEG_MAX_PIXELS = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """How large one row's files may be. A file over a limit fails its row (kind
+    ``too_large``; the message names the file, the limit and the option that raises it),
+    from what its header declares where it declares it, before anything is decoded; a
+    file whose header says less is stopped once decoding passes the limit. The batch goes on.
+
+    They bound what one job holds and how long it runs: a job's memory grows with the
+    reference's frame size (each decoded frame is 3 bytes a pixel, in this process and in
+    ffmpeg's), its template's disk with the reference's frames, its run time with the
+    audio's length. They do not change what a job renders, so ``config_hash`` leaves them out.
+    """
+
+    # Pixels of the reference's frames, width × height as stored: 8K UHD (7680 × 4320).
+    # No decoder is allowed a larger picture, whatever the header says.
+    max_reference_pixels: int = 7680 * 4320
+    # Frames of a reference video: as its index lists them, as its packets count, or as
+    # its timestamps span at its frame rate (a gap of hours is filled with repeated frames).
+    # 90 000 is an hour at 25 fps, 50 minutes at 30 fps.
+    max_reference_frames: int = 90_000
+    # Seconds of a row's audio (its output is as long): 4 hours.
+    max_audio_seconds: float = 4 * 3600.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_reference_pixels <= _FFMPEG_MAX_PIXELS:
+            raise InputError(
+                f"max_reference_pixels must be from 1 to {_FFMPEG_MAX_PIXELS} (FFmpeg's largest), "
+                f"not {self.max_reference_pixels}",
+                kind="bad_argument",
+            )
+        if self.max_reference_frames < 1:
+            raise InputError("max_reference_frames must be at least 1", kind="bad_argument")
+        if not self.max_audio_seconds > 0:
+            raise InputError("max_audio_seconds must be more than 0", kind="bad_argument")
+
+
 @dataclass(frozen=True)
 class RenderConfig:
     """How each job is rendered."""
@@ -100,6 +140,8 @@ class RenderConfig:
     crf: int = 18
     preset: str = "veryfast"
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    # How large a row's files may be (not part of config_hash: they render nothing differently).
+    limits: InputLimits = field(default_factory=InputLimits)
 
     def __post_init__(self) -> None:
         _check_choice("pack", self.pack, PackName)
@@ -173,8 +215,9 @@ class RunConfig:
             raise InputError("workers_ready_timeout_s must be more than 0 seconds", kind="bad_argument")
 
     def config_hash(self) -> str:
-        """Hash of the settings that shape the outputs (not where they go)."""
+        """Hash of the settings that shape the outputs (not where they go, nor the input limits)."""
         payload = _jsonable(dataclasses.asdict(self.render))
+        del payload["limits"]
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

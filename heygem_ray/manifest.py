@@ -12,8 +12,10 @@ its folder, whichever it is; a cell may also hold a URI or an absolute local pat
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,12 @@ class Job:
 
     @property
     def label(self) -> str:
-        return f"row {self.row} (job {self.job_id!r})"
+        return row_label(self.row, self.job_id)
+
+
+def row_label(row: int, job_id: str) -> str:
+    """How messages name a row: ``row 17 (job 'lesson-17')``."""
+    return f"row {row} (job {job_id!r})"
 
 
 def read_manifest(path: Location, output_dir: Location, reserved: frozenset[str] = frozenset()) -> list[Job]:
@@ -67,16 +74,26 @@ def read_manifest(path: Location, output_dir: Location, reserved: frozenset[str]
             "the columns, e.g. 'job_id,audio,video'",
             kind="bad_manifest",
         )
-    rows = table.to_pylist()
-    if not rows:
+    if not table.num_rows:
         raise InputError(f"manifest {path} has no rows: add one row per video to render", kind="bad_manifest")
 
     base = path.resolve().parent
     out_root = output_dir.resolve()
-    ids = _job_ids(path, rows)
-    jobs = [_make_job(i + 1, ids[i], r, base, out_root, reserved) for i, r in enumerate(rows)]
+    ids = _job_ids(path, *(_column(table, name) for name in ("job_id", "audio", "video")))
+    # One Location per distinct cell: rows naming the same reference (or the same missing
+    # file) share it, so the list of jobs grows by little more than each row's output.
+    resolve = functools.lru_cache(maxsize=None)(functools.partial(_resolve_input, base))
+    jobs: list[Job] = []
+    for batch in table.to_batches():  # rows as dicts a batch at a time, not all at once
+        for r in batch.to_pylist():
+            jobs.append(_make_job(len(jobs) + 1, ids[len(jobs)], r, base, resolve, out_root, reserved))
     _check_unique_outputs(path, jobs)
     return jobs
+
+
+def _column(table: pa.Table, name: str) -> list[Any]:
+    """A column's cells (None for each row when the manifest lacks the column)."""
+    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
 
 
 def _read_table(path: Location) -> pa.Table:
@@ -108,12 +125,13 @@ def _read_table(path: Location) -> pa.Table:
         ) from exc
 
 
-def _job_ids(path: Location, rows: list[dict[str, Any]]) -> list[str]:
-    """Given ids where the manifest has them, derived ones (audio-video stems) elsewhere."""
+def _job_ids(path: Location, job_ids: list[Any], audio: list[Any], video: list[Any]) -> list[str]:
+    """Given ids where the manifest has them, derived ones (audio-video stems) elsewhere;
+    the arguments are the manifest's columns."""
     given: dict[str, list[int]] = defaultdict(list)
-    for n, r in enumerate(rows, start=1):
-        if _text(r.get("job_id")):
-            given[_text(r["job_id"])].append(n)
+    for n, cell in enumerate(job_ids, start=1):
+        if _text(cell):
+            given[_text(cell)].append(n)
     dups = {k: v for k, v in given.items() if len(v) > 1}
     if dups:
         shown = "; ".join(f"{k!r} on rows {', '.join(map(str, v))}" for k, v in list(dups.items())[:5])
@@ -124,10 +142,10 @@ def _job_ids(path: Location, rows: list[dict[str, Any]]) -> list[str]:
         )
     ids: list[str] = []
     taken = set(given)
-    for n, r in enumerate(rows, start=1):
-        jid = _text(r.get("job_id"))
+    for n, (cell, a, v) in enumerate(zip(job_ids, audio, video, strict=True), start=1):
+        jid = _text(cell)
         if not jid:
-            jid = f"{Path(_text(r.get('audio'))).stem}-{Path(_text(r.get('video'))).stem}"
+            jid = f"{Path(_text(a)).stem}-{Path(_text(v)).stem}"
             if jid in taken:
                 jid = f"{jid}-row{n}"
             taken.add(jid)
@@ -136,7 +154,13 @@ def _job_ids(path: Location, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _make_job(
-    row: int, job_id: str, r: dict[str, Any], base: Location, out_root: Location, reserved: frozenset[str]
+    row: int,
+    job_id: str,
+    r: dict[str, Any],
+    base: Location,
+    resolve: Callable[[str], Location],
+    out_root: Location,
+    reserved: frozenset[str],
 ) -> Job:
     audio, video = _text(r.get("audio")), _text(r.get("video"))
     extra = {
@@ -148,7 +172,7 @@ def _make_job(
     inputs: dict[str, Location] = {}
     for name, value in (("audio", audio), ("video", video)):
         try:
-            inputs[name] = _resolve_input(base, value) if value else base
+            inputs[name] = resolve(value) if value else base
         except ValueError as exc:
             inputs[name] = base
             problem = problem or InputError(f"the {name!r} cell {value!r} is not usable: {exc}", kind="missing_file")

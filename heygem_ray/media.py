@@ -28,12 +28,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import math
 import os
 import shutil
+import struct
 import subprocess
 import threading
-from collections import deque
-from collections.abc import Generator, Iterator
+from collections import defaultdict, deque
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -164,6 +166,182 @@ def require_file(path: str | os.PathLike[str], what: str) -> Path:
     return p
 
 
+# --------------------------------------------------------------------------- limits
+# A file over one of ``config.InputLimits`` is ``too_large``: the message names the file,
+# what it declares or holds, the limit and the option that raises it.
+
+
+def _clock(seconds: float) -> str:
+    """Seconds as H:MM:SS."""
+    whole = int(round(seconds))
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} million pixels"
+
+
+def _too_large(what: str, path: Path, found: str, limit: str, option: str, fix: str) -> InputError:
+    return InputError(
+        f"{what} {path} {found}, above the limit of {limit} ({option}); {fix}, or raise the limit",
+        kind="too_large",
+    )
+
+
+def check_reference_size(path: Path, width: int, height: int, *, max_pixels: int | None) -> None:
+    """Raise ``too_large`` when a reference's frames (``width`` × ``height`` as stored)
+    hold more than ``max_pixels`` pixels."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise _too_large(
+            "reference", path, f"is {width}×{height} pixels ({_megapixels(width * height)})",
+            _megapixels(max_pixels), f"--max-reference-pixels {max_pixels}",
+            f"scale it down first (e.g. ffmpeg -i {path.name} -vf scale=3840:-2 smaller{path.suffix})",
+        )  # fmt: skip
+
+
+def _too_many_frames(path: Path, found: str, max_frames: int) -> InputError:
+    return _too_large(
+        "reference", path, found, f"{max_frames:,} frames", f"--max-reference-frames {max_frames}",
+        f"cut out the part to use (e.g. ffmpeg -i {path.name} -t 60 -c copy short{path.suffix})",
+    )  # fmt: skip
+
+
+def check_reference_frames(path: Path, frames: int, *, max_frames: int | None) -> None:
+    """Raise ``too_large`` when a reference has more than ``max_frames`` frames."""
+    if max_frames is not None and frames > max_frames:
+        raise _too_many_frames(path, f"has {frames:,} frames", max_frames)
+
+
+def _too_long(path: Path, found: str, max_seconds: float) -> InputError:
+    return _too_large(
+        "audio", path, found, _clock(max_seconds), f"--max-audio-seconds {max_seconds:g}",
+        "split it into shorter files",
+    )  # fmt: skip
+
+
+def _decoder_limit(max_pixels: int | None) -> dict[str, int]:
+    """ffmpeg input options that make its decoder refuse pictures over ``max_pixels``."""
+    return {} if max_pixels is None else {"max_pixels": max_pixels}
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (SOF0 … SOF15), which carry the picture's size; the other
+# codes in that range are tables (DHT 0xC4, DAC 0xCC) and a reserved one (JPG 0xC8).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_SEGMENTS = 64  # markers read before giving up (EXIF, ICC profiles, tables come first)
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) a PNG or JPEG file's header declares, read without decoding (FFmpeg
+    learns a still image's size by decoding it, which a pixel limit refuses); None for
+    any other file, or one whose header cannot be read."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+        if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":  # IHDR is the first chunk
+            width, height = struct.unpack(">II", head[16:24])
+            return width, height
+        if head[:2] != b"\xff\xd8":  # SOI
+            return None
+        f.seek(2)
+        for _ in range(_JPEG_SEGMENTS):
+            marker = f.read(4)  # 0xFF, code, segment length (2 bytes, counting itself)
+            while marker[:2] == b"\xff\xff":  # fill bytes before a marker
+                marker = marker[1:] + f.read(1)
+            if len(marker) < 4 or marker[0] != 0xFF:
+                return None
+            code, length = marker[1], struct.unpack(">H", marker[2:4])[0]
+            if code in _JPEG_SOF:
+                sof = f.read(5)  # precision (1), height (2), width (2)
+                if len(sof) < 5:
+                    return None
+                height, width = struct.unpack(">HH", sof[1:5])
+                return width, height
+            f.seek(length - 2, os.SEEK_CUR)
+    return None
+
+
+# ISO base media files (MP4, MOV, M4A, 3GP): FFmpeg's demuxer allocates an index entry
+# (and timing data: about 40 bytes in all) for every sample its tables list when it opens
+# the file, and a sample table of constant-size samples is 20 bytes whatever the count: a
+# file of 2 kB can make it allocate gigabytes. These counts are read first, box by box.
+_ISO_TOP = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"styp", b"sidx",
+                      b"moof", b"mfra", b"meta", b"prft", b"emsg"})  # fmt: skip
+_ISO_BOXES = 1_000_000  # boxes read before giving up (the demuxer is then left to judge)
+
+
+def _iso_boxes(f: IO[bytes], start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload offset, end offset) of the boxes in bytes [start, end) of ``f``;
+    stops at the first that does not fit."""
+    for _ in range(_ISO_BOXES):
+        if start + 8 > end:
+            return
+        f.seek(start)
+        size, kind = struct.unpack(">I4s", f.read(8))
+        payload = start + 8
+        if size == 1:  # a 64-bit size follows
+            if start + 16 > end:
+                return
+            size = struct.unpack(">Q", f.read(8))[0]
+            payload += 8
+        elif size == 0:  # to the end
+            size = end - start
+        if size < payload - start or start + size > end:
+            return
+        yield kind, payload, start + size
+        start += size
+
+
+def _iso_find(f: IO[bytes], start: int, end: int, path: tuple[bytes, ...]) -> list[tuple[int, int]]:
+    """(payload offset, end offset) of the boxes at ``path`` (types, outermost first)
+    inside bytes [start, end)."""
+    found = []
+    for kind, payload, box_end in list(_iso_boxes(f, start, end)):
+        if kind == path[0]:
+            found += [(payload, box_end)] if len(path) == 1 else _iso_find(f, payload, box_end, path[1:])
+    return found
+
+
+def _iso_u32(f: IO[bytes], offset: int) -> int:
+    f.seek(offset)
+    data = f.read(4)
+    return struct.unpack(">I", data)[0] if len(data) == 4 else 0
+
+
+def _iso_video_samples(path: Path) -> int | None:
+    """The most samples (frames) any video track of an ISO base media file lists, in its
+    sample tables plus its fragments' runs, read without FFmpeg; None for other files."""
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        top = list(_iso_boxes(f, 0, end))
+        if not top or top[0][0] not in _ISO_TOP:
+            return None
+        video: set[int] = set()  # track ids of video tracks
+        samples: dict[int, int] = defaultdict(int)  # track id → samples listed
+        for kind, payload, box_end in top:
+            if kind == b"moov":
+                for trak, trak_end in _iso_find(f, payload, box_end, (b"trak",)):
+                    # tkhd: version (1), flags (3), two times (4 bytes each, 8 in version 1), track id
+                    track = next(
+                        (_iso_u32(f, tkhd + (20 if _iso_u32(f, tkhd) >> 24 == 1 else 12))
+                         for tkhd, _ in _iso_find(f, trak, trak_end, (b"tkhd",))), 0)  # fmt: skip
+                    # hdlr: version and flags (4), pre-defined (4), handler type ("vide", "soun", …)
+                    if any(_iso_u32(f, h + 8) == _VIDE for h, _ in _iso_find(f, trak, trak_end, (b"mdia", b"hdlr"))):
+                        video.add(track)
+                    for table in (b"stsz", b"stz2"):  # version and flags (4), sample size (or field size), count
+                        for box, _ in _iso_find(f, trak, trak_end, (b"mdia", b"minf", b"stbl", table)):
+                            samples[track] += _iso_u32(f, box + 8)
+            elif kind == b"moof":
+                for traf, traf_end in _iso_find(f, payload, box_end, (b"traf",)):
+                    # tfhd: version and flags (4), track id; trun: version and flags (4), sample count
+                    track = next((_iso_u32(f, t + 4) for t, _ in _iso_find(f, traf, traf_end, (b"tfhd",))), 0)
+                    for trun, _ in _iso_find(f, traf, traf_end, (b"trun",)):
+                        samples[track] += _iso_u32(f, trun + 4)
+        return max((n for track, n in samples.items() if track in video), default=0)
+
+
+_VIDE = struct.unpack(">I", b"vide")[0]
+
+
 def _url(path: Path) -> str:
     """``file:`` URL for FFmpeg, so names with ``:`` are not taken for protocols."""
     return f"file:{path.absolute()}"
@@ -189,13 +367,24 @@ def _reason(exc: av.FFmpegError) -> str:
 
 
 @contextlib.contextmanager
-def _opened(path: Path, what: str) -> Iterator[av.container.InputContainer]:
+def _opened(
+    path: Path,
+    what: str,
+    *,
+    max_pixels: int | None = None,
+    check: Callable[[av.container.InputContainer], None] | None = None,
+) -> Iterator[av.container.InputContainer]:
     """``path`` opened by PyAV's demuxers (which read its header and index, and decode a
     little to fill in what the header leaves out), closed on leaving the block; a file no
     demuxer accepts, or whose index lists data past the end of the file, is
-    ``unreadable_media``."""
+    ``unreadable_media``.
+
+    ``max_pixels``: the decoders that fill in the header refuse a larger picture (then
+    leave its size 0) rather than allocate it. ``check`` sees the container before its
+    index is read (a limit on what the header declares, say)."""
+    options = {} if max_pixels is None else {"max_pixels": str(max_pixels)}
     try:
-        container = av.open(_url(path), metadata_errors="ignore")
+        container = av.open(_url(path), metadata_errors="ignore", options=options)
     except av.FFmpegError as exc:
         raise InputError(
             f"{what} {path} cannot be read as media ({_reason(exc)}); "
@@ -203,6 +392,8 @@ def _opened(path: Path, what: str) -> Iterator[av.container.InputContainer]:
             kind="unreadable_media",
         ) from exc
     with container:
+        if check is not None:
+            check(container)
         _check_index(container, path, what)
         yield container
 
@@ -210,11 +401,11 @@ def _opened(path: Path, what: str) -> Iterator[av.container.InputContainer]:
 def _check_index(container: av.container.InputContainer, path: Path, what: str) -> None:
     """Raise ``unreadable_media`` when the container's index (an MP4's sample tables, a
     Matroska file's cues) places data past the end of the file: a copy or recording cut
-    short, which would otherwise read as a shorter file. A file without an index passes."""
+    short, which would otherwise read as a shorter file. A file without an index passes.
+    Entries are read one at a time: an index may list millions."""
     size = path.stat().st_size
     for stream in container.streams:
-        entries = stream.index_entries[:]
-        end = max((entry.pos + entry.size for entry in entries), default=0)  # bytes
+        end = max((entry.pos + entry.size for entry in stream.index_entries), default=0)  # bytes
         if end > size:
             raise InputError(
                 f"{what} {path} is truncated: its index places {stream.type} data up to byte {end}, "
@@ -288,16 +479,22 @@ class _Scan:
 
 
 def _scan(container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path, *,
-          decode: int) -> _Scan:  # fmt: skip
+          decode: int, max_frames: int | None, max_pixels: int | None) -> _Scan:  # fmt: skip
     """Demux every packet of ``stream``, decoding only until ``decode`` frames came out.
-    A packet the decoder rejects is skipped, as ffmpeg skips it."""
+    A packet the decoder rejects is skipped, as ffmpeg skips it. More than ``max_frames``
+    packets stop the scan (``too_large``); the decoder refuses pictures over ``max_pixels``."""
     pts: list[int] = []
     durations: list[int] = []
     timed = True
     decoded, first_pts, rotation = 0, None, 0
     rejected: av.FFmpegError | None = None
+    if max_pixels is not None:
+        stream.codec_context.options = {"max_pixels": str(max_pixels)}
     try:
         for packet in container.demux(stream):
+            if max_frames is not None and len(pts) > max_frames:
+                raise _too_many_frames(path, f"holds more than {max_frames:,} frames (counted from its packets)",
+                                       max_frames)  # fmt: skip
             if decoded < decode:
                 try:
                     for frame in packet.decode():
@@ -318,8 +515,13 @@ def _scan(container: av.container.InputContainer, stream: av.video.stream.VideoS
             kind="unreadable_media",
         ) from exc
     if not decoded:
+        # A picture whose size the header left out, over the limit, reads as undecodable here.
+        maybe = "" if stream.codec_context.width or max_pixels is None else (
+            f" (damaged, or its pictures are larger than the limit of {_megapixels(max_pixels)}: "
+            "--max-reference-pixels)"
+        )
         raise InputError(
-            f"reference {path} could not be decoded ({_reason(rejected) if rejected else 'no frames'}); "
+            f"reference {path} could not be decoded ({_reason(rejected) if rejected else 'no frames'}){maybe}; "
             "re-export it (e.g. as H.264 MP4) or give a photo instead",
             kind="unreadable_media",
         )
@@ -365,13 +567,18 @@ def _video_filters(stream: Any, fps: Fraction | None) -> Any:
     return stream.filter("crop", "trunc(iw/2)*2", "trunc(ih/2)*2", 0, 0)
 
 
-def _decoded_frames(path: Path, video_stream: int, fps: Fraction) -> int:
+def _decoded_frames(
+    path: Path, video_stream: int, fps: Fraction, max_frames: int | None, max_pixels: int | None
+) -> int:
     """The frames :func:`iter_frames` yields, counted by decoding the file through the same
     filters into ffmpeg's ``null`` muxer; the count is the last ``frame=`` of the
-    key=value lines ``-progress`` writes for programs."""
-    decoded = _video_filters(ffmpeg.input(_url(path))[f"v:{video_stream}"], fps)
+    key=value lines ``-progress`` writes for programs. The count stops one past
+    ``max_frames`` (more is ``too_large``)."""
+    source = ffmpeg.input(_url(path), **_decoder_limit(max_pixels))[f"v:{video_stream}"]
+    decoded = _video_filters(source, fps)
+    stop = {} if max_frames is None else {"frames:v": max_frames + 1}
     args = (
-        decoded.output("-", format="null", fps_mode="passthrough")
+        decoded.output("-", format="null", fps_mode="passthrough", **stop)
         .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", "-progress", "pipe:1")
         .compile(cmd=ffmpeg_exe())
     )
@@ -384,10 +591,14 @@ def _decoded_frames(path: Path, video_stream: int, fps: Fraction) -> int:
             "re-export it (e.g. as H.264 MP4) or give a photo instead",
             kind="unreadable_media",
         )
+    if max_frames is not None and frames > max_frames:
+        raise _too_many_frames(path, f"decodes to more than {max_frames:,} frames", max_frames)
     return frames
 
 
-def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
+def probe_video(
+    path: str | os.PathLike[str], *, max_pixels: int | None = None, max_frames: int | None = None
+) -> VideoInfo:
     """Describe a reference video or still image as :func:`iter_frames` will yield it.
 
     PyAV gives the stream's size, rates and time base; its first decoded frame the
@@ -396,32 +607,53 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
     count (see :func:`_constant_rate_frames`); any other stream (variable rate, a time base
     that cannot hold the frame period exactly, frames cut by an edit list) is decoded once
     by ffmpeg through the filters of :func:`iter_frames` to count them. Results are cached
-    per (path, size, mtime) within a process. ``path`` in the result is absolute.
+    per (path, size, mtime, limits) within a process. ``path`` in the result is absolute.
+
+    Limits (``too_large``, see ``config.InputLimits``), each checked before the work it
+    bounds: ``max_pixels`` on the stored frame size, from the header (a PNG's or JPEG's own
+    when FFmpeg would have to decode the picture to learn it), and no decoder is allowed a
+    larger picture; ``max_frames`` on the frames the index lists, the packets demuxed (the
+    scan stops there), the frames the timestamps span at the chosen rate, and the count.
     """
     p = require_file(path, "reference").absolute()
     st = p.stat()
-    return _probe_video(p, st.st_size, st.st_mtime_ns)
+    return _probe_video(p, st.st_size, st.st_mtime_ns, max_pixels, max_frames)
 
 
 @functools.lru_cache(maxsize=64)
-def _probe_video(path: Path, _size: int, _mtime_ns: int) -> VideoInfo:
-    with _opened(path, "reference") as container:
+def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None, max_frames: int | None) -> VideoInfo:
+    if max_frames is not None and (listed := _iso_video_samples(path) or 0) > max_frames:  # before FFmpeg indexes them
+        raise _too_many_frames(path, f"lists {listed:,} frames in its header", max_frames)
+
+    def declared(container: av.container.InputContainer) -> None:
+        """Refuse what the header declares over a limit, before its index is read."""
         stream = _video_stream(container, path, "reference")
-        looks_like_image = (
-            stream.codec.canonical_name in _IMAGE_CODECS
-            or container.format.name in _IMAGE_DEMUXERS
-            or container.format.name.endswith("_pipe")
-        )
-        scan = _scan(container, stream, path, decode=2 if looks_like_image else 1)  # one picture, or an animation?
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if not (width and height) and _looks_like_image(container, stream):
+            width, height = _image_size(path) or (0, 0)
+        check_reference_size(path, width, height, max_pixels=max_pixels)
+        listed = max(stream.frames, len(stream.index_entries))  # the header's count, the index's entries
+        if max_frames is not None and listed > max_frames:
+            raise _too_many_frames(path, f"lists {listed:,} frames in its header", max_frames)
+
+    with _opened(path, "reference", max_pixels=max_pixels, check=declared) as container:
+        stream = _video_stream(container, path, "reference")
+        looks_like_image = _looks_like_image(container, stream)
+        scan = _scan(container, stream, path, decode=2 if looks_like_image else 1,  # one picture, or an animation?
+                     max_frames=max_frames, max_pixels=max_pixels)  # fmt: skip
         video_stream = container.streams.video.index(stream)
         source_width, source_height = stream.codec_context.width, stream.codec_context.height
         average_rate, nominal_rate, time_base = stream.average_rate, stream.guessed_rate, stream.time_base
+    check_reference_size(path, source_width, source_height, max_pixels=max_pixels)  # as decoded
     is_image = looks_like_image and scan.decoded == 1
     if is_image:
         fps, frames = IMAGE_FPS, 1
     else:
         fps = _choose_fps(average_rate, nominal_rate)
-        frames = _constant_rate_frames(scan, time_base, fps) or _decoded_frames(path, video_stream, fps)
+        _check_span(path, scan, time_base, fps, max_frames)
+        frames = _constant_rate_frames(scan, time_base, fps) or _decoded_frames(
+            path, video_stream, fps, max_frames, max_pixels
+        )
     width, height = (source_height, source_width) if scan.rotation % 180 else (source_width, source_height)
     return VideoInfo(
         path=path,
@@ -438,6 +670,28 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int) -> VideoInfo:
     )
 
 
+def _looks_like_image(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> bool:
+    """A still-image codec or demuxer: one picture, unless it decodes to more (an animation)."""
+    return (
+        stream.codec.canonical_name in _IMAGE_CODECS
+        or container.format.name in _IMAGE_DEMUXERS
+        or container.format.name.endswith("_pipe")
+    )
+
+
+def _check_span(path: Path, scan: _Scan, time_base: Fraction | None, fps: Fraction, max_frames: int | None) -> None:
+    """Refuse a stream whose timestamps span more than ``max_frames`` frames at ``fps``:
+    read at a constant rate, the gaps between a few packets hours apart fill with repeats."""
+    if max_frames is None or time_base is None or not len(scan.pts):
+        return
+    span = float((int(scan.pts[-1]) + scan.last_duration - int(scan.pts[0])) * time_base)  # seconds
+    frames = span * fps
+    if frames > max_frames + 1:  # +1: a rounding's worth
+        raise _too_many_frames(
+            path, f"has timestamps spanning {_clock(span)}, {int(frames):,} frames at {float(fps):g} fps", max_frames
+        )
+
+
 def indexed_frames(path: str | os.PathLike[str]) -> int:
     """How many frames the first video stream of an MP4 holds, read from its index (the
     track's sample table) without decoding: for checking that an MP4 written earlier is
@@ -450,13 +704,25 @@ def indexed_frames(path: str | os.PathLike[str]) -> int:
 
 
 @contextlib.contextmanager
-def _audio_stream(path: Path) -> Iterator[tuple[av.container.InputContainer, av.audio.stream.AudioStream]]:
-    """The file opened, and its first audio stream, after the checks every audio reader makes."""
+def _audio_stream(
+    path: Path, max_seconds: float | None = None
+) -> Iterator[tuple[av.container.InputContainer, av.audio.stream.AudioStream]]:
+    """The file opened, and its first audio stream, after the checks every audio reader
+    makes; one whose header declares more than ``max_seconds`` is ``too_large``."""
     if path.stat().st_size == 0:
         raise InputError(
             f"audio {path} is an empty file (0 bytes); re-export or re-download it", kind="empty_audio"
         )
-    with _opened(path, "audio") as container:
+
+    def declared(container: av.container.InputContainer) -> None:
+        """Refuse a length over the limit that the header declares, before its index is read."""
+        if max_seconds is None or not container.streams.audio:
+            return
+        seconds = _declared_seconds(container, container.streams.audio[0])
+        if seconds > max_seconds:
+            raise _too_long(path, f"lasts {_clock(seconds)} (as its header declares)", max_seconds)
+
+    with _opened(path, "audio", check=declared) as container:
         if not container.streams.audio:
             raise InputError(
                 f"audio {path} has no audio stream (it holds: {_contents(container)}); "
@@ -471,6 +737,21 @@ def _audio_stream(path: Path) -> Iterator[tuple[av.container.InputContainer, av.
                 kind="unreadable_media",
             )
         yield container, stream
+
+
+def _declared_seconds(container: av.container.InputContainer, stream: av.stream.Stream) -> float:
+    """The longest length the header declares for ``stream``: the container's, the
+    stream's, or its index's last entry (0.0 when none is given)."""
+    seconds = [0.0]
+    if container.duration is not None:
+        seconds.append(container.duration / av.time_base)  # µs
+    if stream.time_base is not None:
+        if stream.duration is not None:
+            seconds.append(float(stream.duration * stream.time_base))
+        entries = stream.index_entries
+        if len(entries):  # sorted by time: the last entry is the latest
+            seconds.append(float(entries[len(entries) - 1].timestamp * stream.time_base))
+    return max(seconds)
 
 
 def _empty_audio(path: Path) -> InputError:
@@ -582,16 +863,18 @@ class _Ffmpeg:
         self.wait()
 
 
-def iter_frames(info: VideoInfo) -> Generator[np.ndarray, None, None]:
+def iter_frames(info: VideoInfo, *, max_pixels: int | None = None) -> Generator[np.ndarray, None, None]:
     """Yield the frames of ``info.path`` one at a time: (H, W, 3) uint8 BGR.
 
     Constant rate ``info.fps`` (variable-rate input is resampled by duplicating or
     dropping frames), upright, cropped to ``info.width`` × ``info.height``; a still image
     yields one frame. Each frame is a new, writable array. ffmpeg is killed and reaped if
-    the consumer stops early.
+    the consumer stops early. ``max_pixels``: ffmpeg's decoder refuses larger pictures (a
+    stream that grows midway), which fails the decode.
     """
     fps = None if info.is_image else info.fps
-    decoded = _video_filters(ffmpeg.input(_url(info.path))[f"v:{info.video_stream}"], fps)
+    source = ffmpeg.input(_url(info.path), **_decoder_limit(max_pixels))[f"v:{info.video_stream}"]
+    decoded = _video_filters(source, fps)
     # A guard for streams that change size midway: every frame comes out width × height.
     decoded = decoded.filter("scale", info.width, info.height)
     args = (
@@ -642,23 +925,33 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000) -> np.nda
     return np.concatenate(parts)
 
 
-def decode_audio(path: str | os.PathLike[str], dst: Path, sample_rate: int = 16000) -> int:
+def decode_audio(
+    path: str | os.PathLike[str], dst: Path, sample_rate: int = 16000, *, max_seconds: float | None = None
+) -> int:
     """As :func:`load_audio`, but written to ``dst`` as raw little-endian float32 (read
     back with ``features.Pcm.from_file``), holding one pipe read in memory at a time.
-    Returns the number of samples."""
+    Returns the number of samples.
+
+    ``max_seconds``: audio longer than this is ``too_large``, refused from what its header
+    declares before decoding, or, when the header says less, as soon as decoding passes it.
+    """
     samples = 0
     with open(dst, "wb") as f:
-        for block in _audio_blocks(path, sample_rate):
+        for block in _audio_blocks(path, sample_rate, max_seconds):
             block.astype("<f4", copy=False).tofile(f)
             samples += len(block)
     return samples
 
 
-def _audio_blocks(path: str | os.PathLike[str], sample_rate: int) -> Generator[np.ndarray, None, None]:
+def _audio_blocks(
+    path: str | os.PathLike[str], sample_rate: int, max_seconds: float | None = None
+) -> Generator[np.ndarray, None, None]:
     """The decoded audio of ``path`` as consecutive (n,) float32 mono blocks in [-1, 1];
-    raises ``empty_audio`` when there are none, ``unreadable_media`` when ffmpeg fails."""
+    raises ``empty_audio`` when there are none, ``unreadable_media`` when ffmpeg fails,
+    ``too_large`` when there are more than ``max_seconds`` (see :func:`decode_audio`)."""
     p = require_file(path, "audio")
-    with _audio_stream(p) as (_, stream):
+    most = math.inf if max_seconds is None else max_seconds * sample_rate  # samples
+    with _audio_stream(p, max_seconds) as (_, stream):
         channels = stream.codec_context.channels
     # ac: the pipe carries exactly this many channels per sample, as ffmpeg is told rather
     # than as we might guess from its output, so the samples cannot be misaligned. It is the
@@ -678,6 +971,13 @@ def _audio_blocks(path: str | os.PathLike[str], sample_rate: int) -> Generator[n
             block = np.frombuffer(chunk[:usable], "<f4").reshape(-1, channels).mean(axis=1, dtype=np.float32)
             np.clip(block, -1.0, 1.0, out=block)
             samples += len(block)
+            if max_seconds is not None and samples > most:  # its header said less
+                raise InputError(
+                    f"audio {p} is longer than its header declares: decoding passed the limit of "
+                    f"{_clock(max_seconds)} (--max-audio-seconds {max_seconds:g}); split it into shorter files, "
+                    "or raise the limit",
+                    kind="too_large",
+                )
             yield block
         rc = proc.wait()
     finally:

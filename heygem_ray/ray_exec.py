@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -489,7 +489,7 @@ WAITING_EVERY_S = 30.0
 
 
 def run_jobs(
-    jobs: list[Job],
+    jobs: Iterable[Job],
     cfg: RunConfig,
     on_result: Callable[[JobResult], None] = lambda r: None,
     on_frames: Callable[[int], None] = lambda n: None,
@@ -497,7 +497,8 @@ def run_jobs(
     on_waiting: Callable[[str], None] = lambda line: None,
 ) -> None:
     """Render every job on the connected Ray cluster, passing each row to ``on_result`` as
-    its job ends. ``on_workers`` hears of workers as they begin to serve; ``on_waiting``
+    its job ends. ``jobs`` is taken one at a time as there is room for another job in
+    flight (an iterator may decide about a job when its turn comes). ``on_workers`` hears of workers as they begin to serve; ``on_waiting``
     gets a progress line now and then while the run waits for its first worker.
     Whatever ends the run (also an error raised by a callback), its actors are ended and
     the job tasks still running are cancelled before it returns or raises."""
@@ -539,7 +540,7 @@ def _first_workers(pool: Pool, timeout_s: float, on_waiting: Callable[[str], Non
 
 
 def _render_all(
-    jobs: list[Job],
+    jobs: Iterable[Job],
     cfg: RunConfig,
     pool: Pool,
     router: Any,

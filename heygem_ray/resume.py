@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from heygem_ray import media, storage
 from heygem_ray.errors import HeygemError
 from heygem_ray.manifest import Job
-from heygem_ray.pipeline import PARTIAL_SUFFIX
+from heygem_ray.pipeline import PARTIAL_SUFFIX, MissingInputs
 from heygem_ray.results import BATCH_ROWS, JobResult, write_results, write_table
 from heygem_ray.storage import Location
 
@@ -84,12 +84,13 @@ def split(
 
 def write_merged(
     jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str, path: Location,
-    stopped: str | None = None,
+    stopped: str | None = None, missing: MissingInputs | None = None,
 ) -> collections.Counter[str]:
     """Write the run's table at ``path``: one row per job, in manifest order, read back from
     the part files (rows of ``skipped`` jobs marked so), a batch at a time. ``stopped``:
-    why the run stopped early, for the rows of jobs that had not ended. Returns how many
-    rows it wrote with each status."""
+    why the run stopped early, for the rows of jobs that had not ended. ``missing``: the
+    rows that failed without a job on a file another job found missing (they have no part
+    file). Returns how many rows it wrote with each status."""
     counts: collections.Counter[str] = collections.Counter()
 
     def counted(rows: Iterator[JobResult]) -> Iterator[JobResult]:
@@ -98,14 +99,17 @@ def write_merged(
             yield r
 
     extra_names = sorted({name for job in jobs for name in job.extra})
-    write_table(counted(_merged_rows(jobs, output_dir, skipped, pack, stopped)), extra_names, path)
+    write_table(counted(_merged_rows(jobs, output_dir, skipped, pack, stopped, missing)), extra_names, path)
     return counts
 
 
 def _merged_rows(
-    jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str, stopped: str | None
+    jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str, stopped: str | None,
+    missing: MissingInputs | None,
 ) -> Iterator[JobResult]:
     def row_of(job: Job) -> JobResult:
+        if missing is not None and (known := missing.row_of(job)) is not None:
+            return known  # failed at once: any part file of the job is an earlier run's
         found = _read_part(output_dir, job)
         if found is None:
             lost = JobResult.for_job(job, pack)

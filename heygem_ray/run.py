@@ -17,10 +17,11 @@ import ray
 from ray._raylet import GcsClient  # type: ignore[attr-defined]  # Ray's own GCS client, untyped
 from ray.exceptions import AuthenticationError
 
-from heygem_ray import resume, storage
+from heygem_ray import metrics, resume, storage
 from heygem_ray.config import RunConfig
 from heygem_ray.errors import EngineError, HeygemError, RunStopped
-from heygem_ray.manifest import read_manifest
+from heygem_ray.manifest import Job, read_manifest
+from heygem_ray.pipeline import MissingInputs
 from heygem_ray.ray_exec import run_jobs
 from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult, Status, read_rows
 from heygem_ray.storage import Location, Uri
@@ -80,6 +81,9 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     # 2. skip what an earlier run into the same folder completed (unless forced)
     todo, skipped = (jobs, set()) if cfg.force else resume.split(jobs, cfg.output_dir, cfg.config_hash(), cb.job_done)
     path = cfg.output_dir / RESULTS_FILE
+    # Rows naming a file an earlier job found missing fail at once (no part file: the
+    # table is merged from this, which holds one entry per missing file).
+    missing = MissingInputs(cfg.render.pack, cfg.config_hash(), rows=len(jobs))
     if todo:
         # 3. connect to Ray (a local instance unless an address is given)
         started_here, dashboard = _connect(cfg.address)
@@ -99,10 +103,22 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
             def job_done(result: JobResult) -> None:
                 nonlocal ended
                 resume.record(cfg.output_dir, result)
+                missing.learn(result)
                 ended += 1
                 cb.job_done(result)
 
-            run_jobs(todo, cfg, on_result=job_done, on_frames=cb.frames_done, on_workers=workers_ready,
+            def to_run() -> Iterator[Job]:
+                """The jobs to start, taken one at a time as the run has room for them."""
+                nonlocal ended
+                for job in todo:
+                    if (known := missing.fail(job)) is None:
+                        yield job
+                        continue
+                    metrics.record_job(known)
+                    ended += 1
+                    cb.job_done(known)
+
+            run_jobs(to_run(), cfg, on_result=job_done, on_frames=cb.frames_done, on_workers=workers_ready,
                      on_waiting=cb.waiting)
         except BaseException as exc:
             if not working:  # nothing was rendered: the error says why
@@ -110,7 +126,7 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
             # Jobs may have rendered: the table holds their rows, and says which did not end.
             why = exc.message if isinstance(exc, HeygemError) else f"{type(exc).__name__}: {exc}"
             try:
-                resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, stopped=why)
+                resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, stopped=why, missing=missing)
                 table = f"every row is in {path} (jobs that did not end say 'stopped')"
             except HeygemError as failed:  # the cause may be the same: an unwritable output folder
                 table = f"the results table could not be written either ({failed.message})"
@@ -124,7 +140,7 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
             if started_here:
                 ray.shutdown()
     # 5. the results table: one row per manifest row, merged from the rows kept on disk
-    counts = resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path)
+    counts = resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, missing=missing)
     return RunSummary(path, total=len(jobs), ok=counts["ok"], skipped=counts["skipped"], failed=counts["failed"])
 
 

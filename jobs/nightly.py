@@ -32,6 +32,7 @@ from heygem_ray import heap, storage
 from heygem_ray.cli import describe_workers
 from heygem_ray.config import (
     BackendName,
+    InputLimits,
     LoopMode,
     PackName,
     PrecisionName,
@@ -81,6 +82,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="Seconds to wait for the first model worker (nodes joining, models loading, engines building).")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join; default: the Ray Job's own cluster, or a local Ray outside a job.")
+    p.add_argument("--max-reference-pixels", type=int, default=InputLimits.max_reference_pixels,
+                   help="A reference with more pixels (width × height) fails its row (default: 8K UHD, 7680×4320).")
+    p.add_argument("--max-reference-frames", type=int, default=InputLimits.max_reference_frames,
+                   help="A reference video with more frames fails its row (default: an hour at 25 fps).")
+    p.add_argument("--max-audio-seconds", type=float, default=InputLimits.max_audio_seconds,
+                   help="Audio longer than this fails its row (default: 4 hours).")
     p.add_argument("--force", action="store_true", help="Render every row again, even rows this date already finished.")
     return p.parse_args(argv)
 
@@ -104,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             render=RenderConfig(
                 pack=args.pack, checkpoint=args.checkpoint, loop=args.loop, chunk_frames=args.chunk_frames,
                 backend=args.backend, precision=args.precision,
+                limits=InputLimits(max_reference_pixels=args.max_reference_pixels,
+                                   max_reference_frames=args.max_reference_frames,
+                                   max_audio_seconds=args.max_audio_seconds),
             ),
             engines_dir=args.engines or default_engines_dir(),
             cache_dir=args.cache_dir or default_cache_dir(),
@@ -144,12 +154,14 @@ def ray_job_submission_id() -> str | None:
 
 
 class _Log(RunCallbacks):
-    """Job-log lines: every failure, and progress at each tenth of the manifest."""
+    """Job-log lines: every failure (one for the rows that fail at once on a file found
+    missing), and progress at each tenth of the manifest."""
 
     def __init__(self, date: str) -> None:
         self.date = date
         self.total = 0
         self.done = 0
+        self.failed_at_once = 0  # rows that failed without a job (a file another job found missing)
 
     def started(self, jobs: int) -> None:
         self.total = jobs
@@ -168,8 +180,13 @@ class _Log(RunCallbacks):
 
     def job_done(self, result: JobResult) -> None:
         self.done += 1
-        if result.status == "failed":
+        if result.status == "failed" and (result.attempts or not self.failed_at_once):
             _say(self.date, f"failed {result.job_id}: [{result.error_kind}] {result.error}")
+        if result.status == "failed" and not result.attempts:  # failed at once, no job started: one line for all
+            if not self.failed_at_once:
+                _say(self.date, "rows naming a file that a job of this run found missing fail at once; "
+                                "they are counted, not logged")  # fmt: skip
+            self.failed_at_once += 1
         step = max(1, self.total // 10)
         if self.done % step == 0 or self.done == self.total:
             _say(self.date, f"{self.done}/{self.total} jobs done")

@@ -1,0 +1,351 @@
+"""Hostile media stay bounded: a huge image, a header that lists millions of frames, ten
+hours of audio, a manifest of 100 000 rows on one missing file. Each row fails with a
+message naming the row, the file, the limit and the option to raise it (or, where it
+can, runs), and the process doing the work is measured: its peak resident memory (the
+kernel's high-water mark) stays under a stated bound.
+
+The jobs run the real recipe (``render_job``: PyAV, ffmpeg, the warp pack on PyTorch) in
+a fresh Python process, which reports its peak after imports and the model (what any
+job's process holds) and after each job, and the peak of the ffmpeg processes the job
+started (tests/helpers/peak.py). The 100 000 rows go through ``submit`` on a local Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from heygem_ray import media, resume
+from heygem_ray.cli import app
+from heygem_ray.config import InputLimits
+from heygem_ray.errors import InputError
+from heygem_ray.manifest import read_manifest
+from heygem_ray.pipeline import MissingInputs
+from heygem_ray.results import JobResult
+from tests.helpers.hostile import (
+    make_flac_claiming,
+    make_huge_png,
+    make_jpeg_claiming,
+    make_long_wav,
+    make_mkv_claiming_duration,
+    make_mp4_claiming_frames,
+    make_timestamp_gap_video,
+)
+from tests.helpers.media import make_tone, make_vfr_video, make_video
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMITS = InputLimits()
+# A refused file may make the job's process grow by this much at most: half of one
+# decoded frame at the pixel limit (7680 × 4320 × 3 bytes = 95 MiB). Decoding what these
+# files claim would take a 20 000 × 20 000 frame (1 144 MiB), an index of 80 million
+# entries (3 GiB in FFmpeg's demuxer), or a template of 900 000 frames.
+REFUSED_GROWTH_MIB = 48
+# ffmpeg, when it runs for a refused row at all (decoding the one-second audio that comes
+# first): its decoders never get a picture over the limit (a 20 000² one is 1 144 MiB).
+FFMPEG_MIB = 160
+# A job that renders (a 4 s 384 × 384 reference) grows its process by about 200 MiB
+# (template analysis, the model's batches, the encoder's pipe); a reference read as the
+# ten hours its header claims would be 900 000 frames.
+RENDER_GROWTH_MIB = 400
+# Ray's driver holds about 530 MiB by itself (measured with 6 000 rows); the manifest,
+# kept as a list of jobs, adds about 1.3 KiB a row: 130 MiB for 100 000. Everything
+# else is flat: the rows go to the table a batch at a time.
+DRIVER_MIB = 800
+
+JOBS = """
+import json, sys
+from pathlib import Path
+from heygem_ray.config import InputLimits, RenderConfig
+from heygem_ray.manifest import Job
+from heygem_ray.pipeline import InProcessService, render_job
+from heygem_ray.worker import ModelWorker
+from tests.helpers.peak import ChildPeaks, self_peak_mib
+
+folder, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
+service = InProcessService(ModelWorker(RenderConfig(backend="pytorch"), engines_dir=folder / "engines"))
+print("BEFORE", self_peak_mib(), flush=True)
+for name, (audio, video, limits) in cases.items():
+    cfg = RenderConfig(backend="pytorch", limits=InputLimits(**limits))
+    job = Job(row=7, job_id=name, audio=Path(audio), video=Path(video), output=folder / "out" / f"{name}.mp4")
+    with ChildPeaks("ffmpeg") as ffmpeg:
+        result = render_job(job, cfg, folder / "cache", service)
+    row = {k: v for k, v in result.to_row().items() if isinstance(v, (str, int, float, type(None)))}
+    print("CASE", json.dumps({"name": name, "row": row, "peak_mib": self_peak_mib(), "ffmpeg_mib": ffmpeg.mib}),
+          flush=True)
+"""
+
+
+def _env(scratch: Path | None = None) -> dict[str, str]:
+    """This checkout first on the path; temporary files (a job's scratch folder) under
+    ``scratch`` if given (not for Ray, whose socket paths must stay short)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return env if scratch is None else {**env, "TMPDIR": str(scratch)}
+
+
+def _run_jobs(tmp: Path, cases: dict[str, tuple[Path, Path, dict]], timeout: float) -> tuple[float, dict[str, dict]]:
+    """Run each case's job in order in one fresh process: (its peak before the jobs, each
+    case's row and the peaks after it)."""
+    spec = json.dumps({name: (str(a), str(v), limits) for name, (a, v, limits) in cases.items()})
+    proc = subprocess.run([sys.executable, "-c", JOBS, str(tmp), spec], cwd=ROOT, env=_env(tmp),
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    before = next(float(x.split()[1]) for x in lines if x.startswith("BEFORE "))
+    found = [json.loads(x.removeprefix("CASE ")) for x in lines if x.startswith("CASE ")]
+    return before, {c["name"]: c for c in found}
+
+
+@pytest.fixture(scope="module")
+def tone(tmp_path_factory) -> Path:
+    return make_tone(tmp_path_factory.mktemp("tone") / "one-second.wav", seconds=1.0)
+
+
+# name → (maker of the hostile file in a folder, is it the audio (else the reference),
+# stage, words its message holds)
+REFUSED = {
+    "png-20000x20000": (lambda d: make_huge_png(d / "huge.png", width=20_000, height=20_000), False, "analyze",
+                        ["is 20000×20000 pixels", "above the limit of 33.2 million pixels",
+                         f"--max-reference-pixels {LIMITS.max_reference_pixels}", "scale it down"]),
+    # Within FFmpeg's own size limit (20 000² is over it): this one it decodes (a 5.9 GiB job before).
+    "png-16000x16000": (lambda d: make_huge_png(d / "big.png", width=16_000, height=16_000), False, "analyze",
+                        ["is 16000×16000 pixels (256.0 million pixels)"]),
+    "jpeg-claiming-20000x20000": (lambda d: make_jpeg_claiming(d / "claims.jpg", width=20_000, height=20_000),
+                                  False, "analyze", ["is 20000×20000 pixels", "--max-reference-pixels"]),
+    "mp4-listing-2m-frames": (lambda d: make_mp4_claiming_frames(d / "2m.mp4", frames=2_000_000), False, "analyze",
+                              ["lists 2,000,000 frames in its header", "above the limit of 90,000 frames",
+                               f"--max-reference-frames {LIMITS.max_reference_frames}", "cut out the part"]),
+    "mp4-listing-80m-frames": (lambda d: make_mp4_claiming_frames(d / "80m.mp4", frames=80_000_000), False,
+                               "analyze", ["lists 80,000,000 frames in its header"]),
+    "mp4-holding-1m-frames": (lambda d: make_mp4_claiming_frames(d / "1m.mp4", frames=1_000_000,
+                                                                 every_frame_in_file=True),
+                              False, "analyze", ["lists 1,000,000 frames in its header"]),
+    "frames-10-hours-apart": (lambda d: make_timestamp_gap_video(d / "gap.mkv", gap_seconds=36_000), False, "analyze",
+                              ["has timestamps spanning 10:00:00", "900,001 frames at 25 fps",
+                               "above the limit of 90,000 frames"]),
+    "audio-10-hours": (lambda d: make_long_wav(d / "ten-hours.wav", seconds=36_000), True, "probe",
+                       ["lasts 10:00:00 (as its header declares)", "above the limit of 4:00:00",
+                        "--max-audio-seconds 14400", "split it"]),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory, tone, examples) -> tuple[float, dict[str, dict], dict[str, Path]]:
+    """Every hostile file of REFUSED as one row's job, all in one process (its peak only
+    grows: each case's peak bounds that case)."""
+    tmp = tmp_path_factory.mktemp("refused")
+    files = {name: make(tmp) for name, (make, *_) in REFUSED.items()}
+    cases = {
+        name: (files[name], examples / "presenter.mp4", {}) if is_audio else (tone, files[name], {})
+        for name, (_, is_audio, *_) in REFUSED.items()
+    }
+    before, found = _run_jobs(tmp, cases, timeout=120)
+    return before, found, files
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_a_hostile_file_fails_its_row_early_with_flat_memory(refused, name: str) -> None:
+    before, found, files = refused
+    _, _, stage, words = REFUSED[name]
+    case = found[name]
+    row = case["row"]
+    print(f"{name}: {row['seconds']:.2f} s, peak {before:.0f} → {case['peak_mib']:.0f} MiB, ffmpeg {case['ffmpeg_mib']:.0f} MiB")
+    assert (row["status"], row["error_kind"], row["error_stage"]) == ("failed", "too_large", stage), row
+    assert row["error"].startswith(f"row 7 (job '{name}'): ") and str(files[name]) in row["error"]
+    for word in words:
+        assert word in row["error"], row["error"]
+    assert row["error"].endswith("or raise the limit")
+    assert row["seconds"] < 5, row  # refused from the header, not after decoding
+    assert case["peak_mib"] - before < REFUSED_GROWTH_MIB, (before, case)
+    assert case["ffmpeg_mib"] < FFMPEG_MIB, case
+
+
+def test_a_header_claiming_ten_hours_is_not_believed_and_the_job_runs(tmp_path, examples, tone) -> None:
+    """A Matroska reference whose header says it lasts 10 hours, holding the 4 s of the
+    bundled clip: read as what it holds, rendered."""
+    mkv = make_mkv_claiming_duration(tmp_path / "claims-ten-hours.mkv", seconds=36_000,
+                                     source=examples / "presenter.mp4")  # fmt: skip
+    before, found = _run_jobs(tmp_path, {"claims": (tone, mkv, {})}, timeout=120)
+    case = found["claims"]
+    row = case["row"]
+    print(f"claims ten hours: peak {before:.0f} → {case['peak_mib']:.0f} MiB, ffmpeg {case['ffmpeg_mib']:.0f} MiB")
+    assert row["status"] == "ok", row
+    assert row["frames"] == 25  # the audio's second at 25 fps
+    assert media.probe_video(mkv).frames == 100  # what it holds: 4 s
+    assert case["peak_mib"] - before < RENDER_GROWTH_MIB, (before, case)
+    assert case["ffmpeg_mib"] < FFMPEG_MIB * 2, case  # the encoder too
+
+
+def test_ten_hours_of_audio_run_with_flat_memory_when_the_limit_allows(tmp_path, examples) -> None:
+    """Raised, the limit lets ten hours through: decoded in 1 MiB blocks into a file
+    (2.3 GB of 16 kHz float32 in the job's scratch folder), its features read a chunk at a
+    time. With loop=trim the output stops where the 4 s reference ends."""
+    wav = make_long_wav(tmp_path / "ten-hours.wav", seconds=36_000)
+    script = JOBS.replace('RenderConfig(backend="pytorch", limits', 'RenderConfig(backend="pytorch", loop="trim", limits')
+    spec = json.dumps({"long": (str(wav), str(examples / "presenter.mp4"), {"max_audio_seconds": 36_000})})
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path), spec], cwd=ROOT, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = next(float(x.split()[1]) for x in proc.stdout.splitlines() if x.startswith("BEFORE "))
+    case = next(json.loads(x.removeprefix("CASE ")) for x in proc.stdout.splitlines() if x.startswith("CASE "))
+    row = case["row"]
+    print(f"ten hours run: {row['seconds']:.0f} s, peak {before:.0f} → {case['peak_mib']:.0f} MiB, "
+          f"ffmpeg {case['ffmpeg_mib']:.0f} MiB")
+    assert row["status"] == "ok", row
+    assert row["audio_seconds"] == 36_000 and row["frames"] == 100  # trimmed to the reference
+    # Ten hours as one array would be 2.1 GiB (float32) in the job, 4.3 GiB through ffmpeg's pipe at f32.
+    assert case["peak_mib"] - before < RENDER_GROWTH_MIB, (before, case)
+    assert case["ffmpeg_mib"] < FFMPEG_MIB * 2, case
+
+
+# --------------------------------------------------------------------------- in this process
+
+
+def test_audio_longer_than_its_header_says_is_stopped_once_decoding_passes_the_limit(tmp_path) -> None:
+    flac = make_flac_claiming(tmp_path / "understated.flac", seconds=6.0, declared=1.0)
+    assert media.decode_audio(flac, tmp_path / "all.f32", max_seconds=10) == 6 * 16000
+    with pytest.raises(InputError) as caught:
+        media.decode_audio(flac, tmp_path / "capped.f32", max_seconds=3)
+    assert caught.value.kind == "too_large"
+    assert caught.value.message == (
+        f"audio {flac} is longer than its header declares: decoding passed the limit of 0:00:03 "
+        "(--max-audio-seconds 3); split it into shorter files, or raise the limit"
+    )
+
+
+def _fragmented(source: Path, path: Path) -> Path:
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(source), "-c", "copy",
+                    "-movflags", "+frag_keyframe+empty_moov", str(path)], check=True)  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "limit", "said"),
+    [
+        # Matroska lists only key frames in its cues: the frames are counted from the packets.
+        ("cues.mkv", lambda p: make_video(p, seconds=4.0), 50, "holds more than 50 frames (counted from its packets)"),
+        # 45 packets (1 s at 15 fps, 1 s at 30), read at 30 fps: 60 frames.
+        ("vfr.mp4", lambda p: make_vfr_video(p), 50, "has timestamps spanning 0:00:02, 60 frames at 30 fps"),
+        # A fragmented MP4 lists its frames in its fragments' runs: counted before FFmpeg opens it.
+        ("frag.mp4", lambda p: _fragmented(make_video(p.with_name("whole.mp4"), seconds=4.0), p), 50,
+         "lists 100 frames in its header"),
+    ],
+)
+def test_the_frame_limit_holds_wherever_the_count_comes_from(tmp_path, name, make, limit, said) -> None:
+    clip = make(tmp_path / name)
+    with pytest.raises(InputError) as caught:
+        media.probe_video(clip, max_frames=limit)
+    assert caught.value.kind == "too_large" and said in caught.value.message, caught.value.message
+    assert media.probe_video(clip, max_frames=100).frames in (60, 100)  # under the limit: as before
+
+
+def test_the_pixel_limit_reads_a_video_s_size_from_its_header(tmp_path) -> None:
+    clip = make_video(tmp_path / "small.mp4", seconds=0.2, size=(64, 48))
+    with pytest.raises(InputError) as caught:
+        media.probe_video(clip, max_pixels=64 * 48 - 1)
+    assert caught.value.kind == "too_large" and "is 64×48 pixels" in caught.value.message
+    assert media.probe_video(clip, max_pixels=64 * 48).width == 64
+
+
+def test_limits_are_checked_when_configured() -> None:
+    for bad in ({"max_reference_pixels": 0}, {"max_reference_pixels": 2**31}, {"max_reference_frames": 0},
+                {"max_audio_seconds": 0}):  # fmt: skip
+        with pytest.raises(InputError) as caught:
+            InputLimits(**bad)
+        assert caught.value.kind == "bad_argument"
+
+
+@pytest.mark.parametrize("option", ["--max-reference-pixels", "--max-reference-frames", "--max-audio-seconds"])
+def test_each_limit_has_its_cli_option(tmp_path, option: str) -> None:
+    (tmp_path / "m.csv").write_text("audio,video\na.wav,b.mp4\n")
+    got = CliRunner().invoke(app, ["submit", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out"), option, "0"])
+    assert got.exit_code == 2  # refused before anything starts, naming the setting
+    assert f"{option.removeprefix('--').replace('-', '_')} must be" in got.stderr, got.stderr
+
+
+# --------------------------------------------------------------------------- 100 000 rows
+
+SUBMIT = """
+import csv, json, sys, time
+from pathlib import Path
+from heygem_ray import RenderConfig, RunConfig, submit
+from tests.helpers.peak import self_peak_mib
+
+folder, rows = Path(sys.argv[1]), int(sys.argv[2])
+with open(folder / "manifest.csv", "w", newline="") as f:
+    out = csv.writer(f)
+    out.writerow(["audio", "video"])
+    out.writerows(["gone.wav", "presenter.mp4"] for _ in range(rows))
+start = time.monotonic()
+summary = submit(folder / "manifest.csv", RunConfig(output_dir=folder / "out", cache_dir=folder / "cache",
+                 engines_dir=folder / "engines", render=RenderConfig(backend="pytorch"), device="cpu", workers=1))
+print("SUBMIT", json.dumps({"seconds": time.monotonic() - start, "peak_mib": self_peak_mib(), "total": summary.total,
+                            "failed": summary.failed}))
+"""
+
+
+def test_a_manifest_of_100_000_rows_on_one_missing_file(tmp_path, examples) -> None:
+    """One job finds the audio missing; the other rows fail at once with the same message,
+    without a job of their own or a part file. Before: a Ray task and a part file per row,
+    about 12 minutes on 2 cores."""
+    rows = 100_000
+    (tmp_path / "presenter.mp4").symlink_to(examples / "presenter.mp4")
+    proc = subprocess.run([sys.executable, "-c", SUBMIT, str(tmp_path), str(rows)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("SUBMIT ")).removeprefix("SUBMIT "))
+    print(f"100 000 rows: {run['seconds']:.0f} s, driver peak {run['peak_mib']:.0f} MiB")
+    assert (run["total"], run["failed"]) == (rows, rows)
+    assert run["peak_mib"] < DRIVER_MIB, run
+    assert run["seconds"] < 180, run  # on 2 busy cores: about 35 s, of which Ray's start is 20
+
+    table = pq.read_table(tmp_path / "out" / "results.parquet",
+                          columns=["row", "job_id", "error_kind", "error_stage", "error", "attempts"])  # fmt: skip
+    assert table.num_rows == rows and table["row"].to_pylist() == list(range(1, rows + 1))
+    assert pc.all(pc.equal(table["error_kind"], "missing_file")).as_py()
+    assert pc.all(pc.equal(table["error_stage"], "probe")).as_py()
+    gone = tmp_path / "gone.wav"
+    for r in table.slice(0, 3).to_pylist() + table.slice(rows - 2).to_pylist():
+        assert r["error"] == f"row {r['row']} (job {r['job_id']!r}): audio {gone} does not exist; check the path", r
+    started = pc.sum(pc.greater(table["attempts"], 0)).as_py()
+    assert 1 <= started <= max(2, os.cpu_count() or 1), started  # those in flight when the first found it missing
+    parts = list((tmp_path / "out" / ".heygem-results").iterdir())
+    assert len(parts) == started  # only jobs that ran keep a part file
+
+
+def test_rows_failed_at_once_are_merged_from_the_run_not_from_an_earlier_part_file(tmp_path) -> None:
+    """Without a job, a row that fails at once writes no part file: the table takes it from
+    the run, never from a part file an earlier run left for that job (here: 'ok', its MP4
+    since deleted along with the audio)."""
+    (tmp_path / "m.csv").write_text("job_id,audio,video\nfirst,gone.wav,p.jpg\nsecond,gone.wav,p.jpg\n"
+                                    "third,here.wav,p.jpg\n")  # fmt: skip
+    out = tmp_path / "out"
+    first, second, third = read_manifest(tmp_path / "m.csv", out)
+    earlier = JobResult.for_job(second, "warp")
+    earlier.status, earlier.frames = "ok", 25
+    resume.record(out, earlier)  # an earlier run's row
+
+    missing = MissingInputs("warp", "h", rows=3)
+    ran = JobResult.for_job(first, "warp")  # the first job, as render_job reports it
+    ran.error_kind, ran.error_stage = "missing_file", "probe"
+    ran.error = f"{first.label}: audio {first.audio} does not exist; check the path"
+    resume.record(out, ran)
+    missing.learn(ran)
+    assert missing.fail(third) is None  # its audio is not known to be missing
+    at_once = missing.fail(second)
+    assert at_once is not None and at_once.error == f"{second.label}: audio {second.audio} does not exist; check the path"
+    assert (at_once.status, at_once.error_stage, at_once.attempts) == ("failed", "probe", 0)
+
+    resume.write_merged([first, second, third], out, set(), "warp", out / "results.parquet",
+                        stopped="interrupted", missing=missing)  # fmt: skip
+    table = {r["job_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert [table[j]["error_kind"] for j in ("first", "second", "third")] == ["missing_file", "missing_file", "stopped"]
+    assert (table["second"]["status"], table["second"]["frames"], table["second"]["attempts"]) == ("failed", 0, 0)
+    assert table["second"]["error"] == at_once.error
