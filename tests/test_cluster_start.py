@@ -3,6 +3,7 @@ work, started with `ray start` in token mode, and GPU nodes that join after the 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -13,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from heygem_ray import media
-from tests.helpers.raystart import RayStart
+from tests.helpers.raystart import RayStart, photo_batch
 
 HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
 JOIN_AFTER_S = 20
-JOBS = 16
+JOBS = 24
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +31,8 @@ def empty_cluster():
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory, examples) -> Path:
-    d = tmp_path_factory.mktemp("batch")
-    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "4",
-                    str(d / "a.wav")], check=True)
     # Enough work that the second node's worker starts while jobs remain.
-    rows = [f"job{i},{d / 'a.wav'},{examples / 'presenter.jpg'}" for i in range(JOBS)]
-    (d / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
-    return d
+    return photo_batch(tmp_path_factory.mktemp("batch"), examples, JOBS, 4).parent
 
 
 def _command(cluster: RayStart, folder: Path, out: Path, *args: str) -> list[str]:
@@ -89,7 +85,8 @@ def test_gpu_nodes_that_join_after_the_submit_render_every_row(empty_cluster, ba
     assert sorted(r["job_id"] for r in rows) == sorted(f"job{i}" for i in range(JOBS))
     assert all(r["status"] == "ok" and r["attempts"] == 1 for r in rows), rows
     # The second worker was announced as it joined, and both nodes' workers rendered.
-    assert proc.stderr.count("workers: 1 × CPU, backend") == 2, proc.stderr[-3000:]
+    announced = [int(n) for n in re.findall(r"^workers: (\d+) × CPU, backend", proc.stderr, flags=re.M)]
+    assert announced == [1, 1], proc.stderr[-3000:]
     assert len({r["node"] for r in rows}) == 2, [r["node"] for r in rows]
     for r in rows:
         assert len(media.read_video(Path(r["output"]))[0]) == r["frames"] == 100

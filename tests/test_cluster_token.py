@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from heygem_ray import media
-from tests.helpers.raystart import RayStart
+from tests.helpers.raystart import RayStart, photo_batch
 
 HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
 FIX = ("set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, a file holding it) to the token the cluster's nodes were "
@@ -31,12 +31,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory, examples) -> Path:
-    d = tmp_path_factory.mktemp("token")
-    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "1",
-                    str(d / "a.wav")], check=True)
-    rows = [f"job{i},{d / 'a.wav'},{examples / 'presenter.jpg'}" for i in range(3)]
-    (d / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
-    return d / "m.csv"
+    return photo_batch(tmp_path_factory.mktemp("token"), examples, 3, 1)
 
 
 def _submit(cluster: RayStart, manifest: Path, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -83,3 +83,16 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def photo_batch(folder: Path, examples: Path, jobs: int, seconds: float) -> Path:
+    """A manifest in ``folder`` of ``jobs`` rows, each ``seconds`` of the bundled speech
+    over the bundled photo, with absolute paths (any node can read them); returns it."""
+    from heygem_ray import media
+
+    audio = folder / "a.wav"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", str(seconds),
+                    str(audio)], check=True)
+    rows = [f"job{i},{audio},{examples / 'presenter.jpg'}" for i in range(jobs)]
+    (folder / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
+    return folder / "m.csv"
