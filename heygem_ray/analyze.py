@@ -194,7 +194,7 @@ def _build(
         out / "crops.npy", mode="w+", dtype=np.uint8, shape=(frames, geometry.size, geometry.size, 3)
     )
     for i, frame in enumerate(partial.read_frames(np.arange(frames))):
-        crops[i] = cut(frame, boxes[i], geometry.size)
+        crops[i] = cut(frame, boxes[i], geometry.size, geometry.resample)
     crops.flush()
     del crops
 

@@ -107,8 +107,8 @@ def describe_workers(infos: list[WorkerInfo]) -> list[str]:
 def submit(
     manifest: Annotated[Path, typer.Argument(help="CSV or Parquet file with columns audio and video (and optionally job_id, output).")],
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for the MP4s and results.parquet.")] = Path("out"),
-    pack: Annotated[str, typer.Option(help="Model pack: 'warp' (no weights, default) or 'wav2lip' (needs --checkpoint).")] = "warp",
-    checkpoint: Annotated[Path | None, typer.Option(help="Public Wav2Lip generator checkpoint (wav2lip.pth or wav2lip_gan.pth) for --pack wav2lip.")] = None,
+    pack: Annotated[str, typer.Option(help="Model pack: 'warp' (no weights, default), 'wav2lip' or 'musetalk' (both need --checkpoint).")] = "warp",
+    checkpoint: Annotated[Path | None, typer.Option(help="The pack's weights: for wav2lip the public generator checkpoint (wav2lip.pth or wav2lip_gan.pth); for musetalk MuseTalk's models/ folder.")] = None,
     loop: Annotated[str, typer.Option(help="When the audio outlasts the reference: 'pingpong' (default), 'forward', or 'trim' (cut the output where the reference ends).")] = "pingpong",
     address: Annotated[str | None, typer.Option(help="Ray cluster to use: 'auto', HOST:PORT or ray://HOST:PORT. Without it a local Ray instance starts.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Where analysed references are cached (default: ~/.cache/heygem-ray/templates).")] = None,
@@ -207,8 +207,8 @@ app.add_typer(engines_app, name="engines")
 
 @engines_app.command("build")
 def engines_build(
-    pack: Annotated[str, typer.Option(help="Model pack: 'warp' or 'wav2lip'.")] = "warp",
-    checkpoint: Annotated[Path | None, typer.Option(help="Wav2Lip generator checkpoint for --pack wav2lip.")] = None,
+    pack: Annotated[str, typer.Option(help="Model pack: 'warp', 'wav2lip' or 'musetalk'.")] = "warp",
+    checkpoint: Annotated[Path | None, typer.Option(help="The pack's weights (see submit --help).")] = None,
     backend: Annotated[str, typer.Option(help="'onnxruntime' (ONNX graphs) or 'tensorrt' (engines for this GPU).")] = "onnxruntime",
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32' or 'fp16'.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Frames per model call the workers will send (sets the TensorRT batch profile).")] = 32,

@@ -19,7 +19,12 @@ from heygem_ray import storage
 from heygem_ray.errors import InputError
 from heygem_ray.storage import Location
 
-PackName = Literal["warp", "wav2lip"]
+PackName = Literal["warp", "wav2lip", "musetalk"]
+# The packs with weights, and what --checkpoint names for each.
+_NEEDS_WEIGHTS = {
+    "wav2lip": "PATH (the public Wav2Lip generator checkpoint, wav2lip.pth or wav2lip_gan.pth)",
+    "musetalk": "DIR (MuseTalk's models/ folder: musetalkV15/, sd-vae/ and whisper/, as its download script lays it out)",
+}
 LoopMode = Literal["pingpong", "forward", "trim"]
 BackendName = Literal["auto", "tensorrt", "onnxruntime", "pytorch"]
 # "auto": fp16 on a GPU, fp32 on a CPU.
@@ -148,15 +153,14 @@ class RenderConfig:
         _check_choice("loop", self.loop, LoopMode)
         _check_choice("backend", self.backend, BackendName)
         _check_choice("precision", self.precision, PrecisionName)
-        if self.pack == "wav2lip" and self.checkpoint is None:
+        if self.pack in _NEEDS_WEIGHTS and self.checkpoint is None:
             raise InputError(
-                "the wav2lip pack needs its weights: pass --checkpoint PATH to the public "
-                "wav2lip.pth or wav2lip_gan.pth generator checkpoint",
+                f"the {self.pack} pack needs its weights: pass --checkpoint {_NEEDS_WEIGHTS[self.pack]}",
                 kind="bad_argument",
             )
-        if self.pack == "warp" and self.checkpoint is not None:
+        if self.pack not in _NEEDS_WEIGHTS and self.checkpoint is not None:
             raise InputError(
-                "--checkpoint is only used by --pack wav2lip; the warp pack has no weights",
+                f"--checkpoint is only used by the {' and '.join(_NEEDS_WEIGHTS)} packs; the {self.pack} pack has no weights",
                 kind="bad_argument",
             )
         for name in ("chunk_frames", "batch_size"):

@@ -72,7 +72,7 @@ BUCKET_LOCK = ".build-lock"
 # "cpu", "sm_90" (compute capability 9.0); "any" for artifacts that run anywhere (ONNX).
 _ARCH = re.compile(r"^(cpu|any|sm_\d+)$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_STAGES = ("motion", "render")
+_STAGES = ("reference", "motion", "render")
 _TOOLS = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt")
 _LOCK_POLL_S = 0.2
 DEFAULT_LOCK_TIMEOUT_S = 3600.0  # a TensorRT build of a big model takes minutes, not hours

@@ -33,6 +33,9 @@ DEFAULT_OPSET = 17  # GridSample (warp render) needs opset 16 or later
 _EXAMPLE_BATCH = 2
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
+# An ONNX file is one protobuf message, which holds at most 2 GiB; the graph and its
+# metadata need some of it besides the weights.
+MAX_ONNX_WEIGHT_BYTES = 2**31 - 2**26
 
 
 def graph_names(
@@ -83,6 +86,13 @@ def export_onnx(
     """
     path = Path(path)
     in_names, out_names = graph_names(inputs, outputs)
+    weights = sum(t.numel() * (2 if fp16 and t.is_floating_point() else t.element_size())
+                  for t in module.state_dict().values())
+    if weights > MAX_ONNX_WEIGHT_BYTES:
+        raise EngineError(
+            f"its weights are {weights / 2**30:.1f} GiB in {'fp16' if fp16 else 'fp32'}, more than one ONNX file "
+            "holds (2 GiB): run it with --backend pytorch, or in fp16 on a GPU"
+        )
     # Traced where the module lives (a GPU traces the half copy much faster than a CPU).
     first = next(iter(module.state_dict().values()), None)
     device = first.device if first is not None else torch.device("cpu")

@@ -262,38 +262,53 @@ def mel_windows(mel: np.ndarray, fps: float | Fraction, n_frames: int | None = N
 WHISPER_SEGMENT = 30 * SAMPLE_RATE  # samples per Whisper input (the encoder takes 30 s, padded)
 WHISPER_FPS = 50  # encoder states per second
 WHISPER_WINDOW = 10  # states per video frame: ±2 frames of 25 fps around it
-WHISPER_PAD_LEFT, WHISPER_PAD_RIGHT = 2, 2  # video frames of padding, as the public pipeline pads
+WHISPER_PAD_LEFT = 2  # video frames of zero states before the audio, as the public pipeline pads
 
 
 def musetalk_log_mel(wav: np.ndarray, features: Any) -> list[np.ndarray]:
     """16 kHz float32 audio → Whisper's (1, 80, 3000) log-mel input for each 30 s of it
     (the last padded), through ``features`` (transformers' WhisperFeatureExtractor)."""
     return [
-        features(wav[s : s + WHISPER_SEGMENT], sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+        whisper_log_mel(wav[s : s + WHISPER_SEGMENT], features)
         for s in range(0, max(1, len(wav)), WHISPER_SEGMENT)
     ]
+
+
+def whisper_log_mel(segment: np.ndarray, features: Any) -> np.ndarray:
+    """Up to 30 s of 16 kHz float32 audio → (1, 80, 3000) float32 log-mel, padded to 30 s."""
+    return np.asarray(features(segment, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features, np.float32)
+
+
+def musetalk_window_starts(frames: np.ndarray, fps: float | Fraction) -> np.ndarray:
+    """Output frame indices (n,) → (n,) int64: the encoder state each frame's window of
+    ``WHISPER_WINDOW`` starts at (negative before the audio's start: zeros there)."""
+    step = WHISPER_FPS / float(fps)
+    before = int(np.floor(step)) * WHISPER_PAD_LEFT  # MuseTalk pads floor(50 / fps) per video frame
+    return np.floor(np.asarray(frames) * step).astype(np.int64) - before
+
+
+def musetalk_gather(states: np.ndarray, starts: np.ndarray, stop: int) -> np.ndarray:
+    """(S, 5, 384) stacked encoder states, window starts (n,) → (n, 50, 384) float32: the
+    10 states from each start, time-major (token = state × 5 + layer); states before 0
+    or from ``stop`` on (past the audio's end) are zeros."""
+    index = starts[:, None] + np.arange(WHISPER_WINDOW)  # (n, 10)
+    inside = (index >= 0) & (index < min(stop, len(states)))
+    windows = np.where(inside[..., None, None], states[np.clip(index, 0, len(states) - 1)], 0.0)  # (n, 10, 5, 384)
+    return np.ascontiguousarray(windows.reshape(len(starts), -1, states.shape[2]), dtype=np.float32)
 
 
 def musetalk_windows(states: np.ndarray, samples: int, fps: float | Fraction, n_frames: int) -> np.ndarray:
     """(S, 5, 384) stacked encoder states of the whole audio (S ≥ its length at 50 a second)
     → (n_frames, 50, 384): per video frame ``i`` the 10 states from ``floor(i·50/fps)`` of
-    the sequence padded with 2·2 zero states before and 2·3·2 after, time-major (token =
+    the sequence padded with 2·2 zero states before and zeros after, time-major (token =
     state × 5 + layer), as MuseTalk's ``get_whisper_chunk`` cuts them.
 
     One difference, on purpose: MuseTalk cuts the audio to whole seconds (a 10.5 s clip
     gets 10 s of frames); here every frame of the audio has its window, from the audio's
     real length, so frames inside the whole seconds are the same except the last two or so
     (which see real sound where MuseTalk's padding is silence)."""
-    step = WHISPER_FPS / float(fps)
-    pad = int(np.floor(step))
     length = int(samples / SAMPLE_RATE * WHISPER_FPS)
-    seq = states[:length]
-    before = np.zeros((pad * WHISPER_PAD_LEFT, *seq.shape[1:]), np.float32)
-    after = np.zeros((max(pad * 3 * WHISPER_PAD_RIGHT, int(np.ceil(n_frames * step)) + WHISPER_WINDOW - length), *seq.shape[1:]), np.float32)
-    padded = np.concatenate([before, seq.astype(np.float32), after])
-    starts = np.floor(np.arange(n_frames) * step).astype(np.int64)
-    windows = padded[starts[:, None] + np.arange(WHISPER_WINDOW)]  # (n, 10, 5, 384)
-    return windows.reshape(n_frames, WHISPER_WINDOW * windows.shape[2], windows.shape[3])
+    return musetalk_gather(states, musetalk_window_starts(np.arange(n_frames), fps), length)
 
 
 def musetalk_audio(wav: np.ndarray, fps: float | Fraction, models: Any, n_frames: int | None = None) -> np.ndarray:

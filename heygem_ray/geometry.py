@@ -15,6 +15,11 @@ import numpy as np
 
 from heygem_ray.face import FaceTrack
 
+# Where the lower end of the nose bridge sits above the mouth, in face-box heights of a
+# frontal cascade's box (the mouth near v = 0.83, the bridge's end near v = 0.56).
+NOSE_ABOVE_MOUTH = 0.27
+_RESAMPLE = {"area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
+
 
 @dataclass(frozen=True)
 class CropGeometry:
@@ -27,14 +32,21 @@ class CropGeometry:
     ``padded``: the face box, reaching down at least to the chin, grown by ``pad`` =
     (top, bottom, left, right) pixels and clipped to the frame (the public Wav2Lip
     inference geometry, whose detector's box ends at the chin).
-    The crop is resized to ``size`` × ``size``. The track is already smooth over time.
+    ``halves``: the face's width, from as far above the nose as the chin is below it down
+    to the chin, grown by ``pad`` and clipped to the frame: the nose sits on the crop's
+    middle row, so its lower half is the mouth and jaw (MuseTalk's crop, which it cuts
+    from landmarks: the lower end of the nose bridge and the lowest jaw point). The nose
+    is placed ``NOSE_ABOVE_MOUTH`` face heights above the tracked mouth.
+    The crop is resized to ``size`` × ``size`` with ``resample``. The track is already
+    smooth over time.
     """
 
     size: int
-    mode: Literal["mouth", "padded"]
+    mode: Literal["mouth", "padded", "halves"]
     scale: float = 1.0
     mouth_y: float = 0.0
     pad: tuple[int, int, int, int] = (0, 0, 0, 0)
+    resample: Literal["area", "lanczos"] = "area"
 
     def crop_boxes(self, track: FaceTrack, width: int, height: int) -> np.ndarray:
         """The track's face boxes and mouths → (n, 4) int32 crop boxes."""
@@ -48,7 +60,11 @@ class CropGeometry:
         else:
             top, bottom, left, right = self.pad
             chin = faces[:, 1] + track.chins * fh
-            boxes = np.stack([faces[:, 0], faces[:, 1], faces[:, 2], np.maximum(faces[:, 3], chin)], axis=1)
+            if self.mode == "halves":
+                nose = faces[:, 1] + (track.mouths[:, 1] - NOSE_ABOVE_MOUTH) * fh
+                boxes = np.stack([faces[:, 0], 2 * nose - chin, faces[:, 2], chin], axis=1)
+            else:
+                boxes = np.stack([faces[:, 0], faces[:, 1], faces[:, 2], np.maximum(faces[:, 3], chin)], axis=1)
             boxes = boxes + np.array([-left, -top, right, bottom], np.float32)
             boxes = np.clip(boxes, 0, [width, height, width, height])
         out = np.rint(boxes).astype(np.int32)
@@ -58,14 +74,14 @@ class CropGeometry:
         return out
 
 
-def cut(frame: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+def cut(frame: np.ndarray, box: np.ndarray, size: int, resample: str = "area") -> np.ndarray:
     """(H, W, 3) uint8 frame, box → (size, size, 3) uint8 crop (edge pixels repeated outside)."""
     h, w = frame.shape[:2]
     x0, y0, x1, y1 = (int(v) for v in box)
     ys = np.clip(np.arange(y0, y1), 0, h - 1)
     xs = np.clip(np.arange(x0, x1), 0, w - 1)
     region = frame[ys[:, None], xs[None, :]]
-    return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.resize(region, (size, size), interpolation=_RESAMPLE[resample])
 
 
 def paste(

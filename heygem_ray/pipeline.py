@@ -8,14 +8,16 @@ job's result row; nothing escapes to stop the batch.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 import traceback
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,7 +28,7 @@ from heygem_ray.errors import HeygemError, InternalError
 from heygem_ray.features import SAMPLE_RATE, Pcm
 from heygem_ray.geometry import paste
 from heygem_ray.manifest import Job, row_label
-from heygem_ray.packs import ChunkFeatures, PackSpec, get_pack
+from heygem_ray.packs import ChunkFeatures, Features, PackSpec, get_pack
 from heygem_ray.results import JobResult
 from heygem_ray.storage import Location
 from heygem_ray.timeline import Timeline, plan
@@ -46,22 +48,36 @@ class ChunkFuture(Protocol):
     def result(self) -> ChunkOutput: ...
 
 
+class ReferenceFuture(Protocol):
+    def result(self) -> np.ndarray: ...
+
+
 class ModelService(Protocol):
-    """Where motion and render run: in this process, or on Ray worker actors."""
+    """Where the pack's stages run: in this process, or on Ray worker actors."""
 
     @property
     def workers(self) -> int:
         """How many chunks can render at once."""
         ...
 
-    def submit(self, features: np.ndarray, crops: np.ndarray) -> ChunkFuture: ...
+    def submit(self, features: Features, given: np.ndarray) -> ChunkFuture:
+        """A chunk: its features and, per frame, its crops or reference-stage outputs."""
+        ...
+
+    def submit_reference(self, crops: np.ndarray) -> ReferenceFuture:
+        """Reference frames' crops through the pack's reference stage."""
+        ...
+
+    def reference_key(self) -> str:
+        """What the workers' reference stage computes (``WorkerInfo.reference_key``)."""
+        ...
 
 
 class _Done:
-    def __init__(self, value: ChunkOutput):
+    def __init__(self, value: Any):
         self.value = value
 
-    def result(self) -> ChunkOutput:
+    def result(self) -> Any:
         return self.value
 
 
@@ -73,8 +89,14 @@ class InProcessService:
     def __init__(self, worker: ModelWorker):
         self.worker = worker
 
-    def submit(self, features: np.ndarray, crops: np.ndarray) -> ChunkFuture:
-        return _Done(self.worker.run_chunk(features, crops))
+    def submit(self, features: Features, given: np.ndarray) -> ChunkFuture:
+        return _Done(self.worker.run_chunk(features, given))
+
+    def submit_reference(self, crops: np.ndarray) -> ReferenceFuture:
+        return _Done(self.worker.run_reference(crops))
+
+    def reference_key(self) -> str:
+        return self.worker.ready().reference_key
 
 
 class _Stages:
@@ -126,13 +148,18 @@ def render_job(
             with stages("analyze"):
                 video = storage.fetch(job.video, "reference", default_download_dir())
                 template, result.template_cached = analyze(video, pack.geometry, cfg.detector, cache_dir, cfg.limits)
-            # 3. plan the output frames; features are computed a chunk at a time in step 4
+            # 3. plan the output frames; features are computed a chunk at a time in step 5
             with stages("features"):
                 timeline = plan(pcm.samples / SAMPLE_RATE, template.frames, template.fps, cfg.loop, template.is_image)
                 features = pack.features(pcm, template.fps, timeline.frames)
-            # 4+5. motion and render per chunk on the workers, composed and encoded here
+            # 4. what the render stage gets per reference frame: its crop, or the pack's
+            #    reference-stage output for it (computed on the workers once per template)
+            with stages("analyze"):
+                given = _given(template, pack, models, timeline, cfg.chunk_frames)
+            # 5+6. motion and render per chunk on the workers, composed and encoded here
             last = _render_and_compose(
-                job.output, audio, template, timeline, features, pack, cfg, models, stages, on_frames, Path(scratch)
+                job.output, audio, template, timeline, features, given, pack, cfg, models, stages, on_frames,
+                Path(scratch),
             )
         result.output_bytes = storage.size(job.output)
         result.status = "ok"
@@ -223,6 +250,7 @@ def _render_and_compose(
     template: Template,
     timeline: Timeline,
     features: ChunkFeatures,
+    given: Callable[[np.ndarray], np.ndarray],
     pack: PackSpec,
     cfg: RenderConfig,
     models: ModelService,
@@ -253,7 +281,7 @@ def _render_and_compose(
         ) as writer:
 
             def compose_next() -> ChunkOutput:
-                sl, given, future = pending.popleft()
+                sl, sent, future = pending.popleft()
                 stages.current = "render"
                 chunk = future.result()
                 stages.add("motion", chunk.motion_s)
@@ -261,7 +289,7 @@ def _render_and_compose(
                 ref = timeline.ref_index[sl.start : sl.stop]
                 with stages("compose"):
                     frames = template.read_frames(ref)
-                    bases = given if pack.paste_mode == "residual" else [None] * len(ref)
+                    bases = sent if pack.paste_mode == "residual" else [None] * len(ref)
                     here = template.present[ref]
                     for frame, crop, base, box, face in zip(
                         frames, chunk.crops, bases, template.boxes[ref], here, strict=True
@@ -276,8 +304,8 @@ def _render_and_compose(
                 with stages("features"):
                     chunk_features = features(sl)
                 stages.current = "render"
-                crops = template.crops(timeline.ref_index[sl.start : sl.stop])
-                pending.append((sl, crops, models.submit(chunk_features, crops)))
+                inputs = given(timeline.ref_index[sl.start : sl.stop])
+                pending.append((sl, inputs, models.submit(chunk_features, inputs)))
                 if len(pending) > max(LOOKAHEAD, models.workers):
                     last = compose_next()
             while pending:
@@ -289,3 +317,52 @@ def _render_and_compose(
     if last is None:
         raise InternalError("a timeline without frames reached compose")
     return last.worker
+
+
+def _given(
+    template: Template, pack: PackSpec, models: ModelService, timeline: Timeline, chunk_frames: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Reference frame indices (k,) → what the job sends the workers for them: their crops,
+    or, for a pack with a reference stage, that stage's outputs, kept with the template.
+
+    The outputs are computed for the frames this timeline uses that the template lacks,
+    on the workers, under the template's lock for them (two jobs on one reference compute
+    them once), and kept in ``reference-<key>.npy`` (one item per template frame) with
+    ``reference-<key>.done.npy`` (which items are there); the key names the workers'
+    reference stage (weights, code, precision). An item counts as there only once written:
+    a job that dies midway leaves the rest to the next.
+    """
+    if pack.reference is None:
+        return template.crops
+    key = models.reference_key()
+    (spec,) = pack.io(pack.reference)[1]
+    data, done_path = template.root / f"reference-{key}.npy", template.root / f"reference-{key}.done.npy"
+    with storage.file_lock(template.root / f"reference-{key}.lock"):
+        if not data.is_file():
+            tmp = data.with_name(f".{data.name}.{uuid.uuid4().hex}.tmp")
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(template.frames, *spec.shape)).flush()
+            os.replace(tmp, data)
+        done = np.load(done_path) if done_path.is_file() else np.zeros(template.frames, bool)
+        todo = np.flatnonzero(~done & np.isin(np.arange(template.frames), timeline.ref_index))
+        if todo.size:
+            store = np.load(data, mmap_mode="r+")
+            pending: deque[tuple[np.ndarray, ReferenceFuture]] = deque()
+            for s in range(0, todo.size, chunk_frames):
+                part = todo[s : s + chunk_frames]
+                pending.append((part, models.submit_reference(template.crops(part))))
+                if len(pending) > max(LOOKAHEAD, models.workers):
+                    index, future = pending.popleft()
+                    store[index] = future.result()
+            for index, future in pending:
+                store[index] = future.result()
+            store.flush()
+            del store
+            done[todo] = True
+            tmp = done_path.with_name(f".{done_path.name}.{uuid.uuid4().hex}.tmp.npy")
+            np.save(tmp, done)
+            os.replace(tmp, done_path)
+
+    def read(index: np.ndarray) -> np.ndarray:
+        return np.asarray(np.load(data, mmap_mode="r")[index])
+
+    return read

@@ -35,7 +35,8 @@ from heygem_ray.config import RenderConfig, RunConfig
 from heygem_ray.errors import EngineError, HeygemError
 from heygem_ray.joblog import fields, job_logging
 from heygem_ray.manifest import Job
-from heygem_ray.pipeline import ChunkFuture, render_job
+from heygem_ray.packs import Features
+from heygem_ray.pipeline import ChunkFuture, ReferenceFuture, render_job
 from heygem_ray.results import JobResult
 from heygem_ray.worker import ChunkOutput, ModelWorker, WorkerInfo
 
@@ -79,13 +80,18 @@ class _ActorWorker(ModelWorker):
         ray.get(router.starting.remote(self._id))
         super().__init__(cfg, engines_dir, node=node_name())
         if self.error is None:  # one that cannot start is the driver's to report
-            ray.get(router.joined.remote(self._id, ctx.current_actor))
+            ray.get(router.joined.remote(self._id, ctx.current_actor, self.info.reference_key))
 
-    def render(self, chunk: str, features: np.ndarray, crops: np.ndarray) -> ChunkOutput:
+    def render(self, chunk: str, features: Features, given: np.ndarray) -> ChunkOutput:
         """``run_chunk`` for the chunk named ``chunk``; recorded first (and waited for: the
         record must outlive a worker killed by this very chunk)."""
         ray.get(self._router.started.remote(self._id, chunk))
-        return self.run_chunk(features, crops)
+        return self.run_chunk(features, given)
+
+    def reference(self, chunk: str, crops: np.ndarray) -> np.ndarray:
+        """``run_reference`` for the chunk named ``chunk``, recorded first as ``render``."""
+        ray.get(self._router.started.remote(self._id, chunk))
+        return self.run_reference(crops)
 
 
 @ray.remote(num_cpus=0)
@@ -114,6 +120,7 @@ class _Router:
         self.loading: set[str] = set()  # workers placed on a node, opening their models
         self.rendering: dict[str, str] = {}  # worker → the chunk it started last
         self.died_rendering: set[str] = set()  # chunks whose worker restarted before it ended
+        self.reference_keys: dict[str, str] = {}  # serving worker → its WorkerInfo.reference_key
 
     @ray.method(enable_task_events=False)
     def add(self, frames: int) -> None:
@@ -130,11 +137,18 @@ class _Router:
             self.died_rendering.add(chunk)
 
     @ray.method(enable_task_events=False)
-    def joined(self, worker: str, handle: Any) -> None:
+    def joined(self, worker: str, handle: Any, reference_key: str) -> None:
         self.loading.discard(worker)
         self.serving[worker] = handle
+        self.reference_keys[worker] = reference_key
         self.in_flight[worker] = 0
         self.joins[worker] = self.joins.get(worker, 0) + 1
+
+    @ray.method(enable_task_events=False)
+    def reference_key(self) -> str | None:
+        """A serving worker's ``reference_key`` (the same for all: one checkpoint and
+        device kind a run); None while none serves."""
+        return next((self.reference_keys[w] for w in self.serving), None)
 
     @ray.method(enable_task_events=False)
     def placed(self) -> int:
@@ -192,21 +206,22 @@ class _RayFuture:
       ``CHUNK_KILLS`` such deaths the job fails.
     """
 
-    def __init__(self, service: _RayService, label: str, features: np.ndarray, crops: np.ndarray):
-        self._service, self._label, self._args = service, label, (features, crops)
+    def __init__(self, service: _RayService, label: str, method: str, *args: Any):
+        self._service, self._label, self._method, self._args = service, label, method, args
         self._kills = 0
         self._send()
 
     def _send(self) -> None:
         self._worker, actor, self._join = self._service.acquire(self._label)
         self._chunk = uuid.uuid4().hex  # this send of the chunk, as its worker reports it
-        self._ref: ray.ObjectRef = actor.render.options(name=CHUNK_CALL).remote(self._chunk, *self._args)
+        call = getattr(actor, self._method).options(name=CHUNK_CALL)
+        self._ref: ray.ObjectRef = call.remote(self._chunk, *self._args)
 
-    def result(self) -> ChunkOutput:
+    def result(self) -> Any:  # the method's: a ChunkOutput from render, an array from reference
         router = self._service.router
         while True:
             try:
-                out = cast(ChunkOutput, ray.get(self._ref))
+                out = ray.get(self._ref)
                 router.release.remote(self._worker)
                 return out
             except RayTaskError as exc:
@@ -267,25 +282,38 @@ class _RayService:
         self._chunk_frames = chunk_frames
         self._wait_s = wait_s
         self._sent = 0
+        self._references = 0
 
     def acquire(self, label: str) -> tuple[str, Any, int]:
+        return cast(tuple[str, Any, int], self._while_none_serves(self.router.acquire, f"{label}: no"))
+
+    def _while_none_serves(self, ask: Any, subject: str) -> Any:
+        """What the router's ``ask`` answers, asked again while it answers None (no worker
+        serves), up to ``wait_s``."""
         deadline = time.monotonic() + self._wait_s
-        while (offer := ray.get(self.router.acquire.remote())) is None:
+        while (answer := ray.get(ask.remote())) is None:
             if time.monotonic() >= deadline:
                 raise EngineError(
-                    f"{label}: no model worker was serving for {self._wait_s:g} s (all lost or restarting); "
+                    f"{subject} model worker was serving for {self._wait_s:g} s (all lost or restarting); "
                     "check the cluster's health, then run the same manifest again",
                     kind="worker_lost",
                 )
             time.sleep(POLL_S)
-        return cast(tuple[str, Any, int], offer)
+        return answer
 
-    def submit(self, features: np.ndarray, crops: np.ndarray) -> ChunkFuture:
+    def submit(self, features: Features, given: np.ndarray) -> ChunkFuture:
         # The job sends its chunks in order, each chunk_frames long but the last (pipeline.py).
         first = self._sent * self._chunk_frames
-        label = f"chunk {self._sent} (frames {first}-{first + len(crops) - 1})"
+        label = f"chunk {self._sent} (frames {first}-{first + len(given) - 1})"
         self._sent += 1
-        return _RayFuture(self, label, features, crops)
+        return _RayFuture(self, label, "render", features, given)
+
+    def submit_reference(self, crops: np.ndarray) -> ReferenceFuture:
+        self._references += 1
+        return _RayFuture(self, f"reference chunk {self._references - 1} ({len(crops)} frames)", "reference", crops)
+
+    def reference_key(self) -> str:
+        return cast(str, self._while_none_serves(self.router.reference_key, "no"))
 
 
 @ray.remote(num_cpus=1)

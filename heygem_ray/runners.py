@@ -72,8 +72,11 @@ class TorchRunner:
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_inputs(self.stage, self.inputs, inputs)
-        # Arrays from Ray's object store are read-only views: torch gets its own copy.
-        args = [torch.tensor(inputs[s.name], device=self.device, dtype=self.dtype) for s in self.inputs]
+        # Arrays from Ray's object store are read-only views: torch gets its own copy, in
+        # C order (a transposed view would give channels-last tensors, whose convolution
+        # kernels round differently from the ones the other backends match).
+        args = [torch.tensor(np.ascontiguousarray(inputs[s.name]), device=self.device, dtype=self.dtype)
+                for s in self.inputs]
         with torch.inference_mode():
             out = self.module(*args)
         outs = out if isinstance(out, tuple) else (out,)

@@ -20,11 +20,11 @@ from typing import cast
 import numpy as np
 import torch
 
-from heygem_ray.backends import open_runners
+from heygem_ray.backends import open_runners, stage_digest
 from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore, Precision
-from heygem_ray.errors import HeygemError
-from heygem_ray.packs import get_pack
+from heygem_ray.errors import HeygemError, InternalError
+from heygem_ray.packs import Features, get_pack
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ class WorkerInfo:
     precision: str
     backend_note: str
     engine_key: str  # the render stage's engine-store entry; "" for pytorch
+    # What the pack's reference stage computes (its weights, code and precision); "" for
+    # packs without one. Templates keep its outputs under this name.
+    reference_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,13 +83,18 @@ class ModelWorker:
         # 1. detect the device
         device = DeviceInfo.detect()
         # 2. load the stages and open them on a backend (auto: the fastest that runs here)
+        stages = self.pack.load_stages(cfg.checkpoint)
+        precision = resolve_precision(cfg.precision, device)
+        # What the reference stage computes, hashed before a runner takes the module over.
+        reference = self.pack.reference
+        reference_digest = stage_digest(stages[reference])[:16] if reference else ""
         chosen = open_runners(
             self.pack,
-            self.pack.load_stages(cfg.checkpoint),
+            stages,
             device=device.device,
             store=EngineStore(engines_dir),
             backend=cfg.backend,
-            precision=resolve_precision(cfg.precision, device),
+            precision=precision,
             batch_sizes=[cfg.batch_size],
         )
         self.runners = chosen.runners
@@ -98,8 +106,9 @@ class ModelWorker:
             precision=chosen.precision,
             backend_note=chosen.note,
             engine_key=render_key.dirname() if render_key else "",
+            reference_key=f"{reference_digest}-{chosen.precision}" if reference else "",
         )
-        # 3. warm up: open_runners ran one frame through both stages already.
+        # 3. warm up: open_runners ran one item through every stage already.
 
     def ready(self) -> WorkerInfo:
         """The worker's description once it serves; its start-up error otherwise."""
@@ -107,18 +116,34 @@ class ModelWorker:
             raise self.error
         return self.info
 
-    def run_chunk(self, features: np.ndarray, crops: np.ndarray) -> ChunkOutput:
-        """(k, *F) float32 features and (k, S, S, 3) uint8 BGR crops → generated crops."""
+    def run_chunk(self, features: Features, given: np.ndarray) -> ChunkOutput:
+        """A chunk's features and what the job gives per frame (its crops, (k, S, S, 3)
+        uint8 BGR, or a pack's reference-stage outputs) → its generated crops."""
         info = self.ready()
+        spent: dict[str, float] = {}
+
+        def call(stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            t = time.perf_counter()
+            out = self._batched(stage, inputs)
+            spent[stage] = spent.get(stage, 0.0) + time.perf_counter() - t
+            return out
+
         t0 = time.perf_counter()
-        codes = self._batched("motion", {"features": features})["codes"]
-        t1 = time.perf_counter()
-        # (k, S, S, 3) uint8 → (k, 3, S, S) float32 BGR in [0, 1]
-        faces = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-        out = self._batched("render", {"crops": faces, "codes": codes})["generated"]
+        out = self.pack.chunk(call, features, given)  # (k, 3, S, S) float32 BGR in [0, 1]
         pixels = np.clip(np.rint(out.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
-        t2 = time.perf_counter()
-        return ChunkOutput(pixels, t1 - t0, t2 - t1, info)
+        total = time.perf_counter() - t0
+        motion = spent.get("motion", 0.0)
+        return ChunkOutput(pixels, motion, total - motion, info)
+
+    def run_reference(self, crops: np.ndarray) -> np.ndarray:
+        """(k, S, S, 3) uint8 BGR crops of reference frames → the pack's reference stage
+        outputs for them, float32 (its ``reference`` stage; see ``PackSpec.reference``)."""
+        self.ready()
+        if self.pack.reference is None:
+            raise InternalError(f"the {self.pack.name} pack has no reference stage")
+        faces = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+        (name,) = (s.name for s in self.pack.io(self.pack.reference)[1])
+        return self._batched(self.pack.reference, {"crops": faces})[name]
 
     def _batched(self, stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(next(iter(inputs.values())))

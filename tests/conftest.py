@@ -20,6 +20,14 @@ def examples() -> Path:
 
 
 @pytest.fixture(scope="session")
+def musetalk_folder(tmp_path_factory) -> Path:
+    """A MuseTalk ``models/`` folder in the public layout: seeded, small (tests/helpers/musetalk_ckpt.py)."""
+    from tests.helpers.musetalk_ckpt import write_models
+
+    return write_models(tmp_path_factory.mktemp("musetalk") / "models", seed=0)
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One real local Ray instance for the tests that need Ray."""
     import ray

@@ -30,7 +30,7 @@ def test_doctor_names_the_device_and_why_each_backend_can_or_cannot_run(tmp_path
     if not TRT_OK:
         assert f"tensorrt     not usable: {TRT_WHY}" in lines
         # On a CPU: each pack's faster backend there (BENCHMARKS.md, "Backends").
-        assert lines[-2:] == ["auto for warp: pytorch", "auto for wav2lip: onnxruntime"]
+        assert lines[-3:] == ["auto for warp: pytorch", "auto for wav2lip: onnxruntime", "auto for musetalk: pytorch"]
 
 
 def test_engines_build_then_list(tmp_path):
@@ -43,6 +43,16 @@ def test_engines_build_then_list(tmp_path):
     assert len(rows) == 2
     assert all("onnxruntime" in r and "fp32" in r and "yes" in r for r in rows)
     assert {"motion", "render"} == {r.split("│")[2].strip() for r in rows}
+
+
+def test_engines_build_exports_each_of_musetalks_three_networks(tmp_path, musetalk_folder):
+    built = cli("engines", "build", "--pack", "musetalk", "--checkpoint", str(musetalk_folder), "--store", "es",
+                cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    paths = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in built.stdout.splitlines()
+             if line.startswith(("reference", "motion", "render"))}  # fmt: skip
+    assert sorted(paths) == ["motion", "reference", "render"]
+    assert all((tmp_path / p / "model.onnx").is_file() for p in paths.values())
 
 
 @pytest.mark.skipif(TRT_OK, reason="TensorRT can run here")

@@ -92,7 +92,7 @@ def _whole_box_paste(frame, crop, box, mask, base=None):
     frame[fy0:fy1, fx0:fx1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("pack", ["warp", "wav2lip"])
+@pytest.mark.parametrize("pack", ["warp", "wav2lip", "musetalk"])
 def test_paste_blends_only_where_the_mask_is_and_matches_the_whole_box_formula(pack):
     mask = get_pack(pack).paste_mask
     size = mask.shape[0]

@@ -457,6 +457,22 @@ def test_writer_round_trip(tmp_path: Path, fps: Fraction, audio_s: float) -> Non
     assert boxes["moov"] < boxes["mdat"]  # +faststart
 
 
+def test_flat_colours_come_back_as_they_were_written(tmp_path: Path) -> None:
+    """Greys, a skin tone, a saturated blue: written and read back within one level (with
+    swscale's default flags they came back up to 3 levels low, greys tinted blue)."""
+    colours = [(128, 128, 128), (200, 200, 200), (150, 170, 210), (200, 60, 30), (16, 16, 16)]  # BGR
+    frame = np.zeros((48, 160, 3), np.uint8)
+    for i, bgr in enumerate(colours):
+        frame[:, i * 32 : (i + 1) * 32] = bgr
+    audio = make_tone(tmp_path / "a.wav", seconds=0.4)
+    with media.VideoWriter(tmp_path / "o.mp4", width=160, height=48, fps=Fraction(25), audio=audio, duration=0.4) as w:
+        w.write(np.repeat(frame[None], 10, axis=0))
+    decoded, _ = media.read_video(tmp_path / "o.mp4")
+    for i, bgr in enumerate(colours):
+        got = decoded[5, 8:40, i * 32 + 8 : i * 32 + 24].reshape(-1, 3).astype(int)
+        assert np.abs(got - bgr).max() <= 1, (bgr, got.mean(axis=0))
+
+
 def test_writer_takes_audio_from_a_video(tmp_path: Path) -> None:
     talk = make_video(tmp_path / "talk.mp4", seconds=1.0, size=(64, 48), audio=True)
     out = tmp_path / "out.mp4"

@@ -1,4 +1,4 @@
-"""Pick a backend for a worker and open a pack's two stage runners on it.
+"""Pick a backend for a worker and open the runners of a pack's stages on it.
 
 ``open_runners`` is the one entry point a model worker needs::
 
@@ -6,11 +6,11 @@
                            backend="auto", precision="fp16", batch_sizes=[32])
     runners.backend   # "tensorrt" | "onnxruntime" | "pytorch": what will run
     runners.note      # why the faster ones did not ("" when the first choice ran)
-    runners.runners   # {"motion": Runner, "render": Runner}
+    runners.runners   # {"motion": Runner, "render": Runner}: one per stage of the pack
 
 ``auto`` tries ``tensorrt`` → ``onnxruntime`` → ``pytorch`` on a GPU, and ``tensorrt`` →
 the pack's ``cpu_backends`` (fastest first for its layers) on a CPU; it keeps the first that
-loads both stages and runs a one-frame smoke batch. Each one skipped adds "<backend>:
+loads every stage and runs a one-item smoke batch. Each one skipped adds "<backend>:
 <reason>" to the note. A backend named explicitly must work, else ``EngineError`` says why.
 
 Artifacts come from the ``EngineStore``: the ONNX graph of each stage (arch "any", shared
@@ -42,7 +42,6 @@ from heygem_ray.packs import PackSpec
 from heygem_ray.runners import Runner, TorchRunner
 
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "onnxruntime", "pytorch")
-STAGES = ("motion", "render")
 
 
 @dataclass(frozen=True)
@@ -232,7 +231,7 @@ def _open_tensorrt(ctx: _Context) -> tuple[dict[str, Runner], dict[str, EngineKe
     runners: dict[str, Runner] = {}
     keys: dict[str, EngineKey] = {}
     try:
-        for stage in STAGES:
+        for stage in ctx.pack.stages:
             engine, keys[stage] = tensorrt_artifact(
                 ctx.store, ctx.pack, stage, ctx.stages[stage], ctx.precision, ctx.profile, ctx.device,
                 build=ctx.build, weights_hash=_hash(ctx, stage),
@@ -253,7 +252,7 @@ def _open_onnxruntime(ctx: _Context) -> tuple[dict[str, Runner], dict[str, Engin
     runners: dict[str, Runner] = {}
     keys: dict[str, EngineKey] = {}
     try:
-        for stage in STAGES:
+        for stage in ctx.pack.stages:
             path, keys[stage] = onnx_artifact(ctx.store, ctx.pack, stage, ctx.stages[stage], ctx.precision,
                                               build=ctx.build, weights_hash=_hash(ctx, stage))
             runners[stage] = ort.OrtRunner(stage, path, *ctx.pack.io(stage), device=ctx.device,
@@ -268,7 +267,7 @@ def _open_pytorch(ctx: _Context) -> tuple[dict[str, Runner], dict[str, EngineKey
     dtype = torch.float16 if ctx.precision == "fp16" else torch.float32
     runners: dict[str, Runner] = {
         stage: TorchRunner(stage, ctx.stages[stage], *ctx.pack.io(stage), device=torch.device(ctx.device), dtype=dtype)
-        for stage in STAGES
+        for stage in ctx.pack.stages
     }
     return runners, {}
 
@@ -281,11 +280,11 @@ _OPENERS: dict[str, Callable[[_Context], tuple[dict[str, Runner], dict[str, Engi
 
 
 def _smoke(pack: PackSpec, runners: dict[str, Runner]) -> None:
-    """One frame through both stages: a backend that loads but cannot run fails here, not mid-job."""
+    """One item of zeros through each stage: a backend that loads but cannot run fails
+    here, not mid-job."""
     try:
-        codes = runners["motion"].infer({"features": np.zeros((1, *pack.feature_shape), np.float32)})["codes"]
-        size = pack.geometry.size
-        runners["render"].infer({"crops": np.zeros((1, 3, size, size), np.float32), "codes": codes})
+        for stage, (inputs, _) in pack.stages.items():
+            runners[stage].infer({s.name: np.zeros((1, *s.shape), np.dtype(s.dtype)) for s in inputs})
     except BaseException:
         _close_all(runners)
         raise

@@ -1,19 +1,23 @@
 """Model packs: ``features → motion → render`` plus the face-crop geometry.
 
 A ``PackSpec`` is light (no weights): CPU stages use it for geometry, audio features and
-the paste mask. ``load_stages`` builds the two ``torch.nn.Module`` stages on a worker:
+the paste mask. ``load_stages`` builds its ``torch.nn.Module`` stages on a worker, each
+with declared, name-keyed float32 I/O and a leading batch axis (``PackSpec.io``). Most
+packs have two, per output frame (``frame_stages``):
 
-* motion: ``features`` (B, *F) float32 → ``codes`` (B, *C) float32
-* render: ``crops`` (B, 3, S, S) float32 BGR in [0, 1], ``codes`` (B, *C) → ``generated``
-  (B, 3, S, S) float32 BGR in [0, 1]
+* motion: ``features`` (B, *F) → ``codes`` (B, *C)
+* render: ``crops`` (B, 3, S, S) BGR in [0, 1], ``codes`` (B, *C) → ``generated``
+  (B, 3, S, S) BGR in [0, 1]
 
-Every pack has exactly this I/O, so workers, runners and exporters never branch on the
-pack.
+A pack whose stages take other inputs (musetalk: speech segments, cached reference
+latents) says how a chunk runs through them (``PackSpec.chunk``) and, with a
+``reference`` stage, what the job sends for each reference frame. Runners, exporters and
+the engine store work per declared stage and never branch on the pack.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,8 +29,10 @@ import torch
 from heygem_ray.features import Pcm
 from heygem_ray.geometry import CropGeometry
 
-# The features of a span of output frames, [start, stop) → (stop − start, *F) float32.
-ChunkFeatures = Callable[[range], np.ndarray]
+# What the model worker gets for a span of output frames [start, stop): most packs, an
+# array (stop − start, *F) float32; a pack with its own ``chunk`` function, named arrays.
+Features = np.ndarray | Mapping[str, np.ndarray]
+ChunkFeatures = Callable[[range], Features]
 # Per job: 16 kHz mono waveform, output fps, output frame count → its ChunkFeatures.
 # Whatever needs the whole clip (e.g. a loudness level) is measured here, once; each
 # chunk then reads only the samples it covers.
@@ -40,13 +46,41 @@ class TensorSpec:
     dtype: str = "float32"
 
 
+# A stage's declared (inputs, outputs).
+StageIO = tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]
+# Runs a stage on a worker's runner, batched: (stage, name → (n, ...) array) → outputs.
+StageCall = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+# One chunk on a worker: (stage call, the chunk's features, what the job sent per frame:
+# crops (k, S, S, 3) uint8 BGR, or a reference stage's outputs) → (k, 3, S, S) float32
+# BGR in [0, 1].
+ChunkFn = Callable[[StageCall, Features, np.ndarray], np.ndarray]
+
+
+def frame_stages(size: int, feature_shape: tuple[int, ...], code_shape: tuple[int, ...]) -> dict[str, StageIO]:
+    """The I/O of a pack with the two per-frame stages (motion, then render on the crops)."""
+    crops = TensorSpec("crops", (3, size, size))
+    codes = TensorSpec("codes", code_shape)
+    return {
+        "motion": ((TensorSpec("features", feature_shape),), (codes,)),
+        "render": ((crops, codes), (TensorSpec("generated", crops.shape),)),
+    }
+
+
+def frame_chunk(call: StageCall, features: Features, crops: np.ndarray) -> np.ndarray:
+    """A chunk through the per-frame stages: (k, *F) features and (k, S, S, 3) uint8 BGR
+    crops → (k, 3, S, S) float32 BGR in [0, 1]."""
+    codes = call("motion", {"features": np.asarray(features)})["codes"]
+    faces = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    return call("render", {"crops": faces, "codes": codes})["generated"]
+
+
 @dataclass(frozen=True)
 class PackSpec:
     name: str
     geometry: CropGeometry
     features: FeatureFn
-    feature_shape: tuple[int, ...]
-    code_shape: tuple[int, ...]
+    # Each stage's declared I/O, in the order a chunk runs them.
+    stages: Mapping[str, StageIO]
     paste_mask: np.ndarray  # (S, S) float32 in [0, 1], 0 on the border
     # "residual": paste only what the render stage changed (keeps the frame's detail
     # where the crop is unchanged); "replace": paste the generated crop itself.
@@ -55,17 +89,18 @@ class PackSpec:
     # ``--backend auto`` on a worker without a GPU: the backends to try, fastest first for
     # this pack's layers on a CPU (measured in bench/bench_backends.py).
     cpu_backends: tuple[str, ...] = ("onnxruntime", "pytorch")
+    chunk: ChunkFn = frame_chunk
+    # The stage whose output for a reference frame depends on that frame alone
+    # (``reference``: crops (B, 3, S, S) BGR in [0, 1] → one output): run once per
+    # template frame and cached with the template; the job then sends those outputs to
+    # ``chunk`` instead of crops. None: the job sends the crops.
+    reference: str | None = None
 
-    def io(self, stage: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        """Declared (inputs, outputs) of ``stage`` ("motion" or "render")."""
-        size = self.geometry.size
-        crops = TensorSpec("crops", (3, size, size))
-        codes = TensorSpec("codes", self.code_shape)
-        if stage == "motion":
-            return (TensorSpec("features", self.feature_shape),), (codes,)
-        if stage == "render":
-            return (crops, codes), (TensorSpec("generated", crops.shape),)
-        raise ValueError(f"unknown stage {stage!r}")
+    def io(self, stage: str) -> StageIO:
+        """Declared (inputs, outputs) of ``stage``."""
+        if stage not in self.stages:
+            raise ValueError(f"the {self.name} pack has no stage {stage!r} (it has {', '.join(self.stages)})")
+        return self.stages[stage]
 
 
 def get_pack(name: str) -> PackSpec:
@@ -74,6 +109,8 @@ def get_pack(name: str) -> PackSpec:
         from heygem_ray.packs.warp import PACK
     elif name == "wav2lip":
         from heygem_ray.packs.wav2lip import PACK
+    elif name == "musetalk":
+        from heygem_ray.packs.musetalk import PACK
     else:
         raise ValueError(f"unknown pack {name!r}")
     return PACK

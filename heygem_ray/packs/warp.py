@@ -25,7 +25,7 @@ from torch import nn
 
 from heygem_ray.features import MAX_ABS, MEL_FPS, Pcm, mel_column_count, mel_columns
 from heygem_ray.geometry import CropGeometry, feathered_ellipse
-from heygem_ray.packs import ChunkFeatures, PackSpec
+from heygem_ray.packs import ChunkFeatures, PackSpec, frame_stages
 
 CROP_SIZE = 160
 WINDOW = 10  # mel columns per frame (125 ms at 80 columns/s)
@@ -159,8 +159,7 @@ PACK = PackSpec(
     name="warp",
     geometry=GEOMETRY,
     features=warp_features,
-    feature_shape=(WINDOW,),
-    code_shape=(1,),
+    stages=frame_stages(CROP_SIZE, (WINDOW,), (1,)),
     paste_mask=feathered_ellipse(CROP_SIZE, centre=(0.0, MOUTH_Y + 0.12), radii=(0.5, 0.38), feather=0.25),
     paste_mode="residual",
     load_stages=_load_stages,

@@ -30,7 +30,7 @@ from heygem_ray.models.wav2lip import (
     Wav2Lip,
     load,
 )
-from heygem_ray.packs import ChunkFeatures, PackSpec
+from heygem_ray.packs import ChunkFeatures, PackSpec, frame_stages
 
 GEOMETRY = CropGeometry(size=FACE_SIZE, mode="padded", pad=(0, 10, 0, 0))
 
@@ -82,8 +82,7 @@ PACK = PackSpec(
     name="wav2lip",
     geometry=GEOMETRY,
     features=wav2lip_features,
-    feature_shape=(1, N_MELS, MEL_STEP),
-    code_shape=(EMBED_DIM, 1, 1),
+    stages=frame_stages(FACE_SIZE, (1, N_MELS, MEL_STEP), (EMBED_DIM, 1, 1)),
     paste_mask=feathered_ellipse(FACE_SIZE, centre=(0.0, 0.1), radii=(0.95, 0.95), feather=0.3),
     # The model redraws the whole lower face: residual pasting would leave ghosts of the
     # old mouth's edges, so the crop replaces the frame under the mask, as in the public code.

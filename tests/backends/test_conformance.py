@@ -129,7 +129,8 @@ def cases(stages: dict[str, dict[str, nn.Module]]):
             spec = get_pack(pack)
             rng = np.random.default_rng([batch, len(pack), len(stage)])
             lo, hi = FEATURE_RANGE[pack]
-            features = rng.uniform(lo, hi, (batch, *spec.feature_shape)).astype(np.float32)
+            (feature_spec,), _ = spec.io("motion")
+            features = rng.uniform(lo, hi, (batch, *feature_spec.shape)).astype(np.float32)
             if stage == "motion":
                 inputs = {"features": features}
             else:
@@ -213,8 +214,9 @@ def test_auto_falls_back_and_says_why(store: EngineStore, stages) -> None:
         assert "fp16 needs a CUDA GPU" in chosen.note
         assert f"tensorrt: {_TRT_WHY}" in chosen.note
         assert {k.backend for k in chosen.engine_keys.values()} == {"onnxruntime"}
-        codes = chosen.runners["motion"].infer({"features": np.zeros((2, *pack.feature_shape), np.float32)})["codes"]
-        assert codes.shape == (2, *pack.code_shape)
+        (features,), (codes_spec,) = pack.io("motion")
+        codes = chosen.runners["motion"].infer({"features": np.zeros((2, *features.shape), np.float32)})["codes"]
+        assert codes.shape == (2, *codes_spec.shape) == (2, 512, 1, 1)
     finally:
         chosen.close()
 

@@ -1,4 +1,4 @@
-"""ONNX export of both packs' stages: names, a symbolic batch axis, FP16 compute with FP32 I/O."""
+"""ONNX export of the packs' stages: names, a symbolic batch axis, FP16 compute with FP32 I/O, size."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 
 from heygem_ray.backends import onnx_artifact
 from heygem_ray.engines import EngineStore
-from heygem_ray.errors import InternalError
+from heygem_ray.errors import EngineError, InternalError
 from heygem_ray.export import BATCH_AXIS, export_onnx, graph_names
 from heygem_ray.packs import TensorSpec, get_pack
 
@@ -103,3 +103,15 @@ def test_export_refuses_clashing_names_before_exporting(tmp_path: Path) -> None:
     with pytest.raises(InternalError, match="unique"):
         export_onnx(_TwoOutputs(), (x,), (y, y), tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stage_too_big_for_one_onnx_file_is_refused_with_its_size(tmp_path):
+    """The full-size MuseTalk UNet is 3.4 GB in fp32: its export stops with the figure and
+    what to do (an EngineError: auto falls back to PyTorch with it in backend_note)."""
+    with torch.device("meta"):
+        big = nn.Linear(2**15, 2**14 + 2**13)  # 805 M weights: 3.0 GiB fp32, 1.5 GiB fp16
+    spec_in, spec_out = TensorSpec("x", (2**15,)), TensorSpec("y", (2**14 + 2**13,))
+    with pytest.raises(EngineError) as err:
+        export_onnx(big, (spec_in,), (spec_out,), tmp_path / "big.onnx")
+    assert "are 3.0 GiB in fp32, more than one ONNX file holds (2 GiB)" in err.value.message
+    assert "--backend pytorch" in err.value.message and not (tmp_path / "big.onnx").exists()

@@ -68,7 +68,7 @@ def buzz(path: Path, seconds: float, spans: list[tuple[float, float]]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("pack", ["warp", "wav2lip"])
+@pytest.mark.parametrize("pack", ["warp", "wav2lip", "musetalk"])
 @pytest.mark.parametrize("res,face", CASES, ids=[f"{r}-{f}px" for r, f in CASES])
 def test_the_crop_box_covers_the_true_face_on_every_frame(clips, tmp_path, res, face, pack):
     clip = clips[(res, face)]
@@ -93,7 +93,7 @@ def test_a_face_smaller_than_the_smallest_searched_for_is_no_face_with_the_limit
 
 def test_a_still_face_does_not_jitter(tmp_path):
     clip = lecture_clip(tmp_path / "still.mp4", size=(1920, 1080), face=96, seconds=2.0, corner="centre", motion="still")
-    for pack in ("warp", "wav2lip"):
+    for pack in ("warp", "wav2lip", "musetalk"):
         template, _ = analyze(clip.path, get_pack(pack).geometry, DetectorConfig(), tmp_path / "cache")
         step = np.abs(np.diff(template.boxes, axis=0))
         assert step.max() <= 1, f"{pack}: a crop box edge moved {step.max()} px between frames"

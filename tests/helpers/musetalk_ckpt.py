@@ -37,6 +37,17 @@ WHISPER_CONFIG = {
     "scale_embedding": False, "dropout": 0.0, "pad_token_id": 1, "bos_token_id": 2, "eos_token_id": 3,
     "decoder_start_token_id": 2,
 }  # fmt: skip
+# MuseTalk 1.5's own configs (musetalkV15/musetalk.json, sd-vae-ft-mse, whisper-tiny): for
+# checks on the meta device and for benchmarks with random weights of the real size.
+FULL_UNET_CONFIG = {
+    **UNET_CONFIG, "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+}  # fmt: skip
+FULL_VAE_CONFIG = {**VAE_CONFIG, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2}
+FULL_WHISPER_CONFIG = {
+    **WHISPER_CONFIG, "encoder_ffn_dim": 1536, "decoder_layers": 4, "decoder_ffn_dim": 1536,
+    "max_target_positions": 448, "vocab_size": 51865, "pad_token_id": 50257, "bos_token_id": 50257,
+    "eos_token_id": 50257, "decoder_start_token_id": 50258,
+}  # fmt: skip
 _MODERN = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
 

@@ -15,14 +15,14 @@ import torch
 from heygem_ray.errors import InputError
 from heygem_ray.features import musetalk_audio, musetalk_windows
 from heygem_ray.models import musetalk
-from tests.helpers.musetalk_ckpt import write_models
+from tests.helpers.musetalk_ckpt import FULL_UNET_CONFIG, FULL_VAE_CONFIG, FULL_WHISPER_CONFIG
 
 REFERENCE = json.loads((Path(__file__).parents[1] / "data" / "musetalk_audio_reference.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    return write_models(tmp_path_factory.mktemp("musetalk") / "models", seed=0)
+def folder(musetalk_folder) -> Path:
+    return musetalk_folder
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +161,35 @@ def test_the_posterior_is_sampled_only_when_asked_and_then_reproducibly(models):
     again = musetalk.reference_latents(models, crops, sample=torch.Generator().manual_seed(3))
     assert torch.equal(first, again) and not torch.allclose(first, mode)
     assert torch.equal(mode, musetalk.reference_latents(models, crops))  # the mode: deterministic
+
+
+def test_the_full_size_configs_build_musetalks_networks_and_their_key_sets_load(tmp_path):
+    """MuseTalk 1.5's real configs on the meta device (no memory): the parameter counts of
+    the 3.4 GB UNet, the VAE and whisper-tiny's encoder, and the strict load of each
+    file's key set as the public files hold it (legacy VAE attention names, the whole
+    Whisper model) through the loader's key handling."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(FULL_UNET_CONFIG)
+        vae = AutoencoderKL.from_config(FULL_VAE_CONFIG)
+        config = WhisperConfig(**FULL_WHISPER_CONFIG)
+        whisper, whole = WhisperEncoder(config), WhisperForConditionalGeneration(config)
+    counts = [sum(t.numel() for t in m.state_dict().values()) for m in (unet, vae, whisper)]
+    assert counts == [849_947_844, 83_653_863, 8_208_384]
+    unet_keys = unet.state_dict()
+    assert unet_keys["conv_in.weight"].shape == (320, 8, 3, 3)  # [masked ‖ reference] latents
+    assert unet_keys["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"].shape == (320, 384)
+    modern = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    legacy = {}
+    for key, tensor in vae.state_dict().items():
+        for new, old in modern.items():
+            if ".mid_block.attentions." in key and f".{new}." in key:
+                key = key.replace(f".{new}.", f".{old}.")
+        legacy[key] = tensor
+    assert "decoder.mid_block.attentions.0.proj_attn.weight" in legacy
+    musetalk._load_strict(unet, dict(unet_keys), tmp_path / "unet.pth")
+    musetalk._load_strict(vae, musetalk._renamed_legacy_attention(legacy), tmp_path / "vae.bin")
+    musetalk._load_strict(whisper, musetalk._whisper_encoder_keys(whole.state_dict()), tmp_path / "whisper.bin")
