@@ -863,11 +863,6 @@ class _Ffmpeg:
         self.wait()
 
 
-# swscale flags for colour conversions that round (the default truncates: BGR → YUV → BGR
-# came back up to 3 levels darker, bluer in greys) and use every chroma sample.
-_EXACT_COLOUR = "accurate_rnd+full_chroma_int"
-
-
 def iter_frames(info: VideoInfo, *, max_pixels: int | None = None) -> Generator[np.ndarray, None, None]:
     """Yield the frames of ``info.path`` one at a time: (H, W, 3) uint8 BGR.
 
@@ -881,9 +876,7 @@ def iter_frames(info: VideoInfo, *, max_pixels: int | None = None) -> Generator[
     source = ffmpeg.input(_url(info.path), **_decoder_limit(max_pixels))[f"v:{info.video_stream}"]
     decoded = _video_filters(source, fps)
     # A guard for streams that change size midway: every frame comes out width × height.
-    # The same filter converts to BGR: rounded, not truncated, and from full-resolution
-    # chroma (swscale's defaults leave colours a level or two low).
-    decoded = decoded.filter("scale", info.width, info.height, flags=_EXACT_COLOUR)
+    decoded = decoded.filter("scale", info.width, info.height)
     args = (
         decoded.output("pipe:", format="rawvideo", pix_fmt="bgr24", fps_mode="passthrough")
         .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error")
@@ -1066,7 +1059,9 @@ class VideoWriter:
             preset=self.preset,
             crf=self.crf,
             # BGR → BT.709 limited-range YUV, tagged as such so players convert back alike.
-            vf=f"scale=out_color_matrix=bt709:out_range=tv:flags={_EXACT_COLOUR},format=yuv420p",
+            # Rounded, from every pixel's chroma (swscale's defaults truncate and skip: written
+            # and read back, colours came up to 4 levels low, greys tinted blue).
+            vf="scale=out_color_matrix=bt709:out_range=tv:flags=bicubic+accurate_rnd+full_chroma_int,format=yuv420p",
             colorspace="bt709",
             color_primaries="bt709",
             color_trc="bt709",

@@ -458,8 +458,9 @@ def test_writer_round_trip(tmp_path: Path, fps: Fraction, audio_s: float) -> Non
 
 
 def test_flat_colours_come_back_as_they_were_written(tmp_path: Path) -> None:
-    """Greys, a skin tone, a saturated blue: written and read back within one level (with
-    swscale's default flags they came back up to 3 levels low, greys tinted blue)."""
+    """Greys, a skin tone, a saturated blue: written and read back within two levels (the
+    reader's conversion truncates; with swscale's default flags on the writer too they came
+    back up to 4 levels low, greys tinted blue)."""
     colours = [(128, 128, 128), (200, 200, 200), (150, 170, 210), (200, 60, 30), (16, 16, 16)]  # BGR
     frame = np.zeros((48, 160, 3), np.uint8)
     for i, bgr in enumerate(colours):
@@ -470,7 +471,7 @@ def test_flat_colours_come_back_as_they_were_written(tmp_path: Path) -> None:
     decoded, _ = media.read_video(tmp_path / "o.mp4")
     for i, bgr in enumerate(colours):
         got = decoded[5, 8:40, i * 32 + 8 : i * 32 + 24].reshape(-1, 3).astype(int)
-        assert np.abs(got - bgr).max() <= 1, (bgr, got.mean(axis=0))
+        assert np.abs(got - bgr).max() <= 2, (bgr, got.mean(axis=0))
 
 
 def test_writer_takes_audio_from_a_video(tmp_path: Path) -> None:

@@ -231,6 +231,5 @@ def test_submit_renders_a_lecture_clip_with_musetalk_through_ray(musetalk_folder
     assert mouth.mean() > 20  # random weights draw no face: the lower face changed
     outside = diff.copy()
     outside[y0:y1, x0:x1] = 0
-    # The frame and the upper face are kept, within the H.264 encoding (flat colours come
-    # back 1–3 levels off: see the session notes) and its noise on the presenter's skin.
-    assert outside.mean() < 4 and diff[y0 : (y0 + y1) // 2, x0:x1].mean() < 8
+    # The frame and the upper face are kept, within the H.264 encoding's noise.
+    assert outside.mean() < 2.5 and diff[y0 : (y0 + y1) // 2, x0:x1].mean() < 6
