@@ -425,6 +425,8 @@ def test_a_build_lock_left_by_a_builder_that_died_is_taken_over(bucket, tmp_path
     store = EngineStore(bucket / "engines", mirror=tmp_path / "m", lock_timeout_s=2)
     t0 = time.monotonic()
     assert store.get_or_build(key, lambda tmp: tmp.write_bytes(b"g")).read_bytes() == b"g"
-    assert time.monotonic() - t0 > 1.5  # it waited for the holder first
+    # It waited for the holder first: the 2 s timeout less up to 1 s, as the lock's age comes
+    # from its LastModified, in whole seconds.
+    assert time.monotonic() - t0 > 0.9
     assert "pid 1 on gone held the build lock" in caplog.text and "taking it over" in caplog.text
     assert sorted(k.rsplit("/", 1)[1] for k in _keys(bucket)) == ["meta.json", "model.onnx"]
