@@ -55,6 +55,9 @@ class PackSpec:
     # ``--backend auto`` on a worker without a GPU: the backends to try, fastest first for
     # this pack's layers on a CPU (measured in bench/bench_backends.py).
     cpu_backends: tuple[str, ...] = ("onnxruntime", "pytorch")
+    # ``--precision int8``: the stages run as calibrated int8 QDQ graphs (quantize.py);
+    # the others stay fp32. Empty: int8 does not pay for this pack (it runs fp32).
+    int8_stages: tuple[str, ...] = ()
 
     def io(self, stage: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         """Declared (inputs, outputs) of ``stage`` ("motion" or "render")."""
