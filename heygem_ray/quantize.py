@@ -35,7 +35,7 @@ import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ from heygem_ray.manifest import read_manifest
 from heygem_ray.packs import PackSpec
 from heygem_ray.runners import Runner
 from heygem_ray.timeline import loop_indices
+
+if TYPE_CHECKING:
+    from heygem_ray.backends import RunnerSet
 
 # Frames whose activations set the ranges, and frames kept apart for the gate.
 CALIBRATION_FRAMES = 128
@@ -414,21 +417,23 @@ def open_first(
     precisions: tuple[Precision, ...],
     calibration: CalibrationSet | None,
     **open_kwargs: Any,
-) -> Any:
+) -> tuple[RunnerSet, GateResult | None]:
     """``open_runners`` at the first of ``precisions`` that opens and, for int8, passes the
-    gate; each refused one adds to the note. The last one's error is raised as it is."""
-    from heygem_ray.backends import RunnerSet, open_runners
+    gate (its result is returned with the runners); each refused one adds to the note. The
+    last one's error is raised as it is."""
+    from heygem_ray.backends import open_runners
 
     notes: list[str] = []
     for i, precision in enumerate(precisions):
         last = i == len(precisions) - 1
         try:
-            chosen: RunnerSet = open_runners(pack, modules, precision=precision, calibration=calibration, **open_kwargs)
+            chosen = open_runners(pack, modules, precision=precision, calibration=calibration, **open_kwargs)
         except EngineError as e:
             if last:
                 raise
             notes.append(f"{precision}: {e.message}")
             continue
+        result = None
         if chosen.precision == "int8" and calibration is not None:
             result = gate(pack, chosen.runners, modules, calibration)
             if not result.passed:
@@ -443,5 +448,5 @@ def open_first(
                 notes.append(message)
                 continue
         note = "; ".join([*notes, chosen.note] if chosen.note else notes)
-        return dataclasses.replace(chosen, note=note)
+        return dataclasses.replace(chosen, note=note), result
     raise InternalError("open_first needs at least one precision")

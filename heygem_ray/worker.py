@@ -15,16 +15,15 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
 
-from heygem_ray.backends import open_runners
 from heygem_ray.config import RenderConfig
-from heygem_ray.engines import EngineStore, Precision
+from heygem_ray.engines import EngineStore
 from heygem_ray.errors import HeygemError
 from heygem_ray.packs import get_pack
+from heygem_ray.quantize import calibration_set, open_first, precision_order
 
 
 @dataclass(frozen=True)
@@ -41,13 +40,6 @@ class DeviceInfo:
         return cls("cpu", None, None)
 
 
-def resolve_precision(precision: str, device: DeviceInfo) -> Precision:
-    """"auto" → fp16 on a GPU, fp32 on a CPU; an explicit choice stays."""
-    if precision == "auto":
-        return "fp16" if device.device != "cpu" else "fp32"
-    return cast(Precision, precision)
-
-
 @dataclass(frozen=True)
 class WorkerInfo:
     node: str
@@ -56,6 +48,7 @@ class WorkerInfo:
     precision: str
     backend_note: str
     engine_key: str  # the render stage's engine-store entry; "" for pytorch
+    calibration: str = ""  # int8: the calibration data's id (quantize.CalibrationSet.id)
 
 
 @dataclass(frozen=True)
@@ -79,14 +72,20 @@ class ModelWorker:
         self.batch_size = cfg.batch_size
         # 1. detect the device
         device = DeviceInfo.detect()
-        # 2. load the stages and open them on a backend (auto: the fastest that runs here)
-        chosen = open_runners(
+        # 2. load the stages and open them on a backend (auto: the fastest that runs here),
+        #    at the first precision that opens (int8: and passes the accuracy gate)
+        store = EngineStore(engines_dir)
+        precisions = precision_order(cfg.precision, device.device, self.pack, calibrated=cfg.calibration is not None)
+        # int8's calibration frames; their templates are kept beside the engines they shape
+        calibration = calibration_set(self.pack, cfg.calibration, store.root / "calibration") if "int8" in precisions else None
+        chosen, _ = open_first(
             self.pack,
             self.pack.load_stages(cfg.checkpoint),
+            precisions,
+            calibration,
             device=device.device,
-            store=EngineStore(engines_dir),
+            store=store,
             backend=cfg.backend,
-            precision=resolve_precision(cfg.precision, device),
             batch_sizes=[cfg.batch_size],
         )
         self.runners = chosen.runners
@@ -98,6 +97,7 @@ class ModelWorker:
             precision=chosen.precision,
             backend_note=chosen.note,
             engine_key=render_key.dirname() if render_key else "",
+            calibration=calibration.id if calibration is not None and chosen.precision == "int8" else "",
         )
         # 3. warm up: open_runners ran one frame through both stages already.
 

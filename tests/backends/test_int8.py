@@ -133,10 +133,10 @@ def test_auto_falls_back_to_the_next_precision_with_the_reason(stages, store, ba
         assert quantize.precision_order("auto", "cpu", PACK, calibrated=True) == ("int8", "fp32")
     assert quantize.precision_order("auto", "cpu", PACK, calibrated=False) == ("fp32",)
     assert quantize.precision_order("auto", "cpu", get_pack("warp"), calibrated=True) == ("fp32",)
-    chosen = quantize.open_first(PACK, stages["wav2lip"], ("int8", "fp32"), bad, device="cpu", store=store,
+    chosen, gated = quantize.open_first(PACK, stages["wav2lip"], ("int8", "fp32"), bad, device="cpu", store=store,
                                  backend="onnxruntime", batch_sizes=[16])
     try:
-        assert (chosen.backend, chosen.precision) == ("onnxruntime", "fp32")
+        assert (chosen.backend, chosen.precision, gated) == ("onnxruntime", "fp32", None)
         assert chosen.note.startswith(f"int8 refused by the accuracy gate: on {HELD_OUT} held-out frames")
         assert chosen.engine_keys["render"].calibration == ""
     finally:
