@@ -118,7 +118,7 @@ def submit(
     max_reference_frames: Annotated[int, typer.Option(help="A reference video with more frames fails its row before it is decoded (default: an hour at 25 fps).")] = InputLimits.max_reference_frames,
     max_audio_seconds: Annotated[float, typer.Option(help="Audio longer than this fails its row, from its header before it is decoded (default: 4 hours).")] = InputLimits.max_audio_seconds,
     backend: Annotated[str, typer.Option(help="Inference backend: 'auto' (TensorRT, then ONNX Runtime, then PyTorch: the first that works), 'tensorrt', 'onnxruntime' or 'pytorch'.")] = "auto",
-    precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU; int8 first where it pays when --calibrate is given), 'fp32', 'fp16' or 'int8' (calibrated, used only if it passes the accuracy gate).")] = "auto",
+    precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU; int8 first where it pays when --calibrate is given), 'fp32', 'fp16', 'int8' (calibrated, used only if it passes the accuracy gate) or 'bf16' (PyTorch; on CPUs with AVX-512 BF16 or AMX).")] = "auto",
     calibrate: Annotated[Path | None, typer.Option(help="For int8: a manifest (columns audio and video) of your presenter and their speech to calibrate on (default: the bundled examples).")] = None,
     engines: Annotated[Path | None, typer.Option(help="Engine store: exported ONNX graphs and TensorRT engines (default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines; on a cluster, a path every node sees or a bucket).")] = None,
     device: Annotated[str, typer.Option(help="Where model workers run: 'gpu' (one GPU each), 'cpu', or 'auto' (gpu when the cluster has GPUs or its autoscaler can add them).")] = "auto",
@@ -278,7 +278,7 @@ def doctor() -> None:
     and which one ``--backend auto`` picks for each pack."""
     from heygem_ray.backends import auto_order, ort, trt
     from heygem_ray.packs import get_pack
-    from heygem_ray.quantize import int8_pays
+    from heygem_ray.quantize import BF16_FLAGS, cpu_flags, int8_pays
     from heygem_ray.worker import DeviceInfo
 
     device = DeviceInfo.detect()
@@ -293,6 +293,8 @@ def doctor() -> None:
     for where in ("cpu", device.device) if device.gpu else ("cpu",):
         fast, why = int8_pays(where)
         print(f"int8 on {'the GPU' if where != 'cpu' else 'this CPU'}: {'fast' if fast else 'not fast'} ({why})")
+    bf16 = sorted(cpu_flags() & set(BF16_FLAGS))
+    print(f"bf16 on this CPU: {'fast (' + ', '.join(bf16) + ')' if bf16 else 'not fast (no ' + ', '.join(BF16_FLAGS) + '); --precision bf16 runs fp32'}")
     for pack in get_args(PackName):
         picked = next((name for name in auto_order(get_pack(pack), device.device) if checks[name][0]), "none")
         print(f"auto for {pack}: {picked}")

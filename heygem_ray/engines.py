@@ -59,7 +59,8 @@ from heygem_ray.storage import Location, Uri
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "fp16", "int8"]
+# bf16 runs on pytorch only: no artifact is ever keyed by it.
+Precision = Literal["fp32", "fp16", "int8", "bf16"]
 EngineBackend = Literal["onnxruntime", "tensorrt"]
 
 # Bumped when the key's meaning or the artifact layout changes: every digest changes and

@@ -358,7 +358,7 @@ def mouth_weight(pack: PackSpec) -> np.ndarray:
     return weight
 
 
-def _pixels(out: np.ndarray) -> np.ndarray:
+def to_pixels(out: np.ndarray) -> np.ndarray:
     # (n, 3, S, S) float32 in [0, 1] → (n, S, S, 3) uint8, as the worker converts them
     return np.clip(np.rint(out.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
 
@@ -367,8 +367,8 @@ def gate(pack: PackSpec, runners: dict[str, Runner], modules: dict[str, nn.Modul
          calibration: CalibrationSet) -> GateResult:
     """The int8 ``runners`` against the fp32 ``modules`` on the held-out frames."""
     crops, features = calibration.part(held_out=True)
-    want = _pixels(run_chain(torch_call(pack, modules), crops, features))
-    got = _pixels(run_chain(runner_call(runners), crops, features))
+    want = to_pixels(run_chain(torch_call(pack, modules), crops, features))
+    got = to_pixels(run_chain(runner_call(runners), crops, features))
     return GateResult(psnr(got, want), psnr(got, want, mouth_weight(pack)), len(crops), calibration.source)
 
 

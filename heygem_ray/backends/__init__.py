@@ -122,6 +122,9 @@ def open_runners(
     if precision == "fp16" and not device.startswith("cuda"):
         precision = "fp32"
         notes.append("fp16 needs a CUDA GPU; running fp32")
+    if precision == "bf16" and not device.startswith("cuda") and not _cpu_has_bf16():
+        precision = "fp32"
+        notes.append("bf16 is slow on this CPU (it has no AVX-512 BF16 or AMX); running fp32")
     if precision == "int8" and not pack.int8_stages:
         precision = "fp32"
         notes.append(f"int8 does not pay for the {pack.name} pack; running fp32")
@@ -257,6 +260,17 @@ def _int8_graph(ctx: _Context, stage: str, cpu: bool) -> tuple[Path, EngineKey] 
                                        build=ctx.build)
 
 
+def _cpu_has_bf16() -> bool:
+    from heygem_ray import quantize
+
+    return bool(quantize.cpu_flags() & set(quantize.BF16_FLAGS))
+
+
+def _not_bf16(ctx: _Context) -> None:
+    if ctx.precision == "bf16":
+        raise EngineError("bf16 runs on pytorch only")
+
+
 def _float(ctx: _Context) -> Precision:
     """The precision of the stages that are not int8."""
     return "fp32" if ctx.precision == "int8" else ctx.precision
@@ -270,6 +284,7 @@ def _open_tensorrt(ctx: _Context) -> tuple[dict[str, Runner], dict[str, EngineKe
         raise EngineError(why)
     if not ctx.device.startswith("cuda"):
         raise EngineError("the worker has no CUDA device")
+    _not_bf16(ctx)
     runners: dict[str, Runner] = {}
     keys: dict[str, EngineKey] = {}
     try:
@@ -292,6 +307,7 @@ def _open_onnxruntime(ctx: _Context) -> tuple[dict[str, Runner], dict[str, Engin
     ok, why = ort.available(ctx.device)
     if not ok:
         raise EngineError(why)
+    _not_bf16(ctx)
     runners: dict[str, Runner] = {}
     keys: dict[str, EngineKey] = {}
     try:
@@ -310,7 +326,7 @@ def _open_onnxruntime(ctx: _Context) -> tuple[dict[str, Runner], dict[str, Engin
 def _open_pytorch(ctx: _Context) -> tuple[dict[str, Runner], dict[str, EngineKey]]:
     if ctx.precision == "int8":
         raise EngineError("pytorch has no int8 graphs (int8 runs on onnxruntime or tensorrt)")
-    dtype = torch.float16 if ctx.precision == "fp16" else torch.float32
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(ctx.precision, torch.float32)
     runners: dict[str, Runner] = {
         stage: TorchRunner(stage, ctx.stages[stage], *ctx.pack.io(stage), device=torch.device(ctx.device), dtype=dtype)
         for stage in STAGES
