@@ -41,7 +41,7 @@ from heygem_ray import __version__, metrics
 from heygem_ray.backends.trt import choose_profile
 from heygem_ray.config import BackendName
 from heygem_ray.engines import BatchProfile, EngineKey, EngineStore, Precision
-from heygem_ray.errors import EngineError
+from heygem_ray.errors import EngineError, InternalError
 from heygem_ray.export import DEFAULT_OPSET, export_onnx
 from heygem_ray.packs import PackSpec
 from heygem_ray.runners import Runner, TorchRunner
@@ -224,6 +224,8 @@ def tensorrt_artifact(
     from heygem_ray.backends import trt
 
     if source is None:
+        if precision == "int8":
+            raise InternalError(f"{stage}: an int8 engine is built from its calibrated QDQ graph (pass source)")
         weights_hash = weights_hash or stage_digest(module)
         source = onnx_artifact(store, pack, stage, module, precision, build=build, weights_hash=weights_hash)
     onnx_path, onnx_key = source
