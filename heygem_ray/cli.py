@@ -223,7 +223,7 @@ def engines_build(
     built or used here (an int8 set the accuracy gate refuses, with its figures)."""
     from heygem_ray.engines import EngineStore
     from heygem_ray.packs import get_pack
-    from heygem_ray.quantize import calibration_set, open_first, precision_order
+    from heygem_ray.quantize import calibration_for, open_first, precision_order
     from heygem_ray.worker import DeviceInfo
 
     where = storage.location(store) if store else default_engines_dir()
@@ -238,8 +238,7 @@ def engines_build(
         device = DeviceInfo.detect()
         engine_store = EngineStore(where)
         precisions = precision_order(cfg.precision, device.device, spec, calibrated=calibrate is not None)
-        calibration = (calibration_set(spec, calibrate, engine_store.root / "calibration")
-                       if "int8" in precisions else None)
+        calibration = calibration_for(spec, precisions, calibrate, engine_store.root / "calibration")
         chosen, gated = open_first(
             spec, spec.load_stages(cfg.checkpoint), precisions, calibration, device=device.device,
             store=engine_store, backend=cast(BackendName, backend), batch_sizes=[batch_size],

@@ -47,7 +47,7 @@ from heygem_ray.config import DetectorConfig, PrecisionName, default_download_di
 from heygem_ray.engines import EngineKey, EngineStore, Precision
 from heygem_ray.errors import EngineError, InputError, InternalError
 from heygem_ray.features import SAMPLE_RATE, Pcm
-from heygem_ray.manifest import read_manifest
+from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.packs import PackSpec
 from heygem_ray.runners import Runner
 from heygem_ray.timeline import loop_indices
@@ -129,26 +129,43 @@ def calibration_set(
     share = math.ceil((frames + held_out) / len(jobs))
     crops, features = [], []
     for job in jobs:
-        if job.problem is not None:
-            raise InputError(f"calibration manifest {manifest}, {job.label}: {job.problem.message}",
-                             kind=job.problem.kind)
-        video = storage.fetch(job.video, "reference", default_download_dir())
-        audio = storage.fetch(job.audio, "audio", default_download_dir())
-        template, _ = analyze(video, pack.geometry, DetectorConfig(), cache_dir)
-        wav = media.load_audio(audio, SAMPLE_RATE)
-        n = max(1, round(len(wav) / SAMPLE_RATE * template.fps))
-        ref = loop_indices(n, template.frames, "pingpong")  # output frame → reference frame
-        seen = np.flatnonzero(template.present[ref])
-        if len(seen) == 0:
-            raise InputError(f"calibration manifest {manifest}, {job.label}: no face found in {video}",
-                             kind="no_face")
-        pick = seen[np.linspace(0, len(seen) - 1, share).round().astype(np.int64)]
-        crops.append(template.crops(ref[pick]))
-        features.append(np.asarray(pack.features(Pcm.from_array(wav), template.fps, n)(range(n)))[pick])
+        try:
+            if job.problem is not None:
+                raise job.problem
+            row_crops, row_features = _row_frames(pack, job, share, cache_dir)
+        except InputError as e:
+            raise InputError(f"calibration manifest {manifest}, {job.label}: {e.message}", kind=e.kind) from e
+        crops.append(row_crops)
+        features.append(row_features)
     # A fixed shuffle, so the held-out frames come from every row.
     order = np.random.default_rng(0).permutation(share * len(jobs))[: frames + held_out]
     return CalibrationSet(pack.name, np.concatenate(crops)[order], np.concatenate(features)[order].astype(np.float32),
                           held_out, str(manifest))
+
+
+def calibration_for(
+    pack: PackSpec, precisions: tuple[Precision, ...], manifest: Path | None, cache_dir: Path
+) -> CalibrationSet | None:
+    """The calibration set when one of ``precisions`` is int8 and the pack has int8 stages."""
+    if "int8" not in precisions or not pack.int8_stages:
+        return None
+    return calibration_set(pack, manifest, cache_dir)
+
+
+def _row_frames(pack: PackSpec, job: Job, frames: int, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``frames`` (crops, features) of one row, evenly over its output frames with a face."""
+    video = storage.fetch(job.video, "reference", default_download_dir())
+    audio = storage.fetch(job.audio, "audio", default_download_dir())
+    template, _ = analyze(video, pack.geometry, DetectorConfig(), cache_dir)
+    wav = media.load_audio(audio, SAMPLE_RATE)
+    n = max(1, round(len(wav) / SAMPLE_RATE * template.fps))
+    ref = loop_indices(n, template.frames, "pingpong")  # output frame → reference frame
+    seen = np.flatnonzero(template.present[ref])
+    if len(seen) == 0:
+        raise InputError(f"no face found in {video}", kind="no_face")
+    pick = seen[np.linspace(0, len(seen) - 1, frames).round().astype(np.int64)]
+    features = np.asarray(pack.features(Pcm.from_array(wav), template.fps, n)(range(n)))[pick]
+    return template.crops(ref[pick]), features
 
 
 # -- the stages on real frames ------------------------------------------------------------------

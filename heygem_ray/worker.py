@@ -23,7 +23,7 @@ from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore
 from heygem_ray.errors import HeygemError
 from heygem_ray.packs import get_pack
-from heygem_ray.quantize import calibration_set, open_first, precision_order
+from heygem_ray.quantize import calibration_for, open_first, precision_order
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class ModelWorker:
         store = EngineStore(engines_dir)
         precisions = precision_order(cfg.precision, device.device, self.pack, calibrated=cfg.calibration is not None)
         # int8's calibration frames; their templates are kept beside the engines they shape
-        calibration = calibration_set(self.pack, cfg.calibration, store.root / "calibration") if "int8" in precisions else None
+        calibration = calibration_for(self.pack, precisions, cfg.calibration, store.root / "calibration")
         chosen, _ = open_first(
             self.pack,
             self.pack.load_stages(cfg.checkpoint),

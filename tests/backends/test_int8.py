@@ -19,7 +19,7 @@ from torch import nn
 from heygem_ray import quantize
 from heygem_ray.backends import open_runners
 from heygem_ray.engines import EngineKey, EngineStore
-from heygem_ray.errors import EngineError
+from heygem_ray.errors import EngineError, InputError
 from heygem_ray.packs import get_pack
 from heygem_ray.quantize import CalibrationSet
 
@@ -151,3 +151,13 @@ def test_pytorch_has_no_int8_and_warp_no_int8_stages(stages, store, calibration)
                         precision="int8", calibration=calibration)
     warp.close()
     assert warp.precision == "fp32" and "int8 does not pay for the warp pack" in warp.note
+
+
+def test_a_bad_calibration_manifest_names_the_file_and_the_fix(tmp_path, examples) -> None:
+    missing = tmp_path / "presenter.csv"
+    with pytest.raises(InputError, match=f"int8 calibration manifest {missing} not found: pass --calibrate MANIFEST"):
+        quantize.calibration_set(PACK, missing, tmp_path)
+    missing.write_text(f"audio,video\n{examples / 'lesson1.wav'},{tmp_path / 'gone.mp4'}\n")
+    with pytest.raises(InputError, match=f"calibration manifest {missing}, row 1 .*gone.mp4") as bad_row:
+        quantize.calibration_set(PACK, missing, tmp_path)
+    assert bad_row.value.kind == "missing_file"
