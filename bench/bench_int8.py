@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_int8.py [--seconds S] [--reps N] [--e2e-seconds S] [--no-e2e]
 
 1. Render stage: frames/s of the wav2lip render stage (a seeded random checkpoint in the
-   public format: the real one's compute; batch 16) at
+   public format: the real one's compute; batch 32, a worker's default) at
    - pytorch fp32 (the reference) and onnxruntime fp32;
    - onnxruntime int8: the calibrated QDQ graph in its x86 CPU form (uint8 activations), what
      ``--precision int8`` runs here, and the portable form (int8 activations, what TensorRT
@@ -60,7 +60,7 @@ from tests.helpers.footage import lecture_clip  # noqa: E402
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint  # noqa: E402
 
 PACK = get_pack("wav2lip")
-BATCH = 16
+BATCH = 32  # what a worker sends by default (RenderConfig.batch_size)
 SPEECH = (REPO / "examples" / "lesson1.wav", REPO / "examples" / "lesson2.mp3")
 
 

@@ -2,12 +2,12 @@
 they are used.
 
 One artefact serves both runtimes. ``quantize_graph`` turns a stage's fp32 ONNX graph into
-a QDQ graph with ONNX Runtime's ``quantize_static``: weights int8, symmetric, one scale
-per output channel; activations int8, symmetric (zero point 0), their ranges measured on
-calibration frames. That is the form TensorRT 10 builds an explicitly quantized INT8
-engine from (``backends/trt.py``), and ONNX Runtime runs it as it is on a GPU. On an x86
-CPU, ONNX Runtime's int8 × int8 convolutions are slow (no VNNI path; BENCHMARKS.md,
-"INT8"), so ``cpu_form`` rewrites the activations to uint8 with zero point 128: the same
+a QDQ graph with ONNX Runtime's ``quantize_static``: convolutions (``QUANTIZED_OPS``) with
+weights int8, symmetric, one scale per output channel, and input activations int8,
+symmetric (zero point 0), their ranges measured on calibration frames. That is the form
+TensorRT 10 builds an explicitly quantized INT8 engine from (``backends/trt.py``), and ONNX
+Runtime runs it as it is on a GPU. On an x86 CPU, ONNX Runtime runs int8 × int8
+convolutions slower than fp32 (BENCHMARKS.md, "INT8 and bf16"), so ``cpu_form`` rewrites the activations to uint8 with zero point 128: the same
 numbers (q_u8 = q_s8 + 128, same scale), run by its uint8 × int8 VNNI/AMX kernels. Both
 forms are engine-store entries keyed by the calibration data's id.
 
@@ -60,9 +60,11 @@ CALIBRATION_FRAMES = 128
 HELD_OUT_FRAMES = 32
 # The gate: PSNR against fp32, in dB, on the generated crops and on the pasted mouth region.
 MIN_PSNR_DB = 30.0
-# The layers quantized: Wav2Lip's time is in its convolutions. Adds, concatenations and
-# activations stay float between them (quantizing them too ran slower on ONNX Runtime's CPU).
-QUANTIZED_OPS = ("Conv", "ConvTranspose")
+# The layers quantized: Wav2Lip's time is in its convolutions. Transposed convolutions (its
+# decoder's six upsampling layers), adds, concatenations and activations stay float: ONNX
+# Runtime's CPU provider has no int8 transposed convolution, and quantizing any of them made
+# the render stage slower there (BENCHMARKS.md, "INT8 and bf16").
+QUANTIZED_OPS = ("Conv",)
 DEFAULT_CALIBRATION = Path(__file__).resolve().parents[1] / "examples" / "manifest.csv"
 _BATCH = 16  # frames per calibration and gate call
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
@@ -241,8 +243,8 @@ class _Reader:
 
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
-    # quantize_static logs advice through the root logger ("consider pre-processing", and
-    # per BatchNormalization "axis out of range", which it handles by quantizing per tensor).
+    # quantize_static logs advice meant for its own users through the root logger
+    # ("consider pre-processing"); a worker's log is no place for it.
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
