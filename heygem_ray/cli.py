@@ -118,7 +118,8 @@ def submit(
     max_reference_frames: Annotated[int, typer.Option(help="A reference video with more frames fails its row before it is decoded (default: an hour at 25 fps).")] = InputLimits.max_reference_frames,
     max_audio_seconds: Annotated[float, typer.Option(help="Audio longer than this fails its row, from its header before it is decoded (default: 4 hours).")] = InputLimits.max_audio_seconds,
     backend: Annotated[str, typer.Option(help="Inference backend: 'auto' (TensorRT, then ONNX Runtime, then PyTorch: the first that works), 'tensorrt', 'onnxruntime' or 'pytorch'.")] = "auto",
-    precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32' or 'fp16'.")] = "auto",
+    precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU; int8 first where it pays when --calibrate is given), 'fp32', 'fp16', 'int8' (calibrated, used only if it passes the accuracy gate) or 'bf16' (PyTorch; on CPUs with AVX-512 BF16 or AMX).")] = "auto",
+    calibrate: Annotated[Path | None, typer.Option(help="For int8: a manifest (columns audio and video) of your presenter and their speech to calibrate on (default: the bundled examples).")] = None,
     engines: Annotated[Path | None, typer.Option(help="Engine store: exported ONNX graphs and TensorRT engines (default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines; on a cluster, a path every node sees or a bucket).")] = None,
     device: Annotated[str, typer.Option(help="Where model workers run: 'gpu' (one GPU each), 'cpu', or 'auto' (gpu when the cluster has GPUs or its autoscaler can add them).")] = "auto",
     workers: Annotated[int, typer.Option(help="Model workers to start (0: one per GPU the cluster has or can autoscale to; on CPUs, from the core count).")] = 0,
@@ -142,6 +143,7 @@ def submit(
                 chunk_frames=chunk_frames,
                 backend=cast(BackendName, backend),
                 precision=cast(PrecisionName, precision),
+                calibration=calibrate,
                 detector=DetectorConfig(min_face=min_face),
                 limits=InputLimits(
                     max_reference_pixels=max_reference_pixels,
@@ -210,35 +212,44 @@ def engines_build(
     pack: Annotated[str, typer.Option(help="Model pack: 'warp', 'wav2lip' or 'musetalk'.")] = "warp",
     checkpoint: Annotated[Path | None, typer.Option(help="The pack's weights (see submit --help).")] = None,
     backend: Annotated[str, typer.Option(help="'onnxruntime' (ONNX graphs) or 'tensorrt' (engines for this GPU).")] = "onnxruntime",
-    precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32' or 'fp16'.")] = "auto",
+    precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32', 'fp16' or 'int8' (calibrated QDQ graphs, checked by the accuracy gate).")] = "auto",
+    calibrate: Annotated[Path | None, typer.Option(help="For int8: a manifest (columns audio and video) of your presenter and their speech to calibrate on (default: the bundled examples).")] = None,
     batch_size: Annotated[int, typer.Option(help="Frames per model call the workers will send (sets the TensorRT batch profile).")] = 32,
     store: Annotated[Path | None, typer.Option(help="The engine store (default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines).")] = None,
 ) -> None:
-    """Build the pack's engines ahead of time for the GPU (or CPU) this runs on."""
-    from heygem_ray.backends import open_runners
+    """Build the pack's engines ahead of time for the GPU (or CPU) this runs on.
+
+    Exit status: 0 when built, 2 when the options are wrong or the engines cannot be
+    built or used here (an int8 set the accuracy gate refuses, with its figures)."""
     from heygem_ray.engines import EngineStore
     from heygem_ray.packs import get_pack
-    from heygem_ray.worker import DeviceInfo, resolve_precision
+    from heygem_ray.quantize import calibration_for, open_first, precision_order
+    from heygem_ray.worker import DeviceInfo
 
     where = storage.location(store) if store else default_engines_dir()
     try:
         if backend not in ("onnxruntime", "tensorrt"):
             raise HeygemError(f"unknown backend {backend!r}: choose onnxruntime or tensorrt", kind="bad_argument")
         cfg = RenderConfig(
-            pack=cast(PackName, pack), checkpoint=checkpoint, precision=cast(PrecisionName, precision), batch_size=batch_size
+            pack=cast(PackName, pack), checkpoint=checkpoint, precision=cast(PrecisionName, precision),
+            calibration=calibrate, batch_size=batch_size,
         )
         spec = get_pack(cfg.pack)
         device = DeviceInfo.detect()
-        chosen = open_runners(
-            spec, spec.load_stages(cfg.checkpoint), device=device.device, store=EngineStore(where),
-            backend=cast(BackendName, backend), precision=resolve_precision(cfg.precision, device),
-            batch_sizes=[batch_size],
+        engine_store = EngineStore(where)
+        precisions = precision_order(cfg.precision, device.device, spec, calibrated=calibrate is not None)
+        calibration = calibration_for(spec, precisions, calibrate, engine_store.root / "calibration")
+        chosen, gated = open_first(
+            spec, spec.load_stages(cfg.checkpoint), precisions, calibration, device=device.device,
+            store=engine_store, backend=cast(BackendName, backend), batch_sizes=[batch_size],
         )
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(2) from None
     for stage, key in chosen.engine_keys.items():
         print(f"{stage}: {where / key.dirname()}")
+    if gated is not None and calibration is not None:
+        print(f"int8: calibration {calibration.id}; accepted by the accuracy gate: {gated.describe()}")
     if chosen.note:
         print(f"note: {chosen.note}")
     chosen.close()
@@ -266,6 +277,7 @@ def doctor() -> None:
     and which one ``--backend auto`` picks for each pack."""
     from heygem_ray.backends import auto_order, ort, trt
     from heygem_ray.packs import get_pack
+    from heygem_ray.quantize import BF16_FLAGS, cpu_flags, int8_pays
     from heygem_ray.worker import DeviceInfo
 
     device = DeviceInfo.detect()
@@ -277,6 +289,11 @@ def doctor() -> None:
     }
     for name, (ok, why) in checks.items():
         print(f"{name:12s} {'usable' if ok else 'not usable: ' + why}")
+    for where in ("cpu", device.device) if device.gpu else ("cpu",):
+        fast, why = int8_pays(where)
+        print(f"int8 on {'the GPU' if where != 'cpu' else 'this CPU'}: {'fast' if fast else 'not fast'} ({why})")
+    bf16 = sorted(cpu_flags() & set(BF16_FLAGS))
+    print(f"bf16 on this CPU: {'fast (' + ', '.join(bf16) + ')' if bf16 else 'not fast (no ' + ', '.join(BF16_FLAGS) + '); --precision bf16 runs fp32'}")
     for pack in get_args(PackName):
         picked = next((name for name in auto_order(get_pack(pack), device.device) if checks[name][0]), "none")
         print(f"auto for {pack}: {picked}")

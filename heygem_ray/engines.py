@@ -1,7 +1,7 @@
 """The engine store: built model artifacts (TensorRT engines, ONNX graphs) kept on disk.
 
 One entry per ``EngineKey`` (pack, weights hash, stage, precision, batch profile, backend
-and its version, GPU architecture), laid out readably::
+and its version, GPU architecture; for int8, the calibration data's id), laid out readably::
 
     <root>/warp/render/tensorrt-10.9.0.34-sm_90-fp16-b1-32-64-1a2b3c4d/
         engine.plan     the artifact (``model.onnx`` for onnxruntime entries)
@@ -59,7 +59,8 @@ from heygem_ray.storage import Location, Uri
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "fp16"]
+# bf16 runs on pytorch only: no artifact is ever keyed by it.
+Precision = Literal["fp32", "fp16", "int8", "bf16"]
 EngineBackend = Literal["onnxruntime", "tensorrt"]
 
 # Bumped when the key's meaning or the artifact layout changes: every digest changes and
@@ -106,6 +107,9 @@ class EngineKey:
     backend: EngineBackend
     backend_version: str  # e.g. TensorRT "10.9.0.34"; the exporter's versions for ONNX
     arch: str  # "sm_90", "cpu", or "any"
+    # int8 only: the id of the calibration data its activation ranges were measured on
+    # (``quantize.CalibrationSet.id``); "" for every other precision.
+    calibration: str = ""
 
     def __post_init__(self) -> None:
         if self.stage not in _STAGES:
@@ -116,10 +120,15 @@ class EngineKey:
             raise ValueError(f"unknown engine backend {self.backend!r}")
         if not _ARCH.match(self.arch):
             raise ValueError(f"arch must be 'cpu', 'any' or like 'sm_90', got {self.arch!r}")
+        if (self.precision == "int8") != bool(self.calibration):
+            raise ValueError(f"a calibration id goes with precision int8 and only with it, got "
+                             f"{self.precision!r} and calibration {self.calibration!r}")
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["profile"] = None if self.profile is None else [self.profile.min, self.profile.opt, self.profile.max]
+        if not self.calibration:  # keys without one keep the digests they had before int8
+            del d["calibration"]
         return d
 
     @classmethod
@@ -133,8 +142,10 @@ class EngineKey:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def dirname(self) -> str:
-        """``<pack>/<stage>/<backend>-<version>-<arch>-<precision>[-b<min>-<opt>-<max>]-<digest8>``."""
+        """``<pack>/<stage>/<backend>-<version>-<arch>-<precision>[-cal<id8>][-b<min>-<opt>-<max>]-<digest8>``."""
         parts = [self.backend, self.backend_version, self.arch, self.precision]
+        if self.calibration:
+            parts.append(f"cal{self.calibration[:8]}")
         if self.profile is not None:
             parts.append(self.profile.label())
         leaf = _UNSAFE.sub("_", "-".join(parts)) + "-" + self.digest()[:8]

@@ -167,7 +167,7 @@ def render_job(
         result.face_lost_frames = int(np.count_nonzero(~template.present[timeline.ref_index]))
         result.audio_seconds = pcm.samples / SAMPLE_RATE
         result.backend, result.precision, result.backend_note = last.backend, last.precision, last.backend_note
-        result.engine_key = last.engine_key
+        result.engine_key, result.calibration = last.engine_key, last.calibration
         result.node, result.gpu = last.node, last.device.gpu
         result.compute_capability = last.device.compute_capability
     except HeygemError as exc:

@@ -49,6 +49,7 @@ SCHEMA = pa.schema(
         ("precision", pa.string()),
         ("backend_note", pa.string()),
         ("engine_key", pa.string()),
+        ("calibration", pa.string()),
         ("template_cached", pa.bool_()),
         ("node", pa.string()),
         ("gpu", pa.string()),
@@ -93,6 +94,7 @@ class JobResult:
     precision: str | None = None
     backend_note: str | None = None
     engine_key: str | None = None
+    calibration: str | None = None  # int8: the id of the calibration data; "" otherwise
     template_cached: bool | None = None
     node: str | None = None
     gpu: str | None = None

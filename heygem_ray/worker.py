@@ -15,16 +15,16 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
 
-from heygem_ray.backends import open_runners, stage_digest
+from heygem_ray.backends import stage_digest
 from heygem_ray.config import RenderConfig
-from heygem_ray.engines import EngineStore, Precision
+from heygem_ray.engines import EngineStore
 from heygem_ray.errors import HeygemError, InternalError
 from heygem_ray.packs import Features, get_pack
+from heygem_ray.quantize import calibration_for, open_first, precision_order
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,6 @@ class DeviceInfo:
         return cls("cpu", None, None)
 
 
-def resolve_precision(precision: str, device: DeviceInfo) -> Precision:
-    """"auto" → fp16 on a GPU, fp32 on a CPU; an explicit choice stays."""
-    if precision == "auto":
-        return "fp16" if device.device != "cpu" else "fp32"
-    return cast(Precision, precision)
-
-
 @dataclass(frozen=True)
 class WorkerInfo:
     node: str
@@ -59,6 +52,7 @@ class WorkerInfo:
     # What the pack's reference stage computes (its weights, code and precision); "" for
     # packs without one. Templates keep its outputs under this name.
     reference_key: str = ""
+    calibration: str = ""  # int8: the calibration data's id (quantize.CalibrationSet.id)
 
 
 @dataclass(frozen=True)
@@ -82,19 +76,24 @@ class ModelWorker:
         self.batch_size = cfg.batch_size
         # 1. detect the device
         device = DeviceInfo.detect()
-        # 2. load the stages and open them on a backend (auto: the fastest that runs here)
+        # 2. load the stages and open them on a backend (auto: the fastest that runs here),
+        #    at the first precision that opens (int8: and passes the accuracy gate)
         stages = self.pack.load_stages(cfg.checkpoint)
-        precision = resolve_precision(cfg.precision, device)
         # What the reference stage computes, hashed before a runner takes the module over.
         reference = self.pack.reference
         reference_digest = stage_digest(stages[reference])[:16] if reference else ""
-        chosen = open_runners(
+        store = EngineStore(engines_dir)
+        precisions = precision_order(cfg.precision, device.device, self.pack, calibrated=cfg.calibration is not None)
+        # int8's calibration frames; their templates are kept beside the engines they shape
+        calibration = calibration_for(self.pack, precisions, cfg.calibration, store.root / "calibration")
+        chosen, _ = open_first(
             self.pack,
             stages,
+            precisions,
+            calibration,
             device=device.device,
-            store=EngineStore(engines_dir),
+            store=store,
             backend=cfg.backend,
-            precision=precision,
             batch_sizes=[cfg.batch_size],
         )
         self.runners = chosen.runners
@@ -107,6 +106,7 @@ class ModelWorker:
             backend_note=chosen.note,
             engine_key=render_key.dirname() if render_key else "",
             reference_key=f"{reference_digest}-{chosen.precision}" if reference else "",
+            calibration=calibration.id if calibration is not None and chosen.precision == "int8" else "",
         )
         # 3. warm up: open_runners ran one item through every stage already.
 

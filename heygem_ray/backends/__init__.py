@@ -17,6 +17,10 @@ Artifacts come from the ``EngineStore``: the ONNX graph of each stage (arch "any
 by onnxruntime and the TensorRT build; ``onnx_artifact``) and, for tensorrt, an engine per
 GPU architecture and batch profile (``tensorrt_artifact``, also what ``heygem-ray engines
 build`` needs). Keys carry ``stage_digest``: the stage's weights and code.
+
+``precision="int8"`` (with a ``calibration`` set) runs the pack's ``int8_stages`` from
+calibrated QDQ graphs (``quantize.py``) on onnxruntime or tensorrt and the others fp32;
+pytorch has no int8. Whether the result is accurate enough is ``quantize.gate``'s to say.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,10 +41,13 @@ from heygem_ray import __version__, metrics
 from heygem_ray.backends.trt import choose_profile
 from heygem_ray.config import BackendName
 from heygem_ray.engines import BatchProfile, EngineKey, EngineStore, Precision
-from heygem_ray.errors import EngineError
+from heygem_ray.errors import EngineError, InternalError
 from heygem_ray.export import DEFAULT_OPSET, export_onnx
 from heygem_ray.packs import PackSpec
 from heygem_ray.runners import Runner, TorchRunner
+
+if TYPE_CHECKING:
+    from heygem_ray.quantize import CalibrationSet
 
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "onnxruntime", "pytorch")
 
@@ -49,7 +57,7 @@ class RunnerSet:
     """A pack's stage runners on one backend, and how that backend was chosen."""
 
     backend: str
-    precision: Precision  # what runs: fp16 on a CPU falls back to fp32 (noted)
+    precision: Precision  # what runs: fp16 on a CPU falls back to fp32 (noted), as int8 for a pack without int8 stages
     note: str
     runners: dict[str, Runner]
     engine_keys: dict[str, EngineKey] = field(default_factory=dict)  # empty for pytorch
@@ -101,18 +109,28 @@ def open_runners(
     batch_sizes: list[int] | None = None,
     build: bool = True,
     intra_op_threads: int | None = None,
+    calibration: CalibrationSet | None = None,
 ) -> RunnerSet:
     """Runners for ``stages`` (from ``pack.load_stages``) on the chosen backend.
 
     ``batch_sizes``: the batch sizes the worker will send (default ``[32]``), for the
     TensorRT profile. ``build=False``: use only artifacts already in the store.
+    ``calibration``: the frames int8 graphs are calibrated on (needed for int8).
     """
     notes: list[str] = []
     if precision == "fp16" and not device.startswith("cuda"):
         precision = "fp32"
         notes.append("fp16 needs a CUDA GPU; running fp32")
+    if precision == "bf16" and not device.startswith("cuda") and not _cpu_has_bf16():
+        precision = "fp32"
+        notes.append("bf16 is slow on this CPU (it has no AVX-512 BF16 or AMX); running fp32")
+    if precision == "int8" and not pack.int8_stages:
+        precision = "fp32"
+        notes.append(f"int8 does not pay for the {pack.name} pack; running fp32")
+    if precision == "int8" and calibration is None:
+        raise EngineError("int8 needs calibration data (quantize.calibration_set)", kind="bad_argument")
     ctx = _Context(pack, stages, device, store, precision, choose_profile(batch_sizes or [32]), build,
-                   intra_op_threads)
+                   intra_op_threads, calibration)
     order = auto_order(pack, device) if backend == "auto" else (backend,)
     skipped: list[str] = []
     for name in order:
@@ -149,6 +167,7 @@ class _Context:
     profile: BatchProfile
     build: bool
     intra_op_threads: int | None
+    calibration: CalibrationSet | None
     hashes: dict[str, str] = field(default_factory=dict)  # stage → stage_digest, computed once
 
 
@@ -193,21 +212,30 @@ def tensorrt_artifact(
     *,
     build: bool = True,
     weights_hash: str | None = None,
+    source: tuple[Path, EngineKey] | None = None,
 ) -> tuple[Path, EngineKey]:
     """The stage's TensorRT engine for ``device``'s GPU from ``store``, built first if missing.
 
     Needs ``trt.available()``; ``heygem-ray engines build`` is a loop over this.
+    ``source``: the ONNX graph and its key to build from (an int8 QDQ graph); default, the
+    stage's graph exported at ``precision``.
     """
     from heygem_ray.backends import trt
 
-    weights_hash = weights_hash or stage_digest(module)
-    onnx_path, _ = onnx_artifact(store, pack, stage, module, precision, build=build, weights_hash=weights_hash)
+    if source is None:
+        if precision == "int8":
+            raise InternalError(f"{stage}: an int8 engine is built from its calibrated QDQ graph (pass source)")
+        weights_hash = weights_hash or stage_digest(module)
+        source = onnx_artifact(store, pack, stage, module, precision, build=build, weights_hash=weights_hash)
+    onnx_path, onnx_key = source
     arch, version = device_arch(device), trt.trt_version()
-    key = EngineKey(pack.name, weights_hash, stage, precision, profile, "tensorrt", version, arch)
+    key = EngineKey(pack.name, onnx_key.weights_hash, stage, precision, profile, "tensorrt", version, arch,
+                    onnx_key.calibration)
     timing_cache = store.root / "timing" / f"tensorrt-{version}-{arch}.cache"
 
     def build_plan(tmp: Path) -> None:
         with torch.cuda.device(torch.device(device)):
+            # An int8 QDQ graph builds int8 layers where its Q/DQ pairs are (explicit quantization).
             trt.build_engine(onnx_path, tmp, profile=profile, fp16=precision == "fp16", timing_cache=timing_cache)
         metrics.record_engine_build("tensorrt", stage, precision)
 
@@ -220,6 +248,35 @@ def _hash(ctx: _Context, stage: str) -> str:
     return ctx.hashes[stage]
 
 
+def _int8_graph(ctx: _Context, stage: str, cpu: bool) -> tuple[Path, EngineKey] | None:
+    """The stage's calibrated QDQ graph when it runs int8 (``cpu``: in the form for
+    ONNX Runtime on this CPU), else None."""
+    from heygem_ray import quantize
+
+    if ctx.precision != "int8" or stage not in ctx.pack.int8_stages or ctx.calibration is None:
+        return None
+    upstream = list(ctx.stages)[: list(ctx.stages).index(stage) + 1]
+    return quantize.int8_onnx_artifact(ctx.store, ctx.pack, stage, ctx.stages, ctx.calibration, cpu=cpu,
+                                       weights_hash=quantize.chain_hash([_hash(ctx, s) for s in upstream]),
+                                       build=ctx.build)
+
+
+def _cpu_has_bf16() -> bool:
+    from heygem_ray import quantize
+
+    return bool(quantize.cpu_flags() & set(quantize.BF16_FLAGS))
+
+
+def _not_bf16(ctx: _Context) -> None:
+    if ctx.precision == "bf16":
+        raise EngineError("bf16 runs on pytorch only")
+
+
+def _float(ctx: _Context) -> Precision:
+    """The precision of the stages that are not int8."""
+    return "fp32" if ctx.precision == "int8" else ctx.precision
+
+
 def _open_tensorrt(ctx: _Context) -> tuple[dict[str, Runner], dict[str, EngineKey]]:
     from heygem_ray.backends import trt
 
@@ -228,13 +285,15 @@ def _open_tensorrt(ctx: _Context) -> tuple[dict[str, Runner], dict[str, EngineKe
         raise EngineError(why)
     if not ctx.device.startswith("cuda"):
         raise EngineError("the worker has no CUDA device")
+    _not_bf16(ctx)
     runners: dict[str, Runner] = {}
     keys: dict[str, EngineKey] = {}
     try:
         for stage in ctx.pack.stages:
+            source = _int8_graph(ctx, stage, cpu=False)
             engine, keys[stage] = tensorrt_artifact(
-                ctx.store, ctx.pack, stage, ctx.stages[stage], ctx.precision, ctx.profile, ctx.device,
-                build=ctx.build, weights_hash=_hash(ctx, stage),
+                ctx.store, ctx.pack, stage, ctx.stages[stage], "int8" if source else _float(ctx), ctx.profile,
+                ctx.device, build=ctx.build, weights_hash=_hash(ctx, stage), source=source,
             )
             runners[stage] = trt.TrtRunner(stage, engine, *ctx.pack.io(stage), device=ctx.device)
     except BaseException:
@@ -249,12 +308,14 @@ def _open_onnxruntime(ctx: _Context) -> tuple[dict[str, Runner], dict[str, Engin
     ok, why = ort.available(ctx.device)
     if not ok:
         raise EngineError(why)
+    _not_bf16(ctx)
     runners: dict[str, Runner] = {}
     keys: dict[str, EngineKey] = {}
     try:
         for stage in ctx.pack.stages:
-            path, keys[stage] = onnx_artifact(ctx.store, ctx.pack, stage, ctx.stages[stage], ctx.precision,
-                                              build=ctx.build, weights_hash=_hash(ctx, stage))
+            int8 = _int8_graph(ctx, stage, cpu=not ctx.device.startswith("cuda"))
+            path, keys[stage] = int8 or onnx_artifact(ctx.store, ctx.pack, stage, ctx.stages[stage], _float(ctx),
+                                                      build=ctx.build, weights_hash=_hash(ctx, stage))
             runners[stage] = ort.OrtRunner(stage, path, *ctx.pack.io(stage), device=ctx.device,
                                            intra_op_threads=ctx.intra_op_threads)
     except BaseException:
@@ -264,7 +325,9 @@ def _open_onnxruntime(ctx: _Context) -> tuple[dict[str, Runner], dict[str, Engin
 
 
 def _open_pytorch(ctx: _Context) -> tuple[dict[str, Runner], dict[str, EngineKey]]:
-    dtype = torch.float16 if ctx.precision == "fp16" else torch.float32
+    if ctx.precision == "int8":
+        raise EngineError("pytorch has no int8 graphs (int8 runs on onnxruntime or tensorrt)")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(ctx.precision, torch.float32)
     runners: dict[str, Runner] = {
         stage: TorchRunner(stage, ctx.stages[stage], *ctx.pack.io(stage), device=torch.device(ctx.device), dtype=dtype)
         for stage in ctx.pack.stages

@@ -95,6 +95,9 @@ class PackSpec:
     # template frame and cached with the template; the job then sends those outputs to
     # ``chunk`` instead of crops. None: the job sends the crops.
     reference: str | None = None
+    # ``--precision int8``: the stages run as calibrated int8 QDQ graphs (quantize.py);
+    # the others stay fp32. Empty: int8 does not pay for this pack (it runs fp32).
+    int8_stages: tuple[str, ...] = ()
 
     def io(self, stage: str) -> StageIO:
         """Declared (inputs, outputs) of ``stage``."""

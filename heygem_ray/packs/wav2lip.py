@@ -88,4 +88,7 @@ PACK = PackSpec(
     # old mouth's edges, so the crop replaces the frame under the mask, as in the public code.
     paste_mode="replace",
     load_stages=_load_stages,
+    # The face encoder and decoder are nearly all of the model time (BENCHMARKS.md, "INT8");
+    # the audio encoder is small and stays fp32.
+    int8_stages=("render",),
 )

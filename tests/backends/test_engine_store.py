@@ -78,7 +78,7 @@ def test_dirname_is_readable() -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("precision", "int8"), ("arch", "9.0"), ("stage", "decode"), ("backend", "openvino"),
+    ("precision", "int4"), ("arch", "9.0"), ("stage", "decode"), ("backend", "openvino"),
 ])
 def test_key_rejects_unknown_values(field: str, value: str) -> None:
     with pytest.raises(ValueError, match=field if field != "backend" else "engine backend"):

@@ -1,0 +1,244 @@
+"""Benchmark: int8 and bf16 against fp32 for the wav2lip render stage on this CPU, in one run.
+
+    .venv/bin/python bench/bench_int8.py [--seconds S] [--reps N] [--e2e-seconds S] [--e2e-repeat N] [--no-e2e]
+
+1. Render stage: frames/s of the wav2lip render stage (a seeded random checkpoint in the
+   public format: the real one's compute; batch 32, a worker's default) at
+   - pytorch fp32 (the reference) and onnxruntime fp32;
+   - onnxruntime int8: the calibrated QDQ graph in its x86 CPU form (uint8 activations), what
+     ``--precision int8`` runs here, and the portable form (int8 activations, what TensorRT
+     builds from) as ONNX Runtime's CPU provider runs it;
+   - pytorch bf16, where the CPU has AVX-512 BF16 or AMX.
+   Calibration: the bundled examples (``quantize.calibration_set``: 128 frames, 32 held
+   out). Timed on the held-out frames' crops and the fp32 motion stage's codes for them,
+   the rows interleaved (one repetition of each in turn, ``--reps`` times, median), so load
+   from other processes falls on every row alike. PSNR against pytorch fp32 of the
+   generated crops as 8-bit pixels, and of the pasted mouth region (``quantize.gate``'s
+   figures), on the 32 held-out frames.
+2. End to end: one ``--e2e-seconds`` (60) job at 720p through ``render_job`` on an in-process
+   ``ModelWorker`` (onnxruntime) per precision, fp32 and int8 alternating ``--e2e-repeat``
+   times (the fastest run of each kept), the template cached first: a 1280×720 lecture clip
+   of the bundled portrait (face 240 px wide) and the bundled speech looped. The workers
+   start (and the int8 one builds and gates its graph) before timing, as ``engines build``
+   would ahead of time.
+
+Writes bench/results/int8-<host>.json (``record.write``) and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import wave
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.helpers (checkpoint, footage), bench.*
+
+from bench import record  # noqa: E402
+from bench.bench_backends import cores, cpu_busy, cpu_name  # noqa: E402
+from heygem_ray import media, quantize  # noqa: E402
+from heygem_ray.analyze import analyze  # noqa: E402
+from heygem_ray.backends import ort as ort_backend  # noqa: E402
+from heygem_ray.backends import stage_digest  # noqa: E402
+from heygem_ray.config import RenderConfig  # noqa: E402
+from heygem_ray.engines import EngineStore  # noqa: E402
+from heygem_ray.features import SAMPLE_RATE  # noqa: E402
+from heygem_ray.manifest import Job  # noqa: E402
+from heygem_ray.packs import get_pack  # noqa: E402
+from heygem_ray.pipeline import InProcessService, render_job  # noqa: E402
+from heygem_ray.runners import Runner, TorchRunner  # noqa: E402
+from heygem_ray.worker import ModelWorker  # noqa: E402
+from tests.helpers.footage import lecture_clip  # noqa: E402
+from tests.helpers.wav2lip_ckpt import write_random_checkpoint  # noqa: E402
+
+PACK = get_pack("wav2lip")
+BATCH = 32  # what a worker sends by default (RenderConfig.batch_size)
+SPEECH = (REPO / "examples" / "lesson1.wav", REPO / "examples" / "lesson2.mp3")
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], seconds: float, reps: int) -> dict[str, dict[str, Any]]:
+    """frames/s of each call (a batch of ``BATCH``), timed in turn ``reps`` times; median."""
+    sized: dict[str, int] = {}
+    for name, call in calls.items():
+        call()  # warm-up
+        t0 = time.perf_counter()
+        call()
+        sized[name] = max(1, round(seconds / reps / (time.perf_counter() - t0)))
+    fps: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(reps):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            for _ in range(sized[name]):
+                call()
+            fps[name].append(BATCH * sized[name] / (time.perf_counter() - t0))
+    return {name: {"fps": statistics.median(v), "fps_reps": v, "calls_per_rep": sized[name]} for name, v in fps.items()}
+
+
+def render_stage(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    modules = PACK.load_stages(checkpoint)
+    store = EngineStore(tmp / "engines")
+    calibration = quantize.calibration_set(PACK, None, tmp / "templates")
+    crops, features = calibration.part(held_out=True)  # (32, 96, 96, 3) uint8, (32, 1, 80, 16)
+    want = quantize.run_chain(quantize.torch_call(PACK, modules), crops, features)
+    codes = quantize.torch_call(PACK, modules)("motion", {"features": features})["codes"]
+    batch = {"crops": np.ascontiguousarray(crops[:BATCH].transpose(0, 3, 1, 2), dtype=np.float32) / 255.0,
+             "codes": codes[:BATCH]}
+    weights = quantize.chain_hash([stage_digest(modules[s]) for s in ("motion", "render")])
+    t0 = time.perf_counter()
+    int8_cpu, _ = quantize.int8_onnx_artifact(store, PACK, "render", modules, calibration, weights_hash=weights,
+                                              cpu=True)
+    build_s = time.perf_counter() - t0
+    int8_any, _ = quantize.int8_onnx_artifact(store, PACK, "render", modules, calibration, weights_hash=weights,
+                                              cpu=False)
+    from heygem_ray.backends import onnx_artifact
+
+    fp32_graph, _ = onnx_artifact(store, PACK, "render", modules["render"], "fp32")
+    io = PACK.io("render")
+    threads = cores()
+    runners: dict[str, tuple[str, str, Runner]] = {
+        "pytorch fp32": ("pytorch", "fp32", TorchRunner("render", PACK.load_stages(checkpoint)["render"], *io,
+                                                        device=torch.device("cpu"))),
+        "onnxruntime fp32": ("onnxruntime", "fp32", ort_backend.OrtRunner("render", fp32_graph, *io, device="cpu",
+                                                                         intra_op_threads=threads)),
+        "onnxruntime int8": ("onnxruntime", "int8", ort_backend.OrtRunner("render", int8_cpu, *io, device="cpu",
+                                                                         intra_op_threads=threads)),
+        "onnxruntime int8 (portable form)": ("onnxruntime", "int8 (int8 activations)", ort_backend.OrtRunner(
+            "render", int8_any, *io, device="cpu", intra_op_threads=threads)),
+    }
+    bf16 = sorted(quantize.cpu_flags() & set(quantize.BF16_FLAGS))
+    if bf16:
+        runners["pytorch bf16"] = ("pytorch", "bf16", TorchRunner("render", PACK.load_stages(checkpoint)["render"], *io,
+                                                                  device=torch.device("cpu"), dtype=torch.bfloat16))
+    timed = interleaved({name: (lambda r=r: r.infer(batch)) for name, (_, _, r) in runners.items()},
+                        args.seconds, args.reps)
+    mouth = quantize.mouth_weight(PACK)
+    reference = quantize.to_pixels(want)
+    rows = []
+    for name, (backend, precision, runner) in runners.items():
+        got = quantize.to_pixels(quantize.run_chain(
+            quantize.runner_call({"motion": _torch_motion(PACK, modules), "render": runner}), crops, features))
+        rows.append({
+            "row": name, "backend": backend, "precision": precision, "batch": BATCH, **timed[name],
+            "psnr_crops_db": quantize.psnr(got, reference), "psnr_mouth_db": quantize.psnr(got, reference, mouth),
+            "held_out_frames": len(crops),
+        })
+        runner.close()
+    base = rows[0]["fps"]
+    for r in rows:
+        r["ratio_vs_pytorch_fp32"] = r["fps"] / base
+        r["ratio_vs_onnxruntime_fp32"] = r["fps"] / rows[1]["fps"]
+    rows[2]["calibration"] = {"id": calibration.id, "frames": len(calibration.crops) - calibration.held_out,
+                              "held_out": calibration.held_out, "source": "examples/manifest.csv",
+                              "build_s": build_s, "cpu_flags": sorted(quantize.cpu_flags() & set(quantize.INT8_FLAGS))}
+    return rows
+
+
+def _torch_motion(pack: Any, modules: dict[str, torch.nn.Module]) -> Runner:
+    return TorchRunner("motion", modules["motion"], *pack.io("motion"), device=torch.device("cpu"))
+
+
+def speech(path: Path, seconds: float) -> Path:
+    """The bundled speech, looped to ``seconds``, as 16 kHz mono 16-bit WAV."""
+    clips = [media.load_audio(p, SAMPLE_RATE) for p in SPEECH]
+    one = np.concatenate(clips)
+    wav = np.tile(one, int(np.ceil(seconds * SAMPLE_RATE / len(one))))[: int(seconds * SAMPLE_RATE)]
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes((np.clip(wav, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def end_to_end(tmp: Path, checkpoint: Path, seconds: float, repeat: int) -> list[dict[str, Any]]:
+    video = lecture_clip(tmp / "lecture-720p.mp4", size=(1280, 720), face=240, seconds=10.0, corner="centre",
+                         motion="pan").path
+    audio = speech(tmp / "speech.wav", seconds)
+    cache = tmp / "templates"
+    analyze(video, PACK.geometry, RenderConfig().detector, cache)  # the template, cached before timing
+    workers: dict[str, tuple[RenderConfig, ModelWorker, float]] = {}
+    for precision in ("fp32", "int8"):
+        cfg = RenderConfig(pack="wav2lip", checkpoint=checkpoint, backend="onnxruntime", precision=precision)
+        t0 = time.perf_counter()
+        worker = ModelWorker(cfg, engines_dir=tmp / "engines")
+        worker.ready()
+        workers[precision] = (cfg, worker, time.perf_counter() - t0)
+    runs: dict[str, list[Any]] = {p: [] for p in workers}
+    try:
+        for i in range(repeat):  # alternating, so load from other processes falls on both alike
+            for precision, (cfg, worker, _) in workers.items():
+                job = Job(row=1, job_id=f"e2e-{precision}", audio=audio, video=video,
+                          output=tmp / f"e2e-{precision}-{i}.mp4")
+                result = render_job(job, cfg, cache, InProcessService(worker))
+                if result.status != "ok":
+                    raise SystemExit(f"end to end {precision}: {result.error}")
+                runs[precision].append(result)
+    finally:
+        for _, worker, _ in workers.values():
+            worker.close()
+    rows = []
+    for precision, results in runs.items():
+        best = min(results, key=lambda r: r.seconds)  # the run least disturbed by other processes
+        rows.append({
+            "precision": best.precision, "backend": best.backend, "calibration": best.calibration,
+            "worker_start_s": workers[precision][2], "wall_s": best.seconds, "wall_s_runs": [r.seconds for r in results],
+            "frames": best.frames, "video_s": best.frames / 25.0, "realtime_factor": best.realtime_factor,
+            "stages_s": {s: getattr(best, f"{s}_s") for s in ("analyze", "features", "motion", "render", "compose")},
+        })
+    rows[1]["speedup_vs_fp32"] = rows[0]["wall_s"] / rows[1]["wall_s"]
+    rows[1]["render_speedup_vs_fp32"] = rows[0]["stages_s"]["render"] / rows[1]["stages_s"]["render"]
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per render-stage row")
+    ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions per render-stage row (median)")
+    ap.add_argument("--e2e-seconds", type=float, default=60.0, help="length of the end-to-end job's audio")
+    ap.add_argument("--e2e-repeat", type=int, default=2, help="end-to-end jobs per precision, alternating (best kept)")
+    ap.add_argument("--no-e2e", action="store_true", help="the render stage only")
+    args = ap.parse_args()
+    torch.set_num_threads(cores())
+    busy_before = cpu_busy()
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        checkpoint = write_random_checkpoint(tmp / "wav2lip-random.pth", seed=0)
+        print("render stage ...", file=sys.stderr, flush=True)
+        rows = render_stage(tmp, checkpoint, args)
+        e2e = [] if args.no_e2e else end_to_end(tmp, checkpoint, args.e2e_seconds, args.e2e_repeat)
+    results = [{"part": "render_stage", **r} for r in rows] + [{"part": "end_to_end", **r} for r in e2e]
+    out = record.write(
+        "int8", results, cpu=cpu_name(), cores=str(cores()), torch=torch.__version__,
+        onnxruntime=onnxruntime.__version__, cpu_busy_before=f"{busy_before}",
+        loadavg_before=" ".join(load_before), loadavg_after=" ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        bench_seconds=f"{time.perf_counter() - t_start:.0f}",
+    )
+    print("| row | frames/s | × pytorch fp32 | × onnxruntime fp32 | PSNR crops dB | PSNR mouth dB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['row']} | {r['fps']:.1f} | {r['ratio_vs_pytorch_fp32']:.2f} | {r['ratio_vs_onnxruntime_fp32']:.2f} | "
+              f"{r['psnr_crops_db']:.1f} | {r['psnr_mouth_db']:.1f} |")
+    if e2e:
+        print("\n| precision | wall s | video s | realtime × | motion s | render s | compose s | × fp32 |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in e2e:
+            st = r["stages_s"]
+            print(f"| {r['precision']} | {r['wall_s']:.1f} | {r['video_s']:.1f} | {r['realtime_factor']:.2f} | "
+                  f"{st['motion']:.2f} | {st['render']:.1f} | {st['compose']:.1f} | {r.get('speedup_vs_fp32', 1.0):.2f} |")
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()

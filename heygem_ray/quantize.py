@@ -1,0 +1,471 @@
+"""INT8: calibrated QDQ graphs of a pack's int8 stages, and the gate that decides whether
+they are used.
+
+One artefact serves both runtimes. ``quantize_graph`` turns a stage's fp32 ONNX graph into
+a QDQ graph with ONNX Runtime's ``quantize_static``: convolutions (``QUANTIZED_OPS``) with
+weights int8, symmetric, one scale per output channel, and input activations int8,
+symmetric (zero point 0), their ranges measured on calibration frames. That is the form
+TensorRT 10 builds an explicitly quantized INT8 engine from (``backends/trt.py``), and ONNX
+Runtime runs it as it is on a GPU. On an x86 CPU, ONNX Runtime runs int8 × int8
+convolutions slower than fp32 (BENCHMARKS.md, "INT8 and bf16"), so ``cpu_form`` rewrites the activations to uint8 with zero point 128: the same
+numbers (q_u8 = q_s8 + 128, same scale), run by its uint8 × int8 VNNI/AMX kernels. Both
+forms are engine-store entries keyed by the calibration data's id.
+
+Calibration data (``calibration_set``): face crops from the templates of real references
+and the pack's audio features of real speech, ``CALIBRATION_FRAMES`` frames to measure
+ranges on and ``HELD_OUT_FRAMES`` more for the gate, spread over every row of a manifest
+(default: the bundled examples). Its ``id`` hashes the arrays.
+
+The gate (``gate``): the pack's stages on the int8 runners against PyTorch fp32 on the
+held-out frames, as 8-bit pixels; PSNR of the generated crops and of the pasted mouth
+region (the crop's lower half, weighted by the pack's paste mask) must both reach
+``MIN_PSNR_DB``. ``open_first`` applies it: a refused int8 set is closed and the next
+precision tried, with the figures in the note.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import logging
+import math
+import platform
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from heygem_ray import media, storage
+from heygem_ray.analyze import analyze
+from heygem_ray.config import DetectorConfig, PrecisionName, default_download_dir
+from heygem_ray.engines import EngineKey, EngineStore, Precision
+from heygem_ray.errors import EngineError, InputError, InternalError
+from heygem_ray.features import SAMPLE_RATE, Pcm
+from heygem_ray.manifest import Job, read_manifest
+from heygem_ray.packs import PackSpec
+from heygem_ray.runners import Runner
+from heygem_ray.timeline import loop_indices
+
+if TYPE_CHECKING:
+    from heygem_ray.backends import RunnerSet
+
+# Frames whose activations set the ranges, and frames kept apart for the gate.
+CALIBRATION_FRAMES = 128
+HELD_OUT_FRAMES = 32
+# The gate: PSNR against fp32, in dB, on the generated crops and on the pasted mouth region.
+MIN_PSNR_DB = 30.0
+# The layers quantized: Wav2Lip's time is in its convolutions. Transposed convolutions (its
+# decoder's six upsampling layers), adds, concatenations and activations stay float: ONNX
+# Runtime's CPU provider has no int8 transposed convolution, and quantizing any of them made
+# the render stage slower there (BENCHMARKS.md, "INT8 and bf16").
+QUANTIZED_OPS = ("Conv",)
+DEFAULT_CALIBRATION = Path(__file__).resolve().parents[1] / "examples" / "manifest.csv"
+_BATCH = 16  # frames per calibration and gate call
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+# CPU flags (/proc/cpuinfo) of the instructions that make int8 and bf16 fast.
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+# A stage call: (stage, name → (n, ...) float32) → name → outputs.
+StageCall = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationSet:
+    """Real frames for int8: the first ``len - held_out`` calibrate, the last ``held_out``
+    judge (never seen by the calibration)."""
+
+    pack: str
+    crops: np.ndarray  # (n, S, S, 3) uint8 BGR reference crops
+    features: np.ndarray  # (n, *F) float32 the pack's audio features for the same frames
+    held_out: int
+    source: str  # where the frames came from, for messages
+
+    def __post_init__(self) -> None:
+        if len(self.crops) != len(self.features) or not 0 < self.held_out < len(self.crops):
+            raise InternalError(f"calibration set of {len(self.crops)} crops, {len(self.features)} features, "
+                                f"{self.held_out} held out")
+
+    @functools.cached_property
+    def id(self) -> str:
+        """16 hex digits of sha256 over the pack, the split and the arrays (shapes and bytes)."""
+        digest = hashlib.sha256(f"{self.pack}:{self.held_out}".encode())
+        for a in (self.crops, self.features):
+            digest.update(f":{a.dtype}{a.shape}:".encode())
+            digest.update(np.ascontiguousarray(a).tobytes())
+        return digest.hexdigest()[:16]
+
+    def part(self, held_out: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(crops, features) of the held-out frames, or of the calibrating ones."""
+        cut = len(self.crops) - self.held_out
+        if held_out:
+            return self.crops[cut:], self.features[cut:]
+        return self.crops[:cut], self.features[:cut]
+
+
+def calibration_set(
+    pack: PackSpec,
+    manifest: Path | None,
+    cache_dir: Path,
+    *,
+    frames: int = CALIBRATION_FRAMES,
+    held_out: int = HELD_OUT_FRAMES,
+) -> CalibrationSet:
+    """``frames + held_out`` frames from the rows of ``manifest`` (columns audio and video;
+    None: the bundled examples), spread evenly over each row's output frames where the
+    face is found. Templates are cached in ``cache_dir``."""
+    manifest = manifest or DEFAULT_CALIBRATION
+    if not manifest.is_file():
+        raise InputError(
+            f"int8 calibration manifest {manifest} not found: pass --calibrate MANIFEST, a CSV with "
+            "columns audio and video of your presenter and their speech",
+            kind="missing_file",
+        )
+    jobs = read_manifest(manifest, cache_dir / "unused-outputs")
+    share = math.ceil((frames + held_out) / len(jobs))
+    crops, features = [], []
+    for job in jobs:
+        try:
+            if job.problem is not None:
+                raise job.problem
+            row_crops, row_features = _row_frames(pack, job, share, cache_dir)
+        except InputError as e:
+            raise InputError(f"calibration manifest {manifest}, {job.label}: {e.message}", kind=e.kind) from e
+        crops.append(row_crops)
+        features.append(row_features)
+    # A fixed shuffle, so the held-out frames come from every row.
+    order = np.random.default_rng(0).permutation(share * len(jobs))[: frames + held_out]
+    return CalibrationSet(pack.name, np.concatenate(crops)[order], np.concatenate(features)[order].astype(np.float32),
+                          held_out, str(manifest))
+
+
+def calibration_for(
+    pack: PackSpec, precisions: tuple[Precision, ...], manifest: Path | None, cache_dir: Path
+) -> CalibrationSet | None:
+    """The calibration set when one of ``precisions`` is int8 and the pack has int8 stages."""
+    if "int8" not in precisions or not pack.int8_stages:
+        return None
+    return calibration_set(pack, manifest, cache_dir)
+
+
+def _row_frames(pack: PackSpec, job: Job, frames: int, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``frames`` (crops, features) of one row, evenly over its output frames with a face."""
+    video = storage.fetch(job.video, "reference", default_download_dir())
+    audio = storage.fetch(job.audio, "audio", default_download_dir())
+    template, _ = analyze(video, pack.geometry, DetectorConfig(), cache_dir)
+    wav = media.load_audio(audio, SAMPLE_RATE)
+    n = max(1, round(len(wav) / SAMPLE_RATE * template.fps))
+    ref = loop_indices(n, template.frames, "pingpong")  # output frame → reference frame
+    seen = np.flatnonzero(template.present[ref])
+    if len(seen) == 0:
+        raise InputError(f"no face found in {video}", kind="no_face")
+    pick = seen[np.linspace(0, len(seen) - 1, frames).round().astype(np.int64)]
+    features = np.asarray(pack.features(Pcm.from_array(wav), template.fps, n)(range(n)))[pick]
+    return template.crops(ref[pick]), features
+
+
+# -- the stages on real frames ------------------------------------------------------------------
+
+
+def run_chain(call: StageCall, crops: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """The frame stages as a worker runs them: (n, *F) features → motion → codes; (n, S, S, 3)
+    uint8 BGR crops and codes → render → (n, 3, S, S) float32 BGR in [0, 1]."""
+    codes = call("motion", {"features": features})["codes"]
+    faces = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    return call("render", {"crops": faces, "codes": codes})["generated"]
+
+
+def torch_call(
+    pack: PackSpec, modules: dict[str, nn.Module], record: dict[str, list[dict[str, np.ndarray]]] | None = None
+) -> StageCall:
+    """A stage call on the fp32 PyTorch modules (``_BATCH`` frames at a time); with
+    ``record``, each stage's inputs are appended to ``record[stage]``."""
+
+    def call(stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if record is not None:
+            record.setdefault(stage, []).append(inputs)
+        outs = []
+        with torch.inference_mode():
+            for s in range(0, len(next(iter(inputs.values()))), _BATCH):
+                # The module's forward takes its inputs in declared order: dicts keep it.
+                outs.append(modules[stage](*(torch.from_numpy(np.ascontiguousarray(v[s : s + _BATCH]))
+                                             for v in inputs.values())).numpy())
+        (output,) = pack.io(stage)[1]
+        return {output.name: np.concatenate(outs)}
+
+    return call
+
+
+def runner_call(runners: dict[str, Runner]) -> StageCall:
+    def call(stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(next(iter(inputs.values())))
+        parts = [runners[stage].infer({k: v[s : s + _BATCH] for k, v in inputs.items()}) for s in range(0, n, _BATCH)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    return call
+
+
+def stage_inputs(
+    pack: PackSpec, modules: dict[str, nn.Module], calibration: CalibrationSet, stage: str
+) -> dict[str, np.ndarray]:
+    """What ``stage`` receives on the calibrating frames when every stage runs fp32."""
+    record: dict[str, list[dict[str, np.ndarray]]] = {}
+    run_chain(torch_call(pack, modules, record), *calibration.part(held_out=False))
+    return {k: np.concatenate([r[k] for r in record[stage]]) for k in record[stage][0]}
+
+
+# -- the graphs ---------------------------------------------------------------------------------
+
+
+class _Reader:
+    """``onnxruntime.quantization.CalibrationDataReader``: the inputs, ``_BATCH`` at a time."""
+
+    def __init__(self, inputs: dict[str, np.ndarray]):
+        self.inputs, self.at = inputs, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        n = len(next(iter(self.inputs.values())))
+        if self.at >= n:
+            return None
+        batch = {k: np.ascontiguousarray(v[self.at : self.at + _BATCH]) for k, v in self.inputs.items()}
+        self.at += _BATCH
+        return batch
+
+    def rewind(self) -> None:
+        self.at = 0
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    # quantize_static logs advice meant for its own users through the root logger
+    # ("consider pre-processing"); a worker's log is no place for it.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_graph(fp32: Path, out: Path, inputs: dict[str, np.ndarray]) -> None:
+    """Write the QDQ int8 graph of ``fp32`` to ``out``, activation ranges (min/max) measured
+    on ``inputs`` (name → (n, ...) float32)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    reader: Any = _Reader(inputs)  # duck-typed CalibrationDataReader
+    with _quiet_root_logger():
+        quantize_static(
+            str(fp32),
+            str(out),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OPS),
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={
+                "ActivationSymmetric": True,  # zero point 0: TensorRT's explicit quantization
+                "WeightSymmetric": True,
+                "QuantizeBias": False,  # biases stay float: TensorRT folds them into its int8 kernels
+            },
+            calibration_providers=["CPUExecutionProvider"],
+        )
+
+
+def cpu_form(qdq: Path, out: Path) -> None:
+    """The QDQ graph for ONNX Runtime on an x86 CPU: activations uint8 with zero point 128
+    instead of int8 with zero point 0 (the same values), weights left int8."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(qdq))
+    inits = {i.name: i for i in model.graph.initializer}
+    weights: set[str] = set()
+    activations: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) == 3:
+            is_weight = node.op_type == "DequantizeLinear" and node.input[0] in inits
+            (weights if is_weight else activations).add(node.input[2])
+    if weights & activations:
+        raise InternalError(f"{qdq.name}: zero points shared by weights and activations: {sorted(weights & activations)}")
+    for name in activations:
+        zero = numpy_helper.to_array(inits[name])
+        if zero.dtype != np.int8 or zero.any():
+            raise InternalError(f"{qdq.name}: activation zero point {name} is {zero.dtype} {zero}, not int8 0")
+        inits[name].CopyFrom(numpy_helper.from_array(np.full(zero.shape, 128, np.uint8), name))
+    onnx.save(model, str(out))
+
+
+def chain_hash(digests: list[str]) -> str:
+    """The weights an int8 stage depends on: its own and those of the stages before it,
+    whose outputs are its calibration inputs."""
+    return hashlib.sha256(":".join(digests).encode()).hexdigest()
+
+
+def int8_onnx_artifact(
+    store: EngineStore,
+    pack: PackSpec,
+    stage: str,
+    modules: dict[str, nn.Module],
+    calibration: CalibrationSet,
+    *,
+    weights_hash: str,
+    cpu: bool,
+    build: bool = True,
+) -> tuple[Path, EngineKey]:
+    """The stage's QDQ graph from ``store`` (calibrated and written first if missing); with
+    ``cpu`` on an x86 machine, its CPU form. ``weights_hash``: ``chain_hash`` of the stages."""
+    from heygem_ray.backends import onnx_artifact
+
+    fp32, fp32_key = onnx_artifact(store, pack, stage, modules[stage], "fp32", build=build)
+    key = dataclasses.replace(fp32_key, weights_hash=weights_hash, precision="int8", calibration=calibration.id)
+
+    def write_qdq(tmp: Path) -> None:
+        quantize_graph(fp32, tmp, stage_inputs(pack, modules, calibration, stage))
+
+    qdq = store.get_or_build(key, write_qdq, rebuild=build)
+    if not (cpu and _X86):
+        return qdq, key
+    cpu_key = dataclasses.replace(key, arch="cpu")
+    return store.get_or_build(cpu_key, lambda tmp: cpu_form(qdq, tmp), rebuild=build), cpu_key
+
+
+# -- the gate -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateResult:
+    crops_db: float  # PSNR of the generated crops against fp32
+    mouth_db: float  # the same over the pasted mouth region
+    frames: int
+    source: str
+
+    @property
+    def passed(self) -> bool:
+        return min(self.crops_db, self.mouth_db) >= MIN_PSNR_DB
+
+    def describe(self) -> str:
+        return (f"on {self.frames} held-out frames of {self.source}, PSNR against fp32 is {self.crops_db:.1f} dB "
+                f"on the generated crops and {self.mouth_db:.1f} dB on the pasted mouth region "
+                f"(at least {MIN_PSNR_DB:.0f} dB needed)")
+
+
+def psnr(a: np.ndarray, b: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """PSNR in dB of 8-bit images ``a`` against ``b`` (…, S, S, 3); ``weight`` (S, S) weighs
+    pixels (a pasted crop changes the frame by its mask times the difference)."""
+    err = (a.astype(np.float64) - b.astype(np.float64)) ** 2
+    if weight is None:
+        mse = float(err.mean())
+    else:  # the mean over the region, counting each pixel by its weight
+        w = weight.astype(np.float64)[..., None]
+        mse = float((err * w**2).sum() / (w.sum() * err.size / w.size))
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def mouth_weight(pack: PackSpec) -> np.ndarray:
+    """(S, S) float32: the paste mask over the crop's lower half (the mouth), 0 above."""
+    weight = pack.paste_mask.astype(np.float32).copy()
+    weight[: weight.shape[0] // 2] = 0.0
+    return weight
+
+
+def to_pixels(out: np.ndarray) -> np.ndarray:
+    # (n, 3, S, S) float32 in [0, 1] → (n, S, S, 3) uint8, as the worker converts them
+    return np.clip(np.rint(out.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
+
+
+def gate(pack: PackSpec, runners: dict[str, Runner], modules: dict[str, nn.Module],
+         calibration: CalibrationSet) -> GateResult:
+    """The int8 ``runners`` against the fp32 ``modules`` on the held-out frames."""
+    crops, features = calibration.part(held_out=True)
+    want = to_pixels(run_chain(torch_call(pack, modules), crops, features))
+    got = to_pixels(run_chain(runner_call(runners), crops, features))
+    return GateResult(psnr(got, want), psnr(got, want, mouth_weight(pack)), len(crops), calibration.source)
+
+
+# -- choosing a precision -----------------------------------------------------------------------
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def int8_pays(device: str) -> tuple[bool, str]:
+    """(int8 is fast on ``device``, the instructions or hardware that make it so, or why not)."""
+    if device.startswith("cuda"):
+        major, minor = torch.cuda.get_device_capability(torch.device(device))
+        if (major, minor) >= (7, 5):
+            return True, f"INT8 tensor cores (compute capability {major}.{minor})"
+        return False, f"compute capability {major}.{minor} has no INT8 tensor cores (7.5 or later)"
+    have = sorted(cpu_flags() & set(INT8_FLAGS))
+    if have:
+        return True, ", ".join(have)
+    return False, f"this CPU has none of {', '.join(INT8_FLAGS)}"
+
+
+def precision_order(precision: PrecisionName, device: str, pack: PackSpec, *, calibrated: bool) -> tuple[Precision, ...]:
+    """The precisions a worker tries, in order. "auto": fp16 on a GPU, fp32 on a CPU, with
+    int8 first where it pays, the pack has int8 stages and calibration data was given."""
+    if precision != "auto":
+        return (precision,)
+    base: Precision = "fp16" if device.startswith("cuda") else "fp32"
+    if calibrated and pack.int8_stages and int8_pays(device)[0]:
+        return ("int8", base)
+    return (base,)
+
+
+def open_first(
+    pack: PackSpec,
+    modules: dict[str, nn.Module],
+    precisions: tuple[Precision, ...],
+    calibration: CalibrationSet | None,
+    **open_kwargs: Any,
+) -> tuple[RunnerSet, GateResult | None]:
+    """``open_runners`` at the first of ``precisions`` that opens and, for int8, passes the
+    gate (its result is returned with the runners); each refused one adds to the note. The
+    last one's error is raised as it is."""
+    from heygem_ray.backends import open_runners
+
+    notes: list[str] = []
+    for i, precision in enumerate(precisions):
+        last = i == len(precisions) - 1
+        try:
+            chosen = open_runners(pack, modules, precision=precision, calibration=calibration, **open_kwargs)
+        except EngineError as e:
+            if last:
+                raise
+            notes.append(f"{precision}: {e.message}")
+            continue
+        result = None
+        if chosen.precision == "int8" and calibration is not None:
+            result = gate(pack, chosen.runners, modules, calibration)
+            if not result.passed:
+                chosen.close()
+                message = f"int8 refused by the accuracy gate: {result.describe()}"
+                if last:
+                    raise EngineError(
+                        f"{message}. Calibrate on frames of this presenter (heygem-ray engines build "
+                        "--precision int8 --calibrate MANIFEST), or run --precision fp32 or fp16",
+                        kind="int8_refused",
+                    )
+                notes.append(message)
+                continue
+        note = "; ".join([*notes, chosen.note] if chosen.note else notes)
+        return dataclasses.replace(chosen, note=note), result
+    raise InternalError("open_first needs at least one precision")

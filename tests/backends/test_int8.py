@@ -1,0 +1,164 @@
+"""INT8: the calibrated QDQ graph's form, its key, the accuracy gate and the fallback.
+
+The Wav2Lip weights are seeded random ones, so how close int8 comes to fp32 is whatever
+it is; the gate tests therefore use a calibration that is bad by construction (constant
+frames far outside the crops' range, so every activation range is wrong) and real
+held-out frames, which the gate refuses whatever the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+from torch import nn
+
+from heygem_ray import quantize
+from heygem_ray.backends import open_runners
+from heygem_ray.engines import EngineKey, EngineStore
+from heygem_ray.errors import EngineError, InputError
+from heygem_ray.packs import get_pack
+from heygem_ray.quantize import CalibrationSet
+
+PACK = get_pack("wav2lip")
+CALIBRATE, HELD_OUT = 32, 16
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory: pytest.TempPathFactory) -> CalibrationSet:
+    """Frames of the bundled examples: presenter.mp4 and presenter.jpg with real speech."""
+    return quantize.calibration_set(PACK, None, tmp_path_factory.mktemp("templates"), frames=CALIBRATE,
+                                    held_out=HELD_OUT)
+
+
+@pytest.fixture(scope="module")
+def bad(calibration: CalibrationSet) -> CalibrationSet:
+    """The same held-out frames; calibrated on white crops and features 100 times too loud."""
+    crops, features = calibration.part(held_out=False)
+    held_crops, held_features = calibration.part(held_out=True)
+    return CalibrationSet(PACK.name, np.concatenate([np.full_like(crops, 255), held_crops]),
+                          np.concatenate([features * 100.0, held_features]), HELD_OUT, "constant frames")
+
+
+def _artifact(store: EngineStore, stages: dict[str, dict[str, nn.Module]], cal: CalibrationSet, *, cpu: bool,
+              build: bool = True) -> tuple[onnx.ModelProto, EngineKey]:
+    modules = stages["wav2lip"]
+    digest = quantize.chain_hash(["m", "r"])  # any weights hash: the test compares forms and keys
+    path, key = quantize.int8_onnx_artifact(store, PACK, "render", modules, cal, weights_hash=digest, cpu=cpu,
+                                            build=build)
+    return onnx.load(str(path)), key
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def test_qdq_graph_has_per_channel_int8_weights_and_symmetric_int8_activations(stages, store, calibration) -> None:
+    model, key = _artifact(store, stages, calibration, cpu=False)
+    onnx.checker.check_model(model, full_check=True)
+    assert (key.precision, key.calibration, key.arch) == ("int8", calibration.id, "any")
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    made_by = _producers(model)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) > 30  # every convolution of the face encoder and decoder
+    for conv in convs:
+        # weights: int8 initializer → DequantizeLinear, one scale per output channel, zero point 0
+        dq = made_by[conv.input[1]]
+        weight = inits[dq.input[0]]
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        assert dq.op_type == "DequantizeLinear" and weight.dtype == np.int8, conv.name
+        assert axis == 0 and inits[dq.input[1]].shape == (weight.shape[0],), conv.name  # per output channel
+        assert not inits[dq.input[2]].any(), conv.name
+        # activations: QuantizeLinear → DequantizeLinear, int8 with zero point 0 (symmetric)
+        dq_x = made_by[conv.input[0]]
+        q_x = made_by[dq_x.input[0]]
+        assert (dq_x.op_type, q_x.op_type) == ("DequantizeLinear", "QuantizeLinear"), conv.name
+        zero = inits[q_x.input[2]]
+        assert zero.dtype == np.int8 and zero.shape == () and zero == 0, conv.name
+        assert conv.input[2] not in made_by or made_by[conv.input[2]].op_type != "DequantizeLinear"  # float bias
+    for up in (n for n in model.graph.node if n.op_type == "ConvTranspose"):  # float: see QUANTIZED_OPS
+        assert inits[up.input[1]].dtype == np.float32, up.name
+    kinds = {TensorProto.DataType.Name(i.data_type) for i in model.graph.initializer}
+    assert "UINT8" not in kinds and "INT32" not in kinds  # nothing TensorRT's explicit quantization refuses
+
+
+def test_cpu_form_is_the_same_numbers_with_uint8_activations(stages, store, calibration) -> None:
+    portable, _ = _artifact(store, stages, calibration, cpu=False)
+    cpu, key = _artifact(store, stages, calibration, cpu=True)
+    assert key.arch == "cpu" and key.calibration == calibration.id
+    p_inits = {i.name: numpy_helper.to_array(i) for i in portable.graph.initializer}
+    c_inits = {i.name: numpy_helper.to_array(i) for i in cpu.graph.initializer}
+    assert p_inits.keys() == c_inits.keys()
+    changed = {n for n in p_inits if p_inits[n].dtype != c_inits[n].dtype}
+    assert changed and all(p_inits[n].dtype == np.int8 and (c_inits[n] == 128).all() for n in changed)
+    assert all(np.array_equal(p_inits[n], c_inits[n]) for n in p_inits.keys() - changed)
+
+
+def test_the_engine_key_changes_with_the_calibration_data(stages, store, calibration) -> None:
+    crops = calibration.crops.copy()
+    crops[0, 0, 0, 0] ^= 1  # one pixel's lowest bit
+    other = dataclasses.replace(calibration, crops=crops)
+    assert other.id != calibration.id
+    _, key = _artifact(store, stages, calibration, cpu=False)
+    with pytest.raises(EngineError, match="not built yet") as missing:
+        _artifact(store, stages, other, cpu=False, build=False)
+    assert f"-int8-cal{other.id[:8]}-" in missing.value.message
+    assert key.dirname() != dataclasses.replace(key, calibration=other.id).dirname()
+    with pytest.raises(ValueError, match="calibration"):
+        dataclasses.replace(key, calibration="")  # int8 without a calibration id is no key
+
+
+def test_the_gate_refuses_a_bad_calibration_with_its_figures(stages, store, bad) -> None:
+    modules = stages["wav2lip"]
+    with pytest.raises(EngineError, match="int8 refused by the accuracy gate") as refused:
+        quantize.open_first(PACK, modules, ("int8",), bad, device="cpu", store=store, backend="onnxruntime",
+                            batch_sizes=[16])
+    message = refused.value.message
+    assert refused.value.kind == "int8_refused"
+    assert f"on {HELD_OUT} held-out frames of constant frames" in message and "--calibrate MANIFEST" in message
+    chosen = open_runners(PACK, modules, device="cpu", store=store, backend="onnxruntime", precision="int8",
+                          calibration=bad, batch_sizes=[16])
+    try:
+        result = quantize.gate(PACK, chosen.runners, modules, bad)
+    finally:
+        chosen.close()
+    assert not result.passed and result.crops_db < quantize.MIN_PSNR_DB - 5
+    assert f"PSNR against fp32 is {result.crops_db:.1f} dB on the generated crops" in message
+
+
+def test_auto_falls_back_to_the_next_precision_with_the_reason(stages, store, bad) -> None:
+    if quantize.int8_pays("cpu")[0]:
+        assert quantize.precision_order("auto", "cpu", PACK, calibrated=True) == ("int8", "fp32")
+    assert quantize.precision_order("auto", "cpu", PACK, calibrated=False) == ("fp32",)
+    assert quantize.precision_order("auto", "cpu", get_pack("warp"), calibrated=True) == ("fp32",)
+    chosen, gated = quantize.open_first(PACK, stages["wav2lip"], ("int8", "fp32"), bad, device="cpu", store=store,
+                                 backend="onnxruntime", batch_sizes=[16])
+    try:
+        assert (chosen.backend, chosen.precision, gated) == ("onnxruntime", "fp32", None)
+        assert chosen.note.startswith(f"int8 refused by the accuracy gate: on {HELD_OUT} held-out frames")
+        assert chosen.engine_keys["render"].calibration == ""
+    finally:
+        chosen.close()
+
+
+def test_pytorch_has_no_int8_and_warp_no_int8_stages(stages, store, calibration) -> None:
+    with pytest.raises(EngineError, match="pytorch has no int8"):
+        open_runners(PACK, stages["wav2lip"], device="cpu", store=store, backend="pytorch", precision="int8",
+                     calibration=calibration)
+    warp = open_runners(get_pack("warp"), stages["warp"], device="cpu", store=store, backend="pytorch",
+                        precision="int8", calibration=calibration)
+    warp.close()
+    assert warp.precision == "fp32" and "int8 does not pay for the warp pack" in warp.note
+
+
+def test_a_bad_calibration_manifest_names_the_file_and_the_fix(tmp_path, examples) -> None:
+    missing = tmp_path / "presenter.csv"
+    with pytest.raises(InputError, match=f"int8 calibration manifest {missing} not found: pass --calibrate MANIFEST"):
+        quantize.calibration_set(PACK, missing, tmp_path)
+    missing.write_text(f"audio,video\n{examples / 'lesson1.wav'},{tmp_path / 'gone.mp4'}\n")
+    with pytest.raises(InputError, match=f"calibration manifest {missing}, row 1 .*gone.mp4") as bad_row:
+        quantize.calibration_set(PACK, missing, tmp_path)
+    assert bad_row.value.kind == "missing_file"
