@@ -89,7 +89,7 @@ def render_stage(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> list[
     store = EngineStore(tmp / "engines")
     calibration = quantize.calibration_set(PACK, None, tmp / "templates")
     crops, features = calibration.part(held_out=True)  # (32, 96, 96, 3) uint8, (32, 1, 80, 16)
-    want = quantize.run_chain(quantize.torch_call(PACK, modules), crops, features)
+    want = PACK.chunk(quantize.torch_call(PACK, modules), features, crops)
     codes = quantize.torch_call(PACK, modules)("motion", {"features": features})["codes"]
     batch = {"crops": np.ascontiguousarray(crops[:BATCH].transpose(0, 3, 1, 2), dtype=np.float32) / 255.0,
              "codes": codes[:BATCH]}
@@ -125,8 +125,8 @@ def render_stage(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> list[
     reference = quantize.to_pixels(want)
     rows = []
     for name, (backend, precision, runner) in runners.items():
-        got = quantize.to_pixels(quantize.run_chain(
-            quantize.runner_call({"motion": _torch_motion(PACK, modules), "render": runner}), crops, features))
+        got = quantize.to_pixels(PACK.chunk(
+            quantize.runner_call({"motion": _torch_motion(PACK, modules), "render": runner}), features, crops))
         rows.append({
             "row": name, "backend": backend, "precision": precision, "batch": BATCH, **timed[name],
             "psnr_crops_db": quantize.psnr(got, reference), "psnr_mouth_db": quantize.psnr(got, reference, mouth),

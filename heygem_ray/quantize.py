@@ -173,14 +173,6 @@ def _row_frames(pack: PackSpec, job: Job, frames: int, cache_dir: Path) -> tuple
 # -- the stages on real frames ------------------------------------------------------------------
 
 
-def run_chain(call: StageCall, crops: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """The frame stages as a worker runs them: (n, *F) features → motion → codes; (n, S, S, 3)
-    uint8 BGR crops and codes → render → (n, 3, S, S) float32 BGR in [0, 1]."""
-    codes = call("motion", {"features": features})["codes"]
-    faces = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-    return call("render", {"crops": faces, "codes": codes})["generated"]
-
-
 def torch_call(
     pack: PackSpec, modules: dict[str, nn.Module], record: dict[str, list[dict[str, np.ndarray]]] | None = None
 ) -> StageCall:
@@ -216,7 +208,8 @@ def stage_inputs(
 ) -> dict[str, np.ndarray]:
     """What ``stage`` receives on the calibrating frames when every stage runs fp32."""
     record: dict[str, list[dict[str, np.ndarray]]] = {}
-    run_chain(torch_call(pack, modules, record), *calibration.part(held_out=False))
+    crops, features = calibration.part(held_out=False)
+    pack.chunk(torch_call(pack, modules, record), features, crops)
     return {k: np.concatenate([r[k] for r in record[stage]]) for k in record[stage][0]}
 
 
@@ -386,8 +379,8 @@ def gate(pack: PackSpec, runners: dict[str, Runner], modules: dict[str, nn.Modul
          calibration: CalibrationSet) -> GateResult:
     """The int8 ``runners`` against the fp32 ``modules`` on the held-out frames."""
     crops, features = calibration.part(held_out=True)
-    want = to_pixels(run_chain(torch_call(pack, modules), crops, features))
-    got = to_pixels(run_chain(runner_call(runners), crops, features))
+    want = to_pixels(pack.chunk(torch_call(pack, modules), features, crops))
+    got = to_pixels(pack.chunk(runner_call(runners), features, crops))
     return GateResult(psnr(got, want), psnr(got, want, mouth_weight(pack)), len(crops), calibration.source)
 
 
