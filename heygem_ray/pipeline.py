@@ -7,6 +7,7 @@ job's result row; nothing escapes to stop the batch.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -358,9 +359,9 @@ def _given(
             store.flush()
             del store
             done[todo] = True
-            tmp = done_path.with_name(f".{done_path.name}.{uuid.uuid4().hex}.tmp.npy")
-            np.save(tmp, done)
-            os.replace(tmp, done_path)
+            bitmap = io.BytesIO()
+            np.save(bitmap, done)
+            storage.write_bytes(done_path, bitmap.getbuffer())
 
     def read(index: np.ndarray) -> np.ndarray:
         return np.asarray(np.load(data, mmap_mode="r")[index])

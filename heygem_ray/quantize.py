@@ -49,7 +49,7 @@ from heygem_ray.errors import EngineError, InputError, InternalError
 from heygem_ray.features import SAMPLE_RATE, Pcm
 from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.packs import PackSpec
-from heygem_ray.runners import Runner
+from heygem_ray.runners import Runner, infer_batched
 from heygem_ray.timeline import loop_indices
 
 if TYPE_CHECKING:
@@ -196,9 +196,7 @@ def torch_call(
 
 def runner_call(runners: dict[str, Runner]) -> StageCall:
     def call(stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(next(iter(inputs.values())))
-        parts = [runners[stage].infer({k: v[s : s + _BATCH] for k, v in inputs.items()}) for s in range(0, n, _BATCH)]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return infer_batched(runners[stage], inputs, _BATCH)
 
     return call
 

@@ -41,6 +41,13 @@ def check_inputs(stage: str, specs: tuple[TensorSpec, ...], inputs: dict[str, np
             )
 
 
+def infer_batched(runner: Runner, inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """``runner`` on ``inputs`` ``batch`` items at a time, the outputs joined."""
+    n = len(next(iter(inputs.values())))
+    parts = [runner.infer({k: v[s : s + batch] for k, v in inputs.items()}) for s in range(0, n, batch)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 class TorchRunner:
     """A stage run by PyTorch on ``device`` (CPU or CUDA) in ``dtype`` (fp32 or fp16).
 

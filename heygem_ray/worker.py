@@ -25,6 +25,7 @@ from heygem_ray.engines import EngineStore
 from heygem_ray.errors import HeygemError, InternalError
 from heygem_ray.packs import Features, get_pack
 from heygem_ray.quantize import calibration_for, open_first, precision_order
+from heygem_ray.runners import infer_batched
 
 
 @dataclass(frozen=True)
@@ -146,12 +147,7 @@ class ModelWorker:
         return self._batched(self.pack.reference, {"crops": faces})[name]
 
     def _batched(self, stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(next(iter(inputs.values())))
-        parts = [
-            self.runners[stage].infer({k: v[s : s + self.batch_size] for k, v in inputs.items()})
-            for s in range(0, n, self.batch_size)
-        ]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return infer_batched(self.runners[stage], inputs, self.batch_size)
 
     def close(self) -> None:
         if self.error is None:
