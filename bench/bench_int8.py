@@ -88,8 +88,10 @@ def render_stage(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> list[
     modules = PACK.load_stages(checkpoint)
     store = EngineStore(tmp / "engines")
     calibration = quantize.calibration_set(PACK, None, tmp / "templates")
-    crops, features = calibration.part(held_out=True)  # (32, 96, 96, 3) uint8, (32, 1, 80, 16)
-    want = PACK.chunk(quantize.torch_call(PACK, modules), features, crops)
+    held = calibration.part(held_out=True)
+    crops = np.concatenate([run.crops for run in held])  # (32, 96, 96, 3) uint8
+    features = np.concatenate([np.asarray(run.features) for run in held])  # (32, 1, 80, 16)
+    want = quantize.run_chunks(PACK, quantize.torch_call(PACK, modules), held)
     codes = quantize.torch_call(PACK, modules)("motion", {"features": features})["codes"]
     batch = {"crops": np.ascontiguousarray(crops[:BATCH].transpose(0, 3, 1, 2), dtype=np.float32) / 255.0,
              "codes": codes[:BATCH]}
@@ -125,8 +127,8 @@ def render_stage(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> list[
     reference = quantize.to_pixels(want)
     rows = []
     for name, (backend, precision, runner) in runners.items():
-        got = quantize.to_pixels(PACK.chunk(
-            quantize.runner_call({"motion": _torch_motion(PACK, modules), "render": runner}), features, crops))
+        got = quantize.to_pixels(quantize.run_chunks(
+            PACK, quantize.runner_call({"motion": _torch_motion(PACK, modules), "render": runner}), held))
         rows.append({
             "row": name, "backend": backend, "precision": precision, "batch": BATCH, **timed[name],
             "psnr_crops_db": quantize.psnr(got, reference), "psnr_mouth_db": quantize.psnr(got, reference, mouth),
@@ -137,8 +139,8 @@ def render_stage(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> list[
     for r in rows:
         r["ratio_vs_pytorch_fp32"] = r["fps"] / base
         r["ratio_vs_onnxruntime_fp32"] = r["fps"] / rows[1]["fps"]
-    rows[2]["calibration"] = {"id": calibration.id, "frames": len(calibration.crops) - calibration.held_out,
-                              "held_out": calibration.held_out, "source": "examples/manifest.csv",
+    rows[2]["calibration"] = {"id": calibration.id, "frames": sum(len(r.crops) for r in calibration.part(False)),
+                              "held_out": len(crops), "source": "examples/manifest.csv",
                               "build_s": build_s, "cpu_flags": sorted(quantize.cpu_flags() & set(quantize.INT8_FLAGS))}
     return rows
 

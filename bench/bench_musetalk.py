@@ -1,6 +1,6 @@
 """Benchmark: MuseTalk 1.5's three networks at their real size (random weights), per stage.
 
-    .venv/bin/python bench/bench_musetalk.py [--batch 8] [--reps 3] [--backends pytorch,onnxruntime]
+    .venv/bin/python bench/bench_musetalk.py [--batch 8] [--reps 3] [--backends pytorch,onnxruntime,int8]
 
 The musetalk pack's stages built from MuseTalk's own configs (``FULL_*`` in
 tests/helpers/musetalk_ckpt.py: the 850 M-parameter UNet, the sd-vae-ft-mse VAE,
@@ -12,7 +12,8 @@ whisper-tiny's encoder) with seeded random weights, which cost what the real one
 
 Each on PyTorch and on ONNX Runtime (graphs exported to a temporary folder with their
 weights in external files: the fp32 UNet is more than one ONNX file holds), fp32 on the
-CPU; on a CUDA GPU also fp16. Frames per second at ``--batch`` (motion: output frames per
+CPU; on a CUDA GPU also fp16; ``int8``: the pack's int8 stages (render) as ``--precision
+int8`` runs them on this CPU, calibrated on random inputs (``int8_runner``). Frames per second at ``--batch`` (motion: output frames per
 second, a segment serving 750), the median of ``--reps`` after a warm-up, and the largest
 difference of ONNX Runtime's outputs from PyTorch's. Writes bench/results/musetalk-<host>.json
 and prints a markdown table for BENCHMARKS.md.
@@ -54,8 +55,8 @@ def build(stage: str) -> torch.nn.Module:
     return MuseTalkRender(UNet2DConditionModel.from_config(FULL_UNET_CONFIG), vae).eval()
 
 
-def inputs(stage: str, batch: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
+def inputs(stage: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
     specs, _ = PACK.io(stage)
     n = 1 if stage == "motion" else batch
     return {s.name: rng.uniform(0, 1, (n, *s.shape)).astype(np.float32) * (0.2 if s.name == "latents" else 1.0)
@@ -110,11 +111,38 @@ def onnxruntime_runner(module: torch.nn.Module, stage: str, folder: Path, device
     return run
 
 
+def int8_runner(module: torch.nn.Module, stage: str, folder: Path, calibrate: dict[str, np.ndarray]):
+    """``--precision int8`` as the pack builds it (quantize.py: the QDQ graph in its x86 CPU
+    form, the pack's ``int8_ops``), calibrated on ``calibrate``: speed does not depend on
+    which ranges, so random inputs serve here, where real frames would take an hour of
+    fp32 reference and render stages on a CPU."""
+    import onnxruntime
+
+    from heygem_ray.export import export_onnx
+    from heygem_ray.quantize import cpu_form, quantize_graph, single_file
+
+    specs, outs = PACK.io(stage)
+    work = folder / f"{stage}-int8"
+    work.mkdir(parents=True)
+    export_onnx(module, specs, outs, work / "fp32.onnx", external_data=True)
+    quantize_graph(work / "fp32.onnx", work / "qdq.onnx", calibrate, PACK.int8_ops)
+    single_file(work / "qdq.onnx", work / "int8.onnx")
+    cpu_form(work / "int8.onnx", work / "int8-cpu.onnx")
+    session = onnxruntime.InferenceSession(str(work / "int8-cpu.onnx"), providers=["CPUExecutionProvider"])
+
+    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip([o.name for o in outs], session.run(None, feed), strict=True))
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--backends", default="pytorch,onnxruntime")
+    parser.add_argument("--backends", default="pytorch,onnxruntime",
+                        help="of pytorch, onnxruntime, int8 (the int8 stages on ONNX Runtime, CPU)")
+    parser.add_argument("--calibrate", type=int, default=4, help="int8: random items to calibrate on")
     parser.add_argument("--stages", default="motion,render,reference")
     args = parser.parse_args()
     load = os.getloadavg()[0]
@@ -127,7 +155,12 @@ def main() -> None:
                 feed = inputs(stage, args.batch)
                 reference = None
                 for backend in args.backends.split(","):
-                    if backend == "pytorch":
+                    if backend == "int8" and (stage not in PACK.int8_stages or device != "cpu"):
+                        continue
+                    if backend == "int8":
+                        calibrate = {k: v[: args.calibrate] for k, v in inputs(stage, args.calibrate, seed=1).items()}
+                        run = int8_runner(build(stage), stage, Path(tmp), calibrate)
+                    elif backend == "pytorch":
                         run = pytorch_runner(build(stage), stage, device, dtype)
                     else:
                         run = onnxruntime_runner(build(stage), stage, Path(tmp) / f"{device}-{backend}", device,

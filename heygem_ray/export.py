@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import uuid
 import warnings
 from pathlib import Path
@@ -78,17 +79,20 @@ def export_onnx(
     *,
     fp16: bool = False,
     opset: int = DEFAULT_OPSET,
+    external_data: bool = False,
 ) -> Path:
     """Export ``module`` (a stage taking ``inputs`` in order) to ``path``; return the path.
 
     The file appears only once it is complete and has passed ``onnx.checker`` (written to
-    a temporary name in the same folder, then renamed).
+    a temporary name in the same folder, then renamed). ``external_data``: its weights go
+    to ``<path>.data`` beside it, whatever their size, so a stage of more than 2 GiB
+    exports too (a working copy: ``quantize.py`` makes its int8 graph from one).
     """
     path = Path(path)
     in_names, out_names = graph_names(inputs, outputs)
     weights = sum(t.numel() * (2 if fp16 and t.is_floating_point() else t.element_size())
                   for t in module.state_dict().values())
-    if weights > MAX_ONNX_WEIGHT_BYTES:
+    if weights > MAX_ONNX_WEIGHT_BYTES and not external_data:
         raise EngineError(
             f"its weights are {weights / 2**30:.1f} GiB in {'fp16' if fp16 else 'fp32'}, more than one ONNX file "
             "holds (2 GiB): run it with --backend pytorch, or in fp16 on a GPU"
@@ -99,16 +103,19 @@ def export_onnx(
     model = (_HalfCompute(module) if fp16 else module).eval()
     args = tuple(_example(s, torch.Generator().manual_seed(0)).to(device) for s in inputs)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    data = path.with_name(f"{path.name}.data")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings():
+        # A folder of its own: past 2 GiB the exporter writes each weight to a file beside the graph.
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as work, warnings.catch_warnings():
             # The TorchScript exporter (dynamo=False) is deprecated but still the one that
             # handles grid_sample and dynamic_axes for these stages in one call.
             warnings.simplefilter("ignore", DeprecationWarning)
+            traced = Path(work) / "stage.onnx"
             torch.onnx.export(
                 model,
                 args,
-                str(tmp),
+                str(traced),
                 input_names=list(in_names),
                 output_names=list(out_names),
                 dynamic_axes={name: {0: BATCH_AXIS} for name in (*in_names, *out_names)},
@@ -116,11 +123,17 @@ def export_onnx(
                 do_constant_folding=True,
                 dynamo=False,
             )
-        proto = onnx.load(str(tmp))
+            proto = onnx.load(str(traced))
         _declare_shapes(proto, (*inputs, *outputs))
-        onnx.save(proto, str(tmp))
+        if external_data:
+            onnx.save(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+        else:
+            onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
         os.replace(tmp, path)
+    except BaseException:
+        data.unlink(missing_ok=True)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path

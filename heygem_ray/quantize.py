@@ -2,7 +2,7 @@
 they are used.
 
 One artefact serves both runtimes. ``quantize_graph`` turns a stage's fp32 ONNX graph into
-a QDQ graph with ONNX Runtime's ``quantize_static``: convolutions (``QUANTIZED_OPS``) with
+a QDQ graph with ONNX Runtime's ``quantize_static``: the pack's ``int8_ops`` with
 weights int8, symmetric, one scale per output channel, and input activations int8,
 symmetric (zero point 0), their ranges measured on calibration frames. That is the form
 TensorRT 10 builds an explicitly quantized INT8 engine from (``backends/trt.py``), and ONNX
@@ -13,8 +13,11 @@ forms are engine-store entries keyed by the calibration data's id.
 
 Calibration data (``calibration_set``): face crops from the templates of real references
 and the pack's audio features of real speech, ``CALIBRATION_FRAMES`` frames to measure
-ranges on and ``HELD_OUT_FRAMES`` more for the gate, spread over every row of a manifest
-(default: the bundled examples). Its ``id`` hashes the arrays.
+ranges on and ``HELD_OUT_FRAMES`` more for the gate, in runs of ``RUN_FRAMES``
+consecutive frames spread over every row of a manifest (default: the bundled examples).
+Each run goes through the pack as a job's chunk does (``run_chunks``), so a stage is
+calibrated on what it receives in a job, whatever the stages before it compute (MuseTalk's
+UNet: the reference latents and the gathered speech tokens). Its ``id`` hashes the arrays.
 
 The gate (``gate``): the pack's stages on the int8 runners against PyTorch fp32 on the
 held-out frames, as 8-bit pixels; PSNR of the generated crops and of the pasted mouth
@@ -32,7 +35,8 @@ import hashlib
 import logging
 import math
 import platform
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,30 +45,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from heygem_ray import media, storage
+from heygem_ray import media, metrics, storage
 from heygem_ray.analyze import analyze
 from heygem_ray.config import DetectorConfig, PrecisionName, default_download_dir
 from heygem_ray.engines import EngineKey, EngineStore, Precision
 from heygem_ray.errors import EngineError, InputError, InternalError
+from heygem_ray.export import MAX_ONNX_WEIGHT_BYTES, export_onnx
 from heygem_ray.features import SAMPLE_RATE, Pcm
 from heygem_ray.manifest import Job, read_manifest
-from heygem_ray.packs import PackSpec
+from heygem_ray.packs import Features, PackSpec, StageCall, crop_inputs
 from heygem_ray.runners import Runner, infer_batched
 from heygem_ray.timeline import loop_indices
 
 if TYPE_CHECKING:
     from heygem_ray.backends import RunnerSet
 
-# Frames whose activations set the ranges, and frames kept apart for the gate.
+# Frames whose activations set the ranges, and frames kept apart for the gate, taken in
+# runs of consecutive frames (a pack's chunk features span frames: MuseTalk's speech windows).
 CALIBRATION_FRAMES = 128
 HELD_OUT_FRAMES = 32
+RUN_FRAMES = 4
 # The gate: PSNR against fp32, in dB, on the generated crops and on the pasted mouth region.
 MIN_PSNR_DB = 30.0
-# The layers quantized: Wav2Lip's time is in its convolutions. Transposed convolutions (its
-# decoder's six upsampling layers), adds, concatenations and activations stay float: ONNX
-# Runtime's CPU provider has no int8 transposed convolution, and quantizing any of them made
-# the render stage slower there (BENCHMARKS.md, "INT8 and bf16").
-QUANTIZED_OPS = ("Conv",)
 DEFAULT_CALIBRATION = Path(__file__).resolve().parents[1] / "examples" / "manifest.csv"
 _BATCH = 16  # frames per calibration and gate call
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
@@ -72,41 +74,43 @@ _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
-# A stage call: (stage, name → (n, ...) float32) → name → outputs.
-StageCall = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+@dataclass(frozen=True, eq=False)
+class Run:
+    """``RUN_FRAMES`` consecutive output frames of a row: what a chunk of them is given."""
+
+    crops: np.ndarray  # (k, S, S, 3) uint8 BGR reference crops
+    features: Features  # the pack's chunk features for the same frames
 
 
 @dataclass(frozen=True, eq=False)
 class CalibrationSet:
-    """Real frames for int8: the first ``len - held_out`` calibrate, the last ``held_out``
-    judge (never seen by the calibration)."""
+    """Runs of real frames for int8: the first ``len(runs) - held_out`` calibrate, the
+    last ``held_out`` judge (never seen by the calibration)."""
 
     pack: str
-    crops: np.ndarray  # (n, S, S, 3) uint8 BGR reference crops
-    features: np.ndarray  # (n, *F) float32 the pack's audio features for the same frames
-    held_out: int
+    runs: tuple[Run, ...]
+    held_out: int  # runs
     source: str  # where the frames came from, for messages
 
     def __post_init__(self) -> None:
-        if len(self.crops) != len(self.features) or not 0 < self.held_out < len(self.crops):
-            raise InternalError(f"calibration set of {len(self.crops)} crops, {len(self.features)} features, "
-                                f"{self.held_out} held out")
+        if not 0 < self.held_out < len(self.runs):
+            raise InternalError(f"calibration set of {len(self.runs)} runs, {self.held_out} held out")
 
     @functools.cached_property
     def id(self) -> str:
         """16 hex digits of sha256 over the pack, the split and the arrays (shapes and bytes)."""
         digest = hashlib.sha256(f"{self.pack}:{self.held_out}".encode())
-        for a in (self.crops, self.features):
-            digest.update(f":{a.dtype}{a.shape}:".encode())
-            digest.update(np.ascontiguousarray(a).tobytes())
+        for run in self.runs:
+            features = run.features if isinstance(run.features, Mapping) else {"": run.features}
+            for a in (run.crops, *(features[k] for k in sorted(features))):
+                digest.update(f":{a.dtype}{a.shape}:".encode())
+                digest.update(np.ascontiguousarray(a).tobytes())
         return digest.hexdigest()[:16]
 
-    def part(self, held_out: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(crops, features) of the held-out frames, or of the calibrating ones."""
-        cut = len(self.crops) - self.held_out
-        if held_out:
-            return self.crops[cut:], self.features[cut:]
-        return self.crops[:cut], self.features[:cut]
+    def part(self, held_out: bool) -> tuple[Run, ...]:
+        """The held-out runs, or the calibrating ones."""
+        cut = len(self.runs) - self.held_out
+        return self.runs[cut:] if held_out else self.runs[:cut]
 
 
 def calibration_set(
@@ -117,9 +121,10 @@ def calibration_set(
     frames: int = CALIBRATION_FRAMES,
     held_out: int = HELD_OUT_FRAMES,
 ) -> CalibrationSet:
-    """``frames + held_out`` frames from the rows of ``manifest`` (columns audio and video;
-    None: the bundled examples), spread evenly over each row's output frames where the
-    face is found. Templates are cached in ``cache_dir``."""
+    """``frames + held_out`` frames (rounded up to whole runs) from the rows of
+    ``manifest`` (columns audio and video; None: the bundled examples), in runs of
+    ``RUN_FRAMES`` spread evenly over each row's output frames where the face is found.
+    Templates are cached in ``cache_dir``."""
     manifest = manifest or DEFAULT_CALIBRATION
     if not manifest.is_file():
         raise InputError(
@@ -128,21 +133,19 @@ def calibration_set(
             kind="missing_file",
         )
     jobs = read_manifest(manifest, cache_dir / "unused-outputs")
-    share = math.ceil((frames + held_out) / len(jobs))
-    crops, features = [], []
+    calibrating, judging = math.ceil(frames / RUN_FRAMES), math.ceil(held_out / RUN_FRAMES)
+    share = math.ceil((calibrating + judging) / len(jobs))
+    runs: list[Run] = []
     for job in jobs:
         try:
             if job.problem is not None:
                 raise job.problem
-            row_crops, row_features = _row_frames(pack, job, share, cache_dir)
+            runs.extend(_row_runs(pack, job, share, cache_dir))
         except InputError as e:
             raise InputError(f"calibration manifest {manifest}, {job.label}: {e.message}", kind=e.kind) from e
-        crops.append(row_crops)
-        features.append(row_features)
-    # A fixed shuffle, so the held-out frames come from every row.
-    order = np.random.default_rng(0).permutation(share * len(jobs))[: frames + held_out]
-    return CalibrationSet(pack.name, np.concatenate(crops)[order], np.concatenate(features)[order].astype(np.float32),
-                          held_out, str(manifest))
+    # A fixed shuffle, so the held-out runs come from every row.
+    order = np.random.default_rng(0).permutation(len(runs))[: calibrating + judging]
+    return CalibrationSet(pack.name, tuple(runs[i] for i in order), judging, str(manifest))
 
 
 def calibration_for(
@@ -154,20 +157,21 @@ def calibration_for(
     return calibration_set(pack, manifest, cache_dir)
 
 
-def _row_frames(pack: PackSpec, job: Job, frames: int, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``frames`` (crops, features) of one row, evenly over its output frames with a face."""
+def _row_runs(pack: PackSpec, job: Job, runs: int, cache_dir: Path) -> list[Run]:
+    """``runs`` runs of one row, evenly over its output frames, each with a face throughout."""
     video = storage.fetch(job.video, "reference", default_download_dir())
     audio = storage.fetch(job.audio, "audio", default_download_dir())
     template, _ = analyze(video, pack.geometry, DetectorConfig(), cache_dir)
     wav = media.load_audio(audio, SAMPLE_RATE)
     n = max(1, round(len(wav) / SAMPLE_RATE * template.fps))
     ref = loop_indices(n, template.frames, "pingpong")  # output frame → reference frame
-    seen = np.flatnonzero(template.present[ref])
-    if len(seen) == 0:
-        raise InputError(f"no face found in {video}", kind="no_face")
-    pick = seen[np.linspace(0, len(seen) - 1, frames).round().astype(np.int64)]
-    features = np.asarray(pack.features(Pcm.from_array(wav), template.fps, n)(range(n)))[pick]
-    return template.crops(ref[pick]), features
+    with_face = np.convolve(template.present[ref].astype(np.int64), np.ones(RUN_FRAMES, np.int64), "valid")
+    starts = np.flatnonzero(with_face == RUN_FRAMES)
+    if len(starts) == 0:
+        raise InputError(f"no {RUN_FRAMES} consecutive frames of {video} with a face", kind="no_face")
+    chunk = pack.features(Pcm.from_array(wav), template.fps, n)
+    picked = starts[np.linspace(0, len(starts) - 1, runs).round().astype(np.int64)]
+    return [Run(template.crops(ref[s : s + RUN_FRAMES]), chunk(range(s, s + RUN_FRAMES))) for s in picked]
 
 
 # -- the stages on real frames ------------------------------------------------------------------
@@ -201,13 +205,25 @@ def runner_call(runners: dict[str, Runner]) -> StageCall:
     return call
 
 
+def run_chunks(pack: PackSpec, call: StageCall, runs: tuple[Run, ...]) -> np.ndarray:
+    """Each run through the pack as a job's chunk goes (its reference stage first, where
+    the pack has one) → (n, 3, S, S) float32 BGR in [0, 1]."""
+    outs = []
+    for run in runs:
+        given = run.crops
+        if pack.reference is not None:
+            (latents,) = pack.io(pack.reference)[1]
+            given = call(pack.reference, {"crops": crop_inputs(run.crops)})[latents.name]
+        outs.append(pack.chunk(call, run.features, given))
+    return np.concatenate(outs)
+
+
 def stage_inputs(
     pack: PackSpec, modules: dict[str, nn.Module], calibration: CalibrationSet, stage: str
 ) -> dict[str, np.ndarray]:
     """What ``stage`` receives on the calibrating frames when every stage runs fp32."""
     record: dict[str, list[dict[str, np.ndarray]]] = {}
-    crops, features = calibration.part(held_out=False)
-    pack.chunk(torch_call(pack, modules, record), features, crops)
+    run_chunks(pack, torch_call(pack, modules, record), calibration.part(held_out=False))
     return {k: np.concatenate([r[k] for r in record[stage]]) for k in record[stage][0]}
 
 
@@ -245,23 +261,34 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def quantize_graph(fp32: Path, out: Path, inputs: dict[str, np.ndarray]) -> None:
-    """Write the QDQ int8 graph of ``fp32`` to ``out``, activation ranges (min/max) measured
+def quantize_graph(fp32: Path, out: Path, inputs: dict[str, np.ndarray], ops: tuple[str, ...]) -> None:
+    """Write the QDQ int8 graph of ``fp32`` to ``out`` (its weights to ``<out>.data``),
+    ``ops`` quantized (MatMul: those with a weight), activation ranges (min/max) measured
     on ``inputs`` (name → (n, ...) float32)."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     reader: Any = _Reader(inputs)  # duck-typed CalibrationDataReader
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    # Products of two activations (attention's scores and values) stay float: the QDQ
+    # quantizer would take them too (it ignores its MatMulConstBOnly option).
+    products = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
     with _quiet_root_logger():
         quantize_static(
             str(fp32),
             str(out),
             reader,
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTIZED_OPS),
+            op_types_to_quantize=list(ops),
             per_channel=True,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=products,
             calibrate_method=CalibrationMethod.MinMax,
+            # The graphs of a stage past 2 GiB in fp32 (MuseTalk's UNet), and their
+            # calibration copies, need their weights in files of their own.
+            use_external_data_format=True,
             extra_options={
                 "ActivationSymmetric": True,  # zero point 0: TensorRT's explicit quantization
                 "WeightSymmetric": True,
@@ -269,6 +296,19 @@ def quantize_graph(fp32: Path, out: Path, inputs: dict[str, np.ndarray]) -> None
             },
             calibration_providers=["CPUExecutionProvider"],
         )
+
+
+def single_file(graph: Path, out: Path) -> None:
+    """``graph`` (weights in external files) written to ``out`` as one ONNX file; a graph
+    whose weights one file cannot hold is refused."""
+    import onnx
+
+    model = onnx.load(str(graph))  # and its weights
+    weights = sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer)
+    if weights > MAX_ONNX_WEIGHT_BYTES:
+        raise EngineError(f"its int8 graph's weights are {weights / 2**30:.1f} GiB, more than one ONNX file holds "
+                          "(2 GiB)")
+    onnx.save(model, str(out))
 
 
 def cpu_form(qdq: Path, out: Path) -> None:
@@ -314,13 +354,19 @@ def int8_onnx_artifact(
 ) -> tuple[Path, EngineKey]:
     """The stage's QDQ graph from ``store`` (calibrated and written first if missing); with
     ``cpu`` on an x86 machine, its CPU form. ``weights_hash``: ``chain_hash`` of the stages."""
-    from heygem_ray.backends import onnx_artifact
+    from heygem_ray.backends import onnx_key
 
-    fp32, fp32_key = onnx_artifact(store, pack, stage, modules[stage], "fp32", build=build)
-    key = dataclasses.replace(fp32_key, weights_hash=weights_hash, precision="int8", calibration=calibration.id)
+    key = onnx_key(pack, stage, "int8", weights_hash, calibration=calibration.id)
 
     def write_qdq(tmp: Path) -> None:
-        quantize_graph(fp32, tmp, stage_inputs(pack, modules, calibration, stage))
+        # The fp32 graph is a working copy beside the entry (gigabytes for MuseTalk's UNet);
+        # the store keeps only the int8 one.
+        with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".quantize-") as work:
+            fp32, qdq = Path(work) / "fp32.onnx", Path(work) / "int8.onnx"
+            export_onnx(modules[stage], *pack.io(stage), fp32, external_data=True)
+            quantize_graph(fp32, qdq, stage_inputs(pack, modules, calibration, stage), pack.int8_ops)
+            single_file(qdq, tmp)
+        metrics.record_engine_build("onnxruntime", stage, "int8")
 
     qdq = store.get_or_build(key, write_qdq, rebuild=build)
     if not (cpu and _X86):
@@ -376,10 +422,10 @@ def to_pixels(out: np.ndarray) -> np.ndarray:
 def gate(pack: PackSpec, runners: dict[str, Runner], modules: dict[str, nn.Module],
          calibration: CalibrationSet) -> GateResult:
     """The int8 ``runners`` against the fp32 ``modules`` on the held-out frames."""
-    crops, features = calibration.part(held_out=True)
-    want = to_pixels(pack.chunk(torch_call(pack, modules), features, crops))
-    got = to_pixels(pack.chunk(runner_call(runners), features, crops))
-    return GateResult(psnr(got, want), psnr(got, want, mouth_weight(pack)), len(crops), calibration.source)
+    held = calibration.part(held_out=True)
+    want = to_pixels(run_chunks(pack, torch_call(pack, modules), held))
+    got = to_pixels(run_chunks(pack, runner_call(runners), held))
+    return GateResult(psnr(got, want), psnr(got, want, mouth_weight(pack)), len(want), calibration.source)
 
 
 # -- choosing a precision -----------------------------------------------------------------------

@@ -131,7 +131,7 @@ def open_runners(
         raise EngineError("int8 needs calibration data (quantize.calibration_set)", kind="bad_argument")
     ctx = _Context(pack, stages, device, store, precision, choose_profile(batch_sizes or [32]), build,
                    intra_op_threads, calibration)
-    order = auto_order(pack, device) if backend == "auto" else (backend,)
+    order = auto_order(pack, device, precision) if backend == "auto" else (backend,)
     skipped: list[str] = []
     for name in order:
         try:
@@ -151,10 +151,16 @@ def open_runners(
     raise EngineError("no backend could run the model: " + "; ".join(notes))  # pytorch failed too
 
 
-def auto_order(pack: PackSpec, device: str) -> tuple[str, ...]:
+def auto_order(pack: PackSpec, device: str, precision: Precision = "fp32") -> tuple[str, ...]:
     """What ``auto`` tries, in order. TensorRT is tried on a CPU too: its reason for not
-    running ("not installed", "no CUDA device") goes in the note."""
-    return AUTO_ORDER if device.startswith("cuda") else ("tensorrt", *pack.cpu_backends)
+    running ("not installed", "no CUDA device") goes in the note. int8 on a CPU runs on
+    onnxruntime, whichever backend runs the pack's float stages fastest there."""
+    if device.startswith("cuda"):
+        return AUTO_ORDER
+    cpu = pack.cpu_backends
+    if precision == "int8" and "onnxruntime" not in cpu:
+        cpu = ("onnxruntime", *cpu)
+    return ("tensorrt", *cpu)
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,21 @@ class _Context:
     hashes: dict[str, str] = field(default_factory=dict)  # stage → stage_digest, computed once
 
 
+def onnx_key(pack: PackSpec, stage: str, precision: Precision, weights_hash: str, calibration: str = "") -> EngineKey:
+    """The engine key of a stage's ONNX graph (int8: with its calibration id)."""
+    return EngineKey(
+        pack=pack.name,
+        weights_hash=weights_hash,
+        stage=stage,
+        precision=precision,
+        profile=None,
+        backend="onnxruntime",
+        backend_version=f"opset{DEFAULT_OPSET}-torch{torch.__version__}-heygem{__version__}",
+        arch="any",  # an ONNX graph runs anywhere
+        calibration=calibration,
+    )
+
+
 def onnx_artifact(
     store: EngineStore,
     pack: PackSpec,
@@ -182,16 +203,7 @@ def onnx_artifact(
     weights_hash: str | None = None,
 ) -> tuple[Path, EngineKey]:
     """The stage's ONNX graph from ``store``, exported first if missing (unless ``build=False``)."""
-    key = EngineKey(
-        pack=pack.name,
-        weights_hash=weights_hash or stage_digest(module),
-        stage=stage,
-        precision=precision,
-        profile=None,
-        backend="onnxruntime",
-        backend_version=f"opset{DEFAULT_OPSET}-torch{torch.__version__}-heygem{__version__}",
-        arch="any",  # an ONNX graph runs anywhere
-    )
+    key = onnx_key(pack, stage, precision, weights_hash or stage_digest(module))
     inputs, outputs = pack.io(stage)
 
     def export(tmp: Path) -> None:

@@ -66,12 +66,16 @@ def frame_stages(size: int, feature_shape: tuple[int, ...], code_shape: tuple[in
     }
 
 
+def crop_inputs(crops: np.ndarray) -> np.ndarray:
+    """(k, S, S, 3) uint8 BGR crops → a stage's ``crops`` input, (k, 3, S, S) float32 in [0, 1]."""
+    return np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+
+
 def frame_chunk(call: StageCall, features: Features, crops: np.ndarray) -> np.ndarray:
     """A chunk through the per-frame stages: (k, *F) features and (k, S, S, 3) uint8 BGR
     crops → (k, 3, S, S) float32 BGR in [0, 1]."""
     codes = call("motion", {"features": np.asarray(features)})["codes"]
-    faces = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-    return call("render", {"crops": faces, "codes": codes})["generated"]
+    return call("render", {"crops": crop_inputs(crops), "codes": codes})["generated"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class PackSpec:
     # ``--precision int8``: the stages run as calibrated int8 QDQ graphs (quantize.py);
     # the others stay fp32. Empty: int8 does not pay for this pack (it runs fp32).
     int8_stages: tuple[str, ...] = ()
+    # The ONNX operators quantized in them (MatMul: those with a weight); the rest stay float.
+    int8_ops: tuple[str, ...] = ("Conv",)
 
     def io(self, stage: str) -> StageIO:
         """Declared (inputs, outputs) of ``stage``."""

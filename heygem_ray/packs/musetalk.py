@@ -199,4 +199,10 @@ PACK = PackSpec(
     cpu_backends=("pytorch",),
     chunk=musetalk_chunk,
     reference="reference",
+    # The UNet and the VAE decoder are nearly all of a frame's time; Whisper runs once per
+    # 30 s of speech and the encoder once per reference frame, and both stay fp32.
+    int8_stages=("render",),
+    # Convolutions, and the projections of attention and feed-forward layers (MatMul with a
+    # weight): the linear layers hold a third of the UNet's weights.
+    int8_ops=("Conv", "MatMul"),
 )

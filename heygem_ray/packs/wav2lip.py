@@ -91,4 +91,9 @@ PACK = PackSpec(
     # The face encoder and decoder are nearly all of the model time (BENCHMARKS.md, "INT8");
     # the audio encoder is small and stays fp32.
     int8_stages=("render",),
+    # Its time is in the convolutions. Transposed convolutions (the decoder's six upsampling
+    # layers), adds, concatenations and activations stay float: ONNX Runtime's CPU provider
+    # has no int8 transposed convolution, and quantizing any of them made the render stage
+    # slower there (BENCHMARKS.md, "INT8 and bf16").
+    int8_ops=("Conv",),
 )

@@ -18,10 +18,10 @@ from torch import nn
 
 from heygem_ray import quantize
 from heygem_ray.backends import open_runners
-from heygem_ray.engines import EngineKey, EngineStore
+from heygem_ray.engines import SIDECAR, EngineKey, EngineStore
 from heygem_ray.errors import EngineError, InputError
 from heygem_ray.packs import get_pack
-from heygem_ray.quantize import CalibrationSet
+from heygem_ray.quantize import CalibrationSet, Run
 
 PACK = get_pack("wav2lip")
 CALIBRATE, HELD_OUT = 32, 16
@@ -37,10 +37,10 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> CalibrationSet:
 @pytest.fixture(scope="module")
 def bad(calibration: CalibrationSet) -> CalibrationSet:
     """The same held-out frames; calibrated on white crops and features 100 times too loud."""
-    crops, features = calibration.part(held_out=False)
-    held_crops, held_features = calibration.part(held_out=True)
-    return CalibrationSet(PACK.name, np.concatenate([np.full_like(crops, 255), held_crops]),
-                          np.concatenate([features * 100.0, held_features]), HELD_OUT, "constant frames")
+    calibrating = tuple(Run(np.full_like(run.crops, 255), np.asarray(run.features) * 100.0)
+                        for run in calibration.part(held_out=False))
+    return CalibrationSet(PACK.name, calibrating + calibration.part(held_out=True), calibration.held_out,
+                          "constant frames")
 
 
 def _artifact(store: EngineStore, stages: dict[str, dict[str, nn.Module]], cal: CalibrationSet, *, cpu: bool,
@@ -79,10 +79,22 @@ def test_qdq_graph_has_per_channel_int8_weights_and_symmetric_int8_activations(s
         zero = inits[q_x.input[2]]
         assert zero.dtype == np.int8 and zero.shape == () and zero == 0, conv.name
         assert conv.input[2] not in made_by or made_by[conv.input[2]].op_type != "DequantizeLinear"  # float bias
-    for up in (n for n in model.graph.node if n.op_type == "ConvTranspose"):  # float: see QUANTIZED_OPS
+    for up in (n for n in model.graph.node if n.op_type == "ConvTranspose"):  # float: see the pack's int8_ops
         assert inits[up.input[1]].dtype == np.float32, up.name
     kinds = {TensorProto.DataType.Name(i.data_type) for i in model.graph.initializer}
     assert "UINT8" not in kinds and "INT32" not in kinds  # nothing TensorRT's explicit quantization refuses
+
+
+def test_the_store_keeps_the_int8_graph_alone_in_one_file(stages, store, calibration, tmp_path, monkeypatch) -> None:
+    """The fp32 working copy (weights in a file beside it) is gone; the entry is one ONNX
+    file and its sidecar; a graph one file cannot hold is refused, saying so."""
+    _, key = _artifact(store, stages, calibration, cpu=False)
+    entry = store.entry_dir(key)
+    assert sorted(p.name for p in entry.iterdir()) == sorted([".lock", store.artifact_path(key).name, SIDECAR])
+    monkeypatch.setattr(quantize, "MAX_ONNX_WEIGHT_BYTES", 2**20)
+    with pytest.raises(EngineError, match=r"its int8 graph's weights are 0\.\d GiB, more than one ONNX file holds"):
+        quantize.single_file(store.artifact_path(key), tmp_path / "int8.onnx")
+    assert not (tmp_path / "int8.onnx").exists()
 
 
 def test_cpu_form_is_the_same_numbers_with_uint8_activations(stages, store, calibration) -> None:
@@ -98,9 +110,10 @@ def test_cpu_form_is_the_same_numbers_with_uint8_activations(stages, store, cali
 
 
 def test_the_engine_key_changes_with_the_calibration_data(stages, store, calibration) -> None:
-    crops = calibration.crops.copy()
+    first = calibration.runs[0]
+    crops = first.crops.copy()
     crops[0, 0, 0, 0] ^= 1  # one pixel's lowest bit
-    other = dataclasses.replace(calibration, crops=crops)
+    other = dataclasses.replace(calibration, runs=(Run(crops, first.features), *calibration.runs[1:]))
     assert other.id != calibration.id
     _, key = _artifact(store, stages, calibration, cpu=False)
     with pytest.raises(EngineError, match="not built yet") as missing:
