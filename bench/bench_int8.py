@@ -10,7 +10,7 @@
      builds from) as ONNX Runtime's CPU provider runs it;
    - pytorch bf16, where the CPU has AVX-512 BF16 or AMX.
    Calibration: the bundled examples (``quantize.calibration_set``: 128 frames, 32 held
-   out). Timed on the held-out frames' crops and the fp32 motion stage's codes for them,
+   out, in runs of 4). Timed on the held-out frames' crops and the fp32 motion stage's codes for them,
    the rows interleaved (one repetition of each in turn, ``--reps`` times, median), so load
    from other processes falls on every row alike. PSNR against pytorch fp32 of the
    generated crops as 8-bit pixels, and of the pasted mouth region (``quantize.gate``'s

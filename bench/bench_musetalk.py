@@ -170,7 +170,8 @@ def main() -> None:
                     (value,) = out.values()
                     delta = float(np.abs(value - reference).max()) if reference is not None else 0.0
                     reference = value if reference is None else reference
-                    row = {"stage": stage, "device": device, "precision": precision, "backend": backend,
+                    row = {"stage": stage, "device": device, "precision": "int8" if backend == "int8" else precision,
+                           "backend": "onnxruntime" if backend == "int8" else backend,
                            "batch": len(next(iter(feed.values()))), "seconds": seconds, "fps": frames / seconds,
                            "max_abs_diff_vs_pytorch": delta}
                     rows.append(row)
@@ -180,7 +181,7 @@ def main() -> None:
            "load_1min_before": f"{load:.2f}", "torch_threads": str(torch.get_num_threads())}
     if torch.cuda.is_available():
         cpu["gpu"] = torch.cuda.get_device_name(0)
-    print("wrote", write("musetalk", rows, **cpu))
+    print("wrote", write("musetalk-int8" if "int8" in args.backends.split(",") else "musetalk", rows, **cpu))
     print("\n| stage | device | precision | backend | batch | frames/s | max abs diff vs PyTorch |\n| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['stage']} | {r['device']} | {r['precision']} | {r['backend']} | {r['batch']} | {r['fps']:.2f} | "

@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import math
 import platform
@@ -467,23 +468,78 @@ def precision_order(precision: PrecisionName, device: str, pack: PackSpec, *, ca
     return (base,)
 
 
+def runtime_version(backend: str) -> str:
+    """The version of the runtime that runs ``backend``'s artifacts."""
+    if backend == "tensorrt":
+        from heygem_ray.backends import trt
+
+        return f"tensorrt{trt.trt_version()}"
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        return f"onnxruntime{onnxruntime.__version__}"
+    return f"torch{torch.__version__}"
+
+
+def verdict_path(store: EngineStore, pack: PackSpec, chosen: RunnerSet, device: str,
+                 calibration: CalibrationSet) -> Path:
+    """Where the gate's verdict on ``chosen`` is kept: it depends on every artifact the set
+    runs (their keys: weights, precision, backend, GPU architecture, calibration), the
+    runtime, the kind of device, the fp32 reference's PyTorch, the held-out frames and the
+    threshold."""
+    from heygem_ray.backends import device_arch
+
+    what = {
+        "keys": {stage: key.digest() for stage, key in sorted(chosen.engine_keys.items())},
+        "runtime": runtime_version(chosen.backend),
+        "device": device_arch(device) if device.startswith("cuda") else f"cpu-{platform.machine()}",
+        "reference": f"torch{torch.__version__}",
+        "calibration": calibration.id,
+        "min_db": MIN_PSNR_DB,
+    }
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+    return store.root / "gates" / f"{pack.name}-{digest[:16]}.json"
+
+
+def kept_gate(pack: PackSpec, chosen: RunnerSet, modules: dict[str, nn.Module], calibration: CalibrationSet,
+              store: EngineStore, device: str) -> GateResult:
+    """``gate``'s verdict on ``chosen``, judged once and kept in the store: a worker that
+    opens the same int8 set on the same kind of device reads it instead of running the
+    held-out frames at fp32 again (seconds for Wav2Lip, minutes for MuseTalk on a CPU)."""
+    path = verdict_path(store, pack, chosen, device, calibration)
+    try:
+        kept = json.loads(path.read_text())
+        return GateResult(float(kept["crops_db"]), float(kept["mouth_db"]), int(kept["frames"]), calibration.source)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not judged yet (or a record from elsewhere that does not read): judge it
+    result = gate(pack, chosen.runners, modules, calibration)
+    record = {"crops_db": result.crops_db, "mouth_db": result.mouth_db, "frames": result.frames,
+              "passed": result.passed, "source": result.source}
+    storage.write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+    return result
+
+
 def open_first(
     pack: PackSpec,
     modules: dict[str, nn.Module],
     precisions: tuple[Precision, ...],
     calibration: CalibrationSet | None,
+    *,
+    store: EngineStore,
+    device: str,
     **open_kwargs: Any,
 ) -> tuple[RunnerSet, GateResult | None]:
     """``open_runners`` at the first of ``precisions`` that opens and, for int8, passes the
-    gate (its result is returned with the runners); each refused one adds to the note. The
-    last one's error is raised as it is."""
+    gate (its result is returned with the runners; ``kept_gate``); each refused one adds to
+    the note. The last one's error is raised as it is."""
     from heygem_ray.backends import open_runners
 
     notes: list[str] = []
     for i, precision in enumerate(precisions):
         last = i == len(precisions) - 1
         try:
-            chosen = open_runners(pack, modules, precision=precision, calibration=calibration, **open_kwargs)
+            chosen = open_runners(pack, modules, precision=precision, calibration=calibration, store=store,
+                                  device=device, **open_kwargs)
         except EngineError as e:
             if last:
                 raise
@@ -491,7 +547,7 @@ def open_first(
             continue
         result = None
         if chosen.precision == "int8" and calibration is not None:
-            result = gate(pack, chosen.runners, modules, calibration)
+            result = kept_gate(pack, chosen, modules, calibration, store, device)
             if not result.passed:
                 chosen.close()
                 message = f"int8 refused by the accuracy gate: {result.describe()}"

@@ -9,6 +9,7 @@ held-out frames, which the gate refuses whatever the weights.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import onnx
@@ -155,6 +156,32 @@ def test_auto_falls_back_to_the_next_precision_with_the_reason(stages, store, ba
         assert chosen.engine_keys["render"].calibration == ""
     finally:
         chosen.close()
+
+
+def test_the_gates_verdict_is_kept_in_the_store_and_read_back(stages, bad, tmp_path) -> None:
+    """The gate judges an int8 set once per store: a worker opening the same set again reads
+    the verdict (figures written into the record are what it reports), a record that does
+    not read is judged again, and another calibration is another verdict."""
+    store = EngineStore(tmp_path / "engines")
+
+    def open_note(cal: CalibrationSet) -> str:
+        chosen, _ = quantize.open_first(PACK, stages["wav2lip"], ("int8", "fp32"), cal, device="cpu", store=store,
+                                        backend="onnxruntime", batch_sizes=[16])
+        chosen.close()
+        return chosen.note
+
+    judged = open_note(bad)
+    (kept,) = (store.root / "gates").glob("wav2lip-*.json")
+    verdict = json.loads(kept.read_text())
+    assert not verdict["passed"] and verdict["frames"] == HELD_OUT
+    assert f"PSNR against fp32 is {verdict['crops_db']:.1f} dB on the generated crops" in judged
+    kept.write_text(json.dumps({**verdict, "crops_db": 12.5}))
+    assert "PSNR against fp32 is 12.5 dB on the generated crops" in open_note(bad)
+    kept.write_text("{")
+    assert open_note(bad) == judged and json.loads(kept.read_text()) == verdict
+    worse = dataclasses.replace(bad, runs=bad.runs[1:], held_out=bad.held_out)
+    open_note(worse)
+    assert len(list((store.root / "gates").glob("wav2lip-*.json"))) == 2
 
 
 def test_pytorch_has_no_int8_and_warp_no_int8_stages(stages, store, calibration) -> None:
