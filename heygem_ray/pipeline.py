@@ -10,6 +10,9 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
+import shutil
+import socket
 import tempfile
 import time
 import traceback
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 LOOKAHEAD = 2
 # The MP4 being written, beside its output (resume.py deletes those of lost attempts).
 PARTIAL_SUFFIX = ".part.mp4"
+# A job's scratch folder in the temporary directory: ``heygem-job-<pid>@<host>-<random>``.
+SCRATCH_PREFIX = "heygem-job-"
 
 
 class ChunkFuture(Protocol):
@@ -137,7 +142,7 @@ def render_job(
             raise job.problem
         if job.output is None:
             raise InternalError(f"{job.label} has neither an output nor a problem")
-        with tempfile.TemporaryDirectory(prefix="heygem-job-") as scratch:
+        with job_scratch() as scratch:
             # 1. decode the audio to 16 kHz mono, into a file (a missing, empty, unreadable
             #    or too long file stops here; one in a bucket is downloaded first)
             with stages("probe"):
@@ -187,6 +192,40 @@ def render_job(
     if result.status == "ok" and result.seconds > 0:
         result.realtime_factor = result.frames / float(template.fps) / result.seconds
     return result
+
+
+@contextmanager
+def job_scratch() -> Iterator[Path]:
+    """A job's scratch folder (its decoded audio; an output bound for a bucket, until it is
+    uploaded), deleted after the job. Its name holds this process's id and host, so that
+    the next job on the machine deletes those of processes that died without cleaning up
+    (killed, out of memory: gigabytes of audio a night otherwise)."""
+    _sweep_scratch()
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}@{socket.gethostname()}-") as scratch:
+        yield Path(scratch)
+
+
+def _sweep_scratch() -> None:
+    """Delete the scratch folders of this host's processes that are gone. Another host's
+    (a temporary directory shared between containers) are left to it."""
+    own = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d+)@" + re.escape(socket.gethostname()) + "-.+")
+    try:
+        names = os.listdir(tempfile.gettempdir())
+    except OSError:
+        return
+    for name in names:
+        if (m := own.fullmatch(name)) and not _alive(int(m[1])):
+            shutil.rmtree(Path(tempfile.gettempdir()) / name, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 class MissingInputs:

@@ -58,7 +58,7 @@ def record(output_dir: Location, result: JobResult) -> None:
     it lost on the way (a task on a node that left the cluster leaves one behind)."""
     write_results([result], part_path(output_dir, result.job_id))
     if result.output is not None:
-        _remove_partials(storage.location(result.output))
+        _remove_partials([storage.location(result.output)])
 
 
 def split(
@@ -73,12 +73,13 @@ def split(
     for job in jobs:
         earlier = _earlier(output_dir, job, config_hash) if part_path(output_dir, job.job_id) in kept else None
         if earlier is None:
-            if job.output is not None:
-                _remove_partials(job.output)
             todo.append(job)
         else:
             skipped.add(job.row)
             on_skipped(_as_skipped(earlier, job))
+    # One listing per output folder for all of them, not one per job (a request each in a
+    # bucket, and a folder of thousands of MP4s read thousands of times on a disk).
+    _remove_partials([job.output for job in todo if job.output is not None])
     return todo, skipped
 
 
@@ -139,15 +140,13 @@ def _as_skipped(earlier: JobResult, job: Job) -> JobResult:
     return dataclasses.replace(earlier, status="skipped", attempts=0, row=job.row, extra=job.extra)
 
 
-def _remove_partials(output: Location) -> None:
-    """Delete temporary MP4s a killed task or run left for ``output``, and no other job's:
+def _remove_partials(outputs: list[Location]) -> None:
+    """Delete temporary MP4s a killed task or run left for ``outputs``, and no other job's:
     beside a local one (see pipeline's publish step), under the temporary keys of an upload
     for one in a bucket."""
-    if isinstance(output, Path):
-        for partial in storage.staged_leftovers(output, PARTIAL_SUFFIX):
-            partial.unlink(missing_ok=True)
-        return
-    for key in storage.leftovers(output):
+    for partial in storage.staged_leftovers([o for o in outputs if isinstance(o, Path)], PARTIAL_SUFFIX):
+        partial.unlink(missing_ok=True)
+    for key in storage.leftovers([o for o in outputs if not isinstance(o, Path)]):
         storage.remove(key)
 
 

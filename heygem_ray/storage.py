@@ -35,10 +35,10 @@ import posixpath
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, TypeAlias, cast
+from typing import BinaryIO, TypeAlias, TypeVar, cast
 
 import pyarrow.fs as pafs
 
@@ -122,6 +122,7 @@ class Uri:
 
 
 Location: TypeAlias = "Path | Uri"
+_L = TypeVar("_L", Path, Uri)  # a destination, and the folder its leftovers are in
 
 
 def is_uri(value: object) -> bool:
@@ -369,14 +370,19 @@ def staging_file(dest: Location, scratch: Path, suffix: str) -> Path:
     return scratch / name
 
 
-def staged_leftovers(dest: Path, suffix: str) -> list[Path]:
-    """The staging files (``staging_file``) of the local ``dest`` still beside it, as a
-    killed writer leaves them, and no other file's. Matched whole: job ids may hold dots,
-    and a pattern like ``.lesson1.*`` would take the files of ``lesson1.v2`` being written."""
-    if not dest.parent.is_dir():
-        return []
-    own = re.compile(re.escape(f".{dest.stem}.{_owner(dest)}.") + _TOKEN + re.escape(suffix))
-    return [p for p in dest.parent.iterdir() if own.fullmatch(p.name)]
+def staged_leftovers(dests: Iterable[Path], suffix: str) -> list[Path]:
+    """The staging files (``staging_file``) of the local ``dests`` still beside them, as a
+    killed writer leaves them, and no other file's; each folder is listed once. Matched
+    whole: job ids may hold dots, and a pattern like ``.lesson1.*`` would take the files of
+    ``lesson1.v2`` being written."""
+    staged = re.compile(r"\.(.*)\.([0-9a-f]{12})\." + _TOKEN + re.escape(suffix))
+    found: list[Path] = []
+    for folder, group in _by_folder(dests, lambda d: d.parent).items():
+        if not folder.is_dir():
+            continue
+        mine = {(d.stem, _owner(d)) for d in group}
+        found.extend(p for p in folder.iterdir() if (m := staged.fullmatch(p.name)) and (m[1], m[2]) in mine)
+    return found
 
 
 def publish(local: Path, dest: Location) -> None:
@@ -402,11 +408,16 @@ def remove(loc: Location) -> None:
         raise _error("could not delete", loc, exc) from exc
 
 
-def leftovers(dest: Uri) -> list[Uri]:
-    """Temporary keys of writes to ``dest`` that were interrupted (a killed process)."""
-    own = re.compile(re.escape(f"{dest.name}.") + _TOKEN + re.escape(".tmp"))  # whole: see staged_leftovers
-    found = list_files(dest.parent / TMP_DIR)
-    return [u for u in found if isinstance(u, Uri) and own.fullmatch(u.name)]
+def leftovers(dests: Iterable[Uri]) -> list[Uri]:
+    """Temporary keys of writes to ``dests`` that were interrupted (a killed process); one
+    listing per folder."""
+    temporary = re.compile(r"(.*)\." + _TOKEN + re.escape(".tmp"))  # whole: see staged_leftovers
+    found: list[Uri] = []
+    for folder, group in _by_folder(dests, lambda d: d.parent / TMP_DIR).items():
+        names = {d.name for d in group}
+        found.extend(u for u in list_files(folder) if isinstance(u, Uri) and (m := temporary.fullmatch(u.name))
+                     and m[1] in names)
+    return found
 
 
 # -- internals ----------------------------------------------------------------------------
@@ -416,6 +427,14 @@ _TOKEN = "[0-9a-f]{8}"  # what _token() returns, as a pattern
 
 def _token() -> str:
     return uuid.uuid4().hex[:8]
+
+
+def _by_folder(dests: Iterable[_L], folder_of: Callable[[_L], _L]) -> dict[_L, list[_L]]:
+    """``dests`` grouped by their folder."""
+    groups: dict[_L, list[_L]] = {}
+    for dest in dests:
+        groups.setdefault(folder_of(dest), []).append(dest)
+    return groups
 
 
 def _owner(dest: Location) -> str:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
+import sys
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -10,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from heygem_ray import media
+from heygem_ray import media, pipeline
 from heygem_ray.analyze import analyze
 from heygem_ray.config import RenderConfig
 from heygem_ray.manifest import Job
@@ -228,3 +233,42 @@ def test_a_long_job_keeps_a_chunk_in_flight_for_every_worker(tmp_path, examples,
     result = render_job(job(tmp_path, examples / "lesson1.wav", examples / "presenter.jpg"), cfg, tmp_path / "c", service)
     assert result.status == "ok", result.error
     assert service.most == in_flight and service.outstanding == 0
+
+
+_HOLD_SCRATCH = """
+import os, signal, sys
+from heygem_ray.pipeline import job_scratch
+with job_scratch() as scratch:
+    (scratch / "audio.f32").write_bytes(bytes(4096))
+    print(scratch, flush=True)
+    if sys.argv[1] == "die":
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a lost node does: no clean-up
+    sys.stdin.read()
+"""
+
+
+def test_the_next_job_deletes_the_scratch_folders_of_killed_processes_only(tmp_path, monkeypatch) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    killed = subprocess.run([sys.executable, "-c", _HOLD_SCRATCH, "die"], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = Path(killed.stdout.strip())
+    assert left.parent == tmp_path and (left / "audio.f32").is_file()
+    living = subprocess.Popen([sys.executable, "-c", _HOLD_SCRATCH, "wait"], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        held = Path(living.stdout.readline().strip())
+        # another host's folder with the dead process's id, as in a temporary directory
+        # shared between containers
+        dead = left.name.removeprefix("heygem-job-").partition("@")[0]
+        elsewhere = tmp_path / f"heygem-job-{dead}@not-{socket.gethostname()}-x"
+        elsewhere.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        with pipeline.job_scratch() as mine:
+            assert mine.parent == tmp_path and mine.is_dir()
+            assert not left.exists()  # its process is gone
+            assert (held / "audio.f32").is_file() and elsewhere.is_dir()  # alive; not this host's
+        assert not mine.exists()
+    finally:
+        living.communicate("", timeout=60)
+    assert not held.exists()  # its own, on the way out
