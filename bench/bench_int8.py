@@ -91,8 +91,9 @@ def render_stage(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> list[
     held = calibration.part(held_out=True)
     crops = np.concatenate([run.crops for run in held])  # (32, 96, 96, 3) uint8
     features = np.concatenate([np.asarray(run.features) for run in held])  # (32, 1, 80, 16)
-    want = quantize.run_chunks(PACK, quantize.torch_call(PACK, modules), held)
-    codes = quantize.torch_call(PACK, modules)("motion", {"features": features})["codes"]
+    with quantize.fp32_call(PACK, modules) as fp32:
+        want = quantize.run_chunks(PACK, fp32, held)
+        codes = fp32("motion", {"features": features})["codes"]
     batch = {"crops": np.ascontiguousarray(crops[:BATCH].transpose(0, 3, 1, 2), dtype=np.float32) / 255.0,
              "codes": codes[:BATCH]}
     weights = quantize.chain_hash([stage_digest(modules[s]) for s in ("motion", "render")])

@@ -29,6 +29,7 @@ precision tried, with the figures in the note.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -55,7 +56,7 @@ from heygem_ray.export import MAX_ONNX_WEIGHT_BYTES, export_onnx
 from heygem_ray.features import SAMPLE_RATE, Pcm
 from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.packs import Features, PackSpec, StageCall, crop_inputs
-from heygem_ray.runners import Runner, infer_batched
+from heygem_ray.runners import Runner, TorchRunner, infer_batched
 from heygem_ray.timeline import loop_indices
 
 if TYPE_CHECKING:
@@ -178,25 +179,32 @@ def _row_runs(pack: PackSpec, job: Job, runs: int, cache_dir: Path) -> list[Run]
 # -- the stages on real frames ------------------------------------------------------------------
 
 
-def torch_call(
-    pack: PackSpec, modules: dict[str, nn.Module], record: dict[str, list[dict[str, np.ndarray]]] | None = None
-) -> StageCall:
-    """A stage call on the fp32 PyTorch modules (``_BATCH`` frames at a time); with
-    ``record``, each stage's inputs are appended to ``record[stage]``."""
+@contextlib.contextmanager
+def fp32_call(
+    pack: PackSpec,
+    modules: dict[str, nn.Module],
+    device: str = "cpu",
+    record: dict[str, list[dict[str, np.ndarray]]] | None = None,
+) -> Iterator[StageCall]:
+    """A stage call on the fp32 PyTorch modules on ``device``, ``_BATCH`` frames at a time;
+    with ``record``, each stage's inputs are appended to ``record[stage]``. On a GPU it runs
+    copies (the modules stay on the CPU, where the exporter and the digests read them):
+    MuseTalk's fp32 stages take 10 s a frame on a CPU."""
+    runners: dict[str, TorchRunner] = {}
 
     def call(stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if record is not None:
             record.setdefault(stage, []).append(inputs)
-        outs = []
-        with torch.inference_mode():
-            for s in range(0, len(next(iter(inputs.values()))), _BATCH):
-                # The module's forward takes its inputs in declared order: dicts keep it.
-                outs.append(modules[stage](*(torch.from_numpy(np.ascontiguousarray(v[s : s + _BATCH]))
-                                             for v in inputs.values())).numpy())
-        (output,) = pack.io(stage)[1]
-        return {output.name: np.concatenate(outs)}
+        if stage not in runners:
+            module = modules[stage] if device == "cpu" else copy.deepcopy(modules[stage])
+            runners[stage] = TorchRunner(stage, module, *pack.io(stage), device=torch.device(device))
+        return infer_batched(runners[stage], inputs, _BATCH)
 
-    return call
+    try:
+        yield call
+    finally:
+        for runner in runners.values():
+            runner.close()
 
 
 def runner_call(runners: dict[str, Runner]) -> StageCall:
@@ -220,11 +228,12 @@ def run_chunks(pack: PackSpec, call: StageCall, runs: tuple[Run, ...]) -> np.nda
 
 
 def stage_inputs(
-    pack: PackSpec, modules: dict[str, nn.Module], calibration: CalibrationSet, stage: str
+    pack: PackSpec, modules: dict[str, nn.Module], calibration: CalibrationSet, stage: str, device: str = "cpu"
 ) -> dict[str, np.ndarray]:
     """What ``stage`` receives on the calibrating frames when every stage runs fp32."""
     record: dict[str, list[dict[str, np.ndarray]]] = {}
-    run_chunks(pack, torch_call(pack, modules, record), calibration.part(held_out=False))
+    with fp32_call(pack, modules, device, record) as call:
+        run_chunks(pack, call, calibration.part(held_out=False))
     return {k: np.concatenate([r[k] for r in record[stage]]) for k in record[stage][0]}
 
 
@@ -352,9 +361,11 @@ def int8_onnx_artifact(
     weights_hash: str,
     cpu: bool,
     build: bool = True,
+    device: str = "cpu",
 ) -> tuple[Path, EngineKey]:
-    """The stage's QDQ graph from ``store`` (calibrated and written first if missing); with
-    ``cpu`` on an x86 machine, its CPU form. ``weights_hash``: ``chain_hash`` of the stages."""
+    """The stage's QDQ graph from ``store`` (calibrated and written first if missing, the
+    fp32 stages run on ``device``); with ``cpu`` on an x86 machine, its CPU form.
+    ``weights_hash``: ``chain_hash`` of the stages."""
     from heygem_ray.backends import onnx_key
 
     key = onnx_key(pack, stage, "int8", weights_hash, calibration=calibration.id)
@@ -365,7 +376,7 @@ def int8_onnx_artifact(
         with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".quantize-") as work:
             fp32, qdq = Path(work) / "fp32.onnx", Path(work) / "int8.onnx"
             export_onnx(modules[stage], *pack.io(stage), fp32, external_data=True)
-            quantize_graph(fp32, qdq, stage_inputs(pack, modules, calibration, stage), pack.int8_ops)
+            quantize_graph(fp32, qdq, stage_inputs(pack, modules, calibration, stage, device), pack.int8_ops)
             single_file(qdq, tmp)
         metrics.record_engine_build("onnxruntime", stage, "int8")
 
@@ -421,10 +432,11 @@ def to_pixels(out: np.ndarray) -> np.ndarray:
 
 
 def gate(pack: PackSpec, runners: dict[str, Runner], modules: dict[str, nn.Module],
-         calibration: CalibrationSet) -> GateResult:
-    """The int8 ``runners`` against the fp32 ``modules`` on the held-out frames."""
+         calibration: CalibrationSet, device: str = "cpu") -> GateResult:
+    """The int8 ``runners`` against the fp32 ``modules`` (run on ``device``) on the held-out frames."""
     held = calibration.part(held_out=True)
-    want = to_pixels(run_chunks(pack, torch_call(pack, modules), held))
+    with fp32_call(pack, modules, device) as call:
+        want = to_pixels(run_chunks(pack, call, held))
     got = to_pixels(run_chunks(pack, runner_call(runners), held))
     return GateResult(psnr(got, want), psnr(got, want, mouth_weight(pack)), len(want), calibration.source)
 
@@ -512,7 +524,7 @@ def kept_gate(pack: PackSpec, chosen: RunnerSet, modules: dict[str, nn.Module], 
         return GateResult(float(kept["crops_db"]), float(kept["mouth_db"]), int(kept["frames"]), calibration.source)
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not judged yet (or a record from elsewhere that does not read): judge it
-    result = gate(pack, chosen.runners, modules, calibration)
+    result = gate(pack, chosen.runners, modules, calibration, device)
     record = {"crops_db": result.crops_db, "mouth_db": result.mouth_db, "frames": result.frames,
               "passed": result.passed, "source": result.source}
     storage.write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())

@@ -270,7 +270,7 @@ def _int8_graph(ctx: _Context, stage: str, cpu: bool) -> tuple[Path, EngineKey] 
     upstream = list(ctx.stages)[: list(ctx.stages).index(stage) + 1]
     return quantize.int8_onnx_artifact(ctx.store, ctx.pack, stage, ctx.stages, ctx.calibration, cpu=cpu,
                                        weights_hash=quantize.chain_hash([_hash(ctx, s) for s in upstream]),
-                                       build=ctx.build)
+                                       build=ctx.build, device=ctx.device)
 
 
 def _cpu_has_bf16() -> bool:
