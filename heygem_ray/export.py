@@ -132,7 +132,8 @@ def export_onnx(
         onnx.checker.check_model(str(tmp), full_check=True)
         os.replace(tmp, path)
     except BaseException:
-        data.unlink(missing_ok=True)
+        if external_data:
+            data.unlink(missing_ok=True)
         raise
     finally:
         tmp.unlink(missing_ok=True)

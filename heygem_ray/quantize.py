@@ -55,7 +55,7 @@ from heygem_ray.errors import EngineError, InputError, InternalError
 from heygem_ray.export import MAX_ONNX_WEIGHT_BYTES, export_onnx
 from heygem_ray.features import SAMPLE_RATE, Pcm
 from heygem_ray.manifest import Job, read_manifest
-from heygem_ray.packs import Features, PackSpec, StageCall, crop_inputs
+from heygem_ray.packs import Features, PackSpec, StageCall
 from heygem_ray.runners import Runner, TorchRunner, infer_batched
 from heygem_ray.timeline import loop_indices
 
@@ -219,10 +219,7 @@ def run_chunks(pack: PackSpec, call: StageCall, runs: tuple[Run, ...]) -> np.nda
     the pack has one) → (n, 3, S, S) float32 BGR in [0, 1]."""
     outs = []
     for run in runs:
-        given = run.crops
-        if pack.reference is not None:
-            (latents,) = pack.io(pack.reference)[1]
-            given = call(pack.reference, {"crops": crop_inputs(run.crops)})[latents.name]
+        given = run.crops if pack.reference is None else pack.run_reference(call, run.crops)
         outs.append(pack.chunk(call, run.features, given))
     return np.concatenate(outs)
 

@@ -23,7 +23,7 @@ from heygem_ray.backends import stage_digest
 from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore
 from heygem_ray.errors import HeygemError, InternalError
-from heygem_ray.packs import Features, crop_inputs, get_pack
+from heygem_ray.packs import Features, get_pack
 from heygem_ray.quantize import calibration_for, open_first, precision_order
 from heygem_ray.runners import infer_batched
 
@@ -142,8 +142,7 @@ class ModelWorker:
         self.ready()
         if self.pack.reference is None:
             raise InternalError(f"the {self.pack.name} pack has no reference stage")
-        (name,) = (s.name for s in self.pack.io(self.pack.reference)[1])
-        return self._batched(self.pack.reference, {"crops": crop_inputs(crops)})[name]
+        return self.pack.run_reference(self._batched, crops)
 
     def _batched(self, stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return infer_batched(self.runners[stage], inputs, self.batch_size)

@@ -105,6 +105,14 @@ class PackSpec:
     # The ONNX operators quantized in them (MatMul: those with a weight); the rest stay float.
     int8_ops: tuple[str, ...] = ("Conv",)
 
+    def run_reference(self, call: StageCall, crops: np.ndarray) -> np.ndarray:
+        """(k, S, S, 3) uint8 BGR crops of reference frames through the ``reference`` stage
+        on ``call`` → its output for them."""
+        if self.reference is None:
+            raise ValueError(f"the {self.name} pack has no reference stage")
+        (output,) = self.io(self.reference)[1]
+        return call(self.reference, {"crops": crop_inputs(crops)})[output.name]
+
     def io(self, stage: str) -> StageIO:
         """Declared (inputs, outputs) of ``stage``."""
         if stage not in self.stages:
