@@ -4,17 +4,23 @@ Lifecycle: detect the device → load the stages and open them on the chosen bac
 (building engines once, through the store) → smoke-test → serve ``run_chunk`` calls.
 The Ray actor in ``ray_exec.py`` and the in-process service both wrap this class.
 
-A worker that cannot start (bad checkpoint, a backend that cannot run here) keeps the
-error and raises it from ``ready()`` and every call, so the driver can stop the run
-before any job with the worker's own words, on a cluster as well as here.
+A worker that cannot start (bad checkpoint, a backend that cannot run here, too little
+memory, a GPU it was given and cannot use) keeps the error and raises it from ``ready()``
+and every call, so the driver can stop the run before any job with the worker's own
+words, on a cluster as well as here; an error that is not heygem-ray's own (a
+``MemoryError``, a library's) is kept too, with its type and message.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,11 +28,17 @@ import torch
 from heygem_ray.backends import stage_digest
 from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore
-from heygem_ray.errors import HeygemError, InternalError
+from heygem_ray.errors import EngineError, HeygemError, InternalError
 from heygem_ray.packs import Features, get_pack
 from heygem_ray.quantize import calibration_for, open_first, precision_order
 from heygem_ray.runners import infer_batched
 
+log = logging.getLogger(__name__)
+
+# What a worker does about a GPU: "none" (none was given to it), "wanted" (Ray gave it one
+# and --device auto: use it, or render on the CPU and say why), "required" (Ray gave it
+# one and --device gpu: use it, or fail to start saying why).
+GpuUse = Literal["none", "wanted", "required"]
 
 @dataclass(frozen=True)
 class DeviceInfo:
@@ -40,6 +52,27 @@ class DeviceInfo:
             major, minor = torch.cuda.get_device_capability(0)
             return cls("cuda:0", torch.cuda.get_device_name(0), f"{major}.{minor}")
         return cls("cpu", None, None)
+
+
+def cuda_unusable() -> str:
+    """Why PyTorch cannot use CUDA in this process (asked when ``torch.cuda.is_available()``
+    is False): a CPU-only build, no driver, no device visible."""
+    if torch.version.cuda is None:
+        return (
+            f"this node's PyTorch {torch.__version__} is a CPU-only build (torch.version.cuda is None): "
+            "install a CUDA build of torch on the GPU nodes"
+        )
+    try:
+        torch.cuda.init()  # raises with the driver's own words
+    except (RuntimeError, AssertionError) as exc:
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    else:
+        said = "it sees no device"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (
+        f"CUDA is not available to PyTorch {torch.__version__} (built for CUDA {torch.version.cuda}): {said} "
+        f"(CUDA_VISIBLE_DEVICES={visible!r}); check the node's NVIDIA driver with nvidia-smi"
+    )
 
 
 @dataclass(frozen=True)
@@ -65,18 +98,38 @@ class ChunkOutput:
 
 
 class ModelWorker:
-    def __init__(self, cfg: RenderConfig, engines_dir: Path, node: str | None = None):
+    def __init__(self, cfg: RenderConfig, engines_dir: Path, node: str | None = None, gpu: GpuUse = "none"):
         self.error: HeygemError | None = None
         try:
-            self._start(cfg, engines_dir, node or socket.gethostname())
+            self._start(cfg, engines_dir, node or socket.gethostname(), gpu)
         except HeygemError as exc:
             self.error = exc
+        except Exception as exc:  # not ours (MemoryError, a library's error): kept in its own words
+            log.error("the model worker could not start:\n%s", traceback.format_exc())
+            text = str(exc).strip()
+            self.error = EngineError(
+                f"a model worker could not start: {type(exc).__name__}: {text.splitlines()[0] if text else '(no message)'} "
+                "(its traceback is in the worker's log: the dashboard, or 'ray logs worker-*.err' on its node); "
+                "a MemoryError means its node has too little memory for the pack's models",
+                kind="worker_start",
+            )
 
-    def _start(self, cfg: RenderConfig, engines_dir: Path, node: str) -> None:
+    def _start(self, cfg: RenderConfig, engines_dir: Path, node: str, gpu: GpuUse) -> None:
         self.pack = get_pack(cfg.pack)
         self.batch_size = cfg.batch_size
-        # 1. detect the device
+        # 1. detect the device; a GPU this worker was given and cannot use fails it (gpu
+        #    "required"), or leaves it on the CPU saying why (gpu "wanted")
         device = DeviceInfo.detect()
+        device_note = ""
+        if gpu != "none" and device.gpu is None:
+            why = cuda_unusable()
+            if gpu == "required":
+                raise EngineError(
+                    f"the model worker on {node} was given a GPU by Ray but cannot use it: {why}; "
+                    "or render on CPUs with --device cpu (--device auto renders on the CPU where CUDA is missing)",
+                    kind="no_cuda",
+                )
+            device_note = f"gpu: {why}; rendering on the CPU"
         # 2. load the stages and open them on a backend (auto: the fastest that runs here),
         #    at the first precision that opens (int8: and passes the accuracy gate)
         stages = self.pack.load_stages(cfg.checkpoint)
@@ -104,7 +157,7 @@ class ModelWorker:
             device=device,
             backend=chosen.backend,
             precision=chosen.precision,
-            backend_note=chosen.note,
+            backend_note="; ".join(note for note in (device_note, chosen.note) if note),
             engine_key=render_key.dirname() if render_key else "",
             reference_key=f"{reference_digest}-{chosen.precision}" if reference else "",
             calibration=calibration.id if calibration is not None and chosen.precision == "int8" else "",
