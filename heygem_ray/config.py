@@ -192,8 +192,12 @@ class RunConfig:
     # Jobs the driver keeps in flight at once (bounds driver memory for huge manifests);
     # 0 picks twice the number of model workers.
     max_jobs_in_flight: int = 0
-    # Where model workers run: "gpu" (one GPU each), "cpu", or "auto": gpu when the
-    # cluster has GPUs or its autoscaler can add them, else cpu.
+    # Where model workers run: "gpu" (one GPU each; a worker that cannot use the GPU Ray
+    # gave it stops the run), "cpu", or "auto": gpu when the cluster has GPUs or its
+    # autoscaler's node types have them, cpu when it has CPUs only or its autoscaler's node
+    # types have no GPU; on an empty cluster that no autoscaler describes, the first node
+    # to join decides. An auto worker given a GPU it cannot use renders on the CPU and says
+    # why in ``backend_note``.
     device: WorkerDevice = "auto"
     # Model workers to start. 0: one per GPU the cluster has or its autoscaler can add;
     # on CPUs, a quarter of the cores (leaving at least one for the jobs).
@@ -206,6 +210,16 @@ class RunConfig:
     # node, and for the worker to load its models and build missing engines. With none
     # ready by then it stops, saying what the cluster lacks.
     workers_ready_timeout_s: float = 1800.0
+    # A chunk that renders longer than chunk_timeout_s + chunk_timeout_per_frame_s × its
+    # frames has wedged its worker (a hung GPU call): the worker is stopped and replaced,
+    # and the chunk sent to another (a chunk that does it twice fails its job). Generous:
+    # MuseTalk renders about 10 s a frame on two CPU cores; a GPU does 10-100 frames a second.
+    chunk_timeout_s: float = 300.0
+    chunk_timeout_per_frame_s: float = 30.0
+    # Model workers that die or are stopped (wedged, their node gone) are replaced, up to
+    # this many times the number of workers the run wants; past that the others go on,
+    # and once none is left the run stops.
+    worker_restarts: int = 3
 
     def __post_init__(self) -> None:
         # Text and Paths that hold a bucket URI (a CLI option of type Path) become Uris.
@@ -223,6 +237,12 @@ class RunConfig:
             raise InputError("workers must be 0 (automatic) or more", kind="bad_argument")
         if not self.workers_ready_timeout_s > 0:
             raise InputError("workers_ready_timeout_s must be more than 0 seconds", kind="bad_argument")
+        if not self.chunk_timeout_s > 0:
+            raise InputError("chunk_timeout_s must be more than 0 seconds", kind="bad_argument")
+        if not self.chunk_timeout_per_frame_s >= 0:
+            raise InputError("chunk_timeout_per_frame_s must be 0 seconds or more", kind="bad_argument")
+        if self.worker_restarts < 0:
+            raise InputError("worker_restarts must be 0 or more", kind="bad_argument")
 
     def config_hash(self) -> str:
         """Hash of the settings that shape the outputs (not where they go, nor the input limits)."""

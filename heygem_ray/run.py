@@ -1,6 +1,11 @@
 """``submit``: a manifest in, MP4s and ``results.parquet`` out.
 
 The public entry point for Python callers; the CLI is a thin layer over it.
+
+However a run that started rendering (or waiting for its workers) ends, its table is
+written: rows of the jobs that ended, ``stopped`` rows for the others. That includes
+Ctrl-C and SIGTERM (what ``ray job stop`` and ``kill`` send): while a run goes on, SIGTERM
+raises ``Interrupted`` in the driver as Ctrl-C raises ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
@@ -8,10 +13,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray._raylet import GcsClient  # type: ignore[attr-defined]  # Ray's own GCS client, untyped
@@ -19,7 +27,7 @@ from ray.exceptions import AuthenticationError
 
 from heygem_ray import metrics, resume, storage
 from heygem_ray.config import RunConfig
-from heygem_ray.errors import EngineError, HeygemError, RunStopped
+from heygem_ray.errors import EngineError, HeygemError, Interrupted, RunStopped, WorkersUnavailable
 from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.pipeline import MissingInputs
 from heygem_ray.ray_exec import run_jobs
@@ -90,6 +98,9 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
         cb.connected(dashboard)
         ended = 0  # jobs whose rows are on disk
         working = False
+        # SIGTERM stops the run as Ctrl-C does, from here until its table is written (set
+        # after ray.init, which sets a handler of its own)
+        sigterm = _SigtermStops()
         try:
             # 4. start the model workers (a bad checkpoint or backend stops here), then
             #    render, keeping each row on disk as soon as its job ends
@@ -121,27 +132,69 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
             run_jobs(to_run(), cfg, on_result=job_done, on_frames=cb.frames_done, on_workers=workers_ready,
                      on_waiting=cb.waiting)
         except BaseException as exc:
-            if not working:  # nothing was rendered: the error says why
+            signum = sigterm.stopped_by(exc)
+            if not working and signum is None:  # nothing was rendered: the error says why
                 raise
-            # Jobs may have rendered: the table holds their rows, and says which did not end.
-            why = exc.message if isinstance(exc, HeygemError) else f"{type(exc).__name__}: {exc}"
+            # Jobs may have rendered, or be waiting for workers: the table holds their rows,
+            # and says which did not end.
+            if signum is not None:
+                why = f"it was sent {_SIGNAL_NAMES[signum]}"
+            else:
+                why = exc.message if isinstance(exc, HeygemError) else f"{type(exc).__name__}: {exc}"
             try:
+                storage.makedirs(cfg.output_dir)  # none yet if it was stopped while it waited for workers
                 resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, stopped=why, missing=missing)
                 table = f"every row is in {path} (jobs that did not end say 'stopped')"
             except HeygemError as failed:  # the cause may be the same: an unwritable output folder
                 table = f"the results table could not be written either ({failed.message})"
-            if not isinstance(exc, Exception):  # Ctrl-C, SystemExit: as they were
-                raise
-            raise RunStopped(
+            said = (
                 f"the run stopped after {ended} of {len(todo)} jobs had ended: {why}; {table}; "
                 "run the same manifest again to render the rest"
-            ) from exc
+            )
+            if signum is not None:
+                raise Interrupted(signum, said) from exc
+            if not isinstance(exc, Exception):  # SystemExit: as it was
+                raise
+            raise RunStopped(said, exit_status=2 if isinstance(exc, WorkersUnavailable) else 1) from exc
         finally:
+            sigterm.restore()
             if started_here:
                 ray.shutdown()
     # 5. the results table: one row per manifest row, merged from the rows kept on disk
     counts = resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, missing=missing)
     return RunSummary(path, total=len(jobs), ok=counts["ok"], skipped=counts["skipped"], failed=counts["failed"])
+
+
+_SIGNAL_NAMES = {int(signal.SIGINT): "SIGINT (Ctrl-C)", int(signal.SIGTERM): "SIGTERM"}
+
+
+class _SigtermStops:
+    """While it is installed, SIGTERM raises ``Interrupted`` in the main thread (once: a
+    second one is ignored, so that the table gets written); ``restore`` puts the handler
+    before back. Only the main thread receives signals: elsewhere it does nothing."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._installed = threading.current_thread() is threading.main_thread()
+        # None: a handler set outside Python (put back as the default)
+        self._previous: Any = signal.signal(signal.SIGTERM, self._stop) if self._installed else None
+
+    def _stop(self, signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self.received = True
+        raise Interrupted(signum)
+
+    def stopped_by(self, exc: BaseException) -> int | None:
+        """The signal that stopped the run, if one did: SIGTERM (``Interrupted``; a Ray
+        call it interrupts raises a plain ``KeyboardInterrupt`` instead), or SIGINT
+        (``KeyboardInterrupt``, Python's own for Ctrl-C)."""
+        if not isinstance(exc, KeyboardInterrupt):
+            return None
+        return int(signal.SIGTERM) if self.received else int(signal.SIGINT)
+
+    def restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
 
 
 def _connect(address: str | None) -> tuple[bool, str | None]:
