@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ from heygem_ray.config import (
     default_cache_dir,
     default_engines_dir,
 )
-from heygem_ray.errors import HeygemError, RunStopped
+from heygem_ray.errors import HeygemError, Interrupted, RunStopped
 from heygem_ray.results import JobResult
 from heygem_ray.run import RunCallbacks
 from heygem_ray.run import submit as run_submit
@@ -121,15 +122,20 @@ def submit(
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU; int8 first where it pays when --calibrate is given), 'fp32', 'fp16', 'int8' (calibrated, used only if it passes the accuracy gate) or 'bf16' (PyTorch; on CPUs with AVX-512 BF16 or AMX).")] = "auto",
     calibrate: Annotated[Path | None, typer.Option(help="For int8: a manifest (columns audio and video) of your presenter and their speech to calibrate on (default: the bundled examples).")] = None,
     engines: Annotated[Path | None, typer.Option(help="Engine store: exported ONNX graphs and TensorRT engines (default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines; on a cluster, a path every node sees or a bucket).")] = None,
-    device: Annotated[str, typer.Option(help="Where model workers run: 'gpu' (one GPU each), 'cpu', or 'auto' (gpu when the cluster has GPUs or its autoscaler can add them).")] = "auto",
+    device: Annotated[str, typer.Option(help="Where model workers run: 'gpu' (one GPU each; a worker that cannot use its GPU stops the run), 'cpu', or 'auto' (gpu when the cluster has GPUs or its autoscaler can add them, cpu when it has CPUs only; on an empty cluster the first node to join decides).")] = "auto",
     workers: Annotated[int, typer.Option(help="Model workers to start (0: one per GPU the cluster has or can autoscale to; on CPUs, from the core count).")] = 0,
     start_timeout: Annotated[float, typer.Option(help="Seconds to wait for the first model worker: nodes joining, models loading, engines building.")] = RunConfig.workers_ready_timeout_s,
+    chunk_timeout: Annotated[float, typer.Option(help="Seconds a chunk may render, plus --chunk-timeout-per-frame for each of its frames; past that its worker is taken as wedged, stopped and replaced, and the chunk sent to another.")] = RunConfig.chunk_timeout_s,
+    chunk_timeout_per_frame: Annotated[float, typer.Option(help="Seconds per frame added to --chunk-timeout (generous for CPUs; on GPUs 1 is plenty).")] = RunConfig.chunk_timeout_per_frame_s,
+    worker_restarts: Annotated[int, typer.Option(help="Model workers that die or are stopped are replaced up to this many times the workers wanted; past that the others go on, and with none left the run stops (exit 2).")] = RunConfig.worker_restarts,
     force: Annotated[bool, typer.Option("--force", help="Render every row again, even those an earlier run into OUTPUT_DIR completed (by default they are skipped).")] = False,
 ) -> None:
     """Render every row of MANIFEST to an MP4 and write OUTPUT_DIR/results.parquet.
 
     Exit status: 0 when every row succeeded, 1 when any row failed or the run stopped
-    part-way, 2 when the command line or the manifest is unusable (nothing was rendered).
+    part-way, 2 when the command line or the manifest is unusable (nothing was rendered)
+    or the model workers could not start or none is left (the table, if any job began,
+    says which rows ended), 130 on Ctrl-C and 143 on SIGTERM (the table is written).
     """
     heap.limit_arenas()  # this process is the run's driver: before Ray starts its threads
     try:
@@ -155,6 +161,9 @@ def submit(
             device=cast(WorkerDevice, device),
             workers=workers,
             workers_ready_timeout_s=start_timeout,
+            chunk_timeout_s=chunk_timeout,
+            chunk_timeout_per_frame_s=chunk_timeout_per_frame,
+            worker_restarts=worker_restarts,
             force=force,
             cache_dir=cache_dir or default_cache_dir(),
             address=address,
@@ -174,9 +183,15 @@ def submit(
         finally:
             if progress.live.is_started:
                 progress.stop()
+    except Interrupted as exc:  # Ctrl-C or SIGTERM once the run began: the table is written
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(exc.exit_status) from None
+    except KeyboardInterrupt:  # Ctrl-C before the run began (reading the manifest, connecting)
+        print("error: stopped by Ctrl-C before any work", file=sys.stderr)
+        raise typer.Exit(128 + signal.SIGINT) from None
     except RunStopped as exc:  # after work began: some rows may be rendered
         print(f"error: {exc.message}", file=sys.stderr)
-        raise typer.Exit(1) from None
+        raise typer.Exit(exc.exit_status) from None
     except HeygemError as exc:
         # Plain text, never wrapped: messages name files that users copy and grep for.
         print(f"error: {exc.message}", file=sys.stderr)

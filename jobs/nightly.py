@@ -14,7 +14,9 @@ outside one, it starts a local Ray instance like ``heygem-ray submit`` does.
 Exit status, as ``heygem-ray submit``: 0 every row ok (or skipped: complete from an
 earlier run of the same date), 1 any row failed (see ``results.parquet``) or the run
 stopped part-way (``run.json`` holds the message), 2 the run could not start (unusable
-manifest or options; nothing was rendered).
+manifest or options, model workers that could not start) or could not go on (no model
+worker left), 130 / 143 stopped by SIGINT / SIGTERM (``ray job stop``); the table is
+written whenever rendering began or the run was waiting for its workers.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +45,7 @@ from heygem_ray.config import (
     default_cache_dir,
     default_engines_dir,
 )
-from heygem_ray.errors import HeygemError, RunStopped
+from heygem_ray.errors import HeygemError, Interrupted, RunStopped
 from heygem_ray.results import JobResult
 from heygem_ray.run import RunCallbacks, submit
 from heygem_ray.storage import Location, location
@@ -58,7 +61,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="jobs/nightly.py",
         description="Render MANIFEST into OUTPUT_ROOT/<date>/ (resuming a run of the same date).",
-        epilog="Exit status: 0 every row ok or skipped, 1 any row failed or the run stopped part-way, 2 the run could not start.",
+        epilog="Exit status: 0 every row ok or skipped, 1 any row failed or the run stopped part-way, 2 the run could "
+               "not start or no model worker is left, 130 / 143 stopped by SIGINT / SIGTERM.",
     )
     p.add_argument("manifest", type=location, help="CSV or Parquet manifest (columns audio, video; optionally job_id, output).")
     p.add_argument("output_root", type=location, help="Each night's run goes to OUTPUT_ROOT/<date>/ (a path or s3:// / gs:// URI).")
@@ -82,6 +86,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="Model workers (0: one per GPU the cluster has or can autoscale to; on CPUs, from the core count).")
     p.add_argument("--start-timeout", type=float, default=RunConfig.workers_ready_timeout_s,
                    help="Seconds to wait for the first model worker (nodes joining, models loading, engines building).")
+    p.add_argument("--chunk-timeout", type=float, default=RunConfig.chunk_timeout_s,
+                   help="Seconds a chunk may render, plus --chunk-timeout-per-frame for each of its frames; past that "
+                        "its worker is taken as wedged, stopped and replaced, and the chunk sent to another.")
+    p.add_argument("--chunk-timeout-per-frame", type=float, default=RunConfig.chunk_timeout_per_frame_s,
+                   help="Seconds per frame added to --chunk-timeout (generous for CPUs; on GPUs 1 is plenty).")
+    p.add_argument("--worker-restarts", type=int, default=RunConfig.worker_restarts,
+                   help="Model workers that die or are stopped are replaced up to this many times the workers wanted; "
+                        "past that the others go on, and with none left the run stops (exit 2).")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join; default: the Ray Job's own cluster, or a local Ray outside a job.")
     p.add_argument("--max-reference-pixels", type=int, default=InputLimits.max_reference_pixels,
@@ -123,15 +135,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             workers=args.workers,
             workers_ready_timeout_s=args.start_timeout,
+            chunk_timeout_s=args.chunk_timeout,
+            chunk_timeout_per_frame_s=args.chunk_timeout_per_frame,
+            worker_restarts=args.worker_restarts,
             force=args.force,
         )
         run["config_hash"] = cfg.config_hash()
         summary = submit(args.manifest, cfg, _Log(date))
+    except Interrupted as exc:  # SIGTERM (ray job stop) or Ctrl-C: the table is written
+        print(f"error: {exc.message}", file=sys.stderr)
+        _say(date, f"stopped by {signal.Signals(exc.signum).name}; exit {exc.exit_status}")
+        _write_run(out, run | {"exit_code": exc.exit_status, "error": exc.message})
+        return exc.exit_status
     except RunStopped as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        _say(date, "stopped part-way; exit 1")
-        _write_run(out, run | {"exit_code": 1, "error": exc.message})
-        return 1
+        _say(date, f"stopped part-way; exit {exc.exit_status}")
+        _write_run(out, run | {"exit_code": exc.exit_status, "error": exc.message})
+        return exc.exit_status
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         _say(date, "could not start: nothing was rendered")
