@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 import uuid
@@ -104,6 +105,13 @@ def _ask(method: Any, *args: Any) -> Any:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _death(exc: RayError) -> str:
+    """How Ray says an actor died: its error's first line, and the first sentence of the
+    worker's exit detail where Ray gives one (its exit code, a signal, the OOM killer)."""
+    detail = re.search(r"Worker exit detail: ([^.]*\.)", str(exc))
+    return _first_line(exc) + (f" {detail.group(1)}" if detail else "")
 
 
 class _ActorWorker(ModelWorker):
@@ -597,15 +605,18 @@ class Pool:
             except ActorUnavailableError:  # out of reach for a moment: ask again
                 m.check = m.actor.alive.remote() if m.serving else m.actor.ready.remote()
                 continue
+            except ActorUnschedulableError:  # its node left before it could start there
+                self._drop(m, f"could not be placed on node {m.node}: it left", kill=False)
+                continue
             except RayError as exc:  # it died (a crash, the OOM killer, its node gone)
                 if not m.serving and not self.served:
                     raise WorkersUnavailable(
-                        f"a model worker died while starting ({_first_line(exc)}); the worker logs "
+                        f"model worker {m.name} died while starting ({_death(exc)}); the worker logs "
                         "('ray logs worker-*.err' on its node, or the dashboard) say why; a process killed "
                         "while loading models is often the OOM killer",
                         kind="worker_start",
                     ) from None
-                self._drop(m, f"died ({_first_line(exc)})", kill=False)
+                self._drop(m, f"died ({_death(exc)})", kill=False)
                 continue
             if not m.serving:
                 m.serving = self.served = True

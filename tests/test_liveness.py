@@ -96,7 +96,7 @@ def _last_line(stderr: str) -> str:
         ("start_raises", "error: a model worker could not start: MemoryError: injected: the pack's weights do not fit "
                          "(its traceback is in the worker's log: the dashboard, or 'ray logs worker-*.err' on its "
                          "node); a MemoryError means its node has too little memory for the pack's models"),
-        ("start_dies", "error: a model worker died while starting (ActorDiedError: "),
+        ("start_dies", "error: model worker model-worker-"),
     ],
 )
 def test_a_worker_that_fails_or_dies_while_starting_stops_the_run_at_once(tmp_path, examples, fault, said):
@@ -106,6 +106,9 @@ def test_a_worker_that_fails_or_dies_while_starting_stops_the_run_at_once(tmp_pa
     code, seconds, stderr = _faulty_submit(fault, tmp_path)
     assert code == 2, stderr[-3000:]
     assert _last_line(stderr).startswith(said), stderr[-3000:]
+    if fault == "start_dies":
+        assert re.match(r"error: model worker model-worker-\w+-cpu0 died while starting \(ActorDiedError: .+\); "
+                        r"the worker logs .* often the OOM killer$", _last_line(stderr)), stderr[-3000:]
     assert seconds < 120, seconds
     assert not (tmp_path / "out").exists()
 
