@@ -29,6 +29,7 @@ from ray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
     ActorUnschedulableError,
+    ObjectLostError,
     RayError,
     RayTaskError,
 )
@@ -300,12 +301,16 @@ class _RayFuture:
     * A worker that died or was stopped: the chunk goes to the next worker the router
       offers. If the chunk was the one rendering, it may be what killed or wedged the
       worker: after ``CHUNK_KILLS`` such ends the job fails.
+    * Its rendered crops lost with the node that held them (the worker's node left before
+      the job fetched them): the chunk goes to the next worker, up to ``UNREACHABLE_TRIES``
+      times.
     """
 
     def __init__(self, service: _RayService, label: str, method: str, *args: Any):
         self._service, self._label, self._method, self._args = service, label, method, args
         self._ends: list[str] = []  # how each worker that held it while rendering it ended
         self._unreachable = 0
+        self._outputs_lost = 0
         self._send()
 
     def _send(self) -> None:
@@ -347,6 +352,18 @@ class _RayFuture:
                 log.warning("%s: its model worker %s it (%s); sending it again", self._label, {
                     "timeout": "was stopped for taking too long on", "died": "died while rendering",
                 }.get(ended, "died before rendering"), type(exc).__name__)
+                self._send()
+            except ObjectLostError as exc:
+                self._service.release(self._chunk)
+                self._outputs_lost += 1
+                if self._outputs_lost >= UNREACHABLE_TRIES:
+                    raise EngineError(
+                        f"{self._label}: its rendered crops were lost {self._outputs_lost} times "
+                        f"({_first_line(exc)}); check the cluster's health, then run the same manifest again",
+                        kind="worker_lost",
+                    ) from exc
+                log.warning("%s: its rendered crops were lost with its worker's node (%s); sending it again",
+                            self._label, type(exc).__name__)
                 self._send()
             except RayError as exc:
                 raise EngineError(
