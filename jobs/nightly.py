@@ -81,7 +81,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="Template cache (default: ~/.cache/heygem-ray/templates; on a cluster, a shared path).")
     p.add_argument("--device", choices=get_args(WorkerDevice), default="auto",
-                   help="Where model workers run: gpu, cpu, or auto (gpu when the cluster has or can autoscale to GPUs).")
+                   help="Where model workers run: gpu (a worker that cannot use its GPU stops the run), cpu, or auto (gpu "
+                        "when the cluster has or can autoscale to GPUs, cpu when it has CPUs only; on an empty cluster "
+                        "the first node to join decides).")
     p.add_argument("--workers", type=int, default=0,
                    help="Model workers (0: one per GPU the cluster has or can autoscale to; on CPUs, from the core count).")
     p.add_argument("--start-timeout", type=float, default=RunConfig.workers_ready_timeout_s,

@@ -216,6 +216,24 @@ def test_nightly_runs_as_a_ray_job_on_a_two_node_cluster(folder, examples):
         assert {j for j, r in again.items() if r["status"] == "skipped"} == {"one", "two", "three", "four"}
         run = json.loads((night / "run.json").read_text())
         assert run["ray_job_submission_id"] == retry and run["skipped"] == 4
+
+        # 3. another night asks for GPU workers the cluster does not have and waits for
+        #    them; `ray job stop` (SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S)
+        #    stops it: the table says every row 'stopped', run.json says why, exit 143
+        stopped = "heygem-nightly-2026-01-05"
+        entrypoint = shlex.join([sys.executable, str(NIGHTLY), *args[:3], "2026-01-05", *args[4:], "--device", "gpu"])
+        client.submit_job(entrypoint=entrypoint, submission_id=stopped,
+                          runtime_env={"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}})
+        deadline = time.monotonic() + 240
+        while "waiting for model workers (" not in client.get_job_logs(stopped):
+            assert time.monotonic() < deadline, client.get_job_logs(stopped)[-3000:]
+            time.sleep(1)
+        assert client.stop_job(stopped)
+        assert _wait_for_job(client, stopped) == "STOPPED"
+        run = json.loads((root / "2026-01-05" / "run.json").read_text())
+        assert run["exit_code"] == 143 and "it was sent SIGTERM" in run["error"], run
+        assert {r["status"] + "/" + r["error_kind"] for r in _table(root / "2026-01-05").values()} == {"failed/stopped"}
+        assert "nightly 2026-01-05: stopped by SIGTERM; exit 143" in client.get_job_logs(stopped)
     finally:
         if cluster.stdin is not None:
             cluster.stdin.close()
