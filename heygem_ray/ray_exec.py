@@ -88,19 +88,20 @@ def node_name() -> str:
 def _ask(method: Any, *args: Any) -> Any:
     """``ray.get(method.remote(*args))`` for the run's router, made again while Ray cannot
     reach it for a moment (``UNREACHABLE_TRIES`` in all); then a ``worker_lost`` error."""
-    for attempt in range(UNREACHABLE_TRIES):
+    tries = 0
+    while True:
         try:
             return ray.get(method.remote(*args))
         except ActorUnavailableError as exc:
-            if attempt + 1 == UNREACHABLE_TRIES:
+            tries += 1
+            if tries == UNREACHABLE_TRIES:
                 raise EngineError(
                     f"the run's router (its bookkeeping actor, on the driver's node) could not be reached "
-                    f"{UNREACHABLE_TRIES} times ({_first_line(exc)}); check the cluster's network, then run the "
+                    f"{tries} times ({_first_line(exc)}); check the cluster's network, then run the "
                     "same manifest again",
                     kind="worker_lost",
                 ) from exc
-            time.sleep(UNREACHABLE_PAUSE_S * 2**attempt)
-    raise AssertionError("unreachable")  # the loop returns or raises
+            time.sleep(UNREACHABLE_PAUSE_S * 2 ** (tries - 1))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -167,8 +168,9 @@ class _Router:
     * ``overdue`` names the workers whose chunk has rendered longer than its limit
       (``chunk_timeout_s`` + ``chunk_timeout_per_frame_s`` × its frames), timed here, on
       one clock, from the moment the worker began it (not while it waited in a queue).
-    * Every method gives the same answer when asked twice (a caller asks again when Ray
-      lost the reply): a chunk's worker is kept under the id of that send.
+    * Every method but ``add`` (a progress count, sent without waiting) does the same
+      when asked twice (a caller asks again when Ray lost the reply): a chunk's worker is
+      kept under the id of that send.
 
     Its calls (a few per chunk, and the driver's polls) keep no task events: they would
     fill the dashboard's task list and the GCS's event store with bookkeeping.
@@ -385,9 +387,11 @@ class _RayFuture:
                 "are just slow, raise --chunk-timeout-per-frame (or --chunk-timeout)",
                 kind="chunk_timeout",
             )
+        stopped = self._ends.count("timeout")
         return EngineError(
-            f"{self._label}: its model worker died {len(self._ends)} times while rendering it "
-            f"(last: {type(exc).__name__}): a crash in the model or its engine, or the OOM "
+            f"{self._label}: its model worker died {self._ends.count('died')} times while rendering it "
+            + (f"and was stopped {stopped} times as wedged on it " if stopped else "")
+            + f"(last: {type(exc).__name__}): a crash in the model or its engine, or the OOM "
             "killer; the worker logs ('ray logs worker-*.err' on its node, or the dashboard) "
             "say which. Try a smaller --chunk-frames, or another --backend",
             kind="worker_crash",
@@ -514,14 +518,14 @@ class Pool:
       live node with CPUs and the fewest of this run's workers), so they spread.
     * ``auto`` on a cluster with nothing to run on yet, which no autoscaler describes:
       the first node to join decides (GPUs: GPU workers; CPUs only: CPU workers).
-    * ``watch`` (every ``WATCH_S``) learns which workers began to serve, and ends the
-      run's doubt about the others: a worker that raised its start-up error (a bad
-      checkpoint, a GPU it cannot use) or died while starting stops the run while none
-      serves yet. After that, a worker that dies, fails to start, is wedged on a chunk
-      (the router's ``overdue``) or whose node left is dropped and another started in its
-      place, as long as no more than ``worker_restarts`` × the workers wanted were
-      dropped; past that budget the others go on, and once none is left, or none has
-      served for the start-up timeout, the run stops (``WorkersUnavailable``).
+    * ``watch`` (every ``WATCH_S``) learns which workers began to serve and which are
+      gone. Until one has served, a worker that raised its start-up error (a bad
+      checkpoint, a GPU it cannot use) or died while starting stops the run. After that,
+      a worker that dies, fails to start, is wedged on a chunk (the router's ``overdue``)
+      or whose node left is dropped and another started in its place, as long as no more
+      than ``worker_restarts`` × the workers wanted were dropped; past that budget the
+      others go on, and once none is left, or none has served for the start-up timeout,
+      the run stops (``WorkersUnavailable``).
     """
 
     def __init__(self, cfg: RunConfig, run_id: str, router: Any, say: Callable[[str], None]):
