@@ -208,7 +208,8 @@ class RunConfig:
     max_attempts: int = 3
     # Seconds the run waits for its first model worker: for the autoscaler to add a
     # node, and for the worker to load its models and build missing engines. With none
-    # ready by then it stops, saying what the cluster lacks.
+    # ready by then it stops, saying what the cluster lacks. Later, a run whose workers
+    # are all lost stops when none of their replacements has served for as long.
     workers_ready_timeout_s: float = 1800.0
     # A chunk that renders longer than chunk_timeout_s + chunk_timeout_per_frame_s × its
     # frames has wedged its worker (a hung GPU call): the worker is stopped and replaced,
