@@ -48,7 +48,7 @@ if what == "probe":
 else:
     value = resume._complete(clip, {"frames": frames})
 seconds = time.perf_counter() - t0
-print("RESULT " + json.dumps({"seconds": seconds, "value": value, "package": str(Path(media.__file__).parents[1])}))
+print("RESULT " + json.dumps({"seconds": seconds, "value": value, "package": str(Path(media.__file__).parents[2])}))
 """
 
 
