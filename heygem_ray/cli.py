@@ -221,10 +221,11 @@ def engines_build(
 
     Exit status: 0 when built, 2 when the options are wrong or the engines cannot be
     built or used here (an int8 set the accuracy gate refuses, with its figures)."""
+    from heygem_ray.calibration import calibration_for
     from heygem_ray.engines import EngineStore
+    from heygem_ray.hardware import DeviceInfo
     from heygem_ray.packs import get_pack
-    from heygem_ray.quantize import calibration_for, open_first, precision_order
-    from heygem_ray.worker import DeviceInfo
+    from heygem_ray.precision import open_first, precision_order
 
     where = storage.location(store) if store else default_engines_dir()
     try:
@@ -276,9 +277,8 @@ def doctor() -> None:
     """Print this machine's device, for each backend whether it can run here and why not,
     and which one ``--backend auto`` picks for each pack."""
     from heygem_ray.backends import auto_order, ort, trt
+    from heygem_ray.hardware import BF16_FLAGS, DeviceInfo, cpu_flags, int8_pays
     from heygem_ray.packs import get_pack
-    from heygem_ray.quantize import BF16_FLAGS, cpu_flags, int8_pays
-    from heygem_ray.worker import DeviceInfo
 
     device = DeviceInfo.detect()
     print(f"device: {device.device}" + (f" ({device.gpu}, compute capability {device.compute_capability})" if device.gpu else ""))

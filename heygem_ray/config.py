@@ -28,8 +28,8 @@ _NEEDS_WEIGHTS = {
 LoopMode = Literal["pingpong", "forward", "trim"]
 BackendName = Literal["auto", "tensorrt", "onnxruntime", "pytorch"]
 # "auto": fp16 on a GPU, fp32 on a CPU; int8 first where it pays and calibration data
-# was given (see quantize.precision_order). "int8": calibrated QDQ graphs for the pack's
-# int8 stages (quantize.py), used only if they pass the accuracy gate. "bf16": PyTorch in
+# was given (see precision.precision_order). "int8": calibrated QDQ graphs for the pack's
+# int8 stages (backends/int8.py), used only if they pass the accuracy gate. "bf16": PyTorch in
 # bfloat16, on CPUs with AVX-512 BF16 or AMX (fp32 elsewhere) and on GPUs.
 PrecisionName = Literal["auto", "fp32", "fp16", "int8", "bf16"]
 WorkerDevice = Literal["auto", "gpu", "cpu"]

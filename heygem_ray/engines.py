@@ -108,7 +108,7 @@ class EngineKey:
     backend_version: str  # e.g. TensorRT "10.9.0.34"; the exporter's versions for ONNX
     arch: str  # "sm_90", "cpu", or "any"
     # int8 only: the id of the calibration data its activation ranges were measured on
-    # (``quantize.CalibrationSet.id``); "" for every other precision.
+    # (``backends.int8.CalibrationSet.id``); "" for every other precision.
     calibration: str = ""
 
     def __post_init__(self) -> None:

@@ -17,29 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from heygem_ray.backends import stage_digest
+from heygem_ray.backends.runner import infer_batched
+from heygem_ray.calibration import calibration_for
 from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore
 from heygem_ray.errors import HeygemError, InternalError
+from heygem_ray.hardware import DeviceInfo
 from heygem_ray.packs import Features, get_pack
-from heygem_ray.quantize import calibration_for, open_first, precision_order
-from heygem_ray.runners import infer_batched
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    device: str  # "cpu" or "cuda:0"
-    gpu: str | None  # e.g. "NVIDIA H100 80GB HBM3"
-    compute_capability: str | None  # e.g. "9.0"
-
-    @classmethod
-    def detect(cls) -> DeviceInfo:
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return cls("cuda:0", torch.cuda.get_device_name(0), f"{major}.{minor}")
-        return cls("cpu", None, None)
+from heygem_ray.precision import open_first, precision_order
 
 
 @dataclass(frozen=True)
@@ -53,7 +40,7 @@ class WorkerInfo:
     # What the pack's reference stage computes (its weights, code and precision); "" for
     # packs without one. Templates keep its outputs under this name.
     reference_key: str = ""
-    calibration: str = ""  # int8: the calibration data's id (quantize.CalibrationSet.id)
+    calibration: str = ""  # int8: the calibration data's id (backends.int8.CalibrationSet.id)
 
 
 @dataclass(frozen=True)

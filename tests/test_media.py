@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from heygem_ray import media
-from heygem_ray.media import video_probe
 from heygem_ray.errors import EngineError, InputError, InternalError
+from heygem_ray.media import video_probe
 from tests.helpers.media import (
     make_channels,
     make_corrupt,

@@ -246,17 +246,17 @@ def test_stage_digest_follows_weights_and_code(tmp_path: Path, monkeypatch: pyte
     import torch
 
     import heygem_ray.packs.warp as warp_module
-    from heygem_ray import backends
+    from heygem_ray.backends import artifacts
     from heygem_ray.packs.warp import WarpRender
 
     render = WarpRender()
-    first = backends.stage_digest(render)
-    assert backends.stage_digest(WarpRender()) == first  # same weights, same code
+    first = artifacts.stage_digest(render)
+    assert artifacts.stage_digest(WarpRender()) == first  # same weights, same code
     with torch.no_grad():
         render.pull.mul_(1.01)
-    assert backends.stage_digest(render) != first
+    assert artifacts.stage_digest(render) != first
 
     edited = tmp_path / "warp.py"
     edited.write_text(Path(warp_module.__file__).read_text() + "\n# edited\n")
-    monkeypatch.setattr(backends.inspect, "getsourcefile", lambda module: str(edited))
-    assert backends.stage_digest(WarpRender()) != first
+    monkeypatch.setattr(artifacts.inspect, "getsourcefile", lambda module: str(edited))
+    assert artifacts.stage_digest(WarpRender()) != first
