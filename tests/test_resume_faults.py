@@ -196,7 +196,7 @@ def test_a_single_core_cluster_does_not_hang(tmp_path, examples):
 import ray, logging
 from pathlib import Path
 from heygem_ray import RunConfig, submit
-ray.init(num_cpus=1, include_dashboard=False, logging_level=logging.WARNING)
+ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level=logging.WARNING)
 s = submit(Path({str(tmp_path / 'm.csv')!r}), RunConfig(output_dir=Path({str(tmp_path / 'out')!r}),
            cache_dir=Path({str(tmp_path / 'c')!r}), engines_dir=Path({str(tmp_path / 'e')!r})))
 print([r.status for r in s.results])
