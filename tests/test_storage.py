@@ -347,7 +347,7 @@ def test_cli_submit_reads_and_writes_a_bucket_and_status_and_report_read_it_ther
     assert len(media.read_video(local)[0]) == 20  # 0.8 s at the photo's 25 fps
     assert not (tmp_path / "s3:").exists()  # nothing written to a local folder named after the URI
     # The run's engines are in the bucket, and `engines list` reads them there.
-    listed = subprocess.run([exe, "engines", "list", "--store", f"{bucket}/engines"], cwd=tmp_path,
+    listed = subprocess.run([exe, "engines", "list", "--engines", f"{bucket}/engines"], cwd=tmp_path,
                             env=_child_env(s3_env, tmp_path / "home-cache"), capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert listed.stdout.count("onnxruntime") == 2 and "NO" not in listed.stdout  # motion and render, both whole
