@@ -24,6 +24,7 @@ import pytest
 from heygem_ray import media, resume, storage
 from heygem_ray.engines import EngineStore
 from heygem_ray.errors import InputError
+from heygem_ray.identity import input_identity
 from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.results import JobResult
 from heygem_ray.storage import Uri
@@ -189,24 +190,35 @@ def test_a_manifest_in_a_bucket_resolves_its_rows_there(bucket):
     assert err.value.kind == "missing_file" and "check the URI" in err.value.message
 
 
-def test_a_rerun_into_a_bucket_skips_a_job_whose_object_has_the_recorded_size(bucket, tmp_path):
+def test_a_rerun_into_a_bucket_skips_a_job_whose_object_is_the_one_its_job_published(bucket, tmp_path):
     storage.write_bytes(bucket / "m.csv", b"job_id,audio,video\none,a.wav,p.jpg\n")
+    storage.write_bytes(bucket / "a.wav", b"a lesson")
+    storage.write_bytes(bucket / "p.jpg", b"a presenter")
     (job,) = read_manifest(bucket / "m.csv", bucket / "out")
     storage.write_bytes(job.output, b"0" * 1000)
+    published = storage.stat(job.output)
     row = JobResult.for_job(job, "warp")
-    row.status, row.frames, row.output_bytes, row.config_hash = "ok", 25, 1000, "h"
-    resume.record(bucket / "out", row)
+    row.status, row.frames, row.output_bytes, row.output_mtime_ns = "ok", 25, published.size, published.mtime_ns
+    earlier = resume.Basis("earlier", "h", "none")
+    resume.record(bucket / "out", earlier.stamp(row, input_identity(job.audio), input_identity(job.video)))
+    now = resume.Basis("now", "h", "none")
     found: list[JobResult] = []
-    todo, skipped = resume.split([job], bucket / "out", "h", found.append)
+    todo, skipped = resume.split([job], bucket / "out", now, found.append)
     assert todo == [] and skipped == {job.row} and [(r.status, r.frames) for r in found] == [("skipped", 25)]
-    assert resume.split([job], bucket / "out", "other settings")[0] == [job]
-    storage.write_bytes(job.output, b"0" * 999)  # replaced by something else
-    assert resume.split([job], bucket / "out", "h")[0] == [job]
+    assert resume.split([job], bucket / "out", resume.Basis("now", "other settings", "none"))[0] == [job]
+    assert resume.split([job], bucket / "out", resume.Basis("now", "h", "sha256:other weights"))[0] == [job]
+    time.sleep(1.1)  # Last-Modified counts whole seconds
+    storage.write_bytes(bucket / "a.wav", b"a lesson")  # uploaded again: another object, maybe other words
+    assert resume.split([job], bucket / "out", now)[0] == [job]
+    resume.record(bucket / "out", earlier.stamp(row, input_identity(job.audio), input_identity(job.video)))
+    assert resume.split([job], bucket / "out", now)[0] == []
+    storage.write_bytes(job.output, b"1" * 1000)  # replaced by another MP4 of the same size
+    assert resume.split([job], bucket / "out", now)[0] == [job]
     storage.remove(job.output)
-    assert resume.split([job], bucket / "out", "h")[0] == [job]
+    assert resume.split([job], bucket / "out", now)[0] == [job]
     # The temporary key a killed upload left for that output is deleted when it is rendered again.
     storage.write_bytes(bucket / f"out/{storage.TMP_DIR}/one.mp4.deadbeef.tmp", b"half")
-    resume.split([job], bucket / "out", "h")
+    resume.split([job], bucket / "out", now)
     assert not any(storage.TMP_DIR in k for k in _keys(bucket))
 
 
