@@ -188,8 +188,17 @@ def acquire(
     naming the live holder. Creates a local lock's folder. The lease's heartbeat comes
     every ``heartbeat_s`` (default: ``BEATS_PER_STALE`` times in ``stale_after_s``)."""
     heartbeat_s = stale_after_s / BEATS_PER_STALE if heartbeat_s is None else heartbeat_s
-    store = _store(where)
-    me = Holder.me(what)
+    try:
+        return _acquire(_store(where), where, Holder.me(what), stale_after_s, heartbeat_s)
+    except OSError as exc:  # a local lock whose folder cannot be made or written (a bucket's raise InputError)
+        raise InputError(
+            f"could not take the lock {where} ({exc.strerror or exc}): check that the folder can be created "
+            "and written by this user",
+            kind="storage",
+        ) from exc
+
+
+def _acquire(store: _Store, where: Location, me: Holder, stale_after_s: float, heartbeat_s: float) -> Lease | Held:
     seen: _Record | None = None
     why = ""
     for _ in range(_ROUNDS):
