@@ -6,7 +6,7 @@ engine into a bucket store (``engines.py``). Both take a lock here.
 
 A lock is a small file or object holding its holder's record (JSON): host, pid, what it
 is doing, when it took the lock, a random token, and a heartbeat. While the lock is held,
-a thread of the holder rewrites the record every ``STALE_AFTER_S / BEATS_PER_STALE``. A lock is *stale*, and
+a thread of the holder rewrites the record (every 10 s by default). A lock is *stale*, and
 may be taken over, when the record was not rewritten for ``STALE_AFTER_S`` (its holder
 was killed, or its machine died), or at once when its holder is a process of this machine
 (same boot, same pid namespace) that has ended. A record this code cannot read (an older
