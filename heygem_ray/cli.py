@@ -142,7 +142,8 @@ def submit(
     """Render every row of MANIFEST to an MP4 and write OUTPUT_DIR/results.parquet.
 
     Exit status: 0 when every row succeeded, 1 when any row failed or the run stopped
-    part-way, 2 when the command line or the manifest is unusable (nothing was rendered).
+    part-way, 2 when the command line or the manifest is unusable, or another run holds
+    OUTPUT_DIR (nothing was rendered).
     """
     heap.limit_arenas()  # this process is the run's driver: before Ray starts its threads
     try:

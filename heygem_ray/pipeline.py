@@ -28,7 +28,7 @@ import numpy as np
 from heygem_ray import media, storage
 from heygem_ray.analyze import Template, analyze
 from heygem_ray.config import RenderConfig, default_download_dir
-from heygem_ray.errors import HeygemError, InternalError
+from heygem_ray.errors import HeygemError, InputError, InternalError
 from heygem_ray.features import SAMPLE_RATE, Pcm
 from heygem_ray.geometry import paste
 from heygem_ray.manifest import Job, row_label
@@ -167,7 +167,12 @@ def render_job(
                 job.output, audio, template, timeline, features, given, pack, cfg, models, stages, on_frames,
                 Path(scratch),
             )
-        result.output_bytes = storage.size(job.output)
+        # Which file was published, for a rerun to tell it from any other put there later.
+        published = storage.stat(job.output)
+        if published is None:
+            raise InputError(f"{job.output} was gone right after it was written: check what else writes to "
+                             "the output folder", kind="missing_file")  # fmt: skip
+        result.output_bytes, result.output_mtime_ns = published.size, published.mtime_ns
         result.status = "ok"
         result.frames = timeline.frames
         result.face_lost_frames = int(np.count_nonzero(~template.present[timeline.ref_index]))

@@ -57,6 +57,16 @@ SCHEMA = pa.schema(
         ("attempts", pa.int64()),
         ("ray_task_id", pa.string()),
         ("config_hash", pa.string()),
+        # What a rerun checks before it trusts this row (resume.py, identity.py):
+        # the run that rendered the row's MP4 (a skipped row: the earlier run that did);
+        ("run_id", pa.string()),
+        # the weights it was rendered with ("sha256:…" of the checkpoint's bytes; "none");
+        ("weights_digest", pa.string()),
+        # its inputs' contents ("sha256:…" of a local file; "size:…;mtime_s:…" of an object);
+        ("audio_identity", pa.string()),
+        ("video_identity", pa.string()),
+        # and the published MP4's modification time (with output_bytes: which file it is).
+        ("output_mtime_ns", pa.int64()),
     ]
 )
 RESULT_COLUMNS = frozenset(SCHEMA.names)
@@ -102,6 +112,12 @@ class JobResult:
     attempts: int = 1
     ray_task_id: str | None = None  # the last attempt's task: its logs and state in Ray
     config_hash: str = ""
+    # Identities a rerun compares (see SCHEMA); empty on rows no job of a run rendered.
+    run_id: str = ""
+    weights_digest: str = ""
+    audio_identity: str = ""
+    video_identity: str = ""
+    output_mtime_ns: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

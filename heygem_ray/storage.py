@@ -26,6 +26,7 @@ Writes are whole or nothing:
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import fcntl
 import functools
 import hashlib
@@ -34,11 +35,12 @@ import os
 import posixpath
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, TypeAlias, TypeVar, cast
+from typing import Any, BinaryIO, TypeAlias, TypeVar, cast
 
 import pyarrow.fs as pafs
 
@@ -337,25 +339,108 @@ def upload(source: Path | BinaryIO, dest: Uri) -> None:
                 fs.delete_file(tmp)
 
 
-def create_if_absent(dest: Uri, data: bytes) -> bool | None:
-    """Write ``data`` to ``dest`` only if no object has that name (one atomic request):
-    True if this call created it, False if one was there. None where the store cannot
-    do that atomically here (only S3 and stores that speak its API can: If-None-Match)."""
-    if dest.scheme != "s3":
-        return None
-    import boto3  # here only: the one S3 call pyarrow cannot make
+# -- conditional writes: S3 ----------------------------------------------------------------
+# One request each, decided by the server: what two machines need to agree on who holds a
+# lock (locks.py). S3 and stores that speak its API (MinIO, Ceph, moto) take If-None-Match
+# and If-Match on PutObject and If-Match on DeleteObject; pyarrow sends neither, so these go
+# through boto3. Other stores (gs://) have none of them here: ``conditional`` says so.
+
+# Codes of a request whose condition did not hold: 412 (the object is another version, or
+# is there), 409 (a concurrent write to it won), 404 (none is there to match).
+_CONDITION_FAILED = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404", "412", "409"})
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """An object's bytes, the version they are (its ETag), and how long ago it was last
+    written by the store's own clock (its Last-Modified against the response's Date), so
+    that machines whose clocks disagree still agree on its age (to a second)."""
+
+    data: bytes
+    etag: str
+    age_s: float
+
+
+def conditional(loc: Location) -> bool:
+    """Whether writes to ``loc`` can be conditional here: objects in S3 (or an S3 API)."""
+    return isinstance(loc, Uri) and loc.scheme == "s3"
+
+
+def read_versioned(src: Uri) -> Versioned | None:
+    """The object ``src`` with its version and age (one GET); None when there is none."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = src.key.partition("/")
+    try:
+        got = _s3().get_object(Bucket=bucket, Key=key)
+        data = got["Body"].read()
+    except ClientError as exc:
+        if _code(exc) in ("NoSuchKey", "404"):
+            return None
+        raise _error("could not read", src, exc) from exc
+    except BotoCoreError as exc:
+        raise _error("could not read", src, exc) from exc
+    now = email.utils.parsedate_to_datetime(got["ResponseMetadata"]["HTTPHeaders"]["date"])
+    return Versioned(data, got["ETag"], max(0.0, (now - got["LastModified"]).total_seconds()))
+
+
+def put_if(dest: Uri, data: bytes, etag: str | None) -> str | None:
+    """Write ``data`` to ``dest`` only if the object there is still version ``etag`` (None:
+    only if there is none), in one request. Returns the new version; None when the
+    condition did not hold and nothing was written."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = dest.key.partition("/")
+    condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+    try:
+        return str(_s3().put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"])
+    except ClientError as exc:
+        if _code(exc) in _CONDITION_FAILED:
+            return None
+        raise _error("could not write", dest, exc) from exc
+    except BotoCoreError as exc:
+        raise _error("could not write", dest, exc) from exc
+
+
+def remove_if(dest: Uri, etag: str) -> bool:
+    """Delete ``dest`` only if it is still version ``etag``, in one request: whether it was."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, _, key = dest.key.partition("/")
     try:
-        boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        _s3().delete_object(Bucket=bucket, Key=key, IfMatch=etag)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+        if _code(exc) in _CONDITION_FAILED:
             return False
-        raise _error("could not write", dest, exc) from exc
+        raise _error("could not delete", dest, exc) from exc
     except BotoCoreError as exc:
-        raise _error("could not write", dest, exc) from exc
+        raise _error("could not delete", dest, exc) from exc
     return True
+
+
+def _code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+_S3_MADE = threading.Lock()
+
+
+def _s3() -> Any:
+    """A boto3 S3 client for this process's environment (see the module docstring), made
+    once per set of its values. Short timeouts: a lock's heartbeat must not hang for
+    minutes on one request (botocore's default is a minute per try)."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
+    with _S3_MADE:  # boto3's default session is not safe to make clients from in parallel
+        return _s3_for(env)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_for(env: tuple[tuple[str, str], ...]) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=5, read_timeout=15, retries={"max_attempts": 3, "mode": "standard"})
+    return boto3.session.Session().client("s3", config=config)
 
 
 def staging_file(dest: Location, scratch: Path, suffix: str) -> Path:

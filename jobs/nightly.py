@@ -14,7 +14,8 @@ outside one, it starts a local Ray instance like ``heygem-ray submit`` does.
 Exit status, as ``heygem-ray submit``: 0 every row ok (or skipped: complete from an
 earlier run of the same date), 1 any row failed (see ``results.parquet``) or the run
 stopped part-way (``run.json`` holds the message), 2 the run could not start (unusable
-manifest or options; nothing was rendered).
+manifest or options; nothing was rendered), or another run holds that night's folder (one
+line says whose; nothing in the folder is touched, ``run.json`` included).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="jobs/nightly.py",
         description="Render MANIFEST into OUTPUT_ROOT/<date>/ (resuming a run of the same date).",
-        epilog="Exit status: 0 every row ok or skipped, 1 any row failed or the run stopped part-way, 2 the run could not start.",
+        epilog="Exit status: 0 every row ok or skipped, 1 any row failed or the run stopped part-way, 2 the run could not "
+               "start (or another run holds the folder).",
     )
     p.add_argument("manifest", type=location, help="CSV or Parquet manifest (columns audio, video; optionally job_id, output).")
     p.add_argument("output_root", type=location, help="Each night's run goes to OUTPUT_ROOT/<date>/ (a path or s3:// / gs:// URI).")
@@ -134,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        if exc.kind == "output_locked":  # the folder, run.json with it, is the other run's: leave it alone
+            return 2
         _say(date, "could not start: nothing was rendered")
         _write_run(out, run | {"exit_code": 2, "error": exc.message})
         return 2
