@@ -145,6 +145,7 @@ class ModulatedConv2d(nn.Module):
         super().__init__()
         self.modulation = nn.Linear(num_style_feat, cin)
         self.weight = nn.Parameter(torch.empty(1, cout, cin, kernel, kernel))  # leading 1: the public layout
+        self.padding = kernel // 2
         self.demodulate = demodulate
         self.upsample = upsample
 
@@ -154,7 +155,7 @@ class ModulatedConv2d(nn.Module):
         weight = self.weight[0]  # (Cout, Cin, k, k)
         if self.upsample:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        out = F.conv2d(x * style[:, :, None, None], weight, padding=weight.shape[-1] // 2)
+        out = F.conv2d(x * style[:, :, None, None], weight, padding=self.padding)
         if self.demodulate:
             energy = weight.square().sum(dim=(2, 3))  # (Cout, Cin): Σ_k w²
             demod = torch.rsqrt(style.square() @ energy.t() + _EPS)  # (B, Cout)
@@ -201,9 +202,10 @@ class ConstantInput(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(1, channels, 4, 4))
 
-    def forward(self, like: torch.Tensor) -> torch.Tensor:
-        """(1, C, 4, 4) expanded to the batch of ``like``."""
-        return self.weight.expand(like.shape[0], -1, -1, -1)
+    def forward(self) -> torch.Tensor:
+        """(1, C, 4, 4): one map for the whole batch; the first modulated convolution
+        broadcasts it to the batch of its styles, so no batch size is ever read."""
+        return self.weight
 
 
 class StyleGAN2Decoder(nn.Module):
@@ -245,7 +247,7 @@ class StyleGAN2Decoder(nn.Module):
         """(B, 16, num_style_feat) latents, one (scale, shift) pair per level 8 … 512 px,
         each (B, C/2, r, r) → (B, 3, 512, 512) RGB, unclamped."""
         noise = [getattr(self.noises, f"noise{i}") for i in range(NUM_NOISES)]
-        out = self.style_conv1(self.constant_input(latents), latents[:, 0], noise[0])
+        out = self.style_conv1(self.constant_input(), latents[:, 0], noise[0])
         rgb = self.to_rgb1(out, latents[:, 1])
         for k, (scale, shift) in enumerate(conditions):
             layer = 2 * k + 1  # index of this level's first style conv, its latent and its noise
@@ -297,7 +299,7 @@ class GFPGANv1Clean(nn.Module):
             feat = block(feat)
             skips.append(feat)
         feat = F.leaky_relu(self.final_conv(feat), _SLOPE)  # (B, C, 4, 4)
-        latents = self.final_linear(feat.flatten(1)).unflatten(1, (NUM_LATENTS, self.config.num_style_feat))
+        latents = self.final_linear(feat.flatten(1)).view(-1, NUM_LATENTS, self.config.num_style_feat)
         conditions = []
         for block, scale, shift, skip in zip(self.conv_body_up, self.condition_scale, self.condition_shift,
                                              reversed(skips), strict=True):
