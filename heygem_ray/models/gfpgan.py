@@ -76,7 +76,7 @@ _MULTIPLIED_FROM = 64
 
 _FIX = (
     "Pass the public GFPGANv1.4.pth (or GFPGANv1.3.pth) from the GFPGAN v1.3.0 release; "
-    "GFPGANv1.pth (the paper model), GFPGANCleanv1-NoCE-C2.pth and RestoreFormer.pth are other architectures"
+    "GFPGANv1.pth (the paper model) and RestoreFormer.pth are other architectures"
 )
 _SHOWN_KEYS = 5  # offending keys named in an error message; the rest are counted
 
@@ -157,7 +157,9 @@ class ModulatedConv2d(nn.Module):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         out = F.conv2d(x * style[:, :, None, None], weight, padding=self.padding)
         if self.demodulate:
-            energy = weight.square().sum(dim=(2, 3))  # (Cout, Cin): Σ_k w²
+            # (Cout, Cin): Σ_k w², as a squared norm: exported as ReduceL2 on the convolution's
+            # own weight tensor, where w² would be folded into a second copy of every weight.
+            energy = torch.linalg.vector_norm(weight, dim=(2, 3)).square()
             demod = torch.rsqrt(style.square() @ energy.t() + _EPS)  # (B, Cout)
             out = out * demod[:, :, None, None]
         return out
