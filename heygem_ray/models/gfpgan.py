@@ -13,8 +13,8 @@ beyond float rounding:
 
 * Noise: always the decoder's stored noise buffers (``stylegan_decoder.noises.noise0`` …
   ``noise14``), the public ``randomize_noise=False``. The public wrapper draws fresh
-  noise on every call (its default), which makes a video flicker; here the same face
-  always gives the same output and nothing is ever drawn.
+  noise on every call (its default), which makes a video flicker; here the output is a
+  function of the input alone and nothing is ever drawn.
 * Modulated convolutions scale the input's channels by the style and the output's by
   the demodulation factor around one shared convolution, instead of building a weight per
   sample and running a grouped convolution. Same arithmetic, but the graph has fixed
