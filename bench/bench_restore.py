@@ -10,7 +10,7 @@ images (``to_network``), at each of ``--batches``:
 
 * CPU: PyTorch fp32 (``TorchRunner``); ONNX Runtime fp32 (``OrtRunner`` on the graph from
   ``export_onnx`` with the stage's I/O, one file); ONNX Runtime int8 (``--no-int8`` skips
-  it): the project's quantize path (``quantize_graph``: Conv weights per channel, symmetric
+  it): the project's int8 path (``backends.int8.quantize_graph``: Conv weights per channel, symmetric
   activations, calibrated on ``--calibrate`` other faces; ``single_file``; ``cpu_form`` on
   x86), timed only if its restored faces reach ``MIN_PSNR_DB`` against PyTorch fp32 on the
   batch-4 faces, else the row says it was refused and why.
@@ -46,13 +46,14 @@ sys.path.insert(0, str(REPO))  # tests.helpers (the seeded checkpoint and faces)
 
 from bench.bench_backends import cores, cpu_busy, cpu_name  # noqa: E402
 from bench.record import write  # noqa: E402
-from heygem_ray import quantize  # noqa: E402
+from heygem_ray.backends import int8  # noqa: E402
 from heygem_ray.backends import ort as ort_backend  # noqa: E402
 from heygem_ray.backends import trt as trt_backend  # noqa: E402
+from heygem_ray.backends.pytorch import TorchRunner  # noqa: E402
+from heygem_ray.backends.runner import Runner  # noqa: E402
 from heygem_ray.engines import BatchProfile  # noqa: E402
 from heygem_ray.export import export_onnx  # noqa: E402
 from heygem_ray.models import gfpgan  # noqa: E402
-from heygem_ray.runners import Runner, TorchRunner  # noqa: E402
 from tests.helpers.gfpgan_ckpt import random_state_dict, seeded_faces  # noqa: E402
 
 STAGE = "restore"
@@ -96,7 +97,7 @@ def measure(name: str, runner: Runner, device: str, precision: str, x: np.ndarra
         if 1 in reference and batch == 1:
             row["max_abs_diff_vs_pytorch_fp32"] = float(np.abs(out - reference[1]).max())
         if batch == GATE_BATCH and batch in reference:
-            row["psnr_db_vs_pytorch_fp32"] = quantize.psnr(gfpgan.to_faces(out), gfpgan.to_faces(reference[batch]))
+            row["psnr_db_vs_pytorch_fp32"] = int8.psnr(gfpgan.to_faces(out), gfpgan.to_faces(reference[batch]))
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -107,12 +108,12 @@ def int8_graph(fp32: Path, folder: Path, calibrate: np.ndarray) -> Path:
     the Conv weights per channel and symmetric activations, calibrated on ``calibrate``; one
     file; on x86, the CPU form (uint8 activations)."""
     qdq, single = folder / "int8-qdq.onnx", folder / "int8.onnx"
-    quantize.quantize_graph(fp32, qdq, {"faces": calibrate}, ("Conv",))
-    quantize.single_file(qdq, single)
+    int8.quantize_graph(fp32, qdq, {"faces": calibrate}, ("Conv",))
+    int8.single_file(qdq, single)
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return single
     cpu = folder / "int8-cpu.onnx"
-    quantize.cpu_form(single, cpu)
+    int8.cpu_form(single, cpu)
     return cpu
 
 
@@ -161,7 +162,7 @@ def main() -> None:
             notes["onnx_int8_mb"] = f"{graph.stat().st_size / 1e6:.0f}"
             runner = ort_backend.OrtRunner(STAGE, graph, *io, device="cpu")
             got = runner.infer({"faces": x[:GATE_BATCH]})["restored"]
-            db = quantize.psnr(gfpgan.to_faces(got), gfpgan.to_faces(reference[GATE_BATCH]))
+            db = int8.psnr(gfpgan.to_faces(got), gfpgan.to_faces(reference[GATE_BATCH]))
             notes["int8_psnr_db"] = f"{db:.1f}"
             if db >= MIN_PSNR_DB:
                 rows += measure("onnxruntime", runner, "cpu", "int8", x, batches, args, reference)
