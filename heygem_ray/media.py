@@ -50,7 +50,7 @@ import av.video.stream
 import ffmpeg
 import numpy as np
 
-from heygem_ray.errors import EngineError, InputError, InternalError
+from heygem_ray.errors import EngineError, InputError, InternalError, storage_error_in, storage_errors
 
 __all__ = [
     "AudioInfo",
@@ -936,7 +936,7 @@ def decode_audio(
     declares before decoding, or, when the header says less, as soon as decoding passes it.
     """
     samples = 0
-    with open(dst, "wb") as f:
+    with storage_errors(dst.parent), open(dst, "wb") as f:  # a full scratch disk: the user's to fix
         for block in _audio_blocks(path, sample_rate, max_seconds):
             block.astype("<f4", copy=False).tofile(f)
             samples += len(block)
@@ -1101,10 +1101,12 @@ class VideoWriter:
     def _fail(self, proc: _Ffmpeg, what: str) -> NoReturn:
         proc.close()
         self.path.unlink(missing_ok=True)
+        said = proc.stderr_tail()
+        refused = storage_error_in(said, self.path.parent)  # ffmpeg could not write: a full disk, say
+        if refused is not None:
+            raise refused
         raise EngineError(
-            f"encoding {self.path} failed: {what} ({proc.stderr_tail()}); "
-            "check free disk space and that the audio file plays",
-            kind="encode",
+            f"encoding {self.path} failed: {what} ({said}); check that the audio file plays", kind="encode"
         )
 
     def __exit__(

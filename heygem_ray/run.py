@@ -75,8 +75,10 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     ``manifest`` and ``cfg.output_dir`` may be bucket URIs (``s3://bucket/manifest.csv``).
     """
     cb = callbacks or RunCallbacks()
-    # 1. read and check the manifest: a broken one stops here, before any work
+    # 1. read and check the manifest: a broken one stops here, before any work; so does an
+    #    output folder the run cannot write (before Ray is even connected)
     jobs = read_manifest(storage.location(manifest), cfg.output_dir, reserved=RESULT_COLUMNS)
+    storage.check_writable(cfg.output_dir)
     cb.started(len(jobs))
     # 2. skip what an earlier run into the same folder completed (unless forced)
     todo, skipped = (jobs, set()) if cfg.force else resume.split(jobs, cfg.output_dir, cfg.config_hash(), cb.job_done)

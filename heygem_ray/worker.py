@@ -22,7 +22,7 @@ import torch
 from heygem_ray.backends import stage_digest
 from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore
-from heygem_ray.errors import HeygemError, InternalError
+from heygem_ray.errors import HeygemError, InternalError, storage_error
 from heygem_ray.packs import Features, get_pack
 from heygem_ray.quantize import calibration_for, open_first, precision_order
 from heygem_ray.runners import infer_batched
@@ -71,6 +71,10 @@ class ModelWorker:
             self._start(cfg, engines_dir, node or socket.gethostname())
         except HeygemError as exc:
             self.error = exc
+        except OSError as exc:  # the engine store's disk full or read-only: the user's to fix, not a bug
+            self.error = storage_error(exc, engines_dir)
+            if self.error is None:
+                raise
 
     def _start(self, cfg: RenderConfig, engines_dir: Path, node: str) -> None:
         self.pack = get_pack(cfg.pack)
