@@ -226,8 +226,8 @@ def engines_build(
     from heygem_ray.quantize import calibration_for, open_first, precision_order
     from heygem_ray.worker import DeviceInfo
 
-    where = storage.location(store) if store else default_engines_dir()
     try:
+        where = storage.location(store) if store else default_engines_dir()
         if backend not in ("onnxruntime", "tensorrt"):
             raise HeygemError(f"unknown backend {backend!r}: choose onnxruntime or tensorrt", kind="bad_argument")
         cfg = RenderConfig(
@@ -257,13 +257,20 @@ def engines_build(
 
 @engines_app.command("list")
 def engines_list(store: Annotated[Path | None, typer.Option(help="The engine store (default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines).")] = None) -> None:
-    """Print what the engine store holds."""
+    """Print what the engine store holds.
+
+    Exit status: 0 when listed, 2 when the store cannot be read."""
     from rich.table import Table
 
     from heygem_ray.engines import EngineStore
 
     table = Table("pack", "stage", "precision", "backend", "version", "arch", "profile", "size", "built", "ok")
-    for e in EngineStore(storage.location(store) if store else default_engines_dir()).list():
+    try:
+        entries = EngineStore(storage.location(store) if store else default_engines_dir()).list()
+    except HeygemError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    for e in entries:
         table.add_row(
             e.pack, e.stage, e.precision, e.backend, e.backend_version, e.arch, e.profile or "-",
             f"{e.size / 2**20:.1f} MiB", e.built_at, "yes" if e.ok else "NO",
