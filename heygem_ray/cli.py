@@ -242,8 +242,8 @@ def engines_build(
     from heygem_ray.packs import get_pack
     from heygem_ray.precision import open_first, precision_order
 
-    where = _engine_store(engines, store)
     try:
+        where = _engine_store(engines, store)
         if backend not in ("onnxruntime", "tensorrt"):
             raise HeygemError(f"unknown backend {backend!r}: choose onnxruntime or tensorrt", kind="bad_argument")
         cfg = RenderConfig(
@@ -276,13 +276,20 @@ def engines_list(
     engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
     store: Annotated[Path | None, typer.Option(hidden=True, help="The old spelling of --engines.")] = None,
 ) -> None:
-    """Print what the engine store holds."""
+    """Print what the engine store holds.
+
+    Exit status: 0 when listed, 2 when the store cannot be read."""
     from rich.table import Table
 
     from heygem_ray.engines import EngineStore
 
     table = Table("pack", "stage", "precision", "backend", "version", "arch", "profile", "size", "built", "ok")
-    for e in EngineStore(_engine_store(engines, store)).list():
+    try:
+        entries = EngineStore(_engine_store(engines, store)).list()
+    except HeygemError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    for e in entries:
         table.add_row(
             e.pack, e.stage, e.precision, e.backend, e.backend_version, e.arch, e.profile or "-",
             f"{e.size / 2**20:.1f} MiB", e.built_at, "yes" if e.ok else "NO",

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from heygem_ray import storage
+from heygem_ray.errors import storage_errors
 from heygem_ray.manifest import Job
 from heygem_ray.storage import Location
 
@@ -171,7 +172,7 @@ def write_table(rows: Iterable[JobResult], extra_names: Collection[str], path: L
     with tempfile.TemporaryDirectory(prefix="heygem-results-") as scratch:
         tmp = storage.staging_file(path, Path(scratch), ".parquet.tmp")
         try:
-            with pq.ParquetWriter(tmp, schema) as writer:
+            with storage_errors(tmp.parent), pq.ParquetWriter(tmp, schema) as writer:
                 batch: list[dict[str, Any]] = []
                 for r in rows:
                     batch.append(r.to_row())

@@ -79,8 +79,10 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     ``InputError`` of kind ``output_locked`` at once, having changed nothing.
     """
     cb = callbacks or RunCallbacks()
-    # 1. read and check the manifest: a broken one stops here, before any work
+    # 1. read and check the manifest: a broken one stops here, before any work; so does an
+    #    output folder the run cannot write (before Ray is even connected)
     jobs = read_manifest(storage.location(manifest), cfg.output_dir, reserved=RESULT_COLUMNS)
+    storage.check_writable(cfg.output_dir)
     # 2. hold the output folder: a run into a folder another run holds stops here
     run_id = uuid.uuid4().hex[:12]
     with hold_output(cfg.output_dir, f"run {run_id} of {manifest}") as lease:

@@ -23,7 +23,7 @@ from heygem_ray.backends.runner import infer_batched
 from heygem_ray.calibration import calibration_for
 from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore
-from heygem_ray.errors import HeygemError, InternalError
+from heygem_ray.errors import HeygemError, InternalError, storage_error
 from heygem_ray.hardware import DeviceInfo
 from heygem_ray.packs import Features, get_pack
 from heygem_ray.precision import open_first, precision_order
@@ -58,6 +58,10 @@ class ModelWorker:
             self._start(cfg, engines_dir, node or socket.gethostname())
         except HeygemError as exc:
             self.error = exc
+        except OSError as exc:  # the engine store's disk full or read-only: the user's to fix, not a bug
+            self.error = storage_error(exc, engines_dir)
+            if self.error is None:
+                raise
 
     def _start(self, cfg: RenderConfig, engines_dir: Path, node: str) -> None:
         self.pack = get_pack(cfg.pack)
