@@ -1,11 +1,14 @@
 # Fresh machine: `make demo` renders the bundled example, `make test` runs the tests.
 # Both create .venv and install the pinned versions from constraints.txt first.
+# While working: `make check` (lint, types and the fast tier: no Ray, no cluster, no int8
+# calibration, no end-to-end render; markers come from what each test uses, see
+# tests/helpers/tiers.py). `make test` is the full gate CI runs.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 OUT    ?= out
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo lint check test bench clean
 
 $(BIN)/heygem-ray: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +23,14 @@ setup: $(BIN)/heygem-ray
 demo: setup
 	$(BIN)/heygem-ray submit examples/manifest.csv --output-dir $(OUT)
 
-test: setup
+lint: setup
 	$(BIN)/ruff check heygem_ray tests bench jobs
 	$(BIN)/mypy heygem_ray jobs/nightly.py
+
+check: lint
+	$(BIN)/python -m pytest -q -m "not ray and not cluster and not int8 and not render"
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -9,11 +9,11 @@
      ``--precision int8`` runs here, and the portable form (int8 activations, what TensorRT
      builds from) as ONNX Runtime's CPU provider runs it;
    - pytorch bf16, where the CPU has AVX-512 BF16 or AMX.
-   Calibration: the bundled examples (``quantize.calibration_set``: 128 frames, 32 held
+   Calibration: the bundled examples (``calibration.calibration_set``: 128 frames, 32 held
    out, in runs of 4). Timed on the held-out frames' crops and the fp32 motion stage's codes for them,
    the rows interleaved (one repetition of each in turn, ``--reps`` times, median), so load
    from other processes falls on every row alike. PSNR against pytorch fp32 of the
-   generated crops as 8-bit pixels, and of the pasted mouth region (``quantize.gate``'s
+   generated crops as 8-bit pixels, and of the pasted mouth region (``int8.gate``'s
    figures), on the 32 held-out frames.
 2. End to end: one ``--e2e-seconds`` (60) job at 720p through ``render_job`` on an in-process
    ``ModelWorker`` (onnxruntime) per precision, fp32 and int8 alternating ``--e2e-repeat``
@@ -46,17 +46,19 @@ sys.path.insert(0, str(REPO))  # tests.helpers (checkpoint, footage), bench.*
 
 from bench import record  # noqa: E402
 from bench.bench_backends import cores, cpu_busy, cpu_name  # noqa: E402
-from heygem_ray import media, quantize  # noqa: E402
+from heygem_ray import hardware, media  # noqa: E402
 from heygem_ray.analyze import analyze  # noqa: E402
+from heygem_ray.backends import int8, stage_digest  # noqa: E402
 from heygem_ray.backends import ort as ort_backend  # noqa: E402
-from heygem_ray.backends import stage_digest  # noqa: E402
+from heygem_ray.backends.pytorch import TorchRunner  # noqa: E402
+from heygem_ray.backends.runner import Runner  # noqa: E402
+from heygem_ray.calibration import calibration_set  # noqa: E402
 from heygem_ray.config import RenderConfig  # noqa: E402
 from heygem_ray.engines import EngineStore  # noqa: E402
 from heygem_ray.features import SAMPLE_RATE  # noqa: E402
 from heygem_ray.manifest import Job  # noqa: E402
 from heygem_ray.packs import get_pack  # noqa: E402
 from heygem_ray.pipeline import InProcessService, render_job  # noqa: E402
-from heygem_ray.runners import Runner, TorchRunner  # noqa: E402
 from heygem_ray.worker import ModelWorker  # noqa: E402
 from tests.helpers.footage import lecture_clip  # noqa: E402
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint  # noqa: E402
@@ -87,21 +89,21 @@ def interleaved(calls: dict[str, Callable[[], Any]], seconds: float, reps: int) 
 def render_stage(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     modules = PACK.load_stages(checkpoint)
     store = EngineStore(tmp / "engines")
-    calibration = quantize.calibration_set(PACK, None, tmp / "templates")
+    calibration = calibration_set(PACK, None, tmp / "templates")
     held = calibration.part(held_out=True)
     crops = np.concatenate([run.crops for run in held])  # (32, 96, 96, 3) uint8
     features = np.concatenate([np.asarray(run.features) for run in held])  # (32, 1, 80, 16)
-    with quantize.fp32_call(PACK, modules) as fp32:
-        want = quantize.run_chunks(PACK, fp32, held)
+    with int8.fp32_call(PACK, modules) as fp32:
+        want = int8.run_chunks(PACK, fp32, held)
         codes = fp32("motion", {"features": features})["codes"]
     batch = {"crops": np.ascontiguousarray(crops[:BATCH].transpose(0, 3, 1, 2), dtype=np.float32) / 255.0,
              "codes": codes[:BATCH]}
-    weights = quantize.chain_hash([stage_digest(modules[s]) for s in ("motion", "render")])
+    weights = int8.chain_hash([stage_digest(modules[s]) for s in ("motion", "render")])
     t0 = time.perf_counter()
-    int8_cpu, _ = quantize.int8_onnx_artifact(store, PACK, "render", modules, calibration, weights_hash=weights,
+    int8_cpu, _ = int8.int8_onnx_artifact(store, PACK, "render", modules, calibration, weights_hash=weights,
                                               cpu=True)
     build_s = time.perf_counter() - t0
-    int8_any, _ = quantize.int8_onnx_artifact(store, PACK, "render", modules, calibration, weights_hash=weights,
+    int8_any, _ = int8.int8_onnx_artifact(store, PACK, "render", modules, calibration, weights_hash=weights,
                                               cpu=False)
     from heygem_ray.backends import onnx_artifact
 
@@ -118,21 +120,21 @@ def render_stage(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> list[
         "onnxruntime int8 (portable form)": ("onnxruntime", "int8 (int8 activations)", ort_backend.OrtRunner(
             "render", int8_any, *io, device="cpu", intra_op_threads=threads)),
     }
-    bf16 = sorted(quantize.cpu_flags() & set(quantize.BF16_FLAGS))
+    bf16 = sorted(hardware.cpu_flags() & set(hardware.BF16_FLAGS))
     if bf16:
         runners["pytorch bf16"] = ("pytorch", "bf16", TorchRunner("render", PACK.load_stages(checkpoint)["render"], *io,
                                                                   device=torch.device("cpu"), dtype=torch.bfloat16))
     timed = interleaved({name: (lambda r=r: r.infer(batch)) for name, (_, _, r) in runners.items()},
                         args.seconds, args.reps)
-    mouth = quantize.mouth_weight(PACK)
-    reference = quantize.to_pixels(want)
+    mouth = int8.mouth_weight(PACK)
+    reference = int8.to_pixels(want)
     rows = []
     for name, (backend, precision, runner) in runners.items():
-        got = quantize.to_pixels(quantize.run_chunks(
-            PACK, quantize.runner_call({"motion": _torch_motion(PACK, modules), "render": runner}), held))
+        got = int8.to_pixels(int8.run_chunks(
+            PACK, int8.runner_call({"motion": _torch_motion(PACK, modules), "render": runner}), held))
         rows.append({
             "row": name, "backend": backend, "precision": precision, "batch": BATCH, **timed[name],
-            "psnr_crops_db": quantize.psnr(got, reference), "psnr_mouth_db": quantize.psnr(got, reference, mouth),
+            "psnr_crops_db": int8.psnr(got, reference), "psnr_mouth_db": int8.psnr(got, reference, mouth),
             "held_out_frames": len(crops),
         })
         runner.close()
@@ -142,7 +144,7 @@ def render_stage(tmp: Path, checkpoint: Path, args: argparse.Namespace) -> list[
         r["ratio_vs_onnxruntime_fp32"] = r["fps"] / rows[1]["fps"]
     rows[2]["calibration"] = {"id": calibration.id, "frames": sum(len(r.crops) for r in calibration.part(False)),
                               "held_out": len(crops), "source": "examples/manifest.csv",
-                              "build_s": build_s, "cpu_flags": sorted(quantize.cpu_flags() & set(quantize.INT8_FLAGS))}
+                              "build_s": build_s, "cpu_flags": sorted(hardware.cpu_flags() & set(hardware.INT8_FLAGS))}
     return rows
 
 

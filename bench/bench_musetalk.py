@@ -112,14 +112,14 @@ def onnxruntime_runner(module: torch.nn.Module, stage: str, folder: Path, device
 
 
 def int8_runner(module: torch.nn.Module, stage: str, folder: Path, calibrate: dict[str, np.ndarray]):
-    """``--precision int8`` as the pack builds it (quantize.py: the QDQ graph in its x86 CPU
+    """``--precision int8`` as the pack builds it (backends/int8.py: the QDQ graph in its x86 CPU
     form, the pack's ``int8_ops``), calibrated on ``calibrate``: speed does not depend on
     which ranges, so random inputs serve here, where real frames would take an hour of
     fp32 reference and render stages on a CPU."""
     import onnxruntime
 
+    from heygem_ray.backends.int8 import cpu_form, quantize_graph, single_file
     from heygem_ray.export import export_onnx
-    from heygem_ray.quantize import cpu_form, quantize_graph, single_file
 
     specs, outs = PACK.io(stage)
     work = folder / f"{stage}-int8"

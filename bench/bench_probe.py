@@ -48,7 +48,7 @@ if what == "probe":
 else:
     value = resume._complete(clip, {"frames": frames})
 seconds = time.perf_counter() - t0
-print("RESULT " + json.dumps({"seconds": seconds, "value": value, "package": str(Path(media.__file__).parents[1])}))
+print("RESULT " + json.dumps({"seconds": seconds, "value": value, "package": media.__file__}))
 """
 
 
@@ -58,7 +58,7 @@ def measure(repo: Path, clip: Path, what: str, frames: int, repeat: int) -> dict
         proc = subprocess.run([sys.executable, "-c", _MEASURE, str(clip), what, str(frames)], capture_output=True,
                               text=True, cwd=repo, check=True)  # fmt: skip
         runs.append(json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT ")))
-    if any(Path(r["package"]).resolve() != repo.resolve() for r in runs):
+    if any(not Path(r["package"]).resolve().is_relative_to(repo.resolve()) for r in runs):
         raise SystemExit(f"the child imported heygem_ray from {runs[0]['package']}, not from {repo}")
     return {"seconds": statistics.median(r["seconds"] for r in runs), "value": runs[0]["value"]}
 

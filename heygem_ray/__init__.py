@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from heygem_ray.config import DetectorConfig, InputLimits, RenderConfig, RunConfig
 from heygem_ray.errors import EngineError, HeygemError, InputError, InternalError
+from heygem_ray.version import __version__ as __version__
 
 if TYPE_CHECKING:
     from heygem_ray.run import RunSummary, submit
@@ -29,7 +30,6 @@ __all__ = [
     "RunSummary",
     "submit",
 ]
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:

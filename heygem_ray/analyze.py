@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -35,9 +35,9 @@ import numpy as np
 
 from heygem_ray import media, storage
 from heygem_ray.config import DetectorConfig, InputLimits
-from heygem_ray.errors import InputError
+from heygem_ray.errors import InputError, storage_errors
 from heygem_ray.face.haar import HaarDetector
-from heygem_ray.face.track import Tracker, find_presenter
+from heygem_ray.face.track import FaceTrack, Tracker, find_presenter
 from heygem_ray.geometry import CropGeometry, cut
 
 TEMPLATE_VERSION = 3
@@ -121,7 +121,7 @@ def analyze(
     media.require_file(video, "reference")
     key = template_key(video, geometry, detector)
     root = cache_dir / key
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(cache_dir)
     with storage.file_lock(cache_dir / f"{key}.lock"):
         if (root / "meta.json").is_file():
             template = Template.open(root)
@@ -135,8 +135,9 @@ def analyze(
         )
         tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
         try:
-            _build(info, geometry, detector, tmp, limits.max_reference_pixels)
-            os.replace(tmp, root)
+            with storage_errors(cache_dir):  # a full or read-only cache: the user's to fix
+                _build(info, geometry, detector, tmp, limits.max_reference_pixels)
+                os.replace(tmp, root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return Template.open(root), False
@@ -147,43 +148,23 @@ def _build(
 ) -> None:
     out.mkdir(parents=True)
     video = info.path
-    tracker = Tracker(
-        HaarDetector(min_neighbors=detector_cfg.min_neighbors, scale_factor=detector_cfg.scale_factor),
-        detector_cfg,
-        float(info.fps),
-    )
 
     # Pass 1: decode once, store every frame as JPEG, follow the faces.
     offsets = [0]
     with open(out / "frames.bin", "wb") as store:
-        for frame in media.iter_frames(info, max_pixels=max_pixels):
+
+        def keep(frame: np.ndarray) -> None:
             ok, jpeg = cv2.imencode(".jpg", frame, _JPEG)
             if not ok:
                 raise RuntimeError(f"OpenCV failed to encode a {frame.shape} frame as JPEG")
             store.write(jpeg.tobytes())
             offsets.append(offsets[-1] + len(jpeg))
-            tracker.add(frame)
-    frames = tracker.frames
-    if frames == 0:
-        raise InputError(
-            f"reference {video} decoded to no frames: re-export it (e.g. as H.264 MP4) "
-            "or give a photo instead",
-            kind="unreadable_media",
-        )
+
+        track = track_reference(info, detector_cfg, max_pixels, keep)
+    frames = len(offsets) - 1
     np.save(out / "offsets.npy", np.asarray(offsets, np.int64))
 
     # The presenter's steady track; its crop boxes.
-    track = find_presenter(tracker, float(info.fps))
-    found = 0 if track is None else int(track.detected.sum())
-    if track is None or found < MIN_DETECTED_FRACTION * frames:
-        raise InputError(
-            f"reference {video}: no face found (the presenter's face was detected in {found} of its "
-            f"{frames} frame(s)); faces are searched for from {detector_cfg.min_face} pixels wide, "
-            "facing the camera. Use a video or photo where the presenter faces the camera and is "
-            "well lit, or, for a smaller face, lower the smallest face searched for "
-            "(--min-face, at least 20; analysis is slower)",
-            kind="no_face",
-        )
     boxes = geometry.crop_boxes(track, info.width, info.height)
     np.save(out / "boxes.npy", boxes)
     np.save(out / "present.npy", track.present)
@@ -193,6 +174,7 @@ def _build(
     crops = np.lib.format.open_memmap(
         out / "crops.npy", mode="w+", dtype=np.uint8, shape=(frames, geometry.size, geometry.size, 3)
     )
+    storage.allocate(out / "crops.npy")
     for i, frame in enumerate(partial.read_frames(np.arange(frames))):
         crops[i] = cut(frame, boxes[i], geometry.size, geometry.resample)
     crops.flush()
@@ -210,3 +192,44 @@ def _build(
         "face_present_fraction": float(track.present.mean()),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def track_reference(
+    info: media.VideoInfo,
+    detector_cfg: DetectorConfig,
+    max_pixels: int | None = None,
+    each_frame: Callable[[np.ndarray], None] = lambda frame: None,
+) -> FaceTrack:
+    """The presenter's smoothed face track through the reference ``info`` describes, its
+    frames decoded once (each also handed to ``each_frame``, (H, W, 3) uint8 BGR). It does
+    not depend on the pack: every crop geometry is cut along the same track. A reference
+    without frames is ``unreadable_media``; one whose presenter is found in too few frames
+    is ``no_face``."""
+    video = info.path
+    tracker = Tracker(
+        HaarDetector(min_neighbors=detector_cfg.min_neighbors, scale_factor=detector_cfg.scale_factor),
+        detector_cfg,
+        float(info.fps),
+    )
+    for frame in media.iter_frames(info, max_pixels=max_pixels):
+        each_frame(frame)
+        tracker.add(frame)
+    frames = tracker.frames
+    if frames == 0:
+        raise InputError(
+            f"reference {video} decoded to no frames: re-export it (e.g. as H.264 MP4) "
+            "or give a photo instead",
+            kind="unreadable_media",
+        )
+    track = find_presenter(tracker, float(info.fps))
+    found = 0 if track is None else int(track.detected.sum())
+    if track is None or found < MIN_DETECTED_FRACTION * frames:
+        raise InputError(
+            f"reference {video}: no face found (the presenter's face was detected in {found} of its "
+            f"{frames} frame(s)); faces are searched for from {detector_cfg.min_face} pixels wide, "
+            "facing the camera. Use a video or photo where the presenter faces the camera and is "
+            "well lit, or, for a smaller face, lower the smallest face searched for "
+            "(--min-face, at least 20; analysis is slower)",
+            kind="no_face",
+        )
+    return track

@@ -47,6 +47,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch lip-sy
 err = Console(stderr=True)
 
 
+_ENGINES_HELP = (
+    "The engine store: exported ONNX graphs and TensorRT engines (default: $HEYGEM_RAY_ENGINES, else "
+    "~/.cache/heygem-ray/engines; on a cluster, a path every node sees or a bucket)."
+)
+
+
+def _engine_store(engines: Path | None, store: Path | None) -> storage.Location:
+    """--engines, or its old spelling --store (kept, hidden, for a release), else the default."""
+    named = engines or store
+    return storage.location(named) if named else default_engines_dir()
+
+
+
 @app.callback()
 def _main() -> None:
     """Batch lip-synced talking-head videos on Ray."""
@@ -121,7 +134,7 @@ def submit(
     backend: Annotated[str, typer.Option(help="Inference backend: 'auto' (TensorRT, then ONNX Runtime, then PyTorch: the first that works), 'tensorrt', 'onnxruntime' or 'pytorch'.")] = "auto",
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU; int8 first where it pays when --calibrate is given), 'fp32', 'fp16', 'int8' (calibrated, used only if it passes the accuracy gate) or 'bf16' (PyTorch; on CPUs with AVX-512 BF16 or AMX).")] = "auto",
     calibrate: Annotated[Path | None, typer.Option(help="For int8: a manifest (columns audio and video) of your presenter and their speech to calibrate on (default: the bundled examples).")] = None,
-    engines: Annotated[Path | None, typer.Option(help="Engine store: exported ONNX graphs and TensorRT engines (default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines; on a cluster, a path every node sees or a bucket).")] = None,
+    engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
     device: Annotated[str, typer.Option(help="Where model workers run: 'gpu' (one GPU each; a worker that cannot use its GPU stops the run), 'cpu', or 'auto' (gpu when the cluster has GPUs or its autoscaler can add them, cpu when it has CPUs only; on an empty cluster the first node to join decides).")] = "auto",
     workers: Annotated[int, typer.Option(help="Model workers to start (0: one per GPU the cluster has or can autoscale to; on CPUs, from the core count).")] = 0,
     start_timeout: Annotated[float, typer.Option(help="Seconds to wait for the first model worker: nodes joining, models loading, engines building.")] = RunConfig.workers_ready_timeout_s,
@@ -133,9 +146,10 @@ def submit(
     """Render every row of MANIFEST to an MP4 and write OUTPUT_DIR/results.parquet.
 
     Exit status: 0 when every row succeeded, 1 when any row failed or the run stopped
-    part-way, 2 when the command line or the manifest is unusable (nothing was rendered)
-    or the model workers could not start or none is left (the table, if any job began,
-    says which rows ended), 130 on Ctrl-C and 143 on SIGTERM (the table is written).
+    part-way, 2 when the command line or the manifest is unusable, or another run holds
+    OUTPUT_DIR (nothing was rendered), or the model workers could not start or none is
+    left (the table, if any job began, says which rows ended), 130 on Ctrl-C and 143 on
+    SIGTERM (the table is written).
     """
     heap.limit_arenas()  # this process is the run's driver: before Ray starts its threads
     try:
@@ -230,19 +244,21 @@ def engines_build(
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32', 'fp16' or 'int8' (calibrated QDQ graphs, checked by the accuracy gate).")] = "auto",
     calibrate: Annotated[Path | None, typer.Option(help="For int8: a manifest (columns audio and video) of your presenter and their speech to calibrate on (default: the bundled examples).")] = None,
     batch_size: Annotated[int, typer.Option(help="Frames per model call the workers will send (sets the TensorRT batch profile).")] = 32,
-    store: Annotated[Path | None, typer.Option(help="The engine store (default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines).")] = None,
+    engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
+    store: Annotated[Path | None, typer.Option(hidden=True, help="The old spelling of --engines.")] = None,
 ) -> None:
     """Build the pack's engines ahead of time for the GPU (or CPU) this runs on.
 
     Exit status: 0 when built, 2 when the options are wrong or the engines cannot be
     built or used here (an int8 set the accuracy gate refuses, with its figures)."""
+    from heygem_ray.calibration import calibration_for
     from heygem_ray.engines import EngineStore
+    from heygem_ray.hardware import DeviceInfo
     from heygem_ray.packs import get_pack
-    from heygem_ray.quantize import calibration_for, open_first, precision_order
-    from heygem_ray.worker import DeviceInfo
+    from heygem_ray.precision import open_first, precision_order
 
-    where = storage.location(store) if store else default_engines_dir()
     try:
+        where = _engine_store(engines, store)
         if backend not in ("onnxruntime", "tensorrt"):
             raise HeygemError(f"unknown backend {backend!r}: choose onnxruntime or tensorrt", kind="bad_argument")
         cfg = RenderConfig(
@@ -271,14 +287,24 @@ def engines_build(
 
 
 @engines_app.command("list")
-def engines_list(store: Annotated[Path | None, typer.Option(help="The engine store (default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines).")] = None) -> None:
-    """Print what the engine store holds."""
+def engines_list(
+    engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
+    store: Annotated[Path | None, typer.Option(hidden=True, help="The old spelling of --engines.")] = None,
+) -> None:
+    """Print what the engine store holds.
+
+    Exit status: 0 when listed, 2 when the store cannot be read."""
     from rich.table import Table
 
     from heygem_ray.engines import EngineStore
 
     table = Table("pack", "stage", "precision", "backend", "version", "arch", "profile", "size", "built", "ok")
-    for e in EngineStore(storage.location(store) if store else default_engines_dir()).list():
+    try:
+        entries = EngineStore(_engine_store(engines, store)).list()
+    except HeygemError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    for e in entries:
         table.add_row(
             e.pack, e.stage, e.precision, e.backend, e.backend_version, e.arch, e.profile or "-",
             f"{e.size / 2**20:.1f} MiB", e.built_at, "yes" if e.ok else "NO",
@@ -291,9 +317,8 @@ def doctor() -> None:
     """Print this machine's device, for each backend whether it can run here and why not,
     and which one ``--backend auto`` picks for each pack."""
     from heygem_ray.backends import auto_order, ort, trt
+    from heygem_ray.hardware import BF16_FLAGS, DeviceInfo, cpu_flags, int8_pays
     from heygem_ray.packs import get_pack
-    from heygem_ray.quantize import BF16_FLAGS, cpu_flags, int8_pays
-    from heygem_ray.worker import DeviceInfo
 
     device = DeviceInfo.detect()
     print(f"device: {device.device}" + (f" ({device.gpu}, compute capability {device.compute_capability})" if device.gpu else ""))

@@ -28,8 +28,8 @@ _NEEDS_WEIGHTS = {
 LoopMode = Literal["pingpong", "forward", "trim"]
 BackendName = Literal["auto", "tensorrt", "onnxruntime", "pytorch"]
 # "auto": fp16 on a GPU, fp32 on a CPU; int8 first where it pays and calibration data
-# was given (see quantize.precision_order). "int8": calibrated QDQ graphs for the pack's
-# int8 stages (quantize.py), used only if they pass the accuracy gate. "bf16": PyTorch in
+# was given (see precision.precision_order). "int8": calibrated QDQ graphs for the pack's
+# int8 stages (backends/int8.py), used only if they pass the accuracy gate. "bf16": PyTorch in
 # bfloat16, on CPUs with AVX-512 BF16 or AMX (fp32 elsewhere) and on GPUs.
 PrecisionName = Literal["auto", "fp32", "fp16", "int8", "bf16"]
 WorkerDevice = Literal["auto", "gpu", "cpu"]
@@ -172,6 +172,12 @@ class RenderConfig:
         for name in ("chunk_frames", "batch_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1", kind="bad_argument")
+        for name, option in (("checkpoint", "--checkpoint"), ("calibration", "--calibrate")):
+            value = getattr(self, name)
+            if value is not None and storage.is_uri(value):
+                where = storage.location(value)  # credentials in the URI are refused first, unshown
+                raise InputError(f"{option} {where}: give a local path (or one every node sees), not a bucket",
+                                 kind="bad_argument")
 
 
 @dataclass(frozen=True)
@@ -227,8 +233,9 @@ class RunConfig:
         for name in ("output_dir", "engines_dir"):
             object.__setattr__(self, name, storage.location(getattr(self, name)))
         if storage.is_uri(self.cache_dir):
+            where = storage.location(self.cache_dir)  # credentials in the URI are refused first, unshown
             raise InputError(
-                f"the template cache {self.cache_dir} must be a folder (local, or shared by the nodes), "
+                f"the template cache {where} must be a folder (local, or shared by the nodes), "
                 "not a bucket: templates are read at random offsets while videos are composed",
                 kind="bad_argument",
             )

@@ -19,10 +19,13 @@ default ``$XDG_CACHE_HOME/heygem-ray/engine-mirrors/<bucket and hash of the URI>
 is downloaded from the bucket (artifact, then sidecar, checked as above), else built
 locally and uploaded (artifact first, sidecar last, each object appearing whole).
 Machines that miss the same entry at once build it once: the builder holds a lock
-object in the bucket (``BUCKET_LOCK``, created only if absent, which S3 does atomically),
-the others wait for its upload; a lock older than the lock timeout was left by a builder
-that died and is taken over. Stores that cannot create an object atomically (``gs://``
-here) have no such lock: two machines may both build, and the last upload stays.
+object in the bucket (``BUCKET_LOCK``, see ``locks.py``), whose heartbeat keeps it for as
+long as the build takes (an int8 MuseTalk build on a CPU: the best part of an hour); the
+others wait for its upload, up to the lock timeout. A lock whose heartbeat stopped (its
+builder died) is taken over, by one waiter; a builder whose lock was taken over (its
+heartbeat had stopped) neither uploads nor deletes its successor's lock. In a store
+without conditional requests (``gs://`` here) two machines may both build, and the last
+upload stays.
 
 An entry is used only if its artifact exists, its size and sha256 match the sidecar and
 the sidecar's key is the requested key; anything else is rebuilt (or, with
@@ -52,7 +55,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from heygem_ray import storage
+from heygem_ray import locks, storage
 from heygem_ray.config import cache_home
 from heygem_ray.errors import EngineError, InputError
 from heygem_ray.storage import Location, Uri
@@ -108,7 +111,7 @@ class EngineKey:
     backend_version: str  # e.g. TensorRT "10.9.0.34"; the exporter's versions for ONNX
     arch: str  # "sm_90", "cpu", or "any"
     # int8 only: the id of the calibration data its activation ranges were measured on
-    # (``quantize.CalibrationSet.id``); "" for every other precision.
+    # (``backends.int8.CalibrationSet.id``); "" for every other precision.
     calibration: str = ""
 
     def __post_init__(self) -> None:
@@ -178,6 +181,7 @@ class EngineStore:
         *,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
         mirror: Path | None = None,
+        stale_after_s: float = locks.STALE_AFTER_S,
     ):
         where = storage.location(root)
         # The bucket prefix of a store kept in one; ``root`` is then this machine's mirror.
@@ -186,7 +190,10 @@ class EngineStore:
             digest = hashlib.sha256(str(where).encode()).hexdigest()[:16]
             where = mirror or cache_home() / "engine-mirrors" / f"{where.scheme}-{where.bucket}-{digest}"
         self.root: Path = where
+        # The longest a process waits for another to build an entry.
         self.lock_timeout_s = lock_timeout_s
+        # A bucket store's build lock is taken over this long after its last heartbeat.
+        self.stale_after_s = stale_after_s
 
     def entry_dir(self, key: EngineKey) -> Path:
         return self.root / key.dirname()
@@ -315,40 +322,34 @@ class EngineStore:
 
     def _from_bucket(self, key: EngineKey, remote: Uri, build: Callable[[Path], None], rebuild: bool) -> None:
         """Make the mirror's entry usable: download the bucket's, or build it here and
-        upload it, once for all machines. The builder holds a lock object in the bucket
-        (created only if absent); the others wait for its upload, up to the lock timeout;
-        a lock older than that was left by a builder that died, and is taken over."""
+        upload it, once for all machines (see the module docstring): the builder holds the
+        entry's lock in the bucket; the others wait for its upload, up to the lock timeout."""
         lock = remote / BUCKET_LOCK
-        deadline = time.monotonic() + 2 * self.lock_timeout_s
+        deadline = time.monotonic() + self.lock_timeout_s
         while True:
             problem = self._pull(key, remote)
             if problem is None:
                 return
             if not rebuild:
                 raise EngineError(f"engine store entry {key.dirname()}: {problem}", kind="engine_missing")
-            holder = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
-            claimed = storage.create_if_absent(lock, holder.encode())
-            if claimed is not False:  # ours; None: a store that cannot lock (two machines may both build)
-                try:
-                    if claimed and self._pull(key, remote) is None:  # the last holder finished just now
+            got = locks.acquire(lock, f"a build of {key.dirname()}", stale_after_s=self.stale_after_s)
+            if isinstance(got, locks.Lease):
+                with got:
+                    if self._pull(key, remote) is None:  # the last holder finished just now
                         return
                     self._build(key, build)
-                    self._push(key, remote)
-                finally:
-                    if claimed:
-                        storage.remove(lock)
+                    if got.lost is None:
+                        self._push(key, remote)
+                    else:  # the successor uploads its own build: two uploads could pair one's sidecar with the other's artifact
+                        log.warning("engine store entry %s was built here but not uploaded: %s", key.dirname(), got.lost)
                 return
-            held = storage.stat(lock)
-            # Stale: older than a build may take by the bucket's clock, or waited on for
-            # twice that by this machine's (should the two clocks disagree).
-            if held is not None and (
-                time.time_ns() - held.mtime_ns > self.lock_timeout_s * 1e9 or time.monotonic() > deadline
-            ):
-                who = storage.read_bytes(lock).decode(errors="replace")
-                log.warning("engine store entry %s: %s held the build lock %s for over %.0f s; taking it over",
-                            key.dirname(), who, lock, self.lock_timeout_s)
-                storage.remove(lock)
-                continue
+            if time.monotonic() > deadline:
+                raise EngineError(
+                    f"engine store entry {key.dirname()}: still being built after {self.lock_timeout_s:.0f} s of "
+                    f"waiting, by {got.describe()} (lock {lock}); run again later, or build it ahead of time with "
+                    "'heygem-ray engines build'",
+                    kind="engine_locked",
+                )
             time.sleep(_LOCK_POLL_S)
 
     def _pull(self, key: EngineKey, remote: Uri) -> str | None:

@@ -16,11 +16,20 @@ once the table is written.
 
 Each error carries a short ``kind`` (a stable snake_case word written to the results
 table as ``error_kind``) and, once it is known, the ``stage`` it failed in.
+
+A disk that is full or read-only, or a folder the run may not write, is the user's to fix,
+not a bug: :func:`storage_error` decides, in this one place, which ``OSError``s are such
+(kind ``storage``, with the path and what to do), and :func:`storage_errors` applies it
+around the code that writes files.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class HeygemError(Exception):
@@ -92,3 +101,49 @@ class Interrupted(KeyboardInterrupt):
     @property
     def exit_status(self) -> int:
         return 128 + self.signum
+
+
+# The errors of a machine's storage that its user can fix, and how (by errno).
+_STORAGE_FIXES = {
+    errno.ENOSPC: "free space on that disk, or choose a folder on another one",
+    errno.EDQUOT: "free space in your quota there, or have it raised, or choose a folder elsewhere",
+    errno.EACCES: "give the user the run runs as access to it (ls -ld shows its owner and mode), or choose another folder",
+    errno.EPERM: "give the user the run runs as access to it (ls -ld shows its owner and mode), or choose another folder",
+    errno.EROFS: "remount that file system read-write, or choose a folder on a writable one",
+    errno.EIO: "the disk reported an I/O error: check it (dmesg, the storage's health), or choose a folder on another disk",
+}
+
+
+def storage_error(exc: OSError, where: object = None) -> InputError | None:
+    """``exc`` as the user's error when the machine's storage refused a read or write
+    (full, over quota, not permitted, read-only, failing): kind ``storage``, naming the
+    path (``exc``'s file name, else ``where``) and what to do. None for any other error."""
+    fix = _STORAGE_FIXES.get(exc.errno or 0)
+    if fix is None:
+        return None
+    path = exc.filename if exc.filename is not None else where
+    said = os.strerror(exc.errno or 0).lower()
+    return InputError(f"{path if path is not None else 'a file heygem-ray writes'}: {said}; {fix}", kind="storage")
+
+
+def storage_error_in(text: str, where: object) -> InputError | None:
+    """The storage error a program's message reports (ffmpeg writes the system's words,
+    e.g. "No space left on device"), for a file at ``where``; None when it reports none."""
+    for code in _STORAGE_FIXES:
+        if os.strerror(code) in text:
+            return storage_error(OSError(code, os.strerror(code)), where)
+    return None
+
+
+@contextmanager
+def storage_errors(where: object) -> Iterator[None]:
+    """Inside the block, an ``OSError`` that :func:`storage_error` takes for the
+    storage's refusal is raised as that ``storage`` error (naming ``where`` when the
+    error names no file); any other propagates as it is."""
+    try:
+        yield
+    except OSError as exc:
+        found = storage_error(exc, where)
+        if found is None:
+            raise
+        raise found from exc

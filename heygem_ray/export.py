@@ -86,7 +86,7 @@ def export_onnx(
     The file appears only once it is complete and has passed ``onnx.checker`` (written to
     a temporary name in the same folder, then renamed). ``external_data``: its weights go
     to ``<path>.data`` beside it, whatever their size, so a stage of more than 2 GiB
-    exports too (a working copy: ``quantize.py`` makes its int8 graph from one).
+    exports too (a working copy: ``backends/int8.py`` makes its int8 graph from one).
     """
     path = Path(path)
     in_names, out_names = graph_names(inputs, outputs)

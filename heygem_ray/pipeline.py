@@ -28,7 +28,7 @@ import numpy as np
 from heygem_ray import media, storage
 from heygem_ray.analyze import Template, analyze
 from heygem_ray.config import RenderConfig, default_download_dir
-from heygem_ray.errors import HeygemError, InternalError
+from heygem_ray.errors import HeygemError, InputError, InternalError, storage_error, storage_errors
 from heygem_ray.features import SAMPLE_RATE, Pcm
 from heygem_ray.geometry import paste
 from heygem_ray.manifest import Job, row_label
@@ -167,7 +167,12 @@ def render_job(
                 job.output, audio, template, timeline, features, given, pack, cfg, models, stages, on_frames,
                 Path(scratch),
             )
-        result.output_bytes = storage.size(job.output)
+        # Which file was published, for a rerun to tell it from any other put there later.
+        published = storage.stat(job.output)
+        if published is None:
+            raise InputError(f"{job.output} was gone right after it was written: check what else writes to "
+                             "the output folder", kind="missing_file")  # fmt: skip
+        result.output_bytes, result.output_mtime_ns = published.size, published.mtime_ns
         result.status = "ok"
         result.frames = timeline.frames
         result.face_lost_frames = int(np.count_nonzero(~template.present[timeline.ref_index]))
@@ -176,16 +181,18 @@ def render_job(
         result.engine_key, result.calibration = last.engine_key, last.calibration
         result.node, result.gpu = last.node, last.device.gpu
         result.compute_capability = last.device.compute_capability
-    except HeygemError as exc:
-        result.error_kind, result.error_stage = exc.kind, stages.current
-        result.error = f"{job.label}: {exc.message}"
-    except Exception as exc:  # a bug: keep the batch going, keep the evidence
-        log.error("%s failed in %s:\n%s", job.label, stages.current, traceback.format_exc())
-        result.error_kind, result.error_stage = "internal", stages.current
-        result.error = (
-            f"{job.label}: internal error in stage {stages.current}: {type(exc).__name__}: {exc} "
-            "(a bug in heygem-ray; please report it with this message)"
-        )
+    except Exception as exc:
+        known = exc if isinstance(exc, HeygemError) else storage_error(exc) if isinstance(exc, OSError) else None
+        if known is not None:  # the user's to fix: a bad file, a full disk, a read-only folder, …
+            result.error_kind, result.error_stage = known.kind, stages.current
+            result.error = f"{job.label}: {known.message}"
+        else:  # a bug: keep the batch going, keep the evidence
+            log.error("%s failed in %s:\n%s", job.label, stages.current, traceback.format_exc())
+            result.error_kind, result.error_stage = "internal", stages.current
+            result.error = (
+                f"{job.label}: internal error in stage {stages.current}: {type(exc).__name__}: {exc} "
+                "(a bug in heygem-ray; please report it with this message)"
+            )
     result.seconds = time.perf_counter() - t_start
     for name in ("analyze", "features", "motion", "render", "compose"):
         setattr(result, f"{name}_s", stages.seconds.get(name))
@@ -377,10 +384,11 @@ def _given(
     key = models.reference_key()
     (spec,) = pack.io(pack.reference)[1]
     data, done_path = template.root / f"reference-{key}.npy", template.root / f"reference-{key}.done.npy"
-    with storage.file_lock(template.root / f"reference-{key}.lock"):
+    with storage.file_lock(template.root / f"reference-{key}.lock"), storage_errors(template.root):
         if not data.is_file():
             tmp = data.with_name(f".{data.name}.{uuid.uuid4().hex}.tmp")
             np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(template.frames, *spec.shape)).flush()
+            storage.allocate(tmp)
             os.replace(tmp, data)
         done = np.load(done_path) if done_path.is_file() else np.zeros(template.frames, bool)
         todo = np.flatnonzero(~done & np.isin(np.arange(template.frames), timeline.ref_index))

@@ -11,8 +11,10 @@
 4. :func:`previews` is the one step that touches the MP4s: a few small frames of each
    output, read through PyAV (seeking: an MP4 in a bucket is read in ranges).
 
-Every string that comes from the table (job ids, paths, error messages, manifest
-columns) is user data and is escaped in the HTML.
+Everything that comes from the table (job ids, row numbers, paths, error messages,
+manifest columns) is user data: its columns are read as the results schema declares
+them (a table whose ``row`` holds text is refused), and every value is escaped in the
+HTML.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import pyarrow.parquet as pq
 
 from heygem_ray import storage
 from heygem_ray.errors import InputError
-from heygem_ray.results import RESULTS_FILE, JobResult
+from heygem_ray.results import RESULTS_FILE, SCHEMA, JobResult
 from heygem_ray.resume import PARTS_DIR
 from heygem_ray.storage import Location, Uri
 
@@ -49,6 +51,7 @@ THUMB_COUNT = 4  # frames per output in the report
 THUMB_HEIGHT = 160  # pixels
 _THUMB_QUALITY = 85  # JPEG quality, 0-100
 _REQUIRED = {"job_id", "row", "audio", "video", "output", "status"}  # what every results table has had
+_NOT_NULL = ("job_id", "row", "status")  # every row names its job, its manifest row and how it ended
 
 RunState = Literal["complete", "unfinished"]
 
@@ -124,7 +127,33 @@ def _read(path: Location) -> list[JobResult]:
         raise InputError(
             f"{path} is not a heygem-ray results table: it has no {', '.join(missing)} column(s)", kind="no_results"
         )
-    return [JobResult.from_row(row) for row in table.to_pylist()]
+    return [JobResult.from_row(row) for row in _typed(table, path).to_pylist()]
+
+
+def _typed(table: pa.Table, path: Location) -> pa.Table:
+    """``table`` with each results column as the schema declares it (an older writer's
+    int32 ``row`` is widened, say); a column whose cells cannot be that (text in ``row``),
+    or an empty job id, row or status, is refused: the page would show what it is not."""
+    for i, name in enumerate(table.column_names):
+        if name not in SCHEMA.names:
+            continue  # a manifest's column, carried: any value, shown as text
+        want, column = SCHEMA.field(name).type, table.column(i)
+        if column.type != want:
+            try:
+                table = table.set_column(i, name, column.cast(want))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InputError(
+                    f"{path} is not a heygem-ray results table: its column {name!r} holds {column.type}, "
+                    f"not {want}, and not every value converts",
+                    kind="no_results",
+                ) from exc
+        if name in _NOT_NULL and table.column(i).null_count:
+            raise InputError(
+                f"{path} is not a heygem-ray results table: {table.column(i).null_count} row(s) have no {name}",
+                kind="no_results",
+            )
+    return table
+
 
 
 # --------------------------------------------------------------------------- 2. summarize
@@ -347,7 +376,7 @@ def build_html(s: Summary, results: list[JobResult], shots: dict[str, Preview], 
         f"<title>heygem-ray report: {e(s.output_dir.name or str(s.output_dir))}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<header><h1>heygem-ray run report</h1><p class=path>{e(s.output_dir.resolve())}</p>",
-        f'<p class="state {s.state}">{e(describe_state(s))}</p></header>',
+        f'<p class="state {e(s.state)}">{e(describe_state(s))}</p></header>',
         "<section class=tiles>",
         *(f'<div class="tile t-{k.replace(" ", "-")}"><b>{e(v)}</b><span>{e(k)}</span></div>' for k, v in tiles),
         "</section>",
@@ -372,12 +401,12 @@ def _stage_bar(s: Summary) -> str:
     if total <= 0:
         return ""
     segments = "".join(
-        f'<div class="seg {name}" style="width:{100 * t / total:.2f}%" title="{name} {t:.2f} s"></div>'
+        f'<div class="seg {_esc(name)}" style="width:{100 * t / total:.2f}%" title="{_esc(name)} {t:.2f} s"></div>'
         for name, t in s.stage_seconds.items()
         if t > 0
     )
     legend = "".join(
-        f'<span><i class="seg {name}"></i>{name} {t:.2f} s ({100 * t / total:.0f}%)</span>'
+        f'<span><i class="seg {_esc(name)}"></i>{_esc(name)} {t:.2f} s ({100 * t / total:.0f}%)</span>'
         for name, t in s.stage_seconds.items()
     )
     return f"<h2>Time per stage</h2><div class=bar>{segments}</div><p class=legend>{legend}</p>"
@@ -389,10 +418,10 @@ def _failures_html(s: Summary) -> str:
     e = _esc
     out = [f"<h2>Failures ({s.failed})</h2>"]
     for kind, items in s.failures.items():
-        out.append(f"<h3>{e(kind)} <small>{len(items)}</small></h3><table class=failures>")
+        out.append(f"<h3>{e(kind)} <small>{e(len(items))}</small></h3><table class=failures>")
         out.append("<tr><th>row</th><th>job</th><th>stage</th><th>message</th></tr>")
         out += [
-            f"<tr><td>{f.row}</td><td>{e(f.job_id)}</td><td>{e(f.stage)}</td><td class=msg>{e(f.message)}</td></tr>"
+            f"<tr><td>{e(f.row)}</td><td>{e(f.job_id)}</td><td>{e(f.stage)}</td><td class=msg>{e(f.message)}</td></tr>"
             for f in items
         ]
         out.append("</table>")
@@ -402,7 +431,7 @@ def _failures_html(s: Summary) -> str:
 def _job_html(r: JobResult, shot: Preview | None, report_dir: Location) -> str:
     e = _esc
     badge = f'<span class="badge {e(r.status)}">{e(r.status)}</span>'
-    head = f"<div class=head>{badge} <b>{e(r.job_id)}</b> <small>row {r.row}</small></div>"
+    head = f"<div class=head>{badge} <b>{e(r.job_id)}</b> <small>row {e(r.row)}</small></div>"
     strip = note = ""
     if r.status == "failed":
         note = (
@@ -444,7 +473,8 @@ def _job_html(r: JobResult, shot: Preview | None, report_dir: Location) -> str:
 
 def _href(output: str, report_dir: Location) -> str:
     """The link from the page in ``report_dir`` to an output: relative where both are in
-    the same place (a folder, or one bucket), else the output's full URI."""
+    the same place (a folder, or one bucket), else the output's full URI (``file:`` for a
+    local one: never text a browser could take for another scheme, ``javascript:``)."""
     target = storage.location(output)
     if isinstance(target, Path) and isinstance(report_dir, Path):
         return quote(os.path.relpath(target, report_dir.resolve()))
@@ -452,7 +482,7 @@ def _href(output: str, report_dir: Location) -> str:
         report_dir.scheme, report_dir.bucket
     ):
         return quote(posixpath.relpath(target.key, report_dir.key))
-    return str(target)
+    return target.absolute().as_uri() if isinstance(target, Path) else str(target)
 
 
 _CSS = """

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from heygem_ray import storage
+from heygem_ray.errors import storage_errors
 from heygem_ray.manifest import Job
 from heygem_ray.storage import Location
 
@@ -57,6 +58,16 @@ SCHEMA = pa.schema(
         ("attempts", pa.int64()),
         ("ray_task_id", pa.string()),
         ("config_hash", pa.string()),
+        # What a rerun checks before it trusts this row (resume.py, identity.py):
+        # the run that rendered the row's MP4 (a skipped row: the earlier run that did);
+        ("run_id", pa.string()),
+        # the weights it was rendered with ("sha256:…" of the checkpoint's bytes; "none");
+        ("weights_digest", pa.string()),
+        # its inputs' contents ("sha256:…" of a local file; "size:…;mtime_s:…" of an object);
+        ("audio_identity", pa.string()),
+        ("video_identity", pa.string()),
+        # and the published MP4's modification time (with output_bytes: which file it is).
+        ("output_mtime_ns", pa.int64()),
     ]
 )
 RESULT_COLUMNS = frozenset(SCHEMA.names)
@@ -102,6 +113,12 @@ class JobResult:
     attempts: int = 1
     ray_task_id: str | None = None  # the last attempt's task: its logs and state in Ray
     config_hash: str = ""
+    # Identities a rerun compares (see SCHEMA); empty on rows no job of a run rendered.
+    run_id: str = ""
+    weights_digest: str = ""
+    audio_identity: str = ""
+    video_identity: str = ""
+    output_mtime_ns: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -155,7 +172,7 @@ def write_table(rows: Iterable[JobResult], extra_names: Collection[str], path: L
     with tempfile.TemporaryDirectory(prefix="heygem-results-") as scratch:
         tmp = storage.staging_file(path, Path(scratch), ".parquet.tmp")
         try:
-            with pq.ParquetWriter(tmp, schema) as writer:
+            with storage_errors(tmp.parent), pq.ParquetWriter(tmp, schema) as writer:
                 batch: list[dict[str, Any]] = []
                 for r in rows:
                     batch.append(r.to_row())

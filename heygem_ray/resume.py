@@ -5,18 +5,26 @@ not at all), so a run killed at any point keeps every row it had (files are name
 hash of the job id: ids are not always safe file names). At the end the rows of the
 manifest's jobs are merged into ``DIR/results.parquet``. ``DIR`` may be a bucket prefix.
 
-A rerun into the same place skips a job when its earlier row says ``ok`` (or
-``skipped``) for the same inputs, output and render settings, and the MP4 is still there:
+A rerun into the same place trusts only what it can prove: it skips a job when the row
+an earlier run kept for it says ``ok`` and agrees with this run on
 
-* a local MP4 must hold the frames that row recorded, as its index (the video track's
-  sample table) counts them, with every sample the index lists inside the file: a copy or
-  write cut short fails, and nothing is decoded (``media.indexed_frames``);
-* an MP4 in a bucket must have the size that row recorded (one HEAD request; decoding
-  would mean downloading every video). An object only ever appears complete (see
-  ``storage.upload``), so one that is there with the recorded size is the one that run
-  wrote, unless someone replaced it with another of the same size.
+* the inputs, output and render settings (paths, ``config_hash``);
+* the weights' content (``weights_digest``) and the inputs' (``audio_identity``,
+  ``video_identity``; see ``identity.py``): new weights or a re-recorded lesson under the
+  old names are rendered again;
+* the MP4 itself: the file there now has the size and modification time its job recorded
+  when it published it (``output_bytes``, ``output_mtime_ns``), so an MP4 replaced by
+  another one, or one published by a later job whose row was never written (a run killed
+  between the two), is never paired with an older row; and a local MP4 holds the frames
+  that row recorded, as its index (the video track's sample table) counts them, with
+  every sample the index lists inside the file (``media.indexed_frames``: nothing decoded;
+  an object in a bucket only ever appears complete, see ``storage.upload``).
 
-Anything else is rendered again.
+Anything else, and every row of an older version without these columns, is rendered again.
+
+The table of a run holds only rows of that run (``run_id``): a job that did not end in
+it is ``stopped`` (or, after a normal end, an ``internal`` error), never filled from a row
+an earlier run left; rows it skipped are the earlier rows it checked.
 
 The driver keeps no rows in memory: the table is merged from the part files at the end,
 a batch at a time, in manifest order.
@@ -30,6 +38,7 @@ import hashlib
 import itertools
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +47,7 @@ import pyarrow.parquet as pq
 
 from heygem_ray import media, storage
 from heygem_ray.errors import HeygemError
+from heygem_ray.identity import Inputs
 from heygem_ray.manifest import Job
 from heygem_ray.pipeline import PARTIAL_SUFFIX, MissingInputs
 from heygem_ray.results import BATCH_ROWS, JobResult, write_results, write_table
@@ -53,6 +63,23 @@ def part_path(output_dir: Location, job_id: str) -> Location:
     return output_dir / PARTS_DIR / f"{hashlib.sha256(job_id.encode()).hexdigest()[:24]}.parquet"
 
 
+@dataclass(frozen=True)
+class Basis:
+    """What a run renders every row from, besides the row's own files: an earlier row is
+    trusted only if it was rendered from the same."""
+
+    run_id: str  # this run: every row it writes carries it
+    config_hash: str  # RunConfig.config_hash()
+    weights: str  # identity.weights_digest of the checkpoint
+
+    def stamp(self, result: JobResult, audio_identity: str, video_identity: str) -> JobResult:
+        """``result`` with what this run rendered it from, for ``record`` to keep. The input
+        identities are those taken before its job started: a file changed after that does
+        not match them at the next run, which renders it again."""
+        return dataclasses.replace(result, run_id=self.run_id, config_hash=self.config_hash, weights_digest=self.weights,
+                                   audio_identity=audio_identity, video_identity=video_identity)  # fmt: skip
+
+
 def record(output_dir: Location, result: JobResult) -> None:
     """Write one finished job's row now, and delete the temporary MP4s that attempts of
     it lost on the way (a task on a node that left the cluster leaves one behind)."""
@@ -62,16 +89,17 @@ def record(output_dir: Location, result: JobResult) -> None:
 
 
 def split(
-    jobs: list[Job], output_dir: Location, config_hash: str, on_skipped: Callable[[JobResult], None] = lambda r: None
+    jobs: list[Job], output_dir: Location, basis: Basis, on_skipped: Callable[[JobResult], None] = lambda r: None
 ) -> tuple[list[Job], set[int]]:
     """(jobs to render, manifest rows of jobs already complete from an earlier run); each
     of the latter's rows is passed to ``on_skipped`` as it is found."""
     # One listing of the rows kept, rather than a lookup per job (a request each in a bucket).
     kept = set(storage.list_files(output_dir / PARTS_DIR))
+    inputs = Inputs()  # the inputs' identities: one listing per bucket folder
     todo: list[Job] = []
     skipped: set[int] = set()
     for job in jobs:
-        earlier = _earlier(output_dir, job, config_hash) if part_path(output_dir, job.job_id) in kept else None
+        earlier = _earlier(output_dir, job, basis, inputs) if part_path(output_dir, job.job_id) in kept else None
         if earlier is None:
             todo.append(job)
         else:
@@ -84,14 +112,15 @@ def split(
 
 
 def write_merged(
-    jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str, path: Location,
+    jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str, path: Location, *, run_id: str,
     stopped: str | None = None, missing: MissingInputs | None = None,
 ) -> collections.Counter[str]:
-    """Write the run's table at ``path``: one row per job, in manifest order, read back from
-    the part files (rows of ``skipped`` jobs marked so), a batch at a time. ``stopped``:
-    why the run stopped early, for the rows of jobs that had not ended. ``missing``: the
-    rows that failed without a job on a file another job found missing (they have no part
-    file). Returns how many rows it wrote with each status."""
+    """Write the run ``run_id``'s table at ``path``: one row per job, in manifest order,
+    read back from the part files (rows of ``skipped`` jobs marked so; any other row only
+    if this run wrote it), a batch at a time. ``stopped``: why the run stopped early, for
+    the rows of jobs that had not ended. ``missing``: the rows that failed without a job on
+    a file another job found missing (they have no part file). Returns how many rows it
+    wrote with each status."""
     counts: collections.Counter[str] = collections.Counter()
 
     def counted(rows: Iterator[JobResult]) -> Iterator[JobResult]:
@@ -100,20 +129,24 @@ def write_merged(
             yield r
 
     extra_names = sorted({name for job in jobs for name in job.extra})
-    write_table(counted(_merged_rows(jobs, output_dir, skipped, pack, stopped, missing)), extra_names, path)
+    write_table(counted(_merged_rows(jobs, output_dir, skipped, pack, run_id, stopped, missing)), extra_names, path)
     return counts
 
 
 def _merged_rows(
-    jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str, stopped: str | None,
+    jobs: list[Job], output_dir: Location, skipped: Collection[int], pack: str, run_id: str, stopped: str | None,
     missing: MissingInputs | None,
 ) -> Iterator[JobResult]:
     def row_of(job: Job) -> JobResult:
         if missing is not None and (known := missing.row_of(job)) is not None:
-            return known  # failed at once: any part file of the job is an earlier run's
+            # failed at once: any part file of the job is an earlier run's
+            return dataclasses.replace(known, run_id=run_id)
         found = _read_part(output_dir, job)
+        if found is not None and job.row not in skipped and found.get("run_id") != run_id:
+            found = None  # an earlier run's row: this run's job did not end
         if found is None:
             lost = JobResult.for_job(job, pack)
+            lost.run_id = run_id
             lost.error_stage = "plan"
             if stopped is not None:
                 lost.error_kind = "stopped"
@@ -159,7 +192,9 @@ def _read_part(output_dir: Location, job: Job) -> dict[str, Any] | None:
     return rows[0] if len(rows) == 1 else None
 
 
-def _earlier(output_dir: Location, job: Job, config_hash: str) -> JobResult | None:
+def _earlier(output_dir: Location, job: Job, basis: Basis, inputs: Inputs) -> JobResult | None:
+    """The row an earlier run kept for ``job`` if it proves the job complete (see the module
+    docstring), else None. The cheap comparisons go first: inputs are hashed last."""
     if job.problem is not None or job.output is None:
         return None
     row = _read_part(output_dir, job)  # gone or damaged: render it again
@@ -170,21 +205,29 @@ def _earlier(output_dir: Location, job: Job, config_hash: str) -> JobResult | No
         and row["audio"] == str(job.audio)
         and row["video"] == str(job.video)
         and row["output"] == str(job.output)
-        and row["config_hash"] == config_hash
+        and row["config_hash"] == basis.config_hash
+        and row.get("weights_digest") == basis.weights  # absent from an older version's rows
+        and _published(job.output, row)
+        and bool(row.get("audio_identity")) and row.get("audio_identity") == inputs.of(job.audio)
+        and bool(row.get("video_identity")) and row.get("video_identity") == inputs.of(job.video)
     )
-    if not same or not _complete(job.output, row):
+    if not same or (isinstance(job.output, Path) and not _complete(job.output, row)):
         return None
     return JobResult.from_row(row)
 
 
-def _complete(output: Location, row: dict) -> bool:
-    """Whether the MP4 an earlier row describes is still there, whole (see the module docstring)."""
-    if isinstance(output, Path):
-        if not output.is_file():
-            return False
-        try:
-            return media.indexed_frames(output) == row["frames"]
-        except HeygemError:  # damaged or unreadable
-            return False
+def _published(output: Location, row: dict[str, Any]) -> bool:
+    """Whether the file at ``output`` is the one the row's job published: the size and
+    modification time it recorded then (one HEAD request for an object)."""
     found = storage.stat(output)
-    return found is not None and found.size == row.get("output_bytes")
+    return found is not None and (found.size, found.mtime_ns) == (row.get("output_bytes"), row.get("output_mtime_ns"))
+
+
+def _complete(output: Path, row: dict[str, Any]) -> bool:
+    """Whether a local MP4 holds the frames an earlier row describes, whole (see the module docstring)."""
+    if not output.is_file():
+        return False
+    try:
+        return media.indexed_frames(output) == row["frames"]
+    except HeygemError:  # damaged or unreadable
+        return False

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,9 @@ import ray
 from ray._raylet import GcsClient  # type: ignore[attr-defined]  # Ray's own GCS client, untyped
 from ray.exceptions import AuthenticationError
 
-from heygem_ray import metrics, resume, storage
+from heygem_ray import identity, locks, metrics, resume, storage
 from heygem_ray.config import RunConfig
-from heygem_ray.errors import EngineError, HeygemError, Interrupted, RunStopped, WorkersUnavailable
+from heygem_ray.errors import EngineError, HeygemError, InputError, Interrupted, RunStopped, WorkersUnavailable
 from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.pipeline import MissingInputs
 from heygem_ray.ray_exec import run_jobs
@@ -48,6 +49,7 @@ class RunSummary:
     ok: int  # rendered by this run
     skipped: int  # complete from an earlier run into the same folder
     failed: int
+    run_id: str  # this run's id, in the table's run_id column of the rows it rendered
 
     def rows(self, status: Status | None = None) -> Iterator[JobResult]:
         """The table's rows in manifest order (only those with ``status``, if given), streamed."""
@@ -81,28 +83,43 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     """Render every row of ``manifest``; bad rows fail alone, the rest still render.
 
     ``manifest`` and ``cfg.output_dir`` may be bucket URIs (``s3://bucket/manifest.csv``).
+    A run holds its output folder for as long as it runs: another run into it raises an
+    ``InputError`` of kind ``output_locked`` at once, having changed nothing.
     """
     cb = callbacks or RunCallbacks()
-    # 1. read and check the manifest: a broken one stops here, before any work
+    # 1. read and check the manifest: a broken one stops here, before any work; so does an
+    #    output folder the run cannot write (before Ray is even connected)
     jobs = read_manifest(storage.location(manifest), cfg.output_dir, reserved=RESULT_COLUMNS)
-    cb.started(len(jobs))
-    # 2. skip what an earlier run into the same folder completed (unless forced)
-    todo, skipped = (jobs, set()) if cfg.force else resume.split(jobs, cfg.output_dir, cfg.config_hash(), cb.job_done)
+    storage.check_writable(cfg.output_dir)
+    # 2. hold the output folder: a run into a folder another run holds stops here
+    run_id = uuid.uuid4().hex[:12]
+    with hold_output(cfg.output_dir, f"run {run_id} of {manifest}") as lease:
+        cb.started(len(jobs))
+        # 3. what this run renders from, besides each row's files (the weights hashed once)
+        basis = resume.Basis(run_id, cfg.config_hash(), identity.weights_digest(cfg.render.checkpoint))
+        return _run(jobs, cfg, cb, basis, lease)
+
+
+def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis, lease: locks.Lease) -> RunSummary:
+    # 4. skip what an earlier run into the same folder completed (unless forced)
+    todo, skipped = (jobs, set()) if cfg.force else resume.split(jobs, cfg.output_dir, basis, cb.job_done)
     path = cfg.output_dir / RESULTS_FILE
     # Rows naming a file an earlier job found missing fail at once (no part file: the
     # table is merged from this, which holds one entry per missing file).
     missing = MissingInputs(cfg.render.pack, cfg.config_hash(), rows=len(jobs))
     if todo:
-        # 3. connect to Ray (a local instance unless an address is given)
+        # 5. connect to Ray (a local instance unless an address is given)
         started_here, dashboard = _connect(cfg.address)
         cb.connected(dashboard)
         ended = 0  # jobs whose rows are on disk
         working = False
+        # The identities of the inputs of jobs in flight, taken as each job starts (manifest row → audio, video).
+        inputs: dict[int, tuple[str, str]] = {}
         # SIGTERM stops the run as Ctrl-C does, from here until its table is written (set
         # after ray.init, which sets a handler of its own)
         sigterm = _SigtermStops()
         try:
-            # 4. start the model workers (a bad checkpoint or backend stops here), then
+            # 6. start the model workers (a bad checkpoint or backend stops here), then
             #    render, keeping each row on disk as soon as its job ends
             def workers_ready(infos: list[WorkerInfo]) -> None:
                 nonlocal working
@@ -113,7 +130,8 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
 
             def job_done(result: JobResult) -> None:
                 nonlocal ended
-                resume.record(cfg.output_dir, result)
+                _still_held(lease)
+                resume.record(cfg.output_dir, basis.stamp(result, *inputs.pop(result.row, ("", ""))))
                 missing.learn(result)
                 ended += 1
                 cb.job_done(result)
@@ -122,7 +140,10 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
                 """The jobs to start, taken one at a time as the run has room for them."""
                 nonlocal ended
                 for job in todo:
+                    _still_held(lease)
                     if (known := missing.fail(job)) is None:
+                        if job.problem is None:
+                            inputs[job.row] = (identity.input_identity(job.audio), identity.input_identity(job.video))
                         yield job
                         continue
                     metrics.record_job(known)
@@ -141,12 +162,15 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
                 why = f"it was sent {_SIGNAL_NAMES[signum]}"
             else:
                 why = exc.message if isinstance(exc, HeygemError) else f"{type(exc).__name__}: {exc}"
-            try:
-                storage.makedirs(cfg.output_dir)  # none yet if it was stopped while it waited for workers
-                resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, stopped=why, missing=missing)
-                table = f"every row is in {path} (jobs that did not end say 'stopped')"
-            except HeygemError as failed:  # the cause may be the same: an unwritable output folder
-                table = f"the results table could not be written either ({failed.message})"
+            if lease.lost is not None:  # the folder is another run's now: its table is not ours to write
+                table = "the results table was not written (another run holds the folder now)"
+            else:
+                try:
+                    resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, run_id=basis.run_id,
+                                        stopped=why, missing=missing)  # fmt: skip
+                    table = f"every row is in {path} (jobs that did not end say 'stopped')"
+                except HeygemError as failed:  # the cause may be the same: an unwritable output folder
+                    table = f"the results table could not be written either ({failed.message})"
             said = (
                 f"the run stopped after {ended} of {len(todo)} jobs had ended: {why}; {table}; "
                 "run the same manifest again to render the rest"
@@ -160,9 +184,69 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
             sigterm.restore()
             if started_here:
                 ray.shutdown()
-    # 5. the results table: one row per manifest row, merged from the rows kept on disk
-    counts = resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, missing=missing)
-    return RunSummary(path, total=len(jobs), ok=counts["ok"], skipped=counts["skipped"], failed=counts["failed"])
+    # 7. the results table: one row per manifest row, merged from the rows kept on disk
+    _still_held(lease)
+    counts = resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, run_id=basis.run_id,
+                                 missing=missing)  # fmt: skip
+    return RunSummary(path, total=len(jobs), ok=counts["ok"], skipped=counts["skipped"], failed=counts["failed"],
+                      run_id=basis.run_id)  # fmt: skip
+
+
+# The run's lock, in its output folder (see locks.py): who runs into the folder, since when.
+RUN_LOCK = ".heygem-run.lock"
+
+
+@contextlib.contextmanager
+def hold_output(output_dir: Location, what: str) -> Iterator[locks.Lease]:
+    """Hold ``output_dir``'s run lock for ``what`` (words naming the run) while the block
+    runs; an ``InputError`` of kind ``output_locked`` naming the holder if another live run
+    holds it. A local folder made only to hold the lock is removed again if the run left
+    it empty (a run refused by Ray, say, leaves nothing behind)."""
+    made = _first_missing(output_dir) if isinstance(output_dir, Path) else None
+    lock = output_dir / RUN_LOCK
+    got = locks.acquire(lock, what)
+    if isinstance(got, locks.Held):
+        raise InputError(
+            f"{output_dir} is in use by another run: {got.describe()}; wait for it to end, stop it, or give "
+            f"another output folder (if that run is gone, its lock {lock} is taken over by the next run "
+            f"{locks.STALE_AFTER_S:.0f} s after its last heartbeat, or at once on the machine it ran on)",
+            kind="output_locked",
+        )
+    try:
+        with got:
+            yield got
+    finally:
+        if made is not None and isinstance(output_dir, Path):
+            _remove_empty(output_dir, made)
+
+
+def _still_held(lease: locks.Lease) -> None:
+    """Stop the run if its output folder was taken over (its heartbeat had stopped)."""
+    if lease.lost is not None:
+        raise InputError(f"{lease.lost}; this run stops here and leaves the folder to it", kind="output_locked")
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet; None if it exists."""
+    missing = None
+    while not folder.exists():
+        missing = folder
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folder: Path, up_to: Path) -> None:
+    """Remove ``folder`` and its parents up to ``up_to`` while they are empty."""
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (the run wrote there), or gone
+            return
+        if folder == up_to:
+            return
+        folder = folder.parent
 
 
 _SIGNAL_NAMES = {int(signal.SIGINT): "SIGINT (Ctrl-C)", int(signal.SIGTERM): "SIGTERM"}

@@ -10,7 +10,10 @@ from each process's environment, as the AWS and Google tools do: ``AWS_ACCESS_KE
 / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws``, an
 instance role; ``AWS_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3`` for an S3-compatible
 server (MinIO, Ceph, moto); ``GOOGLE_APPLICATION_CREDENTIALS`` or the metadata server
-for GCS. On a cluster every node reads its own.
+for GCS. On a cluster every node reads its own. Credentials written inside a URI
+(``s3://KEY:SECRET@bucket/…``, ``?secret_key=…``), which pyarrow would accept, are refused
+wherever a URI is read: the URI would be copied into the results table, logs, messages
+and reports.
 
 Writes are whole or nothing:
 
@@ -26,6 +29,8 @@ Writes are whole or nothing:
 from __future__ import annotations
 
 import contextlib
+import email.utils
+import errno
 import fcntl
 import functools
 import hashlib
@@ -34,20 +39,28 @@ import os
 import posixpath
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, TypeAlias, TypeVar, cast
+from typing import Any, BinaryIO, TypeAlias, TypeVar, cast
 
 import pyarrow.fs as pafs
 
-from heygem_ray.errors import InputError
+from heygem_ray.errors import InputError, storage_error, storage_errors
 
 _URI = re.compile(r"^(s3|gs|gcs)://(.*)$")
 # A URI that went through pathlib (an argparse or typer option of type Path) has lost a
 # slash: Path("s3://b/k") is "s3:/b/k". No one means a local folder named "s3:".
 _FOLDED = re.compile(r"^(s3|gs|gcs):/([^/].*)$")
+# Credentials as a URI can carry them: user information before the bucket (bucket names
+# hold neither ":" nor "@"), or pyarrow's query options.
+_QUERY_SECRET = re.compile(r"\?.*\b(access_key|secret_key|session_token|credentials)\b", re.IGNORECASE)
+_CREDENTIAL_CHAIN = (
+    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE and ~/.aws, or the instance's role) for s3://; "
+    "GOOGLE_APPLICATION_CREDENTIALS (or the metadata server) for gs://"
+)
 TMP_DIR = ".heygem-tmp"  # temporary keys of writes in progress, beside their targets
 _BLOCK = 8 << 20  # bytes per read/write while copying a stream
 # Environment variables that choose an object store's endpoint and credentials: a
@@ -64,10 +77,13 @@ class Uri:
 
     @classmethod
     def parse(cls, text: str) -> Uri:
-        """``s3://bucket/a/../b`` → ``Uri("s3", "bucket/b")``; ValueError for anything else."""
+        """``s3://bucket/a/../b`` → ``Uri("s3", "bucket/b")``; an ``InputError`` (kind
+        ``credentials_in_uri``, the secret left out) for one that holds credentials;
+        ValueError for anything else."""
         m = _URI.match(text) or _FOLDED.match(text)
         if m is None:
             raise ValueError(f"{text!r} is not a bucket URI (s3://BUCKET/KEY or gs://BUCKET/KEY)")
+        _refuse_credentials(m.group(1), m.group(2))
         bucket, _, rest = m.group(2).partition("/")
         rest = posixpath.normpath(rest) if rest.strip("/") else ""
         if not bucket or bucket in (".", "..") or rest == ".." or rest.startswith("../"):
@@ -121,6 +137,37 @@ class Uri:
         )
 
 
+def redact(text: str) -> str:
+    """``text`` as messages may show it: a bucket URI that holds credentials with them
+    replaced by ``***``; anything else as it is."""
+    m = _URI.match(text) or _FOLDED.match(text)
+    shown = _without_credentials(m.group(1), m.group(2)) if m else None
+    return text if shown is None else shown
+
+
+def _without_credentials(scheme: str, rest: str) -> str | None:
+    """The URI ``<scheme>://<rest>`` with its credentials hidden; None when it holds none."""
+    authority = rest.partition("/")[0]
+    if "@" in authority or ":" in authority:
+        # A secret may hold "/" (AWS's do): hide all up to the last "@", or all of it.
+        return f"{scheme}://***@{rest.rpartition('@')[2]}" if "@" in rest else f"{scheme}://***"
+    if _QUERY_SECRET.search(rest):
+        return f"{scheme}://{rest.partition('?')[0]}?***"
+    return None
+
+
+def _refuse_credentials(scheme: str, rest: str) -> None:
+    """Raise for a URI ``<scheme>://<rest>`` that holds credentials, showing it without them."""
+    shown = _without_credentials(scheme, rest)
+    if shown is None:
+        return
+    raise InputError(
+        f"{shown}: credentials inside a URI are refused (they would be copied into results.parquet, logs "
+        f"and reports); remove them and give them the usual way: {_CREDENTIAL_CHAIN}",
+        kind="credentials_in_uri",
+    )
+
+
 Location: TypeAlias = "Path | Uri"
 _L = TypeVar("_L", Path, Uri)  # a destination, and the folder its leftovers are in
 
@@ -136,7 +183,8 @@ def is_uri(value: object) -> bool:
 
 
 def location(value: str | os.PathLike[str] | Uri) -> Location:
-    """A ``Uri`` for ``s3://`` / ``gs://`` text (also after ``Path`` folded its ``//``), else a ``Path``."""
+    """A ``Uri`` for ``s3://`` / ``gs://`` text (also after ``Path`` folded its ``//``), else a ``Path``.
+    Raises as ``Uri.parse`` does (credentials inside the URI, a URI that names no object)."""
     if isinstance(value, Uri):
         return value
     if is_uri(value):
@@ -246,7 +294,7 @@ def list_stats(folder: Location, *, recursive: bool = False) -> dict[Location, S
 
 def download(src: Uri, dest: Path) -> None:
     """Copy the object ``src`` to the local file ``dest`` (written under a temporary name, then renamed)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    makedirs(dest.parent)
     tmp = dest.with_name(f".{dest.name}.{_token()}.tmp")
     try:
         with _filesystem(src).open_input_stream(src.key) as f, open(tmp, "wb") as out:
@@ -254,8 +302,8 @@ def download(src: Uri, dest: Path) -> None:
         os.replace(tmp, dest)
     except FileNotFoundError as exc:
         raise InputError(f"{src} does not exist; check the URI", kind="missing_file") from exc
-    except OSError as exc:
-        raise _error("could not download", src, exc) from exc
+    except OSError as exc:  # this machine's disk (errors with an errno), else the bucket
+        raise (storage_error(exc, dest.parent) or _error("could not download", src, exc)) from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -283,7 +331,7 @@ def fetch(src: Location, what: str, cache: Path) -> Path:
     dest = cache / digest[:2] / f"{digest}{src.suffix}"
     if dest.is_file() and dest.stat().st_size == found.size:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    makedirs(dest.parent)
     with file_lock(dest.with_name(f".{dest.name}.lock")):
         if not (dest.is_file() and dest.stat().st_size == found.size):
             download(src, dest)
@@ -299,7 +347,8 @@ def fetch(src: Location, what: str, cache: Path) -> Path:
 def makedirs(loc: Location) -> None:
     """Create a local folder and its parents; nothing for a bucket (keys need no folders)."""
     if isinstance(loc, Path):
-        loc.mkdir(parents=True, exist_ok=True)
+        with storage_errors(loc):
+            loc.mkdir(parents=True, exist_ok=True)
 
 
 def write_bytes(dest: Location, data: bytes | memoryview) -> None:
@@ -307,13 +356,44 @@ def write_bytes(dest: Location, data: bytes | memoryview) -> None:
     if isinstance(dest, Uri):
         upload(io.BytesIO(data), dest)
         return
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    makedirs(dest.parent)
     tmp = dest.with_name(f".{dest.name}.{_token()}.tmp")
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        with storage_errors(dest.parent):
+            tmp.write_bytes(data)
+            os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def allocate(path: Path) -> None:
+    """Give the local file at ``path`` all its blocks now (a memory map is about to fill
+    it): a full disk is then an ``OSError`` here, where a page written through the map
+    would get SIGBUS, which kills the process. A file system that cannot allocate ahead
+    is left as it is."""
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+
+
+def check_writable(folder: Location) -> None:
+    """Write a small file into ``folder`` (a local folder, made if missing, or a bucket
+    prefix) and delete it, so that a folder the run cannot write stops it at once, with a
+    ``storage`` error saying what to do, rather than after its workers started. Folders
+    it had to make are removed again: nothing is left behind."""
+    probe = folder / f".heygem-probe-{_token()}"
+    with storage_errors(folder):
+        made = [] if isinstance(folder, Uri) else [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        write_bytes(probe, b"heygem-ray write probe\n")  # bytes, not an empty file: a full disk refuses them
+        remove(probe)
+    finally:
+        for p in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 def upload(source: Path | BinaryIO, dest: Uri) -> None:
@@ -337,25 +417,108 @@ def upload(source: Path | BinaryIO, dest: Uri) -> None:
                 fs.delete_file(tmp)
 
 
-def create_if_absent(dest: Uri, data: bytes) -> bool | None:
-    """Write ``data`` to ``dest`` only if no object has that name (one atomic request):
-    True if this call created it, False if one was there. None where the store cannot
-    do that atomically here (only S3 and stores that speak its API can: If-None-Match)."""
-    if dest.scheme != "s3":
-        return None
-    import boto3  # here only: the one S3 call pyarrow cannot make
+# -- conditional writes: S3 ----------------------------------------------------------------
+# One request each, decided by the server: what two machines need to agree on who holds a
+# lock (locks.py). S3 and stores that speak its API (MinIO, Ceph, moto) take If-None-Match
+# and If-Match on PutObject and If-Match on DeleteObject; pyarrow sends neither, so these go
+# through boto3. Other stores (gs://) have none of them here: ``conditional`` says so.
+
+# Codes of a request whose condition did not hold: 412 (the object is another version, or
+# is there), 409 (a concurrent write to it won), 404 (none is there to match).
+_CONDITION_FAILED = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404", "412", "409"})
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """An object's bytes, the version they are (its ETag), and how long ago it was last
+    written by the store's own clock (its Last-Modified against the response's Date), so
+    that machines whose clocks disagree still agree on its age (to a second)."""
+
+    data: bytes
+    etag: str
+    age_s: float
+
+
+def conditional(loc: Location) -> bool:
+    """Whether writes to ``loc`` can be conditional here: objects in S3 (or an S3 API)."""
+    return isinstance(loc, Uri) and loc.scheme == "s3"
+
+
+def read_versioned(src: Uri) -> Versioned | None:
+    """The object ``src`` with its version and age (one GET); None when there is none."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = src.key.partition("/")
+    try:
+        got = _s3().get_object(Bucket=bucket, Key=key)
+        data = got["Body"].read()
+    except ClientError as exc:
+        if _code(exc) in ("NoSuchKey", "404"):
+            return None
+        raise _error("could not read", src, exc) from exc
+    except BotoCoreError as exc:
+        raise _error("could not read", src, exc) from exc
+    now = email.utils.parsedate_to_datetime(got["ResponseMetadata"]["HTTPHeaders"]["date"])
+    return Versioned(data, got["ETag"], max(0.0, (now - got["LastModified"]).total_seconds()))
+
+
+def put_if(dest: Uri, data: bytes, etag: str | None) -> str | None:
+    """Write ``data`` to ``dest`` only if the object there is still version ``etag`` (None:
+    only if there is none), in one request. Returns the new version; None when the
+    condition did not hold and nothing was written."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = dest.key.partition("/")
+    condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+    try:
+        return str(_s3().put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"])
+    except ClientError as exc:
+        if _code(exc) in _CONDITION_FAILED:
+            return None
+        raise _error("could not write", dest, exc) from exc
+    except BotoCoreError as exc:
+        raise _error("could not write", dest, exc) from exc
+
+
+def remove_if(dest: Uri, etag: str) -> bool:
+    """Delete ``dest`` only if it is still version ``etag``, in one request: whether it was."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, _, key = dest.key.partition("/")
     try:
-        boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        _s3().delete_object(Bucket=bucket, Key=key, IfMatch=etag)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+        if _code(exc) in _CONDITION_FAILED:
             return False
-        raise _error("could not write", dest, exc) from exc
+        raise _error("could not delete", dest, exc) from exc
     except BotoCoreError as exc:
-        raise _error("could not write", dest, exc) from exc
+        raise _error("could not delete", dest, exc) from exc
     return True
+
+
+def _code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+_S3_MADE = threading.Lock()
+
+
+def _s3() -> Any:
+    """A boto3 S3 client for this process's environment (see the module docstring), made
+    once per set of its values. Short timeouts: a lock's heartbeat must not hang for
+    minutes on one request (botocore's default is a minute per try)."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
+    with _S3_MADE:  # boto3's default session is not safe to make clients from in parallel
+        return _s3_for(env)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_for(env: tuple[tuple[str, str], ...]) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=5, read_timeout=15, retries={"max_attempts": 3, "mode": "standard"})
+    return boto3.session.Session().client("s3", config=config)
 
 
 def staging_file(dest: Location, scratch: Path, suffix: str) -> Path:
@@ -365,7 +528,7 @@ def staging_file(dest: Location, scratch: Path, suffix: str) -> Path:
     rename), else in ``scratch``. ``staged_leftovers`` finds these names of one ``dest``."""
     name = f".{dest.stem}.{_owner(dest)}.{_token()}{suffix}"
     if isinstance(dest, Path):
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        makedirs(dest.parent)
         return dest.with_name(name)
     return scratch / name
 
@@ -389,7 +552,8 @@ def publish(local: Path, dest: Location) -> None:
     """Put the finished local file ``local`` at ``dest``: a rename for a local ``dest`` (on
     the same file system), an upload otherwise; ``local`` is gone afterwards."""
     if isinstance(dest, Path):
-        os.replace(local, dest)
+        with storage_errors(dest.parent):
+            os.replace(local, dest)
         return
     upload(local, dest)
     local.unlink()
@@ -398,7 +562,8 @@ def publish(local: Path, dest: Location) -> None:
 def remove(loc: Location) -> None:
     """Delete the file at ``loc`` if it is there."""
     if isinstance(loc, Path):
-        loc.unlink(missing_ok=True)
+        with storage_errors(loc.parent):
+            loc.unlink(missing_ok=True)
         return
     try:
         _filesystem(loc).delete_file(loc.key)
@@ -472,7 +637,9 @@ def _error(action: str, loc: Uri, exc: BaseException, after: str = "") -> InputE
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) across processes on this machine."""
-    with open(path, "a") as f:
+    with storage_errors(path.parent):
+        f = open(path, "a")
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

@@ -14,7 +14,6 @@ words, on a cluster as well as here; an error that is not heygem-ray's own (a
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 import traceback
@@ -23,15 +22,16 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
 from heygem_ray.backends import stage_digest
+from heygem_ray.backends.runner import infer_batched
+from heygem_ray.calibration import calibration_for
 from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore
-from heygem_ray.errors import EngineError, HeygemError, InternalError
+from heygem_ray.errors import EngineError, HeygemError, InternalError, storage_error
+from heygem_ray.hardware import DeviceInfo, cuda_unusable
 from heygem_ray.packs import Features, get_pack
-from heygem_ray.quantize import calibration_for, open_first, precision_order
-from heygem_ray.runners import infer_batched
+from heygem_ray.precision import open_first, precision_order
 
 log = logging.getLogger(__name__)
 
@@ -39,40 +39,6 @@ log = logging.getLogger(__name__)
 # and --device auto: use it, or render on the CPU and say why), "required" (Ray gave it
 # one and --device gpu: use it, or fail to start saying why).
 GpuUse = Literal["none", "wanted", "required"]
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    device: str  # "cpu" or "cuda:0"
-    gpu: str | None  # e.g. "NVIDIA H100 80GB HBM3"
-    compute_capability: str | None  # e.g. "9.0"
-
-    @classmethod
-    def detect(cls) -> DeviceInfo:
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return cls("cuda:0", torch.cuda.get_device_name(0), f"{major}.{minor}")
-        return cls("cpu", None, None)
-
-
-def cuda_unusable() -> str:
-    """Why PyTorch cannot use CUDA in this process (asked when ``torch.cuda.is_available()``
-    is False): a CPU-only build, no driver, no device visible."""
-    if torch.version.cuda is None:
-        return (
-            f"this node's PyTorch {torch.__version__} is a CPU-only build (torch.version.cuda is None): "
-            "install a CUDA build of torch on the GPU nodes"
-        )
-    try:
-        torch.cuda.init()  # raises with the driver's own words
-    except (RuntimeError, AssertionError) as exc:
-        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    else:
-        said = "it sees no device"
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return (
-        f"CUDA is not available to PyTorch {torch.__version__} (built for CUDA {torch.version.cuda}): {said} "
-        f"(CUDA_VISIBLE_DEVICES={visible!r}); check the node's NVIDIA driver with nvidia-smi"
-    )
 
 
 @dataclass(frozen=True)
@@ -86,7 +52,7 @@ class WorkerInfo:
     # What the pack's reference stage computes (its weights, code and precision); "" for
     # packs without one. Templates keep its outputs under this name.
     reference_key: str = ""
-    calibration: str = ""  # int8: the calibration data's id (quantize.CalibrationSet.id)
+    calibration: str = ""  # int8: the calibration data's id (backends.int8.CalibrationSet.id)
 
 
 @dataclass(frozen=True)
@@ -97,6 +63,19 @@ class ChunkOutput:
     worker: WorkerInfo
 
 
+def _start_error(exc: Exception) -> EngineError:
+    """A start-up error that is not heygem-ray's own, as the worker's error: its type and
+    first line (the traceback goes to the worker's log)."""
+    log.error("the model worker could not start:\n%s", traceback.format_exc())
+    text = str(exc).strip()
+    return EngineError(
+        f"a model worker could not start: {type(exc).__name__}: {text.splitlines()[0] if text else '(no message)'} "
+        "(its traceback is in the worker's log: the dashboard, or 'ray logs worker-*.err' on its node); "
+        "a MemoryError means its node has too little memory for the pack's models",
+        kind="worker_start",
+    )
+
+
 class ModelWorker:
     def __init__(self, cfg: RenderConfig, engines_dir: Path, node: str | None = None, gpu: GpuUse = "none"):
         self.error: HeygemError | None = None
@@ -104,15 +83,10 @@ class ModelWorker:
             self._start(cfg, engines_dir, node or socket.gethostname(), gpu)
         except HeygemError as exc:
             self.error = exc
+        except OSError as exc:  # the engine store's disk full or read-only: the user's to fix, not a bug
+            self.error = storage_error(exc, engines_dir) or _start_error(exc)
         except Exception as exc:  # not ours (MemoryError, a library's error): kept in its own words
-            log.error("the model worker could not start:\n%s", traceback.format_exc())
-            text = str(exc).strip()
-            self.error = EngineError(
-                f"a model worker could not start: {type(exc).__name__}: {text.splitlines()[0] if text else '(no message)'} "
-                "(its traceback is in the worker's log: the dashboard, or 'ray logs worker-*.err' on its node); "
-                "a MemoryError means its node has too little memory for the pack's models",
-                kind="worker_start",
-            )
+            self.error = _start_error(exc)
 
     def _start(self, cfg: RenderConfig, engines_dir: Path, node: str, gpu: GpuUse) -> None:
         self.pack = get_pack(cfg.pack)

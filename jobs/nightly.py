@@ -14,9 +14,11 @@ outside one, it starts a local Ray instance like ``heygem-ray submit`` does.
 Exit status, as ``heygem-ray submit``: 0 every row ok (or skipped: complete from an
 earlier run of the same date), 1 any row failed (see ``results.parquet``) or the run
 stopped part-way (``run.json`` holds the message), 2 the run could not start (unusable
-manifest or options, model workers that could not start) or could not go on (no model
-worker left), 130 / 143 stopped by SIGINT / SIGTERM (``ray job stop``); the table is
-written whenever rendering began or the run was waiting for its workers.
+manifest or options, model workers that could not start; nothing was rendered) or could
+not go on (no model worker left), or another run holds that night's folder (one line says
+whose; nothing in the folder is touched, ``run.json`` included); 130 / 143 stopped by
+SIGINT / SIGTERM (``ray job stop``). The table is written whenever rendering began or the
+run was waiting for its workers.
 """
 
 from __future__ import annotations
@@ -61,11 +63,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="jobs/nightly.py",
         description="Render MANIFEST into OUTPUT_ROOT/<date>/ (resuming a run of the same date).",
-        epilog="Exit status: 0 every row ok or skipped, 1 any row failed or the run stopped part-way, 2 the run could "
-               "not start or no model worker is left, 130 / 143 stopped by SIGINT / SIGTERM.",
+        epilog="Exit status: 0 every row ok or skipped, 1 any row failed or the run stopped part-way, 2 the run could not "
+               "start (or another run holds the folder) or no model worker is left, 130 / 143 stopped by SIGINT / "
+               "SIGTERM.",
     )
-    p.add_argument("manifest", type=location, help="CSV or Parquet manifest (columns audio, video; optionally job_id, output).")
-    p.add_argument("output_root", type=location, help="Each night's run goes to OUTPUT_ROOT/<date>/ (a path or s3:// / gs:// URI).")
+    p.add_argument("manifest", type=_location, help="CSV or Parquet manifest (columns audio, video; optionally job_id, output).")
+    p.add_argument("output_root", type=_location, help="Each night's run goes to OUTPUT_ROOT/<date>/ (a path or s3:// / gs:// URI).")
     p.add_argument("--date", type=_iso_date, default=None,
                    help="The run's date, YYYY-MM-DD (default: today in UTC). Pass it to resume a night after midnight.")
     p.add_argument("--pack", choices=get_args(PackName), default="warp")
@@ -76,7 +79,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibrate", type=Path, default=None,
                    help="For int8: a manifest of the presenter and speech to calibrate on (a path every node sees).")
     p.add_argument("--chunk-frames", type=int, default=128)
-    p.add_argument("--engines", type=location, default=None,
+    p.add_argument("--engines", type=_location, default=None,
                    help="Engine store (a path every node sees, or a bucket URI; default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines).")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="Template cache (default: ~/.cache/heygem-ray/templates; on a cluster, a shared path).")
@@ -156,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_status
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        if exc.kind == "output_locked":  # the folder, run.json with it, is the other run's: leave it alone
+            return 2
         _say(date, "could not start: nothing was rendered")
         _write_run(out, run | {"exit_code": 2, "error": exc.message})
         return 2
@@ -217,7 +222,12 @@ class _Log(RunCallbacks):
 
 
 def _write_run(out: Location, run: dict[str, Any]) -> None:
-    storage.write_bytes(out / RUN_FILE, (json.dumps(run | {"ended_at": _now()}, indent=2) + "\n").encode())
+    """Write ``run.json``; one that cannot be written (the folder the run could not write
+    either, say) is a log line, not a second error."""
+    try:
+        storage.write_bytes(out / RUN_FILE, (json.dumps(run | {"ended_at": _now()}, indent=2) + "\n").encode())
+    except HeygemError as exc:
+        _say(run["date"], f"{RUN_FILE} not written: {exc.message}")
 
 
 def _say(date: str, message: str) -> None:
@@ -227,6 +237,15 @@ def _say(date: str, message: str) -> None:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _location(text: str) -> Location:
+    """An argument that names a folder or file: a path or a bucket URI. argparse shows the
+    message alone (never the argument itself: it may hold credentials)."""
+    try:
+        return location(text)
+    except (HeygemError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(exc.message if isinstance(exc, HeygemError) else str(exc)) from None
 
 
 def _iso_date(text: str) -> str:

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.system import MISSING_PACKAGE
+from tests.helpers.tiers import mark_by_use
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
 # pytester: tests/test_system_packages.py runs pytest on a test file of its own;
 # tests.helpers.s3: the S3 server fixtures (s3_server, s3_env, bucket).
 pytest_plugins = ["pytester", "tests.helpers.s3"]
@@ -37,6 +39,13 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by what it uses (tests/helpers/tiers.py): ``make check`` runs those
+    that need no Ray, no cluster, no int8 calibration and no end-to-end render."""
+    for item in items:
+        mark_by_use(item)
 
 
 # tryfirst makes this the outermost wrapper: its lines follow pytest's own sections

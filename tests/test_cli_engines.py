@@ -34,11 +34,11 @@ def test_doctor_names_the_device_and_why_each_backend_can_or_cannot_run(tmp_path
 
 
 def test_engines_build_then_list(tmp_path):
-    built = cli("engines", "build", "--store", "es", cwd=tmp_path)
+    built = cli("engines", "build", "--engines", "es", cwd=tmp_path)
     assert built.returncode == 0, built.stderr
     paths = [line.split(": ", 1)[1] for line in built.stdout.splitlines() if ": " in line and not line.startswith("note")]
     assert len(paths) == 2 and all((tmp_path / p / "model.onnx").is_file() for p in paths)
-    listed = cli("engines", "list", "--store", "es", cwd=tmp_path).stdout
+    listed = cli("engines", "list", "--store", "es", cwd=tmp_path).stdout  # the old spelling of --engines
     rows = [line for line in listed.splitlines() if "│ warp" in line]
     assert len(rows) == 2
     assert all("onnxruntime" in r and "fp32" in r and "yes" in r for r in rows)
@@ -46,7 +46,7 @@ def test_engines_build_then_list(tmp_path):
 
 
 def test_engines_build_exports_each_of_musetalks_three_networks(tmp_path, musetalk_folder):
-    built = cli("engines", "build", "--pack", "musetalk", "--checkpoint", str(musetalk_folder), "--store", "es",
+    built = cli("engines", "build", "--pack", "musetalk", "--checkpoint", str(musetalk_folder), "--engines", "es",
                 cwd=tmp_path)
     assert built.returncode == 0, built.stderr
     paths = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in built.stdout.splitlines()
@@ -57,7 +57,7 @@ def test_engines_build_exports_each_of_musetalks_three_networks(tmp_path, museta
 
 @pytest.mark.skipif(TRT_OK, reason="TensorRT can run here")
 def test_asking_for_tensorrt_where_it_cannot_run_stops_before_any_work(tmp_path):
-    built = cli("engines", "build", "--backend", "tensorrt", "--store", "es", cwd=tmp_path)
+    built = cli("engines", "build", "--backend", "tensorrt", "--engines", "es", cwd=tmp_path)
     assert built.returncode == 2 and TRT_WHY in built.stderr
     proc = cli("submit", str(REPO / "examples" / "manifest.csv"), "--backend", "tensorrt", "-o", "o", cwd=tmp_path)
     assert proc.returncode == 2

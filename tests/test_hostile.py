@@ -329,13 +329,14 @@ def test_rows_failed_at_once_are_merged_from_the_run_not_from_an_earlier_part_fi
     out = tmp_path / "out"
     first, second, third = read_manifest(tmp_path / "m.csv", out)
     earlier = JobResult.for_job(second, "warp")
-    earlier.status, earlier.frames = "ok", 25
+    earlier.status, earlier.frames, earlier.run_id = "ok", 25, "earlier"
     resume.record(out, earlier)  # an earlier run's row
 
     missing = MissingInputs("warp", "h", rows=3)
     ran = JobResult.for_job(first, "warp")  # the first job, as render_job reports it
     ran.error_kind, ran.error_stage = "missing_file", "probe"
     ran.error = f"{first.label}: audio {first.audio} does not exist; check the path"
+    ran.run_id = "this"
     resume.record(out, ran)
     missing.learn(ran)
     assert missing.fail(third) is None  # its audio is not known to be missing
@@ -343,7 +344,7 @@ def test_rows_failed_at_once_are_merged_from_the_run_not_from_an_earlier_part_fi
     assert at_once is not None and at_once.error == f"{second.label}: audio {second.audio} does not exist; check the path"
     assert (at_once.status, at_once.error_stage, at_once.attempts) == ("failed", "probe", 0)
 
-    resume.write_merged([first, second, third], out, set(), "warp", out / "results.parquet",
+    resume.write_merged([first, second, third], out, set(), "warp", out / "results.parquet", run_id="this",
                         stopped="interrupted", missing=missing)  # fmt: skip
     table = {r["job_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
     assert [table[j]["error_kind"] for j in ("first", "second", "third")] == ["missing_file", "missing_file", "stopped"]

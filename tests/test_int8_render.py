@@ -26,7 +26,7 @@ def test_engines_build_then_render_a_job_at_int8(tmp_path: Path, examples: Path)
     exe = Path(sys.executable).with_name("heygem-ray")
     built = subprocess.run(
         [str(exe), "engines", "build", "--pack", "wav2lip", "--checkpoint", str(ckpt), "--precision", "int8",
-         "--calibrate", str(manifest), "--store", str(store)],
+         "--calibrate", str(manifest), "--engines", str(store)],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert built.returncode == 0, built.stderr

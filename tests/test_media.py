@@ -14,6 +14,7 @@ import pytest
 
 from heygem_ray import media
 from heygem_ray.errors import EngineError, InputError, InternalError
+from heygem_ray.media import video_probe
 from tests.helpers.media import (
     make_channels,
     make_corrupt,
@@ -50,7 +51,7 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def decoded(*args: object) -> int:
         raise AssertionError(f"probe_video decoded {args} to count its frames")
 
-    monkeypatch.setattr(media, "_decoded_frames", decoded)
+    monkeypatch.setattr(video_probe, "_decoded_frames", decoded)
 
 
 def _frames(info: media.VideoInfo) -> list[np.ndarray]:
@@ -324,7 +325,7 @@ def test_silence_is_valid(tmp_path: Path, channels: int) -> None:
     ],
 )
 def test_choose_fps(avg: Fraction | None, nominal: Fraction | None, chosen: Fraction) -> None:
-    assert media._choose_fps(avg, nominal) == chosen
+    assert video_probe._choose_fps(avg, nominal) == chosen
 
 
 # --------------------------------------------------------------------------- errors

@@ -46,16 +46,17 @@ def test_the_merged_table_reads_each_row_back_marks_skipped_ones_and_names_a_los
     manifest.write_text("job_id,audio,video,teacher\none,a.wav,p.jpg,anna\ntwo,b.wav,p.jpg,ben\nthree,c.wav,p.jpg,cy\n")
     out = tmp_path / "out"
     one, two, three = read_manifest(manifest, out)
-    for job, status in ((one, "ok"), (two, "failed")):
+    for job, status, run in ((one, "ok", "earlier"), (two, "failed", "this")):
         r = JobResult.for_job(job, "warp")
-        r.status, r.frames, r.attempts = status, 25, 2
+        r.status, r.frames, r.attempts, r.run_id = status, 25, 2, run
         resume.record(out, r)
     # "one" was complete before this run; "three" ended but its row file is gone.
-    counts = resume.write_merged([one, two, three], out, {one.row}, "warp", out / "results.parquet")
+    counts = resume.write_merged([one, two, three], out, {one.row}, "warp", out / "results.parquet", run_id="this")
     assert counts == {"skipped": 1, "failed": 2}
     table = {r["job_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
     assert list(table) == ["one", "two", "three"]
     assert (table["one"]["status"], table["one"]["attempts"], table["one"]["frames"]) == ("skipped", 0, 25)
+    assert [table[j]["run_id"] for j in ("one", "two", "three")] == ["earlier", "this", "this"]
     assert (table["two"]["status"], table["two"]["attempts"], table["two"]["teacher"]) == ("failed", 2, "ben")
     lost = table["three"]
     assert (lost["status"], lost["error_kind"], lost["teacher"]) == ("failed", "internal", "cy")
@@ -63,9 +64,9 @@ def test_the_merged_table_reads_each_row_back_marks_skipped_ones_and_names_a_los
     assert str(Path(out, resume.PARTS_DIR)) in lost["error"]
 
 
-def test_the_readme_documents_every_column():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_document_every_column():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    section = page.split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
     documented = {name for cell in (line.split("|")[1] for line in section.splitlines() if line.startswith("| `"))
                   for name in re.findall(r"`([a-z_]+)`", cell)}
     assert documented >= set(results.SCHEMA.names), set(results.SCHEMA.names) - documented

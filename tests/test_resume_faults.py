@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from heygem_ray import RenderConfig, RunConfig, media, resume, storage, submit
+from heygem_ray.errors import RunStopped
 from heygem_ray.manifest import Job
 from heygem_ray.pipeline import PARTIAL_SUFFIX
 from heygem_ray.results import JobResult
@@ -188,6 +191,109 @@ def test_a_driver_killed_mid_run_is_resumed_by_running_it_again(folder):
     assert [p.name for p in (folder / "out").iterdir() if p.name.endswith(".part.mp4")] == []
 
 
+def _segment(src: Path, dst: Path, start: float, seconds: float) -> Path:
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-ss", str(start), "-i", str(src), "-t", str(seconds),
+                    str(dst)], check=True)  # fmt: skip
+    return dst
+
+
+def test_a_rerun_renders_again_what_changed_under_the_same_names(folder, examples, ray_local):
+    """After a first run, `one`'s lesson is re-recorded (other words, as long: the same size,
+    its modification time set back) and `two`'s MP4 is replaced by another of as many
+    frames (here `one`'s, as a run killed between publishing an MP4 and recording its row
+    can leave one). Paths, sizes, times and frame counts all say complete; the contents
+    do not, so both render again. Then nothing has changed: both are skipped."""
+    _segment(examples / "lesson1.wav", folder / "a.wav", 0.0, 1.0)
+    _segment(examples / "lesson1.wav", folder / "b.wav", 1.0, 1.0)
+    rows = ["one,a.wav,p.jpg", "two,b.wav,p.jpg"]
+    first = _run(folder, rows)
+    assert [first[j]["status"] for j in ("one", "two")] == ["ok", "ok"]
+    one, two = Path(first["one"]["output"]), Path(first["two"]["output"])
+
+    was = (folder / "a.wav").stat()
+    _segment(examples / "lesson1.wav", folder / "a.wav", 3.0, 1.0)  # other words, as long
+    os.utime(folder / "a.wav", ns=(was.st_atime_ns, was.st_mtime_ns))
+    assert (folder / "a.wav").stat().st_size == was.st_size
+    shutil.copyfile(one, two)
+    assert media.indexed_frames(two) == first["two"]["frames"]
+    again = _run(folder, rows)
+    assert [again[j]["status"] for j in ("one", "two")] == ["ok", "ok"], [again[j]["error"] for j in again]
+    assert again["one"]["audio_identity"] != first["one"]["audio_identity"]
+    assert two.read_bytes() != one.read_bytes() and len(media.read_video(two)[0]) == again["two"]["frames"]
+
+    third = _run(folder, rows)
+    assert [third[j]["status"] for j in ("one", "two")] == ["skipped", "skipped"]
+    assert {third[j]["run_id"] for j in third} == {again["one"]["run_id"]}  # the run that rendered them
+
+
+def test_new_weights_at_the_same_checkpoint_path_are_rendered_again(folder, ray_local):
+    """New weights written over the old checkpoint: same path, same size, its modification
+    time set back (as a sync tool may leave it). The row renders again with them."""
+    from tests.helpers.wav2lip_ckpt import write_random_checkpoint
+
+    _speech(folder / "a.wav", folder / "short.wav", 0.4)
+    ckpt = write_random_checkpoint(folder / "wav2lip.pth", seed=0)
+    render = RenderConfig(pack="wav2lip", checkpoint=ckpt, backend="pytorch")
+    rows = ["one,short.wav,p.jpg"]
+    first = _run(folder, rows, render=render)
+    assert first["one"]["status"] == "ok", first["one"]["error"]
+    assert _run(folder, rows, render=render)["one"]["status"] == "skipped"
+
+    was = ckpt.stat()
+    write_random_checkpoint(ckpt, seed=1)
+    os.utime(ckpt, ns=(was.st_atime_ns, was.st_mtime_ns))
+    assert ckpt.stat().st_size == was.st_size
+    again = _run(folder, rows, render=render)
+    assert again["one"]["status"] == "ok" and again["one"]["weights_digest"] != first["one"]["weights_digest"]
+    assert again["one"]["config_hash"] == first["one"]["config_hash"]  # the same settings, other weights
+
+
+class _StopAfterFirstJob(RunCallbacks):
+    def job_done(self, result) -> None:
+        raise RuntimeError("stopped by the test after its first job")
+
+
+def test_a_stopped_run_says_stopped_for_its_unfinished_jobs_never_an_earlier_runs_ok(folder, ray_local):
+    """An earlier run rendered every row with other settings. This run stops after its first
+    job: the rows of its other jobs say 'stopped', not the earlier run's 'ok'."""
+    rows = [f"job{i},a.wav,p.jpg" for i in range(3)]
+    earlier = _run(folder, rows)
+    assert {r["status"] for r in earlier.values()} == {"ok"}
+    cfg = RunConfig(output_dir=folder / "out", cache_dir=folder / "cache", engines_dir=folder / "engines",
+                    render=RenderConfig(loop="forward"))  # fmt: skip
+    with pytest.raises(RunStopped, match="stopped by the test after its first job"):
+        submit(folder / "m.csv", cfg, _StopAfterFirstJob())
+    table = {r["job_id"]: r for r in pq.read_table(folder / "out" / "results.parquet").to_pylist()}
+    (ended,) = [r for r in table.values() if r["status"] == "ok"]
+    assert ended["config_hash"] == cfg.config_hash() != earlier[ended["job_id"]]["config_hash"]
+    for r in table.values():
+        if r is not ended:
+            assert (r["status"], r["error_kind"]) == ("failed", "stopped")
+            assert r["run_id"] == ended["run_id"] != earlier[r["job_id"]]["run_id"]
+
+
+def test_a_row_an_older_version_kept_is_not_trusted_and_still_reads(tmp_path, examples):
+    """A part file written before rows carried their identities: never trusted (rendered
+    again), never a crash, and not a row of this run's table."""
+    out = tmp_path / "out"
+    job = Job(row=1, job_id="one", audio=examples / "lesson1.wav", video=examples / "presenter.jpg",
+              output=out / "one.mp4")  # fmt: skip
+    out.mkdir()
+    with media.VideoWriter(job.output, width=64, height=48, fps=Fraction(25), audio=job.audio, duration=2.0) as w:
+        w.write(np.zeros((50, 48, 64, 3), np.uint8))
+    old = JobResult.for_job(job, "warp")
+    old.status, old.frames, old.output_bytes, old.config_hash = "ok", 50, job.output.stat().st_size, "h"
+    row = {k: v for k, v in old.to_row().items() if k not in ("run_id", "weights_digest", "audio_identity",
+                                                               "video_identity", "output_mtime_ns")}  # fmt: skip
+    resume.part_path(out, job.job_id).parent.mkdir()
+    pq.write_table(pa.Table.from_pylist([row]), resume.part_path(out, job.job_id))
+
+    assert resume.split([job], out, resume.Basis("now", "h", "none")) == ([job], set())
+    resume.write_merged([job], out, set(), "warp", out / "results.parquet", run_id="now", stopped="interrupted")
+    (merged,) = pq.read_table(out / "results.parquet").to_pylist()
+    assert (merged["status"], merged["error_kind"], merged["run_id"]) == ("failed", "stopped", "now")
+
+
 def test_a_single_core_cluster_does_not_hang(tmp_path, examples):
     """One CPU: the model worker must leave it to the job tasks (in a fresh Ray, in a subprocess)."""
     import sys
@@ -196,7 +302,7 @@ def test_a_single_core_cluster_does_not_hang(tmp_path, examples):
 import ray, logging
 from pathlib import Path
 from heygem_ray import RunConfig, submit
-ray.init(num_cpus=1, include_dashboard=False, logging_level=logging.WARNING)
+ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level=logging.WARNING)
 s = submit(Path({str(tmp_path / 'm.csv')!r}), RunConfig(output_dir=Path({str(tmp_path / 'out')!r}),
            cache_dir=Path({str(tmp_path / 'c')!r}), engines_dir=Path({str(tmp_path / 'e')!r})))
 print([r.status for r in s.results])

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -23,6 +24,7 @@ import pytest
 from heygem_ray import media, resume, storage
 from heygem_ray.engines import EngineStore
 from heygem_ray.errors import InputError
+from heygem_ray.identity import input_identity
 from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.results import JobResult
 from heygem_ray.storage import Uri
@@ -57,6 +59,31 @@ def test_location_takes_text_paths_and_uris_that_went_through_pathlib():
     assert storage.location("gs://b/k/") == Uri("gs", "b/k")
     assert storage.location("out/s3:/x") == Path("out/s3:/x")
     assert storage.location(Path("rel/dir")) == Path("rel/dir")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "s3://AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMIK7MDENG@bucket/media/a.wav",
+        "s3:/AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG+b@bucket/a.wav",  # folded by pathlib; a "/" in the secret
+        "s3://AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG",  # no bucket after it at all
+        "gs://bucket/a.wav?access_key=AKIAIOSFODNN7EXAMPLE&secret_key=wJalrXUtnFEMIK7MDENG",
+        "s3://bucket?secret_key=wJalrXUtnFEMIK7MDENG/a.wav",
+    ],
+)
+def test_credentials_inside_a_uri_are_refused_without_repeating_them(text):
+    with pytest.raises(InputError) as info:
+        storage.location(text)
+    said = info.value.message
+    assert info.value.kind == "credentials_in_uri"
+    assert "AKIAIOSFODNN7EXAMPLE" not in said and "wJalrXUtnFEMI" not in said and "K7MDENG" not in said
+    assert "***" in said and "AWS_ACCESS_KEY_ID" in said and "GOOGLE_APPLICATION_CREDENTIALS" in said
+    assert "wJalrXUtnFEMI" not in storage.redact(text)
+
+
+def test_an_at_sign_in_a_key_is_no_credential():
+    assert storage.location("s3://bucket/people/ann@example.com/a.wav") == Uri("s3", "bucket/people/ann@example.com/a.wav")
+    assert storage.redact("s3://bucket/people/ann@example.com/a.wav") == "s3://bucket/people/ann@example.com/a.wav"
 
 
 # -- a real S3 server -----------------------------------------------------------------------
@@ -141,6 +168,19 @@ def test_writing_to_a_missing_bucket_says_what_to_check(bucket):
     assert err.value.kind == "storage" and "credentials" in err.value.message
 
 
+def test_a_bucket_prefix_the_run_cannot_write_stops_it_before_ray_starts(bucket, s3_env, tmp_path, examples):
+    storage.check_writable(bucket / "out")
+    assert _keys(bucket) == {}  # the probe is gone again
+    (tmp_path / "m.csv").write_text(f"audio,video\n{examples / 'lesson1.wav'},{examples / 'presenter.jpg'}\n")
+    missing = f"s3://{bucket.bucket}-missing/out"
+    proc = subprocess.run([str(Path(sys.executable).with_name("heygem-ray")), "submit", "m.csv", "-o", missing],
+                          cwd=tmp_path, env=_child_env(s3_env, tmp_path / "home-cache"), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: could not write {missing}/.heygem-probe-") and proc.stderr.count("\n") == 1
+    assert "credentials" in proc.stderr and proc.stdout == ""
+
+
 def test_inputs_are_downloaded_once_per_machine_and_again_when_changed(bucket, tmp_path, monkeypatch):
     storage.write_bytes(bucket / "media/a.wav", b"RIFF one")
     calls: list[Uri] = []
@@ -188,24 +228,35 @@ def test_a_manifest_in_a_bucket_resolves_its_rows_there(bucket):
     assert err.value.kind == "missing_file" and "check the URI" in err.value.message
 
 
-def test_a_rerun_into_a_bucket_skips_a_job_whose_object_has_the_recorded_size(bucket, tmp_path):
+def test_a_rerun_into_a_bucket_skips_a_job_whose_object_is_the_one_its_job_published(bucket, tmp_path):
     storage.write_bytes(bucket / "m.csv", b"job_id,audio,video\none,a.wav,p.jpg\n")
+    storage.write_bytes(bucket / "a.wav", b"a lesson")
+    storage.write_bytes(bucket / "p.jpg", b"a presenter")
     (job,) = read_manifest(bucket / "m.csv", bucket / "out")
     storage.write_bytes(job.output, b"0" * 1000)
+    published = storage.stat(job.output)
     row = JobResult.for_job(job, "warp")
-    row.status, row.frames, row.output_bytes, row.config_hash = "ok", 25, 1000, "h"
-    resume.record(bucket / "out", row)
+    row.status, row.frames, row.output_bytes, row.output_mtime_ns = "ok", 25, published.size, published.mtime_ns
+    earlier = resume.Basis("earlier", "h", "none")
+    resume.record(bucket / "out", earlier.stamp(row, input_identity(job.audio), input_identity(job.video)))
+    now = resume.Basis("now", "h", "none")
     found: list[JobResult] = []
-    todo, skipped = resume.split([job], bucket / "out", "h", found.append)
+    todo, skipped = resume.split([job], bucket / "out", now, found.append)
     assert todo == [] and skipped == {job.row} and [(r.status, r.frames) for r in found] == [("skipped", 25)]
-    assert resume.split([job], bucket / "out", "other settings")[0] == [job]
-    storage.write_bytes(job.output, b"0" * 999)  # replaced by something else
-    assert resume.split([job], bucket / "out", "h")[0] == [job]
+    assert resume.split([job], bucket / "out", resume.Basis("now", "other settings", "none"))[0] == [job]
+    assert resume.split([job], bucket / "out", resume.Basis("now", "h", "sha256:other weights"))[0] == [job]
+    time.sleep(1.1)  # Last-Modified counts whole seconds
+    storage.write_bytes(bucket / "a.wav", b"a lesson")  # uploaded again: another object, maybe other words
+    assert resume.split([job], bucket / "out", now)[0] == [job]
+    resume.record(bucket / "out", earlier.stamp(row, input_identity(job.audio), input_identity(job.video)))
+    assert resume.split([job], bucket / "out", now)[0] == []
+    storage.write_bytes(job.output, b"1" * 1000)  # replaced by another MP4 of the same size
+    assert resume.split([job], bucket / "out", now)[0] == [job]
     storage.remove(job.output)
-    assert resume.split([job], bucket / "out", "h")[0] == [job]
+    assert resume.split([job], bucket / "out", now)[0] == [job]
     # The temporary key a killed upload left for that output is deleted when it is rendered again.
     storage.write_bytes(bucket / f"out/{storage.TMP_DIR}/one.mp4.deadbeef.tmp", b"half")
-    resume.split([job], bucket / "out", "h")
+    resume.split([job], bucket / "out", now)
     assert not any(storage.TMP_DIR in k for k in _keys(bucket))
 
 
@@ -347,7 +398,7 @@ def test_cli_submit_reads_and_writes_a_bucket_and_status_and_report_read_it_ther
     assert len(media.read_video(local)[0]) == 20  # 0.8 s at the photo's 25 fps
     assert not (tmp_path / "s3:").exists()  # nothing written to a local folder named after the URI
     # The run's engines are in the bucket, and `engines list` reads them there.
-    listed = subprocess.run([exe, "engines", "list", "--store", f"{bucket}/engines"], cwd=tmp_path,
+    listed = subprocess.run([exe, "engines", "list", "--engines", f"{bucket}/engines"], cwd=tmp_path,
                             env=_child_env(s3_env, tmp_path / "home-cache"), capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert listed.stdout.count("onnxruntime") == 2 and "NO" not in listed.stdout  # motion and render, both whole
@@ -415,18 +466,49 @@ def test_two_machines_that_need_one_engine_in_a_bucket_build_it_once(bucket, s3_
     assert sorted(k.rsplit("/", 1)[1] for k in _keys(bucket)) == ["meta.json", "model.onnx"]  # no lock, no partial
 
 
-def test_a_build_lock_left_by_a_builder_that_died_is_taken_over(bucket, tmp_path, caplog):
+def test_a_build_lock_whose_builder_died_is_taken_over_by_one_of_two_waiters(bucket, tmp_path, caplog):
+    """The lock an older version's builder left when it died (no heartbeat ever comes):
+    two machines that need the entry wait until it is stale; then exactly one takes it over
+    and builds, the other downloads that build."""
     from heygem_ray.engines import BUCKET_LOCK, EngineKey
 
     key = EngineKey("warp", "none", "render", "fp32", None, "onnxruntime", "opset18-test", "any")
-    lock = bucket / "engines" / key.dirname() / BUCKET_LOCK
-    assert storage.create_if_absent(lock, b"pid 1 on gone") is True
-    assert storage.create_if_absent(lock, b"pid 2 on here") is False  # held: not replaced
-    store = EngineStore(bucket / "engines", mirror=tmp_path / "m", lock_timeout_s=2)
+    storage.write_bytes(bucket / "engines" / key.dirname() / BUCKET_LOCK, b"pid 1 on gone")
+    builds: list[str] = []
+
+    def build(tmp: Path) -> None:
+        builds.append(tmp.parent.parent.parent.parent.name)  # the mirror: which machine built
+        tmp.write_bytes(b"g")
+
+    stores = [EngineStore(bucket / "engines", mirror=tmp_path / f"m{i}", stale_after_s=2) for i in (1, 2)]
     t0 = time.monotonic()
-    assert store.get_or_build(key, lambda tmp: tmp.write_bytes(b"g")).read_bytes() == b"g"
-    # It waited for the holder first: the 2 s timeout less up to 1 s, as the lock's age comes
-    # from its LastModified, in whole seconds.
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(lambda store: store.get_or_build(key, build), stores))
+    assert [p.read_bytes() for p in paths] == [b"g", b"g"] and len(builds) == 1, builds
+    # Both waited for the holder first: the 2 s less up to 1 s (Last-Modified counts whole seconds).
     assert time.monotonic() - t0 > 0.9
-    assert "pid 1 on gone held the build lock" in caplog.text and "taking it over" in caplog.text
+    assert "took over the lock" in caplog.text and "'pid 1 on gone'" in caplog.text
+    assert sorted(k.rsplit("/", 1)[1] for k in _keys(bucket)) == ["meta.json", "model.onnx"]
+
+
+def test_a_build_longer_than_the_stale_time_keeps_its_lock_by_its_heartbeat(bucket, tmp_path):
+    """A build that takes longer than a lock goes stale in (an int8 MuseTalk build on a CPU
+    takes most of an hour) is not taken over while its builder lives: one build."""
+    from heygem_ray.engines import EngineKey
+
+    key = EngineKey("warp", "none", "render", "fp32", None, "onnxruntime", "opset18-test", "any")
+    builds: list[str] = []
+
+    def build(tmp: Path) -> None:
+        builds.append(str(tmp))
+        time.sleep(6)  # three times the time a lock without heartbeat goes stale in
+        tmp.write_bytes(b"slow graph")
+
+    stores = [EngineStore(bucket / "engines", mirror=tmp_path / f"m{i}", stale_after_s=2) for i in (1, 2)]
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(stores[0].get_or_build, key, build)
+        time.sleep(1.5)  # the first one holds the lock and builds
+        second = pool.submit(stores[1].get_or_build, key, build)
+        paths = [first.result(timeout=60), second.result(timeout=60)]
+    assert [p.read_bytes() for p in paths] == [b"slow graph"] * 2 and len(builds) == 1, builds
     assert sorted(k.rsplit("/", 1)[1] for k in _keys(bucket)) == ["meta.json", "model.onnx"]

@@ -13,41 +13,35 @@ the pack's ``cpu_backends`` (fastest first for its layers) on a CPU; it keeps th
 loads every stage and runs a one-item smoke batch. Each one skipped adds "<backend>:
 <reason>" to the note. A backend named explicitly must work, else ``EngineError`` says why.
 
-Artifacts come from the ``EngineStore``: the ONNX graph of each stage (arch "any", shared
-by onnxruntime and the TensorRT build; ``onnx_artifact``) and, for tensorrt, an engine per
-GPU architecture and batch profile (``tensorrt_artifact``, also what ``heygem-ray engines
-build`` needs). Keys carry ``stage_digest``: the stage's weights and code.
-
-``precision="int8"`` (with a ``calibration`` set) runs the pack's ``int8_stages`` from
-calibrated QDQ graphs (``quantize.py``) on onnxruntime or tensorrt and the others fp32;
-pytorch has no int8. Whether the result is accurate enough is ``quantize.gate``'s to say.
+The package, bottom up: ``runner`` (the protocol every runner follows) and the runners
+beside each other (``pytorch``, ``ort`` for ONNX Runtime, ``trt`` for TensorRT);
+``artifacts``, the engine store's entries (each stage's ONNX graph, shared by onnxruntime
+and the TensorRT build, and a TensorRT engine per GPU architecture and batch profile);
+``int8``, the calibrated QDQ graphs of a pack's ``int8_stages`` and the gate that measures
+them. Which precision a worker runs is decided above this package (``heygem_ray.precision``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from heygem_ray import __version__, metrics
-from heygem_ray.backends.trt import choose_profile
+from heygem_ray import metrics
+from heygem_ray.backends import ort, trt
+from heygem_ray.backends.artifacts import onnx_artifact, stage_digest, tensorrt_artifact
+from heygem_ray.backends.int8 import CalibrationSet, chain_hash, int8_onnx_artifact
+from heygem_ray.backends.pytorch import TorchRunner
+from heygem_ray.backends.runner import Runner
 from heygem_ray.config import BackendName
 from heygem_ray.engines import BatchProfile, EngineKey, EngineStore, Precision
-from heygem_ray.errors import EngineError, InternalError
-from heygem_ray.export import DEFAULT_OPSET, export_onnx
+from heygem_ray.errors import EngineError, storage_error
+from heygem_ray.hardware import cpu_has_bf16
 from heygem_ray.packs import PackSpec
-from heygem_ray.runners import Runner, TorchRunner
-
-if TYPE_CHECKING:
-    from heygem_ray.quantize import CalibrationSet
 
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "onnxruntime", "pytorch")
 
@@ -65,37 +59,6 @@ class RunnerSet:
     def close(self) -> None:
         for runner in self.runners.values():
             runner.close()
-
-
-def device_arch(device: str) -> str:
-    """The store's arch for ``device``: ``cpu``, or the GPU's compute capability as ``sm_90``.
-
-    Read through torch, which uses the device's primary context: no second CUDA context.
-    """
-    if not device.startswith("cuda"):
-        return "cpu"
-    major, minor = torch.cuda.get_device_capability(torch.device(device))
-    return f"sm_{major}{minor}"
-
-
-def stage_digest(module: nn.Module) -> str:
-    """sha256 over what a stage computes: its state dict and the heygem_ray code it runs.
-
-    The state dict (names, dtypes, shapes, bytes, in name order) covers a checkpoint's
-    weights and a weightless pack's constant buffers; the source files of the heygem_ray
-    modules defining its layers cover constants and formulas in ``forward`` (editing
-    ``packs/warp.py`` must not leave a stale engine in the store).
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    for name in sorted({type(m).__module__ for m in module.modules()}):
-        if name.partition(".")[0] == "heygem_ray":
-            source = inspect.getsourcefile(sys.modules[name])
-            digest.update(name.encode() + b"\0" + (Path(source).read_bytes() if source else b""))
-    return digest.hexdigest()
 
 
 def open_runners(
@@ -121,15 +84,15 @@ def open_runners(
     if precision == "fp16" and not device.startswith("cuda"):
         precision = "fp32"
         notes.append("fp16 needs a CUDA GPU; running fp32")
-    if precision == "bf16" and not device.startswith("cuda") and not _cpu_has_bf16():
+    if precision == "bf16" and not device.startswith("cuda") and not cpu_has_bf16():
         precision = "fp32"
         notes.append("bf16 is slow on this CPU (it has no AVX-512 BF16 or AMX); running fp32")
     if precision == "int8" and not pack.int8_stages:
         precision = "fp32"
         notes.append(f"int8 does not pay for the {pack.name} pack; running fp32")
     if precision == "int8" and calibration is None:
-        raise EngineError("int8 needs calibration data (quantize.calibration_set)", kind="bad_argument")
-    ctx = _Context(pack, stages, device, store, precision, choose_profile(batch_sizes or [32]), build,
+        raise EngineError("int8 needs calibration data (calibration.calibration_set)", kind="bad_argument")
+    ctx = _Context(pack, stages, device, store, precision, trt.choose_profile(batch_sizes or [32]), build,
                    intra_op_threads, calibration)
     order = auto_order(pack, device, precision) if backend == "auto" else (backend,)
     skipped: list[str] = []
@@ -138,8 +101,13 @@ def open_runners(
             runners, keys = _OPENERS[name](ctx)
             _smoke(pack, runners)
         except (EngineError, RuntimeError, OSError) as e:
-            # RuntimeError/OSError: CUDA, TensorRT or ORT failures not already wrapped.
-            reason = e.message if isinstance(e, EngineError) else f"{type(e).__name__}: {e}"
+            # RuntimeError/OSError: CUDA, TensorRT or ORT failures not already wrapped; an
+            # OSError of the store's disk (full, read-only) is the user's to fix, and said so.
+            refused = storage_error(e, store.root) if isinstance(e, OSError) else None
+            if refused is not None and backend != "auto":
+                raise refused from e
+            known = refused or (e if isinstance(e, EngineError) else None)
+            reason = known.message if known is not None else f"{type(e).__name__}: {e}"
             if backend != "auto":
                 raise EngineError(f"--backend {name} cannot run here: {reason}") from e
             notes.append(f"{name}: {reason}")
@@ -177,83 +145,6 @@ class _Context:
     hashes: dict[str, str] = field(default_factory=dict)  # stage → stage_digest, computed once
 
 
-def onnx_key(pack: PackSpec, stage: str, precision: Precision, weights_hash: str, calibration: str = "") -> EngineKey:
-    """The engine key of a stage's ONNX graph (int8: with its calibration id)."""
-    return EngineKey(
-        pack=pack.name,
-        weights_hash=weights_hash,
-        stage=stage,
-        precision=precision,
-        profile=None,
-        backend="onnxruntime",
-        backend_version=f"opset{DEFAULT_OPSET}-torch{torch.__version__}-heygem{__version__}",
-        arch="any",  # an ONNX graph runs anywhere
-        calibration=calibration,
-    )
-
-
-def onnx_artifact(
-    store: EngineStore,
-    pack: PackSpec,
-    stage: str,
-    module: nn.Module,
-    precision: Precision,
-    *,
-    build: bool = True,
-    weights_hash: str | None = None,
-) -> tuple[Path, EngineKey]:
-    """The stage's ONNX graph from ``store``, exported first if missing (unless ``build=False``)."""
-    key = onnx_key(pack, stage, precision, weights_hash or stage_digest(module))
-    inputs, outputs = pack.io(stage)
-
-    def export(tmp: Path) -> None:
-        export_onnx(module, inputs, outputs, tmp, fp16=precision == "fp16")
-        metrics.record_engine_build("onnxruntime", stage, precision)
-
-    return store.get_or_build(key, export, rebuild=build), key
-
-
-def tensorrt_artifact(
-    store: EngineStore,
-    pack: PackSpec,
-    stage: str,
-    module: nn.Module,
-    precision: Precision,
-    profile: BatchProfile,
-    device: str,
-    *,
-    build: bool = True,
-    weights_hash: str | None = None,
-    source: tuple[Path, EngineKey] | None = None,
-) -> tuple[Path, EngineKey]:
-    """The stage's TensorRT engine for ``device``'s GPU from ``store``, built first if missing.
-
-    Needs ``trt.available()``; ``heygem-ray engines build`` is a loop over this.
-    ``source``: the ONNX graph and its key to build from (an int8 QDQ graph); default, the
-    stage's graph exported at ``precision``.
-    """
-    from heygem_ray.backends import trt
-
-    if source is None:
-        if precision == "int8":
-            raise InternalError(f"{stage}: an int8 engine is built from its calibrated QDQ graph (pass source)")
-        weights_hash = weights_hash or stage_digest(module)
-        source = onnx_artifact(store, pack, stage, module, precision, build=build, weights_hash=weights_hash)
-    onnx_path, onnx_key = source
-    arch, version = device_arch(device), trt.trt_version()
-    key = EngineKey(pack.name, onnx_key.weights_hash, stage, precision, profile, "tensorrt", version, arch,
-                    onnx_key.calibration)
-    timing_cache = store.root / "timing" / f"tensorrt-{version}-{arch}.cache"
-
-    def build_plan(tmp: Path) -> None:
-        with torch.cuda.device(torch.device(device)):
-            # An int8 QDQ graph builds int8 layers where its Q/DQ pairs are (explicit quantization).
-            trt.build_engine(onnx_path, tmp, profile=profile, fp16=precision == "fp16", timing_cache=timing_cache)
-        metrics.record_engine_build("tensorrt", stage, precision)
-
-    return store.get_or_build(key, build_plan, rebuild=build), key
-
-
 def _hash(ctx: _Context, stage: str) -> str:
     if stage not in ctx.hashes:
         ctx.hashes[stage] = stage_digest(ctx.stages[stage])
@@ -263,20 +154,12 @@ def _hash(ctx: _Context, stage: str) -> str:
 def _int8_graph(ctx: _Context, stage: str, cpu: bool) -> tuple[Path, EngineKey] | None:
     """The stage's calibrated QDQ graph when it runs int8 (``cpu``: in the form for
     ONNX Runtime on this CPU), else None."""
-    from heygem_ray import quantize
-
     if ctx.precision != "int8" or stage not in ctx.pack.int8_stages or ctx.calibration is None:
         return None
     upstream = list(ctx.stages)[: list(ctx.stages).index(stage) + 1]
-    return quantize.int8_onnx_artifact(ctx.store, ctx.pack, stage, ctx.stages, ctx.calibration, cpu=cpu,
-                                       weights_hash=quantize.chain_hash([_hash(ctx, s) for s in upstream]),
+    return int8_onnx_artifact(ctx.store, ctx.pack, stage, ctx.stages, ctx.calibration, cpu=cpu,
+                                       weights_hash=chain_hash([_hash(ctx, s) for s in upstream]),
                                        build=ctx.build, device=ctx.device)
-
-
-def _cpu_has_bf16() -> bool:
-    from heygem_ray import quantize
-
-    return bool(quantize.cpu_flags() & set(quantize.BF16_FLAGS))
 
 
 def _not_bf16(ctx: _Context) -> None:
@@ -290,8 +173,6 @@ def _float(ctx: _Context) -> Precision:
 
 
 def _open_tensorrt(ctx: _Context) -> tuple[dict[str, Runner], dict[str, EngineKey]]:
-    from heygem_ray.backends import trt
-
     ok, why = trt.available()
     if not ok:
         raise EngineError(why)
@@ -315,8 +196,6 @@ def _open_tensorrt(ctx: _Context) -> tuple[dict[str, Runner], dict[str, EngineKe
 
 
 def _open_onnxruntime(ctx: _Context) -> tuple[dict[str, Runner], dict[str, EngineKey]]:
-    from heygem_ray.backends import ort
-
     ok, why = ort.available(ctx.device)
     if not ok:
         raise EngineError(why)

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from heygem_ray.backends.runner import check_inputs
 from heygem_ray.errors import EngineError
 from heygem_ray.export import graph_names
 from heygem_ray.packs import TensorSpec
-from heygem_ray.runners import check_inputs
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"

@@ -38,11 +38,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from heygem_ray import storage
+from heygem_ray.backends.runner import check_inputs
 from heygem_ray.engines import BatchProfile
 from heygem_ray.errors import EngineError
 from heygem_ray.export import graph_names
+from heygem_ray.hardware import tensorrt_version as trt_version
 from heygem_ray.packs import TensorSpec
-from heygem_ray.runners import check_inputs
 
 if TYPE_CHECKING:
     import torch
@@ -125,13 +126,6 @@ def available() -> tuple[bool, str]:
     if not torch.cuda.is_available():
         return False, "no CUDA GPU"
     return True, ""
-
-
-def trt_version() -> str:
-    """The installed TensorRT's full version, e.g. "10.9.0.34" (engines are tied to it)."""
-    import tensorrt as trt
-
-    return str(trt.__version__)
 
 
 @functools.cache

@@ -17,117 +17,44 @@ the engine store work per declared stage and never branch on the pack.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from fractions import Fraction
-from pathlib import Path
-from typing import Literal
+import importlib
 
-import numpy as np
-import torch
+from heygem_ray.packs.spec import (
+    ChunkFeatures,
+    ChunkFn,
+    FeatureFn,
+    Features,
+    PackSpec,
+    StageCall,
+    StageIO,
+    TensorSpec,
+    crop_inputs,
+    frame_chunk,
+    frame_stages,
+)
 
-from heygem_ray.features import Pcm
-from heygem_ray.geometry import CropGeometry
+__all__ = [
+    "ChunkFeatures",
+    "ChunkFn",
+    "FeatureFn",
+    "Features",
+    "PackSpec",
+    "StageCall",
+    "StageIO",
+    "TensorSpec",
+    "crop_inputs",
+    "frame_chunk",
+    "frame_stages",
+    "get_pack",
+]
 
-# What the model worker gets for a span of output frames [start, stop): most packs, an
-# array (stop − start, *F) float32; a pack with its own ``chunk`` function, named arrays.
-Features = np.ndarray | Mapping[str, np.ndarray]
-ChunkFeatures = Callable[[range], Features]
-# Per job: 16 kHz mono waveform, output fps, output frame count → its ChunkFeatures.
-# Whatever needs the whole clip (e.g. a loudness level) is measured here, once; each
-# chunk then reads only the samples it covers.
-FeatureFn = Callable[[Pcm, Fraction, int], ChunkFeatures]
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int, ...]  # without the leading dynamic batch axis
-    dtype: str = "float32"
-
-
-# A stage's declared (inputs, outputs).
-StageIO = tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]
-# Runs a stage on a worker's runner, batched: (stage, name → (n, ...) array) → outputs.
-StageCall = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
-# One chunk on a worker: (stage call, the chunk's features, what the job sent per frame:
-# crops (k, S, S, 3) uint8 BGR, or a reference stage's outputs) → (k, 3, S, S) float32
-# BGR in [0, 1].
-ChunkFn = Callable[[StageCall, Features, np.ndarray], np.ndarray]
-
-
-def frame_stages(size: int, feature_shape: tuple[int, ...], code_shape: tuple[int, ...]) -> dict[str, StageIO]:
-    """The I/O of a pack with the two per-frame stages (motion, then render on the crops)."""
-    crops = TensorSpec("crops", (3, size, size))
-    codes = TensorSpec("codes", code_shape)
-    return {
-        "motion": ((TensorSpec("features", feature_shape),), (codes,)),
-        "render": ((crops, codes), (TensorSpec("generated", crops.shape),)),
-    }
-
-
-def crop_inputs(crops: np.ndarray) -> np.ndarray:
-    """(k, S, S, 3) uint8 BGR crops → a stage's ``crops`` input, (k, 3, S, S) float32 in [0, 1]."""
-    return np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-
-
-def frame_chunk(call: StageCall, features: Features, crops: np.ndarray) -> np.ndarray:
-    """A chunk through the per-frame stages: (k, *F) features and (k, S, S, 3) uint8 BGR
-    crops → (k, 3, S, S) float32 BGR in [0, 1]."""
-    codes = call("motion", {"features": np.asarray(features)})["codes"]
-    return call("render", {"crops": crop_inputs(crops), "codes": codes})["generated"]
-
-
-@dataclass(frozen=True)
-class PackSpec:
-    name: str
-    geometry: CropGeometry
-    features: FeatureFn
-    # Each stage's declared I/O, in the order a chunk runs them.
-    stages: Mapping[str, StageIO]
-    paste_mask: np.ndarray  # (S, S) float32 in [0, 1], 0 on the border
-    # "residual": paste only what the render stage changed (keeps the frame's detail
-    # where the crop is unchanged); "replace": paste the generated crop itself.
-    paste_mode: Literal["residual", "replace"]
-    load_stages: Callable[[Path | None], dict[str, torch.nn.Module]]
-    # ``--backend auto`` on a worker without a GPU: the backends to try, fastest first for
-    # this pack's layers on a CPU (measured in bench/bench_backends.py).
-    cpu_backends: tuple[str, ...] = ("onnxruntime", "pytorch")
-    chunk: ChunkFn = frame_chunk
-    # The stage whose output for a reference frame depends on that frame alone
-    # (``reference``: crops (B, 3, S, S) BGR in [0, 1] → one output): run once per
-    # template frame and cached with the template; the job then sends those outputs to
-    # ``chunk`` instead of crops. None: the job sends the crops.
-    reference: str | None = None
-    # ``--precision int8``: the stages run as calibrated int8 QDQ graphs (quantize.py);
-    # the others stay fp32. Empty: int8 does not pay for this pack (it runs fp32).
-    int8_stages: tuple[str, ...] = ()
-    # The ONNX operators quantized in them (MatMul: those with a weight); the rest stay float.
-    int8_ops: tuple[str, ...] = ("Conv",)
-
-    def run_reference(self, call: StageCall, crops: np.ndarray) -> np.ndarray:
-        """(k, S, S, 3) uint8 BGR crops of reference frames through the ``reference`` stage
-        on ``call`` → its output for them."""
-        if self.reference is None:
-            raise ValueError(f"the {self.name} pack has no reference stage")
-        (output,) = self.io(self.reference)[1]
-        return call(self.reference, {"crops": crop_inputs(crops)})[output.name]
-
-    def io(self, stage: str) -> StageIO:
-        """Declared (inputs, outputs) of ``stage``."""
-        if stage not in self.stages:
-            raise ValueError(f"the {self.name} pack has no stage {stage!r} (it has {', '.join(self.stages)})")
-        return self.stages[stage]
+# The packs by name: each module defines ``PACK``. Imported when asked for, so a pack's
+# model code (diffusers and transformers for musetalk) loads only where it runs.
+_MODULES = {"warp": "heygem_ray.packs.warp", "wav2lip": "heygem_ray.packs.wav2lip", "musetalk": "heygem_ray.packs.musetalk"}
 
 
 def get_pack(name: str) -> PackSpec:
-    # Imported here: a pack's module pulls in its model code only when asked for.
-    if name == "warp":
-        from heygem_ray.packs.warp import PACK
-    elif name == "wav2lip":
-        from heygem_ray.packs.wav2lip import PACK
-    elif name == "musetalk":
-        from heygem_ray.packs.musetalk import PACK
-    else:
+    if name not in _MODULES:
         raise ValueError(f"unknown pack {name!r}")
-    return PACK
+    pack: PackSpec = importlib.import_module(_MODULES[name]).PACK
+    return pack

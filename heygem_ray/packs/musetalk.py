@@ -47,7 +47,7 @@ from heygem_ray.features import (
 )
 from heygem_ray.geometry import CropGeometry, feathered_ellipse
 from heygem_ray.models.musetalk import CROP, FILES, POSITIONS, VAE_SCALE, load, position_code
-from heygem_ray.packs import ChunkFeatures, Features, PackSpec, StageCall, TensorSpec
+from heygem_ray.packs.spec import ChunkFeatures, Features, PackSpec, StageCall, TensorSpec
 
 LATENT = (8, CROP // 8, CROP // 8)  # [masked ‖ whole] latents of a reference crop
 STATES = (1500, 5, 384)  # Whisper-tiny's hidden states of a 30 s segment, stacked

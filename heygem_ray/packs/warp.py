@@ -25,7 +25,7 @@ from torch import nn
 
 from heygem_ray.features import MAX_ABS, MEL_FPS, Pcm, mel_column_count, mel_columns
 from heygem_ray.geometry import CropGeometry, feathered_ellipse
-from heygem_ray.packs import ChunkFeatures, PackSpec, frame_stages
+from heygem_ray.packs.spec import ChunkFeatures, PackSpec, frame_stages
 
 CROP_SIZE = 160
 WINDOW = 10  # mel columns per frame (125 ms at 80 columns/s)

@@ -30,7 +30,7 @@ from heygem_ray.models.wav2lip import (
     Wav2Lip,
     load,
 )
-from heygem_ray.packs import ChunkFeatures, PackSpec, frame_stages
+from heygem_ray.packs.spec import ChunkFeatures, PackSpec, frame_stages
 
 GEOMETRY = CropGeometry(size=FACE_SIZE, mode="padded", pad=(0, 10, 0, 0))
 

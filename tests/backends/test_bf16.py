@@ -7,14 +7,14 @@ import copy
 import numpy as np
 import torch
 
-from heygem_ray import quantize
+from heygem_ray import hardware
 from heygem_ray.backends import open_runners
 from heygem_ray.packs import get_pack
 
 
 def test_bf16_runs_on_pytorch_where_the_cpu_has_bf16_else_fp32(stages, store) -> None:
     pack = get_pack("wav2lip")
-    fast = bool(quantize.cpu_flags() & set(quantize.BF16_FLAGS))
+    fast = bool(hardware.cpu_flags() & set(hardware.BF16_FLAGS))
     modules = copy.deepcopy(stages["wav2lip"])  # TorchRunner casts its modules in place
     chosen = open_runners(pack, modules, device="cpu", store=store, backend="auto", precision="bf16", batch_sizes=[4])
     try:

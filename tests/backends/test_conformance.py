@@ -23,10 +23,11 @@ from heygem_ray.backends import onnx_artifact, open_runners, tensorrt_artifact
 from heygem_ray.backends import ort as ort_backend
 from heygem_ray.backends import trt as trt_backend
 from heygem_ray.backends.ort import OrtRunner
+from heygem_ray.backends.pytorch import TorchRunner
+from heygem_ray.backends.runner import Runner
 from heygem_ray.engines import BatchProfile, EngineStore, Precision
 from heygem_ray.errors import EngineError, InternalError
 from heygem_ray.packs import PackSpec, get_pack
-from heygem_ray.runners import Runner, TorchRunner
 
 FP32_MAX_ABS = 1e-4
 FP16_MEAN_ABS = 1e-2

@@ -17,12 +17,13 @@ import pytest
 from onnx import TensorProto, numpy_helper
 from torch import nn
 
-from heygem_ray import quantize
-from heygem_ray.backends import open_runners
+from heygem_ray import hardware, precision
+from heygem_ray.backends import int8, open_runners
+from heygem_ray.backends.int8 import CalibrationSet, Run
+from heygem_ray.calibration import calibration_set
 from heygem_ray.engines import SIDECAR, EngineKey, EngineStore
 from heygem_ray.errors import EngineError, InputError
 from heygem_ray.packs import get_pack
-from heygem_ray.quantize import CalibrationSet, Run
 
 PACK = get_pack("wav2lip")
 CALIBRATE, HELD_OUT = 32, 16
@@ -31,7 +32,7 @@ CALIBRATE, HELD_OUT = 32, 16
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory: pytest.TempPathFactory) -> CalibrationSet:
     """Frames of the bundled examples: presenter.mp4 and presenter.jpg with real speech."""
-    return quantize.calibration_set(PACK, None, tmp_path_factory.mktemp("templates"), frames=CALIBRATE,
+    return calibration_set(PACK, None, tmp_path_factory.mktemp("templates"), frames=CALIBRATE,
                                     held_out=HELD_OUT)
 
 
@@ -47,8 +48,8 @@ def bad(calibration: CalibrationSet) -> CalibrationSet:
 def _artifact(store: EngineStore, stages: dict[str, dict[str, nn.Module]], cal: CalibrationSet, *, cpu: bool,
               build: bool = True) -> tuple[onnx.ModelProto, EngineKey]:
     modules = stages["wav2lip"]
-    digest = quantize.chain_hash(["m", "r"])  # any weights hash: the test compares forms and keys
-    path, key = quantize.int8_onnx_artifact(store, PACK, "render", modules, cal, weights_hash=digest, cpu=cpu,
+    digest = int8.chain_hash(["m", "r"])  # any weights hash: the test compares forms and keys
+    path, key = int8.int8_onnx_artifact(store, PACK, "render", modules, cal, weights_hash=digest, cpu=cpu,
                                             build=build)
     return onnx.load(str(path)), key
 
@@ -92,9 +93,9 @@ def test_the_store_keeps_the_int8_graph_alone_in_one_file(stages, store, calibra
     _, key = _artifact(store, stages, calibration, cpu=False)
     entry = store.entry_dir(key)
     assert sorted(p.name for p in entry.iterdir()) == sorted([".lock", store.artifact_path(key).name, SIDECAR])
-    monkeypatch.setattr(quantize, "MAX_ONNX_WEIGHT_BYTES", 2**20)
+    monkeypatch.setattr(int8, "MAX_ONNX_WEIGHT_BYTES", 2**20)
     with pytest.raises(EngineError, match=r"its int8 graph's weights are 0\.\d GiB, more than one ONNX file holds"):
-        quantize.single_file(store.artifact_path(key), tmp_path / "int8.onnx")
+        int8.single_file(store.artifact_path(key), tmp_path / "int8.onnx")
     assert not (tmp_path / "int8.onnx").exists()
 
 
@@ -128,7 +129,7 @@ def test_the_engine_key_changes_with_the_calibration_data(stages, store, calibra
 def test_the_gate_refuses_a_bad_calibration_with_its_figures(stages, store, bad) -> None:
     modules = stages["wav2lip"]
     with pytest.raises(EngineError, match="int8 refused by the accuracy gate") as refused:
-        quantize.open_first(PACK, modules, ("int8",), bad, device="cpu", store=store, backend="onnxruntime",
+        precision.open_first(PACK, modules, ("int8",), bad, device="cpu", store=store, backend="onnxruntime",
                             batch_sizes=[16])
     message = refused.value.message
     assert refused.value.kind == "int8_refused"
@@ -136,19 +137,19 @@ def test_the_gate_refuses_a_bad_calibration_with_its_figures(stages, store, bad)
     chosen = open_runners(PACK, modules, device="cpu", store=store, backend="onnxruntime", precision="int8",
                           calibration=bad, batch_sizes=[16])
     try:
-        result = quantize.gate(PACK, chosen.runners, modules, bad)
+        result = int8.gate(PACK, chosen.runners, modules, bad)
     finally:
         chosen.close()
-    assert not result.passed and result.crops_db < quantize.MIN_PSNR_DB - 5
+    assert not result.passed and result.crops_db < int8.MIN_PSNR_DB - 5
     assert f"PSNR against fp32 is {result.crops_db:.1f} dB on the generated crops" in message
 
 
 def test_auto_falls_back_to_the_next_precision_with_the_reason(stages, store, bad) -> None:
-    if quantize.int8_pays("cpu")[0]:
-        assert quantize.precision_order("auto", "cpu", PACK, calibrated=True) == ("int8", "fp32")
-    assert quantize.precision_order("auto", "cpu", PACK, calibrated=False) == ("fp32",)
-    assert quantize.precision_order("auto", "cpu", get_pack("warp"), calibrated=True) == ("fp32",)
-    chosen, gated = quantize.open_first(PACK, stages["wav2lip"], ("int8", "fp32"), bad, device="cpu", store=store,
+    if hardware.int8_pays("cpu")[0]:
+        assert precision.precision_order("auto", "cpu", PACK, calibrated=True) == ("int8", "fp32")
+    assert precision.precision_order("auto", "cpu", PACK, calibrated=False) == ("fp32",)
+    assert precision.precision_order("auto", "cpu", get_pack("warp"), calibrated=True) == ("fp32",)
+    chosen, gated = precision.open_first(PACK, stages["wav2lip"], ("int8", "fp32"), bad, device="cpu", store=store,
                                  backend="onnxruntime", batch_sizes=[16])
     try:
         assert (chosen.backend, chosen.precision, gated) == ("onnxruntime", "fp32", None)
@@ -165,7 +166,7 @@ def test_the_gates_verdict_is_kept_in_the_store_and_read_back(stages, bad, tmp_p
     store = EngineStore(tmp_path / "engines")
 
     def open_note(cal: CalibrationSet) -> str:
-        chosen, _ = quantize.open_first(PACK, stages["wav2lip"], ("int8", "fp32"), cal, device="cpu", store=store,
+        chosen, _ = precision.open_first(PACK, stages["wav2lip"], ("int8", "fp32"), cal, device="cpu", store=store,
                                         backend="onnxruntime", batch_sizes=[16])
         chosen.close()
         return chosen.note
@@ -197,8 +198,8 @@ def test_pytorch_has_no_int8_and_warp_no_int8_stages(stages, store, calibration)
 def test_a_bad_calibration_manifest_names_the_file_and_the_fix(tmp_path, examples) -> None:
     missing = tmp_path / "presenter.csv"
     with pytest.raises(InputError, match=f"int8 calibration manifest {missing} not found: pass --calibrate MANIFEST"):
-        quantize.calibration_set(PACK, missing, tmp_path)
+        calibration_set(PACK, missing, tmp_path)
     missing.write_text(f"audio,video\n{examples / 'lesson1.wav'},{tmp_path / 'gone.mp4'}\n")
     with pytest.raises(InputError, match=f"calibration manifest {missing}, row 1 .*gone.mp4") as bad_row:
-        quantize.calibration_set(PACK, missing, tmp_path)
+        calibration_set(PACK, missing, tmp_path)
     assert bad_row.value.kind == "missing_file"

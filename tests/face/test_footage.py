@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from heygem_ray import media
-from heygem_ray.analyze import analyze
 from heygem_ray.config import DetectorConfig, RenderConfig, RunConfig
 from heygem_ray.face.track import FaceTrack, iou
 from heygem_ray.manifest import Job
@@ -20,7 +19,7 @@ from heygem_ray.packs import get_pack
 from heygem_ray.pipeline import InProcessService, render_job
 from heygem_ray.run import submit
 from heygem_ray.worker import ModelWorker
-from tests.helpers.footage import Footage, lecture_clip
+from tests.helpers.footage import Footage, lecture_clip, track_footage
 
 SIZES = {"240p": (320, 240), "720p": (1280, 720), "1080p": (1920, 1080), "4K": (3840, 2160), "4K-top-left": (3840, 2160)}
 # 4K-top-left: the hardest case, the smallest face starting amid the slide's text and
@@ -43,6 +42,12 @@ def clips(tmp_path_factory) -> dict[tuple[str, int], Footage]:
         (res, face): lecture_clip(tmp / f"{res}-{face}.mp4", size=SIZES[res], face=face, corner=_corner(res))
         for res, face in CASES
     }
+
+
+@pytest.fixture(scope="module")
+def tracks(clips) -> dict[tuple[str, int], FaceTrack]:
+    """Each clip's track, found once: it does not depend on the pack."""
+    return {case: track_footage(clip.path) for case, clip in clips.items()}
 
 
 def truth(clip: Footage) -> FaceTrack:
@@ -70,13 +75,13 @@ def buzz(path: Path, seconds: float, spans: list[tuple[float, float]]) -> Path:
 
 @pytest.mark.parametrize("pack", ["warp", "wav2lip", "musetalk"])
 @pytest.mark.parametrize("res,face", CASES, ids=[f"{r}-{f}px" for r, f in CASES])
-def test_the_crop_box_covers_the_true_face_on_every_frame(clips, tmp_path, res, face, pack):
-    clip = clips[(res, face)]
+def test_the_crop_box_covers_the_true_face_on_every_frame(clips, tracks, res, face, pack):
+    clip, track = clips[(res, face)], tracks[(res, face)]
     geometry = get_pack(pack).geometry
-    template, _ = analyze(clip.path, geometry, DetectorConfig(), tmp_path / "cache")
+    boxes = geometry.crop_boxes(track, *clip.size)  # what analyze keeps as the template's boxes
     expected = geometry.crop_boxes(truth(clip), *clip.size).astype(np.float32)
-    overlap = iou(template.boxes.astype(np.float32), expected).diagonal()
-    assert template.present.all()
+    overlap = iou(boxes.astype(np.float32), expected).diagonal()
+    assert track.present.all()
     assert overlap.min() >= 0.6, f"worst frame {int(overlap.argmin())}: IoU {overlap.min():.2f}"
 
 
@@ -93,9 +98,9 @@ def test_a_face_smaller_than_the_smallest_searched_for_is_no_face_with_the_limit
 
 def test_a_still_face_does_not_jitter(tmp_path):
     clip = lecture_clip(tmp_path / "still.mp4", size=(1920, 1080), face=96, seconds=2.0, corner="centre", motion="still")
+    track = track_footage(clip.path)
     for pack in ("warp", "wav2lip", "musetalk"):
-        template, _ = analyze(clip.path, get_pack(pack).geometry, DetectorConfig(), tmp_path / "cache")
-        step = np.abs(np.diff(template.boxes, axis=0))
+        step = np.abs(np.diff(get_pack(pack).geometry.crop_boxes(track, *clip.size), axis=0))
         assert step.max() <= 1, f"{pack}: a crop box edge moved {step.max()} px between frames"
 
 
@@ -160,7 +165,6 @@ def test_the_mouth_follows_the_audio_on_the_smallest_face(tmp_path, warp_service
     assert change[sound].mean() > noise[sound].mean() + 5.0  # open while the buzz sounds
 
 
-@pytest.mark.slow
 def test_every_lecture_clip_renders_through_ray(clips, tmp_path, ray_local):
     audio = buzz(tmp_path / "speech.wav", 1.0, [(0.2, 0.8)])
     manifest = tmp_path / "manifest.csv"

@@ -16,7 +16,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from heygem_ray.media import ffmpeg_exe
+from heygem_ray.analyze import track_reference
+from heygem_ray.config import DetectorConfig
+from heygem_ray.face.track import FaceTrack
+from heygem_ray.media import ffmpeg_exe, probe_video
 
 PORTRAIT = Path(__file__).resolve().parents[2] / "examples" / "presenter.jpg"
 # The face in the portrait as OpenCV's frontal cascade boxes it at full resolution
@@ -179,3 +182,9 @@ def lecture_clip(
     if proc.wait() != 0:
         raise RuntimeError(f"ffmpeg failed writing {path}: {err.decode(errors='replace')}")
     return Footage(path=path, size=size, fps=fps, faces=faces, mouths=mouths)
+
+
+def track_footage(path: Path, detector: DetectorConfig | None = None) -> FaceTrack:
+    """The presenter's track through a clip, as ``analyze`` finds it (once per clip: every
+    pack's crop geometry is cut along the same track)."""
+    return track_reference(probe_video(path), detector or DetectorConfig())

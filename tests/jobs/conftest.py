@@ -5,8 +5,9 @@ import sys
 from types import ModuleType
 
 import pytest
+import yaml
 
-from tests.jobs import NIGHTLY
+from tests.jobs import NIGHTLY, RAYCRONJOB_YAML, RAYJOB_YAML
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +19,15 @@ def nightly() -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def rayjob() -> dict:
+    """jobs/rayjob.yaml: one night as a KubeRay RayJob."""
+    return yaml.safe_load(RAYJOB_YAML.read_text())
+
+
+@pytest.fixture(scope="session")
+def raycronjob() -> dict:
+    """jobs/raycronjob.yaml: every night, as a KubeRay RayCronJob."""
+    return yaml.safe_load(RAYCRONJOB_YAML.read_text())

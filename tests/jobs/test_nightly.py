@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from heygem_ray import media
+from heygem_ray.run import RUN_LOCK
 from tests.jobs import NIGHTLY
 
 
@@ -97,6 +98,43 @@ def test_an_unusable_manifest_exits_2_and_says_why_in_run_json(tmp_path, nightly
     assert run["exit_code"] == 2 and "'audio'" in run["error"] and "jobs" not in run
     assert run["ray_job_submission_id"] == "heygem-nightly-x"
     assert "error: manifest" in capsys.readouterr().err
+
+
+HOLDER = """
+import sys
+from heygem_ray.run import hold_output
+from pathlib import Path
+with hold_output(Path(sys.argv[1]), "run f1r57 of nightly.csv"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_night_another_run_holds_is_refused_in_one_line_and_its_run_json_left_alone(folder, nightly, capsys):
+    """Submitted again while the night still runs (README's advice for a stuck night): exit
+    2 with one line naming the holder; the running night's folder, run.json included, is
+    not touched."""
+    night = folder / "renders" / "2026-01-02"
+    night.mkdir(parents=True)
+    (night / "run.json").write_text('{"date": "2026-01-02", "started_at": "the first run"}\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(night)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        before = {p.name: p.read_bytes() for p in night.iterdir() if p.name != RUN_LOCK}
+        holding = json.loads((night / RUN_LOCK).read_text())["token"]
+        code = nightly.main([str(folder / "m.csv"), str(folder / "renders"), "--date", "2026-01-02",
+                             "--address", "ray://127.0.0.1:9"])  # fmt: skip
+        assert code == 2
+        assert {p.name: p.read_bytes() for p in night.iterdir() if p.name != RUN_LOCK} == before
+        assert json.loads((night / RUN_LOCK).read_text())["token"] == holding  # its heartbeat rewrites the rest
+    finally:
+        holder.kill()
+        holder.wait()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {night} is in use by another run: pid {holder.pid} on ")
+    assert "(run f1r57 of nightly.csv)" in line
 
 
 def test_the_date_defaults_to_today_in_utc_and_must_be_a_date(nightly, capsys):

@@ -1,21 +1,36 @@
-"""jobs/rayjob.yaml: a KubeRay RayJob whose entrypoint is jobs/nightly.py with arguments it accepts."""
+"""jobs/rayjob.yaml: a KubeRay RayJob, valid by KubeRay's CRD, whose entrypoint is jobs/nightly.py with arguments it accepts."""
 
 from __future__ import annotations
 
+import copy
 import shlex
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
+from tests.helpers.kuberay import validator
 from tests.jobs import NIGHTLY
 
-RAYJOB_YAML = NIGHTLY.parent / "rayjob.yaml"
+
+def test_it_passes_kuberays_rayjob_schema(rayjob):
+    validator("rayjobs").validate(rayjob)
 
 
-@pytest.fixture(scope="module")
-def rayjob() -> dict:
-    return yaml.safe_load(RAYJOB_YAML.read_text())
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("activeDeadlineSeconds", "6h"),  # an integer of seconds
+        ("submissionMode", ["K8sJobMode"]),  # a string
+        ("activeDeadline", 21600),  # not a RayJob field: the API server refuses it
+    ],
+)
+def test_the_schema_check_can_fail(rayjob, field, value):
+    broken = copy.deepcopy(rayjob)
+    broken["spec"][field] = value
+    with pytest.raises(jsonschema.ValidationError):
+        validator("rayjobs").validate(broken)
 
 
 def test_it_is_a_rayjob_that_tears_its_cluster_down(rayjob):

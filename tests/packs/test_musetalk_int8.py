@@ -21,15 +21,17 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from heygem_ray import quantize
+from heygem_ray import hardware
+from heygem_ray.backends import int8 as int8_artifacts
 from heygem_ray.backends import open_runners
+from heygem_ray.backends.int8 import CalibrationSet, Run
+from heygem_ray.calibration import HELD_OUT_FRAMES, calibration_set
 from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore
 from heygem_ray.manifest import Job
 from heygem_ray.media import ffmpeg_exe
 from heygem_ray.packs import get_pack
 from heygem_ray.pipeline import InProcessService, render_job
-from heygem_ray.quantize import CalibrationSet, Run
 from heygem_ray.worker import ModelWorker
 from tests.conftest import EXAMPLES
 
@@ -40,7 +42,7 @@ CALIBRATE, HELD_OUT = 16, 8
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory: pytest.TempPathFactory) -> CalibrationSet:
     """Runs of the bundled examples (presenter.mp4 and presenter.jpg with their speech)."""
-    return quantize.calibration_set(PACK, None, tmp_path_factory.mktemp("templates"), frames=CALIBRATE,
+    return calibration_set(PACK, None, tmp_path_factory.mktemp("templates"), frames=CALIBRATE,
                                     held_out=HELD_OUT)
 
 
@@ -60,12 +62,12 @@ def int8(stages, calibration, tmp_path_factory):
 
 
 def test_calibration_runs_carry_the_chunk_features_and_their_id_covers_them(calibration) -> None:
-    assert len(calibration.runs) == (CALIBRATE + HELD_OUT) // quantize.RUN_FRAMES
-    assert calibration.held_out == HELD_OUT // quantize.RUN_FRAMES
+    assert len(calibration.runs) == (CALIBRATE + HELD_OUT) // int8_artifacts.RUN_FRAMES
+    assert calibration.held_out == HELD_OUT // int8_artifacts.RUN_FRAMES
     run = calibration.runs[0]
-    assert run.crops.shape == (quantize.RUN_FRAMES, 256, 256, 3) and run.crops.dtype == np.uint8
+    assert run.crops.shape == (int8_artifacts.RUN_FRAMES, 256, 256, 3) and run.crops.dtype == np.uint8
     assert isinstance(run.features, dict) and run.features["mel"].shape[1:] == (80, 3000)
-    assert len(run.features["starts"]) == quantize.RUN_FRAMES
+    assert len(run.features["starts"]) == int8_artifacts.RUN_FRAMES
     assert all(np.array_equal(np.diff(r.features["starts"]), [2, 2, 2]) for r in calibration.runs)  # 50 states/s, 25 fps
     changed = {**run.features, "mel": run.features["mel"] + np.float32(1e-3)}
     other = dataclasses.replace(calibration, runs=(Run(run.crops, changed), *calibration.runs[1:]))
@@ -110,23 +112,23 @@ def test_the_unets_and_decoders_convolutions_and_projections_are_int8_attention_
 
 def test_the_gate_judges_the_held_out_runs_through_the_reference_stage(int8, stages, calibration) -> None:
     chosen, store = int8
-    result = quantize.gate(PACK, chosen.runners, stages, calibration)
+    result = int8_artifacts.gate(PACK, chosen.runners, stages, calibration)
     assert result.frames == HELD_OUT and result.source.endswith("examples/manifest.csv")
     fp32 = open_runners(PACK, stages, device="cpu", store=store, backend="onnxruntime", precision="fp32")
     try:
-        exact = quantize.gate(PACK, fp32.runners, stages, calibration)
+        exact = int8_artifacts.gate(PACK, fp32.runners, stages, calibration)
     finally:
         fp32.close()
     # fp32 on another backend is the same picture; int8 is measurably not
     assert exact.crops_db > 50 and result.crops_db < exact.crops_db - 10
-    assert result.passed == (min(result.crops_db, result.mouth_db) >= quantize.MIN_PSNR_DB)
+    assert result.passed == (min(result.crops_db, result.mouth_db) >= int8_artifacts.MIN_PSNR_DB)
 
 
 def test_a_calibrated_auto_job_falls_back_to_fp32_when_the_gate_refuses_int8(musetalk_folder, tmp_path) -> None:
     """``--precision auto --calibrate MANIFEST`` on a CPU with VNNI: the worker tries int8
     first. On these random weights int8 is some 20 dB off fp32, so the gate refuses it; the
     row renders at fp32 on the pack's CPU backend and says why."""
-    if not quantize.int8_pays("cpu")[0]:
+    if not hardware.int8_pays("cpu")[0]:
         pytest.skip("auto tries int8 only where it pays: this CPU has no VNNI or AMX")
     speech = tmp_path / "speech.wav"
     subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(EXAMPLES / "lesson1.wav"), "-t", "2",
@@ -143,7 +145,7 @@ def test_a_calibrated_auto_job_falls_back_to_fp32_when_the_gate_refuses_int8(mus
         worker.close()
     assert result.status == "ok", result.error
     assert (result.frames, result.precision, result.backend, result.calibration) == (50, "fp32", "pytorch", "")
-    refused = re.match(rf"int8 refused by the accuracy gate: on {quantize.HELD_OUT_FRAMES} held-out frames of "
+    refused = re.match(rf"int8 refused by the accuracy gate: on {HELD_OUT_FRAMES} held-out frames of "
                        rf"{re.escape(str(manifest))}, PSNR against fp32 is ([\d.]+) dB on the generated crops",
                        result.backend_note)
-    assert refused and float(refused[1]) < quantize.MIN_PSNR_DB, result.backend_note
+    assert refused and float(refused[1]) < int8_artifacts.MIN_PSNR_DB, result.backend_note

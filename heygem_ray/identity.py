@@ -1,0 +1,135 @@
+"""Content identities: what a rerun compares before it trusts an earlier run's MP4.
+
+A row an earlier run rendered counts as complete only if it was rendered from what this
+run would render it from (``resume.py``). Names are not enough: new weights copied over
+the old checkpoint, or a lesson re-recorded to the same length under the same name, keep
+the path, the size and (copied with ``cp -p`` or a sync tool) the modification time. So:
+
+* a local file is identified by the sha256 of its bytes. Hashing a 3 GB MuseTalk folder
+  and every lesson's audio each night would cost minutes, so each digest is kept in this
+  machine's cache (``<cache home>/digests``) with the file's path, device, inode, size,
+  modification and change times, and used while all of them are unchanged. A write to
+  the file changes its change time, which no tool can set back: then it is hashed again.
+* an object in a bucket is identified by its size and Last-Modified time (whole seconds):
+  an upload makes a new object with a new time, and hashing would mean downloading every
+  input. (One replaced by another of the same size within the same second is the same.)
+* a checkpoint by ``weights_digest``: its file's digest, or for a folder (MuseTalk's
+  ``models/``) a digest of every file's name and digest under it.
+
+These are computed on the driver, which reads the same paths the nodes do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from heygem_ray import storage
+from heygem_ray.config import cache_home
+from heygem_ray.errors import HeygemError, InputError
+from heygem_ray.storage import Location, Stat, Uri
+
+NO_WEIGHTS = "none"  # the weights identity of a pack without weights
+
+
+def weights_digest(checkpoint: Path | None) -> str:
+    """``sha256:<hex>`` of the checkpoint's bytes (a folder: of every file's relative name
+    and digest under it, in name order); ``NO_WEIGHTS`` for none."""
+    if checkpoint is None:
+        return NO_WEIGHTS
+    if not checkpoint.exists():
+        raise InputError(
+            f"checkpoint {checkpoint} does not exist on this machine (the run's driver, which checks the weights' "
+            "content before trusting an earlier run's outputs): give a path the driver and every node can read",
+            kind="missing_file",
+        )
+    try:
+        if checkpoint.is_file():
+            return f"sha256:{file_digest(checkpoint)}"
+        listing = hashlib.sha256()
+        for name, path in sorted(_files_under(checkpoint)):
+            listing.update(f"{name}\0{file_digest(path)}\n".encode())
+    except OSError as exc:
+        raise InputError(
+            f"checkpoint {checkpoint}: {exc.filename or checkpoint} cannot be read ({exc.strerror or exc}); "
+            "check its permissions",
+            kind="bad_checkpoint",
+        ) from exc
+    return f"sha256:{listing.hexdigest()}"
+
+
+def input_identity(loc: Location) -> str:
+    """What names the contents of the input file ``loc`` (see the module docstring); "" when
+    it cannot be read now (missing, or the bucket out of reach): nothing is trusted on it."""
+    if isinstance(loc, Path):
+        try:
+            return f"sha256:{file_digest(loc)}"
+        except OSError:
+            return ""
+    try:
+        found = storage.stat(loc)
+    except HeygemError:
+        return ""
+    return "" if found is None else _object_identity(found)
+
+
+class Inputs:
+    """``input_identity`` over a whole manifest: each bucket folder is listed once for all
+    the objects in it, not looked up once per object. Holds what it listed until dropped."""
+
+    def __init__(self) -> None:
+        self._listed: dict[Uri, dict[Location, Stat]] = {}
+
+    def of(self, loc: Location) -> str:
+        if isinstance(loc, Path):
+            return input_identity(loc)
+        folder = loc.parent
+        if folder not in self._listed:
+            try:
+                self._listed[folder] = storage.list_stats(folder)
+            except HeygemError:
+                self._listed[folder] = {}
+        found = self._listed[folder].get(loc)
+        return "" if found is None else _object_identity(found)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 hex of the file's bytes, from this machine's cache while the file is unchanged."""
+    stamp = _stamp(path)
+    where = os.path.abspath(path)
+    entry = cache_home() / "digests" / (key := hashlib.sha256(where.encode()).hexdigest())[:2] / f"{key}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        kept = json.loads(entry.read_text())
+        if kept["path"] == where and kept["stat"] == stamp:
+            return str(kept["sha256"])
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if _stamp(path) == stamp:  # not written to while it was read: worth keeping
+        with contextlib.suppress(OSError):
+            storage.write_bytes(entry, json.dumps({"path": where, "stat": stamp, "sha256": digest}).encode())
+    return digest
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _object_identity(found: Stat) -> str:
+    # Whole seconds: a listing and a HEAD request give Last-Modified at different precisions.
+    return f"size:{found.size};mtime_s:{found.mtime_ns // 1_000_000_000}"
+
+
+def _files_under(folder: Path) -> list[tuple[str, Path]]:
+    """(name relative to ``folder``, path) of every file below it, through symbolic links
+    (a Hugging Face snapshot's files are links into its blob store)."""
+    found = []
+    for root, _, names in os.walk(folder, followlinks=True):
+        for name in names:
+            path = Path(root) / name
+            if path.is_file():
+                found.append((path.relative_to(folder).as_posix(), path))
+    return found

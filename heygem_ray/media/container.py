@@ -1,0 +1,90 @@
+"""Opening a media file with PyAV, and the checks every reader makes first.
+
+A missing file is ``missing_file``; a file no demuxer accepts, or one cut short (its index
+lists data past its end), ``unreadable_media``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import av
+import av.container
+
+from heygem_ray.errors import InputError
+from heygem_ray.media.ffmpeg import url
+
+
+def require_file(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a Path, or an InputError naming it (missing, or a folder) and the fix."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(
+            f"{what} {p} is a directory, not a file; give the path of the {what} file itself",
+            kind="missing_file",
+        )
+    if not p.is_file():
+        hint = "" if p.is_absolute() else f" (relative paths are resolved against {Path.cwd()})"
+        raise InputError(f"{what} {p} does not exist; check the path{hint}", kind="missing_file")
+    return p
+
+
+def reason(exc: av.FFmpegError) -> str:
+    """FFmpeg's words for an error (``Invalid data found when processing input``)."""
+    return exc.strerror or type(exc).__name__
+
+
+@contextlib.contextmanager
+def opened(
+    path: Path,
+    what: str,
+    *,
+    max_pixels: int | None = None,
+    check: Callable[[av.container.InputContainer], None] | None = None,
+) -> Iterator[av.container.InputContainer]:
+    """``path`` opened by PyAV's demuxers (which read its header and index, and decode a
+    little to fill in what the header leaves out), closed on leaving the block; a file no
+    demuxer accepts, or whose index lists data past the end of the file, is
+    ``unreadable_media``.
+
+    ``max_pixels``: the decoders that fill in the header refuse a larger picture (then
+    leave its size 0) rather than allocate it. ``check`` sees the container before its
+    index is read (a limit on what the header declares, say)."""
+    options = {} if max_pixels is None else {"max_pixels": str(max_pixels)}
+    try:
+        container = av.open(url(path), metadata_errors="ignore", options=options)
+    except av.FFmpegError as exc:
+        raise InputError(
+            f"{what} {path} cannot be read as media ({reason(exc)}); "
+            "check that it is a complete, uncorrupted audio/video file (re-export or re-download it)",
+            kind="unreadable_media",
+        ) from exc
+    with container:
+        if check is not None:
+            check(container)
+        _check_index(container, path, what)
+        yield container
+
+
+def _check_index(container: av.container.InputContainer, path: Path, what: str) -> None:
+    """Raise ``unreadable_media`` when the container's index (an MP4's sample tables, a
+    Matroska file's cues) places data past the end of the file: a copy or recording cut
+    short, which would otherwise read as a shorter file. A file without an index passes.
+    Entries are read one at a time: an index may list millions."""
+    size = path.stat().st_size
+    for stream in container.streams:
+        end = max((entry.pos + entry.size for entry in stream.index_entries), default=0)  # bytes
+        if end > size:
+            raise InputError(
+                f"{what} {path} is truncated: its index places {stream.type} data up to byte {end}, "
+                f"but the file ends at byte {size}; copy or export it again in full",
+                kind="unreadable_media",
+            )
+
+
+def contents(container: av.container.InputContainer) -> str:
+    kinds = sorted({s.type for s in container.streams})
+    return ", ".join(kinds) if kinds else "no streams"

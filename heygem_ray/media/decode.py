@@ -1,0 +1,163 @@
+"""Decoding through ffmpeg's pipes: a reference's frames, an audio track's samples.
+
+Streamed, so memory stays flat however long the media are (except :func:`read_video`, a
+helper for short clips).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Generator
+from fractions import Fraction
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+
+from heygem_ray.errors import InputError, storage_errors
+from heygem_ray.media.audio_probe import audio_stream, empty_audio
+from heygem_ray.media.container import require_file
+from heygem_ray.media.ffmpeg import FfmpegProcess, ffmpeg_exe, url, video_filters
+from heygem_ray.media.limits import clock, decoder_limit
+from heygem_ray.media.video_probe import VideoInfo, probe_video
+
+_READ_CHUNK = 1 << 20  # bytes per read from an audio pipe
+
+
+def iter_frames(info: VideoInfo, *, max_pixels: int | None = None) -> Generator[np.ndarray, None, None]:
+    """Yield the frames of ``info.path`` one at a time: (H, W, 3) uint8 BGR.
+
+    Constant rate ``info.fps`` (variable-rate input is resampled by duplicating or
+    dropping frames), upright, cropped to ``info.width`` × ``info.height``; a still image
+    yields one frame. Each frame is a new, writable array. ffmpeg is killed and reaped if
+    the consumer stops early. ``max_pixels``: ffmpeg's decoder refuses larger pictures (a
+    stream that grows midway), which fails the decode.
+    """
+    fps = None if info.is_image else info.fps
+    source = ffmpeg.input(url(info.path), **decoder_limit(max_pixels))[f"v:{info.video_stream}"]
+    decoded = video_filters(source, fps)
+    # A guard for streams that change size midway: every frame comes out width × height.
+    decoded = decoded.filter("scale", info.width, info.height)
+    args = (
+        decoded.output("pipe:", format="rawvideo", pix_fmt="bgr24", fps_mode="passthrough")
+        .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error")
+        .compile(cmd=ffmpeg_exe())
+    )
+    frame_bytes = info.width * info.height * 3
+    proc = FfmpegProcess(args, stdout=True)
+    try:
+        while True:
+            frame = np.empty((info.height, info.width, 3), np.uint8)  # (H, W, 3) BGR
+            buffer = frame.data.cast("B")
+            got = proc.stdout.readinto(buffer)
+            while got and got < frame_bytes:  # in case of a short read
+                more = proc.stdout.readinto(buffer[got:])
+                if not more:
+                    break
+                got += more
+            if not got:
+                break
+            if got < frame_bytes:
+                raise InputError(
+                    f"reference {info.path}: the decoder stopped in the middle of a frame "
+                    f"({proc.stderr_tail()}); re-export the video",
+                    kind="unreadable_media",
+                )
+            yield frame
+        rc = proc.wait()
+        if rc != 0:
+            raise InputError(
+                f"reference {info.path} could not be decoded ({proc.stderr_tail()}); "
+                "re-export it (e.g. as H.264 MP4)",
+                kind="unreadable_media",
+            )
+    finally:
+        proc.close()
+
+
+def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000) -> np.ndarray:
+    """The first audio stream of ``path``: (N,) float32 mono in [-1, 1] at ``sample_rate`` Hz.
+
+    Decoded and resampled by ffmpeg, streamed from its pipe; channels are then averaged
+    (as librosa's ``to_mono`` does: ffmpeg's own ``-ac 1`` would scale stereo by
+    √½ per channel). Silence is valid; no samples is an ``empty_audio`` error.
+    """
+    parts = list(_audio_blocks(path, sample_rate))  # (n,) float32 mono pieces
+    return np.concatenate(parts)
+
+
+def decode_audio(
+    path: str | os.PathLike[str], dst: Path, sample_rate: int = 16000, *, max_seconds: float | None = None
+) -> int:
+    """As :func:`load_audio`, but written to ``dst`` as raw little-endian float32 (read
+    back with ``features.Pcm.from_file``), holding one pipe read in memory at a time.
+    Returns the number of samples.
+
+    ``max_seconds``: audio longer than this is ``too_large``, refused from what its header
+    declares before decoding, or, when the header says less, as soon as decoding passes it.
+    """
+    samples = 0
+    with storage_errors(dst.parent), open(dst, "wb") as f:  # a full scratch disk: the user's to fix
+        for block in _audio_blocks(path, sample_rate, max_seconds):
+            block.astype("<f4", copy=False).tofile(f)
+            samples += len(block)
+    return samples
+
+
+def _audio_blocks(
+    path: str | os.PathLike[str], sample_rate: int, max_seconds: float | None = None
+) -> Generator[np.ndarray, None, None]:
+    """The decoded audio of ``path`` as consecutive (n,) float32 mono blocks in [-1, 1];
+    raises ``empty_audio`` when there are none, ``unreadable_media`` when ffmpeg fails,
+    ``too_large`` when there are more than ``max_seconds`` (see :func:`decode_audio`)."""
+    p = require_file(path, "audio")
+    most = math.inf if max_seconds is None else max_seconds * sample_rate  # samples
+    with audio_stream(p, max_seconds) as (_, stream):
+        channels = stream.codec_context.channels
+    # ac: the pipe carries exactly this many channels per sample, as ffmpeg is told rather
+    # than as we might guess from its output, so the samples cannot be misaligned. It is the
+    # stream's own count: nothing is remixed, and every channel weighs the same in the mean.
+    args = (
+        ffmpeg.input(url(p))["a:0"]
+        .output("pipe:", format="f32le", acodec="pcm_f32le", ar=sample_rate, ac=channels)
+        .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error")
+        .compile(cmd=ffmpeg_exe())
+    )
+    frame_bytes = 4 * channels  # one float32 per channel per sample
+    proc = FfmpegProcess(args, stdout=True)
+    samples = 0
+    try:
+        while chunk := proc.stdout.read(_READ_CHUNK // frame_bytes * frame_bytes):
+            usable = len(chunk) // frame_bytes * frame_bytes  # a full read is whole samples
+            block = np.frombuffer(chunk[:usable], "<f4").reshape(-1, channels).mean(axis=1, dtype=np.float32)
+            np.clip(block, -1.0, 1.0, out=block)
+            samples += len(block)
+            if max_seconds is not None and samples > most:  # its header said less
+                raise InputError(
+                    f"audio {p} is longer than its header declares: decoding passed the limit of "
+                    f"{clock(max_seconds)} (--max-audio-seconds {max_seconds:g}); split it into shorter files, "
+                    "or raise the limit",
+                    kind="too_large",
+                )
+            yield block
+        rc = proc.wait()
+    finally:
+        proc.close()
+    if rc != 0:
+        raise InputError(
+            f"audio {p} could not be decoded ({proc.stderr_tail()}); re-export it (e.g. as WAV or MP3)",
+            kind="unreadable_media",
+        )
+    if samples == 0:
+        raise empty_audio(p)
+
+
+def read_video(path: str | os.PathLike[str]) -> tuple[np.ndarray, Fraction]:
+    """All frames of a video, (N, H, W, 3) uint8 BGR, and its fps. For short clips only:
+    it holds the whole video in memory (use :func:`iter_frames` for anything else)."""
+    info = probe_video(path)
+    frames = list(iter_frames(info))
+    if not frames:
+        return np.zeros((0, info.height, info.width, 3), np.uint8), info.fps
+    return np.stack(frames), info.fps

@@ -1,0 +1,338 @@
+"""What a reference video or still image holds, as :func:`decode.iter_frames` will yield it.
+
+PyAV reads the stream's properties from FFmpeg's own structures (never text printed for
+people); the file is decoded only where an exact answer needs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.container
+import av.stream
+import av.video.stream
+import ffmpeg
+import numpy as np
+
+from heygem_ray.errors import InputError
+from heygem_ray.media.container import contents, opened, reason, require_file
+from heygem_ray.media.ffmpeg import ffmpeg_exe, run, tail, url, video_filters
+from heygem_ray.media.headers import image_size
+from heygem_ray.media.isobmff import video_samples
+from heygem_ray.media.limits import check_reference_size, clock, decoder_limit, megapixels, too_many_frames
+
+IMAGE_FPS = Fraction(25)  # the rate a still image is given (ffmpeg's image2 default)
+
+
+# Codecs (as FFmpeg names them) and demuxers of still-image files. Such a stream that
+# decodes to one frame is a still image; an animated GIF/WebP/APNG is a video.
+_IMAGE_CODECS = frozenset(
+    {"png", "apng", "mjpeg", "jpeg2000", "jpegls", "jpegxl", "bmp", "webp", "gif", "tiff", "ppm", "pgm", "qoi"}
+)
+_IMAGE_DEMUXERS = frozenset({"image2", "gif", "webp"})  # plus every "*_pipe" demuxer
+# Standard frame rates a variable-rate file's average is snapped to (within 2 %).
+_COMMON_RATES = tuple(
+    Fraction(r) for r in ("24000/1001", "24", "25", "30000/1001", "30", "50", "60000/1001", "60")
+)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`iter_frames` will yield for a video or still image.
+
+    ``width``/``height`` are those of the yielded frames: after rotation, cropped down to
+    even (the last column/row dropped). ``frames`` is exact: read from the packets of a
+    constant-rate stream, else counted by decoding the file once through the same filters
+    :func:`iter_frames` uses (see :func:`probe_video`).
+    """
+
+    path: Path
+    width: int  # pixels, of the yielded frames (even)
+    height: int
+    fps: Fraction  # constant output rate, e.g. 30000/1001 for "29.97"; 25 for a still image
+    frames: int  # number of frames iter_frames yields (1 for a still image)
+    duration: float  # seconds: frames / fps (0.0 for a still image)
+    rotation: int  # degrees clockwise ffmpeg turns the stored frames to show them: 0, 90, 180, 270
+    #   (the display matrix of the stream, or of a photo's EXIF orientation)
+    is_image: bool
+    source_width: int  # pixels, as stored: before rotation and crop
+    source_height: int
+    video_stream: int = 0  # which video stream of the file (ffmpeg's "0:v:N")
+
+
+def _video_stream(container: av.container.InputContainer, path: Path, what: str) -> av.video.stream.VideoStream:
+    """The first video stream that is not a cover picture (an MP3's album art, say)."""
+    stream = next(
+        (s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic), None
+    )
+    if stream is None:
+        raise InputError(
+            f"{what} {path} has no video stream (it holds: {contents(container)}); "
+            "give a video or a photo of the presenter as the reference",
+            kind="no_video_stream",
+        )
+    if stream.codec_context is None:
+        raise InputError(
+            f"{what} {path}: its video stream is in a format FFmpeg {av.ffmpeg_version_info} cannot decode; "
+            "re-export it (e.g. as H.264 MP4)",
+            kind="unreadable_media",
+        )
+    return stream
+
+
+def _choose_fps(avg: Fraction | None, nominal: Fraction | None) -> Fraction:
+    """The constant rate to decode at, from the stream's average rate (frames / duration)
+    and its nominal one (FFmpeg's guess: the container's or codec's frame rate).
+
+    A constant-rate file has both alike: the nominal one is exact (30000/1001 rather than
+    an average a rounded duration makes 2997/100). A variable-rate file's average is
+    snapped to a standard rate when within 2 % (a phone's 29.8 → 30000/1001); otherwise its
+    nominal rate is used when plausible, so no motion is dropped.
+    """
+    if avg is not None and nominal is not None and abs(avg - nominal) <= nominal / 1000:
+        return nominal
+    if avg is not None:
+        near = min(_COMMON_RATES, key=lambda r: abs(r - avg))
+        if abs(near - avg) <= near / 50:
+            return near
+    if nominal is not None and 1 <= nominal <= 120 and (avg is None or nominal >= avg):
+        return nominal
+    if avg is not None:
+        return avg.limit_denominator(1001)
+    return IMAGE_FPS
+
+
+def _rotation_cw(angle: float) -> int:
+    """Clockwise degrees ffmpeg applies for a display-matrix angle (given counter-clockwise)."""
+    return int(round(-angle / 90.0)) * 90 % 360
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """A video stream read packet by packet: demuxed, and decoded only as far as asked."""
+
+    pts: np.ndarray  # (N,) int64: presentation times of its N packets, in the stream's time base, ascending
+    last_duration: int  # time-base units the last-presented packet lasts (0: not given)
+    timed: bool  # every packet has a presentation time and none is marked for discarding (cut by an edit list)
+    decoded: int  # frames decoded, up to the number asked for
+    first_pts: int | None  # presentation time of the first frame decoded
+    rotation: int  # clockwise degrees, from the first frame's display matrix (a stream's, or EXIF's)
+
+
+def _scan(container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path, *,
+          decode: int, max_frames: int | None, max_pixels: int | None) -> _Scan:  # fmt: skip
+    """Demux every packet of ``stream``, decoding only until ``decode`` frames came out.
+    A packet the decoder rejects is skipped, as ffmpeg skips it. More than ``max_frames``
+    packets stop the scan (``too_large``); the decoder refuses pictures over ``max_pixels``."""
+    pts: list[int] = []
+    durations: list[int] = []
+    timed = True
+    decoded, first_pts, rotation = 0, None, 0
+    rejected: av.FFmpegError | None = None
+    if max_pixels is not None:
+        stream.codec_context.options = {"max_pixels": str(max_pixels)}
+    try:
+        for packet in container.demux(stream):
+            if max_frames is not None and len(pts) > max_frames:
+                raise too_many_frames(path, f"holds more than {max_frames:,} frames (counted from its packets)",
+                                       max_frames)  # fmt: skip
+            if decoded < decode:
+                try:
+                    for frame in packet.decode():
+                        if not decoded:
+                            first_pts, rotation = frame.pts, _rotation_cw(frame.rotation)
+                        decoded += 1
+                except av.FFmpegError as exc:
+                    rejected = rejected or exc
+            if packet.size == 0:  # the empty packet that ends the stream (it flushes the decoder)
+                continue
+            timed = timed and packet.pts is not None and not packet.is_discard
+            pts.append(packet.pts or 0)
+            durations.append(packet.duration or 0)
+    except av.FFmpegError as exc:
+        raise InputError(
+            f"reference {path} is damaged: reading it failed after {len(pts)} video packets ({reason(exc)}); "
+            "copy or export it again",
+            kind="unreadable_media",
+        ) from exc
+    if not decoded:
+        # A picture whose size the header left out, over the limit, reads as undecodable here.
+        maybe = "" if stream.codec_context.width or max_pixels is None else (
+            f" (damaged, or its pictures are larger than the limit of {megapixels(max_pixels)}: "
+            "--max-reference-pixels)"
+        )
+        raise InputError(
+            f"reference {path} could not be decoded ({reason(rejected) if rejected else 'no frames'}){maybe}; "
+            "re-export it (e.g. as H.264 MP4) or give a photo instead",
+            kind="unreadable_media",
+        )
+    order = np.argsort(np.asarray(pts, np.int64), kind="stable")
+    return _Scan(
+        pts=np.asarray(pts, np.int64)[order],
+        last_duration=durations[order[-1]],
+        timed=timed,
+        decoded=decoded,
+        first_pts=first_pts,
+        rotation=rotation,
+    )
+
+
+def _constant_rate_frames(scan: _Scan, time_base: Fraction | None, fps: Fraction) -> int | None:
+    """The frames :func:`iter_frames` yields, read from the packets without decoding, or
+    None when only a decode can tell.
+
+    ffmpeg's ``fps`` filter emits one frame per 1/fps slot from the first frame's time to
+    the end of the last one (its time plus its duration). When the N packets are exactly
+    one slot apart, the last lasts one slot, and the first presented is the first frame the
+    decoder gives (no leading frames it drops), that is N. Exactly: in the stream's time
+    base, a slot must be a whole number of units (an MP4 at 25 fps in 1/12800: 512).
+    """
+    if time_base is None or not scan.timed or scan.first_pts != scan.pts[0]:
+        return None
+    slot = 1 / (fps * time_base)  # time-base units per frame
+    if slot.denominator != 1:
+        return None
+    n = len(scan.pts)
+    uniform = np.array_equal(scan.pts - scan.pts[0], np.arange(n, dtype=np.int64) * slot.numerator)
+    return n if uniform and scan.last_duration == slot.numerator else None
+
+
+def _decoded_frames(
+    path: Path, video_stream: int, fps: Fraction, max_frames: int | None, max_pixels: int | None
+) -> int:
+    """The frames :func:`iter_frames` yields, counted by decoding the file through the same
+    filters into ffmpeg's ``null`` muxer; the count is the last ``frame=`` of the
+    key=value lines ``-progress`` writes for programs. The count stops one past
+    ``max_frames`` (more is ``too_large``)."""
+    source = ffmpeg.input(url(path), **decoder_limit(max_pixels))[f"v:{video_stream}"]
+    decoded = video_filters(source, fps)
+    stop = {} if max_frames is None else {"frames:v": max_frames + 1}
+    args = (
+        decoded.output("-", format="null", fps_mode="passthrough", **stop)
+        .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", "-progress", "pipe:1")
+        .compile(cmd=ffmpeg_exe())
+    )
+    proc = run(args)
+    progress = dict(line.split("=", 1) for line in proc.stdout.decode(errors="replace").splitlines() if "=" in line)
+    frames = int(progress.get("frame", "0")) if progress.get("progress") == "end" else 0
+    if proc.returncode != 0 or frames == 0:
+        raise InputError(
+            f"reference {path} could not be decoded ({tail(proc.stderr) or 'no frames'}); "
+            "re-export it (e.g. as H.264 MP4) or give a photo instead",
+            kind="unreadable_media",
+        )
+    if max_frames is not None and frames > max_frames:
+        raise too_many_frames(path, f"decodes to more than {max_frames:,} frames", max_frames)
+    return frames
+
+
+def probe_video(
+    path: str | os.PathLike[str], *, max_pixels: int | None = None, max_frames: int | None = None
+) -> VideoInfo:
+    """Describe a reference video or still image as :func:`iter_frames` will yield it.
+
+    PyAV gives the stream's size, rates and time base; its first decoded frame the
+    rotation (the display matrix, which also carries a photo's EXIF orientation). Every
+    packet is demuxed, not decoded: for a constant-rate stream their count is the frame
+    count (see :func:`_constant_rate_frames`); any other stream (variable rate, a time base
+    that cannot hold the frame period exactly, frames cut by an edit list) is decoded once
+    by ffmpeg through the filters of :func:`iter_frames` to count them. Results are cached
+    per (path, size, mtime, limits) within a process. ``path`` in the result is absolute.
+
+    Limits (``too_large``, see ``config.InputLimits``), each checked before the work it
+    bounds: ``max_pixels`` on the stored frame size, from the header (a PNG's or JPEG's own
+    when FFmpeg would have to decode the picture to learn it), and no decoder is allowed a
+    larger picture; ``max_frames`` on the frames the index lists, the packets demuxed (the
+    scan stops there), the frames the timestamps span at the chosen rate, and the count.
+    """
+    p = require_file(path, "reference").absolute()
+    st = p.stat()
+    return _probe_video(p, st.st_size, st.st_mtime_ns, max_pixels, max_frames)
+
+
+@functools.lru_cache(maxsize=64)
+def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None, max_frames: int | None) -> VideoInfo:
+    if max_frames is not None and (listed := video_samples(path) or 0) > max_frames:  # before FFmpeg indexes them
+        raise too_many_frames(path, f"lists {listed:,} frames in its header", max_frames)
+
+    def declared(container: av.container.InputContainer) -> None:
+        """Refuse what the header declares over a limit, before its index is read."""
+        stream = _video_stream(container, path, "reference")
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if not (width and height) and _looks_like_image(container, stream):
+            width, height = image_size(path) or (0, 0)
+        check_reference_size(path, width, height, max_pixels=max_pixels)
+        listed = max(stream.frames, len(stream.index_entries))  # the header's count, the index's entries
+        if max_frames is not None and listed > max_frames:
+            raise too_many_frames(path, f"lists {listed:,} frames in its header", max_frames)
+
+    with opened(path, "reference", max_pixels=max_pixels, check=declared) as container:
+        stream = _video_stream(container, path, "reference")
+        looks_like_image = _looks_like_image(container, stream)
+        scan = _scan(container, stream, path, decode=2 if looks_like_image else 1,  # one picture, or an animation?
+                     max_frames=max_frames, max_pixels=max_pixels)  # fmt: skip
+        video_stream = container.streams.video.index(stream)
+        source_width, source_height = stream.codec_context.width, stream.codec_context.height
+        average_rate, nominal_rate, time_base = stream.average_rate, stream.guessed_rate, stream.time_base
+    check_reference_size(path, source_width, source_height, max_pixels=max_pixels)  # as decoded
+    is_image = looks_like_image and scan.decoded == 1
+    if is_image:
+        fps, frames = IMAGE_FPS, 1
+    else:
+        fps = _choose_fps(average_rate, nominal_rate)
+        _check_span(path, scan, time_base, fps, max_frames)
+        frames = _constant_rate_frames(scan, time_base, fps) or _decoded_frames(
+            path, video_stream, fps, max_frames, max_pixels
+        )
+    width, height = (source_height, source_width) if scan.rotation % 180 else (source_width, source_height)
+    return VideoInfo(
+        path=path,
+        width=width - width % 2,
+        height=height - height % 2,
+        fps=fps,
+        frames=frames,
+        duration=0.0 if is_image else float(frames / fps),
+        rotation=scan.rotation,
+        is_image=is_image,
+        source_width=source_width,
+        source_height=source_height,
+        video_stream=video_stream,
+    )
+
+
+def _looks_like_image(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> bool:
+    """A still-image codec or demuxer: one picture, unless it decodes to more (an animation)."""
+    return (
+        stream.codec.canonical_name in _IMAGE_CODECS
+        or container.format.name in _IMAGE_DEMUXERS
+        or container.format.name.endswith("_pipe")
+    )
+
+
+def _check_span(path: Path, scan: _Scan, time_base: Fraction | None, fps: Fraction, max_frames: int | None) -> None:
+    """Refuse a stream whose timestamps span more than ``max_frames`` frames at ``fps``:
+    read at a constant rate, the gaps between a few packets hours apart fill with repeats."""
+    if max_frames is None or time_base is None or not len(scan.pts):
+        return
+    span = float((int(scan.pts[-1]) + scan.last_duration - int(scan.pts[0])) * time_base)  # seconds
+    frames = span * fps
+    if frames > max_frames + 1:  # +1: a rounding's worth
+        raise too_many_frames(
+            path, f"has timestamps spanning {clock(span)}, {int(frames):,} frames at {float(fps):g} fps", max_frames
+        )
+
+
+def indexed_frames(path: str | os.PathLike[str]) -> int:
+    """How many frames the first video stream of an MP4 holds, read from its index (the
+    track's sample table) without decoding: for checking that an MP4 written earlier is
+    whole. A file that cannot be opened, or that is cut short (its index places samples of
+    any stream past its end), raises ``unreadable_media``; a container without a
+    frame count (not an MP4) gives 0."""
+    p = require_file(path, "video")
+    with opened(p, "video") as container:
+        return _video_stream(container, p, "video").frames

@@ -1,0 +1,124 @@
+"""One run per output folder or bucket prefix: a second run is refused at once, having
+touched nothing; the lock of a run that was killed is taken over by the next."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from heygem_ray import RunConfig, media, storage, submit
+from heygem_ray.errors import InputError
+from heygem_ray.pipeline import PARTIAL_SUFFIX
+from heygem_ray.run import RUN_LOCK
+from heygem_ray.storage import Location
+
+# Another process holding an output folder as a run does (run.hold_output), until killed.
+HOLDER = """
+import sys
+from heygem_ray.run import hold_output
+from heygem_ray.storage import location
+with hold_output(location(sys.argv[1]), "run f1r57 of nightly.csv"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextmanager
+def _held(output: Location) -> Iterator[subprocess.Popen]:
+    """``output`` held by a live process (its environment reaches the same bucket)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(output)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _speech(src: Path, dst: Path, seconds: float) -> Path:
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-t", str(seconds), str(dst)], check=True)
+    return dst
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes; the run lock with its holder (its
+    heartbeat rewrites the rest)."""
+    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    if RUN_LOCK in files:
+        files[RUN_LOCK] = json.loads(files[RUN_LOCK])["token"].encode()
+    return files
+
+
+@pytest.fixture
+def folder(tmp_path, examples):
+    _speech(examples / "lesson1.wav", tmp_path / "a.wav", 0.6)
+    shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
+    (tmp_path / "m.csv").write_text("job_id,audio,video\none,a.wav,p.jpg\ntwo,a.wav,p.jpg\n")
+    return tmp_path
+
+
+def test_a_second_run_into_a_folder_a_live_run_holds_exits_2_at_once_and_changes_nothing(folder):
+    """The first run is rendering `one` (its partial MP4 is there); a second submit into the
+    same folder must not delete that partial, write a table, or reach for a cluster (the
+    address below would fail after 30 s with another message)."""
+    out = folder / "out"
+    with _held(out) as holder:
+        partial = storage.staging_file(out / "one.mp4", folder, PARTIAL_SUFFIX)
+        partial.write_bytes(b"the first run's video, half written")
+        before = _snapshot(out)
+        exe = str(Path(sys.executable).with_name("heygem-ray"))
+        proc = subprocess.run([exe, "submit", "m.csv", "-o", "out", "--address", "ray://127.0.0.1:9"], cwd=folder,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(f"error: out is in use by another run: pid {holder.pid} on {socket.gethostname()} "
+                               "(run f1r57 of nightly.csv) since ")  # fmt: skip
+        assert "last heartbeat" in line and f"its lock {Path('out') / RUN_LOCK} is taken over" in line
+        assert _snapshot(out) == before  # the partial, the holder's lock: as they were
+        assert partial.is_file() and not (out / "results.parquet").exists()
+
+
+def test_a_run_takes_over_the_lock_of_a_killed_run_and_renders(folder, ray_local, caplog):
+    out = folder / "out"
+    with _held(out) as holder:
+        pass  # killed: SIGKILL leaves its lock behind, with no heartbeat coming
+    assert holder.returncode == -signal.SIGKILL and (out / RUN_LOCK).is_file()
+    cfg = RunConfig(output_dir=out, cache_dir=folder / "cache", engines_dir=folder / "engines")
+    summary = submit(folder / "m.csv", cfg)
+    assert [r.status for r in summary.results] == ["ok", "ok"], [r.error for r in summary.results]
+    assert f"its process {holder.pid} on {socket.gethostname()} has ended" in caplog.text
+    assert not (out / RUN_LOCK).exists()  # released at the end
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert {r["run_id"] for r in table} == {summary.run_id}
+
+
+def test_a_run_into_a_bucket_prefix_another_run_holds_is_refused_and_changes_nothing(bucket, tmp_path, examples):
+    storage.write_bytes(bucket / "in/a.wav", (examples / "lesson1.wav").read_bytes())
+    storage.write_bytes(bucket / "in/p.jpg", (examples / "presenter.jpg").read_bytes())
+    storage.write_bytes(bucket / "in/m.csv", b"job_id,audio,video\none,a.wav,p.jpg\n")
+    left = bucket / f"out/{storage.TMP_DIR}/one.mp4.0123abcd.tmp"  # the first run's upload in progress
+    storage.write_bytes(left, b"half a video")
+    with _held(bucket / "out") as holder:
+        lock = bucket / "out" / RUN_LOCK
+        before = {k: v for k, v in storage.list_stats(bucket, recursive=True).items() if k != lock}
+        holding = json.loads(storage.read_bytes(lock))["token"]
+        with pytest.raises(InputError) as refused:
+            submit(bucket / "in/m.csv", RunConfig(output_dir=bucket / "out", cache_dir=tmp_path / "c",
+                                                  engines_dir=tmp_path / "e", address="ray://127.0.0.1:9"))  # fmt: skip
+        assert refused.value.kind == "output_locked"
+        assert f"pid {holder.pid} on {socket.gethostname()} (run f1r57 of nightly.csv)" in refused.value.message
+        assert {k: v for k, v in storage.list_stats(bucket, recursive=True).items() if k != lock} == before
+        assert json.loads(storage.read_bytes(lock))["token"] == holding
