@@ -30,7 +30,7 @@ import ray
 
 
 def inject():
-    import os, signal, threading, time
+    import os, signal, time
     from heygem_ray.worker import ModelWorker
 
     fault = os.environ["HEYGEM_TEST_FAULT"]
@@ -42,12 +42,15 @@ def inject():
         def start(self, *args):
             os.kill(os.getpid(), signal.SIGKILL)
         ModelWorker._start = start
-    elif fault == "dies_soon":  # every worker dies 4 s after it started
-        init = ModelWorker.__init__
-        def dying(self, *args, **kwargs):
-            init(self, *args, **kwargs)
-            threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGKILL)).start()
-        ModelWorker.__init__ = dying
+    elif fault == "third_chunk_kills":  # every worker dies on the third chunk it renders
+        run_chunk = ModelWorker.run_chunk
+        calls = []
+        def dying(self, features, given):
+            calls.append(len(given))
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return run_chunk(self, features, given)
+        ModelWorker.run_chunk = dying
     elif fault == "wedge":  # a chunk of 3 frames hangs its worker, as a wedged GPU call does
         run_chunk = ModelWorker.run_chunk
         def wedged(self, features, given):
@@ -114,11 +117,12 @@ def test_a_worker_that_fails_or_dies_while_starting_stops_the_run_at_once(tmp_pa
 
 
 def test_workers_that_keep_dying_end_the_run_once_the_restart_budget_is_spent(tmp_path, examples):
-    """Each worker dies 4 s after it starts. One worker, --worker-restarts 1: the first
-    death is replaced, the second ends the run at once (not a wait per chunk for a worker
-    that never comes), exit 2, and the table says which rows ended and which did not."""
-    photo_batch(tmp_path, examples, 6, 1.0)
-    code, seconds, stderr = _faulty_submit("dies_soon", tmp_path, "--workers", "1", "--worker-restarts", "1",
+    """Each worker dies on the third chunk it renders. One worker, --worker-restarts 1:
+    the first death is replaced, the second ends the run at once (not a wait per chunk
+    for a worker that never comes), exit 2, and the table says which rows ended and which
+    did not."""
+    photo_batch(tmp_path, examples, 6, 1.0)  # 25 frames a row: 4 chunks of at most 8
+    code, seconds, stderr = _faulty_submit("third_chunk_kills", tmp_path, "--workers", "1", "--worker-restarts", "1",
                                            "--chunk-frames", "8", "--start-timeout", "300")
     assert code == 2, stderr[-3000:]
     assert seconds < 240, seconds  # jobs that waited for a worker would take --start-timeout each
@@ -133,10 +137,12 @@ def test_workers_that_keep_dying_end_the_run_once_the_restart_budget_is_spent(tm
     for r in rows:
         if r["status"] == "ok":
             assert len(media.read_video(Path(r["output"]))[0]) == r["frames"] == 25
+        elif r["error_kind"] == "worker_crash":  # a chunk both workers died on
+            assert "its model worker died 2 times while rendering it" in r["error"], r
         else:
             assert (r["status"], r["error_kind"]) == ("failed", "stopped"), r
             assert "the run stopped before this job ended (no model worker is left: " in r["error"]
-    assert any(r["status"] == "failed" for r in rows)
+    assert any(r["error_kind"] == "stopped" for r in rows)
 
 
 def test_a_chunk_call_that_hangs_is_stopped_and_its_worker_replaced(tmp_path, examples):
