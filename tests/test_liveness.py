@@ -89,8 +89,9 @@ def _speech(examples: Path, dst: Path, seconds: float) -> Path:
     return dst
 
 
-def _last_line(stderr: str) -> str:
-    return stderr.strip().splitlines()[-1]
+def _error_line(stderr: str) -> str:
+    """The command's own error line (Ray may stream a job's log lines after it)."""
+    return next((line for line in reversed(stderr.splitlines()) if line.startswith("error: ")), "(no error line)")
 
 
 @pytest.mark.parametrize(
@@ -108,10 +109,10 @@ def test_a_worker_that_fails_or_dies_while_starting_stops_the_run_at_once(tmp_pa
     photo_batch(tmp_path, examples, 2, 0.5)
     code, seconds, stderr = _faulty_submit(fault, tmp_path)
     assert code == 2, stderr[-3000:]
-    assert _last_line(stderr).startswith(said), stderr[-3000:]
+    assert _error_line(stderr).startswith(said), stderr[-3000:]
     if fault == "start_dies":
         assert re.match(r"error: model worker model-worker-\w+-cpu0 died while starting \(ActorDiedError: .+\); "
-                        r"the worker logs .* often the OOM killer$", _last_line(stderr)), stderr[-3000:]
+                        r"the worker logs .* often the OOM killer$", _error_line(stderr)), stderr[-3000:]
     assert seconds < 120, seconds
     assert not (tmp_path / "out").exists()
 
@@ -126,7 +127,7 @@ def test_workers_that_keep_dying_end_the_run_once_the_restart_budget_is_spent(tm
                                            "--chunk-frames", "8", "--start-timeout", "300")
     assert code == 2, stderr[-3000:]
     assert seconds < 240, seconds  # jobs that waited for a worker would take --start-timeout each
-    last = _last_line(stderr)
+    last = _error_line(stderr)
     assert re.match(r"error: the run stopped after \d of 6 jobs had ended: no model worker is left: 2 were lost, past "
                     r"the restart budget of 1 \(--worker-restarts 1 × 1 workers\); the last: model-worker-\w+-cpu1 "
                     r"died \(ActorDiedError: ", last), last
@@ -199,7 +200,7 @@ def test_a_gpu_worker_that_cannot_use_its_gpu_stops_the_run_or_says_why_it_rende
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert time.monotonic() - t0 < 120
-    last = _last_line(proc.stderr)
+    last = _error_line(proc.stderr)
     assert re.match(r"error: the model worker on \S+ was given a GPU by Ray but cannot use it: ", last), last
     if torch.version.cuda is None:  # this machine: a CPU-only wheel
         assert f"this node's PyTorch {torch.__version__} is a CPU-only build (torch.version.cuda is None)" in last
@@ -246,7 +247,7 @@ def test_a_run_stopped_while_it_waits_for_workers_writes_its_table(tmp_path, exa
     assert proc.returncode == 128 + signum, said[-3000:]
     name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else "SIGTERM"
     table = tmp_path / "out" / "results.parquet"
-    assert _last_line(said) == (
+    assert _error_line(said) == (
         f"error: the run stopped after 0 of 3 jobs had ended: it was sent {name}; every row is in {table} "
         "(jobs that did not end say 'stopped'); run the same manifest again to render the rest"
     ), said[-3000:]
