@@ -89,7 +89,7 @@ E2E_PACKS: tuple[PackName, ...] = ("wav2lip", "musetalk", "warp")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Where each section's share ends, as a fraction of the budget left after setting up (the
 # weights, the clips); sections run in this order.
-SHARES = {"codec": 0.05, "eager": 0.4, "e2e": 0.75, "cuda_graph": 0.87, "compile": 1.0}
+SHARES = {"codec": 0.05, "eager": 0.35, "e2e": 0.75, "cuda_graph": 0.87, "compile": 1.0}
 # Seconds a section needs left to start one more item: a compile of the UNet takes minutes.
 NEEDS = {"codec": 5.0, "eager": 3.0, "e2e": 20.0, "cuda_graph": 3.0, "compile": 45.0}
 # Inputs are uniform in [0, 1) unless named here: (low, high).
@@ -109,7 +109,7 @@ class Plan:
     compile_precisions: tuple[str, ...]
     resolutions: tuple[tuple[int, int], ...]  # (width, height) of the e2e reference clips
     speech_s: float  # seconds of speech per e2e job (its output's length)
-    reference_s: float  # seconds of the reference clip (looped ping-pong to the speech's length)
+    clip_s: float  # seconds of the reference clip (looped ping-pong to the speech's length)
     timed_s: float  # seconds of timed repetitions per measurement
     min_reps: int  # timed repetitions at least (their median is the figure)
 
@@ -121,7 +121,7 @@ class Plan:
 
 # Precisions in order of interest: fp32, the baseline, last (the budget may cut it short).
 GPU = Plan("cuda:0", True, ("fp16", "bf16", "fp32"), (1, 8, 32, 64, 128), True, "inductor", ("fp16", "bf16"),
-           ((1280, 720), (1920, 1080)), 14.0, 4.0, 0.3, 3)  # fmt: skip
+           ((1280, 720), (1920, 1080)), 10.0, 4.0, 0.3, 3)  # fmt: skip
 # The CPU has no fast fp16 (seconds a call): bf16 takes the same non-fp32 paths here.
 DRY_RUN = Plan("cpu", False, ("bf16", "fp32"), (1, 2), False, "eager", ("fp32",),
                ((640, 360), (960, 540)), 1.0, 1.0, 0.02, 1)  # fmt: skip
@@ -344,11 +344,12 @@ def first_output(out: object) -> torch.Tensor:
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float | None:
-    """‖out − ref‖ / ‖ref‖ in float64; None when ``out`` holds NaN or infinity."""
+    """‖out − ref‖ / ‖ref‖ in float64, to 3 significant digits; None when ``out`` holds NaN or infinity."""
     a, b = out.double().cpu(), ref.double().cpu()
     if not torch.isfinite(a).all():
         return None
-    return float(torch.linalg.vector_norm(a - b) / max(float(torch.linalg.vector_norm(b)), 1e-30))
+    error = float(torch.linalg.vector_norm(a - b)) / max(float(torch.linalg.vector_norm(b)), 1e-30)
+    return float(f"{error:.3g}")
 
 
 def stage_row(stage: Stage, precision: str, mode: str, batch: int | None) -> dict[str, Any]:
@@ -487,6 +488,16 @@ def compiled(stages: list[Stage], plan: Plan, budget: Budget, rows: Rows) -> Non
 # -- codecs --------------------------------------------------------------------------------------
 
 
+def shown_path(path: str) -> str:
+    """``path`` as a results file names it: from the repository, or from Python's prefix
+    (``sys.prefix/…``) when inside either, so that no machine's own folders are written."""
+    resolved = Path(path).resolve()
+    for root, name in ((REPO, ""), (Path(sys.prefix).resolve(), "sys.prefix/")):
+        if resolved.is_relative_to(root):
+            return name + resolved.relative_to(root).as_posix()
+    return path
+
+
 def ffmpeg_lists() -> dict[str, Any]:
     """The ffmpeg binary the jobs use, its version and whether it lists NVENC / NVDEC."""
     exe = media.ffmpeg_exe()
@@ -497,7 +508,7 @@ def ffmpeg_lists() -> dict[str, Any]:
 
     version = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=60).stdout.splitlines()
     return {
-        "ffmpeg": exe,
+        "ffmpeg": shown_path(exe),
         "ffmpeg_version": version[0] if version else "",
         "lists_h264_nvenc": bool(re.search(r"\sh264_nvenc\s", listing("-encoders"))),
         "lists_h264_cuvid": bool(re.search(r"\sh264_cuvid\s", listing("-decoders"))),
@@ -542,11 +553,14 @@ def codec_rows(clips: dict[tuple[int, int], Path], budget: Budget, rows: Rows, w
 
 
 class CountedService(InProcessService):
-    """The in-process service, counting this process's CPU core-seconds spent in model calls."""
+    """The in-process service, counting what its model calls cost: this process's CPU
+    core-seconds in them, and the wall seconds of the reference stage's calls (which the job
+    counts in its ``analyze`` stage: a cold template's reference latents)."""
 
     def __init__(self, worker: ModelWorker):
         super().__init__(worker)
         self.model_cpu_s = 0.0
+        self.reference_s = 0.0
 
     @contextmanager
     def _counted(self) -> Iterator[None]:
@@ -561,8 +575,11 @@ class CountedService(InProcessService):
             return super().submit(features, given)
 
     def submit_reference(self, crops: np.ndarray) -> ReferenceFuture:
+        t0 = time.perf_counter()
         with self._counted():
-            return super().submit_reference(crops)
+            future = super().submit_reference(crops)
+        self.reference_s += time.perf_counter() - t0
+        return future
 
 
 def process_cpu_s(who: int) -> float:
@@ -624,7 +641,7 @@ def one_job(worker: ModelWorker, cfg: RenderConfig, clip: Path, audio: Path, cac
     if result.status != "ok":
         return {"status": "error", "note": f"{result.error_kind}: {result.error}"[:400]}
     frames, wall = result.frames, result.seconds
-    model_s = (result.motion_s or 0.0) + (result.render_s or 0.0)
+    model_s = (result.motion_s or 0.0) + (result.render_s or 0.0) + service.reference_s
     cpu_side_core_s = cpu_s - service.model_cpu_s
     per_frame = cpu_side_core_s / frames
     model_fps = frames / model_s if model_s > 0 else None
@@ -639,6 +656,7 @@ def one_job(worker: ModelWorker, cfg: RenderConfig, clip: Path, audio: Path, cac
         "wall_s": round(wall, 3),
         **{f"{name}_s": round(getattr(result, f"{name}_s") or 0.0, 3)
            for name in ("analyze", "features", "motion", "render", "compose")},  # fmt: skip
+        "reference_s": round(service.reference_s, 3),
         "model_s": round(model_s, 3),
         "cpu_side_s": round(wall - model_s, 3),
         "cpu_share": round((wall - model_s) / wall, 3),
@@ -722,26 +740,35 @@ def main() -> None:
         try:
             for w, h in plan.resolutions:  # the presenter small, moving, over a slide; face a tenth of the width
                 clips[w, h] = lecture_clip(work / f"reference-{w}x{h}.mp4", size=(w, h), face=w / 10,
-                                           seconds=plan.reference_s, fps=FPS).path  # fmt: skip
+                                           seconds=plan.clip_s, fps=FPS).path  # fmt: skip
         except Exception as exc:  # no ffmpeg that runs: the stages can still be measured
             rows.add(section="setup", item="reference clips", status="error", note=error_note(exc))
         stages, checkpoints = build_stages(plan, work, rows)
         info["setup_s"] = round(time.perf_counter() - t0, 1)
         budget.share_out()
-        codec_rows(clips, budget, rows, work)
-        sweep(stages, plan, "eager", budget, rows)
-        e2e_rows(plan, checkpoints, clips, audio, budget, rows, work)
-        sweep(stages, plan, "cuda_graph", budget, rows)
-        compiled(stages, plan, budget, rows)
+        # The file is written after every section: a run cut short still leaves what it measured.
+        for section in (
+            lambda: codec_rows(clips, budget, rows, work),
+            lambda: sweep(stages, plan, "eager", budget, rows),
+            lambda: e2e_rows(plan, checkpoints, clips, audio, budget, rows, work),
+            lambda: sweep(stages, plan, "cuda_graph", budget, rows),
+            lambda: compiled(stages, plan, budget, rows),
+        ):
+            section()
+            dest = save(args, info, rows, budget)
+    print("wrote", dest, *([args.out] if args.out else []))
+    summary(rows.rows)
+
+
+def save(args: argparse.Namespace, info: dict[str, Any], rows: Rows, budget: Budget) -> Path:
+    """Write the results so far (bench/results/, and ``--out``); returns the file in bench/results."""
     info["wall_s"] = round(budget.elapsed(), 1)
     info["skipped"] = sum(1 for r in rows.rows if str(r.get("note", "")).startswith("budget"))
     dest = write("gpu-dryrun" if args.dry_run else "gpu", rows.rows, **info)
-    print("wrote", dest)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(dest, args.out)
-        print("wrote", args.out)
-    summary(rows.rows)
+    return dest
 
 
 def summary(rows: list[dict[str, Any]]) -> None:

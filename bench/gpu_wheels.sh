@@ -13,7 +13,7 @@
 #    (68 MB) alone is over the 64 MiB a call can carry, so this is FFmpeg built from
 #    Debian's source package with only the parts media.py and the benchmark use: libx264
 #    linked in statically, h264_nvenc and NVDEC through NVIDIA's loader headers (they open
-#    the driver's libraries at run time). A few MB. Built once (minutes); kept if it runs.
+#    the driver's libraries at run time). 5.5 MiB. Built once (minutes); kept if it runs.
 # Then it prints the sizes: .whl/, the tree that travels with it, and their sum against 64 MiB.
 set -euo pipefail
 
@@ -44,6 +44,7 @@ build_ffmpeg() {
     rm -rf "$WORK" && mkdir -p "$WORK/lists/partial" "$WORK/sources" "$WORK/tools"
     # This machine's own Debian sources, with their source packages too, in lists of our own.
     for f in /etc/apt/sources.list.d/*.sources; do
+        [ -e "$f" ] || continue
         sed 's/^Types: deb$/Types: deb deb-src/' "$f" >"$WORK/sources/$(basename "$f")"
     done
     if [ -f /etc/apt/sources.list ]; then
