@@ -15,7 +15,7 @@ becomes a row with status ``skipped`` saying so:
    decoding, each actually tried; whether the build lists them.
 2. stage, mode ``eager``: each pack's model stages (wav2lip and musetalk at their real
    sizes with seeded random weights, written in the public file formats and loaded by the
-   packs' own loaders; GFPGAN restoration when ``heygem_ray.models.gfpgan`` exists) at
+   packs' own loaders; GFPGAN v1.4, the restoration stage, likewise) at
    fp32, fp16 and bf16 over a batch sweep: frames/s of the module on inputs already on the
    device, the same through the worker's ``TorchRunner`` (float32 arrays in and out, host
    copies included), peak GPU memory, and the output's distance from fp32's.
@@ -28,7 +28,7 @@ becomes a row with status ``skipped`` saying so:
    worker's batch size.
 
 The dry run (``--dry-run``, also the only mode without a CUDA GPU) runs every section on the
-CPU at tiny sizes in a few minutes: small MuseTalk and GFPGAN networks, short speech,
+CPU at tiny sizes in a few minutes: the tests' small MuseTalk and GFPGAN networks, short speech,
 small frames; graphs are skipped and compile uses Dynamo's ``eager`` backend (tracing
 only). It writes the same layout, to bench/results/gpu-dryrun-<host>.json; the GPU run
 writes bench/results/gpu-<host>.json (and ``--out``, if given).
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import importlib.metadata
 import json
 import math
@@ -57,7 +56,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -70,15 +68,18 @@ sys.path.insert(0, str(REPO))  # tests.helpers: the seeded checkpoints and the l
 from bench.bench_backends import cores, cpu_busy, cpu_name  # noqa: E402
 from bench.record import write  # noqa: E402
 from heygem_ray import media  # noqa: E402
+from heygem_ray.backends.pytorch import TorchRunner  # noqa: E402
 from heygem_ray.config import PackName, RenderConfig  # noqa: E402
 from heygem_ray.errors import HeygemError  # noqa: E402
 from heygem_ray.features import SAMPLE_RATE, WHISPER_SEGMENT  # noqa: E402
 from heygem_ray.manifest import Job  # noqa: E402
+from heygem_ray.models import gfpgan  # noqa: E402
 from heygem_ray.packs import Features, TensorSpec, get_pack  # noqa: E402
 from heygem_ray.pipeline import ChunkFuture, InProcessService, ReferenceFuture, render_job  # noqa: E402
-from heygem_ray.runners import TorchRunner  # noqa: E402
 from heygem_ray.worker import ModelWorker  # noqa: E402
 from tests.helpers.footage import lecture_clip  # noqa: E402
+from tests.helpers.gfpgan_ckpt import seeded_faces  # noqa: E402
+from tests.helpers.gfpgan_ckpt import write_checkpoint as write_gfpgan_checkpoint  # noqa: E402
 from tests.helpers.musetalk_ckpt import write_models  # noqa: E402
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint  # noqa: E402
 
@@ -234,16 +235,6 @@ class Stage:
     host_call: HostCall
 
 
-def gfpgan_module() -> ModuleType | None:
-    """``heygem_ray.models.gfpgan`` where it exists (the restoration stage), else None."""
-    try:
-        return importlib.import_module("heygem_ray.models.gfpgan")
-    except ModuleNotFoundError as exc:
-        if exc.name != "heygem_ray.models.gfpgan":
-            raise  # the module is there but needs something missing: say so
-        return None
-
-
 def build_stages(plan: Plan, work: Path, rows: Rows) -> tuple[list[Stage], dict[PackName, Path | None]]:
     """Every pack's stages with seeded weights, written in the public formats and loaded by
     the packs' loaders (as a worker loads them), and the checkpoints for the e2e jobs. A pack
@@ -261,15 +252,10 @@ def build_stages(plan: Plan, work: Path, rows: Rows) -> tuple[list[Stage], dict[
             checkpoints[pack] = checkpoint
         except Exception as exc:
             rows.add(section="setup", item=f"{pack} weights", status="error", note=error_note(exc))
-    gfpgan = gfpgan_module()
-    if gfpgan is None:
-        rows.add(section="stage", pack="gfpgan", stage="restore", status="skipped",
-                 note="heygem_ray.models.gfpgan does not exist in this checkout")  # fmt: skip
-    else:
-        try:
-            stages.append(gfpgan_stage(gfpgan, plan, work))
-        except Exception as exc:  # an interface that changed: the other stages still run
-            rows.add(section="setup", item="gfpgan weights", status="error", note=error_note(exc))
+    try:
+        stages.append(gfpgan_stage(plan, work))
+    except Exception as exc:
+        rows.add(section="setup", item="gfpgan weights", status="error", note=error_note(exc))
     return stages, checkpoints
 
 
@@ -297,20 +283,15 @@ def runner_call(stage: str, specs: tuple[TensorSpec, ...], outs: tuple[TensorSpe
     return make
 
 
-def gfpgan_stage(gfpgan: ModuleType, plan: Plan, work: Path) -> Stage:
-    """GFPGAN v1.4 with seeded weights (a dry run: a narrow network of the same
-    architecture), saved as the public file is (``params_ema``) and loaded by ``gfpgan.load``."""
-    torch.manual_seed(0)
-    config = gfpgan.GFPGANConfig() if plan.full_size else gfpgan.GFPGANConfig(narrow=0.0625, num_style_feat=64)
-    path = work / "gfpgan-seeded.pth"
-    torch.save({"params_ema": gfpgan.GFPGANv1Clean(config).state_dict()}, path)
-    net = gfpgan.load(path).to(plan.device)
-    side = gfpgan.FACE_SIZE
-    specs = (TensorSpec("faces", (3, side, side)),)
-    outs = (TensorSpec("restored", (3, side, side)),)
+def gfpgan_stage(plan: Plan, work: Path) -> Stage:
+    """The restoration stage: GFPGAN v1.4 with seeded weights (the dry run: the narrow test
+    network of the same architecture) in the public file format, loaded by ``gfpgan.load``."""
+    size = "v1.4" if plan.full_size else "narrow"
+    net = gfpgan.load(write_gfpgan_checkpoint(work / f"gfpgan-{size}.pth", size)).to(plan.device)
+    specs, outs = gfpgan.STAGE_IO
 
-    def make(module: nn.Module, batch: int, dev: torch.device, dtype: torch.dtype) -> Callable[[], object]:
-        faces = np.random.default_rng(0).integers(0, 256, (batch, side, side, 3), dtype=np.uint8)  # BGR
+    def make(module: nn.Module, batch: int, device: torch.device, dtype: torch.dtype) -> Callable[[], object]:
+        faces = seeded_faces(batch)  # (batch, 512, 512, 3) uint8 BGR
         return lambda: gfpgan.restore(module, faces)  # uint8 faces in and out, as the stage runs
 
     return Stage("gfpgan", "restore", "full" if plan.full_size else "tiny", net, specs, outs, 1, True, make)
@@ -694,7 +675,6 @@ def machine(plan: Plan, budget_s: float) -> dict[str, Any]:
         "versions": versions(),
         "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "gfpgan_module": gfpgan_module() is not None,
     }
     try:
         import onnxruntime
