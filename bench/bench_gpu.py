@@ -72,10 +72,10 @@ from heygem_ray.backends.pytorch import TorchRunner  # noqa: E402
 from heygem_ray.config import PackName, RenderConfig  # noqa: E402
 from heygem_ray.errors import HeygemError  # noqa: E402
 from heygem_ray.features import SAMPLE_RATE, WHISPER_SEGMENT  # noqa: E402
+from heygem_ray.job import ChunkFuture, InProcessService, ReferenceFuture, render_job  # noqa: E402
 from heygem_ray.manifest import Job  # noqa: E402
 from heygem_ray.models import gfpgan  # noqa: E402
 from heygem_ray.packs import Features, TensorSpec, get_pack  # noqa: E402
-from heygem_ray.pipeline import ChunkFuture, InProcessService, ReferenceFuture, render_job  # noqa: E402
 from heygem_ray.worker import ModelWorker  # noqa: E402
 from tests.helpers.footage import lecture_clip  # noqa: E402
 from tests.helpers.gfpgan_ckpt import seeded_faces  # noqa: E402

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 import record
 
 from heygem_ray import media
-from heygem_ray.ray_exec import JOB_TASK
+from heygem_ray.driver.calls import JOB_TASK
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -112,7 +112,7 @@ def run_scenario(folder: Path, manifest: Path, name: str, backend: str) -> dict:
                 roles[pid] = "driver"
             elif cmd.startswith(f"ray::{JOB_TASK}"):
                 roles[pid] = "job tasks"
-            elif cmd.startswith("ray::_ActorWorker"):
+            elif cmd.startswith("ray::ActorWorker"):
                 roles[pid] = "model workers"
             else:
                 roles.setdefault(pid, "other")

@@ -35,10 +35,10 @@ from heygem_ray.config import (
     default_cache_dir,
     default_engines_dir,
 )
+from heygem_ray.driver import RunCallbacks
+from heygem_ray.driver import submit as run_submit
 from heygem_ray.errors import HeygemError, Interrupted, RunStopped
 from heygem_ray.results import JobResult
-from heygem_ray.run import RunCallbacks
-from heygem_ray.run import submit as run_submit
 from heygem_ray.worker import WorkerInfo
 
 LISTED = 20  # outputs and failures printed at the end of a run; results.parquet holds them all

@@ -2,7 +2,7 @@
 
 1. :func:`load_run` reads the results of an output folder: ``results.parquet`` after a
    run ended; the per-job part files (``.heygem-results/*.parquet``, see
-   :mod:`heygem_ray.resume`) while a run is going or after one was stopped; both when a
+   :mod:`heygem_ray.driver.resume`) while a run is going or after one was stopped; both when a
    later run into the same folder has finished jobs since the table was written.
 2. :func:`summarize` turns the rows into a :class:`Summary` (counts, frames, times,
    the slowest jobs, failures by kind). Pure.
@@ -38,9 +38,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from heygem_ray import storage
+from heygem_ray.driver.resume import PARTS_DIR
 from heygem_ray.errors import InputError
 from heygem_ray.results import RESULTS_FILE, SCHEMA, JobResult
-from heygem_ray.resume import PARTS_DIR
 from heygem_ray.storage import Location, Uri
 
 REPORT_FILE = "report.html"

@@ -2,7 +2,7 @@
 
 Lifecycle: detect the device → load the stages and open them on the chosen backend
 (building engines once, through the store) → smoke-test → serve ``run_chunk`` calls.
-The Ray actor in ``ray_exec.py`` and the in-process service both wrap this class.
+The Ray actor in ``driver/actor.py`` and the in-process service both wrap this class.
 
 A worker that cannot start (bad checkpoint, a backend that cannot run here, too little
 memory, a GPU it was given and cannot use) keeps the error and raises it from ``ready()``

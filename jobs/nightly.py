@@ -47,9 +47,9 @@ from heygem_ray.config import (
     default_cache_dir,
     default_engines_dir,
 )
+from heygem_ray.driver import RunCallbacks, submit
 from heygem_ray.errors import HeygemError, Interrupted, RunStopped
 from heygem_ray.results import JobResult
-from heygem_ray.run import RunCallbacks, submit
 from heygem_ray.storage import Location, location
 from heygem_ray.worker import WorkerInfo
 

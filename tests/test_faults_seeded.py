@@ -41,7 +41,7 @@ from pathlib import Path
 import ray
 from heygem_ray import RenderConfig, RunConfig, submit
 from heygem_ray.errors import RunStopped
-from heygem_ray.run import RunCallbacks
+from heygem_ray.driver import RunCallbacks
 
 folder, token, schedule = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 env = {"HEYGEM_FAULT_TOKEN": token}
@@ -91,7 +91,7 @@ def sigkill(pids, pick):
 # once it has its own error kind: an action that makes the output folder's writes fail.)
 ACTIONS = {
     "kill_worker_by_ray": kill_worker_by_ray,
-    "kill_worker_process": lambda pick: sigkill(processes("ray::_ActorWorker"), pick),
+    "kill_worker_process": lambda pick: sigkill(processes("ray::ActorWorker"), pick),
     "kill_job_task": lambda pick: sigkill(processes("ray::job"), pick),
 }
 

@@ -23,12 +23,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from heygem_ray import media, resume
+from heygem_ray import media
 from heygem_ray.cli import app
 from heygem_ray.config import InputLimits
+from heygem_ray.driver import resume
+from heygem_ray.driver.missing import MissingInputs
 from heygem_ray.errors import InputError
 from heygem_ray.manifest import read_manifest
-from heygem_ray.pipeline import MissingInputs
 from heygem_ray.results import JobResult
 from tests.helpers.hostile import (
     make_flac_claiming,

@@ -12,8 +12,8 @@ from pathlib import Path
 from heygem_ray import media
 from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore
+from heygem_ray.job import InProcessService, render_job
 from heygem_ray.manifest import Job
-from heygem_ray.pipeline import InProcessService, render_job
 from heygem_ray.worker import ModelWorker
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 

@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from heygem_ray import resume
 from heygem_ray.cli import app
+from heygem_ray.driver import resume
 from heygem_ray.errors import InputError
 from heygem_ray.manifest import read_manifest
 from heygem_ray.results import RESULT_COLUMNS

@@ -161,8 +161,8 @@ def test_tasks_and_actors_are_named_for_what_they_do(run):
     assert not [name for name in tasks if re.search(r"one|two|bad", name)], tasks
     # The rest is the actors' start: the router's calls keep no task events.
     rest = {re.sub(r"-[0-9a-f]{6}", "-<run>", name) for name in tasks} - {"job", "render"}
-    assert rest == {"model-worker-<run>-cpu0:_ActorWorker.__init__", "_ActorWorker.ready",
-                    "router-<run>:_Router.__init__"}, tasks
+    assert rest == {"model-worker-<run>-cpu0:ActorWorker.__init__", "ActorWorker.ready",
+                    "router-<run>:Router.__init__"}, tasks
     actors = [re.sub(r"-[0-9a-f]{6}", "-<run>", name) for name in names["actors"]]
     assert sorted(actors) == ["model-worker-<run>-cpu0", "router-<run>"]
 

@@ -58,7 +58,7 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 from heygem_ray import RenderConfig, RunConfig, submit
-from heygem_ray.run import RunCallbacks
+from heygem_ray.driver import RunCallbacks
 
 gpus = int(sys.argv[2])  # 1: each node declares a (pretend) GPU, so workers are GPU actors
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": gpus})

@@ -21,7 +21,7 @@ import ray
 from ray.util.state import list_actors
 from heygem_ray import RenderConfig, RunConfig, submit
 from heygem_ray.errors import RunStopped
-from heygem_ray.run import RunCallbacks
+from heygem_ray.driver import RunCallbacks
 
 
 class Broken(RunCallbacks):
@@ -80,7 +80,7 @@ def test_an_error_in_result_handling_ends_the_actors_and_reaches_the_caller(tmp_
 
     actors = [line.split() for line in lines if line.startswith("ACTOR")]
     kinds = {parts[1] for parts in actors}
-    assert {"_ActorWorker", "_Router"} <= kinds, actors
+    assert {"ActorWorker", "Router"} <= kinds, actors
     assert all(parts[-1] == "DEAD" for parts in actors), actors
 
     table = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from heygem_ray import RunConfig, media, report, submit
 from heygem_ray.cli import app
+from heygem_ray.driver.resume import PARTS_DIR
 from heygem_ray.results import RESULTS_FILE, JobResult, write_results
-from heygem_ray.resume import PARTS_DIR
 from heygem_ray.storage import Uri
 from tests.helpers.system import needs_system_package
 

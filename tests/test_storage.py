@@ -21,7 +21,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from heygem_ray import media, resume, storage
+from heygem_ray import media, storage
+from heygem_ray.driver import resume
 from heygem_ray.engines import EngineStore
 from heygem_ray.errors import InputError
 from heygem_ray.identity import input_identity

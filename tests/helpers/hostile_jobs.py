@@ -33,7 +33,7 @@ import json, sys
 from pathlib import Path
 from heygem_ray.config import InputLimits, RenderConfig
 from heygem_ray.manifest import Job
-from heygem_ray.pipeline import InProcessService, render_job
+from heygem_ray.job import InProcessService, render_job
 from heygem_ray.worker import ModelWorker
 from tests.helpers.peak import ChildPeaks, self_peak_mib
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from heygem_ray import media
-from heygem_ray.run import RUN_LOCK
+from heygem_ray.driver.hold import RUN_LOCK
 from tests.jobs import NIGHTLY
 
 
@@ -102,7 +102,7 @@ def test_an_unusable_manifest_exits_2_and_says_why_in_run_json(tmp_path, nightly
 
 HOLDER = """
 import sys
-from heygem_ray.run import hold_output
+from heygem_ray.driver.hold import hold_output
 from pathlib import Path
 with hold_output(Path(sys.argv[1]), "run f1r57 of nightly.csv"):
     print("held", flush=True)

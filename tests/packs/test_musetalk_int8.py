@@ -28,10 +28,10 @@ from heygem_ray.backends.int8 import CalibrationSet, Run
 from heygem_ray.calibration import HELD_OUT_FRAMES, calibration_set
 from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore
+from heygem_ray.job import InProcessService, render_job
 from heygem_ray.manifest import Job
 from heygem_ray.media import ffmpeg_exe
 from heygem_ray.packs import get_pack
-from heygem_ray.pipeline import InProcessService, render_job
 from heygem_ray.worker import ModelWorker
 from tests.conftest import EXAMPLES
 

@@ -8,13 +8,10 @@ Ctrl-C and SIGTERM (what ``ray job stop`` and ``kill`` send): while a run goes o
 raises ``Interrupted`` in the driver as Ctrl-C raises ``KeyboardInterrupt``.
 """
 
+
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 import signal
-import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,20 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray._raylet import GcsClient  # type: ignore[attr-defined]  # Ray's own GCS client, untyped
-from ray.exceptions import AuthenticationError
 
-from heygem_ray import identity, locks, metrics, resume, storage
+from heygem_ray import identity, locks, metrics, storage
 from heygem_ray.config import RunConfig
-from heygem_ray.errors import EngineError, HeygemError, InputError, Interrupted, RunStopped, WorkersUnavailable
+from heygem_ray.driver import resume
+from heygem_ray.driver.connect import connect
+from heygem_ray.driver.hold import hold_output, still_held
+from heygem_ray.driver.loop import run_jobs
+from heygem_ray.driver.missing import MissingInputs
+from heygem_ray.errors import HeygemError, Interrupted, RunStopped, WorkersUnavailable
 from heygem_ray.manifest import Job, read_manifest
-from heygem_ray.pipeline import MissingInputs
-from heygem_ray.ray_exec import run_jobs
 from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult, Status, read_rows
 from heygem_ray.storage import Location, Uri
 from heygem_ray.worker import WorkerInfo
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,7 +105,7 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
     missing = MissingInputs(cfg.render.pack, cfg.config_hash(), rows=len(jobs))
     if todo:
         # 5. connect to Ray (a local instance unless an address is given)
-        started_here, dashboard = _connect(cfg.address)
+        started_here, dashboard = connect(cfg.address)
         cb.connected(dashboard)
         ended = 0  # jobs whose rows are on disk
         working = False
@@ -130,7 +126,7 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
 
             def job_done(result: JobResult) -> None:
                 nonlocal ended
-                _still_held(lease)
+                still_held(lease)
                 resume.record(cfg.output_dir, basis.stamp(result, *inputs.pop(result.row, ("", ""))))
                 missing.learn(result)
                 ended += 1
@@ -140,7 +136,7 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
                 """The jobs to start, taken one at a time as the run has room for them."""
                 nonlocal ended
                 for job in todo:
-                    _still_held(lease)
+                    still_held(lease)
                     if (known := missing.fail(job)) is None:
                         if job.problem is None:
                             inputs[job.row] = (identity.input_identity(job.audio), identity.input_identity(job.video))
@@ -185,68 +181,11 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
             if started_here:
                 ray.shutdown()
     # 7. the results table: one row per manifest row, merged from the rows kept on disk
-    _still_held(lease)
+    still_held(lease)
     counts = resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, run_id=basis.run_id,
                                  missing=missing)  # fmt: skip
     return RunSummary(path, total=len(jobs), ok=counts["ok"], skipped=counts["skipped"], failed=counts["failed"],
                       run_id=basis.run_id)  # fmt: skip
-
-
-# The run's lock, in its output folder (see locks.py): who runs into the folder, since when.
-RUN_LOCK = ".heygem-run.lock"
-
-
-@contextlib.contextmanager
-def hold_output(output_dir: Location, what: str) -> Iterator[locks.Lease]:
-    """Hold ``output_dir``'s run lock for ``what`` (words naming the run) while the block
-    runs; an ``InputError`` of kind ``output_locked`` naming the holder if another live run
-    holds it. A local folder made only to hold the lock is removed again if the run left
-    it empty (a run refused by Ray, say, leaves nothing behind)."""
-    made = _first_missing(output_dir) if isinstance(output_dir, Path) else None
-    lock = output_dir / RUN_LOCK
-    got = locks.acquire(lock, what)
-    if isinstance(got, locks.Held):
-        raise InputError(
-            f"{output_dir} is in use by another run: {got.describe()}; wait for it to end, stop it, or give "
-            f"another output folder (if that run is gone, its lock {lock} is taken over by the next run "
-            f"{locks.STALE_AFTER_S:.0f} s after its last heartbeat, or at once on the machine it ran on)",
-            kind="output_locked",
-        )
-    try:
-        with got:
-            yield got
-    finally:
-        if made is not None and isinstance(output_dir, Path):
-            _remove_empty(output_dir, made)
-
-
-def _still_held(lease: locks.Lease) -> None:
-    """Stop the run if its output folder was taken over (its heartbeat had stopped)."""
-    if lease.lost is not None:
-        raise InputError(f"{lease.lost}; this run stops here and leaves the folder to it", kind="output_locked")
-
-
-def _first_missing(folder: Path) -> Path | None:
-    """The outermost of ``folder`` and its parents that does not exist yet; None if it exists."""
-    missing = None
-    while not folder.exists():
-        missing = folder
-        if folder.parent == folder:
-            break
-        folder = folder.parent
-    return missing
-
-
-def _remove_empty(folder: Path, up_to: Path) -> None:
-    """Remove ``folder`` and its parents up to ``up_to`` while they are empty."""
-    while True:
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (the run wrote there), or gone
-            return
-        if folder == up_to:
-            return
-        folder = folder.parent
 
 
 _SIGNAL_NAMES = {int(signal.SIGINT): "SIGINT (Ctrl-C)", int(signal.SIGTERM): "SIGTERM"}
@@ -279,78 +218,3 @@ class _SigtermStops:
     def restore(self) -> None:
         if self._installed:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
-
-
-def _connect(address: str | None) -> tuple[bool, str | None]:
-    """Connect to Ray. Returns (started here and so to be stopped here, dashboard URL).
-
-    No address: the cluster named by ``RAY_ADDRESS`` (set inside a Ray Job), else a new
-    local instance, never whichever cluster another process on this machine started
-    last (which a bare ``ray.init()`` would join).
-    """
-    if ray.is_initialized():
-        return False, None
-    target = address or os.environ.get("RAY_ADDRESS") or "local"
-    _check_token(target)
-    try:
-        ctx = ray.init(address=target, logging_level=logging.WARNING)
-    except AuthenticationError as exc:  # token mode on here, and no token found
-        raise _token_error(target) from exc
-    except ConnectionError as exc:
-        raise EngineError(
-            f"could not reach the Ray cluster at {target} ({exc}); check --address and that the cluster is up",
-            kind="cluster_unreachable",
-        ) from exc
-    url = getattr(ctx, "dashboard_url", None)
-    return target == "local", (f"http://{url}" if url and "://" not in url else url) or None
-
-
-# Seconds to wait for a cluster's port before asking its GCS whether it takes our token.
-PROBE_S = 3.0
-
-
-def _check_token(target: str) -> None:
-    """Ask the cluster's GCS once whether it takes this client's token (Ray 2.59+ starts
-    clusters in token mode). A refused or missing token is then one clear error at once,
-    where ``ray.init`` would retry for 20 s and report the cluster as unreachable. Any
-    other failure is left to ``ray.init`` to report."""
-    if target == "local" or target.startswith("ray://"):
-        return
-    try:
-        gcs = ray._private.services.canonicalize_bootstrap_address(target)
-        host, port = str(gcs).rsplit(":", 1)
-        socket.create_connection((host, int(port)), timeout=PROBE_S).close()
-    except Exception:  # no such address, nothing listening: ray.init says so
-        return
-    try:
-        with _quiet_stderr():  # Ray's client logs the refusal itself, in its own words
-            GcsClient(address=gcs, cluster_id=None)
-    except AuthenticationError as exc:
-        raise _token_error(target) from exc
-    except Exception:
-        log.debug("token probe of %s failed", gcs, exc_info=True)
-
-
-def _token_error(target: str) -> EngineError:
-    where = next((name for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH") if os.environ.get(name)), None)
-    if where is None and (Path.home() / ".ray" / "auth_token").exists():
-        where = "~/.ray/auth_token"
-    fix = (
-        "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, a file holding it) to the token the cluster's nodes "
-        "were started with, and RAY_AUTH_MODE=token"
-    )
-    said = f"refused the token from {where}" if where else "requires a token and none was found"
-    return EngineError(f"the Ray cluster at {target} {said}: {fix}", kind="cluster_auth")
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """File descriptor 2 to /dev/null for a moment (native code writes there directly)."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
