@@ -245,9 +245,9 @@ def test_two_processes_build_a_missing_entry_once(tmp_path: Path) -> None:
 def test_stage_digest_follows_weights_and_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    import heygem_ray.packs.warp as warp_module
+    import heygem_ray.models.warp as warp_module
     from heygem_ray.backends import artifacts
-    from heygem_ray.packs.warp import WarpRender
+    from heygem_ray.models.warp import WarpRender
 
     render = WarpRender()
     first = artifacts.stage_digest(render)

@@ -156,7 +156,7 @@ def test_build_and_run_warp_render(trt, tmp_path: Path, fp16: bool) -> None:
 def test_tensorrt_artifacts_key_names_the_version_the_arch_and_its_source(tmp_path: Path, monkeypatch) -> None:
     from heygem_ray.backends import artifacts
     from heygem_ray.engines import EngineKey, EngineStore
-    from heygem_ray.packs.warp import WarpRender
+    from heygem_ray.models.warp import WarpRender
 
     monkeypatch.setattr(trt_backend, "trt_version", lambda: "10.9.0.34")
     monkeypatch.setattr(artifacts, "device_arch", lambda device: "sm_90")
@@ -177,7 +177,7 @@ def test_an_int8_engine_without_its_calibrated_graph_is_a_bug_said_plainly(tmp_p
     from heygem_ray.backends import artifacts
     from heygem_ray.engines import EngineStore
     from heygem_ray.errors import InternalError
-    from heygem_ray.packs.warp import WarpRender
+    from heygem_ray.models.warp import WarpRender
 
     monkeypatch.setattr(trt_backend, "trt_version", lambda: "10.9.0.34")
     monkeypatch.setattr(artifacts, "device_arch", lambda device: "sm_90")
