@@ -41,7 +41,7 @@ from heygem_ray.driver.calls import JOB_TASK
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-STAGES = ("analyze_s", "features_s", "motion_s", "render_s", "compose_s")
+STEPS = ("audio_s", "analyze_s", "features_s", "motion_s", "render_s", "compose_s")
 SAMPLE_S = 0.25
 ROLES = ("driver", "job tasks", "model workers", "other")
 
@@ -146,7 +146,7 @@ def run_scenario(folder: Path, manifest: Path, name: str, backend: str) -> dict:
     result["other_by_program"] = {name: round(kib / 1024, 1) for name, kib in top}
     if len(rows) == 1:
         r = rows[0]
-        stages = {s[:-2]: r[s] or 0.0 for s in STAGES}
+        stages = {s[:-2]: r[s] or 0.0 for s in STEPS}
         result["overlap"] = {
             "job_wall_s": round(r["seconds"], 2),
             "stages_s": {k: round(v, 2) for k, v in stages.items()},

@@ -15,7 +15,8 @@ cannot go on for want of model workers (none could start, or none is left).
 once the table is written.
 
 Each error carries a short ``kind`` (a stable snake_case word written to the results
-table as ``error_kind``) and, once it is known, the ``stage`` it failed in.
+table as ``error_kind``); the result row says in which step of the job it was raised
+(``error_step``).
 
 A disk that is full or read-only, or a folder the run may not write, is the user's to fix,
 not a bug: :func:`storage_error` decides, in this one place, which ``OSError``s are such
@@ -37,11 +38,10 @@ class HeygemError(Exception):
 
     kind: str = "error"
 
-    def __init__(self, message: str, *, kind: str | None = None, stage: str | None = None):
+    def __init__(self, message: str, *, kind: str | None = None):
         super().__init__(message)
         if kind is not None:
             self.kind = kind
-        self.stage = stage
 
     @property
     def message(self) -> str:

@@ -41,10 +41,10 @@ from heygem_ray import storage
 from heygem_ray.driver.resume import PARTS_DIR
 from heygem_ray.errors import InputError
 from heygem_ray.results import RESULTS_FILE, SCHEMA, JobResult
+from heygem_ray.steps import TIMED
 from heygem_ray.storage import Location, Uri
 
 REPORT_FILE = "report.html"
-STAGES = ("analyze", "features", "motion", "render", "compose")  # the *_s columns, in job order
 SLOWEST = 5  # jobs listed as the slowest
 MESSAGES_PER_KIND = 5  # failure messages printed per error kind by `status` (the report shows all)
 THUMB_COUNT = 4  # frames per output in the report
@@ -163,7 +163,7 @@ def _typed(table: pa.Table, path: Location) -> pa.Table:
 class Failure:
     job_id: str
     row: int
-    stage: str  # the stage it failed in ("plan", "probe", "analyze", …); "?" when unknown
+    step: str  # the step it failed in (steps.Step: "plan", "audio", "analyze", …); "?" when unknown
     message: str
 
 
@@ -183,7 +183,7 @@ class Summary:
     frames: int  # frames rendered by the jobs that ended ok (skipped rows' outputs not counted)
     video_seconds: float  # seconds of video those jobs made
     job_seconds: float  # their summed wall time
-    stage_seconds: dict[str, float]  # STAGES → summed seconds over those jobs
+    step_seconds: dict[str, float]  # steps.TIMED → summed seconds over those jobs
     realtime_factor: float | None  # video_seconds / job_seconds; None when nothing was rendered
     slowest: list[JobResult]  # the longest of the jobs that ended ok, longest first
     failures: dict[str, list[Failure]]  # error kind → its rows, the most frequent kind first
@@ -207,7 +207,7 @@ def summarize(run: Run) -> Summary:
     groups: dict[str, list[Failure]] = {}
     for r in failed:
         groups.setdefault(r.error_kind or "unknown", []).append(
-            Failure(r.job_id, r.row, r.error_stage or "?", r.error or "(no message)")
+            Failure(r.job_id, r.row, r.error_step or "?", r.error or "(no message)")
         )
     return Summary(
         output_dir=run.output_dir,
@@ -221,7 +221,7 @@ def summarize(run: Run) -> Summary:
         frames=sum(r.frames or 0 for r in done),
         video_seconds=video,
         job_seconds=job_seconds,
-        stage_seconds={s: sum(getattr(r, f"{s}_s") or 0.0 for r in done) for s in STAGES},
+        step_seconds={s: sum(getattr(r, f"{s}_s") or 0.0 for r in done) for s in TIMED},
         realtime_factor=video / job_seconds if job_seconds > 0 else None,
         slowest=sorted(done, key=lambda r: -(r.seconds or 0.0))[:SLOWEST],
         failures=dict(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))),
@@ -267,8 +267,8 @@ def format_status(s: Summary) -> str:
             "(summed: jobs run side by side, so not the run's length)",
             f"realtime  {s.realtime_factor or 0:.2f}× (seconds of video per second of job time)",
             *(
-                f"{'stages' if i == 0 else '':10s}{name:9s}{t:7.2f} s total {t / s.ok:7.2f} s per job"
-                for i, (name, t) in enumerate(s.stage_seconds.items())
+                f"{'steps' if i == 0 else '':10s}{name:9s}{t:7.2f} s total {t / s.ok:7.2f} s per job"
+                for i, (name, t) in enumerate(s.step_seconds.items())
             ),
             "backends  " + ", ".join(f"{k} × {n}" for k, n in s.backends.items()),
             "nodes     " + ", ".join(f"{k} × {n}" for k, n in s.nodes.items()),
@@ -288,7 +288,7 @@ def format_status(s: Summary) -> str:
         for kind, items in s.failures.items():
             lines.append(f"  {kind} ({len(items)})")
             for f in items[:MESSAGES_PER_KIND]:
-                lines.append(f"    [{f.stage}] {f.message}")  # the message names the row and job
+                lines.append(f"    [{f.step}] {f.message}")  # the message names the row and job
             if len(items) > MESSAGES_PER_KIND:
                 lines.append(f"    … and {len(items) - MESSAGES_PER_KIND} more (heygem-ray report shows every one)")
     return "\n".join(lines)
@@ -380,7 +380,7 @@ def build_html(s: Summary, results: list[JobResult], shots: dict[str, Preview], 
         "<section class=tiles>",
         *(f'<div class="tile t-{k.replace(" ", "-")}"><b>{e(v)}</b><span>{e(k)}</span></div>' for k, v in tiles),
         "</section>",
-        _stage_bar(s),
+        _step_bar(s),
         _failures_html(s),
         f"<h2>Outputs ({len(results)})</h2>",
         "<section class=jobs>",
@@ -396,20 +396,20 @@ def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _stage_bar(s: Summary) -> str:
-    total = sum(s.stage_seconds.values())
+def _step_bar(s: Summary) -> str:
+    total = sum(s.step_seconds.values())
     if total <= 0:
         return ""
     segments = "".join(
         f'<div class="seg {_esc(name)}" style="width:{100 * t / total:.2f}%" title="{_esc(name)} {t:.2f} s"></div>'
-        for name, t in s.stage_seconds.items()
+        for name, t in s.step_seconds.items()
         if t > 0
     )
     legend = "".join(
         f'<span><i class="seg {_esc(name)}"></i>{_esc(name)} {t:.2f} s ({100 * t / total:.0f}%)</span>'
-        for name, t in s.stage_seconds.items()
+        for name, t in s.step_seconds.items()
     )
-    return f"<h2>Time per stage</h2><div class=bar>{segments}</div><p class=legend>{legend}</p>"
+    return f"<h2>Time per step</h2><div class=bar>{segments}</div><p class=legend>{legend}</p>"
 
 
 def _failures_html(s: Summary) -> str:
@@ -419,9 +419,9 @@ def _failures_html(s: Summary) -> str:
     out = [f"<h2>Failures ({s.failed})</h2>"]
     for kind, items in s.failures.items():
         out.append(f"<h3>{e(kind)} <small>{e(len(items))}</small></h3><table class=failures>")
-        out.append("<tr><th>row</th><th>job</th><th>stage</th><th>message</th></tr>")
+        out.append("<tr><th>row</th><th>job</th><th>step</th><th>message</th></tr>")
         out += [
-            f"<tr><td>{e(f.row)}</td><td>{e(f.job_id)}</td><td>{e(f.stage)}</td><td class=msg>{e(f.message)}</td></tr>"
+            f"<tr><td>{e(f.row)}</td><td>{e(f.job_id)}</td><td>{e(f.step)}</td><td class=msg>{e(f.message)}</td></tr>"
             for f in items
         ]
         out.append("</table>")
@@ -435,7 +435,7 @@ def _job_html(r: JobResult, shot: Preview | None, report_dir: Location) -> str:
     strip = note = ""
     if r.status == "failed":
         note = (
-            f"<p class=error><b>{e(r.error_kind or 'unknown')}</b> in stage <b>{e(r.error_stage or '?')}</b></p>"
+            f"<p class=error><b>{e(r.error_kind or 'unknown')}</b> in step <b>{e(r.error_step or '?')}</b></p>"
             f"<p class=msg>{e(r.error or '(no message)')}</p>"
         )
     elif shot is not None:

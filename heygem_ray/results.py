@@ -32,7 +32,7 @@ SCHEMA = pa.schema(
         ("output", pa.string()),
         ("status", pa.string()),
         ("error_kind", pa.string()),
-        ("error_stage", pa.string()),
+        ("error_step", pa.string()),
         ("error", pa.string()),
         ("frames", pa.int64()),
         ("face_lost_frames", pa.int64()),
@@ -40,6 +40,7 @@ SCHEMA = pa.schema(
         ("audio_seconds", pa.float64()),
         ("seconds", pa.float64()),
         ("realtime_factor", pa.float64()),
+        ("audio_s", pa.float64()),
         ("analyze_s", pa.float64()),
         ("features_s", pa.float64()),
         ("motion_s", pa.float64()),
@@ -85,7 +86,7 @@ class JobResult:
     output: str | None
     status: Status = "failed"
     error_kind: str | None = None
-    error_stage: str | None = None
+    error_step: str | None = None  # the step it failed in (steps.Step)
     error: str | None = None
     frames: int = 0
     # Output frames left as the reference has them: the face was not there (turned away,
@@ -95,6 +96,7 @@ class JobResult:
     audio_seconds: float | None = None
     seconds: float = 0.0
     realtime_factor: float | None = None
+    audio_s: float | None = None
     analyze_s: float | None = None
     features_s: float | None = None
     motion_s: float | None = None

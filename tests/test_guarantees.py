@@ -248,7 +248,7 @@ def test_a_full_template_cache_fails_the_rows_as_storage_not_internal(lesson, mo
     proc = _run([HEYGEM, "submit", "m.csv", "-o", str(out), "--cache-dir", str(cache)], lesson.parent, _env(ray_tmp))
     assert proc.returncode == 1, proc.stderr[-3000:]
     (row,) = pq.read_table(out / "results.parquet").to_pylist()
-    assert (row["status"], row["error_kind"], row["error_stage"]) == ("failed", "storage", "analyze")
+    assert (row["status"], row["error_kind"], row["error_step"]) == ("failed", "storage", "analyze")
     assert row["error"].startswith(f"row 1 (job 'one'): {cache}")
     assert "no space left on device; free space on that disk" in row["error"]
 

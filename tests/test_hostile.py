@@ -80,11 +80,11 @@ def refused(tmp_path_factory, tone, examples) -> tuple[float, dict[str, dict], d
 @pytest.mark.parametrize("name", list(REFUSED))
 def test_a_hostile_file_fails_its_row_early_with_flat_memory(refused, name: str) -> None:
     before, found, files = refused
-    _, _, stage, words = REFUSED[name]
+    _, _, step, words = REFUSED[name]
     case = found[name]
     row = case["row"]
     print(f"{name}: {row['seconds']:.2f} s, peak {before:.0f} → {case['peak_mib']:.0f} MiB, ffmpeg {case['ffmpeg_mib']:.0f} MiB")
-    assert (row["status"], row["error_kind"], row["error_stage"]) == ("failed", "too_large", stage), row
+    assert (row["status"], row["error_kind"], row["error_step"]) == ("failed", "too_large", step), row
     assert row["error"].startswith(f"row 7 (job '{name}'): ") and str(files[name]) in row["error"]
     for word in words:
         assert word in row["error"], row["error"]
@@ -215,10 +215,10 @@ def test_a_manifest_of_100_000_rows_on_one_missing_file(tmp_path, examples) -> N
     assert run["peak_mib"] < DRIVER_MIB, run
 
     table = pq.read_table(tmp_path / "out" / "results.parquet",
-                          columns=["row", "job_id", "error_kind", "error_stage", "error", "attempts"])  # fmt: skip
+                          columns=["row", "job_id", "error_kind", "error_step", "error", "attempts"])  # fmt: skip
     assert table.num_rows == rows and table["row"].to_pylist() == list(range(1, rows + 1))
     assert pc.all(pc.equal(table["error_kind"], "missing_file")).as_py()
-    assert pc.all(pc.equal(table["error_stage"], "probe")).as_py()
+    assert pc.all(pc.equal(table["error_step"], "audio")).as_py()
     gone = tmp_path / "gone.wav"
     for r in table.slice(0, 3).to_pylist() + table.slice(rows - 2).to_pylist():
         assert r["error"] == f"row {r['row']} (job {r['job_id']!r}): audio {gone} does not exist; check the path", r
@@ -242,7 +242,7 @@ def test_rows_failed_at_once_are_merged_from_the_run_not_from_an_earlier_part_fi
 
     missing = MissingInputs("warp", "h", rows=3)
     ran = JobResult.for_job(first, "warp")  # the first job, as render_job reports it
-    ran.error_kind, ran.error_stage = "missing_file", "probe"
+    ran.error_kind, ran.error_step = "missing_file", "audio"
     ran.error = f"{first.label}: audio {first.audio} does not exist; check the path"
     ran.run_id = "this"
     resume.record(out, ran)
@@ -250,7 +250,7 @@ def test_rows_failed_at_once_are_merged_from_the_run_not_from_an_earlier_part_fi
     assert missing.fail(third) is None  # its audio is not known to be missing
     at_once = missing.fail(second)
     assert at_once is not None and at_once.error == f"{second.label}: audio {second.audio} does not exist; check the path"
-    assert (at_once.status, at_once.error_stage, at_once.attempts) == ("failed", "probe", 0)
+    assert (at_once.status, at_once.error_step, at_once.attempts) == ("failed", "audio", 0)
 
     resume.write_merged([first, second, third], out, set(), "warp", out / "results.parquet", run_id="this",
                         stopped="interrupted", missing=missing)  # fmt: skip

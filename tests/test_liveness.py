@@ -162,7 +162,7 @@ def test_a_chunk_call_that_hangs_is_stopped_and_its_worker_replaced(tmp_path, ex
     assert code == 1, stderr[-3000:]
     table = {r["job_id"]: r for r in pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()}
     wedge = table["wedge"]
-    assert (wedge["status"], wedge["error_kind"], wedge["error_stage"], wedge["attempts"]) == (
+    assert (wedge["status"], wedge["error_kind"], wedge["error_step"], wedge["attempts"]) == (
         "failed", "chunk_timeout", "render", 1), wedge
     assert wedge["error"].startswith("row 2 (job 'wedge'): chunk 3 (frames 24-26): rendering it took longer than "
                                      "its limit 2 times, and each time its model worker was stopped as wedged")

@@ -131,7 +131,7 @@ cfg = RunConfig(output_dir=folder / "out", cache_dir=folder / "cache", engines_d
                 render=RenderConfig(chunk_frames=8))
 summary = submit(folder / "m.csv", cfg)
 for r in summary.results:
-    print("ROW", r.job_id, r.status, r.attempts, r.frames, r.error_kind, r.error_stage, r.error or "")
+    print("ROW", r.job_id, r.status, r.attempts, r.frames, r.error_kind, r.error_step, r.error or "")
 ray.shutdown()
 """
 

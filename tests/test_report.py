@@ -112,7 +112,7 @@ def test_report_embeds_real_thumbnails_of_every_output_and_escapes_user_text(run
         assert np.abs(want.astype(int) - first.astype(int)).mean() < 8
         assert f"<i>frames</i> {rows[job]['frames']}" in cards[job]
     assert not _IMG.search(cards["gone"])
-    assert "missing_file" in cards["gone"] and "probe" in cards["gone"]
+    assert "missing_file" in cards["gone"] and "in step <b>audio</b>" in cards["gone"]
     # The failed card names the Ray task whose log has the job's lines.
     assert re.fullmatch(r"[0-9a-f]{32,}", rows["gone"]["ray_task_id"])
     assert f"<i>ray task</i> {rows['gone']['ray_task_id']}" in cards["gone"]
@@ -135,7 +135,7 @@ def test_hostile_job_ids_and_messages_never_become_markup(tmp_path):
         JobResult(job_id=evil, row=1, audio="a.wav", video="v.mp4", output=str(tmp_path / "<b>x</b>.mp4"),
                   status="ok", frames=25, seconds=1.0, realtime_factor=1.0, extra={"note": "</article><h1>"}),
         JobResult(job_id="x\"onmouseover=alert(2)", row=2, audio="a.wav", video="v.mp4", output=None,
-                  error_kind="<kind>", error_stage="probe", error="<img src=x onerror=alert(3)>"),
+                  error_kind="<kind>", error_step="audio", error="<img src=x onerror=alert(3)>"),
     ]  # fmt: skip
     write_results(results, tmp_path / RESULTS_FILE)
     page = report.write_report(tmp_path).read_text()
@@ -174,7 +174,7 @@ def test_every_value_of_a_table_is_read_as_its_declared_type_and_escaped(tmp_pat
     """Columns of another type that hold what the schema says are read as that type (an
     int32 row, text that is a number); every value reaches the page escaped."""
     _crafted(tmp_path, row=pa.array(["7"]), job_id=pa.array(["<b>j</b>"]), error_kind=pa.array(["<i>k</i>"]),
-             error_stage=pa.array(["</td><script>"]), note=pa.array(["<u>carried</u>"]))  # fmt: skip
+             error_step=pa.array(["</td><script>"]), note=pa.array(["<u>carried</u>"]))  # fmt: skip
     page = report.write_report(tmp_path).read_text()
     assert "<small>row 7</small>" in page and "<tr><td>7</td>" in page
     for raw in ("<b>j</b>", "<i>k</i>", "<script", "<u>carried</u>"):

@@ -65,7 +65,7 @@ def _log_result(r: JobResult) -> None:
         log.info("%s", fields(status=r.status, frames=r.frames, seconds=r.seconds,
                               realtime_factor=r.realtime_factor, backend=r.backend, node=r.node))
     else:
-        log.warning("%s", fields(status=r.status, stage=r.error_stage, kind=r.error_kind, error=r.error))
+        log.warning("%s", fields(status=r.status, step=r.error_step, kind=r.error_kind, error=r.error))
 
 
 # The first progress line while the run waits for its workers, then one this often.
@@ -196,7 +196,7 @@ def _task_error(job: Job, cfg: RunConfig, exc: RayTaskError) -> JobResult:
     """A job whose task raised outside ``render_job`` (which turns every error into its
     row): a failed row, not retried (it would raise again)."""
     result = JobResult.for_job(job, cfg.render.pack)
-    result.error_kind, result.error_stage = "internal", "plan"
+    result.error_kind, result.error_step = "internal", "plan"
     result.error = (
         f"{job.label}: internal error in its Ray task: {type(exc.cause).__name__}: {exc.cause} "
         "(a bug in heygem-ray; please report it with this message)"
@@ -208,7 +208,7 @@ def _lost(job: Job, cfg: RunConfig, exc: RayError) -> JobResult:
     """A job whose task or worker died: a failed row that says so."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     result = JobResult.for_job(job, cfg.render.pack)
-    result.error_kind, result.error_stage = "worker_lost", "render"
+    result.error_kind, result.error_step = "worker_lost", "render"
     result.error = (
         f"{job.label}: the Ray task or worker running it died {cfg.max_attempts} times "
         f"({type(exc).__name__}: {first}); check the cluster's health, then run the same manifest again"

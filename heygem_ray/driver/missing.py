@@ -12,7 +12,7 @@ class MissingInputs:
     rows pointing at one missing file runs one job, not 100 000.
 
     Learned from the rows of finished jobs (``render_job`` reads the audio in its
-    ``probe`` stage and the reference in ``analyze``, so the stage says which), where the
+    ``audio`` step and the reference in ``analyze``, so the step says which), where the
     job ran: never from a look at the files by whoever holds this. A file that appears
     later in the run still fails the later rows naming it; a rerun renders them.
 
@@ -20,20 +20,20 @@ class MissingInputs:
     failed (they have no part file; an older one of an earlier run must not stand in).
     """
 
-    _INPUT_OF_STAGE = {"probe": "audio", "analyze": "video"}
+    _INPUT_OF_STEP = {"audio": "audio", "analyze": "video"}
 
     def __init__(self, pack: str, config_hash: str, rows: int):
         self._pack, self._config_hash = pack, config_hash
-        self._known: dict[str, tuple[str, str]] = {}  # the file (as the results name it) → (stage, message)
+        self._known: dict[str, tuple[str, str]] = {}  # the file (as the results name it) → (step, message)
         self._failed = bytearray(rows + 1)  # 1 at the (1-based) manifest rows failed here
 
     def learn(self, result: JobResult) -> None:
         """Note the input a finished job's row says is missing, if any."""
-        which = self._INPUT_OF_STAGE.get(result.error_stage or "")
+        which = self._INPUT_OF_STEP.get(result.error_step or "")
         if result.error_kind != "missing_file" or which is None or result.error is None:
             return
         message = result.error.removeprefix(f"{row_label(result.row, result.job_id)}: ")
-        self._known.setdefault(getattr(result, which), (result.error_stage or "", message))
+        self._known.setdefault(getattr(result, which), (result.error_step or "", message))
 
     def fail(self, job: Job) -> JobResult | None:
         """Fail ``job`` at once if a file it names is known to be missing (its audio
@@ -55,7 +55,7 @@ class MissingInputs:
             if (known := self._known.get(str(where))) is not None:
                 result = JobResult.for_job(job, self._pack)
                 result.error_kind = "missing_file"
-                result.error_stage, message = known
+                result.error_step, message = known
                 result.error = f"{job.label}: {message}"
                 result.attempts, result.config_hash = 0, self._config_hash  # no job was started
                 return result

@@ -148,7 +148,7 @@ def _merged_rows(
         if found is None:
             lost = JobResult.for_job(job, pack)
             lost.run_id = run_id
-            lost.error_stage = "plan"
+            lost.error_step = "plan"
             if stopped is not None:
                 lost.error_kind = "stopped"
                 lost.error = f"{job.label}: the run stopped before this job ended ({stopped}); run the same manifest again to render it"

@@ -24,7 +24,7 @@ def render_and_compose(ctx: JobContext) -> WorkerInfo:
     temporary MP4, then publish it: renamed into place beside a local output, uploaded
     whole to one in a bucket. Returns the description of the worker that rendered the
     last chunk."""
-    cfg, template, timeline, pack, models, stages = ctx.cfg, ctx.template, ctx.timeline, ctx.pack, ctx.models, ctx.clock
+    cfg, template, timeline, pack, models, steps = ctx.cfg, ctx.template, ctx.timeline, ctx.pack, ctx.models, ctx.clock
     partial = storage.staging_file(ctx.output, ctx.scratch, PARTIAL_SUFFIX)
     size = cfg.chunk_frames
     chunks = [range(s, min(s + size, timeline.frames)) for s in range(0, timeline.frames, size)]
@@ -44,12 +44,12 @@ def render_and_compose(ctx: JobContext) -> WorkerInfo:
 
             def compose_next() -> ChunkOutput:
                 sl, sent, future = pending.popleft()
-                stages.current = "render"
+                steps.current = "render"
                 chunk = future.result()
-                stages.add("motion", chunk.motion_s)
-                stages.add("render", chunk.render_s)
+                steps.add("motion", chunk.motion_s)
+                steps.add("render", chunk.render_s)
                 ref = timeline.ref_index[sl.start : sl.stop]
-                with stages("compose"):
+                with steps("compose"):
                     frames = template.read_frames(ref)
                     bases = sent if pack.paste_mode == "residual" else [None] * len(ref)
                     here = template.present[ref]
@@ -63,16 +63,16 @@ def render_and_compose(ctx: JobContext) -> WorkerInfo:
                 return chunk
 
             for sl in chunks:
-                with stages("features"):
+                with steps("features"):
                     chunk_features = ctx.features(sl)
-                stages.current = "render"
+                steps.current = "render"
                 inputs = ctx.given(timeline.ref_index[sl.start : sl.stop])
                 pending.append((sl, inputs, models.submit(chunk_features, inputs)))
                 if len(pending) > max(LOOKAHEAD, models.workers):
                     last = compose_next()
             while pending:
                 last = compose_next()
-            stages.current = "compose"
+            steps.current = "compose"
         storage.publish(partial, ctx.output)
     finally:
         partial.unlink(missing_ok=True)

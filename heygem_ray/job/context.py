@@ -15,19 +15,20 @@ from heygem_ray.analyze import Template
 from heygem_ray.config import RenderConfig
 from heygem_ray.job.service import ModelService
 from heygem_ray.packs import ChunkFeatures, PackSpec
+from heygem_ray.steps import Step
 from heygem_ray.storage import Location
 from heygem_ray.timeline import Timeline
 
 
 class StepClock:
-    """Wall seconds per stage, and which stage is running (for error rows)."""
+    """Wall seconds per step, and which step is running (for error rows)."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.current = "plan"
+        self.seconds: dict[Step, float] = {}
+        self.current: Step = "plan"
 
     @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
+    def __call__(self, name: Step) -> Iterator[None]:
         self.current = name
         t0 = time.perf_counter()
         try:
@@ -35,7 +36,7 @@ class StepClock:
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
-    def add(self, name: str, seconds: float) -> None:
+    def add(self, name: Step, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
 

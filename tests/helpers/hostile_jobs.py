@@ -73,7 +73,7 @@ def run_jobs(tmp: Path, cases: dict[str, tuple[Path, Path, dict]], timeout: floa
 
 
 # name → (maker of the hostile file in a folder, is it the audio (else the reference),
-# stage, words its message holds)
+# step, words its message holds)
 REFUSED = {
     "png-20000x20000": (lambda d: make_huge_png(d / "huge.png", width=20_000, height=20_000), False, "analyze",
                         ["is 20000×20000 pixels", "above the limit of 33.2 million pixels",
@@ -94,7 +94,7 @@ REFUSED = {
     "frames-10-hours-apart": (lambda d: make_timestamp_gap_video(d / "gap.mkv", gap_seconds=36_000), False, "analyze",
                               ["has timestamps spanning 10:00:00", "900,001 frames at 25 fps",
                                "above the limit of 90,000 frames"]),
-    "audio-10-hours": (lambda d: make_long_wav(d / "ten-hours.wav", seconds=36_000), True, "probe",
+    "audio-10-hours": (lambda d: make_long_wav(d / "ten-hours.wav", seconds=36_000), True, "audio",
                        ["lasts 10:00:00 (as its header declares)", "above the limit of 4:00:00",
                         "--max-audio-seconds 14400", "split it"]),
 }  # fmt: skip
