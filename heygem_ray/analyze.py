@@ -10,7 +10,10 @@ decoded once however many jobs use it:
 * ``boxes.npy``: (n, 4) int32 crop box per frame (from the smoothed face track);
 * ``present.npy``: (n,) bool, whether the face is there; frames without it are left
   as they are in the output;
-* ``crops.npy``: (n, S, S, 3) uint8 BGR face crops at the pack's input size.
+* ``crops.npy``: (n, S, S, 3) uint8 BGR face crops at the pack's input size;
+* ``faces.npz``: what the reference checks read (``checks.py``): the presenter's steady
+  face boxes (n, 4) float32, the frames the detector found it in (n,) bool, its looks
+  per frame (n, LOOKS) float32 (``face/looks.py``), and the other faces (k, 5) float32.
 
 Templates live under ``cache_dir/<key>`` where the key hashes the file's content, the
 detector settings and the crop geometry. Building one is atomic (a temporary folder,
@@ -37,10 +40,11 @@ from heygem_ray import media, storage
 from heygem_ray.config import DetectorConfig, InputLimits
 from heygem_ray.errors import InputError, storage_errors
 from heygem_ray.face.haar import HaarDetector
+from heygem_ray.face.looks import LOOKS
 from heygem_ray.face.track import FaceTrack, Tracker, find_presenter
 from heygem_ray.geometry import CropGeometry, cut
 
-TEMPLATE_VERSION = 3
+TEMPLATE_VERSION = 4
 # A track found in fewer frames than this is taken for detector noise, not a presenter.
 MIN_DETECTED_FRACTION = 0.2
 _JPEG = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
@@ -168,6 +172,7 @@ def _build(
     boxes = geometry.crop_boxes(track, info.width, info.height)
     np.save(out / "boxes.npy", boxes)
     np.save(out / "present.npy", track.present)
+    save_faces(out, track)
 
     # Pass 2: cut the crops from the stored frames.
     partial = Template(out, info.fps, info.width, info.height, frames, info.is_image, boxes, track.present)
@@ -192,6 +197,21 @@ def _build(
         "face_present_fraction": float(track.present.mean()),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+FACES_FILE = "faces.npz"
+
+
+def save_faces(root: Path, track: FaceTrack) -> None:
+    """Keep what the reference checks read of ``track`` in ``root``/faces.npz."""
+    n = len(track.boxes)
+    np.savez(
+        root / FACES_FILE,
+        boxes=track.boxes,
+        detected=track.detected,
+        looks=track.looks if track.looks is not None else np.full((n, len(LOOKS)), np.nan, np.float32),
+        others=track.others if track.others is not None else np.zeros((0, 5), np.float32),
+    )
 
 
 def track_reference(

@@ -36,6 +36,10 @@ SCHEMA = pa.schema(
         ("error", pa.string()),
         ("frames", pa.int64()),
         ("face_lost_frames", pa.int64()),
+        # The reference checks' warnings (checks.py), short: "name: figure; …"; "" when none.
+        ("reference_notes", pa.string()),
+        # Where the mouth is in the output (x0, y0, x1, y1 pixels): the report's zoom.
+        ("mouth_box", pa.list_(pa.int64())),
         ("output_bytes", pa.int64()),
         ("audio_seconds", pa.float64()),
         ("seconds", pa.float64()),
@@ -92,6 +96,10 @@ class JobResult:
     # Output frames left as the reference has them: the face was not there (turned away,
     # out of the frame, a cut to slides), so no mouth was pasted.
     face_lost_frames: int = 0
+    # The reference checks' warnings and failures, short (checks.notes); "" when none.
+    reference_notes: str | None = None
+    # The mouth's box in the output (x0, y0, x1, y1 pixels, median over its frames).
+    mouth_box: list[int] | None = None
     output_bytes: int | None = None  # size of the published MP4
     audio_seconds: float | None = None
     seconds: float = 0.0

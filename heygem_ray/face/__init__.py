@@ -10,7 +10,11 @@ uint8 BGR; boxes are float ``(x0, y0, x1, y1)`` in pixels of the decoded frame.
   in a window around each face being followed, at the face's own scale.
 * ``track``: follows faces from frame to frame, picks the presenter, fills short misses,
   marks long ones as lost, and smooths the boxes.
-* ``mouth``: where the mouth sits inside the face box, per frame, steady over time.
+* ``landmarks``: MediaPipe's 468-point face mesh inside a face box (LiteRT, no download):
+  the lips, mouth corners, eyes and nose; five alignment points for restoration.
+* ``looks``: what the face looks like in one frame (where the lips meet, how open, whether
+  the mouth is covered, how bright and sharp), for the crop geometry and the reference checks.
+* ``mouth``: where the mouth sits inside the face box, steady over time.
 * ``align``: a face's five points → GFPGAN's 512-px FFHQ tile and back, and the masked
   blend of a restored tile into the frame.
 """

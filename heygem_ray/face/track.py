@@ -17,6 +17,7 @@ are smoothed over about a second.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -24,7 +25,7 @@ import cv2
 import numpy as np
 
 from heygem_ray.config import DetectorConfig
-from heygem_ray.face import mouth
+from heygem_ray.face import looks, mouth
 from heygem_ray.face.detector import Detector
 from heygem_ray.face.search import face_patch, is_colour, motion, scan, scan_scale, search_window, skin_fraction
 from heygem_ray.face.smooth import trend
@@ -35,6 +36,9 @@ _LINK_IOU = 0.3
 _MIN_HITS = 3
 # A later track joins the presenter's when its median size is within this ratio of it.
 _SAME_SIZE = 1.6
+# A face that is not the presenter's counts as another face when found in at least this
+# share of the frames (fewer: a poster, a face on a slide for a moment, the detector's noise).
+_OTHER_SHARE = 0.05
 # Frames over which a track's velocity is measured, and the most it is extrapolated.
 _VELOCITY_SPAN = 4
 _MAX_PREDICT = 8
@@ -64,17 +68,17 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class _Track:
     frames: list[int] = field(default_factory=list)  # ascending
     boxes: list[np.ndarray] = field(default_factory=list)  # the detector's box in each
-    mouths: list[tuple[float, float] | None] = field(default_factory=list)
+    looks: list[np.ndarray] = field(default_factory=list)  # (LOOKS,) float32 look in each (face/looks.py)
     # Motion (dx, dy) in pixels measured from the frame before, by frame.
     moves: dict[int, tuple[float, float]] = field(default_factory=dict)
     misses: int = 0
     # The last frame's patch, the box it was cut at and its pixels per patch pixel.
     patch: tuple[np.ndarray, np.ndarray, float] | None = None
 
-    def hit(self, frame: int, box: np.ndarray, mouth_uv: tuple[float, float] | None) -> None:
+    def hit(self, frame: int, box: np.ndarray, look: np.ndarray) -> None:
         self.frames.append(frame)
         self.boxes.append(box.astype(np.float32))
-        self.mouths.append(mouth_uv)
+        self.looks.append(look)
         self.misses = 0
 
     def expected(self, frame: int) -> np.ndarray:
@@ -105,6 +109,10 @@ class FaceTrack:
     detected: np.ndarray  # (n,) bool: the detector found it in this very frame
     mouths: np.ndarray  # (n, 2) float32 mouth centre (u, v) in face-box units, steady
     chins: np.ndarray  # (n,) float32 chin height v in face-box units
+    # (n, LOOKS) float32 what the face looked like where detected (face/looks.py); NaN elsewhere.
+    looks: np.ndarray | None = None
+    # (k, 5) float32 faces that are not the presenter's (``Observations.others``).
+    others: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -112,8 +120,11 @@ class Observations:
     """What the tracker saw of the presenter, per frame; NaN where it saw nothing."""
 
     boxes: np.ndarray  # (n, 4) float32 detector boxes
-    mouths: np.ndarray  # (n, 2) float32 mouth (u, v) estimates
+    looks: np.ndarray  # (n, LOOKS) float32 looks (face/looks.py), the mouth (u, v) among them
     moves: np.ndarray  # (n, 2) float32 motion in pixels from the frame before
+    # (k, 5) float32 the other faces: each one's median box (x0, y0, x1, y1) and the share
+    # of frames it was found in.
+    others: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), np.float32))
 
 
 class Tracker:
@@ -161,7 +172,7 @@ class Tracker:
                     expected = at + np.array([*moved, *moved], np.float32)
             box = search_window(self.detector, grey, expected)
             if box is not None:
-                track.hit(i, box, mouth.mouth_point(frame, box))
+                track.hit(i, box, looks.look(frame, box))
             else:
                 track.misses += 1
             at = box if box is not None else expected
@@ -180,10 +191,10 @@ class Tracker:
             if held:
                 for track in held:  # the window search lost it: the scan has it again
                     if track.frames[-1] != i:
-                        track.hit(i, box, mouth.mouth_point(frame, box))
+                        track.hit(i, box, looks.look(frame, box))
             elif not self._colour or skin_fraction(frame, box) >= self.cfg.min_skin:
                 track = _Track()
-                track.hit(i, box, mouth.mouth_point(frame, box))
+                track.hit(i, box, looks.look(frame, box))
                 cut = face_patch(grey, box)
                 track.patch = None if cut is None else (cut[0], box, cut[1])
                 self._follow_back(track, small)
@@ -205,7 +216,7 @@ class Tracker:
                 track.moves[track.frames[0]] = ((shift[0] + rest[0]) / self.scale, (shift[1] + rest[1]) / self.scale)
             track.frames.insert(0, track.frames[0] - 1)
             track.boxes.insert(0, box)
-            track.mouths.insert(0, None)
+            track.looks.insert(0, looks.empty())  # its frame is gone: measured where it is kept
             later = earlier
 
     def presenter(self) -> Observations | None:
@@ -218,27 +229,29 @@ class Tracker:
             return None
         seen = Observations(
             boxes=np.full((self.frames, 4), np.nan, np.float32),
-            mouths=np.full((self.frames, 2), np.nan, np.float32),
+            looks=np.full((self.frames, len(looks.LOOKS)), np.nan, np.float32),
             moves=np.full((self.frames, 2), np.nan, np.float32),
         )
+        others = []
         side = tracks[0].side()
         for track in tracks:
-            if not 1 / _SAME_SIZE <= track.side() / side <= _SAME_SIZE:
-                continue
             frames = np.asarray(track.frames)
             taken = ~np.isnan(seen.boxes[frames, 0])
-            if taken.any():
-                # Beside the presenter in the same frames: the same face only where it overlaps.
-                same = iou(np.asarray(track.boxes)[taken], seen.boxes[frames[taken]]).diagonal()
-                if (same < _LINK_IOU).any():
-                    continue
+            # Beside the presenter in the same frames: the same face only where it overlaps.
+            beside = taken.any() and bool(
+                (iou(np.asarray(track.boxes)[taken], seen.boxes[frames[taken]]).diagonal() < _LINK_IOU).any()
+            )
+            if beside or not 1 / _SAME_SIZE <= track.side() / side <= _SAME_SIZE:
+                if len(frames) >= _OTHER_SHARE * self.frames:
+                    others.append([*np.median(np.asarray(track.boxes), axis=0), len(frames) / self.frames])
+                continue
             new = ~taken
             seen.boxes[frames[new]] = np.asarray(track.boxes)[new]
-            seen.mouths[frames[new]] = [m if m is not None else (np.nan, np.nan) for m, n in zip(track.mouths, new, strict=True) if n]
+            seen.looks[frames[new]] = np.asarray(track.looks)[new]
             for f, moved in track.moves.items():
                 if np.isnan(seen.moves[f, 0]):
                     seen.moves[f] = moved
-        return seen
+        return dataclasses.replace(seen, others=np.asarray(others, np.float32).reshape(-1, 5))
 
 
 def finish(seen: Observations, fps: float, cfg: DetectorConfig) -> FaceTrack:
@@ -257,11 +270,12 @@ def finish(seen: Observations, fps: float, cfg: DetectorConfig) -> FaceTrack:
     for start, stop in _runs(present):
         run = slice(start, stop)
         boxes[run] = _steady_boxes(boxes[run], detected[run], seen.moves[run], fps)
-        mouth_uv[run] = mouth.steady(seen.mouths[run], fps)
+        mouth_uv[run] = mouth.steady(seen.looks[run][:, [looks.MOUTH_U, looks.MOUTH_V]], fps)
     for start, stop in _runs(~present):  # held from the nearest present frame
         mouth_uv[start:stop] = mouth_uv[stop] if start == 0 else mouth_uv[start - 1]
     chins = mouth_uv[:, 1] + mouth.CHIN_BELOW_MOUTH
-    return FaceTrack(boxes=boxes, present=present, detected=detected, mouths=mouth_uv, chins=chins)
+    return FaceTrack(boxes=boxes, present=present, detected=detected, mouths=mouth_uv, chins=chins, looks=seen.looks,
+                     others=seen.others)
 
 
 def _whole_shift(at: np.ndarray, to: np.ndarray) -> np.ndarray:

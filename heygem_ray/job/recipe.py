@@ -17,6 +17,7 @@ import numpy as np
 
 from heygem_ray import media, storage
 from heygem_ray.analyze import analyze
+from heygem_ray.checks import Reference, check_reference, mouth_box, notes, still_span
 from heygem_ray.config import RenderConfig, default_download_dir
 from heygem_ray.errors import HeygemError, InputError, InternalError, storage_error
 from heygem_ray.features import SAMPLE_RATE, Pcm
@@ -63,9 +64,16 @@ def render_job(
             with steps("analyze"):
                 video = storage.fetch(job.video, "reference", default_download_dir())
                 template, result.template_cached = analyze(video, pack.geometry, cfg.detector, cache_dir, cfg.limits)
-            # 3. plan the output frames; features are computed a chunk at a time in step 5
+            # 3. check the reference (the row's warnings) and plan the output frames (over a
+            #    talking take's still stretch for warp); features are computed a chunk at a
+            #    time in step 5
             with steps("features"):
-                timeline = plan(pcm.samples / SAMPLE_RATE, template.frames, template.fps, cfg.loop, template.is_image)
+                reference = Reference.of(template)
+                audio_seconds = pcm.samples / SAMPLE_RATE
+                checks = check_reference(reference, pack, cfg.detector.min_face, cfg.loop, audio_seconds)
+                result.reference_notes = notes(checks)
+                span = still_span(reference) if pack.keeps_reference_mouth else None
+                timeline = plan(audio_seconds, template.frames, template.fps, cfg.loop, template.is_image, span)
                 features = pack.features(pcm, template.fps, timeline.frames)
             # 4. what the render stage gets per reference frame: its crop, or the pack's
             #    reference-stage output for it (computed on the workers once per template)
@@ -84,6 +92,7 @@ def render_job(
         result.status = "ok"
         result.frames = timeline.frames
         result.face_lost_frames = int(np.count_nonzero(~template.present[timeline.ref_index]))
+        result.mouth_box = mouth_box(reference, timeline.ref_index)
         result.audio_seconds = pcm.samples / SAMPLE_RATE
         result.backend, result.precision, result.backend_note = last.backend, last.precision, last.backend_note
         result.engine_key, result.calibration = last.engine_key, last.calibration

