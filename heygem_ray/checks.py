@@ -75,7 +75,7 @@ MAX_LOOPS = 4.0
 class Check:
     name: str
     level: Level
-    figure: str  # what was measured, short: "face 182 px wide; crop 273 px for a 160-px input"
+    figure: str  # what was measured, short (no "; ": it separates notes): "face 182 px wide, …"
     advice: str  # what it means and what to do; "" when there is nothing to do
     value: float | None = None  # the main figure as a number (JSON), when it has one
 
@@ -117,10 +117,11 @@ class Reference:
 
 def opening(ref: Reference) -> np.ndarray:
     """(n,) float32 the lips' gap per frame, face heights: a 3-frame running median (the
-    mesh's frame-to-frame noise is about 0.005), filled between measured frames; NaN
+    mesh's frame-to-frame noise is about 0.005), filled between measured frames (those
+    where the mouth looks covered are not: the mesh guesses the lips there); NaN
     throughout when no frame was measured."""
     raw = ref.looks[:, looks.OPENING].astype(np.float64)
-    have = np.isfinite(raw)
+    have = np.isfinite(raw) & ~(ref.looks[:, looks.MOUTH_DETAIL] < COVERED_DETAIL)
     if not have.any():
         return np.full(len(raw), np.nan, np.float32)
     index = np.arange(len(raw))
@@ -204,7 +205,7 @@ def _face_size(ref: Reference, pack: PackSpec, min_face: int) -> Check:
     width = float(np.median(ref.faces[on, 2] - ref.faces[on, 0])) if on.any() else 0.0
     crop = float(np.median(ref.crops[on, 2] - ref.crops[on, 0])) if on.any() else 0.0
     size = pack.geometry.size
-    figure = f"face {width:.0f} px wide; the {pack.name} crop {crop:.0f} px for its {size}-px input"
+    figure = f"face {width:.0f} px wide, the {pack.name} crop {crop:.0f} px for its {size}-px input"
     if crop < MIN_CROP_SHARE * size:
         need = width * MIN_CROP_SHARE * size / max(crop, 1.0)
         return Check("face_size", "warn", figure, f"the crop is upscaled {size / max(crop, 1.0):.1f}×, so the mouth "
@@ -240,7 +241,9 @@ def _jitter(ref: Reference) -> Check:
     kernel = np.ones(window) / window
     padded = np.pad(crop_centre, ((window // 2, window - 1 - window // 2), (0, 0)), mode="edge")
     average = np.stack([np.convolve(padded[:, c], kernel, mode="valid") for c in range(2)], axis=1)
-    rms = float(np.sqrt(np.mean(np.sum((crop_centre - average) ** 2, axis=1))))
+    # Over the frames the detector found the face in: those it missed are head_turned's.
+    found = ref.detected[on]
+    rms = float(np.sqrt(np.mean(np.sum((crop_centre - average)[found] ** 2, axis=1)))) if found.any() else 0.0
     figure = f"{rms:.2f} px RMS on a still face"
     if rms < JITTER_PX:
         return Check("jitter", "ok", figure, "", rms)
@@ -260,8 +263,8 @@ def _faces(ref: Reference) -> Check:
     k = len(ref.others)
     if k == 0:
         return Check("faces", "ok", "one face: the presenter", "", 1)
-    others = ", ".join(f"{_where(o[:4])} in {100 * float(o[4]):.0f}% of frames" for o in ref.others[:3])
-    figure = f"{k + 1} faces: the presenter {_where(presenter)}; also {others}"
+    others = " and ".join(f"{_where(o[:4])} in {100 * float(o[4]):.0f}% of frames" for o in ref.others[:3])
+    figure = f"{k + 1} faces: the presenter {_where(presenter)}, the other{'s' if k > 1 else ''} {others}"
     return Check("faces", "warn", figure, "the presenter is taken to be the largest face seen longest; if that is "
                  "the wrong one, crop the reference to the presenter", k + 1)  # fmt: skip
 

@@ -23,10 +23,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from heygem_ray.analyze import track_reference
+from heygem_ray.analyze import analyze, track_reference
+from heygem_ray.checks import Reference
 from heygem_ray.config import DetectorConfig
 from heygem_ray.face.track import FaceTrack
 from heygem_ray.media import ffmpeg_exe, probe_video
+from heygem_ray.packs import get_pack
 
 PORTRAIT = Path(__file__).resolve().parents[2] / "examples" / "presenter.jpg"
 # The face in the portrait as OpenCV's frontal cascade boxes it at full resolution
@@ -174,6 +176,8 @@ def lecture_clip(
     brightness: float = 1.0,
     blur: float = 0.0,
     second_face: float = 0.0,
+    tilt: Callable[[float], float] | None = None,
+    shake: float = 0.0,
 ) -> Footage:
     """Write an H.264 clip of the portrait on a slide; its face ``face`` px wide.
 
@@ -190,6 +194,9 @@ def lecture_clip(
     is a face out of focus).
     ``second_face``: when above 0, the portrait again with its face this many pixels wide,
     still, in the frame's other half (``faces`` keeps the presenter's).
+    ``tilt``: seconds → degrees the head is tilted (turned in the picture's plane about the
+    face's centre) at that time; at 30° a frontal detector misses the face.
+    ``shake``: a shaking camera: the portrait moved by this many pixels, at random, each frame.
     """
     path = Path(path)
     width, height = size
@@ -233,7 +240,13 @@ def lecture_clip(
         shown = absent is None or not (absent[0] <= i / fps < absent[1])
         if shown:
             openings[i] = 0.0 if talk is None else float(np.clip(talk(i / fps), 0, 1))
-            window = _place(frame, talking(portrait, float(openings[i])), matte, scale, (x, y))
+            if shake > 0:
+                x, y = x + float(rng.uniform(-shake, shake)), y + float(rng.uniform(-shake, shake))
+            shown_face = talking(portrait, float(openings[i]))
+            if tilt is not None and tilt(i / fps) != 0:
+                turn = cv2.getRotationMatrix2D(((fx0 + fx1) / 2, (fy0 + fy1) / 2), tilt(i / fps), 1.0)
+                shown_face = cv2.warpAffine(shown_face, turn, shown_face.shape[1::-1], borderMode=cv2.BORDER_REPLICATE)
+            window = _place(frame, shown_face, matte, scale, (x, y))
             faces[i] = (x, y, x + w_face, y + (fy1 - fy0) * scale)
             mouths[i] = (x + (PORTRAIT_MOUTH[0] - fx0) * scale, y + (PORTRAIT_MOUTH[1] - fy0) * scale)
             if noise > 0:
@@ -249,6 +262,12 @@ def lecture_clip(
     if proc.wait() != 0:
         raise RuntimeError(f"ffmpeg failed writing {path}: {err.decode(errors='replace')}")
     return Footage(path=path, size=size, fps=fps, faces=faces, mouths=mouths, openings=openings)
+
+
+def analyse_footage(path: Path, cache_dir: Path, pack: str = "warp", detector: DetectorConfig | None = None) -> Reference:
+    """What the reference checks read of a clip, analysed as a job would (into a template)."""
+    template, _ = analyze(path, get_pack(pack).geometry, detector or DetectorConfig(), cache_dir)
+    return Reference.of(template)
 
 
 def track_footage(path: Path, detector: DetectorConfig | None = None) -> FaceTrack:
