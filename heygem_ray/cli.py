@@ -232,6 +232,49 @@ def _print_some(lines: Iterator[str], count: int, what: str, stream: TextIO) -> 
 
 
 
+@app.command()
+def preview(
+    reference: Annotated[Path, typer.Argument(help="The presenter's take: a video (or a photo) as a manifest's video column names it.")],
+    audio: Annotated[Path | None, typer.Argument(help="Speech to render the first --seconds of (default: the bundled lesson, examples/lesson1.wav).")] = None,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for the contact sheet (PNG), the side-by-side video (MP4) and the checks (JSON).")] = Path("preview"),
+    pack: Annotated[str, typer.Option(help="Model pack, as for submit: 'warp' (default), 'wav2lip' or 'musetalk' (both need --checkpoint).")] = "warp",
+    checkpoint: Annotated[Path | None, typer.Option(help="The pack's weights (see submit --help).")] = None,
+    seconds: Annotated[float, typer.Option(help="Seconds of the audio rendered into the side-by-side video.")] = 5.0,
+    loop: Annotated[str, typer.Option(help="The loop mode tonight's batch uses (see submit --help): the length check reads it.")] = "pingpong",
+    min_face: Annotated[int, typer.Option(help="As for submit: use tonight's value, so the template this analyses is the one the batch finds.")] = DetectorConfig().min_face,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where analysed references are cached (default: ~/.cache/heygem-ray/templates): tonight's, to warm it.")] = None,
+    backend: Annotated[str, typer.Option(help="Inference backend, as for submit (default 'auto').")] = "auto",
+    engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
+) -> None:
+    """Check REFERENCE before a batch uses it, on this machine (no cluster): prints one
+    line per check (ok, warn or fail, the figure and what to do), and writes a contact
+    sheet, the first --seconds of AUDIO rendered beside the reference, and the checks as JSON.
+
+    Exit status: 0 when no check failed (warnings may be printed), 1 when a check failed
+    (the videos would plainly be wrong), 2 when REFERENCE or AUDIO cannot be used or the
+    options are wrong (nothing is checked).
+    """
+    from heygem_ray.preview import preview as run_preview
+
+    try:
+        cfg = RenderConfig(
+            pack=cast(PackName, pack), checkpoint=checkpoint, loop=cast(LoopMode, loop),
+            backend=cast(BackendName, backend), detector=DetectorConfig(min_face=min_face),
+        )  # fmt: skip
+        found = run_preview(reference, audio, cfg, cache_dir or default_cache_dir(), _engine_store(engines, None),
+                            output_dir, seconds)  # fmt: skip
+    except HeygemError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    for check in found.checks:
+        print(check.line())
+    print(f"verdict: {found.verdict}")
+    for path in (found.sheet, found.video, found.report):
+        print(f"  {path.resolve()}")
+    if found.verdict == "fail":
+        raise typer.Exit(1)
+
+
 engines_app = typer.Typer(no_args_is_help=True, help="Build and inspect the engine store (ONNX graphs, TensorRT engines).")
 app.add_typer(engines_app, name="engines")
 

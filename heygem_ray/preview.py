@@ -1,0 +1,228 @@
+"""``heygem-ray preview``: look at a presenter's take before a night's batch uses it.
+
+One reference, on this machine, no cluster: it is analysed through the template cache
+(the same key a batch uses, so a preview warms tonight's batch), checked
+(``checks.py``), and the first few seconds of speech rendered with the chosen pack by a
+model worker in this process. Three files come out, named after the reference:
+
+* ``<stem>-sheet.png``: a contact sheet, frames across the take with the presenter's
+  face box, the pack's crop box and the mouth point drawn, frames without the face
+  marked, and a strip below: where the face was found, followed or lost, and how open
+  the mouth is, frame by frame (with the still stretch warp loops over, if any);
+* ``<stem>-preview.mp4``: the reference and the render side by side, with the sound;
+* ``<stem>-checks.json``: the verdict and each check (``Check.as_dict``).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import cv2
+import numpy as np
+
+from heygem_ray import media
+from heygem_ray.analyze import Template, analyze
+from heygem_ray.checks import Check, Level, Reference, check_reference, opening, still_span, verdict
+from heygem_ray.config import RenderConfig
+from heygem_ray.errors import HeygemError, InputError, storage_errors
+from heygem_ray.face import looks
+from heygem_ray.features import SAMPLE_RATE
+from heygem_ray.job import InProcessService, render_job
+from heygem_ray.manifest import Job
+from heygem_ray.packs import PackSpec, get_pack
+from heygem_ray.storage import Location
+from heygem_ray.timeline import plan
+from heygem_ray.worker import ModelWorker
+
+# The speech rendered when no audio is given: the bundled lesson.
+BUNDLED_SPEECH = Path(__file__).resolve().parents[1] / "examples" / "lesson1.wav"
+SHEET_FRAMES = 12  # frames on the contact sheet: 4 across, 3 down
+SHEET_COLUMNS = 4
+TILE_WIDTH = 360  # pixels per frame on the sheet
+STRIP_HEIGHT = 90  # the strip under the frames: the face row and the mouth's opening
+VIDEO_HEIGHT = 360  # each half of the side-by-side video, pixels tall
+# BGR colours, the same on the sheet and in docs/preview.md.
+FACE, CROP, MOUTH, LOST, FOLLOWED, STILL = (0, 200, 0), (255, 140, 0), (0, 0, 255), (0, 0, 220), (0, 200, 230), (200, 200, 200)
+_LEVEL_COLOUR = {"ok": (0, 160, 0), "warn": (0, 160, 230), "fail": (0, 0, 220)}
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What ``preview`` found and wrote."""
+
+    checks: list[Check]
+    sheet: Path
+    video: Path
+    report: Path  # the JSON
+    span: tuple[int, int] | None  # the still stretch warp loops over, frames
+
+    @property
+    def verdict(self) -> Level:
+        return verdict(self.checks)
+
+
+def preview(
+    reference: Path,
+    audio: Path | None,
+    cfg: RenderConfig,
+    cache_dir: Path,
+    engines_dir: Location,
+    out_dir: Path,
+    seconds: float = 5.0,
+) -> Preview:
+    """Check ``reference`` for ``cfg``'s pack and write the sheet, the video and the JSON
+    into ``out_dir``. Raises ``HeygemError`` (an unreadable file, no face, a worker that
+    cannot start): nothing is written then but what was finished."""
+    if seconds <= 0:
+        raise InputError(f"--seconds must be above 0, got {seconds:g}", kind="bad_argument")
+    pack = get_pack(cfg.pack)
+    speech = audio or BUNDLED_SPEECH
+    template, _ = analyze(media.require_file(reference, "reference"), pack.geometry, cfg.detector, cache_dir,
+                          cfg.limits)  # fmt: skip
+    ref = Reference.of(template)
+    audio_seconds = media.probe_audio(speech).duration if audio is not None else None
+    checks = check_reference(ref, pack, cfg.detector.min_face, cfg.loop, audio_seconds)
+    span = still_span(ref) if pack.keeps_reference_mouth else None
+    stem = reference.stem
+    with storage_errors(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        sheet = out_dir / f"{stem}-sheet.png"
+        _write_png(sheet, contact_sheet(reference.name, template, ref, pack, checks, span))
+        video = out_dir / f"{stem}-preview.mp4"
+        _side_by_side(reference, speech, seconds, template, ref, pack, cfg, cache_dir, engines_dir, video)
+        report = out_dir / f"{stem}-checks.json"
+        report.write_text(json.dumps({
+            "reference": str(reference), "pack": pack.name, "verdict": verdict(checks),
+            "audio": str(speech), "audio_seconds": audio_seconds,
+            "still_span_s": None if span is None else [round(f / float(ref.fps), 3) for f in span],
+            "checks": [c.as_dict() for c in checks], "contact_sheet": sheet.name, "video": video.name,
+        }, indent=1) + "\n")  # fmt: skip
+    return Preview(checks, sheet, video, report, span)
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise HeygemError(f"could not encode the contact sheet {path}", kind="internal")
+    path.write_bytes(data.tobytes())
+
+
+def _side_by_side(
+    reference: Path, speech: Path, seconds: float, template: Template, ref: Reference, pack: PackSpec,
+    cfg: RenderConfig, cache_dir: Path, engines_dir: Location, out: Path,
+) -> None:
+    """The first ``seconds`` of ``speech`` rendered, beside the reference frames it was
+    rendered from (the same timeline), both ``VIDEO_HEIGHT`` tall, with the sound."""
+    worker = ModelWorker(cfg, engines_dir=cast(Path, engines_dir))  # its EngineStore opens a bucket too
+    if worker.error is not None:
+        raise worker.error
+    with tempfile.TemporaryDirectory(prefix="heygem-preview-") as scratch:
+        pcm = media.load_audio(speech, SAMPLE_RATE)[: round(seconds * SAMPLE_RATE)]  # (samples,) float32 in [-1, 1]
+        short = Path(scratch) / "speech.wav"
+        with wave.open(str(short), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(SAMPLE_RATE)
+            w.writeframes((np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes())
+        rendered = Path(scratch) / "rendered.mp4"
+        job = Job(row=1, job_id=f"preview {reference.name}", audio=short, video=reference, output=rendered)
+        result = render_job(job, cfg, cache_dir, InProcessService(worker))
+        if result.status != "ok":
+            raise HeygemError(result.error or "the preview's render failed", kind=result.error_kind or "error")
+        duration = len(pcm) / SAMPLE_RATE
+        span = still_span(ref) if pack.keeps_reference_mouth else None
+        timeline = plan(duration, template.frames, template.fps, cfg.loop, template.is_image, span)
+        scale = VIDEO_HEIGHT / template.height
+        half = (2 * round(template.width * scale / 2), VIDEO_HEIGHT)
+        info = media.probe_video(rendered)
+        with media.VideoWriter(out, width=2 * half[0], height=half[1], fps=template.fps, audio=speech,
+                               duration=duration, crf=cfg.crf, preset=cfg.preset) as writer:  # fmt: skip
+            for left, right in zip(template.read_frames(timeline.ref_index), media.iter_frames(info), strict=False):
+                pair = [cv2.resize(f, half, interpolation=cv2.INTER_AREA) for f in (left, right)]
+                for frame, label in zip(pair, ("reference", pack.name), strict=True):
+                    _label(frame, label, (8, 24))
+                writer.write(np.hstack(pair))
+
+
+def _label(image: np.ndarray, text: str, at: tuple[int, int], colour: tuple[int, int, int] = (255, 255, 255)) -> None:
+    """White (or ``colour``) text with a dark outline, readable on any frame."""
+    cv2.putText(image, text, at, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(image, text, at, cv2.FONT_HERSHEY_SIMPLEX, 0.6, colour, 1, cv2.LINE_AA)
+
+
+def contact_sheet(name: str, template: Template, ref: Reference, pack: PackSpec, checks: list[Check],
+                  span: tuple[int, int] | None) -> np.ndarray:  # fmt: skip
+    """(H, W, 3) uint8 BGR: ``SHEET_FRAMES`` frames across the take, marked, over the strip
+    of every frame, under a title with the verdict."""
+    count = min(SHEET_FRAMES, ref.frames)
+    index = np.unique(np.linspace(0, ref.frames - 1, count).round().astype(np.int64))
+    scale = TILE_WIDTH / template.width
+    tile_h = round(template.height * scale)
+    tiles = [_tile(frame, i, ref, scale, tile_h) for i, frame in zip(index, template.read_frames(index), strict=True)]
+    while len(tiles) % SHEET_COLUMNS:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.hstack(tiles[r : r + SHEET_COLUMNS]) for r in range(0, len(tiles), SHEET_COLUMNS)]
+    grid = np.vstack(rows)
+    width = grid.shape[1]
+    title = np.full((34, width, 3), 32, np.uint8)
+    worst = verdict(checks)
+    _label(title, f"{name}  pack {pack.name}  verdict: {worst}", (8, 23), _LEVEL_COLOUR[worst])
+    return np.vstack([title, grid, _strip(ref, width, span), _legend(width)])
+
+
+def _tile(frame: np.ndarray, i: int, ref: Reference, scale: float, tile_h: int) -> np.ndarray:
+    tile = cv2.resize(frame, (TILE_WIDTH, tile_h), interpolation=cv2.INTER_AREA)
+    t = i / float(ref.fps)
+    if not ref.present[i]:
+        cv2.rectangle(tile, (1, 1), (TILE_WIDTH - 2, tile_h - 2), LOST, 4)
+        _label(tile, f"{t:.1f} s  no face", (8, 22), LOST)
+        return tile
+    face = (ref.faces[i] * scale).round().astype(int)
+    crop = (ref.crops[i] * scale).round().astype(int)
+    cv2.rectangle(tile, tuple(crop[:2]), tuple(crop[2:]), CROP, 1)
+    cv2.rectangle(tile, tuple(face[:2]), tuple(face[2:]), FACE if ref.detected[i] else FOLLOWED, 1)
+    u, v = ref.looks[i, looks.MOUTH_U], ref.looks[i, looks.MOUTH_V]
+    if np.isfinite(u) and np.isfinite(v):
+        w, h = ref.faces[i, 2] - ref.faces[i, 0], ref.faces[i, 3] - ref.faces[i, 1]
+        at = (round(float(ref.faces[i, 0] + u * w) * scale), round(float(ref.faces[i, 1] + v * h) * scale))
+        cv2.circle(tile, at, 3, MOUTH, -1)
+    _label(tile, f"{t:.1f} s" + ("" if ref.detected[i] else "  followed"), (8, 22))
+    return tile
+
+
+def _strip(ref: Reference, width: int, span: tuple[int, int] | None) -> np.ndarray:
+    """Every frame left to right: the face row (green found, yellow followed between
+    detections, red lost) and, under it, the lips' gap as a curve (grey: warp's still
+    stretch)."""
+    strip = np.full((STRIP_HEIGHT, width, 3), 24, np.uint8)
+    x = np.minimum((np.arange(ref.frames) * width) // max(ref.frames, 1), width - 1)
+    colour = np.where(ref.present[:, None], np.where(ref.detected[:, None], FACE, FOLLOWED), LOST).astype(np.uint8)
+    for i in range(ref.frames):
+        strip[4:16, x[i]: max(x[i] + 1, x[min(i + 1, ref.frames - 1)])] = colour[i]
+    top, bottom = 24, STRIP_HEIGHT - 6
+    if span is not None:
+        strip[top:bottom, x[span[0]]: x[span[1] - 1] + 1] = (60, 60, 60)
+    gap = opening(ref)
+    if np.isfinite(gap).any():
+        # 0 to 0.1 face heights (a mouth wide open in speech) bottom to top.
+        y = bottom - np.clip(np.nan_to_num(gap) / 0.1, 0, 1) * (bottom - top)
+        points = np.stack([x, y.round()], axis=1).astype(np.int32)
+        cv2.polylines(strip, [points], False, STILL, 1, cv2.LINE_AA)
+    _label(strip, "mouth opening", (8, bottom - 4), STILL)
+    return strip
+
+
+def _legend(width: int) -> np.ndarray:
+    legend = np.full((28, width, 3), 32, np.uint8)
+    x = 8
+    for text, colour in (("face found", FACE), ("followed", FOLLOWED), ("no face", LOST), ("crop", CROP),
+                         ("mouth", MOUTH)):  # fmt: skip
+        cv2.rectangle(legend, (x, 9), (x + 12, 21), colour, -1)
+        _label(legend, text, (x + 18, 20))
+        x += 30 + 11 * len(text)
+    return legend

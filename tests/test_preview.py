@@ -1,0 +1,93 @@
+"""``heygem-ray preview`` as an operator runs it: on the bundled example every check is
+ok and the three files hold what they say; on composed hard footage the check fires and
+the exit status follows the verdict; the template it analysed is tonight's, cached."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from heygem_ray import media
+from heygem_ray.analyze import analyze
+from heygem_ray.cli import app
+from heygem_ray.config import DetectorConfig
+from heygem_ray.packs import get_pack
+from heygem_ray.preview import SHEET_COLUMNS, TILE_WIDTH, VIDEO_HEIGHT
+from tests.helpers.footage import lecture_clip
+
+runner = CliRunner()
+CHECKS = ["face_size", "lost", "jitter", "faces", "mouth_motion", "head_turned", "mouth_covered", "dark", "blurred",
+          "length"]  # fmt: skip
+
+
+def _preview(tmp_path, *args: str):
+    """The command's result, and its JSON when it wrote one."""
+    got = runner.invoke(app, ["preview", *args, "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+                              "--engines", str(tmp_path / "engines")])  # fmt: skip
+    written = list((tmp_path / "out").glob("*-checks.json"))
+    return got, json.loads(written[0].read_text()) if written else None
+
+
+def test_the_bundled_example_passes_and_writes_the_sheet_the_video_and_the_checks(examples, tmp_path):
+    got, report = _preview(tmp_path, str(examples / "presenter.mp4"), "--seconds", "2")
+    assert got.exit_code == 0, got.output
+    lines = got.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[: len(CHECKS)]] == [["ok", name] for name in CHECKS]
+    assert lines[len(CHECKS)] == "verdict: ok"
+    assert report is not None and report["verdict"] == "ok" and report["pack"] == "warp"
+    assert [c["check"] for c in report["checks"]] == CHECKS and report["still_span_s"] is None
+    reference = media.probe_video(examples / "presenter.mp4")
+
+    # The sheet: SHEET_COLUMNS frames across, each TILE_WIDTH wide.
+    sheet = cv2.imread(str(tmp_path / "out" / "presenter-sheet.png"))
+    assert sheet is not None and sheet.shape[1] == SHEET_COLUMNS * TILE_WIDTH
+
+    # The video: 2 s at the reference's rate, the reference on the left, the render on the
+    # right, with sound; the render's mouth moves with the speech where the reference's does not.
+    video = media.probe_video(tmp_path / "out" / "presenter-preview.mp4")
+    half = 2 * round(reference.width * VIDEO_HEIGHT / reference.height / 2)
+    assert (video.width, video.height) == (2 * half, VIDEO_HEIGHT) and video.fps == reference.fps
+    assert media.probe_audio(tmp_path / "out" / "presenter-preview.mp4").duration == pytest.approx(2.0, abs=0.05)
+    frames = media.read_video(tmp_path / "out" / "presenter-preview.mp4")[0]
+    assert len(frames) == 50
+    ref0 = cv2.resize(media.read_video(examples / "presenter.mp4")[0][0], (half, VIDEO_HEIGHT), interpolation=cv2.INTER_AREA)
+    body = (slice(60, None), slice(None))  # under the label
+    assert np.abs(frames[0][:, :half][body].astype(int) - ref0[body].astype(int)).mean() < 3
+    left, right = frames[:, :, :half].astype(int), frames[:, :, half:].astype(int)
+    assert np.abs(right - left).mean(axis=(1, 2, 3)).max() > 1.0  # the mouth was redrawn somewhere
+    assert np.abs(np.diff(right, axis=0)).mean() > np.abs(np.diff(left, axis=0)).mean()
+
+    # A preview warms tonight's batch: the template is in the cache, under the batch's key.
+    _, cached = analyze(examples / "presenter.mp4", get_pack("warp").geometry, DetectorConfig(), tmp_path / "cache")
+    assert cached
+
+
+def _speech(t: float) -> float:
+    return float(max(0.0, np.sin(2 * np.pi * 3.0 * t)))
+
+
+def test_a_talking_take_warns_and_a_covered_mouth_fails(tmp_path):
+    common = {"size": (640, 400), "face": 120, "seconds": 2.0, "corner": "centre", "motion": "still"}
+    talking = lecture_clip(tmp_path / "talking.mp4", talk=_speech, **common)  # type: ignore[arg-type]
+    got, report = _preview(tmp_path / "t", str(talking.path), "--seconds", "1")
+    assert got.exit_code == 0, got.output
+    assert report is not None and report["verdict"] == "warn"
+    motion = next(c for c in report["checks"] if c["check"] == "mouth_motion")
+    assert motion["level"] == "warn" and "record a silent take" in motion["advice"]
+    assert any(line.startswith("warn  mouth_motion") for line in got.stdout.splitlines())
+
+    covered = lecture_clip(tmp_path / "covered.mp4", cover=True, **common)  # type: ignore[arg-type]
+    got, report = _preview(tmp_path / "c", str(covered.path), "--seconds", "1")
+    assert got.exit_code == 1, got.output
+    assert report is not None and report["verdict"] == "fail"
+    assert "verdict: fail" in got.stdout and any(line.startswith("fail  mouth_covered") for line in got.stdout.splitlines())
+
+
+def test_a_missing_reference_is_exit_2_naming_it(tmp_path):
+    got, report = _preview(tmp_path, str(tmp_path / "nobody.mp4"))
+    assert got.exit_code == 2 and report is None
+    assert "nobody.mp4" in got.stderr and "error:" in got.stderr
