@@ -7,9 +7,16 @@
 2. :func:`summarize` turns the rows into a :class:`Summary` (counts, frames, times,
    the slowest jobs, failures by kind). Pure.
 3. :func:`format_status` prints it; :func:`build_html` makes one self-contained page
-   (no JavaScript, no external files: thumbnails are inline JPEG data URIs). Pure.
+   (no JavaScript, no external files but the outputs its players link to, loaded only
+   when played: thumbnails are inline JPEG data URIs). Pure.
 4. :func:`previews` is the one step that touches the MP4s: a few small frames of each
-   output, read through PyAV (seeking: an MP4 in a bucket is read in ranges).
+   output and a zoom on its mouth, read through PyAV (seeking: an MP4 in a bucket is
+   read in ranges).
+
+The summary tells the folder's state (which rows have their video, rendered by this run
+or an earlier one into the folder) apart from what this run did (rendered, skipped,
+failed), and counts the rows whose reference the checks warned about
+(``reference_notes``, ``checks.py``).
 
 Everything that comes from the table (job ids, row numbers, paths, error messages,
 manifest columns) is user data: its columns are read as the results schema declares
@@ -49,6 +56,7 @@ SLOWEST = 5  # jobs listed as the slowest
 MESSAGES_PER_KIND = 5  # failure messages printed per error kind by `status` (the report shows all)
 THUMB_COUNT = 4  # frames per output in the report
 THUMB_HEIGHT = 160  # pixels
+MOUTH_ZOOM = 2.0  # the mouth's zoom shown THUMB_HEIGHT tall: the mouth box, this many times its size around it
 _THUMB_QUALITY = 85  # JPEG quality, 0-100
 _REQUIRED = {"job_id", "row", "audio", "video", "output", "status"}  # what every results table has had
 _NOT_NULL = ("job_id", "row", "status")  # every row names its job, its manifest row and how it ended
@@ -189,6 +197,14 @@ class Summary:
     failures: dict[str, list[Failure]]  # error kind → its rows, the most frequent kind first
     backends: dict[str, int]  # backend → jobs rendered on it
     nodes: dict[str, int]  # Ray node → jobs rendered on it
+    # The folder, whichever run rendered it: rows whose video is there (ok or skipped),
+    # of those the rows an earlier run rendered, and the seconds of video they hold.
+    complete: int = 0
+    earlier: int = 0
+    folder_video_seconds: float = 0.0
+    # Rows with a video whose reference the checks warned about, and check → such rows.
+    warned: int = 0
+    warnings: dict[str, int] | None = None
 
 
 def video_seconds(r: JobResult) -> float:
@@ -227,7 +243,32 @@ def summarize(run: Run) -> Summary:
         failures=dict(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))),
         backends=_count(r.backend for r in done),
         nodes=_count(r.node for r in done),
+        complete=len(done) + sum(r.status == "skipped" for r in rs),
+        earlier=sum(r.status == "skipped" for r in rs),
+        folder_video_seconds=sum(video_seconds(r) for r in rs if r.status != "failed"),
+        warned=sum(bool(r.reference_notes) for r in rs if r.status != "failed"),
+        warnings=_count(name for r in rs if r.status != "failed" for name in note_names(r.reference_notes)),
     )
+
+
+def note_names(notes: str | None) -> list[str]:
+    """The checks a row's ``reference_notes`` names ("name: figure; …" → [name, …])."""
+    return [note.split(":", 1)[0] for note in (notes or "").split("; ") if note]
+
+
+def describe_folder(s: Summary) -> str:
+    """The folder's state, whichever run made it: "3 of 3 rows have their video (3 from an
+    earlier run), 12.0 s of video"."""
+    earlier = f" ({s.earlier} from an earlier run)" if s.earlier else ""
+    return f"{s.complete} of {s.total} rows have their video{earlier}, {s.folder_video_seconds:.1f} s of video"
+
+
+def describe_warnings(s: Summary) -> str:
+    """Rows whose reference the checks warned about, and how many per check."""
+    if not s.warned:
+        return "no warnings about the references"
+    each = ", ".join(f"{name} × {n}" for name, n in (s.warnings or {}).items())
+    return f"{s.warned} row(s) with warnings about their reference: {each} ('heygem-ray preview' on it says what to do)"
 
 
 def _count(values: Iterable[str | None]) -> dict[str, int]:
@@ -257,6 +298,7 @@ def format_status(s: Summary) -> str:
     lines = [
         f"run       {s.output_dir}",
         f"state     {describe_state(s)}",
+        f"folder    {describe_folder(s)}",
         f"rows      {s.total}: {s.ok} ok, {s.failed} failed, {s.skipped} skipped"
         + (" (complete from an earlier run)" if s.skipped else ""),
     ]
@@ -275,6 +317,7 @@ def format_status(s: Summary) -> str:
         ]
     else:
         lines.append("frames    none rendered by this run")
+    lines.append(f"reference {describe_warnings(s)}")
     if s.slowest:
         width = max(len(r.job_id) for r in s.slowest)
         lines.append("slowest")
@@ -301,6 +344,7 @@ def format_status(s: Summary) -> str:
 class Preview:
     jpegs: tuple[bytes, ...]  # JPEG files THUMB_HEIGHT px tall, in time order
     note: str = ""  # why there are fewer than asked (missing file, ffmpeg's complaint)
+    mouth: bytes | None = None  # JPEG THUMB_HEIGHT px tall: the mouth, zoomed, in the middle frame
 
 
 def previews(results: list[JobResult], count: int = THUMB_COUNT) -> dict[str, Preview]:
@@ -321,6 +365,7 @@ def _preview(r: JobResult, count: int) -> Preview:
     # the stretch before each frame), never downloaded whole.
     duration = video_seconds(r) or (r.audio_seconds or 0.0)
     jpegs: list[bytes] = []
+    mouth = None
     try:
         with storage.open_input(target) as f, av.open(f) as container:
             stream = container.streams.video[0]
@@ -332,11 +377,32 @@ def _preview(r: JobResult, count: int) -> Preview:
                 height = THUMB_HEIGHT
                 width = max(2, round(frame.width * height / frame.height / 2) * 2)
                 bgr = frame.reformat(width=width, height=height, format="bgr24", interpolation="AREA").to_ndarray()
-                jpegs.append(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, _THUMB_QUALITY])[1].tobytes())
+                jpegs.append(_jpeg(bgr))
+                if i == count // 2 and r.mouth_box:
+                    mouth = _mouth_zoom(frame.to_ndarray(format="bgr24"), r.mouth_box)
     except (av.FFmpegError, OSError, IndexError, InputError) as exc:
         why = exc.message if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
-        return Preview(tuple(jpegs), f"{target}: {why}")
-    return Preview(tuple(jpegs))
+        return Preview(tuple(jpegs), f"{target}: {why}", mouth)
+    return Preview(tuple(jpegs), mouth=mouth)
+
+
+def _jpeg(bgr: Any) -> bytes:
+    return bytes(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, _THUMB_QUALITY])[1].tobytes())
+
+
+def _mouth_zoom(bgr: Any, box: list[int]) -> bytes | None:
+    """The region ``MOUTH_ZOOM`` times the mouth box (x0, y0, x1, y1 pixels) around its
+    centre, of a (H, W, 3) uint8 BGR frame, THUMB_HEIGHT px tall; None when it is off the frame."""
+    h, w = bgr.shape[:2]
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    half_w, half_h = MOUTH_ZOOM * (box[2] - box[0]) / 2, MOUTH_ZOOM * (box[3] - box[1]) / 2
+    x0, y0 = max(0, round(cx - half_w)), max(0, round(cy - half_h))
+    x1, y1 = min(w, round(cx + half_w)), min(h, round(cy + half_h))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    region = bgr[y0:y1, x0:x1]
+    width = max(2, round((x1 - x0) * THUMB_HEIGHT / (y1 - y0)))
+    return _jpeg(cv2.resize(region, (width, THUMB_HEIGHT), interpolation=cv2.INTER_CUBIC))
 
 
 def _frame_at(container: Any, stream: Any, at: float) -> Any:
@@ -369,6 +435,7 @@ def build_html(s: Summary, results: list[JobResult], shots: dict[str, Preview], 
         ("rows", str(s.total)), ("ok", str(s.ok)), ("failed", str(s.failed)), ("skipped", str(s.skipped)),
         ("frames", str(s.frames)), ("video", f"{s.video_seconds:.1f} s"), ("job time", f"{s.job_seconds:.1f} s"),
         ("realtime", f"{s.realtime_factor:.2f}×" if s.realtime_factor is not None else "–"),
+        ("warned", str(s.warned)),
     ]  # fmt: skip
     parts = [
         "<!doctype html>",
@@ -376,7 +443,10 @@ def build_html(s: Summary, results: list[JobResult], shots: dict[str, Preview], 
         f"<title>heygem-ray report: {e(s.output_dir.name or str(s.output_dir))}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<header><h1>heygem-ray run report</h1><p class=path>{e(s.output_dir.resolve())}</p>",
-        f'<p class="state {e(s.state)}">{e(describe_state(s))}</p></header>',
+        f'<p class="state {e(s.state)}">{e(describe_state(s))}</p>',
+        f"<p class=folder><b>This folder:</b> {e(describe_folder(s))}. <b>This run:</b> {e(s.ok)} rendered, "
+        f"{e(s.skipped)} skipped (complete already), {e(s.failed)} failed.</p>",
+        f'<p class="refs{" warned" if s.warned else ""}">{e(describe_warnings(s))}</p></header>',
         "<section class=tiles>",
         *(f'<div class="tile t-{k.replace(" ", "-")}"><b>{e(v)}</b><span>{e(k)}</span></div>' for k, v in tiles),
         "</section>",
@@ -432,7 +502,13 @@ def _job_html(r: JobResult, shot: Preview | None, report_dir: Location) -> str:
     e = _esc
     badge = f'<span class="badge {e(r.status)}">{e(r.status)}</span>'
     head = f"<div class=head>{badge} <b>{e(r.job_id)}</b> <small>row {e(r.row)}</small></div>"
-    strip = note = ""
+    strip = note = link = player = ""
+    if r.output and r.status != "failed":
+        href = e(_href(r.output, report_dir))
+        link = f'<a class=path href="{href}">{e(r.output)}</a>'
+        # Nothing is fetched until it is played: a page of a thousand rows stays light.
+        player = f'<video controls preload=none height={THUMB_HEIGHT} src="{href}"></video>'
+        strip = f"<div class=strip>{player}</div>"
     if r.status == "failed":
         note = (
             f"<p class=error><b>{e(r.error_kind or 'unknown')}</b> in step <b>{e(r.error_step or '?')}</b></p>"
@@ -444,7 +520,10 @@ def _job_html(r: JobResult, shot: Preview | None, report_dir: Location) -> str:
             f'alt="frame {i + 1} of {e(r.job_id)}">'
             for i, jpeg in enumerate(shot.jpegs)
         )
-        strip = f"<div class=strip>{imgs}</div>" if imgs else ""
+        if shot.mouth is not None:  # first, after the player; not <img src=…: the thumbnails are the frames only
+            imgs = (f'<img class=mouth src="data:image/jpeg;base64,{base64.b64encode(shot.mouth).decode("ascii")}" '
+                     f'height={THUMB_HEIGHT} alt="the mouth of {e(r.job_id)}, zoomed" title="the mouth, zoomed">') + imgs  # fmt: skip
+        strip = f"<div class=strip>{player}{imgs}</div>"
         note = f"<p class=note>no preview: {e(shot.note)}</p>" if shot.note else ""
     if r.status == "failed":  # no output: only what the attempt cost and where it ran
         figures = [("job", f"{r.seconds or 0:.2f} s"), ("attempts", str(r.attempts))]
@@ -464,10 +543,11 @@ def _job_html(r: JobResult, shot: Preview | None, report_dir: Location) -> str:
         ]
     figs = "".join(f"<span><i>{e(k)}</i> {e(v)}</span>" for k, v in figures)
     extras = "".join(f"<div><i>{e(k)}</i> {e(v)}</div>" for k, v in r.extra.items() if v not in (None, ""))
-    link = ""
-    if r.output and r.status != "failed":
-        link = f'<a class=path href="{e(_href(r.output, report_dir))}">{e(r.output)}</a>'
-    info = f"<div class=info>{head}{note}<div class=figs>{figs}</div>{extras}{link}</div>"
+    warned = ""
+    if r.reference_notes and r.status != "failed":
+        items = "".join(f"<li>{e(n)}</li>" for n in r.reference_notes.split("; "))
+        warned = f"<ul class=warnings title=\"the reference checks: heygem-ray preview says what to do\">{items}</ul>"
+    info = f"<div class=info>{head}{note}{warned}<div class=figs>{figs}</div>{extras}{link}</div>"
     return f'<article class="job {e(r.status)}">{strip}{info}</article>'
 
 
@@ -512,5 +592,8 @@ border-left:5px solid #1b6b34;border-radius:6px;padding:10px 14px}.info{flex:1 1
 .strip{display:flex;gap:4px;overflow-x:auto;max-width:100%}.strip img{border-radius:3px;background:#000}
 .figs{display:flex;flex-wrap:wrap;gap:2px 14px;font-size:13px;margin:6px 0}.figs i,.job div i{color:#5b6475;font-style:normal}
 .error{color:#b3261e;margin:8px 0 2px}.note{color:#7a5400}
+.folder{margin:8px 0 0}.refs{margin:4px 0 0;color:#5b6475}.refs.warned{color:#7a5400}.t-warned b{color:#7a5400}
+.warnings{margin:6px 0;padding:4px 8px 4px 24px;background:#fff3d6;color:#7a5400;border-radius:4px;font-size:13px}
+.strip img.mouth{outline:2px solid #e0b34c}video{border-radius:3px;background:#000}
 footer{margin-top:28px;color:#7d8696;font-size:12px}
 """

@@ -246,3 +246,89 @@ def test_the_report_renders_in_a_headless_browser(run_dir, tmp_path):
     assert best > 0.9, best
     area = shot[y : y + thumb.shape[0], x : x + thumb.shape[1]]
     assert (area.min(axis=2) < 200).mean() > 0.5  # mostly not white: a picture, not an empty box
+
+
+def _warned_folder(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
+    """A folder as a rerun leaves it, no Ray needed: "talk" rendered by this run, its
+    reference warned about; "old" complete from an earlier run (skipped); "gone" failed.
+    → the folder, the talk row's MP4, and the mouth box its row names."""
+    from tests.helpers.footage import lecture_clip
+
+    out = tmp_path / "out"
+    out.mkdir()
+    clip = lecture_clip(out / "talk.mp4", size=(640, 400), face=120, seconds=2.0, corner="centre", motion="still")
+    mx, my = np.nanmedian(clip.mouths, axis=0)
+    box = np.array([mx - 30, my - 20, mx + 30, my + 20]).round().astype(int)
+    shutil.copy(clip.path, out / "old.mp4")
+    common = {"audio": "a.wav", "video": "p.mp4", "frames": 50, "seconds": 4.0, "realtime_factor": 0.5}
+    rows = [
+        JobResult(job_id="talk", row=1, output=str(out / "talk.mp4"), status="ok", run_id="r2",
+                  reference_notes="mouth_motion: the lips' gap varies by 0.014 face heights (s.d.): the presenter "
+                  "talks in the take; faces: 2 faces: <b>x</b>", mouth_box=box.tolist(), **common),
+        JobResult(job_id="old", row=2, output=str(out / "old.mp4"), status="skipped", run_id="r1", **common),
+        JobResult(job_id="gone", row=3, output=None, status="failed", run_id="r2", error="row 3: gone",
+                  error_kind="missing_file", audio="b.wav", video="p.mp4"),
+    ]  # fmt: skip
+    write_results(rows, out / RESULTS_FILE)
+    return out, out / "talk.mp4", box
+
+
+def test_the_summary_tells_the_folder_from_this_run_and_counts_reference_warnings(tmp_path):
+    out, _, _ = _warned_folder(tmp_path)
+    got = runner.invoke(app, ["status", str(out)])
+    assert got.exit_code == 1, got.output
+    text = got.stdout
+    assert "folder    2 of 3 rows have their video (1 from an earlier run), 4.0 s of video" in text
+    assert "rows      3: 1 ok, 1 failed, 1 skipped" in text
+    assert "reference 1 row(s) with warnings about their reference: mouth_motion × 1, faces × 1" in text
+    page = report.write_report(out).read_text()
+    assert "<b>This folder:</b> 2 of 3 rows have their video (1 from an earlier run)" in page
+    assert "<b>This run:</b> 1 rendered, 1 skipped (complete already), 1 failed." in page
+
+
+def test_each_card_plays_its_video_zooms_on_its_mouth_and_lists_its_warnings(tmp_path):
+    out, mp4, box = _warned_folder(tmp_path)
+    page = report.write_report(out).read_text()
+    cards = _articles(page)
+    # The warnings, one per check, escaped; none on the rows without.
+    items = re.findall(r"<li>(.*?)</li>", cards["talk"])
+    assert items[0].startswith("mouth_motion: the lips&#x27; gap varies") and items[1] == "faces: 2 faces: &lt;b&gt;x&lt;/b&gt;"
+    assert "class=warnings" not in cards["old"] and "class=warnings" not in cards["gone"]
+    # A player per row with a video, loading nothing until played, its source the row's MP4.
+    for job in ("talk", "old"):
+        player = re.search(r'<video controls preload=none [^>]*src="([^"]+)"></video>', cards[job])
+        assert player is not None and (out / player.group(1)).resolve() == (out / f"{job}.mp4").resolve()
+    assert "<video" not in cards["gone"]
+    # The mouth, zoomed: the region around the row's mouth box of the middle thumbnail's frame.
+    zoom = re.search(r'<img class=mouth src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', cards["talk"])
+    assert zoom is not None and "<img class=mouth" not in cards["old"]  # no mouth box: no zoom
+    got = cv2.imdecode(np.frombuffer(base64.b64decode(zoom.group(1)), np.uint8), cv2.IMREAD_COLOR)
+    frames, _ = media.read_video(mp4)
+    middle = frames[int(len(frames) * (report.THUMB_COUNT // 2 + 0.5) / report.THUMB_COUNT)]
+    cx, cy, hw, hh = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]
+    want = middle[round(cy - hh): round(cy + hh), round(cx - hw): round(cx + hw)]
+    want = cv2.resize(want, (got.shape[1], got.shape[0]), interpolation=cv2.INTER_CUBIC)
+    assert got.shape[0] == report.THUMB_HEIGHT and np.abs(want.astype(int) - got.astype(int)).mean() < 8
+    assert len(_IMG.findall(cards["talk"])) == report.THUMB_COUNT  # the zoom comes before the frames
+
+
+@needs_system_package("chromium", CHROMIUM)
+def test_a_report_with_warnings_in_a_headless_browser(tmp_path):
+    out, _, _ = _warned_folder(tmp_path)
+    page = report.write_report(out)
+    png = tmp_path / "warned.png"
+    subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900", f"--screenshot={png}",
+         page.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    shot = cv2.imread(str(png), cv2.IMREAD_COLOR)
+    assert shot is not None and shot.shape == (900, 1200, 3)
+    # The warnings' box is drawn (its background, #fff3d6), and the mouth zoom is found as it is.
+    assert (np.abs(shot.astype(int) - (0xD6, 0xF3, 0xFF)).sum(axis=2) < 6).sum() > 2000
+    zoom_b64 = re.search(r'<img class=mouth src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', page.read_text())
+    zoom = cv2.imdecode(np.frombuffer(base64.b64decode(zoom_b64.group(1)), np.uint8), cv2.IMREAD_COLOR)  # type: ignore[union-attr]
+    _, best, _, _ = cv2.minMaxLoc(cv2.matchTemplate(shot, zoom, cv2.TM_CCOEFF_NORMED))
+    assert best > 0.9, best
