@@ -78,6 +78,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=get_args(PrecisionName), default="auto")
     p.add_argument("--calibrate", type=Path, default=None,
                    help="For int8: a manifest of the presenter and speech to calibrate on (a path every node sees).")
+    p.add_argument("--calibration-frames", type=int, default=RenderConfig.calibration_frames,
+                   help="For int8: frames that calibrate the activation ranges (a quarter as many more are held out).")
     p.add_argument("--chunk-frames", type=int, default=128)
     p.add_argument("--engines", type=_location, default=None,
                    help="Engine store (a path every node sees, or a bucket URI; default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines).")
@@ -129,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             output_dir=out,
             render=RenderConfig(
                 pack=args.pack, checkpoint=args.checkpoint, loop=args.loop, chunk_frames=args.chunk_frames,
-                backend=args.backend, precision=args.precision, calibration=args.calibrate,
+                backend=args.backend, precision=args.precision, calibration=args.calibrate, calibration_frames=args.calibration_frames,
                 limits=InputLimits(max_reference_pixels=args.max_reference_pixels,
                                    max_reference_frames=args.max_reference_frames,
                                    max_audio_seconds=args.max_audio_seconds),
