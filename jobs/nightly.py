@@ -48,12 +48,15 @@ from heygem_ray.config import (
     default_engines_dir,
 )
 from heygem_ray.driver import RunCallbacks, submit
+from heygem_ray.driver.hold import hold_output
 from heygem_ray.errors import HeygemError, Interrupted, RunStopped
 from heygem_ray.results import JobResult
 from heygem_ray.storage import Location, location
 from heygem_ray.worker import WorkerInfo
 
 RUN_FILE = "run.json"  # what one invocation did, next to results.parquet
+# In OUTPUT_ROOT: the night running into it (one at a time; each night's folder has its run lock too).
+NIGHTS_LOCK = ".heygem-nights.lock"
 # Ray passes a job's metadata (its submission id among it) to the entrypoint in this
 # variable; the entrypoint has no other way to learn the id.
 _RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -148,7 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force,
         )
         run["config_hash"] = cfg.config_hash()
-        summary = submit(args.manifest, cfg, _Log(date))
+        # One night at a time into OUTPUT_ROOT (a night's own folder is the run lock's); a
+        # scheduler that starts the next night while one overruns is refused here.
+        with hold_output(args.output_root, f"night {date} of {args.manifest}", lock_name=NIGHTS_LOCK,
+                         advice=f"this night does not start while another runs; once it has ended, render this "
+                                f"one with --date {date}"):
+            summary = submit(args.manifest, cfg, _Log(date))
     except Interrupted as exc:  # SIGTERM (ray job stop) or Ctrl-C: the table is written
         print(f"error: {exc.message}", file=sys.stderr)
         _say(date, f"stopped by {signal.Signals(exc.signum).name}; exit {exc.exit_status}")
