@@ -94,7 +94,7 @@ def preview(
         sheet = out_dir / f"{stem}-sheet.png"
         _write_png(sheet, contact_sheet(reference.name, template, ref, pack, checks, span))
         video = out_dir / f"{stem}-preview.mp4"
-        _side_by_side(reference, speech, seconds, template, ref, pack, cfg, cache_dir, engines_dir, video)
+        _side_by_side(reference, speech, seconds, template, span, pack, cfg, cache_dir, engines_dir, video)
         report = out_dir / f"{stem}-checks.json"
         report.write_text(json.dumps({
             "reference": str(reference), "pack": pack.name, "verdict": verdict(checks),
@@ -113,11 +113,12 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 
 def _side_by_side(
-    reference: Path, speech: Path, seconds: float, template: Template, ref: Reference, pack: PackSpec,
+    reference: Path, speech: Path, seconds: float, template: Template, span: tuple[int, int] | None, pack: PackSpec,
     cfg: RenderConfig, cache_dir: Path, engines_dir: Location, out: Path,
 ) -> None:
     """The first ``seconds`` of ``speech`` rendered, beside the reference frames it was
-    rendered from (the same timeline), both ``VIDEO_HEIGHT`` tall, with the sound."""
+    rendered from (the same timeline: over ``span`` when warp loops a talking take's still
+    stretch), both ``VIDEO_HEIGHT`` tall, with the sound."""
     worker = ModelWorker(cfg, engines_dir=cast(Path, engines_dir))  # its EngineStore opens a bucket too
     if worker.error is not None:
         raise worker.error
@@ -135,7 +136,6 @@ def _side_by_side(
         if result.status != "ok":
             raise HeygemError(result.error or "the preview's render failed", kind=result.error_kind or "error")
         duration = len(pcm) / SAMPLE_RATE
-        span = still_span(ref) if pack.keeps_reference_mouth else None
         timeline = plan(duration, template.frames, template.fps, cfg.loop, template.is_image, span)
         scale = VIDEO_HEIGHT / template.height
         half = (2 * round(template.width * scale / 2), VIDEO_HEIGHT)

@@ -506,8 +506,11 @@ def _job_html(r: JobResult, shot: Preview | None, report_dir: Location) -> str:
     if r.output and r.status != "failed":
         href = e(_href(r.output, report_dir))
         link = f'<a class=path href="{href}">{e(r.output)}</a>'
-        # Nothing is fetched until it is played: a page of a thousand rows stays light.
-        player = f'<video controls preload=none height={THUMB_HEIGHT} src="{href}"></video>'
+        # Nothing is fetched until it is played: a page of a thousand rows stays light. Its
+        # poster, the first thumbnail, shows what it is and gives it the video's shape.
+        first = shot.jpegs[0] if shot is not None and shot.jpegs else None
+        poster = f' poster="data:image/jpeg;base64,{base64.b64encode(first).decode("ascii")}"' if first else ""
+        player = f'<video controls preload=none height={THUMB_HEIGHT}{poster} src="{href}"></video>'
         strip = f"<div class=strip>{player}</div>"
     if r.status == "failed":
         note = (
