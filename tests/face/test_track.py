@@ -3,6 +3,7 @@
 import numpy as np
 
 from heygem_ray.config import DetectorConfig
+from heygem_ray.face import looks
 from heygem_ray.face.smooth import trend
 from heygem_ray.face.track import Observations, Tracker, _Track, finish, iou
 
@@ -13,13 +14,13 @@ NAN4 = [np.nan] * 4
 def track(frames, box):
     t = _Track()
     for f in frames:
-        t.hit(f, np.asarray(box(f), np.float32), None)
+        t.hit(f, np.asarray(box(f), np.float32), looks.empty())
     return t
 
 
 def seen(boxes: np.ndarray) -> Observations:
     n = len(boxes)
-    return Observations(boxes=boxes.astype(np.float32), mouths=np.full((n, 2), np.nan, np.float32),
+    return Observations(boxes=boxes.astype(np.float32), looks=np.full((n, len(looks.LOOKS)), np.nan, np.float32),
                         moves=np.full((n, 2), np.nan, np.float32))  # fmt: skip
 
 
@@ -36,6 +37,8 @@ def test_the_large_persistent_face_wins_and_a_face_beside_it_is_left_out():
     chosen = tracker_with(40, small, flicker, main).presenter()
     assert chosen is not None
     assert np.allclose(chosen.boxes[:, 0], 100 + np.arange(40))
+    # The other faces are kept: where each is, and in what share of the frames.
+    assert np.allclose(sorted(chosen.others.tolist()), [[300, 300, 450, 450, 3 / 40], [400, 50, 430, 80, 1.0]])
 
 
 def test_the_presenter_after_a_cut_joins_the_track_and_a_false_face_in_the_cut_does_not_count_twice():
