@@ -29,7 +29,7 @@ from heygem_ray import media
 from heygem_ray.analyze import Template, analyze
 from heygem_ray.checks import Check, Level, Reference, check_reference, opening, still_span, verdict
 from heygem_ray.config import RenderConfig
-from heygem_ray.errors import HeygemError, InputError, storage_errors
+from heygem_ray.errors import HeygemError, InputError, InternalError, storage_errors
 from heygem_ray.face import looks
 from heygem_ray.features import SAMPLE_RATE
 from heygem_ray.job import InProcessService, render_job
@@ -108,7 +108,7 @@ def preview(
 def _write_png(path: Path, image: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", image)
     if not ok:
-        raise HeygemError(f"could not encode the contact sheet {path}", kind="internal")
+        raise InternalError(f"OpenCV could not encode the contact sheet {path} as PNG")
     path.write_bytes(data.tobytes())
 
 
