@@ -151,13 +151,13 @@ def talking(ref: Reference) -> float | None:
 
 def still_span(ref: Reference) -> tuple[int, int] | None:
     """[start, stop) reference frames for a pack that keeps the reference's mouth (warp)
-    to loop over: the longest stretch where the mouth is still, when the take talks
+    to loop over: the longest stretch where the face is there and its mouth still, when the take talks
     (``TALKING_SD``) and that stretch lasts ``STILL_SPAN_S``; None otherwise (the whole
     reference is used)."""
     sd = talking(ref)
     if ref.is_image or sd is None or sd < TALKING_SD:
         return None
-    still = ~mouth_moving(ref)
+    still = ~mouth_moving(ref) & ref.present  # frames without the face would be looped unsynced
     edges = np.diff(np.concatenate([[0], still.astype(np.int8), [0]]))
     starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
     if starts.size == 0:

@@ -31,6 +31,7 @@ CASES = {
     "plain": {},
     "talking": {"talk": _speech, "seconds": 3.0},
     "talks_then_listens": {"talk": lambda t: _speech(t) if t < 2.0 else 0.0, "seconds": 4.6},
+    "listens_then_cuts_away": {"talk": lambda t: _speech(t) if t < 2.0 else 0.0, "seconds": 4.8, "absent": (4.2, 4.8)},
     "covered": {"cover": True},
     "small": {"face": 44},
     "dark": {"brightness": 0.3},
@@ -149,6 +150,10 @@ def test_warp_loops_a_talking_take_over_its_still_stretch(refs, clips):
     assert timeline.ref_index.min() == start and timeline.ref_index.max() == stop - 1
     check = run(ref)["mouth_motion"]
     assert check.level == "warn" and f"{start / 25:.1f}–{stop / 25:.1f} s" in check.advice
+    # Frames without the face (longer than the gap filled in) are not looped over: the stretch ends where the face goes.
+    cut = still_span(refs["listens_then_cuts_away"])
+    gone = np.flatnonzero(np.isnan(clips["listens_then_cuts_away"].faces[:, 0]))
+    assert cut is not None and cut[0] == start and cut[1] <= gone.min()
     # A take that talks throughout has no still stretch: the whole reference, and the warning says so.
     assert still_span(refs["talking"]) is None
     assert "no still stretch" in run(refs["talking"])["mouth_motion"].advice
