@@ -79,3 +79,28 @@ def test_the_rendered_mouth_opens_as_wide_as_speech_and_the_reference_alone_does
     assert np.nanstd(reference) < 0.005
     # 0.0106 measured (a speaking mouth's gap varies by 0.01-0.02 face heights).
     assert np.nanstd(output) >= 0.008, np.nanstd(output)
+
+
+def _speech(t: float) -> float:
+    """The reference's own speech: the mouth opening and closing three times a second."""
+    return float(max(0.0, np.sin(2 * np.pi * 3.0 * t)))
+
+
+def test_a_take_that_talks_then_listens_follows_the_new_speech(tmp_path, examples):
+    # The presenter talks for the first 3 s of the take, then listens for 4 s: warp loops
+    # over the still stretch (checks.still_span), so the old speech never shows.
+    speech = examples / "lesson1.wav"
+    clip = lecture_clip(tmp_path / "talks.mp4", size=(640, 400), face=180, seconds=7.0, corner="centre",
+                        motion="still", talk=lambda t: _speech(t) if t < 3.0 else 0.0)  # fmt: skip
+    cfg = RenderConfig(backend="pytorch")
+    job = Job(row=1, job_id="talks", audio=speech, video=clip.path, output=tmp_path / "out.mp4")
+    result = render_job(job, cfg, tmp_path / "cache", InProcessService(ModelWorker(cfg, engines_dir=tmp_path / "e")))
+    assert result.status == "ok", result.error
+    assert (result.reference_notes or "").startswith("mouth_motion: ")  # the row says why
+    box = np.nanmedian(clip.faces, axis=0)
+    gap = lip_gaps(media.read_video(tmp_path / "out.mp4")[0], box)
+    level = loudness(speech, len(gap), clip.fps)
+    seen = np.isfinite(gap)
+    r = float(np.corrcoef(gap[seen], level[seen])[0, 1])
+    # 0.72 measured; over the whole take (the loop taken out) 0.19: the old speech shows through.
+    assert r >= 0.5, r
