@@ -10,6 +10,8 @@ decoded once however many jobs use it:
 * ``boxes.npy``: (n, 4) int32 crop box per frame (from the smoothed face track);
 * ``present.npy``: (n,) bool, whether the face is there; frames without it are left
   as they are in the output;
+* ``points.npy``: (n, 5, 2) float32 face points per frame (eyes, nose tip, mouth
+  corners: ``face.align.alignment_points``), where face restoration aligns the face;
 * ``crops.npy``: (n, S, S, 3) uint8 BGR face crops at the pack's input size.
 
 Templates live under ``cache_dir/<key>`` where the key hashes the file's content, the
@@ -36,11 +38,12 @@ import numpy as np
 from heygem_ray import media, storage
 from heygem_ray.config import DetectorConfig, InputLimits
 from heygem_ray.errors import InputError, storage_errors
+from heygem_ray.face.align import alignment_points
 from heygem_ray.face.haar import HaarDetector
 from heygem_ray.face.track import FaceTrack, Tracker, find_presenter
 from heygem_ray.geometry import CropGeometry, cut
 
-TEMPLATE_VERSION = 3
+TEMPLATE_VERSION = 4
 # A track found in fewer frames than this is taken for detector noise, not a presenter.
 MIN_DETECTED_FRACTION = 0.2
 _JPEG = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
@@ -56,6 +59,7 @@ class Template:
     is_image: bool
     boxes: np.ndarray  # (frames, 4) int32 crop boxes (x0, y0, x1, y1)
     present: np.ndarray  # (frames,) bool: the face is there (else the frame is left as it is)
+    points: np.ndarray  # (frames, 5, 2) float32 face points (face.align's order), pixels
 
     @classmethod
     def open(cls, root: Path) -> Template:
@@ -69,6 +73,7 @@ class Template:
             is_image=meta["is_image"],
             boxes=np.load(root / "boxes.npy"),
             present=np.load(root / "present.npy"),
+            points=np.load(root / "points.npy"),
         )
 
     def crops(self, index: np.ndarray) -> np.ndarray:
@@ -168,9 +173,11 @@ def _build(
     boxes = geometry.crop_boxes(track, info.width, info.height)
     np.save(out / "boxes.npy", boxes)
     np.save(out / "present.npy", track.present)
+    points = alignment_points(track)
+    np.save(out / "points.npy", points)
 
     # Pass 2: cut the crops from the stored frames.
-    partial = Template(out, info.fps, info.width, info.height, frames, info.is_image, boxes, track.present)
+    partial = Template(out, info.fps, info.width, info.height, frames, info.is_image, boxes, track.present, points)
     crops = np.lib.format.open_memmap(
         out / "crops.npy", mode="w+", dtype=np.uint8, shape=(frames, geometry.size, geometry.size, 3)
     )
