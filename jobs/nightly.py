@@ -42,6 +42,7 @@ from heygem_ray.config import (
     PackName,
     PrecisionName,
     RenderConfig,
+    RestoreName,
     RunConfig,
     WorkerDevice,
     default_cache_dir,
@@ -73,6 +74,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="The run's date, YYYY-MM-DD (default: today in UTC). Pass it to resume a night after midnight.")
     p.add_argument("--pack", choices=get_args(PackName), default="warp")
     p.add_argument("--checkpoint", type=Path, default=None, help="Wav2Lip generator checkpoint for --pack wav2lip.")
+    p.add_argument("--restore", choices=get_args(RestoreName), default="none",
+                   help="Face restoration after the pack's render: gfpgan (needs --restore-checkpoint; use it on GPUs).")
+    p.add_argument("--restore-checkpoint", type=Path, default=None,
+                   help="For --restore gfpgan: the public GFPGANv1.4.pth (a path every node sees).")
+    p.add_argument("--restore-blend", type=float, default=RenderConfig.restore_blend,
+                   help="How much of the restored face shows where the pack changed the frame, 0 to 1 (default 1).")
     p.add_argument("--loop", choices=get_args(LoopMode), default="pingpong")
     p.add_argument("--backend", choices=get_args(BackendName), default="auto")
     p.add_argument("--precision", choices=get_args(PrecisionName), default="auto")
@@ -129,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             output_dir=out,
             render=RenderConfig(
                 pack=args.pack, checkpoint=args.checkpoint, loop=args.loop, chunk_frames=args.chunk_frames,
+                restore=args.restore, restore_checkpoint=args.restore_checkpoint, restore_blend=args.restore_blend,
                 backend=args.backend, precision=args.precision, calibration=args.calibrate,
                 limits=InputLimits(max_reference_pixels=args.max_reference_pixels,
                                    max_reference_frames=args.max_reference_frames,

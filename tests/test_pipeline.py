@@ -205,8 +205,8 @@ class _Held:
     """A chunk rendered only when the job asks for it, so the test sees how many the job
     keeps in flight at once."""
 
-    def __init__(self, service: _CountingService, features: np.ndarray, crops: np.ndarray):
-        self.service, self.args = service, (features, crops)
+    def __init__(self, service: _CountingService, features: np.ndarray, crops: np.ndarray, restore):
+        self.service, self.args = service, (features, crops, restore)
         service.outstanding += 1
         service.most = max(service.most, service.outstanding)
 
@@ -220,8 +220,8 @@ class _CountingService(InProcessService):
         super().__init__(worker)
         self.workers, self.outstanding, self.most = workers, 0, 0
 
-    def submit(self, features, crops):
-        return _Held(self, features, crops)
+    def submit(self, features, crops, restore=None):
+        return _Held(self, features, crops, restore)
 
 
 @pytest.mark.parametrize(("workers", "in_flight"), [(1, 3), (6, 7)])
