@@ -13,7 +13,9 @@ So, per output frame:
    tile is then the unrestored output frame, aligned), restores the tiles in batches and
    samples each restored tile over the crop box on an R × R grid (``restore_chunk``). R is
    the box's side in frame pixels, or in tile pixels where those are fewer
-   (``restore_size``): the restored detail the output frame can show, no more.
+   (``restore_size``): the restored detail the output frame can show, no more. The faces go
+   back as JPEG files (``Jpegs``, as the tiles came): a fifth to a tenth of their pixels'
+   bytes, about one grey level off.
 3. Compose pastes the pack's crop as always (the unrestored frame), then blends the
    restored face over it with the pack's mask, the tile's feathered border and
    ``--restore-blend`` (``face.align.paste_restored``): pixels outside the pack's mask are
@@ -47,7 +49,8 @@ STAGE = "restore"
 # Faces per network call: a 512-px face's activations are about 0.3 GB in fp32, and a GPU
 # is near its best rate from batch 16 (docs/restoration.md).
 MAX_BATCH = 16
-# The tiles the job keeps and sends: JPEG, as the template keeps the reference's frames.
+# The tiles the job keeps and sends, and the restored faces the worker returns: JPEG, as
+# the template keeps the reference's frames.
 TILE_JPEG = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
 # The report's side by side of one frame's face, unrestored then restored: its height.
 SAMPLE_HEIGHT = 160  # pixels
@@ -110,37 +113,59 @@ def restore_batch(cfg: RenderConfig) -> int:
 
 
 @dataclass(frozen=True)
+class Jpegs:
+    """k images as JPEG files end to end: how tiles and restored faces cross the object store."""
+
+    data: np.ndarray  # (n,) uint8: the files, end to end
+    ends: np.ndarray  # (k,) int64: where each file ends in ``data``
+
+    @classmethod
+    def of(cls, files: list[bytes]) -> Jpegs:
+        return cls(np.frombuffer(b"".join(files), np.uint8), np.cumsum([len(f) for f in files], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def image(self, i: int, shape: tuple[int, int], what: str) -> np.ndarray:
+        """Image ``i``, (H, W, 3) uint8 BGR with (H, W) = ``shape``; ``what`` names it in the error."""
+        start = int(self.ends[i - 1]) if i else 0
+        image = cv2.imdecode(self.data[start : int(self.ends[i])], cv2.IMREAD_COLOR)
+        if image is None or image.shape[:2] != shape:
+            raise InternalError(f"{what} {i} did not decode to {shape[1]}×{shape[0]}")
+        return image
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes + self.ends.nbytes)
+
+
+@dataclass(frozen=True)
 class RestoreInputs:
     """What a chunk sends a worker to restore its k frames (beside the pack's inputs)."""
 
-    tiles: np.ndarray  # (n,) uint8: each frame's aligned reference tile, a JPEG file, end to end
-    ends: np.ndarray  # (k,) int64: where each frame's file ends in ``tiles``
+    tiles: Jpegs  # each frame's aligned reference tile
     boxes: np.ndarray  # (k, 4) int32: each frame's crop box, (x0, y0, x1, y1) frame pixels
     matrices: np.ndarray  # (k, 2, 3) float64: each frame's frame → tile similarity
     size: int  # R: the restored face comes back R × R over each box
 
     def __len__(self) -> int:
-        return len(self.ends)
+        return len(self.tiles)
 
     def tile(self, i: int) -> np.ndarray:
         """Frame ``i``'s reference tile, (512, 512, 3) uint8 BGR."""
-        start = int(self.ends[i - 1]) if i else 0
-        tile = cv2.imdecode(self.tiles[start : int(self.ends[i])], cv2.IMREAD_COLOR)
-        if tile is None or tile.shape != (TILE, TILE, 3):
-            raise InternalError(f"the aligned tile of a chunk's frame {i} did not decode to {TILE}×{TILE}")
-        return tile
+        return self.tiles.image(i, (TILE, TILE), "the aligned tile of a chunk's frame")
 
     @property
     def nbytes(self) -> int:
         """Bytes the object store carries for these inputs."""
-        return int(self.tiles.nbytes + self.ends.nbytes + self.boxes.nbytes + self.matrices.nbytes)
+        return self.tiles.nbytes + int(self.boxes.nbytes + self.matrices.nbytes)
 
 
-def encode_tile(tile: np.ndarray) -> bytes:
-    """(512, 512, 3) uint8 BGR tile → JPEG bytes, as the job keeps and sends it."""
-    ok, jpeg = cv2.imencode(".jpg", tile, TILE_JPEG)
+def encode_jpeg(image: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 BGR tile or restored face → JPEG bytes, as they travel."""
+    ok, jpeg = cv2.imencode(".jpg", image, TILE_JPEG)
     if not ok:
-        raise InternalError("OpenCV failed to encode an aligned tile as JPEG")
+        raise InternalError("OpenCV failed to encode an aligned tile or restored face as JPEG")
     return jpeg.tobytes()
 
 
@@ -176,15 +201,15 @@ def tile_with_crop(tile: np.ndarray, crop: np.ndarray, base: np.ndarray | None, 
 
 
 def restore_chunk(call: StageCall, inputs: RestoreInputs, crops: np.ndarray, base: np.ndarray | None,
-                  mask: np.ndarray, batch: int = MAX_BATCH) -> np.ndarray:
+                  mask: np.ndarray, batch: int = MAX_BATCH) -> Jpegs:
     """A chunk's generated crops (k, S, S, 3) uint8 (and ``base``, the crops the pack was
-    given, for a "residual" pack) → the restored faces over their boxes, (k, R, R, 3)
-    uint8 BGR with R = ``inputs.size``; ``batch`` faces at a time through the ``restore``
-    stage on ``call``."""
+    given, for a "residual" pack) → the restored faces over their boxes, k R × R BGR
+    images (R = ``inputs.size``) as JPEG files; ``batch`` faces at a time through the
+    ``restore`` stage on ``call``."""
     if len(inputs) != len(crops):
         raise InternalError(f"a chunk of {len(crops)} crops came with {len(inputs)} aligned tiles")
     side = inputs.size
-    out = np.empty((len(crops), side, side, 3), np.uint8)
+    out: list[bytes] = []
     for start in range(0, len(crops), batch):
         part = range(start, min(start + batch, len(crops)))
         tiles = np.stack([
@@ -195,8 +220,9 @@ def restore_chunk(call: StageCall, inputs: RestoreInputs, crops: np.ndarray, bas
         (output,) = GFPGAN.io(STAGE)[1]
         restored = gfpgan.to_faces(call(STAGE, {"faces": gfpgan.to_network(tiles)})[output.name])
         for j, i in enumerate(part):
-            out[i] = from_tile(restored[j], box_grid(inputs.boxes[i], (side, side), inputs.matrices[i]), (side, side))
-    return out
+            face = from_tile(restored[j], box_grid(inputs.boxes[i], (side, side), inputs.matrices[i]), (side, side))
+            out.append(encode_jpeg(face))
+    return Jpegs.of(out)
 
 
 def side_by_side(unrestored: np.ndarray, restored: np.ndarray, box: np.ndarray) -> bytes | None:

@@ -34,7 +34,7 @@ from heygem_ray.errors import EngineError, HeygemError, InternalError, storage_e
 from heygem_ray.hardware import DeviceInfo, cuda_unusable
 from heygem_ray.packs import Features, get_pack
 from heygem_ray.precision import open_first, precision_order
-from heygem_ray.restore import RestoreInputs, open_restorer, restore_batch, restore_chunk
+from heygem_ray.restore import Jpegs, RestoreInputs, open_restorer, restore_batch, restore_chunk
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ class ChunkOutput:
     motion_s: float
     render_s: float
     worker: WorkerInfo
-    # With restoration: (k, R, R, 3) uint8 BGR restored faces over the crop boxes
+    # With restoration: the k restored faces over the crop boxes, R × R BGR JPEG files
     # (restore.restore_chunk), and the seconds it took.
-    restored: np.ndarray | None = None
+    restored: Jpegs | None = None
     restore_s: float = 0.0
 
 

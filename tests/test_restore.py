@@ -21,8 +21,9 @@ from heygem_ray.face.align import alignment_points, paste_restored, similarity, 
 from heygem_ray.geometry import cut, feathered_ellipse, paste
 from heygem_ray.restore import (
     SAMPLE_HEIGHT,
+    Jpegs,
     RestoreInputs,
-    encode_tile,
+    encode_jpeg,
     restore_chunk,
     restore_size,
     side_by_side,
@@ -95,9 +96,7 @@ def _case(box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def _inputs(tiles: list[np.ndarray], boxes: np.ndarray, matrices: np.ndarray) -> RestoreInputs:
-    files = [encode_tile(t) for t in tiles]
-    return RestoreInputs(np.frombuffer(b"".join(files), np.uint8), np.cumsum([len(f) for f in files]),
-                         boxes, matrices, restore_size(boxes, matrices))
+    return RestoreInputs(Jpegs.of([encode_jpeg(t) for t in tiles]), boxes, matrices, restore_size(boxes, matrices))
 
 
 def _identity(stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -123,9 +122,10 @@ def test_an_unchanging_restorer_gives_back_the_unrestored_frame(mode: str) -> No
 
     inputs = _inputs([to_tile(frame, matrix)], box[None], matrix[None])
     restored = restore_chunk(_identity, inputs, generated[None], None if base is None else base[None], mask)
-    assert restored.shape == (1, inputs.size, inputs.size, 3) and restored.dtype == np.uint8
+    assert len(restored) == 1 and restored.nbytes < 0.3 * inputs.size**2 * 3  # JPEG, not the pixels
+    face = restored.image(0, (inputs.size, inputs.size), "face")
     out = made.copy()
-    paste_restored(out, restored[0], box, matrix, mask)
+    paste_restored(out, face, box, matrix, mask)
 
     changed = np.abs(made.astype(int) - frame).max(axis=2) > 40  # where the pack's change shows most
     assert changed.sum() > 2000

@@ -77,8 +77,8 @@ def render_and_compose(ctx: JobContext) -> Composed:
                             paste(frame, crop, box, pack.paste_mask, base)
                             if restore is not None and chunk.restored is not None:
                                 unrestored = frame.copy() if sample is None and sl.start + i >= sample_from else None
-                                paste_restored(frame, chunk.restored[i], box, restore.matrices[i], pack.paste_mask,
-                                               cfg.restore_blend)
+                                face = chunk.restored.image(i, (restore.size, restore.size), "the restored face of frame")
+                                paste_restored(frame, face, box, restore.matrices[i], pack.paste_mask, cfg.restore_blend)
                                 if unrestored is not None:
                                     sample = side_by_side(unrestored, frame, box)
                         writer.write(frame)

@@ -24,7 +24,7 @@ from heygem_ray import storage
 from heygem_ray.analyze import Template
 from heygem_ray.errors import InternalError, storage_errors
 from heygem_ray.face.align import similarity, to_tile
-from heygem_ray.restore import RestoreInputs, encode_tile, restore_size
+from heygem_ray.restore import Jpegs, RestoreInputs, encode_jpeg, restore_size
 from heygem_ray.timeline import Timeline
 
 # Bumped when what a kept tile holds changes (the alignment, the tile's encoding).
@@ -58,7 +58,7 @@ def restore_inputs(template: Template, timeline: Timeline) -> Callable[[np.ndarr
             with open(data, "ab") as out:
                 at = out.tell()  # past any bytes a job that died left
                 for i, frame in zip(todo, template.read_frames(todo), strict=True):
-                    jpeg = encode_tile(to_tile(frame, matrices[i]))
+                    jpeg = encode_jpeg(to_tile(frame, matrices[i]))
                     out.write(jpeg)
                     index[i] = at, len(jpeg)
                     at += len(jpeg)
@@ -74,8 +74,7 @@ def restore_inputs(template: Template, timeline: Timeline) -> Callable[[np.ndarr
                 files.append(f.read(int(index[i, 1])))
         boxes, chosen = template.boxes[frames], matrices[frames]
         return RestoreInputs(
-            tiles=np.frombuffer(b"".join(files), np.uint8),
-            ends=np.cumsum([len(b) for b in files], dtype=np.int64),
+            tiles=Jpegs.of(files),
             boxes=boxes,
             matrices=chosen,
             size=restore_size(boxes, chosen),
