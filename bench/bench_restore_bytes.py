@@ -14,7 +14,7 @@ Wav2Lip and MuseTalk run seeded small checkpoints in the public formats.
 Per frame: ``sent`` is what a chunk's call carries (audio features, the pack's crops or
 reference-stage outputs, and with restoration the aligned reference tiles as JPEG, the crop
 boxes and the similarities), ``returned`` what its answer carries (the generated crops,
-and with restoration the restored faces over the crop boxes, R × R × 3 uint8), ``frame``
+and with restoration the restored faces over the crop boxes, R × R, as JPEG), ``frame``
 the bytes of one decoded reference frame, which never travels. Writes
 bench/results/restore-bytes-<host>.json and prints a markdown table for BENCHMARKS.md.
 """
