@@ -14,7 +14,7 @@ So, per output frame:
    samples each restored tile over the crop box on an R × R grid (``restore_chunk``). R is
    the box's side in frame pixels, or in tile pixels where those are fewer
    (``restore_size``): the restored detail the output frame can show, no more. The faces go
-   back as JPEG files (``Jpegs``, as the tiles came): a fifth to a tenth of their pixels'
+   back as JPEG files (``Jpegs``, as the tiles came): an eighth to a tenth of their pixels'
    bytes, about one grey level off.
 3. Compose pastes the pack's crop as always (the unrestored frame), then blends the
    restored face over it with the pack's mask, the tile's feathered border and
