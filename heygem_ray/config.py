@@ -33,6 +33,11 @@ BackendName = Literal["auto", "tensorrt", "onnxruntime", "pytorch"]
 # bfloat16, on CPUs with AVX-512 BF16 or AMX (fp32 elsewhere) and on GPUs.
 PrecisionName = Literal["auto", "fp32", "fp16", "int8", "bf16"]
 WorkerDevice = Literal["auto", "gpu", "cpu"]
+# The H.264 encoder: "auto" is h264_nvenc where the node's GPU has NVENC, else libx264
+# (media/encoders.py); the one used is in each row's ``encoder``.
+EncoderName = Literal["auto", "libx264", "h264_nvenc"]
+# x264's presets, fastest first (h264_nvenc takes the nearest of its own).
+EncoderPreset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 
 
 def cache_home() -> Path:
@@ -149,7 +154,8 @@ class RenderConfig:
     # calibrate the activation ranges; None: the bundled examples (examples/manifest.csv).
     calibration: Path | None = None
     crf: int = 18
-    preset: str = "veryfast"
+    preset: EncoderPreset = "veryfast"
+    encoder: EncoderName = "auto"
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     # How large a row's files may be (not part of config_hash: they render nothing differently).
     limits: InputLimits = field(default_factory=InputLimits)
@@ -159,6 +165,8 @@ class RenderConfig:
         _check_choice("loop", self.loop, LoopMode)
         _check_choice("backend", self.backend, BackendName)
         _check_choice("precision", self.precision, PrecisionName)
+        _check_choice("preset", self.preset, EncoderPreset)
+        _check_choice("encoder", self.encoder, EncoderName)
         if self.pack in _NEEDS_WEIGHTS and self.checkpoint is None:
             raise InputError(
                 f"the {self.pack} pack needs its weights: pass --checkpoint {_NEEDS_WEIGHTS[self.pack]}",

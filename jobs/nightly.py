@@ -37,6 +37,8 @@ from heygem_ray import heap, storage
 from heygem_ray.cli import describe_workers
 from heygem_ray.config import (
     BackendName,
+    EncoderName,
+    EncoderPreset,
     InputLimits,
     LoopMode,
     PackName,
@@ -79,6 +81,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibrate", type=Path, default=None,
                    help="For int8: a manifest of the presenter and speech to calibrate on (a path every node sees).")
     p.add_argument("--chunk-frames", type=int, default=128)
+    p.add_argument("--preset", choices=get_args(EncoderPreset), default=RenderConfig.preset,
+                   help="x264's speed preset (faster: less CPU, larger files).")
+    p.add_argument("--encoder", choices=get_args(EncoderName), default=RenderConfig.encoder,
+                   help="H.264 encoder: auto (h264_nvenc where the node's GPU has NVENC, else libx264).")
     p.add_argument("--engines", type=_location, default=None,
                    help="Engine store (a path every node sees, or a bucket URI; default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines).")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -129,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             output_dir=out,
             render=RenderConfig(
                 pack=args.pack, checkpoint=args.checkpoint, loop=args.loop, chunk_frames=args.chunk_frames,
+                preset=args.preset, encoder=args.encoder,
                 backend=args.backend, precision=args.precision, calibration=args.calibrate,
                 limits=InputLimits(max_reference_pixels=args.max_reference_pixels,
                                    max_reference_frames=args.max_reference_frames,

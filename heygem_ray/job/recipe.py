@@ -72,9 +72,10 @@ def render_job(
             with steps("analyze"):
                 given = reference_inputs(template, pack, models, timeline, cfg.chunk_frames)
             # 5+6. motion and render per chunk on the workers, composed and encoded here
-            last = render_and_compose(JobContext(
+            composed = render_and_compose(JobContext(
                 job.output, audio, cfg, pack, models, template, timeline, features, given, steps, scratch, on_frames,
             ))
+            last = composed.worker
         # Which file was published, for a rerun to tell it from any other put there later.
         published = storage.stat(job.output)
         if published is None:
@@ -89,6 +90,7 @@ def render_job(
         result.engine_key, result.calibration = last.engine_key, last.calibration
         result.node, result.gpu = last.node, last.device.gpu
         result.compute_capability = last.device.compute_capability
+        result.encoder = composed.encoder
     except Exception as exc:
         known = exc if isinstance(exc, HeygemError) else storage_error(exc) if isinstance(exc, OSError) else None
         if known is not None:  # the user's to fix: a bad file, a full disk, a read-only folder, …
