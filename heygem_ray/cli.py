@@ -138,6 +138,7 @@ def submit(
     backend: Annotated[str, typer.Option(help="Inference backend: 'auto' (TensorRT, then ONNX Runtime, then PyTorch: the first that works), 'tensorrt', 'onnxruntime' or 'pytorch'.")] = "auto",
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU; int8 first where it pays when --calibrate is given), 'fp32', 'fp16', 'int8' (calibrated, used only if it passes the accuracy gate) or 'bf16' (PyTorch; on CPUs with AVX-512 BF16 or AMX).")] = "auto",
     calibrate: Annotated[Path | None, typer.Option(help="For int8: a manifest (columns audio and video) of your presenter and their speech to calibrate on (default: the bundled examples).")] = None,
+    calibration_frames: Annotated[int, typer.Option(help="For int8: frames that calibrate the activation ranges; a quarter as many more are held out for the accuracy gate.")] = RenderConfig.calibration_frames,
     engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
     device: Annotated[str, typer.Option(help="Where model workers run: 'gpu' (one GPU each; a worker that cannot use its GPU stops the run), 'cpu', or 'auto' (gpu when the cluster has GPUs or its autoscaler can add them, cpu when it has CPUs only; on an empty cluster the first node to join decides).")] = "auto",
     workers: Annotated[int, typer.Option(help="Model workers to start (0: one per GPU the cluster has or can autoscale to; on CPUs, from the core count).")] = 0,
@@ -170,6 +171,7 @@ def submit(
                 backend=cast(BackendName, backend),
                 precision=cast(PrecisionName, precision),
                 calibration=calibrate,
+                calibration_frames=calibration_frames,
                 detector=DetectorConfig(min_face=min_face),
                 limits=InputLimits(
                     max_reference_pixels=max_reference_pixels,
@@ -249,6 +251,7 @@ def engines_build(
     backend: Annotated[str, typer.Option(help="'onnxruntime' (ONNX graphs) or 'tensorrt' (engines for this GPU).")] = "onnxruntime",
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32', 'fp16' or 'int8' (calibrated QDQ graphs, checked by the accuracy gate).")] = "auto",
     calibrate: Annotated[Path | None, typer.Option(help="For int8: a manifest (columns audio and video) of your presenter and their speech to calibrate on (default: the bundled examples).")] = None,
+    calibration_frames: Annotated[int, typer.Option(help="For int8: frames that calibrate the activation ranges; a quarter as many more are held out for the accuracy gate.")] = RenderConfig.calibration_frames,
     batch_size: Annotated[int, typer.Option(help="Frames per model call the workers will send (sets the TensorRT batch profile).")] = 32,
     engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
     store: Annotated[Path | None, typer.Option(hidden=True, help="The old spelling of --engines.")] = None,
@@ -269,13 +272,14 @@ def engines_build(
             raise HeygemError(f"unknown backend {backend!r}: choose onnxruntime or tensorrt", kind="bad_argument")
         cfg = RenderConfig(
             pack=cast(PackName, pack), checkpoint=checkpoint, precision=cast(PrecisionName, precision),
-            calibration=calibrate, batch_size=batch_size,
+            calibration=calibrate, calibration_frames=calibration_frames, batch_size=batch_size,
         )
         spec = get_pack(cfg.pack)
         device = DeviceInfo.detect()
         engine_store = EngineStore(where)
         precisions = precision_order(cfg.precision, device.device, spec, calibrated=calibrate is not None)
-        calibration = calibration_for(spec, precisions, calibrate, engine_store.root / "calibration")
+        calibration = calibration_for(spec, precisions, calibrate, engine_store.root / "calibration",
+                                      cfg.calibration_frames)
         chosen, gated = open_first(
             spec, spec.load_stages(cfg.checkpoint), precisions, calibration, device=device.device,
             store=engine_store, backend=cast(BackendName, backend), batch_sizes=[batch_size],

@@ -153,6 +153,9 @@ class RenderConfig:
     # int8: a manifest (columns audio and video) of the presenter and speech whose frames
     # calibrate the activation ranges; None: the bundled examples (examples/manifest.csv).
     calibration: Path | None = None
+    # int8: frames whose activations set the ranges; a quarter as many more are held out for
+    # the accuracy gate. More cover more of the presenter's expressions, at more build time.
+    calibration_frames: int = 128
     crf: int = 18
     preset: EncoderPreset = "veryfast"
     encoder: EncoderName = "auto"
@@ -177,7 +180,7 @@ class RenderConfig:
                 f"--checkpoint is only used by the {' and '.join(_NEEDS_WEIGHTS)} packs; the {self.pack} pack has no weights",
                 kind="bad_argument",
             )
-        for name in ("chunk_frames", "batch_size"):
+        for name in ("chunk_frames", "batch_size", "calibration_frames"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1", kind="bad_argument")
         for name, option in (("checkpoint", "--checkpoint"), ("calibration", "--calibrate")):

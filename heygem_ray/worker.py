@@ -113,7 +113,8 @@ class ModelWorker:
         store = EngineStore(engines_dir)
         precisions = precision_order(cfg.precision, device.device, self.pack, calibrated=cfg.calibration is not None)
         # int8's calibration frames; their templates are kept beside the engines they shape
-        calibration = calibration_for(self.pack, precisions, cfg.calibration, store.root / "calibration")
+        calibration = calibration_for(self.pack, precisions, cfg.calibration, store.root / "calibration",
+                                      cfg.calibration_frames)
         chosen, _ = open_first(
             self.pack,
             stages,

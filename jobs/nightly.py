@@ -50,12 +50,15 @@ from heygem_ray.config import (
     default_engines_dir,
 )
 from heygem_ray.driver import RunCallbacks, submit
+from heygem_ray.driver.hold import hold_output
 from heygem_ray.errors import HeygemError, Interrupted, RunStopped
 from heygem_ray.results import JobResult
 from heygem_ray.storage import Location, location
 from heygem_ray.worker import WorkerInfo
 
 RUN_FILE = "run.json"  # what one invocation did, next to results.parquet
+# In OUTPUT_ROOT: the night running into it (one at a time; each night's folder has its run lock too).
+NIGHTS_LOCK = ".heygem-nights.lock"
 # Ray passes a job's metadata (its submission id among it) to the entrypoint in this
 # variable; the entrypoint has no other way to learn the id.
 _RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -80,6 +83,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=get_args(PrecisionName), default="auto")
     p.add_argument("--calibrate", type=Path, default=None,
                    help="For int8: a manifest of the presenter and speech to calibrate on (a path every node sees).")
+    p.add_argument("--calibration-frames", type=int, default=RenderConfig.calibration_frames,
+                   help="For int8: frames that calibrate the activation ranges (a quarter as many more are held out).")
     p.add_argument("--chunk-frames", type=int, default=128)
     p.add_argument("--preset", choices=get_args(EncoderPreset), default=RenderConfig.preset,
                    help="x264's speed preset (faster: less CPU, larger files).")
@@ -136,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             render=RenderConfig(
                 pack=args.pack, checkpoint=args.checkpoint, loop=args.loop, chunk_frames=args.chunk_frames,
                 preset=args.preset, encoder=args.encoder,
-                backend=args.backend, precision=args.precision, calibration=args.calibrate,
+                backend=args.backend, precision=args.precision, calibration=args.calibrate, calibration_frames=args.calibration_frames,
                 limits=InputLimits(max_reference_pixels=args.max_reference_pixels,
                                    max_reference_frames=args.max_reference_frames,
                                    max_audio_seconds=args.max_audio_seconds),
@@ -153,7 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force,
         )
         run["config_hash"] = cfg.config_hash()
-        summary = submit(args.manifest, cfg, _Log(date))
+        storage.check_writable(out)  # the night's folder, named in the error, before the lock beside it
+        # One night at a time into OUTPUT_ROOT (a night's own folder is the run lock's); a
+        # scheduler that starts the next night while one overruns is refused here.
+        with hold_output(args.output_root, f"night {date} of {args.manifest}", lock_name=NIGHTS_LOCK,
+                         advice=f"this night does not start while another runs; once it has ended, render this "
+                                f"one with --date {date}"):
+            summary = submit(args.manifest, cfg, _Log(date))
     except Interrupted as exc:  # SIGTERM (ray job stop) or Ctrl-C: the table is written
         print(f"error: {exc.message}", file=sys.stderr)
         _say(date, f"stopped by {signal.Signals(exc.signum).name}; exit {exc.exit_status}")

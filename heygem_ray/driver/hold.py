@@ -1,6 +1,5 @@
 """One run per output folder: the run lock, held from before anything is written there."""
 
-
 from __future__ import annotations
 
 import contextlib
@@ -15,19 +14,24 @@ from heygem_ray.storage import Location
 RUN_LOCK = ".heygem-run.lock"
 
 
+_ADVICE = "wait for it to end, stop it, or give another output folder"
+
+
 @contextlib.contextmanager
-def hold_output(output_dir: Location, what: str) -> Iterator[locks.Lease]:
-    """Hold ``output_dir``'s run lock for ``what`` (words naming the run) while the block
-    runs; an ``InputError`` of kind ``output_locked`` naming the holder if another live run
-    holds it. A local folder made only to hold the lock is removed again if the run left
-    it empty (a run refused by Ray, say, leaves nothing behind)."""
+def hold_output(output_dir: Location, what: str, *, lock_name: str = RUN_LOCK,
+                advice: str = _ADVICE) -> Iterator[locks.Lease]:
+    """Hold ``output_dir``'s run lock (``lock_name`` in it) for ``what`` (words naming the
+    run) while the block runs; an ``InputError`` of kind ``output_locked`` naming the holder
+    and giving ``advice`` if another live run holds it. A local folder made only to hold
+    the lock is removed again if the run left it empty (a run refused by Ray, say, leaves
+    nothing behind)."""
     made = _first_missing(output_dir) if isinstance(output_dir, Path) else None
-    lock = output_dir / RUN_LOCK
+    lock = output_dir / lock_name
     got = locks.acquire(lock, what)
     if isinstance(got, locks.Held):
         raise InputError(
-            f"{output_dir} is in use by another run: {got.describe()}; wait for it to end, stop it, or give "
-            f"another output folder (if that run is gone, its lock {lock} is taken over by the next run "
+            f"{output_dir} is in use by another run: {got.describe()}; {advice} "
+            f"(if that run is gone, its lock {lock} is taken over by the next run "
             f"{locks.STALE_AFTER_S:.0f} s after its last heartbeat, or at once on the machine it ran on)",
             kind="output_locked",
         )

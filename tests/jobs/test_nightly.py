@@ -137,6 +137,39 @@ def test_a_night_another_run_holds_is_refused_in_one_line_and_its_run_json_left_
     assert "(run f1r57 of nightly.csv)" in line
 
 
+NIGHT_HOLDER = """
+import sys
+from heygem_ray.driver.hold import hold_output
+from pathlib import Path
+with hold_output(Path(sys.argv[1]), "night 2026-01-01 of nightly.csv", lock_name=sys.argv[2]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_night_does_not_start_while_another_night_runs(folder, nightly, capsys):
+    """A scheduler with no concurrency policy (KubeRay's RayCronJob has none) starts the
+    next night while the last one overruns: it is refused in one line, exit 2, and makes no
+    folder of its own; the message says how to render it once the other night has ended."""
+    root = folder / "renders"
+    root.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", NIGHT_HOLDER, str(root), nightly.NIGHTS_LOCK],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        code = nightly.main([str(folder / "m.csv"), str(root), "--date", "2026-01-02", "--address", "ray://127.0.0.1:9"])
+        assert code == 2
+        assert sorted(p.name for p in root.iterdir()) == [nightly.NIGHTS_LOCK]  # no 2026-01-02/, no run.json
+    finally:
+        holder.kill()
+        holder.wait()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {root} is in use by another run: pid {holder.pid} on ")
+    assert "(night 2026-01-01 of nightly.csv)" in line
+    assert "this night does not start while another runs; once it has ended, render this one with --date 2026-01-02" in line
+
+
 def test_the_date_defaults_to_today_in_utc_and_must_be_a_date(nightly, capsys):
     assert nightly.parse_args(["m.csv", "out"]).date is None  # main() fills in today (UTC)
     assert nightly.parse_args(["m.csv", "out", "--date", "2026-01-02"]).date == "2026-01-02"
