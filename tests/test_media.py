@@ -518,6 +518,50 @@ def test_i420_conversions_agree_with_ffmpegs(tmp_path: Path) -> None:
         assert np.abs(bgr[8:40, i * 32 + 8 : i * 32 + 24].reshape(-1, 3).astype(int) - colour).max() <= 2, colour
 
 
+def test_the_probe_says_how_each_reference_reaches_bt709(tmp_path: Path) -> None:
+    frames = np.stack([yuv.from_bgr_frame(f) for f in _pattern(3, 48, 64)])
+    assert media.probe_video(_lossless(tmp_path / "tagged.mp4", frames)).colour == "bt709"
+    assert media.probe_video(make_video(tmp_path / "untagged.mp4", seconds=0.2)).colour == "bt601"
+    assert media.probe_video(make_video(tmp_path / "odd.mp4", seconds=0.2, size=(63, 47))).colour == ""  # 4:4:4
+    assert media.probe_video(make_image(tmp_path / "photo.jpg")).colour == ""  # full range
+
+
+def _bt601_to_bt709(stored: np.ndarray) -> np.ndarray:
+    """An I420 frame in BT.601 limited range → BT.709, computed in floats: each pixel's
+    Y, Cb, Cr (the chroma sample that covers it) → BGR (unclipped) → BT.709 luma per pixel,
+    chroma the mean of its four pixels'."""
+    kr, kb = 0.299, 0.114
+    kg = 1 - kr - kb
+    to_yuv601 = np.array([
+        [219 / 255 * kb, 219 / 255 * kg, 219 / 255 * kr],
+        [112 / 255, -112 / 255 * kg / (1 - kb), -112 / 255 * kr / (1 - kb)],
+        [-112 / 255 * kb / (1 - kr), -112 / 255 * kg / (1 - kr), 112 / 255],
+    ])  # fmt: skip
+    luma, cb, cr = (p.astype(np.float32) for p in yuv.planes(stored))
+    up = [np.repeat(np.repeat(c, 2, axis=0), 2, axis=1) - 128 for c in (cb, cr)]
+    bgr = np.stack([luma - 16, *up], axis=-1) @ np.linalg.inv(to_yuv601).T.astype(np.float32)
+    out = yuv.bgr_to_yuv(bgr)
+    frame = np.empty_like(stored)
+    y, u, v = yuv.planes(frame)
+    chroma = yuv.halve(out[..., 1:])
+    yuv.put(y, out[..., 0])
+    yuv.put(u, chroma[..., 0])
+    yuv.put(v, chroma[..., 1])
+    return frame
+
+
+def test_an_untagged_reference_becomes_bt709_exactly(tmp_path: Path) -> None:
+    """An untagged (BT.601) 4:2:0 reference changes matrix on its planes as decoded:
+    within a level of the exact conversion, every sample."""
+    clip = make_video(tmp_path / "c.mp4", seconds=0.2, size=(320, 240))
+    with av.open(str(clip)) as container:
+        raw = [f.to_ndarray(format="yuv420p") for f in container.decode(video=0)]  # planes as stored
+    got = list(media.iter_frames(media.probe_video(clip), pixel_format="yuv420p"))
+    assert len(got) == len(raw) == 5
+    for frame, stored in zip(got, raw, strict=True):
+        assert np.abs(frame.astype(int) - _bt601_to_bt709(stored)).max() <= 1
+
+
 def test_an_untagged_reference_reads_alike_as_i420_and_as_bgr(tmp_path: Path) -> None:
     """A reference in BT.601 (untagged, as the test pattern is) is converted to BT.709 I420
     on the way in; away from edges (where the two readers interpolate chroma differently)

