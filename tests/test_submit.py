@@ -92,6 +92,7 @@ def test_good_rows_render_next_to_bad_ones(bad_batch):
         frames, _ = media.read_video(Path(r["output"]))
         assert len(frames) == r["frames"] > 0
         assert r["node"] and r["pack"] == "warp"
+        assert r["encoder"] == media.pick_encoder("auto")  # chosen in the job's Ray task: libx264 without NVENC
         if r["gpu"]:  # a GPU worker: TensorRT or the next backend that ran, at fp16
             assert r["backend"] in ("tensorrt", "onnxruntime", "pytorch") and r["precision"] == "fp16"
         else:
