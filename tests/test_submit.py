@@ -17,6 +17,8 @@ from heygem_ray import RunConfig, media, submit
 from heygem_ray.backends.trt import available as trt_available
 
 REPO = Path(__file__).resolve().parents[1]
+# README's Python example, as a user would paste it (it calls submit: the test is marked ray).
+README_PYTHON = (REPO / "README.md").read_text().split("From Python:\n\n```python\n", 1)[1].split("```", 1)[0]
 
 
 def _silent_wav(path: Path, seconds: float) -> Path:
@@ -236,13 +238,11 @@ def test_an_unreachable_cluster_stops_before_any_work_with_exit_2(tmp_path, exam
 
 
 def test_readme_python_example_runs_and_prints_the_counts(tmp_path, examples):
-    readme = (REPO / "README.md").read_text()
-    code = readme.split("From Python:\n\n```python\n", 1)[1].split("```", 1)[0]
     shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
     _silent_wav(tmp_path / "s.wav", 0.5)
     (tmp_path / "manifest.csv").write_text("job_id,audio,video\nfine,s.wav,p.jpg\nbroken,gone.wav,p.jpg\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run([sys.executable, "-c", README_PYTHON], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == f"1 rendered, 0 skipped, 1 failed; table: {Path('out') / 'results.parquet'}"
