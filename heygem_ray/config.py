@@ -39,6 +39,11 @@ _RESTORE_WEIGHTS = {"gfpgan": "PATH (the public GFPGANv1.4.pth, or GFPGANv1.3.pt
 # The restore settings; left out of config_hash while restoration is off, so the hash of
 # a run without it is what it was before the stage existed (its rows are not rendered again).
 _RESTORE_FIELDS = ("restore", "restore_checkpoint", "restore_blend")
+# The H.264 encoder: "auto" is h264_nvenc where the node's GPU has NVENC, else libx264
+# (media/encoders.py); the one used is in each row's ``encoder``.
+EncoderName = Literal["auto", "libx264", "h264_nvenc"]
+# x264's presets, fastest first (h264_nvenc takes the nearest of its own).
+EncoderPreset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 
 
 def cache_home() -> Path:
@@ -158,13 +163,14 @@ class RenderConfig:
     # the accuracy gate. More cover more of the presenter's expressions, at more build time.
     calibration_frames: int = 128
     crf: int = 18
-    preset: str = "veryfast"
     # Face restoration after the render stage, on the model workers (docs/restoration.md):
     # its weights, and how much of the restored face shows where the pack changed the
     # frame (0: none, 1: all of it).
     restore: RestoreName = "none"
     restore_checkpoint: Path | None = None
     restore_blend: float = 1.0
+    preset: EncoderPreset = "veryfast"
+    encoder: EncoderName = "auto"
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     # How large a row's files may be (not part of config_hash: they render nothing differently).
     limits: InputLimits = field(default_factory=InputLimits)
@@ -174,6 +180,8 @@ class RenderConfig:
         _check_choice("loop", self.loop, LoopMode)
         _check_choice("backend", self.backend, BackendName)
         _check_choice("precision", self.precision, PrecisionName)
+        _check_choice("preset", self.preset, EncoderPreset)
+        _check_choice("encoder", self.encoder, EncoderName)
         if self.pack in _NEEDS_WEIGHTS and self.checkpoint is None:
             raise InputError(
                 f"the {self.pack} pack needs its weights: pass --checkpoint {_NEEDS_WEIGHTS[self.pack]}",

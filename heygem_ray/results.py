@@ -62,6 +62,7 @@ SCHEMA = pa.schema(
         ("node", pa.string()),
         ("gpu", pa.string()),
         ("compute_capability", pa.string()),
+        ("encoder", pa.string()),
         ("attempts", pa.int64()),
         ("ray_task_id", pa.string()),
         ("config_hash", pa.string()),
@@ -122,6 +123,7 @@ class JobResult:
     node: str | None = None
     gpu: str | None = None
     compute_capability: str | None = None
+    encoder: str | None = None  # the H.264 encoder that wrote the MP4: libx264 or h264_nvenc
     attempts: int = 1
     ray_task_id: str | None = None  # the last attempt's task: its logs and state in Ray
     config_hash: str = ""

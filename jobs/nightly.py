@@ -37,6 +37,8 @@ from heygem_ray import heap, storage
 from heygem_ray.cli import describe_workers
 from heygem_ray.config import (
     BackendName,
+    EncoderName,
+    EncoderPreset,
     InputLimits,
     LoopMode,
     PackName,
@@ -91,6 +93,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibration-frames", type=int, default=RenderConfig.calibration_frames,
                    help="For int8: frames that calibrate the activation ranges (a quarter as many more are held out).")
     p.add_argument("--chunk-frames", type=int, default=128)
+    p.add_argument("--preset", choices=get_args(EncoderPreset), default=RenderConfig.preset,
+                   help="x264's speed preset (faster: less CPU, larger files).")
+    p.add_argument("--encoder", choices=get_args(EncoderName), default=RenderConfig.encoder,
+                   help="H.264 encoder: auto (h264_nvenc where the node's GPU has NVENC, else libx264).")
     p.add_argument("--engines", type=_location, default=None,
                    help="Engine store (a path every node sees, or a bucket URI; default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines).")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -142,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             render=RenderConfig(
                 pack=args.pack, checkpoint=args.checkpoint, loop=args.loop, chunk_frames=args.chunk_frames,
                 restore=args.restore, restore_checkpoint=args.restore_checkpoint, restore_blend=args.restore_blend,
+                preset=args.preset, encoder=args.encoder,
                 backend=args.backend, precision=args.precision, calibration=args.calibrate,
                 calibration_frames=args.calibration_frames,
                 limits=InputLimits(max_reference_pixels=args.max_reference_pixels,

@@ -113,6 +113,32 @@ def box_grid(box: np.ndarray, grid: tuple[int, int], matrix: np.ndarray) -> np.n
     return np.asarray(matrix, np.float64) @ to_image
 
 
+def restored_layer(
+    restored: np.ndarray,
+    box: np.ndarray,
+    matrix: np.ndarray,
+    mask: np.ndarray,
+    blend: float = 1.0,
+    feather: float = DEFAULT_FEATHER,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A restored face as a layer over ``box``: the face (bh, bw, 3) uint8 and its weight
+    (bh, bw) float32, in box pixels (bw, bh: the box's width and height).
+
+    ``restored`` (R, R', 3) uint8 is the restored tile sampled over the box (``box_grid``
+    with grid (R', R)); ``mask`` (S, S) float32 in [0, 1] says where restoring is allowed
+    (the pack's paste mask, spread over the box as ``geometry.paste`` spreads it);
+    ``matrix`` is the frame → tile similarity. The weight is ``blend`` × mask × the tile's
+    feathered border weight: 0 outside the mask, the tile, or with ``blend`` 0."""
+    if not 0.0 <= blend <= 1.0:
+        raise ValueError(f"blend must be in [0, 1], got {blend}")
+    x0, y0, x1, y1 = (int(v) for v in box)
+    bw, bh = x1 - x0, y1 - y0
+    coverage = from_tile(tile_weight(feather), box_grid(box, (bw, bh), matrix), (bh, bw))
+    spread = cv2.resize(mask, (bw, bh), interpolation=cv2.INTER_LINEAR)
+    face = cv2.resize(restored, (bw, bh), interpolation=cv2.INTER_LINEAR)
+    return face, (coverage * spread * np.float32(blend)).astype(np.float32)
+
+
 def paste_restored(
     frame: np.ndarray,
     restored: np.ndarray,
@@ -122,34 +148,23 @@ def paste_restored(
     blend: float = 1.0,
     feather: float = DEFAULT_FEATHER,
 ) -> None:
-    """Blend a restored face into ``frame`` (H, W, 3) uint8 in place, inside ``box``.
-
-    ``restored`` (R, R', 3) uint8 is the restored tile sampled over the box (``box_grid``
-    with grid (R', R)); ``mask`` (S, S) float32 in [0, 1] says where restoring is allowed
-    (the pack's paste mask, spread over the box as ``geometry.paste`` spreads it);
-    ``matrix`` is the frame → tile similarity. Each pixel becomes w · restored + (1 − w) ·
-    frame, rounded, with w = ``blend`` × mask × the tile's feathered border weight (0
-    outside the tile). Where w is 0 (outside the mask, the box or the tile, or ``blend``
-    0) the frame's pixels stay as they are, bit for bit.
+    """Blend a restored face (``restored_layer``'s arguments) into a BGR ``frame`` (H, W,
+    3) uint8 in place, inside ``box``: each pixel becomes w · restored + (1 − w) · frame,
+    rounded. Where the layer's weight w is 0 the frame's pixels stay as they are, bit for
+    bit. (Compose blends the same layer into its I420 frames with ``geometry.paste_i420``.)
     """
-    if not 0.0 <= blend <= 1.0:
-        raise ValueError(f"blend must be in [0, 1], got {blend}")
+    face, weight = restored_layer(restored, box, matrix, mask, blend, feather)
     h, w = frame.shape[:2]
     x0, y0, x1, y1 = (int(v) for v in box)
-    bw, bh = x1 - x0, y1 - y0
     # The part of the box inside the frame, in box coordinates.
     bx0, by0, bx1, by1 = max(x0, 0) - x0, max(y0, 0) - y0, min(x1, w) - x0, min(y1, h) - y0
-    if bx0 >= bx1 or by0 >= by1 or blend == 0.0:
+    if bx0 >= bx1 or by0 >= by1:
         return
     inside = (slice(by0, by1), slice(bx0, bx1))
-    coverage = from_tile(tile_weight(feather), box_grid(box, (bw, bh), matrix), (bh, bw))
-    spread = cv2.resize(mask, (bw, bh), interpolation=cv2.INTER_LINEAR)
-    weight = (coverage * spread)[inside] * np.float32(blend)  # (h', w') float32
-    on = weight > 0
+    on = weight[inside] > 0
     if not on.any():
         return
-    face = cv2.resize(restored, (bw, bh), interpolation=cv2.INTER_LINEAR)[inside][on].astype(np.float32)
     target = frame[y0 + by0 : y0 + by1, x0 + bx0 : x0 + bx1]  # a view: written in place
-    wt = weight[on][:, None]  # (n, 1)
-    mixed = wt * face + (1 - wt) * target[on].astype(np.float32)
+    wt = weight[inside][on][:, None]  # (n, 1)
+    mixed = wt * face[inside][on].astype(np.float32) + (1 - wt) * target[on].astype(np.float32)
     target[on] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)

@@ -1,7 +1,10 @@
 """Motion, render and compose of one job: chunks go to the model workers ahead of the one
 being composed, come back as generated crops (and, with ``--restore``, restored faces),
-are pasted into the reference's frames (decoded here from the template's frame store,
-never sent anywhere) and encoded."""
+are pasted into the reference's frames (read here from the template's frame store, never
+sent anywhere) and encoded.
+
+The frames stay I420 from the store to the encoder: only the pasted region is converted
+(``geometry.paste_i420``), so compose costs the store's read, the paste and the encoder."""
 
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ import numpy as np
 
 from heygem_ray import media, storage
 from heygem_ray.errors import InternalError
-from heygem_ray.face.align import paste_restored
-from heygem_ray.geometry import paste
+from heygem_ray.face.align import restored_layer
+from heygem_ray.geometry import paste_i420
 from heygem_ray.job.context import JobContext
 from heygem_ray.job.service import LOOKAHEAD, ChunkFuture
 from heygem_ray.restore import RestoreInputs, side_by_side
@@ -26,6 +29,7 @@ PARTIAL_SUFFIX = ".part.mp4"
 @dataclass(frozen=True)
 class Composed:
     worker: WorkerInfo  # the worker that rendered the last chunk
+    encoder: media.Encoder  # the H.264 encoder that wrote the MP4
     # With --restore: the face of one frame (the first with a face from the middle of the
     # video on) before and after restoration, side by side (restore.side_by_side).
     restore_sample: bytes | None = None
@@ -36,6 +40,8 @@ def render_and_compose(ctx: JobContext) -> Composed:
     temporary MP4, then publish it: renamed into place beside a local output, uploaded
     whole to one in a bucket."""
     cfg, template, timeline, pack, models, steps = ctx.cfg, ctx.template, ctx.timeline, ctx.pack, ctx.models, ctx.clock
+    steps.current = "compose"
+    encoder = media.pick_encoder(cfg.encoder)
     partial = storage.staging_file(ctx.output, ctx.scratch, PARTIAL_SUFFIX)
     size = cfg.chunk_frames
     chunks = [range(s, min(s + size, timeline.frames)) for s in range(0, timeline.frames, size)]
@@ -52,6 +58,8 @@ def render_and_compose(ctx: JobContext) -> Composed:
             duration=timeline.duration,
             crf=cfg.crf,
             preset=cfg.preset,
+            pixel_format="yuv420p",
+            encoder=encoder,
         ) as writer:
 
             def compose_next() -> ChunkOutput:
@@ -67,20 +75,24 @@ def render_and_compose(ctx: JobContext) -> Composed:
                         raise InternalError(f"{chunk.worker.node}: a chunk sent to be restored came back unrestored")
                 ref = timeline.ref_index[sl.start : sl.stop]
                 with steps("compose"):
-                    frames = template.read_frames(ref)
+                    frames = template.read_i420(ref)
                     bases = sent if pack.paste_mode == "residual" else [None] * len(ref)
                     here = template.present[ref]
                     for i, (frame, crop, base, box, face) in enumerate(
                         zip(frames, chunk.crops, bases, template.boxes[ref], here, strict=True)
                     ):
                         if face:  # else the face is gone: the frame stays as it is
-                            paste(frame, crop, box, pack.paste_mask, base)
+                            paste_i420(frame, crop, box, pack.paste_mask, base)
                             if restore is not None and chunk.restored is not None:
-                                unrestored = frame.copy() if sample is None and sl.start + i >= sample_from else None
-                                face = chunk.restored.image(i, (restore.size, restore.size), "the restored face of frame")
-                                paste_restored(frame, face, box, restore.matrices[i], pack.paste_mask, cfg.restore_blend)
+                                unrestored = (media.yuv.to_bgr_frame(frame)
+                                              if sample is None and sl.start + i >= sample_from else None)
+                                restored = chunk.restored.image(i, (restore.size, restore.size),
+                                                                "the restored face of frame")
+                                layer, weight = restored_layer(restored, box, restore.matrices[i], pack.paste_mask,
+                                                               cfg.restore_blend)
+                                paste_i420(frame, layer, box, weight)
                                 if unrestored is not None:
-                                    sample = side_by_side(unrestored, frame, box)
+                                    sample = side_by_side(unrestored, media.yuv.to_bgr_frame(frame), box)
                         writer.write(frame)
                 ctx.on_frames(len(ref))
                 return chunk
@@ -104,4 +116,4 @@ def render_and_compose(ctx: JobContext) -> Composed:
         partial.unlink(missing_ok=True)
     if last is None:
         raise InternalError("a timeline without frames reached compose")
-    return Composed(last.worker, sample)
+    return Composed(last.worker, encoder, sample)

@@ -96,6 +96,7 @@ def render_job(
         result.restore_backend, result.restore_sample = last.restore_backend or None, composed.restore_sample
         result.node, result.gpu = last.node, last.device.gpu
         result.compute_capability = last.device.compute_capability
+        result.encoder = composed.encoder
     except Exception as exc:
         known = exc if isinstance(exc, HeygemError) else storage_error(exc) if isinstance(exc, OSError) else None
         if known is not None:  # the user's to fix: a bad file, a full disk, a read-only folder, …
