@@ -94,6 +94,7 @@ def test_good_rows_render_next_to_bad_ones(bad_batch):
         frames, _ = media.read_video(Path(r["output"]))
         assert len(frames) == r["frames"] > 0
         assert r["node"] and r["pack"] == "warp"
+        assert r["encoder"] == media.pick_encoder("auto")  # chosen in the job's Ray task: libx264 without NVENC
         if r["gpu"]:  # a GPU worker: TensorRT or the next backend that ran, at fp16
             assert r["backend"] in ("tensorrt", "onnxruntime", "pytorch") and r["precision"] == "fp16"
         else:
@@ -197,6 +198,10 @@ def test_cli_rejects_bad_options_with_the_choices(tmp_path):
     assert proc.returncode == 2 and "choose one of warp, wav2lip" in proc.stderr
     proc = _cli("submit", str(REPO / "examples" / "manifest.csv"), "--pack", "wav2lip", cwd=tmp_path)
     assert proc.returncode == 2 and "--checkpoint" in proc.stderr
+    proc = _cli("submit", str(REPO / "examples" / "manifest.csv"), "--preset", "quick", cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown preset 'quick': choose one of ultrafast, superfast, veryfast" in proc.stderr
+    proc = _cli("submit", str(REPO / "examples" / "manifest.csv"), "--encoder", "x265", cwd=tmp_path)
+    assert proc.returncode == 2 and "choose one of auto, libx264, h264_nvenc" in proc.stderr
 
 
 def test_a_checkpoint_with_a_wrong_key_stops_before_any_work_naming_the_key(tmp_path):

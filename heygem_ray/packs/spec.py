@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -63,6 +63,27 @@ def frame_chunk(call: StageCall, features: Features, crops: np.ndarray) -> np.nd
     crops → (k, 3, S, S) float32 BGR in [0, 1]."""
     codes = call("motion", {"features": np.asarray(features)})["codes"]
     return call("render", {"crops": crop_inputs(crops), "codes": codes})["generated"]
+
+
+class StageSet(Protocol):
+    """What the backends and the engine store need of a set of networks: a name for the
+    store, each stage's declared I/O, the backends to try on a CPU and the stages that have
+    int8 graphs. A pack (``PackSpec``) is one; the restoration stage (``restore.Restorer``)
+    another."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def stages(self) -> Mapping[str, StageIO]: ...
+
+    @property
+    def cpu_backends(self) -> tuple[str, ...]: ...
+
+    @property
+    def int8_stages(self) -> tuple[str, ...]: ...
+
+    def io(self, stage: str) -> StageIO: ...
 
 
 @dataclass(frozen=True)
