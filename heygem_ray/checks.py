@@ -52,6 +52,9 @@ JITTER_PX = 1.0
 # mouth_motion: s.d. of the lips' gap (face heights, over a 3-frame median) above which
 # the mouth moves (a still mouth reads 0.003–0.005, measurement noise; speech 0.01–0.02).
 TALKING_SD = 0.008
+# mouth_motion is measured when the lips are seen (measured, not covered) in this share of
+# the frames with the face.
+MIN_SEEN = 0.5
 # A frame's mouth moves when its gap is this far above the take's closed mouth (its 10th
 # percentile), give or take MOVING_PAD_S either side.
 MOVING_OPEN = 0.015
@@ -144,9 +147,13 @@ def mouth_moving(ref: Reference) -> np.ndarray:
 
 
 def talking(ref: Reference) -> float | None:
-    """The s.d. of the lips' gap over the take (face heights), None when unmeasured."""
-    gap = opening(ref)[ref.present]
-    return None if gap.size == 0 or np.isnan(gap).all() else float(np.std(gap))
+    """The s.d. of the lips' gap over the take (face heights); None when the lips were seen
+    in under ``MIN_SEEN`` of the frames with the face (too small for the face mesh, or the
+    mouth covered: the few frames left are mostly the mesh fooled at a cover's edge)."""
+    seen = np.isfinite(ref.looks[:, looks.OPENING]) & ~(ref.looks[:, looks.MOUTH_DETAIL] < COVERED_DETAIL)
+    if np.count_nonzero(seen & ref.present) < MIN_SEEN * max(1, int(np.count_nonzero(ref.present))):
+        return None
+    return float(np.std(opening(ref)[ref.present]))
 
 
 def still_span(ref: Reference) -> tuple[int, int] | None:
@@ -272,7 +279,8 @@ def _faces(ref: Reference) -> Check:
 def _mouth_motion(ref: Reference, pack: PackSpec, span: tuple[int, int] | None) -> Check:
     sd = talking(ref)
     if sd is None:
-        return Check("mouth_motion", "ok", "not measured (the face is too small for the face mesh)", "")
+        return Check("mouth_motion", "ok", "not measured (the lips are seen in too few frames: the face is too "
+                     "small for the face mesh, or the mouth covered)", "")  # fmt: skip
     figure = f"the lips' gap varies by {sd:.3f} face heights (s.d.)"
     if sd < TALKING_SD:
         return Check("mouth_motion", "ok", figure + ": a still mouth", "", sd)
