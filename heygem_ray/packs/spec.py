@@ -65,6 +65,11 @@ def frame_chunk(call: StageCall, features: Features, crops: np.ndarray) -> np.nd
     return call("render", {"crops": crop_inputs(crops), "codes": codes})["generated"]
 
 
+def same_form(stage: str, module: torch.nn.Module) -> torch.nn.Module:
+    """``PackSpec.int8_form`` of a pack whose stages quantize as they are."""
+    return module
+
+
 @dataclass(frozen=True)
 class PackSpec:
     name: str
@@ -91,6 +96,9 @@ class PackSpec:
     int8_stages: tuple[str, ...] = ()
     # The ONNX operators quantized in them (MatMul: those with a weight); the rest stay float.
     int8_ops: tuple[str, ...] = ("Conv",)
+    # (stage, module) → the module an int8 stage's graph is exported from: the same function
+    # (to float rounding) in layers the int8 runtimes quantize.
+    int8_form: Callable[[str, torch.nn.Module], torch.nn.Module] = same_form
 
     def run_reference(self, call: StageCall, crops: np.ndarray) -> np.ndarray:
         """(k, S, S, 3) uint8 BGR crops of reference frames through the ``reference`` stage
