@@ -29,7 +29,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -117,8 +117,11 @@ class PhaseConvBlock(nn.Module):
         up, norm = block.conv_block
         if not isinstance(up, nn.ConvTranspose2d) or not isinstance(norm, nn.BatchNorm2d):
             raise InternalError(f"PhaseConvBlock takes a ConvTransposeBlock, got {block}")
-        kernel, stride, padding, extra = (up.kernel_size[0], up.stride[0], up.padding[0], up.output_padding[0])
-        square = all(len(set(v)) == 1 for v in (up.kernel_size, up.stride, up.padding, up.output_padding))
+        pads, mean, var = up.padding, norm.running_mean, norm.running_var
+        if isinstance(pads, str) or mean is None or var is None:
+            raise InternalError(f"no phase form for {block}: numeric padding and BatchNorm running statistics needed")
+        kernel, stride, padding, extra = up.kernel_size[0], up.stride[0], pads[0], up.output_padding[0]
+        square = all(len(set(v)) == 1 for v in (up.kernel_size, up.stride, pads, up.output_padding))
         if not square or up.groups != 1 or up.dilation != (1, 1):
             raise InternalError(f"no phase form for {up}: square kernel, stride and padding, one group, no dilation")
         out_size = stride * (size - 1) - 2 * padding + kernel + extra
@@ -126,10 +129,10 @@ class PhaseConvBlock(nn.Module):
             raise InternalError(f"no phase form for {up} at {size} px: its {out_size} px are not whole phases")
         self.size, self.stride, self.channels = out_size // stride, stride, up.out_channels
         # BatchNorm (running statistics) folded into the weights and bias: y = w·x·g + (b − mean)·g + beta.
-        gain = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)  # (C_out,)
+        gain = norm.weight.detach() / torch.sqrt(var + norm.eps)  # (C_out,)
         weight = up.weight.detach() * gain[None, :, None, None]  # (C_in, C_out, k, k)
         bias = up.bias.detach() if up.bias is not None else torch.zeros(up.out_channels)
-        self.bias = nn.Parameter((bias - norm.running_mean) * gain + norm.bias.detach())
+        self.bias = nn.Parameter((bias - mean) * gain + norm.bias.detach())
         self.weights = nn.ParameterList()
         self.paddings: list[int | tuple[int, int] | str] = []
         taps = [_phase_taps(kernel, stride, padding, r) for r in range(stride)]
@@ -248,10 +251,11 @@ def convolution_form(model: Wav2Lip) -> Wav2Lip:
     form = copy.deepcopy(model).eval()
     size = 1  # the decoder starts from the 1 × 1 audio embedding; its other layers keep the size
     for block in form.face_decoder_blocks:
-        first = block[0]
-        if isinstance(first, ConvTransposeBlock):
-            block[0] = PhaseConvBlock(first, size)
-            size = block[0].size * block[0].stride
+        layers = cast(nn.Sequential, block)
+        if isinstance(layers[0], ConvTransposeBlock):
+            phases = PhaseConvBlock(layers[0], size)
+            layers[0] = phases
+            size = phases.size * phases.stride
     return form
 
 
