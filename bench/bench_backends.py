@@ -52,9 +52,9 @@ from heygem_ray.config import BackendName, DetectorConfig, RenderConfig  # noqa:
 from heygem_ray.engines import EngineStore, Precision  # noqa: E402
 from heygem_ray.errors import HeygemError  # noqa: E402
 from heygem_ray.features import SAMPLE_RATE, Pcm  # noqa: E402
+from heygem_ray.job import InProcessService, render_job  # noqa: E402
 from heygem_ray.manifest import Job  # noqa: E402
 from heygem_ray.packs import PackSpec, get_pack  # noqa: E402
-from heygem_ray.pipeline import InProcessService, render_job  # noqa: E402
 from heygem_ray.worker import ModelWorker  # noqa: E402
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint  # noqa: E402
 

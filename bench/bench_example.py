@@ -31,7 +31,7 @@ from heygem_ray.config import BackendName
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "examples" / "manifest.csv"
-STAGES = ("analyze_s", "features_s", "motion_s", "render_s", "compose_s")
+STEPS = ("audio_s", "analyze_s", "features_s", "motion_s", "render_s", "compose_s")
 
 
 def render_once(tmp: Path, cache: Path, backend: BackendName = "auto") -> dict:
@@ -49,7 +49,7 @@ def render_once(tmp: Path, cache: Path, backend: BackendName = "auto") -> dict:
         "video_s": video_s,
         "realtime_factor": video_s / wall,
         "jobs_s": sum(r["seconds"] for r in rows),
-        "stages_s": {s: sum(r[s] or 0.0 for r in rows) for s in STAGES},
+        "stages_s": {s: sum(r[s] or 0.0 for r in rows) for s in STEPS},
         "frames": sum(r["frames"] for r in rows),
         "backend": sorted({r["backend"] for r in rows}),
         "outputs": [r["output"] for r in rows],

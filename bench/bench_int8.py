@@ -66,9 +66,9 @@ from heygem_ray.config import RenderConfig  # noqa: E402
 from heygem_ray.engines import EngineStore  # noqa: E402
 from heygem_ray.export import export_onnx  # noqa: E402
 from heygem_ray.features import SAMPLE_RATE  # noqa: E402
+from heygem_ray.job import InProcessService, render_job  # noqa: E402
 from heygem_ray.manifest import Job  # noqa: E402
 from heygem_ray.packs import get_pack  # noqa: E402
-from heygem_ray.pipeline import InProcessService, render_job  # noqa: E402
 from heygem_ray.worker import ModelWorker  # noqa: E402
 from tests.helpers.footage import lecture_clip  # noqa: E402
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint  # noqa: E402

@@ -37,11 +37,11 @@ import pyarrow.parquet as pq
 import record
 
 from heygem_ray import media
-from heygem_ray.ray_exec import JOB_TASK
+from heygem_ray.driver.calls import JOB_TASK
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-STAGES = ("analyze_s", "features_s", "motion_s", "render_s", "compose_s")
+STEPS = ("audio_s", "analyze_s", "features_s", "motion_s", "render_s", "compose_s")
 SAMPLE_S = 0.25
 ROLES = ("driver", "job tasks", "model workers", "other")
 
@@ -112,7 +112,7 @@ def run_scenario(folder: Path, manifest: Path, name: str, backend: str) -> dict:
                 roles[pid] = "driver"
             elif cmd.startswith(f"ray::{JOB_TASK}"):
                 roles[pid] = "job tasks"
-            elif cmd.startswith("ray::_ActorWorker"):
+            elif cmd.startswith("ray::ActorWorker"):
                 roles[pid] = "model workers"
             else:
                 roles.setdefault(pid, "other")
@@ -146,7 +146,7 @@ def run_scenario(folder: Path, manifest: Path, name: str, backend: str) -> dict:
     result["other_by_program"] = {name: round(kib / 1024, 1) for name, kib in top}
     if len(rows) == 1:
         r = rows[0]
-        stages = {s[:-2]: r[s] or 0.0 for s in STAGES}
+        stages = {s[:-2]: r[s] or 0.0 for s in STEPS}
         result["overlap"] = {
             "job_wall_s": round(r["seconds"], 2),
             "stages_s": {k: round(v, 2) for k, v in stages.items()},

@@ -40,7 +40,8 @@ from heygem_ray import media  # noqa: E402
 _MEASURE = """
 import json, sys, time
 from pathlib import Path
-from heygem_ray import media, resume
+from heygem_ray import media
+from heygem_ray.driver import resume
 clip, what, frames = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 t0 = time.perf_counter()
 if what == "probe":

@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.record import write  # noqa: E402
 from heygem_ray import storage  # noqa: E402
-from heygem_ray.pipeline import PARTIAL_SUFFIX  # noqa: E402
+from heygem_ray.job.compose import PARTIAL_SUFFIX  # noqa: E402
 from heygem_ray.storage import TMP_DIR, Uri  # noqa: E402
 
 

@@ -34,7 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.record import write  # noqa: E402
-from heygem_ray import identity, media, resume  # noqa: E402
+from heygem_ray import identity, media  # noqa: E402
+from heygem_ray.driver import resume  # noqa: E402
 from heygem_ray.manifest import read_manifest  # noqa: E402
 from heygem_ray.results import JobResult  # noqa: E402
 

@@ -21,7 +21,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 REPO = RESULTS.parents[1]
 
 
-def write(name: str, results: list[dict], **machine: str) -> Path:
+def write(name: str, results: list[dict], **machine: Any) -> Path:
     """Write ``results`` with this machine's description (plus ``machine``'s fields); returns the file."""
     record = {
         "machine": {

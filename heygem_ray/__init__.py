@@ -16,7 +16,7 @@ from heygem_ray.errors import EngineError, HeygemError, InputError, InternalErro
 from heygem_ray.version import __version__ as __version__
 
 if TYPE_CHECKING:
-    from heygem_ray.run import RunSummary, submit
+    from heygem_ray.driver import RunSummary, submit
 
 __all__ = [
     "DetectorConfig",
@@ -35,7 +35,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # ``submit`` pulls in Ray; importing heygem_ray.models or .features must not.
     if name in ("submit", "RunSummary"):
-        from heygem_ray import run
+        from heygem_ray import driver
 
-        return getattr(run, name)
+        return getattr(driver, name)
     raise AttributeError(f"module 'heygem_ray' has no attribute {name!r}")

@@ -35,7 +35,7 @@ import numpy as np
 
 from heygem_ray import media, storage
 from heygem_ray.config import DetectorConfig, InputLimits
-from heygem_ray.errors import InputError
+from heygem_ray.errors import InputError, storage_errors
 from heygem_ray.face.haar import HaarDetector
 from heygem_ray.face.track import FaceTrack, Tracker, find_presenter
 from heygem_ray.geometry import CropGeometry, cut
@@ -121,7 +121,7 @@ def analyze(
     media.require_file(video, "reference")
     key = template_key(video, geometry, detector)
     root = cache_dir / key
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(cache_dir)
     with storage.file_lock(cache_dir / f"{key}.lock"):
         if (root / "meta.json").is_file():
             template = Template.open(root)
@@ -135,8 +135,9 @@ def analyze(
         )
         tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
         try:
-            _build(info, geometry, detector, tmp, limits.max_reference_pixels)
-            os.replace(tmp, root)
+            with storage_errors(cache_dir):  # a full or read-only cache: the user's to fix
+                _build(info, geometry, detector, tmp, limits.max_reference_pixels)
+                os.replace(tmp, root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return Template.open(root), False
@@ -173,6 +174,7 @@ def _build(
     crops = np.lib.format.open_memmap(
         out / "crops.npy", mode="w+", dtype=np.uint8, shape=(frames, geometry.size, geometry.size, 3)
     )
+    storage.allocate(out / "crops.npy")
     for i, frame in enumerate(partial.read_frames(np.arange(frames))):
         crops[i] = cut(frame, boxes[i], geometry.size, geometry.resample)
     crops.flush()

@@ -25,9 +25,10 @@ from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.packs import PackSpec
 from heygem_ray.timeline import loop_indices
 
-# Frames whose activations set the ranges, and frames kept apart for the gate.
+# Frames whose activations set the ranges (the default of --calibration-frames), and,
+# kept apart for the gate, a quarter as many more.
 CALIBRATION_FRAMES = 128
-HELD_OUT_FRAMES = 32
+HELD_OUT_FRAMES = CALIBRATION_FRAMES // 4
 DEFAULT_CALIBRATION = Path(__file__).resolve().parents[1] / "examples" / "manifest.csv"
 
 
@@ -66,13 +67,20 @@ def calibration_set(
     return CalibrationSet(pack.name, tuple(runs[i] for i in order), judging, str(manifest))
 
 
+def held_out_frames(frames: int) -> int:
+    """Frames the gate judges when ``frames`` calibrate: a quarter as many, a run at least."""
+    return max(RUN_FRAMES, frames // 4)
+
+
 def calibration_for(
-    pack: PackSpec, precisions: tuple[Precision, ...], manifest: Path | None, cache_dir: Path
+    pack: PackSpec, precisions: tuple[Precision, ...], manifest: Path | None, cache_dir: Path,
+    frames: int = CALIBRATION_FRAMES,
 ) -> CalibrationSet | None:
-    """The calibration set when one of ``precisions`` is int8 and the pack has int8 stages."""
+    """The calibration set (``frames`` calibrating, ``held_out_frames(frames)`` for the gate)
+    when one of ``precisions`` is int8 and the pack has int8 stages."""
     if "int8" not in precisions or not pack.int8_stages:
         return None
-    return calibration_set(pack, manifest, cache_dir)
+    return calibration_set(pack, manifest, cache_dir, frames=frames, held_out=held_out_frames(frames))
 
 
 def _row_runs(pack: PackSpec, job: Job, runs: int, cache_dir: Path) -> list[Run]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,10 +35,10 @@ from heygem_ray.config import (
     default_cache_dir,
     default_engines_dir,
 )
-from heygem_ray.errors import HeygemError, RunStopped
+from heygem_ray.driver import RunCallbacks
+from heygem_ray.driver import submit as run_submit
+from heygem_ray.errors import HeygemError, Interrupted, RunStopped
 from heygem_ray.results import JobResult
-from heygem_ray.run import RunCallbacks
-from heygem_ray.run import submit as run_submit
 from heygem_ray.worker import WorkerInfo
 
 LISTED = 20  # outputs and failures printed at the end of a run; results.parquet holds them all
@@ -133,17 +134,23 @@ def submit(
     backend: Annotated[str, typer.Option(help="Inference backend: 'auto' (TensorRT, then ONNX Runtime, then PyTorch: the first that works), 'tensorrt', 'onnxruntime' or 'pytorch'.")] = "auto",
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU; int8 first where it pays when --calibrate is given), 'fp32', 'fp16', 'int8' (calibrated, used only if it passes the accuracy gate) or 'bf16' (PyTorch; on CPUs with AVX-512 BF16 or AMX).")] = "auto",
     calibrate: Annotated[Path | None, typer.Option(help="For int8: a manifest (columns audio and video) of your presenter and their speech to calibrate on (default: the bundled examples).")] = None,
+    calibration_frames: Annotated[int, typer.Option(help="For int8: frames that calibrate the activation ranges; a quarter as many more are held out for the accuracy gate.")] = RenderConfig.calibration_frames,
     engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
-    device: Annotated[str, typer.Option(help="Where model workers run: 'gpu' (one GPU each), 'cpu', or 'auto' (gpu when the cluster has GPUs or its autoscaler can add them).")] = "auto",
+    device: Annotated[str, typer.Option(help="Where model workers run: 'gpu' (one GPU each; a worker that cannot use its GPU stops the run), 'cpu', or 'auto' (gpu when the cluster has GPUs or its autoscaler can add them, cpu when it has CPUs only; on an empty cluster the first node to join decides).")] = "auto",
     workers: Annotated[int, typer.Option(help="Model workers to start (0: one per GPU the cluster has or can autoscale to; on CPUs, from the core count).")] = 0,
     start_timeout: Annotated[float, typer.Option(help="Seconds to wait for the first model worker: nodes joining, models loading, engines building.")] = RunConfig.workers_ready_timeout_s,
+    chunk_timeout: Annotated[float, typer.Option(help="Seconds a chunk may render, plus --chunk-timeout-per-frame for each of its frames; past that its worker is taken as wedged, stopped and replaced, and the chunk sent to another.")] = RunConfig.chunk_timeout_s,
+    chunk_timeout_per_frame: Annotated[float, typer.Option(help="Seconds per frame added to --chunk-timeout (generous for CPUs; on GPUs 1 is plenty).")] = RunConfig.chunk_timeout_per_frame_s,
+    worker_restarts: Annotated[int, typer.Option(help="Model workers that die or are stopped are replaced up to this many times the workers wanted; past that the others go on, and with none left the run stops (exit 2).")] = RunConfig.worker_restarts,
     force: Annotated[bool, typer.Option("--force", help="Render every row again, even those an earlier run into OUTPUT_DIR completed (by default they are skipped).")] = False,
 ) -> None:
     """Render every row of MANIFEST to an MP4 and write OUTPUT_DIR/results.parquet.
 
     Exit status: 0 when every row succeeded, 1 when any row failed or the run stopped
     part-way, 2 when the command line or the manifest is unusable, or another run holds
-    OUTPUT_DIR (nothing was rendered).
+    OUTPUT_DIR (nothing was rendered), or the model workers could not start or none is
+    left (the table, if any job began, says which rows ended), 130 on Ctrl-C and 143 on
+    SIGTERM (the table is written).
     """
     heap.limit_arenas()  # this process is the run's driver: before Ray starts its threads
     try:
@@ -158,6 +165,7 @@ def submit(
                 backend=cast(BackendName, backend),
                 precision=cast(PrecisionName, precision),
                 calibration=calibrate,
+                calibration_frames=calibration_frames,
                 detector=DetectorConfig(min_face=min_face),
                 limits=InputLimits(
                     max_reference_pixels=max_reference_pixels,
@@ -169,6 +177,9 @@ def submit(
             device=cast(WorkerDevice, device),
             workers=workers,
             workers_ready_timeout_s=start_timeout,
+            chunk_timeout_s=chunk_timeout,
+            chunk_timeout_per_frame_s=chunk_timeout_per_frame,
+            worker_restarts=worker_restarts,
             force=force,
             cache_dir=cache_dir or default_cache_dir(),
             address=address,
@@ -188,9 +199,15 @@ def submit(
         finally:
             if progress.live.is_started:
                 progress.stop()
+    except Interrupted as exc:  # Ctrl-C or SIGTERM once the run began: the table is written
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(exc.exit_status) from None
+    except KeyboardInterrupt:  # Ctrl-C before the run began (reading the manifest, connecting)
+        print("error: stopped by Ctrl-C before any work", file=sys.stderr)
+        raise typer.Exit(128 + signal.SIGINT) from None
     except RunStopped as exc:  # after work began: some rows may be rendered
         print(f"error: {exc.message}", file=sys.stderr)
-        raise typer.Exit(1) from None
+        raise typer.Exit(exc.exit_status) from None
     except HeygemError as exc:
         # Plain text, never wrapped: messages name files that users copy and grep for.
         print(f"error: {exc.message}", file=sys.stderr)
@@ -228,6 +245,7 @@ def engines_build(
     backend: Annotated[str, typer.Option(help="'onnxruntime' (ONNX graphs) or 'tensorrt' (engines for this GPU).")] = "onnxruntime",
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32', 'fp16' or 'int8' (calibrated QDQ graphs, checked by the accuracy gate).")] = "auto",
     calibrate: Annotated[Path | None, typer.Option(help="For int8: a manifest (columns audio and video) of your presenter and their speech to calibrate on (default: the bundled examples).")] = None,
+    calibration_frames: Annotated[int, typer.Option(help="For int8: frames that calibrate the activation ranges; a quarter as many more are held out for the accuracy gate.")] = RenderConfig.calibration_frames,
     batch_size: Annotated[int, typer.Option(help="Frames per model call the workers will send (sets the TensorRT batch profile).")] = 32,
     engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
     store: Annotated[Path | None, typer.Option(hidden=True, help="The old spelling of --engines.")] = None,
@@ -242,19 +260,20 @@ def engines_build(
     from heygem_ray.packs import get_pack
     from heygem_ray.precision import open_first, precision_order
 
-    where = _engine_store(engines, store)
     try:
+        where = _engine_store(engines, store)
         if backend not in ("onnxruntime", "tensorrt"):
             raise HeygemError(f"unknown backend {backend!r}: choose onnxruntime or tensorrt", kind="bad_argument")
         cfg = RenderConfig(
             pack=cast(PackName, pack), checkpoint=checkpoint, precision=cast(PrecisionName, precision),
-            calibration=calibrate, batch_size=batch_size,
+            calibration=calibrate, calibration_frames=calibration_frames, batch_size=batch_size,
         )
         spec = get_pack(cfg.pack)
         device = DeviceInfo.detect()
         engine_store = EngineStore(where)
         precisions = precision_order(cfg.precision, device.device, spec, calibrated=calibrate is not None)
-        calibration = calibration_for(spec, precisions, calibrate, engine_store.root / "calibration")
+        calibration = calibration_for(spec, precisions, calibrate, engine_store.root / "calibration",
+                                      cfg.calibration_frames)
         chosen, gated = open_first(
             spec, spec.load_stages(cfg.checkpoint), precisions, calibration, device=device.device,
             store=engine_store, backend=cast(BackendName, backend), batch_sizes=[batch_size],
@@ -276,13 +295,20 @@ def engines_list(
     engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
     store: Annotated[Path | None, typer.Option(hidden=True, help="The old spelling of --engines.")] = None,
 ) -> None:
-    """Print what the engine store holds."""
+    """Print what the engine store holds.
+
+    Exit status: 0 when listed, 2 when the store cannot be read."""
     from rich.table import Table
 
     from heygem_ray.engines import EngineStore
 
     table = Table("pack", "stage", "precision", "backend", "version", "arch", "profile", "size", "built", "ok")
-    for e in EngineStore(_engine_store(engines, store)).list():
+    try:
+        entries = EngineStore(_engine_store(engines, store)).list()
+    except HeygemError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    for e in entries:
         table.add_row(
             e.pack, e.stage, e.precision, e.backend, e.backend_version, e.arch, e.profile or "-",
             f"{e.size / 2**20:.1f} MiB", e.built_at, "yes" if e.ok else "NO",

@@ -148,6 +148,9 @@ class RenderConfig:
     # int8: a manifest (columns audio and video) of the presenter and speech whose frames
     # calibrate the activation ranges; None: the bundled examples (examples/manifest.csv).
     calibration: Path | None = None
+    # int8: frames whose activations set the ranges; a quarter as many more are held out for
+    # the accuracy gate. More cover more of the presenter's expressions, at more build time.
+    calibration_frames: int = 128
     crf: int = 18
     preset: str = "veryfast"
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -169,9 +172,15 @@ class RenderConfig:
                 f"--checkpoint is only used by the {' and '.join(_NEEDS_WEIGHTS)} packs; the {self.pack} pack has no weights",
                 kind="bad_argument",
             )
-        for name in ("chunk_frames", "batch_size"):
+        for name in ("chunk_frames", "batch_size", "calibration_frames"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1", kind="bad_argument")
+        for name, option in (("checkpoint", "--checkpoint"), ("calibration", "--calibrate")):
+            value = getattr(self, name)
+            if value is not None and storage.is_uri(value):
+                where = storage.location(value)  # credentials in the URI are refused first, unshown
+                raise InputError(f"{option} {where}: give a local path (or one every node sees), not a bucket",
+                                 kind="bad_argument")
 
 
 @dataclass(frozen=True)
@@ -192,8 +201,12 @@ class RunConfig:
     # Jobs the driver keeps in flight at once (bounds driver memory for huge manifests);
     # 0 picks twice the number of model workers.
     max_jobs_in_flight: int = 0
-    # Where model workers run: "gpu" (one GPU each), "cpu", or "auto": gpu when the
-    # cluster has GPUs or its autoscaler can add them, else cpu.
+    # Where model workers run: "gpu" (one GPU each; a worker that cannot use the GPU Ray
+    # gave it stops the run), "cpu", or "auto": gpu when the cluster has GPUs or its
+    # autoscaler's node types have them, cpu when it has CPUs only or its autoscaler's node
+    # types have no GPU; on an empty cluster that no autoscaler describes, the first node
+    # to join decides. An auto worker given a GPU it cannot use renders on the CPU and says
+    # why in ``backend_note``.
     device: WorkerDevice = "auto"
     # Model workers to start. 0: one per GPU the cluster has or its autoscaler can add;
     # on CPUs, a quarter of the cores (leaving at least one for the jobs).
@@ -204,16 +217,28 @@ class RunConfig:
     max_attempts: int = 3
     # Seconds the run waits for its first model worker: for the autoscaler to add a
     # node, and for the worker to load its models and build missing engines. With none
-    # ready by then it stops, saying what the cluster lacks.
+    # ready by then it stops, saying what the cluster lacks. Later, a run whose workers
+    # are all lost stops when none of their replacements has served for as long.
     workers_ready_timeout_s: float = 1800.0
+    # A chunk that renders longer than chunk_timeout_s + chunk_timeout_per_frame_s × its
+    # frames has wedged its worker (a hung GPU call): the worker is stopped and replaced,
+    # and the chunk sent to another (a chunk that does it twice fails its job). Generous:
+    # MuseTalk renders about 10 s a frame on two CPU cores; a GPU does 10-100 frames a second.
+    chunk_timeout_s: float = 300.0
+    chunk_timeout_per_frame_s: float = 30.0
+    # Model workers that die or are stopped (wedged, their node gone) are replaced, up to
+    # this many times the number of workers the run wants; past that the others go on,
+    # and once none is left the run stops.
+    worker_restarts: int = 3
 
     def __post_init__(self) -> None:
         # Text and Paths that hold a bucket URI (a CLI option of type Path) become Uris.
         for name in ("output_dir", "engines_dir"):
             object.__setattr__(self, name, storage.location(getattr(self, name)))
         if storage.is_uri(self.cache_dir):
+            where = storage.location(self.cache_dir)  # credentials in the URI are refused first, unshown
             raise InputError(
-                f"the template cache {self.cache_dir} must be a folder (local, or shared by the nodes), "
+                f"the template cache {where} must be a folder (local, or shared by the nodes), "
                 "not a bucket: templates are read at random offsets while videos are composed",
                 kind="bad_argument",
             )
@@ -223,6 +248,12 @@ class RunConfig:
             raise InputError("workers must be 0 (automatic) or more", kind="bad_argument")
         if not self.workers_ready_timeout_s > 0:
             raise InputError("workers_ready_timeout_s must be more than 0 seconds", kind="bad_argument")
+        if not self.chunk_timeout_s > 0:
+            raise InputError("chunk_timeout_s must be more than 0 seconds", kind="bad_argument")
+        if not self.chunk_timeout_per_frame_s >= 0:
+            raise InputError("chunk_timeout_per_frame_s must be 0 seconds or more", kind="bad_argument")
+        if self.worker_restarts < 0:
+            raise InputError("worker_restarts must be 0 or more", kind="bad_argument")
 
     def config_hash(self) -> str:
         """Hash of the settings that shape the outputs (not where they go, nor the input limits)."""

@@ -8,14 +8,29 @@ Every failure that reaches a user is one of three kinds:
 * ``InternalError``: a bug in heygem-ray; the message asks for a report.
 
 ``RunStopped`` is raised by ``submit`` when a run stops after its workers started (an
-error while handling a finished row, say): some jobs may have rendered, and the table
-has a row for every job.
+error while handling a finished row, or no model worker left): some jobs may have
+rendered, and the table has a row for every job. ``WorkersUnavailable`` says why a run
+cannot go on for want of model workers (none could start, or none is left).
+``Interrupted`` is no failure: SIGINT or SIGTERM stopped the run, and ``submit`` raises it
+once the table is written.
 
 Each error carries a short ``kind`` (a stable snake_case word written to the results
-table as ``error_kind``) and, once it is known, the ``stage`` it failed in.
+table as ``error_kind``); the result row says in which step of the job it was raised
+(``error_step``).
+
+A disk that is full or read-only, or a folder the run may not write, is the user's to fix,
+not a bug: :func:`storage_error` decides, in this one place, which ``OSError``s are such
+(kind ``storage``, with the path and what to do), and :func:`storage_errors` applies it
+around the code that writes files.
 """
 
 from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class HeygemError(Exception):
@@ -23,11 +38,10 @@ class HeygemError(Exception):
 
     kind: str = "error"
 
-    def __init__(self, message: str, *, kind: str | None = None, stage: str | None = None):
+    def __init__(self, message: str, *, kind: str | None = None):
         super().__init__(message)
         if kind is not None:
             self.kind = kind
-        self.stage = stage
 
     @property
     def message(self) -> str:
@@ -52,8 +66,84 @@ class InternalError(HeygemError):
     kind = "internal"
 
 
+class WorkersUnavailable(EngineError):
+    """The run's model workers cannot serve: one died or failed while starting, none was
+    ready in time, or none is left and the restart budget is spent. Nothing the rows can
+    fix: the run stops, and the message says what the cluster or the workers lack."""
+
+
 class RunStopped(HeygemError):
     """A run stopped part-way: the results table holds the rows of the jobs that ended,
-    and rows saying ``stopped`` for the others. The message says why, and how to finish."""
+    and rows saying ``stopped`` for the others. The message says why, and how to finish.
+    ``exit_status``: 2 when its model workers could not go on (``WorkersUnavailable``),
+    else 1."""
 
     kind = "stopped"
+
+    def __init__(self, message: str, *, exit_status: int = 1):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM (``ray job stop``, ``kill``, a pod being deleted) stopped
+    the run. A ``KeyboardInterrupt``, so code that stops on Ctrl-C stops on it too.
+    ``exit_status`` is the shell's for the signal: 130 for SIGINT, 143 for SIGTERM."""
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message or signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+# The errors of a machine's storage that its user can fix, and how (by errno).
+_STORAGE_FIXES = {
+    errno.ENOSPC: "free space on that disk, or choose a folder on another one",
+    errno.EDQUOT: "free space in your quota there, or have it raised, or choose a folder elsewhere",
+    errno.EACCES: "give the user the run runs as access to it (ls -ld shows its owner and mode), or choose another folder",
+    errno.EPERM: "give the user the run runs as access to it (ls -ld shows its owner and mode), or choose another folder",
+    errno.EROFS: "remount that file system read-write, or choose a folder on a writable one",
+    errno.EIO: "the disk reported an I/O error: check it (dmesg, the storage's health), or choose a folder on another disk",
+}
+
+
+def storage_error(exc: OSError, where: object = None) -> InputError | None:
+    """``exc`` as the user's error when the machine's storage refused a read or write
+    (full, over quota, not permitted, read-only, failing): kind ``storage``, naming the
+    path (``exc``'s file name, else ``where``) and what to do. None for any other error."""
+    fix = _STORAGE_FIXES.get(exc.errno or 0)
+    if fix is None:
+        return None
+    path = exc.filename if exc.filename is not None else where
+    said = os.strerror(exc.errno or 0).lower()
+    return InputError(f"{path if path is not None else 'a file heygem-ray writes'}: {said}; {fix}", kind="storage")
+
+
+def storage_error_in(text: str, where: object) -> InputError | None:
+    """The storage error a program's message reports (ffmpeg writes the system's words,
+    e.g. "No space left on device"), for a file at ``where``; None when it reports none."""
+    for code in _STORAGE_FIXES:
+        if os.strerror(code) in text:
+            return storage_error(OSError(code, os.strerror(code)), where)
+    return None
+
+
+@contextmanager
+def storage_errors(where: object) -> Iterator[None]:
+    """Inside the block, an ``OSError`` that :func:`storage_error` takes for the
+    storage's refusal is raised as that ``storage`` error (naming ``where`` when the
+    error names no file); any other propagates as it is."""
+    try:
+        yield
+    except OSError as exc:
+        found = storage_error(exc, where)
+        if found is None:
+            raise
+        raise found from exc

@@ -6,6 +6,7 @@ A leaf: it imports no other heygem_ray module, so every layer can ask it.
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,27 @@ class DeviceInfo:
             major, minor = torch.cuda.get_device_capability(0)
             return cls("cuda:0", torch.cuda.get_device_name(0), f"{major}.{minor}")
         return cls("cpu", None, None)
+
+
+def cuda_unusable() -> str:
+    """Why PyTorch cannot use CUDA in this process (asked when ``torch.cuda.is_available()``
+    is False): a CPU-only build, no driver, no device visible."""
+    if torch.version.cuda is None:
+        return (
+            f"this node's PyTorch {torch.__version__} is a CPU-only build (torch.version.cuda is None): "
+            "install a CUDA build of torch on the GPU nodes"
+        )
+    try:
+        torch.cuda.init()  # raises with the driver's own words
+    except (RuntimeError, AssertionError) as exc:
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    else:
+        said = "it sees no device"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (
+        f"CUDA is not available to PyTorch {torch.__version__} (built for CUDA {torch.version.cuda}): {said} "
+        f"(CUDA_VISIBLE_DEVICES={visible!r}); check the node's NVIDIA driver with nvidia-smi"
+    )
 
 
 def device_arch(device: str) -> str:

@@ -6,7 +6,7 @@ process carries the attribute ``job``: the manifest row's job id (``-`` outside 
 * A Ray worker process without logging set up (Ray's default) gets one handler on the
   ``heygem_ray`` logger that writes ``FORMAT`` lines to stderr, e.g.::
 
-      2026-01-05 02:14:07,311 WARNING heygem_ray.ray_exec job=lesson-17 status=failed stage=analyze ...
+      2026-01-05 02:14:07,311 WARNING heygem_ray.driver.loop job=lesson-17 status=failed step=analyze ...
 
   Ray keeps them in the task's log (dashboard → Jobs → a task ``job`` → Logs) and
   streams them to the driver's console, prefixed ``(job pid=…)``; the record itself

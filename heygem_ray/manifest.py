@@ -1,8 +1,9 @@
 """Reading and checking a manifest (CSV or Parquet) into a list of jobs.
 
 Problems that make the whole manifest unusable (unreadable file, missing column,
-duplicate job ids or outputs) stop the run before any work. Problems that concern one
-row (an output path that would escape the output folder, an empty cell) are attached to
+duplicate job ids, two rows writing one file, a row writing a file that a row reads)
+stop the run before any work. Problems that concern one row (an output path that would
+escape the output folder, an empty cell, a URI with credentials in it) are attached to
 that row's job and fail only that row.
 
 The manifest, its files and the output folder may be local paths or bucket URIs
@@ -13,6 +14,7 @@ its folder, whichever it is; a cell may also hold a URI or an absolute local pat
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections import defaultdict
 from collections.abc import Callable
@@ -87,7 +89,7 @@ def read_manifest(path: Location, output_dir: Location, reserved: frozenset[str]
     for batch in table.to_batches():  # rows as dicts a batch at a time, not all at once
         for r in batch.to_pylist():
             jobs.append(_make_job(len(jobs) + 1, ids[len(jobs)], r, base, resolve, out_root, reserved))
-    _check_unique_outputs(path, jobs)
+    _check_outputs(path, jobs, base)
     return jobs
 
 
@@ -145,12 +147,19 @@ def _job_ids(path: Location, job_ids: list[Any], audio: list[Any], video: list[A
     for n, (cell, a, v) in enumerate(zip(job_ids, audio, video, strict=True), start=1):
         jid = _text(cell)
         if not jid:
-            jid = f"{Path(_text(a)).stem}-{Path(_text(v)).stem}"
-            if jid in taken:
-                jid = f"{jid}-row{n}"
+            stem = f"{_stem(a)}-{_stem(v)}"
+            jid, again = stem, 1
+            while jid in taken:  # a given id may be "<stem>-row<n>" too
+                jid = f"{stem}-row{n}" + (f"-{again}" if again > 1 else "")
+                again += 1
             taken.add(jid)
         ids.append(jid)
     return ids
+
+
+def _stem(cell: Any) -> str:
+    """A cell's file name without its suffix, for a derived job id (credentials hidden)."""
+    return Path(storage.redact(_text(cell))).stem
 
 
 def _make_job(
@@ -173,6 +182,9 @@ def _make_job(
     for name, value in (("audio", audio), ("video", video)):
         try:
             inputs[name] = resolve(value) if value else base
+        except InputError as exc:  # credentials in the URI: said before anything else, without them
+            inputs[name] = base
+            problem = InputError(f"the {name!r} cell {exc.message}", kind=exc.kind)
         except ValueError as exc:
             inputs[name] = base
             problem = problem or InputError(f"the {name!r} cell {value!r} is not usable: {exc}", kind="missing_file")
@@ -211,6 +223,13 @@ def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Locat
         )
     if not output:
         return out_root / f"{job_id}.mp4", None
+    if storage.is_uri(output):
+        try:
+            storage.location(output)  # refuses credentials, without showing them
+        except InputError as exc:
+            return None, InputError(f"the 'output' cell {exc.message}", kind=exc.kind)
+        except ValueError:
+            pass  # a URI that names no object: outside the output folder, as said below
     try:
         target = None if storage.is_uri(output) else (out_root / output).resolve()
     except ValueError:  # a key that would leave the bucket
@@ -228,19 +247,62 @@ def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Locat
     return target, None
 
 
-def _check_unique_outputs(path: Location, jobs: list[Job]) -> None:
-    seen: dict[Location, list[int]] = defaultdict(list)
+def _check_outputs(path: Location, jobs: list[Job], base: Location) -> None:
+    """Stop when two rows would write one file, or a row would write a file that a row
+    reads (its own audio or video, or another's: an --output-dir that is the media
+    folder, say), so that inputs are never replaced. Files are compared as the file
+    system finds them (symbolic links followed) and buckets by their normalised keys, with
+    one lookup per file: it grows with the rows, never with their pairs
+    (bench/bench_manifest.py)."""
+    real = _RealPaths()
+    writers: dict[str | Uri, list[Job]] = defaultdict(list)
     for j in jobs:
         if j.output is not None:
-            seen[j.output].append(j.row)
-    clashes = {p: rows for p, rows in seen.items() if len(rows) > 1}
-    if clashes:
-        p, rows = next(iter(clashes.items()))
-        raise InputError(
-            f"manifest {path}: rows {', '.join(map(str, rows))} would all write {p}; "
-            "give each row its own job_id or output",
-            kind="bad_manifest",
-        )
+            writers[real(j.output)].append(j)
+    for file, rows in writers.items():
+        if len(rows) > 1:
+            raise InputError(
+                f"manifest {path}: rows {', '.join(str(j.row) for j in rows)} would all write {file}; "
+                "give each row its own job_id or output",
+                kind="bad_manifest",
+            )
+    read: dict[Location, str | Uri] = {}  # input → its file: rows share their references
+    for reader in jobs:
+        for what, loc in (("audio", reader.audio), ("video", reader.video)):
+            if loc == base:  # the stand-in for an empty or unusable cell: no file
+                continue
+            if (target := read.get(loc)) is None:
+                target = read[loc] = real(loc)
+            if (writer := writers.get(target)) is None:
+                continue
+            (j,) = writer
+            whose = f"its own {what}" if j is reader else f"the {what} of {reader.label}"
+            named = "" if str(loc) == str(j.output) else f" ({loc}, the same file)"
+            raise InputError(
+                f"manifest {path}: {j.label} would write {j.output}, which is {whose}{named}; rendering "
+                "would replace an input. Give the row another output or job_id, or choose an --output-dir "
+                "apart from the media files",
+                kind="bad_manifest",
+            )
+
+
+class _RealPaths:
+    """A location → the file it names, as a key to compare: for a local path, the text of
+    its folder with symbolic links resolved (once per folder), then of the file itself if
+    it is a link; a bucket key as it is (``gcs://`` read as ``gs://``)."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, loc: Location) -> str | Uri:
+        if isinstance(loc, Uri):
+            return Uri("gs", loc.key) if loc.scheme == "gcs" else loc
+        parent, _, name = str(loc).rpartition(os.sep)  # an absolute path: its folder, its name
+        folder = self._folders.get(parent)
+        if folder is None:
+            folder = self._folders[parent] = os.path.realpath(parent or os.sep).rstrip(os.sep)
+        found = f"{folder}{os.sep}{name}"
+        return os.path.realpath(found) if os.path.islink(found) else found
 
 
 def _text(value: Any) -> str:

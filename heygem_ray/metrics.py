@@ -1,7 +1,7 @@
 """Custom Ray metrics: what a run is doing, for Prometheus, Grafana and the Ray dashboard.
 
 Each number is recorded with ``ray.util.metrics`` in the process that knows it: the
-driver records each job once its row is final (status, stage latencies, realtime factor;
+driver records each job once its row is final (status, step latencies, realtime factor;
 an attempt that is tried again is not counted), the job task counts frames as it composes
 them, the model worker counts engine builds and backend fallbacks as it starts. Ray's
 metrics agent on every node exports them on its Prometheus endpoint with the prefix
@@ -12,7 +12,7 @@ exported name                               type       tags
 ==========================================  =========  ===============================
 ``ray_heygem_jobs_finished_total``          counter    status, error_kind, pack
 ``ray_heygem_frames_rendered_total``        counter    pack
-``ray_heygem_stage_seconds``                histogram  stage, pack, backend
+``ray_heygem_step_seconds``                 histogram  step, pack, backend
 ``ray_heygem_job_realtime_factor``          histogram  pack, backend
 ``ray_heygem_engine_builds_total``          counter    backend, stage, precision
 ``ray_heygem_backend_fallbacks_total``      counter    from_backend, to_backend
@@ -35,13 +35,14 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from heygem_ray.steps import TIMED
+
 if TYPE_CHECKING:
     from heygem_ray.results import JobResult
 
-# The per-job stages with a duration column in the results table (``<stage>_s``).
-STAGES = ("analyze", "features", "motion", "render", "compose")
-# Seconds one stage of one job takes: 10 ms (a cached template) to 10 min (a long video).
-STAGE_SECONDS_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 600.0]
+# Seconds one step of one job takes (each of steps.TIMED, the results table's ``<step>_s``):
+# 10 ms (a cached template) to 10 min (a long video).
+STEP_SECONDS_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 600.0]
 # Seconds of video per wall-clock second of the job; above 1 is faster than real time.
 REALTIME_FACTOR_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
 
@@ -50,7 +51,7 @@ REALTIME_FACTOR_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32
 class _Metrics:
     jobs_finished: Any  # ray.util.metrics.Counter
     frames_rendered: Any  # Counter
-    stage_seconds: Any  # Histogram
+    step_seconds: Any  # Histogram
     realtime_factor: Any  # Histogram
     engine_builds: Any  # Counter
     backend_fallbacks: Any  # Counter
@@ -71,11 +72,11 @@ def _make() -> _Metrics:
             description="Output video frames composed and encoded.",
             tag_keys=("pack",),
         ),
-        stage_seconds=Histogram(
-            "heygem_stage_seconds",
-            description="Seconds one job spent in one stage (motion and render: summed over its chunks).",
-            boundaries=STAGE_SECONDS_BOUNDARIES,
-            tag_keys=("stage", "pack", "backend"),
+        step_seconds=Histogram(
+            "heygem_step_seconds",
+            description="Seconds one job spent in one step (motion and render: summed over its chunks).",
+            boundaries=STEP_SECONDS_BOUNDARIES,
+            tag_keys=("step", "pack", "backend"),
         ),
         realtime_factor=Histogram(
             "heygem_job_realtime_factor",
@@ -105,7 +106,7 @@ def _metrics() -> _Metrics | None:
 
 
 def record_job(result: JobResult) -> None:
-    """One job's final row: its status and, for a rendered job, its stage times and speed."""
+    """One job's final row: its status and, for a rendered job, its step times and speed."""
     m = _metrics()
     if m is None:
         return
@@ -113,10 +114,10 @@ def record_job(result: JobResult) -> None:
     if result.status != "ok":
         return
     backend = result.backend or "unknown"
-    for stage in STAGES:
-        seconds = getattr(result, f"{stage}_s")
+    for step in TIMED:
+        seconds = getattr(result, f"{step}_s")
         if seconds is not None:
-            m.stage_seconds.observe(seconds, tags={"stage": stage, "pack": result.pack, "backend": backend})
+            m.step_seconds.observe(seconds, tags={"step": step, "pack": result.pack, "backend": backend})
     if result.realtime_factor is not None:
         m.realtime_factor.observe(result.realtime_factor, tags={"pack": result.pack, "backend": backend})
 

@@ -2,7 +2,7 @@
 
 1. :func:`load_run` reads the results of an output folder: ``results.parquet`` after a
    run ended; the per-job part files (``.heygem-results/*.parquet``, see
-   :mod:`heygem_ray.resume`) while a run is going or after one was stopped; both when a
+   :mod:`heygem_ray.driver.resume`) while a run is going or after one was stopped; both when a
    later run into the same folder has finished jobs since the table was written.
 2. :func:`summarize` turns the rows into a :class:`Summary` (counts, frames, times,
    the slowest jobs, failures by kind). Pure.
@@ -11,8 +11,10 @@
 4. :func:`previews` is the one step that touches the MP4s: a few small frames of each
    output, read through PyAV (seeking: an MP4 in a bucket is read in ranges).
 
-Every string that comes from the table (job ids, paths, error messages, manifest
-columns) is user data and is escaped in the HTML.
+Everything that comes from the table (job ids, row numbers, paths, error messages,
+manifest columns) is user data: its columns are read as the results schema declares
+them (a table whose ``row`` holds text is refused), and every value is escaped in the
+HTML.
 """
 
 from __future__ import annotations
@@ -36,19 +38,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from heygem_ray import storage
+from heygem_ray.driver.resume import PARTS_DIR
 from heygem_ray.errors import InputError
-from heygem_ray.results import RESULTS_FILE, JobResult
-from heygem_ray.resume import PARTS_DIR
+from heygem_ray.results import RESULTS_FILE, SCHEMA, JobResult
+from heygem_ray.steps import TIMED
 from heygem_ray.storage import Location, Uri
 
 REPORT_FILE = "report.html"
-STAGES = ("analyze", "features", "motion", "render", "compose")  # the *_s columns, in job order
 SLOWEST = 5  # jobs listed as the slowest
 MESSAGES_PER_KIND = 5  # failure messages printed per error kind by `status` (the report shows all)
 THUMB_COUNT = 4  # frames per output in the report
 THUMB_HEIGHT = 160  # pixels
 _THUMB_QUALITY = 85  # JPEG quality, 0-100
 _REQUIRED = {"job_id", "row", "audio", "video", "output", "status"}  # what every results table has had
+_NOT_NULL = ("job_id", "row", "status")  # every row names its job, its manifest row and how it ended
 
 RunState = Literal["complete", "unfinished"]
 
@@ -124,7 +127,33 @@ def _read(path: Location) -> list[JobResult]:
         raise InputError(
             f"{path} is not a heygem-ray results table: it has no {', '.join(missing)} column(s)", kind="no_results"
         )
-    return [JobResult.from_row(row) for row in table.to_pylist()]
+    return [JobResult.from_row(row) for row in _typed(table, path).to_pylist()]
+
+
+def _typed(table: pa.Table, path: Location) -> pa.Table:
+    """``table`` with each results column as the schema declares it (an older writer's
+    int32 ``row`` is widened, say); a column whose cells cannot be that (text in ``row``),
+    or an empty job id, row or status, is refused: the page would show what it is not."""
+    for i, name in enumerate(table.column_names):
+        if name not in SCHEMA.names:
+            continue  # a manifest's column, carried: any value, shown as text
+        want, column = SCHEMA.field(name).type, table.column(i)
+        if column.type != want:
+            try:
+                table = table.set_column(i, name, column.cast(want))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InputError(
+                    f"{path} is not a heygem-ray results table: its column {name!r} holds {column.type}, "
+                    f"not {want}, and not every value converts",
+                    kind="no_results",
+                ) from exc
+        if name in _NOT_NULL and table.column(i).null_count:
+            raise InputError(
+                f"{path} is not a heygem-ray results table: {table.column(i).null_count} row(s) have no {name}",
+                kind="no_results",
+            )
+    return table
+
 
 
 # --------------------------------------------------------------------------- 2. summarize
@@ -134,7 +163,7 @@ def _read(path: Location) -> list[JobResult]:
 class Failure:
     job_id: str
     row: int
-    stage: str  # the stage it failed in ("plan", "probe", "analyze", …); "?" when unknown
+    step: str  # the step it failed in (steps.Step: "plan", "audio", "analyze", …); "?" when unknown
     message: str
 
 
@@ -154,7 +183,7 @@ class Summary:
     frames: int  # frames rendered by the jobs that ended ok (skipped rows' outputs not counted)
     video_seconds: float  # seconds of video those jobs made
     job_seconds: float  # their summed wall time
-    stage_seconds: dict[str, float]  # STAGES → summed seconds over those jobs
+    step_seconds: dict[str, float]  # steps.TIMED → summed seconds over those jobs
     realtime_factor: float | None  # video_seconds / job_seconds; None when nothing was rendered
     slowest: list[JobResult]  # the longest of the jobs that ended ok, longest first
     failures: dict[str, list[Failure]]  # error kind → its rows, the most frequent kind first
@@ -178,7 +207,7 @@ def summarize(run: Run) -> Summary:
     groups: dict[str, list[Failure]] = {}
     for r in failed:
         groups.setdefault(r.error_kind or "unknown", []).append(
-            Failure(r.job_id, r.row, r.error_stage or "?", r.error or "(no message)")
+            Failure(r.job_id, r.row, r.error_step or "?", r.error or "(no message)")
         )
     return Summary(
         output_dir=run.output_dir,
@@ -192,7 +221,7 @@ def summarize(run: Run) -> Summary:
         frames=sum(r.frames or 0 for r in done),
         video_seconds=video,
         job_seconds=job_seconds,
-        stage_seconds={s: sum(getattr(r, f"{s}_s") or 0.0 for r in done) for s in STAGES},
+        step_seconds={s: sum(getattr(r, f"{s}_s") or 0.0 for r in done) for s in TIMED},
         realtime_factor=video / job_seconds if job_seconds > 0 else None,
         slowest=sorted(done, key=lambda r: -(r.seconds or 0.0))[:SLOWEST],
         failures=dict(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))),
@@ -238,8 +267,8 @@ def format_status(s: Summary) -> str:
             "(summed: jobs run side by side, so not the run's length)",
             f"realtime  {s.realtime_factor or 0:.2f}× (seconds of video per second of job time)",
             *(
-                f"{'stages' if i == 0 else '':10s}{name:9s}{t:7.2f} s total {t / s.ok:7.2f} s per job"
-                for i, (name, t) in enumerate(s.stage_seconds.items())
+                f"{'steps' if i == 0 else '':10s}{name:9s}{t:7.2f} s total {t / s.ok:7.2f} s per job"
+                for i, (name, t) in enumerate(s.step_seconds.items())
             ),
             "backends  " + ", ".join(f"{k} × {n}" for k, n in s.backends.items()),
             "nodes     " + ", ".join(f"{k} × {n}" for k, n in s.nodes.items()),
@@ -259,7 +288,7 @@ def format_status(s: Summary) -> str:
         for kind, items in s.failures.items():
             lines.append(f"  {kind} ({len(items)})")
             for f in items[:MESSAGES_PER_KIND]:
-                lines.append(f"    [{f.stage}] {f.message}")  # the message names the row and job
+                lines.append(f"    [{f.step}] {f.message}")  # the message names the row and job
             if len(items) > MESSAGES_PER_KIND:
                 lines.append(f"    … and {len(items) - MESSAGES_PER_KIND} more (heygem-ray report shows every one)")
     return "\n".join(lines)
@@ -347,11 +376,11 @@ def build_html(s: Summary, results: list[JobResult], shots: dict[str, Preview], 
         f"<title>heygem-ray report: {e(s.output_dir.name or str(s.output_dir))}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<header><h1>heygem-ray run report</h1><p class=path>{e(s.output_dir.resolve())}</p>",
-        f'<p class="state {s.state}">{e(describe_state(s))}</p></header>',
+        f'<p class="state {e(s.state)}">{e(describe_state(s))}</p></header>',
         "<section class=tiles>",
         *(f'<div class="tile t-{k.replace(" ", "-")}"><b>{e(v)}</b><span>{e(k)}</span></div>' for k, v in tiles),
         "</section>",
-        _stage_bar(s),
+        _step_bar(s),
         _failures_html(s),
         f"<h2>Outputs ({len(results)})</h2>",
         "<section class=jobs>",
@@ -367,20 +396,20 @@ def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _stage_bar(s: Summary) -> str:
-    total = sum(s.stage_seconds.values())
+def _step_bar(s: Summary) -> str:
+    total = sum(s.step_seconds.values())
     if total <= 0:
         return ""
     segments = "".join(
-        f'<div class="seg {name}" style="width:{100 * t / total:.2f}%" title="{name} {t:.2f} s"></div>'
-        for name, t in s.stage_seconds.items()
+        f'<div class="seg {_esc(name)}" style="width:{100 * t / total:.2f}%" title="{_esc(name)} {t:.2f} s"></div>'
+        for name, t in s.step_seconds.items()
         if t > 0
     )
     legend = "".join(
-        f'<span><i class="seg {name}"></i>{name} {t:.2f} s ({100 * t / total:.0f}%)</span>'
-        for name, t in s.stage_seconds.items()
+        f'<span><i class="seg {_esc(name)}"></i>{_esc(name)} {t:.2f} s ({100 * t / total:.0f}%)</span>'
+        for name, t in s.step_seconds.items()
     )
-    return f"<h2>Time per stage</h2><div class=bar>{segments}</div><p class=legend>{legend}</p>"
+    return f"<h2>Time per step</h2><div class=bar>{segments}</div><p class=legend>{legend}</p>"
 
 
 def _failures_html(s: Summary) -> str:
@@ -389,10 +418,10 @@ def _failures_html(s: Summary) -> str:
     e = _esc
     out = [f"<h2>Failures ({s.failed})</h2>"]
     for kind, items in s.failures.items():
-        out.append(f"<h3>{e(kind)} <small>{len(items)}</small></h3><table class=failures>")
-        out.append("<tr><th>row</th><th>job</th><th>stage</th><th>message</th></tr>")
+        out.append(f"<h3>{e(kind)} <small>{e(len(items))}</small></h3><table class=failures>")
+        out.append("<tr><th>row</th><th>job</th><th>step</th><th>message</th></tr>")
         out += [
-            f"<tr><td>{f.row}</td><td>{e(f.job_id)}</td><td>{e(f.stage)}</td><td class=msg>{e(f.message)}</td></tr>"
+            f"<tr><td>{e(f.row)}</td><td>{e(f.job_id)}</td><td>{e(f.step)}</td><td class=msg>{e(f.message)}</td></tr>"
             for f in items
         ]
         out.append("</table>")
@@ -402,11 +431,11 @@ def _failures_html(s: Summary) -> str:
 def _job_html(r: JobResult, shot: Preview | None, report_dir: Location) -> str:
     e = _esc
     badge = f'<span class="badge {e(r.status)}">{e(r.status)}</span>'
-    head = f"<div class=head>{badge} <b>{e(r.job_id)}</b> <small>row {r.row}</small></div>"
+    head = f"<div class=head>{badge} <b>{e(r.job_id)}</b> <small>row {e(r.row)}</small></div>"
     strip = note = ""
     if r.status == "failed":
         note = (
-            f"<p class=error><b>{e(r.error_kind or 'unknown')}</b> in stage <b>{e(r.error_stage or '?')}</b></p>"
+            f"<p class=error><b>{e(r.error_kind or 'unknown')}</b> in step <b>{e(r.error_step or '?')}</b></p>"
             f"<p class=msg>{e(r.error or '(no message)')}</p>"
         )
     elif shot is not None:
@@ -444,7 +473,8 @@ def _job_html(r: JobResult, shot: Preview | None, report_dir: Location) -> str:
 
 def _href(output: str, report_dir: Location) -> str:
     """The link from the page in ``report_dir`` to an output: relative where both are in
-    the same place (a folder, or one bucket), else the output's full URI."""
+    the same place (a folder, or one bucket), else the output's full URI (``file:`` for a
+    local one: never text a browser could take for another scheme, ``javascript:``)."""
     target = storage.location(output)
     if isinstance(target, Path) and isinstance(report_dir, Path):
         return quote(os.path.relpath(target, report_dir.resolve()))
@@ -452,7 +482,7 @@ def _href(output: str, report_dir: Location) -> str:
         report_dir.scheme, report_dir.bucket
     ):
         return quote(posixpath.relpath(target.key, report_dir.key))
-    return str(target)
+    return target.absolute().as_uri() if isinstance(target, Path) else str(target)
 
 
 _CSS = """

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from heygem_ray import storage
+from heygem_ray.errors import storage_errors
 from heygem_ray.manifest import Job
 from heygem_ray.storage import Location
 
@@ -31,7 +32,7 @@ SCHEMA = pa.schema(
         ("output", pa.string()),
         ("status", pa.string()),
         ("error_kind", pa.string()),
-        ("error_stage", pa.string()),
+        ("error_step", pa.string()),
         ("error", pa.string()),
         ("frames", pa.int64()),
         ("face_lost_frames", pa.int64()),
@@ -39,6 +40,7 @@ SCHEMA = pa.schema(
         ("audio_seconds", pa.float64()),
         ("seconds", pa.float64()),
         ("realtime_factor", pa.float64()),
+        ("audio_s", pa.float64()),
         ("analyze_s", pa.float64()),
         ("features_s", pa.float64()),
         ("motion_s", pa.float64()),
@@ -84,7 +86,7 @@ class JobResult:
     output: str | None
     status: Status = "failed"
     error_kind: str | None = None
-    error_stage: str | None = None
+    error_step: str | None = None  # the step it failed in (steps.Step)
     error: str | None = None
     frames: int = 0
     # Output frames left as the reference has them: the face was not there (turned away,
@@ -94,6 +96,7 @@ class JobResult:
     audio_seconds: float | None = None
     seconds: float = 0.0
     realtime_factor: float | None = None
+    audio_s: float | None = None
     analyze_s: float | None = None
     features_s: float | None = None
     motion_s: float | None = None
@@ -171,7 +174,7 @@ def write_table(rows: Iterable[JobResult], extra_names: Collection[str], path: L
     with tempfile.TemporaryDirectory(prefix="heygem-results-") as scratch:
         tmp = storage.staging_file(path, Path(scratch), ".parquet.tmp")
         try:
-            with pq.ParquetWriter(tmp, schema) as writer:
+            with storage_errors(tmp.parent), pq.ParquetWriter(tmp, schema) as writer:
                 batch: list[dict[str, Any]] = []
                 for r in rows:
                     batch.append(r.to_row())

@@ -10,7 +10,10 @@ from each process's environment, as the AWS and Google tools do: ``AWS_ACCESS_KE
 / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws``, an
 instance role; ``AWS_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3`` for an S3-compatible
 server (MinIO, Ceph, moto); ``GOOGLE_APPLICATION_CREDENTIALS`` or the metadata server
-for GCS. On a cluster every node reads its own.
+for GCS. On a cluster every node reads its own. Credentials written inside a URI
+(``s3://KEY:SECRET@bucket/…``, ``?secret_key=…``), which pyarrow would accept, are refused
+wherever a URI is read: the URI would be copied into the results table, logs, messages
+and reports.
 
 Writes are whole or nothing:
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import errno
 import fcntl
 import functools
 import hashlib
@@ -44,12 +48,19 @@ from typing import Any, BinaryIO, TypeAlias, TypeVar, cast
 
 import pyarrow.fs as pafs
 
-from heygem_ray.errors import InputError
+from heygem_ray.errors import InputError, storage_error, storage_errors
 
 _URI = re.compile(r"^(s3|gs|gcs)://(.*)$")
 # A URI that went through pathlib (an argparse or typer option of type Path) has lost a
 # slash: Path("s3://b/k") is "s3:/b/k". No one means a local folder named "s3:".
 _FOLDED = re.compile(r"^(s3|gs|gcs):/([^/].*)$")
+# Credentials as a URI can carry them: user information before the bucket (bucket names
+# hold neither ":" nor "@"), or pyarrow's query options.
+_QUERY_SECRET = re.compile(r"\?.*\b(access_key|secret_key|session_token|credentials)\b", re.IGNORECASE)
+_CREDENTIAL_CHAIN = (
+    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE and ~/.aws, or the instance's role) for s3://; "
+    "GOOGLE_APPLICATION_CREDENTIALS (or the metadata server) for gs://"
+)
 TMP_DIR = ".heygem-tmp"  # temporary keys of writes in progress, beside their targets
 _BLOCK = 8 << 20  # bytes per read/write while copying a stream
 # Environment variables that choose an object store's endpoint and credentials: a
@@ -66,10 +77,13 @@ class Uri:
 
     @classmethod
     def parse(cls, text: str) -> Uri:
-        """``s3://bucket/a/../b`` → ``Uri("s3", "bucket/b")``; ValueError for anything else."""
+        """``s3://bucket/a/../b`` → ``Uri("s3", "bucket/b")``; an ``InputError`` (kind
+        ``credentials_in_uri``, the secret left out) for one that holds credentials;
+        ValueError for anything else."""
         m = _URI.match(text) or _FOLDED.match(text)
         if m is None:
             raise ValueError(f"{text!r} is not a bucket URI (s3://BUCKET/KEY or gs://BUCKET/KEY)")
+        _refuse_credentials(m.group(1), m.group(2))
         bucket, _, rest = m.group(2).partition("/")
         rest = posixpath.normpath(rest) if rest.strip("/") else ""
         if not bucket or bucket in (".", "..") or rest == ".." or rest.startswith("../"):
@@ -123,6 +137,37 @@ class Uri:
         )
 
 
+def redact(text: str) -> str:
+    """``text`` as messages may show it: a bucket URI that holds credentials with them
+    replaced by ``***``; anything else as it is."""
+    m = _URI.match(text) or _FOLDED.match(text)
+    shown = _without_credentials(m.group(1), m.group(2)) if m else None
+    return text if shown is None else shown
+
+
+def _without_credentials(scheme: str, rest: str) -> str | None:
+    """The URI ``<scheme>://<rest>`` with its credentials hidden; None when it holds none."""
+    authority = rest.partition("/")[0]
+    if "@" in authority or ":" in authority:
+        # A secret may hold "/" (AWS's do): hide all up to the last "@", or all of it.
+        return f"{scheme}://***@{rest.rpartition('@')[2]}" if "@" in rest else f"{scheme}://***"
+    if _QUERY_SECRET.search(rest):
+        return f"{scheme}://{rest.partition('?')[0]}?***"
+    return None
+
+
+def _refuse_credentials(scheme: str, rest: str) -> None:
+    """Raise for a URI ``<scheme>://<rest>`` that holds credentials, showing it without them."""
+    shown = _without_credentials(scheme, rest)
+    if shown is None:
+        return
+    raise InputError(
+        f"{shown}: credentials inside a URI are refused (they would be copied into results.parquet, logs "
+        f"and reports); remove them and give them the usual way: {_CREDENTIAL_CHAIN}",
+        kind="credentials_in_uri",
+    )
+
+
 Location: TypeAlias = "Path | Uri"
 _L = TypeVar("_L", Path, Uri)  # a destination, and the folder its leftovers are in
 
@@ -138,7 +183,8 @@ def is_uri(value: object) -> bool:
 
 
 def location(value: str | os.PathLike[str] | Uri) -> Location:
-    """A ``Uri`` for ``s3://`` / ``gs://`` text (also after ``Path`` folded its ``//``), else a ``Path``."""
+    """A ``Uri`` for ``s3://`` / ``gs://`` text (also after ``Path`` folded its ``//``), else a ``Path``.
+    Raises as ``Uri.parse`` does (credentials inside the URI, a URI that names no object)."""
     if isinstance(value, Uri):
         return value
     if is_uri(value):
@@ -248,7 +294,7 @@ def list_stats(folder: Location, *, recursive: bool = False) -> dict[Location, S
 
 def download(src: Uri, dest: Path) -> None:
     """Copy the object ``src`` to the local file ``dest`` (written under a temporary name, then renamed)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    makedirs(dest.parent)
     tmp = dest.with_name(f".{dest.name}.{_token()}.tmp")
     try:
         with _filesystem(src).open_input_stream(src.key) as f, open(tmp, "wb") as out:
@@ -256,8 +302,8 @@ def download(src: Uri, dest: Path) -> None:
         os.replace(tmp, dest)
     except FileNotFoundError as exc:
         raise InputError(f"{src} does not exist; check the URI", kind="missing_file") from exc
-    except OSError as exc:
-        raise _error("could not download", src, exc) from exc
+    except OSError as exc:  # this machine's disk (errors with an errno), else the bucket
+        raise (storage_error(exc, dest.parent) or _error("could not download", src, exc)) from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -285,7 +331,7 @@ def fetch(src: Location, what: str, cache: Path) -> Path:
     dest = cache / digest[:2] / f"{digest}{src.suffix}"
     if dest.is_file() and dest.stat().st_size == found.size:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    makedirs(dest.parent)
     with file_lock(dest.with_name(f".{dest.name}.lock")):
         if not (dest.is_file() and dest.stat().st_size == found.size):
             download(src, dest)
@@ -301,7 +347,8 @@ def fetch(src: Location, what: str, cache: Path) -> Path:
 def makedirs(loc: Location) -> None:
     """Create a local folder and its parents; nothing for a bucket (keys need no folders)."""
     if isinstance(loc, Path):
-        loc.mkdir(parents=True, exist_ok=True)
+        with storage_errors(loc):
+            loc.mkdir(parents=True, exist_ok=True)
 
 
 def write_bytes(dest: Location, data: bytes | memoryview) -> None:
@@ -309,13 +356,44 @@ def write_bytes(dest: Location, data: bytes | memoryview) -> None:
     if isinstance(dest, Uri):
         upload(io.BytesIO(data), dest)
         return
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    makedirs(dest.parent)
     tmp = dest.with_name(f".{dest.name}.{_token()}.tmp")
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        with storage_errors(dest.parent):
+            tmp.write_bytes(data)
+            os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def allocate(path: Path) -> None:
+    """Give the local file at ``path`` all its blocks now (a memory map is about to fill
+    it): a full disk is then an ``OSError`` here, where a page written through the map
+    would get SIGBUS, which kills the process. A file system that cannot allocate ahead
+    is left as it is."""
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+
+
+def check_writable(folder: Location) -> None:
+    """Write a small file into ``folder`` (a local folder, made if missing, or a bucket
+    prefix) and delete it, so that a folder the run cannot write stops it at once, with a
+    ``storage`` error saying what to do, rather than after its workers started. Folders
+    it had to make are removed again: nothing is left behind."""
+    probe = folder / f".heygem-probe-{_token()}"
+    with storage_errors(folder):
+        made = [] if isinstance(folder, Uri) else [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        write_bytes(probe, b"heygem-ray write probe\n")  # bytes, not an empty file: a full disk refuses them
+        remove(probe)
+    finally:
+        for p in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 def upload(source: Path | BinaryIO, dest: Uri) -> None:
@@ -450,7 +528,7 @@ def staging_file(dest: Location, scratch: Path, suffix: str) -> Path:
     rename), else in ``scratch``. ``staged_leftovers`` finds these names of one ``dest``."""
     name = f".{dest.stem}.{_owner(dest)}.{_token()}{suffix}"
     if isinstance(dest, Path):
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        makedirs(dest.parent)
         return dest.with_name(name)
     return scratch / name
 
@@ -474,7 +552,8 @@ def publish(local: Path, dest: Location) -> None:
     """Put the finished local file ``local`` at ``dest``: a rename for a local ``dest`` (on
     the same file system), an upload otherwise; ``local`` is gone afterwards."""
     if isinstance(dest, Path):
-        os.replace(local, dest)
+        with storage_errors(dest.parent):
+            os.replace(local, dest)
         return
     upload(local, dest)
     local.unlink()
@@ -483,7 +562,8 @@ def publish(local: Path, dest: Location) -> None:
 def remove(loc: Location) -> None:
     """Delete the file at ``loc`` if it is there."""
     if isinstance(loc, Path):
-        loc.unlink(missing_ok=True)
+        with storage_errors(loc.parent):
+            loc.unlink(missing_ok=True)
         return
     try:
         _filesystem(loc).delete_file(loc.key)
@@ -557,7 +637,9 @@ def _error(action: str, loc: Uri, exc: BaseException, after: str = "") -> InputE
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) across processes on this machine."""
-    with open(path, "a") as f:
+    with storage_errors(path.parent):
+        f = open(path, "a")
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

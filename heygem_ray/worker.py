@@ -2,19 +2,24 @@
 
 Lifecycle: detect the device → load the stages and open them on the chosen backend
 (building engines once, through the store) → smoke-test → serve ``run_chunk`` calls.
-The Ray actor in ``ray_exec.py`` and the in-process service both wrap this class.
+The Ray actor in ``driver/actor.py`` and the in-process service both wrap this class.
 
-A worker that cannot start (bad checkpoint, a backend that cannot run here) keeps the
-error and raises it from ``ready()`` and every call, so the driver can stop the run
-before any job with the worker's own words, on a cluster as well as here.
+A worker that cannot start (bad checkpoint, a backend that cannot run here, too little
+memory, a GPU it was given and cannot use) keeps the error and raises it from ``ready()``
+and every call, so the driver can stop the run before any job with the worker's own
+words, on a cluster as well as here; an error that is not heygem-ray's own (a
+``MemoryError``, a library's) is kept too, with its type and message.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -23,10 +28,17 @@ from heygem_ray.backends.runner import infer_batched
 from heygem_ray.calibration import calibration_for
 from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore
-from heygem_ray.errors import HeygemError, InternalError
-from heygem_ray.hardware import DeviceInfo
+from heygem_ray.errors import EngineError, HeygemError, InternalError, storage_error
+from heygem_ray.hardware import DeviceInfo, cuda_unusable
 from heygem_ray.packs import Features, get_pack
 from heygem_ray.precision import open_first, precision_order
+
+log = logging.getLogger(__name__)
+
+# What a worker does about a GPU: "none" (none was given to it), "wanted" (Ray gave it one
+# and --device auto: use it, or render on the CPU and say why), "required" (Ray gave it
+# one and --device gpu: use it, or fail to start saying why).
+GpuUse = Literal["none", "wanted", "required"]
 
 
 @dataclass(frozen=True)
@@ -51,19 +63,47 @@ class ChunkOutput:
     worker: WorkerInfo
 
 
+def _start_error(exc: Exception) -> EngineError:
+    """A start-up error that is not heygem-ray's own, as the worker's error: its type and
+    first line (the traceback goes to the worker's log)."""
+    log.error("the model worker could not start:\n%s", traceback.format_exc())
+    text = str(exc).strip()
+    return EngineError(
+        f"a model worker could not start: {type(exc).__name__}: {text.splitlines()[0] if text else '(no message)'} "
+        "(its traceback is in the worker's log: the dashboard, or 'ray logs worker-*.err' on its node); "
+        "a MemoryError means its node has too little memory for the pack's models",
+        kind="worker_start",
+    )
+
+
 class ModelWorker:
-    def __init__(self, cfg: RenderConfig, engines_dir: Path, node: str | None = None):
+    def __init__(self, cfg: RenderConfig, engines_dir: Path, node: str | None = None, gpu: GpuUse = "none"):
         self.error: HeygemError | None = None
         try:
-            self._start(cfg, engines_dir, node or socket.gethostname())
+            self._start(cfg, engines_dir, node or socket.gethostname(), gpu)
         except HeygemError as exc:
             self.error = exc
+        except OSError as exc:  # the engine store's disk full or read-only: the user's to fix, not a bug
+            self.error = storage_error(exc, engines_dir) or _start_error(exc)
+        except Exception as exc:  # not ours (MemoryError, a library's error): kept in its own words
+            self.error = _start_error(exc)
 
-    def _start(self, cfg: RenderConfig, engines_dir: Path, node: str) -> None:
+    def _start(self, cfg: RenderConfig, engines_dir: Path, node: str, gpu: GpuUse) -> None:
         self.pack = get_pack(cfg.pack)
         self.batch_size = cfg.batch_size
-        # 1. detect the device
+        # 1. detect the device; a GPU this worker was given and cannot use fails it (gpu
+        #    "required"), or leaves it on the CPU saying why (gpu "wanted")
         device = DeviceInfo.detect()
+        device_note = ""
+        if gpu != "none" and device.gpu is None:
+            why = cuda_unusable()
+            if gpu == "required":
+                raise EngineError(
+                    f"the model worker on {node} was given a GPU by Ray but cannot use it: {why}; "
+                    "or render on CPUs with --device cpu (--device auto renders on the CPU where CUDA is missing)",
+                    kind="no_cuda",
+                )
+            device_note = f"gpu: {why}; rendering on the CPU"
         # 2. load the stages and open them on a backend (auto: the fastest that runs here),
         #    at the first precision that opens (int8: and passes the accuracy gate)
         stages = self.pack.load_stages(cfg.checkpoint)
@@ -73,7 +113,8 @@ class ModelWorker:
         store = EngineStore(engines_dir)
         precisions = precision_order(cfg.precision, device.device, self.pack, calibrated=cfg.calibration is not None)
         # int8's calibration frames; their templates are kept beside the engines they shape
-        calibration = calibration_for(self.pack, precisions, cfg.calibration, store.root / "calibration")
+        calibration = calibration_for(self.pack, precisions, cfg.calibration, store.root / "calibration",
+                                      cfg.calibration_frames)
         chosen, _ = open_first(
             self.pack,
             stages,
@@ -91,7 +132,7 @@ class ModelWorker:
             device=device,
             backend=chosen.backend,
             precision=chosen.precision,
-            backend_note=chosen.note,
+            backend_note="; ".join(note for note in (device_note, chosen.note) if note),
             engine_key=render_key.dirname() if render_key else "",
             reference_key=f"{reference_digest}-{chosen.precision}" if reference else "",
             calibration=calibration.id if calibration is not None and chosen.precision == "int8" else "",

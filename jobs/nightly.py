@@ -14,8 +14,11 @@ outside one, it starts a local Ray instance like ``heygem-ray submit`` does.
 Exit status, as ``heygem-ray submit``: 0 every row ok (or skipped: complete from an
 earlier run of the same date), 1 any row failed (see ``results.parquet``) or the run
 stopped part-way (``run.json`` holds the message), 2 the run could not start (unusable
-manifest or options; nothing was rendered), or another run holds that night's folder (one
-line says whose; nothing in the folder is touched, ``run.json`` included).
+manifest or options, model workers that could not start; nothing was rendered) or could
+not go on (no model worker left), or another run holds that night's folder (one line says
+whose; nothing in the folder is touched, ``run.json`` included); 130 / 143 stopped by
+SIGINT / SIGTERM (``ray job stop``). The table is written whenever rendering began or the
+run was waiting for its workers.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,13 +47,16 @@ from heygem_ray.config import (
     default_cache_dir,
     default_engines_dir,
 )
-from heygem_ray.errors import HeygemError, RunStopped
+from heygem_ray.driver import RunCallbacks, submit
+from heygem_ray.driver.hold import hold_output
+from heygem_ray.errors import HeygemError, Interrupted, RunStopped
 from heygem_ray.results import JobResult
-from heygem_ray.run import RunCallbacks, submit
 from heygem_ray.storage import Location, location
 from heygem_ray.worker import WorkerInfo
 
 RUN_FILE = "run.json"  # what one invocation did, next to results.parquet
+# In OUTPUT_ROOT: the night running into it (one at a time; each night's folder has its run lock too).
+NIGHTS_LOCK = ".heygem-nights.lock"
 # Ray passes a job's metadata (its submission id among it) to the entrypoint in this
 # variable; the entrypoint has no other way to learn the id.
 _RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -60,10 +67,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="jobs/nightly.py",
         description="Render MANIFEST into OUTPUT_ROOT/<date>/ (resuming a run of the same date).",
         epilog="Exit status: 0 every row ok or skipped, 1 any row failed or the run stopped part-way, 2 the run could not "
-               "start (or another run holds the folder).",
+               "start (or another run holds the folder) or no model worker is left, 130 / 143 stopped by SIGINT / "
+               "SIGTERM.",
     )
-    p.add_argument("manifest", type=location, help="CSV or Parquet manifest (columns audio, video; optionally job_id, output).")
-    p.add_argument("output_root", type=location, help="Each night's run goes to OUTPUT_ROOT/<date>/ (a path or s3:// / gs:// URI).")
+    p.add_argument("manifest", type=_location, help="CSV or Parquet manifest (columns audio, video; optionally job_id, output).")
+    p.add_argument("output_root", type=_location, help="Each night's run goes to OUTPUT_ROOT/<date>/ (a path or s3:// / gs:// URI).")
     p.add_argument("--date", type=_iso_date, default=None,
                    help="The run's date, YYYY-MM-DD (default: today in UTC). Pass it to resume a night after midnight.")
     p.add_argument("--pack", choices=get_args(PackName), default="warp")
@@ -73,17 +81,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=get_args(PrecisionName), default="auto")
     p.add_argument("--calibrate", type=Path, default=None,
                    help="For int8: a manifest of the presenter and speech to calibrate on (a path every node sees).")
+    p.add_argument("--calibration-frames", type=int, default=RenderConfig.calibration_frames,
+                   help="For int8: frames that calibrate the activation ranges (a quarter as many more are held out).")
     p.add_argument("--chunk-frames", type=int, default=128)
-    p.add_argument("--engines", type=location, default=None,
+    p.add_argument("--engines", type=_location, default=None,
                    help="Engine store (a path every node sees, or a bucket URI; default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines).")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="Template cache (default: ~/.cache/heygem-ray/templates; on a cluster, a shared path).")
     p.add_argument("--device", choices=get_args(WorkerDevice), default="auto",
-                   help="Where model workers run: gpu, cpu, or auto (gpu when the cluster has or can autoscale to GPUs).")
+                   help="Where model workers run: gpu (a worker that cannot use its GPU stops the run), cpu, or auto (gpu "
+                        "when the cluster has or can autoscale to GPUs, cpu when it has CPUs only; on an empty cluster "
+                        "the first node to join decides).")
     p.add_argument("--workers", type=int, default=0,
                    help="Model workers (0: one per GPU the cluster has or can autoscale to; on CPUs, from the core count).")
     p.add_argument("--start-timeout", type=float, default=RunConfig.workers_ready_timeout_s,
                    help="Seconds to wait for the first model worker (nodes joining, models loading, engines building).")
+    p.add_argument("--chunk-timeout", type=float, default=RunConfig.chunk_timeout_s,
+                   help="Seconds a chunk may render, plus --chunk-timeout-per-frame for each of its frames; past that "
+                        "its worker is taken as wedged, stopped and replaced, and the chunk sent to another.")
+    p.add_argument("--chunk-timeout-per-frame", type=float, default=RunConfig.chunk_timeout_per_frame_s,
+                   help="Seconds per frame added to --chunk-timeout (generous for CPUs; on GPUs 1 is plenty).")
+    p.add_argument("--worker-restarts", type=int, default=RunConfig.worker_restarts,
+                   help="Model workers that die or are stopped are replaced up to this many times the workers wanted; "
+                        "past that the others go on, and with none left the run stops (exit 2).")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join; default: the Ray Job's own cluster, or a local Ray outside a job.")
     p.add_argument("--max-reference-pixels", type=int, default=InputLimits.max_reference_pixels,
@@ -114,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             output_dir=out,
             render=RenderConfig(
                 pack=args.pack, checkpoint=args.checkpoint, loop=args.loop, chunk_frames=args.chunk_frames,
-                backend=args.backend, precision=args.precision, calibration=args.calibrate,
+                backend=args.backend, precision=args.precision, calibration=args.calibrate, calibration_frames=args.calibration_frames,
                 limits=InputLimits(max_reference_pixels=args.max_reference_pixels,
                                    max_reference_frames=args.max_reference_frames,
                                    max_audio_seconds=args.max_audio_seconds),
@@ -125,15 +145,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             workers=args.workers,
             workers_ready_timeout_s=args.start_timeout,
+            chunk_timeout_s=args.chunk_timeout,
+            chunk_timeout_per_frame_s=args.chunk_timeout_per_frame,
+            worker_restarts=args.worker_restarts,
             force=args.force,
         )
         run["config_hash"] = cfg.config_hash()
-        summary = submit(args.manifest, cfg, _Log(date))
+        # One night at a time into OUTPUT_ROOT (a night's own folder is the run lock's); a
+        # scheduler that starts the next night while one overruns is refused here.
+        with hold_output(args.output_root, f"night {date} of {args.manifest}", lock_name=NIGHTS_LOCK,
+                         advice=f"this night does not start while another runs; once it has ended, render this "
+                                f"one with --date {date}"):
+            summary = submit(args.manifest, cfg, _Log(date))
+    except Interrupted as exc:  # SIGTERM (ray job stop) or Ctrl-C: the table is written
+        print(f"error: {exc.message}", file=sys.stderr)
+        _say(date, f"stopped by {signal.Signals(exc.signum).name}; exit {exc.exit_status}")
+        _write_run(out, run | {"exit_code": exc.exit_status, "error": exc.message})
+        return exc.exit_status
     except RunStopped as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        _say(date, "stopped part-way; exit 1")
-        _write_run(out, run | {"exit_code": 1, "error": exc.message})
-        return 1
+        _say(date, f"stopped part-way; exit {exc.exit_status}")
+        _write_run(out, run | {"exit_code": exc.exit_status, "error": exc.message})
+        return exc.exit_status
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.kind == "output_locked":  # the folder, run.json with it, is the other run's: leave it alone
@@ -199,7 +232,12 @@ class _Log(RunCallbacks):
 
 
 def _write_run(out: Location, run: dict[str, Any]) -> None:
-    storage.write_bytes(out / RUN_FILE, (json.dumps(run | {"ended_at": _now()}, indent=2) + "\n").encode())
+    """Write ``run.json``; one that cannot be written (the folder the run could not write
+    either, say) is a log line, not a second error."""
+    try:
+        storage.write_bytes(out / RUN_FILE, (json.dumps(run | {"ended_at": _now()}, indent=2) + "\n").encode())
+    except HeygemError as exc:
+        _say(run["date"], f"{RUN_FILE} not written: {exc.message}")
 
 
 def _say(date: str, message: str) -> None:
@@ -209,6 +247,15 @@ def _say(date: str, message: str) -> None:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _location(text: str) -> Location:
+    """An argument that names a folder or file: a path or a bucket URI. argparse shows the
+    message alone (never the argument itself: it may hold credentials)."""
+    try:
+        return location(text)
+    except (HeygemError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(exc.message if isinstance(exc, HeygemError) else str(exc)) from None
 
 
 def _iso_date(text: str) -> str:

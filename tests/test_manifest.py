@@ -1,12 +1,17 @@
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
+from heygem_ray.cli import app
+from heygem_ray.driver import resume
 from heygem_ray.errors import InputError
 from heygem_ray.manifest import read_manifest
 from heygem_ray.results import RESULT_COLUMNS
+from heygem_ray.storage import Uri
 
 
 def write(path: Path, text: str) -> Path:
@@ -92,3 +97,81 @@ def test_missing_or_unreadable_manifest(tmp_path):
     empty = write(tmp_path / "empty.csv", "audio,video\n")
     with pytest.raises(InputError, match="has no rows"):
         read_manifest(empty, tmp_path)
+
+
+def test_a_derived_id_never_takes_a_given_one(tmp_path):
+    """Row 2's id would be 'a-v-row2', which row 3 gives: each row keeps its own id (and so
+    its own part file and output)."""
+    m = write(tmp_path / "m.csv", "job_id,audio,video,output\n,a.wav,v.mp4,\n,a.wav,v.mp4,\na-v-row2,b.wav,v.mp4,b.mp4\n")
+    jobs = read_manifest(m, tmp_path / "out")
+    assert [j.job_id for j in jobs] == ["a-v", "a-v-row2-2", "a-v-row2"]
+    assert len({resume.part_path(tmp_path, j.job_id) for j in jobs}) == 3
+    assert len({j.output for j in jobs}) == 3
+
+
+def _copy_media(folder: Path, examples: Path) -> Path:
+    folder.mkdir()
+    for name in ("lesson1.wav", "presenter.mp4"):
+        shutil.copy(examples / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("rows", "writer", "whose"),
+    [
+        # the derived id of row 2 names row 1's reference
+        ("job_id,audio,video\nlesson,lesson1.wav,presenter.mp4\npresenter,lesson1.wav,x.mp4\n",
+         "row 2 (job 'presenter')", "the video of row 1 (job 'lesson')"),
+        # a row's output cell is its own reference
+        ("job_id,audio,video,output\nx,lesson1.wav,presenter.mp4,presenter.mp4\n", "row 1 (job 'x')", "its own video"),
+        # the same file reached through another spelling of the folder
+        ("job_id,audio,video,output\nx,lesson1.wav,presenter.mp4,sub/../presenter.mp4\n", "row 1 (job 'x')",
+         "its own video"),
+    ],
+)  # fmt: skip
+def test_an_output_that_is_an_input_stops_the_manifest(tmp_path, examples, rows, writer, whose):
+    media = _copy_media(tmp_path / "media", examples)
+    (media / "sub").mkdir()
+    m = write(media / "m.csv", rows)
+    with pytest.raises(InputError) as info:
+        read_manifest(m, media)
+    assert info.value.kind == "bad_manifest"
+    assert f"{writer} would write {media / 'presenter.mp4'}, which is {whose}" in info.value.message
+
+
+def test_files_are_compared_through_symbolic_links(tmp_path, examples):
+    media = _copy_media(tmp_path / "media", examples)
+    (tmp_path / "out").symlink_to(media)
+    (media / "clips").mkdir()
+    (media / "clips" / "ref.mp4").symlink_to(media / "presenter.mp4")  # an input that is a link
+    m = write(tmp_path / "m.csv", "job_id,audio,video\npresenter,media/lesson1.wav,media/clips/ref.mp4\n")
+    with pytest.raises(InputError) as info:
+        read_manifest(m, tmp_path / "out")
+    assert (f"row 1 (job 'presenter') would write {media / 'presenter.mp4'}, which is its own video "
+            f"({media / 'clips' / 'ref.mp4'}, the same file)") in info.value.message
+
+
+def test_bucket_outputs_are_compared_after_normalising_their_keys(tmp_path):
+    m = write(tmp_path / "m.csv", "job_id,audio,video\nlesson,s3://b/media/a.wav,s3://b/media/./x/../talk.mp4\n"
+                                  "talk,s3://b/media/a.wav,s3://b/media/other.mp4\n")  # fmt: skip
+    with pytest.raises(InputError, match=r"row 2 \(job 'talk'\) would write s3://b/media/talk\.mp4, which is "
+                       r"the video of row 1 \(job 'lesson'\)"):
+        read_manifest(m, Uri.parse("s3://b/media"))
+    # gs:// and gcs:// name one store
+    m = write(tmp_path / "g.csv", "job_id,audio,video\ntalk,gcs://b/m/a.wav,gcs://b/m/talk.mp4\n")
+    with pytest.raises(InputError, match="its own video"):
+        read_manifest(m, Uri.parse("gs://b/m"))
+
+
+def test_the_cli_stops_before_any_work_and_leaves_the_reference_as_it_was(tmp_path, examples):
+    """The issue's case: --output-dir is the media folder, and a row's job id is the reference's name."""
+    media = _copy_media(tmp_path / "media", examples)
+    before = (media / "presenter.mp4").read_bytes()
+    write(media / "m.csv", "job_id,audio,video\nintro,lesson1.wav,presenter.mp4\npresenter,lesson1.wav,presenter.mp4\n")
+    got = CliRunner().invoke(app, ["submit", str(media / "m.csv"), "--output-dir", str(media)])
+    assert got.exit_code == 2, got.output
+    assert got.stderr.startswith("error: manifest ") and len(got.stderr.splitlines()) == 1
+    said = f"row 2 (job 'presenter') would write {media / 'presenter.mp4'}, which is the video of row 1 (job 'intro')"
+    assert said in got.stderr
+    assert (media / "presenter.mp4").read_bytes() == before
+    assert sorted(p.name for p in media.iterdir()) == ["lesson1.wav", "m.csv", "presenter.mp4"]

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from heygem_ray import media, metrics
 from heygem_ray.joblog import FORMAT, fields, job_logging
+from heygem_ray.steps import TIMED
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "jobs" / "grafana" / "heygem-ray.json"
 
@@ -132,11 +133,11 @@ def test_prometheus_endpoint_has_the_run_s_metrics(run):
     # One observation per rendered job, under the backend that ran it, in the bucket its
     # row says: each cumulative bucket counts the rows at or below its bound.
     backend = ok[0]["backend"]
-    for stage in metrics.STAGES:
-        assert _total(samples, "ray_heygem_stage_seconds_count", stage=stage, backend=backend) == 2, stage
-        for bound in metrics.STAGE_SECONDS_BOUNDARIES:
-            below = sum(r[f"{stage}_s"] <= bound for r in ok)
-            assert _total(samples, "ray_heygem_stage_seconds_bucket", stage=stage, le=str(bound)) == below, stage
+    for step in TIMED:
+        assert _total(samples, "ray_heygem_step_seconds_count", step=step, backend=backend) == 2, step
+        for bound in metrics.STEP_SECONDS_BOUNDARIES:
+            below = sum(r[f"{step}_s"] <= bound for r in ok)
+            assert _total(samples, "ray_heygem_step_seconds_bucket", step=step, le=str(bound)) == below, step
     assert _total(samples, "ray_heygem_job_realtime_factor_count", backend=backend) == 2
     for bound in metrics.REALTIME_FACTOR_BOUNDARIES:
         below = sum(r["realtime_factor"] <= bound for r in ok)
@@ -161,8 +162,8 @@ def test_tasks_and_actors_are_named_for_what_they_do(run):
     assert not [name for name in tasks if re.search(r"one|two|bad", name)], tasks
     # The rest is the actors' start: the router's calls keep no task events.
     rest = {re.sub(r"-[0-9a-f]{6}", "-<run>", name) for name in tasks} - {"job", "render"}
-    assert rest == {"model-worker-<run>-cpu0:_ActorWorker.__init__", "_ActorWorker.ready",
-                    "router-<run>:_Router.__init__"}, tasks
+    assert rest == {"model-worker-<run>-cpu0:ActorWorker.__init__", "ActorWorker.ready",
+                    "router-<run>:Router.__init__"}, tasks
     actors = [re.sub(r"-[0-9a-f]{6}", "-<run>", name) for name in names["actors"]]
     assert sorted(actors) == ["model-worker-<run>-cpu0", "router-<run>"]
 
@@ -179,7 +180,7 @@ def test_each_row_names_its_ray_task_and_its_log_can_be_read_by_it(run):
 def test_the_failed_job_s_log_line_names_it(run):
     _, rows, output, _ = run
     lines = [line for line in output.splitlines() if "job=bad " in line]
-    assert any("status=failed" in line and f"stage={rows['bad']['error_stage']}" in line for line in lines), output[-3000:]
+    assert any("status=failed" in line and f"step={rows['bad']['error_step']}" in line for line in lines), output[-3000:]
     # Streamed to the driver under the task's name.
     assert any(re.sub(r"\x1b\[[0-9;]*m", "", line).startswith("(job pid=") for line in lines), lines
 
@@ -230,11 +231,11 @@ def test_log_records_carry_the_job_they_were_made_in():
     logger.addHandler(handler)
     try:
         with job_logging("lesson-7"):
-            logger.warning("%s", fields(status="failed", stage="analyze", error="no face in p.jpg"))
+            logger.warning("%s", fields(status="failed", step="analyze", error="no face in p.jpg"))
         logger.warning("between jobs")
     finally:
         logger.removeHandler(handler)
-    assert captured[0].endswith('WARNING heygem_ray.test_metrics job=lesson-7 status=failed stage=analyze '
+    assert captured[0].endswith('WARNING heygem_ray.test_metrics job=lesson-7 status=failed step=analyze '
                                 'error="no face in p.jpg"')
     assert captured[1].endswith("job=- between jobs")
 

@@ -15,12 +15,12 @@ import cv2
 import numpy as np
 import pytest
 
-from heygem_ray import media, pipeline
+from heygem_ray import media
 from heygem_ray.analyze import analyze
 from heygem_ray.config import RenderConfig
+from heygem_ray.job import InProcessService, render_job, scratch
 from heygem_ray.manifest import Job
 from heygem_ray.packs import get_pack
-from heygem_ray.pipeline import InProcessService, render_job
 from heygem_ray.timeline import loop_indices
 from heygem_ray.worker import ModelWorker
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint
@@ -237,7 +237,7 @@ def test_a_long_job_keeps_a_chunk_in_flight_for_every_worker(tmp_path, examples,
 
 _HOLD_SCRATCH = """
 import os, signal, sys
-from heygem_ray.pipeline import job_scratch
+from heygem_ray.job.scratch import job_scratch
 with job_scratch() as scratch:
     (scratch / "audio.f32").write_bytes(bytes(4096))
     print(scratch, flush=True)
@@ -264,7 +264,7 @@ def test_the_next_job_deletes_the_scratch_folders_of_killed_processes_only(tmp_p
         elsewhere = tmp_path / f"heygem-job-{dead}@not-{socket.gethostname()}-x"
         elsewhere.mkdir()
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-        with pipeline.job_scratch() as mine:
+        with scratch.job_scratch() as mine:
             assert mine.parent == tmp_path and mine.is_dir()
             assert not left.exists()  # its process is gone
             assert (held / "audio.f32").is_file() and elsewhere.is_dir()  # alive; not this host's

@@ -21,7 +21,7 @@ import ray
 from ray.util.state import list_actors
 from heygem_ray import RenderConfig, RunConfig, submit
 from heygem_ray.errors import RunStopped
-from heygem_ray.run import RunCallbacks
+from heygem_ray.driver import RunCallbacks
 
 
 class Broken(RunCallbacks):
@@ -80,7 +80,7 @@ def test_an_error_in_result_handling_ends_the_actors_and_reaches_the_caller(tmp_
 
     actors = [line.split() for line in lines if line.startswith("ACTOR")]
     kinds = {parts[1] for parts in actors}
-    assert {"_ActorWorker", "_Router"} <= kinds, actors
+    assert {"ActorWorker", "Router"} <= kinds, actors
     assert all(parts[-1] == "DEAD" for parts in actors), actors
 
     table = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
@@ -131,7 +131,7 @@ cfg = RunConfig(output_dir=folder / "out", cache_dir=folder / "cache", engines_d
                 render=RenderConfig(chunk_frames=8))
 summary = submit(folder / "m.csv", cfg)
 for r in summary.results:
-    print("ROW", r.job_id, r.status, r.attempts, r.frames, r.error_kind, r.error_stage, r.error or "")
+    print("ROW", r.job_id, r.status, r.attempts, r.frames, r.error_kind, r.error_step, r.error or "")
 ray.shutdown()
 """
 

@@ -8,18 +8,21 @@ import os
 import re
 import shutil
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from heygem_ray import RunConfig, media, report, submit
 from heygem_ray.cli import app
+from heygem_ray.driver.resume import PARTS_DIR
 from heygem_ray.results import RESULTS_FILE, JobResult, write_results
-from heygem_ray.resume import PARTS_DIR
+from heygem_ray.storage import Uri
 from tests.helpers.system import needs_system_package
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -73,7 +76,8 @@ def test_status_counts_rows_frames_and_groups_failures(run_dir):
     assert rows["gone"]["error"] in text and MISSING_AUDIO in text
     slowest = text.split("slowest\n")[1].split("failures")[0]
     assert {line.split()[0] for line in slowest.splitlines()} == {"talk", "still"}
-    assert "backends  onnxruntime × 2" in text or "backends  pytorch × 2" in text
+    assert rows["talk"]["backend"] == rows["still"]["backend"]  # one worker kind: whichever backend it ran
+    assert f"backends  {rows['talk']['backend']} × 2" in text
 
 
 def test_status_says_what_is_wrong_with_a_folder_without_results(tmp_path):
@@ -108,7 +112,7 @@ def test_report_embeds_real_thumbnails_of_every_output_and_escapes_user_text(run
         assert np.abs(want.astype(int) - first.astype(int)).mean() < 8
         assert f"<i>frames</i> {rows[job]['frames']}" in cards[job]
     assert not _IMG.search(cards["gone"])
-    assert "missing_file" in cards["gone"] and "probe" in cards["gone"]
+    assert "missing_file" in cards["gone"] and "in step <b>audio</b>" in cards["gone"]
     # The failed card names the Ray task whose log has the job's lines.
     assert re.fullmatch(r"[0-9a-f]{32,}", rows["gone"]["ray_task_id"])
     assert f"<i>ray task</i> {rows['gone']['ray_task_id']}" in cards["gone"]
@@ -131,7 +135,7 @@ def test_hostile_job_ids_and_messages_never_become_markup(tmp_path):
         JobResult(job_id=evil, row=1, audio="a.wav", video="v.mp4", output=str(tmp_path / "<b>x</b>.mp4"),
                   status="ok", frames=25, seconds=1.0, realtime_factor=1.0, extra={"note": "</article><h1>"}),
         JobResult(job_id="x\"onmouseover=alert(2)", row=2, audio="a.wav", video="v.mp4", output=None,
-                  error_kind="<kind>", error_stage="probe", error="<img src=x onerror=alert(3)>"),
+                  error_kind="<kind>", error_step="audio", error="<img src=x onerror=alert(3)>"),
     ]  # fmt: skip
     write_results(results, tmp_path / RESULTS_FILE)
     page = report.write_report(tmp_path).read_text()
@@ -141,6 +145,54 @@ def test_hostile_job_ids_and_messages_never_become_markup(tmp_path):
     assert "is not there any more" in page  # its MP4 is gone: said, not shown
     got = runner.invoke(app, ["status", str(tmp_path)])
     assert got.exit_code == 1 and evil in got.stdout  # plain text keeps the id as it is
+
+
+def _crafted(path: Path, **columns: pa.Array) -> None:
+    """A results table as someone other than heygem-ray might write it: ``columns`` over
+    a failed row's defaults."""
+    base = {"job_id": pa.array(["j"]), "row": pa.array([1], pa.int64()), "audio": pa.array(["a.wav"]),
+            "video": pa.array(["v.mp4"]), "output": pa.array([None], pa.string()), "status": pa.array(["failed"]),
+            "error_kind": pa.array(["missing_file"]), "error": pa.array(["gone"])}  # fmt: skip
+    pq.write_table(pa.table(base | columns), path / RESULTS_FILE)
+
+
+def test_a_table_whose_row_holds_markup_is_refused_and_no_page_is_written(tmp_path):
+    _crafted(tmp_path, row=pa.array(["<script>alert('row')</script>"]), job_id=pa.array(["<b>j</b>"]))
+    for command in ("report", "status"):
+        got = runner.invoke(app, [command, str(tmp_path)])
+        assert got.exit_code == 2, got.output
+        assert f"error: {tmp_path / RESULTS_FILE} is not a heygem-ray results table: its column 'row' holds string, " \
+               "not int64" in got.stderr
+        assert "<script>" not in got.output
+    assert not (tmp_path / report.REPORT_FILE).exists()
+    _crafted(tmp_path, row=pa.array([None], pa.int64()))
+    got = runner.invoke(app, ["report", str(tmp_path)])
+    assert got.exit_code == 2 and "1 row(s) have no row" in got.stderr
+
+
+def test_every_value_of_a_table_is_read_as_its_declared_type_and_escaped(tmp_path):
+    """Columns of another type that hold what the schema says are read as that type (an
+    int32 row, text that is a number); every value reaches the page escaped."""
+    _crafted(tmp_path, row=pa.array(["7"]), job_id=pa.array(["<b>j</b>"]), error_kind=pa.array(["<i>k</i>"]),
+             error_step=pa.array(["</td><script>"]), note=pa.array(["<u>carried</u>"]))  # fmt: skip
+    page = report.write_report(tmp_path).read_text()
+    assert "<small>row 7</small>" in page and "<tr><td>7</td>" in page
+    for raw in ("<b>j</b>", "<i>k</i>", "<script", "<u>carried</u>"):
+        assert raw not in page
+    assert "&lt;b&gt;j&lt;/b&gt;" in page and "&lt;i&gt;k&lt;/i&gt;" in page and "&lt;u&gt;carried&lt;/u&gt;" in page
+    _crafted(tmp_path, row=pa.array([3], pa.int32()))
+    assert report.load_run(tmp_path).results[0].row == 3
+
+
+def test_a_link_to_an_output_elsewhere_is_a_file_url_never_another_scheme(tmp_path):
+    """A page written to a bucket links a local output by its file: URL (a table's text
+    like 'javascript:…' is a file name, not a script)."""
+    r = JobResult(job_id="j", row=1, audio="a.wav", video="v.mp4", output="javascript:alert(1)", status="ok",
+                  frames=1, seconds=1.0)  # fmt: skip
+    run = report.Run(tmp_path, [r], "complete", 0, datetime.now())
+    page = report.build_html(report.summarize(run), [r], {}, Uri.parse("s3://bucket/reports"))
+    href = re.search(r'<a class=path href="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    assert href == (Path.cwd() / "javascript:alert(1)").as_uri()
 
 
 def test_an_unfinished_run_is_read_from_its_part_files(run_dir, tmp_path):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from heygem_ray import results, resume
+from heygem_ray import results
+from heygem_ray.driver import resume
 from heygem_ray.manifest import read_manifest
 from heygem_ray.results import JobResult, read_rows, write_table
 

@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from heygem_ray import RenderConfig, RunConfig, media, resume, storage, submit
+from heygem_ray import RenderConfig, RunConfig, media, storage, submit
+from heygem_ray.driver import RunCallbacks, resume
 from heygem_ray.errors import RunStopped
+from heygem_ray.job.compose import PARTIAL_SUFFIX
 from heygem_ray.manifest import Job
-from heygem_ray.pipeline import PARTIAL_SUFFIX
 from heygem_ray.results import JobResult
-from heygem_ray.run import RunCallbacks
 
 
 def _speech(src: Path, dst: Path, seconds: float) -> Path:

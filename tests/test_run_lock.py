@@ -18,15 +18,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from heygem_ray import RunConfig, media, storage, submit
+from heygem_ray.driver.hold import RUN_LOCK
 from heygem_ray.errors import InputError
-from heygem_ray.pipeline import PARTIAL_SUFFIX
-from heygem_ray.run import RUN_LOCK
+from heygem_ray.job.compose import PARTIAL_SUFFIX
 from heygem_ray.storage import Location
 
-# Another process holding an output folder as a run does (run.hold_output), until killed.
+# Another process holding an output folder as a run does (driver.hold.hold_output), until killed.
 HOLDER = """
 import sys
-from heygem_ray.run import hold_output
+from heygem_ray.driver.hold import hold_output
 from heygem_ray.storage import location
 with hold_output(location(sys.argv[1]), "run f1r57 of nightly.csv"):
     print("held", flush=True)

@@ -21,7 +21,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from heygem_ray import media, resume, storage
+from heygem_ray import media, storage
+from heygem_ray.driver import resume
 from heygem_ray.engines import EngineStore
 from heygem_ray.errors import InputError
 from heygem_ray.identity import input_identity
@@ -59,6 +60,31 @@ def test_location_takes_text_paths_and_uris_that_went_through_pathlib():
     assert storage.location("gs://b/k/") == Uri("gs", "b/k")
     assert storage.location("out/s3:/x") == Path("out/s3:/x")
     assert storage.location(Path("rel/dir")) == Path("rel/dir")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "s3://AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMIK7MDENG@bucket/media/a.wav",
+        "s3:/AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG+b@bucket/a.wav",  # folded by pathlib; a "/" in the secret
+        "s3://AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG",  # no bucket after it at all
+        "gs://bucket/a.wav?access_key=AKIAIOSFODNN7EXAMPLE&secret_key=wJalrXUtnFEMIK7MDENG",
+        "s3://bucket?secret_key=wJalrXUtnFEMIK7MDENG/a.wav",
+    ],
+)
+def test_credentials_inside_a_uri_are_refused_without_repeating_them(text):
+    with pytest.raises(InputError) as info:
+        storage.location(text)
+    said = info.value.message
+    assert info.value.kind == "credentials_in_uri"
+    assert "AKIAIOSFODNN7EXAMPLE" not in said and "wJalrXUtnFEMI" not in said and "K7MDENG" not in said
+    assert "***" in said and "AWS_ACCESS_KEY_ID" in said and "GOOGLE_APPLICATION_CREDENTIALS" in said
+    assert "wJalrXUtnFEMI" not in storage.redact(text)
+
+
+def test_an_at_sign_in_a_key_is_no_credential():
+    assert storage.location("s3://bucket/people/ann@example.com/a.wav") == Uri("s3", "bucket/people/ann@example.com/a.wav")
+    assert storage.redact("s3://bucket/people/ann@example.com/a.wav") == "s3://bucket/people/ann@example.com/a.wav"
 
 
 # -- a real S3 server -----------------------------------------------------------------------
@@ -141,6 +167,19 @@ def test_writing_to_a_missing_bucket_says_what_to_check(bucket):
     with pytest.raises(InputError) as err:
         storage.write_bytes(Uri("s3", f"{bucket.bucket}-missing/x.txt"), b"x")
     assert err.value.kind == "storage" and "credentials" in err.value.message
+
+
+def test_a_bucket_prefix_the_run_cannot_write_stops_it_before_ray_starts(bucket, s3_env, tmp_path, examples):
+    storage.check_writable(bucket / "out")
+    assert _keys(bucket) == {}  # the probe is gone again
+    (tmp_path / "m.csv").write_text(f"audio,video\n{examples / 'lesson1.wav'},{examples / 'presenter.jpg'}\n")
+    missing = f"s3://{bucket.bucket}-missing/out"
+    proc = subprocess.run([str(Path(sys.executable).with_name("heygem-ray")), "submit", "m.csv", "-o", missing],
+                          cwd=tmp_path, env=_child_env(s3_env, tmp_path / "home-cache"), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: could not write {missing}/.heygem-probe-") and proc.stderr.count("\n") == 1
+    assert "credentials" in proc.stderr and proc.stdout == ""
 
 
 def test_inputs_are_downloaded_once_per_machine_and_again_when_changed(bucket, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from heygem_ray import RunConfig, media, submit
+from heygem_ray.backends.trt import available as trt_available
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,11 +91,16 @@ def test_good_rows_render_next_to_bad_ones(bad_batch):
         assert r["status"] == "ok", r["error"]
         frames, _ = media.read_video(Path(r["output"]))
         assert len(frames) == r["frames"] > 0
-        # auto for warp on a CPU machine without TensorRT: PyTorch (faster than ONNX Runtime
-        # there), and the note says why not TensorRT. PyTorch needs no engine.
-        assert r["node"] and r["backend"] == "pytorch" and r["pack"] == "warp"
-        assert r["precision"] == "fp32" and "tensorrt: tensorrt is not installed" in r["backend_note"]
-        assert r["engine_key"] == ""
+        assert r["node"] and r["pack"] == "warp"
+        if r["gpu"]:  # a GPU worker: TensorRT or the next backend that ran, at fp16
+            assert r["backend"] in ("tensorrt", "onnxruntime", "pytorch") and r["precision"] == "fp16"
+        else:
+            # auto for warp on a CPU: PyTorch (faster than ONNX Runtime there), and the note
+            # says why not TensorRT. PyTorch needs no engine.
+            assert r["backend"] == "pytorch" and r["precision"] == "fp32" and r["engine_key"] == ""
+            assert "tensorrt: " in r["backend_note"]
+            if not trt_available()[0]:
+                assert "tensorrt: tensorrt is not installed" in r["backend_note"]
     # Silence is valid: the photo row's mouth never opens, so every frame is the photo.
     frames, _ = media.read_video(Path(rows["photo"]["output"]))
     assert np.abs(frames.astype(int) - frames[0].astype(int)).mean() < 1.0

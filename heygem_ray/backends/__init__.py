@@ -39,7 +39,7 @@ from heygem_ray.backends.pytorch import TorchRunner
 from heygem_ray.backends.runner import Runner
 from heygem_ray.config import BackendName
 from heygem_ray.engines import BatchProfile, EngineKey, EngineStore, Precision
-from heygem_ray.errors import EngineError
+from heygem_ray.errors import EngineError, storage_error
 from heygem_ray.hardware import cpu_has_bf16
 from heygem_ray.packs import PackSpec
 
@@ -101,8 +101,13 @@ def open_runners(
             runners, keys = _OPENERS[name](ctx)
             _smoke(pack, runners)
         except (EngineError, RuntimeError, OSError) as e:
-            # RuntimeError/OSError: CUDA, TensorRT or ORT failures not already wrapped.
-            reason = e.message if isinstance(e, EngineError) else f"{type(e).__name__}: {e}"
+            # RuntimeError/OSError: CUDA, TensorRT or ORT failures not already wrapped; an
+            # OSError of the store's disk (full, read-only) is the user's to fix, and said so.
+            refused = storage_error(e, store.root) if isinstance(e, OSError) else None
+            if refused is not None and backend != "auto":
+                raise refused from e
+            known = refused or (e if isinstance(e, EngineError) else None)
+            reason = known.message if known is not None else f"{type(e).__name__}: {e}"
             if backend != "auto":
                 raise EngineError(f"--backend {name} cannot run here: {reason}") from e
             notes.append(f"{name}: {reason}")

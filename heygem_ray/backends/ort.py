@@ -75,7 +75,7 @@ class OrtRunner:
         self._in_names, self._out_names = graph_names(inputs, outputs)
         path = Path(onnx_path)
         if not path.is_file():
-            raise EngineError(f"{stage}: ONNX graph {path} not found", kind="engine_missing", stage=stage)
+            raise EngineError(f"{stage}: ONNX graph {path} not found", kind="engine_missing")
         options = ort.SessionOptions()
         options.log_severity_level = _ERROR_ONLY
         if intra_op_threads is not None:  # None: ORT's choice (one thread per physical core)
@@ -84,7 +84,7 @@ class OrtRunner:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as e:  # ORT raises its own classes, all bare Exception subclasses
-            raise EngineError(f"{stage}: onnxruntime could not load {path}: {e}", stage=stage) from e
+            raise EngineError(f"{stage}: onnxruntime could not load {path}: {e}") from e
         self._check_session(path, chosen)
 
     def _check_session(self, path: Path, chosen: list[Provider]) -> None:
@@ -94,11 +94,10 @@ class OrtRunner:
             raise EngineError(
                 f"{self.stage}: {path.name} has inputs {got_in} and outputs {got_out}, the stage declares "
                 f"{sorted(self._in_names)} and {sorted(self._out_names)}; export it again",
-                stage=self.stage,
             )
         wrong = [t.name for t in (*self.session.get_inputs(), *self.session.get_outputs()) if t.type != _ORT_FLOAT]
         if wrong:
-            raise EngineError(f"{self.stage}: {path.name} has non-float32 I/O {wrong}", stage=self.stage)
+            raise EngineError(f"{self.stage}: {path.name} has non-float32 I/O {wrong}")
         # ORT drops a provider whose libraries fail to load (e.g. CUDA without cuDNN) with
         # only a log line: running on the CPU instead of the GPU must not go unnoticed.
         wanted = {p if isinstance(p, str) else p[0] for p in chosen}
@@ -107,7 +106,6 @@ class OrtRunner:
             raise EngineError(
                 f"{self.stage}: onnxruntime could not start {sorted(missing)} "
                 "(are the CUDA and cuDNN libraries it needs installed?)",
-                stage=self.stage,
             )
 
     @property
@@ -120,7 +118,7 @@ class OrtRunner:
         try:
             outs = self.session.run(list(self._out_names), feeds)
         except Exception as e:  # see __init__
-            raise EngineError(f"{self.stage}: onnxruntime failed: {e}", stage=self.stage) from e
+            raise EngineError(f"{self.stage}: onnxruntime failed: {e}") from e
         return {spec.name: out for spec, out in zip(self.outputs, outs, strict=True)}
 
     def close(self) -> None:

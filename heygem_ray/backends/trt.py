@@ -247,7 +247,6 @@ class TrtRunner:
                 raise EngineError(
                     f"{stage}: TensorRT {trt.__version__} could not load {path} (built by another "
                     "TensorRT version or for another GPU?); delete it and it will be rebuilt",
-                    stage=stage,
                 )
             self._check_io(trt, path)
             self.context = self.engine.create_execution_context()
@@ -263,11 +262,10 @@ class TrtRunner:
             raise EngineError(
                 f"{self.stage}: {path.name} has inputs {ins} and outputs {outs}, the stage declares "
                 f"{sorted(self._in_names)} and {sorted(self._out_names)}; rebuild it",
-                stage=self.stage,
             )
         wrong = [n for n in names if self.engine.get_tensor_dtype(n) != trt.float32]
         if wrong:
-            raise EngineError(f"{self.stage}: {path.name} has non-float32 I/O {wrong}", stage=self.stage)
+            raise EngineError(f"{self.stage}: {path.name} has non-float32 I/O {wrong}")
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_inputs(self.stage, self.inputs, inputs)
@@ -292,8 +290,7 @@ class TrtRunner:
                 t = torch.from_numpy(np.ascontiguousarray(inputs[spec.name])).to(self.device)
                 keep.append(t)
                 if not self.context.set_input_shape(name, tuple(t.shape)):
-                    raise EngineError(f"{self.stage}: the engine refused {name} of shape {tuple(t.shape)}",
-                                      stage=self.stage)
+                    raise EngineError(f"{self.stage}: the engine refused {name} of shape {tuple(t.shape)}")
                 self.context.set_tensor_address(name, t.data_ptr())
             results: list[torch.Tensor] = []
             for name in self._out_names:
@@ -302,8 +299,7 @@ class TrtRunner:
                 results.append(out)
                 self.context.set_tensor_address(name, out.data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise EngineError(f"{self.stage}: TensorRT execution failed (its log on stderr says why)",
-                                  stage=self.stage)
+                raise EngineError(f"{self.stage}: TensorRT execution failed (its log on stderr says why)")
             self.stream.synchronize()
             host = [r.cpu() for r in results]
             del keep  # the inputs may go back to the allocator only now

@@ -11,6 +11,8 @@ uint8 BGR; boxes are float ``(x0, y0, x1, y1)`` in pixels of the decoded frame.
 * ``track``: follows faces from frame to frame, picks the presenter, fills short misses,
   marks long ones as lost, and smooths the boxes.
 * ``mouth``: where the mouth sits inside the face box, per frame, steady over time.
+* ``align``: a face's five points → GFPGAN's 512-px FFHQ tile and back, and the masked
+  blend of a restored tile into the frame.
 """
 
 from heygem_ray.face.track import FaceTrack, find_presenter

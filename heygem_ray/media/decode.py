@@ -15,7 +15,7 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
-from heygem_ray.errors import InputError
+from heygem_ray.errors import InputError, storage_errors
 from heygem_ray.media.audio_probe import audio_stream, empty_audio
 from heygem_ray.media.container import require_file
 from heygem_ray.media.ffmpeg import FfmpegProcess, ffmpeg_exe, url, video_filters
@@ -98,7 +98,7 @@ def decode_audio(
     declares before decoding, or, when the header says less, as soon as decoding passes it.
     """
     samples = 0
-    with open(dst, "wb") as f:
+    with storage_errors(dst.parent), open(dst, "wb") as f:  # a full scratch disk: the user's to fix
         for block in _audio_blocks(path, sample_rate, max_seconds):
             block.astype("<f4", copy=False).tofile(f)
             samples += len(block)

@@ -11,7 +11,7 @@ from typing import NoReturn
 import ffmpeg
 import numpy as np
 
-from heygem_ray.errors import EngineError, InternalError
+from heygem_ray.errors import EngineError, InternalError, storage_error_in
 from heygem_ray.media.container import require_file
 from heygem_ray.media.ffmpeg import FfmpegProcess, ffmpeg_exe, url
 
@@ -116,10 +116,12 @@ class VideoWriter:
     def _fail(self, proc: FfmpegProcess, what: str) -> NoReturn:
         proc.close()
         self.path.unlink(missing_ok=True)
+        said = proc.stderr_tail()
+        refused = storage_error_in(said, self.path.parent)  # ffmpeg could not write: a full disk, say
+        if refused is not None:
+            raise refused
         raise EngineError(
-            f"encoding {self.path} failed: {what} ({proc.stderr_tail()}); "
-            "check free disk space and that the audio file plays",
-            kind="encode",
+            f"encoding {self.path} failed: {what} ({said}); check that the audio file plays", kind="encode"
         )
 
     def __exit__(

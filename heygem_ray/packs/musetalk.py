@@ -5,7 +5,7 @@ Three stages, each a network of its own:
 * reference: the VAE encoder. A reference frame's 256 × 256 crop → (8, 32, 32): the
   latent of the crop with its lower half blanked, then of the whole crop (the posterior's
   mode, scaled). It depends on the reference alone, so it runs once per template frame
-  on a model worker and is cached with the template (``pipeline.py``).
+  on a model worker and is cached with the template (``job/reference.py``).
 * motion: the Whisper-tiny encoder. The log-mel of a 30 s segment of speech (80, 3000) →
   its 5 hidden states stacked, (1500, 5, 384). A chunk sends the one or two segments its
   frames' windows reach; on the worker each frame then takes its window of 10 states,

@@ -148,3 +148,39 @@ def test_build_and_run_warp_render(trt, tmp_path: Path, fp16: bool) -> None:
     # A second build reuses (and keeps) the timing cache.
     trt_backend.build_engine(onnx_path, tmp_path / "again.plan", profile=profile, fp16=fp16, timing_cache=cache)
     assert cache.stat().st_size > 0
+
+
+# -- tensorrt_artifact's key, without TensorRT: the version and the GPU are patched in ----------
+
+
+def test_tensorrt_artifacts_key_names_the_version_the_arch_and_its_source(tmp_path: Path, monkeypatch) -> None:
+    from heygem_ray.backends import artifacts
+    from heygem_ray.engines import EngineKey, EngineStore
+    from heygem_ray.models.warp import WarpRender
+
+    monkeypatch.setattr(trt_backend, "trt_version", lambda: "10.9.0.34")
+    monkeypatch.setattr(artifacts, "device_arch", lambda device: "sm_90")
+    pack, store, profile = get_pack("warp"), EngineStore(tmp_path / "engines"), BatchProfile(1, 32, 32)
+    source = (tmp_path / "int8.onnx", EngineKey("warp", "ab" * 32, "render", "int8", None, "onnxruntime",
+                                                "opset17", "any", calibration="0123456789abcdef"))
+    expected = EngineKey("warp", "ab" * 32, "render", "int8", profile, "tensorrt", "10.9.0.34", "sm_90",
+                         "0123456789abcdef")
+    # The engine the key names, as a build would have left it: found without TensorRT.
+    store.get_or_build(expected, lambda tmp: tmp.write_bytes(b"plan"))
+    path, key = artifacts.tensorrt_artifact(store, pack, "render", WarpRender(), "int8", profile, "cuda:0",
+                                            build=False, source=source)
+    assert key == expected and path == store.artifact_path(expected) and path.read_bytes() == b"plan"
+    assert key.dirname().startswith("warp/render/tensorrt-10.9.0.34-sm_90-int8-cal01234567-b1-32-32-")
+
+
+def test_an_int8_engine_without_its_calibrated_graph_is_a_bug_said_plainly(tmp_path: Path, monkeypatch) -> None:
+    from heygem_ray.backends import artifacts
+    from heygem_ray.engines import EngineStore
+    from heygem_ray.errors import InternalError
+    from heygem_ray.models.warp import WarpRender
+
+    monkeypatch.setattr(trt_backend, "trt_version", lambda: "10.9.0.34")
+    monkeypatch.setattr(artifacts, "device_arch", lambda device: "sm_90")
+    with pytest.raises(InternalError, match="an int8 engine is built from its calibrated QDQ graph"):
+        artifacts.tensorrt_artifact(EngineStore(tmp_path), get_pack("warp"), "render", WarpRender(), "int8",
+                                    BatchProfile(1, 32, 32), "cuda:0")

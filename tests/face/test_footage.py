@@ -13,11 +13,11 @@ import pytest
 
 from heygem_ray import media
 from heygem_ray.config import DetectorConfig, RenderConfig, RunConfig
+from heygem_ray.driver import submit
 from heygem_ray.face.track import FaceTrack, iou
+from heygem_ray.job import InProcessService, render_job
 from heygem_ray.manifest import Job
 from heygem_ray.packs import get_pack
-from heygem_ray.pipeline import InProcessService, render_job
-from heygem_ray.run import submit
 from heygem_ray.worker import ModelWorker
 from tests.helpers.footage import Footage, lecture_clip, track_footage
 

@@ -51,19 +51,21 @@ FULL_WHISPER_CONFIG = {
 _MODERN = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
 
-def write_models(root: Path, seed: int = 0) -> Path:
-    """Write the folder under ``root``; returns it."""
+def write_models(root: Path, seed: int = 0, full: bool = False) -> Path:
+    """Write the folder under ``root``; returns it. ``full``: MuseTalk 1.5's own sizes
+    (``FULL_*``, about 3.9 GB of files) instead of the small ones."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
+    unet_config, vae_config = (FULL_UNET_CONFIG, FULL_VAE_CONFIG) if full else (UNET_CONFIG, VAE_CONFIG)
     torch.manual_seed(seed)
     (root / "musetalkV15").mkdir(parents=True, exist_ok=True)
-    (root / "musetalkV15" / "musetalk.json").write_text(json.dumps(UNET_CONFIG))
-    torch.save(UNet2DConditionModel.from_config(UNET_CONFIG).state_dict(), root / "musetalkV15" / "unet.pth")
+    (root / "musetalkV15" / "musetalk.json").write_text(json.dumps(unet_config))
+    torch.save(UNet2DConditionModel.from_config(unet_config).state_dict(), root / "musetalkV15" / "unet.pth")
 
     (root / "sd-vae").mkdir(exist_ok=True)
-    (root / "sd-vae" / "config.json").write_text(json.dumps(VAE_CONFIG))
-    vae = AutoencoderKL.from_config(VAE_CONFIG).state_dict()
+    (root / "sd-vae" / "config.json").write_text(json.dumps(vae_config))
+    vae = AutoencoderKL.from_config(vae_config).state_dict()
     legacy = {}
     for key, value in vae.items():
         m = re.match(r"^(.*mid_block\.attentions\.\d+\.)(to_q|to_k|to_v|to_out\.0)(\..*)$", key)
@@ -71,7 +73,7 @@ def write_models(root: Path, seed: int = 0) -> Path:
     torch.save(legacy, root / "sd-vae" / "diffusion_pytorch_model.bin")
 
     (root / "whisper").mkdir(exist_ok=True)
-    config = WhisperConfig(**WHISPER_CONFIG)
+    config = WhisperConfig(**(FULL_WHISPER_CONFIG if full else WHISPER_CONFIG))
     (root / "whisper" / "config.json").write_text(config.to_json_string())
     torch.save(WhisperForConditionalGeneration(config).state_dict(), root / "whisper" / "pytorch_model.bin")
     (root / "whisper" / "preprocessor_config.json").write_text(WhisperFeatureExtractor().to_json_string())

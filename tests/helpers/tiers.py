@@ -11,8 +11,8 @@ package either of them calls, names one of the things below:
   ``submit`` command (the word in an argument list), ``ray.init(``, ``jobs/nightly.py`` run
   as a script (``run_nightly``);
 * ``int8``: calibration data (``calibration_set``), which an int8 graph is built from;
-* ``render``: a job rendered end to end in this process (``render_job`` on a
-  ``ModelWorker``), or real footage tracked (``track_footage``).
+* ``render``: a job rendered end to end (``render_job`` on a ``ModelWorker``, in this
+  process or in a script it runs), or real footage tracked (``track_footage``).
 
 The scan reads names and string constants out of the functions' code objects (nested
 functions and lambdas included), and the text of the tests package's module-level strings
@@ -35,7 +35,7 @@ TRIGGERS: dict[str, tuple[frozenset[str], re.Pattern[str] | None]] = {
     "cluster": (frozenset({"RayStart"}), None),
     "ray": (frozenset({"ray_local", "submit", "run_nightly"}), re.compile(r"^submit$|\bsubmit\(|\bray\.init\(")),
     "int8": (frozenset({"calibration_set"}), None),
-    "render": (frozenset({"render_job", "ModelWorker", "track_footage"}), None),
+    "render": (frozenset({"render_job", "ModelWorker", "track_footage"}), re.compile(r"\brender_job\(")),
 }
 TIER_MARKERS = tuple(TRIGGERS)
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from heygem_ray import media
-from heygem_ray.run import RUN_LOCK
+from heygem_ray.driver.hold import RUN_LOCK
 from tests.jobs import NIGHTLY
 
 
@@ -102,7 +102,7 @@ def test_an_unusable_manifest_exits_2_and_says_why_in_run_json(tmp_path, nightly
 
 HOLDER = """
 import sys
-from heygem_ray.run import hold_output
+from heygem_ray.driver.hold import hold_output
 from pathlib import Path
 with hold_output(Path(sys.argv[1]), "run f1r57 of nightly.csv"):
     print("held", flush=True)
@@ -135,6 +135,39 @@ def test_a_night_another_run_holds_is_refused_in_one_line_and_its_run_json_left_
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: {night} is in use by another run: pid {holder.pid} on ")
     assert "(run f1r57 of nightly.csv)" in line
+
+
+NIGHT_HOLDER = """
+import sys
+from heygem_ray.driver.hold import hold_output
+from pathlib import Path
+with hold_output(Path(sys.argv[1]), "night 2026-01-01 of nightly.csv", lock_name=sys.argv[2]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_night_does_not_start_while_another_night_runs(folder, nightly, capsys):
+    """A scheduler with no concurrency policy (KubeRay's RayCronJob has none) starts the
+    next night while the last one overruns: it is refused in one line, exit 2, and makes no
+    folder of its own; the message says how to render it once the other night has ended."""
+    root = folder / "renders"
+    root.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", NIGHT_HOLDER, str(root), nightly.NIGHTS_LOCK],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        code = nightly.main([str(folder / "m.csv"), str(root), "--date", "2026-01-02", "--address", "ray://127.0.0.1:9"])
+        assert code == 2
+        assert sorted(p.name for p in root.iterdir()) == [nightly.NIGHTS_LOCK]  # no 2026-01-02/, no run.json
+    finally:
+        holder.kill()
+        holder.wait()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {root} is in use by another run: pid {holder.pid} on ")
+    assert "(night 2026-01-01 of nightly.csv)" in line
+    assert "this night does not start while another runs; once it has ended, render this one with --date 2026-01-02" in line
 
 
 def test_the_date_defaults_to_today_in_utc_and_must_be_a_date(nightly, capsys):
@@ -254,6 +287,24 @@ def test_nightly_runs_as_a_ray_job_on_a_two_node_cluster(folder, examples):
         assert {j for j, r in again.items() if r["status"] == "skipped"} == {"one", "two", "three", "four"}
         run = json.loads((night / "run.json").read_text())
         assert run["ray_job_submission_id"] == retry and run["skipped"] == 4
+
+        # 3. another night asks for GPU workers the cluster does not have and waits for
+        #    them; `ray job stop` (SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S)
+        #    stops it: the table says every row 'stopped', run.json says why, exit 143
+        stopped = "heygem-nightly-2026-01-05"
+        entrypoint = shlex.join([sys.executable, str(NIGHTLY), *args[:3], "2026-01-05", *args[4:], "--device", "gpu"])
+        client.submit_job(entrypoint=entrypoint, submission_id=stopped,
+                          runtime_env={"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}})
+        deadline = time.monotonic() + 240
+        while "waiting for model workers (" not in client.get_job_logs(stopped):
+            assert time.monotonic() < deadline, client.get_job_logs(stopped)[-3000:]
+            time.sleep(1)
+        assert client.stop_job(stopped)
+        assert _wait_for_job(client, stopped) == "STOPPED"
+        run = json.loads((root / "2026-01-05" / "run.json").read_text())
+        assert run["exit_code"] == 143 and "it was sent SIGTERM" in run["error"], run
+        assert {r["status"] + "/" + r["error_kind"] for r in _table(root / "2026-01-05").values()} == {"failed/stopped"}
+        assert "nightly 2026-01-05: stopped by SIGTERM; exit 143" in client.get_job_logs(stopped)
     finally:
         if cluster.stdin is not None:
             cluster.stdin.close()

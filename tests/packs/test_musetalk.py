@@ -25,12 +25,12 @@ from heygem_ray.engines import EngineStore
 from heygem_ray.errors import InputError
 from heygem_ray.face import FaceTrack
 from heygem_ray.features import Pcm, musetalk_audio, musetalk_gather
+from heygem_ray.job import InProcessService, render_job
 from heygem_ray.manifest import Job
 from heygem_ray.media import ffmpeg_exe
 from heygem_ray.models import musetalk
 from heygem_ray.packs import get_pack
 from heygem_ray.packs.musetalk import GEOMETRY, jaw_mask
-from heygem_ray.pipeline import InProcessService, render_job
 from heygem_ray.worker import ModelWorker
 from tests.conftest import EXAMPLES
 from tests.helpers.footage import lecture_clip

@@ -25,25 +25,33 @@ from heygem_ray import hardware
 from heygem_ray.backends import int8 as int8_artifacts
 from heygem_ray.backends import open_runners
 from heygem_ray.backends.int8 import CalibrationSet, Run
-from heygem_ray.calibration import HELD_OUT_FRAMES, calibration_set
+from heygem_ray.calibration import DEFAULT_CALIBRATION, calibration_set, held_out_frames
 from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore
+from heygem_ray.job import InProcessService, render_job
 from heygem_ray.manifest import Job
 from heygem_ray.media import ffmpeg_exe
 from heygem_ray.packs import get_pack
-from heygem_ray.pipeline import InProcessService, render_job
 from heygem_ray.worker import ModelWorker
 from tests.conftest import EXAMPLES
 
 PACK = get_pack("musetalk")
-CALIBRATE, HELD_OUT = 16, 8
+CALIBRATE = 16
+HELD_OUT = held_out_frames(CALIBRATE)
 
 
 @pytest.fixture(scope="module")
-def calibration(tmp_path_factory: pytest.TempPathFactory) -> CalibrationSet:
-    """Runs of the bundled examples (presenter.mp4 and presenter.jpg with their speech)."""
-    return calibration_set(PACK, None, tmp_path_factory.mktemp("templates"), frames=CALIBRATE,
-                                    held_out=HELD_OUT)
+def store(tmp_path_factory: pytest.TempPathFactory) -> EngineStore:
+    """One engine store for the module: the int8 graph built once is the one a worker finds."""
+    return EngineStore(tmp_path_factory.mktemp("engines"))
+
+
+@pytest.fixture(scope="module")
+def calibration(store: EngineStore) -> CalibrationSet:
+    """Runs of the bundled examples (presenter.mp4 and presenter.jpg with their speech), as a
+    worker with ``calibration_frames=CALIBRATE`` gathers them (templates kept in its store)."""
+    return calibration_set(PACK, DEFAULT_CALIBRATION, store.root / "calibration", frames=CALIBRATE,
+                           held_out=HELD_OUT)
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +60,8 @@ def stages(musetalk_folder):
 
 
 @pytest.fixture(scope="module")
-def int8(stages, calibration, tmp_path_factory):
+def int8(stages, calibration, store):
     """The pack's runners at int8 on this CPU, ``auto`` backend; closed after the module."""
-    store = EngineStore(tmp_path_factory.mktemp("engines"))
     chosen = open_runners(PACK, stages, device="cpu", store=store, backend="auto", precision="int8",
                           calibration=calibration, intra_op_threads=2)
     yield chosen, store
@@ -124,20 +131,22 @@ def test_the_gate_judges_the_held_out_runs_through_the_reference_stage(int8, sta
     assert result.passed == (min(result.crops_db, result.mouth_db) >= int8_artifacts.MIN_PSNR_DB)
 
 
-def test_a_calibrated_auto_job_falls_back_to_fp32_when_the_gate_refuses_int8(musetalk_folder, tmp_path) -> None:
+def test_a_calibrated_auto_job_falls_back_to_fp32_when_the_gate_refuses_int8(musetalk_folder, int8, store,
+                                                                              tmp_path) -> None:
     """``--precision auto --calibrate MANIFEST`` on a CPU with VNNI: the worker tries int8
     first. On these random weights int8 is some 20 dB off fp32, so the gate refuses it; the
-    row renders at fp32 on the pack's CPU backend and says why."""
+    row renders at fp32 on the pack's CPU backend and says why. The worker calibrates as the
+    module's fixture did, so it finds the int8 graph the fixture built in the store."""
     if not hardware.int8_pays("cpu")[0]:
         pytest.skip("auto tries int8 only where it pays: this CPU has no VNNI or AMX")
     speech = tmp_path / "speech.wav"
     subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(EXAMPLES / "lesson1.wav"), "-t", "2",
                     str(speech)], check=True)  # fmt: skip
-    manifest = tmp_path / "presenter.csv"
-    manifest.write_text(f"audio,video\n{speech},{EXAMPLES / 'presenter.mp4'}\n")
-    cfg = RenderConfig(pack="musetalk", checkpoint=musetalk_folder, calibration=manifest, chunk_frames=16,
-                       batch_size=8)
-    worker = ModelWorker(cfg, tmp_path / "engines")
+    manifest = DEFAULT_CALIBRATION
+    cfg = RenderConfig(pack="musetalk", checkpoint=musetalk_folder, calibration=manifest, calibration_frames=CALIBRATE,
+                       chunk_frames=16, batch_size=8)
+    int8_entries = sorted(str(e.path) for e in store.list() if e.precision == "int8")
+    worker = ModelWorker(cfg, store.root)
     try:
         job = Job(1, "lesson", speech, EXAMPLES / "presenter.mp4", tmp_path / "out" / "lesson.mp4")
         result = render_job(job, cfg, tmp_path / "templates", InProcessService(worker))
@@ -145,7 +154,8 @@ def test_a_calibrated_auto_job_falls_back_to_fp32_when_the_gate_refuses_int8(mus
         worker.close()
     assert result.status == "ok", result.error
     assert (result.frames, result.precision, result.backend, result.calibration) == (50, "fp32", "pytorch", "")
-    refused = re.match(rf"int8 refused by the accuracy gate: on {HELD_OUT_FRAMES} held-out frames of "
+    assert sorted(str(e.path) for e in store.list() if e.precision == "int8") == int8_entries  # found, not built
+    refused = re.match(rf"int8 refused by the accuracy gate: on {HELD_OUT} held-out frames of "
                        rf"{re.escape(str(manifest))}, PSNR against fp32 is ([\d.]+) dB on the generated crops",
                        result.backend_note)
     assert refused and float(refused[1]) < int8_artifacts.MIN_PSNR_DB, result.backend_note

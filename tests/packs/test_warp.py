@@ -4,13 +4,8 @@ import numpy as np
 import torch
 
 from heygem_ray.features import Pcm
-from heygem_ray.packs.warp import (
-    CROP_SIZE,
-    MOUTH_Y,
-    WarpMotion,
-    WarpRender,
-    warp_features,
-)
+from heygem_ray.models.warp import CROP_SIZE, MOUTH_Y, WarpMotion, WarpRender
+from heygem_ray.packs.warp import warp_features
 
 SR = 16000
 

@@ -46,10 +46,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from heygem_ray import media, storage
+from heygem_ray.driver.missing import MissingInputs
 from heygem_ray.errors import HeygemError
 from heygem_ray.identity import Inputs
+from heygem_ray.job.compose import PARTIAL_SUFFIX
 from heygem_ray.manifest import Job
-from heygem_ray.pipeline import PARTIAL_SUFFIX, MissingInputs
 from heygem_ray.results import BATCH_ROWS, JobResult, write_results, write_table
 from heygem_ray.storage import Location
 
@@ -147,7 +148,7 @@ def _merged_rows(
         if found is None:
             lost = JobResult.for_job(job, pack)
             lost.run_id = run_id
-            lost.error_stage = "plan"
+            lost.error_step = "plan"
             if stopped is not None:
                 lost.error_kind = "stopped"
                 lost.error = f"{job.label}: the run stopped before this job ended ({stopped}); run the same manifest again to render it"
@@ -175,7 +176,7 @@ def _as_skipped(earlier: JobResult, job: Job) -> JobResult:
 
 def _remove_partials(outputs: list[Location]) -> None:
     """Delete temporary MP4s a killed task or run left for ``outputs``, and no other job's:
-    beside a local one (see pipeline's publish step), under the temporary keys of an upload
+    beside a local one (see job/compose.py's publish step), under the temporary keys of an upload
     for one in a bucket."""
     for partial in storage.staged_leftovers([o for o in outputs if isinstance(o, Path)], PARTIAL_SUFFIX):
         partial.unlink(missing_ok=True)

@@ -1,34 +1,38 @@
 """``submit``: a manifest in, MP4s and ``results.parquet`` out.
 
 The public entry point for Python callers; the CLI is a thin layer over it.
+
+However a run that started rendering (or waiting for its workers) ends, its table is
+written: rows of the jobs that ended, ``stopped`` rows for the others. That includes
+Ctrl-C and SIGTERM (what ``ray job stop`` and ``kill`` send): while a run goes on, SIGTERM
+raises ``Interrupted`` in the driver as Ctrl-C raises ``KeyboardInterrupt``.
 """
+
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import socket
+import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
-from ray._raylet import GcsClient  # type: ignore[attr-defined]  # Ray's own GCS client, untyped
-from ray.exceptions import AuthenticationError
 
-from heygem_ray import identity, locks, metrics, resume, storage
+from heygem_ray import identity, locks, metrics, storage
 from heygem_ray.config import RunConfig
-from heygem_ray.errors import EngineError, HeygemError, InputError, RunStopped
+from heygem_ray.driver import resume
+from heygem_ray.driver.connect import connect
+from heygem_ray.driver.hold import hold_output, still_held
+from heygem_ray.driver.loop import run_jobs
+from heygem_ray.driver.missing import MissingInputs
+from heygem_ray.errors import HeygemError, Interrupted, RunStopped, WorkersUnavailable
 from heygem_ray.manifest import Job, read_manifest
-from heygem_ray.pipeline import MissingInputs
-from heygem_ray.ray_exec import run_jobs
 from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult, Status, read_rows
 from heygem_ray.storage import Location, Uri
 from heygem_ray.worker import WorkerInfo
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,10 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     ``InputError`` of kind ``output_locked`` at once, having changed nothing.
     """
     cb = callbacks or RunCallbacks()
-    # 1. read and check the manifest: a broken one stops here, before any work
+    # 1. read and check the manifest: a broken one stops here, before any work; so does an
+    #    output folder the run cannot write (before Ray is even connected)
     jobs = read_manifest(storage.location(manifest), cfg.output_dir, reserved=RESULT_COLUMNS)
+    storage.check_writable(cfg.output_dir)
     # 2. hold the output folder: a run into a folder another run holds stops here
     run_id = uuid.uuid4().hex[:12]
     with hold_output(cfg.output_dir, f"run {run_id} of {manifest}") as lease:
@@ -99,12 +105,15 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
     missing = MissingInputs(cfg.render.pack, cfg.config_hash(), rows=len(jobs))
     if todo:
         # 5. connect to Ray (a local instance unless an address is given)
-        started_here, dashboard = _connect(cfg.address)
+        started_here, dashboard = connect(cfg.address)
         cb.connected(dashboard)
         ended = 0  # jobs whose rows are on disk
         working = False
         # The identities of the inputs of jobs in flight, taken as each job starts (manifest row → audio, video).
         inputs: dict[int, tuple[str, str]] = {}
+        # SIGTERM stops the run as Ctrl-C does, from here until its table is written (set
+        # after ray.init, which sets a handler of its own)
+        sigterm = _SigtermStops()
         try:
             # 6. start the model workers (a bad checkpoint or backend stops here), then
             #    render, keeping each row on disk as soon as its job ends
@@ -117,7 +126,7 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
 
             def job_done(result: JobResult) -> None:
                 nonlocal ended
-                _still_held(lease)
+                still_held(lease)
                 resume.record(cfg.output_dir, basis.stamp(result, *inputs.pop(result.row, ("", ""))))
                 missing.learn(result)
                 ended += 1
@@ -127,7 +136,7 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
                 """The jobs to start, taken one at a time as the run has room for them."""
                 nonlocal ended
                 for job in todo:
-                    _still_held(lease)
+                    still_held(lease)
                     if (known := missing.fail(job)) is None:
                         if job.problem is None:
                             inputs[job.row] = (identity.input_identity(job.audio), identity.input_identity(job.video))
@@ -140,10 +149,15 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
             run_jobs(to_run(), cfg, on_result=job_done, on_frames=cb.frames_done, on_workers=workers_ready,
                      on_waiting=cb.waiting)
         except BaseException as exc:
-            if not working:  # nothing was rendered: the error says why
+            signum = sigterm.stopped_by(exc)
+            if not working and signum is None:  # nothing was rendered: the error says why
                 raise
-            # Jobs may have rendered: the table holds their rows, and says which did not end.
-            why = exc.message if isinstance(exc, HeygemError) else f"{type(exc).__name__}: {exc}"
+            # Jobs may have rendered, or be waiting for workers: the table holds their rows,
+            # and says which did not end.
+            if signum is not None:
+                why = f"it was sent {_SIGNAL_NAMES[signum]}"
+            else:
+                why = exc.message if isinstance(exc, HeygemError) else f"{type(exc).__name__}: {exc}"
             if lease.lost is not None:  # the folder is another run's now: its table is not ours to write
                 table = "the results table was not written (another run holds the folder now)"
             else:
@@ -153,150 +167,54 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
                     table = f"every row is in {path} (jobs that did not end say 'stopped')"
                 except HeygemError as failed:  # the cause may be the same: an unwritable output folder
                     table = f"the results table could not be written either ({failed.message})"
-            if not isinstance(exc, Exception):  # Ctrl-C, SystemExit: as they were
-                raise
-            raise RunStopped(
+            said = (
                 f"the run stopped after {ended} of {len(todo)} jobs had ended: {why}; {table}; "
                 "run the same manifest again to render the rest"
-            ) from exc
+            )
+            if signum is not None:
+                raise Interrupted(signum, said) from exc
+            if not isinstance(exc, Exception):  # SystemExit: as it was
+                raise
+            raise RunStopped(said, exit_status=2 if isinstance(exc, WorkersUnavailable) else 1) from exc
         finally:
+            sigterm.restore()
             if started_here:
                 ray.shutdown()
     # 7. the results table: one row per manifest row, merged from the rows kept on disk
-    _still_held(lease)
+    still_held(lease)
     counts = resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, run_id=basis.run_id,
                                  missing=missing)  # fmt: skip
     return RunSummary(path, total=len(jobs), ok=counts["ok"], skipped=counts["skipped"], failed=counts["failed"],
                       run_id=basis.run_id)  # fmt: skip
 
 
-# The run's lock, in its output folder (see locks.py): who runs into the folder, since when.
-RUN_LOCK = ".heygem-run.lock"
+_SIGNAL_NAMES = {int(signal.SIGINT): "SIGINT (Ctrl-C)", int(signal.SIGTERM): "SIGTERM"}
 
 
-@contextlib.contextmanager
-def hold_output(output_dir: Location, what: str) -> Iterator[locks.Lease]:
-    """Hold ``output_dir``'s run lock for ``what`` (words naming the run) while the block
-    runs; an ``InputError`` of kind ``output_locked`` naming the holder if another live run
-    holds it. A local folder made only to hold the lock is removed again if the run left
-    it empty (a run refused by Ray, say, leaves nothing behind)."""
-    made = _first_missing(output_dir) if isinstance(output_dir, Path) else None
-    lock = output_dir / RUN_LOCK
-    got = locks.acquire(lock, what)
-    if isinstance(got, locks.Held):
-        raise InputError(
-            f"{output_dir} is in use by another run: {got.describe()}; wait for it to end, stop it, or give "
-            f"another output folder (if that run is gone, its lock {lock} is taken over by the next run "
-            f"{locks.STALE_AFTER_S:.0f} s after its last heartbeat, or at once on the machine it ran on)",
-            kind="output_locked",
-        )
-    try:
-        with got:
-            yield got
-    finally:
-        if made is not None and isinstance(output_dir, Path):
-            _remove_empty(output_dir, made)
+class _SigtermStops:
+    """While it is installed, SIGTERM raises ``Interrupted`` in the main thread (once: a
+    second one is ignored, so that the table gets written); ``restore`` puts the handler
+    before back. Only the main thread receives signals: elsewhere it does nothing."""
 
+    def __init__(self) -> None:
+        self.received = False
+        self._installed = threading.current_thread() is threading.main_thread()
+        # None: a handler set outside Python (put back as the default)
+        self._previous: Any = signal.signal(signal.SIGTERM, self._stop) if self._installed else None
 
-def _still_held(lease: locks.Lease) -> None:
-    """Stop the run if its output folder was taken over (its heartbeat had stopped)."""
-    if lease.lost is not None:
-        raise InputError(f"{lease.lost}; this run stops here and leaves the folder to it", kind="output_locked")
+    def _stop(self, signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self.received = True
+        raise Interrupted(signum)
 
+    def stopped_by(self, exc: BaseException) -> int | None:
+        """The signal that stopped the run, if one did: SIGTERM (``Interrupted``; a Ray
+        call it interrupts raises a plain ``KeyboardInterrupt`` instead), or SIGINT
+        (``KeyboardInterrupt``, Python's own for Ctrl-C)."""
+        if not isinstance(exc, KeyboardInterrupt):
+            return None
+        return int(signal.SIGTERM) if self.received else int(signal.SIGINT)
 
-def _first_missing(folder: Path) -> Path | None:
-    """The outermost of ``folder`` and its parents that does not exist yet; None if it exists."""
-    missing = None
-    while not folder.exists():
-        missing = folder
-        if folder.parent == folder:
-            break
-        folder = folder.parent
-    return missing
-
-
-def _remove_empty(folder: Path, up_to: Path) -> None:
-    """Remove ``folder`` and its parents up to ``up_to`` while they are empty."""
-    while True:
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (the run wrote there), or gone
-            return
-        if folder == up_to:
-            return
-        folder = folder.parent
-
-
-def _connect(address: str | None) -> tuple[bool, str | None]:
-    """Connect to Ray. Returns (started here and so to be stopped here, dashboard URL).
-
-    No address: the cluster named by ``RAY_ADDRESS`` (set inside a Ray Job), else a new
-    local instance, never whichever cluster another process on this machine started
-    last (which a bare ``ray.init()`` would join).
-    """
-    if ray.is_initialized():
-        return False, None
-    target = address or os.environ.get("RAY_ADDRESS") or "local"
-    _check_token(target)
-    try:
-        ctx = ray.init(address=target, logging_level=logging.WARNING)
-    except AuthenticationError as exc:  # token mode on here, and no token found
-        raise _token_error(target) from exc
-    except ConnectionError as exc:
-        raise EngineError(
-            f"could not reach the Ray cluster at {target} ({exc}); check --address and that the cluster is up",
-            kind="cluster_unreachable",
-        ) from exc
-    url = getattr(ctx, "dashboard_url", None)
-    return target == "local", (f"http://{url}" if url and "://" not in url else url) or None
-
-
-# Seconds to wait for a cluster's port before asking its GCS whether it takes our token.
-PROBE_S = 3.0
-
-
-def _check_token(target: str) -> None:
-    """Ask the cluster's GCS once whether it takes this client's token (Ray 2.59+ starts
-    clusters in token mode). A refused or missing token is then one clear error at once,
-    where ``ray.init`` would retry for 20 s and report the cluster as unreachable. Any
-    other failure is left to ``ray.init`` to report."""
-    if target == "local" or target.startswith("ray://"):
-        return
-    try:
-        gcs = ray._private.services.canonicalize_bootstrap_address(target)
-        host, port = str(gcs).rsplit(":", 1)
-        socket.create_connection((host, int(port)), timeout=PROBE_S).close()
-    except Exception:  # no such address, nothing listening: ray.init says so
-        return
-    try:
-        with _quiet_stderr():  # Ray's client logs the refusal itself, in its own words
-            GcsClient(address=gcs, cluster_id=None)
-    except AuthenticationError as exc:
-        raise _token_error(target) from exc
-    except Exception:
-        log.debug("token probe of %s failed", gcs, exc_info=True)
-
-
-def _token_error(target: str) -> EngineError:
-    where = next((name for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH") if os.environ.get(name)), None)
-    if where is None and (Path.home() / ".ray" / "auth_token").exists():
-        where = "~/.ray/auth_token"
-    fix = (
-        "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, a file holding it) to the token the cluster's nodes "
-        "were started with, and RAY_AUTH_MODE=token"
-    )
-    said = f"refused the token from {where}" if where else "requires a token and none was found"
-    return EngineError(f"the Ray cluster at {target} {said}: {fix}", kind="cluster_auth")
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """File descriptor 2 to /dev/null for a moment (native code writes there directly)."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    def restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)

@@ -1,0 +1,17 @@
+"""The driver: a manifest in, a results table out, the jobs run on Ray.
+
+* ``run``: ``submit``, the numbered recipe of a run (read the manifest, hold the output folder,
+  skip what an earlier run proved complete, connect, render, write the table);
+* ``hold``: one run per output folder (the run lock);
+* ``resume``: what a rerun trusts, and each finished row kept on disk at once;
+* ``missing``: rows that fail at once on a file a job of the run found missing;
+* ``connect``: Ray, local or a cluster, with its token;
+* ``loop``: job tasks kept in flight, their rows handed on, lost attempts retried;
+* ``pool``: the model worker actors, started, watched and replaced within a budget;
+* ``actor``: a ``ModelWorker`` as a Ray actor; ``router``: which worker renders each chunk;
+* ``calls``: calls to the run's actors, retried while Ray cannot reach them.
+"""
+
+from heygem_ray.driver.run import RunCallbacks, RunSummary, submit
+
+__all__ = ["RunCallbacks", "RunSummary", "submit"]

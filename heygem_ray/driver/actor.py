@@ -1,0 +1,55 @@
+"""The model worker as a Ray actor: a ``ModelWorker`` that reports to the run's router."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import ray
+
+from heygem_ray.config import RenderConfig, WorkerDevice
+from heygem_ray.driver.calls import (
+    ask,
+    node_name,
+)
+from heygem_ray.packs import Features
+from heygem_ray.worker import ChunkOutput, GpuUse, ModelWorker
+
+
+class ActorWorker(ModelWorker):
+    """A ModelWorker that joins the run's router once its models are open, and tells it
+    which chunk it renders and when (so a chunk that kills it, or takes too long, can be
+    told apart). Known to the router by its actor name, unique in the run."""
+
+    def __init__(self, cfg: RenderConfig, engines_dir: Path, router: Any, device: WorkerDevice):
+        ctx = ray.get_runtime_context()
+        self._router = router
+        self._name = cast(str, ctx.get_actor_name())
+        ask(router.starting, self._name)
+        # Ray gave it a GPU: --device gpu must use it; auto may render on the CPU, saying why.
+        gpu: GpuUse = ("required" if device == "gpu" else "wanted") if ray.get_gpu_ids() else "none"
+        super().__init__(cfg, engines_dir, node=node_name(), gpu=gpu)
+        if self.error is None:  # one that cannot start is the driver's to report
+            ask(router.joined, self._name, ctx.current_actor, self.info.reference_key)
+
+    @ray.method(enable_task_events=False)
+    def alive(self) -> None:
+        """The pool's health check: answered between chunks; an error once the actor is dead."""
+
+    def render(self, chunk: str, features: Features, given: np.ndarray) -> ChunkOutput:
+        """``run_chunk`` for the chunk named ``chunk``; recorded first (and waited for: the
+        record must outlive a worker killed by this very chunk), and its end after."""
+        ask(self._router.started, self._name, chunk, len(given))
+        try:
+            return self.run_chunk(features, given)
+        finally:
+            ask(self._router.finished, self._name, chunk)
+
+    def reference(self, chunk: str, crops: np.ndarray) -> np.ndarray:
+        """``run_reference`` for the chunk named ``chunk``, recorded as ``render`` is."""
+        ask(self._router.started, self._name, chunk, len(crops))
+        try:
+            return self.run_reference(crops)
+        finally:
+            ask(self._router.finished, self._name, chunk)

@@ -1,0 +1,95 @@
+"""Connecting to Ray: a new local instance, the cluster a Ray Job runs in, or an address;
+a token the cluster refuses is one clear error at once."""
+
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import ray
+from ray._raylet import GcsClient  # type: ignore[attr-defined]  # Ray's own GCS client, untyped
+from ray.exceptions import AuthenticationError
+
+from heygem_ray.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+
+def connect(address: str | None) -> tuple[bool, str | None]:
+    """Connect to Ray. Returns (started here and so to be stopped here, dashboard URL).
+
+    No address: the cluster named by ``RAY_ADDRESS`` (set inside a Ray Job), else a new
+    local instance, never whichever cluster another process on this machine started
+    last (which a bare ``ray.init()`` would join).
+    """
+    if ray.is_initialized():
+        return False, None
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    _check_token(target)
+    try:
+        ctx = ray.init(address=target, logging_level=logging.WARNING)
+    except AuthenticationError as exc:  # token mode on here, and no token found
+        raise _token_error(target) from exc
+    except ConnectionError as exc:
+        raise EngineError(
+            f"could not reach the Ray cluster at {target} ({exc}); check --address and that the cluster is up",
+            kind="cluster_unreachable",
+        ) from exc
+    url = getattr(ctx, "dashboard_url", None)
+    return target == "local", (f"http://{url}" if url and "://" not in url else url) or None
+
+
+# Seconds to wait for a cluster's port before asking its GCS whether it takes our token.
+PROBE_S = 3.0
+
+
+def _check_token(target: str) -> None:
+    """Ask the cluster's GCS once whether it takes this client's token (Ray 2.59+ starts
+    clusters in token mode). A refused or missing token is then one clear error at once,
+    where ``ray.init`` would retry for 20 s and report the cluster as unreachable. Any
+    other failure is left to ``ray.init`` to report."""
+    if target == "local" or target.startswith("ray://"):
+        return
+    try:
+        gcs = ray._private.services.canonicalize_bootstrap_address(target)
+        host, port = str(gcs).rsplit(":", 1)
+        socket.create_connection((host, int(port)), timeout=PROBE_S).close()
+    except Exception:  # no such address, nothing listening: ray.init says so
+        return
+    try:
+        with _quiet_stderr():  # Ray's client logs the refusal itself, in its own words
+            GcsClient(address=gcs, cluster_id=None)
+    except AuthenticationError as exc:
+        raise _token_error(target) from exc
+    except Exception:
+        log.debug("token probe of %s failed", gcs, exc_info=True)
+
+
+def _token_error(target: str) -> EngineError:
+    where = next((name for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH") if os.environ.get(name)), None)
+    if where is None and (Path.home() / ".ray" / "auth_token").exists():
+        where = "~/.ray/auth_token"
+    fix = (
+        "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, a file holding it) to the token the cluster's nodes "
+        "were started with, and RAY_AUTH_MODE=token"
+    )
+    said = f"refused the token from {where}" if where else "requires a token and none was found"
+    return EngineError(f"the Ray cluster at {target} {said}: {fix}", kind="cluster_auth")
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for a moment (native code writes there directly)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

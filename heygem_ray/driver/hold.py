@@ -1,0 +1,72 @@
+"""One run per output folder: the run lock, held from before anything is written there."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from heygem_ray import locks
+from heygem_ray.errors import InputError
+from heygem_ray.storage import Location
+
+# The run's lock, in its output folder (see locks.py): who runs into the folder, since when.
+RUN_LOCK = ".heygem-run.lock"
+
+
+_ADVICE = "wait for it to end, stop it, or give another output folder"
+
+
+@contextlib.contextmanager
+def hold_output(output_dir: Location, what: str, *, lock_name: str = RUN_LOCK,
+                advice: str = _ADVICE) -> Iterator[locks.Lease]:
+    """Hold ``output_dir``'s run lock (``lock_name`` in it) for ``what`` (words naming the
+    run) while the block runs; an ``InputError`` of kind ``output_locked`` naming the holder
+    and giving ``advice`` if another live run holds it. A local folder made only to hold
+    the lock is removed again if the run left it empty (a run refused by Ray, say, leaves
+    nothing behind)."""
+    made = _first_missing(output_dir) if isinstance(output_dir, Path) else None
+    lock = output_dir / lock_name
+    got = locks.acquire(lock, what)
+    if isinstance(got, locks.Held):
+        raise InputError(
+            f"{output_dir} is in use by another run: {got.describe()}; {advice} "
+            f"(if that run is gone, its lock {lock} is taken over by the next run "
+            f"{locks.STALE_AFTER_S:.0f} s after its last heartbeat, or at once on the machine it ran on)",
+            kind="output_locked",
+        )
+    try:
+        with got:
+            yield got
+    finally:
+        if made is not None and isinstance(output_dir, Path):
+            _remove_empty(output_dir, made)
+
+
+def still_held(lease: locks.Lease) -> None:
+    """Stop the run if its output folder was taken over (its heartbeat had stopped)."""
+    if lease.lost is not None:
+        raise InputError(f"{lease.lost}; this run stops here and leaves the folder to it", kind="output_locked")
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet; None if it exists."""
+    missing = None
+    while not folder.exists():
+        missing = folder
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folder: Path, up_to: Path) -> None:
+    """Remove ``folder`` and its parents up to ``up_to`` while they are empty."""
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (the run wrote there), or gone
+            return
+        if folder == up_to:
+            return
+        folder = folder.parent

@@ -1,0 +1,216 @@
+"""The driver's loop: a manifest on Ray, where worker actors own the models and job tasks
+run the recipe.
+
+* One ``ModelWorker`` actor per GPU (``num_gpus=1``); on a cluster without GPUs, CPU
+  actors instead, leaving cores for the job tasks.
+* One Ray task per job runs ``job.render_job``; it sends chunks to the actors and
+  composes their crops. Only crops, features and small metadata cross the object store.
+* The driver keeps at most ``max_jobs_in_flight`` jobs submitted and hands each finished
+  row on (it is kept on disk, not here), so a manifest of 100 000 rows needs little more
+  driver memory than one of 100 (BENCHMARKS.md, "Memory").
+* Every run ends (``Pool``): a worker that fails or dies while starting stops it at once;
+  dead or wedged workers are replaced within a budget, and once none can serve it stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import ray
+from ray.exceptions import (
+    RayError,
+    RayTaskError,
+)
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from heygem_ray import heap, metrics
+from heygem_ray.config import RunConfig
+from heygem_ray.driver.calls import (
+    JOB_TASK,
+    POLL_S,
+    ask,
+)
+from heygem_ray.driver.pool import WATCH_S, Pool
+from heygem_ray.driver.router import RayService, Router
+from heygem_ray.job import render_job
+from heygem_ray.joblog import fields, job_logging
+from heygem_ray.manifest import Job
+from heygem_ray.results import JobResult
+from heygem_ray.worker import WorkerInfo
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=1)
+def job_task(job: Job, cfg: RunConfig, workers: int, router: Any) -> JobResult:
+    def frames_done(frames: int) -> None:
+        router.add.remote(frames)
+        metrics.record_frames(frames, cfg.render.pack)
+
+    service = RayService(router, workers, cfg.render.chunk_frames, cfg.workers_ready_timeout_s)
+    with job_logging(job.job_id):
+        result = render_job(job, cfg.render, cfg.cache_dir, service, on_frames=frames_done)
+        _log_result(result)
+    heap.release_free()  # Ray reuses this process for later jobs: hand back what this one freed
+    return result
+
+
+def _log_result(r: JobResult) -> None:
+    """One line per job (the record names the job): a warning if it failed."""
+    if r.status == "ok":
+        log.info("%s", fields(status=r.status, frames=r.frames, seconds=r.seconds,
+                              realtime_factor=r.realtime_factor, backend=r.backend, node=r.node))
+    else:
+        log.warning("%s", fields(status=r.status, step=r.error_step, kind=r.error_kind, error=r.error))
+
+
+# The first progress line while the run waits for its workers, then one this often.
+WAITING_FIRST_S = 5.0
+WAITING_EVERY_S = 30.0
+
+
+def run_jobs(
+    jobs: Iterable[Job],
+    cfg: RunConfig,
+    on_result: Callable[[JobResult], None] = lambda r: None,
+    on_frames: Callable[[int], None] = lambda n: None,
+    on_workers: Callable[[list[WorkerInfo]], None] = lambda infos: None,
+    on_waiting: Callable[[str], None] = lambda line: None,
+) -> None:
+    """Render every job on the connected Ray cluster, passing each row to ``on_result`` as
+    its job ends. ``jobs`` is taken one at a time as there is room for another job in
+    flight (an iterator may decide about a job when its turn comes). ``on_workers`` hears
+    of workers as they begin to serve; ``on_waiting`` gets a progress line now and then
+    while the run waits for its first worker. Raises ``WorkersUnavailable`` when the
+    workers cannot serve (see ``Pool``). Whatever ends the run (also an error raised by a
+    callback), its actors are ended and the job tasks still running are cancelled before
+    it returns or raises."""
+    run_id = uuid.uuid4().hex[:6]  # names this run's actors in the dashboard
+    # On the driver's node: it must not leave the run with a node that leaves the cluster.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    router = (
+        cast(Any, Router)
+        .options(name=f"router-{run_id}", scheduling_strategy=here)
+        .remote(cfg.chunk_timeout_s, cfg.chunk_timeout_per_frame_s)
+    )
+    try:
+        pool = Pool(cfg, run_id, router, on_waiting)
+        try:
+            on_workers(_first_workers(pool, cfg.workers_ready_timeout_s, on_waiting))
+            _render_all(jobs, cfg, pool, router, on_result, on_frames, on_workers)
+        finally:
+            pool.close()
+    finally:
+        ray.kill(router)
+
+
+def _first_workers(pool: Pool, timeout_s: float, on_waiting: Callable[[str], None]) -> list[WorkerInfo]:
+    """Wait for the first workers to serve, saying so now and then; none in time stops the run."""
+    start = time.monotonic()
+    say_at = start + WAITING_FIRST_S
+    while True:
+        now = time.monotonic()
+        if now - start >= timeout_s:
+            raise pool.not_ready(timeout_s)
+        # Nodes joining: CPU workers placed on them, more GPU workers wanted, auto decided.
+        if infos := pool.watch(min(WATCH_S, start + timeout_s - now)):
+            return infos
+        if time.monotonic() >= say_at:
+            line = pool.waiting_line(time.monotonic() - start, timeout_s)
+            log.info("%s", line)
+            on_waiting(line)
+            say_at = time.monotonic() + WAITING_EVERY_S
+
+
+def _render_all(
+    jobs: Iterable[Job],
+    cfg: RunConfig,
+    pool: Pool,
+    router: Any,
+    on_result: Callable[[JobResult], None],
+    on_frames: Callable[[int], None],
+    on_workers: Callable[[list[WorkerInfo]], None],
+) -> None:
+    """Keep up to the in-flight cap of job tasks running until every job has its row."""
+    in_flight_cap = pool.jobs_cap()
+    config_hash = cfg.config_hash()
+    pending: dict[ray.ObjectRef, tuple[Job, int]] = {}  # task → (job, attempt)
+    retry: list[tuple[Job, int]] = []
+    queue = iter(jobs)
+    exhausted = False
+    next_watch = time.monotonic() + WATCH_S
+    try:
+        while True:
+            while len(pending) < in_flight_cap and (retry or not exhausted):
+                if retry:
+                    job, attempt = retry.pop()
+                elif (nxt := next(queue, None)) is not None:
+                    job, attempt = nxt, 1
+                else:
+                    exhausted = True
+                    break
+                # max_retries=0: a lost task is retried here, where its attempts are counted.
+                ref = job_task.options(name=JOB_TASK, max_retries=0).remote(job, cfg, pool.serving, router)
+                pending[ref] = (job, attempt)
+            if not pending:
+                return
+            if time.monotonic() >= next_watch:
+                if joined := pool.watch():  # raises when no worker can serve any more
+                    on_workers(joined)
+                in_flight_cap = pool.jobs_cap()
+                heap.release_free()  # see heap.py: the driver's memory stays flat over many jobs
+                next_watch = time.monotonic() + WATCH_S
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+            for ref in done:
+                job, attempt = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayTaskError as exc:  # raised by the task itself, outside render_job: a bug
+                    result = _task_error(job, cfg, exc)
+                except RayError as exc:  # the task was lost (its worker or node died)
+                    if attempt < cfg.max_attempts:
+                        log.warning("%s: attempt %d lost (%s); trying again", job.label, attempt, type(exc).__name__)
+                        retry.append((job, attempt + 1))
+                        continue
+                    result = _lost(job, cfg, exc)
+                if result.error_kind == "worker_lost" and attempt < cfg.max_attempts:
+                    # Every worker the task was given is gone: try again with the workers there are now.
+                    log.warning("%s: attempt %d lost its model workers; trying again", job.label, attempt)
+                    retry.append((job, attempt + 1))
+                    continue
+                result.attempts, result.config_hash = attempt, config_hash
+                result.ray_task_id = ref.task_id().hex()
+                on_result(result)
+                metrics.record_job(result)  # here, where a row is final: a retried attempt is not a job
+            on_frames(ask(router.total))
+    finally:
+        for ref in pending:  # only when the run stops early: tasks that would report to no one
+            ray.cancel(ref)
+
+
+def _task_error(job: Job, cfg: RunConfig, exc: RayTaskError) -> JobResult:
+    """A job whose task raised outside ``render_job`` (which turns every error into its
+    row): a failed row, not retried (it would raise again)."""
+    result = JobResult.for_job(job, cfg.render.pack)
+    result.error_kind, result.error_step = "internal", "plan"
+    result.error = (
+        f"{job.label}: internal error in its Ray task: {type(exc.cause).__name__}: {exc.cause} "
+        "(a bug in heygem-ray; please report it with this message)"
+    )
+    return result
+
+
+def _lost(job: Job, cfg: RunConfig, exc: RayError) -> JobResult:
+    """A job whose task or worker died: a failed row that says so."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    result = JobResult.for_job(job, cfg.render.pack)
+    result.error_kind, result.error_step = "worker_lost", "render"
+    result.error = (
+        f"{job.label}: the Ray task or worker running it died {cfg.max_attempts} times "
+        f"({type(exc).__name__}: {first}); check the cluster's health, then run the same manifest again"
+    )
+    return result

@@ -1,0 +1,281 @@
+"""What an unattended run promises (DESIGN.md, "Guarantees"), each tried the way it breaks:
+
+* no credential is ever written: a URI with one in it is refused wherever it is given,
+  and the secret appears in no table, log, page, run.json or console line;
+* a disk that is full or read-only, or a folder the run may not write, is the user's
+  error (kind ``storage``, saying what to do), never ``internal``; as the output folder,
+  it stops the run before Ray is even started.
+
+Full and read-only disks are real tmpfs mounts (the tests run as root; where mounting is
+not permitted they are skipped). Root is refused nothing by file modes, so "permission
+denied" comes from a process without capabilities (setpriv).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from heygem_ray import media
+from heygem_ray.cli import app
+from heygem_ray.errors import InputError
+from tests.jobs import NIGHTLY
+
+REPO = Path(__file__).resolve().parents[1]
+HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
+# An AWS key pair in the form AWS documents its examples in (a "/" and a "+" in the secret),
+# and the fragments of it that must appear nowhere.
+KEY_ID, SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+FRAGMENTS = (KEY_ID, "wJalrXUtnFEMI", "K7MDENG", "bPxRfiCYEXAMPLEKEY")
+KEYED = f"s3://{KEY_ID}:{SECRET}@lessons"
+
+
+def assert_no_secret(where: str, data: str | bytes) -> None:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    found = [f for f in FRAGMENTS if f in text]
+    assert not found, f"{where} holds {found}"
+
+
+def _clip(src: Path, dst: Path, seconds: float) -> Path:
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-t", str(seconds), str(dst)], check=True)
+    return dst
+
+
+def _env(ray_tmp: Path | None = None) -> dict[str, str]:
+    """A child's environment: its own local Ray (under ``ray_tmp``, when given)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return env | ({"RAY_TMPDIR": str(ray_tmp)} if ray_tmp else {})
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """``mount(name, size="64k", read_only=False)``: a fresh tmpfs at ``tmp_path/name``."""
+    mounted: list[Path] = []
+
+    def make(name: str, size: str = "64k", read_only: bool = False) -> Path:
+        where = tmp_path / name
+        where.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
+                              text=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the test needs root and mount permission")
+        mounted.append(where)
+        return where
+
+    yield make
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(folder: Path) -> None:
+    """Write into ``folder`` until its disk is full."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == 28, exc
+
+
+@pytest.fixture
+def ray_tmp() -> Iterator[Path]:
+    """A folder for a child's Ray session: short, as Ray's socket paths must fit; removed after."""
+    where = Path(tempfile.mkdtemp(prefix="hg", dir="/tmp"))
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture
+def lesson(tmp_path: Path, examples: Path) -> Path:
+    """A manifest of one small row (a second of speech on a still photo) in ``tmp_path``."""
+    _clip(examples / "lesson1.wav", tmp_path / "a.wav", 1.0)
+    shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
+    (tmp_path / "m.csv").write_text("job_id,audio,video\none,a.wav,p.jpg\n")
+    return tmp_path / "m.csv"
+
+
+# -- credentials ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keyed_run(tmp_path_factory, examples) -> dict:
+    """A manifest with credentials in three cells, run by the CLI, reported on, and run by
+    the nightly job; the Ray session's files (its logs) kept in one place to search."""
+    d = tmp_path_factory.mktemp("keyed")
+    ray_tmp = Path(tempfile.mkdtemp(prefix="hgk", dir="/tmp"))  # short: Ray's socket paths must fit
+    _clip(examples / "lesson1.wav", d / "a.wav", 1.0)
+    shutil.copy(examples / "presenter.jpg", d / "p.jpg")
+    rows = [
+        "good,a.wav,p.jpg,",
+        f"audio,{KEYED}/a.wav,p.jpg,",
+        f"output,a.wav,p.jpg,{KEYED}/out/o.mp4",
+        f",{KEYED},p.jpg,",  # no job id: one is derived from the cells, never from the secret
+    ]
+    (d / "m.csv").write_text("job_id,audio,video,output\n" + "\n".join(rows) + "\n")
+    common = ["--cache-dir", str(d / "cache"), "--engines", str(d / "engines")]
+    submit = _run([HEYGEM, "submit", "m.csv", "-o", "out", *common], d, _env(ray_tmp))
+    made = _run([HEYGEM, "report", "out", "--thumbnails", "0"], d)
+    nightly = _run([sys.executable, str(NIGHTLY), "m.csv", "nights", "--date", "2026-01-02", *common], d,
+                   _env(ray_tmp))  # fmt: skip
+    yield {"dir": d, "ray_tmp": ray_tmp, "submit": submit, "report": made, "nightly": nightly}
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_cells_with_credentials_fail_their_rows_with_the_uri_shown_without_them(keyed_run):
+    d, proc = keyed_run["dir"], keyed_run["submit"]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    rows = pq.read_table(d / "out" / "results.parquet").to_pylist()
+    assert [r["status"] for r in rows] == ["ok", "failed", "failed", "failed"]
+    for r, cell in zip(rows[1:], ["'audio' cell s3://***@lessons/a.wav", "'output' cell s3://***@lessons/out/o.mp4",
+                                  "'audio' cell s3://***@lessons"], strict=True):  # fmt: skip
+        assert r["error_kind"] == "credentials_in_uri"
+        assert f"): the {cell}: credentials inside a URI are refused" in r["error"]
+        assert "AWS_ACCESS_KEY_ID" in r["error"] and "GOOGLE_APPLICATION_CREDENTIALS" in r["error"]
+    assert len(media.read_video(d / "out" / "good.mp4")[0]) == rows[0]["frames"] == 25
+
+
+def test_the_secret_is_written_nowhere(keyed_run):
+    d = keyed_run["dir"]
+    for name in ("submit", "report", "nightly"):
+        proc = keyed_run[name]
+        assert proc.returncode in (0, 1), proc.stderr[-3000:]
+        assert_no_secret(f"{name}'s stdout", proc.stdout)
+        assert_no_secret(f"{name}'s stderr", proc.stderr)
+    assert "s3://***@lessons/a.wav" in keyed_run["nightly"].stdout  # its log names the row, as the CLI does
+    written = [p for p in d.rglob("*") if p.is_file() and p.name != "m.csv"]
+    names = {p.name for p in written}
+    assert {"results.parquet", "report.html", "run.json"} <= names
+    assert sum(p.suffix == ".parquet" for p in written) == 10  # two tables and their rows' part files
+    for path in written:
+        assert_no_secret(str(path), path.read_bytes())
+    logs = [p for p in keyed_run["ray_tmp"].rglob("*") if p.is_file() and "logs" in p.parts]
+    assert any(p.name.startswith("worker-") for p in logs)
+    assert any(b"credentials_in_uri" in p.read_bytes() for p in logs)  # the job tasks' lines were kept here
+    for path in logs:
+        assert_no_secret(str(path), path.read_bytes())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["submit", f"{KEYED}/m.csv"],
+        ["submit", "m.csv", "-o", f"{KEYED}/out"],
+        ["submit", "m.csv", "--engines", f"{KEYED}/engines"],
+        ["submit", "m.csv", "--cache-dir", f"{KEYED}/templates"],
+        ["submit", "m.csv", "--calibrate", f"{KEYED}/calibration.csv", "--precision", "int8"],
+        ["engines", "build", "--store", f"{KEYED}/engines"],
+        ["engines", "list", "--store", f"{KEYED}/engines"],
+        ["status", f"{KEYED}/out"],
+        ["report", f"{KEYED}/out"],
+    ],
+)
+def test_a_command_given_credentials_in_a_uri_stops_at_once_without_repeating_them(lesson, args):
+    got = CliRunner().invoke(app, [str(lesson) if a == "m.csv" else a for a in args])
+    assert got.exit_code == 2, got.output
+    assert got.stderr.startswith("error: s3://***@lessons/") and got.stderr.count("\n") == 1
+    assert "credentials inside a URI are refused" in got.stderr
+    assert_no_secret("the command's output", got.output)
+    assert not (lesson.parent / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["manifest", "output_root", "--engines"])
+def test_the_nightly_job_refuses_credentials_in_its_arguments_without_repeating_them(lesson, where):
+    args = {"manifest": [f"{KEYED}/m.csv", "nights"], "output_root": ["m.csv", f"{KEYED}/nights"],
+            "--engines": ["m.csv", "nights", "--engines", f"{KEYED}/engines"]}[where]  # fmt: skip
+    proc = _run([sys.executable, str(NIGHTLY), *args], lesson.parent)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "credentials inside a URI are refused" in proc.stderr and "Traceback" not in proc.stderr
+    assert_no_secret("nightly's stderr", proc.stderr + proc.stdout)
+    assert not (lesson.parent / "nights").exists()
+
+
+# -- storage -------------------------------------------------------------------------------
+
+
+def test_an_output_folder_on_a_full_disk_stops_the_run_before_ray_starts(lesson, mount):
+    disk = mount("full")
+    _fill(disk)
+    proc = _run([HEYGEM, "submit", "m.csv", "-o", str(disk / "out")], lesson.parent)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr == (f"error: {disk / 'out'}: no space left on device; free space on that disk, "
+                           "or choose a folder on another one\n")  # fmt: skip
+    assert proc.stdout == "" and not (disk / "out").exists()  # the folder it made to try is gone again
+
+
+def test_a_read_only_output_folder_stops_the_run_and_the_nightly_job_before_ray_starts(lesson, mount):
+    disk = mount("ro", read_only=True)
+    proc = _run([HEYGEM, "submit", "m.csv", "-o", str(disk / "out")], lesson.parent)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr == (f"error: {disk / 'out'}: read-only file system; remount that file system read-write, "
+                           "or choose a folder on a writable one\n")  # fmt: skip
+    night = _run([sys.executable, str(NIGHTLY), "m.csv", str(disk), "--date", "2026-01-02"], lesson.parent)
+    assert night.returncode == 2, night.stderr[-3000:]
+    assert night.stderr == f"error: {disk / '2026-01-02'}: read-only file system; remount that file system " \
+                           "read-write, or choose a folder on a writable one\n"
+    assert "could not start: nothing was rendered" in night.stdout and "run.json not written" in night.stdout
+
+
+def test_a_folder_the_user_may_not_write_says_so(lesson, tmp_path):
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed: a process without capabilities cannot be started")
+    others = tmp_path / "others"
+    others.mkdir(mode=0o755)
+    os.chown(others, 65534, 65534)  # nobody's, and not writable by the rest
+    proc = _run(["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--", HEYGEM, "submit", "m.csv", "-o",
+                 str(others / "out")], lesson.parent)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.startswith(f"error: {others / 'out'}: permission denied; give the user the run runs as access")
+
+
+def test_a_full_template_cache_fails_the_rows_as_storage_not_internal(lesson, mount, ray_tmp):
+    cache = mount("cache", size="32k")
+    out = lesson.parent / "out"
+    proc = _run([HEYGEM, "submit", "m.csv", "-o", str(out), "--cache-dir", str(cache)], lesson.parent, _env(ray_tmp))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (row,) = pq.read_table(out / "results.parquet").to_pylist()
+    assert (row["status"], row["error_kind"], row["error_step"]) == ("failed", "storage", "analyze")
+    assert row["error"].startswith(f"row 1 (job 'one'): {cache}")
+    assert "no space left on device; free space on that disk" in row["error"]
+
+
+def test_an_engine_store_on_a_read_only_disk_stops_the_run_with_its_words(lesson, mount, ray_tmp):
+    """The model workers cannot write the engines they export: the run stops at once
+    with their error (not after --start-timeout as workers that never serve)."""
+    store = mount("engines", read_only=True)
+    out = lesson.parent / "out"
+    proc = _run([HEYGEM, "submit", "m.csv", "-o", str(out), "--backend", "onnxruntime", "--engines", str(store),
+                 "--cache-dir", str(lesson.parent / "cache"), "--start-timeout", "300"], lesson.parent,
+                _env(ray_tmp))  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {store}/") and "read-only file system; remount that file system" in last
+    assert not (out / "results.parquet").exists()
+
+
+def test_an_mp4_that_does_not_fit_is_a_storage_error_naming_its_folder(mount, examples):
+    disk = mount("small", size="16k")
+    frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3), np.uint8)  # noise: it does not compress
+    with pytest.raises(InputError) as info:
+        with media.VideoWriter(disk / "x.mp4", width=320, height=240, fps=25, audio=examples / "lesson1.wav",
+                               duration=1.0) as writer:  # fmt: skip
+            for _ in range(25):
+                writer.write(frame)
+    assert info.value.kind == "storage"
+    assert info.value.message.startswith(f"{disk}: no space left on device; free space on that disk")
+    assert not (disk / "x.mp4").exists()
+

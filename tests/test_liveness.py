@@ -1,0 +1,274 @@
+"""Every run ends, and says why: workers that fail or die while starting, workers that keep
+dying, a chunk call that hangs, a GPU worker without CUDA, Ctrl-C and SIGTERM, and a
+healthy run that prints no error-level line (real Ray, real `heygem-ray submit`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from heygem_ray import media
+from tests.helpers.raystart import RayStart, photo_batch
+
+HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
+
+# `heygem-ray submit` run in-process, in a Ray started with a fault on the model workers:
+# Ray runs the hook in each of its worker processes before any task, and the fault named
+# by HEYGEM_TEST_FAULT is injected there. Prints the command's exit status.
+FAULTY_SUBMIT = """
+import logging, sys, time
+import ray
+
+
+def inject():
+    import os, signal, time
+    from heygem_ray.worker import ModelWorker
+
+    fault = os.environ["HEYGEM_TEST_FAULT"]
+    if fault == "start_raises":  # a library's error in the constructor, as diffusers or a tight node raise
+        def start(self, *args):
+            raise MemoryError("injected: the pack's weights do not fit")
+        ModelWorker._start = start
+    elif fault == "start_dies":  # the process dies while it loads (a segfault, the OOM killer)
+        def start(self, *args):
+            os.kill(os.getpid(), signal.SIGKILL)
+        ModelWorker._start = start
+    elif fault == "third_chunk_kills":  # every worker dies on the third chunk it renders
+        run_chunk = ModelWorker.run_chunk
+        calls = []
+        def dying(self, features, given):
+            calls.append(len(given))
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return run_chunk(self, features, given)
+        ModelWorker.run_chunk = dying
+    elif fault == "wedge":  # a chunk of 3 frames hangs its worker, as a wedged GPU call does
+        run_chunk = ModelWorker.run_chunk
+        def wedged(self, features, given):
+            if len(given) == 3:
+                time.sleep(3600)
+            return run_chunk(self, features, given)
+        ModelWorker.run_chunk = wedged
+
+
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+         runtime_env={"worker_process_setup_hook": inject, "env_vars": {"HEYGEM_TEST_FAULT": sys.argv[1]}})
+from heygem_ray.cli import app
+
+try:
+    app(sys.argv[2:])
+except SystemExit as exc:
+    print("EXIT", exc.code, flush=True)
+ray.shutdown()
+"""
+
+
+def _faulty_submit(fault: str, folder: Path, *args: str) -> tuple[int, str]:
+    """(exit status, stderr) of the command, which must end within 500 s: far less than a
+    run that waited for its workers (--start-timeout, 1800 s by default) would take."""
+    command = [sys.executable, "-c", FAULTY_SUBMIT, fault, "submit", str(folder / "m.csv"), "-o", str(folder / "out"),
+               "--cache-dir", str(folder / "cache"), "--engines", str(folder / "engines"), *args]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=500)
+    found = re.search(r"^EXIT (\S+)$", proc.stdout, flags=re.M)
+    assert found, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return int(found.group(1)), proc.stderr
+
+
+def _speech(examples: Path, dst: Path, seconds: float) -> Path:
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", str(seconds),
+                    str(dst)], check=True)
+    return dst
+
+
+def _error_line(stderr: str) -> str:
+    """The command's own error line (Ray may stream a job's log lines after it)."""
+    return next((line for line in reversed(stderr.splitlines()) if line.startswith("error: ")), "(no error line)")
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        ("start_raises", "error: a model worker could not start: MemoryError: injected: the pack's weights do not fit "
+                         "(its traceback is in the worker's log: the dashboard, or 'ray logs worker-*.err' on its "
+                         "node); a MemoryError means its node has too little memory for the pack's models"),
+        ("start_dies", "error: model worker model-worker-"),
+    ],
+)
+def test_a_worker_that_fails_or_dies_while_starting_stops_the_run_at_once(tmp_path, examples, fault, said):
+    """With the default start-up timeout (30 min): the run stops at once (the command must
+    end within 500 s), with the worker's own error (its type and message) or how it died,
+    and exit 2; nothing rendered."""
+    photo_batch(tmp_path, examples, 2, 0.5)
+    code, stderr = _faulty_submit(fault, tmp_path)
+    assert code == 2, stderr[-3000:]
+    assert _error_line(stderr).startswith(said), stderr[-3000:]
+    if fault == "start_dies":
+        assert re.match(r"error: model worker model-worker-\w+-cpu0 died while starting \(ActorDiedError: .+\); "
+                        r"the worker logs .* often the OOM killer$", _error_line(stderr)), stderr[-3000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_that_keep_dying_end_the_run_once_the_restart_budget_is_spent(tmp_path, examples):
+    """Each worker dies on the third chunk it renders. One worker, --worker-restarts 1:
+    the first death is replaced, the second ends the run at once (not a wait per chunk
+    for a worker that never comes), exit 2, and the table says which rows ended and which
+    did not."""
+    photo_batch(tmp_path, examples, 6, 1.0)  # 25 frames a row: 4 chunks of at most 8
+    code, stderr = _faulty_submit("third_chunk_kills", tmp_path, "--workers", "1", "--worker-restarts", "1",
+                                           "--chunk-frames", "8", "--start-timeout", "300")
+    assert code == 2, stderr[-3000:]
+    last = _error_line(stderr)
+    assert re.match(r"error: the run stopped after \d of 6 jobs had ended: no model worker is left: 2 were lost, past "
+                    r"the restart budget of 1 \(--worker-restarts 1 × 1 workers\); the last: model-worker-\w+-cpu1 "
+                    r"died \(ActorDiedError: ", last), last
+    assert f"every row is in {tmp_path / 'out' / 'results.parquet'}" in last
+    assert stderr.count("another takes its place") == 1, stderr[-3000:]
+    rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    assert sorted(r["job_id"] for r in rows) == [f"job{i}" for i in range(6)]
+    for r in rows:
+        if r["status"] == "ok":
+            assert len(media.read_video(Path(r["output"]))[0]) == r["frames"] == 25
+        elif r["error_kind"] == "worker_crash":  # a chunk both workers died on
+            assert "its model worker died 2 times while rendering it" in r["error"], r
+        else:
+            assert (r["status"], r["error_kind"]) == ("failed", "stopped"), r
+            assert "the run stopped before this job ended (no model worker is left: " in r["error"]
+    assert any(r["error_kind"] == "stopped" for r in rows)
+
+
+def test_a_chunk_call_that_hangs_is_stopped_and_its_worker_replaced(tmp_path, examples):
+    """A chunk of 3 frames hangs whichever worker renders it. Past --chunk-timeout (15 s)
+    its worker is stopped as wedged and replaced, the chunk is sent again, hangs the new
+    worker too, and fails its job (`chunk_timeout`) the second time; the other rows
+    render next to it, on the replacements."""
+    photo_batch(tmp_path, examples, 1, 1.0)
+    _speech(examples, tmp_path / "good.wav", 1.12)  # 28 frames: chunks of 8, 8, 8, 4
+    _speech(examples, tmp_path / "wedge.wav", 1.08)  # 27 frames: the last chunk has 3
+    photo = examples / "presenter.jpg"
+    rows = [f"good1,{tmp_path / 'good.wav'},{photo}", f"wedge,{tmp_path / 'wedge.wav'},{photo}",
+            f"good2,{tmp_path / 'good.wav'},{photo}"]
+    (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
+    code, stderr = _faulty_submit("wedge", tmp_path, "--workers", "1", "--chunk-frames", "8",
+                                           "--chunk-timeout", "15", "--chunk-timeout-per-frame", "0")
+    assert code == 1, stderr[-3000:]
+    table = {r["job_id"]: r for r in pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()}
+    wedge = table["wedge"]
+    assert (wedge["status"], wedge["error_kind"], wedge["error_step"], wedge["attempts"]) == (
+        "failed", "chunk_timeout", "render", 1), wedge
+    assert wedge["error"].startswith("row 2 (job 'wedge'): chunk 3 (frames 24-26): rendering it took longer than "
+                                     "its limit 2 times, and each time its model worker was stopped as wedged")
+    assert "--chunk-timeout-per-frame" in wedge["error"]
+    for job in ("good1", "good2"):
+        assert table[job]["status"] == "ok", table[job]
+        assert len(media.read_video(Path(table[job]["output"]))[0]) == table[job]["frames"] == 28
+    assert len(re.findall(r"took \d+ s on a chunk of 3 frames, past its limit of 15 s .*stopped as wedged", stderr)) == 2
+    assert stderr.count("chunk 3 (frames 24-26): its model worker was stopped for taking too long on it "
+                        "(ActorDiedError); sending it again") == 1, stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def gpu_without_cuda():
+    """A `ray start` node that declares a GPU on this machine, where torch has no CUDA."""
+    cluster = RayStart()
+    cluster.head(num_cpus=2, num_gpus=1)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch cannot use CUDA")
+def test_a_gpu_worker_that_cannot_use_its_gpu_stops_the_run_or_says_why_it_renders_on_the_cpu(
+    gpu_without_cuda, tmp_path, examples
+):
+    """--device gpu: the worker Ray gave a GPU fails to start with the reason, and the run
+    stops at once (exit 2), rendering nothing on the CPU. --device auto on the same node:
+    it renders on the CPU, and every row's backend_note says why."""
+    photo_batch(tmp_path, examples, 2, 0.5)
+    base = [HEYGEM, "submit", str(tmp_path / "m.csv"), "--address", gpu_without_cuda.address,
+            "--cache-dir", str(tmp_path / "cache"), "--engines", str(tmp_path / "engines")]
+    proc = subprocess.run([*base, "-o", str(tmp_path / "gpu"), "--device", "gpu"], env=gpu_without_cuda.env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = _error_line(proc.stderr)
+    assert re.match(r"error: the model worker on \S+ was given a GPU by Ray but cannot use it: ", last), last
+    if torch.version.cuda is None:  # this machine: a CPU-only wheel
+        assert f"this node's PyTorch {torch.__version__} is a CPU-only build (torch.version.cuda is None)" in last
+    else:
+        assert "CUDA is not available to PyTorch" in last
+    assert not (tmp_path / "gpu").exists()
+
+    proc = subprocess.run([*base, "-o", str(tmp_path / "auto"), "--device", "auto"], env=gpu_without_cuda.env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^workers: 1 × CPU, backend \w+ \(fp32\); skipped gpu: ", proc.stderr, flags=re.M)
+    for r in pq.read_table(tmp_path / "auto" / "results.parquet").to_pylist():
+        assert r["status"] == "ok" and r["gpu"] is None, r
+        assert r["backend_note"].startswith("gpu: ") and "; rendering on the CPU" in r["backend_note"], r
+
+
+@pytest.mark.parametrize(("signum", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_run_stopped_while_it_waits_for_workers_writes_its_table(tmp_path, examples, signum, to_group):
+    """`--device gpu` on this machine's local Ray (no GPUs): the run waits for a GPU worker.
+    Ctrl-C (SIGINT to the terminal's process group) or SIGTERM (to the process, as `ray job
+    stop` and `kill` send it) stops it: the table is written, every row 'stopped', exit 130 / 143."""
+    photo_batch(tmp_path, examples, 3, 0.5)
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen(
+            [HEYGEM, "submit", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out"), "--cache-dir",
+             str(tmp_path / "cache"), "--device", "gpu", "--start-timeout", "600"],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while "waiting for model workers (" not in err.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(0.5)
+        (os.killpg if to_group else os.kill)(proc.pid, signum)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    said = err.read_text()
+    assert proc.returncode == 128 + signum, said[-3000:]
+    name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else "SIGTERM"
+    table = tmp_path / "out" / "results.parquet"
+    assert _error_line(said) == (
+        f"error: the run stopped after 0 of 3 jobs had ended: it was sent {name}; every row is in {table} "
+        "(jobs that did not end say 'stopped'); run the same manifest again to render the rest"
+    ), said[-3000:]
+    rows = pq.read_table(table).to_pylist()
+    assert sorted(r["job_id"] for r in rows) == ["job0", "job1", "job2"]
+    for r in rows:
+        assert (r["status"], r["error_kind"]) == ("failed", "stopped"), r
+        assert r["error"] == (f"row {r['row']} (job {r['job_id']!r}): the run stopped before this job ended (it was "
+                              f"sent {name}); run the same manifest again to render it")
+
+
+# An error-level line from Ray's C++ core (`[date time E pid tid] file.cc:…`), Python's
+# logging at ERROR, or a traceback.
+ERROR_LINE = re.compile(r"^(\(\S+ pid=\d+\) )?\[\d{4}-\d\d-\d\d [\d:,.]+ E \d+ \d+\]|\bERROR\b|^Traceback", re.M)
+
+
+def test_a_healthy_run_prints_no_error_level_line(tmp_path, examples):
+    """The first run a new user makes: every row renders, and stderr holds no red line
+    (Ray used to log one for every run: an actor with restarts whose constructor
+    arguments hold an object reference, the router's handle)."""
+    photo_batch(tmp_path, examples, 2, 0.5)
+    proc = subprocess.run([HEYGEM, "submit", "m.csv", "-o", "out", "--cache-dir", "cache", "--engines", "engines"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=400,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 of 2 jobs rendered" in proc.stdout
+    assert not ERROR_LINE.search(proc.stderr), proc.stderr[-3000:]
