@@ -1,7 +1,7 @@
 """Benchmark: heygem-ray against the public Wav2Lip inference script, end to end, on this CPU.
 
     git clone https://github.com/Rudrabha/Wav2Lip /tmp/wav2lip-public   # outside this repository
-    .venv/bin/python bench/bench_vs_public.py /tmp/wav2lip-public [--seconds 58] [--repeat 2] [--before CHECKOUT]
+    .venv/bin/python bench/bench_vs_public.py /tmp/wav2lip-public [--seconds 58] [--repeat 2] [--before CHECKOUT] [--no-auto]
 
 The public ``inference.py`` runs in its checkout as its README documents, on the CPU (torch
 without CUDA), PyTorch fp32 at its default batch of 128, with ``--box`` (the face's box: its
@@ -14,7 +14,8 @@ box fits every frame) and the bundled speech looped to the same length as 16 kHz
 Rows, one run of each in turn, ``--repeat`` times (median; every run's time kept):
 
 - ``public``: ``python inference.py --checkpoint_path … --face clip.mp4 --audio speech.wav --box …``;
-- ``ours auto``: ``heygem-ray submit --pack wav2lip`` (``--precision auto``: ONNX Runtime fp32 here);
+- ``ours auto``: ``heygem-ray submit --pack wav2lip`` (``--precision auto``: ONNX Runtime fp32 here;
+  ``--no-auto`` leaves it out);
 - ``ours int8``: the same with ``--precision int8`` (calibrated on the bundled examples);
 - with ``--before CHECKOUT`` (another checkout of heygem-ray, e.g. ``git worktree add
   /tmp/heygem-before <commit>``), ``before int8``: that checkout's ``--precision int8``, with
@@ -117,6 +118,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=58.0, help="length of the clip and of the speech")
     ap.add_argument("--repeat", type=int, default=2, help="timed runs of each row, interleaved (median)")
     ap.add_argument("--before", type=Path, help="another checkout of heygem-ray: adds its --precision int8 row")
+    ap.add_argument("--no-auto", action="store_true", help="leave out the ours auto row (a shorter run)")
     args = ap.parse_args()
     public = args.public.resolve()
     if not (public / "inference.py").is_file():
@@ -144,7 +146,7 @@ def main() -> None:
         rows: dict[str, list[str]] = {
             "public": [sys.executable, "-c", SHIM, "--checkpoint_path", str(checkpoint), "--face", str(clip),
                        "--audio", str(audio), "--outfile", str(tmp / "public.mp4"), "--box", *map(str, box)],
-            "ours auto": ours("auto", "ours"),
+            **({} if args.no_auto else {"ours auto": ours("auto", "ours")}),
             "ours int8": ours("int8", "ours"),
         }
         envs = {"public": (public, public_env(tmp)), "ours auto": (REPO, ours_env(REPO)),
