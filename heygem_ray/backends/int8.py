@@ -65,6 +65,12 @@ RUN_FRAMES = 4
 # The gate: PSNR against fp32, in dB, on the generated crops and on the pasted mouth region.
 MIN_PSNR_DB = 30.0
 _BATCH = 16  # frames per calibration and gate call
+# What ``quantize_graph`` and a pack's ``int8_form`` and ``int8_ops`` make of a stage, in
+# every int8 graph's engine key, so that a store's graphs of an older recipe are built
+# again rather than taken for today's (the package version does not change with each
+# commit). Raise it when any of them changes. 2: Wav2Lip's transposed convolutions as
+# phase convolutions, its whole render graph in int8, the asymmetric x86 form.
+QDQ_RECIPE = 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -267,8 +273,8 @@ def int8_onnx_artifact(
     the portable one. ``weights_hash``: ``chain_hash`` of the stages."""
     x86_form = cpu and X86
     key = onnx_key(pack, stage, "int8", weights_hash, calibration=calibration.id)
-    if x86_form:
-        key = dataclasses.replace(key, arch="cpu")
+    key = dataclasses.replace(key, backend_version=f"{key.backend_version}-qdq{QDQ_RECIPE}",
+                              arch="cpu" if x86_form else key.arch)
 
     def write_qdq(tmp: Path) -> None:
         # The fp32 graph is a working copy beside the entry (gigabytes for MuseTalk's UNet);

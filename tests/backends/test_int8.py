@@ -157,6 +157,15 @@ def test_the_engine_key_changes_with_the_calibration_data(stages, store, calibra
         dataclasses.replace(key, calibration="")  # int8 without a calibration id is no key
 
 
+def test_a_graph_of_an_older_recipe_is_not_taken_for_todays(stages, store, calibration, monkeypatch) -> None:
+    """The same weights and calibration under another ``QDQ_RECIPE`` are another entry: a
+    store filled before the recipe changed builds its int8 graphs again."""
+    _artifact(store, stages, calibration, cpu=False)
+    monkeypatch.setattr(int8, "QDQ_RECIPE", int8.QDQ_RECIPE + 1)
+    with pytest.raises(EngineError, match="not built yet"):
+        _artifact(store, stages, calibration, cpu=False, build=False)
+
+
 def test_the_gate_refuses_a_bad_calibration_with_its_figures(stages, store, bad) -> None:
     modules = stages["wav2lip"]
     with pytest.raises(EngineError, match="int8 refused by the accuracy gate") as refused:
