@@ -1,8 +1,8 @@
 # Fresh machine: `make demo` renders the bundled example, `make test` runs the tests.
 # Both create .venv and install the pinned versions from constraints.txt first.
 # While working: `make check` (lint, types and the fast tier: no Ray, no cluster, no int8
-# calibration, no end-to-end render; markers come from what each test uses, see
-# tests/helpers/tiers.py). `make test` is the full gate CI runs.
+# calibration, no end-to-end render, no ONNX export; markers come from what each test uses,
+# see tests/helpers/tiers.py). `make test` is the full gate CI runs.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -28,10 +28,10 @@ lint: setup
 	$(BIN)/mypy heygem_ray jobs/nightly.py
 
 check: lint
-	$(BIN)/python -m pytest -q -m "not ray and not cluster and not int8 and not render"
+	$(BIN)/python -m pytest -q -m "not ray and not cluster and not int8 and not render and not networks"
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 bench: setup
 	$(BIN)/python bench/bench_example.py

@@ -4,12 +4,16 @@ A template holds everything later stages need from the reference, so the referen
 decoded once however many jobs use it:
 
 * ``meta.json``: fps, frame size, frame count, how it was made;
-* ``frames.bin`` + ``offsets.npy``: every decoded frame as a JPEG (4:4:4, quality 95),
-  so any frame can be read by index — compose walks the reference forwards and backwards
-  (ping-pong) without holding it in memory;
+* ``frames.bin`` + ``offsets.npy``: every decoded frame, I420 in BT.709 limited range
+  as the encoder takes it (``media.yuv``), compressed losslessly one by one (Zstandard at
+  its fastest level), so any frame can be read by index — compose walks the reference
+  forwards and backwards (ping-pong) without holding it in memory — and reaches the
+  encoder with the bytes it was decoded with;
 * ``boxes.npy``: (n, 4) int32 crop box per frame (from the smoothed face track);
 * ``present.npy``: (n,) bool, whether the face is there; frames without it are left
   as they are in the output;
+* ``points.npy``: (n, 5, 2) float32 face points per frame (eyes, nose tip, mouth
+  corners: ``face.align.alignment_points``), where face restoration aligns the face;
 * ``crops.npy``: (n, S, S, 3) uint8 BGR face crops at the pack's input size.
 
 Templates live under ``cache_dir/<key>`` where the key hashes the file's content, the
@@ -32,18 +36,24 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow as pa
 
 from heygem_ray import media, storage
 from heygem_ray.config import DetectorConfig, InputLimits
 from heygem_ray.errors import InputError, storage_errors
+from heygem_ray.face.align import alignment_points
 from heygem_ray.face.haar import HaarDetector
 from heygem_ray.face.track import FaceTrack, Tracker, find_presenter
-from heygem_ray.geometry import CropGeometry, cut
+from heygem_ray.geometry import CropGeometry, cut_i420
+from heygem_ray.media import yuv
 
-TEMPLATE_VERSION = 3
+TEMPLATE_VERSION = 5
 # A track found in fewer frames than this is taken for detector noise, not a presenter.
 MIN_DETECTED_FRACTION = 0.2
-_JPEG = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+# The frame store's codec and level: lossless, and cheap both ways (1080p, 2 cores: a frame
+# is stored in 3–8 ms and read back in 1.5–3 ms, where the JPEG store of version 3 took
+# about 9 ms each way; bench/bench_compose.py).
+FRAME_CODEC, FRAME_LEVEL = "zstd", 1
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ class Template:
     is_image: bool
     boxes: np.ndarray  # (frames, 4) int32 crop boxes (x0, y0, x1, y1)
     present: np.ndarray  # (frames,) bool: the face is there (else the frame is left as it is)
+    points: np.ndarray  # (frames, 5, 2) float32 face points (face.align's order), pixels
 
     @classmethod
     def open(cls, root: Path) -> Template:
@@ -69,27 +80,39 @@ class Template:
             is_image=meta["is_image"],
             boxes=np.load(root / "boxes.npy"),
             present=np.load(root / "present.npy"),
+            points=np.load(root / "points.npy"),
         )
 
     def crops(self, index: np.ndarray) -> np.ndarray:
         """Reference frame indices (k,) → (k, S, S, 3) uint8 BGR crops."""
         return np.asarray(np.load(self.root / "crops.npy", mmap_mode="r")[index])
 
-    def read_frames(self, index: np.ndarray) -> Iterator[np.ndarray]:
-        """Yield the (H, W, 3) uint8 BGR reference frame for each index, in order."""
+    def read_i420(self, index: np.ndarray) -> Iterator[np.ndarray]:
+        """Yield the reference frame for each index, in order: a new, writable (H·3/2, W)
+        uint8 I420 array (``media.yuv``)."""
+        codec = pa.Codec(FRAME_CODEC)
+        shape = yuv.frame_shape(self.width, self.height)
+        size = shape[0] * shape[1]
         offsets = np.load(self.root / "offsets.npy")
         with open(self.root / "frames.bin", "rb") as f:
             for i in index:
                 f.seek(int(offsets[i]))
                 data = f.read(int(offsets[i + 1] - offsets[i]))
-                frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-                if frame is None:
+                try:
+                    frame = np.frombuffer(codec.decompress(data, decompressed_size=size), np.uint8)
+                except OSError as exc:  # pyarrow raises it for bytes that do not decompress
                     raise InputError(
-                        f"template {self.root} is damaged (frame {i} does not decode); delete "
+                        f"template {self.root} is damaged (frame {i} does not decompress: {exc}); delete "
                         "that folder and run again to rebuild it",
                         kind="bad_template",
-                    )
-                yield frame
+                    ) from exc
+                yield frame.reshape(shape)
+
+    def read_frames(self, index: np.ndarray) -> Iterator[np.ndarray]:
+        """Yield the (H, W, 3) uint8 BGR reference frame for each index, in order (for
+        checks and previews; compose reads ``read_i420``)."""
+        for frame in self.read_i420(index):
+            yield yuv.to_bgr_frame(frame)
 
 
 def content_hash(path: Path) -> str:
@@ -149,16 +172,15 @@ def _build(
     out.mkdir(parents=True)
     video = info.path
 
-    # Pass 1: decode once, store every frame as JPEG, follow the faces.
+    # Pass 1: decode once, store every frame, follow the faces.
     offsets = [0]
+    codec = pa.Codec(FRAME_CODEC, compression_level=FRAME_LEVEL)
     with open(out / "frames.bin", "wb") as store:
 
         def keep(frame: np.ndarray) -> None:
-            ok, jpeg = cv2.imencode(".jpg", frame, _JPEG)
-            if not ok:
-                raise RuntimeError(f"OpenCV failed to encode a {frame.shape} frame as JPEG")
-            store.write(jpeg.tobytes())
-            offsets.append(offsets[-1] + len(jpeg))
+            packed = codec.compress(frame)
+            store.write(packed)
+            offsets.append(offsets[-1] + packed.size)
 
         track = track_reference(info, detector_cfg, max_pixels, keep)
     frames = len(offsets) - 1
@@ -168,15 +190,17 @@ def _build(
     boxes = geometry.crop_boxes(track, info.width, info.height)
     np.save(out / "boxes.npy", boxes)
     np.save(out / "present.npy", track.present)
+    points = alignment_points(track)
+    np.save(out / "points.npy", points)
 
     # Pass 2: cut the crops from the stored frames.
-    partial = Template(out, info.fps, info.width, info.height, frames, info.is_image, boxes, track.present)
+    partial = Template(out, info.fps, info.width, info.height, frames, info.is_image, boxes, track.present, points)
     crops = np.lib.format.open_memmap(
         out / "crops.npy", mode="w+", dtype=np.uint8, shape=(frames, geometry.size, geometry.size, 3)
     )
     storage.allocate(out / "crops.npy")
-    for i, frame in enumerate(partial.read_frames(np.arange(frames))):
-        crops[i] = cut(frame, boxes[i], geometry.size, geometry.resample)
+    for i, frame in enumerate(partial.read_i420(np.arange(frames))):
+        crops[i] = cut_i420(frame, boxes[i], geometry.size, geometry.resample)
     crops.flush()
     del crops
 
@@ -188,6 +212,7 @@ def _build(
         "height": info.height,
         "frames": frames,
         "is_image": info.is_image,
+        "frame_store": f"i420 bt709 tv, {FRAME_CODEC} level {FRAME_LEVEL}",
         "face_detected_fraction": float(track.detected.mean()),
         "face_present_fraction": float(track.present.mean()),
     }
@@ -201,8 +226,9 @@ def track_reference(
     each_frame: Callable[[np.ndarray], None] = lambda frame: None,
 ) -> FaceTrack:
     """The presenter's smoothed face track through the reference ``info`` describes, its
-    frames decoded once (each also handed to ``each_frame``, (H, W, 3) uint8 BGR). It does
-    not depend on the pack: every crop geometry is cut along the same track. A reference
+    frames decoded once (each also handed to ``each_frame``, (H·3/2, W) uint8 I420 in
+    BT.709, ``media.yuv``). It does not depend on the pack: every crop geometry is cut
+    along the same track. A reference
     without frames is ``unreadable_media``; one whose presenter is found in too few frames
     is ``no_face``."""
     video = info.path
@@ -211,9 +237,13 @@ def track_reference(
         detector_cfg,
         float(info.fps),
     )
-    for frame in media.iter_frames(info, max_pixels=max_pixels):
+    for frame in media.iter_frames(info, max_pixels=max_pixels, pixel_format="yuv420p"):
         each_frame(frame)
-        tracker.add(frame)
+        # The tracker's BGR view, converted by OpenCV with BT.601's coefficients: a few levels
+        # off BT.709 on saturated colours (skin: 2–4), which the detector (it works on grey,
+        # normalised per window) and the wide skin and lip tests do not notice, for 0.6 ms a
+        # 1080p frame where an exact conversion costs 5. Crops are converted exactly (cut_i420).
+        tracker.add(cv2.cvtColor(frame, cv2.COLOR_YUV2BGR_I420))
     frames = tracker.frames
     if frames == 0:
         raise InputError(

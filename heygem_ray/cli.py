@@ -25,11 +25,14 @@ from heygem_ray import heap, storage
 from heygem_ray.config import (
     BackendName,
     DetectorConfig,
+    EncoderName,
+    EncoderPreset,
     InputLimits,
     LoopMode,
     PackName,
     PrecisionName,
     RenderConfig,
+    RestoreName,
     RunConfig,
     WorkerDevice,
     default_cache_dir,
@@ -46,6 +49,10 @@ LISTED = 20  # outputs and failures printed at the end of a run; results.parquet
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch lip-synced talking-head videos on Ray.")
 err = Console(stderr=True)
 
+
+_RESTORE_HELP = "Face restoration after the pack's render: 'none' (default) or 'gfpgan' (GFPGAN v1.4; needs --restore-checkpoint; seconds a frame on a CPU, see docs/restoration.md)."
+_RESTORE_CHECKPOINT_HELP = "For --restore gfpgan: the public GFPGANv1.4.pth (or GFPGANv1.3.pth)."
+_RESTORE_BLEND_HELP = "How much of the restored face shows where the pack changed the frame: 0 (none) to 1 (all, the default)."
 
 _ENGINES_HELP = (
     "The engine store: exported ONNX graphs and TensorRT engines (default: $HEYGEM_RAY_ENGINES, else "
@@ -123,10 +130,15 @@ def submit(
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for the MP4s and results.parquet.")] = Path("out"),
     pack: Annotated[str, typer.Option(help="Model pack: 'warp' (no weights, default), 'wav2lip' or 'musetalk' (both need --checkpoint).")] = "warp",
     checkpoint: Annotated[Path | None, typer.Option(help="The pack's weights: for wav2lip the public generator checkpoint (wav2lip.pth or wav2lip_gan.pth); for musetalk MuseTalk's models/ folder.")] = None,
+    restore: Annotated[str, typer.Option(help=_RESTORE_HELP)] = "none",
+    restore_checkpoint: Annotated[Path | None, typer.Option(help=_RESTORE_CHECKPOINT_HELP)] = None,
+    restore_blend: Annotated[float, typer.Option(help=_RESTORE_BLEND_HELP)] = RenderConfig.restore_blend,
     loop: Annotated[str, typer.Option(help="When the audio outlasts the reference: 'pingpong' (default), 'forward', or 'trim' (cut the output where the reference ends).")] = "pingpong",
     address: Annotated[str | None, typer.Option(help="Ray cluster to use: 'auto', HOST:PORT or ray://HOST:PORT. Without it a local Ray instance starts.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Where analysed references are cached (default: ~/.cache/heygem-ray/templates).")] = None,
     chunk_frames: Annotated[int, typer.Option(help="Frames per chunk sent to the model workers.")] = 128,
+    preset: Annotated[str, typer.Option(help="x264's speed preset, from 'ultrafast' to 'veryslow' (default 'veryfast'): faster encodes cost less CPU and give larger files at the same quality.")] = RenderConfig.preset,
+    encoder: Annotated[str, typer.Option(help="H.264 encoder: 'auto' (h264_nvenc where the node's GPU has NVENC, else libx264), 'libx264' or 'h264_nvenc'.")] = RenderConfig.encoder,
     min_face: Annotated[int, typer.Option(help="Smallest face searched for in the reference, in pixels wide (at least 20; smaller costs more analysis time).")] = DetectorConfig().min_face,
     max_reference_pixels: Annotated[int, typer.Option(help="A reference with more pixels (width × height) fails its row before it is decoded (default: 8K UHD, 7680×4320).")] = InputLimits.max_reference_pixels,
     max_reference_frames: Annotated[int, typer.Option(help="A reference video with more frames fails its row before it is decoded (default: an hour at 25 fps).")] = InputLimits.max_reference_frames,
@@ -160,8 +172,13 @@ def submit(
                 # RenderConfig checks the choices and names the wrong one.
                 pack=cast(PackName, pack),
                 checkpoint=checkpoint,
+                restore=cast(RestoreName, restore),
+                restore_checkpoint=restore_checkpoint,
+                restore_blend=restore_blend,
                 loop=cast(LoopMode, loop),
                 chunk_frames=chunk_frames,
+                preset=cast(EncoderPreset, preset),
+                encoder=cast(EncoderName, encoder),
                 backend=cast(BackendName, backend),
                 precision=cast(PrecisionName, precision),
                 calibration=calibrate,
@@ -242,6 +259,8 @@ app.add_typer(engines_app, name="engines")
 def engines_build(
     pack: Annotated[str, typer.Option(help="Model pack: 'warp', 'wav2lip' or 'musetalk'.")] = "warp",
     checkpoint: Annotated[Path | None, typer.Option(help="The pack's weights (see submit --help).")] = None,
+    restore: Annotated[str, typer.Option(help="Also build the restoration stage's: 'none' (default) or 'gfpgan' (needs --restore-checkpoint).")] = "none",
+    restore_checkpoint: Annotated[Path | None, typer.Option(help=_RESTORE_CHECKPOINT_HELP)] = None,
     backend: Annotated[str, typer.Option(help="'onnxruntime' (ONNX graphs) or 'tensorrt' (engines for this GPU).")] = "onnxruntime",
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU), 'fp32', 'fp16' or 'int8' (calibrated QDQ graphs, checked by the accuracy gate).")] = "auto",
     calibrate: Annotated[Path | None, typer.Option(help="For int8: a manifest (columns audio and video) of your presenter and their speech to calibrate on (default: the bundled examples).")] = None,
@@ -250,7 +269,8 @@ def engines_build(
     engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
     store: Annotated[Path | None, typer.Option(hidden=True, help="The old spelling of --engines.")] = None,
 ) -> None:
-    """Build the pack's engines ahead of time for the GPU (or CPU) this runs on.
+    """Build the pack's engines (and, with --restore, the restoration stage's) ahead of
+    time for the GPU (or CPU) this runs on.
 
     Exit status: 0 when built, 2 when the options are wrong or the engines cannot be
     built or used here (an int8 set the accuracy gate refuses, with its figures)."""
@@ -259,6 +279,7 @@ def engines_build(
     from heygem_ray.hardware import DeviceInfo
     from heygem_ray.packs import get_pack
     from heygem_ray.precision import open_first, precision_order
+    from heygem_ray.restore import open_restorer
 
     try:
         where = _engine_store(engines, store)
@@ -267,6 +288,7 @@ def engines_build(
         cfg = RenderConfig(
             pack=cast(PackName, pack), checkpoint=checkpoint, precision=cast(PrecisionName, precision),
             calibration=calibrate, calibration_frames=calibration_frames, batch_size=batch_size,
+            restore=cast(RestoreName, restore), restore_checkpoint=restore_checkpoint,
         )
         spec = get_pack(cfg.pack)
         device = DeviceInfo.detect()
@@ -278,16 +300,26 @@ def engines_build(
             spec, spec.load_stages(cfg.checkpoint), precisions, calibration, device=device.device,
             store=engine_store, backend=cast(BackendName, backend), batch_sizes=[batch_size],
         )
+        sets = [chosen]
+        if cfg.restore != "none":
+            try:
+                sets.append(open_restorer(cfg, chosen.precision, device=device.device, store=engine_store,
+                                          backend=cast(BackendName, backend)))
+            except BaseException:
+                chosen.close()
+                raise
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(2) from None
-    for stage, key in chosen.engine_keys.items():
-        print(f"{stage}: {where / key.dirname()}")
+    for built in sets:
+        for stage, key in built.engine_keys.items():
+            print(f"{stage}: {where / key.dirname()}")
     if gated is not None and calibration is not None:
         print(f"int8: calibration {calibration.id}; accepted by the accuracy gate: {gated.describe()}")
-    if chosen.note:
-        print(f"note: {chosen.note}")
-    chosen.close()
+    for built in sets:
+        if built.note:
+            print(f"note: {built.note}")
+        built.close()
 
 
 @engines_app.command("list")

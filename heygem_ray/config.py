@@ -33,6 +33,17 @@ BackendName = Literal["auto", "tensorrt", "onnxruntime", "pytorch"]
 # bfloat16, on CPUs with AVX-512 BF16 or AMX (fp32 elsewhere) and on GPUs.
 PrecisionName = Literal["auto", "fp32", "fp16", "int8", "bf16"]
 WorkerDevice = Literal["auto", "gpu", "cpu"]
+# The optional face-restoration stage after the pack's render ("none": off).
+RestoreName = Literal["none", "gfpgan"]
+_RESTORE_WEIGHTS = {"gfpgan": "PATH (the public GFPGANv1.4.pth, or GFPGANv1.3.pth)"}
+# The restore settings; left out of config_hash while restoration is off, so the hash of
+# a run without it is what it was before the stage existed (its rows are not rendered again).
+_RESTORE_FIELDS = ("restore", "restore_checkpoint", "restore_blend")
+# The H.264 encoder: "auto" is h264_nvenc where the node's GPU has NVENC, else libx264
+# (media/encoders.py); the one used is in each row's ``encoder``.
+EncoderName = Literal["auto", "libx264", "h264_nvenc"]
+# x264's presets, fastest first (h264_nvenc takes the nearest of its own).
+EncoderPreset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 
 
 def cache_home() -> Path:
@@ -152,7 +163,14 @@ class RenderConfig:
     # the accuracy gate. More cover more of the presenter's expressions, at more build time.
     calibration_frames: int = 128
     crf: int = 18
-    preset: str = "veryfast"
+    # Face restoration after the render stage, on the model workers (docs/restoration.md):
+    # its weights, and how much of the restored face shows where the pack changed the
+    # frame (0: none, 1: all of it).
+    restore: RestoreName = "none"
+    restore_checkpoint: Path | None = None
+    restore_blend: float = 1.0
+    preset: EncoderPreset = "veryfast"
+    encoder: EncoderName = "auto"
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     # How large a row's files may be (not part of config_hash: they render nothing differently).
     limits: InputLimits = field(default_factory=InputLimits)
@@ -162,6 +180,8 @@ class RenderConfig:
         _check_choice("loop", self.loop, LoopMode)
         _check_choice("backend", self.backend, BackendName)
         _check_choice("precision", self.precision, PrecisionName)
+        _check_choice("preset", self.preset, EncoderPreset)
+        _check_choice("encoder", self.encoder, EncoderName)
         if self.pack in _NEEDS_WEIGHTS and self.checkpoint is None:
             raise InputError(
                 f"the {self.pack} pack needs its weights: pass --checkpoint {_NEEDS_WEIGHTS[self.pack]}",
@@ -175,12 +195,29 @@ class RenderConfig:
         for name in ("chunk_frames", "batch_size", "calibration_frames"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1", kind="bad_argument")
-        for name, option in (("checkpoint", "--checkpoint"), ("calibration", "--calibrate")):
+        self._check_restore()
+        for name, option in (("checkpoint", "--checkpoint"), ("calibration", "--calibrate"),
+                             ("restore_checkpoint", "--restore-checkpoint")):
             value = getattr(self, name)
             if value is not None and storage.is_uri(value):
                 where = storage.location(value)  # credentials in the URI are refused first, unshown
                 raise InputError(f"{option} {where}: give a local path (or one every node sees), not a bucket",
                                  kind="bad_argument")
+
+    def _check_restore(self) -> None:
+        _check_choice("restore", self.restore, RestoreName)
+        if self.restore != "none" and self.restore_checkpoint is None:
+            raise InputError(
+                f"--restore {self.restore} needs its weights: pass --restore-checkpoint {_RESTORE_WEIGHTS[self.restore]}",
+                kind="bad_argument",
+            )
+        if self.restore == "none" and self.restore_checkpoint is not None:
+            raise InputError("--restore-checkpoint is only used with --restore gfpgan; add --restore gfpgan to "
+                             "restore faces, or leave the checkpoint out", kind="bad_argument")
+        if not 0.0 <= self.restore_blend <= 1.0:
+            raise InputError(f"--restore-blend must be from 0 to 1, not {self.restore_blend:g}", kind="bad_argument")
+        if self.restore == "none" and self.restore_blend != 1.0:
+            raise InputError("--restore-blend is only used with --restore gfpgan", kind="bad_argument")
 
 
 @dataclass(frozen=True)
@@ -259,6 +296,9 @@ class RunConfig:
         """Hash of the settings that shape the outputs (not where they go, nor the input limits)."""
         payload = _jsonable(dataclasses.asdict(self.render))
         del payload["limits"]
+        if self.render.restore == "none":
+            for name in _RESTORE_FIELDS:
+                del payload[name]
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -76,7 +76,7 @@ BUCKET_LOCK = ".build-lock"
 # "cpu", "sm_90" (compute capability 9.0); "any" for artifacts that run anywhere (ONNX).
 _ARCH = re.compile(r"^(cpu|any|sm_\d+)$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_STAGES = ("reference", "motion", "render")
+_STAGES = ("reference", "motion", "render", "restore")
 _TOOLS = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt")
 _LOCK_POLL_S = 0.2
 DEFAULT_LOCK_TIMEOUT_S = 3600.0  # a TensorRT build of a big model takes minutes, not hours
@@ -104,7 +104,7 @@ class EngineKey:
 
     pack: str
     weights_hash: str  # sha256 of the checkpoint file; "none" for packs without weights
-    stage: str  # "motion" or "render"
+    stage: str  # "reference", "motion", "render" (a pack's), or "restore" (pack "gfpgan")
     precision: Precision
     profile: BatchProfile | None  # None where the artifact takes any batch (ONNX)
     backend: EngineBackend

@@ -3,6 +3,11 @@
 Boxes are ``(x0, y0, x1, y1)`` integer pixels of the decoded frame, end-exclusive. A box
 may reach outside the frame (square crops near an edge): cutting fills the outside by
 repeating the edge pixels, pasting writes only the inside.
+
+Frames are BGR (``cut``, ``paste``) or I420 as the template stores them and the encoder
+takes them (``cut_i420``, ``paste_i420``): the crops are BGR either way, and only the
+pasted region of an I420 frame is converted, so every other pixel reaches the encoder as
+it was decoded.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import cv2
 import numpy as np
 
 from heygem_ray.face import FaceTrack
+from heygem_ray.media import yuv
 
 # Where the lower end of the nose bridge sits above the mouth, in face-box heights of a
 # frontal cascade's box (the mouth near v = 0.83, the bridge's end near v = 0.56).
@@ -76,12 +82,23 @@ class CropGeometry:
 
 def cut(frame: np.ndarray, box: np.ndarray, size: int, resample: str = "area") -> np.ndarray:
     """(H, W, 3) uint8 frame, box → (size, size, 3) uint8 crop (edge pixels repeated outside)."""
-    h, w = frame.shape[:2]
-    x0, y0, x1, y1 = (int(v) for v in box)
-    ys = np.clip(np.arange(y0, y1), 0, h - 1)
-    xs = np.clip(np.arange(x0, x1), 0, w - 1)
+    ys, xs = _box_pixels(box, *frame.shape[:2])
     region = frame[ys[:, None], xs[None, :]]
     return cv2.resize(region, (size, size), interpolation=_RESAMPLE[resample])
+
+
+def cut_i420(frame: np.ndarray, box: np.ndarray, size: int, resample: str = "area") -> np.ndarray:
+    """(H·3/2, W) uint8 I420 frame, box → (size, size, 3) uint8 BGR crop, as ``cut``: only
+    the box's pixels are converted."""
+    width, height = yuv.size_of(frame)
+    ys, xs = _box_pixels(box, height, width)
+    return cv2.resize(yuv.region_to_bgr(frame, ys, xs), (size, size), interpolation=_RESAMPLE[resample])
+
+
+def _box_pixels(box: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows (h,) and columns (w,) of a box's pixels, those outside the frame moved to its edge."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return np.clip(np.arange(y0, y1), 0, height - 1), np.clip(np.arange(x0, x1), 0, width - 1)
 
 
 def paste(
@@ -124,6 +141,56 @@ def paste(
         old = cv2.resize(base, (bw, bh), interpolation=cv2.INTER_LINEAR)[sl].astype(np.float32)
         blended = under + m * (gen - old)
     frame[target] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def paste_i420(
+    frame: np.ndarray, crop: np.ndarray, box: np.ndarray, mask: np.ndarray, base: np.ndarray | None = None
+) -> None:
+    """``paste`` into an I420 frame (H·3/2, W) uint8, in place: the same blend, done in
+    BT.709 YUV (a blend commutes with the linear colour conversion, so the result is what
+    pasting in BGR and converting would give, less the rounding of a round trip).
+
+    Only the mask's support, grown to whole chroma samples (even rows and columns), is
+    read and written: every other pixel keeps the bytes it was decoded with. Luma is
+    blended per pixel; each chroma sample takes the mean of its four pixels' blends.
+    """
+    width, height = yuv.size_of(frame)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    bw, bh = x1 - x0, y1 - y0
+    m = cv2.resize(mask, (bw, bh), interpolation=cv2.INTER_LINEAR)  # (bh, bw) in box coordinates
+    # The mask's support inside the frame, in frame coordinates.
+    inside = m[max(-y0, 0) : min(height, y1) - y0, max(-x0, 0) : min(width, x1) - x0]
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    if rows.size == 0 or cols.size == 0:
+        return
+    top, left = max(y0, 0) + rows[0], max(x0, 0) + cols[0]
+    bottom, right = max(y0, 0) + rows[-1] + 1, max(x0, 0) + cols[-1] + 1
+    # Grown to even bounds: at most one pixel past the box each way, where the padded mask is 0.
+    top, left, bottom, right = top & ~1, left & ~1, (bottom + 1) & ~1, (right + 1) & ~1
+    sl = (slice(top - y0 + 1, bottom - y0 + 1), slice(left - x0 + 1, right - x0 + 1))  # in the padded box
+
+    def padded(image: np.ndarray, zero: bool) -> np.ndarray:
+        border = cv2.BORDER_CONSTANT if zero else cv2.BORDER_REPLICATE
+        return cv2.copyMakeBorder(image, 1, 1, 1, 1, border, value=0)[sl]
+
+    m = padded(m, zero=True)[..., None]  # (h, w, 1) float32 weight of the generated crop
+    gen = yuv.bgr_to_yuv(padded(cv2.resize(crop, (bw, bh), interpolation=cv2.INTER_LINEAR), zero=False))
+    luma, cb, cr = yuv.planes(frame)
+    target = (slice(top, bottom), slice(left, right))
+    chroma_target = (slice(top // 2, bottom // 2), slice(left // 2, right // 2))
+    under_y = luma[target].astype(np.float32)
+    under_c = np.stack([cb[chroma_target], cr[chroma_target]], axis=-1).astype(np.float32)  # (h/2, w/2, 2)
+    if base is None:  # m · gen + (1 − m) · frame
+        new_y = under_y + m[..., 0] * (gen[..., 0] - under_y)
+        new_c = yuv.halve(m * gen[..., 1:]) + (1.0 - yuv.halve(m)) * under_c
+    else:  # frame + m · (gen − base)
+        change = m * (gen - yuv.bgr_to_yuv(padded(cv2.resize(base, (bw, bh), interpolation=cv2.INTER_LINEAR),
+                                                   zero=False)))  # fmt: skip
+        new_y = under_y + change[..., 0]
+        new_c = under_c + yuv.halve(change[..., 1:])
+    yuv.put(luma[target], new_y)
+    yuv.put(cb[chroma_target], new_c[..., 0])
+    yuv.put(cr[chroma_target], new_c[..., 1])
 
 
 def feathered_ellipse(size: int, centre: tuple[float, float], radii: tuple[float, float], feather: float) -> np.ndarray:

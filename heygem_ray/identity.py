@@ -14,7 +14,8 @@ the path, the size and (copied with ``cp -p`` or a sync tool) the modification t
   an upload makes a new object with a new time, and hashing would mean downloading every
   input. (One replaced by another of the same size within the same second is the same.)
 * a checkpoint by ``weights_digest``: its file's digest, or for a folder (MuseTalk's
-  ``models/``) a digest of every file's name and digest under it.
+  ``models/``) a digest of every file's name and digest under it; a run's weights by
+  ``render_weights``: the pack's, and the restoration stage's when it has one.
 
 These are computed on the driver, which reads the same paths the nodes do.
 """
@@ -28,7 +29,7 @@ import os
 from pathlib import Path
 
 from heygem_ray import storage
-from heygem_ray.config import cache_home
+from heygem_ray.config import RenderConfig, cache_home
 from heygem_ray.errors import HeygemError, InputError
 from heygem_ray.storage import Location, Stat, Uri
 
@@ -59,6 +60,16 @@ def weights_digest(checkpoint: Path | None) -> str:
             kind="bad_checkpoint",
         ) from exc
     return f"sha256:{listing.hexdigest()}"
+
+
+def render_weights(render: RenderConfig) -> str:
+    """What a run renders with: the pack's ``weights_digest``, then with ``--restore`` the
+    restoration's (``sha256:<pack>;gfpgan=sha256:<restore>``). New weights for either
+    render the rows again; without restoration it is the pack's digest alone."""
+    pack = weights_digest(render.checkpoint)
+    if render.restore == "none":
+        return pack
+    return f"{pack};{render.restore}={weights_digest(render.restore_checkpoint)}"
 
 
 def input_identity(loc: Location) -> str:

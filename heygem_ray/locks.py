@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Protocol
 
 from heygem_ray import storage
-from heygem_ray.errors import HeygemError, InputError
+from heygem_ray.errors import HeygemError, InputError, storage_error
 from heygem_ray.storage import Location, Uri
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,9 @@ def acquire(
     try:
         return _acquire(_store(where), where, Holder.me(what), stale_after_s, heartbeat_s)
     except OSError as exc:  # a local lock whose folder cannot be made or written (a bucket's raise InputError)
+        found = storage_error(exc, where)
+        if found is not None:  # full, read-only, not permitted: the storage's own words and fix
+            raise found from exc
         raise InputError(
             f"could not take the lock {where} ({exc.strerror or exc}): check that the folder can be created "
             "and written by this user",

@@ -446,6 +446,8 @@ def _job_html(r: JobResult, shot: Preview | None, report_dir: Location) -> str:
         )
         strip = f"<div class=strip>{imgs}</div>" if imgs else ""
         note = f"<p class=note>no preview: {e(shot.note)}</p>" if shot.note else ""
+    if r.status != "failed" and r.restore_sample:
+        strip += _restore_html(r)
     if r.status == "failed":  # no output: only what the attempt cost and where it ran
         figures = [("job", f"{r.seconds or 0:.2f} s"), ("attempts", str(r.attempts))]
         figures += [("node", r.node)] if r.node else []
@@ -458,6 +460,7 @@ def _job_html(r: JobResult, shot: Preview | None, report_dir: Location) -> str:
             ("job", f"{r.seconds or 0:.2f} s"),
             ("realtime", f"{r.realtime_factor:.2f}×" if r.realtime_factor is not None else "–"),
             ("backend", f"{r.backend or '–'}" + (f" {r.precision}" if r.precision else "")),
+            *([("restore", f"{r.restore} on {r.restore_backend or '–'}")] if r.restore not in (None, "", "none") else []),
             ("node", r.node or "–"),
             ("gpu", r.gpu or "CPU"),
             ("attempts", str(r.attempts)),
@@ -469,6 +472,18 @@ def _job_html(r: JobResult, shot: Preview | None, report_dir: Location) -> str:
         link = f'<a class=path href="{e(_href(r.output, report_dir))}">{e(r.output)}</a>'
     info = f"<div class=info>{head}{note}<div class=figs>{figs}</div>{extras}{link}</div>"
     return f'<article class="job {e(r.status)}">{strip}{info}</article>'
+
+
+def _restore_html(r: JobResult) -> str:
+    """The row's restoration sample (results' ``restore_sample``: one frame's face as the
+    job composed it, without and with restoration), captioned. The job made it from the
+    frame it had in hand; the report decodes and re-renders nothing."""
+    jpeg = base64.b64encode(r.restore_sample or b"").decode("ascii")
+    return (
+        f'<figure class=restore><img src="data:image/jpeg;base64,{jpeg}" height={THUMB_HEIGHT} '
+        f'alt="{_esc(r.job_id)}: one face without and with {_esc(r.restore)} restoration">'
+        f"<figcaption>without | with {_esc(r.restore)}</figcaption></figure>"
+    )
 
 
 def _href(output: str, report_dir: Location) -> str:
@@ -510,6 +525,7 @@ border-left:5px solid #1b6b34;border-radius:6px;padding:10px 14px}.info{flex:1 1
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;color:#fff;background:#1b6b34}
 .badge.failed{background:#b3261e}.badge.skipped{background:#7d8696}
 .strip{display:flex;gap:4px;overflow-x:auto;max-width:100%}.strip img{border-radius:3px;background:#000}
+.restore{margin:0;text-align:center;font-size:12px;color:#5b6475}.restore img{display:block;border-radius:3px}
 .figs{display:flex;flex-wrap:wrap;gap:2px 14px;font-size:13px;margin:6px 0}.figs i,.job div i{color:#5b6475;font-style:normal}
 .error{color:#b3261e;margin:8px 0 2px}.note{color:#7a5400}
 footer{margin-top:28px;color:#7d8696;font-size:12px}

@@ -1,6 +1,6 @@
 """The results table: one row per manifest row, written as Parquet.
 
-Column meanings are documented in README.md ("Results"); the schema below is the one
+Column meanings are documented in docs/results.md ("Results"); the schema below is the one
 place they are defined.
 """
 
@@ -45,6 +45,7 @@ SCHEMA = pa.schema(
         ("features_s", pa.float64()),
         ("motion_s", pa.float64()),
         ("render_s", pa.float64()),
+        ("restore_s", pa.float64()),
         ("compose_s", pa.float64()),
         ("pack", pa.string()),
         ("backend", pa.string()),
@@ -52,10 +53,16 @@ SCHEMA = pa.schema(
         ("backend_note", pa.string()),
         ("engine_key", pa.string()),
         ("calibration", pa.string()),
+        # face restoration: the stage ("gfpgan", "none"), its backend, and one frame's face
+        # before and after it, side by side (a JPEG, for the report)
+        ("restore", pa.string()),
+        ("restore_backend", pa.string()),
+        ("restore_sample", pa.binary()),
         ("template_cached", pa.bool_()),
         ("node", pa.string()),
         ("gpu", pa.string()),
         ("compute_capability", pa.string()),
+        ("encoder", pa.string()),
         ("attempts", pa.int64()),
         ("ray_task_id", pa.string()),
         ("config_hash", pa.string()),
@@ -101,6 +108,7 @@ class JobResult:
     features_s: float | None = None
     motion_s: float | None = None
     render_s: float | None = None
+    restore_s: float | None = None  # only with --restore
     compose_s: float | None = None
     pack: str = ""
     backend: str | None = None
@@ -108,10 +116,14 @@ class JobResult:
     backend_note: str | None = None
     engine_key: str | None = None
     calibration: str | None = None  # int8: the id of the calibration data; "" otherwise
+    restore: str | None = None  # config.RestoreName the job ran with; None on rows no job rendered
+    restore_backend: str | None = None
+    restore_sample: bytes | None = None  # JPEG: one frame's face unrestored | restored
     template_cached: bool | None = None
     node: str | None = None
     gpu: str | None = None
     compute_capability: str | None = None
+    encoder: str | None = None  # the H.264 encoder that wrote the MP4: libx264 or h264_nvenc
     attempts: int = 1
     ray_task_id: str | None = None  # the last attempt's task: its logs and state in Ray
     config_hash: str = ""

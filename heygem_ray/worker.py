@@ -1,7 +1,9 @@
-"""The model worker: owns one device and a pack's two stages; knows nothing about jobs.
+"""The model worker: owns one device, a pack's stages and, with ``--restore``, the
+restoration stage; knows nothing about jobs.
 
 Lifecycle: detect the device → load the stages and open them on the chosen backend
-(building engines once, through the store) → smoke-test → serve ``run_chunk`` calls.
+(building engines once, through the store); the same for the restoration stage, on the
+backend fastest for it → smoke-test → serve ``run_chunk`` calls.
 The Ray actor in ``driver/actor.py`` and the in-process service both wrap this class.
 
 A worker that cannot start (bad checkpoint, a backend that cannot run here, too little
@@ -24,7 +26,7 @@ from typing import Literal
 import numpy as np
 
 from heygem_ray.backends import stage_digest
-from heygem_ray.backends.runner import infer_batched
+from heygem_ray.backends.runner import Runner, infer_batched
 from heygem_ray.calibration import calibration_for
 from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore
@@ -32,6 +34,7 @@ from heygem_ray.errors import EngineError, HeygemError, InternalError, storage_e
 from heygem_ray.hardware import DeviceInfo, cuda_unusable
 from heygem_ray.packs import Features, get_pack
 from heygem_ray.precision import open_first, precision_order
+from heygem_ray.restore import Jpegs, RestoreInputs, open_restorer, restore_batch, restore_chunk
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,8 @@ class WorkerInfo:
     # packs without one. Templates keep its outputs under this name.
     reference_key: str = ""
     calibration: str = ""  # int8: the calibration data's id (backends.int8.CalibrationSet.id)
+    restore: str = "none"  # the restoration stage it runs (config.RestoreName)
+    restore_backend: str = ""  # and on which backend; "" without one
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,10 @@ class ChunkOutput:
     motion_s: float
     render_s: float
     worker: WorkerInfo
+    # With restoration: the k restored faces over the crop boxes, R × R BGR JPEG files
+    # (restore.restore_chunk), and the seconds it took.
+    restored: Jpegs | None = None
+    restore_s: float = 0.0
 
 
 def _start_error(exc: Exception) -> EngineError:
@@ -126,18 +135,40 @@ class ModelWorker:
             batch_sizes=[cfg.batch_size],
         )
         self.runners = chosen.runners
+        # 3. the restoration stage, on the backend fastest for it here, at the pack's
+        #    precision (it has no int8 graphs: fp32 then)
+        self.restoring = cfg.restore != "none"
+        self.restore_runners: dict[str, Runner] = {}
+        self.restore_batch = restore_batch(cfg)
+        restore_note = restore_backend = ""
+        if self.restoring:
+            try:
+                restoring = open_restorer(cfg, chosen.precision, device=device.device, store=store,
+                                          backend=cfg.backend)
+            except BaseException:
+                chosen.close()  # a worker that cannot start holds no device memory
+                raise
+            self.restore_runners, restore_backend = restoring.runners, restoring.backend
+            # what the pack's note says already (tensorrt not installed, say) is not said twice
+            said = chosen.note.split("; ")
+            notes = [n for n in restoring.note.split("; ") if n and n not in said]
+            if device.gpu is None:
+                notes.append("it takes seconds a frame on a CPU (docs/restoration.md: use it on GPUs)")
+            restore_note = "; ".join(f"restore: {note}" for note in notes)
         render_key = chosen.engine_keys.get("render")
         self.info = WorkerInfo(
             node=node,
             device=device,
             backend=chosen.backend,
             precision=chosen.precision,
-            backend_note="; ".join(note for note in (device_note, chosen.note) if note),
+            backend_note="; ".join(note for note in (device_note, chosen.note, restore_note) if note),
             engine_key=render_key.dirname() if render_key else "",
             reference_key=f"{reference_digest}-{chosen.precision}" if reference else "",
             calibration=calibration.id if calibration is not None and chosen.precision == "int8" else "",
+            restore=cfg.restore,
+            restore_backend=restore_backend,
         )
-        # 3. warm up: open_runners ran one item through every stage already.
+        # 4. warm up: open_runners ran one item through every stage already.
 
     def ready(self) -> WorkerInfo:
         """The worker's description once it serves; its start-up error otherwise."""
@@ -145,9 +176,10 @@ class ModelWorker:
             raise self.error
         return self.info
 
-    def run_chunk(self, features: Features, given: np.ndarray) -> ChunkOutput:
+    def run_chunk(self, features: Features, given: np.ndarray, restore: RestoreInputs | None = None) -> ChunkOutput:
         """A chunk's features and what the job gives per frame (its crops, (k, S, S, 3)
-        uint8 BGR, or a pack's reference-stage outputs) → its generated crops."""
+        uint8 BGR, or a pack's reference-stage outputs) → its generated crops; with
+        ``restore`` (the frames' aligned reference tiles) also the restored faces."""
         info = self.ready()
         spent: dict[str, float] = {}
 
@@ -162,7 +194,14 @@ class ModelWorker:
         pixels = np.clip(np.rint(out.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
         total = time.perf_counter() - t0
         motion = spent.get("motion", 0.0)
-        return ChunkOutput(pixels, motion, total - motion, info)
+        if restore is None:
+            return ChunkOutput(pixels, motion, total - motion, info)
+        if not self.restoring:
+            raise InternalError("a chunk with aligned tiles reached a worker without a restoration stage")
+        t1 = time.perf_counter()
+        base = given if self.pack.paste_mode == "residual" else None  # compose pastes only the change then
+        restored = restore_chunk(self._restore_call, restore, pixels, base, self.pack.paste_mask, self.restore_batch)
+        return ChunkOutput(pixels, motion, total - motion, info, restored, time.perf_counter() - t1)
 
     def run_reference(self, crops: np.ndarray) -> np.ndarray:
         """(k, S, S, 3) uint8 BGR crops of reference frames → the pack's reference stage
@@ -175,7 +214,10 @@ class ModelWorker:
     def _batched(self, stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return infer_batched(self.runners[stage], inputs, self.batch_size)
 
+    def _restore_call(self, stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return infer_batched(self.restore_runners[stage], inputs, self.restore_batch)
+
     def close(self) -> None:
         if self.error is None:
-            for runner in self.runners.values():
+            for runner in (*self.runners.values(), *self.restore_runners.values()):
                 runner.close()

@@ -37,11 +37,14 @@ from heygem_ray import heap, storage
 from heygem_ray.cli import describe_workers
 from heygem_ray.config import (
     BackendName,
+    EncoderName,
+    EncoderPreset,
     InputLimits,
     LoopMode,
     PackName,
     PrecisionName,
     RenderConfig,
+    RestoreName,
     RunConfig,
     WorkerDevice,
     default_cache_dir,
@@ -76,6 +79,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="The run's date, YYYY-MM-DD (default: today in UTC). Pass it to resume a night after midnight.")
     p.add_argument("--pack", choices=get_args(PackName), default="warp")
     p.add_argument("--checkpoint", type=Path, default=None, help="Wav2Lip generator checkpoint for --pack wav2lip.")
+    p.add_argument("--restore", choices=get_args(RestoreName), default="none",
+                   help="Face restoration after the pack's render: gfpgan (needs --restore-checkpoint; use it on GPUs).")
+    p.add_argument("--restore-checkpoint", type=Path, default=None,
+                   help="For --restore gfpgan: the public GFPGANv1.4.pth (a path every node sees).")
+    p.add_argument("--restore-blend", type=float, default=RenderConfig.restore_blend,
+                   help="How much of the restored face shows where the pack changed the frame, 0 to 1 (default 1).")
     p.add_argument("--loop", choices=get_args(LoopMode), default="pingpong")
     p.add_argument("--backend", choices=get_args(BackendName), default="auto")
     p.add_argument("--precision", choices=get_args(PrecisionName), default="auto")
@@ -84,6 +93,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibration-frames", type=int, default=RenderConfig.calibration_frames,
                    help="For int8: frames that calibrate the activation ranges (a quarter as many more are held out).")
     p.add_argument("--chunk-frames", type=int, default=128)
+    p.add_argument("--preset", choices=get_args(EncoderPreset), default=RenderConfig.preset,
+                   help="x264's speed preset (faster: less CPU, larger files).")
+    p.add_argument("--encoder", choices=get_args(EncoderName), default=RenderConfig.encoder,
+                   help="H.264 encoder: auto (h264_nvenc where the node's GPU has NVENC, else libx264).")
     p.add_argument("--engines", type=_location, default=None,
                    help="Engine store (a path every node sees, or a bucket URI; default: $HEYGEM_RAY_ENGINES, else ~/.cache/heygem-ray/engines).")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -134,7 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             output_dir=out,
             render=RenderConfig(
                 pack=args.pack, checkpoint=args.checkpoint, loop=args.loop, chunk_frames=args.chunk_frames,
-                backend=args.backend, precision=args.precision, calibration=args.calibrate, calibration_frames=args.calibration_frames,
+                restore=args.restore, restore_checkpoint=args.restore_checkpoint, restore_blend=args.restore_blend,
+                preset=args.preset, encoder=args.encoder,
+                backend=args.backend, precision=args.precision, calibration=args.calibrate,
+                calibration_frames=args.calibration_frames,
                 limits=InputLimits(max_reference_pixels=args.max_reference_pixels,
                                    max_reference_frames=args.max_reference_frames,
                                    max_audio_seconds=args.max_audio_seconds),
@@ -151,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force,
         )
         run["config_hash"] = cfg.config_hash()
+        storage.check_writable(out)  # the night's folder, named in the error, before the lock beside it
         # One night at a time into OUTPUT_ROOT (a night's own folder is the run lock's); a
         # scheduler that starts the next night while one overruns is refused here.
         with hold_output(args.output_root, f"night {date} of {args.manifest}", lock_name=NIGHTS_LOCK,

@@ -43,7 +43,7 @@ def ray_local():
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test by what it uses (tests/helpers/tiers.py): ``make check`` runs those
-    that need no Ray, no cluster, no int8 calibration and no end-to-end render."""
+    that need no Ray, no cluster, no int8 calibration, no end-to-end render and no ONNX export."""
     for item in items:
         mark_by_use(item)
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from heygem_ray.face import FaceTrack
-from heygem_ray.geometry import CropGeometry, cut, feathered_ellipse, paste
+from heygem_ray.geometry import CropGeometry, cut, cut_i420, feathered_ellipse, paste, paste_i420
+from heygem_ray.media import yuv
 from heygem_ray.packs import get_pack
 
 
@@ -108,3 +109,56 @@ def test_paste_blends_only_where_the_mask_is_and_matches_the_whole_box_formula(p
             paste(got, crop, box, mask, given)
             _whole_box_paste(want, crop, box, mask, given)
             assert np.array_equal(got, want), (trial, box, given is None)
+
+
+def _smooth(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """uint8 noise blurred into mid-range colours (BGR that an I420 frame can hold without
+    clipping, so converting it there and back stays within a level)."""
+    noise = rng.integers(40, 216, shape, dtype=np.uint8)
+    return cv2.GaussianBlur(noise, (9, 9), 3) if noise.ndim == 3 else noise
+
+
+@pytest.mark.parametrize("pack", ["warp", "wav2lip", "musetalk"])
+def test_paste_i420_is_paste_in_bgr_within_a_level_and_leaves_every_other_byte(pack):
+    """Pasting into the I420 frame gives the frame that pasting into its BGR picture and
+    converting back gives (one level for the rounding of that round trip), and writes no
+    byte outside the box grown to whole chroma samples: the rest reaches the encoder as it
+    was decoded."""
+    mask = get_pack(pack).paste_mask
+    size = mask.shape[0]
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        frame = yuv.from_bgr_frame(_smooth(rng, (120, 160, 3)))
+        crop, base = (_smooth(rng, (size, size, 3)) for _ in range(2))
+        x0, y0 = int(rng.integers(-60, 150)), int(rng.integers(-60, 110))  # some boxes hang over an edge
+        side = int(rng.integers(8, 90))
+        box = np.array([x0, y0, x0 + side, y0 + side])
+        for given in (None, base):
+            got = frame.copy()
+            paste_i420(got, crop, box, mask, given)
+            want = yuv.to_bgr_frame(frame)
+            paste(want, crop, box, mask, given)
+            assert np.abs(got.astype(int) - yuv.from_bgr_frame(want)).max() <= 1, (trial, box, given is None)
+            # Outside the box grown to even rows and columns, every plane is as it was.
+            ey0, ex0, ey1, ex1 = y0 & ~1, x0 & ~1, (y0 + side + 1) & ~1, (x0 + side + 1) & ~1
+            for plane, before, step in zip(yuv.planes(got), yuv.planes(frame), (1, 2, 2), strict=True):
+                outside = np.ones(plane.shape, bool)
+                outside[max(ey0 // step, 0) : max(ey1 // step, 0), max(ex0 // step, 0) : max(ex1 // step, 0)] = False
+                assert np.array_equal(plane[outside], before[outside]), (trial, box)
+
+
+def test_residual_paste_i420_of_an_unchanged_crop_leaves_the_frame_byte_for_byte():
+    rng = np.random.default_rng(4)
+    frame = yuv.from_bgr_frame(rng.integers(0, 256, (100, 120, 3), dtype=np.uint8))
+    before = frame.copy()
+    box = np.array([30, 20, 90, 80])
+    crop = cut_i420(frame, box, 32)
+    paste_i420(frame, crop, box, feathered_ellipse(32, (0.0, 0.0), (0.8, 0.8), 0.2), base=crop)
+    assert np.array_equal(frame, before)
+
+
+def test_cut_i420_is_cut_of_the_frames_bgr_picture():
+    rng = np.random.default_rng(5)
+    frame = yuv.from_bgr_frame(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    for box in (np.array([10, 5, 50, 45]), np.array([-15, -10, 25, 30]), np.array([60, 40, 100, 80])):
+        assert np.array_equal(cut_i420(frame, box, 24), cut(yuv.to_bgr_frame(frame), box, 24))

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import av
+import cv2
 import numpy as np
 import pytest
 
 from heygem_ray import media
 from heygem_ray.errors import EngineError, InputError, InternalError
-from heygem_ray.media import video_probe
+from heygem_ray.media import encoders, video_probe, yuv
 from tests.helpers.media import (
     make_channels,
     make_corrupt,
@@ -475,6 +476,106 @@ def test_flat_colours_come_back_as_they_were_written(tmp_path: Path) -> None:
         assert np.abs(got - bgr).max() <= 2, (bgr, got.mean(axis=0))
 
 
+def _lossless(path: Path, frames: np.ndarray, pixel_format: Any = "yuv420p") -> Path:
+    """``frames`` written as compose writes them, at CRF 0 (x264's lossless mode)."""
+    width, height = (frames.shape[2], frames.shape[1]) if pixel_format == "bgr24" else yuv.size_of(frames[0])
+    audio = make_tone(path.with_suffix(".wav"), seconds=len(frames) / 25)
+    with media.VideoWriter(path, width=width, height=height, fps=Fraction(25), audio=audio, duration=len(frames) / 25,
+                           crf=0, pixel_format=pixel_format) as w:  # fmt: skip
+        w.write(frames)
+    return path
+
+
+def test_i420_frames_reach_the_file_and_come_back_byte_for_byte(tmp_path: Path) -> None:
+    """An I420 frame goes through the writer's pipe and the reader's I420 output without a
+    colour conversion: lossless x264 in between, every byte comes back (the writer tags
+    the file BT.709 limited range, so the reader passes it through; untagged, it would be
+    taken for BT.601 and converted)."""
+    frames = np.stack([yuv.from_bgr_frame(f) for f in _pattern(6, 48, 64)])
+    out = _lossless(tmp_path / "o.mp4", frames)
+    back = np.stack(list(media.iter_frames(media.probe_video(out), pixel_format="yuv420p")))
+    assert back.shape == frames.shape and np.array_equal(back, frames)
+
+
+def test_i420_conversions_agree_with_ffmpegs(tmp_path: Path) -> None:
+    """media.yuv converts as ffmpeg does: flat colours written as BGR (ffmpeg converts) and
+    read back as I420 are yuv's I420 of those colours within a level, and yuv's BGR of them
+    within two levels of the colours written."""
+    colours = [(128, 128, 128), (200, 200, 200), (150, 170, 210), (200, 60, 30), (16, 16, 16), (40, 200, 90)]  # BGR
+    frame = np.zeros((48, 192, 3), np.uint8)
+    for i, bgr in enumerate(colours):
+        frame[:, i * 32 : (i + 1) * 32] = bgr
+    out = _lossless(tmp_path / "o.mp4", np.repeat(frame[None], 3, axis=0), pixel_format="bgr24")
+    (got, *_) = media.iter_frames(media.probe_video(out), pixel_format="yuv420p")
+    inner = (slice(8, 40), slice(None))
+    for plane, want, step in zip(yuv.planes(got), yuv.planes(yuv.from_bgr_frame(frame)), (1, 2, 2), strict=True):
+        for i in range(len(colours)):
+            cols = slice((i * 32 + 8) // step, (i * 32 + 24) // step)
+            rows = slice(inner[0].start // step, inner[0].stop // step)
+            assert np.abs(plane[rows, cols].astype(int) - want[rows, cols]).max() <= 1, colours[i]
+    bgr = yuv.to_bgr_frame(got)
+    for i, colour in enumerate(colours):
+        assert np.abs(bgr[8:40, i * 32 + 8 : i * 32 + 24].reshape(-1, 3).astype(int) - colour).max() <= 2, colour
+
+
+def test_the_probe_says_how_each_reference_reaches_bt709(tmp_path: Path) -> None:
+    frames = np.stack([yuv.from_bgr_frame(f) for f in _pattern(3, 48, 64)])
+    assert media.probe_video(_lossless(tmp_path / "tagged.mp4", frames)).colour == "bt709"
+    assert media.probe_video(make_video(tmp_path / "untagged.mp4", seconds=0.2)).colour == "bt601"
+    assert media.probe_video(make_video(tmp_path / "odd.mp4", seconds=0.2, size=(63, 47))).colour == ""  # 4:4:4
+    assert media.probe_video(make_image(tmp_path / "photo.jpg")).colour == ""  # full range
+
+
+def _bt601_to_bt709(stored: np.ndarray) -> np.ndarray:
+    """An I420 frame in BT.601 limited range → BT.709, computed in floats: each pixel's
+    Y, Cb, Cr (the chroma sample that covers it) → BGR (unclipped) → BT.709 luma per pixel,
+    chroma the mean of its four pixels'."""
+    kr, kb = 0.299, 0.114
+    kg = 1 - kr - kb
+    to_yuv601 = np.array([
+        [219 / 255 * kb, 219 / 255 * kg, 219 / 255 * kr],
+        [112 / 255, -112 / 255 * kg / (1 - kb), -112 / 255 * kr / (1 - kb)],
+        [-112 / 255 * kb / (1 - kr), -112 / 255 * kg / (1 - kr), 112 / 255],
+    ])  # fmt: skip
+    luma, cb, cr = (p.astype(np.float32) for p in yuv.planes(stored))
+    up = [np.repeat(np.repeat(c, 2, axis=0), 2, axis=1) - 128 for c in (cb, cr)]
+    bgr = np.stack([luma - 16, *up], axis=-1) @ np.linalg.inv(to_yuv601).T.astype(np.float32)
+    out = yuv.bgr_to_yuv(bgr)
+    frame = np.empty_like(stored)
+    y, u, v = yuv.planes(frame)
+    chroma = yuv.halve(out[..., 1:])
+    yuv.put(y, out[..., 0])
+    yuv.put(u, chroma[..., 0])
+    yuv.put(v, chroma[..., 1])
+    return frame
+
+
+def test_an_untagged_reference_becomes_bt709_exactly(tmp_path: Path) -> None:
+    """An untagged (BT.601) 4:2:0 reference changes matrix on its planes as decoded:
+    within a level of the exact conversion, every sample."""
+    clip = make_video(tmp_path / "c.mp4", seconds=0.2, size=(320, 240))
+    with av.open(str(clip)) as container:
+        raw = [f.to_ndarray(format="yuv420p") for f in container.decode(video=0)]  # planes as stored
+    got = list(media.iter_frames(media.probe_video(clip), pixel_format="yuv420p"))
+    assert len(got) == len(raw) == 5
+    for frame, stored in zip(got, raw, strict=True):
+        assert np.abs(frame.astype(int) - _bt601_to_bt709(stored)).max() <= 1
+
+
+def test_an_untagged_reference_reads_alike_as_i420_and_as_bgr(tmp_path: Path) -> None:
+    """A reference in BT.601 (untagged, as the test pattern is) is converted to BT.709 I420
+    on the way in; away from edges (where the two readers interpolate chroma differently)
+    its BGR picture is the BGR reader's within a few levels (that reader truncates)."""
+    info = media.probe_video(make_video(tmp_path / "c.mp4", seconds=0.2, size=(320, 240)))
+    as_bgr = np.stack(list(media.iter_frames(info)))
+    as_i420 = np.stack([yuv.to_bgr_frame(f) for f in media.iter_frames(info, pixel_format="yuv420p")])
+    assert as_i420.shape == as_bgr.shape
+    for got, want in zip(as_i420, as_bgr, strict=True):
+        flat = cv2.dilate(cv2.Canny(want, 10, 30), np.ones((7, 7), np.uint8)) == 0
+        diff = np.abs(got.astype(int) - want)[flat]
+        assert flat.mean() > 0.3 and diff.mean() < 1 and np.percentile(diff, 99) <= 3
+
+
 def test_writer_takes_audio_from_a_video(tmp_path: Path) -> None:
     talk = make_video(tmp_path / "talk.mp4", seconds=1.0, size=(64, 48), audio=True)
     out = tmp_path / "out.mp4"
@@ -511,3 +612,47 @@ def test_writer_rejects_wrong_frames(tmp_path: Path) -> None:
         with media.VideoWriter(tmp_path / "o.mp4", width=64, height=48, fps=Fraction(25), audio=audio, duration=1.0) as w:
             w.write(np.zeros((48, 64), np.uint8))
     assert not (tmp_path / "o.mp4").exists()
+
+
+# --------------------------------------------------------------------------- encoder choice
+
+
+def test_the_encoder_is_nvenc_only_where_it_encodes_and_asking_for_it_elsewhere_says_what_to_do() -> None:
+    """``auto`` takes h264_nvenc exactly where a tiny encode with it works (here, a machine
+    without an NVIDIA driver: libx264); asking for h264_nvenc where it does not work is an
+    ``encode`` error that names the fix."""
+    missing = encoders.nvenc_missing()
+    assert media.pick_encoder("libx264") == "libx264"
+    assert media.pick_encoder("auto") == ("h264_nvenc" if missing is None else "libx264")
+    if missing is None:
+        assert media.pick_encoder("h264_nvenc") == "h264_nvenc"
+        return
+    if not Path("/dev/nvidiactl").exists():
+        assert missing == "no NVIDIA driver on this machine"
+    with pytest.raises(EngineError) as caught:
+        media.pick_encoder("h264_nvenc")
+    assert caught.value.kind == "encode"
+    assert missing in caught.value.message and "--encoder auto" in caught.value.message
+
+
+def test_nvenc_sees_the_nodes_gpus_from_a_task_ray_gave_none() -> None:
+    """Ray empties CUDA_VISIBLE_DEVICES for a task without GPUs (the job tasks that encode);
+    NVENC's ffmpeg gets the node's GPUs back, x264's environment is left alone."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CUDA_VISIBLE_DEVICES", "")
+        env = encoders.encoder_env("h264_nvenc")
+        assert env is not None and "CUDA_VISIBLE_DEVICES" not in env and env["PATH"]
+        assert encoders.encoder_env("libx264") is None
+        mp.setenv("CUDA_VISIBLE_DEVICES", "1")
+        assert encoders.encoder_env("h264_nvenc") is None
+
+
+@pytest.mark.parametrize("preset", ["ultrafast", "veryslow"])
+def test_the_preset_reaches_x264(tmp_path: Path, preset: str) -> None:
+    audio = make_tone(tmp_path / "a.wav", seconds=0.4)
+    out = tmp_path / "o.mp4"
+    with media.VideoWriter(out, width=64, height=48, fps=Fraction(25), audio=audio, duration=0.4, preset=preset) as w:
+        w.write(_pattern(10, 48, 64))
+    # x264 writes its settings into the stream: ultrafast turns CABAC off, veryslow keeps it.
+    settings = out.read_bytes().split(b"x264 - core", 1)[1][:2000]
+    assert (b"cabac=0" in settings) == (preset == "ultrafast") and b"cabac=" in settings

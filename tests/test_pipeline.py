@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,8 +17,9 @@ import numpy as np
 import pytest
 
 from heygem_ray import media
-from heygem_ray.analyze import analyze
+from heygem_ray.analyze import Template, analyze
 from heygem_ray.config import RenderConfig
+from heygem_ray.errors import InputError
 from heygem_ray.job import InProcessService, render_job, scratch
 from heygem_ray.manifest import Job
 from heygem_ray.packs import get_pack
@@ -75,6 +77,7 @@ def test_output_matches_reference_format_and_audio_length(rendered, examples):
     assert abs(out.duration - audio_s) <= 1 / FPS
     assert abs(media.probe_audio(Path(result.output)).duration - audio_s) <= 1 / FPS
     assert result.template_cached is False and result.backend == "pytorch" and result.realtime_factor > 0
+    assert result.encoder == media.pick_encoder("auto")  # libx264 here, h264_nvenc on a GPU with NVENC
 
 
 def _ref_frames(template, n):
@@ -92,6 +95,31 @@ def test_pixels_outside_the_face_box_are_unchanged(rendered, floor):
     diff = np.abs(frames.astype(int) - refs.astype(int))
     assert diff[outside].mean() <= noise + 0.25
     assert diff[~outside].mean() > noise + 1.0  # while the face region did change
+
+
+def test_the_frame_store_gives_back_the_reference_as_it_was_decoded(rendered, examples):
+    """The template keeps every reference frame losslessly, as the encoder takes it: read
+    back, each is the decoder's I420 frame byte for byte."""
+    template = rendered[3]
+    decoded = list(media.iter_frames(media.probe_video(examples / "presenter.mp4"), pixel_format="yuv420p"))
+    stored = list(template.read_i420(np.arange(template.frames)))
+    assert len(stored) == len(decoded) == template.frames
+    assert all(np.array_equal(a, b) for a, b in zip(stored, decoded, strict=True))
+
+
+def test_a_damaged_frame_store_is_a_bad_template_that_says_to_delete_it(rendered, tmp_path):
+    copy = tmp_path / "template"
+    shutil.copytree(rendered[3].root, copy)
+    offsets = np.load(copy / "offsets.npy")
+    with open(copy / "frames.bin", "r+b") as f:  # frame 3's bytes overwritten
+        f.seek(int(offsets[3]))
+        f.write(bytes(int(offsets[4] - offsets[3])))
+    template = Template.open(copy)
+    assert len(list(template.read_i420(np.arange(3)))) == 3  # the frames before it still read
+    with pytest.raises(InputError) as caught:
+        list(template.read_i420(np.array([3])))
+    assert caught.value.kind == "bad_template"
+    assert str(copy) in caught.value.message and "frame 3" in caught.value.message and "delete" in caught.value.message
 
 
 def _mouth_change(frames, refs, boxes):
@@ -205,8 +233,8 @@ class _Held:
     """A chunk rendered only when the job asks for it, so the test sees how many the job
     keeps in flight at once."""
 
-    def __init__(self, service: _CountingService, features: np.ndarray, crops: np.ndarray):
-        self.service, self.args = service, (features, crops)
+    def __init__(self, service: _CountingService, features: np.ndarray, crops: np.ndarray, restore):
+        self.service, self.args = service, (features, crops, restore)
         service.outstanding += 1
         service.most = max(service.most, service.outstanding)
 
@@ -220,8 +248,8 @@ class _CountingService(InProcessService):
         super().__init__(worker)
         self.workers, self.outstanding, self.most = workers, 0, 0
 
-    def submit(self, features, crops):
-        return _Held(self, features, crops)
+    def submit(self, features, crops, restore=None):
+        return _Held(self, features, crops, restore)
 
 
 @pytest.mark.parametrize(("workers", "in_flight"), [(1, 3), (6, 7)])

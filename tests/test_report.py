@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from heygem_ray import RunConfig, media, report, submit
 from heygem_ray.cli import app
 from heygem_ray.driver.resume import PARTS_DIR
+from heygem_ray.restore import side_by_side
 from heygem_ray.results import RESULTS_FILE, JobResult, write_results
 from heygem_ray.storage import Uri
 from tests.helpers.system import needs_system_package
@@ -145,6 +146,27 @@ def test_hostile_job_ids_and_messages_never_become_markup(tmp_path):
     assert "is not there any more" in page  # its MP4 is gone: said, not shown
     got = runner.invoke(app, ["status", str(tmp_path)])
     assert got.exit_code == 1 and evil in got.stdout  # plain text keeps the id as it is
+
+
+def test_a_restored_row_shows_its_face_without_and_with_restoration(tmp_path):
+    """The job's sample (results' restore_sample) is on the row's card as it was kept, with
+    the stage and its backend; a row rendered without restoration has neither."""
+    before = np.zeros((120, 120, 3), np.uint8)
+    before[:, :, 2] = np.linspace(0, 255, 120, dtype=np.uint8)[None]
+    sample = side_by_side(before, 255 - before, np.array([0, 0, 120, 120]))
+    assert sample is not None
+    common = {"audio": "a.wav", "video": "v.mp4", "status": "ok", "frames": 25, "seconds": 1.0}
+    results = [
+        JobResult(job_id="sharp", row=1, output=str(tmp_path / "sharp.mp4"), restore="gfpgan",
+                  restore_backend="onnxruntime", restore_sample=sample, **common),
+        JobResult(job_id="plain", row=2, output=str(tmp_path / "plain.mp4"), restore="none", **common),
+    ]  # fmt: skip
+    write_results(results, tmp_path / RESULTS_FILE)
+    cards = _articles(report.write_report(tmp_path).read_text())
+    (shown,) = _IMG.findall(cards["sharp"])  # the MP4s are not there: no frames, only the sample
+    assert base64.b64decode(shown) == sample
+    assert "<i>restore</i> gfpgan on onnxruntime" in cards["sharp"] and "without | with gfpgan" in cards["sharp"]
+    assert not _IMG.search(cards["plain"]) and "<i>restore</i>" not in cards["plain"]
 
 
 def _crafted(path: Path, **columns: pa.Array) -> None:

@@ -170,13 +170,19 @@ def test_a_driver_killed_mid_run_is_resumed_by_running_it_again(folder):
         time.sleep(0.2)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    finished = {pq.read_table(p).column("job_id")[0].as_py() for p in parts.glob("*.parquet")}
+    recorded = [pq.read_table(p).to_pylist()[0] for p in parts.glob("*.parquet")]
+    finished = {r["job_id"] for r in recorded}
     assert 1 <= len(finished) < len(rows), "the kill came too late to interrupt anything"
     assert not (folder / "out" / "results.parquet").exists()
-    # An MP4 under a job's name is always complete. (One may have no row yet: the kill
-    # can fall between the MP4's rename and the row's write; that job renders again.)
+    # An MP4 under a job's name is always complete: every frame its index lists decodes
+    # (a file cut short keeps an index that lists them all), as many as its row says. (One
+    # may have no row yet: the kill can fall between the MP4's rename and the row's write;
+    # that job renders again.)
+    frames = {r["job_id"]: r["frames"] for r in recorded}
     for mp4 in (folder / "out").glob("[!.]*.mp4"):
-        assert media.probe_video(mp4).frames > 0
+        decoded = len(media.read_video(mp4)[0])
+        assert decoded == media.probe_video(mp4).frames > 0, mp4
+        assert decoded == frames.get(mp4.stem, decoded), mp4
     # A partial of the job in flight, as a killed run can leave one:
     storage.staging_file(folder / "out" / "job5.mp4", folder, PARTIAL_SUFFIX).write_bytes(b"half a video")
 

@@ -17,6 +17,8 @@ from heygem_ray import RunConfig, media, submit
 from heygem_ray.backends.trt import available as trt_available
 
 REPO = Path(__file__).resolve().parents[1]
+# README's Python example, as a user would paste it (it calls submit: the test is marked ray).
+README_PYTHON = (REPO / "README.md").read_text().split("From Python:\n\n```python\n", 1)[1].split("```", 1)[0]
 
 
 def _silent_wav(path: Path, seconds: float) -> Path:
@@ -92,6 +94,7 @@ def test_good_rows_render_next_to_bad_ones(bad_batch):
         frames, _ = media.read_video(Path(r["output"]))
         assert len(frames) == r["frames"] > 0
         assert r["node"] and r["pack"] == "warp"
+        assert r["encoder"] == media.pick_encoder("auto")  # chosen in the job's Ray task: libx264 without NVENC
         if r["gpu"]:  # a GPU worker: TensorRT or the next backend that ran, at fp16
             assert r["backend"] in ("tensorrt", "onnxruntime", "pytorch") and r["precision"] == "fp16"
         else:
@@ -195,6 +198,10 @@ def test_cli_rejects_bad_options_with_the_choices(tmp_path):
     assert proc.returncode == 2 and "choose one of warp, wav2lip" in proc.stderr
     proc = _cli("submit", str(REPO / "examples" / "manifest.csv"), "--pack", "wav2lip", cwd=tmp_path)
     assert proc.returncode == 2 and "--checkpoint" in proc.stderr
+    proc = _cli("submit", str(REPO / "examples" / "manifest.csv"), "--preset", "quick", cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown preset 'quick': choose one of ultrafast, superfast, veryfast" in proc.stderr
+    proc = _cli("submit", str(REPO / "examples" / "manifest.csv"), "--encoder", "x265", cwd=tmp_path)
+    assert proc.returncode == 2 and "choose one of auto, libx264, h264_nvenc" in proc.stderr
 
 
 def test_a_checkpoint_with_a_wrong_key_stops_before_any_work_naming_the_key(tmp_path):
@@ -231,13 +238,11 @@ def test_an_unreachable_cluster_stops_before_any_work_with_exit_2(tmp_path, exam
 
 
 def test_readme_python_example_runs_and_prints_the_counts(tmp_path, examples):
-    readme = (REPO / "README.md").read_text()
-    code = readme.split("From Python:\n\n```python\n", 1)[1].split("```", 1)[0]
     shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
     _silent_wav(tmp_path / "s.wav", 0.5)
     (tmp_path / "manifest.csv").write_text("job_id,audio,video\nfine,s.wav,p.jpg\nbroken,gone.wav,p.jpg\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run([sys.executable, "-c", README_PYTHON], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == f"1 rendered, 0 skipped, 1 failed; table: {Path('out') / 'results.parquet'}"

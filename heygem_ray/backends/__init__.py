@@ -39,9 +39,9 @@ from heygem_ray.backends.pytorch import TorchRunner
 from heygem_ray.backends.runner import Runner
 from heygem_ray.config import BackendName
 from heygem_ray.engines import BatchProfile, EngineKey, EngineStore, Precision
-from heygem_ray.errors import EngineError, storage_error
+from heygem_ray.errors import EngineError, InternalError, storage_error
 from heygem_ray.hardware import cpu_has_bf16
-from heygem_ray.packs import PackSpec
+from heygem_ray.packs import PackSpec, StageSet
 
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "onnxruntime", "pytorch")
 
@@ -62,7 +62,7 @@ class RunnerSet:
 
 
 def open_runners(
-    pack: PackSpec,
+    pack: StageSet,
     stages: dict[str, nn.Module],
     *,
     device: str,
@@ -74,7 +74,9 @@ def open_runners(
     intra_op_threads: int | None = None,
     calibration: CalibrationSet | None = None,
 ) -> RunnerSet:
-    """Runners for ``stages`` (from ``pack.load_stages``) on the chosen backend.
+    """Runners for ``stages`` (from ``pack.load_stages``) on the chosen backend. ``pack``
+    is a model pack or another set of networks with declared stages (the restoration
+    stage's ``restore.Restorer``).
 
     ``batch_sizes``: the batch sizes the worker will send (default ``[32]``), for the
     TensorRT profile. ``build=False``: use only artifacts already in the store.
@@ -119,7 +121,7 @@ def open_runners(
     raise EngineError("no backend could run the model: " + "; ".join(notes))  # pytorch failed too
 
 
-def auto_order(pack: PackSpec, device: str, precision: Precision = "fp32") -> tuple[str, ...]:
+def auto_order(pack: StageSet, device: str, precision: Precision = "fp32") -> tuple[str, ...]:
     """What ``auto`` tries, in order. TensorRT is tried on a CPU too: its reason for not
     running ("not installed", "no CUDA device") goes in the note. int8 on a CPU runs on
     onnxruntime, whichever backend runs the pack's float stages fastest there."""
@@ -133,7 +135,7 @@ def auto_order(pack: PackSpec, device: str, precision: Precision = "fp32") -> tu
 
 @dataclass(frozen=True)
 class _Context:
-    pack: PackSpec
+    pack: StageSet
     stages: dict[str, nn.Module]
     device: str
     store: EngineStore
@@ -156,6 +158,8 @@ def _int8_graph(ctx: _Context, stage: str, cpu: bool) -> tuple[Path, EngineKey] 
     ONNX Runtime on this CPU), else None."""
     if ctx.precision != "int8" or stage not in ctx.pack.int8_stages or ctx.calibration is None:
         return None
+    if not isinstance(ctx.pack, PackSpec):  # calibration runs a pack's own frames through it
+        raise InternalError(f"{ctx.pack.name} declares int8 stages, but only a pack's are calibrated")
     upstream = list(ctx.stages)[: list(ctx.stages).index(stage) + 1]
     return int8_onnx_artifact(ctx.store, ctx.pack, stage, ctx.stages, ctx.calibration, cpu=cpu,
                                        weights_hash=chain_hash([_hash(ctx, s) for s in upstream]),
@@ -233,7 +237,7 @@ _OPENERS: dict[str, Callable[[_Context], tuple[dict[str, Runner], dict[str, Engi
 }
 
 
-def _smoke(pack: PackSpec, runners: dict[str, Runner]) -> None:
+def _smoke(pack: StageSet, runners: dict[str, Runner]) -> None:
     """One item of zeros through each stage: a backend that loads but cannot run fails
     here, not mid-job."""
     try:

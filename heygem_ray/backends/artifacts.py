@@ -21,7 +21,7 @@ from heygem_ray.engines import BatchProfile, EngineKey, EngineStore, Precision
 from heygem_ray.errors import InternalError
 from heygem_ray.export import DEFAULT_OPSET, export_onnx
 from heygem_ray.hardware import device_arch
-from heygem_ray.packs import PackSpec
+from heygem_ray.packs import StageSet
 from heygem_ray.version import __version__
 
 
@@ -45,7 +45,7 @@ def stage_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def onnx_key(pack: PackSpec, stage: str, precision: Precision, weights_hash: str, calibration: str = "") -> EngineKey:
+def onnx_key(pack: StageSet, stage: str, precision: Precision, weights_hash: str, calibration: str = "") -> EngineKey:
     """The engine key of a stage's ONNX graph (int8: with its calibration id)."""
     return EngineKey(
         pack=pack.name,
@@ -62,7 +62,7 @@ def onnx_key(pack: PackSpec, stage: str, precision: Precision, weights_hash: str
 
 def onnx_artifact(
     store: EngineStore,
-    pack: PackSpec,
+    pack: StageSet,
     stage: str,
     module: nn.Module,
     precision: Precision,
@@ -83,7 +83,7 @@ def onnx_artifact(
 
 def tensorrt_artifact(
     store: EngineStore,
-    pack: PackSpec,
+    pack: StageSet,
     stage: str,
     module: nn.Module,
     precision: Precision,

@@ -14,6 +14,7 @@ from heygem_ray.driver.calls import (
     node_name,
 )
 from heygem_ray.packs import Features
+from heygem_ray.restore import RestoreInputs
 from heygem_ray.worker import ChunkOutput, GpuUse, ModelWorker
 
 
@@ -37,12 +38,13 @@ class ActorWorker(ModelWorker):
     def alive(self) -> None:
         """The pool's health check: answered between chunks; an error once the actor is dead."""
 
-    def render(self, chunk: str, features: Features, given: np.ndarray) -> ChunkOutput:
+    def render(self, chunk: str, features: Features, given: np.ndarray,
+               restore: RestoreInputs | None = None) -> ChunkOutput:
         """``run_chunk`` for the chunk named ``chunk``; recorded first (and waited for: the
         record must outlive a worker killed by this very chunk), and its end after."""
         ask(self._router.started, self._name, chunk, len(given))
         try:
-            return self.run_chunk(features, given)
+            return self.run_chunk(features, given, restore)
         finally:
             ask(self._router.finished, self._name, chunk)
 

@@ -71,7 +71,7 @@ class Basis:
 
     run_id: str  # this run: every row it writes carries it
     config_hash: str  # RunConfig.config_hash()
-    weights: str  # identity.weights_digest of the checkpoint
+    weights: str  # identity.render_weights: the checkpoints' digests
 
     def stamp(self, result: JobResult, audio_identity: str, video_identity: str) -> JobResult:
         """``result`` with what this run rendered it from, for ``record`` to keep. The input

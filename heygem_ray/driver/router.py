@@ -31,6 +31,7 @@ from heygem_ray.driver.calls import (
 from heygem_ray.errors import EngineError, HeygemError
 from heygem_ray.job import ChunkFuture, ReferenceFuture
 from heygem_ray.packs import Features
+from heygem_ray.restore import RestoreInputs
 
 log = logging.getLogger(__name__)
 
@@ -345,12 +346,12 @@ class RayService:
             time.sleep(POLL_S)
         return answer
 
-    def submit(self, features: Features, given: np.ndarray) -> ChunkFuture:
+    def submit(self, features: Features, given: np.ndarray, restore: RestoreInputs | None = None) -> ChunkFuture:
         # The job sends its chunks in order, each chunk_frames long but the last (job/compose.py).
         first = self._sent * self._chunk_frames
         label = f"chunk {self._sent} (frames {first}-{first + len(given) - 1})"
         self._sent += 1
-        return RayFuture(self, label, "render", features, given)
+        return RayFuture(self, label, "render", features, given, restore)
 
     def submit_reference(self, crops: np.ndarray) -> ReferenceFuture:
         self._references += 1

@@ -92,7 +92,7 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     with hold_output(cfg.output_dir, f"run {run_id} of {manifest}") as lease:
         cb.started(len(jobs))
         # 3. what this run renders from, besides each row's files (the weights hashed once)
-        basis = resume.Basis(run_id, cfg.config_hash(), identity.weights_digest(cfg.render.checkpoint))
+        basis = resume.Basis(run_id, cfg.config_hash(), identity.render_weights(cfg.render))
         return _run(jobs, cfg, cb, basis, lease)
 
 

@@ -6,16 +6,27 @@ corners at fixed places in a 512×512 tile. The alignment is a similarity transf
 helper fits it (OpenCV's least-median-of-squares estimate); the restored tile goes back
 through the inverse transform and is blended only where the caller allows it.
 
+The five points come from the face track (``alignment_points``): until the track has
+landmarks, they are the template's own shape, placed on the tracked mouth and scaled by
+the face box's width. That one function is what a landmark model replaces.
+
+The pipeline never moves whole frames: the restored face travels in a face crop's box,
+sampled on a grid (``box_grid``) at a resolution of the caller's choosing, and
+``paste_restored`` blends it into the frame inside that box.
+
 Pure functions over arrays: images are (H, W, 3) uint8 BGR; points are (x, y) in pixels,
 integers at pixel centres ((0, 0) is the centre of the top-left pixel, as in OpenCV and
 the template); matrices are (2, 3) float64 mapping image → tile coordinates
-(``cv2.warpAffine``'s convention).
+(``cv2.warpAffine``'s convention); boxes are ``(x0, y0, x1, y1)`` integer pixels,
+end-exclusive, as ``heygem_ray.geometry`` cuts crops from them.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from heygem_ray.face.track import FaceTrack
 
 TILE = 512  # side of the aligned face, pixels
 # Where the five points sit in the tile: left eye, right eye, nose tip, left mouth corner,
@@ -25,11 +36,33 @@ FFHQ_TEMPLATE = np.array(
      [313.08905, 371.15118]],
     np.float32,
 )
+# The template's mouth centre (between the corners) and its eyes' distance apart, tile pixels.
+_TEMPLATE_MOUTH = FFHQ_TEMPLATE[3:].mean(axis=0)
+_TEMPLATE_EYE_SPAN = float(np.linalg.norm(FFHQ_TEMPLATE[1] - FFHQ_TEMPLATE[0]))
+# The eyes' distance apart in face-box widths, for OpenCV's frontal cascade's box (the
+# face detector's; eye detections on the bundled presenter: 0.45). With the template's
+# shape this puts the eyes 0.46 box heights above the mouth (v ≈ 0.37 for a mouth at 0.83).
+EYE_SPAN = 0.44
 # What the tile shows where the transform reaches outside the image: the public helper's grey.
 OUTSIDE_BGR = (135, 133, 132)
 # Width, in tile pixels, over which a restored tile fades in from its border, so its edge
 # never shows in the frame (about a tenth of the tile, like the public paste-back's blur).
 DEFAULT_FEATHER = 48.0
+
+
+def alignment_points(track: FaceTrack) -> np.ndarray:
+    """The track's (n, 5, 2) float32 face points per frame, in the template's order.
+
+    Derived from the steady face box and mouth: the template's five points, scaled so the
+    eyes are ``EYE_SPAN`` box widths apart and moved so its mouth centre is the tracked
+    mouth. Upright always: the box says nothing of a tilted head (a landmark model will).
+    """
+    boxes = track.boxes.astype(np.float64)
+    width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    mouth = boxes[:, :2] + track.mouths * np.stack([width, height], axis=1)  # (n, 2) pixels
+    scale = EYE_SPAN * width / _TEMPLATE_EYE_SPAN  # image pixels per tile pixel
+    shape = (FFHQ_TEMPLATE - _TEMPLATE_MOUTH).astype(np.float64)  # (5, 2) tile pixels from the mouth
+    return (mouth[:, None, :] + scale[:, None, None] * shape[None]).astype(np.float32)
 
 
 def similarity(points: np.ndarray) -> np.ndarray | None:
@@ -68,35 +101,70 @@ def tile_weight(feather: float = DEFAULT_FEATHER) -> np.ndarray:
     return np.minimum(ramp[:, None], ramp[None, :]).astype(np.float32)
 
 
-def paste_restored(
-    image: np.ndarray,
-    tile: np.ndarray,
+def box_grid(box: np.ndarray, grid: tuple[int, int], matrix: np.ndarray) -> np.ndarray:
+    """(2, 3) float64: pixel (i, j) of a ``grid`` = (width, height) image spread over
+    ``box`` (a crop of that size cut from it, as ``cv2.resize`` samples it) → tile
+    coordinates under the image → tile ``matrix``: the matrix that ``to_tile`` warps such a
+    crop into the tile with, and ``from_tile`` the tile onto such a grid."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    sx, sy = (x1 - x0) / grid[0], (y1 - y0) / grid[1]
+    # grid pixel i's centre is image x0 + (i + 0.5) · sx − 0.5 (pixel centres at integers)
+    to_image = np.array([[sx, 0.0, x0 + 0.5 * sx - 0.5], [0.0, sy, y0 + 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+    return np.asarray(matrix, np.float64) @ to_image
+
+
+def restored_layer(
+    restored: np.ndarray,
+    box: np.ndarray,
     matrix: np.ndarray,
     mask: np.ndarray,
     blend: float = 1.0,
     feather: float = DEFAULT_FEATHER,
-) -> np.ndarray:
-    """``image`` (H, W, 3) uint8 with the restored ``tile`` blended in: a new array.
+) -> tuple[np.ndarray, np.ndarray]:
+    """A restored face as a layer over ``box``: the face (bh, bw, 3) uint8 and its weight
+    (bh, bw) float32, in box pixels (bw, bh: the box's width and height).
 
-    Each pixel becomes w · restored + (1 − w) · image, rounded, with
-    w = ``blend`` × ``mask`` × the tile's feathered border weight warped back (0 outside
-    the tile). ``mask`` (H, W) float32 in [0, 1] says where restoring is allowed (where the
-    pack changed the face); ``blend`` in [0, 1] how much of the restored face to show
-    there. Where w is 0 (outside the mask, outside the tile, or ``blend`` 0) the pixels
-    are the input's, bit for bit.
-    """
+    ``restored`` (R, R', 3) uint8 is the restored tile sampled over the box (``box_grid``
+    with grid (R', R)); ``mask`` (S, S) float32 in [0, 1] says where restoring is allowed
+    (the pack's paste mask, spread over the box as ``geometry.paste`` spreads it);
+    ``matrix`` is the frame → tile similarity. The weight is ``blend`` × mask × the tile's
+    feathered border weight: 0 outside the mask, the tile, or with ``blend`` 0."""
     if not 0.0 <= blend <= 1.0:
         raise ValueError(f"blend must be in [0, 1], got {blend}")
-    height, width = image.shape[:2]
-    if mask.shape != (height, width):
-        raise ValueError(f"mask is {mask.shape}, the image is {(height, width)}")
-    out = image.copy()
-    weight = from_tile(tile_weight(feather), matrix, (height, width)) * mask.astype(np.float32) * np.float32(blend)
-    inside = weight > 0
-    if not inside.any():
-        return out
-    restored = from_tile(tile, matrix, (height, width))
-    w = weight[inside][:, None]  # (n, 1)
-    mixed = w * restored[inside].astype(np.float32) + (1 - w) * image[inside].astype(np.float32)
-    out[inside] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
-    return out
+    x0, y0, x1, y1 = (int(v) for v in box)
+    bw, bh = x1 - x0, y1 - y0
+    coverage = from_tile(tile_weight(feather), box_grid(box, (bw, bh), matrix), (bh, bw))
+    spread = cv2.resize(mask, (bw, bh), interpolation=cv2.INTER_LINEAR)
+    face = cv2.resize(restored, (bw, bh), interpolation=cv2.INTER_LINEAR)
+    return face, (coverage * spread * np.float32(blend)).astype(np.float32)
+
+
+def paste_restored(
+    frame: np.ndarray,
+    restored: np.ndarray,
+    box: np.ndarray,
+    matrix: np.ndarray,
+    mask: np.ndarray,
+    blend: float = 1.0,
+    feather: float = DEFAULT_FEATHER,
+) -> None:
+    """Blend a restored face (``restored_layer``'s arguments) into a BGR ``frame`` (H, W,
+    3) uint8 in place, inside ``box``: each pixel becomes w · restored + (1 − w) · frame,
+    rounded. Where the layer's weight w is 0 the frame's pixels stay as they are, bit for
+    bit. (Compose blends the same layer into its I420 frames with ``geometry.paste_i420``.)
+    """
+    face, weight = restored_layer(restored, box, matrix, mask, blend, feather)
+    h, w = frame.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    # The part of the box inside the frame, in box coordinates.
+    bx0, by0, bx1, by1 = max(x0, 0) - x0, max(y0, 0) - y0, min(x1, w) - x0, min(y1, h) - y0
+    if bx0 >= bx1 or by0 >= by1:
+        return
+    inside = (slice(by0, by1), slice(bx0, bx1))
+    on = weight[inside] > 0
+    if not on.any():
+        return
+    target = frame[y0 + by0 : y0 + by1, x0 + bx0 : x0 + bx1]  # a view: written in place
+    wt = weight[inside][on][:, None]  # (n, 1)
+    mixed = wt * face[inside][on].astype(np.float32) + (1 - wt) * target[on].astype(np.float32)
+    target[on] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)

@@ -15,6 +15,7 @@ from heygem_ray.analyze import Template
 from heygem_ray.config import RenderConfig
 from heygem_ray.job.service import ModelService
 from heygem_ray.packs import ChunkFeatures, PackSpec
+from heygem_ray.restore import RestoreInputs
 from heygem_ray.steps import Step
 from heygem_ray.storage import Location
 from heygem_ray.timeline import Timeline
@@ -53,6 +54,8 @@ class JobContext:
     timeline: Timeline  # output frame → reference frame
     features: ChunkFeatures  # the pack's audio features, a chunk of output frames at a time
     given: Callable[[np.ndarray], np.ndarray]  # reference frame indices → what the workers get for them
+    # With --restore: reference frame indices → their aligned tiles, boxes and alignments.
+    restore: Callable[[np.ndarray], RestoreInputs] | None
     clock: StepClock
     scratch: Path  # the job's scratch folder
     on_frames: Callable[[int], None]  # told how many frames each composed chunk wrote

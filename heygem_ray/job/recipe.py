@@ -25,6 +25,7 @@ from heygem_ray.job.context import JobContext, StepClock
 from heygem_ray.job.reference import reference_inputs
 from heygem_ray.job.scratch import job_scratch
 from heygem_ray.job.service import ModelService
+from heygem_ray.job.tiles import restore_inputs
 from heygem_ray.manifest import Job
 from heygem_ray.packs import get_pack
 from heygem_ray.results import JobResult
@@ -45,6 +46,7 @@ def render_job(
     t_start = time.perf_counter()
     pack = get_pack(cfg.pack)
     result = JobResult.for_job(job, cfg.pack)
+    result.restore = cfg.restore
     steps = StepClock()
     try:
         if job.problem is not None:
@@ -68,13 +70,17 @@ def render_job(
                 timeline = plan(pcm.samples / SAMPLE_RATE, template.frames, template.fps, cfg.loop, template.is_image)
                 features = pack.features(pcm, template.fps, timeline.frames)
             # 4. what the render stage gets per reference frame: its crop, or the pack's
-            #    reference-stage output for it (computed on the workers once per template)
+            #    reference-stage output for it (computed on the workers once per template);
+            #    to restore faces, also its face aligned to the network's tile (kept likewise)
             with steps("analyze"):
                 given = reference_inputs(template, pack, models, timeline, cfg.chunk_frames)
-            # 5+6. motion and render per chunk on the workers, composed and encoded here
-            last = render_and_compose(JobContext(
-                job.output, audio, cfg, pack, models, template, timeline, features, given, steps, scratch, on_frames,
+                restore = restore_inputs(template, timeline) if cfg.restore != "none" else None
+            # 5+6. motion, render (and restore) per chunk on the workers, composed and encoded here
+            composed = render_and_compose(JobContext(
+                job.output, audio, cfg, pack, models, template, timeline, features, given, restore, steps, scratch,
+                on_frames,
             ))
+            last = composed.worker
         # Which file was published, for a rerun to tell it from any other put there later.
         published = storage.stat(job.output)
         if published is None:
@@ -87,8 +93,10 @@ def render_job(
         result.audio_seconds = pcm.samples / SAMPLE_RATE
         result.backend, result.precision, result.backend_note = last.backend, last.precision, last.backend_note
         result.engine_key, result.calibration = last.engine_key, last.calibration
+        result.restore_backend, result.restore_sample = last.restore_backend or None, composed.restore_sample
         result.node, result.gpu = last.node, last.device.gpu
         result.compute_capability = last.device.compute_capability
+        result.encoder = composed.encoder
     except Exception as exc:
         known = exc if isinstance(exc, HeygemError) else storage_error(exc) if isinstance(exc, OSError) else None
         if known is not None:  # the user's to fix: a bad file, a full disk, a read-only folder, …

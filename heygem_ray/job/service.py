@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from heygem_ray.packs import Features
+from heygem_ray.restore import RestoreInputs
 from heygem_ray.worker import ChunkOutput, ModelWorker
 
 # Chunks rendered ahead of the one being composed, at least: keeps the workers busy
@@ -38,8 +39,9 @@ class ModelService(Protocol):
         """How many chunks can render at once."""
         ...
 
-    def submit(self, features: Features, given: np.ndarray) -> ChunkFuture:
-        """A chunk: its features and, per frame, its crops or reference-stage outputs."""
+    def submit(self, features: Features, given: np.ndarray, restore: RestoreInputs | None = None) -> ChunkFuture:
+        """A chunk: its features and, per frame, its crops or reference-stage outputs
+        (and, to restore its faces, their aligned reference tiles)."""
         ...
 
     def submit_reference(self, crops: np.ndarray) -> ReferenceFuture:
@@ -69,8 +71,8 @@ class InProcessService:
     def __init__(self, worker: ModelWorker):
         self.worker = worker
 
-    def submit(self, features: Features, given: np.ndarray) -> ChunkFuture:
-        return _Done(self.worker.run_chunk(features, given))
+    def submit(self, features: Features, given: np.ndarray, restore: RestoreInputs | None = None) -> ChunkFuture:
+        return _Done(self.worker.run_chunk(features, given, restore))
 
     def submit_reference(self, crops: np.ndarray) -> ReferenceFuture:
         return _Done(self.worker.run_reference(crops))

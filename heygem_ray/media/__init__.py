@@ -9,10 +9,14 @@ One module per reason to change:
   boxes without FFmpeg, before a decoder or demuxer would allocate for them;
 * ``video_probe`` / ``audio_probe``: what a reference or an audio file holds
   (:func:`probe_video`, :func:`indexed_frames`, :func:`probe_audio`);
-* ``decode``: a reference as a stream of (H, W, 3) uint8 BGR frames at a constant rate,
+* ``decode``: a reference as a stream of (H, W, 3) uint8 BGR or I420 frames at a constant rate,
   rotated upright, cropped to even width and height (:func:`iter_frames`); audio as 16 kHz
   mono float32, in memory or in a raw file (:func:`load_audio`, :func:`decode_audio`);
-* ``encode``: BGR frames plus an audio track into an H.264 + AAC MP4 (:class:`VideoWriter`).
+* ``yuv``: I420 frames (BT.709 limited range), as the template stores the reference and
+  the encoder takes it, and the exact conversions of the regions that need BGR;
+* ``encoders``: which H.264 encoder a job uses (h264_nvenc where it works, else libx264:
+  :func:`pick_encoder`);
+* ``encode``: BGR or I420 frames plus an audio track into an H.264 + AAC MP4 (:class:`VideoWriter`).
 
 Frames and audio are streamed through pipes, so memory stays flat however long the
 media are (except :func:`read_video`, a helper for short clips). Files are opened with
@@ -28,6 +32,7 @@ from heygem_ray.media.audio_probe import AudioInfo, probe_audio
 from heygem_ray.media.container import require_file
 from heygem_ray.media.decode import decode_audio, iter_frames, load_audio, read_video
 from heygem_ray.media.encode import VideoWriter
+from heygem_ray.media.encoders import Encoder, pick_encoder
 from heygem_ray.media.ffmpeg import ffmpeg_exe
 from heygem_ray.media.limits import check_reference_frames, check_reference_size
 from heygem_ray.media.video_probe import IMAGE_FPS, VideoInfo, indexed_frames, probe_video
@@ -35,6 +40,7 @@ from heygem_ray.media.video_probe import IMAGE_FPS, VideoInfo, indexed_frames, p
 __all__ = [
     "IMAGE_FPS",
     "AudioInfo",
+    "Encoder",
     "VideoInfo",
     "VideoWriter",
     "check_reference_frames",
@@ -44,6 +50,7 @@ __all__ = [
     "indexed_frames",
     "iter_frames",
     "load_audio",
+    "pick_encoder",
     "probe_audio",
     "probe_video",
     "read_video",

@@ -16,17 +16,24 @@ import ffmpeg
 import numpy as np
 
 from heygem_ray.errors import InputError, storage_errors
+from heygem_ray.media import yuv
 from heygem_ray.media.audio_probe import audio_stream, empty_audio
 from heygem_ray.media.container import require_file
-from heygem_ray.media.ffmpeg import FfmpegProcess, ffmpeg_exe, url, video_filters
+from heygem_ray.media.ffmpeg import TO_BT709, FfmpegProcess, PixelFormat, ffmpeg_exe, url, video_filters
 from heygem_ray.media.limits import clock, decoder_limit
 from heygem_ray.media.video_probe import VideoInfo, probe_video
 
 _READ_CHUNK = 1 << 20  # bytes per read from an audio pipe
 
 
-def iter_frames(info: VideoInfo, *, max_pixels: int | None = None) -> Generator[np.ndarray, None, None]:
-    """Yield the frames of ``info.path`` one at a time: (H, W, 3) uint8 BGR.
+def iter_frames(
+    info: VideoInfo, *, max_pixels: int | None = None, pixel_format: PixelFormat = "bgr24"
+) -> Generator[np.ndarray, None, None]:
+    """Yield the frames of ``info.path`` one at a time: (H, W, 3) uint8 BGR, or with
+    ``pixel_format="yuv420p"`` (H·3/2, W) uint8 I420 frames in BT.709 limited range
+    (``media.yuv``; ``info.colour`` says how: a reference already in that form, as HD
+    H.264 usually is, comes out as decoded; a 4:2:0 BT.601 or untagged one, as the BGR
+    path takes it, changes matrix only; any other is converted whole).
 
     Constant rate ``info.fps`` (variable-rate input is resampled by duplicating or
     dropping frames), upright, cropped to ``info.width`` × ``info.height``; a still image
@@ -38,17 +45,27 @@ def iter_frames(info: VideoInfo, *, max_pixels: int | None = None) -> Generator[
     source = ffmpeg.input(url(info.path), **decoder_limit(max_pixels))[f"v:{info.video_stream}"]
     decoded = video_filters(source, fps)
     # A guard for streams that change size midway: every frame comes out width × height.
-    decoded = decoded.filter("scale", info.width, info.height)
+    if pixel_format == "yuv420p":
+        if info.colour == "bt601":
+            # A change of matrix on the planes as they are (exact: every luma pixel with the
+            # chroma sample that covers it), tagged BT.709, so the scale below passes it
+            # through: a 1080p frame in 2 ms, where swscale's exact path takes 17.
+            decoded = decoded.filter("colormatrix", "bt601", "bt709")
+        decoded = decoded.filter("scale", info.width, info.height, **TO_BT709).filter("format", "yuv420p")
+        shape: tuple[int, ...] = yuv.frame_shape(info.width, info.height)
+    else:
+        decoded = decoded.filter("scale", info.width, info.height)
+        shape = (info.height, info.width, 3)
     args = (
-        decoded.output("pipe:", format="rawvideo", pix_fmt="bgr24", fps_mode="passthrough")
+        decoded.output("pipe:", format="rawvideo", pix_fmt=pixel_format, fps_mode="passthrough")
         .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error")
         .compile(cmd=ffmpeg_exe())
     )
-    frame_bytes = info.width * info.height * 3
+    frame_bytes = int(np.prod(shape))
     proc = FfmpegProcess(args, stdout=True)
     try:
         while True:
-            frame = np.empty((info.height, info.width, 3), np.uint8)  # (H, W, 3) BGR
+            frame = np.empty(shape, np.uint8)  # (H, W, 3) BGR or (H·3/2, W) I420
             buffer = frame.data.cast("B")
             got = proc.stdout.readinto(buffer)
             while got and got < frame_bytes:  # in case of a short read

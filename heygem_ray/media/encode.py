@@ -1,4 +1,5 @@
-"""Encoding: BGR frames and an audio track into an H.264 + AAC MP4."""
+"""Encoding: frames (BGR, or I420 as compose hands them) and an audio track into an
+H.264 + AAC MP4."""
 
 from __future__ import annotations
 
@@ -12,21 +13,28 @@ import ffmpeg
 import numpy as np
 
 from heygem_ray.errors import EngineError, InternalError, storage_error_in
+from heygem_ray.media import yuv
 from heygem_ray.media.container import require_file
-from heygem_ray.media.ffmpeg import FfmpegProcess, ffmpeg_exe, url
+from heygem_ray.media.encoders import Encoder, encoder_env, video_codec_options
+from heygem_ray.media.ffmpeg import TO_BT709, FfmpegProcess, PixelFormat, ffmpeg_exe, url
 
 AAC_BITRATE = "128k"
 AAC_SAMPLE_RATE = 48000  # every output gets 48 kHz AAC, whatever the input's rate
 
 
 class VideoWriter:
-    """Encode BGR frames and an audio track into an MP4: H.264 yuv420p (BT.709) + AAC.
+    """Encode frames and an audio track into an MP4: H.264 yuv420p (BT.709) + AAC.
 
     ::
 
         with VideoWriter(out, width=w, height=h, fps=fps, audio=wav, duration=secs) as writer:
             for frame in frames:
                 writer.write(frame)  # (H, W, 3) or (N, H, W, 3) uint8 BGR
+
+    With ``pixel_format="yuv420p"`` the frames are I420, (H·3/2, W) or (N, H·3/2, W) uint8
+    in BT.709 limited range (``media.yuv``), and go to the encoder as they are: no colour
+    conversion, half the bytes through the pipe. ``encoder``: libx264 at ``preset`` and
+    ``crf``, or h264_nvenc at the nearest preset and the same constant quality.
 
     The audio is the first audio stream of ``audio`` (any file ffmpeg reads, a video
     too), cut to ``duration`` seconds, or padded with silence up to it. The file is
@@ -46,6 +54,8 @@ class VideoWriter:
         duration: float,
         crf: int = 18,
         preset: str = "veryfast",
+        pixel_format: PixelFormat = "bgr24",
+        encoder: Encoder = "libx264",
     ):
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise InternalError(f"VideoWriter needs even, positive width and height for yuv420p, got {width}x{height}")
@@ -56,27 +66,31 @@ class VideoWriter:
         self.audio = require_file(audio, "audio")
         self.duration = float(duration)
         self.crf, self.preset = crf, preset
+        self.pixel_format, self.encoder = pixel_format, encoder
+        # One frame's array: (H, W, 3) BGR or (H·3/2, W) I420.
+        self.frame_shape: tuple[int, ...] = (height, width, 3) if pixel_format == "bgr24" else yuv.frame_shape(width, height)
         self.frames_written = 0
         self._proc: FfmpegProcess | None = None
 
     def _args(self) -> list[str]:
-        video = ffmpeg.input(
-            "pipe:", format="rawvideo", pix_fmt="bgr24", s=f"{self.width}x{self.height}", framerate=str(self.fps)
-        )
+        if self.pixel_format == "bgr24":
+            video = ffmpeg.input(
+                "pipe:", format="rawvideo", pix_fmt="bgr24", s=f"{self.width}x{self.height}", framerate=str(self.fps)
+            ).video.filter("scale", **TO_BT709).filter("format", "yuv420p")  # → BT.709 limited-range YUV
+        else:  # already BT.709 limited range: said so, or ffmpeg would take them for BT.601 and convert
+            video = ffmpeg.input(
+                "pipe:", format="rawvideo", pix_fmt="yuv420p", s=f"{self.width}x{self.height}", framerate=str(self.fps),
+                colorspace="bt709", color_range="tv", color_primaries="bt709", color_trc="bt709",
+            ).video
         sound = ffmpeg.input(url(self.audio))["a:0"]
         d = f"{self.duration:.6f}"
         out = ffmpeg.output(
-            video.video,
+            video,
             sound,
             url(self.path),
             format="mp4",
-            vcodec="libx264",
-            preset=self.preset,
-            crf=self.crf,
-            # BGR → BT.709 limited-range YUV, tagged as such so players convert back alike.
-            # Rounded, from every pixel's chroma (swscale's defaults truncate and skip: written
-            # and read back, colours came up to 4 levels low, greys tinted blue).
-            vf="scale=out_color_matrix=bt709:out_range=tv:flags=bicubic+accurate_rnd+full_chroma_int,format=yuv420p",
+            **video_codec_options(self.encoder, self.preset, self.crf),
+            # Tagged as BT.709 limited range, so players convert back alike.
             colorspace="bt709",
             color_primaries="bt709",
             color_trc="bt709",
@@ -93,17 +107,18 @@ class VideoWriter:
 
     def __enter__(self) -> VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._proc = FfmpegProcess(self._args(), stdin=True)
+        self._proc = FfmpegProcess(self._args(), stdin=True, env=encoder_env(self.encoder))
         return self
 
     def write(self, frames: np.ndarray) -> None:
-        """Append one frame (H, W, 3) or a batch (N, H, W, 3), uint8 BGR."""
+        """Append one frame or a batch of them (a leading axis), uint8: BGR (H, W, 3), or
+        I420 (H·3/2, W) with ``pixel_format="yuv420p"``."""
         if self._proc is None:
             raise InternalError("VideoWriter.write called outside its `with` block")
-        batch = frames[None] if frames.ndim == 3 else frames
-        if batch.ndim != 4 or batch.shape[1:] != (self.height, self.width, 3) or batch.dtype != np.uint8:
+        batch = frames[None] if frames.ndim == len(self.frame_shape) else frames
+        if batch.shape[1:] != self.frame_shape or batch.dtype != np.uint8:
             raise InternalError(
-                f"VideoWriter for {self.path} takes uint8 BGR frames of shape ({self.height}, {self.width}, 3), "
+                f"VideoWriter for {self.path} takes uint8 {self.pixel_format} frames of shape {self.frame_shape}, "
                 f"got {frames.dtype} {frames.shape}"
             )
         try:

@@ -17,11 +17,18 @@ import threading
 from collections import deque
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, Literal, cast
 
 from heygem_ray.errors import EngineError, InputError, InternalError
 
 _STDERR_LINES = 20  # ffmpeg stderr lines kept for error messages
+# Frames through a pipe: (H, W, 3) uint8 BGR, or (H·3/2, W) uint8 I420 (``media.yuv``).
+PixelFormat = Literal["bgr24", "yuv420p"]
+# The scale filter's options that bring any picture to BT.709 limited-range YUV, rounded,
+# from every pixel's chroma (swscale's defaults truncate and skip: written and read back,
+# colours came up to 4 levels low, greys tinted blue). A picture already in that form
+# passes through unchanged; an untagged one is taken for BT.601, as swscale takes it.
+TO_BT709 = {"out_color_matrix": "bt709", "out_range": "tv", "flags": "bicubic+accurate_rnd+full_chroma_int"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,10 +59,10 @@ def url(path: Path) -> str:
     return f"file:{path.absolute()}"
 
 
-def run(args: list[str]) -> subprocess.CompletedProcess[bytes]:
+def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run a short ffmpeg command to completion, capturing its output."""
     try:
-        return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, check=False, env=env)
     except OSError as exc:
         raise EngineError(f"could not run ffmpeg ({args[0]}): {exc}", kind="ffmpeg_missing") from exc
 
@@ -82,7 +89,9 @@ class FfmpegProcess:
     keeping the last lines for error messages. :meth:`close` kills it if still running
     and reaps it."""
 
-    def __init__(self, args: list[str], *, stdin: bool = False, stdout: bool = False):
+    def __init__(
+        self, args: list[str], *, stdin: bool = False, stdout: bool = False, env: dict[str, str] | None = None
+    ):
         self.args = args
         try:
             self.popen = subprocess.Popen(
@@ -90,6 +99,7 @@ class FfmpegProcess:
                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
+                env=env,
             )
         except OSError as exc:
             raise EngineError(f"could not run ffmpeg ({args[0]}): {exc}", kind="ffmpeg_missing") from exc

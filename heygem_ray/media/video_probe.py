@@ -15,6 +15,7 @@ from pathlib import Path
 import av
 import av.container
 import av.stream
+import av.video.codeccontext
 import av.video.stream
 import ffmpeg
 import numpy as np
@@ -63,6 +64,11 @@ class VideoInfo:
     source_width: int  # pixels, as stored: before rotation and crop
     source_height: int
     video_stream: int = 0  # which video stream of the file (ffmpeg's "0:v:N")
+    # How the stream's pictures reach BT.709 limited-range I420 (iter_frames's
+    # pixel_format="yuv420p"): "bt709" (they are that already), "bt601" (4:2:0, limited
+    # range, BT.601 or untagged, which every reader takes for BT.601: a change of matrix
+    # alone), or "" (anything else: converted whole).
+    colour: str = ""
 
 
 def _video_stream(container: av.container.InputContainer, path: Path, what: str) -> av.video.stream.VideoStream:
@@ -279,6 +285,7 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         video_stream = container.streams.video.index(stream)
         source_width, source_height = stream.codec_context.width, stream.codec_context.height
         average_rate, nominal_rate, time_base = stream.average_rate, stream.guessed_rate, stream.time_base
+        colour = _colour(stream.codec_context)
     check_reference_size(path, source_width, source_height, max_pixels=max_pixels)  # as decoded
     is_image = looks_like_image and scan.decoded == 1
     if is_image:
@@ -302,7 +309,21 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         source_width=source_width,
         source_height=source_height,
         video_stream=video_stream,
+        colour=colour,
     )
+
+
+# FFmpeg's colour matrices (AVColorSpace) a 4:2:0 limited-range stream may declare, by what
+# VideoInfo.colour makes of them; unspecified is BT.601 to FFmpeg's converters.
+_MATRICES = {1: "bt709", 2: "bt601", 5: "bt601", 6: "bt601"}  # bt709, unspecified, bt470bg, smpte170m
+_FULL_RANGE = 2  # AVCOL_RANGE_JPEG
+
+
+def _colour(codec: av.video.codeccontext.VideoCodecContext) -> str:
+    """VideoInfo.colour of a stream, from its codec parameters (no decoding)."""
+    if codec.format is None or codec.format.name != "yuv420p" or int(codec.color_range) == _FULL_RANGE:
+        return ""
+    return _MATRICES.get(int(codec.colorspace), "")
 
 
 def _looks_like_image(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> bool:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -68,6 +68,27 @@ def frame_chunk(call: StageCall, features: Features, crops: np.ndarray) -> np.nd
 def same_form(stage: str, module: torch.nn.Module) -> torch.nn.Module:
     """``PackSpec.int8_form`` of a pack whose stages quantize as they are."""
     return module
+
+
+class StageSet(Protocol):
+    """What the backends and the engine store need of a set of networks: a name for the
+    store, each stage's declared I/O, the backends to try on a CPU and the stages that have
+    int8 graphs. A pack (``PackSpec``) is one; the restoration stage (``restore.Restorer``)
+    another."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def stages(self) -> Mapping[str, StageIO]: ...
+
+    @property
+    def cpu_backends(self) -> tuple[str, ...]: ...
+
+    @property
+    def int8_stages(self) -> tuple[str, ...]: ...
+
+    def io(self, stage: str) -> StageIO: ...
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,10 @@ package either of them calls, names one of the things below:
   as a script (``run_nightly``);
 * ``int8``: calibration data (``calibration_set``), which an int8 graph is built from;
 * ``render``: a job rendered end to end (``render_job`` on a ``ModelWorker``, in this
-  process or in a script it runs), or real footage tracked (``track_footage``).
+  process or in a script it runs), or real footage tracked (``track_footage``);
+* ``networks``: a pack's networks built and run beyond one small forward pass: exported to
+  ONNX and opened (``export_onnx``, ``onnx_artifact``, ``open_runners``, the CLI's
+  ``engines`` commands) or MuseTalk's three (``musetalk_folder``): seconds each.
 
 The scan reads names and string constants out of the functions' code objects (nested
 functions and lambdas included), and the text of the tests package's module-level strings
@@ -36,6 +39,7 @@ TRIGGERS: dict[str, tuple[frozenset[str], re.Pattern[str] | None]] = {
     "ray": (frozenset({"ray_local", "submit", "run_nightly"}), re.compile(r"^submit$|\bsubmit\(|\bray\.init\(")),
     "int8": (frozenset({"calibration_set"}), None),
     "render": (frozenset({"render_job", "ModelWorker", "track_footage"}), re.compile(r"\brender_job\(")),
+    "networks": (frozenset({"export_onnx", "open_runners", "onnx_artifact", "musetalk_folder"}), re.compile(r"^engines$")),
 }
 TIER_MARKERS = tuple(TRIGGERS)
 
@@ -96,6 +100,16 @@ def markers_for(item: pytest.Item) -> set[str]:
     }
 
 
+def xdist_group(item: pytest.Item, markers: set[str]) -> str:
+    """The group whose tests one pytest-xdist worker runs in order (``--dist loadgroup``):
+    the ``ray start`` clusters one at a time (two at once would only fight over the cores
+    and their start-up timeouts), every other test with its module, so that a module's
+    fixtures are built once."""
+    return "cluster" if "cluster" in markers else item.nodeid.split("::")[0]
+
+
 def mark_by_use(item: pytest.Item) -> None:
-    for marker in sorted(markers_for(item)):
+    markers = markers_for(item)
+    for marker in sorted(markers):
         item.add_marker(getattr(pytest.mark, marker))
+    item.add_marker(pytest.mark.xdist_group(xdist_group(item, markers)))

@@ -180,6 +180,15 @@ def test_the_date_defaults_to_today_in_utc_and_must_be_a_date(nightly, capsys):
         nightly.parse_args(["m.csv", "out", "--pack", "nope"])
 
 
+def test_the_restore_options_reach_the_render_settings(tmp_path, nightly, capsys):
+    args = nightly.parse_args(["m.csv", "out", "--restore", "gfpgan", "--restore-checkpoint", "g.pth",
+                               "--restore-blend", "0.5"])  # fmt: skip
+    assert (args.restore, args.restore_checkpoint, args.restore_blend) == ("gfpgan", Path("g.pth"), 0.5)
+    (tmp_path / "m.csv").write_text("audio,video\na.wav,p.jpg\n")
+    assert nightly.main([str(tmp_path / "m.csv"), str(tmp_path / "out"), "--restore", "gfpgan"]) == 2
+    assert "--restore gfpgan needs its weights: pass --restore-checkpoint" in capsys.readouterr().err
+
+
 # A two-node cluster with the dashboard (the Job API's server), in its own process so it
 # never meets the Ray instance this test process may hold. RAY_TMPDIR (set by the test)
 # keeps its session files and its "current cluster" address out of /tmp/ray, where another

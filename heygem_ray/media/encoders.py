@@ -1,0 +1,77 @@
+"""Which H.264 encoder a job uses: NVENC where this machine's GPU has one, else libx264.
+
+The bundled ffmpeg lists ``h264_nvenc`` everywhere; whether it works depends on the
+machine (L4, L40S and A10-class GPUs have NVENC; H100 and H200 have decoders but no
+encoder; a CPU node has neither). So it is tried once per process, on a tiny input, and
+the answer kept.
+
+A Ray task that asked for no GPU runs with ``CUDA_VISIBLE_DEVICES`` empty (Ray hides the
+node's GPUs from it), and the job tasks that compose ask for none: the model workers hold
+the GPUs. NVENC is a unit of its own beside the GPU's cores, so the encoder's ffmpeg is
+started with the node's GPUs visible (``encoder_env``); NVENC picks the first.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Literal
+
+from heygem_ray.errors import EngineError
+from heygem_ray.media.ffmpeg import ffmpeg_exe, run, tail
+
+Encoder = Literal["libx264", "h264_nvenc"]
+# x264's presets, fastest first (``--preset``), and NVENC's nearest (p1 fastest, p7 slowest).
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+NVENC_PRESETS = dict(zip(X264_PRESETS, ("p1", "p2", "p3", "p4", "p4", "p5", "p6", "p7", "p7"), strict=True))
+# Present on a machine with an NVIDIA driver loaded.
+_NVIDIA_DEVICE = "/dev/nvidiactl"
+
+
+def encoder_env(encoder: Encoder) -> dict[str, str] | None:
+    """The environment to start ``encoder``'s ffmpeg with (None: this process's own)."""
+    if encoder == "h264_nvenc" and os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def nvenc_missing() -> str | None:
+    """Why ``h264_nvenc`` cannot encode on this machine, or None when it can: found by
+    encoding five tiny frames, once per process."""
+    if not os.path.exists(_NVIDIA_DEVICE):
+        return "no NVIDIA driver on this machine"
+    args = [
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",
+        "-f", "lavfi", "-i", "color=size=256x256:rate=25", "-frames:v", "5",
+        "-c:v", "h264_nvenc", "-f", "null", "-",
+    ]  # fmt: skip
+    proc = run(args, env=encoder_env("h264_nvenc"))
+    return None if proc.returncode == 0 else f"h264_nvenc failed: {tail(proc.stderr, 2) or 'no message'}"
+
+
+def pick_encoder(requested: Literal["auto", "libx264", "h264_nvenc"]) -> Encoder:
+    """The encoder for ``requested``: ``auto`` is h264_nvenc where it works, else libx264.
+    An ``h264_nvenc`` this machine cannot run is an ``encode`` error that says why."""
+    if requested == "libx264":
+        return "libx264"
+    missing = nvenc_missing()
+    if missing is None:
+        return "h264_nvenc"
+    if requested == "auto":
+        return "libx264"
+    raise EngineError(
+        f"--encoder h264_nvenc cannot encode here ({missing}); use --encoder auto, which takes "
+        "libx264 where NVENC is missing, or run on nodes whose GPUs have NVENC (L4, L40S, A10; "
+        "H100 and H200 have none)",
+        kind="encode",
+    )
+
+
+def video_codec_options(encoder: Encoder, preset: str, crf: int) -> dict[str, str | int]:
+    """ffmpeg output options that choose ``encoder`` at x264's ``preset`` and ``crf`` (NVENC:
+    its nearest preset, and constant quality at the same number)."""
+    if encoder == "h264_nvenc":
+        return {"vcodec": "h264_nvenc", "preset": NVENC_PRESETS[preset], "tune": "hq", "rc": "vbr", "cq": crf,
+                "b:v": 0}  # fmt: skip
+    return {"vcodec": "libx264", "preset": preset, "crf": crf}

@@ -1,0 +1,243 @@
+"""Face restoration: the optional stage after any pack's render (GFPGAN v1.3 / v1.4).
+
+The network (``models/gfpgan.py``) restores a whole face aligned to a 512-px tile, but a
+model worker sees only the pack's crops, and full frames never cross the object store.
+So, per output frame:
+
+1. The job sends the worker, besides the pack's inputs, the reference frame's aligned
+   tile: cut once per reference frame along the face track and kept with the template as
+   a JPEG (``job/tiles.py``), with the crop box and the frame → tile similarity
+   (``RestoreInputs``).
+2. The worker renders the pack's crop as always, pastes it into the tile through the
+   crop → tile transform with the pack's own mask and paste mode (``tile_with_crop``: the
+   tile is then the unrestored output frame, aligned), restores the tiles in batches and
+   samples each restored tile over the crop box on an R × R grid (``restore_chunk``). R is
+   the box's side in frame pixels, or in tile pixels where those are fewer
+   (``restore_size``): the restored detail the output frame can show, no more. The faces go
+   back as JPEG files (``Jpegs``, as the tiles came): an eighth to a tenth of their pixels'
+   bytes, about one grey level off.
+3. Compose pastes the pack's crop as always (the unrestored frame), then blends the
+   restored face over it with the pack's mask, the tile's feathered border and
+   ``--restore-blend`` (``face.align.paste_restored``): pixels outside the pack's mask are
+   the unrestored output's, bit for bit.
+
+The stage opens on its own backend (``GFPGAN``'s ``cpu_backends``: on a CPU ONNX Runtime
+runs it 1.7-2.4× faster than PyTorch, bench/bench_restore.py) through the same runners and
+engine store as a pack's stages, under the engine-store name ``gfpgan/restore``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from torch import nn
+
+from heygem_ray.backends import RunnerSet, open_runners
+from heygem_ray.config import BackendName, RenderConfig, RestoreName
+from heygem_ray.engines import EngineStore, Precision
+from heygem_ray.errors import InternalError
+from heygem_ray.face.align import TILE, box_grid, from_tile, to_tile
+from heygem_ray.models import gfpgan
+from heygem_ray.packs import StageCall, StageIO
+
+STAGE = "restore"
+# Faces per network call: a 512-px face's activations are about 0.3 GB in fp32, and a GPU
+# is near its best rate from batch 16 (docs/restoration.md).
+MAX_BATCH = 16
+# The tiles the job keeps and sends, and the restored faces the worker returns: JPEG, as
+# the template keeps the reference's frames.
+TILE_JPEG = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+# The report's side by side of one frame's face, unrestored then restored: its height.
+SAMPLE_HEIGHT = 160  # pixels
+_SAMPLE_QUALITY = 85  # JPEG quality, 0-100
+
+
+@dataclass(frozen=True)
+class Restorer:
+    """A restoration network as the backends open it: like a pack, declared stage I/O and
+    the backends to try on a CPU; unlike one, no crops, features or int8 graphs."""
+
+    name: str  # the engine store's folder for it
+    stages: Mapping[str, StageIO]
+    # ``--backend auto`` without a GPU: fastest first for this network on a CPU.
+    cpu_backends: tuple[str, ...]
+    int8_stages: tuple[str, ...] = ()
+
+    def io(self, stage: str) -> StageIO:
+        """Declared (inputs, outputs) of ``stage``."""
+        if stage not in self.stages:
+            raise ValueError(f"{self.name} has no stage {stage!r} (it has {', '.join(self.stages)})")
+        return self.stages[stage]
+
+    def load_stages(self, checkpoint: Path) -> dict[str, nn.Module]:
+        """The network from its public checkpoint (``InputError`` naming the file if it is not one)."""
+        return {STAGE: gfpgan.load(checkpoint)}
+
+
+GFPGAN = Restorer("gfpgan", {STAGE: gfpgan.STAGE_IO}, cpu_backends=("onnxruntime", "pytorch"))
+_RESTORERS = {"gfpgan": GFPGAN}
+
+
+def get_restorer(name: RestoreName) -> Restorer:
+    if name not in _RESTORERS:
+        raise ValueError(f"unknown restorer {name!r}")
+    return _RESTORERS[name]
+
+
+def open_restorer(cfg: RenderConfig, pack_precision: Precision, *, device: str, store: EngineStore,
+                  backend: BackendName) -> RunnerSet:
+    """``cfg.restore``'s network from ``cfg.restore_checkpoint``, opened on ``backend``
+    (auto: the fastest for it here) at the precision the pack's stages run at; an int8 pack
+    runs it at fp32 (it has no int8 graph), saying so in the note. Its runners take up to
+    ``restore_batch(cfg)`` faces a call (the TensorRT profile's)."""
+    if cfg.restore == "none" or cfg.restore_checkpoint is None:
+        raise InternalError(f"open_restorer with restore {cfg.restore!r} and checkpoint {cfg.restore_checkpoint}")
+    restorer = get_restorer(cfg.restore)
+    precision: Precision = "fp32" if pack_precision == "int8" else pack_precision
+    opened = open_runners(restorer, restorer.load_stages(cfg.restore_checkpoint), device=device, store=store,
+                          backend=backend, precision=precision, batch_sizes=[restore_batch(cfg)])
+    if pack_precision == "int8":
+        note = "; ".join(n for n in (f"{restorer.name} has no int8 graph: running fp32", opened.note) if n)
+        return dataclasses.replace(opened, note=note)
+    return opened
+
+
+def restore_batch(cfg: RenderConfig) -> int:
+    """Faces per restoration call: the pack's batch, at most ``MAX_BATCH``."""
+    return min(cfg.batch_size, MAX_BATCH)
+
+
+@dataclass(frozen=True)
+class Jpegs:
+    """k images as JPEG files end to end: how tiles and restored faces cross the object store."""
+
+    data: np.ndarray  # (n,) uint8: the files, end to end
+    ends: np.ndarray  # (k,) int64: where each file ends in ``data``
+
+    @classmethod
+    def of(cls, files: list[bytes]) -> Jpegs:
+        return cls(np.frombuffer(b"".join(files), np.uint8), np.cumsum([len(f) for f in files], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def image(self, i: int, shape: tuple[int, int], what: str) -> np.ndarray:
+        """Image ``i``, (H, W, 3) uint8 BGR with (H, W) = ``shape``; ``what`` names it in the error."""
+        start = int(self.ends[i - 1]) if i else 0
+        image = cv2.imdecode(self.data[start : int(self.ends[i])], cv2.IMREAD_COLOR)
+        if image is None or image.shape[:2] != shape:
+            raise InternalError(f"{what} {i} did not decode to {shape[1]}×{shape[0]}")
+        return image
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes + self.ends.nbytes)
+
+
+@dataclass(frozen=True)
+class RestoreInputs:
+    """What a chunk sends a worker to restore its k frames (beside the pack's inputs)."""
+
+    tiles: Jpegs  # each frame's aligned reference tile
+    boxes: np.ndarray  # (k, 4) int32: each frame's crop box, (x0, y0, x1, y1) frame pixels
+    matrices: np.ndarray  # (k, 2, 3) float64: each frame's frame → tile similarity
+    size: int  # R: the restored face comes back R × R over each box
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def tile(self, i: int) -> np.ndarray:
+        """Frame ``i``'s reference tile, (512, 512, 3) uint8 BGR."""
+        return self.tiles.image(i, (TILE, TILE), "the aligned tile of a chunk's frame")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the object store carries for these inputs."""
+        return self.tiles.nbytes + int(self.boxes.nbytes + self.matrices.nbytes)
+
+
+def encode_jpeg(image: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 BGR tile or restored face → JPEG bytes, as they travel."""
+    ok, jpeg = cv2.imencode(".jpg", image, TILE_JPEG)
+    if not ok:
+        raise InternalError("OpenCV failed to encode an aligned tile or restored face as JPEG")
+    return jpeg.tobytes()
+
+
+def restore_size(boxes: np.ndarray, matrices: np.ndarray) -> int:
+    """R for frames with these (k, 4) boxes and (k, 2, 3) frame → tile matrices: the
+    largest, over the frames, of the box's longer side in frame pixels or in tile pixels,
+    whichever is fewer (a finer grid would show detail the frame cannot, or resample
+    detail the tile does not have)."""
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).astype(np.float64)
+    tile_per_frame = np.sqrt(np.abs(np.linalg.det(matrices[:, :, :2])))  # tile pixels per frame pixel
+    return max(1, int(np.ceil(np.max(sides * np.minimum(1.0, tile_per_frame)))))
+
+
+def tile_with_crop(tile: np.ndarray, crop: np.ndarray, base: np.ndarray | None, box: np.ndarray,
+                   matrix: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The reference ``tile`` (512, 512, 3) uint8 with the pack's generated ``crop`` (S, S, 3)
+    uint8 pasted in, as compose pastes it into the frame: the unrestored output, aligned.
+
+    ``mask`` (S, S) float32 is the pack's paste mask; with ``base`` (the crop the pack was
+    given: its "residual" mode) only the change is pasted, else the crop replaces the tile
+    under the mask."""
+    size = crop.shape[1], crop.shape[0]
+    to = box_grid(box, size, matrix)  # crop pixel → tile
+    weight = cv2.warpAffine(mask, to, (TILE, TILE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                            borderValue=0)[..., None]  # fmt: skip
+    under = tile.astype(np.float32)
+    generated = to_tile(crop, to).astype(np.float32)
+    if base is None:
+        out = weight * generated + (1 - weight) * under
+    else:
+        out = under + weight * (generated - to_tile(base, to).astype(np.float32))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def restore_chunk(call: StageCall, inputs: RestoreInputs, crops: np.ndarray, base: np.ndarray | None,
+                  mask: np.ndarray, batch: int = MAX_BATCH) -> Jpegs:
+    """A chunk's generated crops (k, S, S, 3) uint8 (and ``base``, the crops the pack was
+    given, for a "residual" pack) → the restored faces over their boxes, k R × R BGR
+    images (R = ``inputs.size``) as JPEG files; ``batch`` faces at a time through the
+    ``restore`` stage on ``call``."""
+    if len(inputs) != len(crops):
+        raise InternalError(f"a chunk of {len(crops)} crops came with {len(inputs)} aligned tiles")
+    side = inputs.size
+    out: list[bytes] = []
+    for start in range(0, len(crops), batch):
+        part = range(start, min(start + batch, len(crops)))
+        tiles = np.stack([
+            tile_with_crop(inputs.tile(i), crops[i], None if base is None else base[i], inputs.boxes[i],
+                           inputs.matrices[i], mask)
+            for i in part
+        ])  # fmt: skip
+        (output,) = GFPGAN.io(STAGE)[1]
+        restored = gfpgan.to_faces(call(STAGE, {"faces": gfpgan.to_network(tiles)})[output.name])
+        for j, i in enumerate(part):
+            face = from_tile(restored[j], box_grid(inputs.boxes[i], (side, side), inputs.matrices[i]), (side, side))
+            out.append(encode_jpeg(face))
+    return Jpegs.of(out)
+
+
+def side_by_side(unrestored: np.ndarray, restored: np.ndarray, box: np.ndarray) -> bytes | None:
+    """One frame's face, before and after restoration: the crop ``box`` of both (H, W, 3)
+    uint8 frames, side by side, ``SAMPLE_HEIGHT`` pixels tall, as a JPEG (the report's).
+    None when the box is outside the frame."""
+    h, w = unrestored.shape[:2]
+    x0, y0 = max(int(box[0]), 0), max(int(box[1]), 0)
+    x1, y1 = min(int(box[2]), w), min(int(box[3]), h)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    width = max(1, round((x1 - x0) * SAMPLE_HEIGHT / max(y1 - y0, 1)))
+    halves = [cv2.resize(f[y0:y1, x0:x1], (width, SAMPLE_HEIGHT), interpolation=cv2.INTER_AREA)
+              for f in (unrestored, restored)]
+    ok, jpeg = cv2.imencode(".jpg", np.hstack(halves), [cv2.IMWRITE_JPEG_QUALITY, _SAMPLE_QUALITY])
+    if not ok:
+        raise InternalError("OpenCV failed to encode the restoration sample as JPEG")
+    return jpeg.tobytes()
