@@ -118,16 +118,15 @@ def int8_runner(module: torch.nn.Module, stage: str, folder: Path, calibrate: di
     fp32 reference and render stages on a CPU."""
     import onnxruntime
 
-    from heygem_ray.backends.int8 import cpu_form, quantize_graph, single_file
+    from heygem_ray.backends.int8 import quantize_graph, single_file
     from heygem_ray.export import export_onnx
 
     specs, outs = PACK.io(stage)
     work = folder / f"{stage}-int8"
     work.mkdir(parents=True)
-    export_onnx(module, specs, outs, work / "fp32.onnx", external_data=True)
-    quantize_graph(work / "fp32.onnx", work / "qdq.onnx", calibrate, PACK.int8_ops)
-    single_file(work / "qdq.onnx", work / "int8.onnx")
-    cpu_form(work / "int8.onnx", work / "int8-cpu.onnx")
+    export_onnx(PACK.int8_form(stage, module), specs, outs, work / "fp32.onnx", external_data=True)
+    quantize_graph(work / "fp32.onnx", work / "qdq.onnx", calibrate, PACK.int8_ops, cpu=True)
+    single_file(work / "qdq.onnx", work / "int8-cpu.onnx")
     session = onnxruntime.InferenceSession(str(work / "int8-cpu.onnx"), providers=["CPUExecutionProvider"])
 
     def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -10,9 +10,9 @@ images (``to_network``), at each of ``--batches``:
 
 * CPU: PyTorch fp32 (``TorchRunner``); ONNX Runtime fp32 (``OrtRunner`` on the graph from
   ``export_onnx`` with the stage's I/O, one file); ONNX Runtime int8 (``--no-int8`` skips
-  it): the project's int8 path (``backends.int8.quantize_graph``: Conv weights per channel, symmetric
-  activations, calibrated on ``--calibrate`` other faces; ``single_file``; ``cpu_form`` on
-  x86), timed only if its restored faces reach ``MIN_PSNR_DB`` against PyTorch fp32 on the
+  it): the project's int8 path (``backends.int8.quantize_graph``: Conv weights per channel,
+  activations calibrated on ``--calibrate`` other faces, in the x86 CPU form on x86;
+  ``single_file``), timed only if its restored faces reach ``MIN_PSNR_DB`` against PyTorch fp32 on the
   batch-4 faces, else the row says it was refused and why.
 * CUDA, where there is a GPU: PyTorch fp16 (``TorchRunner`` in float16), and TensorRT fp16
   (the fp16 graph, ``build_engine`` with a (1, max, max) batch profile) where TensorRT is
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -46,6 +45,7 @@ sys.path.insert(0, str(REPO))  # tests.helpers (the seeded checkpoint and faces)
 
 from bench.bench_backends import cores, cpu_busy, cpu_name  # noqa: E402
 from bench.record import write  # noqa: E402
+from heygem_ray import hardware  # noqa: E402
 from heygem_ray.backends import int8  # noqa: E402
 from heygem_ray.backends import ort as ort_backend  # noqa: E402
 from heygem_ray.backends import trt as trt_backend  # noqa: E402
@@ -105,16 +105,13 @@ def measure(name: str, runner: Runner, device: str, precision: str, x: np.ndarra
 
 def int8_graph(fp32: Path, folder: Path, calibrate: np.ndarray) -> Path:
     """The restoration network's int8 graph as ``--precision int8`` builds a stage's: QDQ with
-    the Conv weights per channel and symmetric activations, calibrated on ``calibrate``; one
-    file; on x86, the CPU form (uint8 activations)."""
+    the Conv weights per channel, calibrated on ``calibrate``; one file; on x86 in the CPU
+    form (uint8 activations with zero points of their own), else the portable one
+    (symmetric int8 activations)."""
     qdq, single = folder / "int8-qdq.onnx", folder / "int8.onnx"
-    int8.quantize_graph(fp32, qdq, {"faces": calibrate}, ("Conv",))
+    int8.quantize_graph(fp32, qdq, {"faces": calibrate}, ("Conv",), cpu=hardware.X86)
     int8.single_file(qdq, single)
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return single
-    cpu = folder / "int8-cpu.onnx"
-    int8.cpu_form(single, cpu)
-    return cpu
+    return single
 
 
 def main() -> None:

@@ -1,16 +1,20 @@
 """INT8 artifacts: calibrated QDQ graphs of a pack's int8 stages, and the gate that
 measures them.
 
-One artefact serves both runtimes. ``quantize_graph`` turns a stage's fp32 ONNX graph into
-a QDQ graph with ONNX Runtime's ``quantize_static``: the pack's ``int8_ops`` with
-weights int8, symmetric, one scale per output channel, and input activations int8,
-symmetric (zero point 0), their ranges measured on calibration frames. That is the form
-TensorRT 10 builds an explicitly quantized INT8 engine from (``backends/trt.py``), and ONNX
-Runtime runs it as it is on a GPU. On an x86 CPU, ONNX Runtime runs int8 × int8
-convolutions slower than fp32 (BENCHMARKS.md, "INT8 and bf16"), so ``cpu_form`` rewrites
-the activations to uint8 with zero point 128: the same numbers (q_u8 = q_s8 + 128, same
-scale), run by its uint8 × int8 VNNI/AMX kernels. Both forms are engine-store entries
-keyed by the calibration data's id.
+``quantize_graph`` turns a stage's fp32 ONNX graph into a QDQ graph with ONNX Runtime's
+``quantize_static``: the pack's ``int8_ops`` with weights int8, symmetric, one scale per
+output channel, and activations with ranges measured on calibration frames. The graph is
+exported from the pack's ``int8_form`` of the stage (Wav2Lip: its transposed convolutions
+as ordinary ones, which quantize). It comes in two forms, each an engine-store entry keyed
+by the calibration data's id:
+
+* the portable form, activations int8 and symmetric (zero point 0): what TensorRT 10 builds
+  an explicitly quantized INT8 engine from (``backends/trt.py``), and what ONNX Runtime
+  runs as it is on a GPU or a CPU other than x86;
+* the x86 CPU form, activations uint8 with a zero point of their own (asymmetric): ONNX
+  Runtime's x86 kernels multiply uint8 by int8 (VNNI/AMX; int8 × int8 runs slower than fp32
+  there), and a zero point per tensor lets the quantizer fold each ReLU into the layer
+  before it (its output range starts at 0) and gives non-negative tensors all 256 steps.
 
 Calibration data (a ``CalibrationSet``, gathered by ``heygem_ray.calibration``) is runs of
 ``RUN_FRAMES`` consecutive frames; each run goes through the pack as a job's chunk does
@@ -42,7 +46,6 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from torch import nn
 
@@ -62,6 +65,12 @@ RUN_FRAMES = 4
 # The gate: PSNR against fp32, in dB, on the generated crops and on the pasted mouth region.
 MIN_PSNR_DB = 30.0
 _BATCH = 16  # frames per calibration and gate call
+# What ``quantize_graph`` and a pack's ``int8_form`` and ``int8_ops`` make of a stage, in
+# every int8 graph's engine key, so that a store's graphs of an older recipe are built
+# again rather than taken for today's (the package version does not change with each
+# commit). Raise it when any of them changes. 2: Wav2Lip's transposed convolutions as
+# phase convolutions, its whole render graph in int8, the asymmetric x86 form.
+QDQ_RECIPE = 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,10 +198,12 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def quantize_graph(fp32: Path, out: Path, inputs: dict[str, np.ndarray], ops: tuple[str, ...]) -> None:
+def quantize_graph(fp32: Path, out: Path, inputs: dict[str, np.ndarray], ops: tuple[str, ...], *,
+                   cpu: bool = False) -> None:
     """Write the QDQ int8 graph of ``fp32`` to ``out`` (its weights to ``<out>.data``),
     ``ops`` quantized (MatMul: those with a weight), activation ranges (min/max) measured
-    on ``inputs`` (name → (n, ...) float32)."""
+    on ``inputs`` (name → (n, ...) float32); ``cpu``: in the x86 CPU form (uint8
+    activations with zero points), else the portable one (int8, zero point 0)."""
 
     reader: Any = _Reader(inputs)  # duck-typed CalibrationDataReader
     graph = onnx.load(str(fp32), load_external_data=False).graph
@@ -208,7 +219,7 @@ def quantize_graph(fp32: Path, out: Path, inputs: dict[str, np.ndarray], ops: tu
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(ops),
             per_channel=True,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=products,
             calibrate_method=CalibrationMethod.MinMax,
@@ -216,7 +227,10 @@ def quantize_graph(fp32: Path, out: Path, inputs: dict[str, np.ndarray], ops: tu
             # calibration copies, need their weights in files of their own.
             use_external_data_format=True,
             extra_options={
-                "ActivationSymmetric": True,  # zero point 0: TensorRT's explicit quantization
+                # Zero point 0 for TensorRT's explicit quantization; a CPU's zero points
+                # follow each range, so a ReLU's output is quantized over [0, max] and the
+                # ReLU itself is dropped.
+                "ActivationSymmetric": not cpu,
                 "WeightSymmetric": True,
                 "QuantizeBias": False,  # biases stay float: TensorRT folds them into its int8 kernels
             },
@@ -233,28 +247,6 @@ def single_file(graph: Path, out: Path) -> None:
     if weights > MAX_ONNX_WEIGHT_BYTES:
         raise EngineError(f"its int8 graph's weights are {weights / 2**30:.1f} GiB, more than one ONNX file holds "
                           "(2 GiB)")
-    onnx.save(model, str(out))
-
-
-def cpu_form(qdq: Path, out: Path) -> None:
-    """The QDQ graph for ONNX Runtime on an x86 CPU: activations uint8 with zero point 128
-    instead of int8 with zero point 0 (the same values), weights left int8."""
-
-    model = onnx.load(str(qdq))
-    inits = {i.name: i for i in model.graph.initializer}
-    weights: set[str] = set()
-    activations: set[str] = set()
-    for node in model.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) == 3:
-            is_weight = node.op_type == "DequantizeLinear" and node.input[0] in inits
-            (weights if is_weight else activations).add(node.input[2])
-    if weights & activations:
-        raise InternalError(f"{qdq.name}: zero points shared by weights and activations: {sorted(weights & activations)}")
-    for name in activations:
-        zero = numpy_helper.to_array(inits[name])
-        if zero.dtype != np.int8 or zero.any():
-            raise InternalError(f"{qdq.name}: activation zero point {name} is {zero.dtype} {zero}, not int8 0")
-        inits[name].CopyFrom(numpy_helper.from_array(np.full(zero.shape, 128, np.uint8), name))
     onnx.save(model, str(out))
 
 
@@ -277,25 +269,25 @@ def int8_onnx_artifact(
     device: str = "cpu",
 ) -> tuple[Path, EngineKey]:
     """The stage's QDQ graph from ``store`` (calibrated and written first if missing, the
-    fp32 stages run on ``device``); with ``cpu`` on an x86 machine, its CPU form.
-    ``weights_hash``: ``chain_hash`` of the stages."""
+    fp32 stages run on ``device``): with ``cpu`` on an x86 machine its x86 CPU form, else
+    the portable one. ``weights_hash``: ``chain_hash`` of the stages."""
+    x86_form = cpu and X86
     key = onnx_key(pack, stage, "int8", weights_hash, calibration=calibration.id)
+    key = dataclasses.replace(key, backend_version=f"{key.backend_version}-qdq{QDQ_RECIPE}",
+                              arch="cpu" if x86_form else key.arch)
 
     def write_qdq(tmp: Path) -> None:
         # The fp32 graph is a working copy beside the entry (gigabytes for MuseTalk's UNet);
         # the store keeps only the int8 one.
         with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".quantize-") as work:
             fp32, qdq = Path(work) / "fp32.onnx", Path(work) / "int8.onnx"
-            export_onnx(modules[stage], *pack.io(stage), fp32, external_data=True)
-            quantize_graph(fp32, qdq, stage_inputs(pack, modules, calibration, stage, device), pack.int8_ops)
+            export_onnx(pack.int8_form(stage, modules[stage]), *pack.io(stage), fp32, external_data=True)
+            quantize_graph(fp32, qdq, stage_inputs(pack, modules, calibration, stage, device), pack.int8_ops,
+                           cpu=x86_form)
             single_file(qdq, tmp)
         metrics.record_engine_build("onnxruntime", stage, "int8")
 
-    qdq = store.get_or_build(key, write_qdq, rebuild=build)
-    if not (cpu and X86):
-        return qdq, key
-    cpu_key = dataclasses.replace(key, arch="cpu")
-    return store.get_or_build(cpu_key, lambda tmp: cpu_form(qdq, tmp), rebuild=build), cpu_key
+    return store.get_or_build(key, write_qdq, rebuild=build), key
 
 
 @dataclass(frozen=True)

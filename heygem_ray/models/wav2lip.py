@@ -14,29 +14,34 @@ Inputs and outputs (all float32):
 
 The forward pass is split in two stages so a pipeline can run them apart:
 ``forward(mel, face) == decode(face, encode_audio(mel))``.
+
+``convolution_form`` gives the same generator with its decoder's transposed convolutions
+written as ordinary ones (``PhaseConvBlock``): the form its int8 graph is exported in.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from heygem_ray.errors import InputError
+from heygem_ray.errors import InputError, InternalError
 from heygem_ray.features import MEL_STEP, N_MELS
 
 # MEL_STEP: mel columns per video frame (200 ms at 80 columns/s); N_MELS: mel bands.
 # Both are defined with the features that produce them and re-exported here.
-__all__ = ["EMBED_DIM", "FACE_SIZE", "MEL_STEP", "N_MELS", "ConvBlock", "ConvTransposeBlock", "Wav2Lip",
-           "load", "weights_hash"]
+__all__ = ["EMBED_DIM", "FACE_SIZE", "MEL_STEP", "N_MELS", "ConvBlock", "ConvTransposeBlock", "PhaseConvBlock",
+           "Wav2Lip", "convolution_form", "load", "weights_hash"]
 
 FACE_SIZE = 96  # side of the square face crop, pixels
 EMBED_DIM = 512  # channels of the audio embedding and of the face bottleneck
@@ -75,6 +80,104 @@ class ConvTransposeBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv_block(x))
+
+
+def _phase_taps(kernel: int, stride: int, padding: int, phase: int) -> list[tuple[int, int]]:
+    """(d, tap) pairs of one phase of a transposed convolution along one axis: output pixel
+    ``stride * m + phase`` takes input pixel ``m + d`` through kernel tap ``tap``.
+
+    A transposed convolution sends input pixel i through tap k to output pixel
+    ``stride * i + k - padding``; for that to be ``stride * m + phase``, k − phase − padding
+    must be a multiple of the stride, and then i − m = −(k − phase − padding) / stride.
+    """
+    return [(-((tap - phase - padding) // stride), tap) for tap in range(kernel)
+            if (tap - phase - padding) % stride == 0]
+
+
+class PhaseConvBlock(nn.Module):
+    """A ``ConvTransposeBlock`` (transposed convolution, BatchNorm, ReLU) as ordinary
+    convolutions: the same function to float rounding, in layers an int8 runtime quantizes
+    (ONNX Runtime has no int8 transposed convolution on a CPU).
+
+    A transposed convolution of stride s computes output pixel (s·m + r_y, s·n + r_x) from
+    the input pixels (m + d_y, n + d_x) of a small window, through the kernel taps of its
+    phase (r_y, r_x). Each of the s² phases is therefore a stride-1 convolution of the input
+    with its own small kernel, those taps only (for Wav2Lip's 3×3 stride-2 layers: 1×1,
+    1×2, 2×1 and 2×2, nine taps in all, as many multiplies as the transposed convolution),
+    BatchNorm folded into it, then ReLU. The phase images are then interleaved into the
+    s-times larger image (a pixel shuffle). The shuffle is written as reshapes around one
+    transpose in NHWC order, its sizes fixed for an input of ``size`` pixels: ONNX
+    Runtime's int8 convolutions run in NHWC, so the layout transposes it puts around them
+    cancel against these and the shuffle moves 8-bit values (its DepthToSpace would run
+    in float, between two layout changes).
+    """
+
+    def __init__(self, block: ConvTransposeBlock, size: int):
+        super().__init__()
+        up, norm = block.conv_block
+        if not isinstance(up, nn.ConvTranspose2d) or not isinstance(norm, nn.BatchNorm2d):
+            raise InternalError(f"PhaseConvBlock takes a ConvTransposeBlock, got {block}")
+        pads, mean, var = up.padding, norm.running_mean, norm.running_var
+        if isinstance(pads, str) or mean is None or var is None:
+            raise InternalError(f"no phase form for {block}: numeric padding and BatchNorm running statistics needed")
+        kernel, stride, padding, extra = up.kernel_size[0], up.stride[0], pads[0], up.output_padding[0]
+        square = all(len(set(v)) == 1 for v in (up.kernel_size, up.stride, pads, up.output_padding))
+        if not square or up.groups != 1 or up.dilation != (1, 1):
+            raise InternalError(f"no phase form for {up}: square kernel, stride and padding, one group, no dilation")
+        out_size = stride * (size - 1) - 2 * padding + kernel + extra
+        if out_size % stride:
+            raise InternalError(f"no phase form for {up} at {size} px: its {out_size} px are not whole phases")
+        self.size, self.stride, self.channels = out_size // stride, stride, up.out_channels
+        # BatchNorm (running statistics) folded into the weights and bias: y = w·x·g + (b − mean)·g + beta.
+        gain = norm.weight.detach() / torch.sqrt(var + norm.eps)  # (C_out,)
+        weight = up.weight.detach() * gain[None, :, None, None]  # (C_in, C_out, k, k)
+        bias = up.bias.detach() if up.bias is not None else torch.zeros(up.out_channels)
+        self.bias = nn.Parameter((bias - mean) * gain + norm.bias.detach())
+        self.weights = nn.ParameterList()
+        self.paddings: list[int | tuple[int, int] | str] = []
+        taps = [_phase_taps(kernel, stride, padding, r) for r in range(stride)]
+        if not all(taps):
+            raise InternalError(f"no phase form for {up}: a phase with no kernel tap (stride above the kernel)")
+        for ty in taps:  # phases in (r_y, r_x) order: the shuffle's channel order
+            for tx in taps:
+                self.weights.append(nn.Parameter(self._phase_weight(weight, ty, tx)))
+                self.paddings.append(self._padding(size, ty, tx, up))
+
+    @staticmethod
+    def _phase_weight(weight: torch.Tensor, ty: list[tuple[int, int]], tx: list[tuple[int, int]]) -> torch.Tensor:
+        """(C_in, C_out, k, k) transposed-convolution weights → (C_out, C_in, K_y, K_x) of a
+        convolution whose tap (a, b) reads input pixel (m + d_y, n + d_x), d_y = a + min d_y."""
+        (y0, _), (x0, _) = min(ty), min(tx)
+        out = weight.new_zeros(weight.shape[1], weight.shape[0], max(ty)[0] - y0 + 1, max(tx)[0] - x0 + 1)
+        for dy, ky in ty:
+            for dx, kx in tx:
+                out[:, :, dy - y0, dx - x0] = weight[:, :, ky, kx].T
+        return out
+
+    def _padding(self, size: int, ty: list[tuple[int, int]], tx: list[tuple[int, int]],
+                 up: nn.ConvTranspose2d) -> int | tuple[int, int] | str:
+        """The phase convolution's padding: (before, after) per axis so that it gives
+        ``self.size`` outputs, as ``F.conv2d`` takes it (one ONNX Conv, no Pad node)."""
+        pads = [(-min(t)[0], self.size - size + max(t)[0]) for t in (ty, tx)]
+        if all(before == after for before, after in pads):
+            return pads[0][0], pads[1][0]
+        # "same": as many outputs as inputs, (K − 1) // 2 before and the rest after (K − 1 in all)
+        if self.size == size and all(before == (after + before) // 2 for before, after in pads):
+            return "same"
+        raise InternalError(f"no phase form for {up} at {size} px: paddings {pads} need a Pad node")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, size, size) → (B, C_out, s·size', s·size') float32, size' = ``self.size``."""
+        with warnings.catch_warnings():  # "same" with an even kernel pads a copy: this form is only exported
+            warnings.filterwarnings("ignore", message="Using padding='same' with even kernel lengths")
+            phases = [torch.relu(nn.functional.conv2d(x, w, self.bias, padding=p))  # (B, C_out, size', size') each
+                      for w, p in zip(self.weights, self.paddings, strict=True)]
+        s, n, c = self.stride, self.size, self.channels
+        if s == 1:
+            return phases[0]
+        y = torch.cat(phases, dim=1).permute(0, 2, 3, 1)  # (B, n, n, s·s·C): channels (r_y, r_x, c)
+        y = y.reshape(-1, n, s, s * c).transpose(1, 2)  # (B·n rows, r_y, n columns, (r_x, c))
+        return y.reshape(-1, n * s, n * s, c).permute(0, 3, 1, 2)  # (B, C, s·n, s·n)
 
 
 def _res(c: int) -> ConvBlock:
@@ -140,6 +243,20 @@ class Wav2Lip(nn.Module):
     def forward(self, audio_sequences: torch.Tensor, face_sequences: torch.Tensor) -> torch.Tensor:
         """(B, 1, 80, 16) mel window, (B, 6, 96, 96) BGR face pair → (B, 3, 96, 96) BGR in [0, 1]."""
         return self.decode(face_sequences, self.encode_audio(audio_sequences))
+
+
+def convolution_form(model: Wav2Lip) -> Wav2Lip:
+    """A copy of ``model`` (in eval mode) whose decoder's transposed convolutions are
+    ``PhaseConvBlock``s, for 96 × 96 faces: the same function to float rounding."""
+    form = copy.deepcopy(model).eval()
+    size = 1  # the decoder starts from the 1 × 1 audio embedding; its other layers keep the size
+    for block in form.face_decoder_blocks:
+        layers = cast(nn.Sequential, block)
+        if isinstance(layers[0], ConvTransposeBlock):
+            phases = PhaseConvBlock(layers[0], size)
+            layers[0] = phases
+            size = phases.size * phases.stride
+    return form
 
 
 def _name_keys(keys: list[str]) -> str:

@@ -65,6 +65,11 @@ def frame_chunk(call: StageCall, features: Features, crops: np.ndarray) -> np.nd
     return call("render", {"crops": crop_inputs(crops), "codes": codes})["generated"]
 
 
+def same_form(stage: str, module: torch.nn.Module) -> torch.nn.Module:
+    """``PackSpec.int8_form`` of a pack whose stages quantize as they are."""
+    return module
+
+
 class StageSet(Protocol):
     """What the backends and the engine store need of a set of networks: a name for the
     store, each stage's declared I/O, the backends to try on a CPU and the stages that have
@@ -116,6 +121,9 @@ class PackSpec:
     # whatever the reference's mouth does shows through, so a talking take is looped over
     # its still stretch where it has one (``checks.still_span``).
     keeps_reference_mouth: bool = False
+    # (stage, module) → the module an int8 stage's graph is exported from: the same function
+    # (to float rounding) in layers the int8 runtimes quantize.
+    int8_form: Callable[[str, torch.nn.Module], torch.nn.Module] = same_form
 
     def run_reference(self, call: StageCall, crops: np.ndarray) -> np.ndarray:
         """(k, S, S, 3) uint8 BGR crops of reference frames through the ``reference`` stage

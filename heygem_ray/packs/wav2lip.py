@@ -28,6 +28,7 @@ from heygem_ray.models.wav2lip import (
     MEL_STEP,
     N_MELS,
     Wav2Lip,
+    convolution_form,
     load,
 )
 from heygem_ray.packs.spec import ChunkFeatures, PackSpec, frame_stages
@@ -68,6 +69,14 @@ class Wav2LipRender(nn.Module):
         return self.model.decode(face, codes)
 
 
+def _int8_form(stage: str, module: nn.Module) -> nn.Module:
+    """The render stage with its decoder's transposed convolutions as ordinary ones
+    (``models.wav2lip.PhaseConvBlock``), so they quantize too."""
+    if isinstance(module, Wav2LipRender):
+        return Wav2LipRender(convolution_form(module.model)).eval()
+    return module
+
+
 def _load_stages(checkpoint: Path | None) -> dict[str, nn.Module]:
     if checkpoint is None:
         raise InputError(
@@ -91,9 +100,14 @@ PACK = PackSpec(
     # The face encoder and decoder are nearly all of the model time (BENCHMARKS.md, "INT8");
     # the audio encoder is small and stays fp32.
     int8_stages=("render",),
-    # Its time is in the convolutions. Transposed convolutions (the decoder's six upsampling
-    # layers), adds, concatenations and activations stay float: ONNX Runtime's CPU provider
-    # has no int8 transposed convolution, and quantizing any of them made the render stage
-    # slower there (BENCHMARKS.md, "INT8 and bf16").
-    int8_ops=("Conv",),
+    # The whole graph runs in 8 bits between its input and its output: convolutions (the
+    # decoder's transposed ones among them, in ``_int8_form``), the residual adds, the skip
+    # concatenations, the ReLUs (folded into the quantization where a CPU graph allows) and
+    # the upsampling's pixel shuffle (Reshape, Transpose). Left float, each of them cost a
+    # dequantize, a quantize and a layout change on ONNX Runtime's CPU provider
+    # (BENCHMARKS.md, "INT8 and bf16"). The input mask (Mul) and the output sigmoid stay
+    # float: both are cheap, and a quantized sigmoid would round the generated crops to
+    # coarser steps than their 8-bit pixels.
+    int8_ops=("Conv", "Add", "Concat", "Relu", "Reshape", "Transpose"),
+    int8_form=_int8_form,
 )

@@ -13,16 +13,18 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 from torch import nn
 
 from heygem_ray import hardware, precision
-from heygem_ray.backends import int8, open_runners
+from heygem_ray.backends import int8, onnx_artifact, open_runners
 from heygem_ray.backends.int8 import CalibrationSet, Run
 from heygem_ray.calibration import calibration_set
 from heygem_ray.engines import SIDECAR, EngineKey, EngineStore
 from heygem_ray.errors import EngineError, InputError
+from heygem_ray.export import export_onnx
 from heygem_ray.packs import get_pack
 
 PACK = get_pack("wav2lip")
@@ -38,8 +40,8 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> CalibrationSet:
 
 @pytest.fixture(scope="module")
 def bad(calibration: CalibrationSet) -> CalibrationSet:
-    """The same held-out frames; calibrated on white crops and features 100 times too loud."""
-    calibrating = tuple(Run(np.full_like(run.crops, 255), np.asarray(run.features) * 100.0)
+    """The same held-out frames; calibrated on white crops and features 1000 times too loud."""
+    calibrating = tuple(Run(np.full_like(run.crops, 255), np.asarray(run.features) * 1000.0)
                         for run in calibration.part(held_out=False))
     return CalibrationSet(PACK.name, calibrating + calibration.part(held_out=True), calibration.held_out,
                           "constant frames")
@@ -65,7 +67,10 @@ def test_qdq_graph_has_per_channel_int8_weights_and_symmetric_int8_activations(s
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     made_by = _producers(model)
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    assert len(convs) > 30  # every convolution of the face encoder and decoder
+    # every convolution of the face encoder and decoder, the decoder's transposed ones as
+    # phase convolutions (one for the stride-1 layer, four for each of the five stride-2 ones)
+    assert len(convs) == 32 + 1 + 5 * 4
+    assert not [n.name for n in model.graph.node if n.op_type == "ConvTranspose"]
     for conv in convs:
         # weights: int8 initializer → DequantizeLinear, one scale per output channel, zero point 0
         dq = made_by[conv.input[1]]
@@ -74,17 +79,36 @@ def test_qdq_graph_has_per_channel_int8_weights_and_symmetric_int8_activations(s
         assert dq.op_type == "DequantizeLinear" and weight.dtype == np.int8, conv.name
         assert axis == 0 and inits[dq.input[1]].shape == (weight.shape[0],), conv.name  # per output channel
         assert not inits[dq.input[2]].any(), conv.name
-        # activations: QuantizeLinear → DequantizeLinear, int8 with zero point 0 (symmetric)
-        dq_x = made_by[conv.input[0]]
-        q_x = made_by[dq_x.input[0]]
-        assert (dq_x.op_type, q_x.op_type) == ("DequantizeLinear", "QuantizeLinear"), conv.name
-        zero = inits[q_x.input[2]]
-        assert zero.dtype == np.int8 and zero.shape == () and zero == 0, conv.name
         assert conv.input[2] not in made_by or made_by[conv.input[2]].op_type != "DequantizeLinear"  # float bias
-    for up in (n for n in model.graph.node if n.op_type == "ConvTranspose"):  # float: see the pack's int8_ops
-        assert inits[up.input[1]].dtype == np.float32, up.name
+    # activations: the convolutions, residual adds, skip concatenations, ReLUs and the
+    # upsampling's shuffle read int8 (QuantizeLinear → DequantizeLinear, zero point 0)
+    between = [n for n in model.graph.node if n.op_type in PACK.int8_ops]
+    assert {n.op_type for n in between} == set(PACK.int8_ops)
+    for node in between:
+        dq_x = made_by[node.input[0]]
+        q_x = made_by[dq_x.input[0]]
+        assert (dq_x.op_type, q_x.op_type) == ("DequantizeLinear", "QuantizeLinear"), node.name
+        zero = inits[q_x.input[2]]
+        assert zero.dtype == np.int8 and zero.shape == () and zero == 0, node.name
     kinds = {TensorProto.DataType.Name(i.data_type) for i in model.graph.initializer}
     assert "UINT8" not in kinds and "INT32" not in kinds  # nothing TensorRT's explicit quantization refuses
+
+
+def test_the_int8_form_is_todays_fp32_graph_in_convolutions(stages, store, tmp_path) -> None:
+    """The render stage as its int8 graph is exported (transposed convolutions as phase
+    convolutions, the shuffle as static reshapes) computes, in fp32, what the fp32 graph
+    every other precision runs computes."""
+    module = stages["wav2lip"]["render"]
+    today, _ = onnx_artifact(store, PACK, "render", module, "fp32")
+    form = export_onnx(PACK.int8_form("render", module), *PACK.io("render"), tmp_path / "form.onnx")
+    ops = {n.op_type for n in onnx.load(str(form)).graph.node}
+    assert "ConvTranspose" in {n.op_type for n in onnx.load(str(today)).graph.node}
+    assert not ops & {"ConvTranspose", "DepthToSpace", "Pad", "Shape"}  # one Conv a phase, sizes fixed
+    rng = np.random.default_rng(0)
+    feed = {"crops": rng.random((3, 3, 96, 96), np.float32), "codes": rng.standard_normal((3, 512, 1, 1), np.float32)}
+    (want,) = ort.InferenceSession(str(today), providers=["CPUExecutionProvider"]).run(None, feed)
+    (got,) = ort.InferenceSession(str(form), providers=["CPUExecutionProvider"]).run(None, feed)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
 def test_the_store_keeps_the_int8_graph_alone_in_one_file(stages, store, calibration, tmp_path, monkeypatch) -> None:
@@ -99,16 +123,23 @@ def test_the_store_keeps_the_int8_graph_alone_in_one_file(stages, store, calibra
     assert not (tmp_path / "int8.onnx").exists()
 
 
-def test_cpu_form_is_the_same_numbers_with_uint8_activations(stages, store, calibration) -> None:
+def test_the_x86_cpu_form_has_the_same_weights_uint8_activations_and_no_relu(stages, store, calibration) -> None:
+    """Same calibration, same int8 weights; activations uint8 with zero points of their own,
+    so every ReLU is folded into the quantization of the layer before it (zero point 0)."""
+    if not hardware.X86:
+        pytest.skip("the x86 CPU form is built on x86 machines")
     portable, _ = _artifact(store, stages, calibration, cpu=False)
     cpu, key = _artifact(store, stages, calibration, cpu=True)
     assert key.arch == "cpu" and key.calibration == calibration.id
     p_inits = {i.name: numpy_helper.to_array(i) for i in portable.graph.initializer}
     c_inits = {i.name: numpy_helper.to_array(i) for i in cpu.graph.initializer}
-    assert p_inits.keys() == c_inits.keys()
-    changed = {n for n in p_inits if p_inits[n].dtype != c_inits[n].dtype}
-    assert changed and all(p_inits[n].dtype == np.int8 and (c_inits[n] == 128).all() for n in changed)
-    assert all(np.array_equal(p_inits[n], c_inits[n]) for n in p_inits.keys() - changed)
+    weights = [n for n in p_inits if p_inits[n].dtype == np.int8 and p_inits[n].ndim == 4]
+    assert len(weights) == 32 + 1 + 5 * 4 and all(np.array_equal(p_inits[n], c_inits[n]) for n in weights)
+    zeros = [c_inits[n.input[2]] for n in cpu.graph.node if n.op_type == "QuantizeLinear"]
+    assert zeros and all(z.dtype == np.uint8 for z in zeros)
+    assert any(z != 0 for z in zeros) and sum(z == 0 for z in zeros) > 30  # asymmetric; ReLU outputs from 0
+    assert "Relu" in {n.op_type for n in portable.graph.node}
+    assert "Relu" not in {n.op_type for n in cpu.graph.node}
 
 
 def test_the_engine_key_changes_with_the_calibration_data(stages, store, calibration) -> None:
@@ -124,6 +155,15 @@ def test_the_engine_key_changes_with_the_calibration_data(stages, store, calibra
     assert key.dirname() != dataclasses.replace(key, calibration=other.id).dirname()
     with pytest.raises(ValueError, match="calibration"):
         dataclasses.replace(key, calibration="")  # int8 without a calibration id is no key
+
+
+def test_a_graph_of_an_older_recipe_is_not_taken_for_todays(stages, store, calibration, monkeypatch) -> None:
+    """The same weights and calibration under another ``QDQ_RECIPE`` are another entry: a
+    store filled before the recipe changed builds its int8 graphs again."""
+    _artifact(store, stages, calibration, cpu=False)
+    monkeypatch.setattr(int8, "QDQ_RECIPE", int8.QDQ_RECIPE + 1)
+    with pytest.raises(EngineError, match="not built yet"):
+        _artifact(store, stages, calibration, cpu=False, build=False)
 
 
 def test_the_gate_refuses_a_bad_calibration_with_its_figures(stages, store, bad) -> None:

@@ -10,14 +10,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from heygem_ray.errors import InputError
+from heygem_ray.errors import InputError, InternalError
 from heygem_ray.models.wav2lip import (
     EMBED_DIM,
     FACE_SIZE,
     MEL_STEP,
     N_MELS,
+    ConvTransposeBlock,
+    PhaseConvBlock,
     Wav2Lip,
+    convolution_form,
     load,
     weights_hash,
 )
@@ -293,3 +297,56 @@ def test_onnx_export_matches_onnxruntime(model: Wav2Lip, tmp_path) -> None:
         want = model(mel, face).numpy()
     assert got.shape == (3, 3, FACE_SIZE, FACE_SIZE)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_convolution_form_matches_the_functional_reference_of_the_spec(model: Wav2Lip) -> None:
+    """The decoder with its transposed convolutions as phase convolutions computes what
+    the spec's layer tables do (F.conv_transpose2d there); the model itself is untouched."""
+    form = convolution_form(model)
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in form.modules())
+    assert sum(isinstance(m, PhaseConvBlock) for m in form.modules()) == 6
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in model.modules()) == 6
+    mel, face = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(form(mel, face), _reference_forward(random_state_dict(seed=0), mel, face),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def _transposed(kernel: int, stride: int, padding: int, extra: int, seed: int = 0) -> ConvTransposeBlock:
+    """A ConvTransposeBlock of 5 → 7 channels with random weights and BatchNorm statistics."""
+    torch.manual_seed(seed)
+    block = ConvTransposeBlock(5, 7, kernel, stride, padding, extra)
+    norm = block.conv_block[1]
+    with torch.no_grad():
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.2, 0.2)
+    return block.eval()
+
+
+# (kernel, stride, padding, output_padding): Wav2Lip's two kinds first, then others a
+# phase form covers (odd and even kernels, stride 3, stride 1 with padding).
+@pytest.mark.parametrize("layer", [(3, 2, 1, 1), (3, 1, 0, 0), (5, 2, 2, 1), (2, 2, 0, 0), (3, 1, 1, 0), (3, 3, 0, 0)])
+@pytest.mark.parametrize("size", [1, 4, 7])
+def test_phase_conv_block_is_the_transposed_convolution(layer: tuple[int, int, int, int], size: int) -> None:
+    kernel, stride, _, _ = layer
+    block = _transposed(*layer)
+    phases = PhaseConvBlock(block, size)
+    x = torch.randn(2, 5, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = block(x), phases(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # the phases take the kernel's taps between them, each once: no multiply by a zero tap
+    assert sum(w[0, 0].numel() for w in phases.weights) == kernel * kernel
+
+
+@pytest.mark.parametrize(("layer", "why"), [
+    ((4, 2, 1, 0), r"paddings \[\(1, 0\), \(1, 0\)\] need a Pad node"),
+    ((3, 2, 1, 0), "its 7 px are not whole phases"),
+    ((2, 3, 0, 1), "a phase with no kernel tap"),
+])
+def test_phase_conv_block_refuses_a_layer_one_convolution_per_phase_cannot_be(layer, why: str) -> None:
+    with pytest.raises(InternalError, match=why):
+        PhaseConvBlock(_transposed(*layer), 4)
