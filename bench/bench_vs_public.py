@@ -181,7 +181,7 @@ def main() -> None:
                         **({"stages": stages[name]} if name in stages else {"box": box})})
     out = record.write(
         "vs-public", results, cpu=cpu_name(), cores=str(cores()), torch=torch.__version__,
-        public=f"{public} at {git_head(public)}", ours=f"{REPO} at {git_head(REPO)}",
+        public=f"{public} at {git_head(public)}", ours=f"this checkout at {git_head(REPO)}",
         before=f"{before} at {git_head(before)}" if before else "", seconds=f"{args.seconds}",
         cpu_busy_before=f"{busy_before}",
         loadavg_before=" ".join(load_before), loadavg_after=" ".join(Path("/proc/loadavg").read_text().split()[:3]),

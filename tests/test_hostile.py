@@ -53,8 +53,9 @@ FFMPEG_MIB = 160
 RENDER_GROWTH_MIB = 400
 # Ray's driver holds about 530 MiB by itself (measured with 6 000 rows); the manifest,
 # kept as a list of jobs, adds about 1.3 KiB a row: 130 MiB for 100 000. Everything
-# else is flat: the rows go to the table a batch at a time.
-DRIVER_MIB = 800
+# else is flat: the rows go to the table a batch at a time. (One CI run beside another
+# test worker measured 802 MiB for 100 000 rows.)
+DRIVER_MIB = 900
 
 
 

@@ -45,18 +45,18 @@ def inject():
     elif fault == "third_chunk_kills":  # every worker dies on the third chunk it renders
         run_chunk = ModelWorker.run_chunk
         calls = []
-        def dying(self, features, given):
+        def dying(self, features, given, *rest):
             calls.append(len(given))
             if len(calls) == 3:
                 os.kill(os.getpid(), signal.SIGKILL)
-            return run_chunk(self, features, given)
+            return run_chunk(self, features, given, *rest)
         ModelWorker.run_chunk = dying
     elif fault == "wedge":  # a chunk of 3 frames hangs its worker, as a wedged GPU call does
         run_chunk = ModelWorker.run_chunk
-        def wedged(self, features, given):
+        def wedged(self, features, given, *rest):
             if len(given) == 3:
                 time.sleep(3600)
-            return run_chunk(self, features, given)
+            return run_chunk(self, features, given, *rest)
         ModelWorker.run_chunk = wedged
 
 

@@ -112,14 +112,14 @@ def inject_faults():
 
     run_chunk = ModelWorker.run_chunk
 
-    def faulty(self, features, crops):
+    def faulty(self, features, crops, *rest):
         if len(crops) == 1:
             os.kill(os.getpid(), signal.SIGKILL)
         if len(crops) == 2:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
         if len(crops) == 3:
             raise InternalError("a check in the worker failed (injected)")
-        return run_chunk(self, features, crops)
+        return run_chunk(self, features, crops, *rest)
 
     ModelWorker.run_chunk = faulty
 
