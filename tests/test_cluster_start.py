@@ -20,7 +20,7 @@ from tests.helpers.raystart import RayStart, photo_batch
 
 HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
 JOIN_AFTER_S = 20
-JOBS = 24
+JOBS = 48
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def empty_cluster():
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory, examples) -> Path:
-    # Enough work that the second node's worker starts while jobs remain.
+    # Enough work that the second node's worker starts while jobs remain (24 were not
+    # enough on an idle machine: the first worker had rendered them all by then).
     return photo_batch(tmp_path_factory.mktemp("batch"), examples, JOBS, 4).parent
 
 
