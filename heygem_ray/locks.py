@@ -432,7 +432,7 @@ def _running(holder: Holder) -> bool:
     """Whether ``holder``'s process (one of this machine's) is still running."""
     started = _process_start(holder.pid)
     if not holder.process_start:  # recorded where /proc was not readable
-        return bool(started) or _pid_exists(holder.pid)
+        return bool(started) or pid_exists(holder.pid)
     return started == holder.process_start
 
 
@@ -447,7 +447,8 @@ def _process_start(pid: int) -> str:
     return "" if fields[0] in ("Z", "X") else fields[19]  # a zombie has ended
 
 
-def _pid_exists(pid: int) -> bool:
+def pid_exists(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

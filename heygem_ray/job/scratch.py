@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from heygem_ray.locks import pid_exists
+
 # A job's scratch folder in the temporary directory: ``heygem-job-<pid>@<host>-<random>``.
 SCRATCH_PREFIX = "heygem-job-"
 
@@ -35,15 +37,5 @@ def _sweep_scratch() -> None:
     except OSError:
         return
     for name in names:
-        if (m := own.fullmatch(name)) and not _alive(int(m[1])):
+        if (m := own.fullmatch(name)) and not pid_exists(int(m[1])):
             shutil.rmtree(Path(tempfile.gettempdir()) / name, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
