@@ -82,9 +82,14 @@ class DetectorConfig:
     # 20: the detector's window). Smaller costs more: the whole-frame scan runs at the
     # scale that makes this size fit the detector, so its cost grows with 1/min_face².
     min_face: int = 40
-    # Seconds between whole-frame scans for faces; in between, faces already found are
-    # followed frame by frame in a window around them.
+    # Seconds between whole-frame scans for faces while a face being followed was missed
+    # (or none is followed yet); in between, faces already found are followed frame by
+    # frame in a window around them.
     scan_interval_s: float = 0.5
+    # Seconds between scans while every face being followed is found frame by frame: a
+    # scan then only looks for a face that came in (followed back to where it appeared),
+    # and at 1080p one costs as much as some 50 window searches (docs/faces.md).
+    steady_scan_interval_s: float = 2.0
     # A face missing for at most this long is filled in from the frames around it; longer,
     # and those frames are left untouched in the output (turned away, a cut to slides).
     max_gap_s: float = 0.4

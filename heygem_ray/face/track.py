@@ -135,13 +135,15 @@ class Tracker:
         self.cfg = cfg
         self.scale = scan_scale(detector, cfg.min_face)
         self.scan_every = max(1, round(cfg.scan_interval_s * fps))
+        self.steady_scan_every = max(self.scan_every, round(cfg.steady_scan_interval_s * fps))
         self.retire_after = max(self.scan_every, round(cfg.max_gap_s * fps))
         self.frames = 0
         self.active: list[_Track] = []
         self.retired: list[_Track] = []
+        self._last_scan = -self.steady_scan_every  # frame 0 is scanned
         # The frames since the last scan, grey at the scan's scale: a face a scan finds is
         # followed back through them to where it appeared.
-        self._recent: deque[np.ndarray] = deque(maxlen=self.scan_every)
+        self._recent: deque[np.ndarray] = deque(maxlen=self.steady_scan_every)
         self._colour: bool | None = None
 
     def add(self, frame: np.ndarray) -> None:
@@ -178,8 +180,13 @@ class Tracker:
             at = box if box is not None else expected
             cut = face_patch(grey, at)
             track.patch = None if cut is None else (cut[0], at, cut[1])
-        if i % self.scan_every == 0:
+        # Often while a face is missed or none is followed (one may have come back), seldom
+        # while every face followed is found.
+        steady = bool(self.active) and all(t.frames[-1] == i for t in self.active)
+        if i - self._last_scan >= (self.steady_scan_every if steady else self.scan_every):
             self._scan(i, frame, grey, small)
+            self._last_scan = i
+            self._recent.clear()
         self._recent.append(small)
         for track in [t for t in self.active if t.misses > self.retire_after]:
             self.active.remove(track)

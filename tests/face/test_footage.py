@@ -14,7 +14,8 @@ import pytest
 from heygem_ray import media
 from heygem_ray.config import DetectorConfig, RenderConfig, RunConfig
 from heygem_ray.driver import submit
-from heygem_ray.face.track import FaceTrack, iou
+from heygem_ray.face.haar import HaarDetector
+from heygem_ray.face.track import FaceTrack, Tracker, find_presenter, iou
 from heygem_ray.job import InProcessService, render_job
 from heygem_ray.manifest import Job
 from heygem_ray.packs import get_pack
@@ -102,6 +103,41 @@ def test_a_still_face_does_not_jitter(tmp_path):
     for pack in ("warp", "wav2lip", "musetalk"):
         step = np.abs(np.diff(get_pack(pack).geometry.crop_boxes(track, *clip.size), axis=0))
         assert step.max() <= 1, f"{pack}: a crop box edge moved {step.max()} px between frames"
+
+
+class CountedScans(HaarDetector):
+    """OpenCV's cascade, noting the frames on which the whole frame was scanned (the calls
+    with no largest size: ``face.search.scan``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frame = 0
+        self.scans: list[int] = []
+
+    def detect(self, grey: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
+        if max_size == 0:
+            self.scans.append(self.frame)
+        return super().detect(grey, min_size, max_size)
+
+
+def test_scans_are_seldom_while_the_face_is_followed_and_a_face_that_comes_in_is_found_from_its_first_frame(
+        tmp_path):  # fmt: skip
+    """Every 2 s (``steady_scan_interval_s``) while every face followed is found, not every
+    0.5 s; a second face that comes in between two scans is followed back to the frame it
+    came in."""
+    clip = lecture_clip(tmp_path / "second.mp4", size=(640, 360), face=80, seconds=4.0, corner="bottom-right",
+                        motion="still", second_face=72, second_from=1.2)
+    cfg = DetectorConfig()
+    detector = CountedScans()
+    tracker = Tracker(detector, cfg, clip.fps)
+    for i, frame in enumerate(media.iter_frames(media.probe_video(clip.path), pixel_format="bgr24")):
+        detector.frame = i
+        tracker.add(frame)
+    assert detector.scans == [0, 50], detector.scans  # 0.5 s apart would be 8 scans
+    track = find_presenter(tracker, clip.fps)
+    assert track is not None and track.detected.all()
+    (other,) = track.others  # x0, y0, x1, y1, share of the frames
+    assert other[4] == pytest.approx((100 - 30) / 100, abs=0.02), other  # from frame 30 (1.2 s) on
 
 
 @pytest.fixture(scope="module")

@@ -176,6 +176,7 @@ def lecture_clip(
     brightness: float = 1.0,
     blur: float = 0.0,
     second_face: float = 0.0,
+    second_from: float = 0.0,
     tilt: Callable[[float], float] | None = None,
     shake: float = 0.0,
 ) -> Footage:
@@ -193,7 +194,8 @@ def lecture_clip(
     ``blur``: when above 0, every frame blurred (Gaussian, this sigma in face widths: 0.02
     is a face out of focus).
     ``second_face``: when above 0, the portrait again with its face this many pixels wide,
-    still, in the frame's other half (``faces`` keeps the presenter's).
+    still, in the frame's other half (``faces`` keeps the presenter's), from ``second_from``
+    seconds on.
     ``tilt``: seconds → degrees the head is tilted (turned in the picture's plane about the
     face's centre) at that time; at 30° a frontal detector misses the face.
     ``shake``: a shaking camera: the portrait moved by this many pixels, at random, each frame.
@@ -216,9 +218,11 @@ def lecture_clip(
     openings = np.zeros(n, np.float32)
     if cover:
         portrait = covered(portrait)
+    with_other = background
     if second_face > 0:  # the other half of the frame from the presenter, still
         other = (width * (0.2 if start[0] > width / 2 else 0.65), height * 0.3)
-        _place(background, portrait, matte, second_face / (fx1 - fx0), other)
+        with_other = background.copy()
+        _place(with_other, portrait, matte, second_face / (fx1 - fx0), other)
     args = [
         ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
@@ -236,7 +240,7 @@ def lecture_clip(
             zoom, (x, y) = 1.0, start
         w_face = face * zoom
         scale = w_face / (fx1 - fx0)
-        frame = background.copy()
+        frame = (with_other if i / fps >= second_from else background).copy()
         shown = absent is None or not (absent[0] <= i / fps < absent[1])
         if shown:
             openings[i] = 0.0 if talk is None else float(np.clip(talk(i / fps), 0, 1))
