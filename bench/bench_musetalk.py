@@ -34,7 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers (the real configs)
 from bench.record import write  # noqa: E402
-from heygem_ray.packs.musetalk import PACK, MuseTalkMotion, MuseTalkReference, MuseTalkRender  # noqa: E402
+from heygem_ray.packs.musetalk import PACK  # noqa: E402
+from heygem_ray.packs.musetalk_networks import MuseTalkMotion, MuseTalkReference, MuseTalkRender  # noqa: E402
 from tests.helpers.musetalk_ckpt import FULL_UNET_CONFIG, FULL_VAE_CONFIG, FULL_WHISPER_CONFIG  # noqa: E402
 
 SEGMENT_FRAMES = 750  # output frames a 30 s speech segment serves at 25 fps

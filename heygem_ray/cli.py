@@ -42,7 +42,7 @@ from heygem_ray.driver import RunCallbacks
 from heygem_ray.driver import submit as run_submit
 from heygem_ray.errors import HeygemError, Interrupted, RunStopped
 from heygem_ray.results import JobResult
-from heygem_ray.worker import WorkerInfo
+from heygem_ray.worker_io import WorkerInfo
 
 LISTED = 20  # outputs and failures printed at the end of a run; results.parquet holds them all
 
@@ -322,7 +322,7 @@ def engines_build(
     from heygem_ray.hardware import DeviceInfo
     from heygem_ray.packs import get_pack
     from heygem_ray.precision import open_first, precision_order
-    from heygem_ray.restore import open_restorer
+    from heygem_ray.restorer import open_restorer
 
     try:
         where = _engine_store(engines, store)

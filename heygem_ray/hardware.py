@@ -1,7 +1,9 @@
 """Facts about this machine that choosing a backend and a precision depends on: the
 device a worker renders on, the CPU's instruction sets, the installed runtimes.
 
-A leaf: it imports no other heygem_ray module, so every layer can ask it.
+A leaf: it imports no other heygem_ray module, so every layer can ask it. PyTorch is
+imported when a question needs it: the driver and the job tasks read ``DeviceInfo`` (in
+every worker's ``WorkerInfo``) without loading it.
 """
 
 from __future__ import annotations
@@ -10,13 +12,18 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from types import ModuleType
 
 # CPU flags (/proc/cpuinfo) of the instructions that make int8 and bf16 fast.
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+def _torch() -> ModuleType:
+    import torch  # imported only when asked: its load takes seconds and most of the memory
+
+    return torch
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,7 @@ class DeviceInfo:
 
     @classmethod
     def detect(cls) -> DeviceInfo:
+        torch = _torch()
         if torch.cuda.is_available():
             major, minor = torch.cuda.get_device_capability(0)
             return cls("cuda:0", torch.cuda.get_device_name(0), f"{major}.{minor}")
@@ -36,6 +44,7 @@ class DeviceInfo:
 def cuda_unusable() -> str:
     """Why PyTorch cannot use CUDA in this process (asked when ``torch.cuda.is_available()``
     is False): a CPU-only build, no driver, no device visible."""
+    torch = _torch()
     if torch.version.cuda is None:
         return (
             f"this node's PyTorch {torch.__version__} is a CPU-only build (torch.version.cuda is None): "
@@ -60,6 +69,7 @@ def device_arch(device: str) -> str:
     context."""
     if not device.startswith("cuda"):
         return "cpu"
+    torch = _torch()
     major, minor = torch.cuda.get_device_capability(torch.device(device))
     return f"sm_{major}{minor}"
 
@@ -84,6 +94,7 @@ def cpu_has_bf16() -> bool:
 def int8_pays(device: str) -> tuple[bool, str]:
     """(int8 is fast on ``device``, the instructions or hardware that make it so, or why not)."""
     if device.startswith("cuda"):
+        torch = _torch()
         major, minor = torch.cuda.get_device_capability(torch.device(device))
         if (major, minor) >= (7, 5):
             return True, f"INT8 tensor cores (compute capability {major}.{minor})"
@@ -110,4 +121,4 @@ def runtime_version(backend: str) -> str:
         import onnxruntime  # imported only when asked: its load takes a moment
 
         return f"onnxruntime{onnxruntime.__version__}"
-    return f"torch{torch.__version__}"
+    return f"torch{_torch().__version__}"

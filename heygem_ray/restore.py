@@ -11,7 +11,7 @@ So, per output frame:
 2. The worker renders the pack's crop as always, pastes it into the tile through the
    crop → tile transform with the pack's own mask and paste mode (``tile_with_crop``: the
    tile is then the unrestored output frame, aligned), restores the tiles in batches and
-   samples each restored tile over the crop box on an R × R grid (``restore_chunk``). R is
+   samples each restored tile over the crop box on an R × R grid (``restorer.restore_chunk``). R is
    the box's side in frame pixels, or in tile pixels where those are fewer
    (``restore_size``): the restored detail the output frame can show, no more. The faces go
    back as JPEG files (``Jpegs``, as the tiles came): an eighth to a tenth of their pixels'
@@ -21,95 +21,27 @@ So, per output frame:
    ``--restore-blend`` (``face.align.paste_restored``): pixels outside the pack's mask are
    the unrestored output's, bit for bit.
 
-The stage opens on its own backend (``GFPGAN``'s ``cpu_backends``: on a CPU ONNX Runtime
-runs it 1.7-2.4× faster than PyTorch, bench/bench_restore.py) through the same runners and
-engine store as a pack's stages, under the engine-store name ``gfpgan/restore``.
+This module holds what crosses between the job and the worker (tiles, boxes, restored
+faces) and what both sides do with it, without the network: the job imports it, and job
+tasks never load PyTorch. The network's side (step 2 on the worker) is ``restorer.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
-from torch import nn
 
-from heygem_ray.backends import RunnerSet, open_runners
-from heygem_ray.config import BackendName, RenderConfig, RestoreName
-from heygem_ray.engines import EngineStore, Precision
 from heygem_ray.errors import InternalError
-from heygem_ray.face.align import TILE, box_grid, from_tile, to_tile
-from heygem_ray.models import gfpgan
-from heygem_ray.packs import StageCall, StageIO
+from heygem_ray.face.align import TILE, box_grid, to_tile
 
-STAGE = "restore"
-# Faces per network call: a 512-px face's activations are about 0.3 GB in fp32, and a GPU
-# is near its best rate from batch 16 (docs/restoration.md).
-MAX_BATCH = 16
 # The tiles the job keeps and sends, and the restored faces the worker returns: JPEG, as
 # the template keeps the reference's frames.
 TILE_JPEG = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
 # The report's side by side of one frame's face, unrestored then restored: its height.
 SAMPLE_HEIGHT = 160  # pixels
 _SAMPLE_QUALITY = 85  # JPEG quality, 0-100
-
-
-@dataclass(frozen=True)
-class Restorer:
-    """A restoration network as the backends open it: like a pack, declared stage I/O and
-    the backends to try on a CPU; unlike one, no crops, features or int8 graphs."""
-
-    name: str  # the engine store's folder for it
-    stages: Mapping[str, StageIO]
-    # ``--backend auto`` without a GPU: fastest first for this network on a CPU.
-    cpu_backends: tuple[str, ...]
-    int8_stages: tuple[str, ...] = ()
-
-    def io(self, stage: str) -> StageIO:
-        """Declared (inputs, outputs) of ``stage``."""
-        if stage not in self.stages:
-            raise ValueError(f"{self.name} has no stage {stage!r} (it has {', '.join(self.stages)})")
-        return self.stages[stage]
-
-    def load_stages(self, checkpoint: Path) -> dict[str, nn.Module]:
-        """The network from its public checkpoint (``InputError`` naming the file if it is not one)."""
-        return {STAGE: gfpgan.load(checkpoint)}
-
-
-GFPGAN = Restorer("gfpgan", {STAGE: gfpgan.STAGE_IO}, cpu_backends=("onnxruntime", "pytorch"))
-_RESTORERS = {"gfpgan": GFPGAN}
-
-
-def get_restorer(name: RestoreName) -> Restorer:
-    if name not in _RESTORERS:
-        raise ValueError(f"unknown restorer {name!r}")
-    return _RESTORERS[name]
-
-
-def open_restorer(cfg: RenderConfig, pack_precision: Precision, *, device: str, store: EngineStore,
-                  backend: BackendName) -> RunnerSet:
-    """``cfg.restore``'s network from ``cfg.restore_checkpoint``, opened on ``backend``
-    (auto: the fastest for it here) at the precision the pack's stages run at; an int8 pack
-    runs it at fp32 (it has no int8 graph), saying so in the note. Its runners take up to
-    ``restore_batch(cfg)`` faces a call (the TensorRT profile's)."""
-    if cfg.restore == "none" or cfg.restore_checkpoint is None:
-        raise InternalError(f"open_restorer with restore {cfg.restore!r} and checkpoint {cfg.restore_checkpoint}")
-    restorer = get_restorer(cfg.restore)
-    precision: Precision = "fp32" if pack_precision == "int8" else pack_precision
-    opened = open_runners(restorer, restorer.load_stages(cfg.restore_checkpoint), device=device, store=store,
-                          backend=backend, precision=precision, batch_sizes=[restore_batch(cfg)])
-    if pack_precision == "int8":
-        note = "; ".join(n for n in (f"{restorer.name} has no int8 graph: running fp32", opened.note) if n)
-        return dataclasses.replace(opened, note=note)
-    return opened
-
-
-def restore_batch(cfg: RenderConfig) -> int:
-    """Faces per restoration call: the pack's batch, at most ``MAX_BATCH``."""
-    return min(cfg.batch_size, MAX_BATCH)
 
 
 @dataclass(frozen=True)
@@ -198,31 +130,6 @@ def tile_with_crop(tile: np.ndarray, crop: np.ndarray, base: np.ndarray | None, 
     else:
         out = under + weight * (generated - to_tile(base, to).astype(np.float32))
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def restore_chunk(call: StageCall, inputs: RestoreInputs, crops: np.ndarray, base: np.ndarray | None,
-                  mask: np.ndarray, batch: int = MAX_BATCH) -> Jpegs:
-    """A chunk's generated crops (k, S, S, 3) uint8 (and ``base``, the crops the pack was
-    given, for a "residual" pack) → the restored faces over their boxes, k R × R BGR
-    images (R = ``inputs.size``) as JPEG files; ``batch`` faces at a time through the
-    ``restore`` stage on ``call``."""
-    if len(inputs) != len(crops):
-        raise InternalError(f"a chunk of {len(crops)} crops came with {len(inputs)} aligned tiles")
-    side = inputs.size
-    out: list[bytes] = []
-    for start in range(0, len(crops), batch):
-        part = range(start, min(start + batch, len(crops)))
-        tiles = np.stack([
-            tile_with_crop(inputs.tile(i), crops[i], None if base is None else base[i], inputs.boxes[i],
-                           inputs.matrices[i], mask)
-            for i in part
-        ])  # fmt: skip
-        (output,) = GFPGAN.io(STAGE)[1]
-        restored = gfpgan.to_faces(call(STAGE, {"faces": gfpgan.to_network(tiles)})[output.name])
-        for j, i in enumerate(part):
-            face = from_tile(restored[j], box_grid(inputs.boxes[i], (side, side), inputs.matrices[i]), (side, side))
-            out.append(encode_jpeg(face))
-    return Jpegs.of(out)
 
 
 def side_by_side(unrestored: np.ndarray, restored: np.ndarray, box: np.ndarray) -> bytes | None:

@@ -19,9 +19,7 @@ import logging
 import socket
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -34,43 +32,11 @@ from heygem_ray.errors import EngineError, HeygemError, InternalError, storage_e
 from heygem_ray.hardware import DeviceInfo, cuda_unusable
 from heygem_ray.packs import Features, get_pack
 from heygem_ray.precision import open_first, precision_order
-from heygem_ray.restore import Jpegs, RestoreInputs, open_restorer, restore_batch, restore_chunk
+from heygem_ray.restore import RestoreInputs
+from heygem_ray.restorer import open_restorer, restore_batch, restore_chunk
+from heygem_ray.worker_io import ChunkOutput, GpuUse, WorkerInfo
 
 log = logging.getLogger(__name__)
-
-# What a worker does about a GPU: "none" (none was given to it), "wanted" (Ray gave it one
-# and --device auto: use it, or render on the CPU and say why), "required" (Ray gave it
-# one and --device gpu: use it, or fail to start saying why).
-GpuUse = Literal["none", "wanted", "required"]
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    node: str
-    device: DeviceInfo
-    backend: str
-    precision: str
-    backend_note: str
-    engine_key: str  # the render stage's engine-store entry; "" for pytorch
-    # What the pack's reference stage computes (its weights, code and precision); "" for
-    # packs without one. Templates keep its outputs under this name.
-    reference_key: str = ""
-    calibration: str = ""  # int8: the calibration data's id (backends.int8.CalibrationSet.id)
-    restore: str = "none"  # the restoration stage it runs (config.RestoreName)
-    restore_backend: str = ""  # and on which backend; "" without one
-
-
-@dataclass(frozen=True)
-class ChunkOutput:
-    crops: np.ndarray  # (k, S, S, 3) uint8 BGR generated crops
-    motion_s: float
-    render_s: float
-    worker: WorkerInfo
-    # With restoration: the k restored faces over the crop boxes, R × R BGR JPEG files
-    # (restore.restore_chunk), and the seconds it took.
-    restored: Jpegs | None = None
-    restore_s: float = 0.0
-
 
 def _start_error(exc: Exception) -> EngineError:
     """A start-up error that is not heygem-ray's own, as the worker's error: its type and

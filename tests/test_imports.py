@@ -128,3 +128,25 @@ def test_each_module_imports_first() -> None:
     proc = subprocess.run([sys.executable, "-c", script, *names], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# What the networks need; none of it is needed to run a job's recipe or to route its chunks.
+NETWORK_LIBRARIES = ("torch", "onnx", "onnxruntime", "transformers", "diffusers", "tensorrt")
+LIGHT = """
+import sys
+import heygem_ray.driver.task, heygem_ray.driver.router, heygem_ray.worker_io
+from heygem_ray.packs import get_pack
+for name in ("warp", "wav2lip", "musetalk"):
+    get_pack(name).geometry
+print(" ".join(sorted(m for m in sys.argv[1:] if m in sys.modules)))
+"""
+
+
+def test_a_job_task_and_the_router_load_no_network_library() -> None:
+    """A job task's process (driver/task.py: decode, analyse, features, compose) and the
+    router import neither PyTorch nor a runtime, so each starts in about a second and
+    without their memory; a chunk's output (worker_io) unpickles there without them too."""
+    proc = subprocess.run([sys.executable, "-c", LIGHT, *NETWORK_LIBRARIES], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "", f"loaded: {proc.stdout.strip()}"

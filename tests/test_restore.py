@@ -24,10 +24,10 @@ from heygem_ray.restore import (
     Jpegs,
     RestoreInputs,
     encode_jpeg,
-    restore_chunk,
     restore_size,
     side_by_side,
 )
+from heygem_ray.restorer import restore_chunk
 from tests.helpers.gfpgan_ckpt import write_checkpoint
 
 S = 96  # the pack's crop side in these tests

@@ -35,37 +35,13 @@ from heygem_ray.driver.calls import (
     ask,
 )
 from heygem_ray.driver.pool import WATCH_S, Pool
-from heygem_ray.driver.router import RayService, Router
-from heygem_ray.job import render_job
-from heygem_ray.joblog import fields, job_logging
+from heygem_ray.driver.router import Router
+from heygem_ray.driver.task import job_task
 from heygem_ray.manifest import Job
 from heygem_ray.results import JobResult
-from heygem_ray.worker import WorkerInfo
+from heygem_ray.worker_io import WorkerInfo
 
 log = logging.getLogger(__name__)
-
-
-@ray.remote(num_cpus=1)
-def job_task(job: Job, cfg: RunConfig, workers: int, router: Any) -> JobResult:
-    def frames_done(frames: int) -> None:
-        router.add.remote(frames)
-        metrics.record_frames(frames, cfg.render.pack)
-
-    service = RayService(router, workers, cfg.render.chunk_frames, cfg.workers_ready_timeout_s)
-    with job_logging(job.job_id):
-        result = render_job(job, cfg.render, cfg.cache_dir, service, on_frames=frames_done)
-        _log_result(result)
-    heap.release_free()  # Ray reuses this process for later jobs: hand back what this one freed
-    return result
-
-
-def _log_result(r: JobResult) -> None:
-    """One line per job (the record names the job): a warning if it failed."""
-    if r.status == "ok":
-        log.info("%s", fields(status=r.status, frames=r.frames, seconds=r.seconds,
-                              realtime_factor=r.realtime_factor, backend=r.backend, node=r.node))
-    else:
-        log.warning("%s", fields(status=r.status, step=r.error_step, kind=r.error_kind, error=r.error))
 
 
 # The first progress line while the run waits for its workers, then one this often.

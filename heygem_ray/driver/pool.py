@@ -25,7 +25,7 @@ from heygem_ray.driver.calls import (
     death,
 )
 from heygem_ray.errors import HeygemError, WorkersUnavailable
-from heygem_ray.worker import WorkerInfo
+from heygem_ray.worker_io import WorkerInfo
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from heygem_ray.errors import HeygemError, Interrupted, RunStopped, WorkersUnava
 from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult, Status, read_rows
 from heygem_ray.storage import Location, Uri
-from heygem_ray.worker import WorkerInfo
+from heygem_ray.worker_io import WorkerInfo
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from heygem_ray.geometry import paste_i420
 from heygem_ray.job.context import JobContext
 from heygem_ray.job.service import LOOKAHEAD, ChunkFuture
 from heygem_ray.restore import RestoreInputs, side_by_side
-from heygem_ray.worker import ChunkOutput, WorkerInfo
+from heygem_ray.worker_io import ChunkOutput, WorkerInfo
 
 # The MP4 being written, beside its output (the driver's resume deletes those of lost attempts).
 PARTIAL_SUFFIX = ".part.mp4"

@@ -9,13 +9,16 @@ actor; ``InProcessService`` runs it at once on a ``ModelWorker`` here (tests, de
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from heygem_ray.packs import Features
 from heygem_ray.restore import RestoreInputs
-from heygem_ray.worker import ChunkOutput, ModelWorker
+from heygem_ray.worker_io import ChunkOutput
+
+if TYPE_CHECKING:  # the job tasks import this module and never load the networks' libraries
+    from heygem_ray.worker import ModelWorker
 
 # Chunks rendered ahead of the one being composed, at least: keeps the workers busy
 # while the job composes. A job sends as many ahead as there are workers, so one long

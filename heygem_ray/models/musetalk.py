@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from heygem_ray.errors import InputError
+from heygem_ray.models.sizes import MUSETALK_CROP, MUSETALK_POSITIONS
 
 FILES = {
     "unet_config": "musetalkV15/musetalk.json",
@@ -148,8 +149,8 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) 
 
 # -- the render step, as the public pipeline runs it (scripts/inference.py with its VAE and UNet classes)
 
-CROP = 256  # the face crop's side: 32×32 latents
-POSITIONS = 50  # audio tokens per frame
+CROP = MUSETALK_CROP  # the face crop's side: 32×32 latents
+POSITIONS = MUSETALK_POSITIONS  # audio tokens per frame
 
 
 def position_code(length: int = POSITIONS, width: int = 384) -> torch.Tensor:

@@ -17,15 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CROP_SIZE = 160
-WINDOW = 10  # mel columns per frame (125 ms at 80 columns/s)
+from heygem_ray.models.sizes import WARP_CROP, WARP_MOUTH_Y, WARP_WINDOW
+
+CROP_SIZE = WARP_CROP
+WINDOW = WARP_WINDOW  # mel columns per frame (125 ms at 80 columns/s)
 
 # Band level (normalised mel units, −4 … 4) mapped to opening 0 and 1.
 LEVEL_CLOSED = -3.0
 LEVEL_OPEN = -1.0
 
 # Mouth layout in crop coordinates, and how far the lips move at full opening.
-MOUTH_Y = 0.2
+MOUTH_Y = WARP_MOUTH_Y
 MOUTH_HALF_WIDTH = 0.26
 CHIN_Y = 0.5
 JAW_DROP = 0.085

@@ -37,14 +37,15 @@ from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
 from heygem_ray.features import MEL_STEP, N_MELS
+from heygem_ray.models.sizes import WAV2LIP_EMBED, WAV2LIP_FACE
 
 # MEL_STEP: mel columns per video frame (200 ms at 80 columns/s); N_MELS: mel bands.
 # Both are defined with the features that produce them and re-exported here.
 __all__ = ["EMBED_DIM", "FACE_SIZE", "MEL_STEP", "N_MELS", "ConvBlock", "ConvTransposeBlock", "PhaseConvBlock",
            "Wav2Lip", "convolution_form", "load", "weights_hash"]
 
-FACE_SIZE = 96  # side of the square face crop, pixels
-EMBED_DIM = 512  # channels of the audio embedding and of the face bottleneck
+FACE_SIZE = WAV2LIP_FACE  # side of the square face crop, pixels
+EMBED_DIM = WAV2LIP_EMBED  # channels of the audio embedding and of the face bottleneck
 
 _FIX = "Pass the public wav2lip.pth or wav2lip_gan.pth generator checkpoint, not the discriminator/expert."
 _DP_PREFIX = "module."  # added to every key by nn.DataParallel

@@ -27,14 +27,10 @@ README for where and under which licences.
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from heygem_ray.errors import InputError
 from heygem_ray.features import (
     SAMPLE_RATE,
     WHISPER_FPS,
@@ -46,7 +42,8 @@ from heygem_ray.features import (
     whisper_log_mel,
 )
 from heygem_ray.geometry import CropGeometry, feathered_ellipse
-from heygem_ray.models.musetalk import CROP, FILES, POSITIONS, VAE_SCALE, load, position_code
+from heygem_ray.models.sizes import MUSETALK_CROP as CROP
+from heygem_ray.models.sizes import MUSETALK_POSITIONS as POSITIONS
 from heygem_ray.packs.spec import ChunkFeatures, Features, PackSpec, StageCall, TensorSpec
 
 LATENT = (8, CROP // 8, CROP // 8)  # [masked ‖ whole] latents of a reference crop
@@ -57,10 +54,10 @@ SEGMENT_STATES = STATES[0]
 GEOMETRY = CropGeometry(size=CROP, mode="halves", pad=(0, 10, 0, 0), resample="lanczos")
 # Whisper's feature extractor settings the pack computes log-mels with (its defaults,
 # which are whisper-tiny's); a checkpoint whose preprocessor config differs is refused.
-_EXTRACTOR_SETTINGS = ("feature_size", "sampling_rate", "hop_length", "chunk_length", "n_fft")
+EXTRACTOR_SETTINGS = ("feature_size", "sampling_rate", "hop_length", "chunk_length", "n_fft")
 
 
-def _extractor() -> Any:  # transformers' WhisperFeatureExtractor, imported when a job needs it
+def whisper_extractor() -> Any:  # transformers' WhisperFeatureExtractor, imported when a job needs it
     from transformers import WhisperFeatureExtractor
 
     return WhisperFeatureExtractor()
@@ -71,7 +68,7 @@ def musetalk_features(pcm: Pcm, fps: Fraction, frames: int) -> ChunkFeatures:
     of the n 30 s segments the chunk's windows reach; ``starts`` (k,) int64, each frame's
     first state counted from the first of those segments; ``stop`` (1,) int64, where the
     audio's states end in that count (zeros from there)."""
-    extractor = _extractor()
+    extractor = whisper_extractor()
     length = pcm.samples * WHISPER_FPS // SAMPLE_RATE  # encoder states the audio has
     last: dict[int, np.ndarray] = {}  # chunks come in order: the last segment is often the next one's
 
@@ -103,74 +100,6 @@ def musetalk_chunk(call: StageCall, features: Features, latents: np.ndarray) -> 
     return call("render", {"latents": np.ascontiguousarray(latents, np.float32), "tokens": tokens})["generated"]
 
 
-class MuseTalkReference(nn.Module):
-    """(B, 3, 256, 256) BGR crops in [0, 1] → (B, 8, 32, 32): the scaled latent (the
-    posterior's mode) of the crop with its lower half at −1, then of the whole crop."""
-
-    keep_upper: torch.Tensor  # (1, 1, 256, 256): 1 on rows 0..127, 0 below
-
-    def __init__(self, vae: Any):  # diffusers AutoencoderKL
-        super().__init__()
-        self.vae = vae
-        keep = torch.ones(1, 1, CROP, CROP)
-        keep[..., CROP // 2 :, :] = 0.0  # the mouth's half, to be painted
-        self.register_buffer("keep_upper", keep)
-
-    def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        rgb = crops.flip(1)
-        halves = [self.vae.encode((image - 0.5) / 0.5).latent_dist.mode() for image in (rgb * self.keep_upper, rgb)]
-        return torch.cat(halves, dim=1) * VAE_SCALE
-
-
-class MuseTalkMotion(nn.Module):
-    """(B, 80, 3000) log-mel of 30 s segments → (B, 1500, 5, 384): the Whisper encoder's
-    five hidden states (embeddings, the three inner layers, the normed last), stacked."""
-
-    def __init__(self, whisper: Any):  # transformers WhisperEncoder
-        super().__init__()
-        self.whisper = whisper
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.stack(self.whisper(features, output_hidden_states=True).hidden_states, dim=2)
-
-
-class MuseTalkRender(nn.Module):
-    """(B, 8, 32, 32) reference latents and (B, 50, 384) speech tokens → (B, 3, 256, 256)
-    BGR in [0, 1]: the UNet at t = 0 on the tokens plus their position code, decoded."""
-
-    position: torch.Tensor  # (50, 384) sinusoidal position code
-
-    def __init__(self, unet: Any, vae: Any):  # diffusers UNet2DConditionModel, AutoencoderKL
-        super().__init__()
-        self.unet, self.vae = unet, vae
-        self.register_buffer("position", position_code(*TOKENS))
-
-    def forward(self, latents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        t = torch.zeros((), dtype=torch.long, device=latents.device)
-        painted = self.unet(latents, t, encoder_hidden_states=tokens + self.position).sample
-        image = self.vae.decode(painted / VAE_SCALE).sample  # RGB in [-1, 1]
-        return (image / 2 + 0.5).clamp(0, 1).flip(1)
-
-
-def _load_stages(checkpoint: Path | None) -> dict[str, nn.Module]:
-    if checkpoint is None:
-        raise InputError("the musetalk pack needs --checkpoint DIR (MuseTalk's models/ folder)", kind="bad_argument")
-    models = load(checkpoint)
-    standard = _extractor()
-    differ = [k for k in _EXTRACTOR_SETTINGS if getattr(models.features, k) != getattr(standard, k)]
-    if differ:
-        raise InputError(
-            f"{Path(checkpoint) / FILES['whisper_features']}: {', '.join(differ)} differ from whisper-tiny's "
-            "(the settings MuseTalk 1.5 was trained with); use the file MuseTalk's download script fetches",
-            kind="bad_checkpoint",
-        )
-    return {
-        "reference": MuseTalkReference(models.vae).eval(),
-        "motion": MuseTalkMotion(models.whisper).eval(),
-        "render": MuseTalkRender(models.unet, models.vae).eval(),
-    }
-
-
 def jaw_mask(size: int = CROP) -> np.ndarray:
     """(size, size) float32: 1 over the lower face, inside an ellipse through the crop's
     sides at the nose line and the chin at the bottom, fading over the nose line and the
@@ -194,7 +123,7 @@ PACK = PackSpec(
     paste_mask=jaw_mask(),
     # The model redraws the whole lower face, as Wav2Lip does.
     paste_mode="replace",
-    load_stages=_load_stages,
+    networks="heygem_ray.packs.musetalk_networks",
     # Its full-size UNet is 3.4 GB in fp32: more than one ONNX file holds (2 GB).
     cpu_backends=("pytorch",),
     chunk=musetalk_chunk,

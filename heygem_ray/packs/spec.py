@@ -4,17 +4,20 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 import numpy as np
-import torch
 
 from heygem_ray.features import Pcm
 from heygem_ray.geometry import CropGeometry
+
+if TYPE_CHECKING:  # a spec is read where no network runs (the driver, the job tasks)
+    import torch
 
 # What the model worker gets for a span of output frames [start, stop): most packs, an
 # array (stop − start, *F) float32; a pack with its own ``chunk`` function, named arrays.
@@ -65,15 +68,10 @@ def frame_chunk(call: StageCall, features: Features, crops: np.ndarray) -> np.nd
     return call("render", {"crops": crop_inputs(crops), "codes": codes})["generated"]
 
 
-def same_form(stage: str, module: torch.nn.Module) -> torch.nn.Module:
-    """``PackSpec.int8_form`` of a pack whose stages quantize as they are."""
-    return module
-
-
 class StageSet(Protocol):
     """What the backends and the engine store need of a set of networks: a name for the
     store, each stage's declared I/O, the backends to try on a CPU and the stages that have
-    int8 graphs. A pack (``PackSpec``) is one; the restoration stage (``restore.Restorer``)
+    int8 graphs. A pack (``PackSpec``) is one; the restoration stage (``restorer.Restorer``)
     another."""
 
     @property
@@ -102,7 +100,12 @@ class PackSpec:
     # "residual": paste only what the render stage changed (keeps the frame's detail
     # where the crop is unchanged); "replace": paste the generated crop itself.
     paste_mode: Literal["residual", "replace"]
-    load_stages: Callable[[Path | None], dict[str, torch.nn.Module]]
+    # The module that builds the stages' networks (PyTorch, imported only by ``load_stages``
+    # and ``int8_form``, on a worker): its ``load_stages(checkpoint)`` gives the stages'
+    # modules; an ``int8_form(stage, module)`` there gives the module an int8 stage's
+    # graph is exported from (the same function, to float rounding, in layers the int8
+    # runtimes quantize); without one a stage quantizes as it is.
+    networks: str
     # ``--backend auto`` on a worker without a GPU: the backends to try, fastest first for
     # this pack's layers on a CPU (measured in bench/bench_backends.py).
     cpu_backends: tuple[str, ...] = ("onnxruntime", "pytorch")
@@ -121,9 +124,17 @@ class PackSpec:
     # whatever the reference's mouth does shows through, so a talking take is looped over
     # its still stretch where it has one (``checks.still_span``).
     keeps_reference_mouth: bool = False
-    # (stage, module) → the module an int8 stage's graph is exported from: the same function
-    # (to float rounding) in layers the int8 runtimes quantize.
-    int8_form: Callable[[str, torch.nn.Module], torch.nn.Module] = same_form
+
+    def load_stages(self, checkpoint: Path | None) -> dict[str, torch.nn.Module]:
+        """The stages' modules, in eval mode, from the pack's checkpoint (``InputError``
+        naming the file where it is not one)."""
+        built = importlib.import_module(self.networks).load_stages(checkpoint)
+        return cast("dict[str, torch.nn.Module]", built)
+
+    def int8_form(self, stage: str, module: torch.nn.Module) -> torch.nn.Module:
+        """The module ``stage``'s int8 graph is exported from (see ``networks``)."""
+        form = getattr(importlib.import_module(self.networks), "int8_form", None)
+        return module if form is None else cast("torch.nn.Module", form(stage, module))
 
     def run_reference(self, call: StageCall, crops: np.ndarray) -> np.ndarray:
         """(k, S, S, 3) uint8 BGR crops of reference frames through the ``reference`` stage

@@ -12,14 +12,14 @@ in grid_sample's coordinates (x and y in [-1, 1], y pointing down).
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
-from torch import nn
 
 from heygem_ray.features import MAX_ABS, MEL_FPS, Pcm, mel_column_count, mel_columns
 from heygem_ray.geometry import CropGeometry, feathered_ellipse
-from heygem_ray.models.warp import CROP_SIZE, MOUTH_Y, WINDOW, WarpMotion, WarpRender
+from heygem_ray.models.sizes import WARP_CROP as CROP_SIZE
+from heygem_ray.models.sizes import WARP_MOUTH_Y as MOUTH_Y
+from heygem_ray.models.sizes import WARP_WINDOW as WINDOW
 from heygem_ray.packs.spec import ChunkFeatures, PackSpec, frame_stages
 
 SPEECH_BANDS = slice(8, 64)  # mel bands of most speech energy (~150 Hz – 3.5 kHz)
@@ -74,10 +74,6 @@ def warp_features(pcm: Pcm, fps: Fraction, frames: int) -> ChunkFeatures:
     return chunk
 
 
-def _load_stages(checkpoint: Path | None) -> dict[str, nn.Module]:
-    return {"motion": WarpMotion().eval(), "render": WarpRender().eval()}
-
-
 PACK = PackSpec(
     name="warp",
     geometry=GEOMETRY,
@@ -85,7 +81,7 @@ PACK = PackSpec(
     stages=frame_stages(CROP_SIZE, (WINDOW,), (1,)),
     paste_mask=feathered_ellipse(CROP_SIZE, centre=(0.0, MOUTH_Y + 0.12), radii=(0.5, 0.38), feather=0.25),
     paste_mode="residual",
-    load_stages=_load_stages,
+    networks="heygem_ray.packs.warp_networks",
     # ONNX Runtime's CPU GridSample runs the render stage 3.4× slower than torch's.
     cpu_backends=("pytorch", "onnxruntime"),
     keeps_reference_mouth=True,

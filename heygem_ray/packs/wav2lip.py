@@ -14,23 +14,11 @@ detector's does) padded 10 px at the bottom, clipped to the frame, resized to 96
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
 
-import torch
-from torch import nn
-
-from heygem_ray.errors import InputError
-from heygem_ray.features import Pcm, frame_windows
+from heygem_ray.features import MEL_STEP, N_MELS, Pcm, frame_windows
 from heygem_ray.geometry import CropGeometry, feathered_ellipse
-from heygem_ray.models.wav2lip import (
-    EMBED_DIM,
-    FACE_SIZE,
-    MEL_STEP,
-    N_MELS,
-    Wav2Lip,
-    convolution_form,
-    load,
-)
+from heygem_ray.models.sizes import WAV2LIP_EMBED as EMBED_DIM
+from heygem_ray.models.sizes import WAV2LIP_FACE as FACE_SIZE
 from heygem_ray.packs.spec import ChunkFeatures, PackSpec, frame_stages
 
 GEOMETRY = CropGeometry(size=FACE_SIZE, mode="padded", pad=(0, 10, 0, 0))
@@ -39,52 +27,6 @@ GEOMETRY = CropGeometry(size=FACE_SIZE, mode="padded", pad=(0, 10, 0, 0))
 def wav2lip_features(pcm: Pcm, fps: Fraction, frames: int) -> ChunkFeatures:
     """16 kHz mono waveform → per chunk of frames, (n, 1, 80, 16) float32 mel windows."""
     return lambda chunk: frame_windows(pcm, float(fps), chunk)
-
-
-class Wav2LipMotion(nn.Module):
-    """(B, 1, 80, 16) mel windows → (B, 512, 1, 1) audio codes."""
-
-    def __init__(self, model: Wav2Lip):
-        super().__init__()
-        self.model = model
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_audio(features)
-
-
-class Wav2LipRender(nn.Module):
-    """(B, 3, 96, 96) BGR crops in [0, 1] and (B, 512, 1, 1) codes → (B, 3, 96, 96)."""
-
-    keep_upper: torch.Tensor  # (1, 1, 96, 96): 1 on rows 0..47, 0 below
-
-    def __init__(self, model: Wav2Lip):
-        super().__init__()
-        self.model = model
-        lower = torch.ones(1, 1, FACE_SIZE, FACE_SIZE)
-        lower[..., FACE_SIZE // 2 :, :] = 0.0  # rows 48..95 hidden from the model
-        self.register_buffer("keep_upper", lower)
-
-    def forward(self, crops: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        face = torch.cat([crops * self.keep_upper, crops], dim=1)  # (B, 6, 96, 96)
-        return self.model.decode(face, codes)
-
-
-def _int8_form(stage: str, module: nn.Module) -> nn.Module:
-    """The render stage with its decoder's transposed convolutions as ordinary ones
-    (``models.wav2lip.PhaseConvBlock``), so they quantize too."""
-    if isinstance(module, Wav2LipRender):
-        return Wav2LipRender(convolution_form(module.model)).eval()
-    return module
-
-
-def _load_stages(checkpoint: Path | None) -> dict[str, nn.Module]:
-    if checkpoint is None:
-        raise InputError(
-            "the wav2lip pack needs --checkpoint PATH (the public wav2lip.pth or wav2lip_gan.pth)",
-            kind="bad_argument",
-        )
-    model = load(checkpoint)
-    return {"motion": Wav2LipMotion(model).eval(), "render": Wav2LipRender(model).eval()}
 
 
 PACK = PackSpec(
@@ -96,18 +38,17 @@ PACK = PackSpec(
     # The model redraws the whole lower face: residual pasting would leave ghosts of the
     # old mouth's edges, so the crop replaces the frame under the mask, as in the public code.
     paste_mode="replace",
-    load_stages=_load_stages,
+    networks="heygem_ray.packs.wav2lip_networks",
     # The face encoder and decoder are nearly all of the model time (BENCHMARKS.md, "INT8");
     # the audio encoder is small and stays fp32.
     int8_stages=("render",),
     # The whole graph runs in 8 bits between its input and its output: convolutions (the
-    # decoder's transposed ones among them, in ``_int8_form``), the residual adds, the skip
-    # concatenations, the ReLUs (folded into the quantization where a CPU graph allows) and
-    # the upsampling's pixel shuffle (Reshape, Transpose). Left float, each of them cost a
-    # dequantize, a quantize and a layout change on ONNX Runtime's CPU provider
+    # decoder's transposed ones among them, in ``wav2lip_networks.int8_form``), the
+    # residual adds, the skip concatenations, the ReLUs (folded into the quantization where
+    # a CPU graph allows) and the upsampling's pixel shuffle (Reshape, Transpose). Left
+    # float, each of them cost a dequantize, a quantize and a layout change on ONNX Runtime's CPU provider
     # (BENCHMARKS.md, "INT8 and bf16"). The input mask (Mul) and the output sigmoid stay
     # float: both are cheap, and a quantized sigmoid would round the generated crops to
     # coarser steps than their 8-bit pixels.
     int8_ops=("Conv", "Add", "Concat", "Relu", "Reshape", "Transpose"),
-    int8_form=_int8_form,
 )

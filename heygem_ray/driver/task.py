@@ -1,0 +1,47 @@
+"""The job task: one manifest row run through the recipe on a Ray worker process.
+
+It sends its chunks to the model workers through the router's client (``RayService``)
+and imports nothing of the pool, the model workers or their networks: a job task's
+process never loads PyTorch or the runtimes (decoding, features and compose need
+neither), which saves each of them seconds of start-up and hundreds of MB.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+
+from heygem_ray import heap, metrics
+from heygem_ray.config import RunConfig
+from heygem_ray.driver.router import RayService
+from heygem_ray.job import render_job
+from heygem_ray.joblog import fields, job_logging
+from heygem_ray.manifest import Job
+from heygem_ray.results import JobResult
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=1)
+def job_task(job: Job, cfg: RunConfig, workers: int, router: Any) -> JobResult:
+    def frames_done(frames: int) -> None:
+        router.add.remote(frames)
+        metrics.record_frames(frames, cfg.render.pack)
+
+    service = RayService(router, workers, cfg.render.chunk_frames, cfg.workers_ready_timeout_s)
+    with job_logging(job.job_id):
+        result = render_job(job, cfg.render, cfg.cache_dir, service, on_frames=frames_done)
+        _log_result(result)
+    heap.release_free()  # Ray reuses this process for later jobs: hand back what this one freed
+    return result
+
+
+def _log_result(r: JobResult) -> None:
+    """One line per job (the record names the job): a warning if it failed."""
+    if r.status == "ok":
+        log.info("%s", fields(status=r.status, frames=r.frames, seconds=r.seconds,
+                              realtime_factor=r.realtime_factor, backend=r.backend, node=r.node))
+    else:
+        log.warning("%s", fields(status=r.status, step=r.error_step, kind=r.error_kind, error=r.error))
