@@ -134,6 +134,7 @@ def test_each_module_imports_first() -> None:
 NETWORK_LIBRARIES = ("torch", "onnx", "onnxruntime", "transformers", "diffusers", "tensorrt")
 LIGHT = """
 import sys
+import heygem_ray.cli, heygem_ray.driver.run, heygem_ray.driver.actor
 import heygem_ray.driver.task, heygem_ray.driver.router, heygem_ray.worker_io
 from heygem_ray.packs import get_pack
 for name in ("warp", "wav2lip", "musetalk"):
@@ -142,10 +143,12 @@ print(" ".join(sorted(m for m in sys.argv[1:] if m in sys.modules)))
 """
 
 
-def test_a_job_task_and_the_router_load_no_network_library() -> None:
-    """A job task's process (driver/task.py: decode, analyse, features, compose) and the
-    router import neither PyTorch nor a runtime, so each starts in about a second and
-    without their memory; a chunk's output (worker_io) unpickles there without them too."""
+def test_the_driver_the_job_tasks_and_the_router_load_no_network_library() -> None:
+    """The driver (the CLI, a run), a job task's process (driver/task.py: decode, analyse,
+    features, compose) and the router import neither PyTorch nor a runtime, so each
+    starts in about a second and without their memory. Each of them loads the model
+    worker actor's class (driver/actor.py) with a handle to one, and unpickles a chunk's
+    output (worker_io): both without them too; the actor imports its ``ModelWorker``."""
     proc = subprocess.run([sys.executable, "-c", LIGHT, *NETWORK_LIBRARIES], cwd=REPO, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
