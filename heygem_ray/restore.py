@@ -9,7 +9,7 @@ So, per output frame:
    a JPEG (``job/tiles.py``), with the crop box and the frame → tile similarity
    (``RestoreInputs``).
 2. The worker renders the pack's crop as always, pastes it into the tile through the
-   crop → tile transform with the pack's own mask and paste mode (``tile_with_crop``: the
+   crop → tile transform with the pack's own mask and paste mode (``restorer.tile_with_crop``: the
    tile is then the unrestored output frame, aligned), restores the tiles in batches and
    samples each restored tile over the crop box on an R × R grid (``restorer.restore_chunk``). R is
    the box's side in frame pixels, or in tile pixels where those are fewer
@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from heygem_ray.errors import InternalError
-from heygem_ray.face.align import TILE, box_grid, to_tile
+from heygem_ray.face.align import TILE
 
 # The tiles the job keeps and sends, and the restored faces the worker returns: JPEG, as
 # the template keeps the reference's frames.
@@ -109,27 +109,6 @@ def restore_size(boxes: np.ndarray, matrices: np.ndarray) -> int:
     sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).astype(np.float64)
     tile_per_frame = np.sqrt(np.abs(np.linalg.det(matrices[:, :, :2])))  # tile pixels per frame pixel
     return max(1, int(np.ceil(np.max(sides * np.minimum(1.0, tile_per_frame)))))
-
-
-def tile_with_crop(tile: np.ndarray, crop: np.ndarray, base: np.ndarray | None, box: np.ndarray,
-                   matrix: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The reference ``tile`` (512, 512, 3) uint8 with the pack's generated ``crop`` (S, S, 3)
-    uint8 pasted in, as compose pastes it into the frame: the unrestored output, aligned.
-
-    ``mask`` (S, S) float32 is the pack's paste mask; with ``base`` (the crop the pack was
-    given: its "residual" mode) only the change is pasted, else the crop replaces the tile
-    under the mask."""
-    size = crop.shape[1], crop.shape[0]
-    to = box_grid(box, size, matrix)  # crop pixel → tile
-    weight = cv2.warpAffine(mask, to, (TILE, TILE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                            borderValue=0)[..., None]  # fmt: skip
-    under = tile.astype(np.float32)
-    generated = to_tile(crop, to).astype(np.float32)
-    if base is None:
-        out = weight * generated + (1 - weight) * under
-    else:
-        out = under + weight * (generated - to_tile(base, to).astype(np.float32))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def side_by_side(unrestored: np.ndarray, restored: np.ndarray, box: np.ndarray) -> bytes | None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from torch import nn
 
@@ -20,15 +21,16 @@ from heygem_ray.backends import RunnerSet, open_runners
 from heygem_ray.config import BackendName, RenderConfig, RestoreName
 from heygem_ray.engines import EngineStore, Precision
 from heygem_ray.errors import InternalError
-from heygem_ray.face.align import box_grid, from_tile
+from heygem_ray.face.align import TILE, box_grid, from_tile, to_tile
 from heygem_ray.models import gfpgan
 from heygem_ray.packs import StageCall, StageIO
-from heygem_ray.restore import Jpegs, RestoreInputs, encode_jpeg, tile_with_crop
+from heygem_ray.restore import Jpegs, RestoreInputs, encode_jpeg
 
 STAGE = "restore"
 # Faces per network call: a 512-px face's activations are about 0.3 GB in fp32, and a GPU
 # is near its best rate from batch 16 (docs/restoration.md).
 MAX_BATCH = 16
+
 
 @dataclass(frozen=True)
 class Restorer:
@@ -83,6 +85,27 @@ def open_restorer(cfg: RenderConfig, pack_precision: Precision, *, device: str, 
 def restore_batch(cfg: RenderConfig) -> int:
     """Faces per restoration call: the pack's batch, at most ``MAX_BATCH``."""
     return min(cfg.batch_size, MAX_BATCH)
+
+
+def tile_with_crop(tile: np.ndarray, crop: np.ndarray, base: np.ndarray | None, box: np.ndarray,
+                   matrix: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The reference ``tile`` (512, 512, 3) uint8 with the pack's generated ``crop`` (S, S, 3)
+    uint8 pasted in, as compose pastes it into the frame: the unrestored output, aligned.
+
+    ``mask`` (S, S) float32 is the pack's paste mask; with ``base`` (the crop the pack was
+    given: its "residual" mode) only the change is pasted, else the crop replaces the tile
+    under the mask."""
+    size = crop.shape[1], crop.shape[0]
+    to = box_grid(box, size, matrix)  # crop pixel → tile
+    weight = cv2.warpAffine(mask, to, (TILE, TILE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                            borderValue=0)[..., None]  # fmt: skip
+    under = tile.astype(np.float32)
+    generated = to_tile(crop, to).astype(np.float32)
+    if base is None:
+        out = weight * generated + (1 - weight) * under
+    else:
+        out = under + weight * (generated - to_tile(base, to).astype(np.float32))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def restore_chunk(call: StageCall, inputs: RestoreInputs, crops: np.ndarray, base: np.ndarray | None,
