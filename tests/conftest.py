@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,6 +12,12 @@ from tests.helpers.system import MISSING_PACKAGE
 from tests.helpers.tiers import mark_by_use
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+# OpenMP threads (PyTorch's) that wait asleep, not spinning, in this process and every one
+# it starts (Ray's workers, the CLI): `make test` runs two test processes on two cores
+# beside Ray's, and spinning threads took the time the others needed (BENCHMARKS.md,
+# "Threads that wait"). Set before anything imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # pytester: tests/test_system_packages.py runs pytest on a test file of its own;
 # tests.helpers.s3: the S3 server fixtures (s3_server, s3_env, bucket).
@@ -41,11 +49,30 @@ def ray_local():
     ray.shutdown()
 
 
+# tryfirst: before pytest-xdist's own hook, which reads the xdist_group markers to group
+# the tests (a marker added after it groups nothing: each test went to either worker, and
+# a module's fixtures were built on both).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test by what it uses (tests/helpers/tiers.py): ``make check`` runs those
     that need no Ray, no cluster, no int8 calibration, no end-to-end render and no ONNX export."""
     for item in items:
         mark_by_use(item)
+
+
+# optionalhook: pytest-xdist's hook, on the process that hands out the tests.
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """Stop a ``--dist loadgroup`` run unless each test's id a worker collected carries its
+    group (``id@group``), which is all that tells the scheduler: pytest 9.2 drops it."""
+    loose = [nodeid for nodeid in ids if "@" not in nodeid.rpartition("]")[2].rpartition("::")[2]]
+    if node.config.getvalue("dist") == "loadgroup" and loose:
+        pytest.exit(
+            f"pytest-xdist did not group {len(loose)} tests (the first: {loose[0]}): with pytest "
+            f"{pytest.__version__} --dist loadgroup groups nothing (pytest-dev/pytest-xdist#1386); install the "
+            "versions constraints.txt pins (make setup)",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
 
 
 # tryfirst makes this the outermost wrapper: its lines follow pytest's own sections
