@@ -78,6 +78,10 @@ class OrtRunner:
             raise EngineError(f"{stage}: ONNX graph {path} not found", kind="engine_missing")
         options = ort.SessionOptions()
         options.log_severity_level = _ERROR_ONLY
+        # Idle threads sleep rather than spin: a worker shares its node's cores with the jobs'
+        # decode, compose and encode, and spinning threads take their time (BENCHMARKS.md,
+        # "Threads that wait").
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if intra_op_threads is not None:  # None: ORT's choice (one thread per physical core)
             options.intra_op_num_threads = intra_op_threads
         chosen = providers if providers is not None else default_providers(device)

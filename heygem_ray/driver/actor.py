@@ -8,6 +8,7 @@ the actor's own process, in ``__init__``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -33,6 +34,10 @@ class ActorWorker:
     told apart). Known to the router by its actor name, unique in the run."""
 
     def __init__(self, cfg: RenderConfig, engines_dir: Path, router: Any, device: WorkerDevice):
+        # PyTorch's OpenMP threads wait asleep, not spinning: the actor shares its node's cores
+        # with the job tasks (BENCHMARKS.md, "Threads that wait"). OpenMP reads it as torch
+        # loads, so it is set before the import; a value the user set is kept.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from heygem_ray.worker import ModelWorker  # here, in the actor's process alone (see above)
 
         ctx = ray.get_runtime_context()
