@@ -15,9 +15,10 @@ decoded once however many jobs use it:
 * ``points.npy``: (n, 5, 2) float32 face points per frame (eyes, nose tip, mouth
   corners: ``face.align.alignment_points``), where face restoration aligns the face;
 * ``crops.npy``: (n, S, S, 3) uint8 BGR face crops at the pack's input size;
-* ``faces.npz``: what the reference checks read (``checks.py``): the presenter's steady
-  face boxes (n, 4) float32, the frames the detector found it in (n,) bool, its looks
-  per frame (n, LOOKS) float32 (``face/looks.py``), and the other faces (k, 5) float32.
+* ``faces.npz``: the presenter's face track the crops were cut along (``FaceTrack``:
+  steady face boxes (n, 4) float32, the frames the detector found it in (n,) bool, mouth
+  and chin per frame, its looks per frame (n, LOOKS) float32 (``face/looks.py``) and the
+  other faces (k, 5) float32), which the reference checks read (``checks.py``).
 
 Templates live under ``cache_dir/<key>`` where the key hashes the file's content, the
 detector settings and the crop geometry. Building one is atomic (a temporary folder,
@@ -51,8 +52,9 @@ from heygem_ray.face.track import FaceTrack, Tracker, find_presenter
 from heygem_ray.geometry import CropGeometry, cut_i420
 from heygem_ray.media import yuv
 
-# 4: faces.npz (the reference checks); 5: the I420 frame store and points.npy; 6: both.
-TEMPLATE_VERSION = 6
+# 4: faces.npz (the reference checks); 5: the I420 frame store and points.npy; 6: both;
+# 7: faces.npz holds the whole track.
+TEMPLATE_VERSION = 7
 # A track found in fewer frames than this is taken for detector noise, not a presenter.
 MIN_DETECTED_FRACTION = 0.2
 # The frame store's codec and level: lossless, and cheap both ways (1080p, 2 cores: a frame
@@ -87,6 +89,14 @@ class Template:
             present=np.load(root / "present.npy"),
             points=np.load(root / "points.npy"),
         )
+
+    def track(self) -> FaceTrack:
+        """The presenter's face track the crop boxes were cut along (``faces.npz``)."""
+        with np.load(self.root / FACES_FILE) as saved:
+            return FaceTrack(
+                boxes=saved["boxes"], present=self.present, detected=saved["detected"], mouths=saved["mouths"],
+                chins=saved["chins"], looks=saved["looks"], others=saved["others"],
+            )  # fmt: skip
 
     def crops(self, index: np.ndarray) -> np.ndarray:
         """Reference frame indices (k,) → (k, S, S, 3) uint8 BGR crops."""
@@ -229,12 +239,14 @@ FACES_FILE = "faces.npz"
 
 
 def save_faces(root: Path, track: FaceTrack) -> None:
-    """Keep what the reference checks read of ``track`` in ``root``/faces.npz."""
+    """Keep ``track`` in ``root``/faces.npz (``present`` is ``present.npy``)."""
     n = len(track.boxes)
     np.savez(
         root / FACES_FILE,
         boxes=track.boxes,
         detected=track.detected,
+        mouths=track.mouths,
+        chins=track.chins,
         looks=track.looks if track.looks is not None else np.full((n, len(LOOKS)), np.nan, np.float32),
         others=track.others if track.others is not None else np.zeros((0, 5), np.float32),
     )

@@ -31,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 
-from heygem_ray.analyze import FACES_FILE, Template
+from heygem_ray.analyze import Template
 from heygem_ray.config import LoopMode
 from heygem_ray.face import looks
 from heygem_ray.packs import PackSpec
@@ -106,12 +106,12 @@ class Reference:
 
     @classmethod
     def of(cls, template: Template) -> Reference:
-        with np.load(template.root / FACES_FILE) as saved:
-            return cls(
-                fps=template.fps, frames=template.frames, is_image=template.is_image, faces=saved["boxes"],
-                present=template.present, detected=saved["detected"], looks=saved["looks"],
-                others=saved["others"], crops=template.boxes,
-            )  # fmt: skip
+        track = template.track()  # a template's track has its looks and other faces
+        return cls(
+            fps=template.fps, frames=template.frames, is_image=template.is_image, faces=track.boxes,
+            present=track.present, detected=track.detected, looks=np.asarray(track.looks, np.float32),
+            others=np.asarray(track.others, np.float32), crops=template.boxes,
+        )  # fmt: skip
 
     @property
     def seconds(self) -> float:

@@ -23,11 +23,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from heygem_ray.analyze import analyze, track_reference
+from heygem_ray.analyze import analyze
 from heygem_ray.checks import Reference
 from heygem_ray.config import DetectorConfig
 from heygem_ray.face.track import FaceTrack
-from heygem_ray.media import ffmpeg_exe, probe_video
+from heygem_ray.media import ffmpeg_exe
 from heygem_ray.packs import get_pack
 
 PORTRAIT = Path(__file__).resolve().parents[2] / "examples" / "presenter.jpg"
@@ -274,7 +274,9 @@ def analyse_footage(path: Path, cache_dir: Path, pack: str = "warp", detector: D
     return Reference.of(template)
 
 
-def track_footage(path: Path, detector: DetectorConfig | None = None) -> FaceTrack:
-    """The presenter's track through a clip, as ``analyze`` finds it (once per clip: every
-    pack's crop geometry is cut along the same track)."""
-    return track_reference(probe_video(path), detector or DetectorConfig())
+def track_footage(path: Path, cache_dir: Path, pack: str = "warp") -> FaceTrack:
+    """The presenter's track through a clip, as ``analyze`` keeps it in the clip's template
+    in ``cache_dir`` (once per clip: every pack's crop geometry is cut along the same track;
+    a run with ``pack`` and that cache finds the template)."""
+    template, _ = analyze(path, get_pack(pack).geometry, DetectorConfig(), cache_dir)
+    return template.track()
