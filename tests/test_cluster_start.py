@@ -19,7 +19,6 @@ from heygem_ray import media
 from tests.helpers.raystart import RayStart, photo_batch
 
 HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
-JOIN_AFTER_S = 20
 JOBS = 48
 
 
@@ -64,20 +63,26 @@ def test_with_no_node_joining_the_run_stops_within_its_timeout_saying_what_is_mi
 
 def test_gpu_nodes_that_join_after_the_submit_render_every_row(empty_cluster, batch):
     """Nothing can run when the run starts; it waits, saying so. A node with a GPU joins
-    20 s later; a second one joins once the first one's worker serves: its worker joins
-    a run that is already rendering, and takes chunks too."""
+    once the run says it waits; a second one joins once the first one's worker serves:
+    its worker joins a run that is already rendering, and takes chunks too."""
     stderr = batch / "stderr.txt"
-
-    def join() -> None:
-        time.sleep(JOIN_AFTER_S)
-        empty_cluster.node(num_cpus=2, num_gpus=1)
-        while "workers: " not in stderr.read_text():
-            time.sleep(0.2)
-        empty_cluster.node(num_cpus=1, num_gpus=1)
-
     with open(stderr, "w") as err:
         proc = subprocess.Popen(_command(empty_cluster, batch, batch / "out", "--chunk-frames", "8"),
                                 env=empty_cluster.env(), stdout=subprocess.PIPE, stderr=err, text=True)
+
+    def said(words: str) -> bool:
+        """Whether the run has said ``words`` yet; waits for it while the run goes on."""
+        while words not in stderr.read_text():
+            if proc.poll() is not None:
+                return False
+            time.sleep(0.2)
+        return True
+
+    def join() -> None:
+        if said("waiting for a node to join ("):
+            empty_cluster.node(num_cpus=2, num_gpus=1)
+        if said("workers: "):
+            empty_cluster.node(num_cpus=1, num_gpus=1)
     joiner = threading.Thread(target=join, daemon=True)
     joiner.start()
     stdout, _ = proc.communicate(timeout=600)
