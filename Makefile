@@ -31,7 +31,7 @@ lint: setup
 	$(BIN)/mypy heygem_ray jobs/nightly.py
 
 check: lint
-	$(BIN)/python -m pytest -q -m "not ray and not cluster and not int8 and not render and not networks"
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not ray and not cluster and not int8 and not render and not networks"
 
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
