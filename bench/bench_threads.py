@@ -49,12 +49,10 @@ stage = pack.load_stages(checkpoint)["render"].eval()
 inputs, outputs = pack.io("render")
 feed = {t.name: np.random.default_rng(0).random((BATCH, *t.shape), np.float32) for t in inputs}
 if backend == "onnxruntime":
-    import onnxruntime as ort
+    from bench.bench_int8 import session
     path = export_onnx(stage, inputs, outputs, f"{folder}/render.onnx")
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if mode == "spin" else "0")
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    call = lambda: session.run(None, feed)
+    opened = session(path, **{"session.intra_op.allow_spinning": "1" if mode == "spin" else "0"})
+    call = lambda: opened.run(None, feed)
 else:
     given = [torch.from_numpy(feed[t.name]) for t in inputs]
     def call():

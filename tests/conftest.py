@@ -65,8 +65,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
     """Stop a ``--dist loadgroup`` run unless each test's id a worker collected carries its
     group (``id@group``), which is all that tells the scheduler: pytest 9.2 drops it."""
-    loose = [nodeid for nodeid in ids if "@" not in nodeid.rpartition("]")[2].rpartition("::")[2]]
-    if node.config.getvalue("dist") == "loadgroup" and loose:
+    if node.config.getvalue("dist") != "loadgroup":
+        return
+    # The scheduler's own rule: a group is what follows an "@" after the last "]".
+    loose = [nodeid for nodeid in ids if nodeid.rfind("@") <= nodeid.rfind("]")]
+    if loose:
         pytest.exit(
             f"pytest-xdist did not group {len(loose)} tests (the first: {loose[0]}): with pytest "
             f"{pytest.__version__} --dist loadgroup groups nothing (pytest-dev/pytest-xdist#1386); install the "

@@ -83,6 +83,7 @@ def test_gpu_nodes_that_join_after_the_submit_render_every_row(empty_cluster, ba
             empty_cluster.node(num_cpus=2, num_gpus=1)
         if said("workers: "):
             empty_cluster.node(num_cpus=1, num_gpus=1)
+
     joiner = threading.Thread(target=join, daemon=True)
     joiner.start()
     stdout, _ = proc.communicate(timeout=600)
