@@ -208,6 +208,8 @@ class RenderConfig:
                 where = storage.location(value)  # credentials in the URI are refused first, unshown
                 raise InputError(f"{option} {where}: give a local path (or one every node sees), not a bucket",
                                  kind="bad_argument")
+            if value is not None:  # made absolute where the run starts: see RunConfig's cache_dir
+                object.__setattr__(self, name, Path(value).absolute())
 
     def _check_restore(self) -> None:
         _check_choice("restore", self.restore, RestoreName)
@@ -284,7 +286,13 @@ class RunConfig:
                 "not a bucket: templates are read at random offsets while videos are composed",
                 kind="bad_argument",
             )
-        object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+        # Folders the Ray workers use are made absolute here, where the run starts: a relative
+        # path would be taken from each worker's own working folder, which on a cluster
+        # (--address) is not the one the command ran in. (Rows' files are resolved by the
+        # manifest; output_dir is used by this process only and kept as given, for messages.)
+        object.__setattr__(self, "cache_dir", Path(self.cache_dir).absolute())
+        if isinstance(self.engines_dir, Path):
+            object.__setattr__(self, "engines_dir", self.engines_dir.absolute())
         _check_choice("device", self.device, WorkerDevice)
         if self.workers < 0:
             raise InputError("workers must be 0 (automatic) or more", kind="bad_argument")

@@ -185,6 +185,22 @@ def test_cli_exits_non_zero_when_a_row_fails_and_still_renders_the_rest(tmp_path
     assert tail[21] == "  … and 2 more failures: every row is in results.parquet ('heygem-ray status' sums it up)"
 
 
+def test_the_paths_ray_workers_use_are_made_absolute_where_the_run_starts(tmp_path, monkeypatch):
+    """A relative path would be looked up in each worker's own folder (on a cluster, not the
+    command's): the cache, the engine store and the weights become absolute at once."""
+    from heygem_ray import RenderConfig
+
+    monkeypatch.chdir(tmp_path)
+    render = RenderConfig(pack="wav2lip", checkpoint=Path("w.pth"), calibration=Path("cal.csv"), restore="gfpgan",
+                          restore_checkpoint=Path("gfpgan/v1.4.pth"))
+    cfg = RunConfig(output_dir=Path("out"), cache_dir=Path("cache"), engines_dir=Path("store"), render=render)
+    assert (cfg.cache_dir, cfg.engines_dir) == (tmp_path / "cache", tmp_path / "store")
+    assert (render.checkpoint, render.calibration, render.restore_checkpoint) == (
+        tmp_path / "w.pth", tmp_path / "cal.csv", tmp_path / "gfpgan" / "v1.4.pth")
+    assert cfg.output_dir == Path("out")  # the driver's alone: kept as given, as messages name it
+    assert str(RunConfig(output_dir=Path("out"), engines_dir="s3://b/store").engines_dir) == "s3://b/store"
+
+
 def test_cli_stops_before_work_on_a_broken_manifest(tmp_path):
     (tmp_path / "m.csv").write_text("audio,clip\na.wav,b.mp4\n")
     proc = _cli("submit", "m.csv", cwd=tmp_path)
