@@ -49,6 +49,17 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def ray_join(ray_local) -> dict[str, str]:
+    """The environment of a child (`heygem-ray submit`, a script calling ``submit``) that
+    joins ``ray_local``'s instance through ``RAY_ADDRESS`` instead of starting its own:
+    about 7 CPU-s and 4 s less a run on two cores. Only for runs that do not test how Ray
+    starts, and whose Ray workers need nothing from the child's environment (they get the
+    instance's: a variable for the workers needs an instance of its own, or a runtime_env).
+    Ray set ``RAY_AUTH_MODE=token`` here when it started the instance; children inherit it."""
+    return {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+
+
 # tryfirst: before pytest-xdist's own hook, which reads the xdist_group markers to group
 # the tests (a marker added after it groups nothing: each test went to either worker, and
 # a module's fixtures were built on both).

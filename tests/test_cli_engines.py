@@ -56,10 +56,11 @@ def test_engines_build_exports_each_of_musetalks_three_networks(tmp_path, museta
 
 
 @pytest.mark.skipif(TRT_OK, reason="TensorRT can run here")
-def test_asking_for_tensorrt_where_it_cannot_run_stops_before_any_work(tmp_path):
+def test_asking_for_tensorrt_where_it_cannot_run_stops_before_any_work(tmp_path, ray_join):
     built = cli("engines", "build", "--backend", "tensorrt", "--engines", "es", cwd=tmp_path)
     assert built.returncode == 2 and TRT_WHY in built.stderr
-    proc = cli("submit", str(REPO / "examples" / "manifest.csv"), "--backend", "tensorrt", "-o", "o", cwd=tmp_path)
+    proc = cli("submit", str(REPO / "examples" / "manifest.csv"), "--backend", "tensorrt", "-o", "o", cwd=tmp_path,
+               env=ray_join)
     assert proc.returncode == 2
     assert f"--backend tensorrt cannot run here: {TRT_WHY}" in proc.stderr
     assert not (tmp_path / "o").exists()

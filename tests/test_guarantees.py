@@ -93,14 +93,6 @@ def _fill(folder: Path) -> None:
 
 
 @pytest.fixture
-def ray_tmp() -> Iterator[Path]:
-    """A folder for a child's Ray session: short, as Ray's socket paths must fit; removed after."""
-    where = Path(tempfile.mkdtemp(prefix="hg", dir="/tmp"))
-    yield where
-    shutil.rmtree(where, ignore_errors=True)
-
-
-@pytest.fixture
 def lesson(tmp_path: Path, examples: Path) -> Path:
     """A manifest of one small row (a second of speech on a still photo) in ``tmp_path``."""
     _clip(examples / "lesson1.wav", tmp_path / "a.wav", 1.0)
@@ -242,10 +234,10 @@ def test_a_folder_the_user_may_not_write_says_so(lesson, tmp_path):
     assert proc.stderr.startswith(f"error: {others / 'out'}: permission denied; give the user the run runs as access")
 
 
-def test_a_full_template_cache_fails_the_rows_as_storage_not_internal(lesson, mount, ray_tmp):
+def test_a_full_template_cache_fails_the_rows_as_storage_not_internal(lesson, mount, ray_join):
     cache = mount("cache", size="32k")
     out = lesson.parent / "out"
-    proc = _run([HEYGEM, "submit", "m.csv", "-o", str(out), "--cache-dir", str(cache)], lesson.parent, _env(ray_tmp))
+    proc = _run([HEYGEM, "submit", "m.csv", "-o", str(out), "--cache-dir", str(cache)], lesson.parent, ray_join)
     assert proc.returncode == 1, proc.stderr[-3000:]
     (row,) = pq.read_table(out / "results.parquet").to_pylist()
     assert (row["status"], row["error_kind"], row["error_step"]) == ("failed", "storage", "analyze")
@@ -253,16 +245,17 @@ def test_a_full_template_cache_fails_the_rows_as_storage_not_internal(lesson, mo
     assert "no space left on device; free space on that disk" in row["error"]
 
 
-def test_an_engine_store_on_a_read_only_disk_stops_the_run_with_its_words(lesson, mount, ray_tmp):
+def test_an_engine_store_on_a_read_only_disk_stops_the_run_with_its_words(lesson, mount, ray_join):
     """The model workers cannot write the engines they export: the run stops at once
     with their error (not after --start-timeout as workers that never serve)."""
     store = mount("engines", read_only=True)
     out = lesson.parent / "out"
     proc = _run([HEYGEM, "submit", "m.csv", "-o", str(out), "--backend", "onnxruntime", "--engines", str(store),
                  "--cache-dir", str(lesson.parent / "cache"), "--start-timeout", "300"], lesson.parent,
-                _env(ray_tmp))  # fmt: skip
+                ray_join)  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
+    # The command's own last line (Ray may stream the workers' log lines after it).
+    last = [line for line in proc.stderr.splitlines() if line.startswith("error: ")][-1]
     assert last.startswith(f"error: {store}/") and "read-only file system; remount that file system" in last
     assert not (out / "results.parquet").exists()
 

@@ -117,7 +117,7 @@ def test_ten_hours_of_audio_run_with_flat_memory_when_the_limit_allows(tmp_path,
     wav = make_long_wav(tmp_path / "ten-hours.wav", seconds=36_000)
     script = JOBS.replace('RenderConfig(backend="pytorch", limits', 'RenderConfig(backend="pytorch", loop="trim", limits')
     spec = json.dumps({"long": (str(wav), str(examples / "presenter.mp4"), {"max_audio_seconds": 36_000})})
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path), spec], cwd=ROOT, env=child_env(tmp_path),
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path), spec], cwd=ROOT, env=child_env(scratch=tmp_path),
                           capture_output=True, text=True, timeout=180)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     before = next(float(x.split()[1]) for x in proc.stdout.splitlines() if x.startswith("BEFORE "))
@@ -201,13 +201,13 @@ def test_each_limit_has_its_cli_option(tmp_path, option: str) -> None:
 
 
 
-def test_a_manifest_of_100_000_rows_on_one_missing_file(tmp_path, examples) -> None:
+def test_a_manifest_of_100_000_rows_on_one_missing_file(tmp_path, examples, ray_join) -> None:
     """One job finds the audio missing; the other rows fail at once with the same message,
     without a job of their own or a part file. Before: a Ray task and a part file per row,
     about 12 minutes on 2 cores."""
     rows = 100_000
     (tmp_path / "presenter.mp4").symlink_to(examples / "presenter.mp4")
-    proc = subprocess.run([sys.executable, "-c", SUBMIT, str(tmp_path), str(rows)], cwd=ROOT, env=child_env(),
+    proc = subprocess.run([sys.executable, "-c", SUBMIT, str(tmp_path), str(rows)], cwd=ROOT, env=child_env(ray_join),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("SUBMIT ")).removeprefix("SUBMIT "))

@@ -21,11 +21,12 @@ from tests.helpers.raystart import RayStart, photo_batch
 
 HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
 
-# `heygem-ray submit` run in-process, in a Ray started with a fault on the model workers:
-# Ray runs the hook in each of its worker processes before any task, and the fault named
-# by HEYGEM_TEST_FAULT is injected there. Prints the command's exit status.
+# `heygem-ray submit` run in-process, joined to the test process's Ray instance (RAY_ADDRESS)
+# with a fault on its model workers: Ray runs the hook in each of this job's worker
+# processes before any task, and the fault named by HEYGEM_TEST_FAULT is injected there.
+# Prints the command's exit status.
 FAULTY_SUBMIT = """
-import logging, sys, time
+import logging, os, sys, time
 import ray
 
 
@@ -60,7 +61,7 @@ def inject():
         ModelWorker.run_chunk = wedged
 
 
-ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING,
          runtime_env={"worker_process_setup_hook": inject, "env_vars": {"HEYGEM_TEST_FAULT": sys.argv[1]}})
 from heygem_ray.cli import app
 
@@ -72,12 +73,12 @@ ray.shutdown()
 """
 
 
-def _faulty_submit(fault: str, folder: Path, *args: str) -> tuple[int, str]:
+def _faulty_submit(env: dict[str, str], fault: str, folder: Path, *args: str) -> tuple[int, str]:
     """(exit status, stderr) of the command, which must end within 500 s: far less than a
     run that waited for its workers (--start-timeout, 1800 s by default) would take."""
     command = [sys.executable, "-c", FAULTY_SUBMIT, fault, "submit", str(folder / "m.csv"), "-o", str(folder / "out"),
                "--cache-dir", str(folder / "cache"), "--engines", str(folder / "engines"), *args]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=500)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=500, env=env)
     found = re.search(r"^EXIT (\S+)$", proc.stdout, flags=re.M)
     assert found, proc.stdout[-2000:] + proc.stderr[-3000:]
     return int(found.group(1)), proc.stderr
@@ -103,12 +104,12 @@ def _error_line(stderr: str) -> str:
         ("start_dies", "error: model worker model-worker-"),
     ],
 )
-def test_a_worker_that_fails_or_dies_while_starting_stops_the_run_at_once(tmp_path, examples, fault, said):
+def test_a_worker_that_fails_or_dies_while_starting_stops_the_run_at_once(tmp_path, examples, ray_join, fault, said):
     """With the default start-up timeout (30 min): the run stops at once (the command must
     end within 500 s), with the worker's own error (its type and message) or how it died,
     and exit 2; nothing rendered."""
     photo_batch(tmp_path, examples, 2, 0.5)
-    code, stderr = _faulty_submit(fault, tmp_path)
+    code, stderr = _faulty_submit(ray_join, fault, tmp_path)
     assert code == 2, stderr[-3000:]
     assert _error_line(stderr).startswith(said), stderr[-3000:]
     if fault == "start_dies":
@@ -117,13 +118,13 @@ def test_a_worker_that_fails_or_dies_while_starting_stops_the_run_at_once(tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_workers_that_keep_dying_end_the_run_once_the_restart_budget_is_spent(tmp_path, examples):
+def test_workers_that_keep_dying_end_the_run_once_the_restart_budget_is_spent(tmp_path, examples, ray_join):
     """Each worker dies on the third chunk it renders. One worker, --worker-restarts 1:
     the first death is replaced, the second ends the run at once (not a wait per chunk
     for a worker that never comes), exit 2, and the table says which rows ended and which
     did not."""
     photo_batch(tmp_path, examples, 6, 1.0)  # 25 frames a row: 4 chunks of at most 8
-    code, stderr = _faulty_submit("third_chunk_kills", tmp_path, "--workers", "1", "--worker-restarts", "1",
+    code, stderr = _faulty_submit(ray_join, "third_chunk_kills", tmp_path, "--workers", "1", "--worker-restarts", "1",
                                            "--chunk-frames", "8", "--start-timeout", "300")
     assert code == 2, stderr[-3000:]
     last = _error_line(stderr)
@@ -145,8 +146,9 @@ def test_workers_that_keep_dying_end_the_run_once_the_restart_budget_is_spent(tm
     assert any(r["error_kind"] == "stopped" for r in rows)
 
 
-def test_a_chunk_call_that_hangs_is_stopped_and_its_worker_replaced(tmp_path, examples):
-    """A chunk of 3 frames hangs whichever worker renders it. Past --chunk-timeout (15 s)
+def test_a_chunk_call_that_hangs_is_stopped_and_its_worker_replaced(tmp_path, examples, ray_join):
+    """A chunk of 3 frames hangs whichever worker renders it. Past --chunk-timeout (10 s:
+    timed from when the worker starts the chunk; a chunk here takes under a second)
     its worker is stopped as wedged and replaced, the chunk is sent again, hangs the new
     worker too, and fails its job (`chunk_timeout`) the second time; the other rows
     render next to it, on the replacements."""
@@ -157,8 +159,8 @@ def test_a_chunk_call_that_hangs_is_stopped_and_its_worker_replaced(tmp_path, ex
     rows = [f"good1,{tmp_path / 'good.wav'},{photo}", f"wedge,{tmp_path / 'wedge.wav'},{photo}",
             f"good2,{tmp_path / 'good.wav'},{photo}"]
     (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
-    code, stderr = _faulty_submit("wedge", tmp_path, "--workers", "1", "--chunk-frames", "8",
-                                           "--chunk-timeout", "15", "--chunk-timeout-per-frame", "0")
+    code, stderr = _faulty_submit(ray_join, "wedge", tmp_path, "--workers", "1", "--chunk-frames", "8",
+                                  "--chunk-timeout", "10", "--chunk-timeout-per-frame", "0")
     assert code == 1, stderr[-3000:]
     table = {r["job_id"]: r for r in pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()}
     wedge = table["wedge"]
@@ -170,7 +172,7 @@ def test_a_chunk_call_that_hangs_is_stopped_and_its_worker_replaced(tmp_path, ex
     for job in ("good1", "good2"):
         assert table[job]["status"] == "ok", table[job]
         assert len(media.read_video(Path(table[job]["output"]))[0]) == table[job]["frames"] == 28
-    assert len(re.findall(r"took \d+ s on a chunk of 3 frames, past its limit of 15 s .*stopped as wedged", stderr)) == 2
+    assert len(re.findall(r"took \d+ s on a chunk of 3 frames, past its limit of 10 s .*stopped as wedged", stderr)) == 2
     assert stderr.count("chunk 3 (frames 24-26): its model worker was stopped for taking too long on it "
                         "(ActorDiedError); sending it again") == 1, stderr[-3000:]
 
@@ -216,8 +218,8 @@ def test_a_gpu_worker_that_cannot_use_its_gpu_stops_the_run_or_says_why_it_rende
 
 @pytest.mark.parametrize(("signum", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)],
                          ids=["ctrl-c", "sigterm"])
-def test_a_run_stopped_while_it_waits_for_workers_writes_its_table(tmp_path, examples, signum, to_group):
-    """`--device gpu` on this machine's local Ray (no GPUs): the run waits for a GPU worker.
+def test_a_run_stopped_while_it_waits_for_workers_writes_its_table(tmp_path, examples, ray_join, signum, to_group):
+    """`--device gpu` on the test process's Ray instance (no GPUs): the run waits for a GPU worker.
     Ctrl-C (SIGINT to the terminal's process group) or SIGTERM (to the process, as `ray job
     stop` and `kill` send it) stops it: the table is written, every row 'stopped', exit 130 / 143."""
     photo_batch(tmp_path, examples, 3, 0.5)
@@ -226,8 +228,7 @@ def test_a_run_stopped_while_it_waits_for_workers_writes_its_table(tmp_path, exa
         proc = subprocess.Popen(
             [HEYGEM, "submit", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out"), "--cache-dir",
              str(tmp_path / "cache"), "--device", "gpu", "--start-timeout", "600"],
-            stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
-            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+            stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True, env=ray_join,
         )
     try:
         deadline = time.monotonic() + 240

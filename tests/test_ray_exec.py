@@ -13,7 +13,7 @@ import pytest
 from heygem_ray import RunConfig, media, submit
 from heygem_ray.errors import EngineError
 
-# Each script starts its own Ray, with the dashboard: the state API (list_actors) needs it.
+# Its own Ray, with the dashboard: the state API (list_actors) needs it, and sees only this run's actors.
 CALLBACK_RAISES = """
 import logging, sys, time
 from pathlib import Path
@@ -99,7 +99,7 @@ def test_an_error_in_result_handling_ends_the_actors_and_reaches_the_caller(tmp_
 # when CUDA runs out of memory; 3 frames raise a heygem error of kind "internal". Ray runs
 # the hook in each of its worker processes before any task (`worker_process_setup_hook`).
 FAULTS = """
-import logging, sys
+import logging, os, sys
 from pathlib import Path
 import ray
 from heygem_ray import RenderConfig, RunConfig, submit
@@ -124,7 +124,8 @@ def inject_faults():
     ModelWorker.run_chunk = faulty
 
 
-ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+# The test process's Ray instance (RAY_ADDRESS): the hook runs in this job's workers only.
+ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING,
          runtime_env={"worker_process_setup_hook": inject_faults})
 folder = Path(sys.argv[1])
 cfg = RunConfig(output_dir=folder / "out", cache_dir=folder / "cache", engines_dir=folder / "engines",
@@ -137,7 +138,7 @@ ray.shutdown()
 
 
 @pytest.fixture(scope="module")
-def faults(tmp_path_factory, examples) -> tuple[Path, dict[str, list[str]], str]:
+def faults(tmp_path_factory, examples, ray_join) -> tuple[Path, dict[str, list[str]], str]:
     d = tmp_path_factory.mktemp("faults")
     shutil.copy(examples / "presenter.jpg", d / "p.jpg")
     # 25 frames a second: 28 frames (8+8+8+4) for the good rows, 25, 26 and 27 for the others.
@@ -146,7 +147,8 @@ def faults(tmp_path_factory, examples) -> tuple[Path, dict[str, list[str]], str]
     rows = ["good1,good.wav,p.jpg", "kill,kill.wav,p.jpg", "oom,oom.wav,p.jpg", "internal,internal.wav,p.jpg",
             "good2,good.wav,p.jpg"]
     (d / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
-    proc = subprocess.run([sys.executable, "-c", FAULTS, str(d)], capture_output=True, text=True, timeout=500)
+    proc = subprocess.run([sys.executable, "-c", FAULTS, str(d)], capture_output=True, text=True, timeout=500,
+                          env=ray_join)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     found = [line.split(maxsplit=7) for line in proc.stdout.splitlines() if line.startswith("ROW")]
     return d, {parts[1]: parts[2:] for parts in found}, proc.stderr

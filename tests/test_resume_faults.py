@@ -150,8 +150,9 @@ def test_a_killed_worker_actor_is_restarted_and_every_job_ends_ok_exactly_once(f
         assert 1 <= r["attempts"] <= 3
 
 
-def test_a_driver_killed_mid_run_is_resumed_by_running_it_again(folder):
-    """SIGKILL the whole `heygem-ray submit` process group after its first finished job."""
+def test_a_driver_killed_mid_run_is_resumed_by_running_it_again(folder, ray_join):
+    """SIGKILL the whole `heygem-ray submit` process group (its local Ray too) after its
+    first finished job; run it again (joining the test process's Ray instance)."""
     import os
     import signal
     import sys
@@ -186,7 +187,7 @@ def test_a_driver_killed_mid_run_is_resumed_by_running_it_again(folder):
     # A partial of the job in flight, as a killed run can leave one:
     storage.staging_file(folder / "out" / "job5.mp4", folder, PARTIAL_SUFFIX).write_bytes(b"half a video")
 
-    again = subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=600, env=ray_join)
     assert again.returncode == 0, again.stderr[-3000:]
     table = {r["job_id"]: r for r in pq.read_table(folder / "out" / "results.parquet").to_pylist()}
     assert set(table) == {r.split(",")[0] for r in rows}

@@ -143,9 +143,9 @@ def test_no_partial_or_stray_files_are_left(bad_batch):
     assert not (d / "x.mp4").exists() and not (d.parent / "x.mp4").exists()
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("heygem-ray")
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_readme_demo_command_renders_the_bundled_example(tmp_path):
@@ -169,20 +169,25 @@ def test_readme_demo_command_renders_the_bundled_example(tmp_path):
     assert sum(bool(r["template_cached"]) for r in table if "video" in r["job_id"]) == 1
 
 
-def test_cli_exits_non_zero_when_a_row_fails_and_still_renders_the_rest(tmp_path, examples):
+def test_cli_exits_non_zero_when_a_row_fails_and_still_renders_the_rest(tmp_path, examples, ray_join):
     _silent_wav(tmp_path / "s.wav", 0.5)
     shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
     broken = [f"broken{i},gone{i}.wav,p.jpg" for i in range(22)]
     (tmp_path / "m.csv").write_text("job_id,audio,video\nfine,s.wav,p.jpg\n" + "\n".join(broken) + "\n")
-    proc = _cli("submit", "m.csv", "-o", "o", "--cache-dir", "c", cwd=tmp_path)
+    proc = _cli("submit", "m.csv", "-o", "o", "--cache-dir", "c", cwd=tmp_path, env=ray_join)
     assert proc.returncode == 1
     assert "1 of 23 jobs rendered" in proc.stdout
     assert "[missing_file] row 2 (job 'broken0')" in proc.stderr
     assert (tmp_path / "o" / "fine.mp4").is_file()
+    # The run joined a running instance, whose workers work in another folder: the relative
+    # --cache-dir is still this folder's.
+    assert len(list((tmp_path / "c").glob("*/meta.json"))) == 1
     # The closing list stops at 20 failures and points to the table for the rest.
+    # (Ray may stream the jobs' own log lines after it, unindented.)
     tail = proc.stderr[proc.stderr.index("22 job(s) failed:") :].splitlines()
-    assert len(tail) == 22 and tail[20].startswith("  [missing_file] row 21 ")
-    assert tail[21] == "  … and 2 more failures: every row is in results.parquet ('heygem-ray status' sums it up)"
+    listed = [line for line in tail[1:] if line.startswith("  ")]
+    assert len(listed) == 21 and listed[19].startswith("  [missing_file] row 21 ")
+    assert listed[20] == "  … and 2 more failures: every row is in results.parquet ('heygem-ray status' sums it up)"
 
 
 def test_the_paths_ray_workers_use_are_made_absolute_where_the_run_starts(tmp_path, monkeypatch):
@@ -220,14 +225,14 @@ def test_cli_rejects_bad_options_with_the_choices(tmp_path):
     assert proc.returncode == 2 and "choose one of auto, libx264, h264_nvenc" in proc.stderr
 
 
-def test_a_checkpoint_with_a_wrong_key_stops_before_any_work_naming_the_key(tmp_path):
+def test_a_checkpoint_with_a_wrong_key_stops_before_any_work_naming_the_key(tmp_path, ray_join):
     from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 
     ckpt = write_random_checkpoint(
         tmp_path / "bad.pth", drop_key="face_decoder_blocks.6.0.conv_block.0.weight"
     )
     proc = _cli("submit", str(REPO / "examples" / "manifest.csv"), "--pack", "wav2lip", "--checkpoint", str(ckpt),
-                "-o", "o", cwd=tmp_path)
+                "-o", "o", cwd=tmp_path, env=ray_join)
     assert proc.returncode == 2
     assert "face_decoder_blocks.6.0.conv_block.0.weight" in proc.stderr and str(ckpt) in proc.stderr
     assert not (tmp_path / "o").exists()
@@ -241,12 +246,13 @@ def test_help_explains_each_option(tmp_path):
 
 def test_an_unreachable_cluster_stops_before_any_work_with_exit_2(tmp_path, examples):
     """A Ray Client address where nothing listens: one clear message, exit 2, no output
-    folder (Ray's client gives up after about 30 s)."""
+    folder. Ray's client tries three times, for 5, 10 and 15 s; here for 1 s each."""
     (tmp_path / "m.csv").write_text(f"audio,video\n{examples / 'lesson1.wav'},{examples / 'presenter.jpg'}\n")
     exe = str(Path(sys.executable).with_name("heygem-ray"))
     proc = subprocess.run(
         [exe, "submit", "m.csv", "-o", "out", "--address", "ray://127.0.0.1:9"], cwd=tmp_path, capture_output=True,
         text=True, timeout=180,
+        env=os.environ | {"RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S": "1", "RAY_CLIENT_MAX_CONNECTION_TIMEOUT_S": "1"},
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "error: could not reach the Ray cluster at ray://127.0.0.1:9" in proc.stderr

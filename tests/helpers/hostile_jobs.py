@@ -51,10 +51,12 @@ for name, (audio, video, limits) in cases.items():
 """
 
 
-def child_env(scratch: Path | None = None) -> dict[str, str]:
-    """This checkout first on the path; temporary files (a job's scratch folder) under
-    ``scratch`` if given (not for Ray, whose socket paths must stay short)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+def child_env(base: dict[str, str] | None = None, scratch: Path | None = None) -> dict[str, str]:
+    """``base`` (this process's environment by default) with this checkout first on the
+    path; temporary files (a job's scratch folder) under ``scratch`` if given (not for Ray,
+    whose socket paths must stay short)."""
+    base = dict(os.environ) if base is None else base
+    env = {**base, "PYTHONPATH": os.pathsep.join([str(ROOT), base.get("PYTHONPATH", "")])}
     return env if scratch is None else {**env, "TMPDIR": str(scratch)}
 
 
@@ -62,7 +64,7 @@ def run_jobs(tmp: Path, cases: dict[str, tuple[Path, Path, dict]], timeout: floa
     """Run each case's job in order in one fresh process: (its peak before the jobs, each
     case's row and the peaks after it)."""
     spec = json.dumps({name: (str(a), str(v), limits) for name, (a, v, limits) in cases.items()})
-    proc = subprocess.run([sys.executable, "-c", JOBS, str(tmp), spec], cwd=ROOT, env=child_env(tmp),
+    proc = subprocess.run([sys.executable, "-c", JOBS, str(tmp), spec], cwd=ROOT, env=child_env(scratch=tmp),
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"the jobs' process failed:\n{proc.stderr[-3000:]}")

@@ -5,7 +5,6 @@ mask, and each stage on ONNX Runtime."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -203,7 +202,7 @@ def test_reference_latents_are_computed_once_per_template_frame_and_kept_with_it
     assert np.load(done).all() and np.load(done).shape == (25,)
 
 
-def test_submit_renders_a_lecture_clip_with_musetalk_through_ray(musetalk_folder, tmp_path):
+def test_submit_renders_a_lecture_clip_with_musetalk_through_ray(musetalk_folder, tmp_path, ray_join):
     """``heygem-ray submit --pack musetalk`` on a presenter in a 640×360 lecture frame: the
     row is ok, the lower face (under the jaw mask) is what the model drew, and the rest of
     the frame, the eyes and the slide, is the reference's."""
@@ -211,11 +210,10 @@ def test_submit_renders_a_lecture_clip_with_musetalk_through_ray(musetalk_folder
     _speech(tmp_path / "a.wav", 1.2)
     (tmp_path / "m.csv").write_text("job_id,audio,video\nlesson,a.wav,clip.mp4\n")
     exe = Path(sys.executable).with_name("heygem-ray")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(
         [str(exe), "submit", "m.csv", "-o", "out", "--pack", "musetalk", "--checkpoint", str(musetalk_folder),
          "--cache-dir", "cache", "--engines", "engines", "--device", "cpu", "--workers", "1", "--chunk-frames", "16"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=ray_join,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
