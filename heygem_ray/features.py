@@ -1,6 +1,8 @@
 """Audio features: the mel spectrogram the public Wav2Lip checkpoints were trained on.
 
-``wav2lip_mel`` reproduces the public ``audio.melspectrogram`` (numpy/scipy only):
+``wav2lip_mel`` reproduces the public ``audio.melspectrogram`` (numpy only: scipy.signal,
+which the public code filters with, takes half a second to import in every process that
+reads audio; the two steps it did are written out below, to the bit):
 
 1. pre-emphasis ``y[n] = x[n] - 0.97 x[n-1]``;
 2. STFT: n_fft 800, hop 200 (12.5 ms at 16 kHz, i.e. 80 columns/s), periodic Hann window
@@ -24,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.signal import get_window, lfilter
 
 from heygem_ray.errors import InternalError
 
@@ -39,6 +40,10 @@ REF_LEVEL_DB = 20.0
 MIN_LEVEL_DB = -100.0
 MAX_ABS = 4.0  # normalised values lie in [-MAX_ABS, MAX_ABS]
 MEL_STEP = 16  # mel columns per video frame window (200 ms)
+
+# Periodic Hann window of N_FFT samples, computed as scipy.signal.get_window("hann", N_FFT)
+# does (a cosine over N_FFT + 1 points from -pi to pi, the last dropped): the same bits.
+_HANN = 0.5 + 0.5 * np.cos(np.linspace(-np.pi, np.pi, N_FFT + 1)[:-1])
 
 # Slaney mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above.
 _F_SP = 200.0 / 3  # Hz per mel in the linear part
@@ -125,14 +130,21 @@ class Pcm:
             yield self.read(start, start + size)
 
 
+def _preemphasis(x: np.ndarray) -> np.ndarray:
+    """(n,) float64 → ``y[n] = x[n] - 0.97 x[n-1]``, ``y[0] = x[0]``: the same bits as the
+    public code's ``lfilter([1, -0.97], [1], x)``."""
+    y = x.copy()
+    y[1:] -= PREEMPHASIS * x[:-1]
+    return y
+
+
 def _stft_magnitude(y: np.ndarray) -> np.ndarray:
     """(n,) float64 → (1 + N_FFT // 2, 1 + n // HOP) float64 |STFT|, centred frames."""
     # Reflection, not zeros (see module doc). numpy reflects repeatedly when the signal is
     # shorter than the pad, as librosa does; a 1-sample signal is repeated.
     padded = np.pad(y, N_FFT // 2, mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]  # (T, N_FFT)
-    window = get_window("hann", N_FFT, fftbins=True)  # periodic Hann
-    return np.abs(np.fft.rfft(frames * window, axis=1)).T
+    return np.abs(np.fft.rfft(frames * _HANN, axis=1)).T
 
 
 def wav2lip_mel(wav: np.ndarray) -> np.ndarray:
@@ -143,8 +155,7 @@ def wav2lip_mel(wav: np.ndarray) -> np.ndarray:
     x = np.asarray(wav, dtype=np.float64).reshape(-1)
     if len(x) == 0:  # no audio: one column of silence rather than an error
         x = np.zeros(1)
-    y = lfilter([1.0, -PREEMPHASIS], [1.0], x)
-    return _normalised_mel(_stft_magnitude(y))
+    return _normalised_mel(_stft_magnitude(_preemphasis(x)))
 
 
 def _normalised_mel(magnitude: np.ndarray) -> np.ndarray:
@@ -185,7 +196,7 @@ def mel_columns(pcm: Pcm, first: int, stop: int) -> np.ndarray:
     a, b = min(a, max(0, n - 1 - (hi - n))), max(b, min(n, 1 - lo))
     # Pre-emphasis needs the sample before the span: read it, then drop its output.
     x = pcm.read(a - 1, b).astype(np.float64) if a > 0 else pcm.read(0, b).astype(np.float64)
-    y = lfilter([1.0, -PREEMPHASIS], [1.0], x)
+    y = _preemphasis(x)
     y = y[1:] if a > 0 else y  # y[k] is sample a + k of the pre-emphasised signal
     parts = []
     if lo < 0:  # reflection of samples 1 .. -lo about sample 0
@@ -195,8 +206,7 @@ def mel_columns(pcm: Pcm, first: int, stop: int) -> np.ndarray:
         parts.append(y[n - 1 - (hi - n) - a : n - 1 - a][::-1])
     padded = np.concatenate(parts)  # (hi - lo,) samples lo .. hi-1, reflected
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]  # (stop - first, N_FFT)
-    window = get_window("hann", N_FFT, fftbins=True)
-    return _normalised_mel(np.abs(np.fft.rfft(frames * window, axis=1)).T)
+    return _normalised_mel(np.abs(np.fft.rfft(frames * _HANN, axis=1)).T)
 
 
 def _window_starts(n_cols: int, fps: float | Fraction, n_frames: int | None) -> np.ndarray:

@@ -32,6 +32,17 @@ def _speech_like(seconds: float = 1.5, seed: int = 0) -> np.ndarray:
     return np.clip(wav, -1, 1).astype(np.float32)
 
 
+def test_the_window_and_the_pre_emphasis_are_the_public_codes_to_the_bit():
+    """The two steps the public code takes from scipy.signal, written with numpy."""
+    from scipy.signal import get_window
+
+    from heygem_ray import features
+
+    x = _speech_like().astype(np.float64)
+    assert np.array_equal(features._preemphasis(x), lfilter([1.0, -0.97], [1.0], x))
+    assert np.array_equal(features._HANN, get_window("hann", 800, fftbins=True))
+
+
 def _librosa_reference(wav: np.ndarray) -> np.ndarray:
     """The public ``audio.melspectrogram`` written with librosa, reflect padding explicit."""
     librosa = pytest.importorskip("librosa", reason="librosa is the reference for the mel spectrogram")

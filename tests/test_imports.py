@@ -132,6 +132,8 @@ def test_each_module_imports_first() -> None:
 
 # What the networks need; none of it is needed to run a job's recipe or to route its chunks.
 NETWORK_LIBRARIES = ("torch", "onnx", "onnxruntime", "transformers", "diffusers", "tensorrt")
+# Half a second of every process's start-up, for two steps the audio features write out.
+SLOW_TO_IMPORT = ("scipy.signal",)
 LIGHT = """
 import sys
 import heygem_ray.cli, heygem_ray.driver.run, heygem_ray.driver.actor
@@ -143,13 +145,13 @@ print(" ".join(sorted(m for m in sys.argv[1:] if m in sys.modules)))
 """
 
 
-def test_the_driver_the_job_tasks_and_the_router_load_no_network_library() -> None:
+def test_the_driver_the_job_tasks_and_the_router_load_no_network_library_nor_scipy_signal() -> None:
     """The driver (the CLI, a run), a job task's process (driver/task.py: decode, analyse,
     features, compose) and the router import neither PyTorch nor a runtime, so each
     starts in about a second and without their memory. Each of them loads the model
     worker actor's class (driver/actor.py) with a handle to one, and unpickles a chunk's
     output (worker_io): both without them too; the actor imports its ``ModelWorker``."""
-    proc = subprocess.run([sys.executable, "-c", LIGHT, *NETWORK_LIBRARIES], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", LIGHT, *NETWORK_LIBRARIES, *SLOW_TO_IMPORT], cwd=REPO, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "", f"loaded: {proc.stdout.strip()}"
