@@ -1,4 +1,5 @@
-"""A real two-node Ray cluster on this machine (ray.cluster_utils.Cluster)."""
+"""A real two-node Ray cluster on this machine (ray.cluster_utils.Cluster), without the dashboard:
+nothing here reads it, and its processes cost each cluster seconds of CPU."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import ray
 from ray.cluster_utils import Cluster
 from heygem_ray import RunConfig, submit
 
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
 cluster.add_node(num_cpus=2)
 cluster.wait_for_nodes()
 ray.init(address=cluster.address, logging_level=logging.WARNING)
@@ -64,7 +65,8 @@ gpus = int(sys.argv[2])  # 1: each node declares a (pretend) GPU, so workers are
 # A killed node is declared dead (and its actors with it) after 3 failed health checks a
 # second apart: Ray's default, 5 three seconds apart, only makes the run wait longer.
 health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": gpus, "_system_config": health})
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": gpus, "_system_config": health,
+                                                          "include_dashboard": False})
 leaving = cluster.add_node(num_cpus=2, num_gpus=gpus)
 cluster.wait_for_nodes()
 ray.init(address=cluster.address, logging_level=logging.WARNING)

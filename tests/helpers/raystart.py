@@ -66,8 +66,12 @@ class RayStart:
         return text
 
     def stop(self) -> None:
+        # SIGTERM to each `ray start` process alone: it stops its node's processes and exits
+        # within a second or two. Sent to the whole group, the node's processes got it too
+        # and `ray start` outlived them past the wait below (10 s lost a node).
         for proc, _ in reversed(self._nodes):
-            _signal_group(proc, signal.SIGTERM)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
         for proc, _ in reversed(self._nodes):
             try:
                 proc.wait(10)
