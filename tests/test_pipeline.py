@@ -40,13 +40,19 @@ def job(tmp: Path, audio: Path, video: Path, name: str = "j") -> Job:
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory, examples, warp_service):
+def cache(tmp_path_factory) -> Path:
+    """The module's template cache: presenter.mp4 is analysed once, by ``rendered``."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, examples, warp_service, cache):
     """lesson1.wav on presenter.mp4 (7 s of speech on a 4 s reference)."""
     tmp = tmp_path_factory.mktemp("render")
     cfg = RenderConfig(chunk_frames=48)
-    result = render_job(job(tmp, examples / "lesson1.wav", examples / "presenter.mp4"), cfg, tmp / "cache", warp_service)
+    result = render_job(job(tmp, examples / "lesson1.wav", examples / "presenter.mp4"), cfg, cache, warp_service)
     assert result.status == "ok", result.error
-    template, cached = analyze(examples / "presenter.mp4", get_pack("warp").geometry, cfg.detector, tmp / "cache")
+    template, cached = analyze(examples / "presenter.mp4", get_pack("warp").geometry, cfg.detector, cache)
     assert cached  # the job built it; this call found it
     frames, fps = media.read_video(Path(result.output))
     return result, frames, fps, template
@@ -213,16 +219,16 @@ def test_wav2lip_pack_renders_with_a_checkpoint_in_the_public_format(tmp_path, e
     assert np.abs(frames[:, :, : max(x0 - 8, 1)].astype(int) - still[:, : max(x0 - 8, 1)]).mean() < 3
 
 
-def test_onnxruntime_and_pytorch_render_the_same_video(tmp_path, examples, rendered):
+def test_onnxruntime_and_pytorch_render_the_same_video(tmp_path, examples, rendered, cache):
     result_pt, frames_pt, _, _ = rendered
     service = InProcessService(ModelWorker(RenderConfig(backend="onnxruntime"), engines_dir=tmp_path / "engines"))
     assert service.worker.info.backend == "onnxruntime"
     assert service.worker.info.engine_key.startswith("warp/render/onnxruntime-")
     result = render_job(
         job(tmp_path, examples / "lesson1.wav", examples / "presenter.mp4"), RenderConfig(chunk_frames=48),
-        tmp_path / "cache", service,
+        cache, service,  # the template the PyTorch render used
     )
-    assert result.status == "ok" and result.backend == "onnxruntime"
+    assert result.status == "ok" and result.backend == "onnxruntime" and result.template_cached
     assert result.engine_key == service.worker.info.engine_key
     frames, _ = media.read_video(Path(result.output))
     assert frames.shape == frames_pt.shape
