@@ -68,3 +68,18 @@ def test_no_token_at_all_is_refused_saying_none_was_found(cluster, manifest, tmp
     assert proc.stderr.splitlines() == [
         f"error: the Ray cluster at {cluster.address} requires a token and none was found: {FIX}"
     ], proc.stderr[-3000:]
+
+
+def test_a_token_without_token_mode_is_not_sent_and_the_line_says_so(cluster, manifest, tmp_path):
+    """The right token, but RAY_AUTH_MODE unset: Ray's client sends no token at all (as a
+    user finds after `ray start` wrote ~/.ray/auth_token), so the line must not say that
+    the cluster refused it."""
+    env = {k: v for k, v in cluster.env().items() if k != "RAY_AUTH_MODE"}
+    proc = _submit(cluster, manifest, tmp_path / "out", env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        f"error: the Ray cluster at {cluster.address} requires a token, and this client sends none: RAY_AUTH_MODE "
+        f"is not 'token' here (a token is in RAY_AUTH_TOKEN): {FIX}"
+    ], proc.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
+

@@ -78,7 +78,12 @@ def _token_error(target: str) -> EngineError:
         "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, a file holding it) to the token the cluster's nodes "
         "were started with, and RAY_AUTH_MODE=token"
     )
-    said = f"refused the token from {where}" if where else "requires a token and none was found"
+    if where is None:
+        said = "requires a token and none was found"
+    elif os.environ.get("RAY_AUTH_MODE", "").lower() != "token":  # Ray sends a token only in token mode
+        said = f"requires a token, and this client sends none: RAY_AUTH_MODE is not 'token' here (a token is in {where})"
+    else:
+        said = f"refused the token from {where}"
     return EngineError(f"the Ray cluster at {target} {said}: {fix}", kind="cluster_auth")
 
 
