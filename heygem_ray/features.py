@@ -142,7 +142,12 @@ def _stft_magnitude(y: np.ndarray) -> np.ndarray:
     """(n,) float64 → (1 + N_FFT // 2, 1 + n // HOP) float64 |STFT|, centred frames."""
     # Reflection, not zeros (see module doc). numpy reflects repeatedly when the signal is
     # shorter than the pad, as librosa does; a 1-sample signal is repeated.
-    padded = np.pad(y, N_FFT // 2, mode="reflect")
+    return _padded_magnitude(np.pad(y, N_FFT // 2, mode="reflect"))
+
+
+def _padded_magnitude(padded: np.ndarray) -> np.ndarray:
+    """(m,) float64 signal, already padded → (1 + N_FFT // 2, T) float64 |STFT| of its
+    frames of N_FFT samples every HOP."""
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]  # (T, N_FFT)
     return np.abs(np.fft.rfft(frames * _HANN, axis=1)).T
 
@@ -205,8 +210,7 @@ def mel_columns(pcm: Pcm, first: int, stop: int) -> np.ndarray:
     if hi > n:  # reflection of samples n-1-(hi-n) .. n-2 about sample n-1
         parts.append(y[n - 1 - (hi - n) - a : n - 1 - a][::-1])
     padded = np.concatenate(parts)  # (hi - lo,) samples lo .. hi-1, reflected
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]  # (stop - first, N_FFT)
-    return _normalised_mel(np.abs(np.fft.rfft(frames * _HANN, axis=1)).T)
+    return _normalised_mel(_padded_magnitude(padded))  # stop - first columns
 
 
 def _window_starts(n_cols: int, fps: float | Fraction, n_frames: int | None) -> np.ndarray:
