@@ -19,7 +19,36 @@ from heygem_ray import media
 from tests.helpers.raystart import RayStart, photo_batch
 
 HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
-JOBS = 48
+JOBS = 6
+
+# `heygem-ray submit` run in-process on the cluster (argv[1]) with a gate on its model
+# workers' chunk calls: Ray runs the hook in each of this job's worker processes, and a
+# chunk renders only once the file named by HEYGEM_TEST_GATE (argv[2]) exists. The test
+# opens the gate when the second node's worker has joined, so work is certain to remain
+# for it however fast the first one renders.
+GATED_SUBMIT = """
+import logging, sys
+import ray
+
+
+def gate():
+    import os, time
+    from heygem_ray.worker import ModelWorker
+
+    run_chunk = ModelWorker.run_chunk
+    def gated(self, *args, **kwargs):
+        while not os.path.exists(os.environ["HEYGEM_TEST_GATE"]):
+            time.sleep(0.1)
+        return run_chunk(self, *args, **kwargs)
+    ModelWorker.run_chunk = gated
+
+
+ray.init(address=sys.argv[1], logging_level=logging.WARNING,
+         runtime_env={"worker_process_setup_hook": gate, "env_vars": {"HEYGEM_TEST_GATE": sys.argv[2]}})
+from heygem_ray.cli import app
+
+app(sys.argv[3:])
+"""
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +61,7 @@ def empty_cluster():
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory, examples) -> Path:
-    # Enough work that the second node's worker starts while jobs remain (24 were not
-    # enough on an idle machine: the first worker had rendered them all by then).
-    return photo_batch(tmp_path_factory.mktemp("batch"), examples, JOBS, 4).parent
+    return photo_batch(tmp_path_factory.mktemp("batch"), examples, JOBS, 2).parent
 
 
 def _command(cluster: RayStart, folder: Path, out: Path, *args: str) -> list[str]:
@@ -46,14 +73,14 @@ def _command(cluster: RayStart, folder: Path, out: Path, *args: str) -> list[str
 # cluster with nothing to run on yet, the run waits for a node before it asks for workers.
 def test_with_no_node_joining_the_run_stops_within_its_timeout_saying_what_is_missing(empty_cluster, batch):
     t0 = time.monotonic()
-    proc = subprocess.run(_command(empty_cluster, batch, batch / "never", "--start-timeout", "15"),
+    proc = subprocess.run(_command(empty_cluster, batch, batch / "never", "--start-timeout", "5"),
                           env=empty_cluster.env(), capture_output=True, text=True, timeout=300)
     took = time.monotonic() - t0
     assert proc.returncode == 2, proc.stdout + proc.stderr[-3000:]
-    assert took < 15 + 45, took  # the timeout, plus connecting and starting up
+    assert took < 5 + 45, took  # the timeout, plus connecting and starting up
     last = proc.stderr.strip().splitlines()[-1]
     assert last == (
-        "error: no model worker was ready after 15 s: no node with CPUs or GPUs joined the cluster, and no autoscaler "
+        "error: no model worker was ready after 5 s: no node with CPUs or GPUs joined the cluster, and no autoscaler "
         "reported the node types it adds (with --device auto the first node to join decides between GPU and CPU "
         "workers). Check that nodes can join ('ray status'), or choose with --device gpu or --device cpu"
     ), proc.stderr[-3000:]
@@ -64,10 +91,12 @@ def test_with_no_node_joining_the_run_stops_within_its_timeout_saying_what_is_mi
 def test_gpu_nodes_that_join_after_the_submit_render_every_row(empty_cluster, batch):
     """Nothing can run when the run starts; it waits, saying so. A node with a GPU joins
     once the run says it waits; a second one joins once the first one's worker serves:
-    its worker joins a run that is already rendering, and takes chunks too."""
-    stderr = batch / "stderr.txt"
+    its worker joins a run that is already rendering (the first worker holds chunks at
+    the gate), and takes chunks too."""
+    stderr, gate = batch / "stderr.txt", batch / "gate"
+    submit = _command(empty_cluster, batch, batch / "out", "--chunk-frames", "8")[1:]
     with open(stderr, "w") as err:
-        proc = subprocess.Popen(_command(empty_cluster, batch, batch / "out", "--chunk-frames", "8"),
+        proc = subprocess.Popen([sys.executable, "-c", GATED_SUBMIT, empty_cluster.address, str(gate), *submit],
                                 env=empty_cluster.env(), stdout=subprocess.PIPE, stderr=err, text=True)
 
     def said(words: str) -> bool:
@@ -83,6 +112,12 @@ def test_gpu_nodes_that_join_after_the_submit_render_every_row(empty_cluster, ba
             empty_cluster.node(num_cpus=2, num_gpus=1)
         if said("workers: "):
             empty_cluster.node(num_cpus=1, num_gpus=1)
+        # Open the gate once the second worker is announced (or, if it never is, after
+        # 180 s, so that the run ends and the assertions below say what went wrong).
+        deadline = time.monotonic() + 180
+        while len(re.findall(r"^workers: ", stderr.read_text(), flags=re.M)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        gate.touch()
 
     joiner = threading.Thread(target=join, daemon=True)
     joiner.start()
@@ -99,7 +134,7 @@ def test_gpu_nodes_that_join_after_the_submit_render_every_row(empty_cluster, ba
     assert announced == [1, 1], proc.stderr[-3000:]
     assert len({r["node"] for r in rows}) == 2, [r["node"] for r in rows]
     for r in rows:
-        assert len(media.read_video(Path(r["output"]))[0]) == r["frames"] == 100
+        assert len(media.read_video(Path(r["output"]))[0]) == r["frames"] == 50
     assert not [p for p in (batch / "out").iterdir() if p.name.endswith(".part.mp4")]
 
 
