@@ -19,7 +19,7 @@ from heygem_ray import media
 from tests.helpers.raystart import RayStart, photo_batch
 
 HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
-JOBS = 6
+JOBS = 8
 
 # `heygem-ray submit` run in-process on the cluster (argv[1]) with a gate on its model
 # workers' chunk calls: Ray runs the hook in each of this job's worker processes, and a
@@ -61,7 +61,7 @@ def empty_cluster():
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory, examples) -> Path:
-    return photo_batch(tmp_path_factory.mktemp("batch"), examples, JOBS, 2).parent
+    return photo_batch(tmp_path_factory.mktemp("batch"), examples, JOBS, 1).parent
 
 
 def _command(cluster: RayStart, folder: Path, out: Path, *args: str) -> list[str]:
@@ -92,9 +92,11 @@ def test_gpu_nodes_that_join_after_the_submit_render_every_row(empty_cluster, ba
     """Nothing can run when the run starts; it waits, saying so. A node with a GPU joins
     once the run says it waits; a second one joins once the first one's worker serves:
     its worker joins a run that is already rendering (the first worker holds chunks at
-    the gate), and takes chunks too."""
+    the gate until then), and takes chunks too: when the gate opens, the first chunk
+    sent goes to the worker with the fewest in flight, the new one."""
     stderr, gate = batch / "stderr.txt", batch / "gate"
-    submit = _command(empty_cluster, batch, batch / "out", "--chunk-frames", "8")[1:]
+    # One chunk a row (25 frames), so that a row's node is the one whose worker rendered it.
+    submit = _command(empty_cluster, batch, batch / "out", "--chunk-frames", "32")[1:]
     with open(stderr, "w") as err:
         proc = subprocess.Popen([sys.executable, "-c", GATED_SUBMIT, empty_cluster.address, str(gate), *submit],
                                 env=empty_cluster.env(), stdout=subprocess.PIPE, stderr=err, text=True)
@@ -134,7 +136,7 @@ def test_gpu_nodes_that_join_after_the_submit_render_every_row(empty_cluster, ba
     assert announced == [1, 1], proc.stderr[-3000:]
     assert len({r["node"] for r in rows}) == 2, [r["node"] for r in rows]
     for r in rows:
-        assert len(media.read_video(Path(r["output"]))[0]) == r["frames"] == 50
+        assert len(media.read_video(Path(r["output"]))[0]) == r["frames"] == 25
     assert not [p for p in (batch / "out").iterdir() if p.name.endswith(".part.mp4")]
 
 
