@@ -23,6 +23,7 @@ from heygem_ray.errors import InputError
 from heygem_ray.job import InProcessService, render_job, scratch
 from heygem_ray.manifest import Job
 from heygem_ray.packs import get_pack
+from heygem_ray.steps import TIMED
 from heygem_ray.timeline import loop_indices
 from heygem_ray.worker import ModelWorker
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint
@@ -180,6 +181,21 @@ def test_reference_is_looped_ping_pong(tmp_path, examples, warp_service):
     shown = dist.argmin(axis=1)
     assert len(frames) == 75
     assert shown.tolist() == loop_indices(75, 25, "pingpong").tolist()
+
+
+def test_the_rows_step_seconds_account_for_the_job_the_encoders_tail_included(tmp_path, examples, warp_service):
+    """x264 holds the frames of its lookahead (40 at `medium`) and encodes them once the
+    stream ends: for 25 frames, all of its work comes after the last frame is written.
+    That wait, and the publish, are compose's; the steps add up to the job's time."""
+    audio = tmp_path / "a.wav"
+    subprocess.run(
+        [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "1", str(audio)], check=True
+    )
+    cfg = RenderConfig(backend="pytorch", preset="medium")
+    result = render_job(job(tmp_path, audio, examples / "presenter.jpg"), cfg, tmp_path / "cache", warp_service)
+    assert result.status == "ok" and result.frames == 25, result.error
+    timed = {step: getattr(result, f"{step}_s") or 0.0 for step in TIMED}
+    assert sum(timed.values()) > 0.9 * result.seconds, (result.seconds, timed)
 
 
 def _marked_reference(photo: Path, out: Path, frames: int) -> Path:

@@ -110,8 +110,11 @@ def render_and_compose(ctx: JobContext) -> Composed:
                     last = compose_next()
             while pending:
                 last = compose_next()
-            steps.current = "compose"
-        storage.publish(partial, ctx.output)
+            # The encoder's tail (x264 still holds the frames of its lookahead: seconds at
+            # 4K) and the publish (a rename, or an upload to a bucket) are compose too.
+            with steps("compose"):
+                writer.finish()
+                storage.publish(partial, ctx.output)
     finally:
         partial.unlink(missing_ok=True)
     if last is None:

@@ -149,6 +149,17 @@ class VideoWriter:
             proc.close()
             self.path.unlink(missing_ok=True)
             return  # the exception propagates
+        self._finish(proc)
+
+    def finish(self) -> None:
+        """End the stream and wait for the encoder to write the file (it holds frames in its
+        lookahead: at 4K, seconds of work). Leaving the ``with`` block does it otherwise."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            raise InternalError("VideoWriter.finish called outside its `with` block, or twice")
+        self._finish(proc)
+
+    def _finish(self, proc: FfmpegProcess) -> None:
         rc = proc.wait()
         if rc != 0 or not self.path.is_file():
             self._fail(proc, f"ffmpeg exited with status {rc} after {self.frames_written} frames")
