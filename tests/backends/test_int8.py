@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -199,10 +200,13 @@ def test_auto_falls_back_to_the_next_precision_with_the_reason(stages, store, ba
         chosen.close()
 
 
-def test_the_gates_verdict_is_kept_in_the_store_and_read_back(stages, bad, tmp_path) -> None:
+def test_the_gates_verdict_is_kept_in_the_store_and_read_back(stages, store, bad, tmp_path) -> None:
     """The gate judges an int8 set once per store: a worker opening the same set again reads
     the verdict (figures written into the record are what it reports), a record that does
     not read is judged again, and another calibration is another verdict."""
+    # A store of its own, holding the graphs of the session's (the tests above built the
+    # int8 graph of `bad` there) but none of its verdicts, so the first open judges.
+    shutil.copytree(store.root, tmp_path / "engines", ignore=shutil.ignore_patterns("gates", ".lock"))
     store = EngineStore(tmp_path / "engines")
 
     def open_note(cal: CalibrationSet) -> str:
