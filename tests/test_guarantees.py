@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from typer.testing import CliRunner
 from heygem_ray import media
 from heygem_ray.cli import app
 from heygem_ray.errors import InputError
+from tests.helpers.raystart import RayStart
 from tests.jobs import NIGHTLY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,10 +51,9 @@ def _clip(src: Path, dst: Path, seconds: float) -> Path:
     return dst
 
 
-def _env(ray_tmp: Path | None = None) -> dict[str, str]:
-    """A child's environment: its own local Ray (under ``ray_tmp``, when given)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return env | ({"RAY_TMPDIR": str(ray_tmp)} if ray_tmp else {})
+def _env() -> dict[str, str]:
+    """A child's environment: its own local Ray."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -107,9 +106,12 @@ def lesson(tmp_path: Path, examples: Path) -> Path:
 @pytest.fixture(scope="module")
 def keyed_run(tmp_path_factory, examples) -> dict:
     """A manifest with credentials in three cells, run by the CLI, reported on, and run by
-    the nightly job; the Ray session's files (its logs) kept in one place to search."""
+    the nightly job, both on one Ray instance of this fixture's, whose files (its logs)
+    are kept in one place to search."""
     d = tmp_path_factory.mktemp("keyed")
-    ray_tmp = Path(tempfile.mkdtemp(prefix="hgk", dir="/tmp"))  # short: Ray's socket paths must fit
+    cluster = RayStart()
+    cluster.head(num_cpus=2)
+    ray_env = cluster.env() | {"RAY_ADDRESS": cluster.address}
     _clip(examples / "lesson1.wav", d / "a.wav", 1.0)
     shutil.copy(examples / "presenter.jpg", d / "p.jpg")
     rows = [
@@ -120,12 +122,14 @@ def keyed_run(tmp_path_factory, examples) -> dict:
     ]
     (d / "m.csv").write_text("job_id,audio,video,output\n" + "\n".join(rows) + "\n")
     common = ["--cache-dir", str(d / "cache"), "--engines", str(d / "engines")]
-    submit = _run([HEYGEM, "submit", "m.csv", "-o", "out", *common], d, _env(ray_tmp))
-    made = _run([HEYGEM, "report", "out", "--thumbnails", "0"], d)
-    nightly = _run([sys.executable, str(NIGHTLY), "m.csv", "nights", "--date", "2026-01-02", *common], d,
-                   _env(ray_tmp))  # fmt: skip
-    yield {"dir": d, "ray_tmp": ray_tmp, "submit": submit, "report": made, "nightly": nightly}
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    try:
+        submit = _run([HEYGEM, "submit", "m.csv", "-o", "out", *common], d, ray_env)
+        made = _run([HEYGEM, "report", "out", "--thumbnails", "0"], d)
+        nightly = _run([sys.executable, str(NIGHTLY), "m.csv", "nights", "--date", "2026-01-02", *common], d, ray_env)
+    finally:
+        cluster.stop()
+    yield {"dir": d, "ray_tmp": cluster.temp, "submit": submit, "report": made, "nightly": nightly}
+    shutil.rmtree(cluster.temp, ignore_errors=True)
 
 
 def test_cells_with_credentials_fail_their_rows_with_the_uri_shown_without_them(keyed_run):
