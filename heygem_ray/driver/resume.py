@@ -141,7 +141,8 @@ def _merged_rows(
     def row_of(job: Job) -> JobResult:
         if missing is not None and (known := missing.row_of(job)) is not None:
             # failed at once: any part file of the job is an earlier run's
-            return dataclasses.replace(known, run_id=run_id)
+            known.run_id = run_id  # a row made for this call
+            return known
         found = _read_part(output_dir, job)
         if found is not None and job.row not in skipped and found.get("run_id") != run_id:
             found = None  # an earlier run's row: this run's job did not end
@@ -160,7 +161,10 @@ def _merged_rows(
                 )
             return lost
         result = JobResult.from_row(found)
-        return _as_skipped(result, job) if job.row in skipped else dataclasses.replace(result, extra=job.extra)
+        if job.row in skipped:
+            return _as_skipped(result, job)
+        result.extra = job.extra
+        return result
 
     if isinstance(output_dir, Path):
         yield from map(row_of, jobs)
