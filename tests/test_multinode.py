@@ -11,20 +11,49 @@ import pytest
 
 from heygem_ray import media
 
+# The two workers' chunk calls wait at a gate (a file) that opens once both serve: the
+# rows whose jobs start after that (more rows than the 4 CPUs run at once) have their one
+# chunk sent to the worker with the fewest in flight, so both render, however slowly the
+# second worker starts.
 SCRIPT = """
 import logging, sys
 from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 from heygem_ray import RunConfig, submit
+from heygem_ray.driver import RunCallbacks
+
+
+def gate():
+    import os, time
+    from heygem_ray.worker import ModelWorker
+
+    run_chunk = ModelWorker.run_chunk
+    def gated(self, *args, **kwargs):
+        while not os.path.exists(os.environ["HEYGEM_TEST_GATE"]):
+            time.sleep(0.1)
+        return run_chunk(self, *args, **kwargs)
+    ModelWorker.run_chunk = gated
+
+
+class OpenWhenBothServe(RunCallbacks):
+    serving = 0
+
+    def workers(self, infos):
+        self.serving += len(infos)
+        if self.serving >= 2:
+            open_gate.touch()
+
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
 cluster.add_node(num_cpus=2)
 cluster.wait_for_nodes()
-ray.init(address=cluster.address, logging_level=logging.WARNING)
 folder = Path(sys.argv[1])
+open_gate = folder / "gate"
+ray.init(address=cluster.address, logging_level=logging.WARNING,
+         runtime_env={"worker_process_setup_hook": gate, "env_vars": {"HEYGEM_TEST_GATE": str(open_gate)}})
 summary = submit(folder / "m.csv", RunConfig(output_dir=folder / "out", cache_dir=folder / "cache",
-                 engines_dir=folder / "engines", workers=2))
+                 engines_dir=folder / "engines", workers=2), OpenWhenBothServe())
 nodes = {n["NodeID"][:8] for n in ray.nodes() if n["Alive"]}
 for r in summary.results:
     print("ROW", r.job_id, r.status, r.node, r.error or "")
@@ -39,14 +68,14 @@ def test_jobs_render_on_more_than_one_node(tmp_path, examples):
     subprocess.run(
         [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "1", str(audio)], check=True
     )
-    rows = [f"job{i},a.wav,{examples / 'presenter.jpg'}" for i in range(4)]
+    rows = [f"job{i},a.wav,{examples / 'presenter.jpg'}" for i in range(8)]
     (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert "NODES 2" in lines
     found = [line.split() for line in lines if line.startswith("ROW")]
-    assert len(found) == 4 and all(parts[2] == "ok" for parts in found), lines
+    assert len(found) == 8 and all(parts[2] == "ok" for parts in found), lines
     # The `node` column names the worker that rendered each job: both nodes served jobs.
     assert len({parts[3] for parts in found}) == 2
     for parts in found:
