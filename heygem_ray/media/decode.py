@@ -135,9 +135,10 @@ def _audio_blocks(
         demuxer = container.format.name
     # FFmpeg's WAV demuxer hands out 4 KiB packets unless told otherwise, and each costs
     # it a trip through the kernel and its filters: ten hours of 16 kHz mono took 25 s,
-    # most of it system time; in 1 MiB packets, 2 s. (The option exists for WAV alone:
-    # FFmpeg refuses it for other formats.) The samples are the same.
-    packets = {"max_size": _READ_CHUNK} if demuxer == "wav" else {}
+    # most of it system time; in 1 MiB packets, 2 s (bench/bench_wav.py). The samples are
+    # the same. The option is the WAV demuxer's alone (FFmpeg refuses it for any other),
+    # so that demuxer is named with it: the one the probe above found.
+    packets = {"format": "wav", "max_size": _READ_CHUNK} if demuxer == "wav" else {}
     # ac: the pipe carries exactly this many channels per sample, as ffmpeg is told rather
     # than as we might guess from its output, so the samples cannot be misaligned. It is the
     # stream's own count: nothing is remixed, and every channel weighs the same in the mean.
