@@ -16,39 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from heygem_ray import media
+from tests.helpers.gate import GATED_CLI, open_once_serving
 from tests.helpers.raystart import RayStart, photo_batch
 
 HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
 JOBS = 8
 
-# `heygem-ray submit` run in-process on the cluster (argv[1]) with a gate on its model
-# workers' chunk calls: Ray runs the hook in each of this job's worker processes, and a
-# chunk renders only once the file named by HEYGEM_TEST_GATE (argv[2]) exists. The test
-# opens the gate when the second node's worker has joined, so work is certain to remain
-# for it however fast the first one renders.
-GATED_SUBMIT = """
-import logging, sys
-import ray
-
-
-def gate():
-    import os, time
-    from heygem_ray.worker import ModelWorker
-
-    run_chunk = ModelWorker.run_chunk
-    def gated(self, *args, **kwargs):
-        while not os.path.exists(os.environ["HEYGEM_TEST_GATE"]):
-            time.sleep(0.1)
-        return run_chunk(self, *args, **kwargs)
-    ModelWorker.run_chunk = gated
-
-
-ray.init(address=sys.argv[1], logging_level=logging.WARNING,
-         runtime_env={"worker_process_setup_hook": gate, "env_vars": {"HEYGEM_TEST_GATE": sys.argv[2]}})
-from heygem_ray.cli import app
-
-app(sys.argv[3:])
-"""
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +71,7 @@ def test_gpu_nodes_that_join_after_the_submit_render_every_row(empty_cluster, ba
     # One chunk a row (25 frames), so that a row's node is the one whose worker rendered it.
     submit = _command(empty_cluster, batch, batch / "out", "--chunk-frames", "32")[1:]
     with open(stderr, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", GATED_SUBMIT, empty_cluster.address, str(gate), *submit],
+        proc = subprocess.Popen([sys.executable, "-c", GATED_CLI, empty_cluster.address, str(gate), *submit],
                                 env=empty_cluster.env(), stdout=subprocess.PIPE, stderr=err, text=True)
 
     def said(words: str) -> bool:
@@ -114,12 +87,7 @@ def test_gpu_nodes_that_join_after_the_submit_render_every_row(empty_cluster, ba
             empty_cluster.node(num_cpus=2, num_gpus=1)
         if said("workers: "):
             empty_cluster.node(num_cpus=1, num_gpus=1)
-        # Open the gate once the second worker is announced (or, if it never is, after
-        # 180 s, so that the run ends and the assertions below say what went wrong).
-        deadline = time.monotonic() + 180
-        while len(re.findall(r"^workers: ", stderr.read_text(), flags=re.M)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        gate.touch()
+        open_once_serving(stderr, gate, 2)
 
     joiner = threading.Thread(target=join, daemon=True)
     joiner.start()

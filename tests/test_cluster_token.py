@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from heygem_ray import media
+from tests.helpers.gate import GATED_CLI, open_once_serving
 from tests.helpers.raystart import RayStart, photo_batch
 
 HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
@@ -31,23 +33,40 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory, examples) -> Path:
-    return photo_batch(tmp_path_factory.mktemp("token"), examples, 3, 1)
+    # More rows than the cluster's 3 CPUs run at once: see the first test.
+    return photo_batch(tmp_path_factory.mktemp("token"), examples, 6, 1)
+
+
+def _args(cluster: RayStart, manifest: Path, out: Path) -> list[str]:
+    folder = manifest.parent
+    return ["submit", str(manifest), "-o", str(out), "--address", cluster.address,
+            "--cache-dir", str(folder / "cache"), "--engines", str(folder / "engines"), "--workers", "2"]
 
 
 def _submit(cluster: RayStart, manifest: Path, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    folder = manifest.parent
-    return subprocess.run(
-        [HEYGEM, "submit", str(manifest), "-o", str(out), "--address", cluster.address,
-         "--cache-dir", str(folder / "cache"), "--engines", str(folder / "engines"), "--workers", "2"],
-        env=env, capture_output=True, text=True, timeout=400,
-    )
+    return subprocess.run([HEYGEM, *_args(cluster, manifest, out)], env=env, capture_output=True, text=True,
+                          timeout=400)
 
 
 def test_a_client_with_the_token_renders_on_both_nodes(cluster, manifest):
-    proc = _submit(cluster, manifest, manifest.parent / "out", cluster.env())
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    rows = pq.read_table(manifest.parent / "out" / "results.parquet").to_pylist()
-    assert [r["status"] for r in rows] == ["ok"] * 3, rows
+    """With the token, the run renders, and on both nodes: the two workers go to the two
+    nodes, and their chunk calls wait at a gate (tests/helpers/gate.py) until both serve,
+    so the rows whose jobs start after that (one chunk each) go to the worker with the
+    fewest in flight, whichever was slower to start. (The gate's script connects before
+    the command does; the command's own connection with the token is the one
+    test_cluster_start.py's runs make, with --address.)"""
+    folder = manifest.parent
+    stderr, gate = folder / "stderr.txt", folder / "gate"
+    with open(stderr, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", GATED_CLI, cluster.address, str(gate),
+                                 *_args(cluster, manifest, folder / "out")],
+                                env=cluster.env(), stdout=subprocess.PIPE, stderr=err, text=True)
+    threading.Thread(target=open_once_serving, args=(stderr, gate, 2), daemon=True).start()
+    stdout, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, stdout[-2000:] + stderr.read_text()[-3000:]
+    rows = pq.read_table(folder / "out" / "results.parquet").to_pylist()
+    assert [r["status"] for r in rows] == ["ok"] * 6, rows
+    assert len({r["node"] for r in rows}) == 2, [r["node"] for r in rows]
     for r in rows:
         assert len(media.read_video(Path(r["output"]))[0]) == 25
 

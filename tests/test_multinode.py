@@ -10,8 +10,9 @@ import sys
 import pytest
 
 from heygem_ray import media
+from tests.helpers.gate import GATE_HOOK
 
-# The two workers' chunk calls wait at a gate (a file) that opens once both serve: the
+# The two workers' chunk calls wait at a gate (tests/helpers/gate.py) that opens once both serve: the
 # rows whose jobs start after that (more rows than the 4 CPUs run at once) have their one
 # chunk sent to the worker with the fewest in flight, so both render, however slowly the
 # second worker starts.
@@ -22,19 +23,7 @@ import ray
 from ray.cluster_utils import Cluster
 from heygem_ray import RunConfig, submit
 from heygem_ray.driver import RunCallbacks
-
-
-def gate():
-    import os, time
-    from heygem_ray.worker import ModelWorker
-
-    run_chunk = ModelWorker.run_chunk
-    def gated(self, *args, **kwargs):
-        while not os.path.exists(os.environ["HEYGEM_TEST_GATE"]):
-            time.sleep(0.1)
-        return run_chunk(self, *args, **kwargs)
-    ModelWorker.run_chunk = gated
-
+""" + GATE_HOOK + """
 
 class OpenWhenBothServe(RunCallbacks):
     serving = 0
@@ -50,8 +39,7 @@ cluster.add_node(num_cpus=2)
 cluster.wait_for_nodes()
 folder = Path(sys.argv[1])
 open_gate = folder / "gate"
-ray.init(address=cluster.address, logging_level=logging.WARNING,
-         runtime_env={"worker_process_setup_hook": gate, "env_vars": {"HEYGEM_TEST_GATE": str(open_gate)}})
+ray.init(address=cluster.address, logging_level=logging.WARNING, runtime_env=gated(open_gate))
 summary = submit(folder / "m.csv", RunConfig(output_dir=folder / "out", cache_dir=folder / "cache",
                  engines_dir=folder / "engines", workers=2), OpenWhenBothServe())
 nodes = {n["NodeID"][:8] for n in ray.nodes() if n["Alive"]}
