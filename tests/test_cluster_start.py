@@ -23,7 +23,6 @@ HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
 JOBS = 8
 
 
-
 @pytest.fixture(scope="module")
 def empty_cluster():
     cluster = RayStart()

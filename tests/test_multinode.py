@@ -12,10 +12,10 @@ import pytest
 from heygem_ray import media
 from tests.helpers.gate import GATE_HOOK
 
-# The two workers' chunk calls wait at a gate (tests/helpers/gate.py) that opens once both serve: the
-# rows whose jobs start after that (more rows than the 4 CPUs run at once) have their one
-# chunk sent to the worker with the fewest in flight, so both render, however slowly the
-# second worker starts.
+# The two workers' chunk calls wait at a gate (tests/helpers/gate.py) that opens once both
+# serve: the rows whose jobs start after that (more rows than the 4 CPUs run at once) have
+# their one chunk sent to the worker with the fewest in flight, so both render, however
+# slowly the second worker starts.
 SCRIPT = """
 import logging, sys
 from pathlib import Path

@@ -26,6 +26,7 @@ from heygem_ray.packs import get_pack
 from heygem_ray.steps import TIMED
 from heygem_ray.timeline import loop_indices
 from heygem_ray.worker import ModelWorker
+from tests.helpers.media import make_excerpt
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 
 FPS = 25
@@ -168,9 +169,7 @@ def test_reference_is_looped_ping_pong(tmp_path, examples, warp_service):
     # A 1 s reference of 25 frames, each marked by a different top strip, under 3 s of audio.
     face_ref = _marked_reference(examples / "presenter.jpg", tmp_path / "ref.mp4", frames=25)
     audio = tmp_path / "a.wav"
-    subprocess.run(
-        [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "3", str(audio)], check=True
-    )
+    make_excerpt(examples / "lesson1.wav", audio, seconds=3)
     result = render_job(job(tmp_path, audio, face_ref), RenderConfig(), tmp_path / "cache", warp_service)
     assert result.status == "ok", result.error
     frames, _ = media.read_video(Path(result.output))
@@ -188,9 +187,7 @@ def test_the_rows_step_seconds_account_for_the_job_the_encoders_tail_included(tm
     stream ends: for 25 frames, all of its work comes after the last frame is written.
     That wait, and the publish, are compose's; the steps add up to the job's time."""
     audio = tmp_path / "a.wav"
-    subprocess.run(
-        [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "1", str(audio)], check=True
-    )
+    make_excerpt(examples / "lesson1.wav", audio, seconds=1)
     cfg = RenderConfig(backend="pytorch", preset="medium")
     result = render_job(job(tmp_path, audio, examples / "presenter.jpg"), cfg, tmp_path / "cache", warp_service)
     assert result.status == "ok" and result.frames == 25, result.error
@@ -220,9 +217,7 @@ def test_wav2lip_pack_renders_with_a_checkpoint_in_the_public_format(tmp_path, e
     cfg = RenderConfig(pack="wav2lip", checkpoint=ckpt, chunk_frames=16, batch_size=16, backend="pytorch")
     service = InProcessService(ModelWorker(cfg, engines_dir=tmp_path / "engines"))
     audio = tmp_path / "a.wav"
-    subprocess.run(
-        [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "1.5", str(audio)], check=True
-    )
+    make_excerpt(examples / "lesson1.wav", audio, seconds=1.5)
     result = render_job(job(tmp_path, audio, examples / "presenter.jpg"), cfg, tmp_path / "cache", service)
     assert result.status == "ok", result.error
     frames, fps = media.read_video(Path(result.output))

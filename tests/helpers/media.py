@@ -135,6 +135,13 @@ def make_tone(
     return path
 
 
+def make_excerpt(src: str | Path, path: str | Path, *, seconds: float) -> Path:
+    """The first ``seconds`` of ``src`` (the bundled speech, say), re-encoded for ``path``'s
+    extension."""
+    subprocess.run([ffmpeg_exe(), *_QUIET, "-y", "-i", str(src), "-t", str(seconds), str(path)], check=True)
+    return Path(path)
+
+
 def make_channels(
     path: str | Path, *, freqs: tuple[float, ...], layout: str, seconds: float, sample_rate: int = 48000
 ) -> Path:
