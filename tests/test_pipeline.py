@@ -99,8 +99,8 @@ def test_pixels_outside_the_face_box_are_unchanged(rendered, floor):
     outside = np.ones(frames.shape[:3], bool)
     for i, (x0, y0, x1, y1) in enumerate(template.boxes[index]):
         outside[i, max(y0, 0) : y1, max(x0, 0) : x1] = False
-    noise = np.abs(encoded.astype(int) - refs.astype(int))[outside].mean()
-    diff = np.abs(frames.astype(int) - refs.astype(int))
+    noise = np.abs(encoded.astype(np.int16) - refs.astype(np.int16))[outside].mean()
+    diff = np.abs(frames.astype(np.int16) - refs.astype(np.int16))
     assert diff[outside].mean() <= noise + 0.25
     assert diff[~outside].mean() > noise + 1.0  # while the face region did change
 
@@ -137,7 +137,7 @@ def _mouth_change(frames, refs, boxes):
         h, w = y1 - y0, x1 - x0
         ys = slice(y0 + int(0.5 * h), y0 + int(0.75 * h))
         xs = slice(x0 + int(0.3 * w), x0 + int(0.7 * w))
-        out.append(np.abs(f[ys, xs].astype(int) - r[ys, xs].astype(int)).mean())
+        out.append(np.abs(f[ys, xs].astype(np.int16) - r[ys, xs].astype(np.int16)).mean())
     return np.array(out)
 
 
@@ -226,8 +226,8 @@ def test_wav2lip_pack_renders_with_a_checkpoint_in_the_public_format(tmp_path, e
     x0, y0, x1, y1 = template.boxes[0]
     still = next(template.read_frames(np.array([0])))
     # Random weights redraw the face box; everything well outside it stays the photo.
-    assert np.abs(frames[:, y0:y1, x0:x1].astype(int) - still[y0:y1, x0:x1]).mean() > 10
-    assert np.abs(frames[:, :, : max(x0 - 8, 1)].astype(int) - still[:, : max(x0 - 8, 1)]).mean() < 3
+    assert np.abs(frames[:, y0:y1, x0:x1].astype(np.int16) - still[y0:y1, x0:x1]).mean() > 10
+    assert np.abs(frames[:, :, : max(x0 - 8, 1)].astype(np.int16) - still[:, : max(x0 - 8, 1)]).mean() < 3
 
 
 def test_onnxruntime_and_pytorch_render_the_same_video(tmp_path, examples, rendered, cache):
@@ -243,7 +243,7 @@ def test_onnxruntime_and_pytorch_render_the_same_video(tmp_path, examples, rende
     assert result.engine_key == service.worker.info.engine_key
     frames, _ = media.read_video(Path(result.output))
     assert frames.shape == frames_pt.shape
-    assert np.abs(frames.astype(int) - frames_pt.astype(int)).mean() <= 1.0
+    assert np.abs(frames.astype(np.int16) - frames_pt.astype(np.int16)).mean() <= 1.0
 
 
 class _Held:

@@ -56,8 +56,8 @@ def test_the_bundled_example_passes_and_writes_the_sheet_the_video_and_the_check
     assert len(frames) == 50
     ref0 = cv2.resize(media.read_video(examples / "presenter.mp4")[0][0], (half, VIDEO_HEIGHT), interpolation=cv2.INTER_AREA)
     body = (slice(60, None), slice(None))  # under the label
-    assert np.abs(frames[0][:, :half][body].astype(int) - ref0[body].astype(int)).mean() < 3
-    left, right = frames[:, :, :half].astype(int), frames[:, :, half:].astype(int)
+    assert np.abs(frames[0][:, :half][body].astype(np.int16) - ref0[body].astype(np.int16)).mean() < 3
+    left, right = frames[:, :, :half].astype(np.int16), frames[:, :, half:].astype(np.int16)
     assert np.abs(right - left).mean(axis=(1, 2, 3)).max() > 1.0  # the mouth was redrawn somewhere
     assert np.abs(np.diff(right, axis=0)).mean() > np.abs(np.diff(left, axis=0)).mean()
 

@@ -110,7 +110,7 @@ def test_report_embeds_real_thumbnails_of_every_output_and_escapes_user_text(run
         first = cv2.imdecode(np.frombuffer(jpegs[0], np.uint8), cv2.IMREAD_COLOR)
         want = frames[int(len(frames) / (2 * report.THUMB_COUNT))]
         want = cv2.resize(want, (first.shape[1], first.shape[0]), interpolation=cv2.INTER_AREA)
-        assert np.abs(want.astype(int) - first.astype(int)).mean() < 8
+        assert np.abs(want.astype(np.int16) - first.astype(np.int16)).mean() < 8
         assert f"<i>frames</i> {rows[job]['frames']}" in cards[job]
     assert not _IMG.search(cards["gone"])
     assert "missing_file" in cards["gone"] and "in step <b>audio</b>" in cards["gone"]
@@ -330,7 +330,7 @@ def test_each_card_plays_its_video_zooms_on_its_mouth_and_lists_its_warnings(tmp
     cx, cy, hw, hh = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]
     want = middle[round(cy - hh): round(cy + hh), round(cx - hw): round(cx + hw)]
     want = cv2.resize(want, (got.shape[1], got.shape[0]), interpolation=cv2.INTER_CUBIC)
-    assert got.shape[0] == report.THUMB_HEIGHT and np.abs(want.astype(int) - got.astype(int)).mean() < 8
+    assert got.shape[0] == report.THUMB_HEIGHT and np.abs(want.astype(np.int16) - got.astype(np.int16)).mean() < 8
     assert len(_IMG.findall(cards["talk"])) == report.THUMB_COUNT  # the zoom comes before the frames
 
 

@@ -127,9 +127,9 @@ def test_an_unchanging_restorer_gives_back_the_unrestored_frame(mode: str) -> No
     out = made.copy()
     paste_restored(out, face, box, matrix, mask)
 
-    changed = np.abs(made.astype(int) - frame).max(axis=2) > 40  # where the pack's change shows most
+    changed = np.abs(made.astype(np.int16) - frame).max(axis=2) > 40  # where the pack's change shows most
     assert changed.sum() > 2000
-    diff = np.abs(out.astype(int) - made)
+    diff = np.abs(out.astype(np.int16) - made)
     assert diff[changed].mean() < 3.0  # a transform 3 px off gives more than 10 here
     outside = np.ones(frame.shape[:2], bool)
     spread = cv2.resize(mask, (120, 120), interpolation=cv2.INTER_LINEAR)

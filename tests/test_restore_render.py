@@ -117,7 +117,7 @@ def test_every_pack_renders_restored_through_ray_and_only_inside_its_mask(pack, 
     assert a.shape == b.shape and len(a) == restored["frames"] == 10
     inside = _mask_region(pack, inputs["still"], inputs["cache"], len(a))
     np.testing.assert_array_equal(b[~inside], a[~inside])  # outside the mask: the unrestored render
-    assert np.abs(b[inside].astype(int) - a[inside]).mean() > 5  # inside it, restored
+    assert np.abs(b[inside].astype(np.int16) - a[inside]).mean() > 5  # inside it, restored
 
 
 # -- no flicker -------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def test_a_still_face_on_silence_does_not_flicker_when_restored(inputs, tmp_path
         outputs[restore], _ = media.read_video(Path(result.output))
     region = _mask_region("wav2lip", inputs["still"], inputs["cache"], 1)[0]
     plain, restored = _frame_to_frame(outputs[False], region), _frame_to_frame(outputs[True], region)
-    assert np.abs(outputs[True][:, region].astype(int) - outputs[False][:, region]).mean() > 5  # it did restore
+    assert np.abs(outputs[True][:, region].astype(np.int16) - outputs[False][:, region]).mean() > 5  # it did restore
     assert restored <= plain + 0.05, (restored, plain)
 
 

@@ -139,7 +139,7 @@ def test_box_grid_samples_what_cv2_resize_of_the_box_gives() -> None:
     crop = cv2.resize(frame[20:180, 30:190], (80, 80), interpolation=cv2.INTER_LINEAR)
     identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     sampled = from_tile(frame, box_grid(box, (80, 80), identity), (80, 80))
-    assert np.abs(sampled.astype(int) - crop).max() <= 1
+    assert np.abs(sampled.astype(np.int16) - crop).max() <= 1
 
 
 def _track(boxes: np.ndarray, mouths: np.ndarray) -> FaceTrack:
@@ -207,7 +207,7 @@ def test_paste_inside_mask_and_tile_is_the_restored_face(paste_case) -> None:
     want = 255 - from_tile(to_tile(frame, KNOWN), KNOWN, frame.shape[:2])
     full = (from_tile(tile_weight(48.0), KNOWN, frame.shape[:2]) > 0.9999) & (_spread(mask, box, frame.shape[:2]) == 1)
     assert full.sum() > 1000
-    assert np.abs(out[full].astype(int) - want[full]).mean() < 3.0  # resampled twice on the way
+    assert np.abs(out[full].astype(np.int16) - want[full]).mean() < 3.0  # resampled twice on the way
 
 
 def test_blend_mixes_restored_over_unrestored(paste_case) -> None:

@@ -176,8 +176,8 @@ def test_frames_where_the_face_is_gone_are_left_as_they_are(tmp_path, warp_servi
     # Around where the face was: in the cut, only the codec's noise; with the face, the open mouth.
     x0, y0, x1, y1 = (int(v) for v in np.nanmean(clip.faces, axis=0) + [-20, -20, 20, 40])
     region = (slice(None), slice(y0, y1), slice(x0, x1))
-    change = np.abs(out[region].astype(int) - ref[region].astype(int)).mean(axis=(1, 2, 3))
-    noise = np.abs(floor[region].astype(int) - ref[region].astype(int)).mean(axis=(1, 2, 3))
+    change = np.abs(out[region].astype(np.int16) - ref[region].astype(np.int16)).mean(axis=(1, 2, 3))
+    noise = np.abs(floor[region].astype(np.int16) - ref[region].astype(np.int16)).mean(axis=(1, 2, 3))
     assert (change[gone] <= noise[gone] + 0.3).all()
     assert change[~gone].mean() > noise[~gone].mean() + 1.0
 
@@ -197,7 +197,7 @@ def test_the_mouth_follows_the_audio_on_the_smallest_face(tmp_path, warp_service
         values = []
         for f, r, (mx, my) in zip(frames, ref, clip.mouths, strict=True):
             ys, xs = slice(int(my) - 6, int(my) + 10), slice(int(mx) - 10, int(mx) + 10)
-            values.append(np.abs(f[ys, xs].astype(int) - r[ys, xs].astype(int)).mean())
+            values.append(np.abs(f[ys, xs].astype(np.int16) - r[ys, xs].astype(np.int16)).mean())
         return np.array(values)
 
     change, noise = mouth_change(out), mouth_change(floor)
