@@ -4,18 +4,15 @@ it must show here, on the CPU, not on the first GPU machine."""
 
 from __future__ import annotations
 
-import subprocess
-
 from bench.bench_gpu import one_job
 from heygem_ray.config import RenderConfig
-from heygem_ray.media import ffmpeg_exe
 from heygem_ray.worker import ModelWorker
+from tests.helpers.media import make_excerpt
 
 
 def test_the_e2e_job_renders_and_reports_its_figures(tmp_path, examples) -> None:
     audio = tmp_path / "speech.wav"
-    subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(examples / "lesson1.wav"), "-t", "1",
-                    str(audio)], check=True)  # fmt: skip
+    make_excerpt(examples / "lesson1.wav", audio, seconds=1)
     cfg = RenderConfig(pack="warp", chunk_frames=16, batch_size=8)
     worker = ModelWorker(cfg, tmp_path / "engines")
     try:

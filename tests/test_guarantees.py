@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 from heygem_ray import media
 from heygem_ray.cli import app
 from heygem_ray.errors import InputError
+from tests.helpers.media import make_excerpt
 from tests.helpers.raystart import RayStart
 from tests.jobs import NIGHTLY
 
@@ -44,11 +45,6 @@ def assert_no_secret(where: str, data: str | bytes) -> None:
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     found = [f for f in FRAGMENTS if f in text]
     assert not found, f"{where} holds {found}"
-
-
-def _clip(src: Path, dst: Path, seconds: float) -> Path:
-    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-t", str(seconds), str(dst)], check=True)
-    return dst
 
 
 def _env() -> dict[str, str]:
@@ -94,7 +90,7 @@ def _fill(folder: Path) -> None:
 @pytest.fixture
 def lesson(tmp_path: Path, examples: Path) -> Path:
     """A manifest of one small row (a second of speech on a still photo) in ``tmp_path``."""
-    _clip(examples / "lesson1.wav", tmp_path / "a.wav", 1.0)
+    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=1.0)
     shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
     (tmp_path / "m.csv").write_text("job_id,audio,video\none,a.wav,p.jpg\n")
     return tmp_path / "m.csv"
@@ -112,7 +108,7 @@ def keyed_run(tmp_path_factory, examples) -> dict:
     cluster = RayStart()
     cluster.head(num_cpus=2)
     ray_env = cluster.env() | {"RAY_ADDRESS": cluster.address}
-    _clip(examples / "lesson1.wav", d / "a.wav", 1.0)
+    make_excerpt(examples / "lesson1.wav", d / "a.wav", seconds=1.0)
     shutil.copy(examples / "presenter.jpg", d / "p.jpg")
     rows = [
         "good,a.wav,p.jpg,",

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from heygem_ray import media
+from tests.helpers.media import make_excerpt
 from tests.helpers.raystart import RayStart, photo_batch
 
 HEYGEM = str(Path(sys.executable).with_name("heygem-ray"))
@@ -85,12 +86,6 @@ def _faulty_submit(env: dict[str, str], fault: str, folder: Path, *args: str) ->
     return int(found.group(1)), proc.stderr
 
 
-def _speech(examples: Path, dst: Path, seconds: float) -> Path:
-    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", str(seconds),
-                    str(dst)], check=True)
-    return dst
-
-
 def _error_line(stderr: str) -> str:
     """The command's own error line (Ray may stream a job's log lines after it)."""
     return next((line for line in reversed(stderr.splitlines()) if line.startswith("error: ")), "(no error line)")
@@ -148,20 +143,20 @@ def test_workers_that_keep_dying_end_the_run_once_the_restart_budget_is_spent(tm
 
 
 def test_a_chunk_call_that_hangs_is_stopped_and_its_worker_replaced(tmp_path, examples, ray_join):
-    """A chunk of 3 frames hangs whichever worker renders it. Past --chunk-timeout (10 s:
+    """A chunk of 3 frames hangs whichever worker renders it. Past --chunk-timeout (6 s:
     timed from when the worker starts the chunk; a chunk here takes under a second)
     its worker is stopped as wedged and replaced, the chunk is sent again, hangs the new
     worker too, and fails its job (`chunk_timeout`) the second time; the other rows
     render next to it, on the replacements."""
     photo_batch(tmp_path, examples, 1, 1.0)
-    _speech(examples, tmp_path / "good.wav", 1.12)  # 28 frames: chunks of 8, 8, 8, 4
-    _speech(examples, tmp_path / "wedge.wav", 1.08)  # 27 frames: the last chunk has 3
+    make_excerpt(examples / "lesson1.wav", tmp_path / "good.wav", seconds=1.12)  # 28 frames: chunks of 8, 8, 8, 4
+    make_excerpt(examples / "lesson1.wav", tmp_path / "wedge.wav", seconds=1.08)  # 27 frames: the last chunk has 3
     photo = examples / "presenter.jpg"
     rows = [f"good1,{tmp_path / 'good.wav'},{photo}", f"wedge,{tmp_path / 'wedge.wav'},{photo}",
             f"good2,{tmp_path / 'good.wav'},{photo}"]
     (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
     code, stderr = _faulty_submit(ray_join, "wedge", tmp_path, "--workers", "1", "--chunk-frames", "8",
-                                  "--chunk-timeout", "10", "--chunk-timeout-per-frame", "0")
+                                  "--chunk-timeout", "6", "--chunk-timeout-per-frame", "0")
     assert code == 1, stderr[-3000:]
     table = {r["job_id"]: r for r in pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()}
     wedge = table["wedge"]
@@ -173,7 +168,7 @@ def test_a_chunk_call_that_hangs_is_stopped_and_its_worker_replaced(tmp_path, ex
     for job in ("good1", "good2"):
         assert table[job]["status"] == "ok", table[job]
         assert len(media.read_video(Path(table[job]["output"]))[0]) == table[job]["frames"] == 28
-    assert len(re.findall(r"took \d+ s on a chunk of 3 frames, past its limit of 10 s .*stopped as wedged", stderr)) == 2
+    assert len(re.findall(r"took \d+ s on a chunk of 3 frames, past its limit of 6 s .*stopped as wedged", stderr)) == 2
     assert stderr.count("chunk 3 (frames 24-26): its model worker was stopped for taking too long on it "
                         "(ActorDiedError); sending it again") == 1, stderr[-3000:]
 

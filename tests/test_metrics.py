@@ -16,9 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from heygem_ray import media, metrics
+from heygem_ray import metrics
 from heygem_ray.joblog import FORMAT, fields, job_logging
 from heygem_ray.steps import TIMED
+from tests.helpers.media import make_excerpt
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "jobs" / "grafana" / "heygem-ray.json"
 
@@ -100,8 +101,7 @@ def run(tmp_path_factory, examples):
     actor names)."""
     folder = tmp_path_factory.mktemp("metrics")
     for name, src in (("a.wav", "lesson1.wav"), ("b.wav", "lesson2.mp3")):
-        cmd = [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / src), "-t", "1", str(folder / name)]
-        subprocess.run(cmd, check=True)
+        make_excerpt(examples / src, folder / name, seconds=1)
     jpg = examples / "presenter.jpg"
     (folder / "m.csv").write_text(f"job_id,audio,video\none,a.wav,{jpg}\ntwo,b.wav,{jpg}\nbad,missing.wav,{jpg}\n")
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(folder)], capture_output=True, text=True, timeout=500)

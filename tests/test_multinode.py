@@ -11,6 +11,7 @@ import pytest
 
 from heygem_ray import media
 from tests.helpers.gate import GATE_HOOK
+from tests.helpers.media import make_excerpt
 
 # The two workers' chunk calls wait at a gate (tests/helpers/gate.py) that opens once both
 # serve: the rows whose jobs start after that (more rows than the 4 CPUs run at once) have
@@ -53,9 +54,7 @@ cluster.shutdown()
 
 def test_jobs_render_on_more_than_one_node(tmp_path, examples):
     audio = tmp_path / "a.wav"
-    subprocess.run(
-        [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "1", str(audio)], check=True
-    )
+    make_excerpt(examples / "lesson1.wav", audio, seconds=1)
     rows = [f"job{i},a.wav,{examples / 'presenter.jpg'}" for i in range(8)]
     (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=400)
@@ -121,9 +120,7 @@ def test_a_node_removed_mid_run_loses_no_job(tmp_path, examples, gpus):
     With a GPU per node, the lost GPU worker cannot come back anywhere (no GPU is free):
     its chunks must go to the worker that is left (and the run must not hang waiting for it)."""
     audio = tmp_path / "a.wav"
-    subprocess.run(
-        [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "1.2", str(audio)], check=True
-    )
+    make_excerpt(examples / "lesson1.wav", audio, seconds=1.2)
     rows = [f"job{i},a.wav,{examples / 'presenter.mp4'}" for i in range(6)]
     (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
     proc = subprocess.run(

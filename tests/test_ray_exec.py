@@ -12,6 +12,7 @@ import pytest
 
 from heygem_ray import RunConfig, media, submit
 from heygem_ray.errors import EngineError
+from tests.helpers.media import make_excerpt
 
 # Its own Ray, with the dashboard: the state API (list_actors) needs it, and sees only this run's actors.
 CALLBACK_RAISES = """
@@ -54,16 +55,11 @@ ray.shutdown()
 """
 
 
-def _speech(src: Path, dst: Path, seconds: float) -> Path:
-    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-t", str(seconds), str(dst)], check=True)
-    return dst
-
-
 def test_an_error_in_result_handling_ends_the_actors_and_reaches_the_caller(tmp_path, examples):
     """The caller's callback raises on the first finished row: the run stops, its model
     workers and progress actor end, the table still holds a row per job, and the caller
     gets the error with its message (not a run that 'rendered nothing')."""
-    _speech(examples / "lesson1.wav", tmp_path / "a.wav", 1.0)
+    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=1.0)
     shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
     rows = [f"job{i},a.wav,p.jpg" for i in range(4)]
     (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
@@ -143,7 +139,7 @@ def faults(tmp_path_factory, examples, ray_join) -> tuple[Path, dict[str, list[s
     shutil.copy(examples / "presenter.jpg", d / "p.jpg")
     # 25 frames a second: 28 frames (8+8+8+4) for the good rows, 25, 26 and 27 for the others.
     for name, seconds in [("good", 1.12), ("kill", 1.0), ("oom", 1.04), ("internal", 1.08)]:
-        _speech(examples / "lesson1.wav", d / f"{name}.wav", seconds)
+        make_excerpt(examples / "lesson1.wav", d / f"{name}.wav", seconds=seconds)
     rows = ["good1,good.wav,p.jpg", "kill,kill.wav,p.jpg", "oom,oom.wav,p.jpg", "internal,internal.wav,p.jpg",
             "good2,good.wav,p.jpg"]
     (d / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")

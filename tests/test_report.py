@@ -24,6 +24,7 @@ from heygem_ray.driver.resume import PARTS_DIR
 from heygem_ray.restore import side_by_side
 from heygem_ray.results import RESULTS_FILE, JobResult, write_results
 from heygem_ray.storage import Uri
+from tests.helpers.media import make_excerpt
 from tests.helpers.system import needs_system_package
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -38,10 +39,7 @@ runner = CliRunner()
 def run_dir(tmp_path_factory, examples, ray_local) -> Path:
     """A finished run of three rows: two rendered (video and photo reference), one missing its audio."""
     d = tmp_path_factory.mktemp("report")
-    subprocess.run(
-        [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", "1.0", str(d / "a.wav")],
-        check=True,
-    )
+    make_excerpt(examples / "lesson1.wav", d / "a.wav", seconds=1.0)
     shutil.copy(examples / "presenter.mp4", d / "p.mp4")
     shutil.copy(examples / "presenter.jpg", d / "p.jpg")
     rows = [

@@ -19,17 +19,13 @@ from heygem_ray.errors import RunStopped
 from heygem_ray.job.compose import PARTIAL_SUFFIX
 from heygem_ray.manifest import Job
 from heygem_ray.results import JobResult
-
-
-def _speech(src: Path, dst: Path, seconds: float) -> Path:
-    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-t", str(seconds), str(dst)], check=True)
-    return dst
+from tests.helpers.media import make_excerpt
 
 
 @pytest.fixture
 def folder(tmp_path, examples):
-    _speech(examples / "lesson1.wav", tmp_path / "a.wav", 1.2)
-    _speech(examples / "lesson2.mp3", tmp_path / "b.wav", 1.6)
+    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=1.2)
+    make_excerpt(examples / "lesson2.mp3", tmp_path / "b.wav", seconds=1.6)
     shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
     shutil.copy(examples / "presenter.mp4", tmp_path / "p.mp4")
     return tmp_path
@@ -109,7 +105,7 @@ def test_a_jobs_cleanup_deletes_its_own_partials_and_no_other_jobs(tmp_path):
 def test_jobs_whose_ids_extend_each_other_render_at_once_and_leave_no_partial(folder, ray_local):
     """`a` ends while `a.v2` and `a.v2.x` are still writing their MP4s: its cleanup must
     not delete theirs (which failed their publish step)."""
-    _speech(folder / "b.wav", folder / "short.wav", 0.3)
+    make_excerpt(folder / "b.wav", folder / "short.wav", seconds=0.3)
     rows = ["a,short.wav,p.mp4", "a.v2,b.wav,p.mp4", "a.v2.x,b.wav,p.mp4"]
     results = _run(folder, rows, render=RenderConfig(chunk_frames=8))
     assert {j: r["status"] for j, r in results.items()} == {"a": "ok", "a.v2": "ok", "a.v2.x": "ok"}, [
@@ -238,7 +234,7 @@ def test_new_weights_at_the_same_checkpoint_path_are_rendered_again(folder, ray_
     time set back (as a sync tool may leave it). The row renders again with them."""
     from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 
-    _speech(folder / "a.wav", folder / "short.wav", 0.4)
+    make_excerpt(folder / "a.wav", folder / "short.wav", seconds=0.4)
     ckpt = write_random_checkpoint(folder / "wav2lip.pth", seed=0)
     render = RenderConfig(pack="wav2lip", checkpoint=ckpt, backend="pytorch")
     rows = ["one,short.wav,p.jpg"]
@@ -314,7 +310,7 @@ s = submit(Path({str(tmp_path / 'm.csv')!r}), RunConfig(output_dir=Path({str(tmp
            cache_dir=Path({str(tmp_path / 'c')!r}), engines_dir=Path({str(tmp_path / 'e')!r})))
 print([r.status for r in s.results])
 """
-    _speech(examples / "lesson1.wav", tmp_path / "a.wav", 0.8)
+    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=0.8)
     (tmp_path / "m.csv").write_text(f"audio,video\na.wav,{examples / 'presenter.jpg'}\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -17,11 +17,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from heygem_ray import RunConfig, media, storage, submit
+from heygem_ray import RunConfig, storage, submit
 from heygem_ray.driver.hold import RUN_LOCK
 from heygem_ray.errors import InputError
 from heygem_ray.job.compose import PARTIAL_SUFFIX
 from heygem_ray.storage import Location
+from tests.helpers.media import make_excerpt
 
 # Another process holding an output folder as a run does (driver.hold.hold_output), until killed.
 HOLDER = """
@@ -48,11 +49,6 @@ def _held(output: Location) -> Iterator[subprocess.Popen]:
         holder.wait()
 
 
-def _speech(src: Path, dst: Path, seconds: float) -> Path:
-    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-t", str(seconds), str(dst)], check=True)
-    return dst
-
-
 def _snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` with its bytes; the run lock with its holder (its
     heartbeat rewrites the rest)."""
@@ -64,7 +60,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def folder(tmp_path, examples):
-    _speech(examples / "lesson1.wav", tmp_path / "a.wav", 0.6)
+    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=0.6)
     shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
     (tmp_path / "m.csv").write_text("job_id,audio,video\none,a.wav,p.jpg\ntwo,a.wav,p.jpg\n")
     return tmp_path

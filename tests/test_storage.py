@@ -29,6 +29,7 @@ from heygem_ray.identity import input_identity
 from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.results import JobResult
 from heygem_ray.storage import Uri
+from tests.helpers.media import make_excerpt
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -314,11 +315,6 @@ ray.shutdown()
 """
 
 
-def _speech(src: Path, dst: Path, seconds: float) -> Path:
-    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-t", str(seconds), str(dst)], check=True)
-    return dst
-
-
 def _child_env(s3_env: dict[str, str], cache_home: Path) -> dict[str, str]:
     """The environment of a process that starts its own Ray: its workers inherit it."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -328,8 +324,8 @@ def _child_env(s3_env: dict[str, str], cache_home: Path) -> dict[str, str]:
 def test_s3_round_trip_manifest_and_media_in_a_bucket_mp4s_and_results_back(bucket, s3_env, tmp_path, examples):
     media_dir = tmp_path / "media"
     media_dir.mkdir()
-    _speech(examples / "lesson1.wav", media_dir / "a.wav", 1.0)
-    _speech(examples / "lesson2.mp3", media_dir / "b.wav", 1.2)
+    make_excerpt(examples / "lesson1.wav", media_dir / "a.wav", seconds=1.0)
+    make_excerpt(examples / "lesson2.mp3", media_dir / "b.wav", seconds=1.2)
     for name, path in [("a.wav", media_dir / "a.wav"), ("b.wav", media_dir / "b.wav"),
                        ("presenter.jpg", examples / "presenter.jpg"), ("media/presenter.mp4", examples / "presenter.mp4")]:
         storage.upload(path, bucket / "in" / name)
@@ -380,7 +376,7 @@ def test_s3_round_trip_manifest_and_media_in_a_bucket_mp4s_and_results_back(buck
 def test_cli_submit_reads_and_writes_a_bucket_and_status_and_report_read_it_there(
     bucket, s3_env, s3_server, tmp_path, examples
 ):
-    _speech(examples / "lesson1.wav", tmp_path / "a.wav", 0.8)
+    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=0.8)
     storage.upload(tmp_path / "a.wav", bucket / "media/a.wav")
     storage.upload(examples / "presenter.jpg", bucket / "media/p.jpg")
     # Cells may be URIs, here into another folder of the bucket than the manifest's.

@@ -20,12 +20,8 @@ import pytest
 
 from heygem_ray import media
 from heygem_ray.driver.hold import RUN_LOCK
+from tests.helpers.media import make_excerpt
 from tests.jobs import NIGHTLY
-
-
-def _clip(src: Path, dst: Path, seconds: float) -> Path:
-    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-t", str(seconds), str(dst)], check=True)
-    return dst
 
 
 def _manifest(path: Path, rows: list[str]) -> Path:
@@ -39,7 +35,7 @@ def _table(folder: Path) -> dict[str, dict]:
 
 @pytest.fixture
 def folder(tmp_path, examples):
-    _clip(examples / "lesson1.wav", tmp_path / "a.wav", 1.0)
+    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=1.0)
     shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
     _manifest(tmp_path / "good.csv", [f"one,{tmp_path / 'a.wav'},{tmp_path / 'p.jpg'}", f"two,{tmp_path / 'a.wav'},{tmp_path / 'p.jpg'}"])
     rows = (tmp_path / "good.csv").read_text().splitlines()[1:]

@@ -26,13 +26,13 @@ from heygem_ray.face import FaceTrack
 from heygem_ray.features import Pcm, musetalk_audio, musetalk_gather
 from heygem_ray.job import InProcessService, render_job
 from heygem_ray.manifest import Job
-from heygem_ray.media import ffmpeg_exe
 from heygem_ray.models import musetalk
 from heygem_ray.packs import get_pack
 from heygem_ray.packs.musetalk import GEOMETRY, jaw_mask
 from heygem_ray.worker import ModelWorker
 from tests.conftest import EXAMPLES
 from tests.helpers.footage import lecture_clip
+from tests.helpers.media import make_excerpt
 
 PACK = get_pack("musetalk")
 
@@ -163,14 +163,6 @@ def test_a_preprocessor_config_other_than_whisper_tinys_is_refused(musetalk_fold
     assert err.value.message.startswith(f"{config}: hop_length differ")
 
 
-def _speech(path: Path, seconds: float) -> Path:
-    """The first ``seconds`` of the bundled lesson's speech (espeak-ng)."""
-    cmd = [ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-i", str(EXAMPLES / "lesson1.wav"), "-t", str(seconds),
-           str(path)]  # fmt: skip
-    subprocess.run(cmd, check=True)
-    return path
-
-
 class _CountingWorker(ModelWorker):
     """A real model worker that notes how many reference frames it was sent."""
 
@@ -192,7 +184,8 @@ def test_reference_latents_are_computed_once_per_template_frame_and_kept_with_it
     worker = _CountingWorker(cfg, tmp_path / "engines")
     service = InProcessService(worker)
     for i, seconds in enumerate((0.4, 1.4, 1.4)):
-        job = Job(i + 1, f"j{i}", _speech(tmp_path / f"a{i}.wav", seconds), clip.path, tmp_path / f"o{i}.mp4")
+        audio = make_excerpt(EXAMPLES / "lesson1.wav", tmp_path / f"a{i}.wav", seconds=seconds)
+        job = Job(i + 1, f"j{i}", audio, clip.path, tmp_path / f"o{i}.mp4")
         result = render_job(job, cfg, tmp_path / "cache", service)
         assert result.status == "ok", result.error
         assert result.frames == round(seconds * 25)
@@ -207,7 +200,7 @@ def test_submit_renders_a_lecture_clip_with_musetalk_through_ray(musetalk_folder
     row is ok, the lower face (under the jaw mask) is what the model drew, and the rest of
     the frame, the eyes and the slide, is the reference's."""
     lecture_clip(tmp_path / "clip.mp4", size=(640, 360), face=110, seconds=1.0, corner="centre", motion="still")
-    _speech(tmp_path / "a.wav", 1.2)
+    make_excerpt(EXAMPLES / "lesson1.wav", tmp_path / "a.wav", seconds=1.2)
     (tmp_path / "m.csv").write_text("job_id,audio,video\nlesson,a.wav,clip.mp4\n")
     exe = Path(sys.executable).with_name("heygem-ray")
     proc = subprocess.run(

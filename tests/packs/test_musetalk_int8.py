@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import subprocess
 
 import numpy as np
 import onnx
@@ -30,10 +29,10 @@ from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore
 from heygem_ray.job import InProcessService, render_job
 from heygem_ray.manifest import Job
-from heygem_ray.media import ffmpeg_exe
 from heygem_ray.packs import get_pack
 from heygem_ray.worker import ModelWorker
 from tests.conftest import EXAMPLES
+from tests.helpers.media import make_excerpt
 
 PACK = get_pack("musetalk")
 CALIBRATE = 16
@@ -140,8 +139,7 @@ def test_a_calibrated_auto_job_falls_back_to_fp32_when_the_gate_refuses_int8(mus
     if not hardware.int8_pays("cpu")[0]:
         pytest.skip("auto tries int8 only where it pays: this CPU has no VNNI or AMX")
     speech = tmp_path / "speech.wav"
-    subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(EXAMPLES / "lesson1.wav"), "-t", "2",
-                    str(speech)], check=True)  # fmt: skip
+    make_excerpt(EXAMPLES / "lesson1.wav", speech, seconds=2)
     manifest = DEFAULT_CALIBRATION
     cfg = RenderConfig(pack="musetalk", checkpoint=musetalk_folder, calibration=manifest, calibration_frames=CALIBRATE,
                        chunk_frames=16, batch_size=8)
