@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from heygem_ray import media
+from tests.helpers.media import make_excerpt
 
 SEEDS = [int(s) for s in os.environ.get("HEYGEM_FAULT_SEEDS", "1").split(",")]
 ROWS = 40
@@ -228,9 +229,7 @@ def manifest(tmp_path, examples) -> Path:
     clips = []
     for seconds in (0.5, 0.8):
         clip = tmp_path / f"{seconds}.wav"
-        subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t",
-                        str(seconds), str(clip)], check=True)
-        clips.append(clip)
+        clips.append(make_excerpt(examples / "lesson1.wav", clip, seconds=seconds))
     rows = [f"job{i},{clips[i % 2]},{examples / 'presenter.jpg'}" for i in range(ROWS)]
     (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
     return tmp_path / "m.csv"
