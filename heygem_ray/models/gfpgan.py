@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
+from heygem_ray.models.checkpoint import SHOWN_KEYS, key_problems, shapes
 from heygem_ray.packs import StageIO, TensorSpec
 
 __all__ = ["FACE_SIZE", "STAGE_IO", "GFPGANConfig", "GFPGANv1Clean", "load", "restore", "to_faces", "to_network"]
@@ -78,7 +79,6 @@ _FIX = (
     "Pass the public GFPGANv1.4.pth (or GFPGANv1.3.pth) from the GFPGAN v1.3.0 release; "
     "GFPGANv1.pth (the paper model) and RestoreFormer.pth are other architectures"
 )
-_SHOWN_KEYS = 5  # offending keys named in an error message; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -368,7 +368,10 @@ def load(path: str | os.PathLike[str]) -> GFPGANv1Clean:
     config = _infer_config(path, sd)
     with torch.device("meta"):  # no memory and no initialisation for weights about to be replaced
         net = GFPGANv1Clean(config)
-    _check_keys(path, sd, {k: tuple(v.shape) for k, v in net.state_dict().items()})
+    problems = key_problems(sd, shapes(net))
+    if problems:
+        raise InputError(f"{path} is not a GFPGAN v1.3/v1.4 clean checkpoint: {'; '.join(problems)}. {_FIX}",
+                         kind="bad_checkpoint")
     net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
     return net.eval()
 
@@ -409,7 +412,7 @@ def _state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
     name = "params_ema" if "params_ema" in obj else "params"
     sd = obj.get(name)
     if not isinstance(sd, Mapping):
-        found = ", ".join(sorted(map(str, obj))[:_SHOWN_KEYS])
+        found = ", ".join(sorted(map(str, obj))[:SHOWN_KEYS])
         raise InputError(f"{path}: not a GFPGAN checkpoint: no 'params_ema' or 'params' state dict "
                          f"(its keys: {found}). {_FIX}", kind="bad_checkpoint")
     if not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -439,26 +442,3 @@ def _infer_config(path: Path, sd: Mapping[str, torch.Tensor]) -> GFPGANConfig:
                          f"4 px and {c512} at 512 px, no channel multiplier gives both. {_FIX}", kind="bad_checkpoint")
     return GFPGANConfig(narrow=narrow, channel_multiplier=round(multiplier), num_style_feat=nsf,
                         num_mlp=sum(1 for k in sd if _MLP_KEY.match(k)))
-
-
-def _name_keys(keys: list[str]) -> str:
-    more = len(keys) - _SHOWN_KEYS
-    return ", ".join(keys[:_SHOWN_KEYS]) + (f" (and {more} more)" if more > 0 else "")
-
-
-def _check_keys(path: Path, sd: Mapping[str, torch.Tensor], want: Mapping[str, tuple[int, ...]]) -> None:
-    """Raise naming every missing, unexpected or wrongly shaped key of ``sd``."""
-    missing = sorted(set(want) - set(sd))
-    unexpected = sorted(set(sd) - set(want))
-    wrong = sorted(k for k in set(want) & set(sd) if tuple(sd[k].shape) != want[k])
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_name_keys(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_name_keys(unexpected)}")
-    if wrong:
-        shapes = [f"{k} is {list(sd[k].shape)}, expected {list(want[k])}" for k in wrong]
-        problems.append(f"{len(wrong)} key(s) with the wrong shape: {_name_keys(shapes)}")
-    if problems:
-        raise InputError(f"{path} is not a GFPGAN v1.3/v1.4 clean checkpoint: {'; '.join(problems)}. {_FIX}",
-                         kind="bad_checkpoint")

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from heygem_ray.errors import InputError
+from heygem_ray.models.checkpoint import key_problems, shapes
 from heygem_ray.models.sizes import MUSETALK_CROP, MUSETALK_POSITIONS
 
 FILES = {
@@ -129,19 +130,7 @@ def _whisper_encoder_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    problems = []
-    if missing:
-        problems.append(f"missing key {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    if unexpected:
-        problems.append(f"unexpected key {unexpected[0]}"
-                        + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
-    if wrong:
-        k = wrong[0]
-        problems.append(f"key {k} has shape {tuple(state[k].shape)}, its config says {tuple(expected[k].shape)}")
+    problems = key_problems(state, shapes(module))
     if problems:
         raise InputError(f"{path} does not match its config: {'; '.join(problems)}. {_FIX}", kind="bad_checkpoint")
     module.load_state_dict(state, strict=True)

@@ -37,6 +37,7 @@ from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
 from heygem_ray.features import MEL_STEP, N_MELS
+from heygem_ray.models.checkpoint import key_problems, shapes
 from heygem_ray.models.sizes import WAV2LIP_EMBED, WAV2LIP_FACE
 
 # MEL_STEP: mel columns per video frame (200 ms at 80 columns/s); N_MELS: mel bands.
@@ -49,7 +50,6 @@ EMBED_DIM = WAV2LIP_EMBED  # channels of the audio embedding and of the face bot
 
 _FIX = "Pass the public wav2lip.pth or wav2lip_gan.pth generator checkpoint, not the discriminator/expert."
 _DP_PREFIX = "module."  # added to every key by nn.DataParallel
-_SHOWN_KEYS = 5  # offending keys named in an error message; the rest are counted
 
 
 class ConvBlock(nn.Module):
@@ -260,12 +260,6 @@ def convolution_form(model: Wav2Lip) -> Wav2Lip:
     return form
 
 
-def _name_keys(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_SHOWN_KEYS])
-    more = len(keys) - _SHOWN_KEYS
-    return f"{shown} (and {more} more)" if more > 0 else shown
-
-
 def _read_checkpoint(path: Path, map_location: str | torch.device) -> object:
     """torch.load without running arbitrary pickled code.
 
@@ -306,24 +300,6 @@ def _extract_state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
     return {(k[len(_DP_PREFIX):] if k.startswith(_DP_PREFIX) else k): v for k, v in obj.items()}
 
 
-def _check_keys(path: Path, sd: Mapping[str, torch.Tensor], want: Mapping[str, tuple[int, ...]]) -> None:
-    """Raise naming every missing, unexpected or wrongly shaped key of ``sd``."""
-    missing = sorted(set(want) - set(sd))
-    unexpected = sorted(set(sd) - set(want))
-    wrong = sorted(k for k in set(want) & set(sd) if tuple(sd[k].shape) != want[k])
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_name_keys(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_name_keys(unexpected)}")
-    if wrong:
-        shapes = [f"{k} is {list(sd[k].shape)}, expected {list(want[k])}" for k in wrong]
-        problems.append(f"{len(wrong)} key(s) with the wrong shape: {_name_keys(shapes)}")
-    if problems:
-        raise InputError(f"{path} is not a Wav2Lip generator checkpoint: {'; '.join(problems)}. {_FIX}",
-                         kind="bad_checkpoint")
-
-
 def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Wav2Lip:
     """Build the generator from a public checkpoint; returned in eval mode on ``map_location``.
 
@@ -345,7 +321,10 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
         ) from e
     sd = _extract_state_dict(path, obj)
     model = Wav2Lip()
-    _check_keys(path, sd, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    problems = key_problems(sd, shapes(model))
+    if problems:
+        raise InputError(f"{path} is not a Wav2Lip generator checkpoint: {'; '.join(problems)}. {_FIX}",
+                         kind="bad_checkpoint")
     model.load_state_dict(sd, strict=True)
     return model.to(map_location).eval()
 

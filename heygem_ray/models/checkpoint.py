@@ -1,0 +1,40 @@
+"""What every pack's checkpoint check shares: the keys of a state dict against those a
+network expects, said as one phrase per kind of mismatch, for the error that names the file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+SHOWN_KEYS = 5  # offending keys named in an error message; the rest are counted
+
+
+def name_keys(keys: list[str]) -> str:
+    """The first ``SHOWN_KEYS`` of ``keys``, and how many more there are."""
+    shown = ", ".join(keys[:SHOWN_KEYS])
+    more = len(keys) - SHOWN_KEYS
+    return f"{shown} (and {more} more)" if more > 0 else shown
+
+
+def key_problems(state: Mapping[str, torch.Tensor], want: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """Why ``state`` does not load into a network whose keys have the shapes ``want``: a
+    phrase each for its missing keys, its unexpected keys and its keys of the wrong shape
+    (none when it loads)."""
+    missing = sorted(set(want) - set(state))
+    unexpected = sorted(set(state) - set(want))
+    wrong = sorted(k for k in set(want) & set(state) if tuple(state[k].shape) != tuple(want[k]))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {name_keys(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {name_keys(unexpected)}")
+    if wrong:
+        shapes = [f"{k} is {list(state[k].shape)}, expected {list(want[k])}" for k in wrong]
+        problems.append(f"{len(wrong)} key(s) with the wrong shape: {name_keys(shapes)}")
+    return problems
+
+
+def shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """The keys ``module`` loads, with their shapes."""
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
