@@ -18,8 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.helpers.media import make_excerpt
+
 RAY = str(Path(sys.executable).with_name("ray"))
-STARTED = "Ray runtime started"
+STARTED = re.compile("Ray runtime started")
+HEAD_ADDRESS = re.compile(r"ray start --address='([^']+)'")
 
 
 class RayStart:
@@ -37,9 +40,10 @@ class RayStart:
 
     def head(self, num_cpus: int = 0, num_gpus: int = 0) -> str:
         """Start the head node; returns its address (HOST:PORT)."""
+        # The address is in the "Next steps" lines `ray start` prints after STARTED: wait for it.
         log = self._start(["--head", "--port=0", f"--temp-dir={self.temp}", "--include-dashboard=false"],
-                          num_cpus, num_gpus)
-        found = re.search(r"ray start --address='([^']+)'", log)
+                          num_cpus, num_gpus, ready=HEAD_ADDRESS)
+        found = HEAD_ADDRESS.search(log)
         assert found, log[-3000:]
         self.address = found.group(1)
         return self.address
@@ -49,7 +53,8 @@ class RayStart:
         assert self.address, "start the head first"
         self._start([f"--address={self.address}"], num_cpus, num_gpus)
 
-    def _start(self, args: list[str], num_cpus: int, num_gpus: int) -> str:
+    def _start(self, args: list[str], num_cpus: int, num_gpus: int, ready: re.Pattern[str] = STARTED) -> str:
+        """Start a node; its log so far, once ``ready`` matches it."""
         log_path = self.temp / f"node{len(self._nodes)}.log"
         with open(log_path, "w") as log:
             proc = subprocess.Popen(
@@ -59,7 +64,7 @@ class RayStart:
             )
         self._nodes.append((proc, log_path))
         deadline = time.monotonic() + 120
-        while STARTED not in (text := log_path.read_text()):
+        while not ready.search(text := log_path.read_text()):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"ray start failed:\n{text[-3000:]}")
             time.sleep(0.2)
@@ -92,11 +97,7 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 def photo_batch(folder: Path, examples: Path, jobs: int, seconds: float) -> Path:
     """A manifest in ``folder`` of ``jobs`` rows, each ``seconds`` of the bundled speech
     over the bundled photo, with absolute paths (any node can read them); returns it."""
-    from heygem_ray import media
-
-    audio = folder / "a.wav"
-    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-t", str(seconds),
-                    str(audio)], check=True)
+    audio = make_excerpt(examples / "lesson1.wav", folder / "a.wav", seconds=seconds)
     rows = [f"job{i},{audio},{examples / 'presenter.jpg'}" for i in range(jobs)]
     (folder / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
     return folder / "m.csv"
