@@ -268,12 +268,14 @@ def test_an_unreachable_cluster_stops_before_any_work_with_exit_2(tmp_path, exam
     assert not (tmp_path / "out").exists()
 
 
-def test_readme_python_example_runs_and_prints_the_counts(tmp_path, examples):
+def test_readme_python_example_runs_and_prints_the_counts(tmp_path, examples, ray_join):
+    """The example as pasted, run where RAY_ADDRESS names a running instance (a local one
+    starting by itself is the README's first command, above)."""
     shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
     _silent_wav(tmp_path / "s.wav", 0.5)
     (tmp_path / "manifest.csv").write_text("job_id,audio,video\nfine,s.wav,p.jpg\nbroken,gone.wav,p.jpg\n")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, "-c", README_PYTHON], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run([sys.executable, "-c", README_PYTHON], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env=ray_join)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == f"1 rendered, 0 skipped, 1 failed; table: {Path('out') / 'results.parquet'}"
