@@ -25,10 +25,9 @@ JOBS = 8
 
 @pytest.fixture(scope="module")
 def empty_cluster():
-    cluster = RayStart()
-    cluster.head(num_cpus=0, num_gpus=0)
-    yield cluster
-    cluster.stop()
+    with RayStart() as cluster:
+        cluster.head(num_cpus=0, num_gpus=0)
+        yield cluster
 
 
 @pytest.fixture(scope="module")

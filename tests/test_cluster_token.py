@@ -24,11 +24,10 @@ FIX = ("set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, a file holding it) to the to
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = RayStart()
-    c.head(num_cpus=1)
-    c.node(num_cpus=2)
-    yield c
-    c.stop()
+    with RayStart() as c:
+        c.head(num_cpus=1)
+        c.node(num_cpus=2)
+        yield c
 
 
 @pytest.fixture(scope="module")

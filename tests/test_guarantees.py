@@ -105,9 +105,6 @@ def keyed_run(tmp_path_factory, examples) -> dict:
     the nightly job, both on one Ray instance of this fixture's, whose files (its logs)
     are kept in one place to search."""
     d = tmp_path_factory.mktemp("keyed")
-    cluster = RayStart()
-    cluster.head(num_cpus=2)
-    ray_env = cluster.env() | {"RAY_ADDRESS": cluster.address}
     make_excerpt(examples / "lesson1.wav", d / "a.wav", seconds=1.0)
     shutil.copy(examples / "presenter.jpg", d / "p.jpg")
     rows = [
@@ -118,12 +115,12 @@ def keyed_run(tmp_path_factory, examples) -> dict:
     ]
     (d / "m.csv").write_text("job_id,audio,video,output\n" + "\n".join(rows) + "\n")
     common = ["--cache-dir", str(d / "cache"), "--engines", str(d / "engines")]
-    try:
+    with RayStart() as cluster:  # stopped before the tests read its logs
+        cluster.head(num_cpus=2)
+        ray_env = cluster.env() | {"RAY_ADDRESS": cluster.address}
         submit = _run([HEYGEM, "submit", "m.csv", "-o", "out", *common], d, ray_env)
         made = _run([HEYGEM, "report", "out", "--thumbnails", "0"], d)
         nightly = _run([sys.executable, str(NIGHTLY), "m.csv", "nights", "--date", "2026-01-02", *common], d, ray_env)
-    finally:
-        cluster.stop()
     yield {"dir": d, "ray_tmp": cluster.temp, "submit": submit, "report": made, "nightly": nightly}
     shutil.rmtree(cluster.temp, ignore_errors=True)
 

@@ -176,10 +176,9 @@ def test_a_chunk_call_that_hangs_is_stopped_and_its_worker_replaced(tmp_path, ex
 @pytest.fixture(scope="module")
 def gpu_without_cuda():
     """A `ray start` node that declares a GPU on this machine, where torch has no CUDA."""
-    cluster = RayStart()
-    cluster.head(num_cpus=2, num_gpus=1)
-    yield cluster
-    cluster.stop()
+    with RayStart() as cluster:
+        cluster.head(num_cpus=2, num_gpus=1)
+        yield cluster
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch cannot use CUDA")

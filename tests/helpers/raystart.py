@@ -33,6 +33,12 @@ class RayStart:
         self.address = ""
         self._nodes: list[tuple[subprocess.Popen, Path]] = []
 
+    def __enter__(self) -> RayStart:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def env(self, token: str | None = None) -> dict[str, str]:
         """The environment of a process of this cluster (``token`` overrides its own)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -44,7 +50,7 @@ class RayStart:
         log = self._start(["--head", "--port=0", f"--temp-dir={self.temp}", "--include-dashboard=false"],
                           num_cpus, num_gpus, ready=HEAD_ADDRESS)
         found = HEAD_ADDRESS.search(log)
-        assert found, log[-3000:]
+        assert found is not None  # _start waited for it
         self.address = found.group(1)
         return self.address
 
@@ -66,6 +72,8 @@ class RayStart:
         deadline = time.monotonic() + 120
         while not ready.search(text := log_path.read_text()):
             if proc.poll() is not None or time.monotonic() > deadline:
+                _signal_group(proc, signal.SIGKILL)  # a node half started would outlive the test
+                proc.wait()
                 raise RuntimeError(f"ray start failed:\n{text[-3000:]}")
             time.sleep(0.2)
         return text
