@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 import torch
 
+from heygem_ray.errors import InputError
+
 SHOWN_KEYS = 5  # offending keys named in an error message; the rest are counted
 
 
@@ -17,13 +19,14 @@ def name_keys(keys: list[str]) -> str:
     return f"{shown} (and {more} more)" if more > 0 else shown
 
 
-def key_problems(state: Mapping[str, torch.Tensor], want: Mapping[str, tuple[int, ...]]) -> list[str]:
-    """Why ``state`` does not load into a network whose keys have the shapes ``want``: a
-    phrase each for its missing keys, its unexpected keys and its keys of the wrong shape
-    (none when it loads)."""
+def check_keys(state: Mapping[str, torch.Tensor], module: torch.nn.Module, what: str, fix: str) -> None:
+    """Raise ``bad_checkpoint`` unless ``state`` loads into ``module``: the message is
+    ``what`` (the file, and what it is not), a phrase each for the missing keys, the
+    unexpected keys and the keys of the wrong shape, then ``fix``."""
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     missing = sorted(set(want) - set(state))
     unexpected = sorted(set(state) - set(want))
-    wrong = sorted(k for k in set(want) & set(state) if tuple(state[k].shape) != tuple(want[k]))
+    wrong = sorted(k for k in set(want) & set(state) if tuple(state[k].shape) != want[k])
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): {name_keys(missing)}")
@@ -32,9 +35,5 @@ def key_problems(state: Mapping[str, torch.Tensor], want: Mapping[str, tuple[int
     if wrong:
         shapes = [f"{k} is {list(state[k].shape)}, expected {list(want[k])}" for k in wrong]
         problems.append(f"{len(wrong)} key(s) with the wrong shape: {name_keys(shapes)}")
-    return problems
-
-
-def shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    """The keys ``module`` loads, with their shapes."""
-    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if problems:
+        raise InputError(f"{what}: {'; '.join(problems)}. {fix}", kind="bad_checkpoint")

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
-from heygem_ray.models.checkpoint import SHOWN_KEYS, key_problems, shapes
+from heygem_ray.models.checkpoint import SHOWN_KEYS, check_keys
 from heygem_ray.packs import StageIO, TensorSpec
 
 __all__ = ["FACE_SIZE", "STAGE_IO", "GFPGANConfig", "GFPGANv1Clean", "load", "restore", "to_faces", "to_network"]
@@ -368,10 +368,7 @@ def load(path: str | os.PathLike[str]) -> GFPGANv1Clean:
     config = _infer_config(path, sd)
     with torch.device("meta"):  # no memory and no initialisation for weights about to be replaced
         net = GFPGANv1Clean(config)
-    problems = key_problems(sd, shapes(net))
-    if problems:
-        raise InputError(f"{path} is not a GFPGAN v1.3/v1.4 clean checkpoint: {'; '.join(problems)}. {_FIX}",
-                         kind="bad_checkpoint")
+    check_keys(sd, net, f"{path} is not a GFPGAN v1.3/v1.4 clean checkpoint", _FIX)
     net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
     return net.eval()
 

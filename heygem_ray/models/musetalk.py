@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from heygem_ray.errors import InputError
-from heygem_ray.models.checkpoint import key_problems, shapes
+from heygem_ray.models.checkpoint import check_keys
 from heygem_ray.models.sizes import MUSETALK_CROP, MUSETALK_POSITIONS
 
 FILES = {
@@ -130,9 +130,7 @@ def _whisper_encoder_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    problems = key_problems(state, shapes(module))
-    if problems:
-        raise InputError(f"{path} does not match its config: {'; '.join(problems)}. {_FIX}", kind="bad_checkpoint")
+    check_keys(state, module, f"{path} does not match its config", _FIX)
     module.load_state_dict(state, strict=True)
 
 

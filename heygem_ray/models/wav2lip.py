@@ -37,7 +37,7 @@ from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
 from heygem_ray.features import MEL_STEP, N_MELS
-from heygem_ray.models.checkpoint import key_problems, shapes
+from heygem_ray.models.checkpoint import check_keys
 from heygem_ray.models.sizes import WAV2LIP_EMBED, WAV2LIP_FACE
 
 # MEL_STEP: mel columns per video frame (200 ms at 80 columns/s); N_MELS: mel bands.
@@ -321,10 +321,7 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
         ) from e
     sd = _extract_state_dict(path, obj)
     model = Wav2Lip()
-    problems = key_problems(sd, shapes(model))
-    if problems:
-        raise InputError(f"{path} is not a Wav2Lip generator checkpoint: {'; '.join(problems)}. {_FIX}",
-                         kind="bad_checkpoint")
+    check_keys(sd, model, f"{path} is not a Wav2Lip generator checkpoint", _FIX)
     model.load_state_dict(sd, strict=True)
     return model.to(map_location).eval()
 
