@@ -110,8 +110,7 @@ def test_a_cpu_only_node_that_joins_an_empty_cluster_gets_cpu_workers(tmp_path, 
     """--device auto on a head with no CPUs or GPUs and no autoscaler: once a node with
     CPUs only joins, the run puts CPU workers on it (not a GPU worker that would wait the
     whole start-up timeout next to an idle node), says so, and every row renders."""
-    cluster = RayStart()
-    try:
+    with RayStart() as cluster:
         cluster.head(num_cpus=0, num_gpus=0)
         folder = photo_batch(tmp_path, examples, 3, 0.5).parent
         stderr = folder / "stderr.txt"
@@ -134,5 +133,3 @@ def test_a_cpu_only_node_that_joins_an_empty_cluster_gets_cpu_workers(tmp_path, 
         for r in rows:
             assert r["status"] == "ok", r
             assert len(media.read_video(Path(r["output"]))[0]) == r["frames"] > 0
-    finally:
-        cluster.stop()
