@@ -1,4 +1,5 @@
-"""moto's S3 server on loopback, started as a subprocess: a real S3 API for the tests."""
+"""moto's S3 server on loopback, started as a subprocess: a real S3 API for the tests
+(``s3_serve.py``: one request at a time, so conditional writes are atomic, as in S3)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     log = tmp_path_factory.mktemp("moto") / "server.log"
     with open(log, "wb") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
+            [sys.executable, str(Path(__file__).with_name("s3_serve.py")), str(port)], stdout=out, stderr=out
         )
     try:
         deadline = time.monotonic() + 60
