@@ -4,8 +4,11 @@
     .venv/bin/python bench/bench_compose.py --before /tmp/before [--seconds 8] [--repeat 2]
 
 One lecture-like 1920×1080 clip (tests/helpers/footage.py: a 160 px face on a busy slide,
-panning), as it comes (untagged: BT.601) and tagged BT.709, is analysed and composed by each checkout's ``heygem_ray`` in a child process run
-in that checkout, the two interleaved ``--repeat`` times (the median kept):
+panning) in three versions: as it comes (untagged: BT.601, and noiseless: a flat synthetic
+slide), tagged BT.709, and camera-like (temporal sensor noise added, then encoded at
+8 Mbit/s as a camera or phone would, tagged BT.709). Each is analysed and composed by each
+checkout's ``heygem_ray`` in a child process run in that checkout, the two interleaved
+``--repeat`` times (the median kept):
 
 * **analysis**: ``analyze`` into a fresh cache (decode, face tracking, the frame store,
   the crops), in seconds per second of reference and CPU ms per frame, and the frame
@@ -17,7 +20,9 @@ in that checkout, the two interleaved ``--repeat`` times (the median kept):
   pipe) and of ffmpeg's (the encoder runs beside it), the wall ms per frame, and the
   MP4's size. The checkout after is measured at several ``--preset`` values;
 * **decode**: ffmpeg's CPU ms per frame to decode the clip to BGR (before) and to I420
-  (after), the share of analysis that is not ours.
+  (after), the share of analysis that is not ours;
+* **encode**: the encoder alone at each preset on the clip's decoded frames: CPU ms per
+  frame, kB/s, PSNR and SSIM against those frames.
 
 CPU ms per frame is the figure to compare on a shared machine (wall time waits for the
 other tenants); both are recorded. Writes bench/results/compose-<host>.json.
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import statistics
 import subprocess
@@ -116,6 +122,43 @@ def decode_cpu_ms(clip: Path, pixel_format: str) -> float:
     return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1e3 / frames
 
 
+def encode_rows(clip: Path, colour: str, presets: list[str], tmp: Path) -> list[dict]:
+    """The encoder alone, as compose drives it (this checkout's options, CRF 18) on the
+    clip's own decoded frames: its CPU ms per frame, the MP4's size, and its PSNR and SSIM
+    against those frames (what each preset gives up for its speed)."""
+    info = media.probe_video(clip)
+    raw = tmp / "frames.yuv"
+    frames = 0
+    with open(raw, "wb") as out:
+        for frame in media.iter_frames(info, pixel_format="yuv420p"):
+            out.write(frame.data)
+            frames += 1
+    source = ["-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{info.width}x{info.height}", "-r", str(info.fps),
+              "-i", str(raw)]  # fmt: skip
+    results = []
+    for preset in presets:
+        mp4 = tmp / f"encode-{preset}.mp4"
+        options: list[str] = []
+        for key, value in encoders.video_codec_options("libx264", preset, 18).items():
+            options += ["-c:v" if key == "vcodec" else f"-{key}", str(value)]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", *source, *options, str(mp4)], check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        said = subprocess.run([media.ffmpeg_exe(), "-hide_banner", "-i", str(mp4), *source, "-lavfi",
+                               "[0:v][1:v]psnr;[0:v][1:v]ssim", "-f", "null", "-"],
+                              capture_output=True, text=True, check=True).stderr  # fmt: skip
+        psnr = float(re.search(r"PSNR .*average:([\d.]+)", said).group(1))  # type: ignore[union-attr]
+        ssim = float(re.search(r"SSIM .*All:([\d.]+)", said).group(1))  # type: ignore[union-attr]
+        results.append({"step": "encode", "colour": colour, "preset": preset, "frames": frames,
+                        "encoder_cpu_ms_per_frame": round(cpu * 1e3 / frames, 2),
+                        "mp4_kb_per_s": round(mp4.stat().st_size / 1024 / (frames / float(info.fps)), 1),
+                        "psnr_db": round(psnr, 2), "ssim": round(ssim, 5)})  # fmt: skip
+        print(json.dumps(results[-1]), flush=True)
+    raw.unlink()
+    return results
+
+
 def _median(runs: list[dict], *keys: str) -> float:
     values = []
     for run in runs:
@@ -142,6 +185,23 @@ def tagged(clip: Path, tag: str | None) -> Path:
     subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(clip), "-c", "copy", "-bsf:v",
                     f"h264_metadata={tag}", str(out)], check=True)  # fmt: skip
     return out
+
+
+def camera_like(clip: Path) -> Path:
+    """``clip`` as a camera would record it: temporal noise on every pixel (luma and chroma,
+    ffmpeg's ``noise`` filter at strength 6, uniform), then H.264 at 8 Mbit/s (x264 ``fast``),
+    tagged BT.709 limited range. What x264 spends its time on in real footage: noise that
+    differs in every frame, which a synthetic slide has none of."""
+    out = clip.with_name(f"{clip.stem}-camera.mp4")
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(clip), "-vf", "noise=alls=6:allf=t+u",
+                    "-c:v", "libx264", "-preset", "fast", "-b:v", "8M", "-pix_fmt", "yuv420p",
+                    "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
+                    str(out)], check=True)  # fmt: skip
+    return out
+
+
+# The clips: ``tagged``'s tag, or "camera" for ``camera_like``.
+CLIPS = {"untagged": None, "bt709": TAGS["bt709"], "camera": "camera"}
 
 
 def rows(
@@ -184,15 +244,17 @@ def main() -> None:
     parser.add_argument("--before", type=Path, required=True, help="the checkout to compare against")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of the 1080p reference")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each checkout, interleaved")
-    parser.add_argument("--presets", default="ultrafast,superfast,veryfast", help="x264 presets for the checkout after")
+    parser.add_argument("--presets", default="lean,veryfast,ultrafast", help="x264 presets for the checkout after")
+    parser.add_argument("--clips", default=",".join(CLIPS), help=f"which versions of the clip: {', '.join(CLIPS)}")
     args = parser.parse_args()
     presets = args.presets.split(",")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         footage = lecture_clip(Path(tmp) / "ref.mp4", size=(1920, 1080), face=160, seconds=args.seconds).path
         audio = make_tone(Path(tmp) / "speech.wav", seconds=args.seconds)
-        for colour, tag in TAGS.items():
-            clip = tagged(footage, tag)
+        for colour in args.clips.split(","):
+            tag = CLIPS[colour]
+            clip = camera_like(footage) if tag == "camera" else tagged(footage, tag)
             decode = {fmt: round(decode_cpu_ms(clip, fmt), 2) for fmt in ("bgr24", "yuv420p")}
             runs: dict[str, list[dict]] = {"before": [], "after": []}
             for _ in range(args.repeat):
@@ -200,6 +262,7 @@ def main() -> None:
                 runs["after"].append(measure(record.REPO, clip, audio, presets))
                 print(json.dumps({"colour": colour, **{k: v[-1] for k, v in runs.items()}}), flush=True)
             results += rows(colour, runs, decode, presets, args.seconds)
+            results += encode_rows(clip, colour, presets, Path(tmp))
     for row in results:
         print(json.dumps(row))
     dest = record.write(

@@ -76,6 +76,7 @@ from heygem_ray.face import landmarks  # noqa: E402
 from heygem_ray.features import SAMPLE_RATE, WHISPER_SEGMENT  # noqa: E402
 from heygem_ray.job import ChunkFuture, InProcessService, ReferenceFuture, render_job  # noqa: E402
 from heygem_ray.manifest import Job  # noqa: E402
+from heygem_ray.media import encoders  # noqa: E402
 from heygem_ray.models import gfpgan  # noqa: E402
 from heygem_ray.packs import Features, TensorSpec, get_pack  # noqa: E402
 from heygem_ray.restore import RestoreInputs  # noqa: E402
@@ -500,6 +501,14 @@ def ffmpeg_lists() -> dict[str, Any]:
     }
 
 
+def _x264_args(cfg: RenderConfig) -> list[str]:
+    """ffmpeg's arguments for libx264 at the jobs' preset and CRF."""
+    args: list[str] = []
+    for key, value in encoders.video_codec_options("libx264", cfg.preset, cfg.crf).items():
+        args += ["-c:v" if key == "vcodec" else f"-{key}", str(value)]
+    return args
+
+
 def codec_rows(clips: dict[tuple[int, int], Path], budget: Budget, rows: Rows, work: Path) -> None:
     """Section 1: encode the clip's frames (libx264 as the jobs do, h264_nvenc) and decode
     the clip (CPU, NVDEC), each tried for real, at each resolution."""
@@ -511,7 +520,7 @@ def codec_rows(clips: dict[tuple[int, int], Path], budget: Budget, rows: Rows, w
         raw = frames.tobytes()
         source = ["-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", str(FPS), "-i", "pipe:"]
         tries = {
-            "encode libx264": (source + ["-c:v", "libx264", "-preset", cfg.preset, "-crf", str(cfg.crf)], raw),
+            "encode libx264": (source + _x264_args(cfg), raw),
             "encode h264_nvenc": (source + ["-c:v", "h264_nvenc", "-preset", "p4"], raw),
             "decode cpu": (["-i", str(clip)], None),
             "decode nvdec": (["-hwaccel", "cuda", "-hwaccel_output_format", "cuda", "-i", str(clip)], None),

@@ -42,8 +42,11 @@ _RESTORE_FIELDS = ("restore", "restore_checkpoint", "restore_blend")
 # The H.264 encoder: "auto" is h264_nvenc where the node's GPU has NVENC, else libx264
 # (media/encoders.py); the one used is in each row's ``encoder``.
 EncoderName = Literal["auto", "libx264", "h264_nvenc"]
-# x264's presets, fastest first (h264_nvenc takes the nearest of its own).
-EncoderPreset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
+# x264's presets, fastest first, then ``lean`` (the default: veryfast with two costly searches
+# left out, media/encoders.py); h264_nvenc takes the nearest of its own.
+EncoderPreset = Literal[
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "lean"
+]
 
 
 def cache_home() -> Path:
@@ -174,7 +177,7 @@ class RenderConfig:
     restore: RestoreName = "none"
     restore_checkpoint: Path | None = None
     restore_blend: float = 1.0
-    preset: EncoderPreset = "veryfast"
+    preset: EncoderPreset = "lean"
     encoder: EncoderName = "auto"
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     # How large a row's files may be (not part of config_hash: they render nothing differently).

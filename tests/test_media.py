@@ -647,12 +647,20 @@ def test_nvenc_sees_the_nodes_gpus_from_a_task_ray_gave_none() -> None:
         assert encoders.encoder_env("h264_nvenc") is None
 
 
-@pytest.mark.parametrize("preset", ["ultrafast", "veryslow"])
-def test_the_preset_reaches_x264(tmp_path: Path, preset: str) -> None:
+@pytest.mark.parametrize("preset", ["ultrafast", "veryfast", "veryslow", "lean", None])
+def test_the_preset_reaches_x264(tmp_path: Path, preset: str | None) -> None:
     audio = make_tone(tmp_path / "a.wav", seconds=0.4)
     out = tmp_path / "o.mp4"
-    with media.VideoWriter(out, width=64, height=48, fps=Fraction(25), audio=audio, duration=0.4, preset=preset) as w:
+    chosen = {} if preset is None else {"preset": preset}  # None: the writer's default
+    with media.VideoWriter(out, width=64, height=48, fps=Fraction(25), audio=audio, duration=0.4, **chosen) as w:
         w.write(_pattern(10, 48, 64))
-    # x264 writes its settings into the stream: ultrafast turns CABAC off, veryslow keeps it.
-    settings = out.read_bytes().split(b"x264 - core", 1)[1][:2000]
-    assert (b"cabac=0" in settings) == (preset == "ultrafast") and b"cabac=" in settings
+    # x264 writes its settings into the stream: ultrafast turns CABAC off, the others keep it;
+    # veryfast refines motion to subme 2 and splits inter blocks, lean (the default) refines to
+    # subme 1 on whole 16×16 inter blocks (``analyse=<intra>:0``: the intra splits stay) and
+    # is veryfast otherwise (one reference frame).
+    settings = out.read_bytes().split(b"x264 - core", 1)[1][:2000].split(b" ")
+    assert (b"cabac=0" in settings) == (preset == "ultrafast") and (b"cabac=1" in settings) != (preset == "ultrafast")
+    lean = preset in ("lean", None)
+    assert (b"subme=1" in settings and b"analyse=0x3:0" in settings) == lean
+    assert (b"subme=2" in settings and b"ref=1" in settings) == (preset == "veryfast")
+    assert (b"ref=1" in settings) == (preset in ("veryfast", "ultrafast") or lean)

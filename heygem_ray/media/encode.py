@@ -53,7 +53,7 @@ class VideoWriter:
         audio: Path,
         duration: float,
         crf: int = 18,
-        preset: str = "veryfast",
+        preset: str = "lean",
         pixel_format: PixelFormat = "bgr24",
         encoder: Encoder = "libx264",
     ):

@@ -24,6 +24,16 @@ Encoder = Literal["libx264", "h264_nvenc"]
 # x264's presets, fastest first (``--preset``), and NVENC's nearest (p1 fastest, p7 slowest).
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 NVENC_PRESETS = dict(zip(X264_PRESETS, ("p1", "p2", "p3", "p4", "p4", "p5", "p6", "p7", "p7"), strict=True))
+# Ours, the default: x264's veryfast without the two searches that cost it most for least on
+# camera footage: sub-pixel refinement past one step (``subme`` 1; veryfast's is 2), and the
+# search over splits of inter blocks (motion is found for whole 16×16 blocks; intra blocks
+# still split, which text needs). On camera-like 1080p it takes about half
+# veryfast's encoder CPU for files a few per cent smaller and 0.2 dB lower PSNR at CRF 18;
+# on a flat synthetic slide, a quarter less CPU for files 14 % larger (BENCHMARKS.md,
+# "Compose and the frame store"). NVENC takes veryfast's nearest.
+LEAN = "lean"
+_LEAN_BASE, _LEAN_PARAMS = "veryfast", "subme=1:partitions=none"
+NVENC_PRESETS[LEAN] = NVENC_PRESETS[_LEAN_BASE]
 # Present on a machine with an NVIDIA driver loaded.
 _NVIDIA_DEVICE = "/dev/nvidiactl"
 
@@ -69,9 +79,11 @@ def pick_encoder(requested: Literal["auto", "libx264", "h264_nvenc"]) -> Encoder
 
 
 def video_codec_options(encoder: Encoder, preset: str, crf: int) -> dict[str, str | int]:
-    """ffmpeg output options that choose ``encoder`` at x264's ``preset`` and ``crf`` (NVENC:
-    its nearest preset, and constant quality at the same number)."""
+    """ffmpeg output options that choose ``encoder`` at ``preset`` (x264's, or ``LEAN``) and
+    ``crf`` (NVENC: its nearest preset, and constant quality at the same number)."""
     if encoder == "h264_nvenc":
         return {"vcodec": "h264_nvenc", "preset": NVENC_PRESETS[preset], "tune": "hq", "rc": "vbr", "cq": crf,
                 "b:v": 0}  # fmt: skip
+    if preset == LEAN:
+        return {"vcodec": "libx264", "preset": _LEAN_BASE, "x264-params": _LEAN_PARAMS, "crf": crf}
     return {"vcodec": "libx264", "preset": preset, "crf": crf}
