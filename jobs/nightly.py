@@ -94,7 +94,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="For int8: frames that calibrate the activation ranges (a quarter as many more are held out).")
     p.add_argument("--chunk-frames", type=int, default=128)
     p.add_argument("--preset", choices=get_args(EncoderPreset), default=RenderConfig.preset,
-                   help="x264's speed preset (faster: less CPU, larger files).")
+                   help="the encoder's speed: lean (the default: x264's veryfast without its two costliest searches) "
+                        "or one of x264's presets (faster: less CPU, larger files).")
     p.add_argument("--encoder", choices=get_args(EncoderName), default=RenderConfig.encoder,
                    help="H.264 encoder: auto (h264_nvenc where the node's GPU has NVENC, else libx264).")
     p.add_argument("--engines", type=_location, default=None,
