@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import itertools
 import signal
 import sys
@@ -70,6 +71,9 @@ def _engine_store(engines: Path | None, store: Path | None) -> storage.Location:
 @app.callback()
 def _main() -> None:
     """Batch lip-synced talking-head videos on Ray."""
+    # `kill -USR1 <pid>` prints where every thread of this process is, to stderr, and the
+    # command goes on: for a run that seems stuck (docs/operations-faults.md).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 class _Bar(RunCallbacks):

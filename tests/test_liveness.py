@@ -230,8 +230,20 @@ def test_a_run_stopped_while_it_waits_for_workers_writes_its_table(tmp_path, exa
         while "waiting for model workers (" not in err.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
             time.sleep(0.5)
+        # SIGUSR1 prints where each thread is, and the run goes on.
+        os.kill(proc.pid, signal.SIGUSR1)
+        while "Current thread" not in err.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(0.2)
+        assert re.search(r'File ".*heygem_ray/driver/loop\.py", line \d+ in _first_workers', err.read_text())
+        assert proc.poll() is None
         (os.killpg if to_group else os.kill)(proc.pid, signum)
-        proc.wait(timeout=120)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # say where it is stuck
+            os.kill(proc.pid, signal.SIGUSR1)
+            time.sleep(2)
+            pytest.fail(f"still running 120 s after {signal.Signals(signum).name}:\n{err.read_text()[-8000:]}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
