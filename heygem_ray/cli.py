@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import itertools
 import signal
@@ -73,7 +74,9 @@ def _main() -> None:
     """Batch lip-synced talking-head videos on Ray."""
     # `kill -USR1 <pid>` prints where every thread of this process is, to stderr, and the
     # command goes on: for a run that seems stuck (docs/operations-faults.md).
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if sys.__stderr__ is not None:  # None, or without a file descriptor: embedded, nowhere to print
+        with contextlib.suppress(OSError):
+            faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
 
 
 class _Bar(RunCallbacks):
