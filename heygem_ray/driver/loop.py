@@ -36,6 +36,7 @@ from heygem_ray.driver.calls import (
 )
 from heygem_ray.driver.pool import WATCH_S, Pool
 from heygem_ray.driver.router import Router
+from heygem_ray.driver.stop import raise_if_stopped
 from heygem_ray.driver.task import job_task
 from heygem_ray.manifest import Job
 from heygem_ray.results import JobResult
@@ -93,7 +94,9 @@ def _first_workers(pool: Pool, timeout_s: float, on_waiting: Callable[[str], Non
         if now - start >= timeout_s:
             raise pool.not_ready(timeout_s)
         # Nodes joining: CPU workers placed on them, more GPU workers wanted, auto decided.
-        if infos := pool.watch(min(WATCH_S, start + timeout_s - now)):
+        infos = pool.watch(min(WATCH_S, start + timeout_s - now))
+        raise_if_stopped()
+        if infos:
             return infos
         if time.monotonic() >= say_at:
             line = pool.waiting_line(time.monotonic() - start, timeout_s)
@@ -141,6 +144,7 @@ def _render_all(
                 heap.release_free()  # see heap.py: the driver's memory stays flat over many jobs
                 next_watch = time.monotonic() + WATCH_S
             done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+            raise_if_stopped()
             for ref in done:
                 job, attempt = pending.pop(ref)
                 try:

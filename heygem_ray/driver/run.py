@@ -4,20 +4,18 @@ The public entry point for Python callers; the CLI is a thin layer over it.
 
 However a run that started rendering (or waiting for its workers) ends, its table is
 written: rows of the jobs that ended, ``stopped`` rows for the others. That includes
-Ctrl-C and SIGTERM (what ``ray job stop`` and ``kill`` send): while a run goes on, SIGTERM
-raises ``Interrupted`` in the driver as Ctrl-C raises ``KeyboardInterrupt``.
+Ctrl-C and SIGTERM (what ``ray job stop`` and ``kill`` send): while a run goes on, either
+raises ``Interrupted`` in the driver (``driver/stop.py``).
 """
 
 
 from __future__ import annotations
 
 import signal
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import ray
 
@@ -28,6 +26,7 @@ from heygem_ray.driver.connect import connect
 from heygem_ray.driver.hold import hold_output, still_held
 from heygem_ray.driver.loop import run_jobs
 from heygem_ray.driver.missing import MissingInputs
+from heygem_ray.driver.stop import StopSignals
 from heygem_ray.errors import HeygemError, Interrupted, RunStopped, WorkersUnavailable
 from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult, Status, read_rows
@@ -111,9 +110,9 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
         working = False
         # The identities of the inputs of jobs in flight, taken as each job starts (manifest row → audio, video).
         inputs: dict[int, tuple[str, str]] = {}
-        # SIGTERM stops the run as Ctrl-C does, from here until its table is written (set
-        # after ray.init, which sets a handler of its own)
-        sigterm = _SigtermStops()
+        # Ctrl-C and SIGTERM stop the run, from here until its table is written (set after
+        # ray.init, which sets handlers of its own)
+        stop = StopSignals()
         try:
             # 6. start the model workers (a bad checkpoint or backend stops here), then
             #    render, keeping each row on disk as soon as its job ends
@@ -149,7 +148,7 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
             run_jobs(to_run(), cfg, on_result=job_done, on_frames=cb.frames_done, on_workers=workers_ready,
                      on_waiting=cb.waiting)
         except BaseException as exc:
-            signum = sigterm.stopped_by(exc)
+            signum = stop.stopped_by(exc)
             if not working and signum is None:  # nothing was rendered: the error says why
                 raise
             # Jobs may have rendered, or be waiting for workers: the table holds their rows,
@@ -177,7 +176,7 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
                 raise
             raise RunStopped(said, exit_status=2 if isinstance(exc, WorkersUnavailable) else 1) from exc
         finally:
-            sigterm.restore()
+            stop.restore()
             if started_here:
                 ray.shutdown()
     # 7. the results table: one row per manifest row, merged from the rows kept on disk
@@ -191,30 +190,3 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
 _SIGNAL_NAMES = {int(signal.SIGINT): "SIGINT (Ctrl-C)", int(signal.SIGTERM): "SIGTERM"}
 
 
-class _SigtermStops:
-    """While it is installed, SIGTERM raises ``Interrupted`` in the main thread (once: a
-    second one is ignored, so that the table gets written); ``restore`` puts the handler
-    before back. Only the main thread receives signals: elsewhere it does nothing."""
-
-    def __init__(self) -> None:
-        self.received = False
-        self._installed = threading.current_thread() is threading.main_thread()
-        # None: a handler set outside Python (put back as the default)
-        self._previous: Any = signal.signal(signal.SIGTERM, self._stop) if self._installed else None
-
-    def _stop(self, signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        self.received = True
-        raise Interrupted(signum)
-
-    def stopped_by(self, exc: BaseException) -> int | None:
-        """The signal that stopped the run, if one did: SIGTERM (``Interrupted``; a Ray
-        call it interrupts raises a plain ``KeyboardInterrupt`` instead), or SIGINT
-        (``KeyboardInterrupt``, Python's own for Ctrl-C)."""
-        if not isinstance(exc, KeyboardInterrupt):
-            return None
-        return int(signal.SIGTERM) if self.received else int(signal.SIGINT)
-
-    def restore(self) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)

@@ -1,0 +1,69 @@
+"""Ctrl-C and SIGTERM stop a run, also where a Ray call swallows the interrupt.
+
+Python turns SIGINT into ``KeyboardInterrupt`` in the main thread, and a Ray call that
+is waiting checks for signals from C++ and raises the interrupt itself. Not always:
+in a full test run, a Ctrl-C sent while the run waited for GPU workers left the driver in
+``ray.wait`` inside ``Pool.watch`` and waiting on (its stacks, 120 s later, showed the
+loop still going round). So a stop signal is also remembered here, and the driver's
+loops call ``raise_if_stopped`` every round: an interrupt a Ray call swallowed comes back
+within one round (``WATCH_S``, ``POLL_S``).
+
+While a run goes on (``StopSignals`` installed in the main thread), the first SIGINT or
+SIGTERM raises ``Interrupted``; a second SIGTERM is ignored (so that the table gets
+written, as ``ray job stop`` sends it twice), a second SIGINT raises ``KeyboardInterrupt``
+at once (Ctrl-C twice stops at once). Elsewhere than the main thread nothing is
+installed: only the main thread receives signals.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from heygem_ray.errors import Interrupted
+
+# The StopSignals installed now, if any (signals are the process's: one at a time).
+_installed: StopSignals | None = None
+
+
+class StopSignals:
+    def __init__(self) -> None:
+        global _installed
+        self.received: int | None = None  # the first stop signal's number
+        self._main = threading.current_thread() is threading.main_thread()
+        self._previous: dict[int, Any] = {}
+        if self._main:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._stop)
+            _installed = self
+
+    def _stop(self, signum: int, frame: object) -> None:
+        if self.received is None:
+            self.received = signum
+            raise Interrupted(signum)
+        if signum == signal.SIGINT:  # the second Ctrl-C: at once, whatever is being done
+            raise KeyboardInterrupt
+
+    def stopped_by(self, exc: BaseException) -> int | None:
+        """The signal that stopped the run, if one did: the first one received, or SIGINT
+        for a ``KeyboardInterrupt`` raised without one (Ctrl-C where nothing was installed)."""
+        if not isinstance(exc, KeyboardInterrupt):
+            return None
+        return int(self.received) if self.received is not None else int(signal.SIGINT)
+
+    def restore(self) -> None:
+        global _installed
+        for signum, previous in self._previous.items():
+            # None: a handler set outside Python (put back as the default)
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        self._previous.clear()
+        if _installed is self:
+            _installed = None
+
+
+def raise_if_stopped() -> None:
+    """Raise ``Interrupted`` for a stop signal received while a run goes on: where the
+    interrupt its handler raised was swallowed by a Ray call, the run still stops."""
+    if _installed is not None and _installed.received is not None:
+        raise Interrupted(_installed.received)
