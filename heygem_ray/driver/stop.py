@@ -10,8 +10,8 @@ within one round (``WATCH_S``, ``POLL_S``).
 
 While a run goes on (``StopSignals`` installed in the main thread), the first SIGINT or
 SIGTERM raises ``Interrupted``; a second SIGTERM is ignored (so that the table gets
-written, as ``ray job stop`` sends it twice), a second SIGINT raises ``KeyboardInterrupt``
-at once (Ctrl-C twice stops at once). Elsewhere than the main thread nothing is
+written), a second SIGINT raises ``KeyboardInterrupt`` at once (Ctrl-C twice stops at
+once). Elsewhere than the main thread nothing is
 installed: only the main thread receives signals.
 """
 
@@ -28,12 +28,14 @@ _installed: StopSignals | None = None
 
 
 class StopSignals:
+    """The stop signals' handler while a run goes on: installed when made (in the main
+    thread), put back to what it was by ``restore``."""
+
     def __init__(self) -> None:
         global _installed
         self.received: int | None = None  # the first stop signal's number
-        self._main = threading.current_thread() is threading.main_thread()
         self._previous: dict[int, Any] = {}
-        if self._main:
+        if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._stop)
             _installed = self
