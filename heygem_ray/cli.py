@@ -144,7 +144,7 @@ def submit(
     address: Annotated[str | None, typer.Option(help="Ray cluster to use: 'auto', HOST:PORT or ray://HOST:PORT. Without it a local Ray instance starts.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Where analysed references are cached (default: ~/.cache/heygem-ray/templates).")] = None,
     chunk_frames: Annotated[int, typer.Option(help="Frames per chunk sent to the model workers.")] = 128,
-    preset: Annotated[str, typer.Option(help="x264's speed preset, from 'ultrafast' to 'veryslow', or 'lean' (the default: 'veryfast' without its two costliest searches, about half its CPU on camera footage for files of about the same size): faster encodes cost less CPU and give larger files at the same quality.")] = RenderConfig.preset,
+    preset: Annotated[str, typer.Option(help="x264's speed preset, from 'ultrafast' to 'veryslow', or 'lean' (the default: 'veryfast' without its two costliest searches, about two thirds of its CPU on camera footage for files of about the same size): faster encodes cost less CPU and give larger files at the same quality.")] = RenderConfig.preset,
     encoder: Annotated[str, typer.Option(help="H.264 encoder: 'auto' (h264_nvenc where the node's GPU has NVENC, else libx264), 'libx264' or 'h264_nvenc'.")] = RenderConfig.encoder,
     min_face: Annotated[int, typer.Option(help="Smallest face searched for in the reference, in pixels wide (at least 20; smaller costs more analysis time).")] = DetectorConfig().min_face,
     max_reference_pixels: Annotated[int, typer.Option(help="A reference with more pixels (width × height) fails its row before it is decoded (default: 8K UHD, 7680×4320).")] = InputLimits.max_reference_pixels,
