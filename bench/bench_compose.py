@@ -138,9 +138,7 @@ def encode_rows(clip: Path, colour: str, presets: list[str], tmp: Path) -> list[
     results = []
     for preset in presets:
         mp4 = tmp / f"encode-{preset}.mp4"
-        options: list[str] = []
-        for key, value in encoders.video_codec_options("libx264", preset, 18).items():
-            options += ["-c:v" if key == "vcodec" else f"-{key}", str(value)]
+        options = record.ffmpeg_args(encoders.video_codec_options("libx264", preset, 18))
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", *source, *options, str(mp4)], check=True)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -67,7 +67,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.helpers: the seeded checkpoints and the lecture clip
 
 from bench.bench_backends import cores, cpu_busy, cpu_name  # noqa: E402
-from bench.record import write  # noqa: E402
+from bench.record import ffmpeg_args, write  # noqa: E402
 from heygem_ray import media  # noqa: E402
 from heygem_ray.backends.pytorch import TorchRunner  # noqa: E402
 from heygem_ray.config import PackName, RenderConfig  # noqa: E402
@@ -501,14 +501,6 @@ def ffmpeg_lists() -> dict[str, Any]:
     }
 
 
-def _x264_args(cfg: RenderConfig) -> list[str]:
-    """ffmpeg's arguments for libx264 at the jobs' preset and CRF."""
-    args: list[str] = []
-    for key, value in encoders.video_codec_options("libx264", cfg.preset, cfg.crf).items():
-        args += ["-c:v" if key == "vcodec" else f"-{key}", str(value)]
-    return args
-
-
 def codec_rows(clips: dict[tuple[int, int], Path], budget: Budget, rows: Rows, work: Path) -> None:
     """Section 1: encode the clip's frames (libx264 as the jobs do, h264_nvenc) and decode
     the clip (CPU, NVDEC), each tried for real, at each resolution."""
@@ -520,7 +512,7 @@ def codec_rows(clips: dict[tuple[int, int], Path], budget: Budget, rows: Rows, w
         raw = frames.tobytes()
         source = ["-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", str(FPS), "-i", "pipe:"]
         tries = {
-            "encode libx264": (source + _x264_args(cfg), raw),
+            "encode libx264": (source + ffmpeg_args(encoders.video_codec_options("libx264", cfg.preset, cfg.crf)), raw),
             "encode h264_nvenc": (source + ["-c:v", "h264_nvenc", "-preset", "p4"], raw),
             "decode cpu": (["-i", str(clip)], None),
             "decode nvdec": (["-hwaccel", "cuda", "-hwaccel_output_format", "cuda", "-i", str(clip)], None),

@@ -1,7 +1,8 @@
 """Where a benchmark's numbers go: ``bench/results/<name>-<host>.json``, with the machine,
 the command that made them and the date; how a benchmark runs one measurement in a fresh
 Python process (``run_child``); and the modes of a benchmark over many Ray tasks
-(``each_mode``), each keeping a few tasks in flight in its child (``in_flight``)."""
+(``each_mode``), each keeping a few tasks in flight in its child (``in_flight``); and the
+jobs' encoder options as an ffmpeg command line (``ffmpeg_args``)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ def write(name: str, results: list[dict], **machine: Any) -> Path:
     dest = RESULTS / f"{name}-{socket.gethostname()}.json"
     dest.write_text(json.dumps(record, indent=2) + "\n")
     return dest
+
+
+def ffmpeg_args(options: dict[str, Any]) -> list[str]:
+    """ffmpeg output options as ``media.encoders.video_codec_options`` gives them (keyword
+    form, for ffmpeg-python) → command-line arguments: ``-c:v`` for the codec, ``-<key>
+    <value>`` for the rest."""
+    args: list[str] = []
+    for key, value in options.items():
+        args += ["-c:v" if key == "vcodec" else f"-{key}", str(value)]
+    return args
 
 
 def run_child(label: str, script: str, *args: str, unset: tuple[str, ...] = ("RAY_ADDRESS",)) -> tuple[Any, float]:

@@ -11,8 +11,8 @@ within one round (``WATCH_S``, ``POLL_S``).
 While a run goes on (``StopSignals`` installed in the main thread), the first SIGINT or
 SIGTERM raises ``Interrupted``; a second SIGTERM is ignored (so that the table gets
 written), a second SIGINT raises ``KeyboardInterrupt`` at once (Ctrl-C twice stops at
-once). Elsewhere than the main thread nothing is
-installed: only the main thread receives signals.
+once). Elsewhere than the main thread nothing is installed: only the main thread receives
+signals.
 """
 
 from __future__ import annotations
