@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pyarrow as pa
 
@@ -272,11 +271,7 @@ def track_reference(
     )
     for frame in media.iter_frames(info, max_pixels=max_pixels, pixel_format="yuv420p"):
         each_frame(frame)
-        # The tracker's BGR view, converted by OpenCV with BT.601's coefficients: a few levels
-        # off BT.709 on saturated colours (skin: 2–4), which the detector (it works on grey,
-        # normalised per window) and the wide skin and lip tests do not notice, for 0.6 ms a
-        # 1080p frame where an exact conversion costs 5. Crops are converted exactly (cut_i420).
-        tracker.add(cv2.cvtColor(frame, cv2.COLOR_YUV2BGR_I420))
+        tracker.add(frame)
     frames = tracker.frames
     if frames == 0:
         raise InputError(
