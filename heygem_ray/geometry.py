@@ -173,21 +173,24 @@ def paste_i420(
         border = cv2.BORDER_CONSTANT if zero else cv2.BORDER_REPLICATE
         return cv2.copyMakeBorder(image, 1, 1, 1, 1, border, value=0)[sl]
 
-    m = padded(m, zero=True)[..., None]  # (h, w, 1) float32 weight of the generated crop
-    gen = yuv.bgr_to_yuv(padded(cv2.resize(crop, (bw, bh), interpolation=cv2.INTER_LINEAR), zero=False))
+    m = padded(m, zero=True)  # (h, w) float32 weight of the generated crop
     luma, cb, cr = yuv.planes(frame)
     target = (slice(top, bottom), slice(left, right))
     chroma_target = (slice(top // 2, bottom // 2), slice(left // 2, right // 2))
     under_y = luma[target].astype(np.float32)
-    under_c = np.stack([cb[chroma_target], cr[chroma_target]], axis=-1).astype(np.float32)  # (h/2, w/2, 2)
-    if base is None:  # m · gen + (1 − m) · frame
-        new_y = under_y + m[..., 0] * (gen[..., 0] - under_y)
-        new_c = yuv.halve(m * gen[..., 1:]) + (1.0 - yuv.halve(m)) * under_c
-    else:  # frame + m · (gen − base)
-        change = m * (gen - yuv.bgr_to_yuv(padded(cv2.resize(base, (bw, bh), interpolation=cv2.INTER_LINEAR),
-                                                   zero=False)))  # fmt: skip
-        new_y = under_y + change[..., 0]
-        new_c = under_c + yuv.halve(change[..., 1:])
+    under_c = cv2.merge([cb[chroma_target], cr[chroma_target]]).astype(np.float32)  # (h/2, w/2, 2)
+    if base is None:  # m · gen + (1 − m) · frame = frame + m · gen − m · frame
+        weighted = yuv.bgr_to_yuv(padded(cv2.resize(crop, (bw, bh), interpolation=cv2.INTER_LINEAR), zero=False))
+        weighted *= m[..., None]
+        new_y = under_y + weighted[..., 0] - m * under_y
+        halved = yuv.halve(weighted)
+        new_c = under_c + halved[..., 1:] - yuv.halve(m)[..., None] * under_c
+    else:  # frame + m · (gen − base): the difference converted alone (the conversion is linear)
+        gen, under = (padded(cv2.resize(c, (bw, bh), interpolation=cv2.INTER_LINEAR), zero=False) for c in (crop, base))
+        weighted = yuv.bgr_to_yuv_change(cv2.subtract(gen, under, dtype=cv2.CV_32F))
+        weighted *= m[..., None]
+        new_y = under_y + weighted[..., 0]
+        new_c = under_c + yuv.halve(weighted)[..., 1:]
     yuv.put(luma[target], new_y)
     yuv.put(cb[chroma_target], new_c[..., 0])
     yuv.put(cr[chroma_target], new_c[..., 1])
