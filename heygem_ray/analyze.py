@@ -3,7 +3,9 @@
 A template holds everything later stages need from the reference, so the reference is
 decoded once however many jobs use it:
 
-* ``meta.json``: fps, frame size, frame count, how it was made;
+* ``meta.json``: fps, frame size, frame count, how it was made (the frame store's codec;
+  ``decoder``: what decoded the reference, "nvdec" or "cpu" (``media.decoders``), and
+  ``decoder_note``: why NVDEC, where it was picked, was not used after all);
 * ``frames.bin`` + ``offsets.npy``: every decoded frame, I420 in BT.709 limited range
   as the encoder takes it (``media.yuv``), compressed losslessly one by one (Zstandard at
   its fastest level), so any frame can be read by index — compose walks the reference
@@ -73,6 +75,8 @@ class Template:
     boxes: np.ndarray  # (frames, 4) int32 crop boxes (x0, y0, x1, y1)
     present: np.ndarray  # (frames,) bool: the face is there (else the frame is left as it is)
     points: np.ndarray  # (frames, 5, 2) float32 face points (face.align's order), pixels
+    # What decoded the reference: "nvdec" or "cpu" (media.decoders; the frames are the same).
+    decoder: media.Decoder = "cpu"
 
     @classmethod
     def open(cls, root: Path) -> Template:
@@ -87,6 +91,7 @@ class Template:
             boxes=np.load(root / "boxes.npy"),
             present=np.load(root / "present.npy"),
             points=np.load(root / "points.npy"),
+            decoder=meta.get("decoder", "cpu"),  # templates from before NVDEC: the CPU
         )
 
     def track(self) -> FaceTrack:
@@ -186,17 +191,16 @@ def _build(
     out.mkdir(parents=True)
     video = info.path
 
-    # Pass 1: decode once, store every frame, follow the faces.
-    offsets = [0]
-    codec = pa.Codec(FRAME_CODEC, compression_level=FRAME_LEVEL)
-    with open(out / "frames.bin", "wb") as store:
-
-        def keep(frame: np.ndarray) -> None:
-            packed = codec.compress(frame)
-            store.write(packed)
-            offsets.append(offsets[-1] + packed.size)
-
-        track = track_reference(info, detector_cfg, max_pixels, keep)
+    # Pass 1: decode once, store every frame, follow the faces. Where NVDEC fails on this
+    # reference, it is decoded again on the CPU (a damaged file fails there too, and says so).
+    decoder, fell_back = media.pick_decoder(info), ""
+    try:
+        track, offsets = _store_and_track(info, detector_cfg, max_pixels, out, decoder)
+    except InputError as exc:
+        if decoder == "cpu" or exc.kind != "unreadable_media":
+            raise
+        decoder, fell_back = "cpu", f"NVDEC failed, decoded on the CPU: {exc}"
+        track, offsets = _store_and_track(info, detector_cfg, max_pixels, out, decoder)
     frames = len(offsets) - 1
     np.save(out / "offsets.npy", np.asarray(offsets, np.int64))
 
@@ -209,7 +213,8 @@ def _build(
     np.save(out / "points.npy", points)
 
     # Pass 2: cut the crops from the stored frames.
-    partial = Template(out, info.fps, info.width, info.height, frames, info.is_image, boxes, track.present, points)
+    partial = Template(out, info.fps, info.width, info.height, frames, info.is_image, boxes, track.present, points,
+                       decoder)  # fmt: skip
     crops = np.lib.format.open_memmap(
         out / "crops.npy", mode="w+", dtype=np.uint8, shape=(frames, geometry.size, geometry.size, 3)
     )
@@ -228,10 +233,30 @@ def _build(
         "frames": frames,
         "is_image": info.is_image,
         "frame_store": f"i420 bt709 tv, {FRAME_CODEC} level {FRAME_LEVEL}",
+        "decoder": decoder,
+        "decoder_note": fell_back,
         "face_detected_fraction": float(track.detected.mean()),
         "face_present_fraction": float(track.present.mean()),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def _store_and_track(
+    info: media.VideoInfo, detector_cfg: DetectorConfig, max_pixels: int, out: Path, decoder: media.Decoder
+) -> tuple[FaceTrack, list[int]]:
+    """Decode the reference with ``decoder``, writing each frame to ``out``/frames.bin
+    (from its start) as the faces are followed: the track, and the store's frame offsets."""
+    offsets = [0]
+    codec = pa.Codec(FRAME_CODEC, compression_level=FRAME_LEVEL)
+    with open(out / "frames.bin", "wb") as store:
+
+        def keep(frame: np.ndarray) -> None:
+            packed = codec.compress(frame)
+            store.write(packed)
+            offsets.append(offsets[-1] + packed.size)
+
+        track = track_reference(info, detector_cfg, max_pixels, keep, decoder)
+    return track, offsets
 
 
 FACES_FILE = "faces.npz"
@@ -256,10 +281,11 @@ def track_reference(
     detector_cfg: DetectorConfig,
     max_pixels: int | None = None,
     each_frame: Callable[[np.ndarray], None] = lambda frame: None,
+    decoder: media.Decoder = "cpu",
 ) -> FaceTrack:
     """The presenter's smoothed face track through the reference ``info`` describes, its
-    frames decoded once (each also handed to ``each_frame``, (H·3/2, W) uint8 I420 in
-    BT.709, ``media.yuv``). It does not depend on the pack: every crop geometry is cut
+    frames decoded once by ``decoder`` (each also handed to ``each_frame``, (H·3/2, W)
+    uint8 I420 in BT.709, ``media.yuv``). It does not depend on the pack: every crop geometry is cut
     along the same track. A reference
     without frames is ``unreadable_media``; one whose presenter is found in too few frames
     is ``no_face``."""
@@ -269,7 +295,7 @@ def track_reference(
         detector_cfg,
         float(info.fps),
     )
-    for frame in media.iter_frames(info, max_pixels=max_pixels, pixel_format="yuv420p"):
+    for frame in media.iter_frames(info, max_pixels=max_pixels, pixel_format="yuv420p", decoder=decoder):
         each_frame(frame)
         tracker.add(frame)
     frames = tracker.frames

@@ -67,6 +67,7 @@ SCHEMA = pa.schema(
         ("gpu", pa.string()),
         ("compute_capability", pa.string()),
         ("encoder", pa.string()),
+        ("decoder", pa.string()),
         ("attempts", pa.int64()),
         ("ray_task_id", pa.string()),
         ("config_hash", pa.string()),
@@ -132,6 +133,7 @@ class JobResult:
     gpu: str | None = None
     compute_capability: str | None = None
     encoder: str | None = None  # the H.264 encoder that wrote the MP4: libx264 or h264_nvenc
+    decoder: str | None = None  # what decoded the reference into its template: nvdec or cpu
     attempts: int = 1
     ray_task_id: str | None = None  # the last attempt's task: its logs and state in Ray
     config_hash: str = ""

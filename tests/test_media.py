@@ -15,7 +15,7 @@ import pytest
 
 from heygem_ray import media
 from heygem_ray.errors import EngineError, InputError, InternalError
-from heygem_ray.media import encoders, video_probe, yuv
+from heygem_ray.media import decoders, encoders, video_probe, yuv
 from tests.helpers.media import (
     make_channels,
     make_corrupt,
@@ -645,6 +645,40 @@ def test_nvenc_sees_the_nodes_gpus_from_a_task_ray_gave_none() -> None:
         assert encoders.encoder_env("libx264") is None
         mp.setenv("CUDA_VISIBLE_DEVICES", "1")
         assert encoders.encoder_env("h264_nvenc") is None
+
+
+def test_nvdec_takes_8_bit_4_2_0_h264_and_hevc_where_a_tiny_decode_with_it_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reference goes to NVDEC where it decodes (here, a machine without an NVIDIA driver:
+    nowhere) and only the streams it takes: not 4:4:4 H.264, not MPEG-4 Part 2, not a photo."""
+    h264 = make_video(tmp_path / "a.mp4", size=(64, 48))
+    full_chroma = make_video(tmp_path / "b.mp4", size=(63, 48))  # odd: encoded as 4:4:4
+    mpeg4 = tmp_path / "c.mp4"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=0.4",
+                    "-c:v", "mpeg4", str(mpeg4)], check=True)  # fmt: skip
+    photo = make_image(tmp_path / "p.png")
+    infos = {p.name: media.probe_video(p) for p in (h264, full_chroma, mpeg4, photo)}
+    assert (infos["a.mp4"].codec, infos["a.mp4"].pixel_format) == ("h264", "yuv420p")
+    assert (infos["b.mp4"].codec, infos["b.mp4"].pixel_format) == ("h264", "yuv444p")
+    assert infos["c.mp4"].codec == "mpeg4"
+    missing = decoders.nvdec_missing()
+    if not Path("/dev/nvidiactl").exists():
+        assert missing == "no NVIDIA driver on this machine"
+    assert media.pick_decoder(infos["a.mp4"]) == ("nvdec" if missing is None else "cpu")
+    monkeypatch.setattr(decoders, "nvdec_missing", lambda: None)  # as on a node where it works
+    assert [media.pick_decoder(info) for info in infos.values()] == ["nvdec", "cpu", "cpu", "cpu"]
+
+
+def test_nvdec_sees_the_nodes_gpus_from_a_task_ray_gave_none(tmp_path: Path) -> None:
+    """The decoder's ffmpeg is started as NVENC's is: with the node's GPUs visible. Without
+    CUDA (here) it fails, and says so: what analysis falls back from."""
+    if decoders.nvdec_missing() is None:
+        pytest.skip("NVDEC decodes on this machine")
+    clip = make_video(tmp_path / "a.mp4", size=(64, 48))
+    with pytest.raises(InputError) as caught:
+        list(media.iter_frames(media.probe_video(clip), pixel_format="yuv420p", decoder="nvdec"))
+    assert caught.value.kind == "unreadable_media" and str(clip) in caught.value.message
 
 
 @pytest.mark.parametrize("preset", ["ultrafast", "veryfast", "veryslow", "lean", None])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ from heygem_ray.config import RenderConfig
 from heygem_ray.errors import InputError
 from heygem_ray.job import InProcessService, render_job, scratch
 from heygem_ray.manifest import Job
+from heygem_ray.media import decoders
 from heygem_ray.packs import get_pack
 from heygem_ray.steps import TIMED
 from heygem_ray.timeline import loop_indices
@@ -86,6 +88,7 @@ def test_output_matches_reference_format_and_audio_length(rendered, examples):
     assert abs(media.probe_audio(Path(result.output)).duration - audio_s) <= 1 / FPS
     assert result.template_cached is False and result.backend == "pytorch" and result.realtime_factor > 0
     assert result.encoder == media.pick_encoder("auto")  # libx264 here, h264_nvenc on a GPU with NVENC
+    assert result.decoder == template.decoder == media.pick_decoder(media.probe_video(examples / "presenter.mp4"))
 
 
 def _ref_frames(template, n):
@@ -113,6 +116,27 @@ def test_the_frame_store_gives_back_the_reference_as_it_was_decoded(rendered, ex
     stored = list(template.read_i420(np.arange(template.frames)))
     assert len(stored) == len(decoded) == template.frames
     assert all(np.array_equal(a, b) for a, b in zip(stored, decoded, strict=True))
+
+
+def test_where_nvdec_fails_on_a_reference_it_is_decoded_again_on_the_cpu_and_the_template_says_so(
+        tmp_path, examples, monkeypatch):  # fmt: skip
+    """A node whose NVDEC passed its tiny trial and then fails on a reference (here: told
+    NVDEC works on a machine without CUDA): the reference is decoded again on the CPU,
+    into the same template, and its meta.json says what decoded it and why."""
+    if decoders.nvdec_missing() is None:
+        pytest.skip("NVDEC decodes on this machine: nothing falls back")
+    video, geometry, detector = examples / "presenter.mp4", get_pack("warp").geometry, RenderConfig().detector
+    on_cpu, _ = analyze(video, geometry, detector, tmp_path / "cpu")
+    monkeypatch.setattr(decoders, "nvdec_missing", lambda: None)
+    assert media.pick_decoder(media.probe_video(video)) == "nvdec"
+    again, cached = analyze(video, geometry, detector, tmp_path / "fell-back")
+    meta = json.loads((again.root / "meta.json").read_text())
+    assert not cached and again.decoder == meta["decoder"] == on_cpu.decoder == "cpu"
+    assert meta["decoder_note"].startswith("NVDEC failed, decoded on the CPU: ") and str(video) in meta["decoder_note"]
+    assert json.loads((on_cpu.root / "meta.json").read_text())["decoder_note"] == ""
+    index = np.arange(on_cpu.frames)
+    assert again.frames == on_cpu.frames and np.array_equal(again.boxes, on_cpu.boxes)
+    assert all(np.array_equal(a, b) for a, b in zip(again.read_i420(index), on_cpu.read_i420(index), strict=True))
 
 
 def test_a_damaged_frame_store_is_a_bad_template_that_says_to_delete_it(rendered, tmp_path):

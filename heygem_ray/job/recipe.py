@@ -66,6 +66,7 @@ def render_job(
             with steps("analyze"):
                 video = storage.fetch(job.video, "reference", default_download_dir())
                 template, result.template_cached = analyze(video, pack.geometry, cfg.detector, cache_dir, cfg.limits)
+                result.decoder = template.decoder
             # 3. check the reference (the row's warnings) and plan the output frames (over a
             #    talking take's still stretch for warp); features are computed a chunk at a
             #    time in step 5

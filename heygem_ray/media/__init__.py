@@ -14,6 +14,8 @@ One module per reason to change:
   mono float32, in memory or in a raw file (:func:`load_audio`, :func:`decode_audio`);
 * ``yuv``: I420 frames (BT.709 limited range), as the template stores the reference and
   the encoder takes it, and the exact conversions of the regions that need BGR;
+* ``decoders``: which decoder reads a reference (NVDEC where it works and takes the
+  stream, else the CPU: :func:`pick_decoder`);
 * ``encoders``: which H.264 encoder a job uses (h264_nvenc where it works, else libx264:
   :func:`pick_encoder`);
 * ``encode``: BGR or I420 frames plus an audio track into an H.264 + AAC MP4 (:class:`VideoWriter`).
@@ -31,6 +33,7 @@ samples ``empty_audio``; a failed encode ``EngineError`` kind ``encode``.
 from heygem_ray.media.audio_probe import AudioInfo, probe_audio
 from heygem_ray.media.container import require_file
 from heygem_ray.media.decode import decode_audio, iter_frames, load_audio, read_video
+from heygem_ray.media.decoders import Decoder, pick_decoder
 from heygem_ray.media.encode import VideoWriter
 from heygem_ray.media.encoders import Encoder, pick_encoder
 from heygem_ray.media.ffmpeg import ffmpeg_exe
@@ -40,6 +43,7 @@ from heygem_ray.media.video_probe import IMAGE_FPS, VideoInfo, indexed_frames, p
 __all__ = [
     "IMAGE_FPS",
     "AudioInfo",
+    "Decoder",
     "Encoder",
     "VideoInfo",
     "VideoWriter",
@@ -50,6 +54,7 @@ __all__ = [
     "indexed_frames",
     "iter_frames",
     "load_audio",
+    "pick_decoder",
     "pick_encoder",
     "probe_audio",
     "probe_video",

@@ -19,7 +19,8 @@ from heygem_ray.errors import InputError, storage_errors
 from heygem_ray.media import yuv
 from heygem_ray.media.audio_probe import audio_stream, empty_audio
 from heygem_ray.media.container import require_file
-from heygem_ray.media.ffmpeg import TO_BT709, FfmpegProcess, PixelFormat, ffmpeg_exe, url, video_filters
+from heygem_ray.media.decoders import Decoder
+from heygem_ray.media.ffmpeg import TO_BT709, FfmpegProcess, PixelFormat, ffmpeg_exe, gpu_env, url, video_filters
 from heygem_ray.media.limits import clock, decoder_limit
 from heygem_ray.media.video_probe import VideoInfo, probe_video
 
@@ -27,7 +28,7 @@ _READ_CHUNK = 1 << 20  # bytes per read from an audio pipe
 
 
 def iter_frames(
-    info: VideoInfo, *, max_pixels: int | None = None, pixel_format: PixelFormat = "bgr24"
+    info: VideoInfo, *, max_pixels: int | None = None, pixel_format: PixelFormat = "bgr24", decoder: Decoder = "cpu"
 ) -> Generator[np.ndarray, None, None]:
     """Yield the frames of ``info.path`` one at a time: (H, W, 3) uint8 BGR, or with
     ``pixel_format="yuv420p"`` (H·3/2, W) uint8 I420 frames in BT.709 limited range
@@ -39,10 +40,12 @@ def iter_frames(
     dropping frames), upright, cropped to ``info.width`` × ``info.height``; a still image
     yields one frame. Each frame is a new, writable array. ffmpeg is killed and reaped if
     the consumer stops early. ``max_pixels``: ffmpeg's decoder refuses larger pictures (a
-    stream that grows midway), which fails the decode.
+    stream that grows midway), which fails the decode. ``decoder="nvdec"``: decoded on this
+    node's GPU (``decoders``; the frames are the same), filtered on the CPU as otherwise.
     """
     fps = None if info.is_image else info.fps
-    source = ffmpeg.input(url(info.path), **decoder_limit(max_pixels))[f"v:{info.video_stream}"]
+    on_gpu = {"hwaccel": "cuda"} if decoder == "nvdec" else {}
+    source = ffmpeg.input(url(info.path), **on_gpu, **decoder_limit(max_pixels))[f"v:{info.video_stream}"]
     decoded = video_filters(source, fps)
     # A guard for streams that change size midway: every frame comes out width × height.
     if pixel_format == "yuv420p":
@@ -62,7 +65,7 @@ def iter_frames(
         .compile(cmd=ffmpeg_exe())
     )
     frame_bytes = int(np.prod(shape))
-    proc = FfmpegProcess(args, stdout=True)
+    proc = FfmpegProcess(args, stdout=True, env=gpu_env() if decoder == "nvdec" else None)
     try:
         while True:
             frame = np.empty(shape, np.uint8)  # (H, W, 3) BGR or (H·3/2, W) I420

@@ -5,10 +5,9 @@ machine (L4, L40S and A10-class GPUs have NVENC; H100 and H200 have decoders but
 encoder; a CPU node has neither). So it is tried once per process, on a tiny input, and
 the answer kept.
 
-A Ray task that asked for no GPU runs with ``CUDA_VISIBLE_DEVICES`` empty (Ray hides the
-node's GPUs from it), and the job tasks that compose ask for none: the model workers hold
-the GPUs. NVENC is a unit of its own beside the GPU's cores, so the encoder's ffmpeg is
-started with the node's GPUs visible (``encoder_env``); NVENC picks the first.
+The job tasks that compose ask for no GPU (the model workers hold them), and Ray hides the
+node's GPUs from them. NVENC is a unit of its own beside the GPU's cores, so the encoder's
+ffmpeg is started with the node's GPUs visible (``encoder_env``); NVENC picks the first.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import os
 from typing import Literal
 
 from heygem_ray.errors import EngineError
-from heygem_ray.media.ffmpeg import ffmpeg_exe, run, tail
+from heygem_ray.media.ffmpeg import ffmpeg_exe, gpu_env, run, tail
 
 Encoder = Literal["libx264", "h264_nvenc"]
 # x264's presets, fastest first (``--preset``), and NVENC's nearest (p1 fastest, p7 slowest).
@@ -35,21 +34,19 @@ LEAN = "lean"
 _LEAN_BASE, _LEAN_PARAMS = "veryfast", "subme=1:partitions=none"
 NVENC_PRESETS[LEAN] = NVENC_PRESETS[_LEAN_BASE]
 # Present on a machine with an NVIDIA driver loaded.
-_NVIDIA_DEVICE = "/dev/nvidiactl"
+NVIDIA_DEVICE = "/dev/nvidiactl"
 
 
 def encoder_env(encoder: Encoder) -> dict[str, str] | None:
     """The environment to start ``encoder``'s ffmpeg with (None: this process's own)."""
-    if encoder == "h264_nvenc" and os.environ.get("CUDA_VISIBLE_DEVICES") == "":
-        return {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    return None
+    return gpu_env() if encoder == "h264_nvenc" else None
 
 
 @functools.lru_cache(maxsize=1)
 def nvenc_missing() -> str | None:
     """Why ``h264_nvenc`` cannot encode on this machine, or None when it can: found by
     encoding five tiny frames, once per process."""
-    if not os.path.exists(_NVIDIA_DEVICE):
+    if not os.path.exists(NVIDIA_DEVICE):
         return "no NVIDIA driver on this machine"
     args = [
         ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",

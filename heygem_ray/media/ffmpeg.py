@@ -59,6 +59,16 @@ def url(path: Path) -> str:
     return f"file:{path.absolute()}"
 
 
+def gpu_env() -> dict[str, str] | None:
+    """The environment that starts an ffmpeg with this node's GPUs visible (None: this
+    process's own). A Ray task that asked for no GPU runs with ``CUDA_VISIBLE_DEVICES``
+    empty; NVENC and NVDEC are units of their own beside a GPU's cores, which the ffmpeg
+    of such a task may use (``encoders``, ``decoders``)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    return None
+
+
 def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run a short ffmpeg command to completion, capturing its output."""
     try:

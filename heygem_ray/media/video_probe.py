@@ -69,6 +69,10 @@ class VideoInfo:
     # range, BT.601 or untagged, which every reader takes for BT.601: a change of matrix
     # alone), or "" (anything else: converted whole).
     colour: str = ""
+    # The stream's codec and its pictures' pixel format as decoded (FFmpeg's names: "h264",
+    # "yuv420p"): which decoder takes it (``decoders.pick_decoder``).
+    codec: str = ""
+    pixel_format: str = ""
 
 
 def _video_stream(container: av.container.InputContainer, path: Path, what: str) -> av.video.stream.VideoStream:
@@ -286,6 +290,8 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         source_width, source_height = stream.codec_context.width, stream.codec_context.height
         average_rate, nominal_rate, time_base = stream.average_rate, stream.guessed_rate, stream.time_base
         colour = _colour(stream.codec_context)
+        codec = stream.codec_context.name
+        pixel_format = stream.codec_context.format.name if stream.codec_context.format is not None else ""
     check_reference_size(path, source_width, source_height, max_pixels=max_pixels)  # as decoded
     is_image = looks_like_image and scan.decoded == 1
     if is_image:
@@ -310,6 +316,8 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         source_height=source_height,
         video_stream=video_stream,
         colour=colour,
+        codec=codec,
+        pixel_format=pixel_format,
     )
 
 

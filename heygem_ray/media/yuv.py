@@ -115,10 +115,13 @@ def halve(values: np.ndarray) -> np.ndarray:
     return cv2.resize(values, (w // 2, h // 2), interpolation=cv2.INTER_AREA).reshape(h // 2, w // 2, *values.shape[2:])
 
 
+_NOTHING = np.zeros(1)  # a scalar 0 to OpenCV
+
+
 def _round(values: np.ndarray) -> np.ndarray:
     """float32 → uint8, rounded (half to even) and clipped to 0–255: OpenCV's saturating
     conversion, ten times NumPy's rint, clip and cast."""
-    return cv2.add(values, 0.0, dtype=cv2.CV_8U)
+    return cv2.add(values, _NOTHING, dtype=cv2.CV_8U)
 
 
 def put(plane: np.ndarray, values: np.ndarray) -> None:
