@@ -638,6 +638,8 @@ def one_job(worker: ModelWorker, cfg: RenderConfig, clip: Path, audio: Path, cac
         "frames": frames,
         "audio_s": round(result.audio_seconds or 0.0, 3),
         "template_cached": result.template_cached,
+        "decoder": result.decoder,
+        "encoder": result.encoder,
         "wall_s": round(wall, 3),
         **{f"{name}_s": round(getattr(result, f"{name}_s") or 0.0, 3)
            for name in ("analyze", "features", "motion", "render", "compose")},  # fmt: skip

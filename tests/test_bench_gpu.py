@@ -5,6 +5,7 @@ it must show here, on the CPU, not on the first GPU machine."""
 from __future__ import annotations
 
 from bench.bench_gpu import one_job
+from heygem_ray import media
 from heygem_ray.config import RenderConfig
 from heygem_ray.worker import ModelWorker
 from tests.helpers.media import make_excerpt
@@ -23,6 +24,8 @@ def test_the_e2e_job_renders_and_reports_its_figures(tmp_path, examples) -> None
     assert cold["status"] == "ok" and warm["status"] == "ok", (cold, warm)
     assert (cold["template_cached"], warm["template_cached"]) == (False, True)
     assert cold["frames"] == warm["frames"] == 25
+    assert cold["decoder"] == warm["decoder"] == media.pick_decoder(media.probe_video(examples / "presenter.mp4"))
+    assert cold["encoder"] == warm["encoder"] == media.pick_encoder("auto")  # cpu and libx264 here
     for row in (cold, warm):
         assert 0 < row["model_s"] < row["wall_s"] and 0 < row["cpu_share"] < 1, row
         assert row["cpu_side_core_s_per_frame"] > 0 and row["est_fps_per_gpu"] > 0, row
