@@ -138,9 +138,11 @@ def face_landmarks(frame: np.ndarray, box: np.ndarray) -> Landmarks | None:
     # would see the face at 192 px).
     left, top, span = int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(side))
     h, w = frame.shape[:2]
-    ys = np.clip(np.arange(top, top + span), 0, h - 1)
-    xs = np.clip(np.arange(left, left + span), 0, w - 1)
-    square = frame[ys[:, None], xs[None, :]]
+    inside = frame[max(top, 0) : min(top + span, h), max(left, 0) : min(left + span, w)]
+    if inside.size == 0:
+        return None
+    square = cv2.copyMakeBorder(inside, max(-top, 0), max(top + span - h, 0), max(-left, 0), max(left + span - w, 0),
+                                cv2.BORDER_REPLICATE)  # fmt: skip
     flags = cv2.INTER_AREA if span > INPUT else cv2.INTER_LINEAR
     square = cv2.resize(square, (INPUT, INPUT), interpolation=flags)
     rgb = cv2.cvtColor(square, cv2.COLOR_BGR2RGB).astype(np.float32)[None] / np.float32(255.0)  # (1, 192, 192, 3)
