@@ -1,11 +1,12 @@
 """The track's pure parts on arrays: choosing the presenter, gaps, steadiness."""
 
+import cv2
 import numpy as np
 
 from heygem_ray.config import DetectorConfig
 from heygem_ray.face import looks
 from heygem_ray.face.smooth import trend
-from heygem_ray.face.track import Observations, Tracker, _Track, finish, iou
+from heygem_ray.face.track import Observations, Tracker, _Frame, _Track, finish, iou
 
 FPS = 25.0
 NAN4 = [np.nan] * 4
@@ -102,3 +103,25 @@ def test_iou():
     a = np.array([[0, 0, 10, 10]], np.float32)
     b = np.array([[5, 0, 15, 10]], np.float32)
     assert np.isclose(iou(a, b)[0, 0], 50 / 150)
+
+
+def test_the_tracker_converts_only_the_region_around_a_face_and_gets_the_whole_frames_pixels_there():
+    """``_Frame.around`` converts a region of an I420 frame to BGR exactly as converting the
+    whole frame gives it there (even-aligned, clipped at the frame's edges, boxes running
+    off every edge), and the grey the detector reads is the luma plane itself."""
+    rng = np.random.default_rng(7)
+    i420 = rng.integers(0, 256, (360 * 3 // 2, 640), np.uint8)
+    frame = _Frame(i420)
+    whole = cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420)
+    assert np.shares_memory(frame.grey, i420) and np.array_equal(frame.grey, i420[:360])
+    for box in ([101.3, 57.8, 163.1, 120.2], [-30, -12, 40, 50], [600, 300, 700, 420], [0, 0, 640, 360], [5, 5, 6, 6]):
+        for span in (1.0, 2.0):
+            region, corner = frame.around(np.asarray(box, np.float32), span)
+            x0, y0 = int(corner[0]), int(corner[1])
+            assert x0 % 2 == 0 and y0 % 2 == 0 and region.shape[0] % 2 == 0 and region.shape[1] % 2 == 0
+            assert np.array_equal(region, whole[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]]), (box, span)
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            assert x0 <= max(cx, 0) and y0 <= max(cy, 0)  # the face's centre is inside (or the edge nearest it)
+    # A look measured on the region is the look measured on the whole frame.
+    box = np.array([240.0, 100.0, 360.0, 220.0], np.float32)
+    np.testing.assert_array_equal(frame.look(box), looks.look(whole, box))
