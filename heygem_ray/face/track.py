@@ -57,6 +57,8 @@ _SIZE_PERIOD_S = 2.0
 # The BGR region converted around a face box, in box sides: what a look reads (the mesh's
 # square of ``ROI_SCALE`` sides, and the mesh points, which may reach a little past it).
 _LOOK_SPAN = ROI_SCALE + 0.5
+
+
 class _Frame:
     """One I420 frame as the tracker reads it: its grey, and BGR around a face.
 
@@ -244,9 +246,10 @@ class Tracker:
             self.retired.append(track)
 
     def _small(self, grey: np.ndarray, interpolation: int) -> np.ndarray:
-        """``grey`` at the whole-frame scan's scale."""
+        """``grey`` at the whole-frame scan's scale, a new array (``grey`` is a view of the
+        decoded frame, which the frames kept would otherwise keep whole)."""
         if self.scale == 1.0:
-            return grey
+            return grey.copy()
         h, w = grey.shape
         return cv2.resize(grey, (round(w * self.scale), round(h * self.scale)), interpolation=interpolation)
 
