@@ -698,3 +698,4 @@ def test_the_preset_reaches_x264(tmp_path: Path, preset: str | None) -> None:
     assert (b"subme=1" in settings and b"analyse=0x3:0" in settings) == lean
     assert (b"subme=2" in settings and b"ref=1" in settings) == (preset == "veryfast")
     assert (b"ref=1" in settings) == (preset in ("veryfast", "ultrafast") or lean)
+    assert f"threads={encoders.X264_THREADS}".encode() in settings  # not x264's 1.5 a core

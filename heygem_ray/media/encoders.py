@@ -33,6 +33,13 @@ NVENC_PRESETS = dict(zip(X264_PRESETS, ("p1", "p2", "p3", "p4", "p4", "p5", "p6"
 LEAN = "lean"
 _LEAN_BASE, _LEAN_PARAMS = "veryfast", "subme=1:partitions=none"
 NVENC_PRESETS[LEAN] = NVENC_PRESETS[_LEAN_BASE]
+# x264's threads per encoder. A node runs a job per core (``Pool.jobs_cap``), so its share
+# is about one core: x264's own choice (1.5 threads a core: 24 frame threads, each holding
+# frames, in every encoder of a 16-core node) spends CPU on keeping its threads in step.
+# On 2 cores, 2 threads took 0.87× the CPU of its choice (3) with the wall time no longer,
+# 1 thread 0.82× the CPU and 1.2× the wall time (camera-like 1080p at lean; BENCHMARKS.md,
+# "Compose and the frame store"); 2 lets a job alone on a machine use two cores.
+X264_THREADS = 2
 # Present on a machine with an NVIDIA driver loaded.
 NVIDIA_DEVICE = "/dev/nvidiactl"
 
@@ -77,10 +84,12 @@ def pick_encoder(requested: Literal["auto", "libx264", "h264_nvenc"]) -> Encoder
 
 def video_codec_options(encoder: Encoder, preset: str, crf: int) -> dict[str, str | int]:
     """ffmpeg output options that choose ``encoder`` at ``preset`` (x264's, or ``LEAN``) and
-    ``crf`` (NVENC: its nearest preset, and constant quality at the same number)."""
+    ``crf`` (NVENC: its nearest preset, and constant quality at the same number); x264 runs
+    ``X264_THREADS`` threads."""
     if encoder == "h264_nvenc":
         return {"vcodec": "h264_nvenc", "preset": NVENC_PRESETS[preset], "tune": "hq", "rc": "vbr", "cq": crf,
                 "b:v": 0}  # fmt: skip
     if preset == LEAN:
-        return {"vcodec": "libx264", "preset": _LEAN_BASE, "x264-params": _LEAN_PARAMS, "crf": crf}
-    return {"vcodec": "libx264", "preset": preset, "crf": crf}
+        return {"vcodec": "libx264", "preset": _LEAN_BASE, "x264-params": _LEAN_PARAMS, "crf": crf,
+                "threads": X264_THREADS}  # fmt: skip
+    return {"vcodec": "libx264", "preset": preset, "crf": crf, "threads": X264_THREADS}
