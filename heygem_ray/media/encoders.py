@@ -33,12 +33,13 @@ NVENC_PRESETS = dict(zip(X264_PRESETS, ("p1", "p2", "p3", "p4", "p4", "p5", "p6"
 LEAN = "lean"
 _LEAN_BASE, _LEAN_PARAMS = "veryfast", "subme=1:partitions=none"
 NVENC_PRESETS[LEAN] = NVENC_PRESETS[_LEAN_BASE]
-# x264's threads per encoder. A node runs a job per core (``Pool.jobs_cap``), so its share
-# is about one core: x264's own choice (1.5 threads a core: 24 frame threads, each holding
-# frames, in every encoder of a 16-core node) spends CPU on keeping its threads in step.
-# On 2 cores, 2 threads took 0.87× the CPU of its choice (3) with the wall time no longer,
-# 1 thread 0.82× the CPU and 1.2× the wall time (camera-like 1080p at lean; BENCHMARKS.md,
-# "Compose and the frame store"); 2 lets a job alone on a machine use two cores.
+# x264's threads per encoder. A node runs a job per core (``Pool.jobs_cap``), so a job's
+# share is about one core, while x264's own choice is 1.5 threads a core of the machine:
+# 24 on a 16-core node, in every job's encoder, each frame thread holding its frames.
+# Encoding noisy 4K at lean with 24 threads on 2 cores (the ratio of 16 such encoders on
+# 16 cores) peaked at 2.4 GB and took 1.5× the CPU a frame of 2 threads (0.9 GB); at
+# 1080p, 730 against 283 MB and 1.4× (bench/bench_x264_threads.py). Two let a job alone
+# on a machine use two cores.
 X264_THREADS = 2
 # Present on a machine with an NVIDIA driver loaded.
 NVIDIA_DEVICE = "/dev/nvidiactl"
