@@ -639,6 +639,7 @@ def one_job(worker: ModelWorker, cfg: RenderConfig, clip: Path, audio: Path, cac
         "audio_s": round(result.audio_seconds or 0.0, 3),
         "template_cached": result.template_cached,
         "decoder": result.decoder,
+        "decoder_note": _decoder_note(cache),
         "encoder": result.encoder,
         "wall_s": round(wall, 3),
         **{f"{name}_s": round(getattr(result, f"{name}_s") or 0.0, 3)
@@ -655,6 +656,13 @@ def one_job(worker: ModelWorker, cfg: RenderConfig, clip: Path, audio: Path, cac
         "cpu_side_core_s_per_frame": round(per_frame, 5),
         "est_fps_per_gpu": round(estimate, 2) if estimate else None,
     }
+
+
+def _decoder_note(cache: Path) -> str:
+    """Why the template in ``cache`` was not decoded by NVDEC where NVDEC was picked ("" if it
+    was, or was not picked): its meta.json's ``decoder_note``."""
+    notes = [json.loads(meta.read_text()).get("decoder_note", "") for meta in cache.glob("*/meta.json")]
+    return "; ".join(n for n in notes if n)
 
 
 # -- the run -------------------------------------------------------------------------------------

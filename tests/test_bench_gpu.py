@@ -26,6 +26,7 @@ def test_the_e2e_job_renders_and_reports_its_figures(tmp_path, examples) -> None
     assert cold["frames"] == warm["frames"] == 25
     assert cold["decoder"] == warm["decoder"] == media.pick_decoder(media.probe_video(examples / "presenter.mp4"))
     assert cold["encoder"] == warm["encoder"] == media.pick_encoder("auto")  # cpu and libx264 here
+    assert cold["decoder_note"] == warm["decoder_note"] == ""  # the CPU was picked: nothing fell back
     for row in (cold, warm):
         assert 0 < row["model_s"] < row["wall_s"] and 0 < row["cpu_share"] < 1, row
         assert row["cpu_side_core_s_per_frame"] > 0 and row["est_fps_per_gpu"] > 0, row
