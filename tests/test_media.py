@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 import subprocess
+import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,10 @@ import pytest
 from heygem_ray import media
 from heygem_ray.errors import EngineError, InputError, InternalError
 from heygem_ray.media import decoders, encoders, video_probe, yuv
+from heygem_ray.media import ffmpeg as ffmpeg_module
 from tests.helpers.media import (
+    HANG_MARK,
+    hanging_ffmpeg,
     make_channels,
     make_corrupt,
     make_empty_wav,
@@ -29,6 +34,7 @@ from tests.helpers.media import (
     make_truncated_mp4,
     make_vfr_video,
     make_video,
+    sleepers,
 )
 
 NTSC = Fraction(30000, 1001)
@@ -645,6 +651,77 @@ def test_nvenc_sees_the_nodes_gpus_from_a_task_ray_gave_none() -> None:
         assert encoders.encoder_env("libx264") is None
         mp.setenv("CUDA_VISIBLE_DEVICES", "1")
         assert encoders.encoder_env("h264_nvenc") is None
+
+
+# --------------------------------------------------------------------------- stalls
+
+
+@pytest.fixture
+def stalling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """ffmpeg is ``hanging_ffmpeg``'s (files named with ``HANG_MARK`` never get through),
+    and a stall is declared after 2 s of no byte moved (``STALL_S``; 600 s in a run)."""
+    script = hanging_ffmpeg(tmp_path)
+    monkeypatch.setenv("HEYGEM_FFMPEG", str(script))
+    monkeypatch.setattr(ffmpeg_module, "STALL_S", 2.0)
+    media.ffmpeg_exe.cache_clear()
+    yield
+    media.ffmpeg_exe.cache_clear()  # before HEYGEM_FFMPEG is restored: looked up afresh next time
+
+
+def _hanging(tmp_path: Path, made: Path) -> Path:
+    hang = tmp_path / f"{HANG_MARK}{made.suffix}"
+    made.rename(hang)
+    return hang
+
+
+def test_a_decoder_that_hands_over_nothing_is_stopped_and_says_what_it_was_reading(tmp_path: Path, stalling) -> None:
+    """Neither a reference's nor an audio file's decode waits for ever on an ffmpeg that moves
+    no byte: it is killed, and the error (kind ``stalled``) names the file and what to check."""
+    video = _hanging(tmp_path, make_video(tmp_path / "a.mp4", size=(64, 48)))
+    audio = _hanging(tmp_path, make_tone(tmp_path / "a.wav", seconds=0.4))
+    for read, path in ((lambda: list(media.iter_frames(media.probe_video(video), pixel_format="yuv420p")), video),
+                       (lambda: media.decode_audio(audio, tmp_path / "a.f32", 16000), audio)):  # fmt: skip
+        start = time.monotonic()
+        with pytest.raises(EngineError) as caught:
+            read()
+        assert 2.0 <= time.monotonic() - start < 30
+        assert caught.value.kind == "stalled", caught.value
+        assert str(path) in caught.value.message and "handed over no data and used no CPU for 2 s" in caught.value.message
+        assert "network file system" in caught.value.message and "run the same manifest again" in caught.value.message
+        assert sleepers() == []  # killed and reaped
+
+
+_BUSY = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 3: pass\n"
+
+
+def test_an_ffmpeg_that_works_long_on_one_picture_is_not_stalled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Silent but using CPU (a long x264 flush at 8K, say) is working, not stuck: a process
+    that computes for 3 s before its output, or before it exits, outlasts a 1-s ``STALL_S``."""
+    monkeypatch.setattr(ffmpeg_module, "STALL_S", 1.0)
+    late = ffmpeg_module.FfmpegProcess([sys.executable, "-c", _BUSY + "sys.stdout.buffer.write(b'done')"],
+                                       task="a busy one", stdout=True)  # fmt: skip
+    buffer = bytearray(16)
+    assert late.read_into(memoryview(buffer)) == 4 and bytes(buffer[:4]) == b"done"
+    assert late.wait() == 0
+    slow = ffmpeg_module.FfmpegProcess([sys.executable, "-c", "import sys\nsys.stdin.buffer.read()\n" + _BUSY],
+                                       task="a busy one", stdin=True)  # fmt: skip
+    slow.write_all(memoryview(b"frames"))
+    start = time.monotonic()
+    assert slow.wait() == 0 and time.monotonic() - start >= 2.5
+
+
+def test_an_encoder_that_takes_nothing_is_stopped_and_its_half_file_removed(tmp_path: Path, stalling) -> None:
+    audio = make_tone(tmp_path / "a.wav", seconds=2.0)
+    out = tmp_path / f"{HANG_MARK}.mp4"
+    start = time.monotonic()
+    with pytest.raises(EngineError) as caught:
+        with media.VideoWriter(out, width=640, height=480, fps=Fraction(25), audio=audio, duration=2.0) as w:
+            for _ in range(50):  # 46 MB: more than the pipe holds
+                w.write(np.zeros((480, 640, 3), np.uint8))
+    assert 2.0 <= time.monotonic() - start < 30
+    assert caught.value.kind == "stalled" and f"encoding {out}" in caught.value.message
+    assert "took no data and used no CPU for 2 s" in caught.value.message
+    assert not out.exists() and sleepers() == []
 
 
 def test_nvdec_takes_8_bit_4_2_0_h264_and_hevc_where_a_tiny_decode_with_it_works(

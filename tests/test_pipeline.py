@@ -24,11 +24,12 @@ from heygem_ray.errors import InputError
 from heygem_ray.job import InProcessService, render_job, scratch
 from heygem_ray.manifest import Job
 from heygem_ray.media import decoders
+from heygem_ray.media import ffmpeg as ffmpeg_module
 from heygem_ray.packs import get_pack
 from heygem_ray.steps import TIMED
 from heygem_ray.timeline import loop_indices
 from heygem_ray.worker import ModelWorker
-from tests.helpers.media import make_excerpt
+from tests.helpers.media import HANG_MARK, hanging_ffmpeg, make_excerpt, sleepers
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 
 FPS = 25
@@ -204,6 +205,33 @@ def test_reference_is_looped_ping_pong(tmp_path, examples, warp_service):
     shown = dist.argmin(axis=1)
     assert len(frames) == 75
     assert shown.tolist() == loop_indices(75, 25, "pingpong").tolist()
+
+
+def test_a_job_whose_ffmpeg_moves_nothing_fails_stalled_in_its_step_and_leaves_no_output(
+        tmp_path, examples, warp_service, monkeypatch):  # fmt: skip
+    """A reference whose decoder hands over nothing, and an output whose encoder takes
+    nothing, each fail their row (kind ``stalled``, in the step it happened) once ffmpeg has
+    moved no byte for ``STALL_S``, instead of holding the job for ever; no MP4 is left."""
+    audio = tmp_path / "a.wav"
+    make_excerpt(examples / "lesson1.wav", audio, seconds=1)
+    reference = tmp_path / f"{HANG_MARK}.mp4"
+    shutil.copy(examples / "presenter.mp4", reference)
+    monkeypatch.setenv("HEYGEM_FFMPEG", str(hanging_ffmpeg(tmp_path)))
+    monkeypatch.setattr(ffmpeg_module, "STALL_S", 2.0)
+    media.ffmpeg_exe.cache_clear()
+    try:
+        cfg = RenderConfig(chunk_frames=16)
+        reading = render_job(job(tmp_path, audio, reference, "reading"), cfg, tmp_path / "cache", warp_service)
+        writing = render_job(job(tmp_path, audio, examples / "presenter.mp4", HANG_MARK), cfg, tmp_path / "cache",
+                             warp_service)  # fmt: skip
+    finally:
+        media.ffmpeg_exe.cache_clear()
+    for result, step, what in ((reading, "analyze", f"decoding the reference {reference}"),
+                               (writing, "compose", "encoding ")):  # fmt: skip
+        assert (result.status, result.error_kind, result.error_step) == ("failed", "stalled", step), result.error
+        assert what in result.error and "for 2 s" in result.error, result.error
+        assert not Path(result.output).exists()
+    assert sleepers() == []
 
 
 def test_the_rows_step_seconds_account_for_the_job_the_encoders_tail_included(tmp_path, examples, warp_service):

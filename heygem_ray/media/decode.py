@@ -65,17 +65,12 @@ def iter_frames(
         .compile(cmd=ffmpeg_exe())
     )
     frame_bytes = int(np.prod(shape))
-    proc = FfmpegProcess(args, stdout=True, env=gpu_env() if decoder == "nvdec" else None)
+    proc = FfmpegProcess(args, task=f"decoding the reference {info.path}", stdout=True,
+                         env=gpu_env() if decoder == "nvdec" else None)  # fmt: skip
     try:
         while True:
             frame = np.empty(shape, np.uint8)  # (H, W, 3) BGR or (H·3/2, W) I420
-            buffer = frame.data.cast("B")
-            got = proc.stdout.readinto(buffer)
-            while got and got < frame_bytes:  # in case of a short read
-                more = proc.stdout.readinto(buffer[got:])
-                if not more:
-                    break
-                got += more
+            got = proc.read_into(frame.data.cast("B"))  # a whole frame, less only at the end
             if not got:
                 break
             if got < frame_bytes:
@@ -152,12 +147,13 @@ def _audio_blocks(
         .compile(cmd=ffmpeg_exe())
     )
     frame_bytes = 4 * channels  # one float32 per channel per sample
-    proc = FfmpegProcess(args, stdout=True)
+    proc = FfmpegProcess(args, task=f"decoding the audio {p}", stdout=True)
     samples = 0
     try:
-        while chunk := proc.stdout.read(_READ_CHUNK // frame_bytes * frame_bytes):
-            usable = len(chunk) // frame_bytes * frame_bytes  # a full read is whole samples
-            block = np.frombuffer(chunk[:usable], "<f4").reshape(-1, channels).mean(axis=1, dtype=np.float32)
+        buffer = bytearray(_READ_CHUNK // frame_bytes * frame_bytes)
+        while got := proc.read_into(memoryview(buffer)):
+            usable = got // frame_bytes * frame_bytes  # a full read is whole samples
+            block = np.frombuffer(buffer, "<f4", count=usable // 4).reshape(-1, channels).mean(axis=1, dtype=np.float32)
             np.clip(block, -1.0, 1.0, out=block)
             samples += len(block)
             if max_seconds is not None and samples > most:  # its header said less

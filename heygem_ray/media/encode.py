@@ -107,7 +107,8 @@ class VideoWriter:
 
     def __enter__(self) -> VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._proc = FfmpegProcess(self._args(), stdin=True, env=encoder_env(self.encoder))
+        self._proc = FfmpegProcess(self._args(), task=f"encoding {self.path}", stdin=True,
+                                   env=encoder_env(self.encoder))  # fmt: skip
         return self
 
     def write(self, frames: np.ndarray) -> None:
@@ -122,7 +123,7 @@ class VideoWriter:
                 f"got {frames.dtype} {frames.shape}"
             )
         try:
-            self._proc.stdin.write(np.ascontiguousarray(batch).data)
+            self._proc.write_all(np.ascontiguousarray(batch).data)
         except BrokenPipeError:
             proc, self._proc = self._proc, None
             self._fail(proc, f"ffmpeg stopped accepting frames after {self.frames_written}")
@@ -160,6 +161,10 @@ class VideoWriter:
         self._finish(proc)
 
     def _finish(self, proc: FfmpegProcess) -> None:
-        rc = proc.wait()
+        try:
+            rc = proc.wait()
+        except EngineError:  # stalled: killed with its file half written
+            self.path.unlink(missing_ok=True)
+            raise
         if rc != 0 or not self.path.is_file():
             self._fail(proc, f"ffmpeg exited with status {rc} after {self.frames_written} frames")

@@ -2,26 +2,43 @@
 
 Decoding and encoding run one ffmpeg binary (:func:`ffmpeg_exe`) with argument lists
 built by ``ffmpeg-python``; :class:`FfmpegProcess` keeps one running with its stderr
-drained, so no pipe fills up and blocks it. Files are named by ``file:`` URLs (:func:`url`),
-so a name containing ``:`` is never taken for a protocol.
+drained, so no pipe fills up and blocks it, and never waits on it for ever: an ffmpeg that
+hands over or takes no byte for ``STALL_S`` is killed, and the job fails as ``stalled``.
+Files are named by ``file:`` URLs (:func:`url`), so a name containing ``:`` is never taken
+for a protocol.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
-import io
+import logging
 import os
+import select
 import shutil
 import subprocess
 import threading
 from collections import deque
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any, Literal, cast
+from typing import IO, Any, Literal, NoReturn
 
 from heygem_ray.errors import EngineError, InputError, InternalError
 
+log = logging.getLogger(__name__)
+
 _STDERR_LINES = 20  # ffmpeg stderr lines kept for error messages
+# An ffmpeg that hands over or takes no byte, and uses no CPU, for this long is stuck, not
+# slow: the slowest picture decodes or encodes in seconds, and one that is working uses CPU
+# (x264 flushing a long lookahead at 8K, say), while a read stuck on a network file system,
+# or a GPU's decoder or encoder that stopped answering, waits without it. It is killed and
+# the job fails (kind ``stalled``).
+STALL_S = 600.0
+# The size asked for the frame pipes' buffers (Linux's default limit for a process).
+_PIPE_BYTES = 1 << 20
+# How long a killed ffmpeg is waited for. One stuck in the kernel (a read from a dead
+# network file system) cannot die until that read returns: it is left behind, and said so.
+_REAP_S = 10.0
 # Frames through a pipe: (H, W, 3) uint8 BGR, or (H·3/2, W) uint8 I420 (``media.yuv``).
 PixelFormat = Literal["bgr24", "yuv420p"]
 # The scale filter's options that bring any picture to BT.709 limited-range YUV, rounded,
@@ -96,13 +113,22 @@ def video_filters(stream: Any, fps: Fraction | None) -> Any:
 
 class FfmpegProcess:
     """A running ffmpeg whose stderr a thread drains (so no pipe fills up and blocks it),
-    keeping the last lines for error messages. :meth:`close` kills it if still running
-    and reaps it."""
+    keeping the last lines for error messages. Frames go in with :meth:`write_all` and come
+    out with :meth:`read_into`; either raises ``EngineError`` kind ``stalled`` (ffmpeg
+    killed, the message naming ``task``) when ffmpeg moves no byte for ``STALL_S`` seconds.
+    :meth:`close` kills it if still running and reaps it."""
 
     def __init__(
-        self, args: list[str], *, stdin: bool = False, stdout: bool = False, env: dict[str, str] | None = None
+        self,
+        args: list[str],
+        *,
+        task: str,
+        stdin: bool = False,
+        stdout: bool = False,
+        env: dict[str, str] | None = None,
     ):
-        self.args = args
+        self.args, self.task = args, task  # task: what it does, for messages ("decoding the reference …")
+        self.stall_s = STALL_S
         try:
             self.popen = subprocess.Popen(
                 args,
@@ -113,6 +139,16 @@ class FfmpegProcess:
             )
         except OSError as exc:
             raise EngineError(f"could not run ffmpeg ({args[0]}): {exc}", kind="ffmpeg_missing") from exc
+        # Our ends of the frame pipes do not block: each wait is a poll with a deadline. Their
+        # buffers are made as large as the system lets (1 MiB by default, from 64 KiB), so a
+        # frame crosses in a few calls.
+        for pipe in (self.popen.stdin, self.popen.stdout):
+            if pipe is not None:
+                os.set_blocking(pipe.fileno(), False)
+                try:
+                    fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+                except OSError:  # over the system's limit (fs/pipe-max-size): the default stays
+                    pass
         self._lines: deque[str] = deque(maxlen=_STDERR_LINES)
         self._drainer = threading.Thread(target=self._drain, name="ffmpeg-stderr", daemon=True)
         self._drainer.start()
@@ -123,37 +159,108 @@ class FfmpegProcess:
             if line:
                 self._lines.append(line)
 
-    @property
-    def stdin(self) -> IO[bytes]:
-        if self.popen.stdin is None:
-            raise InternalError("this ffmpeg was started without a stdin pipe")
-        return self.popen.stdin
+    def _pipe(self, pipe: IO[bytes] | None, name: str) -> int:
+        if pipe is None or pipe.closed:
+            raise InternalError(f"this ffmpeg has no open {name} pipe")
+        return pipe.fileno()
 
-    @property
-    def stdout(self) -> io.BufferedReader:
-        if self.popen.stdout is None:
-            raise InternalError("this ffmpeg was started without a stdout pipe")
-        return cast(io.BufferedReader, self.popen.stdout)  # Popen's default bufsize=-1 gives one
+    def read_into(self, buffer: memoryview) -> int:
+        """Fill ``buffer`` from ffmpeg's stdout: the bytes read, fewer only where ffmpeg's
+        output ended (0: nothing was left)."""
+        fd, got = self._pipe(self.popen.stdout, "stdout"), 0
+        while got < len(buffer):
+            try:
+                n = os.readv(fd, [buffer[got:]])
+            except BlockingIOError:
+                self._await(fd, select.POLLIN, "handed over no data")
+                continue
+            if n == 0:
+                break
+            got += n
+        return got
+
+    def write_all(self, data: memoryview) -> None:
+        """Write all of ``data`` to ffmpeg's stdin. ``BrokenPipeError`` when ffmpeg has
+        stopped reading (it exited: its status says why)."""
+        fd, view, sent = self._pipe(self.popen.stdin, "stdin"), data.cast("B"), 0
+        while sent < len(view):
+            try:
+                sent += os.write(fd, view[sent:])
+            except BlockingIOError:
+                self._await(fd, select.POLLOUT, "took no data")
+
+    def _await(self, fd: int, event: int, what: str) -> None:
+        """Wait until ``fd`` is ready for ``event`` (or closed); ``stalled`` after ``stall_s``
+        in which ffmpeg used no CPU either."""
+        poller = select.poll()
+        poller.register(fd, event)
+        ticks = _cpu_ticks(self.popen.pid)
+        while not poller.poll(self.stall_s * 1000):
+            ticks, before = _cpu_ticks(self.popen.pid), ticks
+            if ticks is None or before is None or ticks <= before:
+                self._stalled(f"{what} and used no CPU for {self.stall_s:g} s")
+
+    def _stalled(self, what: str) -> NoReturn:
+        self.close()
+        raise EngineError(
+            f"{self.task}: ffmpeg {what}, and was stopped ({self.stderr_tail()}): a read stuck on a "
+            "network file system, or a GPU's decoder or encoder that stopped answering; check the "
+            "node's storage and GPU, then run the same manifest again",
+            kind="stalled",
+        )
 
     def stderr_tail(self, lines: int = 5) -> str:
         return " | ".join(list(self._lines)[-lines:]) or "no message"
 
     def wait(self) -> int:
-        """Close our ends of the pipes, wait for ffmpeg to exit, return its exit status."""
+        """Close our ends of the pipes, wait for ffmpeg to exit (``stalled`` when it has not
+        within ``stall_s``), return its exit status."""
+        self._close_pipes()
+        ticks = _cpu_ticks(self.popen.pid)
+        while True:
+            try:
+                rc = self.popen.wait(self.stall_s)
+                break
+            except subprocess.TimeoutExpired:
+                ticks, before = _cpu_ticks(self.popen.pid), ticks
+                if ticks is None or before is None or ticks <= before:
+                    self._stalled(f"used no CPU for {self.stall_s:g} s after its input ended, unfinished")
+        self._reap_stderr()
+        return rc
+
+    def close(self) -> None:
+        """Kill ffmpeg if it is still running, and reap it (one that will not die within
+        ``_REAP_S`` is left behind, with a warning)."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self._close_pipes()
+        try:
+            self.popen.wait(_REAP_S)
+        except subprocess.TimeoutExpired:
+            log.warning("ffmpeg (pid %d) did not exit %g s after it was killed; left behind", self.popen.pid, _REAP_S)
+            return
+        self._reap_stderr()
+
+    def _reap_stderr(self) -> None:
+        """Once ffmpeg has exited: the drainer has its last lines; close the pipe."""
+        self._drainer.join(_REAP_S)
+        if self.popen.stderr is not None and not self._drainer.is_alive():
+            self.popen.stderr.close()
+
+    def _close_pipes(self) -> None:
         for pipe in (self.popen.stdin, self.popen.stdout):
             if pipe is not None:
                 try:
                     pipe.close()
                 except BrokenPipeError:  # ffmpeg already exited: its status says why
                     pass
-        rc = self.popen.wait()
-        self._drainer.join()
-        if self.popen.stderr is not None:
-            self.popen.stderr.close()
-        return rc
 
-    def close(self) -> None:
-        """Kill ffmpeg if it is still running, and reap it."""
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.wait()
+
+def _cpu_ticks(pid: int) -> int | None:
+    """The CPU time process ``pid`` has used, in clock ticks (/proc; None where unreadable)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after the command's name, which may hold spaces
+    return int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)

@@ -206,3 +206,30 @@ def make_truncated_mp4(path: str | Path) -> Path:
         raise RuntimeError(f"no moov atom in {path}")
     path.write_bytes(data[: min(moov - 4, len(data) // 2)])
     return path
+
+
+# A file whose name holds this is one the ffmpeg of ``hanging_ffmpeg`` never gets through.
+HANG_MARK = "hang-here"
+
+
+def hanging_ffmpeg(folder: Path) -> Path:
+    """An ffmpeg for ``HEYGEM_FFMPEG`` that is the real one, except on a command naming a
+    file with ``HANG_MARK`` in its name: there it moves no byte for 61 s and exits (as one
+    whose read is stuck on a dead network file system, or whose GPU stopped answering; a
+    test whose stall guard failed ends with nothing read, not waiting for ever)."""
+    script = Path(folder) / "ffmpeg"
+    script.write_text(f'#!/bin/sh\ncase "$*" in *{HANG_MARK}*) exec sleep 61;; esac\nexec "{ffmpeg_exe()}" "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def sleepers() -> list[int]:
+    """The pids of the hanging ffmpegs still alive."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"61"]:
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
