@@ -710,6 +710,19 @@ def test_an_ffmpeg_that_works_long_on_one_picture_is_not_stalled(monkeypatch: py
     assert slow.wait() == 0 and time.monotonic() - start >= 2.5
 
 
+def test_an_ffmpeg_that_spins_without_a_byte_is_stopped_after_six_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Using CPU is not working for ever: a CUDA wait spins on a core while its GPU hangs."""
+    monkeypatch.setattr(ffmpeg_module, "STALL_S", 0.5)
+    spinning = ffmpeg_module.FfmpegProcess([sys.executable, "-c", "while True: pass"], task="a spinning one",
+                                           stdout=True)  # fmt: skip
+    start = time.monotonic()
+    with pytest.raises(EngineError) as caught:
+        spinning.read_into(memoryview(bytearray(4)))
+    assert 3.0 <= time.monotonic() - start < 20
+    assert caught.value.kind == "stalled" and "handed over no data for 3 s (using CPU all along)" in caught.value.message
+    assert spinning.popen.poll() is not None  # killed
+
+
 def test_an_encoder_that_takes_nothing_is_stopped_and_its_half_file_removed(tmp_path: Path, stalling) -> None:
     audio = make_tone(tmp_path / "a.wav", seconds=2.0)
     out = tmp_path / f"{HANG_MARK}.mp4"

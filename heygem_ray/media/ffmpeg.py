@@ -32,8 +32,10 @@ _STDERR_LINES = 20  # ffmpeg stderr lines kept for error messages
 # slow: the slowest picture decodes or encodes in seconds, and one that is working uses CPU
 # (x264 flushing a long lookahead at 8K, say), while a read stuck on a network file system,
 # or a GPU's decoder or encoder that stopped answering, waits without it. It is killed and
-# the job fails (kind ``stalled``).
+# the job fails (kind ``stalled``). One that uses CPU without moving a byte for 6 × as long
+# is stuck too (a CUDA wait spins on a core while a GPU hangs).
 STALL_S = 600.0
+_SPINNING = 6
 # The size asked for the frame pipes' buffers (Linux's default limit for a process).
 _PIPE_BYTES = 1 << 20
 # How long a killed ffmpeg is waited for. One stuck in the kernel (a read from a dead
@@ -194,11 +196,13 @@ class FfmpegProcess:
         in which ffmpeg used no CPU either."""
         poller = select.poll()
         poller.register(fd, event)
-        ticks = _cpu_ticks(self.popen.pid)
+        ticks, waited = _cpu_ticks(self.popen.pid), 0
         while not poller.poll(self.stall_s * 1000):
-            ticks, before = _cpu_ticks(self.popen.pid), ticks
+            ticks, before, waited = _cpu_ticks(self.popen.pid), ticks, waited + 1
             if ticks is None or before is None or ticks <= before:
                 self._stalled(f"{what} and used no CPU for {self.stall_s:g} s")
+            if waited >= _SPINNING:
+                self._stalled(f"{what} for {waited * self.stall_s:g} s (using CPU all along)")
 
     def _stalled(self, what: str) -> NoReturn:
         self.close()
@@ -216,15 +220,17 @@ class FfmpegProcess:
         """Close our ends of the pipes, wait for ffmpeg to exit (``stalled`` when it has not
         within ``stall_s``), return its exit status."""
         self._close_pipes()
-        ticks = _cpu_ticks(self.popen.pid)
+        ticks, waited = _cpu_ticks(self.popen.pid), 0
         while True:
             try:
                 rc = self.popen.wait(self.stall_s)
                 break
             except subprocess.TimeoutExpired:
-                ticks, before = _cpu_ticks(self.popen.pid), ticks
+                ticks, before, waited = _cpu_ticks(self.popen.pid), ticks, waited + 1
                 if ticks is None or before is None or ticks <= before:
                     self._stalled(f"used no CPU for {self.stall_s:g} s after its input ended, unfinished")
+                if waited >= _SPINNING:
+                    self._stalled(f"had not finished {waited * self.stall_s:g} s after its input ended")
         self._reap_stderr()
         return rc
 
