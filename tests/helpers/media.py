@@ -6,6 +6,7 @@ clips small: 64×48 to 160×120 and a second or two encode in well under a secon
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import wave
@@ -224,12 +225,16 @@ def hanging_ffmpeg(folder: Path) -> Path:
 
 
 def sleepers() -> list[int]:
-    """The pids of the hanging ffmpegs still alive."""
+    """The pids of this process's hanging ffmpegs still there (its own children only: tests
+    in other processes run theirs at the same time)."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"61"]:
+            if not proc.name.isdigit():
+                continue
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[-1].split()[1])
+            if ppid == os.getpid() and (proc / "cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"61"]:
                 found.append(int(proc.name))
-        except OSError:  # gone meanwhile
+        except (OSError, ValueError, IndexError):  # gone meanwhile
             continue
     return found
