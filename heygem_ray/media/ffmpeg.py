@@ -117,8 +117,9 @@ class FfmpegProcess:
     """A running ffmpeg whose stderr a thread drains (so no pipe fills up and blocks it),
     keeping the last lines for error messages. Frames go in with :meth:`write_all` and come
     out with :meth:`read_into`; either raises ``EngineError`` kind ``stalled`` (ffmpeg
-    killed, the message naming ``task``) when ffmpeg moves no byte for ``STALL_S`` seconds.
-    :meth:`close` kills it if still running and reaps it."""
+    killed, the message naming ``task``) when ffmpeg moves no byte and uses no CPU for
+    ``STALL_S`` seconds, or moves none for ``_SPINNING`` times as long. :meth:`close` kills
+    it if still running and reaps it."""
 
     def __init__(
         self,
@@ -192,17 +193,24 @@ class FfmpegProcess:
                 self._await(fd, select.POLLOUT, "took no data")
 
     def _await(self, fd: int, event: int, what: str) -> None:
-        """Wait until ``fd`` is ready for ``event`` (or closed); ``stalled`` after ``stall_s``
-        in which ffmpeg used no CPU either."""
+        """Wait until ``fd`` is ready for ``event`` (or closed), while ffmpeg is working."""
         poller = select.poll()
         poller.register(fd, event)
         ticks, waited = _cpu_ticks(self.popen.pid), 0
         while not poller.poll(self.stall_s * 1000):
-            ticks, before, waited = _cpu_ticks(self.popen.pid), ticks, waited + 1
-            if ticks is None or before is None or ticks <= before:
-                self._stalled(f"{what} and used no CPU for {self.stall_s:g} s")
-            if waited >= _SPINNING:
-                self._stalled(f"{what} for {waited * self.stall_s:g} s (using CPU all along)")
+            waited += 1
+            ticks = self._working(ticks, waited, what)
+
+    def _working(self, ticks: int | None, waited: int, what: str) -> int | None:
+        """After ``waited`` spans of ``stall_s`` in which ffmpeg ``what`` (moved no byte, or did
+        not end): ``stalled`` where it used no CPU in the last one (``ticks``: its CPU time
+        before it) or ``waited`` is ``_SPINNING``; else its CPU time now."""
+        now = _cpu_ticks(self.popen.pid)
+        if now is None or ticks is None or now <= ticks:
+            self._stalled(f"{what} and used no CPU for {self.stall_s:g} s")
+        if waited >= _SPINNING:
+            self._stalled(f"{what} for {waited * self.stall_s:g} s (using CPU all along)")
+        return now
 
     def _stalled(self, what: str) -> NoReturn:
         self.close()
@@ -217,8 +225,8 @@ class FfmpegProcess:
         return " | ".join(list(self._lines)[-lines:]) or "no message"
 
     def wait(self) -> int:
-        """Close our ends of the pipes, wait for ffmpeg to exit (``stalled`` when it has not
-        within ``stall_s``), return its exit status."""
+        """Close our ends of the pipes, wait for ffmpeg to exit while it is working (else
+        ``stalled``), return its exit status."""
         self._close_pipes()
         ticks, waited = _cpu_ticks(self.popen.pid), 0
         while True:
@@ -226,11 +234,8 @@ class FfmpegProcess:
                 rc = self.popen.wait(self.stall_s)
                 break
             except subprocess.TimeoutExpired:
-                ticks, before, waited = _cpu_ticks(self.popen.pid), ticks, waited + 1
-                if ticks is None or before is None or ticks <= before:
-                    self._stalled(f"used no CPU for {self.stall_s:g} s after its input ended, unfinished")
-                if waited >= _SPINNING:
-                    self._stalled(f"had not finished {waited * self.stall_s:g} s after its input ended")
+                waited += 1
+                ticks = self._working(ticks, waited, "did not end after its input did")
         self._reap_stderr()
         return rc
 
