@@ -711,10 +711,11 @@ def test_an_ffmpeg_that_works_long_on_one_picture_is_not_stalled(monkeypatch: py
 
 
 def test_an_ffmpeg_that_spins_without_a_byte_is_stopped_after_six_limits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Using CPU is not working for ever: a CUDA wait spins on a core while its GPU hangs."""
+    """Using CPU is not working for ever: a CUDA wait spins on a core while its GPU hangs.
+    (The process spins for 30 s: were it let run, the read would end with nothing read.)"""
     monkeypatch.setattr(ffmpeg_module, "STALL_S", 0.5)
-    spinning = ffmpeg_module.FfmpegProcess([sys.executable, "-c", "while True: pass"], task="a spinning one",
-                                           stdout=True)  # fmt: skip
+    spin = "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 30: pass"  # ends: a broken guard fails
+    spinning = ffmpeg_module.FfmpegProcess([sys.executable, "-c", spin], task="a spinning one", stdout=True)
     start = time.monotonic()
     with pytest.raises(EngineError) as caught:
         spinning.read_into(memoryview(bytearray(4)))

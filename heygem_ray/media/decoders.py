@@ -25,8 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from heygem_ray.media.encoders import NVIDIA_DEVICE
-from heygem_ray.media.ffmpeg import ffmpeg_exe, gpu_env, run, tail, url
+from heygem_ray.media.ffmpeg import NVIDIA_DEVICE, ffmpeg_exe, gpu_env, run, tail, url
 from heygem_ray.media.video_probe import VideoInfo
 
 Decoder = Literal["cpu", "nvdec"]

@@ -17,7 +17,7 @@ import os
 from typing import Literal
 
 from heygem_ray.errors import EngineError
-from heygem_ray.media.ffmpeg import ffmpeg_exe, gpu_env, run, tail
+from heygem_ray.media.ffmpeg import NVIDIA_DEVICE, ffmpeg_exe, gpu_env, run, tail
 
 Encoder = Literal["libx264", "h264_nvenc"]
 # x264's presets, fastest first (``--preset``), and NVENC's nearest (p1 fastest, p7 slowest).
@@ -41,8 +41,6 @@ NVENC_PRESETS[LEAN] = NVENC_PRESETS[_LEAN_BASE]
 # 1080p, 730 against 283 MB and 1.4× (bench/bench_x264_threads.py). Two let a job alone
 # on a machine use two cores.
 X264_THREADS = 2
-# Present on a machine with an NVIDIA driver loaded.
-NVIDIA_DEVICE = "/dev/nvidiactl"
 
 
 def encoder_env(encoder: Encoder) -> dict[str, str] | None:
@@ -90,7 +88,7 @@ def video_codec_options(encoder: Encoder, preset: str, crf: int) -> dict[str, st
     if encoder == "h264_nvenc":
         return {"vcodec": "h264_nvenc", "preset": NVENC_PRESETS[preset], "tune": "hq", "rc": "vbr", "cq": crf,
                 "b:v": 0}  # fmt: skip
+    x264: dict[str, str | int] = {"vcodec": "libx264", "crf": crf, "threads": X264_THREADS}
     if preset == LEAN:
-        return {"vcodec": "libx264", "preset": _LEAN_BASE, "x264-params": _LEAN_PARAMS, "crf": crf,
-                "threads": X264_THREADS}  # fmt: skip
-    return {"vcodec": "libx264", "preset": preset, "crf": crf, "threads": X264_THREADS}
+        return {**x264, "preset": _LEAN_BASE, "x264-params": _LEAN_PARAMS}
+    return {**x264, "preset": preset}

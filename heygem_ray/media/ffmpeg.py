@@ -3,7 +3,8 @@
 Decoding and encoding run one ffmpeg binary (:func:`ffmpeg_exe`) with argument lists
 built by ``ffmpeg-python``; :class:`FfmpegProcess` keeps one running with its stderr
 drained, so no pipe fills up and blocks it, and never waits on it for ever: an ffmpeg that
-hands over or takes no byte for ``STALL_S`` is killed, and the job fails as ``stalled``.
+hands over or takes no byte, and uses no CPU, for ``STALL_S`` (or moves none for
+``_SPINNING`` times as long) is killed, and the job fails as ``stalled``.
 Files are named by ``file:`` URLs (:func:`url`), so a name containing ``:`` is never taken
 for a protocol.
 """
@@ -78,6 +79,10 @@ def url(path: Path) -> str:
     return f"file:{path.absolute()}"
 
 
+# Present on a machine with an NVIDIA driver loaded (NVENC and NVDEC need one).
+NVIDIA_DEVICE = "/dev/nvidiactl"
+
+
 def gpu_env() -> dict[str, str] | None:
     """The environment that starts an ffmpeg with this node's GPUs visible (None: this
     process's own). A Ray task that asked for no GPU runs with ``CUDA_VISIBLE_DEVICES``
@@ -131,7 +136,6 @@ class FfmpegProcess:
         env: dict[str, str] | None = None,
     ):
         self.args, self.task = args, task  # task: what it does, for messages ("decoding the reference …")
-        self.stall_s = STALL_S
         try:
             self.popen = subprocess.Popen(
                 args,
@@ -197,19 +201,19 @@ class FfmpegProcess:
         poller = select.poll()
         poller.register(fd, event)
         ticks, waited = _cpu_ticks(self.popen.pid), 0
-        while not poller.poll(self.stall_s * 1000):
+        while not poller.poll(STALL_S * 1000):
             waited += 1
             ticks = self._working(ticks, waited, what)
 
     def _working(self, ticks: int | None, waited: int, what: str) -> int | None:
-        """After ``waited`` spans of ``stall_s`` in which ffmpeg ``what`` (moved no byte, or did
+        """After ``waited`` spans of ``STALL_S`` in which ffmpeg ``what`` (moved no byte, or did
         not end): ``stalled`` where it used no CPU in the last one (``ticks``: its CPU time
         before it) or ``waited`` is ``_SPINNING``; else its CPU time now."""
         now = _cpu_ticks(self.popen.pid)
         if now is None or ticks is None or now <= ticks:
-            self._stalled(f"{what} and used no CPU for {self.stall_s:g} s")
+            self._stalled(f"{what} and used no CPU for {STALL_S:g} s")
         if waited >= _SPINNING:
-            self._stalled(f"{what} for {waited * self.stall_s:g} s (using CPU all along)")
+            self._stalled(f"{what} for {waited * STALL_S:g} s (using CPU all along)")
         return now
 
     def _stalled(self, what: str) -> NoReturn:
@@ -231,7 +235,7 @@ class FfmpegProcess:
         ticks, waited = _cpu_ticks(self.popen.pid), 0
         while True:
             try:
-                rc = self.popen.wait(self.stall_s)
+                rc = self.popen.wait(STALL_S)
                 break
             except subprocess.TimeoutExpired:
                 waited += 1
