@@ -6,8 +6,9 @@ uint8 BGR; boxes are float ``(x0, y0, x1, y1)`` in pixels of the decoded frame.
 * ``detector``: the interface every face detector meets; ``haar`` is OpenCV's cascade
   behind it (a new detector is one new file).
 * ``search``: coarse to fine. A whole-frame scan, at the scale where the smallest face
-  searched for just fits the detector, on a subset of frames; on every frame, a search
-  in a window around each face being followed, at the face's own scale.
+  searched for just fits the detector, on a subset of frames (after the first, only
+  where the frame changed since); on every frame, a search in a window around each face
+  being followed, at the face's own scale.
 * ``track``: follows faces from frame to frame, picks the presenter, fills short misses,
   marks long ones as lost, and smooths the boxes.
 * ``landmarks``: MediaPipe's 468-point face mesh inside a face box (LiteRT, no download):

@@ -2,9 +2,11 @@
 
 A whole-frame scan costs with the frame's area at the scale that makes the smallest face
 just fit the detector's window (a 40-pixel face in 4K: 0.6× → 2304×1296), so it runs on
-a subset of frames. A window search around a face already found costs with the face's
-area alone, so it runs on every frame, at a scale that gives the face ``WORK_SIDE``
-pixels whatever its size in the frame.
+a subset of frames. A scan after the first looks again only where the frame changed
+since that part was last scanned (``changed_regions``): where nothing changed, the
+cascade would find what it found there before. A window search around a face already
+found costs with the face's area alone, so it runs on every frame, at a scale that gives
+the face ``WORK_SIDE`` pixels whatever its size in the frame.
 """
 
 from __future__ import annotations
@@ -30,6 +32,21 @@ _HANN = cv2.createHanningWindow((PATCH, PATCH), cv2.CV_32F)
 # The whole-frame scan makes the smallest face this much larger than the detector's
 # window: at exactly the window size a cascade misses more.
 SCAN_HEADROOM = 1.2
+# Change between scans is measured on the scan's frame shrunk CHANGE_CELL times (camera
+# noise averages out; at 1080p a cell is about 7 frame pixels): a cell changed where it
+# differs by more than CHANGE_LEVEL grey levels from when it was last scanned.
+CHANGE_CELL = 4
+CHANGE_LEVEL = 8
+# Around a change, this many detector windows are scanned too: a face of which only a
+# part changed (a mouth, a turn of the head) is seen whole.
+CHANGE_MARGIN = 5
+# When regions to scan cover more than this share of the frame, it is scanned whole.
+WHOLE_SHARE = 0.5
+# Changes within the boxes of faces already followed, grown by this share of their side
+# on every side (a jaw that moves), are theirs: a new face there would overlap them.
+FOLLOWED_GROWTH = 0.25
+
+Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels of the scan's frame
 
 
 def scan_scale(detector: Detector, min_face: int) -> float:
@@ -37,10 +54,71 @@ def scan_scale(detector: Detector, min_face: int) -> float:
     return min(1.0, SCAN_HEADROOM * detector.window / min_face)
 
 
-def scan(detector: Detector, small: np.ndarray, scale: float) -> np.ndarray:
-    """Every face in a whole (h, w) uint8 grey frame, downscaled by ``scale`` (see
-    ``scan_scale``) → (k, 4) float32 boxes in pixels of the full frame."""
-    return detector.detect(small, detector.window, 0) / np.float32(scale)
+def scan(detector: Detector, small: np.ndarray, scale: float, regions: list[Region] | None = None) -> np.ndarray:
+    """Every face in a whole (h, w) uint8 grey frame downscaled by ``scale`` (see
+    ``scan_scale``), or in its ``regions`` of it (``changed_regions``) → (k, 4) float32
+    boxes in pixels of the full frame."""
+    h, w = small.shape
+    found = np.zeros((0, 4), np.float32)
+    for x0, y0, x1, y1 in regions if regions is not None else [(0, 0, w, h)]:
+        boxes = detector.detect(small[y0:y1, x0:x1], detector.window, 0) + np.array([x0, y0, x0, y0], np.float32)
+        # Regions may overlap: a face found twice is kept once.
+        fresh = [b for b in boxes if len(found) == 0 or iou(b[None], found).max() < 0.5]
+        found = np.concatenate([found, np.asarray(fresh, np.float32).reshape(-1, 4)])
+    return found / np.float32(scale)
+
+
+def shrink_for_change(small: np.ndarray) -> np.ndarray:
+    """The scan's (h, w) uint8 frame shrunk ``CHANGE_CELL`` times, as ``changed_regions`` compares it."""
+    h, w = small.shape
+    return cv2.resize(small, (max(1, w // CHANGE_CELL), max(1, h // CHANGE_CELL)), interpolation=cv2.INTER_AREA)
+
+
+def changed_regions(
+    cells: np.ndarray, seen: np.ndarray, size: tuple[int, int], window: int, followed: np.ndarray
+) -> list[Region] | None:
+    """Where to scan a frame whose ``shrink_for_change`` is ``cells``, given ``seen``: each
+    cell as it was when last scanned. Returns the regions (pixels of the (w, h) ``size``
+    scan frame) around the cells changed outside the ``followed`` (k, 4) face boxes (the
+    scan frame's pixels: where those faces are, and where they were at the last scan),
+    each region updated in ``seen``; None where they would cover most of the frame (scan
+    it whole)."""
+    changed = (cv2.absdiff(cells, seen) > CHANGE_LEVEL).astype(np.uint8)
+    w, h = size
+    sx, sy = w / cells.shape[1], h / cells.shape[0]
+    for box in followed:
+        grow = FOLLOWED_GROWTH * (box[2:] - box[:2])
+        x0, y0 = np.floor((box[:2] - grow) / (sx, sy)).astype(int).clip(0)
+        x1, y1 = np.ceil((box[2:] + grow) / (sx, sy)).astype(int)
+        changed[y0:y1, x0:x1] = 0
+    if not changed.any():
+        return []
+    reach = int(np.ceil(CHANGE_MARGIN * window / CHANGE_CELL))
+    grown = cv2.dilate(changed, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * reach + 1, 2 * reach + 1)))
+    _, _, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
+    rects = stats[1:, :4]  # x, y, width, height in cells
+    if (rects[:, 2] * rects[:, 3]).sum() > WHOLE_SHARE * cells.size:
+        return None
+    regions = []
+    for x, y, cw, ch in rects.tolist():
+        seen[y : y + ch, x : x + cw] = cells[y : y + ch, x : x + cw]
+        # To the frame's edge where the cells reach it (a frame not a whole number of cells).
+        x1 = w if x + cw == cells.shape[1] else int(np.ceil((x + cw) * sx))
+        y1 = h if y + ch == cells.shape[0] else int(np.ceil((y + ch) * sy))
+        regions.append((int(x * sx), int(y * sy), x1, y1))
+    return regions
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of boxes a (n, 4) and b (m, 4) → (n, m)."""
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-6)
 
 
 def search_window(detector: Detector, grey: np.ndarray, expected: np.ndarray, scale: float = 1.0) -> np.ndarray | None:

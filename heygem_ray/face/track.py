@@ -3,8 +3,9 @@
 Frames arrive in order (``Tracker.add``), I420 as analysis decodes them (``media.yuv``):
 the detector reads their luma, and only the regions around faces are converted to BGR
 (``_Frame``). Every face being followed is searched for in a
-window around where it is expected; every ``scan_every`` frames the whole frame is scanned
-too, and a face no track holds starts a new track (after a skin test, which slides full
+window around where it is expected; every ``scan_every`` frames the frame is scanned too
+(after the first scan, only where it changed: ``search.changed_regions``), and a face no
+track holds starts a new track (after a skin test, which slides full
 of text fail). At the end (``Tracker.presenter``) the tracks are ranked by area ×
 frames found, and the presenter's track is the best one plus any later or earlier ones of
 a similar size that never appear beside it (the same person, after a cut or a turn away).
@@ -30,7 +31,18 @@ from heygem_ray.config import DetectorConfig
 from heygem_ray.face import looks, mouth
 from heygem_ray.face.detector import Detector
 from heygem_ray.face.landmarks import ROI_SCALE
-from heygem_ray.face.search import face_patch, is_colour, motion, scan, scan_scale, search_window, skin_fraction
+from heygem_ray.face.search import (
+    changed_regions,
+    face_patch,
+    iou,
+    is_colour,
+    motion,
+    scan,
+    scan_scale,
+    search_window,
+    shrink_for_change,
+    skin_fraction,
+)
 from heygem_ray.face.smooth import trend
 from heygem_ray.media import yuv
 
@@ -103,18 +115,6 @@ class _Frame:
         """``skin_fraction`` of the face in ``box``."""
         region, corner = self.around(box, 1.0)
         return skin_fraction(region, box - corner)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over union of boxes a (n, 4) and b (m, 4) → (n, m)."""
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-6)
 
 
 @dataclass
@@ -198,6 +198,10 @@ class Tracker:
         # followed back through them to where it appeared.
         self._recent: deque[np.ndarray] = deque(maxlen=self.steady_scan_every)
         self._colour: bool | None = None
+        # The scan's frame in cells (``search.shrink_for_change``), each as last scanned,
+        # and the boxes of the faces followed at the last scan.
+        self._seen: np.ndarray | None = None
+        self._followed_at_scan = np.zeros((0, 4), np.float32)
 
     def add(self, i420: np.ndarray) -> None:
         """Follow the faces into the next frame, (H·3/2, W) uint8 I420 (``media.yuv``)."""
@@ -232,10 +236,13 @@ class Tracker:
             track.patch = None if cut is None else (cut[0], at, cut[1])
         # Often while a face is missed or none is followed (one may have come back), seldom
         # while every face followed is found.
-        steady = bool(self.active) and all(t.frames[-1] == i for t in self.active)
+        missed = any(t.frames[-1] != i for t in self.active)
+        steady = bool(self.active) and not missed
         if i - self._last_scan >= (self.steady_scan_every if steady else self.scan_every):
             small = self._small(grey, cv2.INTER_AREA)
-            self._scan(i, frame, grey, small)
+            # Whole while a face followed is missed: the scan may find it again where the
+            # frame did not change.
+            self._scan(i, frame, grey, small, whole=missed)
             self._last_scan = i
             self._recent.clear()
         else:  # kept for following a new face back: linear, at a fifth of the averaged one's cost
@@ -253,8 +260,19 @@ class Tracker:
         h, w = grey.shape
         return cv2.resize(grey, (round(w * self.scale), round(h * self.scale)), interpolation=interpolation)
 
-    def _scan(self, i: int, frame: _Frame, grey: np.ndarray, small: np.ndarray) -> None:
-        for box in scan(self.detector, small, self.scale):
+    def _scan(self, i: int, frame: _Frame, grey: np.ndarray, small: np.ndarray, whole: bool) -> None:
+        cells = shrink_for_change(small)
+        followed = np.array([t.boxes[-1] for t in self.active], np.float32).reshape(-1, 4)
+        regions = None
+        if not whole and self._seen is not None:
+            regions = changed_regions(
+                cells, self._seen, (small.shape[1], small.shape[0]), self.detector.window,
+                np.concatenate([followed, self._followed_at_scan]) * self.scale,
+            )  # fmt: skip
+        if regions is None:
+            self._seen = cells
+        self._followed_at_scan = followed
+        for box in scan(self.detector, small, self.scale, regions):
             held = [t for t in self.active if iou(box[None], t.boxes[-1][None])[0, 0] >= _LINK_IOU]
             if held:
                 for track in held:  # the window search lost it: the scan has it again

@@ -20,7 +20,7 @@ from heygem_ray.job import InProcessService, render_job
 from heygem_ray.manifest import Job
 from heygem_ray.packs import get_pack
 from heygem_ray.worker import ModelWorker
-from tests.helpers.footage import Footage, lecture_clip, track_footage
+from tests.helpers.footage import Footage, lecture_clip, track_footage, with_camera_noise
 
 SIZES = {"240p": (320, 240), "720p": (1280, 720), "1080p": (1920, 1080), "4K": (3840, 2160), "4K-top-left": (3840, 2160)}
 # 4K-top-left: the hardest case, the smallest face starting amid the slide's text and
@@ -112,17 +112,21 @@ def test_a_still_face_does_not_jitter(tmp_path):
 
 
 class CountedScans(HaarDetector):
-    """OpenCV's cascade, noting the frames on which the whole frame was scanned (the calls
-    with no largest size: ``face.search.scan``)."""
+    """OpenCV's cascade, noting the frames on which the frame was scanned (the calls with no
+    largest size: ``face.search.scan``), and how many pixels each scan read."""
 
     def __init__(self) -> None:
         super().__init__()
         self.frame = 0
-        self.scans: list[int] = []
+        self.scanned: dict[int, int] = {}
+
+    @property
+    def scans(self) -> list[int]:
+        return list(self.scanned)
 
     def detect(self, grey: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
         if max_size == 0:
-            self.scans.append(self.frame)
+            self.scanned[self.frame] = self.scanned.get(self.frame, 0) + grey.size
         return super().detect(grey, min_size, max_size)
 
 
@@ -144,6 +148,28 @@ def test_scans_are_seldom_while_the_face_is_followed_and_a_face_that_comes_in_is
     assert track is not None and track.detected.all()
     (other,) = track.others  # x0, y0, x1, y1, share of the frames
     assert other[4] == pytest.approx((100 - 30) / 100, abs=0.02), other  # from frame 30 (1.2 s) on
+
+
+def test_a_scan_looks_again_only_where_the_frame_changed(tmp_path):
+    """Camera noise over the whole frame, a still presenter talking, and a second face that
+    comes in at 1.2 s: the scan at 2 s reads the region around the new face (found, and
+    followed back to the frame it came in), not the noise or the talking face."""
+    clip = lecture_clip(tmp_path / "second.mp4", size=(1280, 720), face=80, seconds=2.4, corner="bottom-right",
+                        motion="still", talk=lambda t: 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t), second_face=72,
+                        second_from=1.2)  # fmt: skip
+    clip = with_camera_noise(clip, tmp_path / "camera.mp4")
+    detector = CountedScans()
+    tracker = Tracker(detector, DetectorConfig(), clip.fps)
+    for i, frame in enumerate(media.iter_frames(media.probe_video(clip.path), pixel_format="yuv420p")):
+        detector.frame = i
+        tracker.add(frame)
+    whole = round(1280 * tracker.scale) * round(720 * tracker.scale)
+    assert detector.scans == [0, 50] and detector.scanned[0] == whole
+    assert detector.scanned[50] < 0.4 * whole, detector.scanned[50] / whole
+    track = find_presenter(tracker, clip.fps)
+    assert track is not None and track.detected.all()
+    (other,) = track.others
+    assert other[4] == pytest.approx((60 - 30) / 60, abs=0.02), other
 
 
 @pytest.fixture(scope="module")

@@ -280,3 +280,13 @@ def track_footage(path: Path, cache_dir: Path, pack: str = "warp") -> FaceTrack:
     a run with ``pack`` and that cache finds the template)."""
     template, _ = analyze(path, get_pack(pack).geometry, DetectorConfig(), cache_dir)
     return template.track()
+
+
+def with_camera_noise(footage: Footage, path: Path, strength: int = 6) -> Footage:
+    """``footage`` as a camera records it: noise that differs in every frame over the whole
+    picture (ffmpeg's ``noise`` filter, uniform, ``strength`` levels), re-encoded."""
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", str(footage.path), "-vf", f"noise=alls={strength}:allf=t+u",
+                    "-c:v", "libx264", "-preset", "veryfast", "-crf", "16", "-pix_fmt", "yuv420p", str(path)],
+                   check=True)  # fmt: skip
+    return Footage(path=path, size=footage.size, fps=footage.fps, faces=footage.faces, mouths=footage.mouths,
+                   openings=footage.openings)  # fmt: skip
