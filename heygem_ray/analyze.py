@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from heygem_ray import media, storage
+from heygem_ray import media, progress, storage
 from heygem_ray.config import DetectorConfig, InputLimits
 from heygem_ray.errors import InputError, storage_errors
 from heygem_ray.face.align import alignment_points
@@ -125,6 +125,7 @@ class Template:
                         "that folder and run again to rebuild it",
                         kind="bad_template",
                     ) from exc
+                progress.moved()
                 yield frame.reshape(shape)
 
     def read_frames(self, index: np.ndarray) -> Iterator[np.ndarray]:
@@ -140,6 +141,7 @@ def content_hash(path: Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+            progress.moved()
     return h.hexdigest()
 
 

@@ -160,6 +160,7 @@ def submit(
     start_timeout: Annotated[float, typer.Option(help="Seconds to wait for the first model worker: nodes joining, models loading, engines building.")] = RunConfig.workers_ready_timeout_s,
     chunk_timeout: Annotated[float, typer.Option(help="Seconds a chunk may render, plus --chunk-timeout-per-frame for each of its frames; past that its worker is taken as wedged, stopped and replaced, and the chunk sent to another.")] = RunConfig.chunk_timeout_s,
     chunk_timeout_per_frame: Annotated[float, typer.Option(help="Seconds per frame added to --chunk-timeout (generous for CPUs; on GPUs 1 is plenty).")] = RunConfig.chunk_timeout_per_frame_s,
+    job_stall_timeout: Annotated[float, typer.Option(help="Seconds a job may go without reading or writing anything (its files, ffmpeg, its template, buckets) while not waiting on a model worker; past that it is taken as stalled (a network file system that stopped answering), its task stopped and its row failed.")] = RunConfig.job_stall_timeout_s,
     worker_restarts: Annotated[int, typer.Option(help="Model workers that die or are stopped are replaced up to this many times the workers wanted; past that the others go on, and with none left the run stops (exit 2).")] = RunConfig.worker_restarts,
     force: Annotated[bool, typer.Option("--force", help="Render every row again, even those an earlier run into OUTPUT_DIR completed (by default they are skipped).")] = False,
 ) -> None:
@@ -203,6 +204,7 @@ def submit(
             workers_ready_timeout_s=start_timeout,
             chunk_timeout_s=chunk_timeout,
             chunk_timeout_per_frame_s=chunk_timeout_per_frame,
+            job_stall_timeout_s=job_stall_timeout,
             worker_restarts=worker_restarts,
             force=force,
             cache_dir=cache_dir or default_cache_dir(),

@@ -273,6 +273,12 @@ class RunConfig:
     # MuseTalk renders about 10 s a frame on two CPU cores; a GPU does 10-100 frames a second.
     chunk_timeout_s: float = 300.0
     chunk_timeout_per_frame_s: float = 30.0
+    # A job that for this long neither moves a byte or a frame (its files, ffmpeg's pipes,
+    # its template, its bucket transfers) nor waits on a model worker or another job's
+    # template is stalled (a read stuck on a network file system, a process paused on its
+    # node): its task is stopped and its row fails ``stalled``; the run goes on. Longer
+    # than ffmpeg's own watch (10 minutes: media/ffmpeg.py), which names the file.
+    job_stall_timeout_s: float = 900.0
     # Model workers that die or are stopped (wedged, their node gone) are replaced, up to
     # this many times the number of workers the run wants; past that the others go on,
     # and once none is left the run stops.
@@ -305,6 +311,8 @@ class RunConfig:
             raise InputError("chunk_timeout_s must be more than 0 seconds", kind="bad_argument")
         if not self.chunk_timeout_per_frame_s >= 0:
             raise InputError("chunk_timeout_per_frame_s must be 0 seconds or more", kind="bad_argument")
+        if not self.job_stall_timeout_s > 0:
+            raise InputError("job_stall_timeout_s must be more than 0 seconds", kind="bad_argument")
         if self.worker_restarts < 0:
             raise InputError("worker_restarts must be 0 or more", kind="bad_argument")
 

@@ -38,7 +38,6 @@ import io
 import os
 import posixpath
 import re
-import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -48,6 +47,7 @@ from typing import Any, BinaryIO, TypeAlias, TypeVar, cast
 
 import pyarrow.fs as pafs
 
+from heygem_ray import progress
 from heygem_ray.errors import InputError, storage_error, storage_errors
 
 _URI = re.compile(r"^(s3|gs|gcs)://(.*)$")
@@ -298,7 +298,7 @@ def download(src: Uri, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.{_token()}.tmp")
     try:
         with _filesystem(src).open_input_stream(src.key) as f, open(tmp, "wb") as out:
-            shutil.copyfileobj(f, out, _BLOCK)
+            _copy(f, out)
         os.replace(tmp, dest)
     except FileNotFoundError as exc:
         raise InputError(f"{src} does not exist; check the URI", kind="missing_file") from exc
@@ -306,6 +306,13 @@ def download(src: Uri, dest: Path) -> None:
         raise (storage_error(exc, dest.parent) or _error("could not download", src, exc)) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _copy(reader: Any, writer: Any) -> None:
+    """Copy ``reader`` to its end into ``writer``, a block at a time (each a move: ``progress``)."""
+    while block := reader.read(_BLOCK):
+        writer.write(block)
+        progress.moved()
 
 
 def fetch(src: Location, what: str, cache: Path) -> Path:
@@ -406,7 +413,7 @@ def upload(source: Path | BinaryIO, dest: Uri) -> None:
         with contextlib.ExitStack() as stack:
             reader = stack.enter_context(open(source, "rb")) if isinstance(source, Path) else source
             with fs.open_output_stream(tmp) as out:
-                shutil.copyfileobj(reader, out, _BLOCK)
+                _copy(reader, out)
         fs.move(tmp, dest.key)  # a server-side copy, then the temporary key's deletion
         moved = True
     except OSError as exc:
@@ -640,7 +647,8 @@ def file_lock(path: Path) -> Iterator[None]:
     with storage_errors(path.parent):
         f = open(path, "a")
     with f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        with progress.waiting():  # on another job, which is watched itself
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:

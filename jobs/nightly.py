@@ -115,6 +115,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "its worker is taken as wedged, stopped and replaced, and the chunk sent to another.")
     p.add_argument("--chunk-timeout-per-frame", type=float, default=RunConfig.chunk_timeout_per_frame_s,
                    help="Seconds per frame added to --chunk-timeout (generous for CPUs; on GPUs 1 is plenty).")
+    p.add_argument("--job-stall-timeout", type=float, default=RunConfig.job_stall_timeout_s,
+                   help="Seconds a job may go without reading or writing anything while not waiting on a model "
+                        "worker; past that it is taken as stalled, its task stopped and its row failed.")
     p.add_argument("--worker-restarts", type=int, default=RunConfig.worker_restarts,
                    help="Model workers that die or are stopped are replaced up to this many times the workers wanted; "
                         "past that the others go on, and with none left the run stops (exit 2).")
@@ -164,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers_ready_timeout_s=args.start_timeout,
             chunk_timeout_s=args.chunk_timeout,
             chunk_timeout_per_frame_s=args.chunk_timeout_per_frame,
+            job_stall_timeout_s=args.job_stall_timeout,
             worker_restarts=args.worker_restarts,
             force=args.force,
         )

@@ -10,14 +10,19 @@ run the recipe.
   driver memory than one of 100 (BENCHMARKS.md, "Memory").
 * Every run ends (``Pool``): a worker that fails or dies while starting stops it at once;
   dead or wedged workers are replaced within a budget, and once none can serve it stops.
+  A job task that stops progressing (``progress``: no byte moved and no wait on a worker
+  for ``job_stall_timeout_s``) is stopped, and its row fails ``stalled``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, cast
 
 import ray
@@ -40,6 +45,7 @@ from heygem_ray.driver.stop import raise_if_stopped
 from heygem_ray.driver.task import job_task
 from heygem_ray.manifest import Job
 from heygem_ray.results import JobResult
+from heygem_ray.steps import Step
 from heygem_ray.worker_io import WorkerInfo
 
 log = logging.getLogger(__name__)
@@ -142,10 +148,14 @@ def _render_all(
                     on_workers(joined)
                 in_flight_cap = pool.jobs_cap()
                 heap.release_free()  # see heap.py: the driver's memory stays flat over many jobs
+                for result in _stop_stalled(pending, router, cfg):
+                    on_result(result)
+                    metrics.record_job(result)
                 next_watch = time.monotonic() + WATCH_S
             done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
             raise_if_stopped()
             for ref in done:
+                router.forget.remote(ref.task_id().hex())
                 job, attempt = pending.pop(ref)
                 try:
                     result = ray.get(ref)
@@ -170,6 +180,51 @@ def _render_all(
     finally:
         for ref in pending:  # only when the run stops early: tasks that would report to no one
             ray.cancel(ref)
+
+
+def _stop_stalled(pending: dict[ray.ObjectRef, tuple[Job, int]], router: Any, cfg: RunConfig) -> list[JobResult]:
+    """The rows of the job tasks the router names as stalled (no progress for
+    ``job_stall_timeout_s``: ``progress``), each task stopped and taken from ``pending``.
+    One that ended meanwhile is left for the loop to read."""
+    by_task = {ref.task_id().hex(): ref for ref in pending}
+    rows = []
+    for task, beat, quiet_s in ask(router.stalled, cfg.job_stall_timeout_s):
+        ref, step = by_task.get(task), beat.step
+        if ref is None:  # ended, and already read
+            router.forget.remote(task)
+            continue
+        if ray.wait([ref], timeout=0)[0]:
+            continue
+        # Cancelled, and its process killed on its node: a paused one dies now, one stuck
+        # in the kernel (a dead mount) when its call returns, and writes nothing after.
+        ray.cancel(ref, force=True)
+        node, pid = beat.where
+        _kill.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(pid)
+        router.forget.remote(task)
+        job, attempt = pending.pop(ref)
+        result = JobResult.for_job(job, cfg.render.pack)
+        result.error_kind, result.error_step = "stalled", cast(Step, step)
+        result.error = (
+            f"{job.label}: made no progress for {quiet_s:.0f} s in step {step} (--job-stall-timeout "
+            f"{cfg.job_stall_timeout_s:g}): it read and wrote nothing, and waited on no model worker; its task "
+            "was stopped. A file system that stopped answering (a network mount) or a process paused on its "
+            "node does this; check the node, then run the same manifest again"
+        )
+        result.attempts, result.config_hash = attempt, cfg.config_hash()
+        result.ray_task_id = task
+        log.warning("%s", result.error)
+        rows.append(result)
+    return rows
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _kill(pid: int) -> None:
+    """SIGKILL process ``pid`` of this node if it is still a Ray worker (not a pid reused)."""
+    try:
+        if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+            os.kill(pid, signal.SIGKILL)
+    except OSError:  # gone already
+        pass
 
 
 def _task_error(job: Job, cfg: RunConfig, exc: RayTaskError) -> JobResult:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -20,6 +21,7 @@ from ray.exceptions import (
     RayTaskError,
 )
 
+from heygem_ray import progress
 from heygem_ray.driver.calls import (
     CHUNK_CALL,
     POLL_S,
@@ -42,6 +44,16 @@ log = logging.getLogger(__name__)
 CHUNK_KILLS = 2
 
 
+@dataclass(frozen=True)
+class Beat:
+    """A job task's last heartbeat, as the router keeps it."""
+
+    where: tuple[str, int]  # the node id and pid of the process running it
+    moves: int  # progress.state()'s count
+    since: float  # the router's time.monotonic() when it last progressed
+    step: str
+
+
 @ray.remote(num_cpus=0)
 class Router:
     """The run's shared state: which model workers serve, the chunks each holds, the chunk
@@ -56,7 +68,10 @@ class Router:
     * ``overdue`` names the workers whose chunk has rendered longer than its limit
       (``chunk_timeout_s`` + ``chunk_timeout_per_frame_s`` × its frames), timed here, on
       one clock, from the moment the worker began it (not while it waited in a queue).
-    * Every method but ``add`` (a progress count, sent without waiting) does the same
+    * Each job task's heartbeat (``beat``) says whether it moved bytes or waits on a
+      worker; ``stalled`` names the tasks that did neither for a while (``driver/loop.py``
+      stops them).
+    * Every method but ``add``, ``beat`` and ``forget`` (sent without waiting) does the same
       when asked twice (a caller asks again when Ray lost the reply): a chunk's worker is
       kept under the id of that send.
 
@@ -77,6 +92,7 @@ class Router:
         self.died_rendering: set[str] = set()  # chunks whose worker was lost while it rendered them
         self.timed_out: set[str] = set()  # chunks whose worker was stopped for taking too long
         self.reference_keys: dict[str, str] = {}  # serving worker → its WorkerInfo.reference_key
+        self.beats: dict[str, Beat] = {}  # job task → its last heartbeat
 
     @ray.method(enable_task_events=False)
     def add(self, frames: int) -> None:
@@ -85,6 +101,28 @@ class Router:
     @ray.method(enable_task_events=False)
     def total(self) -> int:
         return self.frames
+
+    @ray.method(enable_task_events=False)
+    def beat(self, task: str, where: tuple[str, int], moves: int, waiting: bool, step: str) -> None:
+        """A job task's heartbeat (``driver/task.py``): ``progress.state()`` in the task
+        ``task`` (its Ray task id), run by process ``where`` (node id, pid). It has
+        progressed when it moved or waits."""
+        last = self.beats.get(task)
+        since = time.monotonic() if last is None or waiting or moves != last.moves else last.since
+        self.beats[task] = Beat(where, moves, since, step)
+
+    @ray.method(enable_task_events=False)
+    def stalled(self, limit_s: float) -> list[tuple[str, Beat, float]]:
+        """(task, its last beat, seconds since it progressed) of the job tasks whose last
+        progress is over ``limit_s`` seconds old (a task that sends no heartbeat any more
+        stays at its last)."""
+        now = time.monotonic()
+        return [(task, beat, now - beat.since) for task, beat in self.beats.items() if now - beat.since > limit_s]
+
+    @ray.method(enable_task_events=False)
+    def forget(self, task: str) -> None:
+        """A job task ended (or was stopped): its heartbeats are no longer watched."""
+        self.beats.pop(task, None)
 
     @ray.method(enable_task_events=False)
     def starting(self, worker: str) -> None:
@@ -215,7 +253,8 @@ class RayFuture:
     def result(self) -> Any:  # the method's: a ChunkOutput from render, an array from reference
         while True:
             try:
-                out = ray.get(self._ref)
+                with progress.waiting():  # on the worker: its chunk has its own time limit
+                    out = ray.get(self._ref)
             except RayTaskError as exc:
                 self._service.release(self._chunk)
                 raise _worker_error(exc, self._label) from None
@@ -336,6 +375,10 @@ class RayService:
         """What the router's ``method`` answers, asked again while it answers None (no
         worker serves), up to ``wait_s``."""
         deadline = time.monotonic() + self._wait_s
+        with progress.waiting():  # for a worker: timed here
+            return self._asked_until_served(method, subject, deadline, *args)
+
+    def _asked_until_served(self, method: Any, subject: str, deadline: float, *args: Any) -> Any:
         while (answer := ask(method, *args)) is None:
             if time.monotonic() >= deadline:
                 raise EngineError(

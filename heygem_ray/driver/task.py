@@ -9,11 +9,15 @@ neither), which saves each of them seconds of start-up and hundreds of MB.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import ray
 
-from heygem_ray import heap, metrics
+from heygem_ray import heap, metrics, progress
 from heygem_ray.config import RunConfig
 from heygem_ray.driver.router import RayService
 from heygem_ray.job import render_job
@@ -24,6 +28,10 @@ from heygem_ray.results import JobResult
 log = logging.getLogger(__name__)
 
 
+# Heartbeats a job-stall timeout: the driver finds a stalled job within a quarter of it late.
+BEATS_PER_TIMEOUT = 4
+
+
 @ray.remote(num_cpus=1)
 def job_task(job: Job, cfg: RunConfig, workers: int, router: Any) -> JobResult:
     def frames_done(frames: int) -> None:
@@ -31,11 +39,34 @@ def job_task(job: Job, cfg: RunConfig, workers: int, router: Any) -> JobResult:
         metrics.record_frames(frames, cfg.render.pack)
 
     service = RayService(router, workers, cfg.render.chunk_frames, cfg.workers_ready_timeout_s)
-    with job_logging(job.job_id):
+    with job_logging(job.job_id), _heartbeat(router, cfg.job_stall_timeout_s / BEATS_PER_TIMEOUT):
         result = render_job(job, cfg.render, cfg.cache_dir, service, on_frames=frames_done)
         _log_result(result)
     heap.release_free()  # Ray reuses this process for later jobs: hand back what this one freed
     return result
+
+
+@contextmanager
+def _heartbeat(router: Any, every_s: float) -> Iterator[None]:
+    """Report this job's ``progress.state()`` to the router every ``every_s`` seconds (from
+    now, under this task's id) while the block runs, from a thread of its own."""
+    context = ray.get_runtime_context()
+    task, where = context.get_task_id(), (context.get_node_id(), os.getpid())
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            router.beat.remote(task, where, *progress.state())
+            if stop.wait(every_s):
+                return
+
+    beating = threading.Thread(target=beat, name="job-heartbeat", daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beating.join()
 
 
 def _log_result(r: JobResult) -> None:

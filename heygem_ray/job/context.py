@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from heygem_ray import progress
 from heygem_ray.analyze import Template
 from heygem_ray.config import RenderConfig
 from heygem_ray.job.service import ModelService
@@ -27,10 +28,12 @@ class StepClock:
     def __init__(self) -> None:
         self.seconds: dict[Step, float] = {}
         self.current: Step = "plan"
+        progress.at("plan")
 
     @contextmanager
     def __call__(self, name: Step) -> Iterator[None]:
         self.current = name
+        progress.at(name)
         t0 = time.perf_counter()
         try:
             yield

@@ -24,6 +24,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any, Literal, NoReturn
 
+from heygem_ray import progress
 from heygem_ray.errors import EngineError, InputError, InternalError
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ class FfmpegProcess:
             if n == 0:
                 break
             got += n
+            progress.moved()
         return got
 
     def write_all(self, data: memoryview) -> None:
@@ -193,6 +195,7 @@ class FfmpegProcess:
         while sent < len(view):
             try:
                 sent += os.write(fd, view[sent:])
+                progress.moved()
             except BlockingIOError:
                 self._await(fd, select.POLLOUT, "took no data")
 
@@ -214,6 +217,7 @@ class FfmpegProcess:
             self._stalled(f"{what} and used no CPU for {STALL_S:g} s")
         if waited >= _SPINNING:
             self._stalled(f"{what} for {waited * STALL_S:g} s (using CPU all along)")
+        progress.moved()  # working: its own guard watches it from here
         return now
 
     def _stalled(self, what: str) -> NoReturn:

@@ -1,0 +1,125 @@
+"""A job that stops progressing does not hold the run: its task is stopped and its row
+fails `stalled`, naming its step, while the other rows render (real Ray, a job task's
+process really paused with SIGSTOP: what a read stuck on a dead network mount looks like
+from outside, a process that moves nothing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from heygem_ray import media
+from heygem_ray.steps import STEPS
+from tests.helpers.media import make_excerpt
+
+# The run, in its own process and its own local Ray (its job tasks carry a token, to tell
+# them from any other Ray's on the machine). A thread pauses the first job task it sees
+# running (title "ray::job"), a second after it began (past its first heartbeat). Prints
+# the paused pid, whether it still exists at the end, and one ROW line per table row.
+RUN = """
+import json, logging, os, signal, sys, threading, time
+from pathlib import Path
+import ray
+from heygem_ray import RenderConfig, RunConfig, submit
+
+folder, token, timeout = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+         runtime_env={"env_vars": {"HEYGEM_STALL_TOKEN": token}})
+
+
+def job_tasks():
+    found = []
+    for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\\0")
+        except OSError:
+            continue
+        if cmdline.startswith(b"ray::job") and f"HEYGEM_STALL_TOKEN={token}".encode() in environ:
+            found.append(pid)
+    return found
+
+
+paused = []
+
+
+def pause_one():
+    while not (running := job_tasks()):
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.kill(running[0], signal.SIGSTOP)
+    paused.append(running[0])
+    print("PAUSED", running[0], flush=True)
+
+
+threading.Thread(target=pause_one, daemon=True).start()
+cfg = RunConfig(output_dir=folder / "out", cache_dir=folder / "cache", engines_dir=folder / "engines",
+                render=RenderConfig(chunk_frames=8), workers=1, job_stall_timeout_s=timeout)
+start = time.monotonic()
+summary = submit(folder / "m.csv", cfg)
+print("SECONDS", round(time.monotonic() - start, 1), flush=True)
+
+
+
+def state(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return "gone"
+
+
+for pid in paused:  # killed on its node: gone (or a zombie) within seconds
+    deadline = time.monotonic() + 20
+    while state(pid) not in ("gone", "Z") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print("PAUSED_END", pid, state(pid), flush=True)
+import pyarrow.parquet as pq
+for r in pq.read_table(summary.results_path).to_pylist():
+    print("ROW", json.dumps({k: r[k] for k in ("job_id", "status", "error_kind", "error_step", "error", "frames",
+                                              "output")}), flush=True)
+ray.shutdown()
+"""
+
+
+def test_a_job_that_stops_moving_fails_stalled_and_the_run_goes_on(tmp_path, examples):
+    speech = make_excerpt(examples / "lesson1.wav", tmp_path / "speech.wav", seconds=3.0)
+    rows = [f"job{i},{speech},{examples / 'presenter.jpg'}" for i in range(3)]
+    (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
+    proc = subprocess.run([sys.executable, "-c", RUN, str(tmp_path), uuid.uuid4().hex, "4"], capture_output=True,
+                          text=True, timeout=180)  # fmt: skip
+    said = proc.stdout + proc.stderr[-6000:]
+    assert proc.returncode == 0, said
+    assert "PAUSED " in proc.stdout, said
+    # The paused process was stopped for good (killed; a zombie at most until Ray reaps it).
+    (end,) = [line.split() for line in proc.stdout.splitlines() if line.startswith("PAUSED_END")]
+    assert end[2] in ("gone", "Z"), said
+    table = {r["job_id"]: r for r in (json.loads(line[4:]) for line in proc.stdout.splitlines()
+                                      if line.startswith("ROW "))}  # fmt: skip
+    stalled = [r for r in table.values() if r["status"] == "failed"]
+    assert len(table) == 3 and len(stalled) == 1, said
+    (row,) = stalled
+    assert row["error_kind"] == "stalled" and row["error_step"] in STEPS, row
+    assert "made no progress for" in row["error"] and "--job-stall-timeout 4" in row["error"], row
+    assert f"in step {row['error_step']}" in row["error"] and row["job_id"] in row["error"], row
+    for r in table.values():
+        if r is not row:
+            assert r["status"] == "ok" and len(media.read_video(Path(r["output"]))[0]) == r["frames"] == 75, r
+    assert not (tmp_path / "out" / f"{row['job_id']}.mp4").exists()
+
+
+def test_a_job_that_waits_on_its_model_worker_or_works_is_not_stalled(tmp_path, examples):
+    """A run of the bundled talking video (decoding, analysis, chunks that wait on the one
+    model worker, compose) under a stall timeout of a few seconds: no row is stopped."""
+    speech = make_excerpt(examples / "lesson1.wav", tmp_path / "speech.wav", seconds=8.0)
+    rows = [f"job{i},{speech},{examples / 'presenter.mp4'}" for i in range(2)]
+    (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
+    run = RUN.replace("threading.Thread(target=pause_one, daemon=True).start()", "")
+    proc = subprocess.run([sys.executable, "-c", run, str(tmp_path), uuid.uuid4().hex, "3"],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    said = proc.stdout + proc.stderr[-6000:]
+    assert proc.returncode == 0, said
+    table = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+    assert [r["status"] for r in table] == ["ok", "ok"], said
