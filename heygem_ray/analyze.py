@@ -35,7 +35,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -248,17 +248,40 @@ def _store_and_track(
 ) -> tuple[FaceTrack, list[int]]:
     """Decode the reference with ``decoder``, writing each frame to ``out``/frames.bin
     (from its start) as the faces are followed: the track, and the store's frame offsets."""
-    offsets = [0]
-    codec = pa.Codec(FRAME_CODEC, compression_level=FRAME_LEVEL)
-    with open(out / "frames.bin", "wb") as store:
+    with _StoreWriter(out / "frames.bin", info.width, info.height) as store:
+        track = track_reference(info, detector_cfg, max_pixels, store, decoder)
+    return track, store.offsets
 
-        def keep(frame: np.ndarray) -> None:
-            packed = codec.compress(frame)
-            store.write(packed)
-            offsets.append(offsets[-1] + packed.size)
 
-        track = track_reference(info, detector_cfg, max_pixels, keep, decoder)
-    return track, offsets
+class _StoreWriter:
+    """The frame store as analysis writes it: each frame appended (``keep``), and any
+    frame kept so far read back (``recall``: the tracker follows a new face back)."""
+
+    def __init__(self, path: Path, width: int, height: int):
+        self._codec = pa.Codec(FRAME_CODEC, compression_level=FRAME_LEVEL)
+        self._shape = yuv.frame_shape(width, height)
+        self.offsets = [0]
+        self._out = open(path, "wb")
+        self._in = open(path, "rb")
+
+    def __enter__(self) -> _StoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._out.close()
+        self._in.close()
+
+    def keep(self, frame: np.ndarray) -> None:
+        packed = self._codec.compress(frame)
+        self._out.write(packed)
+        self.offsets.append(self.offsets[-1] + packed.size)
+
+    def recall(self, i: int) -> np.ndarray:
+        self._out.flush()
+        self._in.seek(self.offsets[i])
+        data = self._in.read(self.offsets[i + 1] - self.offsets[i])
+        size = self._shape[0] * self._shape[1]
+        return np.frombuffer(self._codec.decompress(data, decompressed_size=size), np.uint8).reshape(self._shape)
 
 
 FACES_FILE = "faces.npz"
@@ -281,14 +304,14 @@ def save_faces(root: Path, track: FaceTrack) -> None:
 def track_reference(
     info: media.VideoInfo,
     detector_cfg: DetectorConfig,
-    max_pixels: int | None = None,
-    each_frame: Callable[[np.ndarray], None] = lambda frame: None,
+    max_pixels: int | None,
+    store: _StoreWriter,
     decoder: media.Decoder = "cpu",
 ) -> FaceTrack:
     """The presenter's smoothed face track through the reference ``info`` describes, its
-    frames decoded once by ``decoder`` (each also handed to ``each_frame``, (H·3/2, W)
-    uint8 I420 in BT.709, ``media.yuv``). It does not depend on the pack: every crop geometry is cut
-    along the same track. A reference
+    frames decoded once by ``decoder`` and kept in ``store`` ((H·3/2, W) uint8 I420 in
+    BT.709, ``media.yuv``), which the tracker reads back from. It does not depend on the
+    pack: every crop geometry is cut along the same track. A reference
     without frames is ``unreadable_media``; one whose presenter is found in too few frames
     is ``no_face``."""
     video = info.path
@@ -296,9 +319,10 @@ def track_reference(
         HaarDetector(min_neighbors=detector_cfg.min_neighbors, scale_factor=detector_cfg.scale_factor),
         detector_cfg,
         float(info.fps),
+        store.recall,
     )
     for frame in media.iter_frames(info, max_pixels=max_pixels, pixel_format="yuv420p", decoder=decoder):
-        each_frame(frame)
+        store.keep(frame)
         tracker.add(frame)
     frames = tracker.frames
     if frames == 0:

@@ -21,7 +21,7 @@ are smoothed over about a second.
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -181,10 +181,14 @@ class Observations:
 
 
 class Tracker:
-    """Feed frames in order with ``add``; ask ``presenter`` at the end."""
+    """Feed frames in order with ``add``; ask ``presenter`` at the end. ``recall(i)`` gives
+    back frame ``i`` as ``add`` had it (analysis reads it from the frame store it is
+    writing): a face a scan finds is followed back through the frames since the last scan,
+    which the tracker does not keep."""
 
-    def __init__(self, detector: Detector, cfg: DetectorConfig, fps: float):
+    def __init__(self, detector: Detector, cfg: DetectorConfig, fps: float, recall: Callable[[int], np.ndarray]):
         self.detector = detector
+        self._recall = recall
         self.cfg = cfg
         self.scale = scan_scale(detector, cfg.min_face)
         self.scan_every = max(1, round(cfg.scan_interval_s * fps))
@@ -194,9 +198,6 @@ class Tracker:
         self.active: list[_Track] = []
         self.retired: list[_Track] = []
         self._last_scan = -self.steady_scan_every  # frame 0 is scanned
-        # The frames since the last scan, grey at the scan's scale: a face a scan finds is
-        # followed back through them to where it appeared.
-        self._recent: deque[np.ndarray] = deque(maxlen=self.steady_scan_every)
         self._colour: bool | None = None
         # The scan's frame in cells (``search.shrink_for_change``), each as last scanned,
         # and the boxes of the faces followed at the last scan.
@@ -239,26 +240,20 @@ class Tracker:
         missed = any(t.frames[-1] != i for t in self.active)
         steady = bool(self.active) and not missed
         if i - self._last_scan >= (self.steady_scan_every if steady else self.scan_every):
-            small = self._small(grey, cv2.INTER_AREA)
             # Whole while a face followed is missed: the scan may find it again where the
             # frame did not change.
-            self._scan(i, frame, grey, small, whole=missed)
+            self._scan(i, frame, grey, self._small(grey), whole=missed)
             self._last_scan = i
-            self._recent.clear()
-        else:  # kept for following a new face back: linear, at a fifth of the averaged one's cost
-            small = self._small(grey, cv2.INTER_LINEAR)
-        self._recent.append(small)
         for track in [t for t in self.active if t.misses > self.retire_after]:
             self.active.remove(track)
             self.retired.append(track)
 
-    def _small(self, grey: np.ndarray, interpolation: int) -> np.ndarray:
-        """``grey`` at the whole-frame scan's scale, a new array (``grey`` is a view of the
-        decoded frame, which the frames kept would otherwise keep whole)."""
+    def _small(self, grey: np.ndarray) -> np.ndarray:
+        """``grey`` at the whole-frame scan's scale."""
         if self.scale == 1.0:
-            return grey.copy()
+            return grey
         h, w = grey.shape
-        return cv2.resize(grey, (round(w * self.scale), round(h * self.scale)), interpolation=interpolation)
+        return cv2.resize(grey, (round(w * self.scale), round(h * self.scale)), interpolation=cv2.INTER_AREA)
 
     def _scan(self, i: int, frame: _Frame, grey: np.ndarray, small: np.ndarray, whole: bool) -> None:
         cells = shrink_for_change(small)
@@ -283,26 +278,27 @@ class Tracker:
                 track.hit(i, box, frame.look(box))
                 cut = face_patch(grey, box)
                 track.patch = None if cut is None else (cut[0], box, cut[1])
-                self._follow_back(track, small)
+                self._follow_back(track, i, grey)
                 self.active.append(track)
 
-    def _follow_back(self, track: _Track, small: np.ndarray) -> None:
-        """Extend a new track back through the frames since the last scan (``small`` is the
-        scan's frame), measuring its motion between them as ``add`` does going forward."""
-        later = small
-        for earlier in reversed(self._recent):
-            box = search_window(self.detector, earlier, track.boxes[0], self.scale)
+    def _follow_back(self, track: _Track, i: int, grey: np.ndarray) -> None:
+        """Extend a new track found in frame ``i`` (its grey ``grey``) back through the
+        frames since the last scan, read back with ``recall``, measuring its motion
+        between them as ``add`` does going forward."""
+        later = grey
+        for j in range(i - 1, max(self._last_scan, i - self.steady_scan_every, 0) - 1, -1):
+            earlier = yuv.planes(self._recall(j))[0]
+            box = search_window(self.detector, earlier, track.boxes[0])
             if box is None:
                 return
-            before, after = box * self.scale, track.boxes[0] * self.scale  # in the small frames' pixels
-            shift = _whole_shift(before, after)
-            cuts = face_patch(earlier, before), face_patch(later, before + np.tile(shift, 2))
+            shift = _whole_shift(box, track.boxes[0])
+            cuts = face_patch(earlier, box), face_patch(later, box + np.tile(shift, 2))
             rest = None if cuts[0] is None or cuts[1] is None else motion(cuts[0][0], cuts[1][0], cuts[0][1])
             if rest is not None:
-                track.moves[track.frames[0]] = ((shift[0] + rest[0]) / self.scale, (shift[1] + rest[1]) / self.scale)
-            track.frames.insert(0, track.frames[0] - 1)
+                track.moves[track.frames[0]] = (shift[0] + rest[0], shift[1] + rest[1])
+            track.frames.insert(0, j)
             track.boxes.insert(0, box)
-            track.looks.insert(0, looks.empty())  # its frame is gone: measured where it is kept
+            track.looks.insert(0, looks.empty())  # looks are measured going forward only
             later = earlier
 
     def presenter(self) -> Observations | None:

@@ -139,9 +139,11 @@ def test_scans_are_seldom_while_the_face_is_followed_and_a_face_that_comes_in_is
                         motion="still", second_face=72, second_from=1.2)
     cfg = DetectorConfig()
     detector = CountedScans()
-    tracker = Tracker(detector, cfg, clip.fps)
+    frames: list[np.ndarray] = []
+    tracker = Tracker(detector, cfg, clip.fps, frames.__getitem__)
     for i, frame in enumerate(media.iter_frames(media.probe_video(clip.path), pixel_format="yuv420p")):
         detector.frame = i
+        frames.append(frame)
         tracker.add(frame)
     assert detector.scans == [0, 50], detector.scans  # 0.5 s apart would be 8 scans
     track = find_presenter(tracker, clip.fps)
@@ -159,9 +161,11 @@ def test_a_scan_looks_again_only_where_the_frame_changed(tmp_path):
                         second_from=1.2)  # fmt: skip
     clip = with_camera_noise(clip, tmp_path / "camera.mp4")
     detector = CountedScans()
-    tracker = Tracker(detector, DetectorConfig(), clip.fps)
+    frames: list[np.ndarray] = []
+    tracker = Tracker(detector, DetectorConfig(), clip.fps, frames.__getitem__)
     for i, frame in enumerate(media.iter_frames(media.probe_video(clip.path), pixel_format="yuv420p")):
         detector.frame = i
+        frames.append(frame)
         tracker.add(frame)
     whole = round(1280 * tracker.scale) * round(720 * tracker.scale)
     assert detector.scans == [0, 50] and detector.scanned[0] == whole
