@@ -38,6 +38,8 @@ _STDERR_LINES = 20  # ffmpeg stderr lines kept for error messages
 # is stuck too (a CUDA wait spins on a core while a GPU hangs).
 STALL_S = 600.0
 _SPINNING = 6
+# A wait on a pipe first polls this many milliseconds before it starts watching ffmpeg's CPU.
+_QUICK_MS = 1000
 # The size asked for the frame pipes' buffers (Linux's default limit for a process).
 _PIPE_BYTES = 1 << 20
 # How long a killed ffmpeg is waited for. One stuck in the kernel (a read from a dead
@@ -157,6 +159,7 @@ class FfmpegProcess:
                     fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
                 except OSError:  # over the system's limit (fs/pipe-max-size): the default stays
                     pass
+        self._pollers: dict[int, select.poll] = {}  # our pipe ends' (fd → its poll, for what we wait on there)
         self._lines: deque[str] = deque(maxlen=_STDERR_LINES)
         self._drainer = threading.Thread(target=self._drain, name="ffmpeg-stderr", daemon=True)
         self._drainer.start()
@@ -201,8 +204,13 @@ class FfmpegProcess:
 
     def _await(self, fd: int, event: int, what: str) -> None:
         """Wait until ``fd`` is ready for ``event`` (or closed), while ffmpeg is working."""
-        poller = select.poll()
-        poller.register(fd, event)
+        if (poller := self._pollers.get(fd)) is None:
+            poller = self._pollers[fd] = select.poll()
+            poller.register(fd, event)
+        # Most waits end within milliseconds: ffmpeg's CPU time is read only for one that
+        # does not (a frame's few waits would otherwise cost more than the writes).
+        if poller.poll(_QUICK_MS):
+            return
         ticks, waited = _cpu_ticks(self.popen.pid), 0
         while not poller.poll(STALL_S * 1000):
             waited += 1
