@@ -3,7 +3,7 @@
 For each size, a lecture-like clip (tests/helpers/footage.py: the portrait small in a
 corner, panning, on a busy slide) is decoded once (ffmpeg → frames, nothing else) and
 analysed once into a fresh template cache; both are given in seconds per second of
-reference, and their ratio. ``--before DIR`` also analyses each clip with the
+reference, and their ratio, with the analysing process's peak memory. ``--before DIR`` also analyses each clip with the
 ``heygem_ray`` of another checkout (e.g. a worktree of an older commit), in one run:
 
     git worktree add /tmp/before f3e2a4e
@@ -31,7 +31,7 @@ from tests.helpers.footage import lecture_clip  # noqa: E402
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "4K": (3840, 2160)}
 # Analyse in a child process run in ``repo``, so it imports that checkout's heygem_ray.
 _ANALYZE = """
-import json, shutil, sys, tempfile, time
+import json, resource, shutil, sys, tempfile, time
 from pathlib import Path
 from heygem_ray.analyze import analyze
 from heygem_ray.config import DetectorConfig
@@ -44,7 +44,8 @@ try:
     outcome = "ok"
 except HeygemError as exc:
     outcome = exc.kind
-print("RESULT " + json.dumps({"seconds": time.perf_counter() - t0, "outcome": outcome}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the analysing process's high-water mark
+print("RESULT " + json.dumps({"seconds": time.perf_counter() - t0, "outcome": outcome, "peak_mib": peak}))
 shutil.rmtree(cache)
 """
 
@@ -78,6 +79,7 @@ def main() -> None:
                     row[f"{label}_outcome"] = got["outcome"]
                     row[f"{label}_s_per_s"] = got["seconds"] / args.seconds
                     row[f"{label}_over_decode"] = got["seconds"] / decode
+                    row[f"{label}_peak_mib"] = round(got["peak_mib"])
                 results.append(row)
                 print(json.dumps(row), flush=True)
     print(record.write("analyze", results))
