@@ -248,12 +248,12 @@ def _store_and_track(
 ) -> tuple[FaceTrack, list[int]]:
     """Decode the reference with ``decoder``, writing each frame to ``out``/frames.bin
     (from its start) as the faces are followed: the track, and the store's frame offsets."""
-    with _StoreWriter(out / "frames.bin", info.width, info.height) as store:
+    with StoreWriter(out / "frames.bin", info.width, info.height) as store:
         track = track_reference(info, detector_cfg, max_pixels, store, decoder)
     return track, store.offsets
 
 
-class _StoreWriter:
+class StoreWriter:
     """The frame store as analysis writes it: each frame appended (``keep``), and any
     frame kept so far read back (``recall``: the tracker follows a new face back)."""
 
@@ -264,7 +264,7 @@ class _StoreWriter:
         self._out = open(path, "wb")
         self._in = open(path, "rb")
 
-    def __enter__(self) -> _StoreWriter:
+    def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -305,7 +305,7 @@ def track_reference(
     info: media.VideoInfo,
     detector_cfg: DetectorConfig,
     max_pixels: int | None,
-    store: _StoreWriter,
+    store: StoreWriter,
     decoder: media.Decoder = "cpu",
 ) -> FaceTrack:
     """The presenter's smoothed face track through the reference ``info`` describes, its
