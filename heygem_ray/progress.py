@@ -26,6 +26,9 @@ _last = 0
 _waits = 0
 _lock = threading.Lock()
 _step: Step = "plan"
+# Set when the step changes: the heartbeat reports at once (a job that stops early in a
+# step is reported in it).
+step_changed = threading.Event()
 
 
 def moved() -> None:
@@ -53,6 +56,7 @@ def at(step: Step) -> None:
     """Note the step the job is in (for the row of a job that stops moving)."""
     global _step
     _step = step
+    step_changed.set()
 
 
 def state() -> tuple[int, bool, Step]:

@@ -48,17 +48,18 @@ def job_task(job: Job, cfg: RunConfig, workers: int, router: Any) -> JobResult:
 
 @contextmanager
 def _heartbeat(router: Any, every_s: float) -> Iterator[None]:
-    """Report this job's ``progress.state()`` to the router every ``every_s`` seconds (from
-    now, under this task's id) while the block runs, from a thread of its own."""
+    """Report this job's ``progress.state()`` to the router every ``every_s`` seconds and
+    when its step changes (from now, under this task's id) while the block runs, from a
+    thread of its own."""
     context = ray.get_runtime_context()
     task, where = context.get_task_id(), (context.get_node_id(), os.getpid())
     stop = threading.Event()
 
     def beat() -> None:
-        while True:
+        while not stop.is_set():
+            progress.step_changed.clear()
             router.beat.remote(task, where, *progress.state())
-            if stop.wait(every_s):
-                return
+            progress.step_changed.wait(every_s)
 
     beating = threading.Thread(target=beat, name="job-heartbeat", daemon=True)
     beating.start()
@@ -66,6 +67,7 @@ def _heartbeat(router: Any, every_s: float) -> Iterator[None]:
         yield
     finally:
         stop.set()
+        progress.step_changed.set()  # wakes it to stop
         beating.join()
 
 
