@@ -25,6 +25,7 @@ import pytest
 
 from heygem_ray import media
 from tests.helpers.media import make_excerpt
+from tests.helpers.procs import PROCESSES
 
 SEEDS = [int(s) for s in os.environ.get("HEYGEM_FAULT_SEEDS", "1").split(",")]
 ROWS = 40
@@ -39,7 +40,7 @@ HONEST = {"worker_lost", "worker_crash", "stopped", "storage"}
 # carries its env_vars (Ray's RPC fault injection, and a token that tells this run's
 # processes from any other Ray's on the machine). Prints one ROW line per table row and
 # one DID line per action done.
-RUN = """
+RUN = PROCESSES + """
 import errno, json, logging, os, signal, sys, threading, time
 from pathlib import Path
 import ray
@@ -48,25 +49,11 @@ from heygem_ray.errors import RunStopped
 from heygem_ray.driver import RunCallbacks
 
 folder, token, schedule = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
-env = {"HEYGEM_FAULT_TOKEN": token}
+env = {TOKEN_VAR: token}
 if schedule["rpc_failure"]:
     env["RAY_testing_rpc_failure"] = json.dumps(schedule["rpc_failure"])
 ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
          runtime_env={"env_vars": env})
-
-
-def processes(title):
-    # This run's Ray worker processes whose title starts with `title`, by pid.
-    found = []
-    for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\\0")
-        except OSError:
-            continue
-        if cmdline.startswith(title.encode()) and f"HEYGEM_FAULT_TOKEN={token}".encode() in environ:
-            found.append(pid)
-    return found
 
 
 def model_workers():
@@ -123,8 +110,8 @@ def free_output_disk():
 ACTIONS = {
     "fill_output_disk": fill_output_disk,
     "kill_worker_by_ray": kill_worker_by_ray,
-    "kill_worker_process": lambda pick: sigkill(processes("ray::ActorWorker"), pick),
-    "kill_job_task": lambda pick: sigkill(processes("ray::job"), pick),
+    "kill_worker_process": lambda pick: sigkill(processes("ray::ActorWorker", token), pick),
+    "kill_job_task": lambda pick: sigkill(processes("ray::job", token), pick),
 }
 
 

@@ -14,13 +14,14 @@ from pathlib import Path
 
 from heygem_ray import media
 from tests.helpers.media import make_excerpt
+from tests.helpers.procs import PROCESSES
 
 # The run, in its own process and its own local Ray (3 CPUs: a model worker and two jobs at
 # a time; its job tasks carry a token, to tell them from any other Ray's on the machine). A
 # thread pauses the job task that has a template's frame store open while it is being
 # written (it holds that template's lock). Prints the paused pid, whether it still exists
 # at the end, and one ROW line per table row.
-RUN = """
+RUN = PROCESSES + """
 import json, logging, os, signal, sys, threading, time
 from pathlib import Path
 import ray
@@ -28,20 +29,7 @@ from heygem_ray import RenderConfig, RunConfig, submit
 
 folder, token, timeout = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 ray.init(address="local", num_cpus=3, include_dashboard=False, logging_level=logging.WARNING,
-         runtime_env={"env_vars": {"HEYGEM_STALL_TOKEN": token}})
-
-
-def job_tasks():
-    found = []
-    for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\\0")
-        except OSError:
-            continue
-        if cmdline.startswith(b"ray::job") and f"HEYGEM_STALL_TOKEN={token}".encode() in environ:
-            found.append(pid)
-    return found
+         runtime_env={"env_vars": {TOKEN_VAR: token}})
 
 
 def building(pid):
@@ -57,7 +45,7 @@ paused = []
 
 def pause_one():
     while True:
-        for pid in job_tasks():
+        for pid in processes("ray::job", token):
             if building(pid):
                 os.kill(pid, signal.SIGSTOP)
                 paused.append(pid)
