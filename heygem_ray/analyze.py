@@ -35,10 +35,11 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -111,22 +112,12 @@ class Template:
         uint8 I420 array (``media.yuv``)."""
         codec = pa.Codec(FRAME_CODEC)
         shape = yuv.frame_shape(self.width, self.height)
-        size = shape[0] * shape[1]
         offsets = np.load(self.root / "offsets.npy")
         with open(self.root / "frames.bin", "rb") as f:
             for i in index:
-                f.seek(int(offsets[i]))
-                data = f.read(int(offsets[i + 1] - offsets[i]))
-                try:
-                    frame = np.frombuffer(codec.decompress(data, decompressed_size=size), np.uint8)
-                except OSError as exc:  # pyarrow raises it for bytes that do not decompress
-                    raise InputError(
-                        f"template {self.root} is damaged (frame {i} does not decompress: {exc}); delete "
-                        "that folder and run again to rebuild it",
-                        kind="bad_template",
-                    ) from exc
+                frame = _read_frame(f, offsets, int(i), codec, shape)
                 progress.moved()
-                yield frame.reshape(shape)
+                yield frame
 
     def read_frames(self, index: np.ndarray) -> Iterator[np.ndarray]:
         """Yield the (H, W, 3) uint8 BGR reference frame for each index, in order (for
@@ -278,10 +269,26 @@ class StoreWriter:
 
     def recall(self, i: int) -> np.ndarray:
         self._out.flush()
-        self._in.seek(self.offsets[i])
-        data = self._in.read(self.offsets[i + 1] - self.offsets[i])
-        size = self._shape[0] * self._shape[1]
-        return np.frombuffer(self._codec.decompress(data, decompressed_size=size), np.uint8).reshape(self._shape)
+        return _read_frame(self._in, self.offsets, i, self._codec, self._shape)
+
+
+def _read_frame(
+    f: BinaryIO, offsets: Sequence[int] | np.ndarray, i: int, codec: pa.Codec, shape: tuple[int, int]
+) -> np.ndarray:
+    """Frame ``i`` of the store open as ``f`` (its frames at ``offsets``): a new, writable
+    ``shape`` uint8 I420 array. Bytes that do not decompress are a damaged template."""
+    f.seek(int(offsets[i]))
+    data = f.read(int(offsets[i + 1] - offsets[i]))
+    try:
+        frame = np.frombuffer(codec.decompress(data, decompressed_size=shape[0] * shape[1]), np.uint8)
+    except OSError as exc:  # pyarrow raises it for bytes that do not decompress
+        folder = Path(f.name).parent
+        raise InputError(
+            f"template {folder} is damaged (frame {i} does not decompress: {exc}); delete that folder and run "
+            "again to rebuild it",
+            kind="bad_template",
+        ) from exc
+    return frame.reshape(shape)
 
 
 FACES_FILE = "faces.npz"
