@@ -149,6 +149,7 @@ def _render_all(
                 in_flight_cap = pool.jobs_cap()
                 heap.release_free()  # see heap.py: the driver's memory stays flat over many jobs
                 for result in _stop_stalled(pending, router, cfg):
+                    result.config_hash = config_hash
                     on_result(result)
                     metrics.record_job(result)
                 next_watch = time.monotonic() + WATCH_S
@@ -210,8 +211,7 @@ def _stop_stalled(pending: dict[ray.ObjectRef, tuple[Job, int]], router: Any, cf
             "was stopped. A file system that stopped answering (a network mount) or a process paused on its "
             "node does this; check the node, then run the same manifest again"
         )
-        result.attempts, result.config_hash = attempt, cfg.config_hash()
-        result.ray_task_id = task
+        result.attempts, result.ray_task_id = attempt, task
         log.warning("%s", result.error)
         rows.append(result)
     return rows

@@ -376,17 +376,14 @@ class RayService:
         worker serves), up to ``wait_s``."""
         deadline = time.monotonic() + self._wait_s
         with progress.waiting():  # for a worker: timed here
-            return self._asked_until_served(method, subject, deadline, *args)
-
-    def _asked_until_served(self, method: Any, subject: str, deadline: float, *args: Any) -> Any:
-        while (answer := ask(method, *args)) is None:
-            if time.monotonic() >= deadline:
-                raise EngineError(
-                    f"{subject} model worker was serving for {self._wait_s:g} s (all lost, or starting); "
-                    "check the cluster's health, then run the same manifest again",
-                    kind="worker_lost",
-                )
-            time.sleep(POLL_S)
+            while (answer := ask(method, *args)) is None:
+                if time.monotonic() >= deadline:
+                    raise EngineError(
+                        f"{subject} model worker was serving for {self._wait_s:g} s (all lost, or starting); "
+                        "check the cluster's health, then run the same manifest again",
+                        kind="worker_lost",
+                    )
+                time.sleep(POLL_S)
         return answer
 
     def submit(self, features: Features, given: np.ndarray, restore: RestoreInputs | None = None) -> ChunkFuture:
