@@ -13,14 +13,16 @@ import uuid
 from pathlib import Path
 
 from heygem_ray import media
+from tests.helpers.footage import lecture_clip
 from tests.helpers.media import make_excerpt
 from tests.helpers.procs import PROCESSES
 
-# The run, in its own process and its own local Ray (3 CPUs: a model worker and two jobs at
-# a time; its job tasks carry a token, to tell them from any other Ray's on the machine). A
-# thread pauses the job task that has a template's frame store open while it is being
-# written (it holds that template's lock). Prints the paused pid, whether it still exists
-# at the end, and one ROW line per table row.
+# The run, in its own process and its own local Ray (3 CPUs: three jobs at a time beside the
+# model worker; its job tasks carry a token, to tell them from any other Ray's on the
+# machine). Once one job task builds a template (its frame store open: it holds the
+# template's lock) while another waits on that lock (the lock file open, no store), a
+# thread pauses the builder. Prints the paused and the waiting pid, whether the paused
+# one still exists at the end, and one ROW line per table row.
 RUN = PROCESSES + """
 import json, logging, os, signal, sys, threading, time
 from pathlib import Path
@@ -32,12 +34,11 @@ ray.init(address="local", num_cpus=3, include_dashboard=False, logging_level=log
          runtime_env={"env_vars": {TOKEN_VAR: token}})
 
 
-def building(pid):
-    # Whether process pid has a template's frame store open while it is being written.
+def open_files(pid):
     try:
-        return any(".tmp/frames.bin" in os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+        return [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
     except OSError:
-        return False
+        return []
 
 
 paused = []
@@ -45,12 +46,15 @@ paused = []
 
 def pause_one():
     while True:
-        for pid in processes("ray::job", token):
-            if building(pid):
-                os.kill(pid, signal.SIGSTOP)
-                paused.append(pid)
-                print("PAUSED", pid, flush=True)
-                return
+        files = {pid: open_files(pid) for pid in processes("ray::job", token)}
+        builders = [p for p, names in files.items() if any(n.endswith(".tmp/frames.bin") for n in names)]
+        waiters = [p for p, names in files.items() if p not in builders
+                   and any("/cache/" in n and n.endswith(".lock") for n in names)]
+        if builders and waiters:
+            os.kill(builders[0], signal.SIGSTOP)
+            paused.append(builders[0])
+            print("PAUSED", builders[0], "WAITING", waiters[0], flush=True)
+            return
         time.sleep(0.005)
 
 
@@ -85,7 +89,9 @@ ray.shutdown()
 
 def test_a_job_that_stops_moving_fails_stalled_and_the_run_goes_on(tmp_path, examples):
     speech = make_excerpt(examples / "lesson1.wav", tmp_path / "speech.wav", seconds=3.0)
-    rows = [f"job{i},{speech},{examples / 'presenter.mp4'}" for i in range(3)]
+    # A reference that takes seconds to analyse, so that another job comes to wait on its lock.
+    clip = lecture_clip(tmp_path / "lecture.mp4", size=(1920, 1080), face=160, seconds=8.0)
+    rows = [f"job{i},{speech},{clip.path}" for i in range(3)]
     (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
     proc = subprocess.run([sys.executable, "-c", RUN, str(tmp_path), uuid.uuid4().hex, "4"], capture_output=True,
                           text=True, timeout=180)  # fmt: skip
@@ -103,8 +109,8 @@ def test_a_job_that_stops_moving_fails_stalled_and_the_run_goes_on(tmp_path, exa
     assert row["error_kind"] == "stalled" and row["error_step"] == "analyze", row
     assert "made no progress for" in row["error"] and "--job-stall-timeout 4" in row["error"], row
     assert "in step analyze" in row["error"] and row["job_id"] in row["error"], row
-    # The others waited on the template's lock while it was held (past the timeout: a wait,
-    # not a stall), then built the template once it was free, and rendered.
+    # The job that waited on the template's lock while it was held (past the timeout: a
+    # wait, not a stall) and the third built the template once it was free, and rendered.
     for r in table.values():
         if r is not row:
             assert r["status"] == "ok" and len(media.read_video(Path(r["output"]))[0]) == r["frames"] == 75, r
