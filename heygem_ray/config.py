@@ -117,10 +117,11 @@ _FFMPEG_MAX_PIXELS = 2**31 - 1
 
 @dataclass(frozen=True)
 class InputLimits:
-    """How large one row's files may be. A file over a limit fails its row (kind
-    ``too_large``; the message names the file, the limit and the option that raises it),
-    from what its header declares where it declares it, before anything is decoded; a
-    file whose header says less is stopped once decoding passes the limit. The batch goes on.
+    """How large one row's files may be, and whether its audio may be silent. A file over a
+    limit fails its row (kind ``too_large``; the message names the file, the limit and the
+    option that raises it), from what its header declares where it declares it, before
+    anything is decoded; a file whose header says less is stopped once decoding passes the
+    limit. The batch goes on.
 
     They bound what one job holds and how long it runs: a job's memory grows with the
     reference's frame size (each decoded frame is 3 bytes a pixel, in this process and in
@@ -137,6 +138,9 @@ class InputLimits:
     max_reference_frames: int = 90_000
     # Seconds of a row's audio (its output is as long): 4 hours.
     max_audio_seconds: float = 4 * 3600.0
+    # Audio with no sound in it (``features.require_sound``) fails its row ``silent_audio``
+    # unless this is set: a video of the presenter with the mouth closed throughout.
+    allow_silent_audio: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_reference_pixels <= _FFMPEG_MAX_PIXELS:

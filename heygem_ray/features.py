@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from heygem_ray.errors import InternalError
+from heygem_ray.errors import InputError, InternalError
 
 SAMPLE_RATE = 16000  # Hz; the input waveform's rate
 MEL_FPS = 80  # mel columns per second = SAMPLE_RATE / HOP
@@ -128,6 +128,41 @@ class Pcm:
         """The whole waveform in consecutive spans of ``size`` samples (the last shorter)."""
         for start in range(0, self.samples, size):
             yield self.read(start, start + size)
+
+
+# Loudness is measured per 20-ms stretch (its RMS, samples in [-1, 1]). Quieter than
+# SILENCE_RMS (−60 dBFS) is silence: nothing at all, dither, or the room noise of a muted
+# microphone.
+LEVEL_HOP = SAMPLE_RATE // 50
+SILENCE_RMS = 1e-3
+# A clip louder than silence for less than this, summed over the whole clip, is silent: a
+# click or a bump is that short, a spoken word is not.
+HEARD_MIN_S = 0.2
+
+
+def rms_levels(pcm: Pcm) -> np.ndarray:
+    """The RMS of each whole 20-ms stretch of ``pcm`` → (samples // LEVEL_HOP,) float32,
+    read a minute at a time."""
+    hop = LEVEL_HOP
+    rms = [
+        np.sqrt(np.mean(block[: len(block) // hop * hop].reshape(-1, hop) ** 2, axis=1))
+        for block in pcm.blocks(hop * 3000)  # whole hops but for the last block
+    ]
+    return np.concatenate(rms) if rms else np.zeros(0, np.float32)
+
+
+def require_sound(pcm: Pcm, name: object) -> None:
+    """Refuse the audio ``name`` (as the manifest gives it) when ``pcm`` is silent: heard
+    for less than HEARD_MIN_S. A lip-synced video of it would keep the presenter's mouth
+    closed throughout, which is nearly always a wrong or muted file (``silent_audio``)."""
+    heard = float(np.count_nonzero(rms_levels(pcm) > SILENCE_RMS)) * LEVEL_HOP / SAMPLE_RATE
+    if heard < HEARD_MIN_S:
+        raise InputError(
+            f"audio {name} is silent: in its {pcm.samples / SAMPLE_RATE:.1f} s nothing is louder than -60 dBFS "
+            f"for {HEARD_MIN_S:g} s, so the presenter's mouth would not move; check that it is the lesson's audio "
+            "(not a muted export or a video's empty sound track), or pass --allow-silent-audio to render it as it is",
+            kind="silent_audio",
+        )
 
 
 def _preemphasis(x: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import tempfile
 import wave
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
@@ -132,7 +132,9 @@ def _side_by_side(
             w.writeframes((np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes())
         rendered = Path(scratch) / "rendered.mp4"
         job = Job(row=1, job_id=f"preview {reference.name}", audio=short, video=reference, output=rendered)
-        result = render_job(job, cfg, cache_dir, InProcessService(worker))
+        # Its first seconds may be a pause: shown as they are (a silent lesson is submit's to refuse).
+        pause_ok = replace(cfg, limits=replace(cfg.limits, allow_silent_audio=True))
+        result = render_job(job, pause_ok, cache_dir, InProcessService(worker))
         if result.status != "ok":
             raise HeygemError(result.error or "the preview's render failed", kind=result.error_kind or "error")
         duration = len(pcm) / SAMPLE_RATE

@@ -129,6 +129,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="A reference video with more frames fails its row (default: an hour at 25 fps).")
     p.add_argument("--max-audio-seconds", type=float, default=InputLimits.max_audio_seconds,
                    help="Audio longer than this fails its row (default: 4 hours).")
+    p.add_argument("--allow-silent-audio", action="store_true",
+                   help="Render audio with no sound in it; by default such a row fails 'silent_audio'.")
     p.add_argument("--force", action="store_true", help="Render every row again, even rows this date already finished.")
     return p.parse_args(argv)
 
@@ -157,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 calibration_frames=args.calibration_frames,
                 limits=InputLimits(max_reference_pixels=args.max_reference_pixels,
                                    max_reference_frames=args.max_reference_frames,
-                                   max_audio_seconds=args.max_audio_seconds),
+                                   max_audio_seconds=args.max_audio_seconds,
+                                   allow_silent_audio=args.allow_silent_audio),
             ),
             engines_dir=args.engines or default_engines_dir(),
             cache_dir=args.cache_dir or default_cache_dir(),

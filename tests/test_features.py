@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.signal import lfilter
 
+from heygem_ray.errors import InputError
 from heygem_ray.features import (
     MEL_FPS,
     SAMPLE_RATE,
@@ -17,6 +18,7 @@ from heygem_ray.features import (
     mel_columns,
     mel_filterbank,
     mel_windows,
+    require_sound,
     wav2lip_mel,
 )
 
@@ -211,3 +213,47 @@ def test_a_scaled_waveform_reads_louder() -> None:
     louder = Pcm.from_array(wav).scaled(3.0).scaled(0.5)
     np.testing.assert_allclose(louder.read(100, 900), wav[100:900] * 1.5, rtol=1e-6)
     assert len(louder.read(-50, 10**9)) == len(wav)
+
+
+def _with(seconds: float, *parts: tuple[float, np.ndarray]) -> Pcm:
+    """``seconds`` of digital silence with each (start s, samples) part added in."""
+    wav = np.zeros(int(seconds * SAMPLE_RATE), np.float32)
+    for start, part in parts:
+        at = int(start * SAMPLE_RATE)
+        wav[at : at + len(part)] += part
+    return Pcm.from_array(wav)
+
+
+def _tone(seconds: float, dbfs: float) -> np.ndarray:
+    """A 440 Hz sine whose RMS is ``dbfs``."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return (np.sqrt(2) * 10 ** (dbfs / 20) * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("what", "pcm"),
+    [
+        ("digital silence", _with(5.0)),
+        ("the hiss of a muted microphone at -70 dBFS", _with(5.0, (0.0, _tone(5.0, -70.0)))),
+        ("a click", _with(5.0, (2.0, np.array([0.9, -0.9], np.float32)))),
+        ("a bump of 0.1 s", _with(5.0, (1.0, _tone(0.1, -20.0)))),
+    ],
+)
+def test_audio_with_no_sound_in_it_is_refused_with_the_file_and_the_way_out(what: str, pcm: Pcm) -> None:
+    with pytest.raises(InputError) as err:
+        require_sound(pcm, "/data/lesson-5.wav")
+    assert err.value.kind == "silent_audio", what
+    assert err.value.message.startswith("audio /data/lesson-5.wav is silent: in its 5.0 s "), err.value.message
+    assert "--allow-silent-audio" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("what", "pcm"),
+    [
+        ("a word of 0.3 s at -50 dBFS in silence", _with(5.0, (1.0, _tone(0.3, -50.0)))),
+        ("speech 40 dB quieter than usual", Pcm.from_array(0.01 * _speech_like(2.0))),
+        ("speech", Pcm.from_array(_speech_like(2.0))),
+    ],
+)
+def test_quiet_or_short_sound_is_sound(what: str, pcm: Pcm) -> None:
+    require_sound(pcm, "a.wav")  # raises on silence

@@ -113,10 +113,12 @@ def test_a_header_claiming_ten_hours_is_not_believed_and_the_job_runs(tmp_path, 
 def test_ten_hours_of_audio_run_with_flat_memory_when_the_limit_allows(tmp_path, examples) -> None:
     """Raised, the limit lets ten hours through: decoded in 1 MiB blocks into a file
     (2.3 GB of 16 kHz float32 in the job's scratch folder), its features read a chunk at a
-    time. With loop=trim the output stops where the 4 s reference ends."""
+    time. With loop=trim the output stops where the 4 s reference ends. The WAV is a sparse
+    file of silence, so the row allows silent audio."""
     wav = make_long_wav(tmp_path / "ten-hours.wav", seconds=36_000)
     script = JOBS.replace('RenderConfig(backend="pytorch", limits', 'RenderConfig(backend="pytorch", loop="trim", limits')
-    spec = json.dumps({"long": (str(wav), str(examples / "presenter.mp4"), {"max_audio_seconds": 36_000})})
+    spec = json.dumps({"long": (str(wav), str(examples / "presenter.mp4"),
+                                  {"max_audio_seconds": 36_000, "allow_silent_audio": True})})
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path), spec], cwd=ROOT, env=child_env(scratch=tmp_path),
                           capture_output=True, text=True, timeout=180)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -19,7 +19,7 @@ import pytest
 
 from heygem_ray import media
 from heygem_ray.analyze import Template, analyze
-from heygem_ray.config import RenderConfig
+from heygem_ray.config import InputLimits, RenderConfig
 from heygem_ray.errors import InputError
 from heygem_ray.job import InProcessService, render_job, scratch
 from heygem_ray.manifest import Job
@@ -29,7 +29,7 @@ from heygem_ray.packs import get_pack
 from heygem_ray.steps import TIMED
 from heygem_ray.timeline import loop_indices
 from heygem_ray.worker import ModelWorker
-from tests.helpers.media import HANG_MARK, hanging_ffmpeg, make_excerpt, sleepers
+from tests.helpers.media import HANG_MARK, hanging_ffmpeg, make_excerpt, make_silence, sleepers
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 
 FPS = 25
@@ -245,6 +245,23 @@ def test_the_rows_step_seconds_account_for_the_job_the_encoders_tail_included(tm
     assert result.status == "ok" and result.frames == 25, result.error
     timed = {step: getattr(result, f"{step}_s") or 0.0 for step in TIMED}
     assert sum(timed.values()) > 0.9 * result.seconds, (result.seconds, timed)
+
+
+def test_silent_audio_fails_its_row_before_analysis_unless_allowed(tmp_path, examples, warp_service):
+    """A muted export would render as a presenter whose mouth never moves, and be published
+    as ok: its row fails in the audio step instead, naming the file and the way out. With
+    --allow-silent-audio it renders, and every frame is the photo."""
+    audio = make_silence(tmp_path / "muted.wav", seconds=1)
+    refused = render_job(job(tmp_path, audio, examples / "presenter.jpg"), RenderConfig(), tmp_path / "cache",
+                         warp_service)  # fmt: skip
+    assert (refused.status, refused.error_kind, refused.error_step) == ("failed", "silent_audio", "audio")
+    assert refused.error.startswith(f"row 1 (job 'j'): audio {audio} is silent: in its 1.0 s "), refused.error
+    assert not (tmp_path / "out" / "j.mp4").exists() and not (tmp_path / "cache").exists()  # not analysed
+    allowed = RenderConfig(limits=InputLimits(allow_silent_audio=True))
+    rendered = render_job(job(tmp_path, audio, examples / "presenter.jpg"), allowed, tmp_path / "cache", warp_service)
+    assert rendered.status == "ok" and rendered.frames == 25, rendered.error
+    frames, _ = media.read_video(tmp_path / "out" / "j.mp4")
+    assert np.abs(frames.astype(np.int16) - frames[0].astype(np.int16)).mean() < 1.0
 
 
 def _marked_reference(photo: Path, out: Path, frames: int) -> Path:

@@ -18,6 +18,7 @@ from heygem_ray.config import DetectorConfig
 from heygem_ray.packs import get_pack
 from heygem_ray.preview import SHEET_COLUMNS, TILE_WIDTH, VIDEO_HEIGHT
 from tests.helpers.footage import lecture_clip
+from tests.helpers.media import make_silence
 
 runner = CliRunner()
 CHECKS = ["face_size", "lost", "jitter", "faces", "mouth_motion", "head_turned", "mouth_covered", "dark", "blurred",
@@ -64,6 +65,15 @@ def test_the_bundled_example_passes_and_writes_the_sheet_the_video_and_the_check
     # A preview warms tonight's batch: the template is in the cache, under the batch's key.
     _, cached = analyze(examples / "presenter.mp4", get_pack("warp").geometry, DetectorConfig(), tmp_path / "cache")
     assert cached
+
+
+def test_a_preview_whose_seconds_are_a_pause_shows_them(examples, tmp_path):
+    """A lesson may open with a pause: the preview renders it (a lesson silent throughout is
+    submit's to refuse, row by row), and its video holds those seconds."""
+    pause = make_silence(tmp_path / "pause.wav", seconds=2)
+    got, report = _preview(tmp_path, str(examples / "presenter.jpg"), str(pause), "--seconds", "1")
+    assert got.exit_code == 0 and report is not None, got.output
+    assert len(media.read_video(tmp_path / "out" / "presenter-preview.mp4")[0]) == 25
 
 
 def _speech(t: float) -> float:

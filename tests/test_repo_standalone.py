@@ -95,7 +95,7 @@ def test_an_escape_is_found(name: str, line: str):
     [
         ("tests/helpers/x.py", 'NIGHTLY = Path(__file__).resolve().parents[2] / "jobs" / "nightly.py"'),
         ("tests/x.py", "ROOT = Path(__file__).parent.parent"),
-        ("tests/test_submit.py", '"outside,silence.wav,presenter.jpg,../../x.mp4",'),  # manifest data
+        ("tests/test_submit.py", '"outside,speech.wav,presenter.jpg,../../x.mp4",'),  # manifest data
         (".ci/run", 'cd "$(dirname "$0")/.."'),
         ("README.md", "[BENCHMARKS.md](BENCHMARKS.md#memory), [web](https://example.com/work/x)"),
         ("docs/guide.md", "[readme](../README.md)"),

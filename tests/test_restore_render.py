@@ -22,7 +22,7 @@ import pytest
 
 from heygem_ray import media
 from heygem_ray.analyze import analyze
-from heygem_ray.config import RenderConfig, RunConfig
+from heygem_ray.config import InputLimits, RenderConfig, RunConfig
 from heygem_ray.driver import submit
 from heygem_ray.job import InProcessService, render_job
 from heygem_ray.manifest import Job
@@ -136,7 +136,8 @@ def test_a_still_face_on_silence_does_not_flicker_when_restored(inputs, tmp_path
     outputs = {}
     for restore in (False, True):
         extra = {"restore": "gfpgan", "restore_checkpoint": inputs["gfpgan"]} if restore else {}
-        cfg = RenderConfig(pack="wav2lip", checkpoint=inputs["wav2lip"], chunk_frames=4, batch_size=3, crf=0, **extra)
+        cfg = RenderConfig(pack="wav2lip", checkpoint=inputs["wav2lip"], chunk_frames=4, batch_size=3, crf=0,
+                           limits=InputLimits(allow_silent_audio=True), **extra)  # fmt: skip
         service = InProcessService(ModelWorker(cfg, engines_dir=inputs["engines"]))
         job = Job(row=1, job_id=f"still-{restore}", audio=inputs["silence"], video=inputs["still"],
                   output=tmp_path / f"{restore}.mp4")  # fmt: skip

@@ -105,7 +105,7 @@ def test_a_jobs_cleanup_deletes_its_own_partials_and_no_other_jobs(tmp_path):
 def test_jobs_whose_ids_extend_each_other_render_at_once_and_leave_no_partial(folder, ray_local):
     """`a` ends while `a.v2` and `a.v2.x` are still writing their MP4s: its cleanup must
     not delete theirs (which failed their publish step)."""
-    make_excerpt(folder / "b.wav", folder / "short.wav", seconds=0.3)
+    make_excerpt(folder / "b.wav", folder / "short.wav", seconds=0.3, start=0.3)
     rows = ["a,short.wav,p.mp4", "a.v2,b.wav,p.mp4", "a.v2.x,b.wav,p.mp4"]
     results = _run(folder, rows, render=RenderConfig(chunk_frames=8))
     assert {j: r["status"] for j, r in results.items()} == {"a": "ok", "a.v2": "ok", "a.v2.x": "ok"}, [
@@ -234,7 +234,7 @@ def test_new_weights_at_the_same_checkpoint_path_are_rendered_again(folder, ray_
     time set back (as a sync tool may leave it). The row renders again with them."""
     from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 
-    make_excerpt(folder / "a.wav", folder / "short.wav", seconds=0.4)
+    make_excerpt(folder / "a.wav", folder / "short.wav", seconds=0.4, start=0.3)
     ckpt = write_random_checkpoint(folder / "wav2lip.pth", seed=0)
     render = RenderConfig(pack="wav2lip", checkpoint=ckpt, backend="pytorch")
     rows = ["one,short.wav,p.jpg"]

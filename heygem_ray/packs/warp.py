@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from heygem_ray.features import MAX_ABS, MEL_FPS, Pcm, mel_column_count, mel_columns
+from heygem_ray.features import MAX_ABS, MEL_FPS, SILENCE_RMS, Pcm, mel_column_count, mel_columns, rms_levels
 from heygem_ray.geometry import CropGeometry, feathered_ellipse
 from heygem_ray.models.sizes import WARP_CROP as CROP_SIZE
 from heygem_ray.models.sizes import WARP_MOUTH_Y as MOUTH_Y
@@ -27,22 +27,16 @@ SPEECH_BANDS = slice(8, 64)  # mel bands of most speech energy (~150 Hz – 3.5 
 # Loudness normalisation: the 95th percentile of 20 ms RMS is brought to TARGET_RMS.
 # Below SILENCE_RMS the clip is treated as silence and left as it is.
 TARGET_RMS = 0.1
-SILENCE_RMS = 1e-3
 MAX_GAIN = 100.0
 
 
 GEOMETRY = CropGeometry(size=CROP_SIZE, mode="mouth", scale=1.5, mouth_y=MOUTH_Y)
 
 
-def loudness_gain(pcm: Pcm, sample_rate: int = 16000) -> float:
+def loudness_gain(pcm: Pcm) -> float:
     """The gain that brings the clip's speech to a fixed level (1.0 for silence), from
     one pass over the waveform a block at a time."""
-    hop = sample_rate // 50  # 20 ms
-    rms = [
-        np.sqrt(np.mean(block[: len(block) // hop * hop].reshape(-1, hop) ** 2, axis=1))
-        for block in pcm.blocks(hop * 3000)  # 60 s blocks, whole hops but for the last
-    ]
-    levels = np.concatenate(rms) if rms else np.zeros(0, np.float32)  # (samples // hop,) RMS
+    levels = rms_levels(pcm)
     if len(levels) == 0:
         return 1.0
     level = float(np.percentile(levels, 95))

@@ -94,7 +94,7 @@ def test_the_crop_box_covers_the_true_face_on_every_frame(clips, tracks, res, fa
 
 def test_a_face_smaller_than_the_smallest_searched_for_is_no_face_with_the_limit_and_the_fix(clips, tmp_path):
     clip = clips[("720p", 40)]
-    job = Job(row=3, job_id="small", audio=buzz(tmp_path / "a.wav", 1.0, []), video=clip.path, output=tmp_path / "o.mp4")
+    job = Job(row=3, job_id="small", audio=buzz(tmp_path / "a.wav", 1.0, [(0.2, 0.8)]), video=clip.path, output=tmp_path / "o.mp4")
     cfg = RenderConfig(backend="pytorch", detector=DetectorConfig(min_face=64))
     service = InProcessService(ModelWorker(cfg, engines_dir=tmp_path / "engines"))
     result = render_job(job, cfg, tmp_path / "cache", service)

@@ -136,10 +136,12 @@ def make_tone(
     return path
 
 
-def make_excerpt(src: str | Path, path: str | Path, *, seconds: float) -> Path:
-    """The first ``seconds`` of ``src`` (the bundled speech, say), re-encoded for ``path``'s
-    extension."""
-    subprocess.run([ffmpeg_exe(), *_QUIET, "-y", "-i", str(src), "-t", str(seconds), str(path)], check=True)
+def make_excerpt(src: str | Path, path: str | Path, *, seconds: float, start: float = 0.0) -> Path:
+    """``seconds`` of ``src`` (the bundled speech, say) from ``start``, re-encoded for
+    ``path``'s extension. The bundled lessons open with 0.3 s of silence: an excerpt
+    shorter than half a second that should be heard starts there."""
+    subprocess.run([ffmpeg_exe(), *_QUIET, "-y", "-ss", str(start), "-i", str(src), "-t", str(seconds), str(path)],
+                   check=True)  # fmt: skip
     return Path(path)
 
 

@@ -184,7 +184,7 @@ def test_reference_latents_are_computed_once_per_template_frame_and_kept_with_it
     worker = _CountingWorker(cfg, tmp_path / "engines")
     service = InProcessService(worker)
     for i, seconds in enumerate((0.4, 1.4, 1.4)):
-        audio = make_excerpt(EXAMPLES / "lesson1.wav", tmp_path / f"a{i}.wav", seconds=seconds)
+        audio = make_excerpt(EXAMPLES / "lesson1.wav", tmp_path / f"a{i}.wav", seconds=seconds, start=0.3)
         job = Job(i + 1, f"j{i}", audio, clip.path, tmp_path / f"o{i}.mp4")
         result = render_job(job, cfg, tmp_path / "cache", service)
         assert result.status == "ok", result.error
