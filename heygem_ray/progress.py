@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 from heygem_ray.steps import Step
 
-_moves = itertools.count()  # next() is one step under the GIL, from any thread
+_moves = itertools.count(1)  # next() is one step under the GIL, from any thread; 0 is "none yet"
 _last = 0
 _waits = 0
 _lock = threading.Lock()

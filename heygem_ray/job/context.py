@@ -27,13 +27,22 @@ class StepClock:
 
     def __init__(self) -> None:
         self.seconds: dict[Step, float] = {}
-        self.current: Step = "plan"
-        progress.at("plan")
+        self.current = "plan"
+
+    @property
+    def current(self) -> Step:
+        return self._current
+
+    @current.setter
+    def current(self, name: Step) -> None:
+        """Set where a job that waits (``steps.current = "render"``) is, too: the step its
+        heartbeat reports (``progress.at``) is this one."""
+        self._current = name
+        progress.at(name)
 
     @contextmanager
     def __call__(self, name: Step) -> Iterator[None]:
         self.current = name
-        progress.at(name)
         t0 = time.perf_counter()
         try:
             yield
