@@ -41,8 +41,6 @@ MIN_SCORE = 0.5
 # Mesh indices (the left/right of the image: "left" is the smaller x on a frontal face).
 UPPER_LIP_INNER = (82, 13, 312)  # the upper lip's lower edge: left of centre, centre, right
 LOWER_LIP_INNER = (87, 14, 317)  # the lower lip's upper edge, below each of those
-UPPER_LIP_OUTER = 0
-LOWER_LIP_OUTER = 17
 MOUTH_CORNERS = (61, 291)
 # Each eye's corners; its centre is their midpoint.
 LEFT_EYE = (33, 133)
