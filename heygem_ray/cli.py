@@ -48,7 +48,7 @@ from heygem_ray.worker_io import WorkerInfo
 
 LISTED = 20  # outputs and failures printed at the end of a run; results.parquet holds them all
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch lip-synced talking-head videos on Ray.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown", help="Batch lip-synced talking-head videos on Ray.")
 err = Console(stderr=True)
 
 
@@ -305,7 +305,7 @@ def preview(
         raise typer.Exit(1)
 
 
-engines_app = typer.Typer(no_args_is_help=True, help="Build and inspect the engine store (ONNX graphs, TensorRT engines).")
+engines_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Build and inspect the engine store (ONNX graphs, TensorRT engines).")
 app.add_typer(engines_app, name="engines")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from typer.testing import CliRunner
 
 from heygem_ray.cli import app
 
@@ -61,3 +62,19 @@ def test_every_option_has_help_text() -> None:
     bare = [f"{' '.join(path)} {p.opts[0]}" for path, command in COMMANDS for p in _options(command)
             if not p.help and p.opts[0] != "--help"]
     assert bare == []
+
+
+def test_the_commands_list_fills_each_line_to_the_terminals_width() -> None:
+    """Docstrings are wrapped at the source's 88 columns; the help reflows them to the
+    terminal's (a short line broken where the source was, then the rest on the next, is
+    what keeping their line breaks gave at 80 columns)."""
+    shown = CliRunner().invoke(app, ["--help"], terminal_width=80).output
+    panel = shown.split("Commands", 1)[1].splitlines()[1:]
+    rows = [line[1:-1] for line in panel if line.startswith("│")]  # inside the panel's borders
+    start = re.match(r" \S+ +", rows[0]).end()  # the descriptions' column: after the first name and its gap
+    width = len(rows[0]) - start - 1  # their room: up to the space before the border
+    for row, following in zip(rows, rows[1:], strict=False):
+        if following[:start].strip():  # the next command's first line
+            continue
+        words = following[start:].split()
+        assert len(row[start:].rstrip()) + 1 + len(words[0]) > width, (row, following)
