@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/bench_paste.py [--repeat 300]
 
-``geometry.paste`` blends only the rectangle where the resized mask is above 0. The
-baseline is the same call with the mask raised to at least 1e-6 everywhere, so that its
-support is the whole box: the work paste did before it narrowed the blend. Both packs'
+``geometry.paste_i420`` (compose's paste, into the I420 frame it encodes) blends only the
+rectangle where the resized mask is above 0. The baseline is the same call with the mask
+raised to at least 1e-6 everywhere, so that its support is the whole box. Both packs'
 masks, residual (warp) and replacing (wav2lip) blends, face boxes of 200 and 400 pixels
 on a 1920×1080 frame; the median of ``--repeat`` calls each.
 
@@ -20,7 +20,8 @@ import time
 import numpy as np
 import record
 
-from heygem_ray.geometry import paste
+from heygem_ray.geometry import paste_i420
+from heygem_ray.media import yuv
 from heygem_ray.packs import get_pack
 
 
@@ -29,7 +30,7 @@ def median_ms(frame: np.ndarray, crop: np.ndarray, box: np.ndarray, mask: np.nda
     for _ in range(repeat):
         target = frame.copy()
         t0 = time.perf_counter()
-        paste(target, crop, box, mask, base)
+        paste_i420(target, crop, box, mask, base)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
 
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=300)
     opts = parser.parse_args()
     rng = np.random.default_rng(0)
-    frame = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    frame = rng.integers(0, 256, yuv.frame_shape(1920, 1080), dtype=np.uint8)
     results = []
     for name in ("warp", "wav2lip"):
         pack = get_pack(name)
