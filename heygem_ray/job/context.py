@@ -35,8 +35,9 @@ class StepClock:
 
     @current.setter
     def current(self, name: Step) -> None:
-        """Set where a job that waits (``steps.current = "render"``) is, too: the step its
-        heartbeat reports (``progress.at``) is this one."""
+        """The step the job is in, set directly where it waits outside any block of its own
+        (compose, for its chunks: ``steps.current = "render"``); its heartbeat reports it
+        (``progress.at``)."""
         self._current = name
         progress.at(name)
 
