@@ -77,6 +77,7 @@ from heygem_ray.features import SAMPLE_RATE, WHISPER_SEGMENT  # noqa: E402
 from heygem_ray.job import ChunkFuture, InProcessService, ReferenceFuture, render_job  # noqa: E402
 from heygem_ray.manifest import Job  # noqa: E402
 from heygem_ray.media import encoders  # noqa: E402
+from heygem_ray.media.decode import DECODER_THREADS  # noqa: E402
 from heygem_ray.models import gfpgan  # noqa: E402
 from heygem_ray.packs import Features, TensorSpec, get_pack  # noqa: E402
 from heygem_ray.restore import RestoreInputs  # noqa: E402
@@ -514,7 +515,7 @@ def codec_rows(clips: dict[tuple[int, int], Path], budget: Budget, rows: Rows, w
         tries = {
             "encode libx264": (source + ffmpeg_args(encoders.video_codec_options("libx264", cfg.preset, cfg.crf)), raw),
             "encode h264_nvenc": (source + ["-c:v", "h264_nvenc", "-preset", "p4"], raw),
-            "decode cpu": (["-i", str(clip)], None),
+            "decode cpu": (["-threads", str(DECODER_THREADS), "-i", str(clip)], None),
             "decode nvdec": (["-hwaccel", "cuda", "-hwaccel_output_format", "cuda", "-i", str(clip)], None),
         }
         for test, (args, stdin) in tries.items():

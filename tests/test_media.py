@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 from heygem_ray import media
 from heygem_ray.errors import EngineError, InputError, InternalError
-from heygem_ray.media import decoders, encoders, video_probe, yuv
+from heygem_ray.media import decode, decoders, encoders, video_probe, yuv
 from heygem_ray.media import ffmpeg as ffmpeg_module
 from tests.helpers.media import (
     HANG_MARK,
@@ -790,3 +791,38 @@ def test_the_preset_reaches_x264(tmp_path: Path, preset: str | None) -> None:
     assert (b"subme=2" in settings and b"ref=1" in settings) == (preset == "veryfast")
     assert (b"ref=1" in settings) == (preset in ("veryfast", "ultrafast") or lean)
     assert f"threads={encoders.X264_THREADS}".encode() in settings  # not x264's 1.5 a core
+
+
+def _ffmpeg_children() -> list[int]:
+    """This process's live ffmpeg children (pids)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat:
+            name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+            if "ffmpeg" in name and fields[0] != "Z" and int(fields[1]) == os.getpid():
+                found.append(int(entry.name))
+    return found
+
+
+def test_the_reference_decoder_runs_its_own_thread_count_not_one_per_core(tmp_path: Path, monkeypatch) -> None:
+    """FFmpeg's H.264 decoder left alone runs a thread per core and one more (17 on a
+    16-core node, each holding frames) in every job that analyses a reference; it runs
+    ``DECODER_THREADS``. Told 16 instead, the same decode runs 14 more threads: the setting
+    reaches the decoder (left out, both would be FFmpeg's own count)."""
+    clip = make_video(tmp_path / "c.mp4", seconds=1.0, size=(320, 240))
+
+    def threads_while_decoding() -> int:
+        frames = media.iter_frames(media.probe_video(clip), pixel_format="yuv420p")
+        next(frames)
+        (pid,) = _ffmpeg_children()
+        count = len(list(Path(f"/proc/{pid}/task").iterdir()))
+        frames.close()
+        return count
+
+    ours = threads_while_decoding()
+    monkeypatch.setattr(decode, "DECODER_THREADS", 16)
+    assert threads_while_decoding() - ours >= 12

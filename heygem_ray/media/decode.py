@@ -25,6 +25,14 @@ from heygem_ray.media.limits import clock, decoder_limit
 from heygem_ray.media.video_probe import VideoInfo, probe_video
 
 _READ_CHUNK = 1 << 20  # bytes per read from an audio pipe
+# FFmpeg's threads per reference decoder. Left alone, its H.264 decoder runs a frame thread
+# per core and one more (17 on a 16-core node), each holding frames, in every job that
+# analyses a reference, while a node runs a job per core. Reading noisy 4K as analysis does
+# with 17 decoder threads on 2 cores (the ratio of sixteen such decoders on 16 cores), the
+# ffmpeg peaked at 704 MB and took 1.08× the CPU of 2 threads (335 MB); at 1080p, 212
+# against 118 MB and 1.13× (bench/bench_decoder_threads.py). As for x264
+# (``encoders.X264_THREADS``), two let a job alone on a machine decode on two cores.
+DECODER_THREADS = 2
 
 
 def iter_frames(
@@ -45,7 +53,8 @@ def iter_frames(
     """
     fps = None if info.is_image else info.fps
     on_gpu = {"hwaccel": "cuda"} if decoder == "nvdec" else {}
-    source = ffmpeg.input(url(info.path), **on_gpu, **decoder_limit(max_pixels))[f"v:{info.video_stream}"]
+    source = ffmpeg.input(url(info.path), threads=DECODER_THREADS, **on_gpu,
+                          **decoder_limit(max_pixels))[f"v:{info.video_stream}"]  # fmt: skip
     decoded = video_filters(source, fps)
     # A guard for streams that change size midway: every frame comes out width × height.
     if pixel_format == "yuv420p":
