@@ -138,7 +138,7 @@ class InputLimits:
     max_reference_frames: int = 90_000
     # Seconds of a row's audio (its output is as long): 4 hours.
     max_audio_seconds: float = 4 * 3600.0
-    # Audio with no sound in it (``features.require_sound``) fails its row ``silent_audio``
+    # Audio with no sound in it (``features.heard_seconds``) fails its row ``silent_audio``
     # unless this is set: a video of the presenter with the mouth closed throughout.
     allow_silent_audio: bool = False
 

@@ -151,18 +151,26 @@ def rms_levels(pcm: Pcm) -> np.ndarray:
     return np.concatenate(rms) if rms else np.zeros(0, np.float32)
 
 
-def require_sound(pcm: Pcm, name: object) -> None:
-    """Refuse the audio ``name`` (as the manifest gives it) when ``pcm`` is silent: heard
-    for less than HEARD_MIN_S. A lip-synced video of it would keep the presenter's mouth
-    closed throughout, which is nearly always a wrong or muted file (``silent_audio``)."""
-    heard = float(np.count_nonzero(rms_levels(pcm) > SILENCE_RMS)) * LEVEL_HOP / SAMPLE_RATE
-    if heard < HEARD_MIN_S:
-        raise InputError(
-            f"audio {name} is silent: in its {pcm.samples / SAMPLE_RATE:.1f} s nothing is louder than -60 dBFS "
-            f"for {HEARD_MIN_S:g} s, so the presenter's mouth would not move; check that it is the lesson's audio "
-            "(not a muted export or a video's empty sound track), or pass --allow-silent-audio to render it as it is",
-            kind="silent_audio",
-        )
+def heard_seconds(pcm: Pcm) -> float:
+    """How long ``pcm`` is louder than silence, in all: under HEARD_MIN_S it is silent."""
+    return float(np.count_nonzero(rms_levels(pcm) > SILENCE_RMS)) * LEVEL_HOP / SAMPLE_RATE
+
+
+def silent_audio(name: object, seconds: float, tracks: int) -> InputError:
+    """The error for the audio ``name`` (as the manifest gives it) that is silent for its
+    ``seconds``: a lip-synced video of it would keep the presenter's mouth closed
+    throughout, which is nearly always a wrong or muted file. ``tracks``: the file's sound
+    tracks, of which the first was read (a recording's second track often holds the voice)."""
+    if tracks > 1:
+        fix = (f"it holds {tracks} sound tracks and the first is the one read: give the track with the speech "
+               f"on its own (e.g. ffmpeg -i {name} -map 0:a:1 speech.wav)")  # fmt: skip
+    else:
+        fix = "check that it is the lesson's audio (not a muted export or a video's empty sound track)"
+    return InputError(
+        f"audio {name} is silent: in its {seconds:.1f} s nothing is louder than -60 dBFS for {HEARD_MIN_S:g} s, so "
+        f"the presenter's mouth would not move; {fix}, or pass --allow-silent-audio to render it as it is",
+        kind="silent_audio",
+    )
 
 
 def _preemphasis(x: np.ndarray) -> np.ndarray:

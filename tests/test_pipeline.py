@@ -264,6 +264,21 @@ def test_silent_audio_fails_its_row_before_analysis_unless_allowed(tmp_path, exa
     assert np.abs(frames.astype(np.int16) - frames[0].astype(np.int16)).mean() < 1.0
 
 
+def test_a_recording_whose_first_sound_track_is_silent_says_how_to_give_the_other(tmp_path, examples, warp_service):
+    """Screen recorders keep the desktop's sound and the microphone's apart; the first track
+    is the one read. Silent there, the row says the file has more and how to take one."""
+    recording = tmp_path / "recording.mkv"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono",
+                    "-i", str(examples / "lesson1.wav"), "-map", "0:a", "-map", "1:a", "-t", "2", "-c:a", "pcm_s16le",
+                    str(recording)], check=True)  # fmt: skip
+    assert media.audio_tracks(recording) == 2
+    result = render_job(job(tmp_path, recording, examples / "presenter.jpg"), RenderConfig(), tmp_path / "cache",
+                        warp_service)  # fmt: skip
+    assert (result.error_kind, result.error_step) == ("silent_audio", "audio"), result.error
+    assert "it holds 2 sound tracks and the first is the one read" in result.error
+    assert f"ffmpeg -i {recording} -map 0:a:1 speech.wav" in result.error
+
+
 def _marked_reference(photo: Path, out: Path, frames: int) -> Path:
     """The photo, 384×384, with frame k's top strip showing a bar at a k-dependent place."""
     still = cv2.resize(cv2.imread(str(photo)), (384, 384), interpolation=cv2.INTER_AREA)

@@ -20,7 +20,7 @@ from heygem_ray.analyze import analyze
 from heygem_ray.checks import Reference, check_reference, mouth_box, notes, still_span
 from heygem_ray.config import RenderConfig, default_download_dir
 from heygem_ray.errors import HeygemError, InputError, InternalError, storage_error
-from heygem_ray.features import SAMPLE_RATE, Pcm, require_sound
+from heygem_ray.features import HEARD_MIN_S, SAMPLE_RATE, Pcm, heard_seconds, silent_audio
 from heygem_ray.job.compose import render_and_compose
 from heygem_ray.job.context import JobContext, StepClock
 from heygem_ray.job.reference import reference_inputs
@@ -63,8 +63,8 @@ def render_job(
                 media.decode_audio(audio, Path(scratch) / "audio.f32", SAMPLE_RATE,
                                    max_seconds=cfg.limits.max_audio_seconds)  # fmt: skip
                 pcm = Pcm.from_file(Path(scratch) / "audio.f32")
-                if not cfg.limits.allow_silent_audio:
-                    require_sound(pcm, job.audio)
+                if not cfg.limits.allow_silent_audio and heard_seconds(pcm) < HEARD_MIN_S:
+                    raise silent_audio(job.audio, pcm.samples / SAMPLE_RATE, media.audio_tracks(audio))
             # 2. analyze the reference (a cached template when seen before)
             with steps("analyze"):
                 video = storage.fetch(job.video, "reference", default_download_dir())

@@ -8,7 +8,7 @@ One module per reason to change:
 * ``headers`` / ``isobmff``: sizes and frame counts read from a PNG/JPEG header or an MP4's
   boxes without FFmpeg, before a decoder or demuxer would allocate for them;
 * ``video_probe`` / ``audio_probe``: what a reference or an audio file holds
-  (:func:`probe_video`, :func:`indexed_frames`, :func:`probe_audio`);
+  (:func:`probe_video`, :func:`indexed_frames`, :func:`probe_audio`, :func:`audio_tracks`);
 * ``decode``: a reference as a stream of (H, W, 3) uint8 BGR or I420 frames at a constant rate,
   rotated upright, cropped to even width and height (:func:`iter_frames`); audio as 16 kHz
   mono float32, in memory or in a raw file (:func:`load_audio`, :func:`decode_audio`);
@@ -30,7 +30,7 @@ the stream asked for ``no_video_stream`` / ``no_audio_stream``; audio that decod
 samples ``empty_audio``; a failed encode ``EngineError`` kind ``encode``.
 """
 
-from heygem_ray.media.audio_probe import AudioInfo, probe_audio
+from heygem_ray.media.audio_probe import AudioInfo, audio_tracks, probe_audio
 from heygem_ray.media.container import require_file
 from heygem_ray.media.decode import decode_audio, iter_frames, load_audio, read_video
 from heygem_ray.media.decoders import Decoder, pick_decoder
@@ -43,6 +43,7 @@ from heygem_ray.media.video_probe import IMAGE_FPS, VideoInfo, indexed_frames, p
 __all__ = [
     "IMAGE_FPS",
     "AudioInfo",
+    "audio_tracks",
     "Decoder",
     "Encoder",
     "VideoInfo",

@@ -81,6 +81,12 @@ def _declared_seconds(container: av.container.InputContainer, stream: av.stream.
     return max(seconds)
 
 
+def audio_tracks(path: str | os.PathLike[str]) -> int:
+    """How many audio streams the file holds (the first is the one read)."""
+    with audio_stream(require_file(path, "audio")) as (container, _):
+        return len(container.streams.audio)
+
+
 def empty_audio(path: Path) -> InputError:
     return InputError(
         f"audio {path} decodes to no samples (zero length); re-export it with the intended sound",
