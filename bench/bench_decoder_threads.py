@@ -51,7 +51,7 @@ print("RESULT " + json.dumps({
 
 def make_clip(size: str, rate: str, frames: int, out: Path) -> Path:
     args = [ffmpeg_exe(), "-nostdin", "-v", "error", "-f", "lavfi",
-            "-i", f"testsrc2=size={size}:rate=25,noise=alls=6:allf=t+u", "-frames:v", str(frames),
+            "-i", record.noisy_pattern(size), "-frames:v", str(frames),
             "-c:v", "libx264", "-preset", "veryfast", "-b:v", rate, "-pix_fmt", "yuv420p", "-y", str(out)]  # fmt: skip
     subprocess.run(args, check=True)
     return out
@@ -73,11 +73,7 @@ def main() -> None:
                 print(row, flush=True)
     dest = record.write("decoder-threads", results)
     print(f"\nwritten to {dest}\n")
-    print("| size | decoder threads | peak RSS | CPU ms a frame | wall s |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for r in results:
-        threads = "FFmpeg's own" if r["threads"] == 0 else r["threads"]
-        print(f"| {r['size']} | {threads} | {r['peak_rss_mb']:.0f} MB | {r['cpu_ms_per_frame']:.1f} | {r['wall_s']:.2f} |")
+    record.print_threads_table(results, "decoder", "FFmpeg's own")
 
 
 if __name__ == "__main__":

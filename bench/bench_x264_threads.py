@@ -37,7 +37,7 @@ def encode(size: str, threads: int, frames: int, out: Path) -> dict:
     """One encode in a child process: its peak RSS (MB), CPU ms a frame and wall s."""
     options = {**video_codec_options("libx264", "lean", 18), "threads": threads}
     args = [ffmpeg_exe(), "-nostdin", "-v", "error", "-f", "lavfi",
-            "-i", f"testsrc2=size={size}:rate=25,noise=alls=6:allf=t+u", "-frames:v", str(frames),
+            "-i", record.noisy_pattern(size), "-frames:v", str(frames),
             *record.ffmpeg_args(options), "-f", "mp4", "-y", str(out)]  # fmt: skip
     t0 = time.perf_counter()
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -70,11 +70,7 @@ def main() -> None:
                 print(row, flush=True)
     dest = record.write("x264-threads", results)
     print(f"\nwritten to {dest}\n")
-    print("| size | x264 threads | peak RSS | CPU ms a frame | wall s |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for r in results:
-        threads = "x264's own" if r["threads"] == 0 else r["threads"]
-        print(f"| {r['size']} | {threads} | {r['peak_rss_mb']:.0f} MB | {r['cpu_ms_per_frame']:.1f} | {r['wall_s']:.2f} |")
+    record.print_threads_table(results, "x264", "x264's own")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Where a benchmark's numbers go: ``bench/results/<name>-<host>.json``, with the machine,
 the command that made them and the date; how a benchmark runs one measurement in a fresh
 Python process (``run_child``); and the modes of a benchmark over many Ray tasks
-(``each_mode``), each keeping a few tasks in flight in its child (``in_flight``); and the
-jobs' encoder options as an ffmpeg command line (``ffmpeg_args``)."""
+(``each_mode``), each keeping a few tasks in flight in its child (``in_flight``); the
+jobs' encoder options as an ffmpeg command line (``ffmpeg_args``); and, for the benchmarks
+of a codec's threads, the noisy pattern they code (``noisy_pattern``) and their table
+(``print_threads_table``)."""
 
 from __future__ import annotations
 
@@ -49,6 +51,22 @@ def ffmpeg_args(options: dict[str, Any]) -> list[str]:
     for key, value in options.items():
         args += ["-c:v" if key == "vcodec" else f"-{key}", str(value)]
     return args
+
+
+def noisy_pattern(size: str) -> str:
+    """ffmpeg's lavfi source of a ``size`` ("1920x1080") test pattern at 25 fps with
+    temporal noise on every pixel (as a camera hands it over)."""
+    return f"testsrc2=size={size}:rate=25,noise=alls=6:allf=t+u"
+
+
+def print_threads_table(results: list[dict], codec: str, own: str) -> None:
+    """A BENCHMARKS table of ``results`` rows (size, threads, peak RSS, CPU a frame, wall)
+    of ``codec``'s thread counts; 0 threads is ``own`` choice."""
+    print(f"| size | {codec} threads | peak RSS | CPU ms a frame | wall s |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for r in results:
+        threads = own if r["threads"] == 0 else r["threads"]
+        print(f"| {r['size']} | {threads} | {r['peak_rss_mb']:.0f} MB | {r['cpu_ms_per_frame']:.1f} | {r['wall_s']:.2f} |")
 
 
 def run_child(label: str, script: str, *args: str, unset: tuple[str, ...] = ("RAY_ADDRESS",)) -> tuple[Any, float]:
