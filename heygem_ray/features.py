@@ -84,6 +84,15 @@ def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_ME
 
 _MEL_BASIS: np.ndarray | None = None  # built on first use, not at import
 
+# Loudness is measured per 20-ms stretch (its RMS, samples in [-1, 1]). Quieter than
+# SILENCE_RMS (−60 dBFS) is silence: nothing at all, dither, or the room noise of a muted
+# microphone.
+LEVEL_HOP = SAMPLE_RATE // 50
+SILENCE_RMS = 1e-3
+# A clip louder than silence for less than this, summed over the whole clip, is silent: a
+# click or a bump is that short, a spoken word is not.
+HEARD_MIN_S = 0.2
+
 
 class Pcm:
     """A mono float32 waveform read a span at a time: held in memory, or in a raw
@@ -95,6 +104,7 @@ class Pcm:
         self.gain = gain  # every sample read is multiplied by it
         self._array = array
         self._path = path
+        self._levels: np.ndarray | None = None  # levels(), once read
 
     @classmethod
     def from_array(cls, wav: np.ndarray) -> Pcm:
@@ -129,31 +139,23 @@ class Pcm:
         for start in range(0, self.samples, size):
             yield self.read(start, start + size)
 
-
-# Loudness is measured per 20-ms stretch (its RMS, samples in [-1, 1]). Quieter than
-# SILENCE_RMS (−60 dBFS) is silence: nothing at all, dither, or the room noise of a muted
-# microphone.
-LEVEL_HOP = SAMPLE_RATE // 50
-SILENCE_RMS = 1e-3
-# A clip louder than silence for less than this, summed over the whole clip, is silent: a
-# click or a bump is that short, a spoken word is not.
-HEARD_MIN_S = 0.2
-
-
-def rms_levels(pcm: Pcm) -> np.ndarray:
-    """The RMS of each whole 20-ms stretch of ``pcm`` → (samples // LEVEL_HOP,) float32,
-    read a minute at a time."""
-    hop = LEVEL_HOP
-    rms = [
-        np.sqrt(np.mean(block[: len(block) // hop * hop].reshape(-1, hop) ** 2, axis=1))
-        for block in pcm.blocks(hop * 3000)  # whole hops but for the last block
-    ]
-    return np.concatenate(rms) if rms else np.zeros(0, np.float32)
+    def levels(self) -> np.ndarray:
+        """The RMS of each whole 20-ms stretch → (samples // LEVEL_HOP,) float32, read a
+        minute at a time on the first call (the job's silence check and warp's loudness
+        both ask)."""
+        if self._levels is None:
+            hop = LEVEL_HOP
+            rms = [
+                np.sqrt(np.mean(block[: len(block) // hop * hop].reshape(-1, hop) ** 2, axis=1))
+                for block in self.blocks(hop * 3000)  # whole hops but for the last block
+            ]
+            self._levels = np.concatenate(rms) if rms else np.zeros(0, np.float32)
+        return self._levels
 
 
 def heard_seconds(pcm: Pcm) -> float:
     """How long ``pcm`` is louder than silence, in all: under HEARD_MIN_S it is silent."""
-    return float(np.count_nonzero(rms_levels(pcm) > SILENCE_RMS)) * LEVEL_HOP / SAMPLE_RATE
+    return float(np.count_nonzero(pcm.levels() > SILENCE_RMS)) * LEVEL_HOP / SAMPLE_RATE
 
 
 def silent_audio(name: object, seconds: float, tracks: int) -> InputError:

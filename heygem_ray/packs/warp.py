@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from heygem_ray.features import MAX_ABS, MEL_FPS, SILENCE_RMS, Pcm, mel_column_count, mel_columns, rms_levels
+from heygem_ray.features import MAX_ABS, MEL_FPS, SILENCE_RMS, Pcm, mel_column_count, mel_columns
 from heygem_ray.geometry import CropGeometry, feathered_ellipse
 from heygem_ray.models.sizes import WARP_CROP as CROP_SIZE
 from heygem_ray.models.sizes import WARP_MOUTH_Y as MOUTH_Y
@@ -36,7 +36,7 @@ GEOMETRY = CropGeometry(size=CROP_SIZE, mode="mouth", scale=1.5, mouth_y=MOUTH_Y
 def loudness_gain(pcm: Pcm) -> float:
     """The gain that brings the clip's speech to a fixed level (1.0 for silence), from
     one pass over the waveform a block at a time."""
-    levels = rms_levels(pcm)
+    levels = pcm.levels()
     if len(levels) == 0:
         return 1.0
     level = float(np.percentile(levels, 95))
