@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from heygem_ray.media import decode, decoders, encoders, video_probe, yuv
 from heygem_ray.media import ffmpeg as ffmpeg_module
 from tests.helpers.media import (
     HANG_MARK,
+    children,
     hanging_ffmpeg,
     make_channels,
     make_corrupt,
@@ -794,18 +794,8 @@ def test_the_preset_reaches_x264(tmp_path: Path, preset: str | None) -> None:
 
 
 def _ffmpeg_children() -> list[int]:
-    """This process's live ffmpeg children (pids)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
-        except OSError:
-            continue
-        if stat:
-            name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-            if "ffmpeg" in name and fields[0] != "Z" and int(fields[1]) == os.getpid():
-                found.append(int(entry.name))
-    return found
+    """This process's running ffmpeg children (pids)."""
+    return children(lambda words: b"ffmpeg" in words[0].rsplit(b"/", 1)[-1])
 
 
 def test_the_reference_decoder_runs_its_own_thread_count_not_one_per_core(tmp_path: Path, monkeypatch) -> None:

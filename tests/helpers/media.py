@@ -10,6 +10,7 @@ import os
 import struct
 import subprocess
 import wave
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -226,17 +227,23 @@ def hanging_ffmpeg(folder: Path) -> Path:
     return script
 
 
-def sleepers() -> list[int]:
-    """The pids of this process's hanging ffmpegs still there (its own children only: tests
-    in other processes run theirs at the same time)."""
+def children(running: Callable[[list[bytes]], bool]) -> list[int]:
+    """The pids of this process's children whose command line (its words) ``running``
+    accepts: its own children only (tests in other processes run theirs at the same time);
+    one that has exited has no command line left."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
             if not proc.name.isdigit():
                 continue
             ppid = int((proc / "stat").read_text().rsplit(")", 1)[-1].split()[1])
-            if ppid == os.getpid() and (proc / "cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"61"]:
+            if ppid == os.getpid() and running((proc / "cmdline").read_bytes().split(b"\0")):
                 found.append(int(proc.name))
         except (OSError, ValueError, IndexError):  # gone meanwhile
             continue
     return found
+
+
+def sleepers() -> list[int]:
+    """The pids of this process's hanging ffmpegs still there."""
+    return children(lambda words: words[:2] == [b"sleep", b"61"])
