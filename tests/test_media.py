@@ -803,16 +803,22 @@ def test_the_reference_decoder_runs_its_own_thread_count_not_one_per_core(tmp_pa
     16-core node, each holding frames) in every job that analyses a reference; it runs
     ``DECODER_THREADS``. Told 16 instead, the same decode runs 14 more threads: the setting
     reaches the decoder (left out, both would be FFmpeg's own count)."""
-    clip = make_video(tmp_path / "c.mp4", seconds=1.0, size=(320, 240))
+    clip = make_video(tmp_path / "c.mp4", seconds=2.0, size=(320, 240))
 
     def threads_while_decoding() -> int:
+        """The most threads the decoding ffmpeg ran, looked at after each frame read (under
+        load, not all of its threads are up by the first)."""
         before = set(_ffmpeg_children())  # an earlier test's, if any is still going
         frames = media.iter_frames(media.probe_video(clip), pixel_format="yuv420p")
         next(frames)
         (pid,) = set(_ffmpeg_children()) - before
-        count = len(list(Path(f"/proc/{pid}/task").iterdir()))
-        frames.close()
-        return count
+        most = 0
+        for _ in frames:
+            try:
+                most = max(most, len(list(Path(f"/proc/{pid}/task").iterdir())))
+            except OSError:  # it has exited: every frame is out
+                break
+        return most
 
     ours = threads_while_decoding()
     monkeypatch.setattr(decode, "DECODER_THREADS", 16)
