@@ -4,11 +4,9 @@ a token the cluster refuses is one clear error at once."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import ray
@@ -16,8 +14,16 @@ from ray._raylet import GcsClient  # type: ignore[attr-defined]  # Ray's own GCS
 from ray.exceptions import AuthenticationError
 
 from heygem_ray.errors import EngineError
+from heygem_ray.quiet import held_stderr, without_record
 
 log = logging.getLogger(__name__)
+
+
+# Ray (2.59+) turns token mode on by itself where RAY_AUTH_MODE is unset (a new local
+# instance; a cluster whose token it finds), and says so at every connect, ending with how
+# to turn it off: nothing a user of this run needs, above every run's first line.
+_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
 
 
 def connect(address: str | None) -> tuple[bool, str | None]:
@@ -32,7 +38,8 @@ def connect(address: str | None) -> tuple[bool, str | None]:
     target = address or os.environ.get("RAY_ADDRESS") or "local"
     _check_token(target)
     try:
-        ctx = ray.init(address=target, logging_level=logging.WARNING)
+        with without_record(_TOKEN_NOTICE_LOGGER, _TOKEN_NOTICE):
+            ctx = ray.init(address=target, logging_level=logging.WARNING)
     except AuthenticationError as exc:  # token mode on here, and no token found
         raise _token_error(target) from exc
     except ConnectionError as exc:
@@ -62,7 +69,7 @@ def _check_token(target: str) -> None:
     except Exception:  # no such address, nothing listening: ray.init says so
         return
     try:
-        with _quiet_stderr():  # Ray's client logs the refusal itself, in its own words
+        with held_stderr(lambda line: False):  # Ray's client logs the refusal itself, in its own words
             GcsClient(address=gcs, cluster_id=None)
     except AuthenticationError as exc:
         raise _token_error(target) from exc
@@ -85,16 +92,3 @@ def _token_error(target: str) -> EngineError:
     else:
         said = f"refused the token from {where}"
     return EngineError(f"the Ray cluster at {target} {said}: {fix}", kind="cluster_auth")
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """File descriptor 2 to /dev/null for a moment (native code writes there directly)."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)

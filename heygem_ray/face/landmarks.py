@@ -23,13 +23,14 @@ the mesh's (the public topology: 13 and 14 the inner lips' middle, 0 and 17 the 
 from __future__ import annotations
 
 import importlib.util
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from heygem_ray.quiet import held_stderr
 
 POINTS = 468
 INPUT = 192  # the model's input side, pixels
@@ -100,18 +101,20 @@ def model_path() -> Path:
 
 
 _local = threading.local()  # one interpreter per thread: a LiteRT interpreter is not thread-safe
+# LiteRT's C++ prints this to the process's stderr when it picks its CPU delegate (XNNPACK,
+# 4× faster than its plain kernels here), once per process: under a run's progress bar, in
+# every job's log. No setting of its own turns it off (TF_CPP_MIN_LOG_LEVEL does not).
+DELEGATE_LINE = b"Created TensorFlow Lite XNNPACK delegate"
 
 
 def _interpreter():  # -> ai_edge_litert.interpreter.Interpreter (untyped)
     found = getattr(_local, "interpreter", None)
     if found is None:
-        # LiteRT logs a line to stderr when it picks its CPU delegate (XNNPACK, 4× faster
-        # than its plain kernels here); commands print their own lines on stderr.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
         from ai_edge_litert.interpreter import Interpreter
 
-        found = Interpreter(model_path=str(model_path()), num_threads=1)
-        found.allocate_tensors()
+        with held_stderr(lambda line: DELEGATE_LINE not in line):
+            found = Interpreter(model_path=str(model_path()), num_threads=1)
+            found.allocate_tensors()
         outputs = sorted(found.get_output_details(), key=lambda d: -int(np.prod(d["shape"])))
         _local.interpreter = found
         _local.io = (found.get_input_details()[0]["index"], outputs[0]["index"], outputs[1]["index"])

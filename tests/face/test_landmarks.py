@@ -6,6 +6,9 @@ slide is no face."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -54,3 +57,20 @@ def test_a_box_on_the_slide_is_no_face(tmp_path):
     frame = media.read_video(clip.path)[0][0]
     assert face_landmarks(frame, np.array([100, 150, 196, 246], np.float32)) is None  # text on the slide
     assert face_landmarks(frame, np.array([5, 5, 5, 5], np.float32)) is None  # an empty box
+
+
+def test_the_mesh_prints_nothing_of_its_delegate_and_lets_other_lines_through() -> None:
+    """LiteRT's C++ prints a line on picking XNNPACK, once per process: it would stand under a
+    run's progress bar and in every job's log. Lines others write meanwhile still get out."""
+    code = (
+        "import os\n"
+        "from heygem_ray.face import landmarks\n"
+        "from heygem_ray.quiet import held_stderr\n"
+        "landmarks._interpreter()\n"
+        "with held_stderr(lambda line: landmarks.DELEGATE_LINE not in line):\n"
+        "    os.write(2, b'a line of its own\\nINFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
+        "print('ready')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "ready\n", proc.stderr
+    assert proc.stderr == "a line of its own\n", proc.stderr
