@@ -25,11 +25,13 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 NVENC_PRESETS = dict(zip(X264_PRESETS, ("p1", "p2", "p3", "p4", "p4", "p5", "p6", "p7", "p7"), strict=True))
 # Ours, the default: x264's veryfast without the two searches that cost it most for least on
 # camera footage: sub-pixel refinement past one step (``subme`` 1; veryfast's is 2), and the
-# search over splits of inter blocks (motion is found for whole 16×16 blocks; intra blocks
-# still split, which text needs). At CRF 18 on camera-like 1080p it takes two thirds of
-# veryfast's encoder CPU for a file 8 % smaller at 0.2 dB lower PSNR; on a flat synthetic
-# slide, 0.88× the CPU for a file 14 % larger (BENCHMARKS.md, "Compose and the frame
-# store"). NVENC takes veryfast's nearest.
+# search over splits of blocks (motion is found for whole 16×16 blocks; x264's
+# ``partitions`` also keeps a P- or B-frame's intra blocks whole, while an I-frame's still
+# split: keeping their splits, ``partitions=i8x8,i4x4``, made files 1 % larger on a flat
+# slide and 5 % on camera-like footage at CRF 18). At CRF 18 on camera-like 1080p it takes
+# two thirds of veryfast's encoder CPU for a file 8 % smaller at 0.2 dB lower PSNR; on a
+# flat synthetic slide, 0.88× the CPU for a file 14 % larger (BENCHMARKS.md, "Compose and
+# the frame store"). NVENC takes veryfast's nearest.
 LEAN = "lean"
 _LEAN_BASE, _LEAN_PARAMS = "veryfast", "subme=1:partitions=none"
 NVENC_PRESETS[LEAN] = NVENC_PRESETS[_LEAN_BASE]
