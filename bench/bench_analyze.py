@@ -3,7 +3,8 @@
 For each size, a lecture-like clip (tests/helpers/footage.py: the portrait small in a
 corner, panning, on a busy slide) is decoded once (ffmpeg → frames, nothing else) and
 analysed once into a fresh template cache; both are given in seconds per second of
-reference, and their ratio, with the analysing process's peak memory. ``--before DIR`` also analyses each clip with the
+reference, and their ratio, with the analysing process's peak memory and its CPU per frame
+(all of it, and its analysing thread's alone). ``--before DIR`` also analyses each clip with the
 ``heygem_ray`` of another checkout (e.g. a worktree of an older commit), in one run:
 
     git worktree add /tmp/before f3e2a4e
@@ -38,14 +39,23 @@ from heygem_ray.config import DetectorConfig
 from heygem_ray.errors import HeygemError
 from heygem_ray.packs import get_pack
 cache = Path(tempfile.mkdtemp())
-t0 = time.perf_counter()
+
+
+def cpu():
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+t0, cpu0, main0 = time.perf_counter(), cpu(), time.thread_time()
 try:
     analyze(Path(sys.argv[1]), get_pack("warp").geometry, DetectorConfig(), cache)
     outcome = "ok"
 except HeygemError as exc:
     outcome = exc.kind
+seconds, cpu_s, main_s = time.perf_counter() - t0, cpu() - cpu0, time.thread_time() - main0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the analysing process's high-water mark
-print("RESULT " + json.dumps({"seconds": time.perf_counter() - t0, "outcome": outcome, "peak_mib": peak}))
+print("RESULT " + json.dumps({"seconds": seconds, "cpu_s": cpu_s, "main_cpu_s": main_s, "outcome": outcome,
+                              "peak_mib": peak}))
 shutil.rmtree(cache)
 """
 
@@ -80,6 +90,10 @@ def main() -> None:
                     row[f"{label}_s_per_s"] = got["seconds"] / args.seconds
                     row[f"{label}_over_decode"] = got["seconds"] / decode
                     row[f"{label}_peak_mib"] = round(got["peak_mib"])
+                    # CPU per frame: all of it (the decoder's too), and the analysing thread's
+                    # alone (what bounds the wall time where cores are free).
+                    row[f"{label}_cpu_ms_per_frame"] = round(1e3 * got["cpu_s"] / frames, 2)
+                    row[f"{label}_main_cpu_ms_per_frame"] = round(1e3 * got["main_cpu_s"] / frames, 2)
                 results.append(row)
                 print(json.dumps(row), flush=True)
     print(record.write("analyze", results))

@@ -35,7 +35,9 @@ import json
 import os
 import shutil
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -63,6 +65,10 @@ MIN_DETECTED_FRACTION = 0.2
 # is stored in 3–8 ms and read back in 1.5–3 ms, where the JPEG store of version 3 took
 # about 9 ms each way; bench/bench_compose.py).
 FRAME_CODEC, FRAME_LEVEL = "zstd", 1
+# Frames the store compresses (while analysis writes it) or decompresses (for the crops)
+# ahead of the one in hand, on a thread beside the caller's: at most this many frames more
+# in memory (3 MB each at 1080p).
+STORE_AHEAD = 2
 
 
 @dataclass(frozen=True)
@@ -212,7 +218,7 @@ def _build(
         out / "crops.npy", mode="w+", dtype=np.uint8, shape=(frames, geometry.size, geometry.size, 3)
     )
     storage.allocate(out / "crops.npy")
-    for i, frame in enumerate(partial.read_i420(np.arange(frames))):
+    for i, frame in enumerate(_read_ahead(partial.read_i420(np.arange(frames)), STORE_AHEAD)):
         crops[i] = cut_i420(frame, boxes[i], geometry.size, geometry.resample)
     crops.flush()
     del crops
@@ -246,30 +252,61 @@ def _store_and_track(
 
 class StoreWriter:
     """The frame store as analysis writes it: each frame appended (``keep``), and any
-    frame kept so far read back (``recall``: the tracker follows a new face back)."""
+    frame kept so far read back (``recall``: the tracker follows a new face back).
+
+    Frames are compressed on a thread of the writer's own, up to ``STORE_AHEAD`` frames
+    ahead of the file (Zstandard releases the GIL: the tracker works on the next frame
+    meanwhile), and written in order from the caller's thread."""
 
     def __init__(self, path: Path, width: int, height: int):
-        self._codec = pa.Codec(FRAME_CODEC, compression_level=FRAME_LEVEL)
+        self._codec = pa.Codec(FRAME_CODEC)  # reads back (recall)
+        self._packer = pa.Codec(FRAME_CODEC, compression_level=FRAME_LEVEL)
         self._shape = yuv.frame_shape(width, height)
         self.offsets = [0]
         self._out = open(path, "wb")
         self._in = open(path, "rb")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-store")
+        self._packing: deque[Future[pa.Buffer]] = deque()  # compressed, or being compressed, in frame order
 
     def __enter__(self) -> StoreWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._out.close()
-        self._in.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self._write(ahead=0)
+        finally:
+            self._pool.shutdown(cancel_futures=True)
+            self._out.close()
+            self._in.close()
 
     def keep(self, frame: np.ndarray) -> None:
-        packed = self._codec.compress(frame)
-        self._out.write(packed)
-        self.offsets.append(self.offsets[-1] + packed.size)
+        """Append ``frame`` (which is not changed after this call)."""
+        self._packing.append(self._pool.submit(self._packer.compress, frame))
+        self._write(ahead=STORE_AHEAD)
+
+    def _write(self, ahead: int) -> None:
+        """Write the compressed frames in order: all but the last ``ahead`` (waiting for
+        them), and any of those already compressed."""
+        while self._packing and (len(self._packing) > ahead or self._packing[0].done()):
+            packed = self._packing.popleft().result()
+            self._out.write(packed)
+            self.offsets.append(self.offsets[-1] + packed.size)
 
     def recall(self, i: int) -> np.ndarray:
+        self._write(ahead=0)
         self._out.flush()
         return _read_frame(self._in, self.offsets, i, self._codec, self._shape)
+
+
+def _read_ahead(frames: Iterator[np.ndarray], depth: int) -> Iterator[np.ndarray]:
+    """``frames`` in order, each read (from the store: decompressed) on a thread of its own
+    up to ``depth`` frames before it is asked for, beside the work on the one before."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-store") as pool:
+        ahead = deque(pool.submit(next, frames, None) for _ in range(depth + 1))
+        while (frame := ahead.popleft().result()) is not None:
+            ahead.append(pool.submit(next, frames, None))
+            yield frame
 
 
 def _read_frame(
