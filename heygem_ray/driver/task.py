@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import cv2
 import ray
 
 from heygem_ray import heap, metrics, progress
@@ -30,6 +31,13 @@ log = logging.getLogger(__name__)
 
 # Heartbeats a job-stall timeout: the driver finds a stalled job within a quarter of it late.
 BEATS_PER_TIMEOUT = 4
+# OpenCV's threads in a job task's process. Its wheel's own pool has a thread per core of the
+# node (it reads no OMP_NUM_THREADS, which Ray sets), in every job's process, while a node
+# runs a job per core. Analysing camera-like 1080p with 17 on 2 cores (sixteen such pools
+# on 16 cores) took 1.07× the CPU a frame of 2, and no less wall time
+# (bench/bench_opencv_threads.py). As for x264 and the reference decoder, two let a job
+# alone on a node use two cores.
+OPENCV_THREADS = 2
 
 
 @ray.remote(num_cpus=1)
@@ -38,12 +46,18 @@ def job_task(job: Job, cfg: RunConfig, workers: int, router: Any) -> JobResult:
         router.add.remote(frames)
         metrics.record_frames(frames, cfg.render.pack)
 
+    share_cores()
     service = RayService(router, workers, cfg.render.chunk_frames, cfg.workers_ready_timeout_s)
     with job_logging(job.job_id), _heartbeat(router, cfg.job_stall_timeout_s / BEATS_PER_TIMEOUT):
         result = render_job(job, cfg.render, cfg.cache_dir, service, on_frames=frames_done)
         _log_result(result)
     heap.release_free()  # Ray reuses this process for later jobs: hand back what this one freed
     return result
+
+
+def share_cores() -> None:
+    """Size this process's thread pools for a node that runs a job per core."""
+    cv2.setNumThreads(OPENCV_THREADS)
 
 
 @contextmanager
