@@ -36,8 +36,9 @@ import os
 import shutil
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -218,8 +219,10 @@ def _build(
         out / "crops.npy", mode="w+", dtype=np.uint8, shape=(frames, geometry.size, geometry.size, 3)
     )
     storage.allocate(out / "crops.npy")
-    for i, frame in enumerate(_read_ahead(partial.read_i420(np.arange(frames)), STORE_AHEAD)):
-        crops[i] = cut_i420(frame, boxes[i], geometry.size, geometry.resample)
+    # Closed here also on an error: its thread stops before the folder is removed.
+    with closing(_read_ahead(partial.read_i420(np.arange(frames)), STORE_AHEAD)) as ahead:
+        for i, frame in enumerate(ahead):
+            crops[i] = cut_i420(frame, boxes[i], geometry.size, geometry.resample)
     crops.flush()
     del crops
 
@@ -299,7 +302,7 @@ class StoreWriter:
         return _read_frame(self._in, self.offsets, i, self._codec, self._shape)
 
 
-def _read_ahead(frames: Iterator[np.ndarray], depth: int) -> Iterator[np.ndarray]:
+def _read_ahead(frames: Iterator[np.ndarray], depth: int) -> Generator[np.ndarray, None, None]:
     """``frames`` in order, each read (from the store: decompressed) on a thread of its own
     up to ``depth`` frames before it is asked for, beside the work on the one before."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-store") as pool:
