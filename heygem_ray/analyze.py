@@ -303,8 +303,8 @@ class StoreWriter:
 
 
 def _read_ahead(frames: Iterator[np.ndarray], depth: int) -> Generator[np.ndarray, None, None]:
-    """``frames`` in order, each read (from the store: decompressed) on a thread of its own
-    up to ``depth`` frames before it is asked for, beside the work on the one before."""
+    """``frames`` in order, each taken from it (from the store: read and decompressed) on a
+    thread beside the caller's, up to ``depth`` frames before it is asked for."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-store") as pool:
         ahead = deque(pool.submit(next, frames, None) for _ in range(depth + 1))
         while (frame := ahead.popleft().result()) is not None:

@@ -15,8 +15,9 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-# One hold at a time: two would restore each other's descriptor.
-_held = threading.Lock()
+# One hold at a time (two threads' would restore each other's descriptor); one inside
+# another in the same thread passes its lines on to the outer one.
+_held = threading.RLock()
 
 
 @contextmanager
