@@ -30,8 +30,9 @@ from heygem_ray import media  # noqa: E402
 from tests.helpers.footage import lecture_clip  # noqa: E402
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "4K": (3840, 2160)}
-# Analyse in a child process run in ``repo``, so it imports that checkout's heygem_ray.
-_ANALYZE = """
+# Analyse in a child process run in ``repo``, so it imports that checkout's heygem_ray (also
+# bench_opencv_threads.py's child, after it sets OpenCV's threads).
+ANALYZE = """
 import json, resource, shutil, sys, tempfile, time
 from pathlib import Path
 from heygem_ray.analyze import analyze
@@ -61,7 +62,7 @@ shutil.rmtree(cache)
 
 
 def analyse_in(repo: Path, clip: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _ANALYZE, str(clip)], capture_output=True, text=True, cwd=repo,
+    proc = subprocess.run([sys.executable, "-c", ANALYZE, str(clip)], capture_output=True, text=True, cwd=repo,
                           check=True)  # fmt: skip
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))

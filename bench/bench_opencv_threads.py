@@ -27,29 +27,14 @@ from pathlib import Path
 import record
 
 sys.path.insert(0, str(record.REPO))
+from bench.bench_analyze import ANALYZE  # noqa: E402
 from bench.bench_compose import camera_like  # noqa: E402
+from heygem_ray import media  # noqa: E402
 from tests.helpers.footage import lecture_clip  # noqa: E402
 
-ANALYSE = """
-import json, resource, sys, tempfile, time
-from pathlib import Path
-import cv2
-cv2.setNumThreads(int(sys.argv[2]))
-from heygem_ray.analyze import analyze
-from heygem_ray.config import DetectorConfig
-from heygem_ray.packs import get_pack
-
-
-def cpu():
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-t0, cpu0 = time.perf_counter(), cpu()
-template, _ = analyze(Path(sys.argv[1]), get_pack("warp").geometry, DetectorConfig(), Path(tempfile.mkdtemp()))
-print("RESULT " + json.dumps({"frames": template.frames, "cpu_s": cpu() - cpu0, "wall_s": time.perf_counter() - t0,
-                              "opencv_threads": cv2.getNumThreads()}))
-"""
+# bench_analyze's analysis in a fresh process (argv[1] the clip), OpenCV's threads set
+# first (argv[2]).
+ANALYSE = "import cv2, sys\ncv2.setNumThreads(int(sys.argv[2]))\n" + ANALYZE
 
 
 def main() -> None:
@@ -63,15 +48,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="heygem-opencv-") as tmp:
         clip = camera_like(lecture_clip(Path(tmp) / "lecture.mp4", size=(1920, 1080), face=160,
                                         seconds=opts.seconds).path)  # fmt: skip
+        frames = media.probe_video(clip).frames
         for rep in range(opts.repeat):
             for n in counts:
                 got, _ = record.run_child(f"{n} OpenCV threads", ANALYSE, str(clip), str(n))
-                got["cpu_ms_per_frame"] = round(1e3 * got["cpu_s"] / got["frames"], 2)
+                if got["outcome"] != "ok":
+                    raise SystemExit(f"the analysis with {n} OpenCV threads failed: {got['outcome']}")
+                got["cpu_ms_per_frame"] = round(1e3 * got["cpu_s"] / frames, 2)
                 runs[n].append(got)
                 print({"repeat": rep, "threads": n, **got}, flush=True)
     results = [
         {"threads": n, "runs": rs, "cpu_ms_per_frame": statistics.median(r["cpu_ms_per_frame"] for r in rs),
-         "wall_s": statistics.median(r["wall_s"] for r in rs)}
+         "wall_s": statistics.median(r["seconds"] for r in rs)}
         for n, rs in runs.items()
     ]  # fmt: skip
     dest = record.write("opencv-threads", results)

@@ -34,7 +34,7 @@ BEATS_PER_TIMEOUT = 4
 # OpenCV's threads in a job task's process. Its wheel's own pool has a thread per core of the
 # node (it reads no OMP_NUM_THREADS, which Ray sets), in every job's process, while a node
 # runs a job per core. Analysing camera-like 1080p with 17 on 2 cores (sixteen such pools
-# on 16 cores) took 1.07× the CPU a frame of 2, and no less wall time
+# on 16 cores) took 1.07–1.11× the CPU a frame of 2 in two runs, and no less wall time
 # (bench/bench_opencv_threads.py). As for x264 and the reference decoder, two let a job
 # alone on a node use two cores.
 OPENCV_THREADS = 2
