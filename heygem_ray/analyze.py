@@ -25,6 +25,13 @@ decoded once however many jobs use it:
 Templates live under ``cache_dir/<key>`` where the key hashes the file's content, the
 detector settings and the crop geometry. Building one is atomic (a temporary folder,
 then a rename) and locked, so two jobs with the same reference build it once.
+
+The cache mends itself: a template is checked when it is opened (every file there, of the
+shape ``meta.json`` says), and one that is not whole (a file deleted by a cleaner, cut
+short by a copy, a folder left half removed, a frame found not to decompress) is set
+aside and built again, with a warning, instead of failing its rows. An opened template
+holds its frame store and crops open, so a job reading it goes on reading the same bytes
+if another job replaces the folder meanwhile.
 """
 
 from __future__ import annotations
@@ -32,17 +39,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
+import zipfile
 from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +65,8 @@ from heygem_ray.face.looks import LOOKS
 from heygem_ray.face.track import FaceTrack, Tracker, find_presenter
 from heygem_ray.geometry import CropGeometry, cut_i420
 from heygem_ray.media import yuv
+
+log = logging.getLogger(__name__)
 
 # 4: faces.npz (the reference checks); 5: the I420 frame store and points.npy; 6: both;
 # 7: faces.npz holds the whole track.
@@ -72,8 +83,20 @@ FRAME_CODEC, FRAME_LEVEL = "zstd", 1
 STORE_AHEAD = 2
 
 
+# The file a template found damaged while it was read holds (why): the next analysis of
+# its reference sets the folder aside and builds it again.
+DAMAGED_FILE = "damaged.txt"
+
+
+class DamagedTemplate(Exception):
+    """A cached template that is not whole: which file, and what is wrong with it."""
+
+
 @dataclass(frozen=True)
 class Template:
+    """A cached template, open (``Template.open``): its arrays in memory, its frame store
+    and crops held open until ``close`` (or until it is collected)."""
+
     root: Path
     fps: Fraction
     width: int
@@ -84,23 +107,42 @@ class Template:
     present: np.ndarray  # (frames,) bool: the face is there (else the frame is left as it is)
     points: np.ndarray  # (frames, 5, 2) float32 face points (face.align's order), pixels
     # What decoded the reference: "nvdec" or "cpu" (media.decoders; the frames are the same).
-    decoder: media.Decoder = "cpu"
+    decoder: media.Decoder
+    store: FrameStore = field(repr=False, compare=False)
+    crop_array: np.ndarray = field(repr=False, compare=False)  # (frames, S, S, 3) uint8 BGR, mapped
 
     @classmethod
     def open(cls, root: Path) -> Template:
-        meta = json.loads((root / "meta.json").read_text())
-        return cls(
-            root=root,
-            fps=Fraction(meta["fps"]),
-            width=meta["width"],
-            height=meta["height"],
-            frames=meta["frames"],
-            is_image=meta["is_image"],
-            boxes=np.load(root / "boxes.npy"),
-            present=np.load(root / "present.npy"),
-            points=np.load(root / "points.npy"),
-            decoder=meta.get("decoder", "cpu"),  # templates from before NVDEC: the CPU
-        )
+        """The template in ``root``, checked whole: ``DamagedTemplate`` says what is not."""
+        if not root.is_dir():
+            raise DamagedTemplate(f"{root} is not a folder")
+        if (root / DAMAGED_FILE).is_file():
+            raise DamagedTemplate(f"it was found damaged while read: {_text(root / DAMAGED_FILE)}")
+        meta = _meta(root)
+        n = meta["frames"]
+        boxes = _array(root, "boxes.npy", (n, 4), "i")
+        present = _array(root, "present.npy", (n,), "b")
+        points = _array(root, "points.npy", (n, 5, 2), "f")
+        offsets = _array(root, "offsets.npy", (n + 1,), "i")
+        _faces(root, n)
+        store = FrameStore(_existing(root / "frames.bin"), offsets, meta["width"], meta["height"])
+        try:
+            crops = _array(root, "crops.npy", (n, None, None, 3), "u", mmap=True)
+        except BaseException:
+            store.close()
+            raise
+        return cls(root=root, fps=meta["fps"], width=meta["width"], height=meta["height"], frames=n,
+                   is_image=meta["is_image"], boxes=boxes, present=present, points=points,
+                   decoder=meta["decoder"], store=store, crop_array=crops)  # fmt: skip
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Template:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def track(self) -> FaceTrack:
         """The presenter's face track the crop boxes were cut along (``faces.npz``)."""
@@ -112,25 +154,138 @@ class Template:
 
     def crops(self, index: np.ndarray) -> np.ndarray:
         """Reference frame indices (k,) → (k, S, S, 3) uint8 BGR crops."""
-        return np.asarray(np.load(self.root / "crops.npy", mmap_mode="r")[index])
+        return np.asarray(self.crop_array[index])
 
     def read_i420(self, index: np.ndarray) -> Iterator[np.ndarray]:
         """Yield the reference frame for each index, in order: a new, writable (H·3/2, W)
         uint8 I420 array (``media.yuv``)."""
-        codec = pa.Codec(FRAME_CODEC)
-        shape = yuv.frame_shape(self.width, self.height)
-        offsets = np.load(self.root / "offsets.npy")
-        with open(self.root / "frames.bin", "rb") as f:
-            for i in index:
-                frame = _read_frame(f, offsets, int(i), codec, shape)
-                progress.moved()
-                yield frame
+        for i in index:
+            yield self.store.read(int(i))
 
     def read_frames(self, index: np.ndarray) -> Iterator[np.ndarray]:
         """Yield the (H, W, 3) uint8 BGR reference frame for each index, in order (for
         checks and previews; compose reads ``read_i420``)."""
         for frame in self.read_i420(index):
             yield yuv.to_bgr_frame(frame)
+
+
+class FrameStore:
+    """A template's ``frames.bin`` open for reading: frame ``i`` is the bytes from
+    ``offsets[i]`` to ``offsets[i + 1]``, compressed (``FRAME_CODEC``). Reads may come from
+    several threads."""
+
+    def __init__(self, path: Path, offsets: np.ndarray | Sequence[int], width: int, height: int):
+        self.path = path
+        self._offsets = offsets
+        self._shape = yuv.frame_shape(width, height)
+        self._codec = pa.Codec(FRAME_CODEC)
+        self._file = open(path, "rb", buffering=0)  # closed by close()
+        try:
+            held = os.fstat(self._file.fileno()).st_size
+            if held != int(offsets[-1]):
+                raise DamagedTemplate(f"{path.name} holds {held:,} bytes, not the {int(offsets[-1]):,} of its frames")
+        except BaseException:
+            self._file.close()
+            raise
+
+    def read(self, i: int) -> np.ndarray:
+        """Frame ``i``: a new, writable uint8 I420 array. Bytes that do not decompress are a
+        damaged template (``bad_template``), marked to be built again (``DAMAGED_FILE``)."""
+        start, end = int(self._offsets[i]), int(self._offsets[i + 1])
+        data = os.pread(self._file.fileno(), end - start, start)
+        progress.moved()
+        try:
+            return _decompress(data, self._codec, self._shape)
+        except OSError as exc:  # pyarrow raises it for bytes that do not decompress
+            why = f"frame {i} does not decompress: {exc}"
+            raise _damaged_while_read(self.path.parent, why) from exc
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _decompress(data: bytes | pa.Buffer, codec: pa.Codec, shape: tuple[int, int]) -> np.ndarray:
+    """One stored frame's bytes → a new, writable ``shape`` uint8 I420 array."""
+    frame = np.frombuffer(codec.decompress(data, decompressed_size=shape[0] * shape[1]), np.uint8)
+    return frame.reshape(shape)
+
+
+def _damaged_while_read(root: Path, why: str) -> InputError:
+    """The error for a template found damaged while read; the template is marked for the
+    next analysis of its reference to build again (where the cache can be written)."""
+    try:
+        storage.write_bytes(root / DAMAGED_FILE, why.encode())
+        fix = "it is analysed again the next time a job uses this reference: run the same manifest again"
+    except OSError:
+        fix = "delete that folder and run again to rebuild it"
+    return InputError(f"template {root} is damaged ({why}); {fix}", kind="bad_template")
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()[:200]
+    except OSError as exc:
+        return str(exc)
+
+
+def _meta(root: Path) -> dict[str, Any]:
+    """``meta.json``, with its fields as the template uses them (fps a Fraction)."""
+    try:
+        meta = json.loads(_existing(root / "meta.json").read_text())
+        if meta["version"] != TEMPLATE_VERSION:
+            raise DamagedTemplate(f"meta.json is of version {meta['version']!r}, not {TEMPLATE_VERSION}")
+        return {
+            "fps": Fraction(meta["fps"]),
+            "width": _positive(meta["width"]),
+            "height": _positive(meta["height"]),
+            "frames": _positive(meta["frames"]),
+            "is_image": bool(meta["is_image"]),
+            "decoder": "nvdec" if meta.get("decoder") == "nvdec" else "cpu",
+        }
+    except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
+        raise DamagedTemplate(f"meta.json does not read ({type(exc).__name__}: {exc})") from exc
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise DamagedTemplate(f"{path.name} is missing")
+    return path
+
+
+def _positive(value: object) -> int:
+    if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{value!r} is not a positive whole number")
+    return value
+
+
+def _array(root: Path, name: str, shape: tuple[int | None, ...], kind: str, *, mmap: bool = False) -> np.ndarray:
+    """``root``/``name``, a .npy file, checked to be of ``shape`` (None: any length) and of
+    NumPy dtype ``kind`` ("i", "u", "f", "b")."""
+    try:
+        array = np.load(_existing(root / name), mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DamagedTemplate(f"{name} does not load ({type(exc).__name__}: {exc})") from exc
+    if not _fits(array.shape, shape) or array.dtype.kind != kind:
+        raise DamagedTemplate(f"{name} holds {array.dtype} {array.shape}, where {shape} of kind {kind!r} belong")
+    return array
+
+
+def _fits(shape: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
+    return len(shape) == len(want) and all(w is None or s == w for s, w in zip(shape, want, strict=True))
+
+
+def _faces(root: Path, n: int) -> None:
+    """Check ``faces.npz`` (``save_faces``) for a track of ``n`` frames."""
+    rows = {"boxes": (n, 4), "detected": (n,), "mouths": (n, 2), "chins": (n,), "looks": (n, len(LOOKS)),
+            "others": (None, 5)}  # fmt: skip
+    try:
+        with np.load(_existing(root / FACES_FILE)) as saved:
+            found = {key: saved[key].shape for key in rows}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise DamagedTemplate(f"{FACES_FILE} does not load ({type(exc).__name__}: {exc})") from exc
+    for key, shape in rows.items():
+        if not _fits(found[key], shape):
+            raise DamagedTemplate(f"{FACES_FILE} holds {key} of shape {found[key]}, where {shape} belongs")
 
 
 def content_hash(path: Path) -> str:
@@ -154,22 +309,30 @@ def template_key(video: Path, geometry: CropGeometry, detector: DetectorConfig) 
 def analyze(
     video: Path, geometry: CropGeometry, detector: DetectorConfig, cache_dir: Path, limits: InputLimits | None = None
 ) -> tuple[Template, bool]:
-    """The template for ``video``, built unless cached. Returns (template, was_cached).
+    """The template for ``video``, built unless cached whole. Returns (template, was_cached).
 
-    A reference over ``limits`` (default ``InputLimits()``) is ``too_large``: refused by
-    the probe before it is decoded, and a cached template of one (built under higher
-    limits) is refused too."""
+    A cached template found damaged (``Template.open``) is set aside, with a warning, and
+    built again. A reference over ``limits`` (default ``InputLimits()``) is ``too_large``:
+    refused by the probe before it is decoded, and a cached template of one (built under
+    higher limits) is refused too."""
     limits = limits or InputLimits()
     media.require_file(video, "reference")
     key = template_key(video, geometry, detector)
     root = cache_dir / key
     storage.makedirs(cache_dir)
     with storage.file_lock(cache_dir / f"{key}.lock"):
-        if (root / "meta.json").is_file():
-            template = Template.open(root)
-            media.check_reference_size(video, template.width, template.height, max_pixels=limits.max_reference_pixels)
-            media.check_reference_frames(video, template.frames, max_frames=limits.max_reference_frames)
-            return template, True
+        with storage_errors(cache_dir):
+            _remove_leftovers(cache_dir, key)
+        if os.path.lexists(root):
+            try:
+                template = Template.open(root)
+            except DamagedTemplate as exc:
+                log.warning("the cached analysis of %s in %s is damaged (%s): analysing the reference again",
+                            video, root, exc)  # fmt: skip
+                with storage_errors(cache_dir):
+                    _set_aside(root, cache_dir / f".{key}.{uuid.uuid4().hex}.damaged")
+            else:
+                return _within_limits(template, video, limits), True
         # Probed only when building: a reference whose frames the probe cannot count from its
         # packets (variable rate, say) is decoded once for that.
         info = media.probe_video(
@@ -182,7 +345,42 @@ def analyze(
                 os.replace(tmp, root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return Template.open(root), False
+        return Template.open(root), False
+
+
+def _within_limits(template: Template, video: Path, limits: InputLimits) -> Template:
+    """``template``, unless its reference is over ``limits`` (then it is closed, and the
+    error raised)."""
+    try:
+        media.check_reference_size(video, template.width, template.height, max_pixels=limits.max_reference_pixels)
+        media.check_reference_frames(video, template.frames, max_frames=limits.max_reference_frames)
+    except BaseException:
+        template.close()
+        raise
+    return template
+
+
+def _remove_leftovers(cache_dir: Path, key: str) -> None:
+    """Remove what builds of template ``key`` left behind: a temporary folder of one that was
+    killed, a damaged template set aside. Called under the key's lock, which every build
+    holds, so no build of this key is writing any of them."""
+    for left in cache_dir.glob(f".{key}.*"):
+        if left.suffix in (".tmp", ".damaged"):
+            _remove(left)
+
+
+def _set_aside(root: Path, aside: Path) -> None:
+    """Move the damaged template ``root`` out of the way, then remove it (a job that has it
+    open reads on from the files it holds)."""
+    os.replace(root, aside)
+    _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _build(
@@ -213,14 +411,13 @@ def _build(
     np.save(out / "points.npy", points)
 
     # Pass 2: cut the crops from the stored frames.
-    partial = Template(out, info.fps, info.width, info.height, frames, info.is_image, boxes, track.present, points,
-                       decoder)  # fmt: skip
     crops = np.lib.format.open_memmap(
         out / "crops.npy", mode="w+", dtype=np.uint8, shape=(frames, geometry.size, geometry.size, 3)
     )
     storage.allocate(out / "crops.npy")
     # Closed here also on an error: its thread stops before the folder is removed.
-    with closing(_read_ahead(partial.read_i420(np.arange(frames)), STORE_AHEAD)) as ahead:
+    with closing(FrameStore(out / "frames.bin", offsets, info.width, info.height)) as store, \
+            closing(_read_ahead(map(store.read, range(frames)), STORE_AHEAD)) as ahead:  # fmt: skip
         for i, frame in enumerate(ahead):
             crops[i] = cut_i420(frame, boxes[i], geometry.size, geometry.resample)
     crops.flush()
@@ -299,7 +496,8 @@ class StoreWriter:
     def recall(self, i: int) -> np.ndarray:
         self._write(ahead=0)
         self._out.flush()
-        return _read_frame(self._in, self.offsets, i, self._codec, self._shape)
+        start, end = self.offsets[i], self.offsets[i + 1]
+        return _decompress(os.pread(self._in.fileno(), end - start, start), self._codec, self._shape)
 
 
 def _read_ahead(frames: Iterator[np.ndarray], depth: int) -> Generator[np.ndarray, None, None]:
@@ -310,25 +508,6 @@ def _read_ahead(frames: Iterator[np.ndarray], depth: int) -> Generator[np.ndarra
         while (frame := ahead.popleft().result()) is not None:
             ahead.append(pool.submit(next, frames, None))
             yield frame
-
-
-def _read_frame(
-    f: BinaryIO, offsets: Sequence[int] | np.ndarray, i: int, codec: pa.Codec, shape: tuple[int, int]
-) -> np.ndarray:
-    """Frame ``i`` of the store open as ``f`` (its frames at ``offsets``): a new, writable
-    ``shape`` uint8 I420 array. Bytes that do not decompress are a damaged template."""
-    f.seek(int(offsets[i]))
-    data = f.read(int(offsets[i + 1] - offsets[i]))
-    try:
-        frame = np.frombuffer(codec.decompress(data, decompressed_size=shape[0] * shape[1]), np.uint8)
-    except OSError as exc:  # pyarrow raises it for bytes that do not decompress
-        folder = Path(f.name).parent
-        raise InputError(
-            f"template {folder} is damaged (frame {i} does not decompress: {exc}); delete that folder and run "
-            "again to rebuild it",
-            kind="bad_template",
-        ) from exc
-    return frame.reshape(shape)
 
 
 FACES_FILE = "faces.npz"

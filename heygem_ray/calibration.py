@@ -88,16 +88,17 @@ def _row_runs(pack: PackSpec, job: Job, runs: int, cache_dir: Path) -> list[Run]
     video = storage.fetch(job.video, "reference", default_download_dir())
     audio = storage.fetch(job.audio, "audio", default_download_dir())
     template, _ = analyze(video, pack.geometry, DetectorConfig(), cache_dir)
-    wav = media.load_audio(audio, SAMPLE_RATE)
-    n = max(1, round(len(wav) / SAMPLE_RATE * template.fps))
-    ref = loop_indices(n, template.frames, "pingpong")  # output frame → reference frame
-    with_face = np.convolve(template.present[ref].astype(np.int64), np.ones(RUN_FRAMES, np.int64), "valid")
-    starts = np.flatnonzero(with_face == RUN_FRAMES)
-    if len(starts) == 0:
-        raise InputError(f"no {RUN_FRAMES} consecutive frames of {video} with a face", kind="no_face")
-    chunk = pack.features(Pcm.from_array(wav), template.fps, n)
-    picked = starts[np.linspace(0, len(starts) - 1, runs).round().astype(np.int64)]
-    return [Run(template.crops(ref[s : s + RUN_FRAMES]), chunk(range(s, s + RUN_FRAMES))) for s in picked]
+    with template:
+        wav = media.load_audio(audio, SAMPLE_RATE)
+        n = max(1, round(len(wav) / SAMPLE_RATE * template.fps))
+        ref = loop_indices(n, template.frames, "pingpong")  # output frame → reference frame
+        with_face = np.convolve(template.present[ref].astype(np.int64), np.ones(RUN_FRAMES, np.int64), "valid")
+        starts = np.flatnonzero(with_face == RUN_FRAMES)
+        if len(starts) == 0:
+            raise InputError(f"no {RUN_FRAMES} consecutive frames of {video} with a face", kind="no_face")
+        chunk = pack.features(Pcm.from_array(wav), template.fps, n)
+        picked = starts[np.linspace(0, len(starts) - 1, runs).round().astype(np.int64)]
+        return [Run(template.crops(ref[s : s + RUN_FRAMES]), chunk(range(s, s + RUN_FRAMES))) for s in picked]
 
 
 # -- the stages on real frames ------------------------------------------------------------------

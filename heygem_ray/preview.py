@@ -84,25 +84,26 @@ def preview(
     speech = audio or BUNDLED_SPEECH
     template, _ = analyze(media.require_file(reference, "reference"), pack.geometry, cfg.detector, cache_dir,
                           cfg.limits)  # fmt: skip
-    ref = Reference.of(template)
-    audio_seconds = media.probe_audio(speech).duration if audio is not None else None
-    checks = check_reference(ref, pack, cfg.detector.min_face, cfg.loop, audio_seconds)
-    span = still_span(ref) if pack.keeps_reference_mouth else None
-    stem = reference.stem
-    with storage_errors(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        sheet = out_dir / f"{stem}-sheet.png"
-        _write_png(sheet, contact_sheet(reference.name, template, ref, pack, checks, span))
-        video = out_dir / f"{stem}-preview.mp4"
-        _side_by_side(reference, speech, seconds, template, span, pack, cfg, cache_dir, engines_dir, video)
-        report = out_dir / f"{stem}-checks.json"
-        report.write_text(json.dumps({
-            "reference": str(reference), "pack": pack.name, "verdict": verdict(checks),
-            "audio": str(speech), "audio_seconds": audio_seconds,
-            "still_span_s": None if span is None else [round(f / float(ref.fps), 3) for f in span],
-            "checks": [c.as_dict() for c in checks], "contact_sheet": sheet.name, "video": video.name,
-        }, indent=1) + "\n")  # fmt: skip
-    return Preview(checks, sheet, video, report, span)
+    with template:
+        ref = Reference.of(template)
+        audio_seconds = media.probe_audio(speech).duration if audio is not None else None
+        checks = check_reference(ref, pack, cfg.detector.min_face, cfg.loop, audio_seconds)
+        span = still_span(ref) if pack.keeps_reference_mouth else None
+        stem = reference.stem
+        with storage_errors(out_dir):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            sheet = out_dir / f"{stem}-sheet.png"
+            _write_png(sheet, contact_sheet(reference.name, template, ref, pack, checks, span))
+            video = out_dir / f"{stem}-preview.mp4"
+            _side_by_side(reference, speech, seconds, template, span, pack, cfg, cache_dir, engines_dir, video)
+            report = out_dir / f"{stem}-checks.json"
+            report.write_text(json.dumps({
+                "reference": str(reference), "pack": pack.name, "verdict": verdict(checks),
+                "audio": str(speech), "audio_seconds": audio_seconds,
+                "still_span_s": None if span is None else [round(f / float(ref.fps), 3) for f in span],
+                "checks": [c.as_dict() for c in checks], "contact_sheet": sheet.name, "video": video.name,
+            }, indent=1) + "\n")  # fmt: skip
+        return Preview(checks, sheet, video, report, span)
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:

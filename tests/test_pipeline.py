@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 
 from heygem_ray import media
-from heygem_ray.analyze import Template, analyze
+from heygem_ray.analyze import analyze
 from heygem_ray.config import InputLimits, RenderConfig
-from heygem_ray.errors import InputError
 from heygem_ray.job import InProcessService, render_job, scratch
 from heygem_ray.manifest import Job
 from heygem_ray.media import decoders
@@ -138,21 +137,6 @@ def test_where_nvdec_fails_on_a_reference_it_is_decoded_again_on_the_cpu_and_the
     index = np.arange(on_cpu.frames)
     assert again.frames == on_cpu.frames and np.array_equal(again.boxes, on_cpu.boxes)
     assert all(np.array_equal(a, b) for a, b in zip(again.read_i420(index), on_cpu.read_i420(index), strict=True))
-
-
-def test_a_damaged_frame_store_is_a_bad_template_that_says_to_delete_it(rendered, tmp_path):
-    copy = tmp_path / "template"
-    shutil.copytree(rendered[3].root, copy)
-    offsets = np.load(copy / "offsets.npy")
-    with open(copy / "frames.bin", "r+b") as f:  # frame 3's bytes overwritten
-        f.seek(int(offsets[3]))
-        f.write(bytes(int(offsets[4] - offsets[3])))
-    template = Template.open(copy)
-    assert len(list(template.read_i420(np.arange(3)))) == 3  # the frames before it still read
-    with pytest.raises(InputError) as caught:
-        list(template.read_i420(np.array([3])))
-    assert caught.value.kind == "bad_template"
-    assert str(copy) in caught.value.message and "frame 3" in caught.value.message and "delete" in caught.value.message
 
 
 def _mouth_change(frames, refs, boxes):

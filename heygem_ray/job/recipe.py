@@ -11,6 +11,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def render_job(
             raise job.problem
         if job.output is None:
             raise InternalError(f"{job.label} has neither an output nor a problem")
-        with job_scratch() as scratch:
+        with job_scratch() as scratch, ExitStack() as held:
             # 1. fetch the audio (downloaded first when in a bucket) and decode it to 16 kHz
             #    mono, into a file (a missing, empty, unreadable, too long or silent file
             #    stops here)
@@ -69,6 +70,7 @@ def render_job(
             with steps("analyze"):
                 video = storage.fetch(job.video, "reference", default_download_dir())
                 template, result.template_cached = analyze(video, pack.geometry, cfg.detector, cache_dir, cfg.limits)
+                held.enter_context(template)  # its frame store and crops, held open to the end
                 result.decoder = template.decoder
             # 3. check the reference (the row's warnings) and plan the output frames (over a
             #    talking take's still stretch for warp); features are computed a chunk at a

@@ -5,10 +5,12 @@ reference-stage output for it, computed on the workers once per template and kep
 from __future__ import annotations
 
 import io
+import logging
 import os
 import uuid
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +20,8 @@ from heygem_ray.errors import storage_errors
 from heygem_ray.job.service import LOOKAHEAD, ModelService, ReferenceFuture
 from heygem_ray.packs import PackSpec
 from heygem_ray.timeline import Timeline
+
+log = logging.getLogger(__name__)
 
 
 def reference_inputs(
@@ -31,7 +35,9 @@ def reference_inputs(
     them once), and kept in ``reference-<key>.npy`` (one item per template frame) with
     ``reference-<key>.done.npy`` (which items are there); the key names the workers'
     reference stage (weights, code, precision). An item counts as there only once written:
-    a job that dies midway leaves the rest to the next.
+    a job that dies midway leaves the rest to the next. Kept outputs that are not whole (a
+    file that does not load, or is not of the template's length) are removed, with a
+    warning, and computed again.
     """
     if pack.reference is None:
         return template.crops
@@ -39,12 +45,15 @@ def reference_inputs(
     (spec,) = pack.io(pack.reference)[1]
     data, done_path = template.root / f"reference-{key}.npy", template.root / f"reference-{key}.done.npy"
     with storage.file_lock(template.root / f"reference-{key}.lock"), storage_errors(template.root):
-        if not data.is_file():
+        for left in template.root.glob(f".{data.name}.*.tmp"):  # from a job killed while making one
+            left.unlink(missing_ok=True)
+        done = _kept(data, done_path, (template.frames, *spec.shape))
+        if done is None:
             tmp = data.with_name(f".{data.name}.{uuid.uuid4().hex}.tmp")
             np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(template.frames, *spec.shape)).flush()
             storage.allocate(tmp)
             os.replace(tmp, data)
-        done = np.load(done_path) if done_path.is_file() else np.zeros(template.frames, bool)
+            done = np.zeros(template.frames, bool)
         todo = np.flatnonzero(~done & np.isin(np.arange(template.frames), timeline.ref_index))
         if todo.size:
             store = np.load(data, mmap_mode="r+")
@@ -63,8 +72,31 @@ def reference_inputs(
             bitmap = io.BytesIO()
             np.save(bitmap, done)
             storage.write_bytes(done_path, bitmap.getbuffer())
+        # Mapped once: the outputs this job uses stay readable if the template is replaced meanwhile.
+        kept = np.load(data, mmap_mode="r")
 
     def read(index: np.ndarray) -> np.ndarray:
-        return np.asarray(np.load(data, mmap_mode="r")[index])
+        return np.asarray(kept[index])
 
     return read
+
+
+def _kept(data: Path, done_path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Which of the ``shape[0]`` items ``data`` holds (``done_path``): None where there is no
+    ``data``, or where what is kept is not whole (then removed)."""
+    if not data.is_file():
+        done_path.unlink(missing_ok=True)  # names items of a store that is gone
+        return None
+    try:
+        store = np.load(data, mmap_mode="r")
+        done = np.load(done_path) if done_path.is_file() else np.zeros(shape[0], bool)
+        whole = store.shape == shape and store.dtype == np.float32 and done.shape == shape[:1] and done.dtype == bool
+        why = f"{data.name} is {store.dtype} {store.shape} and {done_path.name} {done.dtype} {done.shape}"
+    except (OSError, ValueError, EOFError) as exc:
+        whole, why = False, f"{type(exc).__name__}: {exc}"
+    if whole:
+        return done
+    log.warning("the reference-stage outputs kept in %s are damaged (%s): computing them again", data.parent, why)
+    data.unlink(missing_ok=True)
+    done_path.unlink(missing_ok=True)
+    return None

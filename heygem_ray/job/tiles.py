@@ -8,6 +8,8 @@ frames are kept): ``restore-tiles-v<N>.bin`` holds the files end to end and
 ``restore-tiles-v<N>.index.npy`` (frames, 2) int64 where each starts and how long it is
 (0: not made yet). Two jobs on one reference make them once, under the template's lock
 for them; a job that dies midway leaves bytes no index names, which the next one skips.
+Kept tiles that are not whole (an index that does not load, or names bytes the file does
+not hold) are removed, with a warning, and made again.
 
 A tile sent as a JPEG is about a tenth of its 768 KiB of pixels (docs/restoration.md has
 the measured bytes per frame); the worker decodes it.
@@ -16,7 +18,9 @@ the measured bytes per frame); the worker decodes it.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +30,8 @@ from heygem_ray.errors import InternalError, storage_errors
 from heygem_ray.face.align import similarity, to_tile
 from heygem_ray.restore import Jpegs, RestoreInputs, encode_jpeg, restore_size
 from heygem_ray.timeline import Timeline
+
+log = logging.getLogger(__name__)
 
 # Bumped when what a kept tile holds changes (the alignment, the tile's encoding).
 TILES_VERSION = 1
@@ -52,7 +58,7 @@ def restore_inputs(template: Template, timeline: Timeline) -> Callable[[np.ndarr
     data = template.root / f"restore-tiles-v{TILES_VERSION}.bin"
     index_path = template.root / f"restore-tiles-v{TILES_VERSION}.index.npy"
     with storage.file_lock(template.root / "restore-tiles.lock"), storage_errors(template.root):
-        index = np.load(index_path) if index_path.is_file() else np.zeros((template.frames, 2), np.int64)
+        index = _kept_index(index_path, data, template.frames)
         todo = used[index[used, 1] == 0]
         if todo.size:
             with open(data, "ab") as out:
@@ -65,13 +71,11 @@ def restore_inputs(template: Template, timeline: Timeline) -> Callable[[np.ndarr
             saved = io.BytesIO()
             np.save(saved, index)
             storage.write_bytes(index_path, saved.getbuffer())
+        # Mapped once: the tiles this job uses stay readable if the template is replaced meanwhile.
+        kept = np.memmap(data, np.uint8, mode="r")
 
     def read(frames: np.ndarray) -> RestoreInputs:
-        with open(data, "rb") as f:
-            files = []
-            for i in frames:
-                f.seek(int(index[i, 0]))
-                files.append(f.read(int(index[i, 1])))
+        files = [kept[index[i, 0] : index[i, 0] + index[i, 1]].tobytes() for i in frames]
         boxes, chosen = template.boxes[frames], matrices[frames]
         return RestoreInputs(
             tiles=Jpegs.of(files),
@@ -81,3 +85,25 @@ def restore_inputs(template: Template, timeline: Timeline) -> Callable[[np.ndarr
         )
 
     return read
+
+
+def _kept_index(index_path: Path, data: Path, frames: int) -> np.ndarray:
+    """The index of the tiles kept in ``data`` for a template of ``frames`` frames: none kept
+    (all zero) where there is none, or where what is kept is not whole (then removed)."""
+    none = np.zeros((frames, 2), np.int64)
+    if not index_path.is_file():
+        return none
+    try:
+        index = np.load(index_path)
+        held = data.stat().st_size if data.is_file() else 0
+        whole = index.shape == none.shape and index.dtype == np.int64 and bool((index >= 0).all())
+        whole = whole and int((index[:, 0] + index[:, 1]).max(initial=0)) <= held
+        why = f"its index is {index.dtype} {index.shape}, or names bytes past the {held:,} that {data.name} holds"
+    except (OSError, ValueError, EOFError) as exc:
+        whole, why = False, f"its index does not load ({type(exc).__name__}: {exc})"
+    if whole:
+        return index
+    log.warning("the restoration tiles kept in %s are damaged (%s): making them again", data.parent, why)
+    index_path.unlink(missing_ok=True)
+    data.unlink(missing_ok=True)
+    return none

@@ -5,6 +5,7 @@ mask, and each stage on ONNX Runtime."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -193,6 +194,28 @@ def test_reference_latents_are_computed_once_per_template_frame_and_kept_with_it
     (template,) = (tmp_path / "cache").glob("*/meta.json")
     (done,) = template.parent.glob("reference-*-fp32.done.npy")
     assert np.load(done).all() and np.load(done).shape == (25,)
+
+
+def test_damaged_reference_latents_are_computed_again_and_the_job_renders(musetalk_folder, tmp_path, caplog):
+    """The latents kept with a template, cut short (a copy that stopped, a full disk
+    elsewhere): the next job on the reference warns, computes them again and renders."""
+    clip = lecture_clip(tmp_path / "clip.mp4", size=(320, 240), face=90, seconds=1.0, corner="centre")
+    cfg = RenderConfig(pack="musetalk", checkpoint=musetalk_folder, chunk_frames=16, batch_size=8)
+    worker = _CountingWorker(cfg, tmp_path / "engines")
+    service = InProcessService(worker)
+    audio = make_excerpt(EXAMPLES / "lesson1.wav", tmp_path / "a.wav", seconds=1.4, start=0.3)
+    first = render_job(Job(1, "j1", audio, clip.path, tmp_path / "o1.mp4"), cfg, tmp_path / "cache", service)
+    assert first.status == "ok", first.error
+    (kept,) = (tmp_path / "cache").glob("*/reference-*-fp32.npy")
+    with open(kept, "r+b") as f:
+        f.truncate(kept.stat().st_size // 2)
+    with caplog.at_level(logging.WARNING, logger="heygem_ray.job.reference"):
+        again = render_job(Job(2, "j2", audio, clip.path, tmp_path / "o2.mp4"), cfg, tmp_path / "cache", service)
+    assert again.status == "ok", again.error
+    assert worker.reference_frames == [16, 9, 16, 9]  # all 25 frames' latents, twice
+    (record,) = caplog.records
+    assert str(kept.parent) in record.getMessage() and "computing them again" in record.getMessage()
+    assert np.load(kept.with_name(kept.name.replace(".npy", ".done.npy"))).all()
 
 
 def test_submit_renders_a_lecture_clip_with_musetalk_through_ray(musetalk_folder, tmp_path, ray_join):

@@ -1,0 +1,215 @@
+"""The template cache mends itself (``analyze.analyze``, ``Template.open``): a cached
+template that is not whole is set aside and built again with a warning, instead of failing
+every row of its reference; a frame found damaged while read fails its row once and marks
+the template for the next analysis; a job reading a template goes on reading it while
+another job replaces it; leftovers of killed builds are removed. The restoration tiles
+kept with a template mend themselves too."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from heygem_ray.analyze import DAMAGED_FILE, Template, analyze
+from heygem_ray.config import DetectorConfig, InputLimits
+from heygem_ray.errors import InputError
+from heygem_ray.job.tiles import restore_inputs
+from heygem_ray.packs import get_pack
+from heygem_ray.timeline import plan
+
+GEOMETRY, DETECTOR = get_pack("warp").geometry, DetectorConfig()
+
+
+@pytest.fixture(scope="module")
+def built(examples, tmp_path_factory) -> Path:
+    """A cache holding the template of the bundled presenter clip (100 frames)."""
+    cache = tmp_path_factory.mktemp("cache")
+    template, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    template.close()
+    assert not cached
+    return cache
+
+
+@pytest.fixture
+def cache(built, tmp_path) -> Path:
+    """A copy of ``built``'s cache, to damage."""
+    return Path(shutil.copytree(built, tmp_path / "cache"))
+
+
+def _root(cache: Path) -> Path:
+    (meta,) = cache.glob("*/meta.json")
+    return meta.parent
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def _replace_folder_with_a_file(root: Path) -> None:
+    shutil.rmtree(root)
+    root.write_text("not a template")
+
+
+def _empty_folder(root: Path) -> None:  # what an interrupted `rm -rf` of it can leave
+    shutil.rmtree(root)
+    root.mkdir()
+
+
+def _short(name: str) -> Callable[[Path], None]:
+    return lambda root: np.save(root / name, np.load(root / name)[:5])
+
+
+def _deleted(name: str) -> Callable[[Path], None]:
+    return lambda root: (root / name).unlink()
+
+
+FILES = ("meta.json", "boxes.npy", "present.npy", "points.npy", "offsets.npy", "frames.bin", "crops.npy", "faces.npz")
+DAMAGE: dict[str, Callable[[Path], None]] = {
+    **{f"{name} deleted": _deleted(name) for name in FILES},
+    "frames.bin cut short": lambda root: _truncate(root / "frames.bin"),
+    "crops.npy cut short": lambda root: _truncate(root / "crops.npy"),
+    "meta.json not JSON": lambda root: (root / "meta.json").write_text("{not json"),
+    "meta.json of another version": lambda root: (root / "meta.json").write_text(
+        json.dumps({**json.loads((root / "meta.json").read_text()), "version": 1})
+    ),
+    "offsets.npy not an array": lambda root: (root / "offsets.npy").write_bytes(b"\x93NUMPY garbage"),
+    "boxes.npy of 5 frames": _short("boxes.npy"),
+    "points.npy of 5 frames": _short("points.npy"),
+    "faces.npz without looks": lambda root: np.savez(
+        root / "faces.npz", **{k: v for k, v in np.load(root / "faces.npz").items() if k != "looks"}
+    ),
+    "a file in the folder's place": _replace_folder_with_a_file,
+    "an empty folder": _empty_folder,
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_template_is_built_again_with_a_warning(built, cache, examples, caplog, damage):
+    root = _root(cache)
+    DAMAGE[damage](root)
+    with caplog.at_level(logging.WARNING, logger="heygem_ray.analyze"):
+        template, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    with template:
+        assert not cached
+        (record,) = caplog.records
+        assert str(root) in record.getMessage() and "damaged" in record.getMessage()
+        assert "analysing the reference again" in record.getMessage()
+        original = _root(built)
+        for name in ("frames.bin", "crops.npy", "boxes.npy", "offsets.npy", "points.npy", "present.npy"):
+            assert (root / name).read_bytes() == (original / name).read_bytes(), name
+        assert len(list(template.read_i420(np.arange(template.frames)))) == template.frames == 100
+    # Nothing set aside is left behind: only templates and their locks.
+    assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in built.iterdir())
+
+
+def test_what_each_damage_names(cache):
+    """The warning says which file is wrong and how."""
+    root = _root(cache)
+    DAMAGE["boxes.npy deleted"](root)
+    with pytest.raises(Exception, match="boxes.npy is missing"):
+        Template.open(root)
+    _empty_folder(root)
+    with pytest.raises(Exception, match="meta.json is missing"):
+        Template.open(root)
+
+
+def test_a_whole_template_is_opened_as_it_is(cache, examples, caplog):
+    before = {p: p.stat().st_mtime_ns for p in _root(cache).iterdir()}
+    with caplog.at_level(logging.WARNING):
+        template, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    template.close()
+    assert cached and not caplog.records
+    assert {p: p.stat().st_mtime_ns for p in _root(cache).iterdir()} == before
+
+
+def test_a_frame_damaged_inside_fails_once_and_the_next_analysis_builds_it_again(built, cache, examples):
+    """Bytes that do not decompress cannot be seen when the template opens: the row reading
+    them fails ``bad_template``, naming the frame, and marks the template; the next job on
+    the reference gets it built again."""
+    root = _root(cache)
+    offsets = np.load(root / "offsets.npy")
+    with open(root / "frames.bin", "r+b") as f:  # frame 3's bytes overwritten
+        f.seek(int(offsets[3]))
+        f.write(bytes(int(offsets[4] - offsets[3])))
+    template, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    with template:
+        assert cached
+        assert len(list(template.read_i420(np.arange(3)))) == 3  # the frames before it still read
+        with pytest.raises(InputError) as caught:
+            list(template.read_i420(np.array([3])))
+    assert caught.value.kind == "bad_template"
+    message = caught.value.message
+    assert str(root) in message and "frame 3 does not decompress" in message
+    assert "analysed again the next time a job uses this reference" in message
+    assert "frame 3" in (root / DAMAGED_FILE).read_text()
+    again, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    with again:
+        assert not cached and not (root / DAMAGED_FILE).exists()
+        (frame,) = again.read_i420(np.array([3]))
+    with Template.open(_root(built)) as original:
+        (want,) = original.read_i420(np.array([3]))
+    assert np.array_equal(frame, want)
+
+
+def test_a_job_reading_a_template_reads_on_while_another_job_replaces_it(built, cache, examples):
+    """A job has the template open; another finds a file of it deleted and sets the folder
+    aside, and its build fails (here: the reference is over that job's frame limit), so
+    nothing is at the template's path any more: the first job's frames and crops still
+    read, as they were. The next analysis builds the template again."""
+    held, _ = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    with held:
+        index = np.arange(held.frames)
+        first_frames, first_crops = list(held.read_i420(index)), held.crops(index)
+        (held.root / "boxes.npy").unlink()
+        with pytest.raises(InputError) as refused:
+            analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache, InputLimits(max_reference_frames=10))
+        assert refused.value.kind == "too_large" and not held.root.exists()
+        assert all(np.array_equal(a, b) for a, b in zip(held.read_i420(index), first_frames, strict=True))
+        assert np.array_equal(held.crops(index), first_crops)
+    rebuilt, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    rebuilt.close()
+    assert not cached and (rebuilt.root / "crops.npy").read_bytes() == (_root(built) / "crops.npy").read_bytes()
+
+
+def test_leftovers_of_killed_builds_of_a_template_are_removed_when_it_is_next_analysed(cache, examples):
+    key = _root(cache).name
+    killed = cache / f".{key}.0123456789abcdef.tmp"  # a build killed part-way
+    (killed / "sub").mkdir(parents=True)
+    (killed / "frames.bin").write_bytes(b"x" * 1000)
+    aside = cache / f".{key}.fedcba9876543210.damaged"  # set aside by a job killed before removing it
+    aside.mkdir()
+    other = cache / f".{'f' * 32}.0123456789abcdef.tmp"  # another template's build, maybe running
+    other.mkdir()
+    template, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    template.close()
+    assert cached
+    assert not killed.exists() and not aside.exists() and other.is_dir()
+
+
+def test_damaged_restoration_tiles_are_made_again(cache, examples, caplog):
+    template, _ = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    with template:
+        timeline = plan(2.0, template.frames, template.fps, "pingpong", template.is_image)
+        frames = np.unique(timeline.ref_index)[::5]  # frames the timeline uses
+
+        def tiles() -> tuple[bytes, list[int]]:
+            made = restore_inputs(template, timeline)(frames).tiles
+            return made.data.tobytes(), made.ends.tolist()
+
+        want = tiles()
+        index = template.root / "restore-tiles-v1.index.npy"
+        _truncate(template.root / "restore-tiles-v1.bin")  # the index names bytes that are gone
+        with caplog.at_level(logging.WARNING, logger="heygem_ray.job.tiles"):
+            got = tiles()
+        (record,) = caplog.records
+        assert "restoration tiles" in record.getMessage() and "making them again" in record.getMessage()
+        assert got == want
+        index.write_bytes(b"garbage")
+        assert tiles() == want
