@@ -70,7 +70,10 @@ from heygem_ray.cli import app
 try:
     app(sys.argv[2:])
 except SystemExit as exc:
-    print("EXIT", exc.code, flush=True)
+    # One write, on a line of its own: print() writes its pieces one by one, and Ray's log
+    # thread may write between them (a raylet line and its newline came around "EXIT").
+    sys.stdout.write(f"\\nEXIT {exc.code}\\n")
+    sys.stdout.flush()
 ray.shutdown()
 """
 
