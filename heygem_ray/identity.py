@@ -74,9 +74,13 @@ def render_weights(render: RenderConfig) -> str:
 
 def input_identity(loc: Location) -> str:
     """What names the contents of the input file ``loc`` (see the module docstring); "" when
-    it cannot be read now (missing, or the bucket out of reach): nothing is trusted on it."""
+    it cannot be read now (missing, or the bucket out of reach) or is no regular file (a
+    pipe, whose open waits for a writer, or a device, which never ends; its job says so):
+    nothing is trusted on it."""
     if isinstance(loc, Path):
         try:
+            if not loc.is_file():
+                return ""
             return f"sha256:{file_digest(loc)}"
         except OSError:
             return ""

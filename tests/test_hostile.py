@@ -199,6 +199,33 @@ def test_each_limit_has_its_cli_option(tmp_path, option: str) -> None:
     assert f"{option.removeprefix('--').replace('-', '_')} must be" in got.stderr, got.stderr
 
 
+# --------------------------------------------------------------------------- pipes and devices
+
+
+def test_a_manifest_naming_a_pipe_or_a_device_ends_and_fails_those_rows(tmp_path, tone, examples, ray_join) -> None:
+    """A FIFO (opened for reading, it waits for a writer forever) and /dev/zero (read, it
+    never ends) named as audio or reference: the run ends, those rows fail saying what the
+    file is, and the other row renders. Before: the driver hashed each row's inputs for the
+    results table first, and waited on the FIFO's open with the run at 0 of its jobs."""
+    fifo = tmp_path / "lesson.wav"
+    os.mkfifo(fifo)
+    (tmp_path / "m.csv").write_text(
+        f"job_id,audio,video\nfifo,{fifo},{examples / 'presenter.jpg'}\nzero-audio,/dev/zero,{examples / 'presenter.jpg'}\n"
+        f"zero-video,{tone},/dev/zero\ngood,{tone},{examples / 'presenter.jpg'}\n"
+    )
+    exe = Path(sys.executable).with_name("heygem-ray")
+    proc = subprocess.run([str(exe), "submit", "m.csv", "-o", "out", "--cache-dir", "cache", "--engines", "engines"],
+                          cwd=tmp_path, env=ray_join, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    rows = {r["job_id"]: r for r in pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()}
+    assert rows["good"]["status"] == "ok", rows["good"]["error"]
+    for job, step, what, path in (("fifo", "audio", "audio", fifo), ("zero-audio", "audio", "audio", "/dev/zero"),
+                                  ("zero-video", "analyze", "reference", "/dev/zero")):  # fmt: skip
+        row = rows[job]
+        assert (row["status"], row["error_kind"], row["error_step"]) == ("failed", "missing_file", step), row
+        assert f"{what} {path} is not a regular file (a pipe, a device or a socket)" in row["error"], row["error"]
+
+
 # --------------------------------------------------------------------------- 100 000 rows
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -354,6 +355,17 @@ def test_missing_file(tmp_path: Path, read) -> None:  # type: ignore[no-untyped-
     assert _error(read, tmp_path / "nope.mp4").kind == "missing_file"
     err = _error(read, tmp_path)  # a directory
     assert err.kind == "missing_file" and "directory" in err.message
+
+
+@pytest.mark.parametrize("read", READERS)
+def test_a_pipe_or_a_device_is_refused_at_once_not_read(tmp_path: Path, read) -> None:  # type: ignore[no-untyped-def]
+    """A manifest may name a FIFO (reading it would wait for a writer forever) or a device
+    (/dev/zero never ends): each is refused before it is opened, saying what it is."""
+    fifo = tmp_path / "lesson.wav"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        err = _error(read, path)
+        assert err.kind == "missing_file" and "is not a regular file (a pipe, a device or a socket)" in err.message
 
 
 @pytest.mark.parametrize("read", READERS)

@@ -19,11 +19,17 @@ from heygem_ray.media.ffmpeg import url
 
 
 def require_file(path: str | os.PathLike[str], what: str) -> Path:
-    """``path`` as a Path, or an InputError naming it (missing, or a folder) and the fix."""
+    """``path`` as a Path, or an InputError naming it (missing, a folder, or not a regular
+    file: a pipe, a device) and the fix."""
     p = Path(path)
     if p.is_dir():
         raise InputError(
             f"{what} {p} is a directory, not a file; give the path of the {what} file itself",
+            kind="missing_file",
+        )
+    if p.exists() and not p.is_file():  # read, it could block (a pipe) or never end (a device)
+        raise InputError(
+            f"{what} {p} is not a regular file (a pipe, a device or a socket); give the path of the {what} file itself",
             kind="missing_file",
         )
     if not p.is_file():
