@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
-import re
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +32,13 @@ from heygem_ray.storage import Location, Uri
 
 REQUIRED_COLUMNS = ("audio", "video")
 OPTIONAL_COLUMNS = ("job_id", "output")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
+# A job id names its MP4 (``<job_id>.mp4``, staged beside it as ``.<job_id>.<12>.<8>.part.mp4``:
+# 32 bytes more, within the 255 bytes of a file name), so it must be one file name on any
+# file system, in a bucket key and on a Windows share: a name in any script, with spaces
+# and punctuation, but none of these characters, nothing invisible (Unicode's control and
+# format characters), and not hidden or padded (a leading '.' or space, a trailing one).
+ID_MAX_BYTES = 200
+_NOT_IN_ID = frozenset('/\\:*?"<>|#%')
 
 
 @dataclass(frozen=True)
@@ -158,8 +164,27 @@ def _job_ids(path: Location, job_ids: list[Any], audio: list[Any], video: list[A
 
 
 def _stem(cell: Any) -> str:
-    """A cell's file name without its suffix, for a derived job id (credentials hidden)."""
-    return Path(storage.redact(_text(cell))).stem
+    """A cell's file name without its suffix, for a derived job id (credentials hidden), with
+    what a job id may not hold replaced by '_' (``_id_problem``)."""
+    stem = Path(storage.redact(_text(cell))).stem
+    kept = "".join("_" if c in _NOT_IN_ID or unicodedata.category(c)[0] == "C" else c for c in stem).strip()
+    kept = kept.lstrip(".").rstrip(".").strip() or "_"
+    # Each of the two stems within half the bytes a job id may have, cut between characters.
+    return kept.encode()[: ID_MAX_BYTES // 2 - 1].decode(errors="ignore").strip() or "_"
+
+
+def _id_problem(job_id: str) -> str | None:
+    """Why ``job_id`` cannot be a file name (``ID_MAX_BYTES``, ``_NOT_IN_ID``), or None."""
+    bad = sorted({c for c in job_id if c in _NOT_IN_ID or unicodedata.category(c)[0] == "C"})
+    if bad:
+        return f"it holds {', '.join(repr(c) for c in bad)}"
+    if job_id[:1] in (".", "") or job_id[:1].isspace():
+        return "it starts with '.' or a space"
+    if job_id[-1].isspace() or job_id.endswith("."):
+        return "it ends with '.' or a space"
+    if len(job_id.encode()) > ID_MAX_BYTES:
+        return f"it is {len(job_id.encode())} bytes long in UTF-8, over {ID_MAX_BYTES}"
+    return None
 
 
 def _make_job(
@@ -215,10 +240,10 @@ def _resolve_input(base: Location, cell: str) -> Location:
 
 def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Location | None, InputError | None]:
     """Where the job's MP4 goes; a path outside ``out_root`` becomes a row problem."""
-    if not _SAFE_ID.match(job_id):
+    if (why := _id_problem(job_id)) is not None:
         return None, InputError(
-            "this job id cannot be a file name inside the output folder; "
-            "use letters, digits, '.', '_' and '-' only (not starting with '.')",
+            f"this job id cannot be a file name inside the output folder: {why}; give the row a job_id of letters "
+            "(any script), digits, spaces and punctuation other than " + " ".join(sorted(_NOT_IN_ID)),
             kind="unsafe_output",
         )
     if not output:

@@ -62,11 +62,36 @@ def test_derived_ids_never_collide(tmp_path):
     assert [j.job_id for j in read_manifest(m, tmp_path / "out")] == ["a-v", "a-v-row2"]
 
 
+def test_file_names_in_any_script_with_spaces_make_job_ids_and_outputs(tmp_path):
+    """Lessons are named as people name files: spaces, accents, Chinese, punctuation. Ids
+    made from such names, and such ids given, are used as they are; what a file name cannot
+    hold (':' on a Windows share, a control character) becomes '_' in a made id."""
+    m = write(tmp_path / "m.csv", "job_id,audio,video\n,Lesson 1.wav,presenter.mp4\n,课程二.wav,讲师.mp4\n"
+                                   ",leçon: 3.wav,presenter.mp4\n,.hidden.wav,presenter.mp4\n"
+                                   "Einführung (Teil 2) & Übung,a.wav,v.mp4\n")  # fmt: skip
+    jobs = read_manifest(m, tmp_path / "out")
+    assert [j.job_id for j in jobs] == ["Lesson 1-presenter", "课程二-讲师", "leçon_ 3-presenter", "hidden-presenter",
+                                        "Einführung (Teil 2) & Übung"]  # fmt: skip
+    for job in jobs:
+        assert job.problem is None
+        assert job.output == (tmp_path / "out").resolve() / f"{job.job_id}.mp4"
+
+
+def test_a_made_id_from_long_names_fits_a_file_name(tmp_path):
+    m = write(tmp_path / "m.csv", f"audio,video\n{'长' * 90}.wav,{'像' * 90}.mp4\n")
+    (job,) = read_manifest(m, tmp_path / "out")
+    assert job.problem is None and len(job.job_id.encode()) <= 200 and job.job_id.startswith("长" * 33)
+
+
 @pytest.mark.parametrize(
     ("row", "needle"),
     [
-        ("../evil,a.wav,v.mp4,", "job id cannot be a file name"),
-        (".hidden,a.wav,v.mp4,", "job id cannot be a file name"),
+        ("../evil,a.wav,v.mp4,", "job id cannot be a file name inside the output folder: it holds '/'"),
+        (".hidden,a.wav,v.mp4,", "job id cannot be a file name inside the output folder: it starts with '.'"),
+        ("Lesson 1: intro,a.wav,v.mp4,", "it holds ':'"),
+        ('"a\tb",a.wav,v.mp4,', "it holds '\\t'"),
+        ("lesson.,a.wav,v.mp4,", "it ends with '.'"),
+        (f"{'长' * 67},a.wav,v.mp4,", "it is 201 bytes long in UTF-8, over 200"),
         ("ok1,a.wav,v.mp4,../../etc/x.mp4", "outside the output folder"),
         ("ok2,a.wav,v.mp4,/tmp/x.mp4", "outside the output folder"),
         ("ok3,a.wav,v.mp4,video.avi", "must end in .mp4"),

@@ -108,6 +108,24 @@ def test_objects_are_written_read_listed_and_removed(bucket):
     assert _keys(bucket) == {}
 
 
+# Names as a manifest's job ids make them (manifest._id_problem): any script, spaces, punctuation.
+PEOPLES_NAMES = ("Lesson 1-presenter.mp4", "课程二-讲师.mp4", "Einführung (Teil 2) & Übung.mp4", "a+b=c,d;e@f!~'[x].mp4")
+
+
+@pytest.mark.parametrize("name", PEOPLES_NAMES)
+def test_objects_named_as_people_name_lessons_round_trip(bucket, tmp_path, name):
+    """An MP4 named after its job id is published, found, listed and read back under that
+    very key, and its URI, written as text (the results table) and read again, is the same."""
+    dest = bucket / "out" / name
+    local = tmp_path / "staged.mp4"
+    local.write_bytes(b"mp4 bytes")
+    storage.publish(local, dest)
+    assert _keys(bucket) == {f"out/{name}": 9}
+    assert storage.stat(dest).size == 9 and storage.read_bytes(dest) == b"mp4 bytes"
+    assert storage.list_files(bucket / "out") == {dest: 9}
+    assert storage.location(str(dest)) == dest
+
+
 class _BrokenSource(io.RawIOBase):
     """A stream that gives ``good`` bytes, then fails like a disk read error."""
 
