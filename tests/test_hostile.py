@@ -258,6 +258,23 @@ def test_a_manifest_of_100_000_rows_on_one_missing_file(tmp_path, examples, ray_
     assert len(parts) == started  # only jobs that ran keep a part file
 
 
+def test_a_file_found_missing_as_audio_fails_at_once_only_rows_naming_it_as_audio(tmp_path) -> None:
+    """The message a row fails with at once names the file's role: a file one job found
+    missing as its audio fails the rows that name it as audio, not one that names it as its
+    reference (whose own job says "reference")."""
+    (tmp_path / "m.csv").write_text("job_id,audio,video\nfirst,x.mp4,p.jpg\nsecond,x.mp4,p.jpg\nthird,a.wav,x.mp4\n")
+    first, second, third = read_manifest(tmp_path / "m.csv", tmp_path / "out")
+    ran = JobResult.for_job(first, "warp")
+    ran.error_kind, ran.error_step = "missing_file", "audio"
+    ran.error = f"{first.label}: audio {first.audio} is not a regular file (a pipe, a device or a socket); give …"
+    missing = MissingInputs("warp", "h", rows=3)
+    missing.learn(ran)
+    at_once = missing.fail(second)
+    assert at_once is not None and at_once.error == f"{second.label}: audio {second.audio} is not a regular file " \
+        "(a pipe, a device or a socket); give …"  # fmt: skip
+    assert missing.fail(third) is None
+
+
 def test_rows_failed_at_once_are_merged_from_the_run_not_from_an_earlier_part_file(tmp_path) -> None:
     """Without a job, a row that fails at once writes no part file: the table takes it from
     the run, never from a part file an earlier run left for that job (here: 'ok', its MP4

@@ -24,7 +24,10 @@ class MissingInputs:
 
     def __init__(self, pack: str, config_hash: str, rows: int):
         self._pack, self._config_hash = pack, config_hash
-        self._known: dict[str, tuple[str, str]] = {}  # the file (as the results name it) → (step, message)
+        # ("audio" or "video", the file as the results name it) → (step, message): a file found
+        # missing as one row's audio fails at once only the rows that name it as audio (the
+        # message says "audio"); as another's reference, its own job finds it.
+        self._known: dict[tuple[str, str], tuple[str, str]] = {}
         self._failed = bytearray(rows + 1)  # 1 at the (1-based) manifest rows failed here
 
     def learn(self, result: JobResult) -> None:
@@ -33,7 +36,7 @@ class MissingInputs:
         if result.error_kind != "missing_file" or which is None or result.error is None:
             return
         message = result.error.removeprefix(f"{row_label(result.row, result.job_id)}: ")
-        self._known.setdefault(getattr(result, which), (result.error_step or "", message))
+        self._known.setdefault((which, getattr(result, which)), (result.error_step or "", message))
 
     def fail(self, job: Job) -> JobResult | None:
         """Fail ``job`` at once if a file it names is known to be missing (its audio
@@ -51,8 +54,8 @@ class MissingInputs:
         return self._row(job) if self._failed[job.row] else None
 
     def _row(self, job: Job) -> JobResult | None:
-        for where in (job.audio, job.video):
-            if (known := self._known.get(str(where))) is not None:
+        for which, where in (("audio", job.audio), ("video", job.video)):
+            if (known := self._known.get((which, str(where)))) is not None:
                 result = JobResult.for_job(job, self._pack)
                 result.error_kind = "missing_file"
                 result.error_step, message = known
