@@ -111,7 +111,8 @@ def _read_table(path: Location) -> pa.Table:
             + ("URI" if isinstance(path, Uri) else "path (relative paths start from the current folder)"),
             kind="missing_file",
         )
-    data = None if isinstance(path, Path) else pa.py_buffer(storage.read_bytes(path))
+    raw = b"" if isinstance(path, Path) else storage.read_bytes(path)  # an object: read once, here
+    data = None if isinstance(path, Path) else pa.py_buffer(raw)
 
     def source() -> Any:
         return path if data is None else pa.BufferReader(data)
@@ -119,18 +120,53 @@ def _read_table(path: Location) -> pa.Table:
     try:
         if path.suffix.lower() == ".parquet":
             return pq.read_table(source())
+        read, parse = _csv_dialect(_head(path) if isinstance(path, Path) else raw[:_HEAD_BYTES])
         # Every CSV column is read as text: job ids like 007 keep their zeros.
-        probe = pa_csv.read_csv(source(), read_options=pa_csv.ReadOptions(block_size=1 << 20))
+        probe = pa_csv.read_csv(source(), read_options=read, parse_options=parse)
         as_text = {name: pa.string() for name in probe.column_names}
         return pa_csv.read_csv(
-            source(), convert_options=pa_csv.ConvertOptions(column_types=as_text, strings_can_be_null=True)
-        )
+            source(), read_options=read, parse_options=parse,
+            convert_options=pa_csv.ConvertOptions(column_types=as_text, strings_can_be_null=True),
+        )  # fmt: skip
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
+        if "invalid UTF8" in str(exc):
+            raise InputError(
+                f"manifest {path} is not UTF-8 text ({_first_line(exc)}): save it as UTF-8 (Excel: 'CSV UTF-8'; "
+                "LibreOffice: character set 'Unicode (UTF-8)'; a spreadsheet's plain 'CSV' is often the system's "
+                "code page, such as GBK or Windows-1252), or give a Parquet file",
+                kind="bad_manifest",
+            ) from exc
         raise InputError(
             f"manifest {path} could not be read ({_first_line(exc)}): give a CSV file with a "
             "header line, or a Parquet file",
             kind="bad_manifest",
         ) from exc
+
+
+# What is read of a CSV manifest to tell its encoding and delimiter: its header line is in it.
+_HEAD_BYTES = 1 << 16
+# Delimiters spreadsheets write, in the order tried: where a list separator is ',' in the
+# system's locale (as in much of Europe it is ';'), and "Unicode text" exports (tabs).
+_DELIMITERS = (",", ";", "\t")
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(_HEAD_BYTES)
+
+
+def _csv_dialect(head: bytes) -> tuple[pa_csv.ReadOptions, pa_csv.ParseOptions]:
+    """How to read a CSV manifest that begins with ``head``: UTF-8 (a byte-order mark
+    allowed), or UTF-16 where it starts with that mark (Excel's "Unicode text"); separated
+    by the first of ``_DELIMITERS`` that splits its header line into cells naming both
+    required columns (else ',', and the missing columns are reported as such)."""
+    encoding = "utf16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf8"
+    text = head.decode("utf-16" if encoding == "utf16" else "utf-8-sig", errors="replace")
+    header = text.splitlines()[0] if text else ""
+    delimiter = next(
+        (d for d in _DELIMITERS if set(REQUIRED_COLUMNS) <= {c.strip().strip('"') for c in header.split(d)}), ","
+    )
+    return pa_csv.ReadOptions(block_size=1 << 20, encoding=encoding), pa_csv.ParseOptions(delimiter=delimiter)
 
 
 def _job_ids(path: Location, job_ids: list[Any], audio: list[Any], video: list[Any]) -> list[str]:

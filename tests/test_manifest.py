@@ -112,6 +112,35 @@ def test_empty_cell_is_a_row_problem(tmp_path):
     assert job.problem is not None and "'audio' cell is empty" in job.problem.message
 
 
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("excel-europe.csv", b"job_id;audio;video;title\r\n1;Lesson 1.wav;presenter.mp4;Intro, part 1\r\n"),
+        ("excel-utf8.csv", "\ufeffjob_id,audio,video,title\r\n1,Lesson 1.wav,presenter.mp4,\"Intro; part 1\"\r\n".encode()),
+        ("excel-unicode.txt", "job_id\taudio\tvideo\ttitle\r\n1\tLesson 1.wav\tpresenter.mp4\tIntro\r\n".encode("utf-16")),
+    ],
+)
+def test_manifests_as_spreadsheets_save_them(tmp_path, name, data):
+    """Excel where the list separator is ';', its 'CSV UTF-8' (a byte-order mark) and its
+    'Unicode text' (UTF-16, tabs): each is read as the comma-separated UTF-8 it stands for."""
+    m = tmp_path / name
+    m.write_bytes(data)
+    (job,) = read_manifest(m, tmp_path / "out")
+    assert (job.job_id, job.audio, job.video) == ("1", tmp_path / "Lesson 1.wav", tmp_path / "presenter.mp4")
+    assert job.extra["title"].startswith("Intro") and job.problem is None
+
+
+def test_a_manifest_in_a_code_page_says_to_save_it_as_utf8(tmp_path):
+    """Chinese Excel's plain 'CSV' is GBK: not guessed (other code pages read as GBK would
+    name other files), but named, with the fix."""
+    m = tmp_path / "m.csv"
+    m.write_bytes("audio,video\n课程二.wav,讲师.mp4\n".encode("gbk"))
+    with pytest.raises(InputError) as caught:
+        read_manifest(m, tmp_path / "out")
+    assert caught.value.kind == "bad_manifest"
+    assert caught.value.message.startswith(f"manifest {m} is not UTF-8 text (") and "'CSV UTF-8'" in caught.value.message
+
+
 def test_missing_or_unreadable_manifest(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         read_manifest(tmp_path / "nope.csv", tmp_path)
