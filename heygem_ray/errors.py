@@ -126,6 +126,17 @@ def storage_error(exc: OSError, where: object = None) -> InputError | None:
     return InputError(f"{path if path is not None else 'a file heygem-ray writes'}: {said}; {fix}", kind="storage")
 
 
+def folder_removed(folder: object, what: str) -> InputError:
+    """The ``storage`` error for a folder that was there when the run began writing ``what``
+    into it, and is gone: something outside the run deleted it (a cleanup of the output
+    folder, a tmp cleaner)."""
+    return InputError(
+        f"the folder {folder} was removed while {what} was written into it (was it deleted or cleaned during the "
+        "run?); run the same manifest again to render this row",
+        kind="storage",
+    )
+
+
 def storage_error_in(text: str, where: object) -> InputError | None:
     """The storage error a program's message reports (ffmpeg writes the system's words,
     e.g. "No space left on device"), for a file at ``where``; None when it reports none."""

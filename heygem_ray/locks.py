@@ -124,7 +124,8 @@ class Lease:
     """A lock this process holds. A thread rewrites its record every ``heartbeat_s`` until
     ``release`` (also on leaving a ``with`` block). Should a rewrite find the record changed
     (another process took the lock over after the heartbeat had stopped), ``lost`` says so
-    and the thread stops: the lock is no longer this process's to release."""
+    and the thread stops: the lock is no longer this process's to release. Should it find
+    the record gone (deleted by hand, or with its folder), it takes the lock again."""
 
     def __init__(
         self, store: _Store, where: Location, holder: Holder, version: str, heartbeat_s: float, stale_after_s: float
@@ -157,7 +158,7 @@ class Lease:
         try:
             if not self._store.delete(self._version):
                 self.lost = _taken_over(self._store, self.where)
-                log.warning("%s; left as it is", self.lost)
+                log.warning("%s%s", self.lost, "" if "was removed" in self.lost else "; left as it is")
         except (HeygemError, OSError) as exc:
             why = exc.message if isinstance(exc, HeygemError) else str(exc)
             log.warning("could not delete the lock %s (%s); it goes stale %.0f s after its last heartbeat",
@@ -174,10 +175,26 @@ class Lease:
                             self._heartbeat_s)
                 continue
             if version is None:
+                version = self._retake(holder)
+            if version is None:
                 self.lost = _taken_over(self._store, self.where)
                 log.error("%s", self.lost)
                 return
             self.holder, self._version = holder, version
+
+    def _retake(self, holder: Holder) -> str | None:
+        """Take the lock again where it is gone (deleted by hand, or with its folder by a
+        cleanup): it is no other process's, and the store's create-if-absent lets one process
+        have it. Its version, or None where another process has it (or the store is out of
+        reach)."""
+        try:
+            version = self._store.create(holder.encode()) if self._store.read() is None else None
+        except (HeygemError, OSError):
+            return None
+        if version is not None:
+            log.warning("the lock %s was removed while this process held it (was its folder deleted or cleaned, or "
+                        "the lock deleted by hand?); took it again", self.where)  # fmt: skip
+        return version
 
 
 def acquire(
@@ -424,8 +441,11 @@ def _taken_over(store: _Store, where: Location) -> str:
         now = store.read()
     except (HeygemError, OSError):
         now = None
-    by = f"; it is now held by {_held(where, now).describe()}" if now is not None else " (it is gone)"
-    return f"the lock {where} was taken over while this process held it: its heartbeat had stopped{by}"
+    if now is None:
+        return (f"the lock {where} was removed while this process held it (was its folder deleted or cleaned, "
+                "or the lock deleted by hand?)")  # fmt: skip
+    return (f"the lock {where} was taken over while this process held it: its heartbeat had stopped; it is now "
+            f"held by {_held(where, now).describe()}")  # fmt: skip
 
 
 def _running(holder: Holder) -> bool:

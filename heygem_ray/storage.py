@@ -48,7 +48,7 @@ from typing import Any, BinaryIO, TypeAlias, TypeVar, cast
 import pyarrow.fs as pafs
 
 from heygem_ray import progress
-from heygem_ray.errors import InputError, storage_error, storage_errors
+from heygem_ray.errors import InputError, folder_removed, storage_error, storage_errors
 
 _URI = re.compile(r"^(s3|gs|gcs)://(.*)$")
 # A URI that went through pathlib (an argparse or typer option of type Path) has lost a
@@ -560,7 +560,12 @@ def publish(local: Path, dest: Location) -> None:
     the same file system), an upload otherwise; ``local`` is gone afterwards."""
     if isinstance(dest, Path):
         with storage_errors(dest.parent):
-            os.replace(local, dest)
+            try:
+                os.replace(local, dest)
+            except FileNotFoundError as exc:  # the file staged beside ``dest`` is gone with its folder
+                if dest.parent.is_dir():
+                    raise
+                raise folder_removed(dest.parent, dest.name) from exc
         return
     upload(local, dest)
     local.unlink()

@@ -4,8 +4,10 @@ who holds it, staleness by heartbeat, conditional takeover, release of one's own
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -131,17 +133,39 @@ def test_a_holder_whose_heartbeat_stopped_leaves_its_successors_lock_alone(lock_
     assert not storage.is_file(lock_at)
 
 
-def test_a_heartbeat_that_finds_its_lock_gone_says_it_lost_it(tmp_path):
-    lock = tmp_path / ".lock"
+def test_a_heartbeat_that_finds_its_lock_gone_takes_it_again(tmp_path, caplog):
+    """A cleanup deleted the run's output folder, lock and all: the lock is no other run's,
+    so the heartbeat takes it again, and the run goes on holding its folder."""
+    lock = tmp_path / "out" / ".lock"
     held = locks.acquire(lock, "a run", heartbeat_s=0.1)
     assert isinstance(held, Lease)
-    lock.unlink()  # an operator deleted it, or another took it over
+    with caplog.at_level(logging.WARNING, logger="heygem_ray.locks"):
+        shutil.rmtree(tmp_path / "out")
+        deadline = time.monotonic() + 10
+        while not lock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # a few more beats: it keeps it
+    assert held.lost is None and _record(lock)["token"] == held.holder.token
+    assert f"the lock {lock} was removed while this process held it" in caplog.text and "took it again" in caplog.text
+    assert isinstance(locks.acquire(lock, "another run"), locks.Held)
+    held.release()
+    assert not lock.exists()
+
+
+def test_a_lock_deleted_and_taken_by_another_run_before_the_heartbeat_is_lost(tmp_path):
+    lock = tmp_path / ".lock"
+    held = locks.acquire(lock, "a run", heartbeat_s=0.3)
+    assert isinstance(held, Lease)
+    lock.unlink()  # deleted by hand, and another run starts at once
+    other = locks.acquire(lock, "the other run")
+    assert isinstance(other, Lease)
     deadline = time.monotonic() + 10
     while held.lost is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert held.lost is not None and "(it is gone)" in held.lost
+    assert held.lost is not None and "taken over" in held.lost and "(the other run)" in held.lost
     held.release()
-    assert not lock.exists()
+    assert _record(lock)["token"] == other.holder.token
+    other.release()
 
 
 HOLD = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from heygem_ray import media
+from heygem_ray import media, storage
 from heygem_ray.errors import EngineError, InputError, InternalError
 from heygem_ray.media import decode, decoders, encoders, video_probe, yuv
 from heygem_ray.media import ffmpeg as ffmpeg_module
@@ -601,6 +602,32 @@ def test_writer_takes_audio_from_a_video(tmp_path: Path) -> None:
     with media.VideoWriter(out, width=64, height=48, fps=Fraction(25), audio=talk, duration=0.8) as writer:
         writer.write(_pattern(20, 48, 64))
     assert media.probe_audio(out).duration == pytest.approx(0.8, abs=0.04)
+
+
+def test_a_folder_removed_while_its_mp4_is_written_is_named_not_blamed_on_the_media(tmp_path: Path) -> None:
+    """A cleanup that deletes the output folder during a run: ffmpeg cannot open its file
+    there. The job says the folder was removed (``storage``), not that its audio may not play."""
+    audio = make_tone(tmp_path / "voice.wav", seconds=1.0)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(InputError) as caught:
+        with media.VideoWriter(folder / "o.mp4", width=64, height=48, fps=Fraction(25), audio=audio,
+                               duration=1.0) as writer:  # fmt: skip
+            folder.rmdir()
+            writer.write(_pattern(25, 48, 64))
+            writer.finish()
+    assert caught.value.kind == "storage"
+    assert caught.value.message.startswith(f"the folder {folder} was removed while o.mp4 was written into it (")
+
+
+def test_publishing_into_a_removed_folder_says_the_folder_was_removed(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    staged = storage.staging_file(folder / "lesson.mp4", tmp_path, ".part.mp4")
+    staged.write_bytes(b"mp4")
+    shutil.rmtree(folder)
+    with pytest.raises(InputError) as caught:
+        storage.publish(staged, folder / "lesson.mp4")
+    assert caught.value.kind == "storage" and f"the folder {folder} was removed while lesson.mp4" in caught.value.message
 
 
 def test_writer_aborted_leaves_no_file(tmp_path: Path) -> None:

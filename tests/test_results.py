@@ -60,8 +60,9 @@ def test_the_merged_table_reads_each_row_back_marks_skipped_ones_and_names_a_los
     assert [table[j]["run_id"] for j in ("one", "two", "three")] == ["earlier", "this", "this"]
     assert (table["two"]["status"], table["two"]["attempts"], table["two"]["teacher"]) == ("failed", 2, "ben")
     lost = table["three"]
-    assert (lost["status"], lost["error_kind"], lost["teacher"]) == ("failed", "internal", "cy")
+    assert (lost["status"], lost["error_kind"], lost["teacher"]) == ("failed", "storage", "cy")
     assert "row 3 (job 'three')" in lost["error"] and "run the same manifest again" in lost["error"]
+    assert "was the output folder deleted or cleaned during the run?" in lost["error"]
     assert str(Path(out, resume.PARTS_DIR)) in lost["error"]
 
 

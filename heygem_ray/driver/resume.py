@@ -153,11 +153,12 @@ def _merged_rows(
             if stopped is not None:
                 lost.error_kind = "stopped"
                 lost.error = f"{job.label}: the run stopped before this job ended ({stopped}); run the same manifest again to render it"
-            else:  # its job ended, but its row could not be read back
-                lost.error_kind = "internal"
+            else:  # its job ended and its row was kept, but the row is gone or unreadable now
+                lost.error_kind = "storage"
                 lost.error = (
-                    f"{job.label}: its result row {part_path(output_dir, job.job_id)} could not be read back; "
-                    "run the same manifest again to render it"
+                    f"{job.label}: its job ended, but its result row {part_path(output_dir, job.job_id)} is gone or "
+                    "cannot be read (was the output folder deleted or cleaned during the run?); run the same manifest "
+                    "again to render it"
                 )
             return lost
         result = JobResult.from_row(found)

@@ -3,6 +3,7 @@ H.264 + AAC MP4."""
 
 from __future__ import annotations
 
+import errno
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import NoReturn
 import ffmpeg
 import numpy as np
 
-from heygem_ray.errors import EngineError, InternalError, storage_error_in
+from heygem_ray.errors import EngineError, InternalError, folder_removed, storage_error_in
 from heygem_ray.media import yuv
 from heygem_ray.media.container import require_file
 from heygem_ray.media.encoders import Encoder, encoder_env, video_codec_options
@@ -136,6 +137,10 @@ class VideoWriter:
         refused = storage_error_in(said, self.path.parent)  # ffmpeg could not write: a full disk, say
         if refused is not None:
             raise refused
+        if os.strerror(errno.ENOENT) in said and str(self.path.absolute()) in said:
+            # Not the media's doing: the file ffmpeg writes, or its folder, went away (another
+            # job's staging file may have made the folder again since).
+            raise folder_removed(self.path.parent, self.path.name)
         raise EngineError(
             f"encoding {self.path} failed: {what} ({said}); check that the audio file plays", kind="encode"
         )
