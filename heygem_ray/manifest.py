@@ -203,15 +203,23 @@ def _stem(cell: Any) -> str:
     """A cell's file name without its suffix, for a derived job id (credentials hidden), with
     what a job id may not hold replaced by '_' (``_id_problem``)."""
     stem = Path(storage.redact(_text(cell))).stem
-    kept = "".join("_" if c in _NOT_IN_ID or unicodedata.category(c)[0] == "C" else c for c in stem).strip()
-    kept = kept.lstrip(".").rstrip(".").strip() or "_"
-    # Each of the two stems within half the bytes a job id may have, cut between characters.
-    return kept.encode()[: ID_MAX_BYTES // 2 - 1].decode(errors="ignore").strip() or "_"
+    kept = "".join("_" if _unfit(c) else c for c in stem)
+    # Each of the two stems within half the bytes a job id may have, cut between characters,
+    # then without a '.' or a space at either end (the cut may leave one).
+    kept = kept.encode()[: ID_MAX_BYTES // 2 - 1].decode(errors="ignore")
+    while kept != (trimmed := kept.strip().strip(".")):
+        kept = trimmed
+    return kept or "_"
+
+
+def _unfit(c: str) -> bool:
+    """Whether a job id may not hold the character ``c`` (``_NOT_IN_ID``, or invisible)."""
+    return c in _NOT_IN_ID or unicodedata.category(c)[0] == "C"
 
 
 def _id_problem(job_id: str) -> str | None:
     """Why ``job_id`` cannot be a file name (``ID_MAX_BYTES``, ``_NOT_IN_ID``), or None."""
-    bad = sorted({c for c in job_id if c in _NOT_IN_ID or unicodedata.category(c)[0] == "C"})
+    bad = sorted({c for c in job_id if _unfit(c)})
     if bad:
         return f"it holds {', '.join(repr(c) for c in bad)}"
     if job_id[:1] in (".", "") or job_id[:1].isspace():

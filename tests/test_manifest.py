@@ -77,6 +77,15 @@ def test_file_names_in_any_script_with_spaces_make_job_ids_and_outputs(tmp_path)
         assert job.output == (tmp_path / "out").resolve() / f"{job.job_id}.mp4"
 
 
+@pytest.mark.parametrize("name", ["notes. .wav", f"{'a' * 98}.x.wav", "\u3000讲义.\u3000.wav"])
+def test_a_made_id_never_ends_in_a_dot_or_a_space(tmp_path, name):
+    """Also where cutting a long name to its share of the id leaves one at the end."""
+    m = write(tmp_path / "m.csv", f"audio,video\nlesson.wav,{name}\n")
+    (job,) = read_manifest(m, tmp_path / "out")
+    assert job.problem is None, job.problem
+    assert not job.job_id.endswith(".") and not job.job_id[-1].isspace()
+
+
 def test_a_made_id_from_long_names_fits_a_file_name(tmp_path):
     m = write(tmp_path / "m.csv", f"audio,video\n{'长' * 90}.wav,{'像' * 90}.mp4\n")
     (job,) = read_manifest(m, tmp_path / "out")
