@@ -158,7 +158,7 @@ class Lease:
         try:
             if not self._store.delete(self._version):
                 self.lost = _taken_over(self._store, self.where)
-                log.warning("%s%s", self.lost, "" if "was removed" in self.lost else "; left as it is")
+                log.warning("%s%s", self.lost, "" if self.lost == _removed(self.where) else "; left as it is")
         except (HeygemError, OSError) as exc:
             why = exc.message if isinstance(exc, HeygemError) else str(exc)
             log.warning("could not delete the lock %s (%s); it goes stale %.0f s after its last heartbeat",
@@ -192,8 +192,7 @@ class Lease:
         except (HeygemError, OSError):
             return None
         if version is not None:
-            log.warning("the lock %s was removed while this process held it (was its folder deleted or cleaned, or "
-                        "the lock deleted by hand?); took it again", self.where)  # fmt: skip
+            log.warning("%s; took it again", _removed(self.where))
         return version
 
 
@@ -442,10 +441,14 @@ def _taken_over(store: _Store, where: Location) -> str:
     except (HeygemError, OSError):
         now = None
     if now is None:
-        return (f"the lock {where} was removed while this process held it (was its folder deleted or cleaned, "
-                "or the lock deleted by hand?)")  # fmt: skip
+        return _removed(where)
     return (f"the lock {where} was taken over while this process held it: its heartbeat had stopped; it is now "
             f"held by {_held(where, now).describe()}")  # fmt: skip
+
+
+def _removed(where: Location) -> str:
+    return (f"the lock {where} was removed while this process held it (was its folder deleted or cleaned, "
+            "or the lock deleted by hand?)")  # fmt: skip
 
 
 def _running(holder: Holder) -> bool:
