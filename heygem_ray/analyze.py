@@ -5,7 +5,9 @@ decoded once however many jobs use it:
 
 * ``meta.json``: fps, frame size, frame count, how it was made (the frame store's codec;
   ``decoder``: what decoded the reference, "nvdec" or "cpu" (``media.decoders``), and
-  ``decoder_note``: why NVDEC, where it was picked, was not used after all);
+  ``decoder_note``: why NVDEC, where it was picked, was not used after all;
+  ``source_colour``: the reference's own colour, ``VideoInfo.colour``: "hlg" or "pq"
+  for an HDR take its frames were tone-mapped from);
 * ``frames.bin`` + ``offsets.npy``: every decoded frame, I420 in BT.709 limited range
   as the encoder takes it (``media.yuv``), compressed losslessly one by one (Zstandard at
   its fastest level), so any frame can be read by index — compose walks the reference
@@ -69,8 +71,10 @@ from heygem_ray.media import yuv
 log = logging.getLogger(__name__)
 
 # 4: faces.npz (the reference checks); 5: the I420 frame store and points.npy; 6: both;
-# 7: faces.npz holds the whole track.
-TEMPLATE_VERSION = 7
+# 7: faces.npz holds the whole track; 8: HDR and BT.2020 takes mapped to SDR BT.709
+# (``ffmpeg.to_sdr``), which version 7 stored as if they were SDR, and meta.json's
+# ``source_colour``.
+TEMPLATE_VERSION = 8
 # A track found in fewer frames than this is taken for detector noise, not a presenter.
 MIN_DETECTED_FRACTION = 0.2
 # The frame store's codec and level: lossless, and cheap both ways (1080p, 2 cores: a frame
@@ -108,6 +112,9 @@ class Template:
     points: np.ndarray  # (frames, 5, 2) float32 face points (face.align's order), pixels
     # What decoded the reference: "nvdec" or "cpu" (media.decoders; the frames are the same).
     decoder: media.Decoder
+    # The reference's colour as it was shot (VideoInfo.colour): "hlg" and "pq" are HDR,
+    # tone-mapped to the SDR frames stored here; "bt2020" was mapped into BT.709's gamut.
+    source_colour: str
     store: FrameStore = field(repr=False, compare=False)
     crop_array: np.ndarray = field(repr=False, compare=False)  # (frames, S, S, 3) uint8 BGR, mapped
 
@@ -133,7 +140,8 @@ class Template:
             raise
         return cls(root=root, fps=meta["fps"], width=meta["width"], height=meta["height"], frames=n,
                    is_image=meta["is_image"], boxes=boxes, present=present, points=points,
-                   decoder=meta["decoder"], store=store, crop_array=crops)  # fmt: skip
+                   decoder=meta["decoder"], source_colour=meta["source_colour"], store=store,
+                   crop_array=crops)  # fmt: skip
 
     def close(self) -> None:
         self.store.close()
@@ -241,6 +249,7 @@ def _meta(root: Path) -> dict[str, Any]:
             "frames": _positive(meta["frames"]),
             "is_image": bool(meta["is_image"]),
             "decoder": "nvdec" if meta.get("decoder") == "nvdec" else "cpu",
+            "source_colour": str(meta["source_colour"]),
         }
     except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
         raise DamagedTemplate(f"meta.json does not read ({type(exc).__name__}: {exc})") from exc
@@ -434,6 +443,7 @@ def _build(
         "frame_store": f"i420 bt709 tv, {FRAME_CODEC} level {FRAME_LEVEL}",
         "decoder": decoder,
         "decoder_note": fell_back,
+        "source_colour": info.colour,
         "face_detected_fraction": float(track.detected.mean()),
         "face_present_fraction": float(track.present.mean()),
     }

@@ -20,6 +20,7 @@ Thresholds (named below; docs/preview.md explains each):
 * ``head_turned``: the share of the followed frames the frontal detector misses.
 * ``mouth_covered``: the share of frames whose mouth looks flat (a hand, a phone).
 * ``dark``, ``blurred``: the share of frames whose face is very dark or out of focus.
+* ``colour``: a take shot in HDR (HLG or PQ), which the videos show tone-mapped to SDR.
 * ``length``: the reference's length against the audio's, for the loop mode.
 """
 
@@ -72,6 +73,8 @@ BLURRED = 0.2
 POOR_SHARE = 0.2
 # length: audio longer than this many times the looped reference repeats its moves visibly.
 MAX_LOOPS = 4.0
+# colour: how each VideoInfo.colour other than SDR's was shot.
+SHOT_IN = {"hlg": "HDR (HLG)", "pq": "HDR (PQ)", "bt2020": "SDR in BT.2020's wide gamut"}
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Reference:
     looks: np.ndarray  # (n, LOOKS) float32 per-frame looks; NaN where not measured
     others: np.ndarray  # (k, 5) float32 other faces: median box and share of frames
     crops: np.ndarray  # (n, 4) int32 the pack's crop boxes
+    source_colour: str = ""  # the take's own colour (Template.source_colour)
 
     @classmethod
     def of(cls, template: Template) -> Reference:
@@ -111,6 +115,7 @@ class Reference:
             fps=template.fps, frames=template.frames, is_image=template.is_image, faces=track.boxes,
             present=track.present, detected=track.detected, looks=np.asarray(track.looks, np.float32),
             others=np.asarray(track.others, np.float32), crops=template.boxes,
+            source_colour=template.source_colour,
         )  # fmt: skip
 
     @property
@@ -189,6 +194,7 @@ def check_reference(
         _covered(ref),
         _dark(ref),
         _blurred(ref),
+        _colour(ref),
         _length(ref, loop, audio_seconds, span),
     ]
 
@@ -339,6 +345,18 @@ def _dark(ref: Reference) -> Check:
 def _blurred(ref: Reference) -> Check:
     return _poor(ref, "blurred", looks.SHARPNESS, BLURRED, f"have a face less sharp than {BLURRED}",
                  "the lips will look soft: focus on the face, or use a take with less motion blur")
+
+
+def _colour(ref: Reference) -> Check:
+    shot = SHOT_IN.get(ref.source_colour)
+    if shot is None:
+        return Check("colour", "ok", "SDR", "")
+    if ref.source_colour not in ("hlg", "pq"):
+        return Check("colour", "ok", f"{shot}, mapped into BT.709's", "")
+    return Check("colour", "warn", f"shot in {shot}, tone-mapped to SDR BT.709",
+                 "the videos are SDR: what is brighter than a white sheet is compressed, and they will look "
+                 "duller than the take on an HDR screen; for the colours as graded, export the take as SDR "
+                 "(BT.709) from the editor, or record with HDR video off")
 
 
 def _length(ref: Reference, loop: LoopMode, audio_seconds: float | None, span: tuple[int, int] | None) -> Check:

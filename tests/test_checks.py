@@ -3,6 +3,7 @@ each hard case fires its check, and the bundled example fires none."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from fractions import Fraction
 
@@ -77,7 +78,7 @@ def test_the_bundled_example_passes_every_check(example):
     found = run(example, audio_seconds=7.0)
     assert fired(found) == {}, [c.line() for c in found.values()]
     assert list(found) == ["face_size", "lost", "jitter", "faces", "mouth_motion", "head_turned", "mouth_covered",
-                           "dark", "blurred", "length"]  # fmt: skip
+                           "dark", "blurred", "colour", "length"]  # fmt: skip
     assert notes(list(found.values())) == "" and verdict(list(found.values())) == "ok"
     assert still_span(example) is None  # a still mouth: warp uses the whole reference
 
@@ -169,6 +170,22 @@ def test_the_reference_length_against_the_audio_and_the_loop_mode(example):
     assert cut.level == "warn" and "cuts each video at 4.0 s" in cut.advice
     assert "jump" in run(example, audio_seconds=7.0, loop="forward")["length"].advice
     assert run(example)["length"].figure == "reference 4.0 s (no audio given to compare)"
+
+
+@pytest.mark.parametrize(
+    ("colour", "level", "figure"),
+    [
+        ("bt709", "ok", "SDR"),
+        ("", "ok", "SDR"),
+        ("bt2020", "ok", "SDR in BT.2020's wide gamut, mapped into BT.709's"),
+        ("hlg", "warn", "shot in HDR (HLG), tone-mapped to SDR BT.709"),
+        ("pq", "warn", "shot in HDR (PQ), tone-mapped to SDR BT.709"),
+    ],
+)
+def test_a_take_shot_in_hdr_warns_that_the_videos_are_sdr(example, colour, level, figure):
+    found = run(dataclasses.replace(example, source_colour=colour))["colour"]
+    assert (found.level, found.figure) == (level, figure)
+    assert ("HDR video off" in found.advice) == (level == "warn")
 
 
 def test_a_photo_reference_is_never_looped_nor_jittery():

@@ -30,6 +30,7 @@ from tests.helpers.media import (
     make_empty_wav,
     make_exif_jpeg,
     make_gif,
+    make_hdr,
     make_image,
     make_silence,
     make_stereo,
@@ -544,6 +545,57 @@ def test_the_probe_says_how_each_reference_reaches_bt709(tmp_path: Path) -> None
     assert media.probe_video(make_video(tmp_path / "untagged.mp4", seconds=0.2)).colour == "bt601"
     assert media.probe_video(make_video(tmp_path / "odd.mp4", seconds=0.2, size=(63, 47))).colour == ""  # 4:4:4
     assert media.probe_video(make_image(tmp_path / "photo.jpg")).colour == ""  # full range
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255**2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+
+@pytest.mark.parametrize(
+    ("colour", "tag_matrix"), [("hlg", True), ("pq", True), ("bt2020", True), ("hlg", False)],
+    ids=["hlg", "pq", "bt2020", "hlg-matrix-undeclared"],
+)
+def test_an_hdr_or_wide_gamut_take_is_read_as_the_sdr_picture_it_was_shot_from(
+    tmp_path: Path, examples: Path, colour: str, tag_matrix: bool
+) -> None:
+    """The bundled SDR presenter recorded as a phone records HDR (its white at HDR's
+    reference white, 10-bit HEVC, BT.2020): read back, as I420 and as BGR, it is the SDR
+    picture again (read as if it were SDR, as before, 15–21 dB: far too dark)."""
+    sdr = media.probe_video(examples / "presenter.mp4")
+    info = media.probe_video(make_hdr(examples / "presenter.mp4", tmp_path / "shot.mp4", colour=colour,
+                                      tag_matrix=tag_matrix))  # fmt: skip
+    assert info.colour == colour and info.pixel_format == "yuv420p10le"
+    assert dict(info.colour_source)["min"] == "2020_ncl"  # undeclared: taken for BT.2020's, as phones write it
+    for pixel_format, floor in (("yuv420p", 34.0), ("bgr24", 31.0)):
+        got = np.stack(list(media.iter_frames(info, pixel_format=pixel_format)))
+        want = np.stack(list(media.iter_frames(sdr, pixel_format=pixel_format))[: len(got)])
+        assert got.shape == want.shape and _psnr(got, want) > floor, (pixel_format, _psnr(got, want))
+
+
+def test_an_hdr_take_on_an_ffmpeg_without_zscale_says_which_ffmpeg_and_what_to_do(
+    tmp_path: Path, examples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ffmpeg built without zimg (here: the bundled one behind a script that hides its
+    zscale) cannot tone-map: the take fails as ``ffmpeg_missing``, naming that ffmpeg, before
+    it decodes a frame; an SDR take still reads."""
+    info = media.probe_video(make_hdr(examples / "presenter.mp4", tmp_path / "shot.mp4", colour="pq", seconds=0.2))
+    real = media.ffmpeg_exe()
+    script = tmp_path / "ffmpeg-without-zimg"
+    script.write_text(f'#!/bin/sh\nif [ "$2" = "-filters" ]; then "{real}" "$@" | grep -v zscale; exit 0; fi\n'
+                      f'exec "{real}" "$@"\n')  # fmt: skip
+    script.chmod(0o755)
+    monkeypatch.setenv("HEYGEM_FFMPEG", str(script))
+    media.ffmpeg_exe.cache_clear()
+    ffmpeg_module.missing_filters.cache_clear()
+    try:
+        with pytest.raises(EngineError, match="ffmpeg-without-zimg.* has no zscale filter, which maps a take shot in HDR") \
+                as raised:  # fmt: skip
+            next(media.iter_frames(info, pixel_format="yuv420p"))
+        assert raised.value.kind == "ffmpeg_missing" and "export the take as SDR" in str(raised.value)
+        assert next(media.iter_frames(media.probe_video(examples / "presenter.mp4"))).shape == (384, 384, 3)
+    finally:
+        media.ffmpeg_exe.cache_clear()
+        ffmpeg_module.missing_filters.cache_clear()
 
 
 def _bt601_to_bt709(stored: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from heygem_ray.packs import get_pack
 from heygem_ray.steps import TIMED
 from heygem_ray.timeline import loop_indices
 from heygem_ray.worker import ModelWorker
-from tests.helpers.media import HANG_MARK, hanging_ffmpeg, make_excerpt, make_silence, sleepers
+from tests.helpers.media import HANG_MARK, hanging_ffmpeg, make_excerpt, make_hdr, make_silence, sleepers
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 
 FPS = 25
@@ -116,6 +116,29 @@ def test_the_frame_store_gives_back_the_reference_as_it_was_decoded(rendered, ex
     stored = list(template.read_i420(np.arange(template.frames)))
     assert len(stored) == len(decoded) == template.frames
     assert all(np.array_equal(a, b) for a, b in zip(stored, decoded, strict=True))
+
+
+def test_a_take_shot_in_hdr_renders_as_the_sdr_take_and_its_row_says_it_was_tone_mapped(
+        tmp_path, examples, warp_service, rendered):  # fmt: skip
+    """The bundled presenter recorded as a phone records HDR (HLG, 10-bit HEVC): its video
+    is the SDR take's video again, within the codecs' noise (read as SDR, as before, its
+    faces came out far too dark: 20 dB), and its row's notes say that it was tone-mapped."""
+    sdr_result, sdr_frames, _, sdr_template = rendered
+    hdr = make_hdr(examples / "presenter.mp4", tmp_path / "shot in hlg.mp4", colour="hlg",
+                   seconds=sdr_template.frames / FPS)  # fmt: skip
+    result = render_job(job(tmp_path, examples / "lesson1.wav", hdr), RenderConfig(chunk_frames=48), tmp_path / "cache",
+                        warp_service)  # fmt: skip
+    assert result.status == "ok", result.error
+    assert "colour: shot in HDR (HLG), tone-mapped to SDR BT.709" in result.reference_notes
+    assert "colour" not in (sdr_result.reference_notes or "")
+    frames, _ = media.read_video(Path(result.output))
+    assert frames.shape == sdr_frames.shape
+    psnr = 10 * np.log10(255**2 / np.mean((frames.astype(np.float64) - sdr_frames) ** 2))
+    assert psnr > 30, psnr
+    template, _ = analyze(hdr, get_pack("warp").geometry, RenderConfig().detector, tmp_path / "cache")
+    with template:
+        assert template.source_colour == "hlg"
+        assert json.loads((template.root / "meta.json").read_text())["source_colour"] == "hlg"
 
 
 def test_where_nvdec_fails_on_a_reference_it_is_decoded_again_on_the_cpu_and_the_template_says_so(

@@ -21,7 +21,7 @@ from tests.helpers.footage import lecture_clip
 from tests.helpers.media import make_silence
 
 runner = CliRunner()
-CHECKS = ["face_size", "lost", "jitter", "faces", "mouth_motion", "head_turned", "mouth_covered", "dark", "blurred",
+CHECKS = ["face_size", "lost", "jitter", "faces", "mouth_motion", "head_turned", "mouth_covered", "dark", "blurred", "colour",
           "length"]  # fmt: skip
 
 

@@ -20,7 +20,16 @@ from heygem_ray.media import yuv
 from heygem_ray.media.audio_probe import audio_stream, empty_audio
 from heygem_ray.media.container import require_file
 from heygem_ray.media.decoders import Decoder
-from heygem_ray.media.ffmpeg import TO_BT709, FfmpegProcess, PixelFormat, ffmpeg_exe, gpu_env, url, video_filters
+from heygem_ray.media.ffmpeg import (
+    TO_BT709,
+    FfmpegProcess,
+    PixelFormat,
+    ffmpeg_exe,
+    gpu_env,
+    to_sdr,
+    url,
+    video_filters,
+)
 from heygem_ray.media.limits import clock, decoder_limit
 from heygem_ray.media.video_probe import VideoInfo, probe_video
 
@@ -31,7 +40,8 @@ _READ_CHUNK = 1 << 20  # bytes per read from an audio pipe
 # with 17 decoder threads on 2 cores (the ratio of sixteen such decoders on 16 cores), the
 # ffmpeg peaked at 704 MB and took 1.08× the CPU of 2 threads (335 MB); at 1080p, 212
 # against 118 MB and 1.13× (bench/bench_decoder_threads.py). As for x264
-# (``encoders.X264_THREADS``), two let a job alone on a machine decode on two cores.
+# (``encoders.X264_THREADS``), two let a job alone on a machine decode on two cores. Its
+# filters (an HDR take's tone mapping, ``ffmpeg.to_sdr``) run as many threads.
 DECODER_THREADS = 2
 
 
@@ -56,6 +66,8 @@ def iter_frames(
     source = ffmpeg.input(url(info.path), threads=DECODER_THREADS, **on_gpu,
                           **decoder_limit(max_pixels))[f"v:{info.video_stream}"]  # fmt: skip
     decoded = video_filters(source, fps)
+    if info.colour in ("hlg", "pq", "bt2020"):
+        decoded = to_sdr(decoded, info.colour, info.colour_source)
     # A guard for streams that change size midway: every frame comes out width × height.
     if pixel_format == "yuv420p":
         if info.colour == "bt601":
@@ -70,7 +82,8 @@ def iter_frames(
         shape = (info.height, info.width, 3)
     args = (
         decoded.output("pipe:", format="rawvideo", pix_fmt=pixel_format, fps_mode="passthrough")
-        .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error")
+        .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error",
+                     "-filter_threads", str(DECODER_THREADS))
         .compile(cmd=ffmpeg_exe())
     )
     frame_bytes = int(np.prod(shape))
@@ -152,7 +165,8 @@ def _audio_blocks(
     args = (
         ffmpeg.input(url(p), **packets)["a:0"]
         .output("pipe:", format="f32le", acodec="pcm_f32le", ar=sample_rate, ac=channels)
-        .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error")
+        .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error",
+                     "-filter_threads", str(DECODER_THREADS))
         .compile(cmd=ffmpeg_exe())
     )
     frame_bytes = 4 * channels  # one float32 per channel per sample

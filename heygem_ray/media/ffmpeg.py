@@ -52,6 +52,13 @@ PixelFormat = Literal["bgr24", "yuv420p"]
 # colours came up to 4 levels low, greys tinted blue). A picture already in that form
 # passes through unchanged; an untagged one is taken for BT.601, as swscale takes it.
 TO_BT709 = {"out_color_matrix": "bt709", "out_range": "tv", "flags": "bicubic+accurate_rnd+full_chroma_int"}
+# HDR to SDR (``to_sdr``): HDR's reference white (BT.2408's 203 cd/m², where HLG puts 75 %
+# of its signal and a phone exposes a face or a sheet of paper) becomes SDR's white. What is
+# darker keeps its tones; what is brighter rolls off (Möbius, linear up to TONE_KNEE of
+# white) instead of clipping. An SDR take made HDR this way comes back within 37–39 dB PSNR;
+# read as SDR, as it was before this, 15–21 dB (its faces far too dark: docs/inputs.md).
+HDR_WHITE_NITS = 203
+TONE_KNEE = 0.8
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,6 +126,39 @@ def video_filters(stream: Any, fps: Fraction | None) -> Any:
     if fps is not None:
         stream = stream.filter("fps", fps=str(fps))
     return stream.filter("crop", "trunc(iw/2)*2", "trunc(ih/2)*2", 0, 0)
+
+
+# The filters ``to_sdr`` needs: FFmpeg's ``zscale`` is there only where it was built with
+# zimg (the bundled one, Debian's and Ubuntu's are; a minimal build may not be).
+SDR_FILTERS = ("zscale", "tonemap")
+
+
+@functools.lru_cache(maxsize=1)
+def missing_filters() -> tuple[str, ...]:
+    """Which of ``SDR_FILTERS`` the ffmpeg in use lacks (asked once per process)."""
+    listed = run([ffmpeg_exe(), "-hide_banner", "-filters"]).stdout.decode(errors="replace").split()
+    return tuple(name for name in SDR_FILTERS if name not in listed)
+
+
+def to_sdr(stream: Any, colour: str, source: tuple[tuple[str, str], ...]) -> Any:
+    """The pictures of ``stream``, HDR (``colour`` "hlg" or "pq") or SDR in BT.2020's gamut
+    ("bt2020"), described by ``source`` (``VideoInfo.colour_source``), as SDR BT.709
+    limited-range 4:2:0, tagged so. An ffmpeg without the filters for it is
+    ``ffmpeg_missing``."""
+    if missing := missing_filters():
+        raise EngineError(
+            f"the ffmpeg in use ({ffmpeg_exe()}) has no {' or '.join(missing)} filter, which maps a take shot "
+            f"in {'HDR' if colour != 'bt2020' else 'BT.2020'} to SDR: point HEYGEM_FFMPEG at an ffmpeg built "
+            "with zimg (Debian's and Ubuntu's are), or unset it and take ffmpeg off PATH to use the bundled one; "
+            "or export the take as SDR (BT.709)",
+            kind="ffmpeg_missing",
+        )
+    if colour == "bt2020":
+        mapped = stream.filter("zscale", **dict(source), t="709", p="709")
+    else:
+        linear = stream.filter("zscale", **dict(source), t="linear", npl=HDR_WHITE_NITS).filter("format", "gbrpf32le")
+        mapped = linear.filter("zscale", p="709").filter("tonemap", "mobius", param=TONE_KNEE).filter("zscale", t="709")
+    return mapped.filter("zscale", m="709", r="limited").filter("format", "yuv420p")
 
 
 class FfmpegProcess:

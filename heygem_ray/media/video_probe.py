@@ -67,8 +67,12 @@ class VideoInfo:
     # How the stream's pictures reach BT.709 limited-range I420 (iter_frames's
     # pixel_format="yuv420p"): "bt709" (they are that already), "bt601" (4:2:0, limited
     # range, BT.601 or untagged, which every reader takes for BT.601: a change of matrix
-    # alone), or "" (anything else: converted whole).
+    # alone), "hlg" or "pq" (HDR: tone-mapped to SDR, ``ffmpeg.to_sdr``), "bt2020" (SDR in
+    # BT.2020's wider gamut: mapped into BT.709's), or "" (anything else: converted whole).
     colour: str = ""
+    # For "hlg", "pq" and "bt2020": zscale's names of the stream's transfer, primaries,
+    # matrix and range, which ``ffmpeg.to_sdr`` converts from.
+    colour_source: tuple[tuple[str, str], ...] = ()
     # The stream's codec and its pictures' pixel format as decoded (FFmpeg's names: "h264",
     # "yuv420p"): which decoder takes it (``decoders.pick_decoder``).
     codec: str = ""
@@ -289,7 +293,7 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         video_stream = container.streams.video.index(stream)
         source_width, source_height = stream.codec_context.width, stream.codec_context.height
         average_rate, nominal_rate, time_base = stream.average_rate, stream.guessed_rate, stream.time_base
-        colour = _colour(stream.codec_context)
+        colour, colour_source = _colour(stream.codec_context)
         codec = stream.codec_context.name
         pixel_format = stream.codec_context.format.name if stream.codec_context.format is not None else ""
     check_reference_size(path, source_width, source_height, max_pixels=max_pixels)  # as decoded
@@ -316,6 +320,7 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         source_height=source_height,
         video_stream=video_stream,
         colour=colour,
+        colour_source=colour_source,
         codec=codec,
         pixel_format=pixel_format,
     )
@@ -327,11 +332,31 @@ _MATRICES = {1: "bt709", 2: "bt601", 5: "bt601", 6: "bt601"}  # bt709, unspecifi
 _FULL_RANGE = 2  # AVCOL_RANGE_JPEG
 
 
-def _colour(codec: av.video.codeccontext.VideoCodecContext) -> str:
-    """VideoInfo.colour of a stream, from its codec parameters (no decoding)."""
+# BT.2100's HDR transfers (AVColorTransferCharacteristic: smpte2084, arib-std-b67), as
+# VideoInfo.colour and zscale name them; BT.2020's primaries (AVColorPrimaries).
+_HDR = {16: ("pq", "smpte2084"), 18: ("hlg", "arib-std-b67")}
+_BT2020_PRIMARIES = 9
+# The primaries and matrices a BT.2020 or HDR stream may declare, as zscale names them; one
+# that declares none (or another) is taken for BT.2020's, as phones write it.
+_ZSCALE_PRIMARIES = {1: "709", 9: "2020", 11: "smpte431", 12: "smpte432"}
+_ZSCALE_MATRICES = {1: "709", 5: "470bg", 6: "170m", 9: "2020_ncl", 10: "2020_cl"}
+
+
+def _colour(codec: av.video.codeccontext.VideoCodecContext) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """VideoInfo.colour and .colour_source of a stream, from its codec parameters (no decoding)."""
+    hdr = _HDR.get(int(codec.color_trc))
+    if hdr is not None or int(codec.color_primaries) == _BT2020_PRIMARIES:
+        colour, transfer = hdr or ("bt2020", "709")
+        source = (
+            ("tin", transfer),
+            ("pin", _ZSCALE_PRIMARIES.get(int(codec.color_primaries), "2020")),
+            ("min", _ZSCALE_MATRICES.get(int(codec.colorspace), "2020_ncl")),
+            ("rin", "full" if int(codec.color_range) == _FULL_RANGE else "limited"),
+        )
+        return colour, source
     if codec.format is None or codec.format.name != "yuv420p" or int(codec.color_range) == _FULL_RANGE:
-        return ""
-    return _MATRICES.get(int(codec.colorspace), "")
+        return "", ()
+    return _MATRICES.get(int(codec.colorspace), ""), ()
 
 
 def _looks_like_image(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> bool:
