@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import struct
@@ -32,6 +33,7 @@ from tests.helpers.media import (
     make_gif,
     make_hdr,
     make_image,
+    make_interlaced,
     make_silence,
     make_stereo,
     make_tone,
@@ -570,6 +572,29 @@ def test_an_hdr_or_wide_gamut_take_is_read_as_the_sdr_picture_it_was_shot_from(
         got = np.stack(list(media.iter_frames(info, pixel_format=pixel_format)))
         want = np.stack(list(media.iter_frames(sdr, pixel_format=pixel_format))[: len(got)])
         assert got.shape == want.shape and _psnr(got, want) > floor, (pixel_format, _psnr(got, want))
+
+
+def _combing(frames: np.ndarray) -> float:
+    """How far each row is from the mean of the rows above and below it: two fields shot
+    apart comb wherever the picture moved."""
+    rows = frames.astype(np.float32)
+    return float(np.abs(rows[:, 1:-1] - (rows[:, :-2] + rows[:, 2:]) / 2).mean())
+
+
+def test_an_interlaced_take_is_deinterlaced_and_a_progressive_one_left_as_it_is(tmp_path: Path) -> None:
+    """A presenter moving fast, shot interlaced (1080i-style, 50 fields a second): read, its
+    frames comb no more than the same scene shot progressive (read as they were decoded,
+    as before, they combed 5.5× as much), at the same rate and count."""
+    interlaced, progressive = make_interlaced(tmp_path)
+    woven, plain = media.probe_video(interlaced), media.probe_video(progressive)
+    assert (woven.interlaced, plain.interlaced) == (True, False)
+    assert (woven.fps, woven.frames) == (plain.fps, plain.frames) == (25, 25)
+    got = np.stack([yuv.planes(f)[0] for f in media.iter_frames(woven, pixel_format="yuv420p")])
+    shot = np.stack([yuv.planes(f)[0] for f in media.iter_frames(plain, pixel_format="yuv420p")])
+    as_decoded = np.stack([yuv.planes(f)[0] for f in media.iter_frames(dataclasses.replace(woven, interlaced=False),
+                                                                       pixel_format="yuv420p")])  # fmt: skip
+    assert _combing(got) <= _combing(shot) < _combing(as_decoded) / 3, (_combing(got), _combing(shot),
+                                                                        _combing(as_decoded))  # fmt: skip
 
 
 def test_an_hdr_take_on_an_ffmpeg_without_zscale_says_which_ffmpeg_and_what_to_do(

@@ -55,7 +55,7 @@ def iter_frames(
     path takes it, changes matrix only; any other is converted whole).
 
     Constant rate ``info.fps`` (variable-rate input is resampled by duplicating or
-    dropping frames), upright, cropped to ``info.width`` × ``info.height``; a still image
+    dropping frames), deinterlaced (a frame per pair of fields), upright, cropped to ``info.width`` × ``info.height``; a still image
     yields one frame. Each frame is a new, writable array. ffmpeg is killed and reaped if
     the consumer stops early. ``max_pixels``: ffmpeg's decoder refuses larger pictures (a
     stream that grows midway), which fails the decode. ``decoder="nvdec"``: decoded on this
@@ -65,7 +65,7 @@ def iter_frames(
     on_gpu = {"hwaccel": "cuda"} if decoder == "nvdec" else {}
     source = ffmpeg.input(url(info.path), threads=DECODER_THREADS, **on_gpu,
                           **decoder_limit(max_pixels))[f"v:{info.video_stream}"]  # fmt: skip
-    decoded = video_filters(source, fps)
+    decoded = video_filters(source, fps, info.interlaced)
     if info.colour in ("hlg", "pq", "bt2020"):
         decoded = to_sdr(decoded, info.colour, info.colour_source)
     # A guard for streams that change size midway: every frame comes out width × height.

@@ -117,17 +117,24 @@ def tail(stderr: str | bytes, lines: int = 3) -> str:
     return " | ".join(kept[-lines:])
 
 
-def video_filters(stream: Any, fps: Fraction | None) -> Any:
-    """Constant rate ``fps`` (duplicating/dropping frames of variable-rate input; None for a
-    still image, which stays one frame), then cropped to even width and height.
+def video_filters(stream: Any, fps: Fraction | None, interlaced: bool = False) -> Any:
+    """Deinterlaced (``interlaced``: ``DEINTERLACE``), at constant rate ``fps``
+    (duplicating/dropping frames of variable-rate input; None for a still image, which
+    stays one frame), then cropped to even width and height.
 
     ffmpeg has already turned the frames upright (autorotate) before these filters.
     """
+    if interlaced:
+        stream = stream.filter("bwdif", **DEINTERLACE)
     if fps is not None:
         stream = stream.filter("fps", fps=str(fps))
     return stream.filter("crop", "trunc(iw/2)*2", "trunc(ih/2)*2", 0, 0)
 
 
+# An interlaced reference's frames, each woven from two fields shot 1/50 or 1/60 s apart,
+# comb wherever the presenter moves: a frame from each pair of fields, motion-adaptive
+# (bwdif: where nothing moved the frame is kept whole), for frames flagged interlaced only.
+DEINTERLACE = {"mode": "send_frame", "parity": "auto", "deint": "interlaced"}
 # The filters ``to_sdr`` needs: FFmpeg's ``zscale`` is there only where it was built with
 # zimg (the bundled one, Debian's and Ubuntu's are; a minimal build may not be).
 SDR_FILTERS = ("zscale", "tonemap")

@@ -73,6 +73,9 @@ class VideoInfo:
     # For "hlg", "pq" and "bt2020": zscale's names of the stream's transfer, primaries,
     # matrix and range, which ``ffmpeg.to_sdr`` converts from.
     colour_source: tuple[tuple[str, str], ...] = ()
+    # The stream is interlaced (its fields shot apart: 1080i from a broadcast or
+    # lecture-capture camera): iter_frames deinterlaces it (``ffmpeg.DEINTERLACE``).
+    interlaced: bool = False
     # The stream's codec and its pictures' pixel format as decoded (FFmpeg's names: "h264",
     # "yuv420p"): which decoder takes it (``decoders.pick_decoder``).
     codec: str = ""
@@ -294,6 +297,7 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         source_width, source_height = stream.codec_context.width, stream.codec_context.height
         average_rate, nominal_rate, time_base = stream.average_rate, stream.guessed_rate, stream.time_base
         colour, colour_source = _colour(stream.codec_context)
+        interlaced = stream.codec_context.field_order in _INTERLACED
         codec = stream.codec_context.name
         pixel_format = stream.codec_context.format.name if stream.codec_context.format is not None else ""
     check_reference_size(path, source_width, source_height, max_pixels=max_pixels)  # as decoded
@@ -321,6 +325,7 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         video_stream=video_stream,
         colour=colour,
         colour_source=colour_source,
+        interlaced=interlaced and not is_image,
         codec=codec,
         pixel_format=pixel_format,
     )
@@ -332,6 +337,8 @@ _MATRICES = {1: "bt709", 2: "bt601", 5: "bt601", 6: "bt601"}  # bt709, unspecifi
 _FULL_RANGE = 2  # AVCOL_RANGE_JPEG
 
 
+# FFmpeg's field orders (AVFieldOrder) of an interlaced stream: TT, BB, TB, BT.
+_INTERLACED = (2, 3, 4, 5)
 # BT.2100's HDR transfers (AVColorTransferCharacteristic: smpte2084, arib-std-b67), as
 # VideoInfo.colour and zscale name them; BT.2020's primaries (AVColorPrimaries).
 _HDR = {16: ("pq", "smpte2084"), 18: ("hlg", "arib-std-b67")}

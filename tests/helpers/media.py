@@ -14,6 +14,7 @@ from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
+import cv2
 import ffmpeg  # type: ignore[import-untyped]
 import numpy as np
 
@@ -144,6 +145,31 @@ def make_excerpt(src: str | Path, path: str | Path, *, seconds: float, start: fl
     subprocess.run([ffmpeg_exe(), *_QUIET, "-y", "-ss", str(start), "-i", str(src), "-t", str(seconds), str(path)],
                    check=True)  # fmt: skip
     return Path(path)
+
+
+def make_interlaced(folder: Path, *, size: tuple[int, int] = (640, 360), seconds: float = 1.0) -> tuple[Path, Path]:
+    """The portrait moving fast across a plain frame (8 px a field), shot at 50 fields a
+    second: (the interlaced 25-frame H.264 a broadcast camera writes, field order TFF;
+    the same at 25 progressive frames, each the first field's moment)."""
+    width, height = size
+    portrait = cv2.resize(cv2.imread(str(Path(__file__).resolve().parents[2] / "examples" / "presenter.jpg")),
+                          (height // 2, height // 2))  # fmt: skip
+    side, top = height // 2, height // 4
+    frames = np.full((round(50 * seconds), height, width, 3), 200, np.uint8)
+    for i, frame in enumerate(frames):
+        x = min(8 * i, width - side)
+        frame[top : top + side, x : x + side] = portrait
+    shot = folder / "shot-50p.mp4"
+    subprocess.run([ffmpeg_exe(), *_QUIET, "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}",
+                    "-r", "50", "-i", "-", "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p", str(shot)],
+                   input=frames.tobytes(), check=True)  # fmt: skip
+    interlaced, progressive = folder / "interlaced.mp4", folder / "progressive.mp4"
+    subprocess.run([ffmpeg_exe(), *_QUIET, "-y", "-i", str(shot), "-vf", "tinterlace=mode=interleave_top,setfield=tff",
+                    "-c:v", "libx264", "-crf", "12", "-flags", "+ildct+ilme", "-x264-params", "tff=1",
+                    "-pix_fmt", "yuv420p", str(interlaced)], check=True)  # fmt: skip
+    subprocess.run([ffmpeg_exe(), *_QUIET, "-y", "-i", str(shot), "-vf", "fps=25", "-c:v", "libx264", "-crf", "12",
+                    "-pix_fmt", "yuv420p", str(progressive)], check=True)  # fmt: skip
+    return interlaced, progressive
 
 
 # How a phone or a camera would record an SDR picture in HDR or in BT.2020 (ffmpeg's names):
