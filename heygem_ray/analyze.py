@@ -8,7 +8,8 @@ decoded once however many jobs use it:
   ``decoder_note``: why NVDEC, where it was picked, was not used after all;
   ``source_colour``: the reference's own colour, ``VideoInfo.colour``: "hlg" or "pq"
   for an HDR take its frames were tone-mapped from; ``deinterlaced``: the reference was
-  interlaced);
+  interlaced; ``sample_aspect``: its pixels' width over height, as stored, where the
+  frames are square);
 * ``frames.bin`` + ``offsets.npy``: every decoded frame, I420 in BT.709 limited range
   as the encoder takes it (``media.yuv``), compressed losslessly one by one (Zstandard at
   its fastest level), so any frame can be read by index — compose walks the reference
@@ -74,7 +75,8 @@ log = logging.getLogger(__name__)
 # 4: faces.npz (the reference checks); 5: the I420 frame store and points.npy; 6: both;
 # 7: faces.npz holds the whole track; 8: HDR and BT.2020 takes mapped to SDR BT.709
 # (``ffmpeg.to_sdr``), which version 7 stored as if they were SDR, and meta.json's
-# ``source_colour``; interlaced takes deinterlaced (``ffmpeg.DEINTERLACE``).
+# ``source_colour``; interlaced takes deinterlaced (``ffmpeg.DEINTERLACE``); non-square
+# pixels widened to square (``VideoInfo.sample_aspect``).
 TEMPLATE_VERSION = 8
 # A track found in fewer frames than this is taken for detector noise, not a presenter.
 MIN_DETECTED_FRACTION = 0.2
@@ -446,6 +448,7 @@ def _build(
         "decoder_note": fell_back,
         "source_colour": info.colour,
         "deinterlaced": info.interlaced,
+        "sample_aspect": str(info.sample_aspect),
         "face_detected_fraction": float(track.detected.mean()),
         "face_present_fraction": float(track.present.mean()),
     }

@@ -26,6 +26,7 @@ from tests.helpers.media import (
     HANG_MARK,
     children,
     hanging_ffmpeg,
+    make_anamorphic,
     make_channels,
     make_corrupt,
     make_empty_wav,
@@ -595,6 +596,26 @@ def test_an_interlaced_take_is_deinterlaced_and_a_progressive_one_left_as_it_is(
                                                                        pixel_format="yuv420p")])  # fmt: skip
     assert _combing(got) <= _combing(shot) < _combing(as_decoded) / 3, (_combing(got), _combing(shot),
                                                                         _combing(as_decoded))  # fmt: skip
+
+
+def test_a_take_with_non_square_pixels_is_read_as_players_show_it(tmp_path: Path, examples: Path) -> None:
+    """A 16:9 picture stored on 720×576 pixels drawn 64:45 wide (PAL DV, anamorphic) is read
+    at 1024×576 square pixels: the picture as shown, not the presenter squeezed to 70 % of
+    their width. A ratio no camera writes (100:1) is not believed."""
+    shown = tmp_path / "shown.mp4"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-i", str(examples / "presenter.mp4"), "-vf", "scale=1024:576",
+                    "-c:v", "libx264", "-crf", "12", str(shown)], check=True)  # fmt: skip
+    info = media.probe_video(make_anamorphic(examples / "presenter.mp4", tmp_path / "pal.mp4", size=(720, 576),
+                                             sample_aspect="64/45"))  # fmt: skip
+    assert (info.width, info.height, info.source_width, info.sample_aspect) == (1024, 576, 720, Fraction(64, 45))
+    for pixel_format in ("bgr24", "yuv420p"):
+        want = np.stack(list(media.iter_frames(media.probe_video(shown), pixel_format=pixel_format))[::10])
+        got = np.stack(list(media.iter_frames(info, pixel_format=pixel_format))[::10])
+        assert got.shape == want.shape and _psnr(got, want) > 30, (pixel_format, _psnr(got, want))
+    odd = media.probe_video(make_anamorphic(examples / "presenter.mp4", tmp_path / "odd.mp4", size=(64, 64),
+                                            sample_aspect="100/1"))  # fmt: skip
+    assert (odd.width, odd.height, odd.sample_aspect) == (64, 64, 1)
+    assert next(media.iter_frames(odd)).shape == (64, 64, 3)
 
 
 def test_an_hdr_take_on_an_ffmpeg_without_zscale_says_which_ffmpeg_and_what_to_do(

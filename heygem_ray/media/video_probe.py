@@ -53,7 +53,7 @@ class VideoInfo:
     """
 
     path: Path
-    width: int  # pixels, of the yielded frames (even)
+    width: int  # pixels, of the yielded frames (even; square: ``sample_aspect``)
     height: int
     fps: Fraction  # constant output rate, e.g. 30000/1001 for "29.97"; 25 for a still image
     frames: int  # number of frames iter_frames yields (1 for a still image)
@@ -73,6 +73,10 @@ class VideoInfo:
     # For "hlg", "pq" and "bt2020": zscale's names of the stream's transfer, primaries,
     # matrix and range, which ``ffmpeg.to_sdr`` converts from.
     colour_source: tuple[tuple[str, str], ...] = ()
+    # The width of a stored pixel over its height, as the stream declares it (64:45 for 16:9
+    # PAL DV, 4:3 for HDV's 1440×1080; 1 for a photo): the frames are yielded widened or
+    # narrowed to square pixels (``width``), as players show them.
+    sample_aspect: Fraction = Fraction(1)
     # The stream is interlaced (its fields shot apart: 1080i from a broadcast or
     # lecture-capture camera): iter_frames deinterlaces it (``ffmpeg.DEINTERLACE``).
     interlaced: bool = False
@@ -298,6 +302,7 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         average_rate, nominal_rate, time_base = stream.average_rate, stream.guessed_rate, stream.time_base
         colour, colour_source = _colour(stream.codec_context)
         interlaced = stream.codec_context.field_order in _INTERLACED
+        sample_aspect = _believed(stream.sample_aspect_ratio)
         codec = stream.codec_context.name
         pixel_format = stream.codec_context.format.name if stream.codec_context.format is not None else ""
     check_reference_size(path, source_width, source_height, max_pixels=max_pixels)  # as decoded
@@ -311,6 +316,11 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
             path, video_stream, fps, max_frames, max_pixels
         )
     width, height = (source_height, source_width) if scan.rotation % 180 else (source_width, source_height)
+    if is_image:
+        sample_aspect = Fraction(1)  # a photo is shown as its pixels, whatever its JFIF density says
+    if sample_aspect != 1:  # shown in square pixels: the stored width, drawn wider or narrower
+        width = round(width / sample_aspect if scan.rotation % 180 else width * sample_aspect)
+        check_reference_size(path, width, height, max_pixels=max_pixels)  # as yielded
     return VideoInfo(
         path=path,
         width=width - width % 2,
@@ -325,6 +335,7 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         video_stream=video_stream,
         colour=colour,
         colour_source=colour_source,
+        sample_aspect=sample_aspect,
         interlaced=interlaced and not is_image,
         codec=codec,
         pixel_format=pixel_format,
@@ -335,6 +346,17 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
 # VideoInfo.colour makes of them; unspecified is BT.601 to FFmpeg's converters.
 _MATRICES = {1: "bt709", 2: "bt601", 5: "bt601", 6: "bt601"}  # bt709, unspecified, bt470bg, smpte170m
 _FULL_RANGE = 2  # AVCOL_RANGE_JPEG
+
+
+# Sample aspect ratios outside these are not believed (no camera writes them; a hostile
+# file could ask for frames a hundred times wider): such a stream is read in square pixels.
+_SAMPLE_ASPECT_BOUNDS = (Fraction(1, 4), Fraction(4))
+
+
+def _believed(sample_aspect: Fraction | None) -> Fraction:
+    """A stream's sample aspect ratio, 1 where it declares none or one out of bounds."""
+    low, high = _SAMPLE_ASPECT_BOUNDS
+    return sample_aspect if sample_aspect and low <= sample_aspect <= high else Fraction(1)
 
 
 # FFmpeg's field orders (AVFieldOrder) of an interlaced stream: TT, BB, TB, BT.

@@ -172,6 +172,15 @@ def make_interlaced(folder: Path, *, size: tuple[int, int] = (640, 360), seconds
     return interlaced, progressive
 
 
+def make_anamorphic(src: str | Path, path: str | Path, *, size: tuple[int, int], sample_aspect: str) -> Path:
+    """``src`` squeezed into ``size`` stored pixels, declared ``sample_aspect`` ("64/45": a
+    16:9 picture on 720×576, as PAL DV stores it)."""
+    width, height = size
+    subprocess.run([ffmpeg_exe(), *_QUIET, "-y", "-i", str(src), "-an", "-vf", f"scale={width}:{height},setsar={sample_aspect}",
+                    "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p", str(path)], check=True)  # fmt: skip
+    return Path(path)
+
+
 # How a phone or a camera would record an SDR picture in HDR or in BT.2020 (ffmpeg's names):
 # its white at BT.2408's HDR reference white (203 cd/m²), 10-bit HEVC, tagged.
 HDR_TRANSFERS = {"hlg": "arib-std-b67", "pq": "smpte2084", "bt2020": "bt2020-10"}
