@@ -1,4 +1,4 @@
-"""Reading and checking a manifest (CSV or Parquet) into a list of jobs.
+"""Reading and checking a manifest (CSV, an Excel workbook or Parquet) into a list of jobs.
 
 Problems that make the whole manifest unusable (unreadable file, missing column,
 duplicate job ids, two rows writing one file, a row writing a file that a row reads)
@@ -13,18 +13,22 @@ its folder, whichever it is; a cell may also hold a URI or an absolute local pat
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import unicodedata
+import zipfile
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import openpyxl
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+from openpyxl.utils.exceptions import InvalidFileException
 
 from heygem_ray import storage
 from heygem_ray.errors import InputError
@@ -117,10 +121,20 @@ def _read_table(path: Location) -> pa.Table:
     def source() -> Any:
         return path if data is None else pa.BufferReader(data)
 
+    head = _head(path) if isinstance(path, Path) else raw[:_HEAD_BYTES]
+    suffix = path.suffix.lower()
+    if suffix in _WORKBOOKS:
+        return _read_workbook(path, source())
+    if (unread := _unread_workbook(suffix, head)) is not None:
+        raise InputError(
+            f"manifest {path} is {unread}, which is not read: save it as an Excel workbook (.xlsx) or as "
+            "'CSV UTF-8', or give a Parquet file",
+            kind="bad_manifest",
+        )
     try:
-        if path.suffix.lower() == ".parquet":
+        if suffix == ".parquet":
             return pq.read_table(source())
-        read, parse = _csv_dialect(_head(path) if isinstance(path, Path) else raw[:_HEAD_BYTES])
+        read, parse = _csv_dialect(head)
         # Every CSV column is read as text: job ids like 007 keep their zeros.
         probe = pa_csv.read_csv(source(), read_options=read, parse_options=parse)
         as_text = {name: pa.string() for name in probe.column_names}
@@ -141,6 +155,74 @@ def _read_table(path: Location) -> pa.Table:
             "header line, or a Parquet file",
             kind="bad_manifest",
         ) from exc
+
+
+# Excel workbooks read as manifests (their first sheet); the other spreadsheet files, told
+# by their names or their first bytes, are refused with what to save them as.
+_WORKBOOKS = (".xlsx", ".xlsm")
+_OLE_MAGIC = bytes.fromhex("d0cf11e0a1b11ae1")  # a Compound File: Excel 97–2003's .xls
+_ZIP_MAGIC = b"PK\x03\x04"
+_OTHER_SHEETS = {".xls": "an Excel 97–2003 workbook (.xls)", ".ods": "an OpenDocument spreadsheet (.ods)",
+                 ".numbers": "a Numbers spreadsheet"}  # fmt: skip
+
+
+def _unread_workbook(suffix: str, head: bytes) -> str | None:
+    """What spreadsheet file a manifest that is not read as one is, or None."""
+    if suffix in _OTHER_SHEETS:
+        return _OTHER_SHEETS[suffix]
+    if head.startswith(_OLE_MAGIC):
+        return _OTHER_SHEETS[".xls"]
+    if head.startswith(_ZIP_MAGIC) and suffix != ".parquet":
+        return "a zip archive (a spreadsheet workbook, by its first bytes)"
+    return None
+
+
+def _read_workbook(path: Location, source: Any) -> pa.Table:
+    """The first sheet of an Excel workbook: its first row names the columns (unnamed
+    columns are left out), every cell as text, as a CSV's would be (a number as the sheet
+    shows it without a format: 7, 0.5; a date in ISO 8601), rows with no cell filled left out."""
+    try:
+        book = openpyxl.load_workbook(source, read_only=True, data_only=True)
+        try:
+            rows = book.worksheets[0].iter_rows(values_only=True) if book.worksheets else iter(())
+            header = [_cell_text(v) for v in next(rows, ())]
+            named = [i for i, name in enumerate(header) if name]
+            columns: list[list[str | None]] = [[] for _ in named]
+            for row in rows:
+                cells = [_cell_text(row[i]) if i < len(row) else None for i in named]
+                if any(cells):
+                    for column, cell in zip(columns, cells, strict=True):
+                        column.append(cell)
+        finally:
+            book.close()
+    except (InvalidFileException, zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise InputError(
+            f"manifest {path} could not be read as an Excel workbook ({type(exc).__name__}: {_first_line(exc)}): "
+            "save it again from the spreadsheet as .xlsx or 'CSV UTF-8'",
+            kind="bad_manifest",
+        ) from exc
+    names = [str(header[i]) for i in named]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise InputError(
+            f"manifest {path}: the first sheet's first row names {', '.join(map(repr, twice))} more than once: "
+            "give each column its own name",
+            kind="bad_manifest",
+        )
+    return pa.table({name: pa.array(column, pa.string()) for name, column in zip(names, columns, strict=True)})
+
+
+def _cell_text(value: object) -> str | None:
+    """A workbook cell as a CSV would hold it: None when empty."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    return str(value)
 
 
 # What is read of a CSV manifest to tell its encoding and delimiter: its header line is in it.

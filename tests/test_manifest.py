@@ -1,6 +1,8 @@
+import datetime
 import shutil
 from pathlib import Path
 
+import openpyxl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -148,6 +150,62 @@ def test_a_manifest_in_a_code_page_says_to_save_it_as_utf8(tmp_path):
         read_manifest(m, tmp_path / "out")
     assert caught.value.kind == "bad_manifest"
     assert caught.value.message.startswith(f"manifest {m} is not UTF-8 text (") and "'CSV UTF-8'" in caught.value.message
+
+
+def test_an_excel_workbook_is_read_from_its_first_sheet_as_its_csv_would_be(tmp_path):
+    """As course staff keep a night's lessons: a workbook whose first sheet names the
+    columns in its first row, ids typed as numbers (7) and as text ('007'), a date column,
+    an unnamed column of notes, formatted but empty rows at the end, and a second sheet."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["job_id", "audio", "video", None, "recorded"])
+    sheet.append([7, "Lesson 1.wav", "presenter.mp4", "a note", datetime.date(2026, 12, 4)])
+    sheet.append(["007", "lessons/Lesson 2.wav", "presenter.mp4", None, None])
+    sheet.append([12.0, " Lesson 3.wav", "presenter.mp4", None, None])
+    for row in range(5, 9):
+        sheet.cell(row=row, column=1).number_format = "0.00"  # formatted, never filled
+    book.create_sheet("drafts").append(["audio", "video"])
+    book.save(tmp_path / "night.xlsx")
+    jobs = read_manifest(tmp_path / "night.xlsx", tmp_path / "out")
+    assert [(j.job_id, j.audio, j.video) for j in jobs] == [
+        ("7", tmp_path / "Lesson 1.wav", tmp_path / "presenter.mp4"),
+        ("007", tmp_path / "lessons" / "Lesson 2.wav", tmp_path / "presenter.mp4"),
+        ("12", tmp_path / "Lesson 3.wav", tmp_path / "presenter.mp4"),
+    ]
+    assert jobs[0].extra == {"recorded": "2026-12-04T00:00:00"} and jobs[1].extra == {"recorded": None}
+    assert all(j.problem is None for j in jobs)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "says"),
+    [
+        ("night.xls", bytes.fromhex("d0cf11e0a1b11ae1") + bytes(504), "is an Excel 97–2003 workbook (.xls)"),
+        ("night.csv", bytes.fromhex("d0cf11e0a1b11ae1") + bytes(504), "is an Excel 97–2003 workbook (.xls)"),
+        ("night.ods", b"PK\x03\x04" + bytes(60), "is an OpenDocument spreadsheet (.ods)"),
+        ("night.csv", b"PK\x03\x04" + bytes(60), "is a zip archive"),
+    ],
+)
+def test_a_spreadsheet_not_read_says_what_to_save_it_as(tmp_path, name, data, says):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(InputError) as caught:
+        read_manifest(tmp_path / name, tmp_path / "out")
+    assert caught.value.kind == "bad_manifest"
+    assert says in caught.value.message and "save it as an Excel workbook (.xlsx) or as 'CSV UTF-8'" in caught.value.message
+
+
+def test_a_damaged_or_ambiguous_workbook_says_so(tmp_path):
+    (tmp_path / "cut.xlsx").write_bytes(b"PK\x03\x04" + bytes(60))
+    with pytest.raises(InputError, match=r"could not be read as an Excel workbook \(BadZipFile: .*save it again"):
+        read_manifest(tmp_path / "cut.xlsx", tmp_path / "out")
+    book = openpyxl.Workbook()
+    book.active.append(["audio", "video", "audio"])
+    book.active.append(["a.wav", "v.mp4", "b.wav"])
+    book.save(tmp_path / "twice.xlsx")
+    with pytest.raises(InputError, match="names 'audio' more than once"):
+        read_manifest(tmp_path / "twice.xlsx", tmp_path / "out")
+    openpyxl.Workbook().save(tmp_path / "blank.xlsx")
+    with pytest.raises(InputError, match="has no 'audio' or 'video' column"):
+        read_manifest(tmp_path / "blank.xlsx", tmp_path / "out")
 
 
 def test_missing_or_unreadable_manifest(tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import openpyxl
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -246,6 +247,15 @@ def test_a_manifest_in_a_bucket_resolves_its_rows_there(bucket):
     with pytest.raises(InputError) as err:
         read_manifest(bucket / "in/none.csv", bucket / "out")
     assert err.value.kind == "missing_file" and "check the URI" in err.value.message
+
+    book = openpyxl.Workbook()
+    for row in ["job_id,audio,video,output", *rows]:
+        book.active.append(row.split(","))
+    data = io.BytesIO()
+    book.save(data)
+    storage.write_bytes(bucket / "in/m.xlsx", data.getvalue())
+    from_book = {j.job_id: j for j in read_manifest(bucket / "in/m.xlsx", bucket / "out")}
+    assert [(j.audio, j.video, j.output) for j in from_book.values()] == [(j.audio, j.video, j.output) for j in jobs.values()]
 
 
 def test_a_rerun_into_a_bucket_skips_a_job_whose_object_is_the_one_its_job_published(bucket, tmp_path):
