@@ -3,13 +3,34 @@ network expects, said as one phrase per kind of mismatch, for the error that nam
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
 from heygem_ray.errors import InputError
 
 SHOWN_KEYS = 5  # offending keys named in an error message; the rest are counted
+# What weights files are called: named when a folder is given where a file is wanted.
+_WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".tar")
+
+
+def weights_file(path: str | os.PathLike[str], what: str, fix: str) -> Path:
+    """``path``, when it is a file; else ``missing_file`` saying what it is instead (not
+    there; a folder, with the weights files in it; a pipe or a device), then ``fix``."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        found = sorted(f.name for f in p.iterdir() if f.suffix.lower() in _WEIGHTS_SUFFIXES and f.is_file())
+        held = f"; it holds {name_keys(found)}: name one of them" if found else ", and holds no weights file"
+        problem = f"is a folder, not the {what} file{held}"
+    elif p.exists():
+        problem = f"is not a regular file (a pipe, a device or a socket), not the {what} file"
+    else:
+        problem = f"{what} not found"
+    raise InputError(f"{p}: {problem}. {fix}", kind="missing_file")
 
 
 def name_keys(keys: list[str]) -> str:

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
-from heygem_ray.models.checkpoint import SHOWN_KEYS, check_keys
+from heygem_ray.models.checkpoint import SHOWN_KEYS, check_keys, weights_file
 from heygem_ray.packs import StageIO, TensorSpec
 
 __all__ = ["FACE_SIZE", "STAGE_IO", "GFPGANConfig", "GFPGANv1Clean", "load", "restore", "to_faces", "to_network"]
@@ -361,9 +361,7 @@ def load(path: str | os.PathLike[str]) -> GFPGANv1Clean:
     checkpoints load through here too); then every key and shape must be exactly the
     architecture's. The weights are memory-mapped where the file's format allows.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: GFPGAN checkpoint not found. {_FIX}", kind="missing_file")
+    path = weights_file(path, "GFPGAN checkpoint", _FIX)
     sd = _state_dict(path, _read(path))
     config = _infer_config(path, sd)
     with torch.device("meta"):  # no memory and no initialisation for weights about to be replaced

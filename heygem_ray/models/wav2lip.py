@@ -37,7 +37,7 @@ from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
 from heygem_ray.features import MEL_STEP, N_MELS
-from heygem_ray.models.checkpoint import check_keys
+from heygem_ray.models.checkpoint import check_keys, weights_file
 from heygem_ray.models.sizes import WAV2LIP_EMBED, WAV2LIP_FACE
 
 # MEL_STEP: mel columns per video frame (200 ms at 80 columns/s); N_MELS: mel bands.
@@ -306,9 +306,7 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
     Accepts ``{"state_dict": sd, ...}`` or a bare ``sd``; keys may start with ``module.``.
     The key set and every shape must be exactly the public generator's.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint file not found. {_FIX}", kind="missing_file")
+    path = weights_file(path, "checkpoint", _FIX)
     try:
         obj = _read_checkpoint(path, map_location)
     except InputError:
@@ -328,9 +326,7 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
 
 def weights_hash(path: str | os.PathLike[str]) -> str:
     """sha256 hex digest of the checkpoint file's bytes (read in 1 MiB chunks)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint file not found. {_FIX}", kind="missing_file")
+    path = weights_file(path, "checkpoint", _FIX)
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

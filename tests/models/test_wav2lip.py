@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import Any
 
@@ -183,6 +184,26 @@ def test_missing_and_unreadable_files(tmp_path) -> None:
     with pytest.raises(InputError) as err:
         load(not_sd)
     assert err.value.kind == "bad_checkpoint"
+
+
+def test_a_folder_or_a_pipe_given_for_the_checkpoint_says_what_it_is(tmp_path) -> None:
+    """``--checkpoint checkpoints/`` (the folder the weights were downloaded to) names the
+    weights files in it; a FIFO is no file to read (it would block), not "not found"."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in ("wav2lip_gan.pth", "wav2lip.pth", "README.md"):
+        (folder / name).write_bytes(b"")
+    with pytest.raises(InputError) as err:
+        load(folder)
+    assert err.value.kind == "missing_file"
+    assert err.value.message.startswith(f"{folder}: is a folder, not the checkpoint file; it holds wav2lip.pth, "
+                                        "wav2lip_gan.pth: name one of them. Pass the public")  # fmt: skip
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="is a folder, not the checkpoint file, and holds no weights file"):
+        weights_hash(tmp_path / "empty")
+    os.mkfifo(tmp_path / "pipe.pth")
+    with pytest.raises(InputError, match=r"pipe\.pth: is not a regular file \(a pipe, a device or a socket\)"):
+        load(tmp_path / "pipe.pth")
 
 
 def test_pickled_objects_are_refused(tmp_path) -> None:
