@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -33,6 +34,7 @@ from tests.helpers.media import (
     make_exif_jpeg,
     make_gif,
     make_hdr,
+    make_heic,
     make_image,
     make_interlaced,
     make_silence,
@@ -616,6 +618,48 @@ def test_a_take_with_non_square_pixels_is_read_as_players_show_it(tmp_path: Path
                                             sample_aspect="100/1"))  # fmt: skip
     assert (odd.width, odd.height, odd.sample_aspect) == (64, 64, 1)
     assert next(media.iter_frames(odd)).shape == (64, 64, 3)
+
+
+@pytest.fixture
+def photo(examples: Path) -> np.ndarray:
+    """The bundled portrait at a phone photo's 4:3, 1200×900."""
+    return cv2.resize(cv2.imread(str(examples / "presenter.jpg")), (1200, 900), interpolation=cv2.INTER_AREA)
+
+
+@pytest.mark.parametrize("tile", [512, None], ids=["tiled", "one-picture"])
+def test_a_phones_heic_photo_is_read_as_one_picture(tmp_path: Path, photo: np.ndarray, tile: int | None) -> None:
+    """A .heic photo as a phone writes it: a grid of 512-px tiles, each a stream to FFmpeg.
+    It is read as the photo, whole, at a photo's rate (it was the top-left tile alone, as
+    a one-frame video at 1 frame a second: a video of 1 fps)."""
+    info = media.probe_video(make_heic(tmp_path / "IMG_0001.HEIC", photo, tile=tile))
+    assert (info.width, info.height, info.is_image, info.fps, info.frames) == (1200, 900, True, 25, 1)
+    assert info.tile_grid == (tile is not None)
+    (frame,) = media.iter_frames(info)
+    assert frame.shape == photo.shape and _psnr(frame, photo) > 33, _psnr(frame, photo)
+    (i420,) = media.iter_frames(info, pixel_format="yuv420p")
+    assert i420.shape == yuv.frame_shape(1200, 900)
+
+
+def test_a_turned_heic_photo_is_read_upright_and_one_over_the_limit_refused_before_decoding(
+    tmp_path: Path, photo: np.ndarray
+) -> None:
+    """A photo shot in portrait (EXIF orientation 6: its tiles stored sideways, with a
+    quarter turn to show them) is read turned, 900×1200; one whose boxes declare a picture
+    over the pixel limit is refused from its header, as a PNG's or JPEG's is."""
+    info = media.probe_video(make_heic(tmp_path / "portrait.heic", photo, orientation=6))
+    assert (info.width, info.height, info.rotation % 180) == (900, 1200, 90)
+    (frame,) = media.iter_frames(info)
+    assert _psnr(frame, cv2.rotate(photo, cv2.ROTATE_90_CLOCKWISE)) > 33
+    big = make_heic(tmp_path / "big.heic", photo)
+    data = bytearray(big.read_bytes())
+    (at,) = [m.start() + 8 for m in re.finditer(b"ispe", data) if data[m.start() + 8 : m.start() + 16] ==
+             struct.pack(">II", 1200, 900)]  # the whole picture's size (after version and flags), not a tile's
+    data[at : at + 8] = struct.pack(">II", 60000, 40000)
+    lying = tmp_path / "lying.heic"
+    lying.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"lying\.heic is 60000×40000 pixels") as err:
+        media.probe_video(lying, max_pixels=7680 * 4320)
+    assert err.value.kind == "too_large"
 
 
 def test_an_hdr_take_on_an_ffmpeg_without_zscale_says_which_ffmpeg_and_what_to_do(

@@ -28,7 +28,7 @@ from heygem_ray.packs import get_pack
 from heygem_ray.steps import TIMED
 from heygem_ray.timeline import loop_indices
 from heygem_ray.worker import ModelWorker
-from tests.helpers.media import HANG_MARK, hanging_ffmpeg, make_excerpt, make_hdr, make_silence, sleepers
+from tests.helpers.media import HANG_MARK, hanging_ffmpeg, make_excerpt, make_hdr, make_heic, make_silence, sleepers
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 
 FPS = 25
@@ -139,6 +139,21 @@ def test_a_take_shot_in_hdr_renders_as_the_sdr_take_and_its_row_says_it_was_tone
     with template:
         assert template.source_colour == "hlg"
         assert json.loads((template.root / "meta.json").read_text())["source_colour"] == "hlg"
+
+
+def test_a_phones_heic_photo_renders_as_a_photo(tmp_path, examples, warp_service):
+    """The presenter's photo as a phone saves it (.heic, 512-px tiles, shot in portrait):
+    the video is the whole photo, upright, at a photo's 25 frames a second for the whole
+    audio (it was the top-left tile, at 1 frame a second)."""
+    photo = cv2.resize(cv2.imread(str(examples / "presenter.jpg")), (800, 600), interpolation=cv2.INTER_AREA)
+    heic = make_heic(tmp_path / "IMG_0042.HEIC", cv2.rotate(photo, cv2.ROTATE_90_COUNTERCLOCKWISE), orientation=6)
+    result = render_job(job(tmp_path, examples / "lesson1.wav", heic), RenderConfig(chunk_frames=48), tmp_path / "cache",
+                        warp_service)  # fmt: skip
+    assert result.status == "ok", result.error
+    frames, fps = media.read_video(Path(result.output))
+    assert fps == FPS and frames.shape[1:] == (600, 800, 3)
+    assert len(frames) == round(media.probe_audio(examples / "lesson1.wav").duration * FPS)
+    assert np.abs(frames[0].astype(np.int16) - photo).mean() < 6  # upright: the photo, bar the mouth and the codec
 
 
 def test_where_nvdec_fails_on_a_reference_it_is_decoded_again_on_the_cpu_and_the_template_says_so(

@@ -63,8 +63,8 @@ def iter_frames(
     """
     fps = None if info.is_image else info.fps
     on_gpu = {"hwaccel": "cuda"} if decoder == "nvdec" else {}
-    source = ffmpeg.input(url(info.path), threads=DECODER_THREADS, **on_gpu,
-                          **decoder_limit(max_pixels))[f"v:{info.video_stream}"]  # fmt: skip
+    picture = "g:0" if info.tile_grid else f"v:{info.video_stream}"  # a .heic photo's tiles, put together
+    source = ffmpeg.input(url(info.path), threads=DECODER_THREADS, **on_gpu, **decoder_limit(max_pixels))[picture]
     decoded = video_filters(source, fps, info.interlaced)
     if info.colour in ("hlg", "pq", "bt2020"):
         decoded = to_sdr(decoded, info.colour, info.colour_source)

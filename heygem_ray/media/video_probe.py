@@ -24,7 +24,7 @@ from heygem_ray.errors import InputError
 from heygem_ray.media.container import contents, opened, reason, require_file
 from heygem_ray.media.ffmpeg import ffmpeg_exe, run, tail, url, video_filters
 from heygem_ray.media.headers import image_size
-from heygem_ray.media.isobmff import video_samples
+from heygem_ray.media.isobmff import heif_still, video_samples
 from heygem_ray.media.limits import check_reference_size, clock, decoder_limit, megapixels, too_many_frames
 
 IMAGE_FPS = Fraction(25)  # the rate a still image is given (ffmpeg's image2 default)
@@ -77,6 +77,10 @@ class VideoInfo:
     # PAL DV, 4:3 for HDV's 1440×1080; 1 for a photo): the frames are yielded widened or
     # narrowed to square pixels (``width``), as players show them.
     sample_aspect: Fraction = Fraction(1)
+    # A HEIF or AVIF still whose picture is a grid of tiles (a phone's .heic photo: 4032×3024
+    # in 48 tiles of 512×512, each a stream of its own): FFmpeg puts the tiles together as
+    # its first stream group, which iter_frames reads instead of ``video_stream``.
+    tile_grid: bool = False
     # The stream is interlaced (its fields shot apart: 1080i from a broadcast or
     # lecture-capture camera): iter_frames deinterlaces it (``ffmpeg.DEINTERLACE``).
     interlaced: bool = False
@@ -292,13 +296,20 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         if max_frames is not None and listed > max_frames:
             raise too_many_frames(path, f"lists {listed:,} frames in its header", max_frames)
 
+    # A phone's .heic photo: its picture's size, tiling and turn, from its boxes (FFmpeg's
+    # streams are its tiles), checked before any tile is decoded.
+    still = heif_still(path)
+    if still is not None:
+        check_reference_size(path, still.width, still.height, max_pixels=max_pixels)
     with opened(path, "reference", max_pixels=max_pixels, check=declared) as container:
         stream = _video_stream(container, path, "reference")
-        looks_like_image = _looks_like_image(container, stream)
+        looks_like_image = still is not None or _looks_like_image(container, stream)
         scan = _scan(container, stream, path, decode=2 if looks_like_image else 1,  # one picture, or an animation?
                      max_frames=max_frames, max_pixels=max_pixels)  # fmt: skip
         video_stream = container.streams.video.index(stream)
         source_width, source_height = stream.codec_context.width, stream.codec_context.height
+        if still is not None:
+            source_width, source_height = still.width, still.height
         average_rate, nominal_rate, time_base = stream.average_rate, stream.guessed_rate, stream.time_base
         colour, colour_source = _colour(stream.codec_context)
         interlaced = stream.codec_context.field_order in _INTERLACED
@@ -315,11 +326,12 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         frames = _constant_rate_frames(scan, time_base, fps) or _decoded_frames(
             path, video_stream, fps, max_frames, max_pixels
         )
-    width, height = (source_height, source_width) if scan.rotation % 180 else (source_width, source_height)
+    rotation = scan.rotation if still is None else still.rotation
+    width, height = (source_height, source_width) if rotation % 180 else (source_width, source_height)
     if is_image:
         sample_aspect = Fraction(1)  # a photo is shown as its pixels, whatever its JFIF density says
     if sample_aspect != 1:  # shown in square pixels: the stored width, drawn wider or narrower
-        width = round(width / sample_aspect if scan.rotation % 180 else width * sample_aspect)
+        width = round(width / sample_aspect if rotation % 180 else width * sample_aspect)
         check_reference_size(path, width, height, max_pixels=max_pixels)  # as yielded
     return VideoInfo(
         path=path,
@@ -328,7 +340,7 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         fps=fps,
         frames=frames,
         duration=0.0 if is_image else float(frames / fps),
-        rotation=scan.rotation,
+        rotation=rotation,
         is_image=is_image,
         source_width=source_width,
         source_height=source_height,
@@ -336,6 +348,7 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         colour=colour,
         colour_source=colour_source,
         sample_aspect=sample_aspect,
+        tile_grid=still is not None and still.grid,
         interlaced=interlaced and not is_image,
         codec=codec,
         pixel_format=pixel_format,

@@ -181,6 +181,21 @@ def make_anamorphic(src: str | Path, path: str | Path, *, size: tuple[int, int],
     return Path(path)
 
 
+def make_heic(path: str | Path, picture: np.ndarray, *, tile: int | None = 512, orientation: int = 1) -> Path:
+    """``picture`` (BGR) as a phone writes a photo: HEIC, in ``tile``-pixel tiles (None: one
+    picture), to be shown turned as EXIF's ``orientation`` says (6: a quarter turn clockwise),
+    which libheif stores as the picture's ``irot``."""
+    import pillow_heif  # type: ignore[import-untyped]  # only for these tests
+    from PIL import Image
+
+    rgb = np.ascontiguousarray(picture[:, :, ::-1])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    heif = pillow_heif.from_bytes(mode="RGB", size=(rgb.shape[1], rgb.shape[0]), data=rgb.tobytes())
+    heif.save(str(path), quality=95, exif=exif.tobytes(), **({"tile_size": tile} if tile else {}))
+    return Path(path)
+
+
 # How a phone or a camera would record an SDR picture in HDR or in BT.2020 (ffmpeg's names):
 # its white at BT.2408's HDR reference white (203 cd/m²), 10-bit HEVC, tagged.
 HDR_TRANSFERS = {"hlg": "arib-std-b67", "pq": "smpte2084", "bt2020": "bt2020-10"}
