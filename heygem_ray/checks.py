@@ -74,7 +74,8 @@ POOR_SHARE = 0.2
 # length: audio longer than this many times the looped reference repeats its moves visibly.
 MAX_LOOPS = 4.0
 # colour: how each VideoInfo.colour other than SDR's was shot.
-SHOT_IN = {"hlg": "HDR (HLG)", "pq": "HDR (PQ)", "bt2020": "SDR in BT.2020's wide gamut"}
+SHOT_IN = {"hlg": "HDR (HLG)", "pq": "HDR (PQ)", "bt2020": "SDR in BT.2020's wide gamut",
+           "p3": "SDR in Display P3's wide gamut"}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,7 @@ def test_the_reference_length_against_the_audio_and_the_loop_mode(example):
         ("bt709", "ok", "SDR"),
         ("", "ok", "SDR"),
         ("bt2020", "ok", "SDR in BT.2020's wide gamut, mapped into BT.709's"),
+        ("p3", "ok", "SDR in Display P3's wide gamut, mapped into BT.709's"),
         ("hlg", "warn", "shot in HDR (HLG), tone-mapped to SDR BT.709"),
         ("pq", "warn", "shot in HDR (PQ), tone-mapped to SDR BT.709"),
     ],

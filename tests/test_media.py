@@ -557,8 +557,8 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize(
-    ("colour", "tag_matrix"), [("hlg", True), ("pq", True), ("bt2020", True), ("hlg", False)],
-    ids=["hlg", "pq", "bt2020", "hlg-matrix-undeclared"],
+    ("colour", "tag_matrix"), [("hlg", True), ("pq", True), ("bt2020", True), ("p3", True), ("hlg", False)],
+    ids=["hlg", "pq", "bt2020", "display-p3", "hlg-matrix-undeclared"],
 )
 def test_an_hdr_or_wide_gamut_take_is_read_as_the_sdr_picture_it_was_shot_from(
     tmp_path: Path, examples: Path, colour: str, tag_matrix: bool

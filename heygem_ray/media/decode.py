@@ -31,7 +31,7 @@ from heygem_ray.media.ffmpeg import (
     video_filters,
 )
 from heygem_ray.media.limits import clock, decoder_limit
-from heygem_ray.media.video_probe import VideoInfo, probe_video
+from heygem_ray.media.video_probe import MAPPED_COLOURS, VideoInfo, probe_video
 
 _READ_CHUNK = 1 << 20  # bytes per read from an audio pipe
 # FFmpeg's threads per reference decoder. Left alone, its H.264 decoder runs a frame thread
@@ -66,7 +66,7 @@ def iter_frames(
     picture = "g:0" if info.tile_grid else f"v:{info.video_stream}"  # a .heic photo's tiles, put together
     source = ffmpeg.input(url(info.path), threads=DECODER_THREADS, **on_gpu, **decoder_limit(max_pixels))[picture]
     decoded = video_filters(source, fps, info.interlaced)
-    if info.colour in ("hlg", "pq", "bt2020"):
+    if info.colour in MAPPED_COLOURS:
         decoded = to_sdr(decoded, info.colour, info.colour_source)
     # A guard for streams that change size midway: every frame comes out width × height.
     if pixel_format == "yuv420p":

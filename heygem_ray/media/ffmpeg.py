@@ -148,19 +148,19 @@ def missing_filters() -> tuple[str, ...]:
 
 
 def to_sdr(stream: Any, colour: str, source: tuple[tuple[str, str], ...]) -> Any:
-    """The pictures of ``stream``, HDR (``colour`` "hlg" or "pq") or SDR in BT.2020's gamut
-    ("bt2020"), described by ``source`` (``VideoInfo.colour_source``), as SDR BT.709
+    """The pictures of ``stream``, HDR (``colour`` "hlg" or "pq") or SDR in a wide gamut
+    ("bt2020", "p3"), described by ``source`` (``VideoInfo.colour_source``), as SDR BT.709
     limited-range 4:2:0, tagged so. An ffmpeg without the filters for it is
     ``ffmpeg_missing``."""
     if missing := missing_filters():
         raise EngineError(
             f"the ffmpeg in use ({ffmpeg_exe()}) has no {' or '.join(missing)} filter, which maps a take shot "
-            f"in {'HDR' if colour != 'bt2020' else 'BT.2020'} to SDR: point HEYGEM_FFMPEG at an ffmpeg built "
+            f"in {'HDR' if colour in ('hlg', 'pq') else 'a wide gamut'} to SDR BT.709: point HEYGEM_FFMPEG at an ffmpeg built "
             "with zimg (Debian's and Ubuntu's are), or unset it and take ffmpeg off PATH to use the bundled one; "
             "or export the take as SDR (BT.709)",
             kind="ffmpeg_missing",
         )
-    if colour == "bt2020":
+    if colour not in ("hlg", "pq"):
         mapped = stream.filter("zscale", **dict(source), t="709", p="709")
     else:
         linear = stream.filter("zscale", **dict(source), t="linear", npl=HDR_WHITE_NITS).filter("format", "gbrpf32le")

@@ -67,10 +67,10 @@ class VideoInfo:
     # How the stream's pictures reach BT.709 limited-range I420 (iter_frames's
     # pixel_format="yuv420p"): "bt709" (they are that already), "bt601" (4:2:0, limited
     # range, BT.601 or untagged, which every reader takes for BT.601: a change of matrix
-    # alone), "hlg" or "pq" (HDR: tone-mapped to SDR, ``ffmpeg.to_sdr``), "bt2020" (SDR in
-    # BT.2020's wider gamut: mapped into BT.709's), or "" (anything else: converted whole).
+    # alone), "hlg" or "pq" (HDR: tone-mapped to SDR, ``ffmpeg.to_sdr``), "bt2020" or "p3"
+    # (SDR in a wider gamut: mapped into BT.709's), or "" (anything else: converted whole).
     colour: str = ""
-    # For "hlg", "pq" and "bt2020": zscale's names of the stream's transfer, primaries,
+    # For MAPPED_COLOURS: zscale's names of the stream's transfer, primaries,
     # matrix and range, which ``ffmpeg.to_sdr`` converts from.
     colour_source: tuple[tuple[str, str], ...] = ()
     # The width of a stored pixel over its height, as the stream declares it (64:45 for 16:9
@@ -377,18 +377,24 @@ _INTERLACED = (2, 3, 4, 5)
 # BT.2100's HDR transfers (AVColorTransferCharacteristic: smpte2084, arib-std-b67), as
 # VideoInfo.colour and zscale name them; BT.2020's primaries (AVColorPrimaries).
 _HDR = {16: ("pq", "smpte2084"), 18: ("hlg", "arib-std-b67")}
-_BT2020_PRIMARIES = 9
-# The primaries and matrices a BT.2020 or HDR stream may declare, as zscale names them; one
-# that declares none (or another) is taken for BT.2020's, as phones write it.
+# Wide gamuts an SDR stream may declare (AVColorPrimaries: BT.2020; DCI-P3 and Display P3,
+# as an iPhone's photos are), as VideoInfo.colour names them.
+_WIDE_GAMUTS = {9: "bt2020", 11: "p3", 12: "p3"}
+# What iter_frames maps to SDR BT.709 (``ffmpeg.to_sdr``): HDR, and SDR in a wide gamut.
+MAPPED_COLOURS = ("hlg", "pq", "bt2020", "p3")
+# The primaries and matrices a wide-gamut or HDR stream may declare, as zscale names them;
+# one that declares none (or another) is taken for BT.2020's, as phones write HDR.
 _ZSCALE_PRIMARIES = {1: "709", 9: "2020", 11: "smpte431", 12: "smpte432"}
 _ZSCALE_MATRICES = {1: "709", 5: "470bg", 6: "170m", 9: "2020_ncl", 10: "2020_cl"}
 
 
 def _colour(codec: av.video.codeccontext.VideoCodecContext) -> tuple[str, tuple[tuple[str, str], ...]]:
     """VideoInfo.colour and .colour_source of a stream, from its codec parameters (no decoding)."""
-    hdr = _HDR.get(int(codec.color_trc))
-    if hdr is not None or int(codec.color_primaries) == _BT2020_PRIMARIES:
-        colour, transfer = hdr or ("bt2020", "709")
+    # SDR in a wide gamut keeps its code values' curve (a photo's sRGB is read as BT.709's,
+    # as every JPEG is): only its primaries change.
+    wide = _WIDE_GAMUTS.get(int(codec.color_primaries))
+    colour, transfer = _HDR.get(int(codec.color_trc)) or ((wide, "709") if wide is not None else ("", ""))
+    if colour:
         source = (
             ("tin", transfer),
             ("pin", _ZSCALE_PRIMARIES.get(int(codec.color_primaries), "2020")),

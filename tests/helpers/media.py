@@ -198,20 +198,21 @@ def make_heic(path: str | Path, picture: np.ndarray, *, tile: int | None = 512, 
 
 # How a phone or a camera would record an SDR picture in HDR or in BT.2020 (ffmpeg's names):
 # its white at BT.2408's HDR reference white (203 cd/m²), 10-bit HEVC, tagged.
-HDR_TRANSFERS = {"hlg": "arib-std-b67", "pq": "smpte2084", "bt2020": "bt2020-10"}
+HDR_TRANSFERS = {"hlg": "arib-std-b67", "pq": "smpte2084", "bt2020": "bt2020-10", "p3": "bt709"}
 
 
 def make_hdr(src: str | Path, path: str | Path, *, colour: str, seconds: float = 2.0, tag_matrix: bool = True) -> Path:
     """``seconds`` of the SDR video ``src`` as shot in ``colour`` ("hlg", "pq": HDR;
-    "bt2020": SDR in BT.2020's gamut), BT.2020 primaries and matrix, 10-bit HEVC (as a phone
-    writes HDR). ``tag_matrix=False`` leaves the matrix undeclared."""
-    transfer = HDR_TRANSFERS[colour]
+    "bt2020": SDR in BT.2020's gamut; "p3": SDR in Display P3's), BT.2020 primaries (P3's)
+    and matrix, 10-bit HEVC (as a phone writes HDR). ``tag_matrix=False`` leaves the matrix
+    undeclared."""
+    transfer, primaries = HDR_TRANSFERS[colour], "smpte432" if colour == "p3" else "bt2020"
     to_linear = "zscale=tin=bt709:min=bt709:pin=bt709:rin=tv:t=linear:m=bt709:p=bt709:npl=203,format=gbrpf32le"
-    shot = f"zscale=t={transfer}:p=bt2020:m=bt2020nc:r=tv:npl=203,format=yuv420p10le"
+    shot = f"zscale=t={transfer}:p={primaries}:m=bt2020nc:r=tv:npl=203,format=yuv420p10le"
     matrix = "bt2020nc" if tag_matrix else "unknown"
     subprocess.run([ffmpeg_exe(), *_QUIET, "-y", "-i", str(src), "-t", str(seconds), "-an", "-vf", f"{to_linear},{shot}",
                     "-c:v", "libx265", "-preset", "ultrafast", "-crf", "10", "-x265-params", "log-level=error",
-                    "-color_primaries", "bt2020", "-color_trc", transfer, "-colorspace", matrix, str(path)],
+                    "-color_primaries", primaries, "-color_trc", transfer, "-colorspace", matrix, str(path)],
                    check=True)  # fmt: skip
     return Path(path)
 
