@@ -51,7 +51,7 @@ import zipfile
 from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -332,9 +332,9 @@ def analyze(
     key = template_key(video, geometry, detector)
     root = cache_dir / key
     storage.makedirs(cache_dir)
-    with storage.file_lock(cache_dir / f"{key}.lock"):
+    with storage.file_lock(lock_path(cache_dir, key)):
         with storage_errors(cache_dir):
-            _remove_leftovers(cache_dir, key)
+            remove_leftovers(cache_dir, key)
         if os.path.lexists(root):
             try:
                 template = Template.open(root)
@@ -342,8 +342,9 @@ def analyze(
                 log.warning("the cached analysis of %s in %s is damaged (%s): analysing the reference again",
                             video, root, exc)  # fmt: skip
                 with storage_errors(cache_dir):
-                    _set_aside(root, cache_dir / f".{key}.{uuid.uuid4().hex}.damaged")
+                    set_aside(root, cache_dir / f".{key}.{uuid.uuid4().hex}.damaged")
             else:
+                mark_used(root)
                 return _within_limits(template, video, limits), True
         # Probed only when building: a reference whose frames the probe cannot count from its
         # packets (variable rate, say) is decoded once for that.
@@ -360,6 +361,18 @@ def analyze(
         return Template.open(root), False
 
 
+def lock_path(cache_dir: Path, key: str) -> Path:
+    """The lock every build, open and removal of template ``key`` holds."""
+    return cache_dir / f"{key}.lock"
+
+
+def mark_used(root: Path) -> None:
+    """Note that a run uses the template ``root`` now (its folder's modification time, which
+    ``template_cache.prune`` reads); a cache this process cannot write is left as it is."""
+    with suppress(OSError):
+        os.utime(root)
+
+
 def _within_limits(template: Template, video: Path, limits: InputLimits) -> Template:
     """``template``, unless its reference is over ``limits`` (then it is closed, and the
     error raised)."""
@@ -372,18 +385,27 @@ def _within_limits(template: Template, video: Path, limits: InputLimits) -> Temp
     return template
 
 
-def _remove_leftovers(cache_dir: Path, key: str) -> None:
+def remove_leftovers(cache_dir: Path, key: str) -> None:
     """Remove what builds of template ``key`` left behind: a temporary folder of one that was
-    killed, a damaged template set aside. Called under the key's lock, which every build
-    holds, so no build of this key is writing any of them."""
-    for left in cache_dir.glob(f".{key}.*"):
-        if left.suffix in (".tmp", ".damaged"):
-            _remove(left)
+    killed, a damaged or pruned template set aside. Called under the key's lock, which every
+    build holds, so no build of this key is writing any of them."""
+    for left in leftovers(cache_dir, key):
+        _remove(left)
 
 
-def _set_aside(root: Path, aside: Path) -> None:
-    """Move the damaged template ``root`` out of the way, then remove it (a job that has it
-    open reads on from the files it holds)."""
+def leftovers(cache_dir: Path, key: str = "*") -> list[Path]:
+    """What builds of template ``key`` (any, by default) left in ``cache_dir`` (``remove_leftovers``)."""
+    return [left for left in cache_dir.glob(f".{key}.*") if left.suffix in LEFTOVER_SUFFIXES]
+
+
+# What a template's key names beside its folder: a killed build's temporary folder, and
+# templates set aside to be removed (damaged, or pruned) that a removal left behind.
+LEFTOVER_SUFFIXES = (".tmp", ".damaged", ".pruned")
+
+
+def set_aside(root: Path, aside: Path) -> None:
+    """Move the template ``root`` out of the way (to ``aside``: a damaged or pruned one),
+    then remove it (a job that has it open reads on from the files it holds)."""
     os.replace(root, aside)
     _remove(aside)
 

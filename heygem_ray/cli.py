@@ -7,9 +7,10 @@ import faulthandler
 import itertools
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, TextIO, cast, get_args
+from typing import TYPE_CHECKING, Annotated, TextIO, cast, get_args
 
 import typer
 from rich.console import Console
@@ -45,6 +46,9 @@ from heygem_ray.driver import submit as run_submit
 from heygem_ray.errors import HeygemError, Interrupted, RunStopped
 from heygem_ray.results import JobResult
 from heygem_ray.worker_io import WorkerInfo
+
+if TYPE_CHECKING:
+    from heygem_ray import template_cache
 
 LISTED = 20  # outputs and failures printed at the end of a run; results.parquet holds them all
 
@@ -470,3 +474,71 @@ def report(
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(2) from None
     print(path.resolve())
+
+
+cache_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Inspect and prune the template cache (analysed references).")
+app.add_typer(cache_app, name="cache")
+_CACHE_HELP = "The template cache (--cache-dir of submit and preview; default: ~/.cache/heygem-ray/templates)."
+
+
+@cache_app.command("list")
+def cache_list(
+    cache_dir: Annotated[Path | None, typer.Option(help=_CACHE_HELP)] = None,
+) -> None:
+    """Print the templates in the cache, least recently used first: size, when a run last
+    used it, its template version, and the reference it was analysed from.
+
+    Exit status: 0 when listed, 2 when the cache cannot be read."""
+    from heygem_ray import template_cache
+
+    folder = cache_dir or default_cache_dir()
+    try:
+        entries = template_cache.scan(folder)
+    except HeygemError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    for e in entries:
+        print(_cache_line(e))
+    print(f"{len(entries)} in {folder}, {_gib(sum(e.bytes for e in entries))}")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    unused_days: Annotated[float, typer.Option(help="Remove the templates no run has used for this many days.")] = 30.0,
+    cache_dir: Annotated[Path | None, typer.Option(help=_CACHE_HELP)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be removed; remove nothing.")] = False,
+) -> None:
+    """Remove the templates no run has used for --unused-days (default 30), among them those
+    of earlier versions, which this one never reads, and what killed builds left. A template
+    in use (being built, or a job opening it) is left, and said so; a job reading one reads
+    on. Safe while runs go on; a pruned reference is analysed again when next used.
+
+    Exit status: 0 when pruned (or nothing was due), 2 when the cache cannot be read or written."""
+    from heygem_ray import template_cache
+
+    folder = cache_dir or default_cache_dir()
+    if unused_days < 0:
+        print("error: --unused-days must be 0 or more", file=sys.stderr)
+        raise typer.Exit(2)
+    try:
+        removed, busy = template_cache.prune(folder, unused_days * 86400, dry_run=dry_run)
+    except HeygemError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    verb = "would remove" if dry_run else "removed"
+    for e in removed:
+        print(f"{verb} {_cache_line(e)}")
+    for e in busy:
+        print(f"in use, left {_cache_line(e)}")
+    print(f"{verb} {len(removed)} from {folder}, {_gib(sum(e.bytes for e in removed))}"
+          + (f"; {len(busy)} in use, left" if busy else ""))
+
+
+def _cache_line(e: template_cache.Entry) -> str:
+    used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+    what = "left by a killed build" if e.leftover else f"v{e.version if e.version is not None else '?'} {e.source or '(unreadable meta.json)'}"
+    return f"{e.path}  {_gib(e.bytes)}  used {used}  {what}"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"

@@ -647,14 +647,23 @@ def _error(action: str, loc: Uri, exc: BaseException, after: str = "") -> InputE
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing) across processes on this machine."""
+def file_lock(path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive lock on ``path`` (created if missing) across processes on this
+    machine; yields True. With ``wait=False``, one held elsewhere is not waited for: the
+    block runs without it, given False."""
     with storage_errors(path.parent):
         f = open(path, "a")
     with f:
-        with progress.waiting():  # on another job, which is watched itself
-            fcntl.flock(f, fcntl.LOCK_EX)
+        if wait:
+            with progress.waiting():  # on another job, which is watched itself
+                fcntl.flock(f, fcntl.LOCK_EX)
+        else:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)

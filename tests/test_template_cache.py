@@ -3,20 +3,27 @@ template that is not whole is set aside and built again with a warning, instead 
 every row of its reference; a frame found damaged while read fails its row once and marks
 the template for the next analysis; a job reading a template goes on reading it while
 another job replaces it; leftovers of killed builds are removed. The restoration tiles
-kept with a template mend themselves too."""
+kept with a template mend themselves too. Pruning removes what no run has used for a
+while, never what is in use."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from heygem_ray import analyze as analyze_module
+from heygem_ray import storage, template_cache
 from heygem_ray.analyze import DAMAGED_FILE, Template, analyze
+from heygem_ray.cli import app
 from heygem_ray.config import DetectorConfig, InputLimits
 from heygem_ray.errors import InputError
 from heygem_ray.job.tiles import restore_inputs
@@ -24,6 +31,7 @@ from heygem_ray.packs import get_pack
 from heygem_ray.timeline import plan
 
 GEOMETRY, DETECTOR = get_pack("warp").geometry, DetectorConfig()
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +221,96 @@ def test_damaged_restoration_tiles_are_made_again(cache, examples, caplog):
         assert got == want
         index.write_bytes(b"garbage")
         assert tiles() == want
+
+
+# --------------------------------------------------------------------------- pruning
+
+DAY = 86400.0
+
+
+def _age(path: Path, days: float) -> None:
+    then = time.time() - days * DAY
+    os.utime(path, (then, then))
+
+
+def _other_template(root: Path, key: str, days: float) -> Path:
+    """A copy of the template ``root`` under another key (another reference's), last used ``days`` ago."""
+    other = Path(shutil.copytree(root, root.parent / key))
+    _age(other, days)
+    return other
+
+
+def test_prune_removes_what_no_run_used_for_the_time_given_and_what_killed_builds_left(cache, examples):
+    """A cache used night after night: the presenter's template last used 40 days ago, one
+    used yesterday, another version's from 60 days ago, and a killed build's folder.
+    A dry run removes nothing; then the two unused for over 30 days and the leftover go,
+    yesterday's stays, and the presenter's is analysed again when next used."""
+    root = _root(cache)
+    recent = _other_template(root, "a" * 32, 1)
+    old_version = _other_template(root, "b" * 32, 60)
+    (old_version / "meta.json").write_text(json.dumps({**json.loads((root / "meta.json").read_text()), "version": 7}))
+    _age(old_version, 60)
+    killed = cache / f".{'c' * 32}.{'0' * 32}.tmp"
+    killed.mkdir()
+    (killed / "frames.bin").write_bytes(bytes(1000))
+    _age(root, 40)
+
+    would, busy = template_cache.prune(cache, 30 * DAY, dry_run=True)
+    assert {e.path for e in would} == {root, old_version, killed} and busy == []
+    assert all(p.exists() for p in (root, recent, old_version, killed))
+
+    removed, busy = template_cache.prune(cache, 30 * DAY)
+    assert {e.path for e in removed} == {root, old_version, killed} and busy == []
+    assert [e.version for e in removed if e.path == old_version] == [7]
+    assert sum(e.bytes for e in removed) > 2 * (root.parent / recent.name / "frames.bin").stat().st_size
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [recent.name]
+    template, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    template.close()
+    assert not cached and template.root == root
+
+
+def test_a_template_in_use_is_left_and_a_job_reading_one_reads_on(cache, examples):
+    """The key's lock held (a build of it, or a job opening it): the template is left and
+    said so. A job that has it open while it is pruned reads every frame on."""
+    root = _root(cache)
+    _age(root, 40)
+    with storage.file_lock(analyze_module.lock_path(cache, root.name)):
+        removed, busy = template_cache.prune(cache, 30 * DAY)
+    assert removed == [] and [e.path for e in busy] == [root] and root.is_dir()
+
+    template, _ = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    before = list(template.read_i420(np.arange(template.frames)))
+    _age(root, 40)  # the analysis marked it used: aged again, as if that was long ago
+    with template:
+        removed, _ = template_cache.prune(cache, 30 * DAY)
+        assert [e.path for e in removed] == [root] and not root.exists()
+        after = list(template.read_i420(np.arange(template.frames)))
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_every_analysis_marks_its_template_used(cache, examples):
+    root = _root(cache)
+    _age(root, 40)
+    template, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    template.close()
+    assert cached and time.time() - root.stat().st_mtime < 60
+    assert template_cache.prune(cache, 30 * DAY) == ([], [])
+
+
+def test_the_cache_commands_list_and_prune(cache):
+    root = _root(cache)
+    recent = _other_template(root, "a" * 32, 1)
+    _age(root, 40)
+    listed = runner.invoke(app, ["cache", "list", "--cache-dir", str(cache)])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert lines[0].startswith(f"{root}  ") and lines[1].startswith(f"{recent}  ") and "presenter.mp4" in lines[0]
+    assert lines[-1].startswith(f"2 in {cache}, ")
+    dry = runner.invoke(app, ["cache", "prune", "--cache-dir", str(cache), "--dry-run"])
+    assert dry.exit_code == 0 and dry.stdout.startswith(f"would remove {root}  ") and root.is_dir()
+    pruned = runner.invoke(app, ["cache", "prune", "--cache-dir", str(cache), "--unused-days", "0.5"])
+    assert pruned.exit_code == 0, pruned.output
+    assert pruned.stdout.splitlines()[-1].startswith(f"removed 2 from {cache}, ")
+    assert not root.exists() and not recent.exists()
+    bad = runner.invoke(app, ["cache", "prune", "--cache-dir", str(cache), "--unused-days", "-1"])
+    assert bad.exit_code == 2 and "--unused-days must be 0 or more" in bad.output
