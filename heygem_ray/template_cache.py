@@ -78,6 +78,8 @@ def prune(cache_dir: Path, unused_for_s: float, *, dry_run: bool = False) -> tup
             if not held:
                 busy.append(entry)
                 continue
+            if not entry.path.exists():  # removed meanwhile (another prune, the next build of its key)
+                continue
             with storage_errors(cache_dir):
                 if entry.leftover:
                     analyze.remove_leftovers(cache_dir, entry.key)
