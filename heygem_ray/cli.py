@@ -511,7 +511,8 @@ def cache_prune(
     """Remove the templates no run has used for --unused-days (default 30), among them those
     of earlier versions, which this one never reads, and what killed builds left. A template
     in use (being built, or a job opening it) is left, and said so; a job reading one reads
-    on. Safe while runs go on; a pruned reference is analysed again when next used.
+    on. Safe while runs go on (a job marks its template used when it starts: give
+    --unused-days longer than a job runs); a pruned reference is analysed again when next used.
 
     Exit status: 0 when pruned (or nothing was due), 2 when the cache cannot be read or written."""
     from heygem_ray import template_cache
