@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
 
-from heygem_ray import heap, storage
+from heygem_ray import heap, storage, template_cache
 from heygem_ray.cli import describe_workers
 from heygem_ray.config import (
     BackendName,
@@ -73,7 +73,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                "start (or another run holds the folder) or no model worker is left, 130 / 143 stopped by SIGINT / "
                "SIGTERM.",
     )
-    p.add_argument("manifest", type=_location, help="CSV or Parquet manifest (columns audio, video; optionally job_id, output).")
+    p.add_argument("manifest", type=_location, help="CSV, Excel (.xlsx) or Parquet manifest (columns audio, video; optionally job_id, output).")
     p.add_argument("output_root", type=_location, help="Each night's run goes to OUTPUT_ROOT/<date>/ (a path or s3:// / gs:// URI).")
     p.add_argument("--date", type=_iso_date, default=None,
                    help="The run's date, YYYY-MM-DD (default: today in UTC). Pass it to resume a night after midnight.")
@@ -132,6 +132,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allow-silent-audio", action="store_true",
                    help="Render audio with no sound in it; by default such a row fails 'silent_audio'.")
     p.add_argument("--force", action="store_true", help="Render every row again, even rows this date already finished.")
+    p.add_argument("--prune-cache-days", type=_days, default=30.0,
+                   help="After the night, remove the templates no run has used for this many days, as 'heygem-ray "
+                        "cache prune' does (default 30; 0 leaves the cache alone).")
     return p.parse_args(argv)
 
 
@@ -201,12 +204,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     counts = {"ok": summary.ok, "skipped": summary.skipped, "failed": summary.failed}
     code = 1 if summary.failed else 0
+    pruned = _prune_cache(cfg.cache_dir, args.prune_cache_days, date)
     _write_run(out, run | {"exit_code": code, "jobs": summary.total, **counts,
-                           "results": str(summary.results_path.resolve())})
+                           "results": str(summary.results_path.resolve()), **pruned})
     _say(date, f"{summary.ok} ok, {summary.skipped} skipped (done earlier), {summary.failed} failed "
                f"of {summary.total} jobs; exit {code}")
     _say(date, f"results: {summary.results_path.resolve()}")
     return code
+
+
+def _prune_cache(cache_dir: Path, days: float, date: str) -> dict[str, Any]:
+    """After a night, the templates no run has used for ``days`` removed (none when 0): what
+    was, for run.json. A cache that cannot be pruned is a log line, not the night's error."""
+    if days <= 0:
+        return {}
+    try:
+        removed, busy = template_cache.prune(cache_dir, days * 86400)
+    except HeygemError as exc:
+        _say(date, f"template cache not pruned: {exc.message}")
+        return {}
+    freed = sum(e.bytes for e in removed)
+    if removed or busy:
+        _say(date, f"template cache {cache_dir}: removed {len(removed)} unused for {days:g} days, "
+                   f"{freed / 2**30:.2f} GiB" + (f"; {len(busy)} in use, left" if busy else ""))  # fmt: skip
+    return {"cache_pruned": {"templates": len(removed), "bytes": freed, "in_use": len(busy)}}
 
 
 def ray_job_submission_id() -> str | None:
@@ -281,6 +302,16 @@ def _location(text: str) -> Location:
         return location(text)
     except (HeygemError, ValueError) as exc:
         raise argparse.ArgumentTypeError(exc.message if isinstance(exc, HeygemError) else str(exc)) from None
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not days >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days (0 or more)")
+    return days
 
 
 def _iso_date(text: str) -> str:

@@ -78,8 +78,16 @@ def test_each_date_gets_its_folder_and_a_rerun_of_the_same_date_resumes_it(folde
     assert nightly.main([str(folder / "good.csv"), str(root), "--date", "2026-01-02", *common]) == 0
     assert json.loads((night / "run.json").read_text())["skipped"] == 2
 
-    # 4. the next night is a new folder; the previous one is left as it was
+    # 4. the next night is a new folder; the previous one is left as it was. After it, the
+    #    template no night has used for 40 days is pruned, the one this night used is kept.
+    (used,) = [p for p in (folder / "cache").iterdir() if p.is_dir()]
+    stale = Path(shutil.copytree(used, folder / "cache" / ("e" * 32)))
+    os.utime(stale, (time.time() - 40 * 86400,) * 2)
     assert nightly.main([str(folder / "good.csv"), str(root), "--date", "2026-01-03", *common]) == 0
+    assert not stale.exists() and used.is_dir()
+    assert json.loads((root / "2026-01-03" / "run.json").read_text())["cache_pruned"]["templates"] == 1
+    assert any(f"template cache {folder / 'cache'}: removed 1 unused for 30 days" in line
+               for line in capsys.readouterr().out.splitlines())  # fmt: skip
     assert {j: r["status"] for j, r in _table(root / "2026-01-03").items()} == {"one": "ok", "two": "ok"}
     assert sorted(p.name for p in root.iterdir()) == ["2026-01-02", "2026-01-03"]
     assert {j: Path(again[j]["output"]).stat().st_mtime_ns for j in ("one", "two")} == stamps
