@@ -428,9 +428,31 @@ def doctor() -> None:
         print(f"int8 on {'the GPU' if where != 'cpu' else 'this CPU'}: {'fast' if fast else 'not fast'} ({why})")
     bf16 = sorted(cpu_flags() & set(BF16_FLAGS))
     print(f"bf16 on this CPU: {'fast (' + ', '.join(bf16) + ')' if bf16 else 'not fast (no ' + ', '.join(BF16_FLAGS) + '); --precision bf16 runs fp32'}")
+    for line in _media_lines():
+        print(line)
     for pack in get_args(PackName):
         picked = next((name for name in auto_order(get_pack(pack), device.device) if checks[name][0]), "none")
         print(f"auto for {pack}: {picked}")
+
+
+def _media_lines() -> list[str]:
+    """doctor's lines on the ffmpeg in use: where it is, whether it can tone-map HDR
+    references, and what decodes references and encodes the videos on this machine."""
+    from heygem_ray.media import decoders, encoders, ffmpeg_exe
+    from heygem_ray.media.ffmpeg import missing_filters
+
+    try:
+        exe = ffmpeg_exe()
+    except HeygemError as exc:
+        return [f"ffmpeg: not usable: {exc.message}"]
+    missing = missing_filters()
+    hdr = "tone-mapped to SDR" if not missing else f"refused (this ffmpeg has no {' or '.join(missing)} filter)"
+    nvdec, nvenc = decoders.nvdec_missing(), encoders.nvenc_missing()
+    return [
+        f"ffmpeg: {exe}; HDR references: {hdr}",
+        f"references decoded by: {'NVDEC' if nvdec is None else 'the CPU (' + nvdec + ')'}",
+        f"videos encoded by: {'h264_nvenc' if nvenc is None else 'libx264 (' + nvenc + ')'}",
+    ]
 
 
 @app.command()

@@ -27,10 +27,27 @@ def test_doctor_names_the_device_and_why_each_backend_can_or_cannot_run(tmp_path
     assert lines[0].startswith("device: ")
     assert any(line.split() == ["onnxruntime", "usable"] for line in lines)
     assert any(line.split() == ["pytorch", "usable"] for line in lines)
+    assert any(line.startswith("ffmpeg: ") and line.endswith("; HDR references: tone-mapped to SDR") for line in lines)
+    if not os.path.exists("/dev/nvidiactl"):
+        assert "references decoded by: the CPU (no NVIDIA driver on this machine)" in lines
+        assert "videos encoded by: libx264 (no NVIDIA driver on this machine)" in lines
     if not TRT_OK:
         assert f"tensorrt     not usable: {TRT_WHY}" in lines
         # On a CPU: each pack's faster backend there (BENCHMARKS.md, "Backends").
         assert lines[-3:] == ["auto for warp: pytorch", "auto for wav2lip: onnxruntime", "auto for musetalk: pytorch"]
+
+
+def test_doctor_says_when_the_ffmpeg_in_use_cannot_tone_map_hdr(tmp_path):
+    """An ffmpeg built without zimg (here: the bundled one behind a script that hides zscale)."""
+    from heygem_ray.media import ffmpeg_exe
+
+    script = tmp_path / "ffmpeg-without-zimg"
+    script.write_text(f'#!/bin/sh\nif [ "$2" = "-filters" ]; then "{ffmpeg_exe()}" "$@" | grep -v zscale; exit 0; fi\n'
+                      f'exec "{ffmpeg_exe()}" "$@"\n')  # fmt: skip
+    script.chmod(0o755)
+    proc = cli("doctor", cwd=tmp_path, env={**os.environ, "HEYGEM_FFMPEG": str(script)})
+    assert proc.returncode == 0, proc.stderr
+    assert f"ffmpeg: {script}; HDR references: refused (this ffmpeg has no zscale filter)" in proc.stdout.splitlines()
 
 
 def test_engines_build_then_list(tmp_path):
