@@ -322,6 +322,7 @@ def analyze(
     video: Path, geometry: CropGeometry, detector: DetectorConfig, cache_dir: Path, limits: InputLimits | None = None
 ) -> tuple[Template, bool]:
     """The template for ``video``, built unless cached whole. Returns (template, was_cached).
+    A cache this process cannot write serves the templates it holds whole (``_read_only``).
 
     A cached template found damaged (``Template.open``) is set aside, with a warning, and
     built again. A reference over ``limits`` (default ``InputLimits()``) is ``too_large``:
@@ -332,6 +333,8 @@ def analyze(
     key = template_key(video, geometry, detector)
     root = cache_dir / key
     storage.makedirs(cache_dir)
+    if not os.access(cache_dir, os.W_OK):
+        return _read_only(video, cache_dir, root, limits), True
     with storage.file_lock(lock_path(cache_dir, key)):
         with storage_errors(cache_dir):
             remove_leftovers(cache_dir, key)
@@ -359,6 +362,23 @@ def analyze(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return Template.open(root), False
+
+
+def _read_only(video: Path, cache_dir: Path, root: Path, limits: InputLimits) -> Template:
+    """The template ``root`` of a cache this process cannot write (a volume mounted
+    read-only, a cache built into an image), opened without its lock: nothing here can
+    build or replace it. One not there whole is the user's to add where it can be written."""
+    try:
+        template = Template.open(root)
+    except DamagedTemplate as exc:
+        holds = f"holds no whole analysis of it ({exc})" if os.path.lexists(root) else "holds no analysis of it"
+        raise InputError(
+            f"reference {video}: the template cache {cache_dir} cannot be written here and {holds}: analyse the "
+            f"reference into it where it can be written (heygem-ray preview {video} --cache-dir {cache_dir}, with "
+            "the same --min-face and pack as the batch), or give a --cache-dir this node can write",
+            kind="storage",
+        ) from None
+    return _within_limits(template, video, limits)
 
 
 def lock_path(cache_dir: Path, key: str) -> Path:

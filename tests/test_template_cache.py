@@ -8,12 +8,15 @@ while, never what is in use."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import shutil
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -314,3 +317,53 @@ def test_the_cache_commands_list_and_prune(cache):
     assert not root.exists() and not recent.exists()
     bad = runner.invoke(app, ["cache", "prune", "--cache-dir", str(cache), "--unused-days", "-1"])
     assert bad.exit_code == 2 and "--unused-days must be 0 or more" in bad.output
+
+
+# --------------------------------------------------------------------------- a cache that cannot be written
+
+
+@contextmanager
+def _read_only(folder: Path) -> Iterator[None]:
+    """``folder`` read-only to this process: a read-only bind mount of it over itself when
+    running as root (whom permissions do not stop), else its write permission taken away."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount as root here: {mounted.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
+        yield
+    finally:
+        gc.collect()  # a template's mapped crops hold the mount until collected
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def test_a_cache_that_cannot_be_written_serves_the_templates_it_holds(cache, examples, tmp_path):
+    """A cache mounted read-only on the nodes (built beforehand, as `heygem-ray preview`
+    warms it): the presenter's template is served without its lock (every row used to
+    fail, the lock file could not be made), frames and all; a reference it holds no
+    analysis of fails its row saying how to add one."""
+    with Template.open(_root(cache)) as before:
+        expected = list(before.read_i420(np.arange(3)))
+    other = tmp_path / "other.mp4"
+    shutil.copy(examples / "presenter.mp4", other)
+    with open(other, "ab") as f:
+        f.write(b"\0")  # other content: another key
+    with _read_only(cache):
+        assert not os.access(cache, os.W_OK)
+        template, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+        with template:
+            assert cached and all(np.array_equal(a, b) for a, b in
+                                  zip(template.read_i420(np.arange(3)), expected, strict=True))  # fmt: skip
+        with pytest.raises(InputError) as err:
+            analyze(other, GEOMETRY, DETECTOR, cache)
+    assert err.value.kind == "storage"
+    assert err.value.message.startswith(f"reference {other}: the template cache {cache} cannot be written here and "
+                                        "holds no analysis of it: analyse the reference into it where it can be "
+                                        f"written (heygem-ray preview {other} --cache-dir {cache}")  # fmt: skip
