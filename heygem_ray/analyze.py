@@ -409,13 +409,9 @@ def remove_leftovers(cache_dir: Path, key: str) -> None:
     """Remove what builds of template ``key`` left behind: a temporary folder of one that was
     killed, a damaged or pruned template set aside. Called under the key's lock, which every
     build holds, so no build of this key is writing any of them."""
-    for left in leftovers(cache_dir, key):
-        _remove(left)
-
-
-def leftovers(cache_dir: Path, key: str = "*") -> list[Path]:
-    """What builds of template ``key`` (any, by default) left in ``cache_dir`` (``remove_leftovers``)."""
-    return [left for left in cache_dir.glob(f".{key}.*") if left.suffix in LEFTOVER_SUFFIXES]
+    for left in cache_dir.glob(f".{key}.*"):
+        if left.suffix in LEFTOVER_SUFFIXES:
+            remove_path(left)
 
 
 # What a template's key names beside its folder: a killed build's temporary folder, and
@@ -427,10 +423,10 @@ def set_aside(root: Path, aside: Path) -> None:
     """Move the template ``root`` out of the way (to ``aside``: a damaged or pruned one),
     then remove it (a job that has it open reads on from the files it holds)."""
     os.replace(root, aside)
-    _remove(aside)
+    remove_path(aside)
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:

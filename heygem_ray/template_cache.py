@@ -9,7 +9,7 @@ analysis that finds or builds a template marks it used (its folder's modificatio
 under its key's lock (a build of that key holds it, as does a job opening it: one held is
 skipped, and said so), setting it aside first, so no job ever meets it half removed; a job
 that has it open reads on from the files it holds. What killed builds left
-(``analyze.leftovers``) goes too, under the same lock. The lock files stay (a process may
+(``analyze.LEFTOVER_SUFFIXES``) goes too, under the same lock. The lock files stay (a process may
 hold one; they are empty).
 """
 
@@ -82,7 +82,7 @@ def prune(cache_dir: Path, unused_for_s: float, *, dry_run: bool = False) -> tup
                 continue
             with storage_errors(cache_dir):
                 if entry.leftover:
-                    analyze.remove_leftovers(cache_dir, entry.key)
+                    analyze.remove_path(entry.path)
                 elif _mtime(entry.path) <= cutoff:  # not used since the scan
                     analyze.set_aside(entry.path, cache_dir / f".{entry.key}.{uuid.uuid4().hex}.pruned")
                 else:

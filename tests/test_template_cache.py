@@ -256,14 +256,16 @@ def test_prune_removes_what_no_run_used_for_the_time_given_and_what_killed_build
     killed = cache / f".{'c' * 32}.{'0' * 32}.tmp"
     killed.mkdir()
     (killed / "frames.bin").write_bytes(bytes(1000))
+    killed_again = cache / f".{'c' * 32}.{'1' * 32}.tmp"  # the same reference's build, killed another night
+    killed_again.mkdir()
     _age(root, 40)
 
     would, busy = template_cache.prune(cache, 30 * DAY, dry_run=True)
-    assert {e.path for e in would} == {root, old_version, killed} and busy == []
-    assert all(p.exists() for p in (root, recent, old_version, killed))
+    assert {e.path for e in would} == {root, old_version, killed, killed_again} and busy == []
+    assert all(p.exists() for p in (root, recent, old_version, killed, killed_again))
 
     removed, busy = template_cache.prune(cache, 30 * DAY)
-    assert {e.path for e in removed} == {root, old_version, killed} and busy == []
+    assert {e.path for e in removed} == {root, old_version, killed, killed_again} and busy == []
     assert [e.version for e in removed if e.path == old_version] == [7]
     assert sum(e.bytes for e in removed) > 2 * (root.parent / recent.name / "frames.bin").stat().st_size
     assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [recent.name]
