@@ -35,6 +35,7 @@ import numpy as np
 from heygem_ray.analyze import Template
 from heygem_ray.config import LoopMode
 from heygem_ray.face import looks
+from heygem_ray.media.video_probe import HDR_COLOURS
 from heygem_ray.packs import PackSpec
 
 Level = Literal["ok", "warn", "fail"]
@@ -352,7 +353,7 @@ def _colour(ref: Reference) -> Check:
     shot = SHOT_IN.get(ref.source_colour)
     if shot is None:
         return Check("colour", "ok", "SDR", "")
-    if ref.source_colour not in ("hlg", "pq"):
+    if ref.source_colour not in HDR_COLOURS:
         return Check("colour", "ok", f"{shot}, mapped into BT.709's", "")
     return Check("colour", "warn", f"shot in {shot}, tone-mapped to SDR BT.709",
                  "the videos are SDR: what is brighter than a white sheet is compressed, and they will look "

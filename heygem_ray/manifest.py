@@ -121,17 +121,17 @@ def _read_table(path: Location) -> pa.Table:
     def source() -> Any:
         return path if data is None else pa.BufferReader(data)
 
-    head = _head(path) if isinstance(path, Path) else raw[:_HEAD_BYTES]
     suffix = path.suffix.lower()
-    if suffix in _WORKBOOKS:
-        return _read_workbook(path, source())
-    if (unread := _unread_workbook(suffix, head)) is not None:
-        raise InputError(
-            f"manifest {path} is {unread}, which is not read: save it as an Excel workbook (.xlsx) or as "
-            "'CSV UTF-8', or give a Parquet file",
-            kind="bad_manifest",
-        )
     try:
+        if suffix in _WORKBOOKS:
+            return _read_workbook(path, source())
+        head = _head(path) if isinstance(path, Path) else raw[:_HEAD_BYTES]  # a file unread is said below
+        if (unread := _unread_workbook(suffix, head)) is not None:
+            raise InputError(
+                f"manifest {path} is {unread}, which is not read: save it as an Excel workbook (.xlsx) or as "
+                "'CSV UTF-8', or give a Parquet file",
+                kind="bad_manifest",
+            )
         if suffix == ".parquet":
             return pq.read_table(source())
         read, parse = _csv_dialect(head)

@@ -31,7 +31,7 @@ from heygem_ray.media.ffmpeg import (
     video_filters,
 )
 from heygem_ray.media.limits import clock, decoder_limit
-from heygem_ray.media.video_probe import MAPPED_COLOURS, VideoInfo, probe_video
+from heygem_ray.media.video_probe import HDR_COLOURS, MAPPED_COLOURS, VideoInfo, probe_video
 
 _READ_CHUNK = 1 << 20  # bytes per read from an audio pipe
 # FFmpeg's threads per reference decoder. Left alone, its H.264 decoder runs a frame thread
@@ -55,8 +55,8 @@ def iter_frames(
     path takes it, changes matrix only; any other is converted whole).
 
     Constant rate ``info.fps`` (variable-rate input is resampled by duplicating or
-    dropping frames), deinterlaced (a frame per pair of fields), upright, cropped to ``info.width`` × ``info.height``; a still image
-    yields one frame. Each frame is a new, writable array. ffmpeg is killed and reaped if
+    dropping frames), deinterlaced (a frame per pair of fields), upright, cropped to
+    ``info.width`` × ``info.height`` (in square pixels); a still image yields one frame. Each frame is a new, writable array. ffmpeg is killed and reaped if
     the consumer stops early. ``max_pixels``: ffmpeg's decoder refuses larger pictures (a
     stream that grows midway), which fails the decode. ``decoder="nvdec"``: decoded on this
     node's GPU (``decoders``; the frames are the same), filtered on the CPU as otherwise.
@@ -67,7 +67,7 @@ def iter_frames(
     source = ffmpeg.input(url(info.path), threads=DECODER_THREADS, **on_gpu, **decoder_limit(max_pixels))[picture]
     decoded = video_filters(source, fps, info.interlaced)
     if info.colour in MAPPED_COLOURS:
-        decoded = to_sdr(decoded, info.colour, info.colour_source)
+        decoded = to_sdr(decoded, info.colour, info.colour_source, hdr=info.colour in HDR_COLOURS)
     # A guard for streams that change size midway: every frame comes out width × height.
     if pixel_format == "yuv420p":
         if info.colour == "bt601":
@@ -165,8 +165,7 @@ def _audio_blocks(
     args = (
         ffmpeg.input(url(p), **packets)["a:0"]
         .output("pipe:", format="f32le", acodec="pcm_f32le", ar=sample_rate, ac=channels)
-        .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error",
-                     "-filter_threads", str(DECODER_THREADS))
+        .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error")
         .compile(cmd=ffmpeg_exe())
     )
     frame_bytes = 4 * channels  # one float32 per channel per sample

@@ -55,8 +55,8 @@ TO_BT709 = {"out_color_matrix": "bt709", "out_range": "tv", "flags": "bicubic+ac
 # HDR to SDR (``to_sdr``): HDR's reference white (BT.2408's 203 cd/m², where HLG puts 75 %
 # of its signal and a phone exposes a face or a sheet of paper) becomes SDR's white. What is
 # darker keeps its tones; what is brighter rolls off (Möbius, linear up to TONE_KNEE of
-# white) instead of clipping. An SDR take made HDR this way comes back within 37–39 dB PSNR;
-# read as SDR, as it was before this, 15–21 dB (its faces far too dark: docs/inputs.md).
+# white) instead of clipping. An SDR take made HDR this way comes back within 37–45 dB PSNR;
+# read as SDR, as it was before this, 14–23 dB (its faces far too dark: docs/results.md).
 HDR_WHITE_NITS = 203
 TONE_KNEE = 0.8
 
@@ -147,20 +147,20 @@ def missing_filters() -> tuple[str, ...]:
     return tuple(name for name in SDR_FILTERS if name not in listed)
 
 
-def to_sdr(stream: Any, colour: str, source: tuple[tuple[str, str], ...]) -> Any:
-    """The pictures of ``stream``, HDR (``colour`` "hlg" or "pq") or SDR in a wide gamut
-    ("bt2020", "p3"), described by ``source`` (``VideoInfo.colour_source``), as SDR BT.709
-    limited-range 4:2:0, tagged so. An ffmpeg without the filters for it is
-    ``ffmpeg_missing``."""
+def to_sdr(stream: Any, colour: str, source: tuple[tuple[str, str], ...], hdr: bool) -> Any:
+    """The pictures of ``stream``, HDR (``hdr``: ``colour`` "hlg" or "pq", tone-mapped) or
+    SDR in a wide gamut ("bt2020", "p3"), described by ``source``
+    (``VideoInfo.colour_source``), as SDR BT.709 limited-range 4:2:0, tagged so. An ffmpeg
+    without the filters for it is ``ffmpeg_missing``."""
     if missing := missing_filters():
         raise EngineError(
             f"the ffmpeg in use ({ffmpeg_exe()}) has no {' or '.join(missing)} filter, which maps a take shot "
-            f"in {'HDR' if colour in ('hlg', 'pq') else 'a wide gamut'} to SDR BT.709: point HEYGEM_FFMPEG at an ffmpeg built "
+            f"in {'HDR' if hdr else 'a wide gamut'} to SDR BT.709: point HEYGEM_FFMPEG at an ffmpeg built "
             "with zimg (Debian's and Ubuntu's are), or unset it and take ffmpeg off PATH to use the bundled one; "
             "or export the take as SDR (BT.709)",
             kind="ffmpeg_missing",
         )
-    if colour not in ("hlg", "pq"):
+    if not hdr:
         mapped = stream.filter("zscale", **dict(source), t="709", p="709")
     else:
         linear = stream.filter("zscale", **dict(source), t="linear", npl=HDR_WHITE_NITS).filter("format", "gbrpf32le")

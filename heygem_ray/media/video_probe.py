@@ -380,8 +380,10 @@ _HDR = {16: ("pq", "smpte2084"), 18: ("hlg", "arib-std-b67")}
 # Wide gamuts an SDR stream may declare (AVColorPrimaries: BT.2020; DCI-P3 and Display P3,
 # as an iPhone's photos are), as VideoInfo.colour names them.
 _WIDE_GAMUTS = {9: "bt2020", 11: "p3", 12: "p3"}
-# What iter_frames maps to SDR BT.709 (``ffmpeg.to_sdr``): HDR, and SDR in a wide gamut.
-MAPPED_COLOURS = ("hlg", "pq", "bt2020", "p3")
+# What iter_frames maps to SDR BT.709 (``ffmpeg.to_sdr``): HDR (tone-mapped), and SDR in a
+# wide gamut.
+HDR_COLOURS = tuple(colour for colour, _ in _HDR.values())
+MAPPED_COLOURS = (*HDR_COLOURS, *sorted(set(_WIDE_GAMUTS.values())))
 # The primaries and matrices a wide-gamut or HDR stream may declare, as zscale names them;
 # one that declares none (or another) is taken for BT.2020's, as phones write HDR.
 _ZSCALE_PRIMARIES = {1: "709", 9: "2020", 11: "smpte431", 12: "smpte432"}
