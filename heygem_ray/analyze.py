@@ -14,7 +14,8 @@ decoded once however many jobs use it:
   as the encoder takes it (``media.yuv``), compressed losslessly one by one (Zstandard at
   its fastest level), so any frame can be read by index — compose walks the reference
   forwards and backwards (ping-pong) without holding it in memory — and reaches the
-  encoder with the bytes it was decoded with;
+  encoder with the bytes it was decoded with; its disk space is held ahead while it is
+  written (``StoreWriter._reserve``);
 * ``boxes.npy``: (n, 4) int32 crop box per frame (from the smoothed face track);
 * ``present.npy``: (n,) bool, whether the face is there; frames without it are left
   as they are in the output;
@@ -41,6 +42,7 @@ if another job replaces the folder meanwhile.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -88,6 +90,19 @@ FRAME_CODEC, FRAME_LEVEL = "zstd", 1
 # ahead of the one in hand, on a thread beside the caller's: at most this many frames more
 # in memory (3 MB each at 1080p).
 STORE_AHEAD = 2
+
+
+# The frame store holds its disk space ahead (``StoreWriter._reserve``): once its first
+# RESERVE_FIRST frames are stored, and again every RESERVE_EVERY, what the whole reference
+# will take at the bytes a frame stored so far, with RESERVE_MARGIN to spare (a take gets
+# busier or noisier later), is allocated in the file. A reference whose template will not
+# fit fails there, within a second of frames, instead of filling the disk under the
+# node's other jobs and failing them too; two analyses at once cannot both count on the
+# same free space.
+RESERVE_FIRST, RESERVE_EVERY, RESERVE_MARGIN = 25, 250, 1.2
+# Space a template leaves free on its disk for the run's other files (outputs being
+# encoded, other templates, logs): a twentieth of the disk, at most 1 GiB.
+KEEP_FREE_SHARE, KEEP_FREE_MAX = 0.05, 2**30
 
 
 # The file a template found damaged while it was read holds (why): the next analysis of
@@ -443,12 +458,12 @@ def _build(
     # reference, it is decoded again on the CPU (a damaged file fails there too, and says so).
     decoder, fell_back = media.pick_decoder(info), ""
     try:
-        track, offsets = _store_and_track(info, detector_cfg, max_pixels, out, decoder)
+        track, offsets = _store_and_track(info, geometry, detector_cfg, max_pixels, out, decoder)
     except InputError as exc:
         if decoder == "cpu" or exc.kind != "unreadable_media":
             raise
         decoder, fell_back = "cpu", f"NVDEC failed, decoded on the CPU: {exc}"
-        track, offsets = _store_and_track(info, detector_cfg, max_pixels, out, decoder)
+        track, offsets = _store_and_track(info, geometry, detector_cfg, max_pixels, out, decoder)
     frames = len(offsets) - 1
     np.save(out / "offsets.npy", np.asarray(offsets, np.int64))
 
@@ -494,11 +509,18 @@ def _build(
 
 
 def _store_and_track(
-    info: media.VideoInfo, detector_cfg: DetectorConfig, max_pixels: int, out: Path, decoder: media.Decoder
+    info: media.VideoInfo,
+    geometry: CropGeometry,
+    detector_cfg: DetectorConfig,
+    max_pixels: int,
+    out: Path,
+    decoder: media.Decoder,
 ) -> tuple[FaceTrack, list[int]]:
     """Decode the reference with ``decoder``, writing each frame to ``out``/frames.bin
-    (from its start) as the faces are followed: the track, and the store's frame offsets."""
-    with StoreWriter(out / "frames.bin", info.width, info.height) as store:
+    (from its start, its space held ahead: ``StoreWriter._reserve``) as the faces are
+    followed: the track, and the store's frame offsets."""
+    crops = info.frames * geometry.size * geometry.size * 3
+    with StoreWriter(out / "frames.bin", info.width, info.height, info.frames, crops, info.path) as store:
         track = track_reference(info, detector_cfg, max_pixels, store, decoder)
     return track, store.offsets
 
@@ -511,7 +533,13 @@ class StoreWriter:
     ahead of the file (Zstandard releases the GIL: the tracker works on the next frame
     meanwhile), and written in order from the caller's thread."""
 
-    def __init__(self, path: Path, width: int, height: int):
+    def __init__(self, path: Path, width: int, height: int, frames: int = 0, then: int = 0, source: object = None):
+        """``path``: frames.bin in a template's folder in the cache (messages name the cache).
+        ``frames``: how many frames will be kept (0: unknown, no space held ahead);
+        ``then``: the bytes the template's other files will take once the store is written
+        (its crops); ``source``: the reference, as messages name it."""
+        self._path, self._frames, self._then, self._source = path, frames, then, source
+        self._reserved = 0  # bytes of the file allocated ahead (``_reserve``)
         self._codec = pa.Codec(FRAME_CODEC)  # reads back (recall)
         self._packer = pa.Codec(FRAME_CODEC, compression_level=FRAME_LEVEL)
         self._shape = yuv.frame_shape(width, height)
@@ -528,6 +556,9 @@ class StoreWriter:
         try:
             if exc_type is None:
                 self._write(ahead=0)
+                self._out.flush()
+                if self._reserved > self.offsets[-1]:  # the space held ahead and not used
+                    os.ftruncate(self._out.fileno(), self.offsets[-1])
         finally:
             self._pool.shutdown(cancel_futures=True)
             self._out.close()
@@ -545,12 +576,62 @@ class StoreWriter:
             packed = self._packing.popleft().result()
             self._out.write(packed)
             self.offsets.append(self.offsets[-1] + packed.size)
+            kept = len(self.offsets) - 1
+            if kept == RESERVE_FIRST or kept % RESERVE_EVERY == 0:
+                self._reserve(kept)
+
+    def _reserve(self, kept: int) -> None:
+        """Allocate what the store will take in all, at the bytes a frame of the ``kept``
+        so far took (``RESERVE_MARGIN`` more), where the file holds less; a disk that
+        cannot hold it and the crops after it, and keep ``KEEP_FREE_SHARE`` of itself free,
+        is the ``storage`` error that says so (``space_error``)."""
+        if kept >= self._frames:
+            return
+        per_frame = self.offsets[-1] / kept
+        need = int(per_frame * self._frames * RESERVE_MARGIN)
+        if need <= self._reserved:
+            return
+        disk = shutil.disk_usage(self._path)
+        room = disk.free + max(self._reserved, self.offsets[-1])  # the disk's free space, and what the store holds
+        keep = min(KEEP_FREE_MAX, int(KEEP_FREE_SHARE * disk.total))
+        if room - need < self._then + keep:
+            raise self.space_error(need, per_frame, kept, room, keep)
+        self._out.flush()
+        try:
+            held = storage.hold_space(self._out.fileno(), need)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # taken meanwhile (another job's template)
+                raise self.space_error(need, per_frame, kept, room, keep) from exc
+            raise
+        # A file system that cannot allocate ahead is checked again at the next count.
+        self._reserved = need if held else 0
+
+    def space_error(self, need: int, per_frame: float, kept: int, free: int, keep: int) -> InputError:
+        """The ``storage`` error of a template that will not fit on its disk."""
+        folder = self._path.parent.parent
+        return InputError(
+            f"reference {self._source}: its analysis would take about {_size(need + self._then)} in {folder} "
+            f"({self._frames} frames at {_size(per_frame)} a frame as its first {kept} were stored, and their "
+            f"face crops), and that disk has {_size(free)} for it, keeping {_size(keep)} free for the run's other "
+            "files; free space there, give --cache-dir a folder on a larger disk, or cut the reference down to "
+            "a few minutes (a shorter reference is looped under longer audio: "
+            "ffmpeg -i reference.mp4 -t 300 -c copy reference-5min.mp4)",
+            kind="storage",
+        )
 
     def recall(self, i: int) -> np.ndarray:
         self._write(ahead=0)
         self._out.flush()
         start, end = self.offsets[i], self.offsets[i + 1]
         return _decompress(os.pread(self._in.fileno(), end - start, start), self._codec, self._shape)
+
+
+def _size(n: float) -> str:
+    """``n`` bytes as people read them: ``2.4 GiB``, ``310 MiB``, ``12 KiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n / 2**10:.3g} KiB"
 
 
 def _read_ahead(frames: Iterator[np.ndarray], depth: int) -> Generator[np.ndarray, None, None]:

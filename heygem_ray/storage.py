@@ -29,6 +29,7 @@ Writes are whole or nothing:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import email.utils
 import errno
 import fcntl
@@ -384,6 +385,32 @@ def allocate(path: Path) -> None:
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                 raise
+
+
+def hold_space(fd: int, length: int) -> bool:
+    """Allocate the first ``length`` bytes of the open local file ``fd`` (its size grows to
+    that where it was less) with the file system's own ``fallocate``: True, or False where
+    the file system has none. glibc's ``posix_fallocate`` would then write a byte into
+    every block instead (over NFS, one write per 4 KiB of gigabytes). A full disk is an
+    ``OSError`` (ENOSPC)."""
+    if _fallocate(fd, 0, 0, length) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(code, os.strerror(code))
+
+
+@functools.cache
+def _libc_fallocate() -> Any:
+    fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fallocate.restype = ctypes.c_int
+    return fallocate
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> int:
+    return int(_libc_fallocate()(fd, mode, offset, length))
 
 
 def check_writable(folder: Location) -> None:

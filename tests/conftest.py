@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Generator
+import subprocess
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,29 @@ def ray_join(ray_local) -> dict[str, str]:
     instance's: a variable for the workers needs an instance of its own, or a runtime_env).
     Ray set ``RAY_AUTH_MODE=token`` here when it started the instance; children inherit it."""
     return {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """``mount(name, size="64k", read_only=False)``: a fresh tmpfs at ``tmp_path/name`` (a
+    small disk that fills, or a read-only one; the tests run as root, and are skipped where
+    mounting is not permitted)."""
+    mounted: list[Path] = []
+
+    def make(name: str, size: str = "64k", read_only: bool = False) -> Path:
+        where = tmp_path / name
+        where.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
+                              text=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the test needs root and mount permission")
+        mounted.append(where)
+        return where
+
+    yield make
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 # tryfirst: before pytest-xdist's own hook, which reads the xdist_group markers to group

@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,27 +53,6 @@ def _env() -> dict[str, str]:
 
 def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture
-def mount(tmp_path: Path) -> Iterator[Callable[..., Path]]:
-    """``mount(name, size="64k", read_only=False)``: a fresh tmpfs at ``tmp_path/name``."""
-    mounted: list[Path] = []
-
-    def make(name: str, size: str = "64k", read_only: bool = False) -> Path:
-        where = tmp_path / name
-        where.mkdir()
-        options = f"size={size}" + (",ro" if read_only else "")
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
-                              text=True)  # fmt: skip
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the test needs root and mount permission")
-        mounted.append(where)
-        return where
-
-    yield make
-    for where in reversed(mounted):
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def _fill(folder: Path) -> None:
