@@ -9,7 +9,8 @@ decoded once however many jobs use it:
   ``source_colour``: the reference's own colour, ``VideoInfo.colour``: "hlg" or "pq"
   for an HDR take its frames were tone-mapped from; ``deinterlaced``: the reference was
   interlaced; ``sample_aspect``: its pixels' width over height, as stored, where the
-  frames are square);
+  frames are square; ``scaled_from``: the frames' size before ``max_resolution`` scaled
+  them down, or null);
 * ``frames.bin`` + ``offsets.npy``: every decoded frame, I420 in BT.709 limited range
   as the encoder takes it (``media.yuv``), compressed losslessly one by one (Zstandard at
   its fastest level), so any frame can be read by index — compose walks the reference
@@ -325,19 +326,29 @@ def content_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def template_key(video: Path, geometry: CropGeometry, detector: DetectorConfig) -> str:
-    settings = json.dumps(
-        {"v": TEMPLATE_VERSION, "geometry": dataclasses.asdict(geometry), "detector": dataclasses.asdict(detector)},
-        sort_keys=True,
-    )
+def template_key(video: Path, geometry: CropGeometry, detector: DetectorConfig, max_resolution: int = 0) -> str:
+    """The cache's name for ``video``'s template: its bytes, the crop geometry, the detector
+    and, where it scales the reference down, ``max_resolution``."""
+    wanted: dict[str, Any] = {"v": TEMPLATE_VERSION, "geometry": dataclasses.asdict(geometry),
+                              "detector": dataclasses.asdict(detector)}  # fmt: skip
+    if max_resolution:  # (keys made before the option existed stay as they were)
+        wanted["max_resolution"] = max_resolution
+    settings = json.dumps(wanted, sort_keys=True)
     return hashlib.sha256(f"{content_hash(video)}:{settings}".encode()).hexdigest()[:32]
 
 
 def analyze(
-    video: Path, geometry: CropGeometry, detector: DetectorConfig, cache_dir: Path, limits: InputLimits | None = None
+    video: Path,
+    geometry: CropGeometry,
+    detector: DetectorConfig,
+    cache_dir: Path,
+    limits: InputLimits | None = None,
+    max_resolution: int = 0,
 ) -> tuple[Template, bool]:
     """The template for ``video``, built unless cached whole. Returns (template, was_cached).
     A cache this process cannot write serves the templates it holds whole (``_read_only``).
+    ``max_resolution`` (0: none): a reference whose shorter side is longer is analysed
+    scaled down to it (``media.probe_video``), and the template is of that size.
 
     A cached template found damaged (``Template.open``) is set aside, with a warning, and
     built again. A reference over ``limits`` (default ``InputLimits()``) is ``too_large``:
@@ -345,7 +356,7 @@ def analyze(
     higher limits) is refused too."""
     limits = limits or InputLimits()
     media.require_file(video, "reference")
-    key = template_key(video, geometry, detector)
+    key = template_key(video, geometry, detector, max_resolution)
     root = cache_dir / key
     storage.makedirs(cache_dir)
     if not os.access(cache_dir, os.W_OK):
@@ -367,8 +378,9 @@ def analyze(
         # Probed only when building: a reference whose frames the probe cannot count from its
         # packets (variable rate, say) is decoded once for that.
         info = media.probe_video(
-            video, max_pixels=limits.max_reference_pixels, max_frames=limits.max_reference_frames
-        )
+            video, max_pixels=limits.max_reference_pixels, max_frames=limits.max_reference_frames,
+            max_resolution=max_resolution,
+        )  # fmt: skip
         tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
         try:
             with storage_errors(cache_dir):  # a full or read-only cache: the user's to fix
@@ -390,7 +402,7 @@ def _read_only(video: Path, cache_dir: Path, root: Path, limits: InputLimits) ->
         raise InputError(
             f"reference {video}: the template cache {cache_dir} cannot be written here and {holds}: analyse the "
             f"reference into it where it can be written (heygem-ray preview {video} --cache-dir {cache_dir}, with "
-            "the same --min-face and pack as the batch), or give a --cache-dir this node can write",
+            "the same --min-face, --max-resolution and pack as the batch), or give a --cache-dir this node can write",
             kind="storage",
         ) from None
     return _within_limits(template, video, limits)
@@ -502,6 +514,7 @@ def _build(
         "source_colour": info.colour,
         "deinterlaced": info.interlaced,
         "sample_aspect": str(info.sample_aspect),
+        "scaled_from": list(info.scaled_from) if info.scaled_from else None,
         "face_detected_fraction": float(track.detected.mean()),
         "face_present_fraction": float(track.present.mean()),
     }
@@ -644,6 +657,15 @@ def _read_ahead(frames: Iterator[np.ndarray], depth: int) -> Generator[np.ndarra
             yield frame
 
 
+def _scaled_note(info: media.VideoInfo) -> str:
+    """For a message about the faces of a reference scaled down (``max_resolution``)."""
+    if info.scaled_from is None:
+        return ""
+    width, height = info.scaled_from
+    return (f"; the reference was scaled down from {width}×{height} to {info.width}×{info.height} by "
+            "--max-resolution, which makes its faces smaller too: a higher one, or 0, keeps them at their size")
+
+
 FACES_FILE = "faces.npz"
 
 
@@ -699,7 +721,7 @@ def track_reference(
             f"{frames} frame(s)); faces are searched for from {detector_cfg.min_face} pixels wide, "
             "facing the camera. Use a video or photo where the presenter faces the camera and is "
             "well lit, or, for a smaller face, lower the smallest face searched for "
-            "(--min-face, at least 20; analysis is slower)",
+            f"(--min-face, at least 20; analysis is slower){_scaled_note(info)}",
             kind="no_face",
         )
     return track

@@ -42,6 +42,8 @@ _RESTORE_FIELDS = ("restore", "restore_checkpoint", "restore_blend")
 # The H.264 encoder: "auto" is h264_nvenc where the node's GPU has NVENC, else libx264
 # (media/encoders.py); the one used is in each row's ``encoder``.
 EncoderName = Literal["auto", "libx264", "h264_nvenc"]
+# The smallest --max-resolution (lines): below it a face is too small to find or render.
+MIN_RESOLUTION = 144
 # x264's presets, fastest first, then ``lean`` (the default: veryfast with two costly searches
 # left out, media/encoders.py); h264_nvenc takes the nearest of its own.
 EncoderPreset = Literal[
@@ -183,6 +185,11 @@ class RenderConfig:
     restore_blend: float = 1.0
     preset: EncoderPreset = "lean"
     encoder: EncoderName = "auto"
+    # The output's resolution at most (its shorter side, in lines: 1080 makes a 4K reference
+    # 1920×1080, a portrait 2160×3840 one 1080×1920); a larger reference is scaled down
+    # before it is analysed, so analysis, its template, compose and the encoder all work at
+    # that size. 0: the reference's own.
+    max_resolution: int = 0
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     # How large a row's files may be (not part of config_hash: they render nothing differently).
     limits: InputLimits = field(default_factory=InputLimits)
@@ -207,6 +214,12 @@ class RenderConfig:
         for name in ("chunk_frames", "batch_size", "calibration_frames"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1", kind="bad_argument")
+        if self.max_resolution and (self.max_resolution < MIN_RESOLUTION or self.max_resolution % 2):
+            raise InputError(
+                f"--max-resolution must be 0 (the reference's own) or an even number of lines from {MIN_RESOLUTION} "
+                f"(720, 1080, 1440), not {self.max_resolution}",
+                kind="bad_argument",
+            )
         self._check_restore()
         for name, option in (("checkpoint", "--checkpoint"), ("calibration", "--calibrate"),
                              ("restore_checkpoint", "--restore-checkpoint")):
@@ -327,6 +340,8 @@ class RunConfig:
         if self.render.restore == "none":
             for name in _RESTORE_FIELDS:
                 del payload[name]
+        if not self.render.max_resolution:  # as before the option existed
+            del payload["max_resolution"]
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -199,6 +199,16 @@ def test_each_limit_has_its_cli_option(tmp_path, option: str) -> None:
     assert f"{option.removeprefix('--').replace('-', '_')} must be" in got.stderr, got.stderr
 
 
+@pytest.mark.parametrize("lines", ["100", "1081", "-720"])
+def test_a_max_resolution_no_video_can_have_is_refused_saying_which_can(tmp_path, lines: str) -> None:
+    (tmp_path / "m.csv").write_text("audio,video\na.wav,b.mp4\n")
+    got = CliRunner().invoke(app, ["submit", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out"),
+                                   "--max-resolution", lines])  # fmt: skip
+    assert got.exit_code == 2, got.stderr
+    assert f"--max-resolution must be 0 (the reference's own) or an even number of lines from 144 (720, 1080, " \
+           f"1440), not {lines}" in got.stderr
+
+
 # --------------------------------------------------------------------------- pipes and devices
 
 

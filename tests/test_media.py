@@ -620,6 +620,35 @@ def test_a_take_with_non_square_pixels_is_read_as_players_show_it(tmp_path: Path
     assert next(media.iter_frames(odd)).shape == (64, 64, 3)
 
 
+@pytest.mark.parametrize("size", [(640, 360), (360, 640)], ids=["landscape", "portrait"])
+def test_a_reference_above_the_resolution_asked_for_is_read_scaled_down_in_proportion(
+        tmp_path: Path, examples: Path, size: tuple[int, int]) -> None:  # fmt: skip
+    """``max_resolution`` caps the shorter side: 640×360 at 180 lines is 320×180, a
+    portrait 360×640 is 180×320, each frame the picture scaled down (as ffmpeg's own scale
+    gives it); at or above the reference's own it is read as it is."""
+    width, height = size
+    take = tmp_path / f"{width}x{height}.mp4"
+    fit = f"scale={width}:{height}:force_original_aspect_ratio=decrease,pad={width}:{height}:(ow-iw)/2:(oh-ih)/2"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-i", str(examples / "presenter.mp4"), "-vf", fit,
+                    "-c:v", "libx264", "-crf", "12", str(take)], check=True)  # fmt: skip
+    small = tmp_path / "small.mp4"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-i", str(take), "-vf", f"scale={width // 2}:{height // 2}",
+                    "-c:v", "libx264", "-crf", "6", str(small)], check=True)  # fmt: skip
+    info = media.probe_video(take, max_resolution=180)
+    assert (info.width, info.height, info.scaled_from) == (width // 2, height // 2, (width, height))
+    assert (info.source_width, info.frames) == (width, 100)
+    for pixel_format in ("bgr24", "yuv420p"):
+        want = np.stack(list(media.iter_frames(media.probe_video(small), pixel_format=pixel_format))[::10])
+        got = np.stack(list(media.iter_frames(info, pixel_format=pixel_format))[::10])
+        assert got.shape == want.shape and _psnr(got, want) > 35, (pixel_format, _psnr(got, want))
+    for cap in (0, 360, 1080):
+        whole = media.probe_video(take, max_resolution=cap)
+        assert (whole.width, whole.height, whole.scaled_from) == (width, height, None)
+    assert video_probe.scaled_to(3840, 2160, 1080) == (1920, 1080)
+    assert video_probe.scaled_to(1080, 1920, 720) == (720, 1280)
+    assert video_probe.scaled_to(1440, 1080, 720) == (960, 720)  # HDV's 4:3, widened or not
+
+
 @pytest.fixture
 def photo(examples: Path) -> np.ndarray:
     """The bundled portrait at a phone photo's 4:3, 1200×900."""

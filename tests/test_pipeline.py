@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import pytest
 
 from heygem_ray import media
 from heygem_ray.analyze import analyze
-from heygem_ray.config import InputLimits, RenderConfig
+from heygem_ray.config import InputLimits, RenderConfig, RunConfig
 from heygem_ray.job import InProcessService, render_job, scratch
 from heygem_ray.manifest import Job
 from heygem_ray.media import decoders
@@ -28,6 +29,7 @@ from heygem_ray.packs import get_pack
 from heygem_ray.steps import TIMED
 from heygem_ray.timeline import loop_indices
 from heygem_ray.worker import ModelWorker
+from tests.helpers.footage import lecture_clip
 from tests.helpers.media import HANG_MARK, hanging_ffmpeg, make_excerpt, make_hdr, make_heic, make_silence, sleepers
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 
@@ -139,6 +141,35 @@ def test_a_take_shot_in_hdr_renders_as_the_sdr_take_and_its_row_says_it_was_tone
     with template:
         assert template.source_colour == "hlg"
         assert json.loads((template.root / "meta.json").read_text())["source_colour"] == "hlg"
+
+
+def test_a_reference_above_max_resolution_renders_at_it_with_the_mouth_following_the_audio(
+        tmp_path, examples, warp_service):  # fmt: skip
+    """A 1280×720 lecture take rendered with max_resolution 360: the video is 640×360, the
+    take scaled down everywhere but the mouth, the mouth moves; its template is of that
+    size and says what it was scaled from, and the run's config hash is not the one
+    without the cap (a resumed run renders its rows again)."""
+    take = lecture_clip(tmp_path / "take.mp4", size=(1280, 720), face=128, seconds=2, corner="centre",
+                        talk=lambda t: 0.0).path  # fmt: skip
+    cfg = RenderConfig(chunk_frames=48, max_resolution=360)
+    result = render_job(job(tmp_path, examples / "lesson1.wav", take), cfg, tmp_path / "cache", warp_service)
+    assert result.status == "ok", result.error
+    frames, fps = media.read_video(Path(result.output))
+    assert fps == FPS and frames.shape[1:] == (360, 640, 3)
+    assert len(frames) == round(media.probe_audio(examples / "lesson1.wav").duration * FPS)
+    template, cached = analyze(take, get_pack("warp").geometry, cfg.detector, tmp_path / "cache", max_resolution=360)
+    with template:
+        assert cached and (template.width, template.height) == (640, 360)
+        assert json.loads((template.root / "meta.json").read_text())["scaled_from"] == [1280, 720]
+        refs, index = _ref_frames(template, len(frames))
+        boxes = template.boxes[index]
+    outside = np.ones(frames.shape[:3], bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        outside[i, max(0, y0 - 8) : y1 + 8, max(0, x0 - 8) : x1 + 8] = False
+    assert np.abs(frames.astype(np.int16) - refs)[outside].mean() < 2.5  # the take, scaled, bar the codec
+    assert _mouth_change(frames, refs, boxes).mean() > 2  # the closed mouth of the take opens with the speech
+    plain = RunConfig(output_dir=tmp_path, render=RenderConfig(chunk_frames=48))
+    assert dataclasses.replace(plain, render=cfg).config_hash() != plain.config_hash()
 
 
 def test_a_phones_heic_photo_renders_as_a_photo(tmp_path, examples, warp_service):

@@ -6,6 +6,7 @@ people); the file is decoded only where an exact answer needs it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
@@ -84,6 +85,9 @@ class VideoInfo:
     # The stream is interlaced (its fields shot apart: 1080i from a broadcast or
     # lecture-capture camera): iter_frames deinterlaces it (``ffmpeg.DEINTERLACE``).
     interlaced: bool = False
+    # (width, height) of the frames before ``probe_video``'s ``max_resolution`` scaled them
+    # down to ``width`` × ``height``; None where it did not.
+    scaled_from: tuple[int, int] | None = None
     # The stream's codec and its pictures' pixel format as decoded (FFmpeg's names: "h264",
     # "yuv420p"): which decoder takes it (``decoders.pick_decoder``).
     codec: str = ""
@@ -257,7 +261,11 @@ def _decoded_frames(
 
 
 def probe_video(
-    path: str | os.PathLike[str], *, max_pixels: int | None = None, max_frames: int | None = None
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int | None = None,
+    max_frames: int | None = None,
+    max_resolution: int = 0,
 ) -> VideoInfo:
     """Describe a reference video or still image as :func:`iter_frames` will yield it.
 
@@ -274,10 +282,28 @@ def probe_video(
     when FFmpeg would have to decode the picture to learn it), and no decoder is allowed a
     larger picture; ``max_frames`` on the frames the index lists, the packets demuxed (the
     scan stops there), the frames the timestamps span at the chosen rate, and the count.
+
+    ``max_resolution`` (0: none): frames whose shorter side is longer are yielded scaled
+    down in proportion to that side (``scaled_to``: 2160p → 1080p, 3840×2160 → 1920×1080,
+    a portrait 2160×3840 → 1080×1920); ``VideoInfo.scaled_from`` keeps the size before.
     """
     p = require_file(path, "reference").absolute()
     st = p.stat()
-    return _probe_video(p, st.st_size, st.st_mtime_ns, max_pixels, max_frames)
+    info = _probe_video(p, st.st_size, st.st_mtime_ns, max_pixels, max_frames)
+    width, height = scaled_to(info.width, info.height, max_resolution)
+    if (width, height) == (info.width, info.height):
+        return info
+    return dataclasses.replace(info, width=width, height=height, scaled_from=(info.width, info.height))
+
+
+def scaled_to(width: int, height: int, max_resolution: int) -> tuple[int, int]:
+    """(width, height) of a picture whose shorter side is at most ``max_resolution`` (0:
+    as it is), in proportion, each side even."""
+    short = min(width, height)
+    if max_resolution <= 0 or short <= max_resolution:
+        return width, height
+    factor = max_resolution / short
+    return max(2, 2 * round(width * factor / 2)), max(2, 2 * round(height * factor / 2))
 
 
 @functools.lru_cache(maxsize=64)

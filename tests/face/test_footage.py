@@ -103,6 +103,20 @@ def test_a_face_smaller_than_the_smallest_searched_for_is_no_face_with_the_limit
     assert str(clip.path) in result.error and "row 3" in result.error
 
 
+def test_a_face_scaled_below_the_smallest_by_max_resolution_says_so(clips, tmp_path):
+    """The 40-px face of a 720p take, scaled to 360 lines (20 px, half the 40 searched
+    for): no_face, naming the scaling and how to keep the face at its size."""
+    clip = clips[("720p", 40)]
+    job = Job(row=4, job_id="scaled", audio=buzz(tmp_path / "a.wav", 1.0, [(0.2, 0.8)]), video=clip.path,
+              output=tmp_path / "o.mp4")  # fmt: skip
+    cfg = RenderConfig(backend="pytorch", max_resolution=360)
+    service = InProcessService(ModelWorker(cfg, engines_dir=tmp_path / "engines"))
+    result = render_job(job, cfg, tmp_path / "cache", service)
+    assert result.status == "failed" and result.error_kind == "no_face", result.error
+    assert "scaled down from 1280×720 to 640×360 by --max-resolution" in result.error
+    assert "a higher one, or 0, keeps them at their size" in result.error
+
+
 def test_a_still_face_does_not_jitter(tmp_path):
     clip = lecture_clip(tmp_path / "still.mp4", size=(1920, 1080), face=96, seconds=2.0, corner="centre", motion="still")
     track = track_footage(clip.path, tmp_path / "cache")
