@@ -626,7 +626,8 @@ class StoreWriter:
             f"reference {self._source}: its analysis would take about {_size(need + self._then)} in {folder} "
             f"({self._frames} frames at {_size(per_frame)} a frame as its first {kept} were stored, and their "
             f"face crops), and that disk has {_size(free)} for it, keeping {_size(keep)} free for the run's other "
-            "files; free space there, give --cache-dir a folder on a larger disk, or cut the reference down to "
+            f"files; free space there (heygem-ray cache prune --cache-dir {folder} removes templates unused for 30 "
+            "days and what killed analyses left), give --cache-dir a folder on a larger disk, or cut the reference down to "
             "a few minutes (a shorter reference is looped under longer audio: "
             "ffmpeg -i reference.mp4 -t 300 -c copy reference-5min.mp4)",
             kind="storage",
