@@ -564,6 +564,8 @@ def cache_prune(
 def _cache_line(e: template_cache.Entry) -> str:
     used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
     what = "left by a killed build" if e.leftover else f"v{e.version if e.version is not None else '?'} {e.source or '(unreadable meta.json)'}"
+    if e.size and not e.leftover:
+        what += f" ({e.size})"
     return f"{e.path}  {_gib(e.bytes)}  used {used}  {what}"
 
 

@@ -41,6 +41,9 @@ class Entry:
     source: str  # the reference it was analysed from, as meta.json names it ("" where unread)
     version: int | None  # its TEMPLATE_VERSION (None where unread)
     leftover: bool  # a killed build's folder, or a template set aside and not yet removed
+    # Its frames' size, "1920×1080", and "scaled from 3840×2160" where --max-resolution made
+    # it smaller than its reference ("" where unread).
+    size: str = ""
 
 
 def scan(cache_dir: Path) -> list[Entry]:
@@ -55,9 +58,9 @@ def scan(cache_dir: Path) -> list[Entry]:
             leftover = path.suffix in analyze.LEFTOVER_SUFFIXES and path.name.startswith(".")
             if not _KEY.fullmatch(key) or not (leftover or path.is_dir()):
                 continue
-            source, version = _made_from(path)
+            source, version, size = _made_from(path)
             entries.append(Entry(path=path, key=key, bytes=_size(path), last_used=_mtime(path), source=source,
-                                 version=version, leftover=leftover))  # fmt: skip
+                                 version=version, leftover=leftover, size=size))  # fmt: skip
     return sorted(entries, key=lambda e: e.last_used)
 
 
@@ -91,12 +94,17 @@ def prune(cache_dir: Path, unused_for_s: float, *, dry_run: bool = False) -> tup
     return removed, busy
 
 
-def _made_from(path: Path) -> tuple[str, int | None]:
+def _made_from(path: Path) -> tuple[str, int | None, str]:
+    """(source, version, size) of the template ``path`` as its meta.json says (see ``Entry``)."""
     try:
         meta = json.loads((path / "meta.json").read_text())
-        return str(meta.get("source", "")), int(meta["version"])
+        source, version = str(meta.get("source", "")), int(meta["version"])
     except (OSError, ValueError, KeyError, TypeError):
-        return "", None
+        return "", None, ""
+    size = f"{meta['width']}×{meta['height']}" if "width" in meta and "height" in meta else ""
+    if size and meta.get("scaled_from"):
+        size += " scaled from {}×{}".format(*meta["scaled_from"])
+    return source, version, size
 
 
 def _mtime(path: Path) -> float:

@@ -302,7 +302,7 @@ def test_every_analysis_marks_its_template_used(cache, examples):
     assert template_cache.prune(cache, 30 * DAY) == ([], [])
 
 
-def test_the_cache_commands_list_and_prune(cache):
+def test_the_cache_commands_list_and_prune(cache, examples):
     root = _root(cache)
     recent = _other_template(root, "a" * 32, 1)
     _age(root, 40)
@@ -310,13 +310,19 @@ def test_the_cache_commands_list_and_prune(cache):
     assert listed.exit_code == 0, listed.output
     lines = listed.stdout.splitlines()
     assert lines[0].startswith(f"{root}  ") and lines[1].startswith(f"{recent}  ") and "presenter.mp4" in lines[0]
+    assert lines[0].endswith("presenter.mp4 (384×384)")
     assert lines[-1].startswith(f"2 in {cache}, ")
+    # The same reference analysed at --max-resolution 192: a template of its own, which says so.
+    smaller, _ = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache, max_resolution=192)
+    smaller.close()
+    listed = runner.invoke(app, ["cache", "list", "--cache-dir", str(cache)]).stdout.splitlines()
+    assert listed[2].startswith(f"{smaller.root}  ") and listed[2].endswith("presenter.mp4 (192×192 scaled from 384×384)")
     dry = runner.invoke(app, ["cache", "prune", "--cache-dir", str(cache), "--dry-run"])
     assert dry.exit_code == 0 and dry.stdout.startswith(f"would remove {root}  ") and root.is_dir()
     pruned = runner.invoke(app, ["cache", "prune", "--cache-dir", str(cache), "--unused-days", "0.5"])
     assert pruned.exit_code == 0, pruned.output
     assert pruned.stdout.splitlines()[-1].startswith(f"removed 2 from {cache}, ")
-    assert not root.exists() and not recent.exists()
+    assert not root.exists() and not recent.exists() and smaller.root.is_dir()  # used just now
     bad = runner.invoke(app, ["cache", "prune", "--cache-dir", str(cache), "--unused-days", "-1"])
     assert bad.exit_code == 2 and "--unused-days must be 0 or more" in bad.output
 
