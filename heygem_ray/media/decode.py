@@ -67,7 +67,9 @@ def iter_frames(
     source = ffmpeg.input(url(info.path), threads=DECODER_THREADS, **on_gpu, **decoder_limit(max_pixels))[picture]
     decoded = video_filters(source, fps, info.interlaced)
     if info.colour in MAPPED_COLOURS:
-        decoded = to_sdr(decoded, info.colour, info.colour_source, hdr=info.colour in HDR_COLOURS)
+        # At the size yielded (``max_resolution``; for non-square pixels the scale below widens it).
+        size = (info.width, info.height) if info.scaled_from is not None and info.sample_aspect == 1 else None
+        decoded = to_sdr(decoded, info.colour, info.colour_source, hdr=info.colour in HDR_COLOURS, size=size)
     # A guard for streams that change size midway: every frame comes out width × height.
     if pixel_format == "yuv420p":
         if info.colour == "bt601":

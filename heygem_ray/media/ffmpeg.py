@@ -147,11 +147,15 @@ def missing_filters() -> tuple[str, ...]:
     return tuple(name for name in SDR_FILTERS if name not in listed)
 
 
-def to_sdr(stream: Any, colour: str, source: tuple[tuple[str, str], ...], hdr: bool) -> Any:
+def to_sdr(
+    stream: Any, colour: str, source: tuple[tuple[str, str], ...], hdr: bool, size: tuple[int, int] | None = None
+) -> Any:
     """The pictures of ``stream``, HDR (``hdr``: ``colour`` "hlg" or "pq", tone-mapped) or
     SDR in a wide gamut ("bt2020", "p3"), described by ``source``
-    (``VideoInfo.colour_source``), as SDR BT.709 limited-range 4:2:0, tagged so. An ffmpeg
-    without the filters for it is ``ffmpeg_missing``."""
+    (``VideoInfo.colour_source``), as SDR BT.709 limited-range 4:2:0, tagged so; at
+    ``size`` (width, height) where given, resized in the first step, so the rest works on
+    that many pixels (a 4K take read at 1080p is tone-mapped at 1080p). An ffmpeg without
+    the filters for it is ``ffmpeg_missing``."""
     if missing := missing_filters():
         raise EngineError(
             f"the ffmpeg in use ({ffmpeg_exe()}) has no {' or '.join(missing)} filter, which maps a take shot "
@@ -160,10 +164,13 @@ def to_sdr(stream: Any, colour: str, source: tuple[tuple[str, str], ...], hdr: b
             "or export the take as SDR (BT.709)",
             kind="ffmpeg_missing",
         )
+    resize = {} if size is None else {"w": size[0], "h": size[1], "f": "bicubic"}
     if not hdr:
-        mapped = stream.filter("zscale", **dict(source), t="709", p="709")
+        mapped = stream.filter("zscale", **dict(source), **resize, t="709", p="709")
     else:
-        linear = stream.filter("zscale", **dict(source), t="linear", npl=HDR_WHITE_NITS).filter("format", "gbrpf32le")
+        linear = stream.filter("zscale", **dict(source), **resize, t="linear", npl=HDR_WHITE_NITS).filter(
+            "format", "gbrpf32le"
+        )
         mapped = linear.filter("zscale", p="709").filter("tonemap", "mobius", param=TONE_KNEE).filter("zscale", t="709")
     return mapped.filter("zscale", m="709", r="limited").filter("format", "yuv420p")
 
