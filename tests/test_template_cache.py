@@ -8,15 +8,12 @@ while, never what is in use."""
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
 import shutil
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +29,7 @@ from heygem_ray.errors import InputError
 from heygem_ray.job.tiles import restore_inputs
 from heygem_ray.packs import get_pack
 from heygem_ray.timeline import plan
+from tests.helpers.readonly import read_only
 
 GEOMETRY, DETECTOR = get_pack("warp").geometry, DetectorConfig()
 runner = CliRunner()
@@ -204,14 +202,14 @@ def test_leftovers_of_killed_builds_of_a_template_are_removed_when_it_is_next_an
     assert not killed.exists() and not aside.exists() and other.is_dir()
 
 
-def test_damaged_restoration_tiles_are_made_again(cache, examples, caplog):
+def test_damaged_restoration_tiles_are_made_again(cache, examples, caplog, tmp_path):
     template, _ = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
     with template:
         timeline = plan(2.0, template.frames, template.fps, "pingpong", template.is_image)
         frames = np.unique(timeline.ref_index)[::5]  # frames the timeline uses
 
         def tiles() -> tuple[bytes, list[int]]:
-            made = restore_inputs(template, timeline)(frames).tiles
+            made = restore_inputs(template, timeline, tmp_path)(frames).tiles
             return made.data.tobytes(), made.ends.tolist()
 
         want = tiles()
@@ -330,28 +328,6 @@ def test_the_cache_commands_list_and_prune(cache, examples):
 # --------------------------------------------------------------------------- a cache that cannot be written
 
 
-@contextmanager
-def _read_only(folder: Path) -> Iterator[None]:
-    """``folder`` read-only to this process: a read-only bind mount of it over itself when
-    running as root (whom permissions do not stop), else its write permission taken away."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        try:
-            yield
-        finally:
-            folder.chmod(0o755)
-        return
-    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot bind-mount as root here: {mounted.stderr.strip()}")
-    try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
-        yield
-    finally:
-        gc.collect()  # a template's mapped crops hold the mount until collected
-        subprocess.run(["umount", "--lazy", str(folder)], check=True)
-
-
 def test_a_cache_that_cannot_be_written_serves_the_templates_it_holds(cache, examples, tmp_path):
     """A cache mounted read-only on the nodes (built beforehand, as `heygem-ray preview`
     warms it): the presenter's template is served without its lock (every row used to
@@ -363,7 +339,7 @@ def test_a_cache_that_cannot_be_written_serves_the_templates_it_holds(cache, exa
     shutil.copy(examples / "presenter.mp4", other)
     with open(other, "ab") as f:
         f.write(b"\0")  # other content: another key
-    with _read_only(cache):
+    with read_only(cache):
         assert not os.access(cache, os.W_OK)
         template, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
         with template:
@@ -375,3 +351,30 @@ def test_a_cache_that_cannot_be_written_serves_the_templates_it_holds(cache, exa
     assert err.value.message.startswith(f"reference {other}: the template cache {cache} cannot be written here and "
                                         "holds no analysis of it: analyse the reference into it where it can be "
                                         f"written (heygem-ray preview {other} --cache-dir {cache}")  # fmt: skip
+
+
+def test_a_cache_that_cannot_be_written_gives_the_restoration_tiles_it_holds_and_makes_the_rest_per_job(
+        cache, examples, tmp_path):  # fmt: skip
+    """The tiles a writable run kept are read from a read-only cache as they are; a job
+    whose frames the cache holds no tiles of makes them in its scratch folder (the same
+    tiles) instead of failing on the lock file, and leaves the cache as it was."""
+    with Template.open(_root(cache)) as template:
+        short = plan(1.0, template.frames, template.fps, "pingpong", template.is_image)
+        long = plan(6.0, template.frames, template.fps, "pingpong", template.is_image)
+        frames = np.unique(long.ref_index)
+        writable = Path(shutil.copytree(cache, tmp_path / "writable"))
+        with Template.open(_root(writable)) as twin:
+            want = restore_inputs(twin, long, tmp_path)(frames).tiles
+        restore_inputs(template, short, tmp_path)  # kept: the short timeline's frames
+    held = sorted((p.name, p.stat().st_size) for p in _root(cache).iterdir())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with read_only(cache), Template.open(_root(cache)) as template:
+        kept = restore_inputs(template, short, scratch)(np.unique(short.ref_index)).tiles
+        assert list(scratch.iterdir()) == []  # all read from the cache
+        made = restore_inputs(template, long, scratch)(frames).tiles
+        assert [p.name for p in scratch.iterdir()] == ["restore-tiles-v1.bin"]
+    assert made.data.tobytes() == want.data.tobytes() and made.ends.tolist() == want.ends.tolist()
+    first = want.ends[len(np.unique(short.ref_index)) - 1]
+    assert kept.data.tobytes() == want.data.tobytes()[:first]
+    assert sorted((p.name, p.stat().st_size) for p in _root(cache).iterdir()) == held

@@ -88,8 +88,8 @@ def render_job(
             #    reference-stage output for it (computed on the workers once per template);
             #    to restore faces, also its face aligned to the network's tile (kept likewise)
             with steps("analyze"):
-                given = reference_inputs(template, pack, models, timeline, cfg.chunk_frames)
-                restore = restore_inputs(template, timeline) if cfg.restore != "none" else None
+                given = reference_inputs(template, pack, models, timeline, cfg.chunk_frames, Path(scratch))
+                restore = restore_inputs(template, timeline, Path(scratch)) if cfg.restore != "none" else None
             # 5+6. motion, render (and restore) per chunk on the workers, composed and encoded here
             composed = render_and_compose(JobContext(
                 job.output, audio, cfg, pack, models, template, timeline, features, given, restore, steps, scratch,

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def reference_inputs(
-    template: Template, pack: PackSpec, models: ModelService, timeline: Timeline, chunk_frames: int
+    template: Template, pack: PackSpec, models: ModelService, timeline: Timeline, chunk_frames: int, scratch: Path
 ) -> Callable[[np.ndarray], np.ndarray]:
     """Reference frame indices (k,) → what the job sends the workers for them: their crops,
     or, for a pack with a reference stage, that stage's outputs, kept with the template.
@@ -38,16 +38,22 @@ def reference_inputs(
     a job that dies midway leaves the rest to the next. Kept outputs that are not whole (a
     file that does not load, or is not of the template's length) are removed, with a
     warning, and computed again.
+
+    Where the template's folder cannot be written (a read-only cache, ``analyze._read_only``)
+    nothing is kept: ``_for_this_job``, in the job's ``scratch`` folder.
     """
     if pack.reference is None:
         return template.crops
     key = models.reference_key()
     (spec,) = pack.io(pack.reference)[1]
     data, done_path = template.root / f"reference-{key}.npy", template.root / f"reference-{key}.done.npy"
+    shape = (template.frames, *spec.shape)
+    if not os.access(template.root, os.W_OK):
+        return _for_this_job(template, models, timeline, chunk_frames, (data, done_path), shape, scratch)
     with storage.file_lock(template.root / f"reference-{key}.lock"), storage_errors(template.root):
         for left in template.root.glob(f".{data.name}.*.tmp"):  # from a job killed while making one
             left.unlink(missing_ok=True)
-        done = _kept(data, done_path, (template.frames, *spec.shape))
+        done = _kept(data, done_path, shape)
         if done is None:
             tmp = data.with_name(f".{data.name}.{uuid.uuid4().hex}.tmp")
             np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(template.frames, *spec.shape)).flush()
@@ -57,16 +63,7 @@ def reference_inputs(
         todo = np.flatnonzero(~done & np.isin(np.arange(template.frames), timeline.ref_index))
         if todo.size:
             store = np.load(data, mmap_mode="r+")
-            pending: deque[tuple[np.ndarray, ReferenceFuture]] = deque()
-            for s in range(0, todo.size, chunk_frames):
-                part = todo[s : s + chunk_frames]
-                pending.append((part, models.submit_reference(template.crops(part))))
-                if len(pending) > max(LOOKAHEAD, models.workers):
-                    index, future = pending.popleft()
-                    store[index] = future.result()
-            for index, future in pending:
-                store[index] = future.result()
-            store.flush()
+            _compute(store, todo, template, models, chunk_frames)
             del store
             done[todo] = True
             bitmap = io.BytesIO()
@@ -81,11 +78,61 @@ def reference_inputs(
     return read
 
 
-def _kept(data: Path, done_path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+def _compute(store: np.ndarray, todo: np.ndarray, template: Template, models: ModelService, chunk_frames: int) -> None:
+    """Fill ``store``'s items ``todo`` (template frames) with the workers' reference-stage
+    outputs for their crops, a chunk at a time, a few in flight."""
+    pending: deque[tuple[np.ndarray, ReferenceFuture]] = deque()
+    for s in range(0, todo.size, chunk_frames):
+        part = todo[s : s + chunk_frames]
+        pending.append((part, models.submit_reference(template.crops(part))))
+        if len(pending) > max(LOOKAHEAD, models.workers):
+            index, future = pending.popleft()
+            store[index] = future.result()
+    for index, future in pending:
+        store[index] = future.result()
+    if isinstance(store, np.memmap):
+        store.flush()
+
+
+def _for_this_job(
+    template: Template,
+    models: ModelService,
+    timeline: Timeline,
+    chunk_frames: int,
+    kept_in: tuple[Path, Path],
+    shape: tuple[int, ...],
+    scratch: Path,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``reference_inputs`` where the template's folder cannot be written: the outputs kept
+    there (``kept_in``: data, done) are read where they cover every frame the timeline uses;
+    otherwise those frames' outputs are computed into the job's ``scratch`` folder, for this
+    job only (warm the cache where it can be written to keep them)."""
+    used = np.unique(timeline.ref_index)
+    done = _kept(*kept_in, shape, remove=False)
+    if done is not None and done[used].all():
+        kept = np.load(kept_in[0], mmap_mode="r")
+    else:
+        log.info("the template cache cannot be written at %s and holds no reference-stage outputs for the frames "
+                 "this job uses: computing them for this job only", template.root)  # fmt: skip
+        path = scratch / kept_in[0].name
+        with storage_errors(scratch):
+            store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+            _compute(store, used, template, models, chunk_frames)
+        del store
+        kept = np.load(path, mmap_mode="r")
+
+    def read(index: np.ndarray) -> np.ndarray:
+        return np.asarray(kept[index])
+
+    return read
+
+
+def _kept(data: Path, done_path: Path, shape: tuple[int, ...], remove: bool = True) -> np.ndarray | None:
     """Which of the ``shape[0]`` items ``data`` holds (``done_path``): None where there is no
-    ``data``, or where what is kept is not whole (then removed)."""
+    ``data``, or where what is kept is not whole (then removed, unless not ``remove``)."""
     if not data.is_file():
-        done_path.unlink(missing_ok=True)  # names items of a store that is gone
+        if remove:
+            done_path.unlink(missing_ok=True)  # names items of a store that is gone
         return None
     try:
         store = np.load(data, mmap_mode="r")
@@ -97,6 +144,7 @@ def _kept(data: Path, done_path: Path, shape: tuple[int, ...]) -> np.ndarray | N
     if whole:
         return done
     log.warning("the reference-stage outputs kept in %s are damaged (%s): computing them again", data.parent, why)
-    data.unlink(missing_ok=True)
-    done_path.unlink(missing_ok=True)
+    if remove:
+        data.unlink(missing_ok=True)
+        done_path.unlink(missing_ok=True)
     return None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,30 +50,57 @@ def frame_matrices(template: Template, frames: np.ndarray) -> np.ndarray:
     return matrices
 
 
-def restore_inputs(template: Template, timeline: Timeline) -> Callable[[np.ndarray], RestoreInputs]:
+def restore_inputs(template: Template, timeline: Timeline, scratch: Path) -> Callable[[np.ndarray], RestoreInputs]:
     """Reference frame indices (k,) → what a chunk of them sends to be restored: their
     aligned tiles (made and kept first for the frames this timeline uses that the
-    template lacks), crop boxes and similarities."""
+    template lacks), crop boxes and similarities.
+
+    Where the template's folder cannot be written (a read-only cache, ``analyze._read_only``)
+    the tiles kept there are read where they cover every frame this timeline uses; otherwise
+    those frames' tiles are made into the job's ``scratch`` folder, for this job only."""
     used = np.unique(timeline.ref_index)
     matrices = frame_matrices(template, used)
     data = template.root / f"restore-tiles-v{TILES_VERSION}.bin"
     index_path = template.root / f"restore-tiles-v{TILES_VERSION}.index.npy"
+    if not os.access(template.root, os.W_OK):
+        index = _kept_index(index_path, data, template.frames, remove=False)
+        if not index[used, 1].all():
+            log.info("the template cache cannot be written at %s and holds no restoration tiles for the frames this "
+                     "job uses: making them for this job only", template.root)  # fmt: skip
+            data, index = scratch / data.name, np.zeros_like(index)
+            with storage_errors(scratch):
+                _make(template, used, matrices, data, index)
+        kept = np.memmap(data, np.uint8, mode="r")
+        return _reader(template, matrices, index, kept)
     with storage.file_lock(template.root / "restore-tiles.lock"), storage_errors(template.root):
         index = _kept_index(index_path, data, template.frames)
         todo = used[index[used, 1] == 0]
         if todo.size:
-            with open(data, "ab") as out:
-                at = out.tell()  # past any bytes a job that died left
-                for i, frame in zip(todo, template.read_frames(todo), strict=True):
-                    jpeg = encode_jpeg(to_tile(frame, matrices[i]))
-                    out.write(jpeg)
-                    index[i] = at, len(jpeg)
-                    at += len(jpeg)
+            _make(template, todo, matrices, data, index)
             saved = io.BytesIO()
             np.save(saved, index)
             storage.write_bytes(index_path, saved.getbuffer())
         # Mapped once: the tiles this job uses stay readable if the template is replaced meanwhile.
         kept = np.memmap(data, np.uint8, mode="r")
+    return _reader(template, matrices, index, kept)
+
+
+def _make(template: Template, todo: np.ndarray, matrices: np.ndarray, data: Path, index: np.ndarray) -> None:
+    """Append the tiles of frames ``todo`` to ``data``, noting where each is in ``index``."""
+    with open(data, "ab") as out:
+        at = out.tell()  # past any bytes a job that died left
+        for i, frame in zip(todo, template.read_frames(todo), strict=True):
+            jpeg = encode_jpeg(to_tile(frame, matrices[i]))
+            out.write(jpeg)
+            index[i] = at, len(jpeg)
+            at += len(jpeg)
+
+
+def _reader(
+    template: Template, matrices: np.ndarray, index: np.ndarray, kept: np.ndarray
+) -> Callable[[np.ndarray], RestoreInputs]:
+    """Frames (k,) → their ``RestoreInputs``: tiles from ``kept`` (the tiles' bytes, mapped)
+    where ``index`` says."""
 
     def read(frames: np.ndarray) -> RestoreInputs:
         files = [kept[index[i, 0] : index[i, 0] + index[i, 1]].tobytes() for i in frames]
@@ -87,9 +115,10 @@ def restore_inputs(template: Template, timeline: Timeline) -> Callable[[np.ndarr
     return read
 
 
-def _kept_index(index_path: Path, data: Path, frames: int) -> np.ndarray:
+def _kept_index(index_path: Path, data: Path, frames: int, remove: bool = True) -> np.ndarray:
     """The index of the tiles kept in ``data`` for a template of ``frames`` frames: none kept
-    (all zero) where there is none, or where what is kept is not whole (then removed)."""
+    (all zero) where there is none, or where what is kept is not whole (then removed, unless
+    not ``remove``)."""
     none = np.zeros((frames, 2), np.int64)
     if not index_path.is_file():
         return none
@@ -104,6 +133,7 @@ def _kept_index(index_path: Path, data: Path, frames: int) -> np.ndarray:
     if whole:
         return index
     log.warning("the restoration tiles kept in %s are damaged (%s): making them again", data.parent, why)
-    index_path.unlink(missing_ok=True)
-    data.unlink(missing_ok=True)
+    if remove:
+        index_path.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
     return none

@@ -34,6 +34,7 @@ from heygem_ray.worker import ModelWorker
 from tests.conftest import EXAMPLES
 from tests.helpers.footage import lecture_clip
 from tests.helpers.media import make_excerpt
+from tests.helpers.readonly import read_only
 
 PACK = get_pack("musetalk")
 
@@ -216,6 +217,39 @@ def test_damaged_reference_latents_are_computed_again_and_the_job_renders(museta
     (record,) = caplog.records
     assert str(kept.parent) in record.getMessage() and "computing them again" in record.getMessage()
     assert np.load(kept.with_name(kept.name.replace(".npy", ".done.npy"))).all()
+
+
+def test_a_cache_that_cannot_be_written_gives_the_latents_it_holds_and_computes_the_rest_per_job(
+        musetalk_folder, tmp_path):  # fmt: skip
+    """A template cache warmed by a 0.4 s job, then mounted read-only: a 0.4 s job reads the
+    10 frames' latents it holds (none computed); a 1.4 s job, which needs all 25, computes
+    them for itself (its lock and latents file could not be made: the row failed) and
+    renders the video a writable cache gives; the cache is left as it was."""
+    clip = lecture_clip(tmp_path / "clip.mp4", size=(320, 240), face=90, seconds=1.0, corner="centre")
+    cfg = RenderConfig(pack="musetalk", checkpoint=musetalk_folder, chunk_frames=16, batch_size=8)
+    worker = _CountingWorker(cfg, tmp_path / "engines")
+    service = InProcessService(worker)
+    short, long = (make_excerpt(EXAMPLES / "lesson1.wav", tmp_path / f"a{s}.wav", seconds=s, start=0.3)
+                   for s in (0.4, 1.4))  # fmt: skip
+    cache = tmp_path / "cache"
+    assert render_job(Job(1, "warm", short, clip.path, tmp_path / "warm.mp4"), cfg, cache, service).status == "ok"
+    writable = Path(shutil.copytree(cache, tmp_path / "writable"))
+    want = render_job(Job(2, "w", long, clip.path, tmp_path / "w.mp4"), cfg, writable, service)
+    assert want.status == "ok", want.error
+    held = sorted((p.relative_to(cache), p.stat().st_size) for p in cache.rglob("*"))
+    worker.reference_frames.clear()
+    with read_only(cache):
+        again = render_job(Job(3, "again", short, clip.path, tmp_path / "again.mp4"), cfg, cache, service)
+        assert again.status == "ok", again.error
+        assert worker.reference_frames == []
+        got = render_job(Job(4, "long", long, clip.path, tmp_path / "long.mp4"), cfg, cache, service)
+        assert got.status == "ok", got.error
+        assert worker.reference_frames == [16, 9]  # the 25 frames it uses, for this job
+    # The same video, up to the float rounding of latents computed in other batches (25 at
+    # once here, 10 then 15 there).
+    diff = np.abs(media.read_video(Path(got.output))[0].astype(np.int16) - media.read_video(Path(want.output))[0])
+    assert diff.mean() < 0.5 and np.percentile(diff, 99.9) <= 8, (diff.mean(), diff.max())
+    assert sorted((p.relative_to(cache), p.stat().st_size) for p in cache.rglob("*")) == held
 
 
 def test_submit_renders_a_lecture_clip_with_musetalk_through_ray(musetalk_folder, tmp_path, ray_join):
