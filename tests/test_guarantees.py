@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from heygem_ray import media
 from heygem_ray.cli import app
 from heygem_ray.errors import InputError
+from tests.helpers.footage import lecture_clip, with_camera_noise
 from tests.helpers.media import make_excerpt
 from tests.helpers.raystart import RayStart
 from tests.jobs import NIGHTLY
@@ -218,6 +219,26 @@ def test_a_full_template_cache_fails_the_rows_as_storage_not_internal(lesson, mo
     assert (row["status"], row["error_kind"], row["error_step"]) == ("failed", "storage", "analyze")
     assert row["error"].startswith(f"row 1 (job 'one'): {cache}")
     assert "no space left on device; free space on that disk" in row["error"]
+
+
+def test_a_reference_too_large_for_the_cache_disk_fails_its_row_and_not_the_others(lesson, mount, ray_join):
+    """Three rows on one small cache disk (40 MiB): a noisy 720p take whose analysis would
+    take about 80 MiB fails at its first second, saying how much it needs and what to do
+    (before, it wrote until the disk was full: "no space left on device"), and leaves
+    nothing; the two others (a short clip, a photo) render."""
+    folder = lesson.parent
+    big = with_camera_noise(lecture_clip(folder / "clean.mp4", size=(1280, 720), face=128, seconds=4), folder / "big.mp4")
+    lecture_clip(folder / "small.mp4", size=(320, 240), face=80, seconds=2, corner="centre")
+    (folder / "m.csv").write_text("job_id,audio,video\nbig,a.wav,big.mp4\nsmall,a.wav,small.mp4\nphoto,a.wav,p.jpg\n")
+    cache = mount("cache", size="40m")
+    out = folder / "out"
+    proc = _run([HEYGEM, "submit", "m.csv", "-o", str(out), "--cache-dir", str(cache)], folder, ray_join)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    rows = {r["job_id"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert (rows["small"]["status"], rows["photo"]["status"]) == ("ok", "ok"), rows
+    assert (rows["big"]["error_kind"], rows["big"]["error_step"]) == ("storage", "analyze")
+    assert rows["big"]["error"].startswith(f"row 1 (job 'big'): reference {big.path}: its analysis would take about ")
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]  # nothing left of it
 
 
 def test_an_engine_store_on_a_read_only_disk_stops_the_run_with_its_words(lesson, mount, ray_join):
