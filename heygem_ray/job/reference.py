@@ -56,7 +56,7 @@ def reference_inputs(
         done = _kept(data, done_path, shape)
         if done is None:
             tmp = data.with_name(f".{data.name}.{uuid.uuid4().hex}.tmp")
-            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(template.frames, *spec.shape)).flush()
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape).flush()
             storage.allocate(tmp)
             os.replace(tmp, data)
             done = np.zeros(template.frames, bool)
