@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import itertools
+import shutil
 import signal
 import sys
 import time
@@ -512,7 +513,9 @@ def cache_list(
     cache_dir: Annotated[Path | None, typer.Option(help=_CACHE_HELP)] = None,
 ) -> None:
     """Print the templates in the cache, least recently used first: size, when a run last
-    used it, its template version, and the reference it was analysed from.
+    used it, its template version, the reference it was analysed from and its frames' size;
+    then their total, and the space free on the cache's disk (a new analysis holds what it
+    needs there before it goes on).
 
     Exit status: 0 when listed, 2 when the cache cannot be read."""
     from heygem_ray import template_cache
@@ -525,7 +528,8 @@ def cache_list(
         raise typer.Exit(2) from None
     for e in entries:
         print(_cache_line(e))
-    print(f"{len(entries)} in {folder}, {_gib(sum(e.bytes for e in entries))}")
+    free = f"; its disk has {_gib(shutil.disk_usage(folder).free)} free" if folder.is_dir() else ""
+    print(f"{len(entries)} in {folder}, {_gib(sum(e.bytes for e in entries))}{free}")
 
 
 @cache_app.command("prune")

@@ -309,7 +309,7 @@ def test_the_cache_commands_list_and_prune(cache, examples):
     lines = listed.stdout.splitlines()
     assert lines[0].startswith(f"{root}  ") and lines[1].startswith(f"{recent}  ") and "presenter.mp4" in lines[0]
     assert lines[0].endswith("presenter.mp4 (384×384)")
-    assert lines[-1].startswith(f"2 in {cache}, ")
+    assert lines[-1].startswith(f"2 in {cache}, ") and "; its disk has " in lines[-1] and lines[-1].endswith(" GiB free")
     # The same reference analysed at --max-resolution 192: a template of its own, which says so.
     smaller, _ = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache, max_resolution=192)
     smaller.close()
