@@ -172,6 +172,16 @@ def test_the_reference_length_against_the_audio_and_the_loop_mode(example):
     assert run(example)["length"].figure == "reference 4.0 s (no audio given to compare)"
 
 
+def test_a_long_reference_of_which_the_audio_uses_little_says_a_cut_would_spare_its_analysis(example, monkeypatch):
+    """(A 4-s reference stands for an hour-long lecture: the length counted long is lowered.)"""
+    assert run(example, audio_seconds=1.0, pack="wav2lip")["length"].advice == ""
+    monkeypatch.setattr(checks, "LONG_REFERENCE_S", 3.0)
+    short = run(example, audio_seconds=1.0, pack="wav2lip")["length"]
+    assert short.level == "ok" and short.advice.startswith("only its first 0.0 of 0.1 minutes are shown, but it is "
+                                                           "analysed whole")  # fmt: skip
+    assert run(example, audio_seconds=2.0, pack="wav2lip")["length"].advice == ""  # half of it used: nothing to say
+
+
 @pytest.mark.parametrize(
     ("colour", "level", "figure"),
     [
