@@ -663,6 +663,28 @@ def test_a_reference_above_the_resolution_asked_for_is_read_scaled_down_in_propo
     assert video_probe.scaled_to(1440, 1080, 720) == (960, 720)  # HDV's 4:3, widened or not
 
 
+@pytest.mark.parametrize("suffix", [".png", ".webp"])
+def test_a_cut_out_photo_is_shown_on_black_not_on_what_its_transparent_pixels_hold(
+        tmp_path: Path, examples: Path, suffix: str) -> None:  # fmt: skip
+    """A presenter cut out of their background (an alpha channel, red stored under the
+    transparent pixels, as a cut-out tool may leave): the background reads black, as BGR
+    and as I420; the presenter as the photo has them."""
+    photo = cv2.imread(str(examples / "presenter.jpg"))
+    h, w = photo.shape[:2]
+    yy, xx = np.mgrid[:h, :w]
+    cut = (xx - w / 2) ** 2 / (0.35 * w) ** 2 + (yy - h / 2) ** 2 / (0.45 * h) ** 2 > 1
+    rgba = np.dstack([photo, np.where(cut, 0, 255).astype(np.uint8)])
+    rgba[cut, :3] = (0, 0, 255)
+    path = tmp_path / f"cut-out{suffix}"
+    cv2.imwrite(str(path), rgba, [cv2.IMWRITE_WEBP_QUALITY, 101] if suffix == ".webp" else [])
+    info = media.probe_video(path)
+    bgr = next(media.iter_frames(info))
+    assert bgr[cut].max() <= 2  # black (it was red)
+    assert np.abs(bgr[~cut].astype(np.int16) - photo[~cut]).mean() < 2
+    luma = yuv.planes(next(media.iter_frames(info, pixel_format="yuv420p")))[0]
+    assert np.abs(luma[cut].astype(np.int16) - 16).max() <= 1  # limited range's black
+
+
 @pytest.fixture
 def photo(examples: Path) -> np.ndarray:
     """The bundled portrait at a phone photo's 4:3, 1200×900."""

@@ -43,6 +43,11 @@ _READ_CHUNK = 1 << 20  # bytes per read from an audio pipe
 # (``encoders.X264_THREADS``), two let a job alone on a machine decode on two cores. Its
 # filters (an HDR take's tone mapping, ``ffmpeg.to_sdr``) run as many threads.
 DECODER_THREADS = 2
+# A picture with transparency (a cut-out presenter: a PNG or WebP with an alpha channel, a
+# ProRes 4444 take) is shown on black, as swscale blends it: what a file stores under its
+# transparent pixels is whatever the tool that cut it out left there (the old background, a
+# colour), which the video showed as it was.
+ON_BLACK = {"alphablend": "uniform_color"}
 
 
 def iter_frames(
@@ -77,10 +82,10 @@ def iter_frames(
             # chroma sample that covers it), tagged BT.709, so the scale below passes it
             # through: a 1080p frame in 2 ms, where swscale's exact path takes 17.
             decoded = decoded.filter("colormatrix", "bt601", "bt709")
-        decoded = decoded.filter("scale", info.width, info.height, **TO_BT709).filter("format", "yuv420p")
+        decoded = decoded.filter("scale", info.width, info.height, **TO_BT709, **ON_BLACK).filter("format", "yuv420p")
         shape: tuple[int, ...] = yuv.frame_shape(info.width, info.height)
     else:
-        decoded = decoded.filter("scale", info.width, info.height)
+        decoded = decoded.filter("scale", info.width, info.height, **ON_BLACK)
         shape = (info.height, info.width, 3)
     args = (
         decoded.output("pipe:", format="rawvideo", pix_fmt=pixel_format, fps_mode="passthrough")
