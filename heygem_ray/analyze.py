@@ -605,6 +605,8 @@ class StoreWriter:
         if need <= self._reserved:
             return
         disk = shutil.disk_usage(self._path)
+        if disk.total == 0:  # a file system that reports no sizes (some FUSE mounts): nothing to go by
+            return
         room = disk.free + max(self._reserved, self.offsets[-1])  # the disk's free space, and what the store holds
         keep = min(KEEP_FREE_MAX, int(KEEP_FREE_SHARE * disk.total))
         if room - need < self._then + keep:
