@@ -18,6 +18,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from heygem_ray import media, storage
 from heygem_ray.errors import EngineError, InputError, InternalError
@@ -663,26 +664,46 @@ def test_a_reference_above_the_resolution_asked_for_is_read_scaled_down_in_propo
     assert video_probe.scaled_to(1440, 1080, 720) == (960, 720)  # HDV's 4:3, widened or not
 
 
-@pytest.mark.parametrize("suffix", [".png", ".webp"])
-def test_a_cut_out_photo_is_shown_on_black_not_on_what_its_transparent_pixels_hold(
-        tmp_path: Path, examples: Path, suffix: str) -> None:  # fmt: skip
-    """A presenter cut out of their background (an alpha channel, red stored under the
-    transparent pixels, as a cut-out tool may leave): the background reads black, as BGR
-    and as I420; the presenter as the photo has them."""
+@pytest.mark.parametrize("kind", ["rgba.png", "grey-alpha.png", "palette.png", "rgba.webp", "prores-4444.mov"])
+def test_a_cut_out_picture_is_shown_on_black_not_on_what_its_transparent_pixels_hold(
+        tmp_path: Path, examples: Path, kind: str) -> None:  # fmt: skip
+    """A presenter cut out of their background (transparent around them, red stored under
+    the transparent pixels, as a cut-out tool may leave), as a PNG (RGBA, grey and alpha, a
+    palette with a transparent colour), a WebP, and a ProRes 4444 take: the background
+    reads black, as BGR and as I420 (it read red); the presenter as the picture has them."""
     photo = cv2.imread(str(examples / "presenter.jpg"))
     h, w = photo.shape[:2]
     yy, xx = np.mgrid[:h, :w]
     cut = (xx - w / 2) ** 2 / (0.35 * w) ** 2 + (yy - h / 2) ** 2 / (0.45 * h) ** 2 > 1
+    if kind.startswith("grey"):
+        photo = cv2.cvtColor(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
     rgba = np.dstack([photo, np.where(cut, 0, 255).astype(np.uint8)])
-    rgba[cut, :3] = (0, 0, 255)
-    path = tmp_path / f"cut-out{suffix}"
-    cv2.imwrite(str(path), rgba, [cv2.IMWRITE_WEBP_QUALITY, 101] if suffix == ".webp" else [])
+    rgba[cut, :3] = 0 if kind.startswith("grey") else (0, 0, 255)
+    rgba[cut, 2] = 255  # red, or for grey a light level
+    path = tmp_path / kind
+    picture = Image.fromarray(cv2.cvtColor(rgba, cv2.COLOR_BGRA2RGBA), "RGBA")
+    if kind == "grey-alpha.png":
+        picture.convert("LA").save(path)
+    elif kind == "palette.png":
+        picture.quantize(colors=255, method=Image.Quantize.FASTOCTREE).save(path)
+    elif kind == "rgba.webp":
+        picture.save(path, lossless=True)
+    else:
+        png = tmp_path / "rgba.png"
+        picture.save(png)
+        if kind == "prores-4444.mov":
+            subprocess.run([media.ffmpeg_exe(), "-v", "error", "-loop", "1", "-i", str(png), "-t", "0.2", "-r", "25",
+                            "-c:v", "prores_ks", "-profile:v", "4444", "-pix_fmt", "yuva444p10le", str(path)],
+                           check=True)  # fmt: skip
     info = media.probe_video(path)
+    assert decode.has_alpha(info.pixel_format), info.pixel_format
     bgr = next(media.iter_frames(info))
-    assert bgr[cut].max() <= 2  # black (it was red)
-    assert np.abs(bgr[~cut].astype(np.int16) - photo[~cut]).mean() < 2
+    assert bgr[cut].max() <= 2, np.percentile(bgr[cut], 99)  # black (it was red, or light)
+    tolerance = 8 if kind == "palette.png" else 2  # a palette of 255 colours
+    assert np.abs(bgr[~cut].astype(np.int16) - photo[~cut]).mean() < tolerance
     luma = yuv.planes(next(media.iter_frames(info, pixel_format="yuv420p")))[0]
     assert np.abs(luma[cut].astype(np.int16) - 16).max() <= 1  # limited range's black
+    assert not decode.has_alpha("yuv420p") and not decode.has_alpha("rgb24") and not decode.has_alpha("")
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from collections.abc import Generator
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import ffmpeg
 import numpy as np
 
@@ -43,11 +44,6 @@ _READ_CHUNK = 1 << 20  # bytes per read from an audio pipe
 # (``encoders.X264_THREADS``), two let a job alone on a machine decode on two cores. Its
 # filters (an HDR take's tone mapping, ``ffmpeg.to_sdr``) run as many threads.
 DECODER_THREADS = 2
-# A picture with transparency (a cut-out presenter: a PNG or WebP with an alpha channel, a
-# ProRes 4444 take) is shown on black, as swscale blends it: what a file stores under its
-# transparent pixels is whatever the tool that cut it out left there (the old background, a
-# colour), which the video showed as it was.
-ON_BLACK = {"alphablend": "uniform_color"}
 
 
 def iter_frames(
@@ -75,6 +71,13 @@ def iter_frames(
         # At the size yielded (``max_resolution``; for non-square pixels the scale below widens it).
         size = (info.width, info.height) if info.scaled_from is not None and info.sample_aspect == 1 else None
         decoded = to_sdr(decoded, info.colour, info.colour_source, hdr=info.colour in HDR_COLOURS, size=size)
+    if has_alpha(info.pixel_format):
+        # A picture with transparency (a cut-out presenter: a PNG or WebP with an alpha
+        # channel or a palette with a transparent colour, a ProRes 4444 take) is shown on
+        # black: its colours multiplied by its alpha. What a file stores under its transparent
+        # pixels is what the tool that cut it out left there (the old background, a colour),
+        # which the video showed as it was; dropping the alpha below shows it again.
+        decoded = decoded.filter("premultiply", inplace=1)
     # A guard for streams that change size midway: every frame comes out width × height.
     if pixel_format == "yuv420p":
         if info.colour == "bt601":
@@ -82,10 +85,10 @@ def iter_frames(
             # chroma sample that covers it), tagged BT.709, so the scale below passes it
             # through: a 1080p frame in 2 ms, where swscale's exact path takes 17.
             decoded = decoded.filter("colormatrix", "bt601", "bt709")
-        decoded = decoded.filter("scale", info.width, info.height, **TO_BT709, **ON_BLACK).filter("format", "yuv420p")
+        decoded = decoded.filter("scale", info.width, info.height, **TO_BT709).filter("format", "yuv420p")
         shape: tuple[int, ...] = yuv.frame_shape(info.width, info.height)
     else:
-        decoded = decoded.filter("scale", info.width, info.height, **ON_BLACK)
+        decoded = decoded.filter("scale", info.width, info.height)
         shape = (info.height, info.width, 3)
     args = (
         decoded.output("pipe:", format="rawvideo", pix_fmt=pixel_format, fps_mode="passthrough")
@@ -118,6 +121,17 @@ def iter_frames(
             )
     finally:
         proc.close()
+
+
+def has_alpha(pixel_format: str) -> bool:
+    """Whether pictures in FFmpeg's ``pixel_format`` ("rgba", "yuva444p12le", "ya8", "pal8")
+    may be transparent: an alpha component, or a palette (whose colours may carry one)."""
+    if pixel_format == "pal8":
+        return True
+    try:
+        return len(av.VideoFormat(pixel_format).components) in (2, 4)
+    except (ValueError, TypeError):  # unknown to this PyAV, or none given
+        return False
 
 
 def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000) -> np.ndarray:
