@@ -597,7 +597,7 @@ class StoreWriter:
         """Allocate what the store will take in all, at the bytes a frame of the ``kept``
         so far took (``RESERVE_MARGIN`` more), where the file holds less; a disk that
         cannot hold it and the crops after it, and keep ``KEEP_FREE_SHARE`` of itself free,
-        is the ``storage`` error that says so (``space_error``)."""
+        is the ``storage`` error that says so (``_space_error``)."""
         if kept >= self._frames:
             return
         per_frame = self.offsets[-1] / kept
@@ -610,27 +610,27 @@ class StoreWriter:
         room = disk.free + max(self._reserved, self.offsets[-1])  # the disk's free space, and what the store holds
         keep = min(KEEP_FREE_MAX, int(KEEP_FREE_SHARE * disk.total))
         if room - need < self._then + keep:
-            raise self.space_error(need, per_frame, kept, room, keep)
+            raise self._space_error(need, per_frame, kept, room, keep)
         self._out.flush()
         try:
             held = storage.hold_space(self._out.fileno(), need)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:  # taken meanwhile (another job's template)
-                raise self.space_error(need, per_frame, kept, room, keep) from exc
+                raise self._space_error(need, per_frame, kept, room, keep) from exc
             raise
         # A file system that cannot allocate ahead is checked again at the next count.
         self._reserved = need if held else 0
 
-    def space_error(self, need: int, per_frame: float, kept: int, free: int, keep: int) -> InputError:
+    def _space_error(self, need: int, per_frame: float, kept: int, free: int, keep: int) -> InputError:
         """The ``storage`` error of a template that will not fit on its disk."""
-        folder = self._path.parent.parent
+        folder, size = self._path.parent.parent, _readable_bytes
         return InputError(
-            f"reference {self._source}: its analysis would take about {_size(need + self._then)} in {folder} "
-            f"({self._frames} frames at {_size(per_frame)} a frame as its first {kept} were stored, and their "
-            f"face crops), and that disk has {_size(free)} for it, keeping {_size(keep)} free for the run's other "
+            f"reference {self._source}: its analysis would take about {size(need + self._then)} in {folder} "
+            f"({self._frames} frames at {size(per_frame)} a frame as its first {kept} were stored, and their "
+            f"face crops), and that disk has {size(free)} for it, keeping {size(keep)} free for the run's other "
             f"files; free space there (heygem-ray cache prune --cache-dir {folder} removes templates unused for 30 "
-            "days and what killed analyses left), give --cache-dir a folder on a larger disk, or cut the reference down to "
-            "a few minutes (a shorter reference is looped under longer audio: "
+            "days and what killed analyses left), give --cache-dir a folder on a larger disk, or cut the reference "
+            "down to a few minutes (a shorter reference is looped under longer audio: "
             "ffmpeg -i reference.mp4 -t 300 -c copy reference-5min.mp4)",
             kind="storage",
         )
@@ -642,7 +642,7 @@ class StoreWriter:
         return _decompress(os.pread(self._in.fileno(), end - start, start), self._codec, self._shape)
 
 
-def _size(n: float) -> str:
+def _readable_bytes(n: float) -> str:
     """``n`` bytes as people read them: ``2.4 GiB``, ``310 MiB``, ``12 KiB``."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
         if n >= scale:

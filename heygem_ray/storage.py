@@ -393,7 +393,7 @@ def hold_space(fd: int, length: int) -> bool:
     the file system has none. glibc's ``posix_fallocate`` would then write a byte into
     every block instead (over NFS, one write per 4 KiB of gigabytes). A full disk is an
     ``OSError`` (ENOSPC)."""
-    if _fallocate(fd, 0, 0, length) == 0:
+    if _libc_fallocate()(fd, 0, 0, length) == 0:
         return True
     code = ctypes.get_errno()
     if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
@@ -407,10 +407,6 @@ def _libc_fallocate() -> Any:
     fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     fallocate.restype = ctypes.c_int
     return fallocate
-
-
-def _fallocate(fd: int, mode: int, offset: int, length: int) -> int:
-    return int(_libc_fallocate()(fd, mode, offset, length))
 
 
 def check_writable(folder: Location) -> None:

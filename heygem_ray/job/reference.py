@@ -78,9 +78,9 @@ def reference_inputs(
     return read
 
 
-def _compute(store: np.ndarray, todo: np.ndarray, template: Template, models: ModelService, chunk_frames: int) -> None:
+def _compute(store: np.memmap, todo: np.ndarray, template: Template, models: ModelService, chunk_frames: int) -> None:
     """Fill ``store``'s items ``todo`` (template frames) with the workers' reference-stage
-    outputs for their crops, a chunk at a time, a few in flight."""
+    outputs for their crops, a chunk at a time, a few in flight, and flush it."""
     pending: deque[tuple[np.ndarray, ReferenceFuture]] = deque()
     for s in range(0, todo.size, chunk_frames):
         part = todo[s : s + chunk_frames]
@@ -90,8 +90,7 @@ def _compute(store: np.ndarray, todo: np.ndarray, template: Template, models: Mo
             store[index] = future.result()
     for index, future in pending:
         store[index] = future.result()
-    if isinstance(store, np.memmap):
-        store.flush()
+    store.flush()
 
 
 def _for_this_job(
