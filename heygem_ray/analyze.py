@@ -10,7 +10,8 @@ decoded once however many jobs use it:
   for an HDR take its frames were tone-mapped from; ``deinterlaced``: the reference was
   interlaced; ``sample_aspect``: its pixels' width over height, as stored, where the
   frames are square; ``scaled_from``: the frames' size before ``max_resolution`` scaled
-  them down, or null);
+  them down, or null; ``cut_to_seconds``: the seconds of the take kept where
+  ``reference_seconds`` cut it, or null);
 * ``frames.bin`` + ``offsets.npy``: every decoded frame, I420 in BT.709 limited range
   as the encoder takes it (``media.yuv``), compressed losslessly one by one (Zstandard at
   its fastest level), so any frame can be read by index — compose walks the reference
@@ -326,13 +327,19 @@ def content_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def template_key(video: Path, geometry: CropGeometry, detector: DetectorConfig, max_resolution: int = 0) -> str:
+def template_key(
+    video: Path, geometry: CropGeometry, detector: DetectorConfig, max_resolution: int = 0,
+    reference_seconds: float = 0.0,
+) -> str:  # fmt: skip
     """The cache's name for ``video``'s template: its bytes, the crop geometry, the detector
-    and, where it scales the reference down, ``max_resolution``."""
+    and, where they are set, ``max_resolution`` and ``reference_seconds``."""
     wanted: dict[str, Any] = {"v": TEMPLATE_VERSION, "geometry": dataclasses.asdict(geometry),
                               "detector": dataclasses.asdict(detector)}  # fmt: skip
-    if max_resolution:  # (keys made before the option existed stay as they were)
+    # (keys made before these options existed stay as they were)
+    if max_resolution:
         wanted["max_resolution"] = max_resolution
+    if reference_seconds:
+        wanted["reference_seconds"] = reference_seconds
     settings = json.dumps(wanted, sort_keys=True)
     return hashlib.sha256(f"{content_hash(video)}:{settings}".encode()).hexdigest()[:32]
 
@@ -344,11 +351,14 @@ def analyze(
     cache_dir: Path,
     limits: InputLimits | None = None,
     max_resolution: int = 0,
+    reference_seconds: float = 0.0,
 ) -> tuple[Template, bool]:
     """The template for ``video``, built unless cached whole. Returns (template, was_cached).
     A cache this process cannot write serves the templates it holds whole (``_read_only``).
     ``max_resolution`` (0: none): a reference whose shorter side is longer is analysed
     scaled down to it (``media.probe_video``), and the template is of that size.
+    ``reference_seconds`` (0: all): a longer reference is analysed as far as that, and the
+    template holds those frames (``VideoInfo.cut``).
 
     A cached template found damaged (``Template.open``) is set aside, with a warning, and
     built again. A reference over ``limits`` (default ``InputLimits()``) is ``too_large``:
@@ -356,7 +366,7 @@ def analyze(
     higher limits) is refused too."""
     limits = limits or InputLimits()
     media.require_file(video, "reference")
-    key = template_key(video, geometry, detector, max_resolution)
+    key = template_key(video, geometry, detector, max_resolution, reference_seconds)
     root = cache_dir / key
     storage.makedirs(cache_dir)
     if not os.access(cache_dir, os.W_OK):
@@ -379,7 +389,7 @@ def analyze(
         # packets (variable rate, say) is decoded once for that.
         info = media.probe_video(
             video, max_pixels=limits.max_reference_pixels, max_frames=limits.max_reference_frames,
-            max_resolution=max_resolution,
+            max_resolution=max_resolution, max_seconds=reference_seconds,
         )  # fmt: skip
         tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
         try:
@@ -402,7 +412,7 @@ def _read_only(video: Path, cache_dir: Path, root: Path, limits: InputLimits) ->
         raise InputError(
             f"reference {video}: the template cache {cache_dir} cannot be written here and {holds}: analyse the "
             f"reference into it where it can be written (heygem-ray preview {video} --cache-dir {cache_dir}, with "
-            "the same --min-face, --max-resolution and pack as the batch), or give a --cache-dir this node can write",
+            "the same --min-face, --max-resolution, --reference-seconds and pack as the batch), or give a --cache-dir this node can write",
             kind="storage",
         ) from None
     return _within_limits(template, video, limits)
@@ -515,6 +525,7 @@ def _build(
         "deinterlaced": info.interlaced,
         "sample_aspect": str(info.sample_aspect),
         "scaled_from": list(info.scaled_from) if info.scaled_from else None,
+        "cut_to_seconds": info.duration if info.cut else None,
         "face_detected_fraction": float(track.detected.mean()),
         "face_present_fraction": float(track.present.mean()),
     }
@@ -629,9 +640,9 @@ class StoreWriter:
             f"({self._frames} frames at {size(per_frame)} a frame as its first {kept} were stored, and their "
             f"face crops), and that disk has {size(free)} for it, keeping {size(keep)} free for the run's other "
             f"files; free space there (heygem-ray cache prune --cache-dir {folder} removes templates unused for 30 "
-            "days and what killed analyses left), give --cache-dir a folder on a larger disk, or cut the reference "
-            "down to a few minutes (a shorter reference is looped under longer audio: "
-            "ffmpeg -i reference.mp4 -t 300 -c copy reference-5min.mp4)",
+            "days and what killed analyses left), give --cache-dir a folder on a larger disk, or use a few minutes of "
+            "the reference (--reference-seconds 300 analyses its first five; a shorter reference is looped under "
+            "longer audio)",
             kind="storage",
         )
 

@@ -26,6 +26,7 @@ Thresholds (named below; docs/preview.md explains each):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
@@ -377,8 +378,9 @@ def _length(ref: Reference, loop: LoopMode, audio_seconds: float | None, span: t
     if loops < USED_SHARE and span is None and ref.seconds > LONG_REFERENCE_S:
         return Check("length", "ok", figure, f"only its first {audio_seconds / 60:.1f} of {ref.seconds / 60:.1f} minutes "
                      "are shown, but it is analysed whole (about a second of CPU per second of 1080p, and some 2.8 GB "
-                     "of template cache a minute): a cut to what the lessons use, still a few minutes, is analysed "
-                     "and kept in a fraction of that", loops)  # fmt: skip
+                     "of template cache a minute): --reference-seconds (the same for preview and the batch) uses "
+                     f"only its first minutes, say {_minutes_used(audio_seconds)}, analysed and kept in a fraction of "
+                     "that", loops)  # fmt: skip
     if loops <= 1:
         return Check("length", "ok", figure, "", loops)
     if loop == "trim":
@@ -390,6 +392,12 @@ def _length(ref: Reference, loop: LoopMode, audio_seconds: float | None, span: t
     if loop == "forward":
         return Check("length", "ok", figure, "forward loops jump back at each seam (pingpong does not)", loops)
     return Check("length", "ok", figure, "", loops)
+
+
+def _minutes_used(audio_seconds: float) -> str:
+    """--reference-seconds for lessons of ``audio_seconds``: whole minutes, from 2, that
+    hold the audio (pingpong shows the take forwards for as long as it lasts)."""
+    return f"--reference-seconds {60 * max(2, math.ceil(audio_seconds / 60))}"
 
 
 def mouth_box(ref: Reference, frames: np.ndarray) -> list[int] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ _RESTORE_FIELDS = ("restore", "restore_checkpoint", "restore_blend")
 EncoderName = Literal["auto", "libx264", "h264_nvenc"]
 # The smallest --max-resolution (lines): below it a face is too small to find or render.
 MIN_RESOLUTION = 144
+# The shortest --reference-seconds: a second of the take.
+MIN_REFERENCE_SECONDS = 1.0
 # x264's presets, fastest first, then ``lean`` (the default: veryfast with two costly searches
 # left out, media/encoders.py); h264_nvenc takes the nearest of its own.
 EncoderPreset = Literal[
@@ -190,6 +193,10 @@ class RenderConfig:
     # before it is analysed, so analysis, its template, compose and the encoder all work at
     # that size. 0: the reference's own.
     max_resolution: int = 0
+    # Seconds of each reference video used, from its start (0: all of it): a longer take
+    # (a whole lecture given as the reference) is analysed, cached and rendered from as if
+    # it were cut there, and looped under longer audio like any take.
+    reference_seconds: float = 0.0
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     # How large a row's files may be (not part of config_hash: they render nothing differently).
     limits: InputLimits = field(default_factory=InputLimits)
@@ -218,6 +225,12 @@ class RenderConfig:
             raise InputError(
                 f"--max-resolution must be 0 (the reference's own) or an even number of lines from {MIN_RESOLUTION} "
                 f"(720, 1080, 1440), not {self.max_resolution}",
+                kind="bad_argument",
+            )
+        if not (self.reference_seconds == 0 or MIN_REFERENCE_SECONDS <= self.reference_seconds < math.inf):
+            raise InputError(
+                f"--reference-seconds must be 0 (all of each reference) or at least {MIN_REFERENCE_SECONDS:g} "
+                f"seconds (300: the first five minutes), not {self.reference_seconds:g}",
                 kind="bad_argument",
             )
         self._check_restore()
@@ -342,6 +355,8 @@ class RunConfig:
                 del payload[name]
         if not self.render.max_resolution:  # as before the option existed
             del payload["max_resolution"]
+        if not self.render.reference_seconds:
+            del payload["reference_seconds"]
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

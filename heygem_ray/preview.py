@@ -83,7 +83,7 @@ def preview(
     pack = get_pack(cfg.pack)
     speech = audio or BUNDLED_SPEECH
     template, _ = analyze(media.require_file(reference, "reference"), pack.geometry, cfg.detector, cache_dir,
-                          cfg.limits, cfg.max_resolution)  # fmt: skip
+                          cfg.limits, cfg.max_resolution, cfg.reference_seconds)  # fmt: skip
     with template:
         ref = Reference.of(template)
         audio_seconds = media.probe_audio(speech).duration if audio is not None else None

@@ -41,8 +41,9 @@ class Entry:
     source: str  # the reference it was analysed from, as meta.json names it ("" where unread)
     version: int | None  # its TEMPLATE_VERSION (None where unread)
     leftover: bool  # a killed build's folder, or a template set aside and not yet removed
-    # Its frames' size, "1920×1080", and "scaled from 3840×2160" where --max-resolution made
-    # it smaller than its reference ("" where unread).
+    # Its frames' size, "1920×1080", "scaled from 3840×2160" where --max-resolution made it
+    # smaller than its reference, and "first 300 s" where --reference-seconds cut the take
+    # ("" where unread).
     size: str = ""
 
 
@@ -104,6 +105,8 @@ def _made_from(path: Path) -> tuple[str, int | None, str]:
     size = f"{meta['width']}×{meta['height']}" if "width" in meta and "height" in meta else ""
     if size and meta.get("scaled_from"):
         size += " scaled from {}×{}".format(*meta["scaled_from"])
+    if size and meta.get("cut_to_seconds"):
+        size += f", first {meta['cut_to_seconds']:g} s"
     return source, version, size
 
 

@@ -99,6 +99,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-resolution", type=int, default=0,
                    help="the videos' resolution at most, in lines (1080: a 4K reference renders at 1920x1080); "
                         "0 (the default): the reference's own.")
+    p.add_argument("--reference-seconds", type=float, default=0.0,
+                   help="use only the first this many seconds of each reference video (a whole recorded lecture: "
+                        "analysed and cached only that far); 0 (the default): all of it.")
     p.add_argument("--encoder", choices=get_args(EncoderName), default=RenderConfig.encoder,
                    help="H.264 encoder: auto (h264_nvenc where the node's GPU has NVENC, else libx264).")
     p.add_argument("--engines", type=_location, default=None,
@@ -161,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pack=args.pack, checkpoint=args.checkpoint, loop=args.loop, chunk_frames=args.chunk_frames,
                 restore=args.restore, restore_checkpoint=args.restore_checkpoint, restore_blend=args.restore_blend,
                 preset=args.preset, encoder=args.encoder, max_resolution=args.max_resolution,
+                reference_seconds=args.reference_seconds,
                 backend=args.backend, precision=args.precision, calibration=args.calibrate,
                 calibration_frames=args.calibration_frames,
                 limits=InputLimits(max_reference_pixels=args.max_reference_pixels,

@@ -179,6 +179,8 @@ def test_a_long_reference_of_which_the_audio_uses_little_says_a_cut_would_spare_
     short = run(example, audio_seconds=1.0, pack="wav2lip")["length"]
     assert short.level == "ok" and short.advice.startswith("only its first 0.0 of 0.1 minutes are shown, but it is "
                                                            "analysed whole")  # fmt: skip
+    assert "--reference-seconds (the same for preview and the batch) uses only its first minutes, say " \
+           "--reference-seconds 120, analysed" in short.advice  # fmt: skip
     assert run(example, audio_seconds=2.0, pack="wav2lip")["length"].advice == ""  # half of it used: nothing to say
 
 

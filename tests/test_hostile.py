@@ -209,6 +209,16 @@ def test_a_max_resolution_no_video_can_have_is_refused_saying_which_can(tmp_path
            f"1440), not {lines}" in got.stderr
 
 
+@pytest.mark.parametrize("seconds", ["0.5", "-60", "nan", "inf"])
+def test_reference_seconds_that_keep_no_take_are_refused_saying_which_do(tmp_path, seconds: str) -> None:
+    (tmp_path / "m.csv").write_text("audio,video\na.wav,b.mp4\n")
+    got = CliRunner().invoke(app, ["submit", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out"),
+                                   "--reference-seconds", seconds])  # fmt: skip
+    assert got.exit_code == 2, got.stderr
+    assert "--reference-seconds must be 0 (all of each reference) or at least 1 seconds (300: the first five " \
+           f"minutes), not {float(seconds):g}" in got.stderr  # fmt: skip
+
+
 # --------------------------------------------------------------------------- pipes and devices
 
 

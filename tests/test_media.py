@@ -126,6 +126,31 @@ def test_variable_frame_rate_becomes_constant(tmp_path: Path, ext: str) -> None:
     assert info.duration == pytest.approx(2.0, abs=1 / 30)
 
 
+@pytest.mark.parametrize("rate", ["constant", "variable"])
+def test_a_take_longer_than_max_seconds_is_read_as_its_first_seconds(tmp_path: Path, rate: str) -> None:
+    """``max_seconds`` keeps a take's first seconds: the probe counts them (a variable-rate
+    file is decoded that far to count them), and iter_frames yields those frames, the ones
+    the whole take begins with; a take no longer than that, and a photo, are read whole."""
+    if rate == "constant":
+        clip = make_video(tmp_path / "take.mp4", seconds=3.0, fps=25, size=(64, 48))
+    else:
+        clip = make_vfr_video(tmp_path / "take.mp4", rates=(15, 30), seconds_each=1.5)
+    whole = media.probe_video(clip)
+    info = media.probe_video(clip, max_seconds=1.3)
+    assert info.cut and not whole.cut and info.fps == whole.fps
+    assert info.frames == int(1.3 * whole.fps) < whole.frames
+    assert info.duration == pytest.approx(info.frames / float(info.fps))
+    for pixel_format in ("bgr24", "yuv420p"):
+        first = np.stack(list(media.iter_frames(info, pixel_format=pixel_format)))
+        all_of_it = np.stack(list(media.iter_frames(whole, pixel_format=pixel_format)))
+        assert len(first) == info.frames and np.array_equal(first, all_of_it[: info.frames])
+    for seconds in (0.0, whole.duration, 60.0):
+        same = media.probe_video(clip, max_seconds=seconds)
+        assert (same.frames, same.cut) == (whole.frames, False)
+    photo = media.probe_video(make_image(tmp_path / "photo.png"), max_seconds=1.0)
+    assert (photo.frames, photo.cut) == (1, False)
+
+
 @pytest.mark.parametrize(("name", "fps"), [("a.mp4", "25"), ("b.mov", "30000/1001"), ("c.mkv", "25"), ("d.ts", "25")])
 def test_a_constant_rate_stream_is_counted_from_its_packets(tmp_path: Path, no_decoding: None, name: str, fps: str) -> None:
     clip = make_video(tmp_path / name, seconds=1.2, fps=fps, size=(64, 48), audio=True)

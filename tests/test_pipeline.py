@@ -23,7 +23,7 @@ from heygem_ray.analyze import analyze
 from heygem_ray.config import InputLimits, RenderConfig, RunConfig
 from heygem_ray.job import InProcessService, render_job, scratch
 from heygem_ray.manifest import Job
-from heygem_ray.media import decoders
+from heygem_ray.media import decoders, yuv
 from heygem_ray.media import ffmpeg as ffmpeg_module
 from heygem_ray.packs import get_pack
 from heygem_ray.steps import TIMED
@@ -168,6 +168,40 @@ def test_a_reference_above_max_resolution_renders_at_it_with_the_mouth_following
         outside[i, max(0, y0 - 8) : y1 + 8, max(0, x0 - 8) : x1 + 8] = False
     assert np.abs(frames.astype(np.int16) - refs)[outside].mean() < 2.5  # the take, scaled, bar the codec
     assert _mouth_change(frames, refs, boxes).mean() > 2  # the closed mouth of the take opens with the speech
+    plain = RunConfig(output_dir=tmp_path, render=RenderConfig(chunk_frames=48))
+    assert dataclasses.replace(plain, render=cfg).config_hash() != plain.config_hash()
+
+
+def test_a_take_longer_than_reference_seconds_renders_from_its_first_seconds_alone(tmp_path, examples, warp_service):
+    """A 4-s panning take given with reference_seconds 1.5: its template holds the take's
+    first 37 frames (and says it was cut), the 7-s video ping-pongs over those alone (the
+    take's later frames appear nowhere), and the run's config hash is not the one without
+    the option (a resumed run renders its rows again)."""
+    take = lecture_clip(tmp_path / "take.mp4", size=(640, 360), face=96, seconds=4, corner="centre",
+                        talk=lambda t: 0.0).path  # fmt: skip
+    cfg = RenderConfig(chunk_frames=48, reference_seconds=1.5)
+    result = render_job(job(tmp_path, examples / "lesson1.wav", take), cfg, tmp_path / "cache", warp_service)
+    assert result.status == "ok", result.error
+    frames, fps = media.read_video(Path(result.output))
+    assert fps == FPS and len(frames) == round(media.probe_audio(examples / "lesson1.wav").duration * FPS)
+    template, cached = analyze(take, get_pack("warp").geometry, cfg.detector, tmp_path / "cache",
+                               reference_seconds=1.5)  # fmt: skip
+    with template:
+        assert cached and template.frames == 37
+        assert json.loads((template.root / "meta.json").read_text())["cut_to_seconds"] == 37 / FPS
+        stored = np.stack(list(template.read_i420(np.arange(37))))
+        decoded = list(media.iter_frames(media.probe_video(take), pixel_format="yuv420p"))
+        assert len(decoded) == 100 and np.array_equal(stored, np.stack(decoded[:37]))  # the take's first 37
+        whole = [yuv.to_bgr_frame(frame) for frame in decoded]
+        refs, index = _ref_frames(template, len(frames))
+        boxes = template.boxes[index]
+    outside = np.ones(frames.shape[:3], bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        outside[i, max(0, y0 - 8) : y1 + 8, max(0, x0 - 8) : x1 + 8] = False
+    assert np.abs(frames.astype(np.int16) - refs)[outside].mean() < 2.5  # the first 1.5 s, looped, bar the codec
+    later = np.stack(whole[37:])  # the panned take after the cut: no output frame is any of them
+    near = [np.abs(later.astype(np.int16) - f).reshape(len(later), -1).mean(axis=1).min() for f in frames[::10]]
+    assert min(near) > 1.0, near
     plain = RunConfig(output_dir=tmp_path, render=RenderConfig(chunk_frames=48))
     assert dataclasses.replace(plain, render=cfg).config_hash() != plain.config_hash()
 

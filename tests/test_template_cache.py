@@ -315,6 +315,12 @@ def test_the_cache_commands_list_and_prune(cache, examples):
     smaller.close()
     listed = runner.invoke(app, ["cache", "list", "--cache-dir", str(cache)]).stdout.splitlines()
     assert listed[2].startswith(f"{smaller.root}  ") and listed[2].endswith("presenter.mp4 (192×192 scaled from 384×384)")
+    # And its first 2 s (of 4) at --reference-seconds 2: one more, which says so.
+    first, _ = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache, max_resolution=192, reference_seconds=2)
+    first.close()
+    listed = runner.invoke(app, ["cache", "list", "--cache-dir", str(cache)]).stdout.splitlines()
+    assert listed[3].startswith(f"{first.root}  ")
+    assert listed[3].endswith("presenter.mp4 (192×192 scaled from 384×384, first 2 s)")
     dry = runner.invoke(app, ["cache", "prune", "--cache-dir", str(cache), "--dry-run"])
     assert dry.exit_code == 0 and dry.stdout.startswith(f"would remove {root}  ") and root.is_dir()
     pruned = runner.invoke(app, ["cache", "prune", "--cache-dir", str(cache), "--unused-days", "0.5"])

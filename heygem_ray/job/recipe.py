@@ -70,7 +70,7 @@ def render_job(
             with steps("analyze"):
                 video = storage.fetch(job.video, "reference", default_download_dir())
                 template, result.template_cached = analyze(video, pack.geometry, cfg.detector, cache_dir, cfg.limits,
-                                                           cfg.max_resolution)  # fmt: skip
+                                                           cfg.max_resolution, cfg.reference_seconds)  # fmt: skip
                 held.enter_context(template)  # its frame store and crops, held open to the end
                 result.decoder = template.decoder
             # 3. check the reference (the row's warnings) and plan the output frames (over a

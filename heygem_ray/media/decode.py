@@ -57,8 +57,9 @@ def iter_frames(
 
     Constant rate ``info.fps`` (variable-rate input is resampled by duplicating or
     dropping frames), deinterlaced (a frame per pair of fields), upright, cropped to
-    ``info.width`` × ``info.height`` (in square pixels); a still image yields one frame. Each frame is a new, writable array. ffmpeg is killed and reaped if
-    the consumer stops early. ``max_pixels``: ffmpeg's decoder refuses larger pictures (a
+    ``info.width`` × ``info.height`` (in square pixels), ``info.frames`` of them where the
+    probe cut the take (``VideoInfo.cut``); a still image yields one frame. Each frame is a
+    new, writable array. ffmpeg is killed and reaped if the consumer stops early. ``max_pixels``: ffmpeg's decoder refuses larger pictures (a
     stream that grows midway), which fails the decode. ``decoder="nvdec"``: decoded on this
     node's GPU (``decoders``; the frames are the same), filtered on the CPU as otherwise.
     """
@@ -90,8 +91,9 @@ def iter_frames(
     else:
         decoded = decoded.filter("scale", info.width, info.height)
         shape = (info.height, info.width, 3)
+    first = {"frames:v": info.frames} if info.cut else {}  # a take cut at max_seconds (probe_video)
     args = (
-        decoded.output("pipe:", format="rawvideo", pix_fmt=pixel_format, fps_mode="passthrough")
+        decoded.output("pipe:", format="rawvideo", pix_fmt=pixel_format, fps_mode="passthrough", **first)
         .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error",
                      "-filter_threads", str(DECODER_THREADS))
         .compile(cmd=ffmpeg_exe())

@@ -88,6 +88,9 @@ class VideoInfo:
     # (width, height) of the frames before ``probe_video``'s ``max_resolution`` scaled them
     # down to ``width`` × ``height``; None where it did not.
     scaled_from: tuple[int, int] | None = None
+    # The take is longer than ``probe_video``'s ``max_seconds``: ``frames`` are its first
+    # ones, and iter_frames stops there.
+    cut: bool = False
     # The stream's codec and its pictures' pixel format as decoded (FFmpeg's names: "h264",
     # "yuv420p"): which decoder takes it (``decoders.pick_decoder``).
     codec: str = ""
@@ -232,15 +235,22 @@ def _constant_rate_frames(scan: _Scan, time_base: Fraction | None, fps: Fraction
 
 
 def _decoded_frames(
-    path: Path, video_stream: int, fps: Fraction, max_frames: int | None, max_pixels: int | None
+    path: Path,
+    video_stream: int,
+    fps: Fraction,
+    max_frames: int | None,
+    max_pixels: int | None,
+    first: int | None = None,
 ) -> int:
     """The frames :func:`iter_frames` yields, counted by decoding the file through the same
     filters into ffmpeg's ``null`` muxer; the count is the last ``frame=`` of the
     key=value lines ``-progress`` writes for programs. The count stops one past
-    ``max_frames`` (more is ``too_large``)."""
+    ``max_frames`` (more is ``too_large``), or one past ``first`` (a cut: the frames after
+    it are not used, so not counted) where that comes sooner."""
     source = ffmpeg.input(url(path), **decoder_limit(max_pixels))[f"v:{video_stream}"]
     decoded = video_filters(source, fps)
-    stop = {} if max_frames is None else {"frames:v": max_frames + 1}
+    stops = [n + 1 for n in (max_frames, first) if n is not None]
+    stop = {"frames:v": min(stops)} if stops else {}
     args = (
         decoded.output("-", format="null", fps_mode="passthrough", **stop)
         .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", "-progress", "pipe:1")
@@ -266,6 +276,7 @@ def probe_video(
     max_pixels: int | None = None,
     max_frames: int | None = None,
     max_resolution: int = 0,
+    max_seconds: float = 0.0,
 ) -> VideoInfo:
     """Describe a reference video or still image as :func:`iter_frames` will yield it.
 
@@ -286,10 +297,15 @@ def probe_video(
     ``max_resolution`` (0: none): frames whose shorter side is longer are yielded scaled
     down in proportion to that side (``scaled_to``: 2160p → 1080p, 3840×2160 → 1920×1080,
     a portrait 2160×3840 → 1080×1920); ``VideoInfo.scaled_from`` keeps the size before.
+
+    ``max_seconds`` (0: none): a video longer than that is described by its first
+    ``max_seconds`` of frames at the chosen rate (``VideoInfo.cut``), as iter_frames then
+    yields it; ``max_frames`` still bounds the file. A variable-rate file is decoded to
+    count its frames only as far as the cut.
     """
     p = require_file(path, "reference").absolute()
     st = p.stat()
-    info = _probe_video(p, st.st_size, st.st_mtime_ns, max_pixels, max_frames)
+    info = _probe_video(p, st.st_size, st.st_mtime_ns, max_pixels, max_frames, max_seconds)
     width, height = scaled_to(info.width, info.height, max_resolution)
     if (width, height) == (info.width, info.height):
         return info
@@ -307,7 +323,9 @@ def scaled_to(width: int, height: int, max_resolution: int) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=64)
-def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None, max_frames: int | None) -> VideoInfo:
+def _probe_video(
+    path: Path, _size: int, _mtime_ns: int, max_pixels: int | None, max_frames: int | None, max_seconds: float
+) -> VideoInfo:
     if max_frames is not None and (listed := video_samples(path) or 0) > max_frames:  # before FFmpeg indexes them
         raise too_many_frames(path, f"lists {listed:,} frames in its header", max_frames)
 
@@ -344,14 +362,18 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         pixel_format = stream.codec_context.format.name if stream.codec_context.format is not None else ""
     check_reference_size(path, source_width, source_height, max_pixels=max_pixels)  # as decoded
     is_image = looks_like_image and scan.decoded == 1
+    cut = False
     if is_image:
         fps, frames = IMAGE_FPS, 1
     else:
         fps = _choose_fps(average_rate, nominal_rate)
         _check_span(path, scan, time_base, fps, max_frames)
+        first = max(1, int(max_seconds * fps)) if max_seconds > 0 else None  # the frames a cut keeps
         frames = _constant_rate_frames(scan, time_base, fps) or _decoded_frames(
-            path, video_stream, fps, max_frames, max_pixels
+            path, video_stream, fps, max_frames, max_pixels, first
         )
+        if first is not None and frames > first:
+            frames, cut = first, True
     rotation = scan.rotation if still is None else still.rotation
     width, height = (source_height, source_width) if rotation % 180 else (source_width, source_height)
     if is_image:
@@ -376,6 +398,7 @@ def _probe_video(path: Path, _size: int, _mtime_ns: int, max_pixels: int | None,
         sample_aspect=sample_aspect,
         tile_grid=still is not None and still.grid,
         interlaced=interlaced and not is_image,
+        cut=cut,
         codec=codec,
         pixel_format=pixel_format,
     )
