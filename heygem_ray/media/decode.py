@@ -32,7 +32,7 @@ from heygem_ray.media.ffmpeg import (
     video_filters,
 )
 from heygem_ray.media.limits import clock, decoder_limit
-from heygem_ray.media.video_probe import HDR_COLOURS, MAPPED_COLOURS, VideoInfo, probe_video
+from heygem_ray.media.video_probe import ALPHA_DECODERS, HDR_COLOURS, MAPPED_COLOURS, VideoInfo, probe_video
 
 _READ_CHUNK = 1 << 20  # bytes per read from an audio pipe
 # FFmpeg's threads per reference decoder. Left alone, its H.264 decoder runs a frame thread
@@ -66,7 +66,11 @@ def iter_frames(
     fps = None if info.is_image else info.fps
     on_gpu = {"hwaccel": "cuda"} if decoder == "nvdec" else {}
     picture = "g:0" if info.tile_grid else f"v:{info.video_stream}"  # a .heic photo's tiles, put together
-    source = ffmpeg.input(url(info.path), threads=DECODER_THREADS, **on_gpu, **decoder_limit(max_pixels))[picture]
+    # A VP8 or VP9 take with transparency, by libvpx (FFmpeg's own decoders drop the alpha).
+    libvpx = info.codec in ALPHA_DECODERS and has_alpha(info.pixel_format)
+    alpha = {"c:v": ALPHA_DECODERS[info.codec]} if libvpx else {}
+    source = ffmpeg.input(url(info.path), threads=DECODER_THREADS, **on_gpu, **alpha, **decoder_limit(max_pixels))
+    source = source[picture]
     decoded = video_filters(source, fps, info.interlaced)
     if info.colour in MAPPED_COLOURS:
         # At the size yielded (``max_resolution``; for non-square pixels the scale below widens it).
@@ -74,10 +78,11 @@ def iter_frames(
         decoded = to_sdr(decoded, info.colour, info.colour_source, hdr=info.colour in HDR_COLOURS, size=size)
     if has_alpha(info.pixel_format):
         # A picture with transparency (a cut-out presenter: a PNG or WebP with an alpha
-        # channel or a palette with a transparent colour, a ProRes 4444 take) is shown on
-        # black: its colours multiplied by its alpha. What a file stores under its transparent
-        # pixels is what the tool that cut it out left there (the old background, a colour),
-        # which the video showed as it was; dropping the alpha below shows it again.
+        # channel or a palette with a transparent colour, a ProRes 4444 take, a VP8 or VP9
+        # WebM with an alpha channel) is shown on black: its colours multiplied by its alpha.
+        # What a file stores under its transparent pixels is what the tool that cut it out
+        # left there (the old background, a colour), which the video showed as it was;
+        # dropping the alpha below shows it again.
         decoded = decoded.filter("premultiply", inplace=1)
     # A guard for streams that change size midway: every frame comes out width × height.
     if pixel_format == "yuv420p":

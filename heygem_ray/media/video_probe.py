@@ -360,6 +360,8 @@ def _probe_video(
         sample_aspect = _believed(stream.sample_aspect_ratio)
         codec = stream.codec_context.name
         pixel_format = stream.codec_context.format.name if stream.codec_context.format is not None else ""
+        if codec in ALPHA_DECODERS and _tag(stream.metadata, "alpha_mode") == "1":
+            pixel_format = "yuva420p"  # as libvpx decodes it (iter_frames picks it): the alpha kept
     check_reference_size(path, source_width, source_height, max_pixels=max_pixels)  # as decoded
     is_image = looks_like_image and scan.decoded == 1
     cut = False
@@ -402,6 +404,17 @@ def _probe_video(
         codec=codec,
         pixel_format=pixel_format,
     )
+
+
+# A VP8 or VP9 stream with transparency (a WebM whose track says ``alpha_mode`` 1: a
+# cut-out presenter as background-removal tools export it) keeps its alpha in a side
+# channel that FFmpeg's own decoders drop; libvpx's decode it (``iter_frames``).
+ALPHA_DECODERS = {"vp8": "libvpx", "vp9": "libvpx-vp9"}
+
+
+def _tag(metadata: dict[str, str], name: str) -> str:
+    """A container tag, whatever the case its muxer wrote it in."""
+    return next((value for key, value in metadata.items() if key.lower() == name), "")
 
 
 # FFmpeg's colour matrices (AVColorSpace) a 4:2:0 limited-range stream may declare, by what
