@@ -29,6 +29,11 @@ from heygem_ray.timeline import loop_indices
 # kept apart for the gate, a quarter as many more.
 CALIBRATION_FRAMES = 128
 HELD_OUT_FRAMES = CALIBRATION_FRAMES // 4
+# Seconds of each reference analysed for calibration (``analyze``'s ``reference_seconds``):
+# the runs need a few seconds of each row, and a calibration manifest is often the batch's
+# own, whose references may be whole recorded lectures; an hour of one would be analysed
+# (and cached in the engine store) while its model worker starts.
+CALIBRATION_REFERENCE_SECONDS = 60.0
 DEFAULT_CALIBRATION = Path(__file__).resolve().parents[1] / "examples" / "manifest.csv"
 
 
@@ -42,7 +47,8 @@ def calibration_set(
 ) -> CalibrationSet:
     """``frames + held_out`` frames (rounded up to whole runs) from the rows of
     ``manifest`` (columns audio and video; None: the bundled examples), in runs of
-    ``RUN_FRAMES`` spread evenly over each row's output frames where the face is found.
+    ``RUN_FRAMES`` spread evenly over each row's output frames where the face is found,
+    each reference's first ``CALIBRATION_REFERENCE_SECONDS`` looped under its audio.
     Templates are cached in ``cache_dir``."""
     manifest = manifest or DEFAULT_CALIBRATION
     if not manifest.is_file():
@@ -87,7 +93,8 @@ def _row_runs(pack: PackSpec, job: Job, runs: int, cache_dir: Path) -> list[Run]
     """``runs`` runs of one row, evenly over its output frames, each with a face throughout."""
     video = storage.fetch(job.video, "reference", default_download_dir())
     audio = storage.fetch(job.audio, "audio", default_download_dir())
-    template, _ = analyze(video, pack.geometry, DetectorConfig(), cache_dir)
+    template, _ = analyze(video, pack.geometry, DetectorConfig(), cache_dir,
+                          reference_seconds=CALIBRATION_REFERENCE_SECONDS)  # fmt: skip
     with template:
         wav = media.load_audio(audio, SAMPLE_RATE)
         n = max(1, round(len(wav) / SAMPLE_RATE * template.fps))

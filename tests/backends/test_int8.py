@@ -19,7 +19,9 @@ import pytest
 from onnx import TensorProto, numpy_helper
 from torch import nn
 
+from heygem_ray import calibration as calibration_module
 from heygem_ray import hardware, precision
+from heygem_ray.analyze import Template
 from heygem_ray.backends import int8, onnx_artifact, open_runners
 from heygem_ray.backends.int8 import CalibrationSet, Run
 from heygem_ray.calibration import calibration_set
@@ -247,3 +249,19 @@ def test_a_bad_calibration_manifest_names_the_file_and_the_fix(tmp_path, example
     with pytest.raises(InputError, match=f"calibration manifest {missing}, row 1 .*gone.mp4") as bad_row:
         calibration_set(PACK, missing, tmp_path)
     assert bad_row.value.kind == "missing_file"
+
+
+def test_calibration_analyses_only_the_first_seconds_of_each_reference(tmp_path, examples, monkeypatch) -> None:
+    """A calibration manifest may be the batch's own, of whole recorded lectures: each
+    reference is analysed only as far as ``CALIBRATION_REFERENCE_SECONDS`` (lowered here to
+    1 s of the 4-s example), and the runs come from those frames."""
+    monkeypatch.setattr(calibration_module, "CALIBRATION_REFERENCE_SECONDS", 1.0)
+    manifest = tmp_path / "batch.csv"
+    manifest.write_text(f"audio,video\n{examples / 'lesson1.wav'},{examples / 'presenter.mp4'}\n")
+    found = calibration_set(PACK, manifest, tmp_path / "templates", frames=CALIBRATE, held_out=HELD_OUT)
+    (meta,) = [json.loads(p.read_text()) for p in (tmp_path / "templates").glob("*/meta.json")]
+    assert (meta["frames"], meta["cut_to_seconds"]) == (25, 1.0)
+    with Template.open(next((tmp_path / "templates").glob("*/meta.json")).parent) as template:
+        first = template.crops(np.arange(25))
+    for run in found.runs:  # each crop one of the first second's
+        assert all(np.abs(first.astype(np.int16) - crop).reshape(25, -1).max(axis=1).min() == 0 for crop in run.crops)
