@@ -65,7 +65,7 @@ import numpy as np
 import pyarrow as pa
 
 from heygem_ray import media, progress, storage
-from heygem_ray.config import DetectorConfig, InputLimits
+from heygem_ray.config import CUT_FILE_FRAMES, DetectorConfig, InputLimits
 from heygem_ray.errors import InputError, storage_errors
 from heygem_ray.face.align import alignment_points
 from heygem_ray.face.haar import HaarDetector
@@ -386,11 +386,14 @@ def analyze(
                 mark_used(root)
                 return _within_limits(template, video, limits), True
         # Probed only when building: a reference whose frames the probe cannot count from its
-        # packets (variable rate, say) is decoded once for that.
+        # packets (variable rate, say) is decoded once for that (as far as a cut, if any).
+        # Where reference_seconds cuts it, the frame limit bounds the frames used.
+        file_frames = max(limits.max_reference_frames, CUT_FILE_FRAMES if reference_seconds else 0)
         info = media.probe_video(
-            video, max_pixels=limits.max_reference_pixels, max_frames=limits.max_reference_frames,
+            video, max_pixels=limits.max_reference_pixels, max_frames=file_frames,
             max_resolution=max_resolution, max_seconds=reference_seconds,
         )  # fmt: skip
+        media.check_reference_frames(video, info.frames, max_frames=limits.max_reference_frames)
         tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
         try:
             with storage_errors(cache_dir):  # a full or read-only cache: the user's to fix

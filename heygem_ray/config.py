@@ -47,6 +47,10 @@ EncoderName = Literal["auto", "libx264", "h264_nvenc"]
 MIN_RESOLUTION = 144
 # The shortest --reference-seconds: a second of the take.
 MIN_REFERENCE_SECONDS = 1.0
+# Frames a reference's file may hold where --reference-seconds cuts it (twelve hours at
+# 60 fps), or --max-reference-frames where that is more: only the cut is decoded, so the
+# file's length costs a scan of its packets (seconds), and this bounds that.
+CUT_FILE_FRAMES = 12 * 3600 * 60
 # x264's presets, fastest first, then ``lean`` (the default: veryfast with two costly searches
 # left out, media/encoders.py); h264_nvenc takes the nearest of its own.
 EncoderPreset = Literal[
@@ -139,7 +143,8 @@ class InputLimits:
     max_reference_pixels: int = 7680 * 4320
     # Frames of a reference video: as its index lists them, as its packets count, or as
     # its timestamps span at its frame rate (a gap of hours is filled with repeated frames).
-    # 90 000 is an hour at 25 fps, 50 minutes at 30 fps.
+    # 90 000 is an hour at 25 fps, 50 minutes at 30 fps. Where --reference-seconds cuts
+    # the take, it bounds the frames used; the file may then hold up to CUT_FILE_FRAMES.
     max_reference_frames: int = 90_000
     # Seconds of a row's audio (its output is as long): 4 hours.
     max_audio_seconds: float = 4 * 3600.0

@@ -24,12 +24,14 @@ import pytest
 from typer.testing import CliRunner
 
 from heygem_ray import media
+from heygem_ray.analyze import analyze
 from heygem_ray.cli import app
-from heygem_ray.config import InputLimits
+from heygem_ray.config import DetectorConfig, InputLimits
 from heygem_ray.driver import resume
 from heygem_ray.driver.missing import MissingInputs
 from heygem_ray.errors import InputError
 from heygem_ray.manifest import read_manifest
+from heygem_ray.packs import get_pack
 from heygem_ray.results import JobResult
 from tests.helpers.hostile import (
     make_flac_claiming,
@@ -173,6 +175,25 @@ def test_the_frame_limit_holds_wherever_the_count_comes_from(tmp_path, name, mak
         media.probe_video(clip, max_frames=limit)
     assert caught.value.kind == "too_large" and said in caught.value.message, caught.value.message
     assert media.probe_video(clip, max_frames=100).frames in (60, 100)  # under the limit: as before
+
+
+def test_with_reference_seconds_the_frame_limit_bounds_the_frames_used(tmp_path, examples) -> None:
+    """The 4-s example (100 frames) under a limit of 50: refused whole, as before; its first
+    second (25 frames) is analysed; its first 3 (75 frames) are over the limit, and the
+    message counts what would be used."""
+    take, cache, limits = examples / "presenter.mp4", tmp_path / "cache", InputLimits(max_reference_frames=50)
+    geometry, detector = get_pack("warp").geometry, DetectorConfig()
+    with pytest.raises(InputError) as whole:
+        analyze(take, geometry, detector, cache, limits)
+    assert whole.value.kind == "too_large" and "above the limit of 50 frames" in whole.value.message
+    template, _ = analyze(take, geometry, detector, cache, limits, reference_seconds=1)
+    with template:
+        assert template.frames == 25
+    with pytest.raises(InputError) as used:
+        analyze(take, geometry, detector, cache, limits, reference_seconds=3)
+    assert used.value.kind == "too_large" and used.value.message.startswith(
+        f"reference {take} has 75 frames, above the limit of 50 frames (--max-reference-frames 50)"
+    )
 
 
 def test_the_pixel_limit_reads_a_video_s_size_from_its_header(tmp_path) -> None:
