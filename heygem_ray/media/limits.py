@@ -42,7 +42,7 @@ def check_reference_size(path: Path, width: int, height: int, *, max_pixels: int
 def too_many_frames(path: Path, found: str, max_frames: int) -> InputError:
     return too_large(
         "reference", path, found, f"{max_frames:,} frames", f"--max-reference-frames {max_frames}",
-        f"cut out the part to use (e.g. ffmpeg -i {path.name} -t 60 -c copy short{path.suffix})",
+        "use only its first minutes (--reference-seconds 300 analyses and renders from its first five)",
     )  # fmt: skip
 
 

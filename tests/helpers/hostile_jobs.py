@@ -87,7 +87,7 @@ REFUSED = {
                                   False, "analyze", ["is 20000×20000 pixels", "--max-reference-pixels"]),
     "mp4-listing-2m-frames": (lambda d: make_mp4_claiming_frames(d / "2m.mp4", frames=2_000_000), False, "analyze",
                               ["lists 2,000,000 frames in its header", "above the limit of 90,000 frames",
-                               f"--max-reference-frames {LIMITS.max_reference_frames}", "cut out the part"]),
+                               f"--max-reference-frames {LIMITS.max_reference_frames}", "use only its first minutes (--reference-seconds 300"]),
     "mp4-listing-80m-frames": (lambda d: make_mp4_claiming_frames(d / "80m.mp4", frames=80_000_000), False,
                                "analyze", ["lists 80,000,000 frames in its header"]),
     "mp4-holding-1m-frames": (lambda d: make_mp4_claiming_frames(d / "1m.mp4", frames=1_000_000,
