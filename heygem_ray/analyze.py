@@ -135,6 +135,8 @@ class Template:
     # The reference's colour as it was shot (VideoInfo.colour): "hlg" and "pq" are HDR,
     # tone-mapped to the SDR frames stored here; "bt2020" was mapped into BT.709's gamut.
     source_colour: str
+    # The take was longer than ``reference_seconds``, which cut it to these frames.
+    cut: bool
     store: FrameStore = field(repr=False, compare=False)
     crop_array: np.ndarray = field(repr=False, compare=False)  # (frames, S, S, 3) uint8 BGR, mapped
 
@@ -160,7 +162,7 @@ class Template:
             raise
         return cls(root=root, fps=meta["fps"], width=meta["width"], height=meta["height"], frames=n,
                    is_image=meta["is_image"], boxes=boxes, present=present, points=points,
-                   decoder=meta["decoder"], source_colour=meta["source_colour"], store=store,
+                   decoder=meta["decoder"], source_colour=meta["source_colour"], cut=meta["cut"], store=store,
                    crop_array=crops)  # fmt: skip
 
     def close(self) -> None:
@@ -270,6 +272,7 @@ def _meta(root: Path) -> dict[str, Any]:
             "is_image": bool(meta["is_image"]),
             "decoder": "nvdec" if meta.get("decoder") == "nvdec" else "cpu",
             "source_colour": str(meta["source_colour"]),
+            "cut": bool(meta.get("cut_to_seconds")),  # (templates made before the option have none)
         }
     except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
         raise DamagedTemplate(f"meta.json does not read ({type(exc).__name__}: {exc})") from exc

@@ -114,6 +114,7 @@ class Reference:
     others: np.ndarray  # (k, 5) float32 other faces: median box and share of frames
     crops: np.ndarray  # (n, 4) int32 the pack's crop boxes
     source_colour: str = ""  # the take's own colour (Template.source_colour)
+    cut: bool = False  # the take's first seconds only (Template.cut: --reference-seconds)
 
     @classmethod
     def of(cls, template: Template) -> Reference:
@@ -122,7 +123,7 @@ class Reference:
             fps=template.fps, frames=template.frames, is_image=template.is_image, faces=track.boxes,
             present=track.present, detected=track.detected, looks=np.asarray(track.looks, np.float32),
             others=np.asarray(track.others, np.float32), crops=template.boxes,
-            source_colour=template.source_colour,
+            source_colour=template.source_colour, cut=template.cut,
         )  # fmt: skip
 
     @property
@@ -371,10 +372,14 @@ def _length(ref: Reference, loop: LoopMode, audio_seconds: float | None, span: t
         return Check("length", "ok", "a still photo: shown for the whole audio", "")
     seconds = ref.seconds if span is None else (span[1] - span[0]) / float(ref.fps)
     used = "reference" if span is None else "still stretch of the reference"
+    length = f"{used} {seconds:.1f} s"
+    if ref.cut:  # the take was longer
+        length += " (cut there by --reference-seconds)" if span is None else (
+            f" (within its first {ref.seconds:.1f} s: --reference-seconds)")  # fmt: skip
     if audio_seconds is None:
-        return Check("length", "ok", f"{used} {seconds:.1f} s (no audio given to compare)", "", seconds)
+        return Check("length", "ok", f"{length} (no audio given to compare)", "", seconds)
     loops = audio_seconds / max(seconds, 1e-6)
-    figure = f"{used} {seconds:.1f} s, audio {audio_seconds:.1f} s: {loops:.1f}× ({loop})"
+    figure = f"{length}, audio {audio_seconds:.1f} s: {loops:.1f}× ({loop})"
     if loops < USED_SHARE and span is None and ref.seconds > LONG_REFERENCE_S:
         return Check("length", "ok", figure, f"only its first {audio_seconds / 60:.1f} of {ref.seconds / 60:.1f} minutes "
                      "are shown, but it is analysed whole (about a second of CPU per second of 1080p, and some 2.8 GB "

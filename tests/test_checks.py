@@ -170,6 +170,11 @@ def test_the_reference_length_against_the_audio_and_the_loop_mode(example):
     assert cut.level == "warn" and "cuts each video at 4.0 s" in cut.advice
     assert "jump" in run(example, audio_seconds=7.0, loop="forward")["length"].advice
     assert run(example)["length"].figure == "reference 4.0 s (no audio given to compare)"
+    cut = dataclasses.replace(example, cut=True)  # a longer take, cut at 4 s by --reference-seconds
+    assert run(cut, audio_seconds=3.0, pack="wav2lip")["length"].figure.startswith(
+        "reference 4.0 s (cut there by --reference-seconds), audio 3.0 s")
+    still = checks._length(cut, "pingpong", 3.0, (0, 50))  # warp's still stretch, from the first 4 s
+    assert still.figure.startswith("still stretch of the reference 2.0 s (within its first 4.0 s: --reference-seconds)")
 
 
 def test_a_long_reference_of_which_the_audio_uses_little_says_a_cut_would_spare_its_analysis(example, monkeypatch):
