@@ -418,7 +418,8 @@ def _read_only(video: Path, cache_dir: Path, root: Path, limits: InputLimits) ->
         raise InputError(
             f"reference {video}: the template cache {cache_dir} cannot be written here and {holds}: analyse the "
             f"reference into it where it can be written (heygem-ray preview {video} --cache-dir {cache_dir}, with "
-            "the same --min-face, --max-resolution, --reference-seconds and pack as the batch), or give a --cache-dir this node can write",
+            "the same --min-face, --max-resolution, --reference-seconds and pack as the batch), or give a "
+            "--cache-dir this node can write",
             kind="storage",
         ) from None
     return _within_limits(template, video, limits)

@@ -59,9 +59,10 @@ def iter_frames(
     dropping frames), deinterlaced (a frame per pair of fields), upright, cropped to
     ``info.width`` × ``info.height`` (in square pixels), ``info.frames`` of them where the
     probe cut the take (``VideoInfo.cut``); a still image yields one frame. Each frame is a
-    new, writable array. ffmpeg is killed and reaped if the consumer stops early. ``max_pixels``: ffmpeg's decoder refuses larger pictures (a
-    stream that grows midway), which fails the decode. ``decoder="nvdec"``: decoded on this
-    node's GPU (``decoders``; the frames are the same), filtered on the CPU as otherwise.
+    new, writable array. ffmpeg is killed and reaped if the consumer stops early.
+    ``max_pixels``: ffmpeg's decoder refuses larger pictures (a stream that grows midway),
+    which fails the decode. ``decoder="nvdec"``: decoded on this node's GPU (``decoders``;
+    the frames are the same), filtered on the CPU as otherwise.
     """
     fps = None if info.is_image else info.fps
     on_gpu = {"hwaccel": "cuda"} if decoder == "nvdec" else {}
