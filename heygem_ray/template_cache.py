@@ -72,6 +72,8 @@ def prune(cache_dir: Path, unused_for_s: float, *, dry_run: bool = False) -> tup
     ``dry_run``, nothing is removed: ``removed`` is what would be."""
     removed, busy = [], []
     cutoff = time.time() - unused_for_s
+    if not dry_run:
+        _forget_hashes(cache_dir, cutoff)
     for entry in scan(cache_dir):
         if not entry.leftover and entry.last_used > cutoff:
             continue
@@ -93,6 +95,19 @@ def prune(cache_dir: Path, unused_for_s: float, *, dry_run: bool = False) -> tup
                     continue
         removed.append(entry)
     return removed, busy
+
+
+def _forget_hashes(cache_dir: Path, cutoff: float) -> None:
+    """Remove the reference hashes the cache remembers (``analyze.reference_hash``) that no
+    job used since ``cutoff`` (a few bytes each: not listed; one removed while a job reads
+    it costs that job a hash of its reference)."""
+    hashes = cache_dir / analyze.HASHES_DIR
+    if not hashes.is_dir():
+        return
+    with storage_errors(cache_dir):
+        for memo in hashes.iterdir():
+            if _mtime(memo) <= cutoff:
+                memo.unlink(missing_ok=True)
 
 
 def _made_from(path: Path) -> tuple[str, int | None, str]:

@@ -266,7 +266,8 @@ def test_prune_removes_what_no_run_used_for_the_time_given_and_what_killed_build
     assert {e.path for e in removed} == {root, old_version, killed, killed_again} and busy == []
     assert [e.version for e in removed if e.path == old_version] == [7]
     assert sum(e.bytes for e in removed) > 2 * (root.parent / recent.name / "frames.bin").stat().st_size
-    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [recent.name]
+    kept = [p.name for p in cache.iterdir() if not p.name.endswith(".lock") and p.name != analyze_module.HASHES_DIR]
+    assert kept == [recent.name]
     template, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
     template.close()
     assert not cached and template.root == root
@@ -384,3 +385,30 @@ def test_a_cache_that_cannot_be_written_gives_the_restoration_tiles_it_holds_and
     first = want.ends[len(np.unique(short.ref_index)) - 1]
     assert kept.data.tobytes() == want.data.tobytes()[:first]
     assert sorted((p.name, p.stat().st_size) for p in _root(cache).iterdir()) == held
+
+
+def test_a_references_hash_is_remembered_until_the_file_changes_and_forgotten_when_unused(
+        tmp_path, examples, monkeypatch) -> None:  # fmt: skip
+    """The cache remembers each reference file's content hash under the file's identity, so
+    a job after the first does not read the file whole: a memo that says otherwise is what
+    the key follows. The file written again (the same bytes) is another identity, hashed
+    again; a file changed a moment ago is not remembered. ``cache prune`` removes a memo no
+    job used for its days and keeps the others."""
+    take = Path(shutil.copy(examples / "presenter.mp4", tmp_path / "take.mp4"))
+    cache, hashes = tmp_path / "cache", tmp_path / "cache" / analyze_module.HASHES_DIR
+    key = analyze_module.template_key(take, GEOMETRY, DETECTOR, cache_dir=cache)
+    assert not hashes.exists()  # the file was copied a moment ago
+    monkeypatch.setattr(analyze_module, "HASH_SETTLED_S", 0.0)
+    assert analyze_module.template_key(take, GEOMETRY, DETECTOR, cache_dir=cache) == key
+    (memo,) = hashes.iterdir()
+    assert memo.read_text() == analyze_module.content_hash(take)
+    memo.write_text("0" * 64)  # what the next job finds is taken, and the file not read
+    assert analyze_module.template_key(take, GEOMETRY, DETECTOR, cache_dir=cache) != key
+    time.sleep(0.05)  # a later clock tick
+    take.write_bytes(take.read_bytes())
+    assert analyze_module.template_key(take, GEOMETRY, DETECTOR, cache_dir=cache) == key
+    assert len(list(hashes.iterdir())) == 2
+    _age(memo, 40)
+    template_cache.prune(cache, 30 * DAY)
+    assert [p.read_text() for p in hashes.iterdir()] == [analyze_module.content_hash(take)]
+    assert template_cache.scan(cache) == []  # not listed among the templates

@@ -80,7 +80,7 @@ def test_each_date_gets_its_folder_and_a_rerun_of_the_same_date_resumes_it(folde
 
     # 4. the next night is a new folder; the previous one is left as it was. After it, the
     #    template no night has used for 40 days is pruned, the one this night used is kept.
-    (used,) = [p for p in (folder / "cache").iterdir() if p.is_dir()]
+    (used,) = [p for p in (folder / "cache").iterdir() if p.is_dir() and not p.name.startswith(".")]
     stale = Path(shutil.copytree(used, folder / "cache" / ("e" * 32)))
     os.utime(stale, (time.time() - 40 * 86400,) * 2)
     assert nightly.main([str(folder / "good.csv"), str(root), "--date", "2026-01-03", *common]) == 0
