@@ -186,16 +186,8 @@ def tagged(clip: Path, tag: str | None) -> Path:
 
 
 def camera_like(clip: Path) -> Path:
-    """``clip`` as a camera would record it: temporal noise on every pixel (luma and chroma,
-    ffmpeg's ``noise`` filter at strength 6, uniform), then H.264 at 8 Mbit/s (x264 ``fast``),
-    tagged BT.709 limited range. What x264 spends its time on in real footage: noise that
-    differs in every frame, which a synthetic slide has none of."""
-    out = clip.with_name(f"{clip.stem}-camera.mp4")
-    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(clip), "-vf", "noise=alls=6:allf=t+u",
-                    "-c:v", "libx264", "-preset", "fast", "-b:v", "8M", "-pix_fmt", "yuv420p",
-                    "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
-                    str(out)], check=True)  # fmt: skip
-    return out
+    """``clip`` as a camera would record it (``record.camera_like``: noise, 8 Mbit/s)."""
+    return record.camera_like(clip, clip.with_name(f"{clip.stem}-camera.mp4"))
 
 
 # The clips: ``tagged``'s tag, or "camera" for ``camera_like``.

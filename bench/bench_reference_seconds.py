@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +26,6 @@ from pathlib import Path
 import record
 
 sys.path.insert(0, str(record.REPO))
-from heygem_ray import media  # noqa: E402
 from tests.helpers.footage import lecture_clip  # noqa: E402
 
 # One analysis in a fresh process: its CPU, the ffmpeg children's included.
@@ -59,12 +57,7 @@ def camera_take(folder: Path, seconds: float) -> Path:
     """The 1080p take with a camera's noise, at 8 Mbit/s."""
     clean = lecture_clip(folder / "clean.mp4", size=(1920, 1080), face=160, seconds=seconds, corner="centre",
                          talk=lambda t: 0.5).path  # fmt: skip
-    take = folder / "take.mp4"
-    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(clean), "-vf", "noise=alls=6:allf=t+u",
-                    "-c:v", "libx264", "-preset", "fast", "-b:v", "8M", "-pix_fmt", "yuv420p",
-                    "-color_primaries", "bt709", "-color_trc", "bt709", "-colorspace", "bt709", str(take)],
-                   check=True)  # fmt: skip
-    return take
+    return record.camera_like(clean, folder / "take.mp4")
 
 
 def main() -> None:

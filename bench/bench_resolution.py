@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -73,12 +72,7 @@ def camera_take(folder: Path, seconds: float) -> Path:
     """The 4K take with a camera's noise, at a 4K camera's 30 Mbit/s."""
     clean = lecture_clip(folder / "clean.mp4", size=(3840, 2160), face=240, seconds=seconds, corner="centre",
                          talk=lambda t: 0.5).path  # fmt: skip
-    take = folder / "take.mp4"
-    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(clean), "-vf", "noise=alls=6:allf=t+u",
-                    "-c:v", "libx264", "-preset", "fast", "-b:v", "30M", "-pix_fmt", "yuv420p",
-                    "-color_primaries", "bt709", "-color_trc", "bt709", "-colorspace", "bt709", str(take)],
-                   check=True)  # fmt: skip
-    return take
+    return record.camera_like(clean, folder / "take.mp4", "30M")
 
 
 def main() -> None:

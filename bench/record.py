@@ -2,9 +2,9 @@
 the command that made them and the date; how a benchmark runs one measurement in a fresh
 Python process (``run_child``); and the modes of a benchmark over many Ray tasks
 (``each_mode``), each keeping a few tasks in flight in its child (``in_flight``); the
-jobs' encoder options as an ffmpeg command line (``ffmpeg_args``); and, for the benchmarks
-of a codec's threads, the noisy pattern they code (``noisy_pattern``) and their table
-(``print_threads_table``)."""
+jobs' encoder options as an ffmpeg command line (``ffmpeg_args``); a clip as a camera
+records it (``camera_like``); and, for the benchmarks of a codec's threads, the noisy
+pattern they code (``noisy_pattern``) and their table (``print_threads_table``)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,21 @@ def ffmpeg_args(options: dict[str, Any]) -> list[str]:
     for key, value in options.items():
         args += ["-c:v" if key == "vcodec" else f"-{key}", str(value)]
     return args
+
+
+def camera_like(clip: Path, out: Path, bitrate: str = "8M") -> Path:
+    """``clip`` as a camera would record it, written to ``out``: temporal noise on every
+    pixel (luma and chroma, ffmpeg's ``noise`` filter at strength 6, uniform), then H.264 at
+    ``bitrate`` (x264 ``fast``; 8 Mbit/s as a 1080p camera or phone, 30 at 4K), tagged BT.709
+    limited range. What x264 and the frame store spend their time on in real footage: noise
+    that differs in every frame, which a synthetic slide has none of."""
+    from heygem_ray.media import ffmpeg_exe  # (the repository is on the path once a benchmark runs)
+
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", str(clip), "-vf", "noise=alls=6:allf=t+u",
+                    "-c:v", "libx264", "-preset", "fast", "-b:v", bitrate, "-pix_fmt", "yuv420p",
+                    "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
+                    str(out)], check=True)  # fmt: skip
+    return out
 
 
 def noisy_pattern(size: str) -> str:
