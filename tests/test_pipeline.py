@@ -98,12 +98,19 @@ def _ref_frames(template, n):
     return np.stack(list(template.read_frames(index))), index
 
 
+def _outside(frames: np.ndarray, boxes: np.ndarray, margin: int = 0) -> np.ndarray:
+    """(n, H, W) bool: the pixels of each of ``frames`` outside its crop box (grown by
+    ``margin`` pixels on every side)."""
+    outside = np.ones(frames.shape[:3], bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        outside[i, max(0, y0 - margin) : y1 + margin, max(0, x0 - margin) : x1 + margin] = False
+    return outside
+
+
 def test_pixels_outside_the_face_box_are_unchanged(rendered, floor):
     result, frames, _, template = rendered
     refs, index, encoded = floor
-    outside = np.ones(frames.shape[:3], bool)
-    for i, (x0, y0, x1, y1) in enumerate(template.boxes[index]):
-        outside[i, max(y0, 0) : y1, max(x0, 0) : x1] = False
+    outside = _outside(frames, template.boxes[index])
     noise = np.abs(encoded.astype(np.int16) - refs.astype(np.int16))[outside].mean()
     diff = np.abs(frames.astype(np.int16) - refs.astype(np.int16))
     assert diff[outside].mean() <= noise + 0.25
@@ -163,9 +170,7 @@ def test_a_reference_above_max_resolution_renders_at_it_with_the_mouth_following
         assert json.loads((template.root / "meta.json").read_text())["scaled_from"] == [1280, 720]
         refs, index = _ref_frames(template, len(frames))
         boxes = template.boxes[index]
-    outside = np.ones(frames.shape[:3], bool)
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
-        outside[i, max(0, y0 - 8) : y1 + 8, max(0, x0 - 8) : x1 + 8] = False
+    outside = _outside(frames, boxes, margin=8)
     assert np.abs(frames.astype(np.int16) - refs)[outside].mean() < 2.5  # the take, scaled, bar the codec
     assert _mouth_change(frames, refs, boxes).mean() > 2  # the closed mouth of the take opens with the speech
     plain = RunConfig(output_dir=tmp_path, render=RenderConfig(chunk_frames=48))
@@ -195,9 +200,7 @@ def test_a_take_longer_than_reference_seconds_renders_from_its_first_seconds_alo
         whole = [yuv.to_bgr_frame(frame) for frame in decoded]
         refs, index = _ref_frames(template, len(frames))
         boxes = template.boxes[index]
-    outside = np.ones(frames.shape[:3], bool)
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
-        outside[i, max(0, y0 - 8) : y1 + 8, max(0, x0 - 8) : x1 + 8] = False
+    outside = _outside(frames, boxes, margin=8)
     assert np.abs(frames.astype(np.int16) - refs)[outside].mean() < 2.5  # the first 1.5 s, looped, bar the codec
     later = np.stack(whole[37:])  # the panned take after the cut: no output frame is any of them
     near = [np.abs(later.astype(np.int16) - f).reshape(len(later), -1).mean(axis=1).min() for f in frames[::10]]
