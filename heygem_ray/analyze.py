@@ -364,12 +364,12 @@ def reference_hash(video: Path, cache_dir: Path) -> str:
 
 
 def template_key(
-    video: Path, geometry: CropGeometry, detector: DetectorConfig, max_resolution: int = 0,
-    reference_seconds: float = 0.0, cache_dir: Path | None = None,
+    video: Path, geometry: CropGeometry, detector: DetectorConfig, cache_dir: Path, max_resolution: int = 0,
+    reference_seconds: float = 0.0,
 ) -> str:  # fmt: skip
     """The cache's name for ``video``'s template: its bytes (their hash remembered in
-    ``cache_dir``, where given: ``reference_hash``), the crop geometry, the detector and,
-    where they are set, ``max_resolution`` and ``reference_seconds``."""
+    ``cache_dir``: ``reference_hash``), the crop geometry, the detector and, where they are
+    set, ``max_resolution`` and ``reference_seconds``."""
     wanted: dict[str, Any] = {"v": TEMPLATE_VERSION, "geometry": dataclasses.asdict(geometry),
                               "detector": dataclasses.asdict(detector)}  # fmt: skip
     # (keys made before these options existed stay as they were)
@@ -378,8 +378,7 @@ def template_key(
     if reference_seconds:
         wanted["reference_seconds"] = reference_seconds
     settings = json.dumps(wanted, sort_keys=True)
-    digest = content_hash(video) if cache_dir is None else reference_hash(video, cache_dir)
-    return hashlib.sha256(f"{digest}:{settings}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{reference_hash(video, cache_dir)}:{settings}".encode()).hexdigest()[:32]
 
 
 def analyze(
@@ -405,7 +404,7 @@ def analyze(
     limits = limits or InputLimits()
     media.require_file(video, "reference")
     storage.makedirs(cache_dir)
-    key = template_key(video, geometry, detector, max_resolution, reference_seconds, cache_dir)
+    key = template_key(video, geometry, detector, cache_dir, max_resolution, reference_seconds)
     root = cache_dir / key
     if not os.access(cache_dir, os.W_OK):
         return _read_only(video, cache_dir, root, limits), True

@@ -396,17 +396,17 @@ def test_a_references_hash_is_remembered_until_the_file_changes_and_forgotten_wh
     job used for its days and keeps the others."""
     take = Path(shutil.copy(examples / "presenter.mp4", tmp_path / "take.mp4"))
     cache, hashes = tmp_path / "cache", tmp_path / "cache" / analyze_module.HASHES_DIR
-    key = analyze_module.template_key(take, GEOMETRY, DETECTOR, cache_dir=cache)
+    key = analyze_module.template_key(take, GEOMETRY, DETECTOR, cache)
     assert not hashes.exists()  # the file was copied a moment ago
     monkeypatch.setattr(analyze_module, "HASH_SETTLED_S", 0.0)
-    assert analyze_module.template_key(take, GEOMETRY, DETECTOR, cache_dir=cache) == key
+    assert analyze_module.template_key(take, GEOMETRY, DETECTOR, cache) == key
     (memo,) = hashes.iterdir()
     assert memo.read_text() == analyze_module.content_hash(take)
     memo.write_text("0" * 64)  # what the next job finds is taken, and the file not read
-    assert analyze_module.template_key(take, GEOMETRY, DETECTOR, cache_dir=cache) != key
+    assert analyze_module.template_key(take, GEOMETRY, DETECTOR, cache) != key
     time.sleep(0.05)  # a later clock tick
     take.write_bytes(take.read_bytes())
-    assert analyze_module.template_key(take, GEOMETRY, DETECTOR, cache_dir=cache) == key
+    assert analyze_module.template_key(take, GEOMETRY, DETECTOR, cache) == key
     assert len(list(hashes.iterdir())) == 2
     _age(memo, 40)
     template_cache.prune(cache, 30 * DAY)
