@@ -138,6 +138,8 @@ class Template:
     source_colour: str
     # The take was longer than ``reference_seconds``, which cut it to these frames.
     cut: bool
+    # Seconds of the take before its first frame here (``reference_start``; 0: none).
+    start: float
     store: FrameStore = field(repr=False, compare=False)
     crop_array: np.ndarray = field(repr=False, compare=False)  # (frames, S, S, 3) uint8 BGR, mapped
 
@@ -163,8 +165,8 @@ class Template:
             raise
         return cls(root=root, fps=meta["fps"], width=meta["width"], height=meta["height"], frames=n,
                    is_image=meta["is_image"], boxes=boxes, present=present, points=points,
-                   decoder=meta["decoder"], source_colour=meta["source_colour"], cut=meta["cut"], store=store,
-                   crop_array=crops)  # fmt: skip
+                   decoder=meta["decoder"], source_colour=meta["source_colour"], cut=meta["cut"],
+                   start=meta["start"], store=store, crop_array=crops)  # fmt: skip
 
     def close(self) -> None:
         self.store.close()
@@ -274,6 +276,7 @@ def _meta(root: Path) -> dict[str, Any]:
             "decoder": "nvdec" if meta.get("decoder") == "nvdec" else "cpu",
             "source_colour": str(meta["source_colour"]),
             "cut": bool(meta.get("cut_to_seconds")),  # (templates made before the option have none)
+            "start": float(meta.get("start_seconds") or 0.0),  # (nor this one)
         }
     except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
         raise DamagedTemplate(f"meta.json does not read ({type(exc).__name__}: {exc})") from exc
@@ -365,11 +368,11 @@ def reference_hash(video: Path, cache_dir: Path) -> str:
 
 def template_key(
     video: Path, geometry: CropGeometry, detector: DetectorConfig, cache_dir: Path, max_resolution: int = 0,
-    reference_seconds: float = 0.0,
+    reference_seconds: float = 0.0, reference_start: float = 0.0,
 ) -> str:  # fmt: skip
     """The cache's name for ``video``'s template: its bytes (their hash remembered in
     ``cache_dir``: ``reference_hash``), the crop geometry, the detector and, where they are
-    set, ``max_resolution`` and ``reference_seconds``."""
+    set, ``max_resolution``, ``reference_seconds`` and ``reference_start``."""
     wanted: dict[str, Any] = {"v": TEMPLATE_VERSION, "geometry": dataclasses.asdict(geometry),
                               "detector": dataclasses.asdict(detector)}  # fmt: skip
     # (keys made before these options existed stay as they were)
@@ -377,6 +380,8 @@ def template_key(
         wanted["max_resolution"] = max_resolution
     if reference_seconds:
         wanted["reference_seconds"] = reference_seconds
+    if reference_start:
+        wanted["reference_start"] = reference_start
     settings = json.dumps(wanted, sort_keys=True)
     return hashlib.sha256(f"{reference_hash(video, cache_dir)}:{settings}".encode()).hexdigest()[:32]
 
@@ -389,13 +394,16 @@ def analyze(
     limits: InputLimits | None = None,
     max_resolution: int = 0,
     reference_seconds: float = 0.0,
+    reference_start: float = 0.0,
 ) -> tuple[Template, bool]:
     """The template for ``video``, built unless cached whole. Returns (template, was_cached).
     A cache this process cannot write serves the templates it holds whole (``_read_only``).
     ``max_resolution`` (0: none): a reference whose shorter side is longer is analysed
     scaled down to it (``media.probe_video``), and the template is of that size.
     ``reference_seconds`` (0: all): a longer reference is analysed as far as that, and the
-    template holds those frames (``VideoInfo.cut``).
+    template holds those frames (``VideoInfo.cut``). ``reference_start`` (0: its beginning):
+    a video is used from that many seconds in (``VideoInfo.start``), and a cut counts from
+    there.
 
     A cached template found damaged (``Template.open``) is set aside, with a warning, and
     built again. A reference over ``limits`` (default ``InputLimits()``) is ``too_large``:
@@ -404,7 +412,7 @@ def analyze(
     limits = limits or InputLimits()
     media.require_file(video, "reference")
     storage.makedirs(cache_dir)
-    key = template_key(video, geometry, detector, cache_dir, max_resolution, reference_seconds)
+    key = template_key(video, geometry, detector, cache_dir, max_resolution, reference_seconds, reference_start)
     root = cache_dir / key
     if not os.access(cache_dir, os.W_OK):
         return _read_only(video, cache_dir, root, limits), True
@@ -428,7 +436,7 @@ def analyze(
         file_frames = max(limits.max_reference_frames, CUT_FILE_FRAMES if reference_seconds else 0)
         info = media.probe_video(
             video, max_pixels=limits.max_reference_pixels, max_frames=file_frames,
-            max_resolution=max_resolution, max_seconds=reference_seconds,
+            max_resolution=max_resolution, max_seconds=reference_seconds, start_seconds=reference_start,
         )  # fmt: skip
         media.check_reference_frames(video, info.frames, max_frames=limits.max_reference_frames)
         tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
@@ -452,8 +460,8 @@ def _read_only(video: Path, cache_dir: Path, root: Path, limits: InputLimits) ->
         raise InputError(
             f"reference {video}: the template cache {cache_dir} cannot be written here and {holds}: analyse the "
             f"reference into it where it can be written (heygem-ray preview {video} --cache-dir {cache_dir}, with "
-            "the same --min-face, --max-resolution, --reference-seconds and pack as the batch), or give a "
-            "--cache-dir this node can write",
+            "the same --min-face, --max-resolution, --reference-start, --reference-seconds and pack as the batch), "
+            "or give a --cache-dir this node can write",
             kind="storage",
         ) from None
     return _within_limits(template, video, limits)
@@ -567,6 +575,7 @@ def _build(
         "sample_aspect": str(info.sample_aspect),
         "scaled_from": list(info.scaled_from) if info.scaled_from else None,
         "cut_to_seconds": info.duration if info.cut else None,
+        "start_seconds": float(info.start / info.fps) if info.start else None,
         "face_detected_fraction": float(track.detected.mean()),
         "face_present_fraction": float(track.present.mean()),
     }

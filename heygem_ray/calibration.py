@@ -67,7 +67,10 @@ def calibration_set(
                 raise job.problem
             runs.extend(_row_runs(pack, job, share, cache_dir))
         except InputError as e:
-            raise InputError(f"calibration manifest {manifest}, {job.label}: {e.message}", kind=e.kind) from e
+            hint = (f" (calibration analyses the first {CALIBRATION_REFERENCE_SECONDS:g} s of each reference, "
+                    "whatever --reference-start says: give --calibrate a manifest of takes that show the presenter "
+                    "from their start)") if e.kind == "no_face" else ""  # fmt: skip
+            raise InputError(f"calibration manifest {manifest}, {job.label}: {e.message}{hint}", kind=e.kind) from e
     # A fixed shuffle, so the held-out runs come from every row.
     order = np.random.default_rng(0).permutation(len(runs))[: calibrating + judging]
     return CalibrationSet(pack.name, tuple(runs[i] for i in order), judging, str(manifest))

@@ -48,6 +48,9 @@ NEAR_MIN_FACE = 1.25
 MIN_CROP_SHARE = 0.5
 # lost: shares of frames without the face that warn and fail.
 LOST_WARN, LOST_FAIL = 0.05, 0.5
+# Where at least this share of the frames without the presenter open the take, the lost
+# check names the time they are first there (a --reference-start).
+OPENING_SHARE = 0.5
 # jitter: a face whose centre stays within this share of its width is still; its crop
 # box wandering more than JITTER_PX from its 1-s average (RMS) shows as a shaking mouth.
 STILL_RANGE = 0.1
@@ -115,6 +118,7 @@ class Reference:
     crops: np.ndarray  # (n, 4) int32 the pack's crop boxes
     source_colour: str = ""  # the take's own colour (Template.source_colour)
     cut: bool = False  # the take's first seconds only (Template.cut: --reference-seconds)
+    start: float = 0.0  # seconds of the take before its first frame here (Template.start: --reference-start)
 
     @classmethod
     def of(cls, template: Template) -> Reference:
@@ -123,7 +127,7 @@ class Reference:
             fps=template.fps, frames=template.frames, is_image=template.is_image, faces=track.boxes,
             present=track.present, detected=track.detected, looks=np.asarray(track.looks, np.float32),
             others=np.asarray(track.others, np.float32), crops=template.boxes,
-            source_colour=template.source_colour, cut=template.cut,
+            source_colour=template.source_colour, cut=template.cut, start=template.start,
         )  # fmt: skip
 
     @property
@@ -243,9 +247,25 @@ def _lost(ref: Reference) -> Check:
     figure = f"{100 * lost:.0f}% of frames without the face ({np.count_nonzero(~ref.present)} of {ref.frames})"
     if lost < LOST_WARN:
         return Check("lost", "ok", figure, "", lost)
-    return Check("lost", "fail" if lost >= LOST_FAIL else "warn", figure,
-                 "those frames are left as they are (no lip sync there): trim the reference to where the presenter "
-                 "faces the camera, or light the face better", lost)  # fmt: skip
+    advice = "those frames are left as they are (no lip sync there): "
+    if (first := _first_seen(ref)) is not None:
+        advice += (f"the presenter is first there {first:.1f} s into the take; --reference-start {math.floor(first)} "
+                   "uses it from there (the same for preview and the batch)")  # fmt: skip
+    else:
+        advice += "trim the reference to where the presenter faces the camera, or light the face better"
+    return Check("lost", "fail" if lost >= LOST_FAIL else "warn", figure, advice, lost)
+
+
+def _first_seen(ref: Reference) -> float | None:
+    """Seconds into the take (``--reference-start`` counted) of the first frame with the
+    presenter, where the frames before it are most of those without them (the take opens
+    without the presenter, rather than losing them now and then) and last a second or more."""
+    if ref.is_image or not ref.present.any():
+        return None
+    first = int(np.argmax(ref.present))
+    if first < float(ref.fps) or first < OPENING_SHARE * np.count_nonzero(~ref.present):
+        return None
+    return ref.start + first / float(ref.fps)
 
 
 def _jitter(ref: Reference) -> Check:
@@ -373,9 +393,12 @@ def _length(ref: Reference, loop: LoopMode, audio_seconds: float | None, span: t
     seconds = ref.seconds if span is None else (span[1] - span[0]) / float(ref.fps)
     used = "reference" if span is None else "still stretch of the reference"
     length = f"{used} {seconds:.1f} s"
+    said = [f"the take from {ref.start:.1f} s: --reference-start"] if ref.start else []
     if ref.cut:  # the take was longer
-        length += " (cut there by --reference-seconds)" if span is None else (
-            f" (within its first {ref.seconds:.1f} s: --reference-seconds)")  # fmt: skip
+        said.append("cut there by --reference-seconds" if span is None else
+                    f"within its first {ref.seconds:.1f} s: --reference-seconds")  # fmt: skip
+    if said:
+        length += f" ({'; '.join(said)})"
     if audio_seconds is None:
         return Check("length", "ok", f"{length} (no audio given to compare)", "", seconds)
     loops = audio_seconds / max(seconds, 1e-6)

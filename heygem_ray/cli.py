@@ -154,6 +154,7 @@ def submit(
     min_face: Annotated[int, typer.Option(help="Smallest face searched for in the reference, in pixels wide (at least 20; smaller costs more analysis time).")] = DetectorConfig().min_face,
     max_resolution: Annotated[int, typer.Option(help="The videos' resolution at most, in lines (their shorter side): 1080 renders a 4K reference at 1920×1080, about a quarter of the analysis, cache, compose and encoding cost. A larger reference is scaled down before it is analysed, so --min-face counts pixels at that size. 0 (the default): the reference's own.")] = 0,
     reference_seconds: Annotated[float, typer.Option(help="Use only the first this many seconds of each reference video (at least 1): a longer take, such as a whole recorded lecture, is analysed and cached only that far, and looped under longer audio like any take. 0 (the default): all of it. --max-reference-frames then bounds the frames used; the file may hold up to twelve hours at 60 fps.")] = 0.0,
+    reference_start: Annotated[float, typer.Option(help="Use each reference video from this many seconds in: a recorded lecture that opens without the presenter (setting up, a title) is used from where they are there; --reference-seconds counts from it. The frames before it are decoded and dropped. 0 (the default): from its beginning. A photo is used whole.")] = 0.0,
     max_reference_pixels: Annotated[int, typer.Option(help="A reference with more pixels (width × height) fails its row before it is decoded (default: 8K UHD, 7680×4320).")] = InputLimits.max_reference_pixels,
     max_reference_frames: Annotated[int, typer.Option(help="A reference video with more frames fails its row before it is decoded (default: an hour at 25 fps); with --reference-seconds, the frames used.")] = InputLimits.max_reference_frames,
     max_audio_seconds: Annotated[float, typer.Option(help="Audio longer than this fails its row, from its header before it is decoded (default: 4 hours).")] = InputLimits.max_audio_seconds,
@@ -202,6 +203,7 @@ def submit(
                 detector=DetectorConfig(min_face=min_face),
                 max_resolution=max_resolution,
                 reference_seconds=reference_seconds,
+                reference_start=reference_start,
                 limits=InputLimits(
                     max_reference_pixels=max_reference_pixels,
                     max_reference_frames=max_reference_frames,
@@ -283,6 +285,7 @@ def preview(
     min_face: Annotated[int, typer.Option(help="As for submit: use tonight's value, so the template this analyses is the one the batch finds.")] = DetectorConfig().min_face,
     max_resolution: Annotated[int, typer.Option(help="As for submit (0: the reference's own): use tonight's value, so the template this analyses is the one the batch finds.")] = 0,
     reference_seconds: Annotated[float, typer.Option(help="As for submit (0: all of each reference): use tonight's value, so the template this analyses is the one the batch finds.")] = 0.0,
+    reference_start: Annotated[float, typer.Option(help="As for submit (0: from its beginning): use tonight's value, so the template this analyses is the one the batch finds.")] = 0.0,
     cache_dir: Annotated[Path | None, typer.Option(help="Where analysed references are cached (default: ~/.cache/heygem-ray/templates): tonight's, to warm it.")] = None,
     backend: Annotated[str, typer.Option(help="Inference backend, as for submit (default 'auto').")] = "auto",
     engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
@@ -301,7 +304,7 @@ def preview(
         cfg = RenderConfig(
             pack=cast(PackName, pack), checkpoint=checkpoint, loop=cast(LoopMode, loop),
             backend=cast(BackendName, backend), detector=DetectorConfig(min_face=min_face),
-            max_resolution=max_resolution, reference_seconds=reference_seconds,
+            max_resolution=max_resolution, reference_seconds=reference_seconds, reference_start=reference_start,
         )  # fmt: skip
         found = run_preview(reference, audio, cfg, cache_dir or default_cache_dir(), _engine_store(engines, None),
                             output_dir, seconds)  # fmt: skip

@@ -202,6 +202,10 @@ class RenderConfig:
     # (a whole lecture given as the reference) is analysed, cached and rendered from as if
     # it were cut there, and looped under longer audio like any take.
     reference_seconds: float = 0.0
+    # Seconds into each reference video where its use starts (0: its beginning): a lecture
+    # that opens without the presenter (setting up, a title) is used from where they are
+    # there, as if cut there; ``reference_seconds`` counts from it. A photo is used whole.
+    reference_start: float = 0.0
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     # How large a row's files may be (not part of config_hash: they render nothing differently).
     limits: InputLimits = field(default_factory=InputLimits)
@@ -236,6 +240,12 @@ class RenderConfig:
             raise InputError(
                 f"--reference-seconds must be 0 (all of each reference) or at least {MIN_REFERENCE_SECONDS:g} "
                 f"seconds (300: the first five minutes), not {self.reference_seconds:g}",
+                kind="bad_argument",
+            )
+        if not 0 <= self.reference_start < math.inf:
+            raise InputError(
+                f"--reference-start must be 0 (each reference from its beginning) or a number of seconds into "
+                f"it (90: from a minute and a half in), not {self.reference_start:g}",
                 kind="bad_argument",
             )
         self._check_restore()
@@ -362,6 +372,8 @@ class RunConfig:
             del payload["max_resolution"]
         if not self.render.reference_seconds:
             del payload["reference_seconds"]
+        if not self.render.reference_start:
+            del payload["reference_start"]
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -42,7 +42,8 @@ class Entry:
     version: int | None  # its TEMPLATE_VERSION (None where unread)
     leftover: bool  # a killed build's folder, or a template set aside and not yet removed
     # Its frames' size, "1920×1080", "scaled from 3840×2160" where --max-resolution made it
-    # smaller than its reference, and "first 300 s" where --reference-seconds cut the take
+    # smaller than its reference, and "first 300 s" where --reference-seconds cut the take,
+    # "from 90 s" where --reference-start skipped its opening ("300 s from 90 s": both)
     # ("" where unread).
     size: str = ""
 
@@ -120,8 +121,13 @@ def _made_from(path: Path) -> tuple[str, int | None, str]:
     size = f"{meta['width']}×{meta['height']}" if "width" in meta and "height" in meta else ""
     if size and meta.get("scaled_from"):
         size += " scaled from {}×{}".format(*meta["scaled_from"])
-    if size and meta.get("cut_to_seconds"):
-        size += f", first {meta['cut_to_seconds']:g} s"
+    cut, start = meta.get("cut_to_seconds"), meta.get("start_seconds")
+    if size and cut and start:
+        size += f", {cut:g} s from {start:g} s"
+    elif size and cut:
+        size += f", first {cut:g} s"
+    elif size and start:
+        size += f", from {start:g} s"
     return source, version, size
 
 

@@ -102,6 +102,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reference-seconds", type=float, default=0.0,
                    help="use only the first this many seconds of each reference video (a whole recorded lecture: "
                         "analysed and cached only that far); 0 (the default): all of it.")
+    p.add_argument("--reference-start", type=float, default=0.0,
+                   help="use each reference video from this many seconds in (a lecture that opens without the "
+                        "presenter); --reference-seconds counts from it; 0 (the default): from its beginning.")
     p.add_argument("--encoder", choices=get_args(EncoderName), default=RenderConfig.encoder,
                    help="H.264 encoder: auto (h264_nvenc where the node's GPU has NVENC, else libx264).")
     p.add_argument("--engines", type=_location, default=None,
@@ -164,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pack=args.pack, checkpoint=args.checkpoint, loop=args.loop, chunk_frames=args.chunk_frames,
                 restore=args.restore, restore_checkpoint=args.restore_checkpoint, restore_blend=args.restore_blend,
                 preset=args.preset, encoder=args.encoder, max_resolution=args.max_resolution,
-                reference_seconds=args.reference_seconds,
+                reference_seconds=args.reference_seconds, reference_start=args.reference_start,
                 backend=args.backend, precision=args.precision, calibration=args.calibrate,
                 calibration_frames=args.calibration_frames,
                 limits=InputLimits(max_reference_pixels=args.max_reference_pixels,

@@ -175,6 +175,26 @@ def test_the_reference_length_against_the_audio_and_the_loop_mode(example):
         "reference 4.0 s (cut there by --reference-seconds), audio 3.0 s")
     still = checks._length(cut, "pingpong", 3.0, (0, 50))  # warp's still stretch, from the first 4 s
     assert still.figure.startswith("still stretch of the reference 2.0 s (within its first 4.0 s: --reference-seconds)")
+    late = dataclasses.replace(cut, start=92.0)  # and from 92 s in, by --reference-start
+    assert run(late, audio_seconds=3.0, pack="wav2lip")["length"].figure.startswith(
+        "reference 4.0 s (the take from 92.0 s: --reference-start; cut there by --reference-seconds), audio 3.0 s")
+
+
+def test_a_take_that_opens_without_the_presenter_names_where_they_are_first_there(example):
+    """Frames without the face at the take's opening: the lost check names the time the
+    presenter is first there, as a --reference-start (counted from the start in use);
+    frames lost here and there, or a short opening, get the general advice."""
+    n, fps = example.frames, float(example.fps)
+    opening = dataclasses.replace(example, present=np.arange(n) >= 30)  # 1.2 s at 25 fps, of 4 s
+    lost = run(opening)["lost"]
+    assert lost.level == "warn" and "the presenter is first there 1.2 s into the take; --reference-start 1 " \
+           "uses it from there" in lost.advice, lost.advice  # fmt: skip
+    later = run(dataclasses.replace(opening, start=90.0))["lost"]
+    assert "first there 91.2 s into the take; --reference-start 91 uses" in later.advice, later.advice
+    scattered = dataclasses.replace(example, present=np.arange(n) % 4 != 0)  # a quarter, here and there
+    assert "trim the reference to where the presenter faces the camera" in run(scattered)["lost"].advice
+    short = dataclasses.replace(example, present=np.arange(n) >= int(fps / 2))  # half a second
+    assert "--reference-start" not in run(short)["lost"].advice
 
 
 def test_a_long_reference_of_which_the_audio_uses_little_says_a_cut_would_spare_its_analysis(example, monkeypatch):

@@ -240,6 +240,16 @@ def test_reference_seconds_that_keep_no_take_are_refused_saying_which_do(tmp_pat
            f"minutes), not {float(seconds):g}" in got.stderr  # fmt: skip
 
 
+@pytest.mark.parametrize("seconds", ["-1", "nan", "inf"])
+def test_a_reference_start_that_is_no_time_in_a_take_is_refused_saying_which_are(tmp_path, seconds: str) -> None:
+    (tmp_path / "m.csv").write_text("audio,video\na.wav,b.mp4\n")
+    got = CliRunner().invoke(app, ["submit", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out"),
+                                   "--reference-start", seconds])  # fmt: skip
+    assert got.exit_code == 2, got.stderr
+    assert "--reference-start must be 0 (each reference from its beginning) or a number of seconds into it (90: " \
+           f"from a minute and a half in), not {float(seconds):g}" in got.stderr  # fmt: skip
+
+
 # --------------------------------------------------------------------------- pipes and devices
 
 

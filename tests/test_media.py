@@ -151,6 +151,44 @@ def test_a_take_longer_than_max_seconds_is_read_as_its_first_seconds(tmp_path: P
     assert (photo.frames, photo.cut) == (1, False)
 
 
+@pytest.mark.parametrize("rate", ["constant", "variable"])
+def test_a_take_read_from_start_seconds_is_its_frames_from_the_one_on_show_then(tmp_path: Path, rate: str) -> None:
+    """``start_seconds`` drops a take's opening: the probe counts the frames from the one on
+    show at that time (a variable-rate file by decoding), iter_frames yields exactly the
+    whole take's frames from there, and a cut (``max_seconds``) counts from it. A take that
+    ends before the start is ``too_short``, saying how long it lasts where that is known;
+    a photo is read whole."""
+    if rate == "constant":
+        clip = make_video(tmp_path / "take.mp4", seconds=3.0, fps=25, size=(64, 48))
+    else:
+        clip = make_vfr_video(tmp_path / "take.mp4", rates=(15, 30), seconds_each=1.5)
+    whole = media.probe_video(clip)
+    skip = int(Fraction(6, 5) * whole.fps)
+    for seconds, frames in ((0.0, whole.frames - skip), (0.5, int(0.5 * whole.fps))):
+        info = media.probe_video(clip, start_seconds=1.2, max_seconds=seconds)
+        assert (info.start, info.frames, info.cut, info.fps) == (skip, frames, seconds > 0, whole.fps)
+        for pixel_format in ("bgr24", "yuv420p"):
+            used = np.stack(list(media.iter_frames(info, pixel_format=pixel_format)))
+            all_of_it = np.stack(list(media.iter_frames(whole, pixel_format=pixel_format)))
+            assert len(used) == frames and np.array_equal(used, all_of_it[skip : skip + frames])
+    with pytest.raises(InputError) as caught:
+        media.probe_video(clip, start_seconds=whole.duration + 0.5)
+    assert caught.value.kind == "too_short" and str(clip) in caught.value.message, caught.value.message
+    assert "--reference-start" in caught.value.message
+    if rate == "constant":
+        assert f"it lasts {whole.duration:.1f} s" in caught.value.message
+    photo = media.probe_video(make_image(tmp_path / "photo.png"), start_seconds=5.0)
+    assert (photo.frames, photo.start) == (1, 0)
+
+
+def test_seconds_are_counted_in_frames_as_written() -> None:
+    """0.29 s at 100 fps is 29 frames (0.29 as a binary float, times 100, is just below)."""
+    assert 0.29 * 100 < 29
+    assert video_probe._frames_in(0.29, Fraction(100)) == 29
+    assert video_probe._frames_in(2.0, Fraction(30000, 1001)) == 59  # the frame on show at 2 s
+    assert video_probe._frames_in(1.3, Fraction(25)) == 32
+
+
 @pytest.mark.parametrize(("name", "fps"), [("a.mp4", "25"), ("b.mov", "30000/1001"), ("c.mkv", "25"), ("d.ts", "25")])
 def test_a_constant_rate_stream_is_counted_from_its_packets(tmp_path: Path, no_decoding: None, name: str, fps: str) -> None:
     clip = make_video(tmp_path / name, seconds=1.2, fps=fps, size=(64, 48), audio=True)

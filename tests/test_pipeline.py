@@ -177,36 +177,58 @@ def test_a_reference_above_max_resolution_renders_at_it_with_the_mouth_following
     assert dataclasses.replace(plain, render=cfg).config_hash() != plain.config_hash()
 
 
-def test_a_take_longer_than_reference_seconds_renders_from_its_first_seconds_alone(tmp_path, examples, warp_service):
-    """A 4-s panning take given with reference_seconds 1.5: its template holds the take's
-    first 37 frames (and says it was cut), the 7-s video ping-pongs over those alone (the
-    take's later frames appear nowhere), and the run's config hash is not the one without
-    the option (a resumed run renders its rows again)."""
+@pytest.mark.parametrize("start", [0.0, 2.0])
+def test_a_take_longer_than_reference_seconds_renders_from_those_seconds_alone(tmp_path, examples, warp_service, start):
+    """A 4-s panning take given with reference_seconds 1.5 (and reference_start 2, which
+    skips its first 50 frames): its template holds the take's 37 frames from there (and
+    says it was cut, and from where), the 7-s video ping-pongs over those alone (the take's
+    other frames appear nowhere), and the run's config hash is not the one without the
+    options (a resumed run renders its rows again)."""
     take = lecture_clip(tmp_path / "take.mp4", size=(640, 360), face=96, seconds=4, corner="centre",
                         talk=lambda t: 0.0).path  # fmt: skip
-    cfg = RenderConfig(chunk_frames=48, reference_seconds=1.5)
+    cfg = RenderConfig(chunk_frames=48, reference_seconds=1.5, reference_start=start)
     result = render_job(job(tmp_path, examples / "lesson1.wav", take), cfg, tmp_path / "cache", warp_service)
     assert result.status == "ok", result.error
     frames, fps = media.read_video(Path(result.output))
     assert fps == FPS and len(frames) == round(media.probe_audio(examples / "lesson1.wav").duration * FPS)
     template, cached = analyze(take, get_pack("warp").geometry, cfg.detector, tmp_path / "cache",
-                               reference_seconds=1.5)  # fmt: skip
+                               reference_seconds=1.5, reference_start=start)  # fmt: skip
+    first = round(start * FPS)
     with template:
-        assert cached and template.frames == 37 and template.cut
-        assert json.loads((template.root / "meta.json").read_text())["cut_to_seconds"] == 37 / FPS
+        assert cached and template.frames == 37 and template.cut and template.start == start
+        meta = json.loads((template.root / "meta.json").read_text())
+        assert (meta["cut_to_seconds"], meta["start_seconds"]) == (37 / FPS, start or None)
         stored = np.stack(list(template.read_i420(np.arange(37))))
         decoded = list(media.iter_frames(media.probe_video(take), pixel_format="yuv420p"))
-        assert len(decoded) == 100 and np.array_equal(stored, np.stack(decoded[:37]))  # the take's first 37
+        assert len(decoded) == 100 and np.array_equal(stored, np.stack(decoded[first : first + 37]))
         whole = [yuv.to_bgr_frame(frame) for frame in decoded]
         refs, index = _ref_frames(template, len(frames))
         boxes = template.boxes[index]
     outside = _outside(frames, boxes, margin=8)
-    assert np.abs(frames.astype(np.int16) - refs)[outside].mean() < 2.5  # the first 1.5 s, looped, bar the codec
-    later = np.stack(whole[37:])  # the panned take after the cut: no output frame is any of them
-    near = [np.abs(later.astype(np.int16) - f).reshape(len(later), -1).mean(axis=1).min() for f in frames[::10]]
+    assert np.abs(frames.astype(np.int16) - refs)[outside].mean() < 2.5  # those 1.5 s, looped, bar the codec
+    others = np.stack(whole[:first] + whole[first + 37 :])  # the panned take elsewhere: no output frame is one
+    near = [np.abs(others.astype(np.int16) - f).reshape(len(others), -1).mean(axis=1).min() for f in frames[::10]]
     assert min(near) > 1.0, near
     plain = RunConfig(output_dir=tmp_path, render=RenderConfig(chunk_frames=48))
-    assert dataclasses.replace(plain, render=cfg).config_hash() != plain.config_hash()
+    cut = RenderConfig(chunk_frames=48, reference_seconds=1.5)
+    hashes = {dataclasses.replace(plain, render=r).config_hash() for r in (plain.render, cut, cfg)}
+    assert len(hashes) == (3 if start else 2)
+
+
+def test_a_take_that_ends_before_reference_start_fails_its_row_saying_how_long_it_is(tmp_path, examples, warp_service):
+    """The bundled 4-s take from 10 s in: the row fails ``too_short`` in analyze, naming the
+    file, the option and the take's length; nothing is written; the photo of the same run
+    is used whole."""
+    cfg = RenderConfig(chunk_frames=48, reference_start=10)
+    result = render_job(job(tmp_path, examples / "lesson1.wav", examples / "presenter.mp4"), cfg, tmp_path / "cache",
+                        warp_service)  # fmt: skip
+    assert (result.status, result.error_kind, result.error_step) == ("failed", "too_short", "analyze"), result.error
+    assert f"reference {examples / 'presenter.mp4'} ends before 10 s (--reference-start 10; it lasts 4.0 s): give " \
+           "a start within the take, or 0" in result.error  # fmt: skip
+    assert not list((tmp_path / "out").glob("*.mp4"))
+    photo = render_job(job(tmp_path, examples / "lesson1.wav", examples / "presenter.jpg", "photo"), cfg,
+                       tmp_path / "cache", warp_service)  # fmt: skip
+    assert photo.status == "ok", photo.error
 
 
 def test_a_phones_heic_photo_renders_as_a_photo(tmp_path, examples, warp_service):

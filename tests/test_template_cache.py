@@ -322,6 +322,13 @@ def test_the_cache_commands_list_and_prune(cache, examples):
     listed = runner.invoke(app, ["cache", "list", "--cache-dir", str(cache)]).stdout.splitlines()
     assert listed[3].startswith(f"{first.root}  ")
     assert listed[3].endswith("presenter.mp4 (192×192 scaled from 384×384, first 2 s)")
+    # From 1 s in at --reference-start 1, and its 2 s from there: two more, which say so.
+    for at, (seconds, said) in enumerate(((0, "from 1 s"), (2, "2 s from 1 s")), start=4):
+        late, _ = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache, max_resolution=192,
+                          reference_seconds=seconds, reference_start=1)  # fmt: skip
+        late.close()
+        listed = runner.invoke(app, ["cache", "list", "--cache-dir", str(cache)]).stdout.splitlines()
+        assert listed[at].startswith(f"{late.root}  ") and listed[at].endswith(f"(192×192 scaled from 384×384, {said})")
     dry = runner.invoke(app, ["cache", "prune", "--cache-dir", str(cache), "--dry-run"])
     assert dry.exit_code == 0 and dry.stdout.startswith(f"would remove {root}  ") and root.is_dir()
     pruned = runner.invoke(app, ["cache", "prune", "--cache-dir", str(cache), "--unused-days", "0.5"])

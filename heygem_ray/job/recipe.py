@@ -69,8 +69,10 @@ def render_job(
             # 2. analyze the reference (a cached template when seen before)
             with steps("analyze"):
                 video = storage.fetch(job.video, "reference", default_download_dir())
-                template, result.template_cached = analyze(video, pack.geometry, cfg.detector, cache_dir, cfg.limits,
-                                                           cfg.max_resolution, cfg.reference_seconds)  # fmt: skip
+                template, result.template_cached = analyze(
+                    video, pack.geometry, cfg.detector, cache_dir, cfg.limits, max_resolution=cfg.max_resolution,
+                    reference_seconds=cfg.reference_seconds, reference_start=cfg.reference_start,
+                )  # fmt: skip
                 held.enter_context(template)  # its frame store and crops, held open to the end
                 result.decoder = template.decoder
             # 3. check the reference (the row's warnings) and plan the output frames (over a

@@ -58,7 +58,8 @@ def iter_frames(
     Constant rate ``info.fps`` (variable-rate input is resampled by duplicating or
     dropping frames), deinterlaced (a frame per pair of fields), upright, cropped to
     ``info.width`` × ``info.height`` (in square pixels), ``info.frames`` of them where the
-    probe cut the take (``VideoInfo.cut``); a still image yields one frame. Each frame is a
+    probe cut the take (``VideoInfo.cut``), from ``info.start`` (the frames before it decoded
+    and dropped); a still image yields one frame. Each frame is a
     new, writable array. ffmpeg is killed and reaped if the consumer stops early.
     ``max_pixels``: ffmpeg's decoder refuses larger pictures (a stream that grows midway),
     which fails the decode. ``decoder="nvdec"``: decoded on this node's GPU (``decoders``;
@@ -72,7 +73,7 @@ def iter_frames(
     alpha = {"c:v": ALPHA_DECODERS[info.codec]} if libvpx else {}
     source = ffmpeg.input(url(info.path), threads=DECODER_THREADS, **on_gpu, **alpha, **decoder_limit(max_pixels))
     source = source[picture]
-    decoded = video_filters(source, fps, info.interlaced)
+    decoded = video_filters(source, fps, info.interlaced, info.start)
     if info.colour in MAPPED_COLOURS:
         # At the size yielded (``max_resolution``; for non-square pixels the scale below widens it).
         size = (info.width, info.height) if info.scaled_from is not None and info.sample_aspect == 1 else None

@@ -117,10 +117,11 @@ def tail(stderr: str | bytes, lines: int = 3) -> str:
     return " | ".join(kept[-lines:])
 
 
-def video_filters(stream: Any, fps: Fraction | None, interlaced: bool = False) -> Any:
+def video_filters(stream: Any, fps: Fraction | None, interlaced: bool = False, skip: int = 0) -> Any:
     """Deinterlaced (``interlaced``: ``DEINTERLACE``), at constant rate ``fps``
     (duplicating/dropping frames of variable-rate input; None for a still image, which
-    stays one frame), then cropped to even width and height.
+    stays one frame), less its first ``skip`` frames at that rate (decoded and dropped),
+    then cropped to even width and height.
 
     ffmpeg has already turned the frames upright (autorotate) before these filters.
     """
@@ -128,6 +129,8 @@ def video_filters(stream: Any, fps: Fraction | None, interlaced: bool = False) -
         stream = stream.filter("bwdif", **DEINTERLACE)
     if fps is not None:
         stream = stream.filter("fps", fps=str(fps))
+    if skip:
+        stream = stream.filter("trim", start_frame=skip)
     return stream.filter("crop", "trunc(iw/2)*2", "trunc(ih/2)*2", 0, 0)
 
 

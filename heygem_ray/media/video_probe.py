@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -89,8 +90,11 @@ class VideoInfo:
     # down to ``width`` × ``height``; None where it did not.
     scaled_from: tuple[int, int] | None = None
     # The take is longer than ``probe_video``'s ``max_seconds``: ``frames`` are its first
-    # ones, and iter_frames stops there.
+    # ones (from ``start``), and iter_frames stops there.
     cut: bool = False
+    # Frames of the take, at ``fps``, before the first one yielded (``probe_video``'s
+    # ``start_seconds``): iter_frames decodes and drops them.
+    start: int = 0
     # The stream's codec and its pictures' pixel format as decoded (FFmpeg's names: "h264",
     # "yuv420p"): which decoder takes it (``decoders.pick_decoder``).
     codec: str = ""
@@ -241,14 +245,16 @@ def _decoded_frames(
     max_frames: int | None,
     max_pixels: int | None,
     first: int | None = None,
+    skip: int = 0,
 ) -> int:
     """The frames :func:`iter_frames` yields, counted by decoding the file through the same
     filters into ffmpeg's ``null`` muxer; the count is the last ``frame=`` of the
     key=value lines ``-progress`` writes for programs. The count stops one past
     ``max_frames`` (more is ``too_large``), or one past ``first`` (a cut: the frames after
-    it are not used, so not counted) where that comes sooner."""
+    it are not used, so not counted) where that comes sooner. ``skip``: the frames before
+    a start (``start_seconds``), not counted; 0 where none is left after them."""
     source = ffmpeg.input(url(path), **decoder_limit(max_pixels))[f"v:{video_stream}"]
-    decoded = video_filters(source, fps)
+    decoded = video_filters(source, fps, skip=skip)
     stops = [n + 1 for n in (max_frames, first) if n is not None]
     stop = {"frames:v": min(stops)} if stops else {}
     args = (
@@ -259,6 +265,8 @@ def _decoded_frames(
     proc = run(args)
     progress = dict(line.split("=", 1) for line in proc.stdout.decode(errors="replace").splitlines() if "=" in line)
     frames = int(progress.get("frame", "0")) if progress.get("progress") == "end" else 0
+    if skip and proc.returncode == 0 and progress.get("progress") == "end" and frames == 0:
+        return 0  # the take ends before its start
     if proc.returncode != 0 or frames == 0:
         raise InputError(
             f"reference {path} could not be decoded ({tail(proc.stderr) or 'no frames'}); "
@@ -277,6 +285,7 @@ def probe_video(
     max_frames: int | None = None,
     max_resolution: int = 0,
     max_seconds: float = 0.0,
+    start_seconds: float = 0.0,
 ) -> VideoInfo:
     """Describe a reference video or still image as :func:`iter_frames` will yield it.
 
@@ -302,10 +311,15 @@ def probe_video(
     ``max_seconds`` of frames at the chosen rate (``VideoInfo.cut``), as iter_frames then
     yields it; ``max_frames`` still bounds the file. A variable-rate file is decoded to
     count its frames only as far as the cut.
+
+    ``start_seconds`` (0: none): a video is described from the frame on show at that time
+    (``VideoInfo.start``: the frames before it, which iter_frames decodes and drops), and a
+    cut counts from there; a still image is used whole. A take that ends before it is
+    ``too_short``.
     """
     p = require_file(path, "reference").absolute()
     st = p.stat()
-    info = _probe_video(p, st.st_size, st.st_mtime_ns, max_pixels, max_frames, max_seconds)
+    info = _probe_video(p, st.st_size, st.st_mtime_ns, max_pixels, max_frames, max_seconds, start_seconds)
     width, height = scaled_to(info.width, info.height, max_resolution)
     if (width, height) == (info.width, info.height):
         return info
@@ -324,7 +338,8 @@ def scaled_to(width: int, height: int, max_resolution: int) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=64)
 def _probe_video(
-    path: Path, _size: int, _mtime_ns: int, max_pixels: int | None, max_frames: int | None, max_seconds: float
+    path: Path, _size: int, _mtime_ns: int, max_pixels: int | None, max_frames: int | None, max_seconds: float,
+    start_seconds: float,
 ) -> VideoInfo:
     if max_frames is not None and (listed := video_samples(path) or 0) > max_frames:  # before FFmpeg indexes them
         raise too_many_frames(path, f"lists {listed:,} frames in its header", max_frames)
@@ -364,16 +379,26 @@ def _probe_video(
             pixel_format = "yuva420p"  # as libvpx decodes it (iter_frames picks it): the alpha kept
     check_reference_size(path, source_width, source_height, max_pixels=max_pixels)  # as decoded
     is_image = looks_like_image and scan.decoded == 1
-    cut = False
+    cut, skip = False, 0
     if is_image:
         fps, frames = IMAGE_FPS, 1
     else:
         fps = _choose_fps(average_rate, nominal_rate)
         _check_span(path, scan, time_base, fps, max_frames)
-        first = max(1, int(max_seconds * fps)) if max_seconds > 0 else None  # the frames a cut keeps
-        frames = _constant_rate_frames(scan, time_base, fps) or _decoded_frames(
-            path, video_stream, fps, max_frames, max_pixels, first
-        )
+        skip = _frames_in(start_seconds, fps)  # the frames before the one on show at start_seconds
+        first = max(1, _frames_in(max_seconds, fps)) if max_seconds > 0 else None  # the frames a cut keeps
+        whole = _constant_rate_frames(scan, time_base, fps)  # None (or 0): decoded to count them
+        if whole:
+            frames = max(0, whole - skip)
+        else:
+            frames = _decoded_frames(path, video_stream, fps, max_frames, max_pixels, first, skip)
+        if frames == 0:
+            raise InputError(
+                f"reference {path} ends before {start_seconds:g} s (--reference-start {start_seconds:g}"
+                + (f"; it lasts {float(whole / fps):.1f} s" if whole else "")
+                + "): give a start within the take, or 0 to use it from its beginning",
+                kind="too_short",
+            )
         if first is not None and frames > first:
             frames, cut = first, True
     rotation = scan.rotation if still is None else still.rotation
@@ -401,9 +426,16 @@ def _probe_video(
         tile_grid=still is not None and still.grid,
         interlaced=interlaced and not is_image,
         cut=cut,
+        start=skip,
         codec=codec,
         pixel_format=pixel_format,
     )
+
+
+def _frames_in(seconds: float, fps: Fraction) -> int:
+    """Whole frames at ``fps`` in ``seconds`` as the user wrote them (0.29 s at 100 fps is
+    29 frames, which 0.29 as a binary float times 100 falls just short of)."""
+    return math.floor(Fraction(seconds).limit_denominator(10**6) * fps)
 
 
 # A VP8 or VP9 stream with transparency (a WebM whose track says ``alpha_mode`` 1: a
