@@ -1,15 +1,19 @@
-"""A long lecture take analysed whole and with ``--reference-seconds``, in one run.
+"""A long lecture take analysed whole, with ``--reference-seconds``, and with that from
+``--reference-start`` seconds in, in one run.
 
-    .venv/bin/python bench/bench_reference_seconds.py [--seconds 40] [--cut 10] [--repeat 2]
+    .venv/bin/python bench/bench_reference_seconds.py [--seconds 40] [--cut 10] [--start 20] [--repeat 2]
 
 One camera-like 1920×1080 lecture take (tests/helpers/footage.py: a 160-px presenter
 panning on a busy slide, talking; temporal noise on every pixel, then H.264 at 8 Mbit/s
 as a camera or phone records) of ``--seconds``, standing for a whole recorded lecture.
 Each setting analyses it into a fresh template cache in a fresh process (what the first
 row of a new presenter does: decode, face search, frame store, crops): the whole take,
-and its first ``--cut`` seconds. The settings alternate, ``--repeat`` times, and the
+its first ``--cut`` seconds, and ``--cut`` seconds from ``--start`` seconds in (the frames
+before the start decoded and dropped). The settings alternate, ``--repeat`` times, and the
 median is kept. Per setting: frames analysed, CPU seconds (the process and its ffmpeg
-children), wall seconds, the template's bytes, and each ratio to the whole take.
+children), wall seconds, the template's bytes, and each ratio to the whole take; for the
+start, what the skipped frames cost (CPU ms a frame, against the same cut from the
+beginning).
 
 Writes bench/results/reference-seconds-<host>.json.
 """
@@ -36,7 +40,7 @@ from heygem_ray.analyze import analyze
 from heygem_ray.config import DetectorConfig
 from heygem_ray.packs import get_pack
 
-take, cut = Path(sys.argv[1]), float(sys.argv[2])
+take, cut, start = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 
 def cpu():
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -44,7 +48,7 @@ def cpu():
 
 c0, t0 = cpu(), time.perf_counter()
 template, _ = analyze(take, get_pack("warp").geometry, DetectorConfig(), Path(tempfile.mkdtemp()),
-                      reference_seconds=cut)
+                      reference_seconds=cut, reference_start=start)
 c1, t1 = cpu(), time.perf_counter()
 print("RESULT " + json.dumps({
     "frames": template.frames, "cpu_s": c1 - c0, "wall_s": t1 - t0,
@@ -64,29 +68,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=40.0, help="length of the take (the whole lecture)")
     parser.add_argument("--cut", type=float, default=10.0, help="--reference-seconds")
+    parser.add_argument("--start", type=float, default=20.0, help="--reference-start of the third setting")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each setting, alternating")
     args = parser.parse_args()
-    settings = (0.0, args.cut)
+    settings = ((0.0, 0.0), (args.cut, 0.0), (args.cut, args.start))  # (reference_seconds, reference_start)
     with tempfile.TemporaryDirectory() as tmp:
         take = camera_take(Path(tmp), args.seconds)
-        runs: dict[float, list[dict]] = {cut: [] for cut in settings}
+        runs: dict[tuple[float, float], list[dict]] = {setting: [] for setting in settings}
         for _ in range(args.repeat):
-            for cut in settings:
-                got, _ = record.run_child(f"reference_seconds {cut:g}", _ANALYSIS, str(take), str(cut))
-                runs[cut].append(got)
-                print(json.dumps({"reference_seconds": cut, **got}), flush=True)
+            for cut, start in settings:
+                got, _ = record.run_child(f"reference_seconds {cut:g} reference_start {start:g}", _ANALYSIS,
+                                          str(take), str(cut), str(start))  # fmt: skip
+                runs[cut, start].append(got)
+                print(json.dumps({"reference_seconds": cut, "reference_start": start, **got}), flush=True)
     results = []
-    for cut in settings:
-        row: dict = {"reference_seconds": cut}
-        for key in runs[cut][0]:
-            row[key] = statistics.median(r[key] for r in runs[cut])
+    for cut, start in settings:
+        row: dict = {"reference_seconds": cut, "reference_start": start}
+        for key in runs[cut, start][0]:
+            row[key] = statistics.median(r[key] for r in runs[cut, start])
         results.append(row)
-    whole = results[0]
+    whole, first, later = results
     for row in results:
         for key in ("cpu_s", "wall_s", "template_bytes"):
             row[f"{key}_x_less"] = round(whole[key] / row[key], 2)
+    skipped = round(args.start * whole["frames"] / args.seconds)  # the take's frames before the start
+    later["skipped_frames"] = skipped
+    later["skip_cpu_ms_per_frame"] = round((later["cpu_s"] - first["cpu_s"]) * 1e3 / skipped, 2)
     print(json.dumps(results, indent=1))
-    print(record.write("reference-seconds", results, seconds=args.seconds, cut=args.cut, repeat=args.repeat))
+    print(record.write("reference-seconds", results, seconds=args.seconds, cut=args.cut, start=args.start,
+                       repeat=args.repeat))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -730,6 +730,17 @@ def _scaled_note(info: media.VideoInfo) -> str:
             "--max-resolution, which makes its faces smaller too: a higher one, or 0, keeps them at their size")
 
 
+def _cut_note(info: media.VideoInfo) -> str:
+    """For a message about the faces of a reference of which only a part was searched
+    (``--reference-seconds``)."""
+    if not info.cut:
+        return ""
+    start = info.start / info.fps
+    where = f"its {info.duration:.1f} s from {float(start):.1f} s in" if start else f"its first {info.duration:.1f} s"
+    return (f"; only {where} were searched (--reference-seconds): where the presenter comes in later in the take, "
+            "--reference-start moves the part used to them")
+
+
 FACES_FILE = "faces.npz"
 
 
@@ -785,7 +796,7 @@ def track_reference(
             f"{frames} frame(s)); faces are searched for from {detector_cfg.min_face} pixels wide, "
             "facing the camera. Use a video or photo where the presenter faces the camera and is "
             "well lit, or, for a smaller face, lower the smallest face searched for "
-            f"(--min-face, at least 20; analysis is slower){_scaled_note(info)}",
+            f"(--min-face, at least 20; analysis is slower){_scaled_note(info)}{_cut_note(info)}",
             kind="no_face",
         )
     return track

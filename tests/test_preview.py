@@ -97,6 +97,29 @@ def test_a_talking_take_warns_and_a_covered_mouth_fails(tmp_path):
     assert "verdict: fail" in got.stdout and any(line.startswith("fail  mouth_covered") for line in got.stdout.splitlines())
 
 
+def test_a_lecture_that_opens_without_the_presenter_is_found_from_where_they_come_in(tmp_path):
+    """A take whose first 3 s are the slide alone: its first 2 s hold no face (exit 2,
+    saying only those were searched and what moves them); its first 5 s fail `lost`, naming
+    the time the presenter comes in as a --reference-start; from there, the checks pass."""
+    take = lecture_clip(tmp_path / "lecture.mp4", size=(640, 400), face=120, seconds=6.0, corner="centre",
+                        motion="still", absent=(0.0, 3.0)).path  # fmt: skip
+    got, report = _preview(tmp_path / "a", str(take), "--seconds", "1", "--reference-seconds", "2")
+    assert got.exit_code == 2 and report is None, got.output
+    assert "no face found" in got.stderr and "only its first 2.0 s were searched (--reference-seconds): where the " \
+           "presenter comes in later in the take, --reference-start moves the part used to them" in got.stderr
+    got, report = _preview(tmp_path / "b", str(take), "--seconds", "1", "--reference-seconds", "5")
+    assert got.exit_code == 1 and report is not None, got.output
+    lost = next(c for c in report["checks"] if c["check"] == "lost")
+    assert lost["level"] == "fail" and "the presenter is first there 3.0 s into the take; --reference-start 3 " \
+           "uses it from there" in lost["advice"], lost  # fmt: skip
+    got, report = _preview(tmp_path / "c", str(take), "--seconds", "1", "--reference-seconds", "2",
+                           "--reference-start", "3")  # fmt: skip
+    assert got.exit_code == 0 and report is not None, got.output
+    checks = {c["check"]: c for c in report["checks"]}
+    assert checks["lost"]["level"] == "ok" and checks["lost"]["value"] == 0
+    assert checks["length"]["figure"].startswith("reference 2.0 s (the take from 3.0 s: --reference-start; cut there")
+
+
 def test_a_missing_reference_is_exit_2_naming_it(tmp_path):
     got, report = _preview(tmp_path, str(tmp_path / "nobody.mp4"))
     assert got.exit_code == 2 and report is None
