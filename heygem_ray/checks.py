@@ -27,6 +27,7 @@ Thresholds (named below; docs/preview.md explains each):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
@@ -48,9 +49,10 @@ NEAR_MIN_FACE = 1.25
 MIN_CROP_SHARE = 0.5
 # lost: shares of frames without the face that warn and fail.
 LOST_WARN, LOST_FAIL = 0.05, 0.5
-# Where at least this share of the frames without the presenter open the take, the lost
-# check names the time they are first there (a --reference-start).
-OPENING_SHARE = 0.5
+# lost: where at least this share of the frames without the presenter lie outside the
+# longest stretch with them (gaps under BRIDGED_S bridged) of STRETCH_MIN_S or more, its
+# advice names that stretch as --reference-start (and --reference-seconds).
+STRETCH_SHARE, BRIDGED_S, STRETCH_MIN_S = 0.5, 1.0, 2.0
 # jitter: a face whose centre stays within this share of its width is still; its crop
 # box wandering more than JITTER_PX from its 1-s average (RMS) shows as a shaking mouth.
 STILL_RANGE = 0.1
@@ -248,24 +250,52 @@ def _lost(ref: Reference) -> Check:
     if lost < LOST_WARN:
         return Check("lost", "ok", figure, "", lost)
     advice = "those frames are left as they are (no lip sync there): "
-    if (first := _first_seen(ref)) is not None:
-        advice += (f"the presenter is first there {first:.1f} s into the take; --reference-start {math.floor(first)} "
-                   "uses it from there (the same for preview and the batch)")  # fmt: skip
-    else:
+    if (stretch := _stretch(ref)) is None:
         advice += "trim the reference to where the presenter faces the camera, or light the face better"
+    else:
+        fps = float(ref.fps)
+        start = _tenths(ref.start + stretch[0] / fps, math.ceil)  # not before the presenter is there
+        if stretch[1] == ref.frames:
+            advice += (f"the presenter is there from {start:g} s into the take on; --reference-start {start:g} uses "
+                       "it from there (the same for preview and the batch)")  # fmt: skip
+        else:
+            end = _tenths(ref.start + stretch[1] / fps, math.floor)
+            advice += (f"the presenter is there from {start:g} s to {end:g} s into the take; --reference-start "
+                       f"{start:g} --reference-seconds {_tenths(end - start, math.floor):g} uses that stretch (the "
+                       "same for preview and the batch)")  # fmt: skip
     return Check("lost", "fail" if lost >= LOST_FAIL else "warn", figure, advice, lost)
 
 
-def _first_seen(ref: Reference) -> float | None:
-    """Seconds into the take (``--reference-start`` counted) of the first frame with the
-    presenter, where the frames before it are most of those without them (the take opens
-    without the presenter, rather than losing them now and then) and last a second or more."""
+def _stretch(ref: Reference) -> tuple[int, int] | None:
+    """The longest stretch of frames with the presenter, (first, end) frame indices (end
+    excluded; gaps under ``BRIDGED_S``, a turn of the head, count as theirs), where the
+    frames outside it hold most of those without the presenter (the take opens or ends
+    without them, or cuts away for a while: not lost now and then) and it lasts
+    ``STRETCH_MIN_S`` or more. None otherwise, and for the whole reference."""
     if ref.is_image or not ref.present.any():
         return None
-    first = int(np.argmax(ref.present))
-    if first < float(ref.fps) or first < OPENING_SHARE * np.count_nonzero(~ref.present):
+    fps = float(ref.fps)
+    seen = ref.present.copy()
+    found = np.flatnonzero(ref.present)
+    for at, gap in zip(found[:-1], np.diff(found), strict=True):
+        if 1 < gap <= BRIDGED_S * fps:
+            seen[at + 1 : at + gap] = True
+    edges = np.diff(np.concatenate([[0], seen.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    longest = int(np.argmax(ends - starts))
+    first, end = int(starts[longest]), int(ends[longest])
+    if (first, end) == (0, ref.frames) or end - first < STRETCH_MIN_S * fps:
         return None
-    return ref.start + first / float(ref.fps)
+    outside = np.count_nonzero(~ref.present[:first]) + np.count_nonzero(~ref.present[end:])
+    if outside < STRETCH_SHARE * np.count_nonzero(~ref.present):
+        return None
+    return first, end
+
+
+def _tenths(seconds: float, to: Callable[[float], int]) -> float:
+    """``seconds`` to a tenth of a second, ``to`` (math.ceil or math.floor) deciding the
+    way (a float's last digit does not)."""
+    return to(round(seconds * 10, 6)) / 10
 
 
 def _jitter(ref: Reference) -> Check:

@@ -180,20 +180,28 @@ def test_the_reference_length_against_the_audio_and_the_loop_mode(example):
         "reference 4.0 s (the take from 92.0 s: --reference-start; cut there by --reference-seconds), audio 3.0 s")
 
 
-def test_a_take_that_opens_without_the_presenter_names_where_they_are_first_there(example):
-    """Frames without the face at the take's opening: the lost check names the time the
-    presenter is first there, as a --reference-start (counted from the start in use);
-    frames lost here and there, or a short opening, get the general advice."""
-    n, fps = example.frames, float(example.fps)
-    opening = dataclasses.replace(example, present=np.arange(n) >= 30)  # 1.2 s at 25 fps, of 4 s
+def test_a_take_without_the_presenter_for_a_while_names_the_stretch_where_they_are_there(example):
+    """Frames without the face that open the take, or open and close it, or a cut away in
+    its middle: the lost check names the longest stretch with the presenter as
+    --reference-start (and --reference-seconds where it ends before the reference does),
+    to a tenth of a second inside it, counted from the start in use; frames lost here and
+    there, a turn of the head within the stretch, or no stretch of 2 s get the general advice."""
+    n = example.frames  # 100 at 25 fps
+    frame = np.arange(n)
+    opening = dataclasses.replace(example, present=frame >= 30)  # from 1.2 s
     lost = run(opening)["lost"]
-    assert lost.level == "warn" and "the presenter is first there 1.2 s into the take; --reference-start 1 " \
+    assert lost.level == "warn" and "the presenter is there from 1.2 s into the take on; --reference-start 1.2 " \
            "uses it from there" in lost.advice, lost.advice  # fmt: skip
     later = run(dataclasses.replace(opening, start=90.0))["lost"]
-    assert "first there 91.2 s into the take; --reference-start 91 uses" in later.advice, later.advice
-    scattered = dataclasses.replace(example, present=np.arange(n) % 4 != 0)  # a quarter, here and there
+    assert "there from 91.2 s into the take on; --reference-start 91.2 uses" in later.advice, later.advice
+    # In 0.3 s, out again at 3.1 s, with a 0.4-s turn of the head in between (bridged).
+    between = dataclasses.replace(example, present=(frame >= 8) & (frame < 78) & ~((frame >= 40) & (frame < 50)))
+    stretch = run(between)["lost"]
+    assert "the presenter is there from 0.4 s to 3.1 s into the take; --reference-start 0.4 --reference-seconds " \
+           "2.7 uses that stretch" in stretch.advice, stretch.advice  # fmt: skip
+    scattered = dataclasses.replace(example, present=frame % 4 != 0)  # a quarter, here and there
     assert "trim the reference to where the presenter faces the camera" in run(scattered)["lost"].advice
-    short = dataclasses.replace(example, present=np.arange(n) >= int(fps / 2))  # half a second
+    short = dataclasses.replace(example, present=(frame >= 50) & (frame < 90))  # 1.6 s of it
     assert "--reference-start" not in run(short)["lost"].advice
 
 

@@ -181,6 +181,25 @@ def test_a_take_read_from_start_seconds_is_its_frames_from_the_one_on_show_then(
     assert (photo.frames, photo.start) == (1, 0)
 
 
+@pytest.mark.parametrize("name", ["a.mp4", "b.mov", "c.ts", "interlaced"])
+def test_a_start_gives_the_whole_takes_frames_from_there_in_any_container(tmp_path: Path, name: str) -> None:
+    """Whatever the container and its timestamps (an MP4 and a 29.97 fps MOV with sound, a
+    transport stream starting about 1.5 s in, its sound first; an interlaced take,
+    deinterlaced), the frames read from a start are the whole take's from the frame on show
+    then, and as many as the probe counts."""
+    if name == "interlaced":
+        clip, _ = make_interlaced(tmp_path, size=(160, 96), seconds=2.0)
+    else:
+        fps = "30000/1001" if name.endswith(".mov") else "25"
+        clip = make_video(tmp_path / name, seconds=2.0, fps=fps, size=(64, 48), audio=True)
+    whole = media.probe_video(clip)
+    info = media.probe_video(clip, start_seconds=0.7)
+    skip = video_probe._frames_in(0.7, whole.fps)
+    assert info.start == skip > 0 and info.frames == whole.frames - skip
+    used, all_of_it = _frames(info), _frames(whole)
+    assert len(used) == info.frames and np.array_equal(np.stack(used), np.stack(all_of_it[skip:]))
+
+
 def test_seconds_are_counted_in_frames_as_written() -> None:
     """0.29 s at 100 fps is 29 frames (0.29 as a binary float, times 100, is just below)."""
     assert 0.29 * 100 < 29

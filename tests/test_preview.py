@@ -110,7 +110,7 @@ def test_a_lecture_that_opens_without_the_presenter_is_found_from_where_they_com
     got, report = _preview(tmp_path / "b", str(take), "--seconds", "1", "--reference-seconds", "5")
     assert got.exit_code == 1 and report is not None, got.output
     lost = next(c for c in report["checks"] if c["check"] == "lost")
-    assert lost["level"] == "fail" and "the presenter is first there 3.0 s into the take; --reference-start 3 " \
+    assert lost["level"] == "fail" and "the presenter is there from 3 s into the take on; --reference-start 3 " \
            "uses it from there" in lost["advice"], lost  # fmt: skip
     got, report = _preview(tmp_path / "c", str(take), "--seconds", "1", "--reference-seconds", "2",
                            "--reference-start", "3")  # fmt: skip

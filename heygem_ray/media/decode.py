@@ -59,8 +59,8 @@ def iter_frames(
     dropping frames), deinterlaced (a frame per pair of fields), upright, cropped to
     ``info.width`` × ``info.height`` (in square pixels), ``info.frames`` of them where the
     probe cut the take (``VideoInfo.cut``), from ``info.start`` (the frames before it decoded
-    and dropped); a still image yields one frame. Each frame is a
-    new, writable array. ffmpeg is killed and reaped if the consumer stops early.
+    and dropped); a still image yields one frame. Each frame is a new, writable array.
+    ffmpeg is killed and reaped if the consumer stops early.
     ``max_pixels``: ffmpeg's decoder refuses larger pictures (a stream that grows midway),
     which fails the decode. ``decoder="nvdec"``: decoded on this node's GPU (``decoders``;
     the frames are the same), filtered on the CPU as otherwise.
