@@ -44,6 +44,7 @@ from heygem_ray.config import (
 )
 from heygem_ray.driver import RunCallbacks
 from heygem_ray.driver import submit as run_submit
+from heygem_ray.driver.resume import again_lines
 from heygem_ray.errors import HeygemError, Interrupted, RunStopped
 from heygem_ray.results import JobResult
 from heygem_ray.worker_io import WorkerInfo
@@ -104,6 +105,10 @@ class _Bar(RunCallbacks):
 
     def workers(self, infos: list[WorkerInfo]) -> None:
         for line in describe_workers(infos):
+            self.progress.console.print(escape(line), soft_wrap=True)
+
+    def again(self, why: dict[str, int]) -> None:
+        for line in again_lines(why):
             self.progress.console.print(escape(line), soft_wrap=True)
 
     def job_done(self, result: JobResult) -> None:

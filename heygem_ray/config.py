@@ -362,7 +362,13 @@ class RunConfig:
             raise InputError("worker_restarts must be 0 or more", kind="bad_argument")
 
     def config_hash(self) -> str:
-        """Hash of the settings that shape the outputs (not where they go, nor the input limits)."""
+        """Hash of the settings that shape the outputs (``render_settings``)."""
+        return hashlib.sha256(self.render_settings().encode()).hexdigest()[:16]
+
+    def render_settings(self) -> str:
+        """The settings that shape the outputs, as JSON (not where they go, nor the input
+        limits): what ``config_hash`` is of, kept with each row so a rerun can say which of
+        them changed (``settings_change``)."""
         payload = _jsonable(dataclasses.asdict(self.render))
         del payload["limits"]
         if self.render.restore == "none":
@@ -374,8 +380,38 @@ class RunConfig:
             del payload["reference_seconds"]
         if not self.render.reference_start:
             del payload["reference_start"]
-        text = json.dumps(payload, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return json.dumps(payload, sort_keys=True)
+
+
+# Changed settings named at most by ``settings_change``; more are counted.
+SETTINGS_NAMED = 4
+
+
+def settings_change(before: str, now: str) -> str:
+    """What differs between two ``RunConfig.render_settings`` texts, in words:
+    ``reference_start 0 → 90, preset lean → ultrafast``; a setting one of them leaves out
+    (its default, or a field of another version) reads ``(not set)``. ``before`` empty or
+    unreadable (a row of an older version): that the earlier settings are not known."""
+    try:
+        old = _flat(json.loads(before))
+    except (ValueError, TypeError, AttributeError):
+        return "the earlier run's settings are not recorded"
+    new = _flat(json.loads(now))
+    changed = [f"{k} {old.get(k, '(not set)')} → {new.get(k, '(not set)')}"
+               for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]  # fmt: skip
+    more = f" and {len(changed) - SETTINGS_NAMED} more" if len(changed) > SETTINGS_NAMED else ""
+    return ", ".join(changed[:SETTINGS_NAMED]) + more
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as one level: ``{"detector": {"min_face": 40}}`` → ``{"detector.min_face": 40}``."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _check_choice(name: str, value: object, literal: object) -> None:

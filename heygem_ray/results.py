@@ -71,6 +71,9 @@ SCHEMA = pa.schema(
         ("attempts", pa.int64()),
         ("ray_task_id", pa.string()),
         ("config_hash", pa.string()),
+        # the settings that hash is of, as JSON (RunConfig.render_settings): what a rerun
+        # names when it renders the row again for other settings
+        ("render_settings", pa.string()),
         # What a rerun checks before it trusts this row (resume.py, identity.py):
         # the run that rendered the row's MP4 (a skipped row: the earlier run that did);
         ("run_id", pa.string()),
@@ -137,6 +140,7 @@ class JobResult:
     attempts: int = 1
     ray_task_id: str | None = None  # the last attempt's task: its logs and state in Ray
     config_hash: str = ""
+    render_settings: str = ""  # RunConfig.render_settings(): the JSON config_hash is of
     # Identities a rerun compares (see SCHEMA); empty on rows no job of a run rendered.
     run_id: str = ""
     weights_digest: str = ""

@@ -52,6 +52,7 @@ from heygem_ray.config import (
 )
 from heygem_ray.driver import RunCallbacks, submit
 from heygem_ray.driver.hold import hold_output
+from heygem_ray.driver.resume import again_lines
 from heygem_ray.errors import HeygemError, Interrupted, RunStopped
 from heygem_ray.results import JobResult
 from heygem_ray.storage import Location, location
@@ -271,6 +272,10 @@ class _Log(RunCallbacks):
 
     def workers(self, infos: list[WorkerInfo]) -> None:
         for line in describe_workers(infos):
+            _say(self.date, line)
+
+    def again(self, why: dict[str, int]) -> None:
+        for line in again_lines(why):
             _say(self.date, line)
 
     def job_done(self, result: JobResult) -> None:

@@ -43,7 +43,19 @@ def _run(folder: Path, rows: list[str], callbacks: RunCallbacks | None = None, *
     return {r["job_id"]: r for r in table}
 
 
+class _Again(RunCallbacks):
+    """What a run says it renders again, and why."""
+
+    def __init__(self) -> None:
+        self.why: dict[str, int] = {}
+
+    def again(self, why: dict[str, int]) -> None:
+        self.why = why
+
+
 def test_a_rerun_skips_complete_jobs_and_renders_missing_or_damaged_ones(folder, ray_local):
+    """And says why it renders again what an earlier run finished: the MP4s removed or cut
+    short, other render settings (which it names)."""
     rows = ["one,a.wav,p.jpg", "two,b.wav,p.jpg"]
     first = _run(folder, rows)
     assert [first[j]["status"] for j in ("one", "two")] == ["ok", "ok"]
@@ -57,16 +69,23 @@ def test_a_rerun_skips_complete_jobs_and_renders_missing_or_damaged_ones(folder,
     Path(first["one"]["output"]).unlink()
     out_two = Path(first["two"]["output"])
     out_two.write_bytes(out_two.read_bytes()[:2000])  # damaged: must not count as done
-    third = _run(folder, rows)
+    said = _Again()
+    third = _run(folder, rows, said)
     assert [third[j]["status"] for j in ("one", "two")] == ["ok", "ok"]
     assert len(media.read_video(out_two)[0]) == first["two"]["frames"]
+    assert said.why == {"its MP4 was replaced or removed since": 2}
 
     forced = _run(folder, rows, force=True)
     assert [forced[j]["status"] for j in ("one", "two")] == ["ok", "ok"]
 
-    # Other render settings are other outputs: nothing is skipped.
-    looped = _run(folder, rows, render=RenderConfig(loop="forward"))
+    # Other render settings are other outputs: nothing is skipped, and the run says which changed.
+    said = _Again()
+    looped = _run(folder, rows, said, render=RenderConfig(loop="forward", reference_start=0.5))
     assert [looped[j]["status"] for j in ("one", "two")] == ["ok", "ok"]
+    assert said.why == {"the render settings changed (loop pingpong → forward, reference_start (not set) → 0.5)": 2}
+    assert resume.again_lines(said.why) == ["2 rows an earlier run finished will be rendered again:",
+                                            "  2: the render settings changed (loop pingpong → forward, "
+                                            "reference_start (not set) → 0.5)"]  # fmt: skip
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.9999, 2000])  # bytes kept: half, all but the last few, the first 2000
@@ -219,7 +238,9 @@ def test_a_rerun_renders_again_what_changed_under_the_same_names(folder, example
     assert (folder / "a.wav").stat().st_size == was.st_size
     shutil.copyfile(one, two)
     assert media.indexed_frames(two) == first["two"]["frames"]
-    again = _run(folder, rows)
+    said = _Again()
+    again = _run(folder, rows, said)
+    assert said.why == {"its audio file changed": 1, "its MP4 was replaced or removed since": 1}
     assert [again[j]["status"] for j in ("one", "two")] == ["ok", "ok"], [again[j]["error"] for j in again]
     assert again["one"]["audio_identity"] != first["one"]["audio_identity"]
     assert two.read_bytes() != one.read_bytes() and len(media.read_video(two)[0]) == again["two"]["frames"]
@@ -291,7 +312,10 @@ def test_a_row_an_older_version_kept_is_not_trusted_and_still_reads(tmp_path, ex
     resume.part_path(out, job.job_id).parent.mkdir()
     pq.write_table(pa.Table.from_pylist([row]), resume.part_path(out, job.job_id))
 
-    assert resume.split([job], out, resume.Basis("now", "h", "none")) == ([job], set())
+    said: list[str] = []
+    assert resume.split([job], out, resume.Basis("now", "h", "none"), on_again=lambda j, why: said.append(why)) == (
+        [job], set())  # fmt: skip
+    assert said == ["its earlier row is an older version's, which did not record what it was rendered from"]
     resume.write_merged([job], out, set(), "warp", out / "results.parquet", run_id="now", stopped="interrupted")
     (merged,) = pq.read_table(out / "results.parquet").to_pylist()
     assert (merged["status"], merged["error_kind"], merged["run_id"]) == ("failed", "stopped", "now")

@@ -20,7 +20,10 @@ an earlier run kept for it says ``ok`` and agrees with this run on
   every sample the index lists inside the file (``media.indexed_frames``: nothing decoded;
   an object in a bucket only ever appears complete, see ``storage.upload``).
 
-Anything else, and every row of an older version without these columns, is rendered again.
+Anything else, and every row of an older version without these columns, is rendered again;
+where the earlier row was ``ok``, the run says why (``split``'s ``on_again``): the render
+settings that changed (each row keeps them: ``render_settings``), the weights, a file
+changed or replaced, the MP4 replaced or not whole.
 
 The table of a run holds only rows of that run (``run_id``): a job that did not end in
 it is ``stopped`` (or, after a normal end, an ``internal`` error), never filled from a row
@@ -46,6 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from heygem_ray import media, storage
+from heygem_ray.config import settings_change
 from heygem_ray.driver.missing import MissingInputs
 from heygem_ray.errors import HeygemError
 from heygem_ray.identity import Inputs
@@ -72,12 +76,14 @@ class Basis:
     run_id: str  # this run: every row it writes carries it
     config_hash: str  # RunConfig.config_hash()
     weights: str  # identity.render_weights: the checkpoints' digests
+    settings: str = ""  # RunConfig.render_settings(): what config_hash is of
 
     def stamp(self, result: JobResult, audio_identity: str, video_identity: str) -> JobResult:
         """``result`` with what this run rendered it from, for ``record`` to keep. The input
         identities are those taken before its job started: a file changed after that does
         not match them at the next run, which renders it again."""
-        return dataclasses.replace(result, run_id=self.run_id, config_hash=self.config_hash, weights_digest=self.weights,
+        return dataclasses.replace(result, run_id=self.run_id, config_hash=self.config_hash,
+                                   render_settings=self.settings, weights_digest=self.weights,
                                    audio_identity=audio_identity, video_identity=video_identity)  # fmt: skip
 
 
@@ -90,19 +96,23 @@ def record(output_dir: Location, result: JobResult) -> None:
 
 
 def split(
-    jobs: list[Job], output_dir: Location, basis: Basis, on_skipped: Callable[[JobResult], None] = lambda r: None
+    jobs: list[Job], output_dir: Location, basis: Basis, on_skipped: Callable[[JobResult], None] = lambda r: None,
+    on_again: Callable[[Job, str], None] = lambda job, why: None,
 ) -> tuple[list[Job], set[int]]:
     """(jobs to render, manifest rows of jobs already complete from an earlier run); each
-    of the latter's rows is passed to ``on_skipped`` as it is found."""
+    of the latter's rows is passed to ``on_skipped`` as it is found, and each job an earlier
+    run finished (``ok``) that is rendered again to ``on_again``, with why."""
     # One listing of the rows kept, rather than a lookup per job (a request each in a bucket).
     kept = set(storage.list_files(output_dir / PARTS_DIR))
     inputs = Inputs()  # the inputs' identities: one listing per bucket folder
     todo: list[Job] = []
     skipped: set[int] = set()
     for job in jobs:
-        earlier = _earlier(output_dir, job, basis, inputs) if part_path(output_dir, job.job_id) in kept else None
+        earlier, why = _earlier(output_dir, job, basis, inputs) if part_path(output_dir, job.job_id) in kept else (None, "")
         if earlier is None:
             todo.append(job)
+            if why:
+                on_again(job, why)
         else:
             skipped.add(job.row)
             on_skipped(_as_skipped(earlier, job))
@@ -110,6 +120,14 @@ def split(
     # bucket, and a folder of thousands of MP4s read thousands of times on a disk).
     _remove_partials([job.output for job in todo if job.output is not None])
     return todo, skipped
+
+
+def again_lines(why: dict[str, int]) -> list[str]:
+    """In words, the jobs an earlier run finished that a run renders again (``split``'s
+    ``on_again``, counted by reason), most first."""
+    total = sum(why.values())
+    lines = [f"{total} row{'s' if total != 1 else ''} an earlier run finished will be rendered again:"]
+    return lines + [f"  {n}: {reason}" for reason, n in sorted(why.items(), key=lambda item: -item[1])]
 
 
 def write_merged(
@@ -198,28 +216,44 @@ def _read_part(output_dir: Location, job: Job) -> dict[str, Any] | None:
     return rows[0] if len(rows) == 1 else None
 
 
-def _earlier(output_dir: Location, job: Job, basis: Basis, inputs: Inputs) -> JobResult | None:
+def _earlier(output_dir: Location, job: Job, basis: Basis, inputs: Inputs) -> tuple[JobResult | None, str]:
     """The row an earlier run kept for ``job`` if it proves the job complete (see the module
-    docstring), else None. The cheap comparisons go first: inputs are hashed last."""
+    docstring), else None and, where that row was ``ok``, why it does not ("" otherwise).
+    The cheap comparisons go first: inputs are hashed last."""
     if job.problem is not None or job.output is None:
-        return None
+        return None, ""
     row = _read_part(output_dir, job)  # gone or damaged: render it again
-    if row is None:
-        return None
-    same = (
-        row["status"] in ("ok", "skipped")
-        and row["audio"] == str(job.audio)
-        and row["video"] == str(job.video)
-        and row["output"] == str(job.output)
-        and row["config_hash"] == basis.config_hash
-        and row.get("weights_digest") == basis.weights  # absent from an older version's rows
-        and _published(job.output, row)
-        and bool(row.get("audio_identity")) and row.get("audio_identity") == inputs.of(job.audio)
-        and bool(row.get("video_identity")) and row.get("video_identity") == inputs.of(job.video)
-    )
-    if not same or (isinstance(job.output, Path) and not _complete(job.output, row)):
-        return None
-    return JobResult.from_row(row)
+    if row is None or row["status"] not in ("ok", "skipped"):
+        return None, ""
+    why = _why_not(job, job.output, row, basis, inputs)
+    return (None, why) if why else (JobResult.from_row(row), "")
+
+
+def _why_not(job: Job, output: Location, row: dict[str, Any], basis: Basis, inputs: Inputs) -> str:
+    """Why an earlier ``ok`` row does not prove ``job`` (writing ``output``) complete now, in
+    words ("": it does)."""
+    for name, column, now in (("audio", "audio", job.audio), ("reference", "video", job.video),
+                              ("output", "output", output)):  # fmt: skip
+        if row[column] != str(now):
+            return f"its {name} is another path now"
+    if not all(row.get(name) for name in _RENDERED_FROM):
+        return "its earlier row is an older version's, which did not record what it was rendered from"
+    if row["config_hash"] != basis.config_hash:
+        return f"the render settings changed ({settings_change(row.get('render_settings') or '', basis.settings)})"
+    if row["weights_digest"] != basis.weights:
+        return "the weights changed"
+    if not _published(output, row):
+        return "its MP4 was replaced or removed since"
+    for name, location, identity in (("audio", job.audio, "audio_identity"), ("reference", job.video, "video_identity")):
+        if row[identity] != inputs.of(location):
+            return f"its {name} file changed"
+    if isinstance(output, Path) and not _complete(output, row):
+        return "its MP4 is not whole"
+    return ""
+
+
+# What a row records of what it was rendered from, which rows of older versions lack.
+_RENDERED_FROM = ("weights_digest", "audio_identity", "video_identity")
 
 
 def _published(output: Location, row: dict[str, Any]) -> bool:

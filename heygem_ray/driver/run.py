@@ -11,6 +11,7 @@ raises ``Interrupted`` in the driver (``driver/stop.py``).
 
 from __future__ import annotations
 
+import collections
 import signal
 import uuid
 from collections.abc import Iterator
@@ -73,6 +74,10 @@ class RunCallbacks:
 
     def frames_done(self, frames: int) -> None: ...
 
+    def again(self, why: dict[str, int]) -> None:
+        """Jobs an earlier run into the folder finished that this run renders again: how many
+        for each reason (``resume.again_lines`` puts them in words)."""
+
 
 def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks | None = None) -> RunSummary:
     """Render every row of ``manifest``; bad rows fail alone, the rest still render.
@@ -91,13 +96,18 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     with hold_output(cfg.output_dir, f"run {run_id} of {manifest}") as lease:
         cb.started(len(jobs))
         # 3. what this run renders from, besides each row's files (the weights hashed once)
-        basis = resume.Basis(run_id, cfg.config_hash(), identity.render_weights(cfg.render))
+        basis = resume.Basis(run_id, cfg.config_hash(), identity.render_weights(cfg.render), cfg.render_settings())
         return _run(jobs, cfg, cb, basis, lease)
 
 
 def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis, lease: locks.Lease) -> RunSummary:
     # 4. skip what an earlier run into the same folder completed (unless forced)
-    todo, skipped = (jobs, set()) if cfg.force else resume.split(jobs, cfg.output_dir, basis, cb.job_done)
+    again: collections.Counter[str] = collections.Counter()  # why jobs an earlier run finished are rendered again
+    todo, skipped = (jobs, set()) if cfg.force else resume.split(
+        jobs, cfg.output_dir, basis, cb.job_done, lambda job, why: again.update([why])
+    )
+    if again:
+        cb.again(dict(again))
     path = cfg.output_dir / RESULTS_FILE
     # Rows naming a file an earlier job found missing fail at once (no part file: the
     # table is merged from this, which holds one entry per missing file).
