@@ -61,6 +61,9 @@ def test_each_date_gets_its_folder_and_a_rerun_of_the_same_date_resumes_it(folde
     assert (run["jobs"], run["ok"], run["skipped"], run["failed"]) == (3, 2, 0, 1)
     assert run["results"] == str((night / "results.parquet").resolve())
     assert run["ray_job_submission_id"] is None and run["started_at"] <= run["ended_at"]
+    assert run["render_settings"]["pack"] == "warp" and run["render_settings"]["loop"] == "pingpong"
+    assert run["config_hash"] == first["one"]["config_hash"]
+    assert json.loads(first["one"]["render_settings"]) == run["render_settings"]
     out = capsys.readouterr().out.splitlines()
     assert out and all(" nightly 2026-01-02: " in line for line in out), out
     assert any("2 ok, 0 skipped (done earlier), 1 failed of 3 jobs; exit 1" in line for line in out), out
