@@ -379,9 +379,9 @@ def template_key(
     if max_resolution:
         wanted["max_resolution"] = max_resolution
     if reference_seconds:
-        wanted["reference_seconds"] = reference_seconds
+        wanted["reference_seconds"] = float(reference_seconds)  # (300 and 300.0: one key)
     if reference_start:
-        wanted["reference_start"] = reference_start
+        wanted["reference_start"] = float(reference_start)
     settings = json.dumps(wanted, sort_keys=True)
     return hashlib.sha256(f"{reference_hash(video, cache_dir)}:{settings}".encode()).hexdigest()[:32]
 

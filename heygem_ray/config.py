@@ -248,6 +248,8 @@ class RenderConfig:
                 f"it (90: from a minute and a half in), not {self.reference_start:g}",
                 kind="bad_argument",
             )
+        for name in ("reference_seconds", "reference_start"):  # 90 and 90.0 name one template and hash
+            object.__setattr__(self, name, float(getattr(self, name)))
         self._check_restore()
         for name, option in (("checkpoint", "--checkpoint"), ("calibration", "--calibrate"),
                              ("restore_checkpoint", "--restore-checkpoint")):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 import posixpath
 from collections import Counter
@@ -45,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from heygem_ray import storage
+from heygem_ray.config import DetectorConfig
 from heygem_ray.driver.resume import PARTS_DIR
 from heygem_ray.errors import InputError
 from heygem_ray.results import RESULTS_FILE, SCHEMA, JobResult
@@ -205,6 +207,8 @@ class Summary:
     # Rows with a video whose reference the checks warned about, and check → such rows.
     warned: int = 0
     warnings: dict[str, int] | None = None
+    # The render settings of the rows (``describe_settings``) → rows, most first.
+    settings: dict[str, int] | None = None
 
 
 def video_seconds(r: JobResult) -> float:
@@ -248,7 +252,36 @@ def summarize(run: Run) -> Summary:
         folder_video_seconds=sum(video_seconds(r) for r in rs if r.status != "failed"),
         warned=sum(bool(r.reference_notes) for r in rs if r.status != "failed"),
         warnings=_count(name for r in rs if r.status != "failed" for name in note_names(r.reference_notes)),
+        settings=_settings(rs),
     )
+
+
+def _settings(rs: list[JobResult]) -> dict[str, int]:
+    """``Summary.settings``: rows of a version that kept no settings take those another row
+    of the same ``config_hash`` kept (one hash, one set of settings)."""
+    known = {r.config_hash: r.render_settings for r in rs if r.render_settings}
+    return _count(describe_settings(r.render_settings or known.get(r.config_hash, ""), r.config_hash)
+                  for r in rs if r.config_hash)  # fmt: skip
+
+
+# The render settings ``describe_settings`` names, then any of OPTIONAL_SETTINGS a run set.
+MAIN_SETTINGS = ("pack", "loop", "preset", "encoder", "backend", "precision")
+OPTIONAL_SETTINGS = ("max_resolution", "reference_start", "reference_seconds", "restore")
+
+
+def describe_settings(settings: str, config_hash: str) -> str:
+    """A row's render settings (its ``render_settings`` JSON) in a line: "pack warp, loop
+    pingpong, …, reference_start 90.0 (config 1a2b…)"; rows of versions that did not keep
+    them, their ``config_hash`` alone."""
+    try:
+        found = json.loads(settings)
+    except ValueError:
+        return f"not recorded (config {config_hash})"
+    named = [f"{k} {found[k]}" for k in MAIN_SETTINGS if k in found]
+    named += [f"{k} {found[k]}" for k in OPTIONAL_SETTINGS if found.get(k) not in (None, "none")]
+    if found.get("detector", {}).get("min_face") not in (None, DetectorConfig().min_face):
+        named.append(f"min_face {found['detector']['min_face']}")
+    return ", ".join(named) + f" (config {config_hash})"
 
 
 def note_names(notes: str | None) -> list[str]:
@@ -302,6 +335,10 @@ def format_status(s: Summary) -> str:
         f"rows      {s.total}: {s.ok} ok, {s.failed} failed, {s.skipped} skipped"
         + (" (complete from an earlier run)" if s.skipped else ""),
     ]
+    # The settings the rows were rendered with (one line each where rows differ: resumed runs).
+    many = len(s.settings or {}) > 1
+    lines += [f"{'settings' if i == 0 else '':10s}{line}" + (f": {n} row(s)" if many else "")
+              for i, (line, n) in enumerate((s.settings or {}).items())]  # fmt: skip
     if s.ok:
         lines += [
             f"frames    {s.frames} rendered, {s.video_seconds:.1f} s of video",

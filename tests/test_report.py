@@ -4,6 +4,7 @@ the report opened in a real headless browser."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import re
 import shutil
@@ -18,8 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from heygem_ray import RunConfig, media, report, submit
+from heygem_ray import RenderConfig, RunConfig, media, report, submit
 from heygem_ray.cli import app
+from heygem_ray.config import DetectorConfig
 from heygem_ray.driver.resume import PARTS_DIR
 from heygem_ray.restore import side_by_side
 from heygem_ray.results import RESULTS_FILE, JobResult, write_results
@@ -77,6 +79,36 @@ def test_status_counts_rows_frames_and_groups_failures(run_dir):
     assert {line.split()[0] for line in slowest.splitlines()} == {"talk", "still"}
     assert rows["talk"]["backend"] == rows["still"]["backend"]  # one worker kind: whichever backend it ran
     assert f"backends  {rows['talk']['backend']} × 2" in text
+    assert "settings  pack warp, loop pingpong, preset lean, encoder auto, backend auto, precision auto " \
+           f"(config {rows['talk']['config_hash']})\n" in text  # fmt: skip
+
+
+def test_the_settings_line_names_the_options_a_run_set_and_says_when_they_were_not_kept():
+    cfg = RunConfig(output_dir=Path("out"), render=RenderConfig(reference_start=90, max_resolution=1080,
+                                                               detector=DetectorConfig(min_face=24)))  # fmt: skip
+    line = report.describe_settings(cfg.render_settings(), cfg.config_hash())
+    assert line == ("pack warp, loop pingpong, preset lean, encoder auto, backend auto, precision auto, "
+                    f"max_resolution 1080, reference_start 90.0, min_face 24 (config {cfg.config_hash()})")
+    assert report.describe_settings("", "1a2b") == "not recorded (config 1a2b)"
+    # 90 from Python and 90.0 from the command line are one setting: one hash.
+    same = RunConfig(output_dir=Path("out"), render=dataclasses.replace(cfg.render, reference_start=90.0))
+    assert same.config_hash() == cfg.config_hash()
+
+
+def test_status_gives_a_row_that_kept_no_settings_those_of_its_config_hash(tmp_path):
+    """A row skipped from an older version's run (no render_settings) under this run's hash
+    reads as this run's settings; a row of another hash without them, as not recorded."""
+    cfg = RunConfig(output_dir=tmp_path, render=RenderConfig())
+    now, settings = cfg.config_hash(), cfg.render_settings()
+    files = {"audio": "a.wav", "video": "p.jpg", "output": None}
+    rows = [JobResult(job_id="new", row=1, status="ok", config_hash=now, render_settings=settings, **files),
+            JobResult(job_id="kept", row=2, status="skipped", config_hash=now, **files),
+            JobResult(job_id="other", row=3, status="skipped", config_hash="0123456789abcdef", **files)]  # fmt: skip
+    write_results(rows, tmp_path / RESULTS_FILE)
+    lines = report.format_status(report.summarize(report.load_run(tmp_path))).splitlines()
+    assert f"settings  pack warp, loop pingpong, preset lean, encoder auto, backend auto, precision auto (config {now})" \
+           ": 2 row(s)" in lines  # fmt: skip
+    assert "          not recorded (config 0123456789abcdef): 1 row(s)" in lines
 
 
 def test_status_says_what_is_wrong_with_a_folder_without_results(tmp_path):
