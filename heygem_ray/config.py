@@ -8,6 +8,7 @@ to exactly the settings that produced it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -389,6 +390,7 @@ class RunConfig:
 SETTINGS_NAMED = 4
 
 
+@functools.lru_cache(maxsize=16)  # (a rerun of many rows asks it of the same two texts)
 def settings_change(before: str, now: str) -> str:
     """What differs between two ``RunConfig.render_settings`` texts, in words:
     ``reference_start 0 → 90, preset lean → ultrafast``; a setting one of them leaves out

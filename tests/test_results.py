@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from heygem_ray import results
+from heygem_ray import RenderConfig, RunConfig, results
+from heygem_ray.config import DetectorConfig, settings_change
 from heygem_ray.driver import resume
 from heygem_ray.manifest import read_manifest
 from heygem_ray.results import JobResult, read_rows, write_table
@@ -72,3 +73,14 @@ def test_the_docs_document_every_column():
     documented = {name for cell in (line.split("|")[1] for line in section.splitlines() if line.startswith("| `"))
                   for name in re.findall(r"`([a-z_]+)`", cell)}
     assert documented >= set(results.SCHEMA.names), set(results.SCHEMA.names) - documented
+
+
+def test_a_change_of_settings_is_named_setting_by_setting():
+    before = RunConfig(output_dir=Path("out"), render=RenderConfig()).render_settings()
+    many = RenderConfig(loop="forward", preset="ultrafast", encoder="libx264", max_resolution=720,
+                        reference_start=90, detector=DetectorConfig(min_face=24))  # fmt: skip
+    now = RunConfig(output_dir=Path("out"), render=many).render_settings()
+    assert settings_change(before, now) == ("detector.min_face 40 → 24, encoder auto → libx264, loop pingpong → "
+                                            "forward, max_resolution (not set) → 720 and 2 more")  # fmt: skip
+    assert settings_change(before, before) == ""
+    assert settings_change("", now) == settings_change("not json", now) == "the earlier run's settings are not recorded"
