@@ -483,7 +483,10 @@ def build_html(s: Summary, results: list[JobResult], shots: dict[str, Preview], 
         f'<p class="state {e(s.state)}">{e(describe_state(s))}</p>',
         f"<p class=folder><b>This folder:</b> {e(describe_folder(s))}. <b>This run:</b> {e(s.ok)} rendered, "
         f"{e(s.skipped)} skipped (complete already), {e(s.failed)} failed.</p>",
-        f'<p class="refs{" warned" if s.warned else ""}">{e(describe_warnings(s))}</p></header>',
+        f'<p class="refs{" warned" if s.warned else ""}">{e(describe_warnings(s))}</p>',
+        *(f"<p class=settings><b>Settings:</b> {e(line)}" + (f" ({e(n)} rows)" if len(s.settings or {}) > 1 else "")
+          + "</p>" for line, n in (s.settings or {}).items()),
+        "</header>",
         "<section class=tiles>",
         *(f'<div class="tile t-{k.replace(" ", "-")}"><b>{e(v)}</b><span>{e(k)}</span></div>' for k, v in tiles),
         "</section>",
@@ -648,7 +651,7 @@ border-left:5px solid #1b6b34;border-radius:6px;padding:10px 14px}.info{flex:1 1
 .restore{margin:0;text-align:center;font-size:12px;color:#5b6475}.restore img{display:block;border-radius:3px}
 .figs{display:flex;flex-wrap:wrap;gap:2px 14px;font-size:13px;margin:6px 0}.figs i,.job div i{color:#5b6475;font-style:normal}
 .error{color:#b3261e;margin:8px 0 2px}.note{color:#7a5400}
-.folder{margin:8px 0 0}.refs{margin:4px 0 0;color:#5b6475}.refs.warned{color:#7a5400}.t-warned b{color:#7a5400}
+.folder{margin:8px 0 0}.refs,.settings{margin:4px 0 0;color:#5b6475}.refs.warned{color:#7a5400}.t-warned b{color:#7a5400}
 .warnings{margin:6px 0;padding:4px 8px 4px 24px;background:#fff3d6;color:#7a5400;border-radius:4px;font-size:13px}
 .strip img.mouth{outline:2px solid #e0b34c}video{border-radius:3px;background:#000}
 footer{margin-top:28px;color:#7d8696;font-size:12px}

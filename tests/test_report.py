@@ -109,6 +109,9 @@ def test_status_gives_a_row_that_kept_no_settings_those_of_its_config_hash(tmp_p
     assert f"settings  pack warp, loop pingpong, preset lean, encoder auto, backend auto, precision auto (config {now})" \
            ": 2 row(s)" in lines  # fmt: skip
     assert "          not recorded (config 0123456789abcdef): 1 row(s)" in lines
+    page = report.build_html(report.summarize(report.load_run(tmp_path)), rows, {}, tmp_path)
+    assert f"<p class=settings><b>Settings:</b> pack warp, loop pingpong, preset lean, encoder auto, backend auto, " \
+           f"precision auto (config {now}) (2 rows)</p>" in page  # fmt: skip
 
 
 def test_status_says_what_is_wrong_with_a_folder_without_results(tmp_path):
