@@ -364,6 +364,15 @@ class RunConfig:
         if self.worker_restarts < 0:
             raise InputError("worker_restarts must be 0 or more", kind="bad_argument")
 
+    def for_row(self, settings: tuple[tuple[str, float], ...]) -> RunConfig:
+        """This run's configuration with a manifest row's own render settings
+        (``manifest.ROW_SETTINGS``: (name, value) pairs) over its options; a value out of
+        range is the ``InputError`` the option would be."""
+        if not settings:
+            return self
+        changes: dict[str, Any] = dict(settings)
+        return dataclasses.replace(self, render=dataclasses.replace(self.render, **changes))
+
     def config_hash(self) -> str:
         """Hash of the settings that shape the outputs (``render_settings``)."""
         return hashlib.sha256(self.render_settings().encode()).hexdigest()[:16]

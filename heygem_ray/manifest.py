@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import math
 import os
 import unicodedata
 import zipfile
@@ -36,6 +37,10 @@ from heygem_ray.storage import Location, Uri
 
 REQUIRED_COLUMNS = ("audio", "video")
 OPTIONAL_COLUMNS = ("job_id", "output")
+# Render settings a row may give itself, in seconds, over the run's options of the same names
+# (--reference-start, --reference-seconds): each lecture recording used as a reference from
+# its own start. An empty cell is the run's value.
+ROW_SETTINGS = ("reference_start", "reference_seconds")
 # A job id names its MP4 (``<job_id>.mp4``, staged beside it as ``.<job_id>.<12>.<8>.part.mp4``:
 # 32 bytes more, within the 255 bytes of a file name), so it must be one file name on any
 # file system, in a bucket key and on a Windows share: a name in any script, with spaces
@@ -60,6 +65,8 @@ class Job:
     output: Location | None  # None only for a row with a problem
     extra: dict[str, Any] = field(default_factory=dict)
     problem: InputError | None = None
+    # Its own render settings (ROW_SETTINGS): (name, seconds) pairs, in that order; () for none.
+    settings: tuple[tuple[str, float], ...] = ()
 
     @property
     def label(self) -> str:
@@ -326,9 +333,11 @@ def _make_job(
     extra = {
         (f"manifest_{k}" if k in reserved else k): v
         for k, v in r.items()
-        if k not in REQUIRED_COLUMNS and k not in OPTIONAL_COLUMNS
+        if k not in REQUIRED_COLUMNS and k not in OPTIONAL_COLUMNS and k not in ROW_SETTINGS
     }
     output, problem = _resolve_output(job_id, _text(r.get("output")), out_root)
+    settings, bad = _row_settings(r)
+    problem = problem or bad
     inputs: dict[str, Location] = {}
     for name, value in (("audio", audio), ("video", video)):
         try:
@@ -352,7 +361,32 @@ def _make_job(
         output=output,
         extra=extra,
         problem=problem,
+        settings=settings,
     )
+
+
+def _row_settings(r: dict[str, Any]) -> tuple[tuple[tuple[str, float], ...], InputError | None]:
+    """A row's own render settings (``ROW_SETTINGS``: the cells that hold a number), and the
+    problem of a cell that holds something else. Their ranges are the run's to check
+    (``config.RenderConfig``)."""
+    settings: list[tuple[str, float]] = []
+    for name in ROW_SETTINGS:
+        cell = _text(r.get(name))
+        if not cell:
+            continue
+        try:
+            value = float(cell)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            option = "--" + name.replace("_", "-")
+            return (), InputError(
+                f"the {name!r} cell {cell!r} is not a number of seconds: give one, or leave it empty for the run's "
+                f"{option}",
+                kind="bad_argument",
+            )
+        settings.append((name, value))
+    return tuple(settings), None
 
 
 def _resolve_input(base: Location, cell: str) -> Location:

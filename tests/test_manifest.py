@@ -117,6 +117,21 @@ def test_unsafe_outputs_fail_only_their_row(tmp_path, row, needle):
     assert good.problem is None and good.output == (tmp_path / "out").resolve() / "sub" / "good.mp4"
 
 
+def test_a_row_gives_itself_a_reference_start_and_seconds_and_a_cell_that_is_no_number_fails_it(tmp_path):
+    """The settings columns are read as numbers (an empty cell: the run's), not carried as
+    extras; a cell that is no number is that row's problem, naming the cell and the option."""
+    m = write(tmp_path / "m.csv", "job_id,audio,video,reference_start,reference_seconds,title\n"
+                                  "a,a.wav,v.mp4,90,300,Intro\nb,a.wav,v.mp4,,,Two\nc,a.wav,v.mp4,1:30,,Three\n"
+                                  "d,a.wav,v.mp4, 2.5 ,inf,Four\n")  # fmt: skip
+    a, b, c, d = read_manifest(m, tmp_path / "out")
+    assert a.settings == (("reference_start", 90.0), ("reference_seconds", 300.0)) and a.problem is None
+    assert a.extra == {"title": "Intro"} and b.settings == () and b.problem is None
+    assert c.problem is not None and c.problem.kind == "bad_argument" and c.settings == ()
+    assert c.problem.message == ("the 'reference_start' cell '1:30' is not a number of seconds: give one, or leave it "
+                                 "empty for the run's --reference-start")  # fmt: skip
+    assert d.problem is not None and "the 'reference_seconds' cell 'inf' is not a number" in d.problem.message
+
+
 def test_empty_cell_is_a_row_problem(tmp_path):
     m = write(tmp_path / "m.csv", "job_id,audio,video\nx,,v.mp4\n")
     (job,) = read_manifest(m, tmp_path / "out")

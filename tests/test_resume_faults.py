@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -248,6 +249,45 @@ def test_a_rerun_renders_again_what_changed_under_the_same_names(folder, example
     third = _run(folder, rows)
     assert [third[j]["status"] for j in ("one", "two")] == ["skipped", "skipped"]
     assert {third[j]["run_id"] for j in third} == {again["one"]["run_id"]}  # the run that rendered them
+
+
+def test_rows_render_with_the_reference_settings_they_give_themselves_and_a_rerun_says_which_changed(
+    folder, ray_local
+):
+    """The bundled 4-s take in three rows: one with the run's settings, one from 2 s in for
+    1.5 s (its own cells), one whose start is out of range (it fails alone, naming its cell
+    and the rule). Each row keeps what it was rendered with, from its own template; a rerun
+    skips both; a changed cell renders that row alone again, saying what changed."""
+
+    def manifest(start: float) -> None:
+        (folder / "m.csv").write_text("job_id,audio,video,reference_start,reference_seconds\n"
+                                      f"one,a.wav,p.mp4,,\ntwo,a.wav,p.mp4,{start},1.5\nbad,a.wav,p.mp4,-1,\n")  # fmt: skip
+
+    def run(callbacks: RunCallbacks | None = None) -> dict[str, dict]:
+        cfg = RunConfig(output_dir=folder / "out", cache_dir=folder / "cache", engines_dir=folder / "engines")
+        return {r["job_id"]: r for r in pq.read_table(submit(folder / "m.csv", cfg, callbacks).results_path).to_pylist()}
+
+    manifest(2)
+    first = run()
+    assert (first["one"]["status"], first["two"]["status"]) == ("ok", "ok"), [first[j]["error"] for j in first]
+    assert (first["bad"]["status"], first["bad"]["error_kind"]) == ("failed", "bad_argument")
+    assert "its own reference_start -1: --reference-start must be 0 (each reference from its beginning)" \
+           in first["bad"]["error"]  # fmt: skip
+    own = json.loads(first["two"]["render_settings"])
+    assert (own["reference_start"], own["reference_seconds"]) == (2.0, 1.5)
+    assert "reference_start" not in json.loads(first["one"]["render_settings"])
+    assert first["one"]["config_hash"] != first["two"]["config_hash"]
+    made = sorted((m.get("start_seconds") or 0.0, m["frames"]) for m in
+                  (json.loads(p.read_text()) for p in (folder / "cache").glob("*/meta.json")))  # fmt: skip
+    assert made == [(0.0, 100), (2.0, 37)]  # the take whole, and its 1.5 s from 2 s in
+
+    again = run()
+    assert (again["one"]["status"], again["two"]["status"]) == ("skipped", "skipped")
+    manifest(1)
+    said = _Again()
+    third = run(said)
+    assert (third["one"]["status"], third["two"]["status"]) == ("skipped", "ok")
+    assert said.why == {"the render settings changed (reference_start 2.0 → 1.0)": 1}
 
 
 def test_new_weights_at_the_same_checkpoint_path_are_rendered_again(folder, ray_local):

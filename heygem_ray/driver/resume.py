@@ -41,7 +41,7 @@ import hashlib
 import itertools
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from heygem_ray import media, storage
-from heygem_ray.config import settings_change
+from heygem_ray.config import RunConfig, settings_change
 from heygem_ray.driver.missing import MissingInputs
 from heygem_ray.errors import HeygemError
 from heygem_ray.identity import Inputs
@@ -77,13 +77,29 @@ class Basis:
     config_hash: str  # RunConfig.config_hash()
     weights: str  # identity.render_weights: the checkpoints' digests
     settings: str = ""  # RunConfig.render_settings(): what config_hash is of
+    # The run's configuration, for rows with render settings of their own (Job.settings);
+    # None: every row is rendered with config_hash's.
+    cfg: RunConfig | None = None
+    _rows: dict[tuple[tuple[str, float], ...], tuple[str, str]] = field(default_factory=dict, compare=False)
 
-    def stamp(self, result: JobResult, audio_identity: str, video_identity: str) -> JobResult:
+    def of(self, row_settings: tuple[tuple[str, float], ...]) -> tuple[str, str]:
+        """(config_hash, render_settings) of a row with these settings of its own (a manifest
+        row's ``Job.settings``): the run's where it has none."""
+        if not row_settings or self.cfg is None:
+            return self.config_hash, self.settings
+        if row_settings not in self._rows:
+            cfg = self.cfg.for_row(row_settings)
+            self._rows[row_settings] = (cfg.config_hash(), cfg.render_settings())
+        return self._rows[row_settings]
+
+    def stamp(self, result: JobResult, audio_identity: str, video_identity: str,
+              row_settings: tuple[tuple[str, float], ...] = ()) -> JobResult:  # fmt: skip
         """``result`` with what this run rendered it from, for ``record`` to keep. The input
         identities are those taken before its job started: a file changed after that does
         not match them at the next run, which renders it again."""
-        return dataclasses.replace(result, run_id=self.run_id, config_hash=self.config_hash,
-                                   render_settings=self.settings, weights_digest=self.weights,
+        config_hash, settings = self.of(row_settings)
+        return dataclasses.replace(result, run_id=self.run_id, config_hash=config_hash,
+                                   render_settings=settings, weights_digest=self.weights,
                                    audio_identity=audio_identity, video_identity=video_identity)  # fmt: skip
 
 
@@ -238,8 +254,9 @@ def _why_not(job: Job, output: Location, row: dict[str, Any], basis: Basis, inpu
             return f"its {name} is another path now"
     if not all(row.get(name) for name in _RENDERED_FROM):
         return "its earlier row is an older version's, which did not record what it was rendered from"
-    if row["config_hash"] != basis.config_hash:
-        return f"the render settings changed ({settings_change(row.get('render_settings') or '', basis.settings)})"
+    config_hash, settings = basis.of(job.settings)
+    if row["config_hash"] != config_hash:
+        return f"the render settings changed ({settings_change(row.get('render_settings') or '', settings)})"
     if row["weights_digest"] != basis.weights:
         return "the weights changed"
     if not _published(output, row):

@@ -12,6 +12,7 @@ raises ``Interrupted`` in the driver (``driver/stop.py``).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import signal
 import uuid
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from heygem_ray.driver.hold import hold_output, still_held
 from heygem_ray.driver.loop import run_jobs
 from heygem_ray.driver.missing import MissingInputs
 from heygem_ray.driver.stop import StopSignals
-from heygem_ray.errors import HeygemError, Interrupted, RunStopped, WorkersUnavailable
+from heygem_ray.errors import HeygemError, InputError, Interrupted, RunStopped, WorkersUnavailable
 from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult, Status, read_rows
 from heygem_ray.storage import Location, Uri
@@ -89,15 +90,31 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     cb = callbacks or RunCallbacks()
     # 1. read and check the manifest: a broken one stops here, before any work; so does an
     #    output folder the run cannot write (before Ray is even connected)
-    jobs = read_manifest(storage.location(manifest), cfg.output_dir, reserved=RESULT_COLUMNS)
+    jobs = [_settings_checked(job, cfg) for job in read_manifest(storage.location(manifest), cfg.output_dir,
+                                                                  reserved=RESULT_COLUMNS)]  # fmt: skip
     storage.check_writable(cfg.output_dir)
     # 2. hold the output folder: a run into a folder another run holds stops here
     run_id = uuid.uuid4().hex[:12]
     with hold_output(cfg.output_dir, f"run {run_id} of {manifest}") as lease:
         cb.started(len(jobs))
         # 3. what this run renders from, besides each row's files (the weights hashed once)
-        basis = resume.Basis(run_id, cfg.config_hash(), identity.render_weights(cfg.render), cfg.render_settings())
+        basis = resume.Basis(run_id, cfg.config_hash(), identity.render_weights(cfg.render), cfg.render_settings(), cfg)
         return _run(jobs, cfg, cb, basis, lease)
+
+
+def _settings_checked(job: Job, cfg: RunConfig) -> Job:
+    """``job``, or where the render settings its row gives itself are out of range, ``job``
+    with that problem (its row fails alone)."""
+    if not job.settings or job.problem is not None:
+        return job
+    try:
+        cfg.for_row(job.settings)
+    except InputError as exc:
+        given = ", ".join(f"{name} {value:g}" for name, value in job.settings)
+        # (its settings dropped: the row fails with the problem, before anything reads them)
+        problem = InputError(f"its own {given}: {exc.message}", kind=exc.kind)
+        return dataclasses.replace(job, problem=problem, settings=())
+    return job
 
 
 def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis, lease: locks.Lease) -> RunSummary:
@@ -118,8 +135,9 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
         cb.connected(dashboard)
         ended = 0  # jobs whose rows are on disk
         working = False
-        # The identities of the inputs of jobs in flight, taken as each job starts (manifest row → audio, video).
-        inputs: dict[int, tuple[str, str]] = {}
+        # The identities of the inputs of jobs in flight, taken as each job starts, and the render
+        # settings their rows give themselves (manifest row → audio, video, Job.settings).
+        inputs: dict[int, tuple[str, str, tuple[tuple[str, float], ...]]] = {}
         # Ctrl-C and SIGTERM stop the run, from here until its table is written (set after
         # ray.init, which sets handlers of its own)
         stop = StopSignals()
@@ -136,7 +154,7 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
             def job_done(result: JobResult) -> None:
                 nonlocal ended
                 still_held(lease)
-                resume.record(cfg.output_dir, basis.stamp(result, *inputs.pop(result.row, ("", ""))))
+                resume.record(cfg.output_dir, basis.stamp(result, *inputs.pop(result.row, ("", "", ()))))
                 missing.learn(result)
                 ended += 1
                 cb.job_done(result)
@@ -148,7 +166,8 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
                     still_held(lease)
                     if (known := missing.fail(job)) is None:
                         if job.problem is None:
-                            inputs[job.row] = (identity.input_identity(job.audio), identity.input_identity(job.video))
+                            inputs[job.row] = (identity.input_identity(job.audio), identity.input_identity(job.video),
+                                               job.settings)  # fmt: skip
                         yield job
                         continue
                     metrics.record_job(known)

@@ -49,7 +49,8 @@ def job_task(job: Job, cfg: RunConfig, workers: int, router: Any) -> JobResult:
     share_cores()
     service = RayService(router, workers, cfg.render.chunk_frames, cfg.workers_ready_timeout_s)
     with job_logging(job.job_id), _heartbeat(router, cfg.job_stall_timeout_s / BEATS_PER_TIMEOUT):
-        result = render_job(job, cfg.render, cfg.cache_dir, service, on_frames=frames_done)
+        # The run's render settings, with any the row gives itself (checked when the run began)
+        result = render_job(job, cfg.for_row(job.settings).render, cfg.cache_dir, service, on_frames=frames_done)
         _log_result(result)
     heap.release_free()  # Ray reuses this process for later jobs: hand back what this one freed
     return result
