@@ -371,7 +371,10 @@ def _row_settings(r: dict[str, Any]) -> tuple[tuple[tuple[str, float], ...], Inp
     (``config.RenderConfig``)."""
     settings: list[tuple[str, float]] = []
     for name in ROW_SETTINGS:
-        cell = _text(r.get(name))
+        raw = r.get(name)
+        if isinstance(raw, float) and math.isnan(raw):  # a Parquet number column's empty cell (pandas writes NaN)
+            continue
+        cell = _text(raw)
         if not cell:
             continue
         try:

@@ -1,4 +1,5 @@
 import datetime
+import math
 import shutil
 from pathlib import Path
 
@@ -130,6 +131,11 @@ def test_a_row_gives_itself_a_reference_start_and_seconds_and_a_cell_that_is_no_
     assert c.problem.message == ("the 'reference_start' cell '1:30' is not a number of seconds: give one, or leave it "
                                  "empty for the run's --reference-start")  # fmt: skip
     assert d.problem is not None and "the 'reference_seconds' cell 'inf' is not a number" in d.problem.message
+    # A Parquet manifest's number column, its empty cells NaN (as pandas writes them).
+    table = pa.table({"audio": ["a.wav", "a.wav"], "video": ["v.mp4", "v.mp4"], "reference_start": [90.5, math.nan]})
+    pq.write_table(table, tmp_path / "m.parquet")
+    e, f = read_manifest(tmp_path / "m.parquet", tmp_path / "out")
+    assert (e.settings, e.problem, f.settings, f.problem) == ((("reference_start", 90.5),), None, (), None)
 
 
 def test_empty_cell_is_a_row_problem(tmp_path):
