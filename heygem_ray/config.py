@@ -364,13 +364,13 @@ class RunConfig:
         if self.worker_restarts < 0:
             raise InputError("worker_restarts must be 0 or more", kind="bad_argument")
 
-    def for_row(self, settings: tuple[tuple[str, float], ...]) -> RunConfig:
+    def for_row(self, row_settings: tuple[tuple[str, float], ...]) -> RunConfig:
         """This run's configuration with a manifest row's own render settings
         (``manifest.ROW_SETTINGS``: (name, value) pairs) over its options; a value out of
         range is the ``InputError`` the option would be."""
-        if not settings:
+        if not row_settings:
             return self
-        changes: dict[str, Any] = dict(settings)
+        changes: dict[str, Any] = dict(row_settings)
         return dataclasses.replace(self, render=dataclasses.replace(self.render, **changes))
 
     def config_hash(self) -> str:

@@ -66,7 +66,7 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict)
     problem: InputError | None = None
     # Its own render settings (ROW_SETTINGS): (name, seconds) pairs, in that order; () for none.
-    settings: tuple[tuple[str, float], ...] = ()
+    row_settings: tuple[tuple[str, float], ...] = ()
 
     @property
     def label(self) -> str:
@@ -361,7 +361,7 @@ def _make_job(
         output=output,
         extra=extra,
         problem=problem,
-        settings=settings,
+        row_settings=settings,
     )
 
 

@@ -125,9 +125,9 @@ def test_a_row_gives_itself_a_reference_start_and_seconds_and_a_cell_that_is_no_
                                   "a,a.wav,v.mp4,90,300,Intro\nb,a.wav,v.mp4,,,Two\nc,a.wav,v.mp4,1:30,,Three\n"
                                   "d,a.wav,v.mp4, 2.5 ,inf,Four\n")  # fmt: skip
     a, b, c, d = read_manifest(m, tmp_path / "out")
-    assert a.settings == (("reference_start", 90.0), ("reference_seconds", 300.0)) and a.problem is None
-    assert a.extra == {"title": "Intro"} and b.settings == () and b.problem is None
-    assert c.problem is not None and c.problem.kind == "bad_argument" and c.settings == ()
+    assert a.row_settings == (("reference_start", 90.0), ("reference_seconds", 300.0)) and a.problem is None
+    assert a.extra == {"title": "Intro"} and b.row_settings == () and b.problem is None
+    assert c.problem is not None and c.problem.kind == "bad_argument" and c.row_settings == ()
     assert c.problem.message == ("the 'reference_start' cell '1:30' is not a number of seconds: give one, or leave it "
                                  "empty for the run's --reference-start")  # fmt: skip
     assert d.problem is not None and "the 'reference_seconds' cell 'inf' is not a number" in d.problem.message
@@ -135,7 +135,7 @@ def test_a_row_gives_itself_a_reference_start_and_seconds_and_a_cell_that_is_no_
     table = pa.table({"audio": ["a.wav", "a.wav"], "video": ["v.mp4", "v.mp4"], "reference_start": [90.5, math.nan]})
     pq.write_table(table, tmp_path / "m.parquet")
     e, f = read_manifest(tmp_path / "m.parquet", tmp_path / "out")
-    assert (e.settings, e.problem, f.settings, f.problem) == ((("reference_start", 90.5),), None, (), None)
+    assert (e.row_settings, e.problem, f.row_settings, f.problem) == ((("reference_start", 90.5),), None, (), None)
 
 
 def test_empty_cell_is_a_row_problem(tmp_path):

@@ -77,14 +77,14 @@ class Basis:
     config_hash: str  # RunConfig.config_hash()
     weights: str  # identity.render_weights: the checkpoints' digests
     settings: str = ""  # RunConfig.render_settings(): what config_hash is of
-    # The run's configuration, for rows with render settings of their own (Job.settings);
+    # The run's configuration, for rows with render settings of their own (Job.row_settings);
     # None: every row is rendered with config_hash's.
     cfg: RunConfig | None = None
     _rows: dict[tuple[tuple[str, float], ...], tuple[str, str]] = field(default_factory=dict, compare=False)
 
     def of(self, row_settings: tuple[tuple[str, float], ...]) -> tuple[str, str]:
         """(config_hash, render_settings) of a row with these settings of its own (a manifest
-        row's ``Job.settings``): the run's where it has none."""
+        row's ``Job.row_settings``): the run's where it has none."""
         if not row_settings or self.cfg is None:
             return self.config_hash, self.settings
         if row_settings not in self._rows:
@@ -254,7 +254,7 @@ def _why_not(job: Job, output: Location, row: dict[str, Any], basis: Basis, inpu
             return f"its {name} is another path now"
     if not all(row.get(name) for name in _RENDERED_FROM):
         return "its earlier row is an older version's, which did not record what it was rendered from"
-    config_hash, settings = basis.of(job.settings)
+    config_hash, settings = basis.of(job.row_settings)
     if row["config_hash"] != config_hash:
         return f"the render settings changed ({settings_change(row.get('render_settings') or '', settings)})"
     if row["weights_digest"] != basis.weights:

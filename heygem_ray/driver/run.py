@@ -105,15 +105,15 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
 def _settings_checked(job: Job, cfg: RunConfig) -> Job:
     """``job``, or where the render settings its row gives itself are out of range, ``job``
     with that problem (its row fails alone)."""
-    if not job.settings or job.problem is not None:
+    if not job.row_settings or job.problem is not None:
         return job
     try:
-        cfg.for_row(job.settings)
+        cfg.for_row(job.row_settings)
     except InputError as exc:
-        given = ", ".join(f"{name} {value:g}" for name, value in job.settings)
+        given = ", ".join(f"{name} {value:g}" for name, value in job.row_settings)
         # (its settings dropped: the row fails with the problem, before anything reads them)
         problem = InputError(f"its own {given}: {exc.message}", kind=exc.kind)
-        return dataclasses.replace(job, problem=problem, settings=())
+        return dataclasses.replace(job, problem=problem, row_settings=())
     return job
 
 
@@ -136,7 +136,7 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
         ended = 0  # jobs whose rows are on disk
         working = False
         # The identities of the inputs of jobs in flight, taken as each job starts, and the render
-        # settings their rows give themselves (manifest row → audio, video, Job.settings).
+        # settings their rows give themselves (manifest row → audio, video, Job.row_settings).
         inputs: dict[int, tuple[str, str, tuple[tuple[str, float], ...]]] = {}
         # Ctrl-C and SIGTERM stop the run, from here until its table is written (set after
         # ray.init, which sets handlers of its own)
@@ -167,7 +167,7 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
                     if (known := missing.fail(job)) is None:
                         if job.problem is None:
                             inputs[job.row] = (identity.input_identity(job.audio), identity.input_identity(job.video),
-                                               job.settings)  # fmt: skip
+                                               job.row_settings)  # fmt: skip
                         yield job
                         continue
                     metrics.record_job(known)

@@ -50,7 +50,7 @@ def job_task(job: Job, cfg: RunConfig, workers: int, router: Any) -> JobResult:
     service = RayService(router, workers, cfg.render.chunk_frames, cfg.workers_ready_timeout_s)
     with job_logging(job.job_id), _heartbeat(router, cfg.job_stall_timeout_s / BEATS_PER_TIMEOUT):
         # The run's render settings, with any the row gives itself (checked when the run began)
-        result = render_job(job, cfg.for_row(job.settings).render, cfg.cache_dir, service, on_frames=frames_done)
+        result = render_job(job, cfg.for_row(job.row_settings).render, cfg.cache_dir, service, on_frames=frames_done)
         _log_result(result)
     heap.release_free()  # Ray reuses this process for later jobs: hand back what this one freed
     return result
