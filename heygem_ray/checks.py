@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
 
@@ -96,13 +96,16 @@ class Check:
     figure: str  # what was measured, short (no "; ": it separates notes): "face 182 px wide, …"
     advice: str  # what it means and what to do; "" when there is nothing to do
     value: float | None = None  # the main figure as a number (JSON), when it has one
+    # Settings its advice names, as a manifest row's columns take them (manifest.ROW_SETTINGS):
+    # {"reference_start": 6.0}; empty when it names none.
+    settings: dict[str, float] = field(default_factory=dict)
 
     def line(self) -> str:
         return f"{self.level:4s}  {self.name:13s} {self.figure}" + (f". {self.advice}" if self.advice else "")
 
     def as_dict(self) -> dict[str, object]:
         return {"check": self.name, "level": self.level, "figure": self.figure, "value": self.value,
-                "advice": self.advice}  # fmt: skip
+                "advice": self.advice, "settings": self.settings}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -250,20 +253,23 @@ def _lost(ref: Reference) -> Check:
     if lost < LOST_WARN:
         return Check("lost", "ok", figure, "", lost)
     advice = "those frames are left as they are (no lip sync there): "
+    settings: dict[str, float] = {}
     if (stretch := _stretch(ref)) is None:
         advice += "trim the reference to where the presenter faces the camera, or light the face better"
     else:
         fps = float(ref.fps)
         start = _tenths(ref.start + stretch[0] / fps, math.ceil)  # not before the presenter is there
+        settings["reference_start"] = start
         if stretch[1] == ref.frames:
             advice += (f"the presenter is there from {start:g} s into the take on; --reference-start {start:g} uses "
-                       "it from there (the same for preview and the batch)")  # fmt: skip
+                       "it from there (the same for preview and the batch, or the take's rows' reference_start)")  # fmt: skip
         else:
             end = _tenths(ref.start + stretch[1] / fps, math.floor)
+            settings["reference_seconds"] = _tenths(end - start, math.floor)
             advice += (f"the presenter is there from {start:g} s to {end:g} s into the take; --reference-start "
-                       f"{start:g} --reference-seconds {_tenths(end - start, math.floor):g} uses that stretch (the "
-                       "same for preview and the batch)")  # fmt: skip
-    return Check("lost", "fail" if lost >= LOST_FAIL else "warn", figure, advice, lost)
+                       f"{start:g} --reference-seconds {settings['reference_seconds']:g} uses that stretch (the "
+                       "same for preview and the batch, or the take's rows' columns of those names)")  # fmt: skip
+    return Check("lost", "fail" if lost >= LOST_FAIL else "warn", figure, advice, lost, settings)
 
 
 def _stretch(ref: Reference) -> tuple[int, int] | None:

@@ -199,8 +199,11 @@ def test_a_take_without_the_presenter_for_a_while_names_the_stretch_where_they_a
     stretch = run(between)["lost"]
     assert "the presenter is there from 0.4 s to 3.1 s into the take; --reference-start 0.4 --reference-seconds " \
            "2.7 uses that stretch" in stretch.advice, stretch.advice  # fmt: skip
+    assert stretch.settings == {"reference_start": 0.4, "reference_seconds": 2.7} and lost.settings == {
+        "reference_start": 1.2}  # fmt: skip
     scattered = dataclasses.replace(example, present=frame % 4 != 0)  # a quarter, here and there
     assert "trim the reference to where the presenter faces the camera" in run(scattered)["lost"].advice
+    assert run(scattered)["lost"].settings == {}
     short = dataclasses.replace(example, present=(frame >= 50) & (frame < 90))  # 1.6 s of it
     assert "--reference-start" not in run(short)["lost"].advice
 

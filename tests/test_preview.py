@@ -112,6 +112,7 @@ def test_a_lecture_that_opens_without_the_presenter_is_found_from_where_they_com
     lost = next(c for c in report["checks"] if c["check"] == "lost")
     assert lost["level"] == "fail" and "the presenter is there from 3 s into the take on; --reference-start 3 " \
            "uses it from there" in lost["advice"], lost  # fmt: skip
+    assert lost["settings"] == {"reference_start": 3.0}  # as a manifest row's column takes it
     got, report = _preview(tmp_path / "c", str(take), "--seconds", "1", "--reference-seconds", "2",
                            "--reference-start", "3")  # fmt: skip
     assert got.exit_code == 0 and report is not None, got.output
