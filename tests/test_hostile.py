@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from heygem_ray import media
 from heygem_ray.analyze import analyze
@@ -212,19 +212,22 @@ def test_limits_are_checked_when_configured() -> None:
         assert caught.value.kind == "bad_argument"
 
 
+def _submit_with(tmp_path: Path, option: str, value: str) -> Result:
+    """``heygem-ray submit`` of a one-row manifest with ``option`` set to ``value``."""
+    (tmp_path / "m.csv").write_text("audio,video\na.wav,b.mp4\n")
+    return CliRunner().invoke(app, ["submit", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out"), option, value])
+
+
 @pytest.mark.parametrize("option", ["--max-reference-pixels", "--max-reference-frames", "--max-audio-seconds"])
 def test_each_limit_has_its_cli_option(tmp_path, option: str) -> None:
-    (tmp_path / "m.csv").write_text("audio,video\na.wav,b.mp4\n")
-    got = CliRunner().invoke(app, ["submit", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out"), option, "0"])
+    got = _submit_with(tmp_path, option, "0")
     assert got.exit_code == 2  # refused before anything starts, naming the setting
     assert f"{option.removeprefix('--').replace('-', '_')} must be" in got.stderr, got.stderr
 
 
 @pytest.mark.parametrize("lines", ["100", "1081", "-720"])
 def test_a_max_resolution_no_video_can_have_is_refused_saying_which_can(tmp_path, lines: str) -> None:
-    (tmp_path / "m.csv").write_text("audio,video\na.wav,b.mp4\n")
-    got = CliRunner().invoke(app, ["submit", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out"),
-                                   "--max-resolution", lines])  # fmt: skip
+    got = _submit_with(tmp_path, "--max-resolution", lines)
     assert got.exit_code == 2, got.stderr
     assert f"--max-resolution must be 0 (the reference's own) or an even number of lines from 144 (720, 1080, " \
            f"1440), not {lines}" in got.stderr
@@ -232,9 +235,7 @@ def test_a_max_resolution_no_video_can_have_is_refused_saying_which_can(tmp_path
 
 @pytest.mark.parametrize("seconds", ["0.5", "-60", "nan", "inf"])
 def test_reference_seconds_that_keep_no_take_are_refused_saying_which_do(tmp_path, seconds: str) -> None:
-    (tmp_path / "m.csv").write_text("audio,video\na.wav,b.mp4\n")
-    got = CliRunner().invoke(app, ["submit", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out"),
-                                   "--reference-seconds", seconds])  # fmt: skip
+    got = _submit_with(tmp_path, "--reference-seconds", seconds)
     assert got.exit_code == 2, got.stderr
     assert "--reference-seconds must be 0 (all of each reference) or at least 1 seconds (300: the first five " \
            f"minutes), not {float(seconds):g}" in got.stderr  # fmt: skip
@@ -242,9 +243,7 @@ def test_reference_seconds_that_keep_no_take_are_refused_saying_which_do(tmp_pat
 
 @pytest.mark.parametrize("seconds", ["-1", "nan", "inf"])
 def test_a_reference_start_that_is_no_time_in_a_take_is_refused_saying_which_are(tmp_path, seconds: str) -> None:
-    (tmp_path / "m.csv").write_text("audio,video\na.wav,b.mp4\n")
-    got = CliRunner().invoke(app, ["submit", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out"),
-                                   "--reference-start", seconds])  # fmt: skip
+    got = _submit_with(tmp_path, "--reference-start", seconds)
     assert got.exit_code == 2, got.stderr
     assert "--reference-start must be 0 (each reference from its beginning) or a number of seconds into it (90: " \
            f"from a minute and a half in), not {float(seconds):g}" in got.stderr  # fmt: skip
