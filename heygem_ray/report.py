@@ -260,8 +260,9 @@ def _settings(rs: list[JobResult]) -> dict[str, int]:
     """``Summary.settings``: rows of a version that kept no settings take those another row
     of the same ``config_hash`` kept (one hash, one set of settings)."""
     known = {r.config_hash: r.render_settings for r in rs if r.render_settings}
-    return _count(describe_settings(r.render_settings or known.get(r.config_hash, ""), r.config_hash)
-                  for r in rs if r.config_hash)  # fmt: skip
+    # Counted per (settings, hash) first, so each distinct one is read and described once.
+    rendered = Counter((r.render_settings or known.get(r.config_hash, ""), r.config_hash) for r in rs if r.config_hash)
+    return {describe_settings(settings, config_hash): n for (settings, config_hash), n in rendered.most_common()}
 
 
 # The render settings ``describe_settings`` names, then any of OPTIONAL_SETTINGS a run set.
