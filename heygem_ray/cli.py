@@ -44,9 +44,9 @@ from heygem_ray.config import (
 )
 from heygem_ray.driver import RunCallbacks
 from heygem_ray.driver import submit as run_submit
-from heygem_ray.driver.resume import again_lines
+from heygem_ray.driver.resume import PARTS_DIR, again_lines
 from heygem_ray.errors import HeygemError, Interrupted, RunStopped
-from heygem_ray.results import JobResult
+from heygem_ray.results import RESULTS_FILE, JobResult
 from heygem_ray.worker_io import WorkerInfo
 
 if TYPE_CHECKING:
@@ -91,11 +91,13 @@ class _Bar(RunCallbacks):
         self.task = progress.add_task("jobs", total=None, frames=0, failed=0)
         self.failed = 0
         self.failed_at_once = 0  # rows that failed without a job (MissingInputs)
+        self.began = False  # connected to Ray: jobs may have run
 
     def started(self, jobs: int) -> None:
         self.progress.update(self.task, total=jobs)
 
     def connected(self, dashboard_url: str | None) -> None:
+        self.began = True
         self.progress.start()  # only now: a run that cannot connect prints its error alone
         if dashboard_url:
             self.progress.console.print(f"Ray dashboard: {escape(dashboard_url)}", soft_wrap=True)
@@ -187,6 +189,7 @@ def submit(
     SIGTERM (the table is written).
     """
     heap.limit_arenas()  # this process is the run's driver: before Ray starts its threads
+    bar: _Bar | None = None  # the progress callbacks, once made
     try:
         cfg = RunConfig(
             output_dir=output_dir,
@@ -238,16 +241,22 @@ def submit(
             TimeRemainingColumn(),
         )
         progress = Progress(*columns, console=err, transient=False)
+        bar = _Bar(progress)
         try:
-            summary = run_submit(manifest, cfg, _Bar(progress))
+            summary = run_submit(manifest, cfg, bar)
         finally:
             if progress.live.is_started:
                 progress.stop()
     except Interrupted as exc:  # Ctrl-C or SIGTERM once the run began: the table is written
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(exc.exit_status) from None
-    except KeyboardInterrupt:  # Ctrl-C before the run began (reading the manifest, connecting)
-        print("error: stopped by Ctrl-C before any work", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C before the run began (reading the manifest, connecting), or a second one
+        if bar is not None and bar.began:  # at once, with no table written: what ended is kept all the same
+            print(f"error: stopped at once by Ctrl-C, with no {RESULTS_FILE} written; the rows of the jobs that ended "
+                  f"are kept in {output_dir / PARTS_DIR} ('heygem-ray status {output_dir}' reads them), and running "
+                  "the same command again renders only the rest", file=sys.stderr)  # fmt: skip
+        else:
+            print("error: stopped by Ctrl-C before any work", file=sys.stderr)
         raise typer.Exit(128 + signal.SIGINT) from None
     except RunStopped as exc:  # after work began: some rows may be rendered
         print(f"error: {exc.message}", file=sys.stderr)

@@ -5,6 +5,7 @@ README's first command (tests/test_submit.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -214,25 +215,64 @@ def test_a_gpu_worker_that_cannot_use_its_gpu_stops_the_run_or_says_why_it_rende
         assert r["backend_note"].startswith("gpu: ") and "; rendering on the CPU" in r["backend_note"], r
 
 
-@pytest.mark.parametrize(("signum", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)],
-                         ids=["ctrl-c", "sigterm"])
-def test_a_run_stopped_while_it_waits_for_workers_writes_its_table(tmp_path, examples, ray_join, signum, to_group):
-    """`--device gpu` on the test process's Ray instance (no GPUs): the run waits for a GPU worker.
-    Ctrl-C (SIGINT to the terminal's process group) or SIGTERM (to the process, as `ray job
-    stop` and `kill` send it) stops it: the table is written, every row 'stopped', exit 130 / 143."""
+def _waiting_for_a_gpu(tmp_path: Path, examples: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+    """A `submit --device gpu` of three rows on a Ray without GPUs, once it says it waits for
+    a model worker; and the file its stderr goes to."""
     photo_batch(tmp_path, examples, 3, 0.5)
     err = tmp_path / "stderr.txt"
     with open(err, "w") as stderr:
         proc = subprocess.Popen(
             [HEYGEM, "submit", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out"), "--cache-dir",
              str(tmp_path / "cache"), "--device", "gpu", "--start-timeout", "600"],
-            stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True, env=ray_join,
+            stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True, env=env,
         )
+    deadline = time.monotonic() + 240
+    while "waiting for model workers (" not in err.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(err.read_text()[-3000:])
+        time.sleep(0.5)
+    return proc, err
+
+
+def test_ctrl_c_twice_stops_at_once_and_says_what_is_kept(tmp_path, examples, ray_join):
+    """A second Ctrl-C stops the run at once, with no table written: it says so, and where the
+    rows of jobs that ended are kept (not 'before any work': the run had begun)."""
+    proc, err = _waiting_for_a_gpu(tmp_path, examples, ray_join)
+    try:
+        # Ctrl-C, and again every 20 ms until the command says it stopped: one lands while the
+        # first stops the run (two sent at once arrive as one; a Ray wait may swallow one).
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and "error: " not in err.read_text() and time.monotonic() < deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.02)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    said = err.read_text()
+    assert proc.returncode == 130, said[-3000:]
+    out = tmp_path / "out"
+    assert _error_line(said) == (
+        f"error: stopped at once by Ctrl-C, with no results.parquet written; the rows of the jobs that ended are "
+        f"kept in {out / '.heygem-results'} ('heygem-ray status {out}' reads them), and running the same command "
+        "again renders only the rest"
+    ), said[-3000:]
+    assert not (out / "results.parquet").exists()
+
+
+@pytest.mark.parametrize(("signum", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_run_stopped_while_it_waits_for_workers_writes_its_table(tmp_path, examples, ray_join, signum, to_group):
+    """`--device gpu` on the test process's Ray instance (no GPUs): the run waits for a GPU worker.
+    Ctrl-C (SIGINT to the terminal's process group) or SIGTERM (to the process, as `ray job
+    stop` and `kill` send it) stops it: the table is written, every row 'stopped', exit 130 / 143."""
+    proc, err = _waiting_for_a_gpu(tmp_path, examples, ray_join)
     try:
         deadline = time.monotonic() + 240
-        while "waiting for model workers (" not in err.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
-            time.sleep(0.5)
         # SIGUSR1 prints where each thread is, and the run goes on.
         os.kill(proc.pid, signal.SIGUSR1)
         while "Current thread" not in err.read_text():
