@@ -17,7 +17,7 @@ import numpy as np
 from heygem_ray import media, storage
 from heygem_ray.analyze import analyze
 from heygem_ray.backends.int8 import RUN_FRAMES, CalibrationSet, Run
-from heygem_ray.config import DetectorConfig, default_download_dir
+from heygem_ray.config import DetectorConfig, RenderConfig, default_download_dir, row_settings_problem
 from heygem_ray.engines import Precision
 from heygem_ray.errors import InputError
 from heygem_ray.features import SAMPLE_RATE, Pcm
@@ -48,8 +48,10 @@ def calibration_set(
     """``frames + held_out`` frames (rounded up to whole runs) from the rows of
     ``manifest`` (columns audio and video; None: the bundled examples), in runs of
     ``RUN_FRAMES`` spread evenly over each row's output frames where the face is found,
-    each reference's first ``CALIBRATION_REFERENCE_SECONDS`` looped under its audio.
-    Templates are cached in ``cache_dir``."""
+    at most ``CALIBRATION_REFERENCE_SECONDS`` of each reference looped under its audio:
+    from the row's own ``reference_start``, as far as its ``reference_seconds`` (the
+    manifest's columns; the run's options do not apply: the engines built from these
+    frames serve every run). Templates are cached in ``cache_dir``."""
     manifest = manifest or DEFAULT_CALIBRATION
     if not manifest.is_file():
         raise InputError(
@@ -63,13 +65,15 @@ def calibration_set(
     runs: list[Run] = []
     for job in jobs:
         try:
-            if job.problem is not None:
-                raise job.problem
+            problem = job.problem or row_settings_problem(job.row_settings, RenderConfig())
+            if problem is not None:
+                raise problem
             runs.extend(_row_runs(pack, job, share, cache_dir))
         except InputError as e:
-            hint = (f" (calibration analyses the first {CALIBRATION_REFERENCE_SECONDS:g} s of each reference, "
-                    "whatever --reference-start says: give --calibrate a manifest of takes that show the presenter "
-                    "from their start)") if e.kind == "no_face" else ""  # fmt: skip
+            hint = (f" (calibration analyses {CALIBRATION_REFERENCE_SECONDS:g} s of each reference at most, from "
+                    "its row's reference_start column, or its beginning: the run's --reference-start does not apply "
+                    "to it; where the presenter comes in later, give that row a reference_start, or give --calibrate "
+                    "a manifest of takes that show the presenter)") if e.kind == "no_face" else ""  # fmt: skip
             raise InputError(f"calibration manifest {manifest}, {job.label}: {e.message}{hint}", kind=e.kind) from e
     # A fixed shuffle, so the held-out runs come from every row.
     order = np.random.default_rng(0).permutation(len(runs))[: calibrating + judging]
@@ -93,11 +97,15 @@ def calibration_for(
 
 
 def _row_runs(pack: PackSpec, job: Job, runs: int, cache_dir: Path) -> list[Run]:
-    """``runs`` runs of one row, evenly over its output frames, each with a face throughout."""
+    """``runs`` runs of one row, evenly over its output frames, each with a face throughout:
+    its reference from its own ``reference_start``, for ``CALIBRATION_REFERENCE_SECONDS``
+    or its own ``reference_seconds`` where that is shorter."""
     video = storage.fetch(job.video, "reference", default_download_dir())
     audio = storage.fetch(job.audio, "audio", default_download_dir())
-    template, _ = analyze(video, pack.geometry, DetectorConfig(), cache_dir,
-                          reference_seconds=CALIBRATION_REFERENCE_SECONDS)  # fmt: skip
+    own = dict(job.row_settings)
+    seconds = min(own.get("reference_seconds") or CALIBRATION_REFERENCE_SECONDS, CALIBRATION_REFERENCE_SECONDS)
+    template, _ = analyze(video, pack.geometry, DetectorConfig(), cache_dir, reference_seconds=seconds,
+                          reference_start=own.get("reference_start", 0.0))  # fmt: skip
     with template:
         wav = media.load_audio(audio, SAMPLE_RATE)
         n = max(1, round(len(wav) / SAMPLE_RATE * template.fps))

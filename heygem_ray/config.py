@@ -399,6 +399,18 @@ class RunConfig:
 SETTINGS_NAMED = 4
 
 
+def row_settings_problem(row_settings: tuple[tuple[str, float], ...], render: RenderConfig) -> InputError | None:
+    """Why a manifest row's own render settings cannot stand over ``render`` (a value out
+    of the range its option takes), naming them as the row gives them; None where they can."""
+    changes: dict[str, Any] = dict(row_settings)
+    try:
+        dataclasses.replace(render, **changes)
+    except InputError as exc:
+        given = ", ".join(f"{name} {value:g}" for name, value in row_settings)
+        return InputError(f"its own {given}: {exc.message}", kind=exc.kind)
+    return None
+
+
 @functools.lru_cache(maxsize=16)  # (a rerun of many rows asks it of the same two texts)
 def settings_change(before: str, now: str) -> str:
     """What differs between two ``RunConfig.render_settings`` texts, in words:

@@ -22,14 +22,14 @@ from pathlib import Path
 import ray
 
 from heygem_ray import identity, locks, metrics, storage
-from heygem_ray.config import RunConfig
+from heygem_ray.config import RunConfig, row_settings_problem
 from heygem_ray.driver import resume
 from heygem_ray.driver.connect import connect
 from heygem_ray.driver.hold import hold_output, still_held
 from heygem_ray.driver.loop import run_jobs
 from heygem_ray.driver.missing import MissingInputs
 from heygem_ray.driver.stop import StopSignals
-from heygem_ray.errors import HeygemError, InputError, Interrupted, RunStopped, WorkersUnavailable
+from heygem_ray.errors import HeygemError, Interrupted, RunStopped, WorkersUnavailable
 from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult, Status, read_rows
 from heygem_ray.storage import Location, Uri
@@ -107,14 +107,9 @@ def _settings_checked(job: Job, cfg: RunConfig) -> Job:
     with that problem (its row fails alone)."""
     if not job.row_settings or job.problem is not None:
         return job
-    try:
-        cfg.for_row(job.row_settings)
-    except InputError as exc:
-        given = ", ".join(f"{name} {value:g}" for name, value in job.row_settings)
-        # (its settings dropped: the row fails with the problem, before anything reads them)
-        problem = InputError(f"its own {given}: {exc.message}", kind=exc.kind)
-        return dataclasses.replace(job, problem=problem, row_settings=())
-    return job
+    problem = row_settings_problem(job.row_settings, cfg.render)
+    # (its settings dropped: the row fails with the problem, before anything reads them)
+    return job if problem is None else dataclasses.replace(job, problem=problem, row_settings=())
 
 
 def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis, lease: locks.Lease) -> RunSummary:

@@ -265,3 +265,32 @@ def test_calibration_analyses_only_the_first_seconds_of_each_reference(tmp_path,
         first = template.crops(np.arange(25))
     for run in found.runs:  # each crop one of the first second's
         assert all(np.abs(first.astype(np.int16) - crop).reshape(25, -1).max(axis=1).min() == 0 for crop in run.crops)
+
+
+def test_calibration_takes_each_rows_own_reference_start_and_seconds(tmp_path, examples, monkeypatch) -> None:
+    """A lecture whose presenter comes in late is calibrated on from its row's
+    ``reference_start``, for its ``reference_seconds`` or the calibration's own limit
+    (lowered here to 2 s), whichever is shorter; a row whose cell is out of range names it."""
+    monkeypatch.setattr(calibration_module, "CALIBRATION_REFERENCE_SECONDS", 2.0)
+    manifest = tmp_path / "batch.csv"
+    row = f"{examples / 'lesson1.wav'},{examples / 'presenter.mp4'}"
+    manifest.write_text(f"audio,video,reference_start,reference_seconds\n{row},2,3\n{row},2.4,1\n")
+    found = calibration_set(PACK, manifest, tmp_path / "templates", frames=CALIBRATE, held_out=HELD_OUT)
+    metas = {json.loads(p.read_text())["start_seconds"]: p.parent for p in (tmp_path / "templates").glob("*/meta.json")}
+    assert sorted(metas) == [2.0, 2.4]
+    frames, crops = {}, []
+    for start, root in metas.items():
+        with Template.open(root) as template:
+            assert template.start == start
+            frames[start] = template.frames
+            crops.append(template.crops(np.arange(template.frames)).astype(np.int16))
+    assert frames == {2.0: 50, 2.4: 25}  # 3 s capped at 2; 1 s as the row says
+    pool = np.concatenate(crops)
+    for run in found.runs:  # each crop one of the stretches' own
+        assert all(np.abs(pool - crop).reshape(len(pool), -1).max(axis=1).min() == 0 for crop in run.crops)
+
+    manifest.write_text(f"audio,video,reference_start\n{row},-1\n")
+    with pytest.raises(InputError, match=f"calibration manifest {manifest}, row 1 .*its own reference_start -1: "
+                                         "--reference-start must be") as bad:  # fmt: skip
+        calibration_set(PACK, manifest, tmp_path / "templates", frames=CALIBRATE, held_out=HELD_OUT)
+    assert bad.value.kind == "bad_argument"
