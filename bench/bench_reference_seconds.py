@@ -8,8 +8,8 @@ panning on a busy slide, talking; temporal noise on every pixel, then H.264 at 8
 as a camera or phone records) of ``--seconds``, standing for a whole recorded lecture.
 Each setting analyses it into a fresh template cache in a fresh process (what the first
 row of a new presenter does: decode, face search, frame store, crops): the whole take,
-its first ``--cut`` seconds, and ``--cut`` seconds from ``--start`` seconds in (the frames
-before the start decoded and dropped). The settings alternate, ``--repeat`` times, and the
+its first ``--cut`` seconds, and ``--cut`` seconds from ``--start`` seconds in (read from
+the keyframe before the start, the frames from there to it decoded and dropped). The settings alternate, ``--repeat`` times, and the
 median is kept. Per setting: frames analysed, CPU seconds (the process and its ffmpeg
 children), wall seconds, the template's bytes, and each ratio to the whole take; for the
 start, what the skipped frames cost (CPU ms a frame, against the same cut from the

@@ -181,23 +181,40 @@ def test_a_take_read_from_start_seconds_is_its_frames_from_the_one_on_show_then(
     assert (photo.frames, photo.start) == (1, 0)
 
 
-@pytest.mark.parametrize("name", ["a.mp4", "b.mov", "c.ts", "interlaced"])
+# Whether the take is read from a seek (``VideoInfo.seek``): where its container indexes
+# its frames and their times are exact.
+_SEEKS = {"a.mp4": True, "b.mov": True, "c.ts": False, "d.mkv": True, "fragmented.mp4": False, "interlaced": True}
+
+
+@pytest.mark.parametrize("name", list(_SEEKS))
 def test_a_start_gives_the_whole_takes_frames_from_there_in_any_container(tmp_path: Path, name: str) -> None:
     """Whatever the container and its timestamps (an MP4 and a 29.97 fps MOV with sound, a
-    transport stream starting about 1.5 s in, its sound first; an interlaced take,
-    deinterlaced), the frames read from a start are the whole take's from the frame on show
-    then, and as many as the probe counts."""
+    Matroska file, a transport stream starting about 1.5 s in, its sound first, a
+    fragmented MP4; an interlaced take, deinterlaced), the frames read from a start are
+    the whole take's from the frame on show then, and as many as the probe counts: read
+    after a seek to a keyframe past the take's first (one every 10 frames here) where the
+    container indexes its frames, else decoded from the beginning."""
     if name == "interlaced":
         clip, _ = make_interlaced(tmp_path, size=(160, 96), seconds=2.0)
     else:
         fps = "30000/1001" if name.endswith(".mov") else "25"
-        clip = make_video(tmp_path / name, seconds=2.0, fps=fps, size=(64, 48), audio=True)
+        clip = make_video(tmp_path / name.replace("fragmented", "whole"), seconds=2.0, fps=fps, size=(64, 48),
+                          audio=True)  # fmt: skip
+        if name.startswith("fragmented"):
+            clip = _remuxed(clip, tmp_path / name, "-movflags", "frag_keyframe+empty_moov")
     whole = media.probe_video(clip)
-    info = media.probe_video(clip, start_seconds=0.7)
-    skip = video_probe._frames_in(0.7, whole.fps)
+    info = media.probe_video(clip, start_seconds=1.64)
+    skip = video_probe._frames_in(1.64, whole.fps)
     assert info.start == skip > 0 and info.frames == whole.frames - skip
     used, all_of_it = _frames(info), _frames(whole)
     assert len(used) == info.frames and np.array_equal(np.stack(used), np.stack(all_of_it[skip:]))
+    assert info.seek_frames == (skip - video_probe.SEEK_LEAD if _SEEKS[name] else 0)
+
+
+def _remuxed(clip: Path, out: Path, *options: str) -> Path:
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(clip), "-c", "copy", *options, str(out)],
+                   check=True)  # fmt: skip
+    return out
 
 
 def test_seconds_are_counted_in_frames_as_written() -> None:

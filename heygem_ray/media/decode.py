@@ -59,7 +59,8 @@ def iter_frames(
     dropping frames), deinterlaced (a frame per pair of fields), upright, cropped to
     ``info.width`` × ``info.height`` (in square pixels), ``info.frames`` of them where the
     probe cut the take (``VideoInfo.cut``), from ``info.start`` (the frames before it decoded
-    and dropped); a still image yields one frame. Each frame is a new, writable array.
+    and dropped, from ``info.seek`` where the probe found where to seek); a still image
+    yields one frame. Each frame is a new, writable array.
     ffmpeg is killed and reaped if the consumer stops early.
     ``max_pixels``: ffmpeg's decoder refuses larger pictures (a stream that grows midway),
     which fails the decode. ``decoder="nvdec"``: decoded on this node's GPU (``decoders``;
@@ -71,9 +72,11 @@ def iter_frames(
     # A VP8 or VP9 take with transparency, by libvpx (FFmpeg's own decoders drop the alpha).
     libvpx = info.codec in ALPHA_DECODERS and has_alpha(info.pixel_format)
     alpha = {"c:v": ALPHA_DECODERS[info.codec]} if libvpx else {}
-    source = ffmpeg.input(url(info.path), threads=DECODER_THREADS, **on_gpu, **alpha, **decoder_limit(max_pixels))
+    seek = {"ss": f"{float(info.seek):.6f}"} if info.seek_frames else {}  # (``VideoInfo.seek``)
+    source = ffmpeg.input(url(info.path), threads=DECODER_THREADS, **seek, **on_gpu, **alpha,
+                          **decoder_limit(max_pixels))  # fmt: skip
     source = source[picture]
-    decoded = video_filters(source, fps, info.interlaced, info.start)
+    decoded = video_filters(source, fps, info.interlaced, info.start - info.seek_frames)
     if info.colour in MAPPED_COLOURS:
         # At the size yielded (``max_resolution``; for non-square pixels the scale below widens it).
         size = (info.width, info.height) if info.scaled_from is not None and info.sample_aspect == 1 else None

@@ -93,8 +93,14 @@ class VideoInfo:
     # ones (from ``start``), and iter_frames stops there.
     cut: bool = False
     # Frames of the take, at ``fps``, before the first one yielded (``probe_video``'s
-    # ``start_seconds``): iter_frames decodes and drops them.
+    # ``start_seconds``): iter_frames decodes and drops them, or those after ``seek``.
     start: int = 0
+    # Where iter_frames has the demuxer seek before it decodes (ffmpeg's input ``-ss``:
+    # seconds from the file's start), and how many of the ``start`` frames lie before the
+    # frame that lands on; (0, 0): decoded from the beginning. Only for a take whose frame
+    # times are known exactly (``_seek_point``).
+    seek: Fraction = Fraction(0)
+    seek_frames: int = 0
     # The stream's codec and its pictures' pixel format as decoded (FFmpeg's names: "h264",
     # "yuv420p"): which decoder takes it (``decoders.pick_decoder``).
     codec: str = ""
@@ -313,9 +319,9 @@ def probe_video(
     count its frames only as far as the cut.
 
     ``start_seconds`` (0: none): a video is described from the frame on show at that time
-    (``VideoInfo.start``: the frames before it, which iter_frames decodes and drops), and a
-    cut counts from there; a still image is used whole. A take that ends before it is
-    ``too_short``.
+    (``VideoInfo.start``: the frames before it, which iter_frames decodes and drops, from
+    the keyframe before it where ``VideoInfo.seek`` says where), and a cut counts from
+    there; a still image is used whole. A take that ends before it is ``too_short``.
     """
     p = require_file(path, "reference").absolute()
     st = p.stat()
@@ -366,6 +372,10 @@ def _probe_video(
         scan = _scan(container, stream, path, decode=2 if looks_like_image else 1,  # one picture, or an animation?
                      max_frames=max_frames, max_pixels=max_pixels)  # fmt: skip
         video_stream = container.streams.video.index(stream)
+        file_start = Fraction(container.start_time or 0, 1_000_000)  # ffmpeg counts times from here
+        demuxers = set(container.format.name.split(","))
+        # (a fragmented MP4's header lists no samples: its fragments are indexed as they are found)
+        indexed = "matroska" in demuxers or ("mov" in demuxers and stream.frames > 0)
         source_width, source_height = stream.codec_context.width, stream.codec_context.height
         if still is not None:
             source_width, source_height = still.width, still.height
@@ -379,7 +389,7 @@ def _probe_video(
             pixel_format = "yuva420p"  # as libvpx decodes it (iter_frames picks it): the alpha kept
     check_reference_size(path, source_width, source_height, max_pixels=max_pixels)  # as decoded
     is_image = looks_like_image and scan.decoded == 1
-    cut, skip = False, 0
+    cut, skip, seek = False, 0, (Fraction(0), 0)
     if is_image:
         fps, frames = IMAGE_FPS, 1
     else:
@@ -390,6 +400,8 @@ def _probe_video(
         whole = _constant_rate_frames(scan, time_base, fps)  # None (or 0): decoded to count them
         if whole:
             frames = max(0, whole - skip)
+            if frames and indexed:
+                seek = _seek_point(scan, time_base, fps, file_start, skip)
         else:
             frames = _decoded_frames(path, video_stream, fps, max_frames, max_pixels, first, skip)
         if frames == 0:
@@ -427,9 +439,40 @@ def _probe_video(
         interlaced=interlaced and not is_image,
         cut=cut,
         start=skip,
+        seek=seek[0],
+        seek_frames=seek[1],
         codec=codec,
         pixel_format=pixel_format,
     )
+
+
+# Where ffmpeg's seek lands where asked (``_probe_video``'s ``indexed``): an MP4 or MOV whose
+# header lists every frame, a Matroska or WebM file. Elsewhere the frames before a start
+# are decoded from the beginning and dropped: an MPEG transport stream (.ts, a camcorder's
+# .mts) has no index, and its seek guesses from timestamps near a byte offset; a
+# fragmented MP4's lands a frame or two off where a fragment begins (both found by
+# comparing frames with a decode from the beginning).
+# Frames decoded after a seek before the first one used: a deinterlacer (``bwdif``) makes a
+# frame from its neighbours, and the first one it is given has none.
+SEEK_LEAD = 2
+
+
+def _seek_point(scan: _Scan, time_base: Fraction | None, fps: Fraction, file_start: Fraction,
+                skip: int) -> tuple[Fraction, int]:  # fmt: skip
+    """(seconds, frames): where iter_frames seeks to skip the first ``skip`` frames of a
+    take whose packets are exactly one slot apart (``_constant_rate_frames``), and how many
+    frames lie before the one the seek lands on; (0, 0) where ``skip`` leaves too few to
+    seek past. ffmpeg seeks to the keyframe at or before that time, decodes from there,
+    and drops the frames shown before it: the time is a quarter slot before the frame
+    ``SEEK_LEAD`` frames ahead of the first used, so it lands on that frame whatever the
+    rounding to microseconds. On that frame the rate filter starts its slots, each holding
+    the next frame, so the frames used are those a decode from the beginning gives."""
+    land = skip - SEEK_LEAD
+    if land <= 0 or time_base is None:
+        return Fraction(0), 0
+    slot = 1 / (fps * time_base)  # whole time-base units (``_constant_rate_frames``)
+    at = (int(scan.pts[0]) + land * slot - slot / 4) * time_base - file_start
+    return at, land
 
 
 def _frames_in(seconds: float, fps: Fraction) -> int:
