@@ -142,12 +142,13 @@ def _read_table(path: Location) -> pa.Table:
         if suffix == ".parquet":
             return pq.read_table(source())
         read, parse = _csv_dialect(head)
-        # Every CSV column is read as text: job ids like 007 keep their zeros.
+        # Every CSV column is read as text: job ids like 007 keep their zeros, and only an
+        # empty cell is empty (a lesson called NA, a file called null.mp4, a title N/A).
         probe = pa_csv.read_csv(source(), read_options=read, parse_options=parse)
         as_text = {name: pa.string() for name in probe.column_names}
         return pa_csv.read_csv(
             source(), read_options=read, parse_options=parse,
-            convert_options=pa_csv.ConvertOptions(column_types=as_text, strings_can_be_null=True),
+            convert_options=pa_csv.ConvertOptions(column_types=as_text, null_values=[""], strings_can_be_null=True),
         )  # fmt: skip
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
         if "invalid UTF8" in str(exc):

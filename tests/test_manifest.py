@@ -138,6 +138,17 @@ def test_a_row_gives_itself_a_reference_start_and_seconds_and_a_cell_that_is_no_
     assert (e.row_settings, e.problem, f.row_settings, f.problem) == ((("reference_start", 90.5),), None, (), None)
 
 
+def test_only_an_empty_cell_is_empty(tmp_path):
+    """Words a spreadsheet tool takes for a missing value (NA, null, N/A, nan) are what the
+    cells say: a job called NA, a file called null.wav, a title N/A, and a start 'nan' that
+    fails its row, where they were read as empty cells (another id, the run's start)."""
+    m = write(tmp_path / "m.csv", "job_id,audio,video,title,reference_start\nNA,null.wav,nan.mp4,N/A,\nB,b.wav,v.mp4,x,nan\n")
+    first, second = read_manifest(m, tmp_path / "out")
+    assert (first.job_id, first.audio, first.video) == ("NA", tmp_path / "null.wav", tmp_path / "nan.mp4")
+    assert first.extra == {"title": "N/A"} and first.problem is None and first.row_settings == ()
+    assert second.problem is not None and "reference_start" in second.problem.message
+
+
 def test_empty_cell_is_a_row_problem(tmp_path):
     m = write(tmp_path / "m.csv", "job_id,audio,video\nx,,v.mp4\n")
     (job,) = read_manifest(m, tmp_path / "out")
