@@ -563,6 +563,7 @@ def cache_prune(
     in use (being built, or a job opening it) is left, and said so; a job reading one reads
     on. Safe while runs go on (a job marks its template used when it starts: give
     --unused-days longer than a job runs); a pruned reference is analysed again when next used.
+    A second prune of the same cache waits for the first.
 
     Exit status: 0 when pruned (or nothing was due), 2 when the cache cannot be read or written."""
     from heygem_ray import template_cache
@@ -572,7 +573,10 @@ def cache_prune(
         print("error: --unused-days must be 0 or more", file=sys.stderr)
         raise typer.Exit(2)
     try:
-        removed, busy = template_cache.prune(folder, unused_days * 86400, dry_run=dry_run)
+        removed, busy = template_cache.prune(
+            folder, unused_days * 86400, dry_run=dry_run,
+            waiting=lambda: print(f"another prune of {folder} is running: waiting for it to finish", file=sys.stderr),
+        )  # fmt: skip
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(2) from None

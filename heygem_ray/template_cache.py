@@ -10,7 +10,8 @@ under its key's lock (a build of that key holds it, as does a job opening it: on
 skipped, and said so), setting it aside first, so no job ever meets it half removed; a job
 that has it open reads on from the files it holds. What killed builds left
 (``analyze.LEFTOVER_SUFFIXES``) goes too, under the same lock. The lock files stay (a process may
-hold one; they are empty).
+hold one; they are empty). One prune of a cache runs at a time (``PRUNE_LOCK``): a second,
+from another node's cron or a hand beside it, waits for the first, then finds what is left.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,9 @@ from heygem_ray.errors import storage_errors
 
 # A template's folder: its key (``analyze.template_key``).
 _KEY = re.compile(r"[0-9a-f]{32}")
+# Held by a prune for all its work: another's would find the templates the first was
+# removing, their keys' locks held, and call them in use.
+PRUNE_LOCK = ".prune.lock"
 
 
 @dataclass(frozen=True)
@@ -66,11 +71,25 @@ def scan(cache_dir: Path) -> list[Entry]:
     return sorted(entries, key=lambda e: e.last_used)
 
 
-def prune(cache_dir: Path, unused_for_s: float, *, dry_run: bool = False) -> tuple[list[Entry], list[Entry]]:
+def prune(
+    cache_dir: Path, unused_for_s: float, *, dry_run: bool = False, waiting: Callable[[], None] = lambda: None
+) -> tuple[list[Entry], list[Entry]]:
     """Remove the templates of ``cache_dir`` no run has used for ``unused_for_s`` seconds,
     and every leftover, each under its key's lock. Returns (removed, busy): ``busy`` were
     due but their key's lock was held (a build, or a job opening the template). With
-    ``dry_run``, nothing is removed: ``removed`` is what would be."""
+    ``dry_run``, nothing is removed: ``removed`` is what would be. Where another prune of
+    the cache runs, ``waiting`` is called, and this one waits for it (``PRUNE_LOCK``)."""
+    if dry_run or not cache_dir.is_dir():
+        return _prune(cache_dir, unused_for_s, dry_run)
+    with storage.file_lock(cache_dir / PRUNE_LOCK, wait=False) as alone:
+        if alone:
+            return _prune(cache_dir, unused_for_s, dry_run)
+    waiting()
+    with storage.file_lock(cache_dir / PRUNE_LOCK):
+        return _prune(cache_dir, unused_for_s, dry_run)
+
+
+def _prune(cache_dir: Path, unused_for_s: float, dry_run: bool) -> tuple[list[Entry], list[Entry]]:
     removed, busy = [], []
     cutoff = time.time() - unused_for_s
     if not dry_run:
@@ -85,7 +104,7 @@ def prune(cache_dir: Path, unused_for_s: float, *, dry_run: bool = False) -> tup
             if not held:
                 busy.append(entry)
                 continue
-            if not entry.path.exists():  # removed meanwhile (another prune, the next build of its key)
+            if not entry.path.exists():  # removed meanwhile (the next build of its key)
                 continue
             with storage_errors(cache_dir):
                 if entry.leftover:

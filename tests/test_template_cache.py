@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -290,6 +292,27 @@ def test_a_template_in_use_is_left_and_a_job_reading_one_reads_on(cache, example
         assert [e.path for e in removed] == [root] and not root.exists()
         after = list(template.read_i420(np.arange(template.frames)))
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_a_second_prune_waits_for_the_first_and_finds_what_is_left(cache, examples):
+    """Two prunes of one cache (two nodes' cron jobs, a hand beside one): while one runs
+    (its lock held here) the other says it waits and removes nothing; once it ends, the
+    other removes what is due. Before, the second met the templates the first was removing
+    and listed them as in use, left by a killed build."""
+    root = _root(cache)
+    old = _other_template(root, "a" * 32, 40)
+    _age(root, 40)
+    command = [str(Path(sys.executable).with_name("heygem-ray")), "cache", "prune", "--cache-dir", str(cache)]
+    with storage.file_lock(cache / template_cache.PRUNE_LOCK):
+        second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = second.stderr.readline()  # type: ignore[union-attr]
+        assert said == f"another prune of {cache} is running: waiting for it to finish\n"
+        time.sleep(0.5)
+        assert second.poll() is None and root.is_dir() and old.is_dir()
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert out.splitlines()[-1].startswith(f"removed 2 from {cache}, ") and "in use" not in out
+    assert not root.exists() and not old.exists()
 
 
 def test_every_analysis_marks_its_template_used(cache, examples):
