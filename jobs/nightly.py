@@ -231,7 +231,10 @@ def _prune_cache(cache_dir: Path, days: float, date: str) -> dict[str, Any]:
     if days <= 0:
         return {}
     try:
-        removed, busy = template_cache.prune(cache_dir, days * 86400)
+        removed, busy = template_cache.prune(
+            cache_dir, days * 86400,
+            waiting=lambda: _say(date, f"template cache {cache_dir}: another prune of it is running; waiting for it"),
+        )  # fmt: skip
     except HeygemError as exc:
         _say(date, f"template cache not pruned: {exc.message}")
         return {}
