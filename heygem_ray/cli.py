@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import faulthandler
 import itertools
@@ -45,7 +46,7 @@ from heygem_ray.config import (
 from heygem_ray.driver import RunCallbacks
 from heygem_ray.driver import submit as run_submit
 from heygem_ray.driver.resume import PARTS_DIR, again_lines
-from heygem_ray.errors import HeygemError, Interrupted, RunStopped
+from heygem_ray.errors import HeygemError, InputError, Interrupted, RunStopped
 from heygem_ray.results import RESULTS_FILE, JobResult
 from heygem_ray.worker_io import WorkerInfo
 
@@ -289,8 +290,9 @@ def _print_some(lines: Iterator[str], count: int, what: str, stream: TextIO) -> 
 
 @app.command()
 def preview(
-    reference: Annotated[Path, typer.Argument(help="The presenter's take: a video (or a photo) as a manifest's video column names it.")],
+    reference: Annotated[Path | None, typer.Argument(help="The presenter's take: a video (or a photo) as a manifest's video column names it (or --manifest).")] = None,
     audio: Annotated[Path | None, typer.Argument(help="Speech to render the first --seconds of (default: the bundled lesson, examples/lesson1.wav).")] = None,
+    manifest: Annotated[str | None, typer.Option(help="Check every reference tonight's manifest names instead (with each row's own reference_start and reference_seconds, and the longest of its rows' audio), and write OUTPUT_DIR/<manifest>-previewed.csv with the settings the checks advise filled in.", show_default=False)] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for the contact sheet (PNG), the side-by-side video (MP4) and the checks (JSON).")] = Path("preview"),
     pack: Annotated[str, typer.Option(help="Model pack, as for submit: 'warp' (default), 'wav2lip' or 'musetalk' (both need --checkpoint).")] = "warp",
     checkpoint: Annotated[Path | None, typer.Option(help="The pack's weights (see submit --help).")] = None,
@@ -307,10 +309,13 @@ def preview(
     """Check REFERENCE before a batch uses it, on this machine (no cluster): prints one
     line per check (ok, warn or fail, the figure and what to do), and writes a contact
     sheet, the first --seconds of AUDIO rendered beside the reference, and the checks as JSON.
+    With --manifest, every reference of tonight's manifest is checked so, and a copy of the
+    manifest with the settings the checks advise is written.
 
     Exit status: 0 when no check failed (warnings may be printed), 1 when a check failed
-    (the videos would plainly be wrong), 2 when REFERENCE or AUDIO cannot be used or the
-    options are wrong (nothing is checked).
+    (the videos would plainly be wrong; with --manifest, also a reference or a row that
+    cannot be used), 2 when REFERENCE, AUDIO or the manifest cannot be used or the options
+    are wrong (nothing is checked).
     """
     from heygem_ray.preview import preview as run_preview
 
@@ -320,6 +325,14 @@ def preview(
             backend=cast(BackendName, backend), detector=DetectorConfig(min_face=min_face),
             max_resolution=max_resolution, reference_seconds=reference_seconds, reference_start=reference_start,
         )  # fmt: skip
+        if (reference is None) == (manifest is None) or (manifest is not None and audio is not None):
+            raise InputError("give a REFERENCE (and its AUDIO, if you like), or --manifest MANIFEST, not both",
+                             kind="bad_argument")  # fmt: skip
+        if manifest is not None:
+            _preview_manifest(storage.location(manifest), cfg, cache_dir or default_cache_dir(),
+                              _engine_store(engines, None), output_dir, seconds)  # fmt: skip
+            return
+        assert reference is not None
         found = run_preview(reference, audio, cfg, cache_dir or default_cache_dir(), _engine_store(engines, None),
                             output_dir, seconds)  # fmt: skip
     except HeygemError as exc:
@@ -330,6 +343,48 @@ def preview(
     print(f"verdict: {found.verdict}")
     for path in (found.sheet, found.video, found.report):
         print(f"  {path.resolve()}")
+    if found.verdict == "fail":
+        raise typer.Exit(1)
+
+
+def _preview_manifest(
+    manifest: storage.Location, cfg: RenderConfig, cache_dir: Path, engines: storage.Location, output_dir: Path,
+    seconds: float,
+) -> None:
+    """``preview --manifest``: each reference's checks as they are done, then the rows that
+    cannot be rendered, the settings filled in, and a line of counts; exit 1 where any failed."""
+    from heygem_ray.manifest import ROW_SETTINGS
+    from heygem_ray.preview import Checked, preview_manifest
+
+    def checked(ref: Checked) -> None:
+        rows = ", ".join(map(str, ref.rows))
+        own = [f"{name} {getattr(ref.cfg, name):g}" for name in ROW_SETTINGS if getattr(ref.cfg, name)]
+        print(f"reference {ref.video} (row{'s' if len(ref.rows) > 1 else ''} {rows}{'; ' if own else ''}"
+              f"{', '.join(own)})")  # fmt: skip
+        if ref.found is None:
+            print(f"  fail  {ref.error.message if ref.error else 'not checked'}")
+        else:
+            for check in ref.found.checks:
+                print(f"  {check.line()}")
+            print(f"  verdict: {ref.verdict}  ({ref.found.report.resolve()})")
+
+    found = preview_manifest(manifest, cfg, cache_dir, engines, output_dir, seconds, checked)
+    for job, problem in found.problems:
+        print(f"{job.label}: cannot be rendered: {problem.message}")
+    counts = collections.Counter(ref.verdict for ref in found.references)
+    print(f"{len(found.references)} reference{'s' if len(found.references) != 1 else ''} checked: "
+          + ", ".join(f"{counts[level]} {level}" for level in ("ok", "warn", "fail") if counts[level])
+          + (f"; {len(found.problems)} row{'s' if len(found.problems) != 1 else ''} cannot be rendered"
+             if found.problems else ""))  # fmt: skip
+    if found.manifest is not None:
+        by_settings: dict[str, list[int]] = {}
+        for row, settings in found.filled.items():
+            said = ", ".join(f"{name} {value:g}" for name, value in settings.items())
+            by_settings.setdefault(said, []).append(row)
+        for said, rows in by_settings.items():
+            print(f"row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))}: {said}")
+        print(f"  {found.manifest.resolve()}: the manifest with these settings (submit it, or preview it again)")
+    print(f"verdict: {found.verdict}")
     if found.verdict == "fail":
         raise typer.Exit(1)
 

@@ -13,14 +13,16 @@ its folder, whichever it is; a cell may also hold a URI or an absolute local pat
 
 from __future__ import annotations
 
+import csv
 import datetime
 import functools
+import io
 import math
 import os
 import unicodedata
 import zipfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,30 @@ def read_manifest(path: Location, output_dir: Location, reserved: frozenset[str]
             jobs.append(_make_job(len(jobs) + 1, ids[len(jobs)], r, base, resolve, out_root, reserved))
     _check_outputs(path, jobs, base)
     return jobs
+
+
+def write_with_settings(path: Location, settings: Mapping[int, Mapping[str, float]], dest: Location) -> None:
+    """The manifest ``path`` as a UTF-8 CSV at ``dest`` (written whole), every cell the text
+    it was read as, and the rows ``settings`` names (data rows, from 1) given those render
+    settings (``ROW_SETTINGS``: their cells replaced, in columns added where it had none)."""
+    table = _read_table(path)
+    names = list(table.column_names)
+    names += [n for n in ROW_SETTINGS if n not in names and any(n in given for given in settings.values())]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(names)
+    for n, row in enumerate(table.to_pylist(), start=1):
+        cells = {name: _csv_cell(value) for name, value in row.items()}
+        cells.update({name: format(seconds, ".10g") for name, seconds in settings.get(n, {}).items()})
+        writer.writerow([cells.get(name, "") for name in names])
+    storage.write_bytes(dest, text.getvalue().encode())
+
+
+def _csv_cell(value: Any) -> str:
+    """A cell as a CSV holds it: empty for none (a Parquet number column's NaN too)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
 
 
 def _column(table: pa.Table, name: str) -> list[Any]:

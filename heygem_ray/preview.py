@@ -18,24 +18,25 @@ from __future__ import annotations
 import json
 import tempfile
 import wave
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import cv2
 import numpy as np
 
-from heygem_ray import media
+from heygem_ray import media, storage
 from heygem_ray.analyze import Template, analyze
 from heygem_ray.checks import Check, Level, Reference, check_reference, opening, still_span, verdict
-from heygem_ray.config import RenderConfig
+from heygem_ray.config import RenderConfig, default_download_dir, row_settings_problem
 from heygem_ray.errors import HeygemError, InputError, InternalError, storage_errors
 from heygem_ray.face import looks
 from heygem_ray.features import SAMPLE_RATE
 from heygem_ray.job import InProcessService, render_job
-from heygem_ray.manifest import Job
+from heygem_ray.manifest import Job, read_manifest, write_with_settings
 from heygem_ray.packs import PackSpec, get_pack
-from heygem_ray.storage import Location
+from heygem_ray.storage import Location, Uri
 from heygem_ray.timeline import plan
 from heygem_ray.worker import ModelWorker
 
@@ -74,10 +75,12 @@ def preview(
     engines_dir: Location,
     out_dir: Path,
     seconds: float = 5.0,
+    name: str | None = None,
 ) -> Preview:
     """Check ``reference`` for ``cfg``'s pack and write the sheet, the video and the JSON
-    into ``out_dir``. Raises ``HeygemError`` (an unreadable file, no face, a worker that
-    cannot start): nothing is written then but what was finished."""
+    into ``out_dir``, named after ``name`` (default: the reference's stem). Raises
+    ``HeygemError`` (an unreadable file, no face, a worker that cannot start): nothing is
+    written then but what was finished."""
     if seconds <= 0:
         raise InputError(f"--seconds must be above 0, got {seconds:g}", kind="bad_argument")
     pack = get_pack(cfg.pack)
@@ -90,7 +93,7 @@ def preview(
         audio_seconds = media.probe_audio(speech).duration if audio is not None else None
         checks = check_reference(ref, pack, cfg.detector.min_face, cfg.loop, audio_seconds)
         span = still_span(ref) if pack.keeps_reference_mouth else None
-        stem = reference.stem
+        stem = name or reference.stem
         with storage_errors(out_dir):
             out_dir.mkdir(parents=True, exist_ok=True)
             sheet = out_dir / f"{stem}-sheet.png"
@@ -105,6 +108,126 @@ def preview(
                 "checks": [c.as_dict() for c in checks], "contact_sheet": sheet.name, "video": video.name,
             }, indent=1) + "\n")  # fmt: skip
         return Preview(checks, sheet, video, report, span)
+
+
+# -- a manifest's references ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A reference of a manifest, checked at the render settings of the rows that use it so."""
+
+    video: Location
+    rows: tuple[int, ...]  # the manifest's data rows (from 1)
+    cfg: RenderConfig  # the run's settings, with those rows' own (``manifest.ROW_SETTINGS``)
+    found: Preview | None  # None where it could not be checked: ``error`` says why
+    error: HeygemError | None = None
+
+    @property
+    def verdict(self) -> Level:
+        return "fail" if self.found is None else self.found.verdict
+
+    @property
+    def advised(self) -> dict[str, float]:
+        """The render settings its checks advise (``Check.settings``: ``lost``'s stretch)."""
+        return {k: v for check in (self.found.checks if self.found else []) for k, v in check.settings.items()}
+
+
+@dataclass(frozen=True)
+class ManifestPreview:
+    """What ``preview_manifest`` found and wrote."""
+
+    references: list[Checked]
+    problems: list[tuple[Job, HeygemError]]  # rows that cannot be rendered as they are, their reference aside
+    filled: dict[int, dict[str, float]] = field(default_factory=dict)  # data row → settings written for it
+    manifest: Path | None = None  # the manifest with them (None: nothing advised)
+
+    @property
+    def verdict(self) -> Level:
+        """The worst of its references' verdicts; ``fail`` where a row cannot be rendered."""
+        levels: list[Level] = [c.verdict for c in self.references] + (["fail"] if self.problems else [])
+        return max(levels, key=("ok", "warn", "fail").index, default="ok")
+
+
+def preview_manifest(
+    manifest: Location,
+    cfg: RenderConfig,
+    cache_dir: Path,
+    engines_dir: Location,
+    out_dir: Path,
+    seconds: float = 5.0,
+    checked: Callable[[Checked], None] = lambda _: None,
+) -> ManifestPreview:
+    """Check every reference ``manifest`` names as ``preview`` does, once per render
+    settings its rows give it (their own ``reference_start`` and ``reference_seconds`` over
+    ``cfg``'s), in the order they first appear, with the longest of those rows' audio (the
+    one the length check is most about: every local file is measured, and of the objects in
+    a bucket only the first, fetched); ``checked`` is called with each as it is done.
+    Each writes its files into ``out_dir`` named after its video (``-2``, ``-3`` where
+    names repeat). A reference that cannot be used fails, and the others are checked; a
+    row that cannot be rendered (a bad cell, its audio unreadable) is a problem of its own.
+    Where a reference's checks advise settings (``lost``: the stretch with the presenter),
+    its rows get them in a copy of the manifest, ``out_dir``/<manifest stem>-previewed.csv
+    (the manifest itself is never written). Raises ``HeygemError`` where the manifest
+    cannot be read."""
+    if seconds <= 0:
+        raise InputError(f"--seconds must be above 0, got {seconds:g}", kind="bad_argument")
+    groups: dict[tuple[str, float, float], list[Job]] = {}
+    problems: list[tuple[Job, HeygemError]] = []
+    for job in read_manifest(manifest, out_dir / ".outputs"):  # (where its videos would go: unused)
+        problem = job.problem or row_settings_problem(job.row_settings, cfg)
+        if problem is not None:
+            problems.append((job, problem))
+            continue
+        own = _with_row_settings(cfg, job)
+        groups.setdefault((str(job.video), own.reference_start, own.reference_seconds), []).append(job)
+    references: list[Checked] = []
+    names: set[str] = set()
+    for jobs in groups.values():
+        speech, lengths = None, 0.0
+        for job in jobs:
+            if speech is not None and isinstance(job.audio, Uri):  # measured only where it is at hand
+                continue
+            try:
+                audio = storage.fetch(job.audio, "audio", default_download_dir())
+                length = media.probe_audio(media.require_file(audio, "audio")).duration
+            except HeygemError as exc:
+                problems.append((job, exc))
+                continue
+            if speech is None or length > lengths:
+                speech, lengths = audio, length
+        name = _unique(jobs[0].video.stem or "reference", names)
+        own = _with_row_settings(cfg, jobs[0])
+        try:
+            video = storage.fetch(jobs[0].video, "reference", default_download_dir())
+            found = Checked(jobs[0].video, tuple(j.row for j in jobs), own,
+                            preview(video, speech, own, cache_dir, engines_dir, out_dir, seconds, name))  # fmt: skip
+        except HeygemError as exc:
+            found = Checked(jobs[0].video, tuple(j.row for j in jobs), own, None, exc)
+        references.append(found)
+        checked(found)
+    problems.sort(key=lambda p: p[0].row)
+    filled = {row: ref.advised for ref in references if ref.advised for row in ref.rows}
+    if not filled:
+        return ManifestPreview(references, problems)
+    dest = out_dir / f"{Path(str(manifest)).stem}-previewed.csv"
+    write_with_settings(manifest, filled, dest)
+    return ManifestPreview(references, problems, filled, dest)
+
+
+def _with_row_settings(cfg: RenderConfig, job: Job) -> RenderConfig:
+    changes: dict[str, Any] = dict(job.row_settings)
+    return replace(cfg, **changes)
+
+
+def _unique(stem: str, taken: set[str]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``… where ``taken`` holds it; added to ``taken``."""
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    taken.add(name)
+    return name
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:

@@ -15,6 +15,7 @@ from heygem_ray import media
 from heygem_ray.analyze import analyze
 from heygem_ray.cli import app
 from heygem_ray.config import DetectorConfig
+from heygem_ray.manifest import read_manifest
 from heygem_ray.packs import get_pack
 from heygem_ray.preview import SHEET_COLUMNS, TILE_WIDTH, VIDEO_HEIGHT
 from tests.helpers.footage import lecture_clip
@@ -125,3 +126,60 @@ def test_a_missing_reference_is_exit_2_naming_it(tmp_path):
     got, report = _preview(tmp_path, str(tmp_path / "nobody.mp4"))
     assert got.exit_code == 2 and report is None
     assert "nobody.mp4" in got.stderr and "error:" in got.stderr
+
+
+def test_a_manifest_is_previewed_reference_by_reference_and_the_advised_start_filled_in(examples, tmp_path):
+    """Tonight's manifest: a lecture whose first 3 s are the slide alone in two rows, the
+    bundled presenter in two (one with audio that is not there), and a row whose take is
+    missing. Each reference is checked once (the lecture fails `lost`, the presenter
+    passes, the missing take fails); the row without audio is said; the copy of the
+    manifest gives the lecture's rows the start the check names and leaves the others'
+    cells as they were, and the manifest itself is not written. Previewed again, that copy
+    passes and advises nothing."""
+    lecture = lecture_clip(tmp_path / "lecture.mp4", size=(640, 400), face=120, seconds=6.0, corner="centre",
+                           motion="still", absent=(0.0, 3.0)).path  # fmt: skip
+    speech, presenter = examples / "lesson1.wav", examples / "presenter.mp4"
+    manifest = tmp_path / "tonight.csv"
+    manifest.write_text(f"job_id,audio,video,title\nNA,{speech},{lecture},first\nb,{examples / 'lesson2.mp3'},{lecture},\n"
+                        f"c,{speech},{presenter},third\nd,{tmp_path / 'gone.wav'},{presenter},\n"
+                        f"e,{speech},{tmp_path / 'nobody.mp4'},\n")  # fmt: skip
+    before = manifest.read_bytes()
+    got, _ = _preview(tmp_path / "a", "--manifest", str(manifest), "--seconds", "1", "--reference-seconds", "5")
+    assert got.exit_code == 1, got.output
+    lines = got.stdout.splitlines()
+    assert lines[0] == f"reference {lecture} (rows 1, 2; reference_seconds 5)"
+    assert lines[1 + CHECKS.index("lost")].startswith("  fail  lost ") and "--reference-start 3" in lines[2]
+    assert lines[len(CHECKS) + 1] == f"  verdict: fail  ({(tmp_path / 'a' / 'out' / 'lecture-checks.json').resolve()})"
+    assert lines[len(CHECKS) + 2] == f"reference {presenter} (rows 3, 4; reference_seconds 5)"
+    assert lines[2 * len(CHECKS) + 3].startswith("  verdict: ok  (")
+    assert lines[2 * len(CHECKS) + 4 :] == [
+        f"reference {tmp_path / 'nobody.mp4'} (row 5; reference_seconds 5)",
+        f"  fail  reference {tmp_path / 'nobody.mp4'} does not exist; check the path",
+        f"row 4 (job 'd'): cannot be rendered: audio {tmp_path / 'gone.wav'} does not exist; check the path",
+        "3 references checked: 1 ok, 2 fail; 1 row cannot be rendered",
+        "rows 1, 2: reference_start 3",
+        f"  {(tmp_path / 'a' / 'out' / 'tonight-previewed.csv').resolve()}: the manifest with these settings "
+        "(submit it, or preview it again)",
+        "verdict: fail",
+    ]
+    assert manifest.read_bytes() == before
+    written = tmp_path / "a" / "out" / "tonight-previewed.csv"
+    jobs, again = read_manifest(manifest, tmp_path / "o"), read_manifest(written, tmp_path / "o")
+    assert [(j.job_id, j.audio, j.video, j.output, j.extra) for j in again] == \
+           [(j.job_id, j.audio, j.video, j.output, j.extra) for j in jobs]  # fmt: skip
+    assert [j.row_settings for j in again] == [(("reference_start", 3.0),)] * 2 + [()] * 3
+
+    checked = tmp_path / "checked.csv"
+    checked.write_text("\n".join(written.read_text().splitlines()[:4]) + "\n")  # the rows that can be rendered
+    got, _ = _preview(tmp_path / "b", "--manifest", str(checked), "--seconds", "1", "--reference-seconds", "2")
+    assert got.exit_code == 0, got.output
+    assert f"reference {lecture} (rows 1, 2; reference_start 3, reference_seconds 2)" in got.stdout
+    assert "2 references checked: 2 ok" in got.stdout and "previewed.csv" not in got.stdout
+    assert not list((tmp_path / "b" / "out").glob("*.csv"))
+
+
+def test_preview_takes_a_reference_or_a_manifest(examples, tmp_path):
+    for args in ([], [str(examples / "presenter.mp4"), "--manifest", str(examples / "manifest.csv")]):
+        got, report = _preview(tmp_path, *args)
+        assert got.exit_code == 2 and report is None, got.output
+        assert "give a REFERENCE (and its AUDIO, if you like), or --manifest MANIFEST, not both" in got.stderr
