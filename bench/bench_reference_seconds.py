@@ -1,19 +1,19 @@
 """A long lecture take analysed whole, with ``--reference-seconds``, and with that from
 ``--reference-start`` seconds in, in one run.
 
-    .venv/bin/python bench/bench_reference_seconds.py [--seconds 40] [--cut 10] [--start 20] [--repeat 2]
+    .venv/bin/python bench/bench_reference_seconds.py [--seconds 40] [--cut 10] [--start 20,30] [--repeat 2]
 
 One camera-like 1920×1080 lecture take (tests/helpers/footage.py: a 160-px presenter
 panning on a busy slide, talking; temporal noise on every pixel, then H.264 at 8 Mbit/s
 as a camera or phone records) of ``--seconds``, standing for a whole recorded lecture.
 Each setting analyses it into a fresh template cache in a fresh process (what the first
 row of a new presenter does: decode, face search, frame store, crops): the whole take,
-its first ``--cut`` seconds, and ``--cut`` seconds from ``--start`` seconds in (read from
-the keyframe before the start, the frames from there to it decoded and dropped). The settings alternate, ``--repeat`` times, and the
-median is kept. Per setting: frames analysed, CPU seconds (the process and its ffmpeg
-children), wall seconds, the template's bytes, and each ratio to the whole take; for the
-start, what the skipped frames cost (CPU ms a frame, against the same cut from the
-beginning).
+its first ``--cut`` seconds, and ``--cut`` seconds from each ``--start`` seconds in (read
+from the keyframe before the start, the frames from there to it decoded and dropped).
+The settings alternate, ``--repeat`` times, and the median is kept. Per setting: frames
+analysed, CPU seconds (the process and its ffmpeg children), wall seconds, the template's
+bytes, and each ratio to the whole take; for a start, what it costs against the same cut
+from the beginning (CPU seconds, and per frame of the take before it).
 
 Writes bench/results/reference-seconds-<host>.json.
 """
@@ -68,10 +68,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=40.0, help="length of the take (the whole lecture)")
     parser.add_argument("--cut", type=float, default=10.0, help="--reference-seconds")
-    parser.add_argument("--start", type=float, default=20.0, help="--reference-start of the third setting")
+    parser.add_argument("--start", default="20", help="--reference-start of the settings after those two, "
+                                                       "comma-separated (20,30: a setting from each)")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each setting, alternating")
     args = parser.parse_args()
-    settings = ((0.0, 0.0), (args.cut, 0.0), (args.cut, args.start))  # (reference_seconds, reference_start)
+    starts = [float(s) for s in args.start.split(",")]
+    settings = ((0.0, 0.0), (args.cut, 0.0), *((args.cut, s) for s in starts))  # (reference_seconds, reference_start)
     with tempfile.TemporaryDirectory() as tmp:
         take = camera_take(Path(tmp), args.seconds)
         runs: dict[tuple[float, float], list[dict]] = {setting: [] for setting in settings}
@@ -87,15 +89,17 @@ def main() -> None:
         for key in runs[cut, start][0]:
             row[key] = statistics.median(r[key] for r in runs[cut, start])
         results.append(row)
-    whole, first, later = results
+    whole, first, *later = results
     for row in results:
         for key in ("cpu_s", "wall_s", "template_bytes"):
             row[f"{key}_x_less"] = round(whole[key] / row[key], 2)
-    skipped = round(args.start * whole["frames"] / args.seconds)  # the take's frames before the start
-    later["skipped_frames"] = skipped
-    later["skip_cpu_ms_per_frame"] = round((later["cpu_s"] - first["cpu_s"]) * 1e3 / skipped, 2)
+    for row in later:
+        skipped = round(row["reference_start"] * whole["frames"] / args.seconds)  # the take's frames before it
+        row["skipped_frames"] = skipped
+        row["start_cpu_s"] = round(row["cpu_s"] - first["cpu_s"], 2)  # what the start costs
+        row["skip_cpu_ms_per_frame"] = round(row["start_cpu_s"] * 1e3 / skipped, 2)
     print(json.dumps(results, indent=1))
-    print(record.write("reference-seconds", results, seconds=args.seconds, cut=args.cut, start=args.start,
+    print(record.write("reference-seconds", results, seconds=args.seconds, cut=args.cut, start=starts,
                        repeat=args.repeat))  # fmt: skip
 
 
