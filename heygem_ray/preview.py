@@ -16,6 +16,7 @@ model worker in this process. Three files come out, named after the reference:
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import wave
 from collections.abc import Callable
@@ -23,15 +24,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
+import av
 import cv2
 import numpy as np
 
 from heygem_ray import media, storage
 from heygem_ray.analyze import Template, analyze
 from heygem_ray.checks import Check, Level, Reference, check_reference, opening, still_span, verdict
-from heygem_ray.config import RenderConfig, default_download_dir, row_settings_problem
+from heygem_ray.config import DetectorConfig, RenderConfig, default_download_dir, row_settings_problem
 from heygem_ray.errors import HeygemError, InputError, InternalError, storage_errors
 from heygem_ray.face import looks
+from heygem_ray.face.haar import HaarDetector
+from heygem_ray.face.search import is_colour, scan, scan_scale, skin_fraction
 from heygem_ray.features import SAMPLE_RATE
 from heygem_ray.job import InProcessService, render_job
 from heygem_ray.manifest import Job, read_manifest, write_with_settings
@@ -85,9 +89,14 @@ def preview(
         raise InputError(f"--seconds must be above 0, got {seconds:g}", kind="bad_argument")
     pack = get_pack(cfg.pack)
     speech = audio or BUNDLED_SPEECH
-    template, _ = analyze(media.require_file(reference, "reference"), pack.geometry, cfg.detector, cache_dir,
-                          cfg.limits, max_resolution=cfg.max_resolution, reference_seconds=cfg.reference_seconds,
-                          reference_start=cfg.reference_start)  # fmt: skip
+    try:
+        template, _ = analyze(media.require_file(reference, "reference"), pack.geometry, cfg.detector, cache_dir,
+                              cfg.limits, max_resolution=cfg.max_resolution, reference_seconds=cfg.reference_seconds,
+                              reference_start=cfg.reference_start)  # fmt: skip
+    except InputError as exc:
+        if exc.kind != "no_face" or not cfg.reference_seconds:
+            raise
+        raise _seen_later(exc, reference, cfg) from exc
     with template:
         ref = Reference.of(template)
         audio_seconds = media.probe_audio(speech).duration if audio is not None else None
@@ -110,6 +119,67 @@ def preview(
         return Preview(checks, sheet, video, report, span)
 
 
+# -- a presenter who comes in after the part searched -----------------------------------------
+
+
+class PresenterLater(InputError):
+    """``no_face`` in the part of a take searched (``--reference-seconds``), where a
+    keyframe after it shows a face: ``settings`` the start that uses the take from there."""
+
+    def __init__(self, message: str, settings: dict[str, float]):
+        super().__init__(message, kind="no_face")
+        self.settings = settings
+
+
+def _seen_later(exc: InputError, reference: Path, cfg: RenderConfig) -> InputError:
+    """``exc`` (no face in the part searched), or where the presenter is seen after that
+    part (``first_seen``), a ``PresenterLater`` naming the start that finds them."""
+    try:
+        info = media.probe_video(reference)
+        seen = first_seen(reference, cfg.detector, cfg.reference_start + cfg.reference_seconds, info.video_stream,
+                          info.rotation)  # fmt: skip
+    except (av.FFmpegError, InputError):
+        return exc
+    if seen is None:
+        return exc
+    start = float(math.floor(seen))
+    return PresenterLater(
+        f"{exc.message}. After that part, the take's keyframes first show a face {seen:.1f} s in (the presenter "
+        f"may come in up to one keyframe interval earlier): --reference-start {start:g} (or the rows' "
+        "reference_start) uses it from there",
+        {"reference_start": start},
+    )
+
+
+def first_seen(
+    video: Path, detector_cfg: DetectorConfig, after_s: float, stream_index: int = 0, rotation: int = 0
+) -> float | None:
+    """Seconds into ``video`` of its first keyframe at or after ``after_s`` with a face of
+    ``detector_cfg.min_face`` pixels or more (whole-frame scans as analysis makes them, the
+    same skin test), or None where none has one. ``stream_index`` and ``rotation`` as
+    ``VideoInfo`` has them. Only keyframes are decoded: a lecture's hour costs its
+    demuxing and a scan per keyframe, not a decode of every frame."""
+    detector = HaarDetector(min_neighbors=detector_cfg.min_neighbors, scale_factor=detector_cfg.scale_factor)
+    scale = scan_scale(detector, detector_cfg.min_face)
+    with av.open(str(video)) as container:
+        stream = container.streams.video[stream_index]
+        stream.codec_context.skip_frame = "NONKEY"
+        origin = (container.start_time or 0) / 1e6  # ffmpeg's times count from here (``VideoInfo.seek``)
+        if stream.time_base is not None and after_s > 0:
+            container.seek(int((after_s + origin) / stream.time_base), stream=stream)  # the keyframe before
+        for frame in container.decode(stream):
+            if frame.time is None or frame.time - origin < after_s:
+                continue
+            bgr = np.rot90(frame.to_ndarray(format="bgr24"), k=-rotation // 90)  # upright
+            grey = cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2GRAY)
+            small = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else grey
+            colour = is_colour(bgr)
+            for box in scan(detector, small, scale):
+                if box[2] - box[0] >= detector_cfg.min_face and (not colour or skin_fraction(bgr, box) >= detector_cfg.min_skin):
+                    return float(frame.time - origin)
+    return None
+
+
 # -- a manifest's references ------------------------------------------------------------------
 
 
@@ -129,7 +199,10 @@ class Checked:
 
     @property
     def advised(self) -> dict[str, float]:
-        """The render settings its checks advise (``Check.settings``: ``lost``'s stretch)."""
+        """The render settings its checks advise (``Check.settings``: ``lost``'s stretch),
+        or its error does (``PresenterLater``: where the presenter comes in)."""
+        if isinstance(self.error, PresenterLater):
+            return dict(self.error.settings)
         return {k: v for check in (self.found.checks if self.found else []) for k, v in check.settings.items()}
 
 

@@ -17,7 +17,7 @@ from heygem_ray.cli import app
 from heygem_ray.config import DetectorConfig
 from heygem_ray.manifest import read_manifest
 from heygem_ray.packs import get_pack
-from heygem_ray.preview import SHEET_COLUMNS, TILE_WIDTH, VIDEO_HEIGHT
+from heygem_ray.preview import BUNDLED_SPEECH, SHEET_COLUMNS, TILE_WIDTH, VIDEO_HEIGHT
 from tests.helpers.footage import lecture_clip
 from tests.helpers.media import make_silence
 
@@ -99,15 +99,31 @@ def test_a_talking_take_warns_and_a_covered_mouth_fails(tmp_path):
 
 
 def test_a_lecture_that_opens_without_the_presenter_is_found_from_where_they_come_in(tmp_path):
-    """A take whose first 3 s are the slide alone: its first 2 s hold no face (exit 2,
-    saying only those were searched and what moves them); its first 5 s fail `lost`, naming
-    the time the presenter comes in as a --reference-start; from there, the checks pass."""
+    """A take whose first 3 s are the slide alone (a keyframe every second, as cameras
+    write): its first 2 s hold no face (exit 2, saying only those were searched, and where
+    its keyframes after them first show a face, as a --reference-start; a manifest's
+    preview gives its row that start); its first 5 s fail `lost`, naming the time the
+    presenter comes in as a --reference-start; from there, the checks pass."""
     take = lecture_clip(tmp_path / "lecture.mp4", size=(640, 400), face=120, seconds=6.0, corner="centre",
-                        motion="still", absent=(0.0, 3.0)).path  # fmt: skip
+                        motion="still", absent=(0.0, 3.0), keyframe_s=1.0).path  # fmt: skip
     got, report = _preview(tmp_path / "a", str(take), "--seconds", "1", "--reference-seconds", "2")
     assert got.exit_code == 2 and report is None, got.output
     assert "no face found" in got.stderr and "only its first 2.0 s were searched (--reference-seconds): where the " \
-           "presenter comes in later in the take, --reference-start moves the part used to them" in got.stderr
+           "presenter comes in later in the take, --reference-start moves the part used to them. After that part, " \
+           "the take's keyframes first show a face 3.0 s in" in got.stderr  # fmt: skip
+    assert "--reference-start 3 (or the rows' reference_start) uses it from there" in got.stderr
+    manifest = tmp_path / "one.csv"
+    manifest.write_text(f"audio,video\n{BUNDLED_SPEECH},{take}\n")
+    got, _ = _preview(tmp_path / "m", "--manifest", str(manifest), "--seconds", "1", "--reference-seconds", "2")
+    assert got.exit_code == 1 and "  fail  reference " in got.stdout, got.output
+    assert "row 1: reference_start 3" in got.stdout
+    (row,) = read_manifest(tmp_path / "m" / "out" / "one-previewed.csv", tmp_path / "o")
+    assert row.row_settings == (("reference_start", 3.0),)
+    # Without keyframes after the part searched (x264's default: one every 250 frames), nothing is named.
+    whole = lecture_clip(tmp_path / "one-gop.mp4", size=(640, 400), face=120, seconds=6.0, corner="centre",
+                         motion="still", absent=(0.0, 3.0)).path  # fmt: skip
+    got, _ = _preview(tmp_path / "g", str(whole), "--seconds", "1", "--reference-seconds", "2")
+    assert got.exit_code == 2 and "no face found" in got.stderr and "keyframes" not in got.stderr, got.output
     got, report = _preview(tmp_path / "b", str(take), "--seconds", "1", "--reference-seconds", "5")
     assert got.exit_code == 1 and report is not None, got.output
     lost = next(c for c in report["checks"] if c["check"] == "lost")

@@ -179,6 +179,7 @@ def lecture_clip(
     second_from: float = 0.0,
     tilt: Callable[[float], float] | None = None,
     shake: float = 0.0,
+    keyframe_s: float = 0.0,
 ) -> Footage:
     """Write an H.264 clip of the portrait on a slide; its face ``face`` px wide.
 
@@ -199,6 +200,7 @@ def lecture_clip(
     ``tilt``: seconds → degrees the head is tilted (turned in the picture's plane about the
     face's centre) at that time; at 30° a frontal detector misses the face.
     ``shake``: a shaking camera: the portrait moved by this many pixels, at random, each frame.
+    ``keyframe_s``: seconds between keyframes, as a camera writes them (0: x264's default, 250 frames).
     """
     path = Path(path)
     width, height = size
@@ -226,7 +228,8 @@ def lecture_clip(
     args = [
         ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
-        "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p", str(path),
+        "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p",
+        *(["-g", str(round(keyframe_s * fps))] if keyframe_s else []), str(path),
     ]  # fmt: skip
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdin is not None
