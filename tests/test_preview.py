@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from heygem_ray import media
+from heygem_ray import preview as preview_module
 from heygem_ray.analyze import analyze
 from heygem_ray.cli import app
 from heygem_ray.config import DetectorConfig
@@ -199,3 +200,14 @@ def test_preview_takes_a_reference_or_a_manifest(examples, tmp_path):
         got, report = _preview(tmp_path, *args)
         assert got.exit_code == 2 and report is None, got.output
         assert "give a REFERENCE (and its AUDIO, if you like), or --manifest MANIFEST, not both" in got.stderr
+
+
+@pytest.mark.parametrize(("absent", "seen"), [((0.0, 9.0), 9.0), ((0.0, 1.5), 2.0), ((0.0, 14.0), None)])
+def test_the_first_keyframe_with_a_face_is_found_past_the_scans_that_skip_some(tmp_path, absent, seen):
+    """``first_seen`` scans keyframes (one a second here) every ``FIRST_SEEN_STEP_S`` from 2 s,
+    then those it skipped: the presenter coming in at 9 s is found at 9 s (scans at 2, 7 and
+    12 s, then 8 and 9), at 1.5 s at the first keyframe searched, never: None."""
+    take = lecture_clip(tmp_path / "take.mp4", size=(480, 300), face=100, seconds=14.0, corner="centre",
+                        motion="still", absent=absent, keyframe_s=1.0).path  # fmt: skip
+    assert preview_module.FIRST_SEEN_STEP_S == 5.0
+    assert preview_module.first_seen(take, DetectorConfig(), 2.0) == seen
