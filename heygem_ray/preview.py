@@ -138,7 +138,7 @@ def _seen_later(exc: InputError, reference: Path, cfg: RenderConfig) -> InputErr
         info = media.probe_video(reference)
         seen = first_seen(reference, cfg.detector, cfg.reference_start + cfg.reference_seconds, info.video_stream,
                           info.rotation)  # fmt: skip
-    except (av.FFmpegError, InputError):
+    except (av.FFmpegError, InputError, OSError):  # (the take's own error is the one to say)
         return exc
     if seen is None:
         return exc

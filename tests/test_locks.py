@@ -36,7 +36,11 @@ def lock_at(request, tmp_path) -> Location:
 
 
 def _record(where: Location) -> dict:
-    return json.loads(storage.read_bytes(where))
+    """The lock's record as the locks read it: a file under its flock (a heartbeat rewrites
+    it in place, empty for a moment), an object whole."""
+    found = locks._store(where).read()
+    assert found is not None, f"no lock record at {where}"
+    return json.loads(found.data)
 
 
 def _left_stale(where: Location, holder: Holder | None, stale_after_s: float) -> None:
