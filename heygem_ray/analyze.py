@@ -430,6 +430,7 @@ def analyze(
             else:
                 mark_used(root)
                 return _within_limits(template, video, limits), True
+        _failed_before(cache_dir, key, video)
         # Probed only when building: a reference whose frames the probe cannot count from its
         # packets (variable rate, say) is decoded once for that (as far as a cut, if any).
         # Where reference_seconds cuts it, the frame limit bounds the frames used.
@@ -444,9 +445,53 @@ def analyze(
             with storage_errors(cache_dir):  # a full or read-only cache: the user's to fix
                 _build(info, geometry, detector, tmp, limits.max_reference_pixels)
                 os.replace(tmp, root)
+        except InputError as exc:
+            if exc.kind in REMEMBERED_FAILURES:
+                _remember_failure(cache_dir, key, video, exc)
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return Template.open(root), False
+
+
+# Analyses that failed for what the reference holds, remembered under the template's key
+# (``FAILURES_DIR``/<key>.json): the key is of the file's bytes, the settings and
+# TEMPLATE_VERSION, so analysing it again would fail the same way. Fifty rows of a night
+# with an hour-long lecture in which no face is found would otherwise analyse it fifty
+# times, some 15 minutes each, one after another on the template's lock. Only ``no_face``,
+# found once every frame was decoded and searched: a decode that fails may be a decoder
+# killed from outside (out of memory), which the next analysis may not meet.
+FAILURES_DIR = ".failures"
+REMEMBERED_FAILURES = frozenset({"no_face"})
+
+
+def failure_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / FAILURES_DIR / f"{key}.json"
+
+
+def _remember_failure(cache_dir: Path, key: str, video: Path, exc: InputError) -> None:
+    """Keep ``exc`` for the next analysis of ``key`` (a cache that cannot be written keeps nothing)."""
+    record = {"kind": exc.kind, "message": exc.message, "video": str(video),
+              "at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}  # fmt: skip
+    with suppress(OSError, InputError):
+        storage.write_bytes(failure_path(cache_dir, key), json.dumps(record).encode())
+
+
+def _failed_before(cache_dir: Path, key: str, video: Path) -> None:
+    """Raise again the error an earlier analysis of ``key`` failed with, where one did
+    (``_remember_failure``), naming ``video`` and saying how to have it analysed again."""
+    path = failure_path(cache_dir, key)
+    try:
+        record = json.loads(path.read_text())
+        kind, message, before = str(record["kind"]), str(record["message"]), str(record["video"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    mark_used(path)
+    raise InputError(
+        f"{message.replace(before, str(video))} (as an analysis of these bytes at these settings found at "
+        f"{record.get('at', '?')}; it is not analysed again: remove {path} to have it analysed anew)",
+        kind=kind,
+    )
 
 
 def _read_only(video: Path, cache_dir: Path, root: Path, limits: InputLimits) -> Template:

@@ -118,16 +118,17 @@ def _prune(cache_dir: Path, unused_for_s: float, dry_run: bool) -> tuple[list[En
 
 
 def _forget_hashes(cache_dir: Path, cutoff: float) -> None:
-    """Remove the reference hashes the cache remembers (``analyze.reference_hash``) that no
-    job used since ``cutoff`` (a few bytes each: not listed; one removed while a job reads
-    it costs that job a hash of its reference)."""
-    hashes = cache_dir / analyze.HASHES_DIR
-    if not hashes.is_dir():
-        return
-    with storage_errors(cache_dir):
-        for memo in hashes.iterdir():
-            if _mtime(memo) <= cutoff:
-                memo.unlink(missing_ok=True)
+    """Remove the reference hashes the cache remembers (``analyze.reference_hash``) and the
+    analyses' failures (``analyze.FAILURES_DIR``) that no job used since ``cutoff`` (a few
+    bytes each: not listed; a hash removed while a job reads it costs that job a hash of
+    its reference, a failure one more analysis)."""
+    for folder in (cache_dir / analyze.HASHES_DIR, cache_dir / analyze.FAILURES_DIR):
+        if not folder.is_dir():
+            continue
+        with storage_errors(cache_dir):
+            for memo in folder.iterdir():
+                if _mtime(memo) <= cutoff:
+                    memo.unlink(missing_ok=True)
 
 
 def _made_from(path: Path) -> tuple[str, int | None, str]:

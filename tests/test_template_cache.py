@@ -31,6 +31,7 @@ from heygem_ray.errors import InputError
 from heygem_ray.job.tiles import restore_inputs
 from heygem_ray.packs import get_pack
 from heygem_ray.timeline import plan
+from tests.helpers.media import make_video
 from tests.helpers.readonly import read_only
 
 GEOMETRY, DETECTOR = get_pack("warp").geometry, DetectorConfig()
@@ -442,3 +443,40 @@ def test_a_references_hash_is_remembered_until_the_file_changes_and_forgotten_wh
     template_cache.prune(cache, 30 * DAY)
     assert [p.read_text() for p in hashes.iterdir()] == [analyze_module.content_hash(take)]
     assert template_cache.scan(cache) == []  # not listed among the templates
+
+
+def test_a_reference_without_a_face_is_analysed_once_and_its_rows_after_say_why_at_once(tmp_path) -> None:
+    """A take in which no face is found fails its analysis, and the cache remembers that
+    under the template's key: the next row of the same bytes at the same settings fails
+    with the same message at once (naming its own path, and how to have it analysed
+    anew), where it would decode and search the whole take again. Other settings, or the
+    record removed, analyse it again; ``cache prune`` forgets a record no job met for its days."""
+    slide = make_video(tmp_path / "slide.mp4", seconds=1.0, size=(160, 120))
+    cache = tmp_path / "cache"
+    with pytest.raises(InputError) as first:
+        analyze(slide, GEOMETRY, DETECTOR, cache)
+    assert first.value.kind == "no_face" and "not analysed again" not in first.value.message
+    (record,) = (cache / analyze_module.FAILURES_DIR).iterdir()
+    assert record == analyze_module.failure_path(cache, analyze_module.template_key(slide, GEOMETRY, DETECTOR, cache))
+    assert json.loads(record.read_text())["kind"] == "no_face"
+
+    copy = Path(shutil.copy(slide, tmp_path / "the same slide.mp4"))
+    with pytest.raises(InputError) as again:
+        analyze(copy, GEOMETRY, DETECTOR, cache)
+    assert again.value.kind == "no_face"
+    assert again.value.message == first.value.message.replace(str(slide), str(copy)) + (
+        f" (as an analysis of these bytes at these settings found at {json.loads(record.read_text())['at']}; it is "
+        f"not analysed again: remove {record} to have it analysed anew)")  # fmt: skip
+    assert not list(cache.glob(".*.tmp"))
+
+    with pytest.raises(InputError) as other:  # another smallest face: another key, analysed
+        analyze(slide, GEOMETRY, DetectorConfig(min_face=30), cache)
+    assert other.value.kind == "no_face" and "not analysed again" not in other.value.message
+    record.unlink()
+    with pytest.raises(InputError) as anew:
+        analyze(slide, GEOMETRY, DETECTOR, cache)
+    assert anew.value.message == first.value.message and record.is_file()
+
+    _age(record, 40)
+    template_cache.prune(cache, 30 * DAY)
+    assert not record.exists() and len(list((cache / analyze_module.FAILURES_DIR).iterdir())) == 1
