@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_first_seen.py [--minutes 5] [--keyframe 2] [--repeat 2]
 
-``preview.first_seen`` names the first keyframe showing a face after the part of a take
+``face.arrival.first_seen`` names the first keyframe showing a face after the part of a take
 that was searched (``--reference-seconds``) held none. It decodes keyframes only, and
 runs the analysis's whole-frame scan on one every ``FIRST_SEEN_STEP_S`` seconds, then on
 those it skipped before the first with a face. Timed here on the worst case, a take with
@@ -26,8 +26,9 @@ from pathlib import Path
 import record
 
 sys.path.insert(0, str(record.REPO))
-from heygem_ray import media, preview  # noqa: E402
+from heygem_ray import media  # noqa: E402
 from heygem_ray.config import DetectorConfig  # noqa: E402
+from heygem_ray.face import arrival  # noqa: E402
 
 
 def take(path: Path, minutes: float, keyframe_s: float) -> Path:
@@ -41,21 +42,21 @@ def take(path: Path, minutes: float, keyframe_s: float) -> Path:
 def timed(clip: Path, step: float) -> dict:
     """One search from the start at ``step`` seconds between scans."""
     scanned = 0
-    found = preview._face_finder(DetectorConfig(), 0)
+    found = arrival._face_finder(DetectorConfig(), 0)
 
     def counting(frame: object) -> bool:
         nonlocal scanned
         scanned += 1
         return found(frame)  # type: ignore[arg-type]
 
-    preview.FIRST_SEEN_STEP_S, before = step, preview.FIRST_SEEN_STEP_S
-    original, preview._face_finder = preview._face_finder, lambda *_: counting  # type: ignore[assignment]
+    arrival.FIRST_SEEN_STEP_S, before = step, arrival.FIRST_SEEN_STEP_S
+    original, arrival._face_finder = arrival._face_finder, lambda *_: counting  # type: ignore[assignment]
     try:
         c0, t0 = time.process_time(), time.perf_counter()
-        seen = preview.first_seen(clip, DetectorConfig(), 0.0)
+        seen = arrival.first_seen(clip, DetectorConfig(), 0.0)
         cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     finally:
-        preview._face_finder, preview.FIRST_SEEN_STEP_S = original, before  # type: ignore[assignment]
+        arrival._face_finder, arrival.FIRST_SEEN_STEP_S = original, before  # type: ignore[assignment]
     return {"step_s": step, "seen": seen, "keyframes_scanned": scanned, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2)}
 
 
@@ -67,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         clip = take(Path(tmp) / "take.mp4", args.minutes, args.keyframe)
-        runs: dict[float, list[dict]] = {preview.FIRST_SEEN_STEP_S: [], 0.0: []}
+        runs: dict[float, list[dict]] = {arrival.FIRST_SEEN_STEP_S: [], 0.0: []}
         for _ in range(args.repeat):
             for step in runs:
                 runs[step].append(timed(clip, step))

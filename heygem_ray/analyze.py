@@ -48,6 +48,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -62,13 +63,15 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pyarrow as pa
 
 from heygem_ray import media, progress, storage
 from heygem_ray.config import CUT_FILE_FRAMES, DetectorConfig, InputLimits
-from heygem_ray.errors import InputError, storage_errors
+from heygem_ray.errors import InputError, PresenterLater, storage_errors
 from heygem_ray.face.align import alignment_points
+from heygem_ray.face.arrival import first_seen
 from heygem_ray.face.haar import HaarDetector
 from heygem_ray.face.looks import LOOKS
 from heygem_ray.face.track import FaceTrack, Tracker, find_presenter
@@ -446,9 +449,13 @@ def analyze(
                 _build(info, geometry, detector, tmp, limits.max_reference_pixels)
                 os.replace(tmp, root)
         except InputError as exc:
-            if exc.kind in REMEMBERED_FAILURES:
-                _remember_failure(cache_dir, key, video, exc)
-            raise
+            if exc.kind not in REMEMBERED_FAILURES:
+                raise
+            failed = _seen_later(exc, info, detector)
+            _remember_failure(cache_dir, key, video, failed)
+            if failed is exc:
+                raise
+            raise failed from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return Template.open(root), False
@@ -472,7 +479,8 @@ def failure_path(cache_dir: Path, key: str) -> Path:
 def _remember_failure(cache_dir: Path, key: str, video: Path, exc: InputError) -> None:
     """Keep ``exc`` for the next analysis of ``key`` (a cache that cannot be written keeps nothing)."""
     record = {"kind": exc.kind, "message": exc.message, "video": str(video),
-              "at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}  # fmt: skip
+              "at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "settings": exc.settings if isinstance(exc, PresenterLater) else None}  # fmt: skip
     with suppress(OSError, InputError):
         storage.write_bytes(failure_path(cache_dir, key), json.dumps(record).encode())
 
@@ -487,10 +495,32 @@ def _failed_before(cache_dir: Path, key: str, video: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return
     mark_used(path)
-    raise InputError(
-        f"{message.replace(before, str(video))} (as an analysis of these bytes at these settings found at "
-        f"{record.get('at', '?')}; it is not analysed again: remove {path} to have it analysed anew)",
-        kind=kind,
+    said = (f"{message.replace(before, str(video))} (as an analysis of these bytes at these settings found at "
+            f"{record.get('at', '?')}; it is not analysed again: remove {path} to have it analysed anew)")  # fmt: skip
+    if isinstance(settings := record.get("settings"), dict):
+        raise PresenterLater(said, {str(k): float(v) for k, v in settings.items()})
+    raise InputError(said, kind=kind)
+
+
+def _seen_later(exc: InputError, info: media.VideoInfo, detector: DetectorConfig) -> InputError:
+    """``exc`` (no face in the frames analysed), or where the take goes on past a cut
+    (``--reference-seconds``) and a keyframe after it shows a face (``arrival.first_seen``),
+    a ``PresenterLater`` that names the start finding them."""
+    if not info.cut:
+        return exc
+    try:
+        seen = first_seen(info.path, detector, float((info.start + info.frames) / info.fps), info.video_stream,
+                          info.rotation)  # fmt: skip
+    except (av.FFmpegError, OSError):  # (the take's own error is the one to say)
+        return exc
+    if seen is None:
+        return exc
+    start = float(math.floor(seen))
+    return PresenterLater(
+        f"{exc.message}. After that part, the take's keyframes first show a face {seen:.1f} s in (the presenter "
+        f"may come in up to one keyframe interval earlier): --reference-start {start:g} (or the row's "
+        "reference_start column) uses it from there",
+        {"reference_start": start},
     )
 
 

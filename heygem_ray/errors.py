@@ -54,6 +54,16 @@ class InputError(HeygemError):
     kind = "input"
 
 
+class PresenterLater(InputError):
+    """``no_face`` in the part of a take searched (``--reference-seconds``), where a keyframe
+    after it shows a face: ``settings`` the start that uses the take from there, as a
+    manifest row's columns take it."""
+
+    def __init__(self, message: str, settings: dict[str, float]):
+        super().__init__(message, kind="no_face")
+        self.settings = settings
+
+
 class EngineError(HeygemError):
     """A backend could not build, load or run a model."""
 

@@ -16,26 +16,22 @@ model worker in this process. Three files come out, named after the reference:
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
-import av
 import cv2
 import numpy as np
 
 from heygem_ray import media, storage
 from heygem_ray.analyze import Template, analyze
 from heygem_ray.checks import Check, Level, Reference, check_reference, opening, still_span, verdict
-from heygem_ray.config import DetectorConfig, RenderConfig, default_download_dir, row_settings_problem
-from heygem_ray.errors import HeygemError, InputError, InternalError, storage_errors
+from heygem_ray.config import RenderConfig, default_download_dir, row_settings_problem
+from heygem_ray.errors import HeygemError, InputError, InternalError, PresenterLater, storage_errors
 from heygem_ray.face import looks
-from heygem_ray.face.haar import HaarDetector
-from heygem_ray.face.search import is_colour, scan, scan_scale, skin_fraction
 from heygem_ray.features import SAMPLE_RATE
 from heygem_ray.job import InProcessService, render_job
 from heygem_ray.manifest import Job, read_manifest, write_with_settings
@@ -89,14 +85,9 @@ def preview(
         raise InputError(f"--seconds must be above 0, got {seconds:g}", kind="bad_argument")
     pack = get_pack(cfg.pack)
     speech = audio or BUNDLED_SPEECH
-    try:
-        template, _ = analyze(media.require_file(reference, "reference"), pack.geometry, cfg.detector, cache_dir,
-                              cfg.limits, max_resolution=cfg.max_resolution, reference_seconds=cfg.reference_seconds,
-                              reference_start=cfg.reference_start)  # fmt: skip
-    except InputError as exc:
-        if exc.kind != "no_face" or not cfg.reference_seconds:
-            raise
-        raise _seen_later(exc, reference, cfg) from exc
+    template, _ = analyze(media.require_file(reference, "reference"), pack.geometry, cfg.detector, cache_dir,
+                          cfg.limits, max_resolution=cfg.max_resolution, reference_seconds=cfg.reference_seconds,
+                          reference_start=cfg.reference_start)  # fmt: skip
     with template:
         ref = Reference.of(template)
         audio_seconds = media.probe_audio(speech).duration if audio is not None else None
@@ -117,103 +108,6 @@ def preview(
                 "checks": [c.as_dict() for c in checks], "contact_sheet": sheet.name, "video": video.name,
             }, indent=1) + "\n")  # fmt: skip
         return Preview(checks, sheet, video, report, span)
-
-
-# -- a presenter who comes in after the part searched -----------------------------------------
-
-
-class PresenterLater(InputError):
-    """``no_face`` in the part of a take searched (``--reference-seconds``), where a
-    keyframe after it shows a face: ``settings`` the start that uses the take from there."""
-
-    def __init__(self, message: str, settings: dict[str, float]):
-        super().__init__(message, kind="no_face")
-        self.settings = settings
-
-
-def _seen_later(exc: InputError, reference: Path, cfg: RenderConfig) -> InputError:
-    """``exc`` (no face in the part searched), or where the presenter is seen after that
-    part (``first_seen``), a ``PresenterLater`` naming the start that finds them."""
-    try:
-        info = media.probe_video(reference)
-        seen = first_seen(reference, cfg.detector, cfg.reference_start + cfg.reference_seconds, info.video_stream,
-                          info.rotation)  # fmt: skip
-    except (av.FFmpegError, InputError, OSError):  # (the take's own error is the one to say)
-        return exc
-    if seen is None:
-        return exc
-    start = float(math.floor(seen))
-    return PresenterLater(
-        f"{exc.message}. After that part, the take's keyframes first show a face {seen:.1f} s in (the presenter "
-        f"may come in up to one keyframe interval earlier): --reference-start {start:g} (or the rows' "
-        "reference_start) uses it from there",
-        {"reference_start": start},
-    )
-
-
-# Seconds between the keyframes ``first_seen`` scans first: at 1080p a whole-frame scan for
-# a 40-px face costs ~85 CPU ms against ~9 for decoding a keyframe. Those skipped before the
-# first with a face are scanned after it, so the answer is the first keyframe with one.
-FIRST_SEEN_STEP_S = 5.0
-
-
-def first_seen(
-    video: Path, detector_cfg: DetectorConfig, after_s: float, stream_index: int = 0, rotation: int = 0
-) -> float | None:
-    """Seconds into ``video`` of its first keyframe at or after ``after_s`` with a face of
-    ``detector_cfg.min_face`` pixels or more (whole-frame scans as analysis makes them, the
-    same skin test), or None where none has one. ``stream_index`` and ``rotation`` as
-    ``VideoInfo`` has them. Only keyframes are decoded, and scanned ``FIRST_SEEN_STEP_S``
-    apart until one shows a face, then those skipped before it (or, where none did, those
-    after the last one scanned): an hour of 1080p costs its demuxing, 9 ms a keyframe and
-    a scan every few seconds (about 60 CPU s), not a decode of every frame."""
-    has_face = _face_finder(detector_cfg, rotation)
-    missed, found = None, None  # the last keyframe scanned without a face, the first with one
-    for at, frame in _keyframes(video, stream_index, after_s, FIRST_SEEN_STEP_S):
-        if has_face(frame):
-            found = at
-            break
-        missed = at
-    if missed is None:
-        return found
-    for at, frame in _keyframes(video, stream_index, missed, 0.0):  # those skipped before it (or the take's end)
-        if found is not None and at >= found:
-            break
-        if at > missed and has_face(frame):
-            return at
-    return found
-
-
-def _keyframes(video: Path, stream_index: int, from_s: float, step_s: float) -> Iterator[tuple[float, av.VideoFrame]]:
-    """(seconds into the take, frame) of ``video``'s keyframes from ``from_s``, at least
-    ``step_s`` apart; nothing else is decoded."""
-    with av.open(str(video)) as container:
-        stream = container.streams.video[stream_index]
-        stream.codec_context.skip_frame = "NONKEY"
-        origin = (container.start_time or 0) / 1e6  # ffmpeg's times count from here (``VideoInfo.seek``)
-        if stream.time_base is not None and from_s > 0:
-            container.seek(int((from_s + origin) / stream.time_base), stream=stream)  # the keyframe before
-        due = from_s
-        for frame in container.decode(stream):
-            if frame.time is not None and frame.time - origin >= due:
-                yield frame.time - origin, frame
-                due = frame.time - origin + step_s
-
-
-def _face_finder(detector_cfg: DetectorConfig, rotation: int) -> Callable[[av.VideoFrame], bool]:
-    """Whether a frame (turned upright by ``rotation``) shows a face as analysis finds one."""
-    detector = HaarDetector(min_neighbors=detector_cfg.min_neighbors, scale_factor=detector_cfg.scale_factor)
-    scale = scan_scale(detector, detector_cfg.min_face)
-
-    def has_face(frame: av.VideoFrame) -> bool:
-        bgr: np.ndarray = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="bgr24"), k=-rotation // 90), np.uint8)
-        grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-        small = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else grey
-        colour = is_colour(bgr)
-        return any(box[2] - box[0] >= detector_cfg.min_face and (not colour or skin_fraction(bgr, box) >= detector_cfg.min_skin)
-                   for box in scan(detector, small, scale))  # fmt: skip
-
-    return has_face
 
 
 # -- a manifest's references ------------------------------------------------------------------

@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from heygem_ray import media
-from heygem_ray import preview as preview_module
 from heygem_ray.analyze import analyze
 from heygem_ray.cli import app
 from heygem_ray.config import DetectorConfig
+from heygem_ray.face import arrival
 from heygem_ray.manifest import read_manifest
 from heygem_ray.packs import get_pack
 from heygem_ray.preview import BUNDLED_SPEECH, SHEET_COLUMNS, TILE_WIDTH, VIDEO_HEIGHT
@@ -112,7 +112,7 @@ def test_a_lecture_that_opens_without_the_presenter_is_found_from_where_they_com
     assert "no face found" in got.stderr and "only its first 2.0 s were searched (--reference-seconds): where the " \
            "presenter comes in later in the take, --reference-start moves the part used to them. After that part, " \
            "the take's keyframes first show a face 3.0 s in" in got.stderr  # fmt: skip
-    assert "--reference-start 3 (or the rows' reference_start) uses it from there" in got.stderr
+    assert "--reference-start 3 (or the row's reference_start column) uses it from there" in got.stderr
     manifest = tmp_path / "one.csv"
     manifest.write_text(f"audio,video\n{BUNDLED_SPEECH},{take}\n")
     got, _ = _preview(tmp_path / "m", "--manifest", str(manifest), "--seconds", "1", "--reference-seconds", "2")
@@ -209,5 +209,5 @@ def test_the_first_keyframe_with_a_face_is_found_past_the_scans_that_skip_some(t
     12 s, then 8 and 9), at 1.5 s at the first keyframe searched, never: None."""
     take = lecture_clip(tmp_path / "take.mp4", size=(480, 300), face=100, seconds=14.0, corner="centre",
                         motion="still", absent=absent, keyframe_s=1.0).path  # fmt: skip
-    assert preview_module.FIRST_SEEN_STEP_S == 5.0
-    assert preview_module.first_seen(take, DetectorConfig(), 2.0) == seen
+    assert arrival.FIRST_SEEN_STEP_S == 5.0
+    assert arrival.first_seen(take, DetectorConfig(), 2.0) == seen

@@ -27,10 +27,11 @@ from heygem_ray import storage, template_cache
 from heygem_ray.analyze import DAMAGED_FILE, Template, analyze
 from heygem_ray.cli import app
 from heygem_ray.config import DetectorConfig, InputLimits
-from heygem_ray.errors import InputError
+from heygem_ray.errors import InputError, PresenterLater
 from heygem_ray.job.tiles import restore_inputs
 from heygem_ray.packs import get_pack
 from heygem_ray.timeline import plan
+from tests.helpers.footage import lecture_clip
 from tests.helpers.media import make_video
 from tests.helpers.readonly import read_only
 
@@ -480,3 +481,25 @@ def test_a_reference_without_a_face_is_analysed_once_and_its_rows_after_say_why_
     _age(record, 40)
     template_cache.prune(cache, 30 * DAY)
     assert not record.exists() and len(list((cache / analyze_module.FAILURES_DIR).iterdir())) == 1
+
+
+def test_a_take_whose_presenter_comes_in_after_the_part_analysed_says_where(tmp_path) -> None:
+    """``--reference-seconds 2`` of a lecture whose first 3 s are the slide alone (a keyframe
+    a second): no face in those 2 s, and the rest of the take, searched at its keyframes,
+    shows one at 3 s: the error names --reference-start 3 and carries it (a manifest's
+    preview fills it in); the take's next row gets the same from the record. Without a cut
+    there is no rest to search."""
+    take = lecture_clip(tmp_path / "lecture.mp4", size=(480, 300), face=100, seconds=6.0, corner="centre",
+                        motion="still", absent=(0.0, 3.0), keyframe_s=1.0).path  # fmt: skip
+    cache = tmp_path / "cache"
+    for again in (False, True):
+        with pytest.raises(PresenterLater) as late:
+            analyze(take, GEOMETRY, DETECTOR, cache, reference_seconds=2)
+        assert late.value.kind == "no_face" and late.value.settings == {"reference_start": 3.0}
+        assert "After that part, the take's keyframes first show a face 3.0 s in (the presenter may come in up to " \
+               "one keyframe interval earlier): --reference-start 3 (or the row's reference_start column) uses it " \
+               "from there" in late.value.message  # fmt: skip
+        assert ("it is not analysed again" in late.value.message) == again
+    template, _ = analyze(take, GEOMETRY, DETECTOR, cache, reference_seconds=2, reference_start=3)
+    template.close()
+    assert template.present.all()
