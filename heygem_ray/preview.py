@@ -187,7 +187,7 @@ def preview_manifest(
     references: list[Checked] = []
     names: set[str] = set()
     for jobs in groups.values():
-        speech, lengths = None, 0.0
+        speech, longest = None, 0.0  # the longest audio of the rows, and its seconds
         for job in jobs:
             if speech is not None and isinstance(job.audio, Uri):  # measured only where it is at hand
                 continue
@@ -197,8 +197,8 @@ def preview_manifest(
             except HeygemError as exc:
                 problems.append((job, exc))
                 continue
-            if speech is None or length > lengths:
-                speech, lengths = audio, length
+            if speech is None or length > longest:
+                speech, longest = audio, length
         name = _unique(jobs[0].video.stem or "reference", names)
         own = _with_row_settings(cfg, jobs[0])
         try:
