@@ -102,10 +102,10 @@ def _row_runs(pack: PackSpec, job: Job, runs: int, cache_dir: Path) -> list[Run]
     or its own ``reference_seconds`` where that is shorter."""
     video = storage.fetch(job.video, "reference", default_download_dir())
     audio = storage.fetch(job.audio, "audio", default_download_dir())
-    own = dict(job.row_settings)
-    seconds = min(own.get("reference_seconds") or CALIBRATION_REFERENCE_SECONDS, CALIBRATION_REFERENCE_SECONDS)
+    own = RenderConfig().for_row(job.row_settings)
+    seconds = min(own.reference_seconds or CALIBRATION_REFERENCE_SECONDS, CALIBRATION_REFERENCE_SECONDS)
     template, _ = analyze(video, pack.geometry, DetectorConfig(), cache_dir, reference_seconds=seconds,
-                          reference_start=own.get("reference_start", 0.0))  # fmt: skip
+                          reference_start=own.reference_start)  # fmt: skip
     with template:
         wav = media.load_audio(audio, SAMPLE_RATE)
         n = max(1, round(len(wav) / SAMPLE_RATE * template.fps))

@@ -262,6 +262,14 @@ class RenderConfig:
             if value is not None:  # made absolute where the run starts: see RunConfig's cache_dir
                 object.__setattr__(self, name, Path(value).absolute())
 
+    def for_row(self, row_settings: tuple[tuple[str, float], ...]) -> RenderConfig:
+        """These settings with a manifest row's own over them (``manifest.ROW_SETTINGS``:
+        (name, value) pairs); a value out of range is the ``InputError`` the option would be."""
+        if not row_settings:
+            return self
+        changes: dict[str, Any] = dict(row_settings)
+        return dataclasses.replace(self, **changes)
+
     def _check_restore(self) -> None:
         _check_choice("restore", self.restore, RestoreName)
         if self.restore != "none" and self.restore_checkpoint is None:
@@ -370,8 +378,7 @@ class RunConfig:
         range is the ``InputError`` the option would be."""
         if not row_settings:
             return self
-        changes: dict[str, Any] = dict(row_settings)
-        return dataclasses.replace(self, render=dataclasses.replace(self.render, **changes))
+        return dataclasses.replace(self, render=self.render.for_row(row_settings))
 
     def config_hash(self) -> str:
         """Hash of the settings that shape the outputs (``render_settings``)."""
@@ -402,9 +409,8 @@ SETTINGS_NAMED = 4
 def row_settings_problem(row_settings: tuple[tuple[str, float], ...], render: RenderConfig) -> InputError | None:
     """Why a manifest row's own render settings cannot stand over ``render`` (a value out
     of the range its option takes), naming them as the row gives them; None where they can."""
-    changes: dict[str, Any] = dict(row_settings)
     try:
-        dataclasses.replace(render, **changes)
+        render.for_row(row_settings)
     except InputError as exc:
         given = ", ".join(f"{name} {value:g}" for name, value in row_settings)
         return InputError(f"its own {given}: {exc.message}", kind=exc.kind)

@@ -21,7 +21,7 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import cv2
 import numpy as np
@@ -182,7 +182,7 @@ def preview_manifest(
         if problem is not None:
             problems.append((job, problem))
             continue
-        own = _with_row_settings(cfg, job)
+        own = cfg.for_row(job.row_settings)
         groups.setdefault((str(job.video), own.reference_start, own.reference_seconds), []).append(job)
     references: list[Checked] = []
     names: set[str] = set()
@@ -200,7 +200,7 @@ def preview_manifest(
             if speech is None or length > longest:
                 speech, longest = audio, length
         name = _unique(jobs[0].video.stem or "reference", names)
-        own = _with_row_settings(cfg, jobs[0])
+        own = cfg.for_row(jobs[0].row_settings)
         try:
             video = storage.fetch(jobs[0].video, "reference", default_download_dir())
             found = Checked(jobs[0].video, tuple(j.row for j in jobs), own,
@@ -216,11 +216,6 @@ def preview_manifest(
     dest = out_dir / f"{Path(str(manifest)).stem}-previewed.csv"
     write_with_settings(manifest, filled, dest)
     return ManifestPreview(references, problems, filled, dest)
-
-
-def _with_row_settings(cfg: RenderConfig, job: Job) -> RenderConfig:
-    changes: dict[str, Any] = dict(job.row_settings)
-    return replace(cfg, **changes)
 
 
 def _unique(stem: str, taken: set[str]) -> str:

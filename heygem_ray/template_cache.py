@@ -93,7 +93,7 @@ def _prune(cache_dir: Path, unused_for_s: float, dry_run: bool) -> tuple[list[En
     removed, busy = [], []
     cutoff = time.time() - unused_for_s
     if not dry_run:
-        _forget_hashes(cache_dir, cutoff)
+        _forget_memos(cache_dir, cutoff)
     for entry in scan(cache_dir):
         if not entry.leftover and entry.last_used > cutoff:
             continue
@@ -117,7 +117,7 @@ def _prune(cache_dir: Path, unused_for_s: float, dry_run: bool) -> tuple[list[En
     return removed, busy
 
 
-def _forget_hashes(cache_dir: Path, cutoff: float) -> None:
+def _forget_memos(cache_dir: Path, cutoff: float) -> None:
     """Remove the reference hashes the cache remembers (``analyze.reference_hash``) and the
     analyses' failures (``analyze.FAILURES_DIR``) that no job used since ``cutoff`` (a few
     bytes each: not listed; a hash removed while a job reads it costs that job a hash of
