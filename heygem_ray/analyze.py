@@ -510,7 +510,7 @@ def _seen_later(exc: InputError, info: media.VideoInfo, detector: DetectorConfig
         return exc
     try:
         seen = first_seen(info.path, detector, float((info.start + info.frames) / info.fps), info.video_stream,
-                          info.rotation)  # fmt: skip
+                          info.rotation, (info.width, info.height))  # fmt: skip
     except (av.FFmpegError, OSError):  # (the take's own error is the one to say)
         return exc
     if seen is None:

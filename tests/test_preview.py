@@ -211,3 +211,13 @@ def test_the_first_keyframe_with_a_face_is_found_past_the_scans_that_skip_some(t
                         motion="still", absent=absent, keyframe_s=1.0).path  # fmt: skip
     assert arrival.FIRST_SEEN_STEP_S == 5.0
     assert arrival.first_seen(take, DetectorConfig(), 2.0) == seen
+
+
+@pytest.mark.parametrize(("size", "seen"), [(None, 2.0), ((480, 300), 2.0), ((240, 150), None)])
+def test_a_face_counts_the_pixels_analysis_would_see(tmp_path, size, seen):
+    """A face 60 px wide in 480×300 is found at that size; scaled down as ``max_resolution``
+    scales the frames analysed (240×150: 30 px, under ``min_face``) it is not: a start named
+    for a face analysis then cannot find would be no answer."""
+    take = lecture_clip(tmp_path / "take.mp4", size=(480, 300), face=60, seconds=4.0, corner="centre",
+                        motion="still", absent=(0.0, 1.5), keyframe_s=1.0).path  # fmt: skip
+    assert arrival.first_seen(take, DetectorConfig(), 1.0, size=size) == seen

@@ -503,3 +503,16 @@ def test_a_take_whose_presenter_comes_in_after_the_part_analysed_says_where(tmp_
     template, _ = analyze(take, GEOMETRY, DETECTOR, cache, reference_seconds=2, reference_start=3)
     template.close()
     assert template.present.all()
+
+
+def test_a_presenter_too_small_once_scaled_down_is_not_named_as_coming_in_later(tmp_path) -> None:
+    """The same lecture with a face 60 px wide, analysed scaled down to half (``max_resolution``,
+    the face 30 px, under ``min_face``): the keyframes after the cut are searched at that size
+    too, so the error is the plain ``no_face``, not a start at which analysis would fail again."""
+    take = lecture_clip(tmp_path / "lecture.mp4", size=(480, 300), face=60, seconds=6.0, corner="centre",
+                        motion="still", absent=(0.0, 3.0), keyframe_s=1.0).path  # fmt: skip
+    with pytest.raises(InputError) as failed:
+        analyze(take, GEOMETRY, DETECTOR, tmp_path / "cache", reference_seconds=2, max_resolution=150)
+    assert failed.value.kind == "no_face" and not isinstance(failed.value, PresenterLater), failed.value.message
+    with pytest.raises(PresenterLater):  # at its own size the same take names the start
+        analyze(take, GEOMETRY, DETECTOR, tmp_path / "cache", reference_seconds=2)

@@ -26,16 +26,19 @@ FIRST_SEEN_STEP_S = 5.0
 
 
 def first_seen(
-    video: Path, detector_cfg: DetectorConfig, after_s: float, stream_index: int = 0, rotation: int = 0
+    video: Path, detector_cfg: DetectorConfig, after_s: float, stream_index: int = 0, rotation: int = 0,
+    size: tuple[int, int] | None = None,
 ) -> float | None:
     """Seconds into ``video`` of its first keyframe at or after ``after_s`` with a face of
     ``detector_cfg.min_face`` pixels or more (whole-frame scans as analysis makes them, the
-    same skin test), or None where none has one. ``stream_index`` and ``rotation`` as
-    ``VideoInfo`` has them. Only keyframes are decoded, and scanned ``FIRST_SEEN_STEP_S``
+    same skin test), or None where none has one. ``stream_index``, ``rotation`` and ``size``
+    (width, height upright: the size analysis sees the frames at, after ``max_resolution``
+    and square pixels; None: as stored) as ``VideoInfo`` has them, so a face counts the
+    pixels analysis would count. Only keyframes are decoded, and scanned ``FIRST_SEEN_STEP_S``
     apart until one shows a face, then those skipped before it (or, where none did, those
     after the last one scanned): an hour of 1080p costs its demuxing, 9 ms a keyframe and
     a scan every few seconds (about 60 CPU s), not a decode of every frame."""
-    has_face = _face_finder(detector_cfg, rotation)
+    has_face = _face_finder(detector_cfg, rotation, size)
     missed, found = None, None  # the last keyframe scanned without a face, the first with one
     for at, frame in _keyframes(video, stream_index, after_s, FIRST_SEEN_STEP_S):
         if has_face(frame):
@@ -68,12 +71,18 @@ def _keyframes(video: Path, stream_index: int, from_s: float, step_s: float) -> 
                 due = frame.time - origin + step_s
 
 
-def _face_finder(detector_cfg: DetectorConfig, rotation: int) -> Callable[[av.VideoFrame], bool]:
-    """Whether a frame (turned upright by ``rotation``) shows a face as analysis finds one."""
+def _face_finder(
+    detector_cfg: DetectorConfig, rotation: int, size: tuple[int, int] | None
+) -> Callable[[av.VideoFrame], bool]:
+    """Whether a frame (scaled to ``size`` turned back, then upright by ``rotation``) shows a
+    face as analysis finds one."""
     detector = HaarDetector(min_neighbors=detector_cfg.min_neighbors, scale_factor=detector_cfg.scale_factor)
     scale = scan_scale(detector, detector_cfg.min_face)
+    stored = None if size is None else size[::-1] if rotation in (90, 270) else size
 
     def has_face(frame: av.VideoFrame) -> bool:
+        if stored is not None and stored != (frame.width, frame.height):
+            frame = frame.reformat(width=stored[0], height=stored[1], interpolation="AREA")
         bgr: np.ndarray = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="bgr24"), k=-rotation // 90), np.uint8)
         grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
         small = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else grey
