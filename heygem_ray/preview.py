@@ -15,6 +15,7 @@ model worker in this process. Three files come out, named after the reference:
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import wave
@@ -76,11 +77,13 @@ def preview(
     out_dir: Path,
     seconds: float = 5.0,
     name: str | None = None,
+    worker: Callable[[], ModelWorker] | None = None,
 ) -> Preview:
     """Check ``reference`` for ``cfg``'s pack and write the sheet, the video and the JSON
-    into ``out_dir``, named after ``name`` (default: the reference's stem). Raises
-    ``HeygemError`` (an unreadable file, no face, a worker that cannot start): nothing is
-    written then but what was finished."""
+    into ``out_dir``, named after ``name`` (default: the reference's stem). ``worker`` gives
+    the model worker that renders (default: one started for ``cfg``, once the reference is
+    analysed). Raises ``HeygemError`` (an unreadable file, no face, a worker that cannot
+    start): nothing is written then but what was finished."""
     if seconds <= 0:
         raise InputError(f"--seconds must be above 0, got {seconds:g}", kind="bad_argument")
     pack = get_pack(cfg.pack)
@@ -99,7 +102,8 @@ def preview(
             sheet = out_dir / f"{stem}-sheet.png"
             _write_png(sheet, contact_sheet(reference.name, template, ref, pack, checks, span))
             video = out_dir / f"{stem}-preview.mp4"
-            _side_by_side(reference, speech, seconds, template, span, pack, cfg, cache_dir, engines_dir, video)
+            started = worker() if worker is not None else ModelWorker(cfg, engines_dir=cast(Path, engines_dir))  # a bucket too
+            _side_by_side(reference, speech, seconds, template, span, pack, cfg, cache_dir, started, video)
             report = out_dir / f"{stem}-checks.json"
             report.write_text(json.dumps({
                 "reference": str(reference), "pack": pack.name, "verdict": verdict(checks),
@@ -171,8 +175,9 @@ def preview_manifest(
     row that cannot be rendered (a bad cell, its audio unreadable) is a problem of its own.
     Where a reference's checks advise settings (``lost``: the stretch with the presenter),
     its rows get them in a copy of the manifest, ``out_dir``/<manifest stem>-previewed.csv
-    (the manifest itself is never written). Raises ``HeygemError`` where the manifest
-    cannot be read."""
+    (the manifest itself is never written). One model worker renders for them all (a row's
+    own settings are the reference's, not the model's), started at the first reference
+    analysed. Raises ``HeygemError`` where the manifest cannot be read."""
     if seconds <= 0:
         raise InputError(f"--seconds must be above 0, got {seconds:g}", kind="bad_argument")
     groups: dict[tuple[str, float, float], list[Job]] = {}
@@ -186,6 +191,7 @@ def preview_manifest(
         groups.setdefault((str(job.video), own.reference_start, own.reference_seconds), []).append(job)
     references: list[Checked] = []
     names: set[str] = set()
+    worker = functools.cache(lambda: ModelWorker(cfg, engines_dir=cast(Path, engines_dir)))  # a bucket too
     for jobs in groups.values():
         speech, longest = None, 0.0  # the longest audio of the rows, and its seconds
         for job in jobs:
@@ -204,7 +210,7 @@ def preview_manifest(
         try:
             video = storage.fetch(jobs[0].video, "reference", default_download_dir())
             found = Checked(jobs[0].video, tuple(j.row for j in jobs), own,
-                            preview(video, speech, own, cache_dir, engines_dir, out_dir, seconds, name))  # fmt: skip
+                            preview(video, speech, own, cache_dir, engines_dir, out_dir, seconds, name, worker))  # fmt: skip
         except HeygemError as exc:
             found = Checked(jobs[0].video, tuple(j.row for j in jobs), own, None, exc)
         references.append(found)
@@ -237,12 +243,11 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 def _side_by_side(
     reference: Path, speech: Path, seconds: float, template: Template, span: tuple[int, int] | None, pack: PackSpec,
-    cfg: RenderConfig, cache_dir: Path, engines_dir: Location, out: Path,
+    cfg: RenderConfig, cache_dir: Path, worker: ModelWorker, out: Path,
 ) -> None:
-    """The first ``seconds`` of ``speech`` rendered, beside the reference frames it was
-    rendered from (the same timeline: over ``span`` when warp loops a talking take's still
-    stretch), both ``VIDEO_HEIGHT`` tall, with the sound."""
-    worker = ModelWorker(cfg, engines_dir=cast(Path, engines_dir))  # its EngineStore opens a bucket too
+    """The first ``seconds`` of ``speech`` rendered by ``worker``, beside the reference
+    frames it was rendered from (the same timeline: over ``span`` when warp loops a talking
+    take's still stretch), both ``VIDEO_HEIGHT`` tall, with the sound."""
     if worker.error is not None:
         raise worker.error
     with tempfile.TemporaryDirectory(prefix="heygem-preview-") as scratch:

@@ -12,13 +12,15 @@ import pytest
 from typer.testing import CliRunner
 
 from heygem_ray import media
+from heygem_ray import preview as preview_module
 from heygem_ray.analyze import analyze
 from heygem_ray.cli import app
-from heygem_ray.config import DetectorConfig
+from heygem_ray.config import DetectorConfig, RenderConfig
 from heygem_ray.face import arrival
 from heygem_ray.manifest import read_manifest
 from heygem_ray.packs import get_pack
-from heygem_ray.preview import BUNDLED_SPEECH, SHEET_COLUMNS, TILE_WIDTH, VIDEO_HEIGHT
+from heygem_ray.preview import BUNDLED_SPEECH, SHEET_COLUMNS, TILE_WIDTH, VIDEO_HEIGHT, preview_manifest
+from heygem_ray.worker import ModelWorker
 from tests.helpers.footage import lecture_clip
 from tests.helpers.media import make_silence
 
@@ -193,6 +195,29 @@ def test_a_manifest_is_previewed_reference_by_reference_and_the_advised_start_fi
     assert f"reference {lecture} (rows 1, 2; reference_start 3, reference_seconds 2)" in got.stdout
     assert "2 references checked: 2 ok" in got.stdout and "previewed.csv" not in got.stdout
     assert not list((tmp_path / "b" / "out").glob("*.csv"))
+
+
+def test_one_model_worker_renders_every_reference_of_a_manifest(examples, tmp_path, monkeypatch):
+    """Three references (the bundled take whole, from 1 s, and cut at 2 s: one per setting
+    its rows give it) are checked and rendered by the one model worker, started once:
+    a night's manifest of MuseTalk references loads its networks once, not per take."""
+    started: list[ModelWorker] = []
+
+    class Counted(ModelWorker):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(preview_module, "ModelWorker", Counted)
+    speech, presenter = examples / "lesson1.wav", examples / "presenter.mp4"
+    manifest = tmp_path / "three.csv"
+    manifest.write_text(f"audio,video,reference_start,reference_seconds\n{speech},{presenter},,\n"
+                        f"{speech},{presenter},1,\n{speech},{presenter},,2\n")  # fmt: skip
+    found = preview_manifest(manifest, RenderConfig(), tmp_path / "cache", tmp_path / "engines", tmp_path / "out",
+                             seconds=0.5)  # fmt: skip
+    assert [c.verdict for c in found.references] == ["ok"] * 3 and len(started) == 1
+    assert sorted(p.name for p in (tmp_path / "out").glob("*-preview.mp4")) == \
+           ["presenter-2-preview.mp4", "presenter-3-preview.mp4", "presenter-preview.mp4"]  # fmt: skip
 
 
 def test_preview_takes_a_reference_or_a_manifest(examples, tmp_path):
