@@ -759,7 +759,7 @@ class StoreWriter:
 
     def _space_error(self, need: int, per_frame: float, kept: int, free: int, keep: int) -> InputError:
         """The ``storage`` error of a template that will not fit on its disk."""
-        folder, size = self._path.parent.parent, _readable_bytes
+        folder, size = self._path.parent.parent, storage.readable_size
         return InputError(
             f"reference {self._source}: its analysis would take about {size(need + self._then)} in {folder} "
             f"({self._frames} frames at {size(per_frame)} a frame as its first {kept} were stored, and their "
@@ -776,14 +776,6 @@ class StoreWriter:
         self._out.flush()
         start, end = self.offsets[i], self.offsets[i + 1]
         return _decompress(os.pread(self._in.fileno(), end - start, start), self._codec, self._shape)
-
-
-def _readable_bytes(n: float) -> str:
-    """``n`` bytes as people read them: ``2.4 GiB``, ``310 MiB``, ``12 KiB``."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n / 2**10:.3g} KiB"
 
 
 def _read_ahead(frames: Iterator[np.ndarray], depth: int) -> Generator[np.ndarray, None, None]:

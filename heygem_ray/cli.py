@@ -603,8 +603,8 @@ def cache_list(
         raise typer.Exit(2) from None
     for e in entries:
         print(_cache_line(e))
-    free = f"; its disk has {_gib(shutil.disk_usage(folder).free)} free" if folder.is_dir() else ""
-    print(f"{len(entries)} in {folder}, {_gib(sum(e.bytes for e in entries))}{free}")
+    free = f"; its disk has {storage.readable_size(shutil.disk_usage(folder).free)} free" if folder.is_dir() else ""
+    print(f"{len(entries)} in {folder}, {storage.readable_size(sum(e.bytes for e in entries))}{free}")
 
 
 @cache_app.command("prune")
@@ -640,7 +640,7 @@ def cache_prune(
         print(f"{verb} {_cache_line(e)}")
     for e in busy:
         print(f"in use, left {_cache_line(e)}")
-    print(f"{verb} {len(removed)} from {folder}, {_gib(sum(e.bytes for e in removed))}"
+    print(f"{verb} {len(removed)} from {folder}, {storage.readable_size(sum(e.bytes for e in removed))}"
           + (f"; {len(busy)} in use, left" if busy else ""))
 
 
@@ -649,8 +649,4 @@ def _cache_line(e: template_cache.Entry) -> str:
     what = "left by a killed build" if e.leftover else f"v{e.version if e.version is not None else '?'} {e.source or '(unreadable meta.json)'}"
     if e.size and not e.leftover:
         what += f" ({e.size})"
-    return f"{e.path}  {_gib(e.bytes)}  used {used}  {what}"
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
+    return f"{e.path}  {storage.readable_size(e.bytes)}  used {used}  {what}"

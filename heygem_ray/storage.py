@@ -248,6 +248,14 @@ def is_dir(loc: Location) -> bool:
         raise _error("could not look up", loc, exc) from exc
 
 
+def readable_size(n: float) -> str:
+    """``n`` bytes as people read them: ``2.4 GiB``, ``310 MiB``, ``12 KiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n / 2**10:.3g} KiB"
+
+
 def read_bytes(loc: Location) -> bytes:
     if isinstance(loc, Path):
         return loc.read_bytes()
