@@ -183,14 +183,19 @@ def test_a_take_read_from_start_seconds_is_its_frames_from_the_one_on_show_then(
 
 # Whether the take is read from a seek (``VideoInfo.seek``): where its container indexes
 # its frames and their times are exact.
-_SEEKS = {"a.mp4": True, "b.mov": True, "c.ts": False, "d.mkv": True, "fragmented.mp4": False, "interlaced": True}
+# An MP4 whose sync-sample table is gone says every frame is a keyframe: a seek lands on
+# one that needs those before it, so it is not sought. An all-intra MOV (Motion JPEG) has no
+# such table, and every frame is one indeed.
+_SEEKS = {"a.mp4": True, "b.mov": True, "c.ts": False, "d.mkv": True, "fragmented.mp4": False, "interlaced": True,
+          "no-sync-table.mp4": False, "intra.mov": True}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(_SEEKS))
 def test_a_start_gives_the_whole_takes_frames_from_there_in_any_container(tmp_path: Path, name: str) -> None:
     """Whatever the container and its timestamps (an MP4 and a 29.97 fps MOV with sound, a
     Matroska file, a transport stream starting about 1.5 s in, its sound first, a
-    fragmented MP4; an interlaced take, deinterlaced), the frames read from a start are
+    fragmented MP4; an interlaced take, deinterlaced; an MP4 that lies about its keyframes,
+    a Motion JPEG MOV), the frames read from a start are
     the whole take's from the frame on show then, and as many as the probe counts: read
     after a seek to a keyframe past the take's first (one every 10 frames here) where the
     container indexes its frames, else decoded from the beginning."""
@@ -198,10 +203,17 @@ def test_a_start_gives_the_whole_takes_frames_from_there_in_any_container(tmp_pa
         clip, _ = make_interlaced(tmp_path, size=(160, 96), seconds=2.0)
     else:
         fps = "30000/1001" if name.endswith(".mov") else "25"
-        clip = make_video(tmp_path / name.replace("fragmented", "whole"), seconds=2.0, fps=fps, size=(64, 48),
-                          audio=True)  # fmt: skip
+        source = tmp_path / name.replace("fragmented", "whole").replace("intra", "whole")
+        clip = make_video(source, seconds=2.0, fps=fps, size=(64, 48), audio=True)
         if name.startswith("fragmented"):
             clip = _remuxed(clip, tmp_path / name, "-movflags", "frag_keyframe+empty_moov")
+        elif name.startswith("no-sync-table"):
+            data = clip.read_bytes()
+            assert data.count(b"stss") == 1
+            clip.write_bytes(data.replace(b"stss", b"free"))  # the box skipped as padding
+        elif name.startswith("intra"):
+            clip = _remuxed(clip, tmp_path / name, "-c:v", "mjpeg", "-q:v", "5")
+            assert b"stss" not in clip.read_bytes()
     whole = media.probe_video(clip)
     info = media.probe_video(clip, start_seconds=1.64)
     skip = video_probe._frames_in(1.64, whole.fps)
@@ -212,6 +224,7 @@ def test_a_start_gives_the_whole_takes_frames_from_there_in_any_container(tmp_pa
 
 
 def _remuxed(clip: Path, out: Path, *options: str) -> Path:
+    """``clip`` copied into ``out``'s container, with ffmpeg's ``options`` after ``-c copy``."""
     subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(clip), "-c", "copy", *options, str(out)],
                    check=True)  # fmt: skip
     return out

@@ -402,6 +402,9 @@ def _probe_video(
             frames = max(0, whole - skip)
             if frames and indexed:
                 seek = _seek_point(scan, time_base, fps, file_start, skip)
+                if seek[1] and not _seek_lands(path, video_stream, seek[0] + file_start,
+                                               _slot_pts(scan, time_base, fps, seek[1]), max_pixels):  # fmt: skip
+                    seek = (Fraction(0), 0)
         else:
             frames = _decoded_frames(path, video_stream, fps, max_frames, max_pixels, first, skip)
         if frames == 0:
@@ -451,7 +454,8 @@ def _probe_video(
 # are decoded from the beginning and dropped: an MPEG transport stream (.ts, a camcorder's
 # .mts) has no index, and its seek guesses from timestamps near a byte offset; a
 # fragmented MP4's lands a frame or two off where a fragment begins (both found by
-# comparing frames with a decode from the beginning).
+# comparing frames with a decode from the beginning). Where the index lies about its
+# keyframes, the seek is tried once (``_seek_lands``).
 # Frames decoded after a seek before the first one used: a deinterlacer (``bwdif``) makes a
 # frame from its neighbours, and the first one it is given has none.
 SEEK_LEAD = 2
@@ -473,6 +477,41 @@ def _seek_point(scan: _Scan, time_base: Fraction | None, fps: Fraction, file_sta
     slot = 1 / (fps * time_base)  # whole time-base units (``_constant_rate_frames``)
     at = (int(scan.pts[0]) + land * slot - slot / 4) * time_base - file_start
     return at, land
+
+
+def _slot_pts(scan: _Scan, time_base: Fraction | None, fps: Fraction, frame: int) -> int:
+    """Presentation time (time-base units) of ``frame`` of a take whose packets are exactly
+    one slot apart (``_constant_rate_frames``)."""
+    assert time_base is not None  # (a take without one is never sought: ``_seek_point``)
+    return int(scan.pts[0] + frame * (1 / (fps * time_base)))
+
+
+# Packets a decoder is given after a seek before it must have shown a frame: a keyframe's
+# comes out after the frames that reorder delays (x264's B-frames: 2 to 4), and those a
+# decoder on frame threads holds (16 at most).
+SEEK_CHECK_PACKETS = 64
+
+
+def _seek_lands(path: Path, stream_index: int, at: Fraction, land_pts: int, max_pixels: int | None) -> bool:
+    """Whether seeking ``path`` to ``at`` (seconds on ffmpeg's clock) lands where decoding
+    can start: the first frame decoded from there is a keyframe shown no later than the frame
+    at ``land_pts``, the first one ``iter_frames`` keeps. A file whose index lies (an MP4
+    without its sync-sample table says every frame is a keyframe) lands on a frame that
+    needs the ones before it: the decoder drops frames up to the next real keyframe, or
+    conceals what is missing, and the start is decoded from the beginning instead."""
+    options = {} if max_pixels is None else {"max_pixels": str(max_pixels)}
+    try:
+        with av.open(url(path), metadata_errors="ignore", options=options) as container:
+            stream = container.streams.video[stream_index]
+            container.seek(int(at * 1_000_000), backward=True, any_frame=False)  # as ffmpeg's -ss does
+            for n, packet in enumerate(container.demux(stream)):
+                for frame in packet.decode():
+                    return bool(frame.key_frame) and frame.pts is not None and frame.pts <= land_pts
+                if n >= SEEK_CHECK_PACKETS:
+                    break
+    except av.FFmpegError:
+        pass
+    return False
 
 
 def _frames_in(seconds: float, fps: Fraction) -> int:
