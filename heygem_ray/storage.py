@@ -385,8 +385,10 @@ def write_bytes(dest: Location, data: bytes | memoryview) -> None:
 def allocate(path: Path) -> None:
     """Give the local file at ``path`` all its blocks now (a memory map is about to fill
     it): a full disk is then an ``OSError`` here, where a page written through the map
-    would get SIGBUS, which kills the process. A file system that cannot allocate ahead
-    is left as it is."""
+    would get SIGBUS, which kills the process. A file system that cannot allocate ahead,
+    or a system without ``posix_fallocate`` (macOS), leaves it as it is."""
+    if not hasattr(os, "posix_fallocate"):
+        return
     with open(path, "r+b") as f:
         try:
             os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
@@ -399,9 +401,12 @@ def hold_space(fd: int, length: int) -> bool:
     """Allocate the first ``length`` bytes of the open local file ``fd`` (its size grows to
     that where it was less) with the file system's own ``fallocate``: True, or False where
     the file system has none. glibc's ``posix_fallocate`` would then write a byte into
-    every block instead (over NFS, one write per 4 KiB of gigabytes). A full disk is an
-    ``OSError`` (ENOSPC)."""
-    if _libc_fallocate()(fd, 0, 0, length) == 0:
+    every block instead (over NFS, one write per 4 KiB of gigabytes). A C library without
+    ``fallocate`` (macOS's) holds nothing: False. A full disk is an ``OSError`` (ENOSPC)."""
+    fallocate = _libc_fallocate()
+    if fallocate is None:
+        return False
+    if fallocate(fd, 0, 0, length) == 0:
         return True
     code = ctypes.get_errno()
     if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
@@ -411,7 +416,10 @@ def hold_space(fd: int, length: int) -> bool:
 
 @functools.cache
 def _libc_fallocate() -> Any:
-    fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    """The C library's ``fallocate`` (Linux's), or None where it has none."""
+    fallocate = getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None)
+    if fallocate is None:
+        return None
     fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     fallocate.restype = ctypes.c_int
     return fallocate

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from heygem_ray import media
+from heygem_ray import media, storage
 from heygem_ray.analyze import analyze
 from heygem_ray.config import InputLimits, RenderConfig, RunConfig
 from heygem_ray.job import InProcessService, render_job, scratch
@@ -148,6 +148,20 @@ def test_a_take_shot_in_hdr_renders_as_the_sdr_take_and_its_row_says_it_was_tone
     with template:
         assert template.source_colour == "hlg"
         assert json.loads((template.root / "meta.json").read_text())["source_colour"] == "hlg"
+
+
+def test_without_linux_s_own_calls_a_job_renders_the_same(tmp_path, examples, warp_service, rendered, monkeypatch):
+    """Where the system lacks what only Linux has (macOS: no pipe-size fcntl, no
+    ``posix_fallocate``, no ``fallocate`` in its C library), the pipes keep their size and no
+    space is held ahead: the same job renders the same frames."""
+    monkeypatch.setattr(ffmpeg_module, "_SET_PIPE_SIZE", None)
+    monkeypatch.delattr(os, "posix_fallocate")
+    monkeypatch.setattr(storage, "_libc_fallocate", lambda: None)
+    result = render_job(job(tmp_path, examples / "lesson1.wav", examples / "presenter.mp4"), RenderConfig(chunk_frames=48),
+                        tmp_path / "cache", warp_service)  # fmt: skip
+    assert result.status == "ok", result.error
+    frames, _ = media.read_video(Path(result.output))
+    assert np.array_equal(frames, rendered[1])
 
 
 def test_a_reference_above_max_resolution_renders_at_it_with_the_mouth_following_the_audio(

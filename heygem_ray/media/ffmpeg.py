@@ -11,6 +11,7 @@ for a protocol.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import logging
@@ -42,6 +43,7 @@ _SPINNING = 6
 _QUICK_MS = 1000
 # The size asked for the frame pipes' buffers (Linux's default limit for a process).
 _PIPE_BYTES = 1 << 20
+_SET_PIPE_SIZE: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux's fcntl only
 # How long a killed ffmpeg is waited for. One stuck in the kernel (a read from a dead
 # network file system) cannot die until that read returns: it is left behind, and said so.
 _REAP_S = 10.0
@@ -206,16 +208,15 @@ class FfmpegProcess:
             )
         except OSError as exc:
             raise EngineError(f"could not run ffmpeg ({args[0]}): {exc}", kind="ffmpeg_missing") from exc
-        # Our ends of the frame pipes do not block: each wait is a poll with a deadline. Their
-        # buffers are made as large as the system lets (1 MiB by default, from 64 KiB), so a
-        # frame crosses in a few calls.
+        # Our ends of the frame pipes do not block: each wait is a poll with a deadline. On
+        # Linux their buffers are made as large as the system lets (1 MiB by default, from
+        # 64 KiB), so a frame crosses in a few calls; elsewhere (macOS) they stay as they are.
         for pipe in (self.popen.stdin, self.popen.stdout):
             if pipe is not None:
                 os.set_blocking(pipe.fileno(), False)
-                try:
-                    fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-                except OSError:  # over the system's limit (fs/pipe-max-size): the default stays
-                    pass
+                if _SET_PIPE_SIZE is not None:
+                    with contextlib.suppress(OSError):  # over the system's limit (fs/pipe-max-size): the default stays
+                        fcntl.fcntl(pipe.fileno(), _SET_PIPE_SIZE, _PIPE_BYTES)
         self._pollers: dict[int, select.poll] = {}  # our pipe ends' (fd → its poll, for what we wait on there)
         self._lines: deque[str] = deque(maxlen=_STDERR_LINES)
         self._drainer = threading.Thread(target=self._drain, name="ffmpeg-stderr", daemon=True)
