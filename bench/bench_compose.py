@@ -49,14 +49,19 @@ from tests.helpers.footage import lecture_clip  # noqa: E402
 from tests.helpers.media import make_tone  # noqa: E402
 
 # Runs in the checkout measured (cwd), so it imports that checkout's heygem_ray; it works
-# with the BGR template (read_frames, paste, BGR writer) and with the I420 one.
+# with the BGR template (read_frames, paste, BGR writer) and with the I420 one, in
+# ``analyze`` or in the ``template`` package.
 _CHILD = """
 import json, resource, shutil, sys, tempfile, time
 from fractions import Fraction
 from pathlib import Path
 import numpy as np
 from heygem_ray import geometry, media
-from heygem_ray.analyze import Template, analyze
+from heygem_ray.analyze import analyze
+try:
+    from heygem_ray.template.files import Template
+except ImportError:  # a checkout from before the template package
+    from heygem_ray.analyze import Template
 from heygem_ray.config import DetectorConfig
 from heygem_ray.packs import get_pack
 

@@ -1,6 +1,6 @@
 """Reference checks: what about a presenter's take will show in every video made from it.
 
-Read from the template (``analyze.py``: the presenter's track and each frame's look,
+Read from the template (``template/files.py``: the presenter's track and each frame's look,
 ``face/looks.py``), so they cost nothing once the reference is analysed; ``preview`` prints
 them before a batch, and every batch row carries its warnings (``reference_notes``).
 Each check is ``ok``, ``warn`` (the videos render, but something will show: say what to
@@ -34,11 +34,11 @@ from typing import Literal
 
 import numpy as np
 
-from heygem_ray.analyze import Template
 from heygem_ray.config import LoopMode
 from heygem_ray.face import looks
 from heygem_ray.media.video_probe import HDR_COLOURS
 from heygem_ray.packs import PackSpec
+from heygem_ray.template.files import Template
 
 Level = Literal["ok", "warn", "fail"]
 _RANK = {"ok": 0, "warn": 1, "fail": 2}

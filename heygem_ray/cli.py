@@ -51,7 +51,7 @@ from heygem_ray.results import RESULTS_FILE, JobResult
 from heygem_ray.worker_io import WorkerInfo
 
 if TYPE_CHECKING:
-    from heygem_ray import template_cache
+    from heygem_ray.template.cache import Entry
 
 LISTED = 20  # outputs and failures printed at the end of a run; results.parquet holds them all
 
@@ -593,11 +593,11 @@ def cache_list(
     needs there before it goes on).
 
     Exit status: 0 when listed, 2 when the cache cannot be read."""
-    from heygem_ray import template_cache
+    from heygem_ray.template.cache import scan
 
     folder = cache_dir or default_cache_dir()
     try:
-        entries = template_cache.scan(folder)
+        entries = scan(folder)
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(2) from None
@@ -621,14 +621,14 @@ def cache_prune(
     A second prune of the same cache waits for the first.
 
     Exit status: 0 when pruned (or nothing was due), 2 when the cache cannot be read or written."""
-    from heygem_ray import template_cache
+    from heygem_ray.template.cache import prune
 
     folder = cache_dir or default_cache_dir()
     if unused_days < 0:
         print("error: --unused-days must be 0 or more", file=sys.stderr)
         raise typer.Exit(2)
     try:
-        removed, busy = template_cache.prune(
+        removed, busy = prune(
             folder, unused_days * 86400, dry_run=dry_run,
             waiting=lambda: print(f"another prune of {folder} is running: waiting for it to finish", file=sys.stderr),
         )  # fmt: skip
@@ -644,7 +644,7 @@ def cache_prune(
           + (f"; {len(busy)} in use, left" if busy else ""))
 
 
-def _cache_line(e: template_cache.Entry) -> str:
+def _cache_line(e: Entry) -> str:
     used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
     what = "left by a killed build" if e.leftover else f"v{e.version if e.version is not None else '?'} {e.source or '(unreadable meta.json)'}"
     if e.size and not e.leftover:

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from heygem_ray import media, storage
-from heygem_ray.analyze import Template, analyze
+from heygem_ray.analyze import analyze
 from heygem_ray.checks import Check, Level, Reference, check_reference, opening, still_span, verdict
 from heygem_ray.config import RenderConfig, default_download_dir, row_settings_problem
 from heygem_ray.errors import HeygemError, InputError, InternalError, PresenterLater, storage_errors
@@ -38,6 +38,7 @@ from heygem_ray.job import InProcessService, render_job
 from heygem_ray.manifest import Job, read_manifest, write_with_settings
 from heygem_ray.packs import PackSpec, get_pack
 from heygem_ray.storage import Location, Uri
+from heygem_ray.template.files import Template
 from heygem_ray.timeline import plan
 from heygem_ray.worker import ModelWorker
 

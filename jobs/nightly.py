@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
 
-from heygem_ray import heap, storage, template_cache
+from heygem_ray import heap, storage
 from heygem_ray.cli import describe_workers
 from heygem_ray.config import (
     BackendName,
@@ -56,6 +56,7 @@ from heygem_ray.driver.resume import again_lines
 from heygem_ray.errors import HeygemError, Interrupted, RunStopped
 from heygem_ray.results import JobResult
 from heygem_ray.storage import Location, location
+from heygem_ray.template.cache import prune
 from heygem_ray.worker import WorkerInfo
 
 RUN_FILE = "run.json"  # what one invocation did, next to results.parquet
@@ -231,7 +232,7 @@ def _prune_cache(cache_dir: Path, days: float, date: str) -> dict[str, Any]:
     if days <= 0:
         return {}
     try:
-        removed, busy = template_cache.prune(
+        removed, busy = prune(
             cache_dir, days * 86400,
             waiting=lambda: _say(date, f"template cache {cache_dir}: another prune of it is running; waiting for it"),
         )  # fmt: skip

@@ -1,5 +1,5 @@
-"""The template's frame store as analysis writes and reads it (``analyze.StoreWriter``,
-``analyze._read_ahead``): frames compressed and read back on a thread beside the caller's
+"""The template's frame store as analysis writes and reads it (``template.store.StoreWriter``,
+``read_ahead``): frames compressed and read back on a thread beside the caller's
 land in the file and come back exactly as a plain loop would have them."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from heygem_ray.analyze import FRAME_CODEC, FRAME_LEVEL, STORE_AHEAD, StoreWriter, _read_ahead
 from heygem_ray.media import yuv
+from heygem_ray.template.store import FRAME_CODEC, FRAME_LEVEL, STORE_AHEAD, StoreWriter, read_ahead
 
 WIDTH, HEIGHT = 64, 48
 
@@ -51,7 +51,7 @@ def test_a_failure_while_the_store_is_written_leaves_no_thread_behind(tmp_path):
 
 def test_frames_read_ahead_come_in_order_and_an_error_comes_at_its_frame():
     frames = _frames(9)
-    assert all(np.array_equal(a, b) for a, b in zip(_read_ahead(iter(frames), STORE_AHEAD), frames, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(read_ahead(iter(frames), STORE_AHEAD), frames, strict=True))
 
     def damaged():
         yield from frames[:4]
@@ -59,14 +59,14 @@ def test_frames_read_ahead_come_in_order_and_an_error_comes_at_its_frame():
 
     got = []
     with pytest.raises(ValueError, match="frame 4"):
-        for frame in _read_ahead(damaged(), STORE_AHEAD):
+        for frame in read_ahead(damaged(), STORE_AHEAD):
             got.append(frame)
     assert len(got) == 4
 
 
 def test_a_reader_stopped_early_leaves_no_thread_behind():
     before = threading.active_count()
-    reader = _read_ahead(iter(_frames(20)), STORE_AHEAD)
+    reader = read_ahead(iter(_frames(20)), STORE_AHEAD)
     next(reader)
     reader.close()
     assert threading.active_count() == before

@@ -22,14 +22,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from heygem_ray import analyze as analyze_module
-from heygem_ray import storage, template_cache
-from heygem_ray.analyze import DAMAGED_FILE, Template, analyze
+from heygem_ray import storage
+from heygem_ray.analyze import analyze
 from heygem_ray.cli import app
 from heygem_ray.config import DetectorConfig, InputLimits
 from heygem_ray.errors import InputError, PresenterLater
 from heygem_ray.job.tiles import restore_inputs
 from heygem_ray.packs import get_pack
+from heygem_ray.template import cache as template_cache
+from heygem_ray.template.damage import DAMAGED_FILE
+from heygem_ray.template.files import Template
 from heygem_ray.timeline import plan
 from tests.helpers.footage import lecture_clip
 from tests.helpers.media import make_video
@@ -270,7 +272,7 @@ def test_prune_removes_what_no_run_used_for_the_time_given_and_what_killed_build
     assert {e.path for e in removed} == {root, old_version, killed, killed_again} and busy == []
     assert [e.version for e in removed if e.path == old_version] == [7]
     assert sum(e.bytes for e in removed) > 2 * (root.parent / recent.name / "frames.bin").stat().st_size
-    kept = [p.name for p in cache.iterdir() if not p.name.endswith(".lock") and p.name != analyze_module.HASHES_DIR]
+    kept = [p.name for p in cache.iterdir() if not p.name.endswith(".lock") and p.name != template_cache.HASHES_DIR]
     assert kept == [recent.name]
     template, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
     template.close()
@@ -282,7 +284,7 @@ def test_a_template_in_use_is_left_and_a_job_reading_one_reads_on(cache, example
     said so. A job that has it open while it is pruned reads every frame on."""
     root = _root(cache)
     _age(root, 40)
-    with storage.file_lock(analyze_module.lock_path(cache, root.name)):
+    with storage.file_lock(template_cache.lock_path(cache, root.name)):
         removed, busy = template_cache.prune(cache, 30 * DAY)
     assert removed == [] and [e.path for e in busy] == [root] and root.is_dir()
 
@@ -427,22 +429,22 @@ def test_a_references_hash_is_remembered_until_the_file_changes_and_forgotten_wh
     again; a file changed a moment ago is not remembered. ``cache prune`` removes a memo no
     job used for its days and keeps the others."""
     take = Path(shutil.copy(examples / "presenter.mp4", tmp_path / "take.mp4"))
-    cache, hashes = tmp_path / "cache", tmp_path / "cache" / analyze_module.HASHES_DIR
-    key = analyze_module.template_key(take, GEOMETRY, DETECTOR, cache)
+    cache, hashes = tmp_path / "cache", tmp_path / "cache" / template_cache.HASHES_DIR
+    key = template_cache.template_key(take, GEOMETRY, DETECTOR, cache)
     assert not hashes.exists()  # the file was copied a moment ago
-    monkeypatch.setattr(analyze_module, "HASH_SETTLED_S", 0.0)
-    assert analyze_module.template_key(take, GEOMETRY, DETECTOR, cache) == key
+    monkeypatch.setattr(template_cache, "HASH_SETTLED_S", 0.0)
+    assert template_cache.template_key(take, GEOMETRY, DETECTOR, cache) == key
     (memo,) = hashes.iterdir()
-    assert memo.read_text() == analyze_module.content_hash(take)
+    assert memo.read_text() == template_cache.content_hash(take)
     memo.write_text("0" * 64)  # what the next job finds is taken, and the file not read
-    assert analyze_module.template_key(take, GEOMETRY, DETECTOR, cache) != key
+    assert template_cache.template_key(take, GEOMETRY, DETECTOR, cache) != key
     time.sleep(0.05)  # a later clock tick
     take.write_bytes(take.read_bytes())
-    assert analyze_module.template_key(take, GEOMETRY, DETECTOR, cache) == key
+    assert template_cache.template_key(take, GEOMETRY, DETECTOR, cache) == key
     assert len(list(hashes.iterdir())) == 2
     _age(memo, 40)
     template_cache.prune(cache, 30 * DAY)
-    assert [p.read_text() for p in hashes.iterdir()] == [analyze_module.content_hash(take)]
+    assert [p.read_text() for p in hashes.iterdir()] == [template_cache.content_hash(take)]
     assert template_cache.scan(cache) == []  # not listed among the templates
 
 
@@ -457,8 +459,8 @@ def test_a_reference_without_a_face_is_analysed_once_and_its_rows_after_say_why_
     with pytest.raises(InputError) as first:
         analyze(slide, GEOMETRY, DETECTOR, cache)
     assert first.value.kind == "no_face" and "not analysed again" not in first.value.message
-    (record,) = (cache / analyze_module.FAILURES_DIR).iterdir()
-    assert record == analyze_module.failure_path(cache, analyze_module.template_key(slide, GEOMETRY, DETECTOR, cache))
+    (record,) = (cache / template_cache.FAILURES_DIR).iterdir()
+    assert record == template_cache.failure_path(cache, template_cache.template_key(slide, GEOMETRY, DETECTOR, cache))
     assert json.loads(record.read_text())["kind"] == "no_face"
 
     copy = Path(shutil.copy(slide, tmp_path / "the same slide.mp4"))
@@ -480,7 +482,7 @@ def test_a_reference_without_a_face_is_analysed_once_and_its_rows_after_say_why_
 
     _age(record, 40)
     template_cache.prune(cache, 30 * DAY)
-    assert not record.exists() and len(list((cache / analyze_module.FAILURES_DIR).iterdir())) == 1
+    assert not record.exists() and len(list((cache / template_cache.FAILURES_DIR).iterdir())) == 1
 
 
 def test_a_take_whose_presenter_comes_in_after_the_part_analysed_says_where(tmp_path) -> None:

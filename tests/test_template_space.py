@@ -1,4 +1,4 @@
-"""A template holds its disk space ahead (``analyze.StoreWriter._reserve``): a reference
+"""A template holds its disk space ahead (``template.store.StoreWriter._reserve``): a reference
 whose analysis will not fit on the cache's disk fails its row at once, saying how much it
 needs and what to do, instead of filling the disk under the node's other jobs; two
 analyses at once cannot both count on the same free space. The disks are real tmpfs
@@ -12,11 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from heygem_ray.analyze import HASHES_DIR, RESERVE_FIRST, RESERVE_MARGIN, StoreWriter, Template, analyze
+from heygem_ray.analyze import analyze
 from heygem_ray.config import DetectorConfig
 from heygem_ray.errors import InputError
 from heygem_ray.media import yuv
 from heygem_ray.packs import get_pack
+from heygem_ray.template.cache import HASHES_DIR
+from heygem_ray.template.files import Template
+from heygem_ray.template.store import RESERVE_FIRST, RESERVE_MARGIN, StoreWriter
 from tests.helpers.footage import Footage, lecture_clip, with_camera_noise
 
 GEOMETRY = get_pack("warp").geometry

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from heygem_ray import storage
-from heygem_ray.analyze import Template
 from heygem_ray.errors import storage_errors
 from heygem_ray.job.service import LOOKAHEAD, ModelService, ReferenceFuture
 from heygem_ray.packs import PackSpec
+from heygem_ray.template.files import Template
 from heygem_ray.timeline import Timeline
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ every output sample), so the frames, and the template built from them, are the s
 either way; the decoder is not part of the template's key. NVDEC is asked for 8-bit
 4:2:0 streams of those two codecs only (it has no 4:2:2 or 4:4:4 H.264, for one); others
 are decoded on the CPU. Where NVDEC fails on a reference all the same, analysis decodes it
-again on the CPU and says so in the template's ``meta.json`` (``analyze.py``).
+again on the CPU and says so in the template's ``meta.json`` (``template/files.py``).
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from torch import nn
 
 from heygem_ray import calibration as calibration_module
 from heygem_ray import hardware, precision
-from heygem_ray.analyze import Template
 from heygem_ray.backends import int8, onnx_artifact, open_runners
 from heygem_ray.backends.int8 import CalibrationSet, Run
 from heygem_ray.calibration import calibration_set
@@ -29,6 +28,7 @@ from heygem_ray.engines import SIDECAR, EngineKey, EngineStore
 from heygem_ray.errors import EngineError, InputError
 from heygem_ray.export import export_onnx
 from heygem_ray.packs import get_pack
+from heygem_ray.template.files import Template
 
 PACK = get_pack("wav2lip")
 CALIBRATE, HELD_OUT = 32, 16

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from heygem_ray import media
-from heygem_ray.analyze import Template
 from heygem_ray.backends import open_runners
 from heygem_ray.config import RenderConfig
 from heygem_ray.engines import EngineStore
@@ -30,6 +29,7 @@ from heygem_ray.manifest import Job
 from heygem_ray.models import musetalk
 from heygem_ray.packs import get_pack
 from heygem_ray.packs.musetalk import GEOMETRY, jaw_mask
+from heygem_ray.template.files import Template
 from heygem_ray.worker import ModelWorker
 from tests.conftest import EXAMPLES
 from tests.helpers.footage import lecture_clip
