@@ -80,7 +80,7 @@ from heygem_ray.media import encoders  # noqa: E402
 from heygem_ray.media.decode import DECODER_THREADS  # noqa: E402
 from heygem_ray.models import gfpgan  # noqa: E402
 from heygem_ray.packs import Features, TensorSpec, get_pack  # noqa: E402
-from heygem_ray.restore import RestoreInputs  # noqa: E402
+from heygem_ray.restore.inputs import RestoreInputs  # noqa: E402
 from heygem_ray.worker import ModelWorker  # noqa: E402
 from tests.helpers.footage import lecture_clip  # noqa: E402
 from tests.helpers.gfpgan_ckpt import seeded_faces  # noqa: E402

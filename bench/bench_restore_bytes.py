@@ -41,7 +41,7 @@ from heygem_ray.job import InProcessService, render_job  # noqa: E402
 from heygem_ray.job.service import ChunkFuture  # noqa: E402
 from heygem_ray.manifest import Job  # noqa: E402
 from heygem_ray.packs import Features  # noqa: E402
-from heygem_ray.restore import RestoreInputs  # noqa: E402
+from heygem_ray.restore.inputs import RestoreInputs  # noqa: E402
 from heygem_ray.worker import ModelWorker  # noqa: E402
 from tests.helpers.gfpgan_ckpt import write_checkpoint  # noqa: E402
 from tests.helpers.musetalk_ckpt import write_models  # noqa: E402

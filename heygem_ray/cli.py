@@ -417,7 +417,7 @@ def engines_build(
     from heygem_ray.hardware import DeviceInfo
     from heygem_ray.packs import get_pack
     from heygem_ray.precision import open_first, precision_order
-    from heygem_ray.restorer import open_restorer
+    from heygem_ray.restore.stage import open_restorer
 
     try:
         where = _engine_store(engines, store)

@@ -32,8 +32,8 @@ from heygem_ray.errors import EngineError, HeygemError, InternalError, storage_e
 from heygem_ray.hardware import DeviceInfo, cuda_unusable
 from heygem_ray.packs import Features, get_pack
 from heygem_ray.precision import open_first, precision_order
-from heygem_ray.restore import RestoreInputs
-from heygem_ray.restorer import open_restorer, restore_batch, restore_chunk
+from heygem_ray.restore.inputs import RestoreInputs
+from heygem_ray.restore.stage import open_restorer, restore_batch, restore_chunk
 from heygem_ray.worker_io import ChunkOutput, GpuUse, WorkerInfo
 
 log = logging.getLogger(__name__)

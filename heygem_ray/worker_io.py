@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 
 from heygem_ray.hardware import DeviceInfo
-from heygem_ray.restore import Jpegs
+from heygem_ray.restore.inputs import Jpegs
 
 # What a worker does about a GPU: "none" (none was given to it), "wanted" (Ray gave it one
 # and --device auto: use it, or render on the CPU and say why), "required" (Ray gave it
@@ -41,6 +41,6 @@ class ChunkOutput:
     render_s: float
     worker: WorkerInfo
     # With restoration: the k restored faces over the crop boxes, R × R BGR JPEG files
-    # (restorer.restore_chunk), and the seconds it took.
+    # (restore.stage.restore_chunk), and the seconds it took.
     restored: Jpegs | None = None
     restore_s: float = 0.0

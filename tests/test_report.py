@@ -23,7 +23,7 @@ from heygem_ray import RenderConfig, RunConfig, media, report, submit
 from heygem_ray.cli import app
 from heygem_ray.config import DetectorConfig
 from heygem_ray.driver.resume import PARTS_DIR
-from heygem_ray.restore import side_by_side
+from heygem_ray.restore.inputs import side_by_side
 from heygem_ray.results import RESULTS_FILE, JobResult, write_results
 from heygem_ray.storage import Uri
 from tests.helpers.media import make_excerpt

@@ -19,7 +19,7 @@ from heygem_ray.errors import InputError
 from heygem_ray.face import FaceTrack
 from heygem_ray.face.align import alignment_points, paste_restored, similarity, to_tile
 from heygem_ray.geometry import cut, feathered_ellipse, paste
-from heygem_ray.restore import (
+from heygem_ray.restore.inputs import (
     SAMPLE_HEIGHT,
     Jpegs,
     RestoreInputs,
@@ -27,7 +27,7 @@ from heygem_ray.restore import (
     restore_size,
     side_by_side,
 )
-from heygem_ray.restorer import restore_chunk
+from heygem_ray.restore.stage import restore_chunk
 from tests.helpers.gfpgan_ckpt import write_checkpoint
 
 S = 96  # the pack's crop side in these tests

@@ -27,7 +27,7 @@ from heygem_ray.driver import submit
 from heygem_ray.job import InProcessService, render_job
 from heygem_ray.manifest import Job
 from heygem_ray.packs import get_pack
-from heygem_ray.restore import SAMPLE_HEIGHT
+from heygem_ray.restore.inputs import SAMPLE_HEIGHT
 from heygem_ray.worker import ModelWorker
 from tests.helpers.gfpgan_ckpt import write_checkpoint
 from tests.helpers.media import make_silence

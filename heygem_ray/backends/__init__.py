@@ -76,7 +76,7 @@ def open_runners(
 ) -> RunnerSet:
     """Runners for ``stages`` (from ``pack.load_stages``) on the chosen backend. ``pack``
     is a model pack or another set of networks with declared stages (the restoration
-    stage's ``restorer.Restorer``).
+    stage's ``restore.stage.Restorer``).
 
     ``batch_sizes``: the batch sizes the worker will send (default ``[32]``), for the
     TensorRT profile. ``build=False``: use only artifacts already in the store.

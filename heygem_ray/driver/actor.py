@@ -21,7 +21,7 @@ from heygem_ray.driver.calls import (
     node_name,
 )
 from heygem_ray.packs import Features
-from heygem_ray.restore import RestoreInputs
+from heygem_ray.restore.inputs import RestoreInputs
 from heygem_ray.worker_io import ChunkOutput, GpuUse, WorkerInfo
 
 if TYPE_CHECKING:

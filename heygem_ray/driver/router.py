@@ -33,7 +33,7 @@ from heygem_ray.driver.calls import (
 from heygem_ray.errors import EngineError, HeygemError
 from heygem_ray.job import ChunkFuture, ReferenceFuture
 from heygem_ray.packs import Features
-from heygem_ray.restore import RestoreInputs
+from heygem_ray.restore.inputs import RestoreInputs
 
 log = logging.getLogger(__name__)
 

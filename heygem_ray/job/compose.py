@@ -19,7 +19,7 @@ from heygem_ray.face.align import restored_layer
 from heygem_ray.geometry import paste_i420
 from heygem_ray.job.context import JobContext
 from heygem_ray.job.service import LOOKAHEAD, ChunkFuture
-from heygem_ray.restore import RestoreInputs, side_by_side
+from heygem_ray.restore.inputs import RestoreInputs, side_by_side
 from heygem_ray.worker_io import ChunkOutput, WorkerInfo
 
 # The MP4 being written, beside its output (the driver's resume deletes those of lost attempts).
@@ -31,7 +31,7 @@ class Composed:
     worker: WorkerInfo  # the worker that rendered the last chunk
     encoder: media.Encoder  # the H.264 encoder that wrote the MP4
     # With --restore: the face of one frame (the first with a face from the middle of the
-    # video on) before and after restoration, side by side (restore.side_by_side).
+    # video on) before and after restoration, side by side (restore.inputs.side_by_side).
     restore_sample: bytes | None = None
 
 

@@ -15,7 +15,7 @@ from heygem_ray import progress
 from heygem_ray.config import RenderConfig
 from heygem_ray.job.service import ModelService
 from heygem_ray.packs import ChunkFeatures, PackSpec
-from heygem_ray.restore import RestoreInputs
+from heygem_ray.restore.inputs import RestoreInputs
 from heygem_ray.steps import Step
 from heygem_ray.storage import Location
 from heygem_ray.template.files import Template

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from heygem_ray.packs import Features
-from heygem_ray.restore import RestoreInputs
+from heygem_ray.restore.inputs import RestoreInputs
 from heygem_ray.worker_io import ChunkOutput
 
 if TYPE_CHECKING:  # the job tasks import this module and never load the networks' libraries

@@ -28,7 +28,7 @@ import numpy as np
 from heygem_ray import storage
 from heygem_ray.errors import InternalError, storage_errors
 from heygem_ray.face.align import similarity, to_tile
-from heygem_ray.restore import Jpegs, RestoreInputs, encode_jpeg, restore_size
+from heygem_ray.restore.inputs import Jpegs, RestoreInputs, encode_jpeg, restore_size
 from heygem_ray.template.files import Template
 from heygem_ray.timeline import Timeline
 

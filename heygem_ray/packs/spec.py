@@ -71,7 +71,7 @@ def frame_chunk(call: StageCall, features: Features, crops: np.ndarray) -> np.nd
 class StageSet(Protocol):
     """What the backends and the engine store need of a set of networks: a name for the
     store, each stage's declared I/O, the backends to try on a CPU and the stages that have
-    int8 graphs. A pack (``PackSpec``) is one; the restoration stage (``restorer.Restorer``)
+    int8 graphs. A pack (``PackSpec``) is one; the restoration stage (``restore.stage.Restorer``)
     another."""
 
     @property

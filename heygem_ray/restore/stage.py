@@ -1,5 +1,5 @@
 """The restoration network on a model worker: opened like a pack's stages, run on a
-chunk's tiles (``restore.py`` has the data flow and the parts the job shares).
+chunk's tiles (the package's docstring has the data flow; ``inputs`` the parts the job shares).
 
 The stage opens on its own backend (``GFPGAN``'s ``cpu_backends``: on a CPU ONNX Runtime
 runs it 1.7-2.4× faster than PyTorch, bench/bench_restore.py) through the same runners and
@@ -24,7 +24,7 @@ from heygem_ray.errors import InternalError
 from heygem_ray.face.align import TILE, box_grid, from_tile, to_tile
 from heygem_ray.models import gfpgan
 from heygem_ray.packs import StageCall, StageIO
-from heygem_ray.restore import Jpegs, RestoreInputs, encode_jpeg
+from heygem_ray.restore.inputs import Jpegs, RestoreInputs, encode_jpeg
 
 STAGE = "restore"
 # Faces per network call: a 512-px face's activations are about 0.3 GB in fp32, and a GPU
