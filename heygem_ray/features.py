@@ -162,7 +162,15 @@ def silent_audio(name: object, seconds: float, tracks: int) -> InputError:
     """The error for the audio ``name`` (as the manifest gives it) that is silent for its
     ``seconds``: a lip-synced video of it would keep the presenter's mouth closed
     throughout, which is nearly always a wrong or muted file. ``tracks``: the file's sound
-    tracks, of which the first was read (a recording's second track often holds the voice)."""
+    tracks, of which the first was read (a recording's second track often holds the voice).
+    Audio shorter than ``HEARD_MIN_S`` is said to be that short, whatever it holds."""
+    if seconds < HEARD_MIN_S:
+        return InputError(
+            f"audio {name} lasts {seconds:.2f} s, less than the {HEARD_MIN_S:g} s of sound a lesson's speech takes "
+            "at the least; check that it is the lesson's audio (not an export cut short or a placeholder), or pass "
+            "--allow-silent-audio to render it as it is",
+            kind="silent_audio",
+        )
     if tracks > 1:
         fix = (f"it holds {tracks} sound tracks and the first is the one read: give the track with the speech "
                f"on its own (e.g. ffmpeg -i {name} -map 0:a:1 speech.wav)")  # fmt: skip

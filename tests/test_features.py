@@ -268,3 +268,8 @@ def test_the_silent_audio_error_names_the_file_its_length_and_the_ways_out() -> 
     two = silent_audio("/data/rec.mkv", 5.0, tracks=2).message
     assert "it holds 2 sound tracks and the first is the one read" in two
     assert "ffmpeg -i /data/rec.mkv -map 0:a:1 speech.wav" in two and "--allow-silent-audio" in two
+    # Too short to hold that much sound, however loud: it is said so.
+    short = silent_audio("/data/cut.wav", 0.1, tracks=1)
+    assert short.kind == "silent_audio" and short.message.startswith(
+        "audio /data/cut.wav lasts 0.10 s, less than the 0.2 s of sound a lesson's speech takes at the least; "
+    ), short.message
