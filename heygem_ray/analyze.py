@@ -234,6 +234,7 @@ def _build(
         "scaled_from": list(info.scaled_from) if info.scaled_from else None,
         "cut_to_seconds": info.duration if info.cut else None,
         "start_seconds": float(info.start / info.fps) if info.start else None,
+        "held_from_fps": str(info.held_from) if info.held_from else None,
         "face_detected_fraction": float(track.detected.mean()),
         "face_present_fraction": float(track.present.mean()),
     }

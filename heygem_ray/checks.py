@@ -36,7 +36,7 @@ import numpy as np
 
 from heygem_ray.config import LoopMode
 from heygem_ray.face import looks
-from heygem_ray.media.video_probe import HDR_COLOURS
+from heygem_ray.media.video_probe import HDR_COLOURS, MIN_FPS
 from heygem_ray.packs import PackSpec
 from heygem_ray.template.files import Template
 
@@ -124,6 +124,7 @@ class Reference:
     source_colour: str = ""  # the take's own colour (Template.source_colour)
     cut: bool = False  # the take's first seconds only (Template.cut: --reference-seconds)
     start: float = 0.0  # seconds of the take before its first frame here (Template.start: --reference-start)
+    held_from: Fraction | None = None  # the take's own rate, where under MIN_FPS (Template.held_from)
 
     @classmethod
     def of(cls, template: Template) -> Reference:
@@ -133,6 +134,7 @@ class Reference:
             present=track.present, detected=track.detected, looks=np.asarray(track.looks, np.float32),
             others=np.asarray(track.others, np.float32), crops=template.boxes,
             source_colour=template.source_colour, cut=template.cut, start=template.start,
+            held_from=template.held_from,
         )  # fmt: skip
 
     @property
@@ -212,6 +214,7 @@ def check_reference(
         _dark(ref),
         _blurred(ref),
         _colour(ref),
+        _frame_rate(ref),
         _length(ref, loop, audio_seconds, span),
     ]
 
@@ -421,6 +424,15 @@ def _colour(ref: Reference) -> Check:
                  "the videos are SDR: what is brighter than a white sheet is compressed, and they will look "
                  "duller than the take on an HDR screen; for the colours as graded, export the take as SDR "
                  "(BT.709) from the editor, or record with HDR video off")
+
+
+def _frame_rate(ref: Reference) -> Check:
+    if ref.held_from is None:
+        return Check("frame_rate", "ok", f"{float(ref.fps):g} fps", "")
+    held = float(ref.held_from)
+    return Check("frame_rate", "warn", f"the take's {held:g} fps, each frame held at {float(ref.fps):g} fps",
+                 f"each frame of the take shows for {1 / held:.2g} s, so the presenter's head and eyes move only "
+                 f"then while the mouth moves every frame: record the presenter at {float(MIN_FPS):g} fps or more")
 
 
 def _length(ref: Reference, loop: LoopMode, audio_seconds: float | None, span: tuple[int, int] | None) -> Check:

@@ -91,7 +91,7 @@ def test_ntsc_clip_rate_and_exact_frame_count(tmp_path: Path) -> None:
     assert info.duration == pytest.approx(30 / float(NTSC))
 
 
-@pytest.mark.parametrize("fps", [25, 24, "24000/1001", 15])
+@pytest.mark.parametrize("fps", [25, 24, "24000/1001", 20])
 def test_constant_rates_round_trip(tmp_path: Path, fps: int | str) -> None:
     clip = make_video(tmp_path / "c.mp4", seconds=0.8, fps=fps)
     info = media.probe_video(clip)
@@ -244,6 +244,37 @@ def test_a_constant_rate_stream_is_counted_from_its_packets(tmp_path: Path, no_d
     info = media.probe_video(clip)
     assert info.fps == Fraction(fps)
     assert info.frames == len(_frames(info)) == round(1.2 * float(info.fps))
+
+
+@pytest.mark.parametrize(("name", "fps", "rate", "held"),
+                         [("slides.mp4", "1/2", 25, 50), ("screen.mkv", "5", 25, 5), ("webcam.mp4", "15", 30, 2)])
+def test_a_take_slower_than_min_fps_is_read_with_each_frame_held(tmp_path: Path, no_decoding: None, name: str,
+                                                                 fps: str, rate: int, held: int) -> None:  # fmt: skip
+    """Slides at one frame every 2 s, a screen recording at 5 fps, a webcam at 15: each of
+    the take's frames held the fewest whole times that reach 25 fps (counted from the
+    packets), so the mouth moves 25 times a second or more and the take's own motion stays
+    even; its own rate is kept. A start is read from the beginning (a seek would land slots
+    before the frame wanted)."""
+    clip = make_video(tmp_path / name, seconds=4.0, fps=fps, size=(64, 48))
+    info = media.probe_video(clip)
+    assert (info.fps, info.held_from, info.frames) == (rate, Fraction(fps), 4 * rate)
+    frames = _frames(info)
+    assert len(frames) == 4 * rate and all(np.array_equal(f, frames[i - i % held]) for i, f in enumerate(frames))
+    changes = [i for i in range(1, len(frames)) if not np.array_equal(frames[i], frames[i - 1])]
+    assert changes and all(i % held == 0 for i in changes)  # (the test pattern's first frames may be alike)
+    late = media.probe_video(clip, start_seconds=2.2)
+    skip = int(2.2 * rate)
+    assert (late.start, late.frames, late.seek_frames) == (skip, 4 * rate - skip, 0)
+    assert all(np.array_equal(a, b) for a, b in zip(_frames(late), frames[skip:], strict=True))
+    assert media.probe_video(make_video(tmp_path / "steady.mp4", seconds=1.0, fps=20)).held_from is None
+
+
+@pytest.mark.parametrize(("fps", "rate"), [("15", "30"), ("15/2", "30"), ("5", "25"), ("1/2", "25"), ("12", "36"),
+                                           ("15000/1001", "30000/1001"), ("73/10", "25")])  # fmt: skip
+def test_a_slow_takes_frames_are_held_whole_times_reaching_25_fps(fps: str, rate: str) -> None:
+    """Whole repeats keep the take's motion even; a rate no camera writes (a variable-rate
+    take's average) is read at 25."""
+    assert video_probe.held_rate(Fraction(fps)) == Fraction(rate)
 
 
 def test_a_rotated_phone_video_is_upright(tmp_path: Path, no_decoding: None) -> None:

@@ -164,6 +164,30 @@ def test_without_linux_s_own_calls_a_job_renders_the_same(tmp_path, examples, wa
     assert np.array_equal(frames, rendered[1])
 
 
+def test_a_take_at_5_fps_renders_at_25_with_each_frame_held_and_says_so(tmp_path, examples, warp_service):
+    """The bundled take as a 5-fps screen recording shows it: the video is at 25 fps (each
+    of the take's frames held 5 times), as long as the audio, its mouth moving from frame to
+    frame where the take's frames stand still, and the row notes the take's rate."""
+    slow = tmp_path / "screen.mp4"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-i", str(examples / "presenter.mp4"), "-vf", "fps=5",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(slow)], check=True)  # fmt: skip
+    result = render_job(job(tmp_path, examples / "lesson1.wav", slow), RenderConfig(chunk_frames=48),
+                        tmp_path / "cache", warp_service)  # fmt: skip
+    assert result.status == "ok", result.error
+    frames, fps = media.read_video(Path(result.output))
+    assert fps == FPS and len(frames) == round(media.probe_audio(examples / "lesson1.wav").duration * FPS)
+    assert "frame_rate: the take's 5 fps, each frame held at 25 fps" in result.reference_notes
+    template, _ = analyze(slow, get_pack("warp").geometry, RenderConfig().detector, tmp_path / "cache")
+    with template:
+        held = [template.read_frames(np.arange(i, i + 5)) for i in range(0, 25, 5)]
+        assert all(all(np.array_equal(f, group[0]) for f in group) for group in map(list, held))
+        box = template.boxes[0]
+    mouth = frames[:, (box[1] + box[3]) // 2 : box[3], box[0] : box[2]].astype(np.int16)
+    change = np.abs(np.diff(mouth, axis=0)).mean(axis=(1, 2, 3))  # (n - 1,) frame i to i + 1
+    within = change[(np.arange(len(change)) + 1) % 5 != 0]  # where the take's frame stays the same
+    assert np.count_nonzero(within > 1) > len(within) / 4, within  # the mouth moves there all the same
+
+
 def test_a_reference_above_max_resolution_renders_at_it_with_the_mouth_following_the_audio(
         tmp_path, examples, warp_service):  # fmt: skip
     """A 1280×720 lecture take rendered with max_resolution 360: the video is 640×360, the

@@ -26,7 +26,7 @@ from tests.helpers.media import make_silence
 
 runner = CliRunner()
 CHECKS = ["face_size", "lost", "jitter", "faces", "mouth_motion", "head_turned", "mouth_covered", "dark", "blurred", "colour",
-          "length"]  # fmt: skip
+          "frame_rate", "length"]  # fmt: skip
 
 
 def _preview(tmp_path, *args: str):

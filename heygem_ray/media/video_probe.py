@@ -30,6 +30,12 @@ from heygem_ray.media.isobmff import heif_still, video_samples
 from heygem_ray.media.limits import check_reference_size, clock, decoder_limit, megapixels, too_many_frames
 
 IMAGE_FPS = Fraction(25)  # the rate a still image is given (ffmpeg's image2 default)
+# A take slower than this (a webcam at 15 fps, a screen recording at 5, slides at one frame
+# every 2 s) is read with each of its frames held k times, k the fewest that make IMAGE_FPS
+# or more (``held_rate``): the output is at the take's rate, and a mouth that moved only a
+# few times a second would step. Whole repeats keep the take's own motion even (15 fps at
+# 30, not at 25 with every other frame shown twice).
+MIN_FPS = Fraction(20)
 
 
 # Codecs (as FFmpeg names them) and demuxers of still-image files. Such a stream that
@@ -105,6 +111,9 @@ class VideoInfo:
     # "yuv420p"): which decoder takes it (``decoders.pick_decoder``).
     codec: str = ""
     pixel_format: str = ""
+    # The take's own frame rate where it is under MIN_FPS and ``fps`` is a whole multiple of
+    # it (``held_rate``), its frames held; None where ``fps`` is the take's own.
+    held_from: Fraction | None = None
 
 
 def _video_stream(container: av.container.InputContainer, path: Path, what: str) -> av.video.stream.VideoStream:
@@ -147,6 +156,15 @@ def _choose_fps(avg: Fraction | None, nominal: Fraction | None) -> Fraction:
     if avg is not None:
         return avg.limit_denominator(1001)
     return IMAGE_FPS
+
+
+def held_rate(fps: Fraction) -> Fraction:
+    """The rate a take of ``fps`` under ``MIN_FPS`` is read at: each frame held the fewest
+    whole times that reach IMAGE_FPS (15 → 30, 7.5 → 30, 5 → 25, 1/2 → 25, 15000/1001 →
+    30000/1001), or IMAGE_FPS where that rate would be no whole or NTSC one (a variable-rate
+    take averaging 7.3 fps: 25, not 29.2)."""
+    rate = fps * math.ceil(IMAGE_FPS / fps)
+    return rate if rate.denominator in (1, 1001) else IMAGE_FPS
 
 
 def _rotation_cw(angle: float) -> int:
@@ -230,18 +248,21 @@ def _constant_rate_frames(scan: _Scan, time_base: Fraction | None, fps: Fraction
 
     ffmpeg's ``fps`` filter emits one frame per 1/fps slot from the first frame's time to
     the end of the last one (its time plus its duration). When the N packets are exactly
-    one slot apart, the last lasts one slot, and the first presented is the first frame the
-    decoder gives (no leading frames it drops), that is N. Exactly: in the stream's time
-    base, a slot must be a whole number of units (an MP4 at 25 fps in 1/12800: 512).
+    k slots apart, the last lasts k slots, and the first presented is the first frame the
+    decoder gives (no leading frames it drops), that is N·k (k is 1 but for a take slower
+    than ``MIN_FPS``, whose frames are held). Exactly: the packets' spacing in the stream's
+    time base is a whole number of units, and k slots (an MP4 at 25 fps in 1/12800: 512
+    units; slides at 0.5 fps in 1/16384: 32768 units, 50 slots).
     """
     if time_base is None or not scan.timed or scan.first_pts != scan.pts[0]:
         return None
-    slot = 1 / (fps * time_base)  # time-base units per frame
-    if slot.denominator != 1:
-        return None
     n = len(scan.pts)
-    uniform = np.array_equal(scan.pts - scan.pts[0], np.arange(n, dtype=np.int64) * slot.numerator)
-    return n if uniform and scan.last_duration == slot.numerator else None
+    apart = int(scan.pts[1] - scan.pts[0]) if n > 1 else scan.last_duration  # units between packets
+    slots = apart * time_base * fps  # frames at ``fps`` each packet fills
+    if apart <= 0 or slots.denominator != 1:
+        return None
+    uniform = np.array_equal(scan.pts - scan.pts[0], np.arange(n, dtype=np.int64) * apart)
+    return n * slots.numerator if uniform and scan.last_duration == apart else None
 
 
 def _decoded_frames(
@@ -389,18 +410,21 @@ def _probe_video(
             pixel_format = "yuva420p"  # as libvpx decodes it (iter_frames picks it): the alpha kept
     check_reference_size(path, source_width, source_height, max_pixels=max_pixels)  # as decoded
     is_image = looks_like_image and scan.decoded == 1
-    cut, skip, seek = False, 0, (Fraction(0), 0)
+    cut, skip, seek, held_from = False, 0, (Fraction(0), 0), None
     if is_image:
         fps, frames = IMAGE_FPS, 1
     else:
         fps = _choose_fps(average_rate, nominal_rate)
+        if fps < MIN_FPS:
+            held_from, fps = fps, held_rate(fps)
         _check_span(path, scan, time_base, fps, max_frames)
         skip = _frames_in(start_seconds, fps)  # the frames before the one on show at start_seconds
         first = max(1, _frames_in(max_seconds, fps)) if max_seconds > 0 else None  # the frames a cut keeps
         whole = _constant_rate_frames(scan, time_base, fps)  # None (or 0): decoded to count them
         if whole:
             frames = max(0, whole - skip)
-            if frames and indexed:
+            # (where each packet fills several slots, a seek lands slots before the frame wanted)
+            if frames and indexed and whole == len(scan.pts):
                 seek = _seek_point(scan, time_base, fps, file_start, skip)
                 if seek[1] and not _seek_lands(path, video_stream, seek[0] + file_start,
                                                _slot_pts(scan, time_base, fps, seek[1]), max_pixels):  # fmt: skip
@@ -446,6 +470,7 @@ def _probe_video(
         seek_frames=seek[1],
         codec=codec,
         pixel_format=pixel_format,
+        held_from=held_from,
     )
 
 

@@ -11,7 +11,8 @@ decoded once however many jobs use it:
   interlaced; ``sample_aspect``: its pixels' width over height, as stored, where the
   frames are square; ``scaled_from``: the frames' size before ``max_resolution`` scaled
   them down, or null; ``cut_to_seconds``: the seconds of the take kept where
-  ``reference_seconds`` cut it, or null);
+  ``reference_seconds`` cut it, or null; ``held_from_fps``: the take's own frame rate where
+  it was under ``media.MIN_FPS`` and each frame is held (``fps`` a whole multiple), or null);
 * ``frames.bin`` + ``offsets.npy``: every decoded frame, I420 in BT.709 limited range
   as the encoder takes it (``media.yuv``), compressed losslessly one by one (Zstandard at
   its fastest level), so any frame can be read by index — compose walks the reference
@@ -88,6 +89,9 @@ class Template:
     cut: bool
     # Seconds of the take before its first frame here (``reference_start``; 0: none).
     start: float
+    # The take's own frame rate where it was under ``media.MIN_FPS`` and its frames are held
+    # at ``fps`` (``video_probe.held_rate``); None where ``fps`` is its own.
+    held_from: Fraction | None
     store: FrameStore = field(repr=False, compare=False)
     crop_array: np.ndarray = field(repr=False, compare=False)  # (frames, S, S, 3) uint8 BGR, mapped
 
@@ -114,7 +118,7 @@ class Template:
         return cls(root=root, fps=meta["fps"], width=meta["width"], height=meta["height"], frames=n,
                    is_image=meta["is_image"], boxes=boxes, present=present, points=points,
                    decoder=meta["decoder"], source_colour=meta["source_colour"], cut=meta["cut"],
-                   start=meta["start"], store=store, crop_array=crops)  # fmt: skip
+                   start=meta["start"], held_from=meta["held_from"], store=store, crop_array=crops)  # fmt: skip
 
     def close(self) -> None:
         self.store.close()
@@ -163,8 +167,12 @@ def _meta(root: Path) -> dict[str, Any]:
         meta = json.loads(_existing(root / "meta.json").read_text())
         if meta["version"] != TEMPLATE_VERSION:
             raise DamagedTemplate(f"meta.json is of version {meta['version']!r}, not {TEMPLATE_VERSION}")
+        fps = Fraction(meta["fps"])
+        if fps < media.MIN_FPS and not meta["is_image"]:  # (a version before takes that slow were held)
+            raise DamagedTemplate(f"it holds the take at its own {float(fps):g} fps, where a take under "
+                                  f"{media.MIN_FPS} fps is now read with each frame held")  # fmt: skip
         return {
-            "fps": Fraction(meta["fps"]),
+            "fps": fps,
             "width": _positive(meta["width"]),
             "height": _positive(meta["height"]),
             "frames": _positive(meta["frames"]),
@@ -173,6 +181,7 @@ def _meta(root: Path) -> dict[str, Any]:
             "source_colour": str(meta["source_colour"]),
             "cut": bool(meta.get("cut_to_seconds")),  # (templates made before the option have none)
             "start": float(meta.get("start_seconds") or 0.0),  # (nor this one)
+            "held_from": Fraction(meta["held_from_fps"]) if meta.get("held_from_fps") else None,  # (nor this one)
         }
     except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
         raise DamagedTemplate(f"meta.json does not read ({type(exc).__name__}: {exc})") from exc

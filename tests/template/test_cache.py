@@ -94,6 +94,9 @@ DAMAGE: dict[str, Callable[[Path], None]] = {
     "meta.json of another version": lambda root: (root / "meta.json").write_text(
         json.dumps({**json.loads((root / "meta.json").read_text()), "version": 1})
     ),
+    "meta.json of a take at 5 fps, from before such takes were held": lambda root: (root / "meta.json").write_text(
+        json.dumps({**json.loads((root / "meta.json").read_text()), "fps": "5"})
+    ),
     "offsets.npy not an array": lambda root: (root / "offsets.npy").write_bytes(b"\x93NUMPY garbage"),
     "boxes.npy of 5 frames": _short("boxes.npy"),
     "points.npy of 5 frames": _short("points.npy"),
@@ -124,7 +127,7 @@ def test_a_damaged_template_is_built_again_with_a_warning(built, cache, examples
     assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in built.iterdir())
 
 
-def test_what_each_damage_names(cache):
+def test_what_each_damage_names(cache, built):
     """The warning says which file is wrong and how."""
     root = _root(cache)
     DAMAGE["boxes.npy deleted"](root)
@@ -132,6 +135,10 @@ def test_what_each_damage_names(cache):
         Template.open(root)
     _empty_folder(root)
     with pytest.raises(Exception, match="meta.json is missing"):
+        Template.open(root)
+    (root / "meta.json").write_text(json.dumps({**json.loads((_root(built) / "meta.json").read_text()), "fps": "5"}))
+    with pytest.raises(Exception, match="it holds the take at its own 5 fps, where a take under 20 fps is now read "
+                                        "with each frame held"):  # fmt: skip
         Template.open(root)
 
 
