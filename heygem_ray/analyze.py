@@ -62,6 +62,7 @@ def analyze(
     max_resolution: int = 0,
     reference_seconds: float = 0.0,
     reference_start: float = 0.0,
+    max_fps: int = 0,
 ) -> tuple[Template, bool]:
     """The template for ``video``, built unless cached whole. Returns (template, was_cached).
     A cache this process cannot write serves the templates it holds whole (``_read_only``).
@@ -70,7 +71,8 @@ def analyze(
     ``reference_seconds`` (0: all): a longer reference is analysed as far as that, and the
     template holds those frames (``VideoInfo.cut``). ``reference_start`` (0: its beginning):
     a video is used from that many seconds in (``VideoInfo.start``), and a cut counts from
-    there.
+    there. ``max_fps`` (0: none): a faster take is analysed with every k-th frame kept
+    (``media.probe_video``), and the template is at that rate.
 
     A cached template found damaged (``Template.open``) is set aside, with a warning, and
     built again. A reference over ``limits`` (default ``InputLimits()``) is ``too_large``:
@@ -79,7 +81,8 @@ def analyze(
     limits = limits or InputLimits()
     media.require_file(video, "reference")
     storage.makedirs(cache_dir)
-    key = template_key(video, geometry, detector, cache_dir, max_resolution, reference_seconds, reference_start)
+    key = template_key(video, geometry, detector, cache_dir, max_resolution, reference_seconds, reference_start,
+                       max_fps=max_fps)  # fmt: skip
     root = cache_dir / key
     if not os.access(cache_dir, os.W_OK):
         return _read_only(video, cache_dir, root, limits), True
@@ -104,7 +107,8 @@ def analyze(
         file_frames = max(limits.max_reference_frames, CUT_FILE_FRAMES if reference_seconds else 0)
         info = media.probe_video(
             video, max_pixels=limits.max_reference_pixels, max_frames=file_frames,
-            max_resolution=max_resolution, max_seconds=reference_seconds, start_seconds=reference_start,
+            max_resolution=max_resolution, max_fps=max_fps, max_seconds=reference_seconds,
+            start_seconds=reference_start,
         )  # fmt: skip
         media.check_reference_frames(video, info.frames, max_frames=limits.max_reference_frames)
         tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
@@ -234,7 +238,7 @@ def _build(
         "scaled_from": list(info.scaled_from) if info.scaled_from else None,
         "cut_to_seconds": info.duration if info.cut else None,
         "start_seconds": float(info.start / info.fps) if info.start else None,
-        "held_from_fps": str(info.held_from) if info.held_from else None,
+        "own_fps": str(info.own_fps) if info.own_fps else None,
         "face_detected_fraction": float(track.detected.mean()),
         "face_present_fraction": float(track.present.mean()),
     }

@@ -34,9 +34,9 @@ from typing import Literal
 
 import numpy as np
 
-from heygem_ray.config import LoopMode
+from heygem_ray.config import MIN_FPS, LoopMode
 from heygem_ray.face import looks
-from heygem_ray.media.video_probe import HDR_COLOURS, MIN_FPS
+from heygem_ray.media.video_probe import HDR_COLOURS
 from heygem_ray.packs import PackSpec
 from heygem_ray.template.files import Template
 
@@ -124,7 +124,7 @@ class Reference:
     source_colour: str = ""  # the take's own colour (Template.source_colour)
     cut: bool = False  # the take's first seconds only (Template.cut: --reference-seconds)
     start: float = 0.0  # seconds of the take before its first frame here (Template.start: --reference-start)
-    held_from: Fraction | None = None  # the take's own rate, where under MIN_FPS (Template.held_from)
+    own_fps: Fraction | None = None  # the take's own rate, where the video's is another (Template.own_fps)
 
     @classmethod
     def of(cls, template: Template) -> Reference:
@@ -134,7 +134,7 @@ class Reference:
             present=track.present, detected=track.detected, looks=np.asarray(track.looks, np.float32),
             others=np.asarray(track.others, np.float32), crops=template.boxes,
             source_colour=template.source_colour, cut=template.cut, start=template.start,
-            held_from=template.held_from,
+            own_fps=template.own_fps,
         )  # fmt: skip
 
     @property
@@ -427,12 +427,20 @@ def _colour(ref: Reference) -> Check:
 
 
 def _frame_rate(ref: Reference) -> Check:
-    if ref.held_from is None:
-        return Check("frame_rate", "ok", f"{float(ref.fps):g} fps", "")
-    held = float(ref.held_from)
+    if ref.own_fps is None:
+        return Check("frame_rate", "ok", f"{float(ref.fps):.4g} fps", "")
+    if ref.own_fps > ref.fps:  # --max-fps
+        return Check("frame_rate", "ok", f"the take's {float(ref.own_fps):.4g} fps, every "
+                     f"{_ordinal(round(ref.own_fps / ref.fps))} frame kept: {float(ref.fps):.4g} fps (--max-fps)", "")
+    held = float(ref.own_fps)
     return Check("frame_rate", "warn", f"the take's {held:g} fps, each frame held at {float(ref.fps):g} fps",
                  f"each frame of the take shows for {1 / held:.2g} s, so the presenter's head and eyes move only "
                  f"then while the mouth moves every frame: record the presenter at {float(MIN_FPS):g} fps or more")
+
+
+def _ordinal(n: int) -> str:
+    """2nd, 3rd, 4th…"""
+    return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n if n < 20 else n % 10, 'th')}"
 
 
 def _length(ref: Reference, loop: LoopMode, audio_seconds: float | None, span: tuple[int, int] | None) -> Check:

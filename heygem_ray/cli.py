@@ -161,6 +161,7 @@ def submit(
     encoder: Annotated[str, typer.Option(help="H.264 encoder: 'auto' (h264_nvenc where the node's GPU has NVENC, else libx264), 'libx264' or 'h264_nvenc'.")] = RenderConfig.encoder,
     min_face: Annotated[int, typer.Option(help="Smallest face searched for in the reference, in pixels wide (at least 20; smaller costs more analysis time).")] = DetectorConfig().min_face,
     max_resolution: Annotated[int, typer.Option(help="The videos' resolution at most, in lines (their shorter side): 1080 renders a 4K reference at 1920×1080, about a quarter of the analysis, cache, compose and encoding cost. A larger reference is scaled down before it is analysed, so --min-face counts pixels at that size. 0 (the default): the reference's own.")] = 0,
+    max_fps: Annotated[int, typer.Option(help="The videos' frame rate at most: a faster reference (a phone's 60 fps) is read with every k-th frame kept, k the fewest that bring it under (60 → 30 for 30, 50 → 25), which halves analysis, rendering and encoding for a 60-fps take. At least 20; a rate no whole k brings between 20 and it stays as it is. 0 (the default): the reference's own.")] = 0,
     reference_seconds: Annotated[float, typer.Option(help="Use only the first this many seconds of each reference video (at least 1): a longer take, such as a whole recorded lecture, is analysed and cached only that far, and looped under longer audio like any take. 0 (the default): all of it. --max-reference-frames then bounds the frames used; the file may hold up to twelve hours at 60 fps.")] = 0.0,
     reference_start: Annotated[float, typer.Option(help="Use each reference video from this many seconds in: a recorded lecture that opens without the presenter (setting up, a title) is used from where they are there; --reference-seconds counts from it. An MP4, MOV or MKV is read from the keyframe before it; the frames before it are not analysed or cached. 0 (the default): from its beginning. A photo is used whole.")] = 0.0,
     max_reference_pixels: Annotated[int, typer.Option(help="A reference with more pixels (width × height) fails its row before it is decoded (default: 8K UHD, 7680×4320).")] = InputLimits.max_reference_pixels,
@@ -211,6 +212,7 @@ def submit(
                 calibration_frames=calibration_frames,
                 detector=DetectorConfig(min_face=min_face),
                 max_resolution=max_resolution,
+                max_fps=max_fps,
                 reference_seconds=reference_seconds,
                 reference_start=reference_start,
                 limits=InputLimits(
@@ -300,6 +302,7 @@ def preview(
     loop: Annotated[str, typer.Option(help="The loop mode tonight's batch uses (see submit --help): the length check reads it.")] = "pingpong",
     min_face: Annotated[int, typer.Option(help="As for submit: use tonight's value, so the template this analyses is the one the batch finds.")] = DetectorConfig().min_face,
     max_resolution: Annotated[int, typer.Option(help="As for submit (0: the reference's own): use tonight's value, so the template this analyses is the one the batch finds.")] = 0,
+    max_fps: Annotated[int, typer.Option(help="As for submit (0: the reference's own): use tonight's value, so the template this analyses is the one the batch finds.")] = 0,
     reference_seconds: Annotated[float, typer.Option(help="As for submit (0: all of each reference): use tonight's value, so the template this analyses is the one the batch finds.")] = 0.0,
     reference_start: Annotated[float, typer.Option(help="As for submit (0: from its beginning): use tonight's value, so the template this analyses is the one the batch finds.")] = 0.0,
     cache_dir: Annotated[Path | None, typer.Option(help="Where analysed references are cached (default: ~/.cache/heygem-ray/templates): tonight's, to warm it.")] = None,
@@ -323,7 +326,8 @@ def preview(
         cfg = RenderConfig(
             pack=cast(PackName, pack), checkpoint=checkpoint, loop=cast(LoopMode, loop),
             backend=cast(BackendName, backend), detector=DetectorConfig(min_face=min_face),
-            max_resolution=max_resolution, reference_seconds=reference_seconds, reference_start=reference_start,
+            max_resolution=max_resolution, max_fps=max_fps, reference_seconds=reference_seconds,
+            reference_start=reference_start,
         )  # fmt: skip
         if (reference is None) == (manifest is None) or (manifest is not None and audio is not None):
             raise InputError("give a REFERENCE (and its AUDIO, if you like), or --manifest MANIFEST, not both",

@@ -46,6 +46,12 @@ _RESTORE_FIELDS = ("restore", "restore_checkpoint", "restore_blend")
 EncoderName = Literal["auto", "libx264", "h264_nvenc"]
 # The smallest --max-resolution (lines): below it a face is too small to find or render.
 MIN_RESOLUTION = 144
+# A take slower than this (a webcam at 15 fps, a screen recording at 5, slides at one frame
+# every 2 s) is read with each of its frames held k times, k the fewest that make 25 fps or
+# more (``media.video_probe.held_rate``): the output is at the take's rate, and a mouth that
+# moved only a few times a second would step. Whole repeats keep the take's own motion even
+# (15 fps at 30, not at 25 with every other frame shown twice). ``max_fps`` keeps to it.
+MIN_FPS = 20
 # The shortest --reference-seconds: a second of the take.
 MIN_REFERENCE_SECONDS = 1.0
 # Frames a reference's file may hold where --reference-seconds cuts it (twelve hours at
@@ -199,6 +205,11 @@ class RenderConfig:
     # before it is analysed, so analysis, its template, compose and the encoder all work at
     # that size. 0: the reference's own.
     max_resolution: int = 0
+    # The output's frame rate at most: a faster reference (a phone's 60 fps) is read with
+    # every k-th frame kept, k the fewest that bring it under (60 → 30 for 30), so analysis,
+    # the models, compose and the encoder all work at that rate; a rate no whole k brings
+    # to between it and ``MIN_FPS`` stays as it is. 0: the reference's own.
+    max_fps: int = 0
     # Seconds of each reference video used, from its start (0: all of it): a longer take
     # (a whole lecture given as the reference) is analysed, cached and rendered from as if
     # it were cut there, and looped under longer audio like any take.
@@ -235,6 +246,11 @@ class RenderConfig:
             raise InputError(
                 f"--max-resolution must be 0 (the reference's own) or an even number of lines from {MIN_RESOLUTION} "
                 f"(720, 1080, 1440), not {self.max_resolution}",
+                kind="bad_argument",
+            )
+        if self.max_fps and self.max_fps < MIN_FPS:
+            raise InputError(
+                f"--max-fps must be 0 (the reference's own) or {MIN_FPS} or more (24, 25, 30), not {self.max_fps}",
                 kind="bad_argument",
             )
         if not (self.reference_seconds == 0 or MIN_REFERENCE_SECONDS <= self.reference_seconds < math.inf):
@@ -395,6 +411,8 @@ class RunConfig:
                 del payload[name]
         if not self.render.max_resolution:  # as before the option existed
             del payload["max_resolution"]
+        if not self.render.max_fps:
+            del payload["max_fps"]
         if not self.render.reference_seconds:
             del payload["reference_seconds"]
         if not self.render.reference_start:

@@ -91,7 +91,7 @@ def preview(
     speech = audio or BUNDLED_SPEECH
     template, _ = analyze(media.require_file(reference, "reference"), pack.geometry, cfg.detector, cache_dir,
                           cfg.limits, max_resolution=cfg.max_resolution, reference_seconds=cfg.reference_seconds,
-                          reference_start=cfg.reference_start)  # fmt: skip
+                          reference_start=cfg.reference_start, max_fps=cfg.max_fps)  # fmt: skip
     with template:
         ref = Reference.of(template)
         audio_seconds = media.probe_audio(speech).duration if audio is not None else None

@@ -267,7 +267,7 @@ def _settings(rs: list[JobResult]) -> dict[str, int]:
 
 # The render settings ``describe_settings`` names, then any of OPTIONAL_SETTINGS a run set.
 MAIN_SETTINGS = ("pack", "loop", "preset", "encoder", "backend", "precision")
-OPTIONAL_SETTINGS = ("max_resolution", "reference_start", "reference_seconds", "restore")
+OPTIONAL_SETTINGS = ("max_resolution", "max_fps", "reference_start", "reference_seconds", "restore")
 
 
 def describe_settings(settings: str, config_hash: str) -> str:

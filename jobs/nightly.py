@@ -101,6 +101,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-resolution", type=int, default=0,
                    help="the videos' resolution at most, in lines (1080: a 4K reference renders at 1920x1080); "
                         "0 (the default): the reference's own.")
+    p.add_argument("--max-fps", type=int, default=0,
+                   help="the videos' frame rate at most (30: a 60 fps reference renders at 30, every other frame "
+                        "kept); 0 (the default): the reference's own.")
     p.add_argument("--reference-seconds", type=float, default=0.0,
                    help="use only the first this many seconds of each reference video (a whole recorded lecture: "
                         "analysed and cached only that far); 0 (the default): all of it.")
@@ -168,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             render=RenderConfig(
                 pack=args.pack, checkpoint=args.checkpoint, loop=args.loop, chunk_frames=args.chunk_frames,
                 restore=args.restore, restore_checkpoint=args.restore_checkpoint, restore_blend=args.restore_blend,
-                preset=args.preset, encoder=args.encoder, max_resolution=args.max_resolution,
+                preset=args.preset, encoder=args.encoder, max_resolution=args.max_resolution, max_fps=args.max_fps,
                 reference_seconds=args.reference_seconds, reference_start=args.reference_start,
                 backend=args.backend, precision=args.precision, calibration=args.calibrate,
                 calibration_frames=args.calibration_frames,

@@ -233,6 +233,13 @@ def test_a_max_resolution_no_video_can_have_is_refused_saying_which_can(tmp_path
            f"1440), not {lines}" in got.stderr
 
 
+@pytest.mark.parametrize("fps", ["10", "19", "-30"])
+def test_a_max_fps_that_would_step_the_mouth_is_refused_saying_which_can(tmp_path, fps: str) -> None:
+    got = _submit_with(tmp_path, "--max-fps", fps)
+    assert got.exit_code == 2, got.stderr
+    assert f"--max-fps must be 0 (the reference's own) or 20 or more (24, 25, 30), not {fps}" in got.stderr
+
+
 @pytest.mark.parametrize("seconds", ["0.5", "-60", "nan", "inf"])
 def test_reference_seconds_that_keep_no_take_are_refused_saying_which_do(tmp_path, seconds: str) -> None:
     got = _submit_with(tmp_path, "--reference-seconds", seconds)

@@ -257,7 +257,7 @@ def test_a_take_slower_than_min_fps_is_read_with_each_frame_held(tmp_path: Path,
     before the frame wanted)."""
     clip = make_video(tmp_path / name, seconds=4.0, fps=fps, size=(64, 48))
     info = media.probe_video(clip)
-    assert (info.fps, info.held_from, info.frames) == (rate, Fraction(fps), 4 * rate)
+    assert (info.fps, info.own_fps, info.frames) == (rate, Fraction(fps), 4 * rate)
     frames = _frames(info)
     assert len(frames) == 4 * rate and all(np.array_equal(f, frames[i - i % held]) for i, f in enumerate(frames))
     changes = [i for i in range(1, len(frames)) if not np.array_equal(frames[i], frames[i - 1])]
@@ -266,7 +266,7 @@ def test_a_take_slower_than_min_fps_is_read_with_each_frame_held(tmp_path: Path,
     skip = int(2.2 * rate)
     assert (late.start, late.frames, late.seek_frames) == (skip, 4 * rate - skip, 0)
     assert all(np.array_equal(a, b) for a, b in zip(_frames(late), frames[skip:], strict=True))
-    assert media.probe_video(make_video(tmp_path / "steady.mp4", seconds=1.0, fps=20)).held_from is None
+    assert media.probe_video(make_video(tmp_path / "steady.mp4", seconds=1.0, fps=20)).own_fps is None
 
 
 @pytest.mark.parametrize(("fps", "rate"), [("15", "30"), ("15/2", "30"), ("5", "25"), ("1/2", "25"), ("12", "36"),
@@ -275,6 +275,36 @@ def test_a_slow_takes_frames_are_held_whole_times_reaching_25_fps(fps: str, rate
     """Whole repeats keep the take's motion even; a rate no camera writes (a variable-rate
     take's average) is read at 25."""
     assert video_probe.held_rate(Fraction(fps)) == Fraction(rate)
+
+
+@pytest.mark.parametrize(("name", "fps", "max_fps", "kept"), [("phone.mp4", "60", 30, 2), ("ntsc.mov", "60000/1001", 30, 2),
+                                                        ("slowmo.mp4", "120", 30, 4), ("pal.mp4", "50", 30, 2)])  # fmt: skip
+def test_max_fps_keeps_every_kth_frame(tmp_path: Path, no_decoding: None, name: str, fps: str, max_fps: int,
+                                       kept: int) -> None:  # fmt: skip
+    """A phone's 60 fps, an NTSC 59.94, a 120-fps take and PAL's 50 under --max-fps 30:
+    every 2nd (4th) frame kept, counted from the packets (an odd count rounds up, as ffmpeg
+    keeps a last frame for half a slot); a start is read from the keyframe before it and
+    gives the same frames."""
+    clip = make_video(tmp_path / name, seconds=2.05, fps=fps, size=(64, 48))
+    whole = media.probe_video(clip)
+    info = media.probe_video(clip, max_fps=max_fps)
+    assert (info.fps, info.own_fps) == (Fraction(fps) / kept, Fraction(fps))
+    assert info.frames == (2 * whole.frames + kept) // (2 * kept)
+    # Of the frames nearest a slot's start (half a slot either side), ffmpeg's fps filter keeps the last.
+    every, thinned = _frames(whole), _frames(info)
+    assert len(thinned) == info.frames == len(every[(kept + 1) // 2 - 1 :: kept])
+    assert all(np.array_equal(a, b) for a, b in zip(thinned, every[(kept + 1) // 2 - 1 :: kept], strict=True))
+    late = media.probe_video(clip, max_fps=max_fps, start_seconds=1.5)
+    assert late.seek_frames > 0 and late.frames == info.frames - late.start
+    assert all(np.array_equal(a, b) for a, b in zip(_frames(late), thinned[late.start :], strict=True))
+
+
+def test_max_fps_leaves_a_rate_it_cannot_divide_evenly(tmp_path: Path, no_decoding: None) -> None:
+    """25 fps under --max-fps 24 would be 12.5 (under 20: the mouth would step): kept at 25;
+    a take at or under the cap is its own."""
+    clip = make_video(tmp_path / "pal.mp4", seconds=1.0, fps=25)
+    assert (media.probe_video(clip, max_fps=24).fps, media.probe_video(clip, max_fps=24).own_fps) == (25, None)
+    assert media.probe_video(clip, max_fps=30).own_fps is None
 
 
 def test_a_rotated_phone_video_is_upright(tmp_path: Path, no_decoding: None) -> None:

@@ -188,6 +188,31 @@ def test_a_take_at_5_fps_renders_at_25_with_each_frame_held_and_says_so(tmp_path
     assert np.count_nonzero(within > 1) > len(within) / 4, within  # the mouth moves there all the same
 
 
+def test_a_60_fps_take_under_max_fps_30_renders_at_30(tmp_path, examples, warp_service):
+    """A phone's 60-fps take with --max-fps 30: analysed, rendered and encoded at 30 fps
+    (every other frame of the take), as long as the audio, the mouth following it; its
+    template is apart from the take's own, and the run's config hash is another."""
+    take = lecture_clip(tmp_path / "phone.mp4", size=(320, 240), face=96, seconds=2, fps=60, corner="centre",
+                        talk=lambda t: 0.0).path  # fmt: skip
+    cfg = RenderConfig(chunk_frames=48, max_fps=30)
+    result = render_job(job(tmp_path, examples / "lesson1.wav", take), cfg, tmp_path / "cache", warp_service)
+    assert result.status == "ok", result.error
+    frames, fps = media.read_video(Path(result.output))
+    assert fps == 30 and len(frames) == round(media.probe_audio(examples / "lesson1.wav").duration * 30)
+    assert "frame_rate" not in (result.reference_notes or "")
+    template, cached = analyze(take, get_pack("warp").geometry, cfg.detector, tmp_path / "cache", max_fps=30)
+    with template:
+        assert cached and (template.fps, template.own_fps, template.frames) == (30, 60, 60)
+        refs, index = _ref_frames(template, len(frames))
+        boxes = template.boxes[index]
+    assert _mouth_change(frames, refs, boxes).mean() > 2  # the closed mouth of the take opens with the speech
+    own, _ = analyze(take, get_pack("warp").geometry, cfg.detector, tmp_path / "cache")
+    with own:
+        assert (own.fps, own.frames, own.root != template.root) == (60, 120, True)
+    plain = RunConfig(output_dir=tmp_path, render=RenderConfig(chunk_frames=48))
+    assert dataclasses.replace(plain, render=cfg).config_hash() != plain.config_hash()
+
+
 def test_a_reference_above_max_resolution_renders_at_it_with_the_mouth_following_the_audio(
         tmp_path, examples, warp_service):  # fmt: skip
     """A 1280×720 lecture take rendered with max_resolution 360: the video is 640×360, the

@@ -52,10 +52,10 @@ def test_restore_settings_are_checked_with_what_to_do(settings: dict, words: str
 
 def test_config_hash_covers_the_restore_settings_only_when_restoring(tmp_path: Path) -> None:
     plain = RunConfig(output_dir=tmp_path, render=RenderConfig(pack="warp"))
-    # Off, the hash is that of the settings without the restore fields (nor --max-resolution
-    # and --reference-seconds and --reference-start, at their defaults): what it was before them.
+    # Off, the hash is that of the settings without the restore fields (nor --max-resolution,
+    # --max-fps, --reference-seconds and --reference-start, at their defaults): what it was before them.
     payload = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(plain.render).items()
-               if k not in ("limits", "restore", "restore_checkpoint", "restore_blend", "max_resolution",
+               if k not in ("limits", "restore", "restore_checkpoint", "restore_blend", "max_resolution", "max_fps",
                             "reference_seconds", "reference_start")}  # fmt: skip
     assert plain.config_hash() == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     on = RenderConfig(restore="gfpgan", restore_checkpoint=tmp_path / "g.pth")

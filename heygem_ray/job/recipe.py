@@ -71,7 +71,7 @@ def render_job(
                 video = storage.fetch(job.video, "reference", default_download_dir())
                 template, result.template_cached = analyze(
                     video, pack.geometry, cfg.detector, cache_dir, cfg.limits, max_resolution=cfg.max_resolution,
-                    reference_seconds=cfg.reference_seconds, reference_start=cfg.reference_start,
+                    reference_seconds=cfg.reference_seconds, reference_start=cfg.reference_start, max_fps=cfg.max_fps,
                 )  # fmt: skip
                 held.enter_context(template)  # its frame store and crops, held open to the end
                 result.decoder = template.decoder

@@ -38,11 +38,10 @@ from heygem_ray.media.encode import VideoWriter
 from heygem_ray.media.encoders import Encoder, pick_encoder
 from heygem_ray.media.ffmpeg import ffmpeg_exe
 from heygem_ray.media.limits import check_reference_frames, check_reference_size
-from heygem_ray.media.video_probe import IMAGE_FPS, MIN_FPS, VideoInfo, indexed_frames, probe_video
+from heygem_ray.media.video_probe import IMAGE_FPS, VideoInfo, indexed_frames, probe_video
 
 __all__ = [
     "IMAGE_FPS",
-    "MIN_FPS",
     "AudioInfo",
     "audio_tracks",
     "Decoder",

@@ -22,6 +22,7 @@ import av.video.stream
 import ffmpeg
 import numpy as np
 
+from heygem_ray.config import MIN_FPS
 from heygem_ray.errors import InputError
 from heygem_ray.media.container import contents, opened, reason, require_file
 from heygem_ray.media.ffmpeg import ffmpeg_exe, run, tail, url, video_filters
@@ -30,12 +31,6 @@ from heygem_ray.media.isobmff import heif_still, video_samples
 from heygem_ray.media.limits import check_reference_size, clock, decoder_limit, megapixels, too_many_frames
 
 IMAGE_FPS = Fraction(25)  # the rate a still image is given (ffmpeg's image2 default)
-# A take slower than this (a webcam at 15 fps, a screen recording at 5, slides at one frame
-# every 2 s) is read with each of its frames held k times, k the fewest that make IMAGE_FPS
-# or more (``held_rate``): the output is at the take's rate, and a mouth that moved only a
-# few times a second would step. Whole repeats keep the take's own motion even (15 fps at
-# 30, not at 25 with every other frame shown twice).
-MIN_FPS = Fraction(20)
 
 
 # Codecs (as FFmpeg names them) and demuxers of still-image files. Such a stream that
@@ -111,9 +106,11 @@ class VideoInfo:
     # "yuv420p"): which decoder takes it (``decoders.pick_decoder``).
     codec: str = ""
     pixel_format: str = ""
-    # The take's own frame rate where it is under MIN_FPS and ``fps`` is a whole multiple of
-    # it (``held_rate``), its frames held; None where ``fps`` is the take's own.
-    held_from: Fraction | None = None
+    # The take's own frame rate where ``fps`` is another: a whole multiple of it for a take
+    # under MIN_FPS, its frames held (``held_rate``), or a whole fraction for one over
+    # ``probe_video``'s ``max_fps``, every k-th frame kept (``thinned_rate``); None where
+    # ``fps`` is the take's own.
+    own_fps: Fraction | None = None
 
 
 def _video_stream(container: av.container.InputContainer, path: Path, what: str) -> av.video.stream.VideoStream:
@@ -156,6 +153,15 @@ def _choose_fps(avg: Fraction | None, nominal: Fraction | None) -> Fraction:
     if avg is not None:
         return avg.limit_denominator(1001)
     return IMAGE_FPS
+
+
+def thinned_rate(fps: Fraction, max_fps: int) -> Fraction | None:
+    """The rate a take of ``fps`` over ``max_fps`` is read at: every k-th frame kept, k the
+    fewest that bring it to ``max_fps`` or under (60 → 30, 59.94 → 29.97 and 120 → 30 for
+    30; 50 → 25), or None where that is under MIN_FPS (25 for 24 would be 12.5: the take
+    keeps its rate, its motion even)."""
+    rate = fps / math.ceil(fps / max_fps)
+    return rate if rate >= MIN_FPS else None
 
 
 def held_rate(fps: Fraction) -> Fraction:
@@ -247,22 +253,28 @@ def _constant_rate_frames(scan: _Scan, time_base: Fraction | None, fps: Fraction
     None when only a decode can tell.
 
     ffmpeg's ``fps`` filter emits one frame per 1/fps slot from the first frame's time to
-    the end of the last one (its time plus its duration). When the N packets are exactly
-    k slots apart, the last lasts k slots, and the first presented is the first frame the
-    decoder gives (no leading frames it drops), that is N·k (k is 1 but for a take slower
-    than ``MIN_FPS``, whose frames are held). Exactly: the packets' spacing in the stream's
-    time base is a whole number of units, and k slots (an MP4 at 25 fps in 1/12800: 512
-    units; slides at 0.5 fps in 1/16384: 32768 units, 50 slots).
+    the end of the last one (its time plus its duration), each the frame nearest its slot's
+    start, and a last one where half a slot or more is left. When the N packets are exactly
+    one slot apart, the last lasts one slot, and the first presented is the first frame the
+    decoder gives (no leading frames it drops), that is N; k slots apart (a take slower
+    than ``MIN_FPS``, its frames held), N·k; one k-th of a slot apart (a take over
+    ``max_fps``, every k-th frame kept), N/k rounded half up (61 frames at 60 fps make 31
+    at 30, found for k of 2 and 4 and starts off the slots). Exactly: the packets' spacing
+    in the stream's time base is a whole number of units (an MP4 at 25 fps in 1/12800:
+    512 units; slides at 0.5 fps in 1/16384: 32768 units, 50 slots).
     """
     if time_base is None or not scan.timed or scan.first_pts != scan.pts[0]:
         return None
     n = len(scan.pts)
     apart = int(scan.pts[1] - scan.pts[0]) if n > 1 else scan.last_duration  # units between packets
     slots = apart * time_base * fps  # frames at ``fps`` each packet fills
-    if apart <= 0 or slots.denominator != 1:
+    if apart <= 0 or not (slots.denominator == 1 or slots.numerator == 1):
         return None
     uniform = np.array_equal(scan.pts - scan.pts[0], np.arange(n, dtype=np.int64) * apart)
-    return n * slots.numerator if uniform and scan.last_duration == apart else None
+    if not uniform or scan.last_duration != apart:
+        return None
+    k = slots.denominator  # packets per frame kept (1 unless thinned)
+    return n * slots.numerator if k == 1 else (2 * n + k) // (2 * k)
 
 
 def _decoded_frames(
@@ -311,6 +323,7 @@ def probe_video(
     max_pixels: int | None = None,
     max_frames: int | None = None,
     max_resolution: int = 0,
+    max_fps: int = 0,
     max_seconds: float = 0.0,
     start_seconds: float = 0.0,
 ) -> VideoInfo:
@@ -334,6 +347,10 @@ def probe_video(
     down in proportion to that side (``scaled_to``: 2160p → 1080p, 3840×2160 → 1920×1080,
     a portrait 2160×3840 → 1080×1920); ``VideoInfo.scaled_from`` keeps the size before.
 
+    ``max_fps`` (0: none): a take whose rate is higher is read with every k-th frame kept
+    (``thinned_rate``: 60 → 30 for 30); ``VideoInfo.own_fps`` keeps its rate. A take under
+    ``MIN_FPS`` is read with its frames held, whatever ``max_fps`` (``held_rate``).
+
     ``max_seconds`` (0: none): a video longer than that is described by its first
     ``max_seconds`` of frames at the chosen rate (``VideoInfo.cut``), as iter_frames then
     yields it; ``max_frames`` still bounds the file. A variable-rate file is decoded to
@@ -346,7 +363,7 @@ def probe_video(
     """
     p = require_file(path, "reference").absolute()
     st = p.stat()
-    info = _probe_video(p, st.st_size, st.st_mtime_ns, max_pixels, max_frames, max_seconds, start_seconds)
+    info = _probe_video(p, st.st_size, st.st_mtime_ns, max_pixels, max_frames, max_fps, max_seconds, start_seconds)
     width, height = scaled_to(info.width, info.height, max_resolution)
     if (width, height) == (info.width, info.height):
         return info
@@ -365,8 +382,8 @@ def scaled_to(width: int, height: int, max_resolution: int) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=64)
 def _probe_video(
-    path: Path, _size: int, _mtime_ns: int, max_pixels: int | None, max_frames: int | None, max_seconds: float,
-    start_seconds: float,
+    path: Path, _size: int, _mtime_ns: int, max_pixels: int | None, max_frames: int | None, max_fps: int,
+    max_seconds: float, start_seconds: float,
 ) -> VideoInfo:
     if max_frames is not None and (listed := video_samples(path) or 0) > max_frames:  # before FFmpeg indexes them
         raise too_many_frames(path, f"lists {listed:,} frames in its header", max_frames)
@@ -410,13 +427,15 @@ def _probe_video(
             pixel_format = "yuva420p"  # as libvpx decodes it (iter_frames picks it): the alpha kept
     check_reference_size(path, source_width, source_height, max_pixels=max_pixels)  # as decoded
     is_image = looks_like_image and scan.decoded == 1
-    cut, skip, seek, held_from = False, 0, (Fraction(0), 0), None
+    cut, skip, seek, own_fps = False, 0, (Fraction(0), 0), None
     if is_image:
         fps, frames = IMAGE_FPS, 1
     else:
         fps = _choose_fps(average_rate, nominal_rate)
         if fps < MIN_FPS:
-            held_from, fps = fps, held_rate(fps)
+            own_fps, fps = fps, held_rate(fps)
+        elif max_fps and fps > max_fps and (thinned := thinned_rate(fps, max_fps)) is not None:
+            own_fps, fps = fps, thinned
         _check_span(path, scan, time_base, fps, max_frames)
         skip = _frames_in(start_seconds, fps)  # the frames before the one on show at start_seconds
         first = max(1, _frames_in(max_seconds, fps)) if max_seconds > 0 else None  # the frames a cut keeps
@@ -424,7 +443,7 @@ def _probe_video(
         if whole:
             frames = max(0, whole - skip)
             # (where each packet fills several slots, a seek lands slots before the frame wanted)
-            if frames and indexed and whole == len(scan.pts):
+            if frames and indexed and (own_fps is None or own_fps > fps):
                 seek = _seek_point(scan, time_base, fps, file_start, skip)
                 if seek[1] and not _seek_lands(path, video_stream, seek[0] + file_start,
                                                _slot_pts(scan, time_base, fps, seek[1]), max_pixels):  # fmt: skip
@@ -470,7 +489,7 @@ def _probe_video(
         seek_frames=seek[1],
         codec=codec,
         pixel_format=pixel_format,
-        held_from=held_from,
+        own_fps=own_fps,
     )
 
 
@@ -489,24 +508,26 @@ SEEK_LEAD = 2
 def _seek_point(scan: _Scan, time_base: Fraction | None, fps: Fraction, file_start: Fraction,
                 skip: int) -> tuple[Fraction, int]:  # fmt: skip
     """(seconds, frames): where iter_frames seeks to skip the first ``skip`` frames of a
-    take whose packets are exactly one slot apart (``_constant_rate_frames``), and how many
+    take whose packets are evenly spaced (``_constant_rate_frames``), and how many
     frames lie before the one the seek lands on; (0, 0) where ``skip`` leaves too few to
     seek past. ffmpeg seeks to the keyframe at or before that time, decodes from there,
-    and drops the frames shown before it: the time is a quarter slot before the frame
-    ``SEEK_LEAD`` frames ahead of the first used, so it lands on that frame whatever the
-    rounding to microseconds. On that frame the rate filter starts its slots, each holding
-    the next frame, so the frames used are those a decode from the beginning gives."""
+    and drops the frames shown before it: the time is a quarter of the packets' spacing
+    before the frame ``SEEK_LEAD`` frames ahead of the first used, so it lands on that
+    frame whatever the rounding to microseconds. On that frame the rate filter starts its
+    slots, each holding the next frame (or, where every k-th is kept, the next k-th), so
+    the frames used are those a decode from the beginning gives."""
     land = skip - SEEK_LEAD
-    if land <= 0 or time_base is None:
+    if land <= 0 or time_base is None or len(scan.pts) < 2:
         return Fraction(0), 0
-    slot = 1 / (fps * time_base)  # whole time-base units (``_constant_rate_frames``)
-    at = (int(scan.pts[0]) + land * slot - slot / 4) * time_base - file_start
+    slot = 1 / (fps * time_base)  # time-base units a frame at ``fps`` lasts
+    apart = int(scan.pts[1] - scan.pts[0])  # and a packet (``_constant_rate_frames``)
+    at = (int(scan.pts[0]) + land * slot - Fraction(apart, 4)) * time_base - file_start
     return at, land
 
 
 def _slot_pts(scan: _Scan, time_base: Fraction | None, fps: Fraction, frame: int) -> int:
-    """Presentation time (time-base units) of ``frame`` of a take whose packets are exactly
-    one slot apart (``_constant_rate_frames``)."""
+    """Presentation time (time-base units) of ``frame`` at ``fps`` of a take whose packets
+    are evenly spaced (``_constant_rate_frames``)."""
     assert time_base is not None  # (a take without one is never sought: ``_seek_point``)
     return int(scan.pts[0] + frame * (1 / (fps * time_base)))
 

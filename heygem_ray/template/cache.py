@@ -89,11 +89,11 @@ def reference_hash(video: Path, cache_dir: Path) -> str:
 
 def template_key(
     video: Path, geometry: CropGeometry, detector: DetectorConfig, cache_dir: Path, max_resolution: int = 0,
-    reference_seconds: float = 0.0, reference_start: float = 0.0,
+    reference_seconds: float = 0.0, reference_start: float = 0.0, max_fps: int = 0,
 ) -> str:  # fmt: skip
     """The cache's name for ``video``'s template: its bytes (their hash remembered in
     ``cache_dir``: ``reference_hash``), the crop geometry, the detector and, where they are
-    set, ``max_resolution``, ``reference_seconds`` and ``reference_start``."""
+    set, ``max_resolution``, ``reference_seconds``, ``reference_start`` and ``max_fps``."""
     wanted: dict[str, Any] = {"v": TEMPLATE_VERSION, "geometry": dataclasses.asdict(geometry),
                               "detector": dataclasses.asdict(detector)}  # fmt: skip
     # (keys made before these options existed stay as they were)
@@ -103,6 +103,8 @@ def template_key(
         wanted["reference_seconds"] = float(reference_seconds)  # (300 and 300.0: one key)
     if reference_start:
         wanted["reference_start"] = float(reference_start)
+    if max_fps:
+        wanted["max_fps"] = max_fps
     settings = json.dumps(wanted, sort_keys=True)
     return hashlib.sha256(f"{reference_hash(video, cache_dir)}:{settings}".encode()).hexdigest()[:32]
 

@@ -11,8 +11,9 @@ decoded once however many jobs use it:
   interlaced; ``sample_aspect``: its pixels' width over height, as stored, where the
   frames are square; ``scaled_from``: the frames' size before ``max_resolution`` scaled
   them down, or null; ``cut_to_seconds``: the seconds of the take kept where
-  ``reference_seconds`` cut it, or null; ``held_from_fps``: the take's own frame rate where
-  it was under ``media.MIN_FPS`` and each frame is held (``fps`` a whole multiple), or null);
+  ``reference_seconds`` cut it, or null; ``own_fps``: the take's own frame rate where
+  ``fps`` is another, a whole multiple (a take under ``MIN_FPS``, each frame held) or a
+  whole fraction (``max_fps``, every k-th frame kept), or null);
 * ``frames.bin`` + ``offsets.npy``: every decoded frame, I420 in BT.709 limited range
   as the encoder takes it (``media.yuv``), compressed losslessly one by one (Zstandard at
   its fastest level), so any frame can be read by index — compose walks the reference
@@ -52,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from heygem_ray import media
+from heygem_ray.config import MIN_FPS
 from heygem_ray.face.looks import LOOKS
 from heygem_ray.face.track import FaceTrack
 from heygem_ray.media import yuv
@@ -89,9 +91,9 @@ class Template:
     cut: bool
     # Seconds of the take before its first frame here (``reference_start``; 0: none).
     start: float
-    # The take's own frame rate where it was under ``media.MIN_FPS`` and its frames are held
-    # at ``fps`` (``video_probe.held_rate``); None where ``fps`` is its own.
-    held_from: Fraction | None
+    # The take's own frame rate where ``fps`` is another (``VideoInfo.own_fps``: frames held
+    # under MIN_FPS, or every k-th kept for ``max_fps``); None where ``fps`` is its own.
+    own_fps: Fraction | None
     store: FrameStore = field(repr=False, compare=False)
     crop_array: np.ndarray = field(repr=False, compare=False)  # (frames, S, S, 3) uint8 BGR, mapped
 
@@ -118,7 +120,7 @@ class Template:
         return cls(root=root, fps=meta["fps"], width=meta["width"], height=meta["height"], frames=n,
                    is_image=meta["is_image"], boxes=boxes, present=present, points=points,
                    decoder=meta["decoder"], source_colour=meta["source_colour"], cut=meta["cut"],
-                   start=meta["start"], held_from=meta["held_from"], store=store, crop_array=crops)  # fmt: skip
+                   start=meta["start"], own_fps=meta["own_fps"], store=store, crop_array=crops)  # fmt: skip
 
     def close(self) -> None:
         self.store.close()
@@ -168,9 +170,9 @@ def _meta(root: Path) -> dict[str, Any]:
         if meta["version"] != TEMPLATE_VERSION:
             raise DamagedTemplate(f"meta.json is of version {meta['version']!r}, not {TEMPLATE_VERSION}")
         fps = Fraction(meta["fps"])
-        if fps < media.MIN_FPS and not meta["is_image"]:  # (a version before takes that slow were held)
+        if fps < MIN_FPS and not meta["is_image"]:  # (a version before takes that slow were held)
             raise DamagedTemplate(f"it holds the take at its own {float(fps):g} fps, where a take under "
-                                  f"{media.MIN_FPS} fps is now read with each frame held")  # fmt: skip
+                                  f"{MIN_FPS} fps is now read with each frame held")  # fmt: skip
         return {
             "fps": fps,
             "width": _positive(meta["width"]),
@@ -181,7 +183,7 @@ def _meta(root: Path) -> dict[str, Any]:
             "source_colour": str(meta["source_colour"]),
             "cut": bool(meta.get("cut_to_seconds")),  # (templates made before the option have none)
             "start": float(meta.get("start_seconds") or 0.0),  # (nor this one)
-            "held_from": Fraction(meta["held_from_fps"]) if meta.get("held_from_fps") else None,  # (nor this one)
+            "own_fps": Fraction(meta["own_fps"]) if meta.get("own_fps") else None,  # (nor this one)
         }
     except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
         raise DamagedTemplate(f"meta.json does not read ({type(exc).__name__}: {exc})") from exc
