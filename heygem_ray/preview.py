@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import tempfile
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
@@ -79,16 +80,22 @@ def preview(
     seconds: float = 5.0,
     name: str | None = None,
     worker: Callable[[], ModelWorker] | None = None,
+    inputs: Collection[Path] = (),
 ) -> Preview:
     """Check ``reference`` for ``cfg``'s pack and write the sheet, the video and the JSON
     into ``out_dir``, named after ``name`` (default: the reference's stem). ``worker`` gives
     the model worker that renders (default: one started for ``cfg``, once the reference is
     analysed). Raises ``HeygemError`` (an unreadable file, no face, a worker that cannot
-    start): nothing is written then but what was finished."""
+    start; a file it would write that is ``reference``, ``audio`` or one of ``inputs``):
+    nothing is written then but what was finished."""
     if seconds <= 0:
         raise InputError(f"--seconds must be above 0, got {seconds:g}", kind="bad_argument")
     pack = get_pack(cfg.pack)
     speech = audio or BUNDLED_SPEECH
+    stem = name or reference.stem
+    sheet, video, report = (out_dir / f"{stem}-{end}" for end in ("sheet.png", "preview.mp4", "checks.json"))
+    for dest in (sheet, video, report):
+        refuse_input(dest, (reference, speech, *inputs))
     template, _ = analyze(media.require_file(reference, "reference"), pack.geometry, cfg.detector, cache_dir,
                           cfg.limits, max_resolution=cfg.max_resolution, reference_seconds=cfg.reference_seconds,
                           reference_start=cfg.reference_start, max_fps=cfg.max_fps)  # fmt: skip
@@ -97,15 +104,11 @@ def preview(
         audio_seconds = media.probe_audio(speech).duration if audio is not None else None
         checks = check_reference(ref, pack, cfg.detector.min_face, cfg.loop, audio_seconds)
         span = still_span(ref) if pack.keeps_reference_mouth else None
-        stem = name or reference.stem
         with storage_errors(out_dir):
             out_dir.mkdir(parents=True, exist_ok=True)
-            sheet = out_dir / f"{stem}-sheet.png"
             _write_png(sheet, contact_sheet(reference.name, template, ref, pack, checks, span))
-            video = out_dir / f"{stem}-preview.mp4"
             started = worker() if worker is not None else ModelWorker(cfg, engines_dir=cast(Path, engines_dir))  # a bucket too
             _side_by_side(reference, speech, seconds, template, span, pack, cfg, cache_dir, started, video)
-            report = out_dir / f"{stem}-checks.json"
             report.write_text(json.dumps({
                 "reference": str(reference), "pack": pack.name, "verdict": verdict(checks),
                 "audio": str(speech), "audio_seconds": audio_seconds,
@@ -183,7 +186,10 @@ def preview_manifest(
         raise InputError(f"--seconds must be above 0, got {seconds:g}", kind="bad_argument")
     groups: dict[tuple[str, float, float], list[Job]] = {}
     problems: list[tuple[Job, HeygemError]] = []
-    for job in read_manifest(manifest, out_dir / ".outputs"):  # (where its videos would go: unused)
+    jobs = read_manifest(manifest, out_dir / ".outputs")  # (where its videos would go: unused)
+    inputs = [*(loc for j in jobs for loc in (j.audio, j.video) if isinstance(loc, Path)),
+              *([manifest] if isinstance(manifest, Path) else [])]  # fmt: skip
+    for job in jobs:
         problem = job.problem or row_settings_problem(job.row_settings, cfg)
         if problem is not None:
             problems.append((job, problem))
@@ -211,7 +217,7 @@ def preview_manifest(
         try:
             video = storage.fetch(jobs[0].video, "reference", default_download_dir())
             found = Checked(jobs[0].video, tuple(j.row for j in jobs), own,
-                            preview(video, speech, own, cache_dir, engines_dir, out_dir, seconds, name, worker))  # fmt: skip
+                            preview(video, speech, own, cache_dir, engines_dir, out_dir, seconds, name, worker, inputs))  # fmt: skip
         except HeygemError as exc:
             found = Checked(jobs[0].video, tuple(j.row for j in jobs), own, None, exc)
         references.append(found)
@@ -221,8 +227,22 @@ def preview_manifest(
     if not filled:
         return ManifestPreview(references, problems)
     dest = out_dir / f"{Path(str(manifest)).stem}-previewed.csv"
+    refuse_input(dest, inputs)
     write_with_settings(manifest, filled, dest)
     return ManifestPreview(references, problems, filled, dest)
+
+
+def refuse_input(dest: Path, inputs: Collection[Path]) -> None:
+    """Raise ``bad_argument`` where ``dest`` is one of ``inputs`` (by its name, a link to it,
+    or another name of the same file): a preview never writes over a reference, an audio
+    or a manifest."""
+    for source in inputs:
+        same = dest.resolve() == source.resolve()
+        if same or (dest.exists() and source.exists() and os.path.samefile(dest, source)):
+            raise InputError(
+                f"preview would write {dest}, which is the input {source}: give --output-dir a folder apart from "
+                "the media files", kind="bad_argument",
+            )  # fmt: skip
 
 
 def _unique(stem: str, taken: set[str]) -> str:

@@ -5,6 +5,7 @@ the exit status follows the verdict; the template it analysed is tonight's, cach
 from __future__ import annotations
 
 import json
+import subprocess
 
 import cv2
 import numpy as np
@@ -218,6 +219,36 @@ def test_one_model_worker_renders_every_reference_of_a_manifest(examples, tmp_pa
     assert [c.verdict for c in found.references] == ["ok"] * 3 and len(started) == 1
     assert sorted(p.name for p in (tmp_path / "out").glob("*-preview.mp4")) == \
            ["presenter-2-preview.mp4", "presenter-3-preview.mp4", "presenter-preview.mp4"]  # fmt: skip
+
+
+def test_a_preview_never_writes_over_an_input(examples, tmp_path):
+    """Previewed into the folder of the media, the take's side-by-side would be named as a
+    file that is an input (here the speech, exported as lecture-preview.mp4; a link to the
+    take named so): exit 2 naming both, the input unchanged. In a manifest, that reference
+    fails alone and the others are checked."""
+    media_dir = tmp_path / "media"
+    media_dir.mkdir()
+    take, speech = media_dir / "lecture.mp4", media_dir / "lecture-preview.mp4"
+    take.write_bytes((examples / "presenter.mp4").read_bytes())
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-i", str(examples / "lesson1.wav"), "-c:a", "aac",
+                    str(speech)], check=True)  # fmt: skip
+    before = speech.read_bytes()
+    got = runner.invoke(app, ["preview", str(take), str(speech), "-o", str(media_dir), "--seconds", "1",
+                              "--cache-dir", str(tmp_path / "cache"), "--engines", str(tmp_path / "engines")])  # fmt: skip
+    assert got.exit_code == 2, got.output
+    assert f"preview would write {speech}, which is the input {speech}: give --output-dir a folder apart" in got.stderr
+    assert speech.read_bytes() == before and not list(media_dir.glob("*-sheet.png"))
+    other = media_dir / "other.mp4"
+    other.write_bytes(take.read_bytes())
+    (media_dir / "other-checks.json").symlink_to(other)  # another name of the take
+    manifest = tmp_path / "tonight.csv"
+    manifest.write_text(f"audio,video\n{examples / 'lesson1.wav'},{other}\n"
+                        f"{examples / 'lesson1.wav'},{examples / 'presenter.mp4'}\n")  # fmt: skip
+    found = preview_manifest(manifest, RenderConfig(), tmp_path / "cache", tmp_path / "engines", media_dir, seconds=0.5)
+    first, second = found.references
+    assert first.verdict == "fail" and first.error is not None and second.verdict == "ok"
+    assert f"preview would write {media_dir / 'other-checks.json'}, which is the input {other}" in first.error.message
+    assert other.read_bytes() == (examples / "presenter.mp4").read_bytes()
 
 
 def test_preview_takes_a_reference_or_a_manifest(examples, tmp_path):
