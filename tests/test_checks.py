@@ -245,3 +245,16 @@ def test_a_photo_reference_is_never_looped_nor_jittery():
     found = run(photo, audio_seconds=600.0)
     assert found["length"].level == found["jitter"].level == "ok"
     assert found["mouth_motion"].figure.startswith("not measured")
+
+
+def test_the_frame_rate_says_what_was_held_or_kept_and_what_max_fps_would_spare(example):
+    """At its own 25 fps nothing is said; a 60-fps take's figure names --max-fps 30; a take
+    whose frames were held warns (the head moves only at its frames); one thinned says so."""
+    assert run(example)["frame_rate"].line().split()[:3] == ["ok", "frame_rate", "25"]
+    fast = run(dataclasses.replace(example, fps=Fraction(60)))["frame_rate"]
+    assert (fast.level, fast.figure) == ("ok", "60 fps (--max-fps 30 would render it at 30: about 1.7× less CPU a row)")
+    held = run(dataclasses.replace(example, own_fps=Fraction(5)))["frame_rate"]
+    assert (held.level, held.figure) == ("warn", "the take's 5 fps, each frame held at 25 fps")
+    assert "each frame of the take shows for 0.2 s" in held.advice and "record the presenter at 20 fps" in held.advice
+    kept = run(dataclasses.replace(example, fps=Fraction(30000, 1001), own_fps=Fraction(60000, 1001)))["frame_rate"]
+    assert (kept.level, kept.figure) == ("ok", "the take's 59.94 fps, every 2nd frame kept: 29.97 fps (--max-fps)")
