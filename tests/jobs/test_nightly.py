@@ -198,9 +198,11 @@ def test_the_restore_options_reach_the_render_settings(tmp_path, nightly, capsys
 
 def test_the_reference_options_reach_the_render_settings(tmp_path, nightly, capsys):
     args = nightly.parse_args(["m.csv", "out", "--max-resolution", "1080", "--reference-seconds", "300",
-                               "--reference-start", "90"])  # fmt: skip
-    assert (args.max_resolution, args.reference_seconds, args.reference_start) == (1080, 300.0, 90.0)
+                               "--reference-start", "90", "--max-fps", "30"])  # fmt: skip
+    assert (args.max_resolution, args.reference_seconds, args.reference_start, args.max_fps) == (1080, 300.0, 90.0, 30)
     (tmp_path / "m.csv").write_text("audio,video\na.wav,p.mp4\n")
+    assert nightly.main([str(tmp_path / "m.csv"), str(tmp_path / "out"), "--max-fps", "12"]) == 2
+    assert "--max-fps must be 0 (the reference's own) or 20 or more" in capsys.readouterr().err
     assert nightly.main([str(tmp_path / "m.csv"), str(tmp_path / "out"), "--reference-seconds", "0.5"]) == 2
     assert "--reference-seconds must be 0 (all of each reference) or at least 1 seconds" in capsys.readouterr().err
     assert nightly.main([str(tmp_path / "m.csv"), str(tmp_path / "out"), "--reference-start", "-1"]) == 2
