@@ -555,8 +555,8 @@ def _seek_lands(path: Path, stream_index: int, at: Fraction, land_pts: int, max_
                     return bool(frame.key_frame) and frame.pts is not None and frame.pts <= land_pts
                 if n >= SEEK_CHECK_PACKETS:
                     break
-    except av.FFmpegError:
-        pass
+    except av.FFmpegError:  # a seek or a decode that fails from there: the take is read from its beginning
+        return False
     return False
 
 
