@@ -442,8 +442,9 @@ def _probe_video(
         whole = _constant_rate_frames(scan, time_base, fps)  # None (or 0): decoded to count them
         if whole:
             frames = max(0, whole - skip)
-            # (where each packet fills several slots, a seek lands slots before the frame wanted)
-            if frames and indexed and (own_fps is None or own_fps > fps):
+            # (not where each packet fills several slots, held: a seek would land slots before
+            # the frame wanted)
+            if frames and indexed and whole <= len(scan.pts):
                 seek = _seek_point(scan, time_base, fps, file_start, skip)
                 if seek[1] and not _seek_lands(path, video_stream, seek[0] + file_start,
                                                _slot_pts(scan, time_base, fps, seek[1]), max_pixels):  # fmt: skip
