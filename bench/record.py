@@ -3,7 +3,8 @@ the command that made them and the date; how a benchmark runs one measurement in
 Python process (``run_child``); and the modes of a benchmark over many Ray tasks
 (``each_mode``), each keeping a few tasks in flight in its child (``in_flight``); the
 jobs' encoder options as an ffmpeg command line (``ffmpeg_args``); a clip as a camera
-records it (``camera_like``); and, for the benchmarks of a codec's threads, the noisy
+records it (``camera_like``); one job rendered at each value of a cap on the reference
+(``capped_runs``: ``max_resolution``, ``max_fps``); and, for the benchmarks of a codec's threads, the noisy
 pattern they code (``noisy_pattern``) and their table (``print_threads_table``)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -139,3 +141,68 @@ def in_flight(
                 readings.append([done, round(reading(), 1)])
         between()
     return readings
+
+
+# One job in a fresh process at one value of a render setting that caps the reference
+# (``max_resolution``, ``max_fps``: a RenderConfig field and an ``analyze`` argument alike),
+# with the warp pack: analysis into a fresh template cache, then the job. Its CPU is the
+# process's and its ffmpeg children's.
+_CAPPED_JOB = """
+import json, resource, sys, tempfile, time
+from pathlib import Path
+from heygem_ray.analyze import analyze
+from heygem_ray.config import RenderConfig
+from heygem_ray.job import InProcessService, render_job
+from heygem_ray.manifest import Job
+from heygem_ray.packs import get_pack
+from heygem_ray.worker import ModelWorker
+
+take, audio, setting, cap = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+out, cache = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
+cfg = RenderConfig(backend="pytorch", **{setting: cap})
+service = InProcessService(ModelWorker(cfg, engines_dir=out / "engines"))
+
+def cpu():
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+c0, t0 = cpu(), time.perf_counter()
+template, _ = analyze(take, get_pack("warp").geometry, cfg.detector, cache, **{setting: cap})
+c1, t1 = cpu(), time.perf_counter()
+store = sum(p.stat().st_size for p in template.root.iterdir())
+size, fps = f"{template.width}x{template.height}", float(template.fps)
+template.close()
+result = render_job(Job(row=1, job_id="j", audio=audio, video=take, output=out / "j.mp4"), cfg, cache, service)
+assert result.status == "ok", result.error
+c2, t2 = cpu(), time.perf_counter()
+print("RESULT " + json.dumps({
+    "analysis_cpu_s": c1 - c0, "job_cpu_s": c2 - c1, "wall_s": t2 - t0, "analysis_wall_s": t1 - t0,
+    "template_bytes": store, "mp4_bytes": Path(result.output).stat().st_size, "frames": result.frames,
+    "size": size, "fps": fps,
+}))
+"""
+
+
+def capped_runs(setting: str, caps: tuple[int, ...], take: Path, audio: Path, seconds: float, repeat: int) -> list[dict]:
+    """``take`` rendered with ``audio`` (both ``seconds`` long) as one job at each of ``caps``
+    of ``setting`` (the first: the take as it is), alternating, ``repeat`` times: per cap,
+    the medians, CPU seconds per second of video, and each figure's ratio to the first's."""
+    runs: dict[int, list[dict]] = {cap: [] for cap in caps}
+    for _ in range(repeat):
+        for cap in caps:
+            got, _ = run_child(f"{setting} {cap}", _CAPPED_JOB, str(take), str(audio), setting, str(cap))
+            runs[cap].append(got)
+            print(json.dumps({setting: cap, **got}), flush=True)
+    results = []
+    for cap in caps:
+        first = runs[cap][0]
+        row: dict = {setting: cap, "size": first["size"]}
+        row.update({k: statistics.median(r[k] for r in runs[cap]) for k in first if k != "size"})
+        row["analysis_cpu_s_per_s"] = round(row["analysis_cpu_s"] / seconds, 3)
+        row["job_cpu_s_per_s"] = round(row["job_cpu_s"] / seconds, 3)
+        results.append(row)
+    own = results[0]
+    for row in results:
+        for key in ("analysis_cpu_s_per_s", "job_cpu_s_per_s", "wall_s", "template_bytes", "mp4_bytes"):
+            row[f"{key}_x_cheaper"] = round(own[key] / row[key], 2)
+    return results
