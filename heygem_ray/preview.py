@@ -107,7 +107,7 @@ def preview(
         with storage_errors(out_dir):
             out_dir.mkdir(parents=True, exist_ok=True)
             _write_png(sheet, contact_sheet(reference.name, template, ref, pack, checks, span))
-            started = worker() if worker is not None else ModelWorker(cfg, engines_dir=cast(Path, engines_dir))  # a bucket too
+            started = (worker or functools.partial(_model_worker, cfg, engines_dir))()
             _side_by_side(reference, speech, seconds, template, span, pack, cfg, cache_dir, started, video)
             report.write_text(json.dumps({
                 "reference": str(reference), "pack": pack.name, "verdict": verdict(checks),
@@ -186,10 +186,10 @@ def preview_manifest(
         raise InputError(f"--seconds must be above 0, got {seconds:g}", kind="bad_argument")
     groups: dict[tuple[str, float, float], list[Job]] = {}
     problems: list[tuple[Job, HeygemError]] = []
-    jobs = read_manifest(manifest, out_dir / ".outputs")  # (where its videos would go: unused)
-    inputs = [*(loc for j in jobs for loc in (j.audio, j.video) if isinstance(loc, Path)),
+    rows = read_manifest(manifest, out_dir / ".outputs")  # (where its videos would go: unused)
+    inputs = [*(loc for j in rows for loc in (j.audio, j.video) if isinstance(loc, Path)),
               *([manifest] if isinstance(manifest, Path) else [])]  # fmt: skip
-    for job in jobs:
+    for job in rows:
         problem = job.problem or row_settings_problem(job.row_settings, cfg)
         if problem is not None:
             problems.append((job, problem))
@@ -198,7 +198,7 @@ def preview_manifest(
         groups.setdefault((str(job.video), own.reference_start, own.reference_seconds), []).append(job)
     references: list[Checked] = []
     names: set[str] = set()
-    worker = functools.cache(lambda: ModelWorker(cfg, engines_dir=cast(Path, engines_dir)))  # a bucket too
+    worker = functools.cache(functools.partial(_model_worker, cfg, engines_dir))
     for jobs in groups.values():
         speech, longest = None, 0.0  # the longest audio of the rows, and its seconds
         for job in jobs:
@@ -230,6 +230,11 @@ def preview_manifest(
     refuse_input(dest, inputs)
     write_with_settings(manifest, filled, dest)
     return ManifestPreview(references, problems, filled, dest)
+
+
+def _model_worker(cfg: RenderConfig, engines_dir: Location) -> ModelWorker:
+    """A model worker for ``cfg`` in this process (its engine store opens a bucket too)."""
+    return ModelWorker(cfg, engines_dir=cast(Path, engines_dir))
 
 
 def refuse_input(dest: Path, inputs: Collection[Path]) -> None:
