@@ -285,7 +285,7 @@ def test_max_fps_keeps_every_kth_frame(tmp_path: Path, no_decoding: None, name: 
     every 2nd (4th) frame kept, counted from the packets (an odd count rounds up, as ffmpeg
     keeps a last frame for half a slot); a start is read from the keyframe before it and
     gives the same frames."""
-    clip = make_video(tmp_path / name, seconds=2.05, fps=fps, size=(64, 48))
+    clip = make_video(tmp_path / name, seconds=241 / 120, fps=fps, size=(64, 48))  # 241 frames at 120: 60.25 slots at 30
     whole = media.probe_video(clip)
     info = media.probe_video(clip, max_fps=max_fps)
     assert (info.fps, info.own_fps) == (Fraction(fps) / kept, Fraction(fps))
