@@ -43,7 +43,7 @@ from heygem_ray.template.cache import (
     template_key,
 )
 from heygem_ray.template.damage import DamagedTemplate
-from heygem_ray.template.files import TEMPLATE_VERSION, Template, save_faces
+from heygem_ray.template.files import STORED_FILE, TEMPLATE_VERSION, Template, save_faces
 from heygem_ray.template.store import FRAME_CODEC, FRAME_LEVEL, STORE_AHEAD, FrameStore, StoreWriter, read_ahead
 
 log = logging.getLogger(__name__)
@@ -191,14 +191,17 @@ def _build(
     # reference, it is decoded again on the CPU (a damaged file fails there too, and says so).
     decoder, fell_back = media.pick_decoder(info), ""
     try:
-        track, offsets = _store_and_track(info, geometry, detector_cfg, max_pixels, out, decoder)
+        track, offsets, stored = _store_and_track(info, geometry, detector_cfg, max_pixels, out, decoder)
     except InputError as exc:
         if decoder == "cpu" or exc.kind != "unreadable_media":
             raise
         decoder, fell_back = "cpu", f"NVDEC failed, decoded on the CPU: {exc}"
-        track, offsets = _store_and_track(info, geometry, detector_cfg, max_pixels, out, decoder)
-    frames = len(offsets) - 1
+        track, offsets, stored = _store_and_track(info, geometry, detector_cfg, max_pixels, out, decoder)
+    frames = len(stored)
     np.save(out / "offsets.npy", np.asarray(offsets, np.int64))
+    repeats = frames > len(offsets) - 1
+    if repeats:
+        np.save(out / STORED_FILE, np.asarray(stored, np.int64))
 
     # The presenter's steady track; its crop boxes.
     boxes = geometry.crop_boxes(track, info.width, info.height)
@@ -214,7 +217,7 @@ def _build(
     )
     storage.allocate(out / "crops.npy")
     # Closed here also on an error: its thread stops before the folder is removed.
-    with closing(FrameStore(out / "frames.bin", offsets, info.width, info.height)) as store, \
+    with closing(FrameStore(out / "frames.bin", offsets, info.width, info.height, stored if repeats else None)) as store, \
             closing(read_ahead(map(store.read, range(frames)), STORE_AHEAD)) as ahead:  # fmt: skip
         for i, frame in enumerate(ahead):
             crops[i] = cut_i420(frame, boxes[i], geometry.size, geometry.resample)
@@ -252,14 +255,14 @@ def _store_and_track(
     max_pixels: int,
     out: Path,
     decoder: media.Decoder,
-) -> tuple[FaceTrack, list[int]]:
+) -> tuple[FaceTrack, list[int], list[int]]:
     """Decode the reference with ``decoder``, writing each frame to ``out``/frames.bin
     (from its start, its space held ahead: ``StoreWriter._reserve``) as the faces are
-    followed: the track, and the store's frame offsets."""
+    followed: the track, the stored frames' offsets, and the stored frame of each frame."""
     crops = info.frames * geometry.size * geometry.size * 3
     with StoreWriter(out / "frames.bin", info.width, info.height, info.frames, crops, info.path) as store:
         track = track_reference(info, detector_cfg, max_pixels, store, decoder)
-    return track, store.offsets
+    return track, store.offsets, store.stored
 
 
 def _scaled_note(info: media.VideoInfo) -> str:
@@ -303,8 +306,10 @@ def track_reference(
         store.recall,
     )
     for frame in media.iter_frames(info, max_pixels=max_pixels, pixel_format="yuv420p", decoder=decoder):
-        store.keep(frame)
-        tracker.add(frame)
+        if store.keep(frame):  # the frame before again: stored and followed once
+            tracker.repeat()
+        else:
+            tracker.add(frame)
     frames = tracker.frames
     if frames == 0:
         raise InputError(

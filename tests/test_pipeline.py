@@ -182,6 +182,9 @@ def test_a_take_at_5_fps_renders_at_25_with_each_frame_held_and_says_so(tmp_path
         held = [template.read_frames(np.arange(i, i + 5)) for i in range(0, 25, 5)]
         assert all(all(np.array_equal(f, group[0]) for f in group) for group in map(list, held))
         box = template.boxes[0]
+        # Each of the take's frames is stored once (20 of the 100 shown), five times in a row.
+        stored = np.load(template.root / "stored.npy")
+        assert len(np.load(template.root / "offsets.npy")) - 1 == 20 and stored.tolist() == (np.arange(100) // 5).tolist()
     mouth = frames[:, (box[1] + box[3]) // 2 : box[3], box[0] : box[2]].astype(np.int16)
     change = np.abs(np.diff(mouth, axis=0)).mean(axis=(1, 2, 3))  # (n - 1,) frame i to i + 1
     within = change[(np.arange(len(change)) + 1) % 5 != 0]  # where the take's frame stays the same

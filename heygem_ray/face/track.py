@@ -181,10 +181,10 @@ class Observations:
 
 
 class Tracker:
-    """Feed frames in order with ``add``; ask ``presenter`` at the end. ``recall(i)`` gives
-    back frame ``i`` as ``add`` had it (analysis reads it from the frame store it is
-    writing): a face a scan finds is followed back through the frames since the last scan,
-    which the tracker does not keep."""
+    """Feed frames in order with ``add`` (or ``repeat``, for the frame before again); ask
+    ``presenter`` at the end. ``recall(i)`` gives back frame ``i`` as ``add`` had it
+    (analysis reads it from the frame store it is writing): a face a scan finds is followed
+    back through the frames since the last scan, which the tracker does not keep."""
 
     def __init__(self, detector: Detector, cfg: DetectorConfig, fps: float, recall: Callable[[int], np.ndarray]):
         self.detector = detector
@@ -244,6 +244,25 @@ class Tracker:
             # frame did not change.
             self._scan(i, frame, grey, self._small(grey), whole=missed)
             self._last_scan = i
+        self._retire()
+
+    def repeat(self) -> None:
+        """The frame before, shown again (the same pixels: a slow take's frame held, a still
+        screen): each face found there is found here where it was, not moving; one missed
+        there is missed again. Nothing is searched; a scan that falls due waits for the
+        next frame ``add`` is given."""
+        i = self.frames
+        self.frames += 1
+        for track in self.active:
+            if track.frames[-1] == i - 1:
+                track.hit(i, track.boxes[-1], track.looks[-1])
+                track.moves[i] = (0.0, 0.0)
+            else:
+                track.misses += 1
+        self._retire()
+
+    def _retire(self) -> None:
+        """Stop following the faces missed for too long."""
         for track in [t for t in self.active if t.misses > self.retire_after]:
             self.active.remove(track)
             self.retired.append(track)

@@ -19,7 +19,10 @@ decoded once however many jobs use it:
   its fastest level), so any frame can be read by index — compose walks the reference
   forwards and backwards (ping-pong) without holding it in memory — and reaches the
   encoder with the bytes it was decoded with; its disk space is held ahead while it is
-  written (``store.StoreWriter``);
+  written (``store.StoreWriter``). A frame that repeats the one before it (a take under
+  ``MIN_FPS``, each frame held; a still screen) is stored once: ``stored.npy`` (n,) int64
+  then says which stored frame each frame is (``offsets.npy`` has one entry per stored
+  frame, and one more);
 * ``boxes.npy``: (n, 4) int32 crop box per frame (from the smoothed face track);
 * ``present.npy``: (n,) bool, whether the face is there; frames without it are left
   as they are in the output;
@@ -109,9 +112,10 @@ class Template:
         boxes = _array(root, "boxes.npy", (n, 4), "i")
         present = _array(root, "present.npy", (n,), "b")
         points = _array(root, "points.npy", (n, 5, 2), "f")
-        offsets = _array(root, "offsets.npy", (n + 1,), "i")
+        stored = _stored(root, n)
+        offsets = _array(root, "offsets.npy", ((n if stored is None else int(stored[-1]) + 1) + 1,), "i")
         _faces(root, n)
-        store = FrameStore(_existing(root / "frames.bin"), offsets, meta["width"], meta["height"])
+        store = FrameStore(_existing(root / "frames.bin"), offsets, meta["width"], meta["height"], stored)
         try:
             crops = _array(root, "crops.npy", (n, None, None, 3), "u", mmap=True)
         except BaseException:
@@ -232,6 +236,19 @@ def _faces(root: Path, n: int) -> None:
 
 
 FACES_FILE = "faces.npz"
+# (n,) int64: the stored frame each frame is, where frames repeat the one before them
+# (``store.StoreWriter``); absent where every frame is stored.
+STORED_FILE = "stored.npy"
+
+
+def _stored(root: Path, n: int) -> np.ndarray | None:
+    """``STORED_FILE``, checked: from stored frame 0, each frame the one before or the next."""
+    if not (root / STORED_FILE).exists():
+        return None
+    stored = _array(root, STORED_FILE, (n,), "i")
+    if stored[0] != 0 or not np.isin(np.diff(stored), (0, 1)).all():
+        raise DamagedTemplate(f"{STORED_FILE} does not count the stored frames up from 0 in steps of 0 or 1")
+    return stored
 
 
 def save_faces(root: Path, track: FaceTrack) -> None:

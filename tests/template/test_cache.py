@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from heygem_ray import storage
+from heygem_ray import media, storage
 from heygem_ray.analyze import analyze
 from heygem_ray.cli import app
 from heygem_ray.config import DetectorConfig, InputLimits
@@ -125,6 +125,42 @@ def test_a_damaged_template_is_built_again_with_a_warning(built, cache, examples
         assert len(list(template.read_i420(np.arange(template.frames)))) == template.frames == 100
     # Nothing set aside is left behind: only templates and their locks.
     assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in built.iterdir())
+
+
+@pytest.fixture(scope="module")
+def held(examples, tmp_path_factory) -> tuple[Path, Path]:
+    """The bundled take as a 5-fps screen recording, and a cache holding its template (each
+    of its 20 frames held five times: stored once each)."""
+    folder = tmp_path_factory.mktemp("held")
+    slow = folder / "screen.mp4"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-i", str(examples / "presenter.mp4"), "-vf", "fps=5",
+                    "-c:v", "libx264", str(slow)], check=True)  # fmt: skip
+    template, _ = analyze(slow, GEOMETRY, DETECTOR, folder / "cache")
+    template.close()
+    return slow, folder / "cache"
+
+
+HELD_DAMAGE: dict[str, Callable[[Path], None]] = {
+    "stored.npy deleted": _deleted("stored.npy"),
+    "stored.npy skipping a stored frame": lambda root: np.save(root / "stored.npy", np.arange(100) // 5 * 2),
+    "stored.npy of 5 frames": _short("stored.npy"),
+}
+
+
+@pytest.mark.parametrize("damage", list(HELD_DAMAGE))
+def test_a_held_takes_damaged_frame_map_is_built_again(held, tmp_path, caplog, damage):
+    """Where frames repeat, which stored frame each one is (``stored.npy``) is checked with the
+    rest: gone or wrong, the template is built again, and reads as it did."""
+    slow, built = held
+    cache = Path(shutil.copytree(built, tmp_path / "cache"))
+    HELD_DAMAGE[damage](_root(cache))
+    with caplog.at_level(logging.WARNING, logger="heygem_ray.analyze"):
+        template, cached = analyze(slow, GEOMETRY, DETECTOR, cache)
+    with template, Template.open(_root(built)) as original:
+        assert not cached and "damaged" in caplog.text
+        assert (template.frames, len(np.load(template.root / "offsets.npy"))) == (100, 21)
+        index = np.arange(100)
+        assert all(map(np.array_equal, template.read_i420(index), original.read_i420(index)))
 
 
 def test_what_each_damage_names(cache, built):
