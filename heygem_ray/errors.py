@@ -21,7 +21,8 @@ table as ``error_kind``); the result row says in which step of the job it was ra
 A disk that is full or read-only, or a folder the run may not write, is the user's to fix,
 not a bug: :func:`storage_error` decides, in this one place, which ``OSError``s are such
 (kind ``storage``, with the path and what to do), and :func:`storage_errors` applies it
-around the code that writes files.
+around the code that writes files. So is a node that runs short of memory:
+:func:`out_of_memory` (kind ``out_of_memory``), where :func:`says_out_of_memory` finds it.
 """
 
 from __future__ import annotations
@@ -134,6 +135,38 @@ def storage_error(exc: OSError, where: object = None) -> InputError | None:
     path = exc.filename if exc.filename is not None else where
     said = os.strerror(exc.errno or 0).lower()
     return InputError(f"{path if path is not None else 'a file heygem-ray writes'}: {said}; {fix}", kind="storage")
+
+
+# How running out of memory is said, where it is not Python's MemoryError (a program's or
+# a library's words, lower case): the system's ENOMEM ("Cannot allocate memory"), x264's
+# "malloc of size N failed", PyTorch's "can't allocate memory" (CPU) and "CUDA out of
+# memory", ONNX Runtime's "Failed to allocate memory", OpenCV's "Insufficient memory".
+_OUT_OF_MEMORY_WORDS = (
+    os.strerror(errno.ENOMEM).lower(), "malloc of size", "can't allocate memory", "out of memory",
+    "failed to allocate memory", "insufficient memory",
+)  # fmt: skip
+# What the user can do about a node short of memory for a job (its process, its ffmpeg).
+NODE_MEMORY_FIX = (
+    "run fewer jobs on that node at once (a node runs one per CPU Ray gives it: 'ray start --num-cpus N'), "
+    "render a large take smaller (--max-resolution 1080 holds a 4K take's frames in a quarter of the memory), "
+    "or give the node more memory; then run the same manifest again"
+)
+
+
+def says_out_of_memory(said: BaseException | str) -> bool:
+    """Whether an error (Python's ``MemoryError``, PyTorch's ``OutOfMemoryError``) or a
+    program's message says that memory ran out."""
+    if isinstance(said, BaseException):
+        if isinstance(said, MemoryError) or type(said).__name__ == "OutOfMemoryError":
+            return True
+        said = str(said)
+    text = said.lower()
+    return any(words in text for words in _OUT_OF_MEMORY_WORDS)
+
+
+def out_of_memory(said: str, fix: str = NODE_MEMORY_FIX) -> InputError:
+    """The ``out_of_memory`` error: ``said`` (what ran out of memory, and its words), then ``fix``."""
+    return InputError(f"{said}: {fix}", kind="out_of_memory")
 
 
 def folder_removed(folder: object, what: str) -> InputError:

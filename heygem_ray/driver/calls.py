@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayError
+from ray.exceptions import ActorUnavailableError, OutOfMemoryError, RayActorError, RayError
 
-from heygem_ray.errors import EngineError
+from heygem_ray.errors import EngineError, out_of_memory
 
 # What job tasks and chunk calls are called in the Ray dashboard. The same for every job:
 # Ray's dashboard agent keeps state for every task name it has seen (the `ray_tasks`
@@ -35,7 +35,8 @@ def node_name() -> str:
 
 def ask(method: Any, *args: Any) -> Any:
     """``ray.get(method.remote(*args))`` for the run's router, made again while Ray cannot
-    reach it for a moment (``UNREACHABLE_TRIES`` in all); then a ``worker_lost`` error."""
+    reach it for a moment (``UNREACHABLE_TRIES`` in all); then a ``worker_lost`` error, as
+    for a router that died (``out_of_memory`` where Ray's memory monitor stopped it)."""
     tries = 0
     while True:
         try:
@@ -50,6 +51,12 @@ def ask(method: Any, *args: Any) -> Any:
                     kind="worker_lost",
                 ) from exc
             time.sleep(UNREACHABLE_PAUSE_S * 2 ** (tries - 1))
+        except OutOfMemoryError as exc:  # Ray's memory monitor stopped it: its node is short of memory
+            raise out_of_memory(f"Ray stopped the run's router (its bookkeeping actor, on the driver's node) for want "
+                                f"of memory there ({first_line(exc)})") from exc  # fmt: skip
+        except RayActorError as exc:
+            raise EngineError(f"the run's router (its bookkeeping actor, on the driver's node) died ({death(exc)}); "
+                              "check that node's health, then run the same manifest again", kind="worker_lost") from exc  # fmt: skip
 
 
 def first_line(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ from typing import Any, cast
 
 import ray
 from ray.exceptions import (
+    OutOfMemoryError,
     RayError,
     RayTaskError,
 )
@@ -43,6 +44,7 @@ from heygem_ray.driver.pool import WATCH_S, Pool
 from heygem_ray.driver.router import Router
 from heygem_ray.driver.stop import raise_if_stopped
 from heygem_ray.driver.task import job_task
+from heygem_ray.errors import out_of_memory
 from heygem_ray.manifest import Job
 from heygem_ray.results import JobResult
 from heygem_ray.steps import Step
@@ -240,9 +242,15 @@ def _task_error(job: Job, cfg: RunConfig, exc: RayTaskError) -> JobResult:
 
 
 def _lost(job: Job, cfg: RunConfig, exc: RayError) -> JobResult:
-    """A job whose task or worker died: a failed row that says so."""
+    """A job whose task or worker died: a failed row that says so (``out_of_memory`` where
+    Ray's memory monitor stopped it, on a node short of memory)."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     result = JobResult.for_job(job, cfg.render.pack)
+    if isinstance(exc, OutOfMemoryError):
+        said = out_of_memory(f"{job.label}: Ray stopped its task {cfg.max_attempts} times for want of memory on its "
+                             f"node ({first})")  # fmt: skip
+        result.error_kind, result.error_step, result.error = said.kind, "render", said.message
+        return result
     result.error_kind, result.error_step = "worker_lost", "render"
     result.error = (
         f"{job.label}: the Ray task or worker running it died {cfg.max_attempts} times "

@@ -30,7 +30,7 @@ from heygem_ray.driver.calls import (
     ask,
     first_line,
 )
-from heygem_ray.errors import EngineError, HeygemError
+from heygem_ray.errors import EngineError, HeygemError, out_of_memory, says_out_of_memory
 from heygem_ray.job import ChunkFuture, ReferenceFuture
 from heygem_ray.packs import Features
 from heygem_ray.restore.inputs import RestoreInputs
@@ -325,18 +325,29 @@ class RayFuture:
         )
 
 
+# What a model worker short of memory can do without: fewer frames at once.
+WORKER_MEMORY_FIX = (
+    "a smaller --chunk-frames (the frames a model worker renders at once) needs less of it; on the CPU, fewer jobs "
+    "beside the worker on its node leave it more ('ray start --num-cpus N'); then run the same manifest again"
+)
+
+
 def _worker_error(exc: RayTaskError, label: str) -> HeygemError:
     """The error a model worker raised, for its job: a heygem error as it was (its kind
-    and message), anything else an ``engine`` error with its type and message."""
+    and message), memory run out (on the GPU or the CPU) ``out_of_memory``, anything else
+    an ``engine`` error with its type and message."""
     cause = exc.cause
     if isinstance(cause, HeygemError):
         return cause
     text = str(cause).strip()
     first = text.splitlines()[0] if text else ""
+    if says_out_of_memory(cause):
+        return out_of_memory(f"{label}: its model worker ran out of memory ({type(cause).__name__}: {first})",
+                             WORKER_MEMORY_FIX)  # fmt: skip
     return EngineError(
         f"{label}: the model worker raised {type(cause).__name__}: {first} (its traceback is in the "
-        "worker's log: the dashboard, or 'ray logs worker-*.err' on its node); an out-of-memory "
-        "error may pass with a smaller --chunk-frames, anything else is a fault in the model or its engine",
+        "worker's log: the dashboard, or 'ray logs worker-*.err' on its node): a fault in the model or its "
+        "engine, which another --backend may not have",
         kind="engine",
     )
 

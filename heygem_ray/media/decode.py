@@ -118,7 +118,7 @@ def iter_frames(
             if not got:
                 break
             if got < frame_bytes:
-                raise InputError(
+                raise proc.out_of_memory() or InputError(
                     f"reference {info.path}: the decoder stopped in the middle of a frame "
                     f"({proc.stderr_tail()}); re-export the video",
                     kind="unreadable_media",
@@ -126,7 +126,7 @@ def iter_frames(
             yield frame
         rc = proc.wait()
         if rc != 0:
-            raise InputError(
+            raise proc.out_of_memory() or InputError(
                 f"reference {info.path} could not be decoded ({proc.stderr_tail()}); "
                 "re-export it (e.g. as H.264 MP4)",
                 kind="unreadable_media",
@@ -223,7 +223,7 @@ def _audio_blocks(
     finally:
         proc.close()
     if rc != 0:
-        raise InputError(
+        raise proc.out_of_memory() or InputError(
             f"audio {p} could not be decoded ({proc.stderr_tail()}); re-export it (e.g. as WAV or MP3)",
             kind="unreadable_media",
         )

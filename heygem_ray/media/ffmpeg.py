@@ -16,8 +16,10 @@ import fcntl
 import functools
 import logging
 import os
+import platform
 import select
 import shutil
+import signal
 import subprocess
 import threading
 from collections import deque
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, NoReturn
 
 from heygem_ray import progress
-from heygem_ray.errors import EngineError, InputError, InternalError
+from heygem_ray.errors import EngineError, InputError, InternalError, out_of_memory, says_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +223,7 @@ class FfmpegProcess:
         self._lines: deque[str] = deque(maxlen=_STDERR_LINES)
         self._drainer = threading.Thread(target=self._drain, name="ffmpeg-stderr", daemon=True)
         self._drainer.start()
+        self._killed = False  # by this process (``close``)
 
     def _drain(self) -> None:
         for raw in self.popen.stderr or ():
@@ -298,6 +301,18 @@ class FfmpegProcess:
     def stderr_tail(self, lines: int = 5) -> str:
         return " | ".join(list(self._lines)[-lines:]) or "no message"
 
+    def out_of_memory(self) -> InputError | None:
+        """Once ffmpeg has failed: the ``out_of_memory`` error where it ended for want of
+        memory, its own words saying so (x264's "malloc of size N failed", the system's
+        "Cannot allocate memory"), or killed by a SIGKILL this process did not send (what
+        the kernel's out-of-memory killer sends); else None."""
+        try:
+            rc = self.popen.wait(_REAP_S)
+        except subprocess.TimeoutExpired:
+            return None
+        self._reap_stderr()
+        return memory_failure(self.task, None if self._killed else rc, "\n".join(self._lines))
+
     def wait(self) -> int:
         """Close our ends of the pipes, wait for ffmpeg to exit while it is working (else
         ``stalled``), return its exit status."""
@@ -317,6 +332,7 @@ class FfmpegProcess:
         """Kill ffmpeg if it is still running, and reap it (one that will not die within
         ``_REAP_S`` is left behind, with a warning)."""
         if self.popen.poll() is None:
+            self._killed = True
             self.popen.kill()
         self._close_pipes()
         try:
@@ -339,6 +355,21 @@ class FfmpegProcess:
                     pipe.close()
                 except BrokenPipeError:  # ffmpeg already exited: its status says why
                     pass
+
+
+def memory_failure(task: str, returncode: int | None, stderr: str) -> InputError | None:
+    """The ``out_of_memory`` error of an ffmpeg that failed doing ``task`` for want of
+    memory, naming the line of its ``stderr`` that says so; or where a SIGKILL ended it
+    (``returncode``; None where this process killed it), as the kernel's out-of-memory
+    killer does. None for any other failure."""
+    node = platform.node()
+    if returncode == -signal.SIGKILL:
+        return out_of_memory(f"{task}: ffmpeg was killed (SIGKILL) on node {node}, as the kernel kills the largest "
+                             "process of a node that ran out of memory ('dmesg' on the node says whether it did)")  # fmt: skip
+    said = next((line.strip() for line in stderr.splitlines() if says_out_of_memory(line)), None)
+    if said is not None:
+        return out_of_memory(f"{task}: ffmpeg ran out of memory on node {node} ({said})")
+    return None
 
 
 def _cpu_ticks(pid: int) -> int | None:

@@ -25,7 +25,7 @@ import numpy as np
 from heygem_ray.config import MIN_FPS
 from heygem_ray.errors import InputError
 from heygem_ray.media.container import contents, opened, reason, require_file
-from heygem_ray.media.ffmpeg import ffmpeg_exe, run, tail, url, video_filters
+from heygem_ray.media.ffmpeg import ffmpeg_exe, memory_failure, run, tail, url, video_filters
 from heygem_ray.media.headers import image_size
 from heygem_ray.media.isobmff import heif_still, video_samples
 from heygem_ray.media.limits import check_reference_size, clock, decoder_limit, megapixels, too_many_frames
@@ -307,8 +307,9 @@ def _decoded_frames(
     if skip and proc.returncode == 0 and progress.get("progress") == "end" and frames == 0:
         return 0  # the take ends before its start
     if proc.returncode != 0 or frames == 0:
-        raise InputError(
-            f"reference {path} could not be decoded ({tail(proc.stderr) or 'no frames'}); "
+        said = proc.stderr.decode(errors="replace")
+        raise memory_failure(f"counting the frames of the reference {path}", proc.returncode, said) or InputError(
+            f"reference {path} could not be decoded ({tail(said) or 'no frames'}); "
             "re-export it (e.g. as H.264 MP4) or give a photo instead",
             kind="unreadable_media",
         )

@@ -1,0 +1,165 @@
+"""A node short of memory is said to be (``out_of_memory``): the row names what ran out, where
+and what to lower. It is never called a bug in heygem-ray (``internal``), an encoder's fault
+(``encode``), nor a take that does not decode (``unreadable_media``).
+
+Memory runs out for real here: a job run under an address-space limit (``RLIMIT_AS``) a little
+above what its process holds, where NumPy, OpenCV and PyTorch allocations fail as on a node
+whose memory is spent; an encoder started with too little memory for a 4K frame; and a
+decoding ffmpeg killed with SIGKILL from outside, as the kernel's out-of-memory killer does.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from heygem_ray import media
+from heygem_ray.errors import InputError
+from heygem_ray.media.ffmpeg import memory_failure
+from tests.helpers.footage import lecture_clip
+from tests.helpers.media import make_excerpt
+
+# One job of a 1-s 4K take, its address space limited to what the process holds once its
+# model is loaded plus ``argv[2]`` MiB, the template cache ``argv[3]`` (one made under the
+# limit, or one made before it).
+JOB = """
+import resource, sys
+from pathlib import Path
+from heygem_ray.config import RenderConfig
+from heygem_ray.job import InProcessService, render_job
+from heygem_ray.manifest import Job
+from heygem_ray.worker import ModelWorker
+
+folder, headroom, cache = Path(sys.argv[1]), int(sys.argv[2]) * 2**20, Path(sys.argv[3])
+cfg = RenderConfig(backend="pytorch")
+service = InProcessService(ModelWorker(cfg, engines_dir=folder / "engines"))
+if headroom:
+    held = int(next(x for x in open("/proc/self/status") if x.startswith("VmSize")).split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (held + headroom, held + headroom))
+job = Job(row=1, job_id=f"take-{sys.argv[2]}", audio=folder / "speech.wav", video=folder / "take.mp4",
+          output=folder / "out" / f"take-{sys.argv[2]}.mp4")
+r = render_job(job, cfg, cache, service)
+print("ROW", r.status, r.error_kind, r.error_step, r.error or "")
+"""
+
+
+def _job(folder: Path, headroom_mib: int, cache: Path) -> list[str]:
+    proc = subprocess.run([sys.executable, "-c", JOB, str(folder), str(headroom_mib), str(cache)], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).parents[1])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = [line.split(maxsplit=4) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+    return row[1:]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, examples) -> Path:
+    folder = tmp_path_factory.mktemp("memory")
+    lecture_clip(folder / "take.mp4", size=(3840, 2160), face=200, seconds=1.0)
+    make_excerpt(examples / "lesson1.wav", folder / "speech.wav", seconds=1.0)
+    return folder
+
+
+@pytest.mark.parametrize("cache", ["analysed under the limit", "analysed before"])
+def test_a_job_that_runs_out_of_memory_says_so_in_its_step(folder, cache):
+    """Under less and less memory (the analysis of a 4K take, the model and the encoder fail
+    in turn as it shrinks), each row either renders or is ``out_of_memory``, naming the node,
+    the step and the library's words and what to lower; a failed one leaves no MP4."""
+    before = folder / "cache-before"
+    if cache == "analysed before" and not before.exists():
+        assert _job(folder, 0, before)[0] == "ok"
+    rows = {}
+    for headroom in (300, 150, 60):
+        where = before if cache == "analysed before" else folder / f"cache-{headroom}"
+        rows[headroom] = _job(folder, headroom, where)
+        output = folder / "out" / f"take-{headroom}.mp4"
+        status, kind, step, error = (rows[headroom] + [""])[:4]
+        if status == "ok":
+            assert output.is_file()
+            output.unlink()
+            continue
+        assert (status, kind) == ("failed", "out_of_memory"), rows[headroom]
+        assert error.startswith(f"row 1 (job 'take-{headroom}'): ")
+        assert f"ran out of memory on node {platform.node()} in step {step} (" in error or (
+            step == "compose" and f": ffmpeg ran out of memory on node {platform.node()} (x264 [error]: malloc" in error
+        ), error
+        assert "'ray start --num-cpus N'" in error and "--max-resolution 1080" in error and "bug" not in error
+        assert not output.exists() and not list((folder / "out").glob(".*.part.mp4"))
+    assert rows[60][0] == "failed", rows
+
+
+def test_an_encoder_short_of_memory_is_told_from_a_failed_encode(tmp_path):
+    """x264 given too little memory for a 4K frame says so in its own words ("malloc of size
+    … failed", lines before ffmpeg's last), which are found and quoted; an encoder that fails
+    for another reason is not taken for it."""
+    out = tmp_path / "out.mp4"
+    encode = [media.ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=3840x2160:rate=25", "-frames:v",
+              "5", "-c:v", "libx264", "-threads", "2", "-y", str(out)]  # fmt: skip
+
+    def little_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (600 * 2**20, 600 * 2**20))
+
+    short = subprocess.run(encode, capture_output=True, preexec_fn=little_memory)
+    assert short.returncode != 0
+    found = memory_failure("encoding out.mp4", short.returncode, short.stderr.decode())
+    assert isinstance(found, InputError) and found.kind == "out_of_memory", short.stderr.decode()
+    assert found.message.startswith(f"encoding out.mp4: ffmpeg ran out of memory on node {platform.node()} "
+                                    "(x264 [error]: malloc of size ")
+    assert "--num-cpus" in found.message
+    bad = subprocess.run([*encode[:-3], "-preset", "no-such-preset", "-y", str(out)], capture_output=True)
+    assert bad.returncode != 0 and memory_failure("encoding out.mp4", bad.returncode, bad.stderr.decode()) is None
+
+
+def _children() -> set[int]:
+    return {int(pid) for task in Path("/proc/self/task").iterdir()
+            for pid in (task / "children").read_text().split()}  # fmt: skip
+
+
+def test_a_decoder_killed_from_outside_is_said_to_be_out_of_memory_not_unreadable(folder):
+    """A decoding ffmpeg ended by SIGKILL (the kernel's out-of-memory killer's signal) fails
+    the reference as out of memory, naming the signal and where to look; one this process
+    stops itself (a reader that stops early) is nothing of the kind."""
+    info = media.probe_video(folder / "take.mp4")
+    before = _children()
+    frames = media.iter_frames(info, pixel_format="yuv420p")
+    next(frames)
+    (decoder,) = _children() - before
+    os.kill(decoder, signal.SIGKILL)
+    with pytest.raises(InputError) as raised:
+        for _ in frames:
+            pass
+    assert raised.value.kind == "out_of_memory"
+    assert raised.value.message.startswith(f"decoding the reference {info.path}: ffmpeg was killed (SIGKILL) on node ")
+    assert "'dmesg' on the node" in raised.value.message
+    stopped = media.iter_frames(info, pixel_format="yuv420p")
+    next(stopped)
+    stopped.close()  # killed by its own reader: no error at all
+
+
+def test_a_node_ray_finds_short_of_memory_ends_the_run_saying_so(tmp_path, examples):
+    """Ray's memory monitor, its threshold set below what this machine uses already, stops
+    whatever of the run it finds (the router, a model worker, a job's task; which one
+    varies): the run ends by itself with exit 1 or 2, saying that memory ran out, without a
+    traceback; a results table, where one is written, has no row that claims more."""
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    total, available = (int(meminfo[k].split()[0]) for k in ("MemTotal", "MemAvailable"))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
+        "RAY_memory_usage_threshold": f"{(total - available) / total / 2:.4f}", "RAY_memory_monitor_refresh_ms": "100",
+    }  # fmt: skip
+    (tmp_path / "m.csv").write_text(f"job_id,audio,video\na,{examples / 'lesson1.wav'},{examples / 'presenter.mp4'}\n")
+    exe = Path(sys.executable).with_name("heygem-ray")
+    proc = subprocess.run([str(exe), "submit", "m.csv", "--output-dir", "out", "--cache-dir", "cache"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    said = proc.stdout + proc.stderr
+    assert proc.returncode in (1, 2) and "Traceback" not in said and "memory" in said, said[-3000:]
+    table = tmp_path / "out" / "results.parquet"
+    if table.exists():
+        rows = pq.read_table(table).to_pylist()
+        assert [r["status"] for r in rows] != ["ok"] and all(r["error"] for r in rows), rows
