@@ -180,6 +180,7 @@ def submit(
     chunk_timeout_per_frame: Annotated[float, typer.Option(help="Seconds per frame added to --chunk-timeout (generous for CPUs; on GPUs 1 is plenty).")] = RunConfig.chunk_timeout_per_frame_s,
     job_stall_timeout: Annotated[float, typer.Option(help="Seconds a job may go without reading or writing anything (its files, ffmpeg, its template, buckets) while not waiting on a model worker; past that it is taken as stalled (a network file system that stopped answering), its task stopped and its row failed.")] = RunConfig.job_stall_timeout_s,
     worker_restarts: Annotated[int, typer.Option(help="Model workers that die or are stopped are replaced up to this many times the workers wanted; past that the others go on, and with none left the run stops (exit 2).")] = RunConfig.worker_restarts,
+    max_jobs: Annotated[int, typer.Option(help="Jobs rendered at once across the cluster (0, the default: one per CPU Ray has, at least two per model worker; a node runs at most one per CPU Ray gives it). Fewer hold less memory: where rows fail 'out_of_memory' on a machine of your own, lower it.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Render every row again, even those an earlier run into OUTPUT_DIR completed (by default they are skipped).")] = False,
 ) -> None:
     """Render every row of MANIFEST to an MP4 and write OUTPUT_DIR/results.parquet.
@@ -230,6 +231,7 @@ def submit(
             chunk_timeout_per_frame_s=chunk_timeout_per_frame,
             job_stall_timeout_s=job_stall_timeout,
             worker_restarts=worker_restarts,
+            max_jobs_in_flight=max_jobs,
             force=force,
             cache_dir=cache_dir or default_cache_dir(),
             address=address,

@@ -317,8 +317,8 @@ class RunConfig:
     engines_dir: Location = field(default_factory=default_engines_dir)
     # None: start a local Ray instance. Otherwise "auto", "HOST:PORT" or "ray://HOST:PORT".
     address: str | None = None
-    # Jobs the driver keeps in flight at once (bounds driver memory for huge manifests);
-    # 0 picks twice the number of model workers.
+    # Jobs rendered at once across the cluster (``--max-jobs``): fewer hold less memory on
+    # each node. 0 picks one per CPU the cluster has, at least two per model worker.
     max_jobs_in_flight: int = 0
     # Where model workers run: "gpu" (one GPU each; a worker that cannot use the GPU Ray
     # gave it stops the run), "cpu", or "auto": gpu when the cluster has GPUs or its
@@ -387,6 +387,8 @@ class RunConfig:
             raise InputError("job_stall_timeout_s must be more than 0 seconds", kind="bad_argument")
         if self.worker_restarts < 0:
             raise InputError("worker_restarts must be 0 or more", kind="bad_argument")
+        if self.max_jobs_in_flight < 0:
+            raise InputError("max_jobs_in_flight must be 0 (automatic) or more", kind="bad_argument")
 
     def for_row(self, row_settings: tuple[tuple[str, float], ...]) -> RunConfig:
         """This run's configuration with a manifest row's own render settings

@@ -147,8 +147,8 @@ _OUT_OF_MEMORY_WORDS = (
 )  # fmt: skip
 # What the user can do about a node short of memory for a job (its process, its ffmpeg).
 NODE_MEMORY_FIX = (
-    "run fewer jobs on that node at once (a node runs one per CPU Ray gives it: 'ray start --num-cpus N'), "
-    "render a large take smaller (--max-resolution 1080 holds a 4K take's frames in a quarter of the memory), "
+    "run fewer jobs at once (--max-jobs N; on a cluster a node runs one per CPU Ray gives it: 'ray start --num-cpus "
+    "N'), render a large take smaller (--max-resolution 1080 holds a 4K take's frames in a quarter of the memory), "
     "or give the node more memory; then run the same manifest again"
 )
 

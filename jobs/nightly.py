@@ -135,6 +135,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker-restarts", type=int, default=RunConfig.worker_restarts,
                    help="Model workers that die or are stopped are replaced up to this many times the workers wanted; "
                         "past that the others go on, and with none left the run stops (exit 2).")
+    p.add_argument("--max-jobs", type=int, default=0,
+                   help="Jobs rendered at once across the cluster (0: one per CPU Ray has, at least two per model "
+                        "worker); fewer hold less memory on each node.")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join; default: the Ray Job's own cluster, or a local Ray outside a job.")
     p.add_argument("--max-reference-pixels", type=int, default=InputLimits.max_reference_pixels,
@@ -190,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             chunk_timeout_per_frame_s=args.chunk_timeout_per_frame,
             job_stall_timeout_s=args.job_stall_timeout,
             worker_restarts=args.worker_restarts,
+            max_jobs_in_flight=args.max_jobs,
             force=args.force,
         )
         run["config_hash"] = cfg.config_hash()

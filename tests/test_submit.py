@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ import pytest
 
 from heygem_ray import RunConfig, media, submit
 from heygem_ray.backends.trt import available as trt_available
+from heygem_ray.driver import RunCallbacks
+from heygem_ray.results import JobResult
 from tests.helpers.media import make_excerpt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -286,3 +289,30 @@ def test_readme_python_example_runs_and_prints_the_counts(tmp_path, examples, ra
     assert lines[0] == f"1 rendered, 0 skipped, 1 failed; table: {Path('out') / 'results.parquet'}"
     assert lines[1].startswith("broken missing_file row 2 (job 'broken'): audio ")
     assert len(media.read_video(tmp_path / "out" / "fine.mp4")[0]) > 0
+
+
+class _Ends(RunCallbacks):
+    """When each job's row reached the driver, and how long the job took."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[float, float]] = []  # (start, end), start = end - the job's own seconds
+
+    def job_done(self, result: JobResult) -> None:
+        end = time.monotonic()
+        self.spans.append((end - (result.seconds or 0.0), end))
+
+
+@pytest.mark.parametrize("max_jobs", [1, 0])
+def test_max_jobs_bounds_the_jobs_rendered_at_once(tmp_path, examples, ray_local, max_jobs):
+    """--max-jobs 1 renders one job at a time (each starts after the one before ended); by
+    default two CPUs render two at once."""
+    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=1.0)
+    shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
+    (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "".join(f"j{i},a.wav,p.jpg\n" for i in range(4)))
+    ends = _Ends()
+    cfg = RunConfig(output_dir=tmp_path / "out", cache_dir=tmp_path / "cache", engines_dir=tmp_path / "engines",
+                    max_jobs_in_flight=max_jobs)  # fmt: skip
+    assert submit(tmp_path / "m.csv", cfg, ends).ok == 4
+    spans = sorted(ends.spans)
+    overlaps = sum(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+    assert (overlaps == 0) == (max_jobs == 1), spans
