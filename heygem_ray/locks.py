@@ -20,7 +20,10 @@ deletes its successor's lock:
 * a local file (also on NFS with working locks): each change is made under an ``flock`` of
   the file, after checking that its name still names the file locked (a waiter on a lock
   just deleted tries again), and compared by content. Its age is its modification time
-  against this machine's clock.
+  against this machine's clock, which on a shared file system is another machine's (the
+  server's, or the holder's) clock: a file that looks stale is watched for
+  ``CONFIRM_BEATS`` heartbeats more before it is taken over, and one whose record changes
+  meanwhile is held (a live holder, with clocks that disagree).
 * an object in S3 (or an S3 API): ``PutObject`` with ``If-None-Match: *`` creates it,
   ``If-Match: <ETag>`` refreshes or takes it over, ``DeleteObject`` with ``If-Match``
   releases it: the server decides. Its age is its ``Last-Modified`` against the reply's
@@ -58,6 +61,9 @@ log = logging.getLogger(__name__)
 # take a slow request or two (storage's S3 client gives up on one within a minute).
 STALE_AFTER_S = 120.0
 BEATS_PER_STALE = 12  # heartbeats in that time: by default one every 10 s
+# Heartbeats (of ``stale_after_s / BEATS_PER_STALE``) a file lock that looks stale by its
+# age is watched before it is taken over: a holder that is alive rewrites it meanwhile.
+CONFIRM_BEATS = 2.5
 # Rounds of look-then-change a taker tries while others change the lock under it.
 _ROUNDS = 100
 
@@ -113,10 +119,16 @@ class Held:
     holder: Holder | None  # None: a record this version cannot read
     raw: str  # the record as it is (for one that cannot be read)
     age_s: float  # seconds since its last heartbeat, by the store's clock
+    # Its file looked stale by its age, and its record changed while watched: the clocks of
+    # this machine and of whoever stamps the file disagree.
+    clocks_disagree: bool = False
 
     def describe(self) -> str:
         """``pid 12 on host-a (run 3f2a1c of m.csv) since 2026-01-02 03:00:00 UTC, last heartbeat 4 s ago``."""
         who = self.holder.describe() if self.holder else f"a holder whose record reads {self.raw[:200]!r}"
+        if self.clocks_disagree:
+            return (f"{who}, whose heartbeat goes on (its file's time says {self.age_s:.0f} s ago: this machine's "
+                    "clock and the file system's disagree; keep the nodes' clocks in step, with NTP)")  # fmt: skip
         return f"{who}, last heartbeat {self.age_s:.0f} s ago"
 
 
@@ -228,7 +240,15 @@ def _acquire(store: _Store, where: Location, me: Holder, stale_after_s: float, h
             stale = _stale(seen, stale_after_s)
             if stale is None:
                 return _held(where, seen)
-            why = stale
+            why, by_age = stale
+            if by_age and isinstance(store, _FileStore):
+                # By the clocks, which a shared file system does not keep in step: watched.
+                time.sleep(CONFIRM_BEATS * stale_after_s / BEATS_PER_STALE)
+                now = store.read()
+                if now is None or now.version != seen.version:
+                    if now is not None and now.age_s > stale_after_s:
+                        return dataclasses.replace(_held(where, now), clocks_disagree=True)
+                    continue  # released, or taken, meanwhile: look again
             version = store.replace(seen.version, me.encode())
         version = version or _mine(store, me)
         if version is not None:
@@ -421,13 +441,14 @@ def _mine(store: _Store, holder: Holder) -> str | None:
     return found.version if found is not None and found.data == holder.encode() else None
 
 
-def _stale(seen: _Record, stale_after_s: float) -> str | None:
-    """Why the lock ``seen`` may be taken over; None while its holder looks alive."""
+def _stale(seen: _Record, stale_after_s: float) -> tuple[str, bool] | None:
+    """Why the lock ``seen`` may be taken over, and whether by its age alone (the clocks'
+    say); None while its holder looks alive."""
     holder = Holder.parse(seen.data)
     if holder is not None and holder.machine and holder.machine == _machine() and not _running(holder):
-        return f"its process {holder.pid} on {holder.host} has ended"
+        return f"its process {holder.pid} on {holder.host} has ended", False
     if seen.age_s > stale_after_s:
-        return f"its last heartbeat was {seen.age_s:.0f} s ago (stale after {stale_after_s:.0f} s)"
+        return f"its last heartbeat was {seen.age_s:.0f} s ago (stale after {stale_after_s:.0f} s)", True
     return None
 
 
