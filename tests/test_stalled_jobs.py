@@ -1,8 +1,9 @@
-"""A job that stops progressing does not hold the run: its task is stopped and its row
-fails `stalled`, naming its step, while the other rows render (real Ray, a job task's
-process really paused with SIGSTOP while it analyses a reference and holds that
-template's lock: from outside, what a read stuck on a dead network mount looks like, a
-process that moves nothing). The job waiting on that lock meanwhile is not stalled."""
+"""A job that stops progressing does not hold the run: its task is stopped and tried once
+more, and a job that stalls again fails `stalled`, naming its step, while the other rows
+render (real Ray, a job task's process really paused with SIGSTOP while it analyses a
+reference and holds that template's lock: from outside, what a read stuck on a dead network
+mount looks like, a process that moves nothing). The job waiting on that lock meanwhile is
+not stalled."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from tests.helpers.procs import PROCESSES
 # model worker; its job tasks carry a token, to tell them from any other Ray's on the
 # machine). Once one job task builds a template (its frame store open: it holds the
 # template's lock) while another waits on that lock (the lock file open, no store), a
-# thread pauses the builder. Prints the paused and the waiting pid, whether the paused
-# one still exists at the end, and one ROW line per table row.
+# thread pauses the builder; with a fifth argument "every", it pauses every builder it
+# finds, waiting or not. Prints the paused and the waiting pid, whether the paused ones
+# still exist at the end, and one ROW line per table row.
 RUN = PROCESSES + """
 import json, logging, os, signal, sys, threading, time
 from pathlib import Path
@@ -30,6 +32,7 @@ import ray
 from heygem_ray import RenderConfig, RunConfig, submit
 
 folder, token, timeout = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+every = sys.argv[4:] == ["every"]
 ray.init(address="local", num_cpus=3, include_dashboard=False, logging_level=logging.WARNING,
          runtime_env={"env_vars": {TOKEN_VAR: token}})
 
@@ -47,14 +50,16 @@ paused = []
 def pause_one():
     while True:
         files = {pid: open_files(pid) for pid in processes("ray::job", token)}
-        builders = [p for p, names in files.items() if any(n.endswith(".tmp/frames.bin") for n in names)]
+        builders = [p for p, names in files.items() if any(n.endswith(".tmp/frames.bin") for n in names)
+                    and p not in paused]
         waiters = [p for p, names in files.items() if p not in builders
                    and any("/cache/" in n and n.endswith(".lock") for n in names)]
-        if builders and waiters:
+        if builders and (waiters or every):
             os.kill(builders[0], signal.SIGSTOP)
             paused.append(builders[0])
-            print("PAUSED", builders[0], "WAITING", waiters[0], flush=True)
-            return
+            print("PAUSED", builders[0], "WAITING", waiters[0] if waiters else "-", flush=True)
+            if not every:
+                return
         time.sleep(0.005)
 
 
@@ -95,39 +100,55 @@ for pid in paused:  # killed on its node: gone (or a zombie) within seconds
 import pyarrow.parquet as pq
 for r in pq.read_table(summary.results_path).to_pylist():
     print("ROW", json.dumps({k: r[k] for k in ("job_id", "status", "error_kind", "error_step", "error", "frames",
-                                              "output", "seconds")}), flush=True)
+                                              "output", "seconds", "attempts")}), flush=True)
 ray.shutdown()
 """
 
 
-def test_a_job_that_stops_moving_fails_stalled_and_the_run_goes_on(tmp_path, examples):
+def _run(folder: Path, timeout: float, *extra: str) -> tuple[str, dict[str, dict]]:
+    proc = subprocess.run([sys.executable, "-c", RUN, str(folder), uuid.uuid4().hex, str(timeout), *extra],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    said = proc.stdout + proc.stderr[-6000:]
+    assert proc.returncode == 0, said
+    assert "PAUSED " in proc.stdout, said
+    # The paused processes were stopped for good (killed; a zombie at most until Ray reaps them).
+    ends = [line.split() for line in proc.stdout.splitlines() if line.startswith("PAUSED_END")]
+    assert ends and all(end[2] in ("gone", "Z") for end in ends), said
+    table = {r["job_id"]: r for r in (json.loads(line[4:]) for line in proc.stdout.splitlines()
+                                      if line.startswith("ROW "))}  # fmt: skip
+    return said, table
+
+
+def test_a_job_that_stops_moving_is_stopped_and_tried_again_and_the_run_goes_on(tmp_path, examples):
     speech = make_excerpt(examples / "lesson1.wav", tmp_path / "speech.wav", seconds=3.0)
     # A reference that takes seconds to analyse, so that another job comes to wait on its lock.
     clip = lecture_clip(tmp_path / "lecture.mp4", size=(1920, 1080), face=160, seconds=8.0)
     rows = [f"job{i},{speech},{clip.path}" for i in range(3)]
     (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
-    proc = subprocess.run([sys.executable, "-c", RUN, str(tmp_path), uuid.uuid4().hex, "4"], capture_output=True,
-                          text=True, timeout=180)  # fmt: skip
-    said = proc.stdout + proc.stderr[-6000:]
-    assert proc.returncode == 0, said
-    assert "PAUSED " in proc.stdout, said
-    # The paused process was stopped for good (killed; a zombie at most until Ray reaps it).
-    (end,) = [line.split() for line in proc.stdout.splitlines() if line.startswith("PAUSED_END")]
-    assert end[2] in ("gone", "Z"), said
-    table = {r["job_id"]: r for r in (json.loads(line[4:]) for line in proc.stdout.splitlines()
-                                      if line.startswith("ROW "))}  # fmt: skip
-    stalled = [r for r in table.values() if r["status"] == "failed"]
-    assert len(table) == 3 and len(stalled) == 1, said
-    (row,) = stalled
-    assert row["error_kind"] == "stalled" and row["error_step"] == "analyze", row
-    assert "made no progress for" in row["error"] and "--job-stall-timeout 4" in row["error"], row
-    assert "in step analyze" in row["error"] and row["job_id"] in row["error"], row
-    # The job that waited on the template's lock while it was held (past the timeout: a
-    # wait, not a stall) and the third built the template once it was free, and rendered.
+    said, table = _run(tmp_path, 4)
+    # The paused job's task was stopped, said so, and its second attempt rendered; the job
+    # that waited on the template's lock while it was held (past the timeout: a wait, not a
+    # stall) and the third built the template once it was free, and rendered.
+    (again,) = [r for r in table.values() if r["attempts"] == 2]
+    assert f"(job '{again['job_id']}'): made no progress for" in said and "in step analyze" in said, said
+    assert "(attempt 1); trying it again" in said, said
+    assert len(table) == 3 and all(r["status"] == "ok" for r in table.values()), said
     for r in table.values():
-        if r is not row:
-            assert r["status"] == "ok" and len(media.read_video(Path(r["output"]))[0]) == r["frames"] == 75, r
-    assert not (tmp_path / "out" / f"{row['job_id']}.mp4").exists()
+        assert len(media.read_video(Path(r["output"]))[0]) == r["frames"] == 75, r
+
+
+def test_a_job_that_stalls_at_each_attempt_fails_stalled_naming_its_step(tmp_path, examples):
+    speech = make_excerpt(examples / "lesson1.wav", tmp_path / "speech.wav", seconds=3.0)
+    clip = lecture_clip(tmp_path / "lecture.mp4", size=(1920, 1080), face=160, seconds=4.0)
+    (tmp_path / "m.csv").write_text(f"job_id,audio,video\nstuck,{speech},{clip.path}\n")
+    said, table = _run(tmp_path, 4, "every")
+    row = table["stuck"]
+    assert (row["status"], row["error_kind"], row["error_step"], row["attempts"]) == ("failed", "stalled",
+                                                                                      "analyze", 2), said
+    assert row["error"].startswith("row 1 (job 'stuck'): made no progress for "), row
+    assert "(--job-stall-timeout 4), as at each of its 2 attempts" in row["error"] and "in step analyze" in row["error"]
+    assert said.count("PAUSED_END") == 2, said
+    assert not (tmp_path / "out" / "stuck.mp4").exists()
 
 
 def test_a_job_that_waits_on_its_model_worker_or_works_is_not_stalled(tmp_path, examples):

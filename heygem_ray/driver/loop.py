@@ -150,7 +150,10 @@ def _render_all(
                     on_workers(joined)
                 in_flight_cap = pool.jobs_cap()
                 heap.release_free()  # see heap.py: the driver's memory stays flat over many jobs
-                for result in _stop_stalled(pending, router, cfg):
+                for job, attempt, result in _stop_stalled(pending, router, cfg):
+                    if _again_after_stall(job, attempt, result, cfg, retry):
+                        continue
+                    log.warning("%s", result.error)
                     result.config_hash = config_hash
                     on_result(result)
                     metrics.record_job(result)
@@ -175,6 +178,8 @@ def _render_all(
                     log.warning("%s: attempt %d lost its model workers; trying again", job.label, attempt)
                     retry.append((job, attempt + 1))
                     continue
+                if _again_after_stall(job, attempt, result, cfg, retry):  # its ffmpeg stalled
+                    continue
                 result.attempts, result.config_hash = attempt, config_hash
                 result.ray_task_id = ref.task_id().hex()
                 on_result(result)
@@ -185,10 +190,29 @@ def _render_all(
             ray.cancel(ref)
 
 
-def _stop_stalled(pending: dict[ray.ObjectRef, tuple[Job, int]], router: Any, cfg: RunConfig) -> list[JobResult]:
-    """The rows of the job tasks the router names as stalled (no progress for
-    ``job_stall_timeout_s``: ``progress``), each task stopped and taken from ``pending``.
-    One that ended meanwhile is left for the loop to read."""
+# Attempts a job that stalls is given (at most ``max_attempts``): a stall is most often its
+# node's (a network mount that stopped answering, a process paused), and the job may move
+# on another node, or later; a job that stalls again fails ``stalled``.
+STALL_ATTEMPTS = 2
+
+
+def _again_after_stall(job: Job, attempt: int, result: JobResult, cfg: RunConfig,
+                       retry: list[tuple[Job, int]]) -> bool:  # fmt: skip
+    """Whether ``result``, a ``stalled`` row of ``job``'s ``attempt``, is put in ``retry``
+    for another attempt (said in the log) instead of being its row."""
+    if result.error_kind != "stalled" or attempt >= min(STALL_ATTEMPTS, cfg.max_attempts):
+        return False
+    log.warning("%s (attempt %d); trying it again", result.error, attempt)
+    retry.append((job, attempt + 1))
+    return True
+
+
+def _stop_stalled(
+    pending: dict[ray.ObjectRef, tuple[Job, int]], router: Any, cfg: RunConfig
+) -> list[tuple[Job, int, JobResult]]:
+    """The jobs, attempts and rows of the job tasks the router names as stalled (no
+    progress for ``job_stall_timeout_s``: ``progress``), each task stopped and taken from
+    ``pending``. One that ended meanwhile is left for the loop to read."""
     by_task = {ref.task_id().hex(): ref for ref in pending}
     rows = []
     for task, beat, quiet_s in ask(router.stalled, cfg.job_stall_timeout_s):
@@ -207,15 +231,15 @@ def _stop_stalled(pending: dict[ray.ObjectRef, tuple[Job, int]], router: Any, cf
         job, attempt = pending.pop(ref)
         result = JobResult.for_job(job, cfg.render.pack)
         result.error_kind, result.error_step = "stalled", cast(Step, step)
+        again = f", as at each of its {attempt} attempts" if attempt > 1 else ""
         result.error = (
             f"{job.label}: made no progress for {quiet_s:.0f} s in step {step} (--job-stall-timeout "
-            f"{cfg.job_stall_timeout_s:g}): it read and wrote nothing, and waited on no model worker; its task "
-            "was stopped. A file system that stopped answering (a network mount) or a process paused on its "
+            f"{cfg.job_stall_timeout_s:g}){again}: it read and wrote nothing, and waited on no model worker; its "
+            "task was stopped. A file system that stopped answering (a network mount) or a process paused on its "
             "node does this; check the node, then run the same manifest again"
         )
         result.attempts, result.ray_task_id = attempt, task
-        log.warning("%s", result.error)
-        rows.append(result)
+        rows.append((job, attempt, result))
     return rows
 
 
