@@ -15,7 +15,7 @@ from pathlib import Path
 
 from heygem_ray import media
 from tests.helpers.footage import lecture_clip
-from tests.helpers.media import make_excerpt
+from tests.helpers.media import HANG_MARK, hanging_ffmpeg, make_excerpt
 from tests.helpers.procs import PROCESSES
 
 # The run, in its own process and its own local Ray (3 CPUs: three jobs at a time beside the
@@ -171,3 +171,52 @@ def test_a_job_that_waits_on_its_model_worker_or_works_is_not_stalled(tmp_path, 
     assert [r["status"] for r in table] == ["ok", "ok"], said
     # Each job waited through the pause for its chunks.
     assert min(r["seconds"] for r in table) > hold, proc.stdout
+
+
+# A run joined to the test process's Ray instance (RAY_ADDRESS), whose job tasks use the
+# ffmpeg that hangs on a file named with HANG_MARK and take ffmpeg as stuck after 2 s.
+FFMPEG_STALLS = """
+import logging, os, sys
+from pathlib import Path
+import ray
+from heygem_ray import RenderConfig, RunConfig, submit
+
+
+def short_stall():
+    from heygem_ray.media import ffmpeg
+    ffmpeg.STALL_S = 2.0
+
+
+folder = Path(sys.argv[1])
+ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING,
+         runtime_env={"env_vars": {"HEYGEM_FFMPEG": sys.argv[2]}, "worker_process_setup_hook": short_stall})
+cfg = RunConfig(output_dir=folder / "out", cache_dir=folder / "cache", engines_dir=folder / "engines")
+summary = submit(folder / "m.csv", cfg)
+import pyarrow.parquet as pq
+for r in pq.read_table(summary.results_path).to_pylist():
+    print("ROW", r["job_id"], r["status"], r["attempts"], r["error_kind"], r["error_step"], r["error"] or "")
+ray.shutdown()
+"""
+
+
+def test_a_job_whose_ffmpeg_stalls_is_tried_once_more_then_fails_stalled(tmp_path, examples, ray_join):
+    """A reference whose decoder hands over nothing (a read stuck on a dead mount, every
+    time): its ffmpeg is stopped, the job is tried once more, stalls again, and its row
+    fails `stalled` in step analyze after 2 attempts; the row beside it renders at once."""
+    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=1.0)
+    # Other bytes than the good row's reference (whose template it would find cached).
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-i", str(examples / "presenter.mp4"), "-t", "2",
+                    str(tmp_path / f"{HANG_MARK}.mp4")], check=True)  # fmt: skip
+    rows = [f"stuck,a.wav,{HANG_MARK}.mp4", f"good,a.wav,{examples / 'presenter.mp4'}"]
+    (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "\n".join(rows) + "\n")
+    proc = subprocess.run([sys.executable, "-c", FFMPEG_STALLS, str(tmp_path), str(hanging_ffmpeg(tmp_path))],
+                          capture_output=True, text=True, timeout=300, env=ray_join)  # fmt: skip
+    said = proc.stdout + proc.stderr[-6000:]
+    assert proc.returncode == 0, said
+    rows_seen = {parts[1]: parts[2:] for parts in (line.split(maxsplit=6) for line in proc.stdout.splitlines()
+                                                   if line.startswith("ROW "))}  # fmt: skip
+    assert rows_seen["good"][:2] == ["ok", "1"], said
+    status, attempts, kind, step, error = (rows_seen["stuck"] + [""] * 5)[:5]
+    assert (status, attempts, kind, step) == ("failed", "2", "stalled", "analyze"), (rows_seen, said)
+    assert f"decoding the reference {tmp_path / HANG_MARK}.mp4: ffmpeg handed over no data" in error, error
+    assert "(attempt 1); trying it again" in said, said
