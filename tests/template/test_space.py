@@ -25,10 +25,10 @@ from tests.helpers.footage import Footage, lecture_clip, with_camera_noise
 GEOMETRY = get_pack("warp").geometry
 
 
-def _camera_take(folder: Path, seed: int) -> Footage:
+def _camera_take(folder: Path, seed: int, fps: int = 25) -> Footage:
     """4 s of a 640×360 lecture take with a camera's noise: about 25 MB of template
-    (18 MB of stored frames, 7.7 MB of crops)."""
-    clip = lecture_clip(folder / f"clean-{seed}.mp4", size=(640, 360), face=96, seconds=4, seed=seed)
+    (18 MB of stored frames, 7.7 MB of crops) at 25 fps."""
+    clip = lecture_clip(folder / f"clean-{seed}.mp4", size=(640, 360), face=96, seconds=4, seed=seed, fps=fps)
     return with_camera_noise(clip, folder / f"take-{seed}.mp4")
 
 
@@ -56,6 +56,22 @@ def test_a_reference_whose_analysis_does_not_fit_fails_at_its_first_second_sayin
     hashes = list((cache / HASHES_DIR).glob("*"))
     assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock") and p.name != HASHES_DIR) == []
     assert os.statvfs(cache).f_blocks - os.statvfs(cache).f_bfree == len(hashes)
+
+
+def test_a_slow_takes_held_frames_count_for_nothing_so_it_fits_where_its_frames_shown_would_not(mount, tmp_path):
+    """The same take at 5 fps, read at 25 (each frame held five times): 100 frames shown,
+    20 stored. Its space is held ahead at the bytes a frame shown takes (a held one none),
+    so it fits on the disk its 100 frames would fill, and reads back whole."""
+    take = _camera_take(tmp_path, seed=1, fps=5)
+    cache = mount("cache", size="16m")
+    template = _analyse(take.path, cache)
+    assert isinstance(template, Template), template
+    with template:
+        assert (template.frames, template.fps, template.own_fps) == (100, 25, 5)
+        assert len(np.load(template.root / "offsets.npy")) - 1 == 20
+        frames = list(template.read_i420(np.arange(100)))
+        assert all(np.array_equal(frames[i], frames[i - i % 5]) for i in range(100))
+        assert (template.root / "frames.bin").stat().st_size == int(np.load(template.root / "offsets.npy")[-1])
 
 
 def test_two_analyses_on_a_disk_that_holds_one_leave_one_whole_template_and_one_clear_failure(mount, tmp_path):
