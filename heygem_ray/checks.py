@@ -21,6 +21,10 @@ Thresholds (named below; docs/preview.md explains each):
 * ``mouth_covered``: the share of frames whose mouth looks flat (a hand, a phone).
 * ``dark``, ``blurred``: the share of frames whose face is very dark or out of focus.
 * ``colour``: a take shot in HDR (HLG or PQ), which the videos show tone-mapped to SDR.
+* ``resolution``: the frames' size, and above 1080 lines what ``--max-resolution 1080``
+  would spare (``SUGGEST_MAX_RESOLUTION``).
+* ``frame_rate``: a take held (under 20 fps) or thinned (``--max-fps``), and above 30 fps
+  what ``--max-fps 30`` would spare.
 * ``length``: the reference's length against the audio's, for the loop mode.
 """
 
@@ -36,7 +40,7 @@ import numpy as np
 
 from heygem_ray.config import MIN_FPS, LoopMode
 from heygem_ray.face import looks
-from heygem_ray.media.video_probe import HDR_COLOURS, thinned_rate
+from heygem_ray.media.video_probe import HDR_COLOURS, scaled_to, thinned_rate
 from heygem_ray.packs import PackSpec
 from heygem_ray.template.files import Template
 
@@ -115,6 +119,8 @@ class Reference:
     fps: Fraction
     frames: int
     is_image: bool
+    width: int  # the frames' size, as the videos are made
+    height: int
     faces: np.ndarray  # (n, 4) float32 the presenter's steady face boxes
     present: np.ndarray  # (n,) bool the face is there
     detected: np.ndarray  # (n,) bool the frontal detector found it in this frame
@@ -125,16 +131,17 @@ class Reference:
     cut: bool = False  # the take's first seconds only (Template.cut: --reference-seconds)
     start: float = 0.0  # seconds of the take before its first frame here (Template.start: --reference-start)
     own_fps: Fraction | None = None  # the take's own rate, where the video's is another (Template.own_fps)
+    scaled_from: tuple[int, int] | None = None  # the take's own size, where --max-resolution scaled it
 
     @classmethod
     def of(cls, template: Template) -> Reference:
         track = template.track()  # a template's track has its looks and other faces
         return cls(
-            fps=template.fps, frames=template.frames, is_image=template.is_image, faces=track.boxes,
-            present=track.present, detected=track.detected, looks=np.asarray(track.looks, np.float32),
-            others=np.asarray(track.others, np.float32), crops=template.boxes,
-            source_colour=template.source_colour, cut=template.cut, start=template.start,
-            own_fps=template.own_fps,
+            fps=template.fps, frames=template.frames, is_image=template.is_image, width=template.width,
+            height=template.height, faces=track.boxes, present=track.present, detected=track.detected,
+            looks=np.asarray(track.looks, np.float32), others=np.asarray(track.others, np.float32),
+            crops=template.boxes, source_colour=template.source_colour, cut=template.cut, start=template.start,
+            own_fps=template.own_fps, scaled_from=template.scaled_from,
         )  # fmt: skip
 
     @property
@@ -214,6 +221,7 @@ def check_reference(
         _dark(ref),
         _blurred(ref),
         _colour(ref),
+        _resolution(ref),
         _frame_rate(ref),
         _length(ref, loop, audio_seconds, span),
     ]
@@ -424,6 +432,25 @@ def _colour(ref: Reference) -> Check:
                  "the videos are SDR: what is brighter than a white sheet is compressed, and they will look "
                  "duller than the take on an HDR screen; for the colours as graded, export the take as SDR "
                  "(BT.709) from the editor, or record with HDR video off")
+
+
+# A take taller than this (its shorter side, lines) is rendered at its own size unless
+# --max-resolution says less: the check's figure says what --max-resolution at this would
+# make of it (bench/bench_resolution.py: a 4K take's rows cost 5.5× less CPU at 1080 lines,
+# its template 3.7× less disk).
+SUGGEST_MAX_RESOLUTION = 1080
+
+
+def _resolution(ref: Reference) -> Check:
+    size = f"{ref.width}×{ref.height}"
+    if ref.scaled_from is not None:
+        width, height = ref.scaled_from
+        return Check("resolution", "ok", f"the take's {width}×{height}, read at {size} (--max-resolution)", "")
+    if min(ref.width, ref.height) <= SUGGEST_MAX_RESOLUTION:
+        return Check("resolution", "ok", size, "")
+    width, height = scaled_to(ref.width, ref.height, SUGGEST_MAX_RESOLUTION)
+    return Check("resolution", "ok", f"{size} (--max-resolution {SUGGEST_MAX_RESOLUTION} would render it at "
+                 f"{width}×{height}: about 5× less CPU a row, a quarter of the cache)", "")  # fmt: skip
 
 
 # A take faster than this is rendered at its own rate unless --max-fps says less: the

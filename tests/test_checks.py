@@ -78,7 +78,7 @@ def test_the_bundled_example_passes_every_check(example):
     found = run(example, audio_seconds=7.0)
     assert fired(found) == {}, [c.line() for c in found.values()]
     assert list(found) == ["face_size", "lost", "jitter", "faces", "mouth_motion", "head_turned", "mouth_covered",
-                           "dark", "blurred", "colour", "frame_rate", "length"]  # fmt: skip
+                           "dark", "blurred", "colour", "resolution", "frame_rate", "length"]  # fmt: skip
     assert notes(list(found.values())) == "" and verdict(list(found.values())) == "ok"
     assert still_span(example) is None  # a still mouth: warp uses the whole reference
 
@@ -238,13 +238,28 @@ def test_a_take_shot_in_hdr_warns_that_the_videos_are_sdr(example, colour, level
 
 
 def test_a_photo_reference_is_never_looped_nor_jittery():
-    photo = Reference(fps=Fraction(25), frames=1, is_image=True, faces=np.array([[10, 10, 110, 110]], np.float32),
+    photo = Reference(fps=Fraction(25), frames=1, is_image=True, width=384, height=384,
+                      faces=np.array([[10, 10, 110, 110]], np.float32),
                       present=np.ones(1, bool), detected=np.ones(1, bool),
                       looks=np.full((1, 6), np.nan, np.float32), others=np.zeros((0, 5), np.float32),
                       crops=np.array([[0, 0, 150, 150]], np.int32))  # fmt: skip
     found = run(photo, audio_seconds=600.0)
     assert found["length"].level == found["jitter"].level == "ok"
     assert found["mouth_motion"].figure.startswith("not measured")
+
+
+def test_the_resolution_says_what_was_scaled_and_what_max_resolution_would_spare(example):
+    """At 1080 lines or fewer the size alone; a 4K take's figure names --max-resolution 1080
+    (a portrait one too, by its shorter side); one scaled down says from what."""
+    assert run(example)["resolution"].line().split()[:3] == ["ok", "resolution", "384×384"]
+    assert run(dataclasses.replace(example, width=1920, height=1080))["resolution"].figure == "1920×1080"
+    uhd = run(dataclasses.replace(example, width=3840, height=2160))["resolution"]
+    assert (uhd.level, uhd.figure) == ("ok", "3840×2160 (--max-resolution 1080 would render it at 1920×1080: about "
+                                             "5× less CPU a row, a quarter of the cache)")  # fmt: skip
+    portrait = run(dataclasses.replace(example, width=2160, height=3840))["resolution"]
+    assert "would render it at 1080×1920" in portrait.figure
+    scaled = run(dataclasses.replace(example, width=1920, height=1080, scaled_from=(3840, 2160)))["resolution"]
+    assert (scaled.level, scaled.figure) == ("ok", "the take's 3840×2160, read at 1920×1080 (--max-resolution)")
 
 
 def test_the_frame_rate_says_what_was_held_or_kept_and_what_max_fps_would_spare(example):

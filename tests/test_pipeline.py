@@ -20,6 +20,7 @@ import pytest
 
 from heygem_ray import media, storage
 from heygem_ray.analyze import analyze
+from heygem_ray.checks import Reference
 from heygem_ray.config import InputLimits, RenderConfig, RunConfig
 from heygem_ray.job import InProcessService, render_job, scratch
 from heygem_ray.manifest import Job
@@ -234,6 +235,8 @@ def test_a_reference_above_max_resolution_renders_at_it_with_the_mouth_following
     with template:
         assert cached and (template.width, template.height) == (640, 360)
         assert json.loads((template.root / "meta.json").read_text())["scaled_from"] == [1280, 720]
+        assert template.scaled_from == (1280, 720)
+        assert Reference.of(template).scaled_from == (1280, 720)
         refs, index = _ref_frames(template, len(frames))
         boxes = template.boxes[index]
     outside = _outside(frames, boxes, margin=8)

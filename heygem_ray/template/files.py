@@ -97,6 +97,9 @@ class Template:
     # The take's own frame rate where ``fps`` is another (``VideoInfo.own_fps``: frames held
     # under MIN_FPS, or every k-th kept for ``max_fps``); None where ``fps`` is its own.
     own_fps: Fraction | None
+    # The take's own size (width, height) where ``max_resolution`` scaled it down to
+    # ``width`` × ``height``; None where that is its own.
+    scaled_from: tuple[int, int] | None
     store: FrameStore = field(repr=False, compare=False)
     crop_array: np.ndarray = field(repr=False, compare=False)  # (frames, S, S, 3) uint8 BGR, mapped
 
@@ -124,7 +127,8 @@ class Template:
         return cls(root=root, fps=meta["fps"], width=meta["width"], height=meta["height"], frames=n,
                    is_image=meta["is_image"], boxes=boxes, present=present, points=points,
                    decoder=meta["decoder"], source_colour=meta["source_colour"], cut=meta["cut"],
-                   start=meta["start"], own_fps=meta["own_fps"], store=store, crop_array=crops)  # fmt: skip
+                   start=meta["start"], own_fps=meta["own_fps"], scaled_from=meta["scaled_from"], store=store,
+                   crop_array=crops)  # fmt: skip
 
     def close(self) -> None:
         self.store.close()
@@ -188,6 +192,8 @@ def _meta(root: Path) -> dict[str, Any]:
             "cut": bool(meta.get("cut_to_seconds")),  # (templates made before the option have none)
             "start": float(meta.get("start_seconds") or 0.0),  # (nor this one)
             "own_fps": Fraction(meta["own_fps"]) if meta.get("own_fps") else None,  # (nor this one)
+            "scaled_from": (_positive(meta["scaled_from"][0]), _positive(meta["scaled_from"][1]))
+            if meta.get("scaled_from") else None,  # (nor this one)
         }
     except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
         raise DamagedTemplate(f"meta.json does not read ({type(exc).__name__}: {exc})") from exc
