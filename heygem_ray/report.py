@@ -55,6 +55,7 @@ from heygem_ray.storage import Location, Uri
 
 REPORT_FILE = "report.html"
 SLOWEST = 5  # jobs listed as the slowest
+RETRIED_SHOWN = 10  # jobs named on the status line of those tried more than once
 MESSAGES_PER_KIND = 5  # failure messages printed per error kind by `status` (the report shows all)
 THUMB_COUNT = 4  # frames per output in the report
 THUMB_HEIGHT = 160  # pixels
@@ -209,6 +210,9 @@ class Summary:
     warnings: dict[str, int] | None = None
     # The render settings of the rows (``describe_settings``) → rows, most first.
     settings: dict[str, int] | None = None
+    # The rows of this run whose job needed more than one attempt (its task or node lost, a
+    # stall): (job id, attempts, status, error kind), in row order.
+    retried: tuple[tuple[str, int, str, str], ...] = ()
 
 
 def video_seconds(r: JobResult) -> float:
@@ -253,6 +257,8 @@ def summarize(run: Run) -> Summary:
         warned=sum(bool(r.reference_notes) for r in rs if r.status != "failed"),
         warnings=_count(name for r in rs if r.status != "failed" for name in note_names(r.reference_notes)),
         settings=_settings(rs),
+        retried=tuple((r.job_id, r.attempts, r.status, r.error_kind or "") for r in rs
+                      if r.status != "skipped" and (r.attempts or 0) > 1),  # fmt: skip
     )
 
 
@@ -356,6 +362,11 @@ def format_status(s: Summary) -> str:
     else:
         lines.append("frames    none rendered by this run")
     lines.append(f"reference {describe_warnings(s)}")
+    if s.retried:
+        shown = ", ".join(f"{job} ({n} attempts, {kind or status})" for job, n, status, kind in s.retried[:RETRIED_SHOWN])
+        more = f", and {len(s.retried) - RETRIED_SHOWN} more" if len(s.retried) > RETRIED_SHOWN else ""
+        lines.append(f"retried   {len(s.retried)} job(s) needed more than one attempt (a task or node lost, a stall: "
+                     f"look at their nodes): {shown}{more}")  # fmt: skip
     if s.slowest:
         width = max(len(r.job_id) for r in s.slowest)
         lines.append("slowest")

@@ -114,6 +114,24 @@ def test_status_gives_a_row_that_kept_no_settings_those_of_its_config_hash(tmp_p
            f"precision auto (config {now}) (2 rows)</p>" in page  # fmt: skip
 
 
+def test_status_names_the_jobs_that_needed_more_than_one_attempt(tmp_path):
+    """A night's flaky nodes show: the jobs tried again (a lost task, a stall) are named with
+    their attempts and how they ended; a run whose jobs each took one attempt says nothing."""
+    files = {"audio": "a.wav", "video": "p.jpg", "output": None}
+    rows = [JobResult(job_id="once", row=1, status="ok", attempts=1, **files),
+            JobResult(job_id="again", row=2, status="ok", attempts=2, **files),
+            JobResult(job_id="stuck", row=3, status="failed", attempts=2, error_kind="stalled", error_step="analyze",
+                      error="row 3 (job 'stuck'): made no progress", **files),
+            JobResult(job_id="before", row=4, status="skipped", attempts=3, **files)]  # fmt: skip
+    write_results(rows, tmp_path / RESULTS_FILE)
+    lines = report.format_status(report.summarize(report.load_run(tmp_path))).splitlines()
+    assert "retried   2 job(s) needed more than one attempt (a task or node lost, a stall: look at their nodes): " \
+           "again (2 attempts, ok), stuck (2 attempts, stalled)" in lines, lines  # fmt: skip
+    write_results(rows[:1], tmp_path / RESULTS_FILE)
+    assert not any(line.startswith("retried") for line in report.format_status(
+        report.summarize(report.load_run(tmp_path))).splitlines())  # fmt: skip
+
+
 def test_status_says_what_is_wrong_with_a_folder_without_results(tmp_path):
     missing = runner.invoke(app, ["status", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
