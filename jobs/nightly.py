@@ -131,7 +131,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="Seconds per frame added to --chunk-timeout (generous for CPUs; on GPUs 1 is plenty).")
     p.add_argument("--job-stall-timeout", type=float, default=RunConfig.job_stall_timeout_s,
                    help="Seconds a job may go without reading or writing anything while not waiting on a model "
-                        "worker; past that it is taken as stalled, its task stopped and its row failed.")
+                        "worker; past that it is taken as stalled, its task stopped and the job tried once more; stalled "
+                        "again, its row fails.")
     p.add_argument("--worker-restarts", type=int, default=RunConfig.worker_restarts,
                    help="Model workers that die or are stopped are replaced up to this many times the workers wanted; "
                         "past that the others go on, and with none left the run stops (exit 2).")
