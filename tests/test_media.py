@@ -556,6 +556,19 @@ def test_unreadable_media(tmp_path: Path, read, maker) -> None:  # type: ignore[
     assert _error(read, bad).kind == "unreadable_media"
 
 
+def test_a_reference_removed_after_its_probe_is_gone_not_unreadable(tmp_path: Path) -> None:
+    """An operator's cleanup moves the take away between its probe and its decode: the row
+    says the file went away and to put it back, not that the take does not decode."""
+    clip = _written(tmp_path / "talk.mp4", frames=10)
+    info = media.probe_video(clip)
+    clip.rename(tmp_path / "elsewhere.mp4")
+    with pytest.raises(InputError) as raised:
+        list(media.iter_frames(info, pixel_format="yuv420p"))
+    assert raised.value.kind == "missing_file", raised.value.message
+    assert raised.value.message.startswith(f"reference {clip} is gone: it was moved or deleted while the job read it (")
+    assert raised.value.message.endswith("put it back, then run the same manifest again")
+
+
 @pytest.mark.parametrize("read", [*READERS, media.indexed_frames])
 @pytest.mark.parametrize("keep", [0.5, 0.9999])  # of the bytes: half, or all but the last few
 def test_an_mp4_cut_short_is_truncated(tmp_path: Path, read, keep: float) -> None:  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ import av
 import ffmpeg
 import numpy as np
 
-from heygem_ray.errors import InputError, storage_errors
+from heygem_ray.errors import InputError, storage_error_in, storage_errors
 from heygem_ray.media import yuv
 from heygem_ray.media.audio_probe import audio_stream, empty_audio
 from heygem_ray.media.container import require_file
@@ -118,21 +118,32 @@ def iter_frames(
             if not got:
                 break
             if got < frame_bytes:
-                raise proc.out_of_memory() or InputError(
-                    f"reference {info.path}: the decoder stopped in the middle of a frame "
-                    f"({proc.stderr_tail()}); re-export the video",
-                    kind="unreadable_media",
-                )
+                raise _failed(proc, info.path, "reference", "{name}: the decoder stopped in the middle of a frame "
+                              "({said}); re-export the video")  # fmt: skip
             yield frame
         rc = proc.wait()
         if rc != 0:
-            raise proc.out_of_memory() or InputError(
-                f"reference {info.path} could not be decoded ({proc.stderr_tail()}); "
-                "re-export it (e.g. as H.264 MP4)",
-                kind="unreadable_media",
-            )
+            raise _failed(proc, info.path, "reference",
+                          "{name} could not be decoded ({said}); re-export it (e.g. as H.264 MP4)")
     finally:
         proc.close()
+
+
+def _failed(proc: FfmpegProcess, path: Path, what: str, unreadable: str) -> InputError:
+    """Why ``proc``, decoding the ``what`` ("reference", "audio") ``path``, failed: memory
+    ran out (``out_of_memory``), the file went away after it was probed (moved or deleted:
+    ``missing_file``), its storage refused the read (``storage``: ffmpeg says the system's
+    words, "Input/output error", "Permission denied"); else ``unreadable_media``,
+    ``unreadable`` its words ("{name}": the file, "{said}": ffmpeg's)."""
+    if (memory := proc.out_of_memory()) is not None:
+        return memory
+    said = proc.stderr_tail()
+    if not path.exists():
+        return InputError(f"{what} {path} is gone: it was moved or deleted while the job read it ({said}); put it "
+                          "back, then run the same manifest again", kind="missing_file")  # fmt: skip
+    if (refused := storage_error_in(said, path)) is not None:
+        return refused
+    return InputError(unreadable.format(name=f"{what} {path}", said=said), kind="unreadable_media")
 
 
 def has_alpha(pixel_format: str) -> bool:
@@ -223,10 +234,7 @@ def _audio_blocks(
     finally:
         proc.close()
     if rc != 0:
-        raise proc.out_of_memory() or InputError(
-            f"audio {p} could not be decoded ({proc.stderr_tail()}); re-export it (e.g. as WAV or MP3)",
-            kind="unreadable_media",
-        )
+        raise _failed(proc, p, "audio", "{name} could not be decoded ({said}); re-export it (e.g. as WAV or MP3)")
     if samples == 0:
         raise empty_audio(p)
 
