@@ -30,7 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 
@@ -180,10 +180,11 @@ def folder_removed(folder: object, what: str) -> InputError:
     )
 
 
-def storage_error_in(text: str, where: object) -> InputError | None:
+def storage_error_in(text: str, where: object, codes: Iterable[int] = tuple(_STORAGE_FIXES)) -> InputError | None:
     """The storage error a program's message reports (ffmpeg writes the system's words,
-    e.g. "No space left on device"), for a file at ``where``; None when it reports none."""
-    for code in _STORAGE_FIXES:
+    e.g. "No space left on device"), for a file at ``where``; None when it reports none.
+    ``codes``: the errnos looked for (all those ``storage_error`` knows)."""
+    for code in codes:
         if os.strerror(code) in text:
             return storage_error(OSError(code, os.strerror(code)), where)
     return None

@@ -6,6 +6,7 @@ helper for short clips).
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from collections.abc import Generator
@@ -119,29 +120,36 @@ def iter_frames(
                 break
             if got < frame_bytes:
                 raise _failed(proc, info.path, "reference", "{name}: the decoder stopped in the middle of a frame "
-                              "({said}); re-export the video")  # fmt: skip
+                              "({said}); re-export the video", decoder)  # fmt: skip
             yield frame
         rc = proc.wait()
         if rc != 0:
             raise _failed(proc, info.path, "reference",
-                          "{name} could not be decoded ({said}); re-export it (e.g. as H.264 MP4)")
+                          "{name} could not be decoded ({said}); re-export it (e.g. as H.264 MP4)", decoder)
     finally:
         proc.close()
 
 
-def _failed(proc: FfmpegProcess, path: Path, what: str, unreadable: str) -> InputError:
-    """Why ``proc``, decoding the ``what`` ("reference", "audio") ``path``, failed: memory
-    ran out (``out_of_memory``), the file went away after it was probed (moved or deleted:
-    ``missing_file``), its storage refused the read (``storage``: ffmpeg says the system's
-    words, "Input/output error", "Permission denied"); else ``unreadable_media``,
-    ``unreadable`` its words ("{name}": the file, "{said}": ffmpeg's)."""
+# What a decoding ffmpeg says, in the system's words, when the file's storage refuses a read
+# (a failing disk or network mount, a permission taken away). Not EPERM ("Operation not
+# permitted"): a GPU decoder that cannot start says that of the device, not the file.
+_READ_REFUSED = (errno.EIO, errno.EACCES)
+
+
+def _failed(proc: FfmpegProcess, path: Path, what: str, unreadable: str, decoder: Decoder = "cpu") -> InputError:
+    """Why ``proc``, decoding the ``what`` ("reference", "audio") ``path`` with ``decoder``,
+    failed: memory ran out (``out_of_memory``), the file went away after it was probed
+    (moved or deleted: ``missing_file``), its storage refused the read on the CPU decoder
+    (``storage``: ``_READ_REFUSED``); else ``unreadable_media`` (which analysis falls back to
+    the CPU from, where NVDEC failed), ``unreadable`` its words ("{name}": the file,
+    "{said}": ffmpeg's)."""
     if (memory := proc.out_of_memory()) is not None:
         return memory
     said = proc.stderr_tail()
     if not path.exists():
         return InputError(f"{what} {path} is gone: it was moved or deleted while the job read it ({said}); put it "
                           "back, then run the same manifest again", kind="missing_file")  # fmt: skip
-    if (refused := storage_error_in(said, path)) is not None:
+    if decoder == "cpu" and (refused := storage_error_in(said, path, _READ_REFUSED)) is not None:
         return refused
     return InputError(unreadable.format(name=f"{what} {path}", said=said), kind="unreadable_media")
 
