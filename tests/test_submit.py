@@ -18,6 +18,7 @@ from heygem_ray import RunConfig, media, submit
 from heygem_ray.backends.trt import available as trt_available
 from heygem_ray.driver import RunCallbacks
 from heygem_ray.results import JobResult
+from tests.helpers.footage import lecture_clip
 from tests.helpers.media import make_excerpt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -305,10 +306,11 @@ class _Ends(RunCallbacks):
 @pytest.mark.parametrize("max_jobs", [1, 0])
 def test_max_jobs_bounds_the_jobs_rendered_at_once(tmp_path, examples, ray_local, max_jobs):
     """--max-jobs 1 renders one job at a time (each starts after the one before ended); by
-    default two CPUs render two at once."""
-    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=1.0)
-    shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
-    (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "".join(f"j{i},a.wav,p.jpg\n" for i in range(4)))
+    default two CPUs render two at once. Each job takes seconds (75 frames of 720p to
+    compose), longer than a second job task's process takes to start beside the first."""
+    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=3.0)
+    lecture_clip(tmp_path / "take.mp4", size=(1280, 720), face=96, seconds=2)
+    (tmp_path / "m.csv").write_text("job_id,audio,video\n" + "".join(f"j{i},a.wav,take.mp4\n" for i in range(4)))
     ends = _Ends()
     cfg = RunConfig(output_dir=tmp_path / "out", cache_dir=tmp_path / "cache", engines_dir=tmp_path / "engines",
                     max_jobs_in_flight=max_jobs)  # fmt: skip
