@@ -153,6 +153,12 @@ NODE_MEMORY_FIX = (
 )
 
 
+def first_line(exc: BaseException) -> str:
+    """``exc`` in a line: its type, and the first line of its message where it has one."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def says_out_of_memory(said: BaseException | str) -> bool:
     """Whether an error (Python's ``MemoryError``, PyTorch's ``OutOfMemoryError``) or a
     program's message says that memory ran out."""

@@ -10,7 +10,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnavailableError, OutOfMemoryError, RayActorError, RayError
 
-from heygem_ray.errors import EngineError, out_of_memory
+from heygem_ray.errors import EngineError, first_line, out_of_memory
 
 # What job tasks and chunk calls are called in the Ray dashboard. The same for every job:
 # Ray's dashboard agent keeps state for every task name it has seen (the `ray_tasks`
@@ -57,11 +57,6 @@ def ask(method: Any, *args: Any) -> Any:
         except RayActorError as exc:
             raise EngineError(f"the run's router (its bookkeeping actor, on the driver's node) died ({death(exc)}); "
                               "check that node's health, then run the same manifest again", kind="worker_lost") from exc  # fmt: skip
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def death(exc: RayError) -> str:

@@ -28,9 +28,8 @@ from heygem_ray.driver.calls import (
     UNREACHABLE_PAUSE_S,
     UNREACHABLE_TRIES,
     ask,
-    first_line,
 )
-from heygem_ray.errors import EngineError, HeygemError, out_of_memory, says_out_of_memory
+from heygem_ray.errors import EngineError, HeygemError, first_line, out_of_memory, says_out_of_memory
 from heygem_ray.job import ChunkFuture, ReferenceFuture
 from heygem_ray.packs import Features
 from heygem_ray.restore.inputs import RestoreInputs
@@ -342,8 +341,7 @@ def _worker_error(exc: RayTaskError, label: str) -> HeygemError:
     text = str(cause).strip()
     first = text.splitlines()[0] if text else ""
     if says_out_of_memory(cause):
-        return out_of_memory(f"{label}: its model worker ran out of memory ({type(cause).__name__}: {first})",
-                             WORKER_MEMORY_FIX)  # fmt: skip
+        return out_of_memory(f"{label}: its model worker ran out of memory ({first_line(cause)})", WORKER_MEMORY_FIX)
     return EngineError(
         f"{label}: the model worker raised {type(cause).__name__}: {first} (its traceback is in the "
         "worker's log: the dashboard, or 'ray logs worker-*.err' on its node): a fault in the model or its "

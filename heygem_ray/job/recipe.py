@@ -21,7 +21,15 @@ from heygem_ray import media, storage
 from heygem_ray.analyze import analyze
 from heygem_ray.checks import Reference, check_reference, mouth_box, notes, still_span
 from heygem_ray.config import RenderConfig, default_download_dir
-from heygem_ray.errors import HeygemError, InputError, InternalError, out_of_memory, says_out_of_memory, storage_error
+from heygem_ray.errors import (
+    HeygemError,
+    InputError,
+    InternalError,
+    first_line,
+    out_of_memory,
+    says_out_of_memory,
+    storage_error,
+)
 from heygem_ray.features import HEARD_MIN_S, SAMPLE_RATE, Pcm, heard_seconds, silent_audio
 from heygem_ray.job.compose import render_and_compose
 from heygem_ray.job.context import JobContext, StepClock
@@ -119,9 +127,8 @@ def render_job(
     except Exception as exc:
         known = exc if isinstance(exc, HeygemError) else storage_error(exc) if isinstance(exc, OSError) else None
         if known is None and says_out_of_memory(exc):  # a node short of memory (not ours to prevent)
-            said = (str(exc).strip().splitlines() or [""])[0]
             known = out_of_memory(f"its job ran out of memory on node {platform.node()} in step {steps.current} "
-                                  f"({type(exc).__name__}: {said})")  # fmt: skip
+                                  f"({first_line(exc)})")  # fmt: skip
         if known is not None:  # the user's to fix: a bad file, a full disk, a read-only folder, …
             result.error_kind, result.error_step = known.kind, steps.current
             result.error = f"{job.label}: {known.message}"
