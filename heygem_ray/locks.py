@@ -23,7 +23,8 @@ deletes its successor's lock:
   against this machine's clock, which on a shared file system is another machine's (the
   server's, or the holder's) clock: a file that looks stale is watched for
   ``CONFIRM_BEATS`` heartbeats more before it is taken over, and one whose record changes
-  meanwhile is held (a live holder, with clocks that disagree).
+  meanwhile is held (a live holder, with clocks that disagree). So is an object in a
+  plain store (below), whose age is its time stamp against this machine's clock too.
 * an object in S3 (or an S3 API): ``PutObject`` with ``If-None-Match: *`` creates it,
   ``If-Match: <ETag>`` refreshes or takes it over, ``DeleteObject`` with ``If-Match``
   releases it: the server decides. Its age is its ``Last-Modified`` against the reply's
@@ -61,8 +62,9 @@ log = logging.getLogger(__name__)
 # take a slow request or two (storage's S3 client gives up on one within a minute).
 STALE_AFTER_S = 120.0
 BEATS_PER_STALE = 12  # heartbeats in that time: by default one every 10 s
-# Heartbeats (of ``stale_after_s / BEATS_PER_STALE``) a file lock that looks stale by its
-# age is watched before it is taken over: a holder that is alive rewrites it meanwhile.
+# Heartbeats (of ``stale_after_s / BEATS_PER_STALE``) a lock aged by this machine's clock
+# (``_Record.clock_here``) that looks stale is watched before it is taken over: a holder that
+# is alive rewrites it meanwhile.
 CONFIRM_BEATS = 2.5
 # Rounds of look-then-change a taker tries while others change the lock under it.
 _ROUNDS = 100
@@ -127,8 +129,8 @@ class Held:
         """``pid 12 on host-a (run 3f2a1c of m.csv) since 2026-01-02 03:00:00 UTC, last heartbeat 4 s ago``."""
         who = self.holder.describe() if self.holder else f"a holder whose record reads {self.raw[:200]!r}"
         if self.clocks_disagree:
-            return (f"{who}, whose heartbeat goes on (its file's time says {self.age_s:.0f} s ago: this machine's "
-                    "clock and the file system's disagree; keep the nodes' clocks in step, with NTP)")  # fmt: skip
+            return (f"{who}, whose heartbeat goes on (its time stamp says {self.age_s:.0f} s ago: this machine's "
+                    "clock and the storage's disagree; keep the nodes' clocks in step, with NTP)")  # fmt: skip
         return f"{who}, last heartbeat {self.age_s:.0f} s ago"
 
 
@@ -241,8 +243,8 @@ def _acquire(store: _Store, where: Location, me: Holder, stale_after_s: float, h
             if stale is None:
                 return _held(where, seen)
             why, by_age = stale
-            if by_age and isinstance(store, _FileStore):
-                # By the clocks, which a shared file system does not keep in step: watched.
+            if by_age and seen.clock_here:
+                # By two machines' clocks, which nothing keeps in step: watched.
                 time.sleep(CONFIRM_BEATS * stale_after_s / BEATS_PER_STALE)
                 now = store.read()
                 if now is None or now.version != seen.version:
@@ -268,7 +270,10 @@ def _acquire(store: _Store, where: Location, me: Holder, stale_after_s: float, h
 class _Record:
     data: bytes
     version: str  # what a conditional change names: an ETag, or a hash of the content
-    age_s: float  # since the last write, by the store's clock
+    age_s: float  # since the last write
+    # ``age_s`` is the record's time stamp against this machine's clock (a file, an object in
+    # a plain store), not the store's own clock alone (S3's reply ``Date``).
+    clock_here: bool = False
 
 
 class _Store(Protocol):
@@ -301,7 +306,8 @@ class _FileStore:
             return None
         try:
             data = _read_all(fd)
-            return _Record(data, _digest(data), max(0.0, time.time() - os.fstat(fd).st_mtime)) if data else None
+            age = max(0.0, time.time() - os.fstat(fd).st_mtime)
+            return _Record(data, _digest(data), age, clock_here=True) if data else None
         finally:
             os.close(fd)
 
@@ -405,7 +411,7 @@ class _PlainStore:
             data = storage.read_bytes(self.uri)
         except InputError:  # deleted between the two requests
             return None
-        return _Record(data, _digest(data), max(0.0, time.time() - found.mtime_ns / 1e9))
+        return _Record(data, _digest(data), max(0.0, time.time() - found.mtime_ns / 1e9), clock_here=True)
 
     def create(self, data: bytes) -> str | None:
         if storage.is_file(self.uri):
