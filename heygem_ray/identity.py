@@ -123,7 +123,9 @@ def file_digest(path: Path) -> str:
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     if _stamp(path) == stamp:  # not written to while it was read: worth keeping
-        with contextlib.suppress(OSError):
+        # (a cache not kept costs the next run a hashing, nothing else: a full or read-only
+        # disk, which storage.write_bytes says as InputError, stops nothing)
+        with contextlib.suppress(OSError, HeygemError):
             storage.write_bytes(entry, json.dumps({"path": where, "stat": stamp, "sha256": digest}).encode())
     return digest
 

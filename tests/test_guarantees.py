@@ -256,6 +256,24 @@ def test_an_engine_store_on_a_read_only_disk_stops_the_run_with_its_words(lesson
     assert not (out / "results.parquet").exists()
 
 
+def test_a_read_only_home_cache_costs_the_input_digests_their_cache_and_nothing_else(lesson, mount, ray_join):
+    """``$XDG_CACHE_HOME`` on a read-only disk (a pod with ``readOnlyRootFilesystem``, its
+    templates and engines on a shared volume): the digests of the inputs and weights are
+    kept there to spare hashing them again, and only that is lost; before, the first digest
+    not kept stopped the run with every row ``stopped``."""
+    home = mount("home", read_only=True)
+    folder = lesson.parent
+    out = folder / "out"
+    args = [HEYGEM, "submit", "m.csv", "-o", str(out), "--cache-dir", str(folder / "cache"), "--engines",
+            str(folder / "engines")]  # fmt: skip
+    proc = _run(args, folder, ray_join | {"XDG_CACHE_HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = pq.read_table(out / "results.parquet").to_pylist()
+    assert row["status"] == "ok" and row["audio_identity"].startswith("sha256:"), row
+    again = _run(args, folder, ray_join | {"XDG_CACHE_HOME": str(home)})  # the digests made again: still the same
+    assert again.returncode == 0 and "0 of 1 jobs rendered" in again.stdout and "1 skipped" in again.stdout, again.stdout
+
+
 def test_an_mp4_that_does_not_fit_is_a_storage_error_naming_its_folder(mount, examples):
     disk = mount("small", size="16k")
     frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3), np.uint8)  # noise: it does not compress
