@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -114,12 +115,62 @@ def test_a_jobs_cleanup_deletes_its_own_partials_and_no_other_jobs(tmp_path):
     assert partials["a.v2.mp4"].name.startswith(".a.v2.") and partials["a.v2.mp4"].name.endswith(PARTIAL_SUFFIX)
     job = Job(row=1, job_id="a", audio=tmp_path / "a.wav", video=tmp_path / "p.jpg", output=out / "a.mp4")
     result = JobResult.for_job(job, "warp")
-    result.status = "ok"
+    result.status, result.attempts = "ok", 2  # its first attempt lost with its node
 
     resume.record(out, result)
     assert sorted(p.name for p in out.glob(f"*{PARTIAL_SUFFIX}")) == sorted(
         partials[n].name for n in names if n != "a.mp4"
     )
+
+
+@pytest.mark.parametrize(("status", "attempts", "kind", "cleaned"), [
+    ("ok", 1, None, False),  # its one attempt published its MP4: the folder is not listed
+    ("failed", 1, "unreadable_media", False),  # its one attempt ended in its own process
+    ("failed", 1, "stalled", True),  # its process killed (--max-attempts 1)
+    ("failed", 1, "worker_lost", True),
+    ("ok", 3, None, True),
+])  # fmt: skip
+def test_a_folder_is_listed_for_partials_only_after_an_attempt_was_killed(tmp_path, status, attempts, kind, cleaned):
+    """A night of 20,000 rows into one folder listed it once a row (6 minutes of the
+    driver's loop at 20,000 MP4s): only a row one of whose attempts was killed can have
+    left a partial (a row whose only attempt published its MP4 left none; a leftover of
+    an earlier run's killed attempt was removed as the run started)."""
+    out = tmp_path / "out"
+    left = storage.staging_file(out / "a.mp4", tmp_path, PARTIAL_SUFFIX)
+    left.write_bytes(b"half a video")
+    job = Job(row=1, job_id="a", audio=tmp_path / "a.wav", video=tmp_path / "p.jpg", output=out / "a.mp4")
+    result = JobResult.for_job(job, "warp")
+    result.status, result.attempts, result.error_kind = status, attempts, kind
+    resume.record(out, result)
+    assert left.exists() is not cleaned
+    assert resume.part_path(out, "a").exists()
+
+
+def test_a_folder_that_cannot_be_listed_keeps_its_partials_and_the_row_is_kept(tmp_path):
+    """The clean-up after a retried job is best effort: an output folder its run may write
+    but not list (mode 0333; the run a process without capabilities) keeps the partial,
+    says so, and the row is on disk; before, the PermissionError stopped the whole run."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed: a process without capabilities cannot be started")
+    out, videos = tmp_path / "out", tmp_path / "out" / "videos"
+    left = storage.staging_file(videos / "a.mp4", tmp_path, PARTIAL_SUFFIX)
+    left.write_bytes(b"half a video")
+    videos.chmod(0o333)
+    script = (
+        "import sys; from pathlib import Path; from heygem_ray.driver import resume; "
+        "from heygem_ray.manifest import Job; from heygem_ray.results import JobResult\n"
+        "out = Path(sys.argv[1]); job = Job(row=1, job_id='a', audio=out / 'a.wav', video=out / 'p.jpg', "
+        "output=out / 'videos' / 'a.mp4')\n"
+        "result = JobResult.for_job(job, 'warp'); result.status, result.attempts = 'ok', 2\n"
+        "resume.record(out, result)\n"
+    )
+    proc = subprocess.run(["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--", sys.executable, "-c", script,
+                           str(out)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    videos.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "temporary MP4s left by stopped jobs were not removed (PermissionError" in proc.stderr
+    assert "the next run tries again" in proc.stderr
+    assert left.exists() and resume.part_path(out, "a").exists()
 
 
 def test_jobs_whose_ids_extend_each_other_render_at_once_and_leave_no_partial(folder, ray_local):

@@ -178,7 +178,9 @@ def test_a_jobs_cleanup_deletes_only_its_own_interrupted_uploads(bucket, tmp_pat
         storage.write_bytes(key, b"half a video")
     job = Job(row=1, job_id="a", audio=tmp_path / "a.wav", video=tmp_path / "p.jpg", output=bucket / "out/a.mp4")
 
-    resume.record(bucket / "out", JobResult.for_job(job, "warp"))
+    result = JobResult.for_job(job, "warp")
+    result.attempts = 2  # its first attempt lost with its node
+    resume.record(bucket / "out", result)
     left = {k for k in _keys(bucket) if storage.TMP_DIR in k}
     assert left == {f"out/{storage.TMP_DIR}/a.mp4.mp4.4567cdef.tmp", f"out/{storage.TMP_DIR}/a.v2.mp4.89ab0123.tmp"}
 
