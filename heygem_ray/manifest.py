@@ -49,6 +49,9 @@ ROW_SETTINGS = ("reference_start", "reference_seconds")
 # and punctuation, but none of these characters, nothing invisible (Unicode's control and
 # format characters), and not hidden or padded (a leading '.' or space, a trailing one).
 ID_MAX_BYTES = 200
+# An 'output' cell's names: each folder in it one file name (255 bytes on Linux's file
+# systems), and the MP4's name without .mp4 short enough for its staged copy's 32 bytes more.
+NAME_MAX_BYTES, STAGED_EXTRA_BYTES = 255, 32
 _NOT_IN_ID = frozenset('/\\:*?"<>|#%')
 
 
@@ -459,7 +462,25 @@ def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Locat
         return None, InputError(
             f"output {output!r} must end in .mp4", kind="unsafe_output"
         )
+    if (why := _name_problem(output, target)) is not None:
+        return None, InputError(f"output {output!r}: {why}; give it shorter names", kind="unsafe_output")
     return target, None
+
+
+def _name_problem(output: str, target: Location) -> str | None:
+    """Why the 'output' cell ``output`` (resolved: ``target``) cannot be written under its
+    names (``NAME_MAX_BYTES``), or None: found here, rather than as an encoder's "File name
+    too long" that reads like a broken encode."""
+    longest = max((part.encode() for part in output.split("/")), key=len)
+    if isinstance(target, Path) and len(longest) > NAME_MAX_BYTES:  # (a bucket's key has no such parts)
+        return (f"its part {longest.decode()[:40]!r}… is {len(longest)} bytes long in UTF-8, over the "
+                f"{NAME_MAX_BYTES} a file or folder name holds")  # fmt: skip
+    stem = len(target.stem.encode())
+    if stem > NAME_MAX_BYTES - STAGED_EXTRA_BYTES:
+        return (f"its file name without .mp4 is {stem} bytes long in UTF-8, over {NAME_MAX_BYTES - STAGED_EXTRA_BYTES} "
+                f"(the copy written before the MP4 appears adds {STAGED_EXTRA_BYTES} bytes to a name, and a file name "
+                f"holds {NAME_MAX_BYTES})")  # fmt: skip
+    return None
 
 
 def _check_outputs(path: Location, jobs: list[Job], base: Location) -> None:

@@ -9,9 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from heygem_ray import storage
 from heygem_ray.cli import app
 from heygem_ray.driver import resume
 from heygem_ray.errors import InputError
+from heygem_ray.job.compose import PARTIAL_SUFFIX
 from heygem_ray.manifest import read_manifest
 from heygem_ray.results import RESULT_COLUMNS
 from heygem_ray.storage import Uri
@@ -107,6 +109,8 @@ def test_a_made_id_from_long_names_fits_a_file_name(tmp_path):
         ("ok1,a.wav,v.mp4,../../etc/x.mp4", "outside the output folder"),
         ("ok2,a.wav,v.mp4,/tmp/x.mp4", "outside the output folder"),
         ("ok3,a.wav,v.mp4,video.avi", "must end in .mp4"),
+        (f"ok4,a.wav,v.mp4,{'d' * 256}/x.mp4", "is 256 bytes long in UTF-8, over the 255 a file or folder name holds"),
+        (f"ok5,a.wav,v.mp4,{'课' * 75}.mp4", "its file name without .mp4 is 225 bytes long in UTF-8, over 223"),
     ],
 )
 def test_unsafe_outputs_fail_only_their_row(tmp_path, row, needle):
@@ -116,6 +120,19 @@ def test_unsafe_outputs_fail_only_their_row(tmp_path, row, needle):
     assert needle in bad.problem.message
     assert bad.output is None
     assert good.problem is None and good.output == (tmp_path / "out").resolve() / "sub" / "good.mp4"
+
+
+def test_the_longest_output_name_accepted_can_be_staged_and_published(tmp_path):
+    """An 'output' whose name is as long as a row may give (a stem of 223 bytes) is
+    written as the encoder writes it: staged beside it under a longer name, then renamed."""
+    m = write(tmp_path / "m.csv", f"job_id,audio,video,output\nlong,a.wav,v.mp4,{'x' * 223}.mp4\n")
+    (job,) = read_manifest(m, tmp_path / "out")
+    assert job.problem is None and isinstance(job.output, Path)
+    staged = storage.staging_file(job.output, tmp_path, PARTIAL_SUFFIX)
+    assert len(staged.name.encode()) == 255
+    staged.write_bytes(b"a video")
+    storage.publish(staged, job.output)
+    assert job.output.read_bytes() == b"a video"
 
 
 def test_a_row_gives_itself_a_reference_start_and_seconds_and_a_cell_that_is_no_number_fails_it(tmp_path):
