@@ -14,6 +14,7 @@ import tempfile
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -458,6 +459,44 @@ def test_a_recording_whose_first_sound_track_is_silent_says_how_to_give_the_othe
     assert (result.error_kind, result.error_step) == ("silent_audio", "audio"), result.error
     assert "it holds 2 sound tracks and the first is the one read" in result.error
     assert f"ffmpeg -i {recording} -map 0:a:1 speech.wav" in result.error
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_a_recording_whose_sound_starts_late_keeps_the_mouth_on_the_speech_and_all_of_it(
+    tmp_path, examples, warp_service, container
+):
+    """A recording given as the audio whose sound track starts 1 s after its picture (a
+    camera's or an editor's export): a player plays a second of silence, then the speech.
+    The video does too, with the mouth on the speech and the speech's end kept; before,
+    the mouth ran a second ahead of the sound and the speech's last second was cut."""
+    recording = tmp_path / f"recording.{container}"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-stream_loop", "1", "-i", str(examples / "presenter.mp4"),
+                    "-itsoffset", "1.0", "-i", str(examples / "lesson1.wav"), "-map", "0:v", "-map", "1:a", "-c:v", "copy",
+                    "-c:a", "aac", str(recording)], check=True)  # fmt: skip
+    speech = len(media.load_audio(examples / "lesson1.wav")) / 16000
+    result = render_job(job(tmp_path, recording, examples / "presenter.jpg"), RenderConfig(), tmp_path / "cache",
+                        warp_service)  # fmt: skip
+    assert result.status == "ok", result.error
+    assert abs(result.audio_seconds - (speech + 1.0)) < 0.1, result.audio_seconds
+    with av.open(str(result.output)) as out:
+        (stream,) = out.streams.audio
+        assert float(stream.start_time * stream.time_base) == pytest.approx(0, abs=0.03)  # no gap left to the player
+        heard = np.concatenate([f.to_ndarray().mean(axis=0) for f in out.decode(stream)])
+        rate = stream.sample_rate
+    frames, _ = media.read_video(Path(result.output))
+    hop = rate // FPS
+    energy = np.sqrt(np.array([np.mean(heard[i * hop : (i + 1) * hop] ** 2) for i in range(len(frames))]))
+    assert not (energy[:20] > 1e-3).any()  # the first second is silent (it was the speech's start)
+    assert (energy[-25:] > 1e-3).any()  # and the speech's last second is there
+    x0, y0, x1, y1 = result.mouth_box
+    change = np.abs(frames[:, y0:y1, x0:x1].astype(np.int16) - frames[0, y0:y1, x0:x1]).mean(axis=(1, 2, 3))
+
+    def corr(lag):
+        a, b = (change[lag:], energy[: len(energy) - lag]) if lag >= 0 else (change[:lag], energy[-lag:])
+        return np.corrcoef(a, b)[0, 1]
+
+    lags = {lag: corr(lag) for lag in range(-30, 31)}
+    assert abs(max(lags, key=lags.get)) <= 1 and corr(0) > 0.6, {k: round(v, 2) for k, v in lags.items() if v > 0.4}
 
 
 def _marked_reference(photo: Path, out: Path, frames: int) -> Path:

@@ -24,7 +24,7 @@ class AudioInfo:
     measured by decoding it."""
 
     path: Path
-    duration: float  # seconds of decoded audio (samples / sample_rate)
+    duration: float  # seconds as played: decoded samples / sample_rate, after a late start (late_start)
     sample_rate: int  # Hz, as decoded
     channels: int
     layout: str = ""  # FFmpeg's name for the channel layout: "mono", "stereo", "5.1(side)", "3 channels"
@@ -104,6 +104,7 @@ def probe_audio(path: str | os.PathLike[str]) -> AudioInfo:
     rejected: av.FFmpegError | None = None
     with audio_stream(p) as (container, stream):
         layout = stream.codec_context.layout
+        late = late_start(container, stream)
         try:
             for packet in container.demux(stream):
                 try:
@@ -127,5 +128,14 @@ def probe_audio(path: str | os.PathLike[str]) -> AudioInfo:
     if samples == 0:
         raise empty_audio(p)
     return AudioInfo(
-        path=p, duration=samples / sample_rate, sample_rate=sample_rate, channels=layout.nb_channels, layout=layout.name
-    )
+        path=p, duration=late + samples / sample_rate, sample_rate=sample_rate, channels=layout.nb_channels,
+        layout=layout.name,
+    )  # fmt: skip
+
+
+def late_start(container: av.container.InputContainer, stream: av.stream.Stream) -> float:
+    """Seconds ``stream`` starts after the file does (a recording whose sound track starts
+    after its picture), which a player plays as silence and ``decode_audio`` reads as such."""
+    if stream.start_time is None or stream.time_base is None or container.start_time is None:
+        return 0.0
+    return max(0.0, float(stream.start_time * stream.time_base) - container.start_time / av.time_base)

@@ -214,8 +214,14 @@ def _audio_blocks(
     # ac: the pipe carries exactly this many channels per sample, as ffmpeg is told rather
     # than as we might guess from its output, so the samples cannot be misaligned. It is the
     # stream's own count: nothing is remixed, and every channel weighs the same in the mean.
+    # first_pts: the samples as a player plays them from the file's start. A recording whose
+    # sound track starts after its picture (a camera's, an editor's export: its stream's
+    # start time later than the file's) begins with that much silence, as the MP4 written
+    # from it does (``VideoWriter``); without it, the mouth ran ahead of the speech by the
+    # gap, and the speech's last part of that length was cut.
     args = (
         ffmpeg.input(url(p), **packets)["a:0"]
+        .filter("aresample", first_pts=0)
         .output("pipe:", format="f32le", acodec="pcm_f32le", ar=sample_rate, ac=channels)
         .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error")
         .compile(cmd=ffmpeg_exe())

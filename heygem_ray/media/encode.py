@@ -96,7 +96,8 @@ class VideoWriter:
             color_primaries="bt709",
             color_trc="bt709",
             color_range="tv",
-            af=f"apad=whole_dur={d},atrim=end={d}",
+            # from the file's start, a late sound track's gap filled (as decode_audio reads it)
+            af=f"aresample=first_pts=0,apad=whole_dur={d},atrim=end={d}",
             acodec="aac",
             ar=AAC_SAMPLE_RATE,
             movflags="+faststart",
