@@ -489,6 +489,18 @@ def test_stereo_is_averaged(tmp_path: Path) -> None:
     np.testing.assert_allclose(wav[100:-100], 0.2, atol=1e-3)
 
 
+@pytest.mark.parametrize("right", [-1.0, -0.95])
+def test_channels_that_cancel_in_the_mix_are_read_from_the_loudest(tmp_path: Path, examples: Path, right: float) -> None:
+    """A microphone wired with one channel's polarity reversed: loud in stereo, silence
+    when summed. The speech is read from its loudest channel (before: a silent mix, and
+    the row failed ``silent_audio``, "check that it is the lesson's audio")."""
+    wired = tmp_path / "wired.wav"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "lesson1.wav"), "-af",
+                    f"pan=stereo|c0=c0|c1={right}*c0", "-c:a", "pcm_f32le", str(wired)], check=True)  # fmt: skip
+    speech = media.load_audio(examples / "lesson1.wav")
+    np.testing.assert_allclose(media.load_audio(wired), speech, atol=1e-4)
+
+
 @pytest.mark.parametrize("channels", [1, 2, 6])
 def test_silence_is_valid(tmp_path: Path, channels: int) -> None:
     audio = make_silence(tmp_path / "quiet.wav", seconds=0.7, sample_rate=22050, channels=channels)

@@ -233,7 +233,7 @@ def _audio_blocks(
         buffer = bytearray(_READ_CHUNK // frame_bytes * frame_bytes)
         while got := proc.read_into(memoryview(buffer)):
             usable = got // frame_bytes * frame_bytes  # a full read is whole samples
-            block = np.frombuffer(buffer, "<f4", count=usable // 4).reshape(-1, channels).mean(axis=1, dtype=np.float32)
+            block = _mono(np.frombuffer(buffer, "<f4", count=usable // 4).reshape(-1, channels))
             np.clip(block, -1.0, 1.0, out=block)
             samples += len(block)
             if max_seconds is not None and samples > most:  # its header said less
@@ -251,6 +251,26 @@ def _audio_blocks(
         raise _failed(proc, p, "audio", "{name} could not be decoded ({said}); re-export it (e.g. as WAV or MP3)")
     if samples == 0:
         raise empty_audio(p)
+
+
+# A mix this much quieter (in RMS) than its loudest channel: channels that cancel.
+CANCELLED_MIX = 0.1
+
+
+def _mono(samples: np.ndarray) -> np.ndarray:
+    """(n, channels) float32 samples as (n,) mono: their mean, where every channel weighs
+    the same, or the loudest channel alone where the mean cancels them (a microphone
+    wired with one channel's polarity reversed: loud in stereo, silence when summed, and
+    the row failed ``silent_audio``). Channels that are merely different (two voices, a
+    stereo room) lose a third of their level in the mean at most, far from cancelling."""
+    mixed = samples.mean(axis=1, dtype=np.float32)
+    if samples.shape[1] == 1:
+        return mixed
+    levels = np.sqrt(np.mean(np.square(samples, dtype=np.float64), axis=0))
+    loudest = int(np.argmax(levels))
+    if np.sqrt(np.mean(np.square(mixed, dtype=np.float64))) < CANCELLED_MIX * levels[loudest]:
+        return np.ascontiguousarray(samples[:, loudest])
+    return mixed
 
 
 def read_video(path: str | os.PathLike[str]) -> tuple[np.ndarray, Fraction]:
