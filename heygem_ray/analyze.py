@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import uuid
 from contextlib import closing
@@ -274,6 +275,16 @@ def _scaled_note(info: media.VideoInfo) -> str:
             "--max-resolution, which makes its faces smaller too: a higher one, or 0, keeps them at their size")
 
 
+def _streams_note(info: media.VideoInfo) -> str:
+    """Where a reference holds more than one video stream (a lecture capture's camera and
+    screen), that only one was searched, and how to give another."""
+    if info.video_streams < 2:
+        return ""
+    return (f"; it holds {info.video_streams} video streams and the first is the one read: where the presenter is in "
+            f"another, give that stream as a file of its own (ffmpeg -i {shlex.quote(str(info.path))} -map 0:v:1 -c copy "
+            "presenter.mp4 takes the second)")  # fmt: skip
+
+
 def _cut_note(info: media.VideoInfo) -> str:
     """For a message about the faces of a reference of which only a part was searched
     (``--reference-seconds``)."""
@@ -325,7 +336,8 @@ def track_reference(
             f"{frames} frame(s)); faces are searched for from {detector_cfg.min_face} pixels wide, "
             "facing the camera. Use a video or photo where the presenter faces the camera and is "
             "well lit, or, for a smaller face, lower the smallest face searched for "
-            f"(--min-face, at least 20; analysis is slower){_scaled_note(info)}{_cut_note(info)}",
+            f"(--min-face, at least 20; analysis is slower){_scaled_note(info)}{_cut_note(info)}"
+            f"{_streams_note(info)}",
             kind="no_face",
         )
     return track

@@ -461,6 +461,25 @@ def test_a_recording_whose_first_sound_track_is_silent_says_how_to_give_the_othe
     assert f"ffmpeg -i {recording} -map 0:a:1 speech.wav" in result.error
 
 
+def test_a_recording_whose_first_video_stream_shows_no_face_says_how_to_give_the_other(
+    tmp_path, examples, warp_service
+):
+    """Lecture capture keeps the slides and the camera as two video streams of one file; the
+    first is the one read. Without a face there, the row says the file has more and how to
+    give another."""
+    recording = tmp_path / "capture.mkv"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25",
+                    "-i", str(examples / "presenter.mp4"), "-map", "0:v", "-map", "1:v", "-t", "2", "-c:v", "libx264",
+                    str(recording)], check=True)  # fmt: skip
+    assert media.probe_video(recording).video_streams == 2
+    assert media.probe_video(examples / "presenter.mp4").video_streams == 1
+    result = render_job(job(tmp_path, examples / "lesson1.wav", recording), RenderConfig(), tmp_path / "cache",
+                        warp_service)  # fmt: skip
+    assert (result.error_kind, result.error_step) == ("no_face", "analyze"), result.error
+    assert "it holds 2 video streams and the first is the one read" in result.error
+    assert f"ffmpeg -i {recording} -map 0:v:1 -c copy presenter.mp4 takes the second" in result.error
+
+
 @pytest.mark.parametrize("container", ["mp4", "mkv"])
 def test_a_recording_whose_sound_starts_late_keeps_the_mouth_on_the_speech_and_all_of_it(
     tmp_path, examples, warp_service, container

@@ -67,6 +67,7 @@ class VideoInfo:
     source_width: int  # pixels, as stored: before rotation and crop
     source_height: int
     video_stream: int = 0  # which video stream of the file (ffmpeg's "0:v:N")
+    video_streams: int = 1  # how many it holds, cover pictures left out (a recording with a camera and a screen)
     # How the stream's pictures reach BT.709 limited-range I420 (iter_frames's
     # pixel_format="yuv420p"): "bt709" (they are that already), "bt601" (4:2:0, limited
     # range, BT.601 or untagged, which every reader takes for BT.601: a change of matrix
@@ -411,6 +412,7 @@ def _probe_video(
         scan = _scan(container, stream, path, decode=2 if looks_like_image else 1,  # one picture, or an animation?
                      max_frames=max_frames, max_pixels=max_pixels)  # fmt: skip
         video_stream = container.streams.video.index(stream)
+        pictures = sum(not s.disposition & av.stream.Disposition.attached_pic for s in container.streams.video)
         file_start = Fraction(container.start_time or 0, 1_000_000)  # ffmpeg counts times from here
         demuxers = set(container.format.name.split(","))
         # (a fragmented MP4's header lists no samples: its fragments are indexed as they are found)
@@ -480,6 +482,7 @@ def _probe_video(
         source_width=source_width,
         source_height=source_height,
         video_stream=video_stream,
+        video_streams=1 if still is not None else pictures,  # (a .heic photo's streams are its tiles)
         colour=colour,
         colour_source=colour_source,
         sample_aspect=sample_aspect,
