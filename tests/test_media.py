@@ -953,6 +953,23 @@ def test_a_turned_heic_photo_is_read_upright_and_one_over_the_limit_refused_befo
     assert err.value.kind == "too_large"
 
 
+def test_an_animated_webp_says_so_and_a_still_one_is_a_photo(tmp_path: Path, examples: Path) -> None:
+    """A short loop exported as an animated WebP: FFmpeg's decoder takes still WebP only,
+    and its header gives no size, which read as "damaged, or larger than the pixel limit"."""
+    moving, still = tmp_path / "loop.webp", tmp_path / "still.webp"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "presenter.mp4"), "-t", "0.5",
+                    "-c:v", "libwebp", "-loop", "0", str(moving)], check=True)  # fmt: skip
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(examples / "presenter.jpg"), "-c:v", "libwebp",
+                    str(still)], check=True)  # fmt: skip
+    with pytest.raises(InputError) as err:
+        media.probe_video(moving)
+    assert err.value.kind == "unreadable_media"
+    assert err.value.message.startswith(f"reference {moving} is an animated WebP, which FFmpeg ")
+    assert "export the take as a video (e.g. H.264 MP4), or give one of its pictures as a photo" in err.value.message
+    info = media.probe_video(still)
+    assert info.is_image and info.frames == 1
+
+
 def test_an_hdr_take_on_an_ffmpeg_without_zscale_says_which_ffmpeg_and_what_to_do(
     tmp_path: Path, examples: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

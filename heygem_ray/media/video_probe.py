@@ -134,6 +134,13 @@ def _video_stream(container: av.container.InputContainer, path: Path, what: str)
     return stream
 
 
+def _animated_webp(path: Path) -> bool:
+    """Whether ``path`` is a WebP whose extended header (``VP8X``) says it is animated."""
+    with open(path, "rb") as f:
+        head = f.read(21)
+    return len(head) == 21 and head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and bool(head[20] & 0x02)
+
+
 def _choose_fps(avg: Fraction | None, nominal: Fraction | None) -> Fraction:
     """The constant rate to decode at, from the stream's average rate (frames / duration)
     and its nominal one (FFmpeg's guess: the container's or codec's frame rate).
@@ -227,6 +234,12 @@ def _scan(container: av.container.InputContainer, stream: av.video.stream.VideoS
             "copy or export it again",
             kind="unreadable_media",
         ) from exc
+    if not decoded and stream.codec_context.name == "webp" and _animated_webp(path):
+        raise InputError(
+            f"reference {path} is an animated WebP, which FFmpeg {av.ffmpeg_version_info} cannot decode; export the "
+            "take as a video (e.g. H.264 MP4), or give one of its pictures as a photo (PNG or JPEG)",
+            kind="unreadable_media",
+        )
     if not decoded:
         # A picture whose size the header left out, over the limit, reads as undecodable here.
         maybe = "" if stream.codec_context.width or max_pixels is None else (
