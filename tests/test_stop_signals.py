@@ -7,13 +7,18 @@ full run) still stops the run at the loop's next round."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 
+import pyarrow.parquet as pq
 import pytest
 
 from heygem_ray.driver.stop import StopSignals, raise_if_stopped
 from heygem_ray.errors import Interrupted
+from tests.helpers.media import make_excerpt
 
 
 def _send(signum: int) -> None:
@@ -60,3 +65,48 @@ def test_the_first_signal_raises_a_second_sigterm_is_ignored_a_second_ctrl_c_sto
     finally:
         stop.restore()
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_once_the_run_has_ended_a_signal_is_noted_until_its_table_is_written():
+    stop = StopSignals()
+    try:
+        stop.defer()  # Ray shut down, the table being merged
+        _send(signal.SIGTERM)  # noted, not raised
+        assert stop.received == signal.SIGTERM
+        raise_if_stopped()  # nor raised at a round
+        with pytest.raises(KeyboardInterrupt):
+            _send(signal.SIGINT)  # a second Ctrl-C: at once
+    finally:
+        stop.restore()
+
+
+# A submit in a process of its own, where SIGTERM comes as its results table is being merged
+# (``ray job stop`` at the end of a night of 100,000 rows, whose merge takes minutes).
+_LATE_SIGTERM = """
+import os, signal, sys
+from heygem_ray.cli import app
+from heygem_ray.driver import resume
+
+merge = resume.write_merged
+
+def merged_under_sigterm(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return merge(*args, **kwargs)
+
+resume.write_merged = merged_under_sigterm
+app(["submit", "m.csv", "-o", "out", "--cache-dir", "cache", "--engines", "engines"])
+"""
+
+
+def test_a_sigterm_as_the_table_is_merged_lets_it_be_written(tmp_path, examples, ray_join):
+    """Before, Ray's own SIGTERM handler was back by then: the process exited 15 with no
+    table (an earlier run's stayed in its place) and the night's run.json unwritten."""
+    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=1.0)
+    shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
+    (tmp_path / "m.csv").write_text("job_id,audio,video\none,a.wav,p.jpg\n")
+    proc = subprocess.run([sys.executable, "-c", _LATE_SIGTERM], cwd=tmp_path, env=ray_join, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SIGTERM came as the run ended: its results table was written first" in proc.stderr
+    (row,) = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    assert row["status"] == "ok"

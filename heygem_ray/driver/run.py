@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import signal
 import uuid
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult, Status, read_rows
 from heygem_ray.storage import Location, Uri
 from heygem_ray.worker_io import WorkerInfo
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,89 +127,98 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
     # Rows naming a file an earlier job found missing fail at once (no part file: the
     # table is merged from this, which holds one entry per missing file).
     missing = MissingInputs(cfg.render.pack, cfg.config_hash(), rows=len(jobs))
-    if todo:
-        # 5. connect to Ray (a local instance unless an address is given)
-        started_here, dashboard = connect(cfg.address)
-        cb.connected(dashboard)
-        ended = 0  # jobs whose rows are on disk
-        working = False
-        # The identities of the inputs of jobs in flight, taken as each job starts, and the render
-        # settings their rows give themselves (manifest row → audio, video, Job.row_settings).
-        inputs: dict[int, tuple[str, str, tuple[tuple[str, float], ...]]] = {}
-        # Ctrl-C and SIGTERM stop the run, from here until its table is written (set after
-        # ray.init, which sets handlers of its own)
-        stop = StopSignals()
-        try:
-            # 6. start the model workers (a bad checkpoint or backend stops here), then
-            #    render, keeping each row on disk as soon as its job ends
-            def workers_ready(infos: list[WorkerInfo]) -> None:
-                nonlocal working
-                if not working:
-                    storage.makedirs(cfg.output_dir)
-                    working = True
-                cb.workers(infos)
+    stop: StopSignals | None = None
+    try:
+        if todo:
+            # 5. connect to Ray (a local instance unless an address is given)
+            started_here, dashboard = connect(cfg.address)
+            cb.connected(dashboard)
+            ended = 0  # jobs whose rows are on disk
+            working = False
+            # The identities of the inputs of jobs in flight, taken as each job starts, and the render
+            # settings their rows give themselves (manifest row → audio, video, Job.row_settings).
+            inputs: dict[int, tuple[str, str, tuple[tuple[str, float], ...]]] = {}
+            # Ctrl-C and SIGTERM stop the run, from here until its table is written (set after
+            # ray.init, which sets handlers of its own)
+            stop = StopSignals()
+            try:
+                # 6. start the model workers (a bad checkpoint or backend stops here), then
+                #    render, keeping each row on disk as soon as its job ends
+                def workers_ready(infos: list[WorkerInfo]) -> None:
+                    nonlocal working
+                    if not working:
+                        storage.makedirs(cfg.output_dir)
+                        working = True
+                    cb.workers(infos)
 
-            def job_done(result: JobResult) -> None:
-                nonlocal ended
-                still_held(lease)
-                resume.record(cfg.output_dir, basis.stamp(result, *inputs.pop(result.row, ("", "", ()))))
-                missing.learn(result)
-                ended += 1
-                cb.job_done(result)
-
-            def to_run() -> Iterator[Job]:
-                """The jobs to start, taken one at a time as the run has room for them."""
-                nonlocal ended
-                for job in todo:
+                def job_done(result: JobResult) -> None:
+                    nonlocal ended
                     still_held(lease)
-                    if (known := missing.fail(job)) is None:
-                        if job.problem is None:
-                            inputs[job.row] = (identity.input_identity(job.audio), identity.input_identity(job.video),
-                                               job.row_settings)  # fmt: skip
-                        yield job
-                        continue
-                    metrics.record_job(known)
+                    resume.record(cfg.output_dir, basis.stamp(result, *inputs.pop(result.row, ("", "", ()))))
+                    missing.learn(result)
                     ended += 1
-                    cb.job_done(known)
+                    cb.job_done(result)
 
-            run_jobs(to_run(), cfg, on_result=job_done, on_frames=cb.frames_done, on_workers=workers_ready,
-                     on_waiting=cb.waiting)
-        except BaseException as exc:
-            signum = stop.stopped_by(exc)
-            if not working and signum is None:  # nothing was rendered: the error says why
-                raise
-            # Jobs may have rendered, or be waiting for workers: the table holds their rows,
-            # and says which did not end.
-            if signum is not None:
-                why = f"it was sent {_SIGNAL_NAMES[signum]}"
-            else:
-                why = exc.message if isinstance(exc, HeygemError) else f"{type(exc).__name__}: {exc}"
-            if lease.lost is not None:  # the folder is another run's now: its table is not ours to write
-                table = "the results table was not written (another run holds the folder now)"
-            else:
-                try:
-                    resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, run_id=basis.run_id,
-                                        stopped=why, missing=missing)  # fmt: skip
-                    table = f"every row is in {path} (jobs that did not end say 'stopped')"
-                except HeygemError as failed:  # the cause may be the same: an unwritable output folder
-                    table = f"the results table could not be written either ({failed.message})"
-            said = (
-                f"the run stopped after {ended} of {len(todo)} jobs had ended: {why}; {table}; "
-                "run the same manifest again to render the rest"
-            )
-            if signum is not None:
-                raise Interrupted(signum, said) from exc
-            if not isinstance(exc, Exception):  # SystemExit: as it was
-                raise
-            raise RunStopped(said, exit_status=2 if isinstance(exc, WorkersUnavailable) else 1) from exc
-        finally:
+                def to_run() -> Iterator[Job]:
+                    """The jobs to start, taken one at a time as the run has room for them."""
+                    nonlocal ended
+                    for job in todo:
+                        still_held(lease)
+                        if (known := missing.fail(job)) is None:
+                            if job.problem is None:
+                                inputs[job.row] = (identity.input_identity(job.audio), identity.input_identity(job.video),
+                                                   job.row_settings)  # fmt: skip
+                            yield job
+                            continue
+                        metrics.record_job(known)
+                        ended += 1
+                        cb.job_done(known)
+
+                run_jobs(to_run(), cfg, on_result=job_done, on_frames=cb.frames_done, on_workers=workers_ready,
+                         on_waiting=cb.waiting)
+            except BaseException as exc:
+                signum = stop.stopped_by(exc)
+                if not working and signum is None:  # nothing was rendered: the error says why
+                    raise
+                # Jobs may have rendered, or be waiting for workers: the table holds their rows,
+                # and says which did not end.
+                if signum is not None:
+                    why = f"it was sent {_SIGNAL_NAMES[signum]}"
+                else:
+                    why = exc.message if isinstance(exc, HeygemError) else f"{type(exc).__name__}: {exc}"
+                if lease.lost is not None:  # the folder is another run's now: its table is not ours to write
+                    table = "the results table was not written (another run holds the folder now)"
+                else:
+                    try:
+                        resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, run_id=basis.run_id,
+                                            stopped=why, missing=missing)  # fmt: skip
+                        table = f"every row is in {path} (jobs that did not end say 'stopped')"
+                    except HeygemError as failed:  # the cause may be the same: an unwritable output folder
+                        table = f"the results table could not be written either ({failed.message})"
+                said = (
+                    f"the run stopped after {ended} of {len(todo)} jobs had ended: {why}; {table}; "
+                    "run the same manifest again to render the rest"
+                )
+                if signum is not None:
+                    raise Interrupted(signum, said) from exc
+                if not isinstance(exc, Exception):  # SystemExit: as it was
+                    raise
+                raise RunStopped(said, exit_status=2 if isinstance(exc, WorkersUnavailable) else 1) from exc
+            finally:
+                # From here the run has ended: a stop signal is noted, not raised, until its table
+                # is written (Ray's own handler, back after restore, exits at once: no table)
+                stop.defer()
+                if started_here:
+                    ray.shutdown()
+        # 7. the results table: one row per manifest row, merged from the rows kept on disk
+        still_held(lease)
+        counts = resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, run_id=basis.run_id,
+                                     missing=missing)  # fmt: skip
+    finally:
+        if stop is not None:
             stop.restore()
-            if started_here:
-                ray.shutdown()
-    # 7. the results table: one row per manifest row, merged from the rows kept on disk
-    still_held(lease)
-    counts = resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, run_id=basis.run_id,
-                                 missing=missing)  # fmt: skip
+    if stop is not None and stop.received is not None:
+        log.warning("%s came as the run ended: its results table was written first", _SIGNAL_NAMES[stop.received])
     return RunSummary(path, total=len(jobs), ok=counts["ok"], skipped=counts["skipped"], failed=counts["failed"],
                       run_id=basis.run_id)  # fmt: skip
 

@@ -11,7 +11,8 @@ within one round (``WATCH_S``, ``POLL_S``).
 While a run goes on (``StopSignals`` installed in the main thread), the first SIGINT or
 SIGTERM raises ``Interrupted``; a second SIGTERM is ignored (so that the table gets
 written), a second SIGINT raises ``KeyboardInterrupt`` at once (Ctrl-C twice stops at
-once). Elsewhere than the main thread nothing is installed: only the main thread receives
+once). Once the run has ended (``defer``: Ray shut down, the table merged) a first signal
+is only noted: the table is finished, then the run returns as it would have. Elsewhere than the main thread nothing is installed: only the main thread receives
 signals.
 """
 
@@ -34,6 +35,7 @@ class StopSignals:
     def __init__(self) -> None:
         global _installed
         self.received: int | None = None  # the first stop signal's number
+        self.deferred = False  # the run has ended: a first signal is noted (``defer``)
         self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -43,6 +45,8 @@ class StopSignals:
     def _stop(self, signum: int, frame: object) -> None:
         if self.received is None:
             self.received = signum
+            if self.deferred:
+                return
             raise Interrupted(signum)
         if signum == signal.SIGINT:  # the second Ctrl-C: at once, whatever is being done
             raise KeyboardInterrupt
@@ -53,6 +57,12 @@ class StopSignals:
         if not isinstance(exc, KeyboardInterrupt):
             return None
         return int(self.received) if self.received is not None else int(signal.SIGINT)
+
+    def defer(self) -> None:
+        """From now on (the run has ended, its table is being written) a first stop signal
+        is noted in ``received``, not raised: stopping there would leave no table for the
+        work done. A second Ctrl-C still stops at once."""
+        self.deferred = True
 
     def restore(self) -> None:
         global _installed
@@ -67,5 +77,5 @@ class StopSignals:
 def raise_if_stopped() -> None:
     """Raise ``Interrupted`` for a stop signal received while a run goes on: where the
     interrupt its handler raised was swallowed by a Ray call, the run still stops."""
-    if _installed is not None and _installed.received is not None:
+    if _installed is not None and _installed.received is not None and not _installed.deferred:
         raise Interrupted(_installed.received)
