@@ -91,7 +91,7 @@ class Holder:
     def me(cls, what: str) -> Holder:
         now = _utc_now()
         pid = os.getpid()
-        return cls(socket.gethostname(), pid, what, now, now, 0, uuid.uuid4().hex, _machine(), _process_start(pid))
+        return cls(socket.gethostname(), pid, what, now, now, 0, uuid.uuid4().hex, machine(), _process_start(pid))
 
     @classmethod
     def parse(cls, data: bytes) -> Holder | None:
@@ -451,7 +451,7 @@ def _stale(seen: _Record, stale_after_s: float) -> tuple[str, bool] | None:
     """Why the lock ``seen`` may be taken over, and whether by its age alone (the clocks'
     say); None while its holder looks alive."""
     holder = Holder.parse(seen.data)
-    if holder is not None and holder.machine and holder.machine == _machine() and not _running(holder):
+    if holder is not None and holder.machine and holder.machine == machine() and not _running(holder):
         return f"its process {holder.pid} on {holder.host} has ended", False
     if seen.age_s > stale_after_s:
         return f"its last heartbeat was {seen.age_s:.0f} s ago (stale after {stale_after_s:.0f} s)", True
@@ -509,7 +509,7 @@ def pid_exists(pid: int) -> bool:
 
 
 @functools.cache
-def _machine() -> str:
+def machine() -> str:
     """This boot of this machine and this process's pid namespace: where a pid means the
     same process to every process that reads it. "" where /proc does not say."""
     try:

@@ -615,6 +615,12 @@ with job_scratch() as scratch:
 """
 
 
+def _can_unshare_pids() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode == 0
+
+
 def test_the_next_job_deletes_the_scratch_folders_of_killed_processes_only(tmp_path, monkeypatch) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     killed = subprocess.run([sys.executable, "-c", _HOLD_SCRATCH, "die"], env=env, capture_output=True, text=True,
@@ -631,12 +637,22 @@ def test_the_next_job_deletes_the_scratch_folders_of_killed_processes_only(tmp_p
         dead = left.name.removeprefix("heygem-job-").partition("@")[0]
         elsewhere = tmp_path / f"heygem-job-{dead}@not-{socket.gethostname()}-x"
         elsewhere.mkdir()
+        # a live job in a container of this host with a pid namespace of its own (its pid is 1
+        # there, a pid that is not this namespace's job's)
+        if not _can_unshare_pids():
+            pytest.skip("unshare --pid is not permitted here (the test needs root): no second pid namespace")
+        apart = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _HOLD_SCRATCH,
+                                  "wait"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        beside = Path(apart.stdout.readline().strip())  # (its own sweep, before, deleted ``held``)
+        assert beside.name.startswith("heygem-job-1@") and (beside / "audio.f32").is_file()
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
         with scratch.job_scratch() as mine:
             assert mine.parent == tmp_path and mine.is_dir()
             assert not left.exists()  # its process is gone
             assert (held / "audio.f32").is_file() and elsewhere.is_dir()  # alive; not this host's
+            assert (beside / "audio.f32").is_file()  # alive in its own namespace
         assert not mine.exists()
+        apart.communicate("", timeout=60)
     finally:
         living.communicate("", timeout=60)
     assert not held.exists()  # its own, on the way out

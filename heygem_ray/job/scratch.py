@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -11,9 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from heygem_ray.locks import pid_exists
+from heygem_ray.locks import machine, pid_exists
 
-# A job's scratch folder in the temporary directory: ``heygem-job-<pid>@<host>-<random>``.
+# A job's scratch folder in the temporary directory: ``heygem-job-<pid>@<host>.<space>-<random>``,
+# ``space`` naming this boot of the machine and its pid namespace (``_owner``).
 SCRATCH_PREFIX = "heygem-job-"
 
 
@@ -24,14 +26,23 @@ def job_scratch() -> Iterator[Path]:
     the next job on the machine deletes those of processes that died without cleaning up
     (killed, out of memory: gigabytes of audio a night otherwise)."""
     _sweep_scratch()
-    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}@{socket.gethostname()}-") as scratch:
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}@{_owner()}-") as scratch:
         yield Path(scratch)
 
 
+def _owner() -> str:
+    """``<host>.<space>``: where a scratch folder's pid names the process that made it. The
+    host alone is not enough: containers sharing a temporary directory and a host name
+    (``--network host``) each count pids of their own, and one deleted another's live job's
+    folder, whose pid did not exist in its own count."""
+    space = machine()
+    return f"{socket.gethostname()}.{hashlib.sha256(space.encode()).hexdigest()[:12] if space else ''}"
+
+
 def _sweep_scratch() -> None:
-    """Delete the scratch folders of this host's processes that are gone. Another host's
-    (a temporary directory shared between containers) are left to it."""
-    own = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d+)@" + re.escape(socket.gethostname()) + "-.+")
+    """Delete the scratch folders of this machine's and pid namespace's processes that are
+    gone. Others' (a temporary directory shared between containers) are left to them."""
+    own = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d+)@" + re.escape(_owner()) + "-.+")
     try:
         names = os.listdir(tempfile.gettempdir())
     except OSError:
