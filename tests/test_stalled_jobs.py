@@ -220,3 +220,47 @@ def test_a_job_whose_ffmpeg_stalls_is_tried_once_more_then_fails_stalled(tmp_pat
     assert (status, attempts, kind, step) == ("failed", "2", "stalled", "analyze"), (rows_seen, said)
     assert f"decoding the reference {tmp_path / HANG_MARK}.mp4: ffmpeg handed over no data" in error, error
     assert "(attempt 1); trying it again" in said, said
+
+
+# A run joined to the test process's Ray instance whose job tasks use an ffmpeg that, where
+# it counts a take's frames (its command asks for -progress), reads the take at half its
+# speed: a long 4K phone take counted on a busy node, in seconds rather than minutes.
+COUNTS_SLOWLY = """
+import logging, os, sys
+from pathlib import Path
+import ray
+from heygem_ray import RenderConfig, RunConfig, submit
+
+folder = Path(sys.argv[1])
+ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING,
+         runtime_env={"env_vars": {"HEYGEM_FFMPEG": sys.argv[2]}})
+cfg = RunConfig(output_dir=folder / "out", cache_dir=folder / "cache", engines_dir=folder / "engines",
+                job_stall_timeout_s=float(sys.argv[3]))
+summary = submit(folder / "m.csv", cfg)
+import pyarrow.parquet as pq
+for r in pq.read_table(summary.results_path).to_pylist():
+    print("ROW", r["job_id"], r["status"], r["attempts"], r["error_kind"], r["error"] or "")
+ray.shutdown()
+"""
+
+
+def test_a_variable_rate_take_whose_count_outlasts_the_stall_timeout_is_not_stalled(tmp_path, examples, ray_join):
+    """A phone's variable-rate take has its frames counted by decoding it whole before
+    analysis; that count said nothing while it ran, and one longer than
+    --job-stall-timeout was stopped as a stalled job, twice, its row failed `stalled`."""
+    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=1.0)
+    take = tmp_path / "phone.mp4"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-i", str(examples / "presenter.mp4"), "-filter_complex",
+                    "[0:v]trim=0:2,fps=15,setpts=PTS-STARTPTS[a];[0:v]trim=2:4,fps=30,setpts=PTS-STARTPTS[b];"
+                    "[a][b]concat=n=2:v=1[v]", "-map", "[v]", "-fps_mode", "vfr", str(take)], check=True)  # fmt: skip
+    slow = tmp_path / "ffmpeg"
+    slow.write_text(f'#!/bin/sh\ncase "$*" in *-progress*) exec "{media.ffmpeg_exe()}" -readrate 0.5 "$@";; esac\n'
+                    f'exec "{media.ffmpeg_exe()}" "$@"\n')  # fmt: skip
+    slow.chmod(0o755)
+    (tmp_path / "m.csv").write_text("job_id,audio,video\nphone,a.wav,phone.mp4\n")
+    proc = subprocess.run([sys.executable, "-c", COUNTS_SLOWLY, str(tmp_path), str(slow), "3"], capture_output=True,
+                          text=True, timeout=300, env=ray_join)  # fmt: skip
+    said = proc.stdout + proc.stderr[-6000:]
+    assert proc.returncode == 0, said
+    (row,) = [line.split(maxsplit=5)[1:] for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+    assert row[:3] == ["phone", "ok", "1"], said

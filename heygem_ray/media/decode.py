@@ -23,6 +23,7 @@ from heygem_ray.media.audio_probe import audio_stream, empty_audio
 from heygem_ray.media.container import require_file
 from heygem_ray.media.decoders import Decoder
 from heygem_ray.media.ffmpeg import (
+    DECODER_THREADS,
     TO_BT709,
     FfmpegProcess,
     PixelFormat,
@@ -36,15 +37,6 @@ from heygem_ray.media.limits import clock, decoder_limit
 from heygem_ray.media.video_probe import ALPHA_DECODERS, HDR_COLOURS, MAPPED_COLOURS, VideoInfo, probe_video
 
 _READ_CHUNK = 1 << 20  # bytes per read from an audio pipe
-# FFmpeg's threads per reference decoder. Left alone, its H.264 decoder runs a frame thread
-# per core and one more (17 on a 16-core node), each holding frames, in every job that
-# analyses a reference, while a node runs a job per core. Reading noisy 4K as analysis does
-# with 17 decoder threads on 2 cores (the ratio of sixteen such decoders on 16 cores), the
-# ffmpeg peaked at 704 MB and took 1.08× the CPU of 2 threads (335 MB); at 1080p, 212
-# against 118 MB and 1.13× (bench/bench_decoder_threads.py). As for x264
-# (``encoders.X264_THREADS``), two let a job alone on a machine decode on two cores. Its
-# filters (an HDR take's tone mapping, ``ffmpeg.to_sdr``) run as many threads.
-DECODER_THREADS = 2
 
 
 def iter_frames(

@@ -182,6 +182,17 @@ def to_sdr(
     return mapped.filter("zscale", m="709", r="limited").filter("format", "yuv420p")
 
 
+# FFmpeg's threads per reference decoder. Left alone, its H.264 decoder runs a frame thread
+# per core and one more (17 on a 16-core node), each holding frames, in every job that
+# analyses a reference, while a node runs a job per core. Reading noisy 4K as analysis does
+# with 17 decoder threads on 2 cores (the ratio of sixteen such decoders on 16 cores), the
+# ffmpeg peaked at 704 MB and took 1.08× the CPU of 2 threads (335 MB); at 1080p, 212
+# against 118 MB and 1.13× (bench/bench_decoder_threads.py). As for x264
+# (``encoders.X264_THREADS``), two let a job alone on a machine decode on two cores. Its
+# filters (an HDR take's tone mapping, ``ffmpeg.to_sdr``) run as many threads.
+DECODER_THREADS = 2
+
+
 class FfmpegProcess:
     """A running ffmpeg whose stderr a thread drains (so no pipe fills up and blocks it),
     keeping the last lines for error messages. Frames go in with :meth:`write_all` and come

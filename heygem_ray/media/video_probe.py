@@ -25,7 +25,7 @@ import numpy as np
 from heygem_ray.config import MIN_FPS
 from heygem_ray.errors import InputError
 from heygem_ray.media.container import contents, opened, reason, require_file
-from heygem_ray.media.ffmpeg import ffmpeg_exe, memory_failure, run, tail, url, video_filters
+from heygem_ray.media.ffmpeg import DECODER_THREADS, FfmpegProcess, ffmpeg_exe, url, video_filters
 from heygem_ray.media.headers import image_size
 from heygem_ray.media.isobmff import heif_still, video_samples
 from heygem_ray.media.limits import check_reference_size, clock, decoder_limit, megapixels, too_many_frames
@@ -291,6 +291,10 @@ def _constant_rate_frames(scan: _Scan, time_base: Fraction | None, fps: Fraction
     return n * slots.numerator if k == 1 else (2 * n + k) // (2 * k)
 
 
+# Bytes of ffmpeg's -progress lines read at a time (about one report: "frame=…" to "progress=…").
+_PROGRESS_CHUNK = 256
+
+
 def _decoded_frames(
     path: Path,
     video_stream: int,
@@ -306,24 +310,34 @@ def _decoded_frames(
     ``max_frames`` (more is ``too_large``), or one past ``first`` (a cut: the frames after
     it are not used, so not counted) where that comes sooner. ``skip``: the frames before
     a start (``start_seconds``), not counted; 0 where none is left after them."""
-    source = ffmpeg.input(url(path), **decoder_limit(max_pixels))[f"v:{video_stream}"]
+    source = ffmpeg.input(url(path), threads=DECODER_THREADS, **decoder_limit(max_pixels))[f"v:{video_stream}"]
     decoded = video_filters(source, fps, skip=skip)
     stops = [n + 1 for n in (max_frames, first) if n is not None]
     stop = {"frames:v": min(stops)} if stops else {}
     args = (
         decoded.output("-", format="null", fps_mode="passthrough", **stop)
-        .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", "-progress", "pipe:1")
+        .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", "-progress", "pipe:1",
+                     "-filter_threads", str(DECODER_THREADS))
         .compile(cmd=ffmpeg_exe())
     )
-    proc = run(args)
-    progress = dict(line.split("=", 1) for line in proc.stdout.decode(errors="replace").splitlines() if "=" in line)
+    # Watched as every other ffmpeg of a job (the lines -progress writes twice a second are
+    # its moves): counting a long 4K phone take can outlast --job-stall-timeout, and a
+    # count run to its end without a word was stopped as a stalled job, twice.
+    proc = FfmpegProcess(args, task=f"counting the frames of the reference {path}", stdout=True)
+    try:
+        lines, chunk = bytearray(), bytearray(_PROGRESS_CHUNK)
+        while got := proc.read_into(memoryview(chunk)):
+            lines += chunk[:got]
+        rc = proc.wait()
+    finally:
+        proc.close()
+    progress = dict(line.split("=", 1) for line in lines.decode(errors="replace").splitlines() if "=" in line)
     frames = int(progress.get("frame", "0")) if progress.get("progress") == "end" else 0
-    if skip and proc.returncode == 0 and progress.get("progress") == "end" and frames == 0:
+    if skip and rc == 0 and progress.get("progress") == "end" and frames == 0:
         return 0  # the take ends before its start
-    if proc.returncode != 0 or frames == 0:
-        said = proc.stderr.decode(errors="replace")
-        raise memory_failure(f"counting the frames of the reference {path}", proc.returncode, said) or InputError(
-            f"reference {path} could not be decoded ({tail(said) or 'no frames'}); "
+    if rc != 0 or frames == 0:
+        raise proc.out_of_memory() or InputError(
+            f"reference {path} could not be decoded ({proc.stderr_tail(3) if rc else 'no frames'}); "
             "re-export it (e.g. as H.264 MP4) or give a photo instead",
             kind="unreadable_media",
         )
