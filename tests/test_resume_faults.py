@@ -62,8 +62,15 @@ def test_a_rerun_skips_complete_jobs_and_renders_missing_or_damaged_ones(folder,
     first = _run(folder, rows)
     assert [first[j]["status"] for j in ("one", "two")] == ["ok", "ok"]
     stamp = {j: Path(first[j]["output"]).stat().st_mtime_ns for j in first}
+    # what a run killed as it wrote a row and its table leaves: gone at the next run
+    out = folder / "out"
+    halves = [out / resume.PARTS_DIR / ".0123abcd.parquet.89abcdef.tmp",
+              storage.staging_file(out / "results.parquet", folder, ".parquet.tmp")]  # fmt: skip
+    for half in halves:
+        half.write_bytes(b"half a table")
 
     again = _run(folder, rows)
+    assert not [h for h in halves if h.exists()]
     assert [again[j]["status"] for j in ("one", "two")] == ["skipped", "skipped"]
     assert {j: Path(again[j]["output"]).stat().st_mtime_ns for j in again} == stamp
     assert again["one"]["frames"] == first["one"]["frames"] and again["one"]["attempts"] == 0

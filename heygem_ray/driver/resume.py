@@ -40,6 +40,7 @@ import dataclasses
 import hashlib
 import itertools
 import logging
+import re
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ from heygem_ray.errors import HeygemError
 from heygem_ray.identity import Inputs
 from heygem_ray.job.compose import PARTIAL_SUFFIX
 from heygem_ray.manifest import Job
-from heygem_ray.results import BATCH_ROWS, JobResult, write_results, write_table
+from heygem_ray.results import BATCH_ROWS, RESULTS_FILE, JobResult, write_results, write_table
 from heygem_ray.storage import Location
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,28 @@ def record(output_dir: Location, result: JobResult) -> None:
 # The kinds of a job whose task's process was killed (by the driver, Ray or the kernel),
 # which may leave its MP4 half written.
 _KILLED = frozenset({"stalled", "worker_lost", "out_of_memory"})
+
+
+# The hidden files a row or the table is written to before it takes its name
+# (``storage.write_bytes``: ``.<name>.<8 hex>.tmp``; ``write_table``: ``storage.staging_file``).
+_WRITING = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
+def remove_leftovers(output_dir: Location) -> None:
+    """Delete what a killed run left of its rows and table half written in ``output_dir``
+    (a process killed as it wrote one: a table of 100,000 rows is tens of MB). Only this run
+    writes them now: it holds the folder. In a bucket they were written elsewhere (a
+    temporary key, a local scratch file)."""
+    if not isinstance(output_dir, Path):
+        return
+    try:
+        parts = output_dir / PARTS_DIR
+        stale = [p for p in parts.iterdir() if _WRITING.fullmatch(p.name)] if parts.is_dir() else []
+        stale += storage.staged_leftovers([output_dir / RESULTS_FILE], ".parquet.tmp")
+        for path in stale:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("files a killed run left half written in %s were not removed (%s)", output_dir, exc)
 
 
 def split(

@@ -117,6 +117,7 @@ def _settings_checked(job: Job, cfg: RunConfig) -> Job:
 
 def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis, lease: locks.Lease) -> RunSummary:
     # 4. skip what an earlier run into the same folder completed (unless forced)
+    resume.remove_leftovers(cfg.output_dir)
     again: collections.Counter[str] = collections.Counter()  # why jobs an earlier run finished are rendered again
     todo, skipped = (jobs, set()) if cfg.force else resume.split(
         jobs, cfg.output_dir, basis, cb.job_done, lambda job, why: again.update([why])
