@@ -36,6 +36,7 @@ from heygem_ray.errors import HeygemError, InputError, InternalError, PresenterL
 from heygem_ray.face import looks
 from heygem_ray.features import SAMPLE_RATE
 from heygem_ray.job import InProcessService, render_job
+from heygem_ray.job.compose import PARTIAL_SUFFIX
 from heygem_ray.manifest import Job, read_manifest, write_with_settings
 from heygem_ray.packs import PackSpec, get_pack
 from heygem_ray.storage import Location, Uri
@@ -106,15 +107,17 @@ def preview(
         span = still_span(ref) if pack.keeps_reference_mouth else None
         with storage_errors(out_dir):
             out_dir.mkdir(parents=True, exist_ok=True)
+            for half in storage.staged_leftovers([video], PARTIAL_SUFFIX):  # of a preview killed as it wrote
+                half.unlink(missing_ok=True)
             _write_png(sheet, contact_sheet(reference.name, template, ref, pack, checks, span))
             started = (worker or functools.partial(_model_worker, cfg, engines_dir))()
             _side_by_side(reference, speech, seconds, template, span, pack, cfg, cache_dir, started, video)
-            report.write_text(json.dumps({
+            storage.write_bytes(report, (json.dumps({
                 "reference": str(reference), "pack": pack.name, "verdict": verdict(checks),
                 "audio": str(speech), "audio_seconds": audio_seconds,
                 "still_span_s": None if span is None else [round(f / float(ref.fps), 3) for f in span],
                 "checks": [c.as_dict() for c in checks], "contact_sheet": sheet.name, "video": video.name,
-            }, indent=1) + "\n")  # fmt: skip
+            }, indent=1) + "\n").encode())  # fmt: skip
         return Preview(checks, sheet, video, report, span)
 
 
@@ -264,7 +267,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", image)
     if not ok:
         raise InternalError(f"OpenCV could not encode the contact sheet {path} as PNG")
-    path.write_bytes(data.tobytes())
+    storage.write_bytes(path, data.tobytes())
 
 
 def _side_by_side(
@@ -296,13 +299,20 @@ def _side_by_side(
         scale = VIDEO_HEIGHT / template.height
         half = (2 * round(template.width * scale / 2), VIDEO_HEIGHT)
         info = media.probe_video(rendered)
-        with media.VideoWriter(out, width=2 * half[0], height=half[1], fps=template.fps, audio=speech,
-                               duration=duration, crf=cfg.crf, preset=cfg.preset) as writer:  # fmt: skip
-            for left, right in zip(template.read_frames(timeline.ref_index), media.iter_frames(info), strict=False):
-                pair = [cv2.resize(f, half, interpolation=cv2.INTER_AREA) for f in (left, right)]
-                for frame, label in zip(pair, ("reference", pack.name), strict=True):
-                    _label(frame, label, (8, 24))
-                writer.write(np.hstack(pair))
+        # written beside ``out`` under a hidden name, and given its name once whole
+        staged = storage.staging_file(out, Path(scratch), PARTIAL_SUFFIX)
+        try:
+            with media.VideoWriter(staged, width=2 * half[0], height=half[1], fps=template.fps, audio=speech,
+                                   duration=duration, crf=cfg.crf, preset=cfg.preset) as writer:  # fmt: skip
+                for left, right in zip(template.read_frames(timeline.ref_index), media.iter_frames(info),
+                                       strict=False):  # fmt: skip
+                    pair = [cv2.resize(f, half, interpolation=cv2.INTER_AREA) for f in (left, right)]
+                    for frame, label in zip(pair, ("reference", pack.name), strict=True):
+                        _label(frame, label, (8, 24))
+                    writer.write(np.hstack(pair))
+            storage.publish(staged, out)
+        finally:
+            staged.unlink(missing_ok=True)
 
 
 def _label(image: np.ndarray, text: str, at: tuple[int, int], colour: tuple[int, int, int] = (255, 255, 255)) -> None:

@@ -5,7 +5,11 @@ the exit status follows the verdict; the template it analysed is tonight's, cach
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -140,6 +144,30 @@ def test_a_lecture_that_opens_without_the_presenter_is_found_from_where_they_com
     checks = {c["check"]: c for c in report["checks"]}
     assert checks["lost"]["level"] == "ok" and checks["lost"]["value"] == 0
     assert checks["length"]["figure"].startswith("reference 2.0 s (the take from 3.0 s: --reference-start; cut there")
+
+
+def test_a_preview_killed_as_it_writes_its_video_leaves_none_and_the_next_one_its_own(examples, tmp_path):
+    """The side-by-side video appears whole or not at all: killed (SIGKILL) while it was
+    being encoded, no `-preview.mp4` is there (before, a cut one was); the next preview
+    into the folder removes the half-written one and writes its own."""
+    out = tmp_path / "out"
+    args = [str(Path(sys.executable).with_name("heygem-ray")), "preview", str(examples / "presenter.mp4"),
+            "-o", str(out), "--seconds", "6", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and not [p for p in out.glob("*.mp4") if "preview" in p.name]:
+            time.sleep(0.002)
+        proc.kill()
+    finally:
+        proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL, "the preview ended before its video was begun"
+    assert not (out / "presenter-preview.mp4").exists()
+    left = [p.name for p in out.glob("*.mp4")]
+    assert left and all(name.startswith(".presenter-preview.") for name in left), left
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["presenter-preview.mp4"]
+    assert media.probe_video(out / "presenter-preview.mp4").frames == 150
 
 
 def test_a_missing_reference_is_exit_2_naming_it(tmp_path):
