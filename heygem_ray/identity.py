@@ -17,7 +17,10 @@ the path, the size and (copied with ``cp -p`` or a sync tool) the modification t
   ``models/``) a digest of every file's name and digest under it; a run's weights by
   ``render_weights``: the pack's, and the restoration stage's when it has one.
 
-These are computed on the driver, which reads the same paths the nodes do.
+These are computed on the driver, which reads the same paths the nodes do. A local input's
+is read on a thread of its own and watched (``_watched``): a read that stops answering (a
+network mount gone dead) gives no identity and its folder is not read again by this
+process, where it would have held the driver's loop, and so the whole run, for ever.
 """
 
 from __future__ import annotations
@@ -25,13 +28,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from heygem_ray import storage
 from heygem_ray.config import RenderConfig, cache_home
 from heygem_ray.errors import HeygemError, InputError
 from heygem_ray.storage import Location, Stat, Uri
+
+log = logging.getLogger(__name__)
 
 NO_WEIGHTS = "none"  # the weights identity of a pack without weights
 
@@ -74,16 +82,11 @@ def render_weights(render: RenderConfig) -> str:
 
 def input_identity(loc: Location) -> str:
     """What names the contents of the input file ``loc`` (see the module docstring); "" when
-    it cannot be read now (missing, or the bucket out of reach) or is no regular file (a
-    pipe, whose open waits for a writer, or a device, which never ends; its job says so):
-    nothing is trusted on it."""
+    it cannot be read now (missing, the bucket out of reach, its folder's reads stopped
+    answering) or is no regular file (a pipe, whose open waits for a writer, or a device,
+    which never ends; its job says so): nothing is trusted on it."""
     if isinstance(loc, Path):
-        try:
-            if not loc.is_file():
-                return ""
-            return f"sha256:{file_digest(loc)}"
-        except OSError:
-            return ""
+        return _watched(loc)
     try:
         found = storage.stat(loc)
     except HeygemError:
@@ -111,8 +114,48 @@ class Inputs:
         return "" if found is None else _object_identity(found)
 
 
-def file_digest(path: Path) -> str:
-    """sha256 hex of the file's bytes, from this machine's cache while the file is unchanged."""
+# Seconds a local input's read may move no byte before its folder counts as not answering
+# (a hashing thread reads a MiB at a time: even a slow mount moves within a second).
+READ_STALL_S = 60.0
+# Folders whose reads stopped answering this process: their files get no identity.
+_stuck: set[str] = set()
+
+
+def _watched(path: Path) -> str:
+    """``sha256:<hex>`` of the local file ``path`` (see ``input_identity``), read on a
+    thread of its own that the caller waits on while it reads; where it moves no byte
+    for ``READ_STALL_S``, "" and its folder is not read again (the thread, stuck in the
+    kernel, is left: nothing can stop it)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder in _stuck:
+        return ""
+    got: list[str] = []
+    read = [0]  # bytes read so far, by the thread
+
+    def work() -> None:
+        try:
+            got.append(f"sha256:{file_digest(path, read)}" if path.is_file() else "")
+        except OSError:
+            got.append("")
+
+    thread = threading.Thread(target=work, name=f"identity {path.name}", daemon=True)
+    thread.start()
+    seen = -1
+    while thread.is_alive():
+        thread.join(READ_STALL_S)
+        if thread.is_alive() and read[0] == seen:
+            _stuck.add(folder)
+            log.warning("%s: reading it moved no byte for %g s (a network mount that stopped answering?); its "
+                        "row and those of other files in %s are rendered without an identity, so a rerun "
+                        "renders them again", path, READ_STALL_S, folder)  # fmt: skip
+            return ""
+        seen = read[0]
+    return got[0] if got else ""
+
+
+def file_digest(path: Path, read: list[int] | None = None) -> str:
+    """sha256 hex of the file's bytes, from this machine's cache while the file is unchanged;
+    the bytes read so far counted in ``read[0]`` as it goes."""
     stamp = _stamp(path)
     where = os.path.abspath(path)
     entry = cache_home() / "digests" / (key := hashlib.sha256(where.encode()).hexdigest())[:2] / f"{key}.json"
@@ -121,13 +164,25 @@ def file_digest(path: Path) -> str:
         if kept["path"] == where and kept["stat"] == stamp:
             return str(kept["sha256"])
     with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        digest = _sha256(f, read or [0])
     if _stamp(path) == stamp:  # not written to while it was read: worth keeping
         # (a cache not kept costs the next run a hashing, nothing else: a full or read-only
         # disk, which storage.write_bytes says as InputError, stops nothing)
         with contextlib.suppress(OSError, HeygemError):
             storage.write_bytes(entry, json.dumps({"path": where, "stat": stamp, "sha256": digest}).encode())
     return digest
+
+
+def _sha256(f: BinaryIO, read: list[int]) -> str:
+    h, buffer = hashlib.sha256(), bytearray(_CHUNK)
+    view = memoryview(buffer)
+    while n := f.readinto(buffer):  # type: ignore[attr-defined]
+        h.update(view[:n])
+        read[0] += n
+    return h.hexdigest()
+
+
+_CHUNK = 1 << 20
 
 
 def _stamp(path: Path) -> list[int]:

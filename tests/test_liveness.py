@@ -1,6 +1,6 @@
 """Every run ends, and says why: workers that fail or die while starting, workers that keep
-dying, a chunk call that hangs, a GPU worker without CUDA, Ctrl-C and SIGTERM (real Ray,
-real `heygem-ray submit`). That a healthy run prints no error-level line is checked on the
+dying, a chunk call that hangs, a GPU worker without CUDA, Ctrl-C and SIGTERM (also as the
+table is written), an input whose reads stop answering (real Ray, real `heygem-ray submit`). That a healthy run prints no error-level line is checked on the
 README's first command (tests/test_submit.py)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -306,3 +307,75 @@ def test_a_run_stopped_while_it_waits_for_workers_writes_its_table(tmp_path, exa
         assert (r["status"], r["error_kind"]) == ("failed", "stopped"), r
         assert r["error"] == (f"row {r['row']} (job {r['job_id']!r}): the run stopped before this job ended (it was "
                               f"sent {name}); run the same manifest again to render it")
+
+
+# A submit in a process of its own, where SIGTERM comes as its results table is being merged
+# (``ray job stop`` at the end of a night of 100,000 rows, whose merge takes minutes).
+_LATE_SIGTERM = """
+import os, signal, sys
+from heygem_ray.cli import app
+from heygem_ray.driver import resume
+
+merge = resume.write_merged
+
+def merged_under_sigterm(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return merge(*args, **kwargs)
+
+resume.write_merged = merged_under_sigterm
+app(["submit", "m.csv", "-o", "out", "--cache-dir", "cache", "--engines", "engines"])
+"""
+
+
+def test_a_sigterm_as_the_table_is_merged_lets_it_be_written(tmp_path, examples, ray_join):
+    """Before, Ray's own SIGTERM handler was back by then: the process exited 15 with no
+    table (an earlier run's stayed in its place) and the night's run.json unwritten."""
+    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=1.0)
+    shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
+    (tmp_path / "m.csv").write_text("job_id,audio,video\none,a.wav,p.jpg\n")
+    proc = subprocess.run([sys.executable, "-c", _LATE_SIGTERM], cwd=tmp_path, env=ray_join, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SIGTERM came as the run ended: its results table was written first" in proc.stderr
+    (row,) = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    assert row["status"] == "ok"
+
+
+# A submit in a process of its own whose reads of one input file stop answering when the
+# driver hashes it (as a network mount gone dead does: the read blocks in the kernel, for
+# ever); its jobs read the file as usual.
+_DEAD_MOUNT = """
+import threading
+from heygem_ray import identity
+from heygem_ray.cli import app
+
+identity.READ_STALL_S = 1.0
+sha256 = identity._sha256
+
+def hashed(f, read):
+    if "stuck" in f.name:
+        threading.Event().wait()
+    return sha256(f, read)
+
+identity._sha256 = hashed
+app(["submit", "m.csv", "-o", "out", "--cache-dir", "cache", "--engines", "engines"])
+"""
+
+
+def test_an_input_whose_reads_stop_answering_does_not_hold_the_driver(tmp_path, examples, ray_join):
+    """The driver reads each input to take its identity as its job starts; a read that never
+    returned held its loop, and the run, for ever. Now the input gets no identity (a rerun
+    renders its row again), the run says why, and goes on."""
+    for name in ("a.wav", "stuck.wav"):
+        make_excerpt(examples / "lesson1.wav", tmp_path / name, seconds=1.0)
+    shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
+    (tmp_path / "m.csv").write_text("job_id,audio,video\nstuck,stuck.wav,p.jpg\ngood,a.wav,p.jpg\n")
+    env = {**ray_join, "XDG_CACHE_HOME": str(tmp_path / "home")}  # no digest kept from another test's run
+    proc = subprocess.run([sys.executable, "-c", _DEAD_MOUNT], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{tmp_path / 'stuck.wav'}: reading it moved no byte for 1 s" in proc.stderr
+    rows = {r["job_id"]: r for r in pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()}
+    assert rows["stuck"]["status"] == rows["good"]["status"] == "ok"
+    assert rows["stuck"]["audio_identity"] == ""  # (and p.jpg's is not read again: the same folder)
+    assert rows["good"]["audio_identity"] == rows["good"]["video_identity"] == ""

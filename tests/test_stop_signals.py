@@ -7,18 +7,13 @@ full run) still stops the run at the loop's next round."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
 
-import pyarrow.parquet as pq
 import pytest
 
 from heygem_ray.driver.stop import StopSignals, raise_if_stopped
 from heygem_ray.errors import Interrupted
-from tests.helpers.media import make_excerpt
 
 
 def _send(signum: int) -> None:
@@ -79,34 +74,3 @@ def test_once_the_run_has_ended_a_signal_is_noted_until_its_table_is_written():
     finally:
         stop.restore()
 
-
-# A submit in a process of its own, where SIGTERM comes as its results table is being merged
-# (``ray job stop`` at the end of a night of 100,000 rows, whose merge takes minutes).
-_LATE_SIGTERM = """
-import os, signal, sys
-from heygem_ray.cli import app
-from heygem_ray.driver import resume
-
-merge = resume.write_merged
-
-def merged_under_sigterm(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGTERM)
-    return merge(*args, **kwargs)
-
-resume.write_merged = merged_under_sigterm
-app(["submit", "m.csv", "-o", "out", "--cache-dir", "cache", "--engines", "engines"])
-"""
-
-
-def test_a_sigterm_as_the_table_is_merged_lets_it_be_written(tmp_path, examples, ray_join):
-    """Before, Ray's own SIGTERM handler was back by then: the process exited 15 with no
-    table (an earlier run's stayed in its place) and the night's run.json unwritten."""
-    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=1.0)
-    shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
-    (tmp_path / "m.csv").write_text("job_id,audio,video\none,a.wav,p.jpg\n")
-    proc = subprocess.run([sys.executable, "-c", _LATE_SIGTERM], cwd=tmp_path, env=ray_join, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "SIGTERM came as the run ended: its results table was written first" in proc.stderr
-    (row,) = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
-    assert row["status"] == "ok"
