@@ -138,7 +138,7 @@ def test_a_jobs_cleanup_deletes_its_own_partials_and_no_other_jobs(tmp_path):
     ("ok", 3, None, True),
 ])  # fmt: skip
 def test_a_folder_is_listed_for_partials_only_after_an_attempt_was_killed(tmp_path, status, attempts, kind, cleaned):
-    """A night of 20,000 rows into one folder listed it once a row (6 minutes of the
+    """A night of 20,000 rows into one folder listed it once a row (8 minutes of the
     driver's loop at 20,000 MP4s): only a row one of whose attempts was killed can have
     left a partial (a row whose only attempt published its MP4 left none; a leftover of
     an earlier run's killed attempt was removed as the run started)."""
