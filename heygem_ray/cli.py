@@ -566,7 +566,7 @@ def status(
 @app.command()
 def report(
     output_dir: Annotated[Path, typer.Argument(help="The folder a run wrote (its --output-dir): a path, or a bucket URI (s3://…, gs://…).")],
-    out: Annotated[Path | None, typer.Option("--out", help="Where to write the page (default: OUTPUT_DIR/report.html).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write the page: a name ending in .html (default: OUTPUT_DIR/report.html).")] = None,
     thumbnails: Annotated[int, typer.Option(help="Frames shown per output (0: none, for a small page).")] = 4,
 ) -> None:
     """Write one self-contained HTML page about the run in OUTPUT_DIR: thumbnails of every

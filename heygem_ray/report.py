@@ -469,7 +469,15 @@ def _frame_at(container: Any, stream: Any, at: float) -> Any:
 
 
 def write_report(output_dir: Location, out: Location | None = None, thumbnails: int = THUMB_COUNT) -> Location:
-    """Write the HTML report of the run in ``output_dir`` (default ``output_dir/report.html``)."""
+    """Write the HTML report of the run in ``output_dir`` (default ``output_dir/report.html``).
+    ``out`` must name an HTML file: a page written over a row's MP4, its audio, the
+    manifest or the results table (a slip of the shell's completion) would lose it."""
+    if out is not None and storage.location(out).suffix.lower() not in (".html", ".htm"):
+        raise InputError(
+            f"--out {out} is no HTML file's name: the report is written there, over what is there; give a name "
+            "ending in .html (nothing was written)",
+            kind="bad_argument",
+        )
     run = load_run(output_dir)
     out = storage.location(out) if out is not None else run.output_dir / REPORT_FILE
     page = build_html(summarize(run), run.results, previews(run.results, thumbnails), out.parent)

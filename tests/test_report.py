@@ -178,6 +178,12 @@ def test_report_embeds_real_thumbnails_of_every_output_and_escapes_user_text(run
     href = re.search(r'<a class=path href="([^"]+)"', other.read_text()).group(1)  # type: ignore[union-attr]
     assert (other.parent / href).resolve() == Path(rows["talk"]["output"]).resolve()
     assert not _IMG.search(other.read_text())
+    # --out naming a finished MP4 or the table (a slip of the shell's completion) writes nothing over them.
+    for precious in (Path(rows["talk"]["output"]), run_dir / "results.parquet"):
+        before = precious.read_bytes()
+        got = runner.invoke(app, ["report", str(run_dir), "--out", str(precious), "--thumbnails", "0"])
+        assert got.exit_code == 2 and f"error: --out {precious} is no HTML file's name" in got.stderr
+        assert precious.read_bytes() == before
 
 
 def test_hostile_job_ids_and_messages_never_become_markup(tmp_path):
