@@ -153,6 +153,25 @@ def test_a_folder_is_listed_for_partials_only_after_an_attempt_was_killed(tmp_pa
     assert resume.part_path(out, "a").exists()
 
 
+def test_an_mp4_removed_with_its_folder_before_its_row_is_kept_makes_the_row_storage(tmp_path):
+    """A cleanup deletes the output folder between a job publishing its MP4 and the driver
+    keeping its row (which makes the folder again): the row said `ok` for a video that was
+    not there, and `status` counted it."""
+    out = tmp_path / "out"
+    job = Job(row=3, job_id="a", audio=tmp_path / "a.wav", video=tmp_path / "p.jpg", output=out / "a.mp4")
+    out.mkdir()
+    (out / "a.mp4").write_bytes(b"a finished video")
+    result = JobResult.for_job(job, "warp")
+    result.status, result.output_bytes, result.frames = "ok", 16, 25
+    shutil.rmtree(out)
+    kept = resume.record(out, result)
+    (row,) = pq.read_table(resume.part_path(out, "a")).to_pylist()
+    assert (kept.status, row["status"], row["error_kind"], row["output_bytes"]) == ("failed", "failed", "storage", None)
+    assert row["error"] == (f"row 3 (job 'a'): its MP4 {out / 'a.mp4'} was written, then removed before its row was "
+                            "kept (was the output folder deleted or cleaned during the run?); run the same manifest "
+                            "again to render it")  # fmt: skip
+
+
 def test_a_folder_that_cannot_be_listed_keeps_its_partials_and_the_row_is_kept(tmp_path):
     """The clean-up after a retried job is best effort: an output folder its run may write
     but not list (mode 0333; the run a process without capabilities) keeps the partial,

@@ -56,7 +56,7 @@ from heygem_ray.driver.missing import MissingInputs
 from heygem_ray.errors import HeygemError
 from heygem_ray.identity import Inputs
 from heygem_ray.job.compose import PARTIAL_SUFFIX
-from heygem_ray.manifest import Job
+from heygem_ray.manifest import Job, row_label
 from heygem_ray.results import BATCH_ROWS, RESULTS_FILE, JobResult, write_results, write_table
 from heygem_ray.storage import Location
 
@@ -107,16 +107,34 @@ class Basis:
                                    audio_identity=audio_identity, video_identity=video_identity)  # fmt: skip
 
 
-def record(output_dir: Location, result: JobResult) -> None:
+def record(output_dir: Location, result: JobResult) -> JobResult:
     """Write one finished job's row now, and delete the temporary MP4s that attempts of
     it lost on the way (a task on a node that left the cluster, or one stopped as stalled,
     leaves one behind). A job whose one attempt ended in its own process left none (its
     MP4 was published, or deleted as it failed), and its folder is not listed: at one
     listing a job, a night of 20,000 MP4s in one folder spent 8 minutes of the driver's
-    loop listing it (23 ms a listing on a local disk; more on a network one)."""
+    loop listing it (23 ms a listing on a local disk; more on a network one).
+
+    A local MP4 published and gone by now (its folder deleted by a cleanup during the run,
+    then made again for this row) makes the row ``storage``, not ``ok``. Returns the row
+    written."""
+    if result.status == "ok" and result.output is not None and not storage.is_uri(result.output):
+        if not Path(result.output).is_file():
+            result = _gone(result, Path(result.output))
     write_results([result], part_path(output_dir, result.job_id))
     if result.output is not None and (result.attempts > 1 or result.error_kind in _KILLED):
         _remove_partials([storage.location(result.output)])
+    return result
+
+
+def _gone(result: JobResult, output: Path) -> JobResult:
+    """``result``, an ``ok`` row whose MP4 is gone, as the failed row it is."""
+    return dataclasses.replace(
+        result, status="failed", error_kind="storage", error_step="compose", output_bytes=None, output_mtime_ns=None,
+        error=(f"{row_label(result.row, result.job_id)}: its MP4 {output} was written, then removed before its row "
+               "was kept (was the output folder deleted or cleaned during the run?); run the same manifest again "
+               "to render it"),
+    )  # fmt: skip
 
 
 # The kinds of a job whose task's process was killed (by the driver, Ray or the kernel),

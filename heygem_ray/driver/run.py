@@ -155,7 +155,7 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
                 def job_done(result: JobResult) -> None:
                     nonlocal ended
                     still_held(lease)
-                    resume.record(cfg.output_dir, basis.stamp(result, *inputs.pop(result.row, ("", "", ()))))
+                    result = resume.record(cfg.output_dir, basis.stamp(result, *inputs.pop(result.row, ("", "", ()))))
                     missing.learn(result)
                     ended += 1
                     cb.job_done(result)
