@@ -27,7 +27,7 @@ import numpy as np
 
 from heygem_ray import media, storage
 from heygem_ray.config import CUT_FILE_FRAMES, DetectorConfig, InputLimits
-from heygem_ray.errors import InputError, PresenterLater, storage_errors
+from heygem_ray.errors import InputError, PresenterLater, folder_removed, storage_errors
 from heygem_ray.face.align import alignment_points
 from heygem_ray.face.arrival import first_seen
 from heygem_ray.face.haar import HaarDetector
@@ -115,8 +115,14 @@ def analyze(
         tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
         try:
             with storage_errors(cache_dir):  # a full or read-only cache: the user's to fix
-                _build(info, geometry, detector, tmp, limits.max_reference_pixels)
-                os.replace(tmp, root)
+                try:
+                    _build(info, geometry, detector, tmp, limits.max_reference_pixels)
+                    os.replace(tmp, root)
+                except FileNotFoundError as exc:
+                    if os.path.lexists(tmp):
+                        raise
+                    # the folder being built went away: removed with the cache by a cleanup
+                    raise folder_removed(cache_dir, f"the analysis of {video}") from exc
         except InputError as exc:
             if exc.kind not in REMEMBERED_FAILURES:
                 raise

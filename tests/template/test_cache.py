@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -161,6 +162,27 @@ def test_a_held_takes_damaged_frame_map_is_built_again(held, tmp_path, caplog, d
         assert (template.frames, len(np.load(template.root / "offsets.npy"))) == (100, 21)
         index = np.arange(100)
         assert all(map(np.array_equal, template.read_i420(index), original.read_i420(index)))
+
+
+def test_a_cache_removed_while_a_reference_is_analysed_is_storage_saying_so(tmp_path, examples):
+    """A cleanup deletes the cache folder while a template is being built in it: the row
+    fails `storage` saying so (it was `internal`, "a bug", from a FileNotFoundError)."""
+    cache = tmp_path / "cache"
+    removed = threading.Event()
+
+    def clean_up() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(cache.glob(".*.tmp/frames.bin")):
+            time.sleep(0.001)
+        shutil.rmtree(cache, ignore_errors=True)
+        removed.set()
+
+    threading.Thread(target=clean_up, daemon=True).start()
+    with pytest.raises(InputError) as err:
+        analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    assert removed.is_set()
+    assert err.value.kind == "storage", err.value.message
+    assert err.value.message.startswith(f"the folder {cache} was removed while the analysis of ")
 
 
 def test_what_each_damage_names(cache, built):
