@@ -122,6 +122,11 @@ _STORAGE_FIXES = {
     errno.EPERM: "give the user the run runs as access to it (ls -ld shows its owner and mode), or choose another folder",
     errno.EROFS: "remount that file system read-write, or choose a folder on a writable one",
     errno.EIO: "the disk reported an I/O error: check it (dmesg, the storage's health), or choose a folder on another disk",
+    # A path whose shape is not what the run writes there: a file where a folder must be made
+    # (mkdir's EEXIST), a path through a file, a folder where a file is written.
+    errno.EEXIST: "a file is there where the run makes a folder: move it away, or choose another path",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: move it away, or choose another path",
+    errno.EISDIR: "a folder is there where the run writes a file: move it away, or choose another path",
 }
 
 

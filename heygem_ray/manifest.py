@@ -440,7 +440,9 @@ def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Locat
             kind="unsafe_output",
         )
     if not output:
-        return out_root / f"{job_id}.mp4", None
+        default = out_root / f"{job_id}.mp4"
+        blocked = _blocked(default, out_root)
+        return (None, InputError(blocked, kind="unsafe_output")) if blocked else (default, None)
     if storage.is_uri(output):
         try:
             storage.location(output)  # refuses credentials, without showing them
@@ -464,7 +466,24 @@ def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Locat
         )
     if (why := _name_problem(output, target)) is not None:
         return None, InputError(f"output {output!r}: {why}; give it shorter names", kind="unsafe_output")
+    if (blocked := _blocked(target, out_root)) is not None:
+        return None, InputError(blocked, kind="unsafe_output")
     return target, None
+
+
+def _blocked(target: Location, out_root: Location) -> str | None:
+    """Why the local MP4 ``target`` cannot be written where it is (a folder there, or a file
+    where one of its folders must be), found before the row renders for nothing; or None."""
+    if not isinstance(target, Path):
+        return None
+    if target.is_dir():
+        return f"output {target} is a folder: give the row another 'output', or move the folder away"
+    for folder in target.parents:
+        if folder == out_root or not storage.is_inside(folder, out_root):
+            break
+        if os.path.lexists(folder) and not folder.is_dir():
+            return f"output {target} would be written into {folder}, which is a file: move it away, or give the row another 'output'"
+    return None
 
 
 def _name_problem(output: str, target: Location) -> str | None:

@@ -198,6 +198,33 @@ def test_a_read_only_output_folder_stops_the_run_and_the_nightly_job_before_ray_
     assert "could not start: nothing was rendered" in night.stdout and "run.json not written" in night.stdout
 
 
+def test_an_output_folder_that_is_a_file_stops_the_run_before_ray_starts(lesson):
+    """`-o notes.txt` (or a path through a file): one line and exit 2, where a traceback
+    ended in FileExistsError with exit 1 ("some rows failed")."""
+    folder = lesson.parent
+    (folder / "notes.txt").write_text("my notes\n")
+    proc = _run([HEYGEM, "submit", "m.csv", "-o", "notes.txt"], folder)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr == ("error: notes.txt: file exists; a file is there where the run makes a folder: "
+                           "move it away, or choose another path\n")  # fmt: skip
+    proc = _run([HEYGEM, "submit", "m.csv", "-o", "notes.txt/out"], folder)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "not a directory; a part of that path is a file" \
+        in proc.stderr, proc.stderr[-3000:]
+    assert (folder / "notes.txt").read_text() == "my notes\n"
+
+
+def test_a_cache_folder_that_is_a_file_fails_the_rows_as_storage_not_internal(lesson, ray_join):
+    folder = lesson.parent
+    (folder / "cache").write_text("not a folder\n")
+    proc = _run([HEYGEM, "submit", "m.csv", "-o", "out", "--cache-dir", "cache", "--engines", "engines"], folder,
+                ray_join)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (row,) = pq.read_table(folder / "out" / "results.parquet").to_pylist()
+    assert (row["error_kind"], row["error_step"]) == ("storage", "analyze"), row["error"]
+    assert row["error"] == (f"row 1 (job 'one'): {folder / 'cache'}: file exists; a file is there where the run makes "
+                            "a folder: move it away, or choose another path")  # fmt: skip
+
+
 def test_a_folder_the_user_may_not_write_says_so(lesson, tmp_path):
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed: a process without capabilities cannot be started")

@@ -122,6 +122,24 @@ def test_unsafe_outputs_fail_only_their_row(tmp_path, row, needle):
     assert good.problem is None and good.output == (tmp_path / "out").resolve() / "sub" / "good.mp4"
 
 
+def test_an_output_where_a_folder_is_or_under_a_file_fails_its_row_before_it_renders(tmp_path):
+    """A folder named like the MP4, or a file where its folder must be: found as the manifest
+    is read (was: `internal` after the whole render, from the rename that publishes it)."""
+    out = tmp_path / "out"
+    (out / "x.mp4").mkdir(parents=True)
+    (out / "sub").write_bytes(b"notes")
+    (out / "j3.mp4").mkdir()
+    m = write(tmp_path / "m.csv", "job_id,audio,video,output\nj1,a.wav,v.mp4,x.mp4\nj2,a.wav,v.mp4,sub/y.mp4\n"
+                                  "j3,a.wav,v.mp4,\nj4,a.wav,v.mp4,sub2/z.mp4\n")  # fmt: skip
+    one, two, three, four = read_manifest(m, out)
+    assert one.problem is not None and one.problem.kind == "unsafe_output"
+    assert one.problem.message == f"output {out / 'x.mp4'} is a folder: give the row another 'output', or move the folder away"
+    assert two.problem is not None and two.problem.kind == "unsafe_output"
+    assert two.problem.message.startswith(f"output {out / 'sub' / 'y.mp4'} would be written into {out / 'sub'}, which is a file")
+    assert three.problem is not None and "is a folder" in three.problem.message
+    assert four.problem is None and four.output == out / "sub2" / "z.mp4"
+
+
 def test_the_longest_output_name_accepted_can_be_staged_and_published(tmp_path):
     """An 'output' whose name is as long as a row may give (a stem of 223 bytes) is
     written as the encoder writes it: staged beside it under a longer name, then renamed."""
