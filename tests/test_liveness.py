@@ -379,3 +379,37 @@ def test_an_input_whose_reads_stop_answering_does_not_hold_the_driver(tmp_path, 
     assert rows["stuck"]["status"] == rows["good"]["status"] == "ok"
     assert rows["stuck"]["audio_identity"] == ""  # (and p.jpg's is not read again: the same folder)
     assert rows["good"]["audio_identity"] == rows["good"]["video_identity"] == ""
+
+
+def test_a_sigterm_while_ray_starts_is_exit_143_saying_so(tmp_path, examples):
+    """Ray's own SIGTERM handler is set as a local instance starts, before the run's: a
+    SIGTERM then (a pod deleted as its job begins) ended the process with exit 15 and no
+    word. Now exit 143 with a line."""
+    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=1.0)
+    shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
+    (tmp_path / "m.csv").write_text("job_id,audio,video\none,a.wav,p.jpg\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local instance of its own
+    proc = subprocess.Popen([HEYGEM, "submit", "m.csv", "-o", "out"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not _children(proc.pid, b"gcs_server"):
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert err.rstrip().endswith("error: stopped by SIGTERM while Ray started, before any work"), err[-3000:]
+    assert not (tmp_path / "out" / "results.parquet").exists()
+
+
+def _children(pid: int, name: bytes) -> list[int]:
+    """The pids of ``pid``'s children whose program is ``name``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (proc / "stat").read_bytes()
+            if int(stat.rsplit(b")", 1)[1].split()[1]) == pid and stat.split(b"(", 1)[1].startswith(name[:15]):
+                found.append(int(proc.name))
+    return found

@@ -132,7 +132,13 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
     try:
         if todo:
             # 5. connect to Ray (a local instance unless an address is given)
-            started_here, dashboard = connect(cfg.address)
+            try:
+                started_here, dashboard = connect(cfg.address)
+            except SystemExit as exc:  # Ray's SIGTERM handler, set as it starts: it exits with the signal's number
+                if exc.code != signal.SIGTERM:
+                    raise
+                ray.shutdown()  # what of a local instance had started
+                raise Interrupted(signal.SIGTERM, "stopped by SIGTERM while Ray started, before any work") from exc
             cb.connected(dashboard)
             ended = 0  # jobs whose rows are on disk
             working = False
