@@ -87,6 +87,15 @@ def test_a_rerun_skips_complete_jobs_and_renders_missing_or_damaged_ones(folder,
     forced = _run(folder, rows, force=True)
     assert [forced[j]["status"] for j in ("one", "two")] == ["ok", "ok"]
 
+    # An MP4 whose row was not kept (the run killed between the two; a job renamed): rendered
+    # again, saying why, where a run rendered it over the file without a word.
+    resume.part_path(folder / "out", "one").unlink()  # type: ignore[union-attr]
+    said = _Again()
+    unkept = _run(folder, rows, said)
+    assert [unkept[j]["status"] for j in ("one", "two")] == ["ok", "skipped"]
+    assert said.why == {"its MP4 is there, but no row was kept for its job id (a job renamed, or a run stopped as it "
+                        "ended)": 1}  # fmt: skip
+
     # Other render settings are other outputs: nothing is skipped, and the run says which changed.
     said = _Again()
     looped = _run(folder, rows, said, render=RenderConfig(loop="forward", reference_start=0.5))

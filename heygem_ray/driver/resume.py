@@ -177,7 +177,10 @@ def split(
     todo: list[Job] = []
     skipped: set[int] = set()
     for job in jobs:
-        earlier, why = _earlier(output_dir, job, basis, inputs) if part_path(output_dir, job.job_id) in kept else (None, "")
+        if part_path(output_dir, job.job_id) in kept:
+            earlier, why = _earlier(output_dir, job, basis, inputs)
+        else:
+            earlier, why = None, _unkept(job)
         if earlier is None:
             todo.append(job)
             if why:
@@ -288,6 +291,15 @@ def _read_part(output_dir: Location, job: Job) -> dict[str, Any] | None:
     except (OSError, pa.ArrowException, HeygemError):
         return None
     return rows[0] if len(rows) == 1 else None
+
+
+def _unkept(job: Job) -> str:
+    """Why a job with no row kept is rendered again over the local MP4 at its output, if one
+    is there (a job renamed in the manifest: rows are kept by job id; a run killed between a
+    job's MP4 and its row); "" where none is (a bucket's is not looked up: a request a row)."""
+    if job.problem is None and isinstance(job.output, Path) and job.output.is_file():
+        return "its MP4 is there, but no row was kept for its job id (a job renamed, or a run stopped as it ended)"
+    return ""
 
 
 def _earlier(output_dir: Location, job: Job, basis: Basis, inputs: Inputs) -> tuple[JobResult | None, str]:
