@@ -4,9 +4,13 @@ network expects, said as one phrase per kind of mismatch, for the error that nam
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from heygem_ray.errors import InputError
@@ -58,3 +62,81 @@ def check_keys(state: Mapping[str, torch.Tensor], module: torch.nn.Module, what:
         problems.append(f"{len(wrong)} key(s) with the wrong shape: {name_keys(shapes)}")
     if problems:
         raise InputError(f"{what}: {'; '.join(problems)}. {fix}", kind="bad_checkpoint")
+
+
+# What a file that is not weights at all begins with, and what to do about it: a web page
+# saved in place of the file (a share link that answers with a sign-in or a virus-scan
+# page), a Git LFS pointer (a clone without ``git lfs pull``), an archive.
+_NOT_WEIGHTS = (
+    (re.compile(rb"\s*(<!doctype html|<html|<\?xml|<head|<body)", re.I),
+     "a web page (HTML), not the weights: the download link answered with a page; download the file itself"),
+    (re.compile(rb"version https://git-lfs"),
+     "a Git LFS pointer, not the weights: fetch the file itself ('git lfs pull' in its clone)"),
+)  # fmt: skip
+_SNIFF_BYTES = 512
+
+
+def read_weights(path: Path, fix: str, *, mmap: bool = False, map_location: str | torch.device = "cpu") -> object:
+    """``torch.load`` of ``path`` onto ``map_location`` with ``weights_only=True``: no code from the file
+    runs, ever (a file the safe unpickler refuses is reported, never loaded otherwise).
+    Numpy scalars (a re-saved copy's ``global_step``) are let through on a second try.
+    ``mmap``: mapped, not read, where the file is in the zip format. Raises
+    ``bad_checkpoint`` saying what the file is where it is no torch checkpoint (a web
+    page, an LFS pointer, damaged or cut short), then ``fix``."""
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    for pattern, what in _NOT_WEIGHTS:
+        if pattern.match(head):
+            raise InputError(f"{path} is {what}. {fix}", kind="bad_checkpoint")
+    try:
+        try:
+            return _load(path, mmap, map_location)
+        except pickle.UnpicklingError:
+            # The function numpy scalars pickle through (numpy.[_]core.multiarray.scalar), and dtypes.
+            numpy_scalars: list[Any] = [np.int64(0).__reduce__()[0], np.dtype,
+                                        *(type(np.dtype(t)) for t in ("float32", "float64", "int64"))]  # fmt: skip
+            with torch.serialization.safe_globals(numpy_scalars):
+                return _load(path, mmap, map_location)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        refused = _REFUSED.search(text)
+        if refused:
+            raise InputError(f"{path} holds Python objects or code that are not loaded, for safety ({refused[1]}): "
+                             f"it is not a plain weights file. {fix}", kind="bad_checkpoint") from exc  # fmt: skip
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)", text, re.S)
+        raise unreadable(path, (reason[1] if reason else text).splitlines()[0], fix) from exc
+    except Exception as exc:  # noqa: BLE001 - a damaged file raises many types (RuntimeError,
+        # EOFError, ValueError from the zip reader, ...); all mean the same to the user.
+        raise unreadable(path, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", fix) from exc
+
+
+# The refused global in torch's words, old ("Unsupported global: GLOBAL posix.system") and
+# new ("Trying to load unsupported GLOBAL posix.system whose module posix is blocked").
+_REFUSED = re.compile(r"unsupported (?:global: )?global (\S+)", re.I)
+
+
+def _load(path: Path, mmap: bool, map_location: str | torch.device) -> object:
+    if mmap:
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):  # an older file, not in the zip format: read into memory
+                raise
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def unreadable(path: Path, reason: str, fix: str) -> InputError:
+    """``bad_checkpoint`` for a file torch cannot read as a checkpoint (no torch advice quoted)."""
+    reason = reason.split(" Re-running `torch.load`")[0].rstrip()
+    return InputError(f"{path}: cannot read as a torch checkpoint ({reason}); is it damaged or incomplete? {fix}",
+                      kind="bad_checkpoint")
+
+
+def check_finite(state: Mapping[str, torch.Tensor], what: str, fix: str) -> None:
+    """Raise ``bad_checkpoint`` where a floating-point tensor of ``state`` holds NaN or an
+    infinity (a diverged training run, a file damaged in transfer): such weights render a
+    black or grey face without a word. ``what``: the file."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"{what}: its tensor {name} holds NaN or infinite values: these weights cannot render a "
+                             f"face. {fix}", kind="bad_checkpoint")  # fmt: skip

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
-from heygem_ray.models.checkpoint import SHOWN_KEYS, check_keys, weights_file
+from heygem_ray.models.checkpoint import SHOWN_KEYS, check_finite, check_keys, read_weights, weights_file
 from heygem_ray.packs import StageIO, TensorSpec
 
 __all__ = ["FACE_SIZE", "STAGE_IO", "GFPGANConfig", "GFPGANv1Clean", "load", "restore", "to_faces", "to_network"]
@@ -362,42 +361,14 @@ def load(path: str | os.PathLike[str]) -> GFPGANv1Clean:
     architecture's. The weights are memory-mapped where the file's format allows.
     """
     path = weights_file(path, "GFPGAN checkpoint", _FIX)
-    sd = _state_dict(path, _read(path))
+    sd = _state_dict(path, read_weights(path, _FIX, mmap=True))
     config = _infer_config(path, sd)
     with torch.device("meta"):  # no memory and no initialisation for weights about to be replaced
         net = GFPGANv1Clean(config)
     check_keys(sd, net, f"{path} is not a GFPGAN v1.3/v1.4 clean checkpoint", _FIX)
+    check_finite(sd, str(path), _FIX)
     net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
     return net.eval()
-
-
-def _read(path: Path) -> object:
-    """torch.load with ``weights_only=True``: no code from the file runs. mmap when the
-    file is in the zip format (torch ≥ 1.6); an older file is read into memory."""
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's message is long: keep the refused global, or the unpickler's own reason.
-        text = str(e)
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if refused:
-            raise InputError(f"{path}: the checkpoint holds a Python object that is not loaded for safety "
-                             f"({refused[1]}). {_FIX}", kind="bad_checkpoint") from e
-        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)", text, re.S)
-        raise _unreadable(path, reason[1] if reason else text.splitlines()[0]) from e
-    except Exception as e:  # noqa: BLE001 - a damaged file raises many types (RuntimeError,
-        # EOFError, ValueError from the zip reader, ...); all mean the same to the user.
-        raise _unreadable(path, f"{type(e).__name__}: {e}") from e
-
-
-def _unreadable(path: Path, reason: str) -> InputError:
-    return InputError(f"{path}: cannot read as a torch checkpoint ({reason}); is it damaged or incomplete? {_FIX}",
-                      kind="bad_checkpoint")
 
 
 def _state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
@@ -406,13 +377,16 @@ def _state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
                          kind="bad_checkpoint")
     name = "params_ema" if "params_ema" in obj else "params"
     sd = obj.get(name)
+    bare = {(k.removeprefix("module.") if isinstance(k, str) else k): v for k, v in obj.items()}
+    if sd is None and _KEY_C4 in bare:  # its state dict itself, re-saved (or from safetensors), perhaps DataParallel's
+        name, sd = "its state dict", bare
     if not isinstance(sd, Mapping):
         found = ", ".join(sorted(map(str, obj))[:SHOWN_KEYS])
         raise InputError(f"{path}: not a GFPGAN checkpoint: no 'params_ema' or 'params' state dict "
                          f"(its keys: {found}). {_FIX}", kind="bad_checkpoint")
     if not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise InputError(f"{path}: '{name}' is not a state dict of tensors. {_FIX}", kind="bad_checkpoint")
-    return dict(sd)
+    return {(k.removeprefix("module.") if isinstance(k, str) else k): v for k, v in sd.items()}
 
 
 # Keys whose shapes give the config: (1, C, 4, 4) decoder channels at 4 px; (1, 3, C, 1, 1)

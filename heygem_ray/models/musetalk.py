@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from heygem_ray.errors import InputError
-from heygem_ray.models.checkpoint import check_keys
+from heygem_ray.models.checkpoint import check_finite, check_keys, read_weights
 from heygem_ray.models.sizes import MUSETALK_CROP, MUSETALK_POSITIONS
 
 FILES = {
@@ -72,20 +72,59 @@ def load(root: str | Path) -> MuseTalkModels:
     paths = {name: root / rel for name, rel in FILES.items()}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
-        raise InputError(f"MuseTalk weights: {', '.join(missing)} not found. {_FIX}", kind="missing_file")
+        raise InputError(f"MuseTalk weights: {_not_the_folder(root) or ', '.join(missing) + ' not found'}. {_FIX}",
+                         kind="missing_file")  # fmt: skip
 
-    unet = UNet2DConditionModel.from_config(_config(paths["unet_config"]))
+    unet = _built(UNet2DConditionModel.from_config, paths["unet_config"], "UNet2DConditionModel")
     _load_strict(unet, _state_dict(paths["unet"]), paths["unet"])
 
-    vae = AutoencoderKL.from_config(_config(paths["vae_config"]))
+    vae = _built(AutoencoderKL.from_config, paths["vae_config"], "AutoencoderKL")
     _load_strict(vae, _renamed_legacy_attention(_state_dict(paths["vae"])), paths["vae"])
 
-    config = WhisperConfig.from_dict(_config(paths["whisper_config"]))
-    whisper = WhisperEncoder(config)
+    whisper = _built(lambda c: WhisperEncoder(WhisperConfig.from_dict(c)), paths["whisper_config"], "whisper")
     _load_strict(whisper, _whisper_encoder_keys(_state_dict(paths["whisper"])), paths["whisper"])
 
-    features = WhisperFeatureExtractor.from_dict(_config(paths["whisper_features"]))
+    features = _built(WhisperFeatureExtractor.from_dict, paths["whisper_features"], "WhisperFeatureExtractor")
     return MuseTalkModels(unet.eval(), vae.eval(), whisper.eval(), features)
+
+
+# What a file given as MuseTalk's folder is, by its first bytes.
+_ARCHIVES = ((b"PK\x03\x04", "a zip archive"), (b"\x1f\x8b", "a gzip archive (.tar.gz)"), (b"7z\xbc\xaf", "a 7-Zip archive"))
+
+
+def _not_the_folder(root: Path) -> str:
+    """What ``root`` is where it is not MuseTalk's ``models/`` folder and what to give
+    instead, as far as can be told (an archive of it, a weights file, the folder above it
+    or one inside it); "" where nothing can."""
+    if root.is_file():
+        with open(root, "rb") as f:
+            head = f.read(512)
+        what = next((name for magic, name in _ARCHIVES if head.startswith(magic)), "a single file")
+        if head[257:262] == b"ustar":
+            what = "a tar archive"
+        return f"{root} is {what}, not MuseTalk's models/ folder: unpack it, and give the models/ folder inside"
+    if all((root / "models" / rel).is_file() for rel in FILES.values()):
+        return f"{root} holds MuseTalk's models/ folder: give {root / 'models'}"
+    if root.name == "musetalkV15" and all((root.parent / rel).is_file() for rel in FILES.values()):
+        return f"{root} is the UNet's folder inside MuseTalk's models/ folder: give {root.parent}"
+    return ""
+
+
+def _built(make: Any, config_path: Path, expected: str) -> Any:
+    """``make(config)`` of the JSON config at ``config_path``, which must be ``expected``'s
+    (its ``_class_name``, or for Whisper its ``model_type``, where it says): another's
+    (Whisper's config.json copied as the UNet's builds an 860M-parameter UNet before it
+    fails) or settings of the wrong type are ``bad_checkpoint`` naming the file."""
+    config = _config(config_path)
+    said = config.get("_class_name", config.get("model_type"))
+    if isinstance(said, str) and said != expected:
+        raise InputError(f"{config_path} is the config of {said}, not of MuseTalk's {expected}. {_FIX}",
+                         kind="bad_checkpoint")  # fmt: skip
+    try:
+        return make(config)
+    except Exception as exc:  # noqa: BLE001 - diffusers and transformers raise many types on bad settings
+        raise InputError(f"{config_path}: its settings do not build a {expected} ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}). {_FIX}", kind="bad_checkpoint") from exc
 
 
 def _config(path: Path) -> dict[str, Any]:
@@ -99,16 +138,12 @@ def _config(path: Path) -> dict[str, Any]:
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a pickle that is not plain tensors, a truncated file
-        raise InputError(f"{path} could not be read as PyTorch weights ({type(exc).__name__}: {exc}). {_FIX}",
-                         kind="bad_checkpoint") from exc
+    obj = read_weights(path, _FIX)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise InputError(f"{path}: not a state dict of tensors. {_FIX}", kind="bad_checkpoint")
-    return obj
+    return {(k.removeprefix("module.") if isinstance(k, str) else k): v for k, v in obj.items()}
 
 
 def _renamed_legacy_attention(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -131,6 +166,7 @@ def _whisper_encoder_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     check_keys(state, module, f"{path} does not match its config", _FIX)
+    check_finite(state, str(path), _FIX)
     module.load_state_dict(state, strict=True)
 
 

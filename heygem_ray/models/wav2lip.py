@@ -24,20 +24,17 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import pickle
-import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
-import numpy as np
 import torch
 from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
 from heygem_ray.features import MEL_STEP, N_MELS
-from heygem_ray.models.checkpoint import check_keys, weights_file
+from heygem_ray.models.checkpoint import check_finite, check_keys, read_weights, weights_file
 from heygem_ray.models.sizes import WAV2LIP_EMBED, WAV2LIP_FACE
 
 # MEL_STEP: mel columns per video frame (200 ms at 80 columns/s); N_MELS: mel bands.
@@ -260,40 +257,13 @@ def convolution_form(model: Wav2Lip) -> Wav2Lip:
     return form
 
 
-def _read_checkpoint(path: Path, map_location: str | torch.device) -> object:
-    """torch.load without running arbitrary pickled code.
-
-    The public files hold tensors, ints and the Adam optimizer state (tensors, floats,
-    lists, dicts), all of which ``weights_only=True`` accepts. Re-saved copies sometimes
-    carry numpy scalars (e.g. a ``global_step`` of type ``np.int64``); those are allowed
-    explicitly on a second try. Anything else refused by the safe unpickler is reported,
-    never retried with ``weights_only=False``, which would execute code from the file.
-    """
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # retried just below with numpy scalars allowed
-    # The function numpy scalars pickle through (numpy.[_]core.multiarray.scalar), and dtypes.
-    scalar_reconstructor = np.int64(0).__reduce__()[0]
-    numpy_scalars: list[Any] = [scalar_reconstructor, np.dtype, *(type(np.dtype(t)) for t in ("float32", "float64", "int64"))]
-    try:
-        with torch.serialization.safe_globals(numpy_scalars):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as second:
-        # torch's message is long; keep only the line naming the refused global.
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(second))
-        what = found.group(1) if found else str(second).splitlines()[0]
-        raise InputError(
-            f"{path}: the checkpoint holds a Python object that is not loaded for safety ({what}). "
-            f"{_FIX} Or re-save only its tensors: torch.save({{'state_dict': sd}}, path).",
-            kind="bad_checkpoint",
-        ) from second
-
-
 def _extract_state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a checkpoint dict (or the dict itself), ``module.`` stripped."""
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
+    if isinstance(obj, Mapping) and ("params_ema" in obj or "params" in obj):
+        raise InputError(f"{path} is a GFPGAN checkpoint (face restoration), not Wav2Lip's: give it to "
+                         f"--restore-checkpoint with --restore gfpgan. {_FIX}", kind="bad_checkpoint")  # fmt: skip
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise InputError(f"{path}: not a state dict of tensors (found {type(obj).__name__}). {_FIX}",
                          kind="bad_checkpoint")
@@ -307,19 +277,10 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
     The key set and every shape must be exactly the public generator's.
     """
     path = weights_file(path, "checkpoint", _FIX)
-    try:
-        obj = _read_checkpoint(path, map_location)
-    except InputError:
-        raise
-    except Exception as e:  # noqa: BLE001 - torch.load on a damaged file raises many types
-        # (RuntimeError, EOFError, IndexError from the safe unpickler, ...); all mean the
-        # same to the user and the cause is chained.
-        raise InputError(
-            f"{path}: cannot read as a torch checkpoint ({type(e).__name__}: {e}). {_FIX}", kind="bad_checkpoint"
-        ) from e
-    sd = _extract_state_dict(path, obj)
+    sd = _extract_state_dict(path, read_weights(path, _FIX, map_location=map_location))
     model = Wav2Lip()
     check_keys(sd, model, f"{path} is not a Wav2Lip generator checkpoint", _FIX)
+    check_finite(sd, str(path), _FIX)
     model.load_state_dict(sd, strict=True)
     return model.to(map_location).eval()
 

@@ -194,7 +194,7 @@ class _Payload:
 def test_pickled_code_is_not_loaded(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"params_ema": _Payload()}, path)
-    with pytest.raises(InputError, match=r"not loaded for safety \(.*_Payload\)"):
+    with pytest.raises(InputError, match=r"not loaded, for safety \(.*_Payload\)"):
         load(path)
 
 

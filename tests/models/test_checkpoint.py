@@ -1,0 +1,174 @@
+"""Files users download and give as weights, as they come wrong: a pickle that would run
+code, a web page or a Git LFS pointer saved in place of the file, weights that are not
+finite, MuseTalk's folder given as its archive or one level off, a config of another
+model. Each says what the file is and what to give, never runs code, never renders."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from heygem_ray.errors import InputError
+from heygem_ray.models import gfpgan, musetalk, wav2lip
+from tests.helpers.gfpgan_ckpt import random_state_dict as gfpgan_state_dict
+from tests.helpers.gfpgan_ckpt import write_checkpoint as write_gfpgan
+from tests.helpers.musetalk_ckpt import write_models
+from tests.helpers.wav2lip_ckpt import random_state_dict as wav2lip_state_dict
+from tests.helpers.wav2lip_ckpt import write_random_checkpoint
+
+LOADERS = {"wav2lip": wav2lip.load, "gfpgan": gfpgan.load}
+
+
+class _RunsAShell:
+    """What a booby-trapped checkpoint holds: unpickled, it runs a shell command."""
+
+    def __init__(self, mark: Path) -> None:
+        self.mark = mark
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.mark}",)
+
+
+@pytest.mark.parametrize("pack", LOADERS)
+def test_a_checkpoint_that_would_run_a_command_is_refused_and_never_run(tmp_path: Path, pack: str) -> None:
+    """torch 2.13 words the refusal anew ("Trying to load unsupported GLOBAL posix.system
+    …"): the message named nothing and passed on torch's advice to load it unsafely."""
+    mark = tmp_path / "ran"
+    path = tmp_path / "weights.pth"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "params_ema": {}, "trap": _RunsAShell(mark)}, path)
+    with pytest.raises(InputError) as err:
+        LOADERS[pack](path)
+    assert not mark.exists()
+    assert err.value.kind == "bad_checkpoint"
+    assert f"{path} holds Python objects or code that are not loaded, for safety (posix.system)" in err.value.message
+    assert "weights_only" not in err.value.message and "Re-running" not in err.value.message
+
+
+PAGE = b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>...</body></html>"
+POINTER = b"version https://git-lfs.github.com/spec/v1\noid sha256:4fa8...\nsize 435807851\n"
+
+
+@pytest.mark.parametrize("pack", LOADERS)
+@pytest.mark.parametrize(("data", "said"), [
+    (PAGE, "is a web page (HTML), not the weights: the download link answered with a page; download the file itself"),
+    (b"\n  " + PAGE, "is a web page (HTML)"),
+    (POINTER, "is a Git LFS pointer, not the weights: fetch the file itself ('git lfs pull' in its clone)"),
+], ids=["page", "page-after-blank", "lfs-pointer"])  # fmt: skip
+def test_a_page_or_a_pointer_saved_as_the_weights_says_what_it_is(tmp_path: Path, pack: str, data: bytes,
+                                                                   said: str) -> None:  # fmt: skip
+    path = tmp_path / "wav2lip_gan.pth"
+    path.write_bytes(data)
+    with pytest.raises(InputError) as err:
+        LOADERS[pack](path)
+    assert err.value.kind == "bad_checkpoint" and err.value.message.startswith(f"{path} {said}")
+
+
+def test_weights_that_are_not_finite_are_refused_naming_the_tensor(tmp_path: Path) -> None:
+    """NaN running variances rendered a black box for a mouth with verdict `ok`."""
+    sd = wav2lip_state_dict()
+    name = next(k for k in sd if k.endswith("running_var"))
+    sd[name] = torch.full_like(sd[name], float("nan"))
+    torch.save({"state_dict": sd}, tmp_path / "nan.pth")
+    with pytest.raises(InputError) as err:
+        wav2lip.load(tmp_path / "nan.pth")
+    assert err.value.kind == "bad_checkpoint"
+    assert err.value.message.startswith(f"{tmp_path / 'nan.pth'}: its tensor {name} holds NaN or infinite values")
+
+    sd = gfpgan_state_dict()
+    name = sorted(sd)[3]
+    sd[name] = sd[name].clone()
+    sd[name].view(-1)[0] = float("inf")
+    torch.save({"params_ema": sd}, tmp_path / "inf.pth")
+    with pytest.raises(InputError, match=rf"its tensor {name} holds NaN or infinite values"):
+        gfpgan.load(tmp_path / "inf.pth")
+
+
+def test_gfpgan_saved_as_its_bare_state_dict_or_from_data_parallel_loads(tmp_path: Path) -> None:
+    """As Wav2Lip's does; and Wav2Lip given GFPGAN's file says which it is."""
+    write_gfpgan(tmp_path / "public.pth")
+    want = gfpgan.load(tmp_path / "public.pth").state_dict()
+    sd = gfpgan_state_dict()
+    torch.save(sd, tmp_path / "bare.pth")
+    torch.save({"params_ema": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "dp.pth")
+    for name in ("bare.pth", "dp.pth"):
+        got = gfpgan.load(tmp_path / name).state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(InputError, match=r"public\.pth is a GFPGAN checkpoint \(face restoration\), not Wav2Lip's: "
+                                         r"give it to --restore-checkpoint with --restore gfpgan"):  # fmt: skip
+        wav2lip.load(tmp_path / "public.pth")
+    write_random_checkpoint(tmp_path / "w.pth")
+    assert isinstance(wav2lip.load(tmp_path / "w.pth"), torch.nn.Module)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small MuseTalk models/ folder in the public layout."""
+    return write_models(tmp_path_factory.mktemp("musetalk") / "models")
+
+
+def _archive(models: Path, out: Path, kind: str) -> Path:
+    if kind == "zip":
+        with zipfile.ZipFile(out, "w") as z:
+            for f in models.rglob("*"):
+                z.write(f, f.relative_to(models.parent))
+    else:
+        with tarfile.open(out, "w:gz" if kind == "tar.gz" else "w") as t:
+            t.add(models, arcname="models")
+    return out
+
+
+@pytest.mark.parametrize(("kind", "said"), [("zip", "a zip archive"), ("tar.gz", "a gzip archive (.tar.gz)"),
+                                            ("tar", "a tar archive")])  # fmt: skip
+def test_musetalk_given_its_folder_as_an_archive_says_unpack_it(tmp_path: Path, models: Path, kind: str,
+                                                                said: str) -> None:  # fmt: skip
+    archive = _archive(models, tmp_path / f"models.{kind}", kind)
+    with pytest.raises(InputError) as err:
+        musetalk.load(archive)
+    assert err.value.message.startswith(f"MuseTalk weights: {archive} is {said}, not MuseTalk's models/ folder: "
+                                        "unpack it, and give the models/ folder inside")  # fmt: skip
+
+
+def test_musetalk_given_the_folder_above_or_below_says_which_to_give(tmp_path: Path, models: Path) -> None:
+    """The MuseTalk clone (which holds models/), or models/musetalkV15 (the UNet's): a list
+    of seven files "not found" said neither."""
+    with pytest.raises(InputError, match=rf"{models.parent} holds MuseTalk's models/ folder: give {models}\."):
+        musetalk.load(models.parent)
+    with pytest.raises(InputError, match=rf"{models / 'musetalkV15'} is the UNet's folder inside MuseTalk's models/ "
+                                         rf"folder: give {models}\."):  # fmt: skip
+        musetalk.load(models / "musetalkV15")
+
+
+def test_musetalk_with_another_models_config_or_bad_settings_names_the_file(tmp_path: Path, models: Path) -> None:
+    """Whisper's config.json copied as the UNet's built a UNet of 860M parameters (3.9 GB)
+    before failing on its weights; a setting of the wrong type was a TypeError naming no file."""
+    copy = tmp_path / "models"
+    shutil.copytree(models, copy)
+    unet_config = copy / "musetalkV15" / "musetalk.json"
+    shutil.copy(copy / "whisper" / "config.json", unet_config)
+    with pytest.raises(InputError) as err:
+        musetalk.load(copy)
+    assert err.value.kind == "bad_checkpoint"
+    assert err.value.message.startswith(f"{unet_config} is the config of whisper, not of MuseTalk's UNet2DConditionModel")
+    config = json.loads((models / "musetalkV15" / "musetalk.json").read_text())
+    config["block_out_channels"] = "wide"
+    unet_config.write_text(json.dumps(config))
+    with pytest.raises(InputError) as err:
+        musetalk.load(copy)
+    assert err.value.kind == "bad_checkpoint"
+    assert err.value.message.startswith(f"{unet_config}: its settings do not build a UNet2DConditionModel (")
+
+
+def test_musetalk_weights_that_are_a_page_say_so(tmp_path: Path, models: Path) -> None:
+    copy = tmp_path / "models"
+    shutil.copytree(models, copy)
+    (copy / "musetalkV15" / "unet.pth").write_bytes(io.BytesIO(PAGE).read())
+    with pytest.raises(InputError, match=r"unet\.pth is a web page \(HTML\), not the weights"):
+        musetalk.load(copy)
