@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from heygem_ray.errors import InputError
+from heygem_ray.errors import InputError, InternalError
 from heygem_ray.models.checkpoint import check_finite, check_keys, read_weights
 from heygem_ray.models.sizes import MUSETALK_CROP, MUSETALK_POSITIONS
 
@@ -75,8 +75,12 @@ def load(root: str | Path) -> MuseTalkModels:
         raise InputError(f"MuseTalk weights: {_not_the_folder(root) or ', '.join(missing) + ' not found'}. {_FIX}",
                          kind="missing_file")  # fmt: skip
 
-    unet = _built(UNet2DConditionModel.from_config, paths["unet_config"], "UNet2DConditionModel")
-    _load_strict(unet, _state_dict(paths["unet"]), paths["unet"])
+    # The UNet (3.2 GB at full size) is made without memory or initialisation and takes the
+    # file's mapped tensors as its own: one copy of its weights in memory where a UNet built,
+    # then loaded from a file read whole, held two.
+    with torch.device("meta"):
+        unet = _built(UNet2DConditionModel.from_config, paths["unet_config"], "UNet2DConditionModel")
+    _load_strict(unet, _state_dict(paths["unet"], mmap=True), paths["unet"], assign=True)
 
     vae = _built(AutoencoderKL.from_config, paths["vae_config"], "AutoencoderKL")
     _load_strict(vae, _renamed_legacy_attention(_state_dict(paths["vae"])), paths["vae"])
@@ -137,8 +141,8 @@ def _config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    obj = read_weights(path, _FIX)
+def _state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    obj = read_weights(path, _FIX, mmap=mmap)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -164,10 +168,18 @@ def _whisper_encoder_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return state  # an encoder saved alone: its keys are checked as they are
 
 
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path, assign: bool = False) -> None:
+    """``state`` into ``module`` after its keys and values are checked; ``assign``: the
+    module (made on the meta device) takes ``state``'s tensors, as float32."""
     check_keys(state, module, f"{path} does not match its config", _FIX)
     check_finite(state, str(path), _FIX)
-    module.load_state_dict(state, strict=True)
+    if not assign:
+        module.load_state_dict(state, strict=True)
+        return
+    module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+    left = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:  # a buffer the file does not hold, which assign cannot fill
+        raise InternalError(f"{path}: {len(left)} tensor(s) of the network are not in the file ({left[0]}, …)")
 
 
 # -- the render step, as the public pipeline runs it (scripts/inference.py with its VAE and UNet classes)
