@@ -228,9 +228,17 @@ def _object_identity(found: Stat) -> str:
 
 def _files_under(folder: Path) -> list[tuple[str, Path]]:
     """(name relative to ``folder``, path) of every file below it, through symbolic links
-    (a Hugging Face snapshot's files are links into its blob store)."""
+    (a Hugging Face snapshot's files are links into its blob store); a folder reached again
+    through a link (a link to a folder above it) is not walked again, where the walk went
+    round the loop 40 levels deep, hashing the whole folder at each."""
     found = []
-    for root, _, names in os.walk(folder, followlinks=True):
+    seen: set[tuple[int, int]] = set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            folders[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         for name in names:
             path = Path(root) / name
             if path.is_file():

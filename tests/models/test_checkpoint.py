@@ -172,3 +172,24 @@ def test_musetalk_weights_that_are_a_page_say_so(tmp_path: Path, models: Path) -
     (copy / "musetalkV15" / "unet.pth").write_bytes(io.BytesIO(PAGE).read())
     with pytest.raises(InputError, match=r"unet\.pth is a web page \(HTML\), not the weights"):
         musetalk.load(copy)
+
+
+def test_a_weights_folder_with_a_link_back_to_itself_is_hashed_once(tmp_path: Path, models: Path) -> None:
+    """`models/self -> models/` (a link to a folder above): the walk went round it 40 levels
+    deep, hashing the whole folder at each (160 GB at MuseTalk's size). Files that are links
+    into a blob store (a Hugging Face snapshot) are still followed."""
+    from heygem_ray import identity
+
+    copy = tmp_path / "models"
+    shutil.copytree(models, copy)
+    plain = identity.weights_digest(copy)
+    (copy / "self").symlink_to(copy, target_is_directory=True)
+    assert identity.weights_digest(copy) == plain
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot"
+    shutil.copytree(models, blobs)
+    for f in blobs.rglob("*"):
+        if f.is_file():
+            link = snapshot / f.relative_to(blobs)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(f)
+    assert identity.weights_digest(snapshot) == plain
