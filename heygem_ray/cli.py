@@ -423,7 +423,7 @@ def engines_build(
     from heygem_ray.hardware import DeviceInfo
     from heygem_ray.packs import get_pack
     from heygem_ray.precision import open_first, precision_order
-    from heygem_ray.restore.stage import open_restorer
+    from heygem_ray.restore.stage import load_restorer, open_restorer
 
     try:
         where = _engine_store(engines, store)
@@ -435,6 +435,7 @@ def engines_build(
             restore=cast(RestoreName, restore), restore_checkpoint=restore_checkpoint,
         )
         spec = get_pack(cfg.pack)
+        restore_stages = load_restorer(cfg) if cfg.restore != "none" else None  # a wrong file: before any build
         device = DeviceInfo.detect()
         engine_store = EngineStore(where)
         precisions = precision_order(cfg.precision, device.device, spec, calibrated=calibrate is not None)
@@ -448,7 +449,7 @@ def engines_build(
         if cfg.restore != "none":
             try:
                 sets.append(open_restorer(cfg, chosen.precision, device=device.device, store=engine_store,
-                                          backend=cast(BackendName, backend)))
+                                          backend=cast(BackendName, backend), stages=restore_stages))
             except BaseException:
                 chosen.close()
                 raise

@@ -33,7 +33,7 @@ from heygem_ray.hardware import DeviceInfo, cuda_unusable
 from heygem_ray.packs import Features, get_pack
 from heygem_ray.precision import open_first, precision_order
 from heygem_ray.restore.inputs import RestoreInputs
-from heygem_ray.restore.stage import open_restorer, restore_batch, restore_chunk
+from heygem_ray.restore.stage import load_restorer, open_restorer, restore_batch, restore_chunk
 from heygem_ray.worker_io import ChunkOutput, GpuUse, WorkerInfo
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ class ModelWorker:
         # 2. load the stages and open them on a backend (auto: the fastest that runs here),
         #    at the first precision that opens (int8: and passes the accuracy gate)
         stages = self.pack.load_stages(cfg.checkpoint)
+        # the restoration's weights too, before any engine is built: a wrong file stops here
+        restore_stages = load_restorer(cfg) if cfg.restore != "none" else None
         # What the reference stage computes, hashed before a runner takes the module over.
         reference = self.pack.reference
         reference_digest = stage_digest(stages[reference])[:16] if reference else ""
@@ -110,7 +112,7 @@ class ModelWorker:
         if self.restoring:
             try:
                 restoring = open_restorer(cfg, chosen.precision, device=device.device, store=store,
-                                          backend=cfg.backend)
+                                          backend=cfg.backend, stages=restore_stages)
             except BaseException:
                 chosen.close()  # a worker that cannot start holds no device memory
                 raise

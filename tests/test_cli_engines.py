@@ -62,6 +62,16 @@ def test_engines_build_then_list(tmp_path):
     assert {"motion", "render"} == {r.split("│")[2].strip() for r in rows}
 
 
+def test_a_wrong_restoration_checkpoint_stops_the_build_before_any_engine_of_the_pack(tmp_path):
+    """Found after the pack's engines were built (minutes of TensorRT on a GPU): now first."""
+    (tmp_path / "GFPGANv1.4.pth").write_bytes(b"<!DOCTYPE html><html><body>Sign in</body></html>")
+    built = cli("engines", "build", "--engines", "es", "--restore", "gfpgan", "--restore-checkpoint",
+                "GFPGANv1.4.pth", cwd=tmp_path)  # fmt: skip
+    assert built.returncode == 2, built.stderr
+    assert built.stderr.startswith(f"error: {tmp_path / 'GFPGANv1.4.pth'} is a web page (HTML), not the weights")
+    assert not list((tmp_path / "es").rglob("*.onnx"))
+
+
 def test_engines_build_exports_each_of_musetalks_three_networks(tmp_path, musetalk_folder):
     built = cli("engines", "build", "--pack", "musetalk", "--checkpoint", str(musetalk_folder), "--engines", "es",
                 cwd=tmp_path)

@@ -64,17 +64,24 @@ def get_restorer(name: RestoreName) -> Restorer:
     return _RESTORERS[name]
 
 
-def open_restorer(cfg: RenderConfig, pack_precision: Precision, *, device: str, store: EngineStore,
-                  backend: BackendName) -> RunnerSet:
-    """``cfg.restore``'s network from ``cfg.restore_checkpoint``, opened on ``backend``
-    (auto: the fastest for it here) at the precision the pack's stages run at; an int8 pack
-    runs it at fp32 (it has no int8 graph), saying so in the note. Its runners take up to
-    ``restore_batch(cfg)`` faces a call (the TensorRT profile's)."""
+def load_restorer(cfg: RenderConfig) -> dict[str, nn.Module]:
+    """``cfg.restore``'s network from ``cfg.restore_checkpoint`` (a worker loads it before
+    the pack's engines are built: a wrong file stops it at once, not after minutes of them)."""
     if cfg.restore == "none" or cfg.restore_checkpoint is None:
-        raise InternalError(f"open_restorer with restore {cfg.restore!r} and checkpoint {cfg.restore_checkpoint}")
+        raise InternalError(f"load_restorer with restore {cfg.restore!r} and checkpoint {cfg.restore_checkpoint}")
+    return get_restorer(cfg.restore).load_stages(cfg.restore_checkpoint)
+
+
+def open_restorer(cfg: RenderConfig, pack_precision: Precision, *, device: str, store: EngineStore,
+                  backend: BackendName, stages: dict[str, nn.Module] | None = None) -> RunnerSet:
+    """``cfg.restore``'s network (``stages``, else loaded from ``cfg.restore_checkpoint``),
+    opened on ``backend`` (auto: the fastest for it here) at the precision the pack's stages
+    run at; an int8 pack runs it at fp32 (it has no int8 graph), saying so in the note. Its
+    runners take up to ``restore_batch(cfg)`` faces a call (the TensorRT profile's)."""
+    stages = stages if stages is not None else load_restorer(cfg)
     restorer = get_restorer(cfg.restore)
     precision: Precision = "fp32" if pack_precision == "int8" else pack_precision
-    opened = open_runners(restorer, restorer.load_stages(cfg.restore_checkpoint), device=device, store=store,
+    opened = open_runners(restorer, stages, device=device, store=store,
                           backend=backend, precision=precision, batch_sizes=[restore_batch(cfg)])
     if pack_precision == "int8":
         note = "; ".join(n for n in (f"{restorer.name} has no int8 graph: running fp32", opened.note) if n)
