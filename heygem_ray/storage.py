@@ -664,12 +664,19 @@ def _filesystem(uri: Uri) -> pafs.FileSystem:
     return _filesystem_for(uri.scheme, uri.bucket, env)
 
 
+# Seconds Google's client retries a request that fails (unreachable, no credentials, a
+# 503) before it says so: its own default is 15 minutes, in which the run sat in one call,
+# deaf to Ctrl-C (an S3 request gives up after 3 attempts, in seconds).
+GCS_RETRY_S = 60
+
+
 @functools.lru_cache(maxsize=32)
 def _filesystem_for(scheme: str, bucket: str, env: tuple[tuple[str, str], ...]) -> pafs.FileSystem:
     # from_uri (unlike the S3FileSystem constructor) reads AWS_ENDPOINT_URL[_S3] and
     # finds the bucket's region. ``env`` is only the cache key.
+    options = f"?retry_limit_seconds={GCS_RETRY_S:g}" if scheme in ("gs", "gcs") else ""
     try:
-        fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
+        fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}{options}")
     except (OSError, ValueError) as exc:
         raise _error("could not open", Uri(scheme, bucket), exc) from exc
     return fs
