@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -539,3 +542,87 @@ def test_a_build_longer_than_the_stale_time_keeps_its_lock_by_its_heartbeat(buck
         paths = [first.result(timeout=60), second.result(timeout=60)]
     assert [p.read_bytes() for p in paths] == [b"slow graph"] * 2 and len(builds) == 1, builds
     assert sorted(k.rsplit("/", 1)[1] for k in _keys(bucket)) == ["meta.json", "model.onnx"]
+
+
+def test_a_gcs_bucket_out_of_reach_is_a_storage_error_within_the_retry_limit(monkeypatch):
+    """No credentials and no metadata server (a firewalled node, a gs:// typo on an AWS
+    cluster): Google's client retried for its default 15 minutes, the run deaf to Ctrl-C.
+    Here the limit is 2 s; by default 60."""
+    monkeypatch.setattr(storage, "GCS_RETRY_S", 2)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "")
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")  # no metadata server answers
+    storage._filesystem_for.cache_clear()
+    start = time.monotonic()
+    with pytest.raises(InputError) as err:
+        storage.stat(Uri("gs", "heygem-unreachable/lesson.wav"))
+    assert time.monotonic() - start < 30
+    assert err.value.kind == "storage" and "gs://heygem-unreachable/lesson.wav" in err.value.message
+    storage._filesystem_for.cache_clear()
+
+
+class _Relay:
+    """A TCP relay in front of the S3 server that can refuse connections for a while (its
+    listening socket closed, the connections through it cut): a store's passing outage."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target, self.links, self.listener = target, [], None
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.up()
+
+    def up(self) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.listener.listen(16)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def down(self) -> None:
+        self.listener.close()
+        for conn in self.links:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+        self.links.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self.links += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+
+def test_a_row_written_to_a_bucket_in_a_passing_outage_is_kept_once_it_is_back(bucket, tmp_path, monkeypatch):
+    """The store refuses connections for a few seconds as a job ends: its row is tried again
+    and kept. Before, the first refusal stopped the night, the job's MP4 published but its
+    row called 'stopped', and the rerun rendered it again."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"].removeprefix("http://").split(":")
+    relay = _Relay((endpoint[0], int(endpoint[1])))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{relay.port}")
+    monkeypatch.setattr(resume, "ROW_RETRIES_S", (0.5, 1, 2, 4))
+    storage._filesystem_for.cache_clear()
+    out = bucket / "out"
+    job = Job(row=1, job_id="a", audio=tmp_path / "a.wav", video=tmp_path / "p.jpg", output=out / "a.mp4")
+    result = JobResult.for_job(job, "warp")
+    result.status = "ok"
+    relay.down()
+    threading.Timer(2.0, relay.up).start()
+    start = time.monotonic()
+    resume.record(out, result)
+    assert time.monotonic() - start >= 1.5  # it waited for the store
+    assert storage.stat(resume.part_path(out, "a")) is not None
+    storage._filesystem_for.cache_clear()

@@ -41,6 +41,7 @@ import hashlib
 import itertools
 import logging
 import re
+import time
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ from heygem_ray.identity import Inputs
 from heygem_ray.job.compose import PARTIAL_SUFFIX
 from heygem_ray.manifest import Job, row_label
 from heygem_ray.results import BATCH_ROWS, RESULTS_FILE, JobResult, write_results, write_table
-from heygem_ray.storage import Location
+from heygem_ray.storage import Location, Uri
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +122,30 @@ def record(output_dir: Location, result: JobResult) -> JobResult:
     if result.status == "ok" and result.output is not None and not storage.is_uri(result.output):
         if not Path(result.output).is_file():
             result = _gone(result, Path(result.output))
-    write_results([result], part_path(output_dir, result.job_id))
+    _keep_row(result, part_path(output_dir, result.job_id))
     if result.output is not None and (result.attempts > 1 or result.error_kind in _KILLED):
         _remove_partials([storage.location(result.output)])
     return result
+
+
+# Seconds between the tries of writing a row to a bucket that refused it: about a minute in
+# all, ridden out where a store's passing outage (a restart, a network blip) stopped the
+# night at the first row that ended in it, its MP4 published but its row called 'stopped'.
+ROW_RETRIES_S = (1, 2, 4, 8, 16, 32)
+
+
+def _keep_row(result: JobResult, path: Location) -> None:
+    """Write ``result``'s part file at ``path``; in a bucket, tried again over about a minute
+    (``ROW_RETRIES_S``) before its error stops the run."""
+    for wait in (*ROW_RETRIES_S, None) if isinstance(path, Uri) else (None,):
+        try:
+            write_results([result], path)
+            return
+        except HeygemError as exc:
+            if wait is None:
+                raise
+            log.warning("%s: its row was not written (%s); trying again in %g s", result.job_id, exc.message, wait)
+            time.sleep(wait)
 
 
 def _gone(result: JobResult, output: Path) -> JobResult:
