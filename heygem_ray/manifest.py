@@ -13,6 +13,7 @@ its folder, whichever it is; a cell may also hold a URI or an absolute local pat
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import functools
@@ -454,6 +455,16 @@ def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Locat
         target = None if storage.is_uri(output) else (out_root / output).resolve()
     except ValueError:  # a key that would leave the bucket
         target = None
+    if target is None and storage.is_uri(output):
+        with contextlib.suppress(ValueError):
+            named = storage.location(output)
+            if storage.is_inside(named, out_root) and named != out_root:  # a row of a results table, say
+                relative = str(named)[len(str(out_root)) + 1 :]
+                return None, InputError(
+                    f"output {output!r} is a whole URI; give it relative to the output folder {out_root}, as "
+                    f"{relative!r}",
+                    kind="unsafe_output",
+                )
     if target is None or Path(output).is_absolute() or not storage.is_inside(target, out_root) or target == out_root:
         return None, InputError(
             f"output {output!r} would be written outside the output folder "

@@ -351,6 +351,30 @@ def test_bucket_outputs_are_compared_after_normalising_their_keys(tmp_path):
         read_manifest(m, Uri.parse("gs://b/m"))
 
 
+def test_an_output_given_as_a_whole_uri_inside_the_folder_says_to_give_it_relative(tmp_path):
+    """A results table given back as a manifest holds whole URIs; the row was told its MP4
+    "would be written outside the output folder", which it would not."""
+    m = write(tmp_path / "m.csv", "job_id,audio,video,output\nj1,s3://b/m/a.wav,s3://b/m/p.jpg,s3://b/out/j1.mp4\n")
+    (job,) = read_manifest(m, Uri.parse("s3://b/out"))
+    assert job.problem is not None and job.problem.kind == "unsafe_output"
+    assert job.problem.message == ("output 's3://b/out/j1.mp4' is a whole URI; give it relative to the output folder "
+                                   "s3://b/out, as 'j1.mp4'")  # fmt: skip
+
+
+def test_a_manifest_that_is_the_runs_own_results_table_is_refused_and_kept(tmp_path, examples):
+    """`submit out/results.parquet -o out` replaced the manifest with the run's own table."""
+    out = tmp_path / "out"
+    out.mkdir()
+    table = pa.table({"job_id": ["j1"], "audio": [str(examples / "lesson1.wav")], "video": [str(examples / "presenter.jpg")]})
+    pq.write_table(table, out / "results.parquet")
+    before = (out / "results.parquet").read_bytes()
+    got = CliRunner().invoke(app, ["submit", str(out / "results.parquet"), "-o", str(out)])
+    assert got.exit_code == 2, got.output
+    assert got.stderr.startswith(f"error: the manifest {out / 'results.parquet'} is a file this run writes in its output "
+                                 f"folder {out} (its results table, or a row it keeps)")  # fmt: skip
+    assert (out / "results.parquet").read_bytes() == before
+
+
 def test_the_cli_stops_before_any_work_and_leaves_the_reference_as_it_was(tmp_path, examples):
     """The issue's case: --output-dir is the media folder, and a row's job id is the reference's name."""
     media = _copy_media(tmp_path / "media", examples)

@@ -30,7 +30,7 @@ from heygem_ray.driver.hold import hold_output, still_held
 from heygem_ray.driver.loop import run_jobs
 from heygem_ray.driver.missing import MissingInputs
 from heygem_ray.driver.stop import StopSignals
-from heygem_ray.errors import HeygemError, Interrupted, RunStopped, WorkersUnavailable
+from heygem_ray.errors import HeygemError, InputError, Interrupted, RunStopped, WorkersUnavailable
 from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult, Status, read_rows
 from heygem_ray.storage import Location, Uri
@@ -93,16 +93,31 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     cb = callbacks or RunCallbacks()
     # 1. read and check the manifest: a broken one stops here, before any work; so does an
     #    output folder the run cannot write (before Ray is even connected)
-    jobs = [_settings_checked(job, cfg) for job in read_manifest(storage.location(manifest), cfg.output_dir,
+    where = storage.location(manifest)
+    _refuse_own_files(where, cfg.output_dir)
+    jobs = [_settings_checked(job, cfg) for job in read_manifest(where, cfg.output_dir,
                                                                   reserved=RESULT_COLUMNS)]  # fmt: skip
     storage.check_writable(cfg.output_dir)
     # 2. hold the output folder: a run into a folder another run holds stops here
     run_id = uuid.uuid4().hex[:12]
-    with hold_output(cfg.output_dir, f"run {run_id} of {manifest}") as lease:
+    with hold_output(cfg.output_dir, f"run {run_id} of {where}") as lease:
         cb.started(len(jobs))
         # 3. what this run renders from, besides each row's files (the weights hashed once)
         basis = resume.Basis(run_id, cfg.config_hash(), identity.render_weights(cfg.render), cfg.render_settings(), cfg)
         return _run(jobs, cfg, cb, basis, lease)
+
+
+def _refuse_own_files(manifest: Location, output_dir: Location) -> None:
+    """Stop where the manifest is a file the run writes in its output folder (its results
+    table, which the run would replace with its own, or a kept row): a table given back as a
+    manifest was overwritten, and its rows' kept results with it."""
+    table, parts = output_dir.resolve() / RESULTS_FILE, output_dir.resolve() / resume.PARTS_DIR
+    if manifest.resolve() == table or storage.is_inside(manifest.resolve(), parts):
+        raise InputError(
+            f"the manifest {manifest} is a file this run writes in its output folder {output_dir} (its results "
+            "table, or a row it keeps): copy it elsewhere and give that copy, or give another --output-dir",
+            kind="bad_argument",
+        )
 
 
 def _settings_checked(job: Job, cfg: RunConfig) -> Job:
