@@ -354,7 +354,8 @@ def _why_not(job: Job, output: Location, row: dict[str, Any], basis: Basis, inpu
         return "its MP4 was replaced or removed since"
     for name, location, identity in (("audio", job.audio, "audio_identity"), ("reference", job.video, "video_identity")):
         if row[identity] != inputs.of(location):
-            return f"its {name} file changed"
+            # (an object is known by its size and time: the same bytes uploaded again count as changed)
+            return f"its {name} file changed" + (" or was uploaded again" if isinstance(location, Uri) else "")
     if isinstance(output, Path) and not _complete(output, row):
         return "its MP4 is not whole"
     return ""
