@@ -32,6 +32,8 @@ def weights_file(path: str | os.PathLike[str], what: str, fix: str) -> Path:
         problem = f"is a folder, not the {what} file{held}"
     elif p.exists():
         problem = f"is not a regular file (a pipe, a device or a socket), not the {what} file"
+    elif p.is_symlink():
+        problem = f"is a link to {os.readlink(p)}, which is not there ({what} not found)"
     else:
         problem = f"{what} not found"
     raise InputError(f"{p}: {problem}. {fix}", kind="missing_file")

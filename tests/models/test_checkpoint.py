@@ -193,3 +193,15 @@ def test_a_weights_folder_with_a_link_back_to_itself_is_hashed_once(tmp_path: Pa
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(f)
     assert identity.weights_digest(snapshot) == plain
+
+
+def test_a_checkpoint_that_is_a_broken_link_says_where_it_points(tmp_path: Path) -> None:
+    """A link into a download folder since moved: "not found" alone sent users looking for
+    the link, which is there."""
+    link = tmp_path / "wav2lip_gan.pth"
+    link.symlink_to(tmp_path / "downloads" / "wav2lip_gan.pth")
+    with pytest.raises(InputError) as err:
+        wav2lip.load(link)
+    assert err.value.kind == "missing_file"
+    assert err.value.message.startswith(f"{link}: is a link to {tmp_path / 'downloads' / 'wav2lip_gan.pth'}, which is "
+                                        "not there (checkpoint not found)")  # fmt: skip
