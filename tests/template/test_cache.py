@@ -177,9 +177,11 @@ def test_a_cache_removed_while_a_reference_is_analysed_is_storage_saying_so(tmp_
         shutil.rmtree(cache, ignore_errors=True)
         removed.set()
 
-    threading.Thread(target=clean_up, daemon=True).start()
+    cleaner = threading.Thread(target=clean_up, daemon=True)
+    cleaner.start()
     with pytest.raises(InputError) as err:
         analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    cleaner.join(60)  # (the analysis may fail while the removal is still under way)
     assert removed.is_set()
     assert err.value.kind == "storage", err.value.message
     assert err.value.message.startswith(f"the folder {cache} was removed while the analysis of ")
