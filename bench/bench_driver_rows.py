@@ -49,7 +49,7 @@ def keeping(rows: int, folder: Path) -> dict[str, Any]:
         result.status = "ok"
         resume.record(out, result)
         if listed:
-            resume._remove_partials([out / f"{job_id}.mp4"])
+            resume.remove_partials([out / f"{job_id}.mp4"])
 
     times = {}
     for listed in (False, True):

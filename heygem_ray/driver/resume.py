@@ -124,7 +124,7 @@ def record(output_dir: Location, result: JobResult) -> JobResult:
             result = _gone(result, Path(result.output))
     _keep_row(result, part_path(output_dir, result.job_id))
     if result.output is not None and (result.attempts > 1 or result.error_kind in _KILLED):
-        _remove_partials([storage.location(result.output)])
+        remove_partials([storage.location(result.output)])
     return result
 
 
@@ -211,7 +211,7 @@ def split(
             on_skipped(_as_skipped(earlier, job))
     # One listing per output folder for all of them, not one per job (a request each in a
     # bucket, and a folder of thousands of MP4s read thousands of times on a disk).
-    _remove_partials([job.output for job in todo if job.output is not None])
+    remove_partials([job.output for job in todo if job.output is not None])
     return todo, skipped
 
 
@@ -290,7 +290,7 @@ def _as_skipped(earlier: JobResult, job: Job) -> JobResult:
     return dataclasses.replace(earlier, status="skipped", attempts=0, row=job.row, extra=job.extra)
 
 
-def _remove_partials(outputs: list[Location]) -> None:
+def remove_partials(outputs: list[Location]) -> None:
     """Delete temporary MP4s a killed task or run left for ``outputs``, and no other job's:
     beside a local one (see job/compose.py's publish step), under the temporary keys of an upload
     for one in a bucket. A clean-up: a folder that cannot be listed or a key not deleted (a

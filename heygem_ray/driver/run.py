@@ -232,7 +232,10 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
                 stop.defer()
                 if started_here:
                     ray.shutdown()
-        # 7. the results table: one row per manifest row, merged from the rows kept on disk
+        # 7. the results table: one row per manifest row, merged from the rows kept on disk;
+        #    first, what a killed attempt (or a worker orphaned by an earlier run) left half
+        #    written beside the outputs: one listing a folder for all the jobs
+        resume.remove_partials([job.output for job in todo if job.output is not None])
         still_held(lease)
         counts = resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, run_id=basis.run_id,
                                      missing=missing)  # fmt: skip
