@@ -46,6 +46,11 @@ def name_keys(keys: list[str]) -> str:
     return f"{shown} (and {more} more)" if more > 0 else shown
 
 
+def unwrapped(state: Mapping[Any, Any]) -> dict[Any, Any]:
+    """``state`` with the ``module.`` that ``nn.DataParallel`` adds to every key taken off."""
+    return {(k.removeprefix("module.") if isinstance(k, str) else k): v for k, v in state.items()}
+
+
 def check_keys(state: Mapping[str, torch.Tensor], module: torch.nn.Module, what: str, fix: str) -> None:
     """Raise ``bad_checkpoint`` unless ``state`` loads into ``module``: the message is
     ``what`` (the file, and what it is not), a phrase each for the missing keys, the

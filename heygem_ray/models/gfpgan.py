@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
-from heygem_ray.models.checkpoint import SHOWN_KEYS, check_finite, check_keys, read_weights, weights_file
+from heygem_ray.models.checkpoint import SHOWN_KEYS, check_finite, check_keys, read_weights, unwrapped, weights_file
 from heygem_ray.packs import StageIO, TensorSpec
 
 __all__ = ["FACE_SIZE", "STAGE_IO", "GFPGANConfig", "GFPGANv1Clean", "load", "restore", "to_faces", "to_network"]
@@ -377,7 +377,7 @@ def _state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
                          kind="bad_checkpoint")
     name = "params_ema" if "params_ema" in obj else "params"
     sd = obj.get(name)
-    bare = {(k.removeprefix("module.") if isinstance(k, str) else k): v for k, v in obj.items()}
+    bare = unwrapped(obj)
     if sd is None and _KEY_C4 in bare:  # its state dict itself, re-saved (or from safetensors), perhaps DataParallel's
         name, sd = "its state dict", bare
     if not isinstance(sd, Mapping):
@@ -386,7 +386,7 @@ def _state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
                          f"(its keys: {found}). {_FIX}", kind="bad_checkpoint")
     if not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise InputError(f"{path}: '{name}' is not a state dict of tensors. {_FIX}", kind="bad_checkpoint")
-    return {(k.removeprefix("module.") if isinstance(k, str) else k): v for k, v in sd.items()}
+    return unwrapped(sd)
 
 
 # Keys whose shapes give the config: (1, C, 4, 4) decoder channels at 4 px; (1, 3, C, 1, 1)

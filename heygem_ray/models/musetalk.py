@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
-from heygem_ray.models.checkpoint import check_finite, check_keys, read_weights
+from heygem_ray.models.checkpoint import check_finite, check_keys, read_weights, unwrapped
 from heygem_ray.models.sizes import MUSETALK_CROP, MUSETALK_POSITIONS
 
 FILES = {
@@ -147,7 +147,7 @@ def _state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise InputError(f"{path}: not a state dict of tensors. {_FIX}", kind="bad_checkpoint")
-    return {(k.removeprefix("module.") if isinstance(k, str) else k): v for k, v in obj.items()}
+    return unwrapped(obj)
 
 
 def _renamed_legacy_attention(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
 from heygem_ray.features import MEL_STEP, N_MELS
-from heygem_ray.models.checkpoint import check_finite, check_keys, read_weights, weights_file
+from heygem_ray.models.checkpoint import check_finite, check_keys, read_weights, unwrapped, weights_file
 from heygem_ray.models.sizes import WAV2LIP_EMBED, WAV2LIP_FACE
 
 # MEL_STEP: mel columns per video frame (200 ms at 80 columns/s); N_MELS: mel bands.
@@ -46,7 +46,6 @@ FACE_SIZE = WAV2LIP_FACE  # side of the square face crop, pixels
 EMBED_DIM = WAV2LIP_EMBED  # channels of the audio embedding and of the face bottleneck
 
 _FIX = "Pass the public wav2lip.pth or wav2lip_gan.pth generator checkpoint, not the discriminator/expert."
-_DP_PREFIX = "module."  # added to every key by nn.DataParallel
 
 
 class ConvBlock(nn.Module):
@@ -267,7 +266,7 @@ def _extract_state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise InputError(f"{path}: not a state dict of tensors (found {type(obj).__name__}). {_FIX}",
                          kind="bad_checkpoint")
-    return {(k[len(_DP_PREFIX):] if k.startswith(_DP_PREFIX) else k): v for k, v in obj.items()}
+    return unwrapped(obj)
 
 
 def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Wav2Lip:
