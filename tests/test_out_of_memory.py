@@ -5,7 +5,8 @@ and what to lower. It is never called a bug in heygem-ray (``internal``), an enc
 Memory runs out for real here: a job run under an address-space limit (``RLIMIT_AS``) a little
 above what its process holds, where NumPy, OpenCV and PyTorch allocations fail as on a node
 whose memory is spent; an encoder started with too little memory for a 4K frame; and a
-decoding ffmpeg killed with SIGKILL from outside, as the kernel's out-of-memory killer does.
+decoding ffmpeg killed with SIGKILL from outside, as the kernel's out-of-memory killer does
+(which is told from another's SIGKILL by the node's count of OOM kills).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 
 from heygem_ray import media
 from heygem_ray.errors import InputError
-from heygem_ray.media.ffmpeg import memory_failure
+from heygem_ray.media.ffmpeg import oom_kills, outside_failure
 from tests.helpers.footage import lecture_clip
 from tests.helpers.media import make_excerpt
 
@@ -108,13 +109,13 @@ def test_an_encoder_short_of_memory_is_told_from_a_failed_encode(tmp_path):
 
     short = subprocess.run(encode, capture_output=True, preexec_fn=little_memory)
     assert short.returncode != 0
-    found = memory_failure("encoding out.mp4", short.returncode, short.stderr.decode())
+    found = outside_failure("encoding out.mp4", short.returncode, short.stderr.decode())
     assert isinstance(found, InputError) and found.kind == "out_of_memory", short.stderr.decode()
     assert found.message.startswith(f"encoding out.mp4: ffmpeg ran out of memory on node {platform.node()} "
                                     "(x264 [error]: malloc of size ")
     assert "--num-cpus" in found.message
     bad = subprocess.run([*encode[:-3], "-preset", "no-such-preset", "-y", str(out)], capture_output=True)
-    assert bad.returncode != 0 and memory_failure("encoding out.mp4", bad.returncode, bad.stderr.decode()) is None
+    assert bad.returncode != 0 and outside_failure("encoding out.mp4", bad.returncode, bad.stderr.decode()) is None
 
 
 def _children() -> set[int]:
@@ -122,12 +123,16 @@ def _children() -> set[int]:
             for pid in (task / "children").read_text().split()}  # fmt: skip
 
 
-def test_a_decoder_killed_from_outside_is_said_to_be_out_of_memory_not_unreadable(folder):
-    """A decoding ffmpeg ended by SIGKILL (the kernel's out-of-memory killer's signal) fails
-    the reference as out of memory, naming the signal and where to look; one this process
-    stops itself (a reader that stops early) is nothing of the kind."""
+def test_a_decoder_killed_from_outside_is_said_to_be_stopped_not_out_of_memory_nor_unreadable(folder):
+    """A decoding ffmpeg ended by SIGKILL from outside while the node counted no OOM kill
+    (the kernel's out-of-memory killer counts each in /proc/vmstat) fails the reference as
+    stopped by something else, naming the signal and the node: not out of memory (the old
+    guess from the signal alone), not an unreadable take. One this process stops itself (a
+    reader that stops early) is nothing of the kind."""
     info = media.probe_video(folder / "take.mp4")
     before = _children()
+    kills = oom_kills()
+    assert kills is not None  # Linux 4.13 on: the test's premise
     frames = media.iter_frames(info, pixel_format="yuv420p")
     next(frames)
     (decoder,) = _children() - before
@@ -135,12 +140,27 @@ def test_a_decoder_killed_from_outside_is_said_to_be_out_of_memory_not_unreadabl
     with pytest.raises(InputError) as raised:
         for _ in frames:
             pass
-    assert raised.value.kind == "out_of_memory"
+    assert oom_kills() == kills  # (no OOM kill anywhere on this machine meanwhile)
+    assert raised.value.kind == "stopped"
     assert raised.value.message.startswith(f"decoding the reference {info.path}: ffmpeg was killed (SIGKILL) on node ")
-    assert "'dmesg' on the node" in raised.value.message
+    assert "not by this job nor by the kernel's out-of-memory killer" in raised.value.message
+    assert raised.value.message.endswith("run the same manifest again to render this row")
     stopped = media.iter_frames(info, pixel_format="yuv420p")
     next(stopped)
     stopped.close()  # killed by its own reader: no error at all
+
+
+@pytest.mark.parametrize("counted", [True, None])
+def test_a_sigkill_is_out_of_memory_where_the_node_counted_an_oom_kill_or_cannot_say(counted):
+    """A SIGKILL while the node's OOM-kill count rose is the OOM killer's, said so; where
+    the count cannot be read (no /proc/vmstat), the signal alone is taken for it, as the
+    kernel's killer is what sends it unasked."""
+    found = outside_failure("encoding out.mp4", -signal.SIGKILL, "", counted)
+    assert found is not None and found.kind == "out_of_memory"
+    assert found.message.startswith(f"encoding out.mp4: ffmpeg was killed (SIGKILL) on node {platform.node()}, ")
+    said = "the node counted an OOM kill meanwhile" if counted else "'dmesg' on the node says whether it did"
+    assert said in found.message
+    assert outside_failure("encoding out.mp4", None, "", True) is None  # killed by this process: nothing to say
 
 
 def test_a_node_ray_finds_short_of_memory_ends_the_run_saying_so(tmp_path, examples):

@@ -130,13 +130,14 @@ _READ_REFUSED = (errno.EIO, errno.EACCES)
 
 def _failed(proc: FfmpegProcess, path: Path, what: str, unreadable: str, decoder: Decoder = "cpu") -> InputError:
     """Why ``proc``, decoding the ``what`` ("reference", "audio") ``path`` with ``decoder``,
-    failed: memory ran out (``out_of_memory``), the file went away after it was probed
+    failed: memory ran out (``out_of_memory``), something on the node killed ffmpeg
+    (``stopped``: ``FfmpegProcess.outside_failure``), the file went away after it was probed
     (moved or deleted: ``missing_file``), its storage refused the read on the CPU decoder
     (``storage``: ``_READ_REFUSED``); else ``unreadable_media`` (which analysis falls back to
     the CPU from, where NVDEC failed), ``unreadable`` its words ("{name}": the file,
     "{said}": ffmpeg's)."""
-    if (memory := proc.out_of_memory()) is not None:
-        return memory
+    if (outside := proc.outside_failure()) is not None:
+        return outside
     said = proc.stderr_tail()
     if not path.exists():
         return InputError(f"{what} {path} is gone: it was moved or deleted while the job read it ({said}); put it "

@@ -138,8 +138,8 @@ class VideoWriter:
         refused = storage_error_in(said, self.path.parent)  # ffmpeg could not write: a full disk, say
         if refused is not None:
             raise refused
-        if (memory := proc.out_of_memory()) is not None:
-            raise memory
+        if (outside := proc.outside_failure()) is not None:
+            raise outside
         if os.strerror(errno.ENOENT) in said and str(self.path.absolute()) in said:
             # Not the media's doing: the file ffmpeg writes, or its folder, went away (another
             # job's staging file may have made the folder again since).

@@ -235,6 +235,7 @@ class FfmpegProcess:
         self._drainer = threading.Thread(target=self._drain, name="ffmpeg-stderr", daemon=True)
         self._drainer.start()
         self._killed = False  # by this process (``close``)
+        self._oom_kills = oom_kills()  # the node's count when it started (``out_of_memory``)
 
     def _drain(self) -> None:
         for raw in self.popen.stderr or ():
@@ -312,17 +313,22 @@ class FfmpegProcess:
     def stderr_tail(self, lines: int = 5) -> str:
         return " | ".join(list(self._lines)[-lines:]) or "no message"
 
-    def out_of_memory(self) -> InputError | None:
-        """Once ffmpeg has failed: the ``out_of_memory`` error where it ended for want of
+    def outside_failure(self) -> InputError | None:
+        """Once ffmpeg has failed, why where the media is not the cause (``outside_failure``):
+        the ``out_of_memory`` error where it ended for want of
         memory, its own words saying so (x264's "malloc of size N failed", the system's
         "Cannot allocate memory"), or killed by a SIGKILL this process did not send (what
-        the kernel's out-of-memory killer sends); else None."""
+        the kernel's out-of-memory killer sends) while the node counted an OOM kill; where
+        the node counted none, the ``stopped`` error that says something else killed it;
+        else None."""
         try:
             rc = self.popen.wait(_REAP_S)
         except subprocess.TimeoutExpired:
             return None
         self._reap_stderr()
-        return memory_failure(self.task, None if self._killed else rc, "\n".join(self._lines))
+        now = oom_kills()
+        counted = None if now is None or self._oom_kills is None else now > self._oom_kills
+        return outside_failure(self.task, None if self._killed else rc, "\n".join(self._lines), counted)
 
     def wait(self) -> int:
         """Close our ends of the pipes, wait for ffmpeg to exit while it is working (else
@@ -368,18 +374,46 @@ class FfmpegProcess:
                     pass
 
 
-def memory_failure(task: str, returncode: int | None, stderr: str) -> InputError | None:
-    """The ``out_of_memory`` error of an ffmpeg that failed doing ``task`` for want of
+def outside_failure(task: str, returncode: int | None, stderr: str, oom_killed: bool | None = None) -> InputError | None:
+    """Why an ffmpeg failed where the cause is not the media: the ``out_of_memory`` error of an ffmpeg that failed doing ``task`` for want of
     memory, naming the line of its ``stderr`` that says so; or where a SIGKILL ended it
     (``returncode``; None where this process killed it), as the kernel's out-of-memory
-    killer does. None for any other failure."""
+    killer does, unless ``oom_killed`` is False: the node counted no OOM kill while it
+    ran (``oom_kills``), so something else on the node killed it, the ``stopped`` error
+    that says so. ``oom_killed`` None: the count could not be read. None for any other
+    failure."""
     node = platform.node()
     if returncode == -signal.SIGKILL:
-        return out_of_memory(f"{task}: ffmpeg was killed (SIGKILL) on node {node}, as the kernel kills the largest "
-                             "process of a node that ran out of memory ('dmesg' on the node says whether it did)")  # fmt: skip
+        if oom_killed is False:
+            return InputError(
+                f"{task}: ffmpeg was killed (SIGKILL) on node {node}, not by this job nor by the kernel's "
+                "out-of-memory killer (the node counted no OOM kill meanwhile): something else there stopped it (a "
+                "person, a process cleaner, the run cancelling this job); run the same manifest again to render this "
+                "row",
+                kind="stopped",
+            )
+        how = ("the kernel's out-of-memory killer did (the node counted an OOM kill meanwhile; 'dmesg' on the node "
+               "names the process)" if oom_killed else
+               "as the kernel kills the largest process of a node that ran out of memory ('dmesg' on the node says "
+               "whether it did)")  # fmt: skip
+        return out_of_memory(f"{task}: ffmpeg was killed (SIGKILL) on node {node}, {how}")
     said = next((line.strip() for line in stderr.splitlines() if says_out_of_memory(line)), None)
     if said is not None:
         return out_of_memory(f"{task}: ffmpeg ran out of memory on node {node} ({said})")
+    return None
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel's out-of-memory killer has killed on this node since it
+    started (``oom_kill`` in /proc/vmstat, Linux 4.13 on; a container's memory limit's kills
+    count too), or None where it cannot be read (another system, an older kernel)."""
+    try:
+        with open("/proc/vmstat", "rb") as stats:
+            for line in stats:
+                if line.startswith(b"oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
     return None
 
 

@@ -336,7 +336,7 @@ def _decoded_frames(
     if skip and rc == 0 and progress.get("progress") == "end" and frames == 0:
         return 0  # the take ends before its start
     if rc != 0 or frames == 0:
-        raise proc.out_of_memory() or InputError(
+        raise proc.outside_failure() or InputError(
             f"reference {path} could not be decoded ({proc.stderr_tail(3) if rc else 'no frames'}); "
             "re-export it (e.g. as H.264 MP4) or give a photo instead",
             kind="unreadable_media",
