@@ -636,6 +636,13 @@ def leftovers(dests: Iterable[Uri]) -> list[Uri]:
     return found
 
 
+def abandoned_writes(folder: Uri) -> list[Uri]:
+    """Every temporary key of a write into ``folder`` (``TMP_DIR``): for a folder only one
+    process writes (its lock held), what processes killed as they wrote left. One listing."""
+    temporary = re.compile(r".+\." + _TOKEN + re.escape(".tmp"))
+    return [u for u in list_files(folder / TMP_DIR) if isinstance(u, Uri) and temporary.fullmatch(u.name)]
+
+
 # -- internals ----------------------------------------------------------------------------
 
 _TOKEN = "[0-9a-f]{8}"  # what _token() returns, as a pattern

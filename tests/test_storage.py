@@ -354,6 +354,24 @@ def _child_env(s3_env: dict[str, str], cache_home: Path) -> dict[str, str]:
     return {**env, **s3_env, "XDG_CACHE_HOME": str(cache_home)}
 
 
+def test_a_run_into_a_bucket_deletes_the_rows_and_table_a_killed_run_left_half_uploaded(bucket):
+    """A run killed as it uploaded a row or its table leaves a temporary key, which a bucket
+    keeps (and bills) for ever: the next run into the prefix deletes them as it starts
+    (``resume.remove_leftovers``), and nothing else: not the rows kept, not the MP4s'
+    temporary keys (a job's own cleanup deletes those), not a key that only looks alike."""
+    out = bucket / "out"
+    half = [out / resume.PARTS_DIR / storage.TMP_DIR / "6a6f6231.parquet.0123abcd.tmp",
+            out / resume.PARTS_DIR / storage.TMP_DIR / "6a6f6232.parquet.4567cdef.tmp",
+            out / storage.TMP_DIR / "results.parquet.89ab0123.tmp"]  # fmt: skip
+    kept = [out / resume.PARTS_DIR / "6a6f6231.parquet", out / storage.TMP_DIR / "a.mp4.0123abcd.tmp",
+            out / resume.PARTS_DIR / storage.TMP_DIR / "notes.txt", out / "results.parquet"]  # fmt: skip
+    for key in half + kept:
+        storage.write_bytes(key, b"half a table")
+
+    resume.remove_leftovers(out)
+    assert set(_keys(bucket)) == {k.key.partition("/")[2] for k in kept}
+
+
 def test_s3_round_trip_manifest_and_media_in_a_bucket_mp4s_and_results_back(bucket, s3_env, tmp_path, examples):
     media_dir = tmp_path / "media"
     media_dir.mkdir()

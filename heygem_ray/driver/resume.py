@@ -171,17 +171,18 @@ _WRITING = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
 def remove_leftovers(output_dir: Location) -> None:
     """Delete what a killed run left of its rows and table half written in ``output_dir``
     (a process killed as it wrote one: a table of 100,000 rows is tens of MB). Only this run
-    writes them now: it holds the folder. In a bucket they were written elsewhere (a
-    temporary key, a local scratch file)."""
-    if not isinstance(output_dir, Path):
-        return
+    writes them now: it holds the folder. In a bucket they are temporary keys
+    (``storage.upload``), which a bucket keeps, and bills, until they are deleted."""
     try:
-        parts = output_dir / PARTS_DIR
-        stale = [p for p in parts.iterdir() if _WRITING.fullmatch(p.name)] if parts.is_dir() else []
-        stale += storage.staged_leftovers([output_dir / RESULTS_FILE], ".parquet.tmp")
-        for path in stale:
-            path.unlink(missing_ok=True)
-    except OSError as exc:
+        if isinstance(output_dir, Path):
+            parts = output_dir / PARTS_DIR
+            stale: list[Location] = [p for p in parts.iterdir() if _WRITING.fullmatch(p.name)] if parts.is_dir() else []
+            stale += storage.staged_leftovers([output_dir / RESULTS_FILE], ".parquet.tmp")
+        else:
+            stale = [*storage.abandoned_writes(output_dir / PARTS_DIR), *storage.leftovers([output_dir / RESULTS_FILE])]
+        for loc in stale:
+            storage.remove(loc)
+    except (OSError, HeygemError) as exc:
         log.warning("files a killed run left half written in %s were not removed (%s)", output_dir, exc)
 
 
