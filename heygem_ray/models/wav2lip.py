@@ -269,6 +269,18 @@ def _extract_state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
     return unwrapped(obj)
 
 
+def _training_network(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """Which of the networks Wav2Lip's release trains its generator with ``sd`` holds, in
+    words, or None: the lip-sync expert (SyncNet: ``face_encoder`` and ``audio_encoder``
+    stacks, no decoder), or the visual quality discriminator (the generator's face encoder
+    with a ``binary_pred`` head). Both come with the generator's files, by name alike."""
+    if any(k.startswith("face_encoder.") for k in sd) and not any(k.startswith("face_decoder_blocks.") for k in sd):
+        return "Wav2Lip's lip-sync expert discriminator (SyncNet, lipsync_expert.pth)"
+    if any(k.startswith("binary_pred.") for k in sd):
+        return "Wav2Lip's visual quality discriminator (visual_quality_disc.pth)"
+    return None
+
+
 def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Wav2Lip:
     """Build the generator from a public checkpoint; returned in eval mode on ``map_location``.
 
@@ -278,6 +290,9 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
     path = weights_file(path, "checkpoint", _FIX)
     sd = _extract_state_dict(path, read_weights(path, _FIX, map_location=map_location))
     model = Wav2Lip()
+    if (other := _training_network(sd)) is not None:
+        raise InputError(f"{path} is {other}, which trains the generator and cannot render. {_FIX}",
+                         kind="bad_checkpoint")
     check_keys(sd, model, f"{path} is not a Wav2Lip generator checkpoint", _FIX)
     check_finite(sd, str(path), _FIX)
     model.load_state_dict(sd, strict=True)

@@ -170,6 +170,26 @@ def test_many_bad_keys_are_counted(tmp_path) -> None:
     assert len(msg) < 2000
 
 
+@pytest.mark.parametrize(("keys", "named"), [
+    # Wav2Lip's SyncNet_color: two nn.Sequential stacks of Conv2d blocks, no decoder.
+    (["face_encoder.0.conv_block.0.weight", "face_encoder.0.conv_block.1.running_mean",
+      "audio_encoder.0.conv_block.0.weight"], "lip-sync expert discriminator (SyncNet, lipsync_expert.pth)"),
+    # Wav2Lip_disc_qual: the generator's face encoder, then a 1-channel head.
+    (["face_encoder_blocks.0.0.conv_block.0.weight", "binary_pred.0.weight", "binary_pred.0.bias"],
+     "visual quality discriminator (visual_quality_disc.pth)"),
+])  # fmt: skip
+def test_a_discriminator_from_wav2lips_release_is_named_as_what_it_is(tmp_path, keys, named) -> None:
+    """The release hands out its two training networks beside the generator, in the same
+    format: either, given as the checkpoint, is named (not refused with a key list)."""
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": {f"module.{k}": torch.zeros(2, 2) for k in keys}, "global_step": 1}, path)
+    with pytest.raises(InputError) as err:
+        load(path)
+    assert err.value.kind == "bad_checkpoint"
+    assert err.value.message.startswith(f"{path} is Wav2Lip's {named}, which trains the generator and cannot render. ")
+    assert "missing key" not in err.value.message
+
+
 def test_missing_and_unreadable_files(tmp_path) -> None:
     with pytest.raises(InputError) as err:
         load(tmp_path / "nope.pth")
