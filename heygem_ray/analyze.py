@@ -12,6 +12,8 @@ take unsearched, the error names the start at which the presenter comes in.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
@@ -117,7 +119,7 @@ def analyze(
             with storage_errors(cache_dir):  # a full or read-only cache: the user's to fix
                 try:
                     _build(info, geometry, detector, tmp, limits.max_reference_pixels)
-                    os.replace(tmp, root)
+                    _put_in_place(tmp, root, cache_dir / f".{key}.{uuid.uuid4().hex}.damaged")
                 except FileNotFoundError as exc:
                     if os.path.lexists(tmp):
                         raise
@@ -134,6 +136,21 @@ def analyze(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return Template.open(root), False
+
+
+def _put_in_place(built: Path, root: Path, aside: Path) -> None:
+    """Rename the template ``built`` to ``root``. A folder found there (made while it was
+    built, by a job that held the template set aside open and wrote into its path) is no
+    whole template: it is set aside to ``aside``, as a damaged one is, and the rename made."""
+    try:
+        os.replace(built, root)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        log.warning("%s was made while its template was built: set aside, and the template put in its place", root)
+        with contextlib.suppress(FileNotFoundError):  # (gone again meanwhile)
+            set_aside(root, aside)
+        os.replace(built, root)
 
 
 def _seen_later(exc: InputError, info: media.VideoInfo, detector: DetectorConfig) -> InputError:

@@ -379,7 +379,8 @@ def write_bytes(dest: Location, data: bytes | memoryview) -> None:
             tmp.write_bytes(data)
             os.replace(tmp, dest)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (a read-only file system refuses this too: its error is said above)
+            tmp.unlink(missing_ok=True)
 
 
 def allocate(path: Path) -> None:

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -362,3 +364,16 @@ def test_rows_failed_at_once_are_merged_from_the_run_not_from_an_earlier_part_fi
     assert [table[j]["error_kind"] for j in ("first", "second", "third")] == ["missing_file", "missing_file", "stopped"]
     assert (table["second"]["status"], table["second"]["frames"], table["second"]["attempts"]) == ("failed", 0, 0)
     assert table["second"]["error"] == at_once.error
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 64), (64, 1)])
+def test_a_reference_a_pixel_wide_or_high_is_no_face_saying_its_size(tmp_path, size) -> None:
+    """Frames are cut to even sizes, which leaves nothing of a 1-pixel side: the probe says
+    the reference is too small to hold a face, where decoding it failed as a bug."""
+    width, height = size
+    photo = tmp_path / "tiny.png"
+    cv2.imwrite(str(photo), np.full((height, width, 3), 128, np.uint8))
+    with pytest.raises(InputError) as caught:
+        media.probe_video(photo)
+    assert caught.value.kind == "no_face"
+    assert caught.value.message.startswith(f"reference {photo} is {width}×{height} pixels: too small to hold a face")

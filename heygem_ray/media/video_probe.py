@@ -497,6 +497,12 @@ def _probe_video(
     if sample_aspect != 1:  # shown in square pixels: the stored width, drawn wider or narrower
         width = round(width / sample_aspect if rotation % 180 else width * sample_aspect)
         check_reference_size(path, width, height, max_pixels=max_pixels)  # as yielded
+    if width < 2 or height < 2:  # (its frames are cut to even sizes: nothing would be left)
+        raise InputError(
+            f"reference {path} is {width}×{height} pixels: too small to hold a face; give a video or photo in which "
+            "the presenter's face is at least 40 pixels wide",
+            kind="no_face",
+        )
     return VideoInfo(
         path=path,
         width=width - width % 2,

@@ -4,9 +4,9 @@ its reference sets it aside and builds it again."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from heygem_ray import storage
 from heygem_ray.errors import InputError
 
 # The file a template found damaged while it was read holds (why): the next analysis of
@@ -18,12 +18,39 @@ class DamagedTemplate(Exception):
     """A cached template that is not whole: which file, and what is wrong with it."""
 
 
-def damaged_while_read(root: Path, why: str) -> InputError:
-    """The error for a template found damaged while read; the template is marked for the
-    next analysis of its reference to build again (where the cache can be written)."""
+def damaged_while_read(store: Path, opened: os.stat_result, why: str) -> InputError:
+    """The error for a template found damaged while its frame store ``store`` was read (the
+    file ``opened``, as it was opened); the template is marked for the next analysis of its
+    reference to build again (where the cache can be written). Only the folder this job
+    read is marked: one another job has set aside and built again meanwhile, or removed,
+    is left as it is (marking it would throw a whole one away), and the mark never makes a
+    folder that is gone."""
+    root = store.parent
     try:
-        storage.write_bytes(root / DAMAGED_FILE, why.encode())
-        fix = "it is analysed again the next time a job uses this reference: run the same manifest again"
+        folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
-        fix = "delete that folder and run again to rebuild it"
+        return _damaged(root, why, "it is analysed again the next time a job uses this reference: run the same "
+                                   "manifest again")  # fmt: skip
+    try:
+        now = os.stat(store.name, dir_fd=folder)
+        if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+            return _damaged(root, why, "another job found it so and analysed the reference again meanwhile: run "
+                                       "the same manifest again")  # fmt: skip
+        mark = os.open(DAMAGED_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=folder)
+        try:
+            os.write(mark, why.encode())
+        finally:
+            os.close(mark)
+    except FileNotFoundError:  # set aside or removed meanwhile, and another built in its place
+        return _damaged(root, why, "it is analysed again the next time a job uses this reference: run the same "
+                                   "manifest again")  # fmt: skip
+    except OSError:  # a cache this user cannot write (read-only, another's, full)
+        return _damaged(root, why, "delete that folder and run again to rebuild it")
+    finally:
+        os.close(folder)
+    return _damaged(root, why, "it is analysed again the next time a job uses this reference: run the same manifest "
+                               "again")  # fmt: skip
+
+
+def _damaged(root: Path, why: str, fix: str) -> InputError:
     return InputError(f"template {root} is damaged ({why}); {fix}", kind="bad_template")

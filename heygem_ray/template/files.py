@@ -102,6 +102,9 @@ class Template:
     scaled_from: tuple[int, int] | None
     store: FrameStore = field(repr=False, compare=False)
     crop_array: np.ndarray = field(repr=False, compare=False)  # (frames, S, S, 3) uint8 BGR, mapped
+    # faces.npz's arrays (``track``), read when it was opened: the folder may be set aside
+    # and built again while a job holds it open, and reads on from what it opened.
+    faces: dict[str, np.ndarray] = field(repr=False, compare=False)
 
     @classmethod
     def open(cls, root: Path) -> Template:
@@ -117,7 +120,7 @@ class Template:
         points = _array(root, "points.npy", (n, 5, 2), "f")
         stored = _stored(root, n)
         offsets = _array(root, "offsets.npy", ((n if stored is None else int(stored[-1]) + 1) + 1,), "i")
-        _faces(root, n)
+        faces = _faces(root, n)
         store = FrameStore(_existing(root / "frames.bin"), offsets, meta["width"], meta["height"], stored)
         try:
             crops = _array(root, "crops.npy", (n, None, None, 3), "u", mmap=True)
@@ -128,7 +131,7 @@ class Template:
                    is_image=meta["is_image"], boxes=boxes, present=present, points=points,
                    decoder=meta["decoder"], source_colour=meta["source_colour"], cut=meta["cut"],
                    start=meta["start"], own_fps=meta["own_fps"], scaled_from=meta["scaled_from"], store=store,
-                   crop_array=crops)  # fmt: skip
+                   crop_array=crops, faces=faces)  # fmt: skip
 
     def close(self) -> None:
         self.store.close()
@@ -140,12 +143,13 @@ class Template:
         self.close()
 
     def track(self) -> FaceTrack:
-        """The presenter's face track the crop boxes were cut along (``faces.npz``)."""
-        with np.load(self.root / FACES_FILE) as saved:
-            return FaceTrack(
-                boxes=saved["boxes"], present=self.present, detected=saved["detected"], mouths=saved["mouths"],
-                chins=saved["chins"], looks=saved["looks"], others=saved["others"],
-            )  # fmt: skip
+        """The presenter's face track the crop boxes were cut along (``faces.npz``, as read
+        when the template was opened)."""
+        faces = self.faces
+        return FaceTrack(
+            boxes=faces["boxes"], present=self.present, detected=faces["detected"], mouths=faces["mouths"],
+            chins=faces["chins"], looks=faces["looks"], others=faces["others"],
+        )  # fmt: skip
 
     def crops(self, index: np.ndarray) -> np.ndarray:
         """Reference frame indices (k,) → (k, S, S, 3) uint8 BGR crops."""
@@ -227,18 +231,19 @@ def _fits(shape: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
     return len(shape) == len(want) and all(w is None or s == w for s, w in zip(shape, want, strict=True))
 
 
-def _faces(root: Path, n: int) -> None:
-    """Check ``faces.npz`` (``save_faces``) for a track of ``n`` frames."""
+def _faces(root: Path, n: int) -> dict[str, np.ndarray]:
+    """``faces.npz`` (``save_faces``), checked for a track of ``n`` frames: its arrays."""
     rows = {"boxes": (n, 4), "detected": (n,), "mouths": (n, 2), "chins": (n,), "looks": (n, len(LOOKS)),
             "others": (None, 5)}  # fmt: skip
     try:
         with np.load(_existing(root / FACES_FILE)) as saved:
-            found = {key: saved[key].shape for key in rows}
+            found = {key: saved[key] for key in rows}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise DamagedTemplate(f"{FACES_FILE} does not load ({type(exc).__name__}: {exc})") from exc
     for key, shape in rows.items():
-        if not _fits(found[key], shape):
-            raise DamagedTemplate(f"{FACES_FILE} holds {key} of shape {found[key]}, where {shape} belongs")
+        if not _fits(found[key].shape, shape):
+            raise DamagedTemplate(f"{FACES_FILE} holds {key} of shape {found[key].shape}, where {shape} belongs")
+    return found
 
 
 FACES_FILE = "faces.npz"

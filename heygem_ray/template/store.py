@@ -77,7 +77,8 @@ class FrameStore:
         self._lock = threading.Lock()
         self._file = open(path, "rb", buffering=0)  # closed by close()
         try:
-            held = os.fstat(self._file.fileno()).st_size
+            self._opened = os.fstat(self._file.fileno())  # which file: the folder may be replaced meanwhile
+            held = self._opened.st_size
             if held != int(offsets[-1]):
                 raise DamagedTemplate(f"{path.name} holds {held:,} bytes, not the {int(offsets[-1]):,} of its frames")
         except BaseException:
@@ -109,7 +110,7 @@ class FrameStore:
             return _decompress(data, self._codec, self._shape)
         except OSError as exc:  # pyarrow raises it for bytes that do not decompress
             why = f"frame {j} does not decompress: {exc}"
-            raise damaged_while_read(self.path.parent, why) from exc
+            raise damaged_while_read(self.path, self._opened, why) from exc
 
     def close(self) -> None:
         self._file.close()

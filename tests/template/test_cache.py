@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from heygem_ray import analyze as analyze_module
 from heygem_ray import media, storage
 from heygem_ray.analyze import analyze
 from heygem_ray.cli import app
@@ -238,6 +239,100 @@ def test_a_frame_damaged_inside_fails_once_and_the_next_analysis_builds_it_again
     with Template.open(_root(built)) as original:
         (want,) = original.read_i420(np.array([3]))
     assert np.array_equal(frame, want)
+
+
+def _damage_frame(root: Path, frame: int) -> None:
+    """Overwrite stored frame ``frame``'s bytes in place (the same file: jobs that hold it open see it)."""
+    offsets = np.load(root / "offsets.npy")
+    with open(root / "frames.bin", "r+b") as f:
+        f.seek(int(offsets[frame]))
+        f.write(bytes(int(offsets[frame + 1] - offsets[frame])))
+
+
+def test_jobs_still_reading_a_damaged_template_leave_the_one_built_again_whole(built, cache, examples):
+    """Three jobs have a template open when a frame of it is found damaged: the first to
+    read it marks it, the next analysis sets it aside and builds it again, and the other
+    two, reading the frame later from the folder set aside, fail their rows without
+    marking the template now at its path (each such mark threw a whole template away
+    and had the reference analysed again, once per job), saying another job analysed it
+    again. While it was being built, no such job made its folder again."""
+    first, _ = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    later = [analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)[0] for _ in range(2)]
+    root = first.root
+    _damage_frame(root, 3)
+    with first, pytest.raises(InputError):
+        list(first.read_i420(np.array([3])))
+    assert (root / DAMAGED_FILE).is_file()
+
+    built_while_read = []
+    real_build = analyze_module._build
+
+    def build_while_a_job_reads(*args, **kw):  # a job reads the frame while the template is rebuilt
+        real_build(*args, **kw)
+        with pytest.raises(InputError) as caught:
+            list(later[0].read_i420(np.array([3])))
+        built_while_read.append((caught.value.message, root.exists()))
+
+    analyze_module._build = build_while_a_job_reads
+    try:
+        rebuilt, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    finally:
+        analyze_module._build = real_build
+    rebuilt.close()
+    assert not cached
+    (message, made_again), = built_while_read
+    assert not made_again and "analysed again the next time a job uses this reference" in message
+
+    with later[1], pytest.raises(InputError) as caught:
+        list(later[1].read_i420(np.array([3])))
+    later[0].close()
+    assert caught.value.kind == "bad_template"
+    assert "another job found it so and analysed the reference again meanwhile" in caught.value.message
+    assert not (root / DAMAGED_FILE).exists()
+    again, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    again.close()
+    assert cached  # the template built again is whole, and kept
+
+
+def test_a_folder_made_at_a_templates_path_while_it_is_built_is_set_aside(cache, examples, caplog):
+    """A job holding a template set aside open may write into its path while the template
+    is built again (a cache of its reference stage): the rename of the new template finds a
+    folder there. That folder is set aside, with a warning, and the template put in place,
+    where the row failed as a bug in heygem-ray (ENOTEMPTY) and the build was thrown away."""
+    root = _root(cache)
+    (root / "boxes.npy").unlink()  # damaged: set aside and built again
+    real_build = analyze_module._build
+
+    def build_then_intrude(*args, **kw):
+        real_build(*args, **kw)
+        root.mkdir()
+        (root / "reference-0123.done").write_bytes(b"written by a job holding the old template")
+
+    analyze_module._build = build_then_intrude
+    try:
+        with caplog.at_level(logging.WARNING):
+            rebuilt, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    finally:
+        analyze_module._build = real_build
+    rebuilt.close()
+    assert not cached and not (root / "reference-0123.done").exists()
+    assert f"{root} was made while its template was built: set aside" in caplog.text
+    again, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    again.close()
+    assert cached
+
+
+def test_a_job_holding_a_template_set_aside_still_reads_its_face_track(cache, examples):
+    """The reference checks read the presenter's track after analysis let the template go:
+    from what was opened, where a folder set aside meanwhile failed the row as a bug."""
+    held, _ = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    with held:
+        want = held.track()
+        template_cache.set_aside(held.root, cache / ".aside")
+        assert not held.root.exists()
+        track = held.track()
+    assert np.array_equal(track.boxes, want.boxes) and np.array_equal(track.looks, want.looks)
+    assert track.boxes.shape == (held.frames, 4)
 
 
 def test_a_job_reading_a_template_reads_on_while_another_job_replaces_it(built, cache, examples):
