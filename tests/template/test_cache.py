@@ -294,6 +294,21 @@ def test_jobs_still_reading_a_damaged_template_leave_the_one_built_again_whole(b
     assert cached  # the template built again is whole, and kept
 
 
+def test_a_damaged_frame_in_a_cache_that_cannot_be_written_says_to_delete_the_template(cache, examples):
+    """Where the mark cannot be written (a cache mounted read-only, another user's), the
+    row says the template is damaged and to delete its folder: not a permission error on a
+    temporary file, which named neither."""
+    root = _root(cache)
+    _damage_frame(root, 3)
+    template, _ = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    with template, read_only(root), pytest.raises(InputError) as caught:
+        list(template.read_i420(np.array([3])))
+    assert caught.value.kind == "bad_template"
+    assert caught.value.message.startswith(f"template {root} is damaged (frame 3 does not decompress")
+    assert caught.value.message.endswith("; delete that folder and run again to rebuild it")
+    assert not (root / DAMAGED_FILE).exists()
+
+
 def test_a_folder_made_at_a_templates_path_while_it_is_built_is_set_aside(cache, examples, caplog):
     """A job holding a template set aside open may write into its path while the template
     is built again (a cache of its reference stage): the rename of the new template finds a
