@@ -231,6 +231,16 @@ def acquire(
         ) from exc
 
 
+def holder(where: Location, stale_after_s: float = STALE_AFTER_S) -> Held | None:
+    """The live holder of the lock at ``where``, read without taking it (``heygem-ray status``
+    asks whether a run is going on); None where the lock is free, or stale (its holder
+    stopped: its process on this machine ended, or its heartbeat is ``stale_after_s`` old)."""
+    seen = _store(where).read()
+    if seen is None or _stale(seen, stale_after_s) is not None:
+        return None
+    return _held(where, seen)
+
+
 def _acquire(store: _Store, where: Location, me: Holder, stale_after_s: float, heartbeat_s: float) -> Lease | Held:
     seen: _Record | None = None
     why = ""

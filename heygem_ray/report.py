@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 import os
 import posixpath
 from collections import Counter
@@ -45,13 +46,16 @@ import cv2
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from heygem_ray import storage
+from heygem_ray import locks, storage
 from heygem_ray.config import DetectorConfig
+from heygem_ray.driver.hold import RUN_LOCK
 from heygem_ray.driver.resume import PARTS_DIR
-from heygem_ray.errors import InputError
+from heygem_ray.errors import HeygemError, InputError
 from heygem_ray.results import RESULTS_FILE, SCHEMA, JobResult
 from heygem_ray.steps import TIMED
 from heygem_ray.storage import Location, Uri
+
+log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 SLOWEST = 5  # jobs listed as the slowest
@@ -79,6 +83,9 @@ class Run:
     state: RunState  # complete: results.parquet is the newest word on every row
     newer_parts: int  # rows taken from part files newer than results.parquet (a later, unfinished run)
     updated: datetime  # when the newest file read was written (local time)
+    # The run that holds the folder now (its lock's holder, ``locks.Held.describe``); "": no
+    # run is going on there; None: not known (its lock could not be read: ``running_now``).
+    running: str | None = None
 
 
 def load_run(output_dir: Location) -> Run:
@@ -121,7 +128,22 @@ def load_run(output_dir: Location) -> Run:
         state="complete" if table_mtime >= 0 and newer == 0 else "unfinished",
         newer_parts=newer if table_mtime >= 0 else 0,
         updated=datetime.fromtimestamp(newest / 1e9),
+        running=running_now(output_dir),
     )
+
+
+def running_now(output_dir: Location) -> str | None:
+    """Who runs into ``output_dir`` now, as its run lock's record says (``hold.RUN_LOCK``),
+    or "" where no live run holds it. A lock that cannot be read (a folder this user may
+    not write, whose lock cannot be opened to be locked; a bucket out of reach for a moment)
+    says nothing either way: None."""
+    try:
+        held = locks.holder(output_dir / RUN_LOCK)
+    except (OSError, HeygemError) as exc:
+        log.info("could not read the run lock of %s (%s): whether a run is going on there is not known", output_dir,
+                 exc)  # fmt: skip
+        return None
+    return "" if held is None else held.describe()
 
 
 def _read(path: Location) -> list[JobResult]:
@@ -187,6 +209,7 @@ class Summary:
     state: RunState
     newer_parts: int
     updated: datetime
+    running: str | None  # the run going on there now (``Run.running``)
     total: int  # rows
     ok: int
     failed: int
@@ -238,6 +261,7 @@ def summarize(run: Run) -> Summary:
         state=run.state,
         newer_parts=run.newer_parts,
         updated=run.updated,
+        running=run.running,
         total=len(rs),
         ok=len(done),
         failed=len(failed),
@@ -319,14 +343,27 @@ def _count(values: Iterable[str | None]) -> dict[str, int]:
 
 
 def describe_state(s: Summary) -> str:
+    """Whether the folder's rows are final, and whether a run is going on there (its run
+    lock's live holder) or the last one stopped before it wrote its table (where the lock
+    could be read: ``Run.running``)."""
     when = s.updated.strftime("%Y-%m-%d %H:%M:%S")
+    going = f"a run is going on: {s.running}" if s.running else ""
     if s.state == "complete":
-        return f"complete ({RESULTS_FILE} written {when})"
+        return f"complete ({RESULTS_FILE} written {when})" + (f"; {going}" if going else "")
+    stopped = s.running == ""
     if s.newer_parts:
-        return (
-            f"unfinished: a later run into this folder is going on or was stopped; {s.newer_parts} row(s) "
-            f"are newer than {RESULTS_FILE} (last written {when})"
-        )
+        newer = f"{s.newer_parts} row(s) are newer than {RESULTS_FILE} (last written {when})"
+        if going:
+            return f"unfinished: {going}; {newer}"
+        if stopped:
+            return (f"unfinished: a later run into this folder stopped before it wrote its table (no run holds the "
+                    f"folder); {newer}. Rerunning the same command finishes it")  # fmt: skip
+        return f"unfinished: a later run into this folder is going on or was stopped; {newer}"
+    if going:
+        return f"unfinished: {going}; no {RESULTS_FILE} yet, rows of the jobs that ended so far (last written {when})"
+    if stopped:
+        return (f"unfinished: the run stopped before it wrote {RESULTS_FILE} (no run holds the folder); rows of the "
+                f"jobs that ended (last written {when}). Rerunning the same command finishes it")  # fmt: skip
     return (
         f"unfinished: no {RESULTS_FILE} yet, so the run is still going or was stopped; "
         f"rows of the jobs that ended so far (last written {when}). Rerunning the same command finishes it"

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import re
 import shutil
+import socket
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -19,9 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from heygem_ray import RenderConfig, RunConfig, media, report, submit
+from heygem_ray import RenderConfig, RunConfig, locks, media, report, submit
 from heygem_ray.cli import app
 from heygem_ray.config import DetectorConfig
+from heygem_ray.driver.hold import RUN_LOCK
 from heygem_ray.driver.resume import PARTS_DIR
 from heygem_ray.restore.inputs import side_by_side
 from heygem_ray.results import RESULTS_FILE, JobResult, write_results
@@ -274,6 +276,13 @@ def test_a_link_to_an_output_elsewhere_is_a_file_url_never_another_scheme(tmp_pa
     assert href == (Path.cwd() / "javascript:alert(1)").as_uri()
 
 
+def _ended_pid() -> int:
+    """The pid of a process of this machine that has ended."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
 def test_an_unfinished_run_is_read_from_its_part_files(run_dir, tmp_path):
     """As a killed (or still running) driver leaves it: part files, no results.parquet."""
     parts = sorted((run_dir / PARTS_DIR).glob("*.parquet"))
@@ -285,7 +294,21 @@ def test_an_unfinished_run_is_read_from_its_part_files(run_dir, tmp_path):
         shutil.copy(p, killed / PARTS_DIR / p.name)
     got = runner.invoke(app, ["status", str(killed)])
     assert got.exit_code == 1, got.output
-    assert "state     unfinished: no results.parquet yet" in got.stdout
+    assert ("state     unfinished: the run stopped before it wrote results.parquet (no run holds the folder); rows of "
+            "the jobs that ended") in got.stdout  # fmt: skip
+    assert "Rerunning the same command finishes it" in got.stdout
+    # While a run holds the folder (its lock, live), it is said to be going on, and by whom.
+    with locks.acquire(killed / RUN_LOCK, "run 3f2a1c of /data/m.csv") as lease:
+        going = runner.invoke(app, ["status", str(killed)])
+        assert isinstance(lease, locks.Lease)
+    assert (f"state     unfinished: a run is going on: pid {os.getpid()} on {socket.gethostname()} (run 3f2a1c of "
+            "/data/m.csv) since ") in going.stdout  # fmt: skip
+    assert "last heartbeat 0 s ago; no results.parquet yet" in going.stdout
+    # A lock its holder left when it was killed (its process on this machine has ended): stopped.
+    (killed / RUN_LOCK).write_bytes(
+        dataclasses.replace(locks.Holder.me("run 3f2a1c of /data/m.csv"), pid=_ended_pid()).encode()
+    )
+    assert "the run stopped before it wrote" in runner.invoke(app, ["status", str(killed)]).stdout
     assert "rows      2: 1 ok, 1 failed, 0 skipped" in got.stdout
     page = report.write_report(killed).read_text()
     assert "unfinished" in page and set(_articles(page)) == {"talk", "gone"}
