@@ -43,6 +43,7 @@ from heygem_ray.template.cache import (
     remember_failure,
     remove_leftovers,
     set_aside,
+    tag,
     template_key,
 )
 from heygem_ray.template.damage import DamagedTemplate
@@ -89,6 +90,7 @@ def analyze(
     root = cache_dir / key
     if not os.access(cache_dir, os.W_OK):
         return _read_only(video, cache_dir, root, limits), True
+    tag(cache_dir)
     with storage.file_lock(lock_path(cache_dir, key)):
         with storage_errors(cache_dir):
             remove_leftovers(cache_dir, key)

@@ -6,6 +6,7 @@ import collections
 import contextlib
 import faulthandler
 import itertools
+import math
 import shutil
 import signal
 import sys
@@ -604,6 +605,10 @@ def cache_list(
 
     folder = cache_dir or default_cache_dir()
     try:
+        if cache_dir is not None and not folder.is_dir():  # (the default is made by the first analysis)
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise InputError(f"the template cache {folder} {what}: give the --cache-dir the runs use",
+                             kind="bad_argument")  # fmt: skip
         entries = scan(folder)
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -631,9 +636,12 @@ def cache_prune(
     from heygem_ray.template.cache import prune
 
     folder = cache_dir or default_cache_dir()
-    if unused_days < 0:
-        print("error: --unused-days must be 0 or more", file=sys.stderr)
+    if not math.isfinite(unused_days) or unused_days < 0:
+        print("error: --unused-days must be a number of days, 0 or more", file=sys.stderr)
         raise typer.Exit(2)
+    if cache_dir is None and not folder.exists():
+        print(f"nothing to prune: no analysis has made {folder} yet")
+        return
     try:
         removed, busy = prune(
             folder, unused_days * 86400, dry_run=dry_run,
@@ -653,7 +661,12 @@ def cache_prune(
 
 def _cache_line(e: Entry) -> str:
     used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
-    what = "left by a killed build" if e.leftover else f"v{e.version if e.version is not None else '?'} {e.source or '(unreadable meta.json)'}"
-    if e.size and not e.leftover:
-        what += f" ({e.size})"
+    if e.leftover:
+        what = "being built" if e.busy and e.path.suffix == ".tmp" else "left by a killed build"
+    else:
+        what = f"v{e.version if e.version is not None else '?'} {e.source or '(unreadable meta.json)'}"
+        if e.size:
+            what += f" ({e.size})"
+        if e.busy:
+            what += ", in use"
     return f"{e.path}  {storage.readable_size(e.bytes)}  used {used}  {what}"

@@ -25,6 +25,7 @@ cron or a hand beside it, waits for the first, then finds what is left.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -190,8 +191,19 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-# A template's folder: its key (``template_key``).
+# A template's folder: its key (``template_key``); what a build of it left beside it: the
+# key, a random hex name, and what it is (``LEFTOVER_SUFFIXES``).
 _KEY = re.compile(r"[0-9a-f]{32}")
+_LEFTOVER = re.compile(r"\.([0-9a-f]{32})\.[0-9a-f]{32}(" + "|".join(re.escape(x) for x in LEFTOVER_SUFFIXES) + ")")
+# What the cache remembers (``HASHES_DIR``: a hash's name; ``FAILURES_DIR``: a key's).
+_MEMO = {HASHES_DIR: re.compile(r"[0-9a-f]{32}"), FAILURES_DIR: re.compile(r"[0-9a-f]{32}\.json")}
+# The cache's tag (the Cache Directory Tagging Specification's: backup tools skip the
+# folder), written where an analysis builds (``tag``): what tells ``prune`` that a folder is
+# a template cache, never a folder of other files given by mistake.
+TAG_FILE = "CACHEDIR.TAG"
+_TAG = (b"Signature: 8a477f597d28d172789f06886806bc55\n"
+        b"# A heygem-ray template cache (analysed references): 'heygem-ray cache list' shows it.\n")  # fmt: skip
+_TAG_MARK = b"heygem-ray template cache"  # (another program's tag does not make a folder ours)
 # Held by a prune for all its work: another's would find the templates the first was
 # removing, their keys' locks held, and call them in use.
 PRUNE_LOCK = ".prune.lock"
@@ -208,6 +220,7 @@ class Entry:
     source: str  # the reference it was analysed from, as meta.json names it ("" where unread)
     version: int | None  # its TEMPLATE_VERSION (None where unread)
     leftover: bool  # a killed build's folder, or a template set aside and not yet removed
+    busy: bool = False  # its key's lock was held when scanned: being built (a leftover), or being opened
     # Its frames' size, "1920×1080", "scaled from 3840×2160" where --max-resolution made it
     # smaller than its reference, and "first 300 s" where --reference-seconds cut the take,
     # "from 90 s" where --reference-start skipped its opening ("300 s from 90 s": both)
@@ -215,22 +228,76 @@ class Entry:
     size: str = ""
 
 
+def tag(cache_dir: Path) -> None:
+    """Tag ``cache_dir`` as a template cache (``TAG_FILE``) where it is not yet (a cache
+    this process cannot write is left as it is)."""
+    if not (cache_dir / TAG_FILE).exists():
+        with suppress(OSError, InputError):
+            storage.write_bytes(cache_dir / TAG_FILE, _TAG)
+
+
+def check_cache(cache_dir: Path) -> None:
+    """Raise ``bad_argument`` unless ``cache_dir`` is a template cache: a folder tagged so
+    (``tag``), or one an earlier version made (untagged), holding a template. ``prune``
+    removes only what a cache holds, but a folder of other files given by mistake (a typo in
+    a cron line) is refused whole."""
+    if not cache_dir.is_dir():
+        what = "is not a folder" if cache_dir.exists() else "does not exist"
+        raise InputError(f"the template cache {cache_dir} {what}: give the --cache-dir the runs use", kind="bad_argument")
+    with suppress(OSError):
+        if _TAG_MARK in (cache_dir / TAG_FILE).read_bytes()[: len(_TAG)]:
+            return
+    with storage_errors(cache_dir):
+        if any(not e.leftover and e.version is not None for e in scan(cache_dir)):
+            return
+    raise InputError(
+        f"{cache_dir} is not a heygem-ray template cache (no {TAG_FILE} of one, and no analysed reference in it): "
+        "nothing there is removed; give the --cache-dir the runs use",
+        kind="bad_argument",
+    )
+
+
 def scan(cache_dir: Path) -> list[Entry]:
     """Every template and leftover in ``cache_dir``, least recently used first (none where
-    there is no such folder)."""
+    there is no such folder). A template is a folder named as a key holding its meta.json
+    or beside its key's lock; a leftover is named as a build names one, beside its key's
+    lock: nothing else in the folder is taken for either."""
     if not cache_dir.is_dir():
         return []
     entries = []
     with storage_errors(cache_dir):
         for path in cache_dir.iterdir():
-            key = path.name.split(".")[1] if path.name.startswith(".") and path.name.count(".") >= 2 else path.name
-            leftover = path.suffix in LEFTOVER_SUFFIXES and path.name.startswith(".")
-            if not _KEY.fullmatch(key) or not (leftover or path.is_dir()):
+            if found := _LEFTOVER.fullmatch(path.name):
+                key, leftover = found[1], True
+            elif _KEY.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+                key, leftover = path.name, False
+            else:
+                continue
+            if not lock_path(cache_dir, key).exists() and (leftover or not (path / "meta.json").is_file()):
                 continue
             source, version, size = _made_from(path)
             entries.append(Entry(path=path, key=key, bytes=_size(path), last_used=_mtime(path), source=source,
-                                 version=version, leftover=leftover, size=size))  # fmt: skip
+                                 version=version, leftover=leftover, size=size,
+                                 busy=_lock_held(lock_path(cache_dir, key))))  # fmt: skip
     return sorted(entries, key=lambda e: e.last_used)
+
+
+def _lock_held(lock: Path) -> bool:
+    """Whether a process holds ``lock`` now (a build of its key, a job opening the template),
+    found without creating it or waiting."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # (also lets go of the lock, where it was taken)
+    return False
 
 
 def prune(
@@ -239,9 +306,11 @@ def prune(
     """Remove the templates of ``cache_dir`` no run has used for ``unused_for_s`` seconds,
     and every leftover, each under its key's lock. Returns (removed, busy): ``busy`` were
     due but their key's lock was held (a build, or a job opening the template). With
-    ``dry_run``, nothing is removed: ``removed`` is what would be. Where another prune of
-    the cache runs, ``waiting`` is called, and this one waits for it (``PRUNE_LOCK``)."""
-    if dry_run or not cache_dir.is_dir():
+    ``dry_run``, nothing is removed: ``removed`` is what would be (and ``busy`` what is in
+    use now). Where another prune of the cache runs, ``waiting`` is called, and this one
+    waits for it (``PRUNE_LOCK``). A folder that is not a cache is refused (``check_cache``)."""
+    check_cache(cache_dir)
+    if dry_run:
         return _prune(cache_dir, unused_for_s, dry_run)
     with storage.file_lock(cache_dir / PRUNE_LOCK, wait=False) as alone:
         if alone:
@@ -252,7 +321,8 @@ def prune(
 
 
 def _prune(cache_dir: Path, unused_for_s: float, dry_run: bool) -> tuple[list[Entry], list[Entry]]:
-    removed, busy = [], []
+    removed: list[Entry] = []
+    busy: list[Entry] = []
     cutoff = time.time() - unused_for_s
     if not dry_run:
         _forget_memos(cache_dir, cutoff)
@@ -260,7 +330,7 @@ def _prune(cache_dir: Path, unused_for_s: float, dry_run: bool) -> tuple[list[En
         if not entry.leftover and entry.last_used > cutoff:
             continue
         if dry_run:
-            removed.append(entry)
+            (busy if entry.busy else removed).append(entry)
             continue
         with storage.file_lock(lock_path(cache_dir, entry.key), wait=False) as held:
             if not held:
@@ -289,7 +359,7 @@ def _forget_memos(cache_dir: Path, cutoff: float) -> None:
             continue
         with storage_errors(cache_dir):
             for memo in folder.iterdir():
-                if _mtime(memo) <= cutoff:
+                if _MEMO[folder.name].fullmatch(memo.name) and memo.is_file() and _mtime(memo) <= cutoff:
                     memo.unlink(missing_ok=True)
 
 

@@ -439,6 +439,7 @@ def test_prune_removes_what_no_run_used_for_the_time_given_and_what_killed_build
     (killed / "frames.bin").write_bytes(bytes(1000))
     killed_again = cache / f".{'c' * 32}.{'1' * 32}.tmp"  # the same reference's build, killed another night
     killed_again.mkdir()
+    template_cache.lock_path(cache, "c" * 32).touch()  # (as each build made it)
     _age(root, 40)
 
     would, busy = template_cache.prune(cache, 30 * DAY, dry_run=True)
@@ -449,11 +450,79 @@ def test_prune_removes_what_no_run_used_for_the_time_given_and_what_killed_build
     assert {e.path for e in removed} == {root, old_version, killed, killed_again} and busy == []
     assert [e.version for e in removed if e.path == old_version] == [7]
     assert sum(e.bytes for e in removed) > 2 * (root.parent / recent.name / "frames.bin").stat().st_size
-    kept = [p.name for p in cache.iterdir() if not p.name.endswith(".lock") and p.name != template_cache.HASHES_DIR]
+    kept = [p.name for p in cache.iterdir()
+            if not p.name.endswith(".lock") and p.name not in (template_cache.HASHES_DIR, template_cache.TAG_FILE)]
     assert kept == [recent.name]
     template, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
     template.close()
     assert not cached and template.root == root
+
+
+def _not_ours(folder: Path) -> dict[str, bytes]:
+    """Files no analysis made, named as if they were: a folder named as a key (a job's uuid
+    folder), a hidden file with a key in its name, files in folders named as the cache's
+    memos. Returns what each holds, by path."""
+    files = {"d41d8cd98f00b204e9800998ecf8427e/img.jpg": b"a photo",
+             ".d41d8cd98f00b204e9800998ecf8427e.notes.tmp": b"notes",
+             ".hashes/mine": b"mine", ".failures/f": b"a failure of mine", "Documents/letter.txt": b"dear"}  # fmt: skip
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    for path in folder.rglob("*"):
+        _age(path, 90)
+    return files
+
+
+def test_prune_given_a_folder_that_is_no_cache_removes_nothing_and_says_so(tmp_path):
+    """A --cache-dir that names another folder (a typo in a cron line) is refused whole,
+    exit 2, nothing removed nor written there, where every folder named like a key went
+    (a 32-hex uuid is a common name) with every hidden file named like a leftover."""
+    folder = tmp_path / "shared"
+    files = _not_ours(folder)
+    for args in (["cache", "prune", "--cache-dir", str(folder)], ["cache", "prune", "--dry-run", "--cache-dir", str(folder)]):
+        got = runner.invoke(app, args)
+        assert got.exit_code == 2, got.output
+        assert f"error: {folder} is not a heygem-ray template cache (no CACHEDIR.TAG of one" in got.output
+    assert {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == files
+    listed = runner.invoke(app, ["cache", "list", "--cache-dir", str(folder)])
+    assert listed.exit_code == 0 and listed.stdout.startswith(f"0 in {folder}, ")
+    for missing in (tmp_path / "nope", folder / "Documents" / "letter.txt"):
+        for command in ("prune", "list"):
+            got = runner.invoke(app, ["cache", command, "--cache-dir", str(missing)])
+            assert got.exit_code == 2 and f"error: the template cache {missing} " in got.output, got.output
+    got = runner.invoke(app, ["cache", "prune", "--unused-days", "nan", "--cache-dir", str(folder)])
+    assert got.exit_code == 2 and "--unused-days must be a number of days" in got.output
+
+
+def test_prune_in_a_cache_removes_only_what_the_cache_made(cache, examples):
+    """In a cache (tagged by its analyses), files that only look like its own are left:
+    what ``scan`` takes for a template has its meta.json or its key's lock, a leftover is
+    named as a build names one, beside its key's lock, and the memos are named as the
+    cache names them."""
+    assert (cache / template_cache.TAG_FILE).read_bytes().startswith(b"Signature: 8a477f597d28d172789f06886806bc55\n")
+    files = _not_ours(cache)
+    root = _root(cache)
+    _age(root, 40)
+    removed, busy = template_cache.prune(cache, 30 * DAY)
+    assert [e.path for e in removed] == [root] and busy == []
+    assert {name: (cache / name).read_bytes() for name in files} == files
+
+
+def test_a_build_going_on_is_listed_as_such_and_a_dry_run_leaves_it_as_prune_does(cache):
+    """A template being built (its temporary folder, its key's lock held) is listed as
+    being built, not as what a killed build left, and a dry run says it would be left in
+    use, as the prune itself does."""
+    key = "c" * 32
+    building = cache / f".{key}.{'0' * 32}.tmp"
+    building.mkdir()
+    with storage.file_lock(template_cache.lock_path(cache, key)):
+        listed = runner.invoke(app, ["cache", "list", "--cache-dir", str(cache)])
+        dry = runner.invoke(app, ["cache", "prune", "--dry-run", "--cache-dir", str(cache)])
+        pruned = runner.invoke(app, ["cache", "prune", "--cache-dir", str(cache)])
+    assert f"{building}  " in listed.stdout and listed.stdout.split(f"{building}  ")[1].splitlines()[0].endswith(
+        "being built")
+    assert f"in use, left {building}  " in dry.stdout and f"would remove {building}" not in dry.stdout
+    assert f"in use, left {building}  " in pruned.stdout and building.is_dir()
 
 
 def test_a_template_in_use_is_left_and_a_job_reading_one_reads_on(cache, examples):
@@ -540,7 +609,7 @@ def test_the_cache_commands_list_and_prune(cache, examples):
     assert pruned.stdout.splitlines()[-1].startswith(f"removed 2 from {cache}, ")
     assert not root.exists() and not recent.exists() and smaller.root.is_dir()  # used just now
     bad = runner.invoke(app, ["cache", "prune", "--cache-dir", str(cache), "--unused-days", "-1"])
-    assert bad.exit_code == 2 and "--unused-days must be 0 or more" in bad.output
+    assert bad.exit_code == 2 and "--unused-days must be a number of days, 0 or more" in bad.output
 
 
 # --------------------------------------------------------------------------- a cache that cannot be written
@@ -620,6 +689,7 @@ def test_a_references_hash_is_remembered_until_the_file_changes_and_forgotten_wh
     assert template_cache.template_key(take, GEOMETRY, DETECTOR, cache) == key
     assert len(list(hashes.iterdir())) == 2
     _age(memo, 40)
+    template_cache.tag(cache)  # (as the analysis that keys a template does)
     template_cache.prune(cache, 30 * DAY)
     assert [p.read_text() for p in hashes.iterdir()] == [template_cache.content_hash(take)]
     assert template_cache.scan(cache) == []  # not listed among the templates
