@@ -549,9 +549,12 @@ def status(
 ) -> None:
     """Summarise the run in OUTPUT_DIR: rows ok / failed / skipped, frames, time per stage,
     realtime factor, the slowest jobs and the failures by kind. Works while the run is
-    still going (or after it was stopped) from the rows of the jobs that ended.
+    still going (or after it was stopped) from the rows of the jobs that ended, and says
+    which.
 
-    Exit status: 0 when no row failed, 1 when any row failed, 2 when OUTPUT_DIR holds no results.
+    Exit status: 0 when the run ended and no row failed, 1 when it ended and a row failed,
+    2 when OUTPUT_DIR holds no results, 3 when the run is unfinished (going on, or stopped
+    before it wrote its table: rows may be missing).
     """
     from heygem_ray import report
 
@@ -561,6 +564,8 @@ def status(
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(2) from None
     print(report.format_status(summary))
+    if summary.state == "unfinished":
+        raise typer.Exit(3)
     if summary.failed:
         raise typer.Exit(1)
 

@@ -231,14 +231,16 @@ def acquire(
         ) from exc
 
 
-def holder(where: Location, stale_after_s: float = STALE_AFTER_S) -> Held | None:
-    """The live holder of the lock at ``where``, read without taking it (``heygem-ray status``
-    asks whether a run is going on); None where the lock is free, or stale (its holder
-    stopped: its process on this machine ended, or its heartbeat is ``stale_after_s`` old)."""
+def look(where: Location, stale_after_s: float = STALE_AFTER_S) -> tuple[Held, bool] | None:
+    """The lock at ``where`` as its record says, read without taking it (``heygem-ray
+    status`` asks whether a run is going on): (its holder, whether the holder is alive),
+    or None where there is no lock. A holder is not alive once the lock is stale (its
+    process on this machine has ended, or its heartbeat is ``stale_after_s`` old): what a
+    process killed while it held the lock left."""
     seen = _store(where).read()
-    if seen is None or _stale(seen, stale_after_s) is not None:
+    if seen is None:
         return None
-    return _held(where, seen)
+    return _held(where, seen), _stale(seen, stale_after_s) is None
 
 
 def _acquire(store: _Store, where: Location, me: Holder, stale_after_s: float, heartbeat_s: float) -> Lease | Held:

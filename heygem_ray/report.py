@@ -86,6 +86,9 @@ class Run:
     # The run that holds the folder now (its lock's holder, ``locks.Held.describe``); "": no
     # run is going on there; None: not known (its lock could not be read: ``running_now``).
     running: str | None = None
+    # Where no run is going on: the run whose lock is still there, stale (it was killed as
+    # it ran: its holder, in words), or "".
+    killed: str = ""
 
 
 def load_run(output_dir: Location) -> Run:
@@ -122,28 +125,34 @@ def load_run(output_dir: Location) -> Run:
                 by_id[r.job_id] = r
                 newer += 1
             newest = max(newest, st.mtime_ns)
+    running, killed = running_now(output_dir)
     return Run(
         output_dir=output_dir,
         results=sorted(by_id.values(), key=lambda r: (r.row, r.job_id)),
         state="complete" if table_mtime >= 0 and newer == 0 else "unfinished",
         newer_parts=newer if table_mtime >= 0 else 0,
         updated=datetime.fromtimestamp(newest / 1e9),
-        running=running_now(output_dir),
+        running=running,
+        killed=killed,
     )
 
 
-def running_now(output_dir: Location) -> str | None:
-    """Who runs into ``output_dir`` now, as its run lock's record says (``hold.RUN_LOCK``),
-    or "" where no live run holds it. A lock that cannot be read (a folder this user may
-    not write, whose lock cannot be opened to be locked; a bucket out of reach for a moment)
-    says nothing either way: None."""
+def running_now(output_dir: Location) -> tuple[str | None, str]:
+    """(who runs into ``output_dir`` now, as its run lock's record says (``hold.RUN_LOCK``),
+    or "" where no live run holds it; the holder of the lock a run killed as it ran left,
+    or ""). A lock that cannot be read (a folder this user may not write, whose lock
+    cannot be opened to be locked; a bucket out of reach for a moment) says nothing either
+    way: (None, "")."""
     try:
-        held = locks.holder(output_dir / RUN_LOCK)
+        found = locks.look(output_dir / RUN_LOCK)
     except (OSError, HeygemError) as exc:
         log.info("could not read the run lock of %s (%s): whether a run is going on there is not known", output_dir,
                  exc)  # fmt: skip
-        return None
-    return "" if held is None else held.describe()
+        return None, ""
+    if found is None:
+        return "", ""
+    held, alive = found
+    return (held.describe(), "") if alive else ("", held.describe())
 
 
 def _read(path: Location) -> list[JobResult]:
@@ -210,6 +219,7 @@ class Summary:
     newer_parts: int
     updated: datetime
     running: str | None  # the run going on there now (``Run.running``)
+    killed: str  # the run killed as it ran there (``Run.killed``)
     total: int  # rows
     ok: int
     failed: int
@@ -262,6 +272,7 @@ def summarize(run: Run) -> Summary:
         newer_parts=run.newer_parts,
         updated=run.updated,
         running=run.running,
+        killed=run.killed,
         total=len(rs),
         ok=len(done),
         failed=len(failed),
@@ -351,19 +362,21 @@ def describe_state(s: Summary) -> str:
     if s.state == "complete":
         return f"complete ({RESULTS_FILE} written {when})" + (f"; {going}" if going else "")
     stopped = s.running == ""
+    # (the run killed as it ran, as its lock left it: its manifest and rows, its process)
+    which = f"was killed as it ran: {s.killed}" if s.killed else "stopped"
     if s.newer_parts:
         newer = f"{s.newer_parts} row(s) are newer than {RESULTS_FILE} (last written {when})"
         if going:
             return f"unfinished: {going}; {newer}"
         if stopped:
-            return (f"unfinished: a later run into this folder stopped before it wrote its table (no run holds the "
-                    f"folder); {newer}. Rerunning the same command finishes it")  # fmt: skip
+            return (f"unfinished: a later run into this folder {which}, before it wrote its table (no run holds the "
+                    f"folder now); {newer}. Rerunning the same command finishes it")  # fmt: skip
         return f"unfinished: a later run into this folder is going on or was stopped; {newer}"
     if going:
         return f"unfinished: {going}; no {RESULTS_FILE} yet, rows of the jobs that ended so far (last written {when})"
     if stopped:
-        return (f"unfinished: the run stopped before it wrote {RESULTS_FILE} (no run holds the folder); rows of the "
-                f"jobs that ended (last written {when}). Rerunning the same command finishes it")  # fmt: skip
+        return (f"unfinished: the run {which}, before it wrote {RESULTS_FILE} (no run holds the folder now); rows of "
+                f"the jobs that ended (last written {when}). Rerunning the same command finishes it")  # fmt: skip
     return (
         f"unfinished: no {RESULTS_FILE} yet, so the run is still going or was stopped; "
         f"rows of the jobs that ended so far (last written {when}). Rerunning the same command finishes it"

@@ -293,22 +293,28 @@ def test_an_unfinished_run_is_read_from_its_part_files(run_dir, tmp_path):
     for p in kept:
         shutil.copy(p, killed / PARTS_DIR / p.name)
     got = runner.invoke(app, ["status", str(killed)])
-    assert got.exit_code == 1, got.output
-    assert ("state     unfinished: the run stopped before it wrote results.parquet (no run holds the folder); rows of "
-            "the jobs that ended") in got.stdout  # fmt: skip
+    assert got.exit_code == 3, got.output  # unfinished, whatever its rows say: rows may be missing
+    assert ("state     unfinished: the run stopped, before it wrote results.parquet (no run holds the folder now); "
+            "rows of the jobs that ended") in got.stdout  # fmt: skip
     assert "Rerunning the same command finishes it" in got.stdout
     # While a run holds the folder (its lock, live), it is said to be going on, and by whom.
-    with locks.acquire(killed / RUN_LOCK, "run 3f2a1c of /data/m.csv") as lease:
+    with locks.acquire(killed / RUN_LOCK, "run 3f2a1c of /data/m.csv, 8 rows") as lease:
         going = runner.invoke(app, ["status", str(killed)])
         assert isinstance(lease, locks.Lease)
+    assert going.exit_code == 3
     assert (f"state     unfinished: a run is going on: pid {os.getpid()} on {socket.gethostname()} (run 3f2a1c of "
-            "/data/m.csv) since ") in going.stdout  # fmt: skip
+            "/data/m.csv, 8 rows) since ") in going.stdout  # fmt: skip
     assert "last heartbeat 0 s ago; no results.parquet yet" in going.stdout
-    # A lock its holder left when it was killed (its process on this machine has ended): stopped.
+    # The lock a run killed as it ran left (its process on this machine has ended): named, with its rows.
+    pid = _ended_pid()
     (killed / RUN_LOCK).write_bytes(
-        dataclasses.replace(locks.Holder.me("run 3f2a1c of /data/m.csv"), pid=_ended_pid()).encode()
+        dataclasses.replace(locks.Holder.me("run 3f2a1c of /data/m.csv, 8 rows"), pid=pid).encode()
     )
-    assert "the run stopped before it wrote" in runner.invoke(app, ["status", str(killed)]).stdout
+    gone = runner.invoke(app, ["status", str(killed)])
+    assert gone.exit_code == 3
+    assert (f"state     unfinished: the run was killed as it ran: pid {pid} on {socket.gethostname()} (run 3f2a1c of "
+            "/data/m.csv, 8 rows) since ") in gone.stdout  # fmt: skip
+    assert "before it wrote results.parquet (no run holds the folder now)" in gone.stdout
     assert "rows      2: 1 ok, 1 failed, 0 skipped" in got.stdout
     page = report.write_report(killed).read_text()
     assert "unfinished" in page and set(_articles(page)) == {"talk", "gone"}

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from heygem_ray import RunConfig, storage, submit
+from heygem_ray.driver import RunCallbacks
 from heygem_ray.driver.hold import RUN_LOCK
 from heygem_ray.errors import InputError
 from heygem_ray.job.compose import PARTIAL_SUFFIX
@@ -87,15 +88,28 @@ def test_a_second_run_into_a_folder_a_live_run_holds_exits_2_at_once_and_changes
         assert partial.is_file() and not (out / "results.parquet").exists()
 
 
+class _LockRead(RunCallbacks):
+    """The words of the run lock's holder, read as the run starts."""
+
+    def __init__(self, lock: Path) -> None:
+        self.lock, self.what = lock, ""
+
+    def started(self, total: int) -> None:
+        self.what = json.loads(self.lock.read_bytes())["what"]
+
+
 def test_a_run_takes_over_the_lock_of_a_killed_run_and_renders(folder, ray_local, caplog):
     out = folder / "out"
     with _held(out) as holder:
         pass  # killed: SIGKILL leaves its lock behind, with no heartbeat coming
     assert holder.returncode == -signal.SIGKILL and (out / RUN_LOCK).is_file()
     cfg = RunConfig(output_dir=out, cache_dir=folder / "cache", engines_dir=folder / "engines")
-    summary = submit(folder / "m.csv", cfg)
+    held = _LockRead(out / RUN_LOCK)
+    summary = submit(folder / "m.csv", cfg, held)
     assert [r.status for r in summary.results] == ["ok", "ok"], [r.error for r in summary.results]
     assert f"its process {holder.pid} on {socket.gethostname()} has ended" in caplog.text
+    # The run's lock names it, its manifest and its rows (what `status` says of a run killed as it ran).
+    assert held.what == f"run {summary.run_id} of {folder / 'm.csv'}, 2 rows"
     assert not (out / RUN_LOCK).exists()  # released at the end
     table = pq.read_table(out / "results.parquet").to_pylist()
     assert {r["run_id"] for r in table} == {summary.run_id}

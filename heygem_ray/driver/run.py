@@ -100,7 +100,7 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     storage.check_writable(cfg.output_dir)
     # 2. hold the output folder: a run into a folder another run holds stops here
     run_id = uuid.uuid4().hex[:12]
-    with hold_output(cfg.output_dir, f"run {run_id} of {where}") as lease:
+    with hold_output(cfg.output_dir, f"run {run_id} of {where}, {len(jobs)} row{'s' * (len(jobs) != 1)}") as lease:
         cb.started(len(jobs))
         # 3. what this run renders from, besides each row's files (the weights hashed once)
         basis = resume.Basis(run_id, cfg.config_hash(), identity.render_weights(cfg.render), cfg.render_settings(), cfg)
