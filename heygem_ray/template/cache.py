@@ -125,9 +125,18 @@ def failure_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / FAILURES_DIR / f"{key}.json"
 
 
+# Where a remembered message names its reference: the next analysis puts its own there.
+_REFERENCE = "\0reference\0"
+
+
 def remember_failure(cache_dir: Path, key: str, video: Path, exc: InputError) -> None:
-    """Keep ``exc`` for the next analysis of ``key`` (a cache that cannot be written keeps nothing)."""
-    record = {"kind": exc.kind, "message": exc.message, "video": str(video),
+    """Keep ``exc`` for the next analysis of ``key`` (a cache that cannot be written keeps
+    nothing), the reference's path in its message (as given, or made absolute) kept as a
+    place for the next one's."""
+    message = exc.message
+    for said in sorted({str(video.absolute()), str(video)}, key=len, reverse=True):  # (the longer first)
+        message = message.replace(said, _REFERENCE)
+    record = {"kind": exc.kind, "message": message, "video": str(video.absolute()),
               "at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "settings": exc.settings if isinstance(exc, PresenterLater) else None}  # fmt: skip
     with suppress(OSError, InputError):
@@ -136,15 +145,16 @@ def remember_failure(cache_dir: Path, key: str, video: Path, exc: InputError) ->
 
 def failed_before(cache_dir: Path, key: str, video: Path) -> None:
     """Raise again the error an earlier analysis of ``key`` failed with, where one did
-    (``remember_failure``), naming ``video`` and saying how to have it analysed again."""
+    (``remember_failure``), naming ``video`` (absolute, as analysis names it) and saying how
+    to have it analysed again."""
     path = failure_path(cache_dir, key)
     try:
         record = json.loads(path.read_text())
-        kind, message, before = str(record["kind"]), str(record["message"]), str(record["video"])
+        kind, message = str(record["kind"]), str(record["message"])
     except (OSError, ValueError, KeyError, TypeError):
         return
     mark_used(path)
-    said = (f"{message.replace(before, str(video))} (as an analysis of these bytes at these settings found at "
+    said = (f"{message.replace(_REFERENCE, str(video.absolute()))} (as an analysis of these bytes at these settings found at "
             f"{record.get('at', '?')}; it is not analysed again: remove {path} to have it analysed anew)")  # fmt: skip
     if isinstance(settings := record.get("settings"), dict):
         raise PresenterLater(said, {str(k): float(v) for k, v in settings.items()})

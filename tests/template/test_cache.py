@@ -732,6 +732,25 @@ def test_a_reference_without_a_face_is_analysed_once_and_its_rows_after_say_why_
     assert not record.exists() and len(list((cache / template_cache.FAILURES_DIR).iterdir())) == 1
 
 
+def test_a_remembered_failure_names_the_path_each_row_gives(tmp_path, monkeypatch) -> None:
+    """A take first given by a relative path (a preview run in its folder), then by its
+    absolute one (the night's manifest), then relative from elsewhere: each message names
+    the path its row gave (made absolute, as analysis names a reference), once, where a
+    path inside another was replaced inside it (``/data//data/in/take.mp4``)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_video(folder / "take.mp4", seconds=1.0, size=(160, 120))
+    cache = tmp_path / "cache"
+    monkeypatch.chdir(tmp_path)
+    for given in (Path("in/take.mp4"), folder / "take.mp4", Path("../in/take.mp4")):
+        if given.parts[0] == "..":
+            monkeypatch.chdir(cache)
+        with pytest.raises(InputError) as caught:
+            analyze(given, GEOMETRY, DETECTOR, cache)
+        assert caught.value.message.startswith(f"reference {given.absolute()}: no face found ("), caught.value.message
+        assert caught.value.message.count("take.mp4") == 1
+
+
 def test_a_take_whose_presenter_comes_in_after_the_part_analysed_says_where(tmp_path) -> None:
     """``--reference-seconds 2`` of a lecture whose first 3 s are the slide alone (a keyframe
     a second): no face in those 2 s, and the rest of the take, searched at its keyframes,
