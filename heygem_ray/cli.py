@@ -310,6 +310,8 @@ def preview(
     reference_start: Annotated[float, typer.Option(help="As for submit (0: from its beginning): use tonight's value, so the template this analyses is the one the batch finds.")] = 0.0,
     cache_dir: Annotated[Path | None, typer.Option(help="Where analysed references are cached (default: ~/.cache/heygem-ray/templates): tonight's, to warm it.")] = None,
     backend: Annotated[str, typer.Option(help="Inference backend, as for submit (default 'auto').")] = "auto",
+    max_reference_pixels: Annotated[int, typer.Option(help="As for submit: a reference with more pixels is refused before it is decoded (default: 8K UHD).")] = InputLimits.max_reference_pixels,
+    max_reference_frames: Annotated[int, typer.Option(help="As for submit: a reference video with more frames is refused before it is decoded (default: an hour at 25 fps).")] = InputLimits.max_reference_frames,
     engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
 ) -> None:
     """Check REFERENCE before a batch uses it, on this machine (no cluster): prints one
@@ -331,6 +333,7 @@ def preview(
             backend=cast(BackendName, backend), detector=DetectorConfig(min_face=min_face),
             max_resolution=max_resolution, max_fps=max_fps, reference_seconds=reference_seconds,
             reference_start=reference_start,
+            limits=InputLimits(max_reference_pixels=max_reference_pixels, max_reference_frames=max_reference_frames),
         )  # fmt: skip
         if (reference is None) == (manifest is None) or (manifest is not None and audio is not None):
             raise InputError("give a REFERENCE (and its AUDIO, if you like), or --manifest MANIFEST, not both",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import tempfile
 import wave
@@ -89,8 +90,8 @@ def preview(
     analysed). Raises ``HeygemError`` (an unreadable file, no face, a worker that cannot
     start; a file it would write that is ``reference``, ``audio`` or one of ``inputs``):
     nothing is written then but what was finished."""
-    if seconds <= 0:
-        raise InputError(f"--seconds must be above 0, got {seconds:g}", kind="bad_argument")
+    if not 0 < seconds < math.inf:  # (nan too)
+        raise InputError(f"--seconds must be a number of seconds above 0, got {seconds:g}", kind="bad_argument")
     pack = get_pack(cfg.pack)
     speech = audio or BUNDLED_SPEECH
     stem = name or reference.stem
@@ -185,8 +186,8 @@ def preview_manifest(
     (the manifest itself is never written). One model worker renders for them all (a row's
     own settings are the reference's, not the model's), started at the first reference
     analysed. Raises ``HeygemError`` where the manifest cannot be read."""
-    if seconds <= 0:
-        raise InputError(f"--seconds must be above 0, got {seconds:g}", kind="bad_argument")
+    if not 0 < seconds < math.inf:  # (nan too)
+        raise InputError(f"--seconds must be a number of seconds above 0, got {seconds:g}", kind="bad_argument")
     groups: dict[tuple[str, float, float], list[Job]] = {}
     problems: list[tuple[Job, HeygemError]] = []
     rows = read_manifest(manifest, out_dir / ".outputs")  # (where its videos would go: unused)
@@ -245,7 +246,7 @@ def refuse_input(dest: Path, inputs: Collection[Path]) -> None:
     or another name of the same file): a preview never writes over a reference, an audio
     or a manifest."""
     for source in inputs:
-        same = dest.resolve() == source.resolve()
+        same = os.path.realpath(dest) == os.path.realpath(source)  # (a link loop resolves no further: no error here)
         if same or (dest.exists() and source.exists() and os.path.samefile(dest, source)):
             raise InputError(
                 f"preview would write {dest}, which is the input {source}: give --output-dir a folder apart from "

@@ -528,6 +528,8 @@ def write_report(output_dir: Location, out: Location | None = None, thumbnails: 
             "ending in .html (nothing was written)",
             kind="bad_argument",
         )
+    if thumbnails < 0:
+        raise InputError(f"--thumbnails must be 0 or more, got {thumbnails}", kind="bad_argument")
     run = load_run(output_dir)
     out = storage.location(out) if out is not None else run.output_dir / REPORT_FILE
     page = build_html(summarize(run), run.results, previews(run.results, thumbnails), out.parent)

@@ -279,6 +279,38 @@ def test_a_preview_never_writes_over_an_input(examples, tmp_path):
     assert other.read_bytes() == (examples / "presenter.mp4").read_bytes()
 
 
+@pytest.mark.parametrize("seconds", ["nan", "inf", "0", "-1"])
+def test_seconds_that_are_no_length_are_refused(examples, tmp_path, seconds):
+    got, report = _preview(tmp_path, str(examples / "presenter.jpg"), "--seconds", seconds)
+    assert got.exit_code == 2 and report is None, got.output
+    assert got.stderr.startswith("error: --seconds must be a number of seconds above 0, got ")
+
+
+def test_a_reference_that_is_a_loop_of_links_is_exit_2_naming_it(tmp_path):
+    """Two links naming each other: said as a reference not there, not a traceback (exit 1,
+    which means a check failed)."""
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    got, report = _preview(tmp_path, str(tmp_path / "loop1"))
+    assert got.exit_code == 2 and report is None, got.output
+    assert got.stderr.startswith("error: ") and "loop1" in got.stderr and "Traceback" not in got.output
+
+
+def test_a_take_over_the_pixel_limit_is_refused_naming_an_option_preview_has(tmp_path):
+    """The limit preview is told is the one it holds to, and the option its message names
+    is one it takes: raised to the take's own size, exactly, the take is decoded and
+    searched (FFmpeg's decoders count a picture's rows padded to whole blocks: told the
+    limit itself, they refused a take at it as undecodable)."""
+    photo = tmp_path / "big.png"
+    cv2.imwrite(str(photo), np.full((400, 600, 3), 128, np.uint8))
+    got, report = _preview(tmp_path, str(photo), "--max-reference-pixels", "100000", "--seconds", "0.2")
+    assert got.exit_code == 2 and report is None, got.output
+    assert "--max-reference-pixels 100000" in got.stderr
+    got, report = _preview(tmp_path, str(photo), "--max-reference-pixels", "240000", "--seconds", "0.2")
+    assert "--max-reference-pixels" not in got.output and "No such option" not in got.output
+    assert got.exit_code == 2 and "no face found" in got.stderr, got.output  # (a grey picture)
+
+
 def test_preview_takes_a_reference_or_a_manifest(examples, tmp_path):
     for args in ([], [str(examples / "presenter.mp4"), "--manifest", str(examples / "manifest.csv")]):
         got, report = _preview(tmp_path, *args)

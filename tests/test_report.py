@@ -283,6 +283,12 @@ def _ended_pid() -> int:
     return child.pid
 
 
+def test_report_refuses_a_negative_number_of_thumbnails(run_dir, tmp_path):
+    got = runner.invoke(app, ["report", str(run_dir), "--out", str(tmp_path / "r.html"), "--thumbnails", "-1"])
+    assert got.exit_code == 2 and "--thumbnails must be 0 or more, got -1" in got.stderr
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_an_unfinished_run_is_read_from_its_part_files(run_dir, tmp_path):
     """As a killed (or still running) driver leaves it: part files, no results.parquet."""
     parts = sorted((run_dir / PARTS_DIR).glob("*.parquet"))

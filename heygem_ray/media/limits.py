@@ -6,6 +6,7 @@ raises it. The probes check each limit before the work it bounds.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from heygem_ray.errors import InputError
@@ -59,6 +60,17 @@ def too_long(path: Path, found: str, max_seconds: float) -> InputError:
     )  # fmt: skip
 
 
+def decoder_pixels(max_pixels: int) -> int:
+    """What FFmpeg's decoders are told to refuse over (their ``max_pixels``) for a limit of
+    ``max_pixels``: they count the picture they allocate, its rows padded to whole blocks
+    (a 600×400 picture counts as 640×400), so a take exactly at the limit, which the probe
+    lets through by its header, would fail to decode. Room for 128 columns more, on a
+    picture as tall as 16 times its width at the limit: the decoders still stop a stream
+    that grows past its header (what they are told the limit for)."""
+    return max_pixels + 512 * math.isqrt(max_pixels)
+
+
 def decoder_limit(max_pixels: int | None) -> dict[str, int]:
-    """ffmpeg input options that make its decoder refuse pictures over ``max_pixels``."""
-    return {} if max_pixels is None else {"max_pixels": max_pixels}
+    """ffmpeg input options that make its decoder refuse pictures over ``max_pixels``
+    (``decoder_pixels``)."""
+    return {} if max_pixels is None else {"max_pixels": decoder_pixels(max_pixels)}

@@ -28,7 +28,14 @@ from heygem_ray.media.container import contents, opened, reason, require_file
 from heygem_ray.media.ffmpeg import DECODER_THREADS, FfmpegProcess, ffmpeg_exe, url, video_filters
 from heygem_ray.media.headers import image_size
 from heygem_ray.media.isobmff import heif_still, video_samples
-from heygem_ray.media.limits import check_reference_size, clock, decoder_limit, megapixels, too_many_frames
+from heygem_ray.media.limits import (
+    check_reference_size,
+    clock,
+    decoder_limit,
+    decoder_pixels,
+    megapixels,
+    too_many_frames,
+)
 
 IMAGE_FPS = Fraction(25)  # the rate a still image is given (ffmpeg's image2 default)
 
@@ -209,7 +216,7 @@ def _scan(container: av.container.InputContainer, stream: av.video.stream.VideoS
     decoded, first_pts, rotation = 0, None, 0
     rejected: av.FFmpegError | None = None
     if max_pixels is not None:
-        stream.codec_context.options = {"max_pixels": str(max_pixels)}
+        stream.codec_context.options = {"max_pixels": str(decoder_pixels(max_pixels))}
     try:
         for packet in container.demux(stream):
             if max_frames is not None and len(pts) > max_frames:
