@@ -312,6 +312,7 @@ def preview(
     backend: Annotated[str, typer.Option(help="Inference backend, as for submit (default 'auto').")] = "auto",
     max_reference_pixels: Annotated[int, typer.Option(help="As for submit: a reference with more pixels is refused before it is decoded (default: 8K UHD).")] = InputLimits.max_reference_pixels,
     max_reference_frames: Annotated[int, typer.Option(help="As for submit: a reference video with more frames is refused before it is decoded (default: an hour at 25 fps).")] = InputLimits.max_reference_frames,
+    allow_silent_audio: Annotated[bool, typer.Option("--allow-silent-audio", help="As for submit: with --manifest, a row whose audio has no sound in it is said to fail 'silent_audio' unless tonight's batch allows it.")] = False,
     engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
 ) -> None:
     """Check REFERENCE before a batch uses it, on this machine (no cluster): prints one
@@ -333,7 +334,8 @@ def preview(
             backend=cast(BackendName, backend), detector=DetectorConfig(min_face=min_face),
             max_resolution=max_resolution, max_fps=max_fps, reference_seconds=reference_seconds,
             reference_start=reference_start,
-            limits=InputLimits(max_reference_pixels=max_reference_pixels, max_reference_frames=max_reference_frames),
+            limits=InputLimits(max_reference_pixels=max_reference_pixels, max_reference_frames=max_reference_frames,
+                               allow_silent_audio=allow_silent_audio),
         )  # fmt: skip
         if (reference is None) == (manifest is None) or (manifest is not None and audio is not None):
             raise InputError("give a REFERENCE (and its AUDIO, if you like), or --manifest MANIFEST, not both",

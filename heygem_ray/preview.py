@@ -38,6 +38,7 @@ from heygem_ray.face import looks
 from heygem_ray.features import SAMPLE_RATE
 from heygem_ray.job import InProcessService, render_job
 from heygem_ray.job.compose import PARTIAL_SUFFIX
+from heygem_ray.job.recipe import read_speech
 from heygem_ray.manifest import Job, read_manifest, write_with_settings
 from heygem_ray.packs import PackSpec, get_pack
 from heygem_ray.storage import Location, Uri
@@ -211,6 +212,8 @@ def preview_manifest(
             try:
                 audio = storage.fetch(job.audio, "audio", default_download_dir())
                 length = media.probe_audio(media.require_file(audio, "audio")).duration
+                with tempfile.TemporaryDirectory(prefix="heygem-preview-") as scratch:  # what the job will say of it
+                    read_speech(audio, job.audio, Path(scratch) / "audio.f32", cfg.limits)
             except HeygemError as exc:
                 problems.append((job, exc))
                 continue

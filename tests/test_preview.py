@@ -226,6 +226,24 @@ def test_a_manifest_is_previewed_reference_by_reference_and_the_advised_start_fi
     assert not list((tmp_path / "b" / "out").glob("*.csv"))
 
 
+def test_a_manifest_row_whose_audio_is_silent_is_said_as_its_job_would_fail_it(examples, tmp_path):
+    """A row whose audio has no sound in it (a muted export) fails its job ``silent_audio``:
+    previewing tonight's manifest says so of that row, where it passed unremarked, unless
+    the batch is to allow it (``--allow-silent-audio``, as for submit)."""
+    silence = make_silence(tmp_path / "muted.wav", seconds=2.0)
+    manifest = tmp_path / "tonight.csv"
+    manifest.write_text(f"job_id,audio,video\nmuted,{silence},{examples / 'presenter.jpg'}\n"
+                        f"fine,{examples / 'lesson1.wav'},{examples / 'presenter.jpg'}\n")  # fmt: skip
+    got, _ = _preview(tmp_path / "a", "--manifest", str(manifest), "--seconds", "0.5")
+    assert got.exit_code == 1, got.output
+    said = [line for line in got.stdout.splitlines() if ": cannot be rendered: " in line]
+    assert len(said) == 1 and said[0].startswith(f"row 1 (job 'muted'): cannot be rendered: audio {silence} is silent: "
+                                                 "in its 2.0 s nothing is louder than -60 dBFS")  # fmt: skip
+    assert said[0].endswith("or pass --allow-silent-audio to render it as it is")
+    allowed, _ = _preview(tmp_path / "b", "--manifest", str(manifest), "--seconds", "0.5", "--allow-silent-audio")
+    assert allowed.exit_code == 0 and "cannot be rendered" not in allowed.stdout, allowed.output
+
+
 def test_one_model_worker_renders_every_reference_of_a_manifest(examples, tmp_path, monkeypatch):
     """Three references (the bundled take whole, from 1 s, and cut at 2 s: one per setting
     its rows give it) are checked and rendered by the one model worker, started once:

@@ -20,7 +20,7 @@ import numpy as np
 from heygem_ray import media, storage
 from heygem_ray.analyze import analyze
 from heygem_ray.checks import Reference, check_reference, mouth_box, notes, still_span
-from heygem_ray.config import RenderConfig, default_download_dir
+from heygem_ray.config import InputLimits, RenderConfig, default_download_dir
 from heygem_ray.errors import (
     HeygemError,
     InputError,
@@ -44,6 +44,18 @@ from heygem_ray.steps import TIMED
 from heygem_ray.timeline import plan
 
 log = logging.getLogger(__name__)
+
+
+def read_speech(audio: Path, name: object, out: Path, limits: InputLimits) -> Pcm:
+    """``audio`` (``name``, as the manifest gives it) decoded to 16 kHz mono into the file
+    ``out``, as a job reads its speech: audio longer than ``limits`` allow is ``too_large``,
+    and audio with no sound in it ``silent_audio`` unless they allow it (also what
+    ``preview --manifest`` says of tonight's rows)."""
+    media.decode_audio(audio, out, SAMPLE_RATE, max_seconds=limits.max_audio_seconds)
+    pcm = Pcm.from_file(out)
+    if not limits.allow_silent_audio and heard_seconds(pcm) < HEARD_MIN_S:
+        raise silent_audio(name, pcm.samples / SAMPLE_RATE, media.audio_tracks(audio))
+    return pcm
 
 
 def render_job(
@@ -70,11 +82,7 @@ def render_job(
             #    stops here)
             with steps("audio"):
                 audio = storage.fetch(job.audio, "audio", default_download_dir())
-                media.decode_audio(audio, Path(scratch) / "audio.f32", SAMPLE_RATE,
-                                   max_seconds=cfg.limits.max_audio_seconds)  # fmt: skip
-                pcm = Pcm.from_file(Path(scratch) / "audio.f32")
-                if not cfg.limits.allow_silent_audio and heard_seconds(pcm) < HEARD_MIN_S:
-                    raise silent_audio(job.audio, pcm.samples / SAMPLE_RATE, media.audio_tracks(audio))
+                pcm = read_speech(audio, job.audio, Path(scratch) / "audio.f32", cfg.limits)
             # 2. analyze the reference (a cached template when seen before)
             with steps("analyze"):
                 video = storage.fetch(job.video, "reference", default_download_dir())
