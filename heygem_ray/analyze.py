@@ -159,7 +159,7 @@ def _seen_later(exc: InputError, info: media.VideoInfo, detector: DetectorConfig
     """``exc`` (no face in the frames analysed), or where the take goes on past a cut
     (``--reference-seconds``) and a keyframe after it shows a face (``arrival.first_seen``),
     a ``PresenterLater`` that names the start finding them."""
-    if not info.cut:
+    if not info.cut or isinstance(exc, PresenterLater):  # (one that names a start already)
         return exc
     try:
         seen = first_seen(info.path, detector, float((info.start + info.frames) / info.fps), info.video_stream,
@@ -291,6 +291,32 @@ def _store_and_track(
     return track, store.offsets, store.stored
 
 
+# A take in too few of whose frames the face was found, found nearly all in one stretch of
+# it: where that stretch holds this share of the detections and the face is found in this
+# share of its frames, for at least PART_MIN_S, the presenter is taken to be in that part.
+PART_SHARE, PART_DENSITY, PART_MIN_S = 0.9, 0.5, 1.0
+
+
+def _part_with_face(track: FaceTrack, info: media.VideoInfo) -> tuple[float, float] | None:
+    """Where the presenter is in only one part of the take analysed (a lecture whose camera
+    comes to them late, a talk that ends with them): its (start, end) in seconds from the
+    take's beginning; None where the few frames with a face are spread over it (chance
+    detections, a face too small or turned away throughout)."""
+    hits = np.flatnonzero(track.detected)
+    if hits.size == 0:
+        return None
+    # The shortest stretch holding PART_SHARE of the detections.
+    keep = max(1, math.ceil(PART_SHARE * hits.size))
+    widths = hits[keep - 1 :] - hits[: hits.size - keep + 1]
+    first = int(np.argmin(widths))
+    lo, hi = int(hits[first]), int(hits[first + keep - 1]) + 1
+    fps = float(info.fps)
+    if (hi - lo) / fps < PART_MIN_S or keep < PART_DENSITY * (hi - lo):
+        return None
+    offset = float(info.start / info.fps)
+    return offset + lo / fps, offset + hi / fps
+
+
 def _scaled_note(info: media.VideoInfo) -> str:
     """For a message about the faces of a reference scaled down (``max_resolution``)."""
     if info.scaled_from is None:
@@ -355,6 +381,15 @@ def track_reference(
         )
     track = find_presenter(tracker, float(info.fps))
     found = 0 if track is None else int(track.detected.sum())
+    if track is not None and found < MIN_DETECTED_FRACTION * frames and (part := _part_with_face(track, info)):
+        start, end = part
+        raise PresenterLater(
+            f"reference {video}: too few frames with a face (the presenter's face was detected in {found} of its "
+            f"{frames} frame(s), nearly all between {start:.1f} s and {end:.1f} s into the take): where the presenter "
+            f"is in only that part, --reference-start {math.floor(start * 10) / 10:g} (or the row's reference_start "
+            "column) uses the take from there",
+            {"reference_start": math.floor(start * 10) / 10},
+        )
     if track is None or found < MIN_DETECTED_FRACTION * frames:
         raise InputError(
             f"reference {video}: no face found (the presenter's face was detected in {found} of its "

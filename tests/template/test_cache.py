@@ -773,6 +773,36 @@ def test_a_take_whose_presenter_comes_in_after_the_part_analysed_says_where(tmp_
     assert template.present.all()
 
 
+@pytest.mark.parametrize("start", [0.0, 1.0])
+def test_a_take_with_the_presenter_in_its_last_seconds_only_names_where(tmp_path, start) -> None:
+    """A 10-s take with the presenter in its last 1.5 s (too few frames for a template):
+    the error says where the face was found and the start that uses it, carried as a
+    setting (a manifest's preview fills it in), counted from the take's beginning where
+    the take is used from a start already; not 'no face found' with advice on lighting."""
+    take = lecture_clip(tmp_path / "late.mp4", size=(480, 300), face=100, seconds=10.0, corner="centre",
+                        motion="still", absent=(0.0, 8.5)).path  # fmt: skip
+    with pytest.raises(PresenterLater) as late:
+        analyze(take, GEOMETRY, DETECTOR, tmp_path / "cache", reference_start=start)
+    found = late.value.settings["reference_start"]
+    assert late.value.kind == "no_face" and 8.4 <= found <= 8.6, late.value.message
+    assert late.value.message.startswith(f"reference {take}: too few frames with a face (the presenter's face was "
+                                         "detected in ")  # fmt: skip
+    assert "frame(s), nearly all between 8." in late.value.message
+    assert (" s into the take): where the presenter is in only that part, --reference-start "
+            f"{found:g} (or the row's reference_start column) uses the take from there") in late.value.message
+    assert "well lit" not in late.value.message
+    template, _ = analyze(take, GEOMETRY, DETECTOR, tmp_path / "cache", reference_start=found)
+    template.close()
+    assert template.present.mean() > 0.9
+
+
+def test_a_take_without_a_face_anywhere_still_says_no_face_found(tmp_path) -> None:
+    slide = make_video(tmp_path / "slide.mp4", seconds=2.0, size=(160, 120))
+    with pytest.raises(InputError) as caught:
+        analyze(slide, GEOMETRY, DETECTOR, tmp_path / "cache")
+    assert not isinstance(caught.value, PresenterLater) and "no face found" in caught.value.message
+
+
 def test_a_presenter_too_small_once_scaled_down_is_not_named_as_coming_in_later(tmp_path) -> None:
     """The same lecture with a face 60 px wide, analysed scaled down to half (``max_resolution``,
     the face 30 px, under ``min_face``): the keyframes after the cut are searched at that size

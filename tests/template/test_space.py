@@ -17,7 +17,7 @@ from heygem_ray.config import DetectorConfig
 from heygem_ray.errors import InputError
 from heygem_ray.media import yuv
 from heygem_ray.packs import get_pack
-from heygem_ray.template.cache import HASHES_DIR
+from heygem_ray.template.cache import HASHES_DIR, TAG_FILE
 from heygem_ray.template.files import Template
 from heygem_ray.template.store import RESERVE_FIRST, RESERVE_MARGIN, StoreWriter
 from tests.helpers.footage import Footage, lecture_clip, with_camera_noise
@@ -52,10 +52,12 @@ def test_a_reference_whose_analysis_does_not_fit_fails_at_its_first_second_sayin
            "300 analyses its first five;" in message  # fmt: skip
     # It stopped where it held its space, not where the disk ran out; nothing is left of it.
     assert "no space left" not in message
-    # (But for the take's hash, remembered where the take was written over 2 s before: a page.)
+    # (But for the take's hash, remembered where the take was written over 2 s before, and
+    # the cache's tag: a page each.)
     hashes = list((cache / HASHES_DIR).glob("*"))
-    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock") and p.name != HASHES_DIR) == []
-    assert os.statvfs(cache).f_blocks - os.statvfs(cache).f_bfree == len(hashes)
+    assert sorted(p.name for p in cache.iterdir()
+                  if not p.name.endswith(".lock") and p.name not in (HASHES_DIR, TAG_FILE)) == []  # fmt: skip
+    assert os.statvfs(cache).f_blocks - os.statvfs(cache).f_bfree == len(hashes) + 1
 
 
 def test_a_slow_takes_held_frames_count_for_nothing_so_it_fits_where_its_frames_shown_would_not(mount, tmp_path):
