@@ -326,8 +326,12 @@ def preview(
     cannot be used), 2 when REFERENCE, AUDIO or the manifest cannot be used or the options
     are wrong (nothing is checked).
     """
+    from heygem_ray.driver.stop import StopSignals
     from heygem_ray.preview import preview as run_preview
 
+    # SIGTERM (a job scheduler's stop, ``kill``) as Ctrl-C: the analysis being built is
+    # removed, where the process died with it left half built in the cache.
+    stops = StopSignals()
     try:
         cfg = RenderConfig(
             pack=cast(PackName, pack), checkpoint=checkpoint, loop=cast(LoopMode, loop),
@@ -350,6 +354,11 @@ def preview(
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(2) from None
+    except Interrupted as exc:
+        print(f"error: stopped by {exc.message}; nothing half done is left", file=sys.stderr)
+        raise typer.Exit(exc.exit_status) from None
+    finally:
+        stops.restore()
     for check in found.checks:
         print(check.line())
     print(f"verdict: {found.verdict}")

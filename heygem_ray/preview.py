@@ -99,18 +99,37 @@ def preview(
     sheet, video, report = (out_dir / f"{stem}-{end}" for end in ("sheet.png", "preview.mp4", "checks.json"))
     for dest in (sheet, video, report):
         refuse_input(dest, (reference, speech, *inputs))
+    with storage_errors(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    # One preview writes a name in a folder at a time (a second waits): its three files are
+    # of one preview, and none removes another's video as it is written.
+    with storage.file_lock(out_dir / f".{stem}.preview.lock"):
+        with storage_errors(out_dir):
+            # An earlier preview's files of this name: replaced, or gone where this one fails
+            # (a checks file saying "ok" of a take since damaged would mislead a script).
+            for old in (sheet, video, report, *storage.staged_leftovers([video], PARTIAL_SUFFIX)):
+                old.unlink(missing_ok=True)
+        return _preview(reference, speech, audio is not None, cfg, pack, cache_dir, engines_dir, worker,
+                        (sheet, video, report), seconds)  # fmt: skip
+
+
+def _preview(
+    reference: Path, speech: Path, given: bool, cfg: RenderConfig, pack: PackSpec, cache_dir: Path,
+    engines_dir: Location, worker: Callable[[], ModelWorker] | None, files: tuple[Path, Path, Path], seconds: float,
+) -> Preview:  # fmt: skip
+    """``preview``'s work, its output names held: analysis, the checks, the three files
+    (the sheet, the video, the checks), ``given``: whether the audio was given."""
+    sheet, video, report = files
+    out_dir = sheet.parent
     template, _ = analyze(media.require_file(reference, "reference"), pack.geometry, cfg.detector, cache_dir,
                           cfg.limits, max_resolution=cfg.max_resolution, reference_seconds=cfg.reference_seconds,
                           reference_start=cfg.reference_start, max_fps=cfg.max_fps)  # fmt: skip
     with template:
         ref = Reference.of(template)
-        audio_seconds = media.probe_audio(speech).duration if audio is not None else None
+        audio_seconds = media.probe_audio(speech).duration if given else None
         checks = check_reference(ref, pack, cfg.detector.min_face, cfg.loop, audio_seconds)
         span = still_span(ref) if pack.keeps_reference_mouth else None
         with storage_errors(out_dir):
-            out_dir.mkdir(parents=True, exist_ok=True)
-            for half in storage.staged_leftovers([video], PARTIAL_SUFFIX):  # of a preview killed as it wrote
-                half.unlink(missing_ok=True)
             _write_png(sheet, contact_sheet(reference.name, template, ref, pack, checks, span))
             started = (worker or functools.partial(_model_worker, cfg, engines_dir))()
             _side_by_side(reference, speech, seconds, template, span, pack, cfg, cache_dir, started, video)

@@ -5,6 +5,7 @@ the exit status follows the verdict; the template it analysed is tonight's, cach
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from heygem_ray.packs import get_pack
 from heygem_ray.preview import BUNDLED_SPEECH, SHEET_COLUMNS, TILE_WIDTH, VIDEO_HEIGHT, preview_manifest
 from heygem_ray.worker import ModelWorker
 from tests.helpers.footage import lecture_clip
-from tests.helpers.media import make_silence
+from tests.helpers.media import make_silence, make_tone
 
 runner = CliRunner()
 CHECKS = ["face_size", "lost", "jitter", "faces", "mouth_motion", "head_turned", "mouth_covered", "dark", "blurred", "colour",
@@ -168,6 +169,70 @@ def test_a_preview_killed_as_it_writes_its_video_leaves_none_and_the_next_one_it
     assert again.returncode == 0, again.stderr[-2000:]
     assert sorted(p.name for p in out.glob("*.mp4")) == ["presenter-preview.mp4"]
     assert media.probe_video(out / "presenter-preview.mp4").frames == 150
+
+
+def _cli(tmp_path: Path, *args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("heygem-ray")), "preview", *args, "-o", str(tmp_path / "out"),
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+
+
+def test_two_previews_of_one_name_into_one_folder_leave_the_files_of_one(examples, tmp_path):
+    """A second preview of the same take into the same folder while the first writes: it
+    waits for the first (where it removed the first's video as it was written, failing
+    it), then replaces the three files with its own, all three of one preview."""
+    long_speech = make_tone(tmp_path / "long.wav", seconds=40.0)  # (its video takes long enough to be met)
+    first = subprocess.Popen(_cli(tmp_path, str(examples / "presenter.mp4"), str(long_speech), "--seconds", "40"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120  # until the first is writing its video
+        while not list((tmp_path / "out").glob(".presenter-preview.*")) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        second = subprocess.run(_cli(tmp_path, str(examples / "presenter.mp4"), str(examples / "lesson2.mp3"),
+                                     "--seconds", "1"), capture_output=True, text=True, timeout=300)  # fmt: skip
+        out, err = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 0, second.stderr[-2000:]
+    checks = json.loads((tmp_path / "out" / "presenter-checks.json").read_text())
+    assert checks["audio"] == str(examples / "lesson2.mp3")
+    assert media.probe_video(tmp_path / "out" / "presenter-preview.mp4").frames == 25
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [
+        "presenter-checks.json", "presenter-preview.mp4", "presenter-sheet.png"]
+
+
+def test_a_preview_that_fails_leaves_no_earlier_verdict_of_its_name(examples, tmp_path):
+    """Previewed once (ok), then the take is damaged and previewed again: that fails, and
+    the first preview's files are gone with it, where its checks file went on saying ok."""
+    take = Path(shutil.copy(examples / "presenter.mp4", tmp_path / "take.mp4"))
+    ok = subprocess.run(_cli(tmp_path, str(take), "--seconds", "0.5"), capture_output=True, text=True,
+                        timeout=300)  # fmt: skip
+    assert ok.returncode == 0 and (tmp_path / "out" / "take-checks.json").is_file(), ok.stderr[-2000:]
+    take.write_bytes(take.read_bytes()[:3000])
+    bad = subprocess.run(_cli(tmp_path, str(take), "--seconds", "0.5"), capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.startswith("error: "), bad.stderr[-2000:]
+    assert not [p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")]
+
+
+def test_a_preview_stopped_by_sigterm_as_it_analyses_leaves_no_half_built_template(tmp_path):
+    """SIGTERM (a scheduler's stop) during the analysis: exit 143, saying so, and the
+    template being built is removed, where the process died with it left in the cache."""
+    take = lecture_clip(tmp_path / "long.mp4", size=(640, 400), face=120, seconds=20.0).path
+    proc = subprocess.Popen(_cli(tmp_path, str(take), "--seconds", "0.5"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "cache").glob(".*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert list((tmp_path / "cache").glob(".*.tmp")), "the analysis was not seen under way"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert err.strip().splitlines()[-1] == "error: stopped by SIGTERM; nothing half done is left"
+    assert not list((tmp_path / "cache").glob(".*.tmp"))
 
 
 def test_a_missing_reference_is_exit_2_naming_it(tmp_path):
