@@ -35,9 +35,9 @@ import posixpath
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -89,6 +89,11 @@ class Run:
     # Where no run is going on: the run whose lock is still there, stale (it was killed as
     # it ran: its holder, in words), or "".
     killed: str = ""
+    # job id → where its MP4 is in ``output_dir`` (``in_folder``: the folder may have been
+    # moved or copied since the rows were written), for rows with a video (ok, skipped).
+    outputs: dict[str, Location] = field(default_factory=dict)
+    # The rows with a video (ok, skipped) whose MP4 is not there (moved or deleted since).
+    gone: frozenset[str] = frozenset()
 
 
 def load_run(output_dir: Location) -> Run:
@@ -126,8 +131,13 @@ def load_run(output_dir: Location) -> Run:
                 newer += 1
             newest = max(newest, st.mtime_ns)
     running, killed = running_now(output_dir)
+    videos = [r for r in by_id.values() if r.status != "failed" and r.output]
+    outputs = {r.job_id: in_folder(r.output, output_dir) for r in videos if r.output}
+    there = _present([outputs[r.job_id] for r in videos])
     return Run(
         output_dir=output_dir,
+        outputs=outputs,
+        gone=frozenset(r.job_id for r in videos if _gone(r, outputs[r.job_id], there)),
         results=sorted(by_id.values(), key=lambda r: (r.row, r.job_id)),
         state="complete" if table_mtime >= 0 and newer == 0 else "unfinished",
         newer_parts=newer if table_mtime >= 0 else 0,
@@ -135,6 +145,47 @@ def load_run(output_dir: Location) -> Run:
         running=running,
         killed=killed,
     )
+
+
+def in_folder(recorded: str, folder: Location) -> Location:
+    """Where the output a row recorded (``recorded``, inside the folder the run wrote) is in
+    ``folder``: where it was, if that is in ``folder``; else, the folder moved, copied or
+    mounted elsewhere since, the same path inside ``folder`` (the longest end of the
+    recorded path that names a file there: outputs may be in subfolders), or, where none
+    does, its name in ``folder`` (not there: never the file where it was, which may be
+    another folder's now, or an original the folder was copied from)."""
+    loc = storage.location(recorded)
+    if storage.is_inside(loc, folder):
+        return loc
+    parts = PurePosixPath(loc.key).parts[1:] if isinstance(loc, Uri) else loc.parts[1:]  # (no bucket, no root)
+    for k in range(len(parts), 0, -1):
+        candidate = folder / "/".join(parts[-k:]) if isinstance(folder, Uri) else folder.joinpath(*parts[-k:])
+        if storage.is_file(candidate):
+            return candidate
+    return folder / loc.name
+
+
+def _gone(r: JobResult, output: Location, there: dict[Location, int | None]) -> bool:
+    """Whether the row's video is not at ``output``: no file there, or one of another size
+    than the row recorded (cut short, or another written in its place)."""
+    if output not in there:
+        return True
+    size = there[output]
+    return size is not None and r.output_bytes is not None and size != r.output_bytes
+
+
+def _present(outputs: list[Location]) -> dict[Location, int | None]:
+    """Which of ``outputs`` are there, with their sizes: one listing per folder (a request
+    per 1000 objects in a bucket), none of them read. Those of a folder that cannot be
+    listed are taken to be there, of a size not known (None)."""
+    found: dict[Location, int | None] = {}
+    for folder in {loc.parent for loc in outputs}:
+        try:
+            found.update(storage.list_files(folder))
+        except (OSError, HeygemError) as exc:  # (a folder out of reach: its rows are not said to be gone)
+            log.info("could not list %s (%s): its videos are taken to be there", folder, exc)
+            found.update({loc: None for loc in outputs if loc.parent == folder})
+    return found
 
 
 def running_now(output_dir: Location) -> tuple[str | None, str]:
@@ -234,10 +285,12 @@ class Summary:
     backends: dict[str, int]  # backend → jobs rendered on it
     nodes: dict[str, int]  # Ray node → jobs rendered on it
     # The folder, whichever run rendered it: rows whose video is there (ok or skipped),
-    # of those the rows an earlier run rendered, and the seconds of video they hold.
+    # of those the rows an earlier run rendered, and the seconds of video they hold; and
+    # the rows whose video is not there any more (moved or deleted since: ``Run.gone``).
     complete: int = 0
     earlier: int = 0
     folder_video_seconds: float = 0.0
+    gone: int = 0
     # Rows with a video whose reference the checks warned about, and check → such rows.
     warned: int = 0
     warnings: dict[str, int] | None = None
@@ -286,9 +339,10 @@ def summarize(run: Run) -> Summary:
         failures=dict(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))),
         backends=_count(r.backend for r in done),
         nodes=_count(r.node for r in done),
-        complete=len(done) + sum(r.status == "skipped" for r in rs),
-        earlier=sum(r.status == "skipped" for r in rs),
-        folder_video_seconds=sum(video_seconds(r) for r in rs if r.status != "failed"),
+        complete=sum(r.status != "failed" and r.job_id not in run.gone for r in rs),
+        earlier=sum(r.status == "skipped" and r.job_id not in run.gone for r in rs),
+        folder_video_seconds=sum(video_seconds(r) for r in rs if r.status != "failed" and r.job_id not in run.gone),
+        gone=len(run.gone),
         warned=sum(bool(r.reference_notes) for r in rs if r.status != "failed"),
         warnings=_count(name for r in rs if r.status != "failed" for name in note_names(r.reference_notes)),
         settings=_settings(rs),
@@ -335,7 +389,9 @@ def describe_folder(s: Summary) -> str:
     """The folder's state, whichever run made it: "3 of 3 rows have their video (3 from an
     earlier run), 12.0 s of video"."""
     earlier = f" ({s.earlier} from an earlier run)" if s.earlier else ""
-    return f"{s.complete} of {s.total} rows have their video{earlier}, {s.folder_video_seconds:.1f} s of video"
+    gone = (f"; {s.gone} row(s) whose video is not there any more (moved or deleted since: rerunning the same command "
+            "renders them again)") if s.gone else ""  # fmt: skip
+    return f"{s.complete} of {s.total} rows have their video{earlier}, {s.folder_video_seconds:.1f} s of video{gone}"
 
 
 def describe_warnings(s: Summary) -> str:
@@ -446,17 +502,20 @@ class Preview:
     mouth: bytes | None = None  # JPEG THUMB_HEIGHT px tall: the mouth, zoomed, in the middle frame
 
 
-def previews(results: list[JobResult], count: int = THUMB_COUNT) -> dict[str, Preview]:
-    """job id → a few frames of its MP4, for every row with an output (ok or skipped)."""
+def previews(results: list[JobResult], count: int = THUMB_COUNT, where: dict[str, Location] | None = None
+             ) -> dict[str, Preview]:  # fmt: skip
+    """job id → a few frames of its MP4, for every row with an output (ok or skipped),
+    read where ``where`` says it is (``Run.outputs``; default: where the row says)."""
     todo = [r for r in results if r.status != "failed" and r.output]
     if count <= 0 or not todo:
         return {}
+    where = where or {}
     with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1, 8)) as pool:
-        return dict(zip((r.job_id for r in todo), pool.map(lambda r: _preview(r, count), todo), strict=True))
+        found = pool.map(lambda r: _preview(r, count, where.get(r.job_id) or storage.location(r.output or "")), todo)
+        return dict(zip((r.job_id for r in todo), found, strict=True))
 
 
-def _preview(r: JobResult, count: int) -> Preview:
-    target = storage.location(r.output or "")
+def _preview(r: JobResult, count: int, target: Location) -> Preview:
     if not storage.is_file(target):
         return Preview((), f"{target} is not there any more")
     # Seek to each time rather than decode every frame: a long lesson's four thumbnails
@@ -532,13 +591,17 @@ def write_report(output_dir: Location, out: Location | None = None, thumbnails: 
         raise InputError(f"--thumbnails must be 0 or more, got {thumbnails}", kind="bad_argument")
     run = load_run(output_dir)
     out = storage.location(out) if out is not None else run.output_dir / REPORT_FILE
-    page = build_html(summarize(run), run.results, previews(run.results, thumbnails), out.parent)
+    shots = previews(run.results, thumbnails, run.outputs)
+    page = build_html(summarize(run), run.results, shots, out.parent, run.outputs)
     storage.write_bytes(out, page.encode("utf-8"))
     return out
 
 
-def build_html(s: Summary, results: list[JobResult], shots: dict[str, Preview], report_dir: Location) -> str:
-    """The report page. ``report_dir`` is where it will be written (links to the MP4s are relative to it)."""
+def build_html(s: Summary, results: list[JobResult], shots: dict[str, Preview], report_dir: Location,
+               where: dict[str, Location] | None = None) -> str:  # fmt: skip
+    """The report page. ``report_dir`` is where it will be written (links to the MP4s are
+    relative to it); ``where``: where each job's MP4 is (``Run.outputs``; default: where its
+    row says)."""
     e = _esc
     tiles = [
         ("rows", str(s.total)), ("ok", str(s.ok)), ("failed", str(s.failed)), ("skipped", str(s.skipped)),
@@ -566,7 +629,7 @@ def build_html(s: Summary, results: list[JobResult], shots: dict[str, Preview], 
         _failures_html(s),
         f"<h2>Outputs ({len(results)})</h2>",
         "<section class=jobs>",
-        *(_job_html(r, shots.get(r.job_id), report_dir) for r in results),
+        *(_job_html(r, shots.get(r.job_id), report_dir, (where or {}).get(r.job_id)) for r in results),
         "</section>",
         f"<footer>written {e(datetime.now().strftime('%Y-%m-%d %H:%M:%S'))} by heygem-ray report</footer>",
         "</body></html>",
@@ -610,14 +673,15 @@ def _failures_html(s: Summary) -> str:
     return "\n".join(out)
 
 
-def _job_html(r: JobResult, shot: Preview | None, report_dir: Location) -> str:
+def _job_html(r: JobResult, shot: Preview | None, report_dir: Location, output: Location | None = None) -> str:
     e = _esc
     badge = f'<span class="badge {e(r.status)}">{e(r.status)}</span>'
     head = f"<div class=head>{badge} <b>{e(r.job_id)}</b> <small>row {e(r.row)}</small></div>"
     strip = note = link = player = ""
     if r.output and r.status != "failed":
-        href = e(_href(r.output, report_dir))
-        link = f'<a class=path href="{href}">{e(r.output)}</a>'
+        shown = str(output) if output is not None else r.output
+        href = e(_href(shown, report_dir))
+        link = f'<a class=path href="{href}">{e(shown)}</a>'
         # Nothing is fetched until it is played: a page of a thousand rows stays light. Its
         # poster, the first thumbnail, shows what it is and gives it the video's shape.
         first = shot.jpegs[0] if shot is not None and shot.jpegs else None

@@ -283,6 +283,28 @@ def _ended_pid() -> int:
     return child.pid
 
 
+def test_a_folder_moved_since_is_read_where_it_is(run_dir, tmp_path):
+    """The night's folder, copied (or moved, or mounted) elsewhere since its rows were
+    written: the report reads and links the videos in the folder it is given, not where the
+    rows say they were; and `status` counts a video deleted or cut short since as not there
+    (it said every row's video was there)."""
+    moved = Path(shutil.copytree(run_dir, tmp_path / "archive" / "night", ignore=shutil.ignore_patterns("*.html")))
+    run = report.load_run(moved)
+    assert {j: str(w) for j, w in run.outputs.items()} == {"talk": str(moved / "talk.mp4"), "still": str(moved / "still.mp4")}
+    page = report.write_report(moved, tmp_path / "r.html").read_text()
+    cards = _articles(page)
+    assert 'href="archive/night/talk.mp4"' in cards["talk"] and str(run_dir) not in cards["talk"]
+    assert len(_IMG.findall(cards["talk"])) == report.THUMB_COUNT and "not there any more" not in page
+
+    assert "folder    2 of 3 rows have their video" in runner.invoke(app, ["status", str(moved)]).stdout
+    (moved / "still.mp4").unlink()
+    talk = moved / "talk.mp4"
+    talk.write_bytes(talk.read_bytes()[: talk.stat().st_size // 3])
+    got = runner.invoke(app, ["status", str(moved)])
+    assert ("folder    0 of 3 rows have their video, 0.0 s of video; 2 row(s) whose video is not there any more "
+            "(moved or deleted since: rerunning the same command renders them again)") in got.stdout, got.stdout
+
+
 def test_report_refuses_a_negative_number_of_thumbnails(run_dir, tmp_path):
     got = runner.invoke(app, ["report", str(run_dir), "--out", str(tmp_path / "r.html"), "--thumbnails", "-1"])
     assert got.exit_code == 2 and "--thumbnails must be 0 or more, got -1" in got.stderr
@@ -298,6 +320,7 @@ def test_an_unfinished_run_is_read_from_its_part_files(run_dir, tmp_path):
     kept = [p for p in parts if pq.read_table(p).column("job_id")[0].as_py() != "still"]
     for p in kept:
         shutil.copy(p, killed / PARTS_DIR / p.name)
+    shutil.copy(run_dir / "talk.mp4", killed)  # (the video of the row that ended ok)
     got = runner.invoke(app, ["status", str(killed)])
     assert got.exit_code == 3, got.output  # unfinished, whatever its rows say: rows may be missing
     assert ("state     unfinished: the run stopped, before it wrote results.parquet (no run holds the folder now); "
