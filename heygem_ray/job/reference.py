@@ -48,9 +48,19 @@ def reference_inputs(
     (spec,) = pack.io(pack.reference)[1]
     data, done_path = template.root / f"reference-{key}.npy", template.root / f"reference-{key}.done.npy"
     shape = (template.frames, *spec.shape)
-    if not os.access(template.root, os.W_OK):
-        return _for_this_job(template, models, timeline, chunk_frames, (data, done_path), shape, scratch)
-    with storage.file_lock(template.root / f"reference-{key}.lock"), storage_errors(template.root):
+    with template.keeping(f"reference-{key}.lock") as here:
+        if not here:
+            return _for_this_job(template, models, timeline, chunk_frames, (data, done_path), shape, scratch)
+        return _kept_outputs(template, models, timeline, chunk_frames, (data, done_path), shape)
+
+
+def _kept_outputs(
+    template: Template, models: ModelService, timeline: Timeline, chunk_frames: int, paths: tuple[Path, Path],
+    shape: tuple[int, ...],
+) -> Callable[[np.ndarray], np.ndarray]:  # fmt: skip
+    """``reference_inputs`` where the outputs are kept with the template (its lock held)."""
+    data, done_path = paths
+    with storage_errors(template.root):
         for left in template.root.glob(f".{data.name}.*.tmp"):  # from a job killed while making one
             left.unlink(missing_ok=True)
         done = _kept(data, done_path, shape)

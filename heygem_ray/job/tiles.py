@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,17 +61,28 @@ def restore_inputs(template: Template, timeline: Timeline, scratch: Path) -> Cal
     matrices = frame_matrices(template, used)
     data = template.root / f"restore-tiles-v{TILES_VERSION}.bin"
     index_path = template.root / f"restore-tiles-v{TILES_VERSION}.index.npy"
-    if not os.access(template.root, os.W_OK):
+    with template.keeping("restore-tiles.lock") as here:
+        if here:
+            return _kept_tiles(template, used, matrices, data, index_path)
+    if not template.store.is_at_path():  # set aside or rebuilt since this job opened it
+        index = np.zeros((template.frames, 2), np.int64)
+    else:  # a cache that cannot be written: what it holds
         index = _kept_index(index_path, data, template.frames, remove=False)
-        if not index[used, 1].all():
-            log.info("the template cache cannot be written at %s and holds no restoration tiles for the frames this "
-                     "job uses: making them for this job only", template.root)  # fmt: skip
-            data, index = scratch / data.name, np.zeros_like(index)
-            with storage_errors(scratch):
-                _make(template, used, matrices, data, index)
-        kept = np.memmap(data, np.uint8, mode="r")
-        return _reader(template, matrices, index, kept)
-    with storage.file_lock(template.root / "restore-tiles.lock"), storage_errors(template.root):
+    if not index[used, 1].all():
+        log.info("the template folder %s cannot be written (or was set aside since this job opened it) and holds no "
+                 "restoration tiles for the frames this job uses: making them for this job only", template.root)
+        data, index = scratch / data.name, np.zeros_like(index)
+        with storage_errors(scratch):
+            _make(template, used, matrices, data, index)
+    kept = np.memmap(data, np.uint8, mode="r")
+    return _reader(template, matrices, index, kept)
+
+
+def _kept_tiles(
+    template: Template, used: np.ndarray, matrices: np.ndarray, data: Path, index_path: Path
+) -> Callable[[np.ndarray], RestoreInputs]:
+    """``restore_inputs`` where the tiles are kept with the template (its lock held)."""
+    with storage_errors(template.root):
         index = _kept_index(index_path, data, template.frames)
         todo = used[index[used, 1] == 0]
         if todo.size:

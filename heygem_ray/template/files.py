@@ -46,8 +46,10 @@ if another job replaces the folder meanwhile.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -55,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from heygem_ray import media
+from heygem_ray import media, storage
 from heygem_ray.config import MIN_FPS
 from heygem_ray.face.looks import LOOKS
 from heygem_ray.face.track import FaceTrack
@@ -141,6 +143,26 @@ class Template:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextmanager
+    def keeping(self, lock_name: str) -> Iterator[bool]:
+        """Hold the lock ``lock_name`` in the template's folder for a job to keep what it
+        computes there (a pack's reference-stage outputs, restoration tiles), while that
+        folder is the one this template was opened from: True. False, and nothing held,
+        where it cannot be written, or is not that folder any more (another job set it aside
+        as damaged and built it again, or it was pruned, since this one opened it: what is
+        kept there is the new template's, and a write would make a folder set aside again):
+        the job then computes for itself."""
+        if not os.access(self.root, os.W_OK) or not self.store.is_at_path():
+            yield False
+            return
+        with ExitStack() as held:
+            try:
+                held.enter_context(storage.file_lock(self.root / lock_name))
+            except FileNotFoundError:  # set aside or removed just now
+                yield False
+                return
+            yield self.store.is_at_path()  # (not replaced while the lock was waited for)
 
     def track(self) -> FaceTrack:
         """The presenter's face track the crop boxes were cut along (``faces.npz``, as read

@@ -112,6 +112,15 @@ class FrameStore:
             why = f"frame {j} does not decompress: {exc}"
             raise damaged_while_read(self.path, self._opened, why) from exc
 
+    def is_at_path(self) -> bool:
+        """Whether ``path`` still names the file this store opened (not one built in its
+        place since, nor nothing: the folder set aside or removed)."""
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return False
+        return (now.st_dev, now.st_ino) == (self._opened.st_dev, self._opened.st_ino)
+
     def close(self) -> None:
         self._file.close()
 

@@ -667,6 +667,34 @@ def test_a_cache_that_cannot_be_written_gives_the_restoration_tiles_it_holds_and
     assert sorted((p.name, p.stat().st_size) for p in _root(cache).iterdir()) == held
 
 
+def test_a_job_whose_template_was_set_aside_and_built_again_makes_its_tiles_for_itself(cache, examples, tmp_path):
+    """A job opened a template; another found it damaged, set it aside and built it again
+    before the first reached its restoration step: the first makes its tiles in its own
+    scratch folder (the same tiles), neither keeping them in the new template nor failing
+    on the old folder's lock (a bug's error, where it was gone), nor making the old folder
+    again."""
+    with Template.open(_root(cache)) as template:
+        timeline = plan(2.0, template.frames, template.fps, "pingpong", template.is_image)
+        frames = np.unique(timeline.ref_index)
+        want = restore_inputs(template, timeline, tmp_path)(frames).tiles  # (kept with it)
+    held, _ = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+    with held:
+        template_cache.set_aside(held.root, cache / ".aside")
+        scratch = tmp_path / "gone"
+        scratch.mkdir()
+        made = restore_inputs(held, timeline, scratch)(frames).tiles
+        assert not held.root.exists() and [p.name for p in scratch.iterdir()] == ["restore-tiles-v1.bin"]
+        rebuilt, cached = analyze(examples / "presenter.mp4", GEOMETRY, DETECTOR, cache)
+        rebuilt.close()
+        assert not cached
+        scratch = tmp_path / "rebuilt"
+        scratch.mkdir()
+        again = restore_inputs(held, timeline, scratch)(frames).tiles
+        assert [p.name for p in scratch.iterdir()] == ["restore-tiles-v1.bin"]
+        assert not list(held.root.glob("restore-tiles*"))  # nothing kept in the new template
+    assert made.data.tobytes() == want.data.tobytes() == again.data.tobytes()
+
+
 def test_a_references_hash_is_remembered_until_the_file_changes_and_forgotten_when_unused(
         tmp_path, examples, monkeypatch) -> None:  # fmt: skip
     """The cache remembers each reference file's content hash under the file's identity, so
