@@ -155,7 +155,11 @@ class StoreWriter:
         self.stored: list[int] = []
         self._before: np.ndarray | None = None  # the frame kept last
         self._out = open(path, "wb")
-        self._in = open(path, "rb")
+        try:
+            self._in = open(path, "rb")
+        except BaseException:  # (out of descriptors, say: the first is not left open)
+            self._out.close()
+            raise
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-store")
         self._packing: deque[Future[pa.Buffer]] = deque()  # compressed, or being compressed, in frame order
 
