@@ -44,6 +44,7 @@ import logging
 import os
 import platform
 import re
+import shutil
 import socket
 import sys
 import time
@@ -113,6 +114,10 @@ class EngineKey:
     # int8 only: the id of the calibration data its activation ranges were measured on
     # (``backends.int8.CalibrationSet.id``); "" for every other precision.
     calibration: str = ""
+    # An artifact built from another (a TensorRT engine from its ONNX graph): that one's key
+    # digest, so a graph exported again (another exporter, opset or int8 recipe: another
+    # key) gets an engine of its own; "" for an artifact made from the weights.
+    source: str = ""
 
     def __post_init__(self) -> None:
         if self.stage not in _STAGES:
@@ -132,6 +137,8 @@ class EngineKey:
         d["profile"] = None if self.profile is None else [self.profile.min, self.profile.opt, self.profile.max]
         if not self.calibration:  # keys without one keep the digests they had before int8
             del d["calibration"]
+        if not self.source:  # (likewise: only the artifacts built from another carry one)
+            del d["source"]
         return d
 
     @classmethod
@@ -216,6 +223,7 @@ class EngineStore:
             problem = self._problem(key)  # another process may have built it meanwhile
             if problem is None:
                 return path
+            self._remove_leftovers(key)
             if self.remote is not None:
                 self._from_bucket(key, self.remote / key.dirname(), build, rebuild)
                 return path
@@ -240,10 +248,10 @@ class EngineStore:
             try:
                 meta = json.loads(storage.read_bytes(sidecar))
                 key = EngineKey.from_json(meta["key"])
+                size = int(meta.get("size", -1))
             except (OSError, ValueError, KeyError, TypeError, EngineError, InputError):
                 continue  # half-written or foreign: not an entry
             artifact = sidecar.parent / ARTIFACT[key.backend]
-            size = int(meta.get("size", -1))
             ok = files.get(artifact) == size
             rows.append(
                 EntryInfo(
@@ -288,6 +296,19 @@ class EngineStore:
         if _sha256(artifact) != meta.get("sha256"):
             return f"{artifact.name} does not match its recorded sha256 (corrupted or replaced)"
         return None
+
+    def _remove_leftovers(self, key: EngineKey) -> None:
+        """Remove what builds (and downloads) of ``key`` killed midway left in its entry: the
+        temporary artifact and sidecar, an export's or a quantization's working folder (the
+        fp32 graph's copy: gigabytes for MuseTalk). Called under the entry's lock, which
+        every builder holds, so none of them is being written."""
+        for left in self.entry_dir(key).iterdir():
+            if not left.name.startswith(".") or left.name == ".lock":  # (the artifact, its sidecar, the lock)
+                continue
+            if left.is_dir() and not left.is_symlink():  # .export-*, .quantize-*
+                shutil.rmtree(left, ignore_errors=True)
+            elif left.name.endswith(".tmp"):
+                left.unlink(missing_ok=True)
 
     def _build(self, key: EngineKey, build: Callable[[Path], None]) -> None:
         entry = self.entry_dir(key)
@@ -392,8 +413,10 @@ class EngineStore:
                         f.seek(0)
                         holder = f.read().strip() or "unknown"
                         raise EngineError(
-                            f"engine store entry {key.dirname()}: still locked after {self.lock_timeout_s:.0f} s "
-                            f"by {holder}; if that process is gone, delete {lock_path}",
+                            f"engine store entry {key.dirname()}: still being built after {self.lock_timeout_s:.0f} s "
+                            f"of waiting, by {holder} (the lock {lock_path} is let go when its process ends, so it "
+                            "is alive); run again once it is built, or build it ahead of time with 'heygem-ray engines "
+                            "build'",
                             kind="engine_locked",
                         ) from None
                     time.sleep(_LOCK_POLL_S)

@@ -24,7 +24,7 @@ from heygem_ray.backends.int8 import MIN_PSNR_DB, CalibrationSet, GateResult, ga
 from heygem_ray.config import PrecisionName
 from heygem_ray.engines import EngineStore, Precision
 from heygem_ray.errors import EngineError, InternalError
-from heygem_ray.hardware import device_arch, int8_pays, runtime_version
+from heygem_ray.hardware import INT8_FLAGS, cpu_flags, device_arch, int8_pays, runtime_version
 from heygem_ray.packs import PackSpec
 
 
@@ -48,13 +48,19 @@ def verdict_path(store: EngineStore, pack: PackSpec, chosen: RunnerSet, device: 
     what = {
         "keys": {stage: key.digest() for stage, key in sorted(chosen.engine_keys.items())},
         "runtime": runtime_version(chosen.backend),
-        "device": device_arch(device) if device.startswith("cuda") else f"cpu-{platform.machine()}",
+        # (a CPU's int8 instructions decide its kernels, and their rounding: AVX2's saturate)
+        "device": device_arch(device) if device.startswith("cuda") else f"cpu-{platform.machine()}-{_int8_flags()}",
         "reference": f"torch{torch.__version__}",
         "calibration": calibration.id,
         "min_db": MIN_PSNR_DB,
     }
     digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
     return store.root / "gates" / f"{pack.name}-{digest[:16]}.json"
+
+
+def _int8_flags() -> str:
+    """This CPU's int8 instructions (``hardware.INT8_FLAGS``), as a name: "none" where it has none."""
+    return "+".join(sorted(cpu_flags() & set(INT8_FLAGS))) or "none"
 
 
 def kept_gate(pack: PackSpec, chosen: RunnerSet, modules: dict[str, nn.Module], calibration: CalibrationSet,

@@ -39,6 +39,7 @@ import io
 import os
 import posixpath
 import re
+import stat as stat_module
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -288,7 +289,15 @@ def list_stats(folder: Location, *, recursive: bool = False) -> dict[Location, S
         if not folder.is_dir():
             return {}
         found = folder.rglob("*") if recursive else folder.iterdir()
-        return {p: Stat(st.st_size, st.st_mtime_ns) for p in found if p.is_file() and (st := p.stat())}
+        files: dict[Location, Stat] = {}
+        for path in found:
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # removed as the folder was listed (a build's temporary)
+                continue
+            if stat_module.S_ISREG(st.st_mode):
+                files[path] = Stat(st.st_size, st.st_mtime_ns)
+        return files
     selector = pafs.FileSelector(folder.key, allow_not_found=True, recursive=recursive)
     try:
         infos = _filesystem(folder).get_file_info(selector)

@@ -108,7 +108,7 @@ def tensorrt_artifact(
     onnx_path, onnx_key = source
     arch, version = device_arch(device), trt.trt_version()
     key = EngineKey(pack.name, onnx_key.weights_hash, stage, precision, profile, "tensorrt", version, arch,
-                    onnx_key.calibration)
+                    onnx_key.calibration, source=onnx_key.digest())
     timing_cache = store.root / "timing" / f"tensorrt-{version}-{arch}.cache"
 
     def build_plan(tmp: Path) -> None:

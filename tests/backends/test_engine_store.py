@@ -60,6 +60,7 @@ def test_digest_is_stable_and_follows_every_field() -> None:
         "stage": "motion",
         "pack": "wav2lip",
         "backend": "onnxruntime",
+        "source": "ef" * 32,
     }
     digests = {KEY.digest()}
     for field, value in variants.items():
@@ -182,8 +183,35 @@ def test_lock_timeout_names_the_holder(tmp_path: Path) -> None:
         held.write("pid 4242 on builder-host\n")
         held.flush()
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
-        with pytest.raises(EngineError, match=r"still locked .* by pid 4242 on builder-host"):
+        with pytest.raises(EngineError, match=r"still being built after .* by pid 4242 on builder-host \(the lock .* is let go when its process ends"):
             store.get_or_build(KEY, _writer()[0])
+
+
+def test_what_a_killed_build_left_in_an_entry_goes_when_it_is_next_built(tmp_path: Path) -> None:
+    """A build killed midway (out of memory, a preempted node) leaves its temporaries in the
+    entry: the artifact and sidecar under temporary names, an export's working folder, a
+    quantization's (the fp32 graph's copy: gigabytes for MuseTalk). The next build of the
+    entry removes them under its lock, where they stayed for good, night after night."""
+    store = EngineStore(tmp_path)
+    entry = store.entry_dir(KEY)
+    (entry / ".export-ct37t2kr").mkdir(parents=True)
+    (entry / ".export-ct37t2kr" / "stage.onnx").write_bytes(b"graph")
+    (entry / ".quantize-x1y2").mkdir()
+    (entry / ".quantize-x1y2" / "fp32.onnx").write_bytes(b"graph")
+    (entry / ".engine.plan.4242.0123abcd.tmp").write_bytes(b"half a plan")
+    (entry / ".meta.json.4242.0123abcd.tmp").write_bytes(b"{")
+    (entry / "notes.txt").write_text("someone's")  # (not the store's: left)
+    store.get_or_build(KEY, _writer()[0])
+    assert sorted(p.name for p in entry.iterdir()) == [".lock", ARTIFACT[KEY.backend], "meta.json", "notes.txt"]
+
+
+def test_list_passes_over_a_sidecar_whose_size_is_not_a_number(tmp_path: Path) -> None:
+    store = EngineStore(tmp_path)
+    store.get_or_build(KEY, _writer()[0])
+    sidecar = store.entry_dir(KEY) / "meta.json"
+    for size in (None, "1.2 MB"):
+        sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "size": size}))
+        assert store.list() == []  # not an entry (a traceback, before)
 
 
 def test_list_shows_every_entry(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from heygem_ray.backends.trt import (
     parse_version,
     version_problem,
 )
+from heygem_ray.errors import EngineError
 from heygem_ray.export import export_onnx
 from heygem_ray.packs import get_pack
 
@@ -164,13 +166,20 @@ def test_tensorrt_artifacts_key_names_the_version_the_arch_and_its_source(tmp_pa
     source = (tmp_path / "int8.onnx", EngineKey("warp", "ab" * 32, "render", "int8", None, "onnxruntime",
                                                 "opset17", "any", calibration="0123456789abcdef"))
     expected = EngineKey("warp", "ab" * 32, "render", "int8", profile, "tensorrt", "10.9.0.34", "sm_90",
-                         "0123456789abcdef")
+                         "0123456789abcdef", source=source[1].digest())
     # The engine the key names, as a build would have left it: found without TensorRT.
     store.get_or_build(expected, lambda tmp: tmp.write_bytes(b"plan"))
     path, key = artifacts.tensorrt_artifact(store, pack, "render", WarpRender(), "int8", profile, "cuda:0",
                                             build=False, source=source)
     assert key == expected and path == store.artifact_path(expected) and path.read_bytes() == b"plan"
     assert key.dirname().startswith("warp/render/tensorrt-10.9.0.34-sm_90-int8-cal01234567-b1-32-32-")
+    # The same weights' graph exported again (another exporter, opset, int8 recipe: another
+    # key): its engine is another, never the one built from the graph before it.
+    again = (tmp_path / "int8.onnx", dataclasses.replace(source[1], backend_version="opset17-qdq3"))
+    with pytest.raises(EngineError) as missing:
+        artifacts.tensorrt_artifact(store, pack, "render", WarpRender(), "int8", profile, "cuda:0", build=False,
+                                    source=again)  # fmt: skip
+    assert missing.value.kind == "engine_missing"
 
 
 def test_an_int8_engine_without_its_calibrated_graph_is_a_bug_said_plainly(tmp_path: Path, monkeypatch) -> None:
