@@ -96,15 +96,9 @@ def int8_pays(device: str) -> tuple[bool, str]:
     if device.startswith("cuda"):
         torch = _torch()
         major, minor = torch.cuda.get_device_capability(torch.device(device))
-        if (major, minor) < (7, 5):
-            return False, f"compute capability {major}.{minor} has no INT8 tensor cores (7.5 or later)"
-        from heygem_ray.backends import trt  # (imported where a GPU is asked about)
-
-        usable, why = trt.available()
-        if not usable:  # ONNX Runtime's CUDA provider runs an int8 QDQ graph's layers in float, with its Q/DQ too
-            return False, (f"INT8 tensor cores (compute capability {major}.{minor}), which only TensorRT uses for an "
-                           f"int8 graph, and TensorRT cannot run here ({why})")  # fmt: skip
-        return True, f"INT8 tensor cores (compute capability {major}.{minor}), through TensorRT"
+        if (major, minor) >= (7, 5):
+            return True, f"INT8 tensor cores (compute capability {major}.{minor})"
+        return False, f"compute capability {major}.{minor} has no INT8 tensor cores (7.5 or later)"
     have = sorted(cpu_flags() & set(INT8_FLAGS))
     if have:
         return True, ", ".join(have)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from heygem_ray import storage
-from heygem_ray.backends import RunnerSet, open_runners
+from heygem_ray.backends import RunnerSet, open_runners, trt
 from heygem_ray.backends.int8 import MIN_PSNR_DB, CalibrationSet, GateResult, gate
 from heygem_ray.config import PrecisionName
 from heygem_ray.engines import EngineStore, Precision
@@ -30,11 +30,15 @@ from heygem_ray.packs import PackSpec
 
 def precision_order(precision: PrecisionName, device: str, pack: PackSpec, *, calibrated: bool) -> tuple[Precision, ...]:
     """The precisions a worker tries, in order. "auto": fp16 on a GPU, fp32 on a CPU, with
-    int8 first where it pays, the pack has int8 stages and calibration data was given."""
+    int8 first where it pays (on a GPU, where TensorRT runs), the pack has int8 stages and
+    calibration data was given."""
     if precision != "auto":
         return (precision,)
     base: Precision = "fp16" if device.startswith("cuda") else "fp32"
-    if calibrated and pack.int8_stages and int8_pays(device)[0]:
+    # On a GPU only TensorRT runs an int8 graph's layers in int8 (ONNX Runtime's CUDA
+    # provider runs them in float, with the quantize steps besides): without it, fp16.
+    on_gpu_without_trt = device.startswith("cuda") and not trt.available()[0]
+    if calibrated and pack.int8_stages and int8_pays(device)[0] and not on_gpu_without_trt:
         return ("int8", base)
     return (base,)
 
