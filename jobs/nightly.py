@@ -5,7 +5,8 @@
 
 Each night writes its own folder, ``OUTPUT_ROOT/<date>/`` (``--date``, default today in
 UTC): the MP4s, ``results.parquet`` and ``run.json`` (when it ran, the counts, the exit
-status, the Ray Job's submission id). Running it again with the same date resumes that
+status, the Ray Job's submission id; ``"state": "running"`` and the jobs it set out to
+render from when it holds the folder, so that a night killed as it ran says so). Running it again with the same date resumes that
 night: rows that finished are skipped, the rest are rendered.
 
 Inside a Ray Job it joins the job's cluster (Ray sets ``RAY_ADDRESS``); run by hand
@@ -205,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with hold_output(args.output_root, f"night {date} of {args.manifest}", lock_name=NIGHTS_LOCK,
                          advice=f"this night does not start while another runs; once it has ended, render this "
                                 f"one with --date {date}"):
-            summary = submit(args.manifest, cfg, _Log(date))
+            summary = submit(args.manifest, cfg, _Log(date, out, run))
     except Interrupted as exc:  # SIGTERM (ray job stop) or Ctrl-C: the table is written
         print(f"error: {exc.message}", file=sys.stderr)
         _say(date, f"stopped by {signal.Signals(exc.signum).name}; exit {exc.exit_status}")
@@ -266,8 +267,8 @@ class _Log(RunCallbacks):
     """Job-log lines: every failure (one for the rows that fail at once on a file found
     missing), and progress at each tenth of the manifest."""
 
-    def __init__(self, date: str) -> None:
-        self.date = date
+    def __init__(self, date: str, out: Location, run: dict[str, Any]) -> None:
+        self.date, self.out, self.run = date, out, run
         self.total = 0
         self.done = 0
         self.failed_at_once = 0  # rows that failed without a job (a file another job found missing)
@@ -275,6 +276,10 @@ class _Log(RunCallbacks):
     def started(self, jobs: int) -> None:
         self.total = jobs
         _say(self.date, f"{jobs} jobs in the manifest")
+        # The night holds its folder now: run.json says it is under way, so that a night
+        # killed as it ran (a node lost, kill -9) leaves one saying so, and how much it meant
+        # to do; its end writes it over.
+        _write_run(self.out, self.run | {"state": "running", "jobs": jobs}, ended=False)
 
     def connected(self, dashboard_url: str | None) -> None:
         if dashboard_url:
@@ -305,11 +310,14 @@ class _Log(RunCallbacks):
             _say(self.date, f"{self.done}/{self.total} jobs done")
 
 
-def _write_run(out: Location, run: dict[str, Any]) -> None:
-    """Write ``run.json``; one that cannot be written (the folder the run could not write
-    either, say) is a log line, not a second error."""
+def _write_run(out: Location, run: dict[str, Any], *, ended: bool = True) -> None:
+    """Write ``run.json`` (at the run's end: its state ``ended``, and when); one that cannot
+    be written (the folder the run could not write either, say) is a log line, not a second
+    error."""
+    if ended:
+        run = run | {"state": "ended", "ended_at": _now()}
     try:
-        storage.write_bytes(out / RUN_FILE, (json.dumps(run | {"ended_at": _now()}, indent=2) + "\n").encode())
+        storage.write_bytes(out / RUN_FILE, (json.dumps(run, indent=2) + "\n").encode())
     except HeygemError as exc:
         _say(run["date"], f"{RUN_FILE} not written: {exc.message}")
 
