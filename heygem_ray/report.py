@@ -155,7 +155,7 @@ def in_folder(recorded: str, folder: Location) -> Location:
     does, its name in ``folder`` (not there: never the file where it was, which may be
     another folder's now, or an original the folder was copied from)."""
     loc = storage.location(recorded)
-    if storage.is_inside(loc, folder):
+    if storage.is_inside(loc, folder.absolute() if isinstance(folder, Path) else folder):  # (rows record absolute paths)
         return loc
     parts = PurePosixPath(loc.key).parts[1:] if isinstance(loc, Uri) else loc.parts[1:]  # (no bucket, no root)
     for k in range(len(parts), 0, -1):
