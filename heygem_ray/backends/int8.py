@@ -198,6 +198,21 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
+@contextlib.contextmanager
+def _temporary_files_in(folder: Path) -> Iterator[None]:
+    """The process's temporary files made in ``folder`` while the block runs: ONNX Runtime's
+    quantizer writes its calibration copy of the graph (the fp32 graph with every
+    activation an output: gigabytes for MuseTalk's UNet) in the system's temporary folder,
+    a node's /tmp, where this puts it beside the working copy instead (an int8 build is the
+    only thing its worker does meanwhile)."""
+    before = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
+
+
 def quantize_graph(fp32: Path, out: Path, inputs: dict[str, np.ndarray], ops: tuple[str, ...], *,
                    cpu: bool = False) -> None:
     """Write the QDQ int8 graph of ``fp32`` to ``out`` (its weights to ``<out>.data``),
@@ -211,7 +226,7 @@ def quantize_graph(fp32: Path, out: Path, inputs: dict[str, np.ndarray], ops: tu
     # Products of two activations (attention's scores and values) stay float: the QDQ
     # quantizer would take them too (it ignores its MatMulConstBOnly option).
     products = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
-    with _quiet_root_logger():
+    with _quiet_root_logger(), _temporary_files_in(out.parent):
         quantize_static(
             str(fp32),
             str(out),

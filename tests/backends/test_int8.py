@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import tempfile
 
 import numpy as np
 import onnx
@@ -124,6 +125,17 @@ def test_the_store_keeps_the_int8_graph_alone_in_one_file(stages, store, calibra
     with pytest.raises(EngineError, match=r"its int8 graph's weights are 0\.\d GiB, more than one ONNX file holds"):
         int8.single_file(store.artifact_path(key), tmp_path / "int8.onnx")
     assert not (tmp_path / "int8.onnx").exists()
+
+
+def test_building_an_int8_graph_writes_nothing_in_the_systems_temporary_folder(stages, calibration, tmp_path,
+                                                                               monkeypatch) -> None:  # fmt: skip
+    """ONNX Runtime's quantizer writes its calibration copy of the graph (gigabytes for
+    MuseTalk's UNet) in the system's temporary folder, a node's /tmp: the build puts it in
+    its working folder in the store instead. Here the system's folder is one that does not
+    exist, where the build failed."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    _, key = _artifact(EngineStore(tmp_path / "engines"), stages, calibration, cpu=False)
+    assert key.precision == "int8" and not (tmp_path / "no-such-folder").exists()
 
 
 def test_the_x86_cpu_form_has_the_same_weights_uint8_activations_and_no_relu(stages, store, calibration) -> None:
