@@ -28,9 +28,10 @@ def damaged_while_read(store: Path, opened: os.stat_result, why: str) -> InputEr
     root = store.parent
     try:
         folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return _damaged(root, why, "it is analysed again the next time a job uses this reference: run the same "
-                                   "manifest again")  # fmt: skip
+    except FileNotFoundError:  # set aside or removed meanwhile: the next analysis builds it
+        return _damaged(root, why, _AGAIN)
+    except OSError:  # a folder this user may not read
+        return _damaged(root, why, _DELETE)
     try:
         now = os.stat(store.name, dir_fd=folder)
         if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
@@ -42,14 +43,17 @@ def damaged_while_read(store: Path, opened: os.stat_result, why: str) -> InputEr
         finally:
             os.close(mark)
     except FileNotFoundError:  # set aside or removed meanwhile, and another built in its place
-        return _damaged(root, why, "it is analysed again the next time a job uses this reference: run the same "
-                                   "manifest again")  # fmt: skip
+        return _damaged(root, why, _AGAIN)
     except OSError:  # a cache this user cannot write (read-only, another's, full)
-        return _damaged(root, why, "delete that folder and run again to rebuild it")
+        return _damaged(root, why, _DELETE)
     finally:
         os.close(folder)
-    return _damaged(root, why, "it is analysed again the next time a job uses this reference: run the same manifest "
-                               "again")  # fmt: skip
+    return _damaged(root, why, _AGAIN)
+
+
+# What the row's message says to do: where the template is marked (or gone), and where not.
+_AGAIN = "it is analysed again the next time a job uses this reference: run the same manifest again"
+_DELETE = "delete that folder and run again to rebuild it"
 
 
 def _damaged(root: Path, why: str, fix: str) -> InputError:
