@@ -620,14 +620,12 @@ def cache_list(
     needs there before it goes on).
 
     Exit status: 0 when listed, 2 when the cache cannot be read."""
-    from heygem_ray.template.cache import scan
+    from heygem_ray.template.cache import check_folder, scan
 
     folder = cache_dir or default_cache_dir()
     try:
-        if cache_dir is not None and not folder.is_dir():  # (the default is made by the first analysis)
-            what = "is not a folder" if folder.exists() else "does not exist"
-            raise InputError(f"the template cache {folder} {what}: give the --cache-dir the runs use",
-                             kind="bad_argument")  # fmt: skip
+        if cache_dir is not None:  # (the default is made by the first analysis)
+            check_folder(folder)
         entries = scan(folder)
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

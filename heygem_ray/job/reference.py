@@ -49,9 +49,9 @@ def reference_inputs(
     data, done_path = template.root / f"reference-{key}.npy", template.root / f"reference-{key}.done.npy"
     shape = (template.frames, *spec.shape)
     with template.keeping(f"reference-{key}.lock") as here:
-        if not here:
-            return _for_this_job(template, models, timeline, chunk_frames, (data, done_path), shape, scratch)
-        return _kept_outputs(template, models, timeline, chunk_frames, (data, done_path), shape)
+        if here:
+            return _kept_outputs(template, models, timeline, chunk_frames, (data, done_path), shape)
+    return _for_this_job(template, models, timeline, chunk_frames, (data, done_path), shape, scratch)
 
 
 def _kept_outputs(

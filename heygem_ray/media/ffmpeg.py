@@ -235,7 +235,7 @@ class FfmpegProcess:
         self._drainer = threading.Thread(target=self._drain, name="ffmpeg-stderr", daemon=True)
         self._drainer.start()
         self._killed = False  # by this process (``close``)
-        self._oom_kills = oom_kills()  # the node's count when it started (``out_of_memory``)
+        self._oom_kills = oom_kills()  # the node's count when it started (``outside_failure``)
 
     def _drain(self) -> None:
         for raw in self.popen.stderr or ():
@@ -314,13 +314,12 @@ class FfmpegProcess:
         return " | ".join(list(self._lines)[-lines:]) or "no message"
 
     def outside_failure(self) -> InputError | None:
-        """Once ffmpeg has failed, why where the media is not the cause (``outside_failure``):
-        the ``out_of_memory`` error where it ended for want of
-        memory, its own words saying so (x264's "malloc of size N failed", the system's
-        "Cannot allocate memory"), or killed by a SIGKILL this process did not send (what
-        the kernel's out-of-memory killer sends) while the node counted an OOM kill; where
-        the node counted none, the ``stopped`` error that says something else killed it;
-        else None."""
+        """Once ffmpeg has failed, why, where the media is not the cause (``outside_failure``):
+        the ``out_of_memory`` error where it ended for want of memory, its own words saying
+        so (x264's "malloc of size N failed", the system's "Cannot allocate memory"), or
+        killed by a SIGKILL this process did not send (what the kernel's out-of-memory
+        killer sends) while the node counted an OOM kill; where the node counted none, the
+        ``stopped`` error that says something else killed it; else None."""
         try:
             rc = self.popen.wait(_REAP_S)
         except subprocess.TimeoutExpired:
@@ -375,13 +374,13 @@ class FfmpegProcess:
 
 
 def outside_failure(task: str, returncode: int | None, stderr: str, oom_killed: bool | None = None) -> InputError | None:
-    """Why an ffmpeg failed where the cause is not the media: the ``out_of_memory`` error of an ffmpeg that failed doing ``task`` for want of
-    memory, naming the line of its ``stderr`` that says so; or where a SIGKILL ended it
-    (``returncode``; None where this process killed it), as the kernel's out-of-memory
-    killer does, unless ``oom_killed`` is False: the node counted no OOM kill while it
-    ran (``oom_kills``), so something else on the node killed it, the ``stopped`` error
-    that says so. ``oom_killed`` None: the count could not be read. None for any other
-    failure."""
+    """Why an ffmpeg that failed doing ``task`` failed, where the cause is not the media: the
+    ``out_of_memory`` error where it ran out of memory, naming the line of its ``stderr``
+    that says so, or where a SIGKILL ended it (``returncode``; None where this process
+    killed it), as the kernel's out-of-memory killer does; unless ``oom_killed`` is False
+    (the node counted no OOM kill while it ran: ``oom_kills``), then the ``stopped`` error
+    that says something else on the node killed it. ``oom_killed`` None: the count could not
+    be read. None for any other failure."""
     node = platform.node()
     if returncode == -signal.SIGKILL:
         if oom_killed is False:

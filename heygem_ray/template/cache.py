@@ -246,14 +246,19 @@ def tag(cache_dir: Path) -> None:
             storage.write_bytes(cache_dir / TAG_FILE, _TAG)
 
 
+def check_folder(cache_dir: Path) -> None:
+    """Raise ``bad_argument`` unless ``cache_dir`` is a folder (``cache list``, ``prune``)."""
+    if not cache_dir.is_dir():
+        what = "is not a folder" if cache_dir.exists() else "does not exist"
+        raise InputError(f"the template cache {cache_dir} {what}: give the --cache-dir the runs use", kind="bad_argument")
+
+
 def check_cache(cache_dir: Path) -> None:
     """Raise ``bad_argument`` unless ``cache_dir`` is a template cache: a folder tagged so
     (``tag``), or one an earlier version made (untagged), holding a template. ``prune``
     removes only what a cache holds, but a folder of other files given by mistake (a typo in
     a cron line) is refused whole."""
-    if not cache_dir.is_dir():
-        what = "is not a folder" if cache_dir.exists() else "does not exist"
-        raise InputError(f"the template cache {cache_dir} {what}: give the --cache-dir the runs use", kind="bad_argument")
+    check_folder(cache_dir)
     with suppress(OSError):
         if _TAG_MARK in (cache_dir / TAG_FILE).read_bytes()[: len(_TAG)]:
             return

@@ -34,7 +34,7 @@ def damaged_while_read(store: Path, opened: os.stat_result, why: str) -> InputEr
         return _damaged(root, why, _DELETE)
     try:
         now = os.stat(store.name, dir_fd=folder)
-        if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+        if not os.path.samestat(now, opened):
             return _damaged(root, why, "another job found it so and analysed the reference again meanwhile: run "
                                        "the same manifest again")  # fmt: skip
         mark = os.open(DAMAGED_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=folder)

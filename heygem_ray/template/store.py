@@ -119,7 +119,7 @@ class FrameStore:
             now = os.stat(self.path)
         except OSError:
             return False
-        return (now.st_dev, now.st_ino) == (self._opened.st_dev, self._opened.st_ino)
+        return os.path.samestat(now, self._opened)
 
     def close(self) -> None:
         self._file.close()
