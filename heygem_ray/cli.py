@@ -70,6 +70,11 @@ _ENGINES_HELP = (
 )
 
 
+def _home(path: Path | None) -> Path | None:
+    """``path`` with a leading ``~`` expanded, as a shell leaves it in ``--option=~/x``."""
+    return None if path is None else path.expanduser()
+
+
 def _engine_store(engines: Path | None, store: Path | None) -> storage.Location:
     """--engines, or its old spelling --store (kept, hidden, for a release), else the default."""
     named = engines or store
@@ -344,12 +349,13 @@ def preview(
         if (reference is None) == (manifest is None) or (manifest is not None and audio is not None):
             raise InputError("give a REFERENCE (and its AUDIO, if you like), or --manifest MANIFEST, not both",
                              kind="bad_argument")  # fmt: skip
+        cache_dir, output_dir = _home(cache_dir) or default_cache_dir(), output_dir.expanduser()
         if manifest is not None:
-            _preview_manifest(storage.location(manifest), cfg, cache_dir or default_cache_dir(),
-                              _engine_store(engines, None), output_dir, seconds)  # fmt: skip
+            _preview_manifest(storage.location(manifest), cfg, cache_dir, _engine_store(engines, None), output_dir,
+                              seconds)  # fmt: skip
             return
         assert reference is not None
-        found = run_preview(reference, audio, cfg, cache_dir or default_cache_dir(), _engine_store(engines, None),
+        found = run_preview(reference.expanduser(), _home(audio), cfg, cache_dir, _engine_store(engines, None),
                             output_dir, seconds)  # fmt: skip
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -622,7 +628,7 @@ def cache_list(
     Exit status: 0 when listed, 2 when the cache cannot be read."""
     from heygem_ray.template.cache import check_folder, scan
 
-    folder = cache_dir or default_cache_dir()
+    folder = _home(cache_dir) or default_cache_dir()
     try:
         if cache_dir is not None:  # (the default is made by the first analysis)
             check_folder(folder)
@@ -652,7 +658,7 @@ def cache_prune(
     Exit status: 0 when pruned (or nothing was due), 2 when the cache cannot be read or written."""
     from heygem_ray.template.cache import prune
 
-    folder = cache_dir or default_cache_dir()
+    folder = _home(cache_dir) or default_cache_dir()
     if not math.isfinite(unused_days) or unused_days < 0:
         print("error: --unused-days must be a number of days, 0 or more", file=sys.stderr)
         raise typer.Exit(2)

@@ -424,12 +424,12 @@ def _row_settings(r: dict[str, Any]) -> tuple[tuple[tuple[str, float], ...], Inp
 
 
 def _resolve_input(base: Location, cell: str) -> Location:
-    """A cell's file: a URI as given, an absolute path as given, else relative to ``base``."""
+    """A cell's file: a URI as given, an absolute path (or one from ``~``) as given, else relative
+    to ``base``."""
     if storage.is_uri(cell):
         return storage.location(cell)
-    if Path(cell).is_absolute():
-        return Path(cell)
-    return base / cell
+    path = Path(cell).expanduser()
+    return path if path.is_absolute() else base / cell
 
 
 def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Location | None, InputError | None]:

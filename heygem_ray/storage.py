@@ -185,13 +185,14 @@ def is_uri(value: object) -> bool:
 
 
 def location(value: str | os.PathLike[str] | Uri) -> Location:
-    """A ``Uri`` for ``s3://`` / ``gs://`` text (also after ``Path`` folded its ``//``), else a ``Path``.
-    Raises as ``Uri.parse`` does (credentials inside the URI, a URI that names no object)."""
+    """A ``Uri`` for ``s3://`` / ``gs://`` text (also after ``Path`` folded its ``//``), else a ``Path``
+    with a leading ``~`` expanded (a shell leaves ``--option=~/x`` and a job's entrypoint text as
+    written). Raises as ``Uri.parse`` does (credentials inside the URI, a URI that names no object)."""
     if isinstance(value, Uri):
         return value
     if is_uri(value):
         return Uri.parse(os.fspath(value))
-    return Path(value)
+    return Path(value).expanduser()
 
 
 def is_inside(loc: Location, folder: Location) -> bool:

@@ -36,6 +36,13 @@ def test_paths_resolve_against_the_manifest_folder_and_extra_columns_are_carried
     assert job.problem is None
 
 
+def test_a_cell_from_the_home_folder_is_read_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    m = write(tmp_path / "m.csv", "audio,video\n~/talk.wav,~/takes/v.mp4\n")
+    (job,) = read_manifest(m, tmp_path / "out", reserved=RESULT_COLUMNS)
+    assert (job.audio, job.video) == (tmp_path / "home" / "talk.wav", tmp_path / "home" / "takes" / "v.mp4")
+
+
 def test_parquet_manifests_are_read_too(tmp_path):
     m = tmp_path / "m.parquet"
     pq.write_table(pa.table({"audio": ["a.wav", "b.wav"], "video": ["v.mp4", "v.mp4"]}), m)

@@ -241,6 +241,18 @@ def test_a_missing_reference_is_exit_2_naming_it(tmp_path):
     assert "nobody.mp4" in got.stderr and "error:" in got.stderr
 
 
+def test_paths_from_the_home_folder_are_read_and_written_there(examples, tmp_path, monkeypatch):
+    """``preview ~/take.jpg`` as a script's quoted text or ``-o=~/x`` leaves it: ``~`` is the home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copy(examples / "presenter.jpg", tmp_path / "take.jpg")
+    got = runner.invoke(app, ["preview", "~/take.jpg", "--seconds", "0.5", "-o", "~/out", "--cache-dir", "~/cache",
+                              "--engines", "~/engines"])  # fmt: skip
+    assert got.exit_code == 0, got.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("take-*")) == ["take-checks.json", "take-preview.mp4",
+                                                                     "take-sheet.png"]  # fmt: skip
+    assert any((tmp_path / "cache").iterdir()) and not (Path.cwd() / "~").exists()
+
+
 def test_a_manifest_is_previewed_reference_by_reference_and_the_advised_start_filled_in(examples, tmp_path):
     """Tonight's manifest: a lecture whose first 3 s are the slide alone in two rows, the
     bundled presenter in two (one with audio that is not there), and a row whose take is

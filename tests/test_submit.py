@@ -224,6 +224,19 @@ def test_the_paths_ray_workers_use_are_made_absolute_where_the_run_starts(tmp_pa
     assert str(RunConfig(output_dir=Path("out"), engines_dir="s3://b/store").engines_dir) == "s3://b/store"
 
 
+def test_a_path_from_the_home_folder_is_expanded_where_no_shell_did(tmp_path, monkeypatch):
+    """``--checkpoint=~/w.pth`` (and a Ray job's entrypoint text) reach us with the ``~``
+    unexpanded: it names the home folder, not a folder called ``~`` in the working one."""
+    from heygem_ray import RenderConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    render = RenderConfig(pack="wav2lip", checkpoint=Path("~/w.pth"))
+    cfg = RunConfig(output_dir=Path("~/out"), cache_dir=Path("~/cache"), engines_dir=Path("~/store"), render=render)
+    assert render.checkpoint == tmp_path / "home" / "w.pth"
+    assert (cfg.output_dir, cfg.cache_dir, cfg.engines_dir) == (
+        tmp_path / "home" / "out", tmp_path / "home" / "cache", tmp_path / "home" / "store")
+
+
 def test_cli_stops_before_work_on_a_broken_manifest(tmp_path):
     (tmp_path / "m.csv").write_text("audio,clip\na.wav,b.mp4\n")
     proc = _cli("submit", "m.csv", cwd=tmp_path)
