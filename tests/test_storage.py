@@ -354,6 +354,25 @@ def _child_env(s3_env: dict[str, str], cache_home: Path) -> dict[str, str]:
     return {**env, **s3_env, "XDG_CACHE_HOME": str(cache_home)}
 
 
+def test_an_engine_store_in_a_bucket_out_of_reach_leaves_auto_on_pytorch_saying_why(bucket, tmp_path):
+    """As with a local store that cannot be written: ``--backend auto`` renders on a backend
+    that needs no store, the store's error in the worker's note; a named backend that needs
+    the store fails the worker with it."""
+    from heygem_ray import RenderConfig
+    from heygem_ray.worker import ModelWorker
+    from tests.helpers.wav2lip_ckpt import write_random_checkpoint
+
+    gone = Uri.parse(f"s3://{bucket.bucket}-gone/engines")
+    checkpoint = write_random_checkpoint(tmp_path / "wav2lip.pth")
+    worker = ModelWorker(RenderConfig(pack="wav2lip", checkpoint=checkpoint), gone)
+    assert worker.error is None and worker.info.backend == "pytorch"
+    assert f"onnxruntime: could not read {gone}/wav2lip/" in worker.info.backend_note
+    assert "check the URI, that the bucket exists, and the credentials" in worker.info.backend_note
+    named = ModelWorker(RenderConfig(pack="wav2lip", checkpoint=checkpoint, backend="onnxruntime"), gone)
+    assert named.error is not None and named.error.kind == "storage"
+    assert named.error.message.startswith(f"could not read {gone}/wav2lip/")
+
+
 def test_a_run_into_a_bucket_deletes_the_rows_and_table_a_killed_run_left_half_uploaded(bucket):
     """A run killed as it uploaded a row or its table leaves a temporary key, which a bucket
     keeps (and bills) for ever: the next run into the prefix deletes them as it starts

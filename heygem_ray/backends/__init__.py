@@ -39,7 +39,7 @@ from heygem_ray.backends.pytorch import TorchRunner
 from heygem_ray.backends.runner import Runner
 from heygem_ray.config import BackendName
 from heygem_ray.engines import BatchProfile, EngineKey, EngineStore, Precision
-from heygem_ray.errors import EngineError, InternalError, storage_error
+from heygem_ray.errors import EngineError, InputError, InternalError, storage_error
 from heygem_ray.hardware import cpu_has_bf16
 from heygem_ray.packs import PackSpec, StageSet
 
@@ -102,10 +102,15 @@ def open_runners(
         try:
             runners, keys = _OPENERS[name](ctx)
             _smoke(pack, runners)
-        except (EngineError, RuntimeError, OSError) as e:
+        except (EngineError, RuntimeError, OSError, InputError) as e:
             # RuntimeError/OSError: CUDA, TensorRT or ORT failures not already wrapped; an
-            # OSError of the store's disk (full, read-only) is the user's to fix, and said so.
+            # OSError of the store's disk (full, read-only), or a bucket store that refused
+            # us (InputError ``storage``), is the user's to fix, and said so: ``auto`` goes
+            # on to a backend that needs no store (PyTorch), as it would for any other reason.
+            if isinstance(e, InputError) and e.kind != "storage":
+                raise
             refused = storage_error(e, store.root) if isinstance(e, OSError) else None
+            refused = e if isinstance(e, InputError) else refused
             if refused is not None and backend != "auto":
                 raise refused from e
             known = refused or (e if isinstance(e, EngineError) else None)
