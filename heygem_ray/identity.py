@@ -14,7 +14,8 @@ the path, the size and (copied with ``cp -p`` or a sync tool) the modification t
   an upload makes a new object with a new time, and hashing would mean downloading every
   input. (One replaced by another of the same size within the same second is the same.)
 * a checkpoint by ``weights_digest``: its file's digest, or for a folder (MuseTalk's
-  ``models/``) a digest of every file's name and digest under it; a run's weights by
+  ``models/``) a digest of the name and digest of each file the pack reads there
+  (``PackSpec.weight_files``; a pack that names none: every file); a run's weights by
   ``render_weights``: the pack's, and the restoration stage's when it has one.
 
 These are computed on the driver, which reads the same paths the nodes do. A local input's
@@ -32,12 +33,14 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from heygem_ray import storage
 from heygem_ray.config import RenderConfig, cache_home
 from heygem_ray.errors import HeygemError, InputError
+from heygem_ray.packs import get_pack
 from heygem_ray.storage import Location, Stat, Uri
 
 log = logging.getLogger(__name__)
@@ -45,9 +48,10 @@ log = logging.getLogger(__name__)
 NO_WEIGHTS = "none"  # the weights identity of a pack without weights
 
 
-def weights_digest(checkpoint: Path | None) -> str:
+def weights_digest(checkpoint: Path | None, files: Sequence[str] = ()) -> str:
     """``sha256:<hex>`` of the checkpoint's bytes (a folder: of every file's relative name
-    and digest under it, in name order); ``NO_WEIGHTS`` for none."""
+    and digest under it, in name order; with ``files``, of those alone, a missing one as
+    missing); ``NO_WEIGHTS`` for none."""
     if checkpoint is None:
         return NO_WEIGHTS
     if not checkpoint.exists():
@@ -60,8 +64,9 @@ def weights_digest(checkpoint: Path | None) -> str:
         if checkpoint.is_file():
             return f"sha256:{file_digest(checkpoint)}"
         listing = hashlib.sha256()
-        for name, path in sorted(_files_under(checkpoint)):
-            listing.update(f"{name}\0{file_digest(path)}\n".encode())
+        named = [(name, checkpoint / name) for name in files] if files else _files_under(checkpoint)
+        for name, path in sorted(named):
+            listing.update(f"{name}\0{file_digest(path) if path.is_file() else 'missing'}\n".encode())
     except OSError as exc:
         raise InputError(
             f"checkpoint {checkpoint}: {exc.filename or checkpoint} cannot be read ({exc.strerror or exc}); "
@@ -75,7 +80,7 @@ def render_weights(render: RenderConfig) -> str:
     """What a run renders with: the pack's ``weights_digest``, then with ``--restore`` the
     restoration's (``sha256:<pack>;gfpgan=sha256:<restore>``). New weights for either
     render the rows again; without restoration it is the pack's digest alone."""
-    pack = weights_digest(render.checkpoint)
+    pack = weights_digest(render.checkpoint, get_pack(render.pack).weight_files)
     if render.restore == "none":
         return pack
     return f"{pack};{render.restore}={weights_digest(render.restore_checkpoint)}"

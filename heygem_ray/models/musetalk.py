@@ -31,17 +31,9 @@ from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
 from heygem_ray.models.checkpoint import check_finite, check_keys, read_weights, unwrapped
-from heygem_ray.models.sizes import MUSETALK_CROP, MUSETALK_POSITIONS
+from heygem_ray.models.sizes import MUSETALK_CROP, MUSETALK_FILES, MUSETALK_POSITIONS
 
-FILES = {
-    "unet_config": "musetalkV15/musetalk.json",
-    "unet": "musetalkV15/unet.pth",
-    "vae_config": "sd-vae/config.json",
-    "vae": "sd-vae/diffusion_pytorch_model.bin",
-    "whisper_config": "whisper/config.json",
-    "whisper": "whisper/pytorch_model.bin",
-    "whisper_features": "whisper/preprocessor_config.json",
-}
+FILES = MUSETALK_FILES
 # The VAE's latent scale: absent from sd-vae-ft-mse's config, so diffusers' default.
 VAE_SCALE = 0.18215
 _FIX = (

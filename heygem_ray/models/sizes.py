@@ -17,3 +17,16 @@ WAV2LIP_EMBED = 512
 # MuseTalk 1.5 (models/musetalk.py): the face crop's side (32×32 latents), audio tokens per frame.
 MUSETALK_CROP = 256
 MUSETALK_POSITIONS = 50
+
+# The files MuseTalk's networks are read from, inside its models/ folder as its download
+# script lays it out (the folder holds others no MuseTalk 1.5 network reads: the v1 UNet,
+# DWPose, a SyncNet, a face parser).
+MUSETALK_FILES = {
+    "unet_config": "musetalkV15/musetalk.json",
+    "unet": "musetalkV15/unet.pth",
+    "vae_config": "sd-vae/config.json",
+    "vae": "sd-vae/diffusion_pytorch_model.bin",
+    "whisper_config": "whisper/config.json",
+    "whisper": "whisper/pytorch_model.bin",
+    "whisper_features": "whisper/preprocessor_config.json",
+}

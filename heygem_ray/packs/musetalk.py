@@ -43,6 +43,7 @@ from heygem_ray.features import (
 )
 from heygem_ray.geometry import CropGeometry, feathered_ellipse
 from heygem_ray.models.sizes import MUSETALK_CROP as CROP
+from heygem_ray.models.sizes import MUSETALK_FILES
 from heygem_ray.models.sizes import MUSETALK_POSITIONS as POSITIONS
 from heygem_ray.packs.spec import ChunkFeatures, Features, PackSpec, StageCall, TensorSpec
 
@@ -134,4 +135,5 @@ PACK = PackSpec(
     # Convolutions, and the projections of attention and feed-forward layers (MatMul with a
     # weight): the linear layers hold a third of the UNet's weights.
     int8_ops=("Conv", "MatMul"),
+    weight_files=tuple(MUSETALK_FILES.values()),
 )

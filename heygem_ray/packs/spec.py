@@ -124,6 +124,10 @@ class PackSpec:
     # whatever the reference's mouth does shows through, so a talking take is looped over
     # its still stretch where it has one (``checks.still_span``).
     keeps_reference_mouth: bool = False
+    # A checkpoint that is a folder: the files (relative to it) the networks read, which
+    # alone make the weights' identity (``identity.weights_digest``), so that a file beside
+    # them the pack never reads, removed or changed, renders nothing again. Empty: all.
+    weight_files: tuple[str, ...] = ()
 
     def load_stages(self, checkpoint: Path | None) -> dict[str, torch.nn.Module]:
         """The stages' modules, in eval mode, from the pack's checkpoint (``InputError``

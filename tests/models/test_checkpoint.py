@@ -195,6 +195,29 @@ def test_a_weights_folder_with_a_link_back_to_itself_is_hashed_once(tmp_path: Pa
     assert identity.weights_digest(snapshot) == plain
 
 
+def test_musetalks_weights_are_the_files_its_networks_read_not_the_rest_of_models(tmp_path: Path,
+                                                                                  models: Path) -> None:
+    """MuseTalk's download puts the v1 UNet (3.4 GB), DWPose, a SyncNet and a face parser
+    beside the files its 1.5 networks read: removing or changing one of those must not
+    render every video of a run again, nor should hashing them cost each new machine."""
+    from heygem_ray import RenderConfig, identity
+
+    copy = tmp_path / "models"
+    shutil.copytree(models, copy)
+    cfg = RenderConfig(pack="musetalk", checkpoint=copy)
+    first = identity.render_weights(cfg)
+    (copy / "musetalk").mkdir()
+    (copy / "musetalk" / "pytorch_model.bin").write_bytes(b"the v1 UNet")
+    (copy / "dwpose").mkdir()
+    (copy / "dwpose" / "dw-ll_ucoco_384.pth").write_bytes(b"a pose model")
+    assert identity.render_weights(cfg) == first
+    (copy / "dwpose" / "dw-ll_ucoco_384.pth").unlink()
+    assert identity.render_weights(cfg) == first
+    with open(copy / "sd-vae" / "config.json", "a") as f:
+        f.write(" ")
+    assert identity.render_weights(cfg) != first
+
+
 def test_a_checkpoint_that_is_a_broken_link_says_where_it_points(tmp_path: Path) -> None:
     """A link into a download folder since moved: "not found" alone sent users looking for
     the link, which is there."""
