@@ -54,7 +54,7 @@ from heygem_ray.config import (
 from heygem_ray.driver import RunCallbacks, submit
 from heygem_ray.driver.hold import hold_output
 from heygem_ray.driver.resume import again_lines
-from heygem_ray.errors import HeygemError, Interrupted, RunStopped
+from heygem_ray.errors import HeygemError, Interrupted, RunStopped, first_line
 from heygem_ray.results import JobResult
 from heygem_ray.storage import Location, location
 from heygem_ray.template.cache import prune
@@ -224,6 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(date, "could not start: nothing was rendered")
         _write_run(out, run | {"exit_code": 2, "error": exc.message})
         return 2
+    except Exception as exc:  # heygem-ray's own bug: said in run.json too, then its traceback
+        _say(date, f"ended by an internal error ({first_line(exc)}): please report it with the traceback below")
+        _write_run(out, run | {"exit_code": 1, "error": f"internal error: {first_line(exc)}"})
+        raise
     counts = {"ok": summary.ok, "skipped": summary.skipped, "failed": summary.failed}
     code = 1 if summary.failed else 0
     pruned = _prune_cache(cfg.cache_dir, args.prune_cache_days, date)

@@ -283,6 +283,28 @@ def test_an_engine_store_on_a_read_only_disk_stops_the_run_with_its_words(lesson
     assert not (out / "results.parquet").exists()
 
 
+def test_a_results_table_that_cannot_be_written_after_every_job_ended_says_so_and_a_rerun_writes_it(lesson, ray_join):
+    """Every row rendered, then the table could not be put in place (here a folder where it
+    goes): the run said it "could not start", exit 2. Now exit 1, naming the table and that
+    the rows are kept; once the path is free, the same manifest renders nothing and writes it."""
+    folder = lesson.parent
+    out = folder / "out"
+    (out / "results.parquet").mkdir(parents=True)
+    args = [HEYGEM, "submit", "m.csv", "-o", str(out), "--cache-dir", str(folder / "cache")]
+    proc = _run(args, folder, ray_join)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = [line for line in proc.stderr.splitlines() if line.startswith("error: ")][-1]
+    assert last.startswith(f"error: all 1 jobs ended and their rows are kept (in {out / '.heygem-results'}), but the "
+                           f"results table {out / 'results.parquet'} could not be written: "), last
+    assert last.endswith("run the same manifest again: it renders nothing again, and writes the table"), last
+    assert media.read_video(out / "one.mp4")[0]
+    (out / "results.parquet").rmdir()
+    again = _run(args, folder, ray_join)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (row,) = pq.read_table(out / "results.parquet").to_pylist()
+    assert row["status"] == "skipped", row
+
+
 def test_a_read_only_home_cache_costs_the_input_digests_their_cache_and_nothing_else(lesson, mount, ray_join):
     """``$XDG_CACHE_HOME`` on a read-only disk (a pod with ``readOnlyRootFilesystem``, its
     templates and engines on a shared volume): the digests of the inputs and weights are

@@ -69,6 +69,16 @@ ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING,
          runtime_env={"worker_process_setup_hook": inject, "env_vars": {"HEYGEM_TEST_FAULT": sys.argv[1]}})
 from heygem_ray.cli import app
 
+if os.environ.get("HEYGEM_TEST_TABLE_SIGTERM"):  # `ray job stop` as this command writes its table
+    import signal
+    from heygem_ray.driver import resume
+
+    merge = resume.write_merged
+    def stopped_as_written(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return merge(*args, **kwargs)
+    resume.write_merged = stopped_as_written
+
 try:
     app(sys.argv[2:])
 except SystemExit as exc:
@@ -80,11 +90,13 @@ ray.shutdown()
 """
 
 
-def _faulty_submit(env: dict[str, str], fault: str, folder: Path, *args: str) -> tuple[int, str]:
+def _faulty_submit(env: dict[str, str], fault: str, folder: Path, *args: str, table_sigterm: bool = False
+                   ) -> tuple[int, str]:
     """(exit status, stderr) of the command, which must end within 500 s: far less than a
     run that waited for its workers (--start-timeout, 1800 s by default) would take."""
     command = [sys.executable, "-c", FAULTY_SUBMIT, fault, "submit", str(folder / "m.csv"), "-o", str(folder / "out"),
                "--cache-dir", str(folder / "cache"), "--engines", str(folder / "engines"), *args]
+    env = env | {"HEYGEM_TEST_TABLE_SIGTERM": "1"} if table_sigterm else env
     proc = subprocess.run(command, capture_output=True, text=True, timeout=500, env=env)
     found = re.search(r"^EXIT (\S+)$", proc.stdout, flags=re.M)
     assert found, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -123,16 +135,17 @@ def test_workers_that_keep_dying_end_the_run_once_the_restart_budget_is_spent(tm
     """Each worker dies on the third chunk it renders. One worker, --worker-restarts 1:
     the first death is replaced, the second ends the run at once (not a wait per chunk
     for a worker that never comes), exit 2, and the table says which rows ended and which
-    did not."""
+    did not. A SIGTERM that comes as that table is written (`ray job stop`) waits for it."""
     photo_batch(tmp_path, examples, 6, 1.0)  # 25 frames a row: 4 chunks of at most 8
     code, stderr = _faulty_submit(ray_join, "third_chunk_kills", tmp_path, "--workers", "1", "--worker-restarts", "1",
-                                           "--chunk-frames", "8", "--start-timeout", "300")
+                                  "--chunk-frames", "8", "--start-timeout", "300", table_sigterm=True)
     assert code == 2, stderr[-3000:]
     last = _error_line(stderr)
     assert re.match(r"error: the run stopped after \d of 6 jobs had ended: no model worker is left: 2 were lost, past "
                     r"the restart budget of 1 \(--worker-restarts 1 × 1 workers\); the last: model-worker-\w+-cpu1 "
                     r"died \(ActorDiedError: ", last), last
-    assert f"every row is in {tmp_path / 'out' / 'results.parquet'}" in last
+    assert (f"every row is in {tmp_path / 'out' / 'results.parquet'} (jobs that did not end say 'stopped') "
+            "(SIGTERM came as it was written, and waited for it); run the same manifest again") in last
     assert stderr.count("another takes its place") == 1, stderr[-3000:]
     rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
     assert sorted(r["job_id"] for r in rows) == [f"job{i}" for i in range(6)]

@@ -47,6 +47,16 @@ def connect(address: str | None) -> tuple[bool, str | None]:
             f"could not reach the Ray cluster at {target} ({exc}); check --address and that the cluster is up",
             kind="cluster_unreachable",
         ) from exc
+    except ValueError as exc:  # an address Ray cannot parse: the dashboard's http:// one, a port that is no number
+        given = "--address" if address else "RAY_ADDRESS"
+        said = " ".join(str(exc).split()).split(". ")[0] or type(exc).__name__  # Ray's first sentence
+        web = " (an http:// address is the dashboard's, which `ray job submit` takes)" if "://" in target else ""
+        raise EngineError(
+            f"{given} {target!r} is no address of a Ray cluster ({said}){web}; give the head node's GCS address, "
+            "HOST:6379 ('ray status' on the head node prints it), or leave --address and RAY_ADDRESS unset "
+            "for a local instance",
+            kind="cluster_unreachable",
+        ) from exc
     url = getattr(ctx, "dashboard_url", None)
     return target == "local", (f"http://{url}" if url and "://" not in url else url) or None
 

@@ -202,6 +202,10 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
                 signum = stop.stopped_by(exc)
                 if not working and signum is None:  # nothing was rendered: the error says why
                     raise
+                # The table is written next, whatever stopped the run: a stop signal that comes
+                # meanwhile is noted, not raised (it would leave an earlier run's table in place,
+                # and say only its own name).
+                stop.defer()
                 # Jobs may have rendered, or be waiting for workers: the table holds their rows,
                 # and says which did not end.
                 if signum is not None:
@@ -217,8 +221,10 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
                         table = f"every row is in {path} (jobs that did not end say 'stopped')"
                     except HeygemError as failed:  # the cause may be the same: an unwritable output folder
                         table = f"the results table could not be written either ({failed.message})"
+                late = stop.received if signum is None else None
                 said = (
-                    f"the run stopped after {ended} of {len(todo)} jobs had ended: {why}; {table}; "
+                    f"the run stopped after {ended} of {len(todo)} jobs had ended: {why}; {table}"
+                    f"{f' ({_SIGNAL_NAMES[late]} came as it was written, and waited for it)' if late else ''}; "
                     "run the same manifest again to render the rest"
                 )
                 if signum is not None:
@@ -237,8 +243,15 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
         #    written beside the outputs: one listing a folder for all the jobs
         resume.remove_partials([job.output for job in todo if job.output is not None])
         still_held(lease)
-        counts = resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, run_id=basis.run_id,
-                                     missing=missing)  # fmt: skip
+        try:
+            counts = resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, run_id=basis.run_id,
+                                         missing=missing)  # fmt: skip
+        except HeygemError as exc:  # every job ended, and its row is kept: only the table is missing
+            raise RunStopped(
+                f"all {len(todo)} jobs ended and their rows are kept (in {cfg.output_dir / resume.PARTS_DIR}), but the "
+                f"results table {path} could not be written: {exc.message}; once that is fixed, run the same manifest "
+                "again: it renders nothing again, and writes the table"
+            ) from exc
     finally:
         if stop is not None:
             stop.restore()

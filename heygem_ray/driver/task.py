@@ -71,8 +71,10 @@ def _heartbeat(router: Any, every_s: float) -> Iterator[None]:
     stop = threading.Event()
 
     def beat() -> None:
-        while not stop.is_set():
+        while True:
             progress.step_changed.clear()
+            if stop.is_set():  # looked at after the clear: a stop set just before it is not missed
+                return
             router.beat.remote(task, where, *progress.state())
             progress.step_changed.wait(every_s)
 
