@@ -26,6 +26,7 @@ _last = 0
 _waits = 0
 _lock = threading.Lock()
 _step: Step = "plan"
+_blocked: str | None = None
 # Set when the step changes: the heartbeat reports at once (a job that stops early in a
 # step is reported in it).
 step_changed = threading.Event()
@@ -59,6 +60,14 @@ def at(step: Step) -> None:
     step_changed.set()
 
 
-def state() -> tuple[int, bool, Step]:
-    """(moves so far, whether it is waiting now, its step)."""
-    return _last, _waits > 0, _step
+def block(on: str | None) -> None:
+    """Note what the job waits for where that has stopped answering (a lock whose holder is
+    paused: ``storage.file_lock``), for the row of a job stopped as stalled; None: nothing."""
+    global _blocked
+    _blocked = on
+
+
+def state() -> tuple[int, bool, Step, str]:
+    """(moves so far, whether it is waiting now, its step, what it waits for that stopped
+    answering or "")."""
+    return _last, _waits > 0, _step, _blocked or ""

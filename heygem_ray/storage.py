@@ -39,8 +39,10 @@ import io
 import os
 import posixpath
 import re
+import socket
 import stat as stat_module
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -710,17 +712,30 @@ def _error(action: str, loc: Uri, exc: BaseException, after: str = "") -> InputE
     )
 
 
+# A process holding a ``file_lock`` touches its file every ``LOCK_BEAT_S`` (from a thread
+# of its own); one waiting for it takes a file that has not changed for ``LOCK_QUIET_S``
+# (timed on its own clock: a shared disk's clock may differ) as held by a process that is
+# not running: paused (Ctrl-Z on a ``preview``), or stuck on a dead mount.
+LOCK_BEAT_S = 10.0
+LOCK_QUIET_S = 60.0
+_LOCK_POLL_S = 0.5
+
+
 @contextlib.contextmanager
 def file_lock(path: Path, *, wait: bool = True) -> Iterator[bool]:
     """Hold an exclusive lock on ``path`` (created if missing) across processes on this
-    machine; yields True. With ``wait=False``, one held elsewhere is not waited for: the
-    block runs without it, given False."""
+    machine (and others, on a shared disk that keeps ``flock``); yields True. With
+    ``wait=False``, one held elsewhere is not waited for: the block runs without it, given
+    False.
+
+    A wait counts as the job's progress (``progress.waiting``) while the holder is seen
+    running; once its file stops changing, the wait is the job's own, and the driver's watch
+    on stalled jobs stops it (``--job-stall-timeout``), saying what it waited for."""
     with storage_errors(path.parent):
         f = open(path, "a")
     with f:
         if wait:
-            with progress.waiting():  # on another job, which is watched itself
-                fcntl.flock(f, fcntl.LOCK_EX)
+            _wait_for(f, path)
         else:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -728,6 +743,105 @@ def file_lock(path: Path, *, wait: bool = True) -> Iterator[bool]:
                 yield False
                 return
         try:
-            yield True
+            with contextlib.suppress(OSError):  # who holds it, for a waiter's message
+                f.truncate(0)
+                f.write(_holder())
+                f.flush()
+            _beats.add(path)
+            try:
+                yield True
+            finally:
+                _beats.remove(path)
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _wait_for(f: Any, path: Path) -> None:
+    """Take the lock on open file ``f`` (at ``path``), waiting for its holder: see ``file_lock``."""
+    with contextlib.ExitStack() as waiting:
+        waiting.enter_context(progress.waiting())  # on a holder that runs
+        seen, changed, quiet = _lock_stamp(path), time.monotonic(), False
+        try:
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    pass
+                stamp = _lock_stamp(path)
+                if stamp != seen:  # its holder runs (again)
+                    seen, changed = stamp, time.monotonic()
+                    if quiet:
+                        quiet = False
+                        progress.block(None)
+                        waiting.enter_context(progress.waiting())
+                elif not quiet and time.monotonic() - changed > LOCK_QUIET_S:
+                    quiet = True
+                    waiting.close()  # from here the driver's stall watch counts
+                    progress.block(
+                        f"the lock {path}, held by {_read_holder(path)}, which was not seen running for "
+                        f"{LOCK_QUIET_S:g} s and more (a process paused, with Ctrl-Z say, or stuck on a disk that "
+                        "stopped answering): stop that process, or let it go on"
+                    )
+                time.sleep(_LOCK_POLL_S)
+        finally:
+            if quiet:
+                progress.block(None)
+
+
+def _lock_stamp(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _holder() -> str:
+    """This process, as a lock's waiter names it: pid, machine, command line."""
+    try:
+        command = Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        command = ""
+    return f"pid {os.getpid()} on {socket.gethostname()}" + (f" ({command[:160]})" if command else "")
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        said = path.read_text(errors="replace").strip()
+    except OSError:
+        said = ""
+    return said[:240] or "another process"
+
+
+class _Beats:
+    """The lock files this process holds, touched every ``LOCK_BEAT_S`` by one thread."""
+
+    def __init__(self) -> None:
+        self._held: dict[Path, int] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, path: Path) -> None:
+        with self._lock:
+            self._held[path] = self._held.get(path, 0) + 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._beat, name="lock-heartbeat", daemon=True)
+                self._thread.start()
+
+    def remove(self, path: Path) -> None:
+        with self._lock:
+            self._held[path] -= 1
+            if not self._held[path]:
+                del self._held[path]
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(LOCK_BEAT_S)
+            with self._lock:
+                held = list(self._held)
+            for path in held:
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+
+
+_beats = _Beats()

@@ -1181,7 +1181,9 @@ def test_a_decoder_that_hands_over_nothing_is_stopped_and_says_what_it_was_readi
         assert sleepers() == []  # killed and reaped
 
 
-_BUSY = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 3: pass\n"
+# Computes for 3 s of wall time (not of CPU time: on a loaded machine 3 CPU-seconds took
+# over 6 s, past the six spans of STALL_S a process may spin for, and the test failed).
+_BUSY = "import sys, time\nt = time.monotonic()\nwhile time.monotonic() - t < 3: pass\n"
 
 
 def test_an_ffmpeg_that_works_long_on_one_picture_is_not_stalled(monkeypatch: pytest.MonkeyPatch) -> None:

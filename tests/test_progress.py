@@ -4,10 +4,13 @@ moves, as the job's own code sets them; and how a job task's process shares its 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
-from heygem_ray import progress
+from heygem_ray import progress, storage
 from heygem_ray.job.context import StepClock
 
 
@@ -25,11 +28,11 @@ def test_the_step_a_job_waits_in_is_the_step_its_heartbeat_reports() -> None:
 
 
 def test_a_wait_is_reported_while_it_lasts_and_its_end_is_a_move() -> None:
-    moves, waits, _ = progress.state()
+    moves, waits, _, _ = progress.state()
     assert not waits
     with progress.waiting():
         assert progress.state()[1]
-    after, waits, _ = progress.state()
+    after, waits, _, _ = progress.state()
     assert not waits and after != moves
 
 
@@ -47,3 +50,58 @@ def test_a_job_process_runs_opencv_on_a_share_of_the_node_not_a_thread_per_core(
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["16", "2", "2"], proc.stdout
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from heygem_ray import storage
+storage.LOCK_BEAT_S = 0.2
+with storage.file_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def _until(condition, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.05)
+
+
+def test_a_lock_wait_is_progress_while_its_holder_runs_and_says_so_once_the_holder_is_paused(tmp_path, monkeypatch):
+    """A ``preview`` paused with Ctrl-Z holding a reference's template lock held every job on
+    that reference for ever, each one reported as waiting. A holder touches its lock file
+    while it runs; a waiter whose holder's file stops changing stops counting as waiting
+    (the driver's stall watch then stops it) and names the lock and its holder."""
+    monkeypatch.setattr(storage, "LOCK_QUIET_S", 1.0)
+    lock = tmp_path / ".key.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        taken = threading.Event()
+
+        def wait() -> None:
+            with storage.file_lock(lock):
+                taken.set()
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        time.sleep(2.5)  # past LOCK_QUIET_S: the holder runs, and beats
+        assert (progress.state()[1], progress.state()[3]) == (True, "") and not taken.is_set()
+        holder.send_signal(signal.SIGSTOP)
+        _until(lambda: not progress.state()[1])
+        blocked = progress.state()[3]
+        assert blocked.startswith(f"the lock {lock}, held by pid {holder.pid} on ") and sys.executable in blocked
+        assert "which was not seen running for 1 s and more (a process paused, with Ctrl-Z say" in blocked
+        holder.send_signal(signal.SIGCONT)  # it goes on: the wait is the holder's again
+        _until(lambda: progress.state()[1])
+        assert progress.state()[3] == "" and not taken.is_set()
+        holder.communicate("\n", timeout=20)
+        _until(taken.is_set)
+        waiter.join(5)
+        assert (progress.state()[1], progress.state()[3]) == (False, "")
+    finally:
+        holder.kill()

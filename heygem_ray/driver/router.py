@@ -51,6 +51,7 @@ class Beat:
     moves: int  # progress.state()'s count
     since: float  # the router's time.monotonic() when it last progressed
     step: str
+    blocked: str  # what it waits for that stopped answering (progress.block), or ""
 
 
 @ray.remote(num_cpus=0)
@@ -102,13 +103,13 @@ class Router:
         return self.frames
 
     @ray.method(enable_task_events=False)
-    def beat(self, task: str, where: tuple[str, int], moves: int, waiting: bool, step: str) -> None:
+    def beat(self, task: str, where: tuple[str, int], moves: int, waiting: bool, step: str, blocked: str) -> None:
         """A job task's heartbeat (``driver/task.py``): ``progress.state()`` in the task
         ``task`` (its Ray task id), run by process ``where`` (node id, pid). It has
         progressed when it moved or waits."""
         last = self.beats.get(task)
         since = time.monotonic() if last is None or waiting or moves != last.moves else last.since
-        self.beats[task] = Beat(where, moves, since, step)
+        self.beats[task] = Beat(where, moves, since, step, blocked)
 
     @ray.method(enable_task_events=False)
     def stalled(self, limit_s: float) -> list[tuple[str, Beat, float]]:
