@@ -127,6 +127,11 @@ _STORAGE_FIXES = {
     errno.EEXIST: "a file is there where the run makes a folder: move it away, or choose another path",
     errno.ENOTDIR: "a part of that path is a file, not a folder: move it away, or choose another path",
     errno.EISDIR: "a folder is there where the run writes a file: move it away, or choose another path",
+    errno.ENAMETOOLONG: "the path is longer than this system takes (4096 bytes in all, 255 a name): give it fewer or "
+                        "shorter folder names",
+    # A file past the largest this process may write (``ulimit -f``) or its file system holds.
+    errno.EFBIG: "the file would be larger than this process may write there (a limit set with ulimit -f, or the "
+                 "file system's largest file): raise the limit, or choose a folder on another file system",
 }
 
 

@@ -20,6 +20,7 @@ import functools
 import io
 import math
 import os
+import stat as stat_module
 import unicodedata
 import zipfile
 from collections import defaultdict
@@ -35,7 +36,7 @@ import pyarrow.parquet as pq
 from openpyxl.utils.exceptions import InvalidFileException
 
 from heygem_ray import storage
-from heygem_ray.errors import InputError
+from heygem_ray.errors import InputError, storage_error
 from heygem_ray.storage import Location, Uri
 
 REQUIRED_COLUMNS = ("audio", "video")
@@ -351,6 +352,15 @@ def _id_problem(job_id: str) -> str | None:
     return None
 
 
+def _carried_name(column: str, row: Mapping[str, Any], reserved: frozenset[str]) -> str:
+    """The name a manifest column that is also a results column is carried under:
+    ``manifest_<name>``, prefixed again while the manifest (or the results) has that name too."""
+    name = f"manifest_{column}"
+    while name in row or name in reserved:
+        name = f"manifest_{name}"
+    return name
+
+
 def _make_job(
     row: int,
     job_id: str,
@@ -362,7 +372,7 @@ def _make_job(
 ) -> Job:
     audio, video = _text(r.get("audio")), _text(r.get("video"))
     extra = {
-        (f"manifest_{k}" if k in reserved else k): v
+        (_carried_name(k, r, reserved) if k in reserved else k): v
         for k, v in r.items()
         if k not in REQUIRED_COLUMNS and k not in OPTIONAL_COLUMNS and k not in ROW_SETTINGS
     }
@@ -475,6 +485,12 @@ def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Locat
         return None, InputError(
             f"output {output!r} must end in .mp4", kind="unsafe_output"
         )
+    if hidden := sorted({c for c in output if unicodedata.category(c)[0] == "C"}):
+        return None, InputError(
+            f"output {output!r} holds {', '.join(repr(c) for c in hidden)}: a character no one sees or types in a "
+            "file name (a line break, a tab, a control code); give the row an output without it",
+            kind="unsafe_output",
+        )
     if (why := _name_problem(output, target)) is not None:
         return None, InputError(f"output {output!r}: {why}; give it shorter names", kind="unsafe_output")
     if (blocked := _blocked(target, out_root)) is not None:
@@ -487,13 +503,17 @@ def _blocked(target: Location, out_root: Location) -> str | None:
     where one of its folders must be), found before the row renders for nothing; or None."""
     if not isinstance(target, Path):
         return None
-    if target.is_dir():
-        return f"output {target} is a folder: give the row another 'output', or move the folder away"
-    for folder in target.parents:
-        if folder == out_root or not storage.is_inside(folder, out_root):
-            break
-        if os.path.lexists(folder) and not folder.is_dir():
-            return f"output {target} would be written into {folder}, which is a file: move it away, or give the row another 'output'"
+    try:
+        if target.is_dir():
+            return f"output {target} is a folder: give the row another 'output', or move the folder away"
+        for folder in target.parents:
+            if folder == out_root or not storage.is_inside(folder, out_root):
+                break
+            if os.path.lexists(folder) and not folder.is_dir():
+                return f"output {target} would be written into {folder}, which is a file: move it away, or give the row another 'output'"
+    except OSError as exc:  # a path too long, a folder this user may not look into
+        refused = storage_error(exc, target)
+        return f"output {refused.message if refused is not None else f'{target}: {_first_line(exc)}'}"
     return None
 
 
@@ -532,6 +552,10 @@ def _check_outputs(path: Location, jobs: list[Job], base: Location) -> None:
                 "give each row its own job_id or output",
                 kind="bad_manifest",
             )
+    # An output there already, by the file it is: a folder reached by two paths (a bind mount,
+    # a second mount of one share) or by names a file system takes as one (case, Unicode
+    # forms) names one file with texts no resolving makes equal.
+    present = {found: rows[0] for file, rows in writers.items() if (found := _file_id(file)) is not None}
     read: dict[Location, str | Uri] = {}  # input → its file: rows share their references
     for reader in jobs:
         for what, loc in (("audio", reader.audio), ("video", reader.video)):
@@ -539,7 +563,10 @@ def _check_outputs(path: Location, jobs: list[Job], base: Location) -> None:
                 continue
             if (target := read.get(loc)) is None:
                 target = read[loc] = real(loc)
-            if (writer := writers.get(target)) is None:
+            writer = writers.get(target)
+            if writer is None and present and (found := _file_id(target)) in present:
+                writer = [present[found]]
+            if writer is None:
                 continue
             (j,) = writer
             whose = f"its own {what}" if j is reader else f"the {what} of {reader.label}"
@@ -550,6 +577,17 @@ def _check_outputs(path: Location, jobs: list[Job], base: Location) -> None:
                 "apart from the media files",
                 kind="bad_manifest",
             )
+
+
+def _file_id(file: str | Uri) -> tuple[int, int] | None:
+    """The local ``file``'s device and inode, where it is a file; else None."""
+    if isinstance(file, Uri):
+        return None
+    try:
+        st = os.stat(file)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino) if stat_module.S_ISREG(st.st_mode) else None
 
 
 class _RealPaths:
@@ -572,7 +610,13 @@ class _RealPaths:
 
 
 def _text(value: Any) -> str:
-    return "" if value is None else str(value).strip()
+    """A cell as text: none, or a float NaN (an empty cell of a number column pandas wrote to
+    Parquet), is empty; a whole float (such a column's numbers) is written as a whole number."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,6 +1,7 @@
 import datetime
 import math
 import shutil
+import subprocess
 from pathlib import Path
 
 import openpyxl
@@ -43,11 +44,55 @@ def test_a_cell_from_the_home_folder_is_read_there(tmp_path, monkeypatch):
     assert (job.audio, job.video) == (tmp_path / "home" / "talk.wav", tmp_path / "home" / "takes" / "v.mp4")
 
 
+def test_an_output_folder_that_reaches_the_media_by_another_mount_cannot_replace_an_input(tmp_path, mount):
+    """The media folder bind-mounted (or one share mounted twice) as the output folder: no
+    resolving of path text makes the two names of a file equal, so the row whose output is
+    its own reference passed, and its MP4 replaced the take. Files are compared as files."""
+    media = mount("media", size="1m")
+    (media / "a.wav").write_bytes(b"speech")
+    (media / "presenter.mp4").write_bytes(b"the take")
+    other = tmp_path / "other"
+    other.mkdir()
+    done = subprocess.run(["mount", "--bind", str(media), str(other)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here ({done.stderr.strip()})")
+    try:
+        m = write(media / "m.csv", "job_id,audio,video\npresenter,a.wav,presenter.mp4\n")
+        with pytest.raises(InputError) as err:
+            read_manifest(m, other, reserved=RESULT_COLUMNS)
+        assert err.value.kind == "bad_manifest"
+        assert (f"row 1 (job 'presenter') would write {other / 'presenter.mp4'}, which is its own video "
+                f"({media / 'presenter.mp4'}, the same file); rendering would replace an input") in err.value.message
+        assert (media / "presenter.mp4").read_bytes() == b"the take"
+    finally:
+        subprocess.run(["umount", "-l", str(other)], check=False)
+
+
+def test_a_results_column_in_the_manifest_is_carried_under_a_name_no_other_column_has(tmp_path):
+    m = write(tmp_path / "m.csv", "audio,video,status,manifest_status\na.wav,v.mp4,draft,reviewed\n")
+    (job,) = read_manifest(m, tmp_path / "out", reserved=RESULT_COLUMNS)
+    assert job.extra == {"manifest_manifest_status": "draft", "manifest_status": "reviewed"}
+
+
 def test_parquet_manifests_are_read_too(tmp_path):
     m = tmp_path / "m.parquet"
     pq.write_table(pa.table({"audio": ["a.wav", "b.wav"], "video": ["v.mp4", "v.mp4"]}), m)
     jobs = read_manifest(m, tmp_path / "out")
     assert [j.job_id for j in jobs] == ["a-v", "b-v"]
+
+
+def test_empty_cells_of_a_parquet_manifest_pandas_wrote_are_empty(tmp_path):
+    """pandas writes a column with empty cells as floats with NaN: they were the text 'nan'
+    (two empty ids stopped the manifest as the repeated id 'nan', an empty output was
+    "output 'nan' must end in .mp4"), and the id 3 was '3.0'."""
+    m = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"job_id": [math.nan, math.nan, 3.0], "audio": ["a.wav", "b.wav", None],
+                             "video": ["v.mp4"] * 3, "output": [math.nan] * 3}), m)  # fmt: skip
+    first, second, third = read_manifest(m, tmp_path / "out")
+    assert (first.job_id, first.problem) == ("a-v", None) and first.output == (tmp_path / "out").resolve() / "a-v.mp4"
+    assert (second.job_id, second.problem) == ("b-v", None) and second.output.name == "b-v.mp4"
+    assert third.job_id == "3" and third.output.name == "3.mp4"
+    assert third.problem is not None and "the 'audio' cell is empty" in third.problem.message
 
 
 def test_missing_required_column_stops_with_its_name(tmp_path):
@@ -118,6 +163,9 @@ def test_a_made_id_from_long_names_fits_a_file_name(tmp_path):
         ("ok3,a.wav,v.mp4,video.avi", "must end in .mp4"),
         (f"ok4,a.wav,v.mp4,{'d' * 256}/x.mp4", "is 256 bytes long in UTF-8, over the 255 a file or folder name holds"),
         (f"ok5,a.wav,v.mp4,{'课' * 75}.mp4", "its file name without .mp4 is 225 bytes long in UTF-8, over 223"),
+        ('ok6,a.wav,v.mp4,"a\nb.mp4"', "holds '\\n': a character no one sees or types in a file name"),
+        (f"ok7,a.wav,v.mp4,{'/'.join(['d' * 200] * 25)}/x.mp4",
+         "/x.mp4: file name too long; the path is longer than this system takes (4096 bytes in all"),
     ],
 )
 def test_unsafe_outputs_fail_only_their_row(tmp_path, row, needle):
