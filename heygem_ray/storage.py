@@ -469,7 +469,9 @@ def upload(source: Path | BinaryIO, dest: Uri) -> None:
         fs.move(tmp, dest.key)  # a server-side copy, then the temporary key's deletion
         moved = True
     except OSError as exc:
-        raise _error("could not write", dest, exc, "nothing was left under that name") from exc
+        # The local file's own error (an errno: the bucket's have none) is the disk's, not the bucket's.
+        local = storage_error(exc, source) if isinstance(source, Path) and exc.errno is not None else None
+        raise local or _error("could not write", dest, exc, "nothing was left under that name") from exc
     finally:
         if not moved:
             with contextlib.suppress(OSError):

@@ -323,6 +323,36 @@ def test_a_read_only_home_cache_costs_the_input_digests_their_cache_and_nothing_
     assert again.returncode == 0 and "0 of 1 jobs rendered" in again.stdout and "1 skipped" in again.stdout, again.stdout
 
 
+ENCODE_UNDER_A_LIMIT = """
+import resource, sys
+import numpy as np
+from pathlib import Path
+from heygem_ray import media
+from heygem_ray.errors import InputError
+
+resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))  # ulimit -f 16: the encoder inherits it
+frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3), np.uint8)
+try:
+    with media.VideoWriter(Path(sys.argv[1]), width=320, height=240, fps=25, audio=Path(sys.argv[2]),
+                           duration=1.0) as writer:
+        for _ in range(25):
+            writer.write(frame)
+except InputError as exc:
+    print(exc.kind, exc.message)
+"""
+
+
+def test_an_mp4_past_a_file_size_limit_is_a_storage_error_saying_so(tmp_path, examples):
+    """``ulimit -f`` (or a quota that limits a file's size): the kernel stops ffmpeg with
+    SIGXFSZ, which says nothing; that was an ``encode`` error telling to check the audio."""
+    out = tmp_path / "x.mp4"
+    proc = subprocess.run([sys.executable, "-c", ENCODE_UNDER_A_LIMIT, str(out), str(examples / "lesson1.wav")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.stdout.startswith(f"storage {out}: file too large; the file would be larger than this process may "
+                                  "write there (a limit set with ulimit -f"), proc.stdout + proc.stderr[-2000:]
+    assert not out.exists()
+
+
 def test_an_mp4_that_does_not_fit_is_a_storage_error_naming_its_folder(mount, examples):
     disk = mount("small", size="16k")
     frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3), np.uint8)  # noise: it does not compress

@@ -477,6 +477,17 @@ def test_audio_decoded_to_a_file_equals_the_audio_in_memory(tmp_path: Path) -> N
     np.testing.assert_array_equal(np.fromfile(tmp_path / "a.f32", dtype="<f4"), wav)
 
 
+def test_audio_decoded_onto_a_full_disk_is_a_storage_error_naming_it(tmp_path: Path, mount) -> None:
+    """A node's full scratch disk: numpy's tofile said "requested and written" with no errno,
+    and every row that node ran failed as an internal error (a bug to report)."""
+    audio = make_tone(tmp_path / "a.wav", seconds=3.0, freq=440)  # 192 kB decoded
+    scratch = mount("scratch", size="64k")
+    with pytest.raises(InputError) as err:
+        media.decode_audio(audio, scratch / "a.f32")
+    assert err.value.kind == "storage"
+    assert err.value.message.startswith(f"{scratch}") and "no space left on device; free space" in err.value.message
+
+
 def test_audio_track_of_a_video(tmp_path: Path) -> None:
     clip = make_video(tmp_path / "talk.mp4", seconds=1.2, size=(64, 48), audio=True)
     assert media.probe_audio(clip).duration == pytest.approx(1.2, rel=0.01)
@@ -929,6 +940,22 @@ def test_a_phones_heic_photo_is_read_as_one_picture(tmp_path: Path, photo: np.nd
     assert frame.shape == photo.shape and _psnr(frame, photo) > 33, _psnr(frame, photo)
     (i420,) = media.iter_frames(info, pixel_format="yuv420p")
     assert i420.shape == yuv.frame_shape(1200, 900)
+
+
+def test_a_heic_whose_boxes_end_short_is_unreadable_media_not_a_bug(tmp_path: Path) -> None:
+    """A 200-byte file whose last box, the rotation, holds no byte: reading it was an
+    IndexError, and its row an internal error."""
+    def box(kind: bytes, payload: bytes = b"") -> bytes:
+        return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+    ipma = box(b"ipma", bytes(4) + struct.pack(">IH", 1, 1) + bytes([2, 1, 2]))
+    ipco = box(b"ipco", box(b"ispe", bytes(4) + struct.pack(">II", 64, 48)) + box(b"irot"))
+    meta = box(b"meta", bytes(4) + box(b"pitm", bytes(4) + struct.pack(">H", 1)) + box(b"iprp", ipma + ipco))
+    short = tmp_path / "short.heic"
+    short.write_bytes(box(b"ftyp", b"heic" + bytes(4) + b"mif1heic") + meta)
+    with pytest.raises(InputError) as err:
+        media.probe_video(short)
+    assert err.value.kind == "unreadable_media" and str(short) in err.value.message
 
 
 def test_a_turned_heic_photo_is_read_upright_and_one_over_the_limit_refused_before_decoding(

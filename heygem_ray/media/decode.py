@@ -182,7 +182,8 @@ def decode_audio(
     samples = 0
     with storage_errors(dst.parent), open(dst, "wb") as f:  # a full scratch disk: the user's to fix
         for block in _audio_blocks(path, sample_rate, max_seconds):
-            block.astype("<f4", copy=False).tofile(f)
+            # (a file's own write: ndarray.tofile's error on a full disk has no errno to tell it by)
+            f.write(np.ascontiguousarray(block, "<f4").data)
             samples += len(block)
     return samples
 

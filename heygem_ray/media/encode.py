@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -13,7 +14,7 @@ from typing import NoReturn
 import ffmpeg
 import numpy as np
 
-from heygem_ray.errors import EngineError, InternalError, folder_removed, storage_error_in
+from heygem_ray.errors import EngineError, InternalError, folder_removed, storage_error, storage_error_in
 from heygem_ray.media import yuv
 from heygem_ray.media.container import require_file
 from heygem_ray.media.encoders import Encoder, encoder_env, video_codec_options
@@ -136,6 +137,8 @@ class VideoWriter:
         self.path.unlink(missing_ok=True)
         said = proc.stderr_tail()
         refused = storage_error_in(said, self.path.parent)  # ffmpeg could not write: a full disk, say
+        if proc.popen.returncode == -signal.SIGXFSZ:  # past a file-size limit (ulimit -f): killed, nothing said
+            refused = storage_error(OSError(errno.EFBIG, os.strerror(errno.EFBIG)), self.path)
         if refused is not None:
             raise refused
         if (outside := proc.outside_failure()) is not None:

@@ -133,9 +133,8 @@ def heif_still(path: Path) -> HeifStill | None:
             kind, payload = properties[index - 1]
             if kind == b"ispe":  # version and flags (4), width, height
                 size = (_iso_u32(f, payload + 4), _iso_u32(f, payload + 8))
-            elif kind == b"irot":  # the low two bits: quarter turns anticlockwise
-                f.seek(payload)
-                rotation = (360 - 90 * (f.read(1)[0] & 3)) % 360
+            elif kind == b"irot":  # the low two bits: quarter turns anticlockwise (an empty box: none)
+                rotation = (360 - 90 * (_iso_u8(f, payload) & 3)) % 360
         if size is None or not all(size):
             return None
         return HeifStill(width=size[0], height=size[1], grid=_item_type(f, boxes.get(b"iinf"), primary) == b"grid",
@@ -169,8 +168,7 @@ def _associations(f: IO[bytes], start: int, end: int, item: int) -> list[int]:
                 break
             entry = _iso_u32(f, at) if version >= 1 else _iso_u16(f, at)
             at += 4 if version >= 1 else 2
-            f.seek(at)
-            count = f.read(1)[0] if at < ipma_end else 0
+            count = _iso_u8(f, at) if at < ipma_end else 0
             at += 1
             for _ in range(count):
                 index = (_iso_u16(f, at) & 0x7FFF) if wide_index else (_iso_u8(f, at) & 0x7F)
