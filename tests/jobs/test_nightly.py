@@ -134,17 +134,19 @@ def test_an_unusable_manifest_exits_2_and_says_why_in_run_json(tmp_path, nightly
     assert "error: manifest" in capsys.readouterr().err
 
 
-def test_a_ray_address_that_is_the_dashboards_exits_2_saying_so_and_the_night_ends_in_run_json(
-        folder, nightly, monkeypatch, capsys):
+def test_a_ray_address_that_is_the_dashboards_exits_2_saying_so_and_the_night_ends_in_run_json(folder):
     """``RAY_ADDRESS=http://head:8265``, as Ray's Jobs docs have users export: a Ray
-    ``ValueError`` was a traceback, exit 1, and run.json said ``running`` for ever."""
-    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
-    assert nightly.main([str(folder / "good.csv"), str(folder / "r"), "--date", "2026-01-03"]) == 2
+    ``ValueError`` was a traceback, exit 1, and run.json said ``running`` for ever. (A
+    process of its own: one that has joined Ray already never reads the address.)"""
+    env = os.environ | {"RAY_ADDRESS": "http://127.0.0.1:8265"}
+    proc = subprocess.run([sys.executable, str(NIGHTLY), str(folder / "good.csv"), str(folder / "r"), "--date",
+                           "2026-01-03"], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
     run = json.loads((folder / "r" / "2026-01-03" / "run.json").read_text())
     assert (run["state"], run["exit_code"]) == ("ended", 2), run
     assert run["error"].startswith("RAY_ADDRESS 'http://127.0.0.1:8265' is no address of a Ray cluster (Invalid Ray "
                                    "address: 'http://127.0.0.1:8265') (an http:// address is the dashboard's")
-    assert "give the head node's GCS address, HOST:6379" in capsys.readouterr().err
+    assert "give the head node's GCS address, HOST:6379" in proc.stderr and "Traceback" not in proc.stderr
 
 
 HOLDER = """
