@@ -942,6 +942,25 @@ def test_a_phones_heic_photo_is_read_as_one_picture(tmp_path: Path, photo: np.nd
     assert i420.shape == yuv.frame_shape(1200, 900)
 
 
+def test_a_photo_whose_name_holds_percent_d_is_that_photo_not_the_numbered_files_beside_it(
+    tmp_path: Path, examples: Path
+) -> None:
+    """FFmpeg's still-image reader takes ``teacher%d.jpg`` for the sequence teacher1.jpg,
+    teacher2.jpg, …: the take was those three pictures, a 3-frame video, cached under the
+    photo's own bytes for every row with that photo. A video's name with ``%d`` is its own too."""
+    photo = tmp_path / "teacher%d.jpg"
+    shutil.copy(examples / "presenter.jpg", photo)
+    for n in (1, 2, 3):
+        cv2.imwrite(str(tmp_path / f"teacher{n}.jpg"), np.full((64, 64, 3), (0, 0, 255), np.uint8))
+    info = media.probe_video(photo)
+    assert (info.is_image, info.frames) == (True, 1)
+    (frame,) = media.iter_frames(info)
+    assert _psnr(frame, cv2.imread(str(examples / "presenter.jpg"))[: info.height, : info.width]) > 30
+    clip = tmp_path / "take%d.mp4"
+    shutil.copy(examples / "presenter.mp4", clip)
+    assert media.probe_video(clip).frames == media.probe_video(examples / "presenter.mp4").frames
+
+
 def test_a_heic_whose_boxes_end_short_is_unreadable_media_not_a_bug(tmp_path: Path) -> None:
     """A 200-byte file whose last box, the rotation, holds no byte: reading it was an
     IndexError, and its row an internal error."""

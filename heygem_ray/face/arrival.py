@@ -18,6 +18,7 @@ import numpy as np
 from heygem_ray.config import DetectorConfig
 from heygem_ray.face.haar import HaarDetector
 from heygem_ray.face.search import is_colour, scan, scan_scale, skin_fraction
+from heygem_ray.media.ffmpeg import LITERAL_NAME
 
 # Seconds between the keyframes ``first_seen`` scans first: at 1080p a whole-frame scan for
 # a 40-px face costs ~85 CPU ms against ~9 for decoding a keyframe. Those skipped before the
@@ -58,7 +59,7 @@ def first_seen(
 def _keyframes(video: Path, stream_index: int, from_s: float, step_s: float) -> Iterator[tuple[float, av.VideoFrame]]:
     """(seconds into the take, frame) of ``video``'s keyframes from ``from_s``, at least
     ``step_s`` apart; nothing else is decoded."""
-    with av.open(str(video)) as container:
+    with av.open(str(video), options=LITERAL_NAME) as container:
         stream = container.streams.video[stream_index]
         stream.codec_context.skip_frame = "NONKEY"
         origin = (container.start_time or 0) / 1e6  # ffmpeg's times count from here (``VideoInfo.seek``)

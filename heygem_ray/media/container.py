@@ -15,7 +15,7 @@ import av
 import av.container
 
 from heygem_ray.errors import InputError
-from heygem_ray.media.ffmpeg import url
+from heygem_ray.media.ffmpeg import LITERAL_NAME, url
 from heygem_ray.media.limits import decoder_pixels
 
 
@@ -60,7 +60,7 @@ def opened(
     ``max_pixels``: the decoders that fill in the header refuse a larger picture (then
     leave its size 0) rather than allocate it. ``check`` sees the container before its
     index is read (a limit on what the header declares, say)."""
-    options = {} if max_pixels is None else {"max_pixels": str(decoder_pixels(max_pixels))}
+    options = LITERAL_NAME | ({} if max_pixels is None else {"max_pixels": str(decoder_pixels(max_pixels))})
     try:
         container = av.open(url(path), metadata_errors="ignore", options=options)
     except av.FFmpegError as exc:

@@ -29,6 +29,7 @@ from heygem_ray.media.ffmpeg import (
     PixelFormat,
     ffmpeg_exe,
     gpu_env,
+    literal_name,
     to_sdr,
     url,
     video_filters,
@@ -67,7 +68,7 @@ def iter_frames(
     alpha = {"c:v": ALPHA_DECODERS[info.codec]} if libvpx else {}
     seek = {"ss": f"{float(info.seek):.6f}"} if info.seek_frames else {}  # (``VideoInfo.seek``)
     source = ffmpeg.input(url(info.path), threads=DECODER_THREADS, **seek, **on_gpu, **alpha,
-                          **decoder_limit(max_pixels))  # fmt: skip
+                          **decoder_limit(max_pixels), **literal_name(info.demuxer))  # fmt: skip
     source = source[picture]
     decoded = video_filters(source, fps, info.interlaced, info.start - info.seek_frames)
     if info.colour in MAPPED_COLOURS:

@@ -93,6 +93,19 @@ def url(path: Path) -> str:
     return f"file:{path.absolute()}"
 
 
+# FFmpeg's reader of still images (the image2 demuxer) takes a name with ``%d`` in it for a
+# numbered sequence (``teacher%d.jpg``: teacher1.jpg, teacher2.jpg, … beside it, read as a
+# video). Its option that reads the file named, and only it: PyAV leaves an option no
+# demuxer takes unused; the ffmpeg command refuses one (``literal_name``).
+LITERAL_NAME = {"pattern_type": "none"}
+
+
+def literal_name(demuxer: str) -> dict[str, str]:
+    """ffmpeg input options that read a file ``demuxer`` opens (its name, as PyAV's
+    ``container.format.name`` gives it) as the one file its name names."""
+    return LITERAL_NAME if "image2" in demuxer.split(",") else {}
+
+
 # Present on a machine with an NVIDIA driver loaded (NVENC and NVDEC need one).
 NVIDIA_DEVICE = "/dev/nvidiactl"
 

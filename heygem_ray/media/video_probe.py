@@ -25,7 +25,15 @@ import numpy as np
 from heygem_ray.config import MIN_FPS
 from heygem_ray.errors import InputError
 from heygem_ray.media.container import contents, opened, reason, require_file
-from heygem_ray.media.ffmpeg import DECODER_THREADS, FfmpegProcess, ffmpeg_exe, url, video_filters
+from heygem_ray.media.ffmpeg import (
+    DECODER_THREADS,
+    LITERAL_NAME,
+    FfmpegProcess,
+    ffmpeg_exe,
+    literal_name,
+    url,
+    video_filters,
+)
 from heygem_ray.media.headers import image_size
 from heygem_ray.media.isobmff import heif_still, video_samples
 from heygem_ray.media.limits import (
@@ -74,6 +82,7 @@ class VideoInfo:
     source_width: int  # pixels, as stored: before rotation and crop
     source_height: int
     video_stream: int = 0  # which video stream of the file (ffmpeg's "0:v:N")
+    demuxer: str = ""  # the file's demuxer, as PyAV names it ("mov,mp4,m4a,3gp,3g2,mj2", "image2")
     video_streams: int = 1  # how many it holds, cover pictures left out (a recording with a camera and a screen)
     # How the stream's pictures reach BT.709 limited-range I420 (iter_frames's
     # pixel_format="yuv420p"): "bt709" (they are that already), "bt601" (4:2:0, limited
@@ -310,6 +319,7 @@ def _decoded_frames(
     max_pixels: int | None,
     first: int | None = None,
     skip: int = 0,
+    demuxer: str = "",
 ) -> int:
     """The frames :func:`iter_frames` yields, counted by decoding the file through the same
     filters into ffmpeg's ``null`` muxer; the count is the last ``frame=`` of the
@@ -317,7 +327,8 @@ def _decoded_frames(
     ``max_frames`` (more is ``too_large``), or one past ``first`` (a cut: the frames after
     it are not used, so not counted) where that comes sooner. ``skip``: the frames before
     a start (``start_seconds``), not counted; 0 where none is left after them."""
-    source = ffmpeg.input(url(path), threads=DECODER_THREADS, **decoder_limit(max_pixels))[f"v:{video_stream}"]
+    source = ffmpeg.input(url(path), threads=DECODER_THREADS, **decoder_limit(max_pixels),
+                          **literal_name(demuxer))[f"v:{video_stream}"]
     decoded = video_filters(source, fps, skip=skip)
     stops = [n + 1 for n in (max_frames, first) if n is not None]
     stop = {"frames:v": min(stops)} if stops else {}
@@ -448,7 +459,8 @@ def _probe_video(
         video_stream = container.streams.video.index(stream)
         pictures = sum(not s.disposition & av.stream.Disposition.attached_pic for s in container.streams.video)
         file_start = Fraction(container.start_time or 0, 1_000_000)  # ffmpeg counts times from here
-        demuxers = set(container.format.name.split(","))
+        demuxer = container.format.name
+        demuxers = set(demuxer.split(","))
         # (a fragmented MP4's header lists no samples: its fragments are indexed as they are found)
         indexed = "matroska" in demuxers or ("mov" in demuxers and stream.frames > 0)
         source_width, source_height = stream.codec_context.width, stream.codec_context.height
@@ -487,7 +499,8 @@ def _probe_video(
                                                _slot_pts(scan, time_base, fps, seek[1]), max_pixels):  # fmt: skip
                     seek = (Fraction(0), 0)
         else:
-            frames = _decoded_frames(path, video_stream, fps, max_frames, max_pixels, first, skip)
+            frames = _decoded_frames(path, video_stream, fps, max_frames, max_pixels, first, skip,
+                                     demuxer)
         if frames == 0:
             raise InputError(
                 f"reference {path} ends before {start_seconds:g} s (--reference-start {start_seconds:g}"
@@ -522,6 +535,7 @@ def _probe_video(
         source_width=source_width,
         source_height=source_height,
         video_stream=video_stream,
+        demuxer=demuxer,
         video_streams=1 if still is not None else pictures,  # (a .heic photo's streams are its tiles)
         colour=colour,
         colour_source=colour_source,
@@ -590,7 +604,7 @@ def _seek_lands(path: Path, stream_index: int, at: Fraction, land_pts: int, max_
     without its sync-sample table says every frame is a keyframe) lands on a frame that
     needs the ones before it: the decoder drops frames up to the next real keyframe, or
     conceals what is missing, and the start is decoded from the beginning instead."""
-    options = {} if max_pixels is None else {"max_pixels": str(max_pixels)}
+    options = LITERAL_NAME | ({} if max_pixels is None else {"max_pixels": str(max_pixels)})
     try:
         with av.open(url(path), metadata_errors="ignore", options=options) as container:
             stream = container.streams.video[stream_index]
