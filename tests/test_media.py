@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import shutil
@@ -475,6 +476,33 @@ def test_audio_decoded_to_a_file_equals_the_audio_in_memory(tmp_path: Path) -> N
     wav = media.load_audio(audio)
     assert samples == len(wav) == (tmp_path / "a.f32").stat().st_size // 4
     np.testing.assert_array_equal(np.fromfile(tmp_path / "a.f32", dtype="<f4"), wav)
+
+
+def _float_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
+    data = samples.astype("<f4").tobytes()
+    fmt = struct.pack("<IHHIIHH", 16, 3, 1, rate, rate * 4, 4, 32)  # IEEE float, mono, 32-bit
+    path.write_bytes(b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + fmt + b"data"
+                     + struct.pack("<I", len(data)) + data)  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize(("value", "said"), [(math.nan, "nan"), (math.inf, "inf"), (1e9, "1e+09")])
+def test_a_float_wav_whose_samples_are_no_sound_is_unreadable_media_at_once(tmp_path: Path, value: float,
+                                                                          said: str) -> None:  # fmt: skip
+    """A NaN made the speech 'silent' (its loudness never counted), an infinity failed the
+    job's encode after its whole render, telling to check that the audio plays; samples of
+    a billion held the MP4's AAC encoder for ever."""
+    speech = (np.sin(np.arange(32000) * 0.2) * 0.5).astype(np.float32)
+    speech[20000] = value
+    wav = _float_wav(tmp_path / "broken.wav", speech)
+    with pytest.raises(InputError) as err:
+        media.decode_audio(wav, tmp_path / "a.f32")
+    assert err.value.kind == "unreadable_media"
+    assert err.value.message.startswith(f"audio {wav} holds a sample of {said} at 0:00:01: ")
+    assert "re-export it, as 16-bit PCM WAV for instance" in err.value.message
+    loud = speech.copy()
+    loud[20000] = 4.0  # past full scale, as float exports may be: sound, clipped
+    assert media.decode_audio(_float_wav(tmp_path / "loud.wav", loud), tmp_path / "b.f32") == 32000
 
 
 def test_audio_decoded_onto_a_full_disk_is_a_storage_error_naming_it(tmp_path: Path, mount) -> None:

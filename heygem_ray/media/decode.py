@@ -189,6 +189,25 @@ def decode_audio(
     return samples
 
 
+# A float recording's samples may pass full scale (1.0) a little; past a thousand times
+# it (+60 dBFS) they are no sound but a broken file, and the MP4's AAC encoder, given its
+# samples, worked on for ever on those of a billion.
+_LOUDEST = 1000.0
+
+
+def _not_sound(path: Path, block: np.ndarray, before: int, sample_rate: int) -> InputError:
+    """The ``unreadable_media`` error of audio whose ``block`` (after ``before`` samples)
+    holds samples that are no numbers, or past ``_LOUDEST``."""
+    bad = int(np.flatnonzero(~(np.abs(block) <= _LOUDEST))[0])
+    value = float(block[bad])
+    return InputError(
+        f"audio {path} holds a sample of {value:g} at {clock((before + bad) / sample_rate)}: "
+        f"{'no number' if not math.isfinite(value) else 'far past full scale (1.0)'}, so not sound but a damaged "
+        "file (a float WAV written by a broken export, say); re-export it, as 16-bit PCM WAV for instance",
+        kind="unreadable_media",
+    )
+
+
 def _audio_blocks(
     path: str | os.PathLike[str], sample_rate: int, max_seconds: float | None = None
 ) -> Generator[np.ndarray, None, None]:
@@ -229,6 +248,8 @@ def _audio_blocks(
         while got := proc.read_into(memoryview(buffer)):
             usable = got // frame_bytes * frame_bytes  # a full read is whole samples
             block = _mono(np.frombuffer(buffer, "<f4", count=usable // 4).reshape(-1, channels))
+            if not np.all(np.abs(block) <= _LOUDEST):  # (NaN fails it too)
+                raise _not_sound(p, block, samples, sample_rate)
             np.clip(block, -1.0, 1.0, out=block)
             samples += len(block)
             if max_seconds is not None and samples > most:  # its header said less
