@@ -480,7 +480,7 @@ def test_audio_decoded_to_a_file_equals_the_audio_in_memory(tmp_path: Path) -> N
 
 def _float_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
     data = samples.astype("<f4").tobytes()
-    fmt = struct.pack("<IHHIIHH", 16, 3, 1, rate, rate * 4, 4, 32)  # IEEE float, mono, 32-bit
+    fmt = struct.pack("<IHHIIHH", 16, 3, 1, rate, min(rate * 4, 2**32 - 1), 4, 32)  # IEEE float, mono, 32-bit
     path.write_bytes(b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + fmt + b"data"
                      + struct.pack("<I", len(data)) + data)  # fmt: skip
     return path
@@ -503,6 +503,16 @@ def test_a_float_wav_whose_samples_are_no_sound_is_unreadable_media_at_once(tmp_
     loud = speech.copy()
     loud[20000] = 4.0  # past full scale, as float exports may be: sound, clipped
     assert media.decode_audio(_float_wav(tmp_path / "loud.wav", loud), tmp_path / "b.f32") == 32000
+
+
+def test_a_wav_declaring_an_impossible_sample_rate_is_unreadable_media_not_out_of_memory(tmp_path: Path) -> None:
+    """Resampling from 2³¹ Hz asked for memory no node has: the row said out_of_memory, and
+    advised fewer jobs and a smaller resolution."""
+    wav = _float_wav(tmp_path / "rate.wav", np.zeros(16000, np.float32), rate=2**31 - 1)
+    with pytest.raises(InputError) as err:
+        media.decode_audio(wav, tmp_path / "a.f32")
+    assert (err.value.kind, err.value.message) == ("unreadable_media", f"audio {wav} declares a sample rate of "
+            "2147483647 Hz, which no recording has (its header is damaged); re-export it (e.g. as WAV or MP3)")
 
 
 def test_audio_decoded_onto_a_full_disk_is_a_storage_error_naming_it(tmp_path: Path, mount) -> None:

@@ -30,6 +30,12 @@ class AudioInfo:
     layout: str = ""  # FFmpeg's name for the channel layout: "mono", "stereo", "5.1(side)", "3 channels"
 
 
+# The highest sample rate a recording has (studio formats reach 768 kHz): a header that
+# declares more is damaged, and resampling from it asked for memory no node has
+# ("Cannot allocate memory": told as out of memory, whose fixes do nothing for it).
+MAX_SAMPLE_RATE = 768_000
+
+
 @contextlib.contextmanager
 def audio_stream(
     path: Path, max_seconds: float | None = None
@@ -61,6 +67,12 @@ def audio_stream(
             raise InputError(
                 f"audio {path}: its audio stream is in a format FFmpeg {av.ffmpeg_version_info} cannot decode "
                 "(or declares no channels); re-export it (e.g. as WAV or MP3)",
+                kind="unreadable_media",
+            )
+        if (rate := stream.codec_context.sample_rate or 0) > MAX_SAMPLE_RATE:  # (0: some codecs say at decoding)
+            raise InputError(
+                f"audio {path} declares a sample rate of {rate} Hz, which no recording has (its header is "
+                "damaged); re-export it (e.g. as WAV or MP3)",
                 kind="unreadable_media",
             )
         yield container, stream
