@@ -39,6 +39,7 @@ from tests.helpers.hostile import (
     make_flac_claiming,
     make_long_wav,
     make_mkv_claiming_duration,
+    make_timestamp_gap_video,
 )
 from tests.helpers.hostile_jobs import JOBS, REFUSED, ROOT, SUBMIT, child_env, run_jobs
 from tests.helpers.media import make_tone, make_vfr_video, make_video
@@ -177,6 +178,18 @@ def test_the_frame_limit_holds_wherever_the_count_comes_from(tmp_path, name, mak
         media.probe_video(clip, max_frames=limit)
     assert caught.value.kind == "too_large" and said in caught.value.message, caught.value.message
     assert media.probe_video(clip, max_frames=100).frames in (60, 100)  # under the limit: as before
+
+
+def test_a_take_whose_timestamps_jump_hours_on_is_read_up_to_a_cut_before_the_jump(tmp_path) -> None:
+    """Its frames an hour apart span more frames than the limit: refused, the message
+    advising --reference-seconds, which then did not help (the span counted to the file's
+    end); now a cut bounds the span it is checked on."""
+    take = make_timestamp_gap_video(tmp_path / "gap.mkv", gap_seconds=3_600)
+    with pytest.raises(InputError) as caught:
+        media.probe_video(take, max_frames=1_000)
+    assert "use only its first minutes (--reference-seconds 300" in caught.value.message
+    info = media.probe_video(take, max_frames=1_000, max_seconds=0.5)
+    assert info.cut and len(list(media.iter_frames(info))) == info.frames > 0
 
 
 def test_with_reference_seconds_the_frame_limit_bounds_the_frames_used(tmp_path, examples) -> None:

@@ -485,7 +485,7 @@ def _probe_video(
             own_fps, fps = fps, held_rate(fps)
         elif max_fps and fps > max_fps and (thinned := thinned_rate(fps, max_fps)) is not None:
             own_fps, fps = fps, thinned
-        _check_span(path, scan, time_base, fps, max_frames)
+        _check_span(path, scan, time_base, fps, max_frames, start_seconds + max_seconds if max_seconds > 0 else None)
         skip = _frames_in(start_seconds, fps)  # the frames before the one on show at start_seconds
         first = max(1, _frames_in(max_seconds, fps)) if max_seconds > 0 else None  # the frames a cut keeps
         whole = _constant_rate_frames(scan, time_base, fps)  # None (or 0): decoded to count them
@@ -699,12 +699,18 @@ def _looks_like_image(container: av.container.InputContainer, stream: av.video.s
     )
 
 
-def _check_span(path: Path, scan: _Scan, time_base: Fraction | None, fps: Fraction, max_frames: int | None) -> None:
+def _check_span(
+    path: Path, scan: _Scan, time_base: Fraction | None, fps: Fraction, max_frames: int | None, until_s: float | None
+) -> None:
     """Refuse a stream whose timestamps span more than ``max_frames`` frames at ``fps``:
-    read at a constant rate, the gaps between a few packets hours apart fill with repeats."""
+    read at a constant rate, the gaps between a few packets hours apart fill with repeats.
+    ``until_s``: where a cut ends the part read (``--reference-seconds`` after the start),
+    past which the span does not count (a timestamp damaged hours on is not read)."""
     if max_frames is None or time_base is None or not len(scan.pts):
         return
     span = float((int(scan.pts[-1]) + scan.last_duration - int(scan.pts[0])) * time_base)  # seconds
+    if until_s is not None:
+        span = min(span, until_s)
     frames = span * fps
     if frames > max_frames + 1:  # +1: a rounding's worth
         raise too_many_frames(
