@@ -72,7 +72,7 @@ _ENGINES_HELP = (
 
 def _home(path: Path | None) -> Path | None:
     """``path`` with a leading ``~`` expanded, as a shell leaves it in ``--option=~/x``."""
-    return None if path is None else path.expanduser()
+    return None if path is None else storage.from_home(path)
 
 
 def _engine_store(engines: Path | None, store: Path | None) -> storage.Location:

@@ -276,7 +276,7 @@ class RenderConfig:
                 raise InputError(f"{option} {where}: give a local path (or one every node sees), not a bucket",
                                  kind="bad_argument")
             if value is not None:  # made absolute where the run starts: see RunConfig's cache_dir
-                object.__setattr__(self, name, Path(value).expanduser().absolute())
+                object.__setattr__(self, name, storage.from_home(Path(value)).absolute())
 
     def for_row(self, row_settings: tuple[tuple[str, float], ...]) -> RenderConfig:
         """These settings with a manifest row's own over them (``manifest.ROW_SETTINGS``:
@@ -371,7 +371,7 @@ class RunConfig:
         # path would be taken from each worker's own working folder, which on a cluster
         # (--address) is not the one the command ran in. (Rows' files are resolved by the
         # manifest; output_dir is used by this process only and kept as given, for messages.)
-        object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser().absolute())
+        object.__setattr__(self, "cache_dir", storage.from_home(Path(self.cache_dir)).absolute())
         if isinstance(self.engines_dir, Path):
             object.__setattr__(self, "engines_dir", self.engines_dir.absolute())
         _check_choice("device", self.device, WorkerDevice)

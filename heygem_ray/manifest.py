@@ -438,7 +438,7 @@ def _resolve_input(base: Location, cell: str) -> Location:
     to ``base``."""
     if storage.is_uri(cell):
         return storage.location(cell)
-    path = Path(cell).expanduser()
+    path = storage.from_home(Path(cell))
     return path if path.is_absolute() else base / cell
 
 
@@ -485,10 +485,11 @@ def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Locat
         return None, InputError(
             f"output {output!r} must end in .mp4", kind="unsafe_output"
         )
-    if hidden := sorted({c for c in output if unicodedata.category(c)[0] == "C"}):
+    # (Format characters stay: a Persian name's zero-width non-joiner is typed as a letter.)
+    if hidden := sorted({c for c in output if unicodedata.category(c) in ("Cc", "Zl", "Zp")}):
         return None, InputError(
-            f"output {output!r} holds {', '.join(repr(c) for c in hidden)}: a character no one sees or types in a "
-            "file name (a line break, a tab, a control code); give the row an output without it",
+            f"output {output!r} holds {', '.join(repr(c) for c in hidden)}: a line break, a tab or another control "
+            "code, which a file name should not hold; give the row an output without it",
             kind="unsafe_output",
         )
     if (why := _name_problem(output, target)) is not None:
@@ -557,6 +558,7 @@ def _check_outputs(path: Location, jobs: list[Job], base: Location) -> None:
     # forms) names one file with texts no resolving makes equal.
     present = {found: rows[0] for file, rows in writers.items() if (found := _file_id(file)) is not None}
     read: dict[Location, str | Uri] = {}  # input → its file: rows share their references
+    ids: dict[str | Uri, tuple[int, int] | None] = {}  # (and its device and inode, where outputs are there)
     for reader in jobs:
         for what, loc in (("audio", reader.audio), ("video", reader.video)):
             if loc == base:  # the stand-in for an empty or unusable cell: no file
@@ -564,8 +566,11 @@ def _check_outputs(path: Location, jobs: list[Job], base: Location) -> None:
             if (target := read.get(loc)) is None:
                 target = read[loc] = real(loc)
             writer = writers.get(target)
-            if writer is None and present and (found := _file_id(target)) in present:
-                writer = [present[found]]
+            if writer is None and present:
+                if target not in ids:
+                    ids[target] = _file_id(target)
+                if (found := ids[target]) in present:
+                    writer = [present[found]]
             if writer is None:
                 continue
             (j,) = writer

@@ -194,7 +194,19 @@ def location(value: str | os.PathLike[str] | Uri) -> Location:
         return value
     if is_uri(value):
         return Uri.parse(os.fspath(value))
-    return Path(value).expanduser()
+    return from_home(Path(value))
+
+
+def from_home(path: Path) -> Path:
+    """``path`` with a leading ``~`` or ``~/`` as the home folder (``$HOME``, else this
+    user's); any other name, ``~lesson.wav`` among them, as it is, and ``~/…`` too where
+    no home folder is known (a container's user without one)."""
+    if path.parts[:1] != ("~",):
+        return path
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        return path
 
 
 def is_inside(loc: Location, folder: Location) -> bool:
@@ -469,9 +481,7 @@ def upload(source: Path | BinaryIO, dest: Uri) -> None:
         fs.move(tmp, dest.key)  # a server-side copy, then the temporary key's deletion
         moved = True
     except OSError as exc:
-        # The local file's own error (an errno: the bucket's have none) is the disk's, not the bucket's.
-        local = storage_error(exc, source) if isinstance(source, Path) and exc.errno is not None else None
-        raise local or _error("could not write", dest, exc, "nothing was left under that name") from exc
+        raise _error("could not write", dest, exc, "nothing was left under that name") from exc
     finally:
         if not moved:
             with contextlib.suppress(OSError):
@@ -745,15 +755,14 @@ def file_lock(path: Path, *, wait: bool = True) -> Iterator[bool]:
                 yield False
                 return
         try:
-            with contextlib.suppress(OSError):  # who holds it, for a waiter's message
-                f.truncate(0)
-                f.write(_holder())
-                f.flush()
-            _beats.add(path)
+            with contextlib.suppress(OSError):  # who holds it, for a waiter's message (unbuffered: nothing left to flush)
+                os.ftruncate(f.fileno(), 0)
+                os.write(f.fileno(), _holder().encode())
+            _beats.add(f.fileno())
             try:
                 yield True
             finally:
-                _beats.remove(path)
+                _beats.remove(f.fileno())
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -762,7 +771,7 @@ def _wait_for(f: Any, path: Path) -> None:
     """Take the lock on open file ``f`` (at ``path``), waiting for its holder: see ``file_lock``."""
     with contextlib.ExitStack() as waiting:
         waiting.enter_context(progress.waiting())  # on a holder that runs
-        seen, changed, quiet = _lock_stamp(path), time.monotonic(), False
+        seen, changed, quiet = _lock_stamp(f), time.monotonic(), False
         try:
             while True:
                 try:
@@ -770,7 +779,7 @@ def _wait_for(f: Any, path: Path) -> None:
                     return
                 except BlockingIOError:
                     pass
-                stamp = _lock_stamp(path)
+                stamp = _lock_stamp(f)
                 if stamp != seen:  # its holder runs (again)
                     seen, changed = stamp, time.monotonic()
                     if quiet:
@@ -791,9 +800,11 @@ def _wait_for(f: Any, path: Path) -> None:
                 progress.block(None)
 
 
-def _lock_stamp(path: Path) -> int | None:
+def _lock_stamp(f: Any) -> int | None:
+    """The modification time of the lock file open as ``f``: the file locked, whatever its
+    path names now."""
     try:
-        return os.stat(path).st_mtime_ns
+        return os.fstat(f.fileno()).st_mtime_ns
     except OSError:
         return None
 
@@ -816,34 +827,32 @@ def _read_holder(path: Path) -> str:
 
 
 class _Beats:
-    """The lock files this process holds, touched every ``LOCK_BEAT_S`` by one thread."""
+    """The lock files this process holds (their open descriptors: the files locked, whatever
+    their paths name now), touched every ``LOCK_BEAT_S`` by one thread."""
 
     def __init__(self) -> None:
-        self._held: dict[Path, int] = {}
+        self._held: set[int] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def add(self, path: Path) -> None:
+    def add(self, fd: int) -> None:
         with self._lock:
-            self._held[path] = self._held.get(path, 0) + 1
+            self._held.add(fd)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._beat, name="lock-heartbeat", daemon=True)
                 self._thread.start()
 
-    def remove(self, path: Path) -> None:
-        with self._lock:
-            self._held[path] -= 1
-            if not self._held[path]:
-                del self._held[path]
+    def remove(self, fd: int) -> None:
+        with self._lock:  # (a descriptor is not closed, nor reused, while it is touched: see _beat)
+            self._held.discard(fd)
 
     def _beat(self) -> None:
         while True:
             time.sleep(LOCK_BEAT_S)
             with self._lock:
-                held = list(self._held)
-            for path in held:
-                with contextlib.suppress(OSError):
-                    os.utime(path)
+                for fd in self._held:
+                    with contextlib.suppress(OSError):
+                        os.utime(fd)
 
 
 _beats = _Beats()

@@ -131,21 +131,25 @@ def test_a_worker_that_fails_or_dies_while_starting_stops_the_run_at_once(tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_workers_that_keep_dying_end_the_run_once_the_restart_budget_is_spent(tmp_path, examples, ray_join):
+@pytest.mark.parametrize("table_sigterm", [False, True], ids=["alone", "sigterm-as-the-table-is-written"])
+def test_workers_that_keep_dying_end_the_run_once_the_restart_budget_is_spent(tmp_path, examples, ray_join,
+                                                                              table_sigterm):  # fmt: skip
     """Each worker dies on the third chunk it renders. One worker, --worker-restarts 1:
     the first death is replaced, the second ends the run at once (not a wait per chunk
     for a worker that never comes), exit 2, and the table says which rows ended and which
-    did not. A SIGTERM that comes as that table is written (`ray job stop`) waits for it."""
+    did not. A SIGTERM that comes as that table is written (`ray job stop`) waits for it,
+    and the run then exits as SIGTERM's (143), saying both."""
     photo_batch(tmp_path, examples, 6, 1.0)  # 25 frames a row: 4 chunks of at most 8
     code, stderr = _faulty_submit(ray_join, "third_chunk_kills", tmp_path, "--workers", "1", "--worker-restarts", "1",
-                                  "--chunk-frames", "8", "--start-timeout", "300", table_sigterm=True)
-    assert code == 2, stderr[-3000:]
+                                  "--chunk-frames", "8", "--start-timeout", "300", table_sigterm=table_sigterm)
+    assert code == (143 if table_sigterm else 2), stderr[-3000:]
     last = _error_line(stderr)
     assert re.match(r"error: the run stopped after \d of 6 jobs had ended: no model worker is left: 2 were lost, past "
                     r"the restart budget of 1 \(--worker-restarts 1 × 1 workers\); the last: model-worker-\w+-cpu1 "
                     r"died \(ActorDiedError: ", last), last
-    assert (f"every row is in {tmp_path / 'out' / 'results.parquet'} (jobs that did not end say 'stopped') "
-            "(SIGTERM came as it was written, and waited for it); run the same manifest again") in last
+    came = " (SIGTERM came too, and waited for it)" if table_sigterm else ""
+    assert (f"every row is in {tmp_path / 'out' / 'results.parquet'} (jobs that did not end say 'stopped')"
+            f"{came}; run the same manifest again") in last
     assert stderr.count("another takes its place") == 1, stderr[-3000:]
     rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
     assert sorted(r["job_id"] for r in rows) == [f"job{i}" for i in range(6)]

@@ -39,9 +39,11 @@ def test_paths_resolve_against_the_manifest_folder_and_extra_columns_are_carried
 
 def test_a_cell_from_the_home_folder_is_read_there(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    m = write(tmp_path / "m.csv", "audio,video\n~/talk.wav,~/takes/v.mp4\n")
-    (job,) = read_manifest(m, tmp_path / "out", reserved=RESULT_COLUMNS)
-    assert (job.audio, job.video) == (tmp_path / "home" / "talk.wav", tmp_path / "home" / "takes" / "v.mp4")
+    m = write(tmp_path / "m.csv", "audio,video\n~/talk.wav,~/takes/v.mp4\n~lesson.wav,~old take.mp4\n")
+    first, second = read_manifest(m, tmp_path / "out", reserved=RESULT_COLUMNS)
+    assert (first.audio, first.video) == (tmp_path / "home" / "talk.wav", tmp_path / "home" / "takes" / "v.mp4")
+    # A name that starts with '~' is a file's name (no user 'lesson.wav' is looked for).
+    assert (second.audio, second.video) == (tmp_path / "~lesson.wav", tmp_path / "~old take.mp4")
 
 
 def test_an_output_folder_that_reaches_the_media_by_another_mount_cannot_replace_an_input(tmp_path, mount):
@@ -163,7 +165,7 @@ def test_a_made_id_from_long_names_fits_a_file_name(tmp_path):
         ("ok3,a.wav,v.mp4,video.avi", "must end in .mp4"),
         (f"ok4,a.wav,v.mp4,{'d' * 256}/x.mp4", "is 256 bytes long in UTF-8, over the 255 a file or folder name holds"),
         (f"ok5,a.wav,v.mp4,{'课' * 75}.mp4", "its file name without .mp4 is 225 bytes long in UTF-8, over 223"),
-        ('ok6,a.wav,v.mp4,"a\nb.mp4"', "holds '\\n': a character no one sees or types in a file name"),
+        ('ok6,a.wav,v.mp4,"a\nb.mp4"', "holds '\\n': a line break, a tab or another control code"),
         (f"ok7,a.wav,v.mp4,{'/'.join(['d' * 200] * 25)}/x.mp4",
          "/x.mp4: file name too long; the path is longer than this system takes (4096 bytes in all"),
     ],

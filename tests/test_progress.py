@@ -105,3 +105,28 @@ def test_a_lock_wait_is_progress_while_its_holder_runs_and_says_so_once_the_hold
         assert (progress.state()[1], progress.state()[3]) == (False, "")
     finally:
         holder.kill()
+
+
+UNDER_A_LIMIT = """
+import resource, sys
+from pathlib import Path
+from heygem_ray import storage
+from heygem_ray.errors import InputError
+
+resource.setrlimit(resource.RLIMIT_FSIZE, (5, 5))  # a full disk, as far as the holder's line goes
+with storage.file_lock(Path(sys.argv[1])):
+    pass
+try:
+    with storage.file_lock(Path(sys.argv[1])):
+        raise InputError("the block's own error", kind="storage")
+except InputError as exc:
+    print(exc.message)
+"""
+
+
+def test_a_lock_whose_holder_line_cannot_be_written_is_held_all_the_same(tmp_path):
+    """Writing who holds a lock is for a waiter's message: on a full disk it was buffered,
+    then raised as the file closed, after the block, in place of the block's own error."""
+    proc = subprocess.run([sys.executable, "-c", UNDER_A_LIMIT, str(tmp_path / "x.lock")], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (0, "the block's own error\n"), proc.stderr[-2000:]

@@ -221,14 +221,14 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
                         table = f"every row is in {path} (jobs that did not end say 'stopped')"
                     except HeygemError as failed:  # the cause may be the same: an unwritable output folder
                         table = f"the results table could not be written either ({failed.message})"
-                late = stop.received if signum is None else None
+                late = stop.received if signum is None else None  # (or one a Ray call swallowed)
                 said = (
                     f"the run stopped after {ended} of {len(todo)} jobs had ended: {why}; {table}"
-                    f"{f' ({_SIGNAL_NAMES[late]} came as it was written, and waited for it)' if late else ''}; "
+                    f"{f' ({_SIGNAL_NAMES[late]} came too, and waited for it)' if late else ''}; "
                     "run the same manifest again to render the rest"
                 )
-                if signum is not None:
-                    raise Interrupted(signum, said) from exc
+                if (asked := signum if signum is not None else late) is not None:  # the shell's status for it
+                    raise Interrupted(asked, said) from exc
                 if not isinstance(exc, Exception):  # SystemExit: as it was
                     raise
                 raise RunStopped(said, exit_status=2 if isinstance(exc, WorkersUnavailable) else 1) from exc

@@ -125,9 +125,9 @@ def _for_this_job(
                  "this job uses: computing them for this job only", template.root)  # fmt: skip
         path = scratch / kept_in[0].name
         with storage_errors(scratch):
-            np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape).flush()
-            storage.allocate(path)  # its blocks held first: a map written past a full disk kills the process
-            store = np.load(path, mmap_mode="r+")
+            # Sparse: only the frames used get blocks (holding the whole template's, 32 KiB a frame for
+            # MuseTalk, would cost a job gigabytes of scratch for minutes of audio).
+            store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
             _compute(store, used, template, models, chunk_frames)
         del store
         kept = np.load(path, mmap_mode="r")

@@ -30,10 +30,11 @@ class AudioInfo:
     layout: str = ""  # FFmpeg's name for the channel layout: "mono", "stereo", "5.1(side)", "3 channels"
 
 
-# The highest sample rate a recording has (studio formats reach 768 kHz): a header that
-# declares more is damaged, and resampling from it asked for memory no node has
-# ("Cannot allocate memory": told as out of memory, whose fixes do nothing for it).
-MAX_SAMPLE_RATE = 768_000
+# Past any recording's sample rate (PCM reaches 768 kHz; FFmpeg gives DSD512's as 2.8 MHz,
+# DSD1024's as 5.6 MHz): a header that declares more is damaged, and resampling from it
+# asked for memory no node has ("Cannot allocate memory": told as out of memory, whose
+# fixes do nothing for it).
+MAX_SAMPLE_RATE = 6_000_000
 
 
 @contextlib.contextmanager
