@@ -349,13 +349,13 @@ def preview(
         if (reference is None) == (manifest is None) or (manifest is not None and audio is not None):
             raise InputError("give a REFERENCE (and its AUDIO, if you like), or --manifest MANIFEST, not both",
                              kind="bad_argument")  # fmt: skip
-        cache_dir, output_dir = _home(cache_dir) or default_cache_dir(), output_dir.expanduser()
+        cache_dir, output_dir = _home(cache_dir) or default_cache_dir(), storage.from_home(output_dir)
         if manifest is not None:
             _preview_manifest(storage.location(manifest), cfg, cache_dir, _engine_store(engines, None), output_dir,
                               seconds)  # fmt: skip
             return
         assert reference is not None
-        found = run_preview(reference.expanduser(), _home(audio), cfg, cache_dir, _engine_store(engines, None),
+        found = run_preview(storage.from_home(reference), _home(audio), cfg, cache_dir, _engine_store(engines, None),
                             output_dir, seconds)  # fmt: skip
     except HeygemError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

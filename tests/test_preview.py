@@ -241,6 +241,14 @@ def test_a_missing_reference_is_exit_2_naming_it(tmp_path):
     assert "nobody.mp4" in got.stderr and "error:" in got.stderr
 
 
+def test_a_reference_whose_name_starts_with_a_tilde_is_that_name(tmp_path, monkeypatch):
+    """``~take.mp4`` names a file, not user take.mp4's home (a RuntimeError traceback)."""
+    monkeypatch.chdir(tmp_path)
+    got, report = _preview(tmp_path, "~take.mp4")
+    assert got.exit_code == 2 and report is None
+    assert "error: reference ~take.mp4 does not exist; check the path" in got.stderr
+
+
 def test_paths_from_the_home_folder_are_read_and_written_there(examples, tmp_path, monkeypatch):
     """``preview ~/take.jpg`` as a script's quoted text or ``-o=~/x`` leaves it: ``~`` is the home folder."""
     monkeypatch.setenv("HOME", str(tmp_path))
