@@ -819,6 +819,8 @@ def _holder() -> str:
 
 
 def _read_holder(path: Path) -> str:
+    """Who holds the lock at ``path``, as its holder wrote it (``_holder``). (By its path: the
+    waiter's own descriptor is open to append only.)"""
     try:
         said = path.read_text(errors="replace").strip()
     except OSError:

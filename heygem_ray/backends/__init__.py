@@ -109,8 +109,7 @@ def open_runners(
             # on to a backend that needs no store (PyTorch), as it would for any other reason.
             if isinstance(e, InputError) and e.kind != "storage":
                 raise
-            refused = storage_error(e, store.root) if isinstance(e, OSError) else None
-            refused = e if isinstance(e, InputError) else refused
+            refused = e if isinstance(e, InputError) else storage_error(e, store.root) if isinstance(e, OSError) else None
             if refused is not None and backend != "auto":
                 raise refused from e
             known = refused or (e if isinstance(e, EngineError) else None)

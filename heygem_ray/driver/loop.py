@@ -232,19 +232,17 @@ def _stop_stalled(
         result = JobResult.for_job(job, cfg.render.pack)
         result.error_kind, result.error_step = "stalled", cast(Step, step)
         again = f", as at each of its {attempt} attempts" if attempt > 1 else ""
-        if beat.blocked:
-            result.error = (
-                f"{job.label}: made no progress for {quiet_s:.0f} s in step {step} (--job-stall-timeout "
-                f"{cfg.job_stall_timeout_s:g}){again}: it waited for {beat.blocked}; its task was stopped. Then run "
-                "the same manifest again"
-            )
-        else:
-            result.error = (
-                f"{job.label}: made no progress for {quiet_s:.0f} s in step {step} (--job-stall-timeout "
-                f"{cfg.job_stall_timeout_s:g}){again}: it read and wrote nothing, and waited on no model worker; its "
-                "task was stopped. A file system that stopped answering (a network mount) or a process paused on its "
-                "node does this; check the node, then run the same manifest again"
-            )
+        why = (
+            f"it waited for {beat.blocked}; its task was stopped. Then run the same manifest again"
+            if beat.blocked
+            else "it read and wrote nothing, and waited on no model worker; its task was stopped. A file system that "
+            "stopped answering (a network mount) or a process paused on its node does this; check the node, then run "
+            "the same manifest again"
+        )
+        result.error = (
+            f"{job.label}: made no progress for {quiet_s:.0f} s in step {step} (--job-stall-timeout "
+            f"{cfg.job_stall_timeout_s:g}){again}: {why}"
+        )
         result.attempts, result.ray_task_id = attempt, task
         rows.append((job, attempt, result))
     return rows
