@@ -358,6 +358,51 @@ def test_a_sigterm_as_the_table_is_merged_lets_it_be_written(tmp_path, examples,
     assert row["status"] == "ok"
 
 
+# A submit in a process of its own, sent SIGTERM just after it kept the first row, once
+# the other job's MP4 is published too (its task ended, its row not read yet).
+_SIGTERM_AS_ONE_ENDS = """
+import os, signal, sys, time
+from pathlib import Path
+from heygem_ray import metrics
+from heygem_ray.cli import app
+from heygem_ray.driver import resume
+
+record, counted = resume.record, metrics.record_job
+
+def kept_then_waited(output_dir, result):
+    resume.record = record
+    other = Path("out") / ("job1.mp4" if result.job_id == "job0" else "job0.mp4")
+    deadline = time.monotonic() + 200
+    while not other.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # its task returns
+    return record(output_dir, result)
+
+def counted_then_stopped(result):
+    metrics.record_job = counted
+    counted(result)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+resume.record, metrics.record_job = kept_then_waited, counted_then_stopped
+app(["submit", "m.csv", "-o", "out", "--cache-dir", "cache", "--engines", "engines", "--max-jobs", "2"])
+"""
+
+
+def test_a_job_that_ended_as_the_run_was_stopped_keeps_its_row(tmp_path, examples, ray_join):
+    """Before, a job whose task had ended but whose row the driver had not read yet said
+    'stopped', though its MP4 was published: the next run rendered it again."""
+    photo_batch(tmp_path, examples, 2, 1.0)
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_AS_ONE_ENDS], cwd=tmp_path, env=ray_join,
+                          capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert _error_line(proc.stderr) == (
+        "error: the run stopped after all 2 jobs had ended: it was sent SIGTERM; every row is in out/results.parquet"
+    ), proc.stderr[-3000:]
+    rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    assert [(r["job_id"], r["status"]) for r in rows] == [("job0", "ok"), ("job1", "ok")], rows
+    assert len(media.read_video(Path(rows[1]["output"]))[0]) == rows[1]["frames"] > 0
+
+
 # A submit in a process of its own whose reads of one input file stop answering when the
 # driver hashes it (as a network mount gone dead does: the read blocks in the kernel, for
 # ever); its jobs read the file as usual.

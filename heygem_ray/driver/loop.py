@@ -151,7 +151,9 @@ def _render_all(
                 in_flight_cap = pool.jobs_cap()
                 heap.release_free()  # see heap.py: the driver's memory stays flat over many jobs
                 for job, attempt, result in _stop_stalled(pending, router, cfg):
-                    if _again_after_stall(job, attempt, result, cfg, retry):
+                    if attempt < _attempts(result, cfg):
+                        log.warning("%s (attempt %d); trying it again", result.error, attempt)
+                        retry.append((job, attempt + 1))
                         continue
                     log.warning("%s", result.error)
                     result.config_hash = config_hash
@@ -162,32 +164,68 @@ def _render_all(
             raise_if_stopped()
             for ref in done:
                 router.forget.remote(ref.task_id().hex())
-                job, attempt = pending.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except RayTaskError as exc:  # raised by the task itself, outside render_job: a bug
-                    result = _task_error(job, cfg, exc)
-                except RayError as exc:  # the task was lost (its worker or node died)
-                    if attempt < cfg.max_attempts:
-                        log.warning("%s: attempt %d lost (%s); trying again", job.label, attempt, type(exc).__name__)
-                        retry.append((job, attempt + 1))
-                        continue
-                    result = _lost(job, cfg, exc)
-                if result.error_kind == "worker_lost" and attempt < cfg.max_attempts:
-                    # Every worker the task was given is gone: try again with the workers there are now.
-                    log.warning("%s: attempt %d lost its model workers; trying again", job.label, attempt)
-                    retry.append((job, attempt + 1))
-                    continue
-                if _again_after_stall(job, attempt, result, cfg, retry):  # its ffmpeg stalled
-                    continue
-                result.attempts, result.config_hash = attempt, config_hash
-                result.ray_task_id = ref.task_id().hex()
-                on_result(result)
-                metrics.record_job(result)  # here, where a row is final: a retried attempt is not a job
+                if (row := _ended(ref, pending, cfg, retry)) is not None:
+                    row.config_hash = config_hash
+                    on_result(row)
+                    metrics.record_job(row)  # here, where a row is final: a retried attempt is not a job
             on_frames(ask(router.total))
     finally:
-        for ref in pending:  # only when the run stops early: tasks that would report to no one
+        if pending:  # only when the run stops early
+            _keep_ended(pending, cfg, config_hash, on_result)
+        for ref in pending:  # tasks that would report to no one
             ray.cancel(ref)
+
+
+def _ended(ref: ray.ObjectRef, pending: dict[ray.ObjectRef, tuple[Job, int]], cfg: RunConfig,
+           retry: list[tuple[Job, int]] | None) -> JobResult | None:  # fmt: skip
+    """The row of the job whose task ``ref`` ended (taken from ``pending``), or None where
+    the job is given another attempt: put in ``retry`` and said in the log (not when
+    ``retry`` is None: the run is stopping, and the job says ``stopped``)."""
+    job, attempt = pending.pop(ref)
+    again = None
+    try:
+        result = ray.get(ref)
+    except RayTaskError as exc:  # raised by the task itself, outside render_job: a bug
+        result = _task_error(job, cfg, exc)
+    except RayError as exc:  # the task was lost (its worker or node died)
+        again = f"{job.label}: attempt {attempt} lost ({type(exc).__name__}); trying again"
+        result = _lost(job, cfg, exc)
+    else:
+        if result.error_kind == "worker_lost":  # every worker the task was given is gone
+            again = f"{job.label}: attempt {attempt} lost its model workers; trying again"
+        elif result.error_kind == "stalled":  # its ffmpeg stalled
+            again = f"{result.error} (attempt {attempt}); trying it again"
+    if again is not None and attempt < _attempts(result, cfg):
+        if retry is not None:
+            log.warning("%s", again)
+            retry.append((job, attempt + 1))
+        return None
+    result.attempts, result.ray_task_id = attempt, ref.task_id().hex()
+    return result
+
+
+def _keep_ended(pending: dict[ray.ObjectRef, tuple[Job, int]], cfg: RunConfig, config_hash: str,
+                on_result: Callable[[JobResult], None]) -> None:  # fmt: skip
+    """Hand on the rows of the jobs in ``pending`` whose tasks ended but were not read yet,
+    as the run stops: their MP4s are published, and a row kept means a rerun does not
+    render them again. A job that would have been tried again says ``stopped``, as does
+    one whose row cannot be kept (the cause of the stop may be the same)."""
+    try:
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+    except RayError as exc:  # Ray itself may be why the run stops
+        log.warning("the jobs that ended as the run stopped could not be read: %s", exc)
+        return
+    for ref in ready:
+        if (result := _ended(ref, pending, cfg, retry=None)) is None:
+            continue
+        result.config_hash = config_hash
+        try:
+            on_result(result)
+        except Exception as exc:  # the run is stopping for a reason of its own, maybe this one
+            log.warning("row %d (job %r) ended as the run stopped, but its row could not be kept: %s", result.row,
+                        result.job_id, exc)  # fmt: skip
+            continue
+        metrics.record_job(result)
 
 
 # Attempts a job that stalls is given (at most ``max_attempts``): a stall is most often its
@@ -196,15 +234,9 @@ def _render_all(
 STALL_ATTEMPTS = 2
 
 
-def _again_after_stall(job: Job, attempt: int, result: JobResult, cfg: RunConfig,
-                       retry: list[tuple[Job, int]]) -> bool:  # fmt: skip
-    """Whether ``result``, a ``stalled`` row of ``job``'s ``attempt``, is put in ``retry``
-    for another attempt (said in the log) instead of being its row."""
-    if result.error_kind != "stalled" or attempt >= min(STALL_ATTEMPTS, cfg.max_attempts):
-        return False
-    log.warning("%s (attempt %d); trying it again", result.error, attempt)
-    retry.append((job, attempt + 1))
-    return True
+def _attempts(result: JobResult, cfg: RunConfig) -> int:
+    """The attempts a job whose last attempt ended with ``result`` may have in all."""
+    return min(STALL_ATTEMPTS, cfg.max_attempts) if result.error_kind == "stalled" else cfg.max_attempts
 
 
 def _stop_stalled(

@@ -218,14 +218,17 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
                     try:
                         resume.write_merged(jobs, cfg.output_dir, skipped, cfg.render.pack, path, run_id=basis.run_id,
                                             stopped=why, missing=missing)  # fmt: skip
-                        table = f"every row is in {path} (jobs that did not end say 'stopped')"
+                        table = f"every row is in {path}"
+                        if ended < len(todo):
+                            table += " (jobs that did not end say 'stopped')"
                     except HeygemError as failed:  # the cause may be the same: an unwritable output folder
                         table = f"the results table could not be written either ({failed.message})"
                 late = stop.received if signum is None else None  # (or one a Ray call swallowed)
+                rest = "" if ended == len(todo) else "; run the same manifest again to render the rest"
                 said = (
-                    f"the run stopped after {ended} of {len(todo)} jobs had ended: {why}; {table}"
-                    f"{f' ({_SIGNAL_NAMES[late]} came too, and waited for it)' if late else ''}; "
-                    "run the same manifest again to render the rest"
+                    f"the run stopped after {f'all {ended}' if not rest else f'{ended} of {len(todo)}'} jobs had "
+                    f"ended: {why}; {table}{f' ({_SIGNAL_NAMES[late]} came too, and waited for it)' if late else ''}"
+                    f"{rest}"
                 )
                 if (asked := signum if signum is not None else late) is not None:  # the shell's status for it
                     raise Interrupted(asked, said) from exc
