@@ -257,6 +257,7 @@ def _build(
         "width": info.width,
         "height": info.height,
         "frames": frames,
+        "listed_frames": info.frames,
         "is_image": info.is_image,
         "frame_store": f"i420 bt709 tv, {FRAME_CODEC} level {FRAME_LEVEL}",
         "decoder": decoder,

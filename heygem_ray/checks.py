@@ -26,6 +26,8 @@ Thresholds (named below; docs/preview.md explains each):
 * ``frame_rate``: a take held (under 20 fps) or thinned (``--max-fps``), and above 30 fps
   what ``--max-fps 30`` would spare.
 * ``length``: the reference's length against the audio's, for the loop mode.
+* ``decoded``: the frames decoded against those the file's index lists (a take damaged
+  past some point decodes only up to it, and ffmpeg reads on past such errors).
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ MAX_LOOPS = 4.0
 # analysed whole all the same (decoded, searched for faces and stored in the cache): the
 # check says so, with what a cut would spare.
 LONG_REFERENCE_S, USED_SHARE = 600.0, 1 / 3
+# decoded: a take that decodes to fewer than this share of the frames its index lists.
+DECODED_SHARE = 0.98
 # colour: how each VideoInfo.colour other than SDR's was shot.
 SHOT_IN = {"hlg": "HDR (HLG)", "pq": "HDR (PQ)", "bt2020": "SDR in BT.2020's wide gamut",
            "p3": "SDR in Display P3's wide gamut"}  # fmt: skip
@@ -132,6 +136,7 @@ class Reference:
     start: float = 0.0  # seconds of the take before its first frame here (Template.start: --reference-start)
     own_fps: Fraction | None = None  # the take's own rate, where the video's is another (Template.own_fps)
     scaled_from: tuple[int, int] | None = None  # the take's own size, where --max-resolution scaled it
+    listed_frames: int | None = None  # the frames the file's index lists (Template.listed_frames)
 
     @classmethod
     def of(cls, template: Template) -> Reference:
@@ -141,7 +146,7 @@ class Reference:
             height=template.height, faces=track.boxes, present=track.present, detected=track.detected,
             looks=np.asarray(track.looks, np.float32), others=np.asarray(track.others, np.float32),
             crops=template.boxes, source_colour=template.source_colour, cut=template.cut, start=template.start,
-            own_fps=template.own_fps, scaled_from=template.scaled_from,
+            own_fps=template.own_fps, scaled_from=template.scaled_from, listed_frames=template.listed_frames,
         )  # fmt: skip
 
     @property
@@ -224,6 +229,7 @@ def check_reference(
         _resolution(ref),
         _frame_rate(ref),
         _length(ref, loop, audio_seconds, span),
+        _decoded(ref),
     ]
 
 
@@ -512,6 +518,17 @@ def _length(ref: Reference, loop: LoopMode, audio_seconds: float | None, span: t
     if loop == "forward":
         return Check("length", "ok", figure, "forward loops jump back at each seam (pingpong does not)", loops)
     return Check("length", "ok", figure, "", loops)
+
+
+def _decoded(ref: Reference) -> Check:
+    if ref.listed_frames is None or ref.is_image:
+        return Check("decoded", "ok", f"{ref.frames} frames", "", ref.frames)
+    if ref.frames >= DECODED_SHARE * ref.listed_frames:
+        return Check("decoded", "ok", f"{ref.frames} frames, as the file lists", "", ref.frames)
+    return Check("decoded", "warn", f"{ref.frames} of the {ref.listed_frames} frames the file lists",
+                 f"the rest did not decode: the file is damaged or cut short {ref.start + ref.seconds:.1f} s in (its "
+                 "decoder reads on past such errors), so the videos show only the take before it: copy the take "
+                 "again from where it was recorded, or re-export it", ref.frames)  # fmt: skip
 
 
 def _minutes_used(audio_seconds: float) -> str:

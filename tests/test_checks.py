@@ -78,7 +78,8 @@ def test_the_bundled_example_passes_every_check(example):
     found = run(example, audio_seconds=7.0)
     assert fired(found) == {}, [c.line() for c in found.values()]
     assert list(found) == ["face_size", "lost", "jitter", "faces", "mouth_motion", "head_turned", "mouth_covered",
-                           "dark", "blurred", "colour", "resolution", "frame_rate", "length"]  # fmt: skip
+                           "dark", "blurred", "colour", "resolution", "frame_rate", "length",
+                           "decoded"]  # fmt: skip
     assert notes(list(found.values())) == "" and verdict(list(found.values())) == "ok"
     assert still_span(example) is None  # a still mouth: warp uses the whole reference
 

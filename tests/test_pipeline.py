@@ -32,7 +32,16 @@ from heygem_ray.steps import TIMED
 from heygem_ray.timeline import loop_indices
 from heygem_ray.worker import ModelWorker
 from tests.helpers.footage import lecture_clip
-from tests.helpers.media import HANG_MARK, hanging_ffmpeg, make_excerpt, make_hdr, make_heic, make_silence, sleepers
+from tests.helpers.media import (
+    HANG_MARK,
+    hanging_ffmpeg,
+    make_damaged_mp4,
+    make_excerpt,
+    make_hdr,
+    make_heic,
+    make_silence,
+    sleepers,
+)
 from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 
 FPS = 25
@@ -191,6 +200,23 @@ def test_a_take_at_5_fps_renders_at_25_with_each_frame_held_and_says_so(tmp_path
     change = np.abs(np.diff(mouth, axis=0)).mean(axis=(1, 2, 3))  # (n - 1,) frame i to i + 1
     within = change[(np.arange(len(change)) + 1) % 5 != 0]  # where the take's frame stays the same
     assert np.count_nonzero(within > 1) > len(within) / 4, within  # the mouth moves there all the same
+
+
+def test_a_take_damaged_half_way_renders_from_what_decodes_and_its_row_says_so(tmp_path, examples, warp_service):
+    """A copy of the bundled take whose picture data is broken from half way: ffmpeg reads
+    on past the errors, and the video loops over the frames before them (it rendered before
+    too, with no word of it); the row's notes name the frames decoded of those listed."""
+    take = make_damaged_mp4(examples / "presenter.mp4", tmp_path / "broken copy.mp4")
+    result = render_job(job(tmp_path, examples / "lesson1.wav", take), RenderConfig(chunk_frames=48),
+                        tmp_path / "cache", warp_service)  # fmt: skip
+    assert result.status == "ok", result.error
+    frames, _ = media.read_video(Path(result.output))
+    assert len(frames) == round(media.probe_audio(examples / "lesson1.wav").duration * FPS)
+    template, _ = analyze(take, get_pack("warp").geometry, RenderConfig().detector, tmp_path / "cache")
+    with template:
+        decoded = template.frames
+    assert 30 < decoded < 70
+    assert f"decoded: {decoded} of the 100 frames the file lists" in result.reference_notes.split("; ")
 
 
 def test_a_60_fps_take_under_max_fps_30_renders_at_30(tmp_path, examples, warp_service):

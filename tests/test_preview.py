@@ -32,7 +32,7 @@ from tests.helpers.media import make_silence, make_tone
 
 runner = CliRunner()
 CHECKS = ["face_size", "lost", "jitter", "faces", "mouth_motion", "head_turned", "mouth_covered", "dark", "blurred", "colour",
-          "resolution", "frame_rate", "length"]  # fmt: skip
+          "resolution", "frame_rate", "length", "decoded"]  # fmt: skip
 
 
 def _preview(tmp_path, *args: str):

@@ -13,7 +13,8 @@ decoded once however many jobs use it:
   them down, or null; ``cut_to_seconds``: the seconds of the take kept where
   ``reference_seconds`` cut it, or null; ``own_fps``: the take's own frame rate where
   ``fps`` is another, a whole multiple (a take under ``MIN_FPS``, each frame held) or a
-  whole fraction (``max_fps``, every k-th frame kept), or null);
+  whole fraction (``max_fps``, every k-th frame kept), or null; ``listed_frames``: the
+  frames the probe counted, which a take damaged past its index decodes fewer of);
 * ``frames.bin`` + ``offsets.npy``: every decoded frame, I420 in BT.709 limited range
   as the encoder takes it (``media.yuv``), compressed losslessly one by one (Zstandard at
   its fastest level), so any frame can be read by index — compose walks the reference
@@ -102,6 +103,9 @@ class Template:
     # The take's own size (width, height) where ``max_resolution`` scaled it down to
     # ``width`` × ``height``; None where that is its own.
     scaled_from: tuple[int, int] | None
+    # The frames the probe counted (its index, or a count decoded), of which ``frames`` were
+    # decoded: fewer where the take is damaged; None in templates made before it was kept.
+    listed_frames: int | None
     store: FrameStore = field(repr=False, compare=False)
     crop_array: np.ndarray = field(repr=False, compare=False)  # (frames, S, S, 3) uint8 BGR, mapped
     # faces.npz's arrays (``track``), read when it was opened: the folder may be set aside
@@ -132,8 +136,8 @@ class Template:
         return cls(root=root, fps=meta["fps"], width=meta["width"], height=meta["height"], frames=n,
                    is_image=meta["is_image"], boxes=boxes, present=present, points=points,
                    decoder=meta["decoder"], source_colour=meta["source_colour"], cut=meta["cut"],
-                   start=meta["start"], own_fps=meta["own_fps"], scaled_from=meta["scaled_from"], store=store,
-                   crop_array=crops, faces=faces)  # fmt: skip
+                   start=meta["start"], own_fps=meta["own_fps"], scaled_from=meta["scaled_from"],
+                   listed_frames=meta["listed_frames"], store=store, crop_array=crops, faces=faces)  # fmt: skip
 
     def close(self) -> None:
         self.store.close()
@@ -220,6 +224,7 @@ def _meta(root: Path) -> dict[str, Any]:
             "own_fps": Fraction(meta["own_fps"]) if meta.get("own_fps") else None,  # (nor this one)
             "scaled_from": (_positive(meta["scaled_from"][0]), _positive(meta["scaled_from"][1]))
             if meta.get("scaled_from") else None,  # (nor this one)
+            "listed_frames": _positive(meta["listed_frames"]) if meta.get("listed_frames") else None,  # (nor this)
         }
     except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
         raise DamagedTemplate(f"meta.json does not read ({type(exc).__name__}: {exc})") from exc

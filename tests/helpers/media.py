@@ -283,6 +283,22 @@ def make_truncated_mp4(path: str | Path) -> Path:
     return path
 
 
+def make_damaged_mp4(src: str | Path, path: str | Path, *, frames: int = 100, seed: int = 0) -> Path:
+    """The first ``frames`` of the video ``src`` as H.264 (a keyframe every 10) in an MP4
+    whose index is whole but whose picture data, from half way, is random bytes (a copy
+    broken in transfer, a failing card): it probes as ``frames`` frames and decodes to about half."""
+    path = Path(path)
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-frames:v", str(frames), "-an", "-c:v",
+                    "libx264", "-g", "10", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(path)],
+                   check=True)  # fmt: skip
+    data = bytearray(path.read_bytes())
+    mdat = data.find(b"mdat")
+    start = mdat + (len(data) - mdat) // 2
+    data[start:] = np.random.default_rng(seed).integers(0, 256, len(data) - start, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
 # A file whose name holds this is one the ffmpeg of ``hanging_ffmpeg`` never gets through.
 HANG_MARK = "hang-here"
 
