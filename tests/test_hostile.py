@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ from heygem_ray.manifest import read_manifest
 from heygem_ray.packs import get_pack
 from heygem_ray.results import JobResult
 from tests.helpers.hostile import (
+    make_broken_timing_video,
     make_flac_claiming,
     make_long_wav,
     make_mkv_claiming_duration,
@@ -181,15 +183,48 @@ def test_the_frame_limit_holds_wherever_the_count_comes_from(tmp_path, name, mak
 
 
 def test_a_take_whose_timestamps_jump_hours_on_is_read_up_to_a_cut_before_the_jump(tmp_path) -> None:
-    """Its frames an hour apart span more frames than the limit: refused, the message
-    advising --reference-seconds, which then did not help (the span counted to the file's
-    end); now a cut bounds the span it is checked on."""
+    """Its frames an hour apart span more frames than the limit: refused as damaged there
+    (before, as too long, advising --reference-seconds 300, which then did not help: the
+    span counted to the file's end); a cut before the jump bounds the span checked."""
     take = make_timestamp_gap_video(tmp_path / "gap.mkv", gap_seconds=3_600)
     with pytest.raises(InputError) as caught:
         media.probe_video(take, max_frames=1_000)
-    assert "use only its first minutes (--reference-seconds 300" in caught.value.message
+    assert caught.value.kind == "unreadable_media"
+    assert caught.value.message == (
+        f"reference {take} has timestamps that jump 1:00:00 on after its first 2 frames (0.1 s): the file is damaged "
+        "there (a broken copy or remux); copy the take again from where it was recorded, or re-export it from its "
+        "source"
+    )
     info = media.probe_video(take, max_frames=1_000, max_seconds=0.5)
     assert info.cut and len(list(media.iter_frames(info))) == info.frames > 0
+
+
+def test_a_take_whose_index_breaks_its_timing_says_so_and_what_helps(tmp_path) -> None:
+    """A bad remux's timing (found by the hostile-media audit): one frame's composition
+    offset 2³¹ − 1, or the track's time scale 1. Both were refused as too long, advising
+    --reference-seconds 300; the first is the take's 4 s and one frame 46 hours on (a cut
+    before it renders the rest), the second every frame 512 s apart (no cut helps)."""
+    jump = make_broken_timing_video(tmp_path / "ctts.mp4", box="ctts")
+    with pytest.raises(InputError) as caught:
+        media.probe_video(jump, max_frames=90_000)
+    assert caught.value.kind == "unreadable_media"
+    assert caught.value.message.startswith(f"reference {jump} has timestamps that jump 46:36:")
+    assert caught.value.message.endswith(
+        " on after its first 99 frames (4.0 s): the file is damaged there (a broken copy or remux); "
+        "--reference-seconds 3.9 uses the take before it, or copy the take again from where it was recorded, or "
+        "re-export it from its source"
+    ), caught.value.message
+    info = media.probe_video(jump, max_frames=90_000, max_seconds=3.9)
+    assert info.cut and info.frames == 97 == len(list(media.iter_frames(info)))
+    spread = make_broken_timing_video(tmp_path / "mdhd.mp4", box="mdhd")
+    with pytest.raises(InputError) as caught:
+        media.probe_video(spread, max_frames=90_000)
+    assert caught.value.kind == "unreadable_media"
+    assert re.fullmatch(
+        rf"reference {re.escape(str(spread))} holds \d+ frames, but its timestamps spread them over [0-9:]+ \(one "
+        r"every 512 s\): they are damaged \(a broken copy or remux\); copy the take again from where it was "
+        r"recorded, or re-export it from its source", caught.value.message
+    ), caught.value.message
 
 
 def test_with_reference_seconds_the_frame_limit_bounds_the_frames_used(tmp_path, examples) -> None:

@@ -699,6 +699,12 @@ def _looks_like_image(container: av.container.InputContainer, stream: av.video.s
     )
 
 
+# Seconds between a stream's frames, on average over its timestamps' span, past which a
+# span over the frame limit is taken as damaged timestamps (a composition offset or a
+# time scale broken: 100 frames spread over hours), not a long take.
+SPARSE_GAP_S = 10.0
+
+
 def _check_span(
     path: Path, scan: _Scan, time_base: Fraction | None, fps: Fraction, max_frames: int | None, until_s: float | None
 ) -> None:
@@ -708,14 +714,32 @@ def _check_span(
     past which the span does not count (a timestamp damaged hours on is not read)."""
     if max_frames is None or time_base is None or not len(scan.pts):
         return
-    span = float((int(scan.pts[-1]) + scan.last_duration - int(scan.pts[0])) * time_base)  # seconds
-    if until_s is not None:
-        span = min(span, until_s)
+    whole = float((int(scan.pts[-1]) + scan.last_duration - int(scan.pts[0])) * time_base)  # seconds
+    span = whole if until_s is None else min(whole, until_s)
     frames = span * fps
-    if frames > max_frames + 1:  # +1: a rounding's worth
-        raise too_many_frames(
-            path, f"has timestamps spanning {clock(span)}, {int(frames):,} frames at {float(fps):g} fps", max_frames
+    if frames <= max_frames + 1:  # +1: a rounding's worth
+        return
+    again = "copy the take again from where it was recorded, or re-export it from its source"
+    gaps = np.diff(scan.pts)
+    if gaps.size and float(gaps.max() * time_base) > whole / 2:  # one jump makes the span
+        after = int(np.argmax(gaps)) + 1  # the frames before it
+        before = float((scan.pts[after - 1] - scan.pts[0]) * time_base + 1 / fps)  # seconds they show
+        cut = "" if before < 1 else \
+            f"--reference-seconds {math.floor(before * 10 + 1e-3) / 10:g} uses the take before it, or "  # fmt: skip
+        raise InputError(
+            f"reference {path} has timestamps that jump {clock(float(gaps.max() * time_base))} on after its first "
+            f"{after:,} frames ({before:.1f} s): the file is damaged there (a broken copy or remux); {cut}{again}",
+            kind="unreadable_media",
         )
+    if whole > SPARSE_GAP_S * len(scan.pts):  # its frames spread evenly over hours: no cut helps
+        raise InputError(
+            f"reference {path} holds {len(scan.pts):,} frames, but its timestamps spread them over {clock(whole)} "
+            f"(one every {whole / len(scan.pts):,.0f} s): they are damaged (a broken copy or remux); {again}",
+            kind="unreadable_media",
+        )
+    raise too_many_frames(
+        path, f"has timestamps spanning {clock(span)}, {int(frames):,} frames at {float(fps):g} fps", max_frames
+    )
 
 
 def indexed_frames(path: str | os.PathLike[str]) -> int:

@@ -165,6 +165,25 @@ def make_timestamp_gap_video(path: str | Path, *, gap_seconds: float) -> Path:
     return path
 
 
+def make_broken_timing_video(path: str | Path, *, box: str) -> Path:
+    """A 4-s H.264 MP4 (100 frames, B-frames) whose timing in its index is broken as a bad
+    remux leaves it: ``box="ctts"``, the first frame's composition offset set to 2³¹ − 1
+    (that frame shown 46 hours on); ``box="mdhd"``, the track's time scale set to 1 (its
+    frames spread over hours, one every 512 s)."""
+    path = Path(path)
+    _run(ffmpeg.input("testsrc2=size=64x48:rate=25:duration=4", format="lavfi")
+         .output(str(path), vcodec="libx264", pix_fmt="yuv420p", g=10, bf=2))  # fmt: skip
+    data = bytearray(path.read_bytes())
+    at = data.find(box.encode())
+    # 16 bytes past the box's name, both: ctts's version and flags, entry count and first
+    # entry's count, then its offset; mdhd's (version 0) version and flags, creation and
+    # modification times, then its time scale.
+    field = at + 16
+    data[field : field + 4] = struct.pack(">I", 2**31 - 1 if box == "ctts" else 1)
+    path.write_bytes(bytes(data))
+    return path
+
+
 # --------------------------------------------------------------------------- audio
 
 
