@@ -17,7 +17,10 @@ and reports.
 
 Writes are whole or nothing:
 
-* a local file is written under a temporary name beside it, then renamed;
+* a local file is written under a temporary name beside it, flushed to its disk, then
+  renamed, and the rename flushed too (``_durable``): once a write returns, a crash of
+  the machine (power lost, a kernel panic) leaves the file whole under its name, where
+  without the flushes a finished MP4 or a kept row could come back empty;
 * an object is written under a temporary key (``<folder>/.heygem-tmp/<name>.<token>.tmp``),
   then copied to its key by the server (S3 ``CopyObject``: the object appears complete or
   not at all), and the temporary key is deleted, also when the write failed. Writing
@@ -401,10 +404,31 @@ def write_bytes(dest: Location, data: bytes | memoryview) -> None:
     try:
         with storage_errors(dest.parent):
             tmp.write_bytes(data)
-            os.replace(tmp, dest)
+            _durable(tmp, dest)
     finally:
         with contextlib.suppress(OSError):  # (a read-only file system refuses this too: its error is said above)
             tmp.unlink(missing_ok=True)
+
+
+def _durable(tmp: Path, dest: Path) -> None:
+    """Rename the local file ``tmp`` to ``dest``, its data flushed to the disk first and the
+    rename after (``fsync`` of the file, then of ``dest``'s folder), so that a crash of the
+    machine cannot leave ``dest`` empty or short. A folder whose file system cannot flush a
+    folder (some network and FUSE ones say EINVAL) is left as it is."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # (a network file system may report a failed write only here)
+    finally:
+        os.close(fd)
+    os.replace(tmp, dest)
+    fd = os.open(dest.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def allocate(path: Path) -> None:
@@ -625,7 +649,7 @@ def publish(local: Path, dest: Location) -> None:
     if isinstance(dest, Path):
         with storage_errors(dest.parent):
             try:
-                os.replace(local, dest)
+                _durable(local, dest)
             except FileNotFoundError as exc:  # the file staged beside ``dest`` is gone with its folder
                 if dest.parent.is_dir():
                     raise

@@ -99,6 +99,35 @@ def _keys(bucket: Uri) -> dict[str, int]:
     return {str(k)[len(str(bucket)) + 1 :]: n for k, n in storage.list_files(bucket, recursive=True).items()}
 
 
+def test_a_local_write_reaches_the_disk_before_and_after_its_rename(tmp_path, monkeypatch):
+    """A finished MP4 (published) and a kept row (written whole) are flushed to the disk,
+    then renamed, and the rename flushed: before, both were renamed with their data still in
+    memory, and a machine that crashed then could bring them back empty under their names."""
+    synced: list[tuple[str, bool]] = []  # (the path flushed, whether the final name existed then)
+    fsync = os.fsync
+    dest, row = tmp_path / "out" / "lesson.mp4", tmp_path / "rows" / "job.parquet"
+    final = [dest]
+
+    def recorded(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), final[0].exists()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recorded)
+    staged = tmp_path / "out" / ".lesson.mp4.partial"
+    staged.parent.mkdir()
+    staged.write_bytes(b"\0" * 4096)
+    storage.publish(staged, dest)
+    assert synced == [(str(staged), False), (str(dest.parent), True)]
+    assert dest.read_bytes() == b"\0" * 4096 and not staged.exists()
+    synced.clear()
+    final[0] = row
+    storage.write_bytes(row, b"row")
+    (file, before), (folder, after) = synced
+    assert re.fullmatch(rf"{re.escape(str(tmp_path))}/rows/\.job\.parquet\.[0-9a-f]+\.tmp", file) and not before
+    assert (folder, after) == (str(tmp_path / "rows"), True)
+    assert row.read_bytes() == b"row"
+
+
 def test_objects_are_written_read_listed_and_removed(bucket):
     storage.write_bytes(bucket / "a/b.txt", b"hello")
     assert storage.read_bytes(bucket / "a/b.txt") == b"hello"
