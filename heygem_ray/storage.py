@@ -782,11 +782,11 @@ def file_lock(path: Path, *, wait: bool = True) -> Iterator[bool]:
             with contextlib.suppress(OSError):  # who holds it, for a waiter's message (unbuffered: nothing left to flush)
                 os.ftruncate(f.fileno(), 0)
                 os.write(f.fileno(), _holder().encode())
-            _beats.add(f.fileno())
+            stop = _beating(f.fileno())
             try:
                 yield True
             finally:
-                _beats.remove(f.fileno())
+                stop.set()
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -852,33 +852,26 @@ def _read_holder(path: Path) -> str:
     return said[:240] or "another process"
 
 
-class _Beats:
-    """The lock files this process holds (their open descriptors: the files locked, whatever
-    their paths name now), touched every ``LOCK_BEAT_S`` by one thread."""
+def _beating(fd: int) -> threading.Event:
+    """Touch the lock file open as ``fd`` every ``LOCK_BEAT_S`` until the event returned is
+    set. From a thread of its own, on a duplicate of ``fd`` it closes itself: a lock file on
+    a disk that stopped answering holds up only its own beats, never another lock's, nor
+    the release of any (its holder goes on, and unlocks with ``fd``). A process out of
+    descriptors holds the lock without beats (its waiters take it as paused after
+    ``LOCK_QUIET_S``)."""
+    stop = threading.Event()
+    try:
+        own = os.dup(fd)
+    except OSError:
+        return stop
 
-    def __init__(self) -> None:
-        self._held: set[int] = set()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+    def beat() -> None:
+        try:
+            while not stop.wait(LOCK_BEAT_S):
+                with contextlib.suppress(OSError):
+                    os.utime(own)
+        finally:
+            os.close(own)
 
-    def add(self, fd: int) -> None:
-        with self._lock:
-            self._held.add(fd)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._beat, name="lock-heartbeat", daemon=True)
-                self._thread.start()
-
-    def remove(self, fd: int) -> None:
-        with self._lock:  # (a descriptor is not closed, nor reused, while it is touched: see _beat)
-            self._held.discard(fd)
-
-    def _beat(self) -> None:
-        while True:
-            time.sleep(LOCK_BEAT_S)
-            with self._lock:
-                for fd in self._held:
-                    with contextlib.suppress(OSError):
-                        os.utime(fd)
-
-
-_beats = _Beats()
+    threading.Thread(target=beat, name="lock-heartbeat", daemon=True).start()
+    return stop

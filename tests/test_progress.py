@@ -3,6 +3,7 @@ moves, as the job's own code sets them; and how a job task's process shares its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -105,6 +106,40 @@ def test_a_lock_wait_is_progress_while_its_holder_runs_and_says_so_once_the_hold
         assert (progress.state()[1], progress.state()[3]) == (False, "")
     finally:
         holder.kill()
+
+
+def test_a_lock_file_on_a_disk_that_stopped_answering_holds_up_no_other_lock(tmp_path, monkeypatch):
+    """One thread touched every lock a process held, holding its list while it did: a lock
+    file on a dead mount (its touch never returns; here the touch of that one file blocks)
+    stopped the beats of the process's other locks, and their release hung the job. Now the
+    other lock beats on and is released at once."""
+    monkeypatch.setattr(storage, "LOCK_BEAT_S", 0.1)
+    dead, alive = tmp_path / "dead.lock", tmp_path / "alive.lock"
+    never = threading.Event()
+    utime = os.utime
+
+    def touch(fd, *args, **kwargs):
+        if isinstance(fd, int) and os.readlink(f"/proc/self/fd/{fd}") == str(dead):
+            never.wait()  # as a call on a mount that stopped answering
+        return utime(fd, *args, **kwargs)
+
+    monkeypatch.setattr(os, "utime", touch)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(storage.file_lock(dead))
+        stack.callback(never.set)  # (before the dead lock's release, which hung too)
+        time.sleep(0.3)  # its beat is stuck now
+        released = threading.Event()
+
+        def hold_alive() -> None:
+            with storage.file_lock(alive):
+                first = alive.stat().st_mtime_ns
+                _until(lambda: alive.stat().st_mtime_ns != first, timeout_s=5)  # it beats
+            released.set()
+
+        other = threading.Thread(target=hold_alive, daemon=True)
+        other.start()
+        other.join(10)
+        assert released.is_set(), "the other lock did not beat, or its release hung"
 
 
 UNDER_A_LIMIT = """
