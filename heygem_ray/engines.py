@@ -216,11 +216,11 @@ class EngineStore:
         raises ``EngineError`` saying why, and nothing is built.
         """
         path = self.artifact_path(key)
-        if self._problem(key) is None:  # fast path: no lock for an entry that is fine
+        if self.problem(key) is None:  # fast path: no lock for an entry that is fine
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock(key):
-            problem = self._problem(key)  # another process may have built it meanwhile
+            problem = self.problem(key)  # another process may have built it meanwhile
             if problem is None:
                 return path
             self._remove_leftovers(key)
@@ -231,10 +231,6 @@ class EngineStore:
                 raise EngineError(f"engine store entry {key.dirname()}: {problem}", kind="engine_missing")
             self._build(key, build)
         return path
-
-    def validate(self, key: EngineKey) -> str | None:
-        """None if the entry for ``key`` can be used, else what is wrong with it."""
-        return self._problem(key)
 
     def list(self) -> builtins.list[EntryInfo]:
         """Every entry in the store (in the bucket, for a store in one), sorted by pack,
@@ -272,7 +268,8 @@ class EngineStore:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _problem(self, key: EngineKey) -> str | None:
+    def problem(self, key: EngineKey) -> str | None:
+        """None if the entry for ``key`` can be used, else what is wrong with it."""
         entry = self.entry_dir(key)
         artifact, sidecar = self.artifact_path(key), entry / SIDECAR
         if not artifact.is_file():
@@ -387,7 +384,7 @@ class EngineStore:
             if exc.kind != "missing_file":  # the bucket cannot be read: say so, rather than build
                 raise
             return f"incomplete in {remote} ({exc.message})"
-        problem = self._problem(key)
+        problem = self.problem(key)
         return None if problem is None else f"{problem} (as downloaded from {remote})"
 
     def _push(self, key: EngineKey, remote: Uri) -> None:

@@ -4,10 +4,9 @@ Boxes are ``(x0, y0, x1, y1)`` integer pixels of the decoded frame, end-exclusiv
 may reach outside the frame (square crops near an edge): cutting fills the outside by
 repeating the edge pixels, pasting writes only the inside.
 
-Frames are BGR (``cut``, ``paste``) or I420 as the template stores them and the encoder
-takes them (``cut_i420``, ``paste_i420``): the crops are BGR either way, and only the
-pasted region of an I420 frame is converted, so every other pixel reaches the encoder as
-it was decoded.
+Frames are I420 as the template stores them and the encoder takes them (``cut_i420``,
+``paste_i420``); the crops are BGR, and only the pasted region of a frame is converted, so
+every other pixel reaches the encoder as it was decoded.
 """
 
 from __future__ import annotations
@@ -80,16 +79,9 @@ class CropGeometry:
         return out
 
 
-def cut(frame: np.ndarray, box: np.ndarray, size: int, resample: str = "area") -> np.ndarray:
-    """(H, W, 3) uint8 frame, box → (size, size, 3) uint8 crop (edge pixels repeated outside)."""
-    ys, xs = _box_pixels(box, *frame.shape[:2])
-    region = frame[ys[:, None], xs[None, :]]
-    return cv2.resize(region, (size, size), interpolation=_RESAMPLE[resample])
-
-
 def cut_i420(frame: np.ndarray, box: np.ndarray, size: int, resample: str = "area") -> np.ndarray:
-    """(H·3/2, W) uint8 I420 frame, box → (size, size, 3) uint8 BGR crop, as ``cut``: only
-    the box's pixels are converted."""
+    """(H·3/2, W) uint8 I420 frame, box → (size, size, 3) uint8 BGR crop, the box's pixels
+    (edge pixels repeated outside the frame) resized: only those are converted."""
     width, height = yuv.size_of(frame)
     ys, xs = _box_pixels(box, height, width)
     return cv2.resize(yuv.region_to_bgr(frame, ys, xs), (size, size), interpolation=_RESAMPLE[resample])
@@ -101,54 +93,21 @@ def _box_pixels(box: np.ndarray, height: int, width: int) -> tuple[np.ndarray, n
     return np.clip(np.arange(y0, y1), 0, height - 1), np.clip(np.arange(x0, x1), 0, width - 1)
 
 
-def paste(
-    frame: np.ndarray, crop: np.ndarray, box: np.ndarray, mask: np.ndarray, base: np.ndarray | None = None
-) -> None:
-    """Blend ``crop`` (S, S, 3) uint8 into ``frame`` in place over ``box``.
-
-    ``mask`` (S, S) float32 in [0, 1] is the weight of the generated crop; it falls to 0
-    at the crop's border so no box edge shows. Pixels outside the box are not touched.
-
-    With ``base`` (the crop the model was given), only the change is pasted:
-    ``frame + mask · (up(crop) − up(base))``. Where the model left the crop as it was,
-    the frame keeps its full-resolution detail instead of a resized copy of itself.
-
-    Only the rectangle where the resized mask is above 0 is blended: outside it either
-    formula gives back the frame's own pixels, so the result is the same, for less work
-    (warp's mask covers 41 % of its crop).
-    """
-    h, w = frame.shape[:2]
-    x0, y0, x1, y1 = (int(v) for v in box)
-    bw, bh = x1 - x0, y1 - y0
-    # The part of the box inside the frame, in box coordinates.
-    bx0, by0, bx1, by1 = max(x0, 0) - x0, max(y0, 0) - y0, min(x1, w) - x0, min(y1, h) - y0
-    if bx0 >= bx1 or by0 >= by1:
-        return
-    m = cv2.resize(mask, (bw, bh), interpolation=cv2.INTER_LINEAR)[by0:by1, bx0:bx1]
-    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-    if rows.size == 0:
-        return
-    # Narrowed to the mask's support, still in box coordinates, and the same in the frame.
-    by0, by1, bx0, bx1 = by0 + rows[0], by0 + rows[-1] + 1, bx0 + cols[0], bx0 + cols[-1] + 1
-    m = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1, None]
-    sl = (slice(by0, by1), slice(bx0, bx1))
-    target = (slice(y0 + by0, y0 + by1), slice(x0 + bx0, x0 + bx1))
-    gen = cv2.resize(crop, (bw, bh), interpolation=cv2.INTER_LINEAR)[sl].astype(np.float32)
-    under = frame[target].astype(np.float32)
-    if base is None:
-        blended = m * gen + (1.0 - m) * under
-    else:
-        old = cv2.resize(base, (bw, bh), interpolation=cv2.INTER_LINEAR)[sl].astype(np.float32)
-        blended = under + m * (gen - old)
-    frame[target] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-
-
 def paste_i420(
     frame: np.ndarray, crop: np.ndarray, box: np.ndarray, mask: np.ndarray, base: np.ndarray | None = None
 ) -> None:
-    """``paste`` into an I420 frame (H·3/2, W) uint8, in place: the same blend, done in
-    BT.709 YUV (a blend commutes with the linear colour conversion, so the result is what
-    pasting in BGR and converting would give, less the rounding of a round trip).
+    """Blend ``crop`` (S, S, 3) uint8 BGR into the I420 ``frame`` (H·3/2, W) uint8 in place
+    over ``box``, resized to it (linear).
+
+    ``mask`` (S, S) float32 in [0, 1] is the weight of the generated crop; it falls to 0
+    at the crop's border so no box edge shows. Pixels outside the box are not touched.
+    With ``base`` (the crop the model was given), only the change is pasted:
+    ``frame + mask · (up(crop) − up(base))``: where the model left the crop as it was, the
+    frame keeps its full-resolution detail instead of a resized copy of itself.
+
+    The blend is done in BT.709 YUV (it commutes with the linear colour conversion, so the
+    result is what blending in BGR and converting would give, less the rounding of a
+    round trip: ``tests/helpers/bgr.py`` keeps that BGR blend, which the tests compare).
 
     Only the mask's support, grown to whole chroma samples (even rows and columns), is
     read and written: every other pixel keeps the bytes it was decoded with. Luma is

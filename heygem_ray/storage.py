@@ -245,14 +245,6 @@ def stat(loc: Location) -> Stat | None:
     return Stat(int(info.size or 0), int(info.mtime_ns or 0))
 
 
-def size(loc: Location) -> int:
-    """Bytes in the file at ``loc``; an ``InputError`` when there is none."""
-    found = stat(loc)
-    if found is None:
-        raise InputError(f"{loc} does not exist", kind="missing_file")
-    return found.size
-
-
 def is_file(loc: Location) -> bool:
     return stat(loc) is not None
 

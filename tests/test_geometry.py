@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 
 from heygem_ray.face import FaceTrack
-from heygem_ray.geometry import CropGeometry, cut, cut_i420, feathered_ellipse, paste, paste_i420
+from heygem_ray.geometry import CropGeometry, cut_i420, feathered_ellipse, paste_i420
 from heygem_ray.media import yuv
 from heygem_ray.packs import get_pack
+from tests.helpers.bgr import cut, from_bgr_frame, paste
 
 
 def face(box, mouth=(0.5, 0.8), chin=1.05) -> FaceTrack:
@@ -128,7 +129,7 @@ def test_paste_i420_is_paste_in_bgr_within_a_level_and_leaves_every_other_byte(p
     size = mask.shape[0]
     rng = np.random.default_rng(3)
     for trial in range(30):
-        frame = yuv.from_bgr_frame(_smooth(rng, (120, 160, 3)))
+        frame = from_bgr_frame(_smooth(rng, (120, 160, 3)))
         crop, base = (_smooth(rng, (size, size, 3)) for _ in range(2))
         x0, y0 = int(rng.integers(-60, 150)), int(rng.integers(-60, 110))  # some boxes hang over an edge
         side = int(rng.integers(8, 90))
@@ -138,7 +139,7 @@ def test_paste_i420_is_paste_in_bgr_within_a_level_and_leaves_every_other_byte(p
             paste_i420(got, crop, box, mask, given)
             want = yuv.to_bgr_frame(frame)
             paste(want, crop, box, mask, given)
-            assert np.abs(got.astype(int) - yuv.from_bgr_frame(want)).max() <= 1, (trial, box, given is None)
+            assert np.abs(got.astype(int) - from_bgr_frame(want)).max() <= 1, (trial, box, given is None)
             # Outside the box grown to even rows and columns, every plane is as it was.
             ey0, ex0, ey1, ex1 = y0 & ~1, x0 & ~1, (y0 + side + 1) & ~1, (x0 + side + 1) & ~1
             for plane, before, step in zip(yuv.planes(got), yuv.planes(frame), (1, 2, 2), strict=True):
@@ -149,7 +150,7 @@ def test_paste_i420_is_paste_in_bgr_within_a_level_and_leaves_every_other_byte(p
 
 def test_residual_paste_i420_of_an_unchanged_crop_leaves_the_frame_byte_for_byte():
     rng = np.random.default_rng(4)
-    frame = yuv.from_bgr_frame(rng.integers(0, 256, (100, 120, 3), dtype=np.uint8))
+    frame = from_bgr_frame(rng.integers(0, 256, (100, 120, 3), dtype=np.uint8))
     before = frame.copy()
     box = np.array([30, 20, 90, 80])
     crop = cut_i420(frame, box, 32)
@@ -159,6 +160,6 @@ def test_residual_paste_i420_of_an_unchanged_crop_leaves_the_frame_byte_for_byte
 
 def test_cut_i420_is_cut_of_the_frames_bgr_picture():
     rng = np.random.default_rng(5)
-    frame = yuv.from_bgr_frame(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    frame = from_bgr_frame(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
     for box in (np.array([10, 5, 50, 45]), np.array([-15, -10, 25, 30]), np.array([60, 40, 100, 80])):
         assert np.array_equal(cut_i420(frame, box, 24), cut(yuv.to_bgr_frame(frame), box, 24))

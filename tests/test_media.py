@@ -25,6 +25,7 @@ from heygem_ray import media, storage
 from heygem_ray.errors import EngineError, InputError, InternalError
 from heygem_ray.media import decode, decoders, encoders, video_probe, yuv
 from heygem_ray.media import ffmpeg as ffmpeg_module
+from tests.helpers.bgr import from_bgr_frame
 from tests.helpers.media import (
     HANG_MARK,
     children,
@@ -765,7 +766,7 @@ def test_i420_frames_reach_the_file_and_come_back_byte_for_byte(tmp_path: Path) 
     colour conversion: lossless x264 in between, every byte comes back (the writer tags
     the file BT.709 limited range, so the reader passes it through; untagged, it would be
     taken for BT.601 and converted)."""
-    frames = np.stack([yuv.from_bgr_frame(f) for f in _pattern(6, 48, 64)])
+    frames = np.stack([from_bgr_frame(f) for f in _pattern(6, 48, 64)])
     out = _lossless(tmp_path / "o.mp4", frames)
     back = np.stack(list(media.iter_frames(media.probe_video(out), pixel_format="yuv420p")))
     assert back.shape == frames.shape and np.array_equal(back, frames)
@@ -782,7 +783,7 @@ def test_i420_conversions_agree_with_ffmpegs(tmp_path: Path) -> None:
     out = _lossless(tmp_path / "o.mp4", np.repeat(frame[None], 3, axis=0), pixel_format="bgr24")
     (got, *_) = media.iter_frames(media.probe_video(out), pixel_format="yuv420p")
     inner = (slice(8, 40), slice(None))
-    for plane, want, step in zip(yuv.planes(got), yuv.planes(yuv.from_bgr_frame(frame)), (1, 2, 2), strict=True):
+    for plane, want, step in zip(yuv.planes(got), yuv.planes(from_bgr_frame(frame)), (1, 2, 2), strict=True):
         for i in range(len(colours)):
             cols = slice((i * 32 + 8) // step, (i * 32 + 24) // step)
             rows = slice(inner[0].start // step, inner[0].stop // step)
@@ -793,7 +794,7 @@ def test_i420_conversions_agree_with_ffmpegs(tmp_path: Path) -> None:
 
 
 def test_the_probe_says_how_each_reference_reaches_bt709(tmp_path: Path) -> None:
-    frames = np.stack([yuv.from_bgr_frame(f) for f in _pattern(3, 48, 64)])
+    frames = np.stack([from_bgr_frame(f) for f in _pattern(3, 48, 64)])
     assert media.probe_video(_lossless(tmp_path / "tagged.mp4", frames)).colour == "bt709"
     assert media.probe_video(make_video(tmp_path / "untagged.mp4", seconds=0.2)).colour == "bt601"
     assert media.probe_video(make_video(tmp_path / "odd.mp4", seconds=0.2, size=(63, 47))).colour == ""  # 4:4:4

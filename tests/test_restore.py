@@ -17,8 +17,8 @@ from heygem_ray import identity
 from heygem_ray.config import RenderConfig, RunConfig
 from heygem_ray.errors import InputError
 from heygem_ray.face import FaceTrack
-from heygem_ray.face.align import alignment_points, paste_restored, similarity, to_tile
-from heygem_ray.geometry import cut, feathered_ellipse, paste
+from heygem_ray.face.align import alignment_points, similarity, to_tile
+from heygem_ray.geometry import feathered_ellipse
 from heygem_ray.restore.inputs import (
     SAMPLE_HEIGHT,
     Jpegs,
@@ -28,6 +28,7 @@ from heygem_ray.restore.inputs import (
     side_by_side,
 )
 from heygem_ray.restore.stage import restore_chunk
+from tests.helpers.bgr import cut, paste, paste_restored
 from tests.helpers.gfpgan_ckpt import write_checkpoint
 
 S = 96  # the pack's crop side in these tests

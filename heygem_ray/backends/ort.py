@@ -112,10 +112,6 @@ class OrtRunner:
                 "(are the CUDA and cuDNN libraries it needs installed?)",
             )
 
-    @property
-    def providers(self) -> list[str]:
-        return list(self.session.get_providers())
-
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_inputs(self.stage, self.inputs, inputs)
         feeds = {name: inputs[spec.name] for name, spec in zip(self._in_names, self.inputs, strict=True)}

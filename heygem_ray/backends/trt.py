@@ -149,7 +149,6 @@ def build_engine(
     profile: BatchProfile,
     fp16: bool,
     timing_cache: str | os.PathLike[str],
-    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
 ) -> Path:
     """Build a serialized engine for this GPU from ``onnx_path`` into ``engine_path``.
 
@@ -169,7 +168,7 @@ def build_engine(
         raise EngineError(f"TensorRT could not parse {onnx_path.name}: {errors}", kind="engine_build")
 
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, DEFAULT_WORKSPACE_BYTES)
     if not fp16 and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)  # FP32 means FP32: TF32 convs drift by ~1e-3
 

@@ -12,7 +12,8 @@ uint8 BGR; boxes are float ``(x0, y0, x1, y1)`` in pixels of the decoded frame.
 * ``track``: follows faces from frame to frame, picks the presenter, fills short misses,
   marks long ones as lost, and smooths the boxes.
 * ``landmarks``: MediaPipe's 468-point face mesh inside a face box (LiteRT, no download):
-  the lips, mouth corners, eyes and nose; five alignment points for restoration.
+  the lips, mouth corners, eyes and nose (``Landmarks.five``: GFPGAN's five points, which
+  restoration does not use yet: ``align.alignment_points`` places its own).
 * ``looks``: what the face looks like in one frame (where the lips meet, how open, whether
   the mouth is covered, how bright and sharp), for the crop geometry and the reference checks.
 * ``mouth``: where the mouth sits inside the face box, steady over time.

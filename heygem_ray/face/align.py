@@ -12,7 +12,8 @@ the face box's width. That one function is what a landmark model replaces.
 
 The pipeline never moves whole frames: the restored face travels in a face crop's box,
 sampled on a grid (``box_grid``) at a resolution of the caller's choosing, and
-``paste_restored`` blends it into the frame inside that box.
+``restored_layer`` makes it a layer over that box (a face and its weight), which compose
+blends into the frame with ``geometry.paste_i420``.
 
 Pure functions over arrays: images are (H, W, 3) uint8 BGR; points are (x, y) in pixels,
 integers at pixel centres ((0, 0) is the centre of the top-left pixel, as in OpenCV and
@@ -126,7 +127,7 @@ def restored_layer(
 
     ``restored`` (R, R', 3) uint8 is the restored tile sampled over the box (``box_grid``
     with grid (R', R)); ``mask`` (S, S) float32 in [0, 1] says where restoring is allowed
-    (the pack's paste mask, spread over the box as ``geometry.paste`` spreads it);
+    (the pack's paste mask, spread over the box as ``geometry.paste_i420`` spreads it);
     ``matrix`` is the frame → tile similarity. The weight is ``blend`` × mask × the tile's
     feathered border weight: 0 outside the mask, the tile, or with ``blend`` 0."""
     if not 0.0 <= blend <= 1.0:
@@ -137,34 +138,3 @@ def restored_layer(
     spread = cv2.resize(mask, (bw, bh), interpolation=cv2.INTER_LINEAR)
     face = cv2.resize(restored, (bw, bh), interpolation=cv2.INTER_LINEAR)
     return face, (coverage * spread * np.float32(blend)).astype(np.float32)
-
-
-def paste_restored(
-    frame: np.ndarray,
-    restored: np.ndarray,
-    box: np.ndarray,
-    matrix: np.ndarray,
-    mask: np.ndarray,
-    blend: float = 1.0,
-    feather: float = DEFAULT_FEATHER,
-) -> None:
-    """Blend a restored face (``restored_layer``'s arguments) into a BGR ``frame`` (H, W,
-    3) uint8 in place, inside ``box``: each pixel becomes w · restored + (1 − w) · frame,
-    rounded. Where the layer's weight w is 0 the frame's pixels stay as they are, bit for
-    bit. (Compose blends the same layer into its I420 frames with ``geometry.paste_i420``.)
-    """
-    face, weight = restored_layer(restored, box, matrix, mask, blend, feather)
-    h, w = frame.shape[:2]
-    x0, y0, x1, y1 = (int(v) for v in box)
-    # The part of the box inside the frame, in box coordinates.
-    bx0, by0, bx1, by1 = max(x0, 0) - x0, max(y0, 0) - y0, min(x1, w) - x0, min(y1, h) - y0
-    if bx0 >= bx1 or by0 >= by1:
-        return
-    inside = (slice(by0, by1), slice(bx0, bx1))
-    on = weight[inside] > 0
-    if not on.any():
-        return
-    target = frame[y0 + by0 : y0 + by1, x0 + bx0 : x0 + bx1]  # a view: written in place
-    wt = weight[inside][on][:, None]  # (n, 1)
-    mixed = wt * face[inside][on].astype(np.float32) + (1 - wt) * target[on].astype(np.float32)
-    target[on] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)

@@ -121,21 +121,17 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-6)
 
 
-def search_window(detector: Detector, grey: np.ndarray, expected: np.ndarray, scale: float = 1.0) -> np.ndarray | None:
-    """The face nearest ``expected`` (4,) in a window around it, or None.
-
-    ``grey`` is the (h, w) uint8 frame downscaled by ``scale``; boxes are in pixels of the
-    full frame.
-    """
+def search_window(detector: Detector, grey: np.ndarray, expected: np.ndarray) -> np.ndarray | None:
+    """The face nearest ``expected`` (4,) in a window around it, or None: ``grey`` is the
+    (h, w) uint8 frame; boxes are in its pixels."""
     h, w = grey.shape[:2]
     side = float(max(expected[2] - expected[0], expected[3] - expected[1]))
     grow = WINDOW_MARGIN * side
-    x0, y0 = max(0, int((expected[0] - grow) * scale)), max(0, int((expected[1] - grow) * scale))
-    x1 = min(w, int(np.ceil((expected[2] + grow) * scale)))
-    y1 = min(h, int(np.ceil((expected[3] + grow) * scale)))
+    x0, y0 = max(0, int(expected[0] - grow)), max(0, int(expected[1] - grow))
+    x1, y1 = min(w, int(np.ceil(expected[2] + grow))), min(h, int(np.ceil(expected[3] + grow)))
     if x1 - x0 < detector.window or y1 - y0 < detector.window:
         return None
-    zoom = WORK_SIDE / (side * scale)
+    zoom = WORK_SIDE / side
     interpolation = cv2.INTER_AREA if zoom < 1 else cv2.INTER_LINEAR
     region = cv2.resize(grey[y0:y1, x0:x1], (round((x1 - x0) * zoom), round((y1 - y0) * zoom)), interpolation=interpolation)
     region = cv2.equalizeHist(region)
@@ -143,7 +139,7 @@ def search_window(detector: Detector, grey: np.ndarray, expected: np.ndarray, sc
     found = detector.detect(region, lo, hi)
     if len(found) == 0:
         return None
-    found = (found / np.float32(zoom) + np.array([x0, y0, x0, y0], np.float32)) / np.float32(scale)
+    found = found / np.float32(zoom) + np.array([x0, y0, x0, y0], np.float32)
     # Nearest in centre and size: a window seldom holds two faces, but may hold a false one.
     centre = (expected[:2] + expected[2:]) / 2
     dist = np.linalg.norm((found[:, :2] + found[:, 2:]) / 2 - centre, axis=1)

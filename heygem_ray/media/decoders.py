@@ -46,9 +46,9 @@ def nvdec_missing() -> str | None:
         made = run([*quiet, "-f", "lavfi", "-i", "testsrc2=size=256x256:rate=25", "-frames:v", "5",
                     "-c:v", "libx264", "-pix_fmt", "yuv420p", url(clip)])  # fmt: skip
         if made.returncode != 0:
-            return f"could not make a stream to try NVDEC on: {tail(made.stderr, 2) or 'no message'}"
+            return f"could not make a stream to try NVDEC on: {tail(made.stderr) or 'no message'}"
         proc = run([*quiet, "-hwaccel", "cuda", "-i", url(clip), "-f", "null", "-"], env=gpu_env())
-    return None if proc.returncode == 0 else f"NVDEC failed: {tail(proc.stderr, 2) or 'no message'}"
+    return None if proc.returncode == 0 else f"NVDEC failed: {tail(proc.stderr) or 'no message'}"
 
 
 def pick_decoder(info: VideoInfo) -> Decoder:

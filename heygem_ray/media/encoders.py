@@ -62,7 +62,7 @@ def nvenc_missing() -> str | None:
         "-c:v", "h264_nvenc", "-f", "null", "-",
     ]  # fmt: skip
     proc = run(args, env=encoder_env("h264_nvenc"))
-    return None if proc.returncode == 0 else f"h264_nvenc failed: {tail(proc.stderr, 2) or 'no message'}"
+    return None if proc.returncode == 0 else f"h264_nvenc failed: {tail(proc.stderr) or 'no message'}"
 
 
 def pick_encoder(requested: Literal["auto", "libx264", "h264_nvenc"]) -> Encoder:

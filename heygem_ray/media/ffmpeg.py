@@ -128,7 +128,7 @@ def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Comple
         raise EngineError(f"could not run ffmpeg ({args[0]}): {exc}", kind="ffmpeg_missing") from exc
 
 
-def tail(stderr: str | bytes, lines: int = 3) -> str:
+def tail(stderr: str | bytes, lines: int = 2) -> str:
     text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
     kept = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return " | ".join(kept[-lines:])

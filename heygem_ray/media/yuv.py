@@ -94,19 +94,6 @@ def to_bgr_frame(frame: np.ndarray) -> np.ndarray:
     return region_to_bgr(frame, np.arange(height), np.arange(width))
 
 
-def from_bgr_frame(bgr: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 BGR (even H and W) → an I420 frame, each chroma sample the mean of
-    the four pixels it covers, rounded."""
-    height, width = bgr.shape[:2]
-    yuv = bgr_to_yuv(bgr)
-    frame = np.empty(frame_shape(width, height), np.uint8)
-    luma, cb, cr = planes(frame)
-    luma[:] = _round(yuv[..., 0])
-    chroma = halve(yuv[..., 1:])
-    cb[:], cr[:] = _round(chroma[..., 0]), _round(chroma[..., 1])
-    return frame
-
-
 def halve(values: np.ndarray) -> np.ndarray:
     """(h, w) or (h, w, c) float32 with even h and w → (h/2, w/2[, c]): the mean of each
     2 × 2 block (OpenCV's area resize, exact at a factor of two: a twentieth of NumPy's

@@ -18,8 +18,8 @@ So, per output frame:
    bytes, about one grey level off.
 3. Compose pastes the pack's crop as always (the unrestored frame), then blends the
    restored face over it with the pack's mask, the tile's feathered border and
-   ``--restore-blend`` (``face.align.paste_restored``): pixels outside the pack's mask are
-   the unrestored output's, bit for bit.
+   ``--restore-blend`` (``face.align.restored_layer``, ``geometry.paste_i420``): pixels
+   outside the pack's mask are the unrestored output's, bit for bit.
 
 ``inputs``: what crosses between the job and the worker (tiles, boxes, restored faces)
 and what both sides do with it, without the network: the job imports it, and job tasks

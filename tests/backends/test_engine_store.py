@@ -111,7 +111,7 @@ def test_builds_once_then_reuses(tmp_path: Path) -> None:
     assert meta["sha256"] == hashlib.sha256(PAYLOAD).hexdigest()
     assert meta["host"] and meta["built_at"].endswith("+00:00") and meta["build_seconds"] >= 0
     assert {"python", "torch", "onnx", "onnxruntime"} <= meta["tools"].keys()
-    assert store.validate(KEY) is None
+    assert store.problem(KEY) is None
 
 
 def test_truncated_artifact_is_detected_and_rebuilt(tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ def test_truncated_artifact_is_detected_and_rebuilt(tmp_path: Path) -> None:
     path = store.get_or_build(KEY, build)
     path.write_bytes(PAYLOAD[: len(PAYLOAD) // 2])
 
-    assert "truncated" in (store.validate(KEY) or "")
+    assert "truncated" in (store.problem(KEY) or "")
     with pytest.raises(EngineError, match=r"engine store entry warp/render/.*truncated"):
         store.get_or_build(KEY, build, rebuild=False)
     assert len(calls) == 1
@@ -134,7 +134,7 @@ def test_same_size_corruption_is_caught_by_the_hash(tmp_path: Path) -> None:
     build, calls = _writer()
     path = store.get_or_build(KEY, build)
     path.write_bytes(b"X" + PAYLOAD[1:])
-    assert "sha256" in (store.validate(KEY) or "")
+    assert "sha256" in (store.problem(KEY) or "")
     store.get_or_build(KEY, build)
     assert len(calls) == 2 and path.read_bytes() == PAYLOAD
 
@@ -147,13 +147,13 @@ def test_sidecar_from_another_arch_is_not_loaded(tmp_path: Path) -> None:
     # Someone copies the Ampere entry to where the Hopper entry belongs.
     shutil.copytree(store.entry_dir(ampere), store.entry_dir(KEY))
 
-    assert "arch=sm_80" in (store.validate(KEY) or "")
+    assert "arch=sm_80" in (store.problem(KEY) or "")
     with pytest.raises(EngineError, match=r"built for another key \(arch=sm_80\)"):
         store.get_or_build(KEY, build, rebuild=False)
     hopper_build, hopper_calls = _writer(b"built for sm_90")
     path = store.get_or_build(KEY, hopper_build)
     assert len(hopper_calls) == 1 and path.read_bytes() == b"built for sm_90"
-    assert store.validate(ampere) is None  # the original entry is untouched
+    assert store.problem(ampere) is None  # the original entry is untouched
 
 
 def test_missing_entry_without_rebuild_says_so(tmp_path: Path) -> None:
@@ -172,7 +172,7 @@ def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="out of memory"):
         store.get_or_build(KEY, build)
     assert sorted(p.name for p in store.entry_dir(KEY).iterdir()) == [".lock"]
-    assert store.validate(KEY) == "not built yet"
+    assert store.problem(KEY) == "not built yet"
 
 
 def test_lock_timeout_names_the_holder(tmp_path: Path) -> None:

@@ -18,11 +18,11 @@ from heygem_ray.face.align import (
     alignment_points,
     box_grid,
     from_tile,
-    paste_restored,
     similarity,
     tile_weight,
     to_tile,
 )
+from tests.helpers.bgr import paste_restored
 
 
 def _matrix(scale: float, degrees: float, tx: float, ty: float) -> np.ndarray:

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from heygem_ray.geometry import paste
 from heygem_ray.models.warp import MOUTH_Y
 from heygem_ray.packs import get_pack
+from tests.helpers.bgr import paste
 
 
 def _pixel(size: int, u: float) -> int:
