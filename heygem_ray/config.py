@@ -448,10 +448,16 @@ def settings_change(before: str, now: str) -> str:
     except (ValueError, TypeError, AttributeError):
         return "the earlier run's settings are not recorded"
     new = _flat(json.loads(now))
-    changed = [f"{k} {old.get(k, '(not set)')} → {new.get(k, '(not set)')}"
+    changed = [f"{k} {_said(old, k)} → {_said(new, k)}"
                for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]  # fmt: skip
     more = f" and {len(changed) - SETTINGS_NAMED} more" if len(changed) > SETTINGS_NAMED else ""
     return ", ".join(changed[:SETTINGS_NAMED]) + more
+
+
+def _said(settings: dict[str, Any], key: str) -> str:
+    """A setting's value as a person typed it (90, not 90.0), or ``(not set)``."""
+    value = settings.get(key, "(not set)")
+    return f"{value:g}" if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -278,7 +278,7 @@ class Summary:
     frames: int  # frames rendered by the jobs that ended ok (skipped rows' outputs not counted)
     video_seconds: float  # seconds of video those jobs made
     job_seconds: float  # their summed wall time
-    step_seconds: dict[str, float]  # steps.TIMED → summed seconds over those jobs
+    step_seconds: dict[str, float]  # steps.TIMED that any of those jobs timed → summed seconds over them
     realtime_factor: float | None  # video_seconds / job_seconds; None when nothing was rendered
     slowest: list[JobResult]  # the longest of the jobs that ended ok, longest first
     failures: dict[str, list[Failure]]  # error kind → its rows, the most frequent kind first
@@ -333,7 +333,9 @@ def summarize(run: Run) -> Summary:
         frames=sum(r.frames or 0 for r in done),
         video_seconds=video,
         job_seconds=job_seconds,
-        step_seconds={s: sum(getattr(r, f"{s}_s") or 0.0 for r in done) for s in TIMED},
+        # (a step no rendered row timed, restore without --restore, is left out)
+        step_seconds={s: sum(getattr(r, f"{s}_s") or 0.0 for r in done) for s in TIMED
+                      if any(getattr(r, f"{s}_s") is not None for r in done)},  # fmt: skip
         realtime_factor=video / job_seconds if job_seconds > 0 else None,
         slowest=sorted(done, key=lambda r: -(r.seconds or 0.0))[:SLOWEST],
         failures=dict(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))),

@@ -81,6 +81,8 @@ def test_status_counts_rows_frames_and_groups_failures(run_dir):
     assert {line.split()[0] for line in slowest.splitlines()} == {"talk", "still"}
     assert rows["talk"]["backend"] == rows["still"]["backend"]  # one worker kind: whichever backend it ran
     assert f"backends  {rows['talk']['backend']} × 2" in text
+    steps = [line.split()[-8] for line in text.splitlines() if line.endswith(" per job")]
+    assert steps == ["audio", "analyze", "features", "motion", "render", "compose"], text  # no restore asked for
     assert "settings  pack warp, loop pingpong, preset lean, encoder auto, backend auto, precision auto " \
            f"(config {rows['talk']['config_hash']})\n" in text  # fmt: skip
 

@@ -83,4 +83,8 @@ def test_a_change_of_settings_is_named_setting_by_setting():
     assert settings_change(before, now) == ("detector.min_face 40 → 24, encoder auto → libx264, loop pingpong → "
                                             "forward, max_resolution (not set) → 720 and 2 more")  # fmt: skip
     assert settings_change(before, before) == ""
+    started = RunConfig(output_dir=Path("out"), render=RenderConfig(reference_start=90)).render_settings()
+    assert settings_change(before, started) == "reference_start (not set) → 90"  # as typed, not 90.0
+    later = RunConfig(output_dir=Path("out"), render=RenderConfig(reference_start=90.5)).render_settings()
+    assert settings_change(started, later) == "reference_start 90 → 90.5"
     assert settings_change("", now) == settings_change("not json", now) == "the earlier run's settings are not recorded"
