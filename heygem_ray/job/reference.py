@@ -72,8 +72,9 @@ def _kept_outputs(
             done = np.zeros(template.frames, bool)
         todo = np.flatnonzero(~done & np.isin(np.arange(template.frames), timeline.ref_index))
         if todo.size:
-            store = np.load(data, mmap_mode="r+")
-            _compute(store, todo, template, models, chunk_frames)
+            store = np.load(data, mmap_mode="r+")  # (its blocks allocated when it was made)
+            _compute(store.__setitem__, todo, template, models, chunk_frames)
+            store.flush()
             del store
             done[todo] = True
             bitmap = io.BytesIO()
@@ -88,19 +89,20 @@ def _kept_outputs(
     return read
 
 
-def _compute(store: np.memmap, todo: np.ndarray, template: Template, models: ModelService, chunk_frames: int) -> None:
-    """Fill ``store``'s items ``todo`` (template frames) with the workers' reference-stage
-    outputs for their crops, a chunk at a time, a few in flight, and flush it."""
+def _compute(store: Callable[[np.ndarray, np.ndarray], None], todo: np.ndarray, template: Template,
+             models: ModelService, chunk_frames: int) -> None:  # fmt: skip
+    """Give ``store`` (template frames (k,), their outputs (k, ...)) the workers'
+    reference-stage outputs for the crops of the frames ``todo``, a chunk at a time, a few
+    in flight."""
     pending: deque[tuple[np.ndarray, ReferenceFuture]] = deque()
     for s in range(0, todo.size, chunk_frames):
         part = todo[s : s + chunk_frames]
         pending.append((part, models.submit_reference(template.crops(part))))
         if len(pending) > max(LOOKAHEAD, models.workers):
             index, future = pending.popleft()
-            store[index] = future.result()
+            store(index, future.result())
     for index, future in pending:
-        store[index] = future.result()
-    store.flush()
+        store(index, future.result())
 
 
 def _for_this_job(
@@ -126,10 +128,19 @@ def _for_this_job(
         path = scratch / kept_in[0].name
         with storage_errors(scratch):
             # Sparse: only the frames used get blocks (holding the whole template's, 32 KiB a frame for
-            # MuseTalk, would cost a job gigabytes of scratch for minutes of audio).
-            store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
-            _compute(store, used, template, models, chunk_frames)
-        del store
+            # MuseTalk, would cost a job gigabytes of scratch for minutes of audio). Written with
+            # pwrite, not through a memory map: a full disk is then an error here (the row fails
+            # ``storage``), where a page written through the map would kill the process (SIGBUS).
+            header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+            start, item = header.offset, header[0].nbytes
+            del header
+            with open(path, "r+b") as f:
+                def store(index: np.ndarray, outputs: np.ndarray) -> None:
+                    for i, out in zip(index, np.ascontiguousarray(outputs, np.float32), strict=True):
+                        f.seek(start + int(i) * item)
+                        f.write(out.tobytes())
+
+                _compute(store, used, template, models, chunk_frames)
         kept = np.load(path, mmap_mode="r")
 
     def read(index: np.ndarray) -> np.ndarray:

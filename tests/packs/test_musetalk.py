@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -250,6 +251,51 @@ def test_a_cache_that_cannot_be_written_gives_the_latents_it_holds_and_computes_
     diff = np.abs(media.read_video(Path(got.output))[0].astype(np.int16) - media.read_video(Path(want.output))[0])
     assert diff.mean() < 0.5 and np.percentile(diff, 99.9) <= 8, (diff.mean(), diff.max())
     assert sorted((p.relative_to(cache), p.stat().st_size) for p in cache.rglob("*")) == held
+
+
+# A job in a process of its own (what the job's task runs), its scratch folder on the disk
+# TMPDIR names: prints its row's status, kind and error.
+_ONE_JOB = """
+import sys
+from pathlib import Path
+from heygem_ray.config import RenderConfig
+from heygem_ray.job import InProcessService, render_job
+from heygem_ray.manifest import Job
+from heygem_ray.worker import ModelWorker
+
+models, cache, clip, audio, out = map(Path, sys.argv[1:])
+cfg = RenderConfig(pack="musetalk", checkpoint=models, chunk_frames=16, batch_size=8)
+result = render_job(Job(1, "long", audio, clip, out), cfg, cache, InProcessService(ModelWorker(cfg, out.parent / "e")))
+print(result.status, result.error_kind)
+print(result.error)
+"""
+
+
+def test_latents_computed_per_job_on_a_full_scratch_disk_fail_the_row_as_storage(musetalk_folder, tmp_path, mount):
+    """A read-only template cache makes a job compute the latents it lacks into its scratch
+    folder: written through a memory map, a full scratch disk killed the job's process
+    (SIGBUS: a lost task, tried again, then 'worker_lost'); now the row fails ``storage``,
+    naming the folder, and nothing of the job is left there."""
+    clip = lecture_clip(tmp_path / "clip.mp4", size=(320, 240), face=90, seconds=1.0, corner="centre")
+    cfg = RenderConfig(pack="musetalk", checkpoint=musetalk_folder, chunk_frames=16, batch_size=8)
+    short, long = (make_excerpt(EXAMPLES / "lesson1.wav", tmp_path / f"a{s}.wav", seconds=s, start=0.3)
+                   for s in (0.4, 1.4))  # fmt: skip
+    cache = tmp_path / "cache"
+    warm = render_job(Job(1, "warm", short, clip.path, tmp_path / "warm.mp4"), cfg, cache,
+                      InProcessService(ModelWorker(cfg, tmp_path / "engines")))  # fmt: skip
+    assert warm.status == "ok", warm.error
+    (kept,) = cache.glob("*/reference-*-fp32.npy")
+    assert kept.stat().st_size > 256 << 10  # the 25 frames' latents: more than the scratch disk holds
+    scratch = mount("scratch", size="256k")
+    with read_only(cache):
+        proc = subprocess.run([sys.executable, "-c", _ONE_JOB, str(musetalk_folder), str(cache), str(clip.path),
+                               str(long), str(tmp_path / "long.mp4")], capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "TMPDIR": str(scratch)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status, said = proc.stdout.splitlines()
+    assert status == "failed storage", proc.stdout
+    assert f"{scratch}/heygem-job-" in said and "no space left on device; free space on that disk" in said, said
+    assert not list(scratch.glob("heygem-*")) and not (tmp_path / "long.mp4").exists()
 
 
 def test_submit_renders_a_lecture_clip_with_musetalk_through_ray(musetalk_folder, tmp_path, ray_join):
