@@ -215,6 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunStopped as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         _say(date, f"stopped part-way; exit {exc.exit_status}")
+        cause = exc.__cause__
+        if isinstance(cause, HeygemError) and cause.kind == "output_locked":  # taken over: run.json is the other run's
+            return exc.exit_status
         _write_run(out, run | {"exit_code": exc.exit_status, "error": exc.message})
         return exc.exit_status
     except HeygemError as exc:

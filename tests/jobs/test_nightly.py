@@ -123,6 +123,53 @@ def test_run_json_says_a_night_is_under_way_from_when_it_holds_its_folder(folder
     assert run["state"] == "ended" and run["exit_code"] == 0 and run["jobs"] == 2 and run["ended_at"]
 
 
+# The nightly job in a process of its own whose run lock beats every 0.1 s, and whose
+# folder another run takes over as its first row is kept: that run's lock and run.json
+# replace this one's. Prints the exit status.
+_TAKEN_OVER = """
+import json, runpy, sys, time
+from pathlib import Path
+from heygem_ray import locks
+from heygem_ray.driver import resume
+from heygem_ray.driver.hold import RUN_LOCK
+
+locks.BEATS_PER_STALE = int(locks.STALE_AFTER_S / 0.1)
+record = resume.record
+
+def kept_then_taken_over(output_dir, result):
+    kept = record(output_dir, result)
+    resume.record = record
+    lock = Path(output_dir) / RUN_LOCK
+    other = json.loads(lock.read_text()) | {"token": "0" * 32, "pid": 1, "what": "the other run"}
+    lock.write_text(json.dumps(other))
+    (Path(output_dir) / "run.json").write_text('{"by": "the other run"}')
+    time.sleep(2)  # its heartbeat finds the lock another's
+    return kept
+
+resume.record = kept_then_taken_over
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exc:
+    print("EXIT", exc.code)
+"""
+
+
+def test_a_night_whose_folder_is_taken_over_leaves_the_other_runs_run_json_alone(folder, ray_join):
+    """A night whose heartbeat had stopped long enough for another run to take its folder
+    over stops there, without a table (as submit does); it wrote its run.json over the
+    other run's all the same."""
+    root, night = folder / "renders", folder / "renders" / "2026-01-07"
+    proc = subprocess.run([sys.executable, "-c", _TAKEN_OVER, str(NIGHTLY), str(folder / "good.csv"), str(root),
+                           "--date", "2026-01-07", "--cache-dir", str(folder / "cache"), "--engines",
+                           str(folder / "engines"), "--max-jobs", "1"],
+                          env=ray_join, capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert "EXIT 1" in proc.stdout.splitlines(), proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "was taken over while this process held it" in proc.stderr, proc.stderr[-3000:]
+    assert json.loads((night / "run.json").read_text()) == {"by": "the other run"}
+    assert not (night / "results.parquet").exists()
+
+
 def test_an_unusable_manifest_exits_2_and_says_why_in_run_json(tmp_path, nightly, monkeypatch, capsys):
     (tmp_path / "m.csv").write_text("job_id,voice,video\nx,a.wav,p.jpg\n")
     # What Ray gives a Job's entrypoint: its metadata, with the submission id.
