@@ -14,6 +14,7 @@ denied" comes from a process without capabilities (setpriv).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -196,6 +197,22 @@ def test_a_read_only_output_folder_stops_the_run_and_the_nightly_job_before_ray_
     assert night.stderr == f"error: {disk / '2026-01-02'}: read-only file system; remount that file system " \
                            "read-write, or choose a folder on a writable one\n"
     assert "could not start: nothing was rendered" in night.stdout and "run.json not written" in night.stdout
+
+
+def test_a_temporary_folder_too_full_for_a_local_ray_stops_the_run_at_once_saying_so(lesson, mount):
+    """TMPDIR on a disk with 1 MiB free, where a local Ray instance keeps its session: Ray
+    tried for 90 s, then the run ended in its traceback with exit 1 (found by an audit). Now
+    one line naming the folder and RAY_TMPDIR, exit 2, at once, and nothing written."""
+    disk = mount("tmp", size="1m")
+    env = {k: v for k, v in _env().items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR")} | {"TMPDIR": str(disk)}
+    proc = _run([HEYGEM, "submit", "m.csv", "-o", "out"], lesson.parent, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert re.fullmatch(
+        rf"error: {re.escape(str(disk / 'ray'))}: only [0-9.]+ (KiB|MiB) free, where a local Ray instance keeps its "
+        r"session and its workers' logs \(it needs 64 MiB or more\): free space on that disk, or give RAY_TMPDIR "
+        r"\(or TMPDIR\) a folder on another one\n", proc.stderr,
+    ), proc.stderr[-3000:]
+    assert not (lesson.parent / "out" / "results.parquet").exists() and not (disk / "ray").exists()
 
 
 def test_an_output_folder_that_is_a_file_stops_the_run_before_ray_starts(lesson):

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
+import sys
 from pathlib import Path
 
 import ray
 from ray._raylet import GcsClient  # type: ignore[attr-defined]  # Ray's own GCS client, untyped
 from ray.exceptions import AuthenticationError
 
-from heygem_ray.errors import EngineError
+from heygem_ray.errors import EngineError, InputError
 from heygem_ray.quiet import held_stderr, without_record
+from heygem_ray.storage import readable_size
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +40,23 @@ def connect(address: str | None) -> tuple[bool, str | None]:
         return False, None
     target = address or os.environ.get("RAY_ADDRESS") or "local"
     _check_token(target)
+    if target == "local":
+        _check_room(_local_temp())
     try:
         with without_record(_TOKEN_NOTICE_LOGGER, _TOKEN_NOTICE):
             ctx = ray.init(address=target, logging_level=logging.WARNING)
     except AuthenticationError as exc:  # token mode on here, and no token found
         raise _token_error(target) from exc
+    except Exception as exc:  # a local instance that did not start (Ray raises a bare Exception)
+        if target != "local" or isinstance(exc, (ConnectionError, ValueError)):
+            raise
+        temp = _local_temp()
+        raise EngineError(
+            f"a local Ray instance could not start ({' '.join(str(exc).split())[:300] or type(exc).__name__}); its "
+            f"files go in {temp} ({_free(temp)} free), and its logs there say why: free space there, or give "
+            "RAY_TMPDIR another folder, or join a running cluster with --address",
+            kind="cluster_unreachable",
+        ) from exc
     except ConnectionError as exc:
         raise EngineError(
             f"could not reach the Ray cluster at {target} ({exc}); check --address and that the cluster is up",
@@ -59,6 +74,44 @@ def connect(address: str | None) -> tuple[bool, str | None]:
         ) from exc
     url = getattr(ctx, "dashboard_url", None)
     return target == "local", (f"http://{url}" if url and "://" not in url else url) or None
+
+
+# Bytes a local Ray instance's folder needs free to start and keep its workers' logs (it
+# fails to start, after 90 s, with a few MiB; a session of a night's run writes tens).
+MIN_RAY_TEMP_BYTES = 64 << 20
+
+
+def _local_temp() -> Path:
+    """The folder a local Ray instance keeps its session in, as Ray chooses it: RAY_TMPDIR,
+    else (on Linux) TMPDIR, else /tmp; then ``ray`` in it."""
+    base = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
+    return Path(base or "/tmp") / "ray"
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """The free space on ``folder``'s disk (its nearest existing parent's); None unknown."""
+    try:
+        return shutil.disk_usage(next((p for p in (folder, *folder.parents) if p.exists()), folder)).free
+    except OSError:
+        return None
+
+
+def _free(folder: Path) -> str:
+    free = _free_bytes(folder)
+    return "unknown" if free is None else readable_size(free)
+
+
+def _check_room(folder: Path) -> None:
+    """Refuse at once to start a local Ray instance whose folder's disk has less than
+    ``MIN_RAY_TEMP_BYTES`` free: Ray would try for 90 s, then fail with its own traceback."""
+    free = _free_bytes(folder)
+    if free is not None and free < MIN_RAY_TEMP_BYTES:
+        raise InputError(
+            f"{folder}: only {readable_size(free)} free, where a local Ray instance keeps its session and its "
+            f"workers' logs (it needs {readable_size(MIN_RAY_TEMP_BYTES)} or more): free space on that disk, or give "
+            "RAY_TMPDIR (or TMPDIR) a folder on another one",
+            kind="storage",
+        )
 
 
 # Seconds to wait for a cluster's port before asking its GCS whether it takes our token.
