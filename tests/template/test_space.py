@@ -7,6 +7,7 @@ mounts (the ``mount`` fixture)."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -47,6 +48,12 @@ def test_a_reference_whose_analysis_does_not_fit_fails_at_its_first_second_sayin
     message = failed.message
     assert message.startswith(f"reference {take.path}: its analysis would take about ")
     assert f"in {cache} (100 frames at " in message and f"as its first {RESERVE_FIRST} were stored" in message
+    # What the disk has, and how much of it a template may use, less than it needs (an audit read
+    # "would take about 22.6 MiB ... 23.7 MiB for it, keeping 1.2 MiB free" as fitting).
+    need, usable = (float(x) for x in re.search(
+        r"would take about ([0-9.]+) MiB .* that disk has [0-9.]+ MiB for it, of which ([0-9.]+) MiB may be used: "
+        r"[0-9.]+ (?:KiB|MiB) is kept free for the run's other files; ", message).groups())  # fmt: skip
+    assert need > usable, message
     assert f"free space there (heygem-ray cache prune --cache-dir {cache} removes templates unused" in message
     assert "give --cache-dir a folder on a larger disk, or use a few minutes of the reference (--reference-seconds " \
            "300 analyses its first five;" in message  # fmt: skip
