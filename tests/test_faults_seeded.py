@@ -250,6 +250,8 @@ def test_a_run_under_seeded_faults_ends_keeps_every_finished_video_and_reruns_to
         stop = next((line for line in said.splitlines() if line.startswith("STOPPED ")), "")
         assert "no space left on device; free space on that disk" in stop, replay
         assert stop.endswith("run the same manifest again to render the rest"), replay
+        if "the results table could not be written either" in stop:  # then: where the rows that ended are
+            assert f"kept in {folder / 'out' / '.heygem-results'} ('heygem-ray status {folder / 'out'}'" in stop, replay
     _check_outputs(folder / "out", rows, replay)
     assert "DID " in said, replay  # the schedule ran while jobs were rendering
 

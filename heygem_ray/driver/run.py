@@ -222,7 +222,9 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
                         if ended < len(todo):
                             table += " (jobs that did not end say 'stopped')"
                     except HeygemError as failed:  # the cause may be the same: an unwritable output folder
-                        table = f"the results table could not be written either ({failed.message})"
+                        table = (f"the results table could not be written either ({failed.message}); the rows of "
+                                 f"the jobs that ended are kept in {cfg.output_dir / resume.PARTS_DIR} ('heygem-ray "
+                                 f"status {cfg.output_dir}' reads them)")  # fmt: skip
                 late = stop.received if signum is None else None  # (or one a Ray call swallowed)
                 rest = "" if ended == len(todo) else "; run the same manifest again to render the rest"
                 said = (
