@@ -476,6 +476,12 @@ def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Locat
                     kind="unsafe_output",
                 )
     if target is None or Path(output).is_absolute() or not storage.is_inside(target, out_root) or target == out_root:
+        if isinstance(out_root, Path) and target is not None and (link := _link_out(out_root, output)) is not None:
+            return None, InputError(
+                f"output {output!r} goes through the link {link} → {os.readlink(link)}, which leads outside the "
+                f"output folder {out_root}; remove the link, or give the row another output",
+                kind="unsafe_output",
+            )
         return None, InputError(
             f"output {output!r} would be written outside the output folder "
             f"{out_root}; give a path relative to it, such as 'videos/{job_id}.mp4'",
@@ -515,6 +521,18 @@ def _blocked(target: Location, out_root: Location) -> str | None:
     except OSError as exc:  # a path too long, a folder this user may not look into
         refused = storage_error(exc, target)
         return f"output {refused.message if refused is not None else f'{target}: {_first_line(exc)}'}"
+    return None
+
+
+def _link_out(out_root: Path, output: str) -> Path | None:
+    """The symbolic link on the way from ``out_root`` to ``output`` (a relative path that
+    stays inside it as written) that leads out of it, if one does."""
+    written = Path(os.path.normpath(out_root / output))
+    if not storage.is_inside(written, out_root):
+        return None
+    for step in reversed([written, *written.parents]):
+        if storage.is_inside(step, out_root) and step != out_root and step.is_symlink():
+            return step
     return None
 
 

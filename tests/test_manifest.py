@@ -418,6 +418,29 @@ def test_an_output_given_as_a_whole_uri_inside_the_folder_says_to_give_it_relati
                                    "s3://b/out, as 'j1.mp4'")  # fmt: skip
 
 
+def test_an_output_through_a_link_that_leads_out_of_the_folder_names_the_link(tmp_path):
+    """`out/p.mp4` a link to an input, `out/videos` one to another folder: the rows were
+    told their MP4 "would be written outside the output folder", with no word of the link
+    (from an audit); the input is never written either way."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "presenter.mp4").write_bytes(b"the take")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p.mp4").symlink_to(tmp_path / "in" / "presenter.mp4")
+    (out / "videos").symlink_to(tmp_path / "in")
+    m = write(tmp_path / "m.csv", "job_id,audio,video,output\nj1,a.wav,v.mp4,p.mp4\nj2,a.wav,v.mp4,videos/j2.mp4\n"
+                                  "j3,a.wav,v.mp4,../in/j3.mp4\n")  # fmt: skip
+    one, two, three = read_manifest(m, out)
+    assert one.problem is not None and one.problem.message == (
+        f"output 'p.mp4' goes through the link {out / 'p.mp4'} → {tmp_path / 'in' / 'presenter.mp4'}, which leads "
+        f"outside the output folder {out}; remove the link, or give the row another output"
+    )
+    assert two.problem is not None and two.problem.message.startswith(
+        f"output 'videos/j2.mp4' goes through the link {out / 'videos'} → {tmp_path / 'in'}, which leads outside")
+    assert three.problem is not None and "would be written outside the output folder" in three.problem.message
+    assert (tmp_path / "in" / "presenter.mp4").read_bytes() == b"the take"
+
+
 def test_a_manifest_that_is_the_runs_own_results_table_is_refused_and_kept(tmp_path, examples):
     """`submit out/results.parquet -o out` replaced the manifest with the run's own table."""
     out = tmp_path / "out"
