@@ -47,16 +47,6 @@ def connect(address: str | None) -> tuple[bool, str | None]:
             ctx = ray.init(address=target, logging_level=logging.WARNING)
     except AuthenticationError as exc:  # token mode on here, and no token found
         raise _token_error(target) from exc
-    except Exception as exc:  # a local instance that did not start (Ray raises a bare Exception)
-        if target != "local" or isinstance(exc, (ConnectionError, ValueError)):
-            raise
-        temp = _local_temp()
-        raise EngineError(
-            f"a local Ray instance could not start ({' '.join(str(exc).split())[:300] or type(exc).__name__}); its "
-            f"files go in {temp} ({_free(temp)} free), and its logs there say why: free space there, or give "
-            "RAY_TMPDIR another folder, or join a running cluster with --address",
-            kind="cluster_unreachable",
-        ) from exc
     except ConnectionError as exc:
         raise EngineError(
             f"could not reach the Ray cluster at {target} ({exc}); check --address and that the cluster is up",
@@ -70,6 +60,16 @@ def connect(address: str | None) -> tuple[bool, str | None]:
             f"{given} {target!r} is no address of a Ray cluster ({said}){web}; give the head node's GCS address, "
             "HOST:6379 ('ray status' on the head node prints it), or leave --address and RAY_ADDRESS unset "
             "for a local instance",
+            kind="cluster_unreachable",
+        ) from exc
+    except Exception as exc:  # a local instance that did not start (Ray raises a bare Exception)
+        if target != "local":
+            raise
+        temp = _local_temp()
+        raise EngineError(
+            f"a local Ray instance could not start ({' '.join(str(exc).split())[:300] or type(exc).__name__}); its "
+            f"files go in {temp} ({_free(temp)} free), and its logs there say why: free space there, or give "
+            "RAY_TMPDIR another folder, or join a running cluster with --address",
             kind="cluster_unreachable",
         ) from exc
     url = getattr(ctx, "dashboard_url", None)
