@@ -88,6 +88,38 @@ def test_a_second_run_into_a_folder_a_live_run_holds_exits_2_at_once_and_changes
         assert partial.is_file() and not (out / "results.parquet").exists()
 
 
+def test_runs_into_folders_one_inside_the_other_are_refused_where_their_videos_would_meet(folder):
+    """A live run holds `out`; another into `out/sub`, or one into `out/..`'s `parent` whose
+    rows write `out/…`, wrote the same MP4s as it (each over the other's, the table of one
+    wrong: found by an audit). Both now exit 2 at once, naming the holder, and change
+    nothing; a run into `out` beside a live run in `out/sub` whose rows do not write there
+    is not refused for it (it reaches for its cluster: the address below fails)."""
+    out, exe = folder / "out", str(Path(sys.executable).with_name("heygem-ray"))
+    (folder / "into_out.csv").write_text("job_id,audio,video,output\none,a.wav,p.jpg,out/one.mp4\n")
+    with _held(out) as holder:
+        before = _snapshot(folder)
+        inside = subprocess.run([exe, "submit", "m.csv", "-o", "out/sub", "--address", "ray://127.0.0.1:9"],
+                                cwd=folder, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert inside.returncode == 2, inside.stderr[-2000:]
+        (line,) = inside.stderr.strip().splitlines()
+        assert line.startswith(f"error: out/sub is inside {out}, which another run writes into: pid {holder.pid} on "
+                               f"{socket.gethostname()} (run f1r57 of nightly.csv) since "), line  # fmt: skip
+        assert line.endswith("; its rows may write here too: wait for it to end, stop it, or give another output "
+                             "folder"), line  # fmt: skip
+        around = subprocess.run([exe, "submit", "into_out.csv", "-o", ".", "--address", "ray://127.0.0.1:9"],
+                                cwd=folder, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert around.returncode == 2, around.stderr[-2000:]
+        (line,) = around.stderr.strip().splitlines()
+        assert line.startswith(f"error: {out} is in use by another run: pid {holder.pid} on "), line
+        assert line.endswith("; rows of this manifest write there: wait for that run to end, stop it, or give those "
+                             "rows outputs elsewhere"), line  # fmt: skip
+        assert _snapshot(folder) == before and not (out / "sub").exists()
+    with _held(out / "sub"):
+        beside = subprocess.run([exe, "submit", "m.csv", "-o", "out", "--address", "ray://127.0.0.1:9"], cwd=folder,
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert beside.returncode == 2 and "could not reach the Ray cluster" in beside.stderr, beside.stderr[-2000:]
+
+
 class _LockRead(RunCallbacks):
     """The words of the run lock's holder, read as the run starts."""
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from heygem_ray import locks
-from heygem_ray.errors import InputError
+from heygem_ray import locks, storage
+from heygem_ray.errors import HeygemError, InputError
 from heygem_ray.storage import Location
 
 # The run's lock, in its output folder (see locks.py): who runs into the folder, since when.
@@ -37,10 +37,57 @@ def hold_output(output_dir: Location, what: str, *, lock_name: str = RUN_LOCK,
         )
     try:
         with got:
+            if lock_name == RUN_LOCK and (around := _run_around(output_dir)) is not None:
+                folder, held = around
+                raise InputError(
+                    f"{output_dir} is inside {folder}, which another run writes into: {held.describe()}; its rows "
+                    f"may write here too: {advice}",
+                    kind="output_locked",
+                )
             yield got
     finally:
         if made is not None and isinstance(output_dir, Path):
             _remove_empty(output_dir, made)
+
+
+def _run_around(output_dir: Location) -> tuple[Location, locks.Held] | None:
+    """A folder above ``output_dir`` that a live run holds (its rows may write anywhere
+    below it), and its holder; None where there is none. Asked once this run holds its own
+    folder: of two runs, one into a folder inside the other's, that start together, at
+    least one finds the other (both may, and both stop)."""
+    folder = output_dir.resolve()
+    while (up := folder.parent) != folder:
+        folder = up
+        if (held := _live_run(folder)) is not None:
+            return folder, held
+    return None
+
+
+def runs_inside(output_dir: Location, outputs: Iterable[Location]) -> str | None:
+    """Where ``outputs`` (inside ``output_dir``) lie in a folder below it that a live run
+    holds: which folder, and its holder, in words for the run's refusal; None where none
+    does. (That run's outputs and this one's would land in one folder, each writing over
+    the other's; each cleaning up the other's unfinished files.)"""
+    root = output_dir.resolve()
+    seen: set[Location] = set()
+    for output in outputs:
+        folder = output.parent
+        while folder != root and storage.is_inside(folder, root) and folder not in seen:
+            seen.add(folder)
+            if (held := _live_run(folder)) is not None:
+                return f"{folder} is in use by another run: {held.describe()}; rows of this manifest write there"
+            folder = folder.parent
+    return None
+
+
+def _live_run(folder: Location) -> locks.Held | None:
+    """The live run holding ``folder``, if one does (a lock that cannot be read counts as
+    none: a folder of someone else's, say)."""
+    try:
+        found = locks.look(folder / RUN_LOCK)
+    except (OSError, HeygemError):
+        return None
+    return found[0] if found is not None and found[1] else None
 
 
 def still_held(lease: locks.Lease) -> None:

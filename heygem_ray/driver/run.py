@@ -26,7 +26,7 @@ from heygem_ray import identity, locks, metrics, storage
 from heygem_ray.config import RunConfig, row_settings_problem
 from heygem_ray.driver import resume
 from heygem_ray.driver.connect import connect
-from heygem_ray.driver.hold import hold_output, still_held
+from heygem_ray.driver.hold import hold_output, runs_inside, still_held
 from heygem_ray.driver.loop import run_jobs
 from heygem_ray.driver.missing import MissingInputs
 from heygem_ray.driver.stop import StopSignals
@@ -101,6 +101,9 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     # 2. hold the output folder: a run into a folder another run holds stops here
     run_id = uuid.uuid4().hex[:12]
     with hold_output(cfg.output_dir, f"run {run_id} of {where}, {len(jobs)} row{'s' * (len(jobs) != 1)}") as lease:
+        if (inside := runs_inside(cfg.output_dir, (job.output for job in jobs if job.output is not None))) is not None:
+            raise InputError(f"{inside}: wait for that run to end, stop it, or give those rows outputs elsewhere",
+                             kind="output_locked")  # fmt: skip
         cb.started(len(jobs))
         # 3. what this run renders from, besides each row's files (the weights hashed once)
         basis = resume.Basis(run_id, cfg.config_hash(), identity.render_weights(cfg.render), cfg.render_settings(), cfg)
