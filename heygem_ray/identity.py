@@ -205,7 +205,8 @@ def file_digest(path: Path, read: list[int] | None = None) -> str:
         # (a cache not kept costs the next run a hashing, nothing else: a full or read-only
         # disk, which storage.write_bytes says as InputError, stops nothing)
         with contextlib.suppress(OSError, HeygemError):
-            storage.write_bytes(entry, json.dumps({"path": where, "stat": stamp, "sha256": digest}).encode())
+            storage.write_bytes(entry, json.dumps({"path": where, "stat": stamp, "sha256": digest}).encode(),
+                                durable=False)  # fmt: skip
     return digest
 
 

@@ -20,7 +20,8 @@ Writes are whole or nothing:
 * a local file is written under a temporary name beside it, flushed to its disk, then
   renamed, and the rename flushed too (``_durable``): once a write returns, a crash of
   the machine (power lost, a kernel panic) leaves the file whole under its name, where
-  without the flushes a finished MP4 or a kept row could come back empty;
+  without the flushes a finished MP4 or a kept row could come back empty (a cache's
+  entries, which a crash may lose at no cost, are not flushed);
 * an object is written under a temporary key (``<folder>/.heygem-tmp/<name>.<token>.tmp``),
   then copied to its key by the server (S3 ``CopyObject``: the object appears complete or
   not at all), and the temporary key is deleted, also when the write failed. Writing
@@ -386,8 +387,10 @@ def makedirs(loc: Location) -> None:
             loc.mkdir(parents=True, exist_ok=True)
 
 
-def write_bytes(dest: Location, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``dest`` whole or not at all (see the module docstring)."""
+def write_bytes(dest: Location, data: bytes | memoryview, *, durable: bool = True) -> None:
+    """Write ``data`` to ``dest`` whole or not at all (see the module docstring). Not
+    ``durable``: a local file is renamed without flushing it first (a cache entry, which a
+    crash may lose at no cost, written for thousands of files in a night)."""
     if isinstance(dest, Uri):
         upload(io.BytesIO(data), dest)
         return
@@ -396,7 +399,10 @@ def write_bytes(dest: Location, data: bytes | memoryview) -> None:
     try:
         with storage_errors(dest.parent):
             tmp.write_bytes(data)
-            _durable(tmp, dest)
+            if durable:
+                _durable(tmp, dest)
+            else:
+                os.replace(tmp, dest)
     finally:
         with contextlib.suppress(OSError):  # (a read-only file system refuses this too: its error is said above)
             tmp.unlink(missing_ok=True)
@@ -475,7 +481,8 @@ def check_writable(folder: Location) -> None:
     with storage_errors(folder):
         made = [] if isinstance(folder, Uri) else [p for p in (folder, *folder.parents) if not p.exists()]
     try:
-        write_bytes(probe, b"heygem-ray write probe\n")  # bytes, not an empty file: a full disk refuses them
+        # bytes, not an empty file: a full disk refuses them
+        write_bytes(probe, b"heygem-ray write probe\n", durable=False)
         remove(probe)
     finally:
         for p in made:  # the deepest first

@@ -126,6 +126,9 @@ def test_a_local_write_reaches_the_disk_before_and_after_its_rename(tmp_path, mo
     assert re.fullmatch(rf"{re.escape(str(tmp_path))}/rows/\.job\.parquet\.[0-9a-f]+\.tmp", file) and not before
     assert (folder, after) == (str(tmp_path / "rows"), True)
     assert row.read_bytes() == b"row"
+    synced.clear()
+    storage.write_bytes(tmp_path / "cache" / "digest.json", b"{}", durable=False)  # a cache's entry: not flushed
+    assert synced == [] and (tmp_path / "cache" / "digest.json").read_bytes() == b"{}"
 
 
 def test_objects_are_written_read_listed_and_removed(bucket):
