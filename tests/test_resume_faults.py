@@ -373,7 +373,7 @@ def test_rows_render_with_the_reference_settings_they_give_themselves_and_a_reru
     said = _Again()
     third = run(said)
     assert (third["one"]["status"], third["two"]["status"]) == ("skipped", "ok")
-    assert said.why == {"the render settings changed (reference_start 2.0 → 1.0)": 1}
+    assert said.why == {"the render settings changed (reference_start 2 → 1)": 1}
 
 
 def test_new_weights_at_the_same_checkpoint_path_are_rendered_again(folder, ray_local):

@@ -3,9 +3,10 @@
 ``run_jobs`` runs each case's job with the real recipe (``render_job``: PyAV, ffmpeg, the
 warp pack on PyTorch) in one fresh Python process, which reports its peak resident memory
 after imports and the model and after each job, and the peak of the ffmpeg processes each
-job started (tests/helpers/peak.py). ``REFUSED`` are files over a limit, each with what its
-row's message must say. ``SUBMIT`` runs a manifest of many rows naming one missing file
-through ``submit`` on a local Ray, and reports the driver's peak.
+job started (tests/helpers/peak.py). ``REFUSED`` are files over a limit (or damaged so as to
+read as far over one), each with what its row's message must say. ``SUBMIT`` runs a
+manifest of many rows naming one missing file through ``submit`` on a local Ray, and
+reports the driver's peak.
 """
 
 from __future__ import annotations
@@ -75,28 +76,29 @@ def run_jobs(tmp: Path, cases: dict[str, tuple[Path, Path, dict]], timeout: floa
 
 
 # name → (maker of the hostile file in a folder, is it the audio (else the reference),
-# step, words its message holds)
+# step, error kind, words its message holds)
 REFUSED = {
-    "png-20000x20000": (lambda d: make_huge_png(d / "huge.png", width=20_000, height=20_000), False, "analyze",
+    "png-20000x20000": (lambda d: make_huge_png(d / "huge.png", width=20_000, height=20_000), False, "analyze", "too_large",
                         ["is 20000×20000 pixels", "above the limit of 33.2 million pixels",
                          f"--max-reference-pixels {LIMITS.max_reference_pixels}", "scale it down"]),
     # Within FFmpeg's own size limit (20 000² is over it): this one it decodes (a 5.9 GiB job before).
-    "png-16000x16000": (lambda d: make_huge_png(d / "big.png", width=16_000, height=16_000), False, "analyze",
+    "png-16000x16000": (lambda d: make_huge_png(d / "big.png", width=16_000, height=16_000), False, "analyze", "too_large",
                         ["is 16000×16000 pixels (256.0 million pixels)"]),
     "jpeg-claiming-20000x20000": (lambda d: make_jpeg_claiming(d / "claims.jpg", width=20_000, height=20_000),
-                                  False, "analyze", ["is 20000×20000 pixels", "--max-reference-pixels"]),
-    "mp4-listing-2m-frames": (lambda d: make_mp4_claiming_frames(d / "2m.mp4", frames=2_000_000), False, "analyze",
+                                  False, "analyze", "too_large", ["is 20000×20000 pixels", "--max-reference-pixels"]),
+    "mp4-listing-2m-frames": (lambda d: make_mp4_claiming_frames(d / "2m.mp4", frames=2_000_000), False, "analyze", "too_large",
                               ["lists 2,000,000 frames in its header", "above the limit of 90,000 frames",
                                f"--max-reference-frames {LIMITS.max_reference_frames}", "use only its first minutes (--reference-seconds 300"]),
     "mp4-listing-80m-frames": (lambda d: make_mp4_claiming_frames(d / "80m.mp4", frames=80_000_000), False,
-                               "analyze", ["lists 80,000,000 frames in its header"]),
+                               "analyze", "too_large", ["lists 80,000,000 frames in its header"]),
     "mp4-holding-1m-frames": (lambda d: make_mp4_claiming_frames(d / "1m.mp4", frames=1_000_000,
                                                                  every_frame_in_file=True),
-                              False, "analyze", ["lists 1,000,000 frames in its header"]),
+                              False, "analyze", "too_large", ["lists 1,000,000 frames in its header"]),
+    # Damaged, not long: refused all the same, before it is decoded.
     "frames-10-hours-apart": (lambda d: make_timestamp_gap_video(d / "gap.mkv", gap_seconds=36_000), False, "analyze",
-                              ["has timestamps spanning 10:00:00", "900,001 frames at 25 fps",
-                               "above the limit of 90,000 frames"]),
-    "audio-10-hours": (lambda d: make_long_wav(d / "ten-hours.wav", seconds=36_000), True, "audio",
+                              "unreadable_media", ["has timestamps that jump 10:00:00 on after its first 2 frames",
+                                                   "the file is damaged there"]),
+    "audio-10-hours": (lambda d: make_long_wav(d / "ten-hours.wav", seconds=36_000), True, "audio", "too_large",
                        ["lasts 10:00:00 (as its header declares)", "above the limit of 4:00:00",
                         "--max-audio-seconds 14400", "split it"]),
 }  # fmt: skip
