@@ -139,11 +139,26 @@ def unreadable(path: Path, reason: str, fix: str) -> InputError:
                       kind="bad_checkpoint")
 
 
-def check_finite(state: Mapping[str, torch.Tensor], what: str, fix: str) -> None:
+def check_values(state: Mapping[str, torch.Tensor], what: str, fix: str) -> None:
     """Raise ``bad_checkpoint`` where a floating-point tensor of ``state`` holds NaN or an
-    infinity (a diverged training run, a file damaged in transfer): such weights render a
-    black or grey face without a word. ``what``: the file."""
+    infinity (a diverged training run, a file damaged in transfer), or where every kernel
+    (a floating-point tensor of two or more dimensions) holds one value throughout (all
+    zeros: a placeholder, a file saved before training, a download whose data never came):
+    such weights render a black, grey or still face without a word. ``what``: the file."""
+    kernels = constant = zeros = 0
     for name, tensor in state.items():
-        if tensor.is_floating_point() and not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
+        if not tensor.is_floating_point() or tensor.is_meta:
+            continue
+        if not bool(torch.isfinite(tensor).all()):
             raise InputError(f"{what}: its tensor {name} holds NaN or infinite values: these weights cannot render a "
                              f"face. {fix}", kind="bad_checkpoint")  # fmt: skip
+        if tensor.dim() >= 2 and tensor.numel():
+            kernels += 1
+            flat = tensor.reshape(-1)
+            if bool((flat == flat[0]).all()):
+                constant, zeros = constant + 1, zeros + (float(flat[0]) == 0.0)
+    if kernels and constant == kernels:
+        each = "is all zeros" if zeros == kernels else "holds one value throughout"
+        raise InputError(f"{what}: each of its {kernels} weight tensors {each}: these are no trained weights (a "
+                         "placeholder, or a file saved before training), and would render the same face whatever "
+                         f"the audio. {fix}", kind="bad_checkpoint")  # fmt: skip

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
-from heygem_ray.models.checkpoint import SHOWN_KEYS, check_finite, check_keys, read_weights, unwrapped, weights_file
+from heygem_ray.models.checkpoint import SHOWN_KEYS, check_keys, check_values, read_weights, unwrapped, weights_file
 from heygem_ray.packs import StageIO, TensorSpec
 
 __all__ = ["FACE_SIZE", "STAGE_IO", "GFPGANConfig", "GFPGANv1Clean", "load", "restore", "to_faces", "to_network"]
@@ -366,7 +366,7 @@ def load(path: str | os.PathLike[str]) -> GFPGANv1Clean:
     with torch.device("meta"):  # no memory and no initialisation for weights about to be replaced
         net = GFPGANv1Clean(config)
     check_keys(sd, net, f"{path} is not a GFPGAN v1.3/v1.4 clean checkpoint", _FIX)
-    check_finite(sd, str(path), _FIX)
+    check_values(sd, str(path), _FIX)
     net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
     return net.eval()
 

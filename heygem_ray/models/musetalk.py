@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
-from heygem_ray.models.checkpoint import check_finite, check_keys, read_weights, unwrapped
+from heygem_ray.models.checkpoint import check_keys, check_values, read_weights, unwrapped
 from heygem_ray.models.sizes import MUSETALK_CROP, MUSETALK_FILES, MUSETALK_POSITIONS
 
 FILES = MUSETALK_FILES
@@ -164,7 +164,7 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path, 
     """``state`` into ``module`` after its keys and values are checked; ``assign``: the
     module (made on the meta device) takes ``state``'s tensors, as float32."""
     check_keys(state, module, f"{path} does not match its config", _FIX)
-    check_finite(state, str(path), _FIX)
+    check_values(state, str(path), _FIX)
     if not assign:
         module.load_state_dict(state, strict=True)
         return

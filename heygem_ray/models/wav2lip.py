@@ -34,7 +34,7 @@ from torch import nn
 
 from heygem_ray.errors import InputError, InternalError
 from heygem_ray.features import MEL_STEP, N_MELS
-from heygem_ray.models.checkpoint import check_finite, check_keys, read_weights, unwrapped, weights_file
+from heygem_ray.models.checkpoint import check_keys, check_values, read_weights, unwrapped, weights_file
 from heygem_ray.models.sizes import WAV2LIP_EMBED, WAV2LIP_FACE
 
 # MEL_STEP: mel columns per video frame (200 ms at 80 columns/s); N_MELS: mel bands.
@@ -294,7 +294,7 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
         raise InputError(f"{path} is {other}, which trains the generator and cannot render. {_FIX}",
                          kind="bad_checkpoint")
     check_keys(sd, model, f"{path} is not a Wav2Lip generator checkpoint", _FIX)
-    check_finite(sd, str(path), _FIX)
+    check_values(sd, str(path), _FIX)
     model.load_state_dict(sd, strict=True)
     return model.to(map_location).eval()
 

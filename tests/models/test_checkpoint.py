@@ -91,6 +91,27 @@ def test_weights_that_are_not_finite_are_refused_naming_the_tensor(tmp_path: Pat
         gfpgan.load(tmp_path / "inf.pth")
 
 
+def test_weights_that_hold_one_value_throughout_are_refused(tmp_path: Path) -> None:
+    """A Wav2Lip file of the right shapes whose every tensor is zeros (a placeholder, a file
+    saved before training) loaded, and rendered the same mouth whatever the audio; one
+    whose kernels are a constant each, the same. Trained weights with one zero tensor among
+    them (a bias, a layer left at its start) still load."""
+    sd = wav2lip_state_dict()
+    torch.save({"state_dict": {k: torch.zeros_like(v) for k, v in sd.items()}}, tmp_path / "zeros.pth")
+    with pytest.raises(InputError) as err:
+        wav2lip.load(tmp_path / "zeros.pth")
+    kernels = sum(v.is_floating_point() and v.dim() >= 2 for v in sd.values())
+    assert err.value.kind == "bad_checkpoint" and err.value.message.startswith(
+        f"{tmp_path / 'zeros.pth'}: each of its {kernels} weight tensors is all zeros: these are no trained weights")
+    torch.save({"state_dict": {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in sd.items()}},
+               tmp_path / "halves.pth")  # fmt: skip
+    with pytest.raises(InputError, match="weight tensors holds one value throughout"):
+        wav2lip.load(tmp_path / "halves.pth")
+    first = next(k for k, v in sd.items() if v.is_floating_point() and v.dim() >= 2)
+    torch.save({"state_dict": sd | {first: torch.zeros_like(sd[first])}}, tmp_path / "one_zero.pth")
+    wav2lip.load(tmp_path / "one_zero.pth")
+
+
 def test_gfpgan_saved_as_its_bare_state_dict_or_from_data_parallel_loads(tmp_path: Path) -> None:
     """As Wav2Lip's does; and Wav2Lip given GFPGAN's file says which it is."""
     write_gfpgan(tmp_path / "public.pth")
