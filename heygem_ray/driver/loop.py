@@ -211,7 +211,8 @@ def _keep_ended(pending: dict[ray.ObjectRef, tuple[Job, int]], cfg: RunConfig, c
     render them again. A job that would have been tried again says ``stopped``, as does
     one whose row cannot be kept (the cause of the stop may be the same)."""
     try:
-        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        # (fetch_local=False: ready where they are; a row on another node is fetched by its get)
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0, fetch_local=False)
     except RayError as exc:  # Ray itself may be why the run stops
         log.warning("the jobs that ended as the run stopped could not be read: %s", exc)
         return
