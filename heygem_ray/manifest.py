@@ -85,11 +85,15 @@ def row_label(row: int, job_id: str) -> str:
     return f"row {row} (job {job_id!r})"
 
 
-def read_manifest(path: Location, output_dir: Location, reserved: frozenset[str] = frozenset()) -> list[Job]:
+def read_manifest(path: Location, output_dir: Location, reserved: frozenset[str] = frozenset(), *,
+                  folds_case: bool = False) -> list[Job]:  # fmt: skip
     """Read ``path`` and resolve every row against its folder and ``output_dir``.
 
     ``reserved`` names result columns; a carried manifest column with such a name is
-    renamed ``manifest_<name>`` so it never overwrites a result.
+    renamed ``manifest_<name>`` so it never overwrites a result. ``folds_case``: the
+    output folder's file system takes names that differ only in case as one file (macOS's
+    and Windows' by default: ``storage.check_writable`` finds out), and so do the checks
+    that no two rows write one file and that no row writes an input.
     """
     table = _read_table(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
@@ -113,7 +117,7 @@ def read_manifest(path: Location, output_dir: Location, reserved: frozenset[str]
     for batch in table.to_batches():  # rows as dicts a batch at a time, not all at once
         for r in batch.to_pylist():
             jobs.append(_make_job(len(jobs) + 1, ids[len(jobs)], r, base, resolve, out_root, reserved))
-    _check_outputs(path, jobs, base)
+    _check_outputs(path, jobs, base, folds_case)
     return jobs
 
 
@@ -552,22 +556,27 @@ def _name_problem(output: str, target: Location) -> str | None:
     return None
 
 
-def _check_outputs(path: Location, jobs: list[Job], base: Location) -> None:
+def _check_outputs(path: Location, jobs: list[Job], base: Location, folds_case: bool = False) -> None:
     """Stop when two rows would write one file, or a row would write a file that a row
     reads (its own audio or video, or another's: an --output-dir that is the media
     folder, say), so that inputs are never replaced. Files are compared as the file
     system finds them (symbolic links followed) and buckets by their normalised keys, with
     one lookup per file: it grows with the rows, never with their pairs
-    (bench/bench_manifest.py)."""
-    real = _RealPaths()
+    (bench/bench_manifest.py). ``folds_case``: local names are compared as a file system
+    that does not tell upper from lower case compares them."""
+    real = _RealPaths(folds_case)
     writers: dict[str | Uri, list[Job]] = defaultdict(list)
     for j in jobs:
         if j.output is not None:
             writers[real(j.output)].append(j)
     for file, rows in writers.items():
         if len(rows) > 1:
+            names = sorted({str(j.output) for j in rows})
+            cased = len({unicodedata.normalize("NFC", n).casefold() for n in names}) < len(names)
+            one = (f"{', '.join(names)}, which this output folder's file system takes as one file (it does not tell "
+                   "upper from lower case)") if folds_case and cased else file  # fmt: skip
             raise InputError(
-                f"manifest {path}: rows {', '.join(str(j.row) for j in rows)} would all write {file}; "
+                f"manifest {path}: rows {', '.join(str(j.row) for j in rows)} would all write {one}; "
                 "give each row its own job_id or output",
                 kind="bad_manifest",
             )
@@ -616,10 +625,13 @@ def _file_id(file: str | Uri) -> tuple[int, int] | None:
 class _RealPaths:
     """A location → the file it names, as a key to compare: for a local path, the text of
     its folder with symbolic links resolved (once per folder), then of the file itself if
-    it is a link; a bucket key as it is (``gcs://`` read as ``gs://``)."""
+    it is a link; a bucket key as it is (``gcs://`` read as ``gs://``). ``folds_case``: a
+    local path's text in one case and one Unicode form, as macOS's and Windows' file systems
+    compare names."""
 
-    def __init__(self) -> None:
+    def __init__(self, folds_case: bool = False) -> None:
         self._folders: dict[str, str] = {}
+        self._folds = folds_case
 
     def __call__(self, loc: Location) -> str | Uri:
         if isinstance(loc, Uri):
@@ -629,7 +641,8 @@ class _RealPaths:
         if folder is None:
             folder = self._folders[parent] = os.path.realpath(parent or os.sep).rstrip(os.sep)
         found = f"{folder}{os.sep}{name}"
-        return os.path.realpath(found) if os.path.islink(found) else found
+        real = os.path.realpath(found) if os.path.islink(found) else found
+        return unicodedata.normalize("NFC", real).casefold() if self._folds else real
 
 
 def _text(value: Any) -> str:

@@ -472,22 +472,26 @@ def _libc_fallocate() -> Any:
     return fallocate
 
 
-def check_writable(folder: Location) -> None:
+def check_writable(folder: Location) -> bool:
     """Write a small file into ``folder`` (a local folder, made if missing, or a bucket
     prefix) and delete it, so that a folder the run cannot write stops it at once, with a
     ``storage`` error saying what to do, rather than after its workers started. Folders
-    it had to make are removed again: nothing is left behind."""
+    it had to make are removed again: nothing is left behind. Returns whether the folder's
+    file system takes names that differ only in case as one file (macOS's and Windows' by
+    default; never a bucket's): the file is found under its name in upper case."""
     probe = folder / f".heygem-probe-{_token()}"
     with storage_errors(folder):
         made = [] if isinstance(folder, Uri) else [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         # bytes, not an empty file: a full disk refuses them
         write_bytes(probe, b"heygem-ray write probe\n", durable=False)
+        folds = isinstance(probe, Path) and probe.with_name(probe.name.upper()).exists()
         remove(probe)
     finally:
         for p in made:  # the deepest first
             with contextlib.suppress(OSError):
                 p.rmdir()
+    return folds
 
 
 def upload(source: Path | BinaryIO, dest: Uri) -> None:

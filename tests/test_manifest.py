@@ -441,6 +441,36 @@ def test_an_output_through_a_link_that_leads_out_of_the_folder_names_the_link(tm
     assert (tmp_path / "in" / "presenter.mp4").read_bytes() == b"the take"
 
 
+def test_on_a_folder_that_does_not_tell_case_names_that_differ_only_in_case_are_one_file(tmp_path):
+    """On macOS's and Windows' file systems (by default) `Intro.mp4` and `intro.mp4` are one
+    file: two rows wrote it, the second over the first, both `ok` (from an audit). Where the
+    output folder folds case, such rows stop the manifest check naming both, as two rows of
+    one output do, and so does a row whose output is an input by another case. (This
+    machine's file systems all tell case: ``check_writable`` finds so, and the rows pass.)"""
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "Presenter.mp4").write_bytes(b"the take")
+    m = write(media / "m.csv", "job_id,audio,video\nIntro,a.wav,Presenter.mp4\nintro,a.wav,Presenter.mp4\n")
+    out = tmp_path / "out"
+    assert storage.check_writable(out) is False and not out.exists()
+    assert [j.output for j in read_manifest(m, out)] == [out / "Intro.mp4", out / "intro.mp4"]
+    with pytest.raises(InputError) as caught:
+        read_manifest(m, out, folds_case=True)
+    assert caught.value.kind == "bad_manifest" and caught.value.message == (
+        f"manifest {m}: rows 1, 2 would all write {out / 'Intro.mp4'}, {out / 'intro.mp4'}, which this output "
+        "folder's file system takes as one file (it does not tell upper from lower case); give each row its own "
+        "job_id or output"
+    )
+    m = write(media / "n.csv", "job_id,audio,video\npresenter,a.wav,Presenter.mp4\n")
+    assert [j.output for j in read_manifest(m, media)] == [media / "presenter.mp4"]
+    with pytest.raises(InputError) as caught:
+        read_manifest(m, media, folds_case=True)
+    assert caught.value.message.startswith(
+        f"manifest {m}: row 1 (job 'presenter') would write {media / 'presenter.mp4'}, which is its own video "
+        f"({media / 'Presenter.mp4'}, the same file); rendering would replace an input")
+    assert (media / "Presenter.mp4").read_bytes() == b"the take"
+
+
 def test_a_manifest_that_is_the_runs_own_results_table_is_refused_and_kept(tmp_path, examples):
     """`submit out/results.parquet -o out` replaced the manifest with the run's own table."""
     out = tmp_path / "out"

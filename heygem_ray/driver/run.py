@@ -95,9 +95,9 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     #    output folder the run cannot write (before Ray is even connected)
     where = storage.location(manifest)
     _refuse_own_files(where, cfg.output_dir)
-    jobs = [_settings_checked(job, cfg) for job in read_manifest(where, cfg.output_dir,
-                                                                  reserved=RESULT_COLUMNS)]  # fmt: skip
-    storage.check_writable(cfg.output_dir)
+    folds_case = storage.check_writable(cfg.output_dir)
+    jobs = [_settings_checked(job, cfg) for job in read_manifest(where, cfg.output_dir, reserved=RESULT_COLUMNS,
+                                                                  folds_case=folds_case)]  # fmt: skip
     # 2. hold the output folder: a run into a folder another run holds stops here
     run_id = uuid.uuid4().hex[:12]
     with hold_output(cfg.output_dir, f"run {run_id} of {where}, {len(jobs)} row{'s' * (len(jobs) != 1)}") as lease:
