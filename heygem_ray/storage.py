@@ -839,7 +839,8 @@ def _lock_stamp(f: Any) -> int | None:
 def _holder() -> str:
     """This process, as a lock's waiter names it: pid, machine, command line."""
     try:
-        command = Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        # (on one line: an argument may hold line breaks, a `python -c` script's, say)
+        command = " ".join(Path("/proc/self/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
     except OSError:
         command = ""
     return f"pid {os.getpid()} on {socket.gethostname()}" + (f" ({command[:160]})" if command else "")

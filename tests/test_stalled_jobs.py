@@ -8,8 +8,10 @@ not stalled."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -264,3 +266,76 @@ def test_a_variable_rate_take_whose_count_outlasts_the_stall_timeout_is_not_stal
     assert proc.returncode == 0, said
     (row,) = [line.split(maxsplit=5)[1:] for line in proc.stdout.splitlines() if line.startswith("ROW ")]
     assert row[:3] == ["phone", "ok", "1"], said
+
+
+# Analyses a reference into a template cache, as `preview` does: holds its template's lock.
+ANALYSES = """
+import sys
+from pathlib import Path
+from heygem_ray.analyze import analyze
+from heygem_ray.config import DetectorConfig
+from heygem_ray.packs import get_pack
+
+analyze(Path(sys.argv[1]), get_pack("warp").geometry, DetectorConfig(), Path(sys.argv[2]))
+"""
+
+# A run joined to the test process's Ray instance whose job tasks take a lock whose file
+# has not changed for 2 s as held by a process that is not running (storage.LOCK_QUIET_S).
+QUIET_LOCK = """
+import logging, os, sys
+from pathlib import Path
+import ray
+from heygem_ray import RenderConfig, RunConfig, submit
+
+
+def quiet_soon():
+    from heygem_ray import storage
+    storage.LOCK_QUIET_S = 2.0
+
+
+folder = Path(sys.argv[1])
+ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING,
+         runtime_env={"worker_process_setup_hook": quiet_soon})
+cfg = RunConfig(output_dir=folder / "out", cache_dir=folder / "cache", engines_dir=folder / "engines",
+                job_stall_timeout_s=4)
+summary = submit(folder / "m.csv", cfg)
+import pyarrow.parquet as pq
+for r in pq.read_table(summary.results_path).to_pylist():
+    print("ROW", r["job_id"], r["status"], r["attempts"], r["error_kind"], r["error_step"], r["error"] or "")
+ray.shutdown()
+"""
+
+
+def test_a_job_waiting_on_a_template_lock_whose_holder_is_paused_fails_stalled_naming_it(
+        tmp_path, examples, ray_join):  # fmt: skip
+    """A `preview` paused with Ctrl-Z while it analyses a reference holds that template's
+    lock: a job of the night on the same reference waited for it for ever, counted as
+    waiting. Once the lock's file has not changed for LOCK_QUIET_S, the wait is the job's:
+    it is stopped as stalled, tried once more, and its row fails `stalled`, naming the lock
+    and its holder; the holder is left as it was (paused: its owner's to stop)."""
+    make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=1.0)
+    clip = lecture_clip(tmp_path / "lecture.mp4", size=(1920, 1080), face=160, seconds=8.0)
+    (tmp_path / "m.csv").write_text(f"job_id,audio,video\nwaits,a.wav,{clip.path}\n")
+    holder = subprocess.Popen([sys.executable, "-c", ANALYSES, str(clip.path), str(tmp_path / "cache")])
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "cache").glob(".*.tmp/frames.bin")):
+            assert holder.poll() is None and time.monotonic() < deadline, "the analysis ended before it was paused"
+            time.sleep(0.01)
+        holder.send_signal(signal.SIGSTOP)
+        proc = subprocess.run([sys.executable, "-c", QUIET_LOCK, str(tmp_path)], capture_output=True, text=True,
+                              timeout=300, env=ray_join)  # fmt: skip
+        assert Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "T"  # still paused
+    finally:
+        holder.kill()
+        holder.wait()
+    said = proc.stdout + proc.stderr[-6000:]
+    assert proc.returncode == 0, said
+    (row,) = [line.split(maxsplit=6) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+    assert row[1:6] == ["waits", "failed", "2", "stalled", "analyze"], said
+    error = row[6]
+    assert error.startswith("row 1 (job 'waits'): made no progress for "), error
+    (lock,) = (tmp_path / "cache").glob("*.lock")
+    assert f"it waited for the lock {lock}, held by pid {holder.pid} on " in error, error
+    assert "which was not seen running for 2 s and more (a process paused, with Ctrl-Z say" in error, error
+    assert error.endswith("its task was stopped. Then run the same manifest again"), error
