@@ -227,6 +227,21 @@ def test_a_take_whose_index_breaks_its_timing_says_so_and_what_helps(tmp_path) -
     ), caught.value.message
 
 
+def test_a_slideshow_take_a_picture_every_15_s_is_long_not_damaged(tmp_path) -> None:
+    """Half an hour of pictures 15 s apart (a slideshow export, a valid file): over the frame
+    limit at its read rate, it is too long, and --reference-seconds renders it; a first
+    version of the damaged-timestamps rule (a frame more than 10 s apart on average) called
+    it damaged, advising a new copy (found by a review)."""
+    slides = tmp_path / "slides.mp4"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=1/15:duration=1800",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-r", "1/15", str(slides)], check=True)  # fmt: skip
+    with pytest.raises(InputError) as caught:
+        media.probe_video(slides, max_frames=10_000)
+    assert caught.value.kind == "too_large" and "--reference-seconds 300" in caught.value.message, caught.value.message
+    info = media.probe_video(slides, max_frames=10_000, max_seconds=300)
+    assert info.cut and info.frames == 7_500
+
+
 def test_with_reference_seconds_the_frame_limit_bounds_the_frames_used(tmp_path, examples) -> None:
     """The 4-s example (100 frames) under a limit of 50: refused whole, as before; its first
     second (25 frames) is analysed; its first 3 (75 frames) are over the limit, and the

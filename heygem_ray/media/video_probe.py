@@ -700,9 +700,10 @@ def _looks_like_image(container: av.container.InputContainer, stream: av.video.s
 
 
 # Seconds between a stream's frames, on average over its timestamps' span, past which a
-# span over the frame limit is taken as damaged timestamps (a composition offset or a
-# time scale broken: 100 frames spread over hours), not a long take.
-SPARSE_GAP_S = 10.0
+# span over the frame limit is taken as damaged timestamps (a time scale broken: 100
+# frames spread over hours, one every 512 s), not a long take: no camera's take, nor a
+# slideshow's (a picture every 15 s is one, which a cut renders), is that sparse.
+SPARSE_GAP_S = 300.0
 
 
 def _check_span(
