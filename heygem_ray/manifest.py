@@ -529,14 +529,15 @@ def _blocked(target: Location, out_root: Location) -> str | None:
 
 
 def _link_out(out_root: Path, output: str) -> Path | None:
-    """The symbolic link on the way from ``out_root`` to ``output`` (a relative path that
-    stays inside it as written) that leads out of it, if one does."""
+    """The first symbolic link on the way from ``out_root`` to ``output`` (a relative path
+    that stays inside it as written) that leads out of it, if one does."""
     written = Path(os.path.normpath(out_root / output))
     if not storage.is_inside(written, out_root):
         return None
     for step in reversed([written, *written.parents]):
         if storage.is_inside(step, out_root) and step != out_root and step.is_symlink():
-            return step
+            if not storage.is_inside(step.resolve(), out_root):
+                return step
     return None
 
 
