@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
 
-from heygem_ray import heap, storage
+from heygem_ray import heap, locks, storage
 from heygem_ray.cli import describe_workers
 from heygem_ray.config import (
     BackendName,
@@ -52,7 +52,7 @@ from heygem_ray.config import (
     default_engines_dir,
 )
 from heygem_ray.driver import RunCallbacks, submit
-from heygem_ray.driver.hold import hold_output
+from heygem_ray.driver.hold import RUN_LOCK, hold_output
 from heygem_ray.driver.resume import again_lines
 from heygem_ray.errors import HeygemError, Interrupted, RunStopped, first_line
 from heygem_ray.results import JobResult
@@ -215,9 +215,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunStopped as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         _say(date, f"stopped part-way; exit {exc.exit_status}")
-        cause = exc.__cause__
-        if isinstance(cause, HeygemError) and cause.kind == "output_locked":  # taken over: run.json is the other run's
-            return exc.exit_status
         _write_run(out, run | {"exit_code": exc.exit_status, "error": exc.message})
         return exc.exit_status
     except HeygemError as exc:
@@ -322,11 +319,29 @@ def _write_run(out: Location, run: dict[str, Any], *, ended: bool = True) -> Non
     be written (the folder the run could not write either, say) is a log line, not a second
     error."""
     if ended:
+        if (other := _held_by_another(out)) is not None:  # taken over while this night ran: its run.json
+            _say(run["date"], f"{RUN_FILE} not written: the folder is another run's now ({other})")
+            return
         run = run | {"state": "ended", "ended_at": _now()}
     try:
         storage.write_bytes(out / RUN_FILE, (json.dumps(run, indent=2) + "\n").encode())
     except HeygemError as exc:
         _say(run["date"], f"{RUN_FILE} not written: {exc.message}")
+
+
+def _held_by_another(out: Location) -> str | None:
+    """Who holds the night's folder now, once the night has let it go: another run that took
+    it over while the night ran (its heartbeat had stopped), or started since; None."""
+    try:
+        found = locks.look(out / RUN_LOCK)
+    except (OSError, HeygemError):
+        return None
+    if found is None or not found[1]:
+        return None
+    held, me = found[0], locks.Holder.me("")
+    if held.holder is not None and (held.holder.host, held.holder.pid) == (me.host, me.pid):
+        return None  # this night's own, left where its release could not delete it
+    return held.describe()
 
 
 def _say(date: str, message: str) -> None:

@@ -127,7 +127,7 @@ def test_run_json_says_a_night_is_under_way_from_when_it_holds_its_folder(folder
 # folder another run takes over as its first row is kept: that run's lock and run.json
 # replace this one's. Prints the exit status.
 _TAKEN_OVER = """
-import json, runpy, sys, time
+import json, os, runpy, sys, time
 from pathlib import Path
 from heygem_ray import locks
 from heygem_ray.driver import resume
@@ -140,7 +140,9 @@ def kept_then_taken_over(output_dir, result):
     kept = record(output_dir, result)
     resume.record = record
     lock = Path(output_dir) / RUN_LOCK
-    other = json.loads(lock.read_text()) | {"token": "0" * 32, "pid": 1, "what": "the other run"}
+    alive = os.getppid()  # (the test's own process: a holder that is running)
+    other = json.loads(lock.read_text()) | {"token": "0" * 32, "pid": alive, "what": "the other run",
+                                             "process_start": locks._process_start(alive)}
     lock.write_text(json.dumps(other))
     (Path(output_dir) / "run.json").write_text('{"by": "the other run"}')
     time.sleep(2)  # its heartbeat finds the lock another's
@@ -166,6 +168,7 @@ def test_a_night_whose_folder_is_taken_over_leaves_the_other_runs_run_json_alone
                           env=ray_join, capture_output=True, text=True, timeout=400)  # fmt: skip
     assert "EXIT 1" in proc.stdout.splitlines(), proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "was taken over while this process held it" in proc.stderr, proc.stderr[-3000:]
+    assert "run.json not written: the folder is another run's now (pid " in proc.stdout, proc.stdout[-3000:]
     assert json.loads((night / "run.json").read_text()) == {"by": "the other run"}
     assert not (night / "results.parquet").exists()
 
