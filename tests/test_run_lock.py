@@ -19,7 +19,7 @@ import pytest
 
 from heygem_ray import RunConfig, storage, submit
 from heygem_ray.driver import RunCallbacks
-from heygem_ray.driver.hold import RUN_LOCK
+from heygem_ray.driver.hold import RUN_LOCK, hold_output, runs_inside
 from heygem_ray.errors import InputError
 from heygem_ray.job.compose import PARTIAL_SUFFIX
 from heygem_ray.storage import Location
@@ -118,6 +118,20 @@ def test_runs_into_folders_one_inside_the_other_are_refused_where_their_videos_w
         beside = subprocess.run([exe, "submit", "m.csv", "-o", "out", "--address", "ray://127.0.0.1:9"], cwd=folder,
                                 capture_output=True, text=True, timeout=120)  # fmt: skip
         assert beside.returncode == 2 and "could not reach the Ray cluster" in beside.stderr, beside.stderr[-2000:]
+
+
+def test_in_a_bucket_a_prefix_inside_the_run_s_that_a_live_run_holds_is_found(bucket):
+    """Runs into prefixes one inside the other, in a bucket: the prefix around this run's,
+    and one inside it that its rows write into (found from one listing of the prefix)."""
+    with _held(bucket / "out" / "sub") as holder:
+        assert runs_inside(bucket / "out", [bucket / "out/a.mp4", bucket / "out/other/b.mp4"]) is None
+        said = runs_inside(bucket / "out", [bucket / "out/a.mp4", bucket / "out/sub/deeper/c.mp4"])
+        assert said is not None and said.startswith(f"{bucket / 'out/sub'} is in use by another run: pid {holder.pid}")
+        with pytest.raises(InputError) as refused, hold_output(bucket / "out/sub/x", "a run inside"):
+            pass
+        assert refused.value.kind == "output_locked"
+        assert refused.value.message.startswith(f"{bucket / 'out/sub/x'} is inside {bucket / 'out/sub'}, which another "
+                                                f"run writes into: pid {holder.pid} ")  # fmt: skip
 
 
 class _LockRead(RunCallbacks):

@@ -69,14 +69,22 @@ def runs_inside(output_dir: Location, outputs: Iterable[Location]) -> str | None
     does. (That run's outputs and this one's would land in one folder, each writing over
     the other's; each cleaning up the other's unfinished files.)"""
     root = output_dir.resolve()
+    folders: list[Location] = []  # the folders below the root that rows write into, and those between
     seen: set[Location] = set()
     for output in outputs:
         folder = output.parent
         while folder != root and storage.is_inside(folder, root) and folder not in seen:
             seen.add(folder)
-            if (held := _live_run(folder)) is not None:
-                return f"{folder} is in use by another run: {held.describe()}; rows of this manifest write there"
+            folders.append(folder)
             folder = folder.parent
+    if folders and not isinstance(root, Path):
+        # In a bucket, the prefix's run locks from one listing (a request per 1000 keys), not
+        # a request per folder (one for each row, for a manifest of a folder a row).
+        locked = {loc.parent for loc in storage.list_files(root, recursive=True) if loc.name == RUN_LOCK}
+        folders = [f for f in folders if f in locked]
+    for folder in folders:
+        if (held := _live_run(folder)) is not None:
+            return f"{folder} is in use by another run: {held.describe()}; rows of this manifest write there"
     return None
 
 
