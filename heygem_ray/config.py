@@ -457,7 +457,7 @@ def settings_change(before: str, now: str) -> str:
 def _said(settings: dict[str, Any], key: str) -> str:
     """A setting's value as a person typed it (90, not 90.0), or ``(not set)``."""
     value = settings.get(key, "(not set)")
-    return f"{value:g}" if isinstance(value, float) and value.is_integer() else str(value)
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:

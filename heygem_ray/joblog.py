@@ -6,11 +6,11 @@ process carries the attribute ``job``: the manifest row's job id (``-`` outside 
 * A Ray worker process without logging set up (Ray's default) gets one handler on the
   ``heygem_ray`` logger that writes ``FORMAT`` lines to stderr, e.g.::
 
-      2026-01-05 02:14:07,311 WARNING heygem_ray.driver.loop job=lesson-17 status=failed step=analyze ...
+      2026-01-05 02:14:07,311 WARNING heygem_ray.driver.task job=lesson-17 status=failed step=analyze ...
 
   Ray keeps them in the task's log (dashboard → Jobs → a task ``job`` → Logs) and
   streams them to the driver's console, prefixed ``(job pid=…)``; the record itself
-  names the job (tasks share one name, see ``ray_exec.JOB_TASK``).
+  names the job (tasks share one name, see ``driver.calls.JOB_TASK``).
 * Where logging is already set up, e.g. ``ray.init(logging_config=ray.LoggingConfig(
   encoding="JSON"))``, nothing is added: Ray's formatters write every extra record
   attribute, so each line has a ``job`` field beside Ray's ``task_name`` and ``node_id``.

@@ -411,22 +411,28 @@ def write_bytes(dest: Location, data: bytes | memoryview, *, durable: bool = Tru
 def _durable(tmp: Path, dest: Path) -> None:
     """Rename the local file ``tmp`` to ``dest``, its data flushed to the disk first and the
     rename after (``fsync`` of the file, then of ``dest``'s folder), so that a crash of the
-    machine cannot leave ``dest`` empty or short. A folder whose file system cannot flush a
-    folder (some network and FUSE ones say EINVAL) is left as it is."""
+    machine cannot leave ``dest`` empty or short. A file system that cannot flush (some
+    network and FUSE ones say EINVAL) is left as it is; the folder's flush is the rename's,
+    after it is done: its failure (a folder this user may not read) is no failed write."""
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)  # (a network file system may report a failed write only here)
-    finally:
-        os.close(fd)
-    os.replace(tmp, dest)
-    fd = os.open(dest.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
     except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+        if exc.errno not in _NO_FLUSH:
             raise
     finally:
         os.close(fd)
+    os.replace(tmp, dest)
+    with contextlib.suppress(OSError):
+        fd = os.open(dest.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# What fsync says on a file system that cannot flush a file.
+_NO_FLUSH = (errno.EINVAL, errno.ENOTSUP, errno.EBADF)
 
 
 def allocate(path: Path) -> None:
@@ -861,8 +867,8 @@ def _beating(fd: int) -> threading.Event:
     set. From a thread of its own, on a duplicate of ``fd`` it closes itself: a lock file on
     a disk that stopped answering holds up only its own beats, never another lock's, nor
     the release of any (its holder goes on, and unlocks with ``fd``). A process out of
-    descriptors holds the lock without beats (its waiters take it as paused after
-    ``LOCK_QUIET_S``)."""
+    descriptors or threads holds the lock without beats (its waiters take it as paused
+    after ``LOCK_QUIET_S``)."""
     stop = threading.Event()
     try:
         own = os.dup(fd)
@@ -877,5 +883,8 @@ def _beating(fd: int) -> threading.Event:
         finally:
             os.close(own)
 
-    threading.Thread(target=beat, name="lock-heartbeat", daemon=True).start()
+    try:
+        threading.Thread(target=beat, name="lock-heartbeat", daemon=True).start()
+    except RuntimeError:  # no thread to be had: held without beats, as without descriptors
+        os.close(own)
     return stop

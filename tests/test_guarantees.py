@@ -209,8 +209,8 @@ def test_a_temporary_folder_too_full_for_a_local_ray_stops_the_run_at_once_sayin
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert re.fullmatch(
         rf"error: {re.escape(str(disk / 'ray'))}: only [0-9.]+ (KiB|MiB) free, where a local Ray instance keeps its "
-        r"session and its workers' logs \(it needs 64 MiB or more\): free space on that disk, or give RAY_TMPDIR "
-        r"\(or TMPDIR\) a folder on another one\n", proc.stderr,
+        r"session and its workers' logs \(it needs 64 MiB or more\): free space on that disk, or give RAY_TMPDIR a "
+        r"folder on another one \(it comes before TMPDIR, which macOS's Ray does not read\)\n", proc.stderr,
     ), proc.stderr[-3000:]
     assert not (lesson.parent / "out" / "results.parquet").exists() and not (disk / "ray").exists()
 

@@ -84,8 +84,11 @@ MIN_RAY_TEMP_BYTES = 64 << 20
 def _local_temp() -> Path:
     """The folder a local Ray instance keeps its session in, as Ray chooses it: RAY_TMPDIR,
     else (on Linux) TMPDIR, else /tmp; then ``ray`` in it."""
-    base = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
-    return Path(base or "/tmp") / "ray"
+    if "RAY_TMPDIR" in os.environ:
+        return Path(os.environ["RAY_TMPDIR"]) / "ray"
+    if sys.platform.startswith("linux") and "TMPDIR" in os.environ:
+        return Path(os.environ["TMPDIR"]) / "ray"
+    return Path("/tmp") / "ray"
 
 
 def _free_bytes(folder: Path) -> int | None:
@@ -109,7 +112,7 @@ def _check_room(folder: Path) -> None:
         raise InputError(
             f"{folder}: only {readable_size(free)} free, where a local Ray instance keeps its session and its "
             f"workers' logs (it needs {readable_size(MIN_RAY_TEMP_BYTES)} or more): free space on that disk, or give "
-            "RAY_TMPDIR (or TMPDIR) a folder on another one",
+            "RAY_TMPDIR a folder on another one (it comes before TMPDIR, which macOS's Ray does not read)",
             kind="storage",
         )
 

@@ -170,10 +170,12 @@ def _render_all(
                     metrics.record_job(row)  # here, where a row is final: a retried attempt is not a job
             on_frames(ask(router.total))
     finally:
-        if pending:  # only when the run stops early
-            _keep_ended(pending, cfg, config_hash, on_result)
-        for ref in pending:  # tasks that would report to no one
-            ray.cancel(ref)
+        try:
+            if pending:  # only when the run stops early
+                _keep_ended(pending, cfg, config_hash, on_result)
+        finally:  # (also where a signal came meanwhile)
+            for ref in pending:  # tasks that would report to no one
+                ray.cancel(ref)
 
 
 def _ended(ref: ray.ObjectRef, pending: dict[ray.ObjectRef, tuple[Job, int]], cfg: RunConfig,

@@ -129,8 +129,8 @@ def _for_this_job(
         with storage_errors(scratch):
             # Sparse: only the frames used get blocks (holding the whole template's, 32 KiB a frame for
             # MuseTalk, would cost a job gigabytes of scratch for minutes of audio). Written with
-            # pwrite, not through a memory map: a full disk is then an error here (the row fails
-            # ``storage``), where a page written through the map would kill the process (SIGBUS).
+            # plain writes, not through a memory map: a full disk is then an error here (the row
+            # fails ``storage``), where a page written through the map would kill the process (SIGBUS).
             header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
             start, item = header.offset, header[0].nbytes
             del header
