@@ -439,6 +439,15 @@ def test_an_output_through_a_link_that_leads_out_of_the_folder_names_the_link(tm
         f"output 'videos/j2.mp4' goes through the link {out / 'videos'} → {tmp_path / 'in'}, which leads outside")
     assert three.problem is not None and "would be written outside the output folder" in three.problem.message
     assert (tmp_path / "in" / "presenter.mp4").read_bytes() == b"the take"
+    # A link that stays inside is not the one named: the one after it that leads out is.
+    (out / "real").mkdir()
+    (out / "inner").symlink_to(out / "real")
+    (out / "real" / "away").symlink_to(tmp_path / "in")
+    m = write(tmp_path / "n.csv", "job_id,audio,video,output\nj4,a.wav,v.mp4,inner/away/j4.mp4\n")
+    (four,) = read_manifest(m, out)
+    assert four.problem is not None and four.problem.message.startswith(
+        f"output 'inner/away/j4.mp4' goes through the link {out / 'inner' / 'away'} → {tmp_path / 'in'}, which leads "
+        "outside"), four.problem.message
 
 
 def test_on_a_folder_that_does_not_tell_case_names_that_differ_only_in_case_are_one_file(tmp_path):
