@@ -392,8 +392,9 @@ def track_reference(
             {"reference_start": math.floor(start * 10) / 10},
         )
     if track is None or found < MIN_DETECTED_FRACTION * frames:
+        said = "no face found" if found == 0 else "too few frames with a face"  # (for a template of the take)
         raise InputError(
-            f"reference {video}: no face found (the presenter's face was detected in {found} of its "
+            f"reference {video}: {said} (the presenter's face was detected in {found} of its "
             f"{frames} frame(s)); faces are searched for from {detector_cfg.min_face} pixels wide, "
             "facing the camera. Use a video or photo where the presenter faces the camera and is "
             "well lit, or, for a smaller face, lower the smallest face searched for "

@@ -824,6 +824,19 @@ def test_a_take_with_the_presenter_in_its_last_seconds_only_names_where(tmp_path
     assert template.present.mean() > 0.9
 
 
+def test_a_take_with_the_presenter_in_its_last_half_second_says_too_few_frames_not_no_face(tmp_path) -> None:
+    """Its 12 frames with a face are too short a stretch to name as a start (under 1 s); the
+    message said 'no face found (… detected in 12 of its 150 frame(s))', which contradicts
+    itself (found by an audit)."""
+    take = lecture_clip(tmp_path / "late.mp4", size=(640, 360), face=100, seconds=6.0, corner="centre",
+                        motion="still", absent=(0.0, 5.5)).path  # fmt: skip
+    with pytest.raises(InputError) as caught:
+        analyze(take, GEOMETRY, DETECTOR, tmp_path / "cache")
+    assert not isinstance(caught.value, PresenterLater) and caught.value.kind == "no_face"
+    assert caught.value.message.startswith(f"reference {take}: too few frames with a face (the presenter's face was "
+                                           "detected in "), caught.value.message  # fmt: skip
+
+
 def test_a_take_without_a_face_anywhere_still_says_no_face_found(tmp_path) -> None:
     slide = make_video(tmp_path / "slide.mp4", seconds=2.0, size=(160, 120))
     with pytest.raises(InputError) as caught:
