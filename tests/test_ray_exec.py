@@ -58,7 +58,8 @@ ray.shutdown()
 def test_an_error_in_result_handling_ends_the_actors_and_reaches_the_caller(tmp_path, examples):
     """The caller's callback raises on the first finished row: the run stops, its model
     workers and progress actor end, the table still holds a row per job, and the caller
-    gets the error with its message (not a run that 'rendered nothing')."""
+    gets the error with its message (not a run that 'rendered nothing'). A job that ended
+    too as the run stopped keeps its row (how many did depends on timing)."""
     make_excerpt(examples / "lesson1.wav", tmp_path / "a.wav", seconds=1.0)
     shutil.copy(examples / "presenter.jpg", tmp_path / "p.jpg")
     rows = [f"job{i},a.wav,p.jpg" for i in range(4)]
@@ -70,7 +71,6 @@ def test_an_error_in_result_handling_ends_the_actors_and_reaches_the_caller(tmp_
     lines = proc.stdout.splitlines()
     stopped = [line for line in lines if line.startswith("STOPPED")]
     assert len(stopped) == 1, lines
-    assert "the run stopped after 1 of 4 jobs had ended: RuntimeError: the caller's callback broke on job" in stopped[0]
     assert str(tmp_path / "out" / "results.parquet") in stopped[0]
     assert any(line.startswith("CAUSE RuntimeError(\"the caller's callback broke on job") for line in lines), lines
 
@@ -82,9 +82,11 @@ def test_an_error_in_result_handling_ends_the_actors_and_reaches_the_caller(tmp_
     table = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
     assert sorted(r["job_id"] for r in table) == [f"job{i}" for i in range(4)]
     ended = [r for r in table if r["status"] == "ok"]
-    assert len(ended) == 1 and len(media.read_video(Path(ended[0]["output"]))[0]) == ended[0]["frames"] == 25
+    assert ended and all(len(media.read_video(Path(r["output"]))[0]) == r["frames"] == 25 for r in ended), table
+    assert (f"the run stopped after {len(ended)} of 4 jobs had ended: RuntimeError: the caller's callback broke on "
+            "job") in stopped[0]  # fmt: skip
     for r in table:
-        if r is not ended[0]:
+        if r not in ended:
             assert (r["status"], r["error_kind"]) == ("failed", "stopped")
             assert "the run stopped before this job ended (RuntimeError: the caller's callback broke on" in r["error"]
 

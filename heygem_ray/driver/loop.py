@@ -225,7 +225,7 @@ def _keep_ended(pending: dict[ray.ObjectRef, tuple[Job, int]], cfg: RunConfig, c
         try:
             on_result(result)
         except Exception as exc:  # the run is stopping for a reason of its own, maybe this one
-            log.warning("row %d (job %r) ended as the run stopped, but its row could not be kept: %s", result.row,
+            log.warning("row %d (job %r) ended as the run stopped; handing on its row failed: %s", result.row,
                         result.job_id, exc)  # fmt: skip
             continue
         metrics.record_job(result)
