@@ -573,7 +573,7 @@ def _check_outputs(path: Location, jobs: list[Job], base: Location, folds_case: 
     for file, rows in writers.items():
         if len(rows) > 1:
             names = sorted({str(j.output) for j in rows})
-            cased = len({unicodedata.normalize("NFC", n).casefold() for n in names}) < len(names)
+            cased = len({_folded(n) for n in names}) < len(names)
             one = (f"{', '.join(names)}, which this output folder's file system takes as one file (it does not tell "
                    "upper from lower case)") if folds_case and cased else file  # fmt: skip
             raise InputError(
@@ -643,7 +643,12 @@ class _RealPaths:
             folder = self._folders[parent] = os.path.realpath(parent or os.sep).rstrip(os.sep)
         found = f"{folder}{os.sep}{name}"
         real = os.path.realpath(found) if os.path.islink(found) else found
-        return unicodedata.normalize("NFC", real).casefold() if self._folds else real
+        return _folded(real) if self._folds else real
+
+
+def _folded(name: str) -> str:
+    """``name`` as a file system that does not tell case compares it: one case, one Unicode form."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def _text(value: Any) -> str:

@@ -52,7 +52,7 @@ from heygem_ray.config import (
     default_engines_dir,
 )
 from heygem_ray.driver import RunCallbacks, submit
-from heygem_ray.driver.hold import RUN_LOCK, hold_output
+from heygem_ray.driver.hold import hold_output, live_run
 from heygem_ray.driver.resume import again_lines
 from heygem_ray.errors import HeygemError, Interrupted, RunStopped, first_line
 from heygem_ray.results import JobResult
@@ -332,13 +332,9 @@ def _write_run(out: Location, run: dict[str, Any], *, ended: bool = True) -> Non
 def _held_by_another(out: Location) -> str | None:
     """Who holds the night's folder now, once the night has let it go: another run that took
     it over while the night ran (its heartbeat had stopped), or started since; None."""
-    try:
-        found = locks.look(out / RUN_LOCK)
-    except (OSError, HeygemError):
+    if (held := live_run(out)) is None:
         return None
-    if found is None or not found[1]:
-        return None
-    held, me = found[0], locks.Holder.me("")
+    me = locks.Holder.me("")
     if held.holder is not None and (held.holder.host, held.holder.pid) == (me.host, me.pid):
         return None  # this night's own, left where its release could not delete it
     return held.describe()

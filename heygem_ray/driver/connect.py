@@ -40,8 +40,9 @@ def connect(address: str | None) -> tuple[bool, str | None]:
         return False, None
     target = address or os.environ.get("RAY_ADDRESS") or "local"
     _check_token(target)
+    temp = _local_temp()
     if target == "local":
-        _check_room(_local_temp())
+        _check_room(temp)
     try:
         with without_record(_TOKEN_NOTICE_LOGGER, _TOKEN_NOTICE):
             ctx = ray.init(address=target, logging_level=logging.WARNING)
@@ -65,7 +66,6 @@ def connect(address: str | None) -> tuple[bool, str | None]:
     except Exception as exc:  # a local instance that did not start (Ray raises a bare Exception)
         if target != "local":
             raise
-        temp = _local_temp()
         raise EngineError(
             f"a local Ray instance could not start ({' '.join(str(exc).split())[:300] or type(exc).__name__}); its "
             f"files go in {temp} ({_free(temp)} free), and its logs there say why: free space there, or give "

@@ -58,7 +58,7 @@ def _run_around(output_dir: Location) -> tuple[Location, locks.Held] | None:
     folder = output_dir.resolve()
     while (up := folder.parent) != folder:
         folder = up
-        if (held := _live_run(folder)) is not None:
+        if (held := live_run(folder)) is not None:
             return folder, held
     return None
 
@@ -83,12 +83,12 @@ def runs_inside(output_dir: Location, outputs: Iterable[Location]) -> str | None
         locked = {loc.parent for loc in storage.list_files(root, recursive=True) if loc.name == RUN_LOCK}
         folders = [f for f in folders if f in locked]
     for folder in folders:
-        if (held := _live_run(folder)) is not None:
+        if (held := live_run(folder)) is not None:
             return f"{folder} is in use by another run: {held.describe()}; rows of this manifest write there"
     return None
 
 
-def _live_run(folder: Location) -> locks.Held | None:
+def live_run(folder: Location) -> locks.Held | None:
     """The live run holding ``folder``, if one does (a lock that cannot be read counts as
     none: a folder of someone else's, say)."""
     try:

@@ -722,13 +722,14 @@ def _check_span(
         return
     again = "copy the take again from where it was recorded, or re-export it from its source"
     gaps = np.diff(scan.pts)
-    if gaps.size and float(gaps.max() * time_base) > whole / 2:  # one jump makes the span
+    jump = float(gaps.max() * time_base) if gaps.size else 0.0  # seconds
+    if jump > whole / 2:  # one jump makes the span
         after = int(np.argmax(gaps)) + 1  # the frames before it
         before = float((scan.pts[after - 1] - scan.pts[0]) * time_base + 1 / fps)  # seconds they show
         cut = "" if before < 1 else \
             f"--reference-seconds {math.floor(before * 10 + 1e-3) / 10:g} uses the take before it, or "  # fmt: skip
         raise InputError(
-            f"reference {path} has timestamps that jump {clock(float(gaps.max() * time_base))} on after its first "
+            f"reference {path} has timestamps that jump {clock(jump)} on after its first "
             f"{after:,} frames ({before:.1f} s): the file is damaged there (a broken copy or remux); {cut}{again}",
             kind="unreadable_media",
         )

@@ -237,8 +237,8 @@ class StoreWriter:
             f"reference {self._source}: its analysis would take about {size(need + self._then)} in {folder} "
             f"({self._frames} frames at {size(per_frame)} a frame as its first {kept} were stored, and their "
             f"face crops), and that disk has {size(free)} for it, of which {size(max(0, free - keep))} may be used: "
-            f"{size(keep)} is kept free for the run's other files; free space there (heygem-ray cache prune --cache-dir {folder} removes templates unused for 30 "
-            "days and what killed analyses left), give --cache-dir a folder on a larger disk, or use a few minutes of "
+            f"{size(keep)} is kept free for the run's other files; free space there (heygem-ray cache prune "
+            f"--cache-dir {folder} removes templates unused for 30 days and what killed analyses left), give --cache-dir a folder on a larger disk, or use a few minutes of "
             "the reference (--reference-seconds 300 analyses its first five; a shorter reference is looped under "
             "longer audio)",
             kind="storage",
