@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import os
+import platform
 import signal
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -132,19 +133,33 @@ _STORAGE_FIXES = {
     # A file past the largest this process may write (``ulimit -f``) or its file system holds.
     errno.EFBIG: "the file would be larger than this process may write there (a limit set with ulimit -f, or the "
                  "file system's largest file): raise the limit, or choose a folder on another file system",
+    errno.ELOOP: "a symbolic link on that path leads back to itself (a loop of links): fix or remove the link, or "
+                 "choose another path",
 }
+# A network file system (NFS, SMB, a FUSE mount of a bucket) that stopped answering: the
+# node's, not the run's, and a later run may find it back.
+_NETWORK_FS_FIX = ("the network file system holding it stopped answering ({said}) on node {node}: check that mount "
+                   "there (mount, dmesg), then run the same manifest again")  # fmt: skip
+_NETWORK_FS_CODES = (errno.ESTALE, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN, errno.ECONNRESET)
 
 
 def storage_error(exc: OSError, where: object = None) -> InputError | None:
     """``exc`` as the user's error when the machine's storage refused a read or write
     (full, over quota, not permitted, read-only, failing): kind ``storage``, naming the
     path (``exc``'s file name, else ``where``) and what to do. None for any other error."""
-    fix = _STORAGE_FIXES.get(exc.errno or 0)
+    fix = storage_fix(exc.errno or 0)
     if fix is None:
         return None
     path = exc.filename if exc.filename is not None else where
     said = os.strerror(exc.errno or 0).lower()
     return InputError(f"{path if path is not None else 'a file heygem-ray writes'}: {said}; {fix}", kind="storage")
+
+
+def storage_fix(code: int) -> str | None:
+    """What to do about the storage error ``code`` (an errno), or None where it is none."""
+    if code in _NETWORK_FS_CODES:
+        return _NETWORK_FS_FIX.format(said=os.strerror(code).lower(), node=platform.node())
+    return _STORAGE_FIXES.get(code)
 
 
 # How running out of memory is said, where it is not Python's MemoryError (a program's or
@@ -196,7 +211,9 @@ def folder_removed(folder: object, what: str) -> InputError:
     )
 
 
-def storage_error_in(text: str, where: object, codes: Iterable[int] = tuple(_STORAGE_FIXES)) -> InputError | None:
+def storage_error_in(
+    text: str, where: object, codes: Iterable[int] = (*_STORAGE_FIXES, *_NETWORK_FS_CODES)
+) -> InputError | None:
     """The storage error a program's message reports (ffmpeg writes the system's words,
     e.g. "No space left on device"), for a file at ``where``; None when it reports none.
     ``codes``: the errnos looked for (all those ``storage_error`` knows)."""

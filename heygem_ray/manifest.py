@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from openpyxl.utils.exceptions import InvalidFileException
 
 from heygem_ray import storage
-from heygem_ray.errors import InputError, storage_error
+from heygem_ray.errors import InputError, storage_error, storage_errors
 from heygem_ray.storage import Location, Uri
 
 REQUIRED_COLUMNS = ("audio", "video")
@@ -107,8 +107,9 @@ def read_manifest(path: Location, output_dir: Location, reserved: frozenset[str]
     if not table.num_rows:
         raise InputError(f"manifest {path} has no rows: add one row per video to render", kind="bad_manifest")
 
-    base = path.resolve().parent
-    out_root = output_dir.resolve()
+    with storage_errors(path):
+        base = storage.resolved(path).parent
+        out_root = storage.resolved(output_dir)
     ids = _job_ids(path, *(_column(table, name) for name in ("job_id", "audio", "video")))
     # One Location per distinct cell: rows naming the same reference (or the same missing
     # file) share it, so the list of jobs grows by little more than each row's output.
@@ -466,9 +467,13 @@ def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Locat
         except ValueError:
             pass  # a URI that names no object: outside the output folder, as said below
     try:
-        target = None if storage.is_uri(output) else (out_root / output).resolve()
+        target = None if storage.is_uri(output) else storage.resolved(out_root / output)
     except ValueError:  # a key that would leave the bucket
         target = None
+    except OSError as exc:  # a loop of links on its way, a folder this user may not look into
+        refused = storage_error(exc, out_root / output)
+        return None, InputError(f"output {refused.message if refused is not None else f'{output!r}: {_first_line(exc)}'}",
+                                kind="unsafe_output")  # fmt: skip
     if target is None and storage.is_uri(output):
         with contextlib.suppress(ValueError):
             named = storage.location(output)
@@ -536,7 +541,7 @@ def _link_out(out_root: Path, output: str) -> Path | None:
         return None
     for step in reversed([written, *written.parents]):
         if storage.is_inside(step, out_root) and step != out_root and step.is_symlink():
-            if not storage.is_inside(step.resolve(), out_root):
+            if not storage.is_inside(storage.resolved(step), out_root):
                 return step
     return None
 

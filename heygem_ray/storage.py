@@ -56,7 +56,7 @@ from typing import Any, BinaryIO, TypeAlias, TypeVar, cast
 import pyarrow.fs as pafs
 
 from heygem_ray import progress
-from heygem_ray.errors import InputError, folder_removed, storage_error, storage_errors
+from heygem_ray.errors import InputError, first_line, folder_removed, storage_error, storage_errors, storage_fix
 
 _URI = re.compile(r"^(s3|gs|gcs)://(.*)$")
 # A URI that went through pathlib (an argparse or typer option of type Path) has lost a
@@ -218,6 +218,16 @@ def is_inside(loc: Location, folder: Location) -> bool:
     if isinstance(loc, Path):
         return isinstance(folder, Path) and loc.is_relative_to(folder)
     return loc.is_relative_to(folder)
+
+
+def resolved(loc: Location) -> Location:
+    """``loc`` made absolute, a local path with its symbolic links followed
+    (``Path.resolve``), where a loop of links is the ``OSError`` ELOOP (``storage_error``
+    says what to do) on every Python (3.11 and 3.12 raise a ``RuntimeError``)."""
+    try:
+        return loc.resolve()
+    except RuntimeError as exc:  # "Symlink loop from '…'"
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(loc)) from exc
 
 
 # -- reading ----------------------------------------------------------------------------
@@ -478,25 +488,33 @@ def _libc_fallocate() -> Any:
     return fallocate
 
 
-def check_writable(folder: Location) -> bool:
+def check_writable(folder: Location, what: str = "the output folder") -> bool:
     """Write a small file into ``folder`` (a local folder, made if missing, or a bucket
     prefix) and delete it, so that a folder the run cannot write stops it at once, with a
-    ``storage`` error saying what to do, rather than after its workers started. Folders
-    it had to make are removed again: nothing is left behind. Returns whether the folder's
-    file system takes names that differ only in case as one file (macOS's and Windows' by
-    default; never a bucket's): the file is found under its name in upper case."""
+    ``storage`` error naming ``what`` and saying what to do, rather than after its workers
+    started. Folders it had to make are removed again: nothing is left behind. Returns
+    whether the folder's file system takes names that differ only in case as one file
+    (macOS's and Windows' by default; never a bucket's): the file is found under its name
+    in upper case."""
     probe = folder / f".heygem-probe-{_token()}"
-    with storage_errors(folder):
-        made = [] if isinstance(folder, Uri) else [p for p in (folder, *folder.parents) if not p.exists()]
     try:
-        # bytes, not an empty file: a full disk refuses them
-        write_bytes(probe, b"heygem-ray write probe\n", durable=False)
-        folds = isinstance(probe, Path) and probe.with_name(probe.name.upper()).exists()
-        remove(probe)
-    finally:
-        for p in made:  # the deepest first
-            with contextlib.suppress(OSError):
-                p.rmdir()
+        made = [] if isinstance(folder, Uri) else [p for p in (folder, *folder.parents) if not p.exists()]
+        try:
+            # bytes, not an empty file: a full disk refuses them
+            write_bytes(probe, b"heygem-ray write probe\n", durable=False)
+            folds = isinstance(probe, Path) and probe.with_name(probe.name.upper()).exists()
+            remove(probe)
+        finally:
+            for p in made:  # the deepest first
+                with contextlib.suppress(OSError):
+                    p.rmdir()
+    except (OSError, InputError) as exc:
+        refused = exc if isinstance(exc, OSError) else exc.__cause__
+        if not isinstance(refused, OSError):  # a bucket's refusal: said in its own words
+            raise
+        said = os.strerror(refused.errno) if refused.errno else first_line(refused)
+        fix = storage_fix(refused.errno or 0) or "choose another folder"
+        raise InputError(f"cannot write into {what} {folder}: {said.lower()}; {fix}", kind="storage") from exc
     return folds
 
 

@@ -181,21 +181,24 @@ def test_an_output_folder_on_a_full_disk_stops_the_run_before_ray_starts(lesson,
     _fill(disk)
     proc = _run([HEYGEM, "submit", "m.csv", "-o", str(disk / "out")], lesson.parent)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr == (f"error: {disk / 'out'}: no space left on device; free space on that disk, "
-                           "or choose a folder on another one\n")  # fmt: skip
+    assert proc.stderr == (f"error: cannot write into the output folder {disk / 'out'}: no space left on device; "
+                           "free space on that disk, or choose a folder on another one\n")  # fmt: skip
     assert proc.stdout == "" and not (disk / "out").exists()  # the folder it made to try is gone again
 
 
 def test_a_read_only_output_folder_stops_the_run_and_the_nightly_job_before_ray_starts(lesson, mount):
+    """A folder to make, and one that is there: both named (not the file the run tried to
+    write into the second, which an audit found named in its place)."""
     disk = mount("ro", read_only=True)
-    proc = _run([HEYGEM, "submit", "m.csv", "-o", str(disk / "out")], lesson.parent)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr == (f"error: {disk / 'out'}: read-only file system; remount that file system read-write, "
-                           "or choose a folder on a writable one\n")  # fmt: skip
+    for out in (disk / "out", disk):
+        proc = _run([HEYGEM, "submit", "m.csv", "-o", str(out)], lesson.parent)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert proc.stderr == (f"error: cannot write into the output folder {out}: read-only file system; remount "
+                               "that file system read-write, or choose a folder on a writable one\n")  # fmt: skip
     night = _run([sys.executable, str(NIGHTLY), "m.csv", str(disk), "--date", "2026-01-02"], lesson.parent)
     assert night.returncode == 2, night.stderr[-3000:]
-    assert night.stderr == f"error: {disk / '2026-01-02'}: read-only file system; remount that file system " \
-                           "read-write, or choose a folder on a writable one\n"
+    assert night.stderr == f"error: cannot write into the output folder {disk / '2026-01-02'}: read-only file " \
+                           "system; remount that file system read-write, or choose a folder on a writable one\n"
     assert "could not start: nothing was rendered" in night.stdout and "run.json not written" in night.stdout
 
 
@@ -222,12 +225,29 @@ def test_an_output_folder_that_is_a_file_stops_the_run_before_ray_starts(lesson)
     (folder / "notes.txt").write_text("my notes\n")
     proc = _run([HEYGEM, "submit", "m.csv", "-o", "notes.txt"], folder)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr == ("error: notes.txt: file exists; a file is there where the run makes a folder: "
-                           "move it away, or choose another path\n")  # fmt: skip
+    assert proc.stderr == ("error: cannot write into the output folder notes.txt: file exists; a file is there "
+                           "where the run makes a folder: move it away, or choose another path\n")  # fmt: skip
     proc = _run([HEYGEM, "submit", "m.csv", "-o", "notes.txt/out"], folder)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "not a directory; a part of that path is a file" \
         in proc.stderr, proc.stderr[-3000:]
     assert (folder / "notes.txt").read_text() == "my notes\n"
+
+
+def test_an_output_folder_through_a_loop_of_links_or_in_proc_stops_the_run_in_one_line(lesson):
+    """Where a traceback ended the run with exit 1 (found by an audit): a path through a
+    link to itself (Python 3.11's RuntimeError "Symlink loop"), and a folder that cannot be
+    made (/proc takes none)."""
+    folder = lesson.parent
+    (folder / "loop").symlink_to("loop")
+    proc = _run([HEYGEM, "submit", "m.csv", "-o", "loop/out"], folder)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr == ("error: cannot write into the output folder loop/out: too many levels of symbolic links; "
+                           "a symbolic link on that path leads back to itself (a loop of links): fix or remove the "
+                           "link, or choose another path\n")  # fmt: skip
+    proc = _run([HEYGEM, "submit", "m.csv", "-o", "/proc/heygem-out"], folder)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr == ("error: cannot write into the output folder /proc/heygem-out: no such file or directory; "
+                           "choose another folder\n")  # fmt: skip
 
 
 def test_a_cache_folder_that_is_a_file_fails_the_rows_as_storage_not_internal(lesson, ray_join):

@@ -450,6 +450,22 @@ def test_an_output_through_a_link_that_leads_out_of_the_folder_names_the_link(tm
         "outside"), four.problem.message
 
 
+def test_an_output_through_a_loop_of_links_fails_its_row_alone(tmp_path):
+    """`out/lp` a link to itself: reading the manifest ended the whole run in Python 3.11's
+    RuntimeError "Symlink loop" (found by an audit). Now that row fails, saying so."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "lp").symlink_to("lp")
+    m = write(tmp_path / "m.csv", "job_id,audio,video,output\nj1,a.wav,v.mp4,lp/j1.mp4\nj2,a.wav,v.mp4,j2.mp4\n")
+    one, two = read_manifest(m, out)
+    assert one.problem is not None and one.problem.kind == "unsafe_output"
+    assert one.problem.message == (
+        f"output {out / 'lp' / 'j1.mp4'}: too many levels of symbolic links; a symbolic link on that path leads back "
+        "to itself (a loop of links): fix or remove the link, or choose another path"
+    )
+    assert two.problem is None and two.output == out / "j2.mp4"
+
+
 def test_on_a_folder_that_does_not_tell_case_names_that_differ_only_in_case_are_one_file(tmp_path):
     """On macOS's and Windows' file systems (by default) `Intro.mp4` and `intro.mp4` are one
     file: two rows wrote it, the second over the first, both `ok` (from an audit). Where the

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import io
 import os
+import platform
 import re
 import shutil
 import socket
@@ -28,7 +30,7 @@ import pytest
 from heygem_ray import media, storage
 from heygem_ray.driver import resume
 from heygem_ray.engines import EngineStore
-from heygem_ray.errors import InputError
+from heygem_ray.errors import InputError, storage_error, storage_error_in
 from heygem_ray.identity import input_identity
 from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.results import JobResult
@@ -695,3 +697,19 @@ def test_a_row_written_to_a_bucket_in_a_passing_outage_is_kept_once_it_is_back(b
     assert time.monotonic() - start >= 1.5  # it waited for the store
     assert storage.stat(resume.part_path(out, "a")) is not None
     storage._filesystem_for.cache_clear()
+
+
+@pytest.mark.parametrize("code", [errno.ESTALE, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN, errno.ECONNRESET])
+def test_a_network_mount_that_stopped_answering_is_the_users_storage_not_a_bug(code):
+    """A stale NFS handle, a FUSE mount whose daemon went away, a timed-out SMB share: the
+    row was an `internal` error "a bug in heygem-ray" (found by an audit). Now `storage`,
+    naming the file, the node and what to check, whether Python raised it or ffmpeg said it."""
+    said = os.strerror(code)
+    found = storage_error(OSError(code, said, "/mnt/lessons/a.wav"))
+    assert found is not None and found.kind == "storage"
+    assert found.message == (f"/mnt/lessons/a.wav: {said.lower()}; the network file system holding it stopped "
+                             f"answering ({said.lower()}) on node {platform.node()}: check that mount there (mount, "
+                             "dmesg), then run the same manifest again")  # fmt: skip
+    in_words = storage_error_in(f"[in#0 @ 0x5] Error reading /mnt/lessons/a.wav: {said}", "/mnt/lessons/a.wav")
+    assert in_words is not None and in_words.message == found.message
+    assert storage_error(OSError(errno.EINVAL, "Invalid argument")) is None  # ours, or a bug: not said to be storage

@@ -55,7 +55,7 @@ def _run_around(output_dir: Location) -> tuple[Location, locks.Held] | None:
     below it), and its holder; None where there is none. Asked once this run holds its own
     folder: of two runs, one into a folder inside the other's, that start together, at
     least one finds the other (both may, and both stop)."""
-    folder = output_dir.resolve()
+    folder = storage.resolved(output_dir)
     while (up := folder.parent) != folder:
         folder = up
         if (held := live_run(folder)) is not None:
@@ -68,7 +68,7 @@ def runs_inside(output_dir: Location, outputs: Iterable[Location]) -> str | None
     holds: which folder, and its holder, in words for the run's refusal; None where none
     does. (That run's outputs and this one's would land in one folder, each writing over
     the other's; each cleaning up the other's unfinished files.)"""
-    root = output_dir.resolve()
+    root = storage.resolved(output_dir)
     folders: list[Location] = []  # the folders below the root that rows write into, and those between
     seen: set[Location] = set()
     for output in outputs:

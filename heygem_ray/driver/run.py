@@ -30,7 +30,7 @@ from heygem_ray.driver.hold import hold_output, runs_inside, still_held
 from heygem_ray.driver.loop import run_jobs
 from heygem_ray.driver.missing import MissingInputs
 from heygem_ray.driver.stop import StopSignals
-from heygem_ray.errors import HeygemError, InputError, Interrupted, RunStopped, WorkersUnavailable
+from heygem_ray.errors import HeygemError, InputError, Interrupted, RunStopped, WorkersUnavailable, storage_errors
 from heygem_ray.manifest import Job, read_manifest
 from heygem_ray.results import RESULT_COLUMNS, RESULTS_FILE, JobResult, Status, read_rows
 from heygem_ray.storage import Location, Uri
@@ -94,8 +94,8 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     # 1. read and check the manifest: a broken one stops here, before any work; so does an
     #    output folder the run cannot write (before Ray is even connected)
     where = storage.location(manifest)
-    _refuse_own_files(where, cfg.output_dir)
     folds_case = storage.check_writable(cfg.output_dir)
+    _refuse_own_files(where, cfg.output_dir)
     jobs = [_settings_checked(job, cfg) for job in read_manifest(where, cfg.output_dir, reserved=RESULT_COLUMNS,
                                                                   folds_case=folds_case)]  # fmt: skip
     # 2. hold the output folder: a run into a folder another run holds stops here
@@ -114,8 +114,10 @@ def _refuse_own_files(manifest: Location, output_dir: Location) -> None:
     """Stop where the manifest is a file the run writes in its output folder (its results
     table, which the run would replace with its own, or a kept row): a table given back as a
     manifest was overwritten, and its rows' kept results with it."""
-    table, parts = output_dir.resolve() / RESULTS_FILE, output_dir.resolve() / resume.PARTS_DIR
-    if manifest.resolve() == table or storage.is_inside(manifest.resolve(), parts):
+    with storage_errors(manifest):
+        table, parts = storage.resolved(output_dir) / RESULTS_FILE, storage.resolved(output_dir) / resume.PARTS_DIR
+        given = storage.resolved(manifest)
+    if given == table or storage.is_inside(given, parts):
         raise InputError(
             f"the manifest {manifest} is a file this run writes in its output folder {output_dir} (its results "
             "table, or a row it keeps): copy it elsewhere and give that copy, or give another --output-dir",

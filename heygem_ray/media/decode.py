@@ -124,9 +124,10 @@ def iter_frames(
 
 
 # What a decoding ffmpeg says, in the system's words, when the file's storage refuses a read
-# (a failing disk or network mount, a permission taken away). Not EPERM ("Operation not
-# permitted"): a GPU decoder that cannot start says that of the device, not the file.
-_READ_REFUSED = (errno.EIO, errno.EACCES)
+# (a failing disk or network mount, a permission taken away, a network mount that stopped
+# answering). Not EPERM ("Operation not permitted"): a GPU decoder that cannot start says
+# that of the device, not the file.
+_READ_REFUSED = (errno.EIO, errno.EACCES, errno.ESTALE, errno.ENOTCONN, errno.ETIMEDOUT)
 
 
 def _failed(proc: FfmpegProcess, path: Path, what: str, unreadable: str, decoder: Decoder = "cpu") -> InputError:
