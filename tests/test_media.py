@@ -641,6 +641,42 @@ def test_an_mp4_cut_short_is_truncated(tmp_path: Path, read, keep: float) -> Non
     assert err.kind == "unreadable_media" and "truncated" in err.message
 
 
+@pytest.mark.parametrize("name", ["lesson.wav", "lesson.flac", "lesson.mp3"])
+def test_audio_cut_short_is_truncated_where_its_header_declares_its_length(tmp_path: Path, name: str) -> None:
+    """A lesson's WAV, FLAC or MP3 whose copy stopped 40 % of the way rendered a 40 %
+    video, `ok`, with no word (found by an audit): each declares its length (the WAV's data
+    chunk, FLAC's STREAMINFO, the MP3's Xing frame), so the cut is found and said."""
+    whole = make_tone(tmp_path / name, seconds=6.0)
+    assert len(media.load_audio(whole)) == 6 * 16000
+    cut = _cut(whole, 0.4)
+    err = _error(media.load_audio, cut)
+    assert err.kind == "unreadable_media", err.message
+    assert re.fullmatch(rf"audio {re.escape(str(cut))} is truncated: it decodes to [12]\.[0-9] s where its header "
+                        r"declares 6\.0 s \(a copy or download that stopped early\); copy or export it again in full",
+                        err.message), err.message  # fmt: skip
+
+
+def test_audio_whose_header_cannot_know_its_length_is_not_taken_for_cut_short(tmp_path: Path) -> None:
+    """What a pipe is given: FFmpeg's WAV (sizes 0xFFFFFFFF) and MP3 (no Xing frame) on
+    stdout, espeak-ng's WAV on stdout (0x7FFFF000); and an MP3 without a Xing frame cut
+    short, whose length FFmpeg guesses from its size. All decode whole, as they are."""
+    tone = make_tone(tmp_path / "tone.wav", seconds=3.0)
+    for fmt, codec in (("wav", "pcm_s16le"), ("mp3", "libmp3lame")):
+        out = tmp_path / f"piped.{fmt}"
+        with open(out, "wb") as f:
+            subprocess.run([media.ffmpeg_exe(), "-v", "error", "-i", str(tone), "-c:a", codec, "-f", fmt, "-"],
+                           stdout=f, check=True)  # fmt: skip
+        assert abs(len(media.load_audio(out)) / 16000 - 3.0) < 0.1, fmt
+    spoken = tmp_path / "espeak.wav"
+    with open(spoken, "wb") as f:
+        subprocess.run(["espeak-ng", "--stdout", "water falls as rain"], stdout=f, check=True)
+    assert spoken.read_bytes()[40:44] == (0x7FFFF000).to_bytes(4, "little")  # its data chunk's size
+    assert len(media.load_audio(spoken)) > 16000 // 2
+    no_xing = tmp_path / "no-xing.mp3"
+    _ffmpeg("-i", str(tone), "-c:a", "libmp3lame", "-write_xing", "0", str(no_xing))
+    assert abs(len(media.load_audio(_cut(no_xing, 0.5))) / 16000 - 1.5) < 0.2
+
+
 @pytest.mark.parametrize("read", [media.probe_audio, media.load_audio])
 def test_no_audio_stream(tmp_path: Path, read) -> None:  # type: ignore[no-untyped-def]
     mute = make_video(tmp_path / "mute.mp4", seconds=0.4)

@@ -94,6 +94,83 @@ def _declared_seconds(container: av.container.InputContainer, stream: av.stream.
     return max(seconds)
 
 
+# A file that decodes to this much less than its header declares was cut short. (Encoders'
+# priming and padding differ from the declared length by a few milliseconds.)
+CUT_SHORT_S = 0.5
+
+
+def promised_seconds(path: Path, container: av.container.InputContainer, stream: av.stream.Stream) -> float | None:
+    """How long the first audio stream is by its header, where the header says so exactly:
+    a WAV's data chunk, a FLAC's STREAMINFO, an MP3's Xing, Info or VBRI frame. None for a
+    header that says nothing exact: an MP3 without those frames (FFmpeg guesses its length
+    from its first frame's bit rate), an Ogg file (its length is its last page's), a WAV
+    written by a recorder that never finished it (its size 0 or 0xFFFFFFFF). An MP4's
+    index is checked against the file's size as it is opened (``container.opened``)."""
+    demuxer = container.format.name
+    if demuxer == "wav":
+        return _wav_promised_seconds(path)
+    if demuxer not in ("flac", "mp3") or stream.duration is None or stream.time_base is None:
+        return None
+    if demuxer == "mp3" and not _mp3_counts_frames(path):
+        return None
+    return float(stream.duration * stream.time_base) or None
+
+
+# The sizes a WAV written to a pipe is given, where its writer cannot go back to fill in
+# the real ones: 0, 0xFFFFFFFF (FFmpeg's, and RF64's), 0x7FFFFFFF or just under it
+# (espeak-ng's 0x7FFFF000). A real WAV that large holds over 6 hours of 48 kHz stereo.
+_PLACEHOLDER_SIZE = 0x7FFF0000
+
+
+def _wav_promised_seconds(path: Path) -> float | None:
+    """The seconds a RIFF WAV's data chunk declares (its size over the byte rate its
+    ``fmt `` chunk gives), or None where it declares none: a size a writer puts where it
+    cannot know it (``_PLACEHOLDER_SIZE``, 0), in the data chunk or the RIFF header."""
+    with open(path, "rb") as f:
+        riff, whole, wave = f.read(4), f.read(4), f.read(4)
+        if riff != b"RIFF" or wave != b"WAVE" or int.from_bytes(whole, "little") >= _PLACEHOLDER_SIZE:
+            return None
+        byte_rate = 0
+        for _ in range(64):  # the data chunk follows a few others at most
+            head = f.read(8)
+            if len(head) != 8:
+                return None
+            name, size = head[:4], int.from_bytes(head[4:], "little")
+            if name == b"fmt " and size >= 16:
+                byte_rate = int.from_bytes(f.read(16)[8:12], "little")
+                f.seek(size - 16 + size % 2, os.SEEK_CUR)
+            elif name == b"data":
+                return size / byte_rate if byte_rate and 0 < size < _PLACEHOLDER_SIZE else None
+            else:
+                f.seek(size + size % 2, os.SEEK_CUR)
+    return None
+
+
+def _mp3_counts_frames(path: Path) -> bool:
+    """Whether an MP3's first frame is a Xing, Info or VBRI header (LAME's and most
+    encoders'), which counts its frames: its length is then exact."""
+    with open(path, "rb") as f:
+        start = f.read(10)
+        if start[:3] == b"ID3" and len(start) == 10:  # an ID3v2 tag first: its size is "syncsafe", 7 bits a byte
+            size = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(start[6:10]))
+            f.seek(size + (10 if start[5] & 0x10 else 0))  # (a footer follows a tag that says so)
+        else:
+            f.seek(0)
+        head = f.read(4096)
+    sync = next((i for i in range(len(head) - 1) if head[i] == 0xFF and head[i + 1] & 0xE0 == 0xE0), None)
+    return sync is not None and any(tag in head[sync : sync + 200] for tag in (b"Xing", b"Info", b"VBRI"))
+
+
+def cut_short(path: Path, heard: float, promised: float) -> InputError:
+    """The ``unreadable_media`` error of audio that decodes to ``heard`` seconds where its
+    header declares ``promised``."""
+    return InputError(
+        f"audio {path} is truncated: it decodes to {heard:.1f} s where its header declares {promised:.1f} s (a copy "
+        "or download that stopped early); copy or export it again in full",
+        kind="unreadable_media",
+    )
+
+
 def audio_tracks(path: str | os.PathLike[str]) -> int:
     """How many audio streams the file holds (the first is the one read)."""
     with audio_stream(require_file(path, "audio")) as (container, _):

@@ -19,7 +19,7 @@ import numpy as np
 
 from heygem_ray.errors import InputError, storage_error_in, storage_errors
 from heygem_ray.media import yuv
-from heygem_ray.media.audio_probe import audio_stream, empty_audio
+from heygem_ray.media.audio_probe import CUT_SHORT_S, audio_stream, cut_short, empty_audio, late_start, promised_seconds
 from heygem_ray.media.container import require_file
 from heygem_ray.media.decoders import Decoder
 from heygem_ray.media.ffmpeg import (
@@ -220,6 +220,7 @@ def _audio_blocks(
     with audio_stream(p, max_seconds) as (container, stream):
         channels = stream.codec_context.channels
         demuxer = container.format.name
+        promised, late = promised_seconds(p, container, stream), late_start(container, stream)
     # FFmpeg's WAV demuxer hands out 4 KiB packets unless told otherwise, and each costs
     # it a trip through the kernel and its filters: ten hours of 16 kHz mono took 25 s,
     # most of it system time; in 1 MiB packets, 2 s (bench/bench_wav.py). The samples are
@@ -268,6 +269,8 @@ def _audio_blocks(
         raise _failed(proc, p, "audio", "{name} could not be decoded ({said}); re-export it (e.g. as WAV or MP3)")
     if samples == 0:
         raise empty_audio(p)
+    if promised is not None and (heard := samples / sample_rate - late) < promised - CUT_SHORT_S:
+        raise cut_short(p, heard, promised)
 
 
 # A mix this much quieter (in RMS) than its loudest channel: channels that cancel.
