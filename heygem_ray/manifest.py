@@ -167,7 +167,7 @@ def _read_table(path: Location) -> pa.Table:
     suffix = path.suffix.lower()
     try:
         if suffix in _WORKBOOKS:
-            return _read_workbook(path, source())
+            return _named(path, _read_workbook(path, source()))
         head = _head(path) if isinstance(path, Path) else raw[:_HEAD_BYTES]  # a file unread is said below
         if (unread := _unread_workbook(suffix, head)) is not None:
             raise InputError(
@@ -176,16 +176,16 @@ def _read_table(path: Location) -> pa.Table:
                 kind="bad_manifest",
             )
         if suffix == ".parquet":
-            return pq.read_table(source())
+            return _named(path, pq.read_table(source()))
         read, parse = _csv_dialect(head)
         # Every CSV column is read as text: job ids like 007 keep their zeros, and only an
         # empty cell is empty (a lesson called NA, a file called null.mp4, a title N/A).
         probe = pa_csv.read_csv(source(), read_options=read, parse_options=parse)
         as_text = {name: pa.string() for name in probe.column_names}
-        return pa_csv.read_csv(
+        return _named(path, pa_csv.read_csv(
             source(), read_options=read, parse_options=parse,
             convert_options=pa_csv.ConvertOptions(column_types=as_text, null_values=[""], strings_can_be_null=True),
-        )  # fmt: skip
+        ))  # fmt: skip
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
         if "invalid UTF8" in str(exc):
             raise InputError(
@@ -199,6 +199,56 @@ def _read_table(path: Location) -> pa.Table:
             "header line, or a Parquet file",
             kind="bad_manifest",
         ) from exc
+
+
+# The columns heygem-ray reads; the others are carried into the results as they are.
+_READ_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *ROW_SETTINGS)
+
+
+def _named(path: Location, table: pa.Table) -> pa.Table:
+    """``table`` with the columns heygem-ray reads named as it reads them: a name in other
+    case, with spaces around it, or a '-' or a space for '_' (``' Audio'``, ``'Job ID'``,
+    typed in a spreadsheet) is that column. A
+    name a letter or two from one that is missing (``refrence_seconds``, ``ouptut``) stops
+    the manifest: its rows would render without the column, as if it were not there."""
+    names = list(table.column_names)
+    for i, name in enumerate(names):
+        if (key := _typed(name)) in _READ_COLUMNS and key not in names:
+            names[i] = key
+    for column in _READ_COLUMNS:
+        if column not in names and (near := next((n for n in names if _misspelt(n, column)), None)) is not None:
+            raise InputError(
+                f"manifest {path} has a column {near!r} and none named {column!r}: if it is that column, rename it "
+                f"{column!r} (a column heygem-ray does not read is carried into the results as it is, but one this "
+                f"close to {column!r} is taken for it misspelt: to carry it, give it a name less like it)",
+                kind="bad_manifest",
+            )
+    return table.rename_columns(names)
+
+
+def _typed(name: str) -> str:
+    """A header's name as it is compared with the columns heygem-ray reads."""
+    return name.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def _misspelt(name: str, column: str) -> bool:
+    """Whether the header's ``name`` is ``column`` misspelt: one letter added, left out,
+    replaced, or two swapped (two such, for names of 6 letters or more), not counting case,
+    spaces around it, and a '-' or a space for '_'."""
+    typed = _typed(name)
+    if typed in _READ_COLUMNS:
+        return False
+    # The optimal string alignment distance (Levenshtein's, with a swap of neighbours as one edit).
+    prev2: list[int] = []
+    prev = list(range(len(column) + 1))
+    for i, a in enumerate(typed, 1):
+        row = [i] + [0] * len(column)
+        for j, b in enumerate(column, 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a != b))
+            if i > 1 and j > 1 and a == column[j - 2] and typed[i - 2] == b:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        prev2, prev = prev, row
+    return prev[-1] <= (2 if len(column) >= 6 else 1)
 
 
 # Excel workbooks read as manifests (their first sheet); the other spreadsheet files, told

@@ -37,6 +37,37 @@ def test_paths_resolve_against_the_manifest_folder_and_extra_columns_are_carried
     assert job.problem is None
 
 
+def test_columns_typed_in_other_case_or_with_spaces_are_read_and_misspelt_ones_stop_the_manifest(tmp_path):
+    """From an audit: ' audio' (a space after a comma) gave "has no 'audio' column" with
+    the space invisible in the list of those found; 'Audio' the same; and a misspelt
+    'refrence_seconds' was carried into the results unread, its rows rendered from the
+    whole take, `ok`. The first are read as the columns they name; the last stops the run
+    before any work, as does a misspelt 'output' (its MP4s would land elsewhere)."""
+    m = write(tmp_path / "m.csv", "Job ID, Audio , video,Reference-Seconds,title\nx,a.wav,v.mp4,30,Intro\n")
+    (job,) = read_manifest(m, tmp_path / "out")
+    assert (job.job_id, job.audio, job.row_settings) == ("x", tmp_path / "a.wav", (("reference_seconds", 30.0),))
+    assert job.extra == {"title": "Intro"} and job.problem is None
+    book = openpyxl.Workbook()
+    book.active.append(["AUDIO", "Video"])
+    book.active.append(["a.wav", "v.mp4"])
+    book.save(tmp_path / "m.xlsx")
+    (job,) = read_manifest(tmp_path / "m.xlsx", tmp_path / "out")
+    assert (job.audio, job.video) == (tmp_path / "a.wav", tmp_path / "v.mp4")
+    for header, near, column in (("job_id,audio,video,refrence_seconds", "refrence_seconds", "reference_seconds"),
+                                 ("job_id,audio,video,ouptut", "ouptut", "output"),
+                                 ("job_id,audio,vidoe,output", "vidoe", "video")):  # fmt: skip
+        bad = write(tmp_path / "bad.csv", f"{header}\nx,a.wav,v.mp4,1\n")
+        with pytest.raises(InputError) as raised:
+            read_manifest(bad, tmp_path / "out")
+        assert raised.value.kind == "bad_manifest"
+        assert raised.value.message.startswith(f"manifest {bad} has a column {near!r} and none named {column!r}: if "
+                                               f"it is that column, rename it {column!r}"), raised.value.message
+    # A column near one that is there, or far from every one, is carried as it is.
+    m = write(tmp_path / "ok.csv", "job_id,audio,video,videos,radio,job\nx,a.wav,v.mp4,2,FM,j\n")
+    (job,) = read_manifest(m, tmp_path / "out")
+    assert job.extra == {"videos": "2", "radio": "FM", "job": "j"}
+
+
 def test_a_cell_from_the_home_folder_is_read_there(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     m = write(tmp_path / "m.csv", "audio,video\n~/talk.wav,~/takes/v.mp4\n~lesson.wav,~old take.mp4\n")
