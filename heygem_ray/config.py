@@ -122,7 +122,7 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if self.min_face < 20:
             raise InputError(
-                f"min_face {self.min_face} is below 20 pixels, the smallest face the detector finds",
+                f"--min-face must be 20 or more (pixels: the smallest face the detector finds), not {self.min_face}",
                 kind="bad_argument",
             )
 
@@ -162,14 +162,16 @@ class InputLimits:
     def __post_init__(self) -> None:
         if not 1 <= self.max_reference_pixels <= _FFMPEG_MAX_PIXELS:
             raise InputError(
-                f"max_reference_pixels must be from 1 to {_FFMPEG_MAX_PIXELS} (FFmpeg's largest), "
+                f"--max-reference-pixels must be from 1 to {_FFMPEG_MAX_PIXELS} (FFmpeg's largest), "
                 f"not {self.max_reference_pixels}",
                 kind="bad_argument",
             )
         if self.max_reference_frames < 1:
-            raise InputError("max_reference_frames must be at least 1", kind="bad_argument")
+            raise InputError(f"--max-reference-frames must be 1 or more, not {self.max_reference_frames}",
+                             kind="bad_argument")  # fmt: skip
         if not self.max_audio_seconds > 0:
-            raise InputError("max_audio_seconds must be more than 0", kind="bad_argument")
+            raise InputError(f"--max-audio-seconds must be more than 0, not {self.max_audio_seconds:g}",
+                             kind="bad_argument")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,7 @@ class RenderConfig:
             )
         for name in ("chunk_frames", "batch_size", "calibration_frames"):
             if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1", kind="bad_argument")
+                raise InputError(f"{flag(name)} must be 1 or more, not {getattr(self, name)}", kind="bad_argument")
         if self.max_resolution and (self.max_resolution < MIN_RESOLUTION or self.max_resolution % 2):
             raise InputError(
                 f"--max-resolution must be 0 (the reference's own) or an even number of lines from {MIN_RESOLUTION} "
@@ -375,20 +377,18 @@ class RunConfig:
         if isinstance(self.engines_dir, Path):
             object.__setattr__(self, "engines_dir", self.engines_dir.absolute())
         _check_choice("device", self.device, WorkerDevice)
-        if self.workers < 0:
-            raise InputError("workers must be 0 (automatic) or more", kind="bad_argument")
-        if not self.workers_ready_timeout_s > 0:
-            raise InputError("workers_ready_timeout_s must be more than 0 seconds", kind="bad_argument")
-        if not self.chunk_timeout_s > 0:
-            raise InputError("chunk_timeout_s must be more than 0 seconds", kind="bad_argument")
+        for name, least, more in (("workers", 0, " (automatic)"), ("worker_restarts", 0, ""),
+                                  ("max_jobs_in_flight", 0, " (automatic)")):  # fmt: skip
+            if getattr(self, name) < least:
+                raise InputError(f"{flag(name)} must be {least}{more} or more, not {getattr(self, name)}",
+                                 kind="bad_argument")  # fmt: skip
+        for name in ("workers_ready_timeout_s", "chunk_timeout_s", "job_stall_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{flag(name)} must be more than 0 seconds, not {getattr(self, name):g}",
+                                 kind="bad_argument")  # fmt: skip
         if not self.chunk_timeout_per_frame_s >= 0:
-            raise InputError("chunk_timeout_per_frame_s must be 0 seconds or more", kind="bad_argument")
-        if not self.job_stall_timeout_s > 0:
-            raise InputError("job_stall_timeout_s must be more than 0 seconds", kind="bad_argument")
-        if self.worker_restarts < 0:
-            raise InputError("worker_restarts must be 0 or more", kind="bad_argument")
-        if self.max_jobs_in_flight < 0:
-            raise InputError("max_jobs_in_flight must be 0 (automatic) or more", kind="bad_argument")
+            raise InputError(f"--chunk-timeout-per-frame must be 0 seconds or more, not {self.chunk_timeout_per_frame_s:g}",
+                             kind="bad_argument")  # fmt: skip
 
     def for_row(self, row_settings: tuple[tuple[str, float], ...]) -> RunConfig:
         """This run's configuration with a manifest row's own render settings
@@ -469,6 +469,20 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+# The command line's options whose names are not their settings' (the rest are the
+# setting's name with '-' for '_': ``chunk_frames`` is ``--chunk-frames``).
+_OPTIONS = {
+    "workers_ready_timeout_s": "--start-timeout", "chunk_timeout_s": "--chunk-timeout",
+    "chunk_timeout_per_frame_s": "--chunk-timeout-per-frame", "job_stall_timeout_s": "--job-stall-timeout",
+    "max_jobs_in_flight": "--max-jobs",
+}  # fmt: skip
+
+
+def flag(name: str) -> str:
+    """The command line's option for the setting ``name``, as messages name it."""
+    return _OPTIONS.get(name, "--" + name.replace("_", "-"))
 
 
 def _check_choice(name: str, value: object, literal: object) -> None:

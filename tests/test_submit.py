@@ -256,6 +256,21 @@ def test_cli_rejects_bad_options_with_the_choices(tmp_path):
     assert proc.returncode == 2 and "choose one of auto, libx264, h264_nvenc" in proc.stderr
 
 
+@pytest.mark.parametrize(("given", "said"), [
+    (("--start-timeout", "-1"), "--start-timeout must be more than 0 seconds, not -1"),
+    (("--max-jobs", "-1"), "--max-jobs must be 0 (automatic) or more, not -1"),
+    (("--job-stall-timeout", "0"), "--job-stall-timeout must be more than 0 seconds, not 0"),
+    (("--chunk-frames", "0"), "--chunk-frames must be 1 or more, not 0"),
+    (("--min-face", "5"), "--min-face must be 20 or more (pixels: the smallest face the detector finds), not 5"),
+    (("--max-audio-seconds", "0"), "--max-audio-seconds must be more than 0, not 0"),
+])  # fmt: skip
+def test_an_option_out_of_range_is_named_as_it_was_typed(tmp_path, given, said):
+    """`--start-timeout -1` said "workers_ready_timeout_s must be more than 0 seconds": a
+    name the user never typed, without the value (found by an audit)."""
+    proc = _cli("submit", str(REPO / "examples" / "manifest.csv"), *given, cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (2, f"error: {said}\n")
+
+
 def test_a_checkpoint_with_a_wrong_key_stops_before_any_work_naming_the_key(tmp_path, ray_join):
     from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 
