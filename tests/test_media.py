@@ -677,6 +677,24 @@ def test_audio_whose_header_cannot_know_its_length_is_not_taken_for_cut_short(tm
     assert abs(len(media.load_audio(_cut(no_xing, 0.5))) / 16000 - 1.5) < 0.2
 
 
+@pytest.mark.parametrize(("content", "said"), [
+    (b"", "is an empty file (0 bytes): copy or export it again"),
+    (b"this is just a note about the lesson\n", "is text, not media (it begins 'this is just a note about the "
+     "lesson'): give the audio or video file itself"),
+    (b"<!DOCTYPE html><html><body>Sign in to download</body></html>", "is a web page (HTML), not media: the download "
+     "link answered with a page; download the file itself"),
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n", "is a Git LFS pointer, not media: fetch "
+     "the file itself ('git lfs pull' in its clone)"),
+])  # fmt: skip
+def test_a_reference_that_is_no_media_says_what_it_is(tmp_path: Path, content: bytes, said: str) -> None:
+    """An empty take, or a note, a sign-in page or an LFS pointer saved as `talk.mp4`, got
+    FFmpeg's "Invalid data found when processing input" (found by an audit)."""
+    clip = tmp_path / "talk.mp4"
+    clip.write_bytes(content)
+    err = _error(media.probe_video, clip)
+    assert (err.kind, err.message) == ("unreadable_media", f"reference {clip} {said}")
+
+
 @pytest.mark.parametrize("read", [media.probe_audio, media.load_audio])
 def test_no_audio_stream(tmp_path: Path, read) -> None:  # type: ignore[no-untyped-def]
     mute = make_video(tmp_path / "mute.mp4", seconds=0.4)

@@ -14,6 +14,7 @@ from pathlib import Path
 import av
 import av.container
 
+from heygem_ray import sniff
 from heygem_ray.errors import InputError
 from heygem_ray.media.ffmpeg import LITERAL_NAME, url
 from heygem_ray.media.limits import decoder_pixels
@@ -64,16 +65,26 @@ def opened(
     try:
         container = av.open(url(path), metadata_errors="ignore", options=options)
     except av.FFmpegError as exc:
-        raise InputError(
-            f"{what} {path} cannot be read as media ({reason(exc)}); "
-            "check that it is a complete, uncorrupted audio/video file (re-export or re-download it)",
-            kind="unreadable_media",
-        ) from exc
+        raise InputError(f"{what} {path} {_not_media(path, reason(exc))}", kind="unreadable_media") from exc
     with container:
         if check is not None:
             check(container)
         _check_index(container, path, what)
         yield container
+
+
+def _not_media(path: Path, said: str) -> str:
+    """What the file ``path``, which no demuxer took (FFmpeg's words: ``said``), is instead,
+    and what to do."""
+    start = sniff.head(path)
+    if not start:
+        return "is an empty file (0 bytes): copy or export it again"
+    if (instead := sniff.stand_in(start, "media")) is not None:
+        return f"is {instead}"
+    if (line := sniff.text(start)) is not None:
+        return f"is text, not media (it begins {line!r}): give the audio or video file itself"
+    return (f"cannot be read as media ({said}); check that it is a complete, uncorrupted audio/video file "
+            "(re-export or re-download it)")  # fmt: skip
 
 
 def _check_index(container: av.container.InputContainer, path: Path, what: str) -> None:

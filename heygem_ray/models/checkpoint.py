@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from heygem_ray import sniff
 from heygem_ray.errors import InputError
 
 SHOWN_KEYS = 5  # offending keys named in an error message; the rest are counted
@@ -71,18 +72,6 @@ def check_keys(state: Mapping[str, torch.Tensor], module: torch.nn.Module, what:
         raise InputError(f"{what}: {'; '.join(problems)}. {fix}", kind="bad_checkpoint")
 
 
-# What a file that is not weights at all begins with, and what to do about it: a web page
-# saved in place of the file (a share link that answers with a sign-in or a virus-scan
-# page), a Git LFS pointer (a clone without ``git lfs pull``), an archive.
-_NOT_WEIGHTS = (
-    (re.compile(rb"\s*(<!doctype html|<html|<\?xml|<head|<body)", re.I),
-     "a web page (HTML), not the weights: the download link answered with a page; download the file itself"),
-    (re.compile(rb"version https://git-lfs"),
-     "a Git LFS pointer, not the weights: fetch the file itself ('git lfs pull' in its clone)"),
-)  # fmt: skip
-_SNIFF_BYTES = 512
-
-
 def read_weights(path: Path, fix: str, *, mmap: bool = False, map_location: str | torch.device = "cpu") -> object:
     """``torch.load`` of ``path`` onto ``map_location`` with ``weights_only=True``: no code from the file
     runs, ever (a file the safe unpickler refuses is reported, never loaded otherwise).
@@ -90,11 +79,8 @@ def read_weights(path: Path, fix: str, *, mmap: bool = False, map_location: str 
     ``mmap``: mapped, not read, where the file is in the zip format. Raises
     ``bad_checkpoint`` saying what the file is where it is no torch checkpoint (a web
     page, an LFS pointer, damaged or cut short), then ``fix``."""
-    with open(path, "rb") as f:
-        head = f.read(_SNIFF_BYTES)
-    for pattern, what in _NOT_WEIGHTS:
-        if pattern.match(head):
-            raise InputError(f"{path} is {what}. {fix}", kind="bad_checkpoint")
+    if (instead := sniff.stand_in(sniff.head(path), "the weights")) is not None:
+        raise InputError(f"{path} is {instead}. {fix}", kind="bad_checkpoint")
     try:
         try:
             return _load(path, mmap, map_location)
