@@ -125,8 +125,12 @@ def read_manifest(path: Location, output_dir: Location, reserved: frozenset[str]
 def write_with_settings(path: Location, settings: Mapping[int, Mapping[str, float]], dest: Location) -> None:
     """The manifest ``path`` as a UTF-8 CSV at ``dest`` (written whole), every cell the text
     it was read as, and the rows ``settings`` names (data rows, from 1) given those render
-    settings (``ROW_SETTINGS``: their cells replaced, in columns added where it had none)."""
+    settings (``ROW_SETTINGS``: their cells replaced, in columns added where it had none).
+    An 'audio' or 'video' cell relative to the manifest's folder is written as the path it
+    names, so that the copy, in another folder, names the same files."""
     table = _read_table(path)
+    with storage_errors(path):
+        base = storage.resolved(path).parent
     names = list(table.column_names)
     names += [n for n in ROW_SETTINGS if n not in names and any(n in given for given in settings.values())]
     text = io.StringIO()
@@ -134,6 +138,10 @@ def write_with_settings(path: Location, settings: Mapping[int, Mapping[str, floa
     writer.writerow(names)
     for n, row in enumerate(table.to_pylist(), start=1):
         cells = {name: _csv_cell(value) for name, value in row.items()}
+        for name in REQUIRED_COLUMNS:
+            if cells.get(name):
+                with contextlib.suppress(InputError, ValueError):  # (a cell the run refuses stays as it is)
+                    cells[name] = str(_resolve_input(base, cells[name]))
         cells.update({name: format(seconds, ".10g") for name, seconds in settings.get(n, {}).items()})
         writer.writerow([cells.get(name, "") for name in names])
     storage.write_bytes(dest, text.getvalue().encode())

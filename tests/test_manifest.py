@@ -15,7 +15,7 @@ from heygem_ray.cli import app
 from heygem_ray.driver import resume
 from heygem_ray.errors import InputError
 from heygem_ray.job.compose import PARTIAL_SUFFIX
-from heygem_ray.manifest import read_manifest
+from heygem_ray.manifest import read_manifest, write_with_settings
 from heygem_ray.results import RESULT_COLUMNS
 from heygem_ray.storage import Uri
 
@@ -66,6 +66,23 @@ def test_columns_typed_in_other_case_or_with_spaces_are_read_and_misspelt_ones_s
     m = write(tmp_path / "ok.csv", "job_id,audio,video,videos,radio,job\nx,a.wav,v.mp4,2,FM,j\n")
     (job,) = read_manifest(m, tmp_path / "out")
     assert job.extra == {"videos": "2", "radio": "FM", "job": "j"}
+
+
+def test_a_manifest_copied_with_settings_elsewhere_names_the_same_files(tmp_path):
+    """`preview --manifest night/tonight.csv -o preview` wrote its copy into preview/ with
+    the cells as they were: relative paths then named files in preview/, and every row of
+    the copy failed `missing_file` (found by an audit). The copy names the same files."""
+    night = tmp_path / "night"
+    night.mkdir()
+    m = write(night / "tonight.csv", "job_id,audio,video,title\na,media/a.wav,media/v.mp4,Intro\n"
+                                     f"b,{tmp_path / 'b.wav'},media/v.mp4,Rain\n")  # fmt: skip
+    elsewhere = tmp_path / "preview"
+    elsewhere.mkdir()
+    write_with_settings(m, {1: {"reference_start": 4.0}}, elsewhere / "copy.csv")
+    before = read_manifest(m, tmp_path / "out")
+    after = read_manifest(elsewhere / "copy.csv", tmp_path / "out")
+    assert [(j.audio, j.video, j.extra) for j in after] == [(j.audio, j.video, j.extra) for j in before]
+    assert after[0].audio == night / "media" / "a.wav" and after[0].row_settings == (("reference_start", 4.0),)
 
 
 def test_a_cell_from_the_home_folder_is_read_there(tmp_path, monkeypatch):
