@@ -317,7 +317,7 @@ def preview(
     backend: Annotated[str, typer.Option(help="Inference backend, as for submit (default 'auto').")] = "auto",
     max_reference_pixels: Annotated[int, typer.Option(help="As for submit: a reference with more pixels is refused before it is decoded (default: 8K UHD).")] = InputLimits.max_reference_pixels,
     max_reference_frames: Annotated[int, typer.Option(help="As for submit: a reference video with more frames is refused before it is decoded (default: an hour at 25 fps).")] = InputLimits.max_reference_frames,
-    allow_silent_audio: Annotated[bool, typer.Option("--allow-silent-audio", help="As for submit: with --manifest, a row whose audio has no sound in it is said to fail 'silent_audio' unless tonight's batch allows it.")] = False,
+    allow_silent_audio: Annotated[bool, typer.Option("--allow-silent-audio", help="As for submit: audio with no sound in it (the AUDIO given, or with --manifest a row's) is said to fail 'silent_audio' unless tonight's batch allows it.")] = False,
     engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
 ) -> None:
     """Check REFERENCE before a batch uses it, on this machine (no cluster): prints one

@@ -128,6 +128,8 @@ def _preview(
         ref = Reference.of(template)
         audio_seconds = media.probe_audio(speech).duration if given else None
         checks = check_reference(ref, pack, cfg.detector.min_face, cfg.loop, audio_seconds)
+        if given and (refused := _audio_refused(speech, cfg)) is not None:
+            checks.append(refused)
         span = still_span(ref) if pack.keeps_reference_mouth else None
         with storage_errors(out_dir):
             _write_png(sheet, contact_sheet(reference.name, template, ref, pack, checks, span))
@@ -140,6 +142,18 @@ def _preview(
                 "checks": [c.as_dict() for c in checks], "contact_sheet": sheet.name, "video": video.name,
             }, indent=1) + "\n").encode())  # fmt: skip
         return Preview(checks, sheet, video, report, span)
+
+
+def _audio_refused(speech: Path, cfg: RenderConfig) -> Check | None:
+    """The ``audio`` check's failure where tonight's job would refuse ``speech`` as it reads
+    it (silent, unless ``cfg`` allows it; cut short), or None where it would not: the
+    preview itself renders its first seconds as they are."""
+    with tempfile.TemporaryDirectory(prefix="heygem-preview-") as scratch:
+        try:
+            read_speech(speech, speech, Path(scratch) / "audio.f32", cfg.limits)
+        except InputError as exc:
+            return Check("audio", "fail", f"submit would fail its row ({exc.kind})", exc.message)
+    return None
 
 
 # -- a manifest's references ------------------------------------------------------------------

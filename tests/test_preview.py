@@ -329,6 +329,25 @@ def test_a_manifest_row_whose_audio_is_silent_is_said_as_its_job_would_fail_it(e
     assert allowed.exit_code == 0 and "cannot be rendered" not in allowed.stdout, allowed.output
 
 
+def test_one_reference_with_silent_audio_fails_an_audio_check_as_its_job_would(examples, tmp_path):
+    """`preview presenter.jpg muted.wav` said `verdict: ok` where submit fails the row
+    `silent_audio` (found by an audit). Now an `audio` check fails with the row's message
+    (the sheet and the video are still made), unless --allow-silent-audio is given."""
+    silence = make_silence(tmp_path / "muted.wav", seconds=2.0)
+    got, found = _preview(tmp_path / "a", str(examples / "presenter.jpg"), str(silence), "--seconds", "0.5")
+    assert got.exit_code == 1, got.output
+    assert found is not None and found["verdict"] == "fail"
+    (audio,) = [c for c in found["checks"] if c["check"] == "audio"]
+    assert (audio["level"], audio["figure"]) == ("fail", "submit would fail its row (silent_audio)")
+    assert audio["advice"].startswith(f"audio {silence} is silent: in its 2.0 s nothing is louder than -60 dBFS")
+    assert f"fail  audio         submit would fail its row (silent_audio). audio {silence} is silent" in got.stdout
+    assert (tmp_path / "a" / "out" / "presenter-preview.mp4").is_file()
+    allowed, found = _preview(tmp_path / "b", str(examples / "presenter.jpg"), str(silence), "--seconds", "0.5",
+                              "--allow-silent-audio")  # fmt: skip
+    assert allowed.exit_code == 0, allowed.output
+    assert found is not None and "audio" not in [c["check"] for c in found["checks"]]
+
+
 def test_one_model_worker_renders_every_reference_of_a_manifest(examples, tmp_path, monkeypatch):
     """Three references (the bundled take whole, from 1 s, and cut at 2 s: one per setting
     its rows give it) are checked and rendered by the one model worker, started once:
