@@ -41,6 +41,9 @@ CASES = {
     "cut_away": {"absent": (1.0, 1.5), "seconds": 2.5},
     "tilting": {"tilt": lambda t: 30.0 if t % 1.0 < 0.3 else 0.0, "seconds": 3.0},
     "shaking": {"shake": 4.0},
+    # Gone for the take's last or first 0.3 s: within the 0.4 s a miss between two sightings is filled.
+    "leaves_at_the_end": {"absent": (2.7, 3.0), "seconds": 3.0},
+    "comes_in_late": {"absent": (0.0, 0.3), "seconds": 3.0},
 }
 
 
@@ -112,6 +115,19 @@ def test_each_hard_case_fires_its_check_and_only_it(refs, case, check, level, wo
     assert words in found[check].advice
     # The row's note names the check and its figure.
     assert f"{check}: {found[check].figure}" in notes(list(found.values())).split("; ")
+
+
+@pytest.mark.parametrize("case", ["leaves_at_the_end", "comes_in_late"])
+def test_a_presenter_gone_at_the_takes_edge_for_less_than_a_filled_gap_is_lost_there(refs, case):
+    """A take whose presenter leaves in its last 0.3 s (or comes in after its first): the
+    miss was filled as if the face were there (a gap of 0.4 s at most is), preview said
+    `lost 0%`, and the render pasted a mouth onto the empty slide (found by an audit). A
+    miss at an edge, where the face's place holds no skin, is the face gone."""
+    ref = refs[case]
+    assert float(np.mean(~ref.present)) == pytest.approx(0.1, abs=0.02)  # 0.3 s of 3 s
+    gone = slice(-7, None) if case == "leaves_at_the_end" else slice(0, 8)  # (25 fps)
+    assert not ref.present[gone].any()
+    assert run(ref)["lost"].value == pytest.approx(0.1, abs=0.02)
 
 
 def test_the_figures_measure_what_was_composed(refs, clips):

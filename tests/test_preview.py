@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import wave
 from pathlib import Path
 
 import cv2
@@ -79,10 +80,18 @@ def test_the_bundled_example_passes_and_writes_the_sheet_the_video_and_the_check
 
 def test_a_preview_whose_seconds_are_a_pause_shows_them(examples, tmp_path):
     """A lesson may open with a pause: the preview renders it (a lesson silent throughout is
-    submit's to refuse, row by row), and its video holds those seconds."""
-    pause = make_silence(tmp_path / "pause.wav", seconds=2)
+    submit's to refuse, and preview's `audio` check says so), and its video holds those
+    seconds."""
+    speech = media.load_audio(examples / "lesson1.wav")
+    pause = tmp_path / "pause.wav"
+    with wave.open(str(pause), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.concatenate([np.zeros(2 * 16000, np.float32), speech]) * 32767).astype("<i2").tobytes())
     got, report = _preview(tmp_path, str(examples / "presenter.jpg"), str(pause), "--seconds", "1")
     assert got.exit_code == 0 and report is not None, got.output
+    assert report["verdict"] == "ok"
     assert len(media.read_video(tmp_path / "out" / "presenter-preview.mp4")[0]) == 25
 
 

@@ -125,6 +125,9 @@ class _Track:
     # Motion (dx, dy) in pixels measured from the frame before, by frame.
     moves: dict[int, tuple[float, float]] = field(default_factory=dict)
     misses: int = 0
+    # Frames it was missed in where its box held too little skin to be a face (colour takes
+    # only: ``DetectorConfig.min_skin``): the face left, or something covered it.
+    empty: set[int] = field(default_factory=set)
     # The last frame's patch, the box it was cut at and its pixels per patch pixel.
     patch: tuple[np.ndarray, np.ndarray, float] | None = None
 
@@ -178,6 +181,9 @@ class Observations:
     # (k, 5) float32 the other faces: each one's median box (x0, y0, x1, y1) and the share
     # of frames it was found in.
     others: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), np.float32))
+    # (n,) bool: frames where the presenter was missed and the place of its face held too
+    # little skin to be one (``_Track.empty``); None: none measured.
+    empty: np.ndarray | None = None
 
 
 class Tracker:
@@ -232,6 +238,8 @@ class Tracker:
                 track.hit(i, box, frame.look(box))
             else:
                 track.misses += 1
+                if self._colour and frame.skin(expected) < self.cfg.min_skin:
+                    track.empty.add(i)
             at = box if box is not None else expected
             cut = face_patch(grey, at)
             track.patch = None if cut is None else (cut[0], at, cut[1])
@@ -259,6 +267,8 @@ class Tracker:
                 track.moves[i] = (0.0, 0.0)
             else:
                 track.misses += 1
+                if i - 1 in track.empty:
+                    track.empty.add(i)
         self._retire()
 
     def _retire(self) -> None:
@@ -306,9 +316,12 @@ class Tracker:
         between them as ``add`` does going forward."""
         later = grey
         for j in range(i - 1, max(self._last_scan, i - self.steady_scan_every, 0) - 1, -1):
-            earlier = yuv.planes(self._recall(j))[0]
+            recalled = self._recall(j)
+            earlier = yuv.planes(recalled)[0]
             box = search_window(self.detector, earlier, track.boxes[0])
             if box is None:
+                if self._colour and _Frame(recalled).skin(track.boxes[0]) < self.cfg.min_skin:
+                    track.empty.add(j)
                 return
             shift = _whole_shift(box, track.boxes[0])
             cuts = face_patch(earlier, box), face_patch(later, box + np.tile(shift, 2))
@@ -334,6 +347,7 @@ class Tracker:
             moves=np.full((self.frames, 2), np.nan, np.float32),
         )
         others = []
+        empty = np.zeros(self.frames, bool)
         side = tracks[0].side()
         for track in tracks:
             frames = np.asarray(track.frames)
@@ -347,12 +361,13 @@ class Tracker:
                     others.append([*np.median(np.asarray(track.boxes), axis=0), len(frames) / self.frames])
                 continue
             new = ~taken
+            empty[sorted(track.empty)] = True
             seen.boxes[frames[new]] = np.asarray(track.boxes)[new]
             seen.looks[frames[new]] = np.asarray(track.looks)[new]
             for f, moved in track.moves.items():
                 if np.isnan(seen.moves[f, 0]):
                     seen.moves[f] = moved
-        return dataclasses.replace(seen, others=np.asarray(others, np.float32).reshape(-1, 5))
+        return dataclasses.replace(seen, others=np.asarray(others, np.float32).reshape(-1, 5), empty=empty)
 
 
 def finish(seen: Observations, fps: float, cfg: DetectorConfig) -> FaceTrack:
@@ -361,9 +376,20 @@ def finish(seen: Observations, fps: float, cfg: DetectorConfig) -> FaceTrack:
     detected = ~np.isnan(seen.boxes[:, 0])
     present = detected.copy()
     max_gap = max(1, round(cfg.max_gap_s * fps))
+    empty = np.zeros(n, bool) if seen.empty is None else seen.empty
+    # A short miss is the face there, unseen: filled from the sightings around it. At the
+    # take's first or last frames it has a sighting on one side only, and there the face
+    # may have gone (the presenter comes in or leaves, a cut): where the place of the face
+    # held no skin, the frames from there on (away from the sighting) are without it, and a
+    # mouth pasted there would land on an empty slide.
     for start, stop in _runs(~detected):
-        if stop - start <= max_gap:
-            present[start:stop] = True
+        if stop - start > max_gap:
+            continue
+        if start == 0 and empty[stop - 1]:
+            continue
+        if stop == n and empty[start:stop].any():
+            stop = start + int(np.argmax(empty[start:stop]))
+        present[start:stop] = True
     frames = np.arange(n)
     hits = np.flatnonzero(detected)
     boxes = np.stack([np.interp(frames, hits, seen.boxes[hits, c]) for c in range(4)], axis=1).astype(np.float32)

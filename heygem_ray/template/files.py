@@ -70,8 +70,9 @@ from heygem_ray.template.store import FrameStore
 # 7: faces.npz holds the whole track; 8: HDR and BT.2020 takes mapped to SDR BT.709
 # (``ffmpeg.to_sdr``), which version 7 stored as if they were SDR, and meta.json's
 # ``source_colour``; interlaced takes deinterlaced (``ffmpeg.DEINTERLACE``); non-square
-# pixels widened to square (``VideoInfo.sample_aspect``).
-TEMPLATE_VERSION = 8
+# pixels widened to square (``VideoInfo.sample_aspect``); 9: a presenter gone at the take's
+# first or last frames is not taken to be there (``track.finish``).
+TEMPLATE_VERSION = 9
 
 
 @dataclass(frozen=True)
