@@ -43,6 +43,8 @@ def connect(address: str | None) -> tuple[bool, str | None]:
     temp = _local_temp()
     if target == "local":
         _check_room(temp)
+    if not sys.stderr.isatty():  # a log file (a nightly job's): the workers' lines streamed here without colour codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     try:
         with without_record(_TOKEN_NOTICE_LOGGER, _TOKEN_NOTICE):
             ctx = ray.init(address=target, logging_level=logging.WARNING)
