@@ -250,17 +250,19 @@ def test_an_output_folder_through_a_loop_of_links_or_in_proc_stops_the_run_in_on
                            "choose another folder\n")  # fmt: skip
 
 
-def test_a_cache_folder_that_is_a_file_fails_the_rows_as_storage_not_internal(lesson, ray_join):
+def test_a_cache_folder_that_is_a_file_stops_the_run_before_ray_starts(lesson):
+    """`--cache-dir notes.txt` (or a path through it): every row failed `storage` one by
+    one after the workers started, naming the path but not the option (found by an audit;
+    a thousand rows, a thousand failures). Now one line and exit 2, before Ray."""
     folder = lesson.parent
     (folder / "cache").write_text("not a folder\n")
-    proc = _run([HEYGEM, "submit", "m.csv", "-o", "out", "--cache-dir", "cache", "--engines", "engines"], folder,
-                ray_join)  # fmt: skip
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    (row,) = pq.read_table(folder / "out" / "results.parquet").to_pylist()
-    assert (row["error_kind"], row["error_step"]) == ("storage", "analyze"), row["error"]
-    assert row["error"] == (f"row 1 (job 'one'): {folder / 'cache'}: file exists; a file is there where the run makes "
-                            "a folder: move it away, or choose another path")  # fmt: skip
-
+    for given in ("cache", "cache/templates"):
+        proc = _run([HEYGEM, "submit", "m.csv", "-o", "out", "--cache-dir", given], folder)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert proc.stderr == (f"error: the template cache (--cache-dir) {folder / given} cannot be made: "
+                               f"{folder / 'cache'} is a file; move it away, or give --cache-dir a folder\n")
+        assert not (folder / "out" / "results.parquet").exists()
+    assert (folder / "cache").read_text() == "not a folder\n"
 
 def test_a_folder_the_user_may_not_write_says_so(lesson, tmp_path):
     if shutil.which("setpriv") is None:
@@ -271,7 +273,8 @@ def test_a_folder_the_user_may_not_write_says_so(lesson, tmp_path):
     proc = _run(["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--", HEYGEM, "submit", "m.csv", "-o",
                  str(others / "out")], lesson.parent)  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.startswith(f"error: {others / 'out'}: permission denied; give the user the run runs as access")
+    assert proc.stderr.startswith(f"error: cannot write into the output folder {others / 'out'}: permission denied; "
+                                  "give the user the run runs as access")  # fmt: skip
 
 
 def test_a_full_template_cache_fails_the_rows_as_storage_not_internal(lesson, mount, ray_join):

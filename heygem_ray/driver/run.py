@@ -96,6 +96,7 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     where = storage.location(manifest)
     folds_case = storage.check_writable(cfg.output_dir)
     _refuse_own_files(where, cfg.output_dir)
+    _refuse_cache_file(cfg.cache_dir)
     jobs = [_settings_checked(job, cfg) for job in read_manifest(where, cfg.output_dir, reserved=RESULT_COLUMNS,
                                                                   folds_case=folds_case)]  # fmt: skip
     # 2. hold the output folder: a run into a folder another run holds stops here
@@ -108,6 +109,18 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
         # 3. what this run renders from, besides each row's files (the weights hashed once)
         basis = resume.Basis(run_id, cfg.config_hash(), identity.render_weights(cfg.render), cfg.render_settings(), cfg)
         return _run(jobs, cfg, cb, basis, lease)
+
+
+def _refuse_cache_file(cache_dir: Path) -> None:
+    """Stop where the template cache cannot be made here: a file is where it or a folder
+    above it would be (every row would fail so, one by one, once the workers started). The
+    cache is local to each node, or shared by them: this machine's says the same."""
+    for at in (cache_dir, *cache_dir.parents):
+        if at.exists():
+            if not at.is_dir():
+                raise InputError(f"the template cache (--cache-dir) {cache_dir} cannot be made: {at} is a file; move "
+                                 "it away, or give --cache-dir a folder", kind="storage")  # fmt: skip
+            return
 
 
 def _refuse_own_files(manifest: Location, output_dir: Location) -> None:
