@@ -26,7 +26,7 @@ import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import openpyxl
@@ -160,6 +160,9 @@ def _column(table: pa.Table, name: str) -> list[Any]:
 
 
 def _read_table(path: Location) -> pa.Table:
+    if isinstance(path, Path) and path.is_dir():
+        raise InputError(f"manifest {path} is a folder: give the manifest file in it (CSV, Excel or Parquet)",
+                         kind="missing_file")  # fmt: skip
     if not storage.is_file(path):
         raise InputError(
             f"manifest {path} does not exist: check the "
@@ -556,7 +559,8 @@ def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Locat
         )
     if target.suffix.lower() != ".mp4":
         return None, InputError(
-            f"output {output!r} must end in .mp4", kind="unsafe_output"
+            f"output {output!r} must end in .mp4: give it as {str(PurePath(output).with_suffix('.mp4'))!r}",
+            kind="unsafe_output",
         )
     # (Format characters stay: a Persian name's zero-width non-joiner is typed as a letter.)
     if hidden := sorted({c for c in output if unicodedata.category(c) in ("Cc", "Zl", "Zp")}):

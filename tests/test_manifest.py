@@ -210,7 +210,7 @@ def test_a_made_id_from_long_names_fits_a_file_name(tmp_path):
         (f"{'长' * 67},a.wav,v.mp4,", "it is 201 bytes long in UTF-8, over 200"),
         ("ok1,a.wav,v.mp4,../../etc/x.mp4", "outside the output folder"),
         ("ok2,a.wav,v.mp4,/tmp/x.mp4", "outside the output folder"),
-        ("ok3,a.wav,v.mp4,video.avi", "must end in .mp4"),
+        ("ok3,a.wav,v.mp4,video.avi", "must end in .mp4: give it as 'video.mp4'"),
         (f"ok4,a.wav,v.mp4,{'d' * 256}/x.mp4", "is 256 bytes long in UTF-8, over the 255 a file or folder name holds"),
         (f"ok5,a.wav,v.mp4,{'课' * 75}.mp4", "its file name without .mp4 is 225 bytes long in UTF-8, over 223"),
         ('ok6,a.wav,v.mp4,"a\nb.mp4"', "holds '\\n': a line break, a tab or another control code"),
@@ -383,6 +383,8 @@ def test_a_damaged_or_ambiguous_workbook_says_so(tmp_path):
 def test_missing_or_unreadable_manifest(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         read_manifest(tmp_path / "nope.csv", tmp_path)
+    with pytest.raises(InputError, match=r"is a folder: give the manifest file in it \(CSV, Excel or Parquet\)$"):
+        read_manifest(tmp_path, tmp_path / "out")  # (it said "does not exist")
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"not parquet at all")
     with pytest.raises(InputError, match="could not be read"):
