@@ -205,11 +205,37 @@ def _read_table(path: Location) -> pa.Table:
                 "code page, such as GBK or Windows-1252), or give a Parquet file",
                 kind="bad_manifest",
             ) from exc
+        ragged = None
+        if isinstance(exc, pa.ArrowInvalid) and suffix not in (".parquet", *_WORKBOOKS):  # a CSV's parse error
+            with contextlib.suppress(OSError):
+                ragged = _ragged_line(path.read_bytes() if isinstance(path, Path) else raw)
+        if ragged is not None:
+            raise InputError(f"manifest {path} {ragged}", kind="bad_manifest") from exc
         raise InputError(
             f"manifest {path} could not be read ({_first_line(exc)}): give a CSV file with a "
             "header line, or a Parquet file",
             kind="bad_manifest",
         ) from exc
+
+
+def _ragged_line(content: bytes) -> str | None:
+    """Where a CSV manifest's line has more or fewer cells than its header names (which
+    pyarrow says without the line): the first such line and what to do; None where none
+    does (or it is no text)."""
+    read, parse = _csv_dialect(content[:_HEAD_BYTES])
+    try:
+        text = content.decode("utf-16" if read.encoding == "utf16" else "utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=parse.delimiter)
+    header = next(rows, [])
+    for row in rows:
+        if row and len(row) != len(header):
+            fix = (f"remove the extra cells, or quote a cell that holds a {parse.delimiter!r} (\"a{parse.delimiter} b\")"
+                   if len(row) > len(header) else "add the missing ones (an empty cell is two separators in a row)")  # fmt: skip
+            return (f"line {rows.line_num} has {len(row)} cells where its header line names {len(header)} columns: "
+                    f"{fix}")  # fmt: skip
+    return None
 
 
 # The columns heygem-ray reads; the others are carried into the results as they are.
@@ -351,7 +377,7 @@ def _csv_dialect(head: bytes) -> tuple[pa_csv.ReadOptions, pa_csv.ParseOptions]:
     text = head.decode("utf-16" if encoding == "utf16" else "utf-8-sig", errors="replace")
     header = text.splitlines()[0] if text else ""
     delimiter = next(
-        (d for d in _DELIMITERS if set(REQUIRED_COLUMNS) <= {c.strip().strip('"') for c in header.split(d)}), ","
+        (d for d in _DELIMITERS if set(REQUIRED_COLUMNS) <= {_typed(c.strip().strip('"')) for c in header.split(d)}), ","
     )
     return pa_csv.ReadOptions(block_size=1 << 20, encoding=encoding), pa_csv.ParseOptions(delimiter=delimiter)
 

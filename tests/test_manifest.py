@@ -47,6 +47,8 @@ def test_columns_typed_in_other_case_or_with_spaces_are_read_and_misspelt_ones_s
     (job,) = read_manifest(m, tmp_path / "out")
     assert (job.job_id, job.audio, job.row_settings) == ("x", tmp_path / "a.wav", (("reference_seconds", 30.0),))
     assert job.extra == {"title": "Intro"} and job.problem is None
+    (job,) = read_manifest(write(tmp_path / "semi.csv", "Audio;Video\na.wav;v.mp4\n"), tmp_path / "out")
+    assert (job.audio, job.video) == (tmp_path / "a.wav", tmp_path / "v.mp4")  # (its separator found all the same)
     book = openpyxl.Workbook()
     book.active.append(["AUDIO", "Video"])
     book.active.append(["a.wav", "v.mp4"])
@@ -385,6 +387,16 @@ def test_missing_or_unreadable_manifest(tmp_path):
         read_manifest(tmp_path / "nope.csv", tmp_path)
     with pytest.raises(InputError, match=r"is a folder: give the manifest file in it \(CSV, Excel or Parquet\)$"):
         read_manifest(tmp_path, tmp_path / "out")  # (it said "does not exist")
+    # A line with a cell too many or too few: pyarrow said "Expected 3 columns, got 4" without the line.
+    for name, text, said in (
+        ("extra.csv", "job_id,audio,video\na,a.wav,v.mp4\nb,b.wav,v.mp4,extra\n", "line 3 has 4 cells where its header "
+         "line names 3 columns: remove the extra cells, or quote a cell that holds a ',' (\"a, b\")"),
+        ("short.csv", "job_id;audio;video\na;a.wav\n", "line 2 has 2 cells where its header line names 3 columns: add "
+         "the missing ones (an empty cell is two separators in a row)"),
+    ):  # fmt: skip
+        with pytest.raises(InputError) as raised:
+            read_manifest(write(tmp_path / name, text), tmp_path / "out")
+        assert raised.value.message == f"manifest {tmp_path / name} {said}"
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"not parquet at all")
     with pytest.raises(InputError, match="could not be read"):
