@@ -44,6 +44,8 @@ CASES = {
     # Gone for the take's last or first 0.3 s: within the 0.4 s a miss between two sightings is filled.
     "leaves_at_the_end": {"absent": (2.7, 3.0), "seconds": 3.0},
     "comes_in_late": {"absent": (0.0, 0.3), "seconds": 3.0},
+    # Tilted 40° for a while (the frontal detector boxes it smaller there, if at all).
+    "tilting_far": {"tilt": lambda t: 40.0 if (t < 1.0 or 2.0 <= t < 2.6) else 0.0, "seconds": 3.0},
 }
 
 
@@ -128,6 +130,15 @@ def test_a_presenter_gone_at_the_takes_edge_for_less_than_a_filled_gap_is_lost_t
     gone = slice(-7, None) if case == "leaves_at_the_end" else slice(0, 8)  # (25 fps)
     assert not ref.present[gone].any()
     assert run(ref)["lost"].value == pytest.approx(0.1, abs=0.02)
+
+
+def test_one_presenter_tilting_far_is_one_face_not_three(refs):
+    """The presenter's head tilted 40° for stretches was found there as smaller faces, told
+    as "3 faces: ... crop the reference to the presenter" (found by an audit): the wrong
+    fix. Faces of another size centred on the presenter's, never beside it, are the
+    presenter's own."""
+    faces = run(refs["tilting_far"])["faces"]
+    assert (faces.level, faces.figure) == ("ok", "one face: the presenter"), faces.line()
 
 
 def test_the_figures_measure_what_was_composed(refs, clips):

@@ -71,7 +71,8 @@ from heygem_ray.template.store import FrameStore
 # (``ffmpeg.to_sdr``), which version 7 stored as if they were SDR, and meta.json's
 # ``source_colour``; interlaced takes deinterlaced (``ffmpeg.DEINTERLACE``); non-square
 # pixels widened to square (``VideoInfo.sample_aspect``); 9: a presenter gone at the take's
-# first or last frames is not taken to be there (``track.finish``).
+# first or last frames is not taken to be there (``track.finish``), and the presenter's head
+# tilted far is not another face (``Tracker.presenter``).
 TEMPLATE_VERSION = 9
 
 
