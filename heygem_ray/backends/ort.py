@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from heygem_ray.backends.runner import check_inputs
-from heygem_ray.errors import EngineError
+from heygem_ray.errors import EngineError, first_line
 from heygem_ray.export import graph_names
 from heygem_ray.packs import TensorSpec
 
@@ -88,7 +88,9 @@ class OrtRunner:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as e:  # ORT raises its own classes, all bare Exception subclasses
-            raise EngineError(f"{stage}: onnxruntime could not load {path}: {e}") from e
+            raise EngineError(f"{stage}: onnxruntime could not load {path} ({first_line(e)}): a file in the engine "
+                              "store that is damaged, or was written by another onnxruntime; remove it, and the next "
+                              "run (or 'heygem-ray engines build') builds it again") from e  # fmt: skip
         self._check_session(path, chosen)
 
     def _check_session(self, path: Path, chosen: list[Provider]) -> None:

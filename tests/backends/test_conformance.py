@@ -202,6 +202,22 @@ def test_ort_runner_refuses_a_graph_of_another_stage(store: EngineStore, stages)
         OrtRunner("render", path, *pack.io("render"), device="cpu")
 
 
+def test_ort_runner_on_a_damaged_graph_says_to_remove_it(store: EngineStore, stages, tmp_path) -> None:
+    """A graph in the engine store that is damaged (a failing disk, another tool's file in
+    its place): ONNX Runtime's words alone ("Protobuf parsing failed") said nothing of
+    what to do."""
+    pack = get_pack("warp")
+    path, _ = onnx_artifact(store, pack, "motion", stages["warp"]["motion"], "fp32")
+    damaged = tmp_path / "motion.onnx"
+    damaged.write_bytes(b"\x0a\xff\xff\xff" + Path(path).read_bytes()[4:])  # its first field runs past the end
+    with pytest.raises(EngineError) as raised:
+        OrtRunner("motion", damaged, *pack.io("motion"), device="cpu")
+    assert raised.value.message.startswith(f"motion: onnxruntime could not load {damaged} (")
+    assert raised.value.message.endswith("a file in the engine store that is damaged, or was written by another "
+                                         "onnxruntime; remove it, and the next run (or 'heygem-ray engines build') "
+                                         "builds it again")  # fmt: skip
+
+
 # -- backend choice -----------------------------------------------------------------------------
 
 
