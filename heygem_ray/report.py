@@ -50,7 +50,7 @@ from heygem_ray import locks, storage
 from heygem_ray.config import DetectorConfig
 from heygem_ray.driver.hold import RUN_LOCK
 from heygem_ray.driver.resume import PARTS_DIR
-from heygem_ray.errors import HeygemError, InputError
+from heygem_ray.errors import HeygemError, InputError, first_line, storage_error
 from heygem_ray.results import RESULTS_FILE, SCHEMA, JobResult
 from heygem_ray.steps import TIMED
 from heygem_ray.storage import Location, Uri
@@ -211,8 +211,13 @@ def _read(path: Location) -> list[JobResult]:
         source = path if isinstance(path, Path) else pa.BufferReader(storage.read_bytes(path))
         table = pq.read_table(source)
     except (OSError, pa.ArrowException) as exc:
+        if isinstance(exc, OSError) and (refused := storage_error(exc, path)) is not None:
+            raise refused from exc
         raise InputError(
-            f"results file {path} could not be read ({exc}); is it a heygem-ray results table?", kind="no_results"
+            f"results file {path} could not be read as a Parquet table ({first_line(exc)}): it is damaged, or no "
+            "table a run wrote; running the same manifest into its folder again writes it anew, keeping the rows "
+            "already rendered",
+            kind="no_results",
         ) from exc
     # Columns added in later versions (e.g. output_bytes) may be missing from older tables.
     missing = sorted(_REQUIRED - set(table.column_names))

@@ -143,6 +143,13 @@ def test_status_says_what_is_wrong_with_a_folder_without_results(tmp_path):
     assert empty.exit_code == 2 and "no results in" in empty.stderr
     assert runner.invoke(app, ["report", str(tmp_path)]).exit_code == 2
     assert not (tmp_path / report.REPORT_FILE).exists()
+    # A damaged table: what to do, where it asked "is it a heygem-ray results table?"
+    (tmp_path / "results.parquet").write_text("junk")
+    damaged = runner.invoke(app, ["status", str(tmp_path)])
+    assert damaged.exit_code == 2 and damaged.stderr.startswith(
+        f"error: results file {tmp_path / 'results.parquet'} could not be read as a Parquet table (")
+    assert damaged.stderr.endswith("): it is damaged, or no table a run wrote; running the same manifest into its "
+                                   "folder again writes it anew, keeping the rows already rendered\n")  # fmt: skip
 
 
 def test_report_embeds_real_thumbnails_of_every_output_and_escapes_user_text(run_dir, tmp_path):
