@@ -127,7 +127,8 @@ def write_with_settings(path: Location, settings: Mapping[int, Mapping[str, floa
     it was read as, and the rows ``settings`` names (data rows, from 1) given those render
     settings (``ROW_SETTINGS``: their cells replaced, in columns added where it had none).
     An 'audio' or 'video' cell relative to the manifest's folder is written as the path it
-    names, so that the copy, in another folder, names the same files."""
+    names, so that the copy, in another folder, names the same files (the others, a URI,
+    an absolute path or one from '~', as they are)."""
     table = _read_table(path)
     with storage_errors(path):
         base = storage.resolved(path).parent
@@ -139,9 +140,9 @@ def write_with_settings(path: Location, settings: Mapping[int, Mapping[str, floa
     for n, row in enumerate(table.to_pylist(), start=1):
         cells = {name: _csv_cell(value) for name, value in row.items()}
         for name in REQUIRED_COLUMNS:
-            if cells.get(name):
-                with contextlib.suppress(InputError, ValueError):  # (a cell the run refuses stays as it is)
-                    cells[name] = str(_resolve_input(base, cells[name]))
+            cell = _text(row.get(name))
+            if cell and not storage.is_uri(cell) and not cell.startswith("~") and not Path(cell).is_absolute():
+                cells[name] = str(base / cell)
         cells.update({name: format(seconds, ".10g") for name, seconds in settings.get(n, {}).items()})
         writer.writerow([cells.get(name, "") for name in names])
     storage.write_bytes(dest, text.getvalue().encode())
@@ -270,8 +271,8 @@ def _typed(name: str) -> str:
 
 def _misspelt(name: str, column: str) -> bool:
     """Whether the header's ``name`` is ``column`` misspelt: one letter added, left out,
-    replaced, or two swapped (two such, for names of 6 letters or more), not counting case,
-    spaces around it, and a '-' or a space for '_'."""
+    replaced, or two swapped, not counting case, spaces around it, and a '-' or a space
+    for '_'. (Two such took columns users carry for ``job_id``: 'row_id', 'job_no'.)"""
     typed = _typed(name)
     if typed in _READ_COLUMNS:
         return False
@@ -285,7 +286,7 @@ def _misspelt(name: str, column: str) -> bool:
             if i > 1 and j > 1 and a == column[j - 2] and typed[i - 2] == b:
                 row[j] = min(row[j], prev2[j - 2] + 1)
         prev2, prev = prev, row
-    return prev[-1] <= (2 if len(column) >= 6 else 1)
+    return prev[-1] <= 1
 
 
 # Excel workbooks read as manifests (their first sheet); the other spreadsheet files, told
@@ -585,7 +586,7 @@ def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Locat
         )
     if target.suffix.lower() != ".mp4":
         return None, InputError(
-            f"output {output!r} must end in .mp4: give it as {str(PurePath(output).with_suffix('.mp4'))!r}",
+            f"output {output!r} must end in .mp4{_as_mp4(output)}",
             kind="unsafe_output",
         )
     # (Format characters stay: a Persian name's zero-width non-joiner is typed as a letter.)
@@ -600,6 +601,16 @@ def _resolve_output(job_id: str, output: str, out_root: Location) -> tuple[Locat
     if (blocked := _blocked(target, out_root)) is not None:
         return None, InputError(blocked, kind="unsafe_output")
     return target, None
+
+
+def _as_mp4(output: str) -> str:
+    """How the 'output' cell ``output``, which names no .mp4, would: ": give it as 'a.mp4'"
+    where its last name is one with another ending (or none); "" otherwise (a link named
+    .mp4 to a .mov, a name that is '..')."""
+    named = PurePath(output)
+    if named.name in ("", ".", "..") or named.suffix.lower() == ".mp4":
+        return ""
+    return f": give it as {str(named.with_suffix('.mp4'))!r}"
 
 
 def _blocked(target: Location, out_root: Location) -> str | None:

@@ -152,6 +152,8 @@ def _audio_refused(speech: Path, cfg: RenderConfig) -> Check | None:
         try:
             read_speech(speech, speech, Path(scratch) / "audio.f32", cfg.limits)
         except InputError as exc:
+            if exc.kind == "storage":  # this machine's scratch disk, not the audio
+                raise
             return Check("audio", "fail", f"submit would fail its row ({exc.kind})", exc.message)
     return None
 
@@ -317,7 +319,8 @@ def _side_by_side(
     if worker.error is not None:
         raise worker.error
     with tempfile.TemporaryDirectory(prefix="heygem-preview-") as scratch:
-        pcm = media.load_audio(speech, SAMPLE_RATE)[: round(seconds * SAMPLE_RATE)]  # (samples,) float32 in [-1, 1]
+        # (samples,) float32 in [-1, 1]; audio cut short is the audio check's to say
+        pcm = media.load_audio(speech, SAMPLE_RATE, whole=False)[: round(seconds * SAMPLE_RATE)]
         short = Path(scratch) / "speech.wav"
         with wave.open(str(short), "wb") as w:
             w.setnchannels(1)

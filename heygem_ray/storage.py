@@ -510,7 +510,7 @@ def check_writable(folder: Location, what: str = "the output folder") -> bool:
                     p.rmdir()
     except (OSError, InputError) as exc:
         refused = exc if isinstance(exc, OSError) else exc.__cause__
-        if not isinstance(refused, OSError):  # a bucket's refusal: said in its own words
+        if isinstance(folder, Uri) or not isinstance(refused, OSError):  # a bucket's refusal: said in its own words
             raise
         said = os.strerror(refused.errno) if refused.errno else first_line(refused)
         fix = storage_fix(refused.errno or 0) or "choose another folder"

@@ -263,6 +263,17 @@ def test_a_cache_folder_that_is_a_file_stops_the_run_before_ray_starts(lesson):
                                f"{folder / 'cache'} is a file; move it away, or give --cache-dir a folder\n")
         assert not (folder / "out" / "results.parquet").exists()
     assert (folder / "cache").read_text() == "not a folder\n"
+    # A cache under a folder this user may not look into: the nodes' users may; the run was
+    # stopped by a PermissionError's traceback (found by a review). It goes on.
+    if shutil.which("setpriv") is not None:
+        others = folder / "others"
+        others.mkdir(mode=0o700)
+        os.chown(others, 65534, 65534)
+        check = ("import sys; from pathlib import Path; from heygem_ray.driver.run import _refuse_cache_file; "
+                 "_refuse_cache_file(Path(sys.argv[1]))")  # fmt: skip
+        proc = _run(["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--", sys.executable, "-c", check,
+                     str(others / "cache")], folder)  # fmt: skip
+        assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr[-2000:]
 
 def test_a_folder_the_user_may_not_write_says_so(lesson, tmp_path):
     if shutil.which("setpriv") is None:

@@ -65,9 +65,9 @@ def test_columns_typed_in_other_case_or_with_spaces_are_read_and_misspelt_ones_s
         assert raised.value.message.startswith(f"manifest {bad} has a column {near!r} and none named {column!r}: if "
                                                f"it is that column, rename it {column!r}"), raised.value.message
     # A column near one that is there, or far from every one, is carried as it is.
-    m = write(tmp_path / "ok.csv", "job_id,audio,video,videos,radio,job\nx,a.wav,v.mp4,2,FM,j\n")
+    m = write(tmp_path / "ok.csv", "audio,video,videos,radio,job,row_id,job_no\na.wav,v.mp4,2,FM,j,7,8\n")
     (job,) = read_manifest(m, tmp_path / "out")
-    assert job.extra == {"videos": "2", "radio": "FM", "job": "j"}
+    assert job.extra == {"videos": "2", "radio": "FM", "job": "j", "row_id": "7", "job_no": "8"}
 
 
 def test_a_manifest_copied_with_settings_elsewhere_names_the_same_files(tmp_path):
@@ -76,8 +76,8 @@ def test_a_manifest_copied_with_settings_elsewhere_names_the_same_files(tmp_path
     the copy failed `missing_file` (found by an audit). The copy names the same files."""
     night = tmp_path / "night"
     night.mkdir()
-    m = write(night / "tonight.csv", "job_id,audio,video,title\na,media/a.wav,media/v.mp4,Intro\n"
-                                     f"b,{tmp_path / 'b.wav'},media/v.mp4,Rain\n")  # fmt: skip
+    m = write(night / "tonight.csv", "job_id, audio, video,title\na, media/a.wav, media/v.mp4,Intro\n"
+                                     f"b,{tmp_path / 'b.wav'},media/v.mp4,Rain\nc,~/c.wav,s3://bucket/v.mp4,Sea\n")  # fmt: skip
     elsewhere = tmp_path / "preview"
     elsewhere.mkdir()
     write_with_settings(m, {1: {"reference_start": 4.0}}, elsewhere / "copy.csv")
@@ -85,6 +85,7 @@ def test_a_manifest_copied_with_settings_elsewhere_names_the_same_files(tmp_path
     after = read_manifest(elsewhere / "copy.csv", tmp_path / "out")
     assert [(j.audio, j.video, j.extra) for j in after] == [(j.audio, j.video, j.extra) for j in before]
     assert after[0].audio == night / "media" / "a.wav" and after[0].row_settings == (("reference_start", 4.0),)
+    assert (elsewhere / "copy.csv").read_text().splitlines()[3].startswith("c,~/c.wav,s3://bucket/v.mp4,")
 
 
 def test_a_cell_from_the_home_folder_is_read_there(tmp_path, monkeypatch):

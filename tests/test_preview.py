@@ -355,6 +355,16 @@ def test_one_reference_with_silent_audio_fails_an_audio_check_as_its_job_would(e
                               "--allow-silent-audio")  # fmt: skip
     assert allowed.exit_code == 0, allowed.output
     assert found is not None and "audio" not in [c["check"] for c in found["checks"]]
+    # Audio cut short: the check fails, and the first seconds it holds are still rendered
+    # (the preview stopped with exit 2 and no video: found by a review).
+    whole = examples / "lesson1.wav"
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    got, found = _preview(tmp_path / "c", str(examples / "presenter.jpg"), str(cut), "--seconds", "0.5")
+    assert got.exit_code == 1, got.output
+    assert found is not None and [(c["level"], c["figure"]) for c in found["checks"] if c["check"] == "audio"] == [
+        ("fail", "submit would fail its row (unreadable_media)")]
+    assert (tmp_path / "c" / "out" / "presenter-preview.mp4").is_file()
 
 
 def test_one_model_worker_renders_every_reference_of_a_manifest(examples, tmp_path, monkeypatch):

@@ -713,3 +713,18 @@ def test_a_network_mount_that_stopped_answering_is_the_users_storage_not_a_bug(c
     in_words = storage_error_in(f"[in#0 @ 0x5] Error reading /mnt/lessons/a.wav: {said}", "/mnt/lessons/a.wav")
     assert in_words is not None and in_words.message == found.message
     assert storage_error(OSError(errno.EINVAL, "Invalid argument")) is None  # ours, or a bug: not said to be storage
+
+
+def test_a_bucket_out_of_reach_as_the_run_starts_says_what_to_check_in_the_buckets_words(tmp_path):
+    """An endpoint that does not answer: the check of the output prefix said "cannot write
+    into the output folder …: oserror: …; choose another folder" (found by a review of a
+    change that named local folders): a bucket's refusal keeps its own words and fixes."""
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1", "HOME": str(tmp_path)}  # fmt: skip
+    check = ("from heygem_ray import storage; from heygem_ray.errors import InputError\n"
+             "try:\n    storage.check_writable(storage.Uri('s3', 'bucket/nightly'))\n"
+             "except InputError as e:\n    print(e.kind, e.message)")  # fmt: skip
+    said = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120).stdout
+    assert said.startswith("storage could not write s3://bucket/nightly/.heygem-probe-"), said
+    assert said.rstrip().endswith("check the URI, that the bucket exists, and the credentials (AWS_* / GOOGLE_* "
+                                  "variables, or the instance's role) and endpoint (AWS_ENDPOINT_URL) on this machine")

@@ -114,9 +114,14 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
 def _refuse_cache_file(cache_dir: Path) -> None:
     """Stop where the template cache cannot be made here: a file is where it or a folder
     above it would be (every row would fail so, one by one, once the workers started). The
-    cache is local to each node, or shared by them: this machine's says the same."""
+    cache is local to each node, or shared by them: this machine's says the same. Where
+    this machine cannot tell, the run goes on."""
     for at in (cache_dir, *cache_dir.parents):
-        if at.exists():
+        try:
+            there = at.exists()
+        except OSError:  # a folder this user may not look into: the nodes' users may
+            return
+        if there:
             if not at.is_dir():
                 raise InputError(f"the template cache (--cache-dir) {cache_dir} cannot be made: {at} is a file; move "
                                  "it away, or give --cache-dir a folder", kind="storage")  # fmt: skip

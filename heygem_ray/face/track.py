@@ -358,11 +358,11 @@ class Tracker:
                 (iou(np.asarray(track.boxes)[taken], seen.boxes[frames[taken]]).diagonal() < _LINK_IOU).any()
             )
             if beside or not 1 / _SAME_SIZE <= track.side() / side <= _SAME_SIZE:
-                # Of another size, never beside it, and centred where the presenter's face
-                # is: the presenter's own head tilted or turned (the detector boxes it
-                # smaller), not another face, and no box to steady the presenter's with.
+                # Smaller, never beside it, and centred where the presenter's face is: the
+                # presenter's own head tilted or turned (the detector boxes it smaller), not
+                # another face, and no box to steady the presenter's with.
                 cx, cy = np.median(np.asarray(track.boxes), axis=0).reshape(2, 2).mean(axis=0)
-                if not beside and x0 <= cx <= x1 and y0 <= cy <= y1:
+                if not beside and track.side() < side and x0 <= cx <= x1 and y0 <= cy <= y1:
                     continue
                 if len(frames) >= _OTHER_SHARE * self.frames:
                     others.append([*np.median(np.asarray(track.boxes), axis=0), len(frames) / self.frames])

@@ -99,21 +99,35 @@ def _declared_seconds(container: av.container.InputContainer, stream: av.stream.
 CUT_SHORT_S = 0.5
 
 
-def promised_seconds(path: Path, container: av.container.InputContainer, stream: av.stream.Stream) -> float | None:
-    """How long the first audio stream is by its header, where the header says so exactly:
-    a WAV's data chunk, a FLAC's STREAMINFO, an MP3's Xing, Info or VBRI frame. None for a
-    header that says nothing exact: an MP3 without those frames (FFmpeg guesses its length
-    from its first frame's bit rate), an Ogg file (its length is its last page's), a WAV
-    written by a recorder that never finished it (its size 0 or 0xFFFFFFFF). An MP4's
-    index is checked against the file's size as it is opened (``container.opened``)."""
+@dataclass(frozen=True)
+class Declared:
+    """What an audio file's header declares of its length, where it says so exactly: its
+    seconds (an MP3's Xing, Info or VBRI frame counts its frames), or the share of its data
+    the file holds (a WAV's data chunk, declared to end past the file's end)."""
+
+    seconds: float | None = None
+    held: float = 1.0
+
+    def seconds_for(self, heard: float) -> float:
+        """The length declared, for a file that decodes to ``heard`` seconds."""
+        return self.seconds if self.seconds is not None else heard / self.held
+
+
+def declared_length(path: Path, container: av.container.InputContainer, stream: av.stream.Stream) -> Declared | None:
+    """What the header of ``path`` declares of its first audio stream's length, where it
+    says so exactly; None where it says nothing exact: an MP3 without a frame count (FFmpeg
+    guesses its length from its first frame's bit rate), an Ogg file (its length is its
+    last page's), a FLAC (a copy cut with ``-c copy`` keeps the whole's STREAMINFO), a WAV
+    written to a pipe or by a recorder that never finished it (sizes it could not know). An
+    MP4's index is checked against the file's size as it is opened (``container.opened``)."""
     demuxer = container.format.name
     if demuxer == "wav":
-        return _wav_promised_seconds(path)
-    if demuxer not in ("flac", "mp3") or stream.duration is None or stream.time_base is None:
+        held = _wav_held(path)
+        return None if held is None else Declared(held=held)
+    if demuxer != "mp3" or stream.duration is None or stream.time_base is None or not _mp3_counts_frames(path):
         return None
-    if demuxer == "mp3" and not _mp3_counts_frames(path):
-        return None
-    return float(stream.duration * stream.time_base) or None
+    seconds = float(stream.duration * stream.time_base)
+    return Declared(seconds=seconds) if seconds > 0 else None
 
 
 # The sizes a WAV written to a pipe is given, where its writer cannot go back to fill in
@@ -122,33 +136,32 @@ def promised_seconds(path: Path, container: av.container.InputContainer, stream:
 _PLACEHOLDER_SIZE = 0x7FFF0000
 
 
-def _wav_promised_seconds(path: Path) -> float | None:
-    """The seconds a RIFF WAV's data chunk declares (its size over the byte rate its
-    ``fmt `` chunk gives), or None where it declares none: a size a writer puts where it
-    cannot know it (``_PLACEHOLDER_SIZE``, 0), in the data chunk or the RIFF header."""
+def _wav_held(path: Path) -> float | None:
+    """The share of a RIFF WAV's data chunk that the file holds, where the chunk is
+    declared to end past the file's end; None where it ends within it, or its size is one
+    a writer puts where it cannot know it (``_PLACEHOLDER_SIZE``, 0), in the data chunk or
+    the RIFF header. (Bytes, not the ``fmt `` chunk's byte rate: writers put a nominal one.)"""
+    file_size = path.stat().st_size
     with open(path, "rb") as f:
         riff, whole, wave = f.read(4), f.read(4), f.read(4)
         if riff != b"RIFF" or wave != b"WAVE" or int.from_bytes(whole, "little") >= _PLACEHOLDER_SIZE:
             return None
-        byte_rate = 0
         for _ in range(64):  # the data chunk follows a few others at most
             head = f.read(8)
             if len(head) != 8:
                 return None
             name, size = head[:4], int.from_bytes(head[4:], "little")
-            if name == b"fmt " and size >= 16:
-                byte_rate = int.from_bytes(f.read(16)[8:12], "little")
-                f.seek(size - 16 + size % 2, os.SEEK_CUR)
-            elif name == b"data":
-                return size / byte_rate if byte_rate and 0 < size < _PLACEHOLDER_SIZE else None
-            else:
-                f.seek(size + size % 2, os.SEEK_CUR)
+            if name == b"data":
+                there = file_size - f.tell()
+                return there / size if 0 < there < size < _PLACEHOLDER_SIZE else None
+            f.seek(size + size % 2, os.SEEK_CUR)
     return None
 
 
 def _mp3_counts_frames(path: Path) -> bool:
-    """Whether an MP3's first frame is a Xing, Info or VBRI header (LAME's and most
-    encoders'), which counts its frames: its length is then exact."""
+    """Whether an MP3's first frame is a Xing or Info header that counts its frames (its
+    flags say so: LAME's and most encoders'), or a VBRI one (which always does): its length
+    is then exact."""
     with open(path, "rb") as f:
         start = f.read(10)
         if start[:3] == b"ID3" and len(start) == 10:  # an ID3v2 tag first: its size is "syncsafe", 7 bits a byte
@@ -158,7 +171,13 @@ def _mp3_counts_frames(path: Path) -> bool:
             f.seek(0)
         head = f.read(4096)
     sync = next((i for i in range(len(head) - 1) if head[i] == 0xFF and head[i + 1] & 0xE0 == 0xE0), None)
-    return sync is not None and any(tag in head[sync : sync + 200] for tag in (b"Xing", b"Info", b"VBRI"))
+    if sync is None:
+        return False
+    frame = head[sync : sync + 200]
+    if b"VBRI" in frame:
+        return True
+    at = max(frame.find(b"Xing"), frame.find(b"Info"))
+    return at >= 0 and bool(int.from_bytes(frame[at + 4 : at + 8], "big") & 1)  # flag 1: the frame count is there
 
 
 def cut_short(path: Path, heard: float, promised: float) -> InputError:

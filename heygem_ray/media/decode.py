@@ -19,7 +19,7 @@ import numpy as np
 
 from heygem_ray.errors import InputError, storage_error_in, storage_errors
 from heygem_ray.media import yuv
-from heygem_ray.media.audio_probe import CUT_SHORT_S, audio_stream, cut_short, empty_audio, late_start, promised_seconds
+from heygem_ray.media.audio_probe import CUT_SHORT_S, audio_stream, cut_short, declared_length, empty_audio, late_start
 from heygem_ray.media.container import require_file
 from heygem_ray.media.decoders import Decoder
 from heygem_ray.media.ffmpeg import (
@@ -160,14 +160,15 @@ def has_alpha(pixel_format: str) -> bool:
         return False
 
 
-def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000) -> np.ndarray:
+def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000, *, whole: bool = True) -> np.ndarray:
     """The first audio stream of ``path``: (N,) float32 mono in [-1, 1] at ``sample_rate`` Hz.
 
     Decoded and resampled by ffmpeg, streamed from its pipe; channels are then averaged
     (as librosa's ``to_mono`` does: ffmpeg's own ``-ac 1`` would scale stereo by
-    √½ per channel). Silence is valid; no samples is an ``empty_audio`` error.
+    √½ per channel). Silence is valid; no samples is an ``empty_audio`` error. Audio cut
+    short is ``unreadable_media`` unless ``whole`` is False (what it holds is wanted).
     """
-    parts = list(_audio_blocks(path, sample_rate))  # (n,) float32 mono pieces
+    parts = list(_audio_blocks(path, sample_rate, whole=whole))  # (n,) float32 mono pieces
     return np.concatenate(parts)
 
 
@@ -210,17 +211,18 @@ def _not_sound(path: Path, block: np.ndarray, before: int, sample_rate: int) -> 
 
 
 def _audio_blocks(
-    path: str | os.PathLike[str], sample_rate: int, max_seconds: float | None = None
+    path: str | os.PathLike[str], sample_rate: int, max_seconds: float | None = None, *, whole: bool = True
 ) -> Generator[np.ndarray, None, None]:
     """The decoded audio of ``path`` as consecutive (n,) float32 mono blocks in [-1, 1];
-    raises ``empty_audio`` when there are none, ``unreadable_media`` when ffmpeg fails,
+    raises ``empty_audio`` when there are none, ``unreadable_media`` when ffmpeg fails or
+    (where ``whole``) the file decodes to less than its header declares (``cut_short``),
     ``too_large`` when there are more than ``max_seconds`` (see :func:`decode_audio`)."""
     p = require_file(path, "audio")
     most = math.inf if max_seconds is None else max_seconds * sample_rate  # samples
     with audio_stream(p, max_seconds) as (container, stream):
         channels = stream.codec_context.channels
         demuxer = container.format.name
-        promised, late = promised_seconds(p, container, stream), late_start(container, stream)
+        declared, late = declared_length(p, container, stream), late_start(container, stream)
     # FFmpeg's WAV demuxer hands out 4 KiB packets unless told otherwise, and each costs
     # it a trip through the kernel and its filters: ten hours of 16 kHz mono took 25 s,
     # most of it system time; in 1 MiB packets, 2 s (bench/bench_wav.py). The samples are
@@ -269,8 +271,10 @@ def _audio_blocks(
         raise _failed(proc, p, "audio", "{name} could not be decoded ({said}); re-export it (e.g. as WAV or MP3)")
     if samples == 0:
         raise empty_audio(p)
-    if promised is not None and (heard := samples / sample_rate - late) < promised - CUT_SHORT_S:
-        raise cut_short(p, heard, promised)
+    if declared is not None and whole:
+        heard = samples / sample_rate - late
+        if heard < (promised := declared.seconds_for(heard)) - CUT_SHORT_S:
+            raise cut_short(p, heard, promised)
 
 
 # A mix this much quieter (in RMS) than its loudest channel: channels that cancel.
