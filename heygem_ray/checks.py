@@ -277,16 +277,13 @@ def _lost(ref: Reference) -> Check:
         fps = float(ref.fps)
         start = _tenths(ref.start + stretch[0] / fps, math.ceil)  # not before the presenter is there
         settings["reference_start"] = start
-        if stretch[1] == ref.frames and not ref.cut:
+        if stretch[1] == ref.frames:
             advice += (f"the presenter is there from {start:g} s into the take on; --reference-start {start:g} uses "
                        "it from there (the same for preview and the batch, or the take's rows' reference_start)")  # fmt: skip
         else:
-            # (where --reference-seconds cut the take, what lies after the cut was not looked at:
-            # the stretch ends at the cut, and a start later by itself would take in frames unseen)
             end = _tenths(ref.start + stretch[1] / fps, math.floor)
             settings["reference_seconds"] = _tenths(end - start, math.floor)
-            seen = " (as far as the take was analysed)" if stretch[1] == ref.frames else ""
-            advice += (f"the presenter is there from {start:g} s to {end:g} s into the take{seen}; --reference-start "
+            advice += (f"the presenter is there from {start:g} s to {end:g} s into the take; --reference-start "
                        f"{start:g} --reference-seconds {settings['reference_seconds']:g} uses that stretch (the "
                        "same for preview and the batch, or the take's rows' columns of those names)")  # fmt: skip
     return Check("lost", "fail" if lost >= LOST_FAIL else "warn", figure, advice, lost, settings)
