@@ -18,11 +18,10 @@ def test_bf16_runs_on_pytorch_where_the_cpu_has_bf16_else_fp32(stages, store) ->
     modules = copy.deepcopy(stages["wav2lip"])  # TorchRunner casts its modules in place
     chosen = open_runners(pack, modules, device="cpu", store=store, backend="auto", precision="bf16", batch_sizes=[4])
     try:
-        assert chosen.backend == "pytorch"
         if fast:
-            assert chosen.precision == "bf16"
+            assert (chosen.backend, chosen.precision) == ("pytorch", "bf16")
             assert "onnxruntime: bf16 runs on pytorch only" in chosen.note
-        else:
+        else:  # fp32, on the backend auto takes for it (an AMD EPYC without AVX-512 BF16 found this branch wrong)
             assert chosen.precision == "fp32" and "bf16 is slow on this CPU" in chosen.note
         rng = np.random.default_rng(0)
         crops = rng.random((4, 3, 96, 96), dtype=np.float32)
