@@ -246,9 +246,9 @@ _READ_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *ROW_SETTINGS)
 def _named(path: Location, table: pa.Table) -> pa.Table:
     """``table`` with the columns heygem-ray reads named as it reads them: a name in other
     case, with spaces around it, or a '-' or a space for '_' (``' Audio'``, ``'Job ID'``,
-    typed in a spreadsheet) is that column. A
-    name a letter or two from one that is missing (``refrence_seconds``, ``ouptut``) stops
-    the manifest: its rows would render without the column, as if it were not there."""
+    typed in a spreadsheet) is that column. A name one edit from one that is missing
+    (``refrence_seconds``, ``ouptut``) stops the manifest: its rows would render without
+    the column, as if it were not there."""
     names = list(table.column_names)
     for i, name in enumerate(names):
         if (key := _typed(name)) in _READ_COLUMNS and key not in names:

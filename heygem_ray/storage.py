@@ -488,11 +488,11 @@ def _libc_fallocate() -> Any:
     return fallocate
 
 
-def check_writable(folder: Location, what: str = "the output folder") -> bool:
+def check_writable(folder: Location) -> bool:
     """Write a small file into ``folder`` (a local folder, made if missing, or a bucket
     prefix) and delete it, so that a folder the run cannot write stops it at once, with a
-    ``storage`` error naming ``what`` and saying what to do, rather than after its workers
-    started. Folders it had to make are removed again: nothing is left behind. Returns
+    ``storage`` error naming it as the output folder and saying what to do, rather than
+    after its workers started. Folders it had to make are removed again. Returns
     whether the folder's file system takes names that differ only in case as one file
     (macOS's and Windows' by default; never a bucket's): the file is found under its name
     in upper case."""
@@ -514,7 +514,7 @@ def check_writable(folder: Location, what: str = "the output folder") -> bool:
             raise
         said = os.strerror(refused.errno) if refused.errno else first_line(refused)
         fix = storage_fix(refused.errno or 0) or "choose another folder"
-        raise InputError(f"cannot write into {what} {folder}: {said.lower()}; {fix}", kind="storage") from exc
+        raise InputError(f"cannot write into the output folder {folder}: {said.lower()}; {fix}", kind="storage") from exc
     return folds
 
 

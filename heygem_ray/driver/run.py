@@ -133,8 +133,8 @@ def _refuse_own_files(manifest: Location, output_dir: Location) -> None:
     table, which the run would replace with its own, or a kept row): a table given back as a
     manifest was overwritten, and its rows' kept results with it."""
     with storage_errors(manifest):
-        table, parts = storage.resolved(output_dir) / RESULTS_FILE, storage.resolved(output_dir) / resume.PARTS_DIR
-        given = storage.resolved(manifest)
+        out, given = storage.resolved(output_dir), storage.resolved(manifest)
+    table, parts = out / RESULTS_FILE, out / resume.PARTS_DIR
     if given == table or storage.is_inside(given, parts):
         raise InputError(
             f"the manifest {manifest} is a file this run writes in its output folder {output_dir} (its results "
