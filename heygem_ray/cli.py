@@ -145,7 +145,9 @@ def describe_workers(infos: list[WorkerInfo]) -> list[str]:
         key = (i.device.gpu or "CPU", i.backend, i.precision, i.backend_note)
         groups[key] = groups.get(key, 0) + 1
     return [
-        f"workers: {n} × {dev}, backend {backend} ({precision})" + (f"; skipped {note}" if note else "")
+        # (the note: why faster backends, the precision asked for or the GPU were not used, and
+        # the restoration's notes: each says what it is about)
+        f"workers: {n} × {dev}, backend {backend} ({precision})" + (f"; {note}" if note else "")
         for (dev, backend, precision, note), n in groups.items()
     ]
 

@@ -432,6 +432,9 @@ def row_settings_problem(row_settings: tuple[tuple[str, float], ...], render: Re
     try:
         render.for_row(row_settings)
     except InputError as exc:
+        for name, value in row_settings:  # the one refused, by its column (not by its option's flag)
+            if exc.message.startswith(said := flag(name) + " "):
+                return InputError(f"its own {name} {value:g}: {exc.message.removeprefix(said)}", kind=exc.kind)
         given = ", ".join(f"{name} {value:g}" for name, value in row_settings)
         return InputError(f"its own {given}: {exc.message}", kind=exc.kind)
     return None

@@ -126,7 +126,7 @@ def test_a_cpu_only_node_that_joins_an_empty_cluster_gets_cpu_workers(tmp_path, 
         said = stderr.read_text()
         assert proc.returncode == 0, stdout[-2000:] + said[-3000:]
         assert "a CPU-only node joined: rendering on CPU workers" in said, said[-3000:]
-        assert re.search(r"^workers: 1 × CPU, backend \w+ \(fp32\); skipped tensorrt", said, flags=re.M), said[-3000:]
+        assert re.search(r"^workers: 1 × CPU, backend \w+ \(fp32\); tensorrt: ", said, flags=re.M), said[-3000:]
         assert "GPU workers asked for" not in said
         rows = pq.read_table(folder / "out" / "results.parquet").to_pylist()
         assert sorted(r["job_id"] for r in rows) == ["job0", "job1", "job2"]

@@ -227,7 +227,7 @@ def test_a_gpu_worker_that_cannot_use_its_gpu_stops_the_run_or_says_why_it_rende
     proc = subprocess.run([*base, "-o", str(tmp_path / "auto"), "--device", "auto"], env=gpu_without_cuda.env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.search(r"^workers: 1 × CPU, backend \w+ \(fp32\); skipped gpu: ", proc.stderr, flags=re.M)
+    assert re.search(r"^workers: 1 × CPU, backend \w+ \(fp32\); gpu: ", proc.stderr, flags=re.M)
     for r in pq.read_table(tmp_path / "auto" / "results.parquet").to_pylist():
         assert r["status"] == "ok" and r["gpu"] is None, r
         assert r["backend_note"].startswith("gpu: ") and "; rendering on the CPU" in r["backend_note"], r

@@ -357,7 +357,7 @@ def test_rows_render_with_the_reference_settings_they_give_themselves_and_a_reru
     first = run()
     assert (first["one"]["status"], first["two"]["status"]) == ("ok", "ok"), [first[j]["error"] for j in first]
     assert (first["bad"]["status"], first["bad"]["error_kind"]) == ("failed", "bad_argument")
-    assert "its own reference_start -1: --reference-start must be 0 (each reference from its beginning)" \
+    assert "its own reference_start -1: must be 0 (each reference from its beginning)" \
            in first["bad"]["error"]  # fmt: skip
     own = json.loads(first["two"]["render_settings"])
     assert (own["reference_start"], own["reference_seconds"]) == (2.0, 1.5)

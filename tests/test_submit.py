@@ -176,7 +176,7 @@ def test_readme_demo_command_renders_the_bundled_example(tmp_path):
     from heygem_ray.backends import trt
 
     if not trt.available()[0]:
-        assert re.search(r"workers: \d+ × CPU, backend pytorch \(fp32\); skipped tensorrt:", proc.stderr)
+        assert re.search(r"workers: \d+ × CPU, backend pytorch \(fp32\); tensorrt: ", proc.stderr)
         assert "heygem-ray[tensorrt]" in proc.stderr
     assert f"results: {tmp_path / 'out' / 'results.parquet'}" in proc.stdout
     table = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()

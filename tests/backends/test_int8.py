@@ -303,6 +303,6 @@ def test_calibration_takes_each_rows_own_reference_start_and_seconds(tmp_path, e
 
     manifest.write_text(f"audio,video,reference_start\n{row},-1\n")
     with pytest.raises(InputError, match=f"calibration manifest {manifest}, row 1 .*its own reference_start -1: "
-                                         "--reference-start must be") as bad:  # fmt: skip
+                                         "must be 0") as bad:  # fmt: skip
         calibration_set(PACK, manifest, tmp_path / "templates", frames=CALIBRATE, held_out=HELD_OUT)
     assert bad.value.kind == "bad_argument"
