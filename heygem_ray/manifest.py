@@ -35,7 +35,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from openpyxl.utils.exceptions import InvalidFileException
 
-from heygem_ray import storage
+from heygem_ray import spelling, storage
 from heygem_ray.errors import InputError, storage_error, storage_errors
 from heygem_ray.storage import Location, Uri
 
@@ -274,19 +274,7 @@ def _misspelt(name: str, column: str) -> bool:
     replaced, or two swapped, not counting case, spaces around it, and a '-' or a space
     for '_'. (Two such took columns users carry for ``job_id``: 'row_id', 'job_no'.)"""
     typed = _typed(name)
-    if typed in _READ_COLUMNS:
-        return False
-    # The optimal string alignment distance (Levenshtein's, with a swap of neighbours as one edit).
-    prev2: list[int] = []
-    prev = list(range(len(column) + 1))
-    for i, a in enumerate(typed, 1):
-        row = [i] + [0] * len(column)
-        for j, b in enumerate(column, 1):
-            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a != b))
-            if i > 1 and j > 1 and a == column[j - 2] and typed[i - 2] == b:
-                row[j] = min(row[j], prev2[j - 2] + 1)
-        prev2, prev = prev, row
-    return prev[-1] <= 1
+    return typed not in _READ_COLUMNS and spelling.distance(typed, column) <= 1
 
 
 # Excel workbooks read as manifests (their first sheet); the other spreadsheet files, told

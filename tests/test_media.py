@@ -1467,3 +1467,23 @@ def test_the_reference_decoder_runs_its_own_thread_count_not_one_per_core(tmp_pa
     ours = threads_while_decoding()
     monkeypatch.setattr(decode, "DECODER_THREADS", 16)
     assert threads_while_decoding() - ours >= 12
+
+
+def test_a_missing_file_names_what_is_there_instead(tmp_path):
+    """A row's file named with a slip (found by an audit: the message named the path alone,
+    the user left to list the folder): the files beside it it may be meant by, or the first
+    folder on its way that does not exist. Another lesson (another number) is never offered."""
+    for name in ("Lesson1.wav", "lesson1.mp3", "lesson2.wav", "lesson10.wav", "lesosn1.wav", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(InputError) as err:
+        media.require_file(tmp_path / "lesson1.wav", "audio")
+    assert err.value.kind == "missing_file" and err.value.message == (
+        f"audio {tmp_path / 'lesson1.wav'} does not exist (beside it: Lesson1.wav, lesson1.mp3, lesosn1.wav); "
+        "check the path")  # fmt: skip
+    with pytest.raises(InputError) as err:
+        media.require_file(tmp_path / "lesons" / "day1" / "lesson1.wav", "audio")
+    assert err.value.message == (f"audio {tmp_path / 'lesons/day1/lesson1.wav'} does not exist: there is no folder "
+                                 f"{tmp_path / 'lesons'}; check the path")  # fmt: skip
+    with pytest.raises(InputError) as err:
+        media.require_file(tmp_path / "intro.wav", "audio")
+    assert err.value.message == f"audio {tmp_path / 'intro.wav'} does not exist; check the path"

@@ -7,6 +7,7 @@ lists data past its end), ``unreadable_media``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import av
 import av.container
 
-from heygem_ray import sniff
+from heygem_ray import sniff, spelling
 from heygem_ray.errors import InputError
 from heygem_ray.media.ffmpeg import LITERAL_NAME, url
 from heygem_ray.media.limits import decoder_pixels
@@ -36,8 +37,31 @@ def require_file(path: str | os.PathLike[str], what: str) -> Path:
         )
     if not p.is_file():
         hint = "" if p.is_absolute() else f" (relative paths are resolved against {Path.cwd()})"
-        raise InputError(f"{what} {p} does not exist; check the path{hint}", kind="missing_file")
+        raise InputError(f"{what} {p} does not exist{_what_is_there(p)}; check the path{hint}", kind="missing_file")
     return p
+
+
+# Entries of a missing file's folder looked at for names it may have been meant by: one
+# listing, only as a row fails (a folder of a night's 20,000 lessons lists in tens of ms).
+_LOOKED_AT = 100_000
+
+
+def _what_is_there(p: Path) -> str:
+    """Where ``p`` is missing, what is there instead, in words for its message: a folder on
+    the way that does not exist, or the files beside it it may be a slip for
+    (``spelling.meant``); "" where neither is found."""
+    folder = p.parent
+    try:
+        if not folder.is_dir():
+            while not folder.parent.is_dir() and folder.parent != folder:
+                folder = folder.parent
+            return f": there is no folder {folder}"
+        with os.scandir(folder) as entries:
+            names = [e.name for e in itertools.islice(entries, _LOOKED_AT) if e.is_file()]
+    except OSError:  # a folder this user may not list: the message names the file alone
+        return ""
+    near = spelling.meant(p.name, names)
+    return f" (beside it: {', '.join(near)})" if near else ""
 
 
 def reason(exc: av.FFmpegError) -> str:
