@@ -87,7 +87,7 @@ class Run:
     # run is going on there; None: not known (its lock could not be read: ``running_now``).
     running: str | None = None
     # Where no run is going on: the run whose lock is still there, stale (it was killed as
-    # it ran: its holder, in words), or "".
+    # it ran, or its storage failed as it stopped: its holder, in words), or "".
     killed: str = ""
     # job id → where its MP4 is in ``output_dir`` (``in_folder``: the folder may have been
     # moved or copied since the rows were written), for rows with a video (ok, skipped).
@@ -190,8 +190,8 @@ def _present(outputs: list[Location]) -> dict[Location, int | None]:
 
 def running_now(output_dir: Location) -> tuple[str | None, str]:
     """(who runs into ``output_dir`` now, as its run lock's record says (``hold.RUN_LOCK``),
-    or "" where no live run holds it; the holder of the lock a run killed as it ran left,
-    or ""). A lock that cannot be read (a folder this user may not write, whose lock
+    or "" where no live run holds it; the holder of the stale lock a run left, killed as
+    it ran or stopped by its storage, or ""). A lock that cannot be read (a folder this user may not write, whose lock
     cannot be opened to be locked; a bucket out of reach for a moment) says nothing either
     way: (None, "")."""
     try:
@@ -275,7 +275,7 @@ class Summary:
     newer_parts: int
     updated: datetime
     running: str | None  # the run going on there now (``Run.running``)
-    killed: str  # the run killed as it ran there (``Run.killed``)
+    killed: str  # the run that left its lock there (``Run.killed``)
     total: int  # rows
     ok: int
     failed: int
@@ -425,8 +425,9 @@ def describe_state(s: Summary) -> str:
     if s.state == "complete":
         return f"complete ({RESULTS_FILE} written {when})" + (f"; {going}" if going else "")
     stopped = s.running == ""
-    # (the run killed as it ran, as its lock left it: its manifest and rows, its process)
-    which = f"was killed as it ran: {s.killed}" if s.killed else "stopped"
+    # (the run whose lock is left, as the lock says: its manifest and rows, its process;
+    # killed as it ran, or stopped by a store that then took no deletion of the lock either)
+    which = f"ended leaving its lock (it was killed, or its storage failed): {s.killed}" if s.killed else "stopped"
     if s.newer_parts:
         newer = f"{s.newer_parts} row(s) are newer than {RESULTS_FILE} (last written {when})"
         if going:
@@ -588,7 +589,8 @@ def write_report(output_dir: Location, out: Location | None = None, thumbnails: 
     """Write the HTML report of the run in ``output_dir`` (default ``output_dir/report.html``).
     ``out`` must name an HTML file: a page written over a row's MP4, its audio, the
     manifest or the results table (a slip of the shell's completion) would lose it."""
-    if out is not None and storage.location(out).suffix.lower() not in (".html", ".htm"):
+    out = storage.location(out) if out is not None else None  # (a URI that went through pathlib: s3:/…)
+    if out is not None and out.suffix.lower() not in (".html", ".htm"):
         raise InputError(
             f"--out {out} is no HTML file's name: the report is written there, over what is there; give a name "
             "ending in .html (nothing was written)",
@@ -597,7 +599,7 @@ def write_report(output_dir: Location, out: Location | None = None, thumbnails: 
     if thumbnails < 0:
         raise InputError(f"--thumbnails must be 0 or more, got {thumbnails}", kind="bad_argument")
     run = load_run(output_dir)
-    out = storage.location(out) if out is not None else run.output_dir / REPORT_FILE
+    out = out if out is not None else run.output_dir / REPORT_FILE
     shots = previews(run.results, thumbnails, run.outputs)
     page = build_html(summarize(run), run.results, shots, out.parent, run.outputs)
     storage.write_bytes(out, page.encode("utf-8"))

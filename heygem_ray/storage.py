@@ -5,8 +5,10 @@ the package uses (``/``, ``name``, ``stem``, ``suffix``, ``parent``, ``with_name
 ``resolve()``, ``is_relative_to``), so code that only builds names works on either;
 reading, writing and listing go through the functions below.
 
-Buckets are reached through ``pyarrow.fs``, which takes credentials and the endpoint
-from each process's environment, as the AWS and Google tools do: ``AWS_ACCESS_KEY_ID``
+Buckets are reached through ``pyarrow.fs``, and on S3 through boto3 as well where one
+request must decide (an input's download: one GET of the version looked up; a lock's
+conditional writes). Both take credentials and the endpoint from each process's
+environment, as the AWS and Google tools do: ``AWS_ACCESS_KEY_ID``
 / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws``, an
 instance role; ``AWS_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3`` for an S3-compatible
 server (MinIO, Ceph, moto); ``GOOGLE_APPLICATION_CREDENTIALS`` or the metadata server
@@ -55,13 +57,13 @@ from typing import Any, BinaryIO, TypeAlias, TypeVar, cast
 
 import pyarrow.fs as pafs
 
-from heygem_ray import progress
+from heygem_ray import progress, spelling
 from heygem_ray.errors import InputError, first_line, folder_removed, storage_error, storage_errors, storage_fix
 
-_URI = re.compile(r"^(s3|gs|gcs)://(.*)$")
+_URI = re.compile(r"^(s3|gs|gcs)://(.*)$", re.IGNORECASE)  # (a scheme is any case: RFC 3986)
 # A URI that went through pathlib (an argparse or typer option of type Path) has lost a
 # slash: Path("s3://b/k") is "s3:/b/k". No one means a local folder named "s3:".
-_FOLDED = re.compile(r"^(s3|gs|gcs):/([^/].*)$")
+_FOLDED = re.compile(r"^(s3|gs|gcs):/([^/].*)$", re.IGNORECASE)
 # Credentials as a URI can carry them: user information before the bucket (bucket names
 # hold neither ":" nor "@"), or pyarrow's query options.
 _QUERY_SECRET = re.compile(r"\?.*\b(access_key|secret_key|session_token|credentials)\b", re.IGNORECASE)
@@ -97,7 +99,7 @@ class Uri:
         if not bucket or bucket in (".", "..") or rest == ".." or rest.startswith("../"):
             raise ValueError(f"{text!r} names no object inside a bucket")
         rest = "" if rest == "." else rest.strip("/")
-        return cls(m.group(1), f"{bucket}/{rest}" if rest else bucket)
+        return cls(m.group(1).lower(), f"{bucket}/{rest}" if rest else bucket)
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.key}"
@@ -331,20 +333,80 @@ def list_stats(folder: Location, *, recursive: bool = False) -> dict[Location, S
     }
 
 
-def download(src: Uri, dest: Path) -> None:
-    """Copy the object ``src`` to the local file ``dest`` (written under a temporary name, then renamed)."""
+def download(src: Uri, dest: Path, version: str | None = None) -> None:
+    """Copy the object ``src`` to the local file ``dest``, whole: written under a temporary
+    name, then renamed (on S3, its bytes counted against the object's size). With
+    ``version`` (from ``head``), only that version: ``Changed`` where the object is another
+    one now, is gone, or its bytes came short (a connection cut mid-way)."""
     makedirs(dest.parent)
     tmp = dest.with_name(f".{dest.name}.{_token()}.tmp")
     try:
-        with _filesystem(src).open_input_stream(src.key) as f, open(tmp, "wb") as out:
-            _copy(f, out)
+        with open(tmp, "wb") as out:
+            (_get_s3 if src.scheme == "s3" else _get_pyarrow)(src, out, version)
         os.replace(tmp, dest)
+    except Changed as exc:
+        if version is not None:  # the caller looks the object up again
+            raise
+        raise InputError(f"could not download {src} whole ({exc}); run again", kind="storage") from exc
     except FileNotFoundError as exc:
         raise InputError(f"{src} does not exist; check the URI", kind="missing_file") from exc
     except OSError as exc:  # this machine's disk (errors with an errno), else the bucket
         raise (storage_error(exc, dest.parent) or _error("could not download", src, exc)) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class Changed(Exception):
+    """An object's download did not get the version asked for, whole (``download``)."""
+
+
+def _get_s3(src: Uri, out: BinaryIO, version: str | None) -> None:
+    """One GET of the whole object (through boto3: one response is one version of it,
+    where pyarrow reads a stream in ranges of the size a HEAD gave, each of which may come
+    from another version, and pads a short one with zeros), its bytes counted."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = src.key.partition("/")
+    # (a weak ETag, W/"…", which some S3-compatible stores give, is matched by no If-Match)
+    condition = {"IfMatch": version} if version and not version.startswith("W/") else {}
+    try:
+        got = _s3().get_object(Bucket=bucket, Key=key, **condition)
+    except ClientError as exc:
+        if _code(exc) in ("NoSuchKey", "404"):
+            if version is not None:  # (looked up a moment ago: the caller looks again, and says so)
+                raise Changed("it was deleted as it was read") from exc
+            raise FileNotFoundError(str(src)) from exc
+        if _code(exc) in ("PreconditionFailed", "412"):
+            raise Changed("it was written again as it was read") from exc
+        raise _error("could not download", src, exc) from exc
+    except BotoCoreError as exc:  # no credentials, no endpoint: nothing came
+        raise _error("could not download", src, exc) from exc
+    if version is not None and got.get("ETag") != version:
+        raise Changed("it was written again as it was read")
+    size, moved = int(got["ContentLength"]), 0
+    try:
+        for block in got["Body"].iter_chunks(_BLOCK):
+            out.write(block)
+            moved += len(block)
+            progress.moved()
+    except BotoCoreError as exc:  # (a body cut short: botocore counts it against its length)
+        raise Changed(f"its bytes stopped coming after {moved} of {size} ({first_line(exc)})") from exc
+    if moved != size:
+        raise Changed(f"{moved} of its {size} bytes came")
+
+
+def _get_pyarrow(src: Uri, out: BinaryIO, version: str | None) -> None:
+    """The object read to its end as one stream; with ``version`` (its size and
+    modification time), checked against the object's as the stream ends."""
+    fs = _filesystem(src)
+    with fs.open_input_stream(src.key) as f:
+        _copy(f, out)
+    if version is not None:
+        info = fs.get_file_info(src.key)
+        if info.type != pafs.FileType.File or _version(Stat(int(info.size or 0), int(info.mtime_ns or 0))) != version:
+            raise Changed("it was written again as it was read")
+        if out.tell() != info.size:
+            raise Changed(f"{out.tell()} of its {info.size} bytes came")
 
 
 def _copy(reader: Any, writer: Any) -> None:
@@ -354,37 +416,110 @@ def _copy(reader: Any, writer: Any) -> None:
         progress.moved()
 
 
+def head(src: Uri) -> tuple[Stat, str] | None:
+    """An object's size and modification time, and the version they are (S3's ETag, else
+    the time); None when no object is there."""
+    if src.scheme != "s3":
+        found = stat(src)
+        return None if found is None else (found, _version(found))
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = src.key.partition("/")
+    try:
+        got = _s3().head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise _error("could not look up", src, exc) from exc
+    except BotoCoreError as exc:
+        raise _error("could not look up", src, exc) from exc
+    return Stat(int(got["ContentLength"]), int(got["LastModified"].timestamp() * 1e9)), str(got["ETag"])
+
+
+def _bucket_exists(loc: Uri) -> bool:
+    """Whether ``loc``'s bucket is there (True where this cannot tell: a gs:// bucket, or
+    credentials that may not ask)."""
+    if loc.scheme != "s3":
+        return True
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        _s3().head_bucket(Bucket=loc.bucket)
+    except ClientError as exc:
+        return _code(exc) not in ("NoSuchBucket", "404", "NotFound")
+    except BotoCoreError:
+        return True
+    return True
+
+
+def _what_is_there(src: Uri) -> str:
+    """The objects beside the missing ``src`` it may be a slip for (``spelling.meant``), in
+    words for its message; "" where none is found. One listing of up to 1000 keys (S3 only)."""
+    if src.scheme != "s3":
+        return ""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = src.key.partition("/")
+    folder = posixpath.dirname(key)
+    try:
+        listed = _s3().list_objects_v2(Bucket=bucket, Prefix=f"{folder}/" if folder else "", Delimiter="/")
+    except (BotoCoreError, ClientError):
+        return ""
+    near = spelling.meant(src.name, (posixpath.basename(o["Key"]) for o in listed.get("Contents", [])))
+    return f" (beside it: {', '.join(near)})" if near else ""
+
+
+def _version(found: Stat) -> str:
+    return f"{found.size}:{found.mtime_ns}"
+
+
+# Downloads of one input that found it written again (or cut short) before one came whole.
+FETCH_TRIES = 3
+
+
 def fetch(src: Location, what: str, cache: Path) -> Path:
     """A local file with the bytes of ``src``: ``src`` itself when it is local, else a copy
     downloaded into ``cache`` (a folder on this machine).
 
-    Copies are named by the URI, size and modification time of the object, so one used by
-    many jobs is downloaded once per machine, and one that changed is downloaded again.
-    A file lock makes concurrent jobs on one machine wait for a single download.
+    Copies are named by the URI and version of the object (``head``), so one used by many
+    jobs is downloaded once per machine, and one that changed is downloaded again. Only a
+    whole copy of the version looked up is kept (``download``): an object written again
+    while it was read is read again, up to ``FETCH_TRIES`` times. A file lock makes
+    concurrent jobs on one machine wait for a single download.
     """
     if isinstance(src, Path):
         return src
-    found = stat(src)
-    if found is None:
-        folder = is_dir(src)
-        raise InputError(
-            f"{what} {src} is a folder, not an object; give the URI of the {what} file itself"
-            if folder
-            else f"{what} {src} does not exist; check the URI (and that these credentials may list the bucket)",
-            kind="missing_file",
-        )
-    digest = hashlib.sha256(f"{src}\0{found.size}\0{found.mtime_ns}".encode()).hexdigest()[:32]
-    dest = cache / digest[:2] / f"{digest}{src.suffix}"
-    if dest.is_file() and dest.stat().st_size == found.size:
-        return dest
-    makedirs(dest.parent)
-    with file_lock(dest.with_name(f".{dest.name}.lock")):
-        if not (dest.is_file() and dest.stat().st_size == found.size):
-            download(src, dest)
-    if dest.stat().st_size != found.size:
-        dest.unlink(missing_ok=True)
-        raise InputError(f"{what} {src} changed while it was downloaded; run again", kind="storage")
-    return dest
+    why = ""
+    for _ in range(FETCH_TRIES):
+        found = head(src)
+        if found is None:
+            if is_dir(src):
+                said = f"is a folder, not an object; give the URI of the {what} file itself"
+            elif not _bucket_exists(src):
+                said = f"does not exist: there is no bucket {src.bucket!r} at this endpoint; check the URI"
+            else:
+                said = (f"does not exist{_what_is_there(src)}; check the URI (and that these credentials may list "
+                        "the bucket)")  # fmt: skip
+            raise InputError(f"{what} {src} {said}", kind="missing_file")
+        size, version = found[0].size, found[1]
+        digest = hashlib.sha256(f"{src}\0{size}\0{version}".encode()).hexdigest()[:32]
+        dest = cache / digest[:2] / f"{digest}{src.suffix}"
+        if dest.is_file() and dest.stat().st_size == size:
+            return dest
+        makedirs(dest.parent)
+        with file_lock(dest.with_name(f".{dest.name}.lock")):
+            if dest.is_file() and dest.stat().st_size == size:
+                return dest
+            try:
+                download(src, dest, version)
+                return dest
+            except Changed as exc:
+                why = str(exc)
+    raise InputError(
+        f"{what} {src} did not download whole in {FETCH_TRIES} tries (the last time, {why}): something is writing it "
+        "now, or the connection to the store breaks; run the same manifest again once it is written",
+        kind="storage",
+    )
 
 
 # -- writing ----------------------------------------------------------------------------
@@ -496,7 +631,7 @@ def check_writable(folder: Location) -> bool:
     whether the folder's file system takes names that differ only in case as one file
     (macOS's and Windows' by default; never a bucket's): the file is found under its name
     in upper case."""
-    probe = folder / f".heygem-probe-{_token()}"
+    probe = folder / f"{_PROBE_PREFIX}{_token()}"
     try:
         made = [] if isinstance(folder, Uri) else [p for p in (folder, *folder.parents) if not p.exists()]
         try:
@@ -719,9 +854,36 @@ def abandoned_writes(folder: Uri) -> list[Uri]:
     return [u for u in list_files(folder / TMP_DIR) if isinstance(u, Uri) and temporary.fullmatch(u.name)]
 
 
+def abandoned_probes(folder: Uri) -> list[Uri]:
+    """What runs killed as they tried ``folder`` (``check_writable``) left there: a probe, or
+    the temporary key of one (``upload``). For a folder whose lock this process holds (a
+    bucket's is tried under it). On S3, listings of those names alone, not of the folder's
+    outputs."""
+    temporary = re.compile(_PROBE.pattern + r"\." + _TOKEN + re.escape(".tmp"))
+    return [*(u for u in _listed(folder, _PROBE_PREFIX) if _PROBE.fullmatch(u.name)),
+            *(u for u in _listed(folder / TMP_DIR, _PROBE_PREFIX) if temporary.fullmatch(u.name))]  # fmt: skip
+
+
+def _listed(folder: Uri, start: str) -> list[Uri]:
+    """The objects in ``folder`` whose names begin with ``start``."""
+    if folder.scheme != "s3":
+        return [u for u in list_files(folder) if isinstance(u, Uri) and u.name.startswith(start)]
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = folder.key.partition("/")
+    try:
+        pages = _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/{start}" if key else start,
+                                                                Delimiter="/")  # fmt: skip
+        return [Uri("s3", f"{bucket}/{o['Key']}") for page in pages for o in page.get("Contents", [])]
+    except (BotoCoreError, ClientError) as exc:
+        raise _error("could not list", folder, exc) from exc
+
+
 # -- internals ----------------------------------------------------------------------------
 
 _TOKEN = "[0-9a-f]{8}"  # what _token() returns, as a pattern
+_PROBE_PREFIX = ".heygem-probe-"
+_PROBE = re.compile(re.escape(_PROBE_PREFIX) + _TOKEN)
 
 
 def _token() -> str:
@@ -751,6 +913,15 @@ def _filesystem(uri: Uri) -> pafs.FileSystem:
 # 503) before it says so: its own default is 15 minutes, in which the run sat in one call,
 # deaf to Ctrl-C (an S3 request gives up after 3 attempts, in seconds).
 GCS_RETRY_S = 60
+# Seconds an S3 request waits for its connection, and then with no byte moving either way,
+# before that try is given up; tries of one request in all. The filesystem from_uri makes
+# gives up a try after 3 s without a byte but tries about 30 times: against a store that
+# stopped answering each call held its caller 99 s, and a write twice that (its clean-up
+# waited again). Here a try waits longer for a slow answer (a server-side copy of a large
+# MP4 sends nothing until it is done), and a call gives up within about half a minute.
+S3_CONNECT_S = 5.0
+S3_IDLE_S = 10.0
+S3_TRIES = 3
 
 
 @functools.lru_cache(maxsize=32)
@@ -760,6 +931,10 @@ def _filesystem_for(scheme: str, bucket: str, env: tuple[tuple[str, str], ...]) 
     options = f"?retry_limit_seconds={GCS_RETRY_S:g}" if scheme in ("gs", "gcs") else ""
     try:
         fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}{options}")
+        if isinstance(fs, pafs.S3FileSystem):  # the same, with the limits above (from_uri takes none)
+            found = fs.__reduce__()[1][0]  # (how pickling remakes it: every option from_uri chose)
+            fs = pafs.S3FileSystem(**{**found, "connect_timeout": S3_CONNECT_S, "request_timeout": S3_IDLE_S,
+                                      "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_TRIES)})
     except (OSError, ValueError) as exc:
         raise _error("could not open", Uri(scheme, bucket), exc) from exc
     return fs

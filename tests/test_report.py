@@ -195,6 +195,8 @@ def test_report_embeds_real_thumbnails_of_every_output_and_escapes_user_text(run
         got = runner.invoke(app, ["report", str(run_dir), "--out", str(precious), "--thumbnails", "0"])
         assert got.exit_code == 2 and f"error: --out {precious} is no HTML file's name" in got.stderr
         assert precious.read_bytes() == before
+    got = runner.invoke(app, ["report", str(run_dir), "--out", "s3://night/out/a.mp4", "--thumbnails", "0"])
+    assert got.exit_code == 2 and "error: --out s3://night/out/a.mp4 is no HTML file's name" in got.stderr  # not s3:/
 
 
 def test_hostile_job_ids_and_messages_never_become_markup(tmp_path):
@@ -350,8 +352,8 @@ def test_an_unfinished_run_is_read_from_its_part_files(run_dir, tmp_path):
     )
     gone = runner.invoke(app, ["status", str(killed)])
     assert gone.exit_code == 3
-    assert (f"state     unfinished: the run was killed as it ran: pid {pid} on {socket.gethostname()} (run 3f2a1c of "
-            "/data/m.csv, 8 rows) since ") in gone.stdout  # fmt: skip
+    assert (f"state     unfinished: the run ended leaving its lock (it was killed, or its storage failed): pid {pid} "
+            f"on {socket.gethostname()} (run 3f2a1c of /data/m.csv, 8 rows) since ") in gone.stdout  # fmt: skip
     assert "before it wrote results.parquet (no run holds the folder now)" in gone.stdout
     assert "rows      2: 1 ok, 1 failed, 0 skipped" in got.stdout
     page = report.write_report(killed).read_text()

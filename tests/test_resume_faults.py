@@ -465,3 +465,47 @@ print([r.status for r in s.results])
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "['ok']"
+
+
+def test_rows_that_ended_as_the_run_stopped_stop_being_kept_at_the_first_that_cannot_be(tmp_path, ray_local, caplog):
+    """The run stops; three jobs had ended unread. Keeping the first one's row fails in its
+    storage (the store that stopped the run, not answering): the other two are not tried,
+    each of which would wait a minute or more for it (found by an audit: a run whose bucket
+    hung did not end in 45 minutes), and the log says how many. A row that fails for
+    another reason of its own leaves the others to be kept."""
+    from heygem_ray.driver import loop
+
+    @ray_local.remote
+    def ended(row: int) -> JobResult:
+        job = Job(row=row, job_id=f"j{row}", audio=tmp_path / "a.wav", video=tmp_path / "p.jpg", output=None)
+        result = JobResult.for_job(job, "warp")
+        result.status = "ok"
+        return result
+
+    def pending() -> dict:
+        refs = {ended.remote(row): (Job(row=row, job_id=f"j{row}", audio=tmp_path / "a.wav", video=tmp_path / "p.jpg",
+                                        output=None), 1) for row in (1, 2, 3)}  # fmt: skip
+        ray_local.wait(list(refs), num_returns=3)
+        return refs
+
+    tried: list[int] = []
+
+    def keep(result: JobResult) -> None:
+        tried.append(result.row)
+        raise storage.InputError("could not write s3://b/out/.parts/x (timed out)", kind="storage")
+
+    loop._keep_ended(pending(), RunConfig(output_dir=tmp_path / "out"), "hash", keep)
+    assert len(tried) == 1
+    said = [r.getMessage() for r in caplog.records if "handing on its row failed" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith("could not write s3://b/out/.parts/x (timed out); the 2 other jobs "
+                                               "that ended too say 'stopped'")  # fmt: skip
+    kept: list[int] = []
+
+    def keep_but_one(result: JobResult) -> None:
+        if not kept:
+            kept.append(0)
+            raise ValueError("a row of its own that cannot be written")
+        kept.append(result.row)
+
+    loop._keep_ended(pending(), RunConfig(output_dir=tmp_path / "out"), "hash", keep_but_one)
+    assert len(kept) == 3  # the first failed alone; the two others kept

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import hashlib
 import io
 import os
 import platform
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -67,6 +69,9 @@ def test_location_takes_text_paths_and_uris_that_went_through_pathlib():
     assert storage.location("gs://b/k/") == Uri("gs", "b/k")
     assert storage.location("out/s3:/x") == Path("out/s3:/x")
     assert storage.location(Path("rel/dir")) == Path("rel/dir")
+    # A scheme in capitals (a spreadsheet's autocorrect: "S3://") was a key relative to the
+    # manifest's folder, "<folder>/S3:/b/k", its row failing missing_file.
+    assert storage.location("S3://b/k") == Uri("s3", "b/k") and storage.location(Path("Gs://b/K")) == Uri("gs", "b/K")
 
 
 @pytest.mark.parametrize(
@@ -237,15 +242,37 @@ def test_a_bucket_prefix_the_run_cannot_write_stops_it_before_ray_starts(bucket,
                           cwd=tmp_path, env=_child_env(s3_env, tmp_path / "home-cache"), capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.startswith(f"error: could not write {missing}/.heygem-probe-") and proc.stderr.count("\n") == 1
-    assert "credentials" in proc.stderr and proc.stdout == ""
+    assert proc.stderr.startswith(f"error: could not read {missing}/.heygem-run.lock (An error occurred (NoSuchBucket)")
+    assert proc.stderr.count("\n") == 1 and "credentials" in proc.stderr and proc.stdout == ""
+
+
+def test_a_run_refused_a_prefix_another_run_holds_writes_nothing_into_it(bucket, s3_server, tmp_path, examples):
+    """Its write probe came before the lock (found by an audit): a refused run wrote into the
+    prefix of the run that held it (a probe that one's start could take for its own
+    leftovers), and left pyarrow's folder markers there."""
+    from heygem_ray import locks
+    from heygem_ray.driver.hold import RUN_LOCK
+
+    out = bucket / "out"
+    lease = locks.acquire(out / RUN_LOCK, "the night's run")
+    assert isinstance(lease, locks.Lease)
+    with lease:
+        (tmp_path / "m.csv").write_text(f"audio,video\n{examples / 'lesson1.wav'},{examples / 'presenter.jpg'}\n")
+        seen = len(s3_server.log.read_bytes())
+        proc = subprocess.run([str(Path(sys.executable).with_name("heygem-ray")), "submit", "m.csv", "-o", str(out)],
+                              cwd=tmp_path, env=_child_env(s3_server.env, tmp_path / "home-cache"),
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 2 and f"error: {out} is in use by another run: pid {os.getpid()} on " in proc.stderr
+        asked = s3_server.log.read_bytes()[seen:].decode(errors="replace").splitlines()
+        assert [r for r in asked if '"PUT ' in r or '"POST ' in r or '"DELETE ' in r] == []  # only reads
+        assert _keys(bucket).keys() == {"out/" + RUN_LOCK}
 
 
 def test_inputs_are_downloaded_once_per_machine_and_again_when_changed(bucket, tmp_path, monkeypatch):
     storage.write_bytes(bucket / "media/a.wav", b"RIFF one")
     calls: list[Uri] = []
     real = storage.download
-    monkeypatch.setattr(storage, "download", lambda src, dest: (calls.append(src), real(src, dest)))
+    monkeypatch.setattr(storage, "download", lambda src, dest, version=None: (calls.append(src), real(src, dest, version)))
     first = storage.fetch(bucket / "media/a.wav", "audio", tmp_path)
     again = storage.fetch(bucket / "media/a.wav", "audio", tmp_path)
     assert first == again and first.read_bytes() == b"RIFF one" and first.suffix == ".wav"
@@ -259,9 +286,17 @@ def test_inputs_are_downloaded_once_per_machine_and_again_when_changed(bucket, t
     with pytest.raises(InputError) as err:
         storage.fetch(bucket / "media/gone.wav", "audio", tmp_path)
     assert err.value.kind == "missing_file" and f"audio {bucket}/media/gone.wav does not exist" in err.value.message
+    with pytest.raises(InputError) as err:  # a slip: what is beside it is named
+        storage.fetch(bucket / "media/A.wav", "audio", tmp_path)
+    assert err.value.message.startswith(f"audio {bucket}/media/A.wav does not exist (beside it: a.wav); check the URI")
     with pytest.raises(InputError) as err:
         storage.fetch(bucket / "media", "reference", tmp_path)
     assert "is a folder" in err.value.message
+    with pytest.raises(InputError) as err:  # (said "check … that these credentials may list the bucket")
+        storage.fetch(Uri("s3", "heygem-no-such-bucket/media/a.wav"), "audio", tmp_path)
+    assert err.value.kind == "missing_file" and err.value.message == (
+        "audio s3://heygem-no-such-bucket/media/a.wav does not exist: there is no bucket 'heygem-no-such-bucket' at "
+        "this endpoint; check the URI")
 
 
 def test_a_manifest_in_a_bucket_resolves_its_rows_there(bucket):
@@ -410,13 +445,16 @@ def test_an_engine_store_in_a_bucket_out_of_reach_leaves_auto_on_pytorch_saying_
 def test_a_run_into_a_bucket_deletes_the_rows_and_table_a_killed_run_left_half_uploaded(bucket):
     """A run killed as it uploaded a row or its table leaves a temporary key, which a bucket
     keeps (and bills) for ever: the next run into the prefix deletes them as it starts
-    (``resume.remove_leftovers``), and nothing else: not the rows kept, not the MP4s'
-    temporary keys (a job's own cleanup deletes those), not a key that only looks alike."""
+    (``resume.remove_leftovers``), as it does a write probe a run killed as it tried the
+    prefix left, and nothing else: not the rows kept, not the MP4s' temporary keys (a job's
+    own cleanup deletes those), not a key that only looks alike."""
     out = bucket / "out"
     half = [out / resume.PARTS_DIR / storage.TMP_DIR / "6a6f6231.parquet.0123abcd.tmp",
             out / resume.PARTS_DIR / storage.TMP_DIR / "6a6f6232.parquet.4567cdef.tmp",
-            out / storage.TMP_DIR / "results.parquet.89ab0123.tmp"]  # fmt: skip
+            out / storage.TMP_DIR / "results.parquet.89ab0123.tmp", out / ".heygem-probe-0123abcd",
+            out / storage.TMP_DIR / ".heygem-probe-4567cdef.89ab0123.tmp"]  # fmt: skip
     kept = [out / resume.PARTS_DIR / "6a6f6231.parquet", out / storage.TMP_DIR / "a.mp4.0123abcd.tmp",
+            out / ".heygem-probe-notes.txt", out / "lessons" / ".heygem-probe-0123abcd",
             out / resume.PARTS_DIR / storage.TMP_DIR / "notes.txt", out / "results.parquet"]  # fmt: skip
     for key in half + kept:
         storage.write_bytes(key, b"half a table")
@@ -633,10 +671,14 @@ def test_a_gcs_bucket_out_of_reach_is_a_storage_error_within_the_retry_limit(mon
 
 class _Relay:
     """A TCP relay in front of the S3 server that can refuse connections for a while (its
-    listening socket closed, the connections through it cut): a store's passing outage."""
+    listening socket closed, the connections through it cut): a store's passing outage.
+    ``on_get``, called with each GET's request line before it is passed on, may act then
+    (write the object anew) and returns how many bytes of its answer to pass before the
+    connection is cut (None: all)."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target, self.links, self.listener = target, [], None
+    def __init__(self, target: tuple[str, int], on_get: Callable[[str], int | None] = lambda line: None) -> None:
+        self.target, self.links, self.listener, self.on_get = target, [], None, on_get
+        self.hanging = False
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -657,35 +699,110 @@ class _Relay:
                 conn.close()
         self.links.clear()
 
+    def hang(self) -> None:
+        """From now on, a store that takes connections and never answers."""
+        self.hanging = True
+        for conn in self.links:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self.links.clear()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self.hanging:
+                self.links.append(client)
+                continue
             server = socket.create_connection(self.target)
             self.links += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            left: list[int | None] = [None]  # bytes of the answer to pass before the cut
+            threading.Thread(target=self._requests, args=(client, server, left), daemon=True).start()
+            threading.Thread(target=self._answers, args=(server, client, left), daemon=True).start()
 
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
+    def _requests(self, a: socket.socket, b: socket.socket, left: list[int | None]) -> None:
         with contextlib.suppress(OSError):
             while data := a.recv(65536):
+                if data.startswith(b"GET "):
+                    left[0] = self.on_get(data.split(b"\r\n", 1)[0].decode())
                 b.sendall(data)
         with contextlib.suppress(OSError):
             b.shutdown(socket.SHUT_WR)
+
+    @staticmethod
+    def _answers(a: socket.socket, b: socket.socket, left: list[int | None]) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                if left[0] is not None:
+                    data, left[0] = data[: left[0]], left[0] - len(data)
+                b.sendall(data)
+                if left[0] is not None and left[0] <= 0:
+                    b.shutdown(socket.SHUT_RDWR)
+                    return
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+
+def _relayed(monkeypatch, on_get: Callable[[str], int | None] = lambda line: None) -> _Relay:
+    """A relay in front of the bucket's server, which this process's clients now reach it through."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"].removeprefix("http://").split(":")
+    relay = _Relay((endpoint[0], int(endpoint[1])), on_get)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{relay.port}")
+    storage._filesystem_for.cache_clear()
+    return relay
+
+
+def test_an_input_written_again_as_it_downloads_is_taken_whole_in_its_new_version(bucket, tmp_path, monkeypatch):
+    """The lesson is replaced by a shorter one between the look-up and the read (found by an
+    audit): the download was one ranged read of the size looked up, which pyarrow fills
+    with zeros, and the row rendered a lesson half silent, `ok`, its copy cached for good.
+    Now the read asks for the version looked up, and one written meanwhile is read again."""
+    src, direct = bucket / "media/lesson.wav", os.environ["AWS_ENDPOINT_URL"]
+    storage.write_bytes(src, b"a" * 1_000_000)
+    gets: list[str] = []
+
+    def replace_once(line: str) -> None:
+        if not gets:
+            with pytest.MonkeyPatch.context() as direct_env:
+                direct_env.setenv("AWS_ENDPOINT_URL", direct)
+                storage.write_bytes(src, b"b" * 600_000)
+        gets.append(line)
+        return None
+
+    _relayed(monkeypatch, replace_once)
+    got = storage.fetch(src, "audio", tmp_path / "cache")
+    assert got.read_bytes() == b"b" * 600_000
+    assert len(gets) == 2  # the first asked for the version looked up, and was refused
+    assert [p.stat().st_size for p in (tmp_path / "cache").rglob("*.wav")] == [600_000]  # the whole new one, alone
+    found = storage.head(src)  # named by the version it is
+    assert found is not None and got.name.startswith(hashlib.sha256(f"{src}\0{600_000}\0{found[1]}".encode())
+                                                       .hexdigest()[:32])  # fmt: skip
+    storage._filesystem_for.cache_clear()
+
+
+def test_an_input_whose_download_is_cut_short_is_never_kept(bucket, tmp_path, monkeypatch):
+    """Every answer cut after 100 kB of a 1-MB object: no copy is kept (a cached short copy
+    served every later job and rerun, even with --force), and the row's error says so."""
+    src = bucket / "media/lesson.wav"
+    storage.write_bytes(src, os.urandom(1_000_000))
+    _relayed(monkeypatch, lambda line: 100_000)
+    with pytest.raises(InputError) as err:
+        storage.fetch(src, "audio", tmp_path / "cache")
+    assert err.value.kind == "storage" and err.value.message.startswith(
+        f"audio {src} did not download whole in {storage.FETCH_TRIES} tries (the last time, ")
+    assert "run the same manifest again" in err.value.message
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.name.endswith(".lock")] == []
+    storage._filesystem_for.cache_clear()
 
 
 def test_a_row_written_to_a_bucket_in_a_passing_outage_is_kept_once_it_is_back(bucket, tmp_path, monkeypatch):
     """The store refuses connections for a few seconds as a job ends: its row is tried again
     and kept. Before, the first refusal stopped the night, the job's MP4 published but its
     row called 'stopped', and the rerun rendered it again."""
-    endpoint = os.environ["AWS_ENDPOINT_URL"].removeprefix("http://").split(":")
-    relay = _Relay((endpoint[0], int(endpoint[1])))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{relay.port}")
+    relay = _relayed(monkeypatch)
     monkeypatch.setattr(resume, "ROW_RETRIES_S", (0.5, 1, 2, 4))
-    storage._filesystem_for.cache_clear()
     out = bucket / "out"
     job = Job(row=1, job_id="a", audio=tmp_path / "a.wav", video=tmp_path / "p.jpg", output=out / "a.mp4")
     result = JobResult.for_job(job, "warp")
@@ -696,6 +813,30 @@ def test_a_row_written_to_a_bucket_in_a_passing_outage_is_kept_once_it_is_back(b
     resume.record(out, result)
     assert time.monotonic() - start >= 1.5  # it waited for the store
     assert storage.stat(resume.part_path(out, "a")) is not None
+    storage._filesystem_for.cache_clear()
+
+
+def test_a_row_for_a_bucket_that_stopped_answering_is_given_up_within_its_minute(bucket, tmp_path, monkeypatch,
+                                                                                  caplog):  # fmt: skip
+    """A store that takes connections and never answers (found by an audit): each request
+    held its caller 99 s, a write twice that, and a row was tried seven times, 24 minutes;
+    a run whose bucket hung did not end in 45. Now a request gives up after S3_IDLE_S
+    without a byte (here 0.3 s), and no try of a row starts once its minute of retries
+    (here 2 s) is over: one or two tries, where the refusals of a passing outage take all."""
+    relay = _relayed(monkeypatch)
+    monkeypatch.setattr(storage, "S3_IDLE_S", 0.3)
+    monkeypatch.setattr(resume, "ROW_RETRIES_S", (0.5, 0.5, 0.5, 0.5))
+    storage._filesystem_for.cache_clear()
+    out = bucket / "out"
+    job = Job(row=1, job_id="a", audio=tmp_path / "a.wav", video=tmp_path / "p.jpg", output=out / "a.mp4")
+    result = JobResult.for_job(job, "warp")
+    relay.hang()
+    start = time.monotonic()
+    with pytest.raises(InputError) as err:
+        resume.record(out, result)
+    assert time.monotonic() - start < 60  # (a hang: by pyarrow's defaults, over three minutes)
+    assert err.value.kind == "storage" and "Timeout was reached" in err.value.message
+    assert len([r for r in caplog.records if "its row was not written" in r.getMessage()]) <= 1
     storage._filesystem_for.cache_clear()
 
 

@@ -44,7 +44,7 @@ from heygem_ray.driver.pool import WATCH_S, Pool
 from heygem_ray.driver.router import Router
 from heygem_ray.driver.stop import raise_if_stopped
 from heygem_ray.driver.task import job_task
-from heygem_ray.errors import out_of_memory
+from heygem_ray.errors import HeygemError, out_of_memory
 from heygem_ray.manifest import Job
 from heygem_ray.results import JobResult
 from heygem_ray.steps import Step
@@ -211,22 +211,29 @@ def _keep_ended(pending: dict[ray.ObjectRef, tuple[Job, int]], cfg: RunConfig, c
     """Hand on the rows of the jobs in ``pending`` whose tasks ended but were not read yet,
     as the run stops: their MP4s are published, and a row kept means a rerun does not
     render them again. A job that would have been tried again says ``stopped``, as does
-    one whose row cannot be kept (the cause of the stop may be the same)."""
+    one whose row cannot be kept; where its storage refused it, so does every job after it:
+    the cause of the stop may be the same (a store that stopped answering, where each row
+    would wait a minute or more for it)."""
     try:
         # (fetch_local=False: ready where they are; a row on another node is fetched by its get)
         ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0, fetch_local=False)
     except RayError as exc:  # Ray itself may be why the run stops
         log.warning("the jobs that ended as the run stopped could not be read: %s", exc)
         return
-    for ref in ready:
+    for i, ref in enumerate(ready):
         if (result := _ended(ref, pending, cfg, retry=None)) is None:
             continue
         result.config_hash = config_hash
         try:
             on_result(result)
         except Exception as exc:  # the run is stopping for a reason of its own, maybe this one
-            log.warning("row %d (job %r) ended as the run stopped; handing on its row failed: %s", result.row,
-                        result.job_id, exc)  # fmt: skip
+            storage_failed = isinstance(exc, HeygemError) and exc.kind == "storage"
+            rest = len(ready) - i - 1 if storage_failed else 0
+            log.warning("row %d (job %r) ended as the run stopped; handing on its row failed: %s%s", result.row,
+                        result.job_id, getattr(exc, "message", exc),
+                        f"; the {rest} other jobs that ended too say 'stopped'" if rest else "")  # fmt: skip
+            if storage_failed:
+                return
             continue
         metrics.record_job(result)
 

@@ -131,21 +131,26 @@ def record(output_dir: Location, result: JobResult) -> JobResult:
 # Seconds between the tries of writing a row to a bucket that refused it: about a minute in
 # all, ridden out where a store's passing outage (a restart, a network blip) stopped the
 # night at the first row that ended in it, its MP4 published but its row called 'stopped'.
+# No try starts once the tries themselves have taken that long: against a store that
+# stopped answering each takes a minute of its own (``storage.S3_IDLE_S``), and seven of
+# them held a row for 24 minutes.
 ROW_RETRIES_S = (1, 2, 4, 8, 16, 32)
 
 
 def _keep_row(result: JobResult, path: Location) -> None:
-    """Write ``result``'s part file at ``path``; in a bucket, tried again over about a minute
+    """Write ``result``'s part file at ``path``; in a bucket, tried again for about a minute
     (``ROW_RETRIES_S``) before its error stops the run."""
+    start, waited = time.monotonic(), 0.0
     for wait in (*ROW_RETRIES_S, None) if isinstance(path, Uri) else (None,):
         try:
             write_results([result], path)
             return
         except HeygemError as exc:
-            if wait is None:
+            if wait is None or time.monotonic() - start - waited > sum(ROW_RETRIES_S):
                 raise
             log.warning("%s: its row was not written (%s); trying again in %g s", result.job_id, exc.message, wait)
             time.sleep(wait)
+            waited += wait
 
 
 def _gone(result: JobResult, output: Path) -> JobResult:
@@ -172,14 +177,16 @@ def remove_leftovers(output_dir: Location) -> None:
     """Delete what a killed run left of its rows and table half written in ``output_dir``
     (a process killed as it wrote one: a table of 100,000 rows is tens of MB). Only this run
     writes them now: it holds the folder. In a bucket they are temporary keys
-    (``storage.upload``), which a bucket keeps, and bills, until they are deleted."""
+    (``storage.upload``), which a bucket keeps, and bills, until they are deleted, and the
+    write probes of runs killed as they tried the folder (``storage.check_writable``)."""
     try:
         if isinstance(output_dir, Path):
             parts = output_dir / PARTS_DIR
             stale: list[Location] = [p for p in parts.iterdir() if _WRITING.fullmatch(p.name)] if parts.is_dir() else []
             stale += storage.staged_leftovers([output_dir / RESULTS_FILE], ".parquet.tmp")
         else:
-            stale = [*storage.abandoned_writes(output_dir / PARTS_DIR), *storage.leftovers([output_dir / RESULTS_FILE])]
+            stale = [*storage.abandoned_writes(output_dir / PARTS_DIR), *storage.leftovers([output_dir / RESULTS_FILE]),
+                     *storage.abandoned_probes(output_dir)]  # fmt: skip
         for loc in stale:
             storage.remove(loc)
     except (OSError, HeygemError) as exc:

@@ -94,7 +94,10 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     # 1. read and check the manifest: a broken one stops here, before any work; so does an
     #    output folder the run cannot write (before Ray is even connected)
     where = storage.location(manifest)
-    folds_case = storage.check_writable(cfg.output_dir)
+    # (a bucket prefix is tried once the run holds it: its probe, half a minute in a slow
+    # store, was written into the prefix of the run that held it, refused or not)
+    in_bucket = isinstance(cfg.output_dir, Uri)
+    folds_case = False if in_bucket else storage.check_writable(cfg.output_dir)
     _refuse_own_files(where, cfg.output_dir)
     _refuse_cache_file(cfg.cache_dir)
     jobs = [_settings_checked(job, cfg) for job in read_manifest(where, cfg.output_dir, reserved=RESULT_COLUMNS,
@@ -102,6 +105,8 @@ def submit(manifest: str | Path | Uri, cfg: RunConfig, callbacks: RunCallbacks |
     # 2. hold the output folder: a run into a folder another run holds stops here
     run_id = uuid.uuid4().hex[:12]
     with hold_output(cfg.output_dir, f"run {run_id} of {where}, {len(jobs)} row{'s' * (len(jobs) != 1)}") as lease:
+        if in_bucket:
+            storage.check_writable(cfg.output_dir)
         if (inside := runs_inside(cfg.output_dir, (job.output for job in jobs if job.output is not None))) is not None:
             raise InputError(f"{inside}: wait for that run to end, stop it, or give those rows outputs elsewhere",
                              kind="output_locked")  # fmt: skip
