@@ -280,6 +280,10 @@ def _lost(ref: Reference) -> Check:
         if stretch[1] == ref.frames:
             advice += (f"the presenter is there from {start:g} s into the take on; --reference-start {start:g} uses "
                        "it from there (the same for preview and the batch, or the take's rows' reference_start)")  # fmt: skip
+            if ref.cut:  # the same seconds from a later start take in more than was looked at
+                seen = _tenths(ref.start + ref.frames / fps, math.floor)
+                advice += (f"; the take after {seen:g} s was not analysed (--reference-seconds cut it there): preview "
+                           "again with those settings to check what they take in")  # fmt: skip
         else:
             end = _tenths(ref.start + stretch[1] / fps, math.floor)
             settings["reference_seconds"] = _tenths(end - start, math.floor)

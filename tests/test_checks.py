@@ -222,6 +222,15 @@ def test_a_take_without_the_presenter_for_a_while_names_the_stretch_where_they_a
            "uses it from there" in lost.advice, lost.advice  # fmt: skip
     later = run(dataclasses.replace(opening, start=90.0))["lost"]
     assert "there from 91.2 s into the take on; --reference-start 91.2 uses" in later.advice, later.advice
+    assert "not analysed" not in later.advice
+    # A take cut at 94 s by --reference-seconds: a later start with the same seconds takes in
+    # frames after the cut, never looked at (found by an audit), and the advice says so.
+    cut = run(dataclasses.replace(opening, start=90.0, cut=True))["lost"]
+    assert cut.advice.endswith("--reference-start 91.2 uses it from there (the same for preview and the batch, or the "
+                               "take's rows' reference_start); the take after 94 s was not analysed "
+                               "(--reference-seconds cut it there): preview again with those settings to check what "
+                               "they take in"), cut.advice  # fmt: skip
+    assert cut.settings == {"reference_start": 91.2}
     # In 0.3 s, out again at 3.1 s, with a 0.4-s turn of the head in between (bridged).
     between = dataclasses.replace(example, present=(frame >= 8) & (frame < 78) & ~((frame >= 40) & (frame < 50)))
     stretch = run(between)["lost"]
