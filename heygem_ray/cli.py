@@ -70,6 +70,17 @@ _ENGINES_HELP = (
 )
 
 
+def _folder(text: str | Path) -> Path:
+    """A folder option as typed; empty is refused (``-o "$OUT"`` with OUT unset in a nightly
+    script wrote the MP4s and the table into whatever folder it ran in; ``cache prune
+    --cache-dir "$CACHE"`` would have taken that folder for the cache)."""
+    if isinstance(text, Path):  # (a default: typer parses those too)
+        return text
+    if not text.strip():
+        raise typer.BadParameter("is empty: give a folder")
+    return Path(text)
+
+
 def _home(path: Path | None) -> Path | None:
     """``path`` with a leading ``~`` expanded, as a shell leaves it in ``--option=~/x``."""
     return None if path is None else storage.from_home(path)
@@ -155,7 +166,7 @@ def describe_workers(infos: list[WorkerInfo]) -> list[str]:
 @app.command()
 def submit(
     manifest: Annotated[Path, typer.Argument(help="CSV or Parquet file with columns audio and video (and optionally job_id, output).")],
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for the MP4s and results.parquet.")] = Path("out"),
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", parser=_folder, help="Folder for the MP4s and results.parquet.")] = Path("out"),
     pack: Annotated[str, typer.Option(help="Model pack: 'warp' (no weights, default), 'wav2lip' or 'musetalk' (both need --checkpoint).")] = "warp",
     checkpoint: Annotated[Path | None, typer.Option(help="The pack's weights: for wav2lip the public generator checkpoint (wav2lip.pth or wav2lip_gan.pth); for musetalk MuseTalk's models/ folder.")] = None,
     restore: Annotated[str, typer.Option(help=_RESTORE_HELP)] = "none",
@@ -163,7 +174,7 @@ def submit(
     restore_blend: Annotated[float, typer.Option(help=_RESTORE_BLEND_HELP)] = RenderConfig.restore_blend,
     loop: Annotated[str, typer.Option(help="When the audio outlasts the reference: 'pingpong' (default), 'forward', or 'trim' (cut the output where the reference ends).")] = "pingpong",
     address: Annotated[str | None, typer.Option(help="Ray cluster to use: 'auto', HOST:PORT or ray://HOST:PORT. Without it a local Ray instance starts.")] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="Where analysed references are cached (default: ~/.cache/heygem-ray/templates).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(parser=_folder, help="Where analysed references are cached (default: ~/.cache/heygem-ray/templates).")] = None,
     chunk_frames: Annotated[int, typer.Option(help="Frames per chunk sent to the model workers.")] = 128,
     preset: Annotated[str, typer.Option(help="x264's speed preset, from 'ultrafast' to 'veryslow', or 'lean' (the default: 'veryfast' without its two costliest searches, about two thirds of its CPU on camera footage for files of about the same size): faster encodes cost less CPU and give larger files at the same quality.")] = RenderConfig.preset,
     encoder: Annotated[str, typer.Option(help="H.264 encoder: 'auto' (h264_nvenc where the node's GPU has NVENC, else libx264), 'libx264' or 'h264_nvenc'.")] = RenderConfig.encoder,
@@ -180,7 +191,7 @@ def submit(
     precision: Annotated[str, typer.Option(help="'auto' (fp16 on a GPU, fp32 on a CPU; int8 first where it pays when --calibrate is given), 'fp32', 'fp16', 'int8' (calibrated, used only if it passes the accuracy gate) or 'bf16' (PyTorch; on CPUs with AVX-512 BF16 or AMX).")] = "auto",
     calibrate: Annotated[Path | None, typer.Option(help="For int8: a manifest (columns audio and video) of your presenter and their speech to calibrate on (default: the bundled examples).")] = None,
     calibration_frames: Annotated[int, typer.Option(help="For int8: frames that calibrate the activation ranges; a quarter as many more are held out for the accuracy gate.")] = RenderConfig.calibration_frames,
-    engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
+    engines: Annotated[Path | None, typer.Option(parser=_folder, help=_ENGINES_HELP)] = None,
     device: Annotated[str, typer.Option(help="Where model workers run: 'gpu' (one GPU each; a worker that cannot use its GPU stops the run), 'cpu', or 'auto' (gpu when the cluster has GPUs or its autoscaler can add them, cpu when it has CPUs only; on an empty cluster the first node to join decides).")] = "auto",
     workers: Annotated[int, typer.Option(help="Model workers to start (0: one per GPU the cluster has or can autoscale to; on CPUs, from the core count).")] = 0,
     start_timeout: Annotated[float, typer.Option(help="Seconds to wait for the first model worker: nodes joining, models loading, engines building.")] = RunConfig.workers_ready_timeout_s,
@@ -305,7 +316,7 @@ def preview(
     reference: Annotated[Path | None, typer.Argument(help="The presenter's take: a video (or a photo) as a manifest's video column names it (or --manifest).")] = None,
     audio: Annotated[Path | None, typer.Argument(help="Speech to render the first --seconds of (default: the bundled lesson, examples/lesson1.wav).")] = None,
     manifest: Annotated[str | None, typer.Option(help="Check every reference tonight's manifest names instead (with each row's own reference_start and reference_seconds, and the longest of its rows' audio), and write OUTPUT_DIR/<manifest>-previewed.csv with the settings the checks advise filled in.", show_default=False)] = None,
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for the contact sheet (PNG), the side-by-side video (MP4) and the checks (JSON).")] = Path("preview"),
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", parser=_folder, help="Folder for the contact sheet (PNG), the side-by-side video (MP4) and the checks (JSON).")] = Path("preview"),
     pack: Annotated[str, typer.Option(help="Model pack, as for submit: 'warp' (default), 'wav2lip' or 'musetalk' (both need --checkpoint).")] = "warp",
     checkpoint: Annotated[Path | None, typer.Option(help="The pack's weights (see submit --help).")] = None,
     seconds: Annotated[float, typer.Option(help="Seconds of the audio rendered into the side-by-side video.")] = 5.0,
@@ -315,12 +326,12 @@ def preview(
     max_fps: Annotated[int, typer.Option(help="As for submit (0: the reference's own): use tonight's value, so the template this analyses is the one the batch finds.")] = 0,
     reference_seconds: Annotated[float, typer.Option(help="As for submit (0: all of each reference): use tonight's value, so the template this analyses is the one the batch finds.")] = 0.0,
     reference_start: Annotated[float, typer.Option(help="As for submit (0: from its beginning): use tonight's value, so the template this analyses is the one the batch finds.")] = 0.0,
-    cache_dir: Annotated[Path | None, typer.Option(help="Where analysed references are cached (default: ~/.cache/heygem-ray/templates): tonight's, to warm it.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(parser=_folder, help="Where analysed references are cached (default: ~/.cache/heygem-ray/templates): tonight's, to warm it.")] = None,
     backend: Annotated[str, typer.Option(help="Inference backend, as for submit (default 'auto').")] = "auto",
     max_reference_pixels: Annotated[int, typer.Option(help="As for submit: a reference with more pixels is refused before it is decoded (default: 8K UHD).")] = InputLimits.max_reference_pixels,
     max_reference_frames: Annotated[int, typer.Option(help="As for submit: a reference video with more frames is refused before it is decoded (default: an hour at 25 fps).")] = InputLimits.max_reference_frames,
     allow_silent_audio: Annotated[bool, typer.Option("--allow-silent-audio", help="As for submit: audio with no sound in it (the AUDIO given, or with --manifest a row's) is said to fail 'silent_audio' unless tonight's batch allows it.")] = False,
-    engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
+    engines: Annotated[Path | None, typer.Option(parser=_folder, help=_ENGINES_HELP)] = None,
 ) -> None:
     """Check REFERENCE before a batch uses it, on this machine (no cluster): prints one
     line per check (ok, warn or fail, the figure and what to do), and writes a contact
@@ -433,7 +444,7 @@ def engines_build(
     calibrate: Annotated[Path | None, typer.Option(help="For int8: a manifest (columns audio and video) of your presenter and their speech to calibrate on (default: the bundled examples).")] = None,
     calibration_frames: Annotated[int, typer.Option(help="For int8: frames that calibrate the activation ranges; a quarter as many more are held out for the accuracy gate.")] = RenderConfig.calibration_frames,
     batch_size: Annotated[int, typer.Option(help="Frames per model call the workers will send (sets the TensorRT batch profile).")] = 32,
-    engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
+    engines: Annotated[Path | None, typer.Option(parser=_folder, help=_ENGINES_HELP)] = None,
     store: Annotated[Path | None, typer.Option(hidden=True, help="The old spelling of --engines.")] = None,
 ) -> None:
     """Build the pack's engines (and, with --restore, the restoration stage's) ahead of
@@ -492,7 +503,7 @@ def engines_build(
 
 @engines_app.command("list")
 def engines_list(
-    engines: Annotated[Path | None, typer.Option(help=_ENGINES_HELP)] = None,
+    engines: Annotated[Path | None, typer.Option(parser=_folder, help=_ENGINES_HELP)] = None,
     store: Annotated[Path | None, typer.Option(hidden=True, help="The old spelling of --engines.")] = None,
 ) -> None:
     """Print what the engine store holds.
@@ -620,7 +631,7 @@ _CACHE_HELP = "The template cache (--cache-dir of submit and preview; default: ~
 
 @cache_app.command("list")
 def cache_list(
-    cache_dir: Annotated[Path | None, typer.Option(help=_CACHE_HELP)] = None,
+    cache_dir: Annotated[Path | None, typer.Option(parser=_folder, help=_CACHE_HELP)] = None,
 ) -> None:
     """Print the templates in the cache, least recently used first: size, when a run last
     used it, its template version, the reference it was analysed from and its frames' size;
@@ -647,7 +658,7 @@ def cache_list(
 @cache_app.command("prune")
 def cache_prune(
     unused_days: Annotated[float, typer.Option(help="Remove the templates no run has used for this many days.")] = 30.0,
-    cache_dir: Annotated[Path | None, typer.Option(help=_CACHE_HELP)] = None,
+    cache_dir: Annotated[Path | None, typer.Option(parser=_folder, help=_CACHE_HELP)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be removed; remove nothing.")] = False,
 ) -> None:
     """Remove the templates no run has used for --unused-days (default 30), among them those

@@ -440,3 +440,17 @@ def test_a_reference_a_pixel_wide_or_high_is_no_face_saying_its_size(tmp_path, s
         media.probe_video(photo)
     assert caught.value.kind == "no_face"
     assert caught.value.message.startswith(f"reference {photo} is {width}×{height} pixels: too small to hold a face")
+
+
+@pytest.mark.parametrize(("command", "option"), [("submit", "-o"), ("submit", "--cache-dir"), ("submit", "--engines"),
+                                                 ("preview", "--output-dir"), ("cache", "--cache-dir")])  # fmt: skip
+def test_an_empty_folder_option_is_refused_not_taken_for_the_current_folder(tmp_path, monkeypatch, command, option):
+    """``-o "$OUT"`` with OUT unset in a nightly script wrote the MP4s and the table into the
+    folder it ran in (Path("") is "."); ``cache prune --cache-dir ""`` would prune it."""
+    (tmp_path / "m.csv").write_text("audio,video\na.wav,b.mp4\n")
+    monkeypatch.chdir(tmp_path)
+    args = {"submit": ["submit", "m.csv", option, ""], "preview": ["preview", "b.mp4", option, " "],
+            "cache": ["cache", "prune", option, ""]}[command]  # fmt: skip
+    got = CliRunner().invoke(app, args)
+    assert got.exit_code == 2 and "is empty: give a folder" in got.stderr, got.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]  # nothing written here
