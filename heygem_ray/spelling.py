@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from pathlib import PurePosixPath
 
 _NUMBERS = re.compile(r"\d+")
+# Letters a name's stem has before one edit away is taken for a slip (b.wav is no slip for a.wav).
+_EDITED_FROM = 4
 
 
 def distance(a: str, b: str) -> int:
@@ -27,7 +29,8 @@ def distance(a: str, b: str) -> int:
 def meant(name: str, names: Iterable[str], most: int = 3) -> list[str]:
     """Of ``names`` (the files beside a missing one), up to ``most`` that ``name`` may be a
     slip for, likeliest first: the same but for case; the same stem with another suffix
-    (``lesson1.mp3`` for ``lesson1.wav``); one edit away, not counting case. Never one
+    (``lesson1.mp3`` for ``lesson1.wav``); one edit away, not counting case, where the stem
+    is long enough for that to be a slip (``_EDITED_FROM``). Never one
     whose numbers differ (``lesson2.wav`` is another lesson, not a slip for ``lesson1.wav``;
     ``lesson01.wav`` may be meant by it)."""
     stem, low = PurePosixPath(name).stem.lower(), name.lower()
@@ -40,7 +43,7 @@ def meant(name: str, names: Iterable[str], most: int = 3) -> list[str]:
             found.append((0, other))
         elif PurePosixPath(other).stem.lower() == stem:
             found.append((1, other))
-        elif abs(len(other) - len(name)) <= 1 and distance(other.lower(), low) <= 1:
+        elif len(stem) >= _EDITED_FROM and abs(len(other) - len(name)) <= 1 and distance(other.lower(), low) <= 1:
             found.append((2, other))
     return [other for _, other in sorted(found)[:most]]
 

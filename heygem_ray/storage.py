@@ -334,21 +334,23 @@ def list_stats(folder: Location, *, recursive: bool = False) -> dict[Location, S
 
 
 def download(src: Uri, dest: Path, version: str | None = None) -> None:
-    """Copy the object ``src`` to the local file ``dest``, whole: written under a temporary
-    name, then renamed (on S3, its bytes counted against the object's size). With
-    ``version`` (from ``head``), only that version: ``Changed`` where the object is another
-    one now, is gone, or its bytes came short (a connection cut mid-way)."""
+    """Copy the object ``src`` to the local file ``dest``: written under a temporary name,
+    then renamed. With ``version`` (from ``head``), only that version, whole: ``Changed``
+    where the object is another one now, is gone, or its bytes came short (a connection cut
+    mid-way). Without, pyarrow's ranged reads, each tried again where it fails (an engine
+    store's artifacts, which their sidecar's size and sha256 check)."""
     makedirs(dest.parent)
     tmp = dest.with_name(f".{dest.name}.{_token()}.tmp")
     try:
         with open(tmp, "wb") as out:
-            (_get_s3 if src.scheme == "s3" else _get_pyarrow)(src, out, version)
+            if src.scheme == "s3" and version is not None:
+                _get_s3(src, out, version)
+            else:
+                _get_pyarrow(src, out, version)
         os.replace(tmp, dest)
-    except Changed as exc:
-        if version is not None:  # the caller looks the object up again
-            raise
-        raise InputError(f"could not download {src} whole ({exc}); run again", kind="storage") from exc
     except FileNotFoundError as exc:
+        if version is not None:  # (looked up a moment ago: the caller looks again, and says so)
+            raise Changed("it was deleted as it was read") from exc
         raise InputError(f"{src} does not exist; check the URI", kind="missing_file") from exc
     except OSError as exc:  # this machine's disk (errors with an errno), else the bucket
         raise (storage_error(exc, dest.parent) or _error("could not download", src, exc)) from exc
@@ -360,28 +362,27 @@ class Changed(Exception):
     """An object's download did not get the version asked for, whole (``download``)."""
 
 
-def _get_s3(src: Uri, out: BinaryIO, version: str | None) -> None:
+def _get_s3(src: Uri, out: BinaryIO, version: str) -> None:
     """One GET of the whole object (through boto3: one response is one version of it,
     where pyarrow reads a stream in ranges of the size a HEAD gave, each of which may come
     from another version, and pads a short one with zeros), its bytes counted."""
     from botocore.exceptions import BotoCoreError, ClientError
+    from urllib3.exceptions import HTTPError
 
     bucket, _, key = src.key.partition("/")
     # (a weak ETag, W/"…", which some S3-compatible stores give, is matched by no If-Match)
-    condition = {"IfMatch": version} if version and not version.startswith("W/") else {}
+    condition = {} if version.startswith("W/") else {"IfMatch": version}
     try:
         got = _s3().get_object(Bucket=bucket, Key=key, **condition)
     except ClientError as exc:
         if _code(exc) in ("NoSuchKey", "404"):
-            if version is not None:  # (looked up a moment ago: the caller looks again, and says so)
-                raise Changed("it was deleted as it was read") from exc
-            raise FileNotFoundError(str(src)) from exc
+            raise Changed("it was deleted as it was read") from exc
         if _code(exc) in ("PreconditionFailed", "412"):
             raise Changed("it was written again as it was read") from exc
         raise _error("could not download", src, exc) from exc
     except BotoCoreError as exc:  # no credentials, no endpoint: nothing came
         raise _error("could not download", src, exc) from exc
-    if version is not None and got.get("ETag") != version:
+    if got.get("ETag") != version:
         raise Changed("it was written again as it was read")
     size, moved = int(got["ContentLength"]), 0
     try:
@@ -389,7 +390,7 @@ def _get_s3(src: Uri, out: BinaryIO, version: str | None) -> None:
             out.write(block)
             moved += len(block)
             progress.moved()
-    except BotoCoreError as exc:  # (a body cut short: botocore counts it against its length)
+    except (BotoCoreError, HTTPError) as exc:  # a body cut short (botocore counts it), a TLS error in it
         raise Changed(f"its bytes stopped coming after {moved} of {size} ({first_line(exc)})") from exc
     if moved != size:
         raise Changed(f"{moved} of its {size} bytes came")
@@ -704,6 +705,7 @@ def conditional(loc: Location) -> bool:
 def read_versioned(src: Uri) -> Versioned | None:
     """The object ``src`` with its version and age (one GET); None when there is none."""
     from botocore.exceptions import BotoCoreError, ClientError
+    from urllib3.exceptions import HTTPError
 
     bucket, _, key = src.key.partition("/")
     try:
@@ -713,7 +715,7 @@ def read_versioned(src: Uri) -> Versioned | None:
         if _code(exc) in ("NoSuchKey", "404"):
             return None
         raise _error("could not read", src, exc) from exc
-    except BotoCoreError as exc:
+    except (BotoCoreError, HTTPError) as exc:  # (HTTPError: urllib3's, a TLS error in the body)
         raise _error("could not read", src, exc) from exc
     now = email.utils.parsedate_to_datetime(got["ResponseMetadata"]["HTTPHeaders"]["date"])
     return Versioned(data, got["ETag"], max(0.0, (now - got["LastModified"]).total_seconds()))
@@ -762,8 +764,9 @@ _S3_MADE = threading.Lock()
 
 def _s3() -> Any:
     """A boto3 S3 client for this process's environment (see the module docstring), made
-    once per set of its values. Short timeouts: a lock's heartbeat must not hang for
-    minutes on one request (botocore's default is a minute per try)."""
+    once per set of its values. Short timeouts, as pyarrow's (``S3_IDLE_S``): a lock's
+    heartbeat must not hang for minutes on one request (botocore's default is a minute per
+    try), nor an input's download on a store that stopped answering."""
     env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
     with _S3_MADE:  # boto3's default session is not safe to make clients from in parallel
         return _s3_for(env)
@@ -774,7 +777,8 @@ def _s3_for(env: tuple[tuple[str, str], ...]) -> Any:
     import boto3
     from botocore.config import Config
 
-    config = Config(connect_timeout=5, read_timeout=15, retries={"max_attempts": 3, "mode": "standard"})
+    config = Config(connect_timeout=S3_CONNECT_S, read_timeout=S3_IDLE_S,
+                    retries={"total_max_attempts": S3_TRIES, "mode": "standard"})  # (the same limits as pyarrow's)
     return boto3.session.Session().client("s3", config=config)
 
 

@@ -200,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         run["config_hash"] = cfg.config_hash()
         run["render_settings"] = json.loads(cfg.render_settings())  # what that hash is of
-        storage.check_writable(out)  # the night's folder, named in the error, before the lock beside it
+        if not isinstance(out, storage.Uri):  # (a bucket prefix is tried under the run's lock, by submit)
+            storage.check_writable(out)  # the night's folder, named in the error, before the lock beside it
         # One night at a time into OUTPUT_ROOT (a night's own folder is the run lock's); a
         # scheduler that starts the next night while one overruns is refused here.
         with hold_output(args.output_root, f"night {date} of {args.manifest}", lock_name=NIGHTS_LOCK,

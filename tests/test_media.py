@@ -1484,6 +1484,10 @@ def test_a_missing_file_names_what_is_there_instead(tmp_path):
         media.require_file(tmp_path / "lesons" / "day1" / "lesson1.wav", "audio")
     assert err.value.message == (f"audio {tmp_path / 'lesons/day1/lesson1.wav'} does not exist: there is no folder "
                                  f"{tmp_path / 'lesons'}; check the path")  # fmt: skip
+    with pytest.raises(InputError) as err:  # a file where a folder would be (not "there is no folder")
+        media.require_file(tmp_path / "notes.txt" / "lesson1.wav", "audio")
+    assert err.value.message.endswith(f"does not exist: {tmp_path / 'notes.txt'} is a file, not a folder; check the "
+                                      "path")  # fmt: skip
     with pytest.raises(InputError) as err:
         media.require_file(tmp_path / "intro.wav", "audio")
     assert err.value.message == f"audio {tmp_path / 'intro.wav'} does not exist; check the path"

@@ -132,8 +132,9 @@ def record(output_dir: Location, result: JobResult) -> JobResult:
 # all, ridden out where a store's passing outage (a restart, a network blip) stopped the
 # night at the first row that ended in it, its MP4 published but its row called 'stopped'.
 # No try starts once the tries themselves have taken that long: against a store that
-# stopped answering each takes a minute of its own (``storage.S3_IDLE_S``), and seven of
-# them held a row for 24 minutes.
+# stopped answering each takes a minute or so of its own (a write and its clean-up, each
+# given up after ``storage.S3_TRIES`` tries of ``storage.S3_IDLE_S`` without a byte), and
+# seven of them held a row for 24 minutes.
 ROW_RETRIES_S = (1, 2, 4, 8, 16, 32)
 
 

@@ -55,7 +55,9 @@ def _what_is_there(p: Path) -> str:
         if not folder.is_dir():
             while not folder.parent.is_dir() and folder.parent != folder:
                 folder = folder.parent
-            return f": there is no folder {folder}"
+            if folder.is_symlink() and not folder.exists():
+                return f": {folder} is a broken link"
+            return f": {folder} is a file, not a folder" if folder.exists() else f": there is no folder {folder}"
         with os.scandir(folder) as entries:
             names = [e.name for e in itertools.islice(entries, _LOOKED_AT) if e.is_file()]
     except OSError:  # a folder this user may not list: the message names the file alone
