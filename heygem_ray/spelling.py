@@ -48,5 +48,12 @@ def meant(name: str, names: Iterable[str], most: int = 3) -> list[str]:
     return [other for _, other in sorted(found)[:most]]
 
 
+def beside(name: str, names: Iterable[str]) -> str:
+    """What a missing ``name``'s message adds of ``names`` beside it (``meant``):
+    `` (beside it: Lesson1.wav, lesson1.mp3)``, or "" where none may be meant."""
+    near = meant(name, names)
+    return f" (beside it: {', '.join(near)})" if near else ""
+
+
 def _numbers(name: str) -> list[int]:
     return [int(n) for n in _NUMBERS.findall(name)]

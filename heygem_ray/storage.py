@@ -417,12 +417,12 @@ def _copy(reader: Any, writer: Any) -> None:
         progress.moved()
 
 
-def head(src: Uri) -> tuple[Stat, str] | None:
-    """An object's size and modification time, and the version they are (S3's ETag, else
-    the time); None when no object is there."""
+def head(src: Uri) -> tuple[int, str] | None:
+    """An object's size, and the version it is (S3's ETag, else its size and modification
+    time); None when no object is there."""
     if src.scheme != "s3":
         found = stat(src)
-        return None if found is None else (found, _version(found))
+        return None if found is None else (found.size, _version(found))
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, _, key = src.key.partition("/")
@@ -434,7 +434,7 @@ def head(src: Uri) -> tuple[Stat, str] | None:
         raise _error("could not look up", src, exc) from exc
     except BotoCoreError as exc:
         raise _error("could not look up", src, exc) from exc
-    return Stat(int(got["ContentLength"]), int(got["LastModified"].timestamp() * 1e9)), str(got["ETag"])
+    return int(got["ContentLength"]), str(got["ETag"])
 
 
 def _bucket_exists(loc: Uri) -> bool:
@@ -454,8 +454,8 @@ def _bucket_exists(loc: Uri) -> bool:
 
 
 def _what_is_there(src: Uri) -> str:
-    """The objects beside the missing ``src`` it may be a slip for (``spelling.meant``), in
-    words for its message; "" where none is found. One listing of up to 1000 keys (S3 only)."""
+    """The objects beside the missing ``src`` it may be a slip for (``spelling.beside``); ""
+    where none is found. One listing of up to 1000 keys (S3 only)."""
     if src.scheme != "s3":
         return ""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -466,8 +466,7 @@ def _what_is_there(src: Uri) -> str:
         listed = _s3().list_objects_v2(Bucket=bucket, Prefix=f"{folder}/" if folder else "", Delimiter="/")
     except (BotoCoreError, ClientError):
         return ""
-    near = spelling.meant(src.name, (posixpath.basename(o["Key"]) for o in listed.get("Contents", [])))
-    return f" (beside it: {', '.join(near)})" if near else ""
+    return spelling.beside(src.name, (posixpath.basename(o["Key"]) for o in listed.get("Contents", [])))
 
 
 def _version(found: Stat) -> str:
@@ -502,7 +501,7 @@ def fetch(src: Location, what: str, cache: Path) -> Path:
                 said = (f"does not exist{_what_is_there(src)}; check the URI (and that these credentials may list "
                         "the bucket)")  # fmt: skip
             raise InputError(f"{what} {src} {said}", kind="missing_file")
-        size, version = found[0].size, found[1]
+        size, version = found
         digest = hashlib.sha256(f"{src}\0{size}\0{version}".encode()).hexdigest()[:32]
         dest = cache / digest[:2] / f"{digest}{src.suffix}"
         if dest.is_file() and dest.stat().st_size == size:

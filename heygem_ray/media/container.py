@@ -49,7 +49,7 @@ _LOOKED_AT = 100_000
 def _what_is_there(p: Path) -> str:
     """Where ``p`` is missing, what is there instead, in words for its message: a folder on
     the way that does not exist, or the files beside it it may be a slip for
-    (``spelling.meant``); "" where neither is found."""
+    (``spelling.beside``); "" where neither is found."""
     folder = p.parent
     try:
         if not folder.is_dir():
@@ -62,8 +62,7 @@ def _what_is_there(p: Path) -> str:
             names = [e.name for e in itertools.islice(entries, _LOOKED_AT) if e.is_file()]
     except OSError:  # a folder this user may not list: the message names the file alone
         return ""
-    near = spelling.meant(p.name, names)
-    return f" (beside it: {', '.join(near)})" if near else ""
+    return spelling.beside(p.name, names)
 
 
 def reason(exc: av.FFmpegError) -> str:
