@@ -650,9 +650,9 @@ def _name_problem(output: str, target: Location) -> str | None:
 
 
 def _check_outputs(path: Location, jobs: list[Job], base: Location, folds_case: bool = False) -> None:
-    """Stop when two rows would write one file, or a row would write a file that a row
-    reads (its own audio or video, or another's: an --output-dir that is the media
-    folder, say), so that inputs are never replaced. Files are compared as the file
+    """Stop when two rows would write one file, or a row would write the manifest or a file
+    that a row reads (its own audio or video, or another's: an --output-dir that is the
+    media folder, say), so that inputs are never replaced. Files are compared as the file
     system finds them (symbolic links followed) and buckets by their normalised keys, with
     one lookup per file: it grows with the rows, never with their pairs
     (bench/bench_manifest.py). ``folds_case``: local names are compared as a file system
@@ -677,6 +677,17 @@ def _check_outputs(path: Location, jobs: list[Job], base: Location, folds_case: 
     # a second mount of one share) or by names a file system takes as one (case, Unicode
     # forms) names one file with texts no resolving makes equal.
     present = {found: rows[0] for file, rows in writers.items() if (found := _file_id(file)) is not None}
+    # The manifest is an input too: a manifest saved as lesson.mp4 whose row 'lesson' writes it.
+    manifest = real(storage.resolved(path))
+    if (writer := writers.get(manifest)) is None and (found := _file_id(manifest)) in present:
+        writer = [present[found]]
+    if writer is not None:
+        (j,) = writer
+        raise InputError(
+            f"manifest {path}: {j.label} would write {j.output}, which is this manifest; rendering would replace "
+            "it. Give the row another output or job_id, or choose an --output-dir apart from the manifest",
+            kind="bad_manifest",
+        )
     read: dict[Location, str | Uri] = {}  # input → its file: rows share their references
     ids: dict[str | Uri, tuple[int, int] | None] = {}  # (and its device and inode, where outputs are there)
     for reader in jobs:

@@ -447,6 +447,21 @@ def test_an_output_that_is_an_input_stops_the_manifest(tmp_path, examples, rows,
     assert f"{writer} would write {media / 'presenter.mp4'}, which is {whose}" in info.value.message
 
 
+def test_a_row_that_would_write_the_manifest_itself_stops_it(tmp_path, examples):
+    """A manifest saved under an .mp4 name whose row's output is that name: the run
+    rendered over it (the audit of 2026-12-08)."""
+    media = _copy_media(tmp_path / "media", examples)
+    m = write(media / "list.mp4", "job_id,audio,video\nlist,lesson1.wav,presenter.mp4\n")
+    (tmp_path / "link").symlink_to(media)
+    for out in (media, tmp_path / "link"):  # by its path, and through a link to its folder
+        with pytest.raises(InputError) as info:
+            read_manifest(m, out)
+        assert info.value.kind == "bad_manifest"
+        assert (f"manifest {m}: row 1 (job 'list') would write {media / 'list.mp4'}, which is this manifest; "
+                "rendering would replace it") in info.value.message
+    assert m.read_text().startswith("job_id,")
+
+
 def test_files_are_compared_through_symbolic_links(tmp_path, examples):
     media = _copy_media(tmp_path / "media", examples)
     (tmp_path / "out").symlink_to(media)
