@@ -49,6 +49,7 @@ from heygem_ray.driver import submit as run_submit
 from heygem_ray.driver.resume import PARTS_DIR, again_lines
 from heygem_ray.errors import HeygemError, InputError, Interrupted, RunStopped
 from heygem_ray.results import RESULTS_FILE, JobResult
+from heygem_ray.streams import forgive_gone_readers
 from heygem_ray.worker_io import WorkerInfo
 
 if TYPE_CHECKING:
@@ -96,6 +97,9 @@ def _engine_store(engines: Path | None, store: Path | None) -> storage.Location:
 @app.callback()
 def _main() -> None:
     """Batch lip-synced talking-head videos on Ray."""
+    # A pipe's reader that ended, or a terminal closed under a run: the command goes on and
+    # ends with the status of what it did (streams.py).
+    forgive_gone_readers()
     # `kill -USR1 <pid>` prints where every thread of this process is, to stderr, and the
     # command goes on: for a run that seems stuck (docs/operations-faults.md).
     if sys.__stderr__ is not None:  # None, or without a file descriptor: embedded, nowhere to print
@@ -207,8 +211,8 @@ def submit(
     Exit status: 0 when every row succeeded, 1 when any row failed or the run stopped
     part-way, 2 when the command line or the manifest is unusable, or another run holds
     OUTPUT_DIR (nothing was rendered), or the model workers could not start or none is
-    left (the table, if any job began, says which rows ended), 130 on Ctrl-C and 143 on
-    SIGTERM (the table is written).
+    left (the table, if any job began, says which rows ended), 130 on Ctrl-C, 143 on
+    SIGTERM and 129 on SIGHUP (its terminal closed; not under nohup): the table is written.
     """
     heap.limit_arenas()  # this process is the run's driver: before Ray starts its threads
     bar: _Bar | None = None  # the progress callbacks, once made
@@ -271,7 +275,7 @@ def submit(
         finally:
             if progress.live.is_started:
                 progress.stop()
-    except Interrupted as exc:  # Ctrl-C or SIGTERM once the run began: the table is written
+    except Interrupted as exc:  # Ctrl-C, SIGTERM or SIGHUP once the run began: the table is written
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(exc.exit_status) from None
     except KeyboardInterrupt:  # Ctrl-C before the run began (reading the manifest, connecting), or a second one

@@ -6,12 +6,15 @@ README's first command (tests/test_submit.py)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import termios
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import pytest
 import torch
 
 from heygem_ray import media
+from heygem_ray.driver import resume
 from tests.helpers.media import make_excerpt
 from tests.helpers.raystart import RayStart, photo_batch
 
@@ -475,3 +479,55 @@ def _children(pid: int, name: bytes) -> list[int]:
             if int(stat.rsplit(b")", 1)[1].split()[1]) == pid and stat.split(b"(", 1)[1].startswith(name[:15]):
                 found.append(int(proc.name))
     return found
+
+
+def test_a_terminal_closed_under_a_run_stops_it_with_its_table_written(tmp_path, examples, ray_join):
+    """The submit runs in a terminal of its own (a pseudo-terminal), which is closed once
+    the first row is kept, as an ssh session that drops: the process gets SIGHUP, and its
+    writes to the terminal fail (EIO). Before, SIGHUP's default ended it at once (exit 129,
+    no table, no word, the lock left); now it stops as for SIGTERM, and what it prints
+    after goes nowhere."""
+    photo_batch(tmp_path, examples, 4, 1.0)
+    master, terminal = os.openpty()
+    proc = subprocess.Popen(
+        [HEYGEM, "submit", "m.csv", "-o", "out", "--cache-dir", "cache", "--engines", "engines", "--max-jobs", "1"],
+        cwd=tmp_path, env=ray_join, stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # its controlling terminal
+    )  # fmt: skip
+    os.close(terminal)
+    said = bytearray()
+
+    def read() -> None:  # what it prints, until the terminal closes
+        with contextlib.suppress(OSError):
+            while chunk := os.read(master, 65536):
+                said.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    parts = tmp_path / "out" / resume.PARTS_DIR
+    deadline = time.monotonic() + 300
+    while not (parts.is_dir() and any(parts.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, said.decode(errors="replace")[-3000:]
+    os.close(master)  # the terminal closes: SIGHUP
+    assert proc.wait(timeout=300) == 129, said.decode(errors="replace")[-3000:]
+    rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    assert rows[0]["status"] == "ok" and len(rows) == 4
+    stopped = [r for r in rows if r["status"] != "ok"]
+    assert stopped and all(r["error_kind"] == "stopped" and "SIGHUP (the terminal it ran in closed)" in r["error"]
+                           for r in stopped), stopped  # fmt: skip
+    assert not (tmp_path / "out" / ".heygem-run.lock").exists()
+
+
+def test_a_reader_of_its_output_that_went_away_leaves_the_exit_status_the_runs(tmp_path, examples, ray_join):
+    """`heygem-ray submit … | head -c 10`: the summary's print found no reader (EPIPE), and
+    click turned that into exit 1, 'some row failed', with every row rendered."""
+    photo_batch(tmp_path, examples, 1, 1.0)
+    proc = subprocess.Popen([HEYGEM, "submit", "m.csv", "-o", "out", "--cache-dir", "cache", "--engines", "engines"],
+                            cwd=tmp_path, env=ray_join, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()  # the reader goes before the first line
+    stderr = proc.communicate(timeout=300)[1].decode(errors="replace")
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
+    (row,) = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    assert row["status"] == "ok"

@@ -29,7 +29,7 @@ def _swallowing(signum: int) -> None:
         pass
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
 def test_a_stop_signal_a_call_swallowed_is_raised_at_the_next_round(signum):
     stop = StopSignals()
     try:
@@ -74,3 +74,28 @@ def test_once_the_run_has_ended_a_signal_is_noted_until_its_table_is_written():
     finally:
         stop.restore()
 
+
+
+def test_a_second_sighup_is_ignored_and_under_nohup_sighup_stays_ignored():
+    """A closed terminal (SIGHUP) stops a run as SIGTERM does; a run started under nohup,
+    which ignores SIGHUP, goes on (before, the default SIGHUP ended the process at once,
+    with no table and no word, and nohup's choice must stay)."""
+    stop = StopSignals()
+    try:
+        with pytest.raises(Interrupted) as got:
+            _send(signal.SIGHUP)
+        assert got.value.exit_status == 129
+        _send(signal.SIGHUP)  # while the table is written: ignored
+    finally:
+        stop.restore()
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+    try:
+        stop = StopSignals()
+        try:
+            _send(signal.SIGHUP)  # nothing raised, nothing noted
+            assert stop.received is None
+        finally:
+            stop.restore()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)

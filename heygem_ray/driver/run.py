@@ -4,8 +4,8 @@ The public entry point for Python callers; the CLI is a thin layer over it.
 
 However a run that started rendering (or waiting for its workers) ends, its table is
 written: rows of the jobs that ended, ``stopped`` rows for the others. That includes
-Ctrl-C and SIGTERM (what ``ray job stop`` and ``kill`` send): while a run goes on, either
-raises ``Interrupted`` in the driver (``driver/stop.py``).
+Ctrl-C, SIGTERM (what ``ray job stop`` and ``kill`` send) and SIGHUP (its terminal closed):
+while a run goes on, each raises ``Interrupted`` in the driver (``driver/stop.py``).
 """
 
 
@@ -294,6 +294,7 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
                       run_id=basis.run_id)  # fmt: skip
 
 
-_SIGNAL_NAMES = {int(signal.SIGINT): "SIGINT (Ctrl-C)", int(signal.SIGTERM): "SIGTERM"}
+_SIGNAL_NAMES = {int(signal.SIGINT): "SIGINT (Ctrl-C)", int(signal.SIGTERM): "SIGTERM",
+                 int(signal.SIGHUP): "SIGHUP (the terminal it ran in closed)"}
 
 

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM stop a run, also where a Ray call swallows the interrupt.
+"""Ctrl-C, SIGTERM and SIGHUP stop a run, also where a Ray call swallows the interrupt.
 
 Python turns SIGINT into ``KeyboardInterrupt`` in the main thread, and a Ray call that
 is waiting checks for signals from C++ and raises the interrupt itself. Not always:
@@ -8,10 +8,13 @@ loop still going round). So a stop signal is also remembered here, and the drive
 loops call ``raise_if_stopped`` every round: an interrupt a Ray call swallowed comes back
 within one round (``WATCH_S``, ``POLL_S``).
 
-While a run goes on (``StopSignals`` installed in the main thread), the first SIGINT or
-SIGTERM raises ``Interrupted``; a second SIGTERM is ignored (so that the table gets
-written), a second SIGINT raises ``KeyboardInterrupt`` at once (Ctrl-C twice stops at
-once). Once the run has ended (``defer``: Ray shut down, the table merged) a first signal
+While a run goes on (``StopSignals`` installed in the main thread), the first SIGINT,
+SIGTERM or SIGHUP (the terminal it ran in closed: an ssh session dropped) raises
+``Interrupted``; a second SIGTERM or SIGHUP is ignored (so that the table gets written), a
+second SIGINT raises ``KeyboardInterrupt`` at once (Ctrl-C twice stops at once). What the
+run then prints to a terminal that is gone goes nowhere (``streams``). A signal ignored
+when the run began stays ignored (``nohup`` ignores SIGHUP; a script's background job,
+SIGINT). Once the run has ended (``defer``: Ray shut down, the table merged) a first signal
 is only noted: the table is finished, then the run returns as it would have. Elsewhere than the main thread nothing is installed: only the main thread receives
 signals.
 """
@@ -23,6 +26,8 @@ import threading
 from typing import Any
 
 from heygem_ray.errors import Interrupted
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # The StopSignals installed now, if any (signals are the process's: one at a time).
 _installed: StopSignals | None = None
@@ -38,7 +43,9 @@ class StopSignals:
         self.deferred = False  # the run has ended: a first signal is noted (``defer``)
         self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in STOP_SIGNALS:
+                if signal.getsignal(signum) is signal.SIG_IGN:  # nohup's SIGHUP, a background job's SIGINT
+                    continue
                 self._previous[signum] = signal.signal(signum, self._stop)
             _installed = self
 
