@@ -57,6 +57,25 @@ log = logging.getLogger(__name__)
 MIN_DETECTED_FRACTION = 0.2
 
 
+# A reference written while it is analysed (a copy or a sync job still writing the media
+# folder) is analysed again from its new bytes, this many times in all; its analysis of
+# bytes that changed underneath is never kept.
+CHANGED_TRIES = 3
+
+
+class ReferenceChanged(InputError):
+    """The reference was written, cut or replaced while it was being analysed; ``change``
+    says how, ``tries`` how many analyses in a row it happened to."""
+
+    def __init__(self, video: Path, change: str, tries: int = 1):
+        said = (f"reference {video} changed while it was analysed ({change})" if tries == 1 else
+                f"reference {video} was written while it was analysed, {tries} times in a row (the last time "
+                f"{change}): something is writing it now, a copy or a sync job; no analysis of it was kept. Let that "
+                "finish, then run the same manifest again")  # fmt: skip
+        super().__init__(said, kind="input_changed")
+        self.change = change
+
+
 def analyze(
     video: Path,
     geometry: CropGeometry,
@@ -81,10 +100,38 @@ def analyze(
     A cached template found damaged (``Template.open``) is set aside, with a warning, and
     built again. A reference over ``limits`` (default ``InputLimits()``) is ``too_large``:
     refused by the probe before it is decoded, and a cached template of one (built under
-    higher limits) is refused too."""
+    higher limits) is refused too.
+
+    A reference written while it is analysed (its size, times or inode differ afterwards:
+    ``storage.file_stamp``) keeps no analysis, and no remembered failure: it is analysed
+    again from its new bytes, up to ``CHANGED_TRIES`` times in all, then ``input_changed``."""
     limits = limits or InputLimits()
+    tries = 1
+    while True:
+        try:
+            return _analyze(video, geometry, detector, cache_dir, limits, max_resolution, reference_seconds,
+                            reference_start, max_fps)  # fmt: skip
+        except ReferenceChanged as exc:
+            if tries == CHANGED_TRIES:
+                raise ReferenceChanged(video, exc.change, tries) from exc
+            log.warning("%s: analysing it again", exc.message)
+            tries += 1
+
+
+def _analyze(
+    video: Path,
+    geometry: CropGeometry,
+    detector: DetectorConfig,
+    cache_dir: Path,
+    limits: InputLimits,
+    max_resolution: int,
+    reference_seconds: float,
+    reference_start: float,
+    max_fps: int,
+) -> tuple[Template, bool]:
     media.require_file(video, "reference")
     storage.makedirs(cache_dir)
+    stamp = storage.file_stamp(video)  # the bytes hashed for the key must be those analysed
     key = template_key(video, geometry, detector, cache_dir, max_resolution, reference_seconds, reference_start,
                        max_fps=max_fps)  # fmt: skip
     root = cache_dir / key
@@ -121,6 +168,7 @@ def analyze(
             with storage_errors(cache_dir):  # a full or read-only cache: the user's to fix
                 try:
                     _build(info, geometry, detector, tmp, limits.max_reference_pixels)
+                    _unchanged(video, stamp)
                     _put_in_place(tmp, root, cache_dir / f".{key}.{uuid.uuid4().hex}.damaged")
                 except FileNotFoundError as exc:
                     if os.path.lexists(tmp):
@@ -128,6 +176,8 @@ def analyze(
                     # the folder being built went away: removed with the cache by a cleanup
                     raise folder_removed(cache_dir, f"the analysis of {video}") from exc
         except InputError as exc:
+            if not isinstance(exc, ReferenceChanged):  # what failed may have been other bytes
+                _unchanged(video, stamp, exc)
             if exc.kind not in REMEMBERED_FAILURES:
                 raise
             failed = _seen_later(exc, info, detector)
@@ -138,6 +188,21 @@ def analyze(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return Template.open(root), False
+
+
+def _unchanged(video: Path, stamp: list[int], failure: InputError | None = None) -> None:
+    """Raise ``ReferenceChanged`` (from ``failure``, if the analysis failed) where ``video``
+    is no longer the file ``stamp`` was taken of."""
+    try:
+        now = storage.file_stamp(video)
+    except OSError:
+        change = "it was moved or deleted"
+    else:
+        if now == stamp:
+            return
+        change = ("another file was put in its place" if now[:2] != stamp[:2] else
+                  f"its size went from {stamp[2]:,} to {now[2]:,} bytes" if now[2] != stamp[2] else "it was written to")  # fmt: skip
+    raise ReferenceChanged(video, change) from failure
 
 
 def _put_in_place(built: Path, root: Path, aside: Path) -> None:

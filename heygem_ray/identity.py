@@ -192,7 +192,7 @@ def _watched(path: Path) -> str:
 def file_digest(path: Path, read: list[int] | None = None) -> str:
     """sha256 hex of the file's bytes, from this machine's cache while the file is unchanged;
     the bytes read so far counted in ``read[0]`` as it goes."""
-    stamp = _stamp(path)
+    stamp = storage.file_stamp(path)
     where = os.path.abspath(path)
     entry = cache_home() / "digests" / (key := hashlib.sha256(where.encode()).hexdigest())[:2] / f"{key}.json"
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
@@ -201,7 +201,7 @@ def file_digest(path: Path, read: list[int] | None = None) -> str:
             return str(kept["sha256"])
     with open(path, "rb") as f:
         digest = _sha256(f, read or [0])
-    if _stamp(path) == stamp:  # not written to while it was read: worth keeping
+    if storage.file_stamp(path) == stamp:  # not written to while it was read: worth keeping
         # (a cache not kept costs the next run a hashing, nothing else: a full or read-only
         # disk, which storage.write_bytes says as InputError, stops nothing)
         with contextlib.suppress(OSError, HeygemError):
@@ -220,11 +220,6 @@ def _sha256(f: BinaryIO, read: list[int]) -> str:
 
 
 _CHUNK = 1 << 20
-
-
-def _stamp(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _object_identity(found: Stat) -> str:

@@ -262,6 +262,14 @@ def is_file(loc: Location) -> bool:
     return stat(loc) is not None
 
 
+def file_stamp(path: Path) -> list[int]:
+    """What changes when the local file ``path`` is written or replaced: its device, inode,
+    size, and modification and change times (any write sets the change time, which no tool
+    sets back: a copy that keeps the old modification time is seen too)."""
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def is_dir(loc: Location) -> bool:
     """A local folder, or a prefix with objects under it."""
     if isinstance(loc, Path):

@@ -855,3 +855,61 @@ def test_a_presenter_too_small_once_scaled_down_is_not_named_as_coming_in_later(
     assert failed.value.kind == "no_face" and not isinstance(failed.value, PresenterLater), failed.value.message
     with pytest.raises(PresenterLater):  # at its own size the same take names the start
         analyze(take, GEOMETRY, DETECTOR, tmp_path / "cache", reference_seconds=2)
+
+
+def test_a_reference_cut_short_and_copied_back_as_it_is_analysed_keeps_no_short_template(
+    tmp_path, examples, monkeypatch, caplog
+):  # fmt: skip
+    """A sync job rewriting the media folder cut the take as its analysis read it, then put
+    it back whole: the analysis of the short file was kept under the whole file's key, and
+    every later night rendered from a third of the take (the audit of 2026-12-08). Now the
+    change is seen, and the take is analysed again from its bytes as they are."""
+    video = Path(shutil.copy(examples / "presenter.mp4", tmp_path / "talk.mp4"))
+    whole = video.read_bytes()
+    calls = []
+    store_and_track = analyze_module._store_and_track
+
+    def cut_while_read(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            video.write_bytes(whole[: len(whole) // 3])
+            try:
+                return store_and_track(*args, **kwargs)
+            finally:
+                video.write_bytes(whole)
+        return store_and_track(*args, **kwargs)
+
+    monkeypatch.setattr(analyze_module, "_store_and_track", cut_while_read)
+    with caplog.at_level(logging.WARNING, logger="heygem_ray.analyze"):
+        template, cached = analyze(video, GEOMETRY, DETECTOR, tmp_path / "cache")
+    template.close()
+    assert len(calls) == 2 and not cached
+    assert f"reference {video} changed while it was analysed (it was written to): analysing it again" in caplog.text
+    (meta,) = (tmp_path / "cache").glob("*/meta.json")
+    assert json.loads(meta.read_text())["frames"] == 100  # the whole take's
+
+
+def test_a_reference_written_through_every_analysis_fails_input_changed_keeping_nothing(
+    tmp_path, examples, monkeypatch
+):  # fmt: skip
+    video = Path(shutil.copy(examples / "presenter.mp4", tmp_path / "talk.mp4"))
+    store_and_track = analyze_module._store_and_track
+
+    def written_while_read(*args, **kwargs):
+        try:
+            return store_and_track(*args, **kwargs)
+        finally:
+            with open(video, "ab") as f:  # a copy still appending to it
+                f.write(b"\0")
+
+    monkeypatch.setattr(analyze_module, "_store_and_track", written_while_read)
+    with pytest.raises(InputError) as err:
+        analyze(video, GEOMETRY, DETECTOR, tmp_path / "cache")
+    size = video.stat().st_size
+    assert err.value.kind == "input_changed"
+    assert err.value.message == (
+        f"reference {video} was written while it was analysed, 3 times in a row (the last time its size went from "
+        f"{size - 1:,} to {size:,} bytes): something is writing it now, a copy or a sync job; no analysis of it was "
+        "kept. Let that finish, then run the same manifest again"
+    )
+    assert not list((tmp_path / "cache").glob("*/meta.json")) and not list((tmp_path / "cache").glob(".*.tmp"))
