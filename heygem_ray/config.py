@@ -440,19 +440,25 @@ def row_settings_problem(row_settings: tuple[tuple[str, float], ...], render: Re
     return None
 
 
+# Settings that name where weights are: what they hold is the row's weights_digest, so the
+# same weights moved to another path (a cluster's new weights folder) are the same render.
+WEIGHT_PATHS = ("checkpoint", "restore_checkpoint")
+
+
 @functools.lru_cache(maxsize=16)  # (a rerun of many rows asks it of the same two texts)
-def settings_change(before: str, now: str) -> str:
+def settings_change(before: str, now: str, ignore: tuple[str, ...] = ()) -> str:
     """What differs between two ``RunConfig.render_settings`` texts, in words:
     ``reference_start 0 → 90, preset lean → ultrafast``; a setting one of them leaves out
-    (its default, or a field of another version) reads ``(not set)``. ``before`` empty or
-    unreadable (a row of an older version): that the earlier settings are not known."""
+    (its default, or a field of another version) reads ``(not set)``; those in ``ignore``
+    are not compared ("": nothing else differs). ``before`` empty or unreadable (a row of
+    an older version): that the earlier settings are not known."""
     try:
         old = _flat(json.loads(before))
     except (ValueError, TypeError, AttributeError):
         return "the earlier run's settings are not recorded"
     new = _flat(json.loads(now))
-    changed = [f"{k} {_said(old, k)} → {_said(new, k)}"
-               for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]  # fmt: skip
+    changed = [f"{k} {_said(old, k)} → {_said(new, k)}" for k in sorted(old.keys() | new.keys())
+               if old.get(k) != new.get(k) and k not in ignore]  # fmt: skip
     more = f" and {len(changed) - SETTINGS_NAMED} more" if len(changed) > SETTINGS_NAMED else ""
     return ", ".join(changed[:SETTINGS_NAMED]) + more
 

@@ -376,9 +376,10 @@ def test_rows_render_with_the_reference_settings_they_give_themselves_and_a_reru
     assert said.why == {"the render settings changed (reference_start 2 → 1)": 1}
 
 
-def test_new_weights_at_the_same_checkpoint_path_are_rendered_again(folder, ray_local):
+def test_new_weights_at_the_same_checkpoint_path_are_rendered_again_the_same_elsewhere_are_not(folder, ray_local):
     """New weights written over the old checkpoint: same path, same size, its modification
-    time set back (as a sync tool may leave it). The row renders again with them."""
+    time set back (as a sync tool may leave it). The row renders again with them. The same
+    weights at another path do not."""
     from tests.helpers.wav2lip_ckpt import write_random_checkpoint
 
     make_excerpt(folder / "a.wav", folder / "short.wav", seconds=0.4, start=0.3)
@@ -396,6 +397,18 @@ def test_new_weights_at_the_same_checkpoint_path_are_rendered_again(folder, ray_
     again = _run(folder, rows, render=render)
     assert again["one"]["status"] == "ok" and again["one"]["weights_digest"] != first["one"]["weights_digest"]
     assert again["one"]["config_hash"] == first["one"]["config_hash"]  # the same settings, other weights
+
+    # The same weights moved to another folder (a cluster's new weights share): the row is
+    # complete, where the path in the settings had every row rendered again.
+    (folder / "weights").mkdir()
+    moved = Path(shutil.move(ckpt, folder / "weights" / "wav2lip.pth"))
+    said = _Again()
+    later = _run(folder, rows, said, render=RenderConfig(pack="wav2lip", checkpoint=moved, backend="pytorch"))
+    assert later["one"]["status"] == "skipped" and not said.why
+    write_random_checkpoint(moved, seed=2)  # other weights there: rendered again, saying so
+    said = _Again()
+    last = _run(folder, rows, said, render=RenderConfig(pack="wav2lip", checkpoint=moved, backend="pytorch"))
+    assert last["one"]["status"] == "ok" and said.why == {"the weights changed": 1}
 
 
 class _StopAfterFirstJob(RunCallbacks):

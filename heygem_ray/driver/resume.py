@@ -8,7 +8,9 @@ manifest's jobs are merged into ``DIR/results.parquet``. ``DIR`` may be a bucket
 A rerun into the same place trusts only what it can prove: it skips a job when the row
 an earlier run kept for it says ``ok`` and agrees with this run on
 
-* the inputs, output and render settings (paths, ``config_hash``);
+* the inputs, output and render settings (paths, ``config_hash``; where the hashes
+  differ only by where the weights are, ``config.WEIGHT_PATHS``, the settings agree: the
+  weights are compared by their content next);
 * the weights' content (``weights_digest``) and the inputs' (``audio_identity``,
   ``video_identity``; see ``identity.py``): new weights or a re-recorded lesson under the
   old names are rendered again;
@@ -52,7 +54,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from heygem_ray import media, storage
-from heygem_ray.config import RunConfig, settings_change
+from heygem_ray.config import WEIGHT_PATHS, RunConfig, settings_change
 from heygem_ray.driver.missing import MissingInputs
 from heygem_ray.errors import HeygemError
 from heygem_ray.identity import Inputs
@@ -355,8 +357,10 @@ def _why_not(job: Job, output: Location, row: dict[str, Any], basis: Basis, inpu
     if not all(row.get(name) for name in _RENDERED_FROM):
         return "its earlier row is an older version's, which did not record what it was rendered from"
     config_hash, settings = basis.of(job.row_settings)
-    if row["config_hash"] != config_hash:
-        return f"the render settings changed ({settings_change(row.get('render_settings') or '', settings)})"
+    # (weights moved to another path are the same weights: their digest is compared next)
+    if row["config_hash"] != config_hash and (
+            change := settings_change(row.get("render_settings") or "", settings, ignore=WEIGHT_PATHS)):  # fmt: skip
+        return f"the render settings changed ({change})"
     if row["weights_digest"] != basis.weights:
         return "the weights changed"
     if not _published(output, row):
