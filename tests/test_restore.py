@@ -98,8 +98,11 @@ def _case(box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.nd
     return frame, np.array(box, np.int32), matrix
 
 
-def _inputs(tiles: list[np.ndarray], boxes: np.ndarray, matrices: np.ndarray) -> RestoreInputs:
-    return RestoreInputs(Jpegs.of([encode_jpeg(t) for t in tiles]), boxes, matrices, restore_size(boxes, matrices))
+def _inputs(tiles: list[np.ndarray], boxes: np.ndarray, matrices: np.ndarray,
+            present: np.ndarray | None = None) -> RestoreInputs:  # fmt: skip
+    here = np.ones(len(tiles), bool) if present is None else present
+    return RestoreInputs(Jpegs.of([encode_jpeg(t) if face else b"" for t, face in zip(tiles, here, strict=True)]),
+                         boxes, matrices, restore_size(boxes, matrices), here)  # fmt: skip
 
 
 def _identity(stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -138,6 +141,30 @@ def test_an_unchanging_restorer_gives_back_the_unrestored_frame(mode: str) -> No
     spread = cv2.resize(mask, (120, 120), interpolation=cv2.INTER_LINEAR)
     outside[80:200, 120:240] = spread == 0
     np.testing.assert_array_equal(out[outside], made[outside])
+
+
+def test_frames_without_the_face_are_not_restored() -> None:
+    """A presenter away for part of the chunk: the network gets only the frames with the
+    face (they were restored too, and compose threw them away), in batches of those."""
+    frame, box, matrix = _case((120, 80, 240, 200))
+    crop = cut(frame, box, S)
+    present = np.array([False, True, False, True, True])
+    inputs = _inputs([to_tile(frame, matrix)] * 5, np.stack([box] * 5), np.stack([matrix] * 5), present)
+    batches = []
+
+    def counting(stage: str, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batches.append(len(given["faces"]))
+        return _identity(stage, given)
+
+    mask = feathered_ellipse(S, centre=(0.0, 0.3), radii=(0.8, 0.6), feather=0.2)
+    restored = restore_chunk(counting, inputs, np.stack([crop] * 5), None, mask, batch=2)
+    assert batches == [2, 1]
+    assert len(restored) == 5
+    ends = np.diff(restored.ends, prepend=0)
+    assert [bool(n) for n in ends] == present.tolist()  # nothing for the frames without it
+    whole = restore_chunk(_identity, _inputs([to_tile(frame, matrix)], box[None], matrix[None]), crop[None], None,
+                          mask)  # fmt: skip
+    np.testing.assert_array_equal(restored.image(3, (inputs.size,) * 2, "face"), whole.image(0, (inputs.size,) * 2, "face"))
 
 
 def test_restored_faces_come_back_at_the_detail_the_frame_can_show() -> None:

@@ -113,13 +113,16 @@ def _reader(
     where ``index`` says."""
 
     def read(frames: np.ndarray) -> RestoreInputs:
-        files = [kept[index[i, 0] : index[i, 0] + index[i, 1]].tobytes() for i in frames]
+        present = template.present[frames]
+        files = [kept[index[i, 0] : index[i, 0] + index[i, 1]].tobytes() if face else b""
+                 for i, face in zip(frames, present, strict=True)]  # fmt: skip
         boxes, chosen = template.boxes[frames], matrices[frames]
         return RestoreInputs(
             tiles=Jpegs.of(files),
             boxes=boxes,
             matrices=chosen,
             size=restore_size(boxes, chosen),
+            present=present,
         )
 
     return read

@@ -52,10 +52,13 @@ class Jpegs:
 class RestoreInputs:
     """What a chunk sends a worker to restore its k frames (beside the pack's inputs)."""
 
-    tiles: Jpegs  # each frame's aligned reference tile
+    tiles: Jpegs  # each frame's aligned reference tile (none, empty, where the face is not there)
     boxes: np.ndarray  # (k, 4) int32: each frame's crop box, (x0, y0, x1, y1) frame pixels
     matrices: np.ndarray  # (k, 2, 3) float64: each frame's frame → tile similarity
     size: int  # R: the restored face comes back R × R over each box
+    # (k,) bool: the frames where the face is. The others are not restored (compose leaves
+    # them as they are): a presenter away for half the take costs half the network calls.
+    present: np.ndarray
 
     def __len__(self) -> int:
         return len(self.tiles)

@@ -119,14 +119,15 @@ def restore_chunk(call: StageCall, inputs: RestoreInputs, crops: np.ndarray, bas
                   mask: np.ndarray, batch: int = MAX_BATCH) -> Jpegs:
     """A chunk's generated crops (k, S, S, 3) uint8 (and ``base``, the crops the pack was
     given, for a "residual" pack) → the restored faces over their boxes, k R × R BGR
-    images (R = ``inputs.size``) as JPEG files; ``batch`` faces at a time through the
-    ``restore`` stage on ``call``."""
+    images (R = ``inputs.size``) as JPEG files, none (empty) for a frame without the face
+    (``inputs.present``); ``batch`` faces at a time through the ``restore`` stage on ``call``."""
     if len(inputs) != len(crops):
         raise InternalError(f"a chunk of {len(crops)} crops came with {len(inputs)} aligned tiles")
     side = inputs.size
-    out: list[bytes] = []
-    for start in range(0, len(crops), batch):
-        part = range(start, min(start + batch, len(crops)))
+    faces = np.flatnonzero(inputs.present)
+    out = [b""] * len(crops)
+    for start in range(0, len(faces), batch):
+        part = faces[start : start + batch]
         tiles = np.stack([
             tile_with_crop(inputs.tile(i), crops[i], None if base is None else base[i], inputs.boxes[i],
                            inputs.matrices[i], mask)
@@ -136,5 +137,5 @@ def restore_chunk(call: StageCall, inputs: RestoreInputs, crops: np.ndarray, bas
         restored = gfpgan.to_faces(call(STAGE, {"faces": gfpgan.to_network(tiles)})[output.name])
         for j, i in enumerate(part):
             face = from_tile(restored[j], box_grid(inputs.boxes[i], (side, side), inputs.matrices[i]), (side, side))
-            out.append(encode_jpeg(face))
+            out[i] = encode_jpeg(face)
     return Jpegs.of(out)
