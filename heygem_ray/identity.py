@@ -48,15 +48,15 @@ log = logging.getLogger(__name__)
 NO_WEIGHTS = "none"  # the weights identity of a pack without weights
 
 
-def weights_digest(checkpoint: Path | None, files: Sequence[str] = ()) -> str:
+def weights_digest(checkpoint: Path | None, files: Sequence[str] = (), option: str = "--checkpoint") -> str:
     """``sha256:<hex>`` of the checkpoint's bytes (a folder: of every file's relative name
     and digest under it, in name order; with ``files``, of those alone, a missing one as
-    missing); ``NO_WEIGHTS`` for none."""
+    missing); ``NO_WEIGHTS`` for none. ``option`` names it where it is missing."""
     if checkpoint is None:
         return NO_WEIGHTS
     if not checkpoint.exists():
         raise InputError(
-            f"checkpoint {checkpoint} does not exist on this machine (the run's driver, which checks the weights' "
+            f"{option} {checkpoint} does not exist on this machine (the run's driver, which checks the weights' "
             "content before trusting an earlier run's outputs): give a path the driver and every node can read",
             kind="missing_file",
         )
@@ -83,7 +83,7 @@ def render_weights(render: RenderConfig) -> str:
     pack = weights_digest(render.checkpoint, get_pack(render.pack).weight_files)
     if render.restore == "none":
         return pack
-    return f"{pack};{render.restore}={weights_digest(render.restore_checkpoint)}"
+    return f"{pack};{render.restore}={weights_digest(render.restore_checkpoint, option='--restore-checkpoint')}"
 
 
 def input_identity(loc: Location) -> str:

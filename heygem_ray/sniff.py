@@ -1,6 +1,7 @@
 """What a file that should hold media or weights holds instead, told by its first bytes:
 a web page saved in its place (a share link that answers with a sign-in or virus-scan
-page), a Git LFS pointer (a clone without ``git lfs pull``), or plain text."""
+page), a Git LFS pointer (a clone without ``git lfs pull``), plain text, or (in place of
+weights) an image, audio or video file."""
 
 from __future__ import annotations
 
@@ -28,6 +29,25 @@ def stand_in(start: bytes, what: str) -> str | None:
     if _LFS_POINTER.match(start):
         return f"a Git LFS pointer, not {what}: fetch the file itself ('git lfs pull' in its clone)"
     return None
+
+
+# Media files by their first bytes: what is given as weights, a still or a clip picked by mistake.
+_MEDIA = (
+    (re.compile(rb"\xff\xd8\xff"), "a JPEG image"),
+    (re.compile(rb"\x89PNG\r\n\x1a\n"), "a PNG image"),
+    (re.compile(rb"GIF8[79]a"), "a GIF image"),
+    (re.compile(rb"RIFF....WEBP", re.S), "a WebP image"),
+    (re.compile(rb"RIFF....WAVE", re.S), "a WAV audio file"),
+    (re.compile(rb"ID3|\xff[\xf2\xf3\xfb]"), "an MP3 audio file"),
+    (re.compile(rb"....ftyp", re.S), "an MP4 (or MOV) file"),
+    (re.compile(rb"\x1aE\xdf\xa3"), "a Matroska (MKV or WebM) file"),
+)
+
+
+def media(start: bytes) -> str | None:
+    """What a file beginning with ``start`` is where it is an image, audio or video file
+    ("a JPEG image"); None otherwise."""
+    return next((said for pattern, said in _MEDIA if pattern.match(start)), None)
 
 
 def text(start: bytes) -> str | None:

@@ -79,8 +79,11 @@ def read_weights(path: Path, fix: str, *, mmap: bool = False, map_location: str 
     ``mmap``: mapped, not read, where the file is in the zip format. Raises
     ``bad_checkpoint`` saying what the file is where it is no torch checkpoint (a web
     page, an LFS pointer, damaged or cut short), then ``fix``."""
-    if (instead := sniff.stand_in(sniff.head(path), "the weights")) is not None:
+    start = sniff.head(path)
+    if (instead := sniff.stand_in(start, "the weights")) is not None:
         raise InputError(f"{path} is {instead}. {fix}", kind="bad_checkpoint")
+    if (found := sniff.media(start)) is not None:
+        raise InputError(f"{path} is {found}, not the weights. {fix}", kind="bad_checkpoint")
     try:
         try:
             return _load(path, mmap, map_location)
@@ -146,5 +149,5 @@ def check_values(state: Mapping[str, torch.Tensor], what: str, fix: str) -> None
     if kernels and constant == kernels:
         each = "is all zeros" if zeros == kernels else "holds one value throughout"
         raise InputError(f"{what}: each of its {kernels} weight tensors {each}: these are no trained weights (a "
-                         "placeholder, or a file saved before training), and would render the same face whatever "
-                         f"the audio. {fix}", kind="bad_checkpoint")  # fmt: skip
+                         "placeholder, or a file saved before training), and would render a blank or unchanging "
+                         f"face. {fix}", kind="bad_checkpoint")  # fmt: skip

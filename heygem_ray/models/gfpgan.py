@@ -43,6 +43,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -381,12 +382,26 @@ def _state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
     if sd is None and _KEY_C4 in bare:  # its state dict itself, re-saved (or from safetensors), perhaps DataParallel's
         name, sd = "its state dict", bare
     if not isinstance(sd, Mapping):
+        if (other := _other_model(obj)) is not None:
+            raise InputError(f"{path} is {other}, not GFPGAN's (face restoration). {_FIX}", kind="bad_checkpoint")
         found = ", ".join(sorted(map(str, obj))[:SHOWN_KEYS])
         raise InputError(f"{path}: not a GFPGAN checkpoint: no 'params_ema' or 'params' state dict "
                          f"(its keys: {found}). {_FIX}", kind="bad_checkpoint")
     if not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise InputError(f"{path}: '{name}' is not a state dict of tensors. {_FIX}", kind="bad_checkpoint")
     return unwrapped(sd)
+
+
+def _other_model(obj: Mapping[Any, Any]) -> str | None:
+    """Whose weights a checkpoint that is no GFPGAN's holds, as the user would pass them on
+    (a pack's file given to --restore-checkpoint), in words; None where not known."""
+    inner = obj.get("state_dict", obj)
+    keys = [k.removeprefix("module.") for k in inner if isinstance(k, str)] if isinstance(inner, Mapping) else []
+    if any(k.startswith(("face_encoder_blocks.", "face_encoder.", "audio_encoder.")) for k in keys):
+        return "a Wav2Lip checkpoint (the lip-sync pack's: give it to --checkpoint with --pack wav2lip)"
+    if any(k.startswith(("down_blocks.", "encoder.down_blocks.", "encoder.conv_in.")) for k in keys):
+        return "a UNet or VAE of a diffusion model (MuseTalk's: give its models/ folder to --checkpoint with --pack musetalk)"
+    return None
 
 
 # Keys whose shapes give the config: (1, C, 4, 4) decoder channels at 4 px; (1, 3, C, 1, 1)

@@ -71,6 +71,29 @@ def test_a_page_or_a_pointer_saved_as_the_weights_says_what_it_is(tmp_path: Path
     assert err.value.kind == "bad_checkpoint" and err.value.message.startswith(f"{path} {said}")
 
 
+@pytest.mark.parametrize("pack", LOADERS)
+def test_a_photo_or_a_clip_given_as_the_weights_says_what_it_is(tmp_path: Path, pack: str, examples: Path) -> None:
+    """A still or a clip picked in place of the checkpoint was 'damaged or incomplete?'
+    (torch's 'Unsupported operand 255' for a JPEG)."""
+    for name, said in (("presenter.jpg", "a JPEG image"), ("presenter.mp4", "an MP4 (or MOV) file"),
+                       ("lesson1.wav", "a WAV audio file"), ("lesson2.mp3", "an MP3 audio file")):  # fmt: skip
+        path = Path(shutil.copy(examples / name, tmp_path / f"{name}.pth"))
+        with pytest.raises(InputError) as err:
+            LOADERS[pack](path)
+        assert err.value.kind == "bad_checkpoint" and err.value.message.startswith(f"{path} is {said}, not the weights. ")
+
+
+def test_a_wav2lip_checkpoint_given_for_restoration_says_where_it_goes(tmp_path: Path) -> None:
+    """The reverse of a GFPGAN file given to Wav2Lip (which said so): this said only that
+    no 'params_ema' or 'params' was in it, listing Wav2Lip's keys."""
+    path = write_random_checkpoint(tmp_path / "wav2lip_gan.pth", seed=0)
+    with pytest.raises(InputError) as err:
+        gfpgan.load(path)
+    assert err.value.kind == "bad_checkpoint" and err.value.message.startswith(
+        f"{path} is a Wav2Lip checkpoint (the lip-sync pack's: give it to --checkpoint with --pack wav2lip), not "
+        "GFPGAN's (face restoration). Pass the public GFPGANv1.4.pth")
+
+
 def test_weights_that_are_not_finite_are_refused_naming_the_tensor(tmp_path: Path) -> None:
     """NaN running variances rendered a black box for a mouth with verdict `ok`."""
     sd = wav2lip_state_dict()
@@ -249,3 +272,18 @@ def test_a_checkpoint_that_is_a_broken_link_says_where_it_points(tmp_path: Path)
     assert err.value.kind == "missing_file"
     assert err.value.message.startswith(f"{link}: is a link to {tmp_path / 'downloads' / 'wav2lip_gan.pth'}, which is "
                                         "not there (checkpoint not found)")  # fmt: skip
+
+
+@pytest.mark.parametrize("option", ["--checkpoint", "--restore-checkpoint"])
+def test_a_missing_checkpoint_is_named_by_its_option(tmp_path: Path, option: str) -> None:
+    """With both given, 'checkpoint X does not exist' did not say which of the two."""
+    from heygem_ray.config import RenderConfig
+    from heygem_ray.identity import render_weights
+
+    there = write_random_checkpoint(tmp_path / "wav2lip_gan.pth", seed=0)
+    gone = tmp_path / "nowhere.pth"
+    render = (RenderConfig(pack="wav2lip", checkpoint=gone) if option == "--checkpoint" else
+              RenderConfig(pack="wav2lip", checkpoint=there, restore="gfpgan", restore_checkpoint=gone))  # fmt: skip
+    with pytest.raises(InputError) as err:
+        render_weights(render)
+    assert err.value.kind == "missing_file" and err.value.message.startswith(f"{option} {gone} does not exist")
