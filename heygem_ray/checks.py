@@ -44,6 +44,8 @@ from heygem_ray.config import MIN_FPS, LoopMode
 from heygem_ray.face import looks
 from heygem_ray.media.video_probe import HDR_COLOURS, scaled_to, thinned_rate
 from heygem_ray.packs import PackSpec
+from heygem_ray.storage import readable_size
+from heygem_ray.template.cache import folder_bytes
 from heygem_ray.template.files import Template
 
 Level = Literal["ok", "warn", "fail"]
@@ -137,6 +139,7 @@ class Reference:
     own_fps: Fraction | None = None  # the take's own rate, where the video's is another (Template.own_fps)
     scaled_from: tuple[int, int] | None = None  # the take's own size, where --max-resolution scaled it
     listed_frames: int | None = None  # the frames the file's index lists (Template.listed_frames)
+    cache_bytes: int = 0  # what its template holds on disk (0: not known)
 
     @classmethod
     def of(cls, template: Template) -> Reference:
@@ -147,6 +150,7 @@ class Reference:
             looks=np.asarray(track.looks, np.float32), others=np.asarray(track.others, np.float32),
             crops=template.boxes, source_colour=template.source_colour, cut=template.cut, start=template.start,
             own_fps=template.own_fps, scaled_from=template.scaled_from, listed_frames=template.listed_frames,
+            cache_bytes=folder_bytes(template.root),
         )  # fmt: skip
 
     @property
@@ -504,13 +508,13 @@ def _length(ref: Reference, loop: LoopMode, audio_seconds: float | None, span: t
     if audio_seconds is None:
         return Check("length", "ok", f"{length} (no audio given to compare)", "", seconds)
     loops = audio_seconds / max(seconds, 1e-6)
-    figure = f"{length}, audio {audio_seconds:.1f} s: {loops:.1f}× ({loop})"
+    figure = f"{length}, audio {audio_seconds:.1f} s: {f'{loops:.1f}' if loops >= 0.05 else 'under 0.1'}× ({loop})"
     if loops < USED_SHARE and span is None and ref.seconds > LONG_REFERENCE_S:
-        return Check("length", "ok", figure, f"only its first {audio_seconds / 60:.1f} of {ref.seconds / 60:.1f} minutes "
-                     "are shown, but it is analysed whole (about a second of CPU per second of 1080p, and some 2.8 GB "
-                     "of template cache a minute): --reference-seconds (the same for preview and the batch) uses "
-                     f"only its first minutes, say {_minutes_used(audio_seconds)}, analysed and kept in a fraction of "
-                     "that", loops)  # fmt: skip
+        kept = f": its template keeps {readable_size(ref.cache_bytes / ref.seconds * 60)} a minute" if ref.cache_bytes else ""
+        return Check("length", "ok", figure, f"only its first {_spoken(audio_seconds)} of {_spoken(ref.seconds)} are "
+                     f"shown, but it is analysed whole{kept}; --reference-seconds (the same for preview and the batch) "
+                     f"uses only its first minutes, say {_minutes_used(audio_seconds)}, analysed and kept in a "
+                     "fraction of the time and space", loops)  # fmt: skip
     if loops <= 1:
         return Check("length", "ok", figure, "", loops)
     if loop == "trim":
@@ -533,6 +537,11 @@ def _decoded(ref: Reference) -> Check:
                  f"the rest did not decode: the file is damaged or cut short {ref.start + ref.seconds:.1f} s in (its "
                  "decoder reads on past such errors), so the videos show only the take before it: copy the take "
                  "again from where it was recorded, or re-export it", ref.frames)  # fmt: skip
+
+
+def _spoken(seconds: float) -> str:
+    """A length as people say it: ``40 s`` under two minutes, else ``11.0 minutes``."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} minutes"
 
 
 def _minutes_used(audio_seconds: float) -> str:

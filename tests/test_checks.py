@@ -249,9 +249,11 @@ def test_a_long_reference_of_which_the_audio_uses_little_says_a_cut_would_spare_
     """(A 4-s reference stands for an hour-long lecture: the length counted long is lowered.)"""
     assert run(example, audio_seconds=1.0, pack="wav2lip")["length"].advice == ""
     monkeypatch.setattr(checks, "LONG_REFERENCE_S", 3.0)
-    short = run(example, audio_seconds=1.0, pack="wav2lip")["length"]
-    assert short.level == "ok" and short.advice.startswith("only its first 0.0 of 0.1 minutes are shown, but it is "
-                                                           "analysed whole")  # fmt: skip
+    short = run(dataclasses.replace(example, cache_bytes=0), audio_seconds=1.0, pack="wav2lip")["length"]
+    assert short.level == "ok" and short.advice.startswith("only its first 1 s of 4 s are shown, but it is "
+                                                           "analysed whole; --reference-seconds")  # fmt: skip
+    kept = run(dataclasses.replace(example, cache_bytes=40 * 2**20), audio_seconds=1.0, pack="wav2lip")["length"]
+    assert f"analysed whole: its template keeps {40 * 60 / example.seconds:.3g} MiB a minute; " in kept.advice  # its own
     assert "--reference-seconds (the same for preview and the batch) uses only its first minutes, say " \
            "--reference-seconds 120, analysed" in short.advice  # fmt: skip
     assert run(example, audio_seconds=2.0, pack="wav2lip")["length"].advice == ""  # half of it used: nothing to say

@@ -291,7 +291,7 @@ def scan(cache_dir: Path) -> list[Entry]:
             if not lock_path(cache_dir, key).exists() and (leftover or not (path / "meta.json").is_file()):
                 continue
             source, version, size = _made_from(path)
-            entries.append(Entry(path=path, key=key, bytes=_size(path), last_used=_mtime(path), source=source,
+            entries.append(Entry(path=path, key=key, bytes=folder_bytes(path), last_used=_mtime(path), source=source,
                                  version=version, leftover=leftover, size=size,
                                  busy=_lock_held(lock_path(cache_dir, key))))  # fmt: skip
     return sorted(entries, key=lambda e: e.last_used)
@@ -405,7 +405,7 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _size(path: Path) -> int:
+def folder_bytes(path: Path) -> int:
     """Bytes in ``path`` and under it (what removing it frees); files that vanish meanwhile count 0."""
     if not path.is_dir() or path.is_symlink():
         return path.lstat().st_size if path.exists() else 0
