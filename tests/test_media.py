@@ -724,9 +724,16 @@ def test_empty_audio(tmp_path: Path, read) -> None:  # type: ignore[no-untyped-d
     assert _error(read, zero).kind == "empty_audio"
 
 
-def test_no_video_stream(tmp_path: Path) -> None:
+def test_no_video_stream(tmp_path: Path, examples: Path) -> None:
     err = _error(media.probe_video, make_tone(tmp_path / "voice.wav", seconds=0.5))
     assert err.kind == "no_video_stream" and "audio" in err.message
+    # An MP3 with album art: its picture is no video (it said 'has no video stream (it holds: audio, video)')
+    song = tmp_path / "song.mp3"
+    _ffmpeg("-i", str(tmp_path / "voice.wav"), "-i", str(examples / "presenter.jpg"), "-map", "0", "-map", "1",
+            "-c:a", "libmp3lame", "-c:v", "copy", "-disposition:v", "attached_pic", str(song))  # fmt: skip
+    err = _error(media.probe_video, song)
+    assert err.kind == "no_video_stream"
+    assert f"{song} has no video stream (it holds: a cover picture, audio); give a video" in err.message
 
 
 def test_ffmpeg_exe_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -129,5 +129,8 @@ def _check_index(container: av.container.InputContainer, path: Path, what: str) 
 
 
 def contents(container: av.container.InputContainer) -> str:
-    kinds = sorted({s.type for s in container.streams})
+    """The kinds of stream ``container`` holds, in words: ``audio, video``; a still
+    attached as cover art (an MP3's album picture) is ``a cover picture``, no video."""
+    kinds = sorted({"a cover picture" if s.type == "video" and s.disposition & av.stream.Disposition.attached_pic
+                    else s.type for s in container.streams})  # fmt: skip
     return ", ".join(kinds) if kinds else "no streams"
