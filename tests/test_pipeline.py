@@ -682,3 +682,18 @@ def test_the_next_job_deletes_the_scratch_folders_of_killed_processes_only(tmp_p
     finally:
         living.communicate("", timeout=60)
     assert not held.exists()  # its own, on the way out
+
+
+def test_a_full_temporary_directory_names_the_jobs_scratch_folder_and_tmpdir(tmp_path, examples, warp_service,
+                                                                              mount, monkeypatch):  # fmt: skip
+    """The audit of 2026-12-08: '…/heygem-job-12626@…: no space left on device; … choose a
+    folder on another one' named a folder gone with the job, and no way to choose one."""
+    disk = mount("tmp", size="64k")
+    monkeypatch.setattr(tempfile, "tempdir", str(disk))
+    result = render_job(job(tmp_path, examples / "lesson1.wav", examples / "presenter.jpg"), RenderConfig(),
+                        tmp_path / "cache", warp_service)  # fmt: skip
+    assert result.status == "failed" and result.error_kind == "storage", result.error
+    assert f"this job's scratch folder {disk}/heygem-job-" in result.error
+    assert ": no space left on device; free space on that disk, or choose a folder on another one; or give the jobs " \
+           "a temporary directory on a larger disk: TMPDIR set where Ray starts" in result.error  # fmt: skip
+    assert not list(disk.iterdir())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import re
 import shutil
 import socket
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from heygem_ray.errors import InputError
 from heygem_ray.locks import machine, pid_exists
 
 # A job's scratch folder in the temporary directory: ``heygem-job-<pid>@<host>.<space>-<random>``,
@@ -27,7 +29,18 @@ def job_scratch() -> Iterator[Path]:
     (killed, out of memory: gigabytes of audio a night otherwise)."""
     _sweep_scratch()
     with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}@{_owner()}-") as scratch:
-        yield Path(scratch)
+        try:
+            yield Path(scratch)
+        except InputError as exc:
+            if exc.kind != "storage" or not exc.message.startswith(scratch):
+                raise
+            # It named a file in a folder gone with the job, not where it is or how to move it.
+            raise InputError(
+                f"this job's scratch folder {scratch} (in the temporary directory of node {platform.node()}): "
+                f"{exc.message.partition(': ')[2]}; or give the jobs a temporary directory on a larger disk: TMPDIR "
+                "set where Ray starts (TMPDIR=/data/tmp ray start …; for a local run, where heygem-ray runs)",
+                kind="storage",
+            ) from exc
 
 
 def _owner() -> str:
