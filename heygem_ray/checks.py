@@ -464,7 +464,7 @@ def _resolution(ref: Reference) -> Check:
         return Check("resolution", "ok", size, "")
     width, height = scaled_to(ref.width, ref.height, SUGGEST_MAX_RESOLUTION)
     return Check("resolution", "ok", f"{size} (--max-resolution {SUGGEST_MAX_RESOLUTION} would render it at "
-                 f"{width}×{height}: about 5× less CPU a row, a quarter of the cache)", "")  # fmt: skip
+                 f"{width}×{height}: about 5× less CPU a row, under a third of the cache)", "")  # fmt: skip
 
 
 # A take faster than this is rendered at its own rate unless --max-fps says less: the
@@ -478,7 +478,8 @@ def _frame_rate(ref: Reference) -> Check:
         thinned = thinned_rate(ref.fps, SUGGEST_MAX_FPS) if ref.fps > SUGGEST_MAX_FPS and not ref.is_image else None
         hint = "" if thinned is None else \
             f" (--max-fps {SUGGEST_MAX_FPS} would render it at {float(thinned):.4g}: about 1.7× less CPU a row)"  # fmt: skip
-        return Check("frame_rate", "ok", f"{float(ref.fps):.4g} fps{hint}", "")
+        rate = f"{float(ref.fps):.4g} fps" + (" (a photo: the videos are made at this rate)" if ref.is_image else hint)
+        return Check("frame_rate", "ok", rate, "")
     if ref.own_fps > ref.fps:  # --max-fps
         return Check("frame_rate", "ok", f"the take's {float(ref.own_fps):.4g} fps, every "
                      f"{_ordinal(round(ref.own_fps / ref.fps))} frame kept: {float(ref.fps):.4g} fps (--max-fps)", "")
@@ -529,7 +530,9 @@ def _length(ref: Reference, loop: LoopMode, audio_seconds: float | None, span: t
 
 
 def _decoded(ref: Reference) -> Check:
-    if ref.listed_frames is None or ref.is_image:
+    if ref.is_image:
+        return Check("decoded", "ok", "a photo", "", ref.frames)
+    if ref.listed_frames is None:
         return Check("decoded", "ok", f"{ref.frames} frames", "", ref.frames)
     if ref.frames >= DECODED_SHARE * ref.listed_frames:
         return Check("decoded", "ok", f"{ref.frames} frames, as the file lists", "", ref.frames)

@@ -285,6 +285,8 @@ def test_a_photo_reference_is_never_looped_nor_jittery():
     found = run(photo, audio_seconds=600.0)
     assert found["length"].level == found["jitter"].level == "ok"
     assert found["mouth_motion"].figure.startswith("not measured")
+    assert found["decoded"].figure == "a photo"  # not '1 frames'
+    assert found["frame_rate"].figure == "25 fps (a photo: the videos are made at this rate)"
 
 
 def test_the_resolution_says_what_was_scaled_and_what_max_resolution_would_spare(example):
@@ -294,7 +296,7 @@ def test_the_resolution_says_what_was_scaled_and_what_max_resolution_would_spare
     assert run(dataclasses.replace(example, width=1920, height=1080))["resolution"].figure == "1920×1080"
     uhd = run(dataclasses.replace(example, width=3840, height=2160))["resolution"]
     assert (uhd.level, uhd.figure) == ("ok", "3840×2160 (--max-resolution 1080 would render it at 1920×1080: about "
-                                             "5× less CPU a row, a quarter of the cache)")  # fmt: skip
+                                             "5× less CPU a row, under a third of the cache)")  # fmt: skip
     portrait = run(dataclasses.replace(example, width=2160, height=3840))["resolution"]
     assert "would render it at 1080×1920" in portrait.figure
     scaled = run(dataclasses.replace(example, width=1920, height=1080, scaled_from=(3840, 2160)))["resolution"]
