@@ -40,7 +40,7 @@ from typing import Literal
 
 import numpy as np
 
-from heygem_ray.config import MIN_FPS, LoopMode
+from heygem_ray.config import MIN_FPS, LoopMode, RestoreName
 from heygem_ray.face import looks
 from heygem_ray.media.video_probe import HDR_COLOURS, scaled_to, thinned_rate
 from heygem_ray.packs import PackSpec
@@ -215,12 +215,13 @@ def still_span(ref: Reference) -> tuple[int, int] | None:
 
 
 def check_reference(
-    ref: Reference, pack: PackSpec, min_face: int, loop: LoopMode, audio_seconds: float | None
-) -> list[Check]:
-    """Every check on ``ref`` for ``pack``, in a fixed order."""
+    ref: Reference, pack: PackSpec, min_face: int, loop: LoopMode, audio_seconds: float | None,
+    restore: RestoreName = "none",
+) -> list[Check]:  # fmt: skip
+    """Every check on ``ref`` for ``pack`` (and ``restore``), in a fixed order."""
     span = still_span(ref) if pack.keeps_reference_mouth else None
     return [
-        _face_size(ref, pack, min_face),
+        _face_size(ref, pack, min_face, restore),
         _lost(ref),
         _jitter(ref),
         _faces(ref),
@@ -251,7 +252,12 @@ def _share(mask: np.ndarray, of: np.ndarray) -> float:
     return float(np.count_nonzero(mask & of)) / max(1, int(np.count_nonzero(of)))
 
 
-def _face_size(ref: Reference, pack: PackSpec, min_face: int) -> Check:
+# Restoration aligns the face to a 512-px tile and samples it back over the face's box:
+# under this width (pixels) what it adds is resampled away again (docs/restoration.md).
+RESTORE_MIN_FACE = 150
+
+
+def _face_size(ref: Reference, pack: PackSpec, min_face: int, restore: RestoreName = "none") -> Check:
     on = ref.present
     width = float(np.median(ref.faces[on, 2] - ref.faces[on, 0])) if on.any() else 0.0
     crop = float(np.median(ref.crops[on, 2] - ref.crops[on, 0])) if on.any() else 0.0
@@ -261,6 +267,11 @@ def _face_size(ref: Reference, pack: PackSpec, min_face: int) -> Check:
         need = width * MIN_CROP_SHARE * size / max(crop, 1.0)
         return Check("face_size", "warn", figure, f"the crop is upscaled {size / max(crop, 1.0):.1f}×, so the mouth "
                      f"will look soft: use a closer shot (a face at least {need:.0f} px wide) or a larger reference",
+                     width)  # fmt: skip
+    if restore != "none" and width < RESTORE_MIN_FACE:
+        return Check("face_size", "warn", f"{figure}: small for --restore {restore}", "restoration adds little to a "
+                     f"face under about {RESTORE_MIN_FACE} px wide (its detail is resampled away over the face's box), "
+                     "at seconds a frame on a CPU: leave out --restore for this presenter, or use a closer shot",
                      width)  # fmt: skip
     if width < NEAR_MIN_FACE * min_face:
         return Check("face_size", "warn", figure, f"near the smallest face searched for (--min-face {min_face}): "

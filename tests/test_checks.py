@@ -314,3 +314,19 @@ def test_the_frame_rate_says_what_was_held_or_kept_and_what_max_fps_would_spare(
     assert "each frame of the take shows for 0.2 s" in held.advice and "record the presenter at 20 fps" in held.advice
     kept = run(dataclasses.replace(example, fps=Fraction(30000, 1001), own_fps=Fraction(60000, 1001)))["frame_rate"]
     assert (kept.level, kept.figure) == ("ok", "the take's 59.94 fps, every 2nd frame kept: 29.97 fps (--max-fps)")
+
+
+def test_restoration_on_a_face_too_small_for_it_says_it_adds_little(refs, example):
+    """--restore on a 40-px presenter rendered `ok` with no word, at seconds a frame, where
+    docs/restoration.md says to skip it under about 150 px (the audit of 2026-12-08)."""
+    def size(ref: Reference, restore: str) -> Check:
+        found = check_reference(ref, get_pack("wav2lip"), DetectorConfig().min_face, "pingpong", None, restore)  # type: ignore[arg-type]
+        return next(c for c in found if c.name == "face_size")
+
+    small = size(refs["plain"], "gfpgan")
+    assert small.value < checks.RESTORE_MIN_FACE and small.level == "warn"
+    assert small.figure.endswith(": small for --restore gfpgan")
+    assert "leave out --restore for this presenter" in small.advice
+    assert size(refs["plain"], "none").level == "ok"  # without restoration, nothing to say
+    large = size(example, "gfpgan")
+    assert large.value >= checks.RESTORE_MIN_FACE and large.level == "ok"

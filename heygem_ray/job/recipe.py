@@ -98,7 +98,7 @@ def render_job(
             with steps("features"):
                 reference = Reference.of(template)
                 audio_seconds = pcm.samples / SAMPLE_RATE
-                checks = check_reference(reference, pack, cfg.detector.min_face, cfg.loop, audio_seconds)
+                checks = check_reference(reference, pack, cfg.detector.min_face, cfg.loop, audio_seconds, cfg.restore)
                 result.reference_notes = notes(checks)
                 span = still_span(reference) if pack.keeps_reference_mouth else None
                 timeline = plan(audio_seconds, template.frames, template.fps, cfg.loop, template.is_image, span)
