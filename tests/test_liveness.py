@@ -531,3 +531,34 @@ def test_a_reader_of_its_output_that_went_away_leaves_the_exit_status_the_runs(t
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
     (row,) = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
     assert row["status"] == "ok"
+
+
+# A driver with a local Ray instance whose process group gets SIGHUP (a terminal that
+# closes sends it to the whole group), its own handler set as a run's is; then a task.
+_HANGUP_LOCAL = """
+import os, signal, time
+import ray
+from heygem_ray.driver.connect import connect
+
+signal.signal(signal.SIGHUP, lambda *args: None)  # the run's own (driver.stop), as a run sets it
+connect(None)
+os.killpg(os.getpgrp(), signal.SIGHUP)
+time.sleep(2)
+
+@ray.remote
+def one():
+    return 1
+
+print("answered", ray.get(one.remote(), timeout=30))
+ray.shutdown()
+"""
+
+
+def test_a_local_instance_lives_through_the_hangup_of_its_drivers_terminal(tmp_path):
+    """The local instance's GCS and raylet are in the driver's process group: a closed
+    terminal's SIGHUP killed them, and Ray ended the driver a minute later, as the stopped
+    run wrote its table (the review of 2026-12-08). They now start with SIGHUP ignored."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", _HANGUP_LOCAL], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=180, start_new_session=True)  # fmt: skip
+    assert proc.returncode == 0 and "answered 1" in proc.stdout, proc.stderr[-3000:]

@@ -7,8 +7,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -29,6 +33,23 @@ _TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 _TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
 
 
+@contextmanager
+def _hangups_ignored(local: bool) -> Iterator[None]:
+    """A local instance's processes (its GCS, raylet and agents) start in this process's
+    group, and a terminal that closes sends SIGHUP to the whole group: they died at once,
+    and Ray ended the driver a minute later, as it wrote the table of the run the signal
+    stopped. Started with SIGHUP ignored, they keep it ignored (the driver's own handler,
+    ``driver.stop``, is set after)."""
+    if not local or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
+
+
 def connect(address: str | None) -> tuple[bool, str | None]:
     """Connect to Ray. Returns (started here and so to be stopped here, dashboard URL).
 
@@ -46,7 +67,7 @@ def connect(address: str | None) -> tuple[bool, str | None]:
     if not sys.stderr.isatty():  # a log file (a nightly job's): the workers' lines streamed here without colour codes
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     try:
-        with without_record(_TOKEN_NOTICE_LOGGER, _TOKEN_NOTICE):
+        with without_record(_TOKEN_NOTICE_LOGGER, _TOKEN_NOTICE), _hangups_ignored(target == "local"):
             ctx = ray.init(address=target, logging_level=logging.WARNING)
     except AuthenticationError as exc:  # token mode on here, and no token found
         raise _token_error(target) from exc
