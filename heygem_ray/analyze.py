@@ -20,6 +20,7 @@ import math
 import os
 import shlex
 import shutil
+import time
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -61,17 +62,25 @@ MIN_DETECTED_FRACTION = 0.2
 # folder) is analysed again from its new bytes, this many times in all; its analysis of
 # bytes that changed underneath is never kept.
 CHANGED_TRIES = 3
+# Before it is analysed again it must have stayed as it is for SETTLE_S (a copy still
+# writing it is waited for, not analysed again and again), waited for CHANGE_WAIT_S at most.
+SETTLE_S, CHANGE_WAIT_S = 5.0, 120.0
+
+_FIX = ("something is writing it now, a copy or a sync job; no analysis of it was kept. Let that finish, then run "
+        "the same manifest again")  # fmt: skip
 
 
 class ReferenceChanged(InputError):
     """The reference was written, cut or replaced while it was being analysed; ``change``
-    says how, ``tries`` how many analyses in a row it happened to."""
+    says how. ``tries``: how many analyses in a row it happened to, where it is the end of
+    them; ``still``: it went on changing for ``CHANGE_WAIT_S`` after."""
 
-    def __init__(self, video: Path, change: str, tries: int = 1):
-        said = (f"reference {video} changed while it was analysed ({change})" if tries == 1 else
+    def __init__(self, video: Path, change: str, tries: int = 0, still: bool = False):
+        said = (f"reference {video} changed while it was analysed ({change}) and was still changing "
+                f"{CHANGE_WAIT_S:.0f} s later: {_FIX}" if still else
                 f"reference {video} was written while it was analysed, {tries} times in a row (the last time "
-                f"{change}): something is writing it now, a copy or a sync job; no analysis of it was kept. Let that "
-                "finish, then run the same manifest again")  # fmt: skip
+                f"{change}): {_FIX}" if tries else
+                f"reference {video} changed while it was analysed ({change})")  # fmt: skip
         super().__init__(said, kind="input_changed")
         self.change = change
 
@@ -114,8 +123,30 @@ def analyze(
         except ReferenceChanged as exc:
             if tries == CHANGED_TRIES:
                 raise ReferenceChanged(video, exc.change, tries) from exc
+            if not _settled(video):
+                raise ReferenceChanged(video, exc.change, still=True) from exc
             log.warning("%s: analysing it again", exc.message)
             tries += 1
+
+
+def _settled(video: Path) -> bool:
+    """Wait until ``video`` has stayed as it is for ``SETTLE_S``: True, or False where it
+    was still changing ``CHANGE_WAIT_S`` on (gone: True, for the next try to say so)."""
+    start = quiet = time.monotonic()
+    seen: list[int] | None = None
+    while True:
+        try:
+            now = storage.file_stamp(video)
+        except OSError:
+            return True
+        clock = time.monotonic()
+        if now != seen:
+            seen, quiet = now, clock
+        elif clock - quiet >= SETTLE_S:
+            return True
+        if clock - start >= CHANGE_WAIT_S:
+            return False
+        time.sleep(min(0.5, SETTLE_S / 4))
 
 
 def _analyze(
@@ -157,12 +188,16 @@ def _analyze(
         # packets (variable rate, say) is decoded once for that (as far as a cut, if any).
         # Where reference_seconds cuts it, the frame limit bounds the frames used.
         file_frames = max(limits.max_reference_frames, CUT_FILE_FRAMES if reference_seconds else 0)
-        info = media.probe_video(
-            video, max_pixels=limits.max_reference_pixels, max_frames=file_frames,
-            max_resolution=max_resolution, max_fps=max_fps, max_seconds=reference_seconds,
-            start_seconds=reference_start,
-        )  # fmt: skip
-        media.check_reference_frames(video, info.frames, max_frames=limits.max_reference_frames)
+        try:
+            info = media.probe_video(
+                video, max_pixels=limits.max_reference_pixels, max_frames=file_frames,
+                max_resolution=max_resolution, max_fps=max_fps, max_seconds=reference_seconds,
+                start_seconds=reference_start,
+            )  # fmt: skip
+            media.check_reference_frames(video, info.frames, max_frames=limits.max_reference_frames)
+        except InputError as exc:  # (an MP4 still being copied has no index yet)
+            _unchanged(video, stamp, exc)
+            raise
         tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
         try:
             with storage_errors(cache_dir):  # a full or read-only cache: the user's to fix

@@ -11,8 +11,8 @@ Every failure that reaches a user is one of three kinds:
 error while handling a finished row, or no model worker left): some jobs may have
 rendered, and the table has a row for every job. ``WorkersUnavailable`` says why a run
 cannot go on for want of model workers (none could start, or none is left).
-``Interrupted`` is no failure: SIGINT or SIGTERM stopped the run, and ``submit`` raises it
-once the table is written.
+``Interrupted`` is no failure: SIGINT, SIGTERM or SIGHUP stopped the run, and ``submit``
+raises it once the table is written.
 
 Each error carries a short ``kind`` (a stable snake_case word written to the results
 table as ``error_kind``); the result row says in which step of the job it was raised
@@ -98,9 +98,10 @@ class RunStopped(HeygemError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT (Ctrl-C) or SIGTERM (``ray job stop``, ``kill``, a pod being deleted) stopped
-    the run. A ``KeyboardInterrupt``, so code that stops on Ctrl-C stops on it too.
-    ``exit_status`` is the shell's for the signal: 130 for SIGINT, 143 for SIGTERM."""
+    """SIGINT (Ctrl-C), SIGTERM (``ray job stop``, ``kill``, a pod being deleted) or SIGHUP
+    (a closed terminal) stopped the run. A ``KeyboardInterrupt``, so code that stops on
+    Ctrl-C stops on it too. ``exit_status`` is the shell's for the signal: 130 for SIGINT,
+    143 for SIGTERM, 129 for SIGHUP."""
 
     def __init__(self, signum: int, message: str = ""):
         super().__init__(message or signal.Signals(signum).name)

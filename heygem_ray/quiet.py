@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from heygem_ray.streams import reader_gone
+
 # One hold at a time (two threads' would restore each other's descriptor); one inside
 # another in the same thread passes its lines on to the outer one.
 _held = threading.RLock()
@@ -42,7 +44,11 @@ def held_stderr(keep: Callable[[bytes], bool]) -> Iterator[None]:
             caught.seek(0)
             kept = [line for line in caught.read().splitlines(keepends=True) if keep(line)]
             if kept:
-                os.write(2, b"".join(kept))
+                try:
+                    os.write(2, b"".join(kept))
+                except OSError as exc:  # a terminal closed meanwhile: nowhere to say them
+                    if not reader_gone(exc, 2):
+                        raise
 
 
 @contextmanager

@@ -38,8 +38,12 @@ _MEDIA = (
     (re.compile(rb"GIF8[79]a"), "a GIF image"),
     (re.compile(rb"RIFF....WEBP", re.S), "a WebP image"),
     (re.compile(rb"RIFF....WAVE", re.S), "a WAV audio file"),
-    (re.compile(rb"ID3|\xff[\xf2\xf3\xfb]"), "an MP3 audio file"),
-    (re.compile(rb"....ftyp", re.S), "an MP4 (or MOV) file"),
+    (re.compile(rb"\xff[\xf1\xf9]"), "an AAC audio file"),
+    (re.compile(rb"ID3|\xff[\xe2-\xff]"), "an MP3 audio file"),
+    (re.compile(rb"....ftyp(heic|heix|heim|heis|hevc|mif1|msf1)", re.S), "a HEIC photo"),
+    (re.compile(rb"....ftypavi[fs]", re.S), "an AVIF image"),
+    (re.compile(rb"....ftypM4[AB]", re.S), "an M4A audio file"),
+    (re.compile(rb"....ftyp", re.S), "an MP4 (or MOV) video"),
     (re.compile(rb"\x1aE\xdf\xa3"), "a Matroska (MKV or WebM) file"),
 )
 

@@ -282,10 +282,9 @@ def is_dir(loc: Location) -> bool:
 
 def readable_size(n: float) -> str:
     """``n`` bytes as people read them: ``2.4 GiB``, ``310 MiB``, ``12 KiB``."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n / 2**10:.3g} KiB"
+    unit, scale = next(((u, s) for u, s in (("GiB", 2**30), ("MiB", 2**20)) if n >= s), ("KiB", 2**10))
+    value = n / scale
+    return f"{value:.3g} {unit}" if value < 999.5 else f"{value:.0f} {unit}"  # (1000 MiB, not 1e+03 MiB)
 
 
 def read_bytes(loc: Location) -> bytes:

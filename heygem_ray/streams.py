@@ -2,7 +2,7 @@
 
 ``heygem-ray submit … | head``, a log pipe whose reader died, a terminal closed under a
 run: the next write to stdout or stderr fails (``EPIPE``; ``EIO`` on a terminal that is
-gone). What a run does does not depend on being watched, so ``forgive_gone_readers``
+gone; ``reader_gone``: EIO from a file on a failing disk is no such thing, and is raised). What a run does does not depend on being watched, so ``forgive_gone_readers``
 wraps both streams: on such a failure the stream's file descriptor is pointed at
 ``/dev/null`` (native code and child processes that write to it are spared too), the
 write counts as done, and the command ends with the status of what it did.
@@ -13,11 +13,24 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import sys
+from collections.abc import Iterable
 from typing import Any, TextIO
 
-# A pipe without a reader; a terminal that closed (its pseudo-terminal's other side).
-_GONE = frozenset({errno.EPIPE, errno.EIO})
+
+def reader_gone(exc: OSError, fd: int) -> bool:
+    """Whether ``exc``, from a write to the file descriptor ``fd``, says its reader went
+    away: EPIPE (a pipe or socket without a reader), or EIO from a terminal (a character
+    device: a pseudo-terminal whose other side closed). EIO from a file is its disk's error."""
+    if exc.errno == errno.EPIPE:
+        return True
+    if exc.errno != errno.EIO:
+        return False
+    try:
+        return stat.S_ISCHR(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 class _Forgiving:
@@ -33,6 +46,10 @@ class _Forgiving:
             self._gone(exc)
             return len(text)
 
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
     def flush(self) -> None:
         try:
             self._stream.flush()
@@ -40,12 +57,16 @@ class _Forgiving:
             self._gone(exc)
 
     def _gone(self, exc: OSError) -> None:
-        if exc.errno not in _GONE:
+        try:
+            fd = self._stream.fileno()
+        except (OSError, ValueError):
+            raise exc from None
+        if not reader_gone(exc, fd):
             raise exc
         with contextlib.suppress(OSError, ValueError):
             null = os.open(os.devnull, os.O_WRONLY)
             try:
-                os.dup2(null, self._stream.fileno())
+                os.dup2(null, fd)
             finally:
                 os.close(null)
         with contextlib.suppress(OSError, ValueError):  # what the failed write left buffered goes there

@@ -514,7 +514,7 @@ def test_a_terminal_closed_under_a_run_stops_it_with_its_table_written(tmp_path,
     rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
     assert rows[0]["status"] == "ok" and len(rows) == 4
     stopped = [r for r in rows if r["status"] != "ok"]
-    assert stopped and all(r["error_kind"] == "stopped" and "SIGHUP (the terminal it ran in closed)" in r["error"]
+    assert stopped and all(r["error_kind"] == "stopped" and "SIGHUP (its terminal closed, or kill -HUP)" in r["error"]
                            for r in stopped), stopped  # fmt: skip
     assert not (tmp_path / "out" / ".heygem-run.lock").exists()
 

@@ -694,6 +694,6 @@ def test_a_full_temporary_directory_names_the_jobs_scratch_folder_and_tmpdir(tmp
                         tmp_path / "cache", warp_service)  # fmt: skip
     assert result.status == "failed" and result.error_kind == "storage", result.error
     assert f"this job's scratch folder {disk}/heygem-job-" in result.error
-    assert ": no space left on device; free space on that disk, or choose a folder on another one; or give the jobs " \
-           "a temporary directory on a larger disk: TMPDIR set where Ray starts" in result.error  # fmt: skip
+    assert ": no space left on device; free space there, or give the jobs another temporary directory on a larger " \
+           "disk: TMPDIR set where Ray starts" in result.error  # fmt: skip
     assert not list(disk.iterdir())

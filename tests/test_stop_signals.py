@@ -31,6 +31,7 @@ def _swallowing(signum: int) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
 def test_a_stop_signal_a_call_swallowed_is_raised_at_the_next_round(signum):
+    before = signal.signal(signum, signal.SIG_DFL)  # (a runner may ignore SIGHUP: nohup pytest)
     stop = StopSignals()
     try:
         raise_if_stopped()  # nothing received: a round goes on
@@ -42,6 +43,7 @@ def test_a_stop_signal_a_call_swallowed_is_raised_at_the_next_round(signum):
         assert stop.stopped_by(ValueError()) is None
     finally:
         stop.restore()
+        signal.signal(signum, before)
     raise_if_stopped()  # restored: the next run starts clean
 
 
@@ -80,6 +82,7 @@ def test_a_second_sighup_is_ignored_and_under_nohup_sighup_stays_ignored():
     """A closed terminal (SIGHUP) stops a run as SIGTERM does; a run started under nohup,
     which ignores SIGHUP, goes on (before, the default SIGHUP ended the process at once,
     with no table and no word, and nohup's choice must stay)."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # (a runner may ignore it: nohup pytest)
     stop = StopSignals()
     try:
         with pytest.raises(Interrupted) as got:
@@ -88,7 +91,7 @@ def test_a_second_sighup_is_ignored_and_under_nohup_sighup_stays_ignored():
         _send(signal.SIGHUP)  # while the table is written: ignored
     finally:
         stop.restore()
-    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
     try:
         stop = StopSignals()
         try:

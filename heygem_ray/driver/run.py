@@ -295,6 +295,6 @@ def _run(jobs: list[Job], cfg: RunConfig, cb: RunCallbacks, basis: resume.Basis,
 
 
 _SIGNAL_NAMES = {int(signal.SIGINT): "SIGINT (Ctrl-C)", int(signal.SIGTERM): "SIGTERM",
-                 int(signal.SIGHUP): "SIGHUP (the terminal it ran in closed)"}
+                 int(signal.SIGHUP): "SIGHUP (its terminal closed, or kill -HUP)"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import platform
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from heygem_ray.errors import InputError
+from heygem_ray.errors import InputError, storage_fix
 from heygem_ray.locks import machine, pid_exists
 
 # A job's scratch folder in the temporary directory: ``heygem-job-<pid>@<host>.<space>-<random>``,
@@ -35,10 +36,15 @@ def job_scratch() -> Iterator[Path]:
             if exc.kind != "storage" or not exc.message.startswith(scratch):
                 raise
             # It named a file in a folder gone with the job, not where it is or how to move it.
+            cause = exc.__cause__
+            code = cause.errno if isinstance(cause, OSError) and cause.errno else 0
+            said = os.strerror(code).lower() if code else exc.message.partition(": ")[2].partition("; ")[0]
+            full = code in (errno.ENOSPC, errno.EDQUOT)
+            fix = "free space there" if full else storage_fix(code) or "fix it there"
             raise InputError(
                 f"this job's scratch folder {scratch} (in the temporary directory of node {platform.node()}): "
-                f"{exc.message.partition(': ')[2]}; or give the jobs a temporary directory on a larger disk: TMPDIR "
-                "set where Ray starts (TMPDIR=/data/tmp ray start …; for a local run, where heygem-ray runs)",
+                f"{said}; {fix}, or give the jobs another temporary directory{' on a larger disk' if full else ''}: "
+                "TMPDIR set where Ray starts (TMPDIR=/data/tmp ray start …; for a local run, where heygem-ray runs)",
                 kind="storage",
             ) from exc
 

@@ -397,8 +397,11 @@ def _other_model(obj: Mapping[Any, Any]) -> str | None:
     (a pack's file given to --restore-checkpoint), in words; None where not known."""
     inner = obj.get("state_dict", obj)
     keys = [k.removeprefix("module.") for k in inner if isinstance(k, str)] if isinstance(inner, Mapping) else []
-    if any(k.startswith(("face_encoder_blocks.", "face_encoder.", "audio_encoder.")) for k in keys):
+    if any(k.startswith("face_decoder_blocks.") for k in keys):
         return "a Wav2Lip checkpoint (the lip-sync pack's: give it to --checkpoint with --pack wav2lip)"
+    if any(k.startswith(("face_encoder_blocks.", "face_encoder.", "audio_encoder.")) for k in keys):
+        return ("one of the networks Wav2Lip's release trains its generator with (the lip-sync expert "
+                "lipsync_expert.pth, or the visual quality discriminator visual_quality_disc.pth): neither renders")
     if any(k.startswith(("down_blocks.", "encoder.down_blocks.", "encoder.conv_in.")) for k in keys):
         return "a UNet or VAE of a diffusion model (MuseTalk's: give its models/ folder to --checkpoint with --pack musetalk)"
     return None

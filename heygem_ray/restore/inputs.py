@@ -38,6 +38,8 @@ class Jpegs:
     def image(self, i: int, shape: tuple[int, int], what: str) -> np.ndarray:
         """Image ``i``, (H, W, 3) uint8 BGR with (H, W) = ``shape``; ``what`` names it in the error."""
         start = int(self.ends[i - 1]) if i else 0
+        if start == int(self.ends[i]):
+            raise InternalError(f"{what} {i} was asked for, and none was sent (the face is not in that frame)")
         image = cv2.imdecode(self.data[start : int(self.ends[i])], cv2.IMREAD_COLOR)
         if image is None or image.shape[:2] != shape:
             raise InternalError(f"{what} {i} did not decode to {shape[1]}×{shape[0]}")

@@ -75,7 +75,7 @@ def test_a_page_or_a_pointer_saved_as_the_weights_says_what_it_is(tmp_path: Path
 def test_a_photo_or_a_clip_given_as_the_weights_says_what_it_is(tmp_path: Path, pack: str, examples: Path) -> None:
     """A still or a clip picked in place of the checkpoint was 'damaged or incomplete?'
     (torch's 'Unsupported operand 255' for a JPEG)."""
-    for name, said in (("presenter.jpg", "a JPEG image"), ("presenter.mp4", "an MP4 (or MOV) file"),
+    for name, said in (("presenter.jpg", "a JPEG image"), ("presenter.mp4", "an MP4 (or MOV) video"),
                        ("lesson1.wav", "a WAV audio file"), ("lesson2.mp3", "an MP3 audio file")):  # fmt: skip
         path = Path(shutil.copy(examples / name, tmp_path / f"{name}.pth"))
         with pytest.raises(InputError) as err:
@@ -92,6 +92,12 @@ def test_a_wav2lip_checkpoint_given_for_restoration_says_where_it_goes(tmp_path:
     assert err.value.kind == "bad_checkpoint" and err.value.message.startswith(
         f"{path} is a Wav2Lip checkpoint (the lip-sync pack's: give it to --checkpoint with --pack wav2lip), not "
         "GFPGAN's (face restoration). Pass the public GFPGANv1.4.pth")
+    expert = tmp_path / "lipsync_expert.pth"  # which --checkpoint refuses too: not sent there
+    torch.save({"state_dict": {"face_encoder.0.conv_block.0.weight": torch.randn(4, 3, 3, 3),
+                               "audio_encoder.0.conv_block.0.weight": torch.randn(4, 1, 3, 3)}}, expert)  # fmt: skip
+    with pytest.raises(InputError) as err:
+        gfpgan.load(expert)
+    assert err.value.message.startswith(f"{expert} is one of the networks Wav2Lip's release trains its generator with")
 
 
 def test_weights_that_are_not_finite_are_refused_naming_the_tensor(tmp_path: Path) -> None:

@@ -880,6 +880,7 @@ def test_a_reference_cut_short_and_copied_back_as_it_is_analysed_keeps_no_short_
         return store_and_track(*args, **kwargs)
 
     monkeypatch.setattr(analyze_module, "_store_and_track", cut_while_read)
+    monkeypatch.setattr(analyze_module, "SETTLE_S", 0.2)
     with caplog.at_level(logging.WARNING, logger="heygem_ray.analyze"):
         template, cached = analyze(video, GEOMETRY, DETECTOR, tmp_path / "cache")
     template.close()
@@ -903,6 +904,7 @@ def test_a_reference_written_through_every_analysis_fails_input_changed_keeping_
                 f.write(b"\0")
 
     monkeypatch.setattr(analyze_module, "_store_and_track", written_while_read)
+    monkeypatch.setattr(analyze_module, "SETTLE_S", 0.2)
     with pytest.raises(InputError) as err:
         analyze(video, GEOMETRY, DETECTOR, tmp_path / "cache")
     size = video.stat().st_size
@@ -913,3 +915,38 @@ def test_a_reference_written_through_every_analysis_fails_input_changed_keeping_
         "kept. Let that finish, then run the same manifest again"
     )
     assert not list((tmp_path / "cache").glob("*/meta.json")) and not list((tmp_path / "cache").glob(".*.tmp"))
+
+
+def test_a_reference_still_being_written_is_not_analysed_again_and_again(tmp_path, examples, monkeypatch):
+    """A copy that goes on writing the take after its first analysis: waited for, then
+    input_changed at once (each try analysed it whole, an hour of CPU for a long take)."""
+    video = Path(shutil.copy(examples / "presenter.mp4", tmp_path / "talk.mp4"))
+    analyses = []
+    store_and_track = analyze_module._store_and_track
+
+    def counted(*args, **kwargs):
+        analyses.append(1)
+        return store_and_track(*args, **kwargs)
+
+    stop = threading.Event()
+
+    def copying() -> None:  # appends as a slow copy does, for longer than the wait
+        while not stop.wait(0.05):
+            with open(video, "ab") as f:
+                f.write(b"\0")
+
+    monkeypatch.setattr(analyze_module, "_store_and_track", counted)
+    monkeypatch.setattr(analyze_module, "SETTLE_S", 0.5)
+    monkeypatch.setattr(analyze_module, "CHANGE_WAIT_S", 1.5)
+    writer = threading.Thread(target=copying, daemon=True)
+    writer.start()
+    try:
+        with pytest.raises(InputError) as err:
+            analyze(video, GEOMETRY, DETECTOR, tmp_path / "cache")
+    finally:
+        stop.set()
+        writer.join(5)
+    assert len(analyses) <= 1  # (none where the probe saw it change)
+    assert err.value.kind == "input_changed"
+    assert err.value.message.startswith(f"reference {video} changed while it was analysed (its size went from ")
+    assert "and was still changing 2 s later: something is writing it now" in err.value.message
