@@ -115,7 +115,7 @@ def analyze(
     ``storage.file_stamp``) keeps no analysis, and no remembered failure: it is analysed
     again from its new bytes, up to ``CHANGED_TRIES`` times in all, then ``input_changed``."""
     limits = limits or InputLimits()
-    tries = 1
+    tries, changed = 1, ""
     while True:
         try:
             return _analyze(video, geometry, detector, cache_dir, limits, max_resolution, reference_seconds,
@@ -126,7 +126,14 @@ def analyze(
             if not _settled(video):
                 raise ReferenceChanged(video, exc.change, still=True) from exc
             log.warning("%s: analysing it again", exc.message)
-            tries += 1
+            tries, changed = tries + 1, exc.change
+        except InputError as exc:
+            # Its bytes as they stood still after a change: perhaps a copy cut off for a while.
+            if not changed or type(exc) is not InputError or exc.kind == "storage":
+                raise
+            raise InputError(f"{exc.message}; it changed as this job analysed it before ({changed}): where a copy "
+                             "of it was not finished then, run the same manifest again once it is",
+                             kind=exc.kind) from exc  # fmt: skip
 
 
 def _settled(video: Path) -> bool:

@@ -950,3 +950,25 @@ def test_a_reference_still_being_written_is_not_analysed_again_and_again(tmp_pat
     assert err.value.kind == "input_changed"
     assert err.value.message.startswith(f"reference {video} changed while it was analysed (its size went from ")
     assert "and was still changing 2 s later: something is writing it now" in err.value.message
+
+
+def test_a_reference_left_cut_short_after_it_changed_fails_saying_it_changed(tmp_path, examples, monkeypatch):
+    """Cut in place as it was analysed, and left so (a copy that had not finished): the
+    second analysis finds a damaged file, and the row says it changed while it was read,
+    where it said only to re-export a take that is whole once its copy ends."""
+    video = Path(shutil.copy(examples / "presenter.mp4", tmp_path / "talk.mp4"))
+    whole = video.read_bytes()
+    store_and_track = analyze_module._store_and_track
+
+    def cut_while_read(*args, **kwargs):
+        video.write_bytes(whole[:2000])
+        return store_and_track(*args, **kwargs)
+
+    monkeypatch.setattr(analyze_module, "_store_and_track", cut_while_read)
+    monkeypatch.setattr(analyze_module, "SETTLE_S", 0.2)
+    with pytest.raises(InputError) as err:
+        analyze(video, GEOMETRY, DETECTOR, tmp_path / "cache")
+    assert err.value.kind == "unreadable_media", err.value.message
+    assert err.value.message.endswith(f"; it changed as this job analysed it before (its size went from {len(whole):,} "
+                                      "to 2,000 bytes): where a copy of it was not finished then, run the same "
+                                      "manifest again once it is")  # fmt: skip
