@@ -481,6 +481,13 @@ def _children(pid: int, name: bytes) -> list[int]:
     return found
 
 
+def _own_terminal() -> None:
+    """In the child: its stdin its controlling terminal, SIGHUP at its default (a runner
+    under nohup ignores it, and an ignored signal stays ignored across exec)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 def test_a_terminal_closed_under_a_run_stops_it_with_its_table_written(tmp_path, examples, ray_join):
     """The submit runs in a terminal of its own (a pseudo-terminal), which is closed once
     the first row is kept, as an ssh session that drops: the process gets SIGHUP, and its
@@ -492,7 +499,7 @@ def test_a_terminal_closed_under_a_run_stops_it_with_its_table_written(tmp_path,
     proc = subprocess.Popen(
         [HEYGEM, "submit", "m.csv", "-o", "out", "--cache-dir", "cache", "--engines", "engines", "--max-jobs", "1"],
         cwd=tmp_path, env=ray_join, stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True,
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # its controlling terminal
+        preexec_fn=_own_terminal,
     )  # fmt: skip
     os.close(terminal)
     said = bytearray()

@@ -12,9 +12,8 @@ While a run goes on (``StopSignals`` installed in the main thread), the first SI
 SIGTERM or SIGHUP (the terminal it ran in closed: an ssh session dropped) raises
 ``Interrupted``; a second SIGTERM or SIGHUP is ignored (so that the table gets written), a
 second SIGINT raises ``KeyboardInterrupt`` at once (Ctrl-C twice stops at once). What the
-run then prints to a terminal that is gone goes nowhere (``streams``). A signal ignored
-when the run began stays ignored (``nohup`` ignores SIGHUP; a script's background job,
-SIGINT). Once the run has ended (``defer``: Ray shut down, the table merged) a first signal
+run then prints to a terminal that is gone goes nowhere (``streams``). A SIGHUP ignored
+when the run began (``nohup``) stays ignored. Once the run has ended (``defer``: Ray shut down, the table merged) a first signal
 is only noted: the table is finished, then the run returns as it would have. Elsewhere than the main thread nothing is installed: only the main thread receives
 signals.
 """
@@ -44,7 +43,7 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
-                if signal.getsignal(signum) is signal.SIG_IGN:  # nohup's SIGHUP, a background job's SIGINT
+                if signum == signal.SIGHUP and signal.getsignal(signum) is signal.SIG_IGN:  # under nohup
                     continue
                 self._previous[signum] = signal.signal(signum, self._stop)
             _installed = self

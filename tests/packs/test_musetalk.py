@@ -294,7 +294,7 @@ def test_latents_computed_per_job_on_a_full_scratch_disk_fail_the_row_as_storage
     assert proc.returncode == 0, proc.stderr[-3000:]
     status, said = proc.stdout.splitlines()
     assert status == "failed storage", proc.stdout
-    assert f"{scratch}/heygem-job-" in said and "no space left on device; free space on that disk" in said, said
+    assert f"{scratch}/heygem-job-" in said and "no space left on device; free space there, or give the jobs another temporary directory" in said, said
     assert not list(scratch.glob("heygem-*")) and not (tmp_path / "long.mp4").exists()
 
 
